@@ -1,0 +1,908 @@
+#!/usr/bin/env python3
+"""Reproduce an MLflow run: re-execute its MLflow Project at the recorded git
+commit with the recorded parameters, then compare the new run's metrics with
+the old run's and give a verdict.
+
+    python reproduce_run.py --run_id d1b4b10969174863a2bad1342f6746ce
+
+The pipeline: resolve the reference run, fetch the source at its commit into a
+temporary folder, launch the reproduction with mlflow.projects.run(), judge the
+metric histories, report.  mlflow is imported lazily: --help and argument
+errors answer without paying for its import.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+# Exit codes: the contract with cron jobs and CI.
+EXIT_EQUAL = 0
+EXIT_DIFFER = 1
+EXIT_CANNOT_START = 2
+EXIT_RUN_FAILED = 3
+EXIT_INTERRUPTED = 130  # SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # SIGTERM
+
+DEFAULT_RTOL = 1e-9
+DEFAULT_ATOL = 0.0
+ENV_MANAGERS = ('local', 'virtualenv', 'uv', 'conda')
+DEFAULT_ENTRY_POINT = 'main'
+RUN_NAME_PREFIX = 'reproduce-'
+OUTPUT_TAIL_LINES = 20
+STOP_GRACE_SECONDS = 10.0
+
+# Retry settings for the tool's own requests, so that an unreachable tracking
+# server fails in seconds instead of MLflow's minutes.  The user's own
+# environment wins, and the project's process always gets the user's settings.
+TOOL_HTTP_DEFAULTS = {
+    'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '2',
+    'MLFLOW_HTTP_REQUEST_TIMEOUT': '20',
+}
+
+# Tags MLflow reads and writes for projects.
+TAG_SOURCE_NAME = 'mlflow.source.name'
+TAG_SOURCE_TYPE = 'mlflow.source.type'
+TAG_GIT_COMMIT = 'mlflow.source.git.commit'
+TAG_GIT_REPO_URL = 'mlflow.source.git.repoURL'
+TAG_ENTRY_POINT = 'mlflow.project.entryPoint'
+TAG_PROJECT_ENV = 'mlflow.project.env'
+TAG_USER = 'mlflow.user'
+# Tags this tool writes on the reproduced run (never on the reference run).
+TAG_REFERENCE_RUN_ID = 'reproduce.reference_run_id'
+
+_RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
+_URL_CREDENTIALS_RE = re.compile(r'(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@')
+
+
+class ReproduceError(Exception):
+    """An expected failure: one line for the user and an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_CANNOT_START) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, like KeyboardInterrupt on SIGINT."""
+
+
+# ---------------------------------------------------------------------------
+# Judging: pure functions, histories in, verdict out.
+
+Point = tuple[int | None, float]  # (step, value); step None: latest value only
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    rtol: float = DEFAULT_RTOL
+    atol: float = DEFAULT_ATOL
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricVerdict:
+    key: str
+    reference: float | None  # latest value, None when the run lacks it
+    reproduced: float | None
+    equal: bool
+    steps_compared: int
+    first_divergent_step: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    metrics: tuple[MetricVerdict, ...]
+
+    @property
+    def equal(self) -> bool:
+        return all(m.equal for m in self.metrics)
+
+
+def values_close(reproduced: float, reference: float, tol: Tolerance) -> bool:
+    """|a - b| <= atol + rtol * |b|, where NaN equals NaN and inf equals inf."""
+    if math.isnan(reproduced) or math.isnan(reference):
+        return math.isnan(reproduced) and math.isnan(reference)
+    if math.isinf(reproduced) or math.isinf(reference):
+        return reproduced == reference
+    return abs(reproduced - reference) <= tol.atol + tol.rtol * abs(reference)
+
+
+def value_diff(reproduced: float | None, reference: float | None) -> float | None:
+    """reproduced - reference, 0 for two equal non-finite values."""
+    if reproduced is None or reference is None:
+        return None
+    if values_close(reproduced, reference, Tolerance(0.0, 0.0)):
+        return 0.0
+    return reproduced - reference
+
+
+def compare_histories(
+        key: str,
+        reference: Sequence[Point],
+        reproduced: Sequence[Point],
+        tol: Tolerance,
+) -> MetricVerdict:
+    """Compare two histories point by point, in step order.
+
+    Several values logged at one step are compared in the order they were
+    logged.  A point missing on one side is a divergence at its step.
+    """
+    ref = sorted(reference, key=lambda p: p[0])  # stable: keeps logging order
+    new = sorted(reproduced, key=lambda p: p[0])
+    divergence = _first_divergence(ref, new, tol)
+    return MetricVerdict(
+        key=key,
+        reference=ref[-1][1] if ref else None,
+        reproduced=new[-1][1] if new else None,
+        equal=bool(ref) and bool(new) and divergence is None,
+        steps_compared=min(len(ref), len(new)),
+        # None for latest values only, whose step is not known.
+        first_divergent_step=divergence[0] if divergence else None,
+    )
+
+
+def _first_divergence(
+        ref: Sequence[Point], new: Sequence[Point], tol: Tolerance,
+) -> tuple[int | None] | None:
+    """(step,) of the first point that differs, None when none does."""
+    for (ref_step, ref_value), (new_step, new_value) in zip(ref, new):
+        if ref_step != new_step:
+            return (min(ref_step, new_step),)
+        if not values_close(new_value, ref_value, tol):
+            return (ref_step,)
+    if len(ref) != len(new):
+        longer = ref if len(ref) > len(new) else new
+        return (longer[min(len(ref), len(new))][0],)
+    return None
+
+
+def judge(
+        reference: Mapping[str, Sequence[Point]],
+        reproduced: Mapping[str, Sequence[Point]],
+        tol: Tolerance,
+) -> Verdict:
+    """Every metric that either run has, each compared as a whole history."""
+    keys = sorted(set(reference) | set(reproduced))
+    return Verdict(tuple(
+        compare_histories(k, reference.get(k, ()), reproduced.get(k, ()), tol)
+        for k in keys
+    ))
+
+
+# ---------------------------------------------------------------------------
+# Resolving the reference run into a plan.
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    repo: str  # git URL or local path, as recorded (may hold credentials)
+    subdir: str  # project folder inside the repo, '' for its root
+    version: str
+
+    @property
+    def uri(self) -> str:
+        return f'{self.repo}#{self.subdir}' if self.subdir else self.repo
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    passed: dict[str, str]
+    not_passed: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything the launch needs, resolved before anything runs."""
+    reference: Run
+    source: Source  # its version is the full commit hash
+    project_dir: str  # the project folder inside our private checkout
+    entry_point: str
+    env_manager: str
+    experiment_name: str
+    params: Params
+    logged_params: dict[str, str]  # what MLflow would log for this launch
+
+
+def mask_credentials(text: str) -> str:
+    """Hide the user:password part of every URL in text."""
+    return _URL_CREDENTIALS_RE.sub(r'\g<scheme>***@', text)
+
+
+def split_source_uri(uri: str) -> tuple[str, str]:
+    """'repo#sub/dir' -> ('repo', 'sub/dir'), the way MLflow writes sources."""
+    repo, _, subdir = uri.partition('#')
+    return repo, subdir.strip('/')
+
+
+def unquote_param(value: str) -> str:
+    """Undo the shell quoting MLflow applies to the param values it logs.
+
+    MLflow 3 logs a declared param as shlex.quote(value), so 'a b' is logged
+    with its quotes; passing that back would add a second layer.  A logged value
+    is unquoted only when quoting the result gives it back exactly.
+    """
+    try:
+        tokens = shlex.split(value)
+    except ValueError:
+        return value
+    if len(tokens) == 1 and shlex.quote(tokens[0]) == value:
+        return tokens[0]
+    return value
+
+
+def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
+    tags = run.data.tags
+    if uri is None:
+        if tags.get(TAG_SOURCE_TYPE) != 'PROJECT' or not tags.get(TAG_SOURCE_NAME):
+            raise ReproduceError(
+                f'run {run.info.run_id} was not launched as an MLflow Project '
+                f'(tag {TAG_SOURCE_TYPE} is {tags.get(TAG_SOURCE_TYPE)!r}, not '
+                f"'PROJECT'), so its source is unknown; pass --uri with the "
+                f'project\'s git URI',
+            )
+        uri = tags[TAG_SOURCE_NAME]
+    version = version or tags.get(TAG_GIT_COMMIT)
+    if not version:
+        raise ReproduceError(
+            f'run {run.info.run_id} has no tag {TAG_GIT_COMMIT}, so the commit '
+            f'it ran is unknown; pass --version with the commit',
+        )
+    repo, subdir = split_source_uri(uri)
+    return Source(repo=repo, subdir=subdir, version=version)
+
+
+def select_params(
+        declared: Sequence[str] | None,
+        reference_params: Mapping[str, str],
+) -> Params:
+    """Only what the entry point declares; None means a script entry point,
+    which MLflow ran with every param it was given."""
+    values = {k: unquote_param(v) for k, v in reference_params.items()}
+    if declared is None:
+        return Params(passed=values, not_passed={})
+    return Params(
+        passed={k: v for k, v in values.items() if k in declared},
+        not_passed={k: v for k, v in values.items() if k not in declared},
+    )
+
+
+# ---------------------------------------------------------------------------
+# Fetching the source: a private checkout, never the user's repository.
+
+def _git(*args: str, cwd: str | None = None) -> str:
+    env = {**os.environ, 'GIT_TERMINAL_PROMPT': '0'}
+    proc = subprocess.run(
+        ('git', *args), cwd=cwd, env=env, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode:
+        raise subprocess.CalledProcessError(
+            proc.returncode, args, proc.stdout, proc.stderr,
+        )
+    return proc.stdout.strip()
+
+
+def _local_repo(repo: str) -> str | None:
+    """The folder a local path or file:// URL names, None for a remote."""
+    path = repo[len('file://'):] if repo.startswith('file://') else repo
+    if '://' in path or re.match(r'^[\w.-]+@[\w.-]+:', path):
+        return None
+    return os.path.abspath(path)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ''
+
+
+def fetch_source(source: Source, dest: str) -> tuple[str, str]:
+    """Check the commit out into dest; return (project folder, full commit).
+
+    A local repository is only read (git fetch runs upload-pack on it), so its
+    branch, HEAD, remotes, stash and uncommitted edits stay as they were.
+    """
+    where = f'{mask_credentials(source.uri)} at {source.version}'
+    repo, subdir = source.repo, source.subdir
+    if (local := _local_repo(source.repo)) is not None:
+        # MLflow may record a folder inside a repository: fetch from its top.
+        try:
+            repo = _git('rev-parse', '--show-toplevel', cwd=local)
+        except (subprocess.CalledProcessError, OSError):
+            raise ReproduceError(f'cannot fetch {where}: {local} is not a git repository') from None
+        subdir = os.path.normpath(os.path.join(os.path.relpath(local, repo), subdir))
+        subdir = '' if subdir == '.' else subdir
+    _git('init', '--quiet', dest)
+    try:  # a full hash, a branch or a tag: one commit, no history
+        _git('fetch', '--quiet', '--depth', '1', repo, source.version, cwd=dest)
+        wanted = 'FETCH_HEAD'
+    except subprocess.CalledProcessError:
+        # A short hash, or a server that refuses fetching by hash: take every
+        # ref and look the version up among their history.
+        try:
+            _git('fetch', '--quiet', repo, '+refs/*:refs/fetched/*', cwd=dest)
+        except subprocess.CalledProcessError as e:
+            raise ReproduceError(
+                f'cannot fetch {where}: {mask_credentials(_last_line(e.stderr))}',
+            ) from None
+        wanted = source.version
+    try:
+        commit = _git('rev-parse', '--verify', '--quiet', f'{wanted}^{{commit}}', cwd=dest)
+    except subprocess.CalledProcessError:
+        raise ReproduceError(
+            f'commit {source.version} is not available from '
+            f'{mask_credentials(source.repo)} (history rewritten, or a typo?)',
+        ) from None
+    _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, cwd=dest)
+    if os.path.exists(os.path.join(dest, '.gitmodules')):
+        try:
+            _git('submodule', 'update', '--init', '--recursive', '--quiet', cwd=dest)
+        except subprocess.CalledProcessError as e:
+            raise ReproduceError(
+                f'cannot fetch the submodules of {where}: '
+                f'{mask_credentials(_last_line(e.stderr))}',
+            ) from None
+    project_dir = os.path.join(dest, subdir)
+    if not os.path.isdir(project_dir):
+        raise ReproduceError(
+            f'folder {subdir!r} does not exist at commit {commit[:12]} '
+            f'of {mask_credentials(source.repo)}',
+        )
+    return project_dir, commit
+
+
+# ---------------------------------------------------------------------------
+# Talking to MLflow: reading the reference run, launching the reproduction.
+
+def _mlflow_error(context: str, e: Exception) -> ReproduceError:
+    detail = _last_line(str(e)) or type(e).__name__
+    return ReproduceError(mask_credentials(f'{context}: {detail}'))
+
+
+def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+        experiment = client.get_experiment(run.info.experiment_id)
+    except MlflowException as e:
+        if e.error_code == 'RESOURCE_DOES_NOT_EXIST':
+            raise ReproduceError(
+                f'run {run_id} not found at tracking URI {mask_credentials(tracking_uri)}',
+            ) from None
+        raise _mlflow_error(f'cannot read run {run_id} from {tracking_uri}', e) from None
+    if run.info.lifecycle_stage == 'deleted':
+        raise ReproduceError(
+            f'run {run_id} is deleted; restore it with `mlflow runs restore '
+            f'--run-id {run_id}` to reproduce it',
+        )
+    if experiment.lifecycle_stage == 'deleted':
+        raise ReproduceError(
+            f'run {run_id} is in deleted experiment {experiment.name!r}; restore '
+            f'it with `mlflow experiments restore --experiment-id '
+            f'{experiment.experiment_id}` to reproduce the run',
+        )
+    return run
+
+
+def load_entry_point(project_dir: str, name: str, commit: str) -> tuple[Any, bool]:
+    """MLflow's entry point object, and whether the MLproject declares it
+    (rather than it being a script file that MLflow runs with every param)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.projects import _project_spec
+
+    try:
+        project = _project_spec.load_project(project_dir)
+        return project.get_entry_point(name), name in (project._entry_points or {})
+    except (MlflowException, OSError, ValueError, AttributeError, TypeError) as e:
+        # yaml's errors are ValueErrors; a malformed structure, Attribute/TypeErrors.
+        raise ReproduceError(
+            f'the MLproject at commit {commit[:12]} cannot be used: {_last_line(str(e))}',
+        ) from None
+
+
+def params_to_log(entry_point: Any, params: Params) -> dict[str, str]:
+    """The params MLflow itself would log for this launch (declared ones with
+    their defaults filled in, quoted as MLflow quotes them); fails before
+    anything runs when a declared param has neither a value nor a default."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        declared, extra = entry_point.compute_parameters(params.passed, storage_dir=None)
+    except MlflowException as e:
+        raise ReproduceError(
+            f'entry point {entry_point.name!r} cannot run with the reference '
+            f'run\'s params: {_last_line(str(e))}',
+        ) from None
+    return {**declared, **extra}
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name)
+    if experiment.lifecycle_stage == 'deleted':
+        raise ReproduceError(
+            f'experiment {name!r} is deleted; restore it or choose another '
+            f'with --experiment-name',
+        )
+    return experiment.experiment_id
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return 'unknown'
+
+
+def create_reproduced_run(client: MlflowClient, plan: Plan) -> str:
+    """The run that the project will log into, made by us so that its ID is
+    known from the start and it can always be closed."""
+    from mlflow.entities import Param
+
+    source = mask_credentials(plan.source.uri)
+    tags = {
+        TAG_SOURCE_NAME: source,
+        TAG_SOURCE_TYPE: 'PROJECT',
+        TAG_GIT_COMMIT: plan.source.version,
+        TAG_GIT_REPO_URL: mask_credentials(plan.source.repo),
+        TAG_ENTRY_POINT: plan.entry_point,
+        TAG_PROJECT_ENV: plan.env_manager,
+        TAG_USER: _user(),
+        TAG_REFERENCE_RUN_ID: plan.reference.info.run_id,
+    }
+    run = client.create_run(
+        _experiment_id(client, plan.experiment_name),
+        tags=tags,
+        run_name=RUN_NAME_PREFIX + (plan.reference.info.run_name or plan.reference.info.run_id),
+    )
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param(k, v) for k, v in plan.logged_params.items()])
+    return run_id
+
+
+class _OutputTee:
+    """A pipe for the project's stdout and stderr.  A thread copies what
+    arrives to our standard error and keeps the last lines for the report."""
+
+    def __init__(self) -> None:
+        self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
+        read_fd, self.write_fd = os.pipe()
+        self._out = os.fdopen(os.dup(2), 'wb', buffering=0)
+        self._thread = threading.Thread(target=self._copy, args=(read_fd,), daemon=True)
+        self._thread.start()
+
+    def _copy(self, read_fd: int) -> None:
+        pending = b''
+        with os.fdopen(read_fd, 'rb', buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                self._out.write(chunk)
+                *lines, pending = (pending + chunk).split(b'\n')
+                self.tail.extend(line.decode(errors='replace').rstrip() for line in lines)
+        if pending:
+            self.tail.append(pending.decode(errors='replace').rstrip())
+
+    def close_writer(self) -> None:
+        """Our copy of the write end: once closed, the pipe ends with the project."""
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    def close(self) -> None:
+        self.close_writer()
+        # A daemon the project left behind may hold the pipe open: don't wait on it.
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._out.close()
+
+
+@contextlib.contextmanager
+def _environ(changes: Mapping[str, str | None]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in changes}
+
+    def apply(values: Mapping[str, str | None]) -> None:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    apply(changes)
+    try:
+        yield
+    finally:
+        apply(saved)
+
+
+@contextlib.contextmanager
+def _stdio_into(fd: int) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at fd, so that the processes MLflow
+    starts inherit it: the report alone goes to standard output."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for target, copy in enumerate(saved, start=1):
+            os.dup2(copy, target)
+            os.close(copy)
+
+
+def _project_environ(
+        user_environ: Mapping[str, str | None], tmp_dir: str, verbose: bool,
+) -> dict[str, str | None]:
+    """What the project's processes inherit: the user's own HTTP settings,
+    this Python first on PATH (for `mlflow run` and, with env-manager local,
+    for the project), and a temporary folder that we remove afterwards."""
+    path = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get('PATH', '')))
+    changes = {**user_environ, 'PATH': path, 'TMPDIR': tmp_dir}
+    if not verbose and 'MLFLOW_LOGGING_LEVEL' not in os.environ:
+        changes['MLFLOW_LOGGING_LEVEL'] = 'WARNING'
+    return changes
+
+
+def stop_process_group(proc: subprocess.Popen[Any]) -> None:
+    """End the project's whole process group: SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(STOP_GRACE_SECONDS)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def close_run(client: MlflowClient, run_id: str, status: str) -> None:
+    """Never leave the reproduced run RUNNING; best effort when the server is gone."""
+    try:
+        if client.get_run(run_id).info.status in ('RUNNING', 'SCHEDULED'):
+            client.set_terminated(run_id, status)
+    except Exception as e:  # the tracking server itself may be the failure
+        print(
+            f'reproduce_run: warning: could not mark run {run_id} {status}: '
+            f'{mask_credentials(_last_line(str(e)))}',
+            file=sys.stderr,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    run_id: str
+    returncode: int
+    output_tail: tuple[str, ...]
+
+
+def run_project(
+        client: MlflowClient,
+        plan: Plan,
+        run_id: str,
+        tmp_dir: str,
+        user_environ: Mapping[str, str | None],
+        verbose: bool,
+) -> Launch:
+    """Launch with mlflow.projects.run() into the run made for it, and wait.
+
+    synchronous=False makes MLflow start `mlflow run` as the leader of its own
+    process group, which is what lets us end the project and every process it
+    started, whatever signal reaches us.
+    """
+    import mlflow.projects
+
+    run = client.get_run(run_id)
+    child_tmp = os.path.join(tmp_dir, 'tmp')
+    os.makedirs(child_tmp)
+    tee = _OutputTee()
+    proc = None
+    try:
+        with _environ(_project_environ(user_environ, child_tmp, verbose)), _stdio_into(tee.write_fd):
+            submitted = mlflow.projects.run(
+                uri=plan.project_dir,
+                entry_point=plan.entry_point,
+                parameters=plan.params.passed,
+                experiment_id=run.info.experiment_id,
+                env_manager=plan.env_manager,
+                storage_dir=os.path.join(tmp_dir, 'storage'),
+                synchronous=False,
+                run_id=run_id,
+                backend='local',
+            )
+        proc = submitted.command_proc
+        tee.close_writer()
+        returncode = proc.wait()
+    except (KeyboardInterrupt, _Terminated):
+        if proc is not None:
+            stop_process_group(proc)
+        close_run(client, run_id, 'KILLED')
+        raise
+    except Exception as e:
+        if proc is not None:
+            stop_process_group(proc)
+        close_run(client, run_id, 'FAILED')
+        raise _mlflow_error(f'cannot launch the project (run {run_id} marked FAILED)', e) from None
+    finally:
+        tee.close()
+    if returncode != 0:
+        close_run(client, run_id, 'FAILED')
+    return Launch(run_id=run_id, returncode=returncode, output_tail=tuple(tee.tail))
+
+
+HISTORY_WORKERS = 8
+_MLFLOW_LOG_LINE_RE = re.compile(r'^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+ mlflow[\w.]*: ')
+
+
+def read_histories(
+        client: MlflowClient, runs: Sequence[Run], last_only: bool,
+) -> list[dict[str, list[Point]]]:
+    """Each run's metric histories, fetched concurrently: a run with hundreds
+    of metrics costs one round trip per metric, not per metric in turn."""
+    if last_only:  # the latest values are already in the run; their step is not
+        return [{k: [(None, v)] for k, v in run.data.metrics.items()} for run in runs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = [(run.info.run_id, key) for run in runs for key in run.data.metrics]
+    with ThreadPoolExecutor(max_workers=HISTORY_WORKERS) as pool:
+        fetched = pool.map(lambda rk: client.get_metric_history(*rk), wanted)
+        by_run: dict[str, dict[str, list[Point]]] = {r.info.run_id: {} for r in runs}
+        for (run_id, key), history in zip(wanted, fetched):
+            history = sorted(history, key=lambda m: (m.step, m.timestamp))
+            by_run[run_id][key] = [(m.step, m.value) for m in history]
+    return [by_run[run.info.run_id] for run in runs]
+
+
+def project_output(tail: Sequence[str]) -> list[str]:
+    """The project's own lines, without MLflow's log lines around them."""
+    return [line for line in tail if line.strip() and not _MLFLOW_LOG_LINE_RE.match(line)]
+
+
+# ---------------------------------------------------------------------------
+# Reporting.
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    plan: Plan
+    reproduced_run_id: str
+    verdict: Verdict
+    verbose: bool
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_EQUAL if self.verdict.equal else EXIT_DIFFER
+
+
+def _param_list(params: Mapping[str, str]) -> str:
+    return ', '.join(f'{k}={v}' for k, v in sorted(params.items())) or '(none)'
+
+
+def _note(m: MetricVerdict) -> str:
+    if m.equal or m.reference is None or m.reproduced is None:
+        return ''
+    if m.first_divergent_step is None or m.steps_compared < 1:
+        return 'differs'
+    return f'differs from step {m.first_divergent_step}'
+
+
+def format_table(verdict: Verdict) -> str:
+    from tabulate import tabulate
+
+    rows = [
+        [m.key, m.reference, m.reproduced, value_diff(m.reproduced, m.reference), _note(m)]
+        for m in verdict.metrics
+    ]
+    headers = ['Metric', 'Run1', 'Run2', 'Diff', 'Note']
+    if not any(row[-1] for row in rows):
+        headers.pop()
+        rows = [row[:-1] for row in rows]
+    return tabulate(rows, headers=headers, tablefmt='psql', missingval='-')
+
+
+def format_text(report: Report) -> str:
+    plan = report.plan
+    ref = plan.reference.info
+    lines = [
+        f'Reference run:  {ref.run_id} ({ref.run_name})',
+        f'Reproduced run: {report.reproduced_run_id}',
+        f'Source:         {mask_credentials(plan.source.uri)} @ {plan.source.version}',
+        f'Entry point:    {plan.entry_point} (env manager: {plan.env_manager})',
+        f'Params passed:  {_param_list(plan.params.passed)}',
+    ]
+    if plan.params.not_passed:
+        if report.verbose:
+            lines.append(f'Params not passed (not declared by the entry point): '
+                         f'{_param_list(plan.params.not_passed)}')
+        else:
+            lines.append(f'Params not passed: {len(plan.params.not_passed)} '
+                         f'not declared by the entry point (--verbose lists them)')
+    lines.append(format_table(report.verdict))
+    lines.append(f'Runs equal: {report.verdict.equal}')
+    return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------
+# The pipeline.
+
+def make_plan(
+        args: argparse.Namespace, reference: Run, source: Source, project_dir: str,
+) -> Plan:
+    tags = reference.data.tags
+    entry_point = args.entry_point or tags.get(TAG_ENTRY_POINT) or DEFAULT_ENTRY_POINT
+    spec, declared = load_entry_point(project_dir, entry_point, source.version)
+    params = select_params(tuple(spec.parameters) if declared else None, reference.data.params)
+    return Plan(
+        reference=reference,
+        source=source,
+        project_dir=project_dir,
+        entry_point=entry_point,
+        env_manager=args.env_manager or _recorded_env_manager(tags),
+        experiment_name=args.experiment_name,
+        params=params,
+        logged_params=params_to_log(spec, params),
+    )
+
+
+def _recorded_env_manager(tags: Mapping[str, str]) -> str:
+    """MLflow records no tag for local; docker projects ignore the manager."""
+    recorded = tags.get(TAG_PROJECT_ENV)
+    return recorded if recorded in ENV_MANAGERS else 'local'
+
+
+def _configure_logging(verbose: bool) -> None:
+    import logging
+
+    if not verbose and 'MLFLOW_LOGGING_LEVEL' not in os.environ:
+        logging.getLogger('mlflow').setLevel(logging.WARNING)
+
+
+def reproduce(args: argparse.Namespace) -> Report:
+    user_environ = {k: os.environ.get(k) for k in TOOL_HTTP_DEFAULTS}
+    tool_environ = {k: user_environ[k] or v for k, v in TOOL_HTTP_DEFAULTS.items()}
+    with _environ(tool_environ):
+        import mlflow
+
+        _configure_logging(args.verbose)
+        client = mlflow.MlflowClient()
+        reference = read_reference(client, args.run_id, mlflow.get_tracking_uri())
+        source = resolve_source(reference, args.uri, args.version)
+        tmp_dir = tempfile.mkdtemp(prefix='reproduce_run-')
+        try:
+            project_dir, commit = fetch_source(source, os.path.join(tmp_dir, 'src'))
+            source = dataclasses.replace(source, version=commit)
+            plan = make_plan(args, reference, source, project_dir)
+            if args.verbose:
+                print(f'reproduce_run: launching {plan.entry_point!r} of '
+                      f'{mask_credentials(source.uri)} at {commit}', file=sys.stderr)
+            run_id = create_reproduced_run(client, plan)
+            launch = run_project(client, plan, run_id, tmp_dir, user_environ, args.verbose)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        if launch.returncode != 0:
+            output = project_output(launch.output_tail)
+            last = f'; its last output line: {output[-1]}' if output else ''
+            raise ReproduceError(
+                f'the reproduced run {run_id} failed (exit status '
+                f'{launch.returncode}){last}',
+                EXIT_RUN_FAILED,
+            )
+        reproduced = client.get_run(run_id)
+        reference_histories, reproduced_histories = read_histories(
+            client, (reference, reproduced), args.last_only,
+        )
+        tol = Tolerance(rtol=args.rtol, atol=args.atol)
+        verdict = judge(reference_histories, reproduced_histories, tol)
+        return Report(plan=plan, reproduced_run_id=run_id, verdict=verdict, verbose=args.verbose)
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+def _run_id(s: str) -> str:
+    if not _RUN_ID_RE.match(s):
+        raise argparse.ArgumentTypeError(
+            f'expected an MLflow run ID (letters, digits, _ and -), got {s!r}',
+        )
+    return s
+
+
+def _tolerance(s: str) -> float:
+    try:
+        value = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number, got {s!r}') from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f'expected a number >= 0, got {s!r}')
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='reproduce_run',
+        description='Re-execute the MLflow Project of a past run at its exact '
+                    'commit with its parameters, and compare the metrics.',
+        epilog='exit codes: 0 runs equal, 1 runs differ, 2 could not start, '
+               '3 the reproduced run failed, 130 interrupted, 143 terminated',
+    )
+    parser.add_argument('--run_id', '--run-id', dest='run_id', required=True, type=_run_id,
+                        help='the reference run to reproduce')
+    parser.add_argument('--uri', help="project URI, overriding the run's recorded source "
+                                      '(a git URL or path, with #subdir)')
+    parser.add_argument('--experiment_name', '--experiment-name', dest='experiment_name',
+                        default='Default',
+                        help='experiment that receives the reproduced run (default: %(default)s)')
+    parser.add_argument('--version', help="commit to run (default: the run's recorded commit)")
+    parser.add_argument('--entry-point', '-e', dest='entry_point',
+                        help=f"entry point (default: the run's, else {DEFAULT_ENTRY_POINT})")
+    parser.add_argument('--env-manager', dest='env_manager', choices=ENV_MANAGERS,
+                        help="environment manager (default: the run's recorded one, else local)")
+    parser.add_argument('--rtol', '--rel_tol', dest='rtol', type=_tolerance,
+                        default=DEFAULT_RTOL, help='relative tolerance (default: %(default)s)')
+    parser.add_argument('--atol', type=_tolerance, default=DEFAULT_ATOL,
+                        help='absolute tolerance (default: %(default)s)')
+    parser.add_argument('--last-only', action='store_true',
+                        help="compare only each metric's latest value, not its history")
+    parser.add_argument('--verbose', action='store_true',
+                        help="show run details, MLflow's log lines and tracebacks")
+    return parser.parse_args(argv)
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into an exception so that cleanup code runs, as for Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with _sigterm_raises():
+            report = reproduce(args)
+    except ReproduceError as e:
+        if args.verbose:
+            import traceback
+            traceback.print_exc()
+        print(f'reproduce_run: error: {mask_credentials(str(e))}', file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print('reproduce_run: interrupted', file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        print('reproduce_run: terminated', file=sys.stderr)
+        return EXIT_TERMINATED
+    print(format_text(report))
+    return report.exit_code
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Real parts for the end-to-end tests: git repositories made from the
+samples, an sqlite store, reference runs made with the `mlflow run` CLI, a
+`git daemon` and an `mlflow server` on 127.0.0.1.  The expensive ones are
+built once per test process (session scope) and stopped by process ID."""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / 'MLproject_samples'
+SCRIPT = ROOT / 'reproduce_run.py'
+
+_RUN_ID_LOG_RE = re.compile(r"=== Run \(ID '(\w+)'\) (succeeded|failed) ===")
+
+
+def git(*args: str, cwd: Path | str) -> str:
+    return subprocess.run(
+        ('git', *args), cwd=cwd, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def make_repo(path: Path) -> Path:
+    """A git repository holding a copy of MLproject_samples, one commit."""
+    shutil.copytree(SAMPLES, path, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+    git('init', '--quiet', '--initial-branch', 'main', cwd=path)
+    git('config', 'user.email', 'tests@example.invalid', cwd=path)
+    git('config', 'user.name', 'tests', cwd=path)
+    git('add', '--all', cwd=path)
+    git('commit', '--quiet', '-m', 'samples', cwd=path)
+    return path
+
+
+def mlflow_run(uri: str, tracking_uri: str, *args: str, fails: bool = False) -> str:
+    """Make a reference run the way a user does, with the `mlflow run` CLI;
+    fails=True expects the project to fail (a FAILED run can be reproduced too)."""
+    proc = subprocess.run(
+        (sys.executable, '-m', 'mlflow', 'run', uri, '--env-manager', 'local', *args),
+        env={**os.environ, 'MLFLOW_TRACKING_URI': tracking_uri,
+             'MLFLOW_LOGGING_LEVEL': 'INFO'},
+        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )
+    match = _RUN_ID_LOG_RE.search(proc.stderr)
+    assert match and (proc.returncode != 0) == fails, proc.stderr[-3000:]
+    return match.group(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a service we started, by its process ID (and its group)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope='session')
+def samples_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shared by many tests: never modify it (use `own_repo` for that)."""
+    return make_repo(tmp_path_factory.mktemp('samples') / 'repo')
+
+
+@pytest.fixture
+def own_repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / 'repo')
+
+
+@pytest.fixture(scope='session')
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', store)
+
+
+@pytest.fixture(scope='session')
+def reference(samples_repo: Path, store: str) -> Callable[..., str]:
+    """reference('sklearn_regression', '-P', 'alpha=0.3') -> run ID, made once."""
+    made: dict[tuple[str, ...], str] = {}
+
+    def make(sample: str, *args: str, fails: bool = False) -> str:
+        key = (sample, *args)
+        if key not in made:
+            made[key] = mlflow_run(str(samples_repo / sample), store, *args, fails=fails)
+        return made[key]
+    return make
+
+
+@pytest.fixture(scope='session')
+def git_daemon(tmp_path_factory: pytest.TempPathFactory, samples_repo: Path) -> Iterator[tuple[str, Path]]:
+    """(git://127.0.0.1:PORT, base path) serving a bare clone of the samples."""
+    base = tmp_path_factory.mktemp('daemon')
+    git('clone', '--quiet', '--bare', str(samples_repo), str(base / 'samples.git'), cwd=base)
+    port = free_port()
+    proc = subprocess.Popen(
+        ('git', 'daemon', '--reuseaddr', '--export-all', f'--base-path={base}',
+         '--listen=127.0.0.1', f'--port={port}', '--enable=receive-pack', str(base)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f'git://127.0.0.1:{port}'
+    deadline = time.monotonic() + 20
+    while subprocess.run(('git', 'ls-remote', f'{url}/samples.git'),
+                         capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, 'git daemon did not start'
+        time.sleep(0.2)
+    yield url, base
+    stop(proc)
+
+
+@pytest.fixture(scope='session')
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real tracking server on 127.0.0.1 with its own sqlite store."""
+    where = tmp_path_factory.mktemp('server')
+    port = free_port()
+    proc = subprocess.Popen(
+        (sys.executable, '-m', 'mlflow', 'server', '--host', '127.0.0.1', '--port', str(port),
+         '--backend-store-uri', f"sqlite:///{where / 'server.db'}",
+         '--artifacts-destination', str(where / 'artifacts'), '--workers', '1'),
+        stdout=subprocess.DEVNULL, stderr=open(where / 'server.log', 'w'),
+        start_new_session=True, cwd=where,
+    )
+    url = f'http://127.0.0.1:{port}'
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f'{url}/health', timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (where / 'server.log').read_text()[-3000:]
+            time.sleep(0.5)
+    yield url
+    stop(proc)
