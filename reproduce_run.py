@@ -16,6 +16,8 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import fnmatch
+import json
 import math
 import os
 import re
@@ -67,6 +69,14 @@ TAG_PROJECT_ENV = 'mlflow.project.env'
 TAG_USER = 'mlflow.user'
 # Tags this tool writes on the reproduced run (never on the reference run).
 TAG_REFERENCE_RUN_ID = 'reproduce.reference_run_id'
+TAG_EQUAL = 'reproduce.equal'  # 'true' or 'false'
+TAG_STATUS = 'reproduce.status'  # equal, differ or failed
+TAG_RTOL = 'reproduce.rtol'
+TAG_ATOL = 'reproduce.atol'
+TAG_NOTE = 'mlflow.note.content'  # the run description the MLflow UI shows
+ARTIFACT_DIR = 'reproduce'  # comparison.json and plots/ go here
+COMPARISON_ARTIFACT = 'comparison.json'
+STATUSES = ('planned', 'equal', 'differ', 'failed', 'error')
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
 _URL_CREDENTIALS_RE = re.compile(r'(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@')
@@ -97,22 +107,61 @@ class Tolerance:
 
 
 @dataclasses.dataclass(frozen=True)
+class Rules:
+    """How each metric is judged: a tolerance, overridden per key glob (the
+    last matching --tolerance wins), or left out of the verdict."""
+    default: Tolerance = Tolerance()
+    overrides: tuple[tuple[str, Tolerance], ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    def tolerance_for(self, key: str) -> Tolerance:
+        for pattern, tol in reversed(self.overrides):
+            if fnmatch.fnmatchcase(key, pattern):
+                return tol
+        return self.default
+
+    def is_ignored(self, key: str) -> bool:
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.ignored)
+
+    def unmatched(self, keys: Sequence[str]) -> list[str]:
+        """Patterns that match no metric: most likely a typo."""
+        patterns = [p for p, _ in self.overrides] + list(self.ignored)
+        return [p for p in patterns if not fnmatch.filter(keys, p)]
+
+
+@dataclasses.dataclass(frozen=True)
 class MetricVerdict:
     key: str
     reference: float | None  # latest value, None when the run lacks it
     reproduced: float | None
     equal: bool
-    steps_compared: int
+    steps_compared: int  # points present in both histories
     first_divergent_step: int | None
+    points: int = 1  # length of the longer history
+    tolerance: Tolerance = Tolerance()
+    ignored: bool = False  # listed, but not part of the verdict
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamVerdict:
+    key: str
+    reference: str | None
+    reproduced: str | None
+
+    @property
+    def equal(self) -> bool:
+        return self.reference == self.reproduced
 
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     metrics: tuple[MetricVerdict, ...]
+    params: tuple[ParamVerdict, ...] = ()
 
     @property
     def equal(self) -> bool:
-        return all(m.equal for m in self.metrics)
+        return (all(m.equal for m in self.metrics if not m.ignored)
+                and all(p.equal for p in self.params))
 
 
 def values_close(reproduced: float, reference: float, tol: Tolerance) -> bool:
@@ -144,8 +193,8 @@ def compare_histories(
     Several values logged at one step are compared in the order they were
     logged.  A point missing on one side is a divergence at its step.
     """
-    ref = sorted(reference, key=lambda p: p[0])  # stable: keeps logging order
-    new = sorted(reproduced, key=lambda p: p[0])
+    ref = sorted(reference, key=lambda p: p[0] or 0)  # stable: keeps logging order
+    new = sorted(reproduced, key=lambda p: p[0] or 0)
     divergence = _first_divergence(ref, new, tol)
     return MetricVerdict(
         key=key,
@@ -155,6 +204,8 @@ def compare_histories(
         steps_compared=min(len(ref), len(new)),
         # None for latest values only, whose step is not known.
         first_divergent_step=divergence[0] if divergence else None,
+        points=max(len(ref), len(new)),
+        tolerance=tol,
     )
 
 
@@ -176,14 +227,23 @@ def _first_divergence(
 def judge(
         reference: Mapping[str, Sequence[Point]],
         reproduced: Mapping[str, Sequence[Point]],
-        tol: Tolerance,
+        rules: Rules,
+        params: Sequence[ParamVerdict] = (),
 ) -> Verdict:
     """Every metric that either run has, each compared as a whole history."""
-    keys = sorted(set(reference) | set(reproduced))
-    return Verdict(tuple(
-        compare_histories(k, reference.get(k, ()), reproduced.get(k, ()), tol)
-        for k in keys
-    ))
+    metrics = []
+    for key in sorted(set(reference) | set(reproduced)):
+        verdict = compare_histories(
+            key, reference.get(key, ()), reproduced.get(key, ()), rules.tolerance_for(key),
+        )
+        metrics.append(dataclasses.replace(verdict, ignored=rules.is_ignored(key)))
+    return Verdict(tuple(metrics), tuple(params))
+
+
+def compare_params(
+        reference: Mapping[str, str], reproduced: Mapping[str, str], keys: Sequence[str],
+) -> list[ParamVerdict]:
+    return [ParamVerdict(k, reference.get(k), reproduced.get(k)) for k in sorted(keys)]
 
 
 # ---------------------------------------------------------------------------
@@ -217,6 +277,12 @@ class Plan:
     experiment_name: str
     params: Params
     logged_params: dict[str, str]  # what MLflow would log for this launch
+    command: str  # the entry point's command template
+
+    @property
+    def declared(self) -> tuple[str, ...]:
+        """The params the entry point declares (for a script: those passed)."""
+        return tuple(self.logged_params)
 
 
 def mask_credentials(text: str) -> str:
@@ -678,70 +744,313 @@ def project_output(tail: Sequence[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
-# Reporting.
+# Reporting: a Report is rendered as text, JSON or Markdown, and recorded on
+# the reproduced run.
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    plan: Plan
-    reproduced_run_id: str
-    verdict: Verdict
-    verbose: bool
+    status: str  # one of STATUSES
+    exit_code: int
+    reference_run_id: str
+    reproduced_run_id: str | None = None
+    plan: Plan | None = None  # None when comparing two existing runs
+    verdict: Verdict | None = None
+    rules: Rules = Rules()
+    message: str | None = None
+    output_tail: tuple[str, ...] = ()
 
     @property
-    def exit_code(self) -> int:
-        return EXIT_EQUAL if self.verdict.equal else EXIT_DIFFER
+    def equal(self) -> bool | None:
+        return self.verdict.equal if self.status in ('equal', 'differ') and self.verdict else None
 
 
-def _param_list(params: Mapping[str, str]) -> str:
-    return ', '.join(f'{k}={v}' for k, v in sorted(params.items())) or '(none)'
+def _json_float(x: float | None) -> float | str | None:
+    """JSON has no NaN or infinity: they are written as the strings
+    "NaN", "Infinity" and "-Infinity", which float() reads back."""
+    if x is None or math.isfinite(x):
+        return x
+    return 'NaN' if math.isnan(x) else ('Infinity' if x > 0 else '-Infinity')
+
+
+def _relative_diff(m: MetricVerdict) -> float | None:
+    diff = value_diff(m.reproduced, m.reference)
+    if diff is None or diff == 0:
+        return diff
+    return abs(diff) / abs(m.reference) if m.reference else math.inf
+
+
+def _metric_json(m: MetricVerdict) -> dict[str, Any]:
+    diff = value_diff(m.reproduced, m.reference)
+    return {
+        'key': m.key,
+        'reference': _json_float(m.reference),
+        'reproduced': _json_float(m.reproduced),
+        'abs_diff': _json_float(None if diff is None else abs(diff)),
+        'rel_diff': _json_float(_relative_diff(m)),
+        'equal': m.equal,
+        'ignored': m.ignored,
+        'rtol': m.tolerance.rtol,
+        'atol': m.tolerance.atol,
+        'steps_compared': m.steps_compared,
+        'first_divergent_step': m.first_divergent_step,
+    }
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    plan, verdict = report.plan, report.verdict
+    return {
+        'reference_run_id': report.reference_run_id,
+        'reproduced_run_id': report.reproduced_run_id,
+        'equal': report.equal,
+        'status': report.status,
+        'exit_code': report.exit_code,
+        'message': report.message,
+        'source': plan and {
+            'uri': mask_credentials(plan.source.uri),
+            'version': plan.source.version,
+            'entry_point': plan.entry_point,
+            'env_manager': plan.env_manager,
+        },
+        'params': {
+            'passed': plan.params.passed if plan else None,
+            'not_passed': plan.params.not_passed if plan else None,
+            'compared': [
+                {'key': p.key, 'reference': p.reference, 'reproduced': p.reproduced,
+                 'equal': p.equal}
+                for p in (verdict.params if verdict else ())
+            ],
+        },
+        'tolerance': {
+            'rtol': report.rules.default.rtol,
+            'atol': report.rules.default.atol,
+            'overrides': [{'pattern': pattern, 'rtol': tol.rtol, 'atol': tol.atol}
+                          for pattern, tol in report.rules.overrides],
+            'ignored': list(report.rules.ignored),
+        },
+        'metrics': [_metric_json(m) for m in (verdict.metrics if verdict else ())],
+        'output_tail': list(report.output_tail),
+    }
+
+
+def format_json(report: Report) -> str:
+    return json.dumps(report_json(report), indent=2, allow_nan=False)
 
 
 def _note(m: MetricVerdict) -> str:
+    if m.ignored:
+        return 'ignored'
     if m.equal or m.reference is None or m.reproduced is None:
         return ''
-    if m.first_divergent_step is None or m.steps_compared < 1:
-        return 'differs'
-    return f'differs from step {m.first_divergent_step}'
+    if m.points > 1 and m.first_divergent_step is not None:
+        return f'differs from step {m.first_divergent_step}'
+    return 'differs'
 
 
-def format_table(verdict: Verdict) -> str:
-    from tabulate import tabulate
-
+def _metric_rows(verdict: Verdict) -> tuple[list[str], list[list[Any]]]:
     rows = [
         [m.key, m.reference, m.reproduced, value_diff(m.reproduced, m.reference), _note(m)]
         for m in verdict.metrics
     ]
     headers = ['Metric', 'Run1', 'Run2', 'Diff', 'Note']
     if not any(row[-1] for row in rows):
-        headers.pop()
-        rows = [row[:-1] for row in rows]
-    return tabulate(rows, headers=headers, tablefmt='psql', missingval='-')
+        return headers[:-1], [row[:-1] for row in rows]
+    return headers, rows
 
 
-def format_text(report: Report) -> str:
-    plan = report.plan
-    ref = plan.reference.info
-    lines = [
-        f'Reference run:  {ref.run_id} ({ref.run_name})',
-        f'Reproduced run: {report.reproduced_run_id}',
+def _param_rows(verdict: Verdict) -> tuple[list[str], list[list[Any]]]:
+    rows = [[p.key, p.reference, p.reproduced, '' if p.equal else 'differs']
+            for p in verdict.params]
+    headers = ['Param', 'Run1', 'Run2', 'Note']
+    if not any(row[-1] for row in rows):
+        return headers[:-1], [row[:-1] for row in rows]
+    return headers, rows
+
+
+def _table(rows: tuple[list[str], list[list[Any]]], tablefmt: str) -> str:
+    from tabulate import tabulate
+
+    headers, body = rows
+    # disable_numparse keeps param values as the strings they are.
+    numparse = headers[0] == 'Metric'
+    return tabulate(body, headers=headers, tablefmt=tablefmt, missingval='-',
+                    disable_numparse=not numparse)
+
+
+def _plan_lines(plan: Plan) -> list[str]:
+    return [
         f'Source:         {mask_credentials(plan.source.uri)} @ {plan.source.version}',
         f'Entry point:    {plan.entry_point} (env manager: {plan.env_manager})',
-        f'Params passed:  {_param_list(plan.params.passed)}',
     ]
-    if plan.params.not_passed:
-        if report.verbose:
-            lines.append(f'Params not passed (not declared by the entry point): '
-                         f'{_param_list(plan.params.not_passed)}')
-        else:
-            lines.append(f'Params not passed: {len(plan.params.not_passed)} '
-                         f'not declared by the entry point (--verbose lists them)')
-    lines.append(format_table(report.verdict))
-    lines.append(f'Runs equal: {report.verdict.equal}')
+
+
+def _not_passed_lines(plan: Plan, verbose: bool) -> list[str]:
+    not_passed = plan.params.not_passed
+    if not not_passed:
+        return []
+    if verbose:
+        return [f'Params not passed (not declared by the entry point): {_listed(not_passed)}']
+    return [f'Params not passed: {len(not_passed)} not declared by the entry point '
+            f'(--verbose lists them)']
+
+
+def _listed(params: Mapping[str, str]) -> str:
+    return ', '.join(f'{k}={v}' for k, v in sorted(params.items())) or '(none)'
+
+
+def _dry_run_lines(plan: Plan) -> list[str]:
+    return [
+        f'Params to pass: {_listed(plan.params.passed)}',
+        f'Params not passed (not declared by the entry point): {_listed(plan.params.not_passed)}',
+        f'Experiment:     {plan.experiment_name}',
+        'Dry run: nothing was run and no run was created.',
+    ]
+
+
+def format_text(report: Report, verbose: bool = False) -> str:
+    lines = [f'Reference run:  {report.reference_run_id}']
+    if report.reproduced_run_id:
+        label = 'Reproduced run:' if report.plan else 'Compared run:  '
+        lines.append(f'{label} {report.reproduced_run_id}')
+    if report.plan:
+        lines += _plan_lines(report.plan)
+    if report.verdict and report.verdict.params:
+        lines.append(_table(_param_rows(report.verdict), 'psql'))
+    if report.plan and report.status == 'planned':
+        lines += _dry_run_lines(report.plan)
+    elif report.plan:
+        lines += _not_passed_lines(report.plan, verbose)
+    if report.verdict:
+        lines.append(_table(_metric_rows(report.verdict), 'psql'))
+        lines.append(f'Runs equal: {report.verdict.equal}')
     return '\n'.join(lines)
+
+
+def format_markdown(report: Report, reference_link: str | None = None) -> str:
+    """GitHub-flavoured: a pull request comment, a chat message, a run description."""
+    reference = report.reference_run_id
+    if reference_link:
+        reference = f'[{reference}]({reference_link})'
+    lines = [f'**Reproduction of run {reference}**: {report.status}', '']
+    if report.reproduced_run_id:
+        label = 'reproduced run' if report.plan else 'compared run'
+        lines += [f'- {label}: `{report.reproduced_run_id}`']
+    if report.plan:
+        plan = report.plan
+        lines += [
+            f'- source: `{mask_credentials(plan.source.uri)}` at `{plan.source.version}`',
+            f'- entry point: `{plan.entry_point}`, env manager `{plan.env_manager}`',
+        ]
+    if report.message:
+        lines += ['', f'> {report.message}']
+    if report.verdict:
+        if report.verdict.params:
+            lines += ['', _table(_param_rows(report.verdict), 'github')]
+        lines += ['', _table(_metric_rows(report.verdict), 'github')]
+    if report.equal is not None:
+        lines += ['', f'Runs equal: {report.equal}']
+    return '\n'.join(lines)
+
+
+def render(report: Report, output: str, verbose: bool) -> str | None:
+    """What goes to standard output; None for nothing."""
+    if output == 'json':
+        return format_json(report)
+    if output == 'markdown':
+        return format_markdown(report)
+    if report.status in ('failed', 'error'):
+        return None
+    return format_text(report, verbose)
+
+
+# ---------------------------------------------------------------------------
+# Recording the verdict on the reproduced run.
+
+def _plot_name(key: str) -> str:
+    return re.sub(r'[^\w.-]', '_', key) + '.png'
+
+
+def make_plots(
+        verdict: Verdict,
+        reference: Mapping[str, Sequence[Point]],
+        reproduced: Mapping[str, Sequence[Point]],
+        folder: str,
+) -> list[str]:
+    """A PNG for each differing metric that has a history to look at."""
+    wanted = [m for m in verdict.metrics
+              if not m.equal and not m.ignored and m.points > 1]
+    if not wanted:
+        return []
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for m in wanted:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for label, history, style in (('reference (Run1)', reference.get(m.key, ()), '-'),
+                                      ('reproduced (Run2)', reproduced.get(m.key, ()), '--')):
+            points = sorted(history, key=lambda p: p[0] or 0)
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, marker='.', label=label)
+        if m.first_divergent_step is not None:
+            ax.axvline(m.first_divergent_step, color='red', linewidth=1,
+                       label=f'first divergence (step {m.first_divergent_step})')
+        ax.set(title=m.key, xlabel='step', ylabel=m.key)
+        ax.legend()
+        path = os.path.join(folder, _plot_name(m.key))
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _run_link(client: MlflowClient, run_id: str) -> str:
+    """A link the MLflow UI resolves, relative to the page showing it."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return f'#/experiments/{experiment_id}/runs/{run_id}'
+
+
+def record_verdict(
+        client: MlflowClient,
+        report: Report,
+        histories: tuple[Mapping[str, Sequence[Point]], Mapping[str, Sequence[Point]]] | None,
+        plots: bool,
+) -> None:
+    """Tags, description and artifacts on the reproduced run, where people
+    look in the MLflow UI.  The reference run is never written to."""
+    from mlflow.entities import RunTag
+
+    run_id = report.reproduced_run_id
+    assert run_id is not None and run_id != report.reference_run_id
+    tags = {
+        TAG_REFERENCE_RUN_ID: report.reference_run_id,
+        TAG_EQUAL: 'true' if report.equal else 'false',
+        TAG_STATUS: report.status,
+        TAG_RTOL: repr(report.rules.default.rtol),
+        TAG_ATOL: repr(report.rules.default.atol),
+        TAG_NOTE: format_markdown(report, _run_link(client, report.reference_run_id)),
+    }
+    try:
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
+            path = os.path.join(folder, COMPARISON_ARTIFACT)
+            with open(path, 'w') as f:
+                f.write(format_json(report))
+            client.log_artifact(run_id, path, ARTIFACT_DIR)
+            if plots and report.verdict and histories:
+                plot_dir = os.path.join(folder, 'plots')
+                os.mkdir(plot_dir)
+                if make_plots(report.verdict, *histories, plot_dir):
+                    client.log_artifacts(run_id, plot_dir, f'{ARTIFACT_DIR}/plots')
+    except Exception as e:  # the verdict stands; say that it is not recorded
+        warn(f'could not record the verdict on run {run_id}: {_last_line(str(e))}')
 
 
 # ---------------------------------------------------------------------------
 # The pipeline.
+
+def warn(message: str) -> None:
+    print(f'reproduce_run: warning: {mask_credentials(message)}', file=sys.stderr)
+
 
 def make_plan(
         args: argparse.Namespace, reference: Run, source: Source, project_dir: str,
@@ -759,6 +1068,7 @@ def make_plan(
         experiment_name=args.experiment_name,
         params=params,
         logged_params=params_to_log(spec, params),
+        command=spec.command,
     )
 
 
@@ -775,6 +1085,51 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger('mlflow').setLevel(logging.WARNING)
 
 
+def _unquoted(params: Mapping[str, str]) -> dict[str, str]:
+    return {k: unquote_param(v) for k, v in params.items()}
+
+
+def rules_from(args: argparse.Namespace) -> Rules:
+    return Rules(
+        default=Tolerance(rtol=args.rtol, atol=args.atol),
+        overrides=tuple(args.tolerance),
+        ignored=tuple(args.ignore_metric),
+    )
+
+
+def judge_runs(
+        client: MlflowClient, args: argparse.Namespace, reference: Run, other: Run,
+        param_keys: Sequence[str],
+) -> tuple[Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
+    rules = rules_from(args)
+    for pattern in rules.unmatched(sorted({*reference.data.metrics, *other.data.metrics})):
+        warn(f'{pattern!r} matches no metric of either run')
+    reference_histories, other_histories = read_histories(
+        client, (reference, other), args.last_only,
+    )
+    params = compare_params(
+        _unquoted(reference.data.params), _unquoted(other.data.params), param_keys,
+    )
+    verdict = judge(reference_histories, other_histories, rules, params)
+    return verdict, (reference_histories, other_histories)
+
+
+def _verdict_report(verdict: Verdict, **fields: Any) -> Report:
+    status, code = ('equal', EXIT_EQUAL) if verdict.equal else ('differ', EXIT_DIFFER)
+    return Report(status=status, exit_code=code, verdict=verdict, **fields)
+
+
+def compare_to(client: MlflowClient, args: argparse.Namespace, reference: Run) -> Report:
+    """Judge two existing runs; nothing runs and nothing is written."""
+    other = read_reference(client, args.compare_to, 'the tracking server')
+    keys = sorted({*reference.data.params, *other.data.params})
+    verdict, _ = judge_runs(client, args, reference, other, keys)
+    return _verdict_report(
+        verdict, reference_run_id=reference.info.run_id,
+        reproduced_run_id=other.info.run_id, rules=rules_from(args),
+    )
+
+
 def reproduce(args: argparse.Namespace) -> Report:
     user_environ = {k: os.environ.get(k) for k in TOOL_HTTP_DEFAULTS}
     tool_environ = {k: user_environ[k] or v for k, v in TOOL_HTTP_DEFAULTS.items()}
@@ -784,34 +1139,41 @@ def reproduce(args: argparse.Namespace) -> Report:
         _configure_logging(args.verbose)
         client = mlflow.MlflowClient()
         reference = read_reference(client, args.run_id, mlflow.get_tracking_uri())
+        if args.compare_to:
+            return compare_to(client, args, reference)
         source = resolve_source(reference, args.uri, args.version)
         tmp_dir = tempfile.mkdtemp(prefix='reproduce_run-')
         try:
             project_dir, commit = fetch_source(source, os.path.join(tmp_dir, 'src'))
             source = dataclasses.replace(source, version=commit)
             plan = make_plan(args, reference, source, project_dir)
-            if args.verbose:
-                print(f'reproduce_run: launching {plan.entry_point!r} of '
-                      f'{mask_credentials(source.uri)} at {commit}', file=sys.stderr)
+            if args.dry_run:
+                return Report(status='planned', exit_code=EXIT_EQUAL,
+                              reference_run_id=args.run_id, plan=plan, rules=rules_from(args))
             run_id = create_reproduced_run(client, plan)
             launch = run_project(client, plan, run_id, tmp_dir, user_environ, args.verbose)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+        fields = dict(reference_run_id=args.run_id, reproduced_run_id=run_id, plan=plan,
+                      rules=rules_from(args), output_tail=launch.output_tail)
         if launch.returncode != 0:
             output = project_output(launch.output_tail)
             last = f'; its last output line: {output[-1]}' if output else ''
-            raise ReproduceError(
-                f'the reproduced run {run_id} failed (exit status '
-                f'{launch.returncode}){last}',
-                EXIT_RUN_FAILED,
+            report = Report(
+                status='failed', exit_code=EXIT_RUN_FAILED,
+                message=f'the reproduced run {run_id} failed (exit status '
+                        f'{launch.returncode}){last}',
+                **fields,
             )
+            record_verdict(client, report, None, plots=False)
+            return report
         reproduced = client.get_run(run_id)
-        reference_histories, reproduced_histories = read_histories(
-            client, (reference, reproduced), args.last_only,
+        verdict, histories = judge_runs(
+            client, args, reference, reproduced, plan.declared or plan.params.passed,
         )
-        tol = Tolerance(rtol=args.rtol, atol=args.atol)
-        verdict = judge(reference_histories, reproduced_histories, tol)
-        return Report(plan=plan, reproduced_run_id=run_id, verdict=verdict, verbose=args.verbose)
+        report = _verdict_report(verdict, **fields)
+        record_verdict(client, report, histories, plots=not args.no_plots)
+        return report
 
 
 # ---------------------------------------------------------------------------
@@ -835,6 +1197,19 @@ def _tolerance(s: str) -> float:
     return value
 
 
+def _metric_tolerance(s: str) -> tuple[str, Tolerance]:
+    """KEY=RTOL[,ATOL], KEY a glob."""
+    key, sep, values = s.partition('=')
+    parts = values.split(',')
+    if not sep or not key or not 1 <= len(parts) <= 2:
+        raise argparse.ArgumentTypeError(f'expected KEY=RTOL[,ATOL], got {s!r}')
+    try:
+        rtol, atol = _tolerance(parts[0]), _tolerance(parts[1]) if len(parts) == 2 else DEFAULT_ATOL
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f'{e} in {s!r}') from None
+    return key, Tolerance(rtol=rtol, atol=atol)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='reproduce_run',
@@ -855,14 +1230,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"entry point (default: the run's, else {DEFAULT_ENTRY_POINT})")
     parser.add_argument('--env-manager', dest='env_manager', choices=ENV_MANAGERS,
                         help="environment manager (default: the run's recorded one, else local)")
-    parser.add_argument('--rtol', '--rel_tol', dest='rtol', type=_tolerance,
-                        default=DEFAULT_RTOL, help='relative tolerance (default: %(default)s)')
-    parser.add_argument('--atol', type=_tolerance, default=DEFAULT_ATOL,
-                        help='absolute tolerance (default: %(default)s)')
-    parser.add_argument('--last-only', action='store_true',
-                        help="compare only each metric's latest value, not its history")
-    parser.add_argument('--verbose', action='store_true',
-                        help="show run details, MLflow's log lines and tracebacks")
+    judging = parser.add_argument_group('judging')
+    judging.add_argument('--rtol', '--rel_tol', dest='rtol', type=_tolerance,
+                         default=DEFAULT_RTOL, help='relative tolerance (default: %(default)s)')
+    judging.add_argument('--atol', type=_tolerance, default=DEFAULT_ATOL,
+                         help='absolute tolerance (default: %(default)s)')
+    judging.add_argument('--tolerance', action='append', default=[], type=_metric_tolerance,
+                         metavar='KEY=RTOL[,ATOL]',
+                         help='tolerance for the metrics matching the glob KEY; repeatable, '
+                              'the last match wins')
+    judging.add_argument('--ignore-metric', action='append', default=[], metavar='PATTERN',
+                         help='leave metrics matching the glob out of the verdict (still '
+                              'listed); repeatable')
+    judging.add_argument('--last-only', action='store_true',
+                         help="compare only each metric's latest value, not its history")
+    judging.add_argument('--compare-to', type=_run_id, metavar='RUN_ID',
+                         help='compare the reference with this existing run; run nothing')
+    out = parser.add_argument_group('output')
+    out.add_argument('--output', choices=('table', 'json', 'markdown'), default='table',
+                     help='report format on standard output (default: %(default)s)')
+    out.add_argument('--no-plots', action='store_true',
+                     help='do not attach plots of differing histories to the reproduced run')
+    out.add_argument('--dry-run', action='store_true',
+                     help='resolve and print the plan; create no run, run nothing')
+    out.add_argument('--verbose', action='store_true',
+                     help="show run details, MLflow's log lines and tracebacks")
     return parser.parse_args(argv)
 
 
@@ -892,15 +1284,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             import traceback
             traceback.print_exc()
-        print(f'reproduce_run: error: {mask_credentials(str(e))}', file=sys.stderr)
-        return e.exit_code
+        report = Report(status='error', exit_code=e.exit_code, reference_run_id=args.run_id,
+                        message=mask_credentials(str(e)), rules=rules_from(args))
     except KeyboardInterrupt:
         print('reproduce_run: interrupted', file=sys.stderr)
         return EXIT_INTERRUPTED
     except _Terminated:
         print('reproduce_run: terminated', file=sys.stderr)
         return EXIT_TERMINATED
-    print(format_text(report))
+    if report.message:
+        print(f'reproduce_run: error: {report.message}', file=sys.stderr)
+    text = render(report, args.output, args.verbose)
+    if text is not None:
+        print(text)
     return report.exit_code
 
 

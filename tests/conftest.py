@@ -89,12 +89,22 @@ def own_repo(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope='session')
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    """An sqlite store whose artifacts live beside it."""
+    where = tmp_path_factory.mktemp('store')
+    uri = f"sqlite:///{where / 'mlflow.db'}"
+    subprocess.run(
+        (sys.executable, '-c', 'import mlflow; mlflow.MlflowClient().search_experiments()'),
+        env={**os.environ, 'MLFLOW_TRACKING_URI': uri}, cwd=where, check=True,
+        capture_output=True,
+    )
+    return uri
 
 
 @pytest.fixture(autouse=True)
-def _tracking_uri(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def _tracking_uri(store: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv('MLFLOW_TRACKING_URI', store)
+    # MLflow puts artifacts under ./mlruns of whoever creates an experiment.
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope='session')

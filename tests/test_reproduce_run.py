@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 from conftest import ROOT, SCRIPT, git, mlflow_run
 
 import reproduce_run
-from reproduce_run import Tolerance, compare_histories, judge, main
+from reproduce_run import Rules, Tolerance, compare_histories, judge, main
 
 NAN, INF = math.nan, math.inf
 TIGHT = Tolerance(rtol=1e-9, atol=0.0)
@@ -76,7 +77,8 @@ def test_compare_histories(reference, reproduced, equal, first, compared):
 
 
 def test_judge_compares_every_metric_either_run_has():
-    verdict = judge({'a': [(0, 1.0)], 'b': [(0, 2.0)]}, {'a': [(0, 1.0)], 'c': [(0, 3.0)]}, TIGHT)
+    verdict = judge({'a': [(0, 1.0)], 'b': [(0, 2.0)]}, {'a': [(0, 1.0)], 'c': [(0, 3.0)]},
+                    Rules(TIGHT))
     assert [(m.key, m.reference, m.reproduced, m.equal) for m in verdict.metrics] == [
         ('a', 1.0, 1.0, True), ('b', 2.0, None, False), ('c', None, 3.0, False),
     ]
@@ -84,7 +86,7 @@ def test_judge_compares_every_metric_either_run_has():
 
 
 def test_judge_of_equal_runs_is_equal():
-    assert judge({'a': [(0, 1.0)]}, {'a': [(0, 1.0)]}, TIGHT).equal is True
+    assert judge({'a': [(0, 1.0)]}, {'a': [(0, 1.0)]}, Rules(TIGHT)).equal is True
 
 
 @pytest.mark.parametrize(('logged', 'expected'), [
@@ -205,6 +207,19 @@ def reproduce(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def metric_table(out: str) -> list[str]:
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('| Metric')) - 1
+    return lines[start:-1]
+
+
+def param_table(out: str) -> list[str]:
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('| Param')) - 1
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith('+-')) + 1
+    return lines[start:end]
+
+
 def reproduced_run(out: str):
     run_id = next(line.split()[2] for line in out.splitlines()
                   if line.startswith('Reproduced run:'))
@@ -216,10 +231,9 @@ def test_deterministic_run_is_reproduced(reference, capsys):
     code, out, _ = reproduce(capsys, '--run_id', run_id)
     assert code == 0
     assert out.splitlines()[-1] == 'Runs equal: True'
-    table = out[out.index('+-'):]
-    assert table.splitlines()[1].split() == ['|', 'Metric', '|', 'Run1', '|', 'Run2', '|',
-                                             'Diff', '|']
-    assert [line.split()[1] for line in table.splitlines()[3:6]] == ['mae', 'r2', 'rmse']
+    table = metric_table(out)
+    assert table[1].split() == ['|', 'Metric', '|', 'Run1', '|', 'Run2', '|', 'Diff', '|']
+    assert [line.split()[1] for line in table[3:6]] == ['mae', 'r2', 'rmse']
     new = reproduced_run(out)
     ref = client().get_run(run_id)
     assert new.info.status == 'FINISHED'
@@ -260,11 +274,13 @@ def test_last_only_ignores_a_midway_divergence(reference, capsys, monkeypatch):
 
 def test_extra_params_are_not_passed(reference, capsys):
     run_id = reference('own_params')
-    assert set(client().get_run(run_id).data.params) > {'n_neighbors'}
+    own = set(client().get_run(run_id).data.params) - {'n_neighbors'}
+    assert own
     code, out, _ = reproduce(capsys, '--run_id', run_id)
     assert code == 0, out
-    assert 'Params passed:  n_neighbors=5' in out
-    assert 'not declared by the entry point' in out
+    assert [line.split() for line in param_table(out)[3:-1]] == [
+        ['|', 'n_neighbors', '|', '5', '|', '5', '|']]
+    assert f'Params not passed: {len(own)} not declared by the entry point' in out
 
 
 def test_verbose_lists_the_params_not_passed(reference, capsys):
@@ -288,7 +304,8 @@ def test_script_entry_point_gets_the_params_mlflow_logged(reference, capsys):
     run_id = reference('entry_points', '-e', 'score.py', '-P', 'threshold=0.3')
     code, out, _ = reproduce(capsys, '--run_id', run_id)
     assert code == 0, out
-    assert 'Params passed:  threshold=0.3' in out
+    assert [line.split() for line in param_table(out)[3:-1]] == [
+        ['|', 'threshold', '|', '0.3', '|', '0.3', '|']]
 
 
 ECHO_PROJECT = {
@@ -432,3 +449,287 @@ def test_script_runs_as_a_command(reference):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == 'Runs equal: True'
+
+
+# --- verdicts for machines and people (output formats, MLflow records) --------
+
+def all_run_ids() -> set[str]:
+    c = client()
+    return {r.info.run_id for r in c.search_runs(
+        [e.experiment_id for e in c.search_experiments(view_type=3)], run_view_type=3)}
+
+
+def run_snapshot(run_id: str) -> dict:
+    """Everything a reproduction must not change about the reference run."""
+    run = client().get_run(run_id)
+    return {
+        'info': run.info.to_proto().SerializeToString(),
+        'params': run.data.params,
+        'tags': run.data.tags,
+        'metrics': {k: [(m.step, m.timestamp, m.value) for m in
+                        client().get_metric_history(run_id, k)] for k in run.data.metrics},
+        'artifacts': [f.path for f in client().list_artifacts(run_id)],
+    }
+
+
+def logged_run(metrics: dict[str, list[float]], params: dict[str, str] | None = None) -> str:
+    """A finished run with the given metric histories, logged directly."""
+    c = client()
+    run = c.create_run(c.get_experiment_by_name('Default').experiment_id)
+    for key, values in metrics.items():
+        for step, value in enumerate(values):
+            c.log_metric(run.info.run_id, key, value, step=step)
+    for key, value in (params or {}).items():
+        c.log_param(run.info.run_id, key, value)
+    c.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_json_output_is_one_document_with_every_field(reference, capsys):
+    run_id = reference('sklearn_regression')
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--output', 'json',
+                               '--tolerance', 'r*=0.01')
+    doc = json.loads(out)
+    assert code == doc['exit_code'] == 0
+    assert (doc['reference_run_id'], doc['status'], doc['equal']) == (run_id, 'equal', True)
+    ref = client().get_run(run_id)
+    assert doc['source'] == {
+        'uri': ref.data.tags['mlflow.source.name'],
+        'version': ref.data.tags['mlflow.source.git.commit'],
+        'entry_point': 'main', 'env_manager': 'local',
+    }
+    assert doc['params']['passed'] == {'alpha': '0.005', 'l1_ratio': '0.5'}
+    assert doc['params']['not_passed'] == {}
+    assert doc['tolerance'] == {'rtol': 1e-9, 'atol': 0.0, 'ignored': [],
+                                'overrides': [{'pattern': 'r*', 'rtol': 0.01, 'atol': 0.0}]}
+    by_key = {m['key']: m for m in doc['metrics']}
+    assert sorted(by_key) == ['mae', 'r2', 'rmse']
+    assert by_key['mae'] == {
+        'key': 'mae', 'reference': ref.data.metrics['mae'],
+        'reproduced': ref.data.metrics['mae'], 'abs_diff': 0.0, 'rel_diff': 0.0,
+        'equal': True, 'ignored': False, 'rtol': 1e-9, 'atol': 0.0,
+        'steps_compared': 1, 'first_divergent_step': None,
+    }
+    assert (by_key['r2']['rtol'], by_key['rmse']['rtol']) == (0.01, 0.01)
+    assert client().get_run(doc['reproduced_run_id']).info.status == 'FINISHED'
+
+
+def test_json_output_of_a_failed_reproduction(reference, capsys):
+    code, out, _ = reproduce(capsys, '--run_id', reference('failing', fails=True),
+                             '--output', 'json')
+    doc = json.loads(out)
+    assert (code, doc['exit_code'], doc['status'], doc['equal']) == (3, 3, 'failed', None)
+    assert doc['reproduced_run_id'] and 'failed (exit status 1)' in doc['message']
+    assert 'sample failure: giving up at step 2' in doc['output_tail']
+
+
+def test_json_output_of_an_error(capsys):
+    code, out, err = reproduce(capsys, '--run_id', 'e' * 32, '--output', 'json')
+    doc = json.loads(out)
+    assert (code, doc['exit_code'], doc['status']) == (2, 2, 'error')
+    assert (doc['reproduced_run_id'], doc['equal'], doc['metrics']) == (None, None, [])
+    assert doc['message'].startswith(f'run {"e" * 32} not found')
+    assert err.startswith('reproduce_run: error: run ')
+
+
+def test_json_writes_nan_as_a_string(capsys):
+    ref, other = logged_run({'a': [math.nan], 'd': [1.0]}), logged_run({'a': [math.nan], 'd': [math.nan]})
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'json')
+    assert code == 1
+    metrics = {m['key']: m for m in json.loads(out)['metrics']}
+    assert (metrics['a']['reference'], metrics['a']['reproduced'], metrics['a']['equal']) == \
+        ('NaN', 'NaN', True)
+    assert (metrics['d']['reproduced'], metrics['d']['abs_diff'], metrics['d']['equal']) == \
+        ('NaN', 'NaN', False)
+    assert math.isnan(float(metrics['d']['reproduced']))
+
+
+@pytest.mark.parametrize(('reference', 'reproduced', 'fields'), [
+    pytest.param(INF, INF, ('Infinity', 'Infinity', 0.0, 0.0, True), id='inf'),
+    pytest.param(-INF, -INF, ('-Infinity', '-Infinity', 0.0, 0.0, True), id='minus-inf'),
+    pytest.param(1.0, INF, (1.0, 'Infinity', 'Infinity', 'Infinity', False), id='to-inf'),
+    pytest.param(0.0, 0.5, (0.0, 0.5, 0.5, 'Infinity', False), id='from-zero'),
+    pytest.param(2.0, 1.0, (2.0, 1.0, 1.0, 0.5, False), id='finite'),
+])
+def test_json_numbers_are_parseable(reference, reproduced, fields):
+    """SQL stores keep inf as the largest float, so this is tested without one."""
+    verdict = judge({'m': [(0, reference)]}, {'m': [(0, reproduced)]}, Rules(TIGHT))
+    report = reproduce_run.Report('differ', 1, 'a', 'b', verdict=verdict)
+    metric = json.loads(reproduce_run.format_json(report))['metrics'][0]
+    assert tuple(metric[k] for k in ('reference', 'reproduced', 'abs_diff', 'rel_diff',
+                                     'equal')) == fields
+
+
+def test_markdown_output(capsys):
+    ref, other = logged_run({'acc': [0.5]}), logged_run({'acc': [0.75]})
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'markdown')
+    assert code == 1
+    assert out.startswith(f'**Reproduction of run {ref}**: differ\n')
+    assert '| Metric   |   Run1 |   Run2 |   Diff | Note    |\n' in out
+    assert '|----------|--------|--------|--------|---------|\n' in out
+    assert f'- compared run: `{other}`' in out
+    assert '| acc      |    0.5 |   0.75 |   0.25 | differs |\n' in out
+    assert out.endswith('\nRuns equal: False\n')
+
+
+def test_verdict_is_recorded_on_the_reproduced_run(reference, capsys):
+    run_id = reference('sklearn_regression')
+    before = run_snapshot(run_id)
+    code, out, _ = reproduce(capsys, '--run_id', run_id, '--output', 'json', '--atol', '0.001')
+    doc = json.loads(out)
+    new = client().get_run(doc['reproduced_run_id'])
+    tags = new.data.tags
+    assert {k: v for k, v in tags.items() if k.startswith('reproduce.')} == {
+        'reproduce.reference_run_id': run_id, 'reproduce.equal': 'true',
+        'reproduce.status': 'equal', 'reproduce.rtol': '1e-09', 'reproduce.atol': '0.001'}
+    ref_experiment = client().get_run(run_id).info.experiment_id
+    note = tags['mlflow.note.content']
+    assert note.startswith(f'**Reproduction of run [{run_id}](#/experiments/{ref_experiment}'
+                           f'/runs/{run_id})**: equal')
+    assert '| mae ' in note and note.endswith('Runs equal: True')
+    path = client().download_artifacts(new.info.run_id, 'reproduce/comparison.json')
+    assert json.loads(Path(path).read_text()) == doc
+    assert run_snapshot(run_id) == before
+
+
+def test_failed_reproduction_is_recorded_as_failed(reference, capsys):
+    code, out, _ = reproduce(capsys, '--run_id', reference('failing', fails=True),
+                             '--output', 'json')
+    tags = client().get_run(json.loads(out)['reproduced_run_id']).data.tags
+    assert (tags['reproduce.status'], tags['reproduce.equal']) == ('failed', 'false')
+    assert 'failed (exit status 1)' in tags['mlflow.note.content']
+
+
+def test_a_differing_history_gets_a_png_plot(reference, capsys, monkeypatch):
+    run_id = reference('history')
+    monkeypatch.setenv('SAMPLE_PERTURB_STEP', '3')
+    code, out, _ = reproduce(capsys, '--run_id', run_id, '--output', 'json')
+    new_id = json.loads(out)['reproduced_run_id']
+    plots = [f.path for f in client().list_artifacts(new_id, 'reproduce/plots')]
+    assert plots == ['reproduce/plots/loss.png']
+    png = Path(client().download_artifacts(new_id, 'reproduce/plots/loss.png')).read_bytes()
+    assert png.startswith(b'\x89PNG\r\n\x1a\n') and len(png) > 1000
+
+
+def test_no_plots_turns_plots_off(reference, capsys, monkeypatch):
+    run_id = reference('history')
+    monkeypatch.setenv('SAMPLE_PERTURB_STEP', '3')
+    code, out, _ = reproduce(capsys, '--run_id', run_id, '--output', 'json', '--no-plots')
+    new_id = json.loads(out)['reproduced_run_id']
+    assert code == 1
+    assert [f.path for f in client().list_artifacts(new_id, 'reproduce')] == [
+        'reproduce/comparison.json']
+
+
+@pytest.mark.parametrize(('rules', 'key', 'tolerance', 'ignored'), [
+    pytest.param(Rules(TIGHT), 'loss', TIGHT, False, id='default'),
+    pytest.param(Rules(TIGHT, (('val_*', Tolerance(0.1)),)), 'val_loss', Tolerance(0.1), False,
+                 id='glob-override'),
+    pytest.param(Rules(TIGHT, (('val_*', Tolerance(0.1)),)), 'loss', TIGHT, False,
+                 id='glob-not-matching'),
+    pytest.param(Rules(TIGHT, (('*', Tolerance(0.1)), ('loss', Tolerance(0.2)))), 'loss',
+                 Tolerance(0.2), False, id='last-match-wins'),
+    pytest.param(Rules(TIGHT, ignored=('*_time',)), 'training_time', TIGHT, True,
+                 id='ignored'),
+])
+def test_rules(rules, key, tolerance, ignored):
+    assert (rules.tolerance_for(key), rules.is_ignored(key)) == (tolerance, ignored)
+
+
+def test_rules_name_patterns_that_match_nothing():
+    rules = Rules(TIGHT, (('val_*', Tolerance(0.1)), ('los', Tolerance(0.1))), ('*_time',))
+    assert rules.unmatched(['loss', 'val_loss']) == ['los', '*_time']
+
+
+def test_ignored_metric_is_listed_but_not_judged(capsys):
+    ref = logged_run({'acc': [0.5], 'training_time': [10.0]})
+    other = logged_run({'acc': [0.5], 'training_time': [12.0]})
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other,
+                             '--ignore-metric', '*_time')
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True')
+    row = next(line for line in out.splitlines() if line.startswith('| training_time'))
+    assert row.split('|')[-2].strip() == 'ignored'
+
+
+def test_glob_tolerance_applies_to_matching_metrics_only(capsys):
+    ref = logged_run({'val_acc': [0.50], 'val_loss': [1.0], 'acc': [0.5]})
+    other = logged_run({'val_acc': [0.51], 'val_loss': [1.01], 'acc': [0.51]})
+    code, _, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other,
+                           '--tolerance', 'val_*=0.05')
+    assert code == 1
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other,
+                             '--tolerance', 'val_*=0.05', '--tolerance', 'acc=0,0.02')
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True')
+
+
+def test_unknown_tolerance_key_warns(capsys):
+    ref = logged_run({'acc': [0.5]})
+    code, _, err = reproduce(capsys, '--run_id', ref, '--compare-to', ref,
+                             '--tolerance', 'accuracy=0.1', '--ignore-metric', 'nothing')
+    assert code == 0
+    assert "reproduce_run: warning: 'accuracy' matches no metric of either run\n" in err
+    assert "reproduce_run: warning: 'nothing' matches no metric of either run\n" in err
+
+
+def test_compare_to_runs_nothing_and_makes_no_run(capsys):
+    ref = logged_run({'acc': [0.5, 0.6]}, {'lr': '0.1'})
+    other = logged_run({'acc': [0.5, 0.7]}, {'lr': '0.1'})
+    before_runs, before_other = all_run_ids(), run_snapshot(other)
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
+    assert code == 1
+    assert 'differs from step 1' in out
+    assert f'Compared run:   {other}' in out
+    assert all_run_ids() == before_runs
+    assert run_snapshot(other) == before_other
+
+
+def test_compare_to_flags_params_that_differ(capsys):
+    ref = logged_run({'acc': [0.5]}, {'lr': '0.1'})
+    other = logged_run({'acc': [0.5]}, {'lr': '0.2'})
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
+    assert code == 1
+    assert [line.split() for line in param_table(out)[3:-1]] == [
+        ['|', 'lr', '|', '0.1', '|', '0.2', '|', 'differs', '|']]
+    assert out.splitlines()[-1] == 'Runs equal: False'
+
+
+def test_changed_project_defaults_are_flagged(own_repo, store, capsys):
+    project = add_project(own_repo, 'echo', ECHO_PROJECT)
+    run_id = mlflow_run(str(project), store, '-P', 'msg=hi')
+    mlproject = project / 'MLproject'
+    mlproject.write_text(mlproject.read_text().replace(
+        '      msg: string\n', '      msg: string\n      extra: {type: string, default: x}\n'))
+    git('commit', '--quiet', '-am', 'a new declared param', cwd=own_repo)
+    code, out, _ = reproduce(capsys, '--run_id', run_id,
+                             '--version', git('rev-parse', 'HEAD', cwd=own_repo))
+    assert code == 1
+    assert [line.split() for line in param_table(out)[3:-1]] == [
+        ['|', 'extra', '|', '-', '|', 'x', '|', 'differs', '|'],
+        ['|', 'msg', '|', 'hi', '|', 'hi', '|', '|']]
+
+
+def test_dry_run_makes_no_run_and_prints_the_plan(reference, capsys):
+    run_id = reference('own_params')
+    before = all_run_ids()
+    code, out, _ = reproduce(capsys, '--run_id', run_id, '--dry-run')
+    assert code == 0
+    assert all_run_ids() == before
+    ref = client().get_run(run_id)
+    assert f"Source:         {ref.data.tags['mlflow.source.name']} @ " \
+           f"{ref.data.tags['mlflow.source.git.commit']}" in out
+    assert 'Entry point:    main (env manager: local)' in out
+    assert 'Params to pass: n_neighbors=5' in out
+    assert 'Params not passed (not declared by the entry point): algorithm=' in out
+    assert 'Experiment:     Default' in out
+
+
+def test_dry_run_json_and_an_impossible_plan(reference, capsys):
+    code, out, _ = reproduce(capsys, '--run_id', reference('sklearn_regression'), '--dry-run',
+                             '--output', 'json')
+    doc = json.loads(out)
+    assert (code, doc['status'], doc['reproduced_run_id']) == (0, 'planned', None)
+    assert doc['params']['passed'] == {'alpha': '0.005', 'l1_ratio': '0.5'}
+    code, out, err = reproduce(capsys, '--run_id', reference('sklearn_regression'), '--dry-run',
+                               '--entry-point', 'nope')
+    assert (code, out) == (2, '')
+    assert "Could not find nope among entry points ['main']" in err
