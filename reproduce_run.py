@@ -348,6 +348,37 @@ def select_params(
     )
 
 
+def quoted_placeholders(command: str) -> set[str]:
+    """Names of the {placeholders} that stand inside quotes in a command.
+
+    MLflow shell-quotes each value it puts in place of a placeholder, but an
+    author's quotes around the placeholder ('{msg}' or "{msg}") end that
+    quoting: a value such as `x; touch /tmp/pwned` then runs as a command.
+    """
+    found, quote, i = set(), '', 0
+    while i < len(command):
+        c = command[i]
+        if c == '\\' and quote != "'":
+            i += 2
+            continue
+        if c in '\'"' and (not quote or quote == c):
+            quote = '' if quote else c
+        elif c == '{' and command.startswith('{{', i):
+            i += 1  # a literal brace in str.format
+        elif c == '{' and (m := re.match(r'\{(\w+)\}', command[i:])):
+            if quote:
+                found.add(m.group(1))
+        i += 1
+    return found
+
+
+def unsafe_params(command: str, passed: Mapping[str, str]) -> list[str]:
+    """Params whose value would escape the author's quotes: it needs quoting
+    (shell metacharacters, spaces, quotes) and its placeholder is quoted."""
+    quoted = quoted_placeholders(command)
+    return sorted(k for k, v in passed.items() if k in quoted and v and shlex.quote(v) != v)
+
+
 # ---------------------------------------------------------------------------
 # Fetching the source: a private checkout, never the user's repository.
 
@@ -435,9 +466,17 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
 # ---------------------------------------------------------------------------
 # Talking to MLflow: reading the reference run, launching the reproduction.
 
-def _mlflow_error(context: str, e: Exception) -> ReproduceError:
+_CONNECTION_FAILURE_RE = re.compile(r'\[Errno -?\d+\] ([^"\')]+)|(Read timed out)')
+
+
+def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> ReproduceError:
+    """One line from an MLflow failure; a connection failure in few words."""
     detail = _last_line(str(e)) or type(e).__name__
-    return ReproduceError(mask_credentials(f'{context}: {detail}'))
+    if 'Max retries exceeded' in detail or 'API request to' in detail:
+        match = _CONNECTION_FAILURE_RE.search(detail)
+        reason = next(g for g in match.groups() if g) if match else 'no answer'
+        detail = f'the tracking server does not answer ({reason.strip()})'
+    return ReproduceError(mask_credentials(f'{context}: {detail}'), code)
 
 
 def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
@@ -452,16 +491,17 @@ def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
                 f'run {run_id} not found at tracking URI {mask_credentials(tracking_uri)}',
             ) from None
         raise _mlflow_error(f'cannot read run {run_id} from {tracking_uri}', e) from None
-    if run.info.lifecycle_stage == 'deleted':
-        raise ReproduceError(
-            f'run {run_id} is deleted; restore it with `mlflow runs restore '
-            f'--run-id {run_id}` to reproduce it',
-        )
+    # Deleting an experiment deletes its runs: name the cause.
     if experiment.lifecycle_stage == 'deleted':
         raise ReproduceError(
             f'run {run_id} is in deleted experiment {experiment.name!r}; restore '
             f'it with `mlflow experiments restore --experiment-id '
             f'{experiment.experiment_id}` to reproduce the run',
+        )
+    if run.info.lifecycle_stage == 'deleted':
+        raise ReproduceError(
+            f'run {run_id} is deleted; restore it with `mlflow runs restore '
+            f'--run-id {run_id}` to reproduce it',
         )
     return run
 
@@ -469,14 +509,12 @@ def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
 def load_entry_point(project_dir: str, name: str, commit: str) -> tuple[Any, bool]:
     """MLflow's entry point object, and whether the MLproject declares it
     (rather than it being a script file that MLflow runs with every param)."""
-    from mlflow.exceptions import MlflowException
     from mlflow.projects import _project_spec
 
     try:
         project = _project_spec.load_project(project_dir)
         return project.get_entry_point(name), name in (project._entry_points or {})
-    except (MlflowException, OSError, ValueError, AttributeError, TypeError) as e:
-        # yaml's errors are ValueErrors; a malformed structure, Attribute/TypeErrors.
+    except Exception as e:  # yaml's errors, or a structure MLflow trips over
         raise ReproduceError(
             f'the MLproject at commit {commit[:12]} cannot be used: {_last_line(str(e))}',
         ) from None
@@ -523,6 +561,7 @@ def create_reproduced_run(client: MlflowClient, plan: Plan) -> str:
     """The run that the project will log into, made by us so that its ID is
     known from the start and it can always be closed."""
     from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
 
     source = mask_credentials(plan.source.uri)
     tags = {
@@ -535,13 +574,20 @@ def create_reproduced_run(client: MlflowClient, plan: Plan) -> str:
         TAG_USER: _user(),
         TAG_REFERENCE_RUN_ID: plan.reference.info.run_id,
     }
-    run = client.create_run(
-        _experiment_id(client, plan.experiment_name),
-        tags=tags,
-        run_name=RUN_NAME_PREFIX + (plan.reference.info.run_name or plan.reference.info.run_id),
-    )
+    try:
+        run = client.create_run(
+            _experiment_id(client, plan.experiment_name),
+            tags=tags,
+            run_name=RUN_NAME_PREFIX + (plan.reference.info.run_name or plan.reference.info.run_id),
+        )
+    except MlflowException as e:
+        raise _mlflow_error('cannot create the reproduced run', e) from None
     run_id = run.info.run_id
-    client.log_batch(run_id, params=[Param(k, v) for k, v in plan.logged_params.items()])
+    try:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in plan.logged_params.items()])
+    except Exception as e:
+        close_run(client, run_id, 'FAILED')
+        raise _mlflow_error(f'cannot log the params of run {run_id} (marked FAILED)', e) from None
     return run_id
 
 
@@ -699,14 +745,16 @@ def run_project(
         tee.close_writer()
         returncode = proc.wait()
     except (KeyboardInterrupt, _Terminated):
-        if proc is not None:
-            stop_process_group(proc)
-        close_run(client, run_id, 'KILLED')
+        with _signals_ignored():
+            if proc is not None:
+                stop_process_group(proc)
+            close_run(client, run_id, 'KILLED')
         raise
     except Exception as e:
-        if proc is not None:
-            stop_process_group(proc)
-        close_run(client, run_id, 'FAILED')
+        with _signals_ignored():
+            if proc is not None:
+                stop_process_group(proc)
+            close_run(client, run_id, 'FAILED')
         raise _mlflow_error(f'cannot launch the project (run {run_id} marked FAILED)', e) from None
     finally:
         tee.close()
@@ -722,20 +770,27 @@ _MLFLOW_LOG_LINE_RE = re.compile(r'^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+ mlflow
 def read_histories(
         client: MlflowClient, runs: Sequence[Run], last_only: bool,
 ) -> list[dict[str, list[Point]]]:
-    """Each run's metric histories, fetched concurrently: a run with hundreds
-    of metrics costs one round trip per metric, not per metric in turn."""
+    """Each run's metric histories, one request per metric (MlflowClient
+    pages long histories), overlapped when the store is remote."""
     if last_only:  # the latest values are already in the run; their step is not
         return [{k: [(None, v)] for k, v in run.data.metrics.items()} for run in runs]
     from concurrent.futures import ThreadPoolExecutor
 
     wanted = [(run.info.run_id, key) for run in runs for key in run.data.metrics]
-    with ThreadPoolExecutor(max_workers=HISTORY_WORKERS) as pool:
+    # Over HTTP each request waits on the network: overlap them.  A local
+    # store is CPU-bound, and threads only add contention (see benchmarks/).
+    remote = _is_http(client.tracking_uri)
+    with ThreadPoolExecutor(max_workers=HISTORY_WORKERS if remote else 1) as pool:
         fetched = pool.map(lambda rk: client.get_metric_history(*rk), wanted)
         by_run: dict[str, dict[str, list[Point]]] = {r.info.run_id: {} for r in runs}
         for (run_id, key), history in zip(wanted, fetched):
             history = sorted(history, key=lambda m: (m.step, m.timestamp))
             by_run[run_id][key] = [(m.step, m.value) for m in history]
     return [by_run[run.info.run_id] for run in runs]
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(('http://', 'https://', 'databricks'))
 
 
 def project_output(tail: Sequence[str]) -> list[str]:
@@ -1072,6 +1127,22 @@ def make_plan(
     )
 
 
+def check_command(plan: Plan, allow_unsafe: bool) -> None:
+    """Refuse to let a param value run as shell code."""
+    unsafe = unsafe_params(plan.command, plan.params.passed)
+    if not unsafe:
+        return
+    key = unsafe[0]
+    value = plan.params.passed[key]
+    shown = value if len(value) <= 60 else value[:57] + '...'
+    why = (f'entry point {plan.entry_point!r} puts {{{key}}} inside quotes in its command '
+           f'{plan.command!r}, which undoes MLflow\'s quoting, and the value of {key!r} '
+           f'({shown!r}) contains shell metacharacters')
+    if not allow_unsafe:
+        raise ReproduceError(f'{why}: refusing to run it (--allow-unsafe-command runs it anyway)')
+    warn(f'{why}: running it because of --allow-unsafe-command')
+
+
 def _recorded_env_manager(tags: Mapping[str, str]) -> str:
     """MLflow records no tag for local; docker projects ignore the manager."""
     recorded = tags.get(TAG_PROJECT_ENV)
@@ -1104,9 +1175,14 @@ def judge_runs(
     rules = rules_from(args)
     for pattern in rules.unmatched(sorted({*reference.data.metrics, *other.data.metrics})):
         warn(f'{pattern!r} matches no metric of either run')
-    reference_histories, other_histories = read_histories(
-        client, (reference, other), args.last_only,
-    )
+    from mlflow.exceptions import MlflowException
+
+    try:
+        reference_histories, other_histories = read_histories(
+            client, (reference, other), args.last_only,
+        )
+    except MlflowException as e:
+        raise _mlflow_error('cannot read the metric histories', e) from None
     params = compare_params(
         _unquoted(reference.data.params), _unquoted(other.data.params), param_keys,
     )
@@ -1119,9 +1195,11 @@ def _verdict_report(verdict: Verdict, **fields: Any) -> Report:
     return Report(status=status, exit_code=code, verdict=verdict, **fields)
 
 
-def compare_to(client: MlflowClient, args: argparse.Namespace, reference: Run) -> Report:
+def compare_to(
+        client: MlflowClient, args: argparse.Namespace, reference: Run, tracking_uri: str,
+) -> Report:
     """Judge two existing runs; nothing runs and nothing is written."""
-    other = read_reference(client, args.compare_to, 'the tracking server')
+    other = read_reference(client, args.compare_to, tracking_uri)
     keys = sorted({*reference.data.params, *other.data.params})
     verdict, _ = judge_runs(client, args, reference, other, keys)
     return _verdict_report(
@@ -1138,15 +1216,17 @@ def reproduce(args: argparse.Namespace) -> Report:
 
         _configure_logging(args.verbose)
         client = mlflow.MlflowClient()
-        reference = read_reference(client, args.run_id, mlflow.get_tracking_uri())
+        tracking_uri = mlflow.get_tracking_uri()
+        reference = read_reference(client, args.run_id, tracking_uri)
         if args.compare_to:
-            return compare_to(client, args, reference)
+            return compare_to(client, args, reference, tracking_uri)
         source = resolve_source(reference, args.uri, args.version)
         tmp_dir = tempfile.mkdtemp(prefix='reproduce_run-')
         try:
             project_dir, commit = fetch_source(source, os.path.join(tmp_dir, 'src'))
             source = dataclasses.replace(source, version=commit)
             plan = make_plan(args, reference, source, project_dir)
+            check_command(plan, args.allow_unsafe_command)
             if args.dry_run:
                 return Report(status='planned', exit_code=EXIT_EQUAL,
                               reference_run_id=args.run_id, plan=plan, rules=rules_from(args))
@@ -1167,7 +1247,10 @@ def reproduce(args: argparse.Namespace) -> Report:
             )
             record_verdict(client, report, None, plots=False)
             return report
-        reproduced = client.get_run(run_id)
+        try:
+            reproduced = client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as e:
+            raise _mlflow_error(f'cannot read the reproduced run {run_id} back', e) from None
         verdict, histories = judge_runs(
             client, args, reference, reproduced, plan.declared or plan.params.passed,
         )
@@ -1253,6 +1336,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                      help='do not attach plots of differing histories to the reproduced run')
     out.add_argument('--dry-run', action='store_true',
                      help='resolve and print the plan; create no run, run nothing')
+    out.add_argument('--allow-unsafe-command', action='store_true',
+                     help='run even when a param value with shell metacharacters would '
+                          'land inside quotes in the command (it may run as shell code)')
     out.add_argument('--verbose', action='store_true',
                      help="show run details, MLflow's log lines and tracebacks")
     return parser.parse_args(argv)
@@ -1275,23 +1361,44 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """While cleaning up after an interrupt: a second Ctrl-C must not stop the
+    cleanup halfway and leave the run RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         with _sigterm_raises():
             report = reproduce(args)
-    except ReproduceError as e:
-        if args.verbose:
-            import traceback
-            traceback.print_exc()
-        report = Report(status='error', exit_code=e.exit_code, reference_run_id=args.run_id,
-                        message=mask_credentials(str(e)), rules=rules_from(args))
     except KeyboardInterrupt:
         print('reproduce_run: interrupted', file=sys.stderr)
         return EXIT_INTERRUPTED
     except _Terminated:
         print('reproduce_run: terminated', file=sys.stderr)
         return EXIT_TERMINATED
+    except Exception as e:
+        if args.verbose:
+            import traceback
+            traceback.print_exc()
+        if isinstance(e, ReproduceError):
+            message, code = str(e), e.exit_code
+        else:  # a failure we did not foresee: still one line
+            message = (f'unexpected {type(e).__name__}: {_last_line(str(e))} '
+                       f'(--verbose shows the traceback)')
+            code = EXIT_CANNOT_START
+        report = Report(status='error', exit_code=code, reference_run_id=args.run_id,
+                        message=mask_credentials(message), rules=rules_from(args))
     if report.message:
         print(f'reproduce_run: error: {report.message}', file=sys.stderr)
     text = render(report, args.output, args.verbose)

@@ -5,6 +5,7 @@ built once per test process (session scope) and stopped by process ID."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -141,27 +142,40 @@ def git_daemon(tmp_path_factory: pytest.TempPathFactory, samples_repo: Path) -> 
     stop(proc)
 
 
-@pytest.fixture(scope='session')
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real tracking server on 127.0.0.1 with its own sqlite store."""
-    where = tmp_path_factory.mktemp('server')
+@dataclasses.dataclass(frozen=True)
+class Server:
+    url: str
+    proc: subprocess.Popen
+
+
+def start_mlflow_server(where: Path) -> Server:
+    """A real tracking server on 127.0.0.1 with its own sqlite store; stop it
+    with stop(server.proc)."""
+    where.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    proc = subprocess.Popen(
-        (sys.executable, '-m', 'mlflow', 'server', '--host', '127.0.0.1', '--port', str(port),
-         '--backend-store-uri', f"sqlite:///{where / 'server.db'}",
-         '--artifacts-destination', str(where / 'artifacts'), '--workers', '1'),
-        stdout=subprocess.DEVNULL, stderr=open(where / 'server.log', 'w'),
-        start_new_session=True, cwd=where,
-    )
+    log = where / 'server.log'
+    with open(log, 'w') as log_file:
+        proc = subprocess.Popen(
+            (sys.executable, '-m', 'mlflow', 'server', '--host', '127.0.0.1', '--port', str(port),
+             '--backend-store-uri', f"sqlite:///{where / 'server.db'}",
+             '--artifacts-destination', str(where / 'artifacts'), '--workers', '1'),
+            stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True, cwd=where,
+        )
     url = f'http://127.0.0.1:{port}'
     deadline = time.monotonic() + 90
     while True:
         try:
             urllib.request.urlopen(f'{url}/health', timeout=2)
-            break
+            return Server(url, proc)
         except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                (where / 'server.log').read_text()[-3000:]
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop(proc)
+                raise AssertionError(log.read_text()[-3000:]) from None
             time.sleep(0.5)
-    yield url
-    stop(proc)
+
+
+@pytest.fixture(scope='session')
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = start_mlflow_server(tmp_path_factory.mktemp('server'))
+    yield server.url
+    stop(server.proc)

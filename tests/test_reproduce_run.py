@@ -3,12 +3,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SCRIPT, git, mlflow_run
+from conftest import ROOT, SCRIPT, free_port, git, mlflow_run, start_mlflow_server, stop
 
 import reproduce_run
 from reproduce_run import Rules, Tolerance, compare_histories, judge, main
@@ -175,6 +178,14 @@ def test_parse_args(argv, dest, value):
                  id='unknown-env-manager'),
     pytest.param([], 'the following arguments are required: --run_id/--run-id',
                  id='missing-run-id'),
+    pytest.param(['--run_id', 'a', '--tolerance', 'loss'], "expected KEY=RTOL[,ATOL], got 'loss'",
+                 id='tolerance-without-equals'),
+    pytest.param(['--run_id', 'a', '--tolerance', 'loss=-1'],
+                 "expected a number >= 0, got '-1' in 'loss=-1'", id='negative-metric-tolerance'),
+    pytest.param(['--run_id', 'a', '--tolerance', 'loss=0.1,x'],
+                 "expected a number, got 'x' in 'loss=0.1,x'", id='non-numeric-metric-atol'),
+    pytest.param(['--run_id', 'a', '--tolerance', 'loss=1,2,3'],
+                 "expected KEY=RTOL[,ATOL], got 'loss=1,2,3'", id='tolerance-three-values'),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -348,7 +359,9 @@ def test_project_output_goes_to_stderr_and_report_to_stdout(reference, capfd):
 
 
 def test_failed_reproduction_exits_3_and_marks_the_run_failed(reference, capsys):
-    code, out, err = reproduce(capsys, '--run_id', reference('failing', '-P', 'fail_at=2', fails=True))
+    ref_id = reference('failing', '-P', 'fail_at=2', fails=True)
+    before = run_snapshot(ref_id)
+    code, out, err = reproduce(capsys, '--run_id', ref_id)
     assert code == 3
     assert out == ''
     assert err.startswith('reproduce_run: error: the reproduced run ')
@@ -356,6 +369,7 @@ def test_failed_reproduction_exits_3_and_marks_the_run_failed(reference, capsys)
     assert 'Traceback' not in err
     run_id = err.split('the reproduced run ')[1].split()[0]
     assert client().get_run(run_id).info.status == 'FAILED'
+    assert run_snapshot(ref_id) == before
 
 
 def test_runs_the_recorded_commit_not_the_working_copy(own_repo, store, capsys):
@@ -733,3 +747,315 @@ def test_dry_run_json_and_an_impossible_plan(reference, capsys):
                                '--entry-point', 'nope')
     assert (code, out) == (2, '')
     assert "Could not find nope among entry points ['main']" in err
+
+
+# --- faults, bad input and hostile input ---------------------------------------
+
+def recorded_run(source: str, commit: str, params: dict[str, str] | None = None,
+                 entry_point: str = 'main', metrics: dict[str, float] | None = None) -> str:
+    """A run carrying what `mlflow run` records (source, commit, entry point,
+    params quoted as MLflow quotes them), made without running anything: for
+    runs that would be slow or harmful to make for real."""
+    c = client()
+    run = c.create_run(c.get_experiment_by_name('Default').experiment_id, tags={
+        'mlflow.source.name': source, 'mlflow.source.type': 'PROJECT',
+        'mlflow.source.git.commit': commit, 'mlflow.project.entryPoint': entry_point,
+    })
+    for key, value in (params or {}).items():
+        c.log_param(run.info.run_id, key, shlex.quote(value))
+    for key, value in (metrics or {}).items():
+        c.log_metric(run.info.run_id, key, value)
+    c.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def reproductions_of(run_id: str) -> list:
+    c = client()
+    return c.search_runs([e.experiment_id for e in c.search_experiments()],
+                         f"tags.`reproduce.reference_run_id` = '{run_id}'")
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ('Z', 'X')  # a zombie has stopped running
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f'timed out waiting for {what}'
+        time.sleep(0.2)
+
+
+def start_tool(*argv: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        (sys.executable, str(SCRIPT), *argv), env={**os.environ, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize(('command', 'quoted'), [
+    pytest.param("python a.py --msg '{msg}'", {'msg'}, id='single-quotes'),
+    pytest.param('python a.py --msg "{msg}" {n}', {'msg'}, id='double-quotes'),
+    pytest.param('python a.py --msg {msg}', set(), id='bare'),
+    pytest.param("python a.py '{{msg}}' {n}", set(), id='literal-braces'),
+    pytest.param("python a.py \\'{msg}", set(), id='escaped-quote'),
+    pytest.param('python a.py "it\'s {msg}"', {'msg'}, id='apostrophe-inside-double-quotes'),
+    pytest.param("python a.py '--x=1' {msg} '{n}'", {'n'}, id='after-a-closed-quote'),
+])
+def test_quoted_placeholders(command, quoted):
+    assert reproduce_run.quoted_placeholders(command) == quoted
+
+
+@pytest.mark.parametrize(('value', 'unsafe'), [
+    pytest.param('hello', False, id='plain'),
+    pytest.param('a-b_c.d/e:f=1,2', False, id='safe-punctuation'),
+    pytest.param('', False, id='empty'),
+    pytest.param('x; touch /tmp/pwned', True, id='semicolon'),
+    pytest.param('$(id)', True, id='command-substitution'),
+    pytest.param('two words', True, id='space'),
+    pytest.param("it's", True, id='quote'),
+])
+def test_unsafe_params(value, unsafe):
+    assert reproduce_run.unsafe_params("python a.py '{msg}' {n}", {'msg': value, 'n': value}) == \
+        (['msg'] if unsafe else [])
+
+
+def test_injection_through_a_quoted_placeholder_is_refused(samples_repo, capsys, tmp_path):
+    pwned = tmp_path / 'pwned'
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    run_id = recorded_run(f'file://{samples_repo}#quoted_command', commit,
+                          {'msg': f'x; touch {pwned}'})
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err.startswith("reproduce_run: error: entry point 'main' puts {msg} inside quotes")
+    assert 'refusing to run it (--allow-unsafe-command runs it anyway)' in err
+    assert err.count('\n') == 1
+    assert reproductions_of(run_id) == []
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run')
+    assert code == 2
+    assert not pwned.exists()
+
+
+def test_allow_unsafe_command_runs_it_with_a_warning(samples_repo, capsys, tmp_path):
+    pwned = tmp_path / 'pwned'
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    run_id = recorded_run(f'file://{samples_repo}#quoted_command', commit,
+                          {'msg': f'x; touch {pwned}'})
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--allow-unsafe-command')
+    assert 'running it because of --allow-unsafe-command' in err
+    assert pwned.exists()  # the danger the check guards against is real
+
+
+@pytest.mark.parametrize(('sig', 'code'), [
+    pytest.param(signal.SIGINT, 130, id='SIGINT'),
+    pytest.param(signal.SIGTERM, 143, id='SIGTERM'),
+])
+def test_signal_mid_run_ends_the_project_and_marks_the_run_killed(
+        samples_repo, store, tmp_path, sig, code):
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    run_id = recorded_run(f'file://{samples_repo}#slow', commit, {'seconds': '120'})
+    before = run_snapshot(run_id)
+    pid_file, tmp = tmp_path / 'pid', tmp_path / 'tmp'
+    tmp.mkdir()
+    tool = start_tool('--run_id', run_id, env={'SAMPLE_PID_FILE': str(pid_file),
+                                               'TMPDIR': str(tmp)})
+    try:
+        wait_for(pid_file.exists, 90, 'the project to start')
+        wait_for(lambda: pid_file.read_text().strip(), 10, 'the PID')
+        tool.send_signal(sig)
+        out, err = tool.communicate(timeout=60)
+    finally:
+        tool.kill()
+    assert tool.returncode == code, err
+    assert process_gone(int(pid_file.read_text()))
+    [new] = reproductions_of(run_id)
+    assert new.info.status == 'KILLED'
+    assert list(tmp.iterdir()) == []
+    assert 'reproduce_run.py' not in err  # no traceback of ours
+    assert run_snapshot(run_id) == before
+
+
+def test_no_temporary_folder_survives(reference, tmp_path):
+    for sample, args, code in (('sklearn_regression', (), 0), ('failing', ('-P', 'fail_at=2'), 3)):
+        tmp = tmp_path / sample
+        tmp.mkdir()
+        run_id = reference(sample, *args, fails=code == 3)
+        tool = start_tool('--run_id', run_id, env={'TMPDIR': str(tmp)})
+        tool.communicate(timeout=240)
+        assert tool.returncode == code
+        assert list(tmp.iterdir()) == []
+
+
+def test_unreachable_tracking_server_fails_fast(capsys, monkeypatch):
+    uri = f'http://127.0.0.1:{free_port()}'
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', uri)
+    start = time.monotonic()
+    code, out, err = reproduce(capsys, '--run_id', 'a' * 32)
+    assert time.monotonic() - start < 30
+    assert (code, out) == (2, '')
+    assert err == (f'reproduce_run: error: cannot read run {"a" * 32} from {uri}: the tracking '
+                   f'server does not answer (Connection refused)\n')
+
+
+def test_user_retry_settings_win(capsys, monkeypatch):
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', f'http://127.0.0.1:{free_port()}')
+    monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')
+    start = time.monotonic()
+    code, _, _ = reproduce(capsys, '--run_id', 'a' * 32)
+    # The tool's own default (2 retries with backoff) takes several seconds.
+    assert (code, time.monotonic() - start < 2) == (2, True)
+    assert os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'] == '0'
+
+
+def test_tracking_server_stopping_mid_run(tmp_path, samples_repo, monkeypatch):
+    server = start_mlflow_server(tmp_path / 'server')
+    try:
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', server.url)
+        commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+        run_id = recorded_run(f'file://{samples_repo}#slow', commit, {'seconds': '120'})
+        pid_file = tmp_path / 'pid'
+        tool = start_tool('--run_id', run_id, env={
+            'SAMPLE_PID_FILE': str(pid_file), 'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0',
+            'MLFLOW_HTTP_REQUEST_TIMEOUT': '5'})
+        try:
+            wait_for(pid_file.exists, 90, 'the project to start')
+            wait_for(lambda: pid_file.read_text().strip(), 10, 'the PID')
+            stop(server.proc)
+            out, err = tool.communicate(timeout=120)
+        finally:
+            tool.kill()
+    finally:
+        stop(server.proc)
+    assert tool.returncode in (2, 3), err
+    assert err.splitlines()[-1].startswith('reproduce_run: error: ')
+    assert 'reproduce_run.py' not in err
+    assert process_gone(int(pid_file.read_text()))
+
+
+def test_unreachable_git_remote_names_uri_and_commit(reference, capsys):
+    run_id = reference('sklearn_regression')
+    commit = client().get_run(run_id).data.tags['mlflow.source.git.commit']
+    uri = f'git://127.0.0.1:{free_port()}/samples.git'
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--uri', f'{uri}#sklearn_regression')
+    assert (code, out) == (2, '')
+    assert err.startswith(f'reproduce_run: error: cannot fetch {uri}#sklearn_regression '
+                          f'at {commit}: ')
+    assert err.count('\n') == 1
+
+
+def test_credentials_in_a_failing_uri_are_masked(reference, capsys):
+    run_id = reference('sklearn_regression')
+    uri = f'https://user:s3cret@127.0.0.1:{free_port()}/samples.git'
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--uri', uri, '--output', 'json')
+    assert code == 2
+    assert 's3cret' not in out + err
+    assert f'https://***@127.0.0.1' in json.loads(out)['message']
+
+
+def test_commit_gone_from_the_remote(git_daemon, samples_repo, capsys, tmp_path):
+    url, base = git_daemon
+    bare = base / f'{tmp_path.name}.git'
+    git('clone', '--quiet', '--bare', str(samples_repo), str(bare), cwd=tmp_path)
+    work = tmp_path / 'work'
+    git('clone', '--quiet', str(bare), str(work), cwd=tmp_path)
+    git('-c', 'user.email=t@e', '-c', 'user.name=t', 'commit', '--quiet', '--allow-empty',
+        '-m', 'soon gone', cwd=work)
+    gone = git('rev-parse', 'HEAD', cwd=work)
+    git('push', '--quiet', 'origin', 'HEAD:main', cwd=work)
+    run_id = recorded_run(f'{url}/{bare.name}#sklearn_regression', gone)
+    git('push', '--quiet', '--force', 'origin', 'HEAD~1:main', cwd=work)
+    git('reflog', 'expire', '--expire=now', '--all', cwd=bare)
+    git('gc', '--quiet', '--prune=now', cwd=bare)
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err == (f'reproduce_run: error: commit {gone} is not available from '
+                   f'{url}/{bare.name} (history rewritten, or a typo?)\n')
+
+
+def test_credentials_are_masked_in_every_output_and_tag(git_daemon, samples_repo, reference,
+                                                         capsys, monkeypatch):
+    url, _ = git_daemon
+    secret_base = 'https://user:s3cret@example.invalid/'
+    # git rewrites the URL before connecting: the daemon serves it, offline.
+    monkeypatch.setenv('GIT_CONFIG_COUNT', '1')
+    monkeypatch.setenv('GIT_CONFIG_KEY_0', f'url.{url}/.insteadOf')
+    monkeypatch.setenv('GIT_CONFIG_VALUE_0', secret_base)
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    run_id = recorded_run(f'{secret_base}samples.git#sklearn_regression', commit,
+                          {'alpha': '0.005', 'l1_ratio': '0.5'},
+                          metrics=client().get_run(reference('sklearn_regression')).data.metrics)
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--output', 'json', '--verbose')
+    assert code == 0, err
+    doc = json.loads(out)
+    new_id = doc['reproduced_run_id']
+    recorded = Path(client().download_artifacts(new_id, 'reproduce/comparison.json')).read_text()
+    tags = client().get_run(new_id).data.tags
+    assert 's3cret' not in out + err + recorded + json.dumps(tags)
+    assert doc['source']['uri'] == 'https://***@example.invalid/samples.git#sklearn_regression'
+    assert tags['mlflow.source.name'] == doc['source']['uri']
+
+
+def test_mlflow_failing_after_creating_the_run_marks_it_failed(reference, capsys):
+    run_id = reference('sklearn_regression')
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--env-manager', 'conda')
+    assert (code, out) == (2, '')
+    assert 'cannot launch the project (run ' in err and 'marked FAILED' in err
+    [new] = [r for r in reproductions_of(run_id) if r.data.tags['mlflow.project.env'] == 'conda']
+    assert new.info.status == 'FAILED'
+
+
+def test_deleted_run_is_refused(capsys):
+    run_id = logged_run({'a': [1.0]})
+    client().delete_run(run_id)
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err == (f'reproduce_run: error: run {run_id} is deleted; restore it with '
+                   f'`mlflow runs restore --run-id {run_id}` to reproduce it\n')
+
+
+def test_run_in_a_deleted_experiment_is_refused(capsys, tmp_path):
+    c = client()
+    experiment_id = c.create_experiment(f'doomed-{tmp_path.name}')
+    run_id = c.create_run(experiment_id).info.run_id
+    c.set_terminated(run_id)
+    c.delete_experiment(experiment_id)
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert f'is in deleted experiment' in err and 'mlflow experiments restore' in err
+
+
+def test_entry_point_missing_at_that_commit(samples_repo, capsys):
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    run_id = recorded_run(f'file://{samples_repo}#sklearn_regression', commit,
+                          entry_point='evaluate')
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err.startswith(f'reproduce_run: error: the MLproject at commit {commit[:12]} cannot '
+                          f"be used: Could not find evaluate among entry points ['main']")
+
+
+def test_mlproject_that_does_not_parse(own_repo, capsys):
+    (own_repo / 'sklearn_regression' / 'MLproject').write_text('entry_points: [main\n')
+    git('commit', '--quiet', '-am', 'break the MLproject', cwd=own_repo)
+    commit = git('rev-parse', 'HEAD', cwd=own_repo)
+    run_id = recorded_run(f'file://{own_repo}#sklearn_regression', commit)
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err.startswith(f'reproduce_run: error: the MLproject at commit {commit[:12]} cannot '
+                          f'be used: ')
+    assert err.count('\n') == 1
+
+
+def test_declared_param_without_default_missing_from_the_run(own_repo, capsys):
+    project = add_project(own_repo, 'echo', ECHO_PROJECT)
+    commit = git('rev-parse', 'HEAD', cwd=own_repo)
+    run_id = recorded_run(f'file://{own_repo}#echo', commit, {'other': '1'})
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err == ("reproduce_run: error: entry point 'main' cannot run with the reference "
+                   "run's params: No value given for missing parameters: 'msg'\n")
+    assert reproductions_of(run_id) == []
