@@ -1,0 +1,530 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks of reproduce_run.py, for a noisy shared machine.
+
+    python benchmarks/bench.py [--rounds 3] [--fast-rounds 10]
+                               [--metrics 300] [--steps 20]
+                               [--skip-overhead] [--skip-server]
+
+Every comparison runs its alternatives interleaved (A B A B ...) after one
+untimed warm-up of each, and reports medians and the ratio of the medians:
+on a machine whose speed drifts, ratios measured side by side in one run are
+what we report, not absolute seconds from different runs.
+
+1. Start-up: `reproduce_run.py --help` and an argument error against
+   `python -c "import mlflow"` (and a bare interpreter, for scale).
+2. Overhead: `python -m mlflow run <sample> --env-manager local` against
+   `reproduce_run.py --run_id <reference>` on the sklearn_regression sample,
+   in a private git repository and sqlite store.
+3. History reading: reproduce_run.read_histories (concurrent) against a plain
+   sequential loop of MlflowClient.get_metric_history, on an sqlite store and
+   on a real `mlflow server` on 127.0.0.1.
+
+Everything runs in temporary folders that are removed at the end; every
+process started here is stopped by its ID.  Progress goes to standard error,
+the Markdown table of results to standard output.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / 'reproduce_run.py'
+SAMPLES = ROOT / 'MLproject_samples'
+SAMPLE = 'sklearn_regression'
+
+PROCESS_TIMEOUT = 600.0  # seconds for one timed command
+SERVER_START_TIMEOUT = 120.0
+STOP_GRACE = 15.0
+LOG_BATCH_LIMIT = 1000  # MLflow's maximum number of metrics in one log_batch
+
+_RUN_ID_LOG_RE = re.compile(r"=== Run \(ID '(\w+)'\) (succeeded|failed) ===")
+
+
+class BenchError(Exception):
+    """A measurement could not be made: one line for the user."""
+
+
+def progress(message: str) -> None:
+    print(f'bench: {message}', file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Results.
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Times of a baseline A and a candidate B, taken in the same rounds."""
+    section: str
+    baseline: str
+    candidate: str
+    a: tuple[float, ...]
+    b: tuple[float, ...]
+
+    @property
+    def a_median(self) -> float:
+        return statistics.median(self.a)
+
+    @property
+    def b_median(self) -> float:
+        return statistics.median(self.b)
+
+    @property
+    def ratio(self) -> float:
+        """B/A of the medians."""
+        return self.b_median / self.a_median
+
+    @property
+    def round_ratios(self) -> list[float]:
+        """B/A within each round, where A and B ran next to each other."""
+        return [b / a for a, b in zip(self.a, self.b)]
+
+
+def markdown_table(rows: Sequence[Comparison]) -> str:
+    headers = ['section', 'A (baseline)', 'B (candidate)', 'rounds', 'A median s',
+               'B median s', 'B/A', 'B/A per round (min-max)', 'B-A s']
+    body = []
+    for c in rows:
+        ratios = c.round_ratios
+        body.append([
+            c.section, c.baseline, c.candidate, str(len(c.a)),
+            f'{c.a_median:.3f}', f'{c.b_median:.3f}', f'{c.ratio:.3f}',
+            f'{min(ratios):.3f}-{max(ratios):.3f}', f'{c.b_median - c.a_median:+.3f}',
+        ])
+    lines = ['| ' + ' | '.join(headers) + ' |',
+             '|' + '|'.join(' --- ' for _ in headers) + '|']
+    lines += ['| ' + ' | '.join(row) + ' |' for row in body]
+    return '\n'.join(lines)
+
+
+def interleave(
+        alternatives: Sequence[Callable[[], float]], rounds: int, warmup: bool = True,
+) -> list[list[float]]:
+    """Run the alternatives A B C A B C ..., each returning its own time;
+    one untimed round first (caches, .pyc files, lazily created tables)."""
+    if warmup:
+        for alternative in alternatives:
+            alternative()
+    times: list[list[float]] = [[] for _ in alternatives]
+    for r in range(rounds):
+        for i, alternative in enumerate(alternatives):
+            times[i].append(alternative())
+        progress(f'  round {r + 1}/{rounds}: '
+                 + ', '.join(f'{t[-1]:.3f}s' for t in times))
+    return times
+
+
+# ---------------------------------------------------------------------------
+# Processes: each started in its own session, so that it and whatever it
+# starts can be stopped together by its process ID.
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM to the process group we started, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(STOP_GRACE)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_timed(
+        cmd: Sequence[str], env: Mapping[str, str], cwd: Path | str,
+        expect: int = 0, expect_stderr: str | None = None,
+) -> tuple[float, str]:
+    """(wall time in seconds, standard error) of one command, which must end
+    with the expected exit status."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=PROCESS_TIMEOUT)
+    except BaseException:
+        stop(proc)
+        raise
+    elapsed = time.perf_counter() - start
+    if proc.returncode != expect or (expect_stderr and expect_stderr not in err):
+        raise BenchError(
+            f'{" ".join(cmd)} exited with {proc.returncode} (expected {expect}):\n'
+            f'{(out + err)[-3000:]}',
+        )
+    return elapsed, err
+
+
+def base_env(tracking_uri: str | None = None) -> dict[str, str]:
+    """This Python first on PATH, so that a project's `python` is this one and
+    not a version manager's shim: reproduce_run.py does the same for the
+    project it launches, and `mlflow run` must get the same treatment."""
+    env = dict(os.environ)
+    env['PATH'] = os.pathsep.join((os.path.dirname(sys.executable), env.get('PATH', '')))
+    env.pop('MLFLOW_TRACKING_URI', None)
+    if tracking_uri:
+        env['MLFLOW_TRACKING_URI'] = tracking_uri
+    return env
+
+
+# ---------------------------------------------------------------------------
+# 1. Start-up.
+
+_IMPORTS_MLFLOW_CHECK = '''
+import runpy, sys
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+except SystemExit:
+    pass
+sys.__stdout__.flush()
+print('\\nIMPORTED_MLFLOW=' + str(any(m == 'mlflow' or m.startswith('mlflow.') for m in sys.modules)))
+'''
+
+
+def imports_mlflow(args: Sequence[str], env: Mapping[str, str], cwd: Path) -> bool:
+    """Whether reproduce_run.py imports mlflow when run with these arguments."""
+    proc = subprocess.run(
+        (sys.executable, '-c', _IMPORTS_MLFLOW_CHECK, str(SCRIPT), *args),
+        env=dict(env), cwd=cwd, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=PROCESS_TIMEOUT,
+    )
+    match = re.search(r'IMPORTED_MLFLOW=(True|False)', proc.stdout)
+    if not match:
+        raise BenchError(f'cannot tell what {args} imports:\n{proc.stderr[-2000:]}')
+    return match.group(1) == 'True'
+
+
+def bench_startup(rounds: int, notes: list[str]) -> list[Comparison]:
+    progress(f'start-up: {rounds} rounds of import mlflow / --help / bad id / bare python')
+    with tempfile.TemporaryDirectory(prefix='bench-startup-') as tmp:
+        cwd = Path(tmp)
+        env = base_env()
+        py = sys.executable
+        commands: list[tuple[Sequence[str], int, str | None]] = [
+            ((py, '-c', 'import mlflow'), 0, None),
+            ((py, str(SCRIPT), '--help'), 0, None),
+            ((py, str(SCRIPT), '--run_id', 'bad id'), 2, 'expected an MLflow run ID'),
+            ((py, '-c', 'pass'), 0, None),
+        ]
+        alternatives = [
+            (lambda c=c, e=e, s=s: run_timed(c, env, cwd, expect=e, expect_stderr=s)[0])
+            for c, e, s in commands
+        ]
+        mlflow_t, help_t, bad_t, bare_t = interleave(alternatives, rounds)
+        for label, args in (('--help', ['--help']), ('an argument error', ['--run_id', 'bad id'])):
+            imported = imports_mlflow(args, env, cwd)
+            notes.append(f'reproduce_run.py {"imports" if imported else "does not import"} '
+                         f'mlflow for {label}')
+    return [
+        Comparison('start-up', 'python -c "import mlflow"', 'reproduce_run.py --help',
+                   tuple(mlflow_t), tuple(help_t)),
+        Comparison('start-up', 'python -c "import mlflow"', "reproduce_run.py --run_id 'bad id'",
+                   tuple(mlflow_t), tuple(bad_t)),
+        Comparison('start-up', 'python -c "import mlflow"', 'python -c pass (for scale)',
+                   tuple(mlflow_t), tuple(bare_t)),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# 2. Overhead of the tool against plain `mlflow run`.
+
+def git(*args: str, cwd: Path) -> None:
+    subprocess.run(('git', *args), cwd=cwd, check=True, capture_output=True,
+                   stdin=subprocess.DEVNULL, timeout=120)
+
+
+def make_repo(path: Path) -> Path:
+    """A git repository holding a copy of MLproject_samples, one commit."""
+    shutil.copytree(SAMPLES, path, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+    git('init', '--quiet', cwd=path)
+    git('config', 'user.email', 'bench@example.invalid', cwd=path)
+    git('config', 'user.name', 'bench', cwd=path)
+    git('config', 'commit.gpgsign', 'false', cwd=path)
+    git('add', '--all', cwd=path)
+    git('commit', '--quiet', '-m', 'samples', cwd=path)
+    return path
+
+
+def bench_overhead(rounds: int, notes: list[str]) -> list[Comparison]:
+    progress(f'overhead: {rounds} rounds of mlflow run / reproduce_run.py on {SAMPLE}')
+    with tempfile.TemporaryDirectory(prefix='bench-overhead-') as tmp:
+        repo = make_repo(Path(tmp) / 'repo')
+        store = Path(tmp) / 'store'
+        store.mkdir()
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        env = base_env(uri)
+        project = str(repo / SAMPLE)
+        mlflow_run = (sys.executable, '-m', 'mlflow', 'run', project, '--env-manager', 'local')
+
+        # The reference run (also the warm-up of `mlflow run`; creates the store).
+        _, err = run_timed(mlflow_run, {**env, 'MLFLOW_LOGGING_LEVEL': 'INFO'}, store)
+        match = _RUN_ID_LOG_RE.search(err)
+        if not match:
+            raise BenchError(f'no run ID in the output of mlflow run:\n{err[-2000:]}')
+        reference = match.group(1)
+        progress(f'  reference run {reference}')
+        tool = (sys.executable, str(SCRIPT), '--run_id', reference)
+        run_timed(tool, env, store)  # warm-up: must find the runs equal (exit 0)
+        plain_t, tool_t = interleave(
+            [lambda: run_timed(mlflow_run, env, store)[0],
+             lambda: run_timed(tool, env, store)[0]],
+            rounds, warmup=False,
+        )
+    comparison = Comparison('overhead', f'mlflow run {SAMPLE}', 'reproduce_run.py --run_id <ref>',
+                            tuple(plain_t), tuple(tool_t))
+    notes.append(f'overhead of reproduce_run.py over plain `mlflow run`: '
+                 f'{comparison.b_median - comparison.a_median:+.2f} s per reproduction '
+                 f'(medians {comparison.b_median:.2f} s vs {comparison.a_median:.2f} s)')
+    return [comparison]
+
+
+# ---------------------------------------------------------------------------
+# 3. Reading metric histories.
+
+def load_reproduce_run() -> ModuleType:
+    spec = importlib.util.spec_from_file_location('reproduce_run', SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules['reproduce_run'] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_runs(client: Any, metrics: int, steps: int) -> list[str]:
+    """Two runs with `metrics` metrics of `steps` steps each, logged in batches."""
+    from mlflow.entities import Metric
+
+    experiment_id = client.create_experiment(f'bench-{time.time_ns()}')
+    run_ids = []
+    for n in range(2):
+        run_id = client.create_run(experiment_id, run_name=f'bench-{n}').info.run_id
+        now = int(time.time() * 1000)
+        points = [Metric(f'metric_{m:04d}', float(m * steps + s + n), now + s, s)
+                  for m in range(metrics) for s in range(steps)]
+        for i in range(0, len(points), LOG_BATCH_LIMIT):
+            client.log_batch(run_id, metrics=points[i:i + LOG_BATCH_LIMIT])
+        client.set_terminated(run_id)
+        run_ids.append(run_id)
+    return run_ids
+
+
+def sequential_histories(client: Any, runs: Sequence[Any]) -> list[dict[str, list[Any]]]:
+    """The plain way: one get_metric_history after another, same result shape
+    (and the same sorting) as read_histories."""
+    result = []
+    for run in runs:
+        histories = {}
+        for key in run.data.metrics:
+            history = sorted(client.get_metric_history(run.info.run_id, key),
+                             key=lambda m: (m.step, m.timestamp))
+            histories[key] = [(m.step, m.value) for m in history]
+        result.append(histories)
+    return result
+
+
+def bench_histories(
+        label: str, tracking_uri: str, rounds: int, metrics: int, steps: int,
+        module: ModuleType, notes: list[str],
+) -> Comparison:
+    from mlflow import MlflowClient
+
+    progress(f'histories ({label}): logging 2 runs x {metrics} metrics x {steps} steps')
+    client = MlflowClient(tracking_uri=tracking_uri)
+    # The client prints links to new runs on standard output: keep it for the table.
+    with contextlib.redirect_stdout(sys.stderr):
+        run_ids = make_runs(client, metrics, steps)
+    runs = tuple(client.get_run(run_id) for run_id in run_ids)
+    if any(len(run.data.metrics) != metrics for run in runs):
+        raise BenchError(f'{label}: the runs do not have {metrics} metrics each')
+
+    expected = sequential_histories(client, runs)
+    if [len(h) for h in expected[0].values()] != [steps] * metrics:
+        raise BenchError(f'{label}: the histories do not have {steps} steps each')
+    if module.read_histories(client, runs, last_only=False) != expected:
+        raise BenchError(f'{label}: read_histories and the sequential loop disagree')
+
+    def timed(read: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        read()
+        return time.perf_counter() - start
+
+    progress(f'histories ({label}): {rounds} rounds of sequential / read_histories')
+    sequential_t, concurrent_t = interleave(
+        [lambda: timed(lambda: sequential_histories(client, runs)),
+         lambda: timed(lambda: module.read_histories(client, runs, last_only=False))],
+        rounds,
+    )
+    comparison = Comparison(f'histories, {label}',
+                            f'sequential get_metric_history ({2 * metrics} calls)',
+                            f'read_histories, {module.HISTORY_WORKERS} threads',
+                            tuple(sequential_t), tuple(concurrent_t))
+    notes.append(f'histories, {label}: {1000 * comparison.a_median / (2 * metrics):.1f} ms '
+                 f'per get_metric_history call in turn, '
+                 f'{1000 * comparison.b_median / (2 * metrics):.1f} ms per metric '
+                 f'with read_histories')
+    return comparison
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(where: Path) -> Iterator[str]:
+    """A tracking server on 127.0.0.1 with its own sqlite store; stopped by
+    its process ID (and group) whatever happens."""
+    port = free_port()
+    log_path = where / 'server.log'
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(
+            (sys.executable, '-m', 'mlflow', 'server', '--host', '127.0.0.1',
+             '--port', str(port), '--backend-store-uri', f"sqlite:///{where / 'server.db'}",
+             '--artifacts-destination', str(where / 'artifacts'), '--workers', '2'),
+            env=base_env(), cwd=where, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        url = f'http://127.0.0.1:{port}'
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            try:
+                with urllib.request.urlopen(f'{url}/health', timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f'mlflow server did not start:\n{log_path.read_text()[-3000:]}')
+            time.sleep(0.5)
+        progress(f'  mlflow server (PID {proc.pid}) ready at {url}')
+        yield url
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def chdir(path: Path) -> Iterator[None]:
+    """An sqlite store puts the artifacts of new experiments under ./mlruns."""
+    saved = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(saved)
+
+
+def bench_all_histories(
+        rounds: int, metrics: int, steps: int, server: bool, notes: list[str],
+) -> list[Comparison]:
+    import logging
+
+    import mlflow  # noqa: F401  (configures its logger, which is then quietened)
+
+    logging.getLogger('mlflow').setLevel(logging.WARNING)
+    logging.getLogger('alembic').setLevel(logging.WARNING)
+    module = load_reproduce_run()
+    results = []
+    with tempfile.TemporaryDirectory(prefix='bench-histories-') as tmp:
+        store = Path(tmp) / 'sqlite'
+        store.mkdir()
+        with chdir(store):
+            results.append(bench_histories(
+                'sqlite', f"sqlite:///{store / 'mlflow.db'}", rounds, metrics, steps, module, notes,
+            ))
+        if server:
+            where = Path(tmp) / 'server'
+            where.mkdir()
+            with chdir(where), mlflow_server(where) as url:
+                results.append(bench_histories(
+                    'mlflow server --workers 2', url, rounds, metrics, steps, module, notes,
+                ))
+    return results
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+def _positive(s: str) -> int:
+    try:
+        value = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a whole number, got {s!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a number >= 1, got {s!r}')
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='bench', description=__doc__.split('\n\n')[0] if __doc__ else None,
+    )
+    parser.add_argument('--rounds', type=_positive, default=3,
+                        help='rounds of the slow comparison, mlflow run against '
+                             'reproduce_run.py (default: %(default)s)')
+    parser.add_argument('--fast-rounds', type=_positive, default=7,
+                        help='rounds of the quick comparisons, start-up and history '
+                             'reading (default: %(default)s)')
+    parser.add_argument('--metrics', type=_positive, default=300,
+                        help='metrics per run for history reading (default: %(default)s)')
+    parser.add_argument('--steps', type=_positive, default=20,
+                        help='steps per metric for history reading (default: %(default)s)')
+    parser.add_argument('--skip-overhead', action='store_true',
+                        help='skip mlflow run against reproduce_run.py')
+    parser.add_argument('--skip-server', action='store_true',
+                        help='read histories from sqlite only, start no mlflow server')
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    results: list[Comparison] = []
+    notes: list[str] = []
+    try:
+        results += bench_startup(args.fast_rounds, notes)
+        if not args.skip_overhead:
+            results += bench_overhead(args.rounds, notes)
+        results += bench_all_histories(args.fast_rounds, args.metrics, args.steps,
+                                       server=not args.skip_server, notes=notes)
+    except BenchError as e:
+        print(f'bench: error: {e}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('bench: interrupted', file=sys.stderr)
+        return 130
+    print(f'\nreproduce_run benchmarks: Python {sys.version.split()[0]}, '
+          f'{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s in all; '
+          f'history runs: 2 x {args.metrics} metrics x {args.steps} steps\n')
+    print(markdown_table(results))
+    if notes:
+        print()
+        for note in notes:
+            print(f'- {note}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
