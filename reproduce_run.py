@@ -1293,7 +1293,7 @@ def _metric_tolerance(s: str) -> tuple[str, Tolerance]:
     return key, Tolerance(rtol=rtol, atol=atol)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='reproduce_run',
         description='Re-execute the MLflow Project of a past run at its exact '
@@ -1341,7 +1341,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                           'land inside quotes in the command (it may run as shell code)')
     out.add_argument('--verbose', action='store_true',
                      help="show run details, MLflow's log lines and tracebacks")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _raise_terminated(signum: int, frame: object) -> NoReturn:

@@ -1059,3 +1059,26 @@ def test_declared_param_without_default_missing_from_the_run(own_repo, capsys):
     assert err == ("reproduce_run: error: entry point 'main' cannot run with the reference "
                    "run's params: No value given for missing parameters: 'msg'\n")
     assert reproductions_of(run_id) == []
+
+
+# --- the README stays true to the code ----------------------------------------
+
+def readme_table(heading: str) -> list[list[str]]:
+    text = (ROOT / 'README.md').read_text()
+    section = text.split(f'\n## {heading}\n', 1)[1].split('\n## ', 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith('|')][2:]
+    return [[cell.strip() for cell in row.strip('|').split(' | ')] for row in rows]
+
+
+def test_readme_lists_every_option():
+    documented = {flag.split()[0].strip('`')
+                  for row in readme_table('Options') for flag in row[0].split(', ')}
+    options = {flag for action in reproduce_run.build_parser()._actions
+               for flag in action.option_strings}
+    assert documented == options - {'-h', '--help'}
+
+
+def test_readme_lists_every_exit_code():
+    documented = {int(row[0]) for row in readme_table('Exit codes')}
+    assert documented == {value for name, value in vars(reproduce_run).items()
+                          if name.startswith('EXIT_')}
