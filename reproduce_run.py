@@ -48,8 +48,9 @@ DEFAULT_ATOL = 0.0
 ENV_MANAGERS = ('local', 'virtualenv', 'uv', 'conda')
 DEFAULT_ENTRY_POINT = 'main'
 RUN_NAME_PREFIX = 'reproduce-'
-OUTPUT_TAIL_LINES = 20
-STOP_GRACE_SECONDS = 10.0
+OUTPUT_TAIL_LINES = 20  # of the project's output, kept for the report
+STOP_GRACE_SECONDS = 10.0  # between SIGTERM and SIGKILL to the project
+HISTORY_WORKERS = 8  # concurrent metric-history requests to a remote server
 
 # Retry settings for the tool's own requests, so that an unreachable tracking
 # server fails in seconds instead of MLflow's minutes.  The user's own
@@ -80,6 +81,7 @@ STATUSES = ('planned', 'equal', 'differ', 'failed', 'error')
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
 _URL_CREDENTIALS_RE = re.compile(r'(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@')
+_MLFLOW_LOG_LINE_RE = re.compile(r'^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+ mlflow[\w.]*: ')
 
 
 class ReproduceError(Exception):
@@ -126,7 +128,7 @@ class Rules:
     def unmatched(self, keys: Sequence[str]) -> list[str]:
         """Patterns that match no metric: most likely a typo."""
         patterns = [p for p, _ in self.overrides] + list(self.ignored)
-        return [p for p in patterns if not fnmatch.filter(keys, p)]
+        return [p for p in patterns if not any(fnmatch.fnmatchcase(k, p) for k in keys)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -557,7 +559,7 @@ def _user() -> str:
         return 'unknown'
 
 
-def create_reproduced_run(client: MlflowClient, plan: Plan) -> str:
+def create_reproduced_run(client: MlflowClient, plan: Plan) -> Run:
     """The run that the project will log into, made by us so that its ID is
     known from the start and it can always be closed."""
     from mlflow.entities import Param
@@ -588,7 +590,7 @@ def create_reproduced_run(client: MlflowClient, plan: Plan) -> str:
     except Exception as e:
         close_run(client, run_id, 'FAILED')
         raise _mlflow_error(f'cannot log the params of run {run_id} (marked FAILED)', e) from None
-    return run_id
+    return run
 
 
 class _OutputTee:
@@ -710,7 +712,7 @@ class Launch:
 def run_project(
         client: MlflowClient,
         plan: Plan,
-        run_id: str,
+        run: Run,
         tmp_dir: str,
         user_environ: Mapping[str, str | None],
         verbose: bool,
@@ -723,13 +725,14 @@ def run_project(
     """
     import mlflow.projects
 
-    run = client.get_run(run_id)
+    run_id = run.info.run_id
     child_tmp = os.path.join(tmp_dir, 'tmp')
-    os.makedirs(child_tmp)
     tee = _OutputTee()
     proc = None
     try:
-        with _environ(_project_environ(user_environ, child_tmp, verbose)), _stdio_into(tee.write_fd):
+        os.makedirs(child_tmp)
+        environ = _project_environ(user_environ, child_tmp, verbose)
+        with _environ(environ), _stdio_into(tee.write_fd):
             submitted = mlflow.projects.run(
                 uri=plan.project_dir,
                 entry_point=plan.entry_point,
@@ -763,10 +766,6 @@ def run_project(
     return Launch(run_id=run_id, returncode=returncode, output_tail=tuple(tee.tail))
 
 
-HISTORY_WORKERS = 8
-_MLFLOW_LOG_LINE_RE = re.compile(r'^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+ mlflow[\w.]*: ')
-
-
 def read_histories(
         client: MlflowClient, runs: Sequence[Run], last_only: bool,
 ) -> list[dict[str, list[Point]]]:
@@ -777,15 +776,21 @@ def read_histories(
     from concurrent.futures import ThreadPoolExecutor
 
     wanted = [(run.info.run_id, key) for run in runs for key in run.data.metrics]
+
+    def fetch(run_key: tuple[str, str]) -> list[Any]:
+        return client.get_metric_history(*run_key)
+
     # Over HTTP each request waits on the network: overlap them.  A local
     # store is CPU-bound, and threads only add contention (see benchmarks/).
-    remote = _is_http(client.tracking_uri)
-    with ThreadPoolExecutor(max_workers=HISTORY_WORKERS if remote else 1) as pool:
-        fetched = pool.map(lambda rk: client.get_metric_history(*rk), wanted)
-        by_run: dict[str, dict[str, list[Point]]] = {r.info.run_id: {} for r in runs}
-        for (run_id, key), history in zip(wanted, fetched):
-            history = sorted(history, key=lambda m: (m.step, m.timestamp))
-            by_run[run_id][key] = [(m.step, m.value) for m in history]
+    if _is_http(client.tracking_uri):
+        with ThreadPoolExecutor(max_workers=HISTORY_WORKERS) as pool:
+            fetched = list(pool.map(fetch, wanted))
+    else:
+        fetched = [fetch(run_key) for run_key in wanted]
+    by_run: dict[str, dict[str, list[Point]]] = {r.info.run_id: {} for r in runs}
+    for (run_id, key), history in zip(wanted, fetched, strict=True):
+        history = sorted(history, key=lambda m: (m.step, m.timestamp))
+        by_run[run_id][key] = [(m.step, m.value) for m in history]
     return [by_run[run.info.run_id] for run in runs]
 
 
@@ -1230,8 +1235,9 @@ def reproduce(args: argparse.Namespace) -> Report:
             if args.dry_run:
                 return Report(status='planned', exit_code=EXIT_EQUAL,
                               reference_run_id=args.run_id, plan=plan, rules=rules_from(args))
-            run_id = create_reproduced_run(client, plan)
-            launch = run_project(client, plan, run_id, tmp_dir, user_environ, args.verbose)
+            run = create_reproduced_run(client, plan)
+            run_id = run.info.run_id
+            launch = run_project(client, plan, run, tmp_dir, user_environ, args.verbose)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
         fields = dict(reference_run_id=args.run_id, reproduced_run_id=run_id, plan=plan,
@@ -1252,7 +1258,7 @@ def reproduce(args: argparse.Namespace) -> Report:
         except mlflow.exceptions.MlflowException as e:
             raise _mlflow_error(f'cannot read the reproduced run {run_id} back', e) from None
         verdict, histories = judge_runs(
-            client, args, reference, reproduced, plan.declared or plan.params.passed,
+            client, args, reference, reproduced, plan.declared,
         )
         report = _verdict_report(verdict, **fields)
         record_verdict(client, report, histories, plots=not args.no_plots)

@@ -377,7 +377,7 @@ def bench_histories(
     )
     comparison = Comparison(f'histories, {label}',
                             f'sequential get_metric_history ({2 * metrics} calls)',
-                            f'read_histories, {module.HISTORY_WORKERS} threads',
+                            'read_histories (threads only over HTTP)',
                             tuple(sequential_t), tuple(concurrent_t))
     notes.append(f'histories, {label}: {1000 * comparison.a_median / (2 * metrics):.1f} ms '
                  f'per get_metric_history call in turn, '

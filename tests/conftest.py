@@ -122,7 +122,9 @@ def reference(samples_repo: Path, store: str) -> Callable[..., str]:
 
 
 @pytest.fixture(scope='session')
-def git_daemon(tmp_path_factory: pytest.TempPathFactory, samples_repo: Path) -> Iterator[tuple[str, Path]]:
+def git_daemon(
+        tmp_path_factory: pytest.TempPathFactory, samples_repo: Path,
+) -> Iterator[tuple[str, Path]]:
     """(git://127.0.0.1:PORT, base path) serving a bare clone of the samples."""
     base = tmp_path_factory.mktemp('daemon')
     git('clone', '--quiet', '--bare', str(samples_repo), str(base / 'samples.git'), cwd=base)

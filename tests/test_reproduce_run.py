@@ -547,7 +547,8 @@ def test_json_output_of_an_error(capsys):
 
 
 def test_json_writes_nan_as_a_string(capsys):
-    ref, other = logged_run({'a': [math.nan], 'd': [1.0]}), logged_run({'a': [math.nan], 'd': [math.nan]})
+    ref = logged_run({'a': [math.nan], 'd': [1.0]})
+    other = logged_run({'a': [math.nan], 'd': [math.nan]})
     code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'json')
     assert code == 1
     metrics = {m['key']: m for m in json.loads(out)['metrics']}
@@ -953,7 +954,7 @@ def test_credentials_in_a_failing_uri_are_masked(reference, capsys):
     code, out, err = reproduce(capsys, '--run_id', run_id, '--uri', uri, '--output', 'json')
     assert code == 2
     assert 's3cret' not in out + err
-    assert f'https://***@127.0.0.1' in json.loads(out)['message']
+    assert 'https://***@127.0.0.1' in json.loads(out)['message']
 
 
 def test_commit_gone_from_the_remote(git_daemon, samples_repo, capsys, tmp_path):
@@ -1025,7 +1026,7 @@ def test_run_in_a_deleted_experiment_is_refused(capsys, tmp_path):
     c.delete_experiment(experiment_id)
     code, out, err = reproduce(capsys, '--run_id', run_id)
     assert (code, out) == (2, '')
-    assert f'is in deleted experiment' in err and 'mlflow experiments restore' in err
+    assert 'is in deleted experiment' in err and 'mlflow experiments restore' in err
 
 
 def test_entry_point_missing_at_that_commit(samples_repo, capsys):
@@ -1051,7 +1052,7 @@ def test_mlproject_that_does_not_parse(own_repo, capsys):
 
 
 def test_declared_param_without_default_missing_from_the_run(own_repo, capsys):
-    project = add_project(own_repo, 'echo', ECHO_PROJECT)
+    add_project(own_repo, 'echo', ECHO_PROJECT)
     commit = git('rev-parse', 'HEAD', cwd=own_repo)
     run_id = recorded_run(f'file://{own_repo}#echo', commit, {'other': '1'})
     code, out, err = reproduce(capsys, '--run_id', run_id)
