@@ -292,6 +292,10 @@ def mask_credentials(text: str) -> str:
     return _URL_CREDENTIALS_RE.sub(r'\g<scheme>***@', text)
 
 
+def warn(message: str) -> None:
+    print(f'reproduce_run: warning: {mask_credentials(message)}', file=sys.stderr)
+
+
 def split_source_uri(uri: str) -> tuple[str, str]:
     """'repo#sub/dir' -> ('repo', 'sub/dir'), the way MLflow writes sources."""
     repo, _, subdir = uri.partition('#')
@@ -312,6 +316,10 @@ def unquote_param(value: str) -> str:
     if len(tokens) == 1 and shlex.quote(tokens[0]) == value:
         return tokens[0]
     return value
+
+
+def _unquoted(params: Mapping[str, str]) -> dict[str, str]:
+    return {k: unquote_param(v) for k, v in params.items()}
 
 
 def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
@@ -341,7 +349,7 @@ def select_params(
 ) -> Params:
     """Only what the entry point declares; None means a script entry point,
     which MLflow ran with every param it was given."""
-    values = {k: unquote_param(v) for k, v in reference_params.items()}
+    values = _unquoted(reference_params)
     if declared is None:
         return Params(passed=values, not_passed={})
     return Params(
@@ -493,6 +501,8 @@ def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
                 f'run {run_id} not found at tracking URI {mask_credentials(tracking_uri)}',
             ) from None
         raise _mlflow_error(f'cannot read run {run_id} from {tracking_uri}', e) from None
+    if run.info.status in ('RUNNING', 'SCHEDULED'):
+        warn(f'run {run_id} is still {run.info.status}: its metrics may be incomplete')
     # Deleting an experiment deletes its runs: name the cause.
     if experiment.lifecycle_stage == 'deleted':
         raise ReproduceError(
@@ -1081,15 +1091,15 @@ def record_verdict(
 
     run_id = report.reproduced_run_id
     assert run_id is not None and run_id != report.reference_run_id
-    tags = {
-        TAG_REFERENCE_RUN_ID: report.reference_run_id,
-        TAG_EQUAL: 'true' if report.equal else 'false',
-        TAG_STATUS: report.status,
-        TAG_RTOL: repr(report.rules.default.rtol),
-        TAG_ATOL: repr(report.rules.default.atol),
-        TAG_NOTE: format_markdown(report, _run_link(client, report.reference_run_id)),
-    }
     try:
+        tags = {
+            TAG_REFERENCE_RUN_ID: report.reference_run_id,
+            TAG_EQUAL: 'true' if report.equal else 'false',
+            TAG_STATUS: report.status,
+            TAG_RTOL: repr(report.rules.default.rtol),
+            TAG_ATOL: repr(report.rules.default.atol),
+            TAG_NOTE: format_markdown(report, _run_link(client, report.reference_run_id)),
+        }
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
             path = os.path.join(folder, COMPARISON_ARTIFACT)
@@ -1107,10 +1117,6 @@ def record_verdict(
 
 # ---------------------------------------------------------------------------
 # The pipeline.
-
-def warn(message: str) -> None:
-    print(f'reproduce_run: warning: {mask_credentials(message)}', file=sys.stderr)
-
 
 def make_plan(
         args: argparse.Namespace, reference: Run, source: Source, project_dir: str,
@@ -1157,12 +1163,8 @@ def _recorded_env_manager(tags: Mapping[str, str]) -> str:
 def _configure_logging(verbose: bool) -> None:
     import logging
 
-    if not verbose and 'MLFLOW_LOGGING_LEVEL' not in os.environ:
-        logging.getLogger('mlflow').setLevel(logging.WARNING)
-
-
-def _unquoted(params: Mapping[str, str]) -> dict[str, str]:
-    return {k: unquote_param(v) for k, v in params.items()}
+    if 'MLFLOW_LOGGING_LEVEL' not in os.environ:  # the user's setting wins
+        logging.getLogger('mlflow').setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def rules_from(args: argparse.Namespace) -> Rules:
@@ -1177,11 +1179,11 @@ def judge_runs(
         client: MlflowClient, args: argparse.Namespace, reference: Run, other: Run,
         param_keys: Sequence[str],
 ) -> tuple[Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
+    from mlflow.exceptions import MlflowException
+
     rules = rules_from(args)
     for pattern in rules.unmatched(sorted({*reference.data.metrics, *other.data.metrics})):
         warn(f'{pattern!r} matches no metric of either run')
-    from mlflow.exceptions import MlflowException
-
     try:
         reference_histories, other_histories = read_histories(
             client, (reference, other), args.last_only,

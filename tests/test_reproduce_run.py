@@ -698,6 +698,16 @@ def test_compare_to_runs_nothing_and_makes_no_run(capsys):
     assert run_snapshot(other) == before_other
 
 
+def test_a_reference_still_running_is_flagged(capsys):
+    c = client()
+    running = c.create_run(c.get_experiment_by_name('Default').experiment_id).info.run_id
+    c.log_metric(running, 'acc', 0.5)
+    code, _, err = reproduce(capsys, '--run_id', running, '--compare-to', running)
+    assert code == 0
+    assert f'reproduce_run: warning: run {running} is still RUNNING: its metrics may be ' \
+           f'incomplete\n' in err
+
+
 def test_compare_to_flags_params_that_differ(capsys):
     ref = logged_run({'acc': [0.5]}, {'lr': '0.1'})
     other = logged_run({'acc': [0.5]}, {'lr': '0.2'})
