@@ -1215,9 +1215,21 @@ def compare_to(
     )
 
 
+def absolute_tracking_uri(uri: str | None) -> str | None:
+    """A relative sqlite or plain-path store made absolute: the project runs
+    in another folder, where `sqlite:///mlflow.db` names another file."""
+    if uri and uri.startswith('sqlite:///') and not uri.startswith('sqlite:////'):
+        return 'sqlite:///' + os.path.abspath(uri[len('sqlite:///'):])
+    if uri and not re.match(r'^[a-zA-Z][\w+.-]*:', uri) and not uri.startswith('databricks'):
+        return os.path.abspath(uri)
+    return uri
+
+
 def reproduce(args: argparse.Namespace) -> Report:
     user_environ = {k: os.environ.get(k) for k in TOOL_HTTP_DEFAULTS}
     tool_environ = {k: user_environ[k] or v for k, v in TOOL_HTTP_DEFAULTS.items()}
+    tracking_uri = os.environ.get('MLFLOW_TRACKING_URI')
+    tool_environ['MLFLOW_TRACKING_URI'] = absolute_tracking_uri(tracking_uri)
     with _environ(tool_environ):
         import mlflow
 

@@ -456,6 +456,29 @@ def test_unknown_run_exits_2(capsys, store):
     assert err == f'reproduce_run: error: run {"f" * 32} not found at tracking URI {store}\n'
 
 
+@pytest.mark.parametrize(('uri', 'expected'), [
+    pytest.param('sqlite:///mlflow.db', 'sqlite:///{cwd}/mlflow.db', id='relative-sqlite'),
+    pytest.param('sqlite:////data/mlflow.db', 'sqlite:////data/mlflow.db', id='absolute-sqlite'),
+    pytest.param('mlruns', '{cwd}/mlruns', id='relative-path'),
+    pytest.param('http://host:5000', 'http://host:5000', id='http'),
+    pytest.param('databricks', 'databricks', id='databricks'),
+    pytest.param(None, None, id='unset'),
+])
+def test_absolute_tracking_uri(uri, expected, tmp_path):
+    # The autouse fixture runs each test in tmp_path.
+    expected = expected and expected.format(cwd=tmp_path)
+    assert reproduce_run.absolute_tracking_uri(uri) == expected
+
+
+def test_relative_sqlite_store_reaches_the_project(reference, store, capsys, monkeypatch):
+    run_id = reference('sklearn_regression')
+    monkeypatch.chdir(Path(store[len('sqlite:///'):]).parent)
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True'), err
+    assert os.environ['MLFLOW_TRACKING_URI'] == 'sqlite:///mlflow.db'
+
+
 def test_script_runs_as_a_command(reference):
     proc = subprocess.run(
         (sys.executable, str(SCRIPT), '--run_id', reference('sklearn_regression')),
