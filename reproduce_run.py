@@ -1251,6 +1251,12 @@ def reproduce(args: argparse.Namespace) -> Report:
                               reference_run_id=args.run_id, plan=plan, rules=rules_from(args))
             run = create_reproduced_run(client, plan)
             run_id = run.info.run_id
+            if args.verbose:
+                ref = reference.info
+                print(f'reproduce_run: reproducing run {ref.run_id} ({ref.run_name}, '
+                      f'{ref.status}) as run {run_id} in experiment {plan.experiment_name!r}: '
+                      f'entry point {plan.entry_point!r} of {mask_credentials(source.uri)} at '
+                      f'{commit} with env manager {plan.env_manager}', file=sys.stderr)
             launch = run_project(client, plan, run, tmp_dir, user_environ, args.verbose)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -297,9 +297,10 @@ def test_extra_params_are_not_passed(reference, capsys):
 def test_verbose_lists_the_params_not_passed(reference, capsys):
     run_id = reference('own_params')
     own = sorted(set(client().get_run(run_id).data.params) - {'n_neighbors'})
-    code, out, _ = reproduce(capsys, '--run_id', run_id, '--verbose')
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--verbose')
     line = next(line for line in out.splitlines() if line.startswith('Params not passed'))
     assert all(f'{key}=' in line for key in own)
+    assert f'reproduce_run: reproducing run {run_id} (' in err
 
 
 def test_entry_point_other_than_main(reference, capsys):
