@@ -714,7 +714,6 @@ def close_run(client: MlflowClient, run_id: str, status: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Launch:
-    run_id: str
     returncode: int
     output_tail: tuple[str, ...]
 
@@ -773,7 +772,7 @@ def run_project(
         tee.close()
     if returncode != 0:
         close_run(client, run_id, 'FAILED')
-    return Launch(run_id=run_id, returncode=returncode, output_tail=tuple(tee.tail))
+    return Launch(returncode=returncode, output_tail=tuple(tee.tail))
 
 
 def read_histories(
