@@ -1214,6 +1214,16 @@ def compare_to(
     )
 
 
+def _remote_hint(reference: Run, source: Source, uri: str | None) -> str:
+    """A run made from a local clone also records its remote: on another host
+    (a cron host, say) that remote is where the commit can be found."""
+    remote = reference.data.tags.get(TAG_GIT_REPO_URL)
+    if uri or not remote or _local_repo(source.repo) is None or remote == source.repo:
+        return ''
+    suggested = f'{remote}#{source.subdir}' if source.subdir else remote
+    return f'; the run also records its remote: try --uri {shlex.quote(mask_credentials(suggested))}'
+
+
 def absolute_tracking_uri(uri: str | None) -> str | None:
     """A relative sqlite or plain-path store made absolute: the project runs
     in another folder, where `sqlite:///mlflow.db` names another file."""
@@ -1241,7 +1251,10 @@ def reproduce(args: argparse.Namespace) -> Report:
         source = resolve_source(reference, args.uri, args.version)
         tmp_dir = tempfile.mkdtemp(prefix='reproduce_run-')
         try:
-            project_dir, commit = fetch_source(source, os.path.join(tmp_dir, 'src'))
+            try:
+                project_dir, commit = fetch_source(source, os.path.join(tmp_dir, 'src'))
+            except ReproduceError as e:
+                raise ReproduceError(str(e) + _remote_hint(reference, source, args.uri)) from None
             source = dataclasses.replace(source, version=commit)
             plan = make_plan(args, reference, source, project_dir)
             check_command(plan, args.allow_unsafe_command)
