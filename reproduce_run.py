@@ -78,6 +78,7 @@ TAG_NOTE = 'mlflow.note.content'  # the run description the MLflow UI shows
 ARTIFACT_DIR = 'reproduce'  # comparison.json and plots/ go here
 COMPARISON_ARTIFACT = 'comparison.json'
 STATUSES = ('planned', 'equal', 'differ', 'failed', 'error')
+UNFINISHED_STATUSES = ('RUNNING', 'SCHEDULED')  # MLflow run statuses not yet closed
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
 _URL_CREDENTIALS_RE = re.compile(r'(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@')
@@ -501,7 +502,7 @@ def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
                 f'run {run_id} not found at tracking URI {mask_credentials(tracking_uri)}',
             ) from None
         raise _mlflow_error(f'cannot read run {run_id} from {tracking_uri}', e) from None
-    if run.info.status in ('RUNNING', 'SCHEDULED'):
+    if run.info.status in UNFINISHED_STATUSES:
         warn(f'run {run_id} is still {run.info.status}: its metrics may be incomplete')
     # Deleting an experiment deletes its runs: name the cause.
     if experiment.lifecycle_stage == 'deleted':
@@ -687,6 +688,32 @@ def _project_environ(
     return changes
 
 
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _signal_handlers(handlers: Mapping[signal.Signals, Any]) -> Iterator[None]:
+    """Install handlers for the duration, then restore the previous ones
+    (signal handlers can only be set from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# SIGTERM becomes an exception, so that cleanup code runs as for Ctrl-C.
+_SIGTERM_RAISES = {signal.SIGTERM: _raise_terminated}
+# While cleaning up after an interrupt: a second Ctrl-C must not stop the
+# cleanup halfway and leave the run RUNNING.
+_SIGNALS_IGNORED = {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
+
+
 def stop_process_group(proc: subprocess.Popen[Any]) -> None:
     """End the project's whole process group: SIGTERM, then SIGKILL."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -702,7 +729,7 @@ def stop_process_group(proc: subprocess.Popen[Any]) -> None:
 def close_run(client: MlflowClient, run_id: str, status: str) -> None:
     """Never leave the reproduced run RUNNING; best effort when the server is gone."""
     try:
-        if client.get_run(run_id).info.status in ('RUNNING', 'SCHEDULED'):
+        if client.get_run(run_id).info.status in UNFINISHED_STATUSES:
             client.set_terminated(run_id, status)
     except Exception as e:  # the tracking server itself may be the failure
         print(
@@ -757,13 +784,13 @@ def run_project(
         tee.close_writer()
         returncode = proc.wait()
     except (KeyboardInterrupt, _Terminated):
-        with _signals_ignored():
+        with _signal_handlers(_SIGNALS_IGNORED):
             if proc is not None:
                 stop_process_group(proc)
             close_run(client, run_id, 'KILLED')
         raise
     except Exception as e:
-        with _signals_ignored():
+        with _signal_handlers(_SIGNALS_IGNORED):
             if proc is not None:
                 stop_process_group(proc)
             close_run(client, run_id, 'FAILED')
@@ -1221,7 +1248,8 @@ def _remote_hint(reference: Run, source: Source, uri: str | None) -> str:
     if uri or not remote or _local_repo(source.repo) is None or remote == source.repo:
         return ''
     suggested = f'{remote}#{source.subdir}' if source.subdir else remote
-    return f'; the run also records its remote: try --uri {shlex.quote(mask_credentials(suggested))}'
+    suggested = shlex.quote(mask_credentials(suggested))
+    return f'; the run also records its remote: try --uri {suggested}'
 
 
 def absolute_tracking_uri(uri: str | None) -> str | None:
@@ -1386,42 +1414,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def _raise_terminated(signum: int, frame: object) -> NoReturn:
-    raise _Terminated()
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into an exception so that cleanup code runs, as for Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """While cleaning up after an interrupt: a second Ctrl-C must not stop the
-    cleanup halfway and leave the run RUNNING."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        with _sigterm_raises():
+        with _signal_handlers(_SIGTERM_RAISES):
             report = reproduce(args)
     except KeyboardInterrupt:
         print('reproduce_run: interrupted', file=sys.stderr)
