@@ -1202,17 +1202,16 @@ def rules_from(args: argparse.Namespace) -> Rules:
 
 
 def judge_runs(
-        client: MlflowClient, args: argparse.Namespace, reference: Run, other: Run,
+        client: MlflowClient, rules: Rules, last_only: bool, reference: Run, other: Run,
         param_keys: Sequence[str],
 ) -> tuple[Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
     from mlflow.exceptions import MlflowException
 
-    rules = rules_from(args)
     for pattern in rules.unmatched(sorted({*reference.data.metrics, *other.data.metrics})):
         warn(f'{pattern!r} matches no metric of either run')
     try:
         reference_histories, other_histories = read_histories(
-            client, (reference, other), args.last_only,
+            client, (reference, other), last_only,
         )
     except MlflowException as e:
         raise _mlflow_error('cannot read the metric histories', e) from None
@@ -1229,15 +1228,16 @@ def _verdict_report(verdict: Verdict, **fields: Any) -> Report:
 
 
 def compare_to(
-        client: MlflowClient, args: argparse.Namespace, reference: Run, tracking_uri: str,
+        client: MlflowClient, args: argparse.Namespace, rules: Rules, reference: Run,
+        tracking_uri: str,
 ) -> Report:
     """Judge two existing runs; nothing runs and nothing is written."""
     other = read_reference(client, args.compare_to, tracking_uri)
     keys = sorted({*reference.data.params, *other.data.params})
-    verdict, _ = judge_runs(client, args, reference, other, keys)
+    verdict, _ = judge_runs(client, rules, args.last_only, reference, other, keys)
     return _verdict_report(
         verdict, reference_run_id=reference.info.run_id,
-        reproduced_run_id=other.info.run_id, rules=rules_from(args),
+        reproduced_run_id=other.info.run_id, rules=rules,
     )
 
 
@@ -1265,8 +1265,9 @@ def absolute_tracking_uri(uri: str | None) -> str | None:
 def reproduce(args: argparse.Namespace) -> Report:
     user_environ = {k: os.environ.get(k) for k in TOOL_HTTP_DEFAULTS}
     tool_environ = {k: user_environ[k] or v for k, v in TOOL_HTTP_DEFAULTS.items()}
-    tracking_uri = os.environ.get('MLFLOW_TRACKING_URI')
-    tool_environ['MLFLOW_TRACKING_URI'] = absolute_tracking_uri(tracking_uri)
+    tool_environ['MLFLOW_TRACKING_URI'] = absolute_tracking_uri(
+        os.environ.get('MLFLOW_TRACKING_URI'))
+    rules = rules_from(args)
     with _environ(tool_environ):
         import mlflow
 
@@ -1275,7 +1276,7 @@ def reproduce(args: argparse.Namespace) -> Report:
         tracking_uri = mlflow.get_tracking_uri()
         reference = read_reference(client, args.run_id, tracking_uri)
         if args.compare_to:
-            return compare_to(client, args, reference, tracking_uri)
+            return compare_to(client, args, rules, reference, tracking_uri)
         source = resolve_source(reference, args.uri, args.version)
         tmp_dir = tempfile.mkdtemp(prefix='reproduce_run-')
         try:
@@ -1288,7 +1289,7 @@ def reproduce(args: argparse.Namespace) -> Report:
             check_command(plan, args.allow_unsafe_command)
             if args.dry_run:
                 return Report(status='planned', exit_code=EXIT_EQUAL,
-                              reference_run_id=args.run_id, plan=plan, rules=rules_from(args))
+                              reference_run_id=args.run_id, plan=plan, rules=rules)
             run = create_reproduced_run(client, plan)
             run_id = run.info.run_id
             if args.verbose:
@@ -1301,7 +1302,7 @@ def reproduce(args: argparse.Namespace) -> Report:
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
         fields = dict(reference_run_id=args.run_id, reproduced_run_id=run_id, plan=plan,
-                      rules=rules_from(args), output_tail=launch.output_tail)
+                      rules=rules, output_tail=launch.output_tail)
         if launch.returncode != 0:
             output = project_output(launch.output_tail)
             last = f'; its last output line: {output[-1]}' if output else ''
@@ -1318,7 +1319,7 @@ def reproduce(args: argparse.Namespace) -> Report:
         except mlflow.exceptions.MlflowException as e:
             raise _mlflow_error(f'cannot read the reproduced run {run_id} back', e) from None
         verdict, histories = judge_runs(
-            client, args, reference, reproduced, plan.declared,
+            client, rules, args.last_only, reference, reproduced, plan.declared,
         )
         report = _verdict_report(verdict, **fields)
         record_verdict(client, report, histories, plots=not args.no_plots)
