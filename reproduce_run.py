@@ -24,12 +24,14 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -43,14 +45,32 @@ EXIT_RUN_FAILED = 3
 EXIT_INTERRUPTED = 130  # SIGINT, as a shell reports it
 EXIT_TERMINATED = 143  # SIGTERM
 
+# Every status a reproduction can end in, and its exit code: the one table.
+STATUS_EXIT_CODES = {
+    'planned': EXIT_EQUAL,  # --dry-run: it can be reproduced
+    'equal': EXIT_EQUAL,
+    'differ': EXIT_DIFFER,
+    'failed': EXIT_RUN_FAILED,
+    'error': EXIT_CANNOT_START,
+    'interrupted': EXIT_INTERRUPTED,
+    'terminated': EXIT_TERMINATED,
+}
+# A batch exits with the code of its worst status, in this order.
+STATUS_PRECEDENCE = ('terminated', 'interrupted', 'error', 'failed', 'differ', 'equal', 'planned')
+
 DEFAULT_RTOL = 1e-9
 DEFAULT_ATOL = 0.0
 ENV_MANAGERS = ('local', 'virtualenv', 'uv', 'conda')
 DEFAULT_ENTRY_POINT = 'main'
 RUN_NAME_PREFIX = 'reproduce-'
 OUTPUT_TAIL_LINES = 20  # of the project's output, kept for the report
+OUTPUT_LINE_CHARS = 500  # longer lines are cut in the kept tail
 STOP_GRACE_SECONDS = 10.0  # between SIGTERM and SIGKILL to the project
+CLOSE_RETRY_SECONDS = 60.0  # how long a run's closing is retried (REPRODUCE_RUN_CLOSE_TIMEOUT)
+PROBE_TIMEOUT_SECONDS = 10.0  # a tracking server that does not answer within this is down
 HISTORY_WORKERS = 8  # concurrent metric-history requests to a remote server
+DEFAULT_MAX_RUNS = 10  # runs a search selects
+DEFAULT_ORDER_BY = 'attributes.start_time DESC'
 
 # Retry settings for the tool's own requests, so that an unreachable tracking
 # server fails in seconds instead of MLflow's minutes.  The user's own
@@ -68,21 +88,33 @@ TAG_GIT_REPO_URL = 'mlflow.source.git.repoURL'
 TAG_ENTRY_POINT = 'mlflow.project.entryPoint'
 TAG_PROJECT_ENV = 'mlflow.project.env'
 TAG_USER = 'mlflow.user'
+TAG_BACKEND = 'mlflow.project.backend'
+TAG_PARENT_RUN_ID = 'mlflow.parentRunId'
 # Tags this tool writes on the reproduced run (never on the reference run).
 TAG_REFERENCE_RUN_ID = 'reproduce.reference_run_id'
 TAG_EQUAL = 'reproduce.equal'  # 'true' or 'false'
-TAG_STATUS = 'reproduce.status'  # equal, differ or failed
+TAG_STATUS = 'reproduce.status'  # a key of STATUS_EXIT_CODES
+TAG_BATCH = 'reproduce.batch'  # 'true' on the parent run of a batch
 TAG_RTOL = 'reproduce.rtol'
 TAG_ATOL = 'reproduce.atol'
 TAG_NOTE = 'mlflow.note.content'  # the run description the MLflow UI shows
+TAG_VALUE_LIMIT = 8000  # characters MLflow keeps in a tag value
 ARTIFACT_DIR = 'reproduce'  # comparison.json and plots/ go here
 COMPARISON_ARTIFACT = 'comparison.json'
-STATUSES = ('planned', 'equal', 'differ', 'failed', 'error')
+OUTPUT_ARTIFACT = 'output.log'  # what the project printed
+SUMMARY_ARTIFACT = 'summary.json'  # a batch's JSON document, on its parent run
 UNFINISHED_STATUSES = ('RUNNING', 'SCHEDULED')  # MLflow run statuses not yet closed
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
 _URL_CREDENTIALS_RE = re.compile(r'(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@')
 _MLFLOW_LOG_LINE_RE = re.compile(r'^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+ mlflow[\w.]*: ')
+# MLflow's own chatter when a run ends ("View run ... at: <tracking URI>").
+_MLFLOW_CHATTER_RE = re.compile(r'^(\U0001f3c3|\U0001f9ea) View (run|experiment)')
+# The exception line that ends a Python traceback: "ValueError: ...".
+_EXCEPTION_LINE_RE = re.compile(r'^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b')
+# Every process a reproduction starts carries this variable, so that it can be
+# found and ended even after it left the process group (Linux /proc).
+PROCESS_TAG = 'REPRODUCE_RUN_PROCESS_TAG'
 
 
 class ReproduceError(Exception):
@@ -91,10 +123,6 @@ class ReproduceError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_CANNOT_START) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-class _Terminated(BaseException):
-    """Raised in the main thread on SIGTERM, like KeyboardInterrupt on SIGINT."""
 
 
 # ---------------------------------------------------------------------------
@@ -570,23 +598,26 @@ def _user() -> str:
         return 'unknown'
 
 
-def create_reproduced_run(client: MlflowClient, plan: Plan) -> Run:
+def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | None) -> Run:
     """The run that the project will log into, made by us so that its ID is
     known from the start and it can always be closed."""
     from mlflow.entities import Param
     from mlflow.exceptions import MlflowException
 
-    source = mask_credentials(plan.source.uri)
+    client = session.client
     tags = {
-        TAG_SOURCE_NAME: source,
+        TAG_SOURCE_NAME: mask_credentials(plan.source.uri),
         TAG_SOURCE_TYPE: 'PROJECT',
         TAG_GIT_COMMIT: plan.source.version,
         TAG_GIT_REPO_URL: mask_credentials(plan.source.repo),
         TAG_ENTRY_POINT: plan.entry_point,
         TAG_PROJECT_ENV: plan.env_manager,
+        TAG_BACKEND: 'local',
         TAG_USER: _user(),
         TAG_REFERENCE_RUN_ID: plan.reference.info.run_id,
     }
+    if parent_run_id:
+        tags[TAG_PARENT_RUN_ID] = parent_run_id
     try:
         run = client.create_run(
             _experiment_id(client, plan.experiment_name),
@@ -599,31 +630,48 @@ def create_reproduced_run(client: MlflowClient, plan: Plan) -> Run:
     try:
         client.log_batch(run_id, params=[Param(k, v) for k, v in plan.logged_params.items()])
     except Exception as e:
-        close_run(client, run_id, 'FAILED')
+        close_run(client, run_id, 'FAILED', session.left_open)
         raise _mlflow_error(f'cannot log the params of run {run_id} (marked FAILED)', e) from None
     return run
 
 
-class _OutputTee:
-    """A pipe for the project's stdout and stderr.  A thread copies what
-    arrives to our standard error and keeps the last lines for the report."""
+class ProjectOutput:
+    """A pipe for the project's stdout and stderr.  A thread reads it line by
+    line: each line is masked and copied to standard error (when `echo`, with
+    an optional prefix) and to a log file, and the last lines are kept for the
+    report, bounded in count and length, with carriage-return rewrites
+    (progress bars) collapsed to what a terminal would show."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_path: str, echo: bool, prefix: str = '') -> None:
         self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
+        self.log_path = log_path
+        self._echo, self._prefix = echo, prefix
         read_fd, self.write_fd = os.pipe()
-        self._out = os.fdopen(os.dup(2), 'wb', buffering=0)
         self._thread = threading.Thread(target=self._copy, args=(read_fd,), daemon=True)
         self._thread.start()
 
     def _copy(self, read_fd: int) -> None:
         pending = b''
-        with os.fdopen(read_fd, 'rb', buffering=0) as pipe:
+        with os.fdopen(read_fd, 'rb', buffering=0) as pipe, open(self.log_path, 'w') as log:
             while chunk := pipe.read(65536):
-                self._out.write(chunk)
                 *lines, pending = (pending + chunk).split(b'\n')
-                self.tail.extend(line.decode(errors='replace').rstrip() for line in lines)
-        if pending:
-            self.tail.append(pending.decode(errors='replace').rstrip())
+                for line in lines:
+                    self._line(line, log)
+                if len(pending) > 65536:  # no newline for long: keep the screen's last state
+                    pending = pending[pending.rfind(b'\r') + 1:][-65536:]
+            if pending:
+                self._line(pending, log)
+
+    def _line(self, raw: bytes, log: TextIO) -> None:
+        text = mask_credentials(raw.decode(errors='replace'))
+        shown = text.rstrip('\r').rsplit('\r', 1)[-1].rstrip()  # what a terminal shows
+        log.write(shown + '\n')
+        if len(shown) > OUTPUT_LINE_CHARS:
+            shown = shown[:OUTPUT_LINE_CHARS - 1] + '…'
+        self.tail.append(shown)
+        if self._echo:
+            sys.stderr.write(f'{self._prefix}{text}\n')
+            sys.stderr.flush()
 
     def close_writer(self) -> None:
         """Our copy of the write end: once closed, the pipe ends with the project."""
@@ -633,10 +681,7 @@ class _OutputTee:
 
     def close(self) -> None:
         self.close_writer()
-        # A daemon the project left behind may hold the pipe open: don't wait on it.
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self._out.close()
+        self._thread.join(timeout=5)  # every writer is gone by now; don't hang on one
 
 
 @contextlib.contextmanager
@@ -657,39 +702,56 @@ def _environ(changes: Mapping[str, str | None]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _stdio_into(fd: int) -> Iterator[None]:
-    """Point file descriptors 1 and 2 at fd, so that the processes MLflow
-    starts inherit it: the report alone goes to standard output."""
+def _stdout_to_stderr() -> Iterator[TextIO]:
+    """Standard output carries the report only: while the tool works, whatever
+    MLflow or a library prints there goes to standard error instead.  Yields
+    the real standard output, for the report."""
+    report_stream = sys.stdout
     sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     try:
-        yield
+        yield report_stream
     finally:
-        sys.stdout.flush()
         sys.stderr.flush()
-        for target, copy in enumerate(saved, start=1):
-            os.dup2(copy, target)
-            os.close(copy)
+        sys.stdout = report_stream
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
-def _project_environ(
-        user_environ: Mapping[str, str | None], tmp_dir: str, verbose: bool,
-) -> dict[str, str | None]:
-    """What the project's processes inherit: the user's own HTTP settings,
-    this Python first on PATH (for `mlflow run` and, with env-manager local,
-    for the project), and a temporary folder that we remove afterwards."""
-    path = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get('PATH', '')))
-    changes = {**user_environ, 'PATH': path, 'TMPDIR': tmp_dir}
-    if not verbose and 'MLFLOW_LOGGING_LEVEL' not in os.environ:
-        changes['MLFLOW_LOGGING_LEVEL'] = 'WARNING'
-    return changes
+# ---------------------------------------------------------------------------
+# Stopping: a signal sets one flag.  Every reproduction checks it where it
+# waits, ends its project's processes and closes its run.
+
+class Stopped(Exception):
+    """Raised inside a reproduction once SIGINT or SIGTERM has arrived."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status  # 'interrupted' or 'terminated'
 
 
-def _raise_terminated(signum: int, frame: object) -> NoReturn:
-    raise _Terminated()
+class Stop:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:  # the signal handler
+        if self.signum is None:
+            self.signum = signum
+            # os.write: print() may not be re-entered from a signal handler.
+            os.write(2, f'reproduce_run: {self.status}: stopping the projects and closing '
+                        f'their runs\n'.encode())
+        self.event.set()
+
+    @property
+    def status(self) -> str:
+        return 'terminated' if self.signum == signal.SIGTERM else 'interrupted'
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise Stopped(self.status)
 
 
 @contextlib.contextmanager
@@ -707,99 +769,271 @@ def _signal_handlers(handlers: Mapping[signal.Signals, Any]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-# SIGTERM becomes an exception, so that cleanup code runs as for Ctrl-C.
-_SIGTERM_RAISES = {signal.SIGTERM: _raise_terminated}
-# While cleaning up after an interrupt: a second Ctrl-C must not stop the
-# cleanup halfway and leave the run RUNNING.
-_SIGNALS_IGNORED = {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
-
-
-def stop_process_group(proc: subprocess.Popen[Any]) -> None:
-    """End the project's whole process group: SIGTERM, then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(STOP_GRACE_SECONDS)
-            return
-        except subprocess.TimeoutExpired:
+def _process_table() -> list[tuple[int, str, int, bytes]]:
+    """(pid, state, process group, environment) of every process we may see."""
+    table = []
+    for entry in os.scandir('/proc'):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        try:
+            with open(f'/proc/{entry.name}/stat', 'rb') as f:
+                fields = f.read().rsplit(b')', 1)[1].split()
+            with open(f'/proc/{entry.name}/environ', 'rb') as f:
+                environ = f.read()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        table.append((int(entry.name), fields[0].decode(), int(fields[2]), environ))
+    return table
 
 
-def close_run(client: MlflowClient, run_id: str, status: str) -> None:
-    """Never leave the reproduced run RUNNING; best effort when the server is gone."""
+def live_processes(pgid: int | None, tag: str) -> list[int]:
+    """The processes of a reproduction that still run: those in its process
+    group, and those whose environment carries its tag (a daemon that left the
+    group with setsid still does).  A tag ending in '.' matches every tag
+    under it.  Without /proc, only the group is known."""
+    if not os.path.isdir('/proc'):
+        try:
+            os.killpg(pgid, 0) if pgid else None
+            return [pgid] if pgid else []
+        except (ProcessLookupError, PermissionError):
+            return []
+    needle = f'{PROCESS_TAG}={tag}'.encode()
+    return [pid for pid, state, group, environ in _process_table()
+            if state not in ('Z', 'X')
+            and (group == pgid or any(v == needle or (needle.endswith(b'.') and v.startswith(needle))
+                                      for v in environ.split(b'\0')))]
+
+
+def end_processes(pgid: int | None, tag: str, reap: Callable[[], object] = lambda: None) -> int:
+    """SIGTERM to every process of a reproduction, SIGKILL to those still
+    alive after the grace period; returns how many there were."""
+    found = 0
+    for sig, grace in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
+        reap()
+        pids = live_processes(pgid, tag)
+        if not pids:
+            return found
+        found = max(found, len(pids))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            reap()
+            if not live_processes(pgid, tag):
+                return found
+            time.sleep(0.1)
+    return found
+
+
+def _close_timeout() -> float:
     try:
-        if client.get_run(run_id).info.status in UNFINISHED_STATUSES:
+        return float(os.environ.get('REPRODUCE_RUN_CLOSE_TIMEOUT', CLOSE_RETRY_SECONDS))
+    except ValueError:
+        return CLOSE_RETRY_SECONDS
+
+
+def close_run(client: MlflowClient, run_id: str, status: str,
+              left_open: list[tuple[str, str, str]]) -> bool:
+    """Mark the run ended, retrying for a bounded time while the tracking
+    server does not answer; if it never does, remember the run for the last
+    line of standard error.  Never raises."""
+    deadline = time.monotonic() + _close_timeout()
+    delay = 1.0
+    while True:
+        try:
             client.set_terminated(run_id, status)
-    except Exception as e:  # the tracking server itself may be the failure
-        print(
-            f'reproduce_run: warning: could not mark run {run_id} {status}: '
-            f'{mask_credentials(_last_line(str(e)))}',
-            file=sys.stderr,
+            return True
+        except Exception as e:  # the tracking server itself may be the failure
+            if time.monotonic() + delay > deadline:
+                warn(f'could not mark run {run_id} {status}: {_last_line(str(e))}')
+                left_open.append((run_id, status, client.tracking_uri))
+                return False
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+def left_running_line(left_open: Sequence[tuple[str, str, str]]) -> str:
+    """The last line of standard error when runs could not be closed: which
+    ones, and the exact command that closes them."""
+    runs = ', '.join(run_id for run_id, _, _ in left_open)
+    closes = '; '.join(f"c.set_terminated('{run_id}', '{status}')"
+                       for run_id, status, _ in left_open)
+    uri = shlex.quote(mask_credentials(left_open[0][2]))
+    return (f'reproduce_run: error: run {runs} is left RUNNING: the tracking server did not '
+            f'answer for {_close_timeout():.0f} s; close it with: MLFLOW_TRACKING_URI={uri} '
+            f'python -c "import mlflow; c = mlflow.MlflowClient(); {closes}"')
+
+
+def _project_environ(session: Session, tmp_dir: str, tag: str) -> dict[str, str]:
+    """What the project's processes get: the user's environment as it was when
+    the tool started, this Python first on PATH (for env manager local), a
+    temporary folder that is removed afterwards, and the tag that finds them."""
+    env = dict(session.user_environ)
+    env['PATH'] = os.pathsep.join((os.path.dirname(sys.executable), env.get('PATH', '')))
+    env['TMPDIR'] = tmp_dir
+    env[PROCESS_TAG] = tag
+    env['MLFLOW_TRACKING_URI'] = session.tracking_uri
+    if not session.options.verbose and 'MLFLOW_LOGGING_LEVEL' not in env:
+        env['MLFLOW_LOGGING_LEVEL'] = 'WARNING'
+    return env
+
+
+def environment_activation(project: Any, env_manager: str, work_dir: str) -> list[str]:
+    """Commands that enter the project's environment, built with MLflow's own
+    helpers exactly as `mlflow run` does (mlflow/projects/backend/local.py);
+    none for env manager local."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.projects import env_type
+
+    if env_manager == 'local':
+        return []
+    if env_manager == 'conda':
+        if project.env_type == env_type.PYTHON:
+            raise MlflowException.invalid_parameter_value(
+                "python_env project cannot be executed using conda. Set `--env-manager` to "
+                "'virtualenv' or 'local' to execute this project.")
+        from mlflow.utils.conda import get_or_create_conda_env
+
+        return list(get_or_create_conda_env(project.env_config_path).get_activate_command())
+    from pathlib import Path
+
+    from mlflow.utils.environment import _PythonEnv
+    from mlflow.utils.virtualenv import (
+        _create_virtualenv, _get_mlflow_virtualenv_root, _get_virtualenv_name,
+    )
+
+    if project.env_type == env_type.CONDA:
+        python_env = _PythonEnv.from_conda_yaml(project.env_config_path)
+    elif project.env_config_path:
+        python_env = _PythonEnv.from_yaml(project.env_config_path)
+    else:
+        python_env = _PythonEnv()
+    env_name = _get_virtualenv_name(python_env, Path(work_dir))
+    return [_create_virtualenv(
+        local_model_path=Path(work_dir), python_env=python_env,
+        env_dir=Path(_get_mlflow_virtualenv_root()) / env_name, env_manager=env_manager,
+    )]
+
+
+class Job:
+    """A started reproduction: MLflow's SubmittedRun for its run, plus what it
+    takes to end every process it started."""
+
+    def __init__(self, submitted: Any, tag: str) -> None:
+        self.submitted = submitted
+        self.proc: subprocess.Popen[bytes] = submitted.command_proc
+        self.tag = tag
+
+    def wait(self, stop: Stop) -> int:
+        """The project's exit status; raises Stopped when a signal arrives."""
+        while True:
+            try:
+                return self.proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                stop.check()
+
+    def end(self) -> int:
+        """End whatever still runs: the process group and every tagged process."""
+        return end_processes(self.proc.pid, self.tag, reap=self.proc.poll)
+
+
+def start_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
+                  output: ProjectOutput) -> Job:
+    """Start the entry point's command with bash, as `mlflow run` does, but
+    in a session of its own and in this process: no second MLflow import."""
+    from mlflow.projects.submitted_run import LocalSubmittedRun
+    from mlflow.projects.utils import get_entry_point_command, get_run_env_vars, load_project
+
+    project = load_project(plan.project_dir)
+    if project.docker_env:
+        return _start_with_mlflow_run(session, plan, run, tmp_dir, tag, output)
+    activation = environment_activation(project, plan.env_manager, plan.project_dir)
+    command = ' && '.join([*activation, *get_entry_point_command(
+        project, plan.entry_point, plan.params.passed, os.path.join(tmp_dir, 'storage'))])
+    env = _project_environ(session, os.path.join(tmp_dir, 'tmp'), tag)
+    env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
+    proc = subprocess.Popen(
+        ('bash', '-c', command), cwd=plan.project_dir, env=env, stdin=subprocess.DEVNULL,
+        stdout=output.write_fd, stderr=output.write_fd, start_new_session=True,
+    )
+    return Job(LocalSubmittedRun(run.info.run_id, proc), tag)
+
+
+def _start_with_mlflow_run(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
+                           output: ProjectOutput) -> Job:
+    """A docker_env project: MLflow builds its image and runs the container
+    from a `mlflow run` process of its own (in a session of its own)."""
+    import mlflow.projects
+
+    env = _project_environ(session, os.path.join(tmp_dir, 'tmp'), tag)
+    with session.launch_lock, _environ(env), _stdio_into(output.write_fd):
+        submitted = mlflow.projects.run(
+            uri=plan.project_dir, entry_point=plan.entry_point, parameters=plan.params.passed,
+            experiment_id=run.info.experiment_id, env_manager=plan.env_manager,
+            storage_dir=os.path.join(tmp_dir, 'storage'), synchronous=False,
+            run_id=run.info.run_id, backend='local',
         )
+    return Job(submitted, tag)
+
+
+@contextlib.contextmanager
+def _stdio_into(fd: int) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at fd, so that the processes MLflow
+    starts inherit it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        for target, copy in enumerate(saved, start=1):
+            os.dup2(copy, target)
+            os.close(copy)
 
 
 @dataclasses.dataclass(frozen=True)
 class Launch:
     returncode: int
     output_tail: tuple[str, ...]
+    left_behind: int = 0  # processes the project left running, ended by us
 
 
-def run_project(
-        client: MlflowClient,
-        plan: Plan,
-        run: Run,
-        tmp_dir: str,
-        user_environ: Mapping[str, str | None],
-        verbose: bool,
-) -> Launch:
-    """Launch with mlflow.projects.run() into the run made for it, and wait.
-
-    synchronous=False makes MLflow start `mlflow run` as the leader of its own
-    process group, which is what lets us end the project and every process it
-    started, whatever signal reaches us.
-    """
-    import mlflow.projects
-
+def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
+                output: ProjectOutput) -> Launch:
+    """Start the project into the run made for it, wait, and make sure that
+    nothing it started outlives it.  On a signal, end its processes (SIGTERM,
+    then SIGKILL after the grace period) and mark the run KILLED; if it cannot
+    start, mark the run FAILED."""
     run_id = run.info.run_id
-    child_tmp = os.path.join(tmp_dir, 'tmp')
-    tee = _OutputTee()
-    proc = None
+    job = None
     try:
-        os.makedirs(child_tmp)
-        environ = _project_environ(user_environ, child_tmp, verbose)
-        with _environ(environ), _stdio_into(tee.write_fd):
-            submitted = mlflow.projects.run(
-                uri=plan.project_dir,
-                entry_point=plan.entry_point,
-                parameters=plan.params.passed,
-                experiment_id=run.info.experiment_id,
-                env_manager=plan.env_manager,
-                storage_dir=os.path.join(tmp_dir, 'storage'),
-                synchronous=False,
-                run_id=run_id,
-                backend='local',
-            )
-        proc = submitted.command_proc
-        tee.close_writer()
-        returncode = proc.wait()
-    except (KeyboardInterrupt, _Terminated):
-        with _signal_handlers(_SIGNALS_IGNORED):
-            if proc is not None:
-                stop_process_group(proc)
-            close_run(client, run_id, 'KILLED')
+        session.stop.check()
+        os.makedirs(os.path.join(tmp_dir, 'tmp'), exist_ok=True)
+        job = start_project(session, plan, run, tmp_dir, tag, output)
+        output.close_writer()
+        returncode = job.wait(session.stop)
+    except Stopped:
+        if job is not None:
+            job.end()
+        close_run(session.client, run_id, 'KILLED', session.left_open)
         raise
     except Exception as e:
-        with _signal_handlers(_SIGNALS_IGNORED):
-            if proc is not None:
-                stop_process_group(proc)
-            close_run(client, run_id, 'FAILED')
+        if job is not None:
+            job.end()
+        close_run(session.client, run_id, 'FAILED', session.left_open)
         raise _mlflow_error(f'cannot launch the project (run {run_id} marked FAILED)', e) from None
     finally:
-        tee.close()
-    if returncode != 0:
-        close_run(client, run_id, 'FAILED')
-    return Launch(returncode=returncode, output_tail=tuple(tee.tail))
+        output.close_writer()
+    left_behind = job.end()
+    if left_behind:
+        warn(f'the project of run {run_id} left {left_behind} process(es) running; ended them')
+    output.close()
+    close_run(session.client, run_id, 'FINISHED' if returncode == 0 else 'FAILED',
+              session.left_open)
+    return Launch(returncode, tuple(output.tail), left_behind)
 
 
 def read_histories(
@@ -834,18 +1068,13 @@ def _is_http(uri: str) -> bool:
     return uri.startswith(('http://', 'https://', 'databricks'))
 
 
-def project_output(tail: Sequence[str]) -> list[str]:
-    """The project's own lines, without MLflow's log lines around them."""
-    return [line for line in tail if line.strip() and not _MLFLOW_LOG_LINE_RE.match(line)]
-
-
 # ---------------------------------------------------------------------------
 # Reporting: a Report is rendered as text, JSON or Markdown, and recorded on
 # the reproduced run.
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    status: str  # one of STATUSES
+    status: str  # a key of STATUS_EXIT_CODES
     exit_code: int
     reference_run_id: str
     reproduced_run_id: str | None = None
@@ -854,6 +1083,9 @@ class Report:
     rules: Rules = Rules()
     message: str | None = None
     output_tail: tuple[str, ...] = ()
+    reference_run_name: str | None = None
+    model: str | None = None  # the registered model version that named the run
+    seconds: float = 0.0
 
     @property
     def equal(self) -> bool | None:
@@ -925,6 +1157,8 @@ def report_json(report: Report) -> dict[str, Any]:
         },
         'metrics': [_metric_json(m) for m in (verdict.metrics if verdict else ())],
         'output_tail': list(report.output_tail),
+        'model': report.model,
+        'seconds': round(report.seconds, 3),
     }
 
 
@@ -1053,9 +1287,84 @@ def render(report: Report, output: str, verbose: bool) -> str | None:
         return format_json(report)
     if output == 'markdown':
         return format_markdown(report)
-    if report.status in ('failed', 'error'):
+    if report.status in ('failed', 'error', 'interrupted', 'terminated'):
         return None
     return format_text(report, verbose)
+
+
+def _differing(report: Report) -> str:
+    """The metrics (and params) that differ, for the summary table."""
+    if not report.verdict:
+        return ''
+    keys = [m.key for m in report.verdict.metrics if not m.equal and not m.ignored]
+    keys += [f'param {p.key}' for p in report.verdict.params if not p.equal]
+    return ', '.join(keys[:3]) + (f' +{len(keys) - 3}' if len(keys) > 3 else '')
+
+
+def _summary_rows(batch: BatchReport) -> tuple[list[str], list[list[Any]]]:
+    headers = ['Reference run', 'Run name', 'Status', 'Metrics differing', 'Reproduced run',
+               'Seconds']
+    rows = [[r.reference_run_id, r.model or r.reference_run_name or '', r.status, _differing(r),
+             r.reproduced_run_id or '', f'{r.seconds:.0f}'] for r in batch.reports]
+    return headers, rows
+
+
+def _summary_counts(batch: BatchReport) -> str:
+    counts = [f'{batch.count(s)} {s}' for s in ('equal', 'differ', 'failed', 'error')]
+    skipped = f', {len(batch.skipped)} skipped' if batch.skipped else ''
+    return f'Reproduced {len(batch.reports)} runs: {", ".join(counts)}{skipped}'
+
+
+def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
+    lines = []
+    if batch.batch_run_id:
+        lines.append(f'Batch run:      {batch.batch_run_id}')
+    lines += [_summary_counts(batch), _table(_summary_rows(batch), 'psql')]
+    lines += [f'Skipped {s["run_id"]}: {s["reason"]}' for s in batch.skipped]
+    for report in batch.reports:
+        if report.status in ('failed', 'error') and report.message:
+            lines.append(f'{report.reference_run_id}: {report.status}: {report.message}')
+        elif report.status == 'differ':  # its table, without its own last line
+            lines += ['', format_text(report, verbose).rsplit('\n', 1)[0]]
+    lines.append(f'Runs equal: {batch.equal}')
+    return '\n'.join(lines)
+
+
+def format_batch_markdown(batch: BatchReport) -> str:
+    lines = [f'**Batch reproduction**: {_summary_counts(batch)}', '',
+             _table(_summary_rows(batch), 'github')]
+    if batch.skipped:
+        lines += ['', *(f'- skipped `{s["run_id"]}`: {s["reason"]}' for s in batch.skipped)]
+    for report in batch.reports:
+        if report.status != 'equal':
+            lines += ['', format_markdown(report)]
+    lines += ['', f'Runs equal: {batch.equal}']
+    return '\n'.join(lines)
+
+
+def batch_json(batch: BatchReport) -> dict[str, Any]:
+    return {
+        'runs': [report_json(r) for r in batch.reports],
+        'skipped': list(batch.skipped),
+        'summary': {'total': len(batch.reports),
+                    **{s: batch.count(s) for s in ('equal', 'differ', 'failed', 'error')},
+                    'skipped': len(batch.skipped)},
+        'exit_code': batch.exit_code,
+        'batch_run_id': batch.batch_run_id,
+        'message': batch.message,
+    }
+
+
+def format_batch_json(batch: BatchReport) -> str:
+    return json.dumps(batch_json(batch), indent=2, allow_nan=False)
+
+
+def render_batch(batch: BatchReport, output: str, verbose: bool) -> str:
+    if output == 'json':
+        return format_batch_json(batch)
+    if output == 'markdown':
+        return format_batch_markdown(batch)
+    return format_batch_text(batch, verbose)
 
 
 # ---------------------------------------------------------------------------
@@ -1099,10 +1408,23 @@ def make_plots(
     return paths
 
 
-def _run_link(client: MlflowClient, run_id: str) -> str:
-    """A link the MLflow UI resolves, relative to the page showing it."""
-    experiment_id = client.get_run(run_id).info.experiment_id
+def _run_link(client: MlflowClient, report: Report) -> str:
+    """A link to the reference run that the MLflow UI resolves, relative to
+    the page showing it."""
+    run_id = report.reference_run_id
+    if report.plan:
+        experiment_id = report.plan.reference.info.experiment_id
+    else:
+        experiment_id = client.get_run(run_id).info.experiment_id
     return f'#/experiments/{experiment_id}/runs/{run_id}'
+
+
+def fit_tag(text: str) -> str:
+    """MLflow keeps at most TAG_VALUE_LIMIT characters in a tag."""
+    if len(text) <= TAG_VALUE_LIMIT:
+        return text
+    pointer = f'\n\n… (cut to fit; the whole report is {ARTIFACT_DIR}/{COMPARISON_ARTIFACT})'
+    return text[:TAG_VALUE_LIMIT - len(pointer)] + pointer
 
 
 def record_verdict(
@@ -1110,9 +1432,11 @@ def record_verdict(
         report: Report,
         histories: tuple[Mapping[str, Sequence[Point]], Mapping[str, Sequence[Point]]] | None,
         plots: bool,
+        log_path: str | None = None,
 ) -> None:
     """Tags, description and artifacts on the reproduced run, where people
-    look in the MLflow UI.  The reference run is never written to."""
+    look in the MLflow UI: the JSON report, the project's output and plots.
+    The reference run is never written to."""
     from mlflow.entities import RunTag
 
     run_id = report.reproduced_run_id
@@ -1124,7 +1448,7 @@ def record_verdict(
             TAG_STATUS: report.status,
             TAG_RTOL: repr(report.rules.default.rtol),
             TAG_ATOL: repr(report.rules.default.atol),
-            TAG_NOTE: format_markdown(report, _run_link(client, report.reference_run_id)),
+            TAG_NOTE: fit_tag(format_markdown(report, _run_link(client, report))),
         }
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
@@ -1132,6 +1456,8 @@ def record_verdict(
             with open(path, 'w') as f:
                 f.write(format_json(report))
             client.log_artifact(run_id, path, ARTIFACT_DIR)
+            if log_path and os.path.exists(log_path):
+                client.log_artifact(run_id, log_path, ARTIFACT_DIR)
             if plots and report.verdict and histories:
                 plot_dir = os.path.join(folder, 'plots')
                 os.mkdir(plot_dir)
@@ -1142,27 +1468,7 @@ def record_verdict(
 
 
 # ---------------------------------------------------------------------------
-# The pipeline.
-
-def make_plan(
-        args: argparse.Namespace, reference: Run, source: Source, project_dir: str,
-) -> Plan:
-    tags = reference.data.tags
-    entry_point = args.entry_point or tags.get(TAG_ENTRY_POINT) or DEFAULT_ENTRY_POINT
-    spec, declared = load_entry_point(project_dir, entry_point, source.version)
-    params = select_params(tuple(spec.parameters) if declared else None, reference.data.params)
-    return Plan(
-        reference=reference,
-        source=source,
-        project_dir=project_dir,
-        entry_point=entry_point,
-        env_manager=args.env_manager or _recorded_env_manager(tags),
-        experiment_name=args.experiment_name,
-        params=params,
-        logged_params=params_to_log(spec, params),
-        command=spec.command,
-    )
-
+# The pipeline: one reference run in, one report out.
 
 def check_command(plan: Plan, allow_unsafe: bool) -> None:
     """Refuse to let a param value run as shell code."""
@@ -1227,17 +1533,18 @@ def _verdict_report(verdict: Verdict, **fields: Any) -> Report:
     return Report(status=status, exit_code=code, verdict=verdict, **fields)
 
 
-def compare_to(
-        client: MlflowClient, args: argparse.Namespace, rules: Rules, reference: Run,
-        tracking_uri: str,
-) -> Report:
+def compare_to(session: Session, run_id: str, other_id: str) -> Report:
     """Judge two existing runs; nothing runs and nothing is written."""
-    other = read_reference(client, args.compare_to, tracking_uri)
+    reference = read_reference(session.client, run_id, session.tracking_uri)
+    other = read_reference(session.client, other_id, session.tracking_uri)
     keys = sorted({*reference.data.params, *other.data.params})
-    verdict, _ = judge_runs(client, rules, args.last_only, reference, other, keys)
+    options = session.options
+    verdict, _ = judge_runs(session.client, options.rules, options.last_only, reference, other,
+                            keys)
     return _verdict_report(
         verdict, reference_run_id=reference.info.run_id,
-        reproduced_run_id=other.info.run_id, rules=rules,
+        reproduced_run_id=other.info.run_id, rules=options.rules,
+        reference_run_name=reference.info.run_name,
     )
 
 
@@ -1262,68 +1569,571 @@ def absolute_tracking_uri(uri: str | None) -> str | None:
     return uri
 
 
-def reproduce(args: argparse.Namespace) -> Report:
-    user_environ = {k: os.environ.get(k) for k in TOOL_HTTP_DEFAULTS}
-    tool_environ = {k: user_environ[k] or v for k, v in TOOL_HTTP_DEFAULTS.items()}
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How to reproduce and judge, built once from the command line and the
+    same for every reproduction of an invocation."""
+    uri: str | None = None
+    version: str | None = None
+    experiment_name: str = 'Default'
+    entry_point: str | None = None
+    env_manager: str | None = None
+    rules: Rules = Rules()
+    last_only: bool = False
+    plots: bool = True
+    dry_run: bool = False
+    allow_unsafe_command: bool = False
+    verbose: bool = False
+    quiet: bool = False
+    jobs: int = 1
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        return cls(
+            uri=args.uri, version=args.version, experiment_name=args.experiment_name,
+            entry_point=args.entry_point, env_manager=args.env_manager, rules=rules_from(args),
+            last_only=args.last_only, plots=not args.no_plots, dry_run=args.dry_run,
+            allow_unsafe_command=args.allow_unsafe_command, verbose=args.verbose,
+            quiet=args.quiet, jobs=args.jobs,
+        )
+
+
+@dataclasses.dataclass
+class Session:
+    """What the reproductions of one invocation share: the MLflow client, the
+    user's environment as it was, a temporary folder, the stop flag."""
+    options: Options
+    client: MlflowClient
+    tracking_uri: str
+    user_environ: dict[str, str]
+    tmp_root: str
+    tag: str  # PROCESS_TAG value of the tool; a reproduction's is tag.N
+    stop: Stop
+    batch: bool = False
+    left_open: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    launch_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
+    sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+def make_plan(options: Options, reference: Run, source: Source, project_dir: str) -> Plan:
+    tags = reference.data.tags
+    entry_point = options.entry_point or tags.get(TAG_ENTRY_POINT) or DEFAULT_ENTRY_POINT
+    spec, declared = load_entry_point(project_dir, entry_point, source.version)
+    params = select_params(tuple(spec.parameters) if declared else None, reference.data.params)
+    return Plan(
+        reference=reference,
+        source=source,
+        project_dir=project_dir,
+        entry_point=entry_point,
+        env_manager=options.env_manager or _recorded_env_manager(tags),
+        experiment_name=options.experiment_name,
+        params=params,
+        logged_params=params_to_log(spec, params),
+        command=spec.command,
+    )
+
+
+def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
+    """The project folder at the commit, private to one reproduction.  In a
+    batch, each source and commit is fetched once; every reproduction of it
+    then gets its own copy, so that projects never share a working folder."""
+    if not session.batch:
+        return fetch_source(source, dest)
+    with session.sources_lock:
+        cached = session.sources.setdefault((source.uri, source.version), _CachedSource())
+    with cached.lock:  # the first reproduction of a source fetches it
+        if cached.root is None:
+            root = os.path.join(tempfile.mkdtemp(prefix='source-', dir=session.tmp_root), 'src')
+            cached.project_dir, cached.commit = fetch_source(source, root)
+            cached.root = root
+    shutil.copytree(cached.root, dest, symlinks=True)
+    return os.path.join(dest, os.path.relpath(cached.project_dir, cached.root)), cached.commit
+
+
+@dataclasses.dataclass
+class _CachedSource:
+    root: str | None = None
+    project_dir: str = ''
+    commit: str = ''
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+@dataclasses.dataclass
+class _Progress:
+    """What a reproduction has learnt so far: the report of one that stops
+    halfway still names its reproduced run."""
+    reference: Run | None = None
+    plan: Plan | None = None
+    run_id: str | None = None
+    output_tail: tuple[str, ...] = ()
+    log_path: str | None = None
+    histories: tuple[dict[str, list[Point]], dict[str, list[Point]]] | None = None
+
+
+def reproduce_one(session: Session, run_id: str, index: int = 0,
+                  parent_run_id: str | None = None) -> Report:
+    """Reproduce one reference run and judge it.  Never raises: every outcome
+    is a report, recorded on the reproduced run whenever that run exists."""
+    started = time.monotonic()
+    progress = _Progress()
+    tmp_dir = tempfile.mkdtemp(prefix='run-', dir=session.tmp_root)
+    try:
+        report = _reproduce(session, run_id, index, parent_run_id, tmp_dir, progress)
+    except Stopped as e:
+        report = _unfinished(progress, run_id, e.status, f'{e.status} by a signal')
+    except ReproduceError as e:
+        status = session.stop.status if session.stop.event.is_set() else 'error'
+        report = _unfinished(progress, run_id, status, str(e), e.exit_code)
+    except Exception as e:  # a failure we did not foresee: still one line
+        if session.options.verbose:
+            import traceback
+            traceback.print_exc()
+        report = _unfinished(progress, run_id, 'error',
+                             f'unexpected {type(e).__name__}: {_last_line(str(e))} '
+                             f'(--verbose shows the traceback)')
+    report = dataclasses.replace(report, seconds=time.monotonic() - started)
+    if report.reproduced_run_id:
+        record_verdict(session.client, report, progress.histories,
+                       plots=session.options.plots, log_path=progress.log_path)
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    return report
+
+
+def _unfinished(progress: _Progress, run_id: str, status: str, message: str,
+                code: int | None = None) -> Report:
+    """The report of a reproduction that ended before its verdict."""
+    code = code if code is not None and status == 'error' else STATUS_EXIT_CODES[status]
+    reference = progress.reference
+    return Report(
+        status=status, exit_code=code, reference_run_id=run_id,
+        reproduced_run_id=progress.run_id, plan=progress.plan,
+        message=mask_credentials(message), output_tail=progress.output_tail,
+        reference_run_name=reference.info.run_name if reference else None,
+    )
+
+
+def _reproduce(session: Session, run_id: str, index: int, parent_run_id: str | None,
+               tmp_dir: str, progress: _Progress) -> Report:
+    options, client = session.options, session.client
+    reference = progress.reference = read_reference(client, run_id, session.tracking_uri)
+    source = resolve_source(reference, options.uri, options.version)
+    try:
+        project_dir, commit = checkout(session, source, os.path.join(tmp_dir, 'src'))
+    except ReproduceError as e:
+        raise ReproduceError(str(e) + _remote_hint(reference, source, options.uri)) from None
+    source = dataclasses.replace(source, version=commit)
+    plan = progress.plan = make_plan(options, reference, source, project_dir)
+    check_command(plan, options.allow_unsafe_command)
+    fields = dict(reference_run_id=run_id, plan=plan, rules=options.rules,
+                  reference_run_name=reference.info.run_name)
+    if options.dry_run:
+        return Report(status='planned', exit_code=EXIT_EQUAL, **fields)
+    session.stop.check()
+    run = create_reproduced_run(session, plan, parent_run_id)
+    new_id = progress.run_id = run.info.run_id
+    if options.verbose:
+        print(f'reproduce_run: reproducing run {run_id} ({reference.info.run_name}, '
+              f'{reference.info.status}) as run {new_id} in experiment {plan.experiment_name!r}: '
+              f'entry point {plan.entry_point!r} of {mask_credentials(source.uri)} at '
+              f'{commit} with env manager {plan.env_manager}', file=sys.stderr)
+    echo = options.verbose or not (session.batch or options.quiet)
+    prefix = f'[{run_id[:8]}] ' if session.batch else ''
+    output = ProjectOutput(os.path.join(tmp_dir, OUTPUT_ARTIFACT), echo, prefix)
+    progress.log_path = output.log_path
+    launch = run_project(session, plan, run, tmp_dir, f'{session.tag}.{index}', output)
+    progress.output_tail = launch.output_tail
+    fields.update(reproduced_run_id=new_id, output_tail=launch.output_tail)
+    if launch.returncode != 0:
+        last = project_error_line(launch.output_tail)
+        return Report(status='failed', exit_code=EXIT_RUN_FAILED, **fields,
+                      message=f'the reproduced run {new_id} failed (exit status '
+                              f'{launch.returncode})' + (f'; its last error: {last}' if last else ''))
+    verdict, progress.histories = judge_reproduction(session, reference, new_id, plan)
+    return _verdict_report(verdict, **fields)
+
+
+def judge_reproduction(session: Session, reference: Run, run_id: str, plan: Plan,
+                       ) -> tuple[Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
+    """Read the finished run back and judge it; a failure here is not the
+    project's: say that the run ran and its metrics could not be read."""
+    try:
+        reproduced = session.client.get_run(run_id)
+        return judge_runs(session.client, session.options.rules, session.options.last_only,
+                          reference, reproduced, plan.declared)
+    except ReproduceError as e:
+        detail = str(e).split(': ', 1)[-1]
+    except Exception as e:
+        detail = _mlflow_error('', e).args[0].lstrip(': ')
+    raise ReproduceError(f'the reproduced run {run_id} ran, but its metrics could not be '
+                         f'read back: {detail}')
+
+
+def project_error_line(tail: Sequence[str]) -> str:
+    """The project's own last error: the exception line that ends a Python
+    traceback when there is one, else its last line of output."""
+    lines = project_output(tail)
+    errors = [line for line in lines if _EXCEPTION_LINE_RE.match(line)]
+    return errors[-1] if errors else (lines[-1] if lines else '')
+
+
+def project_output(tail: Sequence[str]) -> list[str]:
+    """The project's own lines, without MLflow's log lines and chatter."""
+    return [line for line in tail if line.strip() and not _MLFLOW_LOG_LINE_RE.match(line)
+            and not _MLFLOW_CHATTER_RE.match(line)]
+
+
+# ---------------------------------------------------------------------------
+# Many runs: choose the reference runs, reproduce them (several at once with
+# --jobs), print progress, fold the reports and record the batch in MLflow.
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Which reference runs to reproduce."""
+    run_ids: tuple[str, ...] = ()
+    runs_file: str | None = None
+    models: tuple[str, ...] = ()
+    experiments: tuple[str, ...] = ()
+    filter: str = ''
+    since_seconds: float | None = None
+    max_runs: int = DEFAULT_MAX_RUNS
+    order_by: str = DEFAULT_ORDER_BY
+    sample: int | None = None
+    sample_seed: int | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Selection:
+        return cls(
+            run_ids=tuple(args.run_id or ()), runs_file=args.runs_file,
+            models=tuple(args.model), experiments=tuple(args.from_experiment),
+            filter=args.filter or '', since_seconds=args.since, max_runs=args.max_runs,
+            order_by=args.order_by, sample=args.sample, sample_seed=args.sample_seed,
+        )
+
+    @property
+    def is_batch(self) -> bool:
+        """A single --run_id keeps the single-run report; anything else is a batch."""
+        return len(self.run_ids) != 1 or bool(self.runs_file or self.models or self.experiments)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chosen:
+    """A reference run to reproduce, or an explicitly named one that cannot be."""
+    run_id: str | None
+    label: str = ''  # e.g. 'models:/churn@champion (version 3)'
+    error: str | None = None  # set for a named run or model that could not be resolved
+
+
+def read_runs_file(path: str) -> list[str]:
+    """Run IDs one per line, '#' starts a comment, '-' is standard input."""
+    try:
+        text = sys.stdin.read() if path == '-' else open(path).read()
+    except OSError as e:
+        raise ReproduceError(f'cannot read --runs-file {path}: {e.strerror}') from None
+    ids = [line.split('#', 1)[0].strip() for line in text.splitlines()]
+    for run_id in filter(None, ids):
+        if not _RUN_ID_RE.match(run_id):
+            raise ReproduceError(f'--runs-file {path}: expected an MLflow run ID, got {run_id!r}')
+    return [run_id for run_id in ids if run_id]
+
+
+def resolve_model(client: MlflowClient, uri: str) -> Chosen:
+    """models:/<name>/<version> or models:/<name>@<alias> -> the version's source run."""
+    match = re.fullmatch(r'models:/([^/@]+)(?:/(\d+)|@([\w-]+))', uri)
+    if not match:
+        return Chosen(None, uri, f'{uri!r} is not models:/<name>/<version> or models:/<name>@<alias>')
+    name, version, alias = match.groups()
+    try:
+        found = (client.get_model_version(name, version) if version
+                 else client.get_model_version_by_alias(name, alias))
+    except Exception as e:
+        return Chosen(None, uri, f'model {uri} not found: {_last_line(str(e))}')
+    if not found.run_id:
+        return Chosen(None, uri, f'model {uri} (version {found.version}) names no source run')
+    return Chosen(found.run_id, f'{uri} (version {found.version})')
+
+
+def _search_filter(selection: Selection) -> str:
+    clauses = [f'({selection.filter})'] if selection.filter else []
+    if selection.since_seconds is not None:
+        since_ms = int((time.time() - selection.since_seconds) * 1000)
+        clauses.append(f'attributes.start_time >= {since_ms}')
+    return ' and '.join(clauses)
+
+
+def skip_reason(run: Run, uri_given: bool) -> str | None:
+    """Why a run found by search is not reproduced, None when it is."""
+    tags = run.data.tags
+    if TAG_REFERENCE_RUN_ID in tags or tags.get(TAG_BATCH) == 'true':
+        return 'it is itself a reproduction'
+    if run.info.status != 'FINISHED':
+        return f'its status is {run.info.status}, not FINISHED'
+    if tags.get(TAG_SOURCE_TYPE) != 'PROJECT' and not uri_given:
+        return 'it was not launched as an MLflow Project (pass --uri to reproduce it)'
+    return None
+
+
+def search_runs(client: MlflowClient, selection: Selection, uri_given: bool,
+                ) -> tuple[list[Chosen], list[dict[str, str]]]:
+    """Runs of --from-experiment matching --filter and --since, in search
+    order, at most --max-runs after skipping; then --sample of them."""
+    from mlflow.exceptions import MlflowException
+
+    experiment_ids = []
+    for name in selection.experiments:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise ReproduceError(f'experiment {name!r} (--from-experiment) not found')
+        experiment_ids.append(experiment.experiment_id)
+    chosen: list[Chosen] = []
+    skipped: list[dict[str, str]] = []
+    token = None
+    while len(chosen) < selection.max_runs:
+        try:
+            page = client.search_runs(experiment_ids, _search_filter(selection),
+                                      order_by=[selection.order_by], max_results=200,
+                                      page_token=token)
+        except MlflowException as e:
+            raise _mlflow_error('cannot search the runs to reproduce', e) from None
+        for run in page:
+            reason = skip_reason(run, uri_given)
+            if reason:
+                skipped.append({'run_id': run.info.run_id, 'reason': reason})
+            elif len(chosen) < selection.max_runs:
+                chosen.append(Chosen(run.info.run_id, run.info.run_name or ''))
+        token = page.token
+        if not token:
+            break
+    if selection.sample is not None and selection.sample < len(chosen):
+        import random
+
+        keep = set(random.Random(selection.sample_seed).sample(range(len(chosen)),
+                                                              selection.sample))
+        skipped += [{'run_id': c.run_id or '', 'reason': 'not in the --sample'}
+                    for i, c in enumerate(chosen) if i not in keep]
+        chosen = [c for i, c in enumerate(chosen) if i in keep]
+    return chosen, skipped
+
+
+def select_runs(client: MlflowClient, selection: Selection, uri_given: bool,
+                ) -> tuple[list[Chosen], list[dict[str, str]]]:
+    """The union of every selection option, each run once, in the order given."""
+    chosen = [Chosen(run_id) for run_id in selection.run_ids]
+    if selection.runs_file:
+        chosen += [Chosen(run_id) for run_id in read_runs_file(selection.runs_file)]
+    chosen += [resolve_model(client, uri) for uri in selection.models]
+    skipped: list[dict[str, str]] = []
+    if selection.experiments:
+        found, skipped = search_runs(client, selection, uri_given)
+        chosen += found
+    seen: set[str] = set()
+    unique = []
+    for c in chosen:
+        if c.run_id is None or c.run_id not in seen:
+            unique.append(c)
+            seen.add(c.run_id or '')
+    return unique, skipped
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchReport:
+    reports: tuple[Report, ...]
+    skipped: tuple[dict[str, str], ...] = ()
+    batch_run_id: str | None = None
+    message: str | None = None  # why the batch could not start at all
+
+    @property
+    def exit_code(self) -> int:
+        if self.message:
+            return EXIT_CANNOT_START
+        return fold_exit_code(r.status for r in self.reports)
+
+    @property
+    def equal(self) -> bool:
+        return bool(self.reports) and all(r.status == 'equal' for r in self.reports)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.reports)
+
+
+def fold_exit_code(statuses: Iterable[str]) -> int:
+    """The exit code of the worst status: a signal, then 2, 3, 1, 0."""
+    found = set(statuses)
+    worst = next((s for s in STATUS_PRECEDENCE if s in found), 'equal')
+    return STATUS_EXIT_CODES[worst]
+
+
+class _BatchProgress:
+    """One line on standard error as each reproduction starts and ends."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet = total, quiet
+        self._lock = threading.Lock()
+
+    def line(self, index: int, text: str) -> None:
+        if not self.quiet:
+            with self._lock:
+                print(f'[{index + 1}/{self.total}] {text}', file=sys.stderr, flush=True)
+
+
+def _progress_end(report: Report) -> str:
+    name = f' ({report.reference_run_name})' if report.reference_run_name else ''
+    new = f' -> {report.reproduced_run_id[:8]}' if report.reproduced_run_id else ''
+    why = f': {report.message}' if report.status == 'error' and report.message else ''
+    return (f'{report.reference_run_id[:8]}{name} {report.status} in '
+            f'{report.seconds:.0f} s{new}{why}')
+
+
+def run_batch(session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]],
+              ) -> BatchReport:
+    """Reproduce every chosen run, --jobs at a time, under one parent run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    options = session.options
+    parent = None if options.dry_run else create_batch_run(session)
+    progress = _BatchProgress(len(chosen), options.quiet)
+
+    def one(index: int, c: Chosen) -> Report:
+        if c.run_id is None:
+            return Report(status='error', exit_code=EXIT_CANNOT_START,
+                          reference_run_id=c.label, message=c.error, model=c.label)
+        if session.stop.event.is_set():  # start nothing new after a signal
+            return Report(status=session.stop.status, exit_code=STATUS_EXIT_CODES[
+                session.stop.status], reference_run_id=c.run_id, message='not started',
+                model=c.label or None)
+        progress.line(index, f'{c.run_id[:8]} {c.label + " " if c.label else ""}started')
+        report = reproduce_one(session, c.run_id, index, parent)
+        report = dataclasses.replace(report, model=c.label or None)
+        progress.line(index, _progress_end(report))
+        return report
+
+    with ThreadPoolExecutor(max_workers=options.jobs) as pool:
+        futures = [pool.submit(one, i, c) for i, c in enumerate(chosen)]
+        wait_for_futures(session, futures)
+    batch = BatchReport(tuple(f.result() for f in futures), tuple(skipped), parent)
+    if parent:
+        record_batch(session, batch)
+    return batch
+
+
+def wait_for_futures(session: Session, futures: Sequence[Any]) -> None:
+    """Wait in the main thread, where signals arrive; on the first one, end
+    the helper processes (git, pip) at once: each reproduction ends its own
+    project and closes its run."""
+    from concurrent.futures import wait
+
+    signalled = False
+    while wait(futures, timeout=0.2).not_done:
+        if session.stop.event.is_set() and not signalled:
+            signalled = True
+            for pid in live_processes(None, session.tag):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGTERM)
+
+
+def create_batch_run(session: Session) -> str:
+    """The parent run that shows the night as one row in the MLflow UI."""
+    from mlflow.exceptions import MlflowException
+
+    name = time.strftime('reproduce-batch-%Y%m%dT%H%M%SZ', time.gmtime())
+    try:
+        run = session.client.create_run(
+            _experiment_id(session.client, session.options.experiment_name),
+            tags={TAG_BATCH: 'true', TAG_USER: _user()}, run_name=name)
+    except MlflowException as e:
+        raise _mlflow_error('cannot create the batch run', e) from None
+    return run.info.run_id
+
+
+def record_batch(session: Session, batch: BatchReport) -> None:
+    """Counts as metrics, the summary as description and artifact, and the
+    parent run closed: FINISHED when the batch ran to its end."""
+    from mlflow.entities import Metric, RunTag
+
+    run_id = batch.batch_run_id
+    assert run_id is not None
+    now = int(time.time() * 1000)
+    counts = {f'runs_{s}': batch.count(s) for s in ('equal', 'differ', 'failed', 'error')}
+    counts['runs_total'] = len(batch.reports)
+    try:
+        session.client.log_batch(
+            run_id, metrics=[Metric(k, v, now, 0) for k, v in counts.items()],
+            tags=[RunTag(TAG_NOTE, fit_tag(format_batch_markdown(batch)))])
+        session.client.log_text(run_id, format_batch_json(batch),
+                                f'{ARTIFACT_DIR}/{SUMMARY_ARTIFACT}')
+    except Exception as e:
+        warn(f'could not record the batch summary on run {run_id}: {_last_line(str(e))}')
+    stopped = session.stop.event.is_set()
+    close_run(session.client, run_id, 'KILLED' if stopped else 'FINISHED', session.left_open)
+
+
+# ---------------------------------------------------------------------------
+# One invocation: settings, the tracking server, then one run or a batch.
+
+def check_tracking_server(uri: str) -> None:
+    """A server that accepts connections but never answers is found within
+    PROBE_TIMEOUT_SECONDS, whatever MLflow's retry settings multiply to."""
+    if not uri.startswith(('http://', 'https://')):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip('/') + '/health', timeout=PROBE_TIMEOUT_SECONDS)
+    except urllib.error.HTTPError:
+        return  # it answers; MLflow's own requests will say what it thinks
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, 'reason', e)
+        if isinstance(reason, (TimeoutError, socket.timeout)) or 'timed out' in str(reason):
+            raise ReproduceError(
+                f'the tracking server {mask_credentials(uri)} does not answer (no response '
+                f'within {PROBE_TIMEOUT_SECONDS:.0f} s)') from None
+        # Refused or unresolvable: MLflow's first request says so in its words.
+
+
+def run_in_worker(session: Session, work: Callable[[], Any]) -> Any:
+    """Run one reproduction in a thread, so that the main thread is free to
+    take signals and the reproduction can clean up after them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(work)
+        wait_for_futures(session, [future])
+        return future.result()
+
+
+def invoke(options: Options, selection: Selection, compare_to_id: str | None, stop: Stop,
+           left_open: list[tuple[str, str, str]]) -> Report | BatchReport:
+    """Settings for the tool's own requests, the tracking server checked, then
+    one run, a comparison, or a batch; every process the tool started is gone
+    and the temporary folder removed when it returns."""
+    user_environ = dict(os.environ)
+    tag = f'{os.getpid()}-{os.urandom(4).hex()}'
+    tool_environ: dict[str, str | None] = {k: user_environ.get(k) or v
+                                           for k, v in TOOL_HTTP_DEFAULTS.items()}
     tool_environ['MLFLOW_TRACKING_URI'] = absolute_tracking_uri(
         os.environ.get('MLFLOW_TRACKING_URI'))
-    rules = rules_from(args)
-    with _environ(tool_environ):
-        import mlflow
+    tool_environ['MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT'] = 'true'
+    tool_environ[PROCESS_TAG] = tag
+    with _environ(tool_environ), tempfile.TemporaryDirectory(prefix='reproduce_run-') as tmp_root:
+        try:
+            import mlflow
 
-        _configure_logging(args.verbose)
-        client = mlflow.MlflowClient()
-        tracking_uri = mlflow.get_tracking_uri()
-        reference = read_reference(client, args.run_id, tracking_uri)
-        if args.compare_to:
-            return compare_to(client, args, rules, reference, tracking_uri)
-        source = resolve_source(reference, args.uri, args.version)
-        tmp_dir = tempfile.mkdtemp(prefix='reproduce_run-')
-        try:
-            try:
-                project_dir, commit = fetch_source(source, os.path.join(tmp_dir, 'src'))
-            except ReproduceError as e:
-                raise ReproduceError(str(e) + _remote_hint(reference, source, args.uri)) from None
-            source = dataclasses.replace(source, version=commit)
-            plan = make_plan(args, reference, source, project_dir)
-            check_command(plan, args.allow_unsafe_command)
-            if args.dry_run:
-                return Report(status='planned', exit_code=EXIT_EQUAL,
-                              reference_run_id=args.run_id, plan=plan, rules=rules)
-            run = create_reproduced_run(client, plan)
-            run_id = run.info.run_id
-            if args.verbose:
-                ref = reference.info
-                print(f'reproduce_run: reproducing run {ref.run_id} ({ref.run_name}, '
-                      f'{ref.status}) as run {run_id} in experiment {plan.experiment_name!r}: '
-                      f'entry point {plan.entry_point!r} of {mask_credentials(source.uri)} at '
-                      f'{commit} with env manager {plan.env_manager}', file=sys.stderr)
-            launch = run_project(client, plan, run, tmp_dir, user_environ, args.verbose)
+            _configure_logging(options.verbose)
+            tracking_uri = mlflow.get_tracking_uri()
+            check_tracking_server(tracking_uri)
+            session = Session(options, mlflow.MlflowClient(), tracking_uri, user_environ,
+                              tmp_root, tag, stop, batch=selection.is_batch,
+                              left_open=left_open)
+            if compare_to_id:
+                return compare_to(session, selection.run_ids[0], compare_to_id)
+            if not selection.is_batch:
+                return run_in_worker(session, lambda: reproduce_one(session, selection.run_ids[0]))
+            chosen, skipped = select_runs(session.client, selection, options.uri is not None)
+            return run_batch(session, chosen, skipped)
         finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-        fields = dict(reference_run_id=args.run_id, reproduced_run_id=run_id, plan=plan,
-                      rules=rules, output_tail=launch.output_tail)
-        if launch.returncode != 0:
-            output = project_output(launch.output_tail)
-            last = f'; its last output line: {output[-1]}' if output else ''
-            report = Report(
-                status='failed', exit_code=EXIT_RUN_FAILED,
-                message=f'the reproduced run {run_id} failed (exit status '
-                        f'{launch.returncode}){last}',
-                **fields,
-            )
-            record_verdict(client, report, None, plots=False)
-            return report
-        try:
-            reproduced = client.get_run(run_id)
-        except mlflow.exceptions.MlflowException as e:
-            raise _mlflow_error(f'cannot read the reproduced run {run_id} back', e) from None
-        verdict, histories = judge_runs(
-            client, rules, args.last_only, reference, reproduced, plan.declared,
-        )
-        report = _verdict_report(verdict, **fields)
-        record_verdict(client, report, histories, plots=not args.no_plots)
-        return report
+            end_processes(None, tag)  # nothing the tool started outlives it
+            end_processes(None, tag + '.')
 
 
 # ---------------------------------------------------------------------------
@@ -1347,6 +2157,27 @@ def _tolerance(s: str) -> float:
     return value
 
 
+def _positive_int(s: str) -> int:
+    try:
+        value = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a whole number, got {s!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a number >= 1, got {s!r}')
+    return value
+
+
+_DURATION_UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
+
+
+def _duration(s: str) -> float:
+    """90m, 36h, 7d -> seconds."""
+    match = re.fullmatch(r'(\d+(?:\.\d+)?)([smhdw])', s.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f'expected a duration such as 90m, 36h or 7d, got {s!r}')
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
 def _metric_tolerance(s: str) -> tuple[str, Tolerance]:
     """KEY=RTOL[,ATOL], KEY a glob."""
     key, sep, values = s.partition('=')
@@ -1368,8 +2199,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='exit codes: 0 runs equal, 1 runs differ, 2 could not start, '
                '3 the reproduced run failed, 130 interrupted, 143 terminated',
     )
-    parser.add_argument('--run_id', '--run-id', dest='run_id', required=True, type=_run_id,
-                        help='the reference run to reproduce')
+    parser.add_argument('--run_id', '--run-id', dest='run_id', type=_run_id, nargs='+',
+                        action='extend', metavar='RUN_ID',
+                        help='the reference run(s) to reproduce; repeatable')
     parser.add_argument('--uri', help="project URI, overriding the run's recorded source "
                                       '(a git URL or path, with #subdir)')
     parser.add_argument('--experiment_name', '--experiment-name', dest='experiment_name',
@@ -1380,6 +2212,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"entry point (default: the run's, else {DEFAULT_ENTRY_POINT})")
     parser.add_argument('--env-manager', dest='env_manager', choices=ENV_MANAGERS,
                         help="environment manager (default: the run's recorded one, else local)")
+    batch = parser.add_argument_group('choosing many runs (a batch)')
+    batch.add_argument('--runs-file', metavar='FILE',
+                       help="run IDs one per line, '#' starts a comment; - reads standard input")
+    batch.add_argument('--model', action='append', default=[], metavar='URI',
+                       help='the run behind a registered model version: models:/NAME/VERSION '
+                            'or models:/NAME@ALIAS; repeatable')
+    batch.add_argument('--from-experiment', action='append', default=[], metavar='NAME',
+                       help="select runs of this experiment with MLflow's search; repeatable")
+    batch.add_argument('--filter', metavar='STRING',
+                       help='an MLflow search filter for --from-experiment')
+    batch.add_argument('--since', type=_duration, metavar='DURATION',
+                       help='only runs started within this window before now: 90m, 36h, 7d')
+    batch.add_argument('--max-runs', type=_positive_int, default=DEFAULT_MAX_RUNS, metavar='N',
+                       help='at most N runs selected by search (default: %(default)s)')
+    batch.add_argument('--order-by', default=DEFAULT_ORDER_BY, metavar='CLAUSE',
+                       help='MLflow order-by clause for the search (default: %(default)s)')
+    batch.add_argument('--sample', type=_positive_int, metavar='K',
+                       help='reproduce a random K of the runs selected by search')
+    batch.add_argument('--sample-seed', type=int, metavar='S',
+                       help='seed of --sample, for a repeatable choice')
+    batch.add_argument('--jobs', '-j', type=_positive_int, default=1, metavar='N',
+                       help='reproductions at once (default: %(default)s)')
     judging = parser.add_argument_group('judging')
     judging.add_argument('--rtol', '--rel_tol', dest='rtol', type=_tolerance,
                          default=DEFAULT_RTOL, help='relative tolerance (default: %(default)s)')
@@ -1408,42 +2262,91 @@ def build_parser() -> argparse.ArgumentParser:
                           'land inside quotes in the command (it may run as shell code)')
     out.add_argument('--verbose', action='store_true',
                      help="show run details, MLflow's log lines and tracebacks")
+    out.add_argument('--quiet', '-q', action='store_true',
+                     help='print nothing but errors on standard error')
     return parser
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = _conflicting_options(args)
+    if problem:
+        parser.error(problem)
+    return args
+
+
+def _conflicting_options(args: argparse.Namespace) -> str | None:
+    """What argparse cannot say: which options need or exclude each other."""
+    chosen = bool(args.run_id or args.runs_file or args.model or args.from_experiment)
+    if not chosen:
+        return ('the following arguments are required: --run_id/--run-id (or --runs-file, '
+                '--model, --from-experiment)')
+    if args.compare_to and (len(args.run_id or ()) != 1 or args.runs_file or args.model
+                            or args.from_experiment):
+        return '--compare-to compares exactly one --run_id with one other run'
+    search_only = [flag for flag, value in (('--filter', args.filter), ('--since', args.since),
+                                            ('--sample', args.sample)) if value is not None]
+    if search_only and not args.from_experiment:
+        return f'{search_only[0]} selects among the runs of --from-experiment, which is missing'
+    if args.quiet and args.verbose:
+        return '--quiet and --verbose exclude each other'
+    return None
+
+
+def _error_outcome(e: Exception, verbose: bool, selection: Selection, rules: Rules,
+                   ) -> Report | BatchReport:
+    """An invocation that could not start: one line, and a report that says so."""
+    if verbose:
+        import traceback
+        traceback.print_exc()
+    if isinstance(e, ReproduceError):
+        message, code = str(e), e.exit_code
+    else:  # a failure we did not foresee: still one line
+        message = (f'unexpected {type(e).__name__}: {_last_line(str(e))} '
+                   f'(--verbose shows the traceback)')
+        code = EXIT_CANNOT_START
+    message = mask_credentials(message)
+    if selection.is_batch:
+        return BatchReport((), message=message)
+    return Report(status='error', exit_code=code, reference_run_id=selection.run_ids[0],
+                  message=message, rules=rules)
+
+
+def _stderr_lines(outcome: Report | BatchReport) -> list[str]:
+    """The one-line error, or the signal, that ends standard error."""
+    if isinstance(outcome, BatchReport):
+        if outcome.message:
+            return [f'reproduce_run: error: {outcome.message}']
+        stopped = [r.status for r in outcome.reports if r.status in ('interrupted', 'terminated')]
+        return [f'reproduce_run: {stopped[0]}'] if stopped else []
+    if outcome.status in ('interrupted', 'terminated'):
+        return [f'reproduce_run: {outcome.status}']
+    return [f'reproduce_run: error: {outcome.message}'] if outcome.message else []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        with _signal_handlers(_SIGTERM_RAISES):
-            report = reproduce(args)
-    except KeyboardInterrupt:
-        print('reproduce_run: interrupted', file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except _Terminated:
-        print('reproduce_run: terminated', file=sys.stderr)
-        return EXIT_TERMINATED
-    except Exception as e:
-        if args.verbose:
-            import traceback
-            traceback.print_exc()
-        if isinstance(e, ReproduceError):
-            message, code = str(e), e.exit_code
-        else:  # a failure we did not foresee: still one line
-            message = (f'unexpected {type(e).__name__}: {_last_line(str(e))} '
-                       f'(--verbose shows the traceback)')
-            code = EXIT_CANNOT_START
-        report = Report(status='error', exit_code=code, reference_run_id=args.run_id,
-                        message=mask_credentials(message), rules=rules_from(args))
-    if report.message:
-        print(f'reproduce_run: error: {report.message}', file=sys.stderr)
-    text = render(report, args.output, args.verbose)
+    options, selection = Options.from_args(args), Selection.from_args(args)
+    stop = Stop()
+    left_open: list[tuple[str, str, str]] = []
+    with _stdout_to_stderr() as report_stream:
+        try:
+            with _signal_handlers({signal.SIGINT: stop, signal.SIGTERM: stop}):
+                outcome = invoke(options, selection, args.compare_to, stop, left_open)
+        except Exception as e:
+            outcome = _error_outcome(e, args.verbose, selection, options.rules)
+    for line in _stderr_lines(outcome):
+        print(line, file=sys.stderr)
+    if isinstance(outcome, BatchReport):
+        text: str | None = render_batch(outcome, args.output, args.verbose)
+    else:
+        text = render(outcome, args.output, args.verbose)
     if text is not None:
-        print(text)
-    return report.exit_code
+        print(text, file=report_stream)
+    if left_open:  # the last line of standard error, where cron mails show it
+        print(left_running_line(left_open), file=sys.stderr)
+    return outcome.exit_code
 
 
 if __name__ == '__main__':

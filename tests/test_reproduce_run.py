@@ -143,8 +143,8 @@ def test_mask_credentials(text, expected):
 # --- command line -------------------------------------------------------------
 
 @pytest.mark.parametrize(('argv', 'dest', 'value'), [
-    pytest.param(['--run_id', 'abc'], 'run_id', 'abc', id='run_id'),
-    pytest.param(['--run-id', 'abc'], 'run_id', 'abc', id='run-id'),
+    pytest.param(['--run_id', 'abc'], 'run_id', ['abc'], id='run_id'),
+    pytest.param(['--run-id', 'abc'], 'run_id', ['abc'], id='run-id'),
     pytest.param(['--run-id', 'abc', '--experiment_name', 'x'], 'experiment_name', 'x',
                  id='experiment_name'),
     pytest.param(['--run-id', 'abc', '--experiment-name', 'x'], 'experiment_name', 'x',
@@ -365,10 +365,12 @@ def test_failed_reproduction_exits_3_and_marks_the_run_failed(reference, capsys)
     code, out, err = reproduce(capsys, '--run_id', ref_id)
     assert code == 3
     assert out == ''
-    assert err.startswith('reproduce_run: error: the reproduced run ')
-    assert 'sample failure: giving up at step 2' in err
+    last = err.splitlines()[-1]
+    assert last.startswith('reproduce_run: error: the reproduced run ')
+    assert last.endswith('failed (exit status 1); its last error: sample failure: giving up '
+                         'at step 2')
     assert 'Traceback' not in err
-    run_id = err.split('the reproduced run ')[1].split()[0]
+    run_id = last.split('the reproduced run ')[1].split()[0]
     assert client().get_run(run_id).info.status == 'FAILED'
     assert run_snapshot(ref_id) == before
 
@@ -657,7 +659,7 @@ def test_no_plots_turns_plots_off(reference, capsys, monkeypatch):
     new_id = json.loads(out)['reproduced_run_id']
     assert code == 1
     assert [f.path for f in client().list_artifacts(new_id, 'reproduce')] == [
-        'reproduce/comparison.json']
+        'reproduce/comparison.json', 'reproduce/output.log']
 
 
 @pytest.mark.parametrize(('rules', 'key', 'tolerance', 'ignored'), [

@@ -1,0 +1,297 @@
+"""The guarantees under hostile conditions (issue 7, rows 1-7 and 9-12):
+projects that ignore signals or leave daemons behind, tracking servers that
+are slow, down or silent, and what reaches standard output on every path."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SCRIPT, git, start_mlflow_server, stop
+from proxy import Rule, proxy_in_front_of, silent_server
+from test_reproduce_run import (
+    add_project, client, process_gone, recorded_run, reproduce, reproductions_of, wait_for,
+)
+
+STUBBORN = {
+    'MLproject': 'entry_points:\n  main:\n    parameters:\n      seconds: {type: float, default: 40}\n'
+                 '    command: python stubborn.py {seconds}\n',
+    'stubborn.py': (
+        'import os, signal, sys, time, mlflow\n'
+        'signal.signal(signal.SIGTERM, signal.SIG_IGN)\n'
+        'open(os.environ["SAMPLE_PID_FILE"], "w").write(str(os.getpid()))\n'
+        'for step in range(int(float(sys.argv[1]))):\n'
+        '    mlflow.log_metric("tick", step, step=step)\n'
+        '    time.sleep(1)\n'),
+}
+
+DAEMON = {
+    'MLproject': 'entry_points:\n  main:\n    parameters:\n'
+                 '      new_session: {type: string, default: "yes"}\n'
+                 '      fail: {type: string, default: "no"}\n'
+                 '    command: python leave_daemon.py {new_session} {fail}\n',
+    'leave_daemon.py': (
+        'import os, subprocess, sys\n'
+        'daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],\n'
+        '                          start_new_session=sys.argv[1] == "yes",\n'
+        '                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n'
+        'open(os.environ["SAMPLE_PID_FILE"], "w").write(str(daemon.pid))\n'
+        'sys.exit(1 if sys.argv[2] == "yes" else 0)\n'),
+}
+
+QUIET = {  # no MLflow call at all: only the tool talks to the server
+    'MLproject': 'entry_points:\n  main:\n    command: python quiet.py\n',
+    'quiet.py': 'print("quiet project done")\n',
+}
+
+CHATTY_FAILURE = {
+    'MLproject': 'entry_points:\n  main:\n    command: python fail.py\n',
+    'fail.py': ('import mlflow\n'
+                'mlflow.log_metric("loss", 1.0)\n'
+                'print("about to fail")\n'
+                'raise ValueError("the data file is empty")\n'),
+}
+
+PROGRESS = {
+    'MLproject': 'entry_points:\n  main:\n    command: python progress.py\n',
+    'progress.py': ('import sys\n'
+                    'for i in range(100000):\n'
+                    '    sys.stdout.write(f"\\rstep {i:6d} of 100000 " + "#" * (i % 50))\n'
+                    'sys.stdout.write("\\n")\n'
+                    'raise SystemExit("progress sample failure")\n'),
+}
+
+
+def tool(*argv: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        (sys.executable, str(SCRIPT), *argv), env={**os.environ, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+def project_run(repo: Path, name: str, files: dict[str, str], params=None) -> str:
+    add_project(repo, name, files)
+    return recorded_run(f'file://{repo}#{name}', git('rev-parse', 'HEAD', cwd=repo), params)
+
+
+def pid_from(path: Path) -> int:
+    wait_for(lambda: path.exists() and path.read_text().strip(), 90, f'{path.name}')
+    return int(path.read_text())
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A server of this test's own, for tests that stop it or count on it."""
+    started = start_mlflow_server(tmp_path / 'server')
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', started.url)
+    yield started
+    stop(started.proc)
+
+
+# --- runs left RUNNING, processes that outlive the tool (rows 1-5) ----------
+
+@pytest.mark.slow
+def test_a_project_that_ignores_sigterm_is_killed_and_its_run_stays_killed(own_repo, tmp_path):
+    run_id = project_run(own_repo, 'stubborn', STUBBORN)
+    pid_file = tmp_path / 'pid'
+    proc = tool('--run_id', run_id, env={'SAMPLE_PID_FILE': str(pid_file)})
+    try:
+        pid = pid_from(pid_file)
+        [new] = reproductions_of(run_id)
+        wait_for(lambda: 'tick' in client().get_run(new.info.run_id).data.metrics, 30, 'a tick')
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert process_gone(pid)
+    ticks = len(client().get_metric_history(new.info.run_id, 'tick'))
+    time.sleep(3)
+    after = client().get_run(new.info.run_id)
+    assert after.info.status == 'KILLED'
+    assert len(client().get_metric_history(new.info.run_id, 'tick')) == ticks
+    assert after.data.tags['reproduce.status'] == 'terminated'
+
+
+@pytest.mark.parametrize(('new_session', 'fail', 'code'), [
+    pytest.param('yes', 'no', 0, id='new-session-on-success'),
+    pytest.param('no', 'yes', 3, id='same-group-on-failure'),
+])
+def test_no_daemon_the_project_leaves_outlives_the_tool(own_repo, tmp_path, capsys, new_session,
+                                                        fail, code, monkeypatch):
+    run_id = project_run(own_repo, 'daemon', DAEMON, {'new_session': new_session, 'fail': fail})
+    pid_file = tmp_path / 'daemon-pid'
+    monkeypatch.setenv('SAMPLE_PID_FILE', str(pid_file))
+    got, _, err = reproduce(capsys, '--run_id', run_id)
+    assert got == code, err
+    assert process_gone(int(pid_file.read_text()))
+    assert 'left 1 process(es) running; ended them' in err
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_slow_server_creates_the_run_leaves_it_killed(own_repo, server, tmp_path):
+    run_id = project_run(own_repo, 'stubborn', STUBBORN)
+    with proxy_in_front_of(server.url) as proxy:
+        proxy.add(Rule('runs/create', delay=8))
+        proxy.add(Rule('runs/log-batch', delay=8))
+        proxy.add(Rule('runs/update', delay=8))
+        proc = tool('--run_id', run_id, env={'MLFLOW_TRACKING_URI': proxy.url,
+                                             'SAMPLE_PID_FILE': str(tmp_path / 'pid')})
+        try:
+            wait_for(lambda: proxy.count('runs/create'), 60, 'the run to be created')
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+    assert proc.returncode == 143, err
+    [new] = reproductions_of(run_id)
+    assert new.info.status == 'KILLED'
+    assert not (tmp_path / 'pid').exists()  # the project never started
+    assert json.loads(out or 'null') is None or out == ''
+
+
+def test_a_run_is_closed_once_the_server_answers_again(own_repo, server, capsys, monkeypatch):
+    run_id = project_run(own_repo, 'quiet', QUIET)
+    with proxy_in_front_of(server.url) as proxy:
+        proxy.add(Rule('runs/update', status=503))
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', proxy.url)
+        monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')
+        monkeypatch.setenv('REPRODUCE_RUN_CLOSE_TIMEOUT', '30')
+        import threading
+        threading.Timer(3, proxy.clear).start()  # the server comes back after 3 s
+        code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert code == 0, err
+    [new] = reproductions_of(run_id)
+    assert new.info.status == 'FINISHED'
+    assert 'left RUNNING' not in err
+
+
+def test_a_server_that_never_comes_back_names_the_run_and_the_command(own_repo, server, capsys,
+                                                                       monkeypatch):
+    run_id = project_run(own_repo, 'quiet', QUIET)
+    with proxy_in_front_of(server.url) as proxy:
+        proxy.add(Rule('runs/update', status=503))
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', proxy.url)
+        monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')
+        monkeypatch.setenv('REPRODUCE_RUN_CLOSE_TIMEOUT', '3')
+        code, out, err = reproduce(capsys, '--run_id', run_id)
+    [new] = reproductions_of(run_id)
+    assert new.info.status == 'RUNNING'
+    last = err.splitlines()[-1]
+    assert last.startswith(f'reproduce_run: error: run {new.info.run_id} is left RUNNING')
+    command = last.split('close it with: ', 1)[1]
+    # The command works as printed, once the server answers again.
+    subprocess.run(command.replace(proxy.url, server.url), shell=True, check=True)
+    assert client().get_run(new.info.run_id).info.status == 'FINISHED'
+
+
+def test_a_server_that_accepts_but_never_answers_is_detected(capsys, monkeypatch):
+    with silent_server() as (url, accepted):
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', url)
+        # Settings that would make MLflow wait 6 x 120 s.
+        monkeypatch.setenv('MLFLOW_HTTP_REQUEST_TIMEOUT', '120')
+        monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '5')
+        code, out, err = reproduce(capsys, '--run_id', 'a' * 32)
+        connections = accepted[0]
+    assert (code, out) == (2, '')
+    assert err == (f'reproduce_run: error: the tracking server {url} does not answer (no '
+                   f'response within 10 s)\n')
+    assert connections == 1  # one probe; MLflow's retries never started
+
+
+# --- the output contract (rows 6-12) -------------------------------------------
+
+@pytest.mark.parametrize(('sig', 'status', 'code'), [
+    pytest.param(signal.SIGINT, 'interrupted', 130, id='SIGINT'),
+    pytest.param(signal.SIGTERM, 'terminated', 143, id='SIGTERM'),
+])
+def test_a_signal_gives_one_json_document_naming_the_run(samples_repo, server, tmp_path, sig,
+                                                         status, code):
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    run_id = recorded_run(f'file://{samples_repo}#slow', commit, {'seconds': '120'})
+    pid_file = tmp_path / 'pid'
+    proc = tool('--run_id', run_id, '--output', 'json',
+                env={'SAMPLE_PID_FILE': str(pid_file), 'MLFLOW_TRACKING_URI': server.url})
+    try:
+        pid_from(pid_file)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    doc = json.loads(out)  # the report only: no "View run" line from MLflow
+    [new] = reproductions_of(run_id)
+    assert (proc.returncode, doc['status'], doc['exit_code']) == (code, status, code)
+    assert doc['reproduced_run_id'] == new.info.run_id
+    assert new.info.status == 'KILLED'
+    assert new.data.tags['reproduce.status'] == status
+    assert status in new.data.tags['mlflow.note.content']
+    assert err.splitlines()[-1] == f'reproduce_run: {status}'
+
+
+def test_a_launch_failure_after_the_run_exists_is_recorded_and_named(reference, server, capfd,
+                                                                       samples_repo):
+    from conftest import mlflow_run
+
+    run_id = mlflow_run(str(samples_repo / 'sklearn_regression'), server.url)
+    code = main_in_process('--run_id', run_id, '--env-manager', 'conda', '--output', 'json')
+    out, err = capfd.readouterr()
+    doc = json.loads(out)
+    assert (code, doc['status']) == (2, 'error')
+    new = client().get_run(doc['reproduced_run_id'])
+    assert new.info.status == 'FAILED'
+    assert new.data.tags['reproduce.status'] == 'error'
+    assert 'python_env project cannot be executed using conda' in new.data.tags[
+        'mlflow.note.content']
+
+
+def main_in_process(*argv: str) -> int:
+    from reproduce_run import main
+
+    return main(argv)
+
+
+def test_the_failure_message_quotes_the_projects_own_error(own_repo, server, capsys):
+    run_id = project_run(own_repo, 'chatty', CHATTY_FAILURE)
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--output', 'json')
+    doc = json.loads(out)
+    assert code == 3
+    assert doc['message'].endswith('its last error: ValueError: the data file is empty')
+    assert err.splitlines()[-1].endswith('ValueError: the data file is empty')
+
+
+def test_progress_bars_do_not_bloat_the_report(own_repo, capsys):
+    run_id = project_run(own_repo, 'progress', PROGRESS)
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--output', 'json')
+    doc = json.loads(out)
+    assert code == 3
+    assert len(out) < 20_000
+    assert all(len(line) <= 500 for line in doc['output_tail'])
+    assert doc['output_tail'][-1] == 'progress sample failure'
+    assert any(line.startswith('step  99999 of 100000') for line in doc['output_tail'])
+    log = Path(client().download_artifacts(doc['reproduced_run_id'], 'reproduce/output.log'))
+    assert log.stat().st_size < 20_000
+
+
+def test_unreadable_metrics_after_the_run_are_an_error_naming_the_run(reference, server, capsys,
+                                                                       monkeypatch,
+                                                                       samples_repo):
+    from conftest import mlflow_run
+
+    run_id = mlflow_run(str(samples_repo / 'sklearn_regression'), server.url)
+    with proxy_in_front_of(server.url) as proxy:
+        proxy.add(Rule('metrics/get-history', status=500))
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', proxy.url)
+        monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')
+        code, out, err = reproduce(capsys, '--run_id', run_id, '--output', 'json')
+    doc = json.loads(out)
+    new_id = doc['reproduced_run_id']
+    assert (code, doc['status']) == (2, 'error')
+    assert doc['message'].startswith(f'the reproduced run {new_id} ran, but its metrics could '
+                                     f'not be read back: ')
+    new = client().get_run(new_id)
+    assert new.info.status == 'FINISHED'
+    assert new.data.tags['reproduce.status'] == 'error'
