@@ -453,3 +453,20 @@ def test_unreachable_tracking_uri_password_is_masked(capsys, monkeypatch):
     assert 'secret' not in out + err
     assert json.loads(out)['message'].startswith(
         f'cannot read run {"f" * 32} from http://***@127.0.0.1:')
+
+
+def test_environment_file_that_is_a_symlink_out_of_the_checkout_is_refused(own_repo, capsys,
+                                                                           tmp_path):
+    host_env = tmp_path / 'host' / 'python_env.yaml'
+    host_env.parent.mkdir()
+    host_env.write_text('python: "3.11"\ndependencies: [mlflow]\n')
+    add_project(own_repo, 'linked_env', {
+        'MLproject': 'python_env: python_env.yaml\nentry_points:\n  main:\n'
+                     '    command: python echo.py x\n',
+        'echo.py': ECHO_PY,
+    })
+    commit = commit_symlink(own_repo, 'linked_env/python_env.yaml', host_env)
+    run_id = recorded_run(f'file://{own_repo}#linked_env', commit)
+    assert_refused(capsys, run_id, message=(
+        f'the environment file of the MLproject at commit {commit[:12]} is a symlink to '
+        f'{host_env}, outside the checkout: refusing to use a file of this host'))
