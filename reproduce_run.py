@@ -106,7 +106,9 @@ SUMMARY_ARTIFACT = 'summary.json'  # a batch's JSON document, on its parent run
 UNFINISHED_STATUSES = ('RUNNING', 'SCHEDULED')  # MLflow run statuses not yet closed
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
-_URL_CREDENTIALS_RE = re.compile(r'(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@')
+# The userinfo of a URL runs to the last @ before the path: a password may
+# hold an unencoded @.
+_URL_CREDENTIALS_RE = re.compile(r'(?P<scheme>[a-zA-Z][\w+.-]*://)[^/\s]+@')
 _MLFLOW_LOG_LINE_RE = re.compile(r'^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+ mlflow[\w.]*: ')
 # MLflow's own chatter when a run ends ("View run ... at: <tracking URI>").
 _MLFLOW_CHATTER_RE = re.compile(r'^(\U0001f3c3|\U0001f9ea) View (run|experiment)')
@@ -387,35 +389,296 @@ def select_params(
     )
 
 
-def quoted_placeholders(command: str) -> set[str]:
-    """Names of the {placeholders} that stand inside quotes in a command.
+# ---------------------------------------------------------------------------
+# Param values in the entry point's command: where each placeholder lands in
+# the shell's grammar.  MLflow replaces {p} with shlex.quote(value) and runs the
+# result with `bash -c`.  That quoting keeps the value one word, as data, only
+# where a bare word stands; everywhere else it can end a quote, a
+# here-document or a script early.
 
-    MLflow shell-quotes each value it puts in place of a placeholder, but an
-    author's quotes around the placeholder ('{msg}' or "{msg}") end that
-    quoting: a value such as `x; touch /tmp/pwned` then runs as a command.
-    """
-    found, quote, i = set(), '', 0
-    while i < len(command):
-        c = command[i]
-        if c == '\\' and quote != "'":
-            i += 2
-            continue
-        if c in '\'"' and (not quote or quote == c):
-            quote = '' if quote else c
-        elif c == '{' and command.startswith('{{', i):
-            i += 1  # a literal brace in str.format
-        elif c == '{' and (m := re.match(r'\{(\w+)\}', command[i:])):
-            if quote:
-                found.add(m.group(1))
+_MARK = 0xF0000  # placeholders become private-use characters while scanning
+_REPARSING_COMMANDS = frozenset({'eval', 'trap', 'let'})  # they run an argument as code
+_SHELLS = frozenset({'sh', 'bash', 'dash', 'zsh', 'ksh', 'mksh'})
+_RESERVED_WORDS = frozenset({
+    '!', '{', '}', 'if', 'then', 'else', 'elif', 'fi', 'do', 'done', 'while', 'until',
+    'time', 'exec', 'command', 'builtin',
+})
+_ASSIGNMENT_RE = re.compile(r'^[A-Za-z_]\w*(\[[^]]*\])?\+?=')
+
+
+@dataclasses.dataclass(frozen=True)
+class Placeholder:
+    text: str  # as written in the command, e.g. '{msg}' or '{msg!r}'
+    key: str  # the param it takes its value from
+    context: str | None  # where it lands; None: a bare word, where quoting holds
+
+
+@dataclasses.dataclass
+class _Scan:
+    text: str
+    count: int  # of placeholders, numbered from 0
+    contexts: dict[int, str | None]
+    heredocs: list[tuple[str, bool]]  # pending (delimiter, strip leading tabs)
+
+    def placeholder(self, i: int) -> int | None:
+        n = ord(self.text[i]) - _MARK if i < len(self.text) else -1
+        return n if 0 <= n < self.count else None
+
+    def mark(self, i: int, context: str | None) -> None:
+        n = self.placeholder(i)
+        if n is not None:
+            self.contexts.setdefault(n, context)
+
+    def mark_span(self, start: int, end: int, context: str) -> None:
+        for i in range(start, end):
+            self.mark(i, context)
+
+
+class _Command:
+    """The words of the simple command being read, to know what it runs."""
+
+    def __init__(self) -> None:
+        self.words: list[str] = []
+        self.word = ''
+        self.in_test = False  # inside [[ ... ]], where operands can be arithmetic
+
+    def end_word(self) -> None:
+        word, self.word = self.word.replace('\\', '').replace('"', '').replace("'", ''), ''
+        if not word:
+            return
+        if word == '[[' and not self.words:
+            self.in_test = True
+        elif word == ']]' and self.in_test:
+            self.in_test = False
+        elif self.words or not (word in _RESERVED_WORDS or _ASSIGNMENT_RE.match(word)):
+            self.words.append(word)
+
+    def end(self) -> None:
+        self.end_word()
+        self.words, self.in_test = [], False
+
+    def reparses(self) -> str | None:
+        """Why an argument of this command is run as code, if it is."""
+        if self.in_test:
+            return 'inside [[ ... ]]'
+        if not self.words:
+            return None
+        name = os.path.basename(self.words[0])
+        if name in _REPARSING_COMMANDS:
+            return f'in an argument of {name}'
+        if name in _SHELLS and any(re.match(r'^-\w*c', w) for w in self.words[1:]):
+            return f'in a {name} -c script'
+        return None
+
+
+def _find(text: str, chars: str, i: int, escapes: bool) -> int:
+    """Index of the first of chars at or after i (len(text) if none)."""
+    while i < len(text) and text[i] not in chars:
+        i += 2 if escapes and text[i] == '\\' else 1
+    return min(i, len(text))
+
+
+def _scan_to(sc: _Scan, i: int, closer: str, escapes: bool, context: str) -> int:
+    """A region whose end the shell finds without parsing what is inside
+    ('...', $'...', backticks): every placeholder in it gets the context."""
+    end = _find(sc.text, closer, i, escapes)
+    sc.mark_span(i, end, context)
+    return end + 1
+
+
+def _scan_heredocs(sc: _Scan, i: int, poison: str | None) -> int:
+    """The bodies of the here-documents begun on the line that just ended."""
+    text = sc.text
+    while sc.heredocs:
+        delimiter, strip_tabs = sc.heredocs.pop(0)
+        while i < len(text):
+            end = text.find('\n', i)
+            end = len(text) if end < 0 else end
+            line = text[i:end]
+            if (line.lstrip('\t') if strip_tabs else line) == delimiter:
+                i = end + 1
+                break
+            # The value can end the body early with a line holding the
+            # delimiter, and an unquoted delimiter's body expands $(...).
+            sc.mark_span(i, end, poison or 'inside a here-document')
+            i = end + 1
+    return i
+
+
+def _scan_heredoc_start(sc: _Scan, i: int, poison: str | None) -> int:
+    """After `<<`: read the delimiter word and queue its body."""
+    text = sc.text
+    strip_tabs = i < len(text) and text[i] == '-'
+    i += strip_tabs
+    while i < len(text) and text[i] in ' \t':
         i += 1
-    return found
+    start = i
+    while i < len(text) and text[i] not in ' \t\n;&|()<>':
+        if text[i] in '\'"':
+            i = _find(text, text[i], i + 1, text[i] == '"')
+        i += 1
+    sc.mark_span(start, i, poison or 'in a here-document delimiter')
+    delimiter = re.sub(r'[\'"\\]', '', text[start:i])
+    sc.heredocs.append((delimiter, strip_tabs))
+    return i
 
 
-def unsafe_params(command: str, passed: Mapping[str, str]) -> list[str]:
-    """Params whose value would escape the author's quotes: it needs quoting
-    (shell metacharacters, spaces, quotes) and its placeholder is quoted."""
-    quoted = quoted_placeholders(command)
-    return sorted(k for k, v in passed.items() if k in quoted and v and shlex.quote(v) != v)
+def _scan_double(sc: _Scan, i: int, poison: str | None, context: str) -> int:
+    """Inside "...": placeholders are not bare, but $(...) nests a command."""
+    text = sc.text
+    while i < len(text) and text[i] != '"':
+        if text[i] == '\\':
+            sc.mark(i + 1, poison or context)
+            i += 2
+        elif text[i] == '`':
+            i = _scan_to(sc, i + 1, '`', True, poison or 'inside backticks')
+        elif text[i] == '$' and text[i + 1:i + 2] not in ('"', "'"):
+            i = _scan_dollar(sc, i, poison, _Command())
+        else:
+            sc.mark(i, poison or context)
+            i += 1
+    return i + 1
+
+
+def _scan_dollar(sc: _Scan, i: int, poison: str | None, command: _Command) -> int:
+    """At a `$`: a quote, an expansion or a substitution starts, or nothing."""
+    text, nxt = sc.text, sc.text[i + 1:i + 2]
+    if text.startswith('$((', i):
+        return _scan_commands(sc, i + 2, ')', poison or 'inside an arithmetic expression')
+    if nxt == '(':
+        return _scan_commands(sc, i + 2, ')', poison or command.reparses())
+    if nxt == '{':
+        return _scan_commands(sc, i + 2, '}', poison or 'inside a ${...} expansion')
+    if nxt == "'":
+        return _scan_to(sc, i + 2, "'", True, poison or "inside $'...' quotes")
+    if nxt == '"':
+        return _scan_double(sc, i + 2, poison, 'inside $"..." quotes')
+    # `${p}` in an MLproject is `$` before the value: `$'...'` quoting.
+    sc.mark(i + 1, poison or 'right after a $')
+    command.word += '$'
+    return i + 1
+
+
+def _scan_commands(sc: _Scan, i: int, closer: str, poison: str | None) -> int:
+    """Shell commands up to an unmatched closer (')' or '}'), or the end.
+
+    A bare placeholder here is one word, unless the command re-reads its
+    arguments as code; poison names an enclosing context that is never safe.
+    """
+    text, command, depth = sc.text, _Command(), 0
+    while i < len(text):
+        c = text[i]
+        if c == closer and depth == 0:
+            command.end()
+            return i + 1
+        if sc.placeholder(i) is not None:
+            sc.mark(i, poison or command.reparses())
+            command.word += c
+            i += 1
+        elif c == '\\':
+            if text[i + 1:i + 2] != '\n':  # a line continuation is nothing
+                sc.mark(i + 1, poison or command.reparses() or 'right after a backslash')
+                command.word += text[i:i + 2]
+            i += 2
+        elif c == "'":
+            end = _scan_to(sc, i + 1, "'", False, poison or 'inside quotes')
+            command.word, i = command.word + text[i:end], end
+        elif c == '"':
+            end = _scan_double(sc, i + 1, poison or command.reparses(), 'inside quotes')
+            command.word, i = command.word + text[i:end], end
+        elif c == '`':
+            i = _scan_to(sc, i + 1, '`', True, poison or 'inside backticks')
+            command.word += 'x'
+        elif c == '$':
+            start = i
+            i = _scan_dollar(sc, i, poison, command)
+            if i > start + 1:
+                command.word += 'x'
+        elif c == '#' and not command.word and closer != '}':
+            end = _find(text, '\n', i, escapes=False)
+            sc.mark_span(i, end, poison or 'inside a comment')
+            i = end
+        elif c == '\n':
+            command.end()
+            i = _scan_heredocs(sc, i + 1, poison)
+        elif c in ' \t':
+            command.end_word()
+            i += 1
+        elif text.startswith('<<<', i):
+            command.end_word()
+            i += 3  # a here-string: its word is an ordinary word
+        elif text.startswith('<<', i):
+            command.end_word()
+            i = _scan_heredoc_start(sc, i + 2, poison)
+        elif text.startswith('((', i) and not command.word:
+            i = _scan_commands(sc, i + 1, ')', poison or 'inside an arithmetic expression')
+        elif c == '(' and i > 0 and text[i - 1] in '<>':  # process substitution
+            i = _scan_commands(sc, i + 1, ')', poison)
+        elif c in '()':  # a subshell, a function definition
+            depth += 1 if c == '(' else -1
+            command.end()
+            i += 1
+        elif c in '{}' and closer == '}':  # braces nested in ${...}
+            depth += 1 if c == '{' else -1
+            command.word += c
+            i += 1
+        elif c in ';&|<>':
+            command.end() if c in ';&|' else command.end_word()
+            i += 1
+        else:
+            command.word += c
+            i += 1
+    command.end()
+    return i
+
+
+def placeholder_contexts(command: str) -> list[Placeholder]:
+    """Every {placeholder} of an entry point's command, found as str.format
+    finds them, with the shell context its quoted value lands in."""
+    import string
+
+    try:
+        fields = list(string.Formatter().parse(command))
+    except ValueError:  # MLflow's own command.format() fails before any shell runs
+        return []
+    shell, found = '', []
+    for literal, field, spec, conversion in fields:
+        shell += literal
+        if field is None:
+            continue
+        key = re.split(r'[.\[]', field, maxsplit=1)[0]
+        text = '{' + field + (f'!{conversion}' if conversion else '') + \
+            (f':{spec}' if spec else '') + '}'
+        found.append((text, key, _format_context(field, key, spec, conversion)))
+        shell += chr(_MARK + len(found) - 1)
+    if any(ord(c) >= _MARK for c in command):
+        return [Placeholder(t, k, 'in a command holding private-use characters')
+                for t, k, _ in found]
+    sc = _Scan(text=shell, count=len(found), contexts={}, heredocs=[])
+    _scan_commands(sc, 0, '', None)
+    return [Placeholder(t, k, why or sc.contexts.get(n, 'where the shell never reads it'))
+            for n, (t, k, why) in enumerate(found)]
+
+
+def _format_context(field: str, key: str, spec: str, conversion: str | None) -> str | None:
+    """str.format itself can cut or re-quote MLflow's quoted value."""
+    if conversion and conversion != 's':  # !s of a str is the str itself
+        return f'through the conversion !{conversion}'
+    if spec:
+        return f'through the format spec :{spec}'
+    if field != key:
+        return 'through an index or attribute'
+    return None
+
+
+def unsafe_params(command: str | None, passed: Mapping[str, str]) -> list[Placeholder]:
+    """The placeholders whose value would not stay one word of data: the value
+    needs quoting (shell metacharacters, spaces, quotes) and its placeholder
+    stands anywhere but in a bare word."""
+    if not command:
+        return []
+    return [p for p in placeholder_contexts(command)
+            if p.context and (value := passed.get(p.key)) and shlex.quote(value) != value]
 
 
 # ---------------------------------------------------------------------------
@@ -436,10 +699,14 @@ def _git(*args: str, cwd: str | None = None) -> str:
 
 def _local_repo(repo: str) -> str | None:
     """The folder a local path or file:// URL names, None for a remote."""
-    path = repo[len('file://'):] if repo.startswith('file://') else repo
-    if '://' in path or re.match(r'^[\w.-]+@[\w.-]+:', path):
+    if repo.startswith('file://'):
+        # file://[user[:password]@]host/path: only this host's paths are local.
+        authority, _, path = repo[len('file://'):].partition('/')
+        host = authority.rpartition('@')[2].partition(':')[0]
+        return os.path.abspath('/' + path) if host in ('', 'localhost') else None
+    if '://' in repo or re.match(r'^[\w.-]+@[\w.-]+:', repo):
         return None
-    return os.path.abspath(path)
+    return os.path.abspath(repo)
 
 
 def _last_line(text: str) -> str:
@@ -499,6 +766,7 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
             f'folder {subdir!r} does not exist at commit {commit[:12]} '
             f'of {mask_credentials(source.repo)}',
         )
+    refuse_outside(project_dir, dest, f'folder {subdir!r} at commit {commit[:12]}')
     return project_dir, commit
 
 
@@ -547,18 +815,65 @@ def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
     return run
 
 
+def _inside(path: str, root: str) -> bool:
+    root = os.path.realpath(root)
+    return os.path.commonpath([path, root]) == root
+
+
+def refuse_outside(path: str, root: str, what: str) -> None:
+    """A file of the commit that is a symlink out of the checkout would make
+    the project read or run a file of this host instead."""
+    if not _inside(os.path.realpath(path), root):
+        raise ReproduceError(
+            f'{what} is a symlink to {os.path.realpath(path)}, outside the checkout: '
+            f'refusing to use a file of this host',
+        )
+
+
+def _checkout_root(project_dir: str) -> str:
+    """The top of our checkout, above any submodule the project lives in."""
+    root = _git('rev-parse', '--show-toplevel', cwd=project_dir)
+    while above := _git('rev-parse', '--show-superproject-working-tree', cwd=root):
+        root = above
+    return root
+
+
+def check_script(project_dir: str, root: str, name: str, commit: str) -> None:
+    """A script entry point must be a file of the checked-out commit, not a
+    path on this host: MLflow runs `python <name>` in the project folder."""
+    path = os.path.normpath(os.path.join(os.path.realpath(project_dir), name))
+    what = f'script entry point {name!r}'
+    if not _inside(path, root):
+        raise ReproduceError(
+            f'{what} is outside the checkout of commit {commit[:12]}: refusing to run '
+            f'a file of this host',
+        )
+    refuse_outside(path, root, f'{what} at commit {commit[:12]}')
+    if not os.path.isfile(path):
+        raise ReproduceError(f'{what} does not exist at commit {commit[:12]}')
+
+
 def load_entry_point(project_dir: str, name: str, commit: str) -> tuple[Any, bool]:
     """MLflow's entry point object, and whether the MLproject declares it
-    (rather than it being a script file that MLflow runs with every param)."""
+    (rather than it being a script file that MLflow runs with every param).
+    The MLproject, its environment file and a script must be files of the commit."""
     from mlflow.projects import _project_spec
 
+    root, at = _checkout_root(project_dir), f'at commit {commit[:12]}'
+    if (mlproject := _project_spec._find_mlproject(project_dir)) is not None:
+        refuse_outside(mlproject, root, f'the MLproject {at}')
     try:
         project = _project_spec.load_project(project_dir)
-        return project.get_entry_point(name), name in (project._entry_points or {})
+        spec, declared = project.get_entry_point(name), name in (project._entry_points or {})
     except Exception as e:  # yaml's errors, or a structure MLflow trips over
         raise ReproduceError(
-            f'the MLproject at commit {commit[:12]} cannot be used: {_last_line(str(e))}',
+            f'the MLproject {at} cannot be used: {_last_line(str(e))}',
         ) from None
+    if project.env_config_path:
+        refuse_outside(project.env_config_path, root, f'the environment file of the MLproject {at}')
+    if not declared:
+        check_script(project_dir, root, name, commit)
+    return spec, declared
 
 
 def params_to_log(entry_point: Any, params: Params) -> dict[str, str]:
@@ -1475,12 +1790,12 @@ def check_command(plan: Plan, allow_unsafe: bool) -> None:
     unsafe = unsafe_params(plan.command, plan.params.passed)
     if not unsafe:
         return
-    key = unsafe[0]
-    value = plan.params.passed[key]
+    placeholder = unsafe[0]
+    key, value = placeholder.key, plan.params.passed[placeholder.key]
     shown = value if len(value) <= 60 else value[:57] + '...'
-    why = (f'entry point {plan.entry_point!r} puts {{{key}}} inside quotes in its command '
-           f'{plan.command!r}, which undoes MLflow\'s quoting, and the value of {key!r} '
-           f'({shown!r}) contains shell metacharacters')
+    why = (f'entry point {plan.entry_point!r} puts {placeholder.text} {placeholder.context} '
+           f'in its command {plan.command!r}, which undoes MLflow\'s quoting, and the value '
+           f'of {key!r} ({shown!r}) contains shell metacharacters')
     if not allow_unsafe:
         raise ReproduceError(f'{why}: refusing to run it (--allow-unsafe-command runs it anyway)')
     warn(f'{why}: running it because of --allow-unsafe-command')

@@ -844,7 +844,8 @@ def start_tool(*argv: str, env: dict[str, str]) -> subprocess.Popen:
     pytest.param("python a.py '--x=1' {msg} '{n}'", {'n'}, id='after-a-closed-quote'),
 ])
 def test_quoted_placeholders(command, quoted):
-    assert reproduce_run.quoted_placeholders(command) == quoted
+    contexts = reproduce_run.placeholder_contexts(command)
+    assert {p.key for p in contexts if p.context} == quoted
 
 
 @pytest.mark.parametrize(('value', 'unsafe'), [
@@ -857,8 +858,9 @@ def test_quoted_placeholders(command, quoted):
     pytest.param("it's", True, id='quote'),
 ])
 def test_unsafe_params(value, unsafe):
-    assert reproduce_run.unsafe_params("python a.py '{msg}' {n}", {'msg': value, 'n': value}) == \
-        (['msg'] if unsafe else [])
+    unsafe_keys = [p.key for p in reproduce_run.unsafe_params(
+        "python a.py '{msg}' {n}", {'msg': value, 'n': value})]
+    assert unsafe_keys == (['msg'] if unsafe else [])
 
 
 def test_injection_through_a_quoted_placeholder_is_refused(samples_repo, capsys, tmp_path):
