@@ -355,16 +355,17 @@ def _stdev(numbers: Sequence[float]) -> float | None:
 
 
 def _round_up(x: float, holds: Callable[[float], bool]) -> float:
-    """x rounded up to two significant digits, then raised by one unit of the
-    second digit while `holds` refuses it: atol + rtol * |R0| is computed in
-    floats, and may round below the difference it must cover."""
+    """The smallest number with two significant digits that `holds` accepts,
+    searched upwards from x rounded down.  `holds` runs the verdict's own float
+    arithmetic, so the answer is what --tolerance will accept: 0.1 for 11
+    against 10, though the float 1 / 10 is a little above 0.1."""
     rounded = decimal.Decimal(x)  # exact: the float's own decimal expansion
-    while True:
-        unit = decimal.Decimal(1).scaleb(rounded.adjusted() - 1)
-        rounded = rounded.quantize(unit, rounding=decimal.ROUND_CEILING)
-        if holds(float(rounded)):
-            return float(rounded)
+    unit = decimal.Decimal(1).scaleb(rounded.adjusted() - 1)
+    rounded = rounded.quantize(unit, rounding=decimal.ROUND_FLOOR)
+    while not holds(float(rounded)):
         rounded += unit
+        unit = decimal.Decimal(1).scaleb(rounded.adjusted() - 1)  # 0.99 + 0.01 = 1.0
+    return float(rounded)
 
 
 def suggest_tolerance(
