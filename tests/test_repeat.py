@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from pathlib import Path
 
 import pytest
 from conftest import mlflow_run
+from test_reproduce_run import client
 
 import reproduce_run
 from reproduce_run import (
@@ -364,3 +364,44 @@ def test_repeat_json_entry():
              'first_disagreeing_step': 0},
         ],
     }
+
+
+# --- the samples built for --repeat, run for real ------------------------------------
+
+def latest_values(run_id: str) -> dict[str, list[tuple[None, float]]]:
+    return {k: [(None, v)] for k, v in client().get_run(run_id).data.metrics.items()}
+
+
+def test_jitter_sample_is_nondeterministic_with_the_reference_inside(
+        samples_repo, store, tmp_path, monkeypatch):
+    """With its counter hook, a reference and two repetitions take three
+    different offsets: the repetitions disagree and R0 lies in their range."""
+    monkeypatch.setenv('SAMPLE_JITTER_COUNTER', str(tmp_path / 'counter'))
+    runs = [mlflow_run(str(samples_repo / 'jitter'), store) for _ in range(3)]
+    reference, *repetitions = [latest_values(r) for r in runs]
+    mae = sorted(h['test_mae'][0][1] for h in (reference, *repetitions))
+    assert mae[0] < mae[1] < mae[2]
+    assert mae[0] / mae[1] == pytest.approx(0.99) and mae[2] / mae[1] == pytest.approx(1.01)
+    diagnoses = diagnose(reference, repetitions, Rules())
+    assert [(d.key, d.classification) for d in diagnoses] == [
+        ('test_mae', NONDETERMINISTIC), ('test_r2', NONDETERMINISTIC)]
+    rules = reproduce_run.rules_from(reproduce_run.parse_args(
+        ['--run_id', 'x', *shlex.split(suggested_flags(diagnoses))]))
+    assert classify_run(diagnose(reference, repetitions, rules)) == REPRODUCIBLE
+
+
+def test_drifting_data_sample_drifts_when_its_data_changes(samples_repo, store, tmp_path):
+    data = tmp_path / 'data.csv'
+    rows = (samples_repo / 'drifting_data' / 'data.csv').read_text().splitlines()
+    data.write_text('\n'.join(rows) + '\n')
+    project = str(samples_repo / 'drifting_data')
+    reference = latest_values(mlflow_run(project, store, '-P', f'data={data}'))
+    data.write_text('\n'.join(rows[:-20]) + '\n')  # the data changed after the reference
+    repetitions = [latest_values(mlflow_run(project, store, '-P', f'data={data}'))
+                   for _ in range(2)]
+    assert repetitions[0] == repetitions[1]
+    diagnoses = diagnose(reference, repetitions, Rules())
+    assert {d.key: d.classification for d in diagnoses} == {
+        'mae': DRIFTED, 'n_rows': DRIFTED, 'r2': DRIFTED}
+    assert classify_run(diagnoses) == DRIFTED
+
