@@ -318,8 +318,8 @@ def widened_range(values: Sequence[float | None]) -> tuple[float, float] | None:
 
 def _within(reference: float | None, values: Sequence[float | None]) -> bool:
     """R0 lies within the widened range of the Ri (compared as plain numbers).
-    A missing or NaN R0 lies within it when some Ri is also missing or NaN:
-    that is one of the outcomes the repetitions themselves showed."""
+    A missing R0 lies within it when some Ri is missing too, a NaN R0 when
+    some Ri is NaN: an outcome the repetitions themselves showed."""
     if reference is None or math.isnan(reference):
         return any(_same(v, reference, _EXACT) for v in values)
     bounds = widened_range(values)
