@@ -16,7 +16,9 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import decimal
 import fnmatch
+import itertools
 import json
 import math
 import os
@@ -25,6 +27,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -277,6 +280,250 @@ def compare_params(
         reference: Mapping[str, str], reproduced: Mapping[str, str], keys: Sequence[str],
 ) -> list[ParamVerdict]:
     return [ParamVerdict(k, reference.get(k), reproduced.get(k)) for k in sorted(keys)]
+
+
+# ---------------------------------------------------------------------------
+# Diagnosing repetitions: pure.  R0 is a metric's latest value in the
+# reference run, R1..RN its latest values in N reproductions of it.  One
+# reproduction cannot tell a nondeterministic training from a world that
+# changed since the reference run (data, environment); several can.
+
+REPRODUCIBLE = 'reproducible'
+NONDETERMINISTIC = 'nondeterministic'
+DRIFTED = 'drifted'
+NONDETERMINISTIC_DRIFTED = 'nondeterministic, drifted'
+CLASSES = (REPRODUCIBLE, NONDETERMINISTIC, DRIFTED, NONDETERMINISTIC_DRIFTED)  # best to worst
+_EXACT = Tolerance(rtol=0.0, atol=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricDiagnosis:
+    key: str
+    reference: float | None  # R0; None when the reference run lacks the metric
+    repetitions: tuple[float | None, ...]  # R1..RN; None where a repetition lacks it
+    classification: str  # one of CLASSES
+    # Statistics of the Ri that are numbers (neither missing nor NaN).
+    minimum: float | None
+    maximum: float | None
+    mean: float | None
+    stdev: float | None  # sample standard deviation (N - 1); None below two numbers
+    # The smallest tolerance under which every Ri equals R0 (see suggest_tolerance).
+    suggested_rtol: float | None
+    suggested_atol: float | None
+    tolerance: Tolerance = Tolerance()  # the rule the classification used
+    ignored: bool = False  # listed, but not part of the run's classification
+    first_disagreeing_step: int | None = None  # of the repetitions among themselves
+    points: int = 1  # length of the longest history
+
+
+def _same(value: float | None, reference: float | None, tol: Tolerance) -> bool:
+    """values_close, where a missing value equals only a missing value."""
+    if value is None or reference is None:
+        return value is None and reference is None
+    return values_close(value, reference, tol)
+
+
+def repetitions_agree(values: Sequence[float | None], tol: Tolerance) -> bool:
+    """Every Ri equals every Rj, each one taken in turn as the reference of the
+    tolerance rule.  Under rtol the rule is not symmetric, and comparing only
+    min with max would let through values of both signs, such as -1, 0.001, 1
+    with rtol 2.5."""
+    return all(_same(a, b, tol) for a, b in itertools.permutations(values, 2))
+
+
+def _numbers(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
+def widened_range(values: Sequence[float | None]) -> tuple[float, float] | None:
+    """[min - w, max + w] with w = max - min, over the Ri that are numbers;
+    None when none is.  An infinite Ri makes w infinite, unless all are it."""
+    numbers = _numbers(values)
+    if not numbers:
+        return None
+    lo, hi = min(numbers), max(numbers)
+    width = 0.0 if lo == hi else hi - lo  # inf - inf would be NaN
+    return lo - width, hi + width
+
+
+def _within(reference: float | None, values: Sequence[float | None]) -> bool:
+    """R0 lies within the widened range of the Ri (compared as plain numbers).
+    A missing R0 lies within it when some Ri is missing too, a NaN R0 when
+    some Ri is NaN: an outcome the repetitions themselves showed."""
+    if reference is None or math.isnan(reference):
+        return any(_same(v, reference, _EXACT) for v in values)
+    bounds = widened_range(values)
+    return bounds is not None and bounds[0] <= reference <= bounds[1]
+
+
+def classify(reference: float | None, values: Sequence[float | None], tol: Tolerance) -> str:
+    if all(_same(v, reference, tol) for v in values):
+        return REPRODUCIBLE
+    if repetitions_agree(values, tol):
+        return DRIFTED  # deterministic, and something besides chance changed
+    return NONDETERMINISTIC if _within(reference, values) else NONDETERMINISTIC_DRIFTED
+
+
+def _mean(numbers: Sequence[float]) -> float:
+    infinities = {v for v in numbers if math.isinf(v)}
+    if infinities:
+        return infinities.pop() if len(infinities) == 1 else math.nan
+    return float(statistics.mean(numbers))  # exact: no overflow near 1.8e308
+
+
+def _stdev(numbers: Sequence[float]) -> float | None:
+    if len(numbers) < 2:
+        return None
+    if all(v == numbers[0] for v in numbers):
+        return 0.0
+    if any(math.isinf(v) for v in numbers):
+        return math.inf
+    try:
+        return statistics.stdev(numbers)
+    except OverflowError:  # the spread of values near +-1.8e308
+        return math.inf
+
+
+def _round_up(x: float, holds: Callable[[float], bool]) -> float:
+    """The smallest number with two significant digits that `holds` accepts,
+    searched upwards from x rounded down.  `holds` runs the verdict's own float
+    arithmetic, so the answer is what --tolerance will accept: 0.1 for 11
+    against 10, though the float 1 / 10 is a little above 0.1."""
+    rounded = decimal.Decimal(x)  # exact: the float's own decimal expansion
+    unit = decimal.Decimal(1).scaleb(rounded.adjusted() - 1)
+    rounded = rounded.quantize(unit, rounding=decimal.ROUND_FLOOR)
+    while not holds(float(rounded)):
+        rounded += unit
+        unit = decimal.Decimal(1).scaleb(rounded.adjusted() - 1)  # 0.99 + 0.01 = 1.0
+    return float(rounded)
+
+
+def suggest_tolerance(
+        reference: float | None, values: Sequence[float | None],
+) -> tuple[float | None, float | None]:
+    """(rtol, atol): the smallest relative tolerance, on its own (atol 0) and
+    rounded up to two significant digits, under which every Ri equals R0.
+
+    (0.0, None) when every Ri equals R0 exactly (NaN equals NaN).  (None, atol)
+    when R0 is 0, where no relative tolerance can help: atol is the largest
+    |Ri - R0|, rounded up the same way.  (None, None) when no tolerance can
+    help: a value missing on one side, or NaN or an infinity against anything
+    but itself.
+    """
+    if reference is None or any(v is None for v in values):
+        return None, None
+    if all(values_close(v, reference, _EXACT) for v in values):
+        return 0.0, None
+    if not all(math.isfinite(v) for v in (reference, *values)):
+        return None, None
+    largest = max(abs(v - reference) for v in values)
+    if not math.isfinite(largest):
+        return None, None  # the difference of two values near +-1.8e308
+
+    def holds(tol: Tolerance) -> bool:
+        return all(values_close(v, reference, tol) for v in values)
+    if reference == 0:
+        return None, _round_up(largest, lambda a: holds(Tolerance(rtol=0.0, atol=a)))
+    rtol = largest / abs(reference)
+    if not math.isfinite(rtol):
+        return None, None
+    return _round_up(rtol, lambda r: holds(Tolerance(rtol=r, atol=0.0))), None
+
+
+def classify_metric(
+        key: str, reference: float | None, repetitions: Sequence[float | None],
+        tol: Tolerance,
+) -> MetricDiagnosis:
+    """The class of one metric, by its latest values, under the verdict's rule."""
+    numbers = _numbers(repetitions)
+    rtol, atol = suggest_tolerance(reference, repetitions)
+    return MetricDiagnosis(
+        key=key,
+        reference=reference,
+        repetitions=tuple(repetitions),
+        classification=classify(reference, repetitions, tol),
+        minimum=min(numbers, default=None),
+        maximum=max(numbers, default=None),
+        mean=_mean(numbers) if numbers else None,
+        stdev=_stdev(numbers),
+        suggested_rtol=rtol,
+        suggested_atol=atol,
+        tolerance=tol,
+    )
+
+
+def first_disagreement(
+        key: str, histories: Sequence[Sequence[Point]], tol: Tolerance,
+) -> int | None:
+    """The first step at which some two repetitions' histories differ, each
+    taken in turn as the reference; None when none do, or when the steps are
+    not known (latest values only)."""
+    steps = (compare_histories(key, a, b, tol).first_divergent_step
+             for a, b in itertools.permutations(histories, 2))
+    return min((s for s in steps if s is not None), default=None)
+
+
+def _latest(history: Sequence[Point]) -> float | None:
+    """The value compare_histories calls latest: the last logged at the last step."""
+    # max() keeps the first of equal steps; reversed, that is the last logged.
+    return max(reversed(history), key=lambda p: p[0] or 0)[1] if history else None
+
+
+def diagnose(
+        reference: Mapping[str, Sequence[Point]],
+        repetitions: Sequence[Mapping[str, Sequence[Point]]],
+        rules: Rules,
+) -> tuple[MetricDiagnosis, ...]:
+    """Every metric that the reference or any repetition has, in key order."""
+    keys = sorted({*reference, *(k for histories in repetitions for k in histories)})
+    diagnoses = []
+    for key in keys:
+        tol = rules.tolerance_for(key)
+        histories = [h.get(key, ()) for h in repetitions]
+        diagnosis = classify_metric(
+            key, _latest(reference.get(key, ())), [_latest(h) for h in histories], tol,
+        )
+        diagnoses.append(dataclasses.replace(
+            diagnosis, ignored=rules.is_ignored(key),
+            first_disagreeing_step=first_disagreement(key, histories, tol),
+            points=max(len(h) for h in (reference.get(key, ()), *histories)),
+        ))
+    return tuple(diagnoses)
+
+
+def classify_run(diagnoses: Sequence[MetricDiagnosis]) -> str:
+    """The worst class among the metrics not ignored; reproducible for none."""
+    ranks = [CLASSES.index(d.classification) for d in diagnoses if not d.ignored]
+    return CLASSES[max(ranks, default=0)]
+
+
+def _glob_literal(key: str) -> str:
+    """A --tolerance pattern that matches exactly this key."""
+    return re.sub(r'([*?\[])', r'[\1]', key)
+
+
+def _shell_word(s: str) -> str:
+    """Always in quotes, as a user would type it; shlex quotes what needs it."""
+    quoted = shlex.quote(s)
+    return quoted if quoted != s else f"'{s}'"
+
+
+def suggested_flags(diagnoses: Sequence[MetricDiagnosis]) -> str:
+    """--tolerance flags under which every repetition would have equalled the
+    reference, for the metrics not reproducible; '' when there are none.
+    KEY=0,ATOL where R0 is 0; no flag where no tolerance can help."""
+    flags = []
+    for d in diagnoses:
+        if d.ignored or d.classification == REPRODUCIBLE:
+            continue
+        if d.suggested_rtol is not None:
+            value = f'{d.suggested_rtol:g}'
+        elif d.suggested_atol is not None:
+            value = f'0,{d.suggested_atol:g}'
+        else:
+            continue
+        flags.append(f'--tolerance {_shell_word(f"{_glob_literal(d.key)}={value}")}')
+    return ' '.join(flags)
 
 
 # ---------------------------------------------------------------------------
@@ -1680,6 +1927,80 @@ def render_batch(batch: BatchReport, output: str, verbose: bool) -> str:
     if output == 'markdown':
         return format_batch_markdown(batch)
     return format_batch_text(batch, verbose)
+
+
+def _suggestion_cell(d: MetricDiagnosis) -> str | None:
+    if d.suggested_rtol is not None:
+        return f'{d.suggested_rtol:g}'  # shortest form: 0.031, 1.2e-07, 0
+    if d.suggested_atol is not None:
+        return f'atol {d.suggested_atol:g}'  # R0 is 0: no relative tolerance helps
+    return None
+
+
+def _diagnosis_note(d: MetricDiagnosis) -> str:
+    if d.ignored:
+        return 'ignored'
+    if d.points > 1 and d.first_disagreeing_step is not None:
+        return f'repetitions differ from step {d.first_disagreeing_step}'
+    return ''
+
+
+def diagnosis_rows(
+        diagnoses: Sequence[MetricDiagnosis],
+) -> tuple[list[str], list[list[Any]]]:
+    rows = [
+        [d.key, d.reference, d.minimum, d.maximum, d.stdev, d.classification,
+         _suggestion_cell(d), _diagnosis_note(d)]
+        for d in diagnoses
+    ]
+    headers = ['Metric', 'Run1', 'min', 'max', 'stdev', 'class', 'suggested rtol', 'Note']
+    if not any(row[-1] for row in rows):
+        return headers[:-1], [row[:-1] for row in rows]
+    return headers, rows
+
+
+def diagnosis_lines(diagnoses: Sequence[MetricDiagnosis], tablefmt: str) -> list[str]:
+    """The diagnosis table ('psql' for the table report, 'github' for
+    Markdown), then the ready-to-paste flags when anything was not reproducible."""
+    lines = [_table(diagnosis_rows(diagnoses), tablefmt)]
+    flags = suggested_flags(diagnoses)
+    if flags and tablefmt == 'github':
+        lines += ['', 'Tolerances under which every repetition equals the reference:', '',
+                  '```', flags, '```']
+    elif flags:
+        lines += ['Tolerances under which every repetition equals the reference:', flags]
+    return lines
+
+
+def _diagnosis_json(d: MetricDiagnosis) -> dict[str, Any]:
+    return {
+        'key': d.key,
+        'reference': _json_float(d.reference),
+        'min': _json_float(d.minimum),
+        'max': _json_float(d.maximum),
+        'mean': _json_float(d.mean),
+        'stdev': _json_float(d.stdev),
+        'classification': d.classification,
+        'suggested_rtol': d.suggested_rtol,
+        'suggested_atol': d.suggested_atol,
+        'ignored': d.ignored,
+        'first_disagreeing_step': d.first_disagreeing_step,
+    }
+
+
+def repeat_json(
+        reference_run_id: str, parent_run_id: str | None, reproduced_run_ids: Sequence[str],
+        diagnoses: Sequence[MetricDiagnosis],
+) -> dict[str, Any]:
+    """One entry of the batch document's `repeats` (and its `repeat`)."""
+    return {
+        'reference_run_id': reference_run_id,
+        'parent_run_id': parent_run_id,
+        'n': len(reproduced_run_ids),
+        'reproduced_run_ids': list(reproduced_run_ids),
+        'classification': classify_run(diagnoses),
+        'metrics': [_diagnosis_json(d) for d in diagnoses],
+    }
 
 
 # ---------------------------------------------------------------------------
