@@ -1062,13 +1062,13 @@ def _datasets_by_key(inputs: Sequence[Any]) -> dict[tuple[str, str | None], Any]
 
 
 def code_notes(
-        reference: Run, uri_overridden: bool, version_overridden: bool,
+        tags: Mapping[str, str], uri_overridden: bool, version_overridden: bool,
         label: str = 'the reference run',
 ) -> list[str]:
-    """What the code that trained the run was, where its commit does not say."""
+    """What code trained a run (given its tags), where its commit does not say."""
     notes = []
-    if reference.data.tags.get(TAG_GIT_DIRTY, '').lower() == 'true':
-        commit = reference.data.tags.get(TAG_GIT_COMMIT, '')
+    if tags.get(TAG_GIT_DIRTY, '').lower() == 'true':
+        commit = tags.get(TAG_GIT_COMMIT, '')
         notes.append(f'{label} was trained from uncommitted edits on top of commit '
                      f'{commit[:12]}; no commit holds that code')
     if uri_overridden:
@@ -1078,9 +1078,9 @@ def code_notes(
     return notes
 
 
-def commit_notes(reference: Run, other: Run) -> list[str]:
-    """For two existing runs: did they run the same code?"""
-    commits = [run.data.tags.get(TAG_GIT_COMMIT) for run in (reference, other)]
+def commit_notes(reference: Mapping[str, str], other: Mapping[str, str]) -> list[str]:
+    """For two existing runs (their tags): did they run the same code?"""
+    commits = [tags.get(TAG_GIT_COMMIT) for tags in (reference, other)]
     if commits[0] == commits[1]:
         return []
     shown = [c[:12] if c else 'no recorded commit' for c in commits]
@@ -1219,10 +1219,10 @@ def differences_between(
     else:
         environment = environment_differences(
             ref_env[0], new_env[0], _compared_names(ref_env, new_env))
-    code = code_notes(reference, uri_overridden, version_overridden)
+    code = code_notes(reference.data.tags, uri_overridden, version_overridden)
     if compared_runs:
-        code += code_notes(other, False, False, 'the compared run') + \
-            commit_notes(reference, other)
+        code += code_notes(other.data.tags, False, False, 'the compared run') + \
+            commit_notes(reference.data.tags, other.data.tags)
     return Differences(
         environment=tuple(environment),
         datasets=tuple(dataset_differences(_dataset_inputs(reference), _dataset_inputs(other))),
