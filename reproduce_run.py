@@ -1132,7 +1132,8 @@ def _read_environment_artifact(client: MlflowClient, run: Run) -> dict[str, Any]
     if path not in names:
         return None
     with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
-        with open(client.download_artifacts(run.info.run_id, path, folder)) as f:
+        local = client.download_artifacts(run.info.run_id, path, folder)
+        with open(local) as f:
             return json.load(f)
 
 
@@ -1267,8 +1268,8 @@ def _shown(value: Any, missing: str) -> str:
 
 
 _SOURCE_LABELS = {
-    'reproduction': "the reference's reproduce/environment.json",
-    'logged_model': "the files of a model the reference logged, which name only some packages",
+    'reproduction': f'its {ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}',
+    'logged_model': "its logged model's files, which name only some packages",
 }
 
 
@@ -1317,7 +1318,7 @@ def differences_lines(differences: Differences | None) -> list[str]:
         lines.append(f'- environment: not compared, {differences.environment_unknown}')
     elif differences.environment:
         label = _SOURCE_LABELS.get(differences.environment_source, '')
-        lines.append(f'- environment (the reference\'s from {label}):')
+        lines.append(f'- environment (the reference run\'s from {label}):')
         lines += [f'  - {_environment_line(item)}' for item in differences.environment]
     for title, items in (('data', [_dataset_line(i) for i in differences.datasets]),
                          ('code', list(differences.code)),

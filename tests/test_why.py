@@ -143,8 +143,8 @@ def test_dataset_differences(reference, reproduced, expected):
     pytest.param({'mlflow.source.git.dirty': 'false'}, False, False, [], id='recorded-clean'),
     pytest.param({'mlflow.source.git.dirty': 'true', 'mlflow.source.git.commit': 'a' * 40},
                  False, False,
-                 ['the reference run was trained from uncommitted edits on top of commit '
-                  'aaaaaaaaaaaa; no commit holds that code'], id='dirty'),
+                 [('the reference run was trained from uncommitted edits on top of commit '
+                   'aaaaaaaaaaaa; no commit holds that code')], id='dirty'),
     pytest.param({}, True, False, ['--uri replaced the source that the reference run recorded'],
                  id='uri-overridden'),
     pytest.param({}, False, True,
@@ -250,7 +250,7 @@ def test_compare_to_reports_a_changed_hash_seed(tmp_path, capsys):
     lines = out.splitlines()
     assert lines[-4:] == [
         'Other differences:',
-        "- environment (the reference's from the reference's reproduce/environment.json):",
+        "- environment (the reference run's from its reproduce/environment.json):",
         '  - PYTHONHASHSEED: 0 -> 1',
         'Runs equal: True',
     ]
@@ -273,10 +273,11 @@ def test_same_environment_prints_nothing_more(tmp_path, capsys):
 def test_unknown_reference_environment_is_said(capsys):
     ref, other = logged_run({'acc': [0.5]}), logged_run({'acc': [0.5]})
     code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
+    assert code == 0
     assert out.splitlines()[-3:] == [
         'Other differences:',
-        "- environment: not compared, the reference run's environment is unknown (no "
-        'reproduce/environment.json, no logged model)',
+        ("- environment: not compared, the reference run's environment is unknown (no "
+         'reproduce/environment.json, no logged model)'),
         'Runs equal: True',
     ]
 
@@ -297,6 +298,7 @@ def test_logged_model_pins_are_compared_with_installed_versions(tmp_path, capsys
     other = run_with_environment(tmp_path)
     code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'json')
     differences = json.loads(out)['differences']
+    assert code == 1  # the reference logged no metric 'acc'
     assert differences['environment_source'] == 'logged_model'
     # mlflow is pinned too, at the installed version; nothing the model does
     # not name (numpy, ...) is listed.
@@ -329,6 +331,7 @@ def test_dirty_reference_is_said(capsys):
     client().set_tag(ref, 'mlflow.source.git.commit', 'b' * 40)
     code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output',
                              'markdown')
+    assert code == 0
     assert ('  - the reference run was trained from uncommitted edits on top of commit '
             'bbbbbbbbbbbb; no commit holds that code') in out.splitlines()
     assert '  - the runs ran different commits: bbbbbbbbbbbb -> no recorded commit' in out

@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     df = pd.read_csv(args.data)
-    mlflow.log_input(mlflow.data.from_pandas(df, source=args.data, name="train"), context="training")
+    dataset = mlflow.data.from_pandas(df, source=args.data, name="train")
+    mlflow.log_input(dataset, context="training")
     X, y = df[["x1", "x2"]], df["y"]
     model = Ridge(alpha=args.alpha).fit(X, y)
     pred = model.predict(X)
