@@ -399,3 +399,16 @@ def test_sample_reads_its_data_from_the_default_file(samples_repo, store):
     environment, source = reproduce_run.run_environment(client(), run)
     assert source == 'logged_model'
     assert environment['packages']['scikit-learn'] == importlib.metadata.version('scikit-learn')
+
+
+def test_environment_sources_through_a_tracking_server(mlflow_server, monkeypatch, tmp_path):
+    """Artifacts and model files are downloaded through the server
+    (mlflow-artifacts: URIs), not read from a local folder."""
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server)
+    c = client()
+    with_env = run_with_environment(tmp_path, OMP_NUM_THREADS='2')
+    with_model, _ = log_sklearn_model(pip_requirements=['scikit-learn==0.0.1'])
+    assert reproduce_run.run_environment(c, c.get_run(with_env))[0]['env']['OMP_NUM_THREADS'] \
+        == '2'
+    environment, source = reproduce_run.run_environment(c, c.get_run(with_model))
+    assert (source, environment['packages']['scikit-learn']) == ('logged_model', '0.0.1')
