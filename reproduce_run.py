@@ -1631,6 +1631,496 @@ def _is_http(uri: str) -> bool:
 
 
 # ---------------------------------------------------------------------------
+# Why the runs differ: environment, data, code and models.  These inform the
+# report; they never change the verdict, which stays about metrics and params.
+
+ENVIRONMENT_ARTIFACT = 'environment.json'  # under ARTIFACT_DIR
+TAG_GIT_DIRTY = 'mlflow.source.git.dirty'
+TAG_DATASET_CONTEXT = 'mlflow.data.context'  # an input tag, not a run tag
+ENVIRONMENT_SOURCES = ('reproduction', 'logged_model', 'unknown')
+MODEL_ENVIRONMENT_FILES = ('requirements.txt', 'python_env.yaml', 'conda.yaml')
+CAPTURE_TIMEOUT_SECONDS = 120.0  # a cold conda environment imports slowly
+
+# Printed by the interpreter that runs the project, so that it describes that
+# interpreter (the project's virtualenv, not the tool's).  Self-contained:
+# the standard library only.  The JSON is its last line of output, because an
+# activation command may print before it.
+ENVIRONMENT_CAPTURE = r'''
+import importlib.metadata, json, os, platform, re, subprocess, sys
+
+VARIABLES = ('PYTHONHASHSEED', 'CUDA_VISIBLE_DEVICES', 'CUBLAS_WORKSPACE_CONFIG',
+             'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
+             'TF_DETERMINISTIC_OPS', 'TF_CUDNN_DETERMINISTIC')
+
+
+def gpus():
+    try:
+        proc = subprocess.run(
+            ['nvidia-smi', '--query-gpu=name,driver_version', '--format=csv,noheader'],
+            capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode:
+        return None
+    found = []
+    for line in proc.stdout.splitlines():
+        name, _, driver = line.rpartition(',')
+        if line.strip():
+            found.append({'name': name.strip(), 'driver_version': driver.strip()})
+    return found
+
+
+def packages():
+    found = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata['Name']
+        if name:  # PEP 503 normalized; the first one on sys.path wins, as for import
+            found.setdefault(re.sub(r'[-_.]+', '-', name).lower(), dist.version)
+    return dict(sorted(found.items()))
+
+
+print(json.dumps({
+    'python': {'version': platform.python_version(),
+               'implementation': platform.python_implementation(),
+               'executable': sys.executable},
+    'platform': {'system': platform.system(), 'release': platform.release(),
+                 'machine': platform.machine()},
+    'cpu_count': os.cpu_count(),
+    'packages': packages(),
+    'env': {name: os.environ.get(name) for name in VARIABLES},
+    'gpu': gpus(),
+}))
+'''
+
+_REQUIREMENT_PIN_RE = re.compile(
+    r'^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*===?\s*(?P<version>[^\s;,]+)\s*$')
+_CONDA_PYTHON_RE = re.compile(r'^python\s*=+\s*(?P<version>[\d.]+)')
+
+
+@dataclasses.dataclass(frozen=True)
+class Differences:
+    environment: tuple[dict[str, Any], ...] = ()
+    datasets: tuple[dict[str, Any], ...] = ()
+    code: tuple[str, ...] = ()
+    models: tuple[tuple[str, MetricVerdict], ...] = ()  # (model name, its metric)
+    environment_source: str = 'unknown'  # of the reference's environment
+    # Why the environments were not compared, None when they were.
+    environment_unknown: str | None = 'the reference run\'s environment is unknown'
+
+    def __bool__(self) -> bool:
+        """Whether there is anything to say."""
+        return bool(self.environment or self.datasets or self.code or self.models
+                    or self.environment_unknown)
+
+
+def normalize_package(name: str) -> str:
+    """PEP 503: 'Scikit_Learn' and 'scikit-learn' are one distribution."""
+    return re.sub(r'[-_.]+', '-', name).lower()
+
+
+def capture_environment(
+        python_prefix_command: str | None, env: Mapping[str, str], cwd: str,
+) -> dict[str, Any] | None:
+    """The environment of the interpreter that runs the project: the tool's
+    own (None) or the one a prefix such as `source venv/bin/activate` selects.
+    env is the whole environment the project gets.  None, with a warning,
+    when it cannot be captured: the verdict does not depend on it."""
+    if python_prefix_command is None:
+        argv = [sys.executable, '-c', ENVIRONMENT_CAPTURE]
+    else:
+        script = f'{python_prefix_command} && python -c {shlex.quote(ENVIRONMENT_CAPTURE)}'
+        argv = ['bash', '-c', script]
+    try:
+        proc = subprocess.run(argv, env=dict(env), cwd=cwd, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=CAPTURE_TIMEOUT_SECONDS)
+        if proc.returncode:
+            raise ValueError(_last_line(proc.stderr) or f'exit status {proc.returncode}')
+        return json.loads(_last_line(proc.stdout))
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        warn(f'cannot capture the project\'s environment: {_last_line(str(e))}')
+        return None
+
+
+def record_environment(client: MlflowClient, run_id: str, env_dict: Mapping[str, Any]) -> None:
+    """reproduce/environment.json on the reproduced run: the reference of a
+    later comparison.  Best effort, like the verdict's other records."""
+    try:
+        client.log_dict(run_id, dict(env_dict), f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}')
+    except Exception as e:
+        warn(f'could not record the environment on run {run_id}: {_last_line(str(e))}')
+
+
+def parse_requirements(text: str) -> dict[str, str]:
+    """The pinned `name==version` lines of a requirements file, names
+    normalized; options, unpinned names and ranges pin nothing."""
+    pins = {}
+    for line in text.splitlines():
+        line = line.split('#', 1)[0].split(';', 1)[0].strip()
+        if match := _REQUIREMENT_PIN_RE.match(line):
+            pins[normalize_package(match['name'])] = match['version']
+    return pins
+
+
+def environment_from_model_files(files: Mapping[str, str]) -> dict[str, Any] | None:
+    """An environment-like dict from the files MLflow stores with a model
+    (file name -> text): its pinned packages and Python version."""
+    import yaml
+
+    packages = parse_requirements(files.get('requirements.txt', ''))
+    python = None
+    with contextlib.suppress(yaml.YAMLError, AttributeError, TypeError):
+        python_env = yaml.safe_load(files.get('python_env.yaml', '')) or {}
+        python = python_env.get('python')
+        pins = [d for d in python_env.get('dependencies') or () if isinstance(d, str)]
+        packages = {**parse_requirements('\n'.join(pins)), **packages}
+    with contextlib.suppress(yaml.YAMLError, AttributeError, TypeError):
+        for dep in (yaml.safe_load(files.get('conda.yaml', '')) or {}).get('dependencies') or ():
+            if isinstance(dep, dict):
+                packages = {**parse_requirements('\n'.join(dep.get('pip') or ())), **packages}
+            elif isinstance(dep, str) and (match := _CONDA_PYTHON_RE.match(dep)):
+                python = python or match['version']
+    if not packages and not python:
+        return None
+    found: dict[str, Any] = {'packages': dict(sorted(packages.items()))}
+    if python:
+        found['python'] = {'version': str(python)}
+    return found
+
+
+def environment_differences(
+        reference: Mapping[str, Any], reproduced: Mapping[str, Any],
+        only_names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """What differs between two environments, field by field.  A field one
+    side does not know (a model's files say nothing of the OS) is not
+    compared; only_names limits packages to those a model's files name."""
+    found = []
+    for kind in ('python', 'platform'):
+        ref, new = reference.get(kind) or {}, reproduced.get(kind) or {}
+        found += [_env_difference(kind, name, ref[name], new[name])
+                  for name in sorted(set(ref) & set(new)) if ref[name] != new[name]]
+    for name in ('cpu_count', 'gpu'):
+        if name in reference and name in reproduced and reference[name] != reproduced[name]:
+            found.append(_env_difference('platform', name, reference[name], reproduced[name]))
+    ref_pkgs = {normalize_package(k): v for k, v in (reference.get('packages') or {}).items()}
+    new_pkgs = {normalize_package(k): v for k, v in (reproduced.get('packages') or {}).items()}
+    if 'packages' in reference and 'packages' in reproduced:
+        names = ({normalize_package(n) for n in only_names} if only_names is not None
+                 else set(ref_pkgs) | set(new_pkgs))
+        found += [_env_difference('package', name, ref_pkgs.get(name), new_pkgs.get(name))
+                  for name in sorted(names) if ref_pkgs.get(name) != new_pkgs.get(name)]
+    if 'env' in reference and 'env' in reproduced:
+        ref_env, new_env = reference['env'] or {}, reproduced['env'] or {}
+        found += [_env_difference('env', name, ref_env.get(name), new_env.get(name))
+                  for name in sorted(set(ref_env) | set(new_env))
+                  if ref_env.get(name) != new_env.get(name)]
+    return found
+
+
+def _env_difference(kind: str, name: str, reference: Any, reproduced: Any) -> dict[str, Any]:
+    return {'kind': kind, 'name': name, 'reference': reference, 'reproduced': reproduced}
+
+
+def dataset_differences(
+        ref_inputs: Sequence[Any], new_inputs: Sequence[Any],
+) -> list[dict[str, Any]]:
+    """MLflow dataset inputs (run.inputs.dataset_inputs) matched by dataset
+    name and context: a changed digest, source or schema, or a dataset that
+    only one run used."""
+    ref, new = _datasets_by_key(ref_inputs), _datasets_by_key(new_inputs)
+    found = []
+    for name, context in sorted(set(ref) | set(new), key=lambda k: (k[0], k[1] or '')):
+        a, b = ref.get((name, context)), new.get((name, context))
+        if a is None or b is None:
+            change = 'only_reproduced' if a is None else 'only_reference'
+            found.append({'name': name, 'context': context, 'change': change,
+                          'reference': a and a.digest, 'reproduced': b and b.digest})
+            continue
+        found += [{'name': name, 'context': context, 'change': field,
+                   'reference': getattr(a, field), 'reproduced': getattr(b, field)}
+                  for field in ('digest', 'source', 'schema')
+                  if getattr(a, field) != getattr(b, field)]
+    return found
+
+
+def _datasets_by_key(inputs: Sequence[Any]) -> dict[tuple[str, str | None], Any]:
+    by_key = {}
+    for dataset_input in inputs or ():
+        tags = {t.key: t.value for t in dataset_input.tags or ()}
+        by_key[(dataset_input.dataset.name, tags.get(TAG_DATASET_CONTEXT))] = \
+            dataset_input.dataset
+    return by_key
+
+
+def code_notes(
+        tags: Mapping[str, str], uri_overridden: bool, version_overridden: bool,
+        label: str = 'the reference run',
+) -> list[str]:
+    """What code trained a run (given its tags), where its commit does not say."""
+    notes = []
+    if tags.get(TAG_GIT_DIRTY, '').lower() == 'true':
+        commit = tags.get(TAG_GIT_COMMIT, '')
+        notes.append(f'{label} was trained from uncommitted edits on top of commit '
+                     f'{commit[:12]}; no commit holds that code')
+    if uri_overridden:
+        notes.append(f'--uri replaced the source that {label} recorded')
+    if version_overridden:
+        notes.append(f'--version replaced the commit that {label} recorded')
+    return notes
+
+
+def commit_notes(reference: Mapping[str, str], other: Mapping[str, str]) -> list[str]:
+    """For two existing runs (their tags): did they run the same code?"""
+    commits = [tags.get(TAG_GIT_COMMIT) for tags in (reference, other)]
+    if commits[0] == commits[1]:
+        return []
+    shown = [c[:12] if c else 'no recorded commit' for c in commits]
+    return [f'the runs ran different commits: {shown[0]} -> {shown[1]}']
+
+
+def compare_model_metrics(
+        reference: Mapping[str, Mapping[str, Sequence[Point]]],
+        reproduced: Mapping[str, Mapping[str, Sequence[Point]]],
+        rules: Rules,
+) -> list[tuple[str, MetricVerdict]]:
+    """Model name -> metric histories, for each run: the metrics that differ,
+    judged like run metrics.  Only when both runs logged models."""
+    if not reference or not reproduced:
+        return []
+    found = []
+    for model in sorted(set(reference) | set(reproduced)):
+        verdict = judge(reference.get(model, {}), reproduced.get(model, {}), rules)
+        found += [(model, m) for m in verdict.metrics if not m.equal and not m.ignored]
+    return found
+
+
+def _logged_models(client: MlflowClient, run: Run) -> list[Any]:
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+    return sorted(models, key=lambda m: (m.creation_timestamp or 0, m.model_id))
+
+
+def model_metric_histories(client: MlflowClient, run: Run) -> dict[str, dict[str, list[Point]]]:
+    """The metrics MLflow keeps on the models a run logged, by model name.
+    Those the run itself logged are already in the metric table: only the
+    ones other runs logged on its models (a later evaluation) are kept."""
+    found: dict[str, dict[str, list[Point]]] = {}
+    for model in _logged_models(client, run):
+        for metric in model.metrics or ():
+            if metric.run_id == run.info.run_id:
+                continue
+            key = f'{metric.key} ({metric.dataset_name})' if metric.dataset_name else metric.key
+            found.setdefault(model.name, {}).setdefault(key, []).append(
+                (metric.step, metric.value))
+    return found
+
+
+def _read_environment_artifact(client: MlflowClient, run: Run) -> dict[str, Any] | None:
+    names = {f.path for f in client.list_artifacts(run.info.run_id, ARTIFACT_DIR)}
+    path = f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}'
+    if path not in names:
+        return None
+    with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
+        local = client.download_artifacts(run.info.run_id, path, folder)
+        with open(local) as f:
+            return json.load(f)
+
+
+def _read_model_environment(client: MlflowClient, run: Run) -> dict[str, Any] | None:
+    """The pins of every model the run logged; the first model wins a conflict."""
+    import mlflow.artifacts
+
+    merged: dict[str, Any] | None = None
+    for model in _logged_models(client, run):
+        stored = {f.path for f in client.list_logged_model_artifacts(model.model_id)}
+        files = {}
+        with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
+            for name in MODEL_ENVIRONMENT_FILES:
+                if name in stored:
+                    path = mlflow.artifacts.download_artifacts(
+                        artifact_uri=f'{model.artifact_location.rstrip("/")}/{name}',
+                        dst_path=folder)
+                    with open(path) as f:
+                        files[name] = f.read()
+        found = environment_from_model_files(files)
+        if found and merged is None:
+            merged = found
+        elif found and merged is not None:
+            merged = {**found, **merged,
+                      'packages': {**found['packages'], **merged['packages']}}
+    return merged
+
+
+def run_environment(client: MlflowClient, run: Run) -> tuple[dict[str, Any] | None, str]:
+    """A run's environment from the best source it has, and which: its own
+    reproduce/environment.json, else the files of a model it logged."""
+    label = f'run {run.info.run_id}'
+    for source, read in (('reproduction', _read_environment_artifact),
+                         ('logged_model', _read_model_environment)):
+        try:
+            found = read(client, run)
+        except Exception as e:  # unreadable: say so, and try the next source
+            warn(f'cannot read the environment of {label} ({source}): {_last_line(str(e))}')
+            continue
+        if found is not None:
+            return found, source
+    return None, 'unknown'
+
+
+def _package_names(environment: Mapping[str, Any] | None, source: str) -> set[str] | None:
+    """The packages a model's files name: only these are known on that side."""
+    if environment is None or source != 'logged_model':
+        return None
+    return {normalize_package(n) for n in environment.get('packages') or {}}
+
+
+def _compared_names(
+        reference: tuple[dict[str, Any] | None, str], other: tuple[dict[str, Any] | None, str],
+) -> list[str] | None:
+    named = [n for n in (_package_names(*reference), _package_names(*other)) if n is not None]
+    if not named:
+        return None
+    return sorted(set.intersection(*named))
+
+
+def differences_between(
+        client: MlflowClient,
+        reference: Run,
+        other: Run,
+        rules: Rules,
+        other_environment: tuple[dict[str, Any] | None, str] | None = None,
+        uri_overridden: bool = False,
+        version_overridden: bool = False,
+        compared_runs: bool = False,
+) -> Differences:
+    """Everything besides metrics that differs between two runs.
+    other_environment: (dict, source) already in hand, such as the one just
+    captured for a reproduction; else the other run's best source is read.
+    compared_runs: two existing runs (--compare-to), not a reproduction."""
+    ref_env = run_environment(client, reference)
+    new_env = other_environment or run_environment(client, other)
+    environment, unknown = [], None
+    if ref_env[0] is None:
+        unknown = ('the reference run\'s environment is unknown (no '
+                   f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}, no logged model)')
+    elif new_env[0] is None:
+        label = 'compared' if compared_runs else 'reproduced'
+        unknown = f'the {label} run\'s environment is unknown'
+    else:
+        environment = environment_differences(
+            ref_env[0], new_env[0], _compared_names(ref_env, new_env))
+    code = code_notes(reference.data.tags, uri_overridden, version_overridden)
+    if compared_runs:
+        code += code_notes(other.data.tags, False, False, 'the compared run') + \
+            commit_notes(reference.data.tags, other.data.tags)
+    return Differences(
+        environment=tuple(environment),
+        datasets=tuple(dataset_differences(_dataset_inputs(reference), _dataset_inputs(other))),
+        code=tuple(code),
+        models=tuple(_model_differences(client, reference, other, rules)),
+        environment_source=ref_env[1],
+        environment_unknown=unknown,
+    )
+
+
+def _dataset_inputs(run: Run) -> Sequence[Any]:
+    return run.inputs.dataset_inputs if run.inputs else ()
+
+
+def _model_differences(
+        client: MlflowClient, reference: Run, other: Run, rules: Rules,
+) -> list[tuple[str, MetricVerdict]]:
+    try:
+        return compare_model_metrics(model_metric_histories(client, reference),
+                                     model_metric_histories(client, other), rules)
+    except Exception as e:  # informative only: the verdict stands without it
+        warn(f'cannot compare the metrics of the logged models: {_last_line(str(e))}')
+        return []
+
+
+def differences_json(differences: Differences | None) -> dict[str, Any]:
+    d = differences or Differences()
+    return {
+        'environment': list(d.environment),
+        'datasets': list(d.datasets),
+        'code': list(d.code),
+        'models': [{'model': name, **_metric_json(m)} for name, m in d.models],
+        'environment_source': d.environment_source,
+        'environment_compared': d.environment_unknown is None,
+    }
+
+
+def _shown(value: Any, missing: str) -> str:
+    if value is None:
+        return missing
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+_SOURCE_LABELS = {
+    'reproduction': f'its {ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}',
+    'logged_model': "its logged model's files, which name only some packages",
+}
+
+
+def _environment_line(item: Mapping[str, Any]) -> str:
+    kind, name = item['kind'], item['name']
+    if kind == 'package':
+        ref, new = (_shown(item[k], 'not installed') for k in ('reference', 'reproduced'))
+        return f'package {name}: {ref} -> {new}'
+    if kind == 'env':
+        ref, new = (_shown(item[k], 'unset') for k in ('reference', 'reproduced'))
+        return f'{name}: {ref} -> {new}'
+    label = 'Python' if kind == 'python' else 'platform'
+    ref, new = (_shown(item[k], 'unknown') for k in ('reference', 'reproduced'))
+    return f'{label} {name}: {ref} -> {new}'
+
+
+def _dataset_line(item: Mapping[str, Any]) -> str:
+    where = f'dataset `{item["name"]}`' + (f' ({item["context"]})' if item['context'] else '')
+    change = item['change']
+    if change == 'digest':
+        return f'{where} changed at its source (digest {item["reference"]} -> ' \
+               f'{item["reproduced"]})'
+    if change == 'source':
+        return f'{where} comes from another source: {item["reference"]} -> ' \
+               f'{item["reproduced"]}'
+    if change == 'schema':
+        return f'{where} changed its schema'
+    side = 'reference' if change == 'only_reference' else 'reproduced'
+    return f'{where} is an input of the {side} run only'
+
+
+def _model_line(model: str, m: MetricVerdict) -> str:
+    ref, new = (_shown(v, '-') if v is None else f'{v:g}' for v in (m.reference, m.reproduced))
+    step = (f', from step {m.first_divergent_step}'
+            if m.points > 1 and m.first_divergent_step is not None else '')
+    return f'model `{model}` metric {m.key}: {ref} -> {new}{step}'
+
+
+def differences_lines(differences: Differences | None) -> list[str]:
+    """The "Other differences" section, the same in text and Markdown;
+    empty when there is nothing to say."""
+    if not differences:
+        return []
+    lines = ['Other differences:']
+    if differences.environment_unknown:
+        lines.append(f'- environment: not compared, {differences.environment_unknown}')
+    elif differences.environment:
+        label = _SOURCE_LABELS.get(differences.environment_source, '')
+        lines.append(f'- environment (the reference run\'s from {label}):')
+        lines += [f'  - {_environment_line(item)}' for item in differences.environment]
+    for title, items in (('data', [_dataset_line(i) for i in differences.datasets]),
+                         ('code', list(differences.code)),
+                         ('models', [_model_line(*m) for m in differences.models])):
+        if items:
+            lines.append(f'- {title}:')
+            lines += [f'  - {item}' for item in items]
+    return lines
+
+
+# ---------------------------------------------------------------------------
 # Reporting: a Report is rendered as text, JSON or Markdown, and recorded on
 # the reproduced run.
 
@@ -1648,6 +2138,7 @@ class Report:
     reference_run_name: str | None = None
     model: str | None = None  # the registered model version that named the run
     seconds: float = 0.0
+    differences: Differences | None = None  # besides metrics; None: not looked at
 
     @property
     def equal(self) -> bool | None:
@@ -1718,6 +2209,7 @@ def report_json(report: Report) -> dict[str, Any]:
             'ignored': list(report.rules.ignored),
         },
         'metrics': [_metric_json(m) for m in (verdict.metrics if verdict else ())],
+        'differences': differences_json(report.differences),
         'output_tail': list(report.output_tail),
         'model': report.model,
         'seconds': round(report.seconds, 3),
@@ -1813,6 +2305,7 @@ def format_text(report: Report, verbose: bool = False) -> str:
         lines += _not_passed_lines(report.plan, verbose)
     if report.verdict:
         lines.append(_table(_metric_rows(report.verdict), 'psql'))
+        lines += differences_lines(report.differences)
         lines.append(f'Runs equal: {report.verdict.equal}')
     return '\n'.join(lines)
 
@@ -1838,6 +2331,8 @@ def format_markdown(report: Report, reference_link: str | None = None) -> str:
         if report.verdict.params:
             lines += ['', _table(_param_rows(report.verdict), 'github')]
         lines += ['', _table(_metric_rows(report.verdict), 'github')]
+    if other := differences_lines(report.differences):
+        lines += ['', f'**{other[0]}**', '', *other[1:]]
     if report.equal is not None:
         lines += ['', f'Runs equal: {report.equal}']
     return '\n'.join(lines)
@@ -2181,6 +2676,8 @@ def compare_to(session: Session, run_id: str, other_id: str) -> Report:
         verdict, reference_run_id=reference.info.run_id,
         reproduced_run_id=other.info.run_id, rules=options.rules,
         reference_run_name=reference.info.run_name,
+        differences=differences_between(session.client, reference, other, options.rules,
+                                        compared_runs=True),
     )
 
 

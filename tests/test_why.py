@@ -1,0 +1,414 @@
+"""Why the runs differ: environment, data, code and logged models beside the
+verdict (issue 11).  Pure comparisons in tables; the rest with real runs."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import mlflow_run
+from test_reproduce_run import client, logged_run, reproduce
+
+import reproduce_run
+from reproduce_run import Differences, Rules, Tolerance
+
+TIGHT = Rules(Tolerance(rtol=1e-9, atol=0.0))
+FULL = {
+    'python': {'version': '3.11.7', 'implementation': 'CPython', 'executable': '/usr/bin/python'},
+    'platform': {'system': 'Linux', 'release': '6.1', 'machine': 'x86_64'},
+    'cpu_count': 2,
+    'packages': {'numpy': '1.26.4', 'scikit-learn': '1.9.1'},
+    'env': {'PYTHONHASHSEED': None, 'OMP_NUM_THREADS': '1'},
+    'gpu': None,
+}
+
+
+def changed(base: dict, **changes) -> dict:
+    return {**base, **changes}
+
+
+# --- the environment: pure comparisons -------------------------------------------
+
+@pytest.mark.parametrize(('reference', 'reproduced', 'only_names', 'expected'), [
+    pytest.param(FULL, FULL, None, [], id='same'),
+    pytest.param(FULL, changed(FULL, python={**FULL['python'], 'version': '3.12.1'}), None,
+                 [('python', 'version', '3.11.7', '3.12.1')], id='python-version'),
+    pytest.param(FULL, changed(FULL, platform={**FULL['platform'], 'machine': 'arm64'}), None,
+                 [('platform', 'machine', 'x86_64', 'arm64')], id='platform-machine'),
+    pytest.param(FULL, changed(FULL, cpu_count=8), None,
+                 [('platform', 'cpu_count', 2, 8)], id='cpu-count'),
+    pytest.param(FULL, changed(FULL, packages={'numpy': '2.0.0', 'scikit-learn': '1.9.1'}),
+                 None, [('package', 'numpy', '1.26.4', '2.0.0')], id='package-version'),
+    pytest.param(FULL, changed(FULL, packages={**FULL['packages'], 'torch': '2.3.0'}), None,
+                 [('package', 'torch', None, '2.3.0')], id='package-only-reproduced'),
+    pytest.param(FULL, changed(FULL, packages={'numpy': '1.26.4'}), None,
+                 [('package', 'scikit-learn', '1.9.1', None)], id='package-only-reference'),
+    pytest.param(changed(FULL, packages={'Scikit_Learn': '1.9.1', 'NumPy': '1.26.4'}), FULL,
+                 None, [], id='names-normalized-pep-503'),
+    pytest.param({'python': {'version': '3.11.7'}, 'packages': {'scikit-learn': '0.0.1'}},
+                 FULL, ['scikit-learn'], [('package', 'scikit-learn', '0.0.1', '1.9.1')],
+                 id='model-requirements-compare-only-what-they-name'),
+    pytest.param({'python': {'version': '3.10.0'}, 'packages': {}}, FULL, [],
+                 [('python', 'version', '3.10.0', '3.11.7')],
+                 id='fields-one-side-lacks-are-not-compared'),
+    pytest.param(FULL, changed(FULL, env={'PYTHONHASHSEED': '0', 'OMP_NUM_THREADS': '1'}), None,
+                 [('env', 'PYTHONHASHSEED', None, '0')], id='env-variable-set'),
+    pytest.param(FULL, changed(FULL, env={'PYTHONHASHSEED': None, 'OMP_NUM_THREADS': '4'}), None,
+                 [('env', 'OMP_NUM_THREADS', '1', '4')], id='env-variable-changed'),
+    pytest.param(FULL, changed(FULL, gpu=[{'name': 'A100', 'driver_version': '550'}]), None,
+                 [('platform', 'gpu', None, [{'name': 'A100', 'driver_version': '550'}])],
+                 id='gpu-appeared'),
+])
+def test_environment_differences(reference, reproduced, only_names, expected):
+    found = reproduce_run.environment_differences(reference, reproduced, only_names)
+    assert [(d['kind'], d['name'], d['reference'], d['reproduced']) for d in found] == expected
+
+
+@pytest.mark.parametrize(('text', 'pins'), [
+    pytest.param('mlflow==3.17.2\nscikit-learn==0.0.1\n',
+                 {'mlflow': '3.17.2', 'scikit-learn': '0.0.1'}, id='pins'),
+    pytest.param('Scikit_Learn==1.0 ; python_version > "3"\n# comment\n',
+                 {'scikit-learn': '1.0'}, id='normalized-marker-comment'),
+    pytest.param('-r other.txt\ncloudpickle\nnumpy>=1.2\n--index-url x\n', {},
+                 id='options-unpinned-and-ranges-pin-nothing'),
+    pytest.param('uvicorn[standard]==0.30.1\n', {'uvicorn': '0.30.1'}, id='extras'),
+])
+def test_parse_requirements(text, pins):
+    assert reproduce_run.parse_requirements(text) == pins
+
+
+@pytest.mark.parametrize(('files', 'expected'), [
+    pytest.param({'requirements.txt': 'mlflow==3.17.2\n',
+                  'python_env.yaml': 'python: 3.11.7\ndependencies:\n- -r requirements.txt\n'},
+                 {'packages': {'mlflow': '3.17.2'}, 'python': {'version': '3.11.7'}},
+                 id='requirements-and-python-env'),
+    pytest.param({'conda.yaml': 'dependencies:\n- python=3.10.4\n- pip<=23\n'
+                                '- pip:\n  - numpy==1.26.4\n'},
+                 {'packages': {'numpy': '1.26.4'}, 'python': {'version': '3.10.4'}},
+                 id='conda-only'),
+    pytest.param({'requirements.txt': 'numpy==2.0\n', 'conda.yaml': 'dependencies:\n'
+                  '- pip:\n  - numpy==1.0\n'}, {'packages': {'numpy': '2.0'}},
+                 id='requirements-win-over-conda'),
+    pytest.param({'conda.yaml': ': not yaml ['}, None, id='broken-yaml-is-no-environment'),
+    pytest.param({}, None, id='no-files'),
+])
+def test_environment_from_model_files(files, expected):
+    assert reproduce_run.environment_from_model_files(files) == expected
+
+
+# --- datasets, code and models: pure comparisons ----------------------------------
+
+def dataset_input(name: str, digest: str, source: str = '{"uri": "d.csv"}',
+                  schema: str = 's1', context: str | None = 'training'):
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    tags = [InputTag('mlflow.data.context', context)] if context else []
+    return DatasetInput(Dataset(name, digest, 'local', source, schema), tags)
+
+
+@pytest.mark.parametrize(('reference', 'reproduced', 'expected'), [
+    pytest.param([('train', 'aa')], [('train', 'aa')], [], id='same'),
+    pytest.param([('train', 'aa')], [('train', 'bb')],
+                 [('train', 'training', 'digest', 'aa', 'bb')], id='digest'),
+    pytest.param([('train', 'aa', 'x.csv')], [('train', 'aa', 'y.csv')],
+                 [('train', 'training', 'source', 'x.csv', 'y.csv')], id='source'),
+    pytest.param([('train', 'aa', 'x', 's1')], [('train', 'bb', 'x', 's2')],
+                 [('train', 'training', 'digest', 'aa', 'bb'),
+                  ('train', 'training', 'schema', 's1', 's2')], id='digest-and-schema'),
+    pytest.param([('train', 'aa'), ('val', 'cc')], [('train', 'aa')],
+                 [('val', 'training', 'only_reference', 'cc', None)], id='only-reference'),
+    pytest.param([], [('train', 'aa')],
+                 [('train', 'training', 'only_reproduced', None, 'aa')], id='only-reproduced'),
+    pytest.param([('train', 'aa', 'x', 's1', 'training')], [('train', 'aa', 'x', 's1', 'eval')],
+                 [('train', 'eval', 'only_reproduced', None, 'aa'),
+                  ('train', 'training', 'only_reference', 'aa', None)],
+                 id='matched-by-context-too'),
+    pytest.param([('train', 'aa', 'x', 's1', None)], [('train', 'aa', 'x', 's1', None)], [],
+                 id='no-context'),
+])
+def test_dataset_differences(reference, reproduced, expected):
+    found = reproduce_run.dataset_differences([dataset_input(*d) for d in reference],
+                                              [dataset_input(*d) for d in reproduced])
+    assert [(d['name'], d['context'], d['change'], d['reference'], d['reproduced'])
+            for d in found] == expected
+
+
+@pytest.mark.parametrize(('tags', 'uri', 'version', 'expected'), [
+    pytest.param({}, False, False, [], id='clean'),
+    pytest.param({'mlflow.source.git.dirty': 'false'}, False, False, [], id='recorded-clean'),
+    pytest.param({'mlflow.source.git.dirty': 'true', 'mlflow.source.git.commit': 'a' * 40},
+                 False, False,
+                 [('the reference run was trained from uncommitted edits on top of commit '
+                   'aaaaaaaaaaaa; no commit holds that code')], id='dirty'),
+    pytest.param({}, True, False, ['--uri replaced the source that the reference run recorded'],
+                 id='uri-overridden'),
+    pytest.param({}, False, True,
+                 ['--version replaced the commit that the reference run recorded'],
+                 id='version-overridden'),
+])
+def test_code_notes(tags, uri, version, expected):
+    assert reproduce_run.code_notes(tags, uri, version) == expected
+
+
+@pytest.mark.parametrize(('reference', 'reproduced', 'expected'), [
+    pytest.param({'m': {'acc': [(0, 0.5)]}}, {'m': {'acc': [(0, 0.5)]}}, [], id='same'),
+    pytest.param({'m': {'acc': [(0, 0.5)]}}, {'m': {'acc': [(0, 0.6)]}},
+                 [('m', 'acc', 0.5, 0.6)], id='differs'),
+    pytest.param({'m': {'acc': [(0, 0.5)]}}, {}, [], id='only-one-run-logged-models'),
+    pytest.param({'m': {'acc': [(0, 0.5)]}}, {'n': {'acc': [(0, 0.5)]}},
+                 [('m', 'acc', 0.5, None), ('n', 'acc', None, 0.5)], id='models-by-name'),
+])
+def test_compare_model_metrics(reference, reproduced, expected):
+    found = reproduce_run.compare_model_metrics(reference, reproduced, TIGHT)
+    assert [(model, m.key, m.reference, m.reproduced) for model, m in found] == expected
+
+
+def test_nothing_to_say_prints_no_section():
+    nothing = Differences(environment_source='reproduction', environment_unknown=None)
+    assert reproduce_run.differences_lines(nothing) == []
+    assert reproduce_run.differences_lines(None) == []
+
+
+def test_json_always_has_the_differences():
+    verdict = reproduce_run.judge({'m': [(0, 1.0)]}, {'m': [(0, 1.0)]}, TIGHT)
+    report = reproduce_run.Report('equal', 0, 'a', 'b', verdict=verdict)
+    assert json.loads(reproduce_run.format_json(report))['differences'] == {
+        'environment': [], 'datasets': [], 'code': [], 'models': [],
+        'environment_source': 'unknown', 'environment_compared': False}
+
+
+# --- capturing and recording the environment --------------------------------------
+
+def test_capture_environment_describes_this_interpreter(tmp_path):
+    env = {**os.environ, 'PYTHONHASHSEED': '7'}
+    env.pop('OMP_NUM_THREADS', None)
+    found = reproduce_run.capture_environment(None, env, str(tmp_path))
+    assert found['python'] == {'version': platform.python_version(),
+                               'implementation': platform.python_implementation(),
+                               'executable': sys.executable}
+    assert found['platform']['system'] == platform.system()
+    assert found['cpu_count'] == os.cpu_count()
+    assert found['packages']['scikit-learn'] == importlib.metadata.version('scikit-learn')
+    assert found['env']['PYTHONHASHSEED'] == '7'
+    assert found['env']['OMP_NUM_THREADS'] is None
+    assert set(found['env']) == {
+        'PYTHONHASHSEED', 'CUDA_VISIBLE_DEVICES', 'CUBLAS_WORKSPACE_CONFIG', 'OMP_NUM_THREADS',
+        'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'TF_DETERMINISTIC_OPS',
+        'TF_CUDNN_DETERMINISTIC'}
+    assert found['gpu'] is None or isinstance(found['gpu'], list)
+
+
+def test_capture_environment_runs_in_the_activated_environment(tmp_path):
+    """A built environment (here a real venv, activated as MLflow activates
+    one) is described, not the tool's interpreter."""
+    venv = tmp_path / 'venv'
+    subprocess.run((sys.executable, '-m', 'venv', '--without-pip', str(venv)), check=True)
+    found = reproduce_run.capture_environment(
+        f'source {venv}/bin/activate && echo activated', os.environ, str(tmp_path))
+    assert found['python']['executable'] == str(venv / 'bin' / 'python')
+    assert 'mlflow' not in found['packages']
+    assert 'scikit-learn' not in found['packages']
+
+
+def test_capture_failure_warns_and_gives_none(tmp_path, capsys):
+    found = reproduce_run.capture_environment('false', os.environ, str(tmp_path))
+    assert found is None
+    assert capsys.readouterr().err.startswith(
+        "reproduce_run: warning: cannot capture the project's environment: ")
+
+
+def run_with_environment(tmp_path: Path, **variables: str) -> str:
+    """A finished run whose reproduce/environment.json is the real capture of
+    this interpreter with the given variables."""
+    run_id = logged_run({'acc': [0.5]})
+    env = {**os.environ, **variables}
+    captured = reproduce_run.capture_environment(None, env, str(tmp_path))
+    reproduce_run.record_environment(client(), run_id, captured)
+    return run_id
+
+
+def test_record_environment_writes_the_artifact(tmp_path):
+    run_id = run_with_environment(tmp_path, PYTHONHASHSEED='3')
+    found, source = reproduce_run.run_environment(client(), client().get_run(run_id))
+    assert source == 'reproduction'
+    assert found['env']['PYTHONHASHSEED'] == '3'
+    assert found['packages']['mlflow'] == importlib.metadata.version('mlflow')
+
+
+# --- --compare-to with real runs --------------------------------------------------
+
+def test_compare_to_reports_a_changed_hash_seed(tmp_path, capsys):
+    ref = run_with_environment(tmp_path, PYTHONHASHSEED='0')
+    other = run_with_environment(tmp_path, PYTHONHASHSEED='1')
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
+    assert code == 0  # they inform; the verdict stays about metrics
+    lines = out.splitlines()
+    assert lines[-4:] == [
+        'Other differences:',
+        "- environment (the reference run's from its reproduce/environment.json):",
+        '  - PYTHONHASHSEED: 0 -> 1',
+        'Runs equal: True',
+    ]
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'json')
+    differences = json.loads(out)['differences']
+    assert differences['environment'] == [
+        {'kind': 'env', 'name': 'PYTHONHASHSEED', 'reference': '0', 'reproduced': '1'}]
+    assert differences['environment_source'] == 'reproduction'
+
+
+def test_same_environment_prints_nothing_more(tmp_path, capsys):
+    ref = run_with_environment(tmp_path, PYTHONHASHSEED='0')
+    other = run_with_environment(tmp_path, PYTHONHASHSEED='0')
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
+    assert code == 0
+    assert 'Other differences' not in out
+    assert out.splitlines()[-2].startswith('+---')
+
+
+def test_unknown_reference_environment_is_said(capsys):
+    ref, other = logged_run({'acc': [0.5]}), logged_run({'acc': [0.5]})
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
+    assert code == 0
+    assert out.splitlines()[-3:] == [
+        'Other differences:',
+        ("- environment: not compared, the reference run's environment is unknown (no "
+         'reproduce/environment.json, no logged model)'),
+        'Runs equal: True',
+    ]
+
+
+def log_sklearn_model(**log_model_args) -> tuple[str, str]:
+    """(run ID, model ID) of a finished run that logged a small sklearn model."""
+    import mlflow
+    from sklearn.linear_model import LinearRegression
+
+    with mlflow.start_run() as run:
+        model = LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0])
+        info = mlflow.sklearn.log_model(model, name='model', **log_model_args)
+    return run.info.run_id, info.model_id
+
+
+def test_logged_model_pins_are_compared_with_installed_versions(tmp_path, capsys):
+    ref, _ = log_sklearn_model(pip_requirements=['scikit-learn==0.0.1'])
+    other = run_with_environment(tmp_path)
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'json')
+    differences = json.loads(out)['differences']
+    assert code == 1  # the reference logged no metric 'acc'
+    assert differences['environment_source'] == 'logged_model'
+    # mlflow is pinned too, at the installed version; nothing the model does
+    # not name (numpy, ...) is listed.
+    assert differences['environment'] == [
+        {'kind': 'package', 'name': 'scikit-learn', 'reference': '0.0.1',
+         'reproduced': importlib.metadata.version('scikit-learn')}]
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
+    assert ('  - package scikit-learn: 0.0.1 -> '
+            f"{importlib.metadata.version('scikit-learn')}") in out.splitlines()
+
+
+def test_model_metrics_from_a_later_evaluation_are_compared(capsys):
+    ref, ref_model = log_sklearn_model()
+    other, other_model = log_sklearn_model()
+    evaluation = logged_run({})
+    client().log_metric(evaluation, 'holdout_mae', 0.25, model_id=ref_model)
+    client().log_metric(evaluation, 'holdout_mae', 0.5, model_id=other_model)
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'json')
+    models = json.loads(out)['differences']['models']
+    assert [(m['model'], m['key'], m['reference'], m['reproduced'], m['equal'])
+            for m in models] == [('model', 'holdout_mae', 0.25, 0.5, False)]
+    assert code == 0
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
+    assert '  - model `model` metric holdout_mae: 0.25 -> 0.5' in out.splitlines()
+
+
+def test_dirty_reference_is_said(capsys):
+    ref, other = logged_run({'acc': [0.5]}), logged_run({'acc': [0.5]})
+    client().set_tag(ref, 'mlflow.source.git.dirty', 'true')
+    client().set_tag(ref, 'mlflow.source.git.commit', 'b' * 40)
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output',
+                             'markdown')
+    assert code == 0
+    assert ('  - the reference run was trained from uncommitted edits on top of commit '
+            'bbbbbbbbbbbb; no commit holds that code') in out.splitlines()
+    assert '  - the runs ran different commits: bbbbbbbbbbbb -> no recorded commit' in out
+
+
+@pytest.fixture(scope='module')
+def dataset_runs(samples_repo, store, tmp_path_factory) -> tuple[str, str]:
+    """Two `mlflow run`s of the dataset_input sample, the data file edited
+    between them (its first row)."""
+    data = tmp_path_factory.mktemp('data') / 'train.csv'
+    data.write_text((samples_repo / 'dataset_input' / 'data.csv').read_text())
+    project = str(samples_repo / 'dataset_input')
+    first = mlflow_run(project, store, '-P', f'data={data}')
+    lines = data.read_text().splitlines()
+    lines[1] = '0.05' + lines[1][1:]
+    data.write_text('\n'.join(lines) + '\n')
+    return first, mlflow_run(project, store, '-P', f'data={data}')
+
+
+def test_changed_dataset_is_reported_in_every_format(dataset_runs, capsys):
+    ref, other = dataset_runs
+    digests = [client().get_run(r).inputs.dataset_inputs[0].dataset.digest for r in dataset_runs]
+    line = f'  - dataset `train` (training) changed at its source (digest {digests[0]} -> ' \
+           f'{digests[1]})'
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
+    assert code == 1
+    assert out.splitlines()[-4:] == ['Other differences:', '- data:', line, 'Runs equal: False']
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'json')
+    differences = json.loads(out)['differences']
+    assert differences['datasets'] == [{'name': 'train', 'context': 'training',
+                                        'change': 'digest', 'reference': digests[0],
+                                        'reproduced': digests[1]}]
+    # Both models pin what trained them, in one interpreter: no package differs.
+    assert (differences['environment'], differences['environment_source']) == \
+        ([], 'logged_model')
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output',
+                             'markdown')
+    assert f'**Other differences:**\n\n- data:\n{line}\n\nRuns equal: False\n' in out
+
+
+def test_differences_go_into_the_run_description(dataset_runs):
+    """record_verdict writes the Markdown, with its section, as the description."""
+    c = client()
+    ref, other = (c.get_run(r) for r in dataset_runs)
+    verdict = reproduce_run.judge({}, {}, TIGHT)
+    reproduced = logged_run({})
+    report = reproduce_run.Report(
+        'equal', 0, ref.info.run_id, reproduced, verdict=verdict,
+        differences=reproduce_run.differences_between(c, ref, other, TIGHT))
+    reproduce_run.record_verdict(c, report, None, plots=False)
+    note = c.get_run(reproduced).data.tags['mlflow.note.content']
+    assert '**Other differences:**' in note
+    assert '  - dataset `train` (training) changed at its source (digest ' in note
+
+
+def test_sample_reads_its_data_from_the_default_file(samples_repo, store):
+    # Its own experiment: MLflow keeps one source per dataset digest and
+    # experiment, and the other tests log this very data from another file.
+    run_id = mlflow_run(str(samples_repo / 'dataset_input'), store,
+                        '--experiment-name', 'dataset-sample')
+    run = client().get_run(run_id)
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert (dataset_input.dataset.name, json.loads(dataset_input.dataset.source)) == \
+        ('train', {'uri': 'data.csv'})
+    environment, source = reproduce_run.run_environment(client(), run)
+    assert source == 'logged_model'
+    assert environment['packages']['scikit-learn'] == importlib.metadata.version('scikit-learn')
+
+
+def test_environment_sources_through_a_tracking_server(mlflow_server, monkeypatch, tmp_path):
+    """Artifacts and model files are downloaded through the server
+    (mlflow-artifacts: URIs), not read from a local folder."""
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server)
+    c = client()
+    with_env = run_with_environment(tmp_path, OMP_NUM_THREADS='2')
+    with_model, _ = log_sklearn_model(pip_requirements=['scikit-learn==0.0.1'])
+    assert reproduce_run.run_environment(c, c.get_run(with_env))[0]['env']['OMP_NUM_THREADS'] \
+        == '2'
+    environment, source = reproduce_run.run_environment(c, c.get_run(with_model))
+    assert (source, environment['packages']['scikit-learn']) == ('logged_model', '0.0.1')
