@@ -840,6 +840,142 @@ def project_output(tail: Sequence[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
+# Model registrations: by default the project registers its models into a
+# scratch registry in our temporary folder, so that a reproduction adds no
+# version to the shared registry (nor fires its webhooks and deployments).
+
+REGISTRY_URI_ENV = 'MLFLOW_REGISTRY_URI'
+SCRATCH_REGISTRY_FILE = 'registry.db'
+TAG_MODEL_VERSIONS = 'mlflow.modelVersions'  # on a logged model: versions made from it
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """A model version that the reproduced run registered."""
+    name: str
+    version: str
+    run_id: str | None
+    discarded: bool  # made in the scratch registry, and gone with it
+    model_id: str | None = None  # the logged model it was made from
+
+
+@dataclasses.dataclass(frozen=True)
+class Registrations:
+    kept: bool = False  # --keep-registrations: the project used the shared registry
+    versions: tuple[Registration, ...] = ()
+
+    @property
+    def discarded(self) -> tuple[Registration, ...]:
+        return tuple(r for r in self.versions if r.discarded)
+
+    @property
+    def shared(self) -> tuple[Registration, ...]:
+        return tuple(r for r in self.versions if not r.discarded)
+
+
+def scratch_registry(tmp_dir: str) -> str:
+    """The URI of a registry that lives and dies with tmp_dir.  MLflow creates
+    the file only when the project registers something."""
+    return 'sqlite:///' + os.path.join(os.path.abspath(tmp_dir), SCRATCH_REGISTRY_FILE)
+
+
+def project_registry_environ(tmp_dir: str, keep: bool) -> dict[str, str | None]:
+    """The registry the project's processes see: the scratch one, whatever the
+    user's environment names; with --keep-registrations the user's own, made
+    absolute like the tracking URI, since the project runs in another folder."""
+    if keep:
+        return {REGISTRY_URI_ENV: absolute_tracking_uri(os.environ.get(REGISTRY_URI_ENV))}
+    return {REGISTRY_URI_ENV: scratch_registry(tmp_dir)}
+
+
+def _model_id(source: str | None) -> str | None:
+    """'models:/m-abc' -> 'm-abc': the logged model a version was made from."""
+    if source and source.startswith('models:/m-') and '/' not in source[len('models:/'):]:
+        return source[len('models:/'):]
+    return None
+
+
+def discarded_registrations(scratch_uri: str) -> list[Registration]:
+    """The versions the project registered in the scratch registry.  Reads
+    nothing when it registered none (opening a new store would create it)."""
+    if not os.path.exists(scratch_uri[len('sqlite:///'):]):
+        return []
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(registry_uri=scratch_uri).search_model_versions()
+    return sorted(
+        (Registration(v.name, str(v.version), v.run_id, discarded=True,
+                      model_id=_model_id(v.source)) for v in versions),
+        key=lambda r: (r.name, int(r.version)),
+    )
+
+
+def shared_registrations(client: MlflowClient, run_id: str) -> list[Registration]:
+    """The versions of the reproduced run in the shared registry: those kept by
+    --keep-registrations, or made by a project that names its registry itself
+    (mlflow.set_registry_uri), which no environment variable can redirect."""
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    return sorted(
+        (Registration(v.name, str(v.version), v.run_id, discarded=False) for v in versions),
+        key=lambda r: (r.name, int(r.version)),
+    )
+
+
+def untag_discarded(client: MlflowClient, discarded: Sequence[Registration]) -> None:
+    """MLflow lists the versions made from a logged model in its tag
+    mlflow.modelVersions, in the tracking store: drop the discarded ones, so
+    that the UI does not link to versions that do not exist (or are others)."""
+    gone = {(r.model_id, r.name, r.version) for r in discarded}
+    for model_id in sorted({r.model_id for r in discarded if r.model_id}):
+        listed = json.loads(client.get_logged_model(model_id).tags.get(TAG_MODEL_VERSIONS, '[]'))
+        left = [v for v in listed if (model_id, v.get('name'), str(v.get('version'))) not in gone]
+        if left:
+            client.set_logged_model_tags(model_id, {TAG_MODEL_VERSIONS: json.dumps(left)})
+        else:
+            client.delete_logged_model_tag(model_id, TAG_MODEL_VERSIONS)
+
+
+def registrations_of(
+        client: MlflowClient, run_id: str, scratch_uri: str, keep: bool,
+) -> Registrations:
+    """What the reproduced run registered, read before the scratch registry
+    is removed with the temporary folder."""
+    found: list[Registration] = []
+    try:
+        if not keep:
+            found += discarded_registrations(scratch_uri)
+            untag_discarded(client, found)
+    except Exception as e:  # the verdict stands without this list
+        warn(f'could not read the scratch model registry: {_last_line(str(e))}')
+    try:
+        shared = shared_registrations(client, run_id)
+    except Exception as e:  # a registry that cannot search by run, for one
+        warn(f'could not search the model registry for run {run_id}: {_last_line(str(e))}')
+        shared = []
+    if shared and not keep:
+        warn(f'run {run_id} registered {_versions_listed(shared)} in the shared model '
+             f'registry although the project was given a scratch one (its code names '
+             f'its registry itself)')
+    return Registrations(kept=keep, versions=tuple(found + shared))
+
+
+def _versions_listed(versions: Sequence[Registration]) -> str:
+    return ', '.join(f'{r.name} v{r.version}' for r in versions)
+
+
+def registration_lines(registrations: Registrations) -> list[str]:
+    """For the reports: nothing when the run registered nothing."""
+    lines = []
+    if registrations.discarded:
+        lines.append(f'Model registrations discarded: {_versions_listed(registrations.discarded)}'
+                     f' (--keep-registrations keeps them)')
+    if registrations.shared:
+        what = 'kept' if registrations.kept else 'made in the shared registry'
+        lines.append(f'Model registrations {what}: {_versions_listed(registrations.shared)}')
+    return lines
+
+
+# ---------------------------------------------------------------------------
 # Reporting: a Report is rendered as text, JSON or Markdown, and recorded on
 # the reproduced run.
 
@@ -854,6 +990,7 @@ class Report:
     rules: Rules = Rules()
     message: str | None = None
     output_tail: tuple[str, ...] = ()
+    registrations: Registrations = Registrations()
 
     @property
     def equal(self) -> bool | None:
@@ -925,6 +1062,11 @@ def report_json(report: Report) -> dict[str, Any]:
         },
         'metrics': [_metric_json(m) for m in (verdict.metrics if verdict else ())],
         'output_tail': list(report.output_tail),
+        'registrations': {
+            'kept': report.registrations.kept,
+            'versions': [{'name': r.name, 'version': r.version, 'run_id': r.run_id,
+                          'discarded': r.discarded} for r in report.registrations.versions],
+        },
     }
 
 
@@ -1015,6 +1157,7 @@ def format_text(report: Report, verbose: bool = False) -> str:
         lines += _dry_run_lines(report.plan)
     elif report.plan:
         lines += _not_passed_lines(report.plan, verbose)
+    lines += registration_lines(report.registrations)
     if report.verdict:
         lines.append(_table(_metric_rows(report.verdict), 'psql'))
         lines.append(f'Runs equal: {report.verdict.equal}')
@@ -1036,6 +1179,7 @@ def format_markdown(report: Report, reference_link: str | None = None) -> str:
             f'- source: `{mask_credentials(plan.source.uri)}` at `{plan.source.version}`',
             f'- entry point: `{plan.entry_point}`, env manager `{plan.env_manager}`',
         ]
+    lines += [f'- {line[0].lower()}{line[1:]}' for line in registration_lines(report.registrations)]
     if report.message:
         lines += ['', f'> {report.message}']
     if report.verdict:
@@ -1298,11 +1442,15 @@ def reproduce(args: argparse.Namespace) -> Report:
                       f'{ref.status}) as run {run_id} in experiment {plan.experiment_name!r}: '
                       f'entry point {plan.entry_point!r} of {mask_credentials(source.uri)} at '
                       f'{commit} with env manager {plan.env_manager}', file=sys.stderr)
-            launch = run_project(client, plan, run, tmp_dir, user_environ, args.verbose)
+            registry = project_registry_environ(tmp_dir, args.keep_registrations)
+            launch = run_project(client, plan, run, tmp_dir, {**user_environ, **registry},
+                                 args.verbose)
+            registrations = registrations_of(client, run_id, scratch_registry(tmp_dir),
+                                             args.keep_registrations)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
         fields = dict(reference_run_id=args.run_id, reproduced_run_id=run_id, plan=plan,
-                      rules=rules, output_tail=launch.output_tail)
+                      rules=rules, output_tail=launch.output_tail, registrations=registrations)
         if launch.returncode != 0:
             output = project_output(launch.output_tail)
             last = f'; its last output line: {output[-1]}' if output else ''
@@ -1406,6 +1554,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument('--allow-unsafe-command', action='store_true',
                      help='run even when a param value with shell metacharacters would '
                           'land inside quotes in the command (it may run as shell code)')
+    out.add_argument('--keep-registrations', action='store_true',
+                     help='let the models the project registers reach the model registry '
+                          '(default: a scratch registry, discarded afterwards)')
     out.add_argument('--verbose', action='store_true',
                      help="show run details, MLflow's log lines and tracebacks")
     return parser
