@@ -1430,11 +1430,18 @@ def left_running_line(left_open: Sequence[tuple[str, str, str]]) -> str:
 def _project_environ(session: Session, tmp_dir: str, tag: str) -> dict[str, str]:
     """What the project's processes get: the user's environment as it was when
     the tool started, this Python first on PATH (for env manager local), a
-    temporary folder that is removed afterwards, and the tag that finds them."""
+    temporary folder that is removed afterwards, a scratch model registry and
+    the tag that finds them."""
     env = dict(session.user_environ)
     env['PATH'] = os.pathsep.join((os.path.dirname(sys.executable), env.get('PATH', '')))
-    env['TMPDIR'] = tmp_dir
+    env['TMPDIR'] = os.path.join(tmp_dir, 'tmp')
     env[PROCESS_TAG] = tag
+    for key, value in project_registry_environ(
+            tmp_dir, session.options.keep_registrations, session.user_environ).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     env['MLFLOW_TRACKING_URI'] = session.tracking_uri
     if not session.options.verbose and 'MLFLOW_LOGGING_LEVEL' not in env:
         env['MLFLOW_LOGGING_LEVEL'] = 'WARNING'
@@ -1513,7 +1520,7 @@ def start_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str
     activation = environment_activation(project, plan.env_manager, plan.project_dir)
     command = ' && '.join([*activation, *get_entry_point_command(
         project, plan.entry_point, plan.params.passed, os.path.join(tmp_dir, 'storage'))])
-    env = _project_environ(session, os.path.join(tmp_dir, 'tmp'), tag)
+    env = _project_environ(session, tmp_dir, tag)
     env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
     proc = subprocess.Popen(
         ('bash', '-c', command), cwd=plan.project_dir, env=env, stdin=subprocess.DEVNULL,
@@ -1528,7 +1535,7 @@ def _start_with_mlflow_run(session: Session, plan: Plan, run: Run, tmp_dir: str,
     from a `mlflow run` process of its own (in a session of its own)."""
     import mlflow.projects
 
-    env = _project_environ(session, os.path.join(tmp_dir, 'tmp'), tag)
+    env = _project_environ(session, tmp_dir, tag)
     with session.launch_lock, _environ(env), _stdio_into(output.write_fd):
         submitted = mlflow.projects.run(
             uri=plan.project_dir, entry_point=plan.entry_point, parameters=plan.params.passed,
@@ -2121,6 +2128,143 @@ def differences_lines(differences: Differences | None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
+# Model registrations: by default the project registers its models into a
+# scratch registry in our temporary folder, so that a reproduction adds no
+# version to the shared registry (nor fires its webhooks and deployments).
+
+REGISTRY_URI_ENV = 'MLFLOW_REGISTRY_URI'
+SCRATCH_REGISTRY_FILE = 'registry.db'
+TAG_MODEL_VERSIONS = 'mlflow.modelVersions'  # on a logged model: versions made from it
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """A model version that the reproduced run registered."""
+    name: str
+    version: str
+    run_id: str | None
+    discarded: bool  # made in the scratch registry, and gone with it
+    model_id: str | None = None  # the logged model it was made from
+
+
+@dataclasses.dataclass(frozen=True)
+class Registrations:
+    kept: bool = False  # --keep-registrations: the project used the shared registry
+    versions: tuple[Registration, ...] = ()
+
+    @property
+    def discarded(self) -> tuple[Registration, ...]:
+        return tuple(r for r in self.versions if r.discarded)
+
+    @property
+    def shared(self) -> tuple[Registration, ...]:
+        return tuple(r for r in self.versions if not r.discarded)
+
+
+def scratch_registry(tmp_dir: str) -> str:
+    """The URI of a registry that lives and dies with tmp_dir.  MLflow creates
+    the file only when the project registers something."""
+    return 'sqlite:///' + os.path.join(os.path.abspath(tmp_dir), SCRATCH_REGISTRY_FILE)
+
+
+def project_registry_environ(tmp_dir: str, keep: bool, environ: Mapping[str, str],
+                             ) -> dict[str, str | None]:
+    """The registry the project's processes see: the scratch one, whatever the
+    user's environment names; with --keep-registrations the user's own, made
+    absolute like the tracking URI, since the project runs in another folder."""
+    if keep:
+        return {REGISTRY_URI_ENV: absolute_tracking_uri(environ.get(REGISTRY_URI_ENV))}
+    return {REGISTRY_URI_ENV: scratch_registry(tmp_dir)}
+
+
+def _model_id(source: str | None) -> str | None:
+    """'models:/m-abc' -> 'm-abc': the logged model a version was made from."""
+    if source and source.startswith('models:/m-') and '/' not in source[len('models:/'):]:
+        return source[len('models:/'):]
+    return None
+
+
+def discarded_registrations(scratch_uri: str) -> list[Registration]:
+    """The versions the project registered in the scratch registry.  Reads
+    nothing when it registered none (opening a new store would create it)."""
+    if not os.path.exists(scratch_uri[len('sqlite:///'):]):
+        return []
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(registry_uri=scratch_uri).search_model_versions()
+    return sorted(
+        (Registration(v.name, str(v.version), v.run_id, discarded=True,
+                      model_id=_model_id(v.source)) for v in versions),
+        key=lambda r: (r.name, int(r.version)),
+    )
+
+
+def shared_registrations(client: MlflowClient, run_id: str) -> list[Registration]:
+    """The versions of the reproduced run in the shared registry: those kept by
+    --keep-registrations, or made by a project that names its registry itself
+    (mlflow.set_registry_uri), which no environment variable can redirect."""
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    return sorted(
+        (Registration(v.name, str(v.version), v.run_id, discarded=False) for v in versions),
+        key=lambda r: (r.name, int(r.version)),
+    )
+
+
+def untag_discarded(client: MlflowClient, discarded: Sequence[Registration]) -> None:
+    """MLflow lists the versions made from a logged model in its tag
+    mlflow.modelVersions, in the tracking store: drop the discarded ones, so
+    that the UI does not link to versions that do not exist (or are others)."""
+    gone = {(r.model_id, r.name, r.version) for r in discarded}
+    for model_id in sorted({r.model_id for r in discarded if r.model_id}):
+        listed = json.loads(client.get_logged_model(model_id).tags.get(TAG_MODEL_VERSIONS, '[]'))
+        left = [v for v in listed if (model_id, v.get('name'), str(v.get('version'))) not in gone]
+        if left:
+            client.set_logged_model_tags(model_id, {TAG_MODEL_VERSIONS: json.dumps(left)})
+        else:
+            client.delete_logged_model_tag(model_id, TAG_MODEL_VERSIONS)
+
+
+def registrations_of(
+        client: MlflowClient, run_id: str, scratch_uri: str, keep: bool,
+) -> Registrations:
+    """What the reproduced run registered, read before the scratch registry
+    is removed with the temporary folder."""
+    found: list[Registration] = []
+    try:
+        if not keep:
+            found += discarded_registrations(scratch_uri)
+            untag_discarded(client, found)
+    except Exception as e:  # the verdict stands without this list
+        warn(f'could not read the scratch model registry: {_last_line(str(e))}')
+    try:
+        shared = shared_registrations(client, run_id)
+    except Exception as e:  # a registry that cannot search by run, for one
+        warn(f'could not search the model registry for run {run_id}: {_last_line(str(e))}')
+        shared = []
+    if shared and not keep:
+        warn(f'run {run_id} registered {_versions_listed(shared)} in the shared model '
+             f'registry although the project was given a scratch one (its code names '
+             f'its registry itself)')
+    return Registrations(kept=keep, versions=tuple(found + shared))
+
+
+def _versions_listed(versions: Sequence[Registration]) -> str:
+    return ', '.join(f'{r.name} v{r.version}' for r in versions)
+
+
+def registration_lines(registrations: Registrations) -> list[str]:
+    """For the reports: nothing when the run registered nothing."""
+    lines = []
+    if registrations.discarded:
+        lines.append(f'Model registrations discarded: {_versions_listed(registrations.discarded)}'
+                     f' (--keep-registrations keeps them)')
+    if registrations.shared:
+        what = 'kept' if registrations.kept else 'made in the shared registry'
+        lines.append(f'Model registrations {what}: {_versions_listed(registrations.shared)}')
+    return lines
+
+
+# ---------------------------------------------------------------------------
 # Reporting: a Report is rendered as text, JSON or Markdown, and recorded on
 # the reproduced run.
 
@@ -2139,6 +2283,7 @@ class Report:
     model: str | None = None  # the registered model version that named the run
     seconds: float = 0.0
     differences: Differences | None = None  # besides metrics; None: not looked at
+    registrations: Registrations = Registrations()
 
     @property
     def equal(self) -> bool | None:
@@ -2213,6 +2358,11 @@ def report_json(report: Report) -> dict[str, Any]:
         'output_tail': list(report.output_tail),
         'model': report.model,
         'seconds': round(report.seconds, 3),
+        'registrations': {
+            'kept': report.registrations.kept,
+            'versions': [{'name': r.name, 'version': r.version, 'run_id': r.run_id,
+                          'discarded': r.discarded} for r in report.registrations.versions],
+        },
     }
 
 
@@ -2303,6 +2453,7 @@ def format_text(report: Report, verbose: bool = False) -> str:
         lines += _dry_run_lines(report.plan)
     elif report.plan:
         lines += _not_passed_lines(report.plan, verbose)
+    lines += registration_lines(report.registrations)
     if report.verdict:
         lines.append(_table(_metric_rows(report.verdict), 'psql'))
         lines += differences_lines(report.differences)
@@ -2325,6 +2476,7 @@ def format_markdown(report: Report, reference_link: str | None = None) -> str:
             f'- source: `{mask_credentials(plan.source.uri)}` at `{plan.source.version}`',
             f'- entry point: `{plan.entry_point}`, env manager `{plan.env_manager}`',
         ]
+    lines += [f'- {line[0].lower()}{line[1:]}' for line in registration_lines(report.registrations)]
     if report.message:
         lines += ['', f'> {report.message}']
     if report.verdict:
@@ -2719,6 +2871,7 @@ class Options:
     verbose: bool = False
     quiet: bool = False
     jobs: int = 1
+    keep_registrations: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -2727,7 +2880,7 @@ class Options:
             entry_point=args.entry_point, env_manager=args.env_manager, rules=rules_from(args),
             last_only=args.last_only, plots=not args.no_plots, dry_run=args.dry_run,
             allow_unsafe_command=args.allow_unsafe_command, verbose=args.verbose,
-            quiet=args.quiet, jobs=args.jobs,
+            quiet=args.quiet, jobs=args.jobs, keep_registrations=args.keep_registrations,
         )
 
 
@@ -2876,7 +3029,10 @@ def _reproduce(session: Session, run_id: str, index: int, parent_run_id: str | N
     progress.log_path = output.log_path
     launch = run_project(session, plan, run, tmp_dir, f'{session.tag}.{index}', output)
     progress.output_tail = launch.output_tail
-    fields.update(reproduced_run_id=new_id, output_tail=launch.output_tail)
+    registrations = registrations_of(client, new_id, scratch_registry(tmp_dir),
+                                     options.keep_registrations)
+    fields.update(reproduced_run_id=new_id, output_tail=launch.output_tail,
+                  registrations=registrations)
     if launch.returncode != 0:
         last = project_error_line(launch.output_tail)
         return Report(status='failed', exit_code=EXIT_RUN_FAILED, **fields,
@@ -3393,6 +3549,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument('--allow-unsafe-command', action='store_true',
                      help='run even when a param value with shell metacharacters would '
                           'land inside quotes in the command (it may run as shell code)')
+    out.add_argument('--keep-registrations', action='store_true',
+                     help='let the models the project registers reach the model registry '
+                          '(default: a scratch registry, discarded afterwards)')
     out.add_argument('--verbose', action='store_true',
                      help="show run details, MLflow's log lines and tracebacks")
     out.add_argument('--quiet', '-q', action='store_true',

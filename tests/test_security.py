@@ -3,8 +3,6 @@ out of the checkout, and credentials in URIs (issue 7, rows 13-18)."""
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import subprocess
 from pathlib import Path
 
