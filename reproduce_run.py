@@ -168,11 +168,17 @@ class Verdict:
 
 
 def values_close(reproduced: float, reference: float, tol: Tolerance) -> bool:
-    """|a - b| <= atol + rtol * |b|, where NaN equals NaN and inf equals inf."""
+    """|a - b| <= atol + rtol * |b|, where NaN equals NaN and inf equals inf.
+
+    An infinite tolerance ("ignore the magnitude") accepts any two finite
+    values; computed, it would give inf * 0 = NaN for a zero reference.
+    """
     if math.isnan(reproduced) or math.isnan(reference):
         return math.isnan(reproduced) and math.isnan(reference)
     if math.isinf(reproduced) or math.isinf(reference):
         return reproduced == reference
+    if math.isinf(tol.rtol) or math.isinf(tol.atol):
+        return True
     return abs(reproduced - reference) <= tol.atol + tol.rtol * abs(reference)
 
 
@@ -885,8 +891,8 @@ def _metric_json(m: MetricVerdict) -> dict[str, Any]:
         'rel_diff': _json_float(_relative_diff(m)),
         'equal': m.equal,
         'ignored': m.ignored,
-        'rtol': m.tolerance.rtol,
-        'atol': m.tolerance.atol,
+        'rtol': _json_float(m.tolerance.rtol),
+        'atol': _json_float(m.tolerance.atol),
         'steps_compared': m.steps_compared,
         'first_divergent_step': m.first_divergent_step,
     }
@@ -917,9 +923,10 @@ def report_json(report: Report) -> dict[str, Any]:
             ],
         },
         'tolerance': {
-            'rtol': report.rules.default.rtol,
-            'atol': report.rules.default.atol,
-            'overrides': [{'pattern': pattern, 'rtol': tol.rtol, 'atol': tol.atol}
+            'rtol': _json_float(report.rules.default.rtol),
+            'atol': _json_float(report.rules.default.atol),
+            'overrides': [{'pattern': pattern, 'rtol': _json_float(tol.rtol),
+                           'atol': _json_float(tol.atol)}
                           for pattern, tol in report.rules.overrides],
             'ignored': list(report.rules.ignored),
         },

@@ -1,0 +1,78 @@
+"""Correctness under odd data and odd conditions (issue 7, rows 8 and 19-24):
+infinite tolerances, ties in metric histories, concurrent experiment creation,
+long descriptions, plot names, the reference's status, a missing store."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from test_reproduce_run import client, logged_run, reproduce
+
+import reproduce_run
+from reproduce_run import Tolerance
+
+NAN, INF = math.nan, math.inf
+TIGHT = Tolerance(rtol=1e-9, atol=0.0)
+
+
+# --- row 8: infinite tolerances -------------------------------------------------
+
+@pytest.mark.parametrize(('reproduced', 'reference', 'tol', 'expected'), [
+    pytest.param(5.0, 0.0, Tolerance(rtol=INF), True, id='inf-rtol-zero-reference'),
+    pytest.param(-1e300, 1e300, Tolerance(rtol=INF), True, id='inf-rtol-far-apart'),
+    pytest.param(1e-12, 0.0, Tolerance(rtol=0.0, atol=INF), True, id='inf-atol'),
+    pytest.param(3.0, 2.0, Tolerance(rtol=INF, atol=INF), True, id='both-inf'),
+    pytest.param(NAN, 1.0, Tolerance(rtol=INF, atol=INF), False, id='nan-still-differs'),
+    pytest.param(NAN, NAN, Tolerance(rtol=INF), True, id='nan-equals-nan'),
+    pytest.param(INF, 1.0, Tolerance(rtol=INF, atol=INF), False, id='inf-value-still-differs'),
+    pytest.param(-INF, -INF, Tolerance(rtol=INF), True, id='same-inf-equal'),
+])
+def test_values_close_with_infinite_tolerance(reproduced, reference, tol, expected):
+    assert reproduce_run.values_close(reproduced, reference, tol) is expected
+
+
+@pytest.mark.parametrize(('argv', 'rtol', 'atol', 'overrides'), [
+    pytest.param(('--tolerance', 'final=inf'), 1e-9, 0.0,
+                 [{'pattern': 'final', 'rtol': 'Infinity', 'atol': 0.0}], id='tolerance-inf'),
+    pytest.param(('--rtol', 'inf'), 'Infinity', 0.0, [], id='rtol-inf'),
+    pytest.param(('--atol', '1e999'), 1e-9, 'Infinity', [], id='atol-overflows-to-inf'),
+    pytest.param(('--tolerance', 'final=1,inf'), 1e-9, 0.0,
+                 [{'pattern': 'final', 'rtol': 1.0, 'atol': 'Infinity'}], id='tolerance-atol-inf'),
+])
+def test_infinite_tolerance_is_accepted_and_written_as_json_strings(argv, rtol, atol, overrides,
+                                                                     capsys):
+    ref = logged_run({'final': [0.0, 1.0], 'other': [2.0]})
+    other = logged_run({'final': [7.0, 1e6], 'other': [2.0]})
+    code, out, err = reproduce(capsys, '--run_id', ref, '--compare-to', other,
+                               '--output', 'json', *argv)
+    assert err == ''
+    doc = json.loads(out)
+    assert (code, doc['status'], doc['equal']) == (0, 'equal', True)
+    assert doc['tolerance'] == {'rtol': rtol, 'atol': atol, 'overrides': overrides,
+                                'ignored': []}
+    final = next(m for m in doc['metrics'] if m['key'] == 'final')
+    expected = overrides[0] if overrides else {'rtol': rtol, 'atol': atol}
+    assert (final['rtol'], final['atol'], final['equal']) == \
+        (expected['rtol'], expected['atol'], True)
+    assert float(final['rtol']) >= 0 and float(final['atol']) >= 0
+
+
+def test_infinite_tolerance_in_a_recorded_comparison(capsys):
+    """comparison.json is written (not silently missing) with an inf tolerance."""
+    ref = logged_run({'final': [1.0]})
+    other = logged_run({'final': [2.0]})
+    c = client()
+    run = c.get_run(other)
+    verdict = reproduce_run.judge({'final': [(0, 1.0)]}, {'final': [(0, 2.0)]},
+                                  reproduce_run.Rules(Tolerance(rtol=INF)))
+    report = reproduce_run.Report('equal', 0, ref, run.info.run_id, verdict=verdict,
+                                  rules=reproduce_run.Rules(Tolerance(rtol=INF)))
+    reproduce_run.record_verdict(c, report, None, plots=False)
+    assert capsys.readouterr().err == ''
+    path = c.download_artifacts(other, 'reproduce/comparison.json')
+    doc = json.loads(Path(path).read_text())
+    assert (doc['tolerance']['rtol'], doc['metrics'][0]['rtol'], doc['equal']) == \
+        ('Infinity', 'Infinity', True)
+    assert c.get_run(other).data.tags['reproduce.rtol'] == 'inf'
