@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -100,7 +100,11 @@ class _Terminated(BaseException):
 # ---------------------------------------------------------------------------
 # Judging: pure functions, histories in, verdict out.
 
-Point = tuple[int | None, float]  # (step, value); step None: latest value only
+class Point(NamedTuple):
+    """One logged value.  A plain (step, value) tuple works as well."""
+    step: int | None  # None: the latest value only (--last-only), step unknown
+    value: float
+    timestamp: int | None = None  # milliseconds; None: unknown, ties with nothing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,15 +204,17 @@ def compare_histories(
     """Compare two histories point by point, in step order.
 
     Several values logged at one step are compared in the order they were
-    logged.  A point missing on one side is a divergence at its step.
+    logged, except values that share one step and one timestamp on either
+    side: the store returns such a tie in an order of its own (by value), so
+    they are compared as the multiset they are.  A point missing on one side
+    is a divergence at its step.
     """
-    ref = sorted(reference, key=lambda p: p[0] or 0)  # stable: keeps logging order
-    new = sorted(reproduced, key=lambda p: p[0] or 0)
+    ref, new = _settle_ties(_in_logging_order(reference), _in_logging_order(reproduced))
     divergence = _first_divergence(ref, new, tol)
     return MetricVerdict(
         key=key,
-        reference=ref[-1][1] if ref else None,
-        reproduced=new[-1][1] if new else None,
+        reference=ref[-1].value if ref else None,
+        reproduced=new[-1].value if new else None,
         equal=bool(ref) and bool(new) and divergence is None,
         steps_compared=min(len(ref), len(new)),
         # None for latest values only, whose step is not known.
@@ -218,11 +224,49 @@ def compare_histories(
     )
 
 
+def _in_logging_order(points: Sequence[tuple[Any, ...]]) -> list[Point]:
+    """By step, then timestamp; stable, so points without a timestamp keep
+    the order they were given in."""
+    return sorted((Point(*p) for p in points), key=lambda p: (p.step or 0, p.timestamp or 0))
+
+
+def _tied(a: Point, b: Point) -> bool:
+    """Logged at one step within one millisecond: their order is unknown."""
+    return a.step == b.step and a.timestamp is not None and a.timestamp == b.timestamp
+
+
+def _common_blocks(ref: Sequence[Point], new: Sequence[Point]) -> Iterator[tuple[int, int]]:
+    """[start, end) stretches of the compared prefix, cut only where neither
+    side has a tie: a tie on either side stays within one stretch."""
+    n, start = min(len(ref), len(new)), 0
+    for i in range(1, n + 1):
+        if i == n or not (_tied(ref[i - 1], ref[i]) or _tied(new[i - 1], new[i])):
+            yield start, i
+            start = i
+
+
+def _by_value(p: Point) -> tuple[int, bool, float]:
+    return (p.step or 0, math.isnan(p.value), p.value)  # NaN last, so NaN meets NaN
+
+
+def _settle_ties(
+        ref: Sequence[Point], new: Sequence[Point],
+) -> tuple[list[Point], list[Point]]:
+    """Both histories with each stretch that holds a tie sorted by value, so
+    that comparing point by point compares those stretches as multisets."""
+    ref, new = list(ref), list(new)
+    for start, end in _common_blocks(ref, new):
+        if end - start > 1:
+            ref[start:end] = sorted(ref[start:end], key=_by_value)
+            new[start:end] = sorted(new[start:end], key=_by_value)
+    return ref, new
+
+
 def _first_divergence(
         ref: Sequence[Point], new: Sequence[Point], tol: Tolerance,
 ) -> tuple[int | None] | None:
     """(step,) of the first point that differs, None when none does."""
-    for (ref_step, ref_value), (new_step, new_value) in zip(ref, new):
+    for (ref_step, ref_value, _), (new_step, new_value, _) in zip(ref, new):
         if ref_step != new_step:
             return (min(ref_step, new_step),)
         if not values_close(new_value, ref_value, tol):
@@ -814,7 +858,7 @@ def read_histories(
     """Each run's metric histories, one request per metric (MlflowClient
     pages long histories), overlapped when the store is remote."""
     if last_only:  # the latest values are already in the run; their step is not
-        return [{k: [(None, v)] for k, v in run.data.metrics.items()} for run in runs]
+        return [{k: [Point(None, v)] for k, v in run.data.metrics.items()} for run in runs]
     from concurrent.futures import ThreadPoolExecutor
 
     wanted = [(run.info.run_id, key) for run in runs for key in run.data.metrics]
@@ -832,7 +876,7 @@ def read_histories(
     by_run: dict[str, dict[str, list[Point]]] = {r.info.run_id: {} for r in runs}
     for (run_id, key), history in zip(wanted, fetched, strict=True):
         history = sorted(history, key=lambda m: (m.step, m.timestamp))
-        by_run[run_id][key] = [(m.step, m.value) for m in history]
+        by_run[run_id][key] = [Point(m.step, m.value, m.timestamp) for m in history]
     return [by_run[run.info.run_id] for run in runs]
 
 

@@ -76,3 +76,40 @@ def test_infinite_tolerance_in_a_recorded_comparison(capsys):
     assert (doc['tolerance']['rtol'], doc['metrics'][0]['rtol'], doc['equal']) == \
         ('Infinity', 'Infinity', True)
     assert c.get_run(other).data.tags['reproduce.rtol'] == 'inf'
+
+
+# --- row 19: values tied at one step and one timestamp ---------------------------
+
+def batch_run(metrics: list[tuple[str, float, int, int]]) -> str:
+    """A finished run whose metrics are logged as given: (key, value, timestamp, step)."""
+    from mlflow.entities import Metric
+
+    c = client()
+    run_id = c.create_run(c.get_experiment_by_name('Default').experiment_id).info.run_id
+    c.log_batch(run_id, metrics=[Metric(*m) for m in metrics])
+    c.set_terminated(run_id)
+    return run_id
+
+
+def test_values_tied_at_one_step_and_timestamp_compare_equal(capsys):
+    t = 1_700_000_000_000
+    # The store hands the tie back sorted by value: 1.0 before 2.0.
+    ref = batch_run([('loss', 2.0, t, 0), ('loss', 1.0, t, 0), ('loss', 0.5, t + 5, 1),
+                     ('acc', 0.9, t, 0), ('acc', 0.1, t, 0)])
+    assert [m.value for m in client().get_metric_history(ref, 'loss')] == [1.0, 2.0, 0.5]
+    # The reproduction logged the same values in the same order, a millisecond apart.
+    other = batch_run([('loss', 2.0, t + 100, 0), ('loss', 1.0, t + 101, 0),
+                       ('loss', 0.5, t + 102, 1), ('acc', 0.9, t + 100, 0),
+                       ('acc', 0.1, t + 100, 0)])
+    code, out, err = reproduce(capsys, '--run_id', ref, '--compare-to', other)
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True'), out
+    assert 'differs' not in out
+
+
+def test_values_at_one_step_in_another_order_still_differ(capsys):
+    t = 1_700_000_000_000
+    ref = batch_run([('loss', 2.0, t, 0), ('loss', 1.0, t + 1, 0)])
+    other = batch_run([('loss', 1.0, t, 0), ('loss', 2.0, t + 1, 0)])
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
+    assert code == 1
+    assert 'differs from step 0' in out
