@@ -464,8 +464,18 @@ def _local_repo(repo: str) -> str | None:
     return os.path.abspath(path)
 
 
+# SQLAlchemy ends its errors with the statement, its parameters and a link to
+# its docs ("(Background on this error at: https://sqlalche.me/...)").
+_SQLALCHEMY_TAIL_RE = re.compile(r'^(\[SQL: |\(Background on this error at: )')
+
+
 def _last_line(text: str) -> str:
+    """The line of an error message that says what went wrong: the last one,
+    or for SQLAlchemy's errors the one before the statement and the link."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    tail = next((i for i, line in enumerate(lines) if _SQLALCHEMY_TAIL_RE.match(line)), None)
+    if tail is not None:
+        lines = lines[:tail] or [line for line in lines if not line.startswith('(Background')]
     return lines[-1] if lines else ''
 
 
@@ -600,9 +610,19 @@ def params_to_log(entry_point: Any, params: Params) -> dict[str, str]:
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's ID, created if missing; race-safe, for two
+    reproductions that start at once into a new experiment."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name)
+        try:
+            return client.create_experiment(name)
+        except MlflowException:
+            # Another process created it since we looked: use that one.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
     if experiment.lifecycle_stage == 'deleted':
         raise ReproduceError(
             f'experiment {name!r} is deleted; restore it or choose another '

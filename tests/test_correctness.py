@@ -113,3 +113,78 @@ def test_values_at_one_step_in_another_order_still_differ(capsys):
     code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
     assert code == 1
     assert 'differs from step 0' in out
+
+
+# --- row 20: two reproductions create one experiment at once -----------------------
+
+SQL_TAIL = ("\n[SQL: INSERT INTO experiments (name, workspace, artifact_location, lifecycle_stage,"
+            " creation_time, last_update_time) VALUES (?, ?, ?, ?, ?, ?)]\n[parameters: ('e0', "
+            "'default', None, 'active', 1795962003100, 1795962003100)]\n(Background on this "
+            "error at: https://sqlalche.me/e/21/gkpj)")
+
+
+@pytest.mark.parametrize(('text', 'expected'), [
+    pytest.param('Experiment(name=e0) already exists. Error: (sqlite3.IntegrityError) UNIQUE '
+                 'constraint failed: experiments.workspace, experiments.name' + SQL_TAIL,
+                 'Experiment(name=e0) already exists. Error: (sqlite3.IntegrityError) UNIQUE '
+                 'constraint failed: experiments.workspace, experiments.name',
+                 id='integrity-error'),
+    pytest.param('(sqlite3.OperationalError) database is locked\n[SQL: UPDATE runs SET '
+                 'status=? WHERE runs.run_uuid = ?]\n[parameters: (\'FINISHED\', \'abc\')]\n'
+                 '(Background on this error at: https://sqlalche.me/e/20/e3q8)',
+                 '(sqlite3.OperationalError) database is locked', id='operational-error'),
+    pytest.param('(psycopg2.OperationalError) connection to server at "db" failed\n'
+                 '(Background on this error at: https://sqlalche.me/e/20/e3q8)',
+                 '(psycopg2.OperationalError) connection to server at "db" failed',
+                 id='link-without-statement'),
+    pytest.param('[SQL: SELECT 1]\n(Background on this error at: https://sqlalche.me/e/20/x)',
+                 '[SQL: SELECT 1]', id='nothing-before-the-statement'),
+    pytest.param('first\nsecond line\n', 'second line', id='plain-text-last-line'),
+    pytest.param('', '', id='empty'),
+])
+def test_last_line_of_an_error_is_its_cause(text, expected):
+    assert reproduce_run._last_line(text) == expected
+
+
+def test_experiment_creation_is_race_safe(tmp_path):
+    """Two clients create the same new experiment at once, ten times over."""
+    import threading
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'race.db'}"
+    mlflow.MlflowClient(uri).search_experiments()  # the schema, made once
+    for attempt in range(10):
+        name = f'race-{attempt}'
+        barrier, ids, errors = threading.Barrier(2), [], []
+
+        def create() -> None:
+            c = mlflow.MlflowClient(uri)
+            barrier.wait()
+            try:
+                ids.append(reproduce_run._experiment_id(c, name))
+            except Exception as e:
+                errors.append(e)
+        threads = [threading.Thread(target=create) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert len(ids) == 2 and ids[0] == ids[1]
+        assert mlflow.MlflowClient(uri).get_experiment_by_name(name).experiment_id == ids[0]
+
+
+def test_mlflow_error_names_the_cause_not_the_sqlalchemy_link(tmp_path):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'twice.db'}")
+    c.create_experiment('twice')
+    with pytest.raises(MlflowException) as raised:
+        c.create_experiment('twice')
+    assert 'sqlalche.me' in str(raised.value)
+    message = str(reproduce_run._mlflow_error('cannot create the reproduced run', raised.value))
+    assert message.startswith('cannot create the reproduced run: Experiment(name=twice) already '
+                              'exists. Error: (sqlite3.IntegrityError) UNIQUE constraint failed')
+    assert 'sqlalche.me' not in message and '\n' not in message
