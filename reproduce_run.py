@@ -77,6 +77,8 @@ TAG_ATOL = 'reproduce.atol'
 TAG_NOTE = 'mlflow.note.content'  # the run description the MLflow UI shows
 ARTIFACT_DIR = 'reproduce'  # comparison.json and plots/ go here
 COMPARISON_ARTIFACT = 'comparison.json'
+TAG_VALUE_LIMIT = 8000  # characters: MLflow refuses or cuts a longer tag value
+SHORT_CELL = 60  # characters of a table cell in a shortened run description
 STATUSES = ('planned', 'equal', 'differ', 'failed', 'error')
 UNFINISHED_STATUSES = ('RUNNING', 'SCHEDULED')  # MLflow run statuses not yet closed
 
@@ -660,8 +662,9 @@ def create_reproduced_run(client: MlflowClient, plan: Plan) -> Run:
     try:
         run = client.create_run(
             _experiment_id(client, plan.experiment_name),
-            tags=tags,
-            run_name=RUN_NAME_PREFIX + (plan.reference.info.run_name or plan.reference.info.run_id),
+            tags={k: fit_tag(v) for k, v in tags.items()},
+            run_name=fit_tag(
+                RUN_NAME_PREFIX + (plan.reference.info.run_name or plan.reference.info.run_id)),
         )
     except MlflowException as e:
         raise _mlflow_error('cannot create the reproduced run', e) from None
@@ -1092,8 +1095,58 @@ def format_text(report: Report, verbose: bool = False) -> str:
     return '\n'.join(lines)
 
 
-def format_markdown(report: Report, reference_link: str | None = None) -> str:
-    """GitHub-flavoured: a pull request comment, a chat message, a run description."""
+def _truncated(value: Any, limit: int) -> Any:
+    if not isinstance(value, str) or len(value) <= limit:
+        return value
+    return value[:limit - 1] + '…'
+
+
+def _shortened(
+        rows: tuple[list[str], list[list[Any]]], max_rows: int,
+) -> tuple[tuple[list[str], list[list[Any]]], int]:
+    """At most max_rows rows, those that differ first (kept in key order),
+    long cells cut; and how many rows were left out."""
+    headers, body = rows
+
+    def differs(row: list[Any]) -> bool:
+        return headers[-1] == 'Note' and row[-1] not in ('', 'ignored')
+    first = sorted(range(len(body)), key=lambda i: not differs(body[i]))  # stable
+    kept = set(first[:max_rows])
+    short = [[_truncated(cell, SHORT_CELL) for cell in row]
+             for i, row in enumerate(body) if i in kept]
+    return (headers, short), len(body) - len(short)
+
+
+def _markdown_table(
+        rows: tuple[list[str], list[list[Any]]], what: str, max_rows: int | None,
+) -> list[str]:
+    if max_rows is None:
+        return ['', _table(rows, 'github')]
+    rows, left_out = _shortened(rows, max_rows)
+    lines = ['', _table(rows, 'github')] if rows[1] else []
+    if left_out:
+        lines += ['', f'_{left_out} more {what} not shown: see `{ARTIFACT_DIR}/'
+                      f'{COMPARISON_ARTIFACT}`._']
+    return lines
+
+
+def _summary_line(verdict: Verdict) -> str:
+    metrics = [m for m in verdict.metrics if not m.ignored]
+    differing = sum(not m.equal for m in metrics)
+    params = sum(not p.equal for p in verdict.params)
+    return (f'- {differing} of {len(metrics)} metrics differ, {params} of '
+            f'{len(verdict.params)} params differ; the full report is '
+            f'`{ARTIFACT_DIR}/{COMPARISON_ARTIFACT}`')
+
+
+def format_markdown(
+        report: Report, reference_link: str | None = None, max_rows: int | None = None,
+) -> str:
+    """GitHub-flavoured: a pull request comment, a chat message, a run description.
+
+    max_rows shortens each table to that many rows, differing ones first,
+    with long cells cut and a summary line on top.
+    """
     reference = report.reference_run_id
     if reference_link:
         reference = f'[{reference}]({reference_link})'
@@ -1107,15 +1160,36 @@ def format_markdown(report: Report, reference_link: str | None = None) -> str:
             f'- source: `{mask_credentials(plan.source.uri)}` at `{plan.source.version}`',
             f'- entry point: `{plan.entry_point}`, env manager `{plan.env_manager}`',
         ]
+    if report.verdict and max_rows is not None:
+        lines += [_summary_line(report.verdict)]
     if report.message:
-        lines += ['', f'> {report.message}']
+        shown = report.message if max_rows is None else _truncated(report.message, 1000)
+        lines += ['', f'> {shown}']
     if report.verdict:
         if report.verdict.params:
-            lines += ['', _table(_param_rows(report.verdict), 'github')]
-        lines += ['', _table(_metric_rows(report.verdict), 'github')]
+            lines += _markdown_table(_param_rows(report.verdict), 'params', max_rows)
+        lines += _markdown_table(_metric_rows(report.verdict), 'metrics', max_rows)
     if report.equal is not None:
         lines += ['', f'Runs equal: {report.equal}']
     return '\n'.join(lines)
+
+
+def describe(report: Report, reference_link: str, limit: int = TAG_VALUE_LIMIT) -> str:
+    """The run description: the Markdown report, shortened until it fits
+    MLflow's tag limit; its first line and the verdict line are always kept."""
+    for max_rows in (None, 100, 50, 20, 10, 5, 0):
+        text = format_markdown(report, reference_link, max_rows)
+        if len(text) <= limit:
+            return text
+    head, _, last = text.rpartition('\n')
+    if report.equal is None:  # no verdict line: the status is in the first line
+        return _truncated(text, limit)
+    return _truncated(head, limit - len(last) - 1) + '\n' + last
+
+
+def fit_tag(value: str) -> str:
+    """A tag value MLflow accepts whole: long ones are cut, marked with …."""
+    return _truncated(value, TAG_VALUE_LIMIT)
 
 
 def render(report: Report, output: str, verbose: bool) -> str | None:
@@ -1195,9 +1269,9 @@ def record_verdict(
             TAG_STATUS: report.status,
             TAG_RTOL: repr(report.rules.default.rtol),
             TAG_ATOL: repr(report.rules.default.atol),
-            TAG_NOTE: format_markdown(report, _run_link(client, report.reference_run_id)),
+            TAG_NOTE: describe(report, _run_link(client, report.reference_run_id)),
         }
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        client.log_batch(run_id, tags=[RunTag(k, fit_tag(v)) for k, v in tags.items()])
         with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
             path = os.path.join(folder, COMPARISON_ARTIFACT)
             with open(path, 'w') as f:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,67 @@ def test_mlflow_error_names_the_cause_not_the_sqlalchemy_link(tmp_path):
     assert message.startswith('cannot create the reproduced run: Experiment(name=twice) already '
                               'exists. Error: (sqlite3.IntegrityError) UNIQUE constraint failed')
     assert 'sqlalche.me' not in message and '\n' not in message
+
+
+# --- row 21: the run description always fits MLflow's tag limit ---------------------
+
+def wide_report(metrics: int, param_chars: int, run_id: str = 'b' * 32,
+                message: str | None = None, reference_id: str = 'a' * 32) -> reproduce_run.Report:
+    """metrics metrics of which every 50th differs; one param of param_chars characters."""
+    reference = {f'm{i:03d}': [(0, float(i))] for i in range(metrics)}
+    reproduced = {f'm{i:03d}': [(0, float(i) + (i % 50 == 0))] for i in range(metrics)}
+    params = [reproduce_run.ParamVerdict('long', 'x' * param_chars, 'x' * param_chars),
+              reproduce_run.ParamVerdict('lr', '0.1', '0.2')]
+    verdict = reproduce_run.judge(reference, reproduced, reproduce_run.Rules(TIGHT), params)
+    return reproduce_run.Report('differ', 1, reference_id, run_id, verdict=verdict,
+                                message=message)
+
+
+@pytest.mark.parametrize(('metrics', 'param_chars', 'message'), [
+    pytest.param(300, 10, None, id='300-metrics'),
+    pytest.param(3, 5000, None, id='5000-character-param'),
+    pytest.param(300, 5000, None, id='both'),
+    pytest.param(2000, 5000, 'y' * 20000, id='huge-everything'),
+])
+def test_description_fits_with_summary_and_verdict(metrics, param_chars, message):
+    report = wide_report(metrics, param_chars, message=message)
+    assert len(reproduce_run.format_markdown(report, '#/x')) > 8000
+    text = reproduce_run.describe(report, '#/x')
+    assert len(text) <= 8000
+    lines = text.splitlines()
+    assert lines[0] == f'**Reproduction of run [{"a" * 32}](#/x)**: differ'
+    assert lines[-1] == 'Runs equal: False'
+    differing = len(range(0, metrics, 50))
+    assert f'- {differing} of {metrics} metrics differ, 1 of 2 params differ' in text
+    assert 'the full report is `reproduce/comparison.json`' in text
+    assert any(line.startswith('| lr ') and 'differs' in line for line in lines)
+    assert ('x' * 59 + '…' in text) == (param_chars > 60)
+    assert any(line.startswith('| m000 ') and 'differs' in line for line in lines)
+
+
+def test_short_description_is_the_whole_report():
+    report = wide_report(5, 10)
+    assert reproduce_run.describe(report, '#/x') == \
+        reproduce_run.format_markdown(report, '#/x')
+
+
+@pytest.mark.parametrize(('value', 'expected'), [
+    pytest.param('short', 'short', id='short'),
+    pytest.param('x' * 8000, 'x' * 8000, id='at-the-limit'),
+    pytest.param('x' * 8001, 'x' * 7999 + '…', id='over-the-limit'),
+])
+def test_fit_tag(value, expected):
+    assert reproduce_run.fit_tag(value) == expected
+
+
+def test_recorded_description_of_a_wide_report_keeps_its_verdict(capsys):
+    reference, run_id = logged_run({'m000': [1.0]}), logged_run({'m000': [1.0]})
+    report = wide_report(300, 5000, run_id=run_id, reference_id=reference)
+    reproduce_run.record_verdict(client(), report, None, plots=False)
+    assert capsys.readouterr().err == ''
+    note = client().get_run(run_id).data.tags['mlflow.note.content']
+    assert len(note) <= 8000
+    assert note.startswith(f'**Reproduction of run [{reference}]')
+    assert '- 6 of 300 metrics differ, 1 of 2 params differ' in note
+    assert note.endswith('\nRuns equal: False')
+    assert re.search(r'\n_\d+ more metrics not shown: see `reproduce/comparison.json`._\n', note)
