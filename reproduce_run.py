@@ -17,6 +17,7 @@ import collections
 import contextlib
 import dataclasses
 import fnmatch
+import hashlib
 import json
 import math
 import os
@@ -1206,8 +1207,25 @@ def render(report: Report, output: str, verbose: bool) -> str | None:
 # ---------------------------------------------------------------------------
 # Recording the verdict on the reproduced run.
 
-def _plot_name(key: str) -> str:
-    return re.sub(r'[^\w.-]', '_', key) + '.png'
+_UNSAFE_FILE_CHARS_RE = re.compile(r'[^A-Za-z0-9_.-]')
+PLOT_NAME_CHARS = 100  # of the metric key kept in a plot's file name
+
+
+def _hashed_plot_name(key: str) -> str:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return f'{_UNSAFE_FILE_CHARS_RE.sub("_", key)[:PLOT_NAME_CHARS]}-{digest}.png'
+
+
+def plot_names(keys: Sequence[str]) -> dict[str, str]:
+    """A file name for each metric's plot, no two alike even on a case-
+    insensitive file system.  A key that is a safe file name as it is keeps
+    it; any other key (`a b`, `a/b`), or one that would still collide, gets a
+    short hash of itself."""
+    names = {k: k + '.png' if not _UNSAFE_FILE_CHARS_RE.search(k) and
+             len(k) <= PLOT_NAME_CHARS else _hashed_plot_name(k) for k in keys}
+    taken = collections.Counter(name.casefold() for name in names.values())
+    return {k: _hashed_plot_name(k) if taken[name.casefold()] > 1 else name
+            for k, name in names.items()}
 
 
 def make_plots(
@@ -1225,6 +1243,7 @@ def make_plots(
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    names = plot_names([m.key for m in verdict.metrics])
     paths = []
     for m in wanted:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -1237,7 +1256,7 @@ def make_plots(
                        label=f'first divergence (step {m.first_divergent_step})')
         ax.set(title=m.key, xlabel='step', ylabel=m.key)
         ax.legend()
-        path = os.path.join(folder, _plot_name(m.key))
+        path = os.path.join(folder, names[m.key])
         fig.savefig(path, dpi=80)
         plt.close(fig)
         paths.append(path)

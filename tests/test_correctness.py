@@ -253,3 +253,52 @@ def test_recorded_description_of_a_wide_report_keeps_its_verdict(capsys):
     assert '- 6 of 300 metrics differ, 1 of 2 params differ' in note
     assert note.endswith('\nRuns equal: False')
     assert re.search(r'\n_\d+ more metrics not shown: see `reproduce/comparison.json`._\n', note)
+
+
+# --- row 22: one plot per metric, names that cannot collide ------------------------
+
+HASHED = r'-[0-9a-f]{10}\.png'
+
+
+@pytest.mark.parametrize(('keys', 'expected'), [
+    pytest.param(['loss', 'val_loss'], ['loss.png', 'val_loss.png'], id='safe-keys-kept'),
+    pytest.param(['a b', 'a/b', 'a:b', 'a_b'], ['a_b' + HASHED, 'a_b' + HASHED, 'a_b' + HASHED,
+                                                r'a_b\.png'], id='sanitized-keys-hashed'),
+    pytest.param(['Loss', 'loss'], ['Loss' + HASHED, 'loss' + HASHED], id='case-collision'),
+    pytest.param(['x' * 250], ['x' * 100 + HASHED], id='long-key-shortened'),
+    pytest.param(['é/ü'], ['___' + HASHED], id='non-ascii'),
+    pytest.param(['.', '..', 'a.png'], [r'\.\.png', r'\.\.\.png', r'a\.png\.png'],
+                 id='dots'),
+])
+def test_plot_names(keys, expected):
+    names = reproduce_run.plot_names(keys)
+    assert list(names) == keys
+    for key, pattern in zip(keys, expected):
+        assert re.fullmatch(pattern, names[key]), (key, names[key])
+    assert len({n.casefold() for n in names.values()}) == len(keys)
+    assert all(re.fullmatch(r'[A-Za-z0-9_.-]+', n) and len(n) < 255 for n in names.values())
+
+
+def test_hashed_name_cannot_collide_with_a_key_spelled_like_it():
+    taken = reproduce_run.plot_names(['a b'])['a b']
+    spelled = taken[:-len('.png')]
+    names = reproduce_run.plot_names(['a b', spelled])
+    assert len({n.casefold() for n in names.values()}) == 2
+
+
+def test_every_differing_metric_gets_its_own_plot(capsys):
+    keys = ['a b', 'a/b', 'a:b', 'a_b']
+    ref = logged_run({k: [1.0, 2.0, 3.0] for k in keys})
+    other = logged_run({k: [1.0, 2.0, 4.0 + i] for i, k in enumerate(keys)})
+    c = client()
+    verdict, histories = reproduce_run.judge_runs(
+        c, reproduce_run.Rules(TIGHT), False, c.get_run(ref), c.get_run(other), [])
+    report = reproduce_run.Report('differ', 1, ref, other, verdict=verdict)
+    reproduce_run.record_verdict(c, report, histories, plots=True)
+    assert capsys.readouterr().err == ''
+    plots = sorted(f.path for f in c.list_artifacts(other, 'reproduce/plots'))
+    assert len(plots) == 4
+    names = reproduce_run.plot_names(keys)
+    assert plots == sorted(f'reproduce/plots/{names[k]}' for k in keys)
+    for path in plots:
+        assert Path(c.download_artifacts(other, path)).read_bytes().startswith(b'\x89PNG')
