@@ -82,6 +82,7 @@ TAG_VALUE_LIMIT = 8000  # characters: MLflow refuses or cuts a longer tag value
 SHORT_CELL = 60  # characters of a table cell in a shortened run description
 STATUSES = ('planned', 'equal', 'differ', 'failed', 'error')
 UNFINISHED_STATUSES = ('RUNNING', 'SCHEDULED')  # MLflow run statuses not yet closed
+FAILED_STATUSES = ('FAILED', 'KILLED')  # closed, but not FINISHED
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
 _URL_CREDENTIALS_RE = re.compile(r'(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@')
@@ -567,6 +568,8 @@ def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
         raise _mlflow_error(f'cannot read run {run_id} from {tracking_uri}', e) from None
     if run.info.status in UNFINISHED_STATUSES:
         warn(f'run {run_id} is still {run.info.status}: its metrics may be incomplete')
+    elif run.info.status in FAILED_STATUSES:
+        warn(f'run {run_id} ended {run.info.status}: its metrics may be incomplete')
     # Deleting an experiment deletes its runs: name the cause.
     if experiment.lifecycle_stage == 'deleted':
         raise ReproduceError(
@@ -928,6 +931,11 @@ class Report:
     rules: Rules = Rules()
     message: str | None = None
     output_tail: tuple[str, ...] = ()
+    reference_status: str | None = None  # MLflow's; None when the reference was not read
+
+    def __post_init__(self) -> None:
+        if self.reference_status is None and self.plan is not None:
+            object.__setattr__(self, 'reference_status', self.plan.reference.info.status)
 
     @property
     def equal(self) -> bool | None:
@@ -970,6 +978,7 @@ def report_json(report: Report) -> dict[str, Any]:
     plan, verdict = report.plan, report.verdict
     return {
         'reference_run_id': report.reference_run_id,
+        'reference_status': report.reference_status,
         'reproduced_run_id': report.reproduced_run_id,
         'equal': report.equal,
         'status': report.status,
@@ -1077,8 +1086,15 @@ def _dry_run_lines(plan: Plan) -> list[str]:
     ]
 
 
+def _unusual_status(report: Report) -> str | None:
+    """The reference's status when it is worth a word: not FINISHED."""
+    status = report.reference_status
+    return status if status and status != 'FINISHED' else None
+
+
 def format_text(report: Report, verbose: bool = False) -> str:
-    lines = [f'Reference run:  {report.reference_run_id}']
+    status = _unusual_status(report)
+    lines = [f'Reference run:  {report.reference_run_id}' + (f' ({status})' if status else '')]
     if report.reproduced_run_id:
         label = 'Reproduced run:' if report.plan else 'Compared run:  '
         lines.append(f'{label} {report.reproduced_run_id}')
@@ -1152,6 +1168,8 @@ def format_markdown(
     if reference_link:
         reference = f'[{reference}]({reference_link})'
     lines = [f'**Reproduction of run {reference}**: {report.status}', '']
+    if status := _unusual_status(report):
+        lines += [f'- reference run status: **{status}**']
     if report.reproduced_run_id:
         label = 'reproduced run' if report.plan else 'compared run'
         lines += [f'- {label}: `{report.reproduced_run_id}`']
@@ -1402,6 +1420,7 @@ def compare_to(
     return _verdict_report(
         verdict, reference_run_id=reference.info.run_id,
         reproduced_run_id=other.info.run_id, rules=rules,
+        reference_status=reference.info.status,
     )
 
 
