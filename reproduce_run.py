@@ -1435,6 +1435,52 @@ def _remote_hint(reference: Run, source: Source, uri: str | None) -> str:
     return f'; the run also records its remote: try --uri {suggested}'
 
 
+def _has_mlruns_data(folder: str) -> bool:
+    """What makes MLflow 3 default to ./mlruns rather than sqlite:///mlflow.db
+    (mlflow/tracking/_tracking_service/utils.py: _has_existing_mlruns_data)."""
+    mlruns = os.path.join(folder, 'mlruns')
+    with contextlib.suppress(OSError):
+        return any(entry.is_dir() and entry.name.isdigit()
+                   and os.path.lexists(os.path.join(entry.path, 'meta.yaml'))
+                   for entry in os.scandir(mlruns))
+    return False
+
+
+def _local_store_path(uri: str) -> str | None:
+    """The file or folder a local tracking URI names; None for a server or a
+    database that is not a local file."""
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith('sqlite:///'):
+        path = unquote(uri[len('sqlite:///'):].partition('?')[0])
+        return None if path in ('', ':memory:') else path
+    if uri.startswith('file:'):
+        return unquote(urlparse(uri).path)
+    if not re.match(r'^[a-zA-Z][\w+.-]*:', uri):
+        return uri  # a plain path: a file store
+    return None
+
+
+def check_tracking_store(uri: str | None) -> None:
+    """Refuse to start without a tracking store: MLflow would make an empty one
+    (a 1 MB mlflow.db in the current folder), then not find the run in it."""
+    how = ('set MLFLOW_TRACKING_URI to the store that holds the run (for example '
+           'sqlite:////path/to/mlflow.db or http://host:5000)')
+    if not uri:
+        if os.path.exists('mlflow.db') or _has_mlruns_data(os.curdir):
+            return
+        raise ReproduceError(
+            f'no tracking store found: MLFLOW_TRACKING_URI is not set and the current folder '
+            f'{os.getcwd()} has no mlflow.db (nor mlruns); {how}',
+        )
+    path = _local_store_path(uri)
+    if path is not None and not os.path.exists(path):
+        raise ReproduceError(
+            f'no tracking store found: MLFLOW_TRACKING_URI is {mask_credentials(uri)}, but '
+            f'{os.path.abspath(path)} does not exist; {how}',
+        )
+
+
 def absolute_tracking_uri(uri: str | None) -> str | None:
     """A relative sqlite or plain-path store made absolute: the project runs
     in another folder, where `sqlite:///mlflow.db` names another file."""
@@ -1446,6 +1492,7 @@ def absolute_tracking_uri(uri: str | None) -> str | None:
 
 
 def reproduce(args: argparse.Namespace) -> Report:
+    check_tracking_store(os.environ.get('MLFLOW_TRACKING_URI'))
     user_environ = {k: os.environ.get(k) for k in TOOL_HTTP_DEFAULTS}
     tool_environ = {k: user_environ[k] or v for k, v in TOOL_HTTP_DEFAULTS.items()}
     tool_environ['MLFLOW_TRACKING_URI'] = absolute_tracking_uri(

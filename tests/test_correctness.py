@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import SCRIPT
 from test_reproduce_run import client, logged_run, reproduce
 
 import reproduce_run
@@ -347,3 +351,75 @@ def test_dry_run_says_the_reference_failed(reference, capsys):
            f'incomplete\n' in err
     code, out, _ = reproduce(capsys, '--run_id', run_id, '--dry-run', '--output', 'json')
     assert (code, json.loads(out)['reference_status']) == (0, 'FAILED')
+
+
+# --- row 24: no tracking store is ever created by the tool ---------------------------
+
+def run_tool(cwd: Path, uri: str | None, *argv: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != 'MLFLOW_TRACKING_URI'}
+    if uri is not None:
+        env['MLFLOW_TRACKING_URI'] = uri
+    return subprocess.run((sys.executable, str(SCRIPT), '--run_id', 'a' * 32, *argv),
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_no_store_is_created_without_tracking_uri(tmp_path):
+    folder = tmp_path / 'empty'
+    folder.mkdir()
+    proc = run_tool(folder, None)
+    assert (proc.returncode, proc.stdout) == (2, '')
+    assert proc.stderr == (
+        f'reproduce_run: error: no tracking store found: MLFLOW_TRACKING_URI is not set and '
+        f'the current folder {folder} has no mlflow.db (nor mlruns); set MLFLOW_TRACKING_URI '
+        f'to the store that holds the run (for example sqlite:////path/to/mlflow.db or '
+        f'http://host:5000)\n')
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(('uri', 'missing'), [
+    pytest.param('sqlite:///missing.db', 'missing.db', id='relative-sqlite'),
+    pytest.param('sqlite:///{tmp}/missing.db', '{tmp}/missing.db', id='absolute-sqlite'),
+    pytest.param('file://{tmp}/mlruns', '{tmp}/mlruns', id='file-uri'),
+    pytest.param('mlruns', 'mlruns', id='plain-path'),
+])
+def test_no_store_is_created_for_a_missing_local_store(uri, missing, tmp_path):
+    folder = tmp_path / 'empty'
+    folder.mkdir()
+    uri, missing = uri.format(tmp=folder), missing.format(tmp=folder)
+    proc = run_tool(folder, uri, '--output', 'json')
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f'reproduce_run: error: no tracking store found: MLFLOW_TRACKING_URI is {uri}, but '
+        f'{folder / missing} does not exist; set MLFLOW_TRACKING_URI to the store that holds '
+        f'the run (for example sqlite:////path/to/mlflow.db or http://host:5000)\n')
+    assert json.loads(proc.stdout)['status'] == 'error'
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(('uri', 'make', 'ok'), [
+    pytest.param(None, (), False, id='unset-empty-folder'),
+    pytest.param(None, ('mlflow.db',), True, id='unset-mlflow-db'),
+    pytest.param(None, ('mlruns/0/meta.yaml',), True, id='unset-mlruns-with-experiment'),
+    pytest.param(None, ('mlruns/.trash/x',), False, id='unset-mlruns-without-experiment'),
+    pytest.param('sqlite:///here.db', ('here.db',), True, id='sqlite-present'),
+    pytest.param('sqlite:///here.db', (), False, id='sqlite-missing'),
+    pytest.param('sqlite:///here%20db.db', ('here db.db',), True, id='sqlite-quoted'),
+    pytest.param('sqlite://', (), True, id='sqlite-in-memory'),
+    pytest.param('file:///{tmp}/store', ('store/x',), True, id='file-uri-present'),
+    pytest.param('store', (), False, id='plain-path-missing'),
+    pytest.param('http://127.0.0.1:5000', (), True, id='server-is-not-checked-here'),
+    pytest.param('postgresql://u:p@db/mlflow', (), True, id='database-server'),
+])
+def test_check_tracking_store(uri, make, ok, tmp_path, monkeypatch):
+    folder = tmp_path / 'here'
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    for name in make:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text('')
+    uri = uri and uri.format(tmp=folder)
+    if ok:
+        reproduce_run.check_tracking_store(uri)
+    else:
+        with pytest.raises(reproduce_run.ReproduceError, match='no tracking store found'):
+            reproduce_run.check_tracking_store(uri)
