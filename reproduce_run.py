@@ -1142,8 +1142,8 @@ def _markdown_table(
     rows, left_out = _shortened(rows, max_rows)
     lines = ['', _table(rows, 'github')] if rows[1] else []
     if left_out:
-        lines += ['', f'_{left_out} more {what} not shown: see `{ARTIFACT_DIR}/'
-                      f'{COMPARISON_ARTIFACT}`._']
+        pointer = f'_{left_out} more {what} not shown: see `{ARTIFACT_DIR}/{COMPARISON_ARTIFACT}`._'
+        lines += ['', pointer]
     return lines
 
 

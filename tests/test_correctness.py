@@ -107,7 +107,7 @@ def test_values_tied_at_one_step_and_timestamp_compare_equal(capsys):
                        ('loss', 0.5, t + 102, 1), ('acc', 0.9, t + 100, 0),
                        ('acc', 0.1, t + 100, 0)])
     code, out, err = reproduce(capsys, '--run_id', ref, '--compare-to', other)
-    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True'), out
+    assert (code, out.splitlines()[-1], err) == (0, 'Runs equal: True', ''), out
     assert 'differs' not in out
 
 
@@ -159,18 +159,19 @@ def test_experiment_creation_is_race_safe(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'race.db'}"
     mlflow.MlflowClient(uri).search_experiments()  # the schema, made once
+    def create(name: str, barrier: threading.Barrier, ids: list, errors: list) -> None:
+        c = mlflow.MlflowClient(uri)
+        barrier.wait()
+        try:
+            ids.append(reproduce_run._experiment_id(c, name))
+        except Exception as e:  # noqa: BLE001 - the failure the test looks for
+            errors.append(e)
+
     for attempt in range(10):
         name = f'race-{attempt}'
         barrier, ids, errors = threading.Barrier(2), [], []
-
-        def create() -> None:
-            c = mlflow.MlflowClient(uri)
-            barrier.wait()
-            try:
-                ids.append(reproduce_run._experiment_id(c, name))
-            except Exception as e:
-                errors.append(e)
-        threads = [threading.Thread(target=create) for _ in range(2)]
+        threads = [threading.Thread(target=create, args=(name, barrier, ids, errors))
+                   for _ in range(2)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -360,7 +361,8 @@ def run_tool(cwd: Path, uri: str | None, *argv: str) -> subprocess.CompletedProc
     if uri is not None:
         env['MLFLOW_TRACKING_URI'] = uri
     return subprocess.run((sys.executable, str(SCRIPT), '--run_id', 'a' * 32, *argv),
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
 
 
 def test_no_store_is_created_without_tracking_uri(tmp_path):
