@@ -80,6 +80,7 @@ ARTIFACT_DIR = 'reproduce'  # comparison.json and plots/ go here
 COMPARISON_ARTIFACT = 'comparison.json'
 TAG_VALUE_LIMIT = 8000  # characters: MLflow refuses or cuts a longer tag value
 SHORT_CELL = 60  # characters of a table cell in a shortened run description
+PLOT_NAME_CHARS = 100  # of the metric key kept in a plot's file name
 STATUSES = ('planned', 'equal', 'differ', 'failed', 'error')
 UNFINISHED_STATUSES = ('RUNNING', 'SCHEDULED')  # MLflow run statuses not yet closed
 FAILED_STATUSES = ('FAILED', 'KILLED')  # closed, but not FINISHED
@@ -1226,7 +1227,6 @@ def render(report: Report, output: str, verbose: bool) -> str | None:
 # Recording the verdict on the reproduced run.
 
 _UNSAFE_FILE_CHARS_RE = re.compile(r'[^A-Za-z0-9_.-]')
-PLOT_NAME_CHARS = 100  # of the metric key kept in a plot's file name
 
 
 def _hashed_plot_name(key: str) -> str:
