@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import decimal
 import fnmatch
+import hashlib
 import itertools
 import json
 import math
@@ -34,7 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -106,7 +107,10 @@ ARTIFACT_DIR = 'reproduce'  # comparison.json and plots/ go here
 COMPARISON_ARTIFACT = 'comparison.json'
 OUTPUT_ARTIFACT = 'output.log'  # what the project printed
 SUMMARY_ARTIFACT = 'summary.json'  # a batch's JSON document, on its parent run
+SHORT_CELL = 60  # characters of a table cell in a shortened run description
+PLOT_NAME_CHARS = 100  # of the metric key kept in a plot's file name
 UNFINISHED_STATUSES = ('RUNNING', 'SCHEDULED')  # MLflow run statuses not yet closed
+FAILED_STATUSES = ('FAILED', 'KILLED')  # closed, but not FINISHED
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
 # The userinfo of a URL runs to the last @ before the path: a password may
@@ -133,7 +137,11 @@ class ReproduceError(Exception):
 # ---------------------------------------------------------------------------
 # Judging: pure functions, histories in, verdict out.
 
-Point = tuple[int | None, float]  # (step, value); step None: latest value only
+class Point(NamedTuple):
+    """One logged value.  A plain (step, value) tuple works as well."""
+    step: int | None  # None: the latest value only (--last-only), step unknown
+    value: float
+    timestamp: int | None = None  # milliseconds; None: unknown, ties with nothing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,11 +209,17 @@ class Verdict:
 
 
 def values_close(reproduced: float, reference: float, tol: Tolerance) -> bool:
-    """|a - b| <= atol + rtol * |b|, where NaN equals NaN and inf equals inf."""
+    """|a - b| <= atol + rtol * |b|, where NaN equals NaN and inf equals inf.
+
+    An infinite tolerance ("ignore the magnitude") accepts any two finite
+    values; computed, it would give inf * 0 = NaN for a zero reference.
+    """
     if math.isnan(reproduced) or math.isnan(reference):
         return math.isnan(reproduced) and math.isnan(reference)
     if math.isinf(reproduced) or math.isinf(reference):
         return reproduced == reference
+    if math.isinf(tol.rtol) or math.isinf(tol.atol):
+        return True
     return abs(reproduced - reference) <= tol.atol + tol.rtol * abs(reference)
 
 
@@ -227,15 +241,17 @@ def compare_histories(
     """Compare two histories point by point, in step order.
 
     Several values logged at one step are compared in the order they were
-    logged.  A point missing on one side is a divergence at its step.
+    logged, except values that share one step and one timestamp on either
+    side: the store returns such a tie in an order of its own (by value), so
+    they are compared as the multiset they are.  A point missing on one side
+    is a divergence at its step.
     """
-    ref = sorted(reference, key=lambda p: p[0] or 0)  # stable: keeps logging order
-    new = sorted(reproduced, key=lambda p: p[0] or 0)
+    ref, new = _settle_ties(_in_logging_order(reference), _in_logging_order(reproduced))
     divergence = _first_divergence(ref, new, tol)
     return MetricVerdict(
         key=key,
-        reference=ref[-1][1] if ref else None,
-        reproduced=new[-1][1] if new else None,
+        reference=ref[-1].value if ref else None,
+        reproduced=new[-1].value if new else None,
         equal=bool(ref) and bool(new) and divergence is None,
         steps_compared=min(len(ref), len(new)),
         # None for latest values only, whose step is not known.
@@ -245,11 +261,49 @@ def compare_histories(
     )
 
 
+def _in_logging_order(points: Sequence[tuple[Any, ...]]) -> list[Point]:
+    """By step, then timestamp; stable, so points without a timestamp keep
+    the order they were given in."""
+    return sorted((Point(*p) for p in points), key=lambda p: (p.step or 0, p.timestamp or 0))
+
+
+def _tied(a: Point, b: Point) -> bool:
+    """Logged at one step within one millisecond: their order is unknown."""
+    return a.step == b.step and a.timestamp is not None and a.timestamp == b.timestamp
+
+
+def _common_blocks(ref: Sequence[Point], new: Sequence[Point]) -> Iterator[tuple[int, int]]:
+    """[start, end) stretches of the compared prefix, cut only where neither
+    side has a tie: a tie on either side stays within one stretch."""
+    n, start = min(len(ref), len(new)), 0
+    for i in range(1, n + 1):
+        if i == n or not (_tied(ref[i - 1], ref[i]) or _tied(new[i - 1], new[i])):
+            yield start, i
+            start = i
+
+
+def _by_value(p: Point) -> tuple[int, bool, float]:
+    return (p.step or 0, math.isnan(p.value), p.value)  # NaN last, so NaN meets NaN
+
+
+def _settle_ties(
+        ref: Sequence[Point], new: Sequence[Point],
+) -> tuple[list[Point], list[Point]]:
+    """Both histories with each stretch that holds a tie sorted by value, so
+    that comparing point by point compares those stretches as multisets."""
+    ref, new = list(ref), list(new)
+    for start, end in _common_blocks(ref, new):
+        if end - start > 1:
+            ref[start:end] = sorted(ref[start:end], key=_by_value)
+            new[start:end] = sorted(new[start:end], key=_by_value)
+    return ref, new
+
+
 def _first_divergence(
         ref: Sequence[Point], new: Sequence[Point], tol: Tolerance,
 ) -> tuple[int | None] | None:
     """(step,) of the first point that differs, None when none does."""
-    for (ref_step, ref_value), (new_step, new_value) in zip(ref, new):
+    for (ref_step, ref_value, _), (new_step, new_value, _) in zip(ref, new):
         if ref_step != new_step:
             return (min(ref_step, new_step),)
         if not values_close(new_value, ref_value, tol):
@@ -956,8 +1010,18 @@ def _local_repo(repo: str) -> str | None:
     return os.path.abspath(repo)
 
 
+# SQLAlchemy ends its errors with the statement, its parameters and a link to
+# its docs ("(Background on this error at: https://sqlalche.me/...)").
+_SQLALCHEMY_TAIL_RE = re.compile(r'^(\[SQL: |\(Background on this error at: )')
+
+
 def _last_line(text: str) -> str:
+    """The line of an error message that says what went wrong: the last one,
+    or for SQLAlchemy's errors the one before the statement and the link."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    tail = next((i for i, line in enumerate(lines) if _SQLALCHEMY_TAIL_RE.match(line)), None)
+    if tail is not None:
+        lines = lines[:tail] or [line for line in lines if not line.startswith('(Background')]
     return lines[-1] if lines else ''
 
 
@@ -1047,6 +1111,8 @@ def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
         raise _mlflow_error(f'cannot read run {run_id} from {tracking_uri}', e) from None
     if run.info.status in UNFINISHED_STATUSES:
         warn(f'run {run_id} is still {run.info.status}: its metrics may be incomplete')
+    elif run.info.status in FAILED_STATUSES:
+        warn(f'run {run_id} ended {run.info.status}: its metrics may be incomplete')
     # Deleting an experiment deletes its runs: name the cause.
     if experiment.lifecycle_stage == 'deleted':
         raise ReproduceError(
@@ -1140,9 +1206,19 @@ def params_to_log(entry_point: Any, params: Params) -> dict[str, str]:
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's ID, created if missing; race-safe, for two
+    reproductions that start at once into a new experiment."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name)
+        try:
+            return client.create_experiment(name)
+        except MlflowException:
+            # Another process created it since we looked: use that one.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
     if experiment.lifecycle_stage == 'deleted':
         raise ReproduceError(
             f'experiment {name!r} is deleted; restore it or choose another '
@@ -1183,8 +1259,9 @@ def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | Non
     try:
         run = client.create_run(
             _experiment_id(client, plan.experiment_name),
-            tags=tags,
-            run_name=RUN_NAME_PREFIX + (plan.reference.info.run_name or plan.reference.info.run_id),
+            tags={k: fit_tag(v) for k, v in tags.items()},
+            run_name=fit_tag(
+                RUN_NAME_PREFIX + (plan.reference.info.run_name or plan.reference.info.run_id)),
         )
     except MlflowException as e:
         raise _mlflow_error('cannot create the reproduced run', e) from None
@@ -1611,7 +1688,7 @@ def read_histories(
     """Each run's metric histories, one request per metric (MlflowClient
     pages long histories), overlapped when the store is remote."""
     if last_only:  # the latest values are already in the run; their step is not
-        return [{k: [(None, v)] for k, v in run.data.metrics.items()} for run in runs]
+        return [{k: [Point(None, v)] for k, v in run.data.metrics.items()} for run in runs]
     from concurrent.futures import ThreadPoolExecutor
 
     wanted = [(run.info.run_id, key) for run in runs for key in run.data.metrics]
@@ -1629,7 +1706,7 @@ def read_histories(
     by_run: dict[str, dict[str, list[Point]]] = {r.info.run_id: {} for r in runs}
     for (run_id, key), history in zip(wanted, fetched, strict=True):
         history = sorted(history, key=lambda m: (m.step, m.timestamp))
-        by_run[run_id][key] = [(m.step, m.value) for m in history]
+        by_run[run_id][key] = [Point(m.step, m.value, m.timestamp) for m in history]
     return [by_run[run.info.run_id] for run in runs]
 
 
@@ -2284,6 +2361,11 @@ class Report:
     seconds: float = 0.0
     differences: Differences | None = None  # besides metrics; None: not looked at
     registrations: Registrations = Registrations()
+    reference_status: str | None = None  # MLflow's; None when the reference was not read
+
+    def __post_init__(self) -> None:
+        if self.reference_status is None and self.plan is not None:
+            object.__setattr__(self, 'reference_status', self.plan.reference.info.status)
 
     @property
     def equal(self) -> bool | None:
@@ -2315,8 +2397,8 @@ def _metric_json(m: MetricVerdict) -> dict[str, Any]:
         'rel_diff': _json_float(_relative_diff(m)),
         'equal': m.equal,
         'ignored': m.ignored,
-        'rtol': m.tolerance.rtol,
-        'atol': m.tolerance.atol,
+        'rtol': _json_float(m.tolerance.rtol),
+        'atol': _json_float(m.tolerance.atol),
         'steps_compared': m.steps_compared,
         'first_divergent_step': m.first_divergent_step,
     }
@@ -2326,6 +2408,7 @@ def report_json(report: Report) -> dict[str, Any]:
     plan, verdict = report.plan, report.verdict
     return {
         'reference_run_id': report.reference_run_id,
+        'reference_status': report.reference_status,
         'reproduced_run_id': report.reproduced_run_id,
         'equal': report.equal,
         'status': report.status,
@@ -2347,9 +2430,10 @@ def report_json(report: Report) -> dict[str, Any]:
             ],
         },
         'tolerance': {
-            'rtol': report.rules.default.rtol,
-            'atol': report.rules.default.atol,
-            'overrides': [{'pattern': pattern, 'rtol': tol.rtol, 'atol': tol.atol}
+            'rtol': _json_float(report.rules.default.rtol),
+            'atol': _json_float(report.rules.default.atol),
+            'overrides': [{'pattern': pattern, 'rtol': _json_float(tol.rtol),
+                           'atol': _json_float(tol.atol)}
                           for pattern, tol in report.rules.overrides],
             'ignored': list(report.rules.ignored),
         },
@@ -2440,8 +2524,15 @@ def _dry_run_lines(plan: Plan) -> list[str]:
     ]
 
 
+def _unusual_status(report: Report) -> str | None:
+    """The reference's status when it is worth a word: not FINISHED."""
+    status = report.reference_status
+    return status if status and status != 'FINISHED' else None
+
+
 def format_text(report: Report, verbose: bool = False) -> str:
-    lines = [f'Reference run:  {report.reference_run_id}']
+    status = _unusual_status(report)
+    lines = [f'Reference run:  {report.reference_run_id}' + (f' ({status})' if status else '')]
     if report.reproduced_run_id:
         label = 'Reproduced run:' if report.plan else 'Compared run:  '
         lines.append(f'{label} {report.reproduced_run_id}')
@@ -2461,12 +2552,64 @@ def format_text(report: Report, verbose: bool = False) -> str:
     return '\n'.join(lines)
 
 
-def format_markdown(report: Report, reference_link: str | None = None) -> str:
-    """GitHub-flavoured: a pull request comment, a chat message, a run description."""
+def _truncated(value: Any, limit: int) -> Any:
+    if not isinstance(value, str) or len(value) <= limit:
+        return value
+    return value[:limit - 1] + '…'
+
+
+def _shortened(
+        rows: tuple[list[str], list[list[Any]]], max_rows: int,
+) -> tuple[tuple[list[str], list[list[Any]]], int]:
+    """At most max_rows rows, those that differ first (kept in key order),
+    long cells cut; and how many rows were left out."""
+    headers, body = rows
+
+    def differs(row: list[Any]) -> bool:
+        return headers[-1] == 'Note' and row[-1] not in ('', 'ignored')
+    first = sorted(range(len(body)), key=lambda i: not differs(body[i]))  # stable
+    kept = set(first[:max_rows])
+    short = [[_truncated(cell, SHORT_CELL) for cell in row]
+             for i, row in enumerate(body) if i in kept]
+    return (headers, short), len(body) - len(short)
+
+
+def _markdown_table(
+        rows: tuple[list[str], list[list[Any]]], what: str, max_rows: int | None,
+) -> list[str]:
+    if max_rows is None:
+        return ['', _table(rows, 'github')]
+    rows, left_out = _shortened(rows, max_rows)
+    lines = ['', _table(rows, 'github')] if rows[1] else []
+    if left_out:
+        pointer = f'_{left_out} more {what} not shown: see `{ARTIFACT_DIR}/{COMPARISON_ARTIFACT}`._'
+        lines += ['', pointer]
+    return lines
+
+
+def _summary_line(verdict: Verdict) -> str:
+    metrics = [m for m in verdict.metrics if not m.ignored]
+    differing = sum(not m.equal for m in metrics)
+    params = sum(not p.equal for p in verdict.params)
+    return (f'- {differing} of {len(metrics)} metrics differ, {params} of '
+            f'{len(verdict.params)} params differ; the full report is '
+            f'`{ARTIFACT_DIR}/{COMPARISON_ARTIFACT}`')
+
+
+def format_markdown(
+        report: Report, reference_link: str | None = None, max_rows: int | None = None,
+) -> str:
+    """GitHub-flavoured: a pull request comment, a chat message, a run description.
+
+    max_rows shortens each table to that many rows, differing ones first,
+    with long cells cut and a summary line on top.
+    """
     reference = report.reference_run_id
     if reference_link:
         reference = f'[{reference}]({reference_link})'
     lines = [f'**Reproduction of run {reference}**: {report.status}', '']
+    if status := _unusual_status(report):
+        lines += [f'- reference run status: **{status}**']
     if report.reproduced_run_id:
         label = 'reproduced run' if report.plan else 'compared run'
         lines += [f'- {label}: `{report.reproduced_run_id}`']
@@ -2477,17 +2620,38 @@ def format_markdown(report: Report, reference_link: str | None = None) -> str:
             f'- entry point: `{plan.entry_point}`, env manager `{plan.env_manager}`',
         ]
     lines += [f'- {line[0].lower()}{line[1:]}' for line in registration_lines(report.registrations)]
+    if report.verdict and max_rows is not None:
+        lines += [_summary_line(report.verdict)]
     if report.message:
-        lines += ['', f'> {report.message}']
+        shown = report.message if max_rows is None else _truncated(report.message, 1000)
+        lines += ['', f'> {shown}']
     if report.verdict:
         if report.verdict.params:
-            lines += ['', _table(_param_rows(report.verdict), 'github')]
-        lines += ['', _table(_metric_rows(report.verdict), 'github')]
+            lines += _markdown_table(_param_rows(report.verdict), 'params', max_rows)
+        lines += _markdown_table(_metric_rows(report.verdict), 'metrics', max_rows)
     if other := differences_lines(report.differences):
         lines += ['', f'**{other[0]}**', '', *other[1:]]
     if report.equal is not None:
         lines += ['', f'Runs equal: {report.equal}']
     return '\n'.join(lines)
+
+
+def describe(report: Report, reference_link: str, limit: int = TAG_VALUE_LIMIT) -> str:
+    """The run description: the Markdown report, shortened until it fits
+    MLflow's tag limit; its first line and the verdict line are always kept."""
+    for max_rows in (None, 100, 50, 20, 10, 5, 0):
+        text = format_markdown(report, reference_link, max_rows)
+        if len(text) <= limit:
+            return text
+    head, _, last = text.rpartition('\n')
+    if report.equal is None:  # no verdict line: the status is in the first line
+        return _truncated(text, limit)
+    return _truncated(head, limit - len(last) - 1) + '\n' + last
+
+
+def fit_tag(value: str) -> str:
+    """A tag value MLflow accepts whole: long ones are cut, marked with …."""
+    return _truncated(value, TAG_VALUE_LIMIT)
 
 
 def render(report: Report, output: str, verbose: bool) -> str | None:
@@ -2653,8 +2817,24 @@ def repeat_json(
 # ---------------------------------------------------------------------------
 # Recording the verdict on the reproduced run.
 
-def _plot_name(key: str) -> str:
-    return re.sub(r'[^\w.-]', '_', key) + '.png'
+_UNSAFE_FILE_CHARS_RE = re.compile(r'[^A-Za-z0-9_.-]')
+
+
+def _hashed_plot_name(key: str) -> str:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return f'{_UNSAFE_FILE_CHARS_RE.sub("_", key)[:PLOT_NAME_CHARS]}-{digest}.png'
+
+
+def plot_names(keys: Sequence[str]) -> dict[str, str]:
+    """A file name for each metric's plot, no two alike even on a case-
+    insensitive file system.  A key that is a safe file name as it is keeps
+    it; any other key (`a b`, `a/b`), or one that would still collide, gets a
+    short hash of itself."""
+    names = {k: k + '.png' if not _UNSAFE_FILE_CHARS_RE.search(k) and
+             len(k) <= PLOT_NAME_CHARS else _hashed_plot_name(k) for k in keys}
+    taken = collections.Counter(name.casefold() for name in names.values())
+    return {k: _hashed_plot_name(k) if taken[name.casefold()] > 1 else name
+            for k, name in names.items()}
 
 
 def make_plots(
@@ -2672,6 +2852,7 @@ def make_plots(
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    names = plot_names([m.key for m in verdict.metrics])
     paths = []
     for m in wanted:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -2684,7 +2865,7 @@ def make_plots(
                        label=f'first divergence (step {m.first_divergent_step})')
         ax.set(title=m.key, xlabel='step', ylabel=m.key)
         ax.legend()
-        path = os.path.join(folder, _plot_name(m.key))
+        path = os.path.join(folder, names[m.key])
         fig.savefig(path, dpi=80)
         plt.close(fig)
         paths.append(path)
@@ -2700,14 +2881,6 @@ def _run_link(client: MlflowClient, report: Report) -> str:
     else:
         experiment_id = client.get_run(run_id).info.experiment_id
     return f'#/experiments/{experiment_id}/runs/{run_id}'
-
-
-def fit_tag(text: str) -> str:
-    """MLflow keeps at most TAG_VALUE_LIMIT characters in a tag."""
-    if len(text) <= TAG_VALUE_LIMIT:
-        return text
-    pointer = f'\n\n… (cut to fit; the whole report is {ARTIFACT_DIR}/{COMPARISON_ARTIFACT})'
-    return text[:TAG_VALUE_LIMIT - len(pointer)] + pointer
 
 
 def record_verdict(
@@ -2731,9 +2904,9 @@ def record_verdict(
             TAG_STATUS: report.status,
             TAG_RTOL: repr(report.rules.default.rtol),
             TAG_ATOL: repr(report.rules.default.atol),
-            TAG_NOTE: fit_tag(format_markdown(report, _run_link(client, report))),
+            TAG_NOTE: describe(report, _run_link(client, report)),
         }
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        client.log_batch(run_id, tags=[RunTag(k, fit_tag(v)) for k, v in tags.items()])
         with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
             path = os.path.join(folder, COMPARISON_ARTIFACT)
             with open(path, 'w') as f:
@@ -2827,7 +3000,7 @@ def compare_to(session: Session, run_id: str, other_id: str) -> Report:
     return _verdict_report(
         verdict, reference_run_id=reference.info.run_id,
         reproduced_run_id=other.info.run_id, rules=options.rules,
-        reference_run_name=reference.info.run_name,
+        reference_run_name=reference.info.run_name, reference_status=reference.info.status,
         differences=differences_between(session.client, reference, other, options.rules,
                                         compared_runs=True),
     )
@@ -2842,6 +3015,52 @@ def _remote_hint(reference: Run, source: Source, uri: str | None) -> str:
     suggested = f'{remote}#{source.subdir}' if source.subdir else remote
     suggested = shlex.quote(mask_credentials(suggested))
     return f'; the run also records its remote: try --uri {suggested}'
+
+
+def _has_mlruns_data(folder: str) -> bool:
+    """What makes MLflow 3 default to ./mlruns rather than sqlite:///mlflow.db
+    (mlflow/tracking/_tracking_service/utils.py: _has_existing_mlruns_data)."""
+    mlruns = os.path.join(folder, 'mlruns')
+    with contextlib.suppress(OSError):
+        return any(entry.is_dir() and entry.name.isdigit()
+                   and os.path.lexists(os.path.join(entry.path, 'meta.yaml'))
+                   for entry in os.scandir(mlruns))
+    return False
+
+
+def _local_store_path(uri: str) -> str | None:
+    """The file or folder a local tracking URI names; None for a server or a
+    database that is not a local file."""
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith('sqlite:///'):
+        path = unquote(uri[len('sqlite:///'):].partition('?')[0])
+        return None if path in ('', ':memory:') else path
+    if uri.startswith('file:'):
+        return unquote(urlparse(uri).path)
+    if not re.match(r'^[a-zA-Z][\w+.-]*:', uri):
+        return uri  # a plain path: a file store
+    return None
+
+
+def check_tracking_store(uri: str | None) -> None:
+    """Refuse to start without a tracking store: MLflow would make an empty one
+    (a 1 MB mlflow.db in the current folder), then not find the run in it."""
+    how = ('set MLFLOW_TRACKING_URI to the store that holds the run (for example '
+           'sqlite:////path/to/mlflow.db or http://host:5000)')
+    if not uri:
+        if os.path.exists('mlflow.db') or _has_mlruns_data(os.curdir):
+            return
+        raise ReproduceError(
+            f'no tracking store found: MLFLOW_TRACKING_URI is not set and the current folder '
+            f'{os.getcwd()} has no mlflow.db (nor mlruns); {how}',
+        )
+    path = _local_store_path(uri)
+    if path is not None and not os.path.exists(path):
+        raise ReproduceError(
+            f'no tracking store found: MLFLOW_TRACKING_URI is {mask_credentials(uri)}, but '
+            f'{os.path.abspath(path)} does not exist; {how}',
+        )
 
 
 def absolute_tracking_uri(uri: str | None) -> str | None:
@@ -3396,6 +3615,7 @@ def invoke(options: Options, selection: Selection, compare_to_id: str | None, st
     """Settings for the tool's own requests, the tracking server checked, then
     one run, a comparison, or a batch; every process the tool started is gone
     and the temporary folder removed when it returns."""
+    check_tracking_store(os.environ.get('MLFLOW_TRACKING_URI'))  # before MLflow makes one
     user_environ = dict(os.environ)
     tag = f'{os.getpid()}-{os.urandom(4).hex()}'
     tool_environ: dict[str, str | None] = {k: user_environ.get(k) or v
