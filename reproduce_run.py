@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
+__version__ = '0.6.0'
+
 # Exit codes: the contract with cron jobs and CI.
 EXIT_EQUAL = 0
 EXIT_DIFFER = 1
@@ -1360,8 +1362,16 @@ def _metric_tolerance(s: str) -> tuple[str, Tolerance]:
     return key, Tolerance(rtol=rtol, atol=atol)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an argument error is one line, as every other expected
+    failure is: cron mails and CI logs stay greppable."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CANNOT_START, f'{self.prog}: error: {message} (see --help)\n')
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog='reproduce_run',
         description='Re-execute the MLflow Project of a past run at its exact '
                     'commit with its parameters, and compare the metrics.',
@@ -1370,6 +1380,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument('--run_id', '--run-id', dest='run_id', required=True, type=_run_id,
                         help='the reference run to reproduce')
+    # --version names the commit to run, as in `mlflow run`; the tool's own
+    # version needs another name.
+    parser.add_argument('--tool-version', action='version',
+                        version=f'reproduce_run {__version__}',
+                        help="print this tool's version and exit")
     parser.add_argument('--uri', help="project URI, overriding the run's recorded source "
                                       '(a git URL or path, with #subdir)')
     parser.add_argument('--experiment_name', '--experiment-name', dest='experiment_name',
