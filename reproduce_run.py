@@ -1192,7 +1192,10 @@ def _configure_logging(verbose: bool) -> None:
     import logging
 
     if 'MLFLOW_LOGGING_LEVEL' not in os.environ:  # the user's setting wins
-        logging.getLogger('mlflow').setLevel(logging.INFO if verbose else logging.WARNING)
+        level = logging.INFO if verbose else logging.WARNING
+        logging.getLogger('mlflow').setLevel(level)
+        # Older MLflow (3.9) lets alembic log ~60 INFO lines when it creates a store.
+        logging.getLogger('alembic').setLevel(level)
 
 
 def rules_from(args: argparse.Namespace) -> Rules:
