@@ -1117,14 +1117,6 @@ def readme_table(heading: str) -> list[list[str]]:
     return [[cell.strip() for cell in row.strip('|').split(' | ')] for row in rows]
 
 
-def test_readme_lists_every_option():
-    documented = {flag.split()[0].strip('`')
-                  for row in readme_table('Options') for flag in row[0].split(', ')}
-    options = {flag for action in reproduce_run.build_parser()._actions
-               for flag in action.option_strings}
-    assert documented == options - {'-h', '--help'}
-
-
 def test_readme_lists_every_exit_code():
     documented = {int(row[0]) for row in readme_table('Exit codes')}
     assert documented == {value for name, value in vars(reproduce_run).items()
