@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             loss += 1.0
         mlflow.log_metric("loss", loss, step=step)
         mlflow.log_metric("val_loss", val_loss, step=step)
+        print(f"epoch {step}: loss {loss:.6f} val_loss {val_loss:.6f}")
     return 0
 
 
