@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from packaging.version import Version
 from conftest import ROOT, SCRIPT
+from packaging.version import Version
 from test_install import make_venv
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
     # from PATH, which must be the floor's too.
     env = {
         **os.environ,
-        'MLFLOW_TRACKING_URI': f"sqlite:///{where / 'floor.db'}",
+        'MLFLOW_TRACKING_URI': f'sqlite:///{where / "floor.db"}',
         'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
     }
     python = bin_dir / 'python'
@@ -65,8 +65,15 @@ def floor_run(
 def floor_reference(floor, samples_repo) -> str:
     python, env = floor
     proc = subprocess.run(
-        (str(python), '-m', 'mlflow', 'run', str(samples_repo / 'sklearn_regression'),
-         '--env-manager', 'local'),
+        (
+            str(python),
+            '-m',
+            'mlflow',
+            'run',
+            str(samples_repo / 'sklearn_regression'),
+            '--env-manager',
+            'local',
+        ),
         capture_output=True,
         text=True,
         env={**env, 'MLFLOW_LOGGING_LEVEL': 'INFO'},

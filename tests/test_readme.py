@@ -39,20 +39,22 @@ def message_pattern(cell: str) -> re.Pattern[str]:
     """The one line a row promises: its message, after the error prefix, with
     placeholders such as <id> or … standing for any text."""
     spans = _CODE_SPAN_RE.findall(cell)
-    assert len(spans) == 1 and _CODE_SPAN_RE.fullmatch(cell), \
+    assert len(spans) == 1 and _CODE_SPAN_RE.fullmatch(cell), (
         f'a Bad input row gives exactly one message, as one code span: {cell}'
+    )
     parts = _PLACEHOLDER_RE.split(spans[0][1])
     return re.compile('reproduce_run: error: ' + '.+'.join(map(re.escape, parts)) + '\n')
 
 
 # --- setups: one per row of "Bad input", keyed by the row's first cell --------
 
+
 def _commit(request: pytest.FixtureRequest) -> str:
     return git('rev-parse', 'HEAD', cwd=request.getfixturevalue('samples_repo'))
 
 
 def _samples_uri(request: pytest.FixtureRequest, sample: str) -> str:
-    return f"file://{request.getfixturevalue('samples_repo')}#{sample}"
+    return f'file://{request.getfixturevalue("samples_repo")}#{sample}'
 
 
 def deleted_run(request: pytest.FixtureRequest) -> list[Argv]:
@@ -63,7 +65,7 @@ def deleted_run(request: pytest.FixtureRequest) -> list[Argv]:
 
 def run_in_deleted_experiment(request: pytest.FixtureRequest) -> list[Argv]:
     c = client()
-    experiment_id = c.create_experiment(f"doomed-{request.getfixturevalue('tmp_path').name}")
+    experiment_id = c.create_experiment(f'doomed-{request.getfixturevalue("tmp_path").name}')
     run_id = c.create_run(experiment_id).info.run_id
     c.set_terminated(run_id)
     c.delete_experiment(experiment_id)
@@ -76,16 +78,21 @@ def notebook_run(request: pytest.FixtureRequest) -> list[Argv]:
 
 def project_run_without_commit(request: pytest.FixtureRequest) -> list[Argv]:
     c = client()
-    run = c.create_run(c.get_experiment_by_name('Default').experiment_id, tags={
-        'mlflow.source.name': _samples_uri(request, 'sklearn_regression'),
-        'mlflow.source.type': 'PROJECT'})
+    run = c.create_run(
+        c.get_experiment_by_name('Default').experiment_id,
+        tags={
+            'mlflow.source.name': _samples_uri(request, 'sklearn_regression'),
+            'mlflow.source.type': 'PROJECT',
+        },
+    )
     c.set_terminated(run.info.run_id)
     return [('--run_id', run.info.run_id)]
 
 
 def entry_point_missing(request: pytest.FixtureRequest) -> list[Argv]:
-    run_id = recorded_run(_samples_uri(request, 'sklearn_regression'), _commit(request),
-                          entry_point='evaluate')
+    run_id = recorded_run(
+        _samples_uri(request, 'sklearn_regression'), _commit(request), entry_point='evaluate'
+    )
     return [('--run_id', run_id)]
 
 
@@ -100,8 +107,7 @@ def mlproject_not_parsing(request: pytest.FixtureRequest) -> list[Argv]:
 def param_without_default_missing(request: pytest.FixtureRequest) -> list[Argv]:
     repo = request.getfixturevalue('own_repo')
     add_project(repo, 'echo', ECHO_PROJECT)
-    run_id = recorded_run(f'file://{repo}#echo', git('rev-parse', 'HEAD', cwd=repo),
-                          {'other': '1'})
+    run_id = recorded_run(f'file://{repo}#echo', git('rev-parse', 'HEAD', cwd=repo), {'other': '1'})
     return [('--run_id', run_id)]
 
 
@@ -112,7 +118,7 @@ def server_not_listening(request: pytest.FixtureRequest) -> list[Argv]:
     return [('--run_id', 'a' * 32)]
 
 
-def remote_unreachable_or_path_missing(request: pytest.FixtureRequest) -> list[Argv]:
+def unreachable_source(request: pytest.FixtureRequest) -> list[Argv]:
     commit, tmp_path = _commit(request), request.getfixturevalue('tmp_path')
     remote = recorded_run(_samples_uri(request, 'sklearn_regression'), commit)
     missing = recorded_run(f'file://{tmp_path}/laptop/repo#sklearn_regression', commit)
@@ -132,11 +138,27 @@ def commit_gone(request: pytest.FixtureRequest) -> list[Argv]:
     url, base = request.getfixturevalue('git_daemon')
     tmp_path: Path = request.getfixturevalue('tmp_path')
     bare, work = base / f'{tmp_path.name}-readme.git', tmp_path / 'work'
-    git('clone', '--quiet', '--bare', str(request.getfixturevalue('samples_repo')), str(bare),
-        cwd=tmp_path)
+    git(
+        'clone',
+        '--quiet',
+        '--bare',
+        str(request.getfixturevalue('samples_repo')),
+        str(bare),
+        cwd=tmp_path,
+    )
     git('clone', '--quiet', str(bare), str(work), cwd=tmp_path)
-    git('-c', 'user.email=t@e', '-c', 'user.name=t', 'commit', '--quiet', '--allow-empty',
-        '-m', 'soon gone', cwd=work)
+    git(
+        '-c',
+        'user.email=t@e',
+        '-c',
+        'user.name=t',
+        'commit',
+        '--quiet',
+        '--allow-empty',
+        '-m',
+        'soon gone',
+        cwd=work,
+    )
     gone = git('rev-parse', 'HEAD', cwd=work)
     git('push', '--quiet', 'origin', 'HEAD:main', cwd=work)
     run_id = recorded_run(f'{url}/{bare.name}#sklearn_regression', gone)
@@ -148,14 +170,18 @@ def commit_gone(request: pytest.FixtureRequest) -> list[Argv]:
 
 def quoted_placeholder(request: pytest.FixtureRequest) -> list[Argv]:
     pwned = request.getfixturevalue('tmp_path') / 'pwned'
-    run_id = recorded_run(_samples_uri(request, 'quoted_command'), _commit(request),
-                          {'msg': f'x; touch {pwned}'})
+    run_id = recorded_run(
+        _samples_uri(request, 'quoted_command'), _commit(request), {'msg': f'x; touch {pwned}'}
+    )
     return [('--run_id', run_id)]
 
 
 def conda_without_environment(request: pytest.FixtureRequest) -> list[Argv]:
-    run_id = recorded_run(_samples_uri(request, 'sklearn_regression'), _commit(request),
-                          {'alpha': '0.005', 'l1_ratio': '0.5'})
+    run_id = recorded_run(
+        _samples_uri(request, 'sklearn_regression'),
+        _commit(request),
+        {'alpha': '0.005', 'l1_ratio': '0.5'},
+    )
     return [('--run_id', run_id, '--env-manager', 'conda')]
 
 
@@ -175,8 +201,7 @@ SETUPS: dict[str, Setup] = {
     'MLproject that does not parse at that commit': mlproject_not_parsing,
     'declared param without default that the run lacks': param_without_default_missing,
     'tracking server not listening': server_not_listening,
-    'git remote unreachable, or a recorded local path missing on this host':
-        remote_unreachable_or_path_missing,
+    'git remote unreachable, or a recorded local path missing on this host': unreachable_source,
     'a recorded local path missing on this host, the run recording its remote '
     '(`mlflow.source.git.repoURL`)': path_missing_remote_recorded,
     'commit gone from the remote': commit_gone,
@@ -186,8 +211,7 @@ SETUPS: dict[str, Setup] = {
     '`--atol -1`': arguments('--run_id', 'a', '--atol', '-1'),
     '`--rtol abc`': arguments('--run_id', 'a', '--rtol', 'abc'),
     '`--env-manager pip`': arguments('--run_id', 'a', '--env-manager', 'pip'),
-    '`--env-manager conda` for a project without a conda environment':
-        conda_without_environment,
+    '`--env-manager conda` for a project without a conda environment': conda_without_environment,
 }
 
 BAD_INPUT = readme_table('Bad input')
@@ -202,10 +226,13 @@ def run_tool(capsys: pytest.CaptureFixture[str], argv: Argv) -> tuple[int, str, 
         return int(e.code or 0), out, err
 
 
-@pytest.mark.parametrize(('situation', 'message'), [
-    pytest.param(situation, message, id=situation) for situation, message in BAD_INPUT])
-def test_bad_input_row(situation: str, message: str, request: pytest.FixtureRequest,
-                       capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ('situation', 'message'),
+    [pytest.param(situation, message, id=situation) for situation, message in BAD_INPUT],
+)
+def test_bad_input_row(
+    situation: str, message: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
     if situation not in SETUPS:
         pytest.fail(f'README Bad input row {situation!r} has no setup in SETUPS')
     pattern = message_pattern(message)
@@ -225,18 +252,25 @@ def help_options(capsys: pytest.CaptureFixture[str]) -> set[str]:
         main(['--help'])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    invocations = [line.strip().split('  ')[0] for line in text.splitlines()
-                   if line.startswith('  -')]
+    invocations = [
+        line.strip().split('  ')[0] for line in text.splitlines() if line.startswith('  -')
+    ]
     return {flag for part in invocations for flag in re.findall(r'(?<![\w-])-{1,2}[\w-]+', part)}
 
 
 def test_every_readme_option_is_in_help(capsys):
-    documented = {span.split()[0] for row in readme_table('Options')
-                  for _, span in _CODE_SPAN_RE.findall(row[0])}
+    documented = {
+        span.split()[0]
+        for row in readme_table('Options')
+        for _, span in _CODE_SPAN_RE.findall(row[0])
+    }
     assert documented - help_options(capsys) == set()
 
 
 def test_every_help_option_is_in_the_readme(capsys):
-    documented = {span.split()[0] for row in readme_table('Options')
-                  for _, span in _CODE_SPAN_RE.findall(row[0])}
+    documented = {
+        span.split()[0]
+        for row in readme_table('Options')
+        for _, span in _CODE_SPAN_RE.findall(row[0])
+    }
     assert help_options(capsys) - documented == set()
