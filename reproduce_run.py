@@ -35,11 +35,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
+
+__version__ = '0.6.0'
 
 # Exit codes: the contract with cron jobs and CI.
 EXIT_EQUAL = 0
@@ -2732,9 +2734,11 @@ def format_batch_json(batch: BatchReport) -> str:
     return json.dumps(batch_json(batch), indent=2, allow_nan=False)
 
 
-def render_batch(batch: BatchReport, output: str, verbose: bool) -> str:
+def render_batch(batch: BatchReport, output: str, verbose: bool) -> str | None:
     if output == 'json':
         return format_batch_json(batch)
+    if batch.message:  # it could not start: the error line says why
+        return None
     if output == 'markdown':
         return format_batch_markdown(batch)
     return format_batch_text(batch, verbose)
@@ -2952,7 +2956,10 @@ def _configure_logging(verbose: bool) -> None:
     import logging
 
     if 'MLFLOW_LOGGING_LEVEL' not in os.environ:  # the user's setting wins
-        logging.getLogger('mlflow').setLevel(logging.INFO if verbose else logging.WARNING)
+        level = logging.INFO if verbose else logging.WARNING
+        logging.getLogger('mlflow').setLevel(level)
+        # Older MLflow (3.9) lets alembic log ~60 INFO lines when it creates a store.
+        logging.getLogger('alembic').setLevel(level)
 
 
 def rules_from(args: argparse.Namespace) -> Rules:
@@ -3700,8 +3707,16 @@ def _metric_tolerance(s: str) -> tuple[str, Tolerance]:
     return key, Tolerance(rtol=rtol, atol=atol)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an argument error is one line, as every other expected
+    failure is: cron mails and CI logs stay greppable."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CANNOT_START, f'{self.prog}: error: {message} (see --help)\n')
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog='reproduce_run',
         description='Re-execute the MLflow Project of a past run at its exact '
                     'commit with its parameters, and compare the metrics.',
@@ -3711,6 +3726,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--run_id', '--run-id', dest='run_id', type=_run_id, nargs='+',
                         action='extend', metavar='RUN_ID',
                         help='the reference run(s) to reproduce; repeatable')
+    # --version names the commit to run, as in `mlflow run`; the tool's own
+    # version needs another name.
+    parser.add_argument('--tool-version', action='version',
+                        version=f'reproduce_run {__version__}',
+                        help="print this tool's version and exit")
     parser.add_argument('--uri', help="project URI, overriding the run's recorded source "
                                       '(a git URL or path, with #subdir)')
     parser.add_argument('--experiment_name', '--experiment-name', dest='experiment_name',

@@ -34,52 +34,52 @@ from pathlib import Path
 
 SAMPLES_DIR = Path(__file__).resolve().parent
 RUNNING_LINE = re.compile(r"=== Running command .* in run with ID '([^']+)' === ?$")
-PROG = "make_reference"
+PROG = 'make_reference'
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("sample", metavar="SAMPLE", help="sample folder name, or a project path")
-    parser.add_argument("-e", "--entry-point", default="main", metavar="ENTRY")
+    parser.add_argument('sample', metavar='SAMPLE', help='sample folder name, or a project path')
+    parser.add_argument('-e', '--entry-point', default='main', metavar='ENTRY')
     parser.add_argument(
-        "-P",
-        "--param",
-        action="append",
+        '-P',
+        '--param',
+        action='append',
         default=[],
-        metavar="key=value",
-        help="project parameter, passed on to `mlflow run -P` (repeatable)",
+        metavar='key=value',
+        help='project parameter, passed on to `mlflow run -P` (repeatable)',
     )
-    parser.add_argument("--experiment-name", metavar="NAME")
+    parser.add_argument('--experiment-name', metavar='NAME')
     args = parser.parse_args(argv)
     for param in args.param:
-        if "=" not in param or param.startswith("="):
-            parser.error(f"-P expects key=value, got {param!r}")
+        if '=' not in param or param.startswith('='):
+            parser.error(f'-P expects key=value, got {param!r}')
     return args
 
 
 def resolve_sample(sample: str) -> Path:
     """The sample's absolute folder: a name under MLproject_samples/, else a path."""
     for candidate in (SAMPLES_DIR / sample, Path(sample)):
-        if (candidate / "MLproject").is_file():
+        if (candidate / 'MLproject').is_file():
             return candidate.resolve()
-    raise FileNotFoundError(f"no MLproject found for sample {sample!r}")
+    raise FileNotFoundError(f'no MLproject found for sample {sample!r}')
 
 
 def run_mlflow(command: list[str]) -> tuple[int, list[str]]:
     """Run ``command``; its stdout and stderr go to our stderr. Returns (status, stderr lines)."""
-    env = dict(os.environ, MLFLOW_CONFIGURE_LOGGING="true", MLFLOW_LOGGING_LEVEL="INFO")
+    env = dict(os.environ, MLFLOW_CONFIGURE_LOGGING='true', MLFLOW_LOGGING_LEVEL='INFO')
     sys.stderr.flush()
     lines: list[str] = []
     with subprocess.Popen(
-        command, stdout=sys.stderr, stderr=subprocess.PIPE, env=env, text=True, errors="replace"
+        command, stdout=sys.stderr, stderr=subprocess.PIPE, env=env, text=True, errors='replace'
     ) as proc:
         assert proc.stderr is not None
         try:
             for line in proc.stderr:
                 sys.stderr.write(line)
-                lines.append(line.rstrip("\n"))
+                lines.append(line.rstrip('\n'))
         except KeyboardInterrupt:
             proc.wait()  # the child got the same SIGINT; let it cancel its run
             raise
@@ -99,16 +99,16 @@ def find_run_id(lines: list[str], launched_ms: int) -> str:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
         runs = client.search_runs(
             experiment_ids,
-            filter_string=f"attributes.start_time >= {launched_ms} "
+            filter_string=f'attributes.start_time >= {launched_ms} '
             "and tags.`mlflow.source.type` = 'PROJECT'",
         )
         if len(runs) != 1:
-            raise LookupError(f"cannot tell the new run apart ({len(runs)} candidates)")
+            raise LookupError(f'cannot tell the new run apart ({len(runs)} candidates)')
         run = runs[0]
     if run.info.status != RunStatus.to_string(RunStatus.FINISHED):
-        raise LookupError(f"run {run.info.run_id} has status {run.info.status}")
+        raise LookupError(f'run {run.info.run_id} has status {run.info.status}')
     if run.info.start_time < launched_ms:
-        raise LookupError(f"run {run.info.run_id} started before this launch")
+        raise LookupError(f'run {run.info.run_id} started before this launch')
     return str(run.info.run_id)
 
 
@@ -117,35 +117,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         project_dir = resolve_sample(args.sample)
     except FileNotFoundError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f'{PROG}: {exc}', file=sys.stderr)
         return 2
-    command = [sys.executable, "-m", "mlflow", "run", str(project_dir), "--env-manager", "local"]
-    command += ["-e", args.entry_point]
+    command = [sys.executable, '-m', 'mlflow', 'run', str(project_dir), '--env-manager', 'local']
+    command += ['-e', args.entry_point]
     for param in args.param:
-        command += ["-P", param]
+        command += ['-P', param]
     if args.experiment_name:
-        command += ["--experiment-name", args.experiment_name]
+        command += ['--experiment-name', args.experiment_name]
 
     launched_ms = int(time.time() * 1000) - 1000  # a second of slack for clock granularity
     try:
         status, lines = run_mlflow(command)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f'{PROG}: interrupted', file=sys.stderr)
         return 130
     if status != 0:
         print(
-            f"{PROG}: `mlflow run` of {args.sample!r} failed (exit status {status})",
+            f'{PROG}: `mlflow run` of {args.sample!r} failed (exit status {status})',
             file=sys.stderr,
         )
         return status if status > 0 else 1
     try:
         run_id = find_run_id(lines, launched_ms)
     except Exception as exc:  # any store or lookup error ends in the same one-line report
-        print(f"{PROG}: run succeeded but its ID was not found: {exc}", file=sys.stderr)
+        print(f'{PROG}: run succeeded but its ID was not found: {exc}', file=sys.stderr)
         return 1
     print(run_id)
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument('--threshold', type=float, default=0.5)
     return parser.parse_args(argv)
 
 
@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     model.fit(X_train, y_train)
     flagged = model.predict_proba(X_test)[:, 1] >= args.threshold
-    mlflow.log_metric("score", float(flagged.mean()))
+    mlflow.log_metric('score', float(flagged.mean()))
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

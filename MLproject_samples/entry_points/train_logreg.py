@@ -18,7 +18,7 @@ from sklearn.model_selection import train_test_split
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--C", type=float, default=1.0)
+    parser.add_argument('--C', type=float, default=1.0)
     return parser.parse_args(argv)
 
 
@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = LogisticRegression(C=args.C, max_iter=1000)
     model.fit(X_train, y_train)
-    mlflow.log_metric("accuracy", float(accuracy_score(y_test, model.predict(X_test))))
+    mlflow.log_metric('accuracy', float(accuracy_score(y_test, model.predict(X_test))))
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

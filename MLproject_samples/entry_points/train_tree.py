@@ -18,8 +18,8 @@ from sklearn.tree import DecisionTreeClassifier
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--max-depth", type=int, default=3)
-    parser.add_argument("--criterion", choices=["gini", "entropy", "log_loss"], default="gini")
+    parser.add_argument('--max-depth', type=int, default=3)
+    parser.add_argument('--criterion', choices=['gini', 'entropy', 'log_loss'], default='gini')
     return parser.parse_args(argv)
 
 
@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     model.fit(X_train, y_train)
     pred = model.predict(X_test)
-    mlflow.log_metric("accuracy", float(accuracy_score(y_test, pred)))
-    mlflow.log_metric("f1_macro", float(f1_score(y_test, pred, average="macro")))
+    mlflow.log_metric('accuracy', float(accuracy_score(y_test, pred)))
+    mlflow.log_metric('f1_macro', float(f1_score(y_test, pred, average='macro')))
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

@@ -16,19 +16,19 @@ import mlflow
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fail-at", type=int, default=2)
+    parser.add_argument('--fail-at', type=int, default=2)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for step in range(args.fail_at):
-        mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
-    print(f"sample warning: loss stopped improving after {args.fail_at} steps", file=sys.stderr)
-    print("sample warning: data looks corrupted", file=sys.stderr)
-    print(f"sample failure: giving up at step {args.fail_at}", file=sys.stderr)
+        mlflow.log_metric('loss', 1.0 / (step + 1), step=step)
+    print(f'sample warning: loss stopped improving after {args.fail_at} steps', file=sys.stderr)
+    print('sample warning: data looks corrupted', file=sys.stderr)
+    print(f'sample failure: giving up at step {args.fail_at}', file=sys.stderr)
     return 1
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

@@ -27,14 +27,14 @@ from sklearn.preprocessing import StandardScaler
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument('--epochs', type=int, default=10)
     return parser.parse_args(argv)
 
 
 def perturbed_step() -> int | None:
     """Step whose ``loss`` the test hook shifts by 1.0, or None when unset."""
-    raw = os.environ.get("SAMPLE_PERTURB_STEP")
-    return int(raw) if raw not in (None, "") else None
+    raw = os.environ.get('SAMPLE_PERTURB_STEP')
+    return int(raw) if raw not in (None, '') else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,17 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     X_train, X_test = x_scaler.transform(X_train), x_scaler.transform(X_test)
     y_train, y_test = (y_train - y_mean) / y_std, (y_test - y_mean) / y_std
 
-    model = SGDRegressor(learning_rate="constant", eta0=0.001, random_state=0)
+    model = SGDRegressor(learning_rate='constant', eta0=0.001, random_state=0)
     for step in range(args.epochs):
         model.partial_fit(X_train, y_train)
         loss = float(mean_squared_error(y_train, model.predict(X_train)))
         val_loss = float(mean_squared_error(y_test, model.predict(X_test)))
         if step == perturb:
             loss += 1.0
-        mlflow.log_metric("loss", loss, step=step)
-        mlflow.log_metric("val_loss", val_loss, step=step)
+        mlflow.log_metric('loss', loss, step=step)
+        mlflow.log_metric('val_loss', val_loss, step=step)
+        print(f'epoch {step}: loss {loss:.6f} val_loss {val_loss:.6f}')
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

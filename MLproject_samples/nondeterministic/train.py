@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n-estimators", type=int, default=20)
+    parser.add_argument('--n-estimators', type=int, default=20)
     return parser.parse_args(argv)
 
 
@@ -31,10 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     model = RandomForestRegressor(n_estimators=args.n_estimators)
     model.fit(X_train, y_train)
     pred = model.predict(X_test)
-    mlflow.log_metric("test_mae", float(mean_absolute_error(y_test, pred)))
-    mlflow.log_metric("test_r2", float(r2_score(y_test, pred)))
+    mlflow.log_metric('test_mae', float(mean_absolute_error(y_test, pred)))
+    mlflow.log_metric('test_r2', float(r2_score(y_test, pred)))
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

@@ -23,12 +23,12 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 
-DECLARED_PARAMS = {"n_neighbors"}  # logged by `mlflow run` from the MLproject
+DECLARED_PARAMS = {'n_neighbors'}  # logged by `mlflow run` from the MLproject
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n-neighbors", type=int, default=5)
+    parser.add_argument('--n-neighbors', type=int, default=5)
     return parser.parse_args(argv)
 
 
@@ -42,18 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     model.fit(X_train, y_train)
 
     own_params: dict[str, str] = {
-        "model_type": type(model).__name__,
-        "n_train_rows": str(len(X_train)),
-        "n_test_rows": str(len(X_test)),
-        "n_features": str(X.shape[1]),
+        'model_type': type(model).__name__,
+        'n_train_rows': str(len(X_train)),
+        'n_test_rows': str(len(X_test)),
+        'n_features': str(X.shape[1]),
     }
     own_params.update(
         (key, str(value)) for key, value in model.get_params().items() if key not in DECLARED_PARAMS
     )
     mlflow.log_params(own_params)
-    mlflow.log_metric("accuracy", float(accuracy_score(y_test, model.predict(X_test))))
+    mlflow.log_metric('accuracy', float(accuracy_score(y_test, model.predict(X_test))))
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

@@ -16,15 +16,15 @@ import mlflow
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--msg", default="hello")
+    parser.add_argument('--msg', default='hello')
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    mlflow.log_metric("msg_length", float(len(args.msg)))
+    mlflow.log_metric('msg_length', float(len(args.msg)))
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

@@ -19,8 +19,8 @@ from sklearn.model_selection import train_test_split
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--alpha", type=float, default=0.005)
-    parser.add_argument("--l1-ratio", type=float, default=0.5)
+    parser.add_argument('--alpha', type=float, default=0.005)
+    parser.add_argument('--l1-ratio', type=float, default=0.5)
     return parser.parse_args(argv)
 
 
@@ -31,11 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     model = ElasticNet(alpha=args.alpha, l1_ratio=args.l1_ratio, random_state=42)
     model.fit(X_train, y_train)
     pred = model.predict(X_test)
-    mlflow.log_metric("mae", float(mean_absolute_error(y_test, pred)))
-    mlflow.log_metric("r2", float(r2_score(y_test, pred)))
-    mlflow.log_metric("rmse", float(np.sqrt(mean_squared_error(y_test, pred))))
+    mlflow.log_metric('mae', float(mean_absolute_error(y_test, pred)))
+    mlflow.log_metric('r2', float(r2_score(y_test, pred)))
+    mlflow.log_metric('rmse', float(np.sqrt(mean_squared_error(y_test, pred))))
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

@@ -1,0 +1,358 @@
+"""The README, held to its word: its tables are read here and checked against
+the tool, so they cannot drift apart.  Every row of "Bad input" is fed to the
+tool; each row's setup (the run, repository or server the input needs) lives
+in SETUPS under the row's first cell, and a row without one fails."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, free_port, git
+from test_reproduce_run import (
+    ECHO_PROJECT,
+    add_project,
+    client,
+    logged_run,
+    recorded_run,
+    reproduce,
+)
+
+from reproduce_run import main
+
+Argv = tuple[str, ...]
+Setup = Callable[[pytest.FixtureRequest], list[Argv]]
+_CODE_SPAN_RE = re.compile(r'(`+) ?(.+?) ?\1(?!`)')
+_PLACEHOLDER_RE = re.compile(r'<[^<>]+>|…')
+
+
+def readme_table(heading: str) -> list[list[str]]:
+    text = (ROOT / 'README.md').read_text()
+    section = text.split(f'\n## {heading}\n', 1)[1].split('\n## ', 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith('|')][2:]
+    return [[cell.strip() for cell in row.strip().strip('|').split(' | ')] for row in rows]
+
+
+def message_pattern(cell: str) -> re.Pattern[str]:
+    """The one line a row promises: its message, after the error prefix, with
+    placeholders such as <id> or … standing for any text."""
+    spans = _CODE_SPAN_RE.findall(cell)
+    assert len(spans) == 1 and _CODE_SPAN_RE.fullmatch(cell), (
+        f'a Bad input row gives exactly one message, as one code span: {cell}'
+    )
+    parts = _PLACEHOLDER_RE.split(spans[0][1])
+    return re.compile('reproduce_run: error: ' + '.+'.join(map(re.escape, parts)) + '\n')
+
+
+# --- setups: one per row of "Bad input", keyed by the row's first cell --------
+
+
+def _commit(request: pytest.FixtureRequest) -> str:
+    return git('rev-parse', 'HEAD', cwd=request.getfixturevalue('samples_repo'))
+
+
+def _samples_uri(request: pytest.FixtureRequest, sample: str) -> str:
+    return f'file://{request.getfixturevalue("samples_repo")}#{sample}'
+
+
+def deleted_run(request: pytest.FixtureRequest) -> list[Argv]:
+    run_id = logged_run({'a': [1.0]})
+    client().delete_run(run_id)
+    return [('--run_id', run_id)]
+
+
+def run_in_deleted_experiment(request: pytest.FixtureRequest) -> list[Argv]:
+    c = client()
+    experiment_id = c.create_experiment(f'doomed-{request.getfixturevalue("tmp_path").name}')
+    run_id = c.create_run(experiment_id).info.run_id
+    c.set_terminated(run_id)
+    c.delete_experiment(experiment_id)
+    return [('--run_id', run_id)]
+
+
+def notebook_run(request: pytest.FixtureRequest) -> list[Argv]:
+    return [('--run_id', logged_run({'a': [1.0]}))]
+
+
+def project_run_without_commit(request: pytest.FixtureRequest) -> list[Argv]:
+    c = client()
+    run = c.create_run(
+        c.get_experiment_by_name('Default').experiment_id,
+        tags={
+            'mlflow.source.name': _samples_uri(request, 'sklearn_regression'),
+            'mlflow.source.type': 'PROJECT',
+        },
+    )
+    c.set_terminated(run.info.run_id)
+    return [('--run_id', run.info.run_id)]
+
+
+def entry_point_missing(request: pytest.FixtureRequest) -> list[Argv]:
+    run_id = recorded_run(
+        _samples_uri(request, 'sklearn_regression'), _commit(request), entry_point='evaluate'
+    )
+    return [('--run_id', run_id)]
+
+
+def mlproject_not_parsing(request: pytest.FixtureRequest) -> list[Argv]:
+    repo = request.getfixturevalue('own_repo')
+    (repo / 'sklearn_regression' / 'MLproject').write_text('entry_points: [main\n')
+    git('commit', '--quiet', '-am', 'break the MLproject', cwd=repo)
+    run_id = recorded_run(f'file://{repo}#sklearn_regression', git('rev-parse', 'HEAD', cwd=repo))
+    return [('--run_id', run_id)]
+
+
+def param_without_default_missing(request: pytest.FixtureRequest) -> list[Argv]:
+    repo = request.getfixturevalue('own_repo')
+    add_project(repo, 'echo', ECHO_PROJECT)
+    run_id = recorded_run(f'file://{repo}#echo', git('rev-parse', 'HEAD', cwd=repo), {'other': '1'})
+    return [('--run_id', run_id)]
+
+
+def server_not_listening(request: pytest.FixtureRequest) -> list[Argv]:
+    monkeypatch = request.getfixturevalue('monkeypatch')
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', f'http://127.0.0.1:{free_port()}')
+    monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')  # the message is the same
+    return [('--run_id', 'a' * 32)]
+
+
+def unreachable_source(request: pytest.FixtureRequest) -> list[Argv]:
+    commit, tmp_path = _commit(request), request.getfixturevalue('tmp_path')
+    remote = recorded_run(_samples_uri(request, 'sklearn_regression'), commit)
+    missing = recorded_run(f'file://{tmp_path}/laptop/repo#sklearn_regression', commit)
+    unreachable = f'git://127.0.0.1:{free_port()}/samples.git#sklearn_regression'
+    return [('--run_id', remote, '--uri', unreachable), ('--run_id', missing)]
+
+
+def path_missing_remote_recorded(request: pytest.FixtureRequest) -> list[Argv]:
+    url, _ = request.getfixturevalue('git_daemon')
+    tmp_path = request.getfixturevalue('tmp_path')
+    run_id = recorded_run(f'file://{tmp_path}/laptop/repo#sklearn_regression', _commit(request))
+    client().set_tag(run_id, 'mlflow.source.git.repoURL', f'{url}/samples.git')
+    return [('--run_id', run_id)]
+
+
+def commit_gone(request: pytest.FixtureRequest) -> list[Argv]:
+    url, base = request.getfixturevalue('git_daemon')
+    tmp_path: Path = request.getfixturevalue('tmp_path')
+    bare, work = base / f'{tmp_path.name}-readme.git', tmp_path / 'work'
+    git(
+        'clone',
+        '--quiet',
+        '--bare',
+        str(request.getfixturevalue('samples_repo')),
+        str(bare),
+        cwd=tmp_path,
+    )
+    git('clone', '--quiet', str(bare), str(work), cwd=tmp_path)
+    git(
+        '-c',
+        'user.email=t@e',
+        '-c',
+        'user.name=t',
+        'commit',
+        '--quiet',
+        '--allow-empty',
+        '-m',
+        'soon gone',
+        cwd=work,
+    )
+    gone = git('rev-parse', 'HEAD', cwd=work)
+    git('push', '--quiet', 'origin', 'HEAD:main', cwd=work)
+    run_id = recorded_run(f'{url}/{bare.name}#sklearn_regression', gone)
+    git('push', '--quiet', '--force', 'origin', 'HEAD~1:main', cwd=work)
+    git('reflog', 'expire', '--expire=now', '--all', cwd=bare)
+    git('gc', '--quiet', '--prune=now', cwd=bare)
+    return [('--run_id', run_id)]
+
+
+def quoted_placeholder(request: pytest.FixtureRequest) -> list[Argv]:
+    pwned = request.getfixturevalue('tmp_path') / 'pwned'
+    run_id = recorded_run(
+        _samples_uri(request, 'quoted_command'), _commit(request), {'msg': f'x; touch {pwned}'}
+    )
+    return [('--run_id', run_id)]
+
+
+def conda_without_environment(request: pytest.FixtureRequest) -> list[Argv]:
+    run_id = recorded_run(
+        _samples_uri(request, 'sklearn_regression'),
+        _commit(request),
+        {'alpha': '0.005', 'l1_ratio': '0.5'},
+    )
+    return [('--run_id', run_id, '--env-manager', 'conda')]
+
+
+HEREDOC_PROJECT = {
+    'MLproject': 'entry_points:\n  main:\n    parameters:\n      msg: string\n'
+                 '    command: "cat > cfg.txt <<EOF\\nvalue: {msg}\\nEOF\\npython echo.py --msg x"\n',
+    'echo.py': ECHO_PROJECT['echo.py'],
+}
+
+
+def crafted_placeholder(request: pytest.FixtureRequest) -> list[Argv]:
+    repo = request.getfixturevalue('own_repo')
+    add_project(repo, 'heredoc', HEREDOC_PROJECT)
+    pwned = request.getfixturevalue('tmp_path') / 'pwned'
+    heredoc = recorded_run(f'file://{repo}#heredoc', git('rev-parse', 'HEAD', cwd=repo),
+                           {'msg': f'$(touch {pwned})'})
+    return [*quoted_placeholder(request), ('--run_id', heredoc)]
+
+
+def script_outside(request: pytest.FixtureRequest) -> list[Argv]:
+    commit = _commit(request)
+    absolute = recorded_run(_samples_uri(request, 'entry_points'), commit,
+                            entry_point='/tmp/x/evil.py')
+    relative = recorded_run(_samples_uri(request, 'entry_points'), commit,
+                            entry_point='../../outside.py')
+    return [('--run_id', absolute), ('--run_id', relative)]
+
+
+def script_missing(request: pytest.FixtureRequest) -> list[Argv]:
+    run_id = recorded_run(_samples_uri(request, 'entry_points'), _commit(request),
+                          entry_point='nonexist.py')
+    return [('--run_id', run_id), ('--run_id', run_id, '--dry-run')]
+
+
+def symlink_out(request: pytest.FixtureRequest) -> list[Argv]:
+    repo = request.getfixturevalue('own_repo')
+    outside = request.getfixturevalue('tmp_path') / 'outside-MLproject'
+    outside.write_text((repo / 'sklearn_regression' / 'MLproject').read_text())
+    mlproject = repo / 'sklearn_regression' / 'MLproject'
+    mlproject.unlink()
+    mlproject.symlink_to(outside)
+    git('add', '--all', cwd=repo)
+    git('commit', '--quiet', '-m', 'a symlink out', cwd=repo)
+    run_id = recorded_run(f'file://{repo}#sklearn_regression', git('rev-parse', 'HEAD', cwd=repo))
+    return [('--run_id', run_id)]
+
+
+def file_uri_with_token(request: pytest.FixtureRequest) -> list[Argv]:
+    run_id = recorded_run(_samples_uri(request, 'sklearn_regression'), _commit(request))
+    return [('--run_id', run_id, '--uri', 'file://user:tok3n@localhost/missing')]
+
+
+def no_tracking_uri(request: pytest.FixtureRequest) -> list[Argv]:
+    monkeypatch = request.getfixturevalue('monkeypatch')
+    monkeypatch.delenv('MLFLOW_TRACKING_URI')
+    monkeypatch.chdir(request.getfixturevalue('tmp_path'))  # holds no mlflow.db
+    return [('--run_id', 'a' * 32)]
+
+
+def missing_local_store(request: pytest.FixtureRequest) -> list[Argv]:
+    monkeypatch = request.getfixturevalue('monkeypatch')
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', 'sqlite:///missing.db')
+    return [('--run_id', 'a' * 32)]
+
+
+def arguments(*argv: str) -> Setup:
+    return lambda request: [argv]
+
+
+SETUPS: dict[str, Setup] = {
+    'no `--run_id`': arguments(),
+    "malformed run ID (`--run_id 'a b'`)": arguments('--run_id', 'a b'),
+    'unknown run ID': arguments('--run_id', 'f' * 32),
+    'deleted run': deleted_run,
+    'run in a deleted experiment': run_in_deleted_experiment,
+    'run not launched as a project (e.g. from a notebook)': notebook_run,
+    'project run without a recorded commit': project_run_without_commit,
+    'entry point missing at that commit': entry_point_missing,
+    'MLproject that does not parse at that commit': mlproject_not_parsing,
+    'declared param without default that the run lacks': param_without_default_missing,
+    'tracking server not listening': server_not_listening,
+    'git remote unreachable, or a recorded local path missing on this host': unreachable_source,
+    'a recorded local path missing on this host, the run recording its remote '
+    '(`mlflow.source.git.repoURL`)': path_missing_remote_recorded,
+    'commit gone from the remote': commit_gone,
+    "a placeholder anywhere but in a bare word (inside quotes, `$'…'`, backticks, a "
+    'here-document, after `eval` or `bash -c`, `{p!r}`, `{p:.3}`, `{p[0]}`, …) with a value '
+    'that needs quoting': crafted_placeholder,
+    'script entry point outside the checkout (`-e /tmp/x/evil.py`, `-e ../../outside.py`)':
+        script_outside,
+    'script entry point missing at that commit (also with `--dry-run`)': script_missing,
+    'MLproject, its environment file, a script entry point or the project folder that is a '
+    'symlink out of the checkout': symlink_out,
+    '`--uri file://user:tok3n@localhost/missing`': file_uri_with_token,
+    'no `MLFLOW_TRACKING_URI`, and no `mlflow.db` (nor `mlruns`) in the current folder':
+        no_tracking_uri,
+    '`MLFLOW_TRACKING_URI` names a local store that does not exist (`sqlite:///missing.db`, '
+    '`file:///x`, a path)': missing_local_store,
+    '`--rtol nan` (`inf` is accepted: any two finite values are then close)':
+        arguments('--run_id', 'a', '--rtol', 'nan'),
+    '`--jobs 0` (also `--max-runs`, `--sample`)': arguments('--run_id', 'a', '--jobs', '0'),
+    '`--since week`': arguments('--from-experiment', 'x', '--since', 'week'),
+    '`--filter`, `--since` or `--sample` without `--from-experiment`':
+        arguments('--run_id', 'a', '--since', '7d'),
+    '`--compare-to` with several runs': arguments('--run_id', 'a', 'b', '--compare-to', 'c'),
+    '`--from-experiment` naming no experiment': arguments('--from-experiment', 'nope'),
+    '`--tolerance loss` (no `=`)': arguments('--run_id', 'a', '--tolerance', 'loss'),
+    '`--tolerance loss=-1`': arguments('--run_id', 'a', '--tolerance', 'loss=-1'),
+    '`--atol -1`': arguments('--run_id', 'a', '--atol', '-1'),
+    '`--rtol abc`': arguments('--run_id', 'a', '--rtol', 'abc'),
+    '`--env-manager pip`': arguments('--run_id', 'a', '--env-manager', 'pip'),
+    '`--env-manager conda` for a project without a conda environment': conda_without_environment,
+}
+
+BAD_INPUT = readme_table('Bad input')
+
+
+def run_tool(capsys: pytest.CaptureFixture[str], argv: Argv) -> tuple[int, str, str]:
+    """main() in this process; argparse's own errors leave through SystemExit."""
+    try:
+        return reproduce(capsys, *argv)
+    except SystemExit as e:
+        out, err = capsys.readouterr()
+        return int(e.code or 0), out, err
+
+
+@pytest.mark.parametrize(
+    ('situation', 'message'),
+    [pytest.param(situation, message, id=situation) for situation, message in BAD_INPUT],
+)
+def test_bad_input_row(
+    situation: str, message: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if situation not in SETUPS:
+        pytest.fail(f'README Bad input row {situation!r} has no setup in SETUPS')
+    pattern = message_pattern(message)
+    for argv in SETUPS[situation](request):
+        code, out, err = run_tool(capsys, argv)
+        assert (code, out) == (2, ''), err
+        assert pattern.fullmatch(err), f'{argv}: {err!r} does not match {pattern.pattern!r}'
+
+
+def test_every_setup_has_a_readme_row():
+    assert set(SETUPS) - {situation for situation, _ in BAD_INPUT} == set()
+
+
+def help_options(capsys: pytest.CaptureFixture[str]) -> set[str]:
+    """The flags --help lists: the part of each option line before its help text."""
+    with pytest.raises(SystemExit) as exc:
+        main(['--help'])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    invocations = [
+        line.strip().split('  ')[0] for line in text.splitlines() if line.startswith('  -')
+    ]
+    return {flag for part in invocations for flag in re.findall(r'(?<![\w-])-{1,2}[\w-]+', part)}
+
+
+def test_every_readme_option_is_in_help(capsys):
+    documented = {
+        span.split()[0]
+        for row in readme_table('Options')
+        for _, span in _CODE_SPAN_RE.findall(row[0])
+    }
+    assert documented - help_options(capsys) == set()
+
+
+def test_every_help_option_is_in_the_readme(capsys):
+    documented = {
+        span.split()[0]
+        for row in readme_table('Options')
+        for _, span in _CODE_SPAN_RE.findall(row[0])
+    }
+    assert help_options(capsys) - documented == set()
