@@ -101,6 +101,8 @@ TAG_REFERENCE_RUN_ID = 'reproduce.reference_run_id'
 TAG_EQUAL = 'reproduce.equal'  # 'true' or 'false'
 TAG_STATUS = 'reproduce.status'  # a key of STATUS_EXIT_CODES
 TAG_BATCH = 'reproduce.batch'  # 'true' on the parent run of a batch
+TAG_REPEAT = 'reproduce.repeat'  # N, on the parent run of N repetitions
+TAG_CLASSIFICATION = 'reproduce.classification'  # what N repetitions say, on that parent
 TAG_RTOL = 'reproduce.rtol'
 TAG_ATOL = 'reproduce.atol'
 TAG_NOTE = 'mlflow.note.content'  # the run description the MLflow UI shows
@@ -109,6 +111,7 @@ ARTIFACT_DIR = 'reproduce'  # comparison.json and plots/ go here
 COMPARISON_ARTIFACT = 'comparison.json'
 OUTPUT_ARTIFACT = 'output.log'  # what the project printed
 SUMMARY_ARTIFACT = 'summary.json'  # a batch's JSON document, on its parent run
+DIAGNOSIS_ARTIFACT = 'diagnosis.json'  # what --repeat's repetitions say, on their parent
 SHORT_CELL = 60  # characters of a table cell in a shortened run description
 PLOT_NAME_CHARS = 100  # of the metric key kept in a plot's file name
 UNFINISHED_STATUSES = ('RUNNING', 'SCHEDULED')  # MLflow run statuses not yet closed
@@ -1568,10 +1571,13 @@ class Job:
     """A started reproduction: MLflow's SubmittedRun for its run, plus what it
     takes to end every process it started."""
 
-    def __init__(self, submitted: Any, tag: str) -> None:
+    def __init__(self, submitted: Any, tag: str, activation: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
         self.submitted = submitted
         self.proc: subprocess.Popen[bytes] = submitted.command_proc
         self.tag = tag
+        self.activation = activation  # what enters the project's environment, None: local
+        self.environ = environ  # what the project got; None: not known (docker)
 
     def wait(self, stop: Stop) -> int:
         """The project's exit status; raises Stopped when a signal arrives."""
@@ -1605,7 +1611,8 @@ def start_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str
         ('bash', '-c', command), cwd=plan.project_dir, env=env, stdin=subprocess.DEVNULL,
         stdout=output.write_fd, stderr=output.write_fd, start_new_session=True,
     )
-    return Job(LocalSubmittedRun(run.info.run_id, proc), tag)
+    return Job(LocalSubmittedRun(run.info.run_id, proc), tag,
+               ' && '.join(activation) or None, env)
 
 
 def _start_with_mlflow_run(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
@@ -1647,6 +1654,7 @@ class Launch:
     returncode: int
     output_tail: tuple[str, ...]
     left_behind: int = 0  # processes the project left running, ended by us
+    environment: dict[str, Any] | None = None  # of the interpreter that ran the project
 
 
 def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
@@ -1662,6 +1670,10 @@ def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
         os.makedirs(os.path.join(tmp_dir, 'tmp'), exist_ok=True)
         job = start_project(session, plan, run, tmp_dir, tag, output)
         output.close_writer()
+        # The interpreter that runs the project, described while it runs; not
+        # for docker, whose container is out of reach.
+        environment = job.environ and _in_background(
+            capture_environment, job.activation, job.environ, plan.project_dir)
         returncode = job.wait(session.stop)
     except Stopped:
         if job is not None:
@@ -1681,7 +1693,24 @@ def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
     output.close()
     close_run(session.client, run_id, 'FINISHED' if returncode == 0 else 'FAILED',
               session.left_open)
-    return Launch(returncode, tuple(output.tail), left_behind)
+    return Launch(returncode, tuple(output.tail), left_behind,
+                  environment.result() if environment else None)
+
+
+def _in_background(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) in a daemon thread, its result as a Future: a call that
+    hangs can never keep the tool from exiting."""
+    from concurrent.futures import Future
+
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # handed to whoever asks for the result
+            future.set_exception(e)
+    threading.Thread(target=run, daemon=True).start()
+    return future
 
 
 def read_histories(
@@ -2364,6 +2393,8 @@ class Report:
     differences: Differences | None = None  # besides metrics; None: not looked at
     registrations: Registrations = Registrations()
     reference_status: str | None = None  # MLflow's; None when the reference was not read
+    # (reference, reproduced) histories as judged, for --repeat's diagnosis; never printed
+    histories: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.reference_status is None and self.plan is not None:
@@ -2693,14 +2724,16 @@ def _summary_counts(batch: BatchReport) -> str:
 def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
     lines = []
     if batch.batch_run_id:
-        lines.append(f'Batch run:      {batch.batch_run_id}')
+        lines.append(f'Parent run:     {batch.batch_run_id}')
     lines += [_summary_counts(batch), _table(_summary_rows(batch), 'psql')]
     lines += [f'Skipped {s["run_id"]}: {s["reason"]}' for s in batch.skipped]
     for report in batch.reports:
         if report.status in ('failed', 'error') and report.message:
             lines.append(f'{report.reference_run_id}: {report.status}: {report.message}')
-        elif report.status == 'differ':  # its table, without its own last line
+        elif report.status == 'differ' and not batch.repeats:  # its table, without its verdict
             lines += ['', format_text(report, verbose).rsplit('\n', 1)[0]]
+    for repeat in batch.repeats:
+        lines += ['', _repeat_heading(repeat), *diagnosis_lines(repeat.diagnoses, 'psql')]
     lines.append(f'Runs equal: {batch.equal}')
     return '\n'.join(lines)
 
@@ -2710,14 +2743,27 @@ def format_batch_markdown(batch: BatchReport) -> str:
              _table(_summary_rows(batch), 'github')]
     if batch.skipped:
         lines += ['', *(f'- skipped `{s["run_id"]}`: {s["reason"]}' for s in batch.skipped)]
+    for repeat in batch.repeats:
+        lines += ['', f'**{_repeat_heading(repeat)}**', '',
+                  *diagnosis_lines(repeat.diagnoses, 'github')]
     for report in batch.reports:
-        if report.status != 'equal':
+        if report.status != 'equal' and not batch.repeats:
             lines += ['', format_markdown(report)]
     lines += ['', f'Runs equal: {batch.equal}']
     return '\n'.join(lines)
 
 
+def _repeat_heading(repeat: Repeat) -> str:
+    return (f'Run {repeat.reference_run_id} against {len(repeat.reproduced_run_ids)} '
+            f'repetitions: {classify_run(repeat.diagnoses)}')
+
+
 def batch_json(batch: BatchReport) -> dict[str, Any]:
+    repeats = {}
+    if batch.repeats:
+        repeats['repeats'] = [repeat.json() for repeat in batch.repeats]
+        if len(batch.repeats) == 1:
+            repeats['repeat'] = repeats['repeats'][0]
     return {
         'runs': [report_json(r) for r in batch.reports],
         'skipped': list(batch.skipped),
@@ -2727,6 +2773,7 @@ def batch_json(batch: BatchReport) -> dict[str, Any]:
         'exit_code': batch.exit_code,
         'batch_run_id': batch.batch_run_id,
         'message': batch.message,
+        **repeats,
     }
 
 
@@ -3204,7 +3251,8 @@ def reproduce_one(session: Session, run_id: str, index: int = 0,
         report = _unfinished(progress, run_id, 'error',
                              f'unexpected {type(e).__name__}: {_last_line(str(e))} '
                              f'(--verbose shows the traceback)')
-    report = dataclasses.replace(report, seconds=time.monotonic() - started)
+    report = dataclasses.replace(report, seconds=time.monotonic() - started,
+                                 histories=progress.histories)
     if report.reproduced_run_id:
         record_verdict(session.client, report, progress.histories,
                        plots=session.options.plots, log_path=progress.log_path)
@@ -3264,18 +3312,27 @@ def _reproduce(session: Session, run_id: str, index: int, parent_run_id: str | N
         return Report(status='failed', exit_code=EXIT_RUN_FAILED, **fields,
                       message=f'the reproduced run {new_id} failed (exit status '
                               f'{launch.returncode})' + (f'; its last error: {last}' if last else ''))
-    verdict, progress.histories = judge_reproduction(session, reference, new_id, plan)
-    return _verdict_report(verdict, **fields)
+    if launch.environment is not None:
+        record_environment(client, new_id, launch.environment)
+    reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id,
+                                                                 plan)
+    differences = differences_between(
+        client, reference, reproduced, options.rules,
+        other_environment=(launch.environment, 'reproduction') if launch.environment else None,
+        uri_overridden=options.uri is not None, version_overridden=options.version is not None)
+    return _verdict_report(verdict, differences=differences, **fields)
 
 
-def judge_reproduction(session: Session, reference: Run, run_id: str, plan: Plan,
-                       ) -> tuple[Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
+def judge_reproduction(
+        session: Session, reference: Run, run_id: str, plan: Plan,
+) -> tuple[Run, Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
     """Read the finished run back and judge it; a failure here is not the
     project's: say that the run ran and its metrics could not be read."""
     try:
         reproduced = session.client.get_run(run_id)
-        return judge_runs(session.client, session.options.rules, session.options.last_only,
-                          reference, reproduced, plan.declared)
+        return reproduced, *judge_runs(session.client, session.options.rules,
+                                       session.options.last_only, reference, reproduced,
+                                       plan.declared)
     except ReproduceError as e:
         detail = str(e).split(': ', 1)[-1]
     except Exception as e:
@@ -3315,6 +3372,7 @@ class Selection:
     order_by: str = DEFAULT_ORDER_BY
     sample: int | None = None
     sample_seed: int | None = None
+    repeat: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Selection:
@@ -3323,12 +3381,14 @@ class Selection:
             models=tuple(args.model), experiments=tuple(args.from_experiment),
             filter=args.filter or '', since_seconds=args.since, max_runs=args.max_runs,
             order_by=args.order_by, sample=args.sample, sample_seed=args.sample_seed,
+            repeat=args.repeat or 1,
         )
 
     @property
     def is_batch(self) -> bool:
         """A single --run_id keeps the single-run report; anything else is a batch."""
-        return len(self.run_ids) != 1 or bool(self.runs_file or self.models or self.experiments)
+        return len(self.run_ids) != 1 or self.repeat > 1 or bool(
+            self.runs_file or self.models or self.experiments)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3456,6 +3516,7 @@ class BatchReport:
     skipped: tuple[dict[str, str], ...] = ()
     batch_run_id: str | None = None
     message: str | None = None  # why the batch could not start at all
+    repeats: tuple[Repeat, ...] = ()  # with --repeat: one diagnosis per reference run
 
     @property
     def exit_code(self) -> int:
@@ -3469,6 +3530,19 @@ class BatchReport:
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.reports)
+
+
+@dataclasses.dataclass(frozen=True)
+class Repeat:
+    """The repetitions of one reference run, and what they say together."""
+    reference_run_id: str
+    parent_run_id: str | None
+    reproduced_run_ids: tuple[str, ...]
+    diagnoses: tuple[MetricDiagnosis, ...]
+
+    def json(self) -> dict[str, Any]:
+        return repeat_json(self.reference_run_id, self.parent_run_id, self.reproduced_run_ids,
+                           self.diagnoses)
 
 
 def fold_exit_code(statuses: Iterable[str]) -> int:
@@ -3500,13 +3574,16 @@ def _progress_end(report: Report) -> str:
 
 
 def run_batch(session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]],
-              ) -> BatchReport:
-    """Reproduce every chosen run, --jobs at a time, under one parent run."""
+              repeat: int = 1) -> BatchReport:
+    """Reproduce every chosen run (each `repeat` times), --jobs at a time,
+    under one parent run."""
     from concurrent.futures import ThreadPoolExecutor
 
     options = session.options
-    parent = None if options.dry_run else create_batch_run(session)
-    progress = _BatchProgress(len(chosen), options.quiet)
+    repeat = 1 if options.dry_run else repeat  # a plan is the same each time
+    groups = _Groups(session, repeat, len(chosen))
+    tasks = [(c, k) for c in chosen for k in range(repeat)]
+    progress = _BatchProgress(len(tasks), options.quiet)
 
     def one(index: int, c: Chosen) -> Report:
         if c.run_id is None:
@@ -3517,18 +3594,76 @@ def run_batch(session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict
                 session.stop.status], reference_run_id=c.run_id, message='not started',
                 model=c.label or None)
         progress.line(index, f'{c.run_id[:8]} {c.label + " " if c.label else ""}started')
-        report = reproduce_one(session, c.run_id, index, parent)
+        report = reproduce_one(session, c.run_id, index, groups.parent_for(c.run_id))
         report = dataclasses.replace(report, model=c.label or None)
         progress.line(index, _progress_end(report))
         return report
 
     with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-        futures = [pool.submit(one, i, c) for i, c in enumerate(chosen)]
+        futures = [pool.submit(one, i, c) for i, (c, _) in enumerate(tasks)]
         wait_for_futures(session, futures)
-    batch = BatchReport(tuple(f.result() for f in futures), tuple(skipped), parent)
-    if parent:
-        record_batch(session, batch)
+    reports = tuple(f.result() for f in futures)
+    repeats = groups.diagnose(chosen, reports) if repeat > 1 else ()
+    batch = BatchReport(reports, tuple(skipped), groups.batch_run_id, repeats=repeats)
+    groups.record(batch)
     return batch
+
+
+class _Groups:
+    """The parent runs of a batch: one for the batch, and with --repeat one
+    per reference run that nests its repetitions (a single reference's is
+    the batch's own).  Each is made when its first reproduction starts."""
+
+    def __init__(self, session: Session, repeat: int, references: int) -> None:
+        self.session, self.repeat = session, repeat
+        self._lock = threading.Lock()
+        self._batch: str | None = None
+        self._per_reference: dict[str, str] = {}
+        self._single = repeat > 1 and references == 1
+        self._dry = session.options.dry_run
+
+    @property
+    def batch_run_id(self) -> str | None:
+        return self._batch or next(iter(self._per_reference.values()), None)
+
+    def parent_for(self, run_id: str) -> str | None:
+        if self._dry:
+            return None
+        with self._lock:
+            if self.repeat == 1:
+                self._batch = self._batch or create_batch_run(self.session)
+                return self._batch
+            if not self._single and self._batch is None:
+                self._batch = create_batch_run(self.session)
+            if run_id not in self._per_reference:
+                self._per_reference[run_id] = create_repeat_run(self.session, run_id,
+                                                                self.repeat, self._batch)
+            return self._per_reference[run_id]
+
+    def diagnose(self, chosen: Sequence[Chosen], reports: Sequence[Report]) -> tuple[Repeat, ...]:
+        """What the judged repetitions of each reference say together."""
+        repeats = []
+        for c in chosen:
+            judged = [r for r in reports if r.reference_run_id == c.run_id and r.histories]
+            if not judged or c.run_id is None:
+                continue
+            diagnoses = diagnose(judged[0].histories[0], [r.histories[1] for r in judged],
+                                 self.session.options.rules)
+            repeats.append(Repeat(c.run_id, self._per_reference.get(c.run_id),
+                                  tuple(r.reproduced_run_id or '' for r in judged), diagnoses))
+        return tuple(repeats)
+
+    def record(self, batch: BatchReport) -> None:
+        """Each parent run gets what it groups, and is closed."""
+        for repeat in batch.repeats:
+            if repeat.parent_run_id:
+                record_repeat(self.session, repeat, self.repeat)
+        diagnosed = {repeat.parent_run_id for repeat in batch.repeats}
+        closing = 'KILLED' if self.session.stop.event.is_set() else 'FINISHED'
+        for parent in set(self._per_reference.values()) - diagnosed:  # nothing to diagnose
+            close_run(self.session.client, parent, closing, self.session.left_open)
+        if self._batch:
+            record_batch(self.session, batch, self._batch)
 
 
 def wait_for_futures(session: Session, futures: Sequence[Any]) -> None:
@@ -3546,27 +3681,64 @@ def wait_for_futures(session: Session, futures: Sequence[Any]) -> None:
                     os.kill(pid, signal.SIGTERM)
 
 
-def create_batch_run(session: Session) -> str:
-    """The parent run that shows the night as one row in the MLflow UI."""
+def create_group_run(session: Session, name: str, tags: Mapping[str, str],
+                     parent_run_id: str | None = None) -> str:
+    """A parent run that shows many reproductions as one row in the MLflow UI."""
     from mlflow.exceptions import MlflowException
 
-    name = time.strftime('reproduce-batch-%Y%m%dT%H%M%SZ', time.gmtime())
+    tags = {**tags, TAG_USER: _user()}
+    if parent_run_id:
+        tags[TAG_PARENT_RUN_ID] = parent_run_id
     try:
         run = session.client.create_run(
-            _experiment_id(session.client, session.options.experiment_name),
-            tags={TAG_BATCH: 'true', TAG_USER: _user()}, run_name=name)
+            _experiment_id(session.client, session.options.experiment_name), tags=tags,
+            run_name=fit_tag(name))
     except MlflowException as e:
-        raise _mlflow_error('cannot create the batch run', e) from None
+        raise _mlflow_error(f'cannot create the run {name}', e) from None
     return run.info.run_id
 
 
-def record_batch(session: Session, batch: BatchReport) -> None:
+def create_batch_run(session: Session) -> str:
+    return create_group_run(session, time.strftime('reproduce-batch-%Y%m%dT%H%M%SZ',
+                                                   time.gmtime()), {TAG_BATCH: 'true'})
+
+
+def create_repeat_run(session: Session, run_id: str, n: int, parent: str | None) -> str:
+    """reproduce-repeat-<reference run name>, parent of the repetitions."""
+    try:
+        name = session.client.get_run(run_id).info.run_name or run_id
+    except Exception:  # an unknown run: its repetitions will say so
+        name = run_id
+    return create_group_run(session, f'reproduce-repeat-{name}',
+                            {TAG_REFERENCE_RUN_ID: run_id, TAG_REPEAT: str(n)}, parent)
+
+
+def record_repeat(session: Session, repeat: Repeat, n: int) -> None:
+    """The diagnosis on the repetitions' parent run: class, description and
+    diagnosis.json (with the suggested tolerances, for a later check)."""
+    from mlflow.entities import RunTag
+
+    run_id = repeat.parent_run_id
+    assert run_id is not None
+    classification = classify_run(repeat.diagnoses)
+    note = '\n'.join([f'**Repetitions of run {repeat.reference_run_id}** ({n}): '
+                      f'{classification}', '', *diagnosis_lines(repeat.diagnoses, 'github')])
+    try:
+        session.client.log_batch(run_id, tags=[
+            RunTag(TAG_CLASSIFICATION, classification), RunTag(TAG_NOTE, fit_tag(note))])
+        session.client.log_text(run_id, json.dumps(repeat.json(), indent=2, allow_nan=False),
+                                f'{ARTIFACT_DIR}/{DIAGNOSIS_ARTIFACT}')
+    except Exception as e:
+        warn(f'could not record the diagnosis on run {run_id}: {_last_line(str(e))}')
+    stopped = session.stop.event.is_set()
+    close_run(session.client, run_id, 'KILLED' if stopped else 'FINISHED', session.left_open)
+
+
+def record_batch(session: Session, batch: BatchReport, run_id: str) -> None:
     """Counts as metrics, the summary as description and artifact, and the
     parent run closed: FINISHED when the batch ran to its end."""
     from mlflow.entities import Metric, RunTag
 
-    run_id = batch.batch_run_id
-    assert run_id is not None
     now = int(time.time() * 1000)
     counts = {f'runs_{s}': batch.count(s) for s in ('equal', 'differ', 'failed', 'error')}
     counts['runs_total'] = len(batch.reports)
@@ -3646,7 +3818,7 @@ def invoke(options: Options, selection: Selection, compare_to_id: str | None, st
             if not selection.is_batch:
                 return run_in_worker(session, lambda: reproduce_one(session, selection.run_ids[0]))
             chosen, skipped = select_runs(session.client, selection, options.uri is not None)
-            return run_batch(session, chosen, skipped)
+            return run_batch(session, chosen, skipped, selection.repeat)
         finally:
             end_processes(None, tag)  # nothing the tool started outlives it
             end_processes(None, tag + '.')
@@ -3680,6 +3852,14 @@ def _positive_int(s: str) -> int:
         raise argparse.ArgumentTypeError(f'expected a whole number, got {s!r}') from None
     if value < 1:
         raise argparse.ArgumentTypeError(f'expected a number >= 1, got {s!r}')
+    return value
+
+
+def _repeat_count(s: str) -> int:
+    value = _positive_int(s)
+    if value < 2:
+        raise argparse.ArgumentTypeError(
+            f'expected a number >= 2 (one reproduction is the default), got {s!r}')
     return value
 
 
@@ -3763,6 +3943,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help='seed of --sample, for a repeatable choice')
     batch.add_argument('--jobs', '-j', type=_positive_int, default=1, metavar='N',
                        help='reproductions at once (default: %(default)s)')
+    batch.add_argument('--repeat', type=_repeat_count, metavar='N',
+                       help='reproduce each run N >= 2 times and tell nondeterminism from drift')
     judging = parser.add_argument_group('judging')
     judging.add_argument('--rtol', '--rel_tol', dest='rtol', type=_tolerance,
                          default=DEFAULT_RTOL, help='relative tolerance (default: %(default)s)')
@@ -3815,7 +3997,7 @@ def _conflicting_options(args: argparse.Namespace) -> str | None:
         return ('the following arguments are required: --run_id/--run-id (or --runs-file, '
                 '--model, --from-experiment)')
     if args.compare_to and (len(args.run_id or ()) != 1 or args.runs_file or args.model
-                            or args.from_experiment):
+                            or args.from_experiment or args.repeat):
         return '--compare-to compares exactly one --run_id with one other run'
     search_only = [flag for flag, value in (('--filter', args.filter), ('--since', args.since),
                                             ('--sample', args.sample)) if value is not None]
