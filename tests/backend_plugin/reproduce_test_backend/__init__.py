@@ -90,13 +90,16 @@ class JobSubmittedRun(SubmittedRun):
         return 'FINISHED' if self._proc.returncode == 0 else 'FAILED'
 
     def _finish(self) -> str:
-        """Once the job has ended: close the MLflow run unless the job (or
-        someone else) already did, and remove a temporary job folder."""
+        """Once the job has ended: record its outcome on the MLflow run, and
+        remove a temporary job folder.  A job that failed or was cancelled
+        is FAILED or KILLED even if its code ended the run as FINISHED
+        (MLflow's fluent API does so at exit, whatever the exit status)."""
         status = self._status()
         with self._lock:
             run = self._client.get_run(self._run_id)
-            if run.info.status in ('RUNNING', 'SCHEDULED'):
-                self._client.set_terminated(self._run_id, status)
+            if status != 'FINISHED' or run.info.status in ('RUNNING', 'SCHEDULED'):
+                if run.info.status != status:
+                    self._client.set_terminated(self._run_id, status)
             if not self._keep_job_dir:
                 shutil.rmtree(self._job_dir, ignore_errors=True)
         return status
