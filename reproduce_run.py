@@ -584,6 +584,15 @@ def validate_backend_project(plan: Plan) -> None:
         check_backend_project(plan.backend.name, plan.project_dir, where)
 
 
+def refuse_unwired_backend(plan: Plan) -> None:
+    """Until the launch goes through SubmittedRun, only local runs: never
+    run locally what the user asked to run elsewhere."""
+    if plan.backend.name != DEFAULT_BACKEND:
+        raise ReproduceError(
+            f'launching on backend {plan.backend.name!r} is not implemented yet; --dry-run '
+            f'shows the plan')
+
+
 def warn_about_reference_backend(plan: Plan) -> None:
     if plan.reference_backend and plan.reference_backend != plan.backend.name:
         warn(f'run {plan.reference.info.run_id} ran on backend {plan.reference_backend!r} '
@@ -1551,6 +1560,7 @@ def reproduce(args: argparse.Namespace) -> Report:
             if args.dry_run:
                 return Report(status='planned', exit_code=EXIT_EQUAL,
                               reference_run_id=args.run_id, plan=plan, rules=rules)
+            refuse_unwired_backend(plan)  # TODO(lead): gone once the launch uses SubmittedRun
             run = create_reproduced_run(client, plan)
             run_id = run.info.run_id
             if args.verbose:

@@ -221,8 +221,9 @@ SECRET_CONFIG = json.dumps({'queue': 'gpu', 'api_token': 's3cr3t',
 
 
 def test_dry_run_shows_the_backend_with_its_config_masked(reference, capsys):
+    run_id = reference('sklearn_regression')
     before = all_run_ids()
-    code, out, err = reproduce(capsys, '--run_id', reference('sklearn_regression'), '--dry-run',
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run',
                                '-b', PLUGIN, '-c', SECRET_CONFIG)
     assert code == 0 and all_run_ids() == before
     assert (f'Backend:        {PLUGIN} {{"queue": "gpu", "api_token": "***", '
@@ -377,3 +378,14 @@ def test_fixup_makes_a_plugin_run_look_like_a_local_reproduction(reference, tmp_
     assert tags['mlflow.project.backend'] == PLUGIN  # MLflow's tag stays
     assert tags['mlflow.runName'] == f'reproduce-{ref.info.run_name}'
     assert run.data.params == ref.data.params and run.info.status == 'FINISHED'
+
+
+def test_non_local_launch_is_refused_until_it_is_wired(reference, capsys):
+    run_id = reference('sklearn_regression')
+    before = all_run_ids()
+    code, out, err = reproduce(capsys, '--run_id', run_id, '-b', PLUGIN)
+    assert (code, out, all_run_ids()) == (2, '', before)
+    warning, error = err.splitlines()  # the reference ran on local: a warning first
+    assert warning.startswith(f'reproduce_run: warning: run {run_id} ran on backend')
+    assert error == (f"reproduce_run: error: launching on backend '{PLUGIN}' is not implemented "
+                     f'yet; --dry-run shows the plan')

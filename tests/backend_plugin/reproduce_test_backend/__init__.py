@@ -96,10 +96,10 @@ class JobSubmittedRun(SubmittedRun):
         (MLflow's fluent API does so at exit, whatever the exit status)."""
         status = self._status()
         with self._lock:
-            run = self._client.get_run(self._run_id)
-            if status != 'FINISHED' or run.info.status in ('RUNNING', 'SCHEDULED'):
-                if run.info.status != status:
-                    self._client.set_terminated(self._run_id, status)
+            current = self._client.get_run(self._run_id).info.status
+            unfinished = current in ('RUNNING', 'SCHEDULED')
+            if current != status and (status != 'FINISHED' or unfinished):
+                self._client.set_terminated(self._run_id, status)
             if not self._keep_job_dir:
                 shutil.rmtree(self._job_dir, ignore_errors=True)
         return status
