@@ -117,6 +117,14 @@ PLOT_NAME_CHARS = 100  # of the metric key kept in a plot's file name
 UNFINISHED_STATUSES = ('RUNNING', 'SCHEDULED')  # MLflow run statuses not yet closed
 FAILED_STATUSES = ('FAILED', 'KILLED')  # closed, but not FINISHED
 
+# Execution backends: MLflow's own, then plugins registered under its entry point group.
+DEFAULT_BACKEND = 'local'
+BUILTIN_BACKENDS = ('local', 'kubernetes', 'databricks')
+BACKEND_ENTRY_POINT_GROUP = 'mlflow.project_backend'
+KUBERNETES_REQUIRED_KEYS = ('kube-job-template-path', 'repository-uri')  # as MLflow checks
+KUBERNETES_PACKAGES = ('kubernetes', 'docker')  # mlflow.projects.kubernetes imports both
+MASKED = '***'
+
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
 # The userinfo of a URL runs to the last @ before the path: a password may
 # hold an unencoded @.
@@ -129,6 +137,7 @@ _EXCEPTION_LINE_RE = re.compile(r'^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrup
 # Every process a reproduction starts carries this variable, so that it can be
 # found and ended even after it left the process group (Linux /proc).
 PROCESS_TAG = 'REPRODUCE_RUN_PROCESS_TAG'
+_SECRET_KEY_RE = re.compile(r'token|secret|password|key', re.IGNORECASE)  # config keys to mask
 
 
 class ReproduceError(Exception):
@@ -606,6 +615,14 @@ class Params:
 
 
 @dataclasses.dataclass(frozen=True)
+class Backend:
+    """Where the project runs: an MLflow execution backend and its config
+    (the dict `mlflow run -c` passes; it may hold credentials)."""
+    name: str = DEFAULT_BACKEND
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """Everything the launch needs, resolved before anything runs."""
     reference: Run
@@ -617,6 +634,8 @@ class Plan:
     params: Params
     logged_params: dict[str, str]  # what MLflow would log for this launch
     command: str  # the entry point's command template
+    backend: Backend = Backend()
+    reference_backend: str | None = None  # the reference run's mlflow.project.backend tag
 
     @property
     def declared(self) -> tuple[str, ...]:
@@ -988,6 +1007,197 @@ def unsafe_params(command: str | None, passed: Mapping[str, str]) -> list[Placeh
 
 
 # ---------------------------------------------------------------------------
+# Execution backends: where the project runs, checked before anything runs.
+
+def _json_type(value: object) -> str:
+    names = {dict: 'object', list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}
+    return names.get(type(value), 'number')
+
+
+def parse_backend_config(text: str) -> dict[str, Any]:
+    """--backend-config: a path ending in .json (MLflow reads no other file)
+    or an inline JSON object.  An inline value is never echoed: it may hold
+    a token."""
+    if text.endswith('.json'):
+        where = f'file {text!r}'
+        try:
+            with open(text) as f:
+                value = json.load(f)
+        except OSError as e:
+            raise ReproduceError(f'cannot read --backend-config {where}: {e.strerror}') from None
+        except ValueError as e:
+            raise ReproduceError(f'--backend-config {where} is not valid JSON: {e}') from None
+    else:
+        where = 'value'
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise ReproduceError(
+                f'--backend-config is neither a path ending in .json nor an inline JSON '
+                f'object ({e})',
+            ) from None
+    if not isinstance(value, dict):
+        raise ReproduceError(
+            f'--backend-config {where} holds a JSON {_json_type(value)}, not an object')
+    return value
+
+
+def available_backends() -> list[str]:
+    """MLflow's backends, then the plugins installed in this environment
+    (read from package metadata: no mlflow import)."""
+    from importlib.metadata import entry_points
+
+    plugins = {ep.name for ep in entry_points(group=BACKEND_ENTRY_POINT_GROUP)}
+    return [*BUILTIN_BACKENDS, *sorted(plugins - set(BUILTIN_BACKENDS))]
+
+
+def mask_config(value: Any) -> Any:
+    """A backend config fit to print: the values of keys that name a token,
+    secret, password or key are hidden, and so are credentials in URLs."""
+    if isinstance(value, Mapping):
+        return {k: MASKED if _SECRET_KEY_RE.search(str(k)) else mask_config(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_config(v) for v in value]
+    if isinstance(value, str):
+        return mask_credentials(value)
+    return value
+
+
+def validate_backend(name: str, config: Mapping[str, Any], project_dir: str | None = None,
+                     where: str = 'the project') -> None:
+    """What MLflow would refuse only after creating the run (or never, for a
+    missing package), refused first; project_dir None checks the name and
+    config alone."""
+    available = available_backends()
+    if name not in available:
+        raise ReproduceError(f'unknown backend {name!r}; available: {", ".join(available)}')
+    if name == 'kubernetes':
+        check_kubernetes_config(config)
+    elif name == 'databricks':
+        check_databricks_config(config)
+    if project_dir is not None:
+        check_backend_project(name, project_dir, where)
+
+
+def check_kubernetes_config(config: Mapping[str, Any]) -> None:
+    missing = [k for k in KUBERNETES_REQUIRED_KEYS if not config.get(k)]
+    if missing:
+        raise ReproduceError(
+            f'the kubernetes backend needs {", ".join(map(repr, missing))} in --backend-config '
+            f'(required: {", ".join(KUBERNETES_REQUIRED_KEYS)})')
+    _check_job_template(str(config['kube-job-template-path']))
+    import importlib.util
+
+    for package in KUBERNETES_PACKAGES:
+        if importlib.util.find_spec(package) is None:
+            raise ReproduceError(
+                f'the kubernetes backend needs the Python package {package!r}, which is not '
+                f'installed (pip install {package})')
+
+
+def _check_job_template(path: str) -> None:
+    """MLflow fills in spec.template.spec.containers[0] of the template."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            template = yaml.safe_load(f)
+    except OSError as e:
+        raise ReproduceError(f'cannot read kube-job-template-path {path!r}: {e.strerror}') from None
+    except yaml.YAMLError as e:
+        raise ReproduceError(
+            f'kube-job-template-path {path!r} is not valid YAML: {_last_line(str(e))}') from None
+    try:
+        containers = template['spec']['template']['spec']['containers']
+        ok = isinstance(containers, list) and isinstance(containers[0], dict)
+    except (TypeError, KeyError, IndexError):
+        ok = False
+    if not ok:
+        raise ReproduceError(
+            f'kube-job-template-path {path!r} is not a Kubernetes Job template with a '
+            f'container at spec.template.spec.containers[0]')
+
+
+def check_databricks_config(config: Mapping[str, Any]) -> None:
+    """MLflow's own checks before a Databricks run (a new-cluster spec, a
+    tracking URI the cluster can reach), then the workspace credentials that
+    MLflow would only look for when submitting."""
+    import logging
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.projects.databricks import before_run_validations
+    from mlflow.utils.databricks_utils import get_databricks_host_creds
+
+    tracking_uri = mlflow.get_tracking_uri()
+    try:
+        before_run_validations(tracking_uri, dict(config) or None)
+    except MlflowException as e:
+        raise ReproduceError(f'cannot run on databricks: {_last_line(e.message)}') from None
+    # MLflow logs a warning for each credential source it tries; one error line says it.
+    quiet = logging.getLogger('mlflow.utils.databricks_utils')
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        get_databricks_host_creds(tracking_uri)
+    except Exception:
+        raise ReproduceError(
+            f'cannot run on databricks: no Databricks workspace is configured for tracking URI '
+            f'{mask_credentials(tracking_uri)!r} (set DATABRICKS_HOST and DATABRICKS_TOKEN, '
+            f'or a profile in ~/.databrickscfg)',
+        ) from None
+    finally:
+        quiet.setLevel(level)
+
+
+def check_backend_project(name: str, project_dir: str, where: str) -> None:
+    from mlflow.projects import _project_spec
+
+    docker_env = _project_spec.load_project(project_dir).docker_env
+    if name == 'kubernetes' and not docker_env:
+        raise ReproduceError(
+            f'the kubernetes backend runs docker_env projects only (it builds the job\'s image '
+            f'from docker_env), and the MLproject of {where} has no docker_env')
+    if name == 'databricks' and docker_env:
+        raise ReproduceError(
+            f'the databricks backend does not run docker_env projects, and the MLproject of '
+            f'{where} has one')
+
+
+def backend_from_options(options: Options) -> Backend:
+    """The backend and its config, checked before the reference run is even
+    read: config errors first, then the backend's name and needs."""
+    config = parse_backend_config(options.backend_config) if options.backend_config else {}
+    validate_backend(options.backend, config)
+    return Backend(options.backend, config)
+
+
+def validate_backend_project(plan: Plan) -> None:
+    """The checks that need the project at its commit (docker_env)."""
+    where = f'{mask_credentials(plan.source.uri)} at {plan.source.version[:12]}'
+    if plan.backend.name in ('kubernetes', 'databricks'):
+        check_backend_project(plan.backend.name, plan.project_dir, where)
+
+
+def refuse_unwired_backend(plan: Plan) -> None:
+    """Until the launch goes through SubmittedRun, only local runs: never
+    run locally what the user asked to run elsewhere."""
+    if plan.backend.name != DEFAULT_BACKEND:
+        raise ReproduceError(
+            f'launching on backend {plan.backend.name!r} is not implemented yet; --dry-run '
+            f'shows the plan')
+
+
+def warn_about_reference_backend(plan: Plan) -> None:
+    if plan.reference_backend and plan.reference_backend != plan.backend.name:
+        warn(f'run {plan.reference.info.run_id} ran on backend {plan.reference_backend!r} '
+             f'(tag {TAG_BACKEND}) and this reproduction runs on '
+             f'{plan.backend.name!r}; pass --backend {plan.reference_backend} (with its '
+             f'--backend-config) to reproduce it there')
+
+
+# ---------------------------------------------------------------------------
 # Fetching the source: a private checkout, never the user's repository.
 
 def _git(*args: str, cwd: str | None = None) -> str:
@@ -1241,13 +1451,9 @@ def _user() -> str:
         return 'unknown'
 
 
-def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | None) -> Run:
-    """The run that the project will log into, made by us so that its ID is
-    known from the start and it can always be closed."""
-    from mlflow.entities import Param
-    from mlflow.exceptions import MlflowException
-
-    client = session.client
+def reproduced_run_tags(plan: Plan) -> dict[str, str]:
+    """What a reproduced run carries: the original source and commit (never
+    our temporary checkout), with credentials masked."""
     tags = {
         TAG_SOURCE_NAME: mask_credentials(plan.source.uri),
         TAG_SOURCE_TYPE: 'PROJECT',
@@ -1255,18 +1461,50 @@ def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | Non
         TAG_GIT_REPO_URL: mask_credentials(plan.source.repo),
         TAG_ENTRY_POINT: plan.entry_point,
         TAG_PROJECT_ENV: plan.env_manager,
-        TAG_BACKEND: 'local',
+        TAG_BACKEND: plan.backend.name,
         TAG_USER: _user(),
         TAG_REFERENCE_RUN_ID: plan.reference.info.run_id,
     }
+    return {k: fit_tag(v) for k, v in tags.items()}
+
+
+def reproduced_run_name(plan: Plan) -> str:
+    return fit_tag(RUN_NAME_PREFIX + (plan.reference.info.run_name or plan.reference.info.run_id))
+
+
+def fixup_backend_run(client: MlflowClient, run_id: str, plan: Plan,
+                      parent_run_id: str | None = None) -> None:
+    """Make a run that a non-local backend created look like a local
+    reproduction.  MLflow hands a pre-created run to the local backend only;
+    the others create their own, named at random and pointing at our
+    temporary checkout.  MLflow's mlflow.project.backend tag stays."""
+    from mlflow.entities import RunTag
+    from mlflow.exceptions import MlflowException
+
+    tags = reproduced_run_tags(plan)
+    if parent_run_id:
+        tags[TAG_PARENT_RUN_ID] = parent_run_id
+    try:
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        client.update_run(run_id, name=reproduced_run_name(plan))
+    except MlflowException as e:
+        raise _mlflow_error(f'cannot record the source and name of run {run_id}', e) from None
+
+
+def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | None) -> Run:
+    """The run that the project will log into, made by us so that its ID is
+    known from the start and it can always be closed."""
+    from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
+
+    client = session.client
+    tags = reproduced_run_tags(plan)
     if parent_run_id:
         tags[TAG_PARENT_RUN_ID] = parent_run_id
     try:
         run = client.create_run(
-            _experiment_id(client, plan.experiment_name),
-            tags={k: fit_tag(v) for k, v in tags.items()},
-            run_name=fit_tag(
-                RUN_NAME_PREFIX + (plan.reference.info.run_name or plan.reference.info.run_id)),
+            _experiment_id(client, plan.experiment_name), tags=tags,
+            run_name=reproduced_run_name(plan),
         )
     except MlflowException as e:
         raise _mlflow_error('cannot create the reproduced run', e) from None
@@ -2453,6 +2691,7 @@ def report_json(report: Report) -> dict[str, Any]:
             'entry_point': plan.entry_point,
             'env_manager': plan.env_manager,
         },
+        'backend': plan and backend_json(plan),
         'params': {
             'passed': plan.params.passed if plan else None,
             'not_passed': plan.params.not_passed if plan else None,
@@ -2527,11 +2766,38 @@ def _table(rows: tuple[list[str], list[list[Any]]], tablefmt: str) -> str:
                     disable_numparse=not numparse)
 
 
-def _plan_lines(plan: Plan) -> list[str]:
-    return [
+def _plan_lines(plan: Plan, show_backend: bool = False) -> list[str]:
+    lines = [
         f'Source:         {mask_credentials(plan.source.uri)} @ {plan.source.version}',
         f'Entry point:    {plan.entry_point} (env manager: {plan.env_manager})',
     ]
+    if show_backend or _backend_noteworthy(plan):
+        lines.append(f'Backend:        {_backend_text(plan)}')
+    return lines
+
+
+def _backend_noteworthy(plan: Plan) -> bool:
+    """Not the default, or not where the reference ran."""
+    return plan.backend.name != DEFAULT_BACKEND or (
+        plan.reference_backend not in (None, plan.backend.name))
+
+
+def _backend_text(plan: Plan) -> str:
+    """'kubernetes {"repository-uri": ...} (the reference ran on local)', masked."""
+    text = plan.backend.name
+    if plan.backend.config:
+        text += ' ' + json.dumps(mask_config(plan.backend.config))
+    if plan.reference_backend not in (None, plan.backend.name):
+        text += f' (the reference ran on {plan.reference_backend})'
+    return text
+
+
+def backend_json(plan: Plan) -> dict[str, Any]:
+    return {
+        'name': plan.backend.name,
+        'config': mask_config(plan.backend.config),
+        'reference_backend': plan.reference_backend,
+    }
 
 
 def _not_passed_lines(plan: Plan, verbose: bool) -> list[str]:
@@ -2570,7 +2836,7 @@ def format_text(report: Report, verbose: bool = False) -> str:
         label = 'Reproduced run:' if report.plan else 'Compared run:  '
         lines.append(f'{label} {report.reproduced_run_id}')
     if report.plan:
-        lines += _plan_lines(report.plan)
+        lines += _plan_lines(report.plan, show_backend=report.status == 'planned')
     if report.verdict and report.verdict.params:
         lines.append(_table(_param_rows(report.verdict), 'psql'))
     if report.plan and report.status == 'planned':
@@ -2652,6 +2918,8 @@ def format_markdown(
             f'- source: `{mask_credentials(plan.source.uri)}` at `{plan.source.version}`',
             f'- entry point: `{plan.entry_point}`, env manager `{plan.env_manager}`',
         ]
+        if _backend_noteworthy(plan):
+            lines.append(f'- backend: `{_backend_text(plan)}`')
     lines += [f'- {line[0].lower()}{line[1:]}' for line in registration_lines(report.registrations)]
     if report.verdict and max_rows is not None:
         lines += [_summary_line(report.verdict)]
@@ -3145,6 +3413,8 @@ class Options:
     quiet: bool = False
     jobs: int = 1
     keep_registrations: bool = False
+    backend: str = DEFAULT_BACKEND
+    backend_config: str | None = None  # a .json path or inline JSON, parsed when used
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -3154,6 +3424,7 @@ class Options:
             last_only=args.last_only, plots=not args.no_plots, dry_run=args.dry_run,
             allow_unsafe_command=args.allow_unsafe_command, verbose=args.verbose,
             quiet=args.quiet, jobs=args.jobs, keep_registrations=args.keep_registrations,
+            backend=args.backend, backend_config=args.backend_config,
         )
 
 
@@ -3173,9 +3444,11 @@ class Session:
     launch_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
     sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    backend: Backend = Backend()
 
 
-def make_plan(options: Options, reference: Run, source: Source, project_dir: str) -> Plan:
+def make_plan(options: Options, reference: Run, source: Source, project_dir: str,
+              backend: Backend = Backend()) -> Plan:
     tags = reference.data.tags
     entry_point = options.entry_point or tags.get(TAG_ENTRY_POINT) or DEFAULT_ENTRY_POINT
     spec, declared = load_entry_point(project_dir, entry_point, source.version)
@@ -3190,6 +3463,8 @@ def make_plan(options: Options, reference: Run, source: Source, project_dir: str
         params=params,
         logged_params=params_to_log(spec, params),
         command=spec.command,
+        backend=backend,
+        reference_backend=tags.get(TAG_BACKEND),
     )
 
 
@@ -3283,8 +3558,10 @@ def _reproduce(session: Session, run_id: str, index: int, parent_run_id: str | N
     except ReproduceError as e:
         raise ReproduceError(str(e) + _remote_hint(reference, source, options.uri)) from None
     source = dataclasses.replace(source, version=commit)
-    plan = progress.plan = make_plan(options, reference, source, project_dir)
+    plan = progress.plan = make_plan(options, reference, source, project_dir, session.backend)
     check_command(plan, options.allow_unsafe_command)
+    validate_backend_project(plan)
+    warn_about_reference_backend(plan)
     fields = dict(reference_run_id=run_id, plan=plan, rules=options.rules,
                   reference_run_name=reference.info.run_name)
     if options.dry_run:
@@ -3808,11 +4085,12 @@ def invoke(options: Options, selection: Selection, compare_to_id: str | None, st
             import mlflow
 
             _configure_logging(options.verbose)
+            backend = backend_from_options(options)  # config errors first
             tracking_uri = mlflow.get_tracking_uri()
             check_tracking_server(tracking_uri)
             session = Session(options, mlflow.MlflowClient(), tracking_uri, user_environ,
                               tmp_root, tag, stop, batch=selection.is_batch,
-                              left_open=left_open)
+                              left_open=left_open, backend=backend)
             if compare_to_id:
                 return compare_to(session, selection.run_ids[0], compare_to_id)
             if not selection.is_batch:
@@ -3856,7 +4134,10 @@ def _positive_int(s: str) -> int:
 
 
 def _repeat_count(s: str) -> int:
-    value = _positive_int(s)
+    try:
+        value = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a whole number, got {s!r}') from None
     if value < 2:
         raise argparse.ArgumentTypeError(
             f'expected a number >= 2 (one reproduction is the default), got {s!r}')
@@ -3921,6 +4202,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"entry point (default: the run's, else {DEFAULT_ENTRY_POINT})")
     parser.add_argument('--env-manager', dest='env_manager', choices=ENV_MANAGERS,
                         help="environment manager (default: the run's recorded one, else local)")
+    parser.add_argument('--backend', '-b', default=DEFAULT_BACKEND, metavar='NAME',
+                        help='MLflow execution backend: local, kubernetes, databricks or an '
+                             'installed backend plugin (default: %(default)s)')
+    parser.add_argument('--backend-config', '-c', dest='backend_config', metavar='FILE_OR_JSON',
+                        help='backend config, as for `mlflow run -c`: a path ending in .json '
+                             'or an inline JSON object')
     batch = parser.add_argument_group('choosing many runs (a batch)')
     batch.add_argument('--runs-file', metavar='FILE',
                        help="run IDs one per line, '#' starts a comment; - reads standard input")

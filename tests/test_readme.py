@@ -283,11 +283,24 @@ SETUPS: dict[str, Setup] = {
     '`--rtol nan` (`inf` is accepted: any two finite values are then close)':
         arguments('--run_id', 'a', '--rtol', 'nan'),
     '`--jobs 0` (also `--max-runs`, `--sample`)': arguments('--run_id', 'a', '--jobs', '0'),
+    '`--repeat 1` (or 0)': arguments('--run_id', 'a', '--repeat', '1'),
     '`--since week`': arguments('--from-experiment', 'x', '--since', 'week'),
     '`--filter`, `--since` or `--sample` without `--from-experiment`':
         arguments('--run_id', 'a', '--since', '7d'),
     '`--compare-to` with several runs': arguments('--run_id', 'a', 'b', '--compare-to', 'c'),
     '`--from-experiment` naming no experiment': arguments('--from-experiment', 'nope'),
+    '`--backend-config \'queue=gpu\'` (neither a `.json` path nor a JSON object)':
+        arguments('--run_id', 'a', '-b', 'reproduce-test-backend', '-c', 'queue=gpu'),
+    "`--backend-config '[1]'`": arguments('--run_id', 'a', '-b', 'reproduce-test-backend',
+                                          '-c', '[1]'),
+    '`--backend-config missing.json`': arguments('--run_id', 'a', '-b', 'kubernetes',
+                                                 '-c', 'missing.json'),
+    '`--backend my-scheduler` (not installed)': arguments('--run_id', 'a', '-b', 'my-scheduler'),
+    '`--backend kubernetes` without `repository-uri` in its config':
+        arguments('--run_id', 'a', '-b', 'kubernetes', '-c',
+                  '{"kube-job-template-path": "job.yaml"}'),
+    '`--backend databricks` with a local tracking store':
+        arguments('--run_id', 'a', '-b', 'databricks', '-c', '{"spark_version": "x"}'),
     '`--tolerance loss` (no `=`)': arguments('--run_id', 'a', '--tolerance', 'loss'),
     '`--tolerance loss=-1`': arguments('--run_id', 'a', '--tolerance', 'loss=-1'),
     '`--atol -1`': arguments('--run_id', 'a', '--atol', '-1'),
