@@ -74,6 +74,7 @@ OUTPUT_LINE_CHARS = 500  # longer lines are cut in the kept tail
 STOP_GRACE_SECONDS = 10.0  # between SIGTERM and SIGKILL to the project
 CLOSE_RETRY_SECONDS = 60.0  # how long a run's closing is retried (REPRODUCE_RUN_CLOSE_TIMEOUT)
 PROBE_TIMEOUT_SECONDS = 10.0  # a tracking server that does not answer within this is down
+BACKEND_POLL_SECONDS = 2.0  # how often a job on a backend is asked for its status
 HISTORY_WORKERS = 8  # concurrent metric-history requests to a remote server
 DEFAULT_MAX_RUNS = 10  # runs a search selects
 DEFAULT_ORDER_BY = 'attributes.start_time DESC'
@@ -1180,15 +1181,6 @@ def validate_backend_project(plan: Plan) -> None:
         check_backend_project(plan.backend.name, plan.project_dir, where)
 
 
-def refuse_unwired_backend(plan: Plan) -> None:
-    """Until the launch goes through SubmittedRun, only local runs: never
-    run locally what the user asked to run elsewhere."""
-    if plan.backend.name != DEFAULT_BACKEND:
-        raise ReproduceError(
-            f'launching on backend {plan.backend.name!r} is not implemented yet; --dry-run '
-            f'shows the plan')
-
-
 def warn_about_reference_backend(plan: Plan) -> None:
     if plan.reference_backend and plan.reference_backend != plan.backend.name:
         warn(f'run {plan.reference.info.run_id} ran on backend {plan.reference_backend!r} '
@@ -1933,6 +1925,82 @@ def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
               session.left_open)
     return Launch(returncode, tuple(output.tail), left_behind,
                   environment.result() if environment else None)
+
+
+def run_on_backend(session: Session, plan: Plan, parent_run_id: str | None, tmp_dir: str,
+                   tag: str, output: ProjectOutput, progress: Any) -> Launch:
+    """Hand the project to MLflow's backend (kubernetes, databricks, a
+    plugin), which creates the run itself; make that run look like a local
+    reproduction, wait on MLflow's SubmittedRun, and cancel it on a signal.
+    The backend gets our checkout of the commit, kept until the job ends."""
+    submitted = submit_to_backend(session, plan, tmp_dir, tag, output)
+    run_id = progress.run_id = submitted.run_id
+    client = session.client
+    try:
+        fixup_backend_run(client, run_id, plan, parent_run_id)
+        _say_what_runs(session, plan, run_id)
+        succeeded = wait_submitted(submitted, session.stop)
+    except Stopped:
+        cancel_submitted(submitted, tag)
+        close_run(client, run_id, 'KILLED', session.left_open)
+        raise
+    except BaseException:
+        cancel_submitted(submitted, tag)
+        close_run(client, run_id, 'FAILED', session.left_open)
+        raise
+    finally:
+        output.close()
+    # MLflow's remote SubmittedRuns leave the status to the caller, and a
+    # project that fails may still have ended its run FINISHED: say it here.
+    close_run(client, run_id, 'FINISHED' if succeeded else 'FAILED', session.left_open)
+    return Launch(0 if succeeded else 1, tuple(output.tail))
+
+
+def submit_to_backend(session: Session, plan: Plan, tmp_dir: str, tag: str,
+                      output: ProjectOutput) -> Any:
+    """mlflow.projects.run(backend=...), with the project's environment and
+    output pipe in place while the backend starts the job."""
+    import mlflow.projects
+    from mlflow.exceptions import ExecutionException, MlflowException
+
+    env = _project_environ(session, tmp_dir, tag)
+    os.makedirs(env['TMPDIR'], exist_ok=True)
+    try:
+        with session.launch_lock, _environ(env), _stdio_into(output.write_fd):
+            submitted = mlflow.projects.run(
+                uri=plan.project_dir, entry_point=plan.entry_point,
+                parameters=plan.params.passed,
+                experiment_id=_experiment_id(session.client, plan.experiment_name),
+                env_manager=plan.env_manager, backend=plan.backend.name,
+                backend_config=dict(plan.backend.config),  # a copy: MLflow adds keys to it
+                synchronous=False,
+            )
+    except (ExecutionException, MlflowException) as e:  # no run was made
+        raise _mlflow_error(f'backend {plan.backend.name!r} refused the project', e) from None
+    finally:
+        output.close_writer()
+    return submitted
+
+
+def wait_submitted(submitted: Any, stop: Stop) -> bool:
+    """Wait for a submitted job through MLflow's SubmittedRun; True when it
+    succeeded.  Raises Stopped when a signal arrives."""
+    while submitted.get_status() in UNFINISHED_STATUSES:
+        stop.event.wait(BACKEND_POLL_SECONDS)
+        stop.check()
+    return bool(submitted.wait())
+
+
+def cancel_submitted(submitted: Any, tag: str) -> None:
+    """SubmittedRun.cancel(), bounded in time; then whatever of the job runs
+    on this host with our tag (a plugin's local job) is ended too."""
+    cancelled = _in_background(submitted.cancel)
+    try:
+        cancelled.result(timeout=STOP_GRACE_SECONDS + 20)
+    except Exception as e:  # a cancel that fails or hangs: say so, go on
+        warn(f'could not cancel the job of run {submitted.run_id}: '
+             f'{_last_line(str(e)) or type(e).__name__}')
+    end_processes(None, tag)
 
 
 def _in_background(fn: Callable[..., Any], *args: Any) -> Any:
@@ -3360,8 +3428,8 @@ def _local_store_path(uri: str) -> str | None:
         return None if path in ('', ':memory:') else path
     if uri.startswith('file:'):
         return unquote(urlparse(uri).path)
-    if not re.match(r'^[a-zA-Z][\w+.-]*:', uri):
-        return uri  # a plain path: a file store
+    if not re.match(r'^[a-zA-Z][\w+.-]*:', uri) and not uri.startswith('databricks'):
+        return uri  # a plain path: a file store ('databricks' alone is a workspace)
     return None
 
 
@@ -3567,18 +3635,20 @@ def _reproduce(session: Session, run_id: str, index: int, parent_run_id: str | N
     if options.dry_run:
         return Report(status='planned', exit_code=EXIT_EQUAL, **fields)
     session.stop.check()
-    run = create_reproduced_run(session, plan, parent_run_id)
-    new_id = progress.run_id = run.info.run_id
-    if options.verbose:
-        print(f'reproduce_run: reproducing run {run_id} ({reference.info.run_name}, '
-              f'{reference.info.status}) as run {new_id} in experiment {plan.experiment_name!r}: '
-              f'entry point {plan.entry_point!r} of {mask_credentials(source.uri)} at '
-              f'{commit} with env manager {plan.env_manager}', file=sys.stderr)
     echo = options.verbose or not (session.batch or options.quiet)
     prefix = f'[{run_id[:8]}] ' if session.batch else ''
     output = ProjectOutput(os.path.join(tmp_dir, OUTPUT_ARTIFACT), echo, prefix)
     progress.log_path = output.log_path
-    launch = run_project(session, plan, run, tmp_dir, f'{session.tag}.{index}', output)
+    tag = f'{session.tag}.{index}'
+    if plan.backend.name == DEFAULT_BACKEND:
+        run = create_reproduced_run(session, plan, parent_run_id)
+        progress.run_id = run.info.run_id
+        _say_what_runs(session, plan, run.info.run_id)
+        launch = run_project(session, plan, run, tmp_dir, tag, output)
+    else:
+        launch = run_on_backend(session, plan, parent_run_id, tmp_dir, tag, output, progress)
+    new_id = progress.run_id
+    assert new_id is not None
     progress.output_tail = launch.output_tail
     registrations = registrations_of(client, new_id, scratch_registry(tmp_dir),
                                      options.keep_registrations)
@@ -3598,6 +3668,16 @@ def _reproduce(session: Session, run_id: str, index: int, parent_run_id: str | N
         other_environment=(launch.environment, 'reproduction') if launch.environment else None,
         uri_overridden=options.uri is not None, version_overridden=options.version is not None)
     return _verdict_report(verdict, differences=differences, **fields)
+
+
+def _say_what_runs(session: Session, plan: Plan, new_id: str) -> None:
+    if session.options.verbose:
+        ref = plan.reference.info
+        print(f'reproduce_run: reproducing run {ref.run_id} ({ref.run_name}, {ref.status}) as '
+              f'run {new_id} in experiment {plan.experiment_name!r}: entry point '
+              f'{plan.entry_point!r} of {mask_credentials(plan.source.uri)} at '
+              f'{plan.source.version} with env manager {plan.env_manager} on backend '
+              f'{plan.backend.name}', file=sys.stderr)
 
 
 def judge_reproduction(

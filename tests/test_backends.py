@@ -7,11 +7,14 @@ import dataclasses
 import importlib.util
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import mlflow_run
+from conftest import git, mlflow_run
 from test_reproduce_run import all_run_ids, client, recorded_run, reproduce
 
 import reproduce_run
@@ -358,8 +361,9 @@ def test_fixup_makes_a_plugin_run_look_like_a_local_reproduction(reference, tmp_
     source = reproduce_run.resolve_source(ref, None, None)
     project_dir, commit = reproduce_run.fetch_source(source, str(tmp_path / 'src'))
     source = dataclasses.replace(source, version=commit)
-    plan = reproduce_run.make_plan(args, ref, source, project_dir,
-                                   reproduce_run.backend_from_args(args))
+    options = reproduce_run.Options.from_args(args)
+    plan = reproduce_run.make_plan(options, ref, source, project_dir,
+                                   reproduce_run.backend_from_options(options))
     submitted = submit(plan.project_dir, dict(plan.backend.config),
                        entry_point=plan.entry_point, parameters=plan.params.passed)
     assert submitted.wait()
@@ -380,12 +384,55 @@ def test_fixup_makes_a_plugin_run_look_like_a_local_reproduction(reference, tmp_
     assert run.data.params == ref.data.params and run.info.status == 'FINISHED'
 
 
-def test_non_local_launch_is_refused_until_it_is_wired(reference, capsys):
+def test_a_reproduction_through_the_plugin_is_judged_and_recorded(reference, capsys):
     run_id = reference('sklearn_regression')
-    before = all_run_ids()
-    code, out, err = reproduce(capsys, '--run_id', run_id, '-b', PLUGIN)
-    assert (code, out, all_run_ids()) == (2, '', before)
-    warning, error = err.splitlines()  # the reference ran on local: a warning first
-    assert warning.startswith(f'reproduce_run: warning: run {run_id} ran on backend')
-    assert error == (f"reproduce_run: error: launching on backend '{PLUGIN}' is not implemented "
-                     f'yet; --dry-run shows the plan')
+    code, out, err = reproduce(capsys, '--run_id', run_id, '-b', PLUGIN, '-c',
+                               '{"queue": "cpu"}', '--output', 'json')
+    doc = json.loads(out)
+    assert (code, doc['status']) == (0, 'equal'), err
+    assert f'reproduce_run: warning: run {run_id} ran on backend' in err
+    new = client().get_run(doc['reproduced_run_id'])
+    ref = client().get_run(run_id)
+    assert new.info.status == 'FINISHED'
+    assert new.info.run_name == f'reproduce-{ref.info.run_name}'
+    assert new.data.tags['mlflow.project.backend'] == PLUGIN
+    assert new.data.tags['mlflow.source.name'] == ref.data.tags['mlflow.source.name']
+    assert new.data.tags['mlflow.source.git.commit'] == ref.data.tags['mlflow.source.git.commit']
+    assert new.data.tags['reproduce.reference_run_id'] == run_id
+    assert new.data.tags['reproduce.status'] == 'equal'
+    assert new.data.metrics == ref.data.metrics
+
+
+def test_a_failing_project_on_the_plugin_exits_3_with_its_run_failed(reference, capsys):
+    run_id = reference('failing', fails=True)
+    code, out, err = reproduce(capsys, '--run_id', run_id, '-b', PLUGIN, '--output', 'json')
+    doc = json.loads(out)
+    assert (code, doc['status']) == (3, 'failed'), err
+    assert doc['message'].endswith('its last error: sample failure: giving up at step 2')
+    assert client().get_run(doc['reproduced_run_id']).info.status == 'FAILED'
+
+
+def test_sigterm_cancels_the_plugin_job_and_marks_the_run_killed(samples_repo, tmp_path):
+    from conftest import SCRIPT
+    from test_reproduce_run import process_gone, recorded_run, reproductions_of, wait_for
+
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    run_id = recorded_run(f'file://{samples_repo}#slow', commit, {'seconds': '120'})
+    pid_file = tmp_path / 'pid'
+    proc = subprocess.Popen(
+        (sys.executable, str(SCRIPT), '--run_id', run_id, '-b', PLUGIN, '--output', 'json'),
+        env={**os.environ, 'SAMPLE_PID_FILE': str(pid_file)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 90,
+                 'the job to start')
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    doc = json.loads(out)
+    assert (proc.returncode, doc['status']) == (143, 'terminated'), err
+    [new] = reproductions_of(run_id)
+    assert new.info.run_id == doc['reproduced_run_id']
+    assert new.info.status == 'KILLED'
+    assert process_gone(int(pid_file.read_text()))

@@ -411,6 +411,7 @@ def test_no_store_is_created_for_a_missing_local_store(uri, missing, tmp_path):
     pytest.param('store', (), False, id='plain-path-missing'),
     pytest.param('http://127.0.0.1:5000', (), True, id='server-is-not-checked-here'),
     pytest.param('postgresql://u:p@db/mlflow', (), True, id='database-server'),
+    pytest.param('databricks', (), True, id='databricks-workspace'),
 ])
 def test_check_tracking_store(uri, make, ok, tmp_path, monkeypatch):
     folder = tmp_path / 'here'
