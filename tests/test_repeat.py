@@ -8,7 +8,8 @@ import shlex
 
 import pytest
 from conftest import mlflow_run
-from test_reproduce_run import client
+from test_batch import experiment_runs
+from test_reproduce_run import client, reproduce
 
 import reproduce_run
 from reproduce_run import (
@@ -405,3 +406,164 @@ def test_drifting_data_sample_drifts_when_its_data_changes(samples_repo, store, 
         'mae': DRIFTED, 'n_rows': DRIFTED, 'r2': DRIFTED}
     assert classify_run(diagnoses) == DRIFTED
 
+
+
+# --- --repeat end to end: real reproductions, the parent runs in MLflow ----------------
+
+def children_of(parent_run_id: str, experiment: str):
+    return [r for r in experiment_runs(experiment)
+            if r.data.tags.get('mlflow.parentRunId') == parent_run_id]
+
+
+def artifact_json(run_id: str, path: str) -> dict:
+    with open(client().download_artifacts(run_id, path)) as f:
+        return json.load(f)
+
+
+def summary_rows(out: str) -> list[list[str]]:
+    """(reference, name, status, differing, reproduced, seconds) of the summary table."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('| Reference run '))
+    end = next(i for i in range(start + 2, len(lines)) if lines[i].startswith('+-'))
+    return [[cell.strip() for cell in line.split('|')[1:-1]] for line in lines[start + 2:end]]
+
+
+@pytest.mark.slow
+def test_repeat_of_a_deterministic_run_is_reproducible(reference, capsys, tmp_path):
+    ref = reference('sklearn_regression')
+    name = f'repeat-{tmp_path.name}'
+    code, out, err = reproduce(capsys, '--run_id', ref, '--repeat', '3',
+                               '--experiment-name', name, '--output', 'json')
+    doc = json.loads(out)
+    assert code == doc['exit_code'] == 0, err
+    entry = doc['repeat']
+    assert doc['repeats'] == [entry]
+    assert entry['classification'] == REPRODUCIBLE
+    assert entry['reference_run_id'] == ref
+    assert entry['n'] == len(entry['reproduced_run_ids']) == 3
+    assert {m['key']: (m['classification'], m['suggested_rtol']) for m in entry['metrics']} == {
+        'mae': (REPRODUCIBLE, 0.0), 'r2': (REPRODUCIBLE, 0.0), 'rmse': (REPRODUCIBLE, 0.0)}
+    assert [r['status'] for r in doc['runs']] == ['equal'] * 3
+    assert sorted(r['reproduced_run_id'] for r in doc['runs']) == sorted(
+        entry['reproduced_run_ids'])
+
+    parent = client().get_run(entry['parent_run_id'])
+    assert doc['batch_run_id'] == parent.info.run_id  # one reference: no batch run above
+    assert parent.info.run_name == f'reproduce-repeat-{client().get_run(ref).info.run_name}'
+    assert parent.info.status == 'FINISHED'
+    assert 'mlflow.parentRunId' not in parent.data.tags
+    assert {k: parent.data.tags[k] for k in ('reproduce.reference_run_id',
+                                             'reproduce.classification', 'reproduce.repeat')} \
+        == {'reproduce.reference_run_id': ref, 'reproduce.classification': REPRODUCIBLE,
+            'reproduce.repeat': '3'}
+    note = parent.data.tags['mlflow.note.content']
+    assert '\n'.join(reproduce_run.diagnosis_lines(
+        reproduce_run.diagnose(latest_values(ref), [latest_values(r) for r in
+                                                     entry['reproduced_run_ids']], Rules()),
+        'github')) in note
+    assert artifact_json(parent.info.run_id, 'reproduce/diagnosis.json') == entry
+
+    repetitions = children_of(parent.info.run_id, name)
+    assert sorted(r.info.run_id for r in repetitions) == sorted(entry['reproduced_run_ids'])
+    for run in repetitions:
+        assert run.info.status == 'FINISHED'
+        assert run.data.tags['reproduce.reference_run_id'] == ref
+        assert (run.data.tags['reproduce.status'], run.data.tags['reproduce.equal']) == (
+            'equal', 'true')
+
+
+@pytest.mark.slow
+def test_repeat_of_a_jittered_run_is_nondeterministic_and_its_flags_hold(
+        samples_repo, store, capsys, tmp_path, monkeypatch):
+    """The table report: the diagnosis, the ready-to-paste flags, then the
+    verdict line; pasted into --compare-to, the flags make every differing
+    repetition equal to the reference."""
+    monkeypatch.setenv('SAMPLE_JITTER_COUNTER', str(tmp_path / 'counter'))
+    ref = mlflow_run(str(samples_repo / 'jitter'), store)
+    name = f'jitter-{tmp_path.name}'
+    code, out, err = reproduce(capsys, '--run_id', ref, '--repeat', '3',
+                               '--experiment-name', name)
+    assert code == 1, err
+    lines = out.splitlines()
+    assert f'Run {ref} against 3 repetitions: {NONDETERMINISTIC}' in lines
+    header = lines.index(f'Run {ref} against 3 repetitions: {NONDETERMINISTIC}') + 2
+    assert lines[header].split() == ['|', 'Metric', '|', 'Run1', '|', 'min', '|', 'max', '|',
+                                     'stdev', '|', 'class', '|', 'suggested', 'rtol', '|']
+    assert [line.split('|')[6].strip() for line in lines[header + 2:header + 4]] == [
+        NONDETERMINISTIC, NONDETERMINISTIC]
+    assert lines[-3] == 'Tolerances under which every repetition equals the reference:'
+    flags = shlex.split(lines[-2])
+    assert flags[::2] == ['--tolerance', '--tolerance']
+    assert [f.split('=')[0] for f in flags[1::2]] == ['test_mae', 'test_r2']
+    assert lines[-1] == 'Runs equal: False'
+
+    rows = summary_rows(out)
+    assert len(rows) == 3
+    differing = [row[4] for row in rows if row[2] == 'differ']
+    assert differing  # the counter gives every other run another offset
+    for other in differing:
+        assert reproduce(capsys, '--run_id', ref, '--compare-to', other)[0] == 1
+        code, out, err = reproduce(capsys, '--run_id', ref, '--compare-to', other, *flags)
+        assert code == 0, out + err
+        assert out.splitlines()[-1] == 'Runs equal: True'
+    [parent] = [r for r in experiment_runs(name) if r.info.run_name.startswith(
+        'reproduce-repeat-')]
+    assert parent.data.tags['reproduce.classification'] == NONDETERMINISTIC
+
+
+def test_repeat_after_the_data_changed_is_drifted(samples_repo, store, capsys, tmp_path):
+    data = tmp_path / 'data.csv'
+    rows = (samples_repo / 'drifting_data' / 'data.csv').read_text().splitlines()
+    data.write_text('\n'.join(rows) + '\n')
+    ref = mlflow_run(str(samples_repo / 'drifting_data'), store, '-P', f'data={data}')
+    data.write_text('\n'.join(rows[:-20]) + '\n')  # the data changed after the reference
+    name = f'drift-{tmp_path.name}'
+    code, out, err = reproduce(capsys, '--run_id', ref, '--repeat', '2',
+                               '--experiment-name', name, '--output', 'markdown')
+    assert code == 1, err
+    assert f'**Run {ref} against 2 repetitions: {DRIFTED}**' in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith('| Metric '))
+    assert lines[header].split() == ['|', 'Metric', '|', 'Run1', '|', 'min', '|', 'max', '|',
+                                     'stdev', '|', 'class', '|', 'suggested', 'rtol', '|']
+    assert lines[header + 1].startswith('|----------|')
+    assert {line.split('|')[1].strip(): line.split('|')[6].strip()
+            for line in lines[header + 2:header + 5]} == {
+        'mae': DRIFTED, 'n_rows': DRIFTED, 'r2': DRIFTED}
+    assert out.endswith('\nRuns equal: False\n')
+    [parent] = [r for r in experiment_runs(name) if r.info.run_name.startswith(
+        'reproduce-repeat-')]
+    assert parent.data.tags['reproduce.classification'] == DRIFTED
+    assert parent.info.status == 'FINISHED'
+
+
+@pytest.mark.slow
+def test_repeat_of_two_references_nests_under_one_batch(reference, capsys, tmp_path):
+    refs = [reference('sklearn_regression'), reference('history')]
+    name = f'repeats-{tmp_path.name}'
+    code, out, err = reproduce(capsys, '--run_id', *refs, '--repeat', '2', '--jobs', '2',
+                               '--experiment-name', name, '--output', 'json')
+    doc = json.loads(out)
+    assert code == doc['exit_code'] == 0, err
+    assert 'repeat' not in doc
+    assert [e['reference_run_id'] for e in doc['repeats']] == refs
+    assert [(e['n'], e['classification']) for e in doc['repeats']] == [(2, REPRODUCIBLE)] * 2
+    assert doc['summary']['total'] == doc['summary']['equal'] == 4
+
+    batch = client().get_run(doc['batch_run_id'])
+    assert batch.data.tags['reproduce.batch'] == 'true'
+    assert batch.info.status == 'FINISHED'
+    parents = children_of(batch.info.run_id, name)
+    assert sorted(p.info.run_id for p in parents) == sorted(
+        e['parent_run_id'] for e in doc['repeats'])
+    for entry in doc['repeats']:
+        parent = client().get_run(entry['parent_run_id'])
+        assert parent.info.status == 'FINISHED'
+        assert parent.data.tags['reproduce.reference_run_id'] == entry['reference_run_id']
+        assert parent.data.tags['reproduce.repeat'] == '2'
+        assert artifact_json(parent.info.run_id, 'reproduce/diagnosis.json') == entry
+        repetitions = children_of(parent.info.run_id, name)
+        assert sorted(r.info.run_id for r in repetitions) == sorted(entry['reproduced_run_ids'])
+        assert all(r.info.status == 'FINISHED' for r in repetitions)
+        assert all(r.data.tags['reproduce.reference_run_id'] == entry['reference_run_id']
+                   for r in repetitions)
