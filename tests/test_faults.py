@@ -295,3 +295,22 @@ def test_unreadable_metrics_after_the_run_are_an_error_naming_the_run(reference,
     new = client().get_run(new_id)
     assert new.info.status == 'FINISHED'
     assert new.data.tags['reproduce.status'] == 'error'
+
+
+def test_a_password_in_the_tracking_uri_is_masked_everywhere(server, samples_repo, capfd,
+                                                             monkeypatch):
+    from conftest import mlflow_run
+
+    run_id = mlflow_run(str(samples_repo / 'history'), server.url)
+    secret_uri = server.url.replace('http://', 'http://user:s3cret@')
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', secret_uri)
+    code = main_in_process('--run_id', run_id, '--output', 'json', '--verbose')
+    out, err = capfd.readouterr()
+    doc = json.loads(out)
+    assert code == 0, err
+    new_id = doc['reproduced_run_id']
+    recorded = [Path(client().download_artifacts(new_id, f'reproduce/{name}')).read_text()
+                for name in ('comparison.json', 'output.log')]
+    tags = json.dumps(client().get_run(new_id).data.tags)
+    assert 's3cret' not in out + err + tags + ''.join(recorded)
+    assert 'user:' not in out + err

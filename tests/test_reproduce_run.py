@@ -1027,9 +1027,9 @@ def test_tracking_server_stopping_mid_run(tmp_path, samples_repo, monkeypatch):
         commit = git('rev-parse', 'HEAD', cwd=samples_repo)
         run_id = recorded_run(f'file://{samples_repo}#slow', commit, {'seconds': '120'})
         pid_file = tmp_path / 'pid'
-        tool = start_tool('--run_id', run_id, env={
+        tool = start_tool('--run_id', run_id, '--output', 'json', env={
             'SAMPLE_PID_FILE': str(pid_file), 'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0',
-            'MLFLOW_HTTP_REQUEST_TIMEOUT': '5'})
+            'MLFLOW_HTTP_REQUEST_TIMEOUT': '5', 'REPRODUCE_RUN_CLOSE_TIMEOUT': '3'})
         try:
             wait_for(pid_file.exists, 90, 'the project to start')
             wait_for(lambda: pid_file.read_text().strip(), 10, 'the PID')
@@ -1039,8 +1039,13 @@ def test_tracking_server_stopping_mid_run(tmp_path, samples_repo, monkeypatch):
             tool.kill()
     finally:
         stop(server.proc)
-    assert tool.returncode in (2, 3), err
-    assert err.splitlines()[-1].startswith('reproduce_run: error: ')
+    # The project cannot log without its server, so it fails: exit 3, its own
+    # error quoted; the run cannot be closed, and the last line says how to.
+    doc = json.loads(out)
+    assert (tool.returncode, doc['status']) == (3, 'failed'), err
+    new_id = doc['reproduced_run_id']
+    assert err.splitlines()[-1].startswith(f'reproduce_run: error: run {new_id} is left '
+                                           f'RUNNING')
     assert 'reproduce_run.py' not in err
     assert process_gone(int(pid_file.read_text()))
 
