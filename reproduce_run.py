@@ -1905,6 +1905,7 @@ def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
         environment = job.environ and _in_background(
             capture_environment, job.activation, job.environ, plan.project_dir)
         returncode = job.wait(session.stop)
+        environment = environment and captured_environment(environment, session.stop)
     except Stopped:
         if job is not None:
             job.end()
@@ -1923,8 +1924,7 @@ def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
     output.close()
     close_run(session.client, run_id, 'FINISHED' if returncode == 0 else 'FAILED',
               session.left_open)
-    return Launch(returncode, tuple(output.tail), left_behind,
-                  environment.result() if environment else None)
+    return Launch(returncode, tuple(output.tail), left_behind, environment)
 
 
 def run_on_backend(session: Session, plan: Plan, parent_run_id: str | None, tmp_dir: str,
@@ -2160,6 +2160,19 @@ def capture_environment(
     except (OSError, subprocess.SubprocessError, ValueError) as e:
         warn(f'cannot capture the project\'s environment: {_last_line(str(e))}')
         return None
+
+
+def captured_environment(future: Any, stop: Stop) -> dict[str, Any] | None:
+    """The result of capture_environment once its process has ended.  Waited
+    for before the sweep for tagged processes, which would end it, and count
+    it as left behind by the project, when the project ends first."""
+    from concurrent.futures import TimeoutError as StillRunning
+
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except StillRunning:
+            stop.check()
 
 
 def record_environment(client: MlflowClient, run_id: str, env_dict: Mapping[str, Any]) -> None:

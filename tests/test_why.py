@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import mlflow_run
+from conftest import git, mlflow_run
 from test_reproduce_run import client, logged_run, reproduce
 
 import reproduce_run
@@ -412,3 +412,44 @@ def test_environment_sources_through_a_tracking_server(mlflow_server, monkeypatc
         == '2'
     environment, source = reproduce_run.run_environment(c, c.get_run(with_model))
     assert (source, environment['packages']['scikit-learn']) == ('logged_model', '0.0.1')
+
+
+# --- real reproductions -------------------------------------------------------------
+
+def commit_project(repo: Path, name: str, files: dict[str, str]) -> Path:
+    """A small project committed into a test's own copy of the samples."""
+    project = repo / name
+    project.mkdir()
+    for file_name, text in files.items():
+        (project / file_name).write_text(text)
+    git('add', '--all', cwd=repo)
+    git('commit', '--quiet', '-m', f'add {name}', cwd=repo)
+    return project
+
+
+def bare_project(repo: Path) -> Path:
+    """A project that needs no package at all, and ends at once; its
+    python_env.yaml asks for this Python and installs nothing."""
+    return commit_project(repo, 'bare', {
+        'MLproject': 'name: bare\npython_env: python_env.yaml\nentry_points:\n  main:\n'
+                     '    command: "python -c \'print(42)\'"\n',
+        'python_env.yaml': f'python: "{platform.python_version()}"\n'
+                           'build_dependencies: []\ndependencies: []\n',
+    })
+
+
+def recorded_environment(run_id: str) -> dict:
+    found, source = reproduce_run.run_environment(client(), client().get_run(run_id))
+    assert source == 'reproduction'
+    return found
+
+
+def test_a_project_that_ends_first_leaves_the_capture_alone(own_repo, store, capsys):
+    """The capture carries the reproduction's process tag; a project that ends
+    before it must not take it down as a process left behind."""
+    ref = mlflow_run(str(bare_project(own_repo)), store)
+    code, out, err = reproduce(capsys, '--run_id', ref, '--output', 'json')
+    assert code == 0, err
+    assert 'left' not in err and 'cannot capture' not in err
+    environment = recorded_environment(json.loads(out)['reproduced_run_id'])
+    assert environment['python']['executable'] == sys.executable
