@@ -3667,13 +3667,13 @@ def _reproduce(session: Session, run_id: str, index: int, parent_run_id: str | N
                                      options.keep_registrations)
     fields.update(reproduced_run_id=new_id, output_tail=launch.output_tail,
                   registrations=registrations)
+    if launch.environment is not None:  # a failed run's too: it may be why
+        record_environment(client, new_id, launch.environment)
     if launch.returncode != 0:
         last = project_error_line(launch.output_tail)
         return Report(status='failed', exit_code=EXIT_RUN_FAILED, **fields,
                       message=f'the reproduced run {new_id} failed (exit status '
                               f'{launch.returncode})' + (f'; its last error: {last}' if last else ''))
-    if launch.environment is not None:
-        record_environment(client, new_id, launch.environment)
     reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id,
                                                                  plan)
     differences = differences_between(

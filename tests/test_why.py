@@ -646,3 +646,14 @@ def test_virtualenv_records_the_projects_environment(own_repo, store, capsys, tm
     assert 'pip' in environment['packages']
     assert 'mlflow' not in environment['packages']
     assert 'scikit-learn' not in environment['packages']
+
+
+def test_a_failed_reproduction_records_its_environment_too(reference, capsys):
+    """The environment that ran a failing project is one place to look for why."""
+    code, out, _ = reproduce(capsys, '--run_id', reference('failing', fails=True),
+                             '--output', 'json')
+    assert code == 3
+    report = json.loads(out)
+    assert report['status'] == 'failed'
+    environment = recorded_environment(report['reproduced_run_id'])
+    assert environment['packages']['mlflow'] == importlib.metadata.version('mlflow')
