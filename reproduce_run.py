@@ -1905,6 +1905,7 @@ def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
         environment = job.environ and _in_background(
             capture_environment, job.activation, job.environ, plan.project_dir)
         returncode = job.wait(session.stop)
+        environment = environment and captured_environment(environment, session.stop)
     except Stopped:
         if job is not None:
             job.end()
@@ -1923,8 +1924,7 @@ def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
     output.close()
     close_run(session.client, run_id, 'FINISHED' if returncode == 0 else 'FAILED',
               session.left_open)
-    return Launch(returncode, tuple(output.tail), left_behind,
-                  environment.result() if environment else None)
+    return Launch(returncode, tuple(output.tail), left_behind, environment)
 
 
 def run_on_backend(session: Session, plan: Plan, parent_run_id: str | None, tmp_dir: str,
@@ -2160,6 +2160,19 @@ def capture_environment(
     except (OSError, subprocess.SubprocessError, ValueError) as e:
         warn(f'cannot capture the project\'s environment: {_last_line(str(e))}')
         return None
+
+
+def captured_environment(future: Any, stop: Stop) -> dict[str, Any] | None:
+    """The result of capture_environment once its process has ended.  Waited
+    for before the sweep for tagged processes, which would end it, and count
+    it as left behind by the project, when the project ends first."""
+    from concurrent.futures import TimeoutError as StillRunning
+
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except StillRunning:
+            stop.check()
 
 
 def record_environment(client: MlflowClient, run_id: str, env_dict: Mapping[str, Any]) -> None:
@@ -3654,13 +3667,13 @@ def _reproduce(session: Session, run_id: str, index: int, parent_run_id: str | N
                                      options.keep_registrations)
     fields.update(reproduced_run_id=new_id, output_tail=launch.output_tail,
                   registrations=registrations)
+    if launch.environment is not None:  # a failed run's too: it may be why
+        record_environment(client, new_id, launch.environment)
     if launch.returncode != 0:
         last = project_error_line(launch.output_tail)
         return Report(status='failed', exit_code=EXIT_RUN_FAILED, **fields,
                       message=f'the reproduced run {new_id} failed (exit status '
                               f'{launch.returncode})' + (f'; its last error: {last}' if last else ''))
-    if launch.environment is not None:
-        record_environment(client, new_id, launch.environment)
     reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id,
                                                                  plan)
     differences = differences_between(

@@ -701,7 +701,7 @@ def test_no_plots_turns_plots_off(reference, capsys, monkeypatch):
     new_id = json.loads(out)['reproduced_run_id']
     assert code == 1
     assert [f.path for f in client().list_artifacts(new_id, 'reproduce')] == [
-        'reproduce/comparison.json', 'reproduce/output.log']
+        'reproduce/comparison.json', 'reproduce/environment.json', 'reproduce/output.log']
 
 
 @pytest.mark.parametrize(('rules', 'key', 'tolerance', 'ignored'), [

@@ -2,16 +2,21 @@
 verdict (issue 11).  Pure comparisons in tables; the rest with real runs."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.metadata
+import io
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import mlflow_run
+from conftest import git, mlflow_run
 from test_reproduce_run import client, logged_run, reproduce
 
 import reproduce_run
@@ -412,3 +417,243 @@ def test_environment_sources_through_a_tracking_server(mlflow_server, monkeypatc
         == '2'
     environment, source = reproduce_run.run_environment(c, c.get_run(with_model))
     assert (source, environment['packages']['scikit-learn']) == ('logged_model', '0.0.1')
+
+
+# --- real reproductions -------------------------------------------------------------
+
+def commit_project(repo: Path, name: str, files: dict[str, str]) -> Path:
+    """A small project committed into a test's own copy of the samples."""
+    project = repo / name
+    project.mkdir()
+    for file_name, text in files.items():
+        (project / file_name).write_text(text)
+    git('add', '--all', cwd=repo)
+    git('commit', '--quiet', '-m', f'add {name}', cwd=repo)
+    return project
+
+
+def bare_project(repo: Path) -> Path:
+    """A project that needs no package at all, and ends at once; its
+    python_env.yaml asks for this Python and installs nothing."""
+    return commit_project(repo, 'bare', {
+        'MLproject': 'name: bare\npython_env: python_env.yaml\nentry_points:\n  main:\n'
+                     '    command: "python -c \'print(42)\'"\n',
+        'python_env.yaml': f'python: "{platform.python_version()}"\n'
+                           'build_dependencies: []\ndependencies: []\n',
+    })
+
+
+def recorded_environment(run_id: str) -> dict:
+    """The reproduced run's reproduce/environment.json, as written."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = client().download_artifacts(run_id, 'reproduce/environment.json', folder)
+        return json.loads(Path(path).read_text())
+
+
+def test_a_project_that_ends_first_leaves_the_capture_alone(own_repo, store, capsys):
+    """The capture carries the reproduction's process tag; a project that ends
+    before it must not take it down as a process left behind."""
+    ref = mlflow_run(str(bare_project(own_repo)), store)
+    code, out, err = reproduce(capsys, '--run_id', ref, '--output', 'json')
+    assert code == 0, err
+    assert 'left' not in err and 'cannot capture' not in err
+    environment = recorded_environment(json.loads(out)['reproduced_run_id'])
+    assert environment['python']['executable'] == sys.executable
+
+
+@dataclasses.dataclass(frozen=True)
+class Reproduction:
+    code: int
+    out: str
+    err: str
+    run_id: str  # of the reproduced run
+
+
+def run_tool(*argv: str) -> Reproduction:
+    """main() in this process, its output kept (capsys is for one test only)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = reproduce_run.main(argv)
+    found = re.search(r'[Rr]eproduced[ _]run(?:_id)?\W{1,4}([0-9a-f]{32})', out.getvalue())
+    assert found, (out.getvalue(), err.getvalue())
+    return Reproduction(code, out.getvalue(), err.getvalue(), found.group(1))
+
+
+EXPERIMENT = 'why-reproductions'  # its own: MLflow keeps one source per digest and experiment
+HASH_SEEDS = {'table': '0', 'json': '1', 'markdown': '2'}  # PYTHONHASHSEED of each reproduction
+
+
+@pytest.fixture(scope='module')
+def data_reproductions(samples_repo, store, tmp_path_factory) -> tuple[str, dict]:
+    """The reference: the dataset_input sample trained on a CSV file whose
+    rows are then reversed (a new digest, the same fit).  Reproduced once per
+    output format, each with its own PYTHONHASHSEED in the tool's environment."""
+    where = tmp_path_factory.mktemp('data-reproductions')
+    data = where / 'train.csv'
+    header, *rows = (samples_repo / 'dataset_input' / 'data.csv').read_text().splitlines()
+    data.write_text('\n'.join([header, *rows]) + '\n')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('MLFLOW_TRACKING_URI', store)
+        mp.chdir(where)
+        ref = mlflow_run(str(samples_repo / 'dataset_input'), store,
+                         '--experiment-name', EXPERIMENT, '-P', f'data={data}')
+        data.write_text('\n'.join([header, *reversed(rows)]) + '\n')
+        made = {}
+        for output, seed in HASH_SEEDS.items():
+            mp.setenv('PYTHONHASHSEED', seed)
+            made[output] = run_tool('--run_id', ref, '--experiment-name', EXPERIMENT,
+                                    '--output', output)
+    return ref, made
+
+
+def changed_dataset_line(ref: str, reproduced: str) -> str:
+    digests = [client().get_run(r).inputs.dataset_inputs[0].dataset.digest
+               for r in (ref, reproduced)]
+    assert digests[0] != digests[1]
+    return (f'  - dataset `train` (training) changed at its source (digest {digests[0]} -> '
+            f'{digests[1]})')
+
+
+def test_reproduction_names_the_changed_dataset_in_the_table(data_reproductions):
+    ref, made = data_reproductions
+    r = made['table']
+    assert r.out.splitlines()[-4:] == [
+        'Other differences:', '- data:', changed_dataset_line(ref, r.run_id),
+        'Runs equal: True']
+
+
+def test_reproduction_names_the_changed_dataset_in_json(data_reproductions):
+    ref, made = data_reproductions
+    r = made['json']
+    digests = [client().get_run(run_id).inputs.dataset_inputs[0].dataset.digest
+               for run_id in (ref, r.run_id)]
+    assert json.loads(r.out)['differences']['datasets'] == [
+        {'name': 'train', 'context': 'training', 'change': 'digest',
+         'reference': digests[0], 'reproduced': digests[1]}]
+
+
+def test_reproduction_names_the_changed_dataset_in_markdown(data_reproductions):
+    ref, made = data_reproductions
+    r = made['markdown']
+    line = changed_dataset_line(ref, r.run_id)
+    assert r.out.endswith(f'**Other differences:**\n\n- data:\n{line}\n\nRuns equal: True\n')
+
+
+@pytest.mark.parametrize('output', HASH_SEEDS)
+def test_reproduced_run_description_names_the_changed_dataset(data_reproductions, output):
+    ref, made = data_reproductions
+    note = client().get_run(made[output].run_id).data.tags['mlflow.note.content']
+    line = changed_dataset_line(ref, made[output].run_id)
+    assert f'**Other differences:**\n\n- data:\n{line}\n\nRuns equal: True' in note
+
+
+def test_a_changed_dataset_leaves_the_verdict_to_the_metrics(data_reproductions):
+    """Reversed rows: another digest, reported; the same fit, so equal."""
+    _, made = data_reproductions
+    assert [r.code for r in made.values()] == [0, 0, 0]
+    report = json.loads(made['json'].out)
+    assert (report['status'], report['equal']) == ('equal', True)
+    assert report['differences']['datasets']
+    assert [m['key'] for m in report['metrics'] if m['equal']] == ['mae', 'r2']
+
+
+def test_pins_equal_to_the_installed_versions_report_nothing(data_reproductions):
+    """The sample's model pins what trained it, in this very interpreter."""
+    _, made = data_reproductions
+    differences = json.loads(made['json'].out)['differences']
+    assert (differences['environment'], differences['environment_source'],
+            differences['environment_compared']) == ([], 'logged_model', True)
+    assert '- environment' not in made['table'].out
+
+
+@pytest.mark.parametrize('output', HASH_SEEDS)
+def test_every_reproduction_records_the_tools_environment(data_reproductions, output):
+    """Env manager local: the tool's interpreter ran the project."""
+    environment = recorded_environment(data_reproductions[1][output].run_id)
+    assert set(environment) == {'python', 'platform', 'cpu_count', 'packages', 'env', 'gpu'}
+    assert set(environment['python']) == {'version', 'implementation', 'executable'}
+    assert set(environment['platform']) == {'system', 'release', 'machine'}
+    assert os.path.dirname(environment['python']['executable']) == \
+        os.path.dirname(sys.executable)
+    assert environment['packages']['mlflow'] == importlib.metadata.version('mlflow')
+    assert environment['env']['PYTHONHASHSEED'] == HASH_SEEDS[output]
+    assert environment['gpu'] is None or isinstance(environment['gpu'], list)
+
+
+def test_reproductions_with_other_hash_seeds_are_told_apart(data_reproductions, capsys):
+    """The second reproduction compared with the first, as tonight's check
+    with last night's: the reference's environment is its own record."""
+    _, made = data_reproductions
+    first, second = made['table'].run_id, made['json'].run_id
+    code, out, _ = reproduce(capsys, '--run_id', first, '--compare-to', second,
+                             '--output', 'json')
+    assert code == 0
+    differences = json.loads(out)['differences']
+    assert differences['environment_source'] == 'reproduction'
+    assert differences['environment'] == [
+        {'kind': 'env', 'name': 'PYTHONHASHSEED', 'reference': '0', 'reproduced': '1'}]
+    assert differences['datasets'] == []
+    code, out, _ = reproduce(capsys, '--run_id', first, '--compare-to', second)
+    assert out.splitlines()[-4:] == [
+        'Other differences:',
+        "- environment (the reference run's from its reproduce/environment.json):",
+        '  - PYTHONHASHSEED: 0 -> 1',
+        'Runs equal: True',
+    ]
+
+
+PINNED_MODEL = '''\
+import mlflow
+import mlflow.sklearn
+from sklearn.linear_model import LinearRegression
+
+model = LinearRegression().fit([[0.0], [1.0]], [0.0, 2.0])
+mlflow.log_metric('coef', float(model.coef_[0]))
+mlflow.sklearn.log_model(model, name='model', pip_requirements=['scikit-learn==0.0.1'])
+'''
+
+
+def test_reproduction_reports_a_model_pin_that_differs(own_repo, store, capsys):
+    project = commit_project(own_repo, 'pinned_model', {
+        'MLproject': 'name: pinned_model\nentry_points:\n  main:\n    command: python train.py\n',
+        'train.py': PINNED_MODEL,
+    })
+    ref = mlflow_run(str(project), store)
+    code, out, err = reproduce(capsys, '--run_id', ref, '--output', 'json')
+    assert code == 0, err  # the metric is the same: the pin only informs
+    differences = json.loads(out)['differences']
+    assert differences['environment_source'] == 'logged_model'
+    assert differences['environment'] == [
+        {'kind': 'package', 'name': 'scikit-learn', 'reference': '0.0.1',
+         'reproduced': importlib.metadata.version('scikit-learn')}]
+
+
+@pytest.mark.slow
+def test_virtualenv_records_the_projects_environment(own_repo, store, capsys, tmp_path,
+                                                     monkeypatch):
+    """MLflow builds the project's virtualenv (pyenv's Python, `python -m
+    venv`, nothing to install: offline); that interpreter is described."""
+    envs = tmp_path / 'envs'
+    monkeypatch.setenv('MLFLOW_ENV_ROOT', str(envs))
+    ref = mlflow_run(str(bare_project(own_repo)), store)
+    code, out, err = reproduce(capsys, '--run_id', ref, '--env-manager', 'virtualenv',
+                               '--output', 'json')
+    assert code == 0, err
+    assert json.loads(out)['source']['env_manager'] == 'virtualenv'
+    environment = recorded_environment(json.loads(out)['reproduced_run_id'])
+    assert Path(environment['python']['executable']).parent.parent.parent == envs
+    assert environment['python']['version'] == platform.python_version()
+    assert 'pip' in environment['packages']
+    assert 'mlflow' not in environment['packages']
+    assert 'scikit-learn' not in environment['packages']
+
+
+def test_a_failed_reproduction_records_its_environment_too(reference, capsys):
+    """The environment that ran a failing project is one place to look for why."""
+    code, out, _ = reproduce(capsys, '--run_id', reference('failing', fails=True),
+                             '--output', 'json')
+    assert code == 3
+    report = json.loads(out)
+    assert report['status'] == 'failed'
+    environment = recorded_environment(report['reproduced_run_id'])
+    assert environment['packages']['mlflow'] == importlib.metadata.version('mlflow')
