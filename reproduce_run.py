@@ -3799,7 +3799,8 @@ def resolve_model(client: MlflowClient, uri: str) -> Chosen:
 
 
 def _search_filter(selection: Selection) -> str:
-    clauses = [f'({selection.filter})'] if selection.filter else []
+    # MLflow's filters are clauses joined by 'and' (no 'or', no parentheses).
+    clauses = [selection.filter] if selection.filter else []
     if selection.since_seconds is not None:
         since_ms = int((time.time() - selection.since_seconds) * 1000)
         clauses.append(f'attributes.start_time >= {since_ms}')

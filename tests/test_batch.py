@@ -152,26 +152,34 @@ def search_setup(samples_repo, store, name: str) -> dict[str, str]:
 def test_from_experiment_with_filter_since_and_max_runs(samples_repo, store, capsys, tmp_path):
     name = f'search-{tmp_path.name}'
     made = search_setup(samples_repo, store, name)
+    # Newest first: alpha2, then alpha1; --max-runs stops the search after one.
     code, out, _ = reproduce(capsys, '--from-experiment', name, '--since', '1h',
                              '--filter', "params.alpha != '0.9'", '--max-runs', '1',
                              '--output', 'json', '--dry-run')
     doc = json.loads(out)
-    assert code == 0
+    assert code == 0, out
     assert doc['batch_run_id'] is None
-    # Newest first: the reproduction, then the notebook run, then the failed one are
-    # skipped, then alpha2 is chosen and --max-runs stops the search.
     assert [r['reference_run_id'] for r in doc['runs']] == [made['alpha2']]
     assert [r['status'] for r in doc['runs']] == ['planned']
-    reasons = {s['run_id']: s['reason'] for s in doc['skipped']}
-    assert reasons[made['reproduction']] == 'it is itself a reproduction'
-    assert reasons[made['notebook']].startswith('it was not launched as an MLflow Project')
     code, out, _ = reproduce(capsys, '--from-experiment', name, '--filter',
                              "params.alpha = '0.1'", '--output', 'json', '--dry-run')
     assert [r['reference_run_id'] for r in json.loads(out)['runs']] == [made['alpha1']]
+    # Without a filter, the search meets the runs it must skip, and says why.
     code, out, _ = reproduce(capsys, '--from-experiment', name, '--since', '1h',
                              '--output', 'json', '--dry-run')
-    reasons = {s['run_id']: s['reason'] for s in json.loads(out)['skipped']}
-    assert reasons[made['failed']] == 'its status is FAILED, not FINISHED'
+    doc = json.loads(out)
+    assert code == 0
+    assert [r['reference_run_id'] for r in doc['runs']] == [made['alpha2'], made['alpha1']]
+    reasons = {s['run_id']: s['reason'] for s in doc['skipped']}
+    assert reasons == {
+        made['reproduction']: 'it is itself a reproduction',
+        made['notebook']: 'it was not launched as an MLflow Project (pass --uri to '
+                          'reproduce it)',
+        made['failed']: 'its status is FAILED, not FINISHED',
+    }
+    code, out, _ = reproduce(capsys, '--from-experiment', name, '--since', '1s',
+                             '--output', 'json', '--dry-run')
+    assert json.loads(out)['runs'] == []  # --since: nothing started in the last second
 
 
 def test_sample_with_a_seed_chooses_the_same_runs_twice(samples_repo, store, capsys, tmp_path):

@@ -88,6 +88,8 @@ def server(tmp_path, monkeypatch):
     """A server of this test's own, for tests that stop it or count on it."""
     started = start_mlflow_server(tmp_path / 'server')
     monkeypatch.setenv('MLFLOW_TRACKING_URI', started.url)
+    # The test's own client would print "View run" lines where the report goes.
+    monkeypatch.setenv('MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT', 'true')
     yield started
     stop(started.proc)
 
