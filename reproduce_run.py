@@ -3626,6 +3626,7 @@ def _unfinished(progress: _Progress, run_id: str, status: str, message: str,
         reproduced_run_id=progress.run_id, plan=progress.plan,
         message=mask_credentials(message), output_tail=progress.output_tail,
         reference_run_name=reference.info.run_name if reference else None,
+        reference_status=reference.info.status if reference else None,
     )
 
 
