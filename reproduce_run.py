@@ -318,7 +318,7 @@ def _first_divergence(
         ref: Sequence[Point], new: Sequence[Point], tol: Tolerance,
 ) -> tuple[int | None] | None:
     """(step,) of the first point that differs, None when none does."""
-    for (ref_step, ref_value, _), (new_step, new_value, _) in zip(ref, new):
+    for (ref_step, ref_value, _), (new_step, new_value, _) in zip(ref, new, strict=False):
         if ref_step != new_step:
             return (min(ref_step, new_step),)
         if not values_close(new_value, ref_value, tol):
@@ -893,69 +893,84 @@ def _scan_commands(sc: _Scan, i: int, closer: str, poison: str | None) -> int:
     """
     text, command, depth = sc.text, _Command(), 0
     while i < len(text):
-        c = text[i]
-        if c == closer and depth == 0:
+        if text[i] == closer and depth == 0:
             command.end()
             return i + 1
         if sc.placeholder(i) is not None:
             sc.mark(i, poison or command.reparses())
-            command.word += c
+            command.word += text[i]
             i += 1
-        elif c == '\\':
-            if text[i + 1:i + 2] != '\n':  # a line continuation is nothing
-                sc.mark(i + 1, poison or command.reparses() or 'right after a backslash')
-                command.word += text[i:i + 2]
-            i += 2
-        elif c == "'":
-            end = _scan_to(sc, i + 1, "'", False, poison or 'inside quotes')
-            command.word, i = command.word + text[i:end], end
-        elif c == '"':
-            end = _scan_double(sc, i + 1, poison or command.reparses(), 'inside quotes')
-            command.word, i = command.word + text[i:end], end
-        elif c == '`':
-            i = _scan_to(sc, i + 1, '`', True, poison or 'inside backticks')
-            command.word += 'x'
-        elif c == '$':
-            start = i
-            i = _scan_dollar(sc, i, poison, command)
-            if i > start + 1:
-                command.word += 'x'
-        elif c == '#' and not command.word and closer != '}':
-            end = _find(text, '\n', i, escapes=False)
-            sc.mark_span(i, end, poison or 'inside a comment')
-            i = end
-        elif c == '\n':
-            command.end()
-            i = _scan_heredocs(sc, i + 1, poison)
-        elif c in ' \t':
-            command.end_word()
-            i += 1
-        elif text.startswith('<<<', i):
-            command.end_word()
-            i += 3  # a here-string: its word is an ordinary word
-        elif text.startswith('<<', i):
-            command.end_word()
-            i = _scan_heredoc_start(sc, i + 2, poison)
-        elif text.startswith('((', i) and not command.word:
-            i = _scan_commands(sc, i + 1, ')', poison or 'inside an arithmetic expression')
-        elif c == '(' and i > 0 and text[i - 1] in '<>':  # process substitution
-            i = _scan_commands(sc, i + 1, ')', poison)
-        elif c in '()':  # a subshell, a function definition
-            depth += 1 if c == '(' else -1
-            command.end()
-            i += 1
-        elif c in '{}' and closer == '}':  # braces nested in ${...}
-            depth += 1 if c == '{' else -1
-            command.word += c
-            i += 1
-        elif c in ';&|<>':
-            command.end() if c in ';&|' else command.end_word()
-            i += 1
+            continue
+        quoted = _scan_quoting(sc, i, poison, command)
+        if quoted is not None:
+            i = quoted
         else:
-            command.word += c
-            i += 1
+            i, depth = _scan_structure(sc, i, closer, poison, command, depth)
     command.end()
     return i
+
+
+def _scan_quoting(sc: _Scan, i: int, poison: str | None, command: _Command) -> int | None:
+    """A backslash, quotes, backticks or a $ expansion at i: where it ends,
+    None when text[i] starts none of them."""
+    text, c = sc.text, sc.text[i]
+    if c == '\\':
+        if text[i + 1:i + 2] != '\n':  # a line continuation is nothing
+            sc.mark(i + 1, poison or command.reparses() or 'right after a backslash')
+            command.word += text[i:i + 2]
+        return i + 2
+    if c == "'":
+        end = _scan_to(sc, i + 1, "'", False, poison or 'inside quotes')
+        command.word += text[i:end]
+        return end
+    if c == '"':
+        end = _scan_double(sc, i + 1, poison or command.reparses(), 'inside quotes')
+        command.word += text[i:end]
+        return end
+    if c == '`':
+        command.word += 'x'
+        return _scan_to(sc, i + 1, '`', True, poison or 'inside backticks')
+    if c == '$':
+        end = _scan_dollar(sc, i, poison, command)
+        if end > i + 1:
+            command.word += 'x'
+        return end
+    return None
+
+
+def _scan_structure(sc: _Scan, i: int, closer: str, poison: str | None, command: _Command,
+                    depth: int) -> tuple[int, int]:
+    """Comments, line ends, blanks, here-documents, arithmetic, subshells and
+    operators at i, or a plain character: (where it ends, the new depth)."""
+    text, c = sc.text, sc.text[i]
+    if c == '#' and not command.word and closer != '}':
+        end = _find(text, '\n', i, escapes=False)
+        sc.mark_span(i, end, poison or 'inside a comment')
+        return end, depth
+    if c == '\n':
+        command.end()
+        return _scan_heredocs(sc, i + 1, poison), depth
+    if c in ' \t' or text.startswith('<<<', i):  # a here-string's word is an ordinary word
+        command.end_word()
+        return i + (3 if c == '<' else 1), depth
+    if text.startswith('<<', i):
+        command.end_word()
+        return _scan_heredoc_start(sc, i + 2, poison), depth
+    if text.startswith('((', i) and not command.word:
+        return _scan_commands(sc, i + 1, ')', poison or 'inside an arithmetic expression'), depth
+    if c == '(' and i > 0 and text[i - 1] in '<>':  # process substitution
+        return _scan_commands(sc, i + 1, ')', poison), depth
+    if c in '()':  # a subshell, a function definition
+        command.end()
+        return i + 1, depth + (1 if c == '(' else -1)
+    if c in '{}' and closer == '}':  # braces nested in ${...}
+        command.word += c
+        return i + 1, depth + (1 if c == '{' else -1)
+    if c in ';&|<>':
+        command.end() if c in ';&|' else command.end_word()
+        return i + 1, depth
+    command.word += c
+    return i + 1, depth
 
 
 def placeholder_contexts(command: str) -> list[Placeholder]:
@@ -1672,10 +1687,12 @@ def live_processes(pgid: int | None, tag: str) -> list[int]:
         except (ProcessLookupError, PermissionError):
             return []
     needle = f'{PROCESS_TAG}={tag}'.encode()
+
+    def tagged(environ: bytes) -> bool:
+        return any(v == needle or (needle.endswith(b'.') and v.startswith(needle))
+                   for v in environ.split(b'\0'))
     return [pid for pid, state, group, environ in _process_table()
-            if state not in ('Z', 'X')
-            and (group == pgid or any(v == needle or (needle.endswith(b'.') and v.startswith(needle))
-                                      for v in environ.split(b'\0')))]
+            if state not in ('Z', 'X') and (group == pgid or tagged(environ))]
 
 
 def end_processes(pgid: int | None, tag: str, reap: Callable[[], object] = lambda: None) -> int:
@@ -1781,7 +1798,9 @@ def environment_activation(project: Any, env_manager: str, work_dir: str) -> lis
 
     from mlflow.utils.environment import _PythonEnv
     from mlflow.utils.virtualenv import (
-        _create_virtualenv, _get_mlflow_virtualenv_root, _get_virtualenv_name,
+        _create_virtualenv,
+        _get_mlflow_virtualenv_root,
+        _get_virtualenv_name,
     )
 
     if project.env_type == env_type.CONDA:
@@ -3674,7 +3693,8 @@ def _reproduce(session: Session, run_id: str, index: int, parent_run_id: str | N
         last = project_error_line(launch.output_tail)
         return Report(status='failed', exit_code=EXIT_RUN_FAILED, **fields,
                       message=f'the reproduced run {new_id} failed (exit status '
-                              f'{launch.returncode})' + (f'; its last error: {last}' if last else ''))
+                              f'{launch.returncode})'
+                              + (f'; its last error: {last}' if last else ''))
     reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id,
                                                                  plan)
     differences = differences_between(
@@ -3773,7 +3793,11 @@ class Chosen:
 def read_runs_file(path: str) -> list[str]:
     """Run IDs one per line, '#' starts a comment, '-' is standard input."""
     try:
-        text = sys.stdin.read() if path == '-' else open(path).read()
+        if path == '-':
+            text = sys.stdin.read()
+        else:
+            with open(path) as f:
+                text = f.read()
     except OSError as e:
         raise ReproduceError(f'cannot read --runs-file {path}: {e.strerror}') from None
     ids = [line.split('#', 1)[0].strip() for line in text.splitlines()]
@@ -3787,7 +3811,8 @@ def resolve_model(client: MlflowClient, uri: str) -> Chosen:
     """models:/<name>/<version> or models:/<name>@<alias> -> the version's source run."""
     match = re.fullmatch(r'models:/([^/@]+)(?:/(\d+)|@([\w-]+))', uri)
     if not match:
-        return Chosen(None, uri, f'{uri!r} is not models:/<name>/<version> or models:/<name>@<alias>')
+        return Chosen(None, uri,
+                      f'{uri!r} is not models:/<name>/<version> or models:/<name>@<alias>')
     name, version, alias = match.groups()
     try:
         found = (client.get_model_version(name, version) if version

@@ -117,7 +117,8 @@ def test_bad_backend_arguments_exit_2_with_one_line_and_make_nothing(
             tmp_path, 'not_a_job',
             **{'kube-job-template-path': write(tmp_path / 'list.yaml', '- a\n')}),
         'kube_bad_yaml': kube_config(
-            tmp_path, 'bad_yaml', **{'kube-job-template-path': write(tmp_path / 'bad.yaml', 'a: [\n')}),
+            tmp_path, 'bad_yaml',
+            **{'kube-job-template-path': write(tmp_path / 'bad.yaml', 'a: [\n')}),
     }
     write(tmp_path / 'bad.json', '{')
     write(tmp_path / 'string.json', '"gpu"')

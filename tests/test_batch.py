@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import SCRIPT, git, mlflow_run
@@ -98,8 +99,8 @@ def test_several_run_ids_with_mixed_outcomes(reference, capsys, tmp_path):
         'runs_total': 4, 'runs_equal': 1, 'runs_differ': 1, 'runs_failed': 1, 'runs_error': 1}
     assert sorted(c.info.run_id for c in children) == sorted(
         r['reproduced_run_id'] for r in doc['runs'] if r['reproduced_run_id'])
-    summary = json.loads(open(client().download_artifacts(
-        parent.info.run_id, 'reproduce/summary.json')).read())
+    summary = json.loads(Path(client().download_artifacts(
+        parent.info.run_id, 'reproduce/summary.json')).read_text())
     assert summary['summary'] == doc['summary']
     assert '| Reference run' in parent.data.tags['mlflow.note.content']
     assert f'[4/4] {"f" * 8} error in ' in err

@@ -278,7 +278,7 @@ HASHED = r'-[0-9a-f]{10}\.png'
 def test_plot_names(keys, expected):
     names = reproduce_run.plot_names(keys)
     assert list(names) == keys
-    for key, pattern in zip(keys, expected):
+    for key, pattern in zip(keys, expected, strict=True):
         assert re.fullmatch(pattern, names[key]), (key, names[key])
     assert len({n.casefold() for n in names.values()}) == len(keys)
     assert all(re.fullmatch(r'[A-Za-z0-9_.-]+', n) and len(n) < 255 for n in names.values())

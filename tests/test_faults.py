@@ -15,11 +15,18 @@ import pytest
 from conftest import SCRIPT, git, start_mlflow_server, stop
 from proxy import Rule, proxy_in_front_of, silent_server
 from test_reproduce_run import (
-    add_project, client, process_gone, recorded_run, reproduce, reproductions_of, wait_for,
+    add_project,
+    client,
+    process_gone,
+    recorded_run,
+    reproduce,
+    reproductions_of,
+    wait_for,
 )
 
 STUBBORN = {
-    'MLproject': 'entry_points:\n  main:\n    parameters:\n      seconds: {type: float, default: 40}\n'
+    'MLproject': 'entry_points:\n  main:\n    parameters:\n'
+                 '      seconds: {type: float, default: 40}\n'
                  '    command: python stubborn.py {seconds}\n',
     'stubborn.py': (
         'import os, signal, sys, time, mlflow\n'

@@ -187,7 +187,8 @@ def conda_without_environment(request: pytest.FixtureRequest) -> list[Argv]:
 
 HEREDOC_PROJECT = {
     'MLproject': 'entry_points:\n  main:\n    parameters:\n      msg: string\n'
-                 '    command: "cat > cfg.txt <<EOF\\nvalue: {msg}\\nEOF\\npython echo.py --msg x"\n',
+                 '    command: "cat > cfg.txt <<EOF\\nvalue: {msg}\\nEOF\\n'
+                 'python echo.py --msg x"\n',
     'echo.py': ECHO_PROJECT['echo.py'],
 }
 

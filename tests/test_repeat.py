@@ -13,8 +13,17 @@ from test_reproduce_run import client, reproduce
 
 import reproduce_run
 from reproduce_run import (
-    DRIFTED, NONDETERMINISTIC, NONDETERMINISTIC_DRIFTED, REPRODUCIBLE, MetricDiagnosis, Rules,
-    Tolerance, classify_metric, classify_run, diagnose, suggested_flags,
+    DRIFTED,
+    NONDETERMINISTIC,
+    NONDETERMINISTIC_DRIFTED,
+    REPRODUCIBLE,
+    MetricDiagnosis,
+    Rules,
+    Tolerance,
+    classify_metric,
+    classify_run,
+    diagnose,
+    suggested_flags,
 )
 
 NAN, INF = math.nan, math.inf
@@ -121,7 +130,7 @@ def test_statistics_of_the_repetitions(repetitions, minimum, maximum, mean, stde
     d = classify_metric('m', 1.0, repetitions, TIGHT)
     got = (d.minimum, d.maximum, d.mean, d.stdev)
     expected = (minimum, maximum, mean, stdev)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert (g is None and e is None) or g == pytest.approx(e, nan_ok=True)
 
 

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 from conftest import free_port, git, start_mlflow_server, stop
 from test_reproduce_run import (
-    ECHO_PROJECT, add_project, client, logged_run, recorded_run, reproduce, reproduced_run,
+    ECHO_PROJECT,
+    add_project,
+    client,
+    logged_run,
+    recorded_run,
+    reproduce,
+    reproduced_run,
     reproductions_of,
 )
 
