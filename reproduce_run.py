@@ -4137,9 +4137,11 @@ def check_tracking_server(uri: str) -> None:
     import urllib.request
 
     try:
-        urllib.request.urlopen(uri.rstrip('/') + '/health', timeout=PROBE_TIMEOUT_SECONDS)
+        urllib.request.urlopen(_probe_url(uri), timeout=PROBE_TIMEOUT_SECONDS)
     except urllib.error.HTTPError:
         return  # it answers; MLflow's own requests will say what it thinks
+    except ValueError:  # a URL urllib cannot use: MLflow's first request says why
+        return
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, 'reason', e)
         if isinstance(reason, (TimeoutError, socket.timeout)) or 'timed out' in str(reason):
@@ -4147,6 +4149,16 @@ def check_tracking_server(uri: str) -> None:
                 f'the tracking server {mask_credentials(uri)} does not answer (no response '
                 f'within {PROBE_TIMEOUT_SECONDS:.0f} s)') from None
         # Refused or unresolvable: MLflow's first request says so in its words.
+
+
+def _probe_url(uri: str) -> str:
+    """The server's /health URL without the user:password part: urllib would
+    take the password for a port (`https://user:pw@host`) and fail.  /health
+    needs no login; a server that wants one still answers, with 401."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    return parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl().rstrip('/') + '/health'
 
 
 def run_in_worker(session: Session, work: Callable[[], Any]) -> Any:
