@@ -1526,7 +1526,8 @@ class ProjectOutput:
 
     def _copy(self, read_fd: int) -> None:
         pending = b''
-        with os.fdopen(read_fd, 'rb', buffering=0) as pipe, open(self.log_path, 'w') as log:
+        with os.fdopen(read_fd, 'rb', buffering=0) as pipe, open(self.log_path, 'w',
+                                                                encoding='utf-8') as log:
             while chunk := pipe.read(65536):
                 *lines, pending = (pending + chunk).split(b'\n')
                 for line in lines:

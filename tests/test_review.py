@@ -2,9 +2,25 @@
 broke the tool, and now does not."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
+from conftest import SCRIPT, git
 from proxy import silent_server
-from test_reproduce_run import reproduce
+from test_reproduce_run import add_project, client, recorded_run, reproduce
+
+NOISY = {
+    'MLproject': 'entry_points:\n  main:\n    command: python noisy.py\n',
+    # More than a pipe holds (64 KiB), UTF-8 and bytes that are not UTF-8.
+    'noisy.py': ('import sys, mlflow\n'
+                 'for i in range(3000):\n'
+                 '    sys.stdout.buffer.write(b"caf\\xc3\\xa9 \\xff\\xfe " + b"x" * 100 + b"\\n")\n'
+                 'sys.stdout.flush()\n'
+                 'mlflow.log_metric("lines", 3000)\n'),
+}
 
 
 def test_a_silent_server_with_a_password_in_its_uri_is_detected(capsys, monkeypatch):
@@ -35,3 +51,21 @@ def test_a_password_in_a_tracking_uri_without_port_is_not_taken_for_a_port(capsy
     assert err.startswith(f'reproduce_run: error: cannot read run {"a" * 32} from '
                           f'http://***@127.0.0.1')
     assert 'does not answer (Connection refused)' in err
+
+
+def test_project_output_that_the_locale_cannot_encode_is_logged(own_repo, tmp_path):
+    project = add_project(own_repo, 'noisy', NOISY)
+    commit = git('rev-parse', 'HEAD', cwd=own_repo)
+    run_id = recorded_run(f'file://{own_repo}#{project.name}', commit, metrics={'lines': 3000})
+    # An ASCII locale, as on a host without a UTF-8 one: open() writes ASCII.
+    env = {**os.environ, 'LC_ALL': 'C', 'PYTHONUTF8': '0', 'PYTHONCOERCECLOCALE': '0'}
+    done = subprocess.run([sys.executable, str(SCRIPT), '--run_id', run_id, '--output', 'json',
+                           '--quiet'], env=env, capture_output=True, timeout=300)
+    report = json.loads(done.stdout)
+    assert (done.returncode, report['status']) == (0, 'equal'), done.stderr.decode()
+    assert b'Traceback' not in done.stderr
+    log = client().download_artifacts(report['reproduced_run_id'], 'reproduce/output.log',
+                                      str(tmp_path))
+    lines = open(log, encoding='utf-8').read().splitlines()
+    assert lines[0] == 'caf\u00e9 \ufffd\ufffd ' + 'x' * 100
+    assert len(lines) == 3000
