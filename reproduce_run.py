@@ -4039,15 +4039,15 @@ class _Groups:
 
 
 def wait_for_futures(session: Session, futures: Sequence[Any]) -> None:
-    """Wait in the main thread, where signals arrive; on the first one, end
-    the helper processes (git, pip) at once: each reproduction ends its own
+    """Wait in the main thread, where signals arrive; after one, end the
+    helper processes (git, pip) at once: each reproduction ends its own
     project and closes its run."""
     from concurrent.futures import wait
 
-    signalled = False
     while wait(futures, timeout=0.2).not_done:
-        if session.stop.event.is_set() and not signalled:
-            signalled = True
+        # Every time, not once: a step that fails by the signal may start
+        # another (git's fallback fetch), which would wait on a silent remote.
+        if session.stop.event.is_set():
             for pid in live_processes(None, session.tag):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGTERM)

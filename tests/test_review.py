@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 from conftest import SCRIPT, git
 from proxy import silent_server
-from test_reproduce_run import add_project, client, recorded_run, reproduce
+from test_reproduce_run import add_project, client, recorded_run, reproduce, wait_for
 
 NOISY = {
     'MLproject': 'entry_points:\n  main:\n    command: python noisy.py\n',
@@ -69,3 +70,33 @@ def test_project_output_that_the_locale_cannot_encode_is_logged(own_repo, tmp_pa
     lines = open(log, encoding='utf-8').read().splitlines()
     assert lines[0] == 'caf\u00e9 \ufffd\ufffd ' + 'x' * 100
     assert len(lines) == 3000
+
+
+def _git_fetches_of(pid: int) -> list[int]:
+    """The `git fetch` processes that are children of pid."""
+    found = []
+    for entry in os.listdir('/proc'):
+        try:
+            stat = open(f'/proc/{entry}/stat').read().rsplit(')', 1)[1].split()
+            argv = open(f'/proc/{entry}/cmdline', 'rb').read().split(b'\0')
+        except (OSError, ValueError):
+            continue
+        if int(stat[1]) == pid and argv[:2] == [b'git', b'fetch'] and stat[0] not in 'ZX':
+            found.append(int(entry))
+    return found
+
+
+def test_sigterm_during_a_fetch_from_a_silent_remote_ends_the_fallback_fetch_too():
+    with silent_server() as (url, _):
+        remote = url.replace('http://', 'git://') + '/project.git'
+        run_id = recorded_run(remote, 'b' * 40)
+        tool = subprocess.Popen([sys.executable, str(SCRIPT), '--run_id', run_id,
+                                 '--output', 'json'], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        wait_for(lambda: _git_fetches_of(tool.pid), 120, 'the first git fetch')
+        tool.send_signal(signal.SIGTERM)
+        # The killed fetch makes the tool try another one: that one is ended too.
+        out, err = tool.communicate(timeout=120)
+    report = json.loads(out)
+    assert (tool.returncode, report['status']) == (143, 'terminated'), err.decode()
+    assert err.decode().splitlines()[-1] == 'reproduce_run: terminated'
