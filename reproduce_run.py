@@ -3772,10 +3772,15 @@ class Chosen:
 
 def read_runs_file(path: str) -> list[str]:
     """Run IDs one per line, '#' starts a comment, '-' is standard input."""
+    if path == '-' and sys.stdin is None:  # started with standard input closed (<&-)
+        raise ReproduceError('cannot read --runs-file -: standard input is closed')
     try:
         text = sys.stdin.read() if path == '-' else open(path).read()
     except OSError as e:
         raise ReproduceError(f'cannot read --runs-file {path}: {e.strerror}') from None
+    except UnicodeDecodeError as e:
+        raise ReproduceError(f'cannot read --runs-file {path}: it is not text '
+                             f'({e.reason} at byte {e.start})') from None
     ids = [line.split('#', 1)[0].strip() for line in text.splitlines()]
     for run_id in filter(None, ids):
         if not _RUN_ID_RE.match(run_id):

@@ -100,3 +100,23 @@ def test_sigterm_during_a_fetch_from_a_silent_remote_ends_the_fallback_fetch_too
     report = json.loads(out)
     assert (tool.returncode, report['status']) == (143, 'terminated'), err.decode()
     assert err.decode().splitlines()[-1] == 'reproduce_run: terminated'
+
+
+def test_runs_file_from_a_closed_standard_input(capsys):
+    message = 'cannot read --runs-file -: standard input is closed'
+    done = subprocess.run(['bash', '-c', 'exec "$@" <&-', 'bash', sys.executable, str(SCRIPT),
+                           '--runs-file', '-', '--output', 'json'],
+                          capture_output=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.decode() == f'reproduce_run: error: {message}\n'
+    assert json.loads(done.stdout)['message'] == message
+
+
+def test_runs_file_that_is_not_text(capsys, tmp_path):
+    runs_file = tmp_path / 'runs.txt'
+    runs_file.write_bytes(b'\xff\xfe\x00junk\n')
+    code, out, err = reproduce(capsys, '--runs-file', str(runs_file), '--output', 'json')
+    message = (f'cannot read --runs-file {runs_file}: it is not text (invalid start byte '
+               f'at byte 0)')
+    assert (code, err) == (2, f'reproduce_run: error: {message}\n')
+    assert json.loads(out)['message'] == message
