@@ -1541,7 +1541,8 @@ class ProjectOutput:
 
     def _copy(self, read_fd: int) -> None:
         pending = b''
-        with os.fdopen(read_fd, 'rb', buffering=0) as pipe, open(self.log_path, 'w') as log:
+        with os.fdopen(read_fd, 'rb', buffering=0) as pipe, open(self.log_path, 'w',
+                                                                encoding='utf-8') as log:
             while chunk := pipe.read(65536):
                 *lines, pending = (pending + chunk).split(b'\n')
                 for line in lines:
@@ -3792,6 +3793,8 @@ class Chosen:
 
 def read_runs_file(path: str) -> list[str]:
     """Run IDs one per line, '#' starts a comment, '-' is standard input."""
+    if path == '-' and sys.stdin is None:  # started with standard input closed (<&-)
+        raise ReproduceError('cannot read --runs-file -: standard input is closed')
     try:
         if path == '-':
             text = sys.stdin.read()
@@ -3800,6 +3803,9 @@ def read_runs_file(path: str) -> list[str]:
                 text = f.read()
     except OSError as e:
         raise ReproduceError(f'cannot read --runs-file {path}: {e.strerror}') from None
+    except UnicodeDecodeError as e:
+        raise ReproduceError(f'cannot read --runs-file {path}: it is not text '
+                             f'({e.reason} at byte {e.start})') from None
     ids = [line.split('#', 1)[0].strip() for line in text.splitlines()]
     for run_id in filter(None, ids):
         if not _RUN_ID_RE.match(run_id):
@@ -4064,15 +4070,15 @@ class _Groups:
 
 
 def wait_for_futures(session: Session, futures: Sequence[Any]) -> None:
-    """Wait in the main thread, where signals arrive; on the first one, end
-    the helper processes (git, pip) at once: each reproduction ends its own
+    """Wait in the main thread, where signals arrive; after one, end the
+    helper processes (git, pip) at once: each reproduction ends its own
     project and closes its run."""
     from concurrent.futures import wait
 
-    signalled = False
     while wait(futures, timeout=0.2).not_done:
-        if session.stop.event.is_set() and not signalled:
-            signalled = True
+        # Every time, not once: a step that fails by the signal may start
+        # another (git's fallback fetch), which would wait on a silent remote.
+        if session.stop.event.is_set():
             for pid in live_processes(None, session.tag):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGTERM)
@@ -4163,9 +4169,11 @@ def check_tracking_server(uri: str) -> None:
     import urllib.request
 
     try:
-        urllib.request.urlopen(uri.rstrip('/') + '/health', timeout=PROBE_TIMEOUT_SECONDS)
+        urllib.request.urlopen(_probe_url(uri), timeout=PROBE_TIMEOUT_SECONDS)
     except urllib.error.HTTPError:
         return  # it answers; MLflow's own requests will say what it thinks
+    except ValueError:  # a URL urllib cannot use: MLflow's first request says why
+        return
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, 'reason', e)
         if isinstance(reason, (TimeoutError, socket.timeout)) or 'timed out' in str(reason):
@@ -4173,6 +4181,16 @@ def check_tracking_server(uri: str) -> None:
                 f'the tracking server {mask_credentials(uri)} does not answer (no response '
                 f'within {PROBE_TIMEOUT_SECONDS:.0f} s)') from None
         # Refused or unresolvable: MLflow's first request says so in its words.
+
+
+def _probe_url(uri: str) -> str:
+    """The server's /health URL without the user:password part: urllib would
+    take the password for a port (`https://user:pw@host`) and fail.  /health
+    needs no login; a server that wants one still answers, with 401."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    return parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl().rstrip('/') + '/health'
 
 
 def run_in_worker(session: Session, work: Callable[[], Any]) -> Any:
