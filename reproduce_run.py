@@ -1532,7 +1532,8 @@ class ProjectOutput:
     (progress bars) collapsed to what a terminal would show."""
 
     def __init__(self, log_path: str, echo: bool, prefix: str = '') -> None:
-        self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
+        self._tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
+        self._tail_lock = threading.Lock()  # a leftover writer may still be adding lines
         self.log_path = log_path
         self._echo, self._prefix = echo, prefix
         read_fd, self.write_fd = os.pipe()
@@ -1558,10 +1559,17 @@ class ProjectOutput:
         log.write(shown + '\n')
         if len(shown) > OUTPUT_LINE_CHARS:
             shown = shown[:OUTPUT_LINE_CHARS - 1] + '…'
-        self.tail.append(shown)
+        with self._tail_lock:
+            self._tail.append(shown)
         if self._echo:
             sys.stderr.write(f'{self._prefix}{text}\n')
             sys.stderr.flush()
+
+    @property
+    def tail(self) -> tuple[str, ...]:
+        """The last lines, as they are now."""
+        with self._tail_lock:
+            return tuple(self._tail)
 
     def close_writer(self) -> None:
         """Our copy of the write end: once closed, the pipe ends with the project."""
@@ -1597,8 +1605,12 @@ def _stdout_to_stderr() -> Iterator[TextIO]:
     MLflow or a library prints there goes to standard error instead.  Yields
     the real standard output, for the report."""
     report_stream = sys.stdout
-    sys.stdout.flush()
-    saved = os.dup(1)
+    with contextlib.suppress(AttributeError, OSError):  # closed, or None (`>&-`)
+        sys.stdout.flush()
+    try:
+        saved: int | None = os.dup(1)
+    except OSError:  # file descriptor 1 is closed: nothing to restore
+        saved = None
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
@@ -1606,8 +1618,9 @@ def _stdout_to_stderr() -> Iterator[TextIO]:
     finally:
         sys.stderr.flush()
         sys.stdout = report_stream
-        os.dup2(saved, 1)
-        os.close(saved)
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 # ---------------------------------------------------------------------------
@@ -1944,7 +1957,7 @@ def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
     output.close()
     close_run(session.client, run_id, 'FINISHED' if returncode == 0 else 'FAILED',
               session.left_open)
-    return Launch(returncode, tuple(output.tail), left_behind, environment)
+    return Launch(returncode, output.tail, left_behind, environment)
 
 
 def run_on_backend(session: Session, plan: Plan, parent_run_id: str | None, tmp_dir: str,
@@ -1973,7 +1986,7 @@ def run_on_backend(session: Session, plan: Plan, parent_run_id: str | None, tmp_
     # MLflow's remote SubmittedRuns leave the status to the caller, and a
     # project that fails may still have ended its run FINISHED: say it here.
     close_run(client, run_id, 'FINISHED' if succeeded else 'FAILED', session.left_open)
-    return Launch(0 if succeeded else 1, tuple(output.tail))
+    return Launch(0 if succeeded else 1, output.tail)
 
 
 def submit_to_backend(session: Session, plan: Plan, tmp_dir: str, tag: str,
@@ -3929,7 +3942,8 @@ class BatchReport:
 
     @property
     def equal(self) -> bool:
-        return bool(self.reports) and all(r.status == 'equal' for r in self.reports)
+        """Every reproduction equal (true of none: nothing differs), as exit 0 says."""
+        return all(r.status == 'equal' for r in self.reports)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.reports)
@@ -3997,7 +4011,12 @@ def run_batch(session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict
                 session.stop.status], reference_run_id=c.run_id, message='not started',
                 model=c.label or None)
         progress.line(index, f'{c.run_id[:8]} {c.label + " " if c.label else ""}started')
-        report = reproduce_one(session, c.run_id, index, groups.parent_for(c.run_id))
+        try:
+            parent = groups.parent_for(c.run_id)
+        except ReproduceError as e:
+            return Report(status='error', exit_code=e.exit_code, reference_run_id=c.run_id,
+                          message=str(e), model=c.label or None)
+        report = reproduce_one(session, c.run_id, index, parent)
         report = dataclasses.replace(report, model=c.label or None)
         progress.line(index, _progress_end(report))
         return report
@@ -4006,6 +4025,8 @@ def run_batch(session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict
         futures = [pool.submit(one, i, c) for i, (c, _) in enumerate(tasks)]
         wait_for_futures(session, futures)
     reports = tuple(f.result() for f in futures)
+    if not reports:
+        warn('no run to reproduce: none was named, and the search chose none')
     repeats = groups.diagnose(chosen, reports) if repeat > 1 else ()
     batch = BatchReport(reports, tuple(skipped), groups.batch_run_id, repeats=repeats)
     groups.record(batch)
@@ -4013,17 +4034,18 @@ def run_batch(session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict
 
 
 class _Groups:
-    """The parent runs of a batch: one for the batch, and with --repeat one
-    per reference run that nests its repetitions (a single reference's is
-    the batch's own).  Each is made when its first reproduction starts."""
+    """The parent runs of a batch: one for the batch, made before anything
+    starts (so an empty night is recorded too), and with --repeat one per
+    reference run that nests its repetitions, made when the first of them
+    starts (a single reference's is the batch's own)."""
 
     def __init__(self, session: Session, repeat: int, references: int) -> None:
         self.session, self.repeat = session, repeat
         self._lock = threading.Lock()
-        self._batch: str | None = None
         self._per_reference: dict[str, str] = {}
         self._single = repeat > 1 and references == 1
         self._dry = session.options.dry_run
+        self._batch = None if self._dry or self._single else create_batch_run(session)
 
     @property
     def batch_run_id(self) -> str | None:
@@ -4032,12 +4054,9 @@ class _Groups:
     def parent_for(self, run_id: str) -> str | None:
         if self._dry:
             return None
+        if self.repeat == 1:
+            return self._batch
         with self._lock:
-            if self.repeat == 1:
-                self._batch = self._batch or create_batch_run(self.session)
-                return self._batch
-            if not self._single and self._batch is None:
-                self._batch = create_batch_run(self.session)
             if run_id not in self._per_reference:
                 self._per_reference[run_id] = create_repeat_run(self.session, run_id,
                                                                 self.repeat, self._batch)
@@ -4464,6 +4483,19 @@ def _stderr_lines(outcome: Report | BatchReport) -> list[str]:
     return [f'reproduce_run: error: {outcome.message}'] if outcome.message else []
 
 
+def _write_report(text: str, stream: TextIO | None) -> None:
+    """The report on standard output; one that cannot take it (closed, or a
+    reader that went away) gets a warning, and the exit code still tells."""
+    try:
+        if stream is None:
+            raise OSError('standard output is closed')
+        print(text, file=stream, flush=True)
+    except (OSError, ValueError) as e:  # BrokenPipeError, a closed file
+        warn(f'the report could not be written to standard output: {e}')
+        with contextlib.suppress(OSError):  # no second broken-pipe message at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     options, selection = Options.from_args(args), Selection.from_args(args)
@@ -4482,7 +4514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         text = render(outcome, args.output, args.verbose)
     if text is not None:
-        print(text, file=report_stream)
+        _write_report(text, report_stream)
     if left_open:  # the last line of standard error, where cron mails show it
         print(left_running_line(left_open), file=sys.stderr)
     return outcome.exit_code

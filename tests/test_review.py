@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import SCRIPT, git
@@ -67,7 +68,7 @@ def test_project_output_that_the_locale_cannot_encode_is_logged(own_repo, tmp_pa
     assert b'Traceback' not in done.stderr
     log = client().download_artifacts(report['reproduced_run_id'], 'reproduce/output.log',
                                       str(tmp_path))
-    lines = open(log, encoding='utf-8').read().splitlines()
+    lines = Path(log).read_text(encoding='utf-8').splitlines()
     assert lines[0] == 'caf\u00e9 \ufffd\ufffd ' + 'x' * 100
     assert len(lines) == 3000
 
@@ -77,8 +78,8 @@ def _git_fetches_of(pid: int) -> list[int]:
     found = []
     for entry in os.listdir('/proc'):
         try:
-            stat = open(f'/proc/{entry}/stat').read().rsplit(')', 1)[1].split()
-            argv = open(f'/proc/{entry}/cmdline', 'rb').read().split(b'\0')
+            stat = Path(f'/proc/{entry}/stat').read_text().rsplit(')', 1)[1].split()
+            argv = Path(f'/proc/{entry}/cmdline').read_bytes().split(b'\0')
         except (OSError, ValueError):
             continue
         if int(stat[1]) == pid and argv[:2] == [b'git', b'fetch'] and stat[0] not in 'ZX':
@@ -120,3 +121,40 @@ def test_runs_file_that_is_not_text(capsys, tmp_path):
                f'at byte 0)')
     assert (code, err) == (2, f'reproduce_run: error: {message}\n')
     assert json.loads(out)['message'] == message
+
+
+def test_an_empty_batch_is_recorded_and_says_nothing_differs(capsys, tmp_path):
+    name = f'empty-{tmp_path.name}'
+    client().create_experiment(name)
+    code, out, err = reproduce(capsys, '--from-experiment', name, '--experiment-name', name,
+                               '--output', 'json')
+    doc = json.loads(out)
+    assert (code, doc['exit_code'], doc['summary']['total']) == (0, 0, 0)
+    assert 'reproduce_run: warning: no run to reproduce' in err
+    parent = client().get_run(doc['batch_run_id'])  # the empty night is in MLflow too
+    assert (parent.info.status, parent.data.metrics['runs_total']) == ('FINISHED', 0)
+    code, out, _ = reproduce(capsys, '--from-experiment', name, '--experiment-name', name)
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True')
+
+
+@pytest.mark.parametrize('how', [
+    pytest.param('closed', id='closed-standard-output'),
+    pytest.param('broken-pipe', id='reader-gone'),
+])
+def test_a_report_that_cannot_be_written_is_a_warning_not_a_traceback(reference, how):
+    run_id = reference('sklearn_regression')
+    argv = (sys.executable, str(SCRIPT), '--run_id', run_id, '--dry-run')
+    if how == 'closed':
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, stdin=subprocess.DEVNULL,
+                              preexec_fn=lambda: os.close(1))
+    else:
+        read, write = os.pipe()
+        os.close(read)  # nobody will read the report
+        proc = subprocess.run(argv, stdout=write, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL)
+        os.close(write)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith('reproduce_run: warning: the report could not be written to '
+                                  'standard output: ')
+    assert 'Traceback' not in proc.stderr
