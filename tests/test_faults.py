@@ -296,6 +296,7 @@ def test_unreadable_metrics_after_the_run_are_an_error_naming_the_run(reference,
         monkeypatch.setenv('MLFLOW_TRACKING_URI', proxy.url)
         monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')
         code, out, err = reproduce(capsys, '--run_id', run_id, '--output', 'json')
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', server.url)  # the proxy is gone
     doc = json.loads(out)
     new_id = doc['reproduced_run_id']
     assert (code, doc['status']) == (2, 'error')

@@ -849,9 +849,12 @@ def recorded_run(source: str, commit: str, params: dict[str, str] | None = None,
 
 
 def reproductions_of(run_id: str) -> list:
+    """The reproduced runs of a reference (not the parent runs of --repeat,
+    which carry the reference's ID too)."""
     c = client()
-    return c.search_runs([e.experiment_id for e in c.search_experiments()],
+    runs = c.search_runs([e.experiment_id for e in c.search_experiments()],
                          f"tags.`reproduce.reference_run_id` = '{run_id}'")
+    return [r for r in runs if 'reproduce.repeat' not in r.data.tags]
 
 
 def process_gone(pid: int) -> bool:
