@@ -266,6 +266,15 @@ def make_repo(path: Path) -> Path:
     return path
 
 
+def make_reference(mlflow_run: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
+    """Run a sample with `mlflow run` and return its run ID."""
+    _, err = run_timed(mlflow_run, {**env, 'MLFLOW_LOGGING_LEVEL': 'INFO'}, cwd)
+    match = _RUN_ID_LOG_RE.search(err)
+    if not match:
+        raise BenchError(f'no run ID in the output of mlflow run:\n{err[-2000:]}')
+    return match.group(1)
+
+
 def bench_overhead(rounds: int, notes: list[str]) -> list[Comparison]:
     progress(f'overhead: {rounds} rounds of mlflow run / reproduce_run.py on {SAMPLE}')
     with tempfile.TemporaryDirectory(prefix='bench-overhead-') as tmp:
@@ -278,11 +287,7 @@ def bench_overhead(rounds: int, notes: list[str]) -> list[Comparison]:
         mlflow_run = (sys.executable, '-m', 'mlflow', 'run', project, '--env-manager', 'local')
 
         # The reference run (also the warm-up of `mlflow run`; creates the store).
-        _, err = run_timed(mlflow_run, {**env, 'MLFLOW_LOGGING_LEVEL': 'INFO'}, store)
-        match = _RUN_ID_LOG_RE.search(err)
-        if not match:
-            raise BenchError(f'no run ID in the output of mlflow run:\n{err[-2000:]}')
-        reference = match.group(1)
+        reference = make_reference(mlflow_run, env, store)
         progress(f'  reference run {reference}')
         tool = (sys.executable, str(SCRIPT), '--run_id', reference)
         run_timed(tool, env, store)  # warm-up: must find the runs equal (exit 0)
@@ -311,8 +316,10 @@ def load_reproduce_run() -> ModuleType:
     return module
 
 
-def make_runs(client: Any, metrics: int, steps: int) -> list[str]:
-    """Two runs with `metrics` metrics of `steps` steps each, logged in batches."""
+def make_runs(client: Any, metrics: int, steps: int, equal: bool = False) -> list[str]:
+    """Two runs with `metrics` metrics of `steps` steps each, logged in batches
+    of one metric at a time (the fastest way into an sqlite store); equal runs
+    make the judge walk every point, differing ones stop it at the first."""
     from mlflow.entities import Metric
 
     experiment_id = client.create_experiment(f'bench-{time.time_ns()}')
@@ -320,7 +327,8 @@ def make_runs(client: Any, metrics: int, steps: int) -> list[str]:
     for n in range(2):
         run_id = client.create_run(experiment_id, run_name=f'bench-{n}').info.run_id
         now = int(time.time() * 1000)
-        points = [Metric(f'metric_{m:04d}', float(m * steps + s + n), now + s, s)
+        offset = 0 if equal else n
+        points = [Metric(f'metric_{m:04d}', float(m * steps + s + offset), now + s, s)
                   for m in range(metrics) for s in range(steps)]
         for i in range(0, len(points), LOG_BATCH_LIMIT):
             client.log_batch(run_id, metrics=points[i:i + LOG_BATCH_LIMIT])
@@ -436,15 +444,21 @@ def chdir(path: Path) -> Iterator[None]:
         os.chdir(saved)
 
 
-def bench_all_histories(
-        rounds: int, metrics: int, steps: int, server: bool, notes: list[str],
-) -> list[Comparison]:
+def quiet_mlflow() -> None:
+    """Import mlflow in this process with its logger quietened: it would say
+    on standard error how it creates each store's tables."""
     import logging
 
     import mlflow  # noqa: F401  (configures its logger, which is then quietened)
 
     logging.getLogger('mlflow').setLevel(logging.WARNING)
     logging.getLogger('alembic').setLevel(logging.WARNING)
+
+
+def bench_all_histories(
+        rounds: int, metrics: int, steps: int, server: bool, notes: list[str],
+) -> list[Comparison]:
+    quiet_mlflow()
     module = load_reproduce_run()
     results = []
     with tempfile.TemporaryDirectory(prefix='bench-histories-') as tmp:
@@ -465,6 +479,221 @@ def bench_all_histories(
 
 
 # ---------------------------------------------------------------------------
+# Peak memory of the tool's own process.
+
+# Runs reproduce_run.py in this interpreter and writes the process's own peak
+# resident set (KiB on Linux) to a file: the projects it starts are other
+# processes, and do not count.
+_MAXRSS_WRAPPER = '''
+import resource, runpy, sys
+out, sys.argv = sys.argv[1], sys.argv[2:]
+code = 0
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+with open(out, 'w') as f:
+    f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+sys.exit(code)
+'''
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """Peak resident memory of the tool's process, in MiB, one per round."""
+    section: str
+    what: str
+    peaks: tuple[float, ...]
+
+
+def memory_table(rows: Sequence[Memory]) -> str:
+    lines = ['| section | tool process | runs | peak RSS MiB, median | max |',
+             '| --- | --- | --- | --- | --- |']
+    lines += [f'| {m.section} | {m.what} | {len(m.peaks)} | '
+              f'{statistics.median(m.peaks):.0f} | {max(m.peaks):.0f} |' for m in rows]
+    return '\n'.join(lines)
+
+
+def run_tool(
+        args: Sequence[str], env: Mapping[str, str], cwd: Path, expect: int = 0,
+) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB of the tool's own process) of one
+    reproduce_run.py invocation."""
+    with tempfile.NamedTemporaryFile('r', prefix='maxrss-', dir=cwd) as out:
+        cmd = (sys.executable, '-c', _MAXRSS_WRAPPER, out.name, str(SCRIPT), *args)
+        elapsed, _ = run_timed(cmd, env, cwd, expect=expect)
+        return elapsed, int(out.read()) / 1024
+
+
+def timed_call(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------
+# 4. --compare-to against reading the two runs with a plain script.
+
+def plain_compare_script(run_ids: Sequence[str], keys: Sequence[str]) -> str:
+    """What --compare-to costs at the least: import mlflow, read both runs
+    and every history, nothing else."""
+    return ('import mlflow; c = mlflow.MlflowClient(); '
+            + ''.join(f'c.get_run({r!r}); ' for r in run_ids)
+            + f'[c.get_metric_history(r, k) for r in {tuple(run_ids)!r} '
+              f'for k in {tuple(keys)!r}]')
+
+
+def bench_compare_to(rounds: int, metrics: int, steps: int, notes: list[str],
+                     memory: list[Memory]) -> list[Comparison]:
+    from mlflow import MlflowClient
+
+    quiet_mlflow()
+    progress(f'compare-to: 2 runs x {metrics} metrics x {steps} steps, {rounds} rounds')
+    with tempfile.TemporaryDirectory(prefix='bench-compare-') as tmp:
+        store = Path(tmp)
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        with chdir(store), contextlib.redirect_stdout(sys.stderr):
+            run_ids = make_runs(MlflowClient(tracking_uri=uri), metrics, steps)
+        env = base_env(uri)
+        keys = [f'metric_{m:04d}' for m in range(metrics)]
+        plain = (sys.executable, '-c', plain_compare_script(run_ids, keys))
+        tool = ('--run_id', run_ids[0], '--compare-to', run_ids[1])
+        peaks: list[float] = []
+
+        def tool_round() -> float:
+            elapsed, peak = run_tool(tool, env, store, expect=1)  # the runs differ
+            peaks.append(peak)
+            return elapsed
+
+        plain_t, tool_t = interleave(
+            [lambda: run_timed(plain, env, store)[0], tool_round], rounds)
+    memory.append(Memory('compare-to', f'--compare-to, {metrics} metrics x {steps} steps',
+                         tuple(peaks[1:])))  # not the warm-up
+    comparison = Comparison(
+        'compare-to', 'python -c "get_run x2 + get_metric_history loop"',
+        'reproduce_run.py --run_id R --compare-to S', tuple(plain_t), tuple(tool_t))
+    notes.append(f'compare-to: {comparison.ratio:.2f}x the plain read of both runs '
+                 f'(goal <= 1.1), {comparison.b_median - comparison.a_median:+.2f} s')
+    return [comparison]
+
+
+# ---------------------------------------------------------------------------
+# 5. Judging a million points against reading them.
+
+def bench_judging_on(
+        label: str, tracking_uri: str, run_ids: Sequence[str], rounds: int,
+        module: ModuleType, cwd: Path, notes: list[str], memory: list[Memory],
+) -> list[Comparison]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    runs = tuple(client.get_run(run_id) for run_id in run_ids)
+    # The tool's own read: threads over HTTP, in turn on sqlite.
+    ref, new = module.read_histories(client, runs, last_only=False)
+    points = sum(len(h) for run in (ref, new) for h in run.values())
+    rules = module.Rules()
+    if not module.judge(ref, new, rules).equal:
+        raise BenchError(f'judging, {label}: the equal runs were judged different')
+    calls = sum(len(run.data.metrics) for run in runs)
+
+    def judge_once() -> float:
+        return timed_call(lambda: module.judge(ref, new, rules))
+
+    progress(f'judging ({label}): {rounds} rounds of loop / read_histories / judge '
+             f'on {points:,} points')
+    loop_t, read_t, judge_t = interleave(
+        [lambda: timed_call(lambda: sequential_histories(client, runs)),
+         lambda: timed_call(lambda: module.read_histories(client, runs, last_only=False)),
+         judge_once],
+        rounds,
+    )
+    elapsed, peak = run_tool(('--run_id', run_ids[0], '--compare-to', run_ids[1]),
+                             base_env(tracking_uri), cwd)
+    memory.append(Memory(f'judging, {label}', f'--compare-to, {points:,} points', (peak,)))
+    notes.append(f'judging, {label}: reproduce_run.py --compare-to on {points:,} points took '
+                 f'{elapsed:.1f} s with a peak RSS of {peak:.0f} MiB')
+    rows = [Comparison(f'judging, {label}',
+                       f'get_metric_history loop ({calls} calls, {points:,} points)',
+                       'reproduce_run.judge on them', tuple(loop_t), tuple(judge_t))]
+    if module._is_http(tracking_uri):  # the tool's own test of a remote store
+        rows.append(Comparison(f'judging, {label}',
+                               'reproduce_run.read_histories (concurrent over HTTP)',
+                               'reproduce_run.judge on them', tuple(read_t), tuple(judge_t)))
+    return rows
+
+
+def bench_judging(rounds: int, metrics: int, steps: int, server: bool, notes: list[str],
+                  memory: list[Memory]) -> list[Comparison]:
+    """Log the two runs once into sqlite; the server serves a copy of that
+    store, so a million points are logged once, not twice."""
+    from mlflow import MlflowClient
+
+    quiet_mlflow()
+    module = load_reproduce_run()
+    results = []
+    with tempfile.TemporaryDirectory(prefix='bench-judging-') as tmp:
+        store = Path(tmp) / 'sqlite'
+        store.mkdir()
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        progress(f'judging: logging 2 equal runs x {metrics} metrics x {steps} steps '
+                 f'({2 * metrics * steps:,} points) with log_batch')
+        started = time.perf_counter()
+        with chdir(store), contextlib.redirect_stdout(sys.stderr):
+            run_ids = make_runs(MlflowClient(tracking_uri=uri), metrics, steps, equal=True)
+        progress(f'  logged in {time.perf_counter() - started:.0f} s')
+        with chdir(store):
+            results += bench_judging_on('sqlite', uri, run_ids, rounds, module, store, notes,
+                                        memory)
+        if server:
+            where = Path(tmp) / 'server'
+            where.mkdir()
+            shutil.copyfile(store / 'mlflow.db', where / 'server.db')
+            with chdir(where), mlflow_server(where) as url:
+                results += bench_judging_on('mlflow server --workers 2', url, run_ids, rounds,
+                                            module, where, notes, memory)
+    return results
+
+
+# ---------------------------------------------------------------------------
+# 6. A batch: --jobs 2 against --jobs 1.
+
+BATCH_SAMPLE = 'slow'
+BATCH_RUNS = 4
+
+
+def bench_batch(rounds: int, seconds: float, notes: list[str],
+                memory: list[Memory]) -> list[Comparison]:
+    progress(f'batch: {BATCH_RUNS} reference runs of {BATCH_SAMPLE} -P seconds={seconds:g}')
+    with tempfile.TemporaryDirectory(prefix='bench-batch-') as tmp:
+        repo = make_repo(Path(tmp) / 'repo')
+        store = Path(tmp) / 'store'
+        store.mkdir()
+        env = base_env(f"sqlite:///{store / 'mlflow.db'}")
+        mlflow_run = (sys.executable, '-m', 'mlflow', 'run', str(repo / BATCH_SAMPLE),
+                      '--env-manager', 'local', '-P', f'seconds={seconds:g}')
+        references = [make_reference(mlflow_run, env, store) for _ in range(BATCH_RUNS)]
+        peaks: dict[int, list[float]] = {1: [], 2: []}
+
+        def batch(jobs: int) -> float:
+            elapsed, peak = run_tool(('--run_id', *references, '--jobs', str(jobs)), env, store)
+            peaks[jobs].append(peak)
+            return elapsed
+
+        progress(f'batch: {rounds} rounds of --jobs 1 / --jobs 2')
+        one_t, two_t = interleave([lambda: batch(1), lambda: batch(2)], rounds)
+    for jobs in (1, 2):
+        memory.append(Memory('batch', f'--run_id x{BATCH_RUNS} --jobs {jobs}',
+                             tuple(peaks[jobs][1:])))  # not the warm-up
+    comparison = Comparison(
+        'batch', f'reproduce_run.py --run_id x{BATCH_RUNS} --jobs 1 ({BATCH_SAMPLE}, '
+        f'{seconds:g} s each)', '... --jobs 2', tuple(one_t), tuple(two_t))
+    notes.append(f'batch: --jobs 2 takes {comparison.ratio:.2f}x the wall time of --jobs 1 '
+                 f'(goal <= 0.6); {comparison.a_median / BATCH_RUNS:.1f} s per run with '
+                 f'--jobs 1')
+    return [comparison]
+
+
+# ---------------------------------------------------------------------------
 # Command line.
 
 def _positive(s: str) -> int:
@@ -481,20 +710,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='bench', description=__doc__.split('\n\n')[0] if __doc__ else None,
     )
-    parser.add_argument('--rounds', type=_positive, default=3,
+    parser.add_argument('--rounds', type=_positive, default=5,
                         help='rounds of the slow comparison, mlflow run against '
                              'reproduce_run.py (default: %(default)s)')
     parser.add_argument('--fast-rounds', type=_positive, default=7,
-                        help='rounds of the quick comparisons, start-up and history '
-                             'reading (default: %(default)s)')
+                        help='rounds of the quick comparisons: start-up, history '
+                             'reading, --compare-to (default: %(default)s)')
     parser.add_argument('--metrics', type=_positive, default=300,
-                        help='metrics per run for history reading (default: %(default)s)')
+                        help='metrics per run for history reading and --compare-to '
+                             '(default: %(default)s)')
     parser.add_argument('--steps', type=_positive, default=20,
-                        help='steps per metric for history reading (default: %(default)s)')
+                        help='steps per metric for history reading and --compare-to '
+                             '(default: %(default)s)')
+    parser.add_argument('--judge-rounds', type=_positive, default=3,
+                        help='rounds of reading and judging the large runs '
+                             '(default: %(default)s)')
+    parser.add_argument('--judge-metrics', type=_positive, default=10,
+                        help='metrics per large run (default: %(default)s)')
+    parser.add_argument('--judge-steps', type=_positive, default=50_000,
+                        help='steps per metric of a large run (default: %(default)s)')
+    parser.add_argument('--batch-rounds', type=_positive, default=2,
+                        help='rounds of --jobs 1 against --jobs 2 (default: %(default)s)')
+    parser.add_argument('--batch-seconds', type=float, default=6.0,
+                        help='training time of each run of the batch (default: %(default)s)')
+    parser.add_argument('--skip-startup', action='store_true', help='skip start-up')
     parser.add_argument('--skip-overhead', action='store_true',
                         help='skip mlflow run against reproduce_run.py')
+    parser.add_argument('--skip-histories', action='store_true',
+                        help='skip history reading')
+    parser.add_argument('--skip-compare-to', action='store_true', help='skip --compare-to')
+    parser.add_argument('--skip-judging', action='store_true',
+                        help='skip judging the large runs')
+    parser.add_argument('--skip-batch', action='store_true', help='skip the batch')
     parser.add_argument('--skip-server', action='store_true',
-                        help='read histories from sqlite only, start no mlflow server')
+                        help='sqlite only: start no mlflow server')
     return parser.parse_args(argv)
 
 
@@ -503,12 +752,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     results: list[Comparison] = []
     notes: list[str] = []
+    memory: list[Memory] = []
+    server = not args.skip_server
     try:
-        results += bench_startup(args.fast_rounds, notes)
+        if not args.skip_startup:
+            results += bench_startup(args.fast_rounds, notes)
         if not args.skip_overhead:
             results += bench_overhead(args.rounds, notes)
-        results += bench_all_histories(args.fast_rounds, args.metrics, args.steps,
-                                       server=not args.skip_server, notes=notes)
+        if not args.skip_histories:
+            results += bench_all_histories(args.fast_rounds, args.metrics, args.steps,
+                                           server=server, notes=notes)
+        if not args.skip_compare_to:
+            results += bench_compare_to(args.fast_rounds, args.metrics, args.steps, notes,
+                                        memory)
+        if not args.skip_judging:
+            results += bench_judging(args.judge_rounds, args.judge_metrics, args.judge_steps,
+                                     server, notes, memory)
+        if not args.skip_batch:
+            results += bench_batch(args.batch_rounds, args.batch_seconds, notes, memory)
     except BenchError as e:
         print(f'bench: error: {e}', file=sys.stderr)
         return 1
@@ -517,8 +778,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print(f'\nreproduce_run benchmarks: Python {sys.version.split()[0]}, '
           f'{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s in all; '
-          f'history runs: 2 x {args.metrics} metrics x {args.steps} steps\n')
+          f'history runs: 2 x {args.metrics} metrics x {args.steps} steps; '
+          f'judged runs: 2 x {args.judge_metrics} metrics x {args.judge_steps} steps\n')
     print(markdown_table(results))
+    if memory:
+        print()
+        print(memory_table(memory))
     if notes:
         print()
         for note in notes:
