@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -694,6 +695,188 @@ def bench_batch(rounds: int, seconds: float, notes: list[str],
 
 
 # ---------------------------------------------------------------------------
+# 7. Where the time of one reproduction goes, against a bare `mlflow run`.
+
+# Runs reproduce_run.py or `mlflow run` in this interpreter with a timer around
+# each phase, and writes {phase: seconds} as JSON.  Wrapping costs a few
+# microseconds a call: the phases are what the tool does, not what it would
+# do under a profiler (cProfile sees only the main thread, and the reproduction
+# runs in a worker thread).
+_BREAKDOWN_HARNESS = '''
+import importlib.util, json, sys, threading, time
+T0, STARTED = time.perf_counter(), time.time()
+out, which, sys.argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+phases = {}
+lock = threading.Lock()
+
+def add(name, seconds):
+    with lock:
+        phases[name] = phases.get(name, 0.0) + seconds
+
+def timed(name, fn, main_thread_only=False):
+    def wrapper(*args, **kwargs):
+        if main_thread_only and threading.current_thread() is not threading.main_thread():
+            return fn(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            add(name, time.perf_counter() - start)
+    return wrapper
+
+start = time.perf_counter()
+import mlflow
+add('import mlflow', time.perf_counter() - start)
+code = 0
+if which == 'tool':
+    spec = importlib.util.spec_from_file_location('reproduce_run', sys.argv[0])
+    m = importlib.util.module_from_spec(spec)
+    sys.modules['reproduce_run'] = m
+    start = time.perf_counter()
+    spec.loader.exec_module(m)
+    add('import reproduce_run', time.perf_counter() - start)
+    mlflow.MlflowClient = timed('store open', mlflow.MlflowClient, main_thread_only=True)
+    for name in ('read_reference', 'checkout', 'make_plan', 'check_command',
+                 'create_reproduced_run', 'run_project', 'start_project', 'registrations_of',
+                 'judge_reproduction', 'read_histories', 'judge', 'record_verdict',
+                 'reproduce_one', 'invoke', 'render', 'main'):
+        setattr(m, name, timed(name, getattr(m, name)))
+    m.Job.wait = timed('project', m.Job.wait)
+    code = m.main(sys.argv[1:])
+else:
+    from mlflow.projects import submitted_run
+    import mlflow.projects
+    submitted_run.LocalSubmittedRun.wait = timed('project', submitted_run.LocalSubmittedRun.wait)
+    mlflow.projects.run = timed('mlflow.projects.run', mlflow.projects.run)
+    start = time.perf_counter()
+    from mlflow.cli import cli
+    add('import mlflow.cli', time.perf_counter() - start)
+    try:
+        timed('main', cli.main)(args=sys.argv, prog_name='mlflow')
+    except SystemExit as e:
+        code = e.code or 0
+add('in process', time.perf_counter() - T0)
+phases['started at'], phases['ended at'] = STARTED, time.time()
+with open(out, 'w') as f:
+    json.dump(phases, f)
+sys.exit(code)
+'''
+
+# (row label, how it is computed from the phases of the tool).  Exclusive
+# times: a parent's row holds only what its named children do not.
+_TOOL_ROWS: tuple[tuple[str, Callable[[Mapping[str, float]], float]], ...] = (
+    ('import mlflow', lambda p: p['import mlflow']),
+    ('import reproduce_run (its own imports)', lambda p: p['import reproduce_run']),
+    ('store open (MlflowClient(): sqlalchemy, alembic, engine)', lambda p: p['store open']),
+    ('read the reference run', lambda p: p['read_reference']),
+    ('git fetch of the commit', lambda p: p['checkout']),
+    ('plan (MLproject, params, command check)',
+     lambda p: p['make_plan'] + p['check_command']),
+    ('create run + params + tags', lambda p: p['create_reproduced_run']),
+    ('start the project (command built, bash started)', lambda p: p['start_project']),
+    ('close run, end leftover processes',
+     lambda p: p['run_project'] - p['start_project'] - p['project']),
+    ('registrations (scratch registry read)', lambda p: p['registrations_of']),
+    ('history reads (+ get_run)', lambda p: p['judge_reproduction'] - p['judge']),
+    ('judge', lambda p: p['judge']),
+    ('record verdict (tags, artifacts)', lambda p: p['record_verdict']),
+    ('rest of reproduce_one (temp folders, report)',
+     lambda p: p['reproduce_one'] - sum(p[k] for k in (
+         'read_reference', 'checkout', 'make_plan', 'check_command', 'create_reproduced_run',
+         'run_project', 'registrations_of', 'judge_reproduction', 'record_verdict'))),
+    ('rest of invoke (thread, checks, cleanup)',
+     lambda p: p['invoke'] - p['store open'] - p['reproduce_one']),
+    ('render + rest of main', lambda p: p['main'] - p['invoke']),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Breakdown:
+    rows: list[tuple[str, float | None, float]]  # label, mlflow run s, tool s; medians
+    rounds: int
+
+
+def run_phases(args: Sequence[str], which: str, env: Mapping[str, str],
+               cwd: Path) -> dict[str, float]:
+    """Phases of one run under the harness, plus the whole process's wall time."""
+    with tempfile.NamedTemporaryFile('r', prefix='phases-', dir=cwd) as out:
+        cmd = (sys.executable, '-c', _BREAKDOWN_HARNESS, out.name, which, *args)
+        before = time.time()
+        wall, _ = run_timed(cmd, env, cwd)
+        after = time.time()
+        phases = json.loads(out.read())
+    phases['whole process'] = wall
+    phases['interpreter start'] = phases['started at'] - before
+    # Mostly the interpreter's final garbage collections, after main returned.
+    phases['interpreter exit'] = after - phases['ended at']
+    return phases
+
+
+def _median_of(rounds: Sequence[Mapping[str, float]],
+               value: Callable[[Mapping[str, float]], float]) -> float:
+    return statistics.median(value(p) for p in rounds)
+
+
+def bench_breakdown(rounds: int, notes: list[str]) -> Breakdown:
+    progress(f'breakdown: {rounds} rounds of mlflow run / reproduce_run.py, phases timed')
+    with tempfile.TemporaryDirectory(prefix='bench-breakdown-') as tmp:
+        repo = make_repo(Path(tmp) / 'repo')
+        store = Path(tmp) / 'store'
+        store.mkdir()
+        env = base_env(f"sqlite:///{store / 'mlflow.db'}")
+        project = str(repo / SAMPLE)
+        reference = make_reference(
+            (sys.executable, '-m', 'mlflow', 'run', project, '--env-manager', 'local'),
+            env, store)
+        plain: list[dict[str, float]] = []
+        tool: list[dict[str, float]] = []
+
+        def plain_round() -> float:
+            plain.append(run_phases(('run', project, '--env-manager', 'local'), 'mlflow',
+                                    env, store))
+            return plain[-1]['whole process']
+
+        def tool_round() -> float:
+            tool.append(run_phases((str(SCRIPT), '--run_id', reference), 'tool', env, store))
+            return tool[-1]['whole process']
+
+        interleave([plain_round, tool_round], rounds)
+    plain, tool = plain[1:], tool[1:]  # not the warm-up
+
+    def both(label: str, value: Callable[[Mapping[str, float]], float]
+             ) -> tuple[str, float, float]:
+        return label, _median_of(plain, value), _median_of(tool, value)
+
+    def outside_project(p: Mapping[str, float]) -> float:
+        return p['whole process'] - p['project']
+
+    rows: list[tuple[str, float | None, float]] = [
+        both('whole process (wall)', lambda p: p['whole process']),
+        both('the project itself (bash + training)', lambda p: p['project']),
+        both('everything but the project', outside_project),
+        both('interpreter start', lambda p: p['interpreter start']),
+        both('interpreter exit (final garbage collections)', lambda p: p['interpreter exit']),
+        both('import mlflow', lambda p: p['import mlflow']),
+    ]
+    rows += [(label, None, _median_of(tool, value)) for label, value in _TOOL_ROWS[1:]]
+    rows.append(('mlflow run: CLI import + store + run + its bookkeeping', _median_of(
+        plain, lambda p: p['in process'] - p['import mlflow'] - p['project']), 0.0))
+    notes.append(f'breakdown: outside the project, the tool costs '
+                 f'{1000 * _median_of(tool, outside_project):.0f} ms and `mlflow run` '
+                 f'{1000 * _median_of(plain, outside_project):.0f} ms')
+    return Breakdown(rows, len(tool))
+
+
+def breakdown_table(breakdown: Breakdown) -> str:
+    header = f'| cost (median of {breakdown.rounds} rounds) | mlflow run ms | reproduce_run.py ms |'
+    lines = [header, '| --- | --- | --- |']
+    for label, plain, tool in breakdown.rows:
+        shown = '' if plain is None else f'{1000 * plain:.0f}'
+        lines.append(f'| {label} | {shown} | {1000 * tool:.0f} |')
+    return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------
 # Command line.
 
 def _positive(s: str) -> int:
@@ -733,6 +916,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help='rounds of --jobs 1 against --jobs 2 (default: %(default)s)')
     parser.add_argument('--batch-seconds', type=float, default=6.0,
                         help='training time of each run of the batch (default: %(default)s)')
+    parser.add_argument('--breakdown-rounds', type=_positive, default=3,
+                        help='rounds of the timed phases of one reproduction '
+                             '(default: %(default)s)')
     parser.add_argument('--skip-startup', action='store_true', help='skip start-up')
     parser.add_argument('--skip-overhead', action='store_true',
                         help='skip mlflow run against reproduce_run.py')
@@ -742,6 +928,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--skip-judging', action='store_true',
                         help='skip judging the large runs')
     parser.add_argument('--skip-batch', action='store_true', help='skip the batch')
+    parser.add_argument('--skip-breakdown', action='store_true',
+                        help='skip the phases of one reproduction')
     parser.add_argument('--skip-server', action='store_true',
                         help='sqlite only: start no mlflow server')
     return parser.parse_args(argv)
@@ -753,12 +941,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Comparison] = []
     notes: list[str] = []
     memory: list[Memory] = []
+    breakdown: Breakdown | None = None
     server = not args.skip_server
     try:
         if not args.skip_startup:
             results += bench_startup(args.fast_rounds, notes)
         if not args.skip_overhead:
             results += bench_overhead(args.rounds, notes)
+        if not args.skip_breakdown:
+            breakdown = bench_breakdown(args.breakdown_rounds, notes)
         if not args.skip_histories:
             results += bench_all_histories(args.fast_rounds, args.metrics, args.steps,
                                            server=server, notes=notes)
@@ -780,10 +971,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f'{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s in all; '
           f'history runs: 2 x {args.metrics} metrics x {args.steps} steps; '
           f'judged runs: 2 x {args.judge_metrics} metrics x {args.judge_steps} steps\n')
-    print(markdown_table(results))
+    if results:
+        print(markdown_table(results))
     if memory:
         print()
         print(memory_table(memory))
+    if breakdown:
+        print()
+        print(breakdown_table(breakdown))
     if notes:
         print()
         for note in notes:
