@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Side-by-side benchmarks of reproduce_run.py, for a noisy shared machine.
 
-    python benchmarks/bench.py [--rounds 3] [--fast-rounds 10]
-                               [--metrics 300] [--steps 20]
-                               [--skip-overhead] [--skip-server]
+    python benchmarks/bench.py [--rounds 5] [--fast-rounds 7] [--metrics 300] [--steps 20]
+                               [--judge-rounds 3] [--judge-metrics 10] [--judge-steps 50000]
+                               [--batch-rounds 2] [--batch-seconds 6] [--breakdown-rounds 3]
+                               [--skip-startup] [--skip-overhead] [--skip-breakdown]
+                               [--skip-histories] [--skip-compare-to] [--skip-judging]
+                               [--skip-batch] [--skip-server]
 
 Every comparison runs its alternatives interleaved (A B A B ...) after one
 untimed warm-up of each, and reports medians and the ratio of the medians:
@@ -15,13 +18,22 @@ what we report, not absolute seconds from different runs.
 2. Overhead: `python -m mlflow run <sample> --env-manager local` against
    `reproduce_run.py --run_id <reference>` on the sklearn_regression sample,
    in a private git repository and sqlite store.
-3. History reading: reproduce_run.read_histories (concurrent) against a plain
+3. Breakdown: the same two, each phase timed inside the process (imports,
+   store, git, run creation, the project, histories, verdict, interpreter
+   exit), as a table of milliseconds.
+4. History reading: reproduce_run.read_histories (concurrent) against a plain
    sequential loop of MlflowClient.get_metric_history, on an sqlite store and
    on a real `mlflow server` on 127.0.0.1.
+5. --compare-to against a `python -c` that reads both runs and every history.
+6. Judging: reproduce_run.judge on two equal runs of a million points in all
+   against reading them (a get_metric_history loop; over HTTP also the tool's
+   concurrent read), and the tool's peak memory for that --compare-to.
+7. Batch: four reproductions of the `slow` sample with --jobs 2 against
+   --jobs 1, and the tool process's peak memory in each.
 
 Everything runs in temporary folders that are removed at the end; every
 process started here is stopped by its ID.  Progress goes to standard error,
-the Markdown table of results to standard output.
+the Markdown tables of results to standard output.
 """
 from __future__ import annotations
 
@@ -306,7 +318,189 @@ def bench_overhead(rounds: int, notes: list[str]) -> list[Comparison]:
 
 
 # ---------------------------------------------------------------------------
-# 3. Reading metric histories.
+# 3. Where the time of one reproduction goes, against a bare `mlflow run`.
+
+# Runs reproduce_run.py or `mlflow run` in this interpreter with a timer around
+# each phase, and writes {phase: seconds} as JSON.  Wrapping costs a few
+# microseconds a call: the phases are what the tool does, not what it would
+# do under a profiler (cProfile sees only the main thread, and the reproduction
+# runs in a worker thread).
+_BREAKDOWN_HARNESS = '''
+import importlib.util, json, sys, threading, time
+T0, STARTED = time.perf_counter(), time.time()
+out, which, sys.argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+phases = {}
+lock = threading.Lock()
+
+def add(name, seconds):
+    with lock:
+        phases[name] = phases.get(name, 0.0) + seconds
+
+def timed(name, fn, main_thread_only=False):
+    def wrapper(*args, **kwargs):
+        if main_thread_only and threading.current_thread() is not threading.main_thread():
+            return fn(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            add(name, time.perf_counter() - start)
+    return wrapper
+
+start = time.perf_counter()
+import mlflow
+add('import mlflow', time.perf_counter() - start)
+code = 0
+if which == 'tool':
+    spec = importlib.util.spec_from_file_location('reproduce_run', sys.argv[0])
+    m = importlib.util.module_from_spec(spec)
+    sys.modules['reproduce_run'] = m
+    start = time.perf_counter()
+    spec.loader.exec_module(m)
+    add('import reproduce_run', time.perf_counter() - start)
+    mlflow.MlflowClient = timed('store open', mlflow.MlflowClient, main_thread_only=True)
+    for name in ('read_reference', 'checkout', 'make_plan', 'check_command',
+                 'create_reproduced_run', 'run_project', 'start_project', 'registrations_of',
+                 'judge_reproduction', 'read_histories', 'judge', 'record_verdict',
+                 'reproduce_one', 'invoke', 'render', 'main'):
+        setattr(m, name, timed(name, getattr(m, name)))
+    m.Job.wait = timed('project', m.Job.wait)
+    code = m.main(sys.argv[1:])
+else:
+    from mlflow.projects import submitted_run
+    import mlflow.projects
+    submitted_run.LocalSubmittedRun.wait = timed('project', submitted_run.LocalSubmittedRun.wait)
+    mlflow.projects.run = timed('mlflow.projects.run', mlflow.projects.run)
+    start = time.perf_counter()
+    from mlflow.cli import cli
+    add('import mlflow.cli', time.perf_counter() - start)
+    try:
+        timed('main', cli.main)(args=sys.argv, prog_name='mlflow')
+    except SystemExit as e:
+        code = e.code or 0
+add('in process', time.perf_counter() - T0)
+phases['started at'], phases['ended at'] = STARTED, time.time()
+with open(out, 'w') as f:
+    json.dump(phases, f)
+sys.exit(code)
+'''
+
+# (row label, how it is computed from the phases of the tool).  Exclusive
+# times: a parent's row holds only what its named children do not.
+_TOOL_ROWS: tuple[tuple[str, Callable[[Mapping[str, float]], float]], ...] = (
+    ('import mlflow', lambda p: p['import mlflow']),
+    ('import reproduce_run (its own imports)', lambda p: p['import reproduce_run']),
+    ('store open (MlflowClient(): sqlalchemy, alembic, engine)', lambda p: p['store open']),
+    ('read the reference run', lambda p: p['read_reference']),
+    ('git fetch of the commit', lambda p: p['checkout']),
+    ('plan (MLproject, params, command check)',
+     lambda p: p['make_plan'] + p['check_command']),
+    ('create run + params + tags', lambda p: p['create_reproduced_run']),
+    ('start the project (command built, bash started)', lambda p: p['start_project']),
+    ('close run, end leftover processes',
+     lambda p: p['run_project'] - p['start_project'] - p['project']),
+    ('registrations (scratch registry read)', lambda p: p['registrations_of']),
+    ('history reads (+ get_run)', lambda p: p['judge_reproduction'] - p['judge']),
+    ('judge', lambda p: p['judge']),
+    ('record verdict (tags, artifacts)', lambda p: p['record_verdict']),
+    ('rest of reproduce_one (temp folders, report)',
+     lambda p: p['reproduce_one'] - sum(p[k] for k in (
+         'read_reference', 'checkout', 'make_plan', 'check_command', 'create_reproduced_run',
+         'run_project', 'registrations_of', 'judge_reproduction', 'record_verdict'))),
+    ('rest of invoke (thread, checks, cleanup)',
+     lambda p: p['invoke'] - p['store open'] - p['reproduce_one']),
+    ('render + rest of main', lambda p: p['main'] - p['invoke']),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Breakdown:
+    rows: list[tuple[str, float | None, float]]  # label, mlflow run s, tool s; medians
+    rounds: int
+
+
+def run_phases(args: Sequence[str], which: str, env: Mapping[str, str],
+               cwd: Path) -> dict[str, float]:
+    """Phases of one run under the harness, plus the whole process's wall time."""
+    with tempfile.NamedTemporaryFile('r', prefix='phases-', dir=cwd) as out:
+        cmd = (sys.executable, '-c', _BREAKDOWN_HARNESS, out.name, which, *args)
+        before = time.time()
+        wall, _ = run_timed(cmd, env, cwd)
+        after = time.time()
+        phases = json.loads(out.read())
+    phases['whole process'] = wall
+    phases['interpreter start'] = phases['started at'] - before
+    # Mostly the interpreter's final garbage collections, after main returned.
+    phases['interpreter exit'] = after - phases['ended at']
+    return phases
+
+
+def _median_of(rounds: Sequence[Mapping[str, float]],
+               value: Callable[[Mapping[str, float]], float]) -> float:
+    return statistics.median(value(p) for p in rounds)
+
+
+def bench_breakdown(rounds: int, notes: list[str]) -> Breakdown:
+    progress(f'breakdown: {rounds} rounds of mlflow run / reproduce_run.py, phases timed')
+    with tempfile.TemporaryDirectory(prefix='bench-breakdown-') as tmp:
+        repo = make_repo(Path(tmp) / 'repo')
+        store = Path(tmp) / 'store'
+        store.mkdir()
+        env = base_env(f"sqlite:///{store / 'mlflow.db'}")
+        project = str(repo / SAMPLE)
+        reference = make_reference(
+            (sys.executable, '-m', 'mlflow', 'run', project, '--env-manager', 'local'),
+            env, store)
+        plain: list[dict[str, float]] = []
+        tool: list[dict[str, float]] = []
+
+        def plain_round() -> float:
+            plain.append(run_phases(('run', project, '--env-manager', 'local'), 'mlflow',
+                                    env, store))
+            return plain[-1]['whole process']
+
+        def tool_round() -> float:
+            tool.append(run_phases((str(SCRIPT), '--run_id', reference), 'tool', env, store))
+            return tool[-1]['whole process']
+
+        interleave([plain_round, tool_round], rounds)
+    plain, tool = plain[1:], tool[1:]  # not the warm-up
+
+    def both(label: str, value: Callable[[Mapping[str, float]], float]
+             ) -> tuple[str, float, float]:
+        return label, _median_of(plain, value), _median_of(tool, value)
+
+    def outside_project(p: Mapping[str, float]) -> float:
+        return p['whole process'] - p['project']
+
+    rows: list[tuple[str, float | None, float]] = [
+        both('whole process (wall)', lambda p: p['whole process']),
+        both('the project itself (bash + training)', lambda p: p['project']),
+        both('everything but the project', outside_project),
+        both('interpreter start', lambda p: p['interpreter start']),
+        both('interpreter exit (final garbage collections)', lambda p: p['interpreter exit']),
+        both('import mlflow', lambda p: p['import mlflow']),
+    ]
+    rows += [(label, None, _median_of(tool, value)) for label, value in _TOOL_ROWS[1:]]
+    rows.append(('mlflow run: CLI import + store + run + its bookkeeping', _median_of(
+        plain, lambda p: p['in process'] - p['import mlflow'] - p['project']), 0.0))
+    notes.append(f'breakdown: outside the project, the tool costs '
+                 f'{1000 * _median_of(tool, outside_project):.0f} ms and `mlflow run` '
+                 f'{1000 * _median_of(plain, outside_project):.0f} ms')
+    return Breakdown(rows, len(tool))
+
+
+def breakdown_table(breakdown: Breakdown) -> str:
+    header = f'| cost (median of {breakdown.rounds} rounds) | mlflow run ms | reproduce_run.py ms |'
+    lines = [header, '| --- | --- | --- |']
+    for label, plain, tool in breakdown.rows:
+        shown = '' if plain is None else f'{1000 * plain:.0f}'
+        lines.append(f'| {label} | {shown} | {1000 * tool:.0f} |')
+    return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------
+# 4. Reading metric histories.
 
 def load_reproduce_run() -> ModuleType:
     spec = importlib.util.spec_from_file_location('reproduce_run', SCRIPT)
@@ -533,7 +727,7 @@ def timed_call(call: Callable[[], object]) -> float:
 
 
 # ---------------------------------------------------------------------------
-# 4. --compare-to against reading the two runs with a plain script.
+# 5. --compare-to against reading the two runs with a plain script.
 
 def plain_compare_script(run_ids: Sequence[str], keys: Sequence[str]) -> str:
     """What --compare-to costs at the least: import mlflow, read both runs
@@ -579,7 +773,7 @@ def bench_compare_to(rounds: int, metrics: int, steps: int, notes: list[str],
 
 
 # ---------------------------------------------------------------------------
-# 5. Judging a million points against reading them.
+# 6. Judging a million points against reading them.
 
 def bench_judging_on(
         label: str, tracking_uri: str, run_ids: Sequence[str], rounds: int,
@@ -656,7 +850,7 @@ def bench_judging(rounds: int, metrics: int, steps: int, server: bool, notes: li
 
 
 # ---------------------------------------------------------------------------
-# 6. A batch: --jobs 2 against --jobs 1.
+# 7. A batch: --jobs 2 against --jobs 1.
 
 BATCH_SAMPLE = 'slow'
 BATCH_RUNS = 4
@@ -692,188 +886,6 @@ def bench_batch(rounds: int, seconds: float, notes: list[str],
                  f'(goal <= 0.6); {comparison.a_median / BATCH_RUNS:.1f} s per run with '
                  f'--jobs 1')
     return [comparison]
-
-
-# ---------------------------------------------------------------------------
-# 7. Where the time of one reproduction goes, against a bare `mlflow run`.
-
-# Runs reproduce_run.py or `mlflow run` in this interpreter with a timer around
-# each phase, and writes {phase: seconds} as JSON.  Wrapping costs a few
-# microseconds a call: the phases are what the tool does, not what it would
-# do under a profiler (cProfile sees only the main thread, and the reproduction
-# runs in a worker thread).
-_BREAKDOWN_HARNESS = '''
-import importlib.util, json, sys, threading, time
-T0, STARTED = time.perf_counter(), time.time()
-out, which, sys.argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-phases = {}
-lock = threading.Lock()
-
-def add(name, seconds):
-    with lock:
-        phases[name] = phases.get(name, 0.0) + seconds
-
-def timed(name, fn, main_thread_only=False):
-    def wrapper(*args, **kwargs):
-        if main_thread_only and threading.current_thread() is not threading.main_thread():
-            return fn(*args, **kwargs)
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            add(name, time.perf_counter() - start)
-    return wrapper
-
-start = time.perf_counter()
-import mlflow
-add('import mlflow', time.perf_counter() - start)
-code = 0
-if which == 'tool':
-    spec = importlib.util.spec_from_file_location('reproduce_run', sys.argv[0])
-    m = importlib.util.module_from_spec(spec)
-    sys.modules['reproduce_run'] = m
-    start = time.perf_counter()
-    spec.loader.exec_module(m)
-    add('import reproduce_run', time.perf_counter() - start)
-    mlflow.MlflowClient = timed('store open', mlflow.MlflowClient, main_thread_only=True)
-    for name in ('read_reference', 'checkout', 'make_plan', 'check_command',
-                 'create_reproduced_run', 'run_project', 'start_project', 'registrations_of',
-                 'judge_reproduction', 'read_histories', 'judge', 'record_verdict',
-                 'reproduce_one', 'invoke', 'render', 'main'):
-        setattr(m, name, timed(name, getattr(m, name)))
-    m.Job.wait = timed('project', m.Job.wait)
-    code = m.main(sys.argv[1:])
-else:
-    from mlflow.projects import submitted_run
-    import mlflow.projects
-    submitted_run.LocalSubmittedRun.wait = timed('project', submitted_run.LocalSubmittedRun.wait)
-    mlflow.projects.run = timed('mlflow.projects.run', mlflow.projects.run)
-    start = time.perf_counter()
-    from mlflow.cli import cli
-    add('import mlflow.cli', time.perf_counter() - start)
-    try:
-        timed('main', cli.main)(args=sys.argv, prog_name='mlflow')
-    except SystemExit as e:
-        code = e.code or 0
-add('in process', time.perf_counter() - T0)
-phases['started at'], phases['ended at'] = STARTED, time.time()
-with open(out, 'w') as f:
-    json.dump(phases, f)
-sys.exit(code)
-'''
-
-# (row label, how it is computed from the phases of the tool).  Exclusive
-# times: a parent's row holds only what its named children do not.
-_TOOL_ROWS: tuple[tuple[str, Callable[[Mapping[str, float]], float]], ...] = (
-    ('import mlflow', lambda p: p['import mlflow']),
-    ('import reproduce_run (its own imports)', lambda p: p['import reproduce_run']),
-    ('store open (MlflowClient(): sqlalchemy, alembic, engine)', lambda p: p['store open']),
-    ('read the reference run', lambda p: p['read_reference']),
-    ('git fetch of the commit', lambda p: p['checkout']),
-    ('plan (MLproject, params, command check)',
-     lambda p: p['make_plan'] + p['check_command']),
-    ('create run + params + tags', lambda p: p['create_reproduced_run']),
-    ('start the project (command built, bash started)', lambda p: p['start_project']),
-    ('close run, end leftover processes',
-     lambda p: p['run_project'] - p['start_project'] - p['project']),
-    ('registrations (scratch registry read)', lambda p: p['registrations_of']),
-    ('history reads (+ get_run)', lambda p: p['judge_reproduction'] - p['judge']),
-    ('judge', lambda p: p['judge']),
-    ('record verdict (tags, artifacts)', lambda p: p['record_verdict']),
-    ('rest of reproduce_one (temp folders, report)',
-     lambda p: p['reproduce_one'] - sum(p[k] for k in (
-         'read_reference', 'checkout', 'make_plan', 'check_command', 'create_reproduced_run',
-         'run_project', 'registrations_of', 'judge_reproduction', 'record_verdict'))),
-    ('rest of invoke (thread, checks, cleanup)',
-     lambda p: p['invoke'] - p['store open'] - p['reproduce_one']),
-    ('render + rest of main', lambda p: p['main'] - p['invoke']),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Breakdown:
-    rows: list[tuple[str, float | None, float]]  # label, mlflow run s, tool s; medians
-    rounds: int
-
-
-def run_phases(args: Sequence[str], which: str, env: Mapping[str, str],
-               cwd: Path) -> dict[str, float]:
-    """Phases of one run under the harness, plus the whole process's wall time."""
-    with tempfile.NamedTemporaryFile('r', prefix='phases-', dir=cwd) as out:
-        cmd = (sys.executable, '-c', _BREAKDOWN_HARNESS, out.name, which, *args)
-        before = time.time()
-        wall, _ = run_timed(cmd, env, cwd)
-        after = time.time()
-        phases = json.loads(out.read())
-    phases['whole process'] = wall
-    phases['interpreter start'] = phases['started at'] - before
-    # Mostly the interpreter's final garbage collections, after main returned.
-    phases['interpreter exit'] = after - phases['ended at']
-    return phases
-
-
-def _median_of(rounds: Sequence[Mapping[str, float]],
-               value: Callable[[Mapping[str, float]], float]) -> float:
-    return statistics.median(value(p) for p in rounds)
-
-
-def bench_breakdown(rounds: int, notes: list[str]) -> Breakdown:
-    progress(f'breakdown: {rounds} rounds of mlflow run / reproduce_run.py, phases timed')
-    with tempfile.TemporaryDirectory(prefix='bench-breakdown-') as tmp:
-        repo = make_repo(Path(tmp) / 'repo')
-        store = Path(tmp) / 'store'
-        store.mkdir()
-        env = base_env(f"sqlite:///{store / 'mlflow.db'}")
-        project = str(repo / SAMPLE)
-        reference = make_reference(
-            (sys.executable, '-m', 'mlflow', 'run', project, '--env-manager', 'local'),
-            env, store)
-        plain: list[dict[str, float]] = []
-        tool: list[dict[str, float]] = []
-
-        def plain_round() -> float:
-            plain.append(run_phases(('run', project, '--env-manager', 'local'), 'mlflow',
-                                    env, store))
-            return plain[-1]['whole process']
-
-        def tool_round() -> float:
-            tool.append(run_phases((str(SCRIPT), '--run_id', reference), 'tool', env, store))
-            return tool[-1]['whole process']
-
-        interleave([plain_round, tool_round], rounds)
-    plain, tool = plain[1:], tool[1:]  # not the warm-up
-
-    def both(label: str, value: Callable[[Mapping[str, float]], float]
-             ) -> tuple[str, float, float]:
-        return label, _median_of(plain, value), _median_of(tool, value)
-
-    def outside_project(p: Mapping[str, float]) -> float:
-        return p['whole process'] - p['project']
-
-    rows: list[tuple[str, float | None, float]] = [
-        both('whole process (wall)', lambda p: p['whole process']),
-        both('the project itself (bash + training)', lambda p: p['project']),
-        both('everything but the project', outside_project),
-        both('interpreter start', lambda p: p['interpreter start']),
-        both('interpreter exit (final garbage collections)', lambda p: p['interpreter exit']),
-        both('import mlflow', lambda p: p['import mlflow']),
-    ]
-    rows += [(label, None, _median_of(tool, value)) for label, value in _TOOL_ROWS[1:]]
-    rows.append(('mlflow run: CLI import + store + run + its bookkeeping', _median_of(
-        plain, lambda p: p['in process'] - p['import mlflow'] - p['project']), 0.0))
-    notes.append(f'breakdown: outside the project, the tool costs '
-                 f'{1000 * _median_of(tool, outside_project):.0f} ms and `mlflow run` '
-                 f'{1000 * _median_of(plain, outside_project):.0f} ms')
-    return Breakdown(rows, len(tool))
-
-
-def breakdown_table(breakdown: Breakdown) -> str:
-    header = f'| cost (median of {breakdown.rounds} rounds) | mlflow run ms | reproduce_run.py ms |'
-    lines = [header, '| --- | --- | --- |']
-    for label, plain, tool in breakdown.rows:
-        shown = '' if plain is None else f'{1000 * plain:.0f}'
-        lines.append(f'| {label} | {shown} | {1000 * tool:.0f} |')
-    return '\n'.join(lines)
 
 
 # ---------------------------------------------------------------------------
