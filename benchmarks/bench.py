@@ -541,7 +541,7 @@ def sequential_histories(client: Any, runs: Sequence[Any]) -> list[dict[str, lis
         for key in run.data.metrics:
             history = sorted(client.get_metric_history(run.info.run_id, key),
                              key=lambda m: (m.step, m.timestamp))
-            histories[key] = [(m.step, m.value) for m in history]
+            histories[key] = [(m.step, m.value, m.timestamp) for m in history]
         result.append(histories)
     return result
 
@@ -953,29 +953,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Comparison] = []
     notes: list[str] = []
     memory: list[Memory] = []
-    breakdown: Breakdown | None = None
     server = not args.skip_server
+    failed = 0
+    breakdowns: list[Breakdown] = []
+    sections: list[tuple[bool, Callable[[], object]]] = [
+        (args.skip_startup, lambda: results.extend(bench_startup(args.fast_rounds, notes))),
+        (args.skip_overhead, lambda: results.extend(bench_overhead(args.rounds, notes))),
+        (args.skip_breakdown, lambda: breakdowns.append(
+            bench_breakdown(args.breakdown_rounds, notes))),
+        (args.skip_histories, lambda: results.extend(bench_all_histories(
+            args.fast_rounds, args.metrics, args.steps, server=server, notes=notes))),
+        (args.skip_compare_to, lambda: results.extend(bench_compare_to(
+            args.fast_rounds, args.metrics, args.steps, notes, memory))),
+        (args.skip_judging, lambda: results.extend(bench_judging(
+            args.judge_rounds, args.judge_metrics, args.judge_steps, server, notes, memory))),
+        (args.skip_batch, lambda: results.extend(bench_batch(
+            args.batch_rounds, args.batch_seconds, notes, memory))),
+    ]
     try:
-        if not args.skip_startup:
-            results += bench_startup(args.fast_rounds, notes)
-        if not args.skip_overhead:
-            results += bench_overhead(args.rounds, notes)
-        if not args.skip_breakdown:
-            breakdown = bench_breakdown(args.breakdown_rounds, notes)
-        if not args.skip_histories:
-            results += bench_all_histories(args.fast_rounds, args.metrics, args.steps,
-                                           server=server, notes=notes)
-        if not args.skip_compare_to:
-            results += bench_compare_to(args.fast_rounds, args.metrics, args.steps, notes,
-                                        memory)
-        if not args.skip_judging:
-            results += bench_judging(args.judge_rounds, args.judge_metrics, args.judge_steps,
-                                     server, notes, memory)
-        if not args.skip_batch:
-            results += bench_batch(args.batch_rounds, args.batch_seconds, notes, memory)
-    except BenchError as e:
-        print(f'bench: error: {e}', file=sys.stderr)
-        return 1
+        for skipped, section in sections:
+            if skipped:
+                continue
+            try:
+                section()
+            except BenchError as e:  # the other sections still measure
+                print(f'bench: error: {e}', file=sys.stderr)
+                failed += 1
     except KeyboardInterrupt:
         print('bench: interrupted', file=sys.stderr)
         return 130
@@ -988,14 +991,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if memory:
         print()
         print(memory_table(memory))
-    if breakdown:
+    for breakdown in breakdowns:
         print()
         print(breakdown_table(breakdown))
     if notes:
         print()
         for note in notes:
             print(f'- {note}')
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == '__main__':
