@@ -677,10 +677,11 @@ def bench_all_histories(
 # Peak memory of the tool's own process.
 
 # Runs reproduce_run.py in this interpreter and writes the process's own peak
-# resident set (KiB on Linux) to a file: the projects it starts are other
-# processes, and do not count.
+# resident set (KiB) to a file: the projects it starts are other processes, and
+# do not count.  VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a
+# child of this (large) benchmark process would report the benchmark's peak.
 _MAXRSS_WRAPPER = '''
-import resource, runpy, sys
+import re, runpy, sys
 out, sys.argv = sys.argv[1], sys.argv[2:]
 code = 0
 try:
@@ -688,7 +689,7 @@ try:
 except SystemExit as e:
     code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
 with open(out, 'w') as f:
-    f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    f.write(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))
 sys.exit(code)
 '''
 
