@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Side-by-side benchmarks of reproduce_run.py, for a noisy shared machine.
 
-    python benchmarks/bench.py [--rounds 3] [--fast-rounds 10]
-                               [--metrics 300] [--steps 20]
-                               [--skip-overhead] [--skip-server]
+    python benchmarks/bench.py [--rounds 5] [--fast-rounds 7] [--metrics 300] [--steps 20]
+                               [--judge-rounds 3] [--judge-metrics 10] [--judge-steps 50000]
+                               [--batch-rounds 2] [--batch-seconds 6] [--breakdown-rounds 3]
+                               [--skip-startup] [--skip-overhead] [--skip-breakdown]
+                               [--skip-histories] [--skip-compare-to] [--skip-judging]
+                               [--skip-batch] [--skip-server]
 
 Every comparison runs its alternatives interleaved (A B A B ...) after one
 untimed warm-up of each, and reports medians and the ratio of the medians:
@@ -15,13 +18,22 @@ what we report, not absolute seconds from different runs.
 2. Overhead: `python -m mlflow run <sample> --env-manager local` against
    `reproduce_run.py --run_id <reference>` on the sklearn_regression sample,
    in a private git repository and sqlite store.
-3. History reading: reproduce_run.read_histories (concurrent) against a plain
+3. Breakdown: the same two, each phase timed inside the process (imports,
+   store, git, run creation, the project, histories, verdict, interpreter
+   exit), as a table of milliseconds.
+4. History reading: reproduce_run.read_histories (concurrent) against a plain
    sequential loop of MlflowClient.get_metric_history, on an sqlite store and
    on a real `mlflow server` on 127.0.0.1.
+5. --compare-to against a `python -c` that reads both runs and every history.
+6. Judging: reproduce_run.judge on two equal runs of a million points in all
+   against reading them (a get_metric_history loop; over HTTP also the tool's
+   concurrent read), and the tool's peak memory for that --compare-to.
+7. Batch: four reproductions of the `slow` sample with --jobs 2 against
+   --jobs 1, and the tool process's peak memory in each.
 
 Everything runs in temporary folders that are removed at the end; every
 process started here is stopped by its ID.  Progress goes to standard error,
-the Markdown table of results to standard output.
+the Markdown tables of results to standard output.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -324,6 +337,15 @@ def make_repo(path: Path) -> Path:
     return path
 
 
+def make_reference(mlflow_run: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
+    """Run a sample with `mlflow run` and return its run ID."""
+    _, err = run_timed(mlflow_run, {**env, 'MLFLOW_LOGGING_LEVEL': 'INFO'}, cwd)
+    match = _RUN_ID_LOG_RE.search(err)
+    if not match:
+        raise BenchError(f'no run ID in the output of mlflow run:\n{err[-2000:]}')
+    return match.group(1)
+
+
 def bench_overhead(rounds: int, notes: list[str]) -> list[Comparison]:
     progress(f'overhead: {rounds} rounds of mlflow run / reproduce_run.py on {SAMPLE}')
     with tempfile.TemporaryDirectory(prefix='bench-overhead-') as tmp:
@@ -336,11 +358,7 @@ def bench_overhead(rounds: int, notes: list[str]) -> list[Comparison]:
         mlflow_run = (sys.executable, '-m', 'mlflow', 'run', project, '--env-manager', 'local')
 
         # The reference run (also the warm-up of `mlflow run`; creates the store).
-        _, err = run_timed(mlflow_run, {**env, 'MLFLOW_LOGGING_LEVEL': 'INFO'}, store)
-        match = _RUN_ID_LOG_RE.search(err)
-        if not match:
-            raise BenchError(f'no run ID in the output of mlflow run:\n{err[-2000:]}')
-        reference = match.group(1)
+        reference = make_reference(mlflow_run, env, store)
         progress(f'  reference run {reference}')
         tool = (sys.executable, str(SCRIPT), '--run_id', reference)
         run_timed(tool, env, store)  # warm-up: must find the runs equal (exit 0)
@@ -365,7 +383,189 @@ def bench_overhead(rounds: int, notes: list[str]) -> list[Comparison]:
 
 
 # ---------------------------------------------------------------------------
-# 3. Reading metric histories.
+# 3. Where the time of one reproduction goes, against a bare `mlflow run`.
+
+# Runs reproduce_run.py or `mlflow run` in this interpreter with a timer around
+# each phase, and writes {phase: seconds} as JSON.  Wrapping costs a few
+# microseconds a call: the phases are what the tool does, not what it would
+# do under a profiler (cProfile sees only the main thread, and the reproduction
+# runs in a worker thread).
+_BREAKDOWN_HARNESS = '''
+import importlib.util, json, sys, threading, time
+T0, STARTED = time.perf_counter(), time.time()
+out, which, sys.argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+phases = {}
+lock = threading.Lock()
+
+def add(name, seconds):
+    with lock:
+        phases[name] = phases.get(name, 0.0) + seconds
+
+def timed(name, fn, main_thread_only=False):
+    def wrapper(*args, **kwargs):
+        if main_thread_only and threading.current_thread() is not threading.main_thread():
+            return fn(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            add(name, time.perf_counter() - start)
+    return wrapper
+
+start = time.perf_counter()
+import mlflow
+add('import mlflow', time.perf_counter() - start)
+code = 0
+if which == 'tool':
+    spec = importlib.util.spec_from_file_location('reproduce_run', sys.argv[0])
+    m = importlib.util.module_from_spec(spec)
+    sys.modules['reproduce_run'] = m
+    start = time.perf_counter()
+    spec.loader.exec_module(m)
+    add('import reproduce_run', time.perf_counter() - start)
+    mlflow.MlflowClient = timed('store open', mlflow.MlflowClient, main_thread_only=True)
+    for name in ('read_reference', 'checkout', 'make_plan', 'check_command',
+                 'create_reproduced_run', 'run_project', 'start_project', 'registrations_of',
+                 'judge_reproduction', 'read_histories', 'judge', 'record_verdict',
+                 'reproduce_one', 'invoke', 'render', 'main'):
+        setattr(m, name, timed(name, getattr(m, name)))
+    m.Job.wait = timed('project', m.Job.wait)
+    code = m.main(sys.argv[1:])
+else:
+    from mlflow.projects import submitted_run
+    import mlflow.projects
+    submitted_run.LocalSubmittedRun.wait = timed('project', submitted_run.LocalSubmittedRun.wait)
+    mlflow.projects.run = timed('mlflow.projects.run', mlflow.projects.run)
+    start = time.perf_counter()
+    from mlflow.cli import cli
+    add('import mlflow.cli', time.perf_counter() - start)
+    try:
+        timed('main', cli.main)(args=sys.argv, prog_name='mlflow')
+    except SystemExit as e:
+        code = e.code or 0
+add('in process', time.perf_counter() - T0)
+phases['started at'], phases['ended at'] = STARTED, time.time()
+with open(out, 'w') as f:
+    json.dump(phases, f)
+sys.exit(code)
+'''
+
+# (row label, how it is computed from the phases of the tool).  Exclusive
+# times: a parent's row holds only what its named children do not.
+_TOOL_ROWS: tuple[tuple[str, Callable[[Mapping[str, float]], float]], ...] = (
+    ('import mlflow', lambda p: p['import mlflow']),
+    ('import reproduce_run (its own imports)', lambda p: p['import reproduce_run']),
+    ('store open (MlflowClient(): sqlalchemy, alembic, engine)', lambda p: p['store open']),
+    ('read the reference run', lambda p: p['read_reference']),
+    ('git fetch of the commit', lambda p: p['checkout']),
+    ('plan (MLproject, params, command check)',
+     lambda p: p['make_plan'] + p['check_command']),
+    ('create run + params + tags', lambda p: p['create_reproduced_run']),
+    ('start the project (command built, bash started)', lambda p: p['start_project']),
+    ('close run, end leftover processes',
+     lambda p: p['run_project'] - p['start_project'] - p['project']),
+    ('registrations (scratch registry read)', lambda p: p['registrations_of']),
+    ('history reads (+ get_run)', lambda p: p['judge_reproduction'] - p['judge']),
+    ('judge', lambda p: p['judge']),
+    ('record verdict (tags, artifacts)', lambda p: p['record_verdict']),
+    ('rest of reproduce_one (temp folders, report)',
+     lambda p: p['reproduce_one'] - sum(p[k] for k in (
+         'read_reference', 'checkout', 'make_plan', 'check_command', 'create_reproduced_run',
+         'run_project', 'registrations_of', 'judge_reproduction', 'record_verdict'))),
+    ('rest of invoke (thread, checks, cleanup)',
+     lambda p: p['invoke'] - p['store open'] - p['reproduce_one']),
+    ('render + rest of main', lambda p: p['main'] - p['invoke']),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Breakdown:
+    rows: list[tuple[str, float | None, float]]  # label, mlflow run s, tool s; medians
+    rounds: int
+
+
+def run_phases(args: Sequence[str], which: str, env: Mapping[str, str],
+               cwd: Path) -> dict[str, float]:
+    """Phases of one run under the harness, plus the whole process's wall time."""
+    with tempfile.NamedTemporaryFile('r', prefix='phases-', dir=cwd) as out:
+        cmd = (sys.executable, '-c', _BREAKDOWN_HARNESS, out.name, which, *args)
+        before = time.time()
+        wall, _ = run_timed(cmd, env, cwd)
+        after = time.time()
+        phases = json.loads(out.read())
+    phases['whole process'] = wall
+    phases['interpreter start'] = phases['started at'] - before
+    # Mostly the interpreter's final garbage collections, after main returned.
+    phases['interpreter exit'] = after - phases['ended at']
+    return phases
+
+
+def _median_of(rounds: Sequence[Mapping[str, float]],
+               value: Callable[[Mapping[str, float]], float]) -> float:
+    return statistics.median(value(p) for p in rounds)
+
+
+def bench_breakdown(rounds: int, notes: list[str]) -> Breakdown:
+    progress(f'breakdown: {rounds} rounds of mlflow run / reproduce_run.py, phases timed')
+    with tempfile.TemporaryDirectory(prefix='bench-breakdown-') as tmp:
+        repo = make_repo(Path(tmp) / 'repo')
+        store = Path(tmp) / 'store'
+        store.mkdir()
+        env = base_env(f"sqlite:///{store / 'mlflow.db'}")
+        project = str(repo / SAMPLE)
+        reference = make_reference(
+            (sys.executable, '-m', 'mlflow', 'run', project, '--env-manager', 'local'),
+            env, store)
+        plain: list[dict[str, float]] = []
+        tool: list[dict[str, float]] = []
+
+        def plain_round() -> float:
+            plain.append(run_phases(('run', project, '--env-manager', 'local'), 'mlflow',
+                                    env, store))
+            return plain[-1]['whole process']
+
+        def tool_round() -> float:
+            tool.append(run_phases((str(SCRIPT), '--run_id', reference), 'tool', env, store))
+            return tool[-1]['whole process']
+
+        interleave([plain_round, tool_round], rounds)
+    plain, tool = plain[1:], tool[1:]  # not the warm-up
+
+    def both(label: str, value: Callable[[Mapping[str, float]], float]
+             ) -> tuple[str, float, float]:
+        return label, _median_of(plain, value), _median_of(tool, value)
+
+    def outside_project(p: Mapping[str, float]) -> float:
+        return p['whole process'] - p['project']
+
+    rows: list[tuple[str, float | None, float]] = [
+        both('whole process (wall)', lambda p: p['whole process']),
+        both('the project itself (bash + training)', lambda p: p['project']),
+        both('everything but the project', outside_project),
+        both('interpreter start', lambda p: p['interpreter start']),
+        both('interpreter exit (final garbage collections)', lambda p: p['interpreter exit']),
+        both('import mlflow', lambda p: p['import mlflow']),
+    ]
+    rows += [(label, None, _median_of(tool, value)) for label, value in _TOOL_ROWS[1:]]
+    rows.append(('mlflow run: CLI import + store + run + its bookkeeping', _median_of(
+        plain, lambda p: p['in process'] - p['import mlflow'] - p['project']), 0.0))
+    notes.append(f'breakdown: outside the project, the tool costs '
+                 f'{1000 * _median_of(tool, outside_project):.0f} ms and `mlflow run` '
+                 f'{1000 * _median_of(plain, outside_project):.0f} ms')
+    return Breakdown(rows, len(tool))
+
+
+def breakdown_table(breakdown: Breakdown) -> str:
+    header = f'| cost (median of {breakdown.rounds} rounds) | mlflow run ms | reproduce_run.py ms |'
+    lines = [header, '| --- | --- | --- |']
+    for label, plain, tool in breakdown.rows:
+        shown = '' if plain is None else f'{1000 * plain:.0f}'
+        lines.append(f'| {label} | {shown} | {1000 * tool:.0f} |')
+    return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------
+# 4. Reading metric histories.
 
 
 def load_reproduce_run() -> ModuleType:
@@ -377,8 +577,10 @@ def load_reproduce_run() -> ModuleType:
     return module
 
 
-def make_runs(client: Any, metrics: int, steps: int) -> list[str]:
-    """Two runs with `metrics` metrics of `steps` steps each, logged in batches."""
+def make_runs(client: Any, metrics: int, steps: int, equal: bool = False) -> list[str]:
+    """Two runs with `metrics` metrics of `steps` steps each, logged in batches
+    of one metric at a time (the fastest way into an sqlite store); equal runs
+    make the judge walk every point, differing ones stop it at the first."""
     from mlflow.entities import Metric
 
     experiment_id = client.create_experiment(f'bench-{time.time_ns()}')
@@ -386,8 +588,9 @@ def make_runs(client: Any, metrics: int, steps: int) -> list[str]:
     for n in range(2):
         run_id = client.create_run(experiment_id, run_name=f'bench-{n}').info.run_id
         now = int(time.time() * 1000)
+        offset = 0 if equal else n
         points = [
-            Metric(f'metric_{m:04d}', float(m * steps + s + n), now + s, s)
+            Metric(f'metric_{m:04d}', float(m * steps + s + offset), now + s, s)
             for m in range(metrics)
             for s in range(steps)
         ]
@@ -405,10 +608,16 @@ def sequential_histories(client: Any, runs: Sequence[Any]) -> list[dict[str, lis
     for run in runs:
         histories = {}
         for key in run.data.metrics:
+<<<<<<< HEAD
             history = sorted(
                 client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp)
             )
             histories[key] = [(m.step, m.value) for m in history]
+=======
+            history = sorted(client.get_metric_history(run.info.run_id, key),
+                             key=lambda m: (m.step, m.timestamp))
+            histories[key] = [(m.step, m.value, m.timestamp) for m in history]
+>>>>>>> bench
         result.append(histories)
     return result
 
@@ -535,6 +744,7 @@ def chdir(path: Path) -> Iterator[None]:
         os.chdir(saved)
 
 
+<<<<<<< HEAD
 def bench_all_histories(
     rounds: int,
     metrics: int,
@@ -542,12 +752,23 @@ def bench_all_histories(
     server: bool,
     notes: list[str],
 ) -> list[Comparison]:
+=======
+def quiet_mlflow() -> None:
+    """Import mlflow in this process with its logger quietened: it would say
+    on standard error how it creates each store's tables."""
+>>>>>>> bench
     import logging
 
     import mlflow  # noqa: F401  (configures its logger, which is then quietened)
 
     logging.getLogger('mlflow').setLevel(logging.WARNING)
     logging.getLogger('alembic').setLevel(logging.WARNING)
+
+
+def bench_all_histories(
+        rounds: int, metrics: int, steps: int, server: bool, notes: list[str],
+) -> list[Comparison]:
+    quiet_mlflow()
     module = load_reproduce_run()
     results = []
     with tempfile.TemporaryDirectory(prefix='bench-histories-') as tmp:
@@ -581,6 +802,222 @@ def bench_all_histories(
                     )
                 )
     return results
+
+
+# ---------------------------------------------------------------------------
+# Peak memory of the tool's own process.
+
+# Runs reproduce_run.py in this interpreter and writes the process's own peak
+# resident set (KiB) to a file: the projects it starts are other processes, and
+# do not count.  VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a
+# child of this (large) benchmark process would report the benchmark's peak.
+_MAXRSS_WRAPPER = '''
+import re, runpy, sys
+out, sys.argv = sys.argv[1], sys.argv[2:]
+code = 0
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+with open(out, 'w') as f:
+    f.write(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))
+sys.exit(code)
+'''
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """Peak resident memory of the tool's process, in MiB, one per round."""
+    section: str
+    what: str
+    peaks: tuple[float, ...]
+
+
+def memory_table(rows: Sequence[Memory]) -> str:
+    lines = ['| section | tool process | runs | peak RSS MiB, median | max |',
+             '| --- | --- | --- | --- | --- |']
+    lines += [f'| {m.section} | {m.what} | {len(m.peaks)} | '
+              f'{statistics.median(m.peaks):.0f} | {max(m.peaks):.0f} |' for m in rows]
+    return '\n'.join(lines)
+
+
+def run_tool(
+        args: Sequence[str], env: Mapping[str, str], cwd: Path, expect: int = 0,
+) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB of the tool's own process) of one
+    reproduce_run.py invocation."""
+    with tempfile.NamedTemporaryFile('r', prefix='maxrss-', dir=cwd) as out:
+        cmd = (sys.executable, '-c', _MAXRSS_WRAPPER, out.name, str(SCRIPT), *args)
+        elapsed, _ = run_timed(cmd, env, cwd, expect=expect)
+        return elapsed, int(out.read()) / 1024
+
+
+def timed_call(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------
+# 5. --compare-to against reading the two runs with a plain script.
+
+def plain_compare_script(run_ids: Sequence[str], keys: Sequence[str]) -> str:
+    """What --compare-to costs at the least: import mlflow, read both runs
+    and every history, nothing else."""
+    return ('import mlflow; c = mlflow.MlflowClient(); '
+            + ''.join(f'c.get_run({r!r}); ' for r in run_ids)
+            + f'[c.get_metric_history(r, k) for r in {tuple(run_ids)!r} '
+              f'for k in {tuple(keys)!r}]')
+
+
+def bench_compare_to(rounds: int, metrics: int, steps: int, notes: list[str],
+                     memory: list[Memory]) -> list[Comparison]:
+    from mlflow import MlflowClient
+
+    quiet_mlflow()
+    progress(f'compare-to: 2 runs x {metrics} metrics x {steps} steps, {rounds} rounds')
+    with tempfile.TemporaryDirectory(prefix='bench-compare-') as tmp:
+        store = Path(tmp)
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        with chdir(store), contextlib.redirect_stdout(sys.stderr):
+            run_ids = make_runs(MlflowClient(tracking_uri=uri), metrics, steps)
+        env = base_env(uri)
+        keys = [f'metric_{m:04d}' for m in range(metrics)]
+        plain = (sys.executable, '-c', plain_compare_script(run_ids, keys))
+        tool = ('--run_id', run_ids[0], '--compare-to', run_ids[1])
+        peaks: list[float] = []
+
+        def tool_round() -> float:
+            elapsed, peak = run_tool(tool, env, store, expect=1)  # the runs differ
+            peaks.append(peak)
+            return elapsed
+
+        plain_t, tool_t = interleave(
+            [lambda: run_timed(plain, env, store)[0], tool_round], rounds)
+    memory.append(Memory('compare-to', f'--compare-to, {metrics} metrics x {steps} steps',
+                         tuple(peaks[1:])))  # not the warm-up
+    comparison = Comparison(
+        'compare-to', 'python -c "get_run x2 + get_metric_history loop"',
+        'reproduce_run.py --run_id R --compare-to S', tuple(plain_t), tuple(tool_t))
+    notes.append(f'compare-to: {comparison.ratio:.2f}x the plain read of both runs '
+                 f'(goal <= 1.1), {comparison.b_median - comparison.a_median:+.2f} s')
+    return [comparison]
+
+
+# ---------------------------------------------------------------------------
+# 6. Judging a million points against reading them.
+
+def bench_judging_on(
+        label: str, tracking_uri: str, run_ids: Sequence[str], rounds: int,
+        module: ModuleType, cwd: Path, notes: list[str], memory: list[Memory],
+) -> list[Comparison]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    runs = tuple(client.get_run(run_id) for run_id in run_ids)
+    # The tool's own read: threads over HTTP, in turn on sqlite.
+    ref, new = module.read_histories(client, runs, last_only=False)
+    points = sum(len(h) for run in (ref, new) for h in run.values())
+    rules = module.Rules()
+    if not module.judge(ref, new, rules).equal:
+        raise BenchError(f'judging, {label}: the equal runs were judged different')
+    calls = sum(len(run.data.metrics) for run in runs)
+
+    def judge_once() -> float:
+        return timed_call(lambda: module.judge(ref, new, rules))
+
+    progress(f'judging ({label}): {rounds} rounds of loop / read_histories / judge '
+             f'on {points:,} points')
+    loop_t, read_t, judge_t = interleave(
+        [lambda: timed_call(lambda: sequential_histories(client, runs)),
+         lambda: timed_call(lambda: module.read_histories(client, runs, last_only=False)),
+         judge_once],
+        rounds,
+    )
+    elapsed, peak = run_tool(('--run_id', run_ids[0], '--compare-to', run_ids[1]),
+                             base_env(tracking_uri), cwd)
+    memory.append(Memory(f'judging, {label}', f'--compare-to, {points:,} points', (peak,)))
+    notes.append(f'judging, {label}: reproduce_run.py --compare-to on {points:,} points took '
+                 f'{elapsed:.1f} s with a peak RSS of {peak:.0f} MiB')
+    rows = [Comparison(f'judging, {label}',
+                       f'get_metric_history loop ({calls} calls, {points:,} points)',
+                       'reproduce_run.judge on them', tuple(loop_t), tuple(judge_t))]
+    if module._is_http(tracking_uri):  # the tool's own test of a remote store
+        rows.append(Comparison(f'judging, {label}',
+                               'reproduce_run.read_histories (concurrent over HTTP)',
+                               'reproduce_run.judge on them', tuple(read_t), tuple(judge_t)))
+    return rows
+
+
+def bench_judging(rounds: int, metrics: int, steps: int, server: bool, notes: list[str],
+                  memory: list[Memory]) -> list[Comparison]:
+    """Log the two runs once into sqlite; the server serves a copy of that
+    store, so a million points are logged once, not twice."""
+    from mlflow import MlflowClient
+
+    quiet_mlflow()
+    module = load_reproduce_run()
+    results = []
+    with tempfile.TemporaryDirectory(prefix='bench-judging-') as tmp:
+        store = Path(tmp) / 'sqlite'
+        store.mkdir()
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        progress(f'judging: logging 2 equal runs x {metrics} metrics x {steps} steps '
+                 f'({2 * metrics * steps:,} points) with log_batch')
+        started = time.perf_counter()
+        with chdir(store), contextlib.redirect_stdout(sys.stderr):
+            run_ids = make_runs(MlflowClient(tracking_uri=uri), metrics, steps, equal=True)
+        progress(f'  logged in {time.perf_counter() - started:.0f} s')
+        with chdir(store):
+            results += bench_judging_on('sqlite', uri, run_ids, rounds, module, store, notes,
+                                        memory)
+        if server:
+            where = Path(tmp) / 'server'
+            where.mkdir()
+            shutil.copyfile(store / 'mlflow.db', where / 'server.db')
+            with chdir(where), mlflow_server(where) as url:
+                results += bench_judging_on('mlflow server --workers 2', url, run_ids, rounds,
+                                            module, where, notes, memory)
+    return results
+
+
+# ---------------------------------------------------------------------------
+# 7. A batch: --jobs 2 against --jobs 1.
+
+BATCH_SAMPLE = 'slow'
+BATCH_RUNS = 4
+
+
+def bench_batch(rounds: int, seconds: float, notes: list[str],
+                memory: list[Memory]) -> list[Comparison]:
+    progress(f'batch: {BATCH_RUNS} reference runs of {BATCH_SAMPLE} -P seconds={seconds:g}')
+    with tempfile.TemporaryDirectory(prefix='bench-batch-') as tmp:
+        repo = make_repo(Path(tmp) / 'repo')
+        store = Path(tmp) / 'store'
+        store.mkdir()
+        env = base_env(f"sqlite:///{store / 'mlflow.db'}")
+        mlflow_run = (sys.executable, '-m', 'mlflow', 'run', str(repo / BATCH_SAMPLE),
+                      '--env-manager', 'local', '-P', f'seconds={seconds:g}')
+        references = [make_reference(mlflow_run, env, store) for _ in range(BATCH_RUNS)]
+        peaks: dict[int, list[float]] = {1: [], 2: []}
+
+        def batch(jobs: int) -> float:
+            elapsed, peak = run_tool(('--run_id', *references, '--jobs', str(jobs)), env, store)
+            peaks[jobs].append(peak)
+            return elapsed
+
+        progress(f'batch: {rounds} rounds of --jobs 1 / --jobs 2')
+        one_t, two_t = interleave([lambda: batch(1), lambda: batch(2)], rounds)
+    for jobs in (1, 2):
+        memory.append(Memory('batch', f'--run_id x{BATCH_RUNS} --jobs {jobs}',
+                             tuple(peaks[jobs][1:])))  # not the warm-up
+    comparison = Comparison(
+        'batch', f'reproduce_run.py --run_id x{BATCH_RUNS} --jobs 1 ({BATCH_SAMPLE}, '
+        f'{seconds:g} s each)', '... --jobs 2', tuple(one_t), tuple(two_t))
+    notes.append(f'batch: --jobs 2 takes {comparison.ratio:.2f}x the wall time of --jobs 1 '
+                 f'(goal <= 0.6); {comparison.a_median / BATCH_RUNS:.1f} s per run with '
+                 f'--jobs 1')
+    return [comparison]
 
 
 # ---------------------------------------------------------------------------
@@ -635,6 +1072,48 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action='store_true',
         help='read histories from sqlite only, start no mlflow server',
     )
+<<<<<<< HEAD
+=======
+    parser.add_argument('--rounds', type=_positive, default=5,
+                        help='rounds of the slow comparison, mlflow run against '
+                             'reproduce_run.py (default: %(default)s)')
+    parser.add_argument('--fast-rounds', type=_positive, default=7,
+                        help='rounds of the quick comparisons: start-up, history '
+                             'reading, --compare-to (default: %(default)s)')
+    parser.add_argument('--metrics', type=_positive, default=300,
+                        help='metrics per run for history reading and --compare-to '
+                             '(default: %(default)s)')
+    parser.add_argument('--steps', type=_positive, default=20,
+                        help='steps per metric for history reading and --compare-to '
+                             '(default: %(default)s)')
+    parser.add_argument('--judge-rounds', type=_positive, default=3,
+                        help='rounds of reading and judging the large runs '
+                             '(default: %(default)s)')
+    parser.add_argument('--judge-metrics', type=_positive, default=10,
+                        help='metrics per large run (default: %(default)s)')
+    parser.add_argument('--judge-steps', type=_positive, default=50_000,
+                        help='steps per metric of a large run (default: %(default)s)')
+    parser.add_argument('--batch-rounds', type=_positive, default=2,
+                        help='rounds of --jobs 1 against --jobs 2 (default: %(default)s)')
+    parser.add_argument('--batch-seconds', type=float, default=6.0,
+                        help='training time of each run of the batch (default: %(default)s)')
+    parser.add_argument('--breakdown-rounds', type=_positive, default=3,
+                        help='rounds of the timed phases of one reproduction '
+                             '(default: %(default)s)')
+    parser.add_argument('--skip-startup', action='store_true', help='skip start-up')
+    parser.add_argument('--skip-overhead', action='store_true',
+                        help='skip mlflow run against reproduce_run.py')
+    parser.add_argument('--skip-histories', action='store_true',
+                        help='skip history reading')
+    parser.add_argument('--skip-compare-to', action='store_true', help='skip --compare-to')
+    parser.add_argument('--skip-judging', action='store_true',
+                        help='skip judging the large runs')
+    parser.add_argument('--skip-batch', action='store_true', help='skip the batch')
+    parser.add_argument('--skip-breakdown', action='store_true',
+                        help='skip the phases of one reproduction')
+    parser.add_argument('--skip-server', action='store_true',
+                        help='sqlite only: start no mlflow server')
+>>>>>>> bench
     return parser.parse_args(argv)
 
 
@@ -643,7 +1122,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     results: list[Comparison] = []
     notes: list[str] = []
+    memory: list[Memory] = []
+    server = not args.skip_server
+    failed = 0
+    breakdowns: list[Breakdown] = []
+    sections: list[tuple[bool, Callable[[], object]]] = [
+        (args.skip_startup, lambda: results.extend(bench_startup(args.fast_rounds, notes))),
+        (args.skip_overhead, lambda: results.extend(bench_overhead(args.rounds, notes))),
+        (args.skip_breakdown, lambda: breakdowns.append(
+            bench_breakdown(args.breakdown_rounds, notes))),
+        (args.skip_histories, lambda: results.extend(bench_all_histories(
+            args.fast_rounds, args.metrics, args.steps, server=server, notes=notes))),
+        (args.skip_compare_to, lambda: results.extend(bench_compare_to(
+            args.fast_rounds, args.metrics, args.steps, notes, memory))),
+        (args.skip_judging, lambda: results.extend(bench_judging(
+            args.judge_rounds, args.judge_metrics, args.judge_steps, server, notes, memory))),
+        (args.skip_batch, lambda: results.extend(bench_batch(
+            args.batch_rounds, args.batch_seconds, notes, memory))),
+    ]
     try:
+<<<<<<< HEAD
         results += bench_startup(args.fast_rounds, notes)
         if not args.skip_overhead:
             results += bench_overhead(args.rounds, notes)
@@ -662,11 +1160,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         f'history runs: 2 x {args.metrics} metrics x {args.steps} steps\n'
     )
     print(markdown_table(results))
+=======
+        for skipped, section in sections:
+            if skipped:
+                continue
+            try:
+                section()
+            except BenchError as e:  # the other sections still measure
+                print(f'bench: error: {e}', file=sys.stderr)
+                failed += 1
+    except KeyboardInterrupt:
+        print('bench: interrupted', file=sys.stderr)
+        return 130
+    print(f'\nreproduce_run benchmarks: Python {sys.version.split()[0]}, '
+          f'{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s in all; '
+          f'history runs: 2 x {args.metrics} metrics x {args.steps} steps; '
+          f'judged runs: 2 x {args.judge_metrics} metrics x {args.judge_steps} steps\n')
+    if results:
+        print(markdown_table(results))
+    if memory:
+        print()
+        print(memory_table(memory))
+    for breakdown in breakdowns:
+        print()
+        print(breakdown_table(breakdown))
+>>>>>>> bench
     if notes:
         print()
         for note in notes:
             print(f'- {note}')
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == '__main__':
