@@ -35,7 +35,6 @@ Everything runs in temporary folders that are removed at the end; every
 process started here is stopped by its ID.  Progress goes to standard error,
 the Markdown tables of results to standard output.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -83,11 +82,9 @@ def progress(message: str) -> None:
 # ---------------------------------------------------------------------------
 # Results.
 
-
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """Times of a baseline A and a candidate B, taken in the same rounds."""
-
     section: str
     baseline: str
     candidate: str
@@ -110,46 +107,28 @@ class Comparison:
     @property
     def round_ratios(self) -> list[float]:
         """B/A within each round, where A and B ran next to each other."""
-        return [b / a for a, b in zip(self.a, self.b, strict=True)]
+        return [b / a for a, b in zip(self.a, self.b)]
 
 
 def markdown_table(rows: Sequence[Comparison]) -> str:
-    headers = [
-        'section',
-        'A (baseline)',
-        'B (candidate)',
-        'rounds',
-        'A median s',
-        'B median s',
-        'B/A',
-        'B/A per round (min-max)',
-        'B-A s',
-    ]
+    headers = ['section', 'A (baseline)', 'B (candidate)', 'rounds', 'A median s',
+               'B median s', 'B/A', 'B/A per round (min-max)', 'B-A s']
     body = []
     for c in rows:
         ratios = c.round_ratios
-        body.append(
-            [
-                c.section,
-                c.baseline,
-                c.candidate,
-                str(len(c.a)),
-                f'{c.a_median:.3f}',
-                f'{c.b_median:.3f}',
-                f'{c.ratio:.3f}',
-                f'{min(ratios):.3f}-{max(ratios):.3f}',
-                f'{c.b_median - c.a_median:+.3f}',
-            ]
-        )
-    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '|'.join(' --- ' for _ in headers) + '|']
+        body.append([
+            c.section, c.baseline, c.candidate, str(len(c.a)),
+            f'{c.a_median:.3f}', f'{c.b_median:.3f}', f'{c.ratio:.3f}',
+            f'{min(ratios):.3f}-{max(ratios):.3f}', f'{c.b_median - c.a_median:+.3f}',
+        ])
+    lines = ['| ' + ' | '.join(headers) + ' |',
+             '|' + '|'.join(' --- ' for _ in headers) + '|']
     lines += ['| ' + ' | '.join(row) + ' |' for row in body]
     return '\n'.join(lines)
 
 
 def interleave(
-    alternatives: Sequence[Callable[[], float]],
-    rounds: int,
-    warmup: bool = True,
+        alternatives: Sequence[Callable[[], float]], rounds: int, warmup: bool = True,
 ) -> list[list[float]]:
     """Run the alternatives A B C A B C ..., each returning its own time;
     one untimed round first (caches, .pyc files, lazily created tables)."""
@@ -160,14 +139,14 @@ def interleave(
     for r in range(rounds):
         for i, alternative in enumerate(alternatives):
             times[i].append(alternative())
-        progress(f'  round {r + 1}/{rounds}: ' + ', '.join(f'{t[-1]:.3f}s' for t in times))
+        progress(f'  round {r + 1}/{rounds}: '
+                 + ', '.join(f'{t[-1]:.3f}s' for t in times))
     return times
 
 
 # ---------------------------------------------------------------------------
 # Processes: each started in its own session, so that it and whatever it
 # starts can be stopped together by its process ID.
-
 
 def stop(proc: subprocess.Popen[Any]) -> None:
     """SIGTERM to the process group we started, then SIGKILL."""
@@ -184,23 +163,15 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def run_timed(
-    cmd: Sequence[str],
-    env: Mapping[str, str],
-    cwd: Path | str,
-    expect: int = 0,
-    expect_stderr: str | None = None,
+        cmd: Sequence[str], env: Mapping[str, str], cwd: Path | str,
+        expect: int = 0, expect_stderr: str | None = None,
 ) -> tuple[float, str]:
     """(wall time in seconds, standard error) of one command, which must end
     with the expected exit status."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        cmd,
-        env=dict(env),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        cmd, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )
     try:
@@ -232,7 +203,7 @@ def base_env(tracking_uri: str | None = None) -> dict[str, str]:
 # ---------------------------------------------------------------------------
 # 1. Start-up.
 
-_IMPORTS_MLFLOW_CHECK = """
+_IMPORTS_MLFLOW_CHECK = '''
 import runpy, sys
 sys.argv = [sys.argv[1], *sys.argv[2:]]
 try:
@@ -240,21 +211,16 @@ try:
 except SystemExit:
     pass
 sys.__stdout__.flush()
-imported = any(m == 'mlflow' or m.startswith('mlflow.') for m in sys.modules)
-print('\\nIMPORTED_MLFLOW=' + str(imported))
-"""
+print('\\nIMPORTED_MLFLOW=' + str(any(m == 'mlflow' or m.startswith('mlflow.') for m in sys.modules)))
+'''
 
 
 def imports_mlflow(args: Sequence[str], env: Mapping[str, str], cwd: Path) -> bool:
     """Whether reproduce_run.py imports mlflow when run with these arguments."""
     proc = subprocess.run(
         (sys.executable, '-c', _IMPORTS_MLFLOW_CHECK, str(SCRIPT), *args),
-        env=dict(env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=PROCESS_TIMEOUT,
+        env=dict(env), cwd=cwd, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=PROCESS_TIMEOUT,
     )
     match = re.search(r'IMPORTED_MLFLOW=(True|False)', proc.stdout)
     if not match:
@@ -281,48 +247,24 @@ def bench_startup(rounds: int, notes: list[str]) -> list[Comparison]:
         mlflow_t, help_t, bad_t, bare_t = interleave(alternatives, rounds)
         for label, args in (('--help', ['--help']), ('an argument error', ['--run_id', 'bad id'])):
             imported = imports_mlflow(args, env, cwd)
-            notes.append(
-                f'reproduce_run.py {"imports" if imported else "does not import"} '
-                f'mlflow for {label}'
-            )
+            notes.append(f'reproduce_run.py {"imports" if imported else "does not import"} '
+                         f'mlflow for {label}')
     return [
-        Comparison(
-            'start-up',
-            'python -c "import mlflow"',
-            'reproduce_run.py --help',
-            tuple(mlflow_t),
-            tuple(help_t),
-        ),
-        Comparison(
-            'start-up',
-            'python -c "import mlflow"',
-            "reproduce_run.py --run_id 'bad id'",
-            tuple(mlflow_t),
-            tuple(bad_t),
-        ),
-        Comparison(
-            'start-up',
-            'python -c "import mlflow"',
-            'python -c pass (for scale)',
-            tuple(mlflow_t),
-            tuple(bare_t),
-        ),
+        Comparison('start-up', 'python -c "import mlflow"', 'reproduce_run.py --help',
+                   tuple(mlflow_t), tuple(help_t)),
+        Comparison('start-up', 'python -c "import mlflow"', "reproduce_run.py --run_id 'bad id'",
+                   tuple(mlflow_t), tuple(bad_t)),
+        Comparison('start-up', 'python -c "import mlflow"', 'python -c pass (for scale)',
+                   tuple(mlflow_t), tuple(bare_t)),
     ]
 
 
 # ---------------------------------------------------------------------------
 # 2. Overhead of the tool against plain `mlflow run`.
 
-
 def git(*args: str, cwd: Path) -> None:
-    subprocess.run(
-        ('git', *args),
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+    subprocess.run(('git', *args), cwd=cwd, check=True, capture_output=True,
+                   stdin=subprocess.DEVNULL, timeout=120)
 
 
 def make_repo(path: Path) -> Path:
@@ -352,7 +294,7 @@ def bench_overhead(rounds: int, notes: list[str]) -> list[Comparison]:
         repo = make_repo(Path(tmp) / 'repo')
         store = Path(tmp) / 'store'
         store.mkdir()
-        uri = f'sqlite:///{store / "mlflow.db"}'
+        uri = f"sqlite:///{store / 'mlflow.db'}"
         env = base_env(uri)
         project = str(repo / SAMPLE)
         mlflow_run = (sys.executable, '-m', 'mlflow', 'run', project, '--env-manager', 'local')
@@ -363,22 +305,15 @@ def bench_overhead(rounds: int, notes: list[str]) -> list[Comparison]:
         tool = (sys.executable, str(SCRIPT), '--run_id', reference)
         run_timed(tool, env, store)  # warm-up: must find the runs equal (exit 0)
         plain_t, tool_t = interleave(
-            [lambda: run_timed(mlflow_run, env, store)[0], lambda: run_timed(tool, env, store)[0]],
-            rounds,
-            warmup=False,
+            [lambda: run_timed(mlflow_run, env, store)[0],
+             lambda: run_timed(tool, env, store)[0]],
+            rounds, warmup=False,
         )
-    comparison = Comparison(
-        'overhead',
-        f'mlflow run {SAMPLE}',
-        'reproduce_run.py --run_id <ref>',
-        tuple(plain_t),
-        tuple(tool_t),
-    )
-    notes.append(
-        f'overhead of reproduce_run.py over plain `mlflow run`: '
-        f'{comparison.b_median - comparison.a_median:+.2f} s per reproduction '
-        f'(medians {comparison.b_median:.2f} s vs {comparison.a_median:.2f} s)'
-    )
+    comparison = Comparison('overhead', f'mlflow run {SAMPLE}', 'reproduce_run.py --run_id <ref>',
+                            tuple(plain_t), tuple(tool_t))
+    notes.append(f'overhead of reproduce_run.py over plain `mlflow run`: '
+                 f'{comparison.b_median - comparison.a_median:+.2f} s per reproduction '
+                 f'(medians {comparison.b_median:.2f} s vs {comparison.a_median:.2f} s)')
     return [comparison]
 
 
@@ -567,7 +502,6 @@ def breakdown_table(breakdown: Breakdown) -> str:
 # ---------------------------------------------------------------------------
 # 4. Reading metric histories.
 
-
 def load_reproduce_run() -> ModuleType:
     spec = importlib.util.spec_from_file_location('reproduce_run', SCRIPT)
     assert spec and spec.loader
@@ -589,13 +523,10 @@ def make_runs(client: Any, metrics: int, steps: int, equal: bool = False) -> lis
         run_id = client.create_run(experiment_id, run_name=f'bench-{n}').info.run_id
         now = int(time.time() * 1000)
         offset = 0 if equal else n
-        points = [
-            Metric(f'metric_{m:04d}', float(m * steps + s + offset), now + s, s)
-            for m in range(metrics)
-            for s in range(steps)
-        ]
+        points = [Metric(f'metric_{m:04d}', float(m * steps + s + offset), now + s, s)
+                  for m in range(metrics) for s in range(steps)]
         for i in range(0, len(points), LOG_BATCH_LIMIT):
-            client.log_batch(run_id, metrics=points[i : i + LOG_BATCH_LIMIT])
+            client.log_batch(run_id, metrics=points[i:i + LOG_BATCH_LIMIT])
         client.set_terminated(run_id)
         run_ids.append(run_id)
     return run_ids
@@ -608,28 +539,16 @@ def sequential_histories(client: Any, runs: Sequence[Any]) -> list[dict[str, lis
     for run in runs:
         histories = {}
         for key in run.data.metrics:
-<<<<<<< HEAD
-            history = sorted(
-                client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp)
-            )
-            histories[key] = [(m.step, m.value) for m in history]
-=======
             history = sorted(client.get_metric_history(run.info.run_id, key),
                              key=lambda m: (m.step, m.timestamp))
             histories[key] = [(m.step, m.value, m.timestamp) for m in history]
->>>>>>> bench
         result.append(histories)
     return result
 
 
 def bench_histories(
-    label: str,
-    tracking_uri: str,
-    rounds: int,
-    metrics: int,
-    steps: int,
-    module: ModuleType,
-    notes: list[str],
+        label: str, tracking_uri: str, rounds: int, metrics: int, steps: int,
+        module: ModuleType, notes: list[str],
 ) -> Comparison:
     from mlflow import MlflowClient
 
@@ -655,25 +574,18 @@ def bench_histories(
 
     progress(f'histories ({label}): {rounds} rounds of sequential / read_histories')
     sequential_t, concurrent_t = interleave(
-        [
-            lambda: timed(lambda: sequential_histories(client, runs)),
-            lambda: timed(lambda: module.read_histories(client, runs, last_only=False)),
-        ],
+        [lambda: timed(lambda: sequential_histories(client, runs)),
+         lambda: timed(lambda: module.read_histories(client, runs, last_only=False))],
         rounds,
     )
-    comparison = Comparison(
-        f'histories, {label}',
-        f'sequential get_metric_history ({2 * metrics} calls)',
-        'read_histories (threads only over HTTP)',
-        tuple(sequential_t),
-        tuple(concurrent_t),
-    )
-    notes.append(
-        f'histories, {label}: {1000 * comparison.a_median / (2 * metrics):.1f} ms '
-        f'per get_metric_history call in turn, '
-        f'{1000 * comparison.b_median / (2 * metrics):.1f} ms per metric '
-        f'with read_histories'
-    )
+    comparison = Comparison(f'histories, {label}',
+                            f'sequential get_metric_history ({2 * metrics} calls)',
+                            'read_histories (threads only over HTTP)',
+                            tuple(sequential_t), tuple(concurrent_t))
+    notes.append(f'histories, {label}: {1000 * comparison.a_median / (2 * metrics):.1f} ms '
+                 f'per get_metric_history call in turn, '
+                 f'{1000 * comparison.b_median / (2 * metrics):.1f} ms per metric '
+                 f'with read_histories')
     return comparison
 
 
@@ -691,28 +603,11 @@ def mlflow_server(where: Path) -> Iterator[str]:
     log_path = where / 'server.log'
     with open(log_path, 'w') as log:
         proc = subprocess.Popen(
-            (
-                sys.executable,
-                '-m',
-                'mlflow',
-                'server',
-                '--host',
-                '127.0.0.1',
-                '--port',
-                str(port),
-                '--backend-store-uri',
-                f'sqlite:///{where / "server.db"}',
-                '--artifacts-destination',
-                str(where / 'artifacts'),
-                '--workers',
-                '2',
-            ),
-            env=base_env(),
-            cwd=where,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            (sys.executable, '-m', 'mlflow', 'server', '--host', '127.0.0.1',
+             '--port', str(port), '--backend-store-uri', f"sqlite:///{where / 'server.db'}",
+             '--artifacts-destination', str(where / 'artifacts'), '--workers', '2'),
+            env=base_env(), cwd=where, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
         url = f'http://127.0.0.1:{port}'
@@ -744,19 +639,9 @@ def chdir(path: Path) -> Iterator[None]:
         os.chdir(saved)
 
 
-<<<<<<< HEAD
-def bench_all_histories(
-    rounds: int,
-    metrics: int,
-    steps: int,
-    server: bool,
-    notes: list[str],
-) -> list[Comparison]:
-=======
 def quiet_mlflow() -> None:
     """Import mlflow in this process with its logger quietened: it would say
     on standard error how it creates each store's tables."""
->>>>>>> bench
     import logging
 
     import mlflow  # noqa: F401  (configures its logger, which is then quietened)
@@ -775,32 +660,16 @@ def bench_all_histories(
         store = Path(tmp) / 'sqlite'
         store.mkdir()
         with chdir(store):
-            results.append(
-                bench_histories(
-                    'sqlite',
-                    f'sqlite:///{store / "mlflow.db"}',
-                    rounds,
-                    metrics,
-                    steps,
-                    module,
-                    notes,
-                )
-            )
+            results.append(bench_histories(
+                'sqlite', f"sqlite:///{store / 'mlflow.db'}", rounds, metrics, steps, module, notes,
+            ))
         if server:
             where = Path(tmp) / 'server'
             where.mkdir()
             with chdir(where), mlflow_server(where) as url:
-                results.append(
-                    bench_histories(
-                        'mlflow server --workers 2',
-                        url,
-                        rounds,
-                        metrics,
-                        steps,
-                        module,
-                        notes,
-                    )
-                )
+                results.append(bench_histories(
+                    'mlflow server --workers 2', url, rounds, metrics, steps, module, notes,
+                ))
     return results
 
 
@@ -1023,7 +892,6 @@ def bench_batch(rounds: int, seconds: float, notes: list[str],
 # ---------------------------------------------------------------------------
 # Command line.
 
-
 def _positive(s: str) -> int:
     try:
         value = int(s)
@@ -1036,44 +904,8 @@ def _positive(s: str) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog='bench',
-        description=__doc__.split('\n\n')[0] if __doc__ else None,
+        prog='bench', description=__doc__.split('\n\n')[0] if __doc__ else None,
     )
-    parser.add_argument(
-        '--rounds',
-        type=_positive,
-        default=3,
-        help='rounds of the slow comparison, mlflow run against '
-        'reproduce_run.py (default: %(default)s)',
-    )
-    parser.add_argument(
-        '--fast-rounds',
-        type=_positive,
-        default=7,
-        help='rounds of the quick comparisons, start-up and history reading (default: %(default)s)',
-    )
-    parser.add_argument(
-        '--metrics',
-        type=_positive,
-        default=300,
-        help='metrics per run for history reading (default: %(default)s)',
-    )
-    parser.add_argument(
-        '--steps',
-        type=_positive,
-        default=20,
-        help='steps per metric for history reading (default: %(default)s)',
-    )
-    parser.add_argument(
-        '--skip-overhead', action='store_true', help='skip mlflow run against reproduce_run.py'
-    )
-    parser.add_argument(
-        '--skip-server',
-        action='store_true',
-        help='read histories from sqlite only, start no mlflow server',
-    )
-<<<<<<< HEAD
-=======
     parser.add_argument('--rounds', type=_positive, default=5,
                         help='rounds of the slow comparison, mlflow run against '
                              'reproduce_run.py (default: %(default)s)')
@@ -1113,7 +945,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help='skip the phases of one reproduction')
     parser.add_argument('--skip-server', action='store_true',
                         help='sqlite only: start no mlflow server')
->>>>>>> bench
     return parser.parse_args(argv)
 
 
@@ -1141,26 +972,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.batch_rounds, args.batch_seconds, notes, memory))),
     ]
     try:
-<<<<<<< HEAD
-        results += bench_startup(args.fast_rounds, notes)
-        if not args.skip_overhead:
-            results += bench_overhead(args.rounds, notes)
-        results += bench_all_histories(
-            args.fast_rounds, args.metrics, args.steps, server=not args.skip_server, notes=notes
-        )
-    except BenchError as e:
-        print(f'bench: error: {e}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print('bench: interrupted', file=sys.stderr)
-        return 130
-    print(
-        f'\nreproduce_run benchmarks: Python {sys.version.split()[0]}, '
-        f'{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s in all; '
-        f'history runs: 2 x {args.metrics} metrics x {args.steps} steps\n'
-    )
-    print(markdown_table(results))
-=======
         for skipped, section in sections:
             if skipped:
                 continue
@@ -1184,7 +995,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for breakdown in breakdowns:
         print()
         print(breakdown_table(breakdown))
->>>>>>> bench
     if notes:
         print()
         for note in notes:
