@@ -10,6 +10,7 @@ temporary folder, launch the reproduction with mlflow.projects.run(), judge the
 metric histories, report.  mlflow is imported lazily: --help and argument
 errors answer without paying for its import.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -152,8 +153,10 @@ class ReproduceError(Exception):
 # ---------------------------------------------------------------------------
 # Judging: pure functions, histories in, verdict out.
 
+
 class Point(NamedTuple):
     """One logged value.  A plain (step, value) tuple works as well."""
+
     step: int | None  # None: the latest value only (--last-only), step unknown
     value: float
     timestamp: int | None = None  # milliseconds; None: unknown, ties with nothing
@@ -169,6 +172,7 @@ class Tolerance:
 class Rules:
     """How each metric is judged: a tolerance, overridden per key glob (the
     last matching --tolerance wins), or left out of the verdict."""
+
     default: Tolerance = Tolerance()
     overrides: tuple[tuple[str, Tolerance], ...] = ()
     ignored: tuple[str, ...] = ()
@@ -219,8 +223,9 @@ class Verdict:
 
     @property
     def equal(self) -> bool:
-        return (all(m.equal for m in self.metrics if not m.ignored)
-                and all(p.equal for p in self.params))
+        return all(m.equal for m in self.metrics if not m.ignored) and all(
+            p.equal for p in self.params
+        )
 
 
 def values_close(reproduced: float, reference: float, tol: Tolerance) -> bool:
@@ -248,10 +253,10 @@ def value_diff(reproduced: float | None, reference: float | None) -> float | Non
 
 
 def compare_histories(
-        key: str,
-        reference: Sequence[Point],
-        reproduced: Sequence[Point],
-        tol: Tolerance,
+    key: str,
+    reference: Sequence[Point],
+    reproduced: Sequence[Point],
+    tol: Tolerance,
 ) -> MetricVerdict:
     """Compare two histories point by point, in step order.
 
@@ -302,7 +307,8 @@ def _by_value(p: Point) -> tuple[int, bool, float]:
 
 
 def _settle_ties(
-        ref: Sequence[Point], new: Sequence[Point],
+    ref: Sequence[Point],
+    new: Sequence[Point],
 ) -> tuple[list[Point], list[Point]]:
     """Both histories with each stretch that holds a tie sorted by value, so
     that comparing point by point compares those stretches as multisets."""
@@ -315,7 +321,9 @@ def _settle_ties(
 
 
 def _first_divergence(
-        ref: Sequence[Point], new: Sequence[Point], tol: Tolerance,
+    ref: Sequence[Point],
+    new: Sequence[Point],
+    tol: Tolerance,
 ) -> tuple[int | None] | None:
     """(step,) of the first point that differs, None when none does."""
     for (ref_step, ref_value, _), (new_step, new_value, _) in zip(ref, new, strict=False):
@@ -330,23 +338,28 @@ def _first_divergence(
 
 
 def judge(
-        reference: Mapping[str, Sequence[Point]],
-        reproduced: Mapping[str, Sequence[Point]],
-        rules: Rules,
-        params: Sequence[ParamVerdict] = (),
+    reference: Mapping[str, Sequence[Point]],
+    reproduced: Mapping[str, Sequence[Point]],
+    rules: Rules,
+    params: Sequence[ParamVerdict] = (),
 ) -> Verdict:
     """Every metric that either run has, each compared as a whole history."""
     metrics = []
     for key in sorted(set(reference) | set(reproduced)):
         verdict = compare_histories(
-            key, reference.get(key, ()), reproduced.get(key, ()), rules.tolerance_for(key),
+            key,
+            reference.get(key, ()),
+            reproduced.get(key, ()),
+            rules.tolerance_for(key),
         )
         metrics.append(dataclasses.replace(verdict, ignored=rules.is_ignored(key)))
     return Verdict(tuple(metrics), tuple(params))
 
 
 def compare_params(
-        reference: Mapping[str, str], reproduced: Mapping[str, str], keys: Sequence[str],
+    reference: Mapping[str, str],
+    reproduced: Mapping[str, str],
+    keys: Sequence[str],
 ) -> list[ParamVerdict]:
     return [ParamVerdict(k, reference.get(k), reproduced.get(k)) for k in sorted(keys)]
 
@@ -468,7 +481,8 @@ def _round_up(x: float, holds: Callable[[float], bool]) -> float:
 
 
 def suggest_tolerance(
-        reference: float | None, values: Sequence[float | None],
+    reference: float | None,
+    values: Sequence[float | None],
 ) -> tuple[float | None, float | None]:
     """(rtol, atol): the smallest relative tolerance, on its own (atol 0) and
     rounded up to two significant digits, under which every Ri equals R0.
@@ -491,6 +505,7 @@ def suggest_tolerance(
 
     def holds(tol: Tolerance) -> bool:
         return all(values_close(v, reference, tol) for v in values)
+
     if reference == 0:
         return None, _round_up(largest, lambda a: holds(Tolerance(rtol=0.0, atol=a)))
     rtol = largest / abs(reference)
@@ -500,8 +515,10 @@ def suggest_tolerance(
 
 
 def classify_metric(
-        key: str, reference: float | None, repetitions: Sequence[float | None],
-        tol: Tolerance,
+    key: str,
+    reference: float | None,
+    repetitions: Sequence[float | None],
+    tol: Tolerance,
 ) -> MetricDiagnosis:
     """The class of one metric, by its latest values, under the verdict's rule."""
     numbers = _numbers(repetitions)
@@ -522,13 +539,17 @@ def classify_metric(
 
 
 def first_disagreement(
-        key: str, histories: Sequence[Sequence[Point]], tol: Tolerance,
+    key: str,
+    histories: Sequence[Sequence[Point]],
+    tol: Tolerance,
 ) -> int | None:
     """The first step at which some two repetitions' histories differ, each
     taken in turn as the reference; None when none do, or when the steps are
     not known (latest values only)."""
-    steps = (compare_histories(key, a, b, tol).first_divergent_step
-             for a, b in itertools.permutations(histories, 2))
+    steps = (
+        compare_histories(key, a, b, tol).first_divergent_step
+        for a, b in itertools.permutations(histories, 2)
+    )
     return min((s for s in steps if s is not None), default=None)
 
 
@@ -539,9 +560,9 @@ def _latest(history: Sequence[Point]) -> float | None:
 
 
 def diagnose(
-        reference: Mapping[str, Sequence[Point]],
-        repetitions: Sequence[Mapping[str, Sequence[Point]]],
-        rules: Rules,
+    reference: Mapping[str, Sequence[Point]],
+    repetitions: Sequence[Mapping[str, Sequence[Point]]],
+    rules: Rules,
 ) -> tuple[MetricDiagnosis, ...]:
     """Every metric that the reference or any repetition has, in key order."""
     keys = sorted({*reference, *(k for histories in repetitions for k in histories)})
@@ -550,13 +571,19 @@ def diagnose(
         tol = rules.tolerance_for(key)
         histories = [h.get(key, ()) for h in repetitions]
         diagnosis = classify_metric(
-            key, _latest(reference.get(key, ())), [_latest(h) for h in histories], tol,
+            key,
+            _latest(reference.get(key, ())),
+            [_latest(h) for h in histories],
+            tol,
         )
-        diagnoses.append(dataclasses.replace(
-            diagnosis, ignored=rules.is_ignored(key),
-            first_disagreeing_step=first_disagreement(key, histories, tol),
-            points=max(len(h) for h in (reference.get(key, ()), *histories)),
-        ))
+        diagnoses.append(
+            dataclasses.replace(
+                diagnosis,
+                ignored=rules.is_ignored(key),
+                first_disagreeing_step=first_disagreement(key, histories, tol),
+                points=max(len(h) for h in (reference.get(key, ()), *histories)),
+            )
+        )
     return tuple(diagnoses)
 
 
@@ -598,6 +625,7 @@ def suggested_flags(diagnoses: Sequence[MetricDiagnosis]) -> str:
 # ---------------------------------------------------------------------------
 # Resolving the reference run into a plan.
 
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     repo: str  # git URL or local path, as recorded (may hold credentials)
@@ -619,6 +647,7 @@ class Params:
 class Backend:
     """Where the project runs: an MLflow execution backend and its config
     (the dict `mlflow run -c` passes; it may hold credentials)."""
+
     name: str = DEFAULT_BACKEND
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -626,6 +655,7 @@ class Backend:
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Everything the launch needs, resolved before anything runs."""
+
     reference: Run
     source: Source  # its version is the full commit hash
     project_dir: str  # the project folder inside our private checkout
@@ -687,7 +717,7 @@ def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
                 f'run {run.info.run_id} was not launched as an MLflow Project '
                 f'(tag {TAG_SOURCE_TYPE} is {tags.get(TAG_SOURCE_TYPE)!r}, not '
                 f"'PROJECT'), so its source is unknown; pass --uri with the "
-                f'project\'s git URI',
+                f"project's git URI",
             )
         uri = tags[TAG_SOURCE_NAME]
     version = version or tags.get(TAG_GIT_COMMIT)
@@ -701,8 +731,8 @@ def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
 
 
 def select_params(
-        declared: Sequence[str] | None,
-        reference_params: Mapping[str, str],
+    declared: Sequence[str] | None,
+    reference_params: Mapping[str, str],
 ) -> Params:
     """Only what the entry point declares; None means a script entry point,
     which MLflow ran with every param it was given."""
@@ -725,10 +755,26 @@ def select_params(
 _MARK = 0xF0000  # placeholders become private-use characters while scanning
 _REPARSING_COMMANDS = frozenset({'eval', 'trap', 'let'})  # they run an argument as code
 _SHELLS = frozenset({'sh', 'bash', 'dash', 'zsh', 'ksh', 'mksh'})
-_RESERVED_WORDS = frozenset({
-    '!', '{', '}', 'if', 'then', 'else', 'elif', 'fi', 'do', 'done', 'while', 'until',
-    'time', 'exec', 'command', 'builtin',
-})
+_RESERVED_WORDS = frozenset(
+    {
+        '!',
+        '{',
+        '}',
+        'if',
+        'then',
+        'else',
+        'elif',
+        'fi',
+        'do',
+        'done',
+        'while',
+        'until',
+        'time',
+        'exec',
+        'command',
+        'builtin',
+    }
+)
 _ASSIGNMENT_RE = re.compile(r'^[A-Za-z_]\w*(\[[^]]*\])?\+?=')
 
 
@@ -858,7 +904,7 @@ def _scan_double(sc: _Scan, i: int, poison: str | None, context: str) -> int:
             i += 2
         elif text[i] == '`':
             i = _scan_to(sc, i + 1, '`', True, poison or 'inside backticks')
-        elif text[i] == '$' and text[i + 1:i + 2] not in ('"', "'"):
+        elif text[i] == '$' and text[i + 1 : i + 2] not in ('"', "'"):
             i = _scan_dollar(sc, i, poison, _Command())
         else:
             sc.mark(i, poison or context)
@@ -868,7 +914,7 @@ def _scan_double(sc: _Scan, i: int, poison: str | None, context: str) -> int:
 
 def _scan_dollar(sc: _Scan, i: int, poison: str | None, command: _Command) -> int:
     """At a `$`: a quote, an expansion or a substitution starts, or nothing."""
-    text, nxt = sc.text, sc.text[i + 1:i + 2]
+    text, nxt = sc.text, sc.text[i + 1 : i + 2]
     if text.startswith('$((', i):
         return _scan_commands(sc, i + 2, ')', poison or 'inside an arithmetic expression')
     if nxt == '(':
@@ -915,9 +961,9 @@ def _scan_quoting(sc: _Scan, i: int, poison: str | None, command: _Command) -> i
     None when text[i] starts none of them."""
     text, c = sc.text, sc.text[i]
     if c == '\\':
-        if text[i + 1:i + 2] != '\n':  # a line continuation is nothing
+        if text[i + 1 : i + 2] != '\n':  # a line continuation is nothing
             sc.mark(i + 1, poison or command.reparses() or 'right after a backslash')
-            command.word += text[i:i + 2]
+            command.word += text[i : i + 2]
         return i + 2
     if c == "'":
         end = _scan_to(sc, i + 1, "'", False, poison or 'inside quotes')
@@ -938,8 +984,9 @@ def _scan_quoting(sc: _Scan, i: int, poison: str | None, command: _Command) -> i
     return None
 
 
-def _scan_structure(sc: _Scan, i: int, closer: str, poison: str | None, command: _Command,
-                    depth: int) -> tuple[int, int]:
+def _scan_structure(
+    sc: _Scan, i: int, closer: str, poison: str | None, command: _Command, depth: int
+) -> tuple[int, int]:
     """Comments, line ends, blanks, here-documents, arithmetic, subshells and
     operators at i, or a plain character: (where it ends, the new depth)."""
     text, c = sc.text, sc.text[i]
@@ -988,17 +1035,25 @@ def placeholder_contexts(command: str) -> list[Placeholder]:
         if field is None:
             continue
         key = re.split(r'[.\[]', field, maxsplit=1)[0]
-        text = '{' + field + (f'!{conversion}' if conversion else '') + \
-            (f':{spec}' if spec else '') + '}'
+        text = (
+            '{'
+            + field
+            + (f'!{conversion}' if conversion else '')
+            + (f':{spec}' if spec else '')
+            + '}'
+        )
         found.append((text, key, _format_context(field, key, spec, conversion)))
         shell += chr(_MARK + len(found) - 1)
     if any(ord(c) >= _MARK for c in command):
-        return [Placeholder(t, k, 'in a command holding private-use characters')
-                for t, k, _ in found]
+        return [
+            Placeholder(t, k, 'in a command holding private-use characters') for t, k, _ in found
+        ]
     sc = _Scan(text=shell, count=len(found), contexts={}, heredocs=[])
     _scan_commands(sc, 0, '', None)
-    return [Placeholder(t, k, why or sc.contexts.get(n, 'where the shell never reads it'))
-            for n, (t, k, why) in enumerate(found)]
+    return [
+        Placeholder(t, k, why or sc.contexts.get(n, 'where the shell never reads it'))
+        for n, (t, k, why) in enumerate(found)
+    ]
 
 
 def _format_context(field: str, key: str, spec: str, conversion: str | None) -> str | None:
@@ -1018,12 +1073,16 @@ def unsafe_params(command: str | None, passed: Mapping[str, str]) -> list[Placeh
     stands anywhere but in a bare word."""
     if not command:
         return []
-    return [p for p in placeholder_contexts(command)
-            if p.context and (value := passed.get(p.key)) and shlex.quote(value) != value]
+    return [
+        p
+        for p in placeholder_contexts(command)
+        if p.context and (value := passed.get(p.key)) and shlex.quote(value) != value
+    ]
 
 
 # ---------------------------------------------------------------------------
 # Execution backends: where the project runs, checked before anything runs.
+
 
 def _json_type(value: object) -> str:
     names = {dict: 'object', list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}
@@ -1054,7 +1113,8 @@ def parse_backend_config(text: str) -> dict[str, Any]:
             ) from None
     if not isinstance(value, dict):
         raise ReproduceError(
-            f'--backend-config {where} holds a JSON {_json_type(value)}, not an object')
+            f'--backend-config {where} holds a JSON {_json_type(value)}, not an object'
+        )
     return value
 
 
@@ -1071,8 +1131,9 @@ def mask_config(value: Any) -> Any:
     """A backend config fit to print: the values of keys that name a token,
     secret, password or key are hidden, and so are credentials in URLs."""
     if isinstance(value, Mapping):
-        return {k: MASKED if _SECRET_KEY_RE.search(str(k)) else mask_config(v)
-                for k, v in value.items()}
+        return {
+            k: MASKED if _SECRET_KEY_RE.search(str(k)) else mask_config(v) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [mask_config(v) for v in value]
     if isinstance(value, str):
@@ -1080,8 +1141,9 @@ def mask_config(value: Any) -> Any:
     return value
 
 
-def validate_backend(name: str, config: Mapping[str, Any], project_dir: str | None = None,
-                     where: str = 'the project') -> None:
+def validate_backend(
+    name: str, config: Mapping[str, Any], project_dir: str | None = None, where: str = 'the project'
+) -> None:
     """What MLflow would refuse only after creating the run (or never, for a
     missing package), refused first; project_dir None checks the name and
     config alone."""
@@ -1101,7 +1163,8 @@ def check_kubernetes_config(config: Mapping[str, Any]) -> None:
     if missing:
         raise ReproduceError(
             f'the kubernetes backend needs {", ".join(map(repr, missing))} in --backend-config '
-            f'(required: {", ".join(KUBERNETES_REQUIRED_KEYS)})')
+            f'(required: {", ".join(KUBERNETES_REQUIRED_KEYS)})'
+        )
     _check_job_template(str(config['kube-job-template-path']))
     import importlib.util
 
@@ -1109,7 +1172,8 @@ def check_kubernetes_config(config: Mapping[str, Any]) -> None:
         if importlib.util.find_spec(package) is None:
             raise ReproduceError(
                 f'the kubernetes backend needs the Python package {package!r}, which is not '
-                f'installed (pip install {package})')
+                f'installed (pip install {package})'
+            )
 
 
 def _check_job_template(path: str) -> None:
@@ -1123,7 +1187,8 @@ def _check_job_template(path: str) -> None:
         raise ReproduceError(f'cannot read kube-job-template-path {path!r}: {e.strerror}') from None
     except yaml.YAMLError as e:
         raise ReproduceError(
-            f'kube-job-template-path {path!r} is not valid YAML: {_last_line(str(e))}') from None
+            f'kube-job-template-path {path!r} is not valid YAML: {_last_line(str(e))}'
+        ) from None
     try:
         containers = template['spec']['template']['spec']['containers']
         ok = isinstance(containers, list) and isinstance(containers[0], dict)
@@ -1132,7 +1197,8 @@ def _check_job_template(path: str) -> None:
     if not ok:
         raise ReproduceError(
             f'kube-job-template-path {path!r} is not a Kubernetes Job template with a '
-            f'container at spec.template.spec.containers[0]')
+            f'container at spec.template.spec.containers[0]'
+        )
 
 
 def check_databricks_config(config: Mapping[str, Any]) -> None:
@@ -1173,12 +1239,14 @@ def check_backend_project(name: str, project_dir: str, where: str) -> None:
     docker_env = _project_spec.load_project(project_dir).docker_env
     if name == 'kubernetes' and not docker_env:
         raise ReproduceError(
-            f'the kubernetes backend runs docker_env projects only (it builds the job\'s image '
-            f'from docker_env), and the MLproject of {where} has no docker_env')
+            f"the kubernetes backend runs docker_env projects only (it builds the job's image "
+            f'from docker_env), and the MLproject of {where} has no docker_env'
+        )
     if name == 'databricks' and docker_env:
         raise ReproduceError(
             f'the databricks backend does not run docker_env projects, and the MLproject of '
-            f'{where} has one')
+            f'{where} has one'
+        )
 
 
 def backend_from_options(options: Options) -> Backend:
@@ -1198,24 +1266,34 @@ def validate_backend_project(plan: Plan) -> None:
 
 def warn_about_reference_backend(plan: Plan) -> None:
     if plan.reference_backend and plan.reference_backend != plan.backend.name:
-        warn(f'run {plan.reference.info.run_id} ran on backend {plan.reference_backend!r} '
-             f'(tag {TAG_BACKEND}) and this reproduction runs on '
-             f'{plan.backend.name!r}; pass --backend {plan.reference_backend} (with its '
-             f'--backend-config) to reproduce it there')
+        warn(
+            f'run {plan.reference.info.run_id} ran on backend {plan.reference_backend!r} '
+            f'(tag {TAG_BACKEND}) and this reproduction runs on '
+            f'{plan.backend.name!r}; pass --backend {plan.reference_backend} (with its '
+            f'--backend-config) to reproduce it there'
+        )
 
 
 # ---------------------------------------------------------------------------
 # Fetching the source: a private checkout, never the user's repository.
 
+
 def _git(*args: str, cwd: str | None = None) -> str:
     env = {**os.environ, 'GIT_TERMINAL_PROMPT': '0'}
     proc = subprocess.run(
-        ('git', *args), cwd=cwd, env=env, capture_output=True, text=True,
+        ('git', *args),
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         stdin=subprocess.DEVNULL,
     )
     if proc.returncode:
         raise subprocess.CalledProcessError(
-            proc.returncode, args, proc.stdout, proc.stderr,
+            proc.returncode,
+            args,
+            proc.stdout,
+            proc.stderr,
         )
     return proc.stdout.strip()
 
@@ -1224,7 +1302,7 @@ def _local_repo(repo: str) -> str | None:
     """The folder a local path or file:// URL names, None for a remote."""
     if repo.startswith('file://'):
         # file://[user[:password]@]host/path: only this host's paths are local.
-        authority, _, path = repo[len('file://'):].partition('/')
+        authority, _, path = repo[len('file://') :].partition('/')
         host = authority.rpartition('@')[2].partition(':')[0]
         return os.path.abspath('/' + path) if host in ('', 'localhost') else None
     if '://' in repo or re.match(r'^[\w.-]+@[\w.-]+:', repo):
@@ -1290,8 +1368,7 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
             _git('submodule', 'update', '--init', '--recursive', '--quiet', cwd=dest)
         except subprocess.CalledProcessError as e:
             raise ReproduceError(
-                f'cannot fetch the submodules of {where}: '
-                f'{mask_credentials(_last_line(e.stderr))}',
+                f'cannot fetch the submodules of {where}: {mask_credentials(_last_line(e.stderr))}',
             ) from None
     project_dir = os.path.join(dest, subdir)
     if not os.path.isdir(project_dir):
@@ -1422,7 +1499,7 @@ def params_to_log(entry_point: Any, params: Params) -> dict[str, str]:
     except MlflowException as e:
         raise ReproduceError(
             f'entry point {entry_point.name!r} cannot run with the reference '
-            f'run\'s params: {_last_line(str(e))}',
+            f"run's params: {_last_line(str(e))}",
         ) from None
     return {**declared, **extra}
 
@@ -1443,8 +1520,7 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
                 raise
     if experiment.lifecycle_stage == 'deleted':
         raise ReproduceError(
-            f'experiment {name!r} is deleted; restore it or choose another '
-            f'with --experiment-name',
+            f'experiment {name!r} is deleted; restore it or choose another with --experiment-name',
         )
     return experiment.experiment_id
 
@@ -1479,8 +1555,9 @@ def reproduced_run_name(plan: Plan) -> str:
     return fit_tag(RUN_NAME_PREFIX + (plan.reference.info.run_name or plan.reference.info.run_id))
 
 
-def fixup_backend_run(client: MlflowClient, run_id: str, plan: Plan,
-                      parent_run_id: str | None = None) -> None:
+def fixup_backend_run(
+    client: MlflowClient, run_id: str, plan: Plan, parent_run_id: str | None = None
+) -> None:
     """Make a run that a non-local backend created look like a local
     reproduction.  MLflow hands a pre-created run to the local backend only;
     the others create their own, named at random and pointing at our
@@ -1510,7 +1587,8 @@ def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | Non
         tags[TAG_PARENT_RUN_ID] = parent_run_id
     try:
         run = client.create_run(
-            _experiment_id(client, plan.experiment_name), tags=tags,
+            _experiment_id(client, plan.experiment_name),
+            tags=tags,
             run_name=reproduced_run_name(plan),
         )
     except MlflowException as e:
@@ -1542,14 +1620,16 @@ class ProjectOutput:
 
     def _copy(self, read_fd: int) -> None:
         pending = b''
-        with os.fdopen(read_fd, 'rb', buffering=0) as pipe, open(self.log_path, 'w',
-                                                                encoding='utf-8') as log:
+        with (
+            os.fdopen(read_fd, 'rb', buffering=0) as pipe,
+            open(self.log_path, 'w', encoding='utf-8') as log,
+        ):
             while chunk := pipe.read(65536):
                 *lines, pending = (pending + chunk).split(b'\n')
                 for line in lines:
                     self._line(line, log)
                 if len(pending) > 65536:  # no newline for long: keep the screen's last state
-                    pending = pending[pending.rfind(b'\r') + 1:][-65536:]
+                    pending = pending[pending.rfind(b'\r') + 1 :][-65536:]
             if pending:
                 self._line(pending, log)
 
@@ -1558,7 +1638,7 @@ class ProjectOutput:
         shown = text.rstrip('\r').rsplit('\r', 1)[-1].rstrip()  # what a terminal shows
         log.write(shown + '\n')
         if len(shown) > OUTPUT_LINE_CHARS:
-            shown = shown[:OUTPUT_LINE_CHARS - 1] + '…'
+            shown = shown[: OUTPUT_LINE_CHARS - 1] + '…'
         with self._tail_lock:
             self._tail.append(shown)
         if self._echo:
@@ -1592,6 +1672,7 @@ def _environ(changes: Mapping[str, str | None]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
     apply(changes)
     try:
         yield
@@ -1627,6 +1708,7 @@ def _stdout_to_stderr() -> Iterator[TextIO]:
 # Stopping: a signal sets one flag.  Every reproduction checks it where it
 # waits, ends its project's processes and closes its run.
 
+
 class Stopped(Exception):
     """Raised inside a reproduction once SIGINT or SIGTERM has arrived."""
 
@@ -1644,8 +1726,11 @@ class Stop:
         if self.signum is None:
             self.signum = signum
             # os.write: print() may not be re-entered from a signal handler.
-            os.write(2, f'reproduce_run: {self.status}: stopping the projects and closing '
-                        f'their runs\n'.encode())
+            os.write(
+                2,
+                f'reproduce_run: {self.status}: stopping the projects and closing '
+                f'their runs\n'.encode(),
+            )
         self.event.set()
 
     @property
@@ -1703,10 +1788,16 @@ def live_processes(pgid: int | None, tag: str) -> list[int]:
     needle = f'{PROCESS_TAG}={tag}'.encode()
 
     def tagged(environ: bytes) -> bool:
-        return any(v == needle or (needle.endswith(b'.') and v.startswith(needle))
-                   for v in environ.split(b'\0'))
-    return [pid for pid, state, group, environ in _process_table()
-            if state not in ('Z', 'X') and (group == pgid or tagged(environ))]
+        return any(
+            v == needle or (needle.endswith(b'.') and v.startswith(needle))
+            for v in environ.split(b'\0')
+        )
+
+    return [
+        pid
+        for pid, state, group, environ in _process_table()
+        if state not in ('Z', 'X') and (group == pgid or tagged(environ))
+    ]
 
 
 def end_processes(pgid: int | None, tag: str, reap: Callable[[], object] = lambda: None) -> int:
@@ -1738,8 +1829,9 @@ def _close_timeout() -> float:
         return CLOSE_RETRY_SECONDS
 
 
-def close_run(client: MlflowClient, run_id: str, status: str,
-              left_open: list[tuple[str, str, str]]) -> bool:
+def close_run(
+    client: MlflowClient, run_id: str, status: str, left_open: list[tuple[str, str, str]]
+) -> bool:
     """Mark the run ended, retrying for a bounded time while the tracking
     server does not answer; if it never does, remember the run for the last
     line of standard error.  Never raises."""
@@ -1762,12 +1854,15 @@ def left_running_line(left_open: Sequence[tuple[str, str, str]]) -> str:
     """The last line of standard error when runs could not be closed: which
     ones, and the exact command that closes them."""
     runs = ', '.join(run_id for run_id, _, _ in left_open)
-    closes = '; '.join(f"c.set_terminated('{run_id}', '{status}')"
-                       for run_id, status, _ in left_open)
+    closes = '; '.join(
+        f"c.set_terminated('{run_id}', '{status}')" for run_id, status, _ in left_open
+    )
     uri = shlex.quote(mask_credentials(left_open[0][2]))
-    return (f'reproduce_run: error: run {runs} is left RUNNING: the tracking server did not '
-            f'answer for {_close_timeout():.0f} s; close it with: MLFLOW_TRACKING_URI={uri} '
-            f'python -c "import mlflow; c = mlflow.MlflowClient(); {closes}"')
+    return (
+        f'reproduce_run: error: run {runs} is left RUNNING: the tracking server did not '
+        f'answer for {_close_timeout():.0f} s; close it with: MLFLOW_TRACKING_URI={uri} '
+        f'python -c "import mlflow; c = mlflow.MlflowClient(); {closes}"'
+    )
 
 
 def _project_environ(session: Session, tmp_dir: str, tag: str) -> dict[str, str]:
@@ -1780,7 +1875,8 @@ def _project_environ(session: Session, tmp_dir: str, tag: str) -> dict[str, str]
     env['TMPDIR'] = os.path.join(tmp_dir, 'tmp')
     env[PROCESS_TAG] = tag
     for key, value in project_registry_environ(
-            tmp_dir, session.options.keep_registrations, session.user_environ).items():
+        tmp_dir, session.options.keep_registrations, session.user_environ
+    ).items():
         if value is None:
             env.pop(key, None)
         else:
@@ -1803,8 +1899,9 @@ def environment_activation(project: Any, env_manager: str, work_dir: str) -> lis
     if env_manager == 'conda':
         if project.env_type == env_type.PYTHON:
             raise MlflowException.invalid_parameter_value(
-                "python_env project cannot be executed using conda. Set `--env-manager` to "
-                "'virtualenv' or 'local' to execute this project.")
+                'python_env project cannot be executed using conda. Set `--env-manager` to '
+                "'virtualenv' or 'local' to execute this project."
+            )
         from mlflow.utils.conda import get_or_create_conda_env
 
         return list(get_or_create_conda_env(project.env_config_path).get_activate_command())
@@ -1824,18 +1921,27 @@ def environment_activation(project: Any, env_manager: str, work_dir: str) -> lis
     else:
         python_env = _PythonEnv()
     env_name = _get_virtualenv_name(python_env, Path(work_dir))
-    return [_create_virtualenv(
-        local_model_path=Path(work_dir), python_env=python_env,
-        env_dir=Path(_get_mlflow_virtualenv_root()) / env_name, env_manager=env_manager,
-    )]
+    return [
+        _create_virtualenv(
+            local_model_path=Path(work_dir),
+            python_env=python_env,
+            env_dir=Path(_get_mlflow_virtualenv_root()) / env_name,
+            env_manager=env_manager,
+        )
+    ]
 
 
 class Job:
     """A started reproduction: MLflow's SubmittedRun for its run, plus what it
     takes to end every process it started."""
 
-    def __init__(self, submitted: Any, tag: str, activation: str | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        submitted: Any,
+        tag: str,
+        activation: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.submitted = submitted
         self.proc: subprocess.Popen[bytes] = submitted.command_proc
         self.tag = tag
@@ -1855,8 +1961,9 @@ class Job:
         return end_processes(self.proc.pid, self.tag, reap=self.proc.poll)
 
 
-def start_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
-                  output: ProjectOutput) -> Job:
+def start_project(
+    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+) -> Job:
     """Start the entry point's command with bash, as `mlflow run` does, but
     in a session of its own and in this process: no second MLflow import."""
     from mlflow.projects.submitted_run import LocalSubmittedRun
@@ -1866,20 +1973,31 @@ def start_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str
     if project.docker_env:
         return _start_with_mlflow_run(session, plan, run, tmp_dir, tag, output)
     activation = environment_activation(project, plan.env_manager, plan.project_dir)
-    command = ' && '.join([*activation, *get_entry_point_command(
-        project, plan.entry_point, plan.params.passed, os.path.join(tmp_dir, 'storage'))])
+    command = ' && '.join(
+        [
+            *activation,
+            *get_entry_point_command(
+                project, plan.entry_point, plan.params.passed, os.path.join(tmp_dir, 'storage')
+            ),
+        ]
+    )
     env = _project_environ(session, tmp_dir, tag)
     env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
     proc = subprocess.Popen(
-        ('bash', '-c', command), cwd=plan.project_dir, env=env, stdin=subprocess.DEVNULL,
-        stdout=output.write_fd, stderr=output.write_fd, start_new_session=True,
+        ('bash', '-c', command),
+        cwd=plan.project_dir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=output.write_fd,
+        stderr=output.write_fd,
+        start_new_session=True,
     )
-    return Job(LocalSubmittedRun(run.info.run_id, proc), tag,
-               ' && '.join(activation) or None, env)
+    return Job(LocalSubmittedRun(run.info.run_id, proc), tag, ' && '.join(activation) or None, env)
 
 
-def _start_with_mlflow_run(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
-                           output: ProjectOutput) -> Job:
+def _start_with_mlflow_run(
+    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+) -> Job:
     """A docker_env project: MLflow builds its image and runs the container
     from a `mlflow run` process of its own (in a session of its own)."""
     import mlflow.projects
@@ -1887,10 +2005,15 @@ def _start_with_mlflow_run(session: Session, plan: Plan, run: Run, tmp_dir: str,
     env = _project_environ(session, tmp_dir, tag)
     with session.launch_lock, _environ(env), _stdio_into(output.write_fd):
         submitted = mlflow.projects.run(
-            uri=plan.project_dir, entry_point=plan.entry_point, parameters=plan.params.passed,
-            experiment_id=run.info.experiment_id, env_manager=plan.env_manager,
-            storage_dir=os.path.join(tmp_dir, 'storage'), synchronous=False,
-            run_id=run.info.run_id, backend='local',
+            uri=plan.project_dir,
+            entry_point=plan.entry_point,
+            parameters=plan.params.passed,
+            experiment_id=run.info.experiment_id,
+            env_manager=plan.env_manager,
+            storage_dir=os.path.join(tmp_dir, 'storage'),
+            synchronous=False,
+            run_id=run.info.run_id,
+            backend='local',
         )
     return Job(submitted, tag)
 
@@ -1920,8 +2043,9 @@ class Launch:
     environment: dict[str, Any] | None = None  # of the interpreter that ran the project
 
 
-def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
-                output: ProjectOutput) -> Launch:
+def run_project(
+    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+) -> Launch:
     """Start the project into the run made for it, wait, and make sure that
     nothing it started outlives it.  On a signal, end its processes (SIGTERM,
     then SIGKILL after the grace period) and mark the run KILLED; if it cannot
@@ -1936,7 +2060,8 @@ def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
         # The interpreter that runs the project, described while it runs; not
         # for docker, whose container is out of reach.
         environment = job.environ and _in_background(
-            capture_environment, job.activation, job.environ, plan.project_dir)
+            capture_environment, job.activation, job.environ, plan.project_dir
+        )
         returncode = job.wait(session.stop)
         environment = environment and captured_environment(environment, session.stop)
     except Stopped:
@@ -1955,13 +2080,21 @@ def run_project(session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str,
     if left_behind:
         warn(f'the project of run {run_id} left {left_behind} process(es) running; ended them')
     output.close()
-    close_run(session.client, run_id, 'FINISHED' if returncode == 0 else 'FAILED',
-              session.left_open)
+    close_run(
+        session.client, run_id, 'FINISHED' if returncode == 0 else 'FAILED', session.left_open
+    )
     return Launch(returncode, output.tail, left_behind, environment)
 
 
-def run_on_backend(session: Session, plan: Plan, parent_run_id: str | None, tmp_dir: str,
-                   tag: str, output: ProjectOutput, progress: Any) -> Launch:
+def run_on_backend(
+    session: Session,
+    plan: Plan,
+    parent_run_id: str | None,
+    tmp_dir: str,
+    tag: str,
+    output: ProjectOutput,
+    progress: Any,
+) -> Launch:
     """Hand the project to MLflow's backend (kubernetes, databricks, a
     plugin), which creates the run itself; make that run look like a local
     reproduction, wait on MLflow's SubmittedRun, and cancel it on a signal.
@@ -1989,8 +2122,9 @@ def run_on_backend(session: Session, plan: Plan, parent_run_id: str | None, tmp_
     return Launch(0 if succeeded else 1, output.tail)
 
 
-def submit_to_backend(session: Session, plan: Plan, tmp_dir: str, tag: str,
-                      output: ProjectOutput) -> Any:
+def submit_to_backend(
+    session: Session, plan: Plan, tmp_dir: str, tag: str, output: ProjectOutput
+) -> Any:
     """mlflow.projects.run(backend=...), with the project's environment and
     output pipe in place while the backend starts the job."""
     import mlflow.projects
@@ -2001,10 +2135,12 @@ def submit_to_backend(session: Session, plan: Plan, tmp_dir: str, tag: str,
     try:
         with session.launch_lock, _environ(env), _stdio_into(output.write_fd):
             submitted = mlflow.projects.run(
-                uri=plan.project_dir, entry_point=plan.entry_point,
+                uri=plan.project_dir,
+                entry_point=plan.entry_point,
                 parameters=plan.params.passed,
                 experiment_id=_experiment_id(session.client, plan.experiment_name),
-                env_manager=plan.env_manager, backend=plan.backend.name,
+                env_manager=plan.env_manager,
+                backend=plan.backend.name,
                 backend_config=dict(plan.backend.config),  # a copy: MLflow adds keys to it
                 synchronous=False,
             )
@@ -2031,8 +2167,10 @@ def cancel_submitted(submitted: Any, tag: str) -> None:
     try:
         cancelled.result(timeout=STOP_GRACE_SECONDS + 20)
     except Exception as e:  # a cancel that fails or hangs: say so, go on
-        warn(f'could not cancel the job of run {submitted.run_id}: '
-             f'{_last_line(str(e)) or type(e).__name__}')
+        warn(
+            f'could not cancel the job of run {submitted.run_id}: '
+            f'{_last_line(str(e)) or type(e).__name__}'
+        )
     end_processes(None, tag)
 
 
@@ -2048,12 +2186,15 @@ def _in_background(fn: Callable[..., Any], *args: Any) -> Any:
             future.set_result(fn(*args))
         except BaseException as e:  # handed to whoever asks for the result
             future.set_exception(e)
+
     threading.Thread(target=run, daemon=True).start()
     return future
 
 
 def read_histories(
-        client: MlflowClient, runs: Sequence[Run], last_only: bool,
+    client: MlflowClient,
+    runs: Sequence[Run],
+    last_only: bool,
 ) -> list[dict[str, list[Point]]]:
     """Each run's metric histories, one request per metric (MlflowClient
     pages long histories), overlapped when the store is remote."""
@@ -2099,7 +2240,7 @@ CAPTURE_TIMEOUT_SECONDS = 120.0  # a cold conda environment imports slowly
 # interpreter (the project's virtualenv, not the tool's).  Self-contained:
 # the standard library only.  The JSON is its last line of output, because an
 # activation command may print before it.
-ENVIRONMENT_CAPTURE = r'''
+ENVIRONMENT_CAPTURE = r"""
 import importlib.metadata, json, os, platform, re, subprocess, sys
 
 VARIABLES = ('PYTHONHASHSEED', 'CUDA_VISIBLE_DEVICES', 'CUBLAS_WORKSPACE_CONFIG',
@@ -2144,10 +2285,11 @@ print(json.dumps({
     'env': {name: os.environ.get(name) for name in VARIABLES},
     'gpu': gpus(),
 }))
-'''
+"""
 
 _REQUIREMENT_PIN_RE = re.compile(
-    r'^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*===?\s*(?P<version>[^\s;,]+)\s*$')
+    r'^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*===?\s*(?P<version>[^\s;,]+)\s*$'
+)
 _CONDA_PYTHON_RE = re.compile(r'^python\s*=+\s*(?P<version>[\d.]+)')
 
 
@@ -2159,12 +2301,17 @@ class Differences:
     models: tuple[tuple[str, MetricVerdict], ...] = ()  # (model name, its metric)
     environment_source: str = 'unknown'  # of the reference's environment
     # Why the environments were not compared, None when they were.
-    environment_unknown: str | None = 'the reference run\'s environment is unknown'
+    environment_unknown: str | None = "the reference run's environment is unknown"
 
     def __bool__(self) -> bool:
         """Whether there is anything to say."""
-        return bool(self.environment or self.datasets or self.code or self.models
-                    or self.environment_unknown)
+        return bool(
+            self.environment
+            or self.datasets
+            or self.code
+            or self.models
+            or self.environment_unknown
+        )
 
 
 def normalize_package(name: str) -> str:
@@ -2173,7 +2320,9 @@ def normalize_package(name: str) -> str:
 
 
 def capture_environment(
-        python_prefix_command: str | None, env: Mapping[str, str], cwd: str,
+    python_prefix_command: str | None,
+    env: Mapping[str, str],
+    cwd: str,
 ) -> dict[str, Any] | None:
     """The environment of the interpreter that runs the project: the tool's
     own (None) or the one a prefix such as `source venv/bin/activate` selects.
@@ -2185,13 +2334,20 @@ def capture_environment(
         script = f'{python_prefix_command} && python -c {shlex.quote(ENVIRONMENT_CAPTURE)}'
         argv = ['bash', '-c', script]
     try:
-        proc = subprocess.run(argv, env=dict(env), cwd=cwd, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=CAPTURE_TIMEOUT_SECONDS)
+        proc = subprocess.run(
+            argv,
+            env=dict(env),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=CAPTURE_TIMEOUT_SECONDS,
+        )
         if proc.returncode:
             raise ValueError(_last_line(proc.stderr) or f'exit status {proc.returncode}')
         return json.loads(_last_line(proc.stdout))
     except (OSError, subprocess.SubprocessError, ValueError) as e:
-        warn(f'cannot capture the project\'s environment: {_last_line(str(e))}')
+        warn(f"cannot capture the project's environment: {_last_line(str(e))}")
         return None
 
 
@@ -2255,8 +2411,9 @@ def environment_from_model_files(files: Mapping[str, str]) -> dict[str, Any] | N
 
 
 def environment_differences(
-        reference: Mapping[str, Any], reproduced: Mapping[str, Any],
-        only_names: Sequence[str] | None = None,
+    reference: Mapping[str, Any],
+    reproduced: Mapping[str, Any],
+    only_names: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """What differs between two environments, field by field.  A field one
     side does not know (a model's files say nothing of the OS) is not
@@ -2264,23 +2421,34 @@ def environment_differences(
     found = []
     for kind in ('python', 'platform'):
         ref, new = reference.get(kind) or {}, reproduced.get(kind) or {}
-        found += [_env_difference(kind, name, ref[name], new[name])
-                  for name in sorted(set(ref) & set(new)) if ref[name] != new[name]]
+        found += [
+            _env_difference(kind, name, ref[name], new[name])
+            for name in sorted(set(ref) & set(new))
+            if ref[name] != new[name]
+        ]
     for name in ('cpu_count', 'gpu'):
         if name in reference and name in reproduced and reference[name] != reproduced[name]:
             found.append(_env_difference('platform', name, reference[name], reproduced[name]))
     ref_pkgs = {normalize_package(k): v for k, v in (reference.get('packages') or {}).items()}
     new_pkgs = {normalize_package(k): v for k, v in (reproduced.get('packages') or {}).items()}
     if 'packages' in reference and 'packages' in reproduced:
-        names = ({normalize_package(n) for n in only_names} if only_names is not None
-                 else set(ref_pkgs) | set(new_pkgs))
-        found += [_env_difference('package', name, ref_pkgs.get(name), new_pkgs.get(name))
-                  for name in sorted(names) if ref_pkgs.get(name) != new_pkgs.get(name)]
+        names = (
+            {normalize_package(n) for n in only_names}
+            if only_names is not None
+            else set(ref_pkgs) | set(new_pkgs)
+        )
+        found += [
+            _env_difference('package', name, ref_pkgs.get(name), new_pkgs.get(name))
+            for name in sorted(names)
+            if ref_pkgs.get(name) != new_pkgs.get(name)
+        ]
     if 'env' in reference and 'env' in reproduced:
         ref_env, new_env = reference['env'] or {}, reproduced['env'] or {}
-        found += [_env_difference('env', name, ref_env.get(name), new_env.get(name))
-                  for name in sorted(set(ref_env) | set(new_env))
-                  if ref_env.get(name) != new_env.get(name)]
+        found += [
+            _env_difference('env', name, ref_env.get(name), new_env.get(name))
+            for name in sorted(set(ref_env) | set(new_env))
+            if ref_env.get(name) != new_env.get(name)
+        ]
     return found
 
 
@@ -2289,7 +2457,8 @@ def _env_difference(kind: str, name: str, reference: Any, reproduced: Any) -> di
 
 
 def dataset_differences(
-        ref_inputs: Sequence[Any], new_inputs: Sequence[Any],
+    ref_inputs: Sequence[Any],
+    new_inputs: Sequence[Any],
 ) -> list[dict[str, Any]]:
     """MLflow dataset inputs (run.inputs.dataset_inputs) matched by dataset
     name and context: a changed digest, source or schema, or a dataset that
@@ -2300,13 +2469,27 @@ def dataset_differences(
         a, b = ref.get((name, context)), new.get((name, context))
         if a is None or b is None:
             change = 'only_reproduced' if a is None else 'only_reference'
-            found.append({'name': name, 'context': context, 'change': change,
-                          'reference': a and a.digest, 'reproduced': b and b.digest})
+            found.append(
+                {
+                    'name': name,
+                    'context': context,
+                    'change': change,
+                    'reference': a and a.digest,
+                    'reproduced': b and b.digest,
+                }
+            )
             continue
-        found += [{'name': name, 'context': context, 'change': field,
-                   'reference': getattr(a, field), 'reproduced': getattr(b, field)}
-                  for field in ('digest', 'source', 'schema')
-                  if getattr(a, field) != getattr(b, field)]
+        found += [
+            {
+                'name': name,
+                'context': context,
+                'change': field,
+                'reference': getattr(a, field),
+                'reproduced': getattr(b, field),
+            }
+            for field in ('digest', 'source', 'schema')
+            if getattr(a, field) != getattr(b, field)
+        ]
     return found
 
 
@@ -2314,21 +2497,24 @@ def _datasets_by_key(inputs: Sequence[Any]) -> dict[tuple[str, str | None], Any]
     by_key = {}
     for dataset_input in inputs or ():
         tags = {t.key: t.value for t in dataset_input.tags or ()}
-        by_key[(dataset_input.dataset.name, tags.get(TAG_DATASET_CONTEXT))] = \
-            dataset_input.dataset
+        by_key[(dataset_input.dataset.name, tags.get(TAG_DATASET_CONTEXT))] = dataset_input.dataset
     return by_key
 
 
 def code_notes(
-        tags: Mapping[str, str], uri_overridden: bool, version_overridden: bool,
-        label: str = 'the reference run',
+    tags: Mapping[str, str],
+    uri_overridden: bool,
+    version_overridden: bool,
+    label: str = 'the reference run',
 ) -> list[str]:
     """What code trained a run (given its tags), where its commit does not say."""
     notes = []
     if tags.get(TAG_GIT_DIRTY, '').lower() == 'true':
         commit = tags.get(TAG_GIT_COMMIT, '')
-        notes.append(f'{label} was trained from uncommitted edits on top of commit '
-                     f'{commit[:12]}; no commit holds that code')
+        notes.append(
+            f'{label} was trained from uncommitted edits on top of commit '
+            f'{commit[:12]}; no commit holds that code'
+        )
     if uri_overridden:
         notes.append(f'--uri replaced the source that {label} recorded')
     if version_overridden:
@@ -2346,9 +2532,9 @@ def commit_notes(reference: Mapping[str, str], other: Mapping[str, str]) -> list
 
 
 def compare_model_metrics(
-        reference: Mapping[str, Mapping[str, Sequence[Point]]],
-        reproduced: Mapping[str, Mapping[str, Sequence[Point]]],
-        rules: Rules,
+    reference: Mapping[str, Mapping[str, Sequence[Point]]],
+    reproduced: Mapping[str, Mapping[str, Sequence[Point]]],
+    rules: Rules,
 ) -> list[tuple[str, MetricVerdict]]:
     """Model name -> metric histories, for each run: the metrics that differ,
     judged like run metrics.  Only when both runs logged models."""
@@ -2379,8 +2565,7 @@ def model_metric_histories(client: MlflowClient, run: Run) -> dict[str, dict[str
             if metric.run_id == run.info.run_id:
                 continue
             key = f'{metric.key} ({metric.dataset_name})' if metric.dataset_name else metric.key
-            found.setdefault(model.name, {}).setdefault(key, []).append(
-                (metric.step, metric.value))
+            found.setdefault(model.name, {}).setdefault(key, []).append((metric.step, metric.value))
     return found
 
 
@@ -2408,15 +2593,15 @@ def _read_model_environment(client: MlflowClient, run: Run) -> dict[str, Any] | 
                 if name in stored:
                     path = mlflow.artifacts.download_artifacts(
                         artifact_uri=f'{model.artifact_location.rstrip("/")}/{name}',
-                        dst_path=folder)
+                        dst_path=folder,
+                    )
                     with open(path) as f:
                         files[name] = f.read()
         found = environment_from_model_files(files)
         if found and merged is None:
             merged = found
         elif found and merged is not None:
-            merged = {**found, **merged,
-                      'packages': {**found['packages'], **merged['packages']}}
+            merged = {**found, **merged, 'packages': {**found['packages'], **merged['packages']}}
     return merged
 
 
@@ -2424,8 +2609,10 @@ def run_environment(client: MlflowClient, run: Run) -> tuple[dict[str, Any] | No
     """A run's environment from the best source it has, and which: its own
     reproduce/environment.json, else the files of a model it logged."""
     label = f'run {run.info.run_id}'
-    for source, read in (('reproduction', _read_environment_artifact),
-                         ('logged_model', _read_model_environment)):
+    for source, read in (
+        ('reproduction', _read_environment_artifact),
+        ('logged_model', _read_model_environment),
+    ):
         try:
             found = read(client, run)
         except Exception as e:  # unreadable: say so, and try the next source
@@ -2444,7 +2631,8 @@ def _package_names(environment: Mapping[str, Any] | None, source: str) -> set[st
 
 
 def _compared_names(
-        reference: tuple[dict[str, Any] | None, str], other: tuple[dict[str, Any] | None, str],
+    reference: tuple[dict[str, Any] | None, str],
+    other: tuple[dict[str, Any] | None, str],
 ) -> list[str] | None:
     named = [n for n in (_package_names(*reference), _package_names(*other)) if n is not None]
     if not named:
@@ -2453,14 +2641,14 @@ def _compared_names(
 
 
 def differences_between(
-        client: MlflowClient,
-        reference: Run,
-        other: Run,
-        rules: Rules,
-        other_environment: tuple[dict[str, Any] | None, str] | None = None,
-        uri_overridden: bool = False,
-        version_overridden: bool = False,
-        compared_runs: bool = False,
+    client: MlflowClient,
+    reference: Run,
+    other: Run,
+    rules: Rules,
+    other_environment: tuple[dict[str, Any] | None, str] | None = None,
+    uri_overridden: bool = False,
+    version_overridden: bool = False,
+    compared_runs: bool = False,
 ) -> Differences:
     """Everything besides metrics that differs between two runs.
     other_environment: (dict, source) already in hand, such as the one just
@@ -2470,18 +2658,22 @@ def differences_between(
     new_env = other_environment or run_environment(client, other)
     environment, unknown = [], None
     if ref_env[0] is None:
-        unknown = ('the reference run\'s environment is unknown (no '
-                   f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}, no logged model)')
+        unknown = (
+            "the reference run's environment is unknown (no "
+            f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}, no logged model)'
+        )
     elif new_env[0] is None:
         label = 'compared' if compared_runs else 'reproduced'
-        unknown = f'the {label} run\'s environment is unknown'
+        unknown = f"the {label} run's environment is unknown"
     else:
         environment = environment_differences(
-            ref_env[0], new_env[0], _compared_names(ref_env, new_env))
+            ref_env[0], new_env[0], _compared_names(ref_env, new_env)
+        )
     code = code_notes(reference.data.tags, uri_overridden, version_overridden)
     if compared_runs:
-        code += code_notes(other.data.tags, False, False, 'the compared run') + \
-            commit_notes(reference.data.tags, other.data.tags)
+        code += code_notes(other.data.tags, False, False, 'the compared run') + commit_notes(
+            reference.data.tags, other.data.tags
+        )
     return Differences(
         environment=tuple(environment),
         datasets=tuple(dataset_differences(_dataset_inputs(reference), _dataset_inputs(other))),
@@ -2497,11 +2689,15 @@ def _dataset_inputs(run: Run) -> Sequence[Any]:
 
 
 def _model_differences(
-        client: MlflowClient, reference: Run, other: Run, rules: Rules,
+    client: MlflowClient,
+    reference: Run,
+    other: Run,
+    rules: Rules,
 ) -> list[tuple[str, MetricVerdict]]:
     try:
-        return compare_model_metrics(model_metric_histories(client, reference),
-                                     model_metric_histories(client, other), rules)
+        return compare_model_metrics(
+            model_metric_histories(client, reference), model_metric_histories(client, other), rules
+        )
     except Exception as e:  # informative only: the verdict stands without it
         warn(f'cannot compare the metrics of the logged models: {_last_line(str(e))}')
         return []
@@ -2548,11 +2744,9 @@ def _dataset_line(item: Mapping[str, Any]) -> str:
     where = f'dataset `{item["name"]}`' + (f' ({item["context"]})' if item['context'] else '')
     change = item['change']
     if change == 'digest':
-        return f'{where} changed at its source (digest {item["reference"]} -> ' \
-               f'{item["reproduced"]})'
+        return f'{where} changed at its source (digest {item["reference"]} -> {item["reproduced"]})'
     if change == 'source':
-        return f'{where} comes from another source: {item["reference"]} -> ' \
-               f'{item["reproduced"]}'
+        return f'{where} comes from another source: {item["reference"]} -> {item["reproduced"]}'
     if change == 'schema':
         return f'{where} changed its schema'
     side = 'reference' if change == 'only_reference' else 'reproduced'
@@ -2561,8 +2755,11 @@ def _dataset_line(item: Mapping[str, Any]) -> str:
 
 def _model_line(model: str, m: MetricVerdict) -> str:
     ref, new = (_shown(v, '-') if v is None else f'{v:g}' for v in (m.reference, m.reproduced))
-    step = (f', from step {m.first_divergent_step}'
-            if m.points > 1 and m.first_divergent_step is not None else '')
+    step = (
+        f', from step {m.first_divergent_step}'
+        if m.points > 1 and m.first_divergent_step is not None
+        else ''
+    )
     return f'model `{model}` metric {m.key}: {ref} -> {new}{step}'
 
 
@@ -2576,11 +2773,13 @@ def differences_lines(differences: Differences | None) -> list[str]:
         lines.append(f'- environment: not compared, {differences.environment_unknown}')
     elif differences.environment:
         label = _SOURCE_LABELS.get(differences.environment_source, '')
-        lines.append(f'- environment (the reference run\'s from {label}):')
+        lines.append(f"- environment (the reference run's from {label}):")
         lines += [f'  - {_environment_line(item)}' for item in differences.environment]
-    for title, items in (('data', [_dataset_line(i) for i in differences.datasets]),
-                         ('code', list(differences.code)),
-                         ('models', [_model_line(*m) for m in differences.models])):
+    for title, items in (
+        ('data', [_dataset_line(i) for i in differences.datasets]),
+        ('code', list(differences.code)),
+        ('models', [_model_line(*m) for m in differences.models]),
+    ):
         if items:
             lines.append(f'- {title}:')
             lines += [f'  - {item}' for item in items]
@@ -2600,6 +2799,7 @@ TAG_MODEL_VERSIONS = 'mlflow.modelVersions'  # on a logged model: versions made 
 @dataclasses.dataclass(frozen=True)
 class Registration:
     """A model version that the reproduced run registered."""
+
     name: str
     version: str
     run_id: str | None
@@ -2627,8 +2827,11 @@ def scratch_registry(tmp_dir: str) -> str:
     return 'sqlite:///' + os.path.join(os.path.abspath(tmp_dir), SCRATCH_REGISTRY_FILE)
 
 
-def project_registry_environ(tmp_dir: str, keep: bool, environ: Mapping[str, str],
-                             ) -> dict[str, str | None]:
+def project_registry_environ(
+    tmp_dir: str,
+    keep: bool,
+    environ: Mapping[str, str],
+) -> dict[str, str | None]:
     """The registry the project's processes see: the scratch one, whatever the
     user's environment names; with --keep-registrations the user's own, made
     absolute like the tracking URI, since the project runs in another folder."""
@@ -2639,22 +2842,26 @@ def project_registry_environ(tmp_dir: str, keep: bool, environ: Mapping[str, str
 
 def _model_id(source: str | None) -> str | None:
     """'models:/m-abc' -> 'm-abc': the logged model a version was made from."""
-    if source and source.startswith('models:/m-') and '/' not in source[len('models:/'):]:
-        return source[len('models:/'):]
+    if source and source.startswith('models:/m-') and '/' not in source[len('models:/') :]:
+        return source[len('models:/') :]
     return None
 
 
 def discarded_registrations(scratch_uri: str) -> list[Registration]:
     """The versions the project registered in the scratch registry.  Reads
     nothing when it registered none (opening a new store would create it)."""
-    if not os.path.exists(scratch_uri[len('sqlite:///'):]):
+    if not os.path.exists(scratch_uri[len('sqlite:///') :]):
         return []
     from mlflow import MlflowClient
 
     versions = MlflowClient(registry_uri=scratch_uri).search_model_versions()
     return sorted(
-        (Registration(v.name, str(v.version), v.run_id, discarded=True,
-                      model_id=_model_id(v.source)) for v in versions),
+        (
+            Registration(
+                v.name, str(v.version), v.run_id, discarded=True, model_id=_model_id(v.source)
+            )
+            for v in versions
+        ),
         key=lambda r: (r.name, int(r.version)),
     )
 
@@ -2685,7 +2892,10 @@ def untag_discarded(client: MlflowClient, discarded: Sequence[Registration]) -> 
 
 
 def registrations_of(
-        client: MlflowClient, run_id: str, scratch_uri: str, keep: bool,
+    client: MlflowClient,
+    run_id: str,
+    scratch_uri: str,
+    keep: bool,
 ) -> Registrations:
     """What the reproduced run registered, read before the scratch registry
     is removed with the temporary folder."""
@@ -2702,9 +2912,11 @@ def registrations_of(
         warn(f'could not search the model registry for run {run_id}: {_last_line(str(e))}')
         shared = []
     if shared and not keep:
-        warn(f'run {run_id} registered {_versions_listed(shared)} in the shared model '
-             f'registry although the project was given a scratch one (its code names '
-             f'its registry itself)')
+        warn(
+            f'run {run_id} registered {_versions_listed(shared)} in the shared model '
+            f'registry although the project was given a scratch one (its code names '
+            f'its registry itself)'
+        )
     return Registrations(kept=keep, versions=tuple(found + shared))
 
 
@@ -2716,8 +2928,10 @@ def registration_lines(registrations: Registrations) -> list[str]:
     """For the reports: nothing when the run registered nothing."""
     lines = []
     if registrations.discarded:
-        lines.append(f'Model registrations discarded: {_versions_listed(registrations.discarded)}'
-                     f' (--keep-registrations keeps them)')
+        lines.append(
+            f'Model registrations discarded: {_versions_listed(registrations.discarded)}'
+            f' (--keep-registrations keeps them)'
+        )
     if registrations.shared:
         what = 'kept' if registrations.kept else 'made in the shared registry'
         lines.append(f'Model registrations {what}: {_versions_listed(registrations.shared)}')
@@ -2727,6 +2941,7 @@ def registration_lines(registrations: Registrations) -> list[str]:
 # ---------------------------------------------------------------------------
 # Reporting: a Report is rendered as text, JSON or Markdown, and recorded on
 # the reproduced run.
+
 
 @dataclasses.dataclass(frozen=True)
 class Report:
@@ -2799,7 +3014,8 @@ def report_json(report: Report) -> dict[str, Any]:
         'status': report.status,
         'exit_code': report.exit_code,
         'message': report.message,
-        'source': plan and {
+        'source': plan
+        and {
             'uri': mask_credentials(plan.source.uri),
             'version': plan.source.version,
             'entry_point': plan.entry_point,
@@ -2810,17 +3026,22 @@ def report_json(report: Report) -> dict[str, Any]:
             'passed': plan.params.passed if plan else None,
             'not_passed': plan.params.not_passed if plan else None,
             'compared': [
-                {'key': p.key, 'reference': p.reference, 'reproduced': p.reproduced,
-                 'equal': p.equal}
+                {
+                    'key': p.key,
+                    'reference': p.reference,
+                    'reproduced': p.reproduced,
+                    'equal': p.equal,
+                }
                 for p in (verdict.params if verdict else ())
             ],
         },
         'tolerance': {
             'rtol': _json_float(report.rules.default.rtol),
             'atol': _json_float(report.rules.default.atol),
-            'overrides': [{'pattern': pattern, 'rtol': _json_float(tol.rtol),
-                           'atol': _json_float(tol.atol)}
-                          for pattern, tol in report.rules.overrides],
+            'overrides': [
+                {'pattern': pattern, 'rtol': _json_float(tol.rtol), 'atol': _json_float(tol.atol)}
+                for pattern, tol in report.rules.overrides
+            ],
             'ignored': list(report.rules.ignored),
         },
         'metrics': [_metric_json(m) for m in (verdict.metrics if verdict else ())],
@@ -2830,8 +3051,10 @@ def report_json(report: Report) -> dict[str, Any]:
         'seconds': round(report.seconds, 3),
         'registrations': {
             'kept': report.registrations.kept,
-            'versions': [{'name': r.name, 'version': r.version, 'run_id': r.run_id,
-                          'discarded': r.discarded} for r in report.registrations.versions],
+            'versions': [
+                {'name': r.name, 'version': r.version, 'run_id': r.run_id, 'discarded': r.discarded}
+                for r in report.registrations.versions
+            ],
         },
     }
 
@@ -2862,8 +3085,9 @@ def _metric_rows(verdict: Verdict) -> tuple[list[str], list[list[Any]]]:
 
 
 def _param_rows(verdict: Verdict) -> tuple[list[str], list[list[Any]]]:
-    rows = [[p.key, p.reference, p.reproduced, '' if p.equal else 'differs']
-            for p in verdict.params]
+    rows = [
+        [p.key, p.reference, p.reproduced, '' if p.equal else 'differs'] for p in verdict.params
+    ]
     headers = ['Param', 'Run1', 'Run2', 'Note']
     if not any(row[-1] for row in rows):
         return headers[:-1], [row[:-1] for row in rows]
@@ -2876,8 +3100,9 @@ def _table(rows: tuple[list[str], list[list[Any]]], tablefmt: str) -> str:
     headers, body = rows
     # disable_numparse keeps param values as the strings they are.
     numparse = headers[0] == 'Metric'
-    return tabulate(body, headers=headers, tablefmt=tablefmt, missingval='-',
-                    disable_numparse=not numparse)
+    return tabulate(
+        body, headers=headers, tablefmt=tablefmt, missingval='-', disable_numparse=not numparse
+    )
 
 
 def _plan_lines(plan: Plan, show_backend: bool = False) -> list[str]:
@@ -2893,7 +3118,8 @@ def _plan_lines(plan: Plan, show_backend: bool = False) -> list[str]:
 def _backend_noteworthy(plan: Plan) -> bool:
     """Not the default, or not where the reference ran."""
     return plan.backend.name != DEFAULT_BACKEND or (
-        plan.reference_backend not in (None, plan.backend.name))
+        plan.reference_backend not in (None, plan.backend.name)
+    )
 
 
 def _backend_text(plan: Plan) -> str:
@@ -2920,8 +3146,10 @@ def _not_passed_lines(plan: Plan, verbose: bool) -> list[str]:
         return []
     if verbose:
         return [f'Params not passed (not declared by the entry point): {_listed(not_passed)}']
-    return [f'Params not passed: {len(not_passed)} not declared by the entry point '
-            f'(--verbose lists them)']
+    return [
+        f'Params not passed: {len(not_passed)} not declared by the entry point '
+        f'(--verbose lists them)'
+    ]
 
 
 def _listed(params: Mapping[str, str]) -> str:
@@ -2968,11 +3196,12 @@ def format_text(report: Report, verbose: bool = False) -> str:
 def _truncated(value: Any, limit: int) -> Any:
     if not isinstance(value, str) or len(value) <= limit:
         return value
-    return value[:limit - 1] + '…'
+    return value[: limit - 1] + '…'
 
 
 def _shortened(
-        rows: tuple[list[str], list[list[Any]]], max_rows: int,
+    rows: tuple[list[str], list[list[Any]]],
+    max_rows: int,
 ) -> tuple[tuple[list[str], list[list[Any]]], int]:
     """At most max_rows rows, those that differ first (kept in key order),
     long cells cut; and how many rows were left out."""
@@ -2980,15 +3209,19 @@ def _shortened(
 
     def differs(row: list[Any]) -> bool:
         return headers[-1] == 'Note' and row[-1] not in ('', 'ignored')
+
     first = sorted(range(len(body)), key=lambda i: not differs(body[i]))  # stable
     kept = set(first[:max_rows])
-    short = [[_truncated(cell, SHORT_CELL) for cell in row]
-             for i, row in enumerate(body) if i in kept]
+    short = [
+        [_truncated(cell, SHORT_CELL) for cell in row] for i, row in enumerate(body) if i in kept
+    ]
     return (headers, short), len(body) - len(short)
 
 
 def _markdown_table(
-        rows: tuple[list[str], list[list[Any]]], what: str, max_rows: int | None,
+    rows: tuple[list[str], list[list[Any]]],
+    what: str,
+    max_rows: int | None,
 ) -> list[str]:
     if max_rows is None:
         return ['', _table(rows, 'github')]
@@ -3004,13 +3237,17 @@ def _summary_line(verdict: Verdict) -> str:
     metrics = [m for m in verdict.metrics if not m.ignored]
     differing = sum(not m.equal for m in metrics)
     params = sum(not p.equal for p in verdict.params)
-    return (f'- {differing} of {len(metrics)} metrics differ, {params} of '
-            f'{len(verdict.params)} params differ; the full report is '
-            f'`{ARTIFACT_DIR}/{COMPARISON_ARTIFACT}`')
+    return (
+        f'- {differing} of {len(metrics)} metrics differ, {params} of '
+        f'{len(verdict.params)} params differ; the full report is '
+        f'`{ARTIFACT_DIR}/{COMPARISON_ARTIFACT}`'
+    )
 
 
 def format_markdown(
-        report: Report, reference_link: str | None = None, max_rows: int | None = None,
+    report: Report,
+    reference_link: str | None = None,
+    max_rows: int | None = None,
 ) -> str:
     """GitHub-flavoured: a pull request comment, a chat message, a run description.
 
@@ -3090,10 +3327,25 @@ def _differing(report: Report) -> str:
 
 
 def _summary_rows(batch: BatchReport) -> tuple[list[str], list[list[Any]]]:
-    headers = ['Reference run', 'Run name', 'Status', 'Metrics differing', 'Reproduced run',
-               'Seconds']
-    rows = [[r.reference_run_id, r.model or r.reference_run_name or '', r.status, _differing(r),
-             r.reproduced_run_id or '', f'{r.seconds:.0f}'] for r in batch.reports]
+    headers = [
+        'Reference run',
+        'Run name',
+        'Status',
+        'Metrics differing',
+        'Reproduced run',
+        'Seconds',
+    ]
+    rows = [
+        [
+            r.reference_run_id,
+            r.model or r.reference_run_name or '',
+            r.status,
+            _differing(r),
+            r.reproduced_run_id or '',
+            f'{r.seconds:.0f}',
+        ]
+        for r in batch.reports
+    ]
     return headers, rows
 
 
@@ -3121,13 +3373,20 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
 
 
 def format_batch_markdown(batch: BatchReport) -> str:
-    lines = [f'**Batch reproduction**: {_summary_counts(batch)}', '',
-             _table(_summary_rows(batch), 'github')]
+    lines = [
+        f'**Batch reproduction**: {_summary_counts(batch)}',
+        '',
+        _table(_summary_rows(batch), 'github'),
+    ]
     if batch.skipped:
         lines += ['', *(f'- skipped `{s["run_id"]}`: {s["reason"]}' for s in batch.skipped)]
     for repeat in batch.repeats:
-        lines += ['', f'**{_repeat_heading(repeat)}**', '',
-                  *diagnosis_lines(repeat.diagnoses, 'github')]
+        lines += [
+            '',
+            f'**{_repeat_heading(repeat)}**',
+            '',
+            *diagnosis_lines(repeat.diagnoses, 'github'),
+        ]
     for report in batch.reports:
         if report.status != 'equal' and not batch.repeats:
             lines += ['', format_markdown(report)]
@@ -3136,8 +3395,10 @@ def format_batch_markdown(batch: BatchReport) -> str:
 
 
 def _repeat_heading(repeat: Repeat) -> str:
-    return (f'Run {repeat.reference_run_id} against {len(repeat.reproduced_run_ids)} '
-            f'repetitions: {classify_run(repeat.diagnoses)}')
+    return (
+        f'Run {repeat.reference_run_id} against {len(repeat.reproduced_run_ids)} '
+        f'repetitions: {classify_run(repeat.diagnoses)}'
+    )
 
 
 def batch_json(batch: BatchReport) -> dict[str, Any]:
@@ -3149,9 +3410,11 @@ def batch_json(batch: BatchReport) -> dict[str, Any]:
     return {
         'runs': [report_json(r) for r in batch.reports],
         'skipped': list(batch.skipped),
-        'summary': {'total': len(batch.reports),
-                    **{s: batch.count(s) for s in ('equal', 'differ', 'failed', 'error')},
-                    'skipped': len(batch.skipped)},
+        'summary': {
+            'total': len(batch.reports),
+            **{s: batch.count(s) for s in ('equal', 'differ', 'failed', 'error')},
+            'skipped': len(batch.skipped),
+        },
         'exit_code': batch.exit_code,
         'batch_run_id': batch.batch_run_id,
         'message': batch.message,
@@ -3190,11 +3453,19 @@ def _diagnosis_note(d: MetricDiagnosis) -> str:
 
 
 def diagnosis_rows(
-        diagnoses: Sequence[MetricDiagnosis],
+    diagnoses: Sequence[MetricDiagnosis],
 ) -> tuple[list[str], list[list[Any]]]:
     rows = [
-        [d.key, d.reference, d.minimum, d.maximum, d.stdev, d.classification,
-         _suggestion_cell(d), _diagnosis_note(d)]
+        [
+            d.key,
+            d.reference,
+            d.minimum,
+            d.maximum,
+            d.stdev,
+            d.classification,
+            _suggestion_cell(d),
+            _diagnosis_note(d),
+        ]
         for d in diagnoses
     ]
     headers = ['Metric', 'Run1', 'min', 'max', 'stdev', 'class', 'suggested rtol', 'Note']
@@ -3209,8 +3480,14 @@ def diagnosis_lines(diagnoses: Sequence[MetricDiagnosis], tablefmt: str) -> list
     lines = [_table(diagnosis_rows(diagnoses), tablefmt)]
     flags = suggested_flags(diagnoses)
     if flags and tablefmt == 'github':
-        lines += ['', 'Tolerances under which every repetition equals the reference:', '',
-                  '```', flags, '```']
+        lines += [
+            '',
+            'Tolerances under which every repetition equals the reference:',
+            '',
+            '```',
+            flags,
+            '```',
+        ]
     elif flags:
         lines += ['Tolerances under which every repetition equals the reference:', flags]
     return lines
@@ -3233,8 +3510,10 @@ def _diagnosis_json(d: MetricDiagnosis) -> dict[str, Any]:
 
 
 def repeat_json(
-        reference_run_id: str, parent_run_id: str | None, reproduced_run_ids: Sequence[str],
-        diagnoses: Sequence[MetricDiagnosis],
+    reference_run_id: str,
+    parent_run_id: str | None,
+    reproduced_run_ids: Sequence[str],
+    diagnoses: Sequence[MetricDiagnosis],
 ) -> dict[str, Any]:
     """One entry of the batch document's `repeats` (and its `repeat`)."""
     return {
@@ -3263,25 +3542,30 @@ def plot_names(keys: Sequence[str]) -> dict[str, str]:
     insensitive file system.  A key that is a safe file name as it is keeps
     it; any other key (`a b`, `a/b`), or one that would still collide, gets a
     short hash of itself."""
-    names = {k: k + '.png' if not _UNSAFE_FILE_CHARS_RE.search(k) and
-             len(k) <= PLOT_NAME_CHARS else _hashed_plot_name(k) for k in keys}
+    names = {
+        k: k + '.png'
+        if not _UNSAFE_FILE_CHARS_RE.search(k) and len(k) <= PLOT_NAME_CHARS
+        else _hashed_plot_name(k)
+        for k in keys
+    }
     taken = collections.Counter(name.casefold() for name in names.values())
-    return {k: _hashed_plot_name(k) if taken[name.casefold()] > 1 else name
-            for k, name in names.items()}
+    return {
+        k: _hashed_plot_name(k) if taken[name.casefold()] > 1 else name for k, name in names.items()
+    }
 
 
 def make_plots(
-        verdict: Verdict,
-        reference: Mapping[str, Sequence[Point]],
-        reproduced: Mapping[str, Sequence[Point]],
-        folder: str,
+    verdict: Verdict,
+    reference: Mapping[str, Sequence[Point]],
+    reproduced: Mapping[str, Sequence[Point]],
+    folder: str,
 ) -> list[str]:
     """A PNG for each differing metric that has a history to look at."""
-    wanted = [m for m in verdict.metrics
-              if not m.equal and not m.ignored and m.points > 1]
+    wanted = [m for m in verdict.metrics if not m.equal and not m.ignored and m.points > 1]
     if not wanted:
         return []
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
@@ -3289,13 +3573,19 @@ def make_plots(
     paths = []
     for m in wanted:
         fig, ax = plt.subplots(figsize=(7, 4))
-        for label, history, style in (('reference (Run1)', reference.get(m.key, ()), '-'),
-                                      ('reproduced (Run2)', reproduced.get(m.key, ()), '--')):
+        for label, history, style in (
+            ('reference (Run1)', reference.get(m.key, ()), '-'),
+            ('reproduced (Run2)', reproduced.get(m.key, ()), '--'),
+        ):
             points = sorted(history, key=lambda p: p[0] or 0)
             ax.plot([p[0] for p in points], [p[1] for p in points], style, marker='.', label=label)
         if m.first_divergent_step is not None:
-            ax.axvline(m.first_divergent_step, color='red', linewidth=1,
-                       label=f'first divergence (step {m.first_divergent_step})')
+            ax.axvline(
+                m.first_divergent_step,
+                color='red',
+                linewidth=1,
+                label=f'first divergence (step {m.first_divergent_step})',
+            )
         ax.set(title=m.key, xlabel='step', ylabel=m.key)
         ax.legend()
         path = os.path.join(folder, names[m.key])
@@ -3317,11 +3607,11 @@ def _run_link(client: MlflowClient, report: Report) -> str:
 
 
 def record_verdict(
-        client: MlflowClient,
-        report: Report,
-        histories: tuple[Mapping[str, Sequence[Point]], Mapping[str, Sequence[Point]]] | None,
-        plots: bool,
-        log_path: str | None = None,
+    client: MlflowClient,
+    report: Report,
+    histories: tuple[Mapping[str, Sequence[Point]], Mapping[str, Sequence[Point]]] | None,
+    plots: bool,
+    log_path: str | None = None,
 ) -> None:
     """Tags, description and artifacts on the reproduced run, where people
     look in the MLflow UI: the JSON report, the project's output and plots.
@@ -3359,6 +3649,7 @@ def record_verdict(
 # ---------------------------------------------------------------------------
 # The pipeline: one reference run in, one report out.
 
+
 def check_command(plan: Plan, allow_unsafe: bool) -> None:
     """Refuse to let a param value run as shell code."""
     unsafe = unsafe_params(plan.command, plan.params.passed)
@@ -3367,9 +3658,11 @@ def check_command(plan: Plan, allow_unsafe: bool) -> None:
     placeholder = unsafe[0]
     key, value = placeholder.key, plan.params.passed[placeholder.key]
     shown = value if len(value) <= 60 else value[:57] + '...'
-    why = (f'entry point {plan.entry_point!r} puts {placeholder.text} {placeholder.context} '
-           f'in its command {plan.command!r}, which undoes MLflow\'s quoting, and the value '
-           f'of {key!r} ({shown!r}) contains shell metacharacters')
+    why = (
+        f'entry point {plan.entry_point!r} puts {placeholder.text} {placeholder.context} '
+        f"in its command {plan.command!r}, which undoes MLflow's quoting, and the value "
+        f'of {key!r} ({shown!r}) contains shell metacharacters'
+    )
     if not allow_unsafe:
         raise ReproduceError(f'{why}: refusing to run it (--allow-unsafe-command runs it anyway)')
     warn(f'{why}: running it because of --allow-unsafe-command')
@@ -3400,8 +3693,12 @@ def rules_from(args: argparse.Namespace) -> Rules:
 
 
 def judge_runs(
-        client: MlflowClient, rules: Rules, last_only: bool, reference: Run, other: Run,
-        param_keys: Sequence[str],
+    client: MlflowClient,
+    rules: Rules,
+    last_only: bool,
+    reference: Run,
+    other: Run,
+    param_keys: Sequence[str],
 ) -> tuple[Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
     from mlflow.exceptions import MlflowException
 
@@ -3409,12 +3706,16 @@ def judge_runs(
         warn(f'{pattern!r} matches no metric of either run')
     try:
         reference_histories, other_histories = read_histories(
-            client, (reference, other), last_only,
+            client,
+            (reference, other),
+            last_only,
         )
     except MlflowException as e:
         raise _mlflow_error('cannot read the metric histories', e) from None
     params = compare_params(
-        _unquoted(reference.data.params), _unquoted(other.data.params), param_keys,
+        _unquoted(reference.data.params),
+        _unquoted(other.data.params),
+        param_keys,
     )
     verdict = judge(reference_histories, other_histories, rules, params)
     return verdict, (reference_histories, other_histories)
@@ -3431,14 +3732,19 @@ def compare_to(session: Session, run_id: str, other_id: str) -> Report:
     other = read_reference(session.client, other_id, session.tracking_uri)
     keys = sorted({*reference.data.params, *other.data.params})
     options = session.options
-    verdict, _ = judge_runs(session.client, options.rules, options.last_only, reference, other,
-                            keys)
+    verdict, _ = judge_runs(
+        session.client, options.rules, options.last_only, reference, other, keys
+    )
     return _verdict_report(
-        verdict, reference_run_id=reference.info.run_id,
-        reproduced_run_id=other.info.run_id, rules=options.rules,
-        reference_run_name=reference.info.run_name, reference_status=reference.info.status,
-        differences=differences_between(session.client, reference, other, options.rules,
-                                        compared_runs=True),
+        verdict,
+        reference_run_id=reference.info.run_id,
+        reproduced_run_id=other.info.run_id,
+        rules=options.rules,
+        reference_run_name=reference.info.run_name,
+        reference_status=reference.info.status,
+        differences=differences_between(
+            session.client, reference, other, options.rules, compared_runs=True
+        ),
     )
 
 
@@ -3458,9 +3764,12 @@ def _has_mlruns_data(folder: str) -> bool:
     (mlflow/tracking/_tracking_service/utils.py: _has_existing_mlruns_data)."""
     mlruns = os.path.join(folder, 'mlruns')
     with contextlib.suppress(OSError):
-        return any(entry.is_dir() and entry.name.isdigit()
-                   and os.path.lexists(os.path.join(entry.path, 'meta.yaml'))
-                   for entry in os.scandir(mlruns))
+        return any(
+            entry.is_dir()
+            and entry.name.isdigit()
+            and os.path.lexists(os.path.join(entry.path, 'meta.yaml'))
+            for entry in os.scandir(mlruns)
+        )
     return False
 
 
@@ -3470,7 +3779,7 @@ def _local_store_path(uri: str) -> str | None:
     from urllib.parse import unquote, urlparse
 
     if uri.startswith('sqlite:///'):
-        path = unquote(uri[len('sqlite:///'):].partition('?')[0])
+        path = unquote(uri[len('sqlite:///') :].partition('?')[0])
         return None if path in ('', ':memory:') else path
     if uri.startswith('file:'):
         return unquote(urlparse(uri).path)
@@ -3482,8 +3791,10 @@ def _local_store_path(uri: str) -> str | None:
 def check_tracking_store(uri: str | None) -> None:
     """Refuse to start without a tracking store: MLflow would make an empty one
     (a 1 MB mlflow.db in the current folder), then not find the run in it."""
-    how = ('set MLFLOW_TRACKING_URI to the store that holds the run (for example '
-           'sqlite:////path/to/mlflow.db or http://host:5000)')
+    how = (
+        'set MLFLOW_TRACKING_URI to the store that holds the run (for example '
+        'sqlite:////path/to/mlflow.db or http://host:5000)'
+    )
     if not uri:
         if os.path.exists('mlflow.db') or _has_mlruns_data(os.curdir):
             return
@@ -3503,7 +3814,7 @@ def absolute_tracking_uri(uri: str | None) -> str | None:
     """A relative sqlite or plain-path store made absolute: the project runs
     in another folder, where `sqlite:///mlflow.db` names another file."""
     if uri and uri.startswith('sqlite:///') and not uri.startswith('sqlite:////'):
-        return 'sqlite:///' + os.path.abspath(uri[len('sqlite:///'):])
+        return 'sqlite:///' + os.path.abspath(uri[len('sqlite:///') :])
     if uri and not re.match(r'^[a-zA-Z][\w+.-]*:', uri) and not uri.startswith('databricks'):
         return os.path.abspath(uri)
     return uri
@@ -3513,6 +3824,7 @@ def absolute_tracking_uri(uri: str | None) -> str | None:
 class Options:
     """How to reproduce and judge, built once from the command line and the
     same for every reproduction of an invocation."""
+
     uri: str | None = None
     version: str | None = None
     experiment_name: str = 'Default'
@@ -3533,12 +3845,22 @@ class Options:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
         return cls(
-            uri=args.uri, version=args.version, experiment_name=args.experiment_name,
-            entry_point=args.entry_point, env_manager=args.env_manager, rules=rules_from(args),
-            last_only=args.last_only, plots=not args.no_plots, dry_run=args.dry_run,
-            allow_unsafe_command=args.allow_unsafe_command, verbose=args.verbose,
-            quiet=args.quiet, jobs=args.jobs, keep_registrations=args.keep_registrations,
-            backend=args.backend, backend_config=args.backend_config,
+            uri=args.uri,
+            version=args.version,
+            experiment_name=args.experiment_name,
+            entry_point=args.entry_point,
+            env_manager=args.env_manager,
+            rules=rules_from(args),
+            last_only=args.last_only,
+            plots=not args.no_plots,
+            dry_run=args.dry_run,
+            allow_unsafe_command=args.allow_unsafe_command,
+            verbose=args.verbose,
+            quiet=args.quiet,
+            jobs=args.jobs,
+            keep_registrations=args.keep_registrations,
+            backend=args.backend,
+            backend_config=args.backend_config,
         )
 
 
@@ -3546,6 +3868,7 @@ class Options:
 class Session:
     """What the reproductions of one invocation share: the MLflow client, the
     user's environment as it was, a temporary folder, the stop flag."""
+
     options: Options
     client: MlflowClient
     tracking_uri: str
@@ -3561,8 +3884,9 @@ class Session:
     backend: Backend = Backend()
 
 
-def make_plan(options: Options, reference: Run, source: Source, project_dir: str,
-              backend: Backend = Backend()) -> Plan:
+def make_plan(
+    options: Options, reference: Run, source: Source, project_dir: str, backend: Backend = Backend()
+) -> Plan:
     tags = reference.data.tags
     entry_point = options.entry_point or tags.get(TAG_ENTRY_POINT) or DEFAULT_ENTRY_POINT
     spec, declared = load_entry_point(project_dir, entry_point, source.version)
@@ -3611,6 +3935,7 @@ class _CachedSource:
 class _Progress:
     """What a reproduction has learnt so far: the report of one that stops
     halfway still names its reproduced run."""
+
     reference: Run | None = None
     plan: Plan | None = None
     run_id: str | None = None
@@ -3619,8 +3944,9 @@ class _Progress:
     histories: tuple[dict[str, list[Point]], dict[str, list[Point]]] | None = None
 
 
-def reproduce_one(session: Session, run_id: str, index: int = 0,
-                  parent_run_id: str | None = None) -> Report:
+def reproduce_one(
+    session: Session, run_id: str, index: int = 0, parent_run_id: str | None = None
+) -> Report:
     """Reproduce one reference run and judge it.  Never raises: every outcome
     is a report, recorded on the reproduced run whenever that run exists."""
     started = time.monotonic()
@@ -3636,35 +3962,56 @@ def reproduce_one(session: Session, run_id: str, index: int = 0,
     except Exception as e:  # a failure we did not foresee: still one line
         if session.options.verbose:
             import traceback
+
             traceback.print_exc()
-        report = _unfinished(progress, run_id, 'error',
-                             f'unexpected {type(e).__name__}: {_last_line(str(e))} '
-                             f'(--verbose shows the traceback)')
-    report = dataclasses.replace(report, seconds=time.monotonic() - started,
-                                 histories=progress.histories)
+        report = _unfinished(
+            progress,
+            run_id,
+            'error',
+            f'unexpected {type(e).__name__}: {_last_line(str(e))} (--verbose shows the traceback)',
+        )
+    report = dataclasses.replace(
+        report, seconds=time.monotonic() - started, histories=progress.histories
+    )
     if report.reproduced_run_id:
-        record_verdict(session.client, report, progress.histories,
-                       plots=session.options.plots, log_path=progress.log_path)
+        record_verdict(
+            session.client,
+            report,
+            progress.histories,
+            plots=session.options.plots,
+            log_path=progress.log_path,
+        )
     shutil.rmtree(tmp_dir, ignore_errors=True)
     return report
 
 
-def _unfinished(progress: _Progress, run_id: str, status: str, message: str,
-                code: int | None = None) -> Report:
+def _unfinished(
+    progress: _Progress, run_id: str, status: str, message: str, code: int | None = None
+) -> Report:
     """The report of a reproduction that ended before its verdict."""
     code = code if code is not None and status == 'error' else STATUS_EXIT_CODES[status]
     reference = progress.reference
     return Report(
-        status=status, exit_code=code, reference_run_id=run_id,
-        reproduced_run_id=progress.run_id, plan=progress.plan,
-        message=mask_credentials(message), output_tail=progress.output_tail,
+        status=status,
+        exit_code=code,
+        reference_run_id=run_id,
+        reproduced_run_id=progress.run_id,
+        plan=progress.plan,
+        message=mask_credentials(message),
+        output_tail=progress.output_tail,
         reference_run_name=reference.info.run_name if reference else None,
         reference_status=reference.info.status if reference else None,
     )
 
 
-def _reproduce(session: Session, run_id: str, index: int, parent_run_id: str | None,
-               tmp_dir: str, progress: _Progress) -> Report:
+def _reproduce(
+    session: Session,
+    run_id: str,
+    index: int,
+    parent_run_id: str | None,
+    tmp_dir: str,
+    progress: _Progress,
+) -> Report:
     options, client = session.options, session.client
     reference = progress.reference = read_reference(client, run_id, session.tracking_uri)
     source = resolve_source(reference, options.uri, options.version)
@@ -3677,8 +4024,12 @@ def _reproduce(session: Session, run_id: str, index: int, parent_run_id: str | N
     check_command(plan, options.allow_unsafe_command)
     validate_backend_project(plan)
     warn_about_reference_backend(plan)
-    fields = dict(reference_run_id=run_id, plan=plan, rules=options.rules,
-                  reference_run_name=reference.info.run_name)
+    fields = dict(
+        reference_run_id=run_id,
+        plan=plan,
+        rules=options.rules,
+        reference_run_name=reference.info.run_name,
+    )
     if options.dry_run:
         return Report(status='planned', exit_code=EXIT_EQUAL, **fields)
     session.stop.check()
@@ -3697,53 +4048,74 @@ def _reproduce(session: Session, run_id: str, index: int, parent_run_id: str | N
     new_id = progress.run_id
     assert new_id is not None
     progress.output_tail = launch.output_tail
-    registrations = registrations_of(client, new_id, scratch_registry(tmp_dir),
-                                     options.keep_registrations)
-    fields.update(reproduced_run_id=new_id, output_tail=launch.output_tail,
-                  registrations=registrations)
+    registrations = registrations_of(
+        client, new_id, scratch_registry(tmp_dir), options.keep_registrations
+    )
+    fields.update(
+        reproduced_run_id=new_id, output_tail=launch.output_tail, registrations=registrations
+    )
     if launch.environment is not None:  # a failed run's too: it may be why
         record_environment(client, new_id, launch.environment)
     if launch.returncode != 0:
         last = project_error_line(launch.output_tail)
-        return Report(status='failed', exit_code=EXIT_RUN_FAILED, **fields,
-                      message=f'the reproduced run {new_id} failed (exit status '
-                              f'{launch.returncode})'
-                              + (f'; its last error: {last}' if last else ''))
-    reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id,
-                                                                 plan)
+        return Report(
+            status='failed',
+            exit_code=EXIT_RUN_FAILED,
+            **fields,
+            message=f'the reproduced run {new_id} failed (exit status '
+            f'{launch.returncode})' + (f'; its last error: {last}' if last else ''),
+        )
+    reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id, plan)
     differences = differences_between(
-        client, reference, reproduced, options.rules,
+        client,
+        reference,
+        reproduced,
+        options.rules,
         other_environment=(launch.environment, 'reproduction') if launch.environment else None,
-        uri_overridden=options.uri is not None, version_overridden=options.version is not None)
+        uri_overridden=options.uri is not None,
+        version_overridden=options.version is not None,
+    )
     return _verdict_report(verdict, differences=differences, **fields)
 
 
 def _say_what_runs(session: Session, plan: Plan, new_id: str) -> None:
     if session.options.verbose:
         ref = plan.reference.info
-        print(f'reproduce_run: reproducing run {ref.run_id} ({ref.run_name}, {ref.status}) as '
-              f'run {new_id} in experiment {plan.experiment_name!r}: entry point '
-              f'{plan.entry_point!r} of {mask_credentials(plan.source.uri)} at '
-              f'{plan.source.version} with env manager {plan.env_manager} on backend '
-              f'{plan.backend.name}', file=sys.stderr)
+        print(
+            f'reproduce_run: reproducing run {ref.run_id} ({ref.run_name}, {ref.status}) as '
+            f'run {new_id} in experiment {plan.experiment_name!r}: entry point '
+            f'{plan.entry_point!r} of {mask_credentials(plan.source.uri)} at '
+            f'{plan.source.version} with env manager {plan.env_manager} on backend '
+            f'{plan.backend.name}',
+            file=sys.stderr,
+        )
 
 
 def judge_reproduction(
-        session: Session, reference: Run, run_id: str, plan: Plan,
+    session: Session,
+    reference: Run,
+    run_id: str,
+    plan: Plan,
 ) -> tuple[Run, Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
     """Read the finished run back and judge it; a failure here is not the
     project's: say that the run ran and its metrics could not be read."""
     try:
         reproduced = session.client.get_run(run_id)
-        return reproduced, *judge_runs(session.client, session.options.rules,
-                                       session.options.last_only, reference, reproduced,
-                                       plan.declared)
+        return reproduced, *judge_runs(
+            session.client,
+            session.options.rules,
+            session.options.last_only,
+            reference,
+            reproduced,
+            plan.declared,
+        )
     except ReproduceError as e:
         detail = str(e).split(': ', 1)[-1]
     except Exception as e:
         detail = _mlflow_error('', e).args[0].lstrip(': ')
-    raise ReproduceError(f'the reproduced run {run_id} ran, but its metrics could not be '
-                         f'read back: {detail}')
+    raise ReproduceError(
+        f'the reproduced run {run_id} ran, but its metrics could not be read back: {detail}'
+    )
 
 
 def project_error_line(tail: Sequence[str]) -> str:
@@ -3756,17 +4128,24 @@ def project_error_line(tail: Sequence[str]) -> str:
 
 def project_output(tail: Sequence[str]) -> list[str]:
     """The project's own lines, without MLflow's log lines and chatter."""
-    return [line for line in tail if line.strip() and not _MLFLOW_LOG_LINE_RE.match(line)
-            and not _MLFLOW_CHATTER_RE.match(line)]
+    return [
+        line
+        for line in tail
+        if line.strip()
+        and not _MLFLOW_LOG_LINE_RE.match(line)
+        and not _MLFLOW_CHATTER_RE.match(line)
+    ]
 
 
 # ---------------------------------------------------------------------------
 # Many runs: choose the reference runs, reproduce them (several at once with
 # --jobs), print progress, fold the reports and record the batch in MLflow.
 
+
 @dataclasses.dataclass(frozen=True)
 class Selection:
     """Which reference runs to reproduce."""
+
     run_ids: tuple[str, ...] = ()
     runs_file: str | None = None
     models: tuple[str, ...] = ()
@@ -3782,23 +4161,33 @@ class Selection:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Selection:
         return cls(
-            run_ids=tuple(args.run_id or ()), runs_file=args.runs_file,
-            models=tuple(args.model), experiments=tuple(args.from_experiment),
-            filter=args.filter or '', since_seconds=args.since, max_runs=args.max_runs,
-            order_by=args.order_by, sample=args.sample, sample_seed=args.sample_seed,
+            run_ids=tuple(args.run_id or ()),
+            runs_file=args.runs_file,
+            models=tuple(args.model),
+            experiments=tuple(args.from_experiment),
+            filter=args.filter or '',
+            since_seconds=args.since,
+            max_runs=args.max_runs,
+            order_by=args.order_by,
+            sample=args.sample,
+            sample_seed=args.sample_seed,
             repeat=args.repeat or 1,
         )
 
     @property
     def is_batch(self) -> bool:
         """A single --run_id keeps the single-run report; anything else is a batch."""
-        return len(self.run_ids) != 1 or self.repeat > 1 or bool(
-            self.runs_file or self.models or self.experiments)
+        return (
+            len(self.run_ids) != 1
+            or self.repeat > 1
+            or bool(self.runs_file or self.models or self.experiments)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class Chosen:
     """A reference run to reproduce, or an explicitly named one that cannot be."""
+
     run_id: str | None
     label: str = ''  # e.g. 'models:/churn@champion (version 3)'
     error: str | None = None  # set for a named run or model that could not be resolved
@@ -3817,8 +4206,9 @@ def read_runs_file(path: str) -> list[str]:
     except OSError as e:
         raise ReproduceError(f'cannot read --runs-file {path}: {e.strerror}') from None
     except UnicodeDecodeError as e:
-        raise ReproduceError(f'cannot read --runs-file {path}: it is not text '
-                             f'({e.reason} at byte {e.start})') from None
+        raise ReproduceError(
+            f'cannot read --runs-file {path}: it is not text ({e.reason} at byte {e.start})'
+        ) from None
     ids = [line.split('#', 1)[0].strip() for line in text.splitlines()]
     for run_id in filter(None, ids):
         if not _RUN_ID_RE.match(run_id):
@@ -3830,12 +4220,16 @@ def resolve_model(client: MlflowClient, uri: str) -> Chosen:
     """models:/<name>/<version> or models:/<name>@<alias> -> the version's source run."""
     match = re.fullmatch(r'models:/([^/@]+)(?:/(\d+)|@([\w-]+))', uri)
     if not match:
-        return Chosen(None, uri,
-                      f'{uri!r} is not models:/<name>/<version> or models:/<name>@<alias>')
+        return Chosen(
+            None, uri, f'{uri!r} is not models:/<name>/<version> or models:/<name>@<alias>'
+        )
     name, version, alias = match.groups()
     try:
-        found = (client.get_model_version(name, version) if version
-                 else client.get_model_version_by_alias(name, alias))
+        found = (
+            client.get_model_version(name, version)
+            if version
+            else client.get_model_version_by_alias(name, alias)
+        )
     except Exception as e:
         return Chosen(None, uri, f'model {uri} not found: {_last_line(str(e))}')
     if not found.run_id:
@@ -3864,8 +4258,11 @@ def skip_reason(run: Run, uri_given: bool) -> str | None:
     return None
 
 
-def search_runs(client: MlflowClient, selection: Selection, uri_given: bool,
-                ) -> tuple[list[Chosen], list[dict[str, str]]]:
+def search_runs(
+    client: MlflowClient,
+    selection: Selection,
+    uri_given: bool,
+) -> tuple[list[Chosen], list[dict[str, str]]]:
     """Runs of --from-experiment matching --filter and --since, in search
     order, at most --max-runs after skipping; then --sample of them."""
     from mlflow.exceptions import MlflowException
@@ -3881,9 +4278,13 @@ def search_runs(client: MlflowClient, selection: Selection, uri_given: bool,
     token = None
     while len(chosen) < selection.max_runs:
         try:
-            page = client.search_runs(experiment_ids, _search_filter(selection),
-                                      order_by=[selection.order_by], max_results=200,
-                                      page_token=token)
+            page = client.search_runs(
+                experiment_ids,
+                _search_filter(selection),
+                order_by=[selection.order_by],
+                max_results=200,
+                page_token=token,
+            )
         except MlflowException as e:
             raise _mlflow_error('cannot search the runs to reproduce', e) from None
         for run in page:
@@ -3898,16 +4299,23 @@ def search_runs(client: MlflowClient, selection: Selection, uri_given: bool,
     if selection.sample is not None and selection.sample < len(chosen):
         import random
 
-        keep = set(random.Random(selection.sample_seed).sample(range(len(chosen)),
-                                                              selection.sample))
-        skipped += [{'run_id': c.run_id or '', 'reason': 'not in the --sample'}
-                    for i, c in enumerate(chosen) if i not in keep]
+        keep = set(
+            random.Random(selection.sample_seed).sample(range(len(chosen)), selection.sample)
+        )
+        skipped += [
+            {'run_id': c.run_id or '', 'reason': 'not in the --sample'}
+            for i, c in enumerate(chosen)
+            if i not in keep
+        ]
         chosen = [c for i, c in enumerate(chosen) if i in keep]
     return chosen, skipped
 
 
-def select_runs(client: MlflowClient, selection: Selection, uri_given: bool,
-                ) -> tuple[list[Chosen], list[dict[str, str]]]:
+def select_runs(
+    client: MlflowClient,
+    selection: Selection,
+    uri_given: bool,
+) -> tuple[list[Chosen], list[dict[str, str]]]:
     """The union of every selection option, each run once, in the order given."""
     chosen = [Chosen(run_id) for run_id in selection.run_ids]
     if selection.runs_file:
@@ -3952,14 +4360,16 @@ class BatchReport:
 @dataclasses.dataclass(frozen=True)
 class Repeat:
     """The repetitions of one reference run, and what they say together."""
+
     reference_run_id: str
     parent_run_id: str | None
     reproduced_run_ids: tuple[str, ...]
     diagnoses: tuple[MetricDiagnosis, ...]
 
     def json(self) -> dict[str, Any]:
-        return repeat_json(self.reference_run_id, self.parent_run_id, self.reproduced_run_ids,
-                           self.diagnoses)
+        return repeat_json(
+            self.reference_run_id, self.parent_run_id, self.reproduced_run_ids, self.diagnoses
+        )
 
 
 def fold_exit_code(statuses: Iterable[str]) -> int:
@@ -3986,12 +4396,14 @@ def _progress_end(report: Report) -> str:
     name = f' ({report.reference_run_name})' if report.reference_run_name else ''
     new = f' -> {report.reproduced_run_id[:8]}' if report.reproduced_run_id else ''
     why = f': {report.message}' if report.status == 'error' and report.message else ''
-    return (f'{report.reference_run_id[:8]}{name} {report.status} in '
-            f'{report.seconds:.0f} s{new}{why}')
+    return (
+        f'{report.reference_run_id[:8]}{name} {report.status} in {report.seconds:.0f} s{new}{why}'
+    )
 
 
-def run_batch(session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]],
-              repeat: int = 1) -> BatchReport:
+def run_batch(
+    session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]], repeat: int = 1
+) -> BatchReport:
     """Reproduce every chosen run (each `repeat` times), --jobs at a time,
     under one parent run."""
     from concurrent.futures import ThreadPoolExecutor
@@ -4004,18 +4416,32 @@ def run_batch(session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict
 
     def one(index: int, c: Chosen) -> Report:
         if c.run_id is None:
-            return Report(status='error', exit_code=EXIT_CANNOT_START,
-                          reference_run_id=c.label, message=c.error, model=c.label)
+            return Report(
+                status='error',
+                exit_code=EXIT_CANNOT_START,
+                reference_run_id=c.label,
+                message=c.error,
+                model=c.label,
+            )
         if session.stop.event.is_set():  # start nothing new after a signal
-            return Report(status=session.stop.status, exit_code=STATUS_EXIT_CODES[
-                session.stop.status], reference_run_id=c.run_id, message='not started',
-                model=c.label or None)
+            return Report(
+                status=session.stop.status,
+                exit_code=STATUS_EXIT_CODES[session.stop.status],
+                reference_run_id=c.run_id,
+                message='not started',
+                model=c.label or None,
+            )
         progress.line(index, f'{c.run_id[:8]} {c.label + " " if c.label else ""}started')
         try:
             parent = groups.parent_for(c.run_id)
         except ReproduceError as e:
-            return Report(status='error', exit_code=e.exit_code, reference_run_id=c.run_id,
-                          message=str(e), model=c.label or None)
+            return Report(
+                status='error',
+                exit_code=e.exit_code,
+                reference_run_id=c.run_id,
+                message=str(e),
+                model=c.label or None,
+            )
         report = reproduce_one(session, c.run_id, index, parent)
         report = dataclasses.replace(report, model=c.label or None)
         progress.line(index, _progress_end(report))
@@ -4058,8 +4484,9 @@ class _Groups:
             return self._batch
         with self._lock:
             if run_id not in self._per_reference:
-                self._per_reference[run_id] = create_repeat_run(self.session, run_id,
-                                                                self.repeat, self._batch)
+                self._per_reference[run_id] = create_repeat_run(
+                    self.session, run_id, self.repeat, self._batch
+                )
             return self._per_reference[run_id]
 
     def diagnose(self, chosen: Sequence[Chosen], reports: Sequence[Report]) -> tuple[Repeat, ...]:
@@ -4069,10 +4496,17 @@ class _Groups:
             judged = [r for r in reports if r.reference_run_id == c.run_id and r.histories]
             if not judged or c.run_id is None:
                 continue
-            diagnoses = diagnose(judged[0].histories[0], [r.histories[1] for r in judged],
-                                 self.session.options.rules)
-            repeats.append(Repeat(c.run_id, self._per_reference.get(c.run_id),
-                                  tuple(r.reproduced_run_id or '' for r in judged), diagnoses))
+            diagnoses = diagnose(
+                judged[0].histories[0], [r.histories[1] for r in judged], self.session.options.rules
+            )
+            repeats.append(
+                Repeat(
+                    c.run_id,
+                    self._per_reference.get(c.run_id),
+                    tuple(r.reproduced_run_id or '' for r in judged),
+                    diagnoses,
+                )
+            )
         return tuple(repeats)
 
     def record(self, batch: BatchReport) -> None:
@@ -4103,8 +4537,9 @@ def wait_for_futures(session: Session, futures: Sequence[Any]) -> None:
                     os.kill(pid, signal.SIGTERM)
 
 
-def create_group_run(session: Session, name: str, tags: Mapping[str, str],
-                     parent_run_id: str | None = None) -> str:
+def create_group_run(
+    session: Session, name: str, tags: Mapping[str, str], parent_run_id: str | None = None
+) -> str:
     """A parent run that shows many reproductions as one row in the MLflow UI."""
     from mlflow.exceptions import MlflowException
 
@@ -4113,16 +4548,19 @@ def create_group_run(session: Session, name: str, tags: Mapping[str, str],
         tags[TAG_PARENT_RUN_ID] = parent_run_id
     try:
         run = session.client.create_run(
-            _experiment_id(session.client, session.options.experiment_name), tags=tags,
-            run_name=fit_tag(name))
+            _experiment_id(session.client, session.options.experiment_name),
+            tags=tags,
+            run_name=fit_tag(name),
+        )
     except MlflowException as e:
         raise _mlflow_error(f'cannot create the run {name}', e) from None
     return run.info.run_id
 
 
 def create_batch_run(session: Session) -> str:
-    return create_group_run(session, time.strftime('reproduce-batch-%Y%m%dT%H%M%SZ',
-                                                   time.gmtime()), {TAG_BATCH: 'true'})
+    return create_group_run(
+        session, time.strftime('reproduce-batch-%Y%m%dT%H%M%SZ', time.gmtime()), {TAG_BATCH: 'true'}
+    )
 
 
 def create_repeat_run(session: Session, run_id: str, n: int, parent: str | None) -> str:
@@ -4131,8 +4569,12 @@ def create_repeat_run(session: Session, run_id: str, n: int, parent: str | None)
         name = session.client.get_run(run_id).info.run_name or run_id
     except Exception:  # an unknown run: its repetitions will say so
         name = run_id
-    return create_group_run(session, f'reproduce-repeat-{name}',
-                            {TAG_REFERENCE_RUN_ID: run_id, TAG_REPEAT: str(n)}, parent)
+    return create_group_run(
+        session,
+        f'reproduce-repeat-{name}',
+        {TAG_REFERENCE_RUN_ID: run_id, TAG_REPEAT: str(n)},
+        parent,
+    )
 
 
 def record_repeat(session: Session, repeat: Repeat, n: int) -> None:
@@ -4143,13 +4585,23 @@ def record_repeat(session: Session, repeat: Repeat, n: int) -> None:
     run_id = repeat.parent_run_id
     assert run_id is not None
     classification = classify_run(repeat.diagnoses)
-    note = '\n'.join([f'**Repetitions of run {repeat.reference_run_id}** ({n}): '
-                      f'{classification}', '', *diagnosis_lines(repeat.diagnoses, 'github')])
+    note = '\n'.join(
+        [
+            f'**Repetitions of run {repeat.reference_run_id}** ({n}): {classification}',
+            '',
+            *diagnosis_lines(repeat.diagnoses, 'github'),
+        ]
+    )
     try:
-        session.client.log_batch(run_id, tags=[
-            RunTag(TAG_CLASSIFICATION, classification), RunTag(TAG_NOTE, fit_tag(note))])
-        session.client.log_text(run_id, json.dumps(repeat.json(), indent=2, allow_nan=False),
-                                f'{ARTIFACT_DIR}/{DIAGNOSIS_ARTIFACT}')
+        session.client.log_batch(
+            run_id,
+            tags=[RunTag(TAG_CLASSIFICATION, classification), RunTag(TAG_NOTE, fit_tag(note))],
+        )
+        session.client.log_text(
+            run_id,
+            json.dumps(repeat.json(), indent=2, allow_nan=False),
+            f'{ARTIFACT_DIR}/{DIAGNOSIS_ARTIFACT}',
+        )
     except Exception as e:
         warn(f'could not record the diagnosis on run {run_id}: {_last_line(str(e))}')
     stopped = session.stop.event.is_set()
@@ -4166,10 +4618,13 @@ def record_batch(session: Session, batch: BatchReport, run_id: str) -> None:
     counts['runs_total'] = len(batch.reports)
     try:
         session.client.log_batch(
-            run_id, metrics=[Metric(k, v, now, 0) for k, v in counts.items()],
-            tags=[RunTag(TAG_NOTE, fit_tag(format_batch_markdown(batch)))])
-        session.client.log_text(run_id, format_batch_json(batch),
-                                f'{ARTIFACT_DIR}/{SUMMARY_ARTIFACT}')
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in counts.items()],
+            tags=[RunTag(TAG_NOTE, fit_tag(format_batch_markdown(batch)))],
+        )
+        session.client.log_text(
+            run_id, format_batch_json(batch), f'{ARTIFACT_DIR}/{SUMMARY_ARTIFACT}'
+        )
     except Exception as e:
         warn(f'could not record the batch summary on run {run_id}: {_last_line(str(e))}')
     stopped = session.stop.event.is_set()
@@ -4178,6 +4633,7 @@ def record_batch(session: Session, batch: BatchReport, run_id: str) -> None:
 
 # ---------------------------------------------------------------------------
 # One invocation: settings, the tracking server, then one run or a batch.
+
 
 def check_tracking_server(uri: str) -> None:
     """A server that accepts connections but never answers is found within
@@ -4198,7 +4654,8 @@ def check_tracking_server(uri: str) -> None:
         if isinstance(reason, (TimeoutError, socket.timeout)) or 'timed out' in str(reason):
             raise ReproduceError(
                 f'the tracking server {mask_credentials(uri)} does not answer (no response '
-                f'within {PROBE_TIMEOUT_SECONDS:.0f} s)') from None
+                f'within {PROBE_TIMEOUT_SECONDS:.0f} s)'
+            ) from None
         # Refused or unresolvable: MLflow's first request says so in its words.
 
 
@@ -4223,18 +4680,25 @@ def run_in_worker(session: Session, work: Callable[[], Any]) -> Any:
         return future.result()
 
 
-def invoke(options: Options, selection: Selection, compare_to_id: str | None, stop: Stop,
-           left_open: list[tuple[str, str, str]]) -> Report | BatchReport:
+def invoke(
+    options: Options,
+    selection: Selection,
+    compare_to_id: str | None,
+    stop: Stop,
+    left_open: list[tuple[str, str, str]],
+) -> Report | BatchReport:
     """Settings for the tool's own requests, the tracking server checked, then
     one run, a comparison, or a batch; every process the tool started is gone
     and the temporary folder removed when it returns."""
     check_tracking_store(os.environ.get('MLFLOW_TRACKING_URI'))  # before MLflow makes one
     user_environ = dict(os.environ)
     tag = f'{os.getpid()}-{os.urandom(4).hex()}'
-    tool_environ: dict[str, str | None] = {k: user_environ.get(k) or v
-                                           for k, v in TOOL_HTTP_DEFAULTS.items()}
+    tool_environ: dict[str, str | None] = {
+        k: user_environ.get(k) or v for k, v in TOOL_HTTP_DEFAULTS.items()
+    }
     tool_environ['MLFLOW_TRACKING_URI'] = absolute_tracking_uri(
-        os.environ.get('MLFLOW_TRACKING_URI'))
+        os.environ.get('MLFLOW_TRACKING_URI')
+    )
     tool_environ['MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT'] = 'true'
     tool_environ[PROCESS_TAG] = tag
     with _environ(tool_environ), tempfile.TemporaryDirectory(prefix='reproduce_run-') as tmp_root:
@@ -4245,9 +4709,18 @@ def invoke(options: Options, selection: Selection, compare_to_id: str | None, st
             backend = backend_from_options(options)  # config errors first
             tracking_uri = mlflow.get_tracking_uri()
             check_tracking_server(tracking_uri)
-            session = Session(options, mlflow.MlflowClient(), tracking_uri, user_environ,
-                              tmp_root, tag, stop, batch=selection.is_batch,
-                              left_open=left_open, backend=backend)
+            session = Session(
+                options,
+                mlflow.MlflowClient(),
+                tracking_uri,
+                user_environ,
+                tmp_root,
+                tag,
+                stop,
+                batch=selection.is_batch,
+                left_open=left_open,
+                backend=backend,
+            )
             if compare_to_id:
                 return compare_to(session, selection.run_ids[0], compare_to_id)
             if not selection.is_batch:
@@ -4261,6 +4734,7 @@ def invoke(options: Options, selection: Selection, compare_to_id: str | None, st
 
 # ---------------------------------------------------------------------------
 # Command line.
+
 
 def _run_id(s: str) -> str:
     if not _RUN_ID_RE.match(s):
@@ -4297,7 +4771,8 @@ def _repeat_count(s: str) -> int:
         raise argparse.ArgumentTypeError(f'expected a whole number, got {s!r}') from None
     if value < 2:
         raise argparse.ArgumentTypeError(
-            f'expected a number >= 2 (one reproduction is the default), got {s!r}')
+            f'expected a number >= 2 (one reproduction is the default), got {s!r}'
+        )
     return value
 
 
@@ -4337,91 +4812,210 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog='reproduce_run',
         description='Re-execute the MLflow Project of a past run at its exact '
-                    'commit with its parameters, and compare the metrics.',
+        'commit with its parameters, and compare the metrics.',
         epilog='exit codes: 0 runs equal, 1 runs differ, 2 could not start, '
-               '3 the reproduced run failed, 130 interrupted, 143 terminated',
+        '3 the reproduced run failed, 130 interrupted, 143 terminated',
     )
-    parser.add_argument('--run_id', '--run-id', dest='run_id', type=_run_id, nargs='+',
-                        action='extend', metavar='RUN_ID',
-                        help='the reference run(s) to reproduce; repeatable')
+    parser.add_argument(
+        '--run_id',
+        '--run-id',
+        dest='run_id',
+        type=_run_id,
+        nargs='+',
+        action='extend',
+        metavar='RUN_ID',
+        help='the reference run(s) to reproduce; repeatable',
+    )
     # --version names the commit to run, as in `mlflow run`; the tool's own
     # version needs another name.
-    parser.add_argument('--tool-version', action='version',
-                        version=f'reproduce_run {__version__}',
-                        help="print this tool's version and exit")
-    parser.add_argument('--uri', help="project URI, overriding the run's recorded source "
-                                      '(a git URL or path, with #subdir)')
-    parser.add_argument('--experiment_name', '--experiment-name', dest='experiment_name',
-                        default='Default',
-                        help='experiment that receives the reproduced run (default: %(default)s)')
+    parser.add_argument(
+        '--tool-version',
+        action='version',
+        version=f'reproduce_run {__version__}',
+        help="print this tool's version and exit",
+    )
+    parser.add_argument(
+        '--uri',
+        help="project URI, overriding the run's recorded source (a git URL or path, with #subdir)",
+    )
+    parser.add_argument(
+        '--experiment_name',
+        '--experiment-name',
+        dest='experiment_name',
+        default='Default',
+        help='experiment that receives the reproduced run (default: %(default)s)',
+    )
     parser.add_argument('--version', help="commit to run (default: the run's recorded commit)")
-    parser.add_argument('--entry-point', '-e', dest='entry_point',
-                        help=f"entry point (default: the run's, else {DEFAULT_ENTRY_POINT})")
-    parser.add_argument('--env-manager', dest='env_manager', choices=ENV_MANAGERS,
-                        help="environment manager (default: the run's recorded one, else local)")
-    parser.add_argument('--backend', '-b', default=DEFAULT_BACKEND, metavar='NAME',
-                        help='MLflow execution backend: local, kubernetes, databricks or an '
-                             'installed backend plugin (default: %(default)s)')
-    parser.add_argument('--backend-config', '-c', dest='backend_config', metavar='FILE_OR_JSON',
-                        help='backend config, as for `mlflow run -c`: a path ending in .json '
-                             'or an inline JSON object')
+    parser.add_argument(
+        '--entry-point',
+        '-e',
+        dest='entry_point',
+        help=f"entry point (default: the run's, else {DEFAULT_ENTRY_POINT})",
+    )
+    parser.add_argument(
+        '--env-manager',
+        dest='env_manager',
+        choices=ENV_MANAGERS,
+        help="environment manager (default: the run's recorded one, else local)",
+    )
+    parser.add_argument(
+        '--backend',
+        '-b',
+        default=DEFAULT_BACKEND,
+        metavar='NAME',
+        help='MLflow execution backend: local, kubernetes, databricks or an '
+        'installed backend plugin (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--backend-config',
+        '-c',
+        dest='backend_config',
+        metavar='FILE_OR_JSON',
+        help='backend config, as for `mlflow run -c`: a path ending in .json '
+        'or an inline JSON object',
+    )
     batch = parser.add_argument_group('choosing many runs (a batch)')
-    batch.add_argument('--runs-file', metavar='FILE',
-                       help="run IDs one per line, '#' starts a comment; - reads standard input")
-    batch.add_argument('--model', action='append', default=[], metavar='URI',
-                       help='the run behind a registered model version: models:/NAME/VERSION '
-                            'or models:/NAME@ALIAS; repeatable')
-    batch.add_argument('--from-experiment', action='append', default=[], metavar='NAME',
-                       help="select runs of this experiment with MLflow's search; repeatable")
-    batch.add_argument('--filter', metavar='STRING',
-                       help='an MLflow search filter for --from-experiment')
-    batch.add_argument('--since', type=_duration, metavar='DURATION',
-                       help='only runs started within this window before now: 90m, 36h, 7d')
-    batch.add_argument('--max-runs', type=_positive_int, default=DEFAULT_MAX_RUNS, metavar='N',
-                       help='at most N runs selected by search (default: %(default)s)')
-    batch.add_argument('--order-by', default=DEFAULT_ORDER_BY, metavar='CLAUSE',
-                       help='MLflow order-by clause for the search (default: %(default)s)')
-    batch.add_argument('--sample', type=_positive_int, metavar='K',
-                       help='reproduce a random K of the runs selected by search')
-    batch.add_argument('--sample-seed', type=int, metavar='S',
-                       help='seed of --sample, for a repeatable choice')
-    batch.add_argument('--jobs', '-j', type=_positive_int, default=1, metavar='N',
-                       help='reproductions at once (default: %(default)s)')
-    batch.add_argument('--repeat', type=_repeat_count, metavar='N',
-                       help='reproduce each run N >= 2 times and tell nondeterminism from drift')
+    batch.add_argument(
+        '--runs-file',
+        metavar='FILE',
+        help="run IDs one per line, '#' starts a comment; - reads standard input",
+    )
+    batch.add_argument(
+        '--model',
+        action='append',
+        default=[],
+        metavar='URI',
+        help='the run behind a registered model version: models:/NAME/VERSION '
+        'or models:/NAME@ALIAS; repeatable',
+    )
+    batch.add_argument(
+        '--from-experiment',
+        action='append',
+        default=[],
+        metavar='NAME',
+        help="select runs of this experiment with MLflow's search; repeatable",
+    )
+    batch.add_argument(
+        '--filter', metavar='STRING', help='an MLflow search filter for --from-experiment'
+    )
+    batch.add_argument(
+        '--since',
+        type=_duration,
+        metavar='DURATION',
+        help='only runs started within this window before now: 90m, 36h, 7d',
+    )
+    batch.add_argument(
+        '--max-runs',
+        type=_positive_int,
+        default=DEFAULT_MAX_RUNS,
+        metavar='N',
+        help='at most N runs selected by search (default: %(default)s)',
+    )
+    batch.add_argument(
+        '--order-by',
+        default=DEFAULT_ORDER_BY,
+        metavar='CLAUSE',
+        help='MLflow order-by clause for the search (default: %(default)s)',
+    )
+    batch.add_argument(
+        '--sample',
+        type=_positive_int,
+        metavar='K',
+        help='reproduce a random K of the runs selected by search',
+    )
+    batch.add_argument(
+        '--sample-seed', type=int, metavar='S', help='seed of --sample, for a repeatable choice'
+    )
+    batch.add_argument(
+        '--jobs',
+        '-j',
+        type=_positive_int,
+        default=1,
+        metavar='N',
+        help='reproductions at once (default: %(default)s)',
+    )
+    batch.add_argument(
+        '--repeat',
+        type=_repeat_count,
+        metavar='N',
+        help='reproduce each run N >= 2 times and tell nondeterminism from drift',
+    )
     judging = parser.add_argument_group('judging')
-    judging.add_argument('--rtol', '--rel_tol', dest='rtol', type=_tolerance,
-                         default=DEFAULT_RTOL, help='relative tolerance (default: %(default)s)')
-    judging.add_argument('--atol', type=_tolerance, default=DEFAULT_ATOL,
-                         help='absolute tolerance (default: %(default)s)')
-    judging.add_argument('--tolerance', action='append', default=[], type=_metric_tolerance,
-                         metavar='KEY=RTOL[,ATOL]',
-                         help='tolerance for the metrics matching the glob KEY; repeatable, '
-                              'the last match wins')
-    judging.add_argument('--ignore-metric', action='append', default=[], metavar='PATTERN',
-                         help='leave metrics matching the glob out of the verdict (still '
-                              'listed); repeatable')
-    judging.add_argument('--last-only', action='store_true',
-                         help="compare only each metric's latest value, not its history")
-    judging.add_argument('--compare-to', type=_run_id, metavar='RUN_ID',
-                         help='compare the reference with this existing run; run nothing')
+    judging.add_argument(
+        '--rtol',
+        '--rel_tol',
+        dest='rtol',
+        type=_tolerance,
+        default=DEFAULT_RTOL,
+        help='relative tolerance (default: %(default)s)',
+    )
+    judging.add_argument(
+        '--atol',
+        type=_tolerance,
+        default=DEFAULT_ATOL,
+        help='absolute tolerance (default: %(default)s)',
+    )
+    judging.add_argument(
+        '--tolerance',
+        action='append',
+        default=[],
+        type=_metric_tolerance,
+        metavar='KEY=RTOL[,ATOL]',
+        help='tolerance for the metrics matching the glob KEY; repeatable, the last match wins',
+    )
+    judging.add_argument(
+        '--ignore-metric',
+        action='append',
+        default=[],
+        metavar='PATTERN',
+        help='leave metrics matching the glob out of the verdict (still listed); repeatable',
+    )
+    judging.add_argument(
+        '--last-only',
+        action='store_true',
+        help="compare only each metric's latest value, not its history",
+    )
+    judging.add_argument(
+        '--compare-to',
+        type=_run_id,
+        metavar='RUN_ID',
+        help='compare the reference with this existing run; run nothing',
+    )
     out = parser.add_argument_group('output')
-    out.add_argument('--output', choices=('table', 'json', 'markdown'), default='table',
-                     help='report format on standard output (default: %(default)s)')
-    out.add_argument('--no-plots', action='store_true',
-                     help='do not attach plots of differing histories to the reproduced run')
-    out.add_argument('--dry-run', action='store_true',
-                     help='resolve and print the plan; create no run, run nothing')
-    out.add_argument('--allow-unsafe-command', action='store_true',
-                     help='run even when a param value with shell metacharacters would '
-                          'land inside quotes in the command (it may run as shell code)')
-    out.add_argument('--keep-registrations', action='store_true',
-                     help='let the models the project registers reach the model registry '
-                          '(default: a scratch registry, discarded afterwards)')
-    out.add_argument('--verbose', action='store_true',
-                     help="show run details, MLflow's log lines and tracebacks")
-    out.add_argument('--quiet', '-q', action='store_true',
-                     help='print nothing but errors on standard error')
+    out.add_argument(
+        '--output',
+        choices=('table', 'json', 'markdown'),
+        default='table',
+        help='report format on standard output (default: %(default)s)',
+    )
+    out.add_argument(
+        '--no-plots',
+        action='store_true',
+        help='do not attach plots of differing histories to the reproduced run',
+    )
+    out.add_argument(
+        '--dry-run',
+        action='store_true',
+        help='resolve and print the plan; create no run, run nothing',
+    )
+    out.add_argument(
+        '--allow-unsafe-command',
+        action='store_true',
+        help='run even when a param value with shell metacharacters would '
+        'land inside quotes in the command (it may run as shell code)',
+    )
+    out.add_argument(
+        '--keep-registrations',
+        action='store_true',
+        help='let the models the project registers reach the model registry '
+        '(default: a scratch registry, discarded afterwards)',
+    )
+    out.add_argument(
+        '--verbose', action='store_true', help="show run details, MLflow's log lines and tracebacks"
+    )
+    out.add_argument(
+        '--quiet', '-q', action='store_true', help='print nothing but errors on standard error'
+    )
     return parser
 
 
@@ -4438,13 +5032,27 @@ def _conflicting_options(args: argparse.Namespace) -> str | None:
     """What argparse cannot say: which options need or exclude each other."""
     chosen = bool(args.run_id or args.runs_file or args.model or args.from_experiment)
     if not chosen:
-        return ('the following arguments are required: --run_id/--run-id (or --runs-file, '
-                '--model, --from-experiment)')
-    if args.compare_to and (len(args.run_id or ()) != 1 or args.runs_file or args.model
-                            or args.from_experiment or args.repeat):
+        return (
+            'the following arguments are required: --run_id/--run-id (or --runs-file, '
+            '--model, --from-experiment)'
+        )
+    if args.compare_to and (
+        len(args.run_id or ()) != 1
+        or args.runs_file
+        or args.model
+        or args.from_experiment
+        or args.repeat
+    ):
         return '--compare-to compares exactly one --run_id with one other run'
-    search_only = [flag for flag, value in (('--filter', args.filter), ('--since', args.since),
-                                            ('--sample', args.sample)) if value is not None]
+    search_only = [
+        flag
+        for flag, value in (
+            ('--filter', args.filter),
+            ('--since', args.since),
+            ('--sample', args.sample),
+        )
+        if value is not None
+    ]
     if search_only and not args.from_experiment:
         return f'{search_only[0]} selects among the runs of --from-experiment, which is missing'
     if args.quiet and args.verbose:
@@ -4452,23 +5060,34 @@ def _conflicting_options(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _error_outcome(e: Exception, verbose: bool, selection: Selection, rules: Rules,
-                   ) -> Report | BatchReport:
+def _error_outcome(
+    e: Exception,
+    verbose: bool,
+    selection: Selection,
+    rules: Rules,
+) -> Report | BatchReport:
     """An invocation that could not start: one line, and a report that says so."""
     if verbose:
         import traceback
+
         traceback.print_exc()
     if isinstance(e, ReproduceError):
         message, code = str(e), e.exit_code
     else:  # a failure we did not foresee: still one line
-        message = (f'unexpected {type(e).__name__}: {_last_line(str(e))} '
-                   f'(--verbose shows the traceback)')
+        message = (
+            f'unexpected {type(e).__name__}: {_last_line(str(e))} (--verbose shows the traceback)'
+        )
         code = EXIT_CANNOT_START
     message = mask_credentials(message)
     if selection.is_batch:
         return BatchReport((), message=message)
-    return Report(status='error', exit_code=code, reference_run_id=selection.run_ids[0],
-                  message=message, rules=rules)
+    return Report(
+        status='error',
+        exit_code=code,
+        reference_run_id=selection.run_ids[0],
+        message=message,
+        rules=rules,
+    )
 
 
 def _stderr_lines(outcome: Report | BatchReport) -> list[str]:
@@ -4525,5 +5144,6 @@ if __name__ == '__main__':
     # The interpreter's last garbage collections would walk every object MLflow
     # made: about 0.7 s at exit, more than the tool's own work (benchmarks/).
     import gc
+
     gc.freeze()
     raise SystemExit(code)

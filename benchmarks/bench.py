@@ -35,6 +35,7 @@ Everything runs in temporary folders that are removed at the end; every
 process started here is stopped by its ID.  Progress goes to standard error,
 the Markdown tables of results to standard output.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,9 +83,11 @@ def progress(message: str) -> None:
 # ---------------------------------------------------------------------------
 # Results.
 
+
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """Times of a baseline A and a candidate B, taken in the same rounds."""
+
     section: str
     baseline: str
     candidate: str
@@ -107,28 +110,46 @@ class Comparison:
     @property
     def round_ratios(self) -> list[float]:
         """B/A within each round, where A and B ran next to each other."""
-        return [b / a for a, b in zip(self.a, self.b)]
+        return [b / a for a, b in zip(self.a, self.b, strict=True)]
 
 
 def markdown_table(rows: Sequence[Comparison]) -> str:
-    headers = ['section', 'A (baseline)', 'B (candidate)', 'rounds', 'A median s',
-               'B median s', 'B/A', 'B/A per round (min-max)', 'B-A s']
+    headers = [
+        'section',
+        'A (baseline)',
+        'B (candidate)',
+        'rounds',
+        'A median s',
+        'B median s',
+        'B/A',
+        'B/A per round (min-max)',
+        'B-A s',
+    ]
     body = []
     for c in rows:
         ratios = c.round_ratios
-        body.append([
-            c.section, c.baseline, c.candidate, str(len(c.a)),
-            f'{c.a_median:.3f}', f'{c.b_median:.3f}', f'{c.ratio:.3f}',
-            f'{min(ratios):.3f}-{max(ratios):.3f}', f'{c.b_median - c.a_median:+.3f}',
-        ])
-    lines = ['| ' + ' | '.join(headers) + ' |',
-             '|' + '|'.join(' --- ' for _ in headers) + '|']
+        body.append(
+            [
+                c.section,
+                c.baseline,
+                c.candidate,
+                str(len(c.a)),
+                f'{c.a_median:.3f}',
+                f'{c.b_median:.3f}',
+                f'{c.ratio:.3f}',
+                f'{min(ratios):.3f}-{max(ratios):.3f}',
+                f'{c.b_median - c.a_median:+.3f}',
+            ]
+        )
+    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '|'.join(' --- ' for _ in headers) + '|']
     lines += ['| ' + ' | '.join(row) + ' |' for row in body]
     return '\n'.join(lines)
 
 
 def interleave(
-        alternatives: Sequence[Callable[[], float]], rounds: int, warmup: bool = True,
+    alternatives: Sequence[Callable[[], float]],
+    rounds: int,
+    warmup: bool = True,
 ) -> list[list[float]]:
     """Run the alternatives A B C A B C ..., each returning its own time;
     one untimed round first (caches, .pyc files, lazily created tables)."""
@@ -139,14 +160,14 @@ def interleave(
     for r in range(rounds):
         for i, alternative in enumerate(alternatives):
             times[i].append(alternative())
-        progress(f'  round {r + 1}/{rounds}: '
-                 + ', '.join(f'{t[-1]:.3f}s' for t in times))
+        progress(f'  round {r + 1}/{rounds}: ' + ', '.join(f'{t[-1]:.3f}s' for t in times))
     return times
 
 
 # ---------------------------------------------------------------------------
 # Processes: each started in its own session, so that it and whatever it
 # starts can be stopped together by its process ID.
+
 
 def stop(proc: subprocess.Popen[Any]) -> None:
     """SIGTERM to the process group we started, then SIGKILL."""
@@ -163,15 +184,23 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def run_timed(
-        cmd: Sequence[str], env: Mapping[str, str], cwd: Path | str,
-        expect: int = 0, expect_stderr: str | None = None,
+    cmd: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path | str,
+    expect: int = 0,
+    expect_stderr: str | None = None,
 ) -> tuple[float, str]:
     """(wall time in seconds, standard error) of one command, which must end
     with the expected exit status."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cmd,
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -203,7 +232,7 @@ def base_env(tracking_uri: str | None = None) -> dict[str, str]:
 # ---------------------------------------------------------------------------
 # 1. Start-up.
 
-_IMPORTS_MLFLOW_CHECK = '''
+_IMPORTS_MLFLOW_CHECK = """
 import runpy, sys
 sys.argv = [sys.argv[1], *sys.argv[2:]]
 try:
@@ -211,16 +240,21 @@ try:
 except SystemExit:
     pass
 sys.__stdout__.flush()
-print('\\nIMPORTED_MLFLOW=' + str(any(m == 'mlflow' or m.startswith('mlflow.') for m in sys.modules)))
-'''
+imported = any(m == 'mlflow' or m.startswith('mlflow.') for m in sys.modules)
+print('\\nIMPORTED_MLFLOW=' + str(imported))
+"""
 
 
 def imports_mlflow(args: Sequence[str], env: Mapping[str, str], cwd: Path) -> bool:
     """Whether reproduce_run.py imports mlflow when run with these arguments."""
     proc = subprocess.run(
         (sys.executable, '-c', _IMPORTS_MLFLOW_CHECK, str(SCRIPT), *args),
-        env=dict(env), cwd=cwd, capture_output=True, text=True,
-        stdin=subprocess.DEVNULL, timeout=PROCESS_TIMEOUT,
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=PROCESS_TIMEOUT,
     )
     match = re.search(r'IMPORTED_MLFLOW=(True|False)', proc.stdout)
     if not match:
@@ -247,24 +281,48 @@ def bench_startup(rounds: int, notes: list[str]) -> list[Comparison]:
         mlflow_t, help_t, bad_t, bare_t = interleave(alternatives, rounds)
         for label, args in (('--help', ['--help']), ('an argument error', ['--run_id', 'bad id'])):
             imported = imports_mlflow(args, env, cwd)
-            notes.append(f'reproduce_run.py {"imports" if imported else "does not import"} '
-                         f'mlflow for {label}')
+            notes.append(
+                f'reproduce_run.py {"imports" if imported else "does not import"} '
+                f'mlflow for {label}'
+            )
     return [
-        Comparison('start-up', 'python -c "import mlflow"', 'reproduce_run.py --help',
-                   tuple(mlflow_t), tuple(help_t)),
-        Comparison('start-up', 'python -c "import mlflow"', "reproduce_run.py --run_id 'bad id'",
-                   tuple(mlflow_t), tuple(bad_t)),
-        Comparison('start-up', 'python -c "import mlflow"', 'python -c pass (for scale)',
-                   tuple(mlflow_t), tuple(bare_t)),
+        Comparison(
+            'start-up',
+            'python -c "import mlflow"',
+            'reproduce_run.py --help',
+            tuple(mlflow_t),
+            tuple(help_t),
+        ),
+        Comparison(
+            'start-up',
+            'python -c "import mlflow"',
+            "reproduce_run.py --run_id 'bad id'",
+            tuple(mlflow_t),
+            tuple(bad_t),
+        ),
+        Comparison(
+            'start-up',
+            'python -c "import mlflow"',
+            'python -c pass (for scale)',
+            tuple(mlflow_t),
+            tuple(bare_t),
+        ),
     ]
 
 
 # ---------------------------------------------------------------------------
 # 2. Overhead of the tool against plain `mlflow run`.
 
+
 def git(*args: str, cwd: Path) -> None:
-    subprocess.run(('git', *args), cwd=cwd, check=True, capture_output=True,
-                   stdin=subprocess.DEVNULL, timeout=120)
+    subprocess.run(
+        ('git', *args),
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
 
 
 def make_repo(path: Path) -> Path:
@@ -294,7 +352,7 @@ def bench_overhead(rounds: int, notes: list[str]) -> list[Comparison]:
         repo = make_repo(Path(tmp) / 'repo')
         store = Path(tmp) / 'store'
         store.mkdir()
-        uri = f"sqlite:///{store / 'mlflow.db'}"
+        uri = f'sqlite:///{store / "mlflow.db"}'
         env = base_env(uri)
         project = str(repo / SAMPLE)
         mlflow_run = (sys.executable, '-m', 'mlflow', 'run', project, '--env-manager', 'local')
@@ -305,15 +363,22 @@ def bench_overhead(rounds: int, notes: list[str]) -> list[Comparison]:
         tool = (sys.executable, str(SCRIPT), '--run_id', reference)
         run_timed(tool, env, store)  # warm-up: must find the runs equal (exit 0)
         plain_t, tool_t = interleave(
-            [lambda: run_timed(mlflow_run, env, store)[0],
-             lambda: run_timed(tool, env, store)[0]],
-            rounds, warmup=False,
+            [lambda: run_timed(mlflow_run, env, store)[0], lambda: run_timed(tool, env, store)[0]],
+            rounds,
+            warmup=False,
         )
-    comparison = Comparison('overhead', f'mlflow run {SAMPLE}', 'reproduce_run.py --run_id <ref>',
-                            tuple(plain_t), tuple(tool_t))
-    notes.append(f'overhead of reproduce_run.py over plain `mlflow run`: '
-                 f'{comparison.b_median - comparison.a_median:+.2f} s per reproduction '
-                 f'(medians {comparison.b_median:.2f} s vs {comparison.a_median:.2f} s)')
+    comparison = Comparison(
+        'overhead',
+        f'mlflow run {SAMPLE}',
+        'reproduce_run.py --run_id <ref>',
+        tuple(plain_t),
+        tuple(tool_t),
+    )
+    notes.append(
+        f'overhead of reproduce_run.py over plain `mlflow run`: '
+        f'{comparison.b_median - comparison.a_median:+.2f} s per reproduction '
+        f'(medians {comparison.b_median:.2f} s vs {comparison.a_median:.2f} s)'
+    )
     return [comparison]
 
 
@@ -325,7 +390,7 @@ def bench_overhead(rounds: int, notes: list[str]) -> list[Comparison]:
 # microseconds a call: the phases are what the tool does, not what it would
 # do under a profiler (cProfile sees only the main thread, and the reproduction
 # runs in a worker thread).
-_BREAKDOWN_HARNESS = '''
+_BREAKDOWN_HARNESS = """
 import importlib.util, json, sys, threading, time
 T0, STARTED = time.perf_counter(), time.time()
 out, which, sys.argv = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -383,7 +448,7 @@ phases['started at'], phases['ended at'] = STARTED, time.time()
 with open(out, 'w') as f:
     json.dump(phases, f)
 sys.exit(code)
-'''
+"""
 
 # (row label, how it is computed from the phases of the tool).  Exclusive
 # times: a parent's row holds only what its named children do not.
@@ -393,22 +458,41 @@ _TOOL_ROWS: tuple[tuple[str, Callable[[Mapping[str, float]], float]], ...] = (
     ('store open (MlflowClient(): sqlalchemy, alembic, engine)', lambda p: p['store open']),
     ('read the reference run', lambda p: p['read_reference']),
     ('git fetch of the commit', lambda p: p['checkout']),
-    ('plan (MLproject, params, command check)',
-     lambda p: p['make_plan'] + p['check_command']),
+    ('plan (MLproject, params, command check)', lambda p: p['make_plan'] + p['check_command']),
     ('create run + params + tags', lambda p: p['create_reproduced_run']),
     ('start the project (command built, bash started)', lambda p: p['start_project']),
-    ('close run, end leftover processes',
-     lambda p: p['run_project'] - p['start_project'] - p['project']),
+    (
+        'close run, end leftover processes',
+        lambda p: p['run_project'] - p['start_project'] - p['project'],
+    ),
     ('registrations (scratch registry read)', lambda p: p['registrations_of']),
     ('history reads (+ get_run)', lambda p: p['judge_reproduction'] - p['judge']),
     ('judge', lambda p: p['judge']),
     ('record verdict (tags, artifacts)', lambda p: p['record_verdict']),
-    ('rest of reproduce_one (temp folders, report)',
-     lambda p: p['reproduce_one'] - sum(p[k] for k in (
-         'read_reference', 'checkout', 'make_plan', 'check_command', 'create_reproduced_run',
-         'run_project', 'registrations_of', 'judge_reproduction', 'record_verdict'))),
-    ('rest of invoke (thread, checks, cleanup)',
-     lambda p: p['invoke'] - p['store open'] - p['reproduce_one']),
+    (
+        'rest of reproduce_one (temp folders, report)',
+        lambda p: (
+            p['reproduce_one']
+            - sum(
+                p[k]
+                for k in (
+                    'read_reference',
+                    'checkout',
+                    'make_plan',
+                    'check_command',
+                    'create_reproduced_run',
+                    'run_project',
+                    'registrations_of',
+                    'judge_reproduction',
+                    'record_verdict',
+                )
+            )
+        ),
+    ),
+    (
+        'rest of invoke (thread, checks, cleanup)',
+        lambda p: p['invoke'] - p['store open'] - p['reproduce_one'],
+    ),
     ('render + rest of main', lambda p: p['main'] - p['invoke']),
 )
 
@@ -419,8 +503,9 @@ class Breakdown:
     rounds: int
 
 
-def run_phases(args: Sequence[str], which: str, env: Mapping[str, str],
-               cwd: Path) -> dict[str, float]:
+def run_phases(
+    args: Sequence[str], which: str, env: Mapping[str, str], cwd: Path
+) -> dict[str, float]:
     """Phases of one run under the harness, plus the whole process's wall time."""
     with tempfile.NamedTemporaryFile('r', prefix='phases-', dir=cwd) as out:
         cmd = (sys.executable, '-c', _BREAKDOWN_HARNESS, out.name, which, *args)
@@ -435,8 +520,9 @@ def run_phases(args: Sequence[str], which: str, env: Mapping[str, str],
     return phases
 
 
-def _median_of(rounds: Sequence[Mapping[str, float]],
-               value: Callable[[Mapping[str, float]], float]) -> float:
+def _median_of(
+    rounds: Sequence[Mapping[str, float]], value: Callable[[Mapping[str, float]], float]
+) -> float:
     return statistics.median(value(p) for p in rounds)
 
 
@@ -446,17 +532,18 @@ def bench_breakdown(rounds: int, notes: list[str]) -> Breakdown:
         repo = make_repo(Path(tmp) / 'repo')
         store = Path(tmp) / 'store'
         store.mkdir()
-        env = base_env(f"sqlite:///{store / 'mlflow.db'}")
+        env = base_env(f'sqlite:///{store / "mlflow.db"}')
         project = str(repo / SAMPLE)
         reference = make_reference(
-            (sys.executable, '-m', 'mlflow', 'run', project, '--env-manager', 'local'),
-            env, store)
+            (sys.executable, '-m', 'mlflow', 'run', project, '--env-manager', 'local'), env, store
+        )
         plain: list[dict[str, float]] = []
         tool: list[dict[str, float]] = []
 
         def plain_round() -> float:
-            plain.append(run_phases(('run', project, '--env-manager', 'local'), 'mlflow',
-                                    env, store))
+            plain.append(
+                run_phases(('run', project, '--env-manager', 'local'), 'mlflow', env, store)
+            )
             return plain[-1]['whole process']
 
         def tool_round() -> float:
@@ -466,8 +553,7 @@ def bench_breakdown(rounds: int, notes: list[str]) -> Breakdown:
         interleave([plain_round, tool_round], rounds)
     plain, tool = plain[1:], tool[1:]  # not the warm-up
 
-    def both(label: str, value: Callable[[Mapping[str, float]], float]
-             ) -> tuple[str, float, float]:
+    def both(label: str, value: Callable[[Mapping[str, float]], float]) -> tuple[str, float, float]:
         return label, _median_of(plain, value), _median_of(tool, value)
 
     def outside_project(p: Mapping[str, float]) -> float:
@@ -482,11 +568,18 @@ def bench_breakdown(rounds: int, notes: list[str]) -> Breakdown:
         both('import mlflow', lambda p: p['import mlflow']),
     ]
     rows += [(label, None, _median_of(tool, value)) for label, value in _TOOL_ROWS[1:]]
-    rows.append(('mlflow run: CLI import + store + run + its bookkeeping', _median_of(
-        plain, lambda p: p['in process'] - p['import mlflow'] - p['project']), 0.0))
-    notes.append(f'breakdown: outside the project, the tool costs '
-                 f'{1000 * _median_of(tool, outside_project):.0f} ms and `mlflow run` '
-                 f'{1000 * _median_of(plain, outside_project):.0f} ms')
+    rows.append(
+        (
+            'mlflow run: CLI import + store + run + its bookkeeping',
+            _median_of(plain, lambda p: p['in process'] - p['import mlflow'] - p['project']),
+            0.0,
+        )
+    )
+    notes.append(
+        f'breakdown: outside the project, the tool costs '
+        f'{1000 * _median_of(tool, outside_project):.0f} ms and `mlflow run` '
+        f'{1000 * _median_of(plain, outside_project):.0f} ms'
+    )
     return Breakdown(rows, len(tool))
 
 
@@ -501,6 +594,7 @@ def breakdown_table(breakdown: Breakdown) -> str:
 
 # ---------------------------------------------------------------------------
 # 4. Reading metric histories.
+
 
 def load_reproduce_run() -> ModuleType:
     spec = importlib.util.spec_from_file_location('reproduce_run', SCRIPT)
@@ -523,10 +617,13 @@ def make_runs(client: Any, metrics: int, steps: int, equal: bool = False) -> lis
         run_id = client.create_run(experiment_id, run_name=f'bench-{n}').info.run_id
         now = int(time.time() * 1000)
         offset = 0 if equal else n
-        points = [Metric(f'metric_{m:04d}', float(m * steps + s + offset), now + s, s)
-                  for m in range(metrics) for s in range(steps)]
+        points = [
+            Metric(f'metric_{m:04d}', float(m * steps + s + offset), now + s, s)
+            for m in range(metrics)
+            for s in range(steps)
+        ]
         for i in range(0, len(points), LOG_BATCH_LIMIT):
-            client.log_batch(run_id, metrics=points[i:i + LOG_BATCH_LIMIT])
+            client.log_batch(run_id, metrics=points[i : i + LOG_BATCH_LIMIT])
         client.set_terminated(run_id)
         run_ids.append(run_id)
     return run_ids
@@ -539,16 +636,22 @@ def sequential_histories(client: Any, runs: Sequence[Any]) -> list[dict[str, lis
     for run in runs:
         histories = {}
         for key in run.data.metrics:
-            history = sorted(client.get_metric_history(run.info.run_id, key),
-                             key=lambda m: (m.step, m.timestamp))
+            history = sorted(
+                client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp)
+            )
             histories[key] = [(m.step, m.value, m.timestamp) for m in history]
         result.append(histories)
     return result
 
 
 def bench_histories(
-        label: str, tracking_uri: str, rounds: int, metrics: int, steps: int,
-        module: ModuleType, notes: list[str],
+    label: str,
+    tracking_uri: str,
+    rounds: int,
+    metrics: int,
+    steps: int,
+    module: ModuleType,
+    notes: list[str],
 ) -> Comparison:
     from mlflow import MlflowClient
 
@@ -574,18 +677,25 @@ def bench_histories(
 
     progress(f'histories ({label}): {rounds} rounds of sequential / read_histories')
     sequential_t, concurrent_t = interleave(
-        [lambda: timed(lambda: sequential_histories(client, runs)),
-         lambda: timed(lambda: module.read_histories(client, runs, last_only=False))],
+        [
+            lambda: timed(lambda: sequential_histories(client, runs)),
+            lambda: timed(lambda: module.read_histories(client, runs, last_only=False)),
+        ],
         rounds,
     )
-    comparison = Comparison(f'histories, {label}',
-                            f'sequential get_metric_history ({2 * metrics} calls)',
-                            'read_histories (threads only over HTTP)',
-                            tuple(sequential_t), tuple(concurrent_t))
-    notes.append(f'histories, {label}: {1000 * comparison.a_median / (2 * metrics):.1f} ms '
-                 f'per get_metric_history call in turn, '
-                 f'{1000 * comparison.b_median / (2 * metrics):.1f} ms per metric '
-                 f'with read_histories')
+    comparison = Comparison(
+        f'histories, {label}',
+        f'sequential get_metric_history ({2 * metrics} calls)',
+        'read_histories (threads only over HTTP)',
+        tuple(sequential_t),
+        tuple(concurrent_t),
+    )
+    notes.append(
+        f'histories, {label}: {1000 * comparison.a_median / (2 * metrics):.1f} ms '
+        f'per get_metric_history call in turn, '
+        f'{1000 * comparison.b_median / (2 * metrics):.1f} ms per metric '
+        f'with read_histories'
+    )
     return comparison
 
 
@@ -603,11 +713,28 @@ def mlflow_server(where: Path) -> Iterator[str]:
     log_path = where / 'server.log'
     with open(log_path, 'w') as log:
         proc = subprocess.Popen(
-            (sys.executable, '-m', 'mlflow', 'server', '--host', '127.0.0.1',
-             '--port', str(port), '--backend-store-uri', f"sqlite:///{where / 'server.db'}",
-             '--artifacts-destination', str(where / 'artifacts'), '--workers', '2'),
-            env=base_env(), cwd=where, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            (
+                sys.executable,
+                '-m',
+                'mlflow',
+                'server',
+                '--host',
+                '127.0.0.1',
+                '--port',
+                str(port),
+                '--backend-store-uri',
+                f'sqlite:///{where / "server.db"}',
+                '--artifacts-destination',
+                str(where / 'artifacts'),
+                '--workers',
+                '2',
+            ),
+            env=base_env(),
+            cwd=where,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         url = f'http://127.0.0.1:{port}'
@@ -651,7 +778,11 @@ def quiet_mlflow() -> None:
 
 
 def bench_all_histories(
-        rounds: int, metrics: int, steps: int, server: bool, notes: list[str],
+    rounds: int,
+    metrics: int,
+    steps: int,
+    server: bool,
+    notes: list[str],
 ) -> list[Comparison]:
     quiet_mlflow()
     module = load_reproduce_run()
@@ -660,16 +791,32 @@ def bench_all_histories(
         store = Path(tmp) / 'sqlite'
         store.mkdir()
         with chdir(store):
-            results.append(bench_histories(
-                'sqlite', f"sqlite:///{store / 'mlflow.db'}", rounds, metrics, steps, module, notes,
-            ))
+            results.append(
+                bench_histories(
+                    'sqlite',
+                    f'sqlite:///{store / "mlflow.db"}',
+                    rounds,
+                    metrics,
+                    steps,
+                    module,
+                    notes,
+                )
+            )
         if server:
             where = Path(tmp) / 'server'
             where.mkdir()
             with chdir(where), mlflow_server(where) as url:
-                results.append(bench_histories(
-                    'mlflow server --workers 2', url, rounds, metrics, steps, module, notes,
-                ))
+                results.append(
+                    bench_histories(
+                        'mlflow server --workers 2',
+                        url,
+                        rounds,
+                        metrics,
+                        steps,
+                        module,
+                        notes,
+                    )
+                )
     return results
 
 
@@ -680,7 +827,7 @@ def bench_all_histories(
 # resident set (KiB) to a file: the projects it starts are other processes, and
 # do not count.  VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a
 # child of this (large) benchmark process would report the benchmark's peak.
-_MAXRSS_WRAPPER = '''
+_MAXRSS_WRAPPER = """
 import re, runpy, sys
 out, sys.argv = sys.argv[1], sys.argv[2:]
 code = 0
@@ -691,27 +838,36 @@ except SystemExit as e:
 with open(out, 'w') as f:
     f.write(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))
 sys.exit(code)
-'''
+"""
 
 
 @dataclasses.dataclass(frozen=True)
 class Memory:
     """Peak resident memory of the tool's process, in MiB, one per round."""
+
     section: str
     what: str
     peaks: tuple[float, ...]
 
 
 def memory_table(rows: Sequence[Memory]) -> str:
-    lines = ['| section | tool process | runs | peak RSS MiB, median | max |',
-             '| --- | --- | --- | --- | --- |']
-    lines += [f'| {m.section} | {m.what} | {len(m.peaks)} | '
-              f'{statistics.median(m.peaks):.0f} | {max(m.peaks):.0f} |' for m in rows]
+    lines = [
+        '| section | tool process | runs | peak RSS MiB, median | max |',
+        '| --- | --- | --- | --- | --- |',
+    ]
+    lines += [
+        f'| {m.section} | {m.what} | {len(m.peaks)} | '
+        f'{statistics.median(m.peaks):.0f} | {max(m.peaks):.0f} |'
+        for m in rows
+    ]
     return '\n'.join(lines)
 
 
 def run_tool(
-        args: Sequence[str], env: Mapping[str, str], cwd: Path, expect: int = 0,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    expect: int = 0,
 ) -> tuple[float, float]:
     """(wall seconds, peak RSS MiB of the tool's own process) of one
     reproduce_run.py invocation."""
@@ -730,24 +886,28 @@ def timed_call(call: Callable[[], object]) -> float:
 # ---------------------------------------------------------------------------
 # 5. --compare-to against reading the two runs with a plain script.
 
+
 def plain_compare_script(run_ids: Sequence[str], keys: Sequence[str]) -> str:
     """What --compare-to costs at the least: import mlflow, read both runs
     and every history, nothing else."""
-    return ('import mlflow; c = mlflow.MlflowClient(); '
-            + ''.join(f'c.get_run({r!r}); ' for r in run_ids)
-            + f'[c.get_metric_history(r, k) for r in {tuple(run_ids)!r} '
-              f'for k in {tuple(keys)!r}]')
+    return (
+        'import mlflow; c = mlflow.MlflowClient(); '
+        + ''.join(f'c.get_run({r!r}); ' for r in run_ids)
+        + f'[c.get_metric_history(r, k) for r in {tuple(run_ids)!r} '
+        f'for k in {tuple(keys)!r}]'
+    )
 
 
-def bench_compare_to(rounds: int, metrics: int, steps: int, notes: list[str],
-                     memory: list[Memory]) -> list[Comparison]:
+def bench_compare_to(
+    rounds: int, metrics: int, steps: int, notes: list[str], memory: list[Memory]
+) -> list[Comparison]:
     from mlflow import MlflowClient
 
     quiet_mlflow()
     progress(f'compare-to: 2 runs x {metrics} metrics x {steps} steps, {rounds} rounds')
     with tempfile.TemporaryDirectory(prefix='bench-compare-') as tmp:
         store = Path(tmp)
-        uri = f"sqlite:///{store / 'mlflow.db'}"
+        uri = f'sqlite:///{store / "mlflow.db"}'
         with chdir(store), contextlib.redirect_stdout(sys.stderr):
             run_ids = make_runs(MlflowClient(tracking_uri=uri), metrics, steps)
         env = base_env(uri)
@@ -761,24 +921,37 @@ def bench_compare_to(rounds: int, metrics: int, steps: int, notes: list[str],
             peaks.append(peak)
             return elapsed
 
-        plain_t, tool_t = interleave(
-            [lambda: run_timed(plain, env, store)[0], tool_round], rounds)
-    memory.append(Memory('compare-to', f'--compare-to, {metrics} metrics x {steps} steps',
-                         tuple(peaks[1:])))  # not the warm-up
+        plain_t, tool_t = interleave([lambda: run_timed(plain, env, store)[0], tool_round], rounds)
+    memory.append(
+        Memory('compare-to', f'--compare-to, {metrics} metrics x {steps} steps', tuple(peaks[1:]))
+    )  # not the warm-up
     comparison = Comparison(
-        'compare-to', 'python -c "get_run x2 + get_metric_history loop"',
-        'reproduce_run.py --run_id R --compare-to S', tuple(plain_t), tuple(tool_t))
-    notes.append(f'compare-to: {comparison.ratio:.2f}x the plain read of both runs '
-                 f'(goal <= 1.1), {comparison.b_median - comparison.a_median:+.2f} s')
+        'compare-to',
+        'python -c "get_run x2 + get_metric_history loop"',
+        'reproduce_run.py --run_id R --compare-to S',
+        tuple(plain_t),
+        tuple(tool_t),
+    )
+    notes.append(
+        f'compare-to: {comparison.ratio:.2f}x the plain read of both runs '
+        f'(goal <= 1.1), {comparison.b_median - comparison.a_median:+.2f} s'
+    )
     return [comparison]
 
 
 # ---------------------------------------------------------------------------
 # 6. Judging a million points against reading them.
 
+
 def bench_judging_on(
-        label: str, tracking_uri: str, run_ids: Sequence[str], rounds: int,
-        module: ModuleType, cwd: Path, notes: list[str], memory: list[Memory],
+    label: str,
+    tracking_uri: str,
+    run_ids: Sequence[str],
+    rounds: int,
+    module: ModuleType,
+    cwd: Path,
+    notes: list[str],
+    memory: list[Memory],
 ) -> list[Comparison]:
     from mlflow import MlflowClient
 
@@ -795,31 +968,50 @@ def bench_judging_on(
     def judge_once() -> float:
         return timed_call(lambda: module.judge(ref, new, rules))
 
-    progress(f'judging ({label}): {rounds} rounds of loop / read_histories / judge '
-             f'on {points:,} points')
+    progress(
+        f'judging ({label}): {rounds} rounds of loop / read_histories / judge on {points:,} points'
+    )
     loop_t, read_t, judge_t = interleave(
-        [lambda: timed_call(lambda: sequential_histories(client, runs)),
-         lambda: timed_call(lambda: module.read_histories(client, runs, last_only=False)),
-         judge_once],
+        [
+            lambda: timed_call(lambda: sequential_histories(client, runs)),
+            lambda: timed_call(lambda: module.read_histories(client, runs, last_only=False)),
+            judge_once,
+        ],
         rounds,
     )
-    elapsed, peak = run_tool(('--run_id', run_ids[0], '--compare-to', run_ids[1]),
-                             base_env(tracking_uri), cwd)
+    elapsed, peak = run_tool(
+        ('--run_id', run_ids[0], '--compare-to', run_ids[1]), base_env(tracking_uri), cwd
+    )
     memory.append(Memory(f'judging, {label}', f'--compare-to, {points:,} points', (peak,)))
-    notes.append(f'judging, {label}: reproduce_run.py --compare-to on {points:,} points took '
-                 f'{elapsed:.1f} s with a peak RSS of {peak:.0f} MiB')
-    rows = [Comparison(f'judging, {label}',
-                       f'get_metric_history loop ({calls} calls, {points:,} points)',
-                       'reproduce_run.judge on them', tuple(loop_t), tuple(judge_t))]
+    notes.append(
+        f'judging, {label}: reproduce_run.py --compare-to on {points:,} points took '
+        f'{elapsed:.1f} s with a peak RSS of {peak:.0f} MiB'
+    )
+    rows = [
+        Comparison(
+            f'judging, {label}',
+            f'get_metric_history loop ({calls} calls, {points:,} points)',
+            'reproduce_run.judge on them',
+            tuple(loop_t),
+            tuple(judge_t),
+        )
+    ]
     if module._is_http(tracking_uri):  # the tool's own test of a remote store
-        rows.append(Comparison(f'judging, {label}',
-                               'reproduce_run.read_histories (concurrent over HTTP)',
-                               'reproduce_run.judge on them', tuple(read_t), tuple(judge_t)))
+        rows.append(
+            Comparison(
+                f'judging, {label}',
+                'reproduce_run.read_histories (concurrent over HTTP)',
+                'reproduce_run.judge on them',
+                tuple(read_t),
+                tuple(judge_t),
+            )
+        )
     return rows
 
 
-def bench_judging(rounds: int, metrics: int, steps: int, server: bool, notes: list[str],
-                  memory: list[Memory]) -> list[Comparison]:
+def bench_judging(
+    rounds: int, metrics: int, steps: int, server: bool, notes: list[str], memory: list[Memory]
+) -> list[Comparison]:
     """Log the two runs once into sqlite; the server serves a copy of that
     store, so a million points are logged once, not twice."""
     from mlflow import MlflowClient
@@ -830,23 +1022,27 @@ def bench_judging(rounds: int, metrics: int, steps: int, server: bool, notes: li
     with tempfile.TemporaryDirectory(prefix='bench-judging-') as tmp:
         store = Path(tmp) / 'sqlite'
         store.mkdir()
-        uri = f"sqlite:///{store / 'mlflow.db'}"
-        progress(f'judging: logging 2 equal runs x {metrics} metrics x {steps} steps '
-                 f'({2 * metrics * steps:,} points) with log_batch')
+        uri = f'sqlite:///{store / "mlflow.db"}'
+        progress(
+            f'judging: logging 2 equal runs x {metrics} metrics x {steps} steps '
+            f'({2 * metrics * steps:,} points) with log_batch'
+        )
         started = time.perf_counter()
         with chdir(store), contextlib.redirect_stdout(sys.stderr):
             run_ids = make_runs(MlflowClient(tracking_uri=uri), metrics, steps, equal=True)
         progress(f'  logged in {time.perf_counter() - started:.0f} s')
         with chdir(store):
-            results += bench_judging_on('sqlite', uri, run_ids, rounds, module, store, notes,
-                                        memory)
+            results += bench_judging_on(
+                'sqlite', uri, run_ids, rounds, module, store, notes, memory
+            )
         if server:
             where = Path(tmp) / 'server'
             where.mkdir()
             shutil.copyfile(store / 'mlflow.db', where / 'server.db')
             with chdir(where), mlflow_server(where) as url:
-                results += bench_judging_on('mlflow server --workers 2', url, run_ids, rounds,
-                                            module, where, notes, memory)
+                results += bench_judging_on(
+                    'mlflow server --workers 2', url, run_ids, rounds, module, where, notes, memory
+                )
     return results
 
 
@@ -857,16 +1053,26 @@ BATCH_SAMPLE = 'slow'
 BATCH_RUNS = 4
 
 
-def bench_batch(rounds: int, seconds: float, notes: list[str],
-                memory: list[Memory]) -> list[Comparison]:
+def bench_batch(
+    rounds: int, seconds: float, notes: list[str], memory: list[Memory]
+) -> list[Comparison]:
     progress(f'batch: {BATCH_RUNS} reference runs of {BATCH_SAMPLE} -P seconds={seconds:g}')
     with tempfile.TemporaryDirectory(prefix='bench-batch-') as tmp:
         repo = make_repo(Path(tmp) / 'repo')
         store = Path(tmp) / 'store'
         store.mkdir()
-        env = base_env(f"sqlite:///{store / 'mlflow.db'}")
-        mlflow_run = (sys.executable, '-m', 'mlflow', 'run', str(repo / BATCH_SAMPLE),
-                      '--env-manager', 'local', '-P', f'seconds={seconds:g}')
+        env = base_env(f'sqlite:///{store / "mlflow.db"}')
+        mlflow_run = (
+            sys.executable,
+            '-m',
+            'mlflow',
+            'run',
+            str(repo / BATCH_SAMPLE),
+            '--env-manager',
+            'local',
+            '-P',
+            f'seconds={seconds:g}',
+        )
         references = [make_reference(mlflow_run, env, store) for _ in range(BATCH_RUNS)]
         peaks: dict[int, list[float]] = {1: [], 2: []}
 
@@ -878,19 +1084,27 @@ def bench_batch(rounds: int, seconds: float, notes: list[str],
         progress(f'batch: {rounds} rounds of --jobs 1 / --jobs 2')
         one_t, two_t = interleave([lambda: batch(1), lambda: batch(2)], rounds)
     for jobs in (1, 2):
-        memory.append(Memory('batch', f'--run_id x{BATCH_RUNS} --jobs {jobs}',
-                             tuple(peaks[jobs][1:])))  # not the warm-up
+        memory.append(
+            Memory('batch', f'--run_id x{BATCH_RUNS} --jobs {jobs}', tuple(peaks[jobs][1:]))
+        )  # not the warm-up
     comparison = Comparison(
-        'batch', f'reproduce_run.py --run_id x{BATCH_RUNS} --jobs 1 ({BATCH_SAMPLE}, '
-        f'{seconds:g} s each)', '... --jobs 2', tuple(one_t), tuple(two_t))
-    notes.append(f'batch: --jobs 2 takes {comparison.ratio:.2f}x the wall time of --jobs 1 '
-                 f'(goal <= 0.6); {comparison.a_median / BATCH_RUNS:.1f} s per run with '
-                 f'--jobs 1')
+        'batch',
+        f'reproduce_run.py --run_id x{BATCH_RUNS} --jobs 1 ({BATCH_SAMPLE}, {seconds:g} s each)',
+        '... --jobs 2',
+        tuple(one_t),
+        tuple(two_t),
+    )
+    notes.append(
+        f'batch: --jobs 2 takes {comparison.ratio:.2f}x the wall time of --jobs 1 '
+        f'(goal <= 0.6); {comparison.a_median / BATCH_RUNS:.1f} s per run with '
+        f'--jobs 1'
+    )
     return [comparison]
 
 
 # ---------------------------------------------------------------------------
 # Command line.
+
 
 def _positive(s: str) -> int:
     try:
@@ -904,47 +1118,85 @@ def _positive(s: str) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog='bench', description=__doc__.split('\n\n')[0] if __doc__ else None,
+        prog='bench',
+        description=__doc__.split('\n\n')[0] if __doc__ else None,
     )
-    parser.add_argument('--rounds', type=_positive, default=5,
-                        help='rounds of the slow comparison, mlflow run against '
-                             'reproduce_run.py (default: %(default)s)')
-    parser.add_argument('--fast-rounds', type=_positive, default=7,
-                        help='rounds of the quick comparisons: start-up, history '
-                             'reading, --compare-to (default: %(default)s)')
-    parser.add_argument('--metrics', type=_positive, default=300,
-                        help='metrics per run for history reading and --compare-to '
-                             '(default: %(default)s)')
-    parser.add_argument('--steps', type=_positive, default=20,
-                        help='steps per metric for history reading and --compare-to '
-                             '(default: %(default)s)')
-    parser.add_argument('--judge-rounds', type=_positive, default=3,
-                        help='rounds of reading and judging the large runs '
-                             '(default: %(default)s)')
-    parser.add_argument('--judge-metrics', type=_positive, default=10,
-                        help='metrics per large run (default: %(default)s)')
-    parser.add_argument('--judge-steps', type=_positive, default=50_000,
-                        help='steps per metric of a large run (default: %(default)s)')
-    parser.add_argument('--batch-rounds', type=_positive, default=2,
-                        help='rounds of --jobs 1 against --jobs 2 (default: %(default)s)')
-    parser.add_argument('--batch-seconds', type=float, default=6.0,
-                        help='training time of each run of the batch (default: %(default)s)')
-    parser.add_argument('--breakdown-rounds', type=_positive, default=3,
-                        help='rounds of the timed phases of one reproduction '
-                             '(default: %(default)s)')
+    parser.add_argument(
+        '--rounds',
+        type=_positive,
+        default=5,
+        help='rounds of the slow comparison, mlflow run against '
+        'reproduce_run.py (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--fast-rounds',
+        type=_positive,
+        default=7,
+        help='rounds of the quick comparisons: start-up, history '
+        'reading, --compare-to (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--metrics',
+        type=_positive,
+        default=300,
+        help='metrics per run for history reading and --compare-to (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--steps',
+        type=_positive,
+        default=20,
+        help='steps per metric for history reading and --compare-to (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--judge-rounds',
+        type=_positive,
+        default=3,
+        help='rounds of reading and judging the large runs (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--judge-metrics',
+        type=_positive,
+        default=10,
+        help='metrics per large run (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--judge-steps',
+        type=_positive,
+        default=50_000,
+        help='steps per metric of a large run (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--batch-rounds',
+        type=_positive,
+        default=2,
+        help='rounds of --jobs 1 against --jobs 2 (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--batch-seconds',
+        type=float,
+        default=6.0,
+        help='training time of each run of the batch (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--breakdown-rounds',
+        type=_positive,
+        default=3,
+        help='rounds of the timed phases of one reproduction (default: %(default)s)',
+    )
     parser.add_argument('--skip-startup', action='store_true', help='skip start-up')
-    parser.add_argument('--skip-overhead', action='store_true',
-                        help='skip mlflow run against reproduce_run.py')
-    parser.add_argument('--skip-histories', action='store_true',
-                        help='skip history reading')
+    parser.add_argument(
+        '--skip-overhead', action='store_true', help='skip mlflow run against reproduce_run.py'
+    )
+    parser.add_argument('--skip-histories', action='store_true', help='skip history reading')
     parser.add_argument('--skip-compare-to', action='store_true', help='skip --compare-to')
-    parser.add_argument('--skip-judging', action='store_true',
-                        help='skip judging the large runs')
+    parser.add_argument('--skip-judging', action='store_true', help='skip judging the large runs')
     parser.add_argument('--skip-batch', action='store_true', help='skip the batch')
-    parser.add_argument('--skip-breakdown', action='store_true',
-                        help='skip the phases of one reproduction')
-    parser.add_argument('--skip-server', action='store_true',
-                        help='sqlite only: start no mlflow server')
+    parser.add_argument(
+        '--skip-breakdown', action='store_true', help='skip the phases of one reproduction'
+    )
+    parser.add_argument(
+        '--skip-server', action='store_true', help='sqlite only: start no mlflow server'
+    )
     return parser.parse_args(argv)
 
 
@@ -960,16 +1212,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections: list[tuple[bool, Callable[[], object]]] = [
         (args.skip_startup, lambda: results.extend(bench_startup(args.fast_rounds, notes))),
         (args.skip_overhead, lambda: results.extend(bench_overhead(args.rounds, notes))),
-        (args.skip_breakdown, lambda: breakdowns.append(
-            bench_breakdown(args.breakdown_rounds, notes))),
-        (args.skip_histories, lambda: results.extend(bench_all_histories(
-            args.fast_rounds, args.metrics, args.steps, server=server, notes=notes))),
-        (args.skip_compare_to, lambda: results.extend(bench_compare_to(
-            args.fast_rounds, args.metrics, args.steps, notes, memory))),
-        (args.skip_judging, lambda: results.extend(bench_judging(
-            args.judge_rounds, args.judge_metrics, args.judge_steps, server, notes, memory))),
-        (args.skip_batch, lambda: results.extend(bench_batch(
-            args.batch_rounds, args.batch_seconds, notes, memory))),
+        (
+            args.skip_breakdown,
+            lambda: breakdowns.append(bench_breakdown(args.breakdown_rounds, notes)),
+        ),
+        (
+            args.skip_histories,
+            lambda: results.extend(
+                bench_all_histories(
+                    args.fast_rounds, args.metrics, args.steps, server=server, notes=notes
+                )
+            ),
+        ),
+        (
+            args.skip_compare_to,
+            lambda: results.extend(
+                bench_compare_to(args.fast_rounds, args.metrics, args.steps, notes, memory)
+            ),
+        ),
+        (
+            args.skip_judging,
+            lambda: results.extend(
+                bench_judging(
+                    args.judge_rounds, args.judge_metrics, args.judge_steps, server, notes, memory
+                )
+            ),
+        ),
+        (
+            args.skip_batch,
+            lambda: results.extend(
+                bench_batch(args.batch_rounds, args.batch_seconds, notes, memory)
+            ),
+        ),
     ]
     try:
         for skipped, section in sections:
@@ -983,10 +1257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print('bench: interrupted', file=sys.stderr)
         return 130
-    print(f'\nreproduce_run benchmarks: Python {sys.version.split()[0]}, '
-          f'{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s in all; '
-          f'history runs: 2 x {args.metrics} metrics x {args.steps} steps; '
-          f'judged runs: 2 x {args.judge_metrics} metrics x {args.judge_steps} steps\n')
+    print(
+        f'\nreproduce_run benchmarks: Python {sys.version.split()[0]}, '
+        f'{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s in all; '
+        f'history runs: 2 x {args.metrics} metrics x {args.steps} steps; '
+        f'judged runs: 2 x {args.judge_metrics} metrics x {args.judge_steps} steps\n'
+    )
     if results:
         print(markdown_table(results))
     if memory:

@@ -2,6 +2,7 @@
 samples, an sqlite store, reference runs made with the `mlflow run` CLI, a
 `git daemon` and an `mlflow server` on 127.0.0.1.  The expensive ones are
 built once per test process (session scope) and stopped by process ID."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +30,11 @@ _RUN_ID_LOG_RE = re.compile(r"=== Run \(ID '(\w+)'\) (succeeded|failed) ===")
 
 def git(*args: str, cwd: Path | str) -> str:
     return subprocess.run(
-        ('git', *args), cwd=cwd, check=True, capture_output=True, text=True,
+        ('git', *args),
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
 
 
@@ -49,9 +54,10 @@ def mlflow_run(uri: str, tracking_uri: str, *args: str, fails: bool = False) -> 
     fails=True expects the project to fail (a FAILED run can be reproduced too)."""
     proc = subprocess.run(
         (sys.executable, '-m', 'mlflow', 'run', uri, '--env-manager', 'local', *args),
-        env={**os.environ, 'MLFLOW_TRACKING_URI': tracking_uri,
-             'MLFLOW_LOGGING_LEVEL': 'INFO'},
-        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        env={**os.environ, 'MLFLOW_TRACKING_URI': tracking_uri, 'MLFLOW_LOGGING_LEVEL': 'INFO'},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
     match = _RUN_ID_LOG_RE.search(proc.stderr)
     assert match and (proc.returncode != 0) == fails, proc.stderr[-3000:]
@@ -92,10 +98,12 @@ def own_repo(tmp_path: Path) -> Path:
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """An sqlite store whose artifacts live beside it."""
     where = tmp_path_factory.mktemp('store')
-    uri = f"sqlite:///{where / 'mlflow.db'}"
+    uri = f'sqlite:///{where / "mlflow.db"}'
     subprocess.run(
         (sys.executable, '-c', 'import mlflow; mlflow.MlflowClient().search_experiments()'),
-        env={**os.environ, 'MLFLOW_TRACKING_URI': uri}, cwd=where, check=True,
+        env={**os.environ, 'MLFLOW_TRACKING_URI': uri},
+        cwd=where,
+        check=True,
         capture_output=True,
     )
     return uri
@@ -118,26 +126,41 @@ def reference(samples_repo: Path, store: str) -> Callable[..., str]:
         if key not in made:
             made[key] = mlflow_run(str(samples_repo / sample), store, *args, fails=fails)
         return made[key]
+
     return make
 
 
 @pytest.fixture(scope='session')
 def git_daemon(
-        tmp_path_factory: pytest.TempPathFactory, samples_repo: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    samples_repo: Path,
 ) -> Iterator[tuple[str, Path]]:
     """(git://127.0.0.1:PORT, base path) serving a bare clone of the samples."""
     base = tmp_path_factory.mktemp('daemon')
     git('clone', '--quiet', '--bare', str(samples_repo), str(base / 'samples.git'), cwd=base)
     port = free_port()
     proc = subprocess.Popen(
-        ('git', 'daemon', '--reuseaddr', '--export-all', f'--base-path={base}',
-         '--listen=127.0.0.1', f'--port={port}', '--enable=receive-pack', str(base)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        (
+            'git',
+            'daemon',
+            '--reuseaddr',
+            '--export-all',
+            f'--base-path={base}',
+            '--listen=127.0.0.1',
+            f'--port={port}',
+            '--enable=receive-pack',
+            str(base),
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f'git://127.0.0.1:{port}'
     deadline = time.monotonic() + 20
-    while subprocess.run(('git', 'ls-remote', f'{url}/samples.git'),
-                         capture_output=True).returncode != 0:
+    while (
+        subprocess.run(('git', 'ls-remote', f'{url}/samples.git'), capture_output=True).returncode
+        != 0
+    ):
         assert time.monotonic() < deadline, 'git daemon did not start'
         time.sleep(0.2)
     yield url, base
@@ -158,10 +181,26 @@ def start_mlflow_server(where: Path) -> Server:
     log = where / 'server.log'
     with open(log, 'w') as log_file:
         proc = subprocess.Popen(
-            (sys.executable, '-m', 'mlflow', 'server', '--host', '127.0.0.1', '--port', str(port),
-             '--backend-store-uri', f"sqlite:///{where / 'server.db'}",
-             '--artifacts-destination', str(where / 'artifacts'), '--workers', '1'),
-            stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True, cwd=where,
+            (
+                sys.executable,
+                '-m',
+                'mlflow',
+                'server',
+                '--host',
+                '127.0.0.1',
+                '--port',
+                str(port),
+                '--backend-store-uri',
+                f'sqlite:///{where / "server.db"}',
+                '--artifacts-destination',
+                str(where / 'artifacts'),
+                '--workers',
+                '1',
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            start_new_session=True,
+            cwd=where,
         )
     url = f'http://127.0.0.1:{port}'
     deadline = time.monotonic() + 90

@@ -1,6 +1,7 @@
 """A small HTTP proxy on 127.0.0.1 in front of a real `mlflow server`, that
 delays, fails or never answers chosen requests: the faults of a slow or
 broken tracking server, made on purpose."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 class Rule:
     """For requests whose path contains `path`: wait `delay` seconds, then
     answer `status` (None: forward to the server), or never answer (`hang`)."""
+
     path: str
     delay: float = 0.0
     status: int | None = None
@@ -57,17 +59,22 @@ class Proxy:
                 if rule and rule.delay:
                     time.sleep(rule.delay)
                 if rule and rule.status:
-                    self._answer(rule.status, b'{"error_code": "INTERNAL_ERROR", '
-                                              b'"message": "injected by the test proxy"}',
-                                 'application/json')
+                    self._answer(
+                        rule.status,
+                        b'{"error_code": "INTERNAL_ERROR", '
+                        b'"message": "injected by the test proxy"}',
+                        'application/json',
+                    )
                     return
                 self._forward(body)
 
             def _forward(self, body: bytes) -> None:
-                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
-                                                  timeout=120)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ('host', 'connection')}
+                conn = http.client.HTTPConnection(
+                    proxy.upstream.hostname, proxy.upstream.port, timeout=120
+                )
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ('host', 'connection')
+                }
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     answer = conn.getresponse()

@@ -1,6 +1,7 @@
 """Execution backends: --backend/--backend-config validation, the report,
 the backend plugin kept in tests/backend_plugin (installed by .ci/run), and
 the fix-up that makes a run a backend created look like a local reproduction."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,11 @@ def write(path: Path, text: str) -> str:
 
 def kube_config(tmp_path: Path, name: str = 'kube', **changes: str | None) -> str:
     """A --backend-config file for kubernetes; a None value drops the key."""
-    config = {'kube-job-template-path': write(tmp_path / 'job.yaml', JOB_TEMPLATE),
-              'repository-uri': 'registry.example.invalid/reproduce', **changes}
+    config = {
+        'kube-job-template-path': write(tmp_path / 'job.yaml', JOB_TEMPLATE),
+        'repository-uri': 'registry.example.invalid/reproduce',
+        **changes,
+    }
     config = {k: v for k, v in config.items() if v is not None}
     return write(tmp_path / f'{name}.json', json.dumps(config))
 
@@ -66,64 +70,107 @@ def refused(capsys, run_id: str, *argv: str) -> str:
 # --- validation, through main(), before anything runs ---------------------------
 
 BAD_ARGS = [
-    pytest.param(['-c', 'queue=gpu'],
-                 '--backend-config is neither a path ending in .json nor an inline JSON object',
-                 id='config-not-json'),
-    pytest.param(['-c', '["gpu"]'], '--backend-config value holds a JSON array, not an object',
-                 id='config-array'),
-    pytest.param(['-c', 'missing.json'],
-                 "cannot read --backend-config file 'missing.json': No such file or directory",
-                 id='config-file-missing'),
-    pytest.param(['-c', '{tmp}/bad.json'], "is not valid JSON: Expecting property name",
-                 id='config-file-not-json'),
-    pytest.param(['-c', '{tmp}/string.json'], 'holds a JSON string, not an object',
-                 id='config-file-not-an-object'),
+    pytest.param(
+        ['-c', 'queue=gpu'],
+        '--backend-config is neither a path ending in .json nor an inline JSON object',
+        id='config-not-json',
+    ),
+    pytest.param(
+        ['-c', '["gpu"]'],
+        '--backend-config value holds a JSON array, not an object',
+        id='config-array',
+    ),
+    pytest.param(
+        ['-c', 'missing.json'],
+        "cannot read --backend-config file 'missing.json': No such file or directory",
+        id='config-file-missing',
+    ),
+    pytest.param(
+        ['-c', '{tmp}/bad.json'],
+        'is not valid JSON: Expecting property name',
+        id='config-file-not-json',
+    ),
+    pytest.param(
+        ['-c', '{tmp}/string.json'],
+        'holds a JSON string, not an object',
+        id='config-file-not-an-object',
+    ),
     pytest.param(['-b', 'nope', '-c', '[]'], 'holds a JSON array', id='config-errors-first'),
-    pytest.param(['-b', 'nope'], "unknown backend 'nope'; available: local, kubernetes, "
-                 'databricks, ', id='unknown-backend'),
-    pytest.param(['-b', 'kubernetes'], "the kubernetes backend needs 'kube-job-template-path', "
-                 "'repository-uri' in --backend-config", id='kubernetes-without-config'),
-    pytest.param(['-b', 'kubernetes', '-c', '{kube_no_repo}'],
-                 "the kubernetes backend needs 'repository-uri' in --backend-config",
-                 id='kubernetes-without-repository-uri'),
-    pytest.param(['-b', 'kubernetes', '-c', '{kube_no_template}'],
-                 "cannot read kube-job-template-path '{tmp}/nowhere.yaml': No such file",
-                 id='kubernetes-template-missing'),
-    pytest.param(['-b', 'kubernetes', '-c', '{kube_not_a_job}'],
-                 'is not a Kubernetes Job template with a container at '
-                 'spec.template.spec.containers[0]', id='kubernetes-template-not-a-job'),
-    pytest.param(['-b', 'kubernetes', '-c', '{kube_bad_yaml}'], 'is not valid YAML',
-                 id='kubernetes-template-not-yaml'),
-    pytest.param(['-b', 'databricks'], 'cannot run on databricks: Backend spec must be provided',
-                 id='databricks-without-config'),
-    pytest.param(['-b', 'databricks', '-c', '{"existing_cluster_id": "0101-x"}'],
-                 'cannot run on databricks: MLflow Project runs on Databricks must provide a '
-                 '*new cluster* specification', id='databricks-existing-cluster'),
-    pytest.param(['-b', 'databricks', '-c', '{"new_cluster": {"num_workers": 1}}'],
-                 'cannot run on databricks: When running on Databricks, the MLflow tracking URI '
-                 "must be of the form 'databricks'", id='databricks-local-tracking-uri'),
+    pytest.param(
+        ['-b', 'nope'],
+        "unknown backend 'nope'; available: local, kubernetes, databricks, ",
+        id='unknown-backend',
+    ),
+    pytest.param(
+        ['-b', 'kubernetes'],
+        "the kubernetes backend needs 'kube-job-template-path', "
+        "'repository-uri' in --backend-config",
+        id='kubernetes-without-config',
+    ),
+    pytest.param(
+        ['-b', 'kubernetes', '-c', '{kube_no_repo}'],
+        "the kubernetes backend needs 'repository-uri' in --backend-config",
+        id='kubernetes-without-repository-uri',
+    ),
+    pytest.param(
+        ['-b', 'kubernetes', '-c', '{kube_no_template}'],
+        "cannot read kube-job-template-path '{tmp}/nowhere.yaml': No such file",
+        id='kubernetes-template-missing',
+    ),
+    pytest.param(
+        ['-b', 'kubernetes', '-c', '{kube_not_a_job}'],
+        'is not a Kubernetes Job template with a container at spec.template.spec.containers[0]',
+        id='kubernetes-template-not-a-job',
+    ),
+    pytest.param(
+        ['-b', 'kubernetes', '-c', '{kube_bad_yaml}'],
+        'is not valid YAML',
+        id='kubernetes-template-not-yaml',
+    ),
+    pytest.param(
+        ['-b', 'databricks'],
+        'cannot run on databricks: Backend spec must be provided',
+        id='databricks-without-config',
+    ),
+    pytest.param(
+        ['-b', 'databricks', '-c', '{"existing_cluster_id": "0101-x"}'],
+        'cannot run on databricks: MLflow Project runs on Databricks must provide a '
+        '*new cluster* specification',
+        id='databricks-existing-cluster',
+    ),
+    pytest.param(
+        ['-b', 'databricks', '-c', '{"new_cluster": {"num_workers": 1}}'],
+        'cannot run on databricks: When running on Databricks, the MLflow tracking URI '
+        "must be of the form 'databricks'",
+        id='databricks-local-tracking-uri',
+    ),
 ]
 
 
 @pytest.mark.parametrize(('argv', 'message'), BAD_ARGS)
 def test_bad_backend_arguments_exit_2_with_one_line_and_make_nothing(
-        argv, message, reference, tmp_path, capsys):
+    argv, message, reference, tmp_path, capsys
+):
     files = {
         'tmp': str(tmp_path),
         'kube_no_repo': kube_config(tmp_path, 'no_repo', **{'repository-uri': None}),
         'kube_no_template': kube_config(
-            tmp_path, 'no_template', **{'kube-job-template-path': str(tmp_path / 'nowhere.yaml')}),
+            tmp_path, 'no_template', **{'kube-job-template-path': str(tmp_path / 'nowhere.yaml')}
+        ),
         'kube_not_a_job': kube_config(
-            tmp_path, 'not_a_job',
-            **{'kube-job-template-path': write(tmp_path / 'list.yaml', '- a\n')}),
+            tmp_path,
+            'not_a_job',
+            **{'kube-job-template-path': write(tmp_path / 'list.yaml', '- a\n')},
+        ),
         'kube_bad_yaml': kube_config(
-            tmp_path, 'bad_yaml',
-            **{'kube-job-template-path': write(tmp_path / 'bad.yaml', 'a: [\n')}),
+            tmp_path,
+            'bad_yaml',
+            **{'kube-job-template-path': write(tmp_path / 'bad.yaml', 'a: [\n')},
+        ),
     }
     write(tmp_path / 'bad.json', '{')
     write(tmp_path / 'string.json', '"gpu"')
-    argv = [arg.format(**files) if arg.startswith('{') and '"' not in arg else arg
-            for arg in argv]
+    argv = [arg.format(**files) if arg.startswith('{') and '"' not in arg else arg for arg in argv]
     err = refused(capsys, reference('sklearn_regression'), *argv)
     assert message.format(**files) in err
 
@@ -142,18 +189,30 @@ def test_inline_config_is_not_echoed_in_its_error(reference, capsys):
 def test_kubernetes_without_its_python_package_is_a_clear_error(reference, tmp_path, capsys):
     # The kubernetes client is an optional package that requirements*.txt do not install.
     assert importlib.util.find_spec('kubernetes') is None, 'this test needs it uninstalled'
-    err = refused(capsys, reference('sklearn_regression'), '--backend', 'kubernetes',
-                  '--backend-config', kube_config(tmp_path))
-    assert err == ("reproduce_run: error: the kubernetes backend needs the Python package "
-                   "'kubernetes', which is not installed (pip install kubernetes)\n")
+    err = refused(
+        capsys,
+        reference('sklearn_regression'),
+        '--backend',
+        'kubernetes',
+        '--backend-config',
+        kube_config(tmp_path),
+    )
+    assert err == (
+        'reproduce_run: error: the kubernetes backend needs the Python package '
+        "'kubernetes', which is not installed (pip install kubernetes)\n"
+    )
 
 
-@pytest.mark.parametrize('uri', [
-    pytest.param('databricks', id='databricks-uri'),
-    pytest.param('server', id='http-uri'),
-])
+@pytest.mark.parametrize(
+    'uri',
+    [
+        pytest.param('databricks', id='databricks-uri'),
+        pytest.param('server', id='http-uri'),
+    ],
+)
 def test_databricks_without_a_workspace_configured(
-        uri, mlflow_server, samples_repo, tmp_path, capsys, monkeypatch):
+    uri, mlflow_server, samples_repo, tmp_path, capsys, monkeypatch
+):
     # MLflow accepts a databricks or HTTP tracking URI; then it needs a workspace host.
     for name in [k for k in os.environ if k.startswith('DATABRICKS_')]:
         monkeypatch.delenv(name)
@@ -162,14 +221,17 @@ def test_databricks_without_a_workspace_configured(
     monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server)
     before = all_run_ids()
     monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server if uri == 'server' else uri)
-    code, out, err = reproduce(capsys, '--run_id', run_id, '-b', 'databricks',
-                               '-c', '{"new_cluster": {"num_workers": 1}}')
+    code, out, err = reproduce(
+        capsys, '--run_id', run_id, '-b', 'databricks', '-c', '{"new_cluster": {"num_workers": 1}}'
+    )
     monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server)
     assert (code, out, all_run_ids()) == (2, '', before)
     shown = mlflow_server if uri == 'server' else uri
-    assert err == (f'reproduce_run: error: cannot run on databricks: no Databricks workspace is '
-                   f"configured for tracking URI '{shown}' (set DATABRICKS_HOST and "
-                   f'DATABRICKS_TOKEN, or a profile in ~/.databrickscfg)\n')
+    assert err == (
+        f'reproduce_run: error: cannot run on databricks: no Databricks workspace is '
+        f"configured for tracking URI '{shown}' (set DATABRICKS_HOST and "
+        f'DATABRICKS_TOKEN, or a profile in ~/.databrickscfg)\n'
+    )
 
 
 DOCKER_MLPROJECT = """\
@@ -182,15 +244,26 @@ entry_points:
 """
 
 
-@pytest.mark.parametrize(('backend', 'docker', 'message'), [
-    pytest.param('kubernetes', False, 'the kubernetes backend runs docker_env projects only',
-                 id='kubernetes-needs-docker-env'),
-    pytest.param('kubernetes', True, None, id='kubernetes-with-docker-env'),
-    pytest.param('databricks', True, 'the databricks backend does not run docker_env projects',
-                 id='databricks-refuses-docker-env'),
-    pytest.param('databricks', False, None, id='databricks-without-docker-env'),
-    pytest.param(PLUGIN, True, None, id='plugin-any-project'),
-])
+@pytest.mark.parametrize(
+    ('backend', 'docker', 'message'),
+    [
+        pytest.param(
+            'kubernetes',
+            False,
+            'the kubernetes backend runs docker_env projects only',
+            id='kubernetes-needs-docker-env',
+        ),
+        pytest.param('kubernetes', True, None, id='kubernetes-with-docker-env'),
+        pytest.param(
+            'databricks',
+            True,
+            'the databricks backend does not run docker_env projects',
+            id='databricks-refuses-docker-env',
+        ),
+        pytest.param('databricks', False, None, id='databricks-without-docker-env'),
+        pytest.param(PLUGIN, True, None, id='plugin-any-project'),
+    ],
+)
 def test_check_backend_project(backend, docker, message, samples_repo, tmp_path):
     # Through main() the kubernetes package check comes first; this is the next one.
     project = tmp_path if docker else samples_repo / 'sklearn_regression'
@@ -204,47 +277,80 @@ def test_check_backend_project(backend, docker, message, samples_repo, tmp_path)
 
 # --- the report --------------------------------------------------------------
 
-@pytest.mark.parametrize(('config', 'masked'), [
-    pytest.param({'queue': 'gpu'}, {'queue': 'gpu'}, id='plain'),
-    pytest.param({'api_token': 't', 'Password': 'p', 'client_secret': 's', 'ssh_key': 'k'},
-                 {'api_token': '***', 'Password': '***', 'client_secret': '***',
-                  'ssh_key': '***'}, id='secret-keys'),
-    pytest.param({'new_cluster': {'spark_env_vars': {'AWS_SECRET_ACCESS_KEY': 'a', 'N': '1'}}},
-                 {'new_cluster': {'spark_env_vars': {'AWS_SECRET_ACCESS_KEY': '***', 'N': '1'}}},
-                 id='nested'),
-    pytest.param({'urls': ['https://u:pw@host/x']}, {'urls': ['https://***@host/x']},
-                 id='url-credentials'),
-    pytest.param({'workers': 2, 'spot': True}, {'workers': 2, 'spot': True}, id='non-strings'),
-])
+
+@pytest.mark.parametrize(
+    ('config', 'masked'),
+    [
+        pytest.param({'queue': 'gpu'}, {'queue': 'gpu'}, id='plain'),
+        pytest.param(
+            {'api_token': 't', 'Password': 'p', 'client_secret': 's', 'ssh_key': 'k'},
+            {'api_token': '***', 'Password': '***', 'client_secret': '***', 'ssh_key': '***'},
+            id='secret-keys',
+        ),
+        pytest.param(
+            {'new_cluster': {'spark_env_vars': {'AWS_SECRET_ACCESS_KEY': 'a', 'N': '1'}}},
+            {'new_cluster': {'spark_env_vars': {'AWS_SECRET_ACCESS_KEY': '***', 'N': '1'}}},
+            id='nested',
+        ),
+        pytest.param(
+            {'urls': ['https://u:pw@host/x']},
+            {'urls': ['https://***@host/x']},
+            id='url-credentials',
+        ),
+        pytest.param({'workers': 2, 'spot': True}, {'workers': 2, 'spot': True}, id='non-strings'),
+    ],
+)
 def test_mask_config(config, masked):
     assert reproduce_run.mask_config(config) == masked
 
 
-SECRET_CONFIG = json.dumps({'queue': 'gpu', 'api_token': 's3cr3t',
-                            'registry': 'https://bot:hunter2@registry.example.invalid'})
+SECRET_CONFIG = json.dumps(
+    {
+        'queue': 'gpu',
+        'api_token': 's3cr3t',
+        'registry': 'https://bot:hunter2@registry.example.invalid',
+    }
+)
 
 
 def test_dry_run_shows_the_backend_with_its_config_masked(reference, capsys):
     run_id = reference('sklearn_regression')
     before = all_run_ids()
-    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run',
-                               '-b', PLUGIN, '-c', SECRET_CONFIG)
+    code, out, err = reproduce(
+        capsys, '--run_id', run_id, '--dry-run', '-b', PLUGIN, '-c', SECRET_CONFIG
+    )
     assert code == 0 and all_run_ids() == before
-    assert (f'Backend:        {PLUGIN} {{"queue": "gpu", "api_token": "***", '
-            f'"registry": "https://***@registry.example.invalid"}} '
-            f'(the reference ran on local)') in out.splitlines()
+    assert (
+        f'Backend:        {PLUGIN} {{"queue": "gpu", "api_token": "***", '
+        f'"registry": "https://***@registry.example.invalid"}} '
+        f'(the reference ran on local)'
+    ) in out.splitlines()
     assert 's3cr3t' not in out + err and 'hunter2' not in out + err
 
 
 def test_json_report_names_the_backend(reference, tmp_path, capsys):
     config = write(tmp_path / 'scheduler.json', SECRET_CONFIG)
-    code, out, _ = reproduce(capsys, '--run_id', reference('sklearn_regression'), '--dry-run',
-                             '--output', 'json', '--backend', PLUGIN, '--backend-config', config)
+    code, out, _ = reproduce(
+        capsys,
+        '--run_id',
+        reference('sklearn_regression'),
+        '--dry-run',
+        '--output',
+        'json',
+        '--backend',
+        PLUGIN,
+        '--backend-config',
+        config,
+    )
     assert code == 0
     assert json.loads(out)['backend'] == {
-        'name': PLUGIN, 'reference_backend': 'local',
-        'config': {'queue': 'gpu', 'api_token': '***',
-                   'registry': 'https://***@registry.example.invalid'},
+        'name': PLUGIN,
+        'reference_backend': 'local',
+        'config': {
+            'queue': 'gpu',
+            'api_token': '***',
+            'registry': 'https://***@registry.example.invalid',
+        },
     }
 
 
@@ -260,28 +366,43 @@ def test_reference_from_another_backend_is_flagged(samples_repo, capsys):
     client().set_tag(run_id, 'mlflow.project.backend', 'kubernetes')
     code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run', '--output', 'json')
     assert code == 0
-    assert err == (f"reproduce_run: warning: run {run_id} ran on backend 'kubernetes' (tag "
-                   f"mlflow.project.backend) and this reproduction runs on 'local'; pass "
-                   f'--backend kubernetes (with its --backend-config) to reproduce it there\n')
-    assert json.loads(out)['backend'] == {'name': 'local', 'config': {},
-                                          'reference_backend': 'kubernetes'}
+    assert err == (
+        f"reproduce_run: warning: run {run_id} ran on backend 'kubernetes' (tag "
+        f"mlflow.project.backend) and this reproduction runs on 'local'; pass "
+        f'--backend kubernetes (with its --backend-config) to reproduce it there\n'
+    )
+    assert json.loads(out)['backend'] == {
+        'name': 'local',
+        'config': {},
+        'reference_backend': 'kubernetes',
+    }
 
 
 # --- the backend plugin, through MLflow's own mlflow.projects.run() -------------
 
+
 def submit(project: Path | str, config: dict, **kwargs):
     import mlflow.projects
 
-    return mlflow.projects.run(uri=str(project), backend=PLUGIN, backend_config=config,
-                               env_manager='local', synchronous=False, **kwargs)
+    return mlflow.projects.run(
+        uri=str(project),
+        backend=PLUGIN,
+        backend_config=config,
+        env_manager='local',
+        synchronous=False,
+        **kwargs,
+    )
 
 
 def test_plugin_runs_the_project_asynchronously_in_its_own_folder(
-        reference, samples_repo, tmp_path):
+    reference, samples_repo, tmp_path
+):
     ref = client().get_run(reference('sklearn_regression'))
-    submitted = submit(samples_repo / 'sklearn_regression',
-                       {'queue': 'cpu', 'workdir': str(tmp_path / 'jobs')},
-                       parameters={'alpha': '0.005', 'l1_ratio': '0.5'})
+    submitted = submit(
+        samples_repo / 'sklearn_regression',
+        {'queue': 'cpu', 'workdir': str(tmp_path / 'jobs')},
+        parameters={'alpha': '0.005', 'l1_ratio': '0.5'},
+    )
     assert submitted.get_status() == 'RUNNING'  # returned before the job ended
     assert submitted.wait() is True
     assert submitted.get_status() == 'FINISHED'
@@ -302,8 +423,9 @@ def test_plugin_job_that_fails(reference, samples_repo):
     assert submitted.get_status() == 'FAILED'
     assert client().get_run(submitted.run_id).info.status == 'FAILED'
     # Without a workdir, the job folder was temporary.
-    assert not Path(client().get_run(submitted.run_id).data.tags[
-        'reproduce_test_backend.job_dir']).exists()
+    assert not Path(
+        client().get_run(submitted.run_id).data.tags['reproduce_test_backend.job_dir']
+    ).exists()
 
 
 def test_plugin_rejected_submission_makes_no_run(samples_repo):
@@ -353,6 +475,7 @@ def test_plugin_cancel_ends_the_job_process_group_and_marks_the_run_killed(tmp_p
 
 # --- the fix-up after a non-local submission ------------------------------------
 
+
 def test_fixup_makes_a_plugin_run_look_like_a_local_reproduction(reference, tmp_path):
     """The pieces the launch will chain: the plan, the submission of our
     private checkout, the fix-up."""
@@ -363,10 +486,15 @@ def test_fixup_makes_a_plugin_run_look_like_a_local_reproduction(reference, tmp_
     project_dir, commit = reproduce_run.fetch_source(source, str(tmp_path / 'src'))
     source = dataclasses.replace(source, version=commit)
     options = reproduce_run.Options.from_args(args)
-    plan = reproduce_run.make_plan(options, ref, source, project_dir,
-                                   reproduce_run.backend_from_options(options))
-    submitted = submit(plan.project_dir, dict(plan.backend.config),
-                       entry_point=plan.entry_point, parameters=plan.params.passed)
+    plan = reproduce_run.make_plan(
+        options, ref, source, project_dir, reproduce_run.backend_from_options(options)
+    )
+    submitted = submit(
+        plan.project_dir,
+        dict(plan.backend.config),
+        entry_point=plan.entry_point,
+        parameters=plan.params.passed,
+    )
     assert submitted.wait()
     before = client().get_run(submitted.run_id)
     assert before.data.tags['mlflow.source.name'] != ref.data.tags['mlflow.source.name']
@@ -376,8 +504,13 @@ def test_fixup_makes_a_plugin_run_look_like_a_local_reproduction(reference, tmp_
     run = client().get_run(submitted.run_id)
     assert run.info.run_name == f'reproduce-{ref.info.run_name}'
     tags = run.data.tags
-    for key in ('mlflow.source.name', 'mlflow.source.type', 'mlflow.source.git.commit',
-                'mlflow.project.entryPoint', 'mlflow.user'):
+    for key in (
+        'mlflow.source.name',
+        'mlflow.source.type',
+        'mlflow.source.git.commit',
+        'mlflow.project.entryPoint',
+        'mlflow.user',
+    ):
         assert tags[key] == ref.data.tags[key], key
     assert tags['reproduce.reference_run_id'] == ref_id
     assert tags['mlflow.project.backend'] == PLUGIN  # MLflow's tag stays
@@ -387,8 +520,9 @@ def test_fixup_makes_a_plugin_run_look_like_a_local_reproduction(reference, tmp_
 
 def test_a_reproduction_through_the_plugin_is_judged_and_recorded(reference, capsys):
     run_id = reference('sklearn_regression')
-    code, out, err = reproduce(capsys, '--run_id', run_id, '-b', PLUGIN, '-c',
-                               '{"queue": "cpu"}', '--output', 'json')
+    code, out, err = reproduce(
+        capsys, '--run_id', run_id, '-b', PLUGIN, '-c', '{"queue": "cpu"}', '--output', 'json'
+    )
     doc = json.loads(out)
     assert (code, doc['status']) == (0, 'equal'), err
     assert f'reproduce_run: warning: run {run_id} ran on backend' in err
@@ -422,11 +556,14 @@ def test_sigterm_cancels_the_plugin_job_and_marks_the_run_killed(samples_repo, t
     pid_file = tmp_path / 'pid'
     proc = subprocess.Popen(
         (sys.executable, str(SCRIPT), '--run_id', run_id, '-b', PLUGIN, '--output', 'json'),
-        env={**os.environ, 'SAMPLE_PID_FILE': str(pid_file)}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        env={**os.environ, 'SAMPLE_PID_FILE': str(pid_file)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
-        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 90,
-                 'the job to start')
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 90, 'the job to start')
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=90)
     finally:

@@ -1,6 +1,7 @@
 """The guarantees under hostile conditions (issue 7, rows 1-7 and 9-12):
 projects that ignore signals or leave daemons behind, tracking servers that
 are slow, down or silent, and what reaches standard output on every path."""
+
 from __future__ import annotations
 
 import json
@@ -26,29 +27,31 @@ from test_reproduce_run import (
 
 STUBBORN = {
     'MLproject': 'entry_points:\n  main:\n    parameters:\n'
-                 '      seconds: {type: float, default: 40}\n'
-                 '    command: python stubborn.py {seconds}\n',
+    '      seconds: {type: float, default: 40}\n'
+    '    command: python stubborn.py {seconds}\n',
     'stubborn.py': (
         'import os, signal, sys, time, mlflow\n'
         'signal.signal(signal.SIGTERM, signal.SIG_IGN)\n'
         'open(os.environ["SAMPLE_PID_FILE"], "w").write(str(os.getpid()))\n'
         'for step in range(int(float(sys.argv[1]))):\n'
         '    mlflow.log_metric("tick", step, step=step)\n'
-        '    time.sleep(1)\n'),
+        '    time.sleep(1)\n'
+    ),
 }
 
 DAEMON = {
     'MLproject': 'entry_points:\n  main:\n    parameters:\n'
-                 '      new_session: {type: string, default: "yes"}\n'
-                 '      fail: {type: string, default: "no"}\n'
-                 '    command: python leave_daemon.py {new_session} {fail}\n',
+    '      new_session: {type: string, default: "yes"}\n'
+    '      fail: {type: string, default: "no"}\n'
+    '    command: python leave_daemon.py {new_session} {fail}\n',
     'leave_daemon.py': (
         'import os, subprocess, sys\n'
         'daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],\n'
         '                          start_new_session=sys.argv[1] == "yes",\n'
         '                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n'
         'open(os.environ["SAMPLE_PID_FILE"], "w").write(str(daemon.pid))\n'
-        'sys.exit(1 if sys.argv[2] == "yes" else 0)\n'),
+        'sys.exit(1 if sys.argv[2] == "yes" else 0)\n'
+    ),
 }
 
 QUIET = {  # no MLflow call at all: only the tool talks to the server
@@ -58,26 +61,35 @@ QUIET = {  # no MLflow call at all: only the tool talks to the server
 
 CHATTY_FAILURE = {
     'MLproject': 'entry_points:\n  main:\n    command: python fail.py\n',
-    'fail.py': ('import mlflow\n'
-                'mlflow.log_metric("loss", 1.0)\n'
-                'print("about to fail")\n'
-                'raise ValueError("the data file is empty")\n'),
+    'fail.py': (
+        'import mlflow\n'
+        'mlflow.log_metric("loss", 1.0)\n'
+        'print("about to fail")\n'
+        'raise ValueError("the data file is empty")\n'
+    ),
 }
 
 PROGRESS = {
     'MLproject': 'entry_points:\n  main:\n    command: python progress.py\n',
-    'progress.py': ('import sys\n'
-                    'for i in range(100000):\n'
-                    '    sys.stdout.write(f"\\rstep {i:6d} of 100000 " + "#" * (i % 50))\n'
-                    'sys.stdout.write("\\n")\n'
-                    'raise SystemExit("progress sample failure")\n'),
+    'progress.py': (
+        'import sys\n'
+        'for i in range(100000):\n'
+        '    sys.stdout.write(f"\\rstep {i:6d} of 100000 " + "#" * (i % 50))\n'
+        'sys.stdout.write("\\n")\n'
+        'raise SystemExit("progress sample failure")\n'
+    ),
 }
 
 
 def tool(*argv: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        (sys.executable, str(SCRIPT), *argv), env={**os.environ, **env},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        (sys.executable, str(SCRIPT), *argv),
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def project_run(repo: Path, name: str, files: dict[str, str], params=None) -> str:
@@ -103,6 +115,7 @@ def server(tmp_path, monkeypatch):
 
 # --- runs left RUNNING, processes that outlive the tool (rows 1-5) ----------
 
+
 @pytest.mark.slow
 def test_a_project_that_ignores_sigterm_is_killed_and_its_run_stays_killed(own_repo, tmp_path):
     run_id = project_run(own_repo, 'stubborn', STUBBORN)
@@ -126,12 +139,16 @@ def test_a_project_that_ignores_sigterm_is_killed_and_its_run_stays_killed(own_r
     assert after.data.tags['reproduce.status'] == 'terminated'
 
 
-@pytest.mark.parametrize(('new_session', 'fail', 'code'), [
-    pytest.param('yes', 'no', 0, id='new-session-on-success'),
-    pytest.param('no', 'yes', 3, id='same-group-on-failure'),
-])
-def test_no_daemon_the_project_leaves_outlives_the_tool(own_repo, tmp_path, capsys, new_session,
-                                                        fail, code, monkeypatch):
+@pytest.mark.parametrize(
+    ('new_session', 'fail', 'code'),
+    [
+        pytest.param('yes', 'no', 0, id='new-session-on-success'),
+        pytest.param('no', 'yes', 3, id='same-group-on-failure'),
+    ],
+)
+def test_no_daemon_the_project_leaves_outlives_the_tool(
+    own_repo, tmp_path, capsys, new_session, fail, code, monkeypatch
+):
     run_id = project_run(own_repo, 'daemon', DAEMON, {'new_session': new_session, 'fail': fail})
     pid_file = tmp_path / 'daemon-pid'
     monkeypatch.setenv('SAMPLE_PID_FILE', str(pid_file))
@@ -148,8 +165,11 @@ def test_sigterm_while_a_slow_server_creates_the_run_leaves_it_killed(own_repo, 
         proxy.add(Rule('runs/create', delay=8))
         proxy.add(Rule('runs/log-batch', delay=8))
         proxy.add(Rule('runs/update', delay=8))
-        proc = tool('--run_id', run_id, env={'MLFLOW_TRACKING_URI': proxy.url,
-                                             'SAMPLE_PID_FILE': str(tmp_path / 'pid')})
+        proc = tool(
+            '--run_id',
+            run_id,
+            env={'MLFLOW_TRACKING_URI': proxy.url, 'SAMPLE_PID_FILE': str(tmp_path / 'pid')},
+        )
         try:
             wait_for(lambda: proxy.count('runs/create'), 60, 'the run to be created')
             proc.send_signal(signal.SIGTERM)
@@ -171,6 +191,7 @@ def test_a_run_is_closed_once_the_server_answers_again(own_repo, server, capsys,
         monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')
         monkeypatch.setenv('REPRODUCE_RUN_CLOSE_TIMEOUT', '30')
         import threading
+
         threading.Timer(3, proxy.clear).start()  # the server comes back after 3 s
         code, out, err = reproduce(capsys, '--run_id', run_id)
     assert code == 0, err
@@ -179,8 +200,9 @@ def test_a_run_is_closed_once_the_server_answers_again(own_repo, server, capsys,
     assert 'left RUNNING' not in err
 
 
-def test_a_server_that_never_comes_back_names_the_run_and_the_command(own_repo, server, capsys,
-                                                                       monkeypatch):
+def test_a_server_that_never_comes_back_names_the_run_and_the_command(
+    own_repo, server, capsys, monkeypatch
+):
     run_id = project_run(own_repo, 'quiet', QUIET)
     with proxy_in_front_of(server.url) as proxy:
         proxy.add(Rule('runs/update', status=503))
@@ -207,24 +229,36 @@ def test_a_server_that_accepts_but_never_answers_is_detected(capsys, monkeypatch
         code, out, err = reproduce(capsys, '--run_id', 'a' * 32)
         connections = accepted[0]
     assert (code, out) == (2, '')
-    assert err == (f'reproduce_run: error: the tracking server {url} does not answer (no '
-                   f'response within 10 s)\n')
+    assert err == (
+        f'reproduce_run: error: the tracking server {url} does not answer (no '
+        f'response within 10 s)\n'
+    )
     assert connections == 1  # one probe; MLflow's retries never started
 
 
 # --- the output contract (rows 6-12) -------------------------------------------
 
-@pytest.mark.parametrize(('sig', 'status', 'code'), [
-    pytest.param(signal.SIGINT, 'interrupted', 130, id='SIGINT'),
-    pytest.param(signal.SIGTERM, 'terminated', 143, id='SIGTERM'),
-])
-def test_a_signal_gives_one_json_document_naming_the_run(samples_repo, server, tmp_path, sig,
-                                                         status, code):
+
+@pytest.mark.parametrize(
+    ('sig', 'status', 'code'),
+    [
+        pytest.param(signal.SIGINT, 'interrupted', 130, id='SIGINT'),
+        pytest.param(signal.SIGTERM, 'terminated', 143, id='SIGTERM'),
+    ],
+)
+def test_a_signal_gives_one_json_document_naming_the_run(
+    samples_repo, server, tmp_path, sig, status, code
+):
     commit = git('rev-parse', 'HEAD', cwd=samples_repo)
     run_id = recorded_run(f'file://{samples_repo}#slow', commit, {'seconds': '120'})
     pid_file = tmp_path / 'pid'
-    proc = tool('--run_id', run_id, '--output', 'json',
-                env={'SAMPLE_PID_FILE': str(pid_file), 'MLFLOW_TRACKING_URI': server.url})
+    proc = tool(
+        '--run_id',
+        run_id,
+        '--output',
+        'json',
+        env={'SAMPLE_PID_FILE': str(pid_file), 'MLFLOW_TRACKING_URI': server.url},
+    )
     try:
         pid_from(pid_file)
         proc.send_signal(sig)
@@ -241,8 +275,9 @@ def test_a_signal_gives_one_json_document_naming_the_run(samples_repo, server, t
     assert err.splitlines()[-1] == f'reproduce_run: {status}'
 
 
-def test_a_launch_failure_after_the_run_exists_is_recorded_and_named(reference, server, capfd,
-                                                                       samples_repo):
+def test_a_launch_failure_after_the_run_exists_is_recorded_and_named(
+    reference, server, capfd, samples_repo
+):
     from conftest import mlflow_run
 
     run_id = mlflow_run(str(samples_repo / 'sklearn_regression'), server.url)
@@ -253,8 +288,9 @@ def test_a_launch_failure_after_the_run_exists_is_recorded_and_named(reference, 
     new = client().get_run(doc['reproduced_run_id'])
     assert new.info.status == 'FAILED'
     assert new.data.tags['reproduce.status'] == 'error'
-    assert 'python_env project cannot be executed using conda' in new.data.tags[
-        'mlflow.note.content']
+    assert (
+        'python_env project cannot be executed using conda' in new.data.tags['mlflow.note.content']
+    )
 
 
 def main_in_process(*argv: str) -> int:
@@ -285,9 +321,9 @@ def test_progress_bars_do_not_bloat_the_report(own_repo, capsys):
     assert log.stat().st_size < 20_000
 
 
-def test_unreadable_metrics_after_the_run_are_an_error_naming_the_run(reference, server, capsys,
-                                                                       monkeypatch,
-                                                                       samples_repo):
+def test_unreadable_metrics_after_the_run_are_an_error_naming_the_run(
+    reference, server, capsys, monkeypatch, samples_repo
+):
     from conftest import mlflow_run
 
     run_id = mlflow_run(str(samples_repo / 'sklearn_regression'), server.url)
@@ -300,15 +336,17 @@ def test_unreadable_metrics_after_the_run_are_an_error_naming_the_run(reference,
     doc = json.loads(out)
     new_id = doc['reproduced_run_id']
     assert (code, doc['status']) == (2, 'error')
-    assert doc['message'].startswith(f'the reproduced run {new_id} ran, but its metrics could '
-                                     f'not be read back: ')
+    assert doc['message'].startswith(
+        f'the reproduced run {new_id} ran, but its metrics could not be read back: '
+    )
     new = client().get_run(new_id)
     assert new.info.status == 'FINISHED'
     assert new.data.tags['reproduce.status'] == 'error'
 
 
-def test_a_password_in_the_tracking_uri_is_masked_everywhere(server, samples_repo, capfd,
-                                                             monkeypatch):
+def test_a_password_in_the_tracking_uri_is_masked_everywhere(
+    server, samples_repo, capfd, monkeypatch
+):
     from conftest import mlflow_run
 
     run_id = mlflow_run(str(samples_repo / 'history'), server.url)
@@ -319,8 +357,10 @@ def test_a_password_in_the_tracking_uri_is_masked_everywhere(server, samples_rep
     doc = json.loads(out)
     assert code == 0, err
     new_id = doc['reproduced_run_id']
-    recorded = [Path(client().download_artifacts(new_id, f'reproduce/{name}')).read_text()
-                for name in ('comparison.json', 'output.log')]
+    recorded = [
+        Path(client().download_artifacts(new_id, f'reproduce/{name}')).read_text()
+        for name in ('comparison.json', 'output.log')
+    ]
     tags = json.dumps(client().get_run(new_id).data.tags)
     assert 's3cret' not in out + err + tags + ''.join(recorded)
     assert 'user:' not in out + err

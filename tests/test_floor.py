@@ -100,8 +100,12 @@ def test_floor_default_store_and_an_unknown_run(floor, tmp_path):
     (the tool refuses to make one, so MLflow of the floor makes it first)."""
     python, env = floor
     env = {k: v for k, v in env.items() if k != 'MLFLOW_TRACKING_URI'}
-    floor_run((python, env), '-c', 'import mlflow; mlflow.MlflowClient().search_experiments()',
-              cwd=tmp_path)
+    floor_run(
+        (python, env),
+        '-c',
+        'import mlflow; mlflow.MlflowClient().search_experiments()',
+        cwd=tmp_path,
+    )
     proc = floor_run((python, env), str(SCRIPT), '--run_id', 'f' * 32, cwd=tmp_path)
     assert (proc.returncode, proc.stdout) == (2, '')
     assert re.fullmatch(

@@ -187,8 +187,8 @@ def conda_without_environment(request: pytest.FixtureRequest) -> list[Argv]:
 
 HEREDOC_PROJECT = {
     'MLproject': 'entry_points:\n  main:\n    parameters:\n      msg: string\n'
-                 '    command: "cat > cfg.txt <<EOF\\nvalue: {msg}\\nEOF\\n'
-                 'python echo.py --msg x"\n',
+    '    command: "cat > cfg.txt <<EOF\\nvalue: {msg}\\nEOF\\n'
+    'python echo.py --msg x"\n',
     'echo.py': ECHO_PROJECT['echo.py'],
 }
 
@@ -197,23 +197,27 @@ def crafted_placeholder(request: pytest.FixtureRequest) -> list[Argv]:
     repo = request.getfixturevalue('own_repo')
     add_project(repo, 'heredoc', HEREDOC_PROJECT)
     pwned = request.getfixturevalue('tmp_path') / 'pwned'
-    heredoc = recorded_run(f'file://{repo}#heredoc', git('rev-parse', 'HEAD', cwd=repo),
-                           {'msg': f'$(touch {pwned})'})
+    heredoc = recorded_run(
+        f'file://{repo}#heredoc', git('rev-parse', 'HEAD', cwd=repo), {'msg': f'$(touch {pwned})'}
+    )
     return [*quoted_placeholder(request), ('--run_id', heredoc)]
 
 
 def script_outside(request: pytest.FixtureRequest) -> list[Argv]:
     commit = _commit(request)
-    absolute = recorded_run(_samples_uri(request, 'entry_points'), commit,
-                            entry_point='/tmp/x/evil.py')
-    relative = recorded_run(_samples_uri(request, 'entry_points'), commit,
-                            entry_point='../../outside.py')
+    absolute = recorded_run(
+        _samples_uri(request, 'entry_points'), commit, entry_point='/tmp/x/evil.py'
+    )
+    relative = recorded_run(
+        _samples_uri(request, 'entry_points'), commit, entry_point='../../outside.py'
+    )
     return [('--run_id', absolute), ('--run_id', relative)]
 
 
 def script_missing(request: pytest.FixtureRequest) -> list[Argv]:
-    run_id = recorded_run(_samples_uri(request, 'entry_points'), _commit(request),
-                          entry_point='nonexist.py')
+    run_id = recorded_run(
+        _samples_uri(request, 'entry_points'), _commit(request), entry_point='nonexist.py'
+    )
     return [('--run_id', run_id), ('--run_id', run_id, '--dry-run')]
 
 
@@ -271,37 +275,43 @@ SETUPS: dict[str, Setup] = {
     "a placeholder anywhere but in a bare word (inside quotes, `$'…'`, backticks, a "
     'here-document, after `eval` or `bash -c`, `{p!r}`, `{p:.3}`, `{p[0]}`, …) with a value '
     'that needs quoting': crafted_placeholder,
-    'script entry point outside the checkout (`-e /tmp/x/evil.py`, `-e ../../outside.py`)':
-        script_outside,
+    'script entry point outside the checkout (`-e /tmp/x/evil.py`, '
+    '`-e ../../outside.py`)': script_outside,
     'script entry point missing at that commit (also with `--dry-run`)': script_missing,
     'MLproject, its environment file, a script entry point or the project folder that is a '
     'symlink out of the checkout': symlink_out,
     '`--uri file://user:tok3n@localhost/missing`': file_uri_with_token,
-    'no `MLFLOW_TRACKING_URI`, and no `mlflow.db` (nor `mlruns`) in the current folder':
-        no_tracking_uri,
+    'no `MLFLOW_TRACKING_URI`, and no `mlflow.db` (nor `mlruns`) in the current '
+    'folder': no_tracking_uri,
     '`MLFLOW_TRACKING_URI` names a local store that does not exist (`sqlite:///missing.db`, '
     '`file:///x`, a path)': missing_local_store,
-    '`--rtol nan` (`inf` is accepted: any two finite values are then close)':
-        arguments('--run_id', 'a', '--rtol', 'nan'),
+    '`--rtol nan` (`inf` is accepted: any two finite values are then close)': arguments(
+        '--run_id', 'a', '--rtol', 'nan'
+    ),
     '`--jobs 0` (also `--max-runs`, `--sample`)': arguments('--run_id', 'a', '--jobs', '0'),
     '`--repeat 1` (or 0)': arguments('--run_id', 'a', '--repeat', '1'),
     '`--since week`': arguments('--from-experiment', 'x', '--since', 'week'),
-    '`--filter`, `--since` or `--sample` without `--from-experiment`':
-        arguments('--run_id', 'a', '--since', '7d'),
+    '`--filter`, `--since` or `--sample` without `--from-experiment`': arguments(
+        '--run_id', 'a', '--since', '7d'
+    ),
     '`--compare-to` with several runs': arguments('--run_id', 'a', 'b', '--compare-to', 'c'),
     '`--from-experiment` naming no experiment': arguments('--from-experiment', 'nope'),
-    '`--backend-config \'queue=gpu\'` (neither a `.json` path nor a JSON object)':
-        arguments('--run_id', 'a', '-b', 'reproduce-test-backend', '-c', 'queue=gpu'),
-    "`--backend-config '[1]'`": arguments('--run_id', 'a', '-b', 'reproduce-test-backend',
-                                          '-c', '[1]'),
-    '`--backend-config missing.json`': arguments('--run_id', 'a', '-b', 'kubernetes',
-                                                 '-c', 'missing.json'),
+    "`--backend-config 'queue=gpu'` (neither a `.json` path nor a JSON object)": arguments(
+        '--run_id', 'a', '-b', 'reproduce-test-backend', '-c', 'queue=gpu'
+    ),
+    "`--backend-config '[1]'`": arguments(
+        '--run_id', 'a', '-b', 'reproduce-test-backend', '-c', '[1]'
+    ),
+    '`--backend-config missing.json`': arguments(
+        '--run_id', 'a', '-b', 'kubernetes', '-c', 'missing.json'
+    ),
     '`--backend my-scheduler` (not installed)': arguments('--run_id', 'a', '-b', 'my-scheduler'),
-    '`--backend kubernetes` without `repository-uri` in its config':
-        arguments('--run_id', 'a', '-b', 'kubernetes', '-c',
-                  '{"kube-job-template-path": "job.yaml"}'),
-    '`--backend databricks` with a local tracking store':
-        arguments('--run_id', 'a', '-b', 'databricks', '-c', '{"spark_version": "x"}'),
+    '`--backend kubernetes` without `repository-uri` in its config': arguments(
+        '--run_id', 'a', '-b', 'kubernetes', '-c', '{"kube-job-template-path": "job.yaml"}'
+    ),
+    '`--backend databricks` with a local tracking store': arguments(
+        '--run_id', 'a', '-b', 'databricks', '-c', '{"spark_version": "x"}'
+    ),
     '`--tolerance loss` (no `=`)': arguments('--run_id', 'a', '--tolerance', 'loss'),
     '`--tolerance loss=-1`': arguments('--run_id', 'a', '--tolerance', 'loss=-1'),
     '`--atol -1`': arguments('--run_id', 'a', '--atol', '-1'),

@@ -1,5 +1,6 @@
 """A reproduction adds no model version to the shared registry, unless asked:
 the project registers into a scratch registry that is discarded."""
+
 from __future__ import annotations
 
 import json
@@ -33,40 +34,58 @@ DISCARDED = Registration('m', '1', 'r1', discarded=True)
 SHARED = Registration('m', '7', 'r1', discarded=False)
 
 
-@pytest.mark.parametrize(('registrations', 'lines'), [
-    pytest.param(Registrations(), [], id='nothing-registered'),
-    pytest.param(Registrations(kept=True), [], id='kept-but-nothing-registered'),
-    pytest.param(Registrations(versions=(DISCARDED, Registration('n', '2', 'r1', True))),
-                 ['Model registrations discarded: m v1, n v2 (--keep-registrations keeps them)'],
-                 id='discarded'),
-    pytest.param(Registrations(kept=True, versions=(SHARED,)),
-                 ['Model registrations kept: m v7'], id='kept'),
-    pytest.param(Registrations(versions=(DISCARDED, SHARED)),
-                 ['Model registrations discarded: m v1 (--keep-registrations keeps them)',
-                  'Model registrations made in the shared registry: m v7'],
-                 id='one-bypassed-the-scratch-registry'),
-])
+@pytest.mark.parametrize(
+    ('registrations', 'lines'),
+    [
+        pytest.param(Registrations(), [], id='nothing-registered'),
+        pytest.param(Registrations(kept=True), [], id='kept-but-nothing-registered'),
+        pytest.param(
+            Registrations(versions=(DISCARDED, Registration('n', '2', 'r1', True))),
+            ['Model registrations discarded: m v1, n v2 (--keep-registrations keeps them)'],
+            id='discarded',
+        ),
+        pytest.param(
+            Registrations(kept=True, versions=(SHARED,)),
+            ['Model registrations kept: m v7'],
+            id='kept',
+        ),
+        pytest.param(
+            Registrations(versions=(DISCARDED, SHARED)),
+            [
+                'Model registrations discarded: m v1 (--keep-registrations keeps them)',
+                'Model registrations made in the shared registry: m v7',
+            ],
+            id='one-bypassed-the-scratch-registry',
+        ),
+    ],
+)
 def test_registration_lines(registrations, lines):
     assert reproduce_run.registration_lines(registrations) == lines
 
 
-@pytest.mark.parametrize(('source', 'model_id'), [
-    pytest.param('models:/m-8dc4cb5c', 'm-8dc4cb5c', id='logged-model'),
-    pytest.param('models:/name/3', None, id='registered-model'),
-    pytest.param('runs:/abc/model', None, id='run-artifact'),
-    pytest.param(None, None, id='no-source'),
-])
+@pytest.mark.parametrize(
+    ('source', 'model_id'),
+    [
+        pytest.param('models:/m-8dc4cb5c', 'm-8dc4cb5c', id='logged-model'),
+        pytest.param('models:/name/3', None, id='registered-model'),
+        pytest.param('runs:/abc/model', None, id='run-artifact'),
+        pytest.param(None, None, id='no-source'),
+    ],
+)
 def test_model_id_of_a_version_source(source, model_id):
     assert reproduce_run._model_id(source) == model_id
 
 
-@pytest.mark.parametrize(('keep', 'user_registry', 'expected'), [
-    pytest.param(False, None, 'scratch', id='scratch'),
-    pytest.param(False, 'http://shared:5000', 'scratch', id='scratch-overrides-the-user'),
-    pytest.param(True, None, None, id='kept-default-registry'),
-    pytest.param(True, 'http://shared:5000', 'http://shared:5000', id='kept-user-registry'),
-    pytest.param(True, 'sqlite:///reg.db', 'sqlite:///{cwd}/reg.db', id='kept-made-absolute'),
-])
+@pytest.mark.parametrize(
+    ('keep', 'user_registry', 'expected'),
+    [
+        pytest.param(False, None, 'scratch', id='scratch'),
+        pytest.param(False, 'http://shared:5000', 'scratch', id='scratch-overrides-the-user'),
+        pytest.param(True, None, None, id='kept-default-registry'),
+        pytest.param(True, 'http://shared:5000', 'http://shared:5000', id='kept-user-registry'),
+        pytest.param(True, 'sqlite:///reg.db', 'sqlite:///{cwd}/reg.db', id='kept-made-absolute'),
+    ],
+)
 def test_project_registry_environ(keep, user_registry, expected, monkeypatch, tmp_path):
     if user_registry:
         monkeypatch.setenv('MLFLOW_REGISTRY_URI', user_registry)
@@ -87,6 +106,7 @@ def test_json_always_has_registrations(capsys, store):
 
 # --- end to end: real projects, real registries --------------------------------
 
+
 def test_registrations_do_not_reach_the_registry(reference, capsys):
     run_id = reference('registers_model', '-P', 'model_name=isolated')
     before = versions('isolated')
@@ -96,50 +116,64 @@ def test_registrations_do_not_reach_the_registry(reference, capsys):
     new = doc['reproduced_run_id']
     assert (code, doc['status']) == (0, 'equal'), err
     assert versions('isolated') == before
-    assert doc['registrations'] == {'kept': False, 'versions': [
-        {'name': 'isolated', 'version': '1', 'run_id': new, 'discarded': True}]}
+    assert doc['registrations'] == {
+        'kept': False,
+        'versions': [{'name': 'isolated', 'version': '1', 'run_id': new, 'discarded': True}],
+    }
     note = client().get_run(new).data.tags['mlflow.note.content']
-    assert '- model registrations discarded: isolated v1 (--keep-registrations keeps them)' \
+    assert (
+        '- model registrations discarded: isolated v1 (--keep-registrations keeps them)'
         in note.splitlines()
+    )
     # The logged model stays in the tracking store, without a link to a version
     # that does not exist.
     assert all('mlflow.modelVersions' not in tags for tags in logged_model_tags(new))
 
 
-def test_a_registry_the_user_names_is_not_touched_either(samples_repo, store, capsys,
-                                                        monkeypatch, tmp_path):
-    shared = f"sqlite:///{tmp_path / 'shared-registry.db'}"
+def test_a_registry_the_user_names_is_not_touched_either(
+    samples_repo, store, capsys, monkeypatch, tmp_path
+):
+    shared = f'sqlite:///{tmp_path / "shared-registry.db"}'
     monkeypatch.setenv('MLFLOW_REGISTRY_URI', shared)
-    run_id = mlflow_run(str(samples_repo / 'registers_model'), store,
-                        '-P', 'model_name=user-registry')
+    run_id = mlflow_run(
+        str(samples_repo / 'registers_model'), store, '-P', 'model_name=user-registry'
+    )
     before = versions('user-registry')
     assert before == [('1', run_id)]
     code, out, err = reproduce(capsys, '--run_id', run_id)
     assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True'), err
     assert versions('user-registry') == before
-    assert 'Model registrations discarded: user-registry v1 (--keep-registrations keeps them)' \
+    assert (
+        'Model registrations discarded: user-registry v1 (--keep-registrations keeps them)'
         in out.splitlines()
+    )
 
 
 def test_keep_registrations_lets_them_through(reference, capsys):
     run_id = reference('registers_model', '-P', 'model_name=kept')
     before = versions('kept')
-    code, out, err = reproduce(capsys, '--run_id', run_id, '--keep-registrations',
-                               '--output', 'json')
+    code, out, err = reproduce(
+        capsys, '--run_id', run_id, '--keep-registrations', '--output', 'json'
+    )
     doc = json.loads(out)
     new = doc['reproduced_run_id']
     assert code == 0, err
     assert versions('kept') == before + [('2', new)]
-    assert doc['registrations'] == {'kept': True, 'versions': [
-        {'name': 'kept', 'version': '2', 'run_id': new, 'discarded': False}]}
-    assert [json.loads(tags['mlflow.modelVersions']) for tags in logged_model_tags(new)] == \
-        [[{'name': 'kept', 'version': 2}]]
+    assert doc['registrations'] == {
+        'kept': True,
+        'versions': [{'name': 'kept', 'version': '2', 'run_id': new, 'discarded': False}],
+    }
+    assert [json.loads(tags['mlflow.modelVersions']) for tags in logged_model_tags(new)] == [
+        [{'name': 'kept', 'version': 2}]
+    ]
 
 
-def test_registrations_do_not_reach_a_tracking_server(mlflow_server, samples_repo, capsys,
-                                                      monkeypatch):
-    run_id = mlflow_run(str(samples_repo / 'registers_model'), mlflow_server,
-                        '-P', 'model_name=on-server')
+def test_registrations_do_not_reach_a_tracking_server(
+    mlflow_server, samples_repo, capsys, monkeypatch
+):
+    run_id = mlflow_run(
+        str(samples_repo / 'registers_model'), mlflow_server, '-P', 'model_name=on-server'
+    )
     monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server)
     before = versions('on-server')
     assert before == [('1', run_id)]
@@ -149,8 +183,8 @@ def test_registrations_do_not_reach_a_tracking_server(mlflow_server, samples_rep
     assert 'warning' not in err
     assert versions('on-server') == before
     assert doc['registrations']['versions'] == [
-        {'name': 'on-server', 'version': '1', 'run_id': doc['reproduced_run_id'],
-         'discarded': True}]
+        {'name': 'on-server', 'version': '1', 'run_id': doc['reproduced_run_id'], 'discarded': True}
+    ]
 
 
 def test_no_scratch_registry_survives(reference, tmp_path):
@@ -166,8 +200,7 @@ def test_no_scratch_registry_survives(reference, tmp_path):
 
 
 SELF_NAMED_REGISTRY = {
-    'MLproject': 'name: own_registry\nentry_points:\n  main:\n'
-                 '    command: "python train.py"\n',
+    'MLproject': 'name: own_registry\nentry_points:\n  main:\n    command: "python train.py"\n',
     'train.py': (
         'import mlflow, mlflow.sklearn\n'
         'from sklearn.dummy import DummyRegressor\n'
@@ -188,7 +221,11 @@ def test_a_project_that_names_its_registry_is_reported(own_repo, store, capsys):
     new = doc['reproduced_run_id']
     assert code == 0, err
     assert versions('self-named') == [('1', run_id), ('2', new)]
-    assert doc['registrations'] == {'kept': False, 'versions': [
-        {'name': 'self-named', 'version': '2', 'run_id': new, 'discarded': False}]}
-    assert (f'reproduce_run: warning: run {new} registered self-named v2 in the shared model '
-            f'registry although the project was given a scratch one') in err
+    assert doc['registrations'] == {
+        'kept': False,
+        'versions': [{'name': 'self-named', 'version': '2', 'run_id': new, 'discarded': False}],
+    }
+    assert (
+        f'reproduce_run: warning: run {new} registered self-named v2 in the shared model '
+        f'registry although the project was given a scratch one'
+    ) in err

@@ -1,5 +1,6 @@
 """Why the runs differ: environment, data, code and logged models beside the
 verdict (issue 11).  Pure comparisons in tables; the rest with real runs."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,135 +40,297 @@ def changed(base: dict, **changes) -> dict:
 
 # --- the environment: pure comparisons -------------------------------------------
 
-@pytest.mark.parametrize(('reference', 'reproduced', 'only_names', 'expected'), [
-    pytest.param(FULL, FULL, None, [], id='same'),
-    pytest.param(FULL, changed(FULL, python={**FULL['python'], 'version': '3.12.1'}), None,
-                 [('python', 'version', '3.11.7', '3.12.1')], id='python-version'),
-    pytest.param(FULL, changed(FULL, platform={**FULL['platform'], 'machine': 'arm64'}), None,
-                 [('platform', 'machine', 'x86_64', 'arm64')], id='platform-machine'),
-    pytest.param(FULL, changed(FULL, cpu_count=8), None,
-                 [('platform', 'cpu_count', 2, 8)], id='cpu-count'),
-    pytest.param(FULL, changed(FULL, packages={'numpy': '2.0.0', 'scikit-learn': '1.9.1'}),
-                 None, [('package', 'numpy', '1.26.4', '2.0.0')], id='package-version'),
-    pytest.param(FULL, changed(FULL, packages={**FULL['packages'], 'torch': '2.3.0'}), None,
-                 [('package', 'torch', None, '2.3.0')], id='package-only-reproduced'),
-    pytest.param(FULL, changed(FULL, packages={'numpy': '1.26.4'}), None,
-                 [('package', 'scikit-learn', '1.9.1', None)], id='package-only-reference'),
-    pytest.param(changed(FULL, packages={'Scikit_Learn': '1.9.1', 'NumPy': '1.26.4'}), FULL,
-                 None, [], id='names-normalized-pep-503'),
-    pytest.param({'python': {'version': '3.11.7'}, 'packages': {'scikit-learn': '0.0.1'}},
-                 FULL, ['scikit-learn'], [('package', 'scikit-learn', '0.0.1', '1.9.1')],
-                 id='model-requirements-compare-only-what-they-name'),
-    pytest.param({'python': {'version': '3.10.0'}, 'packages': {}}, FULL, [],
-                 [('python', 'version', '3.10.0', '3.11.7')],
-                 id='fields-one-side-lacks-are-not-compared'),
-    pytest.param(FULL, changed(FULL, env={'PYTHONHASHSEED': '0', 'OMP_NUM_THREADS': '1'}), None,
-                 [('env', 'PYTHONHASHSEED', None, '0')], id='env-variable-set'),
-    pytest.param(FULL, changed(FULL, env={'PYTHONHASHSEED': None, 'OMP_NUM_THREADS': '4'}), None,
-                 [('env', 'OMP_NUM_THREADS', '1', '4')], id='env-variable-changed'),
-    pytest.param(FULL, changed(FULL, gpu=[{'name': 'A100', 'driver_version': '550'}]), None,
-                 [('platform', 'gpu', None, [{'name': 'A100', 'driver_version': '550'}])],
-                 id='gpu-appeared'),
-])
+
+@pytest.mark.parametrize(
+    ('reference', 'reproduced', 'only_names', 'expected'),
+    [
+        pytest.param(FULL, FULL, None, [], id='same'),
+        pytest.param(
+            FULL,
+            changed(FULL, python={**FULL['python'], 'version': '3.12.1'}),
+            None,
+            [('python', 'version', '3.11.7', '3.12.1')],
+            id='python-version',
+        ),
+        pytest.param(
+            FULL,
+            changed(FULL, platform={**FULL['platform'], 'machine': 'arm64'}),
+            None,
+            [('platform', 'machine', 'x86_64', 'arm64')],
+            id='platform-machine',
+        ),
+        pytest.param(
+            FULL,
+            changed(FULL, cpu_count=8),
+            None,
+            [('platform', 'cpu_count', 2, 8)],
+            id='cpu-count',
+        ),
+        pytest.param(
+            FULL,
+            changed(FULL, packages={'numpy': '2.0.0', 'scikit-learn': '1.9.1'}),
+            None,
+            [('package', 'numpy', '1.26.4', '2.0.0')],
+            id='package-version',
+        ),
+        pytest.param(
+            FULL,
+            changed(FULL, packages={**FULL['packages'], 'torch': '2.3.0'}),
+            None,
+            [('package', 'torch', None, '2.3.0')],
+            id='package-only-reproduced',
+        ),
+        pytest.param(
+            FULL,
+            changed(FULL, packages={'numpy': '1.26.4'}),
+            None,
+            [('package', 'scikit-learn', '1.9.1', None)],
+            id='package-only-reference',
+        ),
+        pytest.param(
+            changed(FULL, packages={'Scikit_Learn': '1.9.1', 'NumPy': '1.26.4'}),
+            FULL,
+            None,
+            [],
+            id='names-normalized-pep-503',
+        ),
+        pytest.param(
+            {'python': {'version': '3.11.7'}, 'packages': {'scikit-learn': '0.0.1'}},
+            FULL,
+            ['scikit-learn'],
+            [('package', 'scikit-learn', '0.0.1', '1.9.1')],
+            id='model-requirements-compare-only-what-they-name',
+        ),
+        pytest.param(
+            {'python': {'version': '3.10.0'}, 'packages': {}},
+            FULL,
+            [],
+            [('python', 'version', '3.10.0', '3.11.7')],
+            id='fields-one-side-lacks-are-not-compared',
+        ),
+        pytest.param(
+            FULL,
+            changed(FULL, env={'PYTHONHASHSEED': '0', 'OMP_NUM_THREADS': '1'}),
+            None,
+            [('env', 'PYTHONHASHSEED', None, '0')],
+            id='env-variable-set',
+        ),
+        pytest.param(
+            FULL,
+            changed(FULL, env={'PYTHONHASHSEED': None, 'OMP_NUM_THREADS': '4'}),
+            None,
+            [('env', 'OMP_NUM_THREADS', '1', '4')],
+            id='env-variable-changed',
+        ),
+        pytest.param(
+            FULL,
+            changed(FULL, gpu=[{'name': 'A100', 'driver_version': '550'}]),
+            None,
+            [('platform', 'gpu', None, [{'name': 'A100', 'driver_version': '550'}])],
+            id='gpu-appeared',
+        ),
+    ],
+)
 def test_environment_differences(reference, reproduced, only_names, expected):
     found = reproduce_run.environment_differences(reference, reproduced, only_names)
     assert [(d['kind'], d['name'], d['reference'], d['reproduced']) for d in found] == expected
 
 
-@pytest.mark.parametrize(('text', 'pins'), [
-    pytest.param('mlflow==3.17.2\nscikit-learn==0.0.1\n',
-                 {'mlflow': '3.17.2', 'scikit-learn': '0.0.1'}, id='pins'),
-    pytest.param('Scikit_Learn==1.0 ; python_version > "3"\n# comment\n',
-                 {'scikit-learn': '1.0'}, id='normalized-marker-comment'),
-    pytest.param('-r other.txt\ncloudpickle\nnumpy>=1.2\n--index-url x\n', {},
-                 id='options-unpinned-and-ranges-pin-nothing'),
-    pytest.param('uvicorn[standard]==0.30.1\n', {'uvicorn': '0.30.1'}, id='extras'),
-])
+@pytest.mark.parametrize(
+    ('text', 'pins'),
+    [
+        pytest.param(
+            'mlflow==3.17.2\nscikit-learn==0.0.1\n',
+            {'mlflow': '3.17.2', 'scikit-learn': '0.0.1'},
+            id='pins',
+        ),
+        pytest.param(
+            'Scikit_Learn==1.0 ; python_version > "3"\n# comment\n',
+            {'scikit-learn': '1.0'},
+            id='normalized-marker-comment',
+        ),
+        pytest.param(
+            '-r other.txt\ncloudpickle\nnumpy>=1.2\n--index-url x\n',
+            {},
+            id='options-unpinned-and-ranges-pin-nothing',
+        ),
+        pytest.param('uvicorn[standard]==0.30.1\n', {'uvicorn': '0.30.1'}, id='extras'),
+    ],
+)
 def test_parse_requirements(text, pins):
     assert reproduce_run.parse_requirements(text) == pins
 
 
-@pytest.mark.parametrize(('files', 'expected'), [
-    pytest.param({'requirements.txt': 'mlflow==3.17.2\n',
-                  'python_env.yaml': 'python: 3.11.7\ndependencies:\n- -r requirements.txt\n'},
-                 {'packages': {'mlflow': '3.17.2'}, 'python': {'version': '3.11.7'}},
-                 id='requirements-and-python-env'),
-    pytest.param({'conda.yaml': 'dependencies:\n- python=3.10.4\n- pip<=23\n'
-                                '- pip:\n  - numpy==1.26.4\n'},
-                 {'packages': {'numpy': '1.26.4'}, 'python': {'version': '3.10.4'}},
-                 id='conda-only'),
-    pytest.param({'requirements.txt': 'numpy==2.0\n', 'conda.yaml': 'dependencies:\n'
-                  '- pip:\n  - numpy==1.0\n'}, {'packages': {'numpy': '2.0'}},
-                 id='requirements-win-over-conda'),
-    pytest.param({'conda.yaml': ': not yaml ['}, None, id='broken-yaml-is-no-environment'),
-    pytest.param({}, None, id='no-files'),
-])
+@pytest.mark.parametrize(
+    ('files', 'expected'),
+    [
+        pytest.param(
+            {
+                'requirements.txt': 'mlflow==3.17.2\n',
+                'python_env.yaml': 'python: 3.11.7\ndependencies:\n- -r requirements.txt\n',
+            },
+            {'packages': {'mlflow': '3.17.2'}, 'python': {'version': '3.11.7'}},
+            id='requirements-and-python-env',
+        ),
+        pytest.param(
+            {
+                'conda.yaml': 'dependencies:\n- python=3.10.4\n- pip<=23\n'
+                '- pip:\n  - numpy==1.26.4\n'
+            },
+            {'packages': {'numpy': '1.26.4'}, 'python': {'version': '3.10.4'}},
+            id='conda-only',
+        ),
+        pytest.param(
+            {
+                'requirements.txt': 'numpy==2.0\n',
+                'conda.yaml': 'dependencies:\n- pip:\n  - numpy==1.0\n',
+            },
+            {'packages': {'numpy': '2.0'}},
+            id='requirements-win-over-conda',
+        ),
+        pytest.param({'conda.yaml': ': not yaml ['}, None, id='broken-yaml-is-no-environment'),
+        pytest.param({}, None, id='no-files'),
+    ],
+)
 def test_environment_from_model_files(files, expected):
     assert reproduce_run.environment_from_model_files(files) == expected
 
 
 # --- datasets, code and models: pure comparisons ----------------------------------
 
-def dataset_input(name: str, digest: str, source: str = '{"uri": "d.csv"}',
-                  schema: str = 's1', context: str | None = 'training'):
+
+def dataset_input(
+    name: str,
+    digest: str,
+    source: str = '{"uri": "d.csv"}',
+    schema: str = 's1',
+    context: str | None = 'training',
+):
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     tags = [InputTag('mlflow.data.context', context)] if context else []
     return DatasetInput(Dataset(name, digest, 'local', source, schema), tags)
 
 
-@pytest.mark.parametrize(('reference', 'reproduced', 'expected'), [
-    pytest.param([('train', 'aa')], [('train', 'aa')], [], id='same'),
-    pytest.param([('train', 'aa')], [('train', 'bb')],
-                 [('train', 'training', 'digest', 'aa', 'bb')], id='digest'),
-    pytest.param([('train', 'aa', 'x.csv')], [('train', 'aa', 'y.csv')],
-                 [('train', 'training', 'source', 'x.csv', 'y.csv')], id='source'),
-    pytest.param([('train', 'aa', 'x', 's1')], [('train', 'bb', 'x', 's2')],
-                 [('train', 'training', 'digest', 'aa', 'bb'),
-                  ('train', 'training', 'schema', 's1', 's2')], id='digest-and-schema'),
-    pytest.param([('train', 'aa'), ('val', 'cc')], [('train', 'aa')],
-                 [('val', 'training', 'only_reference', 'cc', None)], id='only-reference'),
-    pytest.param([], [('train', 'aa')],
-                 [('train', 'training', 'only_reproduced', None, 'aa')], id='only-reproduced'),
-    pytest.param([('train', 'aa', 'x', 's1', 'training')], [('train', 'aa', 'x', 's1', 'eval')],
-                 [('train', 'eval', 'only_reproduced', None, 'aa'),
-                  ('train', 'training', 'only_reference', 'aa', None)],
-                 id='matched-by-context-too'),
-    pytest.param([('train', 'aa', 'x', 's1', None)], [('train', 'aa', 'x', 's1', None)], [],
-                 id='no-context'),
-])
+@pytest.mark.parametrize(
+    ('reference', 'reproduced', 'expected'),
+    [
+        pytest.param([('train', 'aa')], [('train', 'aa')], [], id='same'),
+        pytest.param(
+            [('train', 'aa')],
+            [('train', 'bb')],
+            [('train', 'training', 'digest', 'aa', 'bb')],
+            id='digest',
+        ),
+        pytest.param(
+            [('train', 'aa', 'x.csv')],
+            [('train', 'aa', 'y.csv')],
+            [('train', 'training', 'source', 'x.csv', 'y.csv')],
+            id='source',
+        ),
+        pytest.param(
+            [('train', 'aa', 'x', 's1')],
+            [('train', 'bb', 'x', 's2')],
+            [
+                ('train', 'training', 'digest', 'aa', 'bb'),
+                ('train', 'training', 'schema', 's1', 's2'),
+            ],
+            id='digest-and-schema',
+        ),
+        pytest.param(
+            [('train', 'aa'), ('val', 'cc')],
+            [('train', 'aa')],
+            [('val', 'training', 'only_reference', 'cc', None)],
+            id='only-reference',
+        ),
+        pytest.param(
+            [],
+            [('train', 'aa')],
+            [('train', 'training', 'only_reproduced', None, 'aa')],
+            id='only-reproduced',
+        ),
+        pytest.param(
+            [('train', 'aa', 'x', 's1', 'training')],
+            [('train', 'aa', 'x', 's1', 'eval')],
+            [
+                ('train', 'eval', 'only_reproduced', None, 'aa'),
+                ('train', 'training', 'only_reference', 'aa', None),
+            ],
+            id='matched-by-context-too',
+        ),
+        pytest.param(
+            [('train', 'aa', 'x', 's1', None)],
+            [('train', 'aa', 'x', 's1', None)],
+            [],
+            id='no-context',
+        ),
+    ],
+)
 def test_dataset_differences(reference, reproduced, expected):
-    found = reproduce_run.dataset_differences([dataset_input(*d) for d in reference],
-                                              [dataset_input(*d) for d in reproduced])
-    assert [(d['name'], d['context'], d['change'], d['reference'], d['reproduced'])
-            for d in found] == expected
+    found = reproduce_run.dataset_differences(
+        [dataset_input(*d) for d in reference], [dataset_input(*d) for d in reproduced]
+    )
+    assert [
+        (d['name'], d['context'], d['change'], d['reference'], d['reproduced']) for d in found
+    ] == expected
 
 
-@pytest.mark.parametrize(('tags', 'uri', 'version', 'expected'), [
-    pytest.param({}, False, False, [], id='clean'),
-    pytest.param({'mlflow.source.git.dirty': 'false'}, False, False, [], id='recorded-clean'),
-    pytest.param({'mlflow.source.git.dirty': 'true', 'mlflow.source.git.commit': 'a' * 40},
-                 False, False,
-                 [('the reference run was trained from uncommitted edits on top of commit '
-                   'aaaaaaaaaaaa; no commit holds that code')], id='dirty'),
-    pytest.param({}, True, False, ['--uri replaced the source that the reference run recorded'],
-                 id='uri-overridden'),
-    pytest.param({}, False, True,
-                 ['--version replaced the commit that the reference run recorded'],
-                 id='version-overridden'),
-])
+@pytest.mark.parametrize(
+    ('tags', 'uri', 'version', 'expected'),
+    [
+        pytest.param({}, False, False, [], id='clean'),
+        pytest.param({'mlflow.source.git.dirty': 'false'}, False, False, [], id='recorded-clean'),
+        pytest.param(
+            {'mlflow.source.git.dirty': 'true', 'mlflow.source.git.commit': 'a' * 40},
+            False,
+            False,
+            [
+                (
+                    'the reference run was trained from uncommitted edits on top of commit '
+                    'aaaaaaaaaaaa; no commit holds that code'
+                )
+            ],
+            id='dirty',
+        ),
+        pytest.param(
+            {},
+            True,
+            False,
+            ['--uri replaced the source that the reference run recorded'],
+            id='uri-overridden',
+        ),
+        pytest.param(
+            {},
+            False,
+            True,
+            ['--version replaced the commit that the reference run recorded'],
+            id='version-overridden',
+        ),
+    ],
+)
 def test_code_notes(tags, uri, version, expected):
     assert reproduce_run.code_notes(tags, uri, version) == expected
 
 
-@pytest.mark.parametrize(('reference', 'reproduced', 'expected'), [
-    pytest.param({'m': {'acc': [(0, 0.5)]}}, {'m': {'acc': [(0, 0.5)]}}, [], id='same'),
-    pytest.param({'m': {'acc': [(0, 0.5)]}}, {'m': {'acc': [(0, 0.6)]}},
-                 [('m', 'acc', 0.5, 0.6)], id='differs'),
-    pytest.param({'m': {'acc': [(0, 0.5)]}}, {}, [], id='only-one-run-logged-models'),
-    pytest.param({'m': {'acc': [(0, 0.5)]}}, {'n': {'acc': [(0, 0.5)]}},
-                 [('m', 'acc', 0.5, None), ('n', 'acc', None, 0.5)], id='models-by-name'),
-])
+@pytest.mark.parametrize(
+    ('reference', 'reproduced', 'expected'),
+    [
+        pytest.param({'m': {'acc': [(0, 0.5)]}}, {'m': {'acc': [(0, 0.5)]}}, [], id='same'),
+        pytest.param(
+            {'m': {'acc': [(0, 0.5)]}},
+            {'m': {'acc': [(0, 0.6)]}},
+            [('m', 'acc', 0.5, 0.6)],
+            id='differs',
+        ),
+        pytest.param({'m': {'acc': [(0, 0.5)]}}, {}, [], id='only-one-run-logged-models'),
+        pytest.param(
+            {'m': {'acc': [(0, 0.5)]}},
+            {'n': {'acc': [(0, 0.5)]}},
+            [('m', 'acc', 0.5, None), ('n', 'acc', None, 0.5)],
+            id='models-by-name',
+        ),
+    ],
+)
 def test_compare_model_metrics(reference, reproduced, expected):
     found = reproduce_run.compare_model_metrics(reference, reproduced, TIGHT)
     assert [(model, m.key, m.reference, m.reproduced) for model, m in found] == expected
@@ -183,28 +346,42 @@ def test_json_always_has_the_differences():
     verdict = reproduce_run.judge({'m': [(0, 1.0)]}, {'m': [(0, 1.0)]}, TIGHT)
     report = reproduce_run.Report('equal', 0, 'a', 'b', verdict=verdict)
     assert json.loads(reproduce_run.format_json(report))['differences'] == {
-        'environment': [], 'datasets': [], 'code': [], 'models': [],
-        'environment_source': 'unknown', 'environment_compared': False}
+        'environment': [],
+        'datasets': [],
+        'code': [],
+        'models': [],
+        'environment_source': 'unknown',
+        'environment_compared': False,
+    }
 
 
 # --- capturing and recording the environment --------------------------------------
+
 
 def test_capture_environment_describes_this_interpreter(tmp_path):
     env = {**os.environ, 'PYTHONHASHSEED': '7'}
     env.pop('OMP_NUM_THREADS', None)
     found = reproduce_run.capture_environment(None, env, str(tmp_path))
-    assert found['python'] == {'version': platform.python_version(),
-                               'implementation': platform.python_implementation(),
-                               'executable': sys.executable}
+    assert found['python'] == {
+        'version': platform.python_version(),
+        'implementation': platform.python_implementation(),
+        'executable': sys.executable,
+    }
     assert found['platform']['system'] == platform.system()
     assert found['cpu_count'] == os.cpu_count()
     assert found['packages']['scikit-learn'] == importlib.metadata.version('scikit-learn')
     assert found['env']['PYTHONHASHSEED'] == '7'
     assert found['env']['OMP_NUM_THREADS'] is None
     assert set(found['env']) == {
-        'PYTHONHASHSEED', 'CUDA_VISIBLE_DEVICES', 'CUBLAS_WORKSPACE_CONFIG', 'OMP_NUM_THREADS',
-        'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'TF_DETERMINISTIC_OPS',
-        'TF_CUDNN_DETERMINISTIC'}
+        'PYTHONHASHSEED',
+        'CUDA_VISIBLE_DEVICES',
+        'CUBLAS_WORKSPACE_CONFIG',
+        'OMP_NUM_THREADS',
+        'MKL_NUM_THREADS',
+        'OPENBLAS_NUM_THREADS',
+        'TF_DETERMINISTIC_OPS',
+        'TF_CUDNN_DETERMINISTIC',
+    }
     assert found['gpu'] is None or isinstance(found['gpu'], list)
 
 
@@ -214,7 +391,8 @@ def test_capture_environment_runs_in_the_activated_environment(tmp_path):
     venv = tmp_path / 'venv'
     subprocess.run((sys.executable, '-m', 'venv', '--without-pip', str(venv)), check=True)
     found = reproduce_run.capture_environment(
-        f'source {venv}/bin/activate && echo activated', os.environ, str(tmp_path))
+        f'source {venv}/bin/activate && echo activated', os.environ, str(tmp_path)
+    )
     assert found['python']['executable'] == str(venv / 'bin' / 'python')
     assert 'mlflow' not in found['packages']
     assert 'scikit-learn' not in found['packages']
@@ -224,7 +402,8 @@ def test_capture_failure_warns_and_gives_none(tmp_path, capsys):
     found = reproduce_run.capture_environment('false', os.environ, str(tmp_path))
     assert found is None
     assert capsys.readouterr().err.startswith(
-        "reproduce_run: warning: cannot capture the project's environment: ")
+        "reproduce_run: warning: cannot capture the project's environment: "
+    )
 
 
 def run_with_environment(tmp_path: Path, **variables: str) -> str:
@@ -247,6 +426,7 @@ def test_record_environment_writes_the_artifact(tmp_path):
 
 # --- --compare-to with real runs --------------------------------------------------
 
+
 def test_compare_to_reports_a_changed_hash_seed(tmp_path, capsys):
     ref = run_with_environment(tmp_path, PYTHONHASHSEED='0')
     other = run_with_environment(tmp_path, PYTHONHASHSEED='1')
@@ -262,7 +442,8 @@ def test_compare_to_reports_a_changed_hash_seed(tmp_path, capsys):
     code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'json')
     differences = json.loads(out)['differences']
     assert differences['environment'] == [
-        {'kind': 'env', 'name': 'PYTHONHASHSEED', 'reference': '0', 'reproduced': '1'}]
+        {'kind': 'env', 'name': 'PYTHONHASHSEED', 'reference': '0', 'reproduced': '1'}
+    ]
     assert differences['environment_source'] == 'reproduction'
 
 
@@ -281,8 +462,10 @@ def test_unknown_reference_environment_is_said(capsys):
     assert code == 0
     assert out.splitlines()[-3:] == [
         'Other differences:',
-        ("- environment: not compared, the reference run's environment is unknown (no "
-         'reproduce/environment.json, no logged model)'),
+        (
+            "- environment: not compared, the reference run's environment is unknown (no "
+            'reproduce/environment.json, no logged model)'
+        ),
         'Runs equal: True',
     ]
 
@@ -308,11 +491,17 @@ def test_logged_model_pins_are_compared_with_installed_versions(tmp_path, capsys
     # mlflow is pinned too, at the installed version; nothing the model does
     # not name (numpy, ...) is listed.
     assert differences['environment'] == [
-        {'kind': 'package', 'name': 'scikit-learn', 'reference': '0.0.1',
-         'reproduced': importlib.metadata.version('scikit-learn')}]
+        {
+            'kind': 'package',
+            'name': 'scikit-learn',
+            'reference': '0.0.1',
+            'reproduced': importlib.metadata.version('scikit-learn'),
+        }
+    ]
     code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
-    assert ('  - package scikit-learn: 0.0.1 -> '
-            f"{importlib.metadata.version('scikit-learn')}") in out.splitlines()
+    assert (
+        f'  - package scikit-learn: 0.0.1 -> {importlib.metadata.version("scikit-learn")}'
+    ) in out.splitlines()
 
 
 def test_model_metrics_from_a_later_evaluation_are_compared(capsys):
@@ -323,8 +512,9 @@ def test_model_metrics_from_a_later_evaluation_are_compared(capsys):
     client().log_metric(evaluation, 'holdout_mae', 0.5, model_id=other_model)
     code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'json')
     models = json.loads(out)['differences']['models']
-    assert [(m['model'], m['key'], m['reference'], m['reproduced'], m['equal'])
-            for m in models] == [('model', 'holdout_mae', 0.25, 0.5, False)]
+    assert [
+        (m['model'], m['key'], m['reference'], m['reproduced'], m['equal']) for m in models
+    ] == [('model', 'holdout_mae', 0.25, 0.5, False)]
     assert code == 0
     code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
     assert '  - model `model` metric holdout_mae: 0.25 -> 0.5' in out.splitlines()
@@ -334,11 +524,12 @@ def test_dirty_reference_is_said(capsys):
     ref, other = logged_run({'acc': [0.5]}), logged_run({'acc': [0.5]})
     client().set_tag(ref, 'mlflow.source.git.dirty', 'true')
     client().set_tag(ref, 'mlflow.source.git.commit', 'b' * 40)
-    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output',
-                             'markdown')
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'markdown')
     assert code == 0
-    assert ('  - the reference run was trained from uncommitted edits on top of commit '
-            'bbbbbbbbbbbb; no commit holds that code') in out.splitlines()
+    assert (
+        '  - the reference run was trained from uncommitted edits on top of commit '
+        'bbbbbbbbbbbb; no commit holds that code'
+    ) in out.splitlines()
     assert '  - the runs ran different commits: bbbbbbbbbbbb -> no recorded commit' in out
 
 
@@ -359,21 +550,27 @@ def dataset_runs(samples_repo, store, tmp_path_factory) -> tuple[str, str]:
 def test_changed_dataset_is_reported_in_every_format(dataset_runs, capsys):
     ref, other = dataset_runs
     digests = [client().get_run(r).inputs.dataset_inputs[0].dataset.digest for r in dataset_runs]
-    line = f'  - dataset `train` (training) changed at its source (digest {digests[0]} -> ' \
-           f'{digests[1]})'
+    line = (
+        f'  - dataset `train` (training) changed at its source (digest {digests[0]} -> '
+        f'{digests[1]})'
+    )
     code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
     assert code == 1
     assert out.splitlines()[-4:] == ['Other differences:', '- data:', line, 'Runs equal: False']
     code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'json')
     differences = json.loads(out)['differences']
-    assert differences['datasets'] == [{'name': 'train', 'context': 'training',
-                                        'change': 'digest', 'reference': digests[0],
-                                        'reproduced': digests[1]}]
+    assert differences['datasets'] == [
+        {
+            'name': 'train',
+            'context': 'training',
+            'change': 'digest',
+            'reference': digests[0],
+            'reproduced': digests[1],
+        }
+    ]
     # Both models pin what trained them, in one interpreter: no package differs.
-    assert (differences['environment'], differences['environment_source']) == \
-        ([], 'logged_model')
-    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output',
-                             'markdown')
+    assert (differences['environment'], differences['environment_source']) == ([], 'logged_model')
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'markdown')
     assert f'**Other differences:**\n\n- data:\n{line}\n\nRuns equal: False\n' in out
 
 
@@ -384,8 +581,13 @@ def test_differences_go_into_the_run_description(dataset_runs):
     verdict = reproduce_run.judge({}, {}, TIGHT)
     reproduced = logged_run({})
     report = reproduce_run.Report(
-        'equal', 0, ref.info.run_id, reproduced, verdict=verdict,
-        differences=reproduce_run.differences_between(c, ref, other, TIGHT))
+        'equal',
+        0,
+        ref.info.run_id,
+        reproduced,
+        verdict=verdict,
+        differences=reproduce_run.differences_between(c, ref, other, TIGHT),
+    )
     reproduce_run.record_verdict(c, report, None, plots=False)
     note = c.get_run(reproduced).data.tags['mlflow.note.content']
     assert '**Other differences:**' in note
@@ -395,12 +597,15 @@ def test_differences_go_into_the_run_description(dataset_runs):
 def test_sample_reads_its_data_from_the_default_file(samples_repo, store):
     # Its own experiment: MLflow keeps one source per dataset digest and
     # experiment, and the other tests log this very data from another file.
-    run_id = mlflow_run(str(samples_repo / 'dataset_input'), store,
-                        '--experiment-name', 'dataset-sample')
+    run_id = mlflow_run(
+        str(samples_repo / 'dataset_input'), store, '--experiment-name', 'dataset-sample'
+    )
     run = client().get_run(run_id)
     (dataset_input,) = run.inputs.dataset_inputs
-    assert (dataset_input.dataset.name, json.loads(dataset_input.dataset.source)) == \
-        ('train', {'uri': 'data.csv'})
+    assert (dataset_input.dataset.name, json.loads(dataset_input.dataset.source)) == (
+        'train',
+        {'uri': 'data.csv'},
+    )
     environment, source = reproduce_run.run_environment(client(), run)
     assert source == 'logged_model'
     assert environment['packages']['scikit-learn'] == importlib.metadata.version('scikit-learn')
@@ -413,13 +618,13 @@ def test_environment_sources_through_a_tracking_server(mlflow_server, monkeypatc
     c = client()
     with_env = run_with_environment(tmp_path, OMP_NUM_THREADS='2')
     with_model, _ = log_sklearn_model(pip_requirements=['scikit-learn==0.0.1'])
-    assert reproduce_run.run_environment(c, c.get_run(with_env))[0]['env']['OMP_NUM_THREADS'] \
-        == '2'
+    assert reproduce_run.run_environment(c, c.get_run(with_env))[0]['env']['OMP_NUM_THREADS'] == '2'
     environment, source = reproduce_run.run_environment(c, c.get_run(with_model))
     assert (source, environment['packages']['scikit-learn']) == ('logged_model', '0.0.1')
 
 
 # --- real reproductions -------------------------------------------------------------
+
 
 def commit_project(repo: Path, name: str, files: dict[str, str]) -> Path:
     """A small project committed into a test's own copy of the samples."""
@@ -435,12 +640,16 @@ def commit_project(repo: Path, name: str, files: dict[str, str]) -> Path:
 def bare_project(repo: Path) -> Path:
     """A project that needs no package at all, and ends at once; its
     python_env.yaml asks for this Python and installs nothing."""
-    return commit_project(repo, 'bare', {
-        'MLproject': 'name: bare\npython_env: python_env.yaml\nentry_points:\n  main:\n'
-                     '    command: "python -c \'print(42)\'"\n',
-        'python_env.yaml': f'python: "{platform.python_version()}"\n'
-                           'build_dependencies: []\ndependencies: []\n',
-    })
+    return commit_project(
+        repo,
+        'bare',
+        {
+            'MLproject': 'name: bare\npython_env: python_env.yaml\nentry_points:\n  main:\n'
+            '    command: "python -c \'print(42)\'"\n',
+            'python_env.yaml': f'python: "{platform.python_version()}"\n'
+            'build_dependencies: []\ndependencies: []\n',
+        },
+    )
 
 
 def recorded_environment(run_id: str) -> dict:
@@ -495,41 +704,62 @@ def data_reproductions(samples_repo, store, tmp_path_factory) -> tuple[str, dict
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('MLFLOW_TRACKING_URI', store)
         mp.chdir(where)
-        ref = mlflow_run(str(samples_repo / 'dataset_input'), store,
-                         '--experiment-name', EXPERIMENT, '-P', f'data={data}')
+        ref = mlflow_run(
+            str(samples_repo / 'dataset_input'),
+            store,
+            '--experiment-name',
+            EXPERIMENT,
+            '-P',
+            f'data={data}',
+        )
         data.write_text('\n'.join([header, *reversed(rows)]) + '\n')
         made = {}
         for output, seed in HASH_SEEDS.items():
             mp.setenv('PYTHONHASHSEED', seed)
-            made[output] = run_tool('--run_id', ref, '--experiment-name', EXPERIMENT,
-                                    '--output', output)
+            made[output] = run_tool(
+                '--run_id', ref, '--experiment-name', EXPERIMENT, '--output', output
+            )
     return ref, made
 
 
 def changed_dataset_line(ref: str, reproduced: str) -> str:
-    digests = [client().get_run(r).inputs.dataset_inputs[0].dataset.digest
-               for r in (ref, reproduced)]
+    digests = [
+        client().get_run(r).inputs.dataset_inputs[0].dataset.digest for r in (ref, reproduced)
+    ]
     assert digests[0] != digests[1]
-    return (f'  - dataset `train` (training) changed at its source (digest {digests[0]} -> '
-            f'{digests[1]})')
+    return (
+        f'  - dataset `train` (training) changed at its source (digest {digests[0]} -> '
+        f'{digests[1]})'
+    )
 
 
 def test_reproduction_names_the_changed_dataset_in_the_table(data_reproductions):
     ref, made = data_reproductions
     r = made['table']
     assert r.out.splitlines()[-4:] == [
-        'Other differences:', '- data:', changed_dataset_line(ref, r.run_id),
-        'Runs equal: True']
+        'Other differences:',
+        '- data:',
+        changed_dataset_line(ref, r.run_id),
+        'Runs equal: True',
+    ]
 
 
 def test_reproduction_names_the_changed_dataset_in_json(data_reproductions):
     ref, made = data_reproductions
     r = made['json']
-    digests = [client().get_run(run_id).inputs.dataset_inputs[0].dataset.digest
-               for run_id in (ref, r.run_id)]
+    digests = [
+        client().get_run(run_id).inputs.dataset_inputs[0].dataset.digest
+        for run_id in (ref, r.run_id)
+    ]
     assert json.loads(r.out)['differences']['datasets'] == [
-        {'name': 'train', 'context': 'training', 'change': 'digest',
-         'reference': digests[0], 'reproduced': digests[1]}]
+        {
+            'name': 'train',
+            'context': 'training',
+            'change': 'digest',
+            'reference': digests[0],
+            'reproduced': digests[1],
+        }
+    ]
 
 
 def test_reproduction_names_the_changed_dataset_in_markdown(data_reproductions):
@@ -561,8 +791,11 @@ def test_pins_equal_to_the_installed_versions_report_nothing(data_reproductions)
     """The sample's model pins what trained it, in this very interpreter."""
     _, made = data_reproductions
     differences = json.loads(made['json'].out)['differences']
-    assert (differences['environment'], differences['environment_source'],
-            differences['environment_compared']) == ([], 'logged_model', True)
+    assert (
+        differences['environment'],
+        differences['environment_source'],
+        differences['environment_compared'],
+    ) == ([], 'logged_model', True)
     assert '- environment' not in made['table'].out
 
 
@@ -573,8 +806,7 @@ def test_every_reproduction_records_the_tools_environment(data_reproductions, ou
     assert set(environment) == {'python', 'platform', 'cpu_count', 'packages', 'env', 'gpu'}
     assert set(environment['python']) == {'version', 'implementation', 'executable'}
     assert set(environment['platform']) == {'system', 'release', 'machine'}
-    assert os.path.dirname(environment['python']['executable']) == \
-        os.path.dirname(sys.executable)
+    assert os.path.dirname(environment['python']['executable']) == os.path.dirname(sys.executable)
     assert environment['packages']['mlflow'] == importlib.metadata.version('mlflow')
     assert environment['env']['PYTHONHASHSEED'] == HASH_SEEDS[output]
     assert environment['gpu'] is None or isinstance(environment['gpu'], list)
@@ -585,13 +817,13 @@ def test_reproductions_with_other_hash_seeds_are_told_apart(data_reproductions, 
     with last night's: the reference's environment is its own record."""
     _, made = data_reproductions
     first, second = made['table'].run_id, made['json'].run_id
-    code, out, _ = reproduce(capsys, '--run_id', first, '--compare-to', second,
-                             '--output', 'json')
+    code, out, _ = reproduce(capsys, '--run_id', first, '--compare-to', second, '--output', 'json')
     assert code == 0
     differences = json.loads(out)['differences']
     assert differences['environment_source'] == 'reproduction'
     assert differences['environment'] == [
-        {'kind': 'env', 'name': 'PYTHONHASHSEED', 'reference': '0', 'reproduced': '1'}]
+        {'kind': 'env', 'name': 'PYTHONHASHSEED', 'reference': '0', 'reproduced': '1'}
+    ]
     assert differences['datasets'] == []
     code, out, _ = reproduce(capsys, '--run_id', first, '--compare-to', second)
     assert out.splitlines()[-4:] == [
@@ -602,7 +834,7 @@ def test_reproductions_with_other_hash_seeds_are_told_apart(data_reproductions, 
     ]
 
 
-PINNED_MODEL = '''\
+PINNED_MODEL = """\
 import mlflow
 import mlflow.sklearn
 from sklearn.linear_model import LinearRegression
@@ -610,34 +842,46 @@ from sklearn.linear_model import LinearRegression
 model = LinearRegression().fit([[0.0], [1.0]], [0.0, 2.0])
 mlflow.log_metric('coef', float(model.coef_[0]))
 mlflow.sklearn.log_model(model, name='model', pip_requirements=['scikit-learn==0.0.1'])
-'''
+"""
 
 
 def test_reproduction_reports_a_model_pin_that_differs(own_repo, store, capsys):
-    project = commit_project(own_repo, 'pinned_model', {
-        'MLproject': 'name: pinned_model\nentry_points:\n  main:\n    command: python train.py\n',
-        'train.py': PINNED_MODEL,
-    })
+    project = commit_project(
+        own_repo,
+        'pinned_model',
+        {
+            'MLproject': 'name: pinned_model\nentry_points:\n  main:\n'
+            '    command: python train.py\n',
+            'train.py': PINNED_MODEL,
+        },
+    )
     ref = mlflow_run(str(project), store)
     code, out, err = reproduce(capsys, '--run_id', ref, '--output', 'json')
     assert code == 0, err  # the metric is the same: the pin only informs
     differences = json.loads(out)['differences']
     assert differences['environment_source'] == 'logged_model'
     assert differences['environment'] == [
-        {'kind': 'package', 'name': 'scikit-learn', 'reference': '0.0.1',
-         'reproduced': importlib.metadata.version('scikit-learn')}]
+        {
+            'kind': 'package',
+            'name': 'scikit-learn',
+            'reference': '0.0.1',
+            'reproduced': importlib.metadata.version('scikit-learn'),
+        }
+    ]
 
 
 @pytest.mark.slow
-def test_virtualenv_records_the_projects_environment(own_repo, store, capsys, tmp_path,
-                                                     monkeypatch):
+def test_virtualenv_records_the_projects_environment(
+    own_repo, store, capsys, tmp_path, monkeypatch
+):
     """MLflow builds the project's virtualenv (pyenv's Python, `python -m
     venv`, nothing to install: offline); that interpreter is described."""
     envs = tmp_path / 'envs'
     monkeypatch.setenv('MLFLOW_ENV_ROOT', str(envs))
     ref = mlflow_run(str(bare_project(own_repo)), store)
-    code, out, err = reproduce(capsys, '--run_id', ref, '--env-manager', 'virtualenv',
-                               '--output', 'json')
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, '--env-manager', 'virtualenv', '--output', 'json'
+    )
     assert code == 0, err
     assert json.loads(out)['source']['env_manager'] == 'virtualenv'
     environment = recorded_environment(json.loads(out)['reproduced_run_id'])
@@ -650,8 +894,9 @@ def test_virtualenv_records_the_projects_environment(own_repo, store, capsys, tm
 
 def test_a_failed_reproduction_records_its_environment_too(reference, capsys):
     """The environment that ran a failing project is one place to look for why."""
-    code, out, _ = reproduce(capsys, '--run_id', reference('failing', fails=True),
-                             '--output', 'json')
+    code, out, _ = reproduce(
+        capsys, '--run_id', reference('failing', fails=True), '--output', 'json'
+    )
     assert code == 3
     report = json.loads(out)
     assert report['status'] == 'failed'

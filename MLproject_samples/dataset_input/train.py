@@ -19,24 +19,24 @@ from sklearn.metrics import mean_absolute_error, r2_score
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="data.csv")
-    parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument('--data', default='data.csv')
+    parser.add_argument('--alpha', type=float, default=0.1)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     df = pd.read_csv(args.data)
-    dataset = mlflow.data.from_pandas(df, source=args.data, name="train")
-    mlflow.log_input(dataset, context="training")
-    X, y = df[["x1", "x2"]], df["y"]
+    dataset = mlflow.data.from_pandas(df, source=args.data, name='train')
+    mlflow.log_input(dataset, context='training')
+    X, y = df[['x1', 'x2']], df['y']
     model = Ridge(alpha=args.alpha).fit(X, y)
     pred = model.predict(X)
-    mlflow.log_metric("mae", float(mean_absolute_error(y, pred)))
-    mlflow.log_metric("r2", float(r2_score(y, pred)))
-    mlflow.sklearn.log_model(model, name="model")
+    mlflow.log_metric('mae', float(mean_absolute_error(y, pred)))
+    mlflow.log_metric('r2', float(r2_score(y, pred)))
+    mlflow.sklearn.log_model(model, name='model')
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

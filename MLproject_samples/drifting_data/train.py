@@ -22,21 +22,21 @@ from sklearn.metrics import mean_absolute_error, r2_score
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="data.csv")
+    parser.add_argument('--data', default='data.csv')
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    table = np.loadtxt(args.data, delimiter=",", skiprows=1, ndmin=2)
+    table = np.loadtxt(args.data, delimiter=',', skiprows=1, ndmin=2)
     X, y = table[:, :-1], table[:, -1]
     split = len(table) * 3 // 4
     pred = LinearRegression().fit(X[:split], y[:split]).predict(X[split:])
-    mlflow.log_metric("mae", float(mean_absolute_error(y[split:], pred)))
-    mlflow.log_metric("r2", float(r2_score(y[split:], pred)))
-    mlflow.log_metric("n_rows", float(len(table)))
+    mlflow.log_metric('mae', float(mean_absolute_error(y[split:], pred)))
+    mlflow.log_metric('r2', float(r2_score(y[split:], pred)))
+    mlflow.log_metric('n_rows', float(len(table)))
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

@@ -34,13 +34,13 @@ from sklearn.model_selection import train_test_split
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jitter", type=float, default=0.01)
+    parser.add_argument('--jitter', type=float, default=0.01)
     return parser.parse_args(argv)
 
 
 def next_count(path: str) -> int:
     """Read, increment and write back the counter in ``path``; 0 the first time."""
-    with open(path, "a+") as f:
+    with open(path, 'a+') as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
         f.seek(0)
         count = int(f.read() or 0)
@@ -52,7 +52,7 @@ def next_count(path: str) -> int:
 
 def offset() -> int:
     """-1, 0 or +1: from the counter when the test hook is set, else at random."""
-    counter = os.environ.get("SAMPLE_JITTER_COUNTER")
+    counter = os.environ.get('SAMPLE_JITTER_COUNTER')
     if counter:
         return next_count(counter) % 3 - 1
     return random.SystemRandom().choice((-1, 0, 1))  # unseeded, by design
@@ -64,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=42)
     pred = Ridge(alpha=0.1).fit(X_train, y_train).predict(X_test)
     factor = 1 + offset() * args.jitter
-    mlflow.log_metric("test_mae", float(mean_absolute_error(y_test, pred)) * factor)
-    mlflow.log_metric("test_r2", float(r2_score(y_test, pred)) * factor)
+    mlflow.log_metric('test_mae', float(mean_absolute_error(y_test, pred)) * factor)
+    mlflow.log_metric('test_r2', float(r2_score(y_test, pred)) * factor)
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

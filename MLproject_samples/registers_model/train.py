@@ -21,8 +21,8 @@ from sklearn.model_selection import train_test_split
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--model-name", default="reproduce-sample")
+    parser.add_argument('--alpha', type=float, default=1.0)
+    parser.add_argument('--model-name', default='reproduce-sample')
     return parser.parse_args(argv)
 
 
@@ -32,13 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=42)
     model = Ridge(alpha=args.alpha, random_state=42).fit(X_train, y_train)
     pred = model.predict(X_test)
-    mlflow.log_metric("mae", float(mean_absolute_error(y_test, pred)))
-    mlflow.log_metric("r2", float(r2_score(y_test, pred)))
+    mlflow.log_metric('mae', float(mean_absolute_error(y_test, pred)))
+    mlflow.log_metric('r2', float(r2_score(y_test, pred)))
     mlflow.sklearn.log_model(
-        model, name="model", registered_model_name=args.model_name, input_example=X_test[:2]
+        model, name='model', registered_model_name=args.model_name, input_example=X_test[:2]
     )
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

@@ -6,6 +6,7 @@ run itself (MLflow only passes a pre-created run to the local backend), runs
 the job in a working folder of its own, and returns at once with a
 `SubmittedRun` to wait on, poll or cancel.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,15 @@ DEFAULT_GRACE_SECONDS = 10.0
 class JobSubmittedRun(SubmittedRun):
     """A job started by TestBackend: a process group led by `bash -c`."""
 
-    def __init__(self, run_id: str, proc: subprocess.Popen[bytes], tracking_uri: str,
-                 job_dir: str, keep_job_dir: bool, grace_seconds: float) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        proc: subprocess.Popen[bytes],
+        tracking_uri: str,
+        job_dir: str,
+        keep_job_dir: bool,
+        grace_seconds: float,
+    ) -> None:
         super().__init__()
         self._run_id = run_id
         self._proc = proc
@@ -108,16 +116,24 @@ class JobSubmittedRun(SubmittedRun):
 class TestBackend(AbstractBackend):
     __test__ = False  # not a pytest test class
 
-    def run(self, project_uri: str, entry_point: str, params: dict[str, Any],
-            version: str | None, backend_config: dict[str, Any], tracking_uri: str,
-            experiment_id: str) -> JobSubmittedRun:
+    def run(
+        self,
+        project_uri: str,
+        entry_point: str,
+        params: dict[str, Any],
+        version: str | None,
+        backend_config: dict[str, Any],
+        tracking_uri: str,
+        experiment_id: str,
+    ) -> JobSubmittedRun:
         if backend_config.get('fail_submit'):
             raise ExecutionException(f'{NAME}: the scheduler rejected the job (fail_submit)')
         env_manager = backend_config.get(PROJECT_ENV_MANAGER)
         if env_manager not in (None, 'local'):
             raise ExecutionException(
                 f'{NAME} runs jobs in the submitting Python environment; env manager '
-                f'{env_manager!r} is not supported')
+                f'{env_manager!r} is not supported'
+            )
         source_dir = fetch_and_validate_project(project_uri, version, entry_point, params)
         job_dir, keep = _job_dir(backend_config.get('workdir'))
         project_dir = os.path.join(job_dir, 'project')
@@ -125,15 +141,17 @@ class TestBackend(AbstractBackend):
         project = load_project(project_dir)
         # MLflow's own helper, as its Databricks and Kubernetes backends use:
         # tags for source, commit and entry point, and the params it logs.
-        run = get_or_create_run(None, project_uri, experiment_id, project_dir, version,
-                                entry_point, params)
+        run = get_or_create_run(
+            None, project_uri, experiment_id, project_dir, version, entry_point, params
+        )
         run_id = run.info.run_id
         client = MlflowClient(tracking_uri)
         client.set_tag(run_id, TAG_JOB_DIR, job_dir)
         if 'queue' in backend_config:
             client.set_tag(run_id, TAG_QUEUE, str(backend_config['queue']))
-        command = ' && '.join(get_entry_point_command(
-            project, entry_point, params, os.path.join(job_dir, 'storage')))
+        command = ' && '.join(
+            get_entry_point_command(project, entry_point, params, os.path.join(job_dir, 'storage'))
+        )
         proc = _start_job(command, project_dir, run_id, tracking_uri, experiment_id)
         grace = float(backend_config.get('grace_seconds', DEFAULT_GRACE_SECONDS))
         return JobSubmittedRun(run_id, proc, tracking_uri, job_dir, keep, grace)
@@ -147,11 +165,17 @@ def _job_dir(workdir: str | None) -> tuple[str, bool]:
     return tempfile.mkdtemp(prefix='reproduce-test-backend-job-'), False
 
 
-def _start_job(command: str, cwd: str, run_id: str, tracking_uri: str,
-               experiment_id: str) -> subprocess.Popen[bytes]:
+def _start_job(
+    command: str, cwd: str, run_id: str, tracking_uri: str, experiment_id: str
+) -> subprocess.Popen[bytes]:
     """The job leads its own session, so that cancel() reaches every process
     it starts; it logs into the run through MLflow's environment variables."""
-    env = {**os.environ, 'MLFLOW_RUN_ID': run_id, 'MLFLOW_TRACKING_URI': tracking_uri,
-           'MLFLOW_EXPERIMENT_ID': str(experiment_id)}
-    return subprocess.Popen(('bash', '-c', command), cwd=cwd, env=env,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    env = {
+        **os.environ,
+        'MLFLOW_RUN_ID': run_id,
+        'MLFLOW_TRACKING_URI': tracking_uri,
+        'MLFLOW_EXPERIMENT_ID': str(experiment_id),
+    }
+    return subprocess.Popen(
+        ('bash', '-c', command), cwd=cwd, env=env, stdin=subprocess.DEVNULL, start_new_session=True
+    )
