@@ -118,6 +118,16 @@ def server_not_listening(request: pytest.FixtureRequest) -> list[Argv]:
     return [('--run_id', 'a' * 32)]
 
 
+def silent_tracking_server(request: pytest.FixtureRequest) -> list[Argv]:
+    from proxy import silent_server
+
+    server = silent_server()
+    url, _ = server.__enter__()
+    request.addfinalizer(lambda: server.__exit__(None, None, None))
+    request.getfixturevalue('monkeypatch').setenv('MLFLOW_TRACKING_URI', url)
+    return [('--run_id', 'a' * 32)]
+
+
 def unreachable_source(request: pytest.FixtureRequest) -> list[Argv]:
     commit, tmp_path = _commit(request), request.getfixturevalue('tmp_path')
     remote = recorded_run(_samples_uri(request, 'sklearn_regression'), commit)
@@ -268,6 +278,7 @@ SETUPS: dict[str, Setup] = {
     'MLproject that does not parse at that commit': mlproject_not_parsing,
     'declared param without default that the run lacks': param_without_default_missing,
     'tracking server not listening': server_not_listening,
+    'tracking server that accepts connections but never answers': silent_tracking_server,
     'git remote unreachable, or a recorded local path missing on this host': unreachable_source,
     'a recorded local path missing on this host, the run recording its remote '
     '(`mlflow.source.git.repoURL`)': path_missing_remote_recorded,
