@@ -4039,7 +4039,11 @@ def _reproduce(
     progress.log_path = output.log_path
     tag = f'{session.tag}.{index}'
     if plan.backend.name == DEFAULT_BACKEND:
-        run = create_reproduced_run(session, plan, parent_run_id)
+        try:
+            run = create_reproduced_run(session, plan, parent_run_id)
+        except BaseException:
+            output.close()  # nothing will write to it: end its thread
+            raise
         progress.run_id = run.info.run_id
         _say_what_runs(session, plan, run.info.run_id)
         launch = run_project(session, plan, run, tmp_dir, tag, output)
