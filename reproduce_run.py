@@ -1780,11 +1780,13 @@ def live_processes(pgid: int | None, tag: str) -> list[int]:
     group with setsid still does).  A tag ending in '.' matches every tag
     under it.  Without /proc, only the group is known."""
     if not os.path.isdir('/proc'):
+        if not pgid:
+            return []
         try:
-            os.killpg(pgid, 0) if pgid else None
-            return [pgid] if pgid else []
+            os.killpg(pgid, 0)  # is anyone left in the group?
         except (ProcessLookupError, PermissionError):
             return []
+        return [pgid]
     needle = f'{PROCESS_TAG}={tag}'.encode()
 
     def tagged(environ: bytes) -> bool:
@@ -1810,6 +1812,9 @@ def end_processes(pgid: int | None, tag: str, reap: Callable[[], object] = lambd
         if not pids:
             return found
         found = max(found, len(pids))
+        if pgid:  # the whole group, also where only its leader's PID is known
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
@@ -2232,7 +2237,6 @@ def _is_http(uri: str) -> bool:
 ENVIRONMENT_ARTIFACT = 'environment.json'  # under ARTIFACT_DIR
 TAG_GIT_DIRTY = 'mlflow.source.git.dirty'
 TAG_DATASET_CONTEXT = 'mlflow.data.context'  # an input tag, not a run tag
-ENVIRONMENT_SOURCES = ('reproduction', 'logged_model', 'unknown')
 MODEL_ENVIRONMENT_FILES = ('requirements.txt', 'python_env.yaml', 'conda.yaml')
 CAPTURE_TIMEOUT_SECONDS = 120.0  # a cold conda environment imports slowly
 

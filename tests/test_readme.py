@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from conftest import ROOT, free_port, git
@@ -18,6 +17,7 @@ from test_reproduce_run import (
     logged_run,
     recorded_run,
     reproduce,
+    run_of_a_commit_gone_from_the_remote,
 )
 
 from reproduce_run import main
@@ -145,36 +145,11 @@ def path_missing_remote_recorded(request: pytest.FixtureRequest) -> list[Argv]:
 
 
 def commit_gone(request: pytest.FixtureRequest) -> list[Argv]:
-    url, base = request.getfixturevalue('git_daemon')
-    tmp_path: Path = request.getfixturevalue('tmp_path')
-    bare, work = base / f'{tmp_path.name}-readme.git', tmp_path / 'work'
-    git(
-        'clone',
-        '--quiet',
-        '--bare',
-        str(request.getfixturevalue('samples_repo')),
-        str(bare),
-        cwd=tmp_path,
+    run_id, _, _ = run_of_a_commit_gone_from_the_remote(
+        request.getfixturevalue('git_daemon'),
+        request.getfixturevalue('samples_repo'),
+        request.getfixturevalue('tmp_path'),
     )
-    git('clone', '--quiet', str(bare), str(work), cwd=tmp_path)
-    git(
-        '-c',
-        'user.email=t@e',
-        '-c',
-        'user.name=t',
-        'commit',
-        '--quiet',
-        '--allow-empty',
-        '-m',
-        'soon gone',
-        cwd=work,
-    )
-    gone = git('rev-parse', 'HEAD', cwd=work)
-    git('push', '--quiet', 'origin', 'HEAD:main', cwd=work)
-    run_id = recorded_run(f'{url}/{bare.name}#sklearn_regression', gone)
-    git('push', '--quiet', '--force', 'origin', 'HEAD~1:main', cwd=work)
-    git('reflog', 'expire', '--expire=now', '--all', cwd=bare)
-    git('gc', '--quiet', '--prune=now', cwd=bare)
     return [('--run_id', run_id)]
 
 

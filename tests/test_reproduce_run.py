@@ -1438,7 +1438,11 @@ def test_credentials_in_a_failing_uri_are_masked(reference, capsys):
     assert 'https://***@127.0.0.1' in json.loads(out)['message']
 
 
-def test_commit_gone_from_the_remote(git_daemon, samples_repo, capsys, tmp_path):
+def run_of_a_commit_gone_from_the_remote(
+    git_daemon: tuple[str, Path], samples_repo: Path, tmp_path: Path
+) -> tuple[str, str, str]:
+    """(run ID, commit, remote): a run recorded at a commit that a force push
+    and a garbage collection then removed from the remote."""
     url, base = git_daemon
     bare = base / f'{tmp_path.name}.git'
     git('clone', '--quiet', '--bare', str(samples_repo), str(bare), cwd=tmp_path)
@@ -1462,11 +1466,16 @@ def test_commit_gone_from_the_remote(git_daemon, samples_repo, capsys, tmp_path)
     git('push', '--quiet', '--force', 'origin', 'HEAD~1:main', cwd=work)
     git('reflog', 'expire', '--expire=now', '--all', cwd=bare)
     git('gc', '--quiet', '--prune=now', cwd=bare)
+    return run_id, gone, f'{url}/{bare.name}'
+
+
+def test_commit_gone_from_the_remote(git_daemon, samples_repo, capsys, tmp_path):
+    run_id, gone, remote = run_of_a_commit_gone_from_the_remote(git_daemon, samples_repo, tmp_path)
     code, out, err = reproduce(capsys, '--run_id', run_id)
     assert (code, out) == (2, '')
     assert err == (
         f'reproduce_run: error: commit {gone} is not available from '
-        f'{url}/{bare.name} (history rewritten, or a typo?)\n'
+        f'{remote} (history rewritten, or a typo?)\n'
     )
 
 
