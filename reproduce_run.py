@@ -140,6 +140,10 @@ _EXCEPTION_LINE_RE = re.compile(r'^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrup
 # found and ended even after it left the process group (Linux /proc).
 PROCESS_TAG = 'REPRODUCE_RUN_PROCESS_TAG'
 _SECRET_KEY_RE = re.compile(r'token|secret|password|key', re.IGNORECASE)  # config keys to mask
+# MLflow's credentials for the tracking server: their values are masked wherever
+# they appear (a project may print them), unless too short to tell from text.
+SECRET_VARIABLES = ('MLFLOW_TRACKING_PASSWORD', 'MLFLOW_TRACKING_TOKEN')
+SECRET_MIN_CHARS = 4
 
 
 class ReproduceError(Exception):
@@ -675,8 +679,14 @@ class Plan:
 
 
 def mask_credentials(text: str) -> str:
-    """Hide the user:password part of every URL in text."""
-    return _URL_CREDENTIALS_RE.sub(r'\g<scheme>***@', text)
+    """Hide the user:password part of every URL in text, and the values of
+    MLflow's password and token variables."""
+    text = _URL_CREDENTIALS_RE.sub(r'\g<scheme>***@', text)
+    for name in SECRET_VARIABLES:
+        secret = os.environ.get(name, '')
+        if len(secret) >= SECRET_MIN_CHARS:
+            text = text.replace(secret, MASKED)
+    return text
 
 
 def warn(message: str) -> None:
