@@ -70,6 +70,8 @@ STATUS_EXIT_CODES = {
     'interrupted': EXIT_INTERRUPTED,
     'terminated': EXIT_TERMINATED,
 }
+SIGNAL_STATUSES = ('interrupted', 'terminated')
+NOT_STARTED = 'not started'  # the message of a reproduction a signal kept from starting
 # A batch exits with the code of its worst status, in this order.
 STATUS_PRECEDENCE = ('terminated', 'interrupted', 'error', 'failed', 'differ', 'equal', 'planned')
 
@@ -85,6 +87,7 @@ CLOSE_RETRY_SECONDS = 60.0  # how long a run's closing is retried (REPRODUCE_RUN
 PROBE_TIMEOUT_SECONDS = 10.0  # a tracking server that does not answer within this is down
 BACKEND_POLL_SECONDS = 2.0  # how often a job on a backend is asked for its status
 HISTORY_WORKERS = 8  # concurrent metric-history requests to a remote server
+SQLITE_JOBS = 8  # reproductions at once on an sqlite store (its connection pool holds 15)
 DEFAULT_MAX_RUNS = 10  # runs a search selects
 DEFAULT_ORDER_BY = 'attributes.start_time DESC'
 
@@ -3361,18 +3364,51 @@ def _summary_rows(batch: BatchReport) -> tuple[list[str], list[list[Any]]]:
     return headers, rows
 
 
+def _runs(n: int) -> str:
+    return f'{n} run' if n == 1 else f'{n} runs'
+
+
 def _summary_counts(batch: BatchReport) -> str:
+    if batch.dry_run:
+        return planned_line(batch)
     counts = [f'{batch.count(s)} {s}' for s in ('equal', 'differ', 'failed', 'error')]
+    counts += [f'{n} {s.replace("_", " ")}' for s, n in unfinished_counts(batch).items() if n]
     skipped = f', {len(batch.skipped)} skipped' if batch.skipped else ''
     return f'Reproduced {len(batch.reports)} runs: {", ".join(counts)}{skipped}'
+
+
+def unfinished_counts(batch: BatchReport) -> dict[str, int]:
+    """Reproductions a signal ended: stopped halfway, and never started."""
+    return {'stopped': batch.stopped, 'not_started': batch.not_started}
+
+
+def planned_line(batch: BatchReport) -> str:
+    """The last line of a dry run: what it would do, not a verdict it did not reach."""
+    errors = f', {batch.count("error")} error' if batch.count('error') else ''
+    skipped = f', {len(batch.skipped)} skipped' if batch.skipped else ''
+    return f'Planned: {_runs(batch.count("planned"))}{errors}{skipped}'
+
+
+def _last_line_of(batch: BatchReport) -> str:
+    return planned_line(batch) if batch.dry_run else f'Runs equal: {batch.equal}'
+
+
+def skipped_lines(skipped: Sequence[Mapping[str, str]]) -> list[tuple[int, str]]:
+    """One (count, reason) per reason, in the order the reasons first came."""
+    counts = collections.Counter(s['reason'] for s in skipped)
+    return [(n, reason) for reason, n in counts.items()]
 
 
 def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
     lines = []
     if batch.batch_run_id:
         lines.append(f'Parent run:     {batch.batch_run_id}')
-    lines += [_summary_counts(batch), _table(_summary_rows(batch), 'psql')]
-    lines += [f'Skipped {s["run_id"]}: {s["reason"]}' for s in batch.skipped]
+    if batch.dry_run:
+        lines.append('Dry run: nothing was run and no run was created.')
+    else:
+        lines.append(_summary_counts(batch))
+    lines.append(_table(_summary_rows(batch), 'psql'))
+    lines += [f'Skipped {_runs(n)}: {reason}' for n, reason in skipped_lines(batch.skipped)]
     for report in batch.reports:
         if report.status in ('failed', 'error') and report.message:
             lines.append(f'{report.reference_run_id}: {report.status}: {report.message}')
@@ -3380,18 +3416,24 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
             lines += ['', format_text(report, verbose).rsplit('\n', 1)[0]]
     for repeat in batch.repeats:
         lines += ['', _repeat_heading(repeat), *diagnosis_lines(repeat.diagnoses, 'psql')]
-    lines.append(f'Runs equal: {batch.equal}')
+    lines.append(_last_line_of(batch))
     return '\n'.join(lines)
 
 
+def _batch_heading(batch: BatchReport) -> str:
+    if batch.repeat_of:
+        return f'**Repetitions of run {batch.repeat_of}**'
+    return '**Batch dry run**' if batch.dry_run else '**Batch reproduction**'
+
+
 def format_batch_markdown(batch: BatchReport) -> str:
-    lines = [
-        f'**Batch reproduction**: {_summary_counts(batch)}',
-        '',
-        _table(_summary_rows(batch), 'github'),
-    ]
+    lines = [f'{_batch_heading(batch)}: {_summary_counts(batch)}', '']
+    if batch.batch_run_id:
+        lines += [f'- parent run: `{batch.batch_run_id}`', '']
+    lines.append(_table(_summary_rows(batch), 'github'))
     if batch.skipped:
-        lines += ['', *(f'- skipped `{s["run_id"]}`: {s["reason"]}' for s in batch.skipped)]
+        lines += ['']
+        lines += [f'- skipped {_runs(n)}: {reason}' for n, reason in skipped_lines(batch.skipped)]
     for repeat in batch.repeats:
         lines += [
             '',
@@ -3402,7 +3444,7 @@ def format_batch_markdown(batch: BatchReport) -> str:
     for report in batch.reports:
         if report.status != 'equal' and not batch.repeats:
             lines += ['', format_markdown(report)]
-    lines += ['', f'Runs equal: {batch.equal}']
+    lines += ['', _last_line_of(batch)]
     return '\n'.join(lines)
 
 
@@ -3425,6 +3467,8 @@ def batch_json(batch: BatchReport) -> dict[str, Any]:
         'summary': {
             'total': len(batch.reports),
             **{s: batch.count(s) for s in ('equal', 'differ', 'failed', 'error')},
+            **unfinished_counts(batch),
+            **({'planned': batch.count('planned')} if batch.dry_run else {}),
             'skipped': len(batch.skipped),
         },
         'exit_code': batch.exit_code,
@@ -4168,6 +4212,7 @@ class Probe:
     run_id: str | None  # the reference run; None when `error` says why there is none
     label: str = ''  # how it was named, e.g. 'models:/churn@champion (version 3)'
     error: str | None = None  # it cannot be reproduced: reported, never run
+    name: str | None = None  # the reference run's name, when the selection read it
     version: str | None = None  # a commit or version instead of --version / the recorded one
     environ: tuple[tuple[str, str], ...] = ()  # set in the project's environment
     nested: bool = False  # under a parent run of its reference, below the group's
@@ -4221,6 +4266,7 @@ class Group:
     results: tuple[Result, ...]
     parent_run_id: str | None
     nested_parents: Mapping[str, str]  # reference run ID -> its nested parent run
+    dry_run: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4230,6 +4276,8 @@ class BatchReport:
     batch_run_id: str | None = None
     message: str | None = None  # why the batch could not start at all
     repeats: tuple[Repeat, ...] = ()  # with --repeat: one diagnosis per reference run
+    dry_run: bool = False
+    repeat_of: str | None = None  # --repeat of a single reference run: its ID
 
     @property
     def exit_code(self) -> int:
@@ -4245,6 +4293,16 @@ class BatchReport:
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.reports)
 
+    @property
+    def not_started(self) -> int:
+        """Reproductions a signal kept from starting."""
+        return sum(r.status in SIGNAL_STATUSES and r.message == NOT_STARTED for r in self.reports)
+
+    @property
+    def stopped(self) -> int:
+        """Reproductions a signal ended halfway."""
+        return sum(r.status in SIGNAL_STATUSES for r in self.reports) - self.not_started
+
 
 def fold_exit_code(statuses: Iterable[str]) -> int:
     """The exit code of the worst status: a signal, then 2, 3, 1, 0."""
@@ -4254,25 +4312,52 @@ def fold_exit_code(statuses: Iterable[str]) -> int:
 
 
 class _GroupProgress:
-    """One line on standard error as each reproduction starts and ends."""
+    """One line on standard error as each reproduction starts and ends, each
+    naming the reference run in full with its name; --quiet keeps only a
+    line for each reproduction that failed or could not start."""
 
     def __init__(self, quiet: bool) -> None:
         self.total, self.quiet = 0, quiet
         self._lock = threading.Lock()
 
-    def line(self, index: int, text: str) -> None:
+    def _print(self, text: str) -> None:
+        with self._lock:
+            print(text, file=sys.stderr, flush=True)
+
+    def start(self, index: int, probe: Probe, name: str) -> None:
         if not self.quiet:
-            with self._lock:
-                print(f'[{index + 1}/{self.total}] {text}', file=sys.stderr, flush=True)
+            model = f' {probe.label}' if probe.label and probe.label != name else ''
+            self._print(
+                f'[{index + 1}/{self.total}] {_named(probe.run_id or "", name)}{model} started'
+            )
+
+    def end(self, index: int, report: Report) -> None:
+        if not self.quiet:
+            self._print(f'[{index + 1}/{self.total}] {_progress_end(report)}')
+        elif report.status in ('failed', 'error'):
+            message = report.message or report.status
+            self._print(f'reproduce_run: {report.status}: {report.reference_run_id}: {message}')
+
+
+def _named(run_id: str, name: str | None) -> str:
+    return f'{run_id} ({name})' if name else run_id
 
 
 def _progress_end(report: Report) -> str:
-    name = f' ({report.reference_run_name})' if report.reference_run_name else ''
-    new = f' -> {report.reproduced_run_id[:8]}' if report.reproduced_run_id else ''
+    new = f' -> {report.reproduced_run_id}' if report.reproduced_run_id else ''
     why = f': {report.message}' if report.status == 'error' and report.message else ''
-    return (
-        f'{report.reference_run_id[:8]}{name} {report.status} in {report.seconds:.0f} s{new}{why}'
-    )
+    ref = _named(report.reference_run_id, report.reference_run_name)
+    return f'{ref} {report.status} in {report.seconds:.0f} s{new}{why}'
+
+
+def _reference_name(session: Session, probe: Probe) -> str:
+    """The reference run's name for the progress lines: the search's, else read."""
+    if probe.name is not None or session.options.quiet:
+        return probe.name or ''
+    try:
+        return session.client.get_run(probe.run_id).info.run_name or ''
+    except Exception:  # its reproduction says why it cannot be read
+        return ''
 
 
 class _Parents:
@@ -4319,35 +4404,40 @@ def _run_probe(
 ) -> Report:
     model = probe.label or None
     if probe.run_id is None:
-        return Report(
+        report = Report(
             status='error',
             exit_code=EXIT_CANNOT_START,
             reference_run_id=probe.label,
             message=probe.error,
             model=probe.label,
         )
+        progress.end(index, report)
+        return report
     if session.stop.event.is_set():  # start nothing new after a signal
         return Report(
             status=session.stop.status,
             exit_code=STATUS_EXIT_CODES[session.stop.status],
             reference_run_id=probe.run_id,
-            message='not started',
+            message=NOT_STARTED,
             model=model,
         )
-    progress.line(index, f'{probe.run_id[:8]} {probe.label + " " if probe.label else ""}started')
+    name = _reference_name(session, probe)
+    progress.start(index, probe, name)
     try:
         parent = parents.parent_for(probe)
     except ReproduceError as e:
-        return Report(
+        report = Report(
             status='error',
             exit_code=e.exit_code,
             reference_run_id=probe.run_id,
             message=str(e),
             model=model,
+            reference_run_name=name or None,
         )
-    report = reproduce_one(_probe_session(session, probe), probe.run_id, index, parent)
-    report = dataclasses.replace(report, model=model)
-    progress.line(index, _progress_end(report))
+    else:
+        report = reproduce_one(_probe_session(session, probe), probe.run_id, index, parent)
+        report = dataclasses.replace(report, model=model)
+    progress.end(index, report)
     return report
 
 
@@ -4361,7 +4451,7 @@ def run_group(session: Session, planner: Planner) -> BatchReport:
     progress = _GroupProgress(session.options.quiet)
     planned: list[Probe] = []
     futures: list[Any] = []
-    with ThreadPoolExecutor(max_workers=session.options.jobs) as pool:
+    with ThreadPoolExecutor(max_workers=jobs_the_store_takes(session)) as pool:
         while True:
             done = [(p, f.result()) for p, f in zip(planned, futures, strict=True) if f.done()]
             stopped = session.stop.event.is_set()
@@ -4382,12 +4472,26 @@ def run_group(session: Session, planner: Planner) -> BatchReport:
         tuple(zip(planned, (f.result() for f in futures), strict=True)),
         parents.group_run_id,
         dict(parents.nested),
+        session.options.dry_run,
     )
     if not group.results:
         warn('no run to reproduce: none was named, and the search chose none')
     batch = planner.report(group)
     record_group(session, planner.records(batch, group), parents)
     return batch
+
+
+def jobs_the_store_takes(session: Session) -> int:
+    """--jobs, but at most SQLITE_JOBS on an sqlite store: more writers at
+    once exhaust MLflow's connection pool and fail reproductions.  Said once."""
+    jobs = session.options.jobs
+    if jobs > SQLITE_JOBS and session.tracking_uri.startswith('sqlite:'):
+        warn(
+            f'--jobs {jobs}: the sqlite store takes {SQLITE_JOBS} reproductions at once; '
+            f'the others wait their turn'
+        )
+        return SQLITE_JOBS
+    return jobs
 
 
 def wait_for_futures(session: Session, futures: Sequence[Any], any_done: bool = False) -> None:
@@ -4511,6 +4615,7 @@ class Chosen:
     run_id: str | None
     label: str = ''  # e.g. 'models:/churn@champion (version 3)'
     error: str | None = None  # set for a named run or model that could not be resolved
+    name: str | None = None  # the run's name, when the search read it
 
 
 def read_runs_file(path: str) -> list[str]:
@@ -4612,7 +4717,8 @@ def search_runs(
             if reason:
                 skipped.append({'run_id': run.info.run_id, 'reason': reason})
             elif len(chosen) < selection.max_runs:
-                chosen.append(Chosen(run.info.run_id, run.info.run_name or ''))
+                name = run.info.run_name or ''
+                chosen.append(Chosen(run.info.run_id, name, name=name))
         token = page.token
         if not token:
             break
@@ -4665,13 +4771,18 @@ class BatchPlanner(Planner):
         if self.planned:
             return []
         self.planned = True
-        return [Probe(c.run_id, c.label, c.error) for c in self.chosen]
+        return [Probe(c.run_id, c.label, c.error, name=c.name) for c in self.chosen]
 
     def create_parent(self, session: Session) -> str | None:
         return create_batch_run(session)
 
     def report(self, group: Group) -> BatchReport:
-        return BatchReport(tuple(r for _, r in group.results), self.skipped, group.parent_run_id)
+        return BatchReport(
+            tuple(r for _, r in group.results),
+            self.skipped,
+            group.parent_run_id,
+            dry_run=group.dry_run,
+        )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
         if not group.parent_run_id:
@@ -4688,11 +4799,12 @@ def create_batch_run(session: Session) -> str:
 def batch_record(batch: BatchReport, run_id: str) -> GroupRecord:
     """Counts as metrics, the summary as description and artifact."""
     counts = {f'runs_{s}': batch.count(s) for s in ('equal', 'differ', 'failed', 'error')}
+    counts.update({f'runs_{s}': n for s, n in unfinished_counts(batch).items()})
     counts['runs_total'] = len(batch.reports)
     return GroupRecord(
         run_id,
         'the batch summary',
-        format_batch_markdown(batch),
+        format_batch_markdown(dataclasses.replace(batch, batch_run_id=None)),  # it is this run
         SUMMARY_ARTIFACT,
         format_batch_json(batch),
         metrics=counts,
@@ -4710,6 +4822,9 @@ def run_batch(
 # Repeat: reproduce each chosen run N times, nested under a parent run per
 # reference (a single reference's is the group's own), and diagnose what the
 # repetitions say together.
+
+
+FAILED_CLASS = 'failed'  # a reference run none of whose repetitions ran to the end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4745,7 +4860,7 @@ class RepeatPlanner(Planner):
             return []
         self.planned = True
         return [
-            Probe(c.run_id, c.label, c.error, nested=True)
+            Probe(c.run_id, c.label, c.error, name=c.name, nested=True)
             for c in self.chosen
             for _ in range(self.n)
         ]
@@ -4761,10 +4876,19 @@ class RepeatPlanner(Planner):
     def report(self, group: Group) -> BatchReport:
         reports = tuple(r for _, r in group.results)
         repeats = diagnose_repeats(self.chosen, reports, group.nested_parents, self.rules)
-        return BatchReport(reports, self.skipped, group.parent_run_id, repeats=repeats)
+        single = self.chosen[0].run_id if len(self.chosen) == 1 else None
+        return BatchReport(
+            reports, self.skipped, group.parent_run_id, repeats=repeats, repeat_of=single
+        )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
         records = [repeat_record(r, self.n) for r in report.repeats if r.parent_run_id]
+        diagnosed = {r.reference_run_id for r in report.repeats}
+        records += [
+            failed_repeat_record(run_id, parent, self.n, report.reports)
+            for run_id, parent in group.nested_parents.items()
+            if run_id not in diagnosed
+        ]
         own = group.parent_run_id not in group.nested_parents.values()
         if group.parent_run_id and own:
             records.append(batch_record(report, group.parent_run_id))
@@ -4828,6 +4952,39 @@ def repeat_record(repeat: Repeat, n: int) -> GroupRecord:
         DIAGNOSIS_ARTIFACT,
         json.dumps(repeat.json(), indent=2, allow_nan=False),
         tags={TAG_CLASSIFICATION: classification},
+    )
+
+
+def failed_repeat_record(
+    run_id: str, parent_run_id: str, n: int, reports: Sequence[Report]
+) -> GroupRecord:
+    """The parent of repetitions none of which ran to the end: classified
+    `failed`, its description says how each ended."""
+    ended = [r for r in reports if r.reference_run_id == run_id]
+    note = '\n'.join(
+        [
+            f'**Repetitions of run {run_id}** ({n}): {FAILED_CLASS}',
+            '',
+            'No repetition ran to the end:',
+            '',
+            *(
+                f'- {r.reproduced_run_id or "no run"}: {r.status}'
+                + (f': {r.message}' if r.message else '')
+                for r in ended
+            ),
+        ]
+    )
+    document = {
+        **repeat_json(run_id, parent_run_id, (), ()),
+        'classification': FAILED_CLASS,
+    }
+    return GroupRecord(
+        parent_run_id,
+        'the diagnosis',
+        note,
+        DIAGNOSIS_ARTIFACT,
+        json.dumps(document, indent=2, allow_nan=False),
+        tags={TAG_CLASSIFICATION: FAILED_CLASS},
     )
 
 

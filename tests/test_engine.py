@@ -5,6 +5,7 @@ tests, which run it against real MLflow and git."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -145,10 +146,12 @@ def test_a_batch_records_its_counts_summary_and_json_on_its_parent():
         'runs_differ': 0,
         'runs_failed': 1,
         'runs_error': 0,
+        'runs_stopped': 0,
+        'runs_not_started': 0,
         'runs_total': 2,
     }
     assert json.loads(record.text) == rr.batch_json(batch)
-    assert record.note == rr.format_batch_markdown(batch)
+    assert record.note == rr.format_batch_markdown(dataclasses.replace(batch, batch_run_id=None))
     assert planner.records(batch, Group(group.results, None, {})) == []  # a dry run
 
 
@@ -184,3 +187,17 @@ def test_a_repetition_records_a_diagnosis_on_each_reference_parent(references, o
     got = planner.records(batch, group)
     assert [(r.run_id, r.artifact) for r in got] == records
     assert got[0].tags == {rr.TAG_CLASSIFICATION: 'reproducible'}
+
+
+def test_a_reference_none_of_whose_repetitions_ran_gets_a_failed_record():
+    failed = report(A, 'failed', reproduced='r1')
+    group = Group(
+        ((Probe(A, nested=True), failed), (Probe(A, nested=True), failed)), 'pa', {A: 'pa'}
+    )
+    planner = rr.RepeatPlanner([Chosen(A)], [], 2, rr.Rules())
+    batch = planner.report(group)
+    assert batch.repeats == () and batch.repeat_of == A
+    [record] = planner.records(batch, group)
+    assert (record.run_id, record.tags) == ('pa', {rr.TAG_CLASSIFICATION: 'failed'})
+    assert record.note.startswith(f'**Repetitions of run {A}** (2): failed\n')
+    assert json.loads(record.text)['classification'] == 'failed'
