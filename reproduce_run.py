@@ -9,6 +9,14 @@ The pipeline: resolve the reference run, fetch the source at its commit into a
 temporary folder, launch the reproduction with mlflow.projects.run(), judge the
 metric histories, report.  mlflow is imported lazily: --help and argument
 errors answer without paying for its import.
+
+The file reads top to bottom as its pipeline, in sections: judging;
+diagnosing repetitions; resolving the reference run into a plan; param values
+in the entry point's command; execution backends; fetching the source;
+talking to MLflow; stopping; why the runs differ; model registrations;
+reporting; recording the verdict; the pipeline of one run; groups of
+reproductions (the engine: a planner says what to reproduce next); batch and
+repeat (planners on the engine); one invocation; the command line.
 """
 
 from __future__ import annotations
@@ -62,6 +70,8 @@ STATUS_EXIT_CODES = {
     'interrupted': EXIT_INTERRUPTED,
     'terminated': EXIT_TERMINATED,
 }
+SIGNAL_STATUSES = ('interrupted', 'terminated')
+NOT_STARTED = 'not started'  # the message of a reproduction a signal kept from starting
 # A batch exits with the code of its worst status, in this order.
 STATUS_PRECEDENCE = ('terminated', 'interrupted', 'error', 'failed', 'differ', 'equal', 'planned')
 
@@ -77,6 +87,7 @@ CLOSE_RETRY_SECONDS = 60.0  # how long a run's closing is retried (REPRODUCE_RUN
 PROBE_TIMEOUT_SECONDS = 10.0  # a tracking server that does not answer within this is down
 BACKEND_POLL_SECONDS = 2.0  # how often a job on a backend is asked for its status
 HISTORY_WORKERS = 8  # concurrent metric-history requests to a remote server
+SQLITE_JOBS = 8  # reproductions at once on an sqlite store (its connection pool holds 15)
 DEFAULT_MAX_RUNS = 10  # runs a search selects
 DEFAULT_ORDER_BY = 'attributes.start_time DESC'
 
@@ -3363,18 +3374,51 @@ def _summary_rows(batch: BatchReport) -> tuple[list[str], list[list[Any]]]:
     return headers, rows
 
 
+def _runs(n: int) -> str:
+    return f'{n} run' if n == 1 else f'{n} runs'
+
+
 def _summary_counts(batch: BatchReport) -> str:
+    if batch.dry_run:
+        return planned_line(batch)
     counts = [f'{batch.count(s)} {s}' for s in ('equal', 'differ', 'failed', 'error')]
+    counts += [f'{n} {s.replace("_", " ")}' for s, n in unfinished_counts(batch).items() if n]
     skipped = f', {len(batch.skipped)} skipped' if batch.skipped else ''
     return f'Reproduced {len(batch.reports)} runs: {", ".join(counts)}{skipped}'
+
+
+def unfinished_counts(batch: BatchReport) -> dict[str, int]:
+    """Reproductions a signal ended: stopped halfway, and never started."""
+    return {'stopped': batch.stopped, 'not_started': batch.not_started}
+
+
+def planned_line(batch: BatchReport) -> str:
+    """The last line of a dry run: what it would do, not a verdict it did not reach."""
+    errors = f', {batch.count("error")} error' if batch.count('error') else ''
+    skipped = f', {len(batch.skipped)} skipped' if batch.skipped else ''
+    return f'Planned: {_runs(batch.count("planned"))}{errors}{skipped}'
+
+
+def _last_line_of(batch: BatchReport) -> str:
+    return planned_line(batch) if batch.dry_run else f'Runs equal: {batch.equal}'
+
+
+def skipped_lines(skipped: Sequence[Mapping[str, str]]) -> list[tuple[int, str]]:
+    """One (count, reason) per reason, in the order the reasons first came."""
+    counts = collections.Counter(s['reason'] for s in skipped)
+    return [(n, reason) for reason, n in counts.items()]
 
 
 def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
     lines = []
     if batch.batch_run_id:
         lines.append(f'Parent run:     {batch.batch_run_id}')
-    lines += [_summary_counts(batch), _table(_summary_rows(batch), 'psql')]
-    lines += [f'Skipped {s["run_id"]}: {s["reason"]}' for s in batch.skipped]
+    if batch.dry_run:
+        lines.append('Dry run: nothing was run and no run was created.')
+    else:
+        lines.append(_summary_counts(batch))
+    lines.append(_table(_summary_rows(batch), 'psql'))
+    lines += [f'Skipped {_runs(n)}: {reason}' for n, reason in skipped_lines(batch.skipped)]
     for report in batch.reports:
         if report.status in ('failed', 'error') and report.message:
             lines.append(f'{report.reference_run_id}: {report.status}: {report.message}')
@@ -3382,18 +3426,24 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
             lines += ['', format_text(report, verbose).rsplit('\n', 1)[0]]
     for repeat in batch.repeats:
         lines += ['', _repeat_heading(repeat), *diagnosis_lines(repeat.diagnoses, 'psql')]
-    lines.append(f'Runs equal: {batch.equal}')
+    lines.append(_last_line_of(batch))
     return '\n'.join(lines)
 
 
+def _batch_heading(batch: BatchReport) -> str:
+    if batch.repeat_of:
+        return f'**Repetitions of run {batch.repeat_of}**'
+    return '**Batch dry run**' if batch.dry_run else '**Batch reproduction**'
+
+
 def format_batch_markdown(batch: BatchReport) -> str:
-    lines = [
-        f'**Batch reproduction**: {_summary_counts(batch)}',
-        '',
-        _table(_summary_rows(batch), 'github'),
-    ]
+    lines = [f'{_batch_heading(batch)}: {_summary_counts(batch)}', '']
+    if batch.batch_run_id:
+        lines += [f'- parent run: `{batch.batch_run_id}`', '']
+    lines.append(_table(_summary_rows(batch), 'github'))
     if batch.skipped:
-        lines += ['', *(f'- skipped `{s["run_id"]}`: {s["reason"]}' for s in batch.skipped)]
+        lines += ['']
+        lines += [f'- skipped {_runs(n)}: {reason}' for n, reason in skipped_lines(batch.skipped)]
     for repeat in batch.repeats:
         lines += [
             '',
@@ -3404,7 +3454,7 @@ def format_batch_markdown(batch: BatchReport) -> str:
     for report in batch.reports:
         if report.status != 'equal' and not batch.repeats:
             lines += ['', format_markdown(report)]
-    lines += ['', f'Runs equal: {batch.equal}']
+    lines += ['', _last_line_of(batch)]
     return '\n'.join(lines)
 
 
@@ -3427,6 +3477,8 @@ def batch_json(batch: BatchReport) -> dict[str, Any]:
         'summary': {
             'total': len(batch.reports),
             **{s: batch.count(s) for s in ('equal', 'differ', 'failed', 'error')},
+            **unfinished_counts(batch),
+            **({'planned': batch.count('planned')} if batch.dry_run else {}),
             'skipped': len(batch.skipped),
         },
         'exit_code': batch.exit_code,
@@ -4156,8 +4208,372 @@ def project_output(tail: Sequence[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
-# Many runs: choose the reference runs, reproduce them (several at once with
-# --jobs), print progress, fold the reports and record the batch in MLflow.
+# Groups of reproductions: the engine that batch and --repeat run on.  A
+# planner says what to reproduce next from the results so far; the engine
+# runs at most --jobs reproductions at once, shares their fetched sources,
+# stops them on a signal, nests them under parent runs, records those and
+# folds one exit code.
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One reproduction a planner asks for."""
+
+    run_id: str | None  # the reference run; None when `error` says why there is none
+    label: str = ''  # how it was named, e.g. 'models:/churn@champion (version 3)'
+    error: str | None = None  # it cannot be reproduced: reported, never run
+    name: str | None = None  # the reference run's name, when the selection read it
+    version: str | None = None  # a commit or version instead of --version / the recorded one
+    environ: tuple[tuple[str, str], ...] = ()  # set in the project's environment
+    nested: bool = False  # under a parent run of its reference, below the group's
+
+
+Result = tuple[Probe, Report]
+
+
+class Planner:
+    """What a mode decides; the engine does the rest.  next_probes() is asked
+    first with no results, then again as each reproduction ends; it returns
+    [] while it waits for more results, and the group ends when nothing runs
+    and it plans nothing more."""
+
+    def next_probes(self, results: Sequence[Result]) -> list[Probe]:
+        raise NotImplementedError
+
+    def create_parent(self, session: Session) -> str | None:
+        """The group's parent run, made before anything starts (None: none)."""
+        return None
+
+    def create_nested_parent(self, session: Session, run_id: str, parent: str | None) -> str:
+        """The parent run of a reference's nested probes, made when the first starts."""
+        raise NotImplementedError
+
+    def report(self, group: Group) -> BatchReport:
+        raise NotImplementedError
+
+    def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
+        """What each parent run gets at the end; the engine closes every parent."""
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupRecord:
+    """What a parent run gets when its group ends."""
+
+    run_id: str
+    what: str  # named in the warning when it cannot be recorded
+    note: str  # the run's description
+    artifact: str  # a JSON document's file name, under ARTIFACT_DIR
+    text: str
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A group that ran: every probe with its report, in planning order, and its parent runs."""
+
+    results: tuple[Result, ...]
+    parent_run_id: str | None
+    nested_parents: Mapping[str, str]  # reference run ID -> its nested parent run
+    dry_run: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchReport:
+    reports: tuple[Report, ...]
+    skipped: tuple[dict[str, str], ...] = ()
+    batch_run_id: str | None = None
+    message: str | None = None  # why the batch could not start at all
+    repeats: tuple[Repeat, ...] = ()  # with --repeat: one diagnosis per reference run
+    dry_run: bool = False
+    repeat_of: str | None = None  # --repeat of a single reference run: its ID
+
+    @property
+    def exit_code(self) -> int:
+        if self.message:
+            return EXIT_CANNOT_START
+        return fold_exit_code(r.status for r in self.reports)
+
+    @property
+    def equal(self) -> bool:
+        """Every reproduction equal (true of none: nothing differs), as exit 0 says."""
+        return all(r.status == 'equal' for r in self.reports)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.reports)
+
+    @property
+    def not_started(self) -> int:
+        """Reproductions a signal kept from starting."""
+        return sum(r.status in SIGNAL_STATUSES and r.message == NOT_STARTED for r in self.reports)
+
+    @property
+    def stopped(self) -> int:
+        """Reproductions a signal ended halfway."""
+        return sum(r.status in SIGNAL_STATUSES for r in self.reports) - self.not_started
+
+
+def fold_exit_code(statuses: Iterable[str]) -> int:
+    """The exit code of the worst status: a signal, then 2, 3, 1, 0."""
+    found = set(statuses)
+    worst = next((s for s in STATUS_PRECEDENCE if s in found), 'equal')
+    return STATUS_EXIT_CODES[worst]
+
+
+class _GroupProgress:
+    """One line on standard error as each reproduction starts and ends, each
+    naming the reference run in full with its name; --quiet keeps only a
+    line for each reproduction that failed or could not start."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.total, self.quiet = 0, quiet
+        self._lock = threading.Lock()
+
+    def _print(self, text: str) -> None:
+        with self._lock:
+            print(text, file=sys.stderr, flush=True)
+
+    def start(self, index: int, probe: Probe, name: str) -> None:
+        if not self.quiet:
+            model = f' {probe.label}' if probe.label and probe.label != name else ''
+            self._print(
+                f'[{index + 1}/{self.total}] {_named(probe.run_id or "", name)}{model} started'
+            )
+
+    def end(self, index: int, report: Report) -> None:
+        if not self.quiet:
+            self._print(f'[{index + 1}/{self.total}] {_progress_end(report)}')
+        elif report.status in ('failed', 'error'):
+            message = report.message or report.status
+            self._print(f'reproduce_run: {report.status}: {report.reference_run_id}: {message}')
+
+
+def _named(run_id: str, name: str | None) -> str:
+    return f'{run_id} ({name})' if name else run_id
+
+
+def _progress_end(report: Report) -> str:
+    new = f' -> {report.reproduced_run_id}' if report.reproduced_run_id else ''
+    why = f': {report.message}' if report.status == 'error' and report.message else ''
+    ref = _named(report.reference_run_id, report.reference_run_name)
+    return f'{ref} {report.status} in {report.seconds:.0f} s{new}{why}'
+
+
+def _reference_name(session: Session, probe: Probe) -> str:
+    """The reference run's name for the progress lines: the search's, else read."""
+    if probe.name is not None or session.options.quiet:
+        return probe.name or ''
+    try:
+        return session.client.get_run(probe.run_id).info.run_name or ''
+    except Exception:  # its reproduction says why it cannot be read
+        return ''
+
+
+class _Parents:
+    """A group's parent runs: its own, made before anything starts (so that
+    an empty night is recorded too), and one per reference of its nested
+    probes, made when the first of them starts.  A dry run makes none."""
+
+    def __init__(self, session: Session, planner: Planner) -> None:
+        self.session, self.planner = session, planner
+        self._lock = threading.Lock()
+        self.nested: dict[str, str] = {}
+        self._dry = session.options.dry_run
+        self.own = None if self._dry else planner.create_parent(session)
+
+    @property
+    def group_run_id(self) -> str | None:
+        return self.own or next(iter(self.nested.values()), None)
+
+    def parent_for(self, probe: Probe) -> str | None:
+        if self._dry or not probe.nested or probe.run_id is None:
+            return None if self._dry else self.own
+        with self._lock:
+            if probe.run_id not in self.nested:
+                self.nested[probe.run_id] = self.planner.create_nested_parent(
+                    self.session, probe.run_id, self.own
+                )
+            return self.nested[probe.run_id]
+
+
+def _probe_session(session: Session, probe: Probe) -> Session:
+    """The session a probe runs in: its own version and environment, if any."""
+    if probe.version is None and not probe.environ:
+        return session
+    options = session.options
+    if probe.version is not None:
+        options = dataclasses.replace(options, version=probe.version)
+    return dataclasses.replace(
+        session, options=options, user_environ={**session.user_environ, **dict(probe.environ)}
+    )
+
+
+def _run_probe(
+    session: Session, parents: _Parents, progress: _GroupProgress, index: int, probe: Probe
+) -> Report:
+    model = probe.label or None
+    if probe.run_id is None:
+        report = Report(
+            status='error',
+            exit_code=EXIT_CANNOT_START,
+            reference_run_id=probe.label,
+            message=probe.error,
+            model=probe.label,
+        )
+        progress.end(index, report)
+        return report
+    if session.stop.event.is_set():  # start nothing new after a signal
+        return Report(
+            status=session.stop.status,
+            exit_code=STATUS_EXIT_CODES[session.stop.status],
+            reference_run_id=probe.run_id,
+            message=NOT_STARTED,
+            model=model,
+        )
+    name = _reference_name(session, probe)
+    progress.start(index, probe, name)
+    try:
+        parent = parents.parent_for(probe)
+    except ReproduceError as e:
+        report = Report(
+            status='error',
+            exit_code=e.exit_code,
+            reference_run_id=probe.run_id,
+            message=str(e),
+            model=model,
+            reference_run_name=name or None,
+        )
+    else:
+        report = reproduce_one(_probe_session(session, probe), probe.run_id, index, parent)
+        report = dataclasses.replace(report, model=model)
+    progress.end(index, report)
+    return report
+
+
+def run_group(session: Session, planner: Planner) -> BatchReport:
+    """Run what the planner plans, --jobs at a time, under its parent runs;
+    then record those runs and close them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    session = dataclasses.replace(session, batch=True)  # the reproductions share sources
+    parents = _Parents(session, planner)
+    progress = _GroupProgress(session.options.quiet)
+    planned: list[Probe] = []
+    futures: list[Any] = []
+    with ThreadPoolExecutor(max_workers=jobs_the_store_takes(session)) as pool:
+        while True:
+            done = [(p, f.result()) for p, f in zip(planned, futures, strict=True) if f.done()]
+            stopped = session.stop.event.is_set()
+            new = [] if stopped and planned else planner.next_probes(done)
+            first = len(planned)
+            planned += new
+            progress.total = len(planned)
+            futures += [
+                pool.submit(_run_probe, session, parents, progress, first + i, probe)
+                for i, probe in enumerate(new)
+            ]
+            running = [f for f in futures if not f.done()]
+            if not running and not new:
+                break
+            if running:
+                wait_for_futures(session, running, any_done=True)
+    group = Group(
+        tuple(zip(planned, (f.result() for f in futures), strict=True)),
+        parents.group_run_id,
+        dict(parents.nested),
+        session.options.dry_run,
+    )
+    if not group.results:
+        warn('no run to reproduce: none was named, and the search chose none')
+    batch = planner.report(group)
+    record_group(session, planner.records(batch, group), parents)
+    return batch
+
+
+def jobs_the_store_takes(session: Session) -> int:
+    """--jobs, but at most SQLITE_JOBS on an sqlite store: more writers at
+    once exhaust MLflow's connection pool and fail reproductions.  Said once."""
+    jobs = session.options.jobs
+    if jobs > SQLITE_JOBS and session.tracking_uri.startswith('sqlite:'):
+        warn(
+            f'--jobs {jobs}: the sqlite store takes {SQLITE_JOBS} reproductions at once; '
+            f'the others wait their turn'
+        )
+        return SQLITE_JOBS
+    return jobs
+
+
+def wait_for_futures(session: Session, futures: Sequence[Any], any_done: bool = False) -> None:
+    """Wait in the main thread, where signals arrive, for all the futures
+    (or, any_done, for the first); after a signal, end the helper processes
+    (git, pip) at once: each reproduction ends its own project and closes
+    its run."""
+    from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, wait
+
+    when = FIRST_COMPLETED if any_done else ALL_COMPLETED
+    while True:
+        done, not_done = wait(futures, timeout=0.2, return_when=when)
+        if done if any_done else not not_done:
+            return
+        # Every time, not once: a step that fails by the signal may start
+        # another (git's fallback fetch), which would wait on a silent remote.
+        if session.stop.event.is_set():
+            for pid in live_processes(None, session.tag):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGTERM)
+
+
+def create_group_run(
+    session: Session, name: str, tags: Mapping[str, str], parent_run_id: str | None = None
+) -> str:
+    """A parent run that shows many reproductions as one row in the MLflow UI."""
+    from mlflow.exceptions import MlflowException
+
+    tags = {**tags, TAG_USER: _user()}
+    if parent_run_id:
+        tags[TAG_PARENT_RUN_ID] = parent_run_id
+    try:
+        run = session.client.create_run(
+            _experiment_id(session.client, session.options.experiment_name),
+            tags=tags,
+            run_name=fit_tag(name),
+        )
+    except MlflowException as e:
+        raise _mlflow_error(f'cannot create the run {name}', e) from None
+    return run.info.run_id
+
+
+def record_group(session: Session, records: Sequence[GroupRecord], parents: _Parents) -> None:
+    """Each parent run gets its record, nested ones first, and every parent
+    is closed: FINISHED when the group ran to its end, KILLED after a signal."""
+    from mlflow.entities import Metric, RunTag
+
+    closing = 'KILLED' if session.stop.event.is_set() else 'FINISHED'
+    by_run = {record.run_id: record for record in records}
+    nested = list(dict.fromkeys(parents.nested.values()))
+    for run_id in [*nested, *([parents.own] if parents.own else [])]:
+        record = by_run.get(run_id)
+        if record is not None:
+            now = int(time.time() * 1000)
+            try:
+                session.client.log_batch(
+                    run_id,
+                    metrics=[Metric(k, v, now, 0) for k, v in record.metrics.items()],
+                    tags=[
+                        *(RunTag(k, v) for k, v in record.tags.items()),
+                        RunTag(TAG_NOTE, fit_tag(record.note)),
+                    ],
+                )
+                session.client.log_text(run_id, record.text, f'{ARTIFACT_DIR}/{record.artifact}')
+            except Exception as e:
+                warn(f'could not record {record.what} on run {run_id}: {_last_line(str(e))}')
+        close_run(session.client, run_id, closing, session.left_open)
+
+
+# ---------------------------------------------------------------------------
+# Batch: choose the reference runs (--run_id A B, --runs-file, --model,
+# --from-experiment), plan each once, and record the batch in MLflow.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4209,6 +4625,7 @@ class Chosen:
     run_id: str | None
     label: str = ''  # e.g. 'models:/churn@champion (version 3)'
     error: str | None = None  # set for a named run or model that could not be resolved
+    name: str | None = None  # the run's name, when the search read it
 
 
 def read_runs_file(path: str) -> list[str]:
@@ -4310,7 +4727,8 @@ def search_runs(
             if reason:
                 skipped.append({'run_id': run.info.run_id, 'reason': reason})
             elif len(chosen) < selection.max_runs:
-                chosen.append(Chosen(run.info.run_id, run.info.run_name or ''))
+                name = run.info.run_name or ''
+                chosen.append(Chosen(run.info.run_id, name, name=name))
         token = page.token
         if not token:
             break
@@ -4352,27 +4770,71 @@ def select_runs(
     return unique, skipped
 
 
-@dataclasses.dataclass(frozen=True)
-class BatchReport:
-    reports: tuple[Report, ...]
-    skipped: tuple[dict[str, str], ...] = ()
-    batch_run_id: str | None = None
-    message: str | None = None  # why the batch could not start at all
-    repeats: tuple[Repeat, ...] = ()  # with --repeat: one diagnosis per reference run
+class BatchPlanner(Planner):
+    """A batch plans its list once."""
 
-    @property
-    def exit_code(self) -> int:
-        if self.message:
-            return EXIT_CANNOT_START
-        return fold_exit_code(r.status for r in self.reports)
+    def __init__(self, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]]) -> None:
+        self.chosen, self.skipped = tuple(chosen), tuple(skipped)
+        self.planned = False
 
-    @property
-    def equal(self) -> bool:
-        """Every reproduction equal (true of none: nothing differs), as exit 0 says."""
-        return all(r.status == 'equal' for r in self.reports)
+    def next_probes(self, results: Sequence[Result]) -> list[Probe]:
+        if self.planned:
+            return []
+        self.planned = True
+        return [Probe(c.run_id, c.label, c.error, name=c.name) for c in self.chosen]
 
-    def count(self, status: str) -> int:
-        return sum(r.status == status for r in self.reports)
+    def create_parent(self, session: Session) -> str | None:
+        return create_batch_run(session)
+
+    def report(self, group: Group) -> BatchReport:
+        return BatchReport(
+            tuple(r for _, r in group.results),
+            self.skipped,
+            group.parent_run_id,
+            dry_run=group.dry_run,
+        )
+
+    def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
+        if not group.parent_run_id:
+            return []
+        return [batch_record(report, group.parent_run_id)]
+
+
+def create_batch_run(session: Session) -> str:
+    return create_group_run(
+        session, time.strftime('reproduce-batch-%Y%m%dT%H%M%SZ', time.gmtime()), {TAG_BATCH: 'true'}
+    )
+
+
+def batch_record(batch: BatchReport, run_id: str) -> GroupRecord:
+    """Counts as metrics, the summary as description and artifact."""
+    counts = {f'runs_{s}': batch.count(s) for s in ('equal', 'differ', 'failed', 'error')}
+    counts.update({f'runs_{s}': n for s, n in unfinished_counts(batch).items()})
+    counts['runs_total'] = len(batch.reports)
+    return GroupRecord(
+        run_id,
+        'the batch summary',
+        format_batch_markdown(dataclasses.replace(batch, batch_run_id=None)),  # it is this run
+        SUMMARY_ARTIFACT,
+        format_batch_json(batch),
+        metrics=counts,
+    )
+
+
+def run_batch(
+    session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]]
+) -> BatchReport:
+    """Reproduce every chosen run, --jobs at a time, under one parent run."""
+    return run_group(session, BatchPlanner(chosen, skipped))
+
+
+# ---------------------------------------------------------------------------
+# Repeat: reproduce each chosen run N times, nested under a parent run per
+# reference (a single reference's is the group's own), and diagnose what the
+# repetitions say together.
+
+
+FAILED_CLASS = 'failed'  # a reference run none of whose repetitions ran to the end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4390,195 +4852,81 @@ class Repeat:
         )
 
 
-def fold_exit_code(statuses: Iterable[str]) -> int:
-    """The exit code of the worst status: a signal, then 2, 3, 1, 0."""
-    found = set(statuses)
-    worst = next((s for s in STATUS_PRECEDENCE if s in found), 'equal')
-    return STATUS_EXIT_CODES[worst]
+class RepeatPlanner(Planner):
+    """A repetition plans N copies of each chosen run."""
 
+    def __init__(
+        self,
+        chosen: Sequence[Chosen],
+        skipped: Sequence[dict[str, str]],
+        n: int,
+        rules: Rules,
+    ) -> None:
+        self.chosen, self.skipped, self.n, self.rules = tuple(chosen), tuple(skipped), n, rules
+        self.planned = False
 
-class _BatchProgress:
-    """One line on standard error as each reproduction starts and ends."""
+    def next_probes(self, results: Sequence[Result]) -> list[Probe]:
+        if self.planned:
+            return []
+        self.planned = True
+        return [
+            Probe(c.run_id, c.label, c.error, name=c.name, nested=True)
+            for c in self.chosen
+            for _ in range(self.n)
+        ]
 
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.total, self.quiet = total, quiet
-        self._lock = threading.Lock()
+    def create_parent(self, session: Session) -> str | None:
+        """Several references nest under one batch run; a single one's
+        repetitions nest under its own parent."""
+        return create_batch_run(session) if len(self.chosen) > 1 else None
 
-    def line(self, index: int, text: str) -> None:
-        if not self.quiet:
-            with self._lock:
-                print(f'[{index + 1}/{self.total}] {text}', file=sys.stderr, flush=True)
+    def create_nested_parent(self, session: Session, run_id: str, parent: str | None) -> str:
+        return create_repeat_run(session, run_id, self.n, parent)
 
-
-def _progress_end(report: Report) -> str:
-    name = f' ({report.reference_run_name})' if report.reference_run_name else ''
-    new = f' -> {report.reproduced_run_id[:8]}' if report.reproduced_run_id else ''
-    why = f': {report.message}' if report.status == 'error' and report.message else ''
-    return (
-        f'{report.reference_run_id[:8]}{name} {report.status} in {report.seconds:.0f} s{new}{why}'
-    )
-
-
-def run_batch(
-    session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]], repeat: int = 1
-) -> BatchReport:
-    """Reproduce every chosen run (each `repeat` times), --jobs at a time,
-    under one parent run."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    options = session.options
-    repeat = 1 if options.dry_run else repeat  # a plan is the same each time
-    groups = _Groups(session, repeat, len(chosen))
-    tasks = [(c, k) for c in chosen for k in range(repeat)]
-    progress = _BatchProgress(len(tasks), options.quiet)
-
-    def one(index: int, c: Chosen) -> Report:
-        if c.run_id is None:
-            return Report(
-                status='error',
-                exit_code=EXIT_CANNOT_START,
-                reference_run_id=c.label,
-                message=c.error,
-                model=c.label,
-            )
-        if session.stop.event.is_set():  # start nothing new after a signal
-            return Report(
-                status=session.stop.status,
-                exit_code=STATUS_EXIT_CODES[session.stop.status],
-                reference_run_id=c.run_id,
-                message='not started',
-                model=c.label or None,
-            )
-        progress.line(index, f'{c.run_id[:8]} {c.label + " " if c.label else ""}started')
-        try:
-            parent = groups.parent_for(c.run_id)
-        except ReproduceError as e:
-            return Report(
-                status='error',
-                exit_code=e.exit_code,
-                reference_run_id=c.run_id,
-                message=str(e),
-                model=c.label or None,
-            )
-        report = reproduce_one(session, c.run_id, index, parent)
-        report = dataclasses.replace(report, model=c.label or None)
-        progress.line(index, _progress_end(report))
-        return report
-
-    with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-        futures = [pool.submit(one, i, c) for i, (c, _) in enumerate(tasks)]
-        wait_for_futures(session, futures)
-    reports = tuple(f.result() for f in futures)
-    if not reports:
-        warn('no run to reproduce: none was named, and the search chose none')
-    repeats = groups.diagnose(chosen, reports) if repeat > 1 else ()
-    batch = BatchReport(reports, tuple(skipped), groups.batch_run_id, repeats=repeats)
-    groups.record(batch)
-    return batch
-
-
-class _Groups:
-    """The parent runs of a batch: one for the batch, made before anything
-    starts (so an empty night is recorded too), and with --repeat one per
-    reference run that nests its repetitions, made when the first of them
-    starts (a single reference's is the batch's own)."""
-
-    def __init__(self, session: Session, repeat: int, references: int) -> None:
-        self.session, self.repeat = session, repeat
-        self._lock = threading.Lock()
-        self._per_reference: dict[str, str] = {}
-        self._single = repeat > 1 and references == 1
-        self._dry = session.options.dry_run
-        self._batch = None if self._dry or self._single else create_batch_run(session)
-
-    @property
-    def batch_run_id(self) -> str | None:
-        return self._batch or next(iter(self._per_reference.values()), None)
-
-    def parent_for(self, run_id: str) -> str | None:
-        if self._dry:
-            return None
-        if self.repeat == 1:
-            return self._batch
-        with self._lock:
-            if run_id not in self._per_reference:
-                self._per_reference[run_id] = create_repeat_run(
-                    self.session, run_id, self.repeat, self._batch
-                )
-            return self._per_reference[run_id]
-
-    def diagnose(self, chosen: Sequence[Chosen], reports: Sequence[Report]) -> tuple[Repeat, ...]:
-        """What the judged repetitions of each reference say together."""
-        repeats = []
-        for c in chosen:
-            judged = [r for r in reports if r.reference_run_id == c.run_id and r.histories]
-            if not judged or c.run_id is None:
-                continue
-            diagnoses = diagnose(
-                judged[0].histories[0], [r.histories[1] for r in judged], self.session.options.rules
-            )
-            repeats.append(
-                Repeat(
-                    c.run_id,
-                    self._per_reference.get(c.run_id),
-                    tuple(r.reproduced_run_id or '' for r in judged),
-                    diagnoses,
-                )
-            )
-        return tuple(repeats)
-
-    def record(self, batch: BatchReport) -> None:
-        """Each parent run gets what it groups, and is closed."""
-        for repeat in batch.repeats:
-            if repeat.parent_run_id:
-                record_repeat(self.session, repeat, self.repeat)
-        diagnosed = {repeat.parent_run_id for repeat in batch.repeats}
-        closing = 'KILLED' if self.session.stop.event.is_set() else 'FINISHED'
-        for parent in set(self._per_reference.values()) - diagnosed:  # nothing to diagnose
-            close_run(self.session.client, parent, closing, self.session.left_open)
-        if self._batch:
-            record_batch(self.session, batch, self._batch)
-
-
-def wait_for_futures(session: Session, futures: Sequence[Any]) -> None:
-    """Wait in the main thread, where signals arrive; after one, end the
-    helper processes (git, pip) at once: each reproduction ends its own
-    project and closes its run."""
-    from concurrent.futures import wait
-
-    while wait(futures, timeout=0.2).not_done:
-        # Every time, not once: a step that fails by the signal may start
-        # another (git's fallback fetch), which would wait on a silent remote.
-        if session.stop.event.is_set():
-            for pid in live_processes(None, session.tag):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGTERM)
-
-
-def create_group_run(
-    session: Session, name: str, tags: Mapping[str, str], parent_run_id: str | None = None
-) -> str:
-    """A parent run that shows many reproductions as one row in the MLflow UI."""
-    from mlflow.exceptions import MlflowException
-
-    tags = {**tags, TAG_USER: _user()}
-    if parent_run_id:
-        tags[TAG_PARENT_RUN_ID] = parent_run_id
-    try:
-        run = session.client.create_run(
-            _experiment_id(session.client, session.options.experiment_name),
-            tags=tags,
-            run_name=fit_tag(name),
+    def report(self, group: Group) -> BatchReport:
+        reports = tuple(r for _, r in group.results)
+        repeats = diagnose_repeats(self.chosen, reports, group.nested_parents, self.rules)
+        single = self.chosen[0].run_id if len(self.chosen) == 1 else None
+        return BatchReport(
+            reports, self.skipped, group.parent_run_id, repeats=repeats, repeat_of=single
         )
-    except MlflowException as e:
-        raise _mlflow_error(f'cannot create the run {name}', e) from None
-    return run.info.run_id
+
+    def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
+        records = [repeat_record(r, self.n) for r in report.repeats if r.parent_run_id]
+        diagnosed = {r.reference_run_id for r in report.repeats}
+        records += [
+            failed_repeat_record(run_id, parent, self.n, report.reports)
+            for run_id, parent in group.nested_parents.items()
+            if run_id not in diagnosed
+        ]
+        own = group.parent_run_id not in group.nested_parents.values()
+        if group.parent_run_id and own:
+            records.append(batch_record(report, group.parent_run_id))
+        return records
 
 
-def create_batch_run(session: Session) -> str:
-    return create_group_run(
-        session, time.strftime('reproduce-batch-%Y%m%dT%H%M%SZ', time.gmtime()), {TAG_BATCH: 'true'}
-    )
+def diagnose_repeats(
+    chosen: Sequence[Chosen],
+    reports: Sequence[Report],
+    parents: Mapping[str, str],
+    rules: Rules,
+) -> tuple[Repeat, ...]:
+    """What the judged repetitions of each reference say together."""
+    repeats = []
+    for c in chosen:
+        judged = [r for r in reports if r.reference_run_id == c.run_id and r.histories]
+        if not judged or c.run_id is None:
+            continue
+        diagnoses = diagnose(judged[0].histories[0], [r.histories[1] for r in judged], rules)
+        repeats.append(
+            Repeat(
+                c.run_id,
+                parents.get(c.run_id),
+                tuple(r.reproduced_run_id or '' for r in judged),
+                diagnoses,
+            )
+        )
+    return tuple(repeats)
 
 
 def create_repeat_run(session: Session, run_id: str, n: int, parent: str | None) -> str:
@@ -4595,13 +4943,10 @@ def create_repeat_run(session: Session, run_id: str, n: int, parent: str | None)
     )
 
 
-def record_repeat(session: Session, repeat: Repeat, n: int) -> None:
+def repeat_record(repeat: Repeat, n: int) -> GroupRecord:
     """The diagnosis on the repetitions' parent run: class, description and
     diagnosis.json (with the suggested tolerances, for a later check)."""
-    from mlflow.entities import RunTag
-
-    run_id = repeat.parent_run_id
-    assert run_id is not None
+    assert repeat.parent_run_id is not None
     classification = classify_run(repeat.diagnoses)
     note = '\n'.join(
         [
@@ -4610,43 +4955,54 @@ def record_repeat(session: Session, repeat: Repeat, n: int) -> None:
             *diagnosis_lines(repeat.diagnoses, 'github'),
         ]
     )
-    try:
-        session.client.log_batch(
-            run_id,
-            tags=[RunTag(TAG_CLASSIFICATION, classification), RunTag(TAG_NOTE, fit_tag(note))],
-        )
-        session.client.log_text(
-            run_id,
-            json.dumps(repeat.json(), indent=2, allow_nan=False),
-            f'{ARTIFACT_DIR}/{DIAGNOSIS_ARTIFACT}',
-        )
-    except Exception as e:
-        warn(f'could not record the diagnosis on run {run_id}: {_last_line(str(e))}')
-    stopped = session.stop.event.is_set()
-    close_run(session.client, run_id, 'KILLED' if stopped else 'FINISHED', session.left_open)
+    return GroupRecord(
+        repeat.parent_run_id,
+        'the diagnosis',
+        note,
+        DIAGNOSIS_ARTIFACT,
+        json.dumps(repeat.json(), indent=2, allow_nan=False),
+        tags={TAG_CLASSIFICATION: classification},
+    )
 
 
-def record_batch(session: Session, batch: BatchReport, run_id: str) -> None:
-    """Counts as metrics, the summary as description and artifact, and the
-    parent run closed: FINISHED when the batch ran to its end."""
-    from mlflow.entities import Metric, RunTag
+def failed_repeat_record(
+    run_id: str, parent_run_id: str, n: int, reports: Sequence[Report]
+) -> GroupRecord:
+    """The parent of repetitions none of which ran to the end: classified
+    `failed`, its description says how each ended."""
+    ended = [r for r in reports if r.reference_run_id == run_id]
+    note = '\n'.join(
+        [
+            f'**Repetitions of run {run_id}** ({n}): {FAILED_CLASS}',
+            '',
+            'No repetition ran to the end:',
+            '',
+            *(
+                f'- {r.reproduced_run_id or "no run"}: {r.status}'
+                + (f': {r.message}' if r.message else '')
+                for r in ended
+            ),
+        ]
+    )
+    document = {
+        **repeat_json(run_id, parent_run_id, (), ()),
+        'classification': FAILED_CLASS,
+    }
+    return GroupRecord(
+        parent_run_id,
+        'the diagnosis',
+        note,
+        DIAGNOSIS_ARTIFACT,
+        json.dumps(document, indent=2, allow_nan=False),
+        tags={TAG_CLASSIFICATION: FAILED_CLASS},
+    )
 
-    now = int(time.time() * 1000)
-    counts = {f'runs_{s}': batch.count(s) for s in ('equal', 'differ', 'failed', 'error')}
-    counts['runs_total'] = len(batch.reports)
-    try:
-        session.client.log_batch(
-            run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in counts.items()],
-            tags=[RunTag(TAG_NOTE, fit_tag(format_batch_markdown(batch)))],
-        )
-        session.client.log_text(
-            run_id, format_batch_json(batch), f'{ARTIFACT_DIR}/{SUMMARY_ARTIFACT}'
-        )
-    except Exception as e:
-        warn(f'could not record the batch summary on run {run_id}: {_last_line(str(e))}')
-    stopped = session.stop.event.is_set()
-    close_run(session.client, run_id, 'KILLED' if stopped else 'FINISHED', session.left_open)
+
+def run_repeat(
+    session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]], n: int
+) -> BatchReport:
+    """Reproduce every chosen run n times, --jobs at a time."""
+    return run_group(session, RepeatPlanner(chosen, skipped, n, session.options.rules))
 
 
 # ---------------------------------------------------------------------------
@@ -4744,7 +5100,9 @@ def invoke(
             if not selection.is_batch:
                 return run_in_worker(session, lambda: reproduce_one(session, selection.run_ids[0]))
             chosen, skipped = select_runs(session.client, selection, options.uri is not None)
-            return run_batch(session, chosen, skipped, selection.repeat)
+            if selection.repeat > 1 and not options.dry_run:  # a plan is the same each time
+                return run_repeat(session, chosen, skipped, selection.repeat)
+            return run_batch(session, chosen, skipped)
         finally:
             end_processes(None, tag)  # nothing the tool started outlives it
             end_processes(None, tag + '.')

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 from conftest import SCRIPT, git, mlflow_run
-from test_reproduce_run import client, process_gone, recorded_run, reproduce, wait_for
+from test_reproduce_run import (
+    add_project,
+    client,
+    process_gone,
+    recorded_run,
+    reproduce,
+    wait_for,
+)
 
 import reproduce_run
 
@@ -125,6 +132,8 @@ def test_several_run_ids_with_mixed_outcomes(reference, capsys, tmp_path):
         'differ': 1,
         'failed': 1,
         'error': 1,
+        'stopped': 0,
+        'not_started': 0,
         'skipped': 0,
     }
     assert doc['skipped'] == []
@@ -144,8 +153,8 @@ def test_several_run_ids_with_mixed_outcomes(reference, capsys, tmp_path):
     )
     assert summary['summary'] == doc['summary']
     assert '| Reference run' in parent.data.tags['mlflow.note.content']
-    assert f'[4/4] {"f" * 8} error in ' in err
-    assert f'[1/4] {equal[:8]} (' in err and ') equal in ' in err
+    assert f'[4/4] {"f" * 32} error in ' in err
+    assert f'[1/4] {equal} (' in err and ') equal in ' in err
 
 
 def test_a_batch_table_ends_with_one_verdict_line(reference, capsys):
@@ -422,6 +431,8 @@ def test_sigterm_mid_batch_leaves_nothing_running(samples_repo, capsys, tmp_path
     assert all(c.info.status == 'KILLED' for c in children)
     assert [r['status'] for r in doc['runs']] == ['terminated'] * 3
     assert doc['runs'][2]['reproduced_run_id'] is None
+    assert (doc['summary']['stopped'], doc['summary']['not_started']) == (2, 1)
+    assert (parent.data.metrics['runs_stopped'], parent.data.metrics['runs_not_started']) == (2, 1)
     assert not pid or process_gone(pid)
     assert not slow_projects_alive(('100', '101', '102'))
 
@@ -439,3 +450,210 @@ def slow_projects_alive(seconds) -> list[str]:
         for line in out.splitlines()
         if 'train.py' in line and any(line.rstrip().endswith(f'--seconds {s}') for s in seconds)
     ]
+
+
+# --- issue 21 and issue 19: what a batch says, and how it takes many jobs ---------------
+
+
+def cheap_search_setup(samples_repo, name: str) -> dict[str, list[str]]:
+    """An experiment with two runs to plan and three to skip for two reasons,
+    made without running anything."""
+    c = client()
+    experiment_id = c.create_experiment(name)
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    made: dict[str, list[str]] = {'planned': [], 'notebook': [], 'running': []}
+    for alpha in ('0.1', '0.2'):
+        run = c.create_run(
+            experiment_id,
+            tags={
+                'mlflow.source.name': f'file://{samples_repo}#sklearn_regression',
+                'mlflow.source.type': 'PROJECT',
+                'mlflow.source.git.commit': commit,
+                'mlflow.project.entryPoint': 'main',
+            },
+        )
+        c.log_param(run.info.run_id, 'alpha', alpha)
+        c.set_terminated(run.info.run_id)
+        made['planned'].append(run.info.run_id)
+    for _ in range(2):
+        notebook = c.create_run(experiment_id)
+        c.set_terminated(notebook.info.run_id)
+        made['notebook'].append(notebook.info.run_id)
+    made['running'].append(c.create_run(experiment_id).info.run_id)
+    return made
+
+
+NOT_A_PROJECT = 'it was not launched as an MLflow Project (pass --uri to reproduce it)'
+
+
+def test_a_batch_dry_run_ends_with_what_it_planned(samples_repo, capsys, tmp_path):
+    name = f'dry-{tmp_path.name}'
+    made = cheap_search_setup(samples_repo, name)
+    code, out, err = reproduce(capsys, '--from-experiment', name, '--dry-run')
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[-1] == 'Planned: 2 runs, 3 skipped'
+    assert lines[0] == 'Dry run: nothing was run and no run was created.'
+    assert not any(line.startswith(('Runs equal:', 'Reproduced ')) for line in lines)
+    # one line per reason, with a count, in the order the reasons came
+    skipped = [line for line in lines if line.startswith('Skipped ')]
+    assert skipped == [
+        'Skipped 1 run: its status is RUNNING, not FINISHED',
+        f'Skipped 2 runs: {NOT_A_PROJECT}',
+    ]
+
+    code, out, _ = reproduce(capsys, '--from-experiment', name, '--dry-run', '--output', 'markdown')
+    assert code == 0
+    assert out.startswith('**Batch dry run**: Planned: 2 runs, 3 skipped\n')
+    assert out.endswith('\nPlanned: 2 runs, 3 skipped\n')
+    assert f'- skipped 2 runs: {NOT_A_PROJECT}\n' in out
+    assert 'Runs equal' not in out
+
+    code, out, _ = reproduce(capsys, '--from-experiment', name, '--dry-run', '--output', 'json')
+    doc = json.loads(out)
+    assert code == doc['exit_code'] == 0
+    assert sorted(s['run_id'] for s in doc['skipped']) == sorted(
+        made['notebook'] + made['running']
+    )  # JSON lists every skipped run
+    assert doc['summary']['planned'] == 2 and doc['summary']['skipped'] == 3
+    assert sorted(r['reference_run_id'] for r in doc['runs']) == sorted(made['planned'])
+
+
+def test_a_batch_dry_run_with_an_unknown_run_says_so_in_its_plan(reference, capsys):
+    equal = reference('sklearn_regression')
+    code, out, err = reproduce(capsys, '--run_id', equal, 'e' * 32, '--dry-run')
+    assert code == 2, err  # a named run that cannot be reproduced
+    assert out.splitlines()[-1] == 'Planned: 1 run, 1 error'
+
+
+def test_progress_names_each_run_in_full_with_its_name(reference, capsys):
+    equal = reference('sklearn_regression')
+    run_name = client().get_run(equal).info.run_name
+    code, out, err = reproduce(capsys, '--run_id', equal, 'f' * 32, '--output', 'json')
+    doc = json.loads(out)
+    assert code == 2, err
+    new = doc['runs'][0]['reproduced_run_id']
+    lines = [line for line in err.splitlines() if line.startswith('[')]
+    assert f'[1/2] {equal} ({run_name}) started' in lines
+    assert any(
+        line.startswith(f'[1/2] {equal} ({run_name}) equal in ') and line.endswith(f' -> {new}')
+        for line in lines
+    ), lines
+    assert f'[2/2] {"f" * 32} started' in lines
+    assert any(line.startswith(f'[2/2] {"f" * 32} error in ') for line in lines), lines
+
+
+def test_quiet_hides_progress_but_never_errors(reference, capsys):
+    failing = reference('failing', fails=True)
+    code, out, err = reproduce(capsys, '--run_id', failing, 'f' * 32, '--quiet', '--output', 'json')
+    doc = json.loads(out)
+    assert code == doc['exit_code'] == 2
+    failed, missing = doc['runs']
+    lines = err.splitlines()
+    assert not any(line.startswith('[') for line in lines)  # no progress
+    assert [
+        line for line in lines if line.startswith(('reproduce_run: failed', 'reproduce_run: error'))
+    ] == [
+        f'reproduce_run: failed: {failing}: {failed["message"]}',
+        f'reproduce_run: error: {"f" * 32}: {missing["message"]}',
+    ]
+
+
+@pytest.mark.slow
+def test_a_thousand_jobs_on_sqlite_run_eight_at_once_and_all_succeed(
+    own_repo, store, capsys, tmp_path
+):
+    """More writers at once than sqlite's connection pool takes made
+    reproductions fail; the store's cap holds them back instead, said once."""
+    add_project(
+        own_repo,
+        'sleeper',
+        {
+            'MLproject': 'name: sleeper\nentry_points:\n  main:\n    command: "sleep 4"\n',
+        },
+    )
+    commit = git('rev-parse', 'HEAD', cwd=own_repo)
+    refs = [recorded_run(f'file://{own_repo}#sleeper', commit) for _ in range(12)]
+    name = f'jobs-{tmp_path.name}'
+    code, out, err = reproduce(
+        capsys, '--run_id', *refs, '--jobs', '1000', '--experiment-name', name, '--output', 'json'
+    )
+    doc = json.loads(out)
+    assert code == doc['exit_code'] == 0, err
+    assert doc['summary']['equal'] == 12
+    warning = (
+        'reproduce_run: warning: --jobs 1000: the sqlite store takes 8 reproductions at once; '
+        'the others wait their turn'
+    )
+    assert err.count(warning) == 1
+    _, children = batch_runs(name)
+    assert len(children) == 12
+    spans = [(c.info.start_time, c.info.end_time) for c in children]
+    most = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert most <= reproduce_run.SQLITE_JOBS
+
+
+def report_of(status: str, message: str | None = None) -> reproduce_run.Report:
+    return reproduce_run.Report(
+        status=status,
+        exit_code=reproduce_run.STATUS_EXIT_CODES[status],
+        reference_run_id='a' * 32,
+        message=message,
+    )
+
+
+@pytest.mark.parametrize(
+    ('statuses', 'skipped', 'line'),
+    [
+        pytest.param(['planned'] * 12, 3, 'Planned: 12 runs, 3 skipped', id='planned-and-skipped'),
+        pytest.param(['planned'], 0, 'Planned: 1 run', id='one'),
+        pytest.param(['planned', 'error'], 1, 'Planned: 1 run, 1 error, 1 skipped', id='an-error'),
+        pytest.param([], 0, 'Planned: 0 runs', id='nothing'),
+    ],
+)
+def test_planned_line(statuses, skipped, line):
+    batch = reproduce_run.BatchReport(
+        tuple(report_of(s) for s in statuses),
+        tuple({'run_id': str(i), 'reason': 'r'} for i in range(skipped)),
+        dry_run=True,
+    )
+    assert reproduce_run.planned_line(batch) == line
+    assert reproduce_run.format_batch_text(batch).splitlines()[-1] == line
+    assert reproduce_run.format_batch_markdown(batch).splitlines()[-1] == line
+
+
+@pytest.mark.parametrize(
+    ('reasons', 'lines'),
+    [
+        pytest.param([], [], id='none'),
+        pytest.param(['x', 'y', 'x', 'x'], [(3, 'x'), (1, 'y')], id='counted-in-first-order'),
+    ],
+)
+def test_skipped_lines_collapse_by_reason(reasons, lines):
+    skipped = [{'run_id': str(i), 'reason': r} for i, r in enumerate(reasons)]
+    assert reproduce_run.skipped_lines(skipped) == lines
+
+
+@pytest.mark.parametrize(
+    ('reports', 'stopped', 'not_started'),
+    [
+        pytest.param([('equal', None)], 0, 0, id='no-signal'),
+        pytest.param(
+            [('terminated', 'terminated by a signal'), ('terminated', 'not started')],
+            1,
+            1,
+            id='one-stopped-one-never-started',
+        ),
+        pytest.param([('interrupted', 'not started')] * 3, 0, 3, id='none-started'),
+    ],
+)
+def test_a_signal_counts_stopped_and_not_started(reports, stopped, not_started):
+    batch = reproduce_run.BatchReport(tuple(report_of(s, m) for s, m in reports))
+    assert (batch.stopped, batch.not_started) == (stopped, not_started)
+    summary = reproduce_run.batch_json(batch)['summary']
+    assert (summary['stopped'], summary['not_started']) == (stopped, not_started)
+    record = reproduce_run.batch_record(batch, 'p')
+    assert (record.metrics['runs_stopped'], record.metrics['runs_not_started']) == (
+        stopped,
+        not_started,
+    )

@@ -754,6 +754,14 @@ def test_repeat_after_the_data_changed_is_drifted(samples_repo, store, capsys, t
     )
     assert code == 1, err
     assert f'**Run {ref} against 2 repetitions: {DRIFTED}**' in out
+    [parent] = [r for r in experiment_runs(name) if r.info.run_name.startswith('reproduce-repeat-')]
+    # headed as a repetition, with the parent run the table report shows (issue 21)
+    assert out.startswith(f'**Repetitions of run {ref}**: Reproduced 2 runs: ')
+    assert f'\n- parent run: `{parent.info.run_id}`\n' in out
+    run_name = client().get_run(ref).info.run_name
+    assert f'[1/2] {ref} ({run_name}) started' in err.splitlines()
+    ended = [f'[{k}/2] {ref} ({run_name}) differ in ' for k in (1, 2)]
+    assert [any(line.startswith(e) for line in err.splitlines()) for e in ended] == [True, True]
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith('| Metric '))
     assert lines[header].split() == [
@@ -780,7 +788,6 @@ def test_repeat_after_the_data_changed_is_drifted(samples_repo, store, capsys, t
         for line in lines[header + 2 : header + 5]
     } == {'mae': DRIFTED, 'n_rows': DRIFTED, 'r2': DRIFTED}
     assert out.endswith('\nRuns equal: False\n')
-    [parent] = [r for r in experiment_runs(name) if r.info.run_name.startswith('reproduce-repeat-')]
     assert parent.data.tags['reproduce.classification'] == DRIFTED
     assert parent.info.status == 'FINISHED'
 
@@ -829,3 +836,33 @@ def test_repeat_of_two_references_nests_under_one_batch(reference, capsys, tmp_p
             r.data.tags['reproduce.reference_run_id'] == entry['reference_run_id']
             for r in repetitions
         )
+
+
+def test_a_repeat_none_of_whose_repetitions_ran_is_classified_failed(reference, capsys, tmp_path):
+    """The parent run always gets a description and a class (issue 19)."""
+    ref = reference('failing', fails=True)
+    name = f'repeat-failing-{tmp_path.name}'
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, '--repeat', '2', '--experiment-name', name, '--output', 'json'
+    )
+    doc = json.loads(out)
+    assert code == doc['exit_code'] == 3, err
+    assert [r['status'] for r in doc['runs']] == ['failed', 'failed']
+    parent = client().get_run(doc['batch_run_id'])
+    assert parent.info.run_name.startswith('reproduce-repeat-')
+    assert parent.info.status == 'FINISHED'
+    assert parent.data.tags['reproduce.classification'] == 'failed'
+    note = parent.data.tags['mlflow.note.content']
+    assert note.startswith(f'**Repetitions of run {ref}** (2): failed\n')
+    assert 'No repetition ran to the end:' in note
+    for run in doc['runs']:
+        assert f'- {run["reproduced_run_id"]}: failed: {run["message"]}' in note
+    diagnosis = artifact_json(parent.info.run_id, 'reproduce/diagnosis.json')
+    assert diagnosis == {
+        'reference_run_id': ref,
+        'parent_run_id': parent.info.run_id,
+        'n': 0,
+        'reproduced_run_ids': [],
+        'classification': 'failed',
+        'metrics': [],
+    }
