@@ -1310,6 +1310,16 @@ def _local_repo(repo: str) -> str | None:
     return os.path.abspath(repo)
 
 
+def _repository_top(local: str) -> tuple[str, str]:
+    """The top of the local repository holding folder `local`, and the
+    folder's path inside it.  A bare repository (a mirror) has no work tree:
+    it is its own top, and git fetches from it like from any other."""
+    if _git('rev-parse', '--is-bare-repository', cwd=local) == 'true':
+        return _git('rev-parse', '--absolute-git-dir', cwd=local), ''
+    top = _git('rev-parse', '--show-toplevel', cwd=local)
+    return top, os.path.relpath(local, top)
+
+
 # SQLAlchemy ends its errors with the statement, its parameters and a link to
 # its docs ("(Background on this error at: https://sqlalche.me/...)").
 _SQLALCHEMY_TAIL_RE = re.compile(r'^(\[SQL: |\(Background on this error at: )')
@@ -1336,10 +1346,10 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
     if (local := _local_repo(source.repo)) is not None:
         # MLflow may record a folder inside a repository: fetch from its top.
         try:
-            repo = _git('rev-parse', '--show-toplevel', cwd=local)
+            repo, inside = _repository_top(local)
         except (subprocess.CalledProcessError, OSError):
             raise ReproduceError(f'cannot fetch {where}: {local} is not a git repository') from None
-        subdir = os.path.normpath(os.path.join(os.path.relpath(local, repo), subdir))
+        subdir = os.path.normpath(os.path.join(inside, subdir))
         subdir = '' if subdir == '.' else subdir
     _git('init', '--quiet', dest)
     try:  # a full hash, a branch or a tag: one commit, no history
