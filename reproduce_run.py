@@ -4234,9 +4234,12 @@ def read_runs_file(path: str) -> list[str]:
     return [run_id for run_id in ids if run_id]
 
 
+_MODEL_URI_RE = re.compile(r'models:/([^/@]+)(?:/(\d+)|@([\w-]+))')  # what --model takes
+
+
 def resolve_model(client: MlflowClient, uri: str) -> Chosen:
     """models:/<name>/<version> or models:/<name>@<alias> -> the version's source run."""
-    match = re.fullmatch(r'models:/([^/@]+)(?:/(\d+)|@([\w-]+))', uri)
+    match = _MODEL_URI_RE.fullmatch(uri)
     if not match:
         return Chosen(
             None, uri, f'{uri!r} is not models:/<name>/<version> or models:/<name>@<alias>'
@@ -4434,6 +4437,7 @@ def run_batch(
 
     def one(index: int, c: Chosen) -> Report:
         if c.run_id is None:
+            print(f'reproduce_run: error: {c.error}', file=sys.stderr, flush=True)
             return Report(
                 status='error',
                 exit_code=EXIT_CANNOT_START,
@@ -4762,6 +4766,14 @@ def _run_id(s: str) -> str:
     return s
 
 
+def _model_uri(s: str) -> str:
+    if not _MODEL_URI_RE.fullmatch(s):
+        raise argparse.ArgumentTypeError(
+            f'expected models:/NAME/VERSION or models:/NAME@ALIAS, got {s!r}'
+        )
+    return s
+
+
 def _tolerance(s: str) -> float:
     try:
         value = float(s)
@@ -4902,6 +4914,7 @@ def build_parser() -> argparse.ArgumentParser:
         '--model',
         action='append',
         default=[],
+        type=_model_uri,
         metavar='URI',
         help='the run behind a registered model version: models:/NAME/VERSION '
         'or models:/NAME@ALIAS; repeatable',

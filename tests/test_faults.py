@@ -364,3 +364,37 @@ def test_a_password_in_the_tracking_uri_is_masked_everywhere(
     tags = json.dumps(client().get_run(new_id).data.tags)
     assert 's3cret' not in out + err + tags + ''.join(recorded)
     assert 'user:' not in out + err
+
+
+# --- issue 19: defects found by an adversarial probe ---------------------------
+
+
+def all_runs() -> list[str]:
+    from mlflow.entities import ViewType
+
+    c = client()
+    experiments = [e.experiment_id for e in c.search_experiments(view_type=ViewType.ALL)]
+    return [r.info.run_id for r in c.search_runs(experiments, run_view_type=ViewType.ALL)]
+
+
+def test_a_malformed_model_uri_is_an_argument_error_that_creates_nothing(capsys):
+    before = all_runs()
+    with pytest.raises(SystemExit) as exc:
+        main_in_process('--model', 'notamodeluri')
+    out, err = capsys.readouterr()
+    assert (exc.value.code, out) == (2, '')
+    assert err == (
+        'reproduce_run: error: argument --model: expected models:/NAME/VERSION or '
+        "models:/NAME@ALIAS, got 'notamodeluri' (see --help)\n"
+    )
+    assert all_runs() == before
+
+
+def test_a_model_that_is_not_found_is_a_batch_entry_with_its_error_on_stderr(capsys, tmp_path):
+    uri = f'models:/absent-{tmp_path.name}/1'
+    code, out, err = reproduce(capsys, '--model', uri, '--dry-run', '--output', 'json')
+    [entry] = json.loads(out)['runs']
+    assert code == 2
+    assert (entry['status'], entry['model']) == ('error', uri)
+    assert entry['message'].startswith(f'model {uri} not found: ')
+    assert f'reproduce_run: error: {entry["message"]}\n' in err
