@@ -1396,14 +1396,50 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
 _CONNECTION_FAILURE_RE = re.compile(r'\[Errno -?\d+\] ([^"\')]+)|(Read timed out)')
 
 
-def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> ReproduceError:
-    """One line from an MLflow failure; a connection failure in few words."""
+# MLflow retries an error status, then raises this without the answer's body.
+_ERROR_STATUS_RE = re.compile(r'too many (\d{3}) error responses')
+
+
+def server_failure(e: Exception) -> str:
+    """What went wrong in an MLflow request, in few words: the status the
+    tracking server answered, or that it does not answer and why."""
     detail = _last_line(str(e)) or type(e).__name__
+    if status := _ERROR_STATUS_RE.search(detail):
+        return f'the tracking server answered HTTP {status.group(1)}'
     if 'Max retries exceeded' in detail or 'API request to' in detail:
         match = _CONNECTION_FAILURE_RE.search(detail)
         reason = next(g for g in match.groups() if g) if match else 'no answer'
-        detail = f'the tracking server does not answer ({reason.strip()})'
-    return ReproduceError(mask_credentials(f'{context}: {detail}'), code)
+        return f'the tracking server does not answer ({reason.strip()})'
+    return detail
+
+
+def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> ReproduceError:
+    """One line from an MLflow failure; a connection failure in few words."""
+    return ReproduceError(mask_credentials(f'{context}: {server_failure(e)}'), code)
+
+
+def last_attempt(client: MlflowClient, endpoint: str, body: Mapping[str, Any]) -> str | None:
+    """One more try of a request MLflow gave up on after error statuses, made
+    without MLflow's retries, which drop the answer: None when it succeeds,
+    else the status and the first line of what the tracking server answered."""
+    from mlflow.utils.rest_utils import http_request
+
+    creds = client._tracking_client.store.get_host_creds()
+    try:
+        answer = http_request(
+            creds,
+            f'/api/2.0/mlflow/{endpoint}',
+            'POST',
+            max_retries=0,
+            raise_on_status=False,
+            json=body,
+        )
+    except Exception as e:
+        return server_failure(e)
+    if answer.status_code == 200:
+        return None
+    first = next((line.strip() for line in answer.text.splitlines() if line.strip()), '')
+    return f'the tracking server answered HTTP {answer.status_code}: {first[:OUTPUT_LINE_CHARS]}'
 
 
 def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
@@ -1588,7 +1624,6 @@ def fixup_backend_run(
 def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | None) -> Run:
     """The run that the project will log into, made by us so that its ID is
     known from the start and it can always be closed."""
-    from mlflow.entities import Param
     from mlflow.exceptions import MlflowException
 
     client = session.client
@@ -1603,13 +1638,29 @@ def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | Non
         )
     except MlflowException as e:
         raise _mlflow_error('cannot create the reproduced run', e) from None
-    run_id = run.info.run_id
-    try:
-        client.log_batch(run_id, params=[Param(k, v) for k, v in plan.logged_params.items()])
-    except Exception as e:
-        close_run(client, run_id, 'FAILED', session.left_open)
-        raise _mlflow_error(f'cannot log the params of run {run_id} (marked FAILED)', e) from None
     return run
+
+
+def log_reproduced_params(session: Session, plan: Plan, run_id: str) -> None:
+    """The params MLflow would log for this launch, on the reproduced run."""
+    from mlflow.entities import Param
+
+    client, params = session.client, plan.logged_params
+    try:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        return
+    except Exception as e:
+        error = e
+    why = server_failure(error)
+    if _ERROR_STATUS_RE.search(str(error)) and _is_http(client.tracking_uri):
+        body = {'run_id': run_id, 'params': [{'key': k, 'value': v} for k, v in params.items()]}
+        if (answer := last_attempt(client, 'runs/log-batch', body)) is None:
+            return  # the server took them this time
+        why = answer
+    close_run(client, run_id, 'FAILED', session.left_open)
+    raise ReproduceError(
+        mask_credentials(f'cannot log the params of run {run_id} (marked FAILED): {why}')
+    )
 
 
 class ProjectOutput:
@@ -1844,9 +1895,16 @@ def _close_timeout() -> float:
         return CLOSE_RETRY_SECONDS
 
 
-def close_run(
-    client: MlflowClient, run_id: str, status: str, left_open: list[tuple[str, str, str]]
-) -> bool:
+class LeftOpen(NamedTuple):
+    """A run that could not be closed, for the last line of standard error."""
+
+    run_id: str
+    status: str  # the status it should have been given
+    tracking_uri: str
+    why: str  # what the tracking server did
+
+
+def close_run(client: MlflowClient, run_id: str, status: str, left_open: list[LeftOpen]) -> bool:
     """Mark the run ended, retrying for a bounded time while the tracking
     server does not answer; if it never does, remember the run for the last
     line of standard error.  Never raises."""
@@ -1859,23 +1917,28 @@ def close_run(
         except Exception as e:  # the tracking server itself may be the failure
             if time.monotonic() + delay > deadline:
                 warn(f'could not mark run {run_id} {status}: {_last_line(str(e))}')
-                left_open.append((run_id, status, client.tracking_uri))
+                left_open.append(LeftOpen(run_id, status, client.tracking_uri, server_failure(e)))
                 return False
         time.sleep(delay)
         delay = min(delay * 2, 10.0)
 
 
-def left_running_line(left_open: Sequence[tuple[str, str, str]]) -> str:
+def _listing(items: Sequence[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    return ' and '.join(filter(None, (', '.join(items[:-1]), items[-1])))
+
+
+def left_running_line(left_open: Sequence[LeftOpen]) -> str:
     """The last line of standard error when runs could not be closed: which
-    ones, and the exact command that closes them."""
-    runs = ', '.join(run_id for run_id, _, _ in left_open)
-    closes = '; '.join(
-        f"c.set_terminated('{run_id}', '{status}')" for run_id, status, _ in left_open
-    )
-    uri = shlex.quote(mask_credentials(left_open[0][2]))
+    ones, why, and the exact command that closes them."""
+    runs = _listing([left.run_id for left in left_open])
+    whys = mask_credentials('; '.join(dict.fromkeys(left.why for left in left_open)))
+    closes = '; '.join(f"c.set_terminated('{left.run_id}', '{left.status}')" for left in left_open)
+    uri = shlex.quote(mask_credentials(left_open[0].tracking_uri))
+    noun, verb, them = ('runs', 'are', 'them') if len(left_open) > 1 else ('run', 'is', 'it')
     return (
-        f'reproduce_run: error: run {runs} is left RUNNING: the tracking server did not '
-        f'answer for {_close_timeout():.0f} s; close it with: MLFLOW_TRACKING_URI={uri} '
+        f'reproduce_run: error: {noun} {runs} {verb} left RUNNING: {whys} (retried for '
+        f'{_close_timeout():.0f} s); close {them} with: MLFLOW_TRACKING_URI={uri} '
         f'python -c "import mlflow; c = mlflow.MlflowClient(); {closes}"'
     )
 
@@ -3643,7 +3706,11 @@ def record_verdict(
             TAG_ATOL: repr(report.rules.default.atol),
             TAG_NOTE: describe(report, _run_link(client, report)),
         }
-        client.log_batch(run_id, tags=[RunTag(k, fit_tag(v)) for k, v in tags.items()])
+        try:
+            client.log_batch(run_id, tags=[RunTag(k, fit_tag(v)) for k, v in tags.items()])
+        except Exception:  # the server may fail this one endpoint: one tag at a time
+            for k, v in tags.items():
+                client.set_tag(run_id, k, fit_tag(v))
         with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
             path = os.path.join(folder, COMPARISON_ARTIFACT)
             with open(path, 'w') as f:
@@ -3891,7 +3958,7 @@ class Session:
     tag: str  # PROCESS_TAG value of the tool; a reproduction's is tag.N
     stop: Stop
     batch: bool = False
-    left_open: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    left_open: list[LeftOpen] = dataclasses.field(default_factory=list)
     launch_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
     sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -4055,10 +4122,11 @@ def _reproduce(
     if plan.backend.name == DEFAULT_BACKEND:
         try:
             run = create_reproduced_run(session, plan, parent_run_id)
+            progress.run_id = run.info.run_id
+            log_reproduced_params(session, plan, run.info.run_id)
         except BaseException:
             output.close()  # nothing will write to it: end its thread
             raise
-        progress.run_id = run.info.run_id
         _say_what_runs(session, plan, run.info.run_id)
         launch = run_project(session, plan, run, tmp_dir, tag, output)
     else:
@@ -4707,7 +4775,7 @@ def invoke(
     selection: Selection,
     compare_to_id: str | None,
     stop: Stop,
-    left_open: list[tuple[str, str, str]],
+    left_open: list[LeftOpen],
 ) -> Report | BatchReport:
     """Settings for the tool's own requests, the tracking server checked, then
     one run, a comparison, or a batch; every process the tool started is gone
@@ -5150,7 +5218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     options, selection = Options.from_args(args), Selection.from_args(args)
     stop = Stop()
-    left_open: list[tuple[str, str, str]] = []
+    left_open: list[LeftOpen] = []
     with _stdout_to_stderr() as report_stream:
         try:
             with _signal_handlers({signal.SIGINT: stop, signal.SIGTERM: stop}):
