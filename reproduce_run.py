@@ -1278,6 +1278,17 @@ def warn_about_reference_backend(plan: Plan) -> None:
 # Fetching the source: a private checkout, never the user's repository.
 
 
+# How git and the OS say that a write failed for want of space (ENOSPC, EDQUOT).
+_NO_SPACE_RE = re.compile(
+    r'No space left on device|Out of diskspace|Disk quota exceeded', re.IGNORECASE
+)
+
+
+def no_space(detail: str) -> ReproduceError:
+    """The tool's temporary folder is full: the cause first, then the detail."""
+    return ReproduceError(f'no space left on device in TMPDIR={tempfile.gettempdir()}: {detail}')
+
+
 def _git(*args: str, cwd: str | None = None) -> str:
     env = {**os.environ, 'GIT_TERMINAL_PROMPT': '0'}
     proc = subprocess.run(
@@ -1288,6 +1299,9 @@ def _git(*args: str, cwd: str | None = None) -> str:
         text=True,
         stdin=subprocess.DEVNULL,
     )
+    if proc.returncode and _NO_SPACE_RE.search(proc.stderr):
+        command = next(a for a in args if not a.startswith('-') and '=' not in a)
+        raise no_space(f'git {command}: {_last_line(proc.stderr)}')
     if proc.returncode:
         raise subprocess.CalledProcessError(
             proc.returncode,
@@ -1351,7 +1365,10 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
             raise ReproduceError(f'cannot fetch {where}: {local} is not a git repository') from None
         subdir = os.path.normpath(os.path.join(inside, subdir))
         subdir = '' if subdir == '.' else subdir
-    _git('init', '--quiet', dest)
+    try:
+        _git('init', '--quiet', dest)
+    except subprocess.CalledProcessError as e:
+        raise ReproduceError(f'cannot make a git folder: {_last_line(e.stderr)}') from None
     try:  # a full hash, a branch or a tag: one commit, no history
         _git('fetch', '--quiet', '--depth', '1', repo, source.version, cwd=dest)
         wanted = 'FETCH_HEAD'
@@ -1372,7 +1389,12 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
             f'commit {source.version} is not available from '
             f'{mask_credentials(source.repo)} (history rewritten, or a typo?)',
         ) from None
-    _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, cwd=dest)
+    try:
+        _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, cwd=dest)
+    except subprocess.CalledProcessError as e:
+        raise ReproduceError(
+            f'cannot check out {where}: {mask_credentials(_last_line(e.stderr))}'
+        ) from None
     if os.path.exists(os.path.join(dest, '.gitmodules')):
         try:
             _git('submodule', 'update', '--init', '--recursive', '--quiet', cwd=dest)
@@ -4000,7 +4022,15 @@ def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
             root = os.path.join(tempfile.mkdtemp(prefix='source-', dir=session.tmp_root), 'src')
             cached.project_dir, cached.commit = fetch_source(source, root)
             cached.root = root
-    shutil.copytree(cached.root, dest, symlinks=True)
+    try:
+        shutil.copytree(cached.root, dest, symlinks=True)
+    except OSError as e:  # shutil.Error lists (source, destination, reason) per file
+        reason = e.args[0][0][2] if isinstance(e, shutil.Error) else (e.strerror or str(e))
+        if _NO_SPACE_RE.search(reason):
+            raise no_space(f'copying the checkout of {mask_credentials(source.uri)}') from None
+        raise ReproduceError(
+            f'cannot copy the checkout of {mask_credentials(source.uri)}: {reason}'
+        ) from None
     return os.path.join(dest, os.path.relpath(cached.project_dir, cached.root)), cached.commit
 
 
@@ -4099,6 +4129,8 @@ def _reproduce(
     try:
         project_dir, commit = checkout(session, source, os.path.join(tmp_dir, 'src'))
     except ReproduceError as e:
+        if _NO_SPACE_RE.search(str(e)):  # the remote is not the trouble
+            raise
         raise ReproduceError(str(e) + _remote_hint(reference, source, options.uri)) from None
     source = dataclasses.replace(source, version=commit)
     plan = progress.plan = make_plan(options, reference, source, project_dir, session.backend)
