@@ -18,6 +18,7 @@ import collections
 import contextlib
 import dataclasses
 import decimal
+import errno
 import fnmatch
 import hashlib
 import itertools
@@ -1697,29 +1698,57 @@ class ProjectOutput:
         self._tail_lock = threading.Lock()  # a leftover writer may still be adding lines
         self.log_path = log_path
         self._echo, self._prefix = echo, prefix
+        self._log: TextIO | None = None
+        self._lines = 0  # read from the pipe so far
+        self.lost: str | None = None  # what the log file misses, and why
         read_fd, self.write_fd = os.pipe()
         self._thread = threading.Thread(target=self._copy, args=(read_fd,), daemon=True)
         self._thread.start()
 
     def _copy(self, read_fd: int) -> None:
         pending = b''
-        with (
-            os.fdopen(read_fd, 'rb', buffering=0) as pipe,
-            open(self.log_path, 'w', encoding='utf-8') as log,
-        ):
-            while chunk := pipe.read(65536):
+        with os.fdopen(read_fd, 'rb', buffering=0) as pipe:
+            try:  # line-buffered: a failing write loses whole lines, and we know which
+                self._log = open(self.log_path, 'w', encoding='utf-8', buffering=1)  # noqa: SIM115
+            except OSError as e:
+                self._log_failed(e, 1)
+            while chunk := pipe.read(65536):  # the project's pipe is drained to its end
                 *lines, pending = (pending + chunk).split(b'\n')
                 for line in lines:
-                    self._line(line, log)
+                    self._line(line)
                 if len(pending) > 65536:  # no newline for long: keep the screen's last state
                     pending = pending[pending.rfind(b'\r') + 1 :][-65536:]
             if pending:
-                self._line(pending, log)
+                self._line(pending)
+            if self._log is not None:
+                with contextlib.suppress(OSError):  # line-buffered: nothing is pending
+                    self._log.close()
+        if self.lost:
+            self.lost += f' ({self._lines} lines in all)'
 
-    def _line(self, raw: bytes, log: TextIO) -> None:
+    def _log_failed(self, e: OSError, line: int) -> None:
+        """The tool's own log file takes no more: say from which line on the
+        output is missing from it, and why; the copying goes on without it."""
+        why = e.strerror or str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = f'no space left on device in TMPDIR={tempfile.gettempdir()}'
+        self.lost = (
+            f"the project's output from line {line} on is missing from its {OUTPUT_ARTIFACT}: {why}"
+        )
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+        self._log = None
+
+    def _line(self, raw: bytes) -> None:
+        self._lines += 1
         text = mask_credentials(raw.decode(errors='replace'))
         shown = text.rstrip('\r').rsplit('\r', 1)[-1].rstrip()  # what a terminal shows
-        log.write(shown + '\n')
+        if self._log is not None:
+            try:
+                self._log.write(shown + '\n')
+            except OSError as e:
+                self._log_failed(e, self._lines)
         if len(shown) > OUTPUT_LINE_CHARS:
             shown = shown[: OUTPUT_LINE_CHARS - 1] + '…'
         with self._tail_lock:
@@ -2141,6 +2170,7 @@ class Launch:
     output_tail: tuple[str, ...]
     left_behind: int = 0  # processes the project left running, ended by us
     environment: dict[str, Any] | None = None  # of the interpreter that ran the project
+    output_lost: str | None = None  # what the tool could not keep of the project's output
 
 
 def run_project(
@@ -2183,7 +2213,7 @@ def run_project(
     close_run(
         session.client, run_id, 'FINISHED' if returncode == 0 else 'FAILED', session.left_open
     )
-    return Launch(returncode, output.tail, left_behind, environment)
+    return Launch(returncode, output.tail, left_behind, environment, output.lost)
 
 
 def run_on_backend(
@@ -2219,7 +2249,7 @@ def run_on_backend(
     # MLflow's remote SubmittedRuns leave the status to the caller, and a
     # project that fails may still have ended its run FINISHED: say it here.
     close_run(client, run_id, 'FINISHED' if succeeded else 'FAILED', session.left_open)
-    return Launch(0 if succeeded else 1, output.tail)
+    return Launch(0 if succeeded else 1, output.tail, output_lost=output.lost)
 
 
 def submit_to_backend(
@@ -4174,6 +4204,7 @@ def _reproduce(
     )
     if launch.environment is not None:  # a failed run's too: it may be why
         record_environment(client, new_id, launch.environment)
+    lost = f'; {launch.output_lost}' if launch.output_lost else ''
     if launch.returncode != 0:
         last = project_error_line(launch.output_tail)
         return Report(
@@ -4181,7 +4212,14 @@ def _reproduce(
             exit_code=EXIT_RUN_FAILED,
             **fields,
             message=f'the reproduced run {new_id} failed (exit status '
-            f'{launch.returncode})' + (f'; its last error: {last}' if last else ''),
+            f'{launch.returncode})' + (f'; its last error: {last}' if last else '') + lost,
+        )
+    if launch.output_lost:  # the tool's own failure, not the project's
+        return Report(
+            status='error',
+            exit_code=EXIT_CANNOT_START,
+            **fields,
+            message=f'the reproduced run {new_id} ran to its end, but {launch.output_lost}',
         )
     reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id, plan)
     differences = differences_between(

@@ -105,3 +105,65 @@ def test_a_full_tmpdir_in_a_batch_gives_one_line_per_run_without_errno_lists(
     assert 'try --uri' not in out + err
     with contextlib.suppress(FileNotFoundError):
         assert os.listdir(small_tmpdir) == []
+
+
+CHATTY = {
+    'MLproject': 'entry_points:\n  main:\n    parameters:\n'
+    '      fail: {type: string, default: "no"}\n'
+    '    command: python chatty.py {fail}\n',
+    'chatty.py': (
+        'import sys\n'
+        'for i in range(30000):\n'
+        '    print(f"line {i:06d} " + "x" * 90)\n'
+        'if sys.argv[1] == "yes":\n'
+        '    raise SystemExit("the project gives up on its own")\n'
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ('fail', 'code', 'status', 'run_status'),
+    [
+        pytest.param('no', 2, 'error', 'FINISHED', id='project-succeeds'),
+        pytest.param('yes', 3, 'failed', 'FAILED', id='project-fails-on-its-own'),
+    ],
+)
+def test_an_output_log_that_cannot_be_written_is_the_tools_failure_not_the_projects(
+    own_repo, small_tmpdir, store, fail, code, status, run_status
+):
+    add_project(own_repo, 'chatty', CHATTY)
+    run_id = recorded_run(
+        f'file://{own_repo}#chatty', git('rev-parse', 'HEAD', cwd=own_repo), {'fail': fail}
+    )
+    proc = tool(
+        '--run_id',
+        run_id,
+        '--output',
+        'json',
+        env={'TMPDIR': str(small_tmpdir), 'MLFLOW_TRACKING_URI': store},
+    )
+    out, err = proc.communicate(timeout=300)
+    doc = json.loads(out)
+    [new] = reproductions_of(run_id)
+    assert (proc.returncode, doc['status']) == (code, status), err[-2000:]
+    assert doc['reproduced_run_id'] == new.info.run_id
+    # The pipe was drained to its end: the project printed every line and
+    # ended on its own terms (FINISHED: exit status 0).
+    assert new.info.status == run_status
+    assert 'line 029999 ' in err
+    assert 'Traceback' not in err and 'Broken pipe' not in err
+    lost = (
+        "the project's output from line {} on is missing from its output.log: no space "
+        f'left on device in TMPDIR={small_tmpdir} ({30001 if fail == "yes" else 30000} lines '
+        'in all)'
+    )
+    message = doc['message']
+    first_missing = int(message.split('output from line ')[1].split()[0])
+    assert 1 < first_missing < 30000
+    assert message.endswith(lost.format(first_missing))
+    if fail == 'yes':
+        assert 'its last error: the project gives up on its own;' in message
+    else:
+        assert message.startswith(f'the reproduced run {new.info.run_id} ran to its end, but ')
+    assert err.splitlines()[-1] == f'reproduce_run: error: {message}'
+    assert client().get_run(new.info.run_id).data.tags['reproduce.status'] == status
