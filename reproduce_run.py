@@ -1447,10 +1447,9 @@ def last_attempt(client: MlflowClient, endpoint: str, body: Mapping[str, Any]) -
     else the status and the first line of what the tracking server answered."""
     from mlflow.utils.rest_utils import http_request
 
-    creds = client._tracking_client.store.get_host_creds()
     try:
         answer = http_request(
-            creds,
+            client._tracking_client.store.get_host_creds(),
             f'/api/2.0/mlflow/{endpoint}',
             'POST',
             max_retries=0,
@@ -1967,7 +1966,7 @@ def close_run(client: MlflowClient, run_id: str, status: str, left_open: list[Le
             return True
         except Exception as e:  # the tracking server itself may be the failure
             if time.monotonic() + delay > deadline:
-                warn(f'could not mark run {run_id} {status}: {_last_line(str(e))}')
+                warn(f'could not mark run {run_id} {status}: {server_failure(e)}')
                 left_open.append(LeftOpen(run_id, status, client.tracking_uri, server_failure(e)))
                 return False
         time.sleep(delay)
@@ -3776,7 +3775,7 @@ def record_verdict(
                 if make_plots(report.verdict, *histories, plot_dir):
                     client.log_artifacts(run_id, plot_dir, f'{ARTIFACT_DIR}/plots')
     except Exception as e:  # the verdict stands; say that it is not recorded
-        warn(f'could not record the verdict on run {run_id}: {_last_line(str(e))}')
+        warn(f'could not record the verdict on run {run_id}: {server_failure(e)}')
 
 
 # ---------------------------------------------------------------------------
