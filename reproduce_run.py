@@ -1279,9 +1279,11 @@ def warn_about_reference_backend(plan: Plan) -> None:
 # Fetching the source: a private checkout, never the user's repository.
 
 
-# How git and the OS say that a write failed for want of space (ENOSPC, EDQUOT).
+# How git and the OS say that a write failed for want of space (ENOSPC,
+# EDQUOT); not in a line from the remote ('remote: '), whose disk is not ours.
 _NO_SPACE_RE = re.compile(
-    r'No space left on device|Out of diskspace|Disk quota exceeded', re.IGNORECASE
+    r'^(?!remote:).*(No space left on device|Out of diskspace|Disk quota exceeded)',
+    re.IGNORECASE | re.MULTILINE,
 )
 
 

@@ -167,3 +167,30 @@ def test_an_output_log_that_cannot_be_written_is_the_tools_failure_not_the_proje
         assert message.startswith(f'the reproduced run {new.info.run_id} ran to its end, but ')
     assert err.splitlines()[-1] == f'reproduce_run: error: {message}'
     assert client().get_run(new.info.run_id).data.tags['reproduce.status'] == status
+
+
+@pytest.mark.parametrize(
+    ('stderr', 'ours'),
+    [
+        pytest.param(
+            'fatal: unable to write loose object file: No space left on device\n'
+            'fatal: unpack-objects failed',
+            True,
+            id='fetch',
+        ),
+        pytest.param(
+            "fatal: sha1 file '/t/.git/index.lock' write error. Out of diskspace",
+            True,
+            id='checkout',
+        ),
+        pytest.param('error: Disk quota exceeded', True, id='quota'),
+        pytest.param(
+            'remote: fatal: No space left on device\nfatal: early EOF', False, id='remote-disk'
+        ),
+        pytest.param('fatal: repository not found', False, id='other-failure'),
+    ],
+)
+def test_a_full_disk_is_told_from_gits_own_lines_not_the_remotes(stderr, ours):
+    from reproduce_run import _NO_SPACE_RE
+
+    assert bool(_NO_SPACE_RE.search(stderr)) == ours
