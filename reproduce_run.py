@@ -4787,7 +4787,7 @@ def record_batch(session: Session, batch: BatchReport, run_id: str) -> None:
             run_id, format_batch_json(batch), f'{ARTIFACT_DIR}/{SUMMARY_ARTIFACT}'
         )
     except Exception as e:
-        warn(f'could not record the batch summary on run {run_id}: {_last_line(str(e))}')
+        warn(f'could not record the batch summary on run {run_id}: {server_failure(e)}')
     stopped = session.stop.event.is_set()
     close_run(session.client, run_id, 'KILLED' if stopped else 'FINISHED', session.left_open)
 
