@@ -26,6 +26,7 @@ import collections
 import contextlib
 import dataclasses
 import decimal
+import errno
 import fnmatch
 import hashlib
 import itertools
@@ -1299,6 +1300,19 @@ def warn_about_reference_backend(plan: Plan) -> None:
 # Fetching the source: a private checkout, never the user's repository.
 
 
+# How git and the OS say that a write failed for want of space (ENOSPC,
+# EDQUOT); not in a line from the remote ('remote: '), whose disk is not ours.
+_NO_SPACE_RE = re.compile(
+    r'^(?!remote:).*(No space left on device|Out of diskspace|Disk quota exceeded)',
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def no_space(detail: str) -> ReproduceError:
+    """The tool's temporary folder is full: the cause first, then the detail."""
+    return ReproduceError(f'no space left on device in TMPDIR={tempfile.gettempdir()}: {detail}')
+
+
 def _git(*args: str, cwd: str | None = None) -> str:
     env = {**os.environ, 'GIT_TERMINAL_PROMPT': '0'}
     proc = subprocess.run(
@@ -1309,6 +1323,9 @@ def _git(*args: str, cwd: str | None = None) -> str:
         text=True,
         stdin=subprocess.DEVNULL,
     )
+    if proc.returncode and _NO_SPACE_RE.search(proc.stderr):
+        command = next(a for a in args if not a.startswith('-') and '=' not in a)
+        raise no_space(f'git {command}: {_last_line(proc.stderr)}')
     if proc.returncode:
         raise subprocess.CalledProcessError(
             proc.returncode,
@@ -1329,6 +1346,16 @@ def _local_repo(repo: str) -> str | None:
     if '://' in repo or re.match(r'^[\w.-]+@[\w.-]+:', repo):
         return None
     return os.path.abspath(repo)
+
+
+def _repository_top(local: str) -> tuple[str, str]:
+    """The top of the local repository holding folder `local`, and the
+    folder's path inside it.  A bare repository (a mirror) has no work tree:
+    it is its own top, and git fetches from it like from any other."""
+    if _git('rev-parse', '--is-bare-repository', cwd=local) == 'true':
+        return _git('rev-parse', '--absolute-git-dir', cwd=local), ''
+    top = _git('rev-parse', '--show-toplevel', cwd=local)
+    return top, os.path.relpath(local, top)
 
 
 # SQLAlchemy ends its errors with the statement, its parameters and a link to
@@ -1357,12 +1384,15 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
     if (local := _local_repo(source.repo)) is not None:
         # MLflow may record a folder inside a repository: fetch from its top.
         try:
-            repo = _git('rev-parse', '--show-toplevel', cwd=local)
+            repo, inside = _repository_top(local)
         except (subprocess.CalledProcessError, OSError):
             raise ReproduceError(f'cannot fetch {where}: {local} is not a git repository') from None
-        subdir = os.path.normpath(os.path.join(os.path.relpath(local, repo), subdir))
+        subdir = os.path.normpath(os.path.join(inside, subdir))
         subdir = '' if subdir == '.' else subdir
-    _git('init', '--quiet', dest)
+    try:
+        _git('init', '--quiet', dest)
+    except subprocess.CalledProcessError as e:
+        raise ReproduceError(f'cannot make a git folder: {_last_line(e.stderr)}') from None
     try:  # a full hash, a branch or a tag: one commit, no history
         _git('fetch', '--quiet', '--depth', '1', repo, source.version, cwd=dest)
         wanted = 'FETCH_HEAD'
@@ -1383,7 +1413,12 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
             f'commit {source.version} is not available from '
             f'{mask_credentials(source.repo)} (history rewritten, or a typo?)',
         ) from None
-    _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, cwd=dest)
+    try:
+        _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, cwd=dest)
+    except subprocess.CalledProcessError as e:
+        raise ReproduceError(
+            f'cannot check out {where}: {mask_credentials(_last_line(e.stderr))}'
+        ) from None
     if os.path.exists(os.path.join(dest, '.gitmodules')):
         try:
             _git('submodule', 'update', '--init', '--recursive', '--quiet', cwd=dest)
@@ -1407,14 +1442,49 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
 _CONNECTION_FAILURE_RE = re.compile(r'\[Errno -?\d+\] ([^"\')]+)|(Read timed out)')
 
 
-def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> ReproduceError:
-    """One line from an MLflow failure; a connection failure in few words."""
+# MLflow retries an error status, then raises this without the answer's body.
+_ERROR_STATUS_RE = re.compile(r'too many (\d{3}) error responses')
+
+
+def server_failure(e: Exception) -> str:
+    """What went wrong in an MLflow request, in few words: the status the
+    tracking server answered, or that it does not answer and why."""
     detail = _last_line(str(e)) or type(e).__name__
+    if status := _ERROR_STATUS_RE.search(detail):
+        return f'the tracking server answered HTTP {status.group(1)}'
     if 'Max retries exceeded' in detail or 'API request to' in detail:
         match = _CONNECTION_FAILURE_RE.search(detail)
         reason = next(g for g in match.groups() if g) if match else 'no answer'
-        detail = f'the tracking server does not answer ({reason.strip()})'
-    return ReproduceError(mask_credentials(f'{context}: {detail}'), code)
+        return f'the tracking server does not answer ({reason.strip()})'
+    return detail
+
+
+def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> ReproduceError:
+    """One line from an MLflow failure; a connection failure in few words."""
+    return ReproduceError(mask_credentials(f'{context}: {server_failure(e)}'), code)
+
+
+def last_attempt(client: MlflowClient, endpoint: str, body: Mapping[str, Any]) -> str | None:
+    """One more try of a request MLflow gave up on after error statuses, made
+    without MLflow's retries, which drop the answer: None when it succeeds,
+    else the status and the first line of what the tracking server answered."""
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        answer = http_request(
+            client._tracking_client.store.get_host_creds(),
+            f'/api/2.0/mlflow/{endpoint}',
+            'POST',
+            max_retries=0,
+            raise_on_status=False,
+            json=body,
+        )
+    except Exception as e:
+        return server_failure(e)
+    if answer.status_code == 200:
+        return None
+    first = next((line.strip() for line in answer.text.splitlines() if line.strip()), '')
+    return f'the tracking server answered HTTP {answer.status_code}: {first[:OUTPUT_LINE_CHARS]}'
 
 
 def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
@@ -1599,7 +1669,6 @@ def fixup_backend_run(
 def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | None) -> Run:
     """The run that the project will log into, made by us so that its ID is
     known from the start and it can always be closed."""
-    from mlflow.entities import Param
     from mlflow.exceptions import MlflowException
 
     client = session.client
@@ -1614,13 +1683,29 @@ def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | Non
         )
     except MlflowException as e:
         raise _mlflow_error('cannot create the reproduced run', e) from None
-    run_id = run.info.run_id
-    try:
-        client.log_batch(run_id, params=[Param(k, v) for k, v in plan.logged_params.items()])
-    except Exception as e:
-        close_run(client, run_id, 'FAILED', session.left_open)
-        raise _mlflow_error(f'cannot log the params of run {run_id} (marked FAILED)', e) from None
     return run
+
+
+def log_reproduced_params(session: Session, plan: Plan, run_id: str) -> None:
+    """The params MLflow would log for this launch, on the reproduced run."""
+    from mlflow.entities import Param
+
+    client, params = session.client, plan.logged_params
+    try:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        return
+    except Exception as e:
+        error = e
+    why = server_failure(error)
+    if _ERROR_STATUS_RE.search(str(error)) and _is_http(client.tracking_uri):
+        body = {'run_id': run_id, 'params': [{'key': k, 'value': v} for k, v in params.items()]}
+        if (answer := last_attempt(client, 'runs/log-batch', body)) is None:
+            return  # the server took them this time
+        why = answer
+    close_run(client, run_id, 'FAILED', session.left_open)
+    raise ReproduceError(
+        mask_credentials(f'cannot log the params of run {run_id} (marked FAILED): {why}')
+    )
 
 
 class ProjectOutput:
@@ -1635,29 +1720,57 @@ class ProjectOutput:
         self._tail_lock = threading.Lock()  # a leftover writer may still be adding lines
         self.log_path = log_path
         self._echo, self._prefix = echo, prefix
+        self._log: TextIO | None = None
+        self._lines = 0  # read from the pipe so far
+        self.lost: str | None = None  # what the log file misses, and why
         read_fd, self.write_fd = os.pipe()
         self._thread = threading.Thread(target=self._copy, args=(read_fd,), daemon=True)
         self._thread.start()
 
     def _copy(self, read_fd: int) -> None:
         pending = b''
-        with (
-            os.fdopen(read_fd, 'rb', buffering=0) as pipe,
-            open(self.log_path, 'w', encoding='utf-8') as log,
-        ):
-            while chunk := pipe.read(65536):
+        with os.fdopen(read_fd, 'rb', buffering=0) as pipe:
+            try:  # line-buffered: a failing write loses whole lines, and we know which
+                self._log = open(self.log_path, 'w', encoding='utf-8', buffering=1)  # noqa: SIM115
+            except OSError as e:
+                self._log_failed(e, 1)
+            while chunk := pipe.read(65536):  # the project's pipe is drained to its end
                 *lines, pending = (pending + chunk).split(b'\n')
                 for line in lines:
-                    self._line(line, log)
+                    self._line(line)
                 if len(pending) > 65536:  # no newline for long: keep the screen's last state
                     pending = pending[pending.rfind(b'\r') + 1 :][-65536:]
             if pending:
-                self._line(pending, log)
+                self._line(pending)
+            if self._log is not None:
+                with contextlib.suppress(OSError):  # line-buffered: nothing is pending
+                    self._log.close()
+        if self.lost:
+            self.lost += f' ({self._lines} lines in all)'
 
-    def _line(self, raw: bytes, log: TextIO) -> None:
+    def _log_failed(self, e: OSError, line: int) -> None:
+        """The tool's own log file takes no more: say from which line on the
+        output is missing from it, and why; the copying goes on without it."""
+        why = e.strerror or str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = f'no space left on device in TMPDIR={tempfile.gettempdir()}'
+        self.lost = (
+            f"the project's output from line {line} on is missing from its {OUTPUT_ARTIFACT}: {why}"
+        )
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+        self._log = None
+
+    def _line(self, raw: bytes) -> None:
+        self._lines += 1
         text = mask_credentials(raw.decode(errors='replace'))
         shown = text.rstrip('\r').rsplit('\r', 1)[-1].rstrip()  # what a terminal shows
-        log.write(shown + '\n')
+        if self._log is not None:
+            try:
+                self._log.write(shown + '\n')
+            except OSError as e:
+                self._log_failed(e, self._lines)
         if len(shown) > OUTPUT_LINE_CHARS:
             shown = shown[: OUTPUT_LINE_CHARS - 1] + '…'
         with self._tail_lock:
@@ -1855,9 +1968,16 @@ def _close_timeout() -> float:
         return CLOSE_RETRY_SECONDS
 
 
-def close_run(
-    client: MlflowClient, run_id: str, status: str, left_open: list[tuple[str, str, str]]
-) -> bool:
+class LeftOpen(NamedTuple):
+    """A run that could not be closed, for the last line of standard error."""
+
+    run_id: str
+    status: str  # the status it should have been given
+    tracking_uri: str
+    why: str  # what the tracking server did
+
+
+def close_run(client: MlflowClient, run_id: str, status: str, left_open: list[LeftOpen]) -> bool:
     """Mark the run ended, retrying for a bounded time while the tracking
     server does not answer; if it never does, remember the run for the last
     line of standard error.  Never raises."""
@@ -1869,24 +1989,29 @@ def close_run(
             return True
         except Exception as e:  # the tracking server itself may be the failure
             if time.monotonic() + delay > deadline:
-                warn(f'could not mark run {run_id} {status}: {_last_line(str(e))}')
-                left_open.append((run_id, status, client.tracking_uri))
+                warn(f'could not mark run {run_id} {status}: {server_failure(e)}')
+                left_open.append(LeftOpen(run_id, status, client.tracking_uri, server_failure(e)))
                 return False
         time.sleep(delay)
         delay = min(delay * 2, 10.0)
 
 
-def left_running_line(left_open: Sequence[tuple[str, str, str]]) -> str:
+def _listing(items: Sequence[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    return ' and '.join(filter(None, (', '.join(items[:-1]), items[-1])))
+
+
+def left_running_line(left_open: Sequence[LeftOpen]) -> str:
     """The last line of standard error when runs could not be closed: which
-    ones, and the exact command that closes them."""
-    runs = ', '.join(run_id for run_id, _, _ in left_open)
-    closes = '; '.join(
-        f"c.set_terminated('{run_id}', '{status}')" for run_id, status, _ in left_open
-    )
-    uri = shlex.quote(mask_credentials(left_open[0][2]))
+    ones, why, and the exact command that closes them."""
+    runs = _listing([left.run_id for left in left_open])
+    whys = mask_credentials('; '.join(dict.fromkeys(left.why for left in left_open)))
+    closes = '; '.join(f"c.set_terminated('{left.run_id}', '{left.status}')" for left in left_open)
+    uri = shlex.quote(mask_credentials(left_open[0].tracking_uri))
+    noun, verb, them = ('runs', 'are', 'them') if len(left_open) > 1 else ('run', 'is', 'it')
     return (
-        f'reproduce_run: error: run {runs} is left RUNNING: the tracking server did not '
-        f'answer for {_close_timeout():.0f} s; close it with: MLFLOW_TRACKING_URI={uri} '
+        f'reproduce_run: error: {noun} {runs} {verb} left RUNNING: {whys} (retried for '
+        f'{_close_timeout():.0f} s); close {them} with: MLFLOW_TRACKING_URI={uri} '
         f'python -c "import mlflow; c = mlflow.MlflowClient(); {closes}"'
     )
 
@@ -2067,6 +2192,7 @@ class Launch:
     output_tail: tuple[str, ...]
     left_behind: int = 0  # processes the project left running, ended by us
     environment: dict[str, Any] | None = None  # of the interpreter that ran the project
+    output_lost: str | None = None  # what the tool could not keep of the project's output
 
 
 def run_project(
@@ -2109,7 +2235,7 @@ def run_project(
     close_run(
         session.client, run_id, 'FINISHED' if returncode == 0 else 'FAILED', session.left_open
     )
-    return Launch(returncode, output.tail, left_behind, environment)
+    return Launch(returncode, output.tail, left_behind, environment, output.lost)
 
 
 def run_on_backend(
@@ -2145,7 +2271,7 @@ def run_on_backend(
     # MLflow's remote SubmittedRuns leave the status to the caller, and a
     # project that fails may still have ended its run FINISHED: say it here.
     close_run(client, run_id, 'FINISHED' if succeeded else 'FAILED', session.left_open)
-    return Launch(0 if succeeded else 1, output.tail)
+    return Launch(0 if succeeded else 1, output.tail, output_lost=output.lost)
 
 
 def submit_to_backend(
@@ -3695,7 +3821,11 @@ def record_verdict(
             TAG_ATOL: repr(report.rules.default.atol),
             TAG_NOTE: describe(report, _run_link(client, report)),
         }
-        client.log_batch(run_id, tags=[RunTag(k, fit_tag(v)) for k, v in tags.items()])
+        try:
+            client.log_batch(run_id, tags=[RunTag(k, fit_tag(v)) for k, v in tags.items()])
+        except Exception:  # the server may fail this one endpoint: one tag at a time
+            for k, v in tags.items():
+                client.set_tag(run_id, k, fit_tag(v))
         with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
             path = os.path.join(folder, COMPARISON_ARTIFACT)
             with open(path, 'w') as f:
@@ -3709,7 +3839,7 @@ def record_verdict(
                 if make_plots(report.verdict, *histories, plot_dir):
                     client.log_artifacts(run_id, plot_dir, f'{ARTIFACT_DIR}/plots')
     except Exception as e:  # the verdict stands; say that it is not recorded
-        warn(f'could not record the verdict on run {run_id}: {_last_line(str(e))}')
+        warn(f'could not record the verdict on run {run_id}: {server_failure(e)}')
 
 
 # ---------------------------------------------------------------------------
@@ -3943,7 +4073,7 @@ class Session:
     tag: str  # PROCESS_TAG value of the tool; a reproduction's is tag.N
     stop: Stop
     batch: bool = False
-    left_open: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    left_open: list[LeftOpen] = dataclasses.field(default_factory=list)
     launch_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
     sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -3985,7 +4115,15 @@ def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
             root = os.path.join(tempfile.mkdtemp(prefix='source-', dir=session.tmp_root), 'src')
             cached.project_dir, cached.commit = fetch_source(source, root)
             cached.root = root
-    shutil.copytree(cached.root, dest, symlinks=True)
+    try:
+        shutil.copytree(cached.root, dest, symlinks=True)
+    except OSError as e:  # shutil.Error lists (source, destination, reason) per file
+        reason = e.args[0][0][2] if isinstance(e, shutil.Error) else (e.strerror or str(e))
+        if _NO_SPACE_RE.search(reason):
+            raise no_space(f'copying the checkout of {mask_credentials(source.uri)}') from None
+        raise ReproduceError(
+            f'cannot copy the checkout of {mask_credentials(source.uri)}: {reason}'
+        ) from None
     return os.path.join(dest, os.path.relpath(cached.project_dir, cached.root)), cached.commit
 
 
@@ -4084,6 +4222,8 @@ def _reproduce(
     try:
         project_dir, commit = checkout(session, source, os.path.join(tmp_dir, 'src'))
     except ReproduceError as e:
+        if _NO_SPACE_RE.search(str(e)):  # the remote is not the trouble
+            raise
         raise ReproduceError(str(e) + _remote_hint(reference, source, options.uri)) from None
     source = dataclasses.replace(source, version=commit)
     plan = progress.plan = make_plan(options, reference, source, project_dir, session.backend)
@@ -4107,10 +4247,11 @@ def _reproduce(
     if plan.backend.name == DEFAULT_BACKEND:
         try:
             run = create_reproduced_run(session, plan, parent_run_id)
+            progress.run_id = run.info.run_id
+            log_reproduced_params(session, plan, run.info.run_id)
         except BaseException:
             output.close()  # nothing will write to it: end its thread
             raise
-        progress.run_id = run.info.run_id
         _say_what_runs(session, plan, run.info.run_id)
         launch = run_project(session, plan, run, tmp_dir, tag, output)
     else:
@@ -4126,6 +4267,7 @@ def _reproduce(
     )
     if launch.environment is not None:  # a failed run's too: it may be why
         record_environment(client, new_id, launch.environment)
+    lost = f'; {launch.output_lost}' if launch.output_lost else ''
     if launch.returncode != 0:
         last = project_error_line(launch.output_tail)
         return Report(
@@ -4133,7 +4275,14 @@ def _reproduce(
             exit_code=EXIT_RUN_FAILED,
             **fields,
             message=f'the reproduced run {new_id} failed (exit status '
-            f'{launch.returncode})' + (f'; its last error: {last}' if last else ''),
+            f'{launch.returncode})' + (f'; its last error: {last}' if last else '') + lost,
+        )
+    if launch.output_lost:  # the tool's own failure, not the project's
+        return Report(
+            status='error',
+            exit_code=EXIT_CANNOT_START,
+            **fields,
+            message=f'the reproduced run {new_id} ran to its end, but {launch.output_lost}',
         )
     reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id, plan)
     differences = differences_between(
@@ -4421,6 +4570,8 @@ def _run_probe(
             message=probe.error,
             model=probe.label,
         )
+        if not session.options.quiet:  # --quiet prints its own line for it
+            print(f'reproduce_run: error: {probe.error}', file=sys.stderr, flush=True)
         progress.end(index, report)
         return report
     if session.stop.event.is_set():  # start nothing new after a signal
@@ -4567,7 +4718,7 @@ def record_group(session: Session, records: Sequence[GroupRecord], parents: _Par
                 )
                 session.client.log_text(run_id, record.text, f'{ARTIFACT_DIR}/{record.artifact}')
             except Exception as e:
-                warn(f'could not record {record.what} on run {run_id}: {_last_line(str(e))}')
+                warn(f'could not record {record.what} on run {run_id}: {server_failure(e)}')
         close_run(session.client, run_id, closing, session.left_open)
 
 
@@ -4651,9 +4802,12 @@ def read_runs_file(path: str) -> list[str]:
     return [run_id for run_id in ids if run_id]
 
 
+_MODEL_URI_RE = re.compile(r'models:/([^/@]+)(?:/(\d+)|@([\w-]+))')  # what --model takes
+
+
 def resolve_model(client: MlflowClient, uri: str) -> Chosen:
     """models:/<name>/<version> or models:/<name>@<alias> -> the version's source run."""
-    match = re.fullmatch(r'models:/([^/@]+)(?:/(\d+)|@([\w-]+))', uri)
+    match = _MODEL_URI_RE.fullmatch(uri)
     if not match:
         return Chosen(
             None, uri, f'{uri!r} is not models:/<name>/<version> or models:/<name>@<alias>'
@@ -5059,7 +5213,7 @@ def invoke(
     selection: Selection,
     compare_to_id: str | None,
     stop: Stop,
-    left_open: list[tuple[str, str, str]],
+    left_open: list[LeftOpen],
 ) -> Report | BatchReport:
     """Settings for the tool's own requests, the tracking server checked, then
     one run, a comparison, or a batch; every process the tool started is gone
@@ -5116,6 +5270,14 @@ def _run_id(s: str) -> str:
     if not _RUN_ID_RE.match(s):
         raise argparse.ArgumentTypeError(
             f'expected an MLflow run ID (letters, digits, _ and -), got {s!r}',
+        )
+    return s
+
+
+def _model_uri(s: str) -> str:
+    if not _MODEL_URI_RE.fullmatch(s):
+        raise argparse.ArgumentTypeError(
+            f'expected models:/NAME/VERSION or models:/NAME@ALIAS, got {s!r}'
         )
     return s
 
@@ -5260,6 +5422,7 @@ def build_parser() -> argparse.ArgumentParser:
         '--model',
         action='append',
         default=[],
+        type=_model_uri,
         metavar='URI',
         help='the run behind a registered model version: models:/NAME/VERSION '
         'or models:/NAME@ALIAS; repeatable',
@@ -5495,7 +5658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     options, selection = Options.from_args(args), Selection.from_args(args)
     stop = Stop()
-    left_open: list[tuple[str, str, str]] = []
+    left_open: list[LeftOpen] = []
     with _stdout_to_stderr() as report_stream:
         try:
             with _signal_handlers({signal.SIGINT: stop, signal.SIGTERM: stop}):

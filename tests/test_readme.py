@@ -244,6 +244,9 @@ def arguments(*argv: str) -> Setup:
 SETUPS: dict[str, Setup] = {
     'no `--run_id`': arguments(),
     "malformed run ID (`--run_id 'a b'`)": arguments('--run_id', 'a b'),
+    'malformed model URI (`--model notamodeluri`); nothing is created': arguments(
+        '--model', 'notamodeluri'
+    ),
     'unknown run ID': arguments('--run_id', 'f' * 32),
     'deleted run': deleted_run,
     'run in a deleted experiment': run_in_deleted_experiment,
