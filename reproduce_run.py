@@ -3482,7 +3482,10 @@ def _script_entry_point(script: Script) -> str:
 
 def _script_line(plan: Plan) -> str:
     assert plan.script is not None
-    script, where = plan.script, f'{plan.script.workdir}/' if plan.script.workdir else 'the top'
+    script, where = (
+        plan.script,
+        f'{plan.script.workdir}/' if plan.script.workdir else 'the repository root',
+    )
     return mask_credentials(
         f'Script:         {shlex.join(script.command)} (in {where}, env manager: '
         f'{plan.env_manager}, arguments from {script.arguments_from})'

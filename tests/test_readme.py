@@ -76,6 +76,21 @@ def notebook_run(request: pytest.FixtureRequest) -> list[Argv]:
     return [('--run_id', logged_run({'a': [1.0]}))]
 
 
+def notebook_run_of_a_commit(request: pytest.FixtureRequest) -> list[Argv]:
+    c = client()
+    run = c.create_run(
+        c.get_experiment_by_name('Default').experiment_id,
+        tags={
+            'mlflow.source.name': '/Users/alice/train',
+            'mlflow.source.type': 'NOTEBOOK',
+            'mlflow.source.git.commit': _commit(request),
+            'mlflow.source.git.repoURL': str(request.getfixturevalue('samples_repo')),
+        },
+    )
+    c.set_terminated(run.info.run_id)
+    return [('--run_id', run.info.run_id)]
+
+
 def project_run_without_commit(request: pytest.FixtureRequest) -> list[Argv]:
     c = client()
     run = c.create_run(
@@ -247,7 +262,8 @@ SETUPS: dict[str, Setup] = {
     'unknown run ID': arguments('--run_id', 'f' * 32),
     'deleted run': deleted_run,
     'run in a deleted experiment': run_in_deleted_experiment,
-    'run not launched as a project (e.g. from a notebook)': notebook_run,
+    'run not launched as a project that recorded no remote': notebook_run,
+    'notebook run': notebook_run_of_a_commit,
     'project run without a recorded commit': project_run_without_commit,
     'entry point missing at that commit': entry_point_missing,
     'MLproject that does not parse at that commit': mlproject_not_parsing,

@@ -333,7 +333,7 @@ def test_mask_credentials(text, expected):
             'x',
             id='experiment-name',
         ),
-        pytest.param(['--run-id', 'abc'], 'experiment_name', 'Default', id='experiment-default'),
+        pytest.param(['--run-id', 'abc'], 'experiment_name', None, id='experiment-default'),
         pytest.param(['--run-id', 'abc', '--rel_tol', '0.1'], 'rtol', 0.1, id='rel_tol'),
         pytest.param(['--run-id', 'abc', '--rtol', '0.1'], 'rtol', 0.1, id='rtol'),
         pytest.param(['--run-id', 'abc'], 'rtol', 1e-9, id='rtol-default'),
