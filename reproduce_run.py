@@ -3480,12 +3480,15 @@ def _script_entry_point(script: Script) -> str:
     return mask_credentials(shlex.join([script.path]) + ' (script run) ' + shlex.join(script.argv))
 
 
+def _entry_point_text(plan: Plan) -> str:
+    return plan.entry_point if plan.script is None else _script_entry_point(plan.script)
+
+
 def _script_line(plan: Plan) -> str:
+    """'Script: python train.py --alpha 0.3 (in src/, ...)': what ran, where, and why."""
     assert plan.script is not None
-    script, where = (
-        plan.script,
-        f'{plan.script.workdir}/' if plan.script.workdir else 'the repository root',
-    )
+    script = plan.script
+    where = f'{script.workdir}/' if script.workdir else 'the repository root'
     return mask_credentials(
         f'Script:         {shlex.join(script.command)} (in {where}, env manager: '
         f'{plan.env_manager}, arguments from {script.arguments_from})'
@@ -3654,7 +3657,7 @@ def format_markdown(
         plan = report.plan
         lines += [
             f'- source: `{mask_credentials(plan.source.uri)}` at `{plan.source.version}`',
-            f'- entry point: `{plan.entry_point}`, env manager `{plan.env_manager}`',
+            f'- entry point: `{_entry_point_text(plan)}`, env manager `{plan.env_manager}`',
         ]
         if _backend_noteworthy(plan):
             lines.append(f'- backend: `{_backend_text(plan)}`')
