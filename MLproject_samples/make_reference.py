@@ -8,8 +8,9 @@ Usage::
 SAMPLE is a folder name under ``MLproject_samples/`` (or a path to any project
 folder). The project runs exactly as a user would run it, with
 ``python -m mlflow run <abs dir> --env-manager local ...``; a sample without an
-MLproject file (``script_run``) is a plain script, run as ``python train.py
---key value ...`` inside its folder, one ``--key value`` per ``-P``. Either runs
+MLproject file (``script_run``) is a plain script, run as a person does from
+the top of the repository, ``python MLproject_samples/script_run/train.py
+--key value ...``, one ``--key value`` per ``-P``. Either runs
 against whatever
 tracking URI MLflow's usual settings give (``MLFLOW_TRACKING_URI``, else
 ``sqlite:///mlflow.db`` in the current folder). Everything MLflow and the
@@ -72,6 +73,21 @@ def resolve_sample(sample: str) -> Path:
     raise FileNotFoundError(f'no MLproject (nor {SCRIPT}) found for sample {sample!r}')
 
 
+def repository_top(folder: Path) -> Path:
+    """The top of the git repository that holds folder; folder itself outside one."""
+    try:
+        proc = subprocess.run(
+            ('git', 'rev-parse', '--show-toplevel'),
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return folder
+    return Path(proc.stdout.strip())
+
+
 def run_mlflow(command: list[str], cwd: Path | None = None) -> tuple[int, list[str]]:
     """Run ``command``; its stdout and stderr go to our stderr. Returns (status, stderr lines)."""
     env = dict(os.environ, MLFLOW_CONFIGURE_LOGGING='true', MLFLOW_LOGGING_LEVEL='INFO')
@@ -131,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f'{PROG}: {exc}', file=sys.stderr)
         return 2
     script = not (project_dir / 'MLproject').is_file()
-    if script:  # run as a person does, in its folder
-        command = [sys.executable, SCRIPT]
+    top = repository_top(project_dir)
+    if script:  # run as a person does, from the top of the repository
+        command = [sys.executable, str((project_dir / SCRIPT).relative_to(top))]
         for param in args.param:
             key, _, value = param.partition('=')
             command += [f'--{key}', value]
@@ -156,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     launched_ms = int(time.time() * 1000) - 1000  # a second of slack for clock granularity
     try:
-        status, lines = run_mlflow(command, cwd=project_dir if script else None)
+        status, lines = run_mlflow(command, cwd=top if script else None)
     except KeyboardInterrupt:
         print(f'{PROG}: interrupted', file=sys.stderr)
         return 130
