@@ -3524,7 +3524,7 @@ def _not_passed_lines(plan: Plan, verbose: bool) -> list[str]:
     not_passed = plan.params.not_passed
     if not not_passed:
         return []
-    why = "not in the script's arguments" if plan.script else 'not declared by the entry point'
+    why = _not_passed_reason(plan)
     if verbose:
         return [f'Params not passed ({why}): {_listed(not_passed)}']
     return [f'Params not passed: {len(not_passed)} {why} (--verbose lists them)']
@@ -3546,10 +3546,14 @@ def _listed(params: Mapping[str, str]) -> str:
     return ', '.join(f'{k}={v}' for k, v in sorted(params.items())) or '(none)'
 
 
+def _not_passed_reason(plan: Plan) -> str:
+    return "not in the script's arguments" if plan.script else 'not declared by the entry point'
+
+
 def _dry_run_lines(plan: Plan) -> list[str]:
     return [
         f'Params to pass: {_listed(plan.params.passed)}',
-        f'Params not passed (not declared by the entry point): {_listed(plan.params.not_passed)}',
+        f'Params not passed ({_not_passed_reason(plan)}): {_listed(plan.params.not_passed)}',
         f'Experiment:     {plan.experiment_name}',
         'Dry run: nothing was run and no run was created.',
     ]

@@ -85,6 +85,19 @@ with mlflow.start_run():
     mlflow.log_metric('msg_length', len(args.msg))
 """
 
+# Its option is --lr, its param learning_rate: --help cannot tell they are one.
+RENAMED = """\
+import argparse
+import mlflow
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--lr', type=float, default=0.1)
+args = parser.parse_args()
+with mlflow.start_run():
+    mlflow.log_param('learning_rate', args.lr)
+    mlflow.log_metric('score', 10 * args.lr)
+"""
+
 # No argparse: `--help` runs the whole script.
 NO_HELP = """\
 import mlflow
@@ -117,6 +130,7 @@ FILES = {
     'src/data.csv': '1,2\n3,4\n5,6\n',
     'src/scaled.py': SCALED,
     'src/positional.py': POSITIONAL,
+    'src/renamed.py': RENAMED,
     'tools/echo.py': ECHO,
     'a/fit.py': NO_HELP,
     'b/fit.py': NO_HELP,
@@ -443,6 +457,33 @@ def test_script_args_template(scripts_repo, made, capsys):
     code, out, err = reproduce(capsys, '--run_id', run_id)
     assert code == 3
     assert 'the following arguments are required: lr' in err
+
+
+def test_a_param_that_came_back_different_is_a_difference_with_a_note(scripts_repo, made, capsys):
+    run_id = script_reference(made, 'renamed', scripts_repo, 'src/renamed.py', '--lr', '0.5')
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert code == 1, err
+    assert param_table(out)[3] == '| learning_rate | 0.5    | 0.1    | differs |'
+    assert (
+        'Params differ: the script did not get them as arguments; record its arguments with '
+        'mlflow.set_tag("reproduce.argv", json.dumps(sys.argv[1:])) or pass --script-args'
+    ) in out.splitlines()
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--script-args', '--lr {learning_rate}')
+    assert code == 0, err
+
+
+def test_dry_run_of_a_script_run_shows_its_command_and_makes_no_run(scripts_repo, made, capsys):
+    run_id = script_reference(made, 'renamed', scripts_repo, 'src/renamed.py', '--lr', '0.5')
+    before = {r.info.run_id for r in reproductions_of(run_id)}
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run')
+    assert code == 0, err
+    assert (
+        'Script:         python src/renamed.py (in the repository root, env manager: local, '
+        'arguments from --help)'
+    ) in out.splitlines()
+    assert "Params not passed (not in the script's arguments): learning_rate=0.5" in out
+    assert 'Experiment:     Default' in out.splitlines()  # the reference's own
+    assert {r.info.run_id for r in reproductions_of(run_id)} == before
 
 
 def test_hostile_param_values_are_never_executed(scripts_repo, tmp_path, capsys):
