@@ -33,6 +33,7 @@ import itertools
 import json
 import math
 import os
+import posixpath
 import re
 import shlex
 import shutil
@@ -110,6 +111,7 @@ TAG_PROJECT_ENV = 'mlflow.project.env'
 TAG_USER = 'mlflow.user'
 TAG_BACKEND = 'mlflow.project.backend'
 TAG_PARENT_RUN_ID = 'mlflow.parentRunId'
+TAG_ARGV = 'reproduce.argv'  # a script's arguments, a JSON list: replayed, and recorded
 # Tags this tool writes on the reproduced run (never on the reference run).
 TAG_REFERENCE_RUN_ID = 'reproduce.reference_run_id'
 TAG_EQUAL = 'reproduce.equal'  # 'true' or 'false'
@@ -138,6 +140,8 @@ BACKEND_ENTRY_POINT_GROUP = 'mlflow.project_backend'
 KUBERNETES_REQUIRED_KEYS = ('kube-job-template-path', 'repository-uri')  # as MLflow checks
 KUBERNETES_PACKAGES = ('kubernetes', 'docker')  # mlflow.projects.kubernetes imports both
 MASKED = '***'
+HELP_TIMEOUT_SECONDS = 60.0  # for a script's `--help`, which finds the options it accepts
+SCRIPT_ENVIRONMENT_FILES = ('python_env.yaml', 'conda.yaml')  # MLflow builds environments from
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
 # The userinfo of a URL runs to the last @ before the path: a password may
@@ -669,6 +673,24 @@ class Backend:
 
 
 @dataclasses.dataclass(frozen=True)
+class Script:
+    """A run made with `python path ...` rather than `mlflow run`: what to
+    run and how.  Paths are relative to the project folder of the checkout."""
+
+    path: str
+    workdir: str  # where the recorded path names the script ('' for the top)
+    recorded: str  # the mlflow.source.name the reproduced run records
+    env_dir: str | None = None  # the folder of its environment file; None: env manager local
+    argv: tuple[str, ...] = ()
+    arguments_from: str = '--help'  # '--script-args', f'the tag {TAG_ARGV}' or '--help'
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        """What runs in the working folder, as a person would type it."""
+        return ('python', posixpath.relpath(self.path, self.workdir or '.'), *self.argv)
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """Everything the launch needs, resolved before anything runs."""
 
@@ -683,6 +705,7 @@ class Plan:
     command: str  # the entry point's command template
     backend: Backend = Backend()
     reference_backend: str | None = None  # the reference run's mlflow.project.backend tag
+    script: Script | None = None  # a script run, not an MLflow Project run
 
     @property
     def declared(self) -> tuple[str, ...]:
@@ -731,23 +754,37 @@ def _unquoted(params: Mapping[str, str]) -> dict[str, str]:
     return {k: unquote_param(v) for k, v in params.items()}
 
 
+def is_script_run(run: Run) -> bool:
+    """Made with `python script.py ...` (or anything but `mlflow run`)."""
+    return run.data.tags.get(TAG_SOURCE_TYPE) != 'PROJECT'
+
+
+def not_reproducible(run: Run, uri_given: bool, version_given: bool = False) -> str | None:
+    """Why a run cannot be reproduced from what it recorded, None when it can."""
+    tags = run.data.tags
+    source_type = tags.get(TAG_SOURCE_TYPE)
+    if source_type == 'NOTEBOOK':
+        return f'it is a notebook run (tag {TAG_SOURCE_TYPE} is NOTEBOOK): no script to run'
+    if not uri_given and not tags.get(
+        TAG_SOURCE_NAME if source_type == 'PROJECT' else TAG_GIT_REPO_URL
+    ):
+        return (
+            f'it was not launched as an MLflow Project (tag {TAG_SOURCE_TYPE} is '
+            f'{source_type!r}) and recorded no remote (tag {TAG_GIT_REPO_URL}): pass --uri '
+            f'with the git URL of its code'
+        )
+    if not version_given and not tags.get(TAG_GIT_COMMIT):
+        return f'it recorded no commit (tag {TAG_GIT_COMMIT}): pass --version with the commit'
+    return None
+
+
 def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
     tags = run.data.tags
+    if reason := not_reproducible(run, uri is not None, version is not None):
+        raise ReproduceError(f'run {run.info.run_id} cannot be reproduced: {reason}')
     if uri is None:
-        if tags.get(TAG_SOURCE_TYPE) != 'PROJECT' or not tags.get(TAG_SOURCE_NAME):
-            raise ReproduceError(
-                f'run {run.info.run_id} was not launched as an MLflow Project '
-                f'(tag {TAG_SOURCE_TYPE} is {tags.get(TAG_SOURCE_TYPE)!r}, not '
-                f"'PROJECT'), so its source is unknown; pass --uri with the "
-                f"project's git URI",
-            )
-        uri = tags[TAG_SOURCE_NAME]
-    version = version or tags.get(TAG_GIT_COMMIT)
-    if not version:
-        raise ReproduceError(
-            f'run {run.info.run_id} has no tag {TAG_GIT_COMMIT}, so the commit '
-            f'it ran is unknown; pass --version with the commit',
-        )
+        uri = tags[TAG_SOURCE_NAME] if not is_script_run(run) else tags[TAG_GIT_REPO_URL]
+    version = version or tags[TAG_GIT_COMMIT]
     repo, subdir = split_source_uri(uri)
     return Source(repo=repo, subdir=subdir, version=version)
 
@@ -1595,6 +1632,203 @@ def params_to_log(entry_point: Any, params: Params) -> dict[str, str]:
     return {**declared, **extra}
 
 
+# ---------------------------------------------------------------------------
+# Script runs: a run made with `python src/train.py ...`.  MLflow recorded
+# sys.argv[0] as typed (mlflow.source.name) and the commit, not the command
+# line: find the script in the checkout and the arguments to give it.
+
+
+def tracked_files(project_dir: str) -> list[str]:
+    """The files of the commit under the project folder, relative to it."""
+    listed = _git('ls-files', '-z', '--recurse-submodules', cwd=project_dir)
+    return [path for path in listed.split('\0') if path]
+
+
+def script_candidates(recorded: str, files: Sequence[str]) -> list[str]:
+    """The files the recorded sys.argv[0] may name: the path relative to the
+    top when it is a file there, else the files that end with the longest
+    trailing part of it ('/home/alice/repo/src/train.py', 'train.py' typed
+    in src/)."""
+    path = posixpath.normpath(recorded)
+    if not posixpath.isabs(recorded) and path in files:
+        return [path]
+    parts = [p for p in path.split('/') if p not in ('', '.', '..')]
+    for k in range(len(parts), 0, -1):
+        if found := sorted(f for f in files if f.split('/')[-k:] == parts[-k:]):
+            return found
+    return []
+
+
+def working_folder(recorded: str, path: str) -> str:
+    """The folder in which the recorded relative path names the script, so
+    that the script finds the files beside it as it did; the top for an
+    absolute path, whose folder on the user's machine is unknown."""
+    typed = posixpath.normpath(recorded)
+    if posixpath.isabs(recorded) or typed.startswith('..') or path == typed:
+        return ''
+    return path[: -len(typed) - 1] if path.endswith('/' + typed) else ''
+
+
+def resolve_script(project_dir: str, recorded: str, override: str | None, commit: str) -> Script:
+    """The script at the commit: -e PATH, else the recorded sys.argv[0]."""
+    at = f'at commit {commit[:12]}'
+    if override:
+        path = posixpath.normpath(override)
+    else:
+        candidates = script_candidates(recorded, tracked_files(project_dir))
+        if not candidates:
+            raise ReproduceError(
+                f'the recorded script {recorded!r} ({TAG_SOURCE_NAME}) is not a file {at}; '
+                f'pass -e PATH (relative to the repository root) if it moved',
+            )
+        if len(candidates) > 1:
+            raise ReproduceError(
+                f'the recorded script {recorded!r} matches {len(candidates)} files {at}: '
+                f'{", ".join(candidates)}; pass -e PATH to choose one',
+            )
+        path = candidates[0]
+    check_script(project_dir, _checkout_root(project_dir), path, commit)
+    return Script(path, working_folder(recorded, path), recorded if not override else path)
+
+
+def environment_folder(project_dir: str, script: Script, env_manager: str, commit: str) -> str:
+    """Where the environment file of a script run is: beside the script, else at
+    the top.  MLflow builds virtualenv, uv and conda environments from one."""
+    for folder in dict.fromkeys((posixpath.dirname(script.path), '')):
+        for name in SCRIPT_ENVIRONMENT_FILES:
+            path = os.path.join(project_dir, folder, name)
+            if os.path.isfile(path):
+                refuse_outside(path, project_dir, f'{name} at commit {commit[:12]}')
+                return folder
+    beside = posixpath.dirname(script.path)
+    where = f'in {beside}/ or at the repository root' if beside else 'at the repository root'
+    raise ReproduceError(
+        f'--env-manager {env_manager} builds the environment from python_env.yaml or '
+        f'conda.yaml, and commit {commit[:12]} has neither {where}; use --env-manager local',
+    )
+
+
+def template_arguments(template: str, params: Mapping[str, str]) -> list[str]:
+    """--script-args: split like a shell line, then each {param} replaced by
+    the reference's value inside its own argument."""
+    import string
+
+    try:
+        words = shlex.split(template)
+        return [string.Formatter().vformat(word, (), dict(params)) for word in words]
+    except KeyError as e:
+        raise ReproduceError(
+            f'--script-args names {{{e.args[0]}}}, which is not a param of the reference run '
+            f'(its params: {", ".join(sorted(params)) or "none"})',
+        ) from None
+    except (ValueError, IndexError, AttributeError) as e:
+        raise ReproduceError(f'--script-args {template!r} cannot be used: {e}') from None
+
+
+def recorded_arguments(value: str) -> list[str]:
+    """The tag reproduce.argv: json.dumps(sys.argv[1:])."""
+    try:
+        argv = json.loads(value)
+    except ValueError:
+        argv = None
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ReproduceError(
+            f'the tag {TAG_ARGV} of the reference run is not a JSON list of strings: '
+            f'{_truncated(value, 60)!r}',
+        )
+    return argv
+
+
+_HELP_OPTION_RE = re.compile(
+    r'(?<![\w-])(--[A-Za-z0-9][\w-]*)(?:([ =])([A-Z][A-Z0-9_-]*|\{|<|\[))?'
+)
+
+
+def help_options(text: str) -> dict[str, bool]:
+    """The long options a --help text shows, and whether each takes a value
+    (`--alpha ALPHA`, `--alpha=<x>`, `--mode {a,b}`) or is a flag."""
+    options: dict[str, bool] = {}
+    for match in _HELP_OPTION_RE.finditer(text):
+        option, takes_value = match.group(1), match.group(3) is not None
+        options[option] = options.get(option, False) or takes_value
+    options.pop('--help', None)
+    return options
+
+
+def arguments_from_help(
+    options: Mapping[str, bool], params: Mapping[str, str]
+) -> tuple[list[str], Params]:
+    """`--k v` for each param k whose option --k (or --k with _ as -) the help
+    shows; a flag is passed alone when its value is true."""
+    argv: list[str] = []
+    passed, not_passed = {}, {}
+    for key, value in sorted(params.items()):
+        option = next((o for o in (f'--{key}', f'--{key.replace("_", "-")}') if o in options), None)
+        if option is not None and options[option]:
+            argv += [option, value]
+        elif option is not None and value.lower() in ('true', '1'):
+            argv.append(option)
+        elif option is None or value.lower() not in ('false', '0'):
+            not_passed[key] = value
+            continue
+        passed[key] = value  # a false flag is passed by leaving it off
+    return argv, Params(passed, not_passed)
+
+
+def plan_script(
+    options: Options, reference: Run, source: Source, project_dir: str, backend: Backend
+) -> Plan:
+    """A script run's plan; its arguments from --script-args or the tag
+    reproduce.argv, else found later by running the script with --help."""
+    if backend.name != DEFAULT_BACKEND:
+        raise ReproduceError(
+            f'a script run (not an MLflow Project) runs on the local backend only, '
+            f'not on {backend.name!r}',
+        )
+    tags, params = reference.data.tags, dict(reference.data.params)
+    script = resolve_script(
+        project_dir, tags.get(TAG_SOURCE_NAME, ''), options.entry_point, source.version
+    )
+    env_manager = options.env_manager or 'local'
+    if env_manager != 'local':
+        folder = environment_folder(project_dir, script, env_manager, source.version)
+        script = dataclasses.replace(script, env_dir=folder)
+    chosen = Params(passed={}, not_passed=params)
+    if options.script_args is not None:
+        argv = template_arguments(options.script_args, params)
+        used = {f for _, f, _, _ in _template_fields(options.script_args) if f}
+        chosen = Params(
+            passed={k: v for k, v in params.items() if k in used},
+            not_passed={k: v for k, v in params.items() if k not in used},
+        )
+        script = dataclasses.replace(script, argv=tuple(argv), arguments_from='--script-args')
+    elif TAG_ARGV in tags:
+        argv = recorded_arguments(tags[TAG_ARGV])
+        chosen = Params(passed=params, not_passed={})
+        script = dataclasses.replace(script, argv=tuple(argv), arguments_from=f'the tag {TAG_ARGV}')
+    return Plan(
+        reference=reference,
+        source=source,
+        project_dir=project_dir,
+        entry_point=script.path,
+        env_manager=env_manager,
+        experiment_name=options.experiment_name or '',
+        params=chosen,
+        logged_params={},  # the script logs its own
+        command=shlex.join(script.command),
+        backend=backend,
+        reference_backend=tags.get(TAG_BACKEND),
+        script=script,
+    )
+
+
+def _template_fields(template: str) -> Iterator[tuple[str, str | None, str | None, str | None]]:
+    import string
+
+    with contextlib.suppress(ValueError):
+        yield from string.Formatter().parse(template)
+
+
 def _experiment_id(client: MlflowClient, name: str) -> str:
     """The experiment's ID, created if missing; race-safe, for two
     reproductions that start at once into a new experiment."""
@@ -1639,6 +1873,11 @@ def reproduced_run_tags(plan: Plan) -> dict[str, str]:
         TAG_USER: _user(),
         TAG_REFERENCE_RUN_ID: plan.reference.info.run_id,
     }
+    if plan.script is not None:  # recorded as the script recorded it, with what it got
+        del tags[TAG_ENTRY_POINT]
+        tags[TAG_SOURCE_NAME] = plan.script.recorded
+        tags[TAG_SOURCE_TYPE] = 'LOCAL'
+        tags[TAG_ARGV] = json.dumps(list(plan.script.argv))
     return {k: fit_tag(v) for k, v in tags.items()}
 
 
@@ -2120,6 +2359,8 @@ def start_project(
     from mlflow.projects.submitted_run import LocalSubmittedRun
     from mlflow.projects.utils import get_entry_point_command, get_run_env_vars, load_project
 
+    if plan.script is not None:
+        return start_script(session, plan, run, tmp_dir, tag, output)
     project = load_project(plan.project_dir)
     if project.docker_env:
         return _start_with_mlflow_run(session, plan, run, tmp_dir, tag, output)
@@ -2144,6 +2385,112 @@ def start_project(
         start_new_session=True,
     )
     return Job(LocalSubmittedRun(run.info.run_id, proc), tag, ' && '.join(activation) or None, env)
+
+
+def script_activation(plan: Plan) -> list[str]:
+    """What enters a script run's environment: built by MLflow from its
+    python_env.yaml or conda.yaml; nothing for env manager local."""
+    from mlflow.projects.utils import load_project
+
+    assert plan.script is not None
+    if plan.script.env_dir is None:
+        return []
+    folder = os.path.join(plan.project_dir, plan.script.env_dir)
+    return environment_activation(load_project(folder), plan.env_manager, folder)
+
+
+def script_process_args(command: Sequence[str], activation: Sequence[str]) -> list[str]:
+    """A script's command as an argument list, never parsed by a shell.  To
+    enter an environment, bash runs the activation and then execs the command,
+    which it gets as its positional parameters: data, not code."""
+    if not activation:
+        return list(command)  # 'python' is found on the project's PATH, as bash would
+    return ['bash', '-c', ' && '.join([*activation, 'exec "$@"']), 'bash', *command]
+
+
+def start_script(
+    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+) -> Job:
+    """Start a script run's command in its working folder, in a session of
+    its own, with the run made for it in MLFLOW_RUN_ID: the script's first
+    start_run() takes it."""
+    from mlflow.projects.submitted_run import LocalSubmittedRun
+    from mlflow.projects.utils import get_run_env_vars
+
+    assert plan.script is not None
+    activation = script_activation(plan)
+    env = _project_environ(session, tmp_dir, tag)
+    env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
+    proc = subprocess.Popen(
+        script_process_args(plan.script.command, activation),
+        cwd=os.path.join(plan.project_dir, plan.script.workdir),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=output.write_fd,
+        stderr=output.write_fd,
+        start_new_session=True,
+    )
+    return Job(LocalSubmittedRun(run.info.run_id, proc), tag, ' && '.join(activation) or None, env)
+
+
+def script_help(session: Session, plan: Plan, tmp_dir: str, tag: str) -> str | None:
+    """What `python script --help` prints, run as the script will run; None
+    when it fails or does not end in time.  Its tracking store is a scratch
+    one: a script that ignores --help and trains logs nothing anywhere."""
+    assert plan.script is not None
+    env = _project_environ(session, tmp_dir, tag)
+    env['MLFLOW_TRACKING_URI'] = f'sqlite:///{os.path.join(tmp_dir, "help.db")}'
+    os.makedirs(env['TMPDIR'], exist_ok=True)
+    log = os.path.join(tmp_dir, 'help.txt')
+    command = (*plan.script.command[:2], '--help')
+    deadline = time.monotonic() + HELP_TIMEOUT_SECONDS
+    with open(log, 'wb') as out:
+        proc = subprocess.Popen(
+            script_process_args(command, script_activation(plan)),
+            cwd=os.path.join(plan.project_dir, plan.script.workdir),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            session.stop.check()
+            time.sleep(0.1)
+    finally:
+        end_processes(proc.pid, tag, reap=proc.poll)
+    if proc.returncode != 0:
+        return None
+    with open(log, encoding='utf-8', errors='replace') as f:
+        return f.read()
+
+
+def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, tag: str) -> Plan:
+    """What a script run's plan needs from the tracking server and from the
+    script: the experiment (by default the reference's own, the only one a
+    script that calls set_experiment can log into) and, without --script-args
+    or the tag reproduce.argv, the params its --help shows as options."""
+    assert plan.script is not None
+    if not plan.experiment_name:
+        experiment = session.client.get_experiment(plan.reference.info.experiment_id)
+        plan = dataclasses.replace(plan, experiment_name=experiment.name)
+    if plan.script.arguments_from != '--help':
+        return plan
+    params = dict(plan.reference.data.params)
+    help_text = script_help(session, plan, tmp_dir, tag)
+    options = help_options(help_text or '')
+    if not options:
+        why = 'shows no options' if help_text is not None else 'failed or did not end in time'
+        warn(
+            f'`{shlex.join((*plan.script.command[:2], "--help"))}` {why}: the script gets no '
+            f'arguments (the tag {TAG_ARGV} or --script-args can give them)'
+        )
+    argv, chosen = arguments_from_help(options, params)
+    script = dataclasses.replace(plan.script, argv=tuple(argv))
+    return dataclasses.replace(
+        plan, script=script, params=chosen, command=shlex.join(script.command)
+    )
 
 
 def _start_with_mlflow_run(
@@ -3171,6 +3518,13 @@ def report_json(report: Report) -> dict[str, Any]:
             'version': plan.source.version,
             'entry_point': plan.entry_point,
             'env_manager': plan.env_manager,
+            'script': plan.script
+            and {
+                'path': plan.script.path,
+                'working_folder': plan.script.workdir,
+                'argv': [mask_credentials(a) for a in plan.script.argv],
+                'arguments_from': plan.script.arguments_from,
+            },
         },
         'backend': plan and backend_json(plan),
         'params': {
@@ -3257,13 +3611,34 @@ def _table(rows: tuple[list[str], list[list[Any]]], tablefmt: str) -> str:
 
 
 def _plan_lines(plan: Plan, show_backend: bool = False) -> list[str]:
-    lines = [
-        f'Source:         {mask_credentials(plan.source.uri)} @ {plan.source.version}',
-        f'Entry point:    {plan.entry_point} (env manager: {plan.env_manager})',
-    ]
+    lines = [f'Source:         {mask_credentials(plan.source.uri)} @ {plan.source.version}']
+    if plan.script is None:
+        lines.append(f'Entry point:    {plan.entry_point} (env manager: {plan.env_manager})')
+    else:
+        lines += [f'Entry point:    {_script_entry_point(plan.script)}', _script_line(plan)]
     if show_backend or _backend_noteworthy(plan):
         lines.append(f'Backend:        {_backend_text(plan)}')
     return lines
+
+
+def _script_entry_point(script: Script) -> str:
+    """'src/train.py (script run) --alpha 0.3 --epochs 5', masked."""
+    return mask_credentials(shlex.join([script.path]) + ' (script run) ' + shlex.join(script.argv))
+
+
+def _entry_point_text(plan: Plan) -> str:
+    return plan.entry_point if plan.script is None else _script_entry_point(plan.script)
+
+
+def _script_line(plan: Plan) -> str:
+    """'Script: python train.py --alpha 0.3 (in src/, ...)': what ran, where, and why."""
+    assert plan.script is not None
+    script = plan.script
+    where = f'{script.workdir}/' if script.workdir else 'the repository root'
+    return mask_credentials(
+        f'Script:         {shlex.join(script.command)} (in {where}, env manager: '
+        f'{plan.env_manager}, arguments from {script.arguments_from})'
+    )
 
 
 def _backend_noteworthy(plan: Plan) -> bool:
@@ -3295,11 +3670,21 @@ def _not_passed_lines(plan: Plan, verbose: bool) -> list[str]:
     not_passed = plan.params.not_passed
     if not not_passed:
         return []
+    why = _not_passed_reason(plan)
     if verbose:
-        return [f'Params not passed (not declared by the entry point): {_listed(not_passed)}']
+        return [f'Params not passed ({why}): {_listed(not_passed)}']
+    return [f'Params not passed: {len(not_passed)} {why} (--verbose lists them)']
+
+
+def script_params_note(report: Report) -> list[str]:
+    """A script run whose params came back different got the script's
+    defaults: say how to give it its arguments."""
+    verdict, plan = report.verdict, report.plan
+    if not (verdict and plan and plan.script) or all(p.equal for p in verdict.params):
+        return []
     return [
-        f'Params not passed: {len(not_passed)} not declared by the entry point '
-        f'(--verbose lists them)'
+        f'Params differ: the script did not get them as arguments; record its arguments with '
+        f'mlflow.set_tag("{TAG_ARGV}", json.dumps(sys.argv[1:])) or pass --script-args'
     ]
 
 
@@ -3307,10 +3692,14 @@ def _listed(params: Mapping[str, str]) -> str:
     return ', '.join(f'{k}={v}' for k, v in sorted(params.items())) or '(none)'
 
 
+def _not_passed_reason(plan: Plan) -> str:
+    return "not in the script's arguments" if plan.script else 'not declared by the entry point'
+
+
 def _dry_run_lines(plan: Plan) -> list[str]:
     return [
         f'Params to pass: {_listed(plan.params.passed)}',
-        f'Params not passed (not declared by the entry point): {_listed(plan.params.not_passed)}',
+        f'Params not passed ({_not_passed_reason(plan)}): {_listed(plan.params.not_passed)}',
         f'Experiment:     {plan.experiment_name}',
         'Dry run: nothing was run and no run was created.',
     ]
@@ -3335,7 +3724,7 @@ def format_text(report: Report, verbose: bool = False) -> str:
     if report.plan and report.status == 'planned':
         lines += _dry_run_lines(report.plan)
     elif report.plan:
-        lines += _not_passed_lines(report.plan, verbose)
+        lines += _not_passed_lines(report.plan, verbose) + script_params_note(report)
     lines += registration_lines(report.registrations)
     if report.verdict:
         lines.append(_table(_metric_rows(report.verdict), 'psql'))
@@ -3418,7 +3807,7 @@ def format_markdown(
         plan = report.plan
         lines += [
             f'- source: `{mask_credentials(plan.source.uri)}` at `{plan.source.version}`',
-            f'- entry point: `{plan.entry_point}`, env manager `{plan.env_manager}`',
+            f'- entry point: `{_entry_point_text(plan)}`, env manager `{plan.env_manager}`',
         ]
         if _backend_noteworthy(plan):
             lines.append(f'- backend: `{_backend_text(plan)}`')
@@ -3847,8 +4236,9 @@ def record_verdict(
 
 
 def check_command(plan: Plan, allow_unsafe: bool) -> None:
-    """Refuse to let a param value run as shell code."""
-    unsafe = unsafe_params(plan.command, plan.params.passed)
+    """Refuse to let a param value run as shell code (a script's arguments
+    are a list, never parsed by a shell)."""
+    unsafe = None if plan.script else unsafe_params(plan.command, plan.params.passed)
     if not unsafe:
         return
     placeholder = unsafe[0]
@@ -4023,7 +4413,7 @@ class Options:
 
     uri: str | None = None
     version: str | None = None
-    experiment_name: str = 'Default'
+    experiment_name: str | None = None  # None: Default, or a script run's own experiment
     entry_point: str | None = None
     env_manager: str | None = None
     rules: Rules = Rules()
@@ -4037,6 +4427,7 @@ class Options:
     keep_registrations: bool = False
     backend: str = DEFAULT_BACKEND
     backend_config: str | None = None  # a .json path or inline JSON, parsed when used
+    script_args: str | None = None  # a script run's arguments, a template of {param}s
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -4057,6 +4448,7 @@ class Options:
             keep_registrations=args.keep_registrations,
             backend=args.backend,
             backend_config=args.backend_config,
+            script_args=args.script_args,
         )
 
 
@@ -4083,6 +4475,8 @@ class Session:
 def make_plan(
     options: Options, reference: Run, source: Source, project_dir: str, backend: Backend = Backend()
 ) -> Plan:
+    if is_script_run(reference):
+        return plan_script(options, reference, source, project_dir, backend)
     tags = reference.data.tags
     entry_point = options.entry_point or tags.get(TAG_ENTRY_POINT) or DEFAULT_ENTRY_POINT
     spec, declared = load_entry_point(project_dir, entry_point, source.version)
@@ -4093,7 +4487,7 @@ def make_plan(
         project_dir=project_dir,
         entry_point=entry_point,
         env_manager=options.env_manager or _recorded_env_manager(tags),
-        experiment_name=options.experiment_name,
+        experiment_name=options.experiment_name or 'Default',
         params=params,
         logged_params=params_to_log(spec, params),
         command=spec.command,
@@ -4227,6 +4621,9 @@ def _reproduce(
         raise ReproduceError(str(e) + _remote_hint(reference, source, options.uri)) from None
     source = dataclasses.replace(source, version=commit)
     plan = progress.plan = make_plan(options, reference, source, project_dir, session.backend)
+    tag = f'{session.tag}.{index}'
+    if plan.script is not None:
+        plan = progress.plan = complete_script_plan(session, plan, tmp_dir, tag)
     check_command(plan, options.allow_unsafe_command)
     validate_backend_project(plan)
     warn_about_reference_backend(plan)
@@ -4243,7 +4640,6 @@ def _reproduce(
     prefix = f'[{run_id[:8]}] ' if session.batch else ''
     output = ProjectOutput(os.path.join(tmp_dir, OUTPUT_ARTIFACT), echo, prefix)
     progress.log_path = output.log_path
-    tag = f'{session.tag}.{index}'
     if plan.backend.name == DEFAULT_BACKEND:
         try:
             run = create_reproduced_run(session, plan, parent_run_id)
@@ -4275,7 +4671,10 @@ def _reproduce(
             exit_code=EXIT_RUN_FAILED,
             **fields,
             message=f'the reproduced run {new_id} failed (exit status '
-            f'{launch.returncode})' + (f'; its last error: {last}' if last else '') + lost,
+            f'{launch.returncode})'
+            + (f'; its last error: {last}' if last else '')
+            + experiment_mismatch_hint(plan, launch.output_tail)
+            + lost,
         )
     if launch.output_lost:  # the tool's own failure, not the project's
         return Report(
@@ -4320,13 +4719,15 @@ def judge_reproduction(
     project's: say that the run ran and its metrics could not be read."""
     try:
         reproduced = session.client.get_run(run_id)
+        # A script logs its params itself: every param either run logged.
+        keys = [*{**reference.data.params, **reproduced.data.params}] if plan.script else None
         return reproduced, *judge_runs(
             session.client,
             session.options.rules,
             session.options.last_only,
             reference,
             reproduced,
-            plan.declared,
+            keys or plan.declared,
         )
     except ReproduceError as e:
         detail = str(e).split(': ', 1)[-1]
@@ -4334,6 +4735,18 @@ def judge_reproduction(
         detail = _mlflow_error('', e).args[0].lstrip(': ')
     raise ReproduceError(
         f'the reproduced run {run_id} ran, but its metrics could not be read back: {detail}'
+    )
+
+
+def experiment_mismatch_hint(plan: Plan, tail: Sequence[str]) -> str:
+    """MLflow's 'active experiment ID does not match environment run ID',
+    said plainly: the script sets its own experiment."""
+    if plan.script is None or not any('does not match environment run ID' in t for t in tail):
+        return ''
+    return (
+        f'; the script sets its own experiment with mlflow.set_experiment(), so it cannot log '
+        f'into experiment {plan.experiment_name!r}: drop --experiment_name to reproduce it in '
+        f"the reference run's experiment"
     )
 
 
@@ -4686,7 +5099,7 @@ def create_group_run(
         tags[TAG_PARENT_RUN_ID] = parent_run_id
     try:
         run = session.client.create_run(
-            _experiment_id(session.client, session.options.experiment_name),
+            _experiment_id(session.client, session.options.experiment_name or 'Default'),
             tags=tags,
             run_name=fit_tag(name),
         )
@@ -4842,9 +5255,7 @@ def skip_reason(run: Run, uri_given: bool) -> str | None:
         return 'it is itself a reproduction'
     if run.info.status != 'FINISHED':
         return f'its status is {run.info.status}, not FINISHED'
-    if tags.get(TAG_SOURCE_TYPE) != 'PROJECT' and not uri_given:
-        return 'it was not launched as an MLflow Project (pass --uri to reproduce it)'
-    return None
+    return not_reproducible(run, uri_given)
 
 
 def search_runs(
@@ -5380,15 +5791,24 @@ def build_parser() -> argparse.ArgumentParser:
         '--experiment_name',
         '--experiment-name',
         dest='experiment_name',
-        default='Default',
-        help='experiment that receives the reproduced run (default: %(default)s)',
+        help='experiment that receives the reproduced run (default: Default; for a run '
+        "made without `mlflow run`, the reference run's own experiment)",
     )
     parser.add_argument('--version', help="commit to run (default: the run's recorded commit)")
     parser.add_argument(
         '--entry-point',
         '-e',
         dest='entry_point',
-        help=f"entry point (default: the run's, else {DEFAULT_ENTRY_POINT})",
+        help=f"entry point (default: the run's, else {DEFAULT_ENTRY_POINT}); for a run "
+        'made without `mlflow run`, the script, relative to the repository root',
+    )
+    parser.add_argument(
+        '--script-args',
+        dest='script_args',
+        metavar='ARGS',
+        help='for a run made without `mlflow run`: its arguments, split like a shell line, '
+        "with {param} replaced by the reference run's value (default: the tag "
+        f'{TAG_ARGV}, else the params the script accepts as options)',
     )
     parser.add_argument(
         '--env-manager',
