@@ -2307,8 +2307,9 @@ class Differences:
     # Why the environments were not compared, None when they were.
     environment_unknown: str | None = "the reference run's environment is unknown"
 
-    def __bool__(self) -> bool:
-        """Whether there is anything to say."""
+    def differ(self) -> bool:
+        """Whether anything differs, or the environments could not be compared.
+        (Not __bool__: a comparison that found nothing is still a comparison.)"""
         return bool(
             self.environment
             or self.datasets
@@ -2708,7 +2709,7 @@ def _model_differences(
 
 
 def differences_json(differences: Differences | None) -> dict[str, Any]:
-    d = differences or Differences()
+    d = Differences() if differences is None else differences
     return {
         'environment': list(d.environment),
         'datasets': list(d.datasets),
@@ -2767,10 +2768,19 @@ def _model_line(model: str, m: MetricVerdict) -> str:
     return f'model `{model}` metric {m.key}: {ref} -> {new}{step}'
 
 
+def environment_same_lines(differences: Differences | None) -> list[str]:
+    """What the Markdown report says of an environment compared without a
+    difference, which the section below leaves out."""
+    if differences is None or differences.environment_unknown or differences.environment:
+        return []
+    label = _SOURCE_LABELS.get(differences.environment_source, '')
+    return [f"- environment: no difference from the reference run's (from {label})"]
+
+
 def differences_lines(differences: Differences | None) -> list[str]:
     """The "Other differences" section, the same in text and Markdown;
     empty when there is nothing to say."""
-    if not differences:
+    if differences is None or not differences.differ():
         return []
     lines = ['Other differences:']
     if differences.environment_unknown:
@@ -3275,6 +3285,7 @@ def format_markdown(
         ]
         if _backend_noteworthy(plan):
             lines.append(f'- backend: `{_backend_text(plan)}`')
+    lines += environment_same_lines(report.differences)
     lines += [f'- {line[0].lower()}{line[1:]}' for line in registration_lines(report.registrations)]
     if report.verdict and max_rows is not None:
         lines += [_summary_line(report.verdict)]
