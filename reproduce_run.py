@@ -128,6 +128,9 @@ KUBERNETES_PACKAGES = ('kubernetes', 'docker')  # mlflow.projects.kubernetes imp
 MASKED = '***'
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
+# A shortened run ID, as progress lines print them; a full one has 32 digits.
+_RUN_ID_PREFIX_RE = re.compile(r'^[0-9a-fA-F]{8,31}$')
+PREFIX_MATCHES_SHOWN = 3  # runs an ambiguous prefix error names
 # The userinfo of a URL runs to the last @ before the path: a password may
 # hold an unencoded @.
 _URL_CREDENTIALS_RE = re.compile(r'(?P<scheme>[a-zA-Z][\w+.-]*://)[^/\s]+@')
@@ -709,6 +712,19 @@ def _unquoted(params: Mapping[str, str]) -> dict[str, str]:
     return {k: unquote_param(v) for k, v in params.items()}
 
 
+# `mlflow run file:///repo#sub` records os.path.abspath of its URI:
+# '<the current folder>/file:/repo#sub'.
+_GARBLED_FILE_URI_RE = re.compile(r'^/.*?/file:(?P<path>/[^#]*)(?P<subdir>#.*)?$')
+
+
+def ungarbled_source(name: str) -> str:
+    """The file:// URI behind a source name MLflow garbled, else the name."""
+    match = _GARBLED_FILE_URI_RE.match(name)
+    if not match or os.path.isdir(name.partition('#')[0]):
+        return name
+    return f'file://{match["path"]}{match["subdir"] or ""}'
+
+
 def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
     tags = run.data.tags
     if uri is None:
@@ -719,7 +735,7 @@ def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
                 f"'PROJECT'), so its source is unknown; pass --uri with the "
                 f"project's git URI",
             )
-        uri = tags[TAG_SOURCE_NAME]
+        uri = ungarbled_source(tags[TAG_SOURCE_NAME])
     version = version or tags.get(TAG_GIT_COMMIT)
     if not version:
         raise ReproduceError(
@@ -1396,6 +1412,52 @@ def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> 
     return ReproduceError(mask_credentials(f'{context}: {detail}'), code)
 
 
+def _experiment_ids(client: MlflowClient) -> list[str]:
+    """Every experiment the tool can see, deleted ones too."""
+    from mlflow.entities import ViewType
+
+    ids: list[str] = []
+    token = None
+    while True:
+        page = client.search_experiments(view_type=ViewType.ALL, page_token=token)
+        ids += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            return ids
+
+
+def resolve_run_id(client: MlflowClient, run_id: str, tracking_uri: str) -> str:
+    """A run ID as given; a prefix of 8 to 31 hex digits becomes the one run
+    ID it starts, found by one search over every experiment."""
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
+    if not _RUN_ID_PREFIX_RE.match(run_id):
+        return run_id
+    try:
+        experiment_ids = _experiment_ids(client)
+        found = experiment_ids and client.search_runs(
+            experiment_ids,
+            f"attributes.run_id LIKE '{run_id.lower()}%'",
+            run_view_type=ViewType.ALL,
+            max_results=PREFIX_MATCHES_SHOWN + 1,
+        )
+    except MlflowException as e:
+        raise _mlflow_error(f'cannot look up the run ID starting with {run_id}', e) from None
+    if not found:
+        raise ReproduceError(
+            f'no run ID starts with {run_id} at tracking URI {mask_credentials(tracking_uri)}'
+        )
+    exact = [r for r in found if r.info.run_id == run_id]  # a short ID of another store
+    if len(found) > 1 and not exact:
+        shown = ', '.join(sorted(r.info.run_id for r in found[:PREFIX_MATCHES_SHOWN]))
+        more = ' and more' if len(found) > PREFIX_MATCHES_SHOWN else ''
+        raise ReproduceError(
+            f'run ID prefix {run_id} is ambiguous: it starts {shown}{more}; give more digits'
+        )
+    return (exact or found)[0].info.run_id
+
+
 def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
     from mlflow.exceptions import MlflowException
 
@@ -1890,6 +1952,25 @@ def _project_environ(session: Session, tmp_dir: str, tag: str) -> dict[str, str]
     if not session.options.verbose and 'MLFLOW_LOGGING_LEVEL' not in env:
         env['MLFLOW_LOGGING_LEVEL'] = 'WARNING'
     return env
+
+
+def check_env_manager(env_manager: str, backend: str) -> None:
+    """The program MLflow builds the environment with is there: checked
+    before any run exists, since MLflow finds out only after making one.
+    (virtualenv needs pyenv only for an environment not made yet.)"""
+    if backend != DEFAULT_BACKEND:  # the environment is built elsewhere
+        return
+    if env_manager == 'uv' and shutil.which('uv') is None:
+        raise ReproduceError('uv is not on the PATH (install it, or use --env-manager virtualenv)')
+    if env_manager == 'conda':
+        from mlflow.utils.conda import get_conda_bin_executable
+
+        conda = get_conda_bin_executable('conda')  # MLFLOW_CONDA_HOME, CONDA_EXE, else PATH
+        if shutil.which(conda) is None:
+            where = 'on the PATH' if conda == 'conda' else f'at {conda}'
+            raise ReproduceError(
+                f'conda is not {where} (install it, or use --env-manager virtualenv)'
+            )
 
 
 def environment_activation(project: Any, env_manager: str, work_dir: str) -> list[str]:
@@ -3763,6 +3844,30 @@ def compare_to(session: Session, run_id: str, other_id: str) -> Report:
     )
 
 
+def _is_git_repo(folder: str) -> bool:
+    try:
+        _git('rev-parse', '--show-toplevel', cwd=folder)
+    except (subprocess.CalledProcessError, OSError):
+        return False
+    return True
+
+
+def reachable_source(reference: Run, source: Source, uri: str | None) -> Source:
+    """A recorded local source that is no git repository here (the run was
+    made on another host, or the clone is gone) gives way to the remote the
+    run records, said on standard error.  MLflow records a folder inside a
+    repository as its top and #subdir, so the subdir holds in the remote."""
+    remote = reference.data.tags.get(TAG_GIT_REPO_URL)
+    local = _local_repo(source.repo)
+    if uri or not remote or local is None or remote == source.repo or _is_git_repo(local):
+        return source
+    warn(
+        f'{local} is not a git repository here: using the remote the run records, '
+        f'{remote}' + (f' (folder {source.subdir})' if source.subdir else '')
+    )
+    return dataclasses.replace(source, repo=remote)
+
+
 def _remote_hint(reference: Run, source: Source, uri: str | None) -> str:
     """A run made from a local clone also records its remote: on another host
     (a cron host, say) that remote is where the commit can be found."""
@@ -4029,7 +4134,10 @@ def _reproduce(
 ) -> Report:
     options, client = session.options, session.client
     reference = progress.reference = read_reference(client, run_id, session.tracking_uri)
+    env_manager = options.env_manager or _recorded_env_manager(reference.data.tags)
+    check_env_manager(env_manager, session.backend.name)
     source = resolve_source(reference, options.uri, options.version)
+    source = reachable_source(reference, source, options.uri)
     try:
         project_dir, commit = checkout(session, source, os.path.join(tmp_dir, 'src'))
     except ReproduceError as e:
@@ -4330,15 +4438,25 @@ def search_runs(
     return chosen, skipped
 
 
+def resolve_named(client: MlflowClient, run_id: str, tracking_uri: str) -> Chosen:
+    """A run named by ID or ID prefix; one that cannot be resolved fails alone."""
+    try:
+        return Chosen(resolve_run_id(client, run_id, tracking_uri))
+    except ReproduceError as e:
+        return Chosen(None, run_id, str(e))
+
+
 def select_runs(
     client: MlflowClient,
     selection: Selection,
     uri_given: bool,
+    tracking_uri: str,
 ) -> tuple[list[Chosen], list[dict[str, str]]]:
     """The union of every selection option, each run once, in the order given."""
-    chosen = [Chosen(run_id) for run_id in selection.run_ids]
+    named = list(selection.run_ids)
     if selection.runs_file:
-        chosen += [Chosen(run_id) for run_id in read_runs_file(selection.runs_file)]
+        named += read_runs_file(selection.runs_file)
+    chosen = [resolve_named(client, run_id, tracking_uri) for run_id in named]
     chosen += [resolve_model(client, uri) for uri in selection.models]
     skipped: list[dict[str, str]] = []
     if selection.experiments:
@@ -4440,7 +4558,7 @@ def run_batch(
                 exit_code=EXIT_CANNOT_START,
                 reference_run_id=c.label,
                 message=c.error,
-                model=c.label,
+                model=c.label if c.label.startswith('models:') else None,  # not an ID prefix
             )
         if session.stop.event.is_set():  # start nothing new after a signal
             return Report(
@@ -4726,6 +4844,8 @@ def invoke(
 
             _configure_logging(options.verbose)
             backend = backend_from_options(options)  # config errors first
+            if options.env_manager:
+                check_env_manager(options.env_manager, backend.name)
             tracking_uri = mlflow.get_tracking_uri()
             check_tracking_server(tracking_uri)
             session = Session(
@@ -4740,11 +4860,15 @@ def invoke(
                 left_open=left_open,
                 backend=backend,
             )
-            if compare_to_id:
-                return compare_to(session, selection.run_ids[0], compare_to_id)
             if not selection.is_batch:
-                return run_in_worker(session, lambda: reproduce_one(session, selection.run_ids[0]))
-            chosen, skipped = select_runs(session.client, selection, options.uri is not None)
+                run_id = resolve_run_id(session.client, selection.run_ids[0], tracking_uri)
+                if compare_to_id:
+                    other = resolve_run_id(session.client, compare_to_id, tracking_uri)
+                    return compare_to(session, run_id, other)
+                return run_in_worker(session, lambda: reproduce_one(session, run_id))
+            chosen, skipped = select_runs(
+                session.client, selection, options.uri is not None, tracking_uri
+            )
             return run_batch(session, chosen, skipped, selection.repeat)
         finally:
             end_processes(None, tag)  # nothing the tool started outlives it

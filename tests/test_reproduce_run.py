@@ -1415,20 +1415,6 @@ def test_unreachable_git_remote_names_uri_and_commit(reference, capsys):
     assert err.count('\n') == 1
 
 
-def test_missing_local_source_suggests_the_recorded_remote(
-    git_daemon, samples_repo, capsys, tmp_path
-):
-    url, _ = git_daemon
-    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
-    run_id = recorded_run(f'file://{tmp_path}/laptop/repo#sklearn_regression', commit)
-    client().set_tag(run_id, 'mlflow.source.git.repoURL', f'{url}/samples.git')
-    code, out, err = reproduce(capsys, '--run_id', run_id)
-    assert (code, out) == (2, '')
-    assert err.endswith(
-        f"; the run also records its remote: try --uri '{url}/samples.git#sklearn_regression'\n"
-    )
-
-
 def test_credentials_in_a_failing_uri_are_masked(reference, capsys):
     run_id = reference('sklearn_regression')
     uri = f'https://user:s3cret@127.0.0.1:{free_port()}/samples.git'
