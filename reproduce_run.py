@@ -1954,23 +1954,36 @@ def _project_environ(session: Session, tmp_dir: str, tag: str) -> dict[str, str]
     return env
 
 
-def check_env_manager(env_manager: str, backend: str) -> None:
-    """The program MLflow builds the environment with is there: checked
-    before any run exists, since MLflow finds out only after making one.
-    (virtualenv needs pyenv only for an environment not made yet.)"""
-    if backend != DEFAULT_BACKEND:  # the environment is built elsewhere
-        return
+def missing_program(env_manager: str) -> str | None:
+    """Why the program MLflow builds the environment with cannot be found,
+    None when it can (or the manager needs none)."""
     if env_manager == 'uv' and shutil.which('uv') is None:
-        raise ReproduceError('uv is not on the PATH (install it, or use --env-manager virtualenv)')
+        return 'uv is not on the PATH (install it, or use --env-manager virtualenv)'
     if env_manager == 'conda':
         from mlflow.utils.conda import get_conda_bin_executable
 
         conda = get_conda_bin_executable('conda')  # MLFLOW_CONDA_HOME, CONDA_EXE, else PATH
         if shutil.which(conda) is None:
             where = 'on the PATH' if conda == 'conda' else f'at {conda}'
-            raise ReproduceError(
-                f'conda is not {where} (install it, or use --env-manager virtualenv)'
-            )
+            return f'conda is not {where} (install it, or use --env-manager virtualenv)'
+    return None
+
+
+def check_env_manager(plan: Plan) -> None:
+    """The program the project's environment needs is there: checked before
+    any run exists, since MLflow finds out only after making one.  A docker
+    project needs none; conda is used for a conda project only (MLflow
+    refuses it for the others, in its words); virtualenv needs pyenv only
+    for an environment it has not made yet."""
+    from mlflow.projects import _project_spec, env_type
+
+    if plan.backend.name != DEFAULT_BACKEND or plan.env_manager not in ('uv', 'conda'):
+        return
+    project = _project_spec.load_project(plan.project_dir)
+    if project.docker_env or (plan.env_manager == 'conda' and project.env_type != env_type.CONDA):
+        return
+    if message := missing_program(plan.env_manager):
+        raise ReproduceError(message)
 
 
 def environment_activation(project: Any, env_manager: str, work_dir: str) -> list[str]:
@@ -4134,8 +4147,6 @@ def _reproduce(
 ) -> Report:
     options, client = session.options, session.client
     reference = progress.reference = read_reference(client, run_id, session.tracking_uri)
-    env_manager = options.env_manager or _recorded_env_manager(reference.data.tags)
-    check_env_manager(env_manager, session.backend.name)
     source = resolve_source(reference, options.uri, options.version)
     source = reachable_source(reference, source, options.uri)
     try:
@@ -4146,6 +4157,7 @@ def _reproduce(
     plan = progress.plan = make_plan(options, reference, source, project_dir, session.backend)
     check_command(plan, options.allow_unsafe_command)
     validate_backend_project(plan)
+    check_env_manager(plan)
     warn_about_reference_backend(plan)
     fields = dict(
         reference_run_id=run_id,
@@ -4844,8 +4856,9 @@ def invoke(
 
             _configure_logging(options.verbose)
             backend = backend_from_options(options)  # config errors first
-            if options.env_manager:
-                check_env_manager(options.env_manager, backend.name)
+            uv_missing = options.env_manager == 'uv' and missing_program('uv')
+            if uv_missing and backend.name == DEFAULT_BACKEND:  # before a batch's parent run
+                raise ReproduceError(uv_missing)
             tracking_uri = mlflow.get_tracking_uri()
             check_tracking_server(tracking_uri)
             session = Session(

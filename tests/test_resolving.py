@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 from conftest import git, mlflow_run
-from test_reproduce_run import all_run_ids, client, logged_run, recorded_run, reproduce
+from test_reproduce_run import (
+    add_project,
+    all_run_ids,
+    client,
+    logged_run,
+    recorded_run,
+    reproduce,
+)
 
 import reproduce_run
 
@@ -284,23 +291,36 @@ def path_without_managers(tmp_path, monkeypatch) -> None:
 
 UV_MISSING = 'uv is not on the PATH (install it, or use --env-manager virtualenv)'
 CONDA_MISSING = 'conda is not on the PATH (install it, or use --env-manager virtualenv)'
+CONDA_PROJECT = {
+    'MLproject': 'conda_env: conda.yaml\nentry_points:\n  main:\n    command: python -V\n',
+    'conda.yaml': 'name: tiny\ndependencies:\n  - python=3.11\n',
+}
 
 
-@pytest.mark.parametrize(
-    ('manager', 'message'), [('uv', UV_MISSING), ('conda', CONDA_MISSING)], ids=['uv', 'conda']
-)
-def test_a_missing_env_manager_is_said_before_any_run(
-    reference, path_without_managers, manager, message, capsys
-):
-    run_id = reference('sklearn_regression')
+def conda_run(repo: Path) -> str:
+    """A run recorded as `mlflow run --env-manager conda` of a conda project."""
+    add_project(repo, 'tiny', CONDA_PROJECT)
+    run_id = recorded_run(f'file://{repo}#tiny', git('rev-parse', 'HEAD', cwd=repo))
+    client().set_tag(run_id, 'mlflow.project.env', 'conda')
+    return run_id
+
+
+def regression_run(samples_repo: Path) -> str:
+    """A run as `mlflow run` records it for the sklearn_regression sample."""
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    return recorded_run(f'file://{samples_repo}#sklearn_regression', commit)
+
+
+def test_uv_missing_is_said_before_any_run(samples_repo, path_without_managers, capsys):
+    run_id = regression_run(samples_repo)
     before = all_run_ids()
-    code, out, err = reproduce(capsys, '--run_id', run_id, '--env-manager', manager)
-    assert (code, out, err) == (2, '', f'reproduce_run: error: {message}\n')
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--env-manager', 'uv')
+    assert (code, out, err) == (2, '', f'reproduce_run: error: {UV_MISSING}\n')
     assert all_run_ids() == before
 
 
-def test_a_missing_env_manager_starts_no_batch(reference, path_without_managers, capsys):
-    run_id = reference('sklearn_regression')
+def test_uv_missing_starts_no_batch(samples_repo, path_without_managers, capsys):
+    run_id = regression_run(samples_repo)
     before = all_run_ids()
     code, out, err = reproduce(
         capsys, '--run_id', run_id, '--repeat', '2', '--env-manager', 'uv', '--output', 'json'
@@ -311,8 +331,8 @@ def test_a_missing_env_manager_starts_no_batch(reference, path_without_managers,
     assert all_run_ids() == before
 
 
-def test_the_recorded_env_manager_is_checked_too(path_without_managers, capsys):
-    run_id = logged_run({'acc': [0.5]})
+def test_the_recorded_env_manager_is_checked_too(samples_repo, path_without_managers, capsys):
+    run_id = regression_run(samples_repo)
     client().set_tag(run_id, 'mlflow.project.env', 'uv')  # as `mlflow run --env-manager uv`
     before = all_run_ids()
     code, out, err = reproduce(capsys, '--run_id', run_id)
@@ -320,13 +340,20 @@ def test_the_recorded_env_manager_is_checked_too(path_without_managers, capsys):
     assert all_run_ids() == before
 
 
+def test_conda_missing_is_said_before_any_run(own_repo, path_without_managers, capsys):
+    run_id = conda_run(own_repo)
+    before = all_run_ids()
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out, err) == (2, '', f'reproduce_run: error: {CONDA_MISSING}\n')
+    assert all_run_ids() == before
+
+
 def test_conda_home_without_conda_is_named(
-    reference, path_without_managers, tmp_path, monkeypatch, capsys
+    own_repo, path_without_managers, tmp_path, monkeypatch, capsys
 ):
+    run_id = conda_run(own_repo)
     monkeypatch.setenv('MLFLOW_CONDA_HOME', str(tmp_path / 'conda'))
-    code, _, err = reproduce(
-        capsys, '--run_id', reference('sklearn_regression'), '--env-manager', 'conda'
-    )
+    code, _, err = reproduce(capsys, '--run_id', run_id, '--env-manager', 'conda')
     assert code == 2
     assert err == (
         f'reproduce_run: error: conda is not at {tmp_path / "conda" / "bin" / "conda"} '
@@ -334,9 +361,6 @@ def test_conda_home_without_conda_is_named(
     )
 
 
-def test_another_backend_builds_its_own_environment(path_without_managers):
-    # The check is for the local backend only: kubernetes and databricks
-    # build the environment elsewhere.
-    reproduce_run.check_env_manager('uv', 'kubernetes')
-    with pytest.raises(reproduce_run.ReproduceError, match='uv is not on the PATH'):
-        reproduce_run.check_env_manager('uv', 'local')
+def test_missing_program_names_only_what_is_missing(path_without_managers):
+    assert reproduce_run.missing_program('uv') == UV_MISSING
+    assert reproduce_run.missing_program('local') is None
