@@ -682,8 +682,16 @@ def mask_credentials(text: str) -> str:
     return _URL_CREDENTIALS_RE.sub(r'\g<scheme>***@', text)
 
 
+def program_name() -> str:
+    """The name the tool was called by, for its usage line and messages:
+    reproduce-run (the installed command) or reproduce_run.py (the script);
+    reproduce_run when other code calls main()."""
+    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ''
+    return called if called in ('reproduce-run', 'reproduce_run.py') else 'reproduce_run'
+
+
 def warn(message: str) -> None:
-    print(f'reproduce_run: warning: {mask_credentials(message)}', file=sys.stderr)
+    print(f'{program_name()}: warning: {mask_credentials(message)}', file=sys.stderr)
 
 
 def split_source_uri(uri: str) -> tuple[str, str]:
@@ -1790,7 +1798,7 @@ class Stop:
             # os.write: print() may not be re-entered from a signal handler.
             os.write(
                 2,
-                f'reproduce_run: {self.status}: stopping the projects and closing '
+                f'{program_name()}: {self.status}: stopping the projects and closing '
                 f'their runs\n'.encode(),
             )
         self.event.set()
@@ -1926,7 +1934,7 @@ def left_running_line(left_open: Sequence[tuple[str, str, str]]) -> str:
     )
     uri = shlex.quote(mask_credentials(left_open[0][2]))
     return (
-        f'reproduce_run: error: run {runs} is left RUNNING: the tracking server did not '
+        f'{program_name()}: error: run {runs} is left RUNNING: the tracking server did not '
         f'answer for {_close_timeout():.0f} s; close it with: MLFLOW_TRACKING_URI={uri} '
         f'python -c "import mlflow; c = mlflow.MlflowClient(); {closes}"'
     )
@@ -4221,7 +4229,7 @@ def _say_what_runs(session: Session, plan: Plan, new_id: str) -> None:
     if session.options.verbose:
         ref = plan.reference.info
         print(
-            f'reproduce_run: reproducing run {ref.run_id} ({ref.run_name}, {ref.status}) as '
+            f'{program_name()}: reproducing run {ref.run_id} ({ref.run_name}, {ref.status}) as '
             f'run {new_id} in experiment {plan.experiment_name!r}: entry point '
             f'{plan.entry_point!r} of {mask_credentials(plan.source.uri)} at '
             f'{plan.source.version} with env manager {plan.env_manager} on backend '
@@ -4966,7 +4974,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog='reproduce_run',
+        prog=program_name(),
         description='Re-execute the MLflow Project of a past run at its exact '
         'commit with its parameters, and compare the metrics.',
         epilog='exit codes: 0 runs equal, 1 runs differ, 2 could not start, '
@@ -5248,14 +5256,15 @@ def _error_outcome(
 
 def _stderr_lines(outcome: Report | BatchReport) -> list[str]:
     """The one-line error, or the signal, that ends standard error."""
+    name = program_name()
     if isinstance(outcome, BatchReport):
         if outcome.message:
-            return [f'reproduce_run: error: {outcome.message}']
+            return [f'{name}: error: {outcome.message}']
         stopped = [r.status for r in outcome.reports if r.status in ('interrupted', 'terminated')]
-        return [f'reproduce_run: {stopped[0]}'] if stopped else []
+        return [f'{name}: {stopped[0]}'] if stopped else []
     if outcome.status in ('interrupted', 'terminated'):
-        return [f'reproduce_run: {outcome.status}']
-    return [f'reproduce_run: error: {outcome.message}'] if outcome.message else []
+        return [f'{name}: {outcome.status}']
+    return [f'{name}: error: {outcome.message}'] if outcome.message else []
 
 
 def _write_report(text: str, stream: TextIO | None) -> None:

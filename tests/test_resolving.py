@@ -9,11 +9,12 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import git, mlflow_run
+from conftest import SCRIPT, git, mlflow_run
 from test_reproduce_run import (
     add_project,
     all_run_ids,
@@ -364,3 +365,46 @@ def test_conda_home_without_conda_is_named(
 def test_missing_program_names_only_what_is_missing(path_without_managers):
     assert reproduce_run.missing_program('uv') == UV_MISSING
     assert reproduce_run.missing_program('local') is None
+
+
+# --- the name the tool was called by ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ('argv0', 'name'),
+    [
+        pytest.param('/venv/bin/reproduce-run', 'reproduce-run', id='installed-command'),
+        pytest.param('/src/reproduce_run.py', 'reproduce_run.py', id='script'),
+        pytest.param('reproduce_run.py', 'reproduce_run.py', id='script-here'),
+        pytest.param('/venv/bin/pytest', 'reproduce_run', id='called-from-other-code'),
+        pytest.param('', 'reproduce_run', id='no-name'),
+    ],
+)
+def test_program_name(argv0, name, monkeypatch):
+    monkeypatch.setattr(sys, 'argv', [argv0])
+    assert reproduce_run.program_name() == name
+
+
+def test_usage_and_errors_use_the_name_called_by(monkeypatch, capsys):
+    monkeypatch.setattr(sys, 'argv', ['/venv/bin/reproduce-run'])
+    with pytest.raises(SystemExit) as exit_:
+        reproduce_run.main(['--help'])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith('usage: reproduce-run [-h] ')
+    code, out, err = reproduce(capsys, '--run_id', 'fedcba98')
+    assert (code, out) == (2, '')
+    assert err.startswith('reproduce-run: error: no run ID starts with fedcba98 at ')
+
+
+def test_the_script_names_itself(tmp_path):
+    proc = subprocess.run(
+        (sys.executable, str(SCRIPT), '--run_id', 'a b'),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert (proc.returncode, proc.stdout) == (2, '')
+    assert proc.stderr == (
+        'reproduce_run.py: error: argument --run_id/--run-id: expected an MLflow run ID '
+        "(letters, digits, _ and -), got 'a b' (see --help)\n"
+    )
