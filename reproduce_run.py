@@ -1977,20 +1977,31 @@ def missing_program(env_manager: str) -> str | None:
     return None
 
 
+PYENV_MISSING = (
+    "pyenv is not on the PATH (MLflow's virtualenv env manager installs the project's "
+    'Python with it; install it, or use --env-manager uv or local)'
+)
+
+
 def check_env_manager(plan: Plan) -> None:
     """The program the project's environment needs is there: checked before
     any run exists, since MLflow finds out only after making one.  A docker
     project needs none; conda is used for a conda project only (MLflow
     refuses it for the others, in its words); virtualenv needs pyenv only
-    for an environment it has not made yet."""
+    for an environment MLflow has not made yet."""
     from mlflow.projects import _project_spec, env_type
 
-    if plan.backend.name != DEFAULT_BACKEND or plan.env_manager not in ('uv', 'conda'):
+    if plan.backend.name != DEFAULT_BACKEND or plan.env_manager == 'local':
         return
     project = _project_spec.load_project(plan.project_dir)
     if project.docker_env or (plan.env_manager == 'conda' and project.env_type != env_type.CONDA):
         return
-    if message := missing_program(plan.env_manager):
+    if plan.env_manager == 'virtualenv':
+        from mlflow.utils.virtualenv import _is_pyenv_available
+
+        if not _is_pyenv_available() and not _virtualenv_of(project, plan.project_dir)[1].exists():
+            raise ReproduceError(PYENV_MISSING)
+    elif message := missing_program(plan.env_manager):
         raise ReproduceError(message)
 
 
@@ -2014,12 +2025,27 @@ def environment_activation(project: Any, env_manager: str, work_dir: str) -> lis
         return list(get_or_create_conda_env(project.env_config_path).get_activate_command())
     from pathlib import Path
 
+    from mlflow.utils.virtualenv import _create_virtualenv
+
+    python_env, env_dir = _virtualenv_of(project, work_dir)
+    return [
+        _create_virtualenv(
+            local_model_path=Path(work_dir),
+            python_env=python_env,
+            env_dir=env_dir,
+            env_manager=env_manager,
+        )
+    ]
+
+
+def _virtualenv_of(project: Any, work_dir: str) -> tuple[Any, Any]:
+    """(MLflow's _PythonEnv, the folder MLflow keeps its environment in) of a
+    project under virtualenv or uv, as mlflow/projects/backend/local.py has them."""
+    from pathlib import Path
+
+    from mlflow.projects import env_type
     from mlflow.utils.environment import _PythonEnv
-    from mlflow.utils.virtualenv import (
-        _create_virtualenv,
-        _get_mlflow_virtualenv_root,
-        _get_virtualenv_name,
-    )
+    from mlflow.utils.virtualenv import _get_mlflow_virtualenv_root, _get_virtualenv_name
 
     if project.env_type == env_type.CONDA:
         python_env = _PythonEnv.from_conda_yaml(project.env_config_path)
@@ -2028,14 +2054,7 @@ def environment_activation(project: Any, env_manager: str, work_dir: str) -> lis
     else:
         python_env = _PythonEnv()
     env_name = _get_virtualenv_name(python_env, Path(work_dir))
-    return [
-        _create_virtualenv(
-            local_model_path=Path(work_dir),
-            python_env=python_env,
-            env_dir=Path(_get_mlflow_virtualenv_root()) / env_name,
-            env_manager=env_manager,
-        )
-    ]
+    return python_env, Path(_get_mlflow_virtualenv_root()) / env_name
 
 
 class Job:

@@ -163,6 +163,14 @@ def uv_missing(request: pytest.FixtureRequest) -> list[Argv]:
     return [('--run_id', 'a' * 32, '--env-manager', 'uv')]
 
 
+def pyenv_missing(request: pytest.FixtureRequest) -> list[Argv]:
+    envs = request.getfixturevalue('tmp_path') / 'envs'  # no environment made yet
+    request.getfixturevalue('monkeypatch').setenv('MLFLOW_ENV_ROOT', str(envs))
+    run_id = recorded_run(_samples_uri(request, 'sklearn_regression'), _commit(request))
+    request.getfixturevalue('path_without_managers')
+    return [('--run_id', run_id, '--env-manager', 'virtualenv')]
+
+
 def conda_missing(request: pytest.FixtureRequest) -> list[Argv]:
     run_id = conda_run(request.getfixturevalue('own_repo'))
     request.getfixturevalue('path_without_managers')
@@ -286,6 +294,8 @@ SETUPS: dict[str, Setup] = {
     'run ID prefix that starts no run ID': arguments('--run_id', 'fedcba98'),
     'run ID prefix that starts several run IDs': ambiguous_prefix,
     '`--env-manager uv` (or a run recorded with it) without `uv` on the PATH': uv_missing,
+    '`--env-manager virtualenv` (or a run recorded with it) without `pyenv` on the PATH, for '
+    'an environment MLflow has not made yet': pyenv_missing,
     'a conda project under `--env-manager conda` (or recorded with it) without `conda` on '
     'the PATH (`MLFLOW_CONDA_HOME`, `CONDA_EXE` are honoured)': conda_missing,
     'commit gone from the remote': commit_gone,

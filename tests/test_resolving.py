@@ -362,6 +362,38 @@ def test_conda_home_without_conda_is_named(
     )
 
 
+def test_pyenv_missing_for_a_new_virtualenv_is_said_before_any_run(
+    samples_repo, path_without_managers, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv('MLFLOW_ENV_ROOT', str(tmp_path / 'envs'))  # no environment made yet
+    run_id = regression_run(samples_repo)
+    before = all_run_ids()
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--env-manager', 'virtualenv')
+    message = reproduce_run.PYENV_MISSING
+    assert (code, out, err) == (2, '', f'reproduce_run: error: {message}\n')
+    assert message.startswith('pyenv is not on the PATH (')
+    assert all_run_ids() == before
+
+
+def test_an_environment_mlflow_made_already_needs_no_pyenv(
+    samples_repo, path_without_managers, tmp_path, monkeypatch, capsys
+):
+    """MLflow reuses the folder of an environment it made, and calls pyenv
+    only to make a new one."""
+    from mlflow.projects import _project_spec
+
+    monkeypatch.setenv('MLFLOW_ENV_ROOT', str(tmp_path / 'envs'))
+    project_dir = str(samples_repo / 'sklearn_regression')
+    _, env_dir = reproduce_run._virtualenv_of(_project_spec.load_project(project_dir), project_dir)
+    env_dir.mkdir(parents=True)
+    run_id = regression_run(samples_repo)
+    code, out, err = reproduce(
+        capsys, '--run_id', run_id, '--env-manager', 'virtualenv', '--dry-run'
+    )
+    assert (code, err) == (0, ''), err
+    assert 'Entry point:    main (env manager: virtualenv)' in out
+
+
 def test_missing_program_names_only_what_is_missing(path_without_managers):
     assert reproduce_run.missing_program('uv') == UV_MISSING
     assert reproduce_run.missing_program('local') is None
