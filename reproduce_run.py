@@ -144,6 +144,9 @@ HELP_TIMEOUT_SECONDS = 60.0  # for a script's `--help`, which finds the options 
 SCRIPT_ENVIRONMENT_FILES = ('python_env.yaml', 'conda.yaml')  # MLflow builds environments from
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
+# A shortened run ID, as progress lines print them; a full one has 32 digits.
+_RUN_ID_PREFIX_RE = re.compile(r'^[0-9a-fA-F]{8,31}$')
+PREFIX_MATCHES_SHOWN = 3  # runs an ambiguous prefix error names
 # The userinfo of a URL runs to the last @ before the path: a password may
 # hold an unencoded @.
 _URL_CREDENTIALS_RE = re.compile(r'(?P<scheme>[a-zA-Z][\w+.-]*://)[^/\s]+@')
@@ -724,8 +727,16 @@ def mask_credentials(text: str) -> str:
     return text
 
 
+def program_name() -> str:
+    """The name the tool was called by, for its usage line and messages:
+    reproduce-run (the installed command) or reproduce_run.py (the script);
+    reproduce_run when other code calls main()."""
+    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ''
+    return called if called in ('reproduce-run', 'reproduce_run.py') else 'reproduce_run'
+
+
 def warn(message: str) -> None:
-    print(f'reproduce_run: warning: {mask_credentials(message)}', file=sys.stderr)
+    print(f'{program_name()}: warning: {mask_credentials(message)}', file=sys.stderr)
 
 
 def split_source_uri(uri: str) -> tuple[str, str]:
@@ -778,12 +789,29 @@ def not_reproducible(run: Run, uri_given: bool, version_given: bool = False) -> 
     return None
 
 
+# `mlflow run file:///repo#sub` records os.path.abspath of its URI:
+# '<the current folder>/file:/repo#sub'.
+_GARBLED_FILE_URI_RE = re.compile(r'^/.*?/file:(?P<path>/[^#]*)(?P<subdir>#.*)?$')
+
+
+def ungarbled_source(name: str) -> str:
+    """The file:// URI behind a source name MLflow garbled, else the name."""
+    match = _GARBLED_FILE_URI_RE.match(name)
+    if not match or os.path.isdir(name.partition('#')[0]):
+        return name
+    return f'file://{match["path"]}{match["subdir"] or ""}'
+
+
 def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
     tags = run.data.tags
     if reason := not_reproducible(run, uri is not None, version is not None):
         raise ReproduceError(f'run {run.info.run_id} cannot be reproduced: {reason}')
     if uri is None:
-        uri = tags[TAG_SOURCE_NAME] if not is_script_run(run) else tags[TAG_GIT_REPO_URL]
+        uri = (
+            ungarbled_source(tags[TAG_SOURCE_NAME])
+            if not is_script_run(run)
+            else tags[TAG_GIT_REPO_URL]
+        )
     version = version or tags[TAG_GIT_COMMIT]
     repo, subdir = split_source_uri(uri)
     return Source(repo=repo, subdir=subdir, version=version)
@@ -1524,6 +1552,52 @@ def last_attempt(client: MlflowClient, endpoint: str, body: Mapping[str, Any]) -
     return f'the tracking server answered HTTP {answer.status_code}: {first[:OUTPUT_LINE_CHARS]}'
 
 
+def _experiment_ids(client: MlflowClient) -> list[str]:
+    """Every experiment the tool can see, deleted ones too."""
+    from mlflow.entities import ViewType
+
+    ids: list[str] = []
+    token = None
+    while True:
+        page = client.search_experiments(view_type=ViewType.ALL, page_token=token)
+        ids += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            return ids
+
+
+def resolve_run_id(client: MlflowClient, run_id: str, tracking_uri: str) -> str:
+    """A run ID as given; a prefix of 8 to 31 hex digits becomes the one run
+    ID it starts, found by one search over every experiment."""
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
+    if not _RUN_ID_PREFIX_RE.match(run_id):
+        return run_id
+    try:
+        experiment_ids = _experiment_ids(client)
+        found = experiment_ids and client.search_runs(
+            experiment_ids,
+            f"attributes.run_id LIKE '{run_id.lower()}%'",
+            run_view_type=ViewType.ALL,
+            max_results=PREFIX_MATCHES_SHOWN + 1,
+        )
+    except MlflowException as e:
+        raise _mlflow_error(f'cannot look up the run ID starting with {run_id}', e) from None
+    if not found:
+        raise ReproduceError(
+            f'no run ID starts with {run_id} at tracking URI {mask_credentials(tracking_uri)}'
+        )
+    exact = [r for r in found if r.info.run_id == run_id]  # a short ID of another store
+    if len(found) > 1 and not exact:
+        shown = ', '.join(sorted(r.info.run_id for r in found[:PREFIX_MATCHES_SHOWN]))
+        more = ' and more' if len(found) > PREFIX_MATCHES_SHOWN else ''
+        raise ReproduceError(
+            f'run ID prefix {run_id} is ambiguous: it starts {shown}{more}; give more digits'
+        )
+    return (exact or found)[0].info.run_id
+
+
 def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
     from mlflow.exceptions import MlflowException
 
@@ -2101,7 +2175,7 @@ class Stop:
             # os.write: print() may not be re-entered from a signal handler.
             os.write(
                 2,
-                f'reproduce_run: {self.status}: stopping the projects and closing '
+                f'{program_name()}: {self.status}: stopping the projects and closing '
                 f'their runs\n'.encode(),
             )
         self.event.set()
@@ -2249,7 +2323,7 @@ def left_running_line(left_open: Sequence[LeftOpen]) -> str:
     uri = shlex.quote(mask_credentials(left_open[0].tracking_uri))
     noun, verb, them = ('runs', 'are', 'them') if len(left_open) > 1 else ('run', 'is', 'it')
     return (
-        f'reproduce_run: error: {noun} {runs} {verb} left RUNNING: {whys} (retried for '
+        f'{program_name()}: error: {noun} {runs} {verb} left RUNNING: {whys} (retried for '
         f'{_close_timeout():.0f} s); close {them} with: MLFLOW_TRACKING_URI={uri} '
         f'python -c "import mlflow; c = mlflow.MlflowClient(); {closes}"'
     )
@@ -2277,6 +2351,49 @@ def _project_environ(session: Session, tmp_dir: str, tag: str) -> dict[str, str]
     return env
 
 
+def missing_program(env_manager: str) -> str | None:
+    """Why the program MLflow builds the environment with cannot be found,
+    None when it can (or the manager needs none)."""
+    if env_manager == 'uv' and shutil.which('uv') is None:
+        return 'uv is not on the PATH (install it, or use --env-manager virtualenv)'
+    if env_manager == 'conda':
+        from mlflow.utils.conda import get_conda_bin_executable
+
+        conda = get_conda_bin_executable('conda')  # MLFLOW_CONDA_HOME, CONDA_EXE, else PATH
+        if shutil.which(conda) is None:
+            where = 'on the PATH' if conda == 'conda' else f'at {conda}'
+            return f'conda is not {where} (install it, or use --env-manager virtualenv)'
+    return None
+
+
+PYENV_MISSING = (
+    "pyenv is not on the PATH (MLflow's virtualenv env manager installs the project's "
+    'Python with it; install it, or use --env-manager uv or local)'
+)
+
+
+def check_env_manager(plan: Plan) -> None:
+    """The program the project's environment needs is there: checked before
+    any run exists, since MLflow finds out only after making one.  A docker
+    project needs none; conda is used for a conda project only (MLflow
+    refuses it for the others, in its words); virtualenv needs pyenv only
+    for an environment MLflow has not made yet."""
+    from mlflow.projects import _project_spec, env_type
+
+    if plan.backend.name != DEFAULT_BACKEND or plan.env_manager == 'local':
+        return
+    project = _project_spec.load_project(plan.project_dir)
+    if project.docker_env or (plan.env_manager == 'conda' and project.env_type != env_type.CONDA):
+        return
+    if plan.env_manager == 'virtualenv':
+        from mlflow.utils.virtualenv import _is_pyenv_available
+
+        if not _is_pyenv_available() and not _virtualenv_of(project, plan.project_dir)[1].exists():
+            raise ReproduceError(PYENV_MISSING)
+    elif message := missing_program(plan.env_manager):
+        raise ReproduceError(message)
+
+
 def environment_activation(project: Any, env_manager: str, work_dir: str) -> list[str]:
     """Commands that enter the project's environment, built with MLflow's own
     helpers exactly as `mlflow run` does (mlflow/projects/backend/local.py);
@@ -2297,12 +2414,27 @@ def environment_activation(project: Any, env_manager: str, work_dir: str) -> lis
         return list(get_or_create_conda_env(project.env_config_path).get_activate_command())
     from pathlib import Path
 
+    from mlflow.utils.virtualenv import _create_virtualenv
+
+    python_env, env_dir = _virtualenv_of(project, work_dir)
+    return [
+        _create_virtualenv(
+            local_model_path=Path(work_dir),
+            python_env=python_env,
+            env_dir=env_dir,
+            env_manager=env_manager,
+        )
+    ]
+
+
+def _virtualenv_of(project: Any, work_dir: str) -> tuple[Any, Any]:
+    """(MLflow's _PythonEnv, the folder MLflow keeps its environment in) of a
+    project under virtualenv or uv, as mlflow/projects/backend/local.py has them."""
+    from pathlib import Path
+
+    from mlflow.projects import env_type
     from mlflow.utils.environment import _PythonEnv
-    from mlflow.utils.virtualenv import (
-        _create_virtualenv,
-        _get_mlflow_virtualenv_root,
-        _get_virtualenv_name,
-    )
+    from mlflow.utils.virtualenv import _get_mlflow_virtualenv_root, _get_virtualenv_name
 
     if project.env_type == env_type.CONDA:
         python_env = _PythonEnv.from_conda_yaml(project.env_config_path)
@@ -2311,14 +2443,7 @@ def environment_activation(project: Any, env_manager: str, work_dir: str) -> lis
     else:
         python_env = _PythonEnv()
     env_name = _get_virtualenv_name(python_env, Path(work_dir))
-    return [
-        _create_virtualenv(
-            local_model_path=Path(work_dir),
-            python_env=python_env,
-            env_dir=Path(_get_mlflow_virtualenv_root()) / env_name,
-            env_manager=env_manager,
-        )
-    ]
+    return python_env, Path(_get_mlflow_virtualenv_root()) / env_name
 
 
 class Job:
@@ -2801,8 +2926,9 @@ class Differences:
     # Why the environments were not compared, None when they were.
     environment_unknown: str | None = "the reference run's environment is unknown"
 
-    def __bool__(self) -> bool:
-        """Whether there is anything to say."""
+    def differ(self) -> bool:
+        """Whether anything differs, or the environments could not be compared.
+        (Not __bool__: a comparison that found nothing is still a comparison.)"""
         return bool(
             self.environment
             or self.datasets
@@ -3202,7 +3328,7 @@ def _model_differences(
 
 
 def differences_json(differences: Differences | None) -> dict[str, Any]:
-    d = differences or Differences()
+    d = Differences() if differences is None else differences
     return {
         'environment': list(d.environment),
         'datasets': list(d.datasets),
@@ -3261,10 +3387,19 @@ def _model_line(model: str, m: MetricVerdict) -> str:
     return f'model `{model}` metric {m.key}: {ref} -> {new}{step}'
 
 
+def environment_same_lines(differences: Differences | None) -> list[str]:
+    """What the Markdown report says of an environment compared without a
+    difference, which the section below leaves out."""
+    if differences is None or differences.environment_unknown or differences.environment:
+        return []
+    label = _SOURCE_LABELS.get(differences.environment_source, '')
+    return [f"- environment: no difference from the reference run's (from {label})"]
+
+
 def differences_lines(differences: Differences | None) -> list[str]:
     """The "Other differences" section, the same in text and Markdown;
     empty when there is nothing to say."""
-    if not differences:
+    if differences is None or not differences.differ():
         return []
     lines = ['Other differences:']
     if differences.environment_unknown:
@@ -3811,6 +3946,7 @@ def format_markdown(
         ]
         if _backend_noteworthy(plan):
             lines.append(f'- backend: `{_backend_text(plan)}`')
+    lines += environment_same_lines(report.differences)
     lines += [f'- {line[0].lower()}{line[1:]}' for line in registration_lines(report.registrations)]
     if report.verdict and max_rows is not None:
         lines += [_summary_line(report.verdict)]
@@ -4334,6 +4470,30 @@ def compare_to(session: Session, run_id: str, other_id: str) -> Report:
     )
 
 
+def _is_git_repo(folder: str) -> bool:
+    try:
+        _git('rev-parse', '--show-toplevel', cwd=folder)
+    except (subprocess.CalledProcessError, OSError):
+        return False
+    return True
+
+
+def reachable_source(reference: Run, source: Source, uri: str | None) -> Source:
+    """A recorded local source that is no git repository here (the run was
+    made on another host, or the clone is gone) gives way to the remote the
+    run records, said on standard error.  MLflow records a folder inside a
+    repository as its top and #subdir, so the subdir holds in the remote."""
+    remote = reference.data.tags.get(TAG_GIT_REPO_URL)
+    local = _local_repo(source.repo)
+    if uri or not remote or local is None or remote == source.repo or _is_git_repo(local):
+        return source
+    warn(
+        f'{local} is not a git repository here: using the remote the run records, '
+        f'{remote}' + (f' (folder {source.subdir})' if source.subdir else '')
+    )
+    return dataclasses.replace(source, repo=remote)
+
+
 def _remote_hint(reference: Run, source: Source, uri: str | None) -> str:
     """A run made from a local clone also records its remote: on another host
     (a cron host, say) that remote is where the commit can be found."""
@@ -4613,6 +4773,7 @@ def _reproduce(
     options, client = session.options, session.client
     reference = progress.reference = read_reference(client, run_id, session.tracking_uri)
     source = resolve_source(reference, options.uri, options.version)
+    source = reachable_source(reference, source, options.uri)
     try:
         project_dir, commit = checkout(session, source, os.path.join(tmp_dir, 'src'))
     except ReproduceError as e:
@@ -4626,6 +4787,7 @@ def _reproduce(
         plan = progress.plan = complete_script_plan(session, plan, tmp_dir, tag)
     check_command(plan, options.allow_unsafe_command)
     validate_backend_project(plan)
+    check_env_manager(plan)
     warn_about_reference_backend(plan)
     fields = dict(
         reference_run_id=run_id,
@@ -4700,7 +4862,7 @@ def _say_what_runs(session: Session, plan: Plan, new_id: str) -> None:
     if session.options.verbose:
         ref = plan.reference.info
         print(
-            f'reproduce_run: reproducing run {ref.run_id} ({ref.run_name}, {ref.status}) as '
+            f'{program_name()}: reproducing run {ref.run_id} ({ref.run_name}, {ref.status}) as '
             f'run {new_id} in experiment {plan.experiment_name!r}: entry point '
             f'{plan.entry_point!r} of {mask_credentials(plan.source.uri)} at '
             f'{plan.source.version} with env manager {plan.env_manager} on backend '
@@ -4908,7 +5070,7 @@ class _GroupProgress:
             self._print(f'[{index + 1}/{self.total}] {_progress_end(report)}')
         elif report.status in ('failed', 'error'):
             message = report.message or report.status
-            self._print(f'reproduce_run: {report.status}: {report.reference_run_id}: {message}')
+            self._print(f'{program_name()}: {report.status}: {report.reference_run_id}: {message}')
 
 
 def _named(run_id: str, name: str | None) -> str:
@@ -4981,10 +5143,10 @@ def _run_probe(
             exit_code=EXIT_CANNOT_START,
             reference_run_id=probe.label,
             message=probe.error,
-            model=probe.label,
+            model=probe.label if probe.label.startswith('models:') else None,  # not an ID prefix
         )
         if not session.options.quiet:  # --quiet prints its own line for it
-            print(f'reproduce_run: error: {probe.error}', file=sys.stderr, flush=True)
+            print(f'{program_name()}: error: {probe.error}', file=sys.stderr, flush=True)
         progress.end(index, report)
         return report
     if session.stop.event.is_set():  # start nothing new after a signal
@@ -5312,15 +5474,25 @@ def search_runs(
     return chosen, skipped
 
 
+def resolve_named(client: MlflowClient, run_id: str, tracking_uri: str) -> Chosen:
+    """A run named by ID or ID prefix; one that cannot be resolved fails alone."""
+    try:
+        return Chosen(resolve_run_id(client, run_id, tracking_uri))
+    except ReproduceError as e:
+        return Chosen(None, run_id, str(e))
+
+
 def select_runs(
     client: MlflowClient,
     selection: Selection,
     uri_given: bool,
+    tracking_uri: str,
 ) -> tuple[list[Chosen], list[dict[str, str]]]:
     """The union of every selection option, each run once, in the order given."""
-    chosen = [Chosen(run_id) for run_id in selection.run_ids]
+    named = list(selection.run_ids)
     if selection.runs_file:
-        chosen += [Chosen(run_id) for run_id in read_runs_file(selection.runs_file)]
+        named += read_runs_file(selection.runs_file)
+    chosen = [resolve_named(client, run_id, tracking_uri) for run_id in named]
     chosen += [resolve_model(client, uri) for uri in selection.models]
     skipped: list[dict[str, str]] = []
     if selection.experiments:
@@ -5646,6 +5818,9 @@ def invoke(
 
             _configure_logging(options.verbose)
             backend = backend_from_options(options)  # config errors first
+            uv_missing = options.env_manager == 'uv' and missing_program('uv')
+            if uv_missing and backend.name == DEFAULT_BACKEND:  # before a batch's parent run
+                raise ReproduceError(uv_missing)
             tracking_uri = mlflow.get_tracking_uri()
             check_tracking_server(tracking_uri)
             session = Session(
@@ -5660,11 +5835,15 @@ def invoke(
                 left_open=left_open,
                 backend=backend,
             )
-            if compare_to_id:
-                return compare_to(session, selection.run_ids[0], compare_to_id)
             if not selection.is_batch:
-                return run_in_worker(session, lambda: reproduce_one(session, selection.run_ids[0]))
-            chosen, skipped = select_runs(session.client, selection, options.uri is not None)
+                run_id = resolve_run_id(session.client, selection.run_ids[0], tracking_uri)
+                if compare_to_id:
+                    other = resolve_run_id(session.client, compare_to_id, tracking_uri)
+                    return compare_to(session, run_id, other)
+                return run_in_worker(session, lambda: reproduce_one(session, run_id))
+            chosen, skipped = select_runs(
+                session.client, selection, options.uri is not None, tracking_uri
+            )
             if selection.repeat > 1 and not options.dry_run:  # a plan is the same each time
                 return run_repeat(session, chosen, skipped, selection.repeat)
             return run_batch(session, chosen, skipped)
@@ -5759,7 +5938,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog='reproduce_run',
+        prog=program_name(),
         description='Re-execute the MLflow Project of a past run at its exact '
         'commit with its parameters, and compare the metrics.',
         epilog='exit codes: 0 runs equal, 1 runs differ, 2 could not start, '
@@ -6051,14 +6230,15 @@ def _error_outcome(
 
 def _stderr_lines(outcome: Report | BatchReport) -> list[str]:
     """The one-line error, or the signal, that ends standard error."""
+    name = program_name()
     if isinstance(outcome, BatchReport):
         if outcome.message:
-            return [f'reproduce_run: error: {outcome.message}']
+            return [f'{name}: error: {outcome.message}']
         stopped = [r.status for r in outcome.reports if r.status in ('interrupted', 'terminated')]
-        return [f'reproduce_run: {stopped[0]}'] if stopped else []
+        return [f'{name}: {stopped[0]}'] if stopped else []
     if outcome.status in ('interrupted', 'terminated'):
-        return [f'reproduce_run: {outcome.status}']
-    return [f'reproduce_run: error: {outcome.message}'] if outcome.message else []
+        return [f'{name}: {outcome.status}']
+    return [f'{name}: error: {outcome.message}'] if outcome.message else []
 
 
 def _write_report(text: str, stream: TextIO | None) -> None:

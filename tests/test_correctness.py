@@ -464,7 +464,7 @@ def test_no_store_is_created_without_tracking_uri(tmp_path):
     proc = run_tool(folder, None)
     assert (proc.returncode, proc.stdout) == (2, '')
     assert proc.stderr == (
-        f'reproduce_run: error: no tracking store found: MLFLOW_TRACKING_URI is not set and '
+        f'reproduce_run.py: error: no tracking store found: MLFLOW_TRACKING_URI is not set and '
         f'the current folder {folder} has no mlflow.db (nor mlruns); set MLFLOW_TRACKING_URI '
         f'to the store that holds the run (for example sqlite:////path/to/mlflow.db or '
         f'http://host:5000)\n'
@@ -488,7 +488,7 @@ def test_no_store_is_created_for_a_missing_local_store(uri, missing, tmp_path):
     proc = run_tool(folder, uri, '--output', 'json')
     assert proc.returncode == 2
     assert proc.stderr == (
-        f'reproduce_run: error: no tracking store found: MLFLOW_TRACKING_URI is {uri}, but '
+        f'reproduce_run.py: error: no tracking store found: MLFLOW_TRACKING_URI is {uri}, but '
         f'{folder / missing} does not exist; set MLFLOW_TRACKING_URI to the store that holds '
         f'the run (for example sqlite:////path/to/mlflow.db or http://host:5000)\n'
     )

@@ -279,7 +279,7 @@ def test_a_signal_gives_one_json_document_naming_the_run(
     assert new.info.status == 'KILLED'
     assert new.data.tags['reproduce.status'] == status
     assert status in new.data.tags['mlflow.note.content']
-    assert err.splitlines()[-1] == f'reproduce_run: {status}'
+    assert err.splitlines()[-1] == f'reproduce_run.py: {status}'
 
 
 def test_a_launch_failure_after_the_run_exists_is_recorded_and_named(

@@ -109,7 +109,7 @@ def test_floor_default_store_and_an_unknown_run(floor, tmp_path):
     proc = floor_run((python, env), str(SCRIPT), '--run_id', 'f' * 32, cwd=tmp_path)
     assert (proc.returncode, proc.stdout) == (2, '')
     assert re.fullmatch(
-        f'reproduce_run: error: run {"f" * 32} not found at tracking URI '
+        f'reproduce_run.py: error: run {"f" * 32} not found at tracking URI '
         f'sqlite:///({re.escape(str(tmp_path))}/)?mlflow.db\n',
         proc.stderr,
     ), proc.stderr[-3000:]

@@ -84,8 +84,10 @@ def test_installed_help_is_the_scripts_help(installed, tmp_path):
         text=True,
     )
     assert (proc.returncode, proc.stderr) == (0, '')
-    assert proc.stdout == script.stdout
-    assert proc.stdout.startswith('usage: reproduce_run ')
+    # Each names itself as it was called; the rest is the same.
+    assert proc.stdout.startswith('usage: reproduce-run ')
+    assert script.stdout.startswith('usage: reproduce_run.py ')
+    assert proc.stdout.split('\n\n', 1)[1] == script.stdout.split('\n\n', 1)[1]
 
 
 def test_installed_tool_version(installed, tmp_path):
@@ -97,11 +99,11 @@ def test_installed_tool_version(installed, tmp_path):
     )
 
 
-def test_installed_command_errors_keep_the_prefix(installed, tmp_path):
+def test_installed_command_errors_start_with_its_name(installed, tmp_path):
     proc = run_command(installed, '--run_id', 'a b', cwd=tmp_path)
     assert (proc.returncode, proc.stdout) == (2, '')
     assert proc.stderr == (
-        'reproduce_run: error: argument --run_id/--run-id: expected an MLflow run ID '
+        'reproduce-run: error: argument --run_id/--run-id: expected an MLflow run ID '
         "(letters, digits, _ and -), got 'a b' (see --help)\n"
     )
 

@@ -19,6 +19,12 @@ from test_reproduce_run import (
     reproduce,
     run_of_a_commit_gone_from_the_remote,
 )
+from test_resolving import (  # noqa: F401 (own_store, path_without_managers: fixtures)
+    conda_run,
+    own_store,
+    path_without_managers,
+    runs_sharing_a_prefix,
+)
 
 from reproduce_run import main
 
@@ -169,12 +175,39 @@ def unreachable_source(request: pytest.FixtureRequest) -> list[Argv]:
     return [('--run_id', remote, '--uri', unreachable), ('--run_id', missing)]
 
 
-def path_missing_remote_recorded(request: pytest.FixtureRequest) -> list[Argv]:
+def clone_without_commit_remote_recorded(request: pytest.FixtureRequest) -> list[Argv]:
     url, _ = request.getfixturevalue('git_daemon')
-    tmp_path = request.getfixturevalue('tmp_path')
-    run_id = recorded_run(f'file://{tmp_path}/laptop/repo#sklearn_regression', _commit(request))
+    repo = request.getfixturevalue('own_repo')
+    git('commit', '--quiet', '--amend', '-m', 'another commit', cwd=repo)
+    git('reflog', 'expire', '--expire=now', '--all', cwd=repo)
+    git('gc', '--quiet', '--prune=now', cwd=repo)
+    run_id = recorded_run(f'file://{repo}#sklearn_regression', _commit(request))
     client().set_tag(run_id, 'mlflow.source.git.repoURL', f'{url}/samples.git')
     return [('--run_id', run_id)]
+
+
+def ambiguous_prefix(request: pytest.FixtureRequest) -> list[Argv]:
+    runs_sharing_a_prefix(request.getfixturevalue('own_store'), '7c7c7c7c', 2)
+    return [('--run_id', '7c7c7c7c')]
+
+
+def uv_missing(request: pytest.FixtureRequest) -> list[Argv]:
+    request.getfixturevalue('path_without_managers')
+    return [('--run_id', 'a' * 32, '--env-manager', 'uv')]
+
+
+def pyenv_missing(request: pytest.FixtureRequest) -> list[Argv]:
+    envs = request.getfixturevalue('tmp_path') / 'envs'  # no environment made yet
+    request.getfixturevalue('monkeypatch').setenv('MLFLOW_ENV_ROOT', str(envs))
+    run_id = recorded_run(_samples_uri(request, 'sklearn_regression'), _commit(request))
+    request.getfixturevalue('path_without_managers')
+    return [('--run_id', run_id, '--env-manager', 'virtualenv')]
+
+
+def conda_missing(request: pytest.FixtureRequest) -> list[Argv]:
+    run_id = conda_run(request.getfixturevalue('own_repo'))
+    request.getfixturevalue('path_without_managers')
+    return [('--run_id', run_id), ('--run_id', run_id, '--env-manager', 'conda')]
 
 
 def commit_gone(request: pytest.FixtureRequest) -> list[Argv]:
@@ -305,8 +338,16 @@ SETUPS: dict[str, Setup] = {
     'tracking server not listening': server_not_listening,
     'tracking server that accepts connections but never answers': silent_tracking_server,
     'git remote unreachable, or a recorded local path missing on this host': unreachable_source,
-    'a recorded local path missing on this host, the run recording its remote '
-    '(`mlflow.source.git.repoURL`)': path_missing_remote_recorded,
+    'a recorded local clone that lacks the commit, the run recording its remote '
+    '(`mlflow.source.git.repoURL`; a recorded path that is no repository on this host gives '
+    'way to that remote, with a warning)': clone_without_commit_remote_recorded,
+    'run ID prefix that starts no run ID': arguments('--run_id', 'fedcba98'),
+    'run ID prefix that starts several run IDs': ambiguous_prefix,
+    '`--env-manager uv` (or a run recorded with it) without `uv` on the PATH': uv_missing,
+    '`--env-manager virtualenv` (or a run recorded with it) without `pyenv` on the PATH, for '
+    'an environment MLflow has not made yet': pyenv_missing,
+    'a conda project under `--env-manager conda` (or recorded with it) without `conda` on '
+    'the PATH (`MLFLOW_CONDA_HOME`, `CONDA_EXE` are honoured)': conda_missing,
     'commit gone from the remote': commit_gone,
     "a placeholder anywhere but in a bare word (inside quotes, `$'…'`, backticks, a "
     'here-document, after `eval` or `bash -c`, `{p!r}`, `{p:.3}`, `{p[0]}`, …) with a value '

@@ -117,7 +117,7 @@ def test_sigterm_during_a_fetch_from_a_silent_remote_ends_the_fallback_fetch_too
         out, err = tool.communicate(timeout=120)
     report = json.loads(out)
     assert (tool.returncode, report['status']) == (143, 'terminated'), err.decode()
-    assert err.decode().splitlines()[-1] == 'reproduce_run: terminated'
+    assert err.decode().splitlines()[-1] == 'reproduce_run.py: terminated'
 
 
 def test_runs_file_from_a_closed_standard_input(capsys):
@@ -139,7 +139,7 @@ def test_runs_file_from_a_closed_standard_input(capsys):
         timeout=120,
     )
     assert done.returncode == 2
-    assert done.stderr.decode() == f'reproduce_run: error: {message}\n'
+    assert done.stderr.decode() == f'reproduce_run.py: error: {message}\n'
     assert json.loads(done.stdout)['message'] == message
 
 
@@ -195,6 +195,6 @@ def test_a_report_that_cannot_be_written_is_a_warning_not_a_traceback(reference,
         os.close(write)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.startswith(
-        'reproduce_run: warning: the report could not be written to standard output: '
+        'reproduce_run.py: warning: the report could not be written to standard output: '
     )
     assert 'Traceback' not in proc.stderr
