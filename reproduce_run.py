@@ -4784,18 +4784,20 @@ def close_leftover_runs(session: Session) -> list[dict[str, str]]:
     client, options = session.client, session.options
     host, now = socket.gethostname(), time.time()
     found: list[dict[str, str]] = []
-    try:
-        experiment = client.get_experiment_by_name(options.experiment_name)
-        if experiment is None:
-            return []
-        runs = {}
-        for search in _leftover_filters(options, host, now):
-            for run in client.search_runs(
-                [experiment.experiment_id], search, max_results=LEFTOVER_SEARCH_LIMIT
-            ):
-                runs[run.info.run_id] = run
-    except Exception as e:
-        warn(f'could not look for runs left RUNNING by a dead tool: {_last_line(str(e))}')
+    try:  # not retried: a server that fails here fails the reproduction's own request
+        with _environ({'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0'}):
+            experiment = client.get_experiment_by_name(options.experiment_name)
+            if experiment is None:
+                return []
+            runs = {}
+            for search in _leftover_filters(options, host, now):
+                for run in client.search_runs(
+                    [experiment.experiment_id], search, max_results=LEFTOVER_SEARCH_LIMIT
+                ):
+                    runs[run.info.run_id] = run
+    except Exception as e:  # the reproduction's own first request says what is wrong
+        if options.verbose:
+            warn(f'could not look for runs left RUNNING by a dead tool: {_last_line(str(e))}')
         return []
     for run_id, run in runs.items():
         reason = leftover_reason(run, host, options, now)
