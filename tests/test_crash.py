@@ -366,3 +366,26 @@ def test_a_bad_reap_after_is_an_argument_error(value, capsys):
 def test_tool_alive(owner, counts_as_dead):
     pid, start = owner().split(':')
     assert reproduce_run.tool_alive(int(pid), start) is not counts_as_dead
+
+
+def test_every_run_the_tool_makes_names_its_owner(reference, capsys):
+    """Reproductions and the parent run of --repeat (a batch's: see the batch
+    test above) carry reproduce.owner: this process, which runs main()."""
+    name, experiment_id = experiment()
+    code = main(
+        [
+            '--run_id',
+            reference('slow', '-P', 'seconds=1'),
+            '--repeat',
+            '2',
+            '--experiment-name',
+            name,
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    runs = runs_of(experiment_id)
+    assert len(runs) == 3  # the parent and two repetitions
+    assert [r for r in runs if r.data.tags.get('reproduce.repeat') == '2']
+    assert {r.data.tags['reproduce.owner'] for r in runs} == {
+        f'{HOST}:{os.getpid()}:{start_time(os.getpid())}'
+    }
