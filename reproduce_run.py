@@ -115,10 +115,11 @@ TAG_ARGV = 'reproduce.argv'  # a script's arguments, a JSON list: replayed, and 
 # Tags this tool writes on the reproduced run (never on the reference run).
 TAG_REFERENCE_RUN_ID = 'reproduce.reference_run_id'
 TAG_EQUAL = 'reproduce.equal'  # 'true' or 'false'
-TAG_STATUS = 'reproduce.status'  # a key of STATUS_EXIT_CODES
+TAG_STATUS = 'reproduce.status'  # a key of STATUS_EXIT_CODES; 'killed': close_leftovers
 TAG_BATCH = 'reproduce.batch'  # 'true' on the parent run of a batch
 TAG_REPEAT = 'reproduce.repeat'  # N, on the parent run of N repetitions
 TAG_CLASSIFICATION = 'reproduce.classification'  # what N repetitions say, on that parent
+TAG_OWNER = 'reproduce.owner'  # host:pid:start of the tool that made the run (tool_owner)
 TAG_RTOL = 'reproduce.rtol'
 TAG_ATOL = 'reproduce.atol'
 TAG_NOTE = 'mlflow.note.content'  # the run description the MLflow UI shows
@@ -132,6 +133,9 @@ SHORT_CELL = 60  # characters of a table cell in a shortened run description
 PLOT_NAME_CHARS = 100  # of the metric key kept in a plot's file name
 UNFINISHED_STATUSES = ('RUNNING', 'SCHEDULED')  # MLflow run statuses not yet closed
 FAILED_STATUSES = ('FAILED', 'KILLED')  # closed, but not FINISHED
+TMP_PREFIX = 'reproduce_run-'  # + pid-start-: the tool's temporary folders (tool_tmp_prefix)
+LEFTOVER_SEARCH_LIMIT = 1000  # runs one start-up search for a dead tool's leftovers reads
+TOOL_DIED = 'the reproducing tool died (SIGKILL, OOM or reboot)'
 
 # Execution backends: MLflow's own, then plugins registered under its entry point group.
 DEFAULT_BACKEND = 'local'
@@ -1933,6 +1937,43 @@ def _user() -> str:
         return 'unknown'
 
 
+def process_identity(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a process from /proc/<pid>/stat (fields 3 and
+    22; the start time is in clock ticks since boot): with the PID it names
+    one process, even once the PID is reused.  None when there is none."""
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as f:
+            fields = f.read().rsplit(b')', 1)[1].split()
+        return fields[0].decode(), fields[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _tool_identity() -> str:
+    """pid:start of this process ('0' for the start without /proc)."""
+    found = process_identity(os.getpid())
+    return f'{os.getpid()}:{found[1] if found else 0}'
+
+
+def tool_owner() -> str:
+    """The `reproduce.owner` of every run the tool makes: host:pid:start."""
+    return f'{socket.gethostname()}:{_tool_identity()}'
+
+
+def tool_tmp_prefix() -> str:
+    """reproduce_run-<pid>-<start>-: a dead tool's folders can be told apart."""
+    return TMP_PREFIX + _tool_identity().replace(':', '-') + '-'
+
+
+def tool_alive(pid: int, start: str) -> bool:
+    """Whether the tool of this PID and start time still runs.  Without /proc
+    this cannot be known, and it counts as alive: nothing of it is touched."""
+    if not os.path.isdir('/proc'):
+        return True
+    found = process_identity(pid)
+    return found is not None and found[0] not in ('Z', 'X') and found[1] == start
+
+
 def reproduced_run_tags(plan: Plan) -> dict[str, str]:
     """What a reproduced run carries: the original source and commit (never
     our temporary checkout), with credentials masked."""
@@ -1946,6 +1987,7 @@ def reproduced_run_tags(plan: Plan) -> dict[str, str]:
         TAG_BACKEND: plan.backend.name,
         TAG_USER: _user(),
         TAG_REFERENCE_RUN_ID: plan.reference.info.run_id,
+        TAG_OWNER: tool_owner(),
     }
     if plan.script is not None:  # recorded as the script recorded it, with what it got
         del tags[TAG_ENTRY_POINT]
@@ -3198,7 +3240,7 @@ def _read_environment_artifact(client: MlflowClient, run: Run) -> dict[str, Any]
     path = f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}'
     if path not in names:
         return None
-    with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
+    with tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as folder:
         local = client.download_artifacts(run.info.run_id, path, folder)
         with open(local) as f:
             return json.load(f)
@@ -3212,7 +3254,7 @@ def _read_model_environment(client: MlflowClient, run: Run) -> dict[str, Any] | 
     for model in _logged_models(client, run):
         stored = {f.path for f in client.list_logged_model_artifacts(model.model_id)}
         files = {}
-        with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
+        with tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as folder:
             for name in MODEL_ENVIRONMENT_FILES:
                 if name in stored:
                     path = mlflow.artifacts.download_artifacts(
@@ -3595,6 +3637,7 @@ class Report:
     reference_status: str | None = None  # MLflow's; None when the reference was not read
     # (reference, reproduced) histories as judged, for --repeat's diagnosis; never printed
     histories: Any = dataclasses.field(default=None, compare=False, repr=False)
+    leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
 
     def __post_init__(self) -> None:
         if self.reference_status is None and self.plan is not None:
@@ -3696,6 +3739,7 @@ def report_json(report: Report) -> dict[str, Any]:
                 for r in report.registrations.versions
             ],
         },
+        'leftovers': list(report.leftovers),
     }
 
 
@@ -4077,6 +4121,7 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
             lines += ['', format_text(report, verbose).rsplit('\n', 1)[0]]
     for repeat in batch.repeats:
         lines += ['', _repeat_heading(repeat), *diagnosis_lines(repeat.diagnoses, 'psql')]
+    lines += [f'Leftover of a dead tool: {item["message"]}' for item in batch.leftovers]
     lines.append(_last_line_of(batch))
     return '\n'.join(lines)
 
@@ -4135,6 +4180,7 @@ def batch_json(batch: BatchReport) -> dict[str, Any]:
         'exit_code': batch.exit_code,
         'batch_run_id': batch.batch_run_id,
         'message': batch.message,
+        'leftovers': list(batch.leftovers),
         **repeats,
     }
 
@@ -4351,7 +4397,7 @@ def record_verdict(
         except Exception:  # the server may fail this one endpoint: one tag at a time
             for k, v in tags.items():
                 client.set_tag(run_id, k, fit_tag(v))
-        with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
+        with tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as folder:
             path = os.path.join(folder, COMPARISON_ARTIFACT)
             with open(path, 'w') as f:
                 f.write(format_json(report))
@@ -4588,6 +4634,7 @@ class Options:
     backend: str = DEFAULT_BACKEND
     backend_config: str | None = None  # a .json path or inline JSON, parsed when used
     script_args: str | None = None  # a script run's arguments, a template of {param}s
+    reap_after: float | None = None  # seconds: close any reproduction RUNNING longer
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -4609,6 +4656,7 @@ class Options:
             backend=args.backend,
             backend_config=args.backend_config,
             script_args=args.script_args,
+            reap_after=args.reap_after,
         )
 
 
@@ -5012,6 +5060,7 @@ class BatchReport:
     repeats: tuple[Repeat, ...] = ()  # with --repeat: one diagnosis per reference run
     dry_run: bool = False
     repeat_of: str | None = None  # --repeat of a single reference run: its ID
+    leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
 
     @property
     def exit_code(self) -> int:
@@ -5256,7 +5305,7 @@ def create_group_run(
     """A parent run that shows many reproductions as one row in the MLflow UI."""
     from mlflow.exceptions import MlflowException
 
-    tags = {**tags, TAG_USER: _user()}
+    tags = {**tags, TAG_USER: _user(), TAG_OWNER: tool_owner()}
     if parent_run_id:
         tags[TAG_PARENT_RUN_ID] = parent_run_id
     try:
@@ -5746,6 +5795,166 @@ def run_repeat(
 # One invocation: settings, the tracking server, then one run or a batch.
 
 
+_OWNER_RE = re.compile(r'(?P<host>.+):(?P<pid>\d+):(?P<start>\d+)')  # tool_owner()
+_PROCESS_TAG_RE = re.compile(r'(?P<base>(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8})(\.\d+)?')
+_TMP_OWNER_RE = re.compile(re.escape(TMP_PREFIX) + r'(?P<pid>\d+)-(?P<start>\d+)-')
+
+
+def close_leftovers(session: Session) -> tuple[dict[str, str], ...]:
+    """Before an invocation creates runs: what tools on this host left when
+    they died without cleaning up (SIGKILL, the OOM killer, a reboot).  Their
+    project processes are ended, their runs still RUNNING closed as KILLED
+    (with --reap-after, also any reproduction RUNNING longer than that,
+    whatever its host), their temporary folders removed.  One line on
+    standard error for each; never raises."""
+    if session.options.dry_run:
+        return ()
+    found = [
+        *end_dead_tools_processes(),
+        *close_leftover_runs(session),
+        *remove_dead_tools_folders(),
+    ]
+    if not session.options.quiet:
+        for item in found:
+            print(f'reproduce_run: {item["message"]}', file=sys.stderr, flush=True)
+    return tuple(found)
+
+
+def _leftover(kind: str, name: str, owner: str, message: str) -> dict[str, str]:
+    return {'kind': kind, 'name': name, 'owner': owner, 'message': mask_credentials(message)}
+
+
+def end_dead_tools_processes() -> list[dict[str, str]]:
+    """Processes whose REPRODUCE_RUN_PROCESS_TAG names a tool that is gone,
+    ended as a signal to that tool would have ended them."""
+    if not os.path.isdir('/proc'):
+        return []
+    prefix = f'{PROCESS_TAG}='.encode()
+    dead = set()
+    for _, _, _, environ in _process_table():
+        for variable in environ.split(b'\0'):
+            if variable.startswith(prefix):
+                match = _PROCESS_TAG_RE.fullmatch(
+                    variable[len(prefix) :].decode('ascii', 'replace')
+                )
+                if match and not tool_alive(int(match['pid']), match['start']):
+                    dead.add((match['base'], f'{match["pid"]}:{match["start"]}'))
+    found = []
+    for base, owner in sorted(dead):
+        count = end_processes(None, base) + end_processes(None, base + '.')
+        if count:
+            owner = f'{socket.gethostname()}:{owner}'
+            plural = 'process' if count == 1 else 'processes'
+            message = (
+                f'ended {count} {plural} of the dead reproducing tool {owner} '
+                f'({PROCESS_TAG}={base})'
+            )
+            found.append(_leftover('processes', base, owner, message))
+    return found
+
+
+def _leftover_filters(options: Options, host: str, now: float) -> list[str]:
+    """The searches for leftover runs: this host's reproductions still
+    RUNNING, and with --reap-after any that started before its window."""
+    running = "attributes.status = 'RUNNING'"
+    host_like = host.replace('\\', '\\\\').replace("'", "\\'")
+    filters = [f"tags.`{TAG_OWNER}` LIKE '{host_like}:%' AND {running}"]
+    if options.reap_after is not None:
+        cutoff = int((now - options.reap_after) * 1000)
+        filters.append(
+            f"tags.`{TAG_OWNER}` LIKE '%' AND {running} AND attributes.start_time < {cutoff}"
+        )
+    return filters
+
+
+def leftover_reason(run: Run, host: str, options: Options, now: float) -> str | None:
+    """Why a RUNNING reproduction is a leftover to close, or None."""
+    match = _OWNER_RE.fullmatch(run.data.tags.get(TAG_OWNER, ''))
+    if match and match['host'] == host and not tool_alive(int(match['pid']), match['start']):
+        return TOOL_DIED
+    if options.reap_after is not None and run.info.start_time < (now - options.reap_after) * 1000:
+        return (
+            f'RUNNING longer than --reap-after ({options.reap_after:g} s): '
+            'its reproducing tool is presumed dead'
+        )
+    return None
+
+
+def close_leftover_runs(session: Session) -> list[dict[str, str]]:
+    """One bounded search per destination experiment (two with --reap-after)."""
+    from mlflow.entities import RunTag
+
+    client, options = session.client, session.options
+    host, now = socket.gethostname(), time.time()
+    found: list[dict[str, str]] = []
+    try:  # not retried: a server that fails here fails the reproduction's own request
+        with _environ({'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0'}):
+            experiment = client.get_experiment_by_name(options.experiment_name)
+            if experiment is None:
+                return []
+            runs = {}
+            for search in _leftover_filters(options, host, now):
+                for run in client.search_runs(
+                    [experiment.experiment_id], search, max_results=LEFTOVER_SEARCH_LIMIT
+                ):
+                    runs[run.info.run_id] = run
+    except Exception as e:  # the reproduction's own first request says what is wrong
+        if options.verbose:
+            warn(f'could not look for runs left RUNNING by a dead tool: {_last_line(str(e))}')
+        return []
+    for run_id, run in runs.items():
+        reason = leftover_reason(run, host, options, now)
+        if reason is None:
+            continue
+        note = run.data.tags.get(TAG_NOTE)
+        try:
+            client.log_batch(
+                run_id,
+                tags=[
+                    RunTag(TAG_STATUS, 'killed'),
+                    RunTag(TAG_NOTE, fit_tag(f'{note}\n\n{reason}' if note else reason)),
+                ],
+            )
+            client.set_terminated(run_id, 'KILLED')
+        except Exception as e:
+            warn(f'could not close run {run_id} left RUNNING: {_last_line(str(e))}')
+            continue
+        owner = run.data.tags.get(TAG_OWNER, '')
+        found.append(
+            _leftover('run', run_id, owner, f'closed run {run_id} of {owner} as KILLED: {reason}')
+        )
+    return found
+
+
+def remove_dead_tools_folders() -> list[dict[str, str]]:
+    """The temporary folders of this user's tools that are gone."""
+    found = []
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _TMP_OWNER_RE.match(entry.name)
+        try:
+            if (
+                not match
+                or not entry.is_dir(follow_symlinks=False)
+                or entry.stat(follow_symlinks=False).st_uid != os.getuid()
+                or tool_alive(int(match['pid']), match['start'])
+            ):
+                continue
+        except OSError:  # gone meanwhile
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        if not os.path.lexists(entry.path):
+            owner = f'{socket.gethostname()}:{match["pid"]}:{match["start"]}'
+            message = (
+                f'removed the temporary folder {entry.path} of the dead reproducing tool {owner}'
+            )
+            found.append(_leftover('folder', entry.path, owner, message))
+    return found
+
+
 def check_tracking_server(uri: str) -> None:
     """A server that accepts connections but never answers is found within
     PROBE_TIMEOUT_SECONDS, whatever MLflow's retry settings multiply to."""
@@ -5803,7 +6012,7 @@ def invoke(
     and the temporary folder removed when it returns."""
     check_tracking_store(os.environ.get('MLFLOW_TRACKING_URI'))  # before MLflow makes one
     user_environ = dict(os.environ)
-    tag = f'{os.getpid()}-{os.urandom(4).hex()}'
+    tag = f'{_tool_identity().replace(":", "-")}-{os.urandom(4).hex()}'  # pid-start-random
     tool_environ: dict[str, str | None] = {
         k: user_environ.get(k) or v for k, v in TOOL_HTTP_DEFAULTS.items()
     }
@@ -5812,7 +6021,7 @@ def invoke(
     )
     tool_environ['MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT'] = 'true'
     tool_environ[PROCESS_TAG] = tag
-    with _environ(tool_environ), tempfile.TemporaryDirectory(prefix='reproduce_run-') as tmp_root:
+    with _environ(tool_environ), tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as tmp_root:
         try:
             import mlflow
 
@@ -5840,13 +6049,18 @@ def invoke(
                 if compare_to_id:
                     other = resolve_run_id(session.client, compare_to_id, tracking_uri)
                     return compare_to(session, run_id, other)
-                return run_in_worker(session, lambda: reproduce_one(session, run_id))
+                leftovers = close_leftovers(session)  # of tools that died: SIGKILL, OOM, reboot
+                report = run_in_worker(session, lambda: reproduce_one(session, run_id))
+                return dataclasses.replace(report, leftovers=leftovers)
+            leftovers = close_leftovers(session)
             chosen, skipped = select_runs(
                 session.client, selection, options.uri is not None, tracking_uri
             )
             if selection.repeat > 1 and not options.dry_run:  # a plan is the same each time
-                return run_repeat(session, chosen, skipped, selection.repeat)
-            return run_batch(session, chosen, skipped)
+                batch = run_repeat(session, chosen, skipped, selection.repeat)
+            else:
+                batch = run_batch(session, chosen, skipped)
+            return dataclasses.replace(batch, leftovers=leftovers)
         finally:
             end_processes(None, tag)  # nothing the tool started outlives it
             end_processes(None, tag + '.')
@@ -6010,6 +6224,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar='FILE_OR_JSON',
         help='backend config, as for `mlflow run -c`: a path ending in .json '
         'or an inline JSON object',
+    )
+    parser.add_argument(
+        '--reap-after',
+        type=_duration,
+        metavar='DURATION',
+        help='also close any reproduction RUNNING longer than this, whatever its host: 6h, 30m',
     )
     batch = parser.add_argument_group('choosing many runs (a batch)')
     batch.add_argument(

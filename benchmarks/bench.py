@@ -6,7 +6,7 @@
                                [--batch-rounds 2] [--batch-seconds 6] [--breakdown-rounds 3]
                                [--skip-startup] [--skip-overhead] [--skip-breakdown]
                                [--skip-histories] [--skip-compare-to] [--skip-judging]
-                               [--skip-batch] [--skip-server]
+                               [--skip-batch] [--skip-leftovers] [--skip-server]
 
 Every comparison runs its alternatives interleaved (A B A B ...) after one
 untimed warm-up of each, and reports medians and the ratio of the medians:
@@ -30,6 +30,9 @@ what we report, not absolute seconds from different runs.
    concurrent read), and the tool's peak memory for that --compare-to.
 7. Batch: four reproductions of the `slow` sample with --jobs 2 against
    --jobs 1, and the tool process's peak memory in each.
+8. Leftovers: the start-up check for what dead tools left
+   (reproduce_run.close_leftovers) on an experiment of 10,000 reproductions
+   against an empty one, on an sqlite store and on a real `mlflow server`.
 
 Everything runs in temporary folders that are removed at the end; every
 process started here is stopped by its ID.  Progress goes to standard error,
@@ -1108,6 +1111,129 @@ def bench_batch(
 
 
 # ---------------------------------------------------------------------------
+# 8. The start-up check for a dead tool's leftovers.
+
+LEFTOVER_RUNS = 10_000
+LEFTOVER_LIVE = 10  # RUNNING runs of a live tool: found by the search, left alone
+
+
+def copy_run(db: Path, template: str, copies: int, status: str) -> None:
+    """`copies` runs just like the template (its tags too), in one sqlite
+    transaction: creating 10,000 runs through MLflow one by one takes minutes."""
+    import sqlite3
+    import uuid
+
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        columns = [row[1] for row in con.execute('PRAGMA table_info(runs)')]
+        chosen = ', '.join('?' if c in ('run_uuid', 'status') else c for c in columns)
+        for _ in range(copies):
+            run_id = uuid.uuid4().hex
+            con.execute(
+                f'INSERT INTO runs ({", ".join(columns)}) SELECT {chosen} FROM runs '
+                'WHERE run_uuid = ?',
+                (run_id, status, template),
+            )
+            con.execute(
+                'INSERT INTO tags (key, value, run_uuid) SELECT key, value, ? FROM tags '
+                'WHERE run_uuid = ?',
+                (run_id, template),
+            )
+
+
+def make_leftover_store(db: Path, module: ModuleType) -> tuple[str, str]:
+    """(busy, empty) experiment names: the busy one holds LEFTOVER_RUNS
+    finished reproductions of this host, LEFTOVER_LIVE of them RUNNING under
+    a live tool (this process), each with a reproduction's tags."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f'sqlite:///{db}')
+    busy = client.create_experiment('leftovers-busy')
+    client.create_experiment('leftovers-empty')
+    tags = {
+        'mlflow.source.name': 'file:///srv/project#sub',
+        'mlflow.source.type': 'PROJECT',
+        'mlflow.source.git.commit': '0' * 40,
+        'mlflow.project.entryPoint': 'main',
+        'mlflow.project.env': 'local',
+        'mlflow.project.backend': 'local',
+        'mlflow.user': 'bench',
+        'reproduce.reference_run_id': '0' * 32,
+        'reproduce.owner': module.tool_owner(),
+    }
+    template = client.create_run(busy, tags=tags).info.run_id
+    copy_run(db, template, LEFTOVER_RUNS - LEFTOVER_LIVE - 1, 'FINISHED')
+    copy_run(db, template, LEFTOVER_LIVE, 'RUNNING')
+    client.set_terminated(template)
+    return 'leftovers-busy', 'leftovers-empty'
+
+
+def bench_leftovers_on(
+    label: str, uri: str, names: tuple[str, str], rounds: int, module: ModuleType, tmp: str
+) -> Comparison:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)  # the tool's, made before the check
+
+    def check(name: str) -> float:
+        session = module.Session(
+            module.Options(experiment_name=name),
+            client,
+            uri,
+            {},
+            tmp,
+            'bench',
+            module.Stop(),
+        )
+        start = time.perf_counter()
+        cleaned = module.close_leftovers(session)
+        elapsed = time.perf_counter() - start
+        if any(item['kind'] == 'run' for item in cleaned):
+            raise BenchError(f'leftovers ({label}): the check closed a run of a live tool')
+        return elapsed
+
+    progress(f'leftovers ({label}): {rounds} rounds of an empty / a busy experiment')
+    empty_t, busy_t = interleave([lambda: check(names[1]), lambda: check(names[0])], rounds)
+    return Comparison(
+        f'leftovers, {label}',
+        'close_leftovers, empty experiment',
+        f'... {LEFTOVER_RUNS:,} reproductions ({LEFTOVER_LIVE} RUNNING, alive)',
+        tuple(empty_t),
+        tuple(busy_t),
+    )
+
+
+def bench_leftovers(rounds: int, server: bool, notes: list[str]) -> list[Comparison]:
+    quiet_mlflow()
+    module = load_reproduce_run()
+    results = []
+    with tempfile.TemporaryDirectory(prefix='bench-leftovers-') as tmp:
+        where = Path(tmp)
+        progress(f'leftovers: an experiment of {LEFTOVER_RUNS:,} reproductions')
+        with chdir(where), contextlib.redirect_stdout(sys.stderr):
+            names = make_leftover_store(where / 'server.db', module)
+        with chdir(where):
+            results.append(
+                bench_leftovers_on(
+                    'sqlite', f'sqlite:///{where / "server.db"}', names, rounds, module, tmp
+                )
+            )
+            if server:
+                with mlflow_server(where) as url:
+                    results.append(
+                        bench_leftovers_on(
+                            'mlflow server --workers 2', url, names, rounds, module, tmp
+                        )
+                    )
+    for c in results:
+        notes.append(
+            f'{c.section}: the start-up check takes {1000 * c.b_median:.0f} ms on an '
+            f'experiment of {LEFTOVER_RUNS:,} reproductions, {1000 * c.a_median:.0f} ms '
+            f'on an empty one'
+        )
+    return results
+
+
+# ---------------------------------------------------------------------------
 # Command line.
 
 
@@ -1197,6 +1323,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--skip-judging', action='store_true', help='skip judging the large runs')
     parser.add_argument('--skip-batch', action='store_true', help='skip the batch')
     parser.add_argument(
+        '--skip-leftovers', action='store_true', help="skip the check for dead tools' leftovers"
+    )
+    parser.add_argument(
         '--skip-breakdown', action='store_true', help='skip the phases of one reproduction'
     )
     parser.add_argument(
@@ -1248,6 +1377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: results.extend(
                 bench_batch(args.batch_rounds, args.batch_seconds, notes, memory)
             ),
+        ),
+        (
+            args.skip_leftovers,
+            lambda: results.extend(bench_leftovers(args.fast_rounds, server, notes)),
         ),
     ]
     try:
