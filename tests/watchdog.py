@@ -7,7 +7,8 @@ this process becomes a child subreaper (Linux): every descendant that loses
 its parent is reparented here, not to PID 1, and stays findable.  It starts
 the service, then watches its own parent; when the test process is gone, or
 the service has ended, it kills every descendant it has and exits.  A SIGTERM
-(the tests' stop()) is passed to the service, which then ends as usual."""
+(the tests' stop()) is passed to the service, which has GRACE_SECONDS to end
+as usual."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ import time
 from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
+# After a SIGTERM, the time the service has to end before everything is killed
+# (stop() in conftest.py waits 15 s before it kills the watchdog too).
+GRACE_SECONDS = 10.0
 
 
 def parents() -> dict[int, int]:
@@ -65,11 +69,18 @@ def main(argv: list[str]) -> int:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), 'prctl(PR_SET_CHILD_SUBREAPER)')
     service = subprocess.Popen(argv)
-    signal.signal(signal.SIGTERM, lambda *_: service.send_signal(signal.SIGTERM))
-    while service.poll() is None and os.getppid() == parent:
+    deadline = float('inf')
+
+    def terminate(*_: object) -> None:
+        nonlocal deadline
+        service.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+
+    signal.signal(signal.SIGTERM, terminate)
+    while service.poll() is None and os.getppid() == parent and time.monotonic() < deadline:
         time.sleep(0.2)
     kill_all_below(os.getpid())
-    code = service.returncode
+    code = service.wait()  # 0 if kill_all_below() reaped it first
     return code if code >= 0 else 128 - code
 
 
