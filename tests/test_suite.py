@@ -89,7 +89,9 @@ def test_readme_test_commands_pass_on_a_fresh_clone_in_a_fresh_venv(tmp_path):
     assert re.search(r'^=+ 2 passed in ', proc.stdout, re.M), proc.stdout[-3000:]
     venv_python = clone / '.venv' / 'bin' / 'python3'
     plugin = subprocess.run(
-        (venv_python, '-m', 'pip', 'show', 'reproduce-test-backend'), capture_output=True
+        (venv_python, '-m', 'pip', 'show', 'reproduce-test-backend'),
+        env=clean_environment(),
+        capture_output=True,
     )
     assert plugin.returncode == 1  # the tests installed it for themselves, elsewhere
     assert git('status', '--porcelain', '--ignored', 'tests/backend_plugin', cwd=clone) == ''
