@@ -1,7 +1,10 @@
 """Real parts for the end-to-end tests: git repositories made from the
 samples, an sqlite store, reference runs made with the `mlflow run` CLI, a
-`git daemon` and an `mlflow server` on 127.0.0.1.  The expensive ones are
-built once per test process (session scope) and stopped by process ID."""
+`git daemon` and an `mlflow server` on 127.0.0.1, and the backend plugin in
+tests/backend_plugin.  The expensive ones are built once per test process
+(session scope), stopped by process ID and their folders removed.  Every
+service runs under tests/watchdog.py, so it dies with the test process even
+when that is killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / 'MLproject_samples'
 SCRIPT = ROOT / 'reproduce_run.py'
+WATCHDOG = Path(__file__).resolve().parent / 'watchdog.py'
 
+_BUILD_LEFTOVERS = shutil.ignore_patterns('build', '*.egg-info', '__pycache__')
 _RUN_ID_LOG_RE = re.compile(r"=== Run \(ID '(\w+)'\) (succeeded|failed) ===")
 
 
@@ -70,6 +75,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_service(argv: tuple[str, ...], **popen_args) -> subprocess.Popen:
+    """Start a long-running process for the tests, in its own session, under a
+    watchdog that kills it and everything it started once this process is
+    gone; stop it with stop()."""
+    return subprocess.Popen(
+        (sys.executable, str(WATCHDOG), *argv), start_new_session=True, **popen_args
+    )
+
+
 def stop(proc: subprocess.Popen) -> None:
     """Stop a service we started, by its process ID (and its group)."""
     if proc.poll() is None:
@@ -83,10 +97,48 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+@pytest.fixture(scope='session', autouse=True)
+def backend_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """tests/backend_plugin (entry point group mlflow.project_backend), installed
+    by pip into a throwaway folder that goes on sys.path and on the PYTHONPATH
+    of every process the tests start: the tests need no install step of their
+    own.  pip builds from a copy, since a build writes into its source folder."""
+    where = tmp_path_factory.mktemp('backend_plugin')
+    source = where / 'source'
+    shutil.copytree(ROOT / 'tests' / 'backend_plugin', source, ignore=_BUILD_LEFTOVERS)
+    target = where / 'site'
+    proc = subprocess.run(
+        (
+            sys.executable,
+            '-m',
+            'pip',
+            'install',
+            '--quiet',
+            '--no-deps',
+            '--target',
+            target,
+            source,
+        ),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(target))
+        patch.setenv(
+            'PYTHONPATH', os.pathsep.join(filter(None, (str(target), os.environ.get('PYTHONPATH'))))
+        )
+        yield target
+    shutil.rmtree(where, ignore_errors=True)
+
+
 @pytest.fixture(scope='session')
-def samples_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def samples_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Shared by many tests: never modify it (use `own_repo` for that)."""
-    return make_repo(tmp_path_factory.mktemp('samples') / 'repo')
+    where = tmp_path_factory.mktemp('samples')
+    yield make_repo(where / 'repo')
+    shutil.rmtree(where, ignore_errors=True)
 
 
 @pytest.fixture
@@ -95,7 +147,7 @@ def own_repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope='session')
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An sqlite store whose artifacts live beside it."""
     where = tmp_path_factory.mktemp('store')
     uri = f'sqlite:///{where / "mlflow.db"}'
@@ -106,7 +158,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
         check=True,
         capture_output=True,
     )
-    return uri
+    yield uri
+    shutil.rmtree(where, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -139,7 +192,7 @@ def git_daemon(
     base = tmp_path_factory.mktemp('daemon')
     git('clone', '--quiet', '--bare', str(samples_repo), str(base / 'samples.git'), cwd=base)
     port = free_port()
-    proc = subprocess.Popen(
+    proc = start_service(
         (
             'git',
             'daemon',
@@ -153,7 +206,6 @@ def git_daemon(
         ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
     )
     url = f'git://127.0.0.1:{port}'
     deadline = time.monotonic() + 20
@@ -165,6 +217,7 @@ def git_daemon(
         time.sleep(0.2)
     yield url, base
     stop(proc)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +233,7 @@ def start_mlflow_server(where: Path) -> Server:
     port = free_port()
     log = where / 'server.log'
     with open(log, 'w') as log_file:
-        proc = subprocess.Popen(
+        proc = start_service(
             (
                 sys.executable,
                 '-m',
@@ -199,7 +252,6 @@ def start_mlflow_server(where: Path) -> Server:
             ),
             stdout=subprocess.DEVNULL,
             stderr=log_file,
-            start_new_session=True,
             cwd=where,
         )
     url = f'http://127.0.0.1:{port}'
@@ -217,6 +269,8 @@ def start_mlflow_server(where: Path) -> Server:
 
 @pytest.fixture(scope='session')
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = start_mlflow_server(tmp_path_factory.mktemp('server'))
+    where = tmp_path_factory.mktemp('server')
+    server = start_mlflow_server(where)
     yield server.url
     stop(server.proc)
+    shutil.rmtree(where, ignore_errors=True)

@@ -1,5 +1,5 @@
 """Execution backends: --backend/--backend-config validation, the report,
-the backend plugin kept in tests/backend_plugin (installed by .ci/run), and
+the backend plugin kept in tests/backend_plugin (installed by conftest.py), and
 the fix-up that makes a run a backend created look like a local reproduction."""
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
 """The oldest MLflow that requirements.txt allows is a tested MLflow: a smoke
 subset (a reproduction, an error, --compare-to) runs with it, in its own
-virtual environment.  That environment sees the test environment's packages
-(--system-site-packages) and installs the floor mlflow, mlflow-skinny and
-mlflow-tracing over them; the reference run is made with the floor too, in
-its own store, because an older MLflow refuses a store a newer one migrated."""
+virtual environment.  That environment holds everything the floor needs and
+nothing of the test environment's: requirements.txt with the floor mlflow
+pinned, and scikit-learn for the sample project.  The reference run is made
+with the floor too, in its own store, because an older MLflow refuses a store
+a newer one migrated."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,8 @@ from conftest import ROOT, SCRIPT
 from packaging.version import Version
 from test_install import make_venv
 
-pytestmark = pytest.mark.slow
+# Installing MLflow into a new environment takes minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 _RUN_ID_LOG_RE = re.compile(r"=== Run \(ID '(\w+)'\) succeeded ===")
 
@@ -35,7 +38,13 @@ def mlflow_floor() -> str:
 def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     """(the floor environment's python, the environment variables naming its store)."""
     where = tmp_path_factory.mktemp('floor')
-    bin_dir = make_venv(where / 'venv', f'mlflow=={mlflow_floor()}')
+    bin_dir = make_venv(
+        where / 'venv',
+        '-r',
+        str(ROOT / 'requirements.txt'),
+        f'mlflow=={mlflow_floor()}',
+        'scikit-learn',
+    )
     # As in an activated environment: `mlflow run` starts the project's `python`
     # from PATH, which must be the floor's too.
     env = {
@@ -45,6 +54,7 @@ def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
     }
     python = bin_dir / 'python'
     yield python, env
+    shutil.rmtree(where, ignore_errors=True)
 
 
 def floor_run(

@@ -1,7 +1,7 @@
 """`pip install .` gives a `reproduce-run` command that behaves as
 `python reproduce_run.py`.  The package is installed into a new virtual
-environment that sees the test environment's packages (--system-site-packages),
-so mlflow and the numerical packages are the very ones that made the reference
+environment that sees the test environment's packages (a .pth file), so
+mlflow and the numerical packages are the very ones that made the reference
 run, and the numbers can be equal; pip still checks that the declared
 dependencies are satisfied.  The build backend comes from the package index."""
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +23,18 @@ import reproduce_run
 pytestmark = pytest.mark.slow
 
 
-def make_venv(where: Path, *requirements: str) -> Path:
-    """A virtual environment over this one's packages, with `requirements`
-    installed by pip; returns its bin folder."""
-    subprocess.run(
-        (sys.executable, '-m', 'venv', '--system-site-packages', str(where)),
-        check=True,
-        capture_output=True,
-    )
+def make_venv(where: Path, *requirements: str, over_this_one: bool = False) -> Path:
+    """A new virtual environment with `requirements` installed by pip; returns
+    its bin folder.  over_this_one: it also sees the packages this interpreter
+    sees, through a .pth file (--system-site-packages would show the base
+    interpreter's packages instead, not this virtual environment's)."""
+    subprocess.run((sys.executable, '-m', 'venv', str(where)), check=True, capture_output=True)
     bin_dir = where / 'bin'
+    if over_this_one:
+        [site_packages] = where.glob('lib/python*/site-packages')
+        (site_packages / '_over_this_one.pth').write_text(
+            ''.join(f'import site; site.addsitedir({p!r})\n' for p in site.getsitepackages())
+        )
     proc = subprocess.run(
         (str(bin_dir / 'python'), '-m', 'pip', 'install', '--quiet', *requirements),
         capture_output=True,
@@ -42,17 +46,19 @@ def make_venv(where: Path, *requirements: str) -> Path:
 
 
 def checkout_copy(dest: Path) -> Path:
-    """The checkout as it is now, without what a build leaves behind: setuptools
-    writes build/ and *.egg-info into the source folder it builds from."""
-    ignore = shutil.ignore_patterns('.git', 'build', '*.egg-info', '__pycache__', 'mlruns')
+    """The checkout as it is now, without a virtual environment in it nor what
+    a build leaves behind: setuptools writes build/ and *.egg-info into the
+    source folder it builds from."""
+    ignore = shutil.ignore_patterns('.git', '.venv', 'build', '*.egg-info', '__pycache__', 'mlruns')
     return Path(shutil.copytree(ROOT, dest, ignore=ignore))
 
 
 @pytest.fixture(scope='module')
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The bin folder of a virtual environment where `pip install .` ran."""
     where = tmp_path_factory.mktemp('install')
-    return make_venv(where / 'venv', str(checkout_copy(where / 'checkout')))
+    yield make_venv(where / 'venv', str(checkout_copy(where / 'checkout')), over_this_one=True)
+    shutil.rmtree(where, ignore_errors=True)
 
 
 def run_command(bin_dir: Path, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
