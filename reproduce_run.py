@@ -5020,6 +5020,7 @@ NOTIFY_TIMEOUT_SECONDS = 10.0
 # Teams takes 28 KB a message and Slack 40,000 characters of text: the text
 # is cut to this many UTF-8 bytes, which fits both.
 NOTIFY_TEXT_BYTES = 20_000
+NOTIFY_LINKS = 20  # runs linked in a message; the report lists them all
 # What XML 1.0 cannot hold at all, not even escaped; lone surrogates included.
 _XML_FORBIDDEN_RE = re.compile('[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]')
 
@@ -5222,6 +5223,7 @@ def summary_line(outcome: Report | BatchReport, experiment: str) -> str:
             what += f' ({len(reports)} reproductions)'
     counts = collections.Counter(r.status for r in reports)
     shown = [f'{counts[s]} {s}' for s in ('equal', 'differ', 'failed', 'error')]
+    shown += [f'{counts["planned"]} planned'] if counts['planned'] else []
     stopped = sum(counts[s] for s in SIGNAL_STATUSES)
     shown += [f'{stopped} stopped by a signal'] if stopped else []
     worst = next((s for s in STATUS_PRECEDENCE if counts[s]), 'equal')
@@ -5252,11 +5254,12 @@ def run_links(outcome: Report | BatchReport, ui: str | None) -> list[str]:
     lines = []
     if isinstance(outcome, BatchReport) and outcome.batch_run_id:
         lines.append(f'- parent run: {run(outcome.batch_run_id)}')
-    for r in _reports(outcome):
-        if r.status in ('equal', 'planned'):
-            continue
+    shown = [r for r in _reports(outcome) if r.status not in ('equal', 'planned')]
+    for r in shown[:NOTIFY_LINKS]:
         new = f', reproduced run {run(r.reproduced_run_id)}' if r.reproduced_run_id else ''
         lines.append(f'- {case_name(r)}: {r.status}: reference run {run(r.reference_run_id)}{new}')
+    if len(shown) > NOTIFY_LINKS:
+        lines.append(f'- and {len(shown) - NOTIFY_LINKS} more')
     return lines
 
 
@@ -5293,12 +5296,18 @@ def webhook_host(url: str) -> str:
 
 def post_webhook(url: str, text: str) -> None:
     """POST {"text": …}: what Slack's and Teams' incoming webhooks both take."""
+    import base64
     import urllib.request
+    from urllib.parse import unquote, urlsplit
 
+    headers = {'Content-Type': 'application/json'}
+    parts = urlsplit(url)
+    if parts.username is not None:  # urllib would take user:password@ for the host
+        login = f'{unquote(parts.username)}:{unquote(parts.password or "")}'
+        headers['Authorization'] = 'Basic ' + base64.b64encode(login.encode()).decode()
+        url = parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl()
     body = json.dumps({'text': text}).encode()
-    request = urllib.request.Request(
-        url, data=body, headers={'Content-Type': 'application/json'}, method='POST'
-    )
+    request = urllib.request.Request(url, data=body, headers=headers, method='POST')
     with urllib.request.urlopen(request, timeout=NOTIFY_TIMEOUT_SECONDS) as response:
         response.read()
 
