@@ -16,7 +16,8 @@ in the entry point's command; execution backends; fetching the source;
 talking to MLflow; stopping; why the runs differ; model registrations;
 reporting; recording the verdict; the pipeline of one run; groups of
 reproductions (the engine: a planner says what to reproduce next); batch and
-repeat (planners on the engine); one invocation; the command line.
+repeat (planners on the engine); CI and on-call (JUnit XML, the job summary,
+webhooks); one invocation; the command line.
 """
 
 from __future__ import annotations
