@@ -5101,12 +5101,12 @@ def repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
     table = '\n'.join(diagnosis_lines(repeat.diagnoses, 'psql')) if repeat else ''
     unfinished = [r for r in reports if r.status not in ('equal', 'differ')]
     if unfinished:
-        first = report_case(unfinished[0])
+        first = unfinished[0]
         message = (
             f'{classification}: {len(unfinished)} of {len(reports)} repetitions did not '
-            f'finish; {unfinished[0].status}: {first.message}'
+            f'finish; {first.status}: {first.message or "stopped while running"}'
         )
-        return Case(name, seconds, 'error', message, table or first.text)
+        return Case(name, seconds, 'error', message, table or '\n'.join(first.output_tail))
     if classification == REPRODUCIBLE:
         return Case(name, seconds, 'passed', text=f'classification: {classification}\n{table}')
     differing = sorted({m for r in reports if r.status == 'differ' for m in _differing_keys(r)})
@@ -5141,8 +5141,9 @@ def junit_cases(outcome: Report | BatchReport) -> list[Case]:
 
 
 def xml_text(text: str) -> str:
-    """Text XML 1.0 can hold: the characters it forbids are left out."""
-    return _XML_FORBIDDEN_RE.sub('', text)
+    """Text XML 1.0 can hold: the characters it forbids are left out (and
+    credentials masked, as everywhere)."""
+    return _XML_FORBIDDEN_RE.sub('', mask_credentials(text))
 
 
 def junit_xml(cases: Sequence[Case], classname: str, timestamp: float) -> bytes:

@@ -55,9 +55,10 @@ def run_name(run_id: str) -> str:
         pytest.param('\ufffe\uffff', '', id='non-characters'),
         pytest.param(']]> <&"\'', ']]> <&"\'', id='markup-escaped-not-dropped'),
         pytest.param('émoji 🎲', 'émoji 🎲', id='unicode'),
+        pytest.param('git https://me:tok3n@host/r', 'git https://***@host/r', id='credentials'),
     ],
 )
-def test_xml_text_drops_only_what_xml_forbids(text, kept):
+def test_xml_text_drops_what_xml_forbids_and_masks_credentials(text, kept):
     assert reproduce_run.xml_text(text) == kept
 
 
@@ -88,6 +89,64 @@ def test_hostile_cases_make_well_formed_junit(tmp_path):
     assert parsed[0].result[0].text == clean
     assert parsed[3].system_out == clean
     assert [c.time for c in parsed] == [1.5, 0.25, 0.0, 2.0]
+
+
+def report(status: str, run_id: str = 'a' * 32, **fields) -> reproduce_run.Report:
+    code = reproduce_run.STATUS_EXIT_CODES[status]
+    return reproduce_run.Report(status=status, exit_code=code, reference_run_id=run_id, **fields)
+
+
+@pytest.mark.parametrize(
+    ('outcome', 'cases'),
+    [
+        pytest.param(
+            report('equal', reference_run_name='nightly', seconds=2.0),
+            [('nightly (aaaaaaaa)', 'passed', '')],
+            id='single-equal',
+        ),
+        pytest.param(
+            report('failed', message='boom', output_tail=('x', 'boom')),
+            [('aaaaaaaa', 'error', 'boom')],
+            id='single-failed',
+        ),
+        pytest.param(
+            reproduce_run.BatchReport(
+                (
+                    report('terminated', message='stopped by SIGTERM'),
+                    report('terminated', 'b' * 32, message=reproduce_run.NOT_STARTED),
+                )
+            ),
+            [
+                ('aaaaaaaa', 'error', 'terminated: stopped by SIGTERM'),
+                ('bbbbbbbb', 'error', 'terminated: not started'),
+            ],
+            id='signal',
+        ),
+        pytest.param(
+            reproduce_run.BatchReport(
+                (report('failed', message='boom'), report('failed', message='boom')),
+                repeat_of='a' * 32,
+            ),
+            [('aaaaaaaa', 'error', 'failed: 2 of 2 repetitions did not finish; failed: boom')],
+            id='repeat-none-finished',
+        ),
+        pytest.param(
+            reproduce_run.BatchReport((), message='experiment nope not found'),
+            [('reproduce_run', 'error', 'experiment nope not found')],
+            id='could-not-start',
+        ),
+        pytest.param(
+            reproduce_run.BatchReport(
+                (report('planned'),), skipped=({'run_id': 'c' * 32, 'reason': 'a notebook'},)
+            ),
+            [('aaaaaaaa', 'passed', ''), ('cccccccc', 'skipped', 'a notebook')],
+            id='dry-run-and-skipped',
+        ),
+    ],
+)
+def test_junit_cases(outcome, cases):
+    got = reproduce_run.junit_cases(outcome)
+    assert [(c.name, c.result, c.message) for c in got] == cases
 
 
 # --- end to end -----------------------------------------------------------------
@@ -317,11 +376,11 @@ def test_bad_folder_is_an_argument_error_before_anything_runs(capsys, tmp_path):
 # --- the GitHub Actions job summary ---------------------------------------------
 
 
-def test_step_summary_gets_the_markdown_report_appended(reference, capsys, tmp_path, monkeypatch):
+def test_step_summary_gets_the_markdown_report_appended(own_repo, capsys, tmp_path, monkeypatch):
     summary = tmp_path / 'step_summary.md'
     summary.write_text('## an earlier step\n\n')
     monkeypatch.setenv('GITHUB_STEP_SUMMARY', str(summary))
-    run_id = reference('sklearn_regression')
+    [run_id] = tiny_runs(own_repo, ('same', 3.0))
     code, markdown, _ = reproduce(capsys, '--run_id', run_id, '--output', 'markdown')
     assert code == 0
     code, _, _ = reproduce(capsys, '--run_id', UNKNOWN)
