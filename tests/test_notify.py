@@ -81,6 +81,16 @@ def summary(counts: str, worst: str, code: int, what: str = f'run {UNKNOWN[:8]}'
     )
 
 
+ENV_PROBE_PROJECT = {
+    'MLproject': 'entry_points:\n  main:\n    command: python probe.py\n',
+    'probe.py': 'import os, mlflow\n'
+    'seen = os.environ.get("REPRODUCE_RUN_NOTIFY_URL")\n'
+    'open(os.environ["PROBE_FILE"], "w").write(repr(seen))\n'
+    'print("the project says:", seen)\n'
+    'mlflow.log_metric("x", 1.0)\n',
+}
+
+
 def test_an_outcome_not_equal_posts_one_message(webhook, capsys):
     code, out, err = reproduce(capsys, '--run_id', UNKNOWN, '--notify', webhook.url)
     assert code == 2
@@ -98,8 +108,10 @@ def test_an_outcome_not_equal_posts_one_message(webhook, capsys):
     assert 'warning' not in err
 
 
-def test_an_equal_outcome_notifies_only_with_notify_always(webhook, reference, capsys):
-    run_id = reference('sklearn_regression')
+def test_an_equal_outcome_notifies_only_with_notify_always(webhook, own_repo, capsys):
+    add_project(own_repo, 'probe', ENV_PROBE_PROJECT)
+    commit = git('rev-parse', 'HEAD', cwd=own_repo)
+    run_id = recorded_run(f'file://{own_repo}#probe', commit, metrics={'x': 1.0})
     dry = ('--run_id', run_id, '--dry-run', '--notify', webhook.url)
     assert reproduce(capsys, *dry)[0] == 0
     assert webhook.received == []
@@ -183,16 +195,6 @@ def test_a_url_that_is_not_http_is_refused_without_showing_it(capsys, monkeypatc
     err = capsys.readouterr().err
     assert err.startswith('reproduce_run: error: REPRODUCE_RUN_NOTIFY_URL: expected an http')
     assert SECRET not in err
-
-
-ENV_PROBE_PROJECT = {
-    'MLproject': 'entry_points:\n  main:\n    command: python probe.py\n',
-    'probe.py': 'import os, mlflow\n'
-    'seen = os.environ.get("REPRODUCE_RUN_NOTIFY_URL")\n'
-    'open(os.environ["PROBE_FILE"], "w").write(repr(seen))\n'
-    'print("the project says:", seen)\n'
-    'mlflow.log_metric("x", 1.0)\n',
-}
 
 
 def test_the_secret_reaches_neither_the_project_nor_mlflow(
