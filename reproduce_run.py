@@ -7,16 +7,18 @@ the old run's and give a verdict.
 
 The pipeline: resolve the reference run, fetch the source at its commit into a
 temporary folder, launch the reproduction with mlflow.projects.run(), judge the
-metric histories, report.  mlflow is imported lazily: --help and argument
+metric histories, report.  A run made without `mlflow run` (a script run)
+is launched as `python <script> <args>`.  mlflow is imported lazily: --help and argument
 errors answer without paying for its import.
 
 The file reads top to bottom as its pipeline, in sections: judging;
 diagnosing repetitions; resolving the reference run into a plan; param values
 in the entry point's command; execution backends; fetching the source;
-talking to MLflow; stopping; why the runs differ; model registrations;
+talking to MLflow; script runs; stopping; why the runs differ; model registrations;
 reporting; recording the verdict; the pipeline of one run; groups of
 reproductions (the engine: a planner says what to reproduce next); batch and
-repeat (planners on the engine); one invocation; the command line.
+repeat (planners on the engine); CI and on-call (JUnit XML, the job summary,
+webhooks); one invocation; the command line.
 """
 
 from __future__ import annotations
@@ -163,9 +165,10 @@ _EXCEPTION_LINE_RE = re.compile(r'^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrup
 # found and ended even after it left the process group (Linux /proc).
 PROCESS_TAG = 'REPRODUCE_RUN_PROCESS_TAG'
 _SECRET_KEY_RE = re.compile(r'token|secret|password|key', re.IGNORECASE)  # config keys to mask
-# MLflow's credentials for the tracking server: their values are masked wherever
-# they appear (a project may print them), unless too short to tell from text.
-SECRET_VARIABLES = ('MLFLOW_TRACKING_PASSWORD', 'MLFLOW_TRACKING_TOKEN')
+NOTIFY_ENV = 'REPRODUCE_RUN_NOTIFY_URL'  # a --notify webhook URL: a secret
+# MLflow's credentials for the tracking server (and the webhook): their values are
+# masked wherever they appear (a project may print them), unless too short to tell.
+SECRET_VARIABLES = ('MLFLOW_TRACKING_PASSWORD', 'MLFLOW_TRACKING_TOKEN', NOTIFY_ENV)
 SECRET_MIN_CHARS = 4
 
 
@@ -2380,6 +2383,7 @@ def _project_environ(session: Session, tmp_dir: str, tag: str) -> dict[str, str]
     env['PATH'] = os.pathsep.join((os.path.dirname(sys.executable), env.get('PATH', '')))
     env['TMPDIR'] = os.path.join(tmp_dir, 'tmp')
     env[PROCESS_TAG] = tag
+    env.pop(NOTIFY_ENV, None)  # the webhook is the tool's secret, not the project's
     for key, value in project_registry_environ(
         tmp_dir, session.options.keep_registrations, session.user_environ
     ).items():
@@ -5792,6 +5796,362 @@ def run_repeat(
 
 
 # ---------------------------------------------------------------------------
+# CI and on-call: the outcome, once reported, also goes to a JUnit XML file,
+# the GitHub Actions job summary and chat webhooks.  Each takes a Report or
+# any group's BatchReport: one testcase per report of the group, so a new
+# mode gets them all by returning its reports.
+
+JUNIT_SUITE = 'reproduce_run'  # the one <testsuite>'s name
+SHORT_ID_CHARS = 8  # of a run ID, in a testcase's name
+STEP_SUMMARY_ENV = 'GITHUB_STEP_SUMMARY'  # GitHub Actions' job summary file
+NOTIFY_TIMEOUT_SECONDS = 10.0
+# Teams takes 28 KB a message and Slack 40,000 characters of text: the text
+# is cut to this many UTF-8 bytes, which fits both.
+NOTIFY_TEXT_BYTES = 20_000
+NOTIFY_LINKS = 20  # runs linked in a message; the report lists them all
+# What XML 1.0 cannot hold at all, not even escaped; lone surrogates included.
+_XML_FORBIDDEN_RE = re.compile('[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]')
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """Where the outcome goes besides standard output."""
+
+    junit_xml: str | None = None
+    notify: tuple[str, ...] = ()  # webhook URLs: secrets, never shown
+    notify_always: bool = False
+    experiment_name: str = 'Default'  # the testcases' classname
+    step_summary: str | None = None
+    tracking_uri: str | None = None  # for links to the runs
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Delivery:
+        return cls(
+            junit_xml=args.junit_xml,
+            notify=tuple(args.notify),
+            notify_always=args.notify_always,
+            experiment_name=args.experiment_name,
+            step_summary=environ.get(STEP_SUMMARY_ENV) or None,
+            tracking_uri=environ.get('MLFLOW_TRACKING_URI'),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One JUnit testcase: a reproduction, or a reference run's repetitions."""
+
+    name: str
+    seconds: float
+    result: str  # 'passed', 'failure', 'error' or 'skipped'
+    message: str = ''
+    text: str = ''  # the element's text: a table, the project's output
+
+
+def case_name(report: Report) -> str:
+    """The reference run's name and short ID."""
+    short = report.reference_run_id[:SHORT_ID_CHARS]
+    name = report.reference_run_name or report.model
+    return f'{name} ({short})' if name else short
+
+
+def differing_message(report: Report) -> str:
+    """The metrics and params that differ, each metric's first divergence included."""
+    parts = []
+    for m in report.verdict.metrics if report.verdict else ():
+        if m.equal or m.ignored:
+            continue
+        diverged = m.points > 1 and m.first_divergent_step is not None
+        where = f' from step {m.first_divergent_step}' if diverged else ''
+        parts.append(f'{m.key} differs{where} (latest {m.reference} vs {m.reproduced})')
+    for p in report.verdict.params if report.verdict else ():
+        if not p.equal:
+            parts.append(f'param {p.key} differs ({p.reference!r} vs {p.reproduced!r})')
+    return '; '.join(parts) or 'the runs differ'
+
+
+def report_case(report: Report) -> Case:
+    name, seconds = case_name(report), report.seconds
+    if report.status in ('equal', 'planned'):
+        return Case(name, seconds, 'passed')
+    if report.status == 'differ':
+        return Case(name, seconds, 'failure', differing_message(report), format_text(report))
+    message = report.message or report.status
+    if report.status in SIGNAL_STATUSES:
+        message = f'{report.status}: {report.message or "stopped while running"}'
+    return Case(name, seconds, 'error', message, '\n'.join(report.output_tail))
+
+
+def repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
+    """A reference run's repetitions as one testcase, with their classification."""
+    name, seconds = case_name(reports[0]), sum(r.seconds for r in reports)
+    classification = classify_run(repeat.diagnoses) if repeat else FAILED_CLASS
+    table = '\n'.join(diagnosis_lines(repeat.diagnoses, 'psql')) if repeat else ''
+    unfinished = [r for r in reports if r.status not in ('equal', 'differ')]
+    if unfinished:
+        first = unfinished[0]
+        message = (
+            f'{classification}: {len(unfinished)} of {len(reports)} repetitions did not '
+            f'finish; {first.status}: {first.message or "stopped while running"}'
+        )
+        return Case(name, seconds, 'error', message, table or '\n'.join(first.output_tail))
+    if classification == REPRODUCIBLE:
+        return Case(name, seconds, 'passed', text=f'classification: {classification}\n{table}')
+    differing = sorted({m for r in reports if r.status == 'differ' for m in _differing_keys(r)})
+    message = f'{classification}: {", ".join(differing) or "the repetitions differ"}'
+    return Case(name, seconds, 'failure', message, table)
+
+
+def _differing_keys(report: Report) -> list[str]:
+    metrics = report.verdict.metrics if report.verdict else ()
+    return [m.key for m in metrics if not (m.equal or m.ignored)]
+
+
+def junit_cases(outcome: Report | BatchReport) -> list[Case]:
+    """One testcase per report, or per reference run when it was repeated;
+    then one per skipped run."""
+    if isinstance(outcome, Report):
+        return [report_case(outcome)]
+    if outcome.message:  # it could not start
+        return [Case(JUNIT_SUITE, 0.0, 'error', outcome.message)]
+    by_reference: dict[str, list[Report]] = {}
+    for report in outcome.reports:
+        by_reference.setdefault(report.reference_run_id, []).append(report)
+    if outcome.repeats or outcome.repeat_of or len(by_reference) < len(outcome.reports):
+        diagnosed = {r.reference_run_id: r for r in outcome.repeats}
+        cases = [repeat_case(rs, diagnosed.get(run_id)) for run_id, rs in by_reference.items()]
+    else:
+        cases = [report_case(r) for r in outcome.reports]
+    skipped = [
+        Case(s['run_id'][:SHORT_ID_CHARS], 0.0, 'skipped', s['reason']) for s in outcome.skipped
+    ]
+    return cases + skipped
+
+
+def xml_text(text: str) -> str:
+    """Text XML 1.0 can hold: the characters it forbids are left out (and
+    credentials masked, as everywhere)."""
+    return _XML_FORBIDDEN_RE.sub('', mask_credentials(text))
+
+
+def junit_xml(cases: Sequence[Case], classname: str, timestamp: float) -> bytes:
+    """<testsuites> holding one <testsuite name="reproduce_run">."""
+    import xml.etree.ElementTree as ET
+
+    counts = {
+        'tests': str(len(cases)),
+        'failures': str(sum(c.result == 'failure' for c in cases)),
+        'errors': str(sum(c.result == 'error' for c in cases)),
+        'skipped': str(sum(c.result == 'skipped' for c in cases)),
+        'time': f'{sum(c.seconds for c in cases):.3f}',
+    }
+    root = ET.Element('testsuites', name=JUNIT_SUITE, **counts)
+    when = time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(timestamp))
+    suite = ET.SubElement(root, 'testsuite', name=JUNIT_SUITE, timestamp=when, **counts)
+    suite.set('hostname', xml_text(socket.gethostname()))
+    for case in cases:
+        element = ET.SubElement(
+            suite,
+            'testcase',
+            classname=xml_text(classname),
+            name=xml_text(case.name),
+            time=f'{case.seconds:.3f}',
+        )
+        if case.result == 'passed':
+            if case.text:
+                ET.SubElement(element, 'system-out').text = xml_text(case.text)
+            continue
+        result = ET.SubElement(element, case.result, message=xml_text(case.message))
+        if case.result != 'skipped':
+            result.set('type', case.result)
+            result.text = xml_text(case.text) or None
+    ET.indent(root)
+    return ET.tostring(root, encoding='utf-8', xml_declaration=True) + b'\n'
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """A temporary file beside path, then a rename: a reader sees the old file
+    or the whole new one, never half of one."""
+    folder, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f'.{base}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def outcome_markdown(outcome: Report | BatchReport) -> str:
+    if isinstance(outcome, Report):
+        return format_markdown(outcome)
+    if outcome.message:
+        return f'**reproduce_run**: error\n\n> {outcome.message}'
+    return format_batch_markdown(outcome)
+
+
+def _reports(outcome: Report | BatchReport) -> tuple[Report, ...]:
+    return (outcome,) if isinstance(outcome, Report) else outcome.reports
+
+
+def summary_line(outcome: Report | BatchReport, experiment: str) -> str:
+    """What was checked, how many equal, differ or failed, and the worst."""
+    reports = _reports(outcome)
+    if isinstance(outcome, BatchReport) and outcome.message:
+        return f'reproduce_run on {socket.gethostname()}: could not start: {outcome.message}'
+    if isinstance(outcome, Report):
+        what = f'run {case_name(outcome)}'
+    else:
+        references = len({r.reference_run_id for r in reports})
+        what = f'{references} run' + ('' if references == 1 else 's')
+        if references < len(reports):
+            what += f' ({len(reports)} reproductions)'
+    counts = collections.Counter(r.status for r in reports)
+    shown = [f'{counts[s]} {s}' for s in ('equal', 'differ', 'failed', 'error')]
+    shown += [f'{counts["planned"]} planned'] if counts['planned'] else []
+    stopped = sum(counts[s] for s in SIGNAL_STATUSES)
+    shown += [f'{stopped} stopped by a signal'] if stopped else []
+    worst = next((s for s in STATUS_PRECEDENCE if counts[s]), 'equal')
+    return (
+        f'reproduce_run on {socket.gethostname()}: {what} reproduced into experiment '
+        f'{experiment!r}: {", ".join(shown)}; worst: {worst} (exit {outcome.exit_code})'
+    )
+
+
+def ui_address(tracking_uri: str | None) -> str | None:
+    """The MLflow UI of an http(s) tracking server, without credentials."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not tracking_uri or not tracking_uri.startswith(('http://', 'https://')):
+        return None
+    parts = urlsplit(tracking_uri)
+    host = parts.netloc.rpartition('@')[2]
+    return urlunsplit((parts.scheme, host, parts.path.rstrip('/'), '', ''))
+
+
+def run_links(outcome: Report | BatchReport, ui: str | None) -> list[str]:
+    """The parent run, then each reproduction that was not equal: links into
+    the UI of an http(s) server, else the run IDs."""
+
+    def run(run_id: str) -> str:
+        return f'{ui}/#/runs/{run_id}' if ui else run_id
+
+    lines = []
+    if isinstance(outcome, BatchReport) and outcome.batch_run_id:
+        lines.append(f'- parent run: {run(outcome.batch_run_id)}')
+    shown = [r for r in _reports(outcome) if r.status not in ('equal', 'planned')]
+    for r in shown[:NOTIFY_LINKS]:
+        new = f', reproduced run {run(r.reproduced_run_id)}' if r.reproduced_run_id else ''
+        lines.append(f'- {case_name(r)}: {r.status}: reference run {run(r.reference_run_id)}{new}')
+    if len(shown) > NOTIFY_LINKS:
+        lines.append(f'- and {len(shown) - NOTIFY_LINKS} more')
+    return lines
+
+
+def _cut(text: str, limit: int) -> str:
+    """text in at most limit UTF-8 bytes, marked where it was cut."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    marker = "\n\n_… cut to fit the webhook's size limit_"
+    room = max(0, limit - len(marker.encode()))
+    return data[:room].decode('utf-8', 'ignore') + marker
+
+
+def notification_text(
+    outcome: Report | BatchReport, delivery: Delivery, limit: int = NOTIFY_TEXT_BYTES
+) -> str:
+    """The summary line, the Markdown report cut to fit, the links to the runs."""
+    head = summary_line(outcome, delivery.experiment_name)
+    links = '\n'.join(run_links(outcome, ui_address(delivery.tracking_uri)))
+    room = limit - len(head.encode()) - len(links.encode()) - 4
+    text = '\n\n'.join(p for p in (head, _cut(outcome_markdown(outcome), room), links) if p)
+    text = mask_credentials(text)
+    for url in delivery.notify:
+        text = text.replace(url, MASKED)
+    return text
+
+
+def webhook_host(url: str) -> str:
+    """How a webhook is named in a warning: its host, never its secret path."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or 'unknown host'
+
+
+def post_webhook(url: str, text: str) -> None:
+    """POST {"text": …}: what Slack's and Teams' incoming webhooks both take."""
+    import base64
+    import urllib.request
+    from urllib.parse import unquote, urlsplit
+
+    headers = {'Content-Type': 'application/json'}
+    parts = urlsplit(url)
+    if parts.username is not None:  # urllib would take user:password@ for the host
+        login = f'{unquote(parts.username)}:{unquote(parts.password or "")}'
+        headers['Authorization'] = 'Basic ' + base64.b64encode(login.encode()).decode()
+        url = parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl()
+    body = json.dumps({'text': text}).encode()
+    request = urllib.request.Request(url, data=body, headers=headers, method='POST')
+    with urllib.request.urlopen(request, timeout=NOTIFY_TIMEOUT_SECONDS) as response:
+        response.read()
+
+
+def _webhook_failure(e: Exception) -> str:
+    reason = getattr(e, 'reason', None) or e
+    if isinstance(reason, (TimeoutError, socket.timeout)) or 'timed out' in str(reason):
+        return f'no answer within {NOTIFY_TIMEOUT_SECONDS:.0f} s'
+    if hasattr(e, 'code'):
+        return f'HTTP {e.code}'
+    return str(reason) or type(e).__name__
+
+
+def notify(outcome: Report | BatchReport, delivery: Delivery) -> None:
+    """One message to each webhook when the outcome is not equal (always,
+    with --notify-always); a webhook that fails is a warning, never an exit code."""
+    if not delivery.notify or (outcome.exit_code == EXIT_EQUAL and not delivery.notify_always):
+        return
+    text = notification_text(outcome, delivery)
+    for i, url in enumerate(delivery.notify, 1):
+        try:
+            post_webhook(url, text)
+        except Exception as e:
+            why = _webhook_failure(e).replace(url, MASKED)
+            warn(f'--notify webhook {i} at {webhook_host(url)} failed: {why}; exit code unchanged')
+
+
+def write_junit(outcome: Report | BatchReport, delivery: Delivery) -> None:
+    if not delivery.junit_xml:
+        return
+    data = junit_xml(junit_cases(outcome), delivery.experiment_name, time.time())
+    try:
+        write_atomically(delivery.junit_xml, data)
+    except OSError as e:
+        warn(f'the JUnit XML report could not be written to {delivery.junit_xml}: {e}')
+
+
+def append_step_summary(outcome: Report | BatchReport, delivery: Delivery) -> None:
+    if not delivery.step_summary:
+        return
+    try:
+        with open(delivery.step_summary, 'a', encoding='utf-8') as f:
+            f.write(mask_credentials(outcome_markdown(outcome)) + '\n\n')
+    except OSError as e:
+        warn(f'the report could not be appended to {STEP_SUMMARY_ENV}: {e}')
+
+
+def deliver(outcome: Report | BatchReport, delivery: Delivery) -> None:
+    """The outcome to CI and on-call: a JUnit XML file, the job summary, webhooks."""
+    write_junit(outcome, delivery)
+    append_step_summary(outcome, delivery)
+    notify(outcome, delivery)
+
+
+# ---------------------------------------------------------------------------
 # One invocation: settings, the tracking server, then one run or a batch.
 
 
@@ -6129,6 +6489,33 @@ def _duration(s: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+def _junit_path(s: str) -> str:
+    """A file to (re)write: its folder must exist and take new files."""
+    path = os.path.abspath(s)
+    folder = os.path.dirname(path)
+    writable = os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+    if os.path.isdir(path) or not writable:
+        raise argparse.ArgumentTypeError(
+            f'expected a file in an existing, writable folder, got {s!r}'
+        )
+    return path
+
+
+def _webhook_url(s: str) -> str:
+    """An http(s) URL; the value is a secret, so the message never shows it."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(s)
+    except ValueError:
+        parts = None
+    if not parts or parts.scheme not in ('http', 'https') or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            'expected an http:// or https:// URL, got something else (not shown: it is a secret)'
+        )
+    return s
+
+
 def _metric_tolerance(s: str) -> tuple[str, Tolerance]:
     """KEY=RTOL[,ATOL], KEY a glob."""
     key, sep, values = s.partition('=')
@@ -6156,7 +6543,9 @@ def build_parser() -> argparse.ArgumentParser:
         description='Re-execute the MLflow Project of a past run at its exact '
         'commit with its parameters, and compare the metrics.',
         epilog='exit codes: 0 runs equal, 1 runs differ, 2 could not start, '
-        '3 the reproduced run failed, 130 interrupted, 143 terminated',
+        '3 the reproduced run failed, 130 interrupted, 143 terminated.  When '
+        f'{STEP_SUMMARY_ENV} is set (GitHub Actions), the Markdown report is also '
+        'appended to that file, the job summary.',
     )
     parser.add_argument(
         '--run_id',
@@ -6347,6 +6736,26 @@ def build_parser() -> argparse.ArgumentParser:
         help='report format on standard output (default: %(default)s)',
     )
     out.add_argument(
+        '--junit-xml',
+        type=_junit_path,
+        metavar='FILE',
+        help='also write a JUnit XML report to FILE, one testcase per reproduction',
+    )
+    out.add_argument(
+        '--notify',
+        action='append',
+        default=[],
+        type=_webhook_url,
+        metavar='URL',
+        help=f'POST the outcome to this Slack or Teams incoming webhook when it is not equal; '
+        f'repeatable (default: ${NOTIFY_ENV})',
+    )
+    out.add_argument(
+        '--notify-always',
+        action='store_true',
+        help='notify whatever the outcome, equal too',
+    )
+    out.add_argument(
         '--no-plots',
         action='store_true',
         help='do not attach plots of differing histories to the reproduced run',
@@ -6380,6 +6789,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.notify and os.environ.get(NOTIFY_ENV):
+        try:
+            args.notify = [_webhook_url(os.environ[NOTIFY_ENV])]
+        except argparse.ArgumentTypeError as e:
+            parser.error(f'{NOTIFY_ENV}: {e}')
     problem = _conflicting_options(args)
     if problem:
         parser.error(problem)
@@ -6477,6 +6891,7 @@ def _write_report(text: str, stream: TextIO | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     options, selection = Options.from_args(args), Selection.from_args(args)
+    delivery = Delivery.from_args(args, os.environ)
     stop = Stop()
     left_open: list[LeftOpen] = []
     with _stdout_to_stderr() as report_stream:
@@ -6493,6 +6908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = render(outcome, args.output, args.verbose)
     if text is not None:
         _write_report(text, report_stream)
+    deliver(outcome, delivery)
     if left_open:  # the last line of standard error, where cron mails show it
         print(left_running_line(left_open), file=sys.stderr)
     return outcome.exit_code

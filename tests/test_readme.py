@@ -367,6 +367,12 @@ SETUPS: dict[str, Setup] = {
     ),
     '`--jobs 0` (also `--max-runs`, `--sample`)': arguments('--run_id', 'a', '--jobs', '0'),
     '`--repeat 1` (or 0)': arguments('--run_id', 'a', '--repeat', '1'),
+    '`--junit-xml missing/report.xml` (its folder does not exist)': arguments(
+        '--run_id', 'a', '--junit-xml', 'missing/report.xml'
+    ),
+    '`--notify ftp://…` (not an `http(s)` URL)': arguments(
+        '--run_id', 'a', '--notify', 'ftp://hooks.example/T0/B0/secret'
+    ),
     '`--since week`': arguments('--from-experiment', 'x', '--since', 'week'),
     '`--filter`, `--since` or `--sample` without `--from-experiment`': arguments(
         '--run_id', 'a', '--since', '7d'
