@@ -1346,13 +1346,8 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ''
 
 
-def fetch_source(source: Source, dest: str) -> tuple[str, str]:
-    """Check the commit out into dest; return (project folder, full commit).
-
-    A local repository is only read (git fetch runs upload-pack on it), so its
-    branch, HEAD, remotes, stash and uncommitted edits stay as they were.
-    """
-    where = f'{mask_credentials(source.uri)} at {source.version}'
+def fetch_location(source: Source, where: str) -> tuple[str, str]:
+    """The repository to fetch from and the project folder inside it."""
     repo, subdir = source.repo, source.subdir
     if (local := _local_repo(source.repo)) is not None:
         # MLflow may record a folder inside a repository: fetch from its top.
@@ -1362,6 +1357,17 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
             raise ReproduceError(f'cannot fetch {where}: {local} is not a git repository') from None
         subdir = os.path.normpath(os.path.join(os.path.relpath(local, repo), subdir))
         subdir = '' if subdir == '.' else subdir
+    return repo, subdir
+
+
+def fetch_source(source: Source, dest: str) -> tuple[str, str]:
+    """Check the commit out into dest; return (project folder, full commit).
+
+    A local repository is only read (git fetch runs upload-pack on it), so its
+    branch, HEAD, remotes, stash and uncommitted edits stay as they were.
+    """
+    where = f'{mask_credentials(source.uri)} at {source.version}'
+    repo, subdir = fetch_location(source, where)
     _git('init', '--quiet', dest)
     try:  # a full hash, a branch or a tag: one commit, no history
         _git('fetch', '--quiet', '--depth', '1', repo, source.version, cwd=dest)
@@ -3983,7 +3989,7 @@ def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
     with cached.lock:  # the first reproduction of a source fetches it
         if cached.root is None:
             root = os.path.join(tempfile.mkdtemp(prefix='source-', dir=session.tmp_root), 'src')
-            cached.project_dir, cached.commit = fetch_source(source, root)
+            cached.project_dir, cached.commit = fetch_source(cached.origin or source, root)
             cached.root = root
     shutil.copytree(cached.root, dest, symlinks=True)
     return os.path.join(dest, os.path.relpath(cached.project_dir, cached.root)), cached.commit
@@ -3995,6 +4001,7 @@ class _CachedSource:
     project_dir: str = ''
     commit: str = ''
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    origin: Source | None = None  # fetched from instead: a private copy already fetched
 
 
 @dataclasses.dataclass
@@ -4591,6 +4598,7 @@ class Selection:
     sample: int | None = None
     sample_seed: int | None = None
     repeat: int = 1
+    bisect: str | None = None  # --bisect: the target commit, '' for the default
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Selection:
@@ -4606,6 +4614,7 @@ class Selection:
             sample=args.sample,
             sample_seed=args.sample_seed,
             repeat=args.repeat or 1,
+            bisect=args.bisect,
         )
 
     @property
@@ -5006,6 +5015,529 @@ def run_repeat(
 
 
 # ---------------------------------------------------------------------------
+# Bisect: the first commit, on the first-parent path from the reference run's
+# commit to a target, whose reproduction no longer equals the reference.  As
+# in git's bisect.c, choosing the next commits (next_commits, finding) is pure
+# and apart from running them: the planner turns each choice into probes.
+
+
+TAG_BISECT = 'reproduce.bisect'  # 'true' on the parent run of a bisection
+TAG_BISECT_COMMIT = 'reproduce.bisect.commit'  # on each probe: the commit it ran
+TAG_FIRST_CHANGED = 'reproduce.first_changed_commit'  # full hash or 'none', on the parent
+TAG_GIT_BRANCH = 'mlflow.source.git.branch'
+BISECT_ARTIFACT = 'bisect.json'
+GOOD, BAD, SKIP = 'unchanged', 'changed', 'skipped'  # what a probed commit says
+NOT_REPRODUCED = 'the reference run does not reproduce at its own commit'
+REFERENCE_FAILED = 'the reference run cannot be reproduced at its own commit'
+TARGET_FAILED = 'the target commit cannot be reproduced'
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """Where the search stands: indexes into the path (0 the reference
+    commit, n the target)."""
+
+    first_changed: int | None
+    candidates: tuple[int, ...]
+    reason: str | None = None  # why no commit is blamed
+
+
+def _bounds(n: int, outcomes: Mapping[int, str]) -> tuple[int, int | None]:
+    """The last unchanged commit before the first changed one, and that one."""
+    bad = [i for i, o in outcomes.items() if o == BAD and i > 0]
+    hi = min(bad) if bad else None
+    good = [i for i, o in outcomes.items() if o == GOOD and (hi is None or i < hi)]
+    return max(good, default=0), hi
+
+
+def _cuts(untested: Sequence[int], parts: int) -> list[int]:
+    """parts - 1 commits that cut the untested ones into `parts` equal parts."""
+    if not untested or parts < 2:
+        return []
+    m = len(untested)
+    return sorted({untested[max(0, k * (m + 1) // parts - 1)] for k in range(1, parts)})
+
+
+def next_commits(n: int, outcomes: Mapping[int, str], jobs: int) -> list[int]:
+    """The commits to probe in the next round, [] when the search is over.
+    The reference commit first, then the target; with --jobs 2 they run
+    together, and more jobs start cutting the path at once."""
+    if 0 not in outcomes:
+        if jobs == 1:
+            return [0]
+        return [0, n, *_cuts(range(1, n), jobs - 1)]
+    if outcomes[0] != GOOD:
+        return []
+    if n not in outcomes:
+        return [n]
+    if outcomes[n] == GOOD:
+        return []
+    lo, hi = _bounds(n, outcomes)
+    return _cuts([i for i in range(lo + 1, hi or n) if i not in outcomes], jobs + 1)
+
+
+def finding(n: int, outcomes: Mapping[int, str]) -> Finding:
+    """What the probes so far say: the first changed commit, or the
+    candidates when skipped (or untested) commits leave more than one."""
+    if outcomes.get(0) in (BAD, SKIP):
+        return Finding(None, (), NOT_REPRODUCED if outcomes[0] == BAD else REFERENCE_FAILED)
+    if outcomes.get(n) == GOOD:
+        return Finding(None, ())
+    lo, hi = _bounds(n, outcomes)
+    between = [i for i in range(lo + 1, hi or n + 1) if outcomes.get(i) != GOOD]
+    candidates = (*between, hi) if hi is not None else tuple(between)
+    if hi is None:
+        return Finding(None, candidates, TARGET_FAILED if outcomes.get(n) == SKIP else None)
+    return Finding(hi if len(candidates) == 1 else None, candidates)
+
+
+def commit_outcome(reports: Sequence[Report], reference_params: Sequence[str], rules: Rules) -> str:
+    """What a commit's probes say: skipped when none ran to a verdict or the
+    entry point's params changed; else changed or not, as --repeat judges N."""
+    judged = [r for r in reports if r.histories and r.status in ('equal', 'differ')]
+    if not judged or any(
+        r.plan and sorted(r.plan.logged_params) != sorted(reference_params) for r in judged
+    ):
+        return SKIP
+    if len(reports) == 1:
+        return GOOD if judged[0].status == 'equal' else BAD
+    diagnoses = diagnose(judged[0].histories[0], [r.histories[1] for r in judged], rules)
+    return BAD if classify_run(diagnoses) in (DRIFTED, NONDETERMINISTIC_DRIFTED) else GOOD
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitInfo:
+    commit: str
+    subject: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BisectReport:
+    reference_run_id: str
+    reference_run_name: str | None = None
+    path: tuple[CommitInfo, ...] = ()  # the reference commit, then each commit to the target
+    probes: tuple[tuple[int, Report], ...] = ()  # (index into path, report), in probing order
+    outcomes: Mapping[int, str] = dataclasses.field(default_factory=dict)
+    finding: Finding = Finding(None, ())
+    run_id: str | None = None  # the parent run
+    message: str | None = None  # why the bisection could not start
+    stopped: str | None = None  # 'interrupted' or 'terminated'
+    details: tuple[str, ...] = ()  # author, date and diff --stat of the first changed commit
+    rules: Rules = Rules()
+
+    @property
+    def status(self) -> str:
+        """A key of STATUS_EXIT_CODES: its exit code is the bisection's."""
+        if self.message:
+            return 'error'
+        if self.stopped:
+            return self.stopped
+        if not self.probes or all(o == SKIP for o in self.outcomes.values()):
+            return 'failed'
+        if self.finding.reason == REFERENCE_FAILED:
+            return 'failed'
+        if self.finding.reason == NOT_REPRODUCED or self.finding.candidates:
+            return 'differ'
+        return 'equal'
+
+    @property
+    def exit_code(self) -> int:
+        return STATUS_EXIT_CODES[self.status]
+
+    @property
+    def first_changed_commit(self) -> str | None:
+        i = self.finding.first_changed
+        return None if i is None else self.path[i].commit
+
+    def reports_of(self, index: int) -> list[Report]:
+        return [r for i, r in self.probes if i == index]
+
+    def key_report(self) -> Report | None:
+        """The probe that tells the finding: the first changed commit's, the
+        reference commit's when it does not reproduce, else the target's."""
+        for index in (self.finding.first_changed, 0 if self.finding.reason else None):
+            if index is not None and self.reports_of(index):
+                return self.reports_of(index)[0]
+        n = len(self.path) - 1
+        return next(iter(self.reports_of(n)), None) if self.path else None
+
+
+class BisectPlanner(Planner):
+    """A bisection plans the next midpoints from what the last round said."""
+
+    def __init__(
+        self,
+        reference: Run,
+        path: Sequence[CommitInfo],
+        repeat: int,
+        jobs: int,
+        rules: Rules,
+        describe_commit: Callable[[str], tuple[str, ...]],
+    ) -> None:
+        self.reference, self.path, self.repeat, self.jobs = reference, tuple(path), repeat, jobs
+        self.rules, self.describe_commit = rules, describe_commit
+        self.index = {c.commit: i for i, c in enumerate(self.path)}
+        self.planned = 0
+        self.bisect: BisectReport | None = None
+
+    def outcomes(self, results: Sequence[Result]) -> dict[int, str]:
+        by_commit: dict[int, list[Report]] = {}
+        for probe, report in results:
+            by_commit.setdefault(self.index[probe.version or ''], []).append(report)
+        at_reference = [r.plan.logged_params for r in by_commit.get(0, ()) if r.plan]
+        params = at_reference[0] if at_reference else ()
+        return {i: commit_outcome(rs, tuple(params), self.rules) for i, rs in by_commit.items()}
+
+    def next_probes(self, results: Sequence[Result]) -> list[Probe]:
+        if len(results) < self.planned:  # a round ends when all its probes have
+            return []
+        chosen = next_commits(len(self.path) - 1, self.outcomes(results), self.jobs)
+        probes = [
+            Probe(
+                self.reference.info.run_id,
+                label=f'at {self.path[i].commit[:12]}',
+                name=self.reference.info.run_name,
+                version=self.path[i].commit,
+            )
+            for i in chosen
+            for _ in range(self.repeat)
+        ]
+        self.planned += len(probes)
+        return probes
+
+    def create_parent(self, session: Session) -> str | None:
+        ref = self.reference.info
+        return create_group_run(
+            session,
+            f'reproduce-bisect-{ref.run_name or ref.run_id}',
+            {TAG_BISECT: 'true', TAG_REFERENCE_RUN_ID: ref.run_id},
+        )
+
+    def report(self, group: Group) -> BatchReport:
+        outcomes = self.outcomes(group.results)
+        found = finding(len(self.path) - 1, outcomes)
+        stopped = next((r.status for _, r in group.results if r.status in SIGNAL_STATUSES), None)
+        first = found.first_changed
+        self.bisect = BisectReport(
+            self.reference.info.run_id,
+            self.reference.info.run_name,
+            self.path,
+            tuple(
+                (self.index[p.version or ''], dataclasses.replace(r, model=None))
+                for p, r in group.results
+            ),
+            outcomes,
+            found,
+            group.parent_run_id,
+            stopped=stopped,
+            details=self.describe_commit(self.path[first].commit) if first is not None else (),
+            rules=self.rules,
+        )
+        return BatchReport(tuple(r for _, r in group.results), batch_run_id=group.parent_run_id)
+
+    def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
+        if not group.parent_run_id or self.bisect is None:
+            return []
+        first = self.bisect.first_changed_commit
+        return [
+            GroupRecord(
+                group.parent_run_id,
+                'the bisection',
+                format_bisect_markdown(self.bisect),
+                BISECT_ARTIFACT,
+                format_bisect_json(self.bisect),
+                tags={TAG_FIRST_CHANGED: first or 'none'},
+            )
+        ]
+
+
+# The source's history, fetched once per bisection into a private repository.
+
+
+def fetch_history(source: Source, dest: str) -> Source:
+    """Every branch and tag of the source, with their history, in a private
+    repository; the Source that fetches from it."""
+    where = mask_credentials(source.uri)
+    repo, subdir = fetch_location(source, where)
+    _git('init', '--quiet', dest)
+    try:
+        _git(
+            'fetch',
+            '--quiet',
+            repo,
+            '+refs/heads/*:refs/remotes/origin/*',
+            '+refs/tags/*:refs/tags/*',
+            cwd=dest,
+        )
+    except subprocess.CalledProcessError as e:
+        raise ReproduceError(
+            f'cannot fetch {where}: {mask_credentials(_last_line(e.stderr))}'
+        ) from None
+    with contextlib.suppress(subprocess.CalledProcessError):  # a commit on no branch
+        _git('fetch', '--quiet', repo, source.version, cwd=dest)
+    return Source(repo=dest, subdir=subdir, version=source.version)
+
+
+def _commit_in(clone: str, names: Sequence[str]) -> str | None:
+    for name in names:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            return _git('rev-parse', '--verify', '--quiet', f'{name}^{{commit}}', cwd=clone)
+    return None
+
+
+def default_branch(repo: str) -> str | None:
+    """The remote's default branch, as its HEAD names it."""
+    with contextlib.suppress(subprocess.CalledProcessError):
+        head = _git('ls-remote', '--symref', repo, 'HEAD')
+        match = re.match(r'ref: refs/heads/(\S+)\s+HEAD', head)
+        return match.group(1) if match else None
+    return None
+
+
+def resolve_target(clone: str, repo: str, target: str, reference: Run) -> str:
+    """COMMIT as given (branch, tag or hash), else the tip of the branch the
+    reference recorded, else the remote's default branch: a full hash."""
+    if target:
+        names = [f'refs/remotes/origin/{target}', f'refs/tags/{target}', target]
+        what = f'commit {target!r}'
+    else:
+        branch = reference.data.tags.get(TAG_GIT_BRANCH) or default_branch(repo)
+        if not branch:
+            raise ReproduceError(
+                f'run {reference.info.run_id} recorded no branch and the source names no '
+                f'default branch: pass --bisect COMMIT'
+            )
+        names, what = [f'refs/remotes/origin/{branch}'], f'branch {branch!r}'
+    commit = _commit_in(clone, names)
+    if commit is None:
+        raise ReproduceError(f'--bisect: {what} is not in {mask_credentials(repo)}')
+    return commit
+
+
+def first_parent_path(clone: str, reference_commit: str, target: str) -> list[CommitInfo]:
+    """The reference commit, then every commit on the first-parent path to the target."""
+    lines = _git(
+        'log',
+        '--first-parent',
+        '--ancestry-path',
+        '--reverse',
+        '--format=%H%x1f%s',
+        f'{reference_commit}..{target}',
+        cwd=clone,
+    ).splitlines()
+    if not lines:
+        raise ReproduceError(
+            f'--bisect: commit {target[:12]} does not come after the reference commit '
+            f'{reference_commit[:12]} on its first-parent path'
+        )
+    subject = _git('log', '-1', '--format=%s', reference_commit, cwd=clone)
+    return [CommitInfo(reference_commit, subject)] + [
+        CommitInfo(*line.split('\x1f', 1)) for line in lines
+    ]
+
+
+def describe_commit(clone: str, commit: str) -> tuple[str, ...]:
+    """Author, date and `git diff --stat` against its first parent."""
+    author, date = _git('log', '-1', '--format=%an <%ae>%x1f%aI', commit, cwd=clone).split('\x1f')
+    stat = _git('diff', '--stat', f'{commit}^', commit, cwd=clone)
+    return (f'Author:  {author}', f'Date:    {date}', *stat.splitlines())
+
+
+def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> BisectReport:
+    """Fetch the history once, then probe the reference commit, the target
+    and the midpoints between, each probe a full reproduction."""
+    options, client = session.options, session.client
+    reference = read_reference(client, run_id, session.tracking_uri)
+    source = resolve_source(reference, options.uri, None)
+    clone = os.path.join(tempfile.mkdtemp(prefix='bisect-', dir=session.tmp_root), 'history')
+    private = fetch_history(source, clone)
+    reference_commit = _commit_in(clone, [source.version])
+    if reference_commit is None:
+        raise ReproduceError(
+            f'commit {source.version} is not available from {mask_credentials(source.repo)}'
+        )
+    target_commit = resolve_target(clone, fetch_location(source, source.uri)[0], target, reference)
+    path = first_parent_path(clone, reference_commit, target_commit)
+    for c in path:  # each probe's checkout comes from the private copy
+        session.sources[(source.uri, c.commit)] = _CachedSource(
+            origin=dataclasses.replace(private, version=c.commit)
+        )
+    planner = BisectPlanner(
+        reference, path, repeat, options.jobs, options.rules, lambda c: describe_commit(clone, c)
+    )
+    run_group(session, planner)
+    assert planner.bisect is not None
+    tag_probes(client, planner.bisect)
+    return planner.bisect
+
+
+def tag_probes(client: MlflowClient, bisect: BisectReport) -> None:
+    for index, report in bisect.probes:
+        if report.reproduced_run_id:
+            try:
+                client.set_tag(
+                    report.reproduced_run_id, TAG_BISECT_COMMIT, bisect.path[index].commit
+                )
+            except Exception as e:
+                warn(f'could not tag run {report.reproduced_run_id}: {_last_line(str(e))}')
+
+
+# Reporting a bisection.
+
+
+def _changed_metrics(reports: Sequence[Report]) -> str:
+    keys = {
+        m.key
+        for r in reports
+        if r.verdict
+        for m in r.verdict.metrics
+        if not m.equal and not m.ignored
+    }
+    return ', '.join(sorted(keys))
+
+
+def _probe_verdict(reports: Sequence[Report], outcome: str) -> str:
+    statuses = ', '.join(dict.fromkeys(r.status for r in reports))
+    if len(reports) > 1:
+        statuses = f'{len(reports)}x {statuses}'
+    return statuses + (f' ({SKIP})' if outcome == SKIP else '')
+
+
+def bisect_rows(bisect: BisectReport) -> tuple[list[str], list[list[Any]]]:
+    """One row per probed commit, in commit order."""
+    rows = []
+    for index in sorted({i for i, _ in bisect.probes}):
+        reports = bisect.reports_of(index)
+        info = bisect.path[index]
+        rows.append(
+            [
+                info.commit[:12],
+                _truncated(info.subject, SHORT_CELL),
+                _probe_verdict(reports, bisect.outcomes.get(index, SKIP)),
+                _changed_metrics(reports),
+                ' '.join(r.reproduced_run_id or '-' for r in reports),
+            ]
+        )
+    return ['Commit', 'Subject', 'Verdict', 'Changed metrics', 'Reproduced run'], rows
+
+
+def _finding_lines(bisect: BisectReport) -> list[str]:
+    found = bisect.finding
+    lines = []
+    if bisect.stopped:
+        lines.append(f'The bisection was {bisect.stopped} by a signal.')
+    if found.reason:
+        lines.append(f'No commit is blamed: {found.reason}.')
+    if found.first_changed is None and len(found.candidates) > 0 and not found.reason:
+        lines.append(
+            'The first changed commit is one of: '
+            + ', '.join(bisect.path[i].commit for i in found.candidates)
+        )
+    skipped = [bisect.path[i].commit for i, o in sorted(bisect.outcomes.items()) if o == SKIP]
+    if skipped:
+        lines.append('Skipped (the project could not run): ' + ', '.join(skipped))
+    if not found.reason and not found.candidates and not bisect.stopped and bisect.probes:
+        lines.append('Nothing between the reference commit and the target changed the metrics.')
+    return lines
+
+
+def format_bisect_text(bisect: BisectReport) -> str:
+    n = len(bisect.path) - 1
+    lines = [
+        f'Reference run:  {_named(bisect.reference_run_id, bisect.reference_run_name)}',
+        f'Bisected:       {n} commits from {bisect.path[0].commit[:12]} to '
+        f'{bisect.path[-1].commit[:12]}, {len(bisect.probes)} probes',
+        _table(bisect_rows(bisect), 'psql'),
+        *_finding_lines(bisect),
+    ]
+    key = bisect.key_report()
+    if (i := bisect.finding.first_changed) is not None:
+        lines += [
+            '',
+            f'Commit:  {bisect.path[i].commit}',
+            f'Subject: {bisect.path[i].subject}',
+            *bisect.details,
+        ]
+    if key and key.verdict and (bisect.finding.first_changed is not None or bisect.finding.reason):
+        lines += [_table(_metric_rows(key.verdict), 'psql'), *differences_lines(key.differences)]
+    lines.append(f'First changed commit: {bisect.first_changed_commit or "none"}')
+    return '\n'.join(lines)
+
+
+def format_bisect_markdown(bisect: BisectReport) -> str:
+    lines = [f'**Bisection of run {bisect.reference_run_id}**: {bisect.status}', '']
+    if bisect.path:
+        lines += [
+            f'- from `{bisect.path[0].commit}` to `{bisect.path[-1].commit}` '
+            f'({len(bisect.path) - 1} commits, {len(bisect.probes)} probes)',
+            '',
+            _table(bisect_rows(bisect), 'github'),
+            '',
+        ]
+    if bisect.message:
+        lines += [f'> {bisect.message}', '']
+    lines += _finding_lines(bisect)
+    if (i := bisect.finding.first_changed) is not None:
+        lines += [
+            '',
+            f'`{bisect.path[i].commit}` {bisect.path[i].subject}',
+            '',
+            '```',
+            *bisect.details,
+            '```',
+        ]
+    key = bisect.key_report()
+    if key and key.verdict and (bisect.finding.first_changed is not None or bisect.finding.reason):
+        lines += _markdown_table(_metric_rows(key.verdict), 'metrics', None)
+    lines += ['', f'First changed commit: {bisect.first_changed_commit or "none"}']
+    return '\n'.join(lines)
+
+
+def bisect_json(bisect: BisectReport) -> dict[str, Any]:
+    key = bisect.key_report()
+    base = report_json(key) if key else {}
+    full = [c.commit for c in bisect.path]
+    return {
+        **base,
+        'status': bisect.status,
+        'exit_code': bisect.exit_code,
+        'message': bisect.message if bisect.message else base.get('message'),
+        'bisect': {
+            'reference_run_id': bisect.reference_run_id,
+            'reference_commit': full[0] if full else None,
+            'target_commit': full[-1] if full else None,
+            'first_changed_commit': bisect.first_changed_commit,
+            'candidates': [full[i] for i in bisect.finding.candidates],
+            'probes': [
+                {
+                    'commit': full[i],
+                    'subject': bisect.path[i].subject,
+                    'status': r.status,
+                    'equal': r.equal,
+                    'reproduced_run_id': r.reproduced_run_id,
+                }
+                for i, r in sorted(bisect.probes, key=lambda p: p[0])
+            ],
+            'skipped': [full[i] for i, o in sorted(bisect.outcomes.items()) if o == SKIP],
+            'reason': bisect.finding.reason or (bisect.stopped and f'{bisect.stopped} by a signal'),
+            'run_id': bisect.run_id,
+        },
+    }
+
+
+def format_bisect_json(bisect: BisectReport) -> str:
+    return json.dumps(bisect_json(bisect), indent=2, allow_nan=False)
+
+
+def render_bisect(bisect: BisectReport, output: str) -> str | None:
+    if output == 'json':
+        return format_bisect_json(bisect)
+    if output == 'markdown':
+        return format_bisect_markdown(bisect)
+    return None if bisect.message else format_bisect_text(bisect)
+
+
+# ---------------------------------------------------------------------------
 # One invocation: settings, the tracking server, then one run or a batch.
 
 
@@ -5054,13 +5586,23 @@ def run_in_worker(session: Session, work: Callable[[], Any]) -> Any:
         return future.result()
 
 
+def bisect_chosen(session: Session, selection: Selection) -> BisectReport:
+    """--bisect of the one reference run chosen."""
+    chosen, _ = select_runs(session.client, selection, session.options.uri is not None)
+    if len(chosen) != 1:
+        raise ReproduceError(f'--bisect takes one reference run, {len(chosen)} were chosen')
+    if chosen[0].run_id is None:
+        raise ReproduceError(chosen[0].error or f'{chosen[0].label} cannot be reproduced')
+    return run_bisect(session, chosen[0].run_id, selection.bisect or '', selection.repeat)
+
+
 def invoke(
     options: Options,
     selection: Selection,
     compare_to_id: str | None,
     stop: Stop,
     left_open: list[tuple[str, str, str]],
-) -> Report | BatchReport:
+) -> Report | BatchReport | BisectReport:
     """Settings for the tool's own requests, the tracking server checked, then
     one run, a comparison, or a batch; every process the tool started is gone
     and the temporary folder removed when it returns."""
@@ -5097,6 +5639,8 @@ def invoke(
             )
             if compare_to_id:
                 return compare_to(session, selection.run_ids[0], compare_to_id)
+            if selection.bisect is not None:
+                return bisect_chosen(session, selection)
             if not selection.is_batch:
                 return run_in_worker(session, lambda: reproduce_one(session, selection.run_ids[0]))
             chosen, skipped = select_runs(session.client, selection, options.uri is not None)
@@ -5316,6 +5860,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar='N',
         help='reproduce each run N >= 2 times and tell nondeterminism from drift',
     )
+    batch.add_argument(
+        '--bisect',
+        nargs='?',
+        const='',
+        metavar='COMMIT',
+        help='find the first commit, on the first-parent path from the reference '
+        "run's commit to COMMIT (default: the tip of its branch), whose reproduction differs",
+    )
     judging = parser.add_argument_group('judging')
     judging.add_argument(
         '--rtol',
@@ -5433,6 +5985,14 @@ def _conflicting_options(args: argparse.Namespace) -> str | None:
         return f'{search_only[0]} selects among the runs of --from-experiment, which is missing'
     if args.quiet and args.verbose:
         return '--quiet and --verbose exclude each other'
+    if args.bisect is not None:
+        for flag, value in (
+            ('--version', args.version),
+            ('--compare-to', args.compare_to),
+            ('--dry-run', args.dry_run),
+        ):
+            if value:
+                return f'--bisect and {flag} exclude each other'
     return None
 
 
@@ -5466,8 +6026,10 @@ def _error_outcome(
     )
 
 
-def _stderr_lines(outcome: Report | BatchReport) -> list[str]:
+def _stderr_lines(outcome: Report | BatchReport | BisectReport) -> list[str]:
     """The one-line error, or the signal, that ends standard error."""
+    if isinstance(outcome, BisectReport):
+        return [f'reproduce_run: {outcome.stopped}'] if outcome.stopped else []
     if isinstance(outcome, BatchReport):
         if outcome.message:
             return [f'reproduce_run: error: {outcome.message}']
@@ -5504,8 +6066,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome = _error_outcome(e, args.verbose, selection, options.rules)
     for line in _stderr_lines(outcome):
         print(line, file=sys.stderr)
-    if isinstance(outcome, BatchReport):
-        text: str | None = render_batch(outcome, args.output, args.verbose)
+    if isinstance(outcome, BisectReport):
+        text: str | None = render_bisect(outcome, args.output)
+    elif isinstance(outcome, BatchReport):
+        text = render_batch(outcome, args.output, args.verbose)
     else:
         text = render(outcome, args.output, args.verbose)
     if text is not None:
