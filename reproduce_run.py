@@ -4150,7 +4150,8 @@ def _reproduce(
         options.rules,
         other_environment=(launch.environment, 'reproduction') if launch.environment else None,
         uri_overridden=options.uri is not None,
-        version_overridden=options.version is not None,
+        version_overridden=options.version is not None
+        and commit != reference.data.tags.get(TAG_GIT_COMMIT),
     )
     return _verdict_report(verdict, differences=differences, **fields)
 
@@ -5182,8 +5183,9 @@ class BisectPlanner(Planner):
 
     def outcomes(self, results: Sequence[Result]) -> dict[int, str]:
         by_commit: dict[int, list[Report]] = {}
-        for probe, report in results:
-            by_commit.setdefault(self.index[probe.version or ''], []).append(report)
+        for probe, report in results:  # one a signal ended says nothing of its commit
+            if report.status not in SIGNAL_STATUSES:
+                by_commit.setdefault(self.index[probe.version or ''], []).append(report)
         at_reference = [r.plan.logged_params for r in by_commit.get(0, ()) if r.plan]
         params = at_reference[0] if at_reference else ()
         return {i: commit_outcome(rs, tuple(params), self.rules) for i, rs in by_commit.items()}
@@ -5340,7 +5342,7 @@ def describe_commit(clone: str, commit: str) -> tuple[str, ...]:
     """Author, date and `git diff --stat` against its first parent."""
     author, date = _git('log', '-1', '--format=%an <%ae>%x1f%aI', commit, cwd=clone).split('\x1f')
     stat = _git('diff', '--stat', f'{commit}^', commit, cwd=clone)
-    return (f'Author:  {author}', f'Date:    {date}', *stat.splitlines())
+    return (f'Author:  {author}', f'Date:    {date}', *(f' {s.strip()}' for s in stat.splitlines()))
 
 
 def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> BisectReport:
@@ -5413,7 +5415,7 @@ def bisect_rows(bisect: BisectReport) -> tuple[list[str], list[list[Any]]]:
             [
                 info.commit[:12],
                 _truncated(info.subject, SHORT_CELL),
-                _probe_verdict(reports, bisect.outcomes.get(index, SKIP)),
+                _probe_verdict(reports, bisect.outcomes.get(index, '')),
                 _changed_metrics(reports),
                 ' '.join(r.reproduced_run_id or '-' for r in reports),
             ]
