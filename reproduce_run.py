@@ -26,12 +26,14 @@ import collections
 import contextlib
 import dataclasses
 import decimal
+import errno
 import fnmatch
 import hashlib
 import itertools
 import json
 import math
 import os
+import posixpath
 import re
 import shlex
 import shutil
@@ -109,6 +111,7 @@ TAG_PROJECT_ENV = 'mlflow.project.env'
 TAG_USER = 'mlflow.user'
 TAG_BACKEND = 'mlflow.project.backend'
 TAG_PARENT_RUN_ID = 'mlflow.parentRunId'
+TAG_ARGV = 'reproduce.argv'  # a script's arguments, a JSON list: replayed, and recorded
 # Tags this tool writes on the reproduced run (never on the reference run).
 TAG_REFERENCE_RUN_ID = 'reproduce.reference_run_id'
 TAG_EQUAL = 'reproduce.equal'  # 'true' or 'false'
@@ -137,6 +140,8 @@ BACKEND_ENTRY_POINT_GROUP = 'mlflow.project_backend'
 KUBERNETES_REQUIRED_KEYS = ('kube-job-template-path', 'repository-uri')  # as MLflow checks
 KUBERNETES_PACKAGES = ('kubernetes', 'docker')  # mlflow.projects.kubernetes imports both
 MASKED = '***'
+HELP_TIMEOUT_SECONDS = 60.0  # for a script's `--help`, which finds the options it accepts
+SCRIPT_ENVIRONMENT_FILES = ('python_env.yaml', 'conda.yaml')  # MLflow builds environments from
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
 # The userinfo of a URL runs to the last @ before the path: a password may
@@ -668,6 +673,24 @@ class Backend:
 
 
 @dataclasses.dataclass(frozen=True)
+class Script:
+    """A run made with `python path ...` rather than `mlflow run`: what to
+    run and how.  Paths are relative to the project folder of the checkout."""
+
+    path: str
+    workdir: str  # where the recorded path names the script ('' for the top)
+    recorded: str  # the mlflow.source.name the reproduced run records
+    env_dir: str | None = None  # the folder of its environment file; None: env manager local
+    argv: tuple[str, ...] = ()
+    arguments_from: str = '--help'  # '--script-args', f'the tag {TAG_ARGV}' or '--help'
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        """What runs in the working folder, as a person would type it."""
+        return ('python', posixpath.relpath(self.path, self.workdir or '.'), *self.argv)
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """Everything the launch needs, resolved before anything runs."""
 
@@ -682,6 +705,7 @@ class Plan:
     command: str  # the entry point's command template
     backend: Backend = Backend()
     reference_backend: str | None = None  # the reference run's mlflow.project.backend tag
+    script: Script | None = None  # a script run, not an MLflow Project run
 
     @property
     def declared(self) -> tuple[str, ...]:
@@ -730,23 +754,37 @@ def _unquoted(params: Mapping[str, str]) -> dict[str, str]:
     return {k: unquote_param(v) for k, v in params.items()}
 
 
+def is_script_run(run: Run) -> bool:
+    """Made with `python script.py ...` (or anything but `mlflow run`)."""
+    return run.data.tags.get(TAG_SOURCE_TYPE) != 'PROJECT'
+
+
+def not_reproducible(run: Run, uri_given: bool, version_given: bool = False) -> str | None:
+    """Why a run cannot be reproduced from what it recorded, None when it can."""
+    tags = run.data.tags
+    source_type = tags.get(TAG_SOURCE_TYPE)
+    if source_type == 'NOTEBOOK':
+        return f'it is a notebook run (tag {TAG_SOURCE_TYPE} is NOTEBOOK): no script to run'
+    if not uri_given and not tags.get(
+        TAG_SOURCE_NAME if source_type == 'PROJECT' else TAG_GIT_REPO_URL
+    ):
+        return (
+            f'it was not launched as an MLflow Project (tag {TAG_SOURCE_TYPE} is '
+            f'{source_type!r}) and recorded no remote (tag {TAG_GIT_REPO_URL}): pass --uri '
+            f'with the git URL of its code'
+        )
+    if not version_given and not tags.get(TAG_GIT_COMMIT):
+        return f'it recorded no commit (tag {TAG_GIT_COMMIT}): pass --version with the commit'
+    return None
+
+
 def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
     tags = run.data.tags
+    if reason := not_reproducible(run, uri is not None, version is not None):
+        raise ReproduceError(f'run {run.info.run_id} cannot be reproduced: {reason}')
     if uri is None:
-        if tags.get(TAG_SOURCE_TYPE) != 'PROJECT' or not tags.get(TAG_SOURCE_NAME):
-            raise ReproduceError(
-                f'run {run.info.run_id} was not launched as an MLflow Project '
-                f'(tag {TAG_SOURCE_TYPE} is {tags.get(TAG_SOURCE_TYPE)!r}, not '
-                f"'PROJECT'), so its source is unknown; pass --uri with the "
-                f"project's git URI",
-            )
-        uri = tags[TAG_SOURCE_NAME]
-    version = version or tags.get(TAG_GIT_COMMIT)
-    if not version:
-        raise ReproduceError(
-            f'run {run.info.run_id} has no tag {TAG_GIT_COMMIT}, so the commit '
-            f'it ran is unknown; pass --version with the commit',
-        )
+        uri = tags[TAG_SOURCE_NAME] if not is_script_run(run) else tags[TAG_GIT_REPO_URL]
+    version = version or tags[TAG_GIT_COMMIT]
     repo, subdir = split_source_uri(uri)
     return Source(repo=repo, subdir=subdir, version=version)
 
@@ -1299,6 +1337,19 @@ def warn_about_reference_backend(plan: Plan) -> None:
 # Fetching the source: a private checkout, never the user's repository.
 
 
+# How git and the OS say that a write failed for want of space (ENOSPC,
+# EDQUOT); not in a line from the remote ('remote: '), whose disk is not ours.
+_NO_SPACE_RE = re.compile(
+    r'^(?!remote:).*(No space left on device|Out of diskspace|Disk quota exceeded)',
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def no_space(detail: str) -> ReproduceError:
+    """The tool's temporary folder is full: the cause first, then the detail."""
+    return ReproduceError(f'no space left on device in TMPDIR={tempfile.gettempdir()}: {detail}')
+
+
 def _git(*args: str, cwd: str | None = None) -> str:
     env = {**os.environ, 'GIT_TERMINAL_PROMPT': '0'}
     proc = subprocess.run(
@@ -1309,6 +1360,9 @@ def _git(*args: str, cwd: str | None = None) -> str:
         text=True,
         stdin=subprocess.DEVNULL,
     )
+    if proc.returncode and _NO_SPACE_RE.search(proc.stderr):
+        command = next(a for a in args if not a.startswith('-') and '=' not in a)
+        raise no_space(f'git {command}: {_last_line(proc.stderr)}')
     if proc.returncode:
         raise subprocess.CalledProcessError(
             proc.returncode,
@@ -1329,6 +1383,16 @@ def _local_repo(repo: str) -> str | None:
     if '://' in repo or re.match(r'^[\w.-]+@[\w.-]+:', repo):
         return None
     return os.path.abspath(repo)
+
+
+def _repository_top(local: str) -> tuple[str, str]:
+    """The top of the local repository holding folder `local`, and the
+    folder's path inside it.  A bare repository (a mirror) has no work tree:
+    it is its own top, and git fetches from it like from any other."""
+    if _git('rev-parse', '--is-bare-repository', cwd=local) == 'true':
+        return _git('rev-parse', '--absolute-git-dir', cwd=local), ''
+    top = _git('rev-parse', '--show-toplevel', cwd=local)
+    return top, os.path.relpath(local, top)
 
 
 # SQLAlchemy ends its errors with the statement, its parameters and a link to
@@ -1352,10 +1416,10 @@ def fetch_location(source: Source, where: str) -> tuple[str, str]:
     if (local := _local_repo(source.repo)) is not None:
         # MLflow may record a folder inside a repository: fetch from its top.
         try:
-            repo = _git('rev-parse', '--show-toplevel', cwd=local)
+            repo, inside = _repository_top(local)
         except (subprocess.CalledProcessError, OSError):
             raise ReproduceError(f'cannot fetch {where}: {local} is not a git repository') from None
-        subdir = os.path.normpath(os.path.join(os.path.relpath(local, repo), subdir))
+        subdir = os.path.normpath(os.path.join(inside, subdir))
         subdir = '' if subdir == '.' else subdir
     return repo, subdir
 
@@ -1368,7 +1432,10 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
     """
     where = f'{mask_credentials(source.uri)} at {source.version}'
     repo, subdir = fetch_location(source, where)
-    _git('init', '--quiet', dest)
+    try:
+        _git('init', '--quiet', dest)
+    except subprocess.CalledProcessError as e:
+        raise ReproduceError(f'cannot make a git folder: {_last_line(e.stderr)}') from None
     try:  # a full hash, a branch or a tag: one commit, no history
         _git('fetch', '--quiet', '--depth', '1', repo, source.version, cwd=dest)
         wanted = 'FETCH_HEAD'
@@ -1389,7 +1456,12 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
             f'commit {source.version} is not available from '
             f'{mask_credentials(source.repo)} (history rewritten, or a typo?)',
         ) from None
-    _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, cwd=dest)
+    try:
+        _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, cwd=dest)
+    except subprocess.CalledProcessError as e:
+        raise ReproduceError(
+            f'cannot check out {where}: {mask_credentials(_last_line(e.stderr))}'
+        ) from None
     if os.path.exists(os.path.join(dest, '.gitmodules')):
         try:
             _git('submodule', 'update', '--init', '--recursive', '--quiet', cwd=dest)
@@ -1413,14 +1485,49 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
 _CONNECTION_FAILURE_RE = re.compile(r'\[Errno -?\d+\] ([^"\')]+)|(Read timed out)')
 
 
-def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> ReproduceError:
-    """One line from an MLflow failure; a connection failure in few words."""
+# MLflow retries an error status, then raises this without the answer's body.
+_ERROR_STATUS_RE = re.compile(r'too many (\d{3}) error responses')
+
+
+def server_failure(e: Exception) -> str:
+    """What went wrong in an MLflow request, in few words: the status the
+    tracking server answered, or that it does not answer and why."""
     detail = _last_line(str(e)) or type(e).__name__
+    if status := _ERROR_STATUS_RE.search(detail):
+        return f'the tracking server answered HTTP {status.group(1)}'
     if 'Max retries exceeded' in detail or 'API request to' in detail:
         match = _CONNECTION_FAILURE_RE.search(detail)
         reason = next(g for g in match.groups() if g) if match else 'no answer'
-        detail = f'the tracking server does not answer ({reason.strip()})'
-    return ReproduceError(mask_credentials(f'{context}: {detail}'), code)
+        return f'the tracking server does not answer ({reason.strip()})'
+    return detail
+
+
+def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> ReproduceError:
+    """One line from an MLflow failure; a connection failure in few words."""
+    return ReproduceError(mask_credentials(f'{context}: {server_failure(e)}'), code)
+
+
+def last_attempt(client: MlflowClient, endpoint: str, body: Mapping[str, Any]) -> str | None:
+    """One more try of a request MLflow gave up on after error statuses, made
+    without MLflow's retries, which drop the answer: None when it succeeds,
+    else the status and the first line of what the tracking server answered."""
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        answer = http_request(
+            client._tracking_client.store.get_host_creds(),
+            f'/api/2.0/mlflow/{endpoint}',
+            'POST',
+            max_retries=0,
+            raise_on_status=False,
+            json=body,
+        )
+    except Exception as e:
+        return server_failure(e)
+    if answer.status_code == 200:
+        return None
+    first = next((line.strip() for line in answer.text.splitlines() if line.strip()), '')
+    return f'the tracking server answered HTTP {answer.status_code}: {first[:OUTPUT_LINE_CHARS]}'
 
 
 def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
@@ -1531,6 +1638,203 @@ def params_to_log(entry_point: Any, params: Params) -> dict[str, str]:
     return {**declared, **extra}
 
 
+# ---------------------------------------------------------------------------
+# Script runs: a run made with `python src/train.py ...`.  MLflow recorded
+# sys.argv[0] as typed (mlflow.source.name) and the commit, not the command
+# line: find the script in the checkout and the arguments to give it.
+
+
+def tracked_files(project_dir: str) -> list[str]:
+    """The files of the commit under the project folder, relative to it."""
+    listed = _git('ls-files', '-z', '--recurse-submodules', cwd=project_dir)
+    return [path for path in listed.split('\0') if path]
+
+
+def script_candidates(recorded: str, files: Sequence[str]) -> list[str]:
+    """The files the recorded sys.argv[0] may name: the path relative to the
+    top when it is a file there, else the files that end with the longest
+    trailing part of it ('/home/alice/repo/src/train.py', 'train.py' typed
+    in src/)."""
+    path = posixpath.normpath(recorded)
+    if not posixpath.isabs(recorded) and path in files:
+        return [path]
+    parts = [p for p in path.split('/') if p not in ('', '.', '..')]
+    for k in range(len(parts), 0, -1):
+        if found := sorted(f for f in files if f.split('/')[-k:] == parts[-k:]):
+            return found
+    return []
+
+
+def working_folder(recorded: str, path: str) -> str:
+    """The folder in which the recorded relative path names the script, so
+    that the script finds the files beside it as it did; the top for an
+    absolute path, whose folder on the user's machine is unknown."""
+    typed = posixpath.normpath(recorded)
+    if posixpath.isabs(recorded) or typed.startswith('..') or path == typed:
+        return ''
+    return path[: -len(typed) - 1] if path.endswith('/' + typed) else ''
+
+
+def resolve_script(project_dir: str, recorded: str, override: str | None, commit: str) -> Script:
+    """The script at the commit: -e PATH, else the recorded sys.argv[0]."""
+    at = f'at commit {commit[:12]}'
+    if override:
+        path = posixpath.normpath(override)
+    else:
+        candidates = script_candidates(recorded, tracked_files(project_dir))
+        if not candidates:
+            raise ReproduceError(
+                f'the recorded script {recorded!r} ({TAG_SOURCE_NAME}) is not a file {at}; '
+                f'pass -e PATH (relative to the repository root) if it moved',
+            )
+        if len(candidates) > 1:
+            raise ReproduceError(
+                f'the recorded script {recorded!r} matches {len(candidates)} files {at}: '
+                f'{", ".join(candidates)}; pass -e PATH to choose one',
+            )
+        path = candidates[0]
+    check_script(project_dir, _checkout_root(project_dir), path, commit)
+    return Script(path, working_folder(recorded, path), recorded if not override else path)
+
+
+def environment_folder(project_dir: str, script: Script, env_manager: str, commit: str) -> str:
+    """Where the environment file of a script run is: beside the script, else at
+    the top.  MLflow builds virtualenv, uv and conda environments from one."""
+    for folder in dict.fromkeys((posixpath.dirname(script.path), '')):
+        for name in SCRIPT_ENVIRONMENT_FILES:
+            path = os.path.join(project_dir, folder, name)
+            if os.path.isfile(path):
+                refuse_outside(path, project_dir, f'{name} at commit {commit[:12]}')
+                return folder
+    beside = posixpath.dirname(script.path)
+    where = f'in {beside}/ or at the repository root' if beside else 'at the repository root'
+    raise ReproduceError(
+        f'--env-manager {env_manager} builds the environment from python_env.yaml or '
+        f'conda.yaml, and commit {commit[:12]} has neither {where}; use --env-manager local',
+    )
+
+
+def template_arguments(template: str, params: Mapping[str, str]) -> list[str]:
+    """--script-args: split like a shell line, then each {param} replaced by
+    the reference's value inside its own argument."""
+    import string
+
+    try:
+        words = shlex.split(template)
+        return [string.Formatter().vformat(word, (), dict(params)) for word in words]
+    except KeyError as e:
+        raise ReproduceError(
+            f'--script-args names {{{e.args[0]}}}, which is not a param of the reference run '
+            f'(its params: {", ".join(sorted(params)) or "none"})',
+        ) from None
+    except (ValueError, IndexError, AttributeError) as e:
+        raise ReproduceError(f'--script-args {template!r} cannot be used: {e}') from None
+
+
+def recorded_arguments(value: str) -> list[str]:
+    """The tag reproduce.argv: json.dumps(sys.argv[1:])."""
+    try:
+        argv = json.loads(value)
+    except ValueError:
+        argv = None
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ReproduceError(
+            f'the tag {TAG_ARGV} of the reference run is not a JSON list of strings: '
+            f'{_truncated(value, 60)!r}',
+        )
+    return argv
+
+
+_HELP_OPTION_RE = re.compile(
+    r'(?<![\w-])(--[A-Za-z0-9][\w-]*)(?:([ =])([A-Z][A-Z0-9_-]*|\{|<|\[))?'
+)
+
+
+def help_options(text: str) -> dict[str, bool]:
+    """The long options a --help text shows, and whether each takes a value
+    (`--alpha ALPHA`, `--alpha=<x>`, `--mode {a,b}`) or is a flag."""
+    options: dict[str, bool] = {}
+    for match in _HELP_OPTION_RE.finditer(text):
+        option, takes_value = match.group(1), match.group(3) is not None
+        options[option] = options.get(option, False) or takes_value
+    options.pop('--help', None)
+    return options
+
+
+def arguments_from_help(
+    options: Mapping[str, bool], params: Mapping[str, str]
+) -> tuple[list[str], Params]:
+    """`--k v` for each param k whose option --k (or --k with _ as -) the help
+    shows; a flag is passed alone when its value is true."""
+    argv: list[str] = []
+    passed, not_passed = {}, {}
+    for key, value in sorted(params.items()):
+        option = next((o for o in (f'--{key}', f'--{key.replace("_", "-")}') if o in options), None)
+        if option is not None and options[option]:
+            argv += [option, value]
+        elif option is not None and value.lower() in ('true', '1'):
+            argv.append(option)
+        elif option is None or value.lower() not in ('false', '0'):
+            not_passed[key] = value
+            continue
+        passed[key] = value  # a false flag is passed by leaving it off
+    return argv, Params(passed, not_passed)
+
+
+def plan_script(
+    options: Options, reference: Run, source: Source, project_dir: str, backend: Backend
+) -> Plan:
+    """A script run's plan; its arguments from --script-args or the tag
+    reproduce.argv, else found later by running the script with --help."""
+    if backend.name != DEFAULT_BACKEND:
+        raise ReproduceError(
+            f'a script run (not an MLflow Project) runs on the local backend only, '
+            f'not on {backend.name!r}',
+        )
+    tags, params = reference.data.tags, dict(reference.data.params)
+    script = resolve_script(
+        project_dir, tags.get(TAG_SOURCE_NAME, ''), options.entry_point, source.version
+    )
+    env_manager = options.env_manager or 'local'
+    if env_manager != 'local':
+        folder = environment_folder(project_dir, script, env_manager, source.version)
+        script = dataclasses.replace(script, env_dir=folder)
+    chosen = Params(passed={}, not_passed=params)
+    if options.script_args is not None:
+        argv = template_arguments(options.script_args, params)
+        used = {f for _, f, _, _ in _template_fields(options.script_args) if f}
+        chosen = Params(
+            passed={k: v for k, v in params.items() if k in used},
+            not_passed={k: v for k, v in params.items() if k not in used},
+        )
+        script = dataclasses.replace(script, argv=tuple(argv), arguments_from='--script-args')
+    elif TAG_ARGV in tags:
+        argv = recorded_arguments(tags[TAG_ARGV])
+        chosen = Params(passed=params, not_passed={})
+        script = dataclasses.replace(script, argv=tuple(argv), arguments_from=f'the tag {TAG_ARGV}')
+    return Plan(
+        reference=reference,
+        source=source,
+        project_dir=project_dir,
+        entry_point=script.path,
+        env_manager=env_manager,
+        experiment_name=options.experiment_name or '',
+        params=chosen,
+        logged_params={},  # the script logs its own
+        command=shlex.join(script.command),
+        backend=backend,
+        reference_backend=tags.get(TAG_BACKEND),
+        script=script,
+    )
+
+
+def _template_fields(template: str) -> Iterator[tuple[str, str | None, str | None, str | None]]:
+    import string
+
+    with contextlib.suppress(ValueError):
+        yield from string.Formatter().parse(template)
+
+
 def _experiment_id(client: MlflowClient, name: str) -> str:
     """The experiment's ID, created if missing; race-safe, for two
     reproductions that start at once into a new experiment."""
@@ -1575,6 +1879,11 @@ def reproduced_run_tags(plan: Plan) -> dict[str, str]:
         TAG_USER: _user(),
         TAG_REFERENCE_RUN_ID: plan.reference.info.run_id,
     }
+    if plan.script is not None:  # recorded as the script recorded it, with what it got
+        del tags[TAG_ENTRY_POINT]
+        tags[TAG_SOURCE_NAME] = plan.script.recorded
+        tags[TAG_SOURCE_TYPE] = 'LOCAL'
+        tags[TAG_ARGV] = json.dumps(list(plan.script.argv))
     return {k: fit_tag(v) for k, v in tags.items()}
 
 
@@ -1605,7 +1914,6 @@ def fixup_backend_run(
 def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | None) -> Run:
     """The run that the project will log into, made by us so that its ID is
     known from the start and it can always be closed."""
-    from mlflow.entities import Param
     from mlflow.exceptions import MlflowException
 
     client = session.client
@@ -1620,13 +1928,29 @@ def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | Non
         )
     except MlflowException as e:
         raise _mlflow_error('cannot create the reproduced run', e) from None
-    run_id = run.info.run_id
-    try:
-        client.log_batch(run_id, params=[Param(k, v) for k, v in plan.logged_params.items()])
-    except Exception as e:
-        close_run(client, run_id, 'FAILED', session.left_open)
-        raise _mlflow_error(f'cannot log the params of run {run_id} (marked FAILED)', e) from None
     return run
+
+
+def log_reproduced_params(session: Session, plan: Plan, run_id: str) -> None:
+    """The params MLflow would log for this launch, on the reproduced run."""
+    from mlflow.entities import Param
+
+    client, params = session.client, plan.logged_params
+    try:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        return
+    except Exception as e:
+        error = e
+    why = server_failure(error)
+    if _ERROR_STATUS_RE.search(str(error)) and _is_http(client.tracking_uri):
+        body = {'run_id': run_id, 'params': [{'key': k, 'value': v} for k, v in params.items()]}
+        if (answer := last_attempt(client, 'runs/log-batch', body)) is None:
+            return  # the server took them this time
+        why = answer
+    close_run(client, run_id, 'FAILED', session.left_open)
+    raise ReproduceError(
+        mask_credentials(f'cannot log the params of run {run_id} (marked FAILED): {why}')
+    )
 
 
 class ProjectOutput:
@@ -1641,29 +1965,57 @@ class ProjectOutput:
         self._tail_lock = threading.Lock()  # a leftover writer may still be adding lines
         self.log_path = log_path
         self._echo, self._prefix = echo, prefix
+        self._log: TextIO | None = None
+        self._lines = 0  # read from the pipe so far
+        self.lost: str | None = None  # what the log file misses, and why
         read_fd, self.write_fd = os.pipe()
         self._thread = threading.Thread(target=self._copy, args=(read_fd,), daemon=True)
         self._thread.start()
 
     def _copy(self, read_fd: int) -> None:
         pending = b''
-        with (
-            os.fdopen(read_fd, 'rb', buffering=0) as pipe,
-            open(self.log_path, 'w', encoding='utf-8') as log,
-        ):
-            while chunk := pipe.read(65536):
+        with os.fdopen(read_fd, 'rb', buffering=0) as pipe:
+            try:  # line-buffered: a failing write loses whole lines, and we know which
+                self._log = open(self.log_path, 'w', encoding='utf-8', buffering=1)  # noqa: SIM115
+            except OSError as e:
+                self._log_failed(e, 1)
+            while chunk := pipe.read(65536):  # the project's pipe is drained to its end
                 *lines, pending = (pending + chunk).split(b'\n')
                 for line in lines:
-                    self._line(line, log)
+                    self._line(line)
                 if len(pending) > 65536:  # no newline for long: keep the screen's last state
                     pending = pending[pending.rfind(b'\r') + 1 :][-65536:]
             if pending:
-                self._line(pending, log)
+                self._line(pending)
+            if self._log is not None:
+                with contextlib.suppress(OSError):  # line-buffered: nothing is pending
+                    self._log.close()
+        if self.lost:
+            self.lost += f' ({self._lines} lines in all)'
 
-    def _line(self, raw: bytes, log: TextIO) -> None:
+    def _log_failed(self, e: OSError, line: int) -> None:
+        """The tool's own log file takes no more: say from which line on the
+        output is missing from it, and why; the copying goes on without it."""
+        why = e.strerror or str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = f'no space left on device in TMPDIR={tempfile.gettempdir()}'
+        self.lost = (
+            f"the project's output from line {line} on is missing from its {OUTPUT_ARTIFACT}: {why}"
+        )
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+        self._log = None
+
+    def _line(self, raw: bytes) -> None:
+        self._lines += 1
         text = mask_credentials(raw.decode(errors='replace'))
         shown = text.rstrip('\r').rsplit('\r', 1)[-1].rstrip()  # what a terminal shows
-        log.write(shown + '\n')
+        if self._log is not None:
+            try:
+                self._log.write(shown + '\n')
+            except OSError as e:
+                self._log_failed(e, self._lines)
         if len(shown) > OUTPUT_LINE_CHARS:
             shown = shown[: OUTPUT_LINE_CHARS - 1] + '…'
         with self._tail_lock:
@@ -1861,9 +2213,16 @@ def _close_timeout() -> float:
         return CLOSE_RETRY_SECONDS
 
 
-def close_run(
-    client: MlflowClient, run_id: str, status: str, left_open: list[tuple[str, str, str]]
-) -> bool:
+class LeftOpen(NamedTuple):
+    """A run that could not be closed, for the last line of standard error."""
+
+    run_id: str
+    status: str  # the status it should have been given
+    tracking_uri: str
+    why: str  # what the tracking server did
+
+
+def close_run(client: MlflowClient, run_id: str, status: str, left_open: list[LeftOpen]) -> bool:
     """Mark the run ended, retrying for a bounded time while the tracking
     server does not answer; if it never does, remember the run for the last
     line of standard error.  Never raises."""
@@ -1875,24 +2234,29 @@ def close_run(
             return True
         except Exception as e:  # the tracking server itself may be the failure
             if time.monotonic() + delay > deadline:
-                warn(f'could not mark run {run_id} {status}: {_last_line(str(e))}')
-                left_open.append((run_id, status, client.tracking_uri))
+                warn(f'could not mark run {run_id} {status}: {server_failure(e)}')
+                left_open.append(LeftOpen(run_id, status, client.tracking_uri, server_failure(e)))
                 return False
         time.sleep(delay)
         delay = min(delay * 2, 10.0)
 
 
-def left_running_line(left_open: Sequence[tuple[str, str, str]]) -> str:
+def _listing(items: Sequence[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    return ' and '.join(filter(None, (', '.join(items[:-1]), items[-1])))
+
+
+def left_running_line(left_open: Sequence[LeftOpen]) -> str:
     """The last line of standard error when runs could not be closed: which
-    ones, and the exact command that closes them."""
-    runs = ', '.join(run_id for run_id, _, _ in left_open)
-    closes = '; '.join(
-        f"c.set_terminated('{run_id}', '{status}')" for run_id, status, _ in left_open
-    )
-    uri = shlex.quote(mask_credentials(left_open[0][2]))
+    ones, why, and the exact command that closes them."""
+    runs = _listing([left.run_id for left in left_open])
+    whys = mask_credentials('; '.join(dict.fromkeys(left.why for left in left_open)))
+    closes = '; '.join(f"c.set_terminated('{left.run_id}', '{left.status}')" for left in left_open)
+    uri = shlex.quote(mask_credentials(left_open[0].tracking_uri))
+    noun, verb, them = ('runs', 'are', 'them') if len(left_open) > 1 else ('run', 'is', 'it')
     return (
-        f'reproduce_run: error: run {runs} is left RUNNING: the tracking server did not '
-        f'answer for {_close_timeout():.0f} s; close it with: MLFLOW_TRACKING_URI={uri} '
+        f'reproduce_run: error: {noun} {runs} {verb} left RUNNING: {whys} (retried for '
+        f'{_close_timeout():.0f} s); close {them} with: MLFLOW_TRACKING_URI={uri} '
         f'python -c "import mlflow; c = mlflow.MlflowClient(); {closes}"'
     )
 
@@ -2001,6 +2365,8 @@ def start_project(
     from mlflow.projects.submitted_run import LocalSubmittedRun
     from mlflow.projects.utils import get_entry_point_command, get_run_env_vars, load_project
 
+    if plan.script is not None:
+        return start_script(session, plan, run, tmp_dir, tag, output)
     project = load_project(plan.project_dir)
     if project.docker_env:
         return _start_with_mlflow_run(session, plan, run, tmp_dir, tag, output)
@@ -2025,6 +2391,112 @@ def start_project(
         start_new_session=True,
     )
     return Job(LocalSubmittedRun(run.info.run_id, proc), tag, ' && '.join(activation) or None, env)
+
+
+def script_activation(plan: Plan) -> list[str]:
+    """What enters a script run's environment: built by MLflow from its
+    python_env.yaml or conda.yaml; nothing for env manager local."""
+    from mlflow.projects.utils import load_project
+
+    assert plan.script is not None
+    if plan.script.env_dir is None:
+        return []
+    folder = os.path.join(plan.project_dir, plan.script.env_dir)
+    return environment_activation(load_project(folder), plan.env_manager, folder)
+
+
+def script_process_args(command: Sequence[str], activation: Sequence[str]) -> list[str]:
+    """A script's command as an argument list, never parsed by a shell.  To
+    enter an environment, bash runs the activation and then execs the command,
+    which it gets as its positional parameters: data, not code."""
+    if not activation:
+        return list(command)  # 'python' is found on the project's PATH, as bash would
+    return ['bash', '-c', ' && '.join([*activation, 'exec "$@"']), 'bash', *command]
+
+
+def start_script(
+    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+) -> Job:
+    """Start a script run's command in its working folder, in a session of
+    its own, with the run made for it in MLFLOW_RUN_ID: the script's first
+    start_run() takes it."""
+    from mlflow.projects.submitted_run import LocalSubmittedRun
+    from mlflow.projects.utils import get_run_env_vars
+
+    assert plan.script is not None
+    activation = script_activation(plan)
+    env = _project_environ(session, tmp_dir, tag)
+    env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
+    proc = subprocess.Popen(
+        script_process_args(plan.script.command, activation),
+        cwd=os.path.join(plan.project_dir, plan.script.workdir),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=output.write_fd,
+        stderr=output.write_fd,
+        start_new_session=True,
+    )
+    return Job(LocalSubmittedRun(run.info.run_id, proc), tag, ' && '.join(activation) or None, env)
+
+
+def script_help(session: Session, plan: Plan, tmp_dir: str, tag: str) -> str | None:
+    """What `python script --help` prints, run as the script will run; None
+    when it fails or does not end in time.  Its tracking store is a scratch
+    one: a script that ignores --help and trains logs nothing anywhere."""
+    assert plan.script is not None
+    env = _project_environ(session, tmp_dir, tag)
+    env['MLFLOW_TRACKING_URI'] = f'sqlite:///{os.path.join(tmp_dir, "help.db")}'
+    os.makedirs(env['TMPDIR'], exist_ok=True)
+    log = os.path.join(tmp_dir, 'help.txt')
+    command = (*plan.script.command[:2], '--help')
+    deadline = time.monotonic() + HELP_TIMEOUT_SECONDS
+    with open(log, 'wb') as out:
+        proc = subprocess.Popen(
+            script_process_args(command, script_activation(plan)),
+            cwd=os.path.join(plan.project_dir, plan.script.workdir),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            session.stop.check()
+            time.sleep(0.1)
+    finally:
+        end_processes(proc.pid, tag, reap=proc.poll)
+    if proc.returncode != 0:
+        return None
+    with open(log, encoding='utf-8', errors='replace') as f:
+        return f.read()
+
+
+def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, tag: str) -> Plan:
+    """What a script run's plan needs from the tracking server and from the
+    script: the experiment (by default the reference's own, the only one a
+    script that calls set_experiment can log into) and, without --script-args
+    or the tag reproduce.argv, the params its --help shows as options."""
+    assert plan.script is not None
+    if not plan.experiment_name:
+        experiment = session.client.get_experiment(plan.reference.info.experiment_id)
+        plan = dataclasses.replace(plan, experiment_name=experiment.name)
+    if plan.script.arguments_from != '--help':
+        return plan
+    params = dict(plan.reference.data.params)
+    help_text = script_help(session, plan, tmp_dir, tag)
+    options = help_options(help_text or '')
+    if not options:
+        why = 'shows no options' if help_text is not None else 'failed or did not end in time'
+        warn(
+            f'`{shlex.join((*plan.script.command[:2], "--help"))}` {why}: the script gets no '
+            f'arguments (the tag {TAG_ARGV} or --script-args can give them)'
+        )
+    argv, chosen = arguments_from_help(options, params)
+    script = dataclasses.replace(plan.script, argv=tuple(argv))
+    return dataclasses.replace(
+        plan, script=script, params=chosen, command=shlex.join(script.command)
+    )
 
 
 def _start_with_mlflow_run(
@@ -2073,6 +2545,7 @@ class Launch:
     output_tail: tuple[str, ...]
     left_behind: int = 0  # processes the project left running, ended by us
     environment: dict[str, Any] | None = None  # of the interpreter that ran the project
+    output_lost: str | None = None  # what the tool could not keep of the project's output
 
 
 def run_project(
@@ -2115,7 +2588,7 @@ def run_project(
     close_run(
         session.client, run_id, 'FINISHED' if returncode == 0 else 'FAILED', session.left_open
     )
-    return Launch(returncode, output.tail, left_behind, environment)
+    return Launch(returncode, output.tail, left_behind, environment, output.lost)
 
 
 def run_on_backend(
@@ -2151,7 +2624,7 @@ def run_on_backend(
     # MLflow's remote SubmittedRuns leave the status to the caller, and a
     # project that fails may still have ended its run FINISHED: say it here.
     close_run(client, run_id, 'FINISHED' if succeeded else 'FAILED', session.left_open)
-    return Launch(0 if succeeded else 1, output.tail)
+    return Launch(0 if succeeded else 1, output.tail, output_lost=output.lost)
 
 
 def submit_to_backend(
@@ -3051,6 +3524,13 @@ def report_json(report: Report) -> dict[str, Any]:
             'version': plan.source.version,
             'entry_point': plan.entry_point,
             'env_manager': plan.env_manager,
+            'script': plan.script
+            and {
+                'path': plan.script.path,
+                'working_folder': plan.script.workdir,
+                'argv': [mask_credentials(a) for a in plan.script.argv],
+                'arguments_from': plan.script.arguments_from,
+            },
         },
         'backend': plan and backend_json(plan),
         'params': {
@@ -3137,13 +3617,34 @@ def _table(rows: tuple[list[str], list[list[Any]]], tablefmt: str) -> str:
 
 
 def _plan_lines(plan: Plan, show_backend: bool = False) -> list[str]:
-    lines = [
-        f'Source:         {mask_credentials(plan.source.uri)} @ {plan.source.version}',
-        f'Entry point:    {plan.entry_point} (env manager: {plan.env_manager})',
-    ]
+    lines = [f'Source:         {mask_credentials(plan.source.uri)} @ {plan.source.version}']
+    if plan.script is None:
+        lines.append(f'Entry point:    {plan.entry_point} (env manager: {plan.env_manager})')
+    else:
+        lines += [f'Entry point:    {_script_entry_point(plan.script)}', _script_line(plan)]
     if show_backend or _backend_noteworthy(plan):
         lines.append(f'Backend:        {_backend_text(plan)}')
     return lines
+
+
+def _script_entry_point(script: Script) -> str:
+    """'src/train.py (script run) --alpha 0.3 --epochs 5', masked."""
+    return mask_credentials(shlex.join([script.path]) + ' (script run) ' + shlex.join(script.argv))
+
+
+def _entry_point_text(plan: Plan) -> str:
+    return plan.entry_point if plan.script is None else _script_entry_point(plan.script)
+
+
+def _script_line(plan: Plan) -> str:
+    """'Script: python train.py --alpha 0.3 (in src/, ...)': what ran, where, and why."""
+    assert plan.script is not None
+    script = plan.script
+    where = f'{script.workdir}/' if script.workdir else 'the repository root'
+    return mask_credentials(
+        f'Script:         {shlex.join(script.command)} (in {where}, env manager: '
+        f'{plan.env_manager}, arguments from {script.arguments_from})'
+    )
 
 
 def _backend_noteworthy(plan: Plan) -> bool:
@@ -3175,11 +3676,21 @@ def _not_passed_lines(plan: Plan, verbose: bool) -> list[str]:
     not_passed = plan.params.not_passed
     if not not_passed:
         return []
+    why = _not_passed_reason(plan)
     if verbose:
-        return [f'Params not passed (not declared by the entry point): {_listed(not_passed)}']
+        return [f'Params not passed ({why}): {_listed(not_passed)}']
+    return [f'Params not passed: {len(not_passed)} {why} (--verbose lists them)']
+
+
+def script_params_note(report: Report) -> list[str]:
+    """A script run whose params came back different got the script's
+    defaults: say how to give it its arguments."""
+    verdict, plan = report.verdict, report.plan
+    if not (verdict and plan and plan.script) or all(p.equal for p in verdict.params):
+        return []
     return [
-        f'Params not passed: {len(not_passed)} not declared by the entry point '
-        f'(--verbose lists them)'
+        f'Params differ: the script did not get them as arguments; record its arguments with '
+        f'mlflow.set_tag("{TAG_ARGV}", json.dumps(sys.argv[1:])) or pass --script-args'
     ]
 
 
@@ -3187,10 +3698,14 @@ def _listed(params: Mapping[str, str]) -> str:
     return ', '.join(f'{k}={v}' for k, v in sorted(params.items())) or '(none)'
 
 
+def _not_passed_reason(plan: Plan) -> str:
+    return "not in the script's arguments" if plan.script else 'not declared by the entry point'
+
+
 def _dry_run_lines(plan: Plan) -> list[str]:
     return [
         f'Params to pass: {_listed(plan.params.passed)}',
-        f'Params not passed (not declared by the entry point): {_listed(plan.params.not_passed)}',
+        f'Params not passed ({_not_passed_reason(plan)}): {_listed(plan.params.not_passed)}',
         f'Experiment:     {plan.experiment_name}',
         'Dry run: nothing was run and no run was created.',
     ]
@@ -3215,7 +3730,7 @@ def format_text(report: Report, verbose: bool = False) -> str:
     if report.plan and report.status == 'planned':
         lines += _dry_run_lines(report.plan)
     elif report.plan:
-        lines += _not_passed_lines(report.plan, verbose)
+        lines += _not_passed_lines(report.plan, verbose) + script_params_note(report)
     lines += registration_lines(report.registrations)
     if report.verdict:
         lines.append(_table(_metric_rows(report.verdict), 'psql'))
@@ -3298,7 +3813,7 @@ def format_markdown(
         plan = report.plan
         lines += [
             f'- source: `{mask_credentials(plan.source.uri)}` at `{plan.source.version}`',
-            f'- entry point: `{plan.entry_point}`, env manager `{plan.env_manager}`',
+            f'- entry point: `{_entry_point_text(plan)}`, env manager `{plan.env_manager}`',
         ]
         if _backend_noteworthy(plan):
             lines.append(f'- backend: `{_backend_text(plan)}`')
@@ -3701,7 +4216,11 @@ def record_verdict(
             TAG_ATOL: repr(report.rules.default.atol),
             TAG_NOTE: describe(report, _run_link(client, report)),
         }
-        client.log_batch(run_id, tags=[RunTag(k, fit_tag(v)) for k, v in tags.items()])
+        try:
+            client.log_batch(run_id, tags=[RunTag(k, fit_tag(v)) for k, v in tags.items()])
+        except Exception:  # the server may fail this one endpoint: one tag at a time
+            for k, v in tags.items():
+                client.set_tag(run_id, k, fit_tag(v))
         with tempfile.TemporaryDirectory(prefix='reproduce_run-') as folder:
             path = os.path.join(folder, COMPARISON_ARTIFACT)
             with open(path, 'w') as f:
@@ -3715,7 +4234,7 @@ def record_verdict(
                 if make_plots(report.verdict, *histories, plot_dir):
                     client.log_artifacts(run_id, plot_dir, f'{ARTIFACT_DIR}/plots')
     except Exception as e:  # the verdict stands; say that it is not recorded
-        warn(f'could not record the verdict on run {run_id}: {_last_line(str(e))}')
+        warn(f'could not record the verdict on run {run_id}: {server_failure(e)}')
 
 
 # ---------------------------------------------------------------------------
@@ -3723,8 +4242,9 @@ def record_verdict(
 
 
 def check_command(plan: Plan, allow_unsafe: bool) -> None:
-    """Refuse to let a param value run as shell code."""
-    unsafe = unsafe_params(plan.command, plan.params.passed)
+    """Refuse to let a param value run as shell code (a script's arguments
+    are a list, never parsed by a shell)."""
+    unsafe = None if plan.script else unsafe_params(plan.command, plan.params.passed)
     if not unsafe:
         return
     placeholder = unsafe[0]
@@ -3899,7 +4419,7 @@ class Options:
 
     uri: str | None = None
     version: str | None = None
-    experiment_name: str = 'Default'
+    experiment_name: str | None = None  # None: Default, or a script run's own experiment
     entry_point: str | None = None
     env_manager: str | None = None
     rules: Rules = Rules()
@@ -3913,6 +4433,7 @@ class Options:
     keep_registrations: bool = False
     backend: str = DEFAULT_BACKEND
     backend_config: str | None = None  # a .json path or inline JSON, parsed when used
+    script_args: str | None = None  # a script run's arguments, a template of {param}s
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -3933,6 +4454,7 @@ class Options:
             keep_registrations=args.keep_registrations,
             backend=args.backend,
             backend_config=args.backend_config,
+            script_args=args.script_args,
         )
 
 
@@ -3949,7 +4471,7 @@ class Session:
     tag: str  # PROCESS_TAG value of the tool; a reproduction's is tag.N
     stop: Stop
     batch: bool = False
-    left_open: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    left_open: list[LeftOpen] = dataclasses.field(default_factory=list)
     launch_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
     sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -3959,6 +4481,8 @@ class Session:
 def make_plan(
     options: Options, reference: Run, source: Source, project_dir: str, backend: Backend = Backend()
 ) -> Plan:
+    if is_script_run(reference):
+        return plan_script(options, reference, source, project_dir, backend)
     tags = reference.data.tags
     entry_point = options.entry_point or tags.get(TAG_ENTRY_POINT) or DEFAULT_ENTRY_POINT
     spec, declared = load_entry_point(project_dir, entry_point, source.version)
@@ -3969,7 +4493,7 @@ def make_plan(
         project_dir=project_dir,
         entry_point=entry_point,
         env_manager=options.env_manager or _recorded_env_manager(tags),
-        experiment_name=options.experiment_name,
+        experiment_name=options.experiment_name or 'Default',
         params=params,
         logged_params=params_to_log(spec, params),
         command=spec.command,
@@ -3991,7 +4515,15 @@ def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
             root = os.path.join(tempfile.mkdtemp(prefix='source-', dir=session.tmp_root), 'src')
             cached.project_dir, cached.commit = fetch_source(cached.origin or source, root)
             cached.root = root
-    shutil.copytree(cached.root, dest, symlinks=True)
+    try:
+        shutil.copytree(cached.root, dest, symlinks=True)
+    except OSError as e:  # shutil.Error lists (source, destination, reason) per file
+        reason = e.args[0][0][2] if isinstance(e, shutil.Error) else (e.strerror or str(e))
+        if _NO_SPACE_RE.search(reason):
+            raise no_space(f'copying the checkout of {mask_credentials(source.uri)}') from None
+        raise ReproduceError(
+            f'cannot copy the checkout of {mask_credentials(source.uri)}: {reason}'
+        ) from None
     return os.path.join(dest, os.path.relpath(cached.project_dir, cached.root)), cached.commit
 
 
@@ -4091,9 +4623,14 @@ def _reproduce(
     try:
         project_dir, commit = checkout(session, source, os.path.join(tmp_dir, 'src'))
     except ReproduceError as e:
+        if _NO_SPACE_RE.search(str(e)):  # the remote is not the trouble
+            raise
         raise ReproduceError(str(e) + _remote_hint(reference, source, options.uri)) from None
     source = dataclasses.replace(source, version=commit)
     plan = progress.plan = make_plan(options, reference, source, project_dir, session.backend)
+    tag = f'{session.tag}.{index}'
+    if plan.script is not None:
+        plan = progress.plan = complete_script_plan(session, plan, tmp_dir, tag)
     check_command(plan, options.allow_unsafe_command)
     validate_backend_project(plan)
     warn_about_reference_backend(plan)
@@ -4110,14 +4647,14 @@ def _reproduce(
     prefix = f'[{run_id[:8]}] ' if session.batch else ''
     output = ProjectOutput(os.path.join(tmp_dir, OUTPUT_ARTIFACT), echo, prefix)
     progress.log_path = output.log_path
-    tag = f'{session.tag}.{index}'
     if plan.backend.name == DEFAULT_BACKEND:
         try:
             run = create_reproduced_run(session, plan, parent_run_id)
+            progress.run_id = run.info.run_id
+            log_reproduced_params(session, plan, run.info.run_id)
         except BaseException:
             output.close()  # nothing will write to it: end its thread
             raise
-        progress.run_id = run.info.run_id
         _say_what_runs(session, plan, run.info.run_id)
         launch = run_project(session, plan, run, tmp_dir, tag, output)
     else:
@@ -4133,6 +4670,7 @@ def _reproduce(
     )
     if launch.environment is not None:  # a failed run's too: it may be why
         record_environment(client, new_id, launch.environment)
+    lost = f'; {launch.output_lost}' if launch.output_lost else ''
     if launch.returncode != 0:
         last = project_error_line(launch.output_tail)
         return Report(
@@ -4140,7 +4678,17 @@ def _reproduce(
             exit_code=EXIT_RUN_FAILED,
             **fields,
             message=f'the reproduced run {new_id} failed (exit status '
-            f'{launch.returncode})' + (f'; its last error: {last}' if last else ''),
+            f'{launch.returncode})'
+            + (f'; its last error: {last}' if last else '')
+            + experiment_mismatch_hint(plan, launch.output_tail)
+            + lost,
+        )
+    if launch.output_lost:  # the tool's own failure, not the project's
+        return Report(
+            status='error',
+            exit_code=EXIT_CANNOT_START,
+            **fields,
+            message=f'the reproduced run {new_id} ran to its end, but {launch.output_lost}',
         )
     reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id, plan)
     differences = differences_between(
@@ -4179,13 +4727,15 @@ def judge_reproduction(
     project's: say that the run ran and its metrics could not be read."""
     try:
         reproduced = session.client.get_run(run_id)
+        # A script logs its params itself: every param either run logged.
+        keys = [*{**reference.data.params, **reproduced.data.params}] if plan.script else None
         return reproduced, *judge_runs(
             session.client,
             session.options.rules,
             session.options.last_only,
             reference,
             reproduced,
-            plan.declared,
+            keys or plan.declared,
         )
     except ReproduceError as e:
         detail = str(e).split(': ', 1)[-1]
@@ -4193,6 +4743,18 @@ def judge_reproduction(
         detail = _mlflow_error('', e).args[0].lstrip(': ')
     raise ReproduceError(
         f'the reproduced run {run_id} ran, but its metrics could not be read back: {detail}'
+    )
+
+
+def experiment_mismatch_hint(plan: Plan, tail: Sequence[str]) -> str:
+    """MLflow's 'active experiment ID does not match environment run ID',
+    said plainly: the script sets its own experiment."""
+    if plan.script is None or not any('does not match environment run ID' in t for t in tail):
+        return ''
+    return (
+        f'; the script sets its own experiment with mlflow.set_experiment(), so it cannot log '
+        f'into experiment {plan.experiment_name!r}: drop --experiment_name to reproduce it in '
+        f"the reference run's experiment"
     )
 
 
@@ -4429,6 +4991,8 @@ def _run_probe(
             message=probe.error,
             model=probe.label,
         )
+        if not session.options.quiet:  # --quiet prints its own line for it
+            print(f'reproduce_run: error: {probe.error}', file=sys.stderr, flush=True)
         progress.end(index, report)
         return report
     if session.stop.event.is_set():  # start nothing new after a signal
@@ -4543,7 +5107,7 @@ def create_group_run(
         tags[TAG_PARENT_RUN_ID] = parent_run_id
     try:
         run = session.client.create_run(
-            _experiment_id(session.client, session.options.experiment_name),
+            _experiment_id(session.client, session.options.experiment_name or 'Default'),
             tags=tags,
             run_name=fit_tag(name),
         )
@@ -4575,7 +5139,7 @@ def record_group(session: Session, records: Sequence[GroupRecord], parents: _Par
                 )
                 session.client.log_text(run_id, record.text, f'{ARTIFACT_DIR}/{record.artifact}')
             except Exception as e:
-                warn(f'could not record {record.what} on run {run_id}: {_last_line(str(e))}')
+                warn(f'could not record {record.what} on run {run_id}: {server_failure(e)}')
         close_run(session.client, run_id, closing, session.left_open)
 
 
@@ -4661,9 +5225,12 @@ def read_runs_file(path: str) -> list[str]:
     return [run_id for run_id in ids if run_id]
 
 
+_MODEL_URI_RE = re.compile(r'models:/([^/@]+)(?:/(\d+)|@([\w-]+))')  # what --model takes
+
+
 def resolve_model(client: MlflowClient, uri: str) -> Chosen:
     """models:/<name>/<version> or models:/<name>@<alias> -> the version's source run."""
-    match = re.fullmatch(r'models:/([^/@]+)(?:/(\d+)|@([\w-]+))', uri)
+    match = _MODEL_URI_RE.fullmatch(uri)
     if not match:
         return Chosen(
             None, uri, f'{uri!r} is not models:/<name>/<version> or models:/<name>@<alias>'
@@ -4698,9 +5265,7 @@ def skip_reason(run: Run, uri_given: bool) -> str | None:
         return 'it is itself a reproduction'
     if run.info.status != 'FINISHED':
         return f'its status is {run.info.status}, not FINISHED'
-    if tags.get(TAG_SOURCE_TYPE) != 'PROJECT' and not uri_given:
-        return 'it was not launched as an MLflow Project (pass --uri to reproduce it)'
-    return None
+    return not_reproducible(run, uri_given)
 
 
 def search_runs(
@@ -5603,7 +6168,7 @@ def invoke(
     selection: Selection,
     compare_to_id: str | None,
     stop: Stop,
-    left_open: list[tuple[str, str, str]],
+    left_open: list[LeftOpen],
 ) -> Report | BatchReport | BisectReport:
     """Settings for the tool's own requests, the tracking server checked, then
     one run, a comparison, or a batch; every process the tool started is gone
@@ -5662,6 +6227,14 @@ def _run_id(s: str) -> str:
     if not _RUN_ID_RE.match(s):
         raise argparse.ArgumentTypeError(
             f'expected an MLflow run ID (letters, digits, _ and -), got {s!r}',
+        )
+    return s
+
+
+def _model_uri(s: str) -> str:
+    if not _MODEL_URI_RE.fullmatch(s):
+        raise argparse.ArgumentTypeError(
+            f'expected models:/NAME/VERSION or models:/NAME@ALIAS, got {s!r}'
         )
     return s
 
@@ -5764,15 +6337,24 @@ def build_parser() -> argparse.ArgumentParser:
         '--experiment_name',
         '--experiment-name',
         dest='experiment_name',
-        default='Default',
-        help='experiment that receives the reproduced run (default: %(default)s)',
+        help='experiment that receives the reproduced run (default: Default; for a run '
+        "made without `mlflow run`, the reference run's own experiment)",
     )
     parser.add_argument('--version', help="commit to run (default: the run's recorded commit)")
     parser.add_argument(
         '--entry-point',
         '-e',
         dest='entry_point',
-        help=f"entry point (default: the run's, else {DEFAULT_ENTRY_POINT})",
+        help=f"entry point (default: the run's, else {DEFAULT_ENTRY_POINT}); for a run "
+        'made without `mlflow run`, the script, relative to the repository root',
+    )
+    parser.add_argument(
+        '--script-args',
+        dest='script_args',
+        metavar='ARGS',
+        help='for a run made without `mlflow run`: its arguments, split like a shell line, '
+        "with {param} replaced by the reference run's value (default: the tag "
+        f'{TAG_ARGV}, else the params the script accepts as options)',
     )
     parser.add_argument(
         '--env-manager',
@@ -5806,6 +6388,7 @@ def build_parser() -> argparse.ArgumentParser:
         '--model',
         action='append',
         default=[],
+        type=_model_uri,
         metavar='URI',
         help='the run behind a registered model version: models:/NAME/VERSION '
         'or models:/NAME@ALIAS; repeatable',
@@ -6059,7 +6642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     options, selection = Options.from_args(args), Selection.from_args(args)
     stop = Stop()
-    left_open: list[tuple[str, str, str]] = []
+    left_open: list[LeftOpen] = []
     with _stdout_to_stderr() as report_stream:
         try:
             with _signal_handlers({signal.SIGINT: stop, signal.SIGTERM: stop}):

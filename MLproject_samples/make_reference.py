@@ -7,7 +7,11 @@ Usage::
 
 SAMPLE is a folder name under ``MLproject_samples/`` (or a path to any project
 folder). The project runs exactly as a user would run it, with
-``python -m mlflow run <abs dir> --env-manager local ...``, against whatever
+``python -m mlflow run <abs dir> --env-manager local ...``; a sample without an
+MLproject file (``script_run``) is a plain script, run as a person does from
+the top of the repository, ``python MLproject_samples/script_run/train.py
+--key value ...``, one ``--key value`` per ``-P``. Either runs
+against whatever
 tracking URI MLflow's usual settings give (``MLFLOW_TRACKING_URI``, else
 ``sqlite:///mlflow.db`` in the current folder). Everything MLflow and the
 project print goes to stderr; stdout gets only the run ID, so that
@@ -19,7 +23,8 @@ run with ID '<id>' ===``, written before the project starts, so it names this
 very run even when other runs share the store; it is then checked in the
 tracking store (a finished project run, started after the launch). Should the
 line be missing, the single project run started since the launch is taken, if
-there is exactly one.
+there is exactly one; for a script, the single script run (source type LOCAL)
+started since the launch.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 from pathlib import Path
 
 SAMPLES_DIR = Path(__file__).resolve().parent
+SCRIPT = 'train.py'  # what a sample without an MLproject file runs
 RUNNING_LINE = re.compile(r"=== Running command .* in run with ID '([^']+)' === ?$")
 PROG = 'make_reference'
 
@@ -62,18 +68,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_sample(sample: str) -> Path:
     """The sample's absolute folder: a name under MLproject_samples/, else a path."""
     for candidate in (SAMPLES_DIR / sample, Path(sample)):
-        if (candidate / 'MLproject').is_file():
+        if (candidate / 'MLproject').is_file() or (candidate / SCRIPT).is_file():
             return candidate.resolve()
-    raise FileNotFoundError(f'no MLproject found for sample {sample!r}')
+    raise FileNotFoundError(f'no MLproject (nor {SCRIPT}) found for sample {sample!r}')
 
 
-def run_mlflow(command: list[str]) -> tuple[int, list[str]]:
+def repository_top(folder: Path) -> Path:
+    """The top of the git repository that holds folder; folder itself outside one."""
+    try:
+        proc = subprocess.run(
+            ('git', 'rev-parse', '--show-toplevel'),
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return folder
+    return Path(proc.stdout.strip())
+
+
+def run_mlflow(command: list[str], cwd: Path | None = None) -> tuple[int, list[str]]:
     """Run ``command``; its stdout and stderr go to our stderr. Returns (status, stderr lines)."""
     env = dict(os.environ, MLFLOW_CONFIGURE_LOGGING='true', MLFLOW_LOGGING_LEVEL='INFO')
     sys.stderr.flush()
     lines: list[str] = []
     with subprocess.Popen(
-        command, stdout=sys.stderr, stderr=subprocess.PIPE, env=env, text=True, errors='replace'
+        command,
+        stdout=sys.stderr,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        errors='replace',
+        cwd=cwd,
     ) as proc:
         assert proc.stderr is not None
         try:
@@ -86,7 +113,7 @@ def run_mlflow(command: list[str]) -> tuple[int, list[str]]:
     return proc.returncode, lines
 
 
-def find_run_id(lines: list[str], launched_ms: int) -> str:
+def find_run_id(lines: list[str], launched_ms: int, source_type: str = 'PROJECT') -> str:
     """The ID of the run this launch created, checked against the tracking store."""
     from mlflow import MlflowClient
     from mlflow.entities import RunStatus
@@ -100,7 +127,7 @@ def find_run_id(lines: list[str], launched_ms: int) -> str:
         runs = client.search_runs(
             experiment_ids,
             filter_string=f'attributes.start_time >= {launched_ms} '
-            "and tags.`mlflow.source.type` = 'PROJECT'",
+            f"and tags.`mlflow.source.type` = '{source_type}'",
         )
         if len(runs) != 1:
             raise LookupError(f'cannot tell the new run apart ({len(runs)} candidates)')
@@ -119,16 +146,34 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f'{PROG}: {exc}', file=sys.stderr)
         return 2
-    command = [sys.executable, '-m', 'mlflow', 'run', str(project_dir), '--env-manager', 'local']
-    command += ['-e', args.entry_point]
-    for param in args.param:
-        command += ['-P', param]
-    if args.experiment_name:
-        command += ['--experiment-name', args.experiment_name]
+    script = not (project_dir / 'MLproject').is_file()
+    top = repository_top(project_dir)
+    if script:  # run as a person does, from the top of the repository
+        command = [sys.executable, str((project_dir / SCRIPT).relative_to(top))]
+        for param in args.param:
+            key, _, value = param.partition('=')
+            command += [f'--{key}', value]
+        if args.experiment_name:
+            os.environ['MLFLOW_EXPERIMENT_NAME'] = args.experiment_name
+    else:
+        command = [
+            sys.executable,
+            '-m',
+            'mlflow',
+            'run',
+            str(project_dir),
+            '--env-manager',
+            'local',
+        ]
+        command += ['-e', args.entry_point]
+        for param in args.param:
+            command += ['-P', param]
+        if args.experiment_name:
+            command += ['--experiment-name', args.experiment_name]
 
     launched_ms = int(time.time() * 1000) - 1000  # a second of slack for clock granularity
     try:
-        status, lines = run_mlflow(command)
+        status, lines = run_mlflow(command, cwd=top if script else None)
     except KeyboardInterrupt:
         print(f'{PROG}: interrupted', file=sys.stderr)
         return 130
@@ -139,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return status if status > 0 else 1
     try:
-        run_id = find_run_id(lines, launched_ms)
+        run_id = find_run_id([] if script else lines, launched_ms, 'LOCAL' if script else 'PROJECT')
     except Exception as exc:  # any store or lookup error ends in the same one-line report
         print(f'{PROG}: run succeeded but its ID was not found: {exc}', file=sys.stderr)
         return 1

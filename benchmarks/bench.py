@@ -428,7 +428,8 @@ if which == 'tool':
     add('import reproduce_run', time.perf_counter() - start)
     mlflow.MlflowClient = timed('store open', mlflow.MlflowClient, main_thread_only=True)
     for name in ('read_reference', 'checkout', 'make_plan', 'check_command',
-                 'create_reproduced_run', 'run_project', 'start_project', 'registrations_of',
+                 'create_reproduced_run', 'log_reproduced_params', 'run_project',
+                 'start_project', 'registrations_of',
                  'judge_reproduction', 'read_histories', 'judge', 'record_verdict',
                  'reproduce_one', 'invoke', 'render', 'main'):
         setattr(m, name, timed(name, getattr(m, name)))
@@ -462,7 +463,10 @@ _TOOL_ROWS: tuple[tuple[str, Callable[[Mapping[str, float]], float]], ...] = (
     ('read the reference run', lambda p: p['read_reference']),
     ('git fetch of the commit', lambda p: p['checkout']),
     ('plan (MLproject, params, command check)', lambda p: p['make_plan'] + p['check_command']),
-    ('create run + params + tags', lambda p: p['create_reproduced_run']),
+    (
+        'create run + params + tags',
+        lambda p: p['create_reproduced_run'] + p['log_reproduced_params'],
+    ),
     ('start the project (command built, bash started)', lambda p: p['start_project']),
     (
         'close run, end leftover processes',
@@ -484,6 +488,7 @@ _TOOL_ROWS: tuple[tuple[str, Callable[[Mapping[str, float]], float]], ...] = (
                     'make_plan',
                     'check_command',
                     'create_reproduced_run',
+                    'log_reproduced_params',
                     'run_project',
                     'registrations_of',
                     'judge_reproduction',

@@ -260,7 +260,9 @@ def test_from_experiment_with_filter_since_and_max_runs(samples_repo, store, cap
     reasons = {s['run_id']: s['reason'] for s in doc['skipped']}
     assert reasons == {
         made['reproduction']: 'it is itself a reproduction',
-        made['notebook']: 'it was not launched as an MLflow Project (pass --uri to reproduce it)',
+        made['notebook']: 'it was not launched as an MLflow Project (tag mlflow.source.type is '
+        'None) and recorded no remote (tag mlflow.source.git.repoURL): pass --uri with the git '
+        'URL of its code',
         made['failed']: 'its status is FAILED, not FINISHED',
     }
     code, out, _ = reproduce(

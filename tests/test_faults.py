@@ -59,6 +59,13 @@ QUIET = {  # no MLflow call at all: only the tool talks to the server
     'quiet.py': 'print("quiet project done")\n',
 }
 
+QUIET_WITH_A_PARAM = {  # its params are logged by the tool, through runs/log-batch
+    'MLproject': 'entry_points:\n  main:\n    parameters:\n'
+    '      n: {type: float, default: 1}\n'
+    '    command: python quiet.py {n}\n',
+    'quiet.py': 'print("quiet project done")\n',
+}
+
 CHATTY_FAILURE = {
     'MLproject': 'entry_points:\n  main:\n    command: python fail.py\n',
     'fail.py': (
@@ -364,3 +371,108 @@ def test_a_password_in_the_tracking_uri_is_masked_everywhere(
     tags = json.dumps(client().get_run(new_id).data.tags)
     assert 's3cret' not in out + err + tags + ''.join(recorded)
     assert 'user:' not in out + err
+
+
+# --- issue 19: defects found by an adversarial probe ---------------------------
+
+
+def all_runs() -> list[str]:
+    from mlflow.entities import ViewType
+
+    c = client()
+    experiments = [e.experiment_id for e in c.search_experiments(view_type=ViewType.ALL)]
+    return [r.info.run_id for r in c.search_runs(experiments, run_view_type=ViewType.ALL)]
+
+
+def test_a_malformed_model_uri_is_an_argument_error_that_creates_nothing(capsys):
+    before = all_runs()
+    with pytest.raises(SystemExit) as exc:
+        main_in_process('--model', 'notamodeluri')
+    out, err = capsys.readouterr()
+    assert (exc.value.code, out) == (2, '')
+    assert err == (
+        'reproduce_run: error: argument --model: expected models:/NAME/VERSION or '
+        "models:/NAME@ALIAS, got 'notamodeluri' (see --help)\n"
+    )
+    assert all_runs() == before
+
+
+def test_a_model_that_is_not_found_is_a_batch_entry_with_its_error_on_stderr(capsys, tmp_path):
+    uri = f'models:/absent-{tmp_path.name}/1'
+    code, out, err = reproduce(capsys, '--model', uri, '--dry-run', '--output', 'json')
+    [entry] = json.loads(out)['runs']
+    assert code == 2
+    assert (entry['status'], entry['model']) == ('error', uri)
+    assert entry['message'].startswith(f'model {uri} not found: ')
+    assert f'reproduce_run: error: {entry["message"]}\n' in err
+
+
+@pytest.mark.parametrize(
+    ('run_ids', 'start'),
+    [
+        pytest.param(['A'], 'run A is left RUNNING', id='one'),
+        pytest.param(['A', 'B'], 'runs A and B are left RUNNING', id='two'),
+        pytest.param(['A', 'B', 'C'], 'runs A, B and C are left RUNNING', id='three'),
+    ],
+)
+def test_left_running_line_names_the_runs_in_plain_english(run_ids, start, monkeypatch):
+    from reproduce_run import LeftOpen, left_running_line
+
+    monkeypatch.setenv('REPRODUCE_RUN_CLOSE_TIMEOUT', '3')
+    why = 'the tracking server answered HTTP 500'
+    line = left_running_line([LeftOpen(r, 'FINISHED', 'http://h:5000', why) for r in run_ids])
+    it = 'them' if len(run_ids) > 1 else 'it'
+    assert line.startswith(f'reproduce_run: error: {start}: {why} (retried for 3 s); close {it}')
+
+
+@pytest.mark.slow
+def test_runs_left_running_by_a_server_answering_500_are_named_with_that_cause(
+    own_repo, server, capsys, monkeypatch
+):
+    first = project_run(own_repo, 'quiet', QUIET)
+    second = recorded_run(f'file://{own_repo}#quiet', git('rev-parse', 'HEAD', cwd=own_repo))
+    with proxy_in_front_of(server.url) as proxy:
+        proxy.add(Rule('runs/update', status=500))
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', proxy.url)
+        monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')
+        monkeypatch.setenv('REPRODUCE_RUN_CLOSE_TIMEOUT', '2')
+        code, out, err = reproduce(capsys, '--run_id', first, second, '--output', 'json')
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', server.url)
+    doc = json.loads(out)
+    left = [r['reproduced_run_id'] for r in doc['runs']] + [doc['batch_run_id']]
+    assert all(client().get_run(r).info.status == 'RUNNING' for r in left)
+    last = err.splitlines()[-1]
+    assert last.startswith('reproduce_run: error: runs ')
+    named = last.split('runs ', 1)[1].split(' are left RUNNING: ')[0]
+    assert sorted(named.replace(' and ', ', ').split(', ')) == sorted(left)
+    assert ' are left RUNNING: the tracking server answered HTTP 500 (retried for 2 s); ' in last
+    assert 'did not answer' not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('batch', [False, True], ids=['single', 'batch'])
+def test_a_server_answering_500_to_log_batch_is_quoted_and_the_run_is_named(
+    own_repo, server, capsys, monkeypatch, tmp_path, batch
+):
+    run_id = project_run(own_repo, 'quiet', QUIET_WITH_A_PARAM, {'n': '2'})
+    (tmp_path / 'runs.txt').write_text(f'{run_id}\n')
+    chosen = ('--runs-file', str(tmp_path / 'runs.txt')) if batch else ('--run_id', run_id)
+    with proxy_in_front_of(server.url) as proxy:
+        proxy.add(Rule('runs/log-batch', status=500))
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', proxy.url)
+        monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')
+        code, out, err = reproduce(capsys, *chosen, '--output', 'json')
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', server.url)
+    doc = json.loads(out)
+    [entry] = doc['runs'] if batch else [doc]
+    [new] = reproductions_of(run_id)
+    assert code == 2
+    assert (entry['status'], entry['reproduced_run_id']) == ('error', new.info.run_id)
+    assert entry['message'] == (
+        f'cannot log the params of run {new.info.run_id} (marked FAILED): the tracking '
+        'server answered HTTP 500: {"error_code": "INTERNAL_ERROR", "message": "injected '
+        'by the test proxy"}'
+    )
+    assert new.info.status == 'FAILED'
+    assert new.data.tags['reproduce.status'] == 'error'
+    assert f'{entry["message"]}\n' in err  # on standard error too, where cron mails it

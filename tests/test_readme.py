@@ -76,6 +76,39 @@ def notebook_run(request: pytest.FixtureRequest) -> list[Argv]:
     return [('--run_id', logged_run({'a': [1.0]}))]
 
 
+def notebook_run_of_a_commit(request: pytest.FixtureRequest) -> list[Argv]:
+    c = client()
+    run = c.create_run(
+        c.get_experiment_by_name('Default').experiment_id,
+        tags={
+            'mlflow.source.name': '/Users/alice/train',
+            'mlflow.source.type': 'NOTEBOOK',
+            'mlflow.source.git.commit': _commit(request),
+            'mlflow.source.git.repoURL': str(request.getfixturevalue('samples_repo')),
+        },
+    )
+    c.set_terminated(run.info.run_id)
+    return [('--run_id', run.info.run_id)]
+
+
+def script_run(request: pytest.FixtureRequest, recorded: str, *args: str) -> list[Argv]:
+    """A run made by `python <recorded>` in a clone of the samples (not run: it
+    is refused before anything runs)."""
+    c = client()
+    run = c.create_run(
+        c.get_experiment_by_name('Default').experiment_id,
+        tags={
+            'mlflow.source.name': recorded,
+            'mlflow.source.type': 'LOCAL',
+            'mlflow.source.git.commit': _commit(request),
+            'mlflow.source.git.repoURL': str(request.getfixturevalue('samples_repo')),
+        },
+    )
+    c.log_param(run.info.run_id, 'alpha', '0.3')
+    c.set_terminated(run.info.run_id)
+    return [('--run_id', run.info.run_id, *args)]
+
+
 def project_run_without_commit(request: pytest.FixtureRequest) -> list[Argv]:
     c = client()
     run = c.create_run(
@@ -244,11 +277,28 @@ def arguments(*argv: str) -> Setup:
 SETUPS: dict[str, Setup] = {
     'no `--run_id`': arguments(),
     "malformed run ID (`--run_id 'a b'`)": arguments('--run_id', 'a b'),
+    'malformed model URI (`--model notamodeluri`); nothing is created': arguments(
+        '--model', 'notamodeluri'
+    ),
     'unknown run ID': arguments('--run_id', 'f' * 32),
     'deleted run': deleted_run,
     'run in a deleted experiment': run_in_deleted_experiment,
-    'run not launched as a project (e.g. from a notebook)': notebook_run,
+    'run not launched as a project that recorded no remote': notebook_run,
+    'notebook run': notebook_run_of_a_commit,
     'project run without a recorded commit': project_run_without_commit,
+    'run made without `mlflow run` whose recorded script matches several files': (
+        lambda request: script_run(request, 'train.py')
+    ),
+    'run made without `mlflow run` whose recorded script is not at the commit': (
+        lambda request: script_run(request, '/home/alice/repo/gone.py')
+    ),
+    '`--env-manager virtualenv` for a run made without `mlflow run`, with no '
+    '`python_env.yaml` or `conda.yaml`': lambda request: script_run(
+        request, 'script_run/train.py', '--env-manager', 'virtualenv'
+    ),
+    '`--script-args` with a placeholder that is no param of the run': lambda request: script_run(
+        request, 'script_run/train.py', '--script-args', '--alpha {rate}'
+    ),
     'entry point missing at that commit': entry_point_missing,
     'MLproject that does not parse at that commit': mlproject_not_parsing,
     'declared param without default that the run lacks': param_without_default_missing,

@@ -333,7 +333,7 @@ def test_mask_credentials(text, expected):
             'x',
             id='experiment-name',
         ),
-        pytest.param(['--run-id', 'abc'], 'experiment_name', 'Default', id='experiment-default'),
+        pytest.param(['--run-id', 'abc'], 'experiment_name', None, id='experiment-default'),
         pytest.param(['--run-id', 'abc', '--rel_tol', '0.1'], 'rtol', 0.1, id='rel_tol'),
         pytest.param(['--run-id', 'abc', '--rtol', '0.1'], 'rtol', 0.1, id='rtol'),
         pytest.param(['--run-id', 'abc'], 'rtol', 1e-9, id='rtol-default'),
@@ -798,6 +798,7 @@ def test_json_output_is_one_document_with_every_field(reference, capsys):
         'version': ref.data.tags['mlflow.source.git.commit'],
         'entry_point': 'main',
         'env_manager': 'local',
+        'script': None,
     }
     assert doc['params']['passed'] == {'alpha': '0.005', 'l1_ratio': '0.5'}
     assert doc['params']['not_passed'] == {}

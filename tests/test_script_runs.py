@@ -1,0 +1,651 @@
+"""Runs made without `mlflow run`: `python src/train.py --alpha 0.3`, whose
+script calls mlflow.start_run() itself.  The scripts live in a real git
+repository pushed to a real `git daemon`; the reference runs are made by
+running them with `python`, as a person does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES, git, mlflow_run
+from test_reproduce_run import (
+    client,
+    param_table,
+    process_gone,
+    reproduce,
+    reproduced_run,
+    reproductions_of,
+    run_snapshot,
+    start_tool,
+    wait_for,
+)
+
+import reproduce_run
+from reproduce_run import ReproduceError
+
+READS_DATA = """\
+import argparse
+import mlflow
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--data', default='data.csv')
+args = parser.parse_args()
+rows = [line.split(',') for line in open(args.data).read().split()]
+with mlflow.start_run():
+    mlflow.log_params({'data': args.data, 'n_rows': len(rows)})
+    mlflow.log_metric('total', sum(float(x) for row in rows for x in row))
+"""
+
+# --scale is no param: only the tag reproduce.argv can give it back.
+SCALED = """\
+import argparse
+import json
+import sys
+import mlflow
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--scale', type=float, default=1.0)
+args = parser.parse_args()
+with mlflow.start_run():
+    mlflow.set_tag('reproduce.argv', json.dumps(sys.argv[1:]))
+    mlflow.log_metric('scaled', 2.0 * args.scale)
+"""
+
+# A positional argument and an option whose name is no param's: only a
+# --script-args template can pass them.
+POSITIONAL = """\
+import argparse
+import mlflow
+
+parser = argparse.ArgumentParser()
+parser.add_argument('lr', type=float)
+parser.add_argument('--name-tag', dest='name_tag', default='x')
+args = parser.parse_args()
+with mlflow.start_run():
+    mlflow.log_params({'learning_rate': args.lr, 'name': args.name_tag})
+    mlflow.log_metric('score', args.lr * len(args.name_tag))
+"""
+
+ECHO = """\
+import argparse
+import mlflow
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--msg', required=True)
+args = parser.parse_args()
+with mlflow.start_run():
+    mlflow.log_param('msg', args.msg)
+    mlflow.log_metric('msg_length', len(args.msg))
+"""
+
+# Its option is --lr, its param learning_rate: --help cannot tell they are one.
+RENAMED = """\
+import argparse
+import mlflow
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--lr', type=float, default=0.1)
+args = parser.parse_args()
+with mlflow.start_run():
+    mlflow.log_param('learning_rate', args.lr)
+    mlflow.log_metric('score', 10 * args.lr)
+"""
+
+# No argparse: `--help` runs the whole script.
+NO_HELP = """\
+import mlflow
+
+with mlflow.start_run():
+    mlflow.log_param('seed', 7)
+    mlflow.log_metric('value', 21.0)
+"""
+
+SLOW = """\
+import argparse
+import os
+import time
+import mlflow
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--seconds', type=float, default=0.0)
+args = parser.parse_args()
+with mlflow.start_run():
+    mlflow.log_param('seconds', args.seconds)
+    if os.environ.get('SAMPLE_PID_FILE'):
+        with open(os.environ['SAMPLE_PID_FILE'], 'w') as f:
+            f.write(str(os.getpid()))
+    time.sleep(args.seconds)
+"""
+
+FILES = {
+    'script_run/train.py': (SAMPLES / 'script_run' / 'train.py').read_text(),
+    'src/reads_data.py': READS_DATA,
+    'src/data.csv': '1,2\n3,4\n5,6\n',
+    'src/scaled.py': SCALED,
+    'src/positional.py': POSITIONAL,
+    'src/renamed.py': RENAMED,
+    'tools/echo.py': ECHO,
+    'a/fit.py': NO_HELP,
+    'b/fit.py': NO_HELP,
+    'slow/wait.py': SLOW,
+}
+
+
+@pytest.fixture(scope='module')
+def scripts_repo(tmp_path_factory, git_daemon) -> Path:
+    """A clone whose remote (origin) is a bare repository on the git daemon."""
+    url, base = git_daemon
+    bare = base / 'scripts.git'
+    git('init', '--quiet', '--bare', str(bare), cwd=base)
+    repo = tmp_path_factory.mktemp('scripts') / 'repo'
+    repo.mkdir()
+    for name, text in FILES.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    git('init', '--quiet', '--initial-branch', 'main', cwd=repo)
+    git('config', 'user.email', 'tests@example.invalid', cwd=repo)
+    git('config', 'user.name', 'tests', cwd=repo)
+    git('add', '--all', cwd=repo)
+    git('commit', '--quiet', '-m', 'scripts', cwd=repo)
+    git('remote', 'add', 'origin', f'{url}/scripts.git', cwd=repo)
+    git('push', '--quiet', 'origin', 'main', cwd=repo)
+    return repo
+
+
+def python_run(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> str:
+    """Run `python argv...` in cwd as a person does; the ID of the run it made."""
+    c = client()
+    started = int(time.time() * 1000) - 1000
+    proc = subprocess.run(
+        (sys.executable, *argv),
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    experiments = [e.experiment_id for e in c.search_experiments()]
+    runs = [
+        r
+        for r in c.search_runs(
+            experiments,
+            f"attributes.start_time >= {started} and tags.`mlflow.source.type` = 'LOCAL'",
+        )
+        if 'reproduce.reference_run_id' not in r.data.tags
+    ]
+    assert len(runs) == 1, runs
+    return runs[0].info.run_id
+
+
+@pytest.fixture(scope='module')
+def made() -> dict:
+    """Reference runs made once per module, by key."""
+    return {}
+
+
+def script_reference(made: dict, key: str, cwd: Path, *argv: str) -> str:
+    if key not in made:
+        made[key] = python_run(cwd, *argv)
+    return made[key]
+
+
+# --- resolving: pure ----------------------------------------------------------
+
+TRACKED = ['script_run/train.py', 'src/train.py', 'src/data.csv', 'a/fit.py', 'b/fit.py', 'run.py']
+
+
+@pytest.mark.parametrize(
+    ('recorded', 'expected'),
+    [
+        pytest.param('src/train.py', ['src/train.py'], id='root-relative'),
+        pytest.param('./src/train.py', ['src/train.py'], id='dot-slash'),
+        pytest.param('run.py', ['run.py'], id='top-file'),
+        pytest.param('/home/alice/repo/src/train.py', ['src/train.py'], id='absolute'),
+        pytest.param('train.py', ['script_run/train.py', 'src/train.py'], id='ambiguous'),
+        pytest.param('fit.py', ['a/fit.py', 'b/fit.py'], id='two-of-one-name'),
+        pytest.param('../a/fit.py', ['a/fit.py'], id='typed-from-a-sibling-folder'),
+        pytest.param('/home/alice/repo/src/other.py', [], id='missing'),
+        pytest.param('', [], id='nothing-recorded'),
+    ],
+)
+def test_script_candidates(recorded, expected):
+    assert reproduce_run.script_candidates(recorded, TRACKED) == expected
+
+
+@pytest.mark.parametrize(
+    ('recorded', 'path', 'folder'),
+    [
+        pytest.param('train.py', 'src/train.py', 'src', id='typed-inside-src'),
+        pytest.param('src/train.py', 'src/train.py', '', id='typed-at-the-top'),
+        pytest.param('deep/train.py', 'a/deep/train.py', 'a', id='typed-in-a'),
+        pytest.param('/home/alice/repo/src/train.py', 'src/train.py', '', id='absolute'),
+        pytest.param('../a/fit.py', 'a/fit.py', '', id='dot-dot'),
+        pytest.param('fit.py', 'b/other.py', '', id='e-override-elsewhere'),
+    ],
+)
+def test_working_folder(recorded, path, folder):
+    assert reproduce_run.working_folder(recorded, path) == folder
+
+
+ARGPARSE_HELP = """\
+usage: train.py [-h] [--alpha ALPHA] [--l1-ratio L1_RATIO] [--verbose] [--mode {a,b}]
+
+options:
+  -h, --help           show this help message and exit
+  --alpha ALPHA        learning rate
+  --l1-ratio L1_RATIO
+  --verbose
+  --mode {a,b}
+"""
+
+
+def test_help_options():
+    assert reproduce_run.help_options(ARGPARSE_HELP) == {
+        '--alpha': True,
+        '--l1-ratio': True,
+        '--verbose': False,
+        '--mode': True,
+    }
+    assert reproduce_run.help_options('Usage: x [--out=<file>]') == {'--out': True}
+    assert reproduce_run.help_options('no options here, see x--y') == {}
+
+
+@pytest.mark.parametrize(
+    ('params', 'argv', 'not_passed'),
+    [
+        pytest.param({'alpha': '0.3'}, ['--alpha', '0.3'], {}, id='option'),
+        pytest.param({'l1_ratio': '0.5'}, ['--l1-ratio', '0.5'], {}, id='underscore-as-dash'),
+        pytest.param({'solver': 'sgd'}, [], {'solver': 'sgd'}, id='not-an-option'),
+        pytest.param({'verbose': 'True'}, ['--verbose'], {}, id='flag-on'),
+        pytest.param({'verbose': 'False'}, [], {}, id='flag-off'),
+        pytest.param({'verbose': 'loud'}, [], {'verbose': 'loud'}, id='flag-with-a-value'),
+        pytest.param(
+            {'mode': '$(id); `id`', 'alpha': '1'},
+            ['--alpha', '1', '--mode', '$(id); `id`'],
+            {},
+            id='hostile-value-is-one-argument',
+        ),
+    ],
+)
+def test_arguments_from_help(params, argv, not_passed):
+    got, chosen = reproduce_run.arguments_from_help(
+        reproduce_run.help_options(ARGPARSE_HELP), params
+    )
+    assert (got, chosen.not_passed) == (argv, not_passed)
+    assert {**chosen.passed, **chosen.not_passed} == params
+
+
+@pytest.mark.parametrize(
+    ('template', 'expected'),
+    [
+        pytest.param('--lr {lr} --epochs {epochs}', ['--lr', '0.1', '--epochs', '5'], id='plain'),
+        pytest.param(
+            '--data s3://bucket/{split}.csv', ['--data', 's3://bucket/a b.csv'], id='inside-a-word'
+        ),
+        pytest.param("'{split}' {lr}", ['a b', '0.1'], id='quoted'),
+        pytest.param('{{literal}} {lr}', ['{literal}', '0.1'], id='literal-braces'),
+        pytest.param('--x {hostile}', ['--x', '$(id); `id`'], id='hostile-value-is-data'),
+    ],
+)
+def test_template_arguments(template, expected):
+    params = {'lr': '0.1', 'epochs': '5', 'split': 'a b', 'hostile': '$(id); `id`'}
+    assert reproduce_run.template_arguments(template, params) == expected
+
+
+@pytest.mark.parametrize(
+    ('template', 'message'),
+    [
+        pytest.param('--lr {rate}', 'names {rate}, which is not a param', id='unknown-param'),
+        pytest.param("--lr '{lr}", 'cannot be used: No closing quotation', id='open-quote'),
+    ],
+)
+def test_bad_template_is_one_line(template, message):
+    with pytest.raises(ReproduceError, match='--script-args') as e:
+        reproduce_run.template_arguments(template, {'lr': '0.1'})
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ('value', 'expected'),
+    [
+        pytest.param('["--alpha", "0.3"]', ['--alpha', '0.3'], id='list'),
+        pytest.param('[]', [], id='empty'),
+        pytest.param('{"alpha": 1}', None, id='object'),
+        pytest.param('[1, 2]', None, id='numbers'),
+        pytest.param('--alpha 0.3', None, id='not-json'),
+    ],
+)
+def test_recorded_arguments(value, expected):
+    if expected is None:
+        with pytest.raises(ReproduceError, match='reproduce.argv .* not a JSON list'):
+            reproduce_run.recorded_arguments(value)
+    else:
+        assert reproduce_run.recorded_arguments(value) == expected
+
+
+@pytest.mark.parametrize(
+    ('tags', 'uri_given', 'reason'),
+    [
+        pytest.param(
+            {'mlflow.source.type': 'NOTEBOOK', 'mlflow.source.git.commit': 'abc'},
+            True,
+            'notebook run',
+            id='notebook',
+        ),
+        pytest.param(
+            {'mlflow.source.type': 'LOCAL', 'mlflow.source.git.commit': 'abc'},
+            False,
+            'recorded no remote',
+            id='no-remote',
+        ),
+        pytest.param(
+            {'mlflow.source.type': 'LOCAL', 'mlflow.source.git.commit': 'abc'},
+            True,
+            None,
+            id='no-remote-but-uri',
+        ),
+        pytest.param(
+            {'mlflow.source.type': 'LOCAL', 'mlflow.source.git.repoURL': 'git://h/r.git'},
+            False,
+            'recorded no commit',
+            id='no-commit',
+        ),
+        pytest.param(
+            {
+                'mlflow.source.type': 'LOCAL',
+                'mlflow.source.git.repoURL': 'git://h/r.git',
+                'mlflow.source.git.commit': 'abc',
+            },
+            False,
+            None,
+            id='script-run',
+        ),
+    ],
+)
+def test_not_reproducible(tags, uri_given, reason):
+    from mlflow.entities import Run, RunData, RunInfo, RunTag
+
+    run = Run(
+        RunInfo('r', 'e', 'u', 'FINISHED', 0, 1, 'active'),
+        RunData(tags=[RunTag(k, v) for k, v in tags.items()]),
+    )
+    got = reproduce_run.not_reproducible(run, uri_given)
+    assert (got is None) if reason is None else (reason in got)
+
+
+# --- end to end ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize('where', ['sqlite', 'server'])
+def test_script_that_sets_its_experiment_is_equal_with_no_flag(
+    scripts_repo, where, request, monkeypatch, capsys
+):
+    if where == 'server':
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', request.getfixturevalue('mlflow_server'))
+    # The sample, typed inside its folder; it logs n_rows, which is no option.
+    run_id = python_run(scripts_repo / 'script_run', 'train.py', '--alpha', '0.3', '--epochs', '5')
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert code == 0, err
+    assert out.splitlines()[-1] == 'Runs equal: True'
+    assert 'Entry point:    script_run/train.py (script run) --alpha 0.3 --epochs 5' in out
+    assert (
+        'Script:         python train.py --alpha 0.3 --epochs 5 (in script_run/, env manager: '
+        'local, arguments from --help)' in out
+    )
+    assert param_table(out)[3:6] == [
+        '| alpha   | 0.3    | 0.3    |',
+        '| epochs  | 5      | 5      |',
+        '| n_rows  | 442    | 442    |',
+    ]
+    new, ref = reproduced_run(out), client().get_run(run_id)
+    assert new.info.experiment_id == ref.info.experiment_id  # the script's own experiment
+    assert new.data.tags['reproduce.argv'] == '["--alpha", "0.3", "--epochs", "5"]'
+    assert new.data.tags['mlflow.source.type'] == 'LOCAL'
+    assert new.data.tags['mlflow.source.name'] == 'train.py'
+    assert new.data.tags['mlflow.source.git.commit'] == ref.data.tags['mlflow.source.git.commit']
+    # A reproduction of the reproduction replays exactly what it got.
+    code, out, err = reproduce(capsys, '--run_id', new.info.run_id)
+    assert code == 0, err
+    assert 'arguments from the tag reproduce.argv' in out
+
+
+def test_other_experiment_explains_the_mismatch(scripts_repo, made, capsys):
+    run_id = script_reference(made, 'sample', scripts_repo, 'script_run/train.py')
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--experiment_name', 'elsewhere')
+    assert code == 3
+    [line] = [x for x in err.splitlines() if x.startswith('reproduce_run: error:')]
+    assert 'sets its own experiment' in line and 'drop --experiment_name' in line
+
+
+def test_script_started_in_a_subfolder_reads_its_relative_file(scripts_repo, made, capsys):
+    run_id = script_reference(made, 'reads_data', scripts_repo / 'src', 'reads_data.py')
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert code == 0, err
+    assert 'python reads_data.py --data data.csv (in src/,' in out
+    assert reproduced_run(out).data.metrics['total'] == 21.0
+
+
+def test_reproduce_argv_replays_an_option_that_is_no_param(scripts_repo, made, capsys):
+    run_id = script_reference(made, 'scaled', scripts_repo, 'src/scaled.py', '--scale', '3')
+    assert client().get_run(run_id).data.params == {}
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert code == 0, err
+    assert 'arguments from the tag reproduce.argv' in out
+    assert reproduced_run(out).data.metrics['scaled'] == 6.0
+
+
+def test_script_args_template(scripts_repo, made, capsys):
+    run_id = script_reference(
+        made, 'positional', scripts_repo, 'src/positional.py', '0.5', '--name-tag', 'abc'
+    )
+    code, out, err = reproduce(
+        capsys, '--run_id', run_id, '--script-args', '{learning_rate} --name-tag {name}'
+    )
+    assert code == 0, err
+    assert 'Entry point:    src/positional.py (script run) 0.5 --name-tag abc' in out
+    assert reproduced_run(out).data.tags['reproduce.argv'] == '["0.5", "--name-tag", "abc"]'
+    # Without the template, --help shows no option named after a param: the
+    # script does not get its positional argument and fails.
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert code == 3
+    assert 'the following arguments are required: lr' in err
+
+
+def test_a_param_that_came_back_different_is_a_difference_with_a_note(scripts_repo, made, capsys):
+    run_id = script_reference(made, 'renamed', scripts_repo, 'src/renamed.py', '--lr', '0.5')
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert code == 1, err
+    assert param_table(out)[3] == '| learning_rate | 0.5    | 0.1    | differs |'
+    assert (
+        'Params differ: the script did not get them as arguments; record its arguments with '
+        'mlflow.set_tag("reproduce.argv", json.dumps(sys.argv[1:])) or pass --script-args'
+    ) in out.splitlines()
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--script-args', '--lr {learning_rate}')
+    assert code == 0, err
+
+
+def test_dry_run_of_a_script_run_shows_its_command_and_makes_no_run(scripts_repo, made, capsys):
+    run_id = script_reference(made, 'renamed', scripts_repo, 'src/renamed.py', '--lr', '0.5')
+    before = {r.info.run_id for r in reproductions_of(run_id)}
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run')
+    assert code == 0, err
+    assert (
+        'Script:         python src/renamed.py (in the repository root, env manager: local, '
+        'arguments from --help)'
+    ) in out.splitlines()
+    assert "Params not passed (not in the script's arguments): learning_rate=0.5" in out
+    assert 'Experiment:     Default' in out.splitlines()  # the reference's own
+    assert {r.info.run_id for r in reproductions_of(run_id)} == before
+
+
+def test_hostile_param_values_are_never_executed(scripts_repo, tmp_path, capsys):
+    marks = [tmp_path / f'pwned{i}' for i in range(3)]
+    msg = f'x; touch {marks[0]} && $(touch {marks[1]}) `touch {marks[2]}` \'"'
+    run_id = python_run(scripts_repo, 'tools/echo.py', '--msg', msg)
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert code == 0, err
+    new = reproduced_run(out)
+    assert new.data.params['msg'] == msg
+    assert json.loads(new.data.tags['reproduce.argv']) == ['--msg', msg]
+    assert not any(m.exists() for m in marks)
+
+
+def test_two_scripts_of_one_name_exit_2_naming_both_then_e_chooses(scripts_repo, made, capsys):
+    run_id = script_reference(made, 'fit', scripts_repo / 'a', 'fit.py')
+    before = {r.info.run_id for r in reproductions_of(run_id)}
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err.count('\n') == 1
+    assert 'matches 2 files at commit' in err and 'a/fit.py, b/fit.py' in err and '-e PATH' in err
+    assert {r.info.run_id for r in reproductions_of(run_id)} == before  # nothing ran
+    code, out, err = reproduce(capsys, '--run_id', run_id, '-e', 'a/fit.py')
+    assert code == 0, err
+    assert '(in a/,' in out
+
+
+def test_script_without_help_gets_no_arguments_and_a_warning(scripts_repo, made, capsys):
+    run_id = script_reference(made, 'fit', scripts_repo / 'a', 'fit.py')
+    experiment = client().get_run(run_id).info.experiment_id
+    before = len(client().search_runs([experiment], max_results=50000))
+    code, out, err = reproduce(capsys, '--run_id', run_id, '-e', 'b/fit.py')
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if '--help` shows no options' in line]
+    assert len(warnings) == 1
+    assert json.loads(reproduced_run(out).data.tags['reproduce.argv']) == []
+    # Running it with --help ran the whole script, into a scratch store.
+    assert len(client().search_runs([experiment], max_results=50000)) == before + 1
+
+
+def test_run_with_no_recorded_remote_is_one_line(scripts_repo, tmp_path, capsys):
+    clone = tmp_path / 'clone'
+    git('clone', '--quiet', str(scripts_repo), str(clone), cwd=tmp_path)
+    git('remote', 'remove', 'origin', cwd=clone)
+    run_id = python_run(clone / 'script_run', 'train.py')
+    assert 'mlflow.source.git.repoURL' not in client().get_run(run_id).data.tags
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err.count('\n') == 1
+    assert 'recorded no remote' in err and '--uri' in err
+    # --uri names the source: then it reproduces.
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--uri', str(clone))
+    assert code == 0, err
+
+
+def test_notebook_run_is_one_line(capsys):
+    c = client()
+    run = c.create_run(
+        c.get_experiment_by_name('Default').experiment_id,
+        tags={
+            'mlflow.source.type': 'NOTEBOOK',
+            'mlflow.source.name': '/Users/alice/train',
+            'mlflow.source.git.commit': '0' * 40,
+            'mlflow.source.git.repoURL': 'git://127.0.0.1:1/x.git',
+        },
+    )
+    c.set_terminated(run.info.run_id)
+    code, out, err = reproduce(capsys, '--run_id', run.info.run_id)
+    assert (code, out) == (2, '')
+    assert err.count('\n') == 1
+    assert 'notebook run' in err
+
+
+def test_script_not_at_the_commit_is_one_line(scripts_repo, capsys):
+    c = client()
+    commit = git('rev-parse', 'HEAD', cwd=scripts_repo)
+    url = git('remote', 'get-url', 'origin', cwd=scripts_repo)
+    run = c.create_run(
+        c.get_experiment_by_name('Default').experiment_id,
+        tags={
+            'mlflow.source.type': 'LOCAL',
+            'mlflow.source.name': '/home/alice/repo/gone.py',
+            'mlflow.source.git.commit': commit,
+            'mlflow.source.git.repoURL': url,
+        },
+    )
+    c.set_terminated(run.info.run_id)
+    code, out, err = reproduce(capsys, '--run_id', run.info.run_id)
+    assert (code, out) == (2, '')
+    assert "the recorded script '/home/alice/repo/gone.py'" in err and 'not a file' in err
+    for path in ('../outside.py', '/etc/passwd'):
+        code, out, err = reproduce(capsys, '--run_id', run.info.run_id, '-e', path)
+        assert code == 2
+        assert 'outside the checkout' in err or 'does not exist' in err
+
+
+def test_env_manager_without_an_environment_file_exits_2(scripts_repo, made, capsys):
+    run_id = script_reference(made, 'reads_data', scripts_repo / 'src', 'reads_data.py')
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--env-manager', 'virtualenv')
+    assert (code, out) == (2, '')
+    assert 'python_env.yaml or conda.yaml' in err and 'in src/ or at the repository root' in err
+
+
+def test_batch_mixes_script_and_project_runs(scripts_repo, samples_repo, store, tmp_path, capsys):
+    name = f'mixed-{tmp_path.name}'
+    script_run = python_run(
+        scripts_repo / 'src', 'reads_data.py', env={'MLFLOW_EXPERIMENT_NAME': name}
+    )
+    project_run = mlflow_run(
+        str(samples_repo / 'sklearn_regression'), store, '--experiment-name', name
+    )
+    code, out, err = reproduce(capsys, '--from-experiment', name, '--output', 'json')
+    doc = json.loads(out)
+    assert code == 0, err
+    assert doc['skipped'] == []
+    assert {r['reference_run_id']: r['status'] for r in doc['runs']} == {
+        script_run: 'equal',
+        project_run: 'equal',
+    }
+    script = next(r for r in doc['runs'] if r['reference_run_id'] == script_run)
+    assert script['source']['script'] == {
+        'path': 'src/reads_data.py',
+        'working_folder': 'src',
+        'argv': ['--data', 'data.csv'],
+        'arguments_from': '--help',
+    }
+
+
+@pytest.mark.slow
+def test_repeat_3_on_a_script_run(scripts_repo, made, capsys):
+    run_id = script_reference(made, 'reads_data', scripts_repo / 'src', 'reads_data.py')
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--repeat', '3', '--output', 'json')
+    doc = json.loads(out)
+    assert code == 0, err
+    assert doc['repeat']['classification'] == 'reproducible'
+    assert [r['status'] for r in doc['runs']] == ['equal'] * 3
+
+
+def test_sigterm_during_a_script_run_leaves_no_process_and_kills_the_run(
+    scripts_repo, made, tmp_path
+):
+    run_id = script_reference(made, 'slow', scripts_repo, 'slow/wait.py')
+    before = run_snapshot(run_id)
+    pid_file, tmp = tmp_path / 'pid', tmp_path / 'tmp'
+    tmp.mkdir()
+    tool = start_tool(
+        '--run_id',
+        run_id,
+        '--script-args',
+        '--seconds 120',
+        env={'SAMPLE_PID_FILE': str(pid_file), 'TMPDIR': str(tmp)},
+    )
+    try:
+        wait_for(pid_file.exists, 120, 'the script to start')
+        wait_for(lambda: pid_file.read_text().strip(), 10, 'the PID')
+        tool.send_signal(signal.SIGTERM)
+        out, err = tool.communicate(timeout=60)
+    finally:
+        tool.kill()
+    assert tool.returncode == 143, err
+    assert process_gone(int(pid_file.read_text()))
+    [new] = reproductions_of(run_id)
+    assert new.info.status == 'KILLED'
+    assert list(tmp.iterdir()) == []
+    assert run_snapshot(run_id) == before
