@@ -403,6 +403,7 @@ def test_a_reference_whose_data_changed_blames_no_commit(tmp_path, store, capsys
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 3 repetitions of 6 commits, one after another
 def test_repeat_3_bisects_a_nondeterministic_project(tmp_path, store, capsys, monkeypatch):
     monkeypatch.setenv('BISECT_TEST_COUNTER', str(tmp_path / 'counter'))
     repo, first = build_repo(tmp_path, TINY)
@@ -473,3 +474,44 @@ def test_sigterm_mid_bisection_kills_the_parent_and_leaves_nothing_running(linea
     assert parent.info.status == 'KILLED'
     assert sorted(r.info.status for r in probes) == ['FINISHED', 'KILLED']
     assert not [r for r in experiment_runs(name) if r.info.status == 'RUNNING']
+
+
+SCRIPT_RUN = """\
+import pathlib
+import mlflow
+
+with mlflow.start_run():
+    mlflow.log_metric('score', float(pathlib.Path(__file__).with_name('value.txt').read_text()))
+"""
+
+
+@pytest.mark.slow
+def test_a_script_run_is_bisected(tmp_path, git_daemon, capsys):
+    """A run made with `python tiny/fit.py`, its remote on a git daemon."""
+    from test_script_runs import python_run
+
+    url, base = git_daemon
+    bare = base / f'{tmp_path.name}.git'
+    git('init', '--quiet', '--bare', str(bare), cwd=base)
+    repo, first = build_repo(tmp_path, {'fit.py': SCRIPT_RUN, 'value.txt': '1.0'})
+    git('remote', 'add', 'origin', f'{url}/{bare.name}', cwd=repo)
+    git('push', '--quiet', 'origin', 'main', cwd=repo)
+    ref = python_run(repo, 'tiny/fit.py')
+    commits = [first, *add_commits(repo, 12, change_at=3)]
+    git('push', '--quiet', 'origin', 'main', cwd=repo)
+    code, out, err = reproduce(
+        capsys,
+        '--run_id',
+        ref,
+        '--bisect',
+        'main',
+        '--experiment-name',
+        tmp_path.name,
+        '--output',
+        'json',
+    )
+    assert code == 1, err
+    bisect = json.loads(out)['bisect']
+    assert bisect['first_changed_commit'] == commits[3]
+    assert bisect['target_commit'] == commits[12]
+    assert len(bisect['probes']) <= math.ceil(math.log2(12)) + 2
