@@ -23,11 +23,14 @@ from reproduce_run import (
     GOOD,
     NOT_REPRODUCED,
     SKIP,
+    BisectReport,
+    CommitInfo,
     Finding,
     Report,
     Rules,
     commit_outcome,
     finding,
+    main,
     next_commits,
 )
 
@@ -515,3 +518,69 @@ def test_a_script_run_is_bisected(tmp_path, git_daemon, capsys):
     assert bisect['first_changed_commit'] == commits[3]
     assert bisect['target_commit'] == commits[12]
     assert len(bisect['probes']) <= math.ceil(math.log2(12)) + 2
+
+
+@pytest.mark.parametrize(
+    ('argv', 'message'),
+    [
+        pytest.param(('--version', 'main'), '--bisect and --version exclude each other', id='ver'),
+        pytest.param(('--dry-run',), '--bisect and --dry-run exclude each other', id='dry-run'),
+        pytest.param(
+            ('--compare-to', 'b'), '--bisect and --compare-to exclude each other', id='cmp'
+        ),
+    ],
+)
+def test_bisect_excludes_options_that_name_another_run_or_commit(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(['--run_id', 'a', '--bisect', *argv])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f'reproduce_run: error: {message} (see --help)\n'
+
+
+@pytest.mark.parametrize(
+    ('target', 'message'),
+    [
+        pytest.param(
+            'no-such-branch', "--bisect: commit 'no-such-branch' is not in ", id='unknown'
+        ),
+        pytest.param(0, 'does not come after the reference commit', id='the-reference-itself'),
+    ],
+)
+def test_a_target_that_cannot_be_bisected_exits_2_with_one_line(linear, target, message, capsys):
+    repo, commits, ref = linear
+    target = commits[target] if isinstance(target, int) else target
+    code, out, err = reproduce(capsys, '--run_id', ref, '--bisect', target)
+    assert code == 2
+    [line] = err.splitlines()
+    assert line.startswith('reproduce_run: error: ') and message in line
+
+
+def _bisect(outcomes: dict[int, str], stopped: str | None = None) -> BisectReport:
+    path = tuple(CommitInfo(f'{i:040x}', f'commit {i}') for i in range(13))
+    failed = Report(status='failed', exit_code=3, reference_run_id='r')
+    return BisectReport(
+        'r',
+        path=path,
+        probes=tuple((i, failed) for i in outcomes),
+        outcomes=outcomes,
+        finding=finding(12, outcomes),
+        stopped=stopped,
+    )
+
+
+@pytest.mark.parametrize(
+    ('outcomes', 'stopped', 'status', 'code'),
+    [
+        pytest.param({0: GOOD, 12: GOOD}, None, 'equal', 0, id='nothing-changed'),
+        pytest.param({0: GOOD, 12: BAD, 7: GOOD, 8: BAD}, None, 'differ', 1, id='found'),
+        pytest.param({0: GOOD, 12: BAD, 7: SKIP, 6: GOOD, 8: BAD}, None, 'differ', 1, id='range'),
+        pytest.param({0: BAD}, None, 'differ', 1, id='reference-does-not-reproduce'),
+        pytest.param({0: SKIP}, None, 'failed', 3, id='every-probe-failed'),
+        pytest.param({0: SKIP, 12: SKIP, 6: SKIP}, None, 'failed', 3, id='every-probe-of-3-failed'),
+        pytest.param({0: GOOD}, 'terminated', 'terminated', 143, id='sigterm'),
+        pytest.param({0: GOOD}, 'interrupted', 'interrupted', 130, id='sigint'),
+    ],
+)
+def test_exit_code_of_a_bisection(outcomes, stopped, status, code):
+    bisect = _bisect(outcomes, stopped)
+    assert (bisect.status, bisect.exit_code) == (status, code)
