@@ -489,7 +489,7 @@ with mlflow.start_run():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # a script run's probe asks its script for --help too
+@pytest.mark.timeout(600)  # about 4 minutes on the shared machine
 def test_a_script_run_is_bisected(tmp_path, git_daemon, capsys):
     """A run made with `python tiny/fit.py`, its remote on a git daemon."""
     from test_script_runs import python_run
