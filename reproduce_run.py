@@ -5686,7 +5686,6 @@ class BisectReport:
     outcomes: Mapping[int, str] = dataclasses.field(default_factory=dict)
     finding: Finding = Finding(None, ())
     run_id: str | None = None  # the parent run
-    message: str | None = None  # why the bisection could not start
     stopped: str | None = None  # 'interrupted' or 'terminated'
     details: tuple[str, ...] = ()  # author, date and diff --stat of the first changed commit
     rules: Rules = Rules()
@@ -5694,8 +5693,6 @@ class BisectReport:
     @property
     def status(self) -> str:
         """A key of STATUS_EXIT_CODES: its exit code is the bisection's."""
-        if self.message:
-            return 'error'
         if self.stopped:
             return self.stopped
         if not self.probes or all(o == SKIP for o in self.outcomes.values()):
@@ -6041,8 +6038,6 @@ def format_bisect_markdown(bisect: BisectReport) -> str:
             _table(bisect_rows(bisect), 'github'),
             '',
         ]
-    if bisect.message:
-        lines += [f'> {bisect.message}', '']
     lines += _finding_lines(bisect)
     if (i := bisect.finding.first_changed) is not None:
         lines += [
@@ -6068,7 +6063,6 @@ def bisect_json(bisect: BisectReport) -> dict[str, Any]:
         **base,
         'status': bisect.status,
         'exit_code': bisect.exit_code,
-        'message': bisect.message if bisect.message else base.get('message'),
         'bisect': {
             'reference_run_id': bisect.reference_run_id,
             'reference_commit': full[0] if full else None,
@@ -6101,7 +6095,7 @@ def render_bisect(bisect: BisectReport, output: str) -> str | None:
         return format_bisect_json(bisect)
     if output == 'markdown':
         return format_bisect_markdown(bisect)
-    return None if bisect.message else format_bisect_text(bisect)
+    return format_bisect_text(bisect)
 
 
 # ---------------------------------------------------------------------------
