@@ -6038,7 +6038,8 @@ def format_bisect_markdown(bisect: BisectReport) -> str:
             _table(bisect_rows(bisect), 'github'),
             '',
         ]
-    lines += _finding_lines(bisect)
+    for line in _finding_lines(bisect):  # a paragraph each
+        lines += [line, '']
     if (i := bisect.finding.first_changed) is not None:
         lines += [
             '',
@@ -6052,7 +6053,7 @@ def format_bisect_markdown(bisect: BisectReport) -> str:
     if key and key.verdict and (bisect.finding.first_changed is not None or bisect.finding.reason):
         lines += _markdown_table(_metric_rows(key.verdict), 'metrics', None)
     lines += ['', f'First changed commit: {bisect.first_changed_commit or "none"}']
-    return '\n'.join(lines)
+    return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines))  # one blank line between paragraphs
 
 
 def bisect_json(bisect: BisectReport) -> dict[str, Any]:
