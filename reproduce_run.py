@@ -1445,13 +1445,8 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ''
 
 
-def fetch_source(source: Source, dest: str) -> tuple[str, str]:
-    """Check the commit out into dest; return (project folder, full commit).
-
-    A local repository is only read (git fetch runs upload-pack on it), so its
-    branch, HEAD, remotes, stash and uncommitted edits stay as they were.
-    """
-    where = f'{mask_credentials(source.uri)} at {source.version}'
+def fetch_location(source: Source, where: str) -> tuple[str, str]:
+    """The repository to fetch from and the project folder inside it."""
     repo, subdir = source.repo, source.subdir
     if (local := _local_repo(source.repo)) is not None:
         # MLflow may record a folder inside a repository: fetch from its top.
@@ -1461,6 +1456,17 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
             raise ReproduceError(f'cannot fetch {where}: {local} is not a git repository') from None
         subdir = os.path.normpath(os.path.join(inside, subdir))
         subdir = '' if subdir == '.' else subdir
+    return repo, subdir
+
+
+def fetch_source(source: Source, dest: str) -> tuple[str, str]:
+    """Check the commit out into dest; return (project folder, full commit).
+
+    A local repository is only read (git fetch runs upload-pack on it), so its
+    branch, HEAD, remotes, stash and uncommitted edits stay as they were.
+    """
+    where = f'{mask_credentials(source.uri)} at {source.version}'
+    repo, subdir = fetch_location(source, where)
     try:
         _git('init', '--quiet', dest)
     except subprocess.CalledProcessError as e:
@@ -4719,7 +4725,7 @@ def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
     with cached.lock:  # the first reproduction of a source fetches it
         if cached.root is None:
             root = os.path.join(tempfile.mkdtemp(prefix='source-', dir=session.tmp_root), 'src')
-            cached.project_dir, cached.commit = fetch_source(source, root)
+            cached.project_dir, cached.commit = fetch_source(cached.origin or source, root)
             cached.root = root
     try:
         shutil.copytree(cached.root, dest, symlinks=True)
@@ -4739,6 +4745,7 @@ class _CachedSource:
     project_dir: str = ''
     commit: str = ''
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    origin: Source | None = None  # fetched from instead: a private copy already fetched
 
 
 @dataclasses.dataclass
@@ -4905,7 +4912,8 @@ def _reproduce(
         options.rules,
         other_environment=(launch.environment, 'reproduction') if launch.environment else None,
         uri_overridden=options.uri is not None,
-        version_overridden=options.version is not None,
+        version_overridden=options.version is not None
+        and commit != reference.data.tags.get(TAG_GIT_COMMIT),
     )
     return _verdict_report(verdict, differences=differences, **fields)
 
@@ -5370,6 +5378,7 @@ class Selection:
     sample: int | None = None
     sample_seed: int | None = None
     repeat: int = 1
+    bisect: str | None = None  # --bisect: the target commit, '' for the default
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Selection:
@@ -5385,6 +5394,7 @@ class Selection:
             sample=args.sample,
             sample_seed=args.sample_seed,
             repeat=args.repeat or 1,
+            bisect=args.bisect,
         )
 
     @property
@@ -5796,10 +5806,531 @@ def run_repeat(
 
 
 # ---------------------------------------------------------------------------
+# Bisect: the first commit, on the first-parent path from the reference run's
+# commit to a target, whose reproduction no longer equals the reference.  As
+# in git's bisect.c, choosing the next commits (next_commits, finding) is pure
+# and apart from running them: the planner turns each choice into probes.
+
+
+TAG_BISECT = 'reproduce.bisect'  # 'true' on the parent run of a bisection
+TAG_BISECT_COMMIT = 'reproduce.bisect.commit'  # on each probe: the commit it ran
+TAG_FIRST_CHANGED = 'reproduce.first_changed_commit'  # full hash or 'none', on the parent
+TAG_GIT_BRANCH = 'mlflow.source.git.branch'
+BISECT_ARTIFACT = 'bisect.json'
+GOOD, BAD, SKIP = 'unchanged', 'changed', 'skipped'  # what a probed commit says
+NOT_REPRODUCED = 'the reference run does not reproduce at its own commit'
+REFERENCE_FAILED = 'the reference run cannot be reproduced at its own commit'
+TARGET_FAILED = 'the target commit cannot be reproduced'
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """Where the search stands: indexes into the path (0 the reference
+    commit, n the target)."""
+
+    first_changed: int | None
+    candidates: tuple[int, ...]
+    reason: str | None = None  # why no commit is blamed
+
+
+def _bounds(n: int, outcomes: Mapping[int, str]) -> tuple[int, int | None]:
+    """The last unchanged commit before the first changed one, and that one."""
+    bad = [i for i, o in outcomes.items() if o == BAD and i > 0]
+    hi = min(bad) if bad else None
+    good = [i for i, o in outcomes.items() if o == GOOD and (hi is None or i < hi)]
+    return max(good, default=0), hi
+
+
+def _cuts(untested: Sequence[int], parts: int) -> list[int]:
+    """parts - 1 commits that cut the untested ones into `parts` equal parts."""
+    if not untested or parts < 2:
+        return []
+    m = len(untested)
+    return sorted({untested[max(0, k * (m + 1) // parts - 1)] for k in range(1, parts)})
+
+
+def next_commits(n: int, outcomes: Mapping[int, str], jobs: int) -> list[int]:
+    """The commits to probe in the next round, [] when the search is over.
+    The reference commit first, then the target; with --jobs 2 they run
+    together, and more jobs start cutting the path at once."""
+    if 0 not in outcomes:
+        if jobs == 1:
+            return [0]
+        return [0, n, *_cuts(range(1, n), jobs - 1)]
+    if outcomes[0] != GOOD:
+        return []
+    if n not in outcomes:
+        return [n]
+    if outcomes[n] == GOOD:
+        return []
+    lo, hi = _bounds(n, outcomes)
+    return _cuts([i for i in range(lo + 1, hi or n) if i not in outcomes], jobs + 1)
+
+
+def finding(n: int, outcomes: Mapping[int, str]) -> Finding:
+    """What the probes so far say: the first changed commit, or the
+    candidates when skipped (or untested) commits leave more than one."""
+    if outcomes.get(0) in (BAD, SKIP):
+        return Finding(None, (), NOT_REPRODUCED if outcomes[0] == BAD else REFERENCE_FAILED)
+    if outcomes.get(n) == GOOD:
+        return Finding(None, ())
+    lo, hi = _bounds(n, outcomes)
+    between = [i for i in range(lo + 1, hi or n + 1) if outcomes.get(i) != GOOD]
+    candidates = (*between, hi) if hi is not None else tuple(between)
+    if hi is None:
+        return Finding(None, candidates, TARGET_FAILED if outcomes.get(n) == SKIP else None)
+    return Finding(hi if len(candidates) == 1 else None, candidates)
+
+
+def commit_outcome(reports: Sequence[Report], reference_params: Sequence[str], rules: Rules) -> str:
+    """What a commit's probes say: skipped when none ran to a verdict or the
+    entry point's params changed; else changed or not, as --repeat judges N."""
+    judged = [r for r in reports if r.histories and r.status in ('equal', 'differ')]
+    if not judged or any(
+        r.plan and sorted(r.plan.logged_params) != sorted(reference_params) for r in judged
+    ):
+        return SKIP
+    if len(reports) == 1:
+        return GOOD if judged[0].status == 'equal' else BAD
+    diagnoses = diagnose(judged[0].histories[0], [r.histories[1] for r in judged], rules)
+    return BAD if classify_run(diagnoses) in (DRIFTED, NONDETERMINISTIC_DRIFTED) else GOOD
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitInfo:
+    commit: str
+    subject: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BisectReport:
+    reference_run_id: str
+    reference_run_name: str | None = None
+    path: tuple[CommitInfo, ...] = ()  # the reference commit, then each commit to the target
+    probes: tuple[tuple[int, Report], ...] = ()  # (index into path, report), in probing order
+    outcomes: Mapping[int, str] = dataclasses.field(default_factory=dict)
+    finding: Finding = Finding(None, ())
+    run_id: str | None = None  # the parent run
+    stopped: str | None = None  # 'interrupted' or 'terminated'
+    details: tuple[str, ...] = ()  # author, date and diff --stat of the first changed commit
+    rules: Rules = Rules()
+
+    @property
+    def status(self) -> str:
+        """A key of STATUS_EXIT_CODES: its exit code is the bisection's."""
+        if self.stopped:
+            return self.stopped
+        if not self.probes or all(o == SKIP for o in self.outcomes.values()):
+            return 'failed'
+        if self.finding.reason == REFERENCE_FAILED:
+            return 'failed'
+        if self.finding.reason == NOT_REPRODUCED or self.finding.candidates:
+            return 'differ'
+        return 'equal'
+
+    @property
+    def exit_code(self) -> int:
+        return STATUS_EXIT_CODES[self.status]
+
+    @property
+    def first_changed_commit(self) -> str | None:
+        i = self.finding.first_changed
+        return None if i is None else self.path[i].commit
+
+    def reports_of(self, index: int) -> list[Report]:
+        return [r for i, r in self.probes if i == index]
+
+    def key_report(self) -> Report | None:
+        """The probe that tells the finding: the first changed commit's, the
+        reference commit's when it does not reproduce, else the target's."""
+        for index in (self.finding.first_changed, 0 if self.finding.reason else None):
+            if index is not None and self.reports_of(index):
+                return self.reports_of(index)[0]
+        n = len(self.path) - 1
+        return next(iter(self.reports_of(n)), None) if self.path else None
+
+
+class BisectPlanner(Planner):
+    """A bisection plans the next midpoints from what the last round said."""
+
+    def __init__(
+        self,
+        reference: Run,
+        path: Sequence[CommitInfo],
+        repeat: int,
+        jobs: int,
+        rules: Rules,
+        describe_commit: Callable[[str], tuple[str, ...]],
+    ) -> None:
+        self.reference, self.path, self.repeat, self.jobs = reference, tuple(path), repeat, jobs
+        self.rules, self.describe_commit = rules, describe_commit
+        self.index = {c.commit: i for i, c in enumerate(self.path)}
+        self.planned = 0
+        self.bisect: BisectReport | None = None
+
+    def outcomes(self, results: Sequence[Result]) -> dict[int, str]:
+        by_commit: dict[int, list[Report]] = {}
+        for probe, report in results:  # one a signal ended says nothing of its commit
+            if report.status not in SIGNAL_STATUSES:
+                by_commit.setdefault(self.index[probe.version or ''], []).append(report)
+        at_reference = [r.plan.logged_params for r in by_commit.get(0, ()) if r.plan]
+        params = at_reference[0] if at_reference else ()
+        return {i: commit_outcome(rs, tuple(params), self.rules) for i, rs in by_commit.items()}
+
+    def next_probes(self, results: Sequence[Result]) -> list[Probe]:
+        if len(results) < self.planned:  # a round ends when all its probes have
+            return []
+        chosen = next_commits(len(self.path) - 1, self.outcomes(results), self.jobs)
+        probes = [
+            Probe(
+                self.reference.info.run_id,
+                label=f'at {self.path[i].commit[:12]}',
+                name=self.reference.info.run_name,
+                version=self.path[i].commit,
+            )
+            for i in chosen
+            for _ in range(self.repeat)
+        ]
+        self.planned += len(probes)
+        return probes
+
+    def create_parent(self, session: Session) -> str | None:
+        ref = self.reference.info
+        return create_group_run(
+            session,
+            f'reproduce-bisect-{ref.run_name or ref.run_id}',
+            {TAG_BISECT: 'true', TAG_REFERENCE_RUN_ID: ref.run_id},
+        )
+
+    def report(self, group: Group) -> BatchReport:
+        outcomes = self.outcomes(group.results)
+        found = finding(len(self.path) - 1, outcomes)
+        stopped = next((r.status for _, r in group.results if r.status in SIGNAL_STATUSES), None)
+        first = found.first_changed
+        self.bisect = BisectReport(
+            self.reference.info.run_id,
+            self.reference.info.run_name,
+            self.path,
+            tuple(
+                (self.index[p.version or ''], dataclasses.replace(r, model=None))
+                for p, r in group.results
+            ),
+            outcomes,
+            found,
+            group.parent_run_id,
+            stopped=stopped,
+            details=self.describe_commit(self.path[first].commit) if first is not None else (),
+            rules=self.rules,
+        )
+        return BatchReport(tuple(r for _, r in group.results), batch_run_id=group.parent_run_id)
+
+    def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
+        if not group.parent_run_id or self.bisect is None:
+            return []
+        first = self.bisect.first_changed_commit
+        return [
+            GroupRecord(
+                group.parent_run_id,
+                'the bisection',
+                format_bisect_markdown(self.bisect),
+                BISECT_ARTIFACT,
+                format_bisect_json(self.bisect),
+                tags={TAG_FIRST_CHANGED: first or 'none'},
+            )
+        ]
+
+
+# The source's history, fetched once per bisection into a private repository.
+
+
+def fetch_history(source: Source, dest: str) -> Source:
+    """Every branch and tag of the source, with their history, in a private
+    repository; the Source that fetches from it."""
+    where = mask_credentials(source.uri)
+    repo, subdir = fetch_location(source, where)
+    _git('init', '--quiet', dest)
+    try:
+        _git(
+            'fetch',
+            '--quiet',
+            repo,
+            '+refs/heads/*:refs/remotes/origin/*',
+            '+refs/tags/*:refs/tags/*',
+            cwd=dest,
+        )
+    except subprocess.CalledProcessError as e:
+        raise ReproduceError(
+            f'cannot fetch {where}: {mask_credentials(_last_line(e.stderr))}'
+        ) from None
+    with contextlib.suppress(subprocess.CalledProcessError):  # a commit on no branch
+        _git('fetch', '--quiet', repo, source.version, cwd=dest)
+    return Source(repo=dest, subdir=subdir, version=source.version)
+
+
+def _commit_in(clone: str, names: Sequence[str]) -> str | None:
+    for name in names:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            return _git('rev-parse', '--verify', '--quiet', f'{name}^{{commit}}', cwd=clone)
+    return None
+
+
+def default_branch(repo: str) -> str | None:
+    """The remote's default branch, as its HEAD names it."""
+    with contextlib.suppress(subprocess.CalledProcessError):
+        head = _git('ls-remote', '--symref', repo, 'HEAD')
+        match = re.match(r'ref: refs/heads/(\S+)\s+HEAD', head)
+        return match.group(1) if match else None
+    return None
+
+
+def resolve_target(clone: str, repo: str, target: str, reference: Run) -> str:
+    """COMMIT as given (branch, tag or hash), else the tip of the branch the
+    reference recorded, else the remote's default branch: a full hash."""
+    if target:
+        names = [f'refs/remotes/origin/{target}', f'refs/tags/{target}', target]
+        what = f'commit {target!r}'
+    else:
+        branch = reference.data.tags.get(TAG_GIT_BRANCH) or default_branch(repo)
+        if not branch:
+            raise ReproduceError(
+                f'run {reference.info.run_id} recorded no branch and the source names no '
+                f'default branch: pass --bisect COMMIT'
+            )
+        names, what = [f'refs/remotes/origin/{branch}'], f'branch {branch!r}'
+    commit = _commit_in(clone, names)
+    if commit is None:
+        raise ReproduceError(f'--bisect: {what} is not in {mask_credentials(repo)}')
+    return commit
+
+
+def first_parent_path(clone: str, reference_commit: str, target: str) -> list[CommitInfo]:
+    """The reference commit, then every commit on the first-parent path to the target."""
+    lines = _git(
+        'log',
+        '--first-parent',
+        '--ancestry-path',
+        '--reverse',
+        '--format=%H%x1f%s',
+        f'{reference_commit}..{target}',
+        cwd=clone,
+    ).splitlines()
+    if not lines:
+        raise ReproduceError(
+            f'--bisect: commit {target[:12]} does not come after the reference commit '
+            f'{reference_commit[:12]} on its first-parent path'
+        )
+    subject = _git('log', '-1', '--format=%s', reference_commit, cwd=clone)
+    return [CommitInfo(reference_commit, subject)] + [
+        CommitInfo(*line.split('\x1f', 1)) for line in lines
+    ]
+
+
+def describe_commit(clone: str, commit: str) -> tuple[str, ...]:
+    """Author, date and `git diff --stat` against its first parent."""
+    author, date = _git('log', '-1', '--format=%an <%ae>%x1f%aI', commit, cwd=clone).split('\x1f')
+    stat = _git('diff', '--stat', f'{commit}^', commit, cwd=clone)
+    return (f'Author:  {author}', f'Date:    {date}', *(f' {s.strip()}' for s in stat.splitlines()))
+
+
+def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> BisectReport:
+    """Fetch the history once, then probe the reference commit, the target
+    and the midpoints between, each probe a full reproduction."""
+    options, client = session.options, session.client
+    reference = read_reference(client, run_id, session.tracking_uri)
+    source = resolve_source(reference, options.uri, None)
+    clone = os.path.join(tempfile.mkdtemp(prefix='bisect-', dir=session.tmp_root), 'history')
+    private = fetch_history(source, clone)
+    reference_commit = _commit_in(clone, [source.version])
+    if reference_commit is None:
+        raise ReproduceError(
+            f'commit {source.version} is not available from {mask_credentials(source.repo)}'
+        )
+    target_commit = resolve_target(clone, fetch_location(source, source.uri)[0], target, reference)
+    path = first_parent_path(clone, reference_commit, target_commit)
+    for c in path:  # each probe's checkout comes from the private copy
+        session.sources[(source.uri, c.commit)] = _CachedSource(
+            origin=dataclasses.replace(private, version=c.commit)
+        )
+    planner = BisectPlanner(
+        reference, path, repeat, options.jobs, options.rules, lambda c: describe_commit(clone, c)
+    )
+    run_group(session, planner)
+    assert planner.bisect is not None
+    tag_probes(client, planner.bisect)
+    return planner.bisect
+
+
+def tag_probes(client: MlflowClient, bisect: BisectReport) -> None:
+    for index, report in bisect.probes:
+        if report.reproduced_run_id:
+            try:
+                client.set_tag(
+                    report.reproduced_run_id, TAG_BISECT_COMMIT, bisect.path[index].commit
+                )
+            except Exception as e:
+                warn(f'could not tag run {report.reproduced_run_id}: {_last_line(str(e))}')
+
+
+# Reporting a bisection.
+
+
+def _changed_metrics(reports: Sequence[Report]) -> str:
+    keys = {
+        m.key
+        for r in reports
+        if r.verdict
+        for m in r.verdict.metrics
+        if not m.equal and not m.ignored
+    }
+    return ', '.join(sorted(keys))
+
+
+def _probe_verdict(reports: Sequence[Report], outcome: str) -> str:
+    statuses = ', '.join(dict.fromkeys(r.status for r in reports))
+    if len(reports) > 1:
+        statuses = f'{len(reports)}x {statuses}'
+    return statuses + (f' ({SKIP})' if outcome == SKIP else '')
+
+
+def bisect_rows(bisect: BisectReport) -> tuple[list[str], list[list[Any]]]:
+    """One row per probed commit, in commit order."""
+    rows = []
+    for index in sorted({i for i, _ in bisect.probes}):
+        reports = bisect.reports_of(index)
+        info = bisect.path[index]
+        rows.append(
+            [
+                info.commit[:12],
+                _truncated(info.subject, SHORT_CELL),
+                _probe_verdict(reports, bisect.outcomes.get(index, '')),
+                _changed_metrics(reports),
+                ' '.join(r.reproduced_run_id or '-' for r in reports),
+            ]
+        )
+    return ['Commit', 'Subject', 'Verdict', 'Changed metrics', 'Reproduced run'], rows
+
+
+def _finding_lines(bisect: BisectReport) -> list[str]:
+    found = bisect.finding
+    lines = []
+    if bisect.stopped:
+        lines.append(f'The bisection was {bisect.stopped} by a signal.')
+    if found.reason:
+        lines.append(f'No commit is blamed: {found.reason}.')
+    if found.first_changed is None and len(found.candidates) > 0 and not found.reason:
+        lines.append(
+            'The first changed commit is one of: '
+            + ', '.join(bisect.path[i].commit for i in found.candidates)
+        )
+    skipped = [bisect.path[i].commit for i, o in sorted(bisect.outcomes.items()) if o == SKIP]
+    if skipped:
+        lines.append('Skipped (the project could not run): ' + ', '.join(skipped))
+    if not found.reason and not found.candidates and not bisect.stopped and bisect.probes:
+        lines.append('Nothing between the reference commit and the target changed the metrics.')
+    return lines
+
+
+def format_bisect_text(bisect: BisectReport) -> str:
+    n = len(bisect.path) - 1
+    lines = [
+        f'Reference run:  {_named(bisect.reference_run_id, bisect.reference_run_name)}',
+        f'Bisected:       {n} commits from {bisect.path[0].commit[:12]} to '
+        f'{bisect.path[-1].commit[:12]}, {len(bisect.probes)} probes',
+        _table(bisect_rows(bisect), 'psql'),
+        *_finding_lines(bisect),
+    ]
+    key = bisect.key_report()
+    if (i := bisect.finding.first_changed) is not None:
+        lines += [
+            '',
+            f'Commit:  {bisect.path[i].commit}',
+            f'Subject: {bisect.path[i].subject}',
+            *bisect.details,
+        ]
+    if key and key.verdict and (bisect.finding.first_changed is not None or bisect.finding.reason):
+        lines += [_table(_metric_rows(key.verdict), 'psql'), *differences_lines(key.differences)]
+    lines.append(f'First changed commit: {bisect.first_changed_commit or "none"}')
+    return '\n'.join(lines)
+
+
+def format_bisect_markdown(bisect: BisectReport) -> str:
+    lines = [f'**Bisection of run {bisect.reference_run_id}**: {bisect.status}', '']
+    if bisect.path:
+        lines += [
+            f'- from `{bisect.path[0].commit}` to `{bisect.path[-1].commit}` '
+            f'({len(bisect.path) - 1} commits, {len(bisect.probes)} probes)',
+            '',
+            _table(bisect_rows(bisect), 'github'),
+            '',
+        ]
+    for line in _finding_lines(bisect):  # a paragraph each
+        lines += [line, '']
+    if (i := bisect.finding.first_changed) is not None:
+        lines += [
+            '',
+            f'`{bisect.path[i].commit}` {bisect.path[i].subject}',
+            '',
+            '```',
+            *bisect.details,
+            '```',
+        ]
+    key = bisect.key_report()
+    if key and key.verdict and (bisect.finding.first_changed is not None or bisect.finding.reason):
+        lines += _markdown_table(_metric_rows(key.verdict), 'metrics', None)
+    lines += ['', f'First changed commit: {bisect.first_changed_commit or "none"}']
+    return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines))  # one blank line between paragraphs
+
+
+def bisect_json(bisect: BisectReport) -> dict[str, Any]:
+    key = bisect.key_report()
+    base = report_json(key) if key else {}
+    full = [c.commit for c in bisect.path]
+    return {
+        **base,
+        'status': bisect.status,
+        'exit_code': bisect.exit_code,
+        'bisect': {
+            'reference_run_id': bisect.reference_run_id,
+            'reference_commit': full[0] if full else None,
+            'target_commit': full[-1] if full else None,
+            'first_changed_commit': bisect.first_changed_commit,
+            'candidates': [full[i] for i in bisect.finding.candidates],
+            'probes': [
+                {
+                    'commit': full[i],
+                    'subject': bisect.path[i].subject,
+                    'status': r.status,
+                    'equal': r.equal,
+                    'reproduced_run_id': r.reproduced_run_id,
+                }
+                for i, r in sorted(bisect.probes, key=lambda p: p[0])
+            ],
+            'skipped': [full[i] for i, o in sorted(bisect.outcomes.items()) if o == SKIP],
+            'reason': bisect.finding.reason or (bisect.stopped and f'{bisect.stopped} by a signal'),
+            'run_id': bisect.run_id,
+        },
+    }
+
+
+def format_bisect_json(bisect: BisectReport) -> str:
+    return json.dumps(bisect_json(bisect), indent=2, allow_nan=False)
+
+
+def render_bisect(bisect: BisectReport, output: str) -> str | None:
+    if output == 'json':
+        return format_bisect_json(bisect)
+    if output == 'markdown':
+        return format_bisect_markdown(bisect)
+    return format_bisect_text(bisect)
+
+
+# ---------------------------------------------------------------------------
 # CI and on-call: the outcome, once reported, also goes to a JUnit XML file,
 # the GitHub Actions job summary and chat webhooks.  Each takes a Report or
-# any group's BatchReport: one testcase per report of the group, so a new
-# mode gets them all by returning its reports.
+# any group's BatchReport (or a BisectReport: one testcase per probe), so a
+# new mode gets them all by returning its reports.
+
+Outcome = Report | BatchReport | BisectReport  # what an invocation ends with
 
 JUNIT_SUITE = 'reproduce_run'  # the one <testsuite>'s name
 SHORT_ID_CHARS = 8  # of a run ID, in a testcase's name
@@ -5906,11 +6437,16 @@ def _differing_keys(report: Report) -> list[str]:
     return [m.key for m in metrics if not (m.equal or m.ignored)]
 
 
-def junit_cases(outcome: Report | BatchReport) -> list[Case]:
-    """One testcase per report, or per reference run when it was repeated;
-    then one per skipped run."""
+def junit_cases(outcome: Outcome) -> list[Case]:
+    """One testcase per report, or per reference run when it was repeated
+    (a bisection: per probe, named with its commit); then one per skipped run."""
     if isinstance(outcome, Report):
         return [report_case(outcome)]
+    if isinstance(outcome, BisectReport):
+        return [
+            dataclasses.replace(c, name=f'{c.name} at {outcome.path[i].commit[:SHORT_ID_CHARS]}')
+            for i, c in ((i, report_case(r)) for i, r in outcome.probes)
+        ]
     if outcome.message:  # it could not start
         return [Case(JUNIT_SUITE, 0.0, 'error', outcome.message)]
     by_reference: dict[str, list[Report]] = {}
@@ -5986,25 +6522,32 @@ def write_atomically(path: str, data: bytes) -> None:
         raise
 
 
-def outcome_markdown(outcome: Report | BatchReport) -> str:
+def outcome_markdown(outcome: Outcome) -> str:
     if isinstance(outcome, Report):
         return format_markdown(outcome)
+    if isinstance(outcome, BisectReport):
+        return format_bisect_markdown(outcome)
     if outcome.message:
         return f'**reproduce_run**: error\n\n> {outcome.message}'
     return format_batch_markdown(outcome)
 
 
-def _reports(outcome: Report | BatchReport) -> tuple[Report, ...]:
+def _reports(outcome: Outcome) -> tuple[Report, ...]:
+    if isinstance(outcome, BisectReport):
+        return tuple(r for _, r in outcome.probes)
     return (outcome,) if isinstance(outcome, Report) else outcome.reports
 
 
-def summary_line(outcome: Report | BatchReport, experiment: str) -> str:
+def summary_line(outcome: Outcome, experiment: str) -> str:
     """What was checked, how many equal, differ or failed, and the worst."""
     reports = _reports(outcome)
     if isinstance(outcome, BatchReport) and outcome.message:
         return f'reproduce_run on {socket.gethostname()}: could not start: {outcome.message}'
     if isinstance(outcome, Report):
         what = f'run {case_name(outcome)}'
+    elif isinstance(outcome, BisectReport):
+        found = outcome.first_changed_commit or 'none'
+        what = f'a bisection of run {outcome.reference_run_id} (first changed commit: {found})'
     else:
         references = len({r.reference_run_id for r in reports})
         what = f'{references} run' + ('' if references == 1 else 's')
@@ -6016,6 +6559,7 @@ def summary_line(outcome: Report | BatchReport, experiment: str) -> str:
     stopped = sum(counts[s] for s in SIGNAL_STATUSES)
     shown += [f'{stopped} stopped by a signal'] if stopped else []
     worst = next((s for s in STATUS_PRECEDENCE if counts[s]), 'equal')
+    worst = outcome.status if isinstance(outcome, BisectReport) else worst
     return (
         f'reproduce_run on {socket.gethostname()}: {what} reproduced into experiment '
         f'{experiment!r}: {", ".join(shown)}; worst: {worst} (exit {outcome.exit_code})'
@@ -6033,7 +6577,7 @@ def ui_address(tracking_uri: str | None) -> str | None:
     return urlunsplit((parts.scheme, host, parts.path.rstrip('/'), '', ''))
 
 
-def run_links(outcome: Report | BatchReport, ui: str | None) -> list[str]:
+def run_links(outcome: Outcome, ui: str | None) -> list[str]:
     """The parent run, then each reproduction that was not equal: links into
     the UI of an http(s) server, else the run IDs."""
 
@@ -6041,8 +6585,10 @@ def run_links(outcome: Report | BatchReport, ui: str | None) -> list[str]:
         return f'{ui}/#/runs/{run_id}' if ui else run_id
 
     lines = []
-    if isinstance(outcome, BatchReport) and outcome.batch_run_id:
-        lines.append(f'- parent run: {run(outcome.batch_run_id)}')
+    parent = outcome.run_id if isinstance(outcome, BisectReport) else None
+    parent = outcome.batch_run_id if isinstance(outcome, BatchReport) else parent
+    if parent:
+        lines.append(f'- parent run: {run(parent)}')
     shown = [r for r in _reports(outcome) if r.status not in ('equal', 'planned')]
     for r in shown[:NOTIFY_LINKS]:
         new = f', reproduced run {run(r.reproduced_run_id)}' if r.reproduced_run_id else ''
@@ -6062,9 +6608,7 @@ def _cut(text: str, limit: int) -> str:
     return data[:room].decode('utf-8', 'ignore') + marker
 
 
-def notification_text(
-    outcome: Report | BatchReport, delivery: Delivery, limit: int = NOTIFY_TEXT_BYTES
-) -> str:
+def notification_text(outcome: Outcome, delivery: Delivery, limit: int = NOTIFY_TEXT_BYTES) -> str:
     """The summary line, the Markdown report cut to fit, the links to the runs."""
     head = summary_line(outcome, delivery.experiment_name)
     links = '\n'.join(run_links(outcome, ui_address(delivery.tracking_uri)))
@@ -6110,7 +6654,7 @@ def _webhook_failure(e: Exception) -> str:
     return str(reason) or type(e).__name__
 
 
-def notify(outcome: Report | BatchReport, delivery: Delivery) -> None:
+def notify(outcome: Outcome, delivery: Delivery) -> None:
     """One message to each webhook when the outcome is not equal (always,
     with --notify-always); a webhook that fails is a warning, never an exit code."""
     if not delivery.notify or (outcome.exit_code == EXIT_EQUAL and not delivery.notify_always):
@@ -6124,7 +6668,7 @@ def notify(outcome: Report | BatchReport, delivery: Delivery) -> None:
             warn(f'--notify webhook {i} at {webhook_host(url)} failed: {why}; exit code unchanged')
 
 
-def write_junit(outcome: Report | BatchReport, delivery: Delivery) -> None:
+def write_junit(outcome: Outcome, delivery: Delivery) -> None:
     if not delivery.junit_xml:
         return
     data = junit_xml(junit_cases(outcome), delivery.experiment_name, time.time())
@@ -6134,7 +6678,7 @@ def write_junit(outcome: Report | BatchReport, delivery: Delivery) -> None:
         warn(f'the JUnit XML report could not be written to {delivery.junit_xml}: {e}')
 
 
-def append_step_summary(outcome: Report | BatchReport, delivery: Delivery) -> None:
+def append_step_summary(outcome: Outcome, delivery: Delivery) -> None:
     if not delivery.step_summary:
         return
     try:
@@ -6144,7 +6688,7 @@ def append_step_summary(outcome: Report | BatchReport, delivery: Delivery) -> No
         warn(f'the report could not be appended to {STEP_SUMMARY_ENV}: {e}')
 
 
-def deliver(outcome: Report | BatchReport, delivery: Delivery) -> None:
+def deliver(outcome: Outcome, delivery: Delivery) -> None:
     """The outcome to CI and on-call: a JUnit XML file, the job summary, webhooks."""
     write_junit(outcome, delivery)
     append_step_summary(outcome, delivery)
@@ -6360,13 +6904,25 @@ def run_in_worker(session: Session, work: Callable[[], Any]) -> Any:
         return future.result()
 
 
+def bisect_chosen(session: Session, selection: Selection) -> BisectReport:
+    """--bisect of the one reference run chosen."""
+    chosen, _ = select_runs(
+        session.client, selection, session.options.uri is not None, session.tracking_uri
+    )
+    if len(chosen) != 1:
+        raise ReproduceError(f'--bisect takes one reference run, {len(chosen)} were chosen')
+    if chosen[0].run_id is None:
+        raise ReproduceError(chosen[0].error or f'{chosen[0].label} cannot be reproduced')
+    return run_bisect(session, chosen[0].run_id, selection.bisect or '', selection.repeat)
+
+
 def invoke(
     options: Options,
     selection: Selection,
     compare_to_id: str | None,
     stop: Stop,
     left_open: list[LeftOpen],
-) -> Report | BatchReport:
+) -> Report | BatchReport | BisectReport:
     """Settings for the tool's own requests, the tracking server checked, then
     one run, a comparison, or a batch; every process the tool started is gone
     and the temporary folder removed when it returns."""
@@ -6404,6 +6960,9 @@ def invoke(
                 left_open=left_open,
                 backend=backend,
             )
+            if selection.bisect is not None:
+                close_leftovers(session)  # of tools that died: SIGKILL, OOM, reboot
+                return bisect_chosen(session, selection)
             if not selection.is_batch:
                 run_id = resolve_run_id(session.client, selection.run_ids[0], tracking_uri)
                 if compare_to_id:
@@ -6687,6 +7246,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar='N',
         help='reproduce each run N >= 2 times and tell nondeterminism from drift',
     )
+    batch.add_argument(
+        '--bisect',
+        nargs='?',
+        const='',
+        metavar='COMMIT',
+        help='find the first commit, on the first-parent path from the reference '
+        "run's commit to COMMIT (default: the tip of its branch), whose reproduction differs",
+    )
     judging = parser.add_argument_group('judging')
     judging.add_argument(
         '--rtol',
@@ -6829,6 +7396,14 @@ def _conflicting_options(args: argparse.Namespace) -> str | None:
         return f'{search_only[0]} selects among the runs of --from-experiment, which is missing'
     if args.quiet and args.verbose:
         return '--quiet and --verbose exclude each other'
+    if args.bisect is not None:
+        for flag, value in (
+            ('--version', args.version),
+            ('--compare-to', args.compare_to),
+            ('--dry-run', args.dry_run),
+        ):
+            if value:
+                return f'--bisect and {flag} exclude each other'
     return None
 
 
@@ -6862,9 +7437,11 @@ def _error_outcome(
     )
 
 
-def _stderr_lines(outcome: Report | BatchReport) -> list[str]:
+def _stderr_lines(outcome: Report | BatchReport | BisectReport) -> list[str]:
     """The one-line error, or the signal, that ends standard error."""
     name = program_name()
+    if isinstance(outcome, BisectReport):
+        return [f'{name}: {outcome.stopped}'] if outcome.stopped else []
     if isinstance(outcome, BatchReport):
         if outcome.message:
             return [f'{name}: error: {outcome.message}']
@@ -6902,8 +7479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome = _error_outcome(e, args.verbose, selection, options.rules)
     for line in _stderr_lines(outcome):
         print(line, file=sys.stderr)
-    if isinstance(outcome, BatchReport):
-        text: str | None = render_batch(outcome, args.output, args.verbose)
+    if isinstance(outcome, BisectReport):
+        text: str | None = render_bisect(outcome, args.output)
+    elif isinstance(outcome, BatchReport):
+        text = render_batch(outcome, args.output, args.verbose)
     else:
         text = render(outcome, args.output, args.verbose)
     if text is not None:

@@ -6,7 +6,9 @@
                                [--batch-rounds 2] [--batch-seconds 6] [--breakdown-rounds 3]
                                [--skip-startup] [--skip-overhead] [--skip-breakdown]
                                [--skip-histories] [--skip-compare-to] [--skip-judging]
-                               [--skip-batch] [--skip-leftovers] [--skip-server]
+                               [--bisect-rounds 1] [--bisect-seconds 3]
+                               [--skip-batch] [--skip-leftovers] [--skip-bisect]
+                               [--skip-server]
 
 Every comparison runs its alternatives interleaved (A B A B ...) after one
 untimed warm-up of each, and reports medians and the ratio of the medians:
@@ -33,6 +35,8 @@ what we report, not absolute seconds from different runs.
 8. Leftovers: the start-up check for what dead tools left
    (reproduce_run.close_leftovers) on an experiment of 10,000 reproductions
    against an empty one, on an sqlite store and on a real `mlflow server`.
+9. Bisect: --bisect over 32 commits, one of which changes the metric, with
+   --jobs 3 against --jobs 1; the probes each made.
 
 Everything runs in temporary folders that are removed at the end; every
 process started here is stopped by its ID.  Progress goes to standard error,
@@ -1233,6 +1237,97 @@ def bench_leftovers(rounds: int, server: bool, notes: list[str]) -> list[Compari
     return results
 
 
+# 9. Bisect: 32 commits, one of which changes the metric; --jobs 1 against --jobs 3.
+
+BISECT_COMMITS = 32
+BISECT_CHANGE = 21  # the commit that doubles the metric
+BISECT_MLPROJECT = """\
+name: tiny
+entry_points:
+  main:
+    command: "python train.py"
+"""
+BISECT_TRAIN = """\
+import os, pathlib, time
+import mlflow
+
+time.sleep(float(os.environ.get('BENCH_TRAIN_SECONDS', '0')))
+mlflow.log_metric('score', float(pathlib.Path('value.txt').read_text()))
+"""
+
+
+def make_bisect_repo(path: Path) -> Path:
+    """A tiny project, then BISECT_COMMITS commits of which one changes its metric."""
+    project = path / 'tiny'
+    project.mkdir(parents=True)
+    git('init', '--quiet', '--initial-branch', 'main', cwd=path)
+    git('config', 'user.email', 'bench@example.invalid', cwd=path)
+    git('config', 'user.name', 'bench', cwd=path)
+    git('config', 'commit.gpgsign', 'false', cwd=path)
+    (project / 'MLproject').write_text(BISECT_MLPROJECT)
+    (project / 'train.py').write_text(BISECT_TRAIN)
+    (project / 'value.txt').write_text('1.0')
+    git('add', '--all', cwd=path)
+    git('commit', '--quiet', '-m', 'tiny project', cwd=path)
+    return project
+
+
+def add_bisect_commits(path: Path) -> None:
+    for k in range(1, BISECT_COMMITS + 1):
+        with open(path / 'tiny' / 'notes.txt', 'a') as f:
+            f.write(f'note {k}\n')
+        if k == BISECT_CHANGE:
+            (path / 'tiny' / 'value.txt').write_text('2.0')
+        git('add', '--all', cwd=path)
+        git('commit', '--quiet', '-m', f'commit {k}', cwd=path)
+
+
+def bench_bisect(rounds: int, seconds: float, notes: list[str]) -> list[Comparison]:
+    progress(f'bisect: {BISECT_COMMITS} commits, training {seconds:g} s each')
+    with tempfile.TemporaryDirectory(prefix='bench-bisect-') as tmp:
+        project = make_bisect_repo(Path(tmp) / 'repo')
+        store = Path(tmp) / 'store'
+        store.mkdir()
+        env = {**base_env(f'sqlite:///{store / "mlflow.db"}'), 'BENCH_TRAIN_SECONDS': str(seconds)}
+        mlflow_run = (sys.executable, '-m', 'mlflow', 'run', str(project), '--env-manager', 'local')
+        reference = make_reference(mlflow_run, env, store)
+        add_bisect_commits(Path(tmp) / 'repo')
+        probes: dict[int, list[int]] = {1: [], 3: []}
+
+        def bisect(jobs: int) -> float:
+            cmd = (sys.executable, str(SCRIPT), '--run_id', reference, '--bisect')
+            start = time.perf_counter()
+            proc = subprocess.run(
+                (*cmd, '--jobs', str(jobs), '--output', 'json', '--quiet'),
+                env=env,
+                cwd=store,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=PROCESS_TIMEOUT,
+            )
+            elapsed = time.perf_counter() - start
+            if proc.returncode != 1:
+                raise BenchError(f'--bisect exited with {proc.returncode}:\n{proc.stderr[-3000:]}')
+            probes[jobs].append(len(json.loads(proc.stdout)['bisect']['probes']))
+            return elapsed
+
+        progress(f'bisect: {rounds} rounds of --jobs 1 / --jobs 3')
+        one_t, three_t = interleave([lambda: bisect(1), lambda: bisect(3)], rounds, warmup=False)
+    comparison = Comparison(
+        'bisect',
+        f'reproduce_run.py --bisect --jobs 1 ({BISECT_COMMITS} commits, one change)',
+        '... --jobs 3',
+        tuple(one_t),
+        tuple(three_t),
+    )
+    notes.append(
+        f'bisect: --jobs 3 takes {comparison.ratio:.2f}x the wall time of --jobs 1 '
+        f'(goal <= 0.6); probes: {probes[1][0]} with --jobs 1, {probes[3][0]} with --jobs 3'
+    )
+    return [comparison]
+
+
 # ---------------------------------------------------------------------------
 # Command line.
 
@@ -1314,6 +1409,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=3,
         help='rounds of the timed phases of one reproduction (default: %(default)s)',
     )
+    parser.add_argument(
+        '--bisect-rounds',
+        type=_positive,
+        default=1,
+        help='rounds of --bisect --jobs 1 against --jobs 3 (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--bisect-seconds',
+        type=float,
+        default=3.0,
+        help='training time of each probe of the bisection (default: %(default)s)',
+    )
+    parser.add_argument('--skip-bisect', action='store_true', help='skip the bisection')
     parser.add_argument('--skip-startup', action='store_true', help='skip start-up')
     parser.add_argument(
         '--skip-overhead', action='store_true', help='skip mlflow run against reproduce_run.py'
@@ -1381,6 +1489,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         (
             args.skip_leftovers,
             lambda: results.extend(bench_leftovers(args.fast_rounds, server, notes)),
+        ),
+        (
+            args.skip_bisect,
+            lambda: results.extend(bench_bisect(args.bisect_rounds, args.bisect_seconds, notes)),
         ),
     ]
     try:

@@ -1,0 +1,587 @@
+"""--bisect: the first commit that changed a run's metrics.  The search
+itself in tables, without MLflow or git; then real bisections of a real
+repository whose commits change a tiny project's metric."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from conftest import SCRIPT, git, mlflow_run
+from test_batch import experiment_runs, experiment_runs_or_empty
+from test_reproduce_run import client, reproduce, wait_for
+
+from reproduce_run import (
+    BAD,
+    GOOD,
+    NOT_REPRODUCED,
+    SKIP,
+    BisectReport,
+    CommitInfo,
+    Finding,
+    Report,
+    Rules,
+    commit_outcome,
+    finding,
+    main,
+    next_commits,
+)
+
+# --- the search: pure functions -----------------------------------------------
+
+
+def _all(n: int, outcome: str, **others: str) -> dict[int, str]:
+    return {i: others.get(f'c{i}', outcome) for i in range(n + 1)}
+
+
+@pytest.mark.parametrize(
+    ('n', 'outcomes', 'jobs', 'expected'),
+    [
+        pytest.param(12, {}, 1, [0], id='reference-commit-first'),
+        pytest.param(12, {0: GOOD}, 1, [12], id='then-the-target'),
+        pytest.param(12, {}, 2, [0, 12], id='two-jobs-probe-both-ends-at-once'),
+        pytest.param(12, {}, 3, [0, 12, 6], id='three-jobs-also-cut-the-path'),
+        pytest.param(12, {0: BAD}, 1, [], id='reference-does-not-reproduce-stop'),
+        pytest.param(12, {0: SKIP}, 1, [], id='reference-cannot-run-stop'),
+        pytest.param(12, {0: GOOD, 12: GOOD}, 1, [], id='nothing-changed-stop'),
+        pytest.param(12, {0: GOOD, 12: BAD}, 1, [6], id='midpoint'),
+        pytest.param(12, {0: GOOD, 12: BAD, 6: GOOD}, 1, [9], id='upper-half'),
+        pytest.param(12, {0: GOOD, 12: BAD, 6: BAD}, 1, [3], id='lower-half'),
+        pytest.param(12, {0: GOOD, 12: BAD, 6: SKIP}, 1, [5], id='skipped-midpoint-neighbour'),
+        pytest.param(12, {0: GOOD, 12: BAD}, 3, [3, 6, 9], id='three-cuts-four-parts'),
+        pytest.param(12, {0: GOOD, 12: BAD, 8: BAD, 7: GOOD}, 1, [], id='adjacent-done'),
+        pytest.param(12, {0: GOOD, 12: BAD, 8: BAD, 6: GOOD, 7: SKIP}, 1, [], id='only-skips-left'),
+        pytest.param(2, {0: GOOD, 2: BAD}, 3, [1], id='one-left-many-jobs'),
+        pytest.param(1, {0: GOOD, 1: BAD}, 1, [], id='target-is-the-next-commit'),
+        pytest.param(12, {0: GOOD, 12: SKIP}, 1, [6], id='target-cannot-run-search-anyway'),
+    ],
+)
+def test_next_commits(n, outcomes, jobs, expected):
+    assert next_commits(n, outcomes, jobs) == expected
+
+
+@pytest.mark.parametrize(
+    ('n', 'outcomes', 'expected'),
+    [
+        pytest.param(12, {0: GOOD, 12: GOOD}, Finding(None, ()), id='nothing-changed'),
+        pytest.param(12, {0: BAD}, Finding(None, (), NOT_REPRODUCED), id='not-reproduced'),
+        pytest.param(12, {0: GOOD, 12: BAD, 7: GOOD, 8: BAD}, Finding(8, (8,)), id='first-changed'),
+        pytest.param(1, {0: GOOD, 1: BAD}, Finding(1, (1,)), id='the-target-itself'),
+        pytest.param(
+            12,
+            {0: GOOD, 12: BAD, 6: GOOD, 7: SKIP, 8: BAD},
+            Finding(None, (7, 8)),
+            id='skip-leaves-a-range',
+        ),
+        pytest.param(
+            12,
+            {0: GOOD, 12: BAD, 6: GOOD, 8: BAD},
+            Finding(None, (7, 8)),
+            id='stopped-midway-untested-are-candidates',
+        ),
+        pytest.param(
+            12,
+            {0: GOOD, 12: BAD, 6: GOOD, 7: SKIP, 8: SKIP, 9: BAD},
+            Finding(None, (7, 8, 9)),
+            id='two-skips-three-candidates',
+        ),
+    ],
+)
+def test_finding(n, outcomes, expected):
+    assert finding(n, outcomes) == expected
+
+
+def simulate(n: int, truth: dict[int, str], jobs: int) -> tuple[Finding, int, int]:
+    """Bisect a path whose commits say `truth`: (finding, probes, rounds)."""
+    outcomes: dict[int, str] = {}
+    probes = rounds = 0
+    while chosen := next_commits(n, outcomes, jobs):
+        assert not set(chosen) & set(outcomes), 'a commit is probed twice'
+        assert len(chosen) <= max(jobs, 2 if jobs > 1 else 1) + (jobs > 2)
+        outcomes.update({i: truth[i] for i in chosen})
+        probes, rounds = probes + len(chosen), rounds + 1
+    return finding(n, outcomes), probes, rounds
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 5, 12, 31, 32, 64])
+def test_search_finds_every_change_within_log2_n_plus_2_probes(n):
+    for change in range(1, n + 1):
+        truth = {i: GOOD if i < change else BAD for i in range(n + 1)}
+        found, probes, _ = simulate(n, truth, 1)
+        assert found == Finding(change, (change,))
+        assert probes <= math.ceil(math.log2(n)) + 2
+
+
+@pytest.mark.parametrize('jobs', [2, 3, 4])
+@pytest.mark.parametrize('n', [5, 12, 32])
+def test_more_jobs_reach_the_same_answer_in_fewer_rounds(n, jobs):
+    for change in range(1, n + 1):
+        truth = {i: GOOD if i < change else BAD for i in range(n + 1)}
+        one, _, rounds_one = simulate(n, truth, 1)
+        many, _, rounds_many = simulate(n, truth, jobs)
+        assert many == one
+        assert rounds_many <= rounds_one
+
+
+@pytest.mark.parametrize('jobs', [1, 3])
+def test_a_skip_next_to_the_change_gives_a_two_commit_range(jobs):
+    truth = {**{i: GOOD for i in range(8)}, 7: SKIP, **{i: BAD for i in range(8, 13)}}
+    found, _, _ = simulate(12, truth, jobs)
+    assert found == Finding(None, (7, 8))
+
+
+def _report(status: str, ref: float, new: float, params=('data',)) -> Report:
+    histories = ({'score': [(0, ref, 0)]}, {'score': [(0, new, 0)]})
+    plan = types.SimpleNamespace(logged_params=dict.fromkeys(params, ''))
+    return Report(
+        status=status,
+        exit_code=0,
+        reference_run_id='r',
+        plan=plan,
+        histories=histories,
+        reference_status='FINISHED',
+    )
+
+
+@pytest.mark.parametrize(
+    ('reports', 'expected'),
+    [
+        pytest.param([_report('equal', 1, 1)], GOOD, id='equal'),
+        pytest.param([_report('differ', 1, 2)], BAD, id='differ'),
+        pytest.param([Report(status='failed', exit_code=3, reference_run_id='r')], SKIP, id='fail'),
+        pytest.param([Report(status='error', exit_code=2, reference_run_id='r')], SKIP, id='error'),
+        pytest.param([_report('equal', 1, 1, ('data', 'new'))], SKIP, id='params-changed'),
+        pytest.param(
+            [_report('differ', 1.0, x) for x in (0.99, 1.0, 1.01)], GOOD, id='repeat-within-range'
+        ),
+        pytest.param(
+            [_report('differ', 1.0, x) for x in (1.98, 2.0, 2.02)], BAD, id='repeat-drifted'
+        ),
+        pytest.param(
+            [
+                _report('differ', 1.0, 1.01),
+                Report(status='failed', exit_code=3, reference_run_id='r'),
+                _report('differ', 1.0, 0.99),
+            ],
+            GOOD,
+            id='repeat-judges-those-that-ran',
+        ),
+    ],
+)
+def test_commit_outcome(reports, expected):
+    assert commit_outcome(reports, ('data',), Rules()) == expected
+
+
+# --- real bisections ----------------------------------------------------------
+
+MLPROJECT = """\
+name: tiny
+entry_points:
+  main:
+    parameters:
+      data: {type: string, default: ''}
+    command: "python train.py --data {data}"
+"""
+
+TRAIN = """\
+import argparse, fcntl, os, pathlib, time
+import mlflow
+
+p = argparse.ArgumentParser()
+p.add_argument('--data', default='')
+args = p.parse_args()
+if pathlib.Path('BROKEN').exists():
+    raise SystemExit('this commit is broken')
+if pathlib.Path('notes.txt').exists():
+    time.sleep(float(os.environ.get('BISECT_TEST_SLEEP', '0')))
+value = float(pathlib.Path('value.txt').read_text())
+if args.data:
+    value += float(pathlib.Path(args.data).read_text())
+counter = os.environ.get('BISECT_TEST_COUNTER')
+if counter:  # noise of +-1 %: consecutive runs take -1, 0, +1 in turn
+    with open(counter, 'a+') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        count = int(f.read() or 0)
+        f.seek(0)
+        f.truncate()
+        f.write(str(count + 1))
+    value *= 1 + 0.01 * (count % 3 - 1)
+mlflow.log_metric('score', value)
+"""
+
+
+def commit_all(repo: Path, message: str) -> str:
+    git('add', '--all', cwd=repo)
+    git('commit', '--quiet', '-m', message, cwd=repo)
+    return git('rev-parse', 'HEAD', cwd=repo)
+
+
+def build_repo(where: Path, files: dict[str, str]) -> tuple[Path, str]:
+    repo = where / 'repo'
+    (repo / 'tiny').mkdir(parents=True)
+    git('init', '--quiet', '--initial-branch', 'main', cwd=repo)
+    git('config', 'user.email', 'tests@example.invalid', cwd=repo)
+    git('config', 'user.name', 'tests', cwd=repo)
+    for name, text in files.items():
+        (repo / 'tiny' / name).write_text(text)
+    return repo, commit_all(repo, 'tiny project')
+
+
+def add_commits(repo: Path, n: int, change_at: int, broken_at: int | None = None) -> list[str]:
+    """n commits; the one at change_at doubles the metric, broken_at fails."""
+    commits = []
+    for k in range(1, n + 1):
+        tiny = repo / 'tiny'
+        with open(tiny / 'notes.txt', 'a') as f:
+            f.write(f'note {k}\n')
+        subject = f'commit {k}'
+        if k == change_at:
+            (tiny / 'value.txt').write_text('2.0')
+            subject += ': the value doubles'
+        if k == broken_at:
+            (tiny / 'BROKEN').write_text('')
+            subject += ': breaks the project'
+        elif (tiny / 'BROKEN').exists():
+            (tiny / 'BROKEN').unlink()
+        commits.append(commit_all(repo, subject))
+    return commits
+
+
+TINY = {'MLproject': MLPROJECT, 'train.py': TRAIN, 'value.txt': '1.0'}
+
+
+@pytest.fixture(scope='module')
+def linear(tmp_path_factory, store):
+    """A reference run, then 12 commits, of which the 8th doubles the metric."""
+    repo, first = build_repo(tmp_path_factory.mktemp('linear'), TINY)
+    ref = mlflow_run(str(repo / 'tiny'), store)
+    return repo, [first, *add_commits(repo, 12, change_at=8)], ref
+
+
+def bisect_runs(name: str):
+    """(parent, probes) of the one bisection in experiment `name`."""
+    runs = experiment_runs(name)
+    [parent] = [r for r in runs if r.data.tags.get('reproduce.bisect') == 'true']
+    probes = [r for r in runs if r.data.tags.get('mlflow.parentRunId') == parent.info.run_id]
+    return parent, probes
+
+
+@pytest.mark.slow
+def test_bisect_finds_the_commit_that_changed_the_metric(linear, capsys, tmp_path):
+    repo, commits, ref = linear
+    name = f'bisect-{tmp_path.name}'
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, '--bisect', '--experiment-name', name, '--output', 'json'
+    )
+    assert code == 1, err
+    doc = json.loads(out)
+    bisect = doc['bisect']
+    assert doc['exit_code'] == 1
+    assert bisect['first_changed_commit'] == commits[8]
+    assert bisect['candidates'] == [commits[8]]
+    assert (bisect['reference_commit'], bisect['target_commit']) == (commits[0], commits[12])
+    assert bisect['reference_run_id'] == ref
+    assert bisect['skipped'] == [] and bisect['reason'] is None
+    probes = bisect['probes']
+    assert len(probes) <= math.ceil(math.log2(12)) + 2
+    assert set(probes[0]) == {'commit', 'subject', 'status', 'equal', 'reproduced_run_id'}
+    assert [p['commit'] for p in probes] == sorted((p['commit'] for p in probes), key=commits.index)
+    by_commit = {p['commit']: p for p in probes}
+    assert by_commit[commits[8]]['status'] == 'differ'
+    assert by_commit[commits[8]]['subject'] == 'commit 8: the value doubles'
+    assert by_commit[commits[7]]['equal'] is True
+    # the single-run fields are the first changed commit's probe
+    assert doc['reproduced_run_id'] == by_commit[commits[8]]['reproduced_run_id']
+    assert [m['key'] for m in doc['metrics'] if not m['equal']] == ['score']
+    # the reference commit first, then the target
+    started = [line for line in err.splitlines() if line.endswith(' started')]
+    assert f'at {commits[0][:12]} started' in started[0]
+    assert f'at {commits[12][:12]} started' in started[1]
+    # recorded in MLflow: the parent run, its tags and artifact, the nested probes
+    parent, children = bisect_runs(name)
+    assert parent.info.run_name == f'reproduce-bisect-{client().get_run(ref).info.run_name}'
+    assert parent.info.run_id == bisect['run_id']
+    assert parent.info.status == 'FINISHED'
+    assert parent.data.tags['reproduce.first_changed_commit'] == commits[8]
+    assert parent.data.tags['reproduce.reference_run_id'] == ref
+    assert f'First changed commit: {commits[8]}' in parent.data.tags['mlflow.note.content']
+    artifact = client().download_artifacts(parent.info.run_id, 'reproduce/bisect.json', tmp_path)
+    assert json.loads(Path(artifact).read_text())['bisect'] == bisect
+    assert sorted(c.info.run_id for c in children) == sorted(p['reproduced_run_id'] for p in probes)
+    for child in children:
+        commit = child.data.tags['reproduce.bisect.commit']
+        assert child.data.tags['mlflow.source.git.commit'] == commit
+        assert child.data.tags['reproduce.status'] == by_commit[commit]['status']
+        assert child.info.status == 'FINISHED'
+
+
+@pytest.mark.slow
+def test_target_where_nothing_changed_exits_0(linear, capsys, tmp_path):
+    repo, commits, ref = linear
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, '--bisect', commits[5], '--experiment-name', tmp_path.name
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[-1] == 'First changed commit: none'
+    assert 'Nothing between the reference commit and the target changed the metrics.' in lines
+    rows = [line for line in lines if line.startswith('| ')]
+    assert [c.strip() for c in rows[0].split('|')[1:-1]] == [
+        'Commit',
+        'Subject',
+        'Verdict',
+        'Changed metrics',
+        'Reproduced run',
+    ]
+    assert [r.split('|')[1].strip() for r in rows[1:]] == [commits[0][:12], commits[5][:12]]
+    assert [r.split('|')[3].strip() for r in rows[1:]] == ['equal', 'equal']
+
+
+@pytest.mark.slow
+def test_jobs_3_reach_the_same_commit(linear, capsys, tmp_path):
+    repo, commits, ref = linear
+    code, out, err = reproduce(
+        capsys,
+        '--run_id',
+        ref,
+        '--bisect',
+        'main',
+        '--jobs',
+        '3',
+        '--experiment-name',
+        tmp_path.name,
+        '--output',
+        'markdown',
+    )
+    assert code == 1, err
+    assert out.startswith(f'**Bisection of run {ref}**: differ')
+    assert out.rstrip().endswith(f'First changed commit: {commits[8]}')
+
+
+@pytest.mark.slow
+def test_a_broken_commit_next_to_the_change_is_skipped(tmp_path, store, capsys):
+    repo, first = build_repo(tmp_path, TINY)
+    ref = mlflow_run(str(repo / 'tiny'), store)
+    commits = [first, *add_commits(repo, 12, change_at=8, broken_at=7)]
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, '--bisect', '--experiment-name', tmp_path.name, '--output', 'json'
+    )
+    assert code == 1, err
+    bisect = json.loads(out)['bisect']
+    assert bisect['skipped'] == [commits[7]]
+    assert bisect['candidates'] == [commits[7], commits[8]]
+    assert bisect['first_changed_commit'] is None
+    assert {p['commit']: p['status'] for p in bisect['probes']}[commits[7]] == 'failed'
+
+
+@pytest.mark.slow
+def test_a_reference_whose_data_changed_blames_no_commit(tmp_path, store, capsys):
+    repo, first = build_repo(tmp_path, TINY)
+    data = tmp_path / 'data.txt'
+    data.write_text('0.5')
+    ref = mlflow_run(str(repo / 'tiny'), store, '-P', f'data={data}')
+    add_commits(repo, 12, change_at=8)
+    data.write_text('0.25')  # the world changed, not the code
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, '--bisect', '--experiment-name', tmp_path.name
+    )
+    assert code == 1, err
+    lines = out.splitlines()
+    assert f'No commit is blamed: {NOT_REPRODUCED}.' in lines
+    assert lines[-1] == 'First changed commit: none'
+    rows = [line for line in lines if line.startswith('| ') and 'Commit' not in line]
+    assert len([r for r in rows if r.split('|')[1].strip() == first[:12]]) == 1
+    assert 'score' in out  # the reference probe's comparison
+    parent, probes = bisect_runs(tmp_path.name)
+    assert len(probes) <= 2
+    assert parent.data.tags['reproduce.first_changed_commit'] == 'none'
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # 3 repetitions of 6 commits, one after another
+def test_repeat_3_bisects_a_nondeterministic_project(tmp_path, store, capsys, monkeypatch):
+    monkeypatch.setenv('BISECT_TEST_COUNTER', str(tmp_path / 'counter'))
+    repo, first = build_repo(tmp_path, TINY)
+    ref = mlflow_run(str(repo / 'tiny'), store)
+    commits = [first, *add_commits(repo, 12, change_at=5)]
+    code, out, err = reproduce(
+        capsys,
+        '--run_id',
+        ref,
+        '--bisect',
+        '--repeat',
+        '3',
+        '--experiment-name',
+        tmp_path.name,
+        '--output',
+        'json',
+    )
+    assert code == 1, err
+    bisect = json.loads(out)['bisect']
+    assert bisect['first_changed_commit'] == commits[5]
+    # every repetition differs from the reference (the noise), and yet the
+    # reference commit counts as unchanged: its value lies within their range
+    at_reference = [p for p in bisect['probes'] if p['commit'] == commits[0]]
+    assert len(at_reference) == 3
+    assert any(p['status'] == 'differ' for p in at_reference)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_bisection_kills_the_parent_and_leaves_nothing_running(linear, tmp_path):
+    repo, commits, ref = linear
+    name = f'sigterm-{tmp_path.name}'
+    proc = subprocess.Popen(
+        (
+            sys.executable,
+            str(SCRIPT),
+            '--run_id',
+            ref,
+            '--bisect',
+            '--experiment-name',
+            name,
+            '--output',
+            'json',
+        ),
+        env={**os.environ, 'BISECT_TEST_SLEEP': '60'},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+
+        def target_probe_running():
+            return any(
+                r.data.tags.get('mlflow.source.git.commit') == commits[12]
+                for r in experiment_runs_or_empty(name)
+            )
+
+        wait_for(target_probe_running, 90, 'the probe of the target to start')
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    doc = json.loads(out)
+    assert proc.returncode == doc['exit_code'] == 143, err
+    assert err.rstrip().endswith('reproduce_run: terminated')
+    assert doc['bisect']['reason'] == 'terminated by a signal'
+    parent, probes = bisect_runs(name)
+    assert parent.info.status == 'KILLED'
+    assert sorted(r.info.status for r in probes) == ['FINISHED', 'KILLED']
+    assert not [r for r in experiment_runs(name) if r.info.status == 'RUNNING']
+
+
+SCRIPT_RUN = """\
+import pathlib
+import mlflow
+
+with mlflow.start_run():
+    mlflow.log_metric('score', float(pathlib.Path(__file__).with_name('value.txt').read_text()))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # about 4 minutes on the shared machine
+def test_a_script_run_is_bisected(tmp_path, git_daemon, capsys):
+    """A run made with `python tiny/fit.py`, its remote on a git daemon."""
+    from test_script_runs import python_run
+
+    url, base = git_daemon
+    bare = base / f'{tmp_path.name}.git'
+    git('init', '--quiet', '--bare', str(bare), cwd=base)
+    repo, first = build_repo(tmp_path, {'fit.py': SCRIPT_RUN, 'value.txt': '1.0'})
+    git('remote', 'add', 'origin', f'{url}/{bare.name}', cwd=repo)
+    git('push', '--quiet', 'origin', 'main', cwd=repo)
+    ref = python_run(repo, 'tiny/fit.py')
+    commits = [first, *add_commits(repo, 12, change_at=3)]
+    git('push', '--quiet', 'origin', 'main', cwd=repo)
+    code, out, err = reproduce(
+        capsys,
+        '--run_id',
+        ref,
+        '--bisect',
+        'main',
+        '--experiment-name',
+        tmp_path.name,
+        '--output',
+        'json',
+    )
+    assert code == 1, err
+    bisect = json.loads(out)['bisect']
+    assert bisect['first_changed_commit'] == commits[3]
+    assert bisect['target_commit'] == commits[12]
+    assert len(bisect['probes']) <= math.ceil(math.log2(12)) + 2
+
+
+@pytest.mark.parametrize(
+    ('argv', 'message'),
+    [
+        pytest.param(('--version', 'main'), '--bisect and --version exclude each other', id='ver'),
+        pytest.param(('--dry-run',), '--bisect and --dry-run exclude each other', id='dry-run'),
+        pytest.param(
+            ('--compare-to', 'b'), '--bisect and --compare-to exclude each other', id='cmp'
+        ),
+    ],
+)
+def test_bisect_excludes_options_that_name_another_run_or_commit(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(['--run_id', 'a', '--bisect', *argv])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f'reproduce_run: error: {message} (see --help)\n'
+
+
+@pytest.mark.parametrize(
+    ('target', 'message'),
+    [
+        pytest.param(
+            'no-such-branch', "--bisect: commit 'no-such-branch' is not in ", id='unknown'
+        ),
+        pytest.param(0, 'does not come after the reference commit', id='the-reference-itself'),
+    ],
+)
+def test_a_target_that_cannot_be_bisected_exits_2_with_one_line(linear, target, message, capsys):
+    repo, commits, ref = linear
+    target = commits[target] if isinstance(target, int) else target
+    code, out, err = reproduce(capsys, '--run_id', ref, '--bisect', target)
+    assert code == 2
+    [line] = err.splitlines()
+    assert line.startswith('reproduce_run: error: ') and message in line
+
+
+def _bisect(outcomes: dict[int, str], stopped: str | None = None) -> BisectReport:
+    path = tuple(CommitInfo(f'{i:040x}', f'commit {i}') for i in range(13))
+    failed = Report(status='failed', exit_code=3, reference_run_id='r')
+    return BisectReport(
+        'r',
+        path=path,
+        probes=tuple((i, failed) for i in outcomes),
+        outcomes=outcomes,
+        finding=finding(12, outcomes),
+        stopped=stopped,
+    )
+
+
+@pytest.mark.parametrize(
+    ('outcomes', 'stopped', 'status', 'code'),
+    [
+        pytest.param({0: GOOD, 12: GOOD}, None, 'equal', 0, id='nothing-changed'),
+        pytest.param({0: GOOD, 12: BAD, 7: GOOD, 8: BAD}, None, 'differ', 1, id='found'),
+        pytest.param({0: GOOD, 12: BAD, 7: SKIP, 6: GOOD, 8: BAD}, None, 'differ', 1, id='range'),
+        pytest.param({0: BAD}, None, 'differ', 1, id='reference-does-not-reproduce'),
+        pytest.param({0: SKIP}, None, 'failed', 3, id='every-probe-failed'),
+        pytest.param({0: SKIP, 12: SKIP, 6: SKIP}, None, 'failed', 3, id='every-probe-of-3-failed'),
+        pytest.param({0: GOOD}, 'terminated', 'terminated', 143, id='sigterm'),
+        pytest.param({0: GOOD}, 'interrupted', 'interrupted', 130, id='sigint'),
+    ],
+)
+def test_exit_code_of_a_bisection(outcomes, stopped, status, code):
+    bisect = _bisect(outcomes, stopped)
+    assert (bisect.status, bisect.exit_code) == (status, code)
