@@ -485,7 +485,10 @@ def cheap_search_setup(samples_repo, name: str) -> dict[str, list[str]]:
     return made
 
 
-NOT_A_PROJECT = 'it was not launched as an MLflow Project (pass --uri to reproduce it)'
+NOT_A_PROJECT = (
+    'it was not launched as an MLflow Project (tag mlflow.source.type is None) and recorded no '
+    'remote (tag mlflow.source.git.repoURL): pass --uri with the git URL of its code'
+)
 
 
 def test_a_batch_dry_run_ends_with_what_it_planned(samples_repo, capsys, tmp_path):
