@@ -5264,12 +5264,12 @@ class ExplainPlanner(Planner):
         candidates: Sequence[Candidate],
         layers: Mapping[str, str],
     ) -> None:
-        self.session, self.report, self.layers = session, report, layers
+        self.session, self.reproduction, self.layers = session, report, layers
         self.by_key = {c.key: c for c in candidates}
         self.undone: dict[Probe, tuple[str, ...]] = {}
         self.outcomes: dict[frozenset[str], bool] = {}
         self.step = ExplainStep()
-        self.waiting = False
+        self.results: tuple[Result, ...] = ()
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
         for probe, report in results:
@@ -5281,16 +5281,17 @@ class ExplainPlanner(Planner):
             return []
         undone = [self.by_key[k] for k in self.step.undo]
         probe = Probe(
-            self.report.reference_run_id,
+            self.reproduction.reference_run_id,
             label='undoing ' + ', '.join(_undo_text(c) for c in undone),
-            name=self.report.reference_run_name,
+            name=self.reproduction.reference_run_name,
             environ=probe_environ(self.session, undone, self.layers),
-            parent_run_id=self.report.reproduced_run_id,
+            parent_run_id=self.reproduction.reproduced_run_id,
         )
         self.undone[probe] = self.step.undo
         return [probe]
 
     def report(self, group: Group) -> BatchReport:
+        self.results = group.results
         return BatchReport(tuple(r for _, r in group.results))
 
 
@@ -5327,9 +5328,9 @@ def explain_difference(session: Session, report: Report) -> Explanation:
         reason = 'no difference of the environment can be undone'
         return Explanation(None, not_tried=tuple(not_tried), reason=reason)
     planner = ExplainPlanner(session, report, tried, layers)
-    group = run_group(dataclasses.replace(session, options=_probe_options(session)), planner)
+    run_group(dataclasses.replace(session, options=_probe_options(session)), planner)
     probes = []
-    for probe, probe_report in group.results:
+    for probe, probe_report in planner.results:
         undone = [planner.by_key[k] for k in planner.undone[probe]]
         probes.append(
             {
