@@ -3435,8 +3435,19 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
             lines += ['', format_text(report, verbose).rsplit('\n', 1)[0]]
     for repeat in batch.repeats:
         lines += ['', _repeat_heading(repeat), *diagnosis_lines(repeat.diagnoses, 'psql')]
+        lines += _repeat_explanation(batch, repeat)
     lines.append(_last_line_of(batch))
     return '\n'.join(lines)
+
+
+def _repeat_explanation(batch: BatchReport, repeat: Repeat) -> list[str]:
+    """--explain's lines for the repetitions of one reference run."""
+    explained = (
+        r.explanation
+        for r in batch.reports
+        if r.reference_run_id == repeat.reference_run_id and r.explanation
+    )
+    return explanation_lines(next(explained, None))
 
 
 def _batch_heading(batch: BatchReport) -> str:
@@ -5106,6 +5117,11 @@ def explain_step(items: Sequence[str], outcomes: Mapping[frozenset[str], bool]) 
         return ExplainStep(undo=e.subset)
 
 
+# What --explain says of --repeat's nondeterministic classification.
+NOT_NEEDED_REASON = 'the repetitions are nondeterministic: no environment change is needed'
+STOPPED_REASON = 'stopped by a signal'
+
+
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     """A difference a probe can undo: a package or a recorded variable."""
@@ -5140,6 +5156,9 @@ class Explanation:
             'not_tried': list(self.not_tried),
             'reason': self.reason,
         }
+
+
+NOT_NEEDED = Explanation(None, reason=NOT_NEEDED_REASON)
 
 
 def _undo_text(c: Candidate) -> str:
@@ -5304,6 +5323,12 @@ def explain(session: Session, report: Report) -> Report:
     explanation = explain_difference(session, report)
     report = dataclasses.replace(report, explanation=explanation)
     record_explanation(session.client, report)
+    if session.stop.event.is_set():  # a signal wins, as everywhere
+        status = session.stop.status
+        message = f'{status} by a signal during --explain'
+        report = dataclasses.replace(
+            report, status=status, exit_code=STATUS_EXIT_CODES[status], message=message
+        )
     return report
 
 
@@ -5324,6 +5349,8 @@ def explain_difference(session: Session, report: Report) -> Explanation:
             not_tried.append(
                 {'name': c.key, 'reason': f'its reference version cannot be installed ({e})'}
             )
+        except Stopped:
+            return Explanation(None, not_tried=tuple(not_tried), reason=STOPPED_REASON)
     if not tried:
         reason = 'no difference of the environment can be undone'
         return Explanation(None, not_tried=tuple(not_tried), reason=reason)
@@ -5345,7 +5372,7 @@ def explain_difference(session: Session, report: Report) -> Explanation:
     step = planner.step
     if session.stop.event.is_set() or step.undo is not None:
         return Explanation(
-            None, probes=tuple(probes), not_tried=tuple(not_tried), reason='stopped by a signal'
+            None, probes=tuple(probes), not_tried=tuple(not_tried), reason=STOPPED_REASON
         )
     culprits = tuple(planner.by_key[k] for k in step.culprits)
     innocent = tuple(c for c in tried if c not in culprits) if step.restores else ()
@@ -5391,19 +5418,23 @@ def explain_batch(session: Session, batch: BatchReport) -> BatchReport:
     one differing repetition of each drifted reference."""
     if not session.options.explain or session.options.dry_run:
         return batch
-    if batch.repeats:
-        drifted = {
-            r.reference_run_id for r in batch.repeats if classify_run(r.diagnoses) == DRIFTED
-        }
-        chosen = {}
-        for i, r in enumerate(batch.reports):
-            if r.reference_run_id in drifted and r.status == 'differ':
-                chosen.setdefault(r.reference_run_id, i)
-        indexes = set(chosen.values())
-    else:
-        indexes = {i for i, r in enumerate(batch.reports) if r.status == 'differ'}
     reports = list(batch.reports)
-    for i in sorted(indexes):
+    if batch.repeats:
+        classes = {r.reference_run_id: classify_run(r.diagnoses) for r in batch.repeats}
+        first = {}
+        for i, r in enumerate(reports):
+            if r.status == 'differ' and classes.get(r.reference_run_id) in (
+                DRIFTED,
+                NONDETERMINISTIC,
+            ):
+                first.setdefault(r.reference_run_id, i)
+        for run_id, i in first.items():
+            if classes[run_id] == NONDETERMINISTIC:
+                reports[i] = dataclasses.replace(reports[i], explanation=NOT_NEEDED)
+        indexes = sorted(i for run_id, i in first.items() if classes[run_id] == DRIFTED)
+    else:
+        indexes = [i for i, r in enumerate(reports) if r.status == 'differ']
+    for i in indexes:
         if session.stop.event.is_set():
             break
         reports[i] = explain_if_differs(session, reports[i])

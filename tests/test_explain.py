@@ -16,7 +16,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, make_repo, mlflow_run
+from conftest import ROOT, SCRIPT, make_repo, mlflow_run
+from test_docs import first_spans, section, tables
 from test_reproduce_run import add_project, client, reproduce, start_tool, wait_for
 
 import reproduce_run
@@ -329,7 +330,10 @@ def test_culprit_package_found_and_decoy_not_blamed(world, capsys, monkeypatch):
     assert not {'numkit', 'padkit'} & set(before[0])
     code, report, err = explain(capsys, monkeypatch, world, world.new, world.reference)
     assert code == 1, err  # the verdict is about the reproduction as asked
+    assert list(report)[-1] == 'explanation'
     environment = report['explanation']['environment']
+    documented = tables(section(ROOT / 'docs' / 'json.md', '`explanation`: with `--explain`'))
+    assert first_spans(documented[0]) == list(environment)
     assert environment['restores_equality'] is True
     assert environment['culprits'] == [
         {'kind': 'package', 'name': 'numkit', 'reference': '1.0', 'reproduced': '1.1'}
@@ -472,3 +476,23 @@ def test_sigterm_mid_explanation_leaves_nothing(world, store, tmp_path):
     assert proc.returncode == 143, err
     assert not probe_running()
     assert list(tmp.iterdir()) == []  # the layers went with the tool's temporary folder
+
+
+@pytest.mark.slow
+def test_a_batch_explains_each_reproduction_that_differs(world, capsys, monkeypatch, tmp_path):
+    links = tmp_path / 'links'
+    links.mkdir()
+    for wheel in world.wheels.glob('padkit-*'):  # one probe: padkit alone
+        (links / wheel.name).write_bytes(wheel.read_bytes())
+    for k, v in world.env(world.new, PIP_FIND_LINKS=str(links)).items():
+        monkeypatch.setenv(k, v)
+    code, out, err = reproduce(
+        capsys, '--run_id', world.base, world.reference, '--explain', '--output', 'json'
+    )
+    assert code == 1, err
+    runs = {r['reference_run_id']: r for r in json.loads(out)['runs']}
+    assert [r['status'] for r in runs.values()] == ['differ', 'differ']
+    unknown = runs[world.base]['explanation']['environment']
+    assert (unknown['restores_equality'], unknown['probes']) == (None, [])
+    known = runs[world.reference]['explanation']['environment']
+    assert (known['restores_equality'], len(known['probes'])) == (False, 1)
