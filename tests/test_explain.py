@@ -157,6 +157,41 @@ def test_candidates_and_what_cannot_be_undone():
     ]
 
 
+def session_with(environ: dict[str, str]) -> reproduce_run.Session:
+    return reproduce_run.Session(
+        reproduce_run.Options(), None, 'sqlite:///x', environ, '/tmp', 't', reproduce_run.Stop()
+    )
+
+
+@pytest.mark.parametrize(
+    ('user', 'undone', 'environ'),
+    [
+        pytest.param({}, [SEED], {'PYTHONHASHSEED': '1'}, id='variable-set'),
+        pytest.param(
+            {},
+            [Candidate('variable', 'OMP_NUM_THREADS', None, '2')],
+            {'OMP_NUM_THREADS': None},
+            id='variable-unset',
+        ),
+        pytest.param({}, [NUMKIT, PADKIT], {'PYTHONPATH': '/l/n:/l/p'}, id='layers-in-order'),
+        pytest.param(
+            {'PYTHONPATH': '/mine'}, [NUMKIT], {'PYTHONPATH': '/l/n:/mine'}, id='before-users'
+        ),
+    ],
+)
+def test_probe_environ(user, undone, environ):
+    layers = {'numkit': '/l/n', 'padkit': '/l/p'}
+    assert dict(reproduce_run.probe_environ(session_with(user), undone, layers)) == environ
+
+
+def test_a_probe_unsets_a_variable_and_nests_under_its_run():
+    session = session_with({'HOME': '/h', 'OMP_NUM_THREADS': '2'})
+    probe = reproduce_run.Probe('a' * 32, environ=(('OMP_NUM_THREADS', None),), parent_run_id='p')
+    assert reproduce_run._probe_session(session, probe).user_environ == {'HOME': '/h'}
+    parents = reproduce_run._Parents(session, reproduce_run.Planner())
+    assert parents.parent_for(probe) == 'p'
+
+
 # --- end to end: real wheels, a real reference, real probes ---------------------
 
 
