@@ -5301,7 +5301,7 @@ class ExplainPlanner(Planner):
         undone = [self.by_key[k] for k in self.step.undo]
         probe = Probe(
             self.reproduction.reference_run_id,
-            label='undoing ' + ', '.join(_undo_text(c) for c in undone),
+            label="with the reference's " + ', '.join(_undo_text(c) for c in undone),
             name=self.reproduction.reference_run_name,
             environ=probe_environ(self.session, undone, self.layers),
             parent_run_id=self.reproduction.reproduced_run_id,
