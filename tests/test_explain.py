@@ -531,3 +531,21 @@ def test_a_batch_explains_each_reproduction_that_differs(world, capsys, monkeypa
     assert (unknown['restores_equality'], unknown['probes']) == (None, [])
     known = runs[world.reference]['explanation']['environment']
     assert (known['restores_equality'], len(known['probes'])) == (False, 1)
+
+
+@pytest.mark.slow
+def test_repeat_explains_a_drifted_reference_once(world, capsys, monkeypatch, tmp_path):
+    links = tmp_path / 'links'
+    links.mkdir()
+    for wheel in world.wheels.glob('padkit-*'):  # one probe: padkit alone
+        (links / wheel.name).write_bytes(wheel.read_bytes())
+    for k, v in world.env(world.new, PIP_FIND_LINKS=str(links)).items():
+        monkeypatch.setenv(k, v)
+    code, out, err = reproduce(capsys, '--run_id', world.reference, '--repeat', '2', '--explain')
+    assert code == 1, err
+    assert f'Run {world.reference} against 2 repetitions: drifted' in out
+    explained = [line for line in out.splitlines() if line.startswith('Explained:')]
+    assert explained == [
+        'Explained: the environment does not explain it: with every difference undone the '
+        'runs still differ (1 probe)'
+    ]
