@@ -6,19 +6,19 @@ the old run's and give a verdict.
     python reproduce_run.py --run_id d1b4b10969174863a2bad1342f6746ce
 
 The pipeline: resolve the reference run, fetch the source at its commit into a
-temporary folder, launch the reproduction with mlflow.projects.run(), judge the
-metric histories, report.  A run made without `mlflow run` (a script run)
-is launched as `python <script> <args>`.  mlflow is imported lazily: --help and argument
+temporary folder, launch the reproduction (the entry point's command, or
+`python <script> <args>` for a run made without `mlflow run`), judge the
+metric histories, report.  mlflow is imported lazily: --help and argument
 errors answer without paying for its import.
 
 The file reads top to bottom as its pipeline, in sections: judging;
 diagnosing repetitions; resolving the reference run into a plan; param values
 in the entry point's command; execution backends; fetching the source;
-talking to MLflow; script runs; stopping; why the runs differ; model registrations;
-reporting; recording the verdict; the pipeline of one run; groups of
-reproductions (the engine: a planner says what to reproduce next); batch and
-repeat (planners on the engine); CI and on-call (JUnit XML, the job summary,
-webhooks); one invocation; the command line.
+talking to MLflow; script runs; stopping; why the runs differ; model
+registrations; reporting; recording the verdict; the pipeline of one run;
+groups of reproductions (the engine: a planner says what to reproduce next);
+batch, repeat, bisect and explain (planners on the engine); CI and on-call
+(JUnit XML, the job summary, webhooks); one invocation; the command line.
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ TAG_BATCH = 'reproduce.batch'  # 'true' on the parent run of a batch
 TAG_REPEAT = 'reproduce.repeat'  # N, on the parent run of N repetitions
 TAG_CLASSIFICATION = 'reproduce.classification'  # what N repetitions say, on that parent
 TAG_OWNER = 'reproduce.owner'  # host:pid:start of the tool that made the run (tool_owner)
+TAG_EXPLAIN_CHANGES = 'reproduce.explain.changes'  # JSON {name: reference value}, on a probe
 TAG_RTOL = 'reproduce.rtol'
 TAG_ATOL = 'reproduce.atol'
 TAG_NOTE = 'mlflow.note.content'  # the run description the MLflow UI shows
@@ -3648,6 +3649,7 @@ class Report:
     # (reference, reproduced) histories as judged, for --repeat's diagnosis; never printed
     histories: Any = dataclasses.field(default=None, compare=False, repr=False)
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
+    explanation: Explanation | None = None  # with --explain, of a reproduction that differs
 
     def __post_init__(self) -> None:
         if self.reference_status is None and self.plan is not None:
@@ -3750,6 +3752,11 @@ def report_json(report: Report) -> dict[str, Any]:
             ],
         },
         'leftovers': list(report.leftovers),
+        **(
+            {'explanation': {'environment': report.explanation.json()}}
+            if report.explanation
+            else {}
+        ),
     }
 
 
@@ -3918,6 +3925,7 @@ def format_text(report: Report, verbose: bool = False) -> str:
     if report.verdict:
         lines.append(_table(_metric_rows(report.verdict), 'psql'))
         lines += differences_lines(report.differences)
+        lines += explanation_lines(report.explanation)
         lines.append(f'Runs equal: {report.verdict.equal}')
     return '\n'.join(lines)
 
@@ -4013,6 +4021,7 @@ def format_markdown(
         lines += _markdown_table(_metric_rows(report.verdict), 'metrics', max_rows)
     if other := differences_lines(report.differences):
         lines += ['', f'**{other[0]}**', '', *other[1:]]
+    lines += ['', *explained] if (explained := explanation_lines(report.explanation)) else []
     if report.equal is not None:
         lines += ['', f'Runs equal: {report.equal}']
     return '\n'.join(lines)
@@ -4131,9 +4140,20 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
             lines += ['', format_text(report, verbose).rsplit('\n', 1)[0]]
     for repeat in batch.repeats:
         lines += ['', _repeat_heading(repeat), *diagnosis_lines(repeat.diagnoses, 'psql')]
+        lines += _repeat_explanation(batch, repeat)
     lines += [f'Leftover of a dead tool: {item["message"]}' for item in batch.leftovers]
     lines.append(_last_line_of(batch))
     return '\n'.join(lines)
+
+
+def _repeat_explanation(batch: BatchReport, repeat: Repeat) -> list[str]:
+    """--explain's lines for the repetitions of one reference run."""
+    explained = (
+        r.explanation
+        for r in batch.reports
+        if r.reference_run_id == repeat.reference_run_id and r.explanation
+    )
+    return explanation_lines(next(explained, None))
 
 
 def _batch_heading(batch: BatchReport) -> str:
@@ -4645,6 +4665,7 @@ class Options:
     backend_config: str | None = None  # a .json path or inline JSON, parsed when used
     script_args: str | None = None  # a script run's arguments, a template of {param}s
     reap_after: float | None = None  # seconds: close any reproduction RUNNING longer
+    explain: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -4667,6 +4688,7 @@ class Options:
             backend_config=args.backend_config,
             script_args=args.script_args,
             reap_after=args.reap_after,
+            explain=args.explain,
         )
 
 
@@ -4688,6 +4710,8 @@ class Session:
     sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
     sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     backend: Backend = Backend()
+    layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> --explain's
+    layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 def make_plan(
@@ -5008,8 +5032,9 @@ class Probe:
     error: str | None = None  # it cannot be reproduced: reported, never run
     name: str | None = None  # the reference run's name, when the selection read it
     version: str | None = None  # a commit or version instead of --version / the recorded one
-    environ: tuple[tuple[str, str], ...] = ()  # set in the project's environment
+    environ: tuple[tuple[str, str | None], ...] = ()  # set (None: unset) for the project
     nested: bool = False  # under a parent run of its reference, below the group's
+    parent_run_id: str | None = None  # under this existing run instead of the group's
 
 
 Result = tuple[Probe, Report]
@@ -5172,6 +5197,8 @@ class _Parents:
         return self.own or next(iter(self.nested.values()), None)
 
     def parent_for(self, probe: Probe) -> str | None:
+        if probe.parent_run_id and not self._dry:
+            return probe.parent_run_id
         if self._dry or not probe.nested or probe.run_id is None:
             return None if self._dry else self.own
         with self._lock:
@@ -5189,8 +5216,11 @@ def _probe_session(session: Session, probe: Probe) -> Session:
     options = session.options
     if probe.version is not None:
         options = dataclasses.replace(options, version=probe.version)
+    environ = {**session.user_environ, **dict(probe.environ)}
     return dataclasses.replace(
-        session, options=options, user_environ={**session.user_environ, **dict(probe.environ)}
+        session,
+        options=options,
+        user_environ={k: v for k, v in environ.items() if v is not None},
     )
 
 
@@ -6324,6 +6354,411 @@ def render_bisect(bisect: BisectReport, output: str) -> str | None:
     return format_bisect_text(bisect)
 
 
+# Explain: when a reproduction differs, more reproductions (probes) run with
+# the environment's differences undone, and delta debugging finds which
+# matter.  The choice of the next probe is pure; the probes run on the group
+# engine, nested under the reproduced run.
+
+EXPLANATION_ARTIFACT = 'explanation.json'  # under ARTIFACT_DIR, on the reproduced run
+PIP_TIMEOUT_SECONDS = 900.0  # installing one pinned package into a layer
+# What a probe cannot undo, and why: said, never tried.
+_CANNOT_UNDO = {
+    'python': 'a different Python cannot be undone by a probe',
+    'platform': 'a different platform, CPU count or GPU cannot be undone by a probe',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainStep:
+    """What delta debugging says next: a probe undoing `undo`, or the end."""
+
+    undo: tuple[str, ...] | None = None  # the differences the next probe undoes
+    restores: bool | None = None  # at the end: does undoing everything restore equality?
+    culprits: tuple[str, ...] = ()  # at the end: a smallest set that restores it
+
+
+class _Untested(Exception):
+    def __init__(self, subset: tuple[str, ...]) -> None:
+        self.subset = subset
+
+
+def _chunks(items: tuple[str, ...], n: int) -> list[tuple[str, ...]]:
+    size, extra = divmod(len(items), n)
+    chunks, start = [], 0
+    for i in range(n):
+        end = start + size + (i < extra)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
+
+
+def _ddmin(items: tuple[str, ...], restores: Callable[[tuple[str, ...]], bool]) -> tuple[str, ...]:
+    """Zeller's ddmin: a smallest subset of items whose undoing restores
+    equality, given that undoing all of them does."""
+    n = 2
+    while len(items) > 1:
+        chunks = _chunks(items, n)
+        found = next((c for c in chunks if restores(c)), None)
+        if found is not None:
+            items, n = found, 2
+            continue
+        rests = [tuple(i for i in items if i not in c) for c in chunks] if n > 2 else []
+        found = next((r for r in rests if restores(r)), None)
+        if found is not None:
+            items, n = found, max(n - 1, 2)
+            continue
+        if n >= len(items):
+            break
+        n = min(len(items), 2 * n)
+    return items
+
+
+def explain_step(items: Sequence[str], outcomes: Mapping[frozenset[str], bool]) -> ExplainStep:
+    """The next probe from the outcomes so far (undone set -> runs equal):
+    first undo everything, then narrow it down.  A set already tried is
+    never tried again."""
+
+    def restores(subset: tuple[str, ...]) -> bool:
+        key = frozenset(subset)
+        if key not in outcomes:
+            raise _Untested(subset)
+        return outcomes[key]
+
+    everything = tuple(items)
+    if not everything:
+        return ExplainStep()
+    try:
+        if not restores(everything):
+            return ExplainStep(restores=False)
+        return ExplainStep(restores=True, culprits=_ddmin(everything, restores))
+    except _Untested as e:
+        return ExplainStep(undo=e.subset)
+
+
+# What --explain says of --repeat's nondeterministic classification.
+NOT_NEEDED_REASON = 'the repetitions are nondeterministic: no environment change is needed'
+STOPPED_REASON = 'stopped by a signal'
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A difference a probe can undo: a package or a recorded variable."""
+
+    kind: str  # 'package' or 'variable'
+    name: str
+    reference: str | None  # None: unset (a variable)
+    reproduced: str | None
+
+    @property
+    def key(self) -> str:
+        return self.name if self.kind == 'variable' else f'package {self.name}'
+
+    def json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    restores_equality: bool | None
+    culprits: tuple[Candidate, ...] = ()
+    innocent: tuple[Candidate, ...] = ()  # undone, and they do not matter
+    probes: tuple[dict[str, Any], ...] = ()
+    not_tried: tuple[dict[str, str], ...] = ()
+    reason: str | None = None  # why nothing was tried
+
+    def json(self) -> dict[str, Any]:
+        return {
+            'restores_equality': self.restores_equality,
+            'culprits': [c.json() for c in self.culprits],
+            'probes': list(self.probes),
+            'not_tried': list(self.not_tried),
+            'reason': self.reason,
+        }
+
+
+NOT_NEEDED = Explanation(None, reason=NOT_NEEDED_REASON)
+
+
+def _undo_text(c: Candidate) -> str:
+    return f'{c.name} {c.reference if c.reference is not None else "unset"}'
+
+
+def _and(parts: Sequence[str]) -> str:
+    return parts[0] if len(parts) == 1 else ', '.join(parts[:-1]) + ' and ' + parts[-1]
+
+
+def explanation_lines(explanation: Explanation | None) -> list[str]:
+    """The "Explained:" block, the same in text and Markdown."""
+    if explanation is None:
+        return []
+    e, n = explanation, len(explanation.probes)
+    probes = f'({n} probe{"s" * (n != 1)})'
+    if e.restores_equality is None:
+        line = f'Explained: nothing tried: {e.reason}'
+    elif not e.restores_equality:
+        line = (
+            'Explained: the environment does not explain it: with every difference undone '
+            f'the runs still differ {probes}'
+        )
+    else:
+        line = f"Explained: with the reference's {_and([_undo_text(c) for c in e.culprits])} "
+        line += 'the runs are equal'
+        if e.innocent:
+            shown = [f'{c.name} {c.reproduced or "unset"}' for c in e.innocent]
+            line += f'; {_and(shown)} {"does" if len(shown) == 1 else "do"} not matter'
+        line += f' {probes}'
+    return [line, *(f'- not tried: {t["name"]}: {t["reason"]}' for t in e.not_tried)]
+
+
+def explanation_candidates(
+    differences: Differences,
+) -> tuple[list[Candidate], list[dict[str, str]]]:
+    """The differences a probe can undo, and those it cannot, with why."""
+    candidates, not_tried = [], []
+    for item in differences.environment:
+        kind, name = item['kind'], item['name']
+        if kind in _CANNOT_UNDO:
+            label = 'Python' if kind == 'python' else 'platform'
+            not_tried.append({'name': f'{label} {name}', 'reason': _CANNOT_UNDO[kind]})
+        elif kind == 'package' and item['reference'] is None:
+            not_tried.append(
+                {
+                    'name': f'package {name}',
+                    'reason': 'not installed in the reference run; a probe cannot remove it',
+                }
+            )
+        else:
+            candidates.append(
+                Candidate(
+                    'package' if kind == 'package' else 'variable',
+                    name,
+                    item['reference'],
+                    item['reproduced'],
+                )
+            )
+    not_tried += [
+        {'name': f'dataset {d["name"]}', 'reason': 'changed data cannot be undone by a probe'}
+        for d in differences.datasets
+    ]
+    return candidates, not_tried
+
+
+def install_layer(session: Session, name: str, version: str) -> str:
+    """A folder holding exactly name==version (no dependencies), installed
+    with the user's pip settings into the tool's temporary folder; once per
+    invocation.  Raises ReproduceError when it cannot be installed."""
+    key = f'{name}=={version}'
+    with session.layers_lock:
+        if key in session.layers:
+            return session.layers[key]
+        layer = tempfile.mkdtemp(prefix='layer-', dir=session.tmp_root)
+        uv = shutil.which('uv', path=session.user_environ.get('PATH'))
+        if uv:
+            argv = [uv, 'pip', 'install', '--no-deps', '--python', sys.executable]
+        else:
+            argv = [sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-input']
+            argv += ['--disable-pip-version-check', '--no-warn-script-location']
+        argv += ['--quiet', '--target', layer, key]
+        try:
+            proc = subprocess.run(
+                argv,
+                env={**session.user_environ, PROCESS_TAG: session.tag},
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=PIP_TIMEOUT_SECONDS,
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            raise ReproduceError(f'cannot install {key}: {_last_line(str(e))}') from None
+        session.stop.check()
+        if proc.returncode:
+            last = _last_line(proc.stderr) or f'exit status {proc.returncode}'
+            raise ReproduceError(f'cannot install {key}: {mask_credentials(last)}')
+        session.layers[key] = layer
+        return layer
+
+
+def probe_environ(
+    session: Session, undone: Sequence[Candidate], layers: Mapping[str, str]
+) -> tuple[tuple[str, str | None], ...]:
+    """The project's variables for a probe: the undone variables at the
+    reference's values, and the undone packages' layers first on PYTHONPATH."""
+    environ: dict[str, str | None] = {c.name: c.reference for c in undone if c.kind == 'variable'}
+    paths = [layers[c.name] for c in undone if c.kind == 'package']
+    if paths:
+        user = session.user_environ.get('PYTHONPATH')
+        environ['PYTHONPATH'] = os.pathsep.join([*paths, *([user] if user else [])])
+    return tuple(sorted(environ.items()))
+
+
+class ExplainPlanner(Planner):
+    """An explanation plans the next subset of undone differences."""
+
+    def __init__(
+        self,
+        session: Session,
+        report: Report,
+        candidates: Sequence[Candidate],
+        layers: Mapping[str, str],
+    ) -> None:
+        self.session, self.reproduction, self.layers = session, report, layers
+        self.by_key = {c.key: c for c in candidates}
+        self.undone: dict[Probe, tuple[str, ...]] = {}
+        self.outcomes: dict[frozenset[str], bool] = {}
+        self.step = ExplainStep()
+        self.results: tuple[Result, ...] = ()
+
+    def next_probes(self, results: Sequence[Result]) -> list[Probe]:
+        for probe, report in results:
+            self.outcomes[frozenset(self.undone[probe])] = report.status == 'equal'
+        if len(results) < len(self.undone) or any(r.status in SIGNAL_STATUSES for _, r in results):
+            return []  # one probe at a time: each depends on the last
+        self.step = explain_step(list(self.by_key), self.outcomes)
+        if self.step.undo is None:
+            return []
+        undone = [self.by_key[k] for k in self.step.undo]
+        probe = Probe(
+            self.reproduction.reference_run_id,
+            label="with the reference's " + ', '.join(_undo_text(c) for c in undone),
+            name=self.reproduction.reference_run_name,
+            environ=probe_environ(self.session, undone, self.layers),
+            parent_run_id=self.reproduction.reproduced_run_id,
+        )
+        self.undone[probe] = self.step.undo
+        return [probe]
+
+    def report(self, group: Group) -> BatchReport:
+        self.results = group.results
+        return BatchReport(tuple(r for _, r in group.results))
+
+
+def _changes(undone: Sequence[Candidate]) -> dict[str, str | None]:
+    return {c.name: c.reference for c in undone}
+
+
+def explain(session: Session, report: Report) -> Report:
+    """The report with its explanation, recorded on the reproduced run."""
+    explanation = explain_difference(session, report)
+    report = dataclasses.replace(report, explanation=explanation)
+    record_explanation(session.client, report)
+    if session.stop.event.is_set():  # a signal wins, as everywhere
+        status = session.stop.status
+        message = f'{status} by a signal during --explain'
+        report = dataclasses.replace(
+            report, status=status, exit_code=STATUS_EXIT_CODES[status], message=message
+        )
+    return report
+
+
+def explain_difference(session: Session, report: Report) -> Explanation:
+    differences = report.differences or Differences()
+    candidates, not_tried = explanation_candidates(differences)
+    if differences.environment_unknown:
+        return Explanation(None, not_tried=tuple(not_tried), reason=differences.environment_unknown)
+    layers, tried = {}, []
+    for c in candidates:
+        if c.kind != 'package' or c.reference is None:
+            tried.append(c)
+            continue
+        try:
+            layers[c.name] = install_layer(session, c.name, c.reference)
+            tried.append(c)
+        except ReproduceError as e:
+            not_tried.append(
+                {'name': c.key, 'reason': f'its reference version cannot be installed ({e})'}
+            )
+        except Stopped:
+            return Explanation(None, not_tried=tuple(not_tried), reason=STOPPED_REASON)
+    if not tried:
+        reason = 'no difference of the environment can be undone'
+        return Explanation(None, not_tried=tuple(not_tried), reason=reason)
+    planner = ExplainPlanner(session, report, tried, layers)
+    run_group(dataclasses.replace(session, options=_probe_options(session)), planner)
+    probes = []
+    for probe, probe_report in planner.results:
+        undone = [planner.by_key[k] for k in planner.undone[probe]]
+        probes.append(
+            {
+                'changes': _changes(undone),
+                'equal': probe_report.status == 'equal',
+                'status': probe_report.status,
+                'reproduced_run_id': probe_report.reproduced_run_id,
+            }
+        )
+        if probe_report.reproduced_run_id:
+            tag_probe(session.client, probe_report.reproduced_run_id, _changes(undone))
+    step = planner.step
+    if session.stop.event.is_set() or step.undo is not None:
+        return Explanation(
+            None, probes=tuple(probes), not_tried=tuple(not_tried), reason=STOPPED_REASON
+        )
+    culprits = tuple(planner.by_key[k] for k in step.culprits)
+    innocent = tuple(c for c in tried if c not in culprits) if step.restores else ()
+    return Explanation(step.restores, culprits, innocent, tuple(probes), tuple(not_tried))
+
+
+def _probe_options(session: Session) -> Options:
+    """Probes print no plots and no progress of their own beyond one line each."""
+    return dataclasses.replace(session.options, plots=False)
+
+
+def tag_probe(client: MlflowClient, run_id: str, changes: Mapping[str, str | None]) -> None:
+    try:
+        client.set_tag(run_id, TAG_EXPLAIN_CHANGES, fit_tag(json.dumps(changes, sort_keys=True)))
+    except Exception as e:
+        warn(f'could not tag the probe run {run_id}: {_last_line(str(e))}')
+
+
+def record_explanation(client: MlflowClient, report: Report) -> None:
+    """explanation.json and the "Explained:" line in the reproduced run's description."""
+    run_id = report.reproduced_run_id
+    if run_id is None or report.explanation is None:
+        return
+    try:
+        client.set_tag(run_id, TAG_NOTE, describe(report, _run_link(client, report)))
+        client.log_text(
+            run_id,
+            json.dumps(report.explanation.json(), indent=2, allow_nan=False),
+            f'{ARTIFACT_DIR}/{EXPLANATION_ARTIFACT}',
+        )
+    except Exception as e:
+        warn(f'could not record the explanation on run {run_id}: {_last_line(str(e))}')
+
+
+def explain_if_differs(session: Session, report: Report) -> Report:
+    if session.options.explain and report.status == 'differ' and report.reproduced_run_id:
+        return explain(session, report)
+    return report
+
+
+def explain_batch(session: Session, batch: BatchReport) -> BatchReport:
+    """--explain in a batch: each reproduction that differs; with --repeat,
+    one differing repetition of each drifted reference."""
+    if not session.options.explain or session.options.dry_run:
+        return batch
+    reports = list(batch.reports)
+    if batch.repeats:
+        classes = {r.reference_run_id: classify_run(r.diagnoses) for r in batch.repeats}
+        first = {}
+        for i, r in enumerate(reports):
+            if r.status == 'differ' and classes.get(r.reference_run_id) in (
+                DRIFTED,
+                NONDETERMINISTIC,
+            ):
+                first.setdefault(r.reference_run_id, i)
+        for run_id, i in first.items():
+            if classes[run_id] == NONDETERMINISTIC:
+                reports[i] = dataclasses.replace(reports[i], explanation=NOT_NEEDED)
+        indexes = sorted(i for run_id, i in first.items() if classes[run_id] == DRIFTED)
+    else:
+        indexes = [i for i, r in enumerate(reports) if r.status == 'differ']
+    for i in indexes:
+        if session.stop.event.is_set():
+            break
+        reports[i] = explain_if_differs(session, reports[i])
+    return dataclasses.replace(batch, reports=tuple(reports))
+
+
 # ---------------------------------------------------------------------------
 # CI and on-call: the outcome, once reported, also goes to a JUnit XML file,
 # the GitHub Actions job summary and chat webhooks.  Each takes a Report or
@@ -6969,7 +7404,9 @@ def invoke(
                     other = resolve_run_id(session.client, compare_to_id, tracking_uri)
                     return compare_to(session, run_id, other)
                 leftovers = close_leftovers(session)  # of tools that died: SIGKILL, OOM, reboot
-                report = run_in_worker(session, lambda: reproduce_one(session, run_id))
+                report = run_in_worker(
+                    session, lambda: explain_if_differs(session, reproduce_one(session, run_id))
+                )
                 return dataclasses.replace(report, leftovers=leftovers)
             leftovers = close_leftovers(session)
             chosen, skipped = select_runs(
@@ -6979,6 +7416,7 @@ def invoke(
                 batch = run_repeat(session, chosen, skipped, selection.repeat)
             else:
                 batch = run_batch(session, chosen, skipped)
+            batch = run_in_worker(session, lambda: explain_batch(session, batch))
             return dataclasses.replace(batch, leftovers=leftovers)
         finally:
             end_processes(None, tag)  # nothing the tool started outlives it
@@ -7253,6 +7691,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar='COMMIT',
         help='find the first commit, on the first-parent path from the reference '
         "run's commit to COMMIT (default: the tip of its branch), whose reproduction differs",
+    )
+    batch.add_argument(
+        '--explain',
+        action='store_true',
+        help='when a reproduction differs, rerun it with environment differences undone '
+        'and say which ones matter',
     )
     judging = parser.add_argument_group('judging')
     judging.add_argument(

@@ -8,7 +8,7 @@
                                [--skip-histories] [--skip-compare-to] [--skip-judging]
                                [--bisect-rounds 1] [--bisect-seconds 3]
                                [--skip-batch] [--skip-leftovers] [--skip-bisect]
-                               [--skip-server]
+                               [--skip-explain] [--skip-server]
 
 Every comparison runs its alternatives interleaved (A B A B ...) after one
 untimed warm-up of each, and reports medians and the ratio of the medians:
@@ -37,6 +37,9 @@ what we report, not absolute seconds from different runs.
    against an empty one, on an sqlite store and on a real `mlflow server`.
 9. Bisect: --bisect over 32 commits, one of which changes the metric, with
    --jobs 3 against --jobs 1; the probes each made.
+10. --explain: 8 packages differ between the reference's environment and the
+    reproduction's, one of them moves the metric: the probes it takes and
+    the wall time, with pip (and with uv when it is on the PATH).
 
 Everything runs in temporary folders that are removed at the end; every
 process started here is stopped by its ID.  Progress goes to standard error,
@@ -1328,6 +1331,134 @@ def bench_bisect(rounds: int, seconds: float, notes: list[str]) -> list[Comparis
     return [comparison]
 
 
+# 10. --explain: 8 packages differ, one of them moves the metric.
+
+EXPLAIN_PACKAGES = 8
+EXPLAIN_CULPRIT = 5  # benchpkg5 changes the metric; the others change nothing
+
+
+def write_wheel(folder: Path, name: str, version: str, code: str) -> Path:
+    """A pure-Python wheel with its RECORD, as pip writes one."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist_info = f'{name}-{version}.dist-info'
+    files = {
+        f'{name}/__init__.py': code,
+        f'{dist_info}/METADATA': f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n',
+        f'{dist_info}/WHEEL': 'Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+    }
+    record = [
+        f'{path},sha256='
+        + base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()
+        + f',{len(text.encode())}'
+        for path, text in files.items()
+    ]
+    files[f'{dist_info}/RECORD'] = '\n'.join([*record, f'{dist_info}/RECORD,,']) + '\n'
+    wheel = folder / f'{name}-{version}-py3-none-any.whl'
+    with zipfile.ZipFile(wheel, 'w') as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return wheel
+
+
+def pip_target(folder: Path, wheels: Sequence[Path]) -> Path:
+    subprocess.run(
+        (sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-index', '--quiet')
+        + ('--disable-pip-version-check', '--target', str(folder), *map(str, wheels)),
+        check=True,
+        capture_output=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    return folder
+
+
+def explain_world(tmp: Path) -> tuple[Path, dict[str, str], dict[str, str]]:
+    """Wheels of benchpkg0..7 at 1.0 and 2.0 in a find-links folder, a project
+    that logs benchpkg5.VALUE, and the environments of the reference (1.0) and
+    of the reproduction (2.0), each a --target folder on PYTHONPATH."""
+    wheels = tmp / 'wheels'
+    wheels.mkdir()
+    names = [f'benchpkg{i}' for i in range(EXPLAIN_PACKAGES)]
+    by_version: dict[str, list[Path]] = {'1.0': [], '2.0': []}
+    for version, value in (('1.0', 1.0), ('2.0', 2.0)):
+        for i, name in enumerate(names):
+            code = f'VALUE = {value if i == EXPLAIN_CULPRIT else 1.0}\n'
+            by_version[version].append(write_wheel(wheels, name, version, code))
+    repo = tmp / 'repo'
+    repo.mkdir()
+    (repo / 'MLproject').write_text(
+        'name: explain\nentry_points:\n  main:\n    command: "python train.py"\n'
+    )
+    (repo / 'train.py').write_text(
+        f'import mlflow\nimport {", ".join(names)}\n'
+        f'mlflow.log_metric("value", {names[EXPLAIN_CULPRIT]}.VALUE)\n'
+    )
+    git('init', '--quiet', cwd=repo)
+    git('config', 'user.email', 'bench@example.invalid', cwd=repo)
+    git('config', 'user.name', 'bench', cwd=repo)
+    git('add', '--all', cwd=repo)
+    git('commit', '--quiet', '-m', 'explain', cwd=repo)
+    pip = {'PIP_NO_INDEX': '1', 'PIP_FIND_LINKS': str(wheels)}
+    old = {**pip, 'PYTHONPATH': str(pip_target(tmp / 'old', by_version['1.0']))}
+    new = {**pip, 'PYTHONPATH': str(pip_target(tmp / 'new', by_version['2.0']))}
+    return repo, old, new
+
+
+def run_json(args: Sequence[str], env: Mapping[str, str], cwd: Path, expect: int) -> Any:
+    """(wall seconds, JSON report) of one reproduce_run.py --output json."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        (sys.executable, str(SCRIPT), *args, '--output', 'json', '--quiet'),
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=PROCESS_TIMEOUT,
+    )
+    if proc.returncode != expect:
+        raise BenchError(f'reproduce_run.py exited with {proc.returncode}: {proc.stderr[-2000:]}')
+    return time.perf_counter() - start, json.loads(proc.stdout)
+
+
+def bench_explain(notes: list[str]) -> list[Comparison]:
+    """Probes and wall time of one --explain, with pip, and with uv when it
+    is on the PATH (the tool uses uv then)."""
+    progress(f'explain: {EXPLAIN_PACKAGES} differing packages, one culprit')
+    uv = shutil.which('uv')
+    with tempfile.TemporaryDirectory(prefix='bench-explain-') as tmp:
+        store = Path(tmp) / 'store'
+        store.mkdir()
+        env = base_env(f'sqlite:///{store / "mlflow.db"}')
+        repo, old, new = explain_world(Path(tmp))
+        mlflow_run = (sys.executable, '-m', 'mlflow', 'run', str(repo), '--env-manager', 'local')
+        base = make_reference(mlflow_run, {**env, **old}, store)
+        # The reference: a reproduction in the old environment records its environment.json.
+        _, recorded = run_json(('--run_id', base), {**env, **old}, store, expect=0)
+        reference = recorded['reproduced_run_id']
+        one, _ = run_json(('--run_id', reference), {**env, **new}, store, expect=1)
+        uv_dir = Path(uv).parent if uv else None
+        without_uv = os.pathsep.join(
+            p for p in env['PATH'].split(os.pathsep) if uv_dir is None or Path(p) != uv_dir
+        )
+        installers = [('pip', {**env, 'PATH': without_uv})] + ([('uv', env)] if uv else [])
+        for label, installer_env in installers:
+            args = ('--run_id', reference, '--explain')
+            seconds, report = run_json(args, {**installer_env, **new}, store, expect=1)
+            explained = report['explanation']['environment']
+            culprits = ', '.join(c['name'] for c in explained['culprits']) or 'none'
+            notes.append(
+                f'explain ({label}): {EXPLAIN_PACKAGES} differing packages, culprit found: '
+                f'{culprits}; {len(explained["probes"])} probes; {seconds:.0f} s in all, '
+                f'against {one:.0f} s for the reproduction alone'
+            )
+    if not uv:
+        notes.append('explain: uv is not on the PATH here: only pip was measured')
+    return []
+
+
 # ---------------------------------------------------------------------------
 # Command line.
 
@@ -1430,6 +1561,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--skip-compare-to', action='store_true', help='skip --compare-to')
     parser.add_argument('--skip-judging', action='store_true', help='skip judging the large runs')
     parser.add_argument('--skip-batch', action='store_true', help='skip the batch')
+    parser.add_argument('--skip-explain', action='store_true', help='skip --explain')
     parser.add_argument(
         '--skip-leftovers', action='store_true', help="skip the check for dead tools' leftovers"
     )
@@ -1494,6 +1626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.skip_bisect,
             lambda: results.extend(bench_bisect(args.bisect_rounds, args.bisect_seconds, notes)),
         ),
+        (args.skip_explain, lambda: results.extend(bench_explain(notes))),
     ]
     try:
         for skipped, section in sections:

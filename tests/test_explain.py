@@ -1,0 +1,551 @@
+"""--explain: which environment difference changed the metrics.  The choice
+of the next probe (delta debugging) is pure and tested in tables; the
+end-to-end tests install real wheels, built here, from a local folder."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SCRIPT, make_repo, mlflow_run
+from test_docs import first_spans, section, tables
+from test_reproduce_run import add_project, client, reproduce, start_tool, wait_for
+
+import reproduce_run
+from reproduce_run import Candidate, Differences, ExplainStep, Explanation, explain_step
+
+# --- choosing the next probe: pure ---------------------------------------------
+
+
+def explain_with(items: list[str], culprits: set[str], failing: set[str] = frozenset()):
+    """Run the search against an oracle: undoing a set restores equality when
+    it holds every culprit; a probe undoing exactly `failing` fails (not equal)."""
+    outcomes: dict[frozenset[str], bool] = {}
+    probes = []
+    while (step := explain_step(items, outcomes)).undo is not None:
+        undone = frozenset(step.undo)
+        assert undone not in outcomes, 'a set is never tried twice'
+        probes.append(step.undo)
+        outcomes[undone] = culprits <= undone and undone != failing
+    return step, probes
+
+
+@pytest.mark.parametrize(
+    ('items', 'culprits', 'restores', 'found', 'max_probes'),
+    [
+        pytest.param(['a'], {'a'}, True, ('a',), 1, id='one-difference-one-culprit'),
+        pytest.param(['a', 'b'], {'b'}, True, ('b',), 3, id='two-differences-second-culprit'),
+        pytest.param(
+            list('abcdefgh'), {'f'}, True, ('f',), 1 + 2 * math.ceil(math.log2(8)), id='8-one'
+        ),
+        pytest.param(list('abcdefgh'), {'a', 'h'}, True, ('a', 'h'), 20, id='8-two-apart'),
+        pytest.param(list('abcdefgh'), {'c', 'd'}, True, ('c', 'd'), 20, id='8-two-together'),
+        pytest.param(list('abcd'), {'a', 'b', 'c', 'd'}, True, tuple('abcd'), 20, id='all-needed'),
+        pytest.param(list('abc'), {'z'}, False, (), 1, id='environment-does-not-explain'),
+    ],
+)
+def test_explain_step_finds_a_smallest_culprit_set(items, culprits, restores, found, max_probes):
+    step, probes = explain_with(items, culprits)
+    assert probes[0] == tuple(items), 'first, everything is undone'
+    assert (step.restores, step.culprits) == (restores, found)
+    assert len(probes) <= max_probes
+
+
+@pytest.mark.parametrize(
+    ('items', 'outcomes', 'step'),
+    [
+        pytest.param([], {}, ExplainStep(), id='nothing-to-undo'),
+        pytest.param(['a', 'b'], {}, ExplainStep(undo=('a', 'b')), id='undo-everything-first'),
+        pytest.param(
+            ['a', 'b'], {frozenset('ab'): False}, ExplainStep(restores=False), id='still-differs'
+        ),
+        pytest.param(
+            ['a', 'b'], {frozenset('ab'): True}, ExplainStep(undo=('a',)), id='then-halves'
+        ),
+        pytest.param(
+            ['a', 'b'],
+            {frozenset('ab'): True, frozenset('a'): False},
+            ExplainStep(undo=('b',)),
+            id='then-the-other-half',
+        ),
+        pytest.param(
+            ['a', 'b'],
+            {frozenset('ab'): True, frozenset('a'): False, frozenset('b'): False},
+            ExplainStep(restores=True, culprits=('a', 'b')),
+            id='both-needed',
+        ),
+    ],
+)
+def test_explain_step(items, outcomes, step):
+    assert explain_step(items, outcomes) == step
+
+
+def test_a_failed_probe_counts_as_not_equal():
+    step, probes = explain_with(['a', 'b'], {'a'}, failing=frozenset('a'))
+    assert (step.restores, step.culprits) == (True, ('a', 'b'))
+
+
+NUMKIT = Candidate('package', 'numkit', '1.0', '1.1')
+PADKIT = Candidate('package', 'padkit', '1.0', '2.0')
+SEED = Candidate('variable', 'PYTHONHASHSEED', '1', '2')
+
+
+@pytest.mark.parametrize(
+    ('explanation', 'lines'),
+    [
+        pytest.param(
+            Explanation(True, (NUMKIT, SEED), (PADKIT,), ({},) * 5),
+            [
+                "Explained: with the reference's numkit 1.0 and PYTHONHASHSEED 1 the runs are "
+                'equal; padkit 2.0 does not matter (5 probes)'
+            ],
+            id='the-issue-example',
+        ),
+        pytest.param(
+            Explanation(
+                False,
+                probes=({},),
+                not_tried=({'name': 'Python version', 'reason': 'why'},),
+            ),
+            [
+                'Explained: the environment does not explain it: with every difference undone '
+                'the runs still differ (1 probe)',
+                '- not tried: Python version: why',
+            ],
+            id='not-explained',
+        ),
+        pytest.param(
+            Explanation(None, reason='unknown'),
+            ['Explained: nothing tried: unknown'],
+            id='nothing-tried',
+        ),
+        pytest.param(None, [], id='not-asked'),
+    ],
+)
+def test_explanation_lines(explanation, lines):
+    assert reproduce_run.explanation_lines(explanation) == lines
+
+
+def test_candidates_and_what_cannot_be_undone():
+    differences = Differences(
+        environment=(
+            {'kind': 'python', 'name': 'version', 'reference': '3.10', 'reproduced': '3.11'},
+            {'kind': 'platform', 'name': 'cpu_count', 'reference': 4, 'reproduced': 8},
+            {'kind': 'package', 'name': 'numkit', 'reference': '1.0', 'reproduced': '1.1'},
+            {'kind': 'package', 'name': 'newkit', 'reference': None, 'reproduced': '1.0'},
+            {'kind': 'env', 'name': 'PYTHONHASHSEED', 'reference': None, 'reproduced': '2'},
+        ),
+        datasets=({'name': 'd', 'context': None, 'change': 'digest'},),
+        environment_unknown=None,
+    )
+    candidates, not_tried = reproduce_run.explanation_candidates(differences)
+    assert candidates == [NUMKIT, Candidate('variable', 'PYTHONHASHSEED', None, '2')]
+    assert [t['name'] for t in not_tried] == [
+        'Python version',
+        'platform cpu_count',
+        'package newkit',
+        'dataset d',
+    ]
+
+
+def session_with(environ: dict[str, str]) -> reproduce_run.Session:
+    return reproduce_run.Session(
+        reproduce_run.Options(), None, 'sqlite:///x', environ, '/tmp', 't', reproduce_run.Stop()
+    )
+
+
+@pytest.mark.parametrize(
+    ('user', 'undone', 'environ'),
+    [
+        pytest.param({}, [SEED], {'PYTHONHASHSEED': '1'}, id='variable-set'),
+        pytest.param(
+            {},
+            [Candidate('variable', 'OMP_NUM_THREADS', None, '2')],
+            {'OMP_NUM_THREADS': None},
+            id='variable-unset',
+        ),
+        pytest.param({}, [NUMKIT, PADKIT], {'PYTHONPATH': '/l/n:/l/p'}, id='layers-in-order'),
+        pytest.param(
+            {'PYTHONPATH': '/mine'}, [NUMKIT], {'PYTHONPATH': '/l/n:/mine'}, id='before-users'
+        ),
+    ],
+)
+def test_probe_environ(user, undone, environ):
+    layers = {'numkit': '/l/n', 'padkit': '/l/p'}
+    assert dict(reproduce_run.probe_environ(session_with(user), undone, layers)) == environ
+
+
+def test_a_probe_unsets_a_variable_and_nests_under_its_run():
+    session = session_with({'HOME': '/h', 'OMP_NUM_THREADS': '2'})
+    probe = reproduce_run.Probe('a' * 32, environ=(('OMP_NUM_THREADS', None),), parent_run_id='p')
+    assert reproduce_run._probe_session(session, probe).user_environ == {'HOME': '/h'}
+    parents = reproduce_run._Parents(session, reproduce_run.Planner())
+    assert parents.parent_for(probe) == 'p'
+
+
+# --- end to end: real wheels, a real reference, real probes ---------------------
+
+
+def build_wheel(folder: Path, name: str, version: str, code: str) -> Path:
+    """A pure-Python wheel written as pip writes one: the module, METADATA,
+    WHEEL and a RECORD with every file's hash."""
+    dist_info = f'{name}-{version}.dist-info'
+    files = {
+        f'{name}/__init__.py': code,
+        f'{dist_info}/METADATA': f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n',
+        f'{dist_info}/WHEEL': (
+            'Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n'
+        ),
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=')
+        record.append(f'{path},sha256={digest.decode()},{len(text.encode())}')
+    files[f'{dist_info}/RECORD'] = '\n'.join([*record, f'{dist_info}/RECORD,,']) + '\n'
+    wheel = folder / f'{name}-{version}-py3-none-any.whl'
+    with zipfile.ZipFile(wheel, 'w') as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return wheel
+
+
+def pip_target(folder: Path, wheels: list[Path]) -> Path:
+    subprocess.run(
+        (sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-index', '--quiet')
+        + ('--disable-pip-version-check', '--target', str(folder), *map(str, wheels)),
+        check=True,
+        capture_output=True,
+    )
+    return folder
+
+
+# numkit's SCALE moves the metric `score`; padkit changes nothing (the decoy);
+# OMP_NUM_THREADS, recorded in environment.json, moves the metric `threads`.
+# With SLOW_PROBES set, a run with numkit 1.0 sleeps: only the probes do.
+TRAIN = """\
+import os, sys, time
+import mlflow
+import numkit, padkit
+
+if os.environ.get('SLOW_PROBES') and numkit.SCALE == 1.0:
+    time.sleep(600)
+with mlflow.start_run():
+    mlflow.log_metric('score', numkit.SCALE * 10)
+    mlflow.log_metric('threads', float(os.environ.get('OMP_NUM_THREADS') or 0))
+    data = sys.argv[1]
+    if data:
+        import numpy as np
+
+        values = np.loadtxt(data)
+        dataset = mlflow.data.from_numpy(values, source=data, name='data')
+        mlflow.log_input(dataset, context='training')
+        mlflow.log_metric('data_sum', float(values.sum()))
+"""
+MLPROJECT = """\
+name: explain
+entry_points:
+  main:
+    parameters:
+      data: {type: string, default: ''}
+    command: "python train.py {data}"
+"""
+
+
+class World:
+    """Wheels in a find-links folder, the two environments as --target
+    folders (the reference's and the user's, which PYTHONPATH selects), a
+    project, and a reference run whose environment.json a reproduction
+    recorded."""
+
+    def __init__(self, root: Path, store: str) -> None:
+        self.wheels = root / 'wheels'
+        self.wheels.mkdir()
+        v = {
+            (n, ver): build_wheel(self.wheels, n, ver, code)
+            for n, ver, code in [
+                ('numkit', '1.0', 'SCALE = 1.0\n'),
+                ('numkit', '1.1', 'SCALE = 1.1\n'),
+                ('padkit', '1.0', 'PAD = 1\n'),
+                ('padkit', '2.0', 'PAD = 2\n'),
+            ]
+        }
+        self.old = pip_target(root / 'old', [v['numkit', '1.0'], v['padkit', '1.0']])
+        self.new = pip_target(root / 'new', [v['numkit', '1.1'], v['padkit', '2.0']])
+        self.new_numkit_old_padkit = pip_target(
+            root / 'mixed', [v['numkit', '1.0'], v['padkit', '2.0']]
+        )
+        self.repo = make_repo(root / 'repo')
+        self.project = add_project(
+            self.repo, 'explain', {'MLproject': MLPROJECT, 'train.py': TRAIN}
+        )
+        self.data = root / 'data.txt'
+        self.data.write_text('1\n2\n3\n')
+        self.store = store
+        self.base = self.reference_made_by_mlflow_run()
+        self.reference = self.recorded_reference(self.base)
+
+    def env(self, site: Path, **variables: str) -> dict[str, str]:
+        return {
+            'PYTHONPATH': str(site),
+            'PIP_NO_INDEX': '1',
+            'PIP_FIND_LINKS': str(self.wheels),
+            'OMP_NUM_THREADS': '1',
+            **variables,
+        }
+
+    def reference_made_by_mlflow_run(self, *args: str) -> str:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in self.env(self.old).items():
+                mp.setenv(k, v)
+            return mlflow_run(str(self.project), self.store, *args)
+
+    def recorded_reference(self, base: str) -> str:
+        """A reproduction of base in the old environment: it records environment.json."""
+        proc = subprocess.run(
+            (sys.executable, str(SCRIPT), '--run_id', base, '--output', 'json'),
+            env={**os.environ, 'MLFLOW_TRACKING_URI': self.store, **self.env(self.old)},
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout)['reproduced_run_id']
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory, store) -> World:
+    return World(tmp_path_factory.mktemp('explain'), store)
+
+
+def explain(capsys, monkeypatch, world: World, site: Path, run_id: str, *argv: str, **variables):
+    for k, v in world.env(site, **variables).items():
+        monkeypatch.setenv(k, v)
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--explain', '--output', 'json', *argv)
+    return code, json.loads(out), err
+
+
+def probe_runs(reproduced_run_id: str) -> list:
+    c = client()
+    return c.search_runs(
+        [e.experiment_id for e in c.search_experiments()],
+        f"tags.`mlflow.parentRunId` = '{reproduced_run_id}'",
+    )
+
+
+def installed_packages() -> dict[str, str]:
+    """What this interpreter has installed, without any PYTHONPATH."""
+    listed = subprocess.run(
+        (sys.executable, '-m', 'pip', 'list', '--format=json', '--disable-pip-version-check'),
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'},
+    ).stdout
+    return {p['name']: p['version'] for p in json.loads(listed)}
+
+
+def folder_state(folder: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob('*') if '__pycache__' not in str(p)
+    )
+
+
+@pytest.mark.slow
+def test_culprit_package_found_and_decoy_not_blamed(world, capsys, monkeypatch):
+    before = (installed_packages(), folder_state(world.new), folder_state(world.old))
+    assert not {'numkit', 'padkit'} & set(before[0])
+    code, report, err = explain(capsys, monkeypatch, world, world.new, world.reference)
+    assert code == 1, err  # the verdict is about the reproduction as asked
+    assert list(report)[-1] == 'explanation'
+    environment = report['explanation']['environment']
+    documented = tables(section(ROOT / 'docs' / 'json.md', '`explanation`: with `--explain`'))
+    assert first_spans(documented[0]) == list(environment)
+    assert environment['restores_equality'] is True
+    assert environment['culprits'] == [
+        {'kind': 'package', 'name': 'numkit', 'reference': '1.0', 'reproduced': '1.1'}
+    ]
+    assert environment['reason'] is None
+    probes = environment['probes']
+    assert probes[0]['changes'] == {'numkit': '1.0', 'padkit': '1.0'}
+    assert probes[0]['equal'] is True
+    assert all(p['status'] in ('equal', 'differ') for p in probes)
+    assert len(probes) <= 3
+    # In MLflow: probes nested under the reproduced run, tagged with their changes.
+    new_id = report['reproduced_run_id']
+    runs = {r.info.run_id: r for r in probe_runs(new_id)}
+    assert set(runs) == {p['reproduced_run_id'] for p in probes}
+    for p in probes:
+        tag = runs[p['reproduced_run_id']].data.tags['reproduce.explain.changes']
+        assert json.loads(tag) == p['changes']
+    note = client().get_run(new_id).data.tags['mlflow.note.content']
+    assert (
+        "Explained: with the reference's numkit 1.0 the runs are equal; padkit 2.0 does not "
+        f'matter ({len(probes)} probes)' in note
+    )
+    folder = client().download_artifacts(
+        new_id, 'reproduce/explanation.json', str(world.wheels.parent)
+    )
+    assert json.loads(Path(folder).read_text()) == environment
+    # The user's environment is untouched.
+    assert (installed_packages(), folder_state(world.new), folder_state(world.old)) == before
+
+
+@pytest.mark.slow
+def test_culprit_variable_found(world, capsys, monkeypatch):
+    site = world.new_numkit_old_padkit
+    code, report, err = explain(
+        capsys, monkeypatch, world, site, world.reference, OMP_NUM_THREADS='2'
+    )
+    assert code == 1, err
+    environment = report['explanation']['environment']
+    assert environment['restores_equality'] is True
+    assert environment['culprits'] == [
+        {'kind': 'variable', 'name': 'OMP_NUM_THREADS', 'reference': '1', 'reproduced': '2'}
+    ]
+
+
+@pytest.mark.slow
+def test_two_culprits_at_once_and_the_table(world, capsys, monkeypatch):
+    for k, v in world.env(world.new, OMP_NUM_THREADS='2').items():
+        monkeypatch.setenv(k, v)
+    code, out, err = reproduce(capsys, '--run_id', world.reference, '--explain')
+    assert code == 1, err
+    explained = [line for line in out.splitlines() if line.startswith('Explained:')]
+    assert len(explained) == 1
+    assert explained[0].startswith(
+        "Explained: with the reference's numkit 1.0 and OMP_NUM_THREADS 1 the runs are equal; "
+        'padkit 2.0 does not matter ('
+    )
+    assert out.splitlines()[-1] == 'Runs equal: False'
+
+
+def test_unknown_reference_environment_tries_nothing(world, capsys, monkeypatch):
+    code, report, err = explain(capsys, monkeypatch, world, world.new, world.base)
+    assert code == 1, err
+    environment = report['explanation']['environment']
+    assert environment['restores_equality'] is None
+    assert environment['probes'] == []
+    assert environment['reason'].startswith("the reference run's environment is unknown")
+    assert probe_runs(report['reproduced_run_id']) == []
+
+
+def test_without_explain_there_is_no_explanation(world, capsys, monkeypatch):
+    for k, v in world.env(world.new).items():
+        monkeypatch.setenv(k, v)
+    code, out, err = reproduce(capsys, '--run_id', world.base, '--output', 'json')
+    assert code == 1, err
+    assert 'explanation' not in json.loads(out)
+
+
+def test_a_version_that_cannot_be_installed_is_not_tried(world, capsys, monkeypatch, tmp_path):
+    links = tmp_path / 'links'
+    links.mkdir()
+    for wheel in world.wheels.glob('padkit-*'):  # numkit 1.0 is nowhere to be found
+        (links / wheel.name).write_bytes(wheel.read_bytes())
+    code, report, err = explain(
+        capsys, monkeypatch, world, world.new, world.reference, PIP_FIND_LINKS=str(links)
+    )
+    assert code == 1, err
+    environment = report['explanation']['environment']
+    assert [t['name'] for t in environment['not_tried']] == ['package numkit']
+    assert 'numkit==1.0' in environment['not_tried'][0]['reason']
+    assert environment['restores_equality'] is False  # padkit alone does not
+    assert [p['changes'] for p in environment['probes']] == [{'padkit': '1.0'}]
+    assert environment['probes'][0]['status'] == 'differ'
+
+
+@pytest.mark.slow
+def test_changed_data_is_not_explained_by_the_environment(world, capsys, monkeypatch, tmp_path):
+    data = tmp_path / 'data.txt'
+    data.write_text('1\n2\n3\n')
+    base = world.reference_made_by_mlflow_run('-P', f'data={data}')
+    reference = world.recorded_reference(base)
+    data.write_text('1\n2\n4\n')
+    code, report, err = explain(capsys, monkeypatch, world, world.new, reference)
+    assert code == 1, err
+    environment = report['explanation']['environment']
+    assert environment['restores_equality'] is False
+    assert len(environment['probes']) == 1
+    assert {'name': 'dataset data', 'reason': 'changed data cannot be undone by a probe'} in (
+        environment['not_tried']
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_mid_explanation_leaves_nothing(world, store, tmp_path):
+    tmp = tmp_path / 'tmp'
+    tmp.mkdir()
+    proc = start_tool(
+        '--run_id',
+        world.reference,
+        '--explain',
+        env={
+            'MLFLOW_TRACKING_URI': store,
+            'TMPDIR': str(tmp),
+            'SLOW_PROBES': '1',
+            **world.env(world.new),
+        },
+    )
+
+    def probe_running() -> bool:
+        c = client()
+        runs = c.search_runs(
+            [e.experiment_id for e in c.search_experiments()],
+            f"tags.`reproduce.reference_run_id` = '{world.reference}' and "
+            "attributes.status = 'RUNNING'",
+        )
+        return any('mlflow.parentRunId' in r.data.tags for r in runs)
+
+    wait_for(probe_running, 120, 'a probe to run')
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert not probe_running()
+    assert list(tmp.iterdir()) == []  # the layers went with the tool's temporary folder
+
+
+@pytest.mark.slow
+def test_a_batch_explains_each_reproduction_that_differs(world, capsys, monkeypatch, tmp_path):
+    links = tmp_path / 'links'
+    links.mkdir()
+    for wheel in world.wheels.glob('padkit-*'):  # one probe: padkit alone
+        (links / wheel.name).write_bytes(wheel.read_bytes())
+    for k, v in world.env(world.new, PIP_FIND_LINKS=str(links)).items():
+        monkeypatch.setenv(k, v)
+    code, out, err = reproduce(
+        capsys, '--run_id', world.base, world.reference, '--explain', '--output', 'json'
+    )
+    assert code == 1, err
+    runs = {r['reference_run_id']: r for r in json.loads(out)['runs']}
+    assert [r['status'] for r in runs.values()] == ['differ', 'differ']
+    unknown = runs[world.base]['explanation']['environment']
+    assert (unknown['restores_equality'], unknown['probes']) == (None, [])
+    known = runs[world.reference]['explanation']['environment']
+    assert (known['restores_equality'], len(known['probes'])) == (False, 1)
+
+
+@pytest.mark.slow
+def test_repeat_explains_a_drifted_reference_once(world, capsys, monkeypatch, tmp_path):
+    links = tmp_path / 'links'
+    links.mkdir()
+    for wheel in world.wheels.glob('padkit-*'):  # one probe: padkit alone
+        (links / wheel.name).write_bytes(wheel.read_bytes())
+    for k, v in world.env(world.new, PIP_FIND_LINKS=str(links)).items():
+        monkeypatch.setenv(k, v)
+    code, out, err = reproduce(capsys, '--run_id', world.reference, '--repeat', '2', '--explain')
+    assert code == 1, err
+    assert f'Run {world.reference} against 2 repetitions: drifted' in out
+    explained = [line for line in out.splitlines() if line.startswith('Explained:')]
+    assert explained == [
+        'Explained: the environment does not explain it: with every difference undone the '
+        'runs still differ (1 probe)'
+    ]
