@@ -585,3 +585,30 @@ def _bisect(outcomes: dict[int, str], stopped: str | None = None) -> BisectRepor
 def test_exit_code_of_a_bisection(outcomes, stopped, status, code):
     bisect = _bisect(outcomes, stopped)
     assert (bisect.status, bisect.exit_code) == (status, code)
+
+
+def test_a_bisection_goes_to_junit_and_the_step_summary(linear, capsys, tmp_path, monkeypatch):
+    """A testcase per probe, named with its commit; the finding in the job summary."""
+    from junitparser import JUnitXml
+
+    repo, commits, ref = linear
+    junit, summary = tmp_path / 'junit.xml', tmp_path / 'summary.md'
+    monkeypatch.setenv('GITHUB_STEP_SUMMARY', str(summary))
+    code, out, err = reproduce(
+        capsys,
+        '--run_id',
+        ref,
+        '--bisect',
+        commits[5],
+        '--experiment-name',
+        tmp_path.name,
+        '--junit-xml',
+        str(junit),
+    )
+    assert code == 0, err
+    [suite] = JUnitXml.fromfile(str(junit))
+    names = [case.name for case in suite]
+    assert [name.rsplit(' at ', 1)[1] for name in names] == [commits[0][:8], commits[5][:8]]
+    assert all(case.is_passed for case in suite)
+    text = summary.read_text()
+    assert text.startswith(f'**Bisection of run {ref}**: equal')
