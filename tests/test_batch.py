@@ -655,6 +655,9 @@ def test_a_signal_counts_stopped_and_not_started(reports, stopped, not_started):
     )
 
 
+# --- runs files that cannot be read, and an empty batch ---------------------------
+
+
 def test_runs_file_from_a_closed_standard_input(capsys):
     message = 'cannot read --runs-file -: standard input is closed'
     done = subprocess.run(

@@ -468,6 +468,9 @@ def test_a_server_answering_500_to_log_batch_is_quoted_and_the_run_is_named(
     assert f'{entry["message"]}\n' in err  # on standard error too, where cron mails it
 
 
+# --- a tracking server that refuses, hangs up or stops ----------------------------
+
+
 def test_unreachable_tracking_server_is_one_line(capsys, monkeypatch):
     uri = f'http://127.0.0.1:{free_port()}'
     monkeypatch.setenv('MLFLOW_TRACKING_URI', uri)

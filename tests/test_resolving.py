@@ -1,6 +1,9 @@
 """Resolving what the user named into what runs (issue 21): a run ID prefix,
 a source MLflow recorded garbled or on another host, and an environment
-manager whose program is missing, each found before any run is created."""
+manager whose program is missing, each found before any run is created.
+Then fetching the source at the recorded commit without touching the working
+copy, and the runs that cannot be reproduced (no git source, deleted, an
+MLproject or entry point that does not fit)."""
 
 from __future__ import annotations
 
@@ -390,6 +393,9 @@ def test_the_script_names_itself(tmp_path):
         'reproduce_run.py: error: argument --run_id/--run-id: expected an MLflow run ID '
         "(letters, digits, _ and -), got 'a b' (see --help)\n"
     )
+
+
+# --- fetching the source at the recorded commit; runs that cannot be reproduced ---
 
 
 @pytest.mark.parametrize(

@@ -637,6 +637,9 @@ def test_environment_file_that_is_a_symlink_out_of_the_checkout_is_refused(
     )
 
 
+# --- masked credentials, quoted placeholders and unsafe params, end to end --------
+
+
 @pytest.mark.parametrize(
     ('text', 'expected'),
     [
