@@ -210,6 +210,7 @@ def search_setup(samples_repo, store, name: str) -> dict[str, str]:
     return made
 
 
+@pytest.mark.slow
 def test_from_experiment_with_filter_since_and_max_runs(samples_repo, store, capsys, tmp_path):
     name = f'search-{tmp_path.name}'
     made = search_setup(samples_repo, store, name)
@@ -341,6 +342,7 @@ def test_a_registered_model_names_its_run(reference, capsys, tmp_path):
     assert missing['message'].startswith(f'model models:/{name}/99 not found')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'server',
     [

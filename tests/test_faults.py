@@ -526,6 +526,7 @@ def test_retries_to_an_unanswering_server(capsys, monkeypatch, user_retries, con
     assert os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES') == user_retries
 
 
+@pytest.mark.slow
 def test_tracking_server_stopping_mid_run(tmp_path, samples_repo, monkeypatch):
     server = start_mlflow_server(tmp_path / 'server')
     try:

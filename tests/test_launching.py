@@ -168,6 +168,7 @@ def test_failed_reproduction_exits_3_and_marks_the_run_failed(reference, capsys)
     assert run_snapshot(ref_id) == before
 
 
+@pytest.mark.slow
 def test_against_a_real_tracking_server(mlflow_server, samples_repo, capsys, monkeypatch):
     run_id = mlflow_run(str(samples_repo / 'sklearn_regression'), mlflow_server)
     monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server)

@@ -175,6 +175,7 @@ def test_keep_registrations_lets_them_through(reference, capsys):
     ]
 
 
+@pytest.mark.slow
 def test_registrations_do_not_reach_a_tracking_server(
     mlflow_server, samples_repo, capsys, monkeypatch
 ):

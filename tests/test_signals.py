@@ -57,6 +57,7 @@ def test_signal_mid_run_ends_the_project_and_marks_the_run_killed(
     assert run_snapshot(run_id) == before
 
 
+@pytest.mark.slow
 def test_no_temporary_folder_survives(reference, tmp_path):
     for sample, args, code in (('sklearn_regression', (), 0), ('failing', ('-P', 'fail_at=2'), 3)):
         tmp = tmp_path / sample
