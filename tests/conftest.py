@@ -274,3 +274,31 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield server.url
     stop(server.proc)
     shutil.rmtree(where, ignore_errors=True)
+
+
+def client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+@pytest.fixture
+def own_store(tmp_path, monkeypatch, capsys) -> Path:
+    """A store of this test's own, for runs whose IDs it rewrites."""
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', f'sqlite:///{tmp_path / "own.db"}')
+    client().search_experiments()  # made now: MLflow may log that it makes it
+    capsys.readouterr()
+    return tmp_path / 'own.db'
+
+
+@pytest.fixture
+def path_without_managers(tmp_path, monkeypatch) -> None:
+    """PATH holds git and python, and no uv or conda."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    for program in ('git', 'python'):
+        found = shutil.which(program) or sys.executable
+        os.symlink(found, bin_dir / program)
+    monkeypatch.setenv('PATH', str(bin_dir))
+    for variable in ('MLFLOW_CONDA_HOME', 'CONDA_EXE'):
+        monkeypatch.delenv(variable, raising=False)

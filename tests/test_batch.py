@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, git, mlflow_run
-from test_reproduce_run import (
+from conftest import SCRIPT, client, git, mlflow_run
+from helpers import (
     add_project,
-    client,
+    experiment_runs,
     process_gone,
     recorded_run,
     reproduce,
@@ -88,12 +88,6 @@ def test_batch_argument_errors(argv, message, capsys):
         reproduce_run.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
-
-
-def experiment_runs(name: str):
-    c = client()
-    experiment = c.get_experiment_by_name(name)
-    return c.search_runs([experiment.experiment_id], run_view_type=3)
 
 
 def batch_runs(name: str):
@@ -216,6 +210,7 @@ def search_setup(samples_repo, store, name: str) -> dict[str, str]:
     return made
 
 
+@pytest.mark.slow
 def test_from_experiment_with_filter_since_and_max_runs(samples_repo, store, capsys, tmp_path):
     name = f'search-{tmp_path.name}'
     made = search_setup(samples_repo, store, name)
@@ -347,6 +342,7 @@ def test_a_registered_model_names_its_run(reference, capsys, tmp_path):
     assert missing['message'].startswith(f'model models:/{name}/99 not found')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'server',
     [
@@ -662,3 +658,53 @@ def test_a_signal_counts_stopped_and_not_started(reports, stopped, not_started):
         stopped,
         not_started,
     )
+
+
+# --- runs files that cannot be read, and an empty batch ---------------------------
+
+
+def test_runs_file_from_a_closed_standard_input(capsys):
+    message = 'cannot read --runs-file -: standard input is closed'
+    done = subprocess.run(
+        [
+            'bash',
+            '-c',
+            'exec "$@" <&-',
+            'bash',
+            sys.executable,
+            str(SCRIPT),
+            '--runs-file',
+            '-',
+            '--output',
+            'json',
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.decode() == f'reproduce_run.py: error: {message}\n'
+    assert json.loads(done.stdout)['message'] == message
+
+
+def test_runs_file_that_is_not_text(capsys, tmp_path):
+    runs_file = tmp_path / 'runs.txt'
+    runs_file.write_bytes(b'\xff\xfe\x00junk\n')
+    code, out, err = reproduce(capsys, '--runs-file', str(runs_file), '--output', 'json')
+    message = f'cannot read --runs-file {runs_file}: it is not text (invalid start byte at byte 0)'
+    assert (code, err) == (2, f'reproduce_run: error: {message}\n')
+    assert json.loads(out)['message'] == message
+
+
+def test_an_empty_batch_is_recorded_and_says_nothing_differs(capsys, tmp_path):
+    name = f'empty-{tmp_path.name}'
+    client().create_experiment(name)
+    code, out, err = reproduce(
+        capsys, '--from-experiment', name, '--experiment-name', name, '--output', 'json'
+    )
+    doc = json.loads(out)
+    assert (code, doc['exit_code'], doc['summary']['total']) == (0, 0, 0)
+    assert 'reproduce_run: warning: no run to reproduce' in err
+    parent = client().get_run(doc['batch_run_id'])  # the empty night is in MLflow too
+    assert (parent.info.status, parent.data.metrics['runs_total']) == ('FINISHED', 0)
+    code, out, _ = reproduce(capsys, '--from-experiment', name, '--experiment-name', name)
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True')

@@ -13,8 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT
-from test_reproduce_run import client, logged_run, reproduce
+from conftest import SCRIPT, client
+from helpers import (
+    logged_run,
+    reproduce,
+)
 
 import reproduce_run
 from reproduce_run import Tolerance

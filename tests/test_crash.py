@@ -19,8 +19,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, git, mlflow_run
-from test_reproduce_run import client, process_gone, recorded_run, wait_for
+from conftest import SCRIPT, client, git, mlflow_run
+from helpers import (
+    process_gone,
+    recorded_run,
+    wait_for,
+)
 
 import reproduce_run
 from reproduce_run import TOOL_DIED, main

@@ -9,8 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import mlflow_run
-from test_reproduce_run import add_project, client, start_tool
+from conftest import client, mlflow_run
+from helpers import (
+    add_project,
+    start_tool,
+)
 
 PASSWORD = 'pa55-word-5e1f7c'
 TOKEN = 'tok-9b2d41e0c7aa'

@@ -14,9 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import git
-from test_faults import tool
-from test_reproduce_run import add_project, client, recorded_run, reproductions_of
+from conftest import client, git
+from helpers import (
+    add_project,
+    recorded_run,
+    reproductions_of,
+    tool,
+)
 
 
 @pytest.fixture

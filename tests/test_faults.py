@@ -4,26 +4,31 @@ are slow, down or silent, and what reaches standard output on every path."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
-import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, git, start_mlflow_server, stop
-from proxy import Rule, proxy_in_front_of, silent_server
-from test_reproduce_run import (
+from conftest import client, free_port, git, start_mlflow_server, stop
+from helpers import (
+    QUIET,
     add_project,
-    client,
     process_gone,
     recorded_run,
     reproduce,
     reproductions_of,
+    start_tool,
+    tool,
     wait_for,
 )
+from proxy import Rule, proxy_in_front_of, silent_server
 
 STUBBORN = {
     'MLproject': 'entry_points:\n  main:\n    parameters:\n'
@@ -54,10 +59,6 @@ DAEMON = {
     ),
 }
 
-QUIET = {  # no MLflow call at all: only the tool talks to the server
-    'MLproject': 'entry_points:\n  main:\n    command: python quiet.py\n',
-    'quiet.py': 'print("quiet project done")\n',
-}
 
 QUIET_WITH_A_PARAM = {  # its params are logged by the tool, through runs/log-batch
     'MLproject': 'entry_points:\n  main:\n    parameters:\n'
@@ -86,17 +87,6 @@ PROGRESS = {
         'raise SystemExit("progress sample failure")\n'
     ),
 }
-
-
-def tool(*argv: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        (sys.executable, str(SCRIPT), *argv),
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def project_run(repo: Path, name: str, files: dict[str, str], params=None) -> str:
@@ -476,3 +466,101 @@ def test_a_server_answering_500_to_log_batch_is_quoted_and_the_run_is_named(
     assert new.info.status == 'FAILED'
     assert new.data.tags['reproduce.status'] == 'error'
     assert f'{entry["message"]}\n' in err  # on standard error too, where cron mails it
+
+
+# --- a tracking server that refuses, hangs up or stops ----------------------------
+
+
+def test_unreachable_tracking_server_is_one_line(capsys, monkeypatch):
+    uri = f'http://127.0.0.1:{free_port()}'
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', uri)
+    code, out, err = reproduce(capsys, '--run_id', 'a' * 32)
+    assert (code, out) == (2, '')
+    assert err == (
+        f'reproduce_run: error: cannot read run {"a" * 32} from {uri}: the tracking '
+        f'server does not answer (Connection refused)\n'
+    )
+
+
+@contextlib.contextmanager
+def hanging_up_server() -> Iterator[tuple[str, list[int]]]:
+    """(URL, [connections so far]) of a port on 127.0.0.1 that accepts each
+    connection and closes it at once, as a server failing every request would."""
+    listener = socket.create_server(('127.0.0.1', 0))
+    accepted = [0]
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed
+            while True:
+                connection = listener.accept()[0]
+                accepted[0] += 1  # before the client can see the hang-up
+                connection.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{listener.getsockname()[1]}', accepted
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ('user_retries', 'connections'),
+    [
+        # One probe of /health, then MLflow's first request and its retries (its
+        # own default would make 1 + 8).
+        pytest.param(None, 1 + 3, id='tool-default-2-retries'),
+        pytest.param('0', 1 + 1, id='user-setting-wins'),
+    ],
+)
+def test_retries_to_an_unanswering_server(capsys, monkeypatch, user_retries, connections):
+    monkeypatch.setenv('MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR', '0')  # same count, no waiting
+    if user_retries is not None:
+        monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', user_retries)
+    with hanging_up_server() as (uri, accepted):
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', uri)
+        code, out, err = reproduce(capsys, '--run_id', 'a' * 32)
+    assert (code, out) == (2, '')
+    assert err.startswith(f'reproduce_run: error: cannot read run {"a" * 32} from {uri}: ')
+    assert accepted == [connections]
+    assert os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES') == user_retries
+
+
+@pytest.mark.slow
+def test_tracking_server_stopping_mid_run(tmp_path, samples_repo, monkeypatch):
+    server = start_mlflow_server(tmp_path / 'server')
+    try:
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', server.url)
+        commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+        run_id = recorded_run(f'file://{samples_repo}#slow', commit, {'seconds': '120'})
+        pid_file = tmp_path / 'pid'
+        tool = start_tool(
+            '--run_id',
+            run_id,
+            '--output',
+            'json',
+            env={
+                'SAMPLE_PID_FILE': str(pid_file),
+                'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0',
+                'MLFLOW_HTTP_REQUEST_TIMEOUT': '5',
+                'REPRODUCE_RUN_CLOSE_TIMEOUT': '3',
+            },
+        )
+        try:
+            wait_for(pid_file.exists, 90, 'the project to start')
+            wait_for(lambda: pid_file.read_text().strip(), 10, 'the PID')
+            stop(server.proc)
+            out, err = tool.communicate(timeout=120)
+        finally:
+            tool.kill()
+    finally:
+        stop(server.proc)
+    # The project cannot log without its server, so it fails: exit 3, its own
+    # error quoted; the run cannot be closed, and the last line says how to.
+    doc = json.loads(out)
+    assert (tool.returncode, doc['status']) == (3, 'failed'), err
+    new_id = doc['reproduced_run_id']
+    # The script's messages start with the name it was called by.
+    assert err.splitlines()[-1].startswith(f'reproduce_run.py: error: run {new_id} is left RUNNING')
+    assert 'reproduce_run.py", line' not in err  # no traceback of ours
+    assert process_gone(int(pid_file.read_text()))

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, SCRIPT
+from helpers import (
+    make_venv,
+)
 from packaging.version import Version
-from test_install import make_venv
 
 # Installing MLflow into a new environment takes minutes on a busy machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

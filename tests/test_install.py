@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import site
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,32 +16,13 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from helpers import (
+    make_venv,
+)
 
 import reproduce_run
 
 pytestmark = pytest.mark.slow
-
-
-def make_venv(where: Path, *requirements: str, over_this_one: bool = False) -> Path:
-    """A new virtual environment with `requirements` installed by pip; returns
-    its bin folder.  over_this_one: it also sees the packages this interpreter
-    sees, through a .pth file (--system-site-packages would show the base
-    interpreter's packages instead, not this virtual environment's)."""
-    subprocess.run((sys.executable, '-m', 'venv', str(where)), check=True, capture_output=True)
-    bin_dir = where / 'bin'
-    if over_this_one:
-        [site_packages] = where.glob('lib/python*/site-packages')
-        (site_packages / '_over_this_one.pth').write_text(
-            ''.join(f'import site; site.addsitedir({p!r})\n' for p in site.getsitepackages())
-        )
-    proc = subprocess.run(
-        (str(bin_dir / 'python'), '-m', 'pip', 'install', '--quiet', *requirements),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return bin_dir
 
 
 def checkout_copy(dest: Path) -> Path:

@@ -7,9 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import git
-from test_faults import QUIET
-from test_reproduce_run import add_project, client, recorded_run, reproduce, reproductions_of
+from conftest import client, git
+from helpers import (
+    QUIET,
+    add_project,
+    recorded_run,
+    reproduce,
+    reproductions_of,
+)
 
 
 def mirror_of(repo: Path, where: Path) -> Path:

@@ -9,23 +9,19 @@ import re
 from collections.abc import Callable
 
 import pytest
-from conftest import ROOT, free_port, git
-from test_reproduce_run import (
+from conftest import ROOT, client, free_port, git
+from helpers import (
     ECHO_PROJECT,
     add_project,
-    client,
+    conda_run,
     logged_run,
     recorded_run,
     reproduce,
     run_of_a_commit_gone_from_the_remote,
-)
-from test_resolving import (  # noqa: F401 (own_store, path_without_managers: fixtures)
-    conda_run,
-    own_store,
-    path_without_managers,
     runs_sharing_a_prefix,
 )
 
+import reproduce_run
 from reproduce_run import main
 
 Argv = tuple[str, ...]
@@ -463,3 +459,10 @@ def test_every_help_option_is_in_the_readme(capsys):
         for _, span in _CODE_SPAN_RE.findall(row[0])
     }
     assert help_options(capsys) - documented == set()
+
+
+def test_readme_lists_every_exit_code():
+    documented = {int(row[0]) for row in readme_table('Exit codes')}
+    assert documented == {
+        value for name, value in vars(reproduce_run).items() if name.startswith('EXIT_')
+    }

@@ -7,11 +7,18 @@ import json
 import os
 
 import pytest
-from conftest import mlflow_run
-from test_reproduce_run import add_project, client, reproduce, start_tool
+from conftest import client, mlflow_run
+from helpers import (
+    add_project,
+    reproduce,
+    start_tool,
+)
 
 import reproduce_run
-from reproduce_run import Registration, Registrations
+from reproduce_run import (
+    Registration,
+    Registrations,
+)
 
 
 def versions(name: str) -> list[tuple[str, str]]:
@@ -168,6 +175,7 @@ def test_keep_registrations_lets_them_through(reference, capsys):
     ]
 
 
+@pytest.mark.slow
 def test_registrations_do_not_reach_a_tracking_server(
     mlflow_server, samples_repo, capsys, monkeypatch
 ):

@@ -8,9 +8,11 @@ import math
 import shlex
 
 import pytest
-from conftest import mlflow_run
-from test_batch import experiment_runs
-from test_reproduce_run import client, reproduce
+from conftest import client, mlflow_run
+from helpers import (
+    experiment_runs,
+    reproduce,
+)
 
 import reproduce_run
 from reproduce_run import (

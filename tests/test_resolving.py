@@ -1,57 +1,35 @@
 """Resolving what the user named into what runs (issue 21): a run ID prefix,
 a source MLflow recorded garbled or on another host, and an environment
-manager whose program is missing, each found before any run is created."""
+manager whose program is missing, each found before any run is created.
+Then fetching the source at the recorded commit without touching the working
+copy, and the runs that cannot be reproduced (no git source, deleted, an
+MLproject or entry point that does not fit)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, git, mlflow_run
-from test_reproduce_run import (
+from conftest import SCRIPT, client, free_port, git, mlflow_run
+from helpers import (
+    ECHO_PROJECT,
     add_project,
     all_run_ids,
-    client,
+    conda_run,
     logged_run,
     recorded_run,
     reproduce,
+    reproductions_of,
+    run_of_a_commit_gone_from_the_remote,
+    runs_sharing_a_prefix,
 )
 
 import reproduce_run
-
-
-def runs_sharing_a_prefix(db: Path, prefix: str, n: int) -> list[str]:
-    """n finished runs whose IDs start with prefix.  MLflow picks random IDs,
-    and two sharing 8 hex digits take some 77,000 runs to happen on their own;
-    so real runs are made, then their IDs rewritten in every table of the store."""
-    made = [logged_run({'acc': [0.5]}) for _ in range(n)]
-    wanted = [prefix + f'{i:x}'.ljust(32 - len(prefix), '0') for i in range(n)]
-    with sqlite3.connect(db) as con:
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            columns = [c[1] for c in con.execute(f'PRAGMA table_info({table})')]
-            for column in {'run_uuid', 'run_id'} & set(columns):
-                for old, new in zip(made, wanted, strict=True):
-                    con.execute(f'UPDATE {table} SET {column} = ? WHERE {column} = ?', (new, old))
-    assert {client().get_run(run_id).info.run_id for run_id in wanted} == set(wanted)
-    return wanted
-
-
-@pytest.fixture
-def own_store(tmp_path, monkeypatch, capsys) -> Path:
-    """A store of this test's own, for runs whose IDs it rewrites."""
-    monkeypatch.setenv('MLFLOW_TRACKING_URI', f'sqlite:///{tmp_path / "own.db"}')
-    client().search_experiments()  # made now: MLflow may log that it makes it
-    capsys.readouterr()
-    return tmp_path / 'own.db'
-
 
 # --- run ID prefixes ----------------------------------------------------------------
 
@@ -277,33 +255,8 @@ def test_a_clone_without_the_commit_suggests_the_recorded_remote(
 # --- environment managers whose program is missing ---------------------------------
 
 
-@pytest.fixture
-def path_without_managers(tmp_path, monkeypatch) -> None:
-    """PATH holds git and python, and no uv or conda."""
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    for program in ('git', 'python'):
-        found = shutil.which(program) or sys.executable
-        os.symlink(found, bin_dir / program)
-    monkeypatch.setenv('PATH', str(bin_dir))
-    for variable in ('MLFLOW_CONDA_HOME', 'CONDA_EXE'):
-        monkeypatch.delenv(variable, raising=False)
-
-
 UV_MISSING = 'uv is not on the PATH (install it, or use --env-manager virtualenv)'
 CONDA_MISSING = 'conda is not on the PATH (install it, or use --env-manager virtualenv)'
-CONDA_PROJECT = {
-    'MLproject': 'conda_env: conda.yaml\nentry_points:\n  main:\n    command: python -V\n',
-    'conda.yaml': 'name: tiny\ndependencies:\n  - python=3.11\n',
-}
-
-
-def conda_run(repo: Path) -> str:
-    """A run recorded as `mlflow run --env-manager conda` of a conda project."""
-    add_project(repo, 'tiny', CONDA_PROJECT)
-    run_id = recorded_run(f'file://{repo}#tiny', git('rev-parse', 'HEAD', cwd=repo))
-    client().set_tag(run_id, 'mlflow.project.env', 'conda')
-    return run_id
 
 
 def regression_run(samples_repo: Path) -> str:
@@ -440,3 +393,195 @@ def test_the_script_names_itself(tmp_path):
         'reproduce_run.py: error: argument --run_id/--run-id: expected an MLflow run ID '
         "(letters, digits, _ and -), got 'a b' (see --help)\n"
     )
+
+
+# --- fetching the source at the recorded commit; runs that cannot be reproduced ---
+
+
+@pytest.mark.parametrize(
+    ('uri', 'expected'),
+    [
+        pytest.param(
+            'https://github.com/o/r.git#python/sklearn',
+            ('https://github.com/o/r.git', 'python/sklearn'),
+            id='https-subdir',
+        ),
+        pytest.param('file:///tmp/repo', ('file:///tmp/repo', ''), id='file-no-subdir'),
+        pytest.param('/tmp/repo#a/', ('/tmp/repo', 'a'), id='path-trailing-slash'),
+    ],
+)
+def test_split_source_uri(uri, expected):
+    assert reproduce_run.split_source_uri(uri) == expected
+
+
+def test_runs_the_recorded_commit_not_the_working_copy(own_repo, store, capsys):
+    run_id = mlflow_run(str(own_repo / 'sklearn_regression'), store)
+    script = own_repo / 'sklearn_regression' / 'train.py'
+    script.write_text(script.read_text().replace('import', 'raise SystemExit(9)\nimport', 1))
+    git('commit', '--quiet', '-am', 'break the sample', cwd=own_repo)
+    code, out, _ = reproduce(capsys, '--run_id', run_id)
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True')
+
+
+def repo_state(repo: Path) -> dict[str, str]:
+    return {
+        'branch': git('branch', '--show-current', cwd=repo),
+        'head': git('rev-parse', 'HEAD', cwd=repo),
+        'status': git('status', '--porcelain', '--untracked-files=all', cwd=repo),
+        'stash': git('stash', 'list', cwd=repo),
+        'remotes': git('remote', '-v', cwd=repo),
+        'shallow': git('rev-parse', '--is-shallow-repository', cwd=repo),
+        'diff': git('diff', cwd=repo),
+        'refs': git('for-each-ref', cwd=repo),
+        'config': (repo / '.git' / 'config').read_text(),
+    }
+
+
+def test_working_copy_is_untouched(own_repo, store, capsys):
+    run_id = mlflow_run(str(own_repo / 'sklearn_regression'), store)
+    git('commit', '--quiet', '--allow-empty', '-m', 'later work', cwd=own_repo)
+    (own_repo / 'sklearn_regression' / 'MLproject').write_text('not: [valid')
+    (own_repo / 'untracked.txt').write_text('mine')
+    git('stash', 'push', '--quiet', '--include-untracked', cwd=own_repo)
+    (own_repo / 'README.md').write_text('an uncommitted edit')
+    before = repo_state(own_repo)
+    code, _, _ = reproduce(capsys, '--run_id', run_id)
+    assert code == 0
+    assert repo_state(own_repo) == before
+
+
+def test_remote_source_at_a_commit_that_is_no_longer_a_tip(git_daemon, store, tmp_path, capsys):
+    url, base = git_daemon
+    work = tmp_path / 'work'
+    git('clone', '--quiet', f'{url}/samples.git', str(work), cwd=tmp_path)
+    commit = git('rev-parse', 'HEAD', cwd=work)
+    run_id = mlflow_run(f'{url}/samples.git#sklearn_regression', store, '--version', commit)
+    git(
+        '-c',
+        'user.email=t@e',
+        '-c',
+        'user.name=t',
+        'commit',
+        '--quiet',
+        '--allow-empty',
+        '-m',
+        'newer',
+        cwd=work,
+    )
+    git('push', '--quiet', 'origin', 'HEAD:main', cwd=work)
+    assert git('ls-remote', f'{url}/samples.git', cwd=work).split()[0] != commit
+    code, out, _ = reproduce(capsys, '--run_id', run_id)
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True')
+    assert f'Source:         {url}/samples.git#sklearn_regression @ {commit}' in out
+
+
+def test_seed_form_with_uri_still_works(git_daemon, reference, capsys):
+    url, _ = git_daemon
+    code, out, _ = reproduce(
+        capsys,
+        '--uri',
+        f'{url}/samples.git#sklearn_regression',
+        '--run_id',
+        reference('sklearn_regression'),
+    )
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True')
+
+
+def test_run_without_git_source_is_refused(capsys):
+    c = client()
+    run = c.create_run(c.get_experiment_by_name('Default').experiment_id)
+    c.set_terminated(run.info.run_id)
+    code, out, err = reproduce(capsys, '--run_id', run.info.run_id)
+    assert code == 2
+    assert out == ''
+    assert err.count('\n') == 1
+    assert 'mlflow.source.type' in err and '--uri' in err
+
+
+def test_unknown_run_exits_2(capsys, store):
+    code, out, err = reproduce(capsys, '--run_id', 'f' * 32)
+    assert (code, out) == (2, '')
+    assert err == f'reproduce_run: error: run {"f" * 32} not found at tracking URI {store}\n'
+
+
+def test_unreachable_git_remote_names_uri_and_commit(reference, capsys):
+    run_id = reference('sklearn_regression')
+    commit = client().get_run(run_id).data.tags['mlflow.source.git.commit']
+    uri = f'git://127.0.0.1:{free_port()}/samples.git'
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--uri', f'{uri}#sklearn_regression')
+    assert (code, out) == (2, '')
+    assert err.startswith(
+        f'reproduce_run: error: cannot fetch {uri}#sklearn_regression at {commit}: '
+    )
+    assert err.count('\n') == 1
+
+
+def test_commit_gone_from_the_remote(git_daemon, samples_repo, capsys, tmp_path):
+    run_id, gone, remote = run_of_a_commit_gone_from_the_remote(git_daemon, samples_repo, tmp_path)
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err == (
+        f'reproduce_run: error: commit {gone} is not available from '
+        f'{remote} (history rewritten, or a typo?)\n'
+    )
+
+
+def test_deleted_run_is_refused(capsys):
+    run_id = logged_run({'a': [1.0]})
+    client().delete_run(run_id)
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err == (
+        f'reproduce_run: error: run {run_id} is deleted; restore it with '
+        f'`mlflow runs restore --run-id {run_id}` to reproduce it\n'
+    )
+
+
+def test_run_in_a_deleted_experiment_is_refused(capsys, tmp_path):
+    c = client()
+    experiment_id = c.create_experiment(f'doomed-{tmp_path.name}')
+    run_id = c.create_run(experiment_id).info.run_id
+    c.set_terminated(run_id)
+    c.delete_experiment(experiment_id)
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert 'is in deleted experiment' in err and 'mlflow experiments restore' in err
+
+
+def test_entry_point_missing_at_that_commit(samples_repo, capsys):
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    run_id = recorded_run(
+        f'file://{samples_repo}#sklearn_regression', commit, entry_point='evaluate'
+    )
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err.startswith(
+        f'reproduce_run: error: the MLproject at commit {commit[:12]} cannot '
+        f"be used: Could not find evaluate among entry points ['main']"
+    )
+
+
+def test_mlproject_that_does_not_parse(own_repo, capsys):
+    (own_repo / 'sklearn_regression' / 'MLproject').write_text('entry_points: [main\n')
+    git('commit', '--quiet', '-am', 'break the MLproject', cwd=own_repo)
+    commit = git('rev-parse', 'HEAD', cwd=own_repo)
+    run_id = recorded_run(f'file://{own_repo}#sklearn_regression', commit)
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err.startswith(
+        f'reproduce_run: error: the MLproject at commit {commit[:12]} cannot be used: '
+    )
+    assert err.count('\n') == 1
+
+
+def test_declared_param_without_default_missing_from_the_run(own_repo, capsys):
+    add_project(own_repo, 'echo', ECHO_PROJECT)
+    commit = git('rev-parse', 'HEAD', cwd=own_repo)
+    run_id = recorded_run(f'file://{own_repo}#echo', commit, {'other': '1'})
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err == (
+        "reproduce_run: error: entry point 'main' cannot run with the reference "
+        "run's params: No value given for missing parameters: 'msg'\n"
+    )
+    assert reproductions_of(run_id) == []

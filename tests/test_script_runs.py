@@ -14,9 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, git, mlflow_run
-from test_reproduce_run import (
+from conftest import (
+    SAMPLES,
     client,
+    git,
+    mlflow_run,
+)
+from helpers import (
     param_table,
     process_gone,
     reproduce,

@@ -8,17 +8,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import free_port, git, start_mlflow_server, stop
-from test_reproduce_run import (
+from conftest import client, free_port, git, start_mlflow_server, stop
+from helpers import (
     ECHO_PROJECT,
     add_project,
-    client,
     logged_run,
     recorded_run,
     reproduce,
     reproduced_run,
     reproductions_of,
 )
+from proxy import silent_server
 
 import reproduce_run
 
@@ -635,3 +635,167 @@ def test_environment_file_that_is_a_symlink_out_of_the_checkout_is_refused(
             f'{host_env}, outside the checkout: refusing to use a file of this host'
         ),
     )
+
+
+# --- masked credentials, quoted placeholders and unsafe params, end to end --------
+
+
+@pytest.mark.parametrize(
+    ('text', 'expected'),
+    [
+        pytest.param('https://user:tok@host/r.git', 'https://***@host/r.git', id='user-password'),
+        pytest.param('https://tok@host/r.git#sub', 'https://***@host/r.git#sub', id='token'),
+        pytest.param(
+            'fatal: https://u:p@h/r and ssh://git@h/r',
+            'fatal: https://***@h/r and ssh://***@h/r',
+            id='in-a-sentence',
+        ),
+        pytest.param('git@github.com:o/r.git', 'git@github.com:o/r.git', id='scp-style-no-secret'),
+        pytest.param('https://host/r.git', 'https://host/r.git', id='nothing-to-mask'),
+    ],
+)
+def test_mask_credentials(text, expected):
+    assert reproduce_run.mask_credentials(text) == expected
+
+
+@pytest.mark.parametrize(
+    ('command', 'quoted'),
+    [
+        pytest.param("python a.py --msg '{msg}'", {'msg'}, id='single-quotes'),
+        pytest.param('python a.py --msg "{msg}" {n}', {'msg'}, id='double-quotes'),
+        pytest.param('python a.py --msg {msg}', set(), id='bare'),
+        pytest.param("python a.py '{{msg}}' {n}", set(), id='literal-braces'),
+        pytest.param("python a.py \\'{msg}", set(), id='escaped-quote'),
+        pytest.param('python a.py "it\'s {msg}"', {'msg'}, id='apostrophe-inside-double-quotes'),
+        pytest.param("python a.py '--x=1' {msg} '{n}'", {'n'}, id='after-a-closed-quote'),
+    ],
+)
+def test_quoted_placeholders(command, quoted):
+    contexts = reproduce_run.placeholder_contexts(command)
+    assert {p.key for p in contexts if p.context} == quoted
+
+
+@pytest.mark.parametrize(
+    ('value', 'unsafe'),
+    [
+        pytest.param('hello', False, id='plain'),
+        pytest.param('a-b_c.d/e:f=1,2', False, id='safe-punctuation'),
+        pytest.param('', False, id='empty'),
+        pytest.param('x; touch /tmp/pwned', True, id='semicolon'),
+        pytest.param('$(id)', True, id='command-substitution'),
+        pytest.param('two words', True, id='space'),
+        pytest.param("it's", True, id='quote'),
+    ],
+)
+def test_unsafe_params(value, unsafe):
+    unsafe_keys = [
+        p.key
+        for p in reproduce_run.unsafe_params("python a.py '{msg}' {n}", {'msg': value, 'n': value})
+    ]
+    assert unsafe_keys == (['msg'] if unsafe else [])
+
+
+def test_injection_through_a_quoted_placeholder_is_refused(samples_repo, capsys, tmp_path):
+    pwned = tmp_path / 'pwned'
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    run_id = recorded_run(
+        f'file://{samples_repo}#quoted_command', commit, {'msg': f'x; touch {pwned}'}
+    )
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err.startswith("reproduce_run: error: entry point 'main' puts {msg} inside quotes")
+    assert 'refusing to run it (--allow-unsafe-command runs it anyway)' in err
+    assert err.count('\n') == 1
+    assert reproductions_of(run_id) == []
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run')
+    assert code == 2
+    assert not pwned.exists()
+
+
+def test_allow_unsafe_command_runs_it_with_a_warning(samples_repo, capsys, tmp_path):
+    pwned = tmp_path / 'pwned'
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    # The shell ends the quotes at the value's own: the project gets --msg x.
+    run_id = recorded_run(
+        f'file://{samples_repo}#quoted_command',
+        commit,
+        {'msg': f'x; touch {pwned}'},
+        metrics={'msg_length': 1.0},
+    )
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--allow-unsafe-command')
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True'), err
+    assert 'running it because of --allow-unsafe-command' in err
+    assert pwned.exists()  # the danger the check guards against is real
+
+
+def test_credentials_in_a_failing_uri_are_masked(reference, capsys):
+    run_id = reference('sklearn_regression')
+    uri = f'https://user:s3cret@127.0.0.1:{free_port()}/samples.git'
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--uri', uri, '--output', 'json')
+    assert code == 2
+    assert 's3cret' not in out + err
+    assert 'https://***@127.0.0.1' in json.loads(out)['message']
+
+
+def test_credentials_are_masked_in_every_output_and_tag(
+    git_daemon, samples_repo, reference, capsys, monkeypatch
+):
+    url, _ = git_daemon
+    secret_base = 'https://user:s3cret@example.invalid/'
+    # git rewrites the URL before connecting: the daemon serves it, offline.
+    monkeypatch.setenv('GIT_CONFIG_COUNT', '1')
+    monkeypatch.setenv('GIT_CONFIG_KEY_0', f'url.{url}/.insteadOf')
+    monkeypatch.setenv('GIT_CONFIG_VALUE_0', secret_base)
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    run_id = recorded_run(
+        f'{secret_base}samples.git#sklearn_regression',
+        commit,
+        {'alpha': '0.005', 'l1_ratio': '0.5'},
+        metrics=client().get_run(reference('sklearn_regression')).data.metrics,
+    )
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--output', 'json', '--verbose')
+    assert code == 0, err
+    doc = json.loads(out)
+    new_id = doc['reproduced_run_id']
+    recorded = Path(client().download_artifacts(new_id, 'reproduce/comparison.json')).read_text()
+    tags = client().get_run(new_id).data.tags
+    assert 's3cret' not in out + err + recorded + json.dumps(tags)
+    assert doc['source']['uri'] == 'https://***@example.invalid/samples.git#sklearn_regression'
+    assert tags['mlflow.source.name'] == doc['source']['uri']
+
+
+def test_a_silent_server_with_a_password_in_its_uri_is_detected(capsys, monkeypatch):
+    with silent_server() as (url, accepted):
+        with_password = url.replace('http://', 'http://alice:s3cret@')
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', with_password)
+        monkeypatch.setenv('MLFLOW_HTTP_REQUEST_TIMEOUT', '120')
+        code, out, err = reproduce(capsys, '--run_id', 'a' * 32)
+        connections = accepted[0]
+    masked = url.replace('http://', 'http://***@')
+    assert (code, out) == (2, '')
+    assert err == (
+        f'reproduce_run: error: the tracking server {masked} does not answer (no '
+        f'response within 10 s)\n'
+    )
+    assert connections == 1  # the probe reached the server, without the password in its host
+
+
+@pytest.mark.parametrize(
+    'uri',
+    [
+        pytest.param('http://alice:s3cret@127.0.0.1', id='http-no-port'),
+        pytest.param('http://alice:s3cret@127.0.0.1/', id='http-no-port-slash'),
+    ],
+)
+def test_a_password_in_a_tracking_uri_without_port_is_not_taken_for_a_port(
+    capsys, monkeypatch, uri
+):
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', uri)
+    monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')
+    code, out, err = reproduce(capsys, '--run_id', 'a' * 32)
+    assert (code, out) == (2, '')
+    assert 's3cret' not in err
+    assert err.startswith(
+        f'reproduce_run: error: cannot read run {"a" * 32} from http://***@127.0.0.1'
+    )
+    assert 'does not answer (Connection refused)' in err

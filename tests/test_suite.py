@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, git
-from test_reproduce_run import wait_for
+from helpers import (
+    wait_for,
+)
 
 # The selection the README-commands test appends to the README's test command:
 # tests that need the backend plugin, which nothing but the tests installs.

@@ -17,8 +17,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import git, mlflow_run
-from test_reproduce_run import client, logged_run, reproduce
+from conftest import client, git, mlflow_run
+from helpers import (
+    logged_run,
+    reproduce,
+    run_with_environment,
+)
 
 import reproduce_run
 from reproduce_run import Differences, Rules, Tolerance
@@ -404,16 +408,6 @@ def test_capture_failure_warns_and_gives_none(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(
         "reproduce_run: warning: cannot capture the project's environment: "
     )
-
-
-def run_with_environment(tmp_path: Path, **variables: str) -> str:
-    """A finished run whose reproduce/environment.json is the real capture of
-    this interpreter with the given variables."""
-    run_id = logged_run({'acc': [0.5]})
-    env = {**os.environ, **variables}
-    captured = reproduce_run.capture_environment(None, env, str(tmp_path))
-    reproduce_run.record_environment(client(), run_id, captured)
-    return run_id
 
 
 def test_record_environment_writes_the_artifact(tmp_path):

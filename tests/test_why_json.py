@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import mlflow_run
-from test_reproduce_run import client, logged_run, reproduce
-from test_why import run_with_environment
+from conftest import client, mlflow_run
+from helpers import (
+    logged_run,
+    reproduce,
+    run_with_environment,
+)
 
 import reproduce_run
 from reproduce_run import Differences

@@ -1,0 +1,282 @@
+"""Plain helpers the test modules share: run the tool in-process, make
+reference runs without running anything, read what MLflow recorded, wait for
+processes.  Fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import site
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import SCRIPT, client, git
+
+import reproduce_run
+from reproduce_run import Tolerance, main
+
+NAN, INF = math.nan, math.inf
+TIGHT = Tolerance(rtol=1e-9, atol=0.0)
+
+
+def reproduce(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def param_table(out: str) -> list[str]:
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('| Param')) - 1
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith('+-')) + 1
+    return lines[start:end]
+
+
+def reproduced_run(out: str):
+    run_id = next(
+        line.split()[2] for line in out.splitlines() if line.startswith('Reproduced run:')
+    )
+    return client().get_run(run_id)
+
+
+ECHO_PROJECT = {
+    'MLproject': 'entry_points:\n  main:\n    parameters:\n      msg: string\n'
+    '    command: python echo.py --msg {msg}\n',
+    'echo.py': 'import argparse, mlflow\n'
+    'p = argparse.ArgumentParser()\n'
+    'p.add_argument("--msg")\n'
+    'mlflow.log_metric("msg_length", len(p.parse_args().msg))\n',
+}
+
+
+def add_project(repo: Path, name: str, files: dict[str, str]) -> Path:
+    (repo / name).mkdir()
+    for filename, text in files.items():
+        (repo / name / filename).write_text(text)
+    git('add', '--all', cwd=repo)
+    git('commit', '--quiet', '-m', f'add {name}', cwd=repo)
+    return repo / name
+
+
+def all_run_ids() -> set[str]:
+    c = client()
+    return {
+        r.info.run_id
+        for r in c.search_runs(
+            [e.experiment_id for e in c.search_experiments(view_type=3)], run_view_type=3
+        )
+    }
+
+
+def run_snapshot(run_id: str) -> dict:
+    """Everything a reproduction must not change about the reference run."""
+    run = client().get_run(run_id)
+    return {
+        'info': run.info.to_proto().SerializeToString(),
+        'params': run.data.params,
+        'tags': run.data.tags,
+        'metrics': {
+            k: [(m.step, m.timestamp, m.value) for m in client().get_metric_history(run_id, k)]
+            for k in run.data.metrics
+        },
+        'artifacts': [f.path for f in client().list_artifacts(run_id)],
+    }
+
+
+def logged_run(metrics: dict[str, list[float]], params: dict[str, str] | None = None) -> str:
+    """A finished run with the given metric histories, logged directly."""
+    c = client()
+    run = c.create_run(c.get_experiment_by_name('Default').experiment_id)
+    for key, values in metrics.items():
+        for step, value in enumerate(values):
+            c.log_metric(run.info.run_id, key, value, step=step)
+    for key, value in (params or {}).items():
+        c.log_param(run.info.run_id, key, value)
+    c.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def recorded_run(
+    source: str,
+    commit: str,
+    params: dict[str, str] | None = None,
+    entry_point: str = 'main',
+    metrics: dict[str, float] | None = None,
+) -> str:
+    """A run carrying what `mlflow run` records (source, commit, entry point,
+    params quoted as MLflow quotes them), made without running anything: for
+    runs that would be slow or harmful to make for real."""
+    c = client()
+    run = c.create_run(
+        c.get_experiment_by_name('Default').experiment_id,
+        tags={
+            'mlflow.source.name': source,
+            'mlflow.source.type': 'PROJECT',
+            'mlflow.source.git.commit': commit,
+            'mlflow.project.entryPoint': entry_point,
+        },
+    )
+    for key, value in (params or {}).items():
+        c.log_param(run.info.run_id, key, shlex.quote(value))
+    for key, value in (metrics or {}).items():
+        c.log_metric(run.info.run_id, key, value)
+    c.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def reproductions_of(run_id: str) -> list:
+    """The reproduced runs of a reference (not the parent runs of --repeat,
+    which carry the reference's ID too)."""
+    c = client()
+    runs = c.search_runs(
+        [e.experiment_id for e in c.search_experiments()],
+        f"tags.`reproduce.reference_run_id` = '{run_id}'",
+    )
+    return [r for r in runs if 'reproduce.repeat' not in r.data.tags]
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ('Z', 'X')  # a zombie has stopped running
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f'timed out waiting for {what}'
+        time.sleep(0.2)
+
+
+def start_tool(*argv: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        (sys.executable, str(SCRIPT), *argv),
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def run_of_a_commit_gone_from_the_remote(
+    git_daemon: tuple[str, Path], samples_repo: Path, tmp_path: Path
+) -> tuple[str, str, str]:
+    """(run ID, commit, remote): a run recorded at a commit that a force push
+    and a garbage collection then removed from the remote."""
+    url, base = git_daemon
+    bare = base / f'{tmp_path.name}.git'
+    git('clone', '--quiet', '--bare', str(samples_repo), str(bare), cwd=tmp_path)
+    work = tmp_path / 'work'
+    git('clone', '--quiet', str(bare), str(work), cwd=tmp_path)
+    git(
+        '-c',
+        'user.email=t@e',
+        '-c',
+        'user.name=t',
+        'commit',
+        '--quiet',
+        '--allow-empty',
+        '-m',
+        'soon gone',
+        cwd=work,
+    )
+    gone = git('rev-parse', 'HEAD', cwd=work)
+    git('push', '--quiet', 'origin', 'HEAD:main', cwd=work)
+    run_id = recorded_run(f'{url}/{bare.name}#sklearn_regression', gone)
+    git('push', '--quiet', '--force', 'origin', 'HEAD~1:main', cwd=work)
+    git('reflog', 'expire', '--expire=now', '--all', cwd=bare)
+    git('gc', '--quiet', '--prune=now', cwd=bare)
+    return run_id, gone, f'{url}/{bare.name}'
+
+
+def tool(*argv: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        (sys.executable, str(SCRIPT), *argv),
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+QUIET = {  # no MLflow call at all: only the tool talks to the server
+    'MLproject': 'entry_points:\n  main:\n    command: python quiet.py\n',
+    'quiet.py': 'print("quiet project done")\n',
+}
+
+
+def make_venv(where: Path, *requirements: str, over_this_one: bool = False) -> Path:
+    """A new virtual environment with `requirements` installed by pip; returns
+    its bin folder.  over_this_one: it also sees the packages this interpreter
+    sees, through a .pth file (--system-site-packages would show the base
+    interpreter's packages instead, not this virtual environment's)."""
+    subprocess.run((sys.executable, '-m', 'venv', str(where)), check=True, capture_output=True)
+    bin_dir = where / 'bin'
+    if over_this_one:
+        [site_packages] = where.glob('lib/python*/site-packages')
+        (site_packages / '_over_this_one.pth').write_text(
+            ''.join(f'import site; site.addsitedir({p!r})\n' for p in site.getsitepackages())
+        )
+    proc = subprocess.run(
+        (str(bin_dir / 'python'), '-m', 'pip', 'install', '--quiet', *requirements),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return bin_dir
+
+
+def experiment_runs(name: str):
+    c = client()
+    experiment = c.get_experiment_by_name(name)
+    return c.search_runs([experiment.experiment_id], run_view_type=3)
+
+
+def run_with_environment(tmp_path: Path, **variables: str) -> str:
+    """A finished run whose reproduce/environment.json is the real capture of
+    this interpreter with the given variables."""
+    run_id = logged_run({'acc': [0.5]})
+    env = {**os.environ, **variables}
+    captured = reproduce_run.capture_environment(None, env, str(tmp_path))
+    reproduce_run.record_environment(client(), run_id, captured)
+    return run_id
+
+
+def runs_sharing_a_prefix(db: Path, prefix: str, n: int) -> list[str]:
+    """n finished runs whose IDs start with prefix.  MLflow picks random IDs,
+    and two sharing 8 hex digits take some 77,000 runs to happen on their own;
+    so real runs are made, then their IDs rewritten in every table of the store."""
+    made = [logged_run({'acc': [0.5]}) for _ in range(n)]
+    wanted = [prefix + f'{i:x}'.ljust(32 - len(prefix), '0') for i in range(n)]
+    with sqlite3.connect(db) as con:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            columns = [c[1] for c in con.execute(f'PRAGMA table_info({table})')]
+            for column in {'run_uuid', 'run_id'} & set(columns):
+                for old, new in zip(made, wanted, strict=True):
+                    con.execute(f'UPDATE {table} SET {column} = ? WHERE {column} = ?', (new, old))
+    assert {client().get_run(run_id).info.run_id for run_id in wanted} == set(wanted)
+    return wanted
+
+
+CONDA_PROJECT = {
+    'MLproject': 'conda_env: conda.yaml\nentry_points:\n  main:\n    command: python -V\n',
+    'conda.yaml': 'name: tiny\ndependencies:\n  - python=3.11\n',
+}
+
+
+def conda_run(repo: Path) -> str:
+    """A run recorded as `mlflow run --env-manager conda` of a conda project."""
+    add_project(repo, 'tiny', CONDA_PROJECT)
+    run_id = recorded_run(f'file://{repo}#tiny', git('rev-parse', 'HEAD', cwd=repo))
+    client().set_tag(run_id, 'mlflow.project.env', 'conda')
+    return run_id

@@ -1,0 +1,206 @@
+"""Launching the reproduction: the params passed to the entry point, the
+entry point itself, the tracking URI the project sees, and its output."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import client, mlflow_run
+from helpers import (
+    ECHO_PROJECT,
+    add_project,
+    param_table,
+    reproduce,
+    reproduced_run,
+    run_snapshot,
+)
+
+import reproduce_run
+from reproduce_run import main
+
+
+@pytest.mark.parametrize(
+    ('logged', 'expected'),
+    [
+        pytest.param('0.5', '0.5', id='plain'),
+        pytest.param("'a b'", 'a b', id='mlflow-quoted-space'),
+        pytest.param("'x; touch /tmp/pwned'", 'x; touch /tmp/pwned', id='mlflow-quoted-command'),
+        pytest.param("''\"'\"'a'\"'\"''", "'a'", id='value-with-its-own-quotes'),
+        pytest.param("'a", "'a", id='unbalanced-kept'),
+        pytest.param('a b', 'a b', id='unquoted-space-kept'),
+        pytest.param("''", '', id='empty'),
+    ],
+)
+def test_unquote_param(logged, expected):
+    assert reproduce_run.unquote_param(logged) == expected
+
+
+@pytest.mark.parametrize(
+    ('declared', 'passed', 'not_passed'),
+    [
+        pytest.param(
+            ('alpha',),
+            {'alpha': '1'},
+            {'own': 'x', 'autolog_p': '2'},
+            id='only-declared-params-are-passed',
+        ),
+        pytest.param(
+            None, {'alpha': '1', 'own': 'x', 'autolog_p': '2'}, {}, id='script-entry-point-gets-all'
+        ),
+        pytest.param(
+            ('alpha', 'beta'),
+            {'alpha': '1'},
+            {'own': 'x', 'autolog_p': '2'},
+            id='declared-but-absent-is-not-invented',
+        ),
+    ],
+)
+def test_select_params(declared, passed, not_passed):
+    params = reproduce_run.select_params(declared, {'alpha': '1', 'own': 'x', 'autolog_p': '2'})
+    assert (params.passed, params.not_passed) == (passed, not_passed)
+
+
+def metric_table(out: str) -> list[str]:
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('| Metric')) - 1
+    return lines[start:-1]
+
+
+def test_deterministic_run_is_reproduced(reference, capsys):
+    run_id = reference('sklearn_regression')
+    code, out, _ = reproduce(capsys, '--run_id', run_id)
+    assert code == 0
+    assert out.splitlines()[-1] == 'Runs equal: True'
+    table = metric_table(out)
+    assert table[1].split() == ['|', 'Metric', '|', 'Run1', '|', 'Run2', '|', 'Diff', '|']
+    assert [line.split()[1] for line in table[3:6]] == ['mae', 'r2', 'rmse']
+    new = reproduced_run(out)
+    ref = client().get_run(run_id)
+    assert new.info.status == 'FINISHED'
+    assert new.data.metrics == ref.data.metrics
+    assert new.data.tags['mlflow.source.git.commit'] == ref.data.tags['mlflow.source.git.commit']
+    assert new.data.tags['mlflow.source.name'] == ref.data.tags['mlflow.source.name']
+    assert new.info.run_name == f'reproduce-{ref.info.run_name}'
+
+
+def test_extra_params_are_not_passed(reference, capsys):
+    run_id = reference('own_params')
+    own = set(client().get_run(run_id).data.params) - {'n_neighbors'}
+    assert own
+    code, out, _ = reproduce(capsys, '--run_id', run_id)
+    assert code == 0, out
+    assert [line.split() for line in param_table(out)[3:-1]] == [
+        ['|', 'n_neighbors', '|', '5', '|', '5', '|']
+    ]
+    assert f'Params not passed: {len(own)} not declared by the entry point' in out
+
+
+def test_verbose_lists_the_params_not_passed(reference, capsys):
+    run_id = reference('own_params')
+    own = sorted(set(client().get_run(run_id).data.params) - {'n_neighbors'})
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--verbose')
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith('Params not passed'))
+    assert all(f'{key}=' in line for key in own)
+    assert f'reproduce_run: reproducing run {run_id} (' in err
+
+
+def test_entry_point_other_than_main(reference, capsys):
+    run_id = reference('entry_points', '-e', 'train_tree', '-P', 'max_depth=2')
+    code, out, _ = reproduce(capsys, '--run_id', run_id)
+    assert code == 0, out
+    new = reproduced_run(out)
+    assert new.data.tags['mlflow.project.entryPoint'] == 'train_tree'
+    assert new.data.params['max_depth'] == '2'
+
+
+def test_script_entry_point_gets_the_params_mlflow_logged(reference, capsys):
+    run_id = reference('entry_points', '-e', 'score.py', '-P', 'threshold=0.3')
+    code, out, _ = reproduce(capsys, '--run_id', run_id)
+    assert code == 0, out
+    assert [line.split() for line in param_table(out)[3:-1]] == [
+        ['|', 'threshold', '|', '0.3', '|', '0.3', '|']
+    ]
+
+
+@pytest.mark.parametrize(
+    'msg',
+    [
+        pytest.param('two words', id='space'),
+        pytest.param("it's", id='quote'),
+        pytest.param('$(id) `id` ; echo x', id='shell-syntax'),
+    ],
+)
+def test_param_values_reach_the_project_unchanged(own_repo, store, capsys, msg):
+    project = add_project(own_repo, 'echo', ECHO_PROJECT)
+    run_id = mlflow_run(str(project), store, '-P', f'msg={msg}')
+    code, out, _ = reproduce(capsys, '--run_id', run_id)
+    assert code == 0, out
+    assert reproduced_run(out).data.metrics['msg_length'] == len(msg)
+
+
+def test_project_output_goes_to_stderr_and_report_to_stdout(reference, capfd):
+    # The history sample prints each epoch on its standard output.
+    code = main(['--run_id', reference('history'), '--output', 'json'])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert 'epoch 9: loss ' in err
+    assert json.loads(out)['status'] == 'equal'  # stdout holds the report and nothing else
+
+
+def test_failed_reproduction_exits_3_and_marks_the_run_failed(reference, capsys):
+    ref_id = reference('failing', '-P', 'fail_at=2', fails=True)
+    before = run_snapshot(ref_id)
+    code, out, err = reproduce(capsys, '--run_id', ref_id)
+    assert code == 3
+    assert out == ''
+    last = err.splitlines()[-1]
+    assert last.startswith('reproduce_run: error: the reproduced run ')
+    assert last.endswith(
+        'failed (exit status 1); its last error: sample failure: giving up at step 2'
+    )
+    assert 'Traceback' not in err
+    run_id = last.split('the reproduced run ')[1].split()[0]
+    assert client().get_run(run_id).info.status == 'FAILED'
+    assert run_snapshot(ref_id) == before
+
+
+@pytest.mark.slow
+def test_against_a_real_tracking_server(mlflow_server, samples_repo, capsys, monkeypatch):
+    run_id = mlflow_run(str(samples_repo / 'sklearn_regression'), mlflow_server)
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server)
+    code, out, _ = reproduce(capsys, '--run_id', run_id, '--experiment-name', 'reproductions')
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True')
+    new = reproduced_run(out)
+    assert client().get_experiment(new.info.experiment_id).name == 'reproductions'
+
+
+@pytest.mark.parametrize(
+    ('uri', 'expected'),
+    [
+        pytest.param('sqlite:///mlflow.db', 'sqlite:///{cwd}/mlflow.db', id='relative-sqlite'),
+        pytest.param(
+            'sqlite:////data/mlflow.db', 'sqlite:////data/mlflow.db', id='absolute-sqlite'
+        ),
+        pytest.param('mlruns', '{cwd}/mlruns', id='relative-path'),
+        pytest.param('http://host:5000', 'http://host:5000', id='http'),
+        pytest.param('databricks', 'databricks', id='databricks'),
+        pytest.param(None, None, id='unset'),
+    ],
+)
+def test_absolute_tracking_uri(uri, expected, tmp_path):
+    # The autouse fixture runs each test in tmp_path.
+    expected = expected and expected.format(cwd=tmp_path)
+    assert reproduce_run.absolute_tracking_uri(uri) == expected
+
+
+def test_relative_sqlite_store_reaches_the_project(reference, store, capsys, monkeypatch):
+    run_id = reference('sklearn_regression')
+    monkeypatch.chdir(Path(store[len('sqlite:///') :]).parent)
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True'), err
+    assert os.environ['MLFLOW_TRACKING_URI'] == 'sqlite:///mlflow.db'
