@@ -6354,6 +6354,7 @@ def render_bisect(bisect: BisectReport, output: str) -> str | None:
     return format_bisect_text(bisect)
 
 
+# ---------------------------------------------------------------------------
 # Explain: when a reproduction differs, more reproductions (probes) run with
 # the environment's differences undone, and delta debugging finds which
 # matter.  The choice of the next probe is pure; the probes run on the group

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 import site
 import sqlite3
@@ -21,6 +22,7 @@ from reproduce_run import Tolerance, main
 
 NAN, INF = math.nan, math.inf
 TIGHT = Tolerance(rtol=1e-9, atol=0.0)
+_CODE_SPAN_RE = re.compile(r'`([^`]+)`')  # a Markdown code span
 
 
 def reproduce(capsys, *argv: str) -> tuple[int, str, str]:
@@ -280,3 +282,56 @@ def conda_run(repo: Path) -> str:
     run_id = recorded_run(f'file://{repo}#tiny', git('rev-parse', 'HEAD', cwd=repo))
     client().set_tag(run_id, 'mlflow.project.env', 'conda')
     return run_id
+
+
+def experiment_runs_or_empty(name: str):
+    c = client()
+    return experiment_runs(name) if c.get_experiment_by_name(name) else []
+
+
+def python_run(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> str:
+    """Run `python argv...` in cwd as a person does; the ID of the run it made."""
+    c = client()
+    started = int(time.time() * 1000) - 1000
+    proc = subprocess.run(
+        (sys.executable, *argv),
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    experiments = [e.experiment_id for e in c.search_experiments()]
+    runs = [
+        r
+        for r in c.search_runs(
+            experiments,
+            f"attributes.start_time >= {started} and tags.`mlflow.source.type` = 'LOCAL'",
+        )
+        if 'reproduce.reference_run_id' not in r.data.tags
+    ]
+    assert len(runs) == 1, runs
+    return runs[0].info.run_id
+
+
+def section(path: Path, heading: str) -> str:
+    """The text under `## heading`, up to the next `## ` heading."""
+    return path.read_text().split(f'\n## {heading}\n', 1)[1].split('\n## ', 1)[0]
+
+
+def tables(text: str) -> list[list[list[str]]]:
+    """Each Markdown table in text: its rows (header and rule left out) as cells."""
+    found, rows = [], []
+    for line in [*text.splitlines(), '']:
+        if line.startswith('|'):
+            rows.append([cell.strip() for cell in line.strip().strip('|').split(' | ')])
+        elif rows:
+            found.append(rows[2:])
+            rows = []
+    return found
+
+
+def first_spans(rows: list[list[str]]) -> list[str]:
+    """The code span that each row's first cell names (a field, a status)."""
+    return [_CODE_SPAN_RE.fullmatch(row[0]).group(1) for row in rows]

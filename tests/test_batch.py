@@ -16,6 +16,7 @@ from conftest import SCRIPT, client, git, mlflow_run
 from helpers import (
     add_project,
     experiment_runs,
+    experiment_runs_or_empty,
     process_gone,
     recorded_run,
     reproduce,
@@ -433,11 +434,6 @@ def test_sigterm_mid_batch_leaves_nothing_running(samples_repo, capsys, tmp_path
     assert (parent.data.metrics['runs_stopped'], parent.data.metrics['runs_not_started']) == (2, 1)
     assert not pid or process_gone(pid)
     assert not slow_projects_alive(('100', '101', '102'))
-
-
-def experiment_runs_or_empty(name: str):
-    c = client()
-    return experiment_runs(name) if c.get_experiment_by_name(name) else []
 
 
 def slow_projects_alive(seconds) -> list[str]:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCRIPT, git, mlflow_run
-from test_batch import experiment_runs, experiment_runs_or_empty
-from test_reproduce_run import client, reproduce, wait_for
+from helpers import client, experiment_runs, experiment_runs_or_empty, reproduce, wait_for
 
 from reproduce_run import (
     BAD,
@@ -492,7 +491,7 @@ with mlflow.start_run():
 @pytest.mark.timeout(600)  # about 4 minutes on the shared machine
 def test_a_script_run_is_bisected(tmp_path, git_daemon, capsys):
     """A run made with `python tiny/fit.py`, its remote on a git daemon."""
-    from test_script_runs import python_run
+    from helpers import python_run
 
     url, base = git_daemon
     bare = base / f'{tmp_path.name}.git'

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, SCRIPT
+from helpers import first_spans, section, tables
 
 import reproduce_run
 from reproduce_run import main
@@ -30,28 +31,6 @@ _CODE_SPAN_RE = re.compile(r'`([^`]+)`')
 def prose(path: Path) -> str:
     """The page without its fenced code blocks."""
     return _FENCE_RE.sub('', path.read_text())
-
-
-def section(path: Path, heading: str) -> str:
-    """The text under `## heading`, up to the next `## ` heading."""
-    return path.read_text().split(f'\n## {heading}\n', 1)[1].split('\n## ', 1)[0]
-
-
-def tables(text: str) -> list[list[list[str]]]:
-    """Each Markdown table in text: its rows (header and rule left out) as cells."""
-    found, rows = [], []
-    for line in [*text.splitlines(), '']:
-        if line.startswith('|'):
-            rows.append([cell.strip() for cell in line.strip().strip('|').split(' | ')])
-        elif rows:
-            found.append(rows[2:])
-            rows = []
-    return found
-
-
-def first_spans(rows: list[list[str]]) -> list[str]:
-    """The code span that each row's first cell names (a field, a status)."""
-    return [_CODE_SPAN_RE.fullmatch(row[0]).group(1) for row in rows]
 
 
 def slug(heading: str) -> str:

@@ -17,8 +17,16 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, SCRIPT, make_repo, mlflow_run
-from test_docs import first_spans, section, tables
-from test_reproduce_run import add_project, client, reproduce, start_tool, wait_for
+from helpers import (
+    add_project,
+    client,
+    first_spans,
+    reproduce,
+    section,
+    start_tool,
+    tables,
+    wait_for,
+)
 
 import reproduce_run
 from reproduce_run import Candidate, Differences, ExplainStep, Explanation, explain_step

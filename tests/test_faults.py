@@ -507,10 +507,11 @@ def hanging_up_server() -> Iterator[tuple[str, list[int]]]:
 @pytest.mark.parametrize(
     ('user_retries', 'connections'),
     [
-        # One probe of /health, then MLflow's first request and its retries (its
-        # own default would make 1 + 8).
-        pytest.param(None, 1 + 3, id='tool-default-2-retries'),
-        pytest.param('0', 1 + 1, id='user-setting-wins'),
+        # One probe of /health, the search for a dead tool's leftovers (tried
+        # once), then MLflow's first request and its retries (its own default
+        # would make 1 + 8).
+        pytest.param(None, 1 + 1 + 3, id='tool-default-2-retries'),
+        pytest.param('0', 1 + 1 + 1, id='user-setting-wins'),
     ],
 )
 def test_retries_to_an_unanswering_server(capsys, monkeypatch, user_retries, connections):

@@ -14,8 +14,8 @@ from pathlib import Path
 import lxml.etree
 import pytest
 from conftest import SCRIPT, git
+from helpers import add_project, client, recorded_run, reproduce, wait_for
 from junitparser import Error, Failure, JUnitXml, Skipped, TestCase
-from test_reproduce_run import add_project, client, recorded_run, reproduce, wait_for
 
 import reproduce_run
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import git
-from test_reproduce_run import add_project, client, recorded_run, reproduce
+from helpers import add_project, client, recorded_run, reproduce
 
 import reproduce_run
 

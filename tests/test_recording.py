@@ -18,6 +18,8 @@ from helpers import (
     run_snapshot,
 )
 
+import reproduce_run
+
 
 def test_verdict_is_recorded_on_the_reproduced_run(reference, capsys):
     run_id = reference('sklearn_regression')
@@ -33,6 +35,7 @@ def test_verdict_is_recorded_on_the_reproduced_run(reference, capsys):
         'reproduce.status': 'equal',
         'reproduce.rtol': '1e-09',
         'reproduce.atol': '0.001',
+        'reproduce.owner': reproduce_run.tool_owner(),  # this process: the tool, in-process
     }
     ref_experiment = client().get_run(run_id).info.experiment_id
     note = tags['mlflow.note.content']

@@ -6,11 +6,7 @@ running them with `python`, as a person does."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +19,7 @@ from conftest import (
 from helpers import (
     param_table,
     process_gone,
+    python_run,
     reproduce,
     reproduced_run,
     reproductions_of,
@@ -161,32 +158,6 @@ def scripts_repo(tmp_path_factory, git_daemon) -> Path:
     git('remote', 'add', 'origin', f'{url}/scripts.git', cwd=repo)
     git('push', '--quiet', 'origin', 'main', cwd=repo)
     return repo
-
-
-def python_run(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> str:
-    """Run `python argv...` in cwd as a person does; the ID of the run it made."""
-    c = client()
-    started = int(time.time() * 1000) - 1000
-    proc = subprocess.run(
-        (sys.executable, *argv),
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    experiments = [e.experiment_id for e in c.search_experiments()]
-    runs = [
-        r
-        for r in c.search_runs(
-            experiments,
-            f"attributes.start_time >= {started} and tags.`mlflow.source.type` = 'LOCAL'",
-        )
-        if 'reproduce.reference_run_id' not in r.data.tags
-    ]
-    assert len(runs) == 1, runs
-    return runs[0].info.run_id
 
 
 @pytest.fixture(scope='module')
