@@ -3494,14 +3494,15 @@ def _repeat_heading(repeat: Repeat) -> str:
     )
 
 
-def batch_json(batch: BatchReport) -> dict[str, Any]:
+def batch_json(batch: BatchReport, runs: bool = True) -> dict[str, Any]:
+    """The batch document; runs=False leaves its list of runs empty."""
     repeats = {}
     if batch.repeats:
         repeats['repeats'] = [repeat.json() for repeat in batch.repeats]
         if len(batch.repeats) == 1:
             repeats['repeat'] = repeats['repeats'][0]
     return {
-        'runs': [report_json(r) for r in batch.reports],
+        'runs': [report_json(r) for r in batch.reports] if runs else [],
         'skipped': list(batch.skipped),
         'summary': {
             'total': len(batch.reports),
@@ -3518,7 +3519,16 @@ def batch_json(batch: BatchReport) -> dict[str, Any]:
 
 
 def format_batch_json(batch: BatchReport) -> str:
-    return json.dumps(batch_json(batch), indent=2, allow_nan=False)
+    """batch_json's document, each run dumped on its own: a big batch is never
+    held whole as dicts (the text is the same as one json.dumps)."""
+    text = json.dumps(batch_json(batch, runs=False), indent=2, allow_nan=False)
+    if not batch.reports:
+        return text
+    runs = ',\n'.join(
+        '    ' + json.dumps(report_json(r), indent=2, allow_nan=False).replace('\n', '\n    ')
+        for r in batch.reports
+    )
+    return text.replace('"runs": []', f'"runs": [\n{runs}\n  ]', 1)
 
 
 def render_batch(batch: BatchReport, output: str, verbose: bool) -> str | None:

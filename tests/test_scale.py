@@ -4,6 +4,7 @@ table lists only the runs that did not come back equal."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import uuid
@@ -128,6 +129,23 @@ def test_the_table_lists_only_the_runs_that_did_not_come_back_equal(statuses, li
     if unlisted and listed:  # a blank line ends the Markdown table before it
         assert markdown[markdown.index(unlisted) - 1] == ''
     assert [r['reference_run_id'] for r in rr.batch_json(b)['runs']] == ids  # JSON lists all
+
+
+@pytest.mark.parametrize(
+    'statuses',
+    [
+        pytest.param(['equal', 'differ', 'error', 'planned'], id='several'),
+        pytest.param([], id='none'),
+    ],
+)
+def test_the_json_of_a_batch_is_dumped_run_by_run_as_one_document(statuses):
+    b, _ = batch(*statuses)
+    b = rr.BatchReport(
+        tuple(dataclasses.replace(r, message='line 1\nline "2"') for r in b.reports),
+        skipped=({'run_id': C, 'reason': 'why'},),
+    )
+    assert rr.format_batch_json(b) == json.dumps(rr.batch_json(b), indent=2, allow_nan=False)
+    assert json.loads(rr.format_batch_json(b))['summary']['total'] == len(statuses)
 
 
 # --- thousands of runs, against a real server --------------------------------
