@@ -1373,7 +1373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         ),
         (
-            args.skip_selection,
+            args.skip_selection or args.skip_server,  # it needs a server
             lambda: results.extend(bench_selection(args.selection_rounds, notes, memory)),
         ),
     ]
