@@ -30,6 +30,7 @@ import dataclasses
 import decimal
 import errno
 import fnmatch
+import functools
 import hashlib
 import itertools
 import json
@@ -94,6 +95,9 @@ HISTORY_WORKERS = 8  # concurrent metric-history requests to a remote server
 SQLITE_JOBS = 8  # reproductions at once on an sqlite store (its connection pool holds 15)
 DEFAULT_MAX_RUNS = 10  # runs a search selects
 DEFAULT_ORDER_BY = 'attributes.start_time DESC'
+SEARCH_PAGE = 1000  # runs or experiments per search request (MLflow's default page)
+READ_BATCH = 500  # reference runs of a batch read in one search, by run ID
+READ_WINDOW = 16  # a batch's probes planned ahead of its results, at the least
 
 # Retry settings for the tool's own requests, so that an unreachable tracking
 # server fails in seconds instead of MLflow's minutes.  The user's own
@@ -1612,12 +1616,16 @@ def resolve_run_id(client: MlflowClient, run_id: str, tracking_uri: str) -> str:
     return (exact or found)[0].info.run_id
 
 
-def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
+def read_reference(
+    client: MlflowClient, run_id: str, tracking_uri: str, found: Run | None = None
+) -> Run:
+    """The reference run; `found` is the run as a batch's search already read
+    it, an active run of an active experiment."""
     from mlflow.exceptions import MlflowException
 
     try:
-        run = client.get_run(run_id)
-        experiment = client.get_experiment(run.info.experiment_id)
+        run = found or client.get_run(run_id)
+        experiment = None if found else client.get_experiment(run.info.experiment_id)
     except MlflowException as e:
         if e.error_code == 'RESOURCE_DOES_NOT_EXIST':
             raise ReproduceError(
@@ -1629,7 +1637,7 @@ def read_reference(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
     elif run.info.status in FAILED_STATUSES:
         warn(f'run {run_id} ended {run.info.status}: its metrics may be incomplete')
     # Deleting an experiment deletes its runs: name the cause.
-    if experiment.lifecycle_stage == 'deleted':
+    if experiment is not None and experiment.lifecycle_stage == 'deleted':
         raise ReproduceError(
             f'run {run_id} is in deleted experiment {experiment.name!r}; restore '
             f'it with `mlflow experiments restore --experiment-id '
@@ -1681,10 +1689,12 @@ def check_script(project_dir: str, root: str, name: str, commit: str) -> None:
         raise ReproduceError(f'{what} does not exist at commit {commit[:12]}')
 
 
+@functools.lru_cache(maxsize=64)
 def load_entry_point(project_dir: str, name: str, commit: str) -> tuple[Any, bool]:
     """MLflow's entry point object, and whether the MLproject declares it
     (rather than it being a script file that MLflow runs with every param).
-    The MLproject, its environment file and a script must be files of the commit."""
+    The MLproject, its environment file and a script must be files of the commit.
+    Cached: a batch's dry run plans every run of a source from one folder."""
     from mlflow.projects import _project_spec
 
     root, at = _checkout_root(project_dir), f'at commit {commit[:12]}'
@@ -4084,8 +4094,27 @@ def _summary_rows(batch: BatchReport) -> tuple[list[str], list[list[Any]]]:
             f'{r.seconds:.0f}',
         ]
         for r in batch.reports
+        if r.status != 'equal' or batch.repeats
     ]
     return headers, rows
+
+
+def unlisted_line(batch: BatchReport) -> str | None:
+    """A batch's table lists the runs that did not come back equal (--repeat's
+    lists every repetition); this says how many it leaves out."""
+    n = 0 if batch.repeats else batch.count('equal')
+    listed = f'Not listed: {_runs(n)} that came back equal (--output json lists every run)'
+    return listed if n else None
+
+
+def _summary_table(batch: BatchReport, tablefmt: str) -> list[str]:
+    rows = _summary_rows(batch)
+    lines = [_table(rows, tablefmt)] if rows[1] else []
+    unlisted = unlisted_line(batch)
+    if not unlisted:
+        return lines
+    gap = [''] if lines and tablefmt == 'github' else []  # else Markdown reads it as a row
+    return [*lines, *gap, unlisted]
 
 
 def _runs(n: int) -> str:
@@ -4131,7 +4160,7 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
         lines.append('Dry run: nothing was run and no run was created.')
     else:
         lines.append(_summary_counts(batch))
-    lines.append(_table(_summary_rows(batch), 'psql'))
+    lines += _summary_table(batch, 'psql')
     lines += [f'Skipped {_runs(n)}: {reason}' for n, reason in skipped_lines(batch.skipped)]
     for report in batch.reports:
         if report.status in ('failed', 'error') and report.message:
@@ -4166,7 +4195,7 @@ def format_batch_markdown(batch: BatchReport) -> str:
     lines = [f'{_batch_heading(batch)}: {_summary_counts(batch)}', '']
     if batch.batch_run_id:
         lines += [f'- parent run: `{batch.batch_run_id}`', '']
-    lines.append(_table(_summary_rows(batch), 'github'))
+    lines += _summary_table(batch, 'github')
     if batch.skipped:
         lines += ['']
         lines += [f'- skipped {_runs(n)}: {reason}' for n, reason in skipped_lines(batch.skipped)]
@@ -4191,14 +4220,15 @@ def _repeat_heading(repeat: Repeat) -> str:
     )
 
 
-def batch_json(batch: BatchReport) -> dict[str, Any]:
+def batch_json(batch: BatchReport, runs: bool = True) -> dict[str, Any]:
+    """The batch document; runs=False leaves its list of runs empty."""
     repeats = {}
     if batch.repeats:
         repeats['repeats'] = [repeat.json() for repeat in batch.repeats]
         if len(batch.repeats) == 1:
             repeats['repeat'] = repeats['repeats'][0]
     return {
-        'runs': [report_json(r) for r in batch.reports],
+        'runs': [report_json(r) for r in batch.reports] if runs else [],
         'skipped': list(batch.skipped),
         'summary': {
             'total': len(batch.reports),
@@ -4216,7 +4246,16 @@ def batch_json(batch: BatchReport) -> dict[str, Any]:
 
 
 def format_batch_json(batch: BatchReport) -> str:
-    return json.dumps(batch_json(batch), indent=2, allow_nan=False)
+    """batch_json's document, each run dumped on its own: a big batch is never
+    held whole as dicts (the text is the same as one json.dumps)."""
+    text = json.dumps(batch_json(batch, runs=False), indent=2, allow_nan=False)
+    if not batch.reports:
+        return text
+    runs = ',\n'.join(
+        '    ' + json.dumps(report_json(r), indent=2, allow_nan=False).replace('\n', '\n    ')
+        for r in batch.reports
+    )
+    return text.replace('"runs": []', f'"runs": [\n{runs}\n  ]', 1)
 
 
 def render_batch(batch: BatchReport, output: str, verbose: bool) -> str | None:
@@ -4741,7 +4780,8 @@ def make_plan(
 def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
     """The project folder at the commit, private to one reproduction.  In a
     batch, each source and commit is fetched once; every reproduction of it
-    then gets its own copy, so that projects never share a working folder."""
+    then gets its own copy, so that projects never share a working folder
+    (a dry run, which runs nothing, reads the fetched one)."""
     if not session.batch:
         return fetch_source(source, dest)
     with session.sources_lock:
@@ -4751,6 +4791,8 @@ def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
             root = os.path.join(tempfile.mkdtemp(prefix='source-', dir=session.tmp_root), 'src')
             cached.project_dir, cached.commit = fetch_source(cached.origin or source, root)
             cached.root = root
+    if session.options.dry_run:  # nothing runs in it: the plan reads the shared copy
+        return cached.project_dir, cached.commit
     try:
         shutil.copytree(cached.root, dest, symlinks=True)
     except OSError as e:  # shutil.Error lists (source, destination, reason) per file
@@ -4786,13 +4828,20 @@ class _Progress:
 
 
 def reproduce_one(
-    session: Session, run_id: str, index: int = 0, parent_run_id: str | None = None
+    session: Session,
+    run_id: str,
+    index: int = 0,
+    parent_run_id: str | None = None,
+    reference: Run | None = None,
 ) -> Report:
     """Reproduce one reference run and judge it.  Never raises: every outcome
-    is a report, recorded on the reproduced run whenever that run exists."""
+    is a report, recorded on the reproduced run whenever that run exists.
+    `reference`: the run as a batch already read it (else it is read here)."""
     started = time.monotonic()
-    progress = _Progress()
-    tmp_dir = tempfile.mkdtemp(prefix='run-', dir=session.tmp_root)
+    progress = _Progress(reference)
+    # A batch's dry run writes nothing of its own: its plans read the shared sources.
+    shared = session.batch and session.options.dry_run
+    tmp_dir = session.tmp_root if shared else tempfile.mkdtemp(prefix='run-', dir=session.tmp_root)
     try:
         report = _reproduce(session, run_id, index, parent_run_id, tmp_dir, progress)
     except Stopped as e:
@@ -4822,7 +4871,8 @@ def reproduce_one(
             plots=session.options.plots,
             log_path=progress.log_path,
         )
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    if not shared:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return report
 
 
@@ -4854,7 +4904,9 @@ def _reproduce(
     progress: _Progress,
 ) -> Report:
     options, client = session.options, session.client
-    reference = progress.reference = read_reference(client, run_id, session.tracking_uri)
+    reference = progress.reference = read_reference(
+        client, run_id, session.tracking_uri, progress.reference
+    )
     source = resolve_source(reference, options.uri, options.version)
     source = reachable_source(reference, source, options.uri)
     try:
@@ -5035,6 +5087,9 @@ class Probe:
     environ: tuple[tuple[str, str | None], ...] = ()  # set (None: unset) for the project
     nested: bool = False  # under a parent run of its reference, below the group's
     parent_run_id: str | None = None  # under this existing run instead of the group's
+    # the reference run as the planner read it (else its reproduction reads it);
+    # dropped when the probe ends, so that a big group does not keep every run
+    reference: Run | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 Result = tuple[Probe, Report]
@@ -5042,12 +5097,24 @@ Result = tuple[Probe, Report]
 
 class Planner:
     """What a mode decides; the engine does the rest.  next_probes() is asked
-    first with no results, then again as each reproduction ends; it returns
-    [] while it waits for more results, and the group ends when nothing runs
-    and it plans nothing more."""
+    first with no results, then again as each reproduction ends, with every
+    result so far in the order the reproductions ended; it returns [] while
+    it waits for more results, and the group ends when nothing runs and it
+    plans nothing more."""
+
+    total: int | None = None  # the probes it will plan, when known ahead: [i/total]
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
         raise NotImplementedError
+
+    def kept(self, report: Report) -> Report:
+        """What the group keeps of a report once it is recorded (all of it)."""
+        return report
+
+    def rest(self) -> list[Probe]:
+        """After a signal: the probes it would still have planned, which the
+        engine reports as not started (none)."""
+        return []
 
     def create_parent(self, session: Session) -> str | None:
         """The group's parent run, made before anything starts (None: none)."""
@@ -5262,7 +5329,9 @@ def _run_probe(
             reference_run_name=name or None,
         )
     else:
-        report = reproduce_one(_probe_session(session, probe), probe.run_id, index, parent)
+        report = reproduce_one(
+            _probe_session(session, probe), probe.run_id, index, parent, probe.reference
+        )
         report = dataclasses.replace(report, model=model)
     progress.end(index, report)
     return report
@@ -5276,27 +5345,30 @@ def run_group(session: Session, planner: Planner) -> BatchReport:
     session = dataclasses.replace(session, batch=True)  # the reproductions share sources
     parents = _Parents(session, planner)
     progress = _GroupProgress(session.options.quiet)
-    planned: list[Probe] = []
-    futures: list[Any] = []
+    results: list[Result | None] = []  # in planning order
+    done: list[Result] = []  # in the order they ended
+    running: dict[Any, tuple[int, Probe]] = {}
     with ThreadPoolExecutor(max_workers=jobs_the_store_takes(session)) as pool:
         while True:
-            done = [(p, f.result()) for p, f in zip(planned, futures, strict=True) if f.done()]
+            for future in [f for f in running if f.done()]:
+                index, probe = running.pop(future)
+                result = (dataclasses.replace(probe, reference=None), planner.kept(future.result()))
+                results[index] = result
+                done.append(result)
             stopped = session.stop.event.is_set()
-            new = [] if stopped and planned else planner.next_probes(done)
-            first = len(planned)
-            planned += new
-            progress.total = len(planned)
-            futures += [
-                pool.submit(_run_probe, session, parents, progress, first + i, probe)
-                for i, probe in enumerate(new)
-            ]
-            running = [f for f in futures if not f.done()]
+            new = planner.rest() if stopped and results else planner.next_probes(done)
+            first = len(results)
+            results += [None] * len(new)
+            progress.total = max(planner.total or 0, len(results))
+            for i, probe in enumerate(new):
+                future = pool.submit(_run_probe, session, parents, progress, first + i, probe)
+                running[future] = (first + i, probe)
             if not running and not new:
                 break
             if running:
-                wait_for_futures(session, running, any_done=True)
+                wait_for_futures(session, list(running), any_done=True)
     group = Group(
-        tuple(zip(planned, (f.result() for f in futures), strict=True)),
+        tuple(r for r in results if r is not None),
         parents.group_run_id,
         dict(parents.nested),
         session.options.dry_run,
@@ -5537,7 +5609,7 @@ def search_runs(
                 experiment_ids,
                 _search_filter(selection),
                 order_by=[selection.order_by],
-                max_results=200,
+                max_results=SEARCH_PAGE,
                 page_token=token,
             )
         except MlflowException as e:
@@ -5600,18 +5672,110 @@ def select_runs(
     return unique, skipped
 
 
-class BatchPlanner(Planner):
-    """A batch plans its list once."""
+def active_experiment_ids(client: MlflowClient) -> list[str]:
+    """Every active experiment, the scope of a search by run ID."""
+    ids, token = [], None
+    while True:
+        page = client.search_experiments(max_results=SEARCH_PAGE, page_token=token)
+        ids += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            return ids
 
-    def __init__(self, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]]) -> None:
+
+def read_runs(
+    client: MlflowClient, experiment_ids: Sequence[str], run_ids: Sequence[str]
+) -> dict[str, Run]:
+    """The active runs among run_ids, in one search (`attributes.run_id IN`)."""
+    wanted = sorted({r for r in run_ids if _RUN_ID_RE.match(r)})
+    if not wanted or not experiment_ids:
+        return {}
+    listed = ', '.join(f"'{r}'" for r in wanted)
+    found: dict[str, Run] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids,
+            f'attributes.run_id IN ({listed})',
+            max_results=SEARCH_PAGE,
+            page_token=token,
+        )
+        found.update((run.info.run_id, run) for run in page)
+        token = page.token
+        if not token:
+            return found
+
+
+class BatchPlanner(Planner):
+    """A batch plans its list in order, at most `window` probes ahead of the
+    results; it reads the reference runs READ_BATCH at a time, each batch in
+    one search, so that a big selection neither waits for a request per run
+    nor holds every run at once.  A run the search does not find (deleted,
+    unknown, or the search failed) is read by its reproduction, which says why."""
+
+    def __init__(
+        self,
+        chosen: Sequence[Chosen],
+        skipped: Sequence[dict[str, str]],
+        client: MlflowClient | None = None,
+        window: int = READ_BATCH,
+    ) -> None:
         self.chosen, self.skipped = tuple(chosen), tuple(skipped)
-        self.planned = False
+        self.client, self.window = client, window
+        self.total = len(self.chosen)
+        self.read_to = 0  # chosen[:read_to] are read, and planned but for `ready`
+        self.ready: collections.deque[Probe] = collections.deque()
+        self.planned = 0
+        self.experiment_ids: list[str] | None = None
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
-        if self.planned:
-            return []
-        self.planned = True
-        return [Probe(c.run_id, c.label, c.error, name=c.name) for c in self.chosen]
+        new: list[Probe] = []
+        while self.planned - len(results) < self.window:
+            if not self.ready:
+                if self.read_to == len(self.chosen):
+                    break
+                self.ready.extend(self._read_next())
+            new.append(self.ready.popleft())
+            self.planned += 1
+        return new
+
+    def _read_next(self) -> list[Probe]:
+        step = self.chosen[self.read_to : self.read_to + READ_BATCH]
+        self.read_to += len(step)
+        found = self._read([c.run_id for c in step if c.run_id])
+        return [self._probe(c, found.get(c.run_id or '')) for c in step]
+
+    def _read(self, run_ids: Sequence[str]) -> dict[str, Run]:
+        if self.client is None:
+            return {}
+        try:
+            if self.experiment_ids is None:
+                self.experiment_ids = active_experiment_ids(self.client)
+            return read_runs(self.client, self.experiment_ids, run_ids)
+        except Exception:  # each reproduction reads its run, and says what fails
+            return {}
+
+    @staticmethod
+    def _probe(c: Chosen, run: Run | None) -> Probe:
+        name = c.name if c.name is not None or run is None else run.info.run_name or ''
+        return Probe(c.run_id, c.label, c.error, name=name, reference=run)
+
+    def rest(self) -> list[Probe]:
+        rest = [*self.ready, *(self._probe(c, None) for c in self.chosen[self.read_to :])]
+        self.ready.clear()
+        self.read_to = len(self.chosen)
+        self.planned += len(rest)
+        return rest
+
+    def kept(self, report: Report) -> Report:
+        """Not the histories, nor the reference run's data: only what the
+        summary and the JSON print."""
+        plan = report.plan
+        if plan is not None:
+            from mlflow.entities import Run, RunData
+
+            plan = dataclasses.replace(plan, reference=Run(plan.reference.info, RunData()))
+        return dataclasses.replace(report, plan=plan, histories=None)
 
     def create_parent(self, session: Session) -> str | None:
         return create_batch_run(session)
@@ -5655,7 +5819,8 @@ def run_batch(
     session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]]
 ) -> BatchReport:
     """Reproduce every chosen run, --jobs at a time, under one parent run."""
-    return run_group(session, BatchPlanner(chosen, skipped))
+    window = max(READ_WINDOW, 2 * session.options.jobs)
+    return run_group(session, BatchPlanner(chosen, skipped, session.client, window))
 
 
 # ---------------------------------------------------------------------------

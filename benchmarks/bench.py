@@ -7,8 +7,9 @@
                                [--skip-startup] [--skip-overhead] [--skip-breakdown]
                                [--skip-histories] [--skip-compare-to] [--skip-judging]
                                [--bisect-rounds 1] [--bisect-seconds 3]
+                               [--selection-rounds 1]
                                [--skip-batch] [--skip-leftovers] [--skip-bisect]
-                               [--skip-explain] [--skip-server]
+                               [--skip-explain] [--skip-selection] [--skip-server]
 
 Every comparison runs its alternatives interleaved (A B A B ...) after one
 untimed warm-up of each, and reports medians and the ratio of the medians:
@@ -40,6 +41,9 @@ what we report, not absolute seconds from different runs.
 10. --explain: 8 packages differ between the reference's environment and the
     reproduction's, one of them moves the metric: the probes it takes and
     the wall time, with pip (and with uv when it is on the PATH).
+11. Selection: `--runs-file` of 10,000 run IDs `--dry-run` against a plain
+    get_run loop (over 1,000 of them, times 10), on a real `mlflow server`;
+    the tool's peak memory at 100 and at 10,000 selected runs.
 
 Everything runs in temporary folders that are removed at the end; every
 process started here is stopped by its ID.  Progress goes to standard error,
@@ -1460,6 +1464,121 @@ def bench_explain(notes: list[str]) -> list[Comparison]:
 
 
 # ---------------------------------------------------------------------------
+# 11. Big selections: a --dry-run over 10,000 run IDs against a server, and
+# the tool's peak memory at 100 and at 10,000 selected runs.
+
+SELECTION_RUNS = 10_000
+SMALL_SELECTION = 100
+LOOP_SAMPLE = 1_000  # IDs the get_run loop reads, scaled to SELECTION_RUNS: a loop over all
+# 10,000 outlasts PROCESS_TIMEOUT on a busy machine, and costs the same per run
+
+
+def fill_store(db: Path, repo: Path, n: int) -> list[str]:
+    """An experiment of n FINISHED project runs: one made by MLflow, the
+    others copied from it in the sqlite store directly (seconds, not an hour)."""
+    import sqlite3
+    import uuid
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f'sqlite:///{db}')
+    with contextlib.redirect_stdout(sys.stderr):
+        run = client.create_run(
+            client.create_experiment('selection'),
+            tags={
+                'mlflow.source.name': f'file://{repo}#{SAMPLE}',
+                'mlflow.source.type': 'PROJECT',
+                'mlflow.source.git.commit': subprocess.run(
+                    ('git', 'rev-parse', 'HEAD'), cwd=repo, capture_output=True, text=True
+                ).stdout.strip(),
+                'mlflow.project.entryPoint': 'main',
+            },
+        )
+        client.log_param(run.info.run_id, 'alpha', '0.1')
+        client.set_terminated(run.info.run_id)
+    template = run.info.run_id
+    ids = [template] + [uuid.uuid4().hex for _ in range(n - 1)]
+    con = sqlite3.connect(db)
+    with con:
+        for table in ('runs', 'tags', 'params'):
+            columns = [row[1] for row in con.execute(f'PRAGMA table_info({table})')]
+            renamed = {'run_uuid': '?', **({'name': '?'} if table == 'runs' else {})}
+            values = ', '.join(renamed.get(c, c) for c in columns)
+            con.executemany(
+                f'INSERT INTO {table} ({", ".join(columns)}) '
+                f'SELECT {values} FROM {table} WHERE run_uuid = ?',
+                [
+                    (new, f'selection-{i}', template) if table == 'runs' else (new, template)
+                    for i, new in enumerate(ids[1:], 1)
+                ],
+            )
+    con.close()
+    return ids
+
+
+_GET_RUN_LOOP = """
+import sys, mlflow
+c = mlflow.MlflowClient()
+for run_id in open(sys.argv[1]).read().split():
+    c.get_run(run_id)
+"""
+
+
+def bench_selection(rounds: int, notes: list[str], memory: list[Memory]) -> list[Comparison]:
+    quiet_mlflow()
+    progress(f'selection: an experiment of {SELECTION_RUNS:,} runs behind a server')
+    with tempfile.TemporaryDirectory(prefix='bench-selection-') as tmp:
+        repo = make_repo(Path(tmp) / 'repo')
+        where = Path(tmp) / 'server'
+        where.mkdir()
+        ids = fill_store(where / 'server.db', repo, SELECTION_RUNS)
+        files = {}
+        for n in (SMALL_SELECTION, LOOP_SAMPLE, SELECTION_RUNS):
+            files[n] = Path(tmp) / f'runs-{n}.txt'
+            files[n].write_text('\n'.join(ids[:n]) + '\n')
+        with mlflow_server(where) as url:
+            env = base_env(url)
+            peaks: dict[int, list[float]] = {SMALL_SELECTION: [], SELECTION_RUNS: []}
+
+            def tool(n: int) -> float:
+                elapsed, peak = run_tool(
+                    ('--runs-file', str(files[n]), '--dry-run', '--quiet', '--output', 'json'),
+                    env,
+                    Path(tmp),
+                )
+                peaks[n].append(peak)
+                return elapsed
+
+            def get_run_loop() -> float:
+                cmd = (sys.executable, '-c', _GET_RUN_LOOP, str(files[LOOP_SAMPLE]))
+                return run_timed(cmd, env, tmp)[0] * SELECTION_RUNS / LOOP_SAMPLE
+
+            progress(f'selection: {rounds} rounds of a get_run loop / --dry-run, 10,000 IDs')
+            loop_t, tool_t = interleave([get_run_loop, lambda: tool(SELECTION_RUNS)], rounds, False)
+            progress(f'selection: {rounds} rounds of --dry-run over {SMALL_SELECTION} IDs')
+            for _ in range(rounds):
+                tool(SMALL_SELECTION)
+    for n in (SMALL_SELECTION, SELECTION_RUNS):
+        memory.append(Memory('selection', f'--runs-file of {n:,} IDs --dry-run', tuple(peaks[n])))
+    comparison = Comparison(
+        'selection',
+        f'a get_run loop over {LOOP_SAMPLE:,} IDs x {SELECTION_RUNS // LOOP_SAMPLE} '
+        f'(mlflow server --workers 2)',
+        f'reproduce_run.py --runs-file ({SELECTION_RUNS:,} IDs) --dry-run',
+        tuple(loop_t),
+        tuple(tool_t),
+    )
+    small, big = (statistics.median(peaks[n]) for n in (SMALL_SELECTION, SELECTION_RUNS))
+    notes.append(
+        f'selection: a --dry-run over {SELECTION_RUNS:,} IDs takes {comparison.b_median:.1f} s, '
+        f'{comparison.ratio:.3f}x a get_run loop (goal <= 0.1 and under 30 s); peak RSS '
+        f'{small:.0f} MiB at {SMALL_SELECTION} runs and {big:.0f} MiB at {SELECTION_RUNS:,}, '
+        f'{big / small:.2f}x (goal < 1.5)'
+    )
+    return [comparison]
+
+
+# ---------------------------------------------------------------------------
 # Command line.
 
 
@@ -1561,6 +1680,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--skip-compare-to', action='store_true', help='skip --compare-to')
     parser.add_argument('--skip-judging', action='store_true', help='skip judging the large runs')
     parser.add_argument('--skip-batch', action='store_true', help='skip the batch')
+    parser.add_argument(
+        '--selection-rounds',
+        type=_positive,
+        default=1,
+        help='rounds of the 10,000-ID dry run against a get_run loop (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--skip-selection', action='store_true', help='skip the 10,000-run selection'
+    )
     parser.add_argument('--skip-explain', action='store_true', help='skip --explain')
     parser.add_argument(
         '--skip-leftovers', action='store_true', help="skip the check for dead tools' leftovers"
@@ -1627,6 +1755,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: results.extend(bench_bisect(args.bisect_rounds, args.bisect_seconds, notes)),
         ),
         (args.skip_explain, lambda: results.extend(bench_explain(notes))),
+        (
+            args.skip_selection or args.skip_server,  # it needs a server
+            lambda: results.extend(bench_selection(args.selection_rounds, notes, memory)),
+        ),
     ]
     try:
         for skipped, section in sections:

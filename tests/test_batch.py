@@ -169,7 +169,8 @@ def test_markdown_batch_report(reference, capsys):
     code, out, _ = reproduce(capsys, '--run_id', equal, equal, '--output', 'markdown')
     assert code == 0
     assert out.startswith('**Batch reproduction**: Reproduced 1 runs: 1 equal, 0 differ')
-    assert '| Reference run ' in out and f'| {equal} ' in out
+    assert '| Reference run ' not in out and f'| {equal} ' not in out  # only runs not equal
+    assert '\nNot listed: 1 run that came back equal (--output json lists every run)\n' in out
     assert out.endswith('\nRuns equal: True\n')
 
 

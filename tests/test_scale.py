@@ -1,0 +1,247 @@
+"""Big selections (issue 19): thousands of reference runs are read in a few
+searches, planned as the earlier ones end, kept small once judged, and the
+table lists only the runs that did not come back equal."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import git, start_mlflow_server, stop
+from proxy import proxy_in_front_of
+from test_reproduce_run import reproduce
+
+import reproduce_run as rr
+from reproduce_run import Chosen, Probe, Report
+
+A, B, C = 'a' * 32, 'b' * 32, 'c' * 32
+
+
+# --- planning: a batch plans a window of probes ahead of its results --------
+
+
+def report(run_id, status='equal', **fields):
+    return Report(
+        status=status, exit_code=rr.STATUS_EXIT_CODES[status], reference_run_id=run_id, **fields
+    )
+
+
+@pytest.mark.parametrize(
+    ('window', 'ended', 'planned'),
+    [
+        pytest.param(2, [0], [[A, B], [], [C]], id='one-more-as-each-ends'),
+        pytest.param(2, [0, 0], [[A, B], [], [], [C]], id='nothing-while-the-window-is-full'),
+        pytest.param(5, [], [[A, B, C]], id='a-window-wider-than-the-list'),
+        pytest.param(1, [1, 1], [[A], [B], [C]], id='one-at-a-time'),
+    ],
+)
+def test_a_batch_plans_a_window_ahead_of_its_results(window, ended, planned):
+    """ended[i]: how many probes end before the planner is asked again."""
+    planner = rr.BatchPlanner([Chosen(A), Chosen(B), Chosen(C)], [], window=window)
+    assert planner.total == 3
+    results: list = []
+    asked = [[p.run_id for p in planner.next_probes(results)]]
+    probes = [Probe(r) for r in asked[0]]
+    for n in [*ended, 1, 1, 1]:
+        for _ in range(n):
+            if len(results) < len(probes):
+                probe = probes[len(results)]
+                results.append((probe, report(probe.run_id)))
+        new = planner.next_probes(results)
+        probes += new
+        asked.append([p.run_id for p in new])
+    assert [step for step in asked if step] == [step for step in planned if step]
+    assert asked[: len(planned)] == planned
+    assert planner.next_probes(results) == []
+
+
+def test_after_a_signal_the_rest_of_a_batch_is_planned_to_be_reported_not_started():
+    planner = rr.BatchPlanner([Chosen(A), Chosen(B), Chosen(C)], [], window=1)
+    assert [p.run_id for p in planner.next_probes([])] == [A]
+    assert [p.run_id for p in planner.rest()] == [B, C]
+    assert planner.rest() == []
+
+
+def test_a_batch_keeps_no_histories_nor_the_reference_runs_data(tmp_path):
+    import mlflow
+
+    c = mlflow.MlflowClient(f'sqlite:///{tmp_path / "m.db"}')
+    run = c.create_run('0', tags={'big': 'x' * 5000})
+    c.log_param(run.info.run_id, 'alpha', '0.1')
+    run = c.get_run(run.info.run_id)
+    source = rr.Source('file:///repo', '', 'abc')
+    plan = rr.Plan(run, source, '/tmp/p', 'main', 'local', 'e', rr.Params({}, {}), {}, 'true')
+    kept = rr.BatchPlanner([], []).kept(report(A, plan=plan, histories=({'m': []}, {'m': []})))
+    assert kept.histories is None
+    assert kept.plan.reference.info == run.info
+    assert kept.plan.reference.data.tags == {} and kept.plan.reference.data.params == {}
+    assert kept.reference_status == 'RUNNING'
+    assert rr.report_json(kept) == rr.report_json(report(A, plan=plan))
+
+
+# --- the report lists the runs that did not come back equal ----------------
+
+
+def batch(*statuses, dry_run=False):
+    ids = [f'{i:032x}' for i in range(len(statuses))]
+    return rr.BatchReport(
+        tuple(
+            report(i, s, reference_run_name=f'name-{n}')
+            for n, (i, s) in enumerate(zip(ids, statuses, strict=True))
+        ),
+        dry_run=dry_run,
+    ), ids
+
+
+def table_ids(text: str) -> list[str]:
+    return [line.split('|')[1].strip() for line in text.splitlines() if line.startswith('| 0')]
+
+
+@pytest.mark.parametrize(
+    ('statuses', 'listed', 'unlisted'),
+    [
+        pytest.param(
+            ['equal', 'differ', 'equal', 'error'],
+            [1, 3],
+            'Not listed: 2 runs that came back equal (--output json lists every run)',
+            id='mixed',
+        ),
+        pytest.param(
+            ['equal'] * 3,
+            [],
+            'Not listed: 3 runs that came back equal (--output json lists every run)',
+            id='all-equal',
+        ),
+        pytest.param(['failed', 'differ'], [0, 1], None, id='none-equal'),
+    ],
+)
+def test_the_table_lists_only_the_runs_that_did_not_come_back_equal(statuses, listed, unlisted):
+    b, ids = batch(*statuses)
+    for text in (rr.format_batch_text(b), rr.format_batch_markdown(b)):
+        assert table_ids(text) == [ids[i] for i in listed]
+        assert (unlisted in text.splitlines()) if unlisted else 'Not listed' not in text
+        assert ('| Reference run' in text) == bool(listed)
+    markdown = rr.format_batch_markdown(b).splitlines()
+    if unlisted and listed:  # a blank line ends the Markdown table before it
+        assert markdown[markdown.index(unlisted) - 1] == ''
+    assert [r['reference_run_id'] for r in rr.batch_json(b)['runs']] == ids  # JSON lists all
+
+
+@pytest.mark.parametrize(
+    'statuses',
+    [
+        pytest.param(['equal', 'differ', 'error', 'planned'], id='several'),
+        pytest.param([], id='none'),
+    ],
+)
+def test_the_json_of_a_batch_is_dumped_run_by_run_as_one_document(statuses):
+    b, _ = batch(*statuses)
+    b = rr.BatchReport(
+        tuple(dataclasses.replace(r, message='line 1\nline "2"') for r in b.reports),
+        skipped=({'run_id': C, 'reason': 'why'},),
+    )
+    assert rr.format_batch_json(b) == json.dumps(rr.batch_json(b), indent=2, allow_nan=False)
+    assert json.loads(rr.format_batch_json(b))['summary']['total'] == len(statuses)
+
+
+# --- thousands of runs, against a real server --------------------------------
+
+
+def fill_store(db: Path, samples_repo: Path, name: str, n: int) -> list[str]:
+    """An experiment of n FINISHED project runs: one made by MLflow, the
+    others copied from it in the sqlite store directly, each with its own
+    ID and name (a few seconds, where MLflow takes minutes)."""
+    import mlflow
+
+    c = mlflow.MlflowClient(f'sqlite:///{db}')
+    run = c.create_run(
+        c.create_experiment(name),
+        tags={
+            'mlflow.source.name': f'file://{samples_repo}#sklearn_regression',
+            'mlflow.source.type': 'PROJECT',
+            'mlflow.source.git.commit': git('rev-parse', 'HEAD', cwd=samples_repo),
+            'mlflow.project.entryPoint': 'main',
+        },
+    )
+    c.log_param(run.info.run_id, 'alpha', '0.1')
+    c.set_terminated(run.info.run_id)
+    template = run.info.run_id
+    ids = [template] + [uuid.uuid4().hex for _ in range(n - 1)]
+    con = sqlite3.connect(db)
+    with con:
+        for table in ('runs', 'tags', 'params'):
+            columns = [row[1] for row in con.execute(f'PRAGMA table_info({table})')]
+            renamed = {'run_uuid': '?', **({'name': '?'} if table == 'runs' else {})}
+            values = ', '.join(renamed.get(c, c) for c in columns)
+            con.executemany(
+                f'INSERT INTO {table} ({", ".join(columns)}) '
+                f'SELECT {values} FROM {table} WHERE run_uuid = ?',
+                [
+                    (new, f'scale-{i}', template) if table == 'runs' else (new, template)
+                    for i, new in enumerate(ids[1:], 1)
+                ],
+            )
+    con.close()
+    return ids
+
+
+@pytest.fixture(scope='module')
+def big_server(tmp_path_factory, samples_repo):
+    """A real `mlflow server` over an experiment of 10,000 runs."""
+    where = tmp_path_factory.mktemp('big')
+    ids = fill_store(where / 'server.db', samples_repo, 'scale', 10_000)
+    server = start_mlflow_server(where)
+    yield server.url, ids
+    stop(server.proc)
+
+
+@pytest.mark.slow
+def test_a_dry_run_of_ten_thousand_ids_reads_them_in_a_few_searches(
+    big_server, capsys, tmp_path, monkeypatch
+):
+    url, ids = big_server
+    runs_file = tmp_path / 'runs.txt'
+    runs_file.write_text('\n'.join(ids) + '\n')
+    with proxy_in_front_of(url) as proxy:
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', proxy.url)
+        code, out, err = reproduce(
+            capsys, '--runs-file', str(runs_file), '--dry-run', '--output', 'json'
+        )
+        requests = list(proxy.seen)
+    doc = json.loads(out)
+    assert code == doc['exit_code'] == 0, err
+    assert doc['summary']['planned'] == doc['summary']['total'] == 10_000
+    assert [r['reference_run_id'] for r in doc['runs']] == ids  # in the order given
+    assert {r['status'] for r in doc['runs']} == {'planned'}
+    assert doc['runs'][5]['params']['passed'] == {'alpha': '0.1'}
+    # Not a request per run: a search per 500, and no get_run at all.
+    assert not [r for r in requests if 'runs/get' in r]
+    searches = [r for r in requests if 'runs/search' in r]
+    assert len(searches) == 10_000 // rr.READ_BATCH
+    assert len(requests) < 50, requests
+    progress = [line for line in err.splitlines() if line.startswith('[')]
+    assert f'[10000/10000] {ids[-1]} (scale-9999) planned in 0 s' in progress
+    assert not any(line.startswith('Traceback') for line in err.splitlines())
+
+
+@pytest.mark.slow
+def test_an_experiment_of_five_thousand_runs_is_searched_and_planned(
+    big_server, capsys, monkeypatch
+):
+    url, ids = big_server
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', url)
+    code, out, err = reproduce(
+        capsys, '--from-experiment', 'scale', '--max-runs', '5000', '--dry-run', '--quiet'
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == 'Dry run: nothing was run and no run was created.'
+    assert lines[-1] == 'Planned: 5000 runs'
+    planned = [line for line in lines if line.startswith('| ') and ' planned ' in line]
+    assert len(planned) == 5000
+    assert len({line.split('|')[1].strip() for line in planned}) == 5000
+    assert {line.split('|')[1].strip() for line in planned} <= set(ids)
