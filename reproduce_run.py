@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-__version__ = '0.6.0'
+__version__ = '0.7.0'
 
 # Exit codes: the contract with cron jobs and CI.
 EXIT_EQUAL = 0
