@@ -4,6 +4,7 @@ repository whose commits change a tiny project's metric."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from reproduce_run import (
     GOOD,
     NOT_REPRODUCED,
     SKIP,
+    Bisections,
     BisectReport,
     CommitInfo,
     Finding,
@@ -30,8 +32,12 @@ from reproduce_run import (
     Rules,
     commit_outcome,
     finding,
+    junit_cases,
     main,
     next_commits,
+    render_bisect,
+    render_bisections,
+    summary_line,
 )
 
 # --- the search: pure functions -----------------------------------------------
@@ -612,3 +618,64 @@ def test_a_bisection_goes_to_junit_and_the_step_summary(linear, capsys, tmp_path
     assert all(case.is_passed for case in suite)
     text = summary.read_text()
     assert text.startswith(f'**Bisection of run {ref}**: equal')
+
+
+# --- several references, each bisected on its own ----------------------------
+
+
+_ERROR = Report(status='error', exit_code=2, reference_run_id='gone', message='run gone not found')
+_NOT_STARTED = Report(
+    status='terminated', exit_code=143, reference_run_id='s', message='not started'
+)
+
+
+@pytest.mark.parametrize(
+    ('entries', 'status', 'code'),
+    [
+        pytest.param(({0: GOOD, 12: GOOD}, {0: GOOD, 12: GOOD}), 'equal', 0, id='all-equal'),
+        pytest.param(
+            ({0: GOOD, 12: BAD, 7: GOOD, 8: BAD}, {0: GOOD, 12: GOOD}), 'differ', 1, id='one-found'
+        ),
+        pytest.param(
+            ({0: SKIP}, {0: GOOD, 12: BAD, 7: GOOD, 8: BAD}), 'failed', 3, id='failed-over-differ'
+        ),
+        pytest.param(({0: GOOD, 12: GOOD}, _ERROR), 'error', 2, id='an-error-entry'),
+        pytest.param(({0: GOOD, 12: GOOD}, _NOT_STARTED), 'terminated', 143, id='signal-first'),
+    ],
+)
+def test_the_exit_code_of_several_bisections_is_the_worst(entries, status, code):
+    bisections = Bisections(tuple(e if isinstance(e, Report) else _bisect(e) for e in entries))
+    assert (bisections.status, bisections.exit_code) == (status, code)
+
+
+def test_several_bisections_in_table_markdown_and_junit():
+    found = _bisect({0: GOOD, 12: BAD, 7: GOOD, 8: BAD})
+    calm = dataclasses.replace(_bisect({0: GOOD, 12: GOOD}), reference_run_id='calm')
+    bisections = Bisections((found, calm, _ERROR))
+    text = render_bisections(bisections, 'table')
+    assert text == '\n\n'.join(
+        [
+            render_bisect(found, 'table'),
+            render_bisect(calm, 'table'),
+            'Reference run:  gone (error: run gone not found)',
+            f'First changed commit of r: {found.path[8].commit}\n'
+            'First changed commit of calm: none\n'
+            'First changed commit of gone: none',
+        ]
+    )
+    markdown = render_bisections(bisections, 'markdown')
+    assert markdown.startswith(render_bisect(found, 'markdown') + '\n\n')
+    assert markdown.endswith(
+        f'First changed commit of r: {found.path[8].commit}\n\n'
+        'First changed commit of calm: none\n\nFirst changed commit of gone: none'
+    )
+    cases = junit_cases(bisections)  # each probe's testcase, then the error's
+    assert [c.name for c in cases] == [
+        *(c.name for c in junit_cases(found)),
+        *(c.name for c in junit_cases(calm)),
+        'gone',
+    ]
+    assert cases[-1].result == 'error' and cases[-1].message == 'run gone not found'
+    line = summary_line(bisections, 'exp')
+    assert 'bisections of 3 runs (first changed commits: r: ' in line
+    assert line.endswith('worst: error (exit 2)')
