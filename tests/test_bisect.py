@@ -679,3 +679,131 @@ def test_several_bisections_in_table_markdown_and_junit():
     line = summary_line(bisections, 'exp')
     assert 'bisections of 3 runs (first changed commits: r: ' in line
     assert line.endswith('worst: error (exit 2)')
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_each_reference_of_a_batch_is_bisected_on_its_own(linear, tmp_path, store, capsys):
+    """Two references: the change of one is found, nothing changed for the
+    other; each has its own parent run, and the exit code is the worst."""
+    repo, commits, ref = linear
+    calm_repo, calm_first = build_repo(tmp_path, TINY)
+    calm = mlflow_run(str(calm_repo / 'tiny'), store)
+    calm_commits = [calm_first, *add_commits(calm_repo, 2, change_at=0)]
+    name = f'bisect-{tmp_path.name}'
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, calm, '--bisect', '--experiment-name', name, '--output', 'json'
+    )
+    assert code == 1, err
+    doc = json.loads(out)
+    assert set(doc) == {'bisections', 'exit_code'} and doc['exit_code'] == 1
+    found, unchanged = doc['bisections']
+    assert (found['status'], found['exit_code']) == ('differ', 1)
+    assert found['bisect']['reference_run_id'] == ref
+    assert found['bisect']['first_changed_commit'] == commits[8]
+    assert (unchanged['status'], unchanged['exit_code']) == ('equal', 0)
+    assert unchanged['bisect']['reference_run_id'] == calm
+    assert unchanged['bisect']['first_changed_commit'] is None
+    assert unchanged['bisect']['target_commit'] == calm_commits[-1]
+    assert [p['commit'] for p in unchanged['bisect']['probes']] == [
+        calm_commits[0],
+        calm_commits[-1],
+    ]
+    # each bisection's own parent run, its probes nested under it
+    runs = experiment_runs(name)
+    parents = {
+        r.data.tags['reproduce.reference_run_id']: r
+        for r in runs
+        if r.data.tags.get('reproduce.bisect') == 'true'
+    }
+    assert set(parents) == {ref, calm}
+    for bisection in (found, unchanged):
+        parent = parents[bisection['bisect']['reference_run_id']]
+        assert parent.info.run_id == bisection['bisect']['run_id']
+        assert parent.info.status == 'FINISHED'
+        assert parent.data.tags['reproduce.first_changed_commit'] == (
+            bisection['bisect']['first_changed_commit'] or 'none'
+        )
+        nested = [
+            r.info.run_id
+            for r in runs
+            if r.data.tags.get('mlflow.parentRunId') == parent.info.run_id
+        ]
+        assert sorted(nested) == sorted(
+            p['reproduced_run_id'] for p in bisection['bisect']['probes']
+        )
+    assert client().get_run(calm).info.status == 'FINISHED'  # the references are only read
+
+
+@pytest.mark.slow
+def test_a_reference_that_cannot_be_resolved_is_an_error_entry(linear, tmp_path, capsys):
+    """The others are still bisected; the table ends with each reference's finding."""
+    repo, commits, ref = linear
+    code, out, err = reproduce(
+        capsys,
+        '--run_id',
+        'no-such-run',
+        ref,
+        '--bisect',
+        commits[5],
+        '--experiment-name',
+        tmp_path.name,
+    )
+    assert code == 2, err
+    assert 'reproduce_run: error: ' in err and 'no-such-run' in err
+    lines = out.splitlines()
+    assert lines[-2:] == [
+        'First changed commit of no-such-run: none',
+        f'First changed commit of {ref}: none',
+    ]
+    assert lines[0].startswith('Reference run:  no-such-run (error: ')
+    assert 'Nothing between the reference commit and the target changed the metrics.' in lines
+    runs = experiment_runs(tmp_path.name)
+    assert [
+        r.data.tags['reproduce.reference_run_id']
+        for r in runs
+        if r.data.tags.get('reproduce.bisect')
+    ] == [ref]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_current_bisection_and_starts_no_further_one(linear, tmp_path, store):
+    repo, commits, ref = linear
+    calm_repo, _ = build_repo(tmp_path, TINY)
+    calm = mlflow_run(str(calm_repo / 'tiny'), store)
+    add_commits(calm_repo, 2, change_at=0)
+    name = f'sigterm-{tmp_path.name}'
+    argv = ('--run_id', ref, calm, '--bisect', '--experiment-name', name, '--output', 'json')
+    proc = subprocess.Popen(
+        (sys.executable, str(SCRIPT), *argv),
+        env={**os.environ, 'BISECT_TEST_SLEEP': '60'},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+
+        def target_probe_running():
+            return any(
+                r.data.tags.get('mlflow.source.git.commit') == commits[12]
+                for r in experiment_runs_or_empty(name)
+            )
+
+        wait_for(target_probe_running, 90, 'the probe of the target to start')
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    doc = json.loads(out)
+    assert proc.returncode == doc['exit_code'] == 143, err
+    assert err.rstrip().endswith(': terminated')
+    stopped, not_started = doc['bisections']
+    assert stopped['bisect']['reason'] == 'terminated by a signal'
+    assert (not_started['reference_run_id'], not_started['status']) == (calm, 'terminated')
+    assert not_started['message'] == 'not started'
+    runs = experiment_runs(name)
+    parents = [r for r in runs if r.data.tags.get('reproduce.bisect') == 'true']
+    assert [p.data.tags['reproduce.reference_run_id'] for p in parents] == [ref]
+    assert parents[0].info.status == 'KILLED'
+    assert not [r for r in runs if r.info.status == 'RUNNING']
