@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import SCRIPT, git, mlflow_run
 from test_batch import experiment_runs, experiment_runs_or_empty
+from test_docs import JSON_DOC, first_spans, section, tables
 from test_reproduce_run import client, reproduce, wait_for
 
 from reproduce_run import (
@@ -696,7 +697,9 @@ def test_each_reference_of_a_batch_is_bisected_on_its_own(linear, tmp_path, stor
     )
     assert code == 1, err
     doc = json.loads(out)
-    assert set(doc) == {'bisections', 'exit_code'} and doc['exit_code'] == 1
+    documented = tables(section(JSON_DOC, 'The bisect document'))[1]
+    assert first_spans(documented) == list(doc) == ['bisections', 'exit_code']
+    assert doc['exit_code'] == 1
     found, unchanged = doc['bisections']
     assert (found['status'], found['exit_code']) == ('differ', 1)
     assert found['bisect']['reference_run_id'] == ref
@@ -737,13 +740,15 @@ def test_each_reference_of_a_batch_is_bisected_on_its_own(linear, tmp_path, stor
 
 @pytest.mark.slow
 def test_a_reference_that_cannot_be_resolved_is_an_error_entry(linear, tmp_path, capsys):
-    """The others are still bisected; the table ends with each reference's finding."""
+    """Chosen by --runs-file: the others are still bisected; the table ends
+    with each reference's finding."""
     repo, commits, ref = linear
+    runs_file = tmp_path / 'runs.txt'
+    runs_file.write_text(f'no-such-run\n{ref}\n')
     code, out, err = reproduce(
         capsys,
-        '--run_id',
-        'no-such-run',
-        ref,
+        '--runs-file',
+        str(runs_file),
         '--bisect',
         commits[5],
         '--experiment-name',
