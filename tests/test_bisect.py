@@ -38,6 +38,7 @@ from reproduce_run import (
     next_commits,
     render_bisect,
     render_bisections,
+    run_links,
     summary_line,
 )
 
@@ -650,8 +651,8 @@ def test_the_exit_code_of_several_bisections_is_the_worst(entries, status, code)
 
 
 def test_several_bisections_in_table_markdown_and_junit():
-    found = _bisect({0: GOOD, 12: BAD, 7: GOOD, 8: BAD})
-    calm = dataclasses.replace(_bisect({0: GOOD, 12: GOOD}), reference_run_id='calm')
+    found = dataclasses.replace(_bisect({0: GOOD, 12: BAD, 7: GOOD, 8: BAD}), run_id='p1')
+    calm = dataclasses.replace(_bisect({0: GOOD, 12: GOOD}), reference_run_id='calm', run_id='p2')
     bisections = Bisections((found, calm, _ERROR))
     text = render_bisections(bisections, 'table')
     assert text == '\n\n'.join(
@@ -680,6 +681,7 @@ def test_several_bisections_in_table_markdown_and_junit():
     line = summary_line(bisections, 'exp')
     assert 'bisections of 3 runs (first changed commits: r: ' in line
     assert line.endswith('worst: error (exit 2)')
+    assert run_links(bisections, None)[:2] == ['- parent run: p1', '- parent run: p2']
 
 
 @pytest.mark.slow
