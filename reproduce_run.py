@@ -6519,6 +6519,73 @@ def render_bisect(bisect: BisectReport, output: str) -> str | None:
     return format_bisect_text(bisect)
 
 
+# Several references (a batch, several --model): each is bisected on its own,
+# one after another, each under its own parent run.
+
+
+@dataclasses.dataclass(frozen=True)
+class Bisections:
+    """The bisection of each reference chosen, in order; a reference that
+    could not be bisected, or that a signal kept from starting, is a Report
+    that says why."""
+
+    entries: tuple[BisectReport | Report, ...]
+
+    @property
+    def status(self) -> str:
+        found = {e.status for e in self.entries}
+        return next((s for s in STATUS_PRECEDENCE if s in found), 'equal')
+
+    @property
+    def exit_code(self) -> int:
+        return fold_exit_code(e.status for e in self.entries)
+
+    @property
+    def stopped(self) -> str | None:
+        return next((e.status for e in self.entries if e.status in SIGNAL_STATUSES), None)
+
+
+def first_changed_of(entry: BisectReport | Report) -> str:
+    found = entry.first_changed_commit if isinstance(entry, BisectReport) else None
+    return found or 'none'
+
+
+def first_changed_lines(bisections: Bisections) -> list[str]:
+    """One line per reference: its first changed commit, or none."""
+    return [
+        f'First changed commit of {e.reference_run_id}: {first_changed_of(e)}'
+        for e in bisections.entries
+    ]
+
+
+def _entry_text(entry: BisectReport | Report, output: str) -> str:
+    if isinstance(entry, BisectReport):
+        return render_bisect(entry, output) or ''
+    if output == 'markdown':
+        return format_markdown(entry)
+    return f'Reference run:  {entry.reference_run_id} ({entry.status}: {entry.message})'
+
+
+def format_bisections_markdown(bisections: Bisections) -> str:
+    parts = [_entry_text(e, 'markdown') for e in bisections.entries]
+    return '\n\n'.join([*parts, *first_changed_lines(bisections)])
+
+
+def render_bisections(bisections: Bisections, output: str) -> str:
+    """Each bisection's report in turn, then each reference's first changed commit."""
+    if output == 'json':
+        documents = [
+            bisect_json(e) if isinstance(e, BisectReport) else report_json(e)
+            for e in bisections.entries
+        ]
+        doc = {'bisections': documents, 'exit_code': bisections.exit_code}
+        return json.dumps(doc, indent=2, allow_nan=False)
+    if output == 'markdown':
+        return format_bisections_markdown(bisections)
+    parts = [_entry_text(e, output) for e in bisections.entries]
+    return '\n\n'.join([*parts, '\n'.join(first_changed_lines(bisections))])
+
+
 # ---------------------------------------------------------------------------
 # Explain: when a reproduction differs, more reproductions (probes) run with
 # the environment's differences undone, and delta debugging finds which
@@ -6928,10 +6995,11 @@ def explain_batch(session: Session, batch: BatchReport) -> BatchReport:
 # ---------------------------------------------------------------------------
 # CI and on-call: the outcome, once reported, also goes to a JUnit XML file,
 # the GitHub Actions job summary and chat webhooks.  Each takes a Report or
-# any group's BatchReport (or a BisectReport: one testcase per probe), so a
-# new mode gets them all by returning its reports.
+# any group's BatchReport (or a BisectReport: one testcase per probe; or the
+# Bisections of several references), so a new mode gets them all by returning
+# its reports.
 
-Outcome = Report | BatchReport | BisectReport  # what an invocation ends with
+Outcome = Report | BatchReport | BisectReport | Bisections  # what an invocation ends with
 
 JUNIT_SUITE = 'reproduce_run'  # the one <testsuite>'s name
 SHORT_ID_CHARS = 8  # of a run ID, in a testcase's name
@@ -7048,6 +7116,8 @@ def junit_cases(outcome: Outcome) -> list[Case]:
             dataclasses.replace(c, name=f'{c.name} at {outcome.path[i].commit[:SHORT_ID_CHARS]}')
             for i, c in ((i, report_case(r)) for i, r in outcome.probes)
         ]
+    if isinstance(outcome, Bisections):  # each bisection's, in turn
+        return [c for e in outcome.entries for c in junit_cases(e)]
     if outcome.message:  # it could not start
         return [Case(JUNIT_SUITE, 0.0, 'error', outcome.message)]
     by_reference: dict[str, list[Report]] = {}
@@ -7128,6 +7198,8 @@ def outcome_markdown(outcome: Outcome) -> str:
         return format_markdown(outcome)
     if isinstance(outcome, BisectReport):
         return format_bisect_markdown(outcome)
+    if isinstance(outcome, Bisections):
+        return format_bisections_markdown(outcome)
     if outcome.message:
         return f'**reproduce_run**: error\n\n> {outcome.message}'
     return format_batch_markdown(outcome)
@@ -7136,6 +7208,8 @@ def outcome_markdown(outcome: Outcome) -> str:
 def _reports(outcome: Outcome) -> tuple[Report, ...]:
     if isinstance(outcome, BisectReport):
         return tuple(r for _, r in outcome.probes)
+    if isinstance(outcome, Bisections):
+        return tuple(r for e in outcome.entries for r in _reports(e))
     return (outcome,) if isinstance(outcome, Report) else outcome.reports
 
 
@@ -7149,6 +7223,9 @@ def summary_line(outcome: Outcome, experiment: str) -> str:
     elif isinstance(outcome, BisectReport):
         found = outcome.first_changed_commit or 'none'
         what = f'a bisection of run {outcome.reference_run_id} (first changed commit: {found})'
+    elif isinstance(outcome, Bisections):
+        found = ', '.join(f'{e.reference_run_id}: {first_changed_of(e)}' for e in outcome.entries)
+        what = f'bisections of {len(outcome.entries)} runs (first changed commits: {found})'
     else:
         references = len({r.reference_run_id for r in reports})
         what = f'{references} run' + ('' if references == 1 else 's')
@@ -7160,7 +7237,7 @@ def summary_line(outcome: Outcome, experiment: str) -> str:
     stopped = sum(counts[s] for s in SIGNAL_STATUSES)
     shown += [f'{stopped} stopped by a signal'] if stopped else []
     worst = next((s for s in STATUS_PRECEDENCE if counts[s]), 'equal')
-    worst = outcome.status if isinstance(outcome, BisectReport) else worst
+    worst = outcome.status if isinstance(outcome, (BisectReport, Bisections)) else worst
     return (
         f'reproduce_run on {socket.gethostname()}: {what} reproduced into experiment '
         f'{experiment!r}: {", ".join(shown)}; worst: {worst} (exit {outcome.exit_code})'
@@ -7186,10 +7263,11 @@ def run_links(outcome: Outcome, ui: str | None) -> list[str]:
         return f'{ui}/#/runs/{run_id}' if ui else run_id
 
     lines = []
-    parent = outcome.run_id if isinstance(outcome, BisectReport) else None
-    parent = outcome.batch_run_id if isinstance(outcome, BatchReport) else parent
-    if parent:
-        lines.append(f'- parent run: {run(parent)}')
+    parents = [outcome.run_id] if isinstance(outcome, BisectReport) else []
+    parents = [outcome.batch_run_id] if isinstance(outcome, BatchReport) else parents
+    if isinstance(outcome, Bisections):  # each bisection's
+        parents = [e.run_id for e in outcome.entries if isinstance(e, BisectReport)]
+    lines += [f'- parent run: {run(parent)}' for parent in parents if parent]
     shown = [r for r in _reports(outcome) if r.status not in ('equal', 'planned')]
     for r in shown[:NOTIFY_LINKS]:
         new = f', reproduced run {run(r.reproduced_run_id)}' if r.reproduced_run_id else ''
@@ -7505,16 +7583,49 @@ def run_in_worker(session: Session, work: Callable[[], Any]) -> Any:
         return future.result()
 
 
-def bisect_chosen(session: Session, selection: Selection) -> BisectReport:
-    """--bisect of the one reference run chosen."""
+def bisect_chosen(session: Session, selection: Selection) -> BisectReport | Bisections:
+    """--bisect of each reference run chosen, one after another; of one, its
+    bisection alone."""
     chosen, _ = select_runs(
         session.client, selection, session.options.uri is not None, session.tracking_uri
     )
-    if len(chosen) != 1:
-        raise ReproduceError(f'--bisect takes one reference run, {len(chosen)} were chosen')
-    if chosen[0].run_id is None:
-        raise ReproduceError(chosen[0].error or f'{chosen[0].label} cannot be reproduced')
-    return run_bisect(session, chosen[0].run_id, selection.bisect or '', selection.repeat)
+    target, repeat = selection.bisect or '', selection.repeat
+    if not chosen:
+        raise ReproduceError('--bisect: no reference run was chosen')
+    if len(chosen) == 1:
+        if chosen[0].run_id is None:
+            raise ReproduceError(chosen[0].error or f'{chosen[0].label} cannot be reproduced')
+        return run_bisect(session, chosen[0].run_id, target, repeat)
+    return Bisections(tuple(bisect_reference(session, c, target, repeat) for c in chosen))
+
+
+def bisect_reference(
+    session: Session, chosen: Chosen, target: str, repeat: int
+) -> BisectReport | Report:
+    """One reference's bisection; after a signal, none (not started); one
+    that cannot start is an error entry, and the next reference goes on."""
+    label = chosen.run_id or chosen.label
+    model = label if label.startswith('models:') else None
+    if session.stop.event.is_set():
+        status = session.stop.status
+        return Report(
+            status,
+            STATUS_EXIT_CODES[status],
+            label,
+            message=NOT_STARTED,
+            model=model,
+            rules=session.options.rules,
+        )
+    try:
+        if chosen.run_id is None:
+            raise ReproduceError(chosen.error or f'{chosen.label} cannot be reproduced')
+        return run_bisect(session, chosen.run_id, target, repeat)
+    except ReproduceError as e:
+        message = mask_credentials(str(e))
+        print(f'{program_name()}: error: {message}', file=sys.stderr, flush=True)
+        return Report(
+            'error', e.exit_code, label, message=message, model=model, rules=session.options.rules
+        )
 
 
 def invoke(
@@ -7523,7 +7634,7 @@ def invoke(
     compare_to_id: str | None,
     stop: Stop,
     left_open: list[LeftOpen],
-) -> Report | BatchReport | BisectReport:
+) -> Report | BatchReport | BisectReport | Bisections:
     """Settings for the tool's own requests, the tracking server checked, then
     one run, a comparison, or a batch; every process the tool started is gone
     and the temporary folder removed when it returns."""
@@ -8047,10 +8158,10 @@ def _error_outcome(
     )
 
 
-def _stderr_lines(outcome: Report | BatchReport | BisectReport) -> list[str]:
+def _stderr_lines(outcome: Report | BatchReport | BisectReport | Bisections) -> list[str]:
     """The one-line error, or the signal, that ends standard error."""
     name = program_name()
-    if isinstance(outcome, BisectReport):
+    if isinstance(outcome, (BisectReport, Bisections)):
         return [f'{name}: {outcome.stopped}'] if outcome.stopped else []
     if isinstance(outcome, BatchReport):
         if outcome.message:
@@ -8091,6 +8202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, file=sys.stderr)
     if isinstance(outcome, BisectReport):
         text: str | None = render_bisect(outcome, args.output)
+    elif isinstance(outcome, Bisections):
+        text = render_bisections(outcome, args.output)
     elif isinstance(outcome, BatchReport):
         text = render_batch(outcome, args.output, args.verbose)
     else:

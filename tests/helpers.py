@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import SCRIPT, client, git
+from conftest import ROOT, SCRIPT, client, git
 
 import reproduce_run
 from reproduce_run import Tolerance, main
@@ -23,6 +23,7 @@ from reproduce_run import Tolerance, main
 NAN, INF = math.nan, math.inf
 TIGHT = Tolerance(rtol=1e-9, atol=0.0)
 _CODE_SPAN_RE = re.compile(r'`([^`]+)`')  # a Markdown code span
+JSON_DOC = ROOT / 'docs' / 'json.md'
 
 
 def reproduce(capsys, *argv: str) -> tuple[int, str, str]:

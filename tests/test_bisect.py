@@ -4,6 +4,7 @@ repository whose commits change a tiny project's metric."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,13 +16,24 @@ from pathlib import Path
 
 import pytest
 from conftest import SCRIPT, git, mlflow_run
-from helpers import client, experiment_runs, experiment_runs_or_empty, reproduce, wait_for
+from helpers import (
+    JSON_DOC,
+    client,
+    experiment_runs,
+    experiment_runs_or_empty,
+    first_spans,
+    reproduce,
+    section,
+    tables,
+    wait_for,
+)
 
 from reproduce_run import (
     BAD,
     GOOD,
     NOT_REPRODUCED,
     SKIP,
+    Bisections,
     BisectReport,
     CommitInfo,
     Finding,
@@ -29,8 +41,13 @@ from reproduce_run import (
     Rules,
     commit_outcome,
     finding,
+    junit_cases,
     main,
     next_commits,
+    render_bisect,
+    render_bisections,
+    run_links,
+    summary_line,
 )
 
 # --- the search: pure functions -----------------------------------------------
@@ -470,7 +487,7 @@ def test_sigterm_mid_bisection_kills_the_parent_and_leaves_nothing_running(linea
         proc.kill()
     doc = json.loads(out)
     assert proc.returncode == doc['exit_code'] == 143, err
-    assert err.rstrip().endswith('reproduce_run: terminated')
+    assert err.rstrip().endswith('reproduce_run.py: terminated')
     assert doc['bisect']['reason'] == 'terminated by a signal'
     parent, probes = bisect_runs(name)
     assert parent.info.status == 'KILLED'
@@ -611,3 +628,197 @@ def test_a_bisection_goes_to_junit_and_the_step_summary(linear, capsys, tmp_path
     assert all(case.is_passed for case in suite)
     text = summary.read_text()
     assert text.startswith(f'**Bisection of run {ref}**: equal')
+
+
+# --- several references, each bisected on its own ----------------------------
+
+
+_ERROR = Report(status='error', exit_code=2, reference_run_id='gone', message='run gone not found')
+_NOT_STARTED = Report(
+    status='terminated', exit_code=143, reference_run_id='s', message='not started'
+)
+
+
+@pytest.mark.parametrize(
+    ('entries', 'status', 'code'),
+    [
+        pytest.param(({0: GOOD, 12: GOOD}, {0: GOOD, 12: GOOD}), 'equal', 0, id='all-equal'),
+        pytest.param(
+            ({0: GOOD, 12: BAD, 7: GOOD, 8: BAD}, {0: GOOD, 12: GOOD}), 'differ', 1, id='one-found'
+        ),
+        pytest.param(
+            ({0: SKIP}, {0: GOOD, 12: BAD, 7: GOOD, 8: BAD}), 'failed', 3, id='failed-over-differ'
+        ),
+        pytest.param(({0: GOOD, 12: GOOD}, _ERROR), 'error', 2, id='an-error-entry'),
+        pytest.param(({0: GOOD, 12: GOOD}, _NOT_STARTED), 'terminated', 143, id='signal-first'),
+    ],
+)
+def test_the_exit_code_of_several_bisections_is_the_worst(entries, status, code):
+    bisections = Bisections(tuple(e if isinstance(e, Report) else _bisect(e) for e in entries))
+    assert (bisections.status, bisections.exit_code) == (status, code)
+
+
+def test_several_bisections_in_table_markdown_and_junit():
+    found = dataclasses.replace(_bisect({0: GOOD, 12: BAD, 7: GOOD, 8: BAD}), run_id='p1')
+    calm = dataclasses.replace(_bisect({0: GOOD, 12: GOOD}), reference_run_id='calm', run_id='p2')
+    bisections = Bisections((found, calm, _ERROR))
+    text = render_bisections(bisections, 'table')
+    assert text == '\n\n'.join(
+        [
+            render_bisect(found, 'table'),
+            render_bisect(calm, 'table'),
+            'Reference run:  gone (error: run gone not found)',
+            f'First changed commit of r: {found.path[8].commit}\n'
+            'First changed commit of calm: none\n'
+            'First changed commit of gone: none',
+        ]
+    )
+    markdown = render_bisections(bisections, 'markdown')
+    assert markdown.startswith(render_bisect(found, 'markdown') + '\n\n')
+    assert markdown.endswith(
+        f'First changed commit of r: {found.path[8].commit}\n\n'
+        'First changed commit of calm: none\n\nFirst changed commit of gone: none'
+    )
+    cases = junit_cases(bisections)  # each probe's testcase, then the error's
+    assert [c.name for c in cases] == [
+        *(c.name for c in junit_cases(found)),
+        *(c.name for c in junit_cases(calm)),
+        'gone',
+    ]
+    assert cases[-1].result == 'error' and cases[-1].message == 'run gone not found'
+    line = summary_line(bisections, 'exp')
+    assert 'bisections of 3 runs (first changed commits: r: ' in line
+    assert line.endswith('worst: error (exit 2)')
+    assert run_links(bisections, None)[:2] == ['- parent run: p1', '- parent run: p2']
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_each_reference_of_a_batch_is_bisected_on_its_own(linear, tmp_path, store, capsys):
+    """Two references: the change of one is found, nothing changed for the
+    other; each has its own parent run, and the exit code is the worst."""
+    repo, commits, ref = linear
+    calm_repo, calm_first = build_repo(tmp_path, TINY)
+    calm = mlflow_run(str(calm_repo / 'tiny'), store)
+    calm_commits = [calm_first, *add_commits(calm_repo, 2, change_at=0)]
+    name = f'bisect-{tmp_path.name}'
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, calm, '--bisect', '--experiment-name', name, '--output', 'json'
+    )
+    assert code == 1, err
+    doc = json.loads(out)
+    documented = tables(section(JSON_DOC, 'The bisect document'))[1]
+    assert first_spans(documented) == list(doc) == ['bisections', 'exit_code']
+    assert doc['exit_code'] == 1
+    found, unchanged = doc['bisections']
+    assert (found['status'], found['exit_code']) == ('differ', 1)
+    assert found['bisect']['reference_run_id'] == ref
+    assert found['bisect']['first_changed_commit'] == commits[8]
+    assert (unchanged['status'], unchanged['exit_code']) == ('equal', 0)
+    assert unchanged['bisect']['reference_run_id'] == calm
+    assert unchanged['bisect']['first_changed_commit'] is None
+    assert unchanged['bisect']['target_commit'] == calm_commits[-1]
+    assert [p['commit'] for p in unchanged['bisect']['probes']] == [
+        calm_commits[0],
+        calm_commits[-1],
+    ]
+    # each bisection's own parent run, its probes nested under it
+    runs = experiment_runs(name)
+    parents = {
+        r.data.tags['reproduce.reference_run_id']: r
+        for r in runs
+        if r.data.tags.get('reproduce.bisect') == 'true'
+    }
+    assert set(parents) == {ref, calm}
+    for bisection in (found, unchanged):
+        parent = parents[bisection['bisect']['reference_run_id']]
+        assert parent.info.run_id == bisection['bisect']['run_id']
+        assert parent.info.status == 'FINISHED'
+        assert parent.data.tags['reproduce.first_changed_commit'] == (
+            bisection['bisect']['first_changed_commit'] or 'none'
+        )
+        nested = [
+            r.info.run_id
+            for r in runs
+            if r.data.tags.get('mlflow.parentRunId') == parent.info.run_id
+        ]
+        assert sorted(nested) == sorted(
+            p['reproduced_run_id'] for p in bisection['bisect']['probes']
+        )
+    assert client().get_run(calm).info.status == 'FINISHED'  # the references are only read
+
+
+@pytest.mark.slow
+def test_a_reference_that_cannot_be_resolved_is_an_error_entry(linear, tmp_path, capsys):
+    """Chosen by --runs-file: the others are still bisected; the table ends
+    with each reference's finding."""
+    repo, commits, ref = linear
+    runs_file = tmp_path / 'runs.txt'
+    runs_file.write_text(f'no-such-run\n{ref}\n')
+    code, out, err = reproduce(
+        capsys,
+        '--runs-file',
+        str(runs_file),
+        '--bisect',
+        commits[5],
+        '--experiment-name',
+        tmp_path.name,
+    )
+    assert code == 2, err
+    assert 'reproduce_run: error: ' in err and 'no-such-run' in err
+    lines = out.splitlines()
+    assert lines[-2:] == [
+        'First changed commit of no-such-run: none',
+        f'First changed commit of {ref}: none',
+    ]
+    assert lines[0].startswith('Reference run:  no-such-run (error: ')
+    assert 'Nothing between the reference commit and the target changed the metrics.' in lines
+    runs = experiment_runs(tmp_path.name)
+    assert [
+        r.data.tags['reproduce.reference_run_id']
+        for r in runs
+        if r.data.tags.get('reproduce.bisect')
+    ] == [ref]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_current_bisection_and_starts_no_further_one(linear, tmp_path, store):
+    repo, commits, ref = linear
+    calm_repo, _ = build_repo(tmp_path, TINY)
+    calm = mlflow_run(str(calm_repo / 'tiny'), store)
+    add_commits(calm_repo, 2, change_at=0)
+    name = f'sigterm-{tmp_path.name}'
+    argv = ('--run_id', ref, calm, '--bisect', '--experiment-name', name, '--output', 'json')
+    proc = subprocess.Popen(
+        (sys.executable, str(SCRIPT), *argv),
+        env={**os.environ, 'BISECT_TEST_SLEEP': '60'},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+
+        def target_probe_running():
+            return any(
+                r.data.tags.get('mlflow.source.git.commit') == commits[12]
+                for r in experiment_runs_or_empty(name)
+            )
+
+        wait_for(target_probe_running, 90, 'the probe of the target to start')
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    doc = json.loads(out)
+    assert proc.returncode == doc['exit_code'] == 143, err
+    assert err.rstrip().endswith(': terminated')
+    stopped, not_started = doc['bisections']
+    assert stopped['bisect']['reason'] == 'terminated by a signal'
+    assert (not_started['reference_run_id'], not_started['status']) == (calm, 'terminated')
+    assert not_started['message'] == 'not started'
+    runs = experiment_runs(name)
+    parents = [r for r in runs if r.data.tags.get('reproduce.bisect') == 'true']
+    assert [p.data.tags['reproduce.reference_run_id'] for p in parents] == [ref]
+    assert parents[0].info.status == 'KILLED'
+    assert not [r for r in runs if r.info.status == 'RUNNING']

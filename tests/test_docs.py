@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, SCRIPT
-from helpers import first_spans, section, tables
+from helpers import JSON_DOC, first_spans, section, tables
 
 import reproduce_run
 from reproduce_run import main
@@ -77,9 +77,6 @@ def test_docs_hold_the_moved_topics():
 
 
 # --- docs/json.md against real reports ------------------------------------------
-
-
-JSON_DOC = ROOT / 'docs' / 'json.md'
 
 
 def documented_fields() -> dict[str, list[str]]:

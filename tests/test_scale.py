@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from conftest import git, start_mlflow_server, stop
+from helpers import reproduce
 from proxy import proxy_in_front_of
-from test_reproduce_run import reproduce
 
 import reproduce_run as rr
 from reproduce_run import Chosen, Probe, Report
