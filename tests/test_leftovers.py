@@ -18,16 +18,18 @@ from test_batch import batch_runs
 from test_bisect import MLPROJECT, add_commits, build_repo
 from test_crash import (  # noqa: F401 (tracking: a fixture, sqlite then a real server)
     HOST,
-    assert_cleaned,
     experiment,
-    kill_tool_mid_run,
     run_tool,
     running_run,
+    runs_of,
     start_time,
+    start_tool,
+    tagged_processes,
+    ticking,
     tool_env,
     tracking,
 )
-from test_reproduce_run import client
+from test_reproduce_run import client, process_gone, wait_for
 
 from reproduce_run import TOOL_DIED
 
@@ -84,8 +86,8 @@ TRAIN = """\
 import os, pathlib, time
 import mlflow
 
+mlflow.log_metric('tick', 1)
 if pathlib.Path('notes.txt').exists():  # every commit after the reference's
-    mlflow.log_metric('tick', 1)
     time.sleep(float(os.environ.get('LEFTOVERS_TEST_SLEEP', '0')))
 mlflow.log_metric('score', float(pathlib.Path('value.txt').read_text()))
 """
@@ -100,15 +102,28 @@ def test_kill_9_during_a_bisection_is_cleaned_by_the_next_invocation(
     repo, first = build_repo(
         tmp_path, {'MLproject': MLPROJECT, 'train.py': TRAIN, 'value.txt': '1'}
     )
+    ref = mlflow_run(str(repo / 'tiny'), tracking)  # at the first commit
     commits = [first, *add_commits(repo, 3, change_at=2)]
-    ref = mlflow_run(str(repo / 'tiny'), tracking)
     name, experiment_id = experiment()
     tmp_dir = tmp_path / 'tmp'
     argv = ['--run_id', ref, '--bisect', '--experiment-name', name]
     # The reference commit's probe ends at once; the target's ticks, then sleeps.
-    pid, start, projects, runs = kill_tool_mid_run(
-        argv, tool_env(tmp_dir, LEFTOVERS_TEST_SLEEP='300'), experiment_id, 1
-    )
+    proc = start_tool(*argv, env=tool_env(tmp_dir, LEFTOVERS_TEST_SLEEP='300'))
+    try:
+        wait_for(
+            lambda: any(
+                ticking(r) and r.data.tags.get('mlflow.source.git.commit') == commits[3]
+                for r in runs_of(experiment_id)
+            ),
+            180,
+            'the probe of the target to tick',
+        )
+        pid, start = proc.pid, start_time(proc.pid)
+        projects = tagged_processes(pid)
+    finally:
+        proc.kill()  # SIGKILL: the tool cleans nothing up
+        proc.wait()
+    runs = runs_of(experiment_id)
     owner = f'{HOST}:{pid}:{start}'
     left = [r for r in runs if r.info.status == 'RUNNING']
     [parent] = [r for r in left if r.data.tags.get('reproduce.bisect') == 'true']
@@ -118,31 +133,40 @@ def test_kill_9_during_a_bisection_is_cleaned_by_the_next_invocation(
     assert {r.data.tags['reproduce.owner'] for r in runs} == {owner}
     assert projects and len(list(tmp_dir.glob(f'reproduce_run-{pid}-{start}-*'))) == 1
 
-    result = run_tool(*argv, '--output', 'json', env=tool_env(tmp_dir))
+    result = run_tool(*argv, env=tool_env(tmp_dir))
 
     assert result.returncode == 1, result.stderr  # the commit at change_at differs
-    assert_cleaned(result, pid, start, projects, left, tmp_dir)
-    doc = json.loads(result.stdout)
+    for run in left:
+        after = client().get_run(run.info.run_id)
+        assert (after.info.status, after.data.tags['reproduce.status']) == ('KILLED', 'killed')
+        assert after.data.tags['mlflow.note.content'].endswith(TOOL_DIED)
+        assert f'closed run {run.info.run_id} of {owner} as KILLED: {TOOL_DIED}' in result.stderr
+    # Any invocation on this host ends a dead tool's projects, and on a shared
+    # machine another one may come first: this test asks only that they are gone.
+    wait_for(lambda: all(process_gone(p) for p in projects), 30, 'the projects to end')
+    assert tagged_processes(pid) == []
+    assert list(tmp_dir.glob(f'reproduce_run-{pid}-*')) == []
+    assert f'removed the temporary folder {tmp_dir}/reproduce_run-{pid}-' in result.stderr
+    # the new bisection's table, its parent run's bisect.json and description list them
+    table = [x for x in result.stdout.splitlines() if x.startswith('Leftover of a dead tool: ')]
+    assert f'Leftover of a dead tool: closed run {probe.info.run_id} of {owner} as KILLED: ' in (
+        '\n'.join(table)
+    )
+    assert result.stdout.splitlines()[-1] == f'First changed commit: {commits[2]}'
+    [new_parent] = [
+        r
+        for r in client().search_runs([experiment_id])
+        if r.data.tags.get('reproduce.bisect') and r.info.run_id != parent.info.run_id
+    ]
+    doc = artifact(new_parent.info.run_id, 'reproduce/bisect.json', tmp_path)
     assert doc['bisect']['first_changed_commit'] == commits[2]
     leftovers = doc['leftovers']
-    assert sorted(item['kind'] for item in leftovers) == ['folder', 'processes', 'run', 'run']
+    assert len(table) == len(leftovers)
+    assert {'folder', 'run'} <= {item['kind'] for item in leftovers}
     assert {item['name'] for item in leftovers if item['kind'] == 'run'} == {
         parent.info.run_id,
         probe.info.run_id,
     }
     assert {item['owner'] for item in leftovers} == {owner}
-    # the new bisection's parent run records them too
-    new_parent = max(
-        (r for r in client().search_runs([experiment_id]) if r.data.tags.get('reproduce.bisect')),
-        key=lambda r: r.info.start_time,
-    )
-    assert new_parent.info.run_id == doc['bisect']['run_id'] != parent.info.run_id
-    assert artifact(new_parent.info.run_id, 'reproduce/bisect.json', tmp_path)['leftovers'] == (
-        leftovers
-    )
     description = new_parent.data.tags['mlflow.note.content']
     assert f'- Leftover of a dead tool: closed run {probe.info.run_id} of {owner}' in description
-    # and the table, without --output json
-    again = run_tool(*argv, env=tool_env(tmp_dir))
-    assert again.returncode == 1, again.stderr
-    assert 'Leftover of a dead tool' not in again.stdout  # nothing was left this time
