@@ -4170,9 +4170,14 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
     for repeat in batch.repeats:
         lines += ['', _repeat_heading(repeat), *diagnosis_lines(repeat.diagnoses, 'psql')]
         lines += _repeat_explanation(batch, repeat)
-    lines += [f'Leftover of a dead tool: {item["message"]}' for item in batch.leftovers]
+    lines += leftover_lines(batch.leftovers)
     lines.append(_last_line_of(batch))
     return '\n'.join(lines)
+
+
+def leftover_lines(leftovers: Sequence[Mapping[str, str]], bullet: str = '') -> list[str]:
+    """What close_leftovers cleaned before a group, one line each."""
+    return [f'{bullet}Leftover of a dead tool: {item["message"]}' for item in leftovers]
 
 
 def _repeat_explanation(batch: BatchReport, repeat: Repeat) -> list[str]:
@@ -4209,6 +4214,7 @@ def format_batch_markdown(batch: BatchReport) -> str:
     for report in batch.reports:
         if report.status != 'equal' and not batch.repeats:
             lines += ['', format_markdown(report)]
+    lines += ['', *leftover_lines(batch.leftovers, '- ')] if batch.leftovers else []
     lines += ['', _last_line_of(batch)]
     return '\n'.join(lines)
 
@@ -4751,6 +4757,7 @@ class Session:
     backend: Backend = Backend()
     layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> --explain's
     layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned: a group records it
 
 
 def make_plan(
@@ -5153,6 +5160,7 @@ class Group:
     parent_run_id: str | None
     nested_parents: Mapping[str, str]  # reference run ID -> its nested parent run
     dry_run: bool = False
+    leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned before it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -5372,6 +5380,7 @@ def run_group(session: Session, planner: Planner) -> BatchReport:
         parents.group_run_id,
         dict(parents.nested),
         session.options.dry_run,
+        session.leftovers,
     )
     if not group.results:
         warn('no run to reproduce: none was named, and the search chose none')
@@ -5786,6 +5795,7 @@ class BatchPlanner(Planner):
             self.skipped,
             group.parent_run_id,
             dry_run=group.dry_run,
+            leftovers=group.leftovers,
         )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
@@ -5883,7 +5893,12 @@ class RepeatPlanner(Planner):
         repeats = diagnose_repeats(self.chosen, reports, group.nested_parents, self.rules)
         single = self.chosen[0].run_id if len(self.chosen) == 1 else None
         return BatchReport(
-            reports, self.skipped, group.parent_run_id, repeats=repeats, repeat_of=single
+            reports,
+            self.skipped,
+            group.parent_run_id,
+            repeats=repeats,
+            repeat_of=single,
+            leftovers=group.leftovers,
         )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
@@ -6109,6 +6124,7 @@ class BisectReport:
     stopped: str | None = None  # 'interrupted' or 'terminated'
     details: tuple[str, ...] = ()  # author, date and diff --stat of the first changed commit
     rules: Rules = Rules()
+    leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
 
     @property
     def status(self) -> str:
@@ -6216,8 +6232,13 @@ class BisectPlanner(Planner):
             stopped=stopped,
             details=self.describe_commit(self.path[first].commit) if first is not None else (),
             rules=self.rules,
+            leftovers=group.leftovers,
         )
-        return BatchReport(tuple(r for _, r in group.results), batch_run_id=group.parent_run_id)
+        return BatchReport(
+            tuple(r for _, r in group.results),
+            batch_run_id=group.parent_run_id,
+            leftovers=group.leftovers,
+        )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
         if not group.parent_run_id or self.bisect is None:
@@ -6444,6 +6465,7 @@ def format_bisect_text(bisect: BisectReport) -> str:
         ]
     if key and key.verdict and (bisect.finding.first_changed is not None or bisect.finding.reason):
         lines += [_table(_metric_rows(key.verdict), 'psql'), *differences_lines(key.differences)]
+    lines += leftover_lines(bisect.leftovers)
     lines.append(f'First changed commit: {bisect.first_changed_commit or "none"}')
     return '\n'.join(lines)
 
@@ -6472,6 +6494,7 @@ def format_bisect_markdown(bisect: BisectReport) -> str:
     key = bisect.key_report()
     if key and key.verdict and (bisect.finding.first_changed is not None or bisect.finding.reason):
         lines += _markdown_table(_metric_rows(key.verdict), 'metrics', None)
+    lines += ['', *leftover_lines(bisect.leftovers, '- ')] if bisect.leftovers else []
     lines += ['', f'First changed commit: {bisect.first_changed_commit or "none"}']
     return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines))  # one blank line between paragraphs
 
@@ -6484,6 +6507,7 @@ def bisect_json(bisect: BisectReport) -> dict[str, Any]:
         **base,
         'status': bisect.status,
         'exit_code': bisect.exit_code,
+        'leftovers': list(bisect.leftovers),
         'bisect': {
             'reference_run_id': bisect.reference_run_id,
             'reference_commit': full[0] if full else None,
@@ -7673,7 +7697,7 @@ def invoke(
                 backend=backend,
             )
             if selection.bisect is not None:
-                close_leftovers(session)  # of tools that died: SIGKILL, OOM, reboot
+                session.leftovers = close_leftovers(session)  # of dead tools: SIGKILL, OOM
                 return bisect_chosen(session, selection)
             if not selection.is_batch:
                 run_id = resolve_run_id(session.client, selection.run_ids[0], tracking_uri)
@@ -7685,7 +7709,7 @@ def invoke(
                     session, lambda: explain_if_differs(session, reproduce_one(session, run_id))
                 )
                 return dataclasses.replace(report, leftovers=leftovers)
-            leftovers = close_leftovers(session)
+            session.leftovers = close_leftovers(session)  # the group's parent run lists them
             chosen, skipped = select_runs(
                 session.client, selection, options.uri is not None, tracking_uri
             )
@@ -7693,8 +7717,7 @@ def invoke(
                 batch = run_repeat(session, chosen, skipped, selection.repeat)
             else:
                 batch = run_batch(session, chosen, skipped)
-            batch = run_in_worker(session, lambda: explain_batch(session, batch))
-            return dataclasses.replace(batch, leftovers=leftovers)
+            return run_in_worker(session, lambda: explain_batch(session, batch))
         finally:
             end_processes(None, tag)  # nothing the tool started outlives it
             end_processes(None, tag + '.')
