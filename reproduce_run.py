@@ -7433,19 +7433,22 @@ def _leftover(kind: str, name: str, owner: str, message: str) -> dict[str, str]:
 
 def end_dead_tools_processes() -> list[dict[str, str]]:
     """Processes whose REPRODUCE_RUN_PROCESS_TAG names a tool that is gone,
-    ended as a signal to that tool would have ended them."""
+    ended as a signal to that tool would have ended them.  Only those of
+    tools that shared this one's temporary folder, as for the folders: their
+    TMPDIR lies in a reproduce_run-… folder there."""
     if not os.path.isdir('/proc'):
         return []
-    prefix = f'{PROCESS_TAG}='.encode()
+    ours = os.path.join(tempfile.gettempdir(), TMP_PREFIX).encode()
     dead = set()
     for _, _, _, environ in _process_table():
-        for variable in environ.split(b'\0'):
-            if variable.startswith(prefix):
-                match = _PROCESS_TAG_RE.fullmatch(
-                    variable[len(prefix) :].decode('ascii', 'replace')
-                )
-                if match and not tool_alive(int(match['pid']), match['start']):
-                    dead.add((match['base'], f'{match["pid"]}:{match["start"]}'))
+        variables = dict(v.partition(b'=')[::2] for v in environ.split(b'\0'))
+        if not variables.get(b'TMPDIR', b'').startswith(ours):
+            continue
+        match = _PROCESS_TAG_RE.fullmatch(
+            variables.get(PROCESS_TAG.encode(), b'').decode('ascii', 'replace')
+        )
+        if match and not tool_alive(int(match['pid']), match['start']):
+            dead.add((match['base'], f'{match["pid"]}:{match["start"]}'))
     found = []
     for base, owner in sorted(dead):
         count = end_processes(None, base) + end_processes(None, base + '.')

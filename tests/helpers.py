@@ -336,3 +336,90 @@ def tables(text: str) -> list[list[list[str]]]:
 def first_spans(rows: list[list[str]]) -> list[str]:
     """The code span that each row's first cell names (a field, a status)."""
     return [_CODE_SPAN_RE.fullmatch(row[0]).group(1) for row in rows]
+
+
+def batch_runs(name: str):
+    """(parent, children) of the one batch in experiment `name`."""
+    runs = experiment_runs(name)
+    [parent] = [r for r in runs if r.data.tags.get('reproduce.batch') == 'true']
+    children = [r for r in runs if r.data.tags.get('mlflow.parentRunId') == parent.info.run_id]
+    return parent, children
+
+
+# A tiny project whose metric a commit can change or break: the bisection tests.
+
+MLPROJECT = """\
+name: tiny
+entry_points:
+  main:
+    parameters:
+      data: {type: string, default: ''}
+    command: "python train.py --data {data}"
+"""
+
+TRAIN = """\
+import argparse, fcntl, os, pathlib, time
+import mlflow
+
+p = argparse.ArgumentParser()
+p.add_argument('--data', default='')
+args = p.parse_args()
+if pathlib.Path('BROKEN').exists():
+    raise SystemExit('this commit is broken')
+if pathlib.Path('notes.txt').exists():
+    time.sleep(float(os.environ.get('BISECT_TEST_SLEEP', '0')))
+value = float(pathlib.Path('value.txt').read_text())
+if args.data:
+    value += float(pathlib.Path(args.data).read_text())
+counter = os.environ.get('BISECT_TEST_COUNTER')
+if counter:  # noise of +-1 %: consecutive runs take -1, 0, +1 in turn
+    with open(counter, 'a+') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        count = int(f.read() or 0)
+        f.seek(0)
+        f.truncate()
+        f.write(str(count + 1))
+    value *= 1 + 0.01 * (count % 3 - 1)
+mlflow.log_metric('score', value)
+"""
+
+
+def commit_all(repo: Path, message: str) -> str:
+    git('add', '--all', cwd=repo)
+    git('commit', '--quiet', '-m', message, cwd=repo)
+    return git('rev-parse', 'HEAD', cwd=repo)
+
+
+def build_repo(where: Path, files: dict[str, str]) -> tuple[Path, str]:
+    repo = where / 'repo'
+    (repo / 'tiny').mkdir(parents=True)
+    git('init', '--quiet', '--initial-branch', 'main', cwd=repo)
+    git('config', 'user.email', 'tests@example.invalid', cwd=repo)
+    git('config', 'user.name', 'tests', cwd=repo)
+    for name, text in files.items():
+        (repo / 'tiny' / name).write_text(text)
+    return repo, commit_all(repo, 'tiny project')
+
+
+def add_commits(repo: Path, n: int, change_at: int, broken_at: int | None = None) -> list[str]:
+    """n commits; the one at change_at doubles the metric, broken_at fails."""
+    commits = []
+    for k in range(1, n + 1):
+        tiny = repo / 'tiny'
+        with open(tiny / 'notes.txt', 'a') as f:
+            f.write(f'note {k}\n')
+        subject = f'commit {k}'
+        if k == change_at:
+            (tiny / 'value.txt').write_text('2.0')
+            subject += ': the value doubles'
+        if k == broken_at:
+            (tiny / 'BROKEN').write_text('')
+            subject += ': breaks the project'
+        elif (tiny / 'BROKEN').exists():
+            (tiny / 'BROKEN').unlink()
+        commits.append(commit_all(repo, subject))
+    return commits
+
+
+TINY = {'MLproject': MLPROJECT, 'train.py': TRAIN, 'value.txt': '1.0'}

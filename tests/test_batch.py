@@ -15,7 +15,7 @@ import pytest
 from conftest import SCRIPT, client, git, mlflow_run
 from helpers import (
     add_project,
-    experiment_runs,
+    batch_runs,
     experiment_runs_or_empty,
     process_gone,
     recorded_run,
@@ -89,14 +89,6 @@ def test_batch_argument_errors(argv, message, capsys):
         reproduce_run.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
-
-
-def batch_runs(name: str):
-    """(parent, children) of the one batch in experiment `name`."""
-    runs = experiment_runs(name)
-    [parent] = [r for r in runs if r.data.tags.get('reproduce.batch') == 'true']
-    children = [r for r in runs if r.data.tags.get('mlflow.parentRunId') == parent.info.run_id]
-    return parent, children
 
 
 def test_several_run_ids_with_mixed_outcomes(reference, capsys, tmp_path):
