@@ -7054,7 +7054,7 @@ class Delivery:
             junit_xml=args.junit_xml,
             notify=tuple(args.notify),
             notify_always=args.notify_always,
-            experiment_name=args.experiment_name,
+            experiment_name=args.experiment_name or 'Default',  # not yet a script run's own
             step_summary=environ.get(STEP_SUMMARY_ENV) or None,
             tracking_uri=environ.get('MLFLOW_TRACKING_URI'),
         )

@@ -310,7 +310,9 @@ def python_run(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> str:
             experiments,
             f"attributes.start_time >= {started} and tags.`mlflow.source.type` = 'LOCAL'",
         )
+        # the script typed, as MLflow records it: another test may run a script meanwhile
         if 'reproduce.reference_run_id' not in r.data.tags
+        and r.data.tags.get('mlflow.source.name') == argv[0]
     ]
     assert len(runs) == 1, runs
     return runs[0].info.run_id

@@ -75,7 +75,7 @@ def test_a_full_tmpdir_is_named_with_gits_own_error(own_repo, small_tmpdir, stor
     assert (proc.returncode, out) == (2, ''), err
     [line] = err.splitlines()
     assert line.startswith(
-        f'reproduce_run: error: no space left on device in TMPDIR={small_tmpdir}: {git_says}'
+        f'reproduce_run.py: error: no space left on device in TMPDIR={small_tmpdir}: {git_says}'
     )
     assert 'try --uri' not in err and 'CalledProcessError' not in err
     assert reproductions_of(run_id) == []
@@ -86,7 +86,7 @@ def test_a_full_tmpdir_in_a_batch_gives_one_line_per_run_without_errno_lists(
     own_repo, small_tmpdir, store
 ):
     # The checkout fits once, its copy for each reproduction does not.
-    first = with_data(own_repo, 'data', compressible(600_000))
+    first = with_data(own_repo, 'data', compressible(400_000))
     second = recorded_run(f'file://{own_repo}#data', git('rev-parse', 'HEAD', cwd=own_repo))
     proc = tool(
         '--run_id',
@@ -169,7 +169,7 @@ def test_an_output_log_that_cannot_be_written_is_the_tools_failure_not_the_proje
         assert 'its last error: the project gives up on its own;' in message
     else:
         assert message.startswith(f'the reproduced run {new.info.run_id} ran to its end, but ')
-    assert err.splitlines()[-1] == f'reproduce_run: error: {message}'
+    assert err.splitlines()[-1] == f'reproduce_run.py: error: {message}'
     assert client().get_run(new.info.run_id).data.tags['reproduce.status'] == status
 
 
