@@ -293,7 +293,7 @@ def experiment_runs_or_empty(name: str):
 def python_run(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> str:
     """Run `python argv...` in cwd as a person does; the ID of the run it made."""
     c = client()
-    started = int(time.time() * 1000) - 1000
+    started = int(time.time() * 1000)  # the same clock as the run's start_time
     proc = subprocess.run(
         (sys.executable, *argv),
         cwd=cwd,
@@ -303,14 +303,17 @@ def python_run(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> str:
         stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    finished = int(time.time() * 1000) + 1
     experiments = [e.experiment_id for e in c.search_experiments()]
     runs = [
         r
         for r in c.search_runs(
             experiments,
-            f"attributes.start_time >= {started} and tags.`mlflow.source.type` = 'LOCAL'",
+            f'attributes.start_time >= {started} and attributes.start_time <= {finished} '
+            "and tags.`mlflow.source.type` = 'LOCAL'",
         )
-        # the script typed, as MLflow records it: another test may run a script meanwhile
+        # started while this process ran, by the script typed: another test may run
+        # the same script at about the same time
         if 'reproduce.reference_run_id' not in r.data.tags
         and r.data.tags.get('mlflow.source.name') == argv[0]
     ]
