@@ -7756,26 +7756,22 @@ def _tolerance(s: str) -> float:
     return value
 
 
-def _positive_int(s: str) -> int:
+def _whole_number(s: str, least: int, why: str = '') -> int:
     try:
         value = int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected a whole number, got {s!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a number >= 1, got {s!r}')
+    if value < least:
+        raise argparse.ArgumentTypeError(f'expected a number >= {least}{why}, got {s!r}')
     return value
+
+
+def _positive_int(s: str) -> int:
+    return _whole_number(s, 1)
 
 
 def _repeat_count(s: str) -> int:
-    try:
-        value = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a whole number, got {s!r}') from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(
-            f'expected a number >= 2 (one reproduction is the default), got {s!r}'
-        )
-    return value
+    return _whole_number(s, 2, ' (one reproduction is the default)')
 
 
 _DURATION_UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
