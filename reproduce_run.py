@@ -24,6 +24,7 @@ batch, repeat, bisect and explain (planners on the engine); CI and on-call
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import contextlib
 import dataclasses
@@ -4757,6 +4758,7 @@ class Session:
     backend: Backend = Backend()
     layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> --explain's
     layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    pip_config: dict[str, str] | None = None  # --explain's: pip's settings, read once for uv
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned: a group records it
 
 
@@ -6618,6 +6620,7 @@ def render_bisections(bisections: Bisections, output: str) -> str:
 
 EXPLANATION_ARTIFACT = 'explanation.json'  # under ARTIFACT_DIR, on the reproduced run
 PIP_TIMEOUT_SECONDS = 900.0  # installing one pinned package into a layer
+PIP_CONFIG_TIMEOUT_SECONDS = 60.0  # reading pip's settings for uv
 # What a probe cannot undo, and why: said, never tried.
 _CANNOT_UNDO = {
     'python': 'a different Python cannot be undone by a probe',
@@ -6800,6 +6803,107 @@ def explanation_candidates(
     return candidates, not_tried
 
 
+# pip's settings that `uv pip install` must be told, since uv reads none of
+# pip's configuration: the uv variable for each, and how uv separates several
+# values (pip separates them by whitespace).  Values go in uv's environment,
+# never its argv, where `ps` would show an index's credentials.
+_UV_FROM_PIP = {
+    'index-url': ('UV_DEFAULT_INDEX', None),  # UV_DEFAULT_INDEX wins over UV_INDEX_URL
+    'extra-index-url': ('UV_EXTRA_INDEX_URL', ' '),
+    'find-links': ('UV_FIND_LINKS', ','),
+    'cert': ('SSL_CERT_FILE', None),
+}
+_PIP_TRUE = ('1', 'y', 'yes', 't', 'true', 'on')  # pip's strtobool
+_PIP_CONFIG_LINE_RE = re.compile(r'^(?P<section>[^=.]*)\.(?P<key>[^=]+)=(?P<value>.*)$')
+
+
+def effective_pip_config(listed: str) -> dict[str, str]:
+    """pip's effective settings for `pip install`, from what `pip config list`
+    prints: a PIP_ variable (`:env:.key`) over the files' [install] section,
+    over their [global] one.  pip spells a key with - or _ alike."""
+    rank = {'global': 0, 'install': 1, ':env:': 2}
+    found: dict[str, tuple[int, str]] = {}
+    for line in listed.splitlines():
+        m = _PIP_CONFIG_LINE_RE.match(line.strip())
+        if not m or m['section'] not in rank:
+            continue
+        try:
+            value = ast.literal_eval(m['value'])
+        except (ValueError, SyntaxError):
+            continue
+        key = m['key'].lower().replace('_', '-')
+        if isinstance(value, str) and rank[m['section']] >= found.get(key, (-1, ''))[0]:
+            found[key] = (rank[m['section']], value)
+    return {key: value for key, (_, value) in found.items()}
+
+
+def pip_config_from_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The PIP_ variables alone, as pip reads them: when pip cannot be asked."""
+    return {
+        name[4:].lower().replace('_', '-'): value
+        for name, value in environ.items()
+        if name.startswith('PIP_') and value
+    }
+
+
+def uv_pip_settings(pip_config: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """uv's variables and flags for pip's settings: index URLs (with their
+    credentials), find-links, the certificate and no-index, whose flag holds
+    no secret (uv has no variable for it).  Several indexes are searched for
+    the best match, as pip does, not uv's first index that has the package."""
+    environ = {}
+    for key, (variable, separator) in _UV_FROM_PIP.items():
+        values = pip_config.get(key, '').split()
+        if values:
+            environ[variable] = separator.join(values) if separator else values[-1]
+    if 'UV_EXTRA_INDEX_URL' in environ or 'UV_FIND_LINKS' in environ:
+        environ['UV_INDEX_STRATEGY'] = 'unsafe-best-match'
+    no_index = pip_config.get('no-index', '').strip().lower() in _PIP_TRUE
+    return environ, ('--no-index',) if no_index else ()
+
+
+def read_pip_config(session: Session) -> dict[str, str]:
+    """pip's effective settings, once per invocation.  The config command
+    lists every file only when not told --user, --global or --site: a
+    `user = true` in pip.conf or PIP_USER=1 would tell it --user."""
+    if session.pip_config is not None:
+        return session.pip_config
+    environ = {**session.user_environ, 'PIP_USER': '0', 'PIP_GLOBAL': '0', 'PIP_SITE': '0'}
+    try:
+        proc = subprocess.run(
+            [sys.executable, '-m', 'pip', 'config', 'list', '--disable-pip-version-check'],
+            env={**environ, PROCESS_TAG: session.tag},
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=PIP_CONFIG_TIMEOUT_SECONDS,
+        )
+        ok = proc.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    if ok:
+        session.pip_config = effective_pip_config(proc.stdout)
+    else:
+        session.pip_config = pip_config_from_environ(session.user_environ)
+    return session.pip_config
+
+
+def install_command(session: Session, key: str, layer: str) -> tuple[list[str], dict[str, str]]:
+    """`uv pip install` when uv is on the user's PATH, told pip's settings;
+    else pip, told --no-user: a user install's PIP_USER=1 or `user = true`
+    refuses --target."""
+    environ = {**session.user_environ, PROCESS_TAG: session.tag}
+    uv = shutil.which('uv', path=session.user_environ.get('PATH'))
+    if uv:
+        variables, flags = uv_pip_settings(read_pip_config(session))
+        argv = [uv, 'pip', 'install', '--no-deps', '--python', sys.executable, *flags]
+        environ.update(variables)
+    else:
+        argv = [sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-input', '--no-user']
+        argv += ['--disable-pip-version-check', '--no-warn-script-location']
+    return [*argv, '--quiet', '--target', layer, key], environ
+
+
 def install_layer(session: Session, name: str, version: str) -> str:
     """A folder holding exactly name==version (no dependencies), installed
     with the user's pip settings into the tool's temporary folder; once per
@@ -6809,17 +6913,11 @@ def install_layer(session: Session, name: str, version: str) -> str:
         if key in session.layers:
             return session.layers[key]
         layer = tempfile.mkdtemp(prefix='layer-', dir=session.tmp_root)
-        uv = shutil.which('uv', path=session.user_environ.get('PATH'))
-        if uv:
-            argv = [uv, 'pip', 'install', '--no-deps', '--python', sys.executable]
-        else:
-            argv = [sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-input']
-            argv += ['--disable-pip-version-check', '--no-warn-script-location']
-        argv += ['--quiet', '--target', layer, key]
+        argv, environ = install_command(session, key, layer)
         try:
             proc = subprocess.run(
                 argv,
-                env={**session.user_environ, PROCESS_TAG: session.tag},
+                env=environ,
                 capture_output=True,
                 text=True,
                 stdin=subprocess.DEVNULL,

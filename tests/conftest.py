@@ -130,6 +130,7 @@ def backend_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             'install',
             '--quiet',
             '--no-deps',
+            '--no-user',  # a user install's PIP_USER=1 refuses --target
             '--target',
             target,
             source,

@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import uv
 from conftest import ROOT, SCRIPT, make_repo, mlflow_run
 from helpers import (
     add_project,
@@ -200,6 +202,130 @@ def test_a_probe_unsets_a_variable_and_nests_under_its_run():
     assert parents.parent_for(probe) == 'p'
 
 
+# --- installing with pip's settings, with pip or uv ----------------------------
+
+GLOBAL_INDEX = "global.index-url='https://g.example/simple'"
+SECRET = 's3cr3t-token'
+SECRET_INDEX = f'http://user:{SECRET}@127.0.0.1:9/simple'  # nothing listens on port 9
+
+
+@pytest.mark.parametrize(
+    ('listed', 'config'),
+    [
+        pytest.param('', {}, id='nothing-set'),
+        pytest.param(GLOBAL_INDEX, {'index-url': 'https://g.example/simple'}, id='global'),
+        pytest.param(
+            f"install.index-url='https://i.example/simple'\n{GLOBAL_INDEX}",
+            {'index-url': 'https://i.example/simple'},
+            id='install-over-global',
+        ),
+        pytest.param(
+            f":env:.index-url='https://e.example/simple'\n{GLOBAL_INDEX}\n"
+            "install.index-url='https://i.example/simple'",
+            {'index-url': 'https://e.example/simple'},
+            id='variable-over-files',
+        ),
+        pytest.param(
+            "global.find_links='\\n/a\\n/b'\n:env:.no-index='1'",
+            {'find-links': '\n/a\n/b', 'no-index': '1'},
+            id='underscore-and-several-lines',
+        ),
+        pytest.param(
+            "freeze.index-url='https://f.example'\nnot a setting\nglobal.cert=unquoted",
+            {},
+            id='other-commands-and-noise-ignored',
+        ),
+    ],
+)
+def test_effective_pip_config(listed, config):
+    assert reproduce_run.effective_pip_config(listed) == config
+
+
+@pytest.mark.parametrize(
+    ('config', 'environ', 'flags'),
+    [
+        pytest.param({}, {}, (), id='nothing-set'),
+        pytest.param(
+            {'index-url': 'https://u:p@i.example/simple'},
+            {'UV_DEFAULT_INDEX': 'https://u:p@i.example/simple'},
+            (),
+            id='index-url-with-its-credentials',
+        ),
+        pytest.param(
+            {'extra-index-url': 'https://a.example\nhttps://b.example'},
+            {
+                'UV_EXTRA_INDEX_URL': 'https://a.example https://b.example',
+                'UV_INDEX_STRATEGY': 'unsafe-best-match',
+            },
+            (),
+            id='extra-indexes-space-separated-best-match-as-pip',
+        ),
+        pytest.param(
+            {'find-links': '/a /b', 'no-index': 'true'},
+            {'UV_FIND_LINKS': '/a,/b', 'UV_INDEX_STRATEGY': 'unsafe-best-match'},
+            ('--no-index',),
+            id='find-links-comma-separated-and-no-index',
+        ),
+        pytest.param({'no-index': '0'}, {}, (), id='no-index-false'),
+        pytest.param({'no-index': 'yes'}, {}, ('--no-index',), id='no-index-yes'),
+        pytest.param({'cert': '/etc/ca.pem'}, {'SSL_CERT_FILE': '/etc/ca.pem'}, (), id='cert'),
+        pytest.param({'user': '1', 'timeout': '5'}, {}, (), id='others-not-for-uv'),
+    ],
+)
+def test_uv_pip_settings(config, environ, flags):
+    assert reproduce_run.uv_pip_settings(config) == (environ, flags)
+
+
+def test_pip_config_from_environ_reads_pip_variables_alone():
+    environ = {'PIP_NO_INDEX': '1', 'PIP_FIND_LINKS': '/w', 'PIP_CERT': '', 'PATH': '/bin'}
+    assert reproduce_run.pip_config_from_environ(environ) == {'no-index': '1', 'find-links': '/w'}
+
+
+def test_pip_config_read_once_with_user_true_in_pip_conf(tmp_path):
+    """pip itself merges the files and the variables; `user = true` (or
+    PIP_USER=1) would restrict its config command to the user's file."""
+    conf = tmp_path / 'pip.conf'
+    conf.write_text(
+        '[global]\nuser = true\nindex-url = https://u:p@g.example/simple\n'
+        'find-links = /g\n[install]\nno-index = true\n'
+    )
+    session = session_with(
+        {**os.environ, 'PIP_CONFIG_FILE': str(conf), 'PIP_USER': '1', 'PIP_FIND_LINKS': '/e'}
+    )
+    config = reproduce_run.read_pip_config(session)
+    assert config['index-url'] == 'https://u:p@g.example/simple'
+    assert config['no-index'] == 'true'
+    assert config['find-links'] == '/e'
+    conf.unlink()  # once per invocation: not read again
+    assert reproduce_run.read_pip_config(session) is config
+
+
+def test_without_pip_the_pip_variables_are_read(tmp_path):
+    broken = tmp_path / 'pip'
+    broken.mkdir()
+    (broken / '__init__.py').write_text('raise ImportError("no pip here")\n')
+    environ = {**os.environ, 'PYTHONPATH': str(tmp_path), 'PIP_INDEX_URL': 'https://e.example'}
+    config = reproduce_run.read_pip_config(session_with(environ))
+    assert config == reproduce_run.pip_config_from_environ(environ)
+    assert config['index-url'] == 'https://e.example'
+
+
+def test_uv_is_told_pip_settings_in_its_environment_never_argv(tmp_path):
+    path = installer_path(tmp_path / 'bin', with_uv=True)
+    environ = {**os.environ, 'PATH': path, 'PIP_INDEX_URL': SECRET_INDEX, 'PIP_NO_INDEX': '1'}
+    argv, env = reproduce_run.install_command(session_with(environ), 'numkit==1.0', '/l')
+    assert Path(argv[0]).name == 'uv' and '--no-index' in argv
+    assert env['UV_DEFAULT_INDEX'] == SECRET_INDEX
+    assert SECRET not in ' '.join(argv)
+
+
+def test_pip_is_told_no_user():
+    environ = {**os.environ, 'PATH': '/nowhere', 'PIP_USER': '1'}
+    argv, env = reproduce_run.install_command(session_with(environ), 'numkit==1.0', '/l')
+    assert argv[:3] == [sys.executable, '-m', 'pip'] and '--no-user' in argv
+    assert env['PIP_USER'] == '1'
+
+
 # --- end to end: real wheels, a real reference, real probes ---------------------
 
 
@@ -229,11 +355,26 @@ def build_wheel(folder: Path, name: str, version: str, code: str) -> Path:
 def pip_target(folder: Path, wheels: list[Path]) -> Path:
     subprocess.run(
         (sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-index', '--quiet')
-        + ('--disable-pip-version-check', '--target', str(folder), *map(str, wheels)),
+        + ('--no-user', '--disable-pip-version-check', '--target', str(folder), *map(str, wheels)),
         check=True,
         capture_output=True,
     )
     return folder
+
+
+def installer_path(folder: Path, with_uv: bool) -> str:
+    """A PATH that picks the installer: a folder holding a `python` that runs
+    this interpreter (a wrapper: a symlink would lose a venv) and, with uv,
+    uv's binary; then /usr/bin and /bin for git."""
+    folder.mkdir(parents=True, exist_ok=True)
+    python = folder / 'python'
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    if with_uv:
+        os.symlink(uv.find_uv_bin(), folder / 'uv')
+    path = os.pathsep.join([str(folder), '/usr/bin', '/bin'])
+    assert (shutil.which('uv', path=path) is not None) == with_uv
+    return path
 
 
 # numkit's SCALE moves the metric `score`; padkit changes nothing (the decoy);
@@ -295,6 +436,8 @@ class World:
         self.project = add_project(
             self.repo, 'explain', {'MLproject': MLPROJECT, 'train.py': TRAIN}
         )
+        self.pip_path = installer_path(root / 'bin-pip', with_uv=False)
+        self.uv_path = installer_path(root / 'bin-uv', with_uv=True)
         self.data = root / 'data.txt'
         self.data.write_text('1\n2\n3\n')
         self.store = store
@@ -302,7 +445,10 @@ class World:
         self.reference = self.recorded_reference(self.base)
 
     def env(self, site: Path, **variables: str) -> dict[str, str]:
+        """The environment of a run; the layers are installed with pip unless
+        PATH=world.uv_path."""
         return {
+            'PATH': self.pip_path,
             'PYTHONPATH': str(site),
             'PIP_NO_INDEX': '1',
             'PIP_FIND_LINKS': str(self.wheels),
@@ -350,13 +496,14 @@ def probe_runs(reproduced_run_id: str) -> list:
 
 
 def installed_packages() -> dict[str, str]:
-    """What this interpreter has installed, without any PYTHONPATH."""
+    """What this interpreter has installed, without any PYTHONPATH or pip
+    setting (PIP_USER=1 would list the user's site alone)."""
     listed = subprocess.run(
         (sys.executable, '-m', 'pip', 'list', '--format=json', '--disable-pip-version-check'),
         capture_output=True,
         text=True,
         check=True,
-        env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'},
+        env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH' and k[:4] != 'PIP_'},
     ).stdout
     return {p['name']: p['version'] for p in json.loads(listed)}
 
@@ -368,11 +515,26 @@ def folder_state(folder: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_culprit_package_found_and_decoy_not_blamed(world, capsys, monkeypatch):
+@pytest.mark.parametrize('installer', ['uv', 'pip'])
+def test_culprit_package_found_and_decoy_not_blamed(
+    world, installer, capsys, monkeypatch, tmp_path
+):
+    """With uv on the PATH, pip's PIP_NO_INDEX and PIP_FIND_LINKS reach it
+    (the wheels are only in that folder, and the index refuses connections),
+    and the index's credential shows nowhere; with pip, a user install's
+    PIP_USER=1 is no obstacle to installing into a layer."""
+    cache = tmp_path / 'uv-cache'  # where uv, and only uv, leaves what it fetched
+    if installer == 'uv':
+        variables = {'PATH': world.uv_path, 'PIP_INDEX_URL': SECRET_INDEX}
+        variables['UV_CACHE_DIR'] = str(cache)
+    else:
+        variables = {'PATH': world.pip_path, 'PIP_USER': '1'}
     before = (installed_packages(), folder_state(world.new), folder_state(world.old))
     assert not {'numkit', 'padkit'} & set(before[0])
-    code, report, err = explain(capsys, monkeypatch, world, world.new, world.reference)
+    code, report, err = explain(capsys, monkeypatch, world, world.new, world.reference, **variables)
     assert code == 1, err  # the verdict is about the reproduction as asked
+    assert SECRET not in json.dumps(report) + err
+    assert cache.exists() == (installer == 'uv')
     assert list(report)[-1] == 'explanation'
     environment = report['explanation']['environment']
     documented = tables(section(ROOT / 'docs' / 'json.md', '`explanation`: with `--explain`'))
