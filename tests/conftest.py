@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -55,6 +56,25 @@ def make_repo(path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _project_output_kept_out() -> Iterator[None]:
+    """The project's output (which `mlflow run` leaves on the descriptors 1
+    and 2 it inherits) goes to a file, not to what the test captures."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
 def mlflow_run(uri: str, tracking_uri: str, *args: str, fails: bool = False) -> str:
     """Make a reference run the way a user does, with the `mlflow run` CLI:
     its own command, called in this process (the same code, without a second
@@ -70,6 +90,7 @@ def mlflow_run(uri: str, tracking_uri: str, *args: str, fails: bool = False) -> 
     try:
         with (
             pytest.MonkeyPatch.context() as mp,
+            _project_output_kept_out(),
             contextlib.redirect_stdout(io.StringIO()),
             contextlib.redirect_stderr(err),
         ):

@@ -99,15 +99,21 @@ def pid_from(path: Path) -> int:
     return int(path.read_text())
 
 
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """A server of this test's own, for tests that stop it or count on it."""
-    started = start_mlflow_server(tmp_path / 'server')
-    monkeypatch.setenv('MLFLOW_TRACKING_URI', started.url)
-    # The test's own client would print "View run" lines where the report goes.
-    monkeypatch.setenv('MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT', 'true')
+@pytest.fixture(scope='module')
+def module_server(tmp_path_factory):
+    """A server for this module's tests that put a proxy in front of it (a
+    test that stops its server starts one of its own)."""
+    started = start_mlflow_server(tmp_path_factory.mktemp('server'))
     yield started
     stop(started.proc)
+
+
+@pytest.fixture
+def server(module_server, monkeypatch):
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', module_server.url)
+    # The test's own client would print "View run" lines where the report goes.
+    monkeypatch.setenv('MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT', 'true')
+    return module_server
 
 
 # --- runs left RUNNING, processes that outlive the tool (rows 1-5) ----------
