@@ -7152,7 +7152,7 @@ class Delivery:
             junit_xml=args.junit_xml,
             notify=tuple(args.notify),
             notify_always=args.notify_always,
-            experiment_name=args.experiment_name or 'Default',  # not yet a script run's own
+            experiment_name=args.experiment_name or 'Default',  # when no reproduction says
             step_summary=environ.get(STEP_SUMMARY_ENV) or None,
             tracking_uri=environ.get('MLFLOW_TRACKING_URI'),
         )
@@ -7167,6 +7167,12 @@ class Case:
     result: str  # 'passed', 'failure', 'error' or 'skipped'
     message: str = ''
     text: str = ''  # the element's text: a table, the project's output
+    classname: str | None = None  # the experiment it went to; None: the delivery's
+
+
+def destination(report: Report) -> str | None:
+    """The experiment the reproduction went to (a script run's own by default)."""
+    return report.plan.experiment_name if report.plan else None
 
 
 def case_name(report: Report) -> str:
@@ -7192,6 +7198,10 @@ def differing_message(report: Report) -> str:
 
 
 def report_case(report: Report) -> Case:
+    return dataclasses.replace(_report_case(report), classname=destination(report))
+
+
+def _report_case(report: Report) -> Case:
     name, seconds = case_name(report), report.seconds
     if report.status in ('equal', 'planned'):
         return Case(name, seconds, 'passed')
@@ -7205,6 +7215,11 @@ def report_case(report: Report) -> Case:
 
 def repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
     """A reference run's repetitions as one testcase, with their classification."""
+    case = _repeat_case(reports, repeat)
+    return dataclasses.replace(case, classname=next(filter(None, map(destination, reports)), None))
+
+
+def _repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
     name, seconds = case_name(reports[0]), sum(r.seconds for r in reports)
     classification = classify_run(repeat.diagnoses) if repeat else FAILED_CLASS
     table = '\n'.join(diagnosis_lines(repeat.diagnoses, 'psql')) if repeat else ''
@@ -7281,7 +7296,7 @@ def junit_xml(cases: Sequence[Case], classname: str, timestamp: float) -> bytes:
         element = ET.SubElement(
             suite,
             'testcase',
-            classname=xml_text(classname),
+            classname=xml_text(case.classname or classname),
             name=xml_text(case.name),
             time=f'{case.seconds:.3f}',
         )
@@ -7360,9 +7375,11 @@ def summary_line(outcome: Outcome, experiment: str) -> str:
     shown += [f'{stopped} stopped by a signal'] if stopped else []
     worst = next((s for s in STATUS_PRECEDENCE if counts[s]), 'equal')
     worst = outcome.status if isinstance(outcome, (BisectReport, Bisections)) else worst
+    went = sorted({d for d in map(destination, reports) if d}) or [experiment]
+    into = ('experiment ' if len(went) == 1 else 'experiments ') + ', '.join(map(repr, went))
     return (
-        f'reproduce_run on {socket.gethostname()}: {what} reproduced into experiment '
-        f'{experiment!r}: {", ".join(shown)}; worst: {worst} (exit {outcome.exit_code})'
+        f'reproduce_run on {socket.gethostname()}: {what} reproduced into {into}: '
+        f'{", ".join(shown)}; worst: {worst} (exit {outcome.exit_code})'
     )
 
 

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import git
-from helpers import add_project, client, recorded_run, reproduce
+from helpers import add_project, client, commit_all, python_run, recorded_run, reproduce
+from junitparser import JUnitXml
 
 import reproduce_run
 
@@ -120,6 +121,25 @@ def test_an_equal_outcome_notifies_only_with_notify_always(webhook, own_repo, ca
     what = f'run {client().get_run(run_id).info.run_name} ({run_id[:8]})'
     first = text.splitlines()[0]
     assert first == summary('0 equal, 0 differ, 0 failed, 0 error, 1 planned', 'planned', 0, what)
+
+
+def test_a_script_run_is_named_with_the_experiment_it_went_to(webhook, own_repo, tmp_path, capsys):
+    """A script run's reproduction goes to the reference's experiment, not
+    Default: the notification and the JUnit classname say so."""
+    (own_repo / 'fit.py').write_text("import mlflow\nmlflow.log_metric('m', 1.0)\n")
+    commit_all(own_repo, 'a script')
+    name = f'scripts-{tmp_path.name}'
+    run_id = python_run(own_repo, 'fit.py', env={'MLFLOW_EXPERIMENT_NAME': name})
+    junit = tmp_path / 'junit.xml'
+    argv = ('--run_id', run_id, '--uri', str(own_repo), '--script-args', '', '--dry-run')
+    code, out, err = reproduce(
+        capsys, *argv, '--notify', webhook.url, '--notify-always', '--junit-xml', str(junit)
+    )
+    assert code == 0, err
+    [text] = webhook.texts()
+    assert f"reproduced into experiment '{name}': " in text.splitlines()[0]
+    [suite] = JUnitXml.fromfile(str(junit))
+    assert [case.classname for case in suite] == [name]
 
 
 def test_a_webhook_answering_500_is_one_warning_and_the_exit_code_stays(capsys):
