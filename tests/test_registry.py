@@ -216,7 +216,7 @@ SELF_NAMED_REGISTRY = {
         'mlflow.set_registry_uri(mlflow.get_tracking_uri())\n'
         "mlflow.log_metric('m', 1.0)\n"
         "mlflow.sklearn.log_model(DummyRegressor().fit([[0]], [0]), name='model',\n"
-        "                         registered_model_name='self-named')\n"
+        "                         registered_model_name='self-named', pip_requirements=[])\n"
     ),
 }
 

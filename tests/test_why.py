@@ -499,8 +499,8 @@ def test_logged_model_pins_are_compared_with_installed_versions(tmp_path, capsys
 
 
 def test_model_metrics_from_a_later_evaluation_are_compared(capsys):
-    ref, ref_model = log_sklearn_model()
-    other, other_model = log_sklearn_model()
+    ref, ref_model = log_sklearn_model(pip_requirements=[])  # not inferred: 8 s each
+    other, other_model = log_sklearn_model(pip_requirements=[])
     evaluation = logged_run({})
     client().log_metric(evaluation, 'holdout_mae', 0.25, model_id=ref_model)
     client().log_metric(evaluation, 'holdout_mae', 0.5, model_id=other_model)

@@ -13,6 +13,7 @@ import argparse
 import mlflow
 import mlflow.sklearn
 import pandas as pd
+import sklearn
 from sklearn.linear_model import Ridge
 from sklearn.metrics import mean_absolute_error, r2_score
 
@@ -34,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     pred = model.predict(X)
     mlflow.log_metric('mae', float(mean_absolute_error(y, pred)))
     mlflow.log_metric('r2', float(r2_score(y, pred)))
-    mlflow.sklearn.log_model(model, name='model')
+    # The versions that trained it, named rather than inferred (MLflow would
+    # load the model again in a second interpreter to see what it imports).
+    pins = [f'scikit-learn=={sklearn.__version__}', f'pandas=={pd.__version__}']
+    mlflow.sklearn.log_model(model, name='model', pip_requirements=pins)
     return 0
 
 

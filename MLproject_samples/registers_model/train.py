@@ -13,6 +13,7 @@ import argparse
 
 import mlflow
 import mlflow.sklearn
+import sklearn
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import Ridge
 from sklearn.metrics import mean_absolute_error, r2_score
@@ -34,8 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     pred = model.predict(X_test)
     mlflow.log_metric('mae', float(mean_absolute_error(y_test, pred)))
     mlflow.log_metric('r2', float(r2_score(y_test, pred)))
+    # Its requirements named, not inferred (MLflow would load the model again
+    # in a second interpreter to see what it imports: some 8 s a run).
     mlflow.sklearn.log_model(
-        model, name='model', registered_model_name=args.model_name, input_example=X_test[:2]
+        model,
+        name='model',
+        registered_model_name=args.model_name,
+        input_example=X_test[:2],
+        pip_requirements=[f'scikit-learn=={sklearn.__version__}'],
     )
     return 0
 
