@@ -719,3 +719,27 @@ def test_repeat_explains_a_drifted_reference_once(world, capsys, monkeypatch, tm
         'Explained: the environment does not explain it: with every difference undone the '
         'runs still differ (1 probe)'
     ]
+
+
+@pytest.mark.slow
+def test_repeat_says_a_nondeterministic_reference_needs_no_environment_change(
+    samples_repo, store, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.setenv('SAMPLE_JITTER_COUNTER', str(tmp_path / 'counter'))
+    ref = mlflow_run(str(samples_repo / 'jitter'), store)
+    argv = ('--run_id', ref, '--repeat', '3', '--explain', '--experiment-name', tmp_path.name)
+    code, out, err = reproduce(capsys, *argv, '--output', 'json')
+    assert code == 1, err
+    doc = json.loads(out)
+    assert doc['repeat']['classification'] == 'nondeterministic'
+    explained = [r['explanation']['environment'] for r in doc['runs'] if 'explanation' in r]
+    assert explained == [
+        {
+            'restores_equality': None,
+            'culprits': [],
+            'probes': [],
+            'not_tried': [],
+            'reason': reproduce_run.NOT_NEEDED_REASON,
+        }
+    ]
+    assert all(probe_runs(r['reproduced_run_id']) == [] for r in doc['runs'])
