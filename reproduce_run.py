@@ -6556,6 +6556,7 @@ class Bisections:
     that says why."""
 
     entries: tuple[BisectReport | Report, ...]
+    skipped: tuple[dict[str, str], ...] = ()  # runs of the selection not bisected, and why
 
     @property
     def status(self) -> str:
@@ -6592,9 +6593,15 @@ def _entry_text(entry: BisectReport | Report, output: str) -> str:
     return f'Reference run:  {entry.reference_run_id} ({entry.status}: {entry.message})'
 
 
+def bisections_skipped_lines(bisections: Bisections) -> list[str]:
+    """The runs of the selection that were not bisected, by reason."""
+    return [f'Skipped {_runs(n)}: {r}' for n, r in skipped_lines(bisections.skipped)]
+
+
 def format_bisections_markdown(bisections: Bisections) -> str:
     parts = [_entry_text(e, 'markdown') for e in bisections.entries]
-    return '\n\n'.join([*parts, *first_changed_lines(bisections)])
+    skipped = [f'- skipped {_runs(n)}: {r}' for n, r in skipped_lines(bisections.skipped)]
+    return '\n\n'.join([*parts, *first_changed_lines(bisections), '\n'.join(skipped)]).strip()
 
 
 def render_bisections(bisections: Bisections, output: str) -> str:
@@ -6604,12 +6611,17 @@ def render_bisections(bisections: Bisections, output: str) -> str:
             bisect_json(e) if isinstance(e, BisectReport) else report_json(e)
             for e in bisections.entries
         ]
-        doc = {'bisections': documents, 'exit_code': bisections.exit_code}
+        doc = {
+            'bisections': documents,
+            'skipped': list(bisections.skipped),
+            'exit_code': bisections.exit_code,
+        }
         return json.dumps(doc, indent=2, allow_nan=False)
     if output == 'markdown':
         return format_bisections_markdown(bisections)
     parts = [_entry_text(e, output) for e in bisections.entries]
-    return '\n\n'.join([*parts, '\n'.join(first_changed_lines(bisections))])
+    last = first_changed_lines(bisections) + bisections_skipped_lines(bisections)
+    return '\n\n'.join([*parts, '\n'.join(last)])
 
 
 # ---------------------------------------------------------------------------
@@ -7254,7 +7266,7 @@ def junit_cases(outcome: Outcome) -> list[Case]:
             for i, c in ((i, report_case(r)) for i, r in outcome.probes)
         ]
     if isinstance(outcome, Bisections):  # each bisection's, in turn
-        return [c for e in outcome.entries for c in junit_cases(e)]
+        return [c for e in outcome.entries for c in junit_cases(e)] + skipped_cases(outcome)
     if outcome.message:  # it could not start
         return [Case(JUNIT_SUITE, 0.0, 'error', outcome.message)]
     by_reference: dict[str, list[Report]] = {}
@@ -7265,10 +7277,13 @@ def junit_cases(outcome: Outcome) -> list[Case]:
         cases = [repeat_case(rs, diagnosed.get(run_id)) for run_id, rs in by_reference.items()]
     else:
         cases = [report_case(r) for r in outcome.reports]
-    skipped = [
+    return cases + skipped_cases(outcome)
+
+
+def skipped_cases(outcome: BatchReport | Bisections) -> list[Case]:
+    return [
         Case(s['run_id'][:SHORT_ID_CHARS], 0.0, 'skipped', s['reason']) for s in outcome.skipped
     ]
-    return cases + skipped
 
 
 def xml_text(text: str) -> str:
@@ -7728,17 +7743,19 @@ def run_in_worker(session: Session, work: Callable[[], Any]) -> Any:
 def bisect_chosen(session: Session, selection: Selection) -> BisectReport | Bisections:
     """--bisect of each reference run chosen, one after another; of one, its
     bisection alone."""
-    chosen, _ = select_runs(
+    chosen, skipped = select_runs(
         session.client, selection, session.options.uri is not None, session.tracking_uri
     )
     target, repeat = selection.bisect or '', selection.repeat
     if not chosen:
-        raise ReproduceError('--bisect: no reference run was chosen')
-    if len(chosen) == 1:
+        why = '; '.join(f'skipped {_runs(n)}: {r}' for n, r in skipped_lines(skipped))
+        raise ReproduceError('--bisect: no reference run was chosen' + (f' ({why})' if why else ''))
+    if len(chosen) == 1 and not skipped:
         if chosen[0].run_id is None:
             raise ReproduceError(chosen[0].error or f'{chosen[0].label} cannot be reproduced')
         return run_bisect(session, chosen[0].run_id, target, repeat)
-    return Bisections(tuple(bisect_reference(session, c, target, repeat) for c in chosen))
+    entries = tuple(bisect_reference(session, c, target, repeat) for c in chosen)
+    return Bisections(entries, tuple(skipped))
 
 
 def bisect_reference(

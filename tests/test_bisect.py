@@ -635,7 +635,8 @@ def test_each_reference_of_a_batch_is_bisected_on_its_own(linear, tmp_path, stor
     assert code == 1, err
     doc = json.loads(out)
     documented = tables(section(JSON_DOC, 'The bisect document'))[1]
-    assert first_spans(documented) == list(doc) == ['bisections', 'exit_code']
+    assert first_spans(documented) == list(doc) == ['bisections', 'skipped', 'exit_code']
+    assert doc['skipped'] == []
     assert doc['exit_code'] == 1
     found, unchanged = doc['bisections']
     assert (found['status'], found['exit_code']) == ('differ', 1)
@@ -749,3 +750,30 @@ def test_sigterm_stops_the_current_bisection_and_starts_no_further_one(linear, t
     assert [p.data.tags['reproduce.reference_run_id'] for p in parents] == [ref]
     assert parents[0].info.status == 'KILLED'
     assert not [r for r in runs if r.info.status == 'RUNNING']
+
+
+def test_runs_of_an_experiment_not_bisected_are_listed_as_skipped(tmp_path, store, capsys):
+    """--from-experiment --bisect: a run that cannot be bisected is listed
+    with its reason, in every format, not left out without a word."""
+    repo, first = build_repo(tmp_path, TINY)
+    name = f'skips-{tmp_path.name}'
+    mlflow_run(str(repo / 'tiny'), store, '--experiment-name', name)
+    commits = [first, *add_commits(repo, 1, change_at=1)]
+    c = client()
+    no_source = c.create_run(c.get_experiment_by_name(name).experiment_id).info.run_id
+    c.set_terminated(no_source)
+    argv = ('--from-experiment', name, '--bisect', '--experiment-name', f'{name}-out')
+    code, out, err = reproduce(capsys, *argv, '--output', 'json')
+    assert code == 1, err
+    doc = json.loads(out)
+    [bisection] = doc['bisections']
+    assert bisection['bisect']['first_changed_commit'] == commits[1]
+    assert [s['run_id'] for s in doc['skipped']] == [no_source]
+    assert doc['skipped'][0]['reason'].startswith('it was not launched as an MLflow Project')
+    code, out, err = reproduce(capsys, *argv)
+    assert code == 1, err
+    assert out.splitlines()[-1].startswith('Skipped 1 run: it was not launched as an MLflow')
+    junit = tmp_path / 'junit.xml'
+    code, out, err = reproduce(capsys, *argv, '--output', 'markdown', '--junit-xml', str(junit))
+    assert out.splitlines()[-1].startswith('- skipped 1 run: it was not launched as an MLflow')
+    assert f'name="{no_source[:8]}"' in junit.read_text()
