@@ -3192,10 +3192,11 @@ def _datasets_by_key(inputs: Sequence[Any]) -> dict[tuple[str, str | None], Any]
 def code_notes(
     tags: Mapping[str, str],
     uri_overridden: bool,
-    version_overridden: bool,
+    version_overridden: str | None,
     label: str = 'the reference run',
 ) -> list[str]:
-    """What code trained a run (given its tags), where its commit does not say."""
+    """What code trained a run (given its tags), where its commit does not say;
+    version_overridden: the option whose commit ran instead of the recorded one."""
     notes = []
     if tags.get(TAG_GIT_DIRTY, '').lower() == 'true':
         commit = tags.get(TAG_GIT_COMMIT, '')
@@ -3206,7 +3207,7 @@ def code_notes(
     if uri_overridden:
         notes.append(f'--uri replaced the source that {label} recorded')
     if version_overridden:
-        notes.append(f'--version replaced the commit that {label} recorded')
+        notes.append(f'{version_overridden} replaced the commit that {label} recorded')
     return notes
 
 
@@ -3335,7 +3336,7 @@ def differences_between(
     rules: Rules,
     other_environment: tuple[dict[str, Any] | None, str] | None = None,
     uri_overridden: bool = False,
-    version_overridden: bool = False,
+    version_overridden: str | None = None,
     compared_runs: bool = False,
 ) -> Differences:
     """Everything besides metrics that differs between two runs.
@@ -3359,7 +3360,7 @@ def differences_between(
         )
     code = code_notes(reference.data.tags, uri_overridden, version_overridden)
     if compared_runs:
-        code += code_notes(other.data.tags, False, False, 'the compared run') + commit_notes(
+        code += code_notes(other.data.tags, False, None, 'the compared run') + commit_notes(
             reference.data.tags, other.data.tags
         )
     return Differences(
@@ -4695,6 +4696,7 @@ class Options:
 
     uri: str | None = None
     version: str | None = None
+    version_by: str = '--version'  # what chose `version`: the option, or --bisect's probe
     experiment_name: str | None = None  # None: Default, or a script run's own experiment
     entry_point: str | None = None
     env_manager: str | None = None
@@ -4997,8 +4999,9 @@ def _reproduce(
         options.rules,
         other_environment=(launch.environment, 'reproduction') if launch.environment else None,
         uri_overridden=options.uri is not None,
-        version_overridden=options.version is not None
-        and commit != reference.data.tags.get(TAG_GIT_COMMIT),
+        version_overridden=options.version_by
+        if options.version is not None and commit != reference.data.tags.get(TAG_GIT_COMMIT)
+        else None,
     )
     return _verdict_report(verdict, differences=differences, **fields)
 
@@ -5093,6 +5096,7 @@ class Probe:
     error: str | None = None  # it cannot be reproduced: reported, never run
     name: str | None = None  # the reference run's name, when the selection read it
     version: str | None = None  # a commit or version instead of --version / the recorded one
+    version_by: str = '--version'  # what chose it, as a report says
     environ: tuple[tuple[str, str | None], ...] = ()  # set (None: unset) for the project
     nested: bool = False  # under a parent run of its reference, below the group's
     parent_run_id: str | None = None  # under this existing run instead of the group's
@@ -5292,7 +5296,7 @@ def _probe_session(session: Session, probe: Probe) -> Session:
         return session
     options = session.options
     if probe.version is not None:
-        options = dataclasses.replace(options, version=probe.version)
+        options = dataclasses.replace(options, version=probe.version, version_by=probe.version_by)
     environ = {**session.user_environ, **dict(probe.environ)}
     return dataclasses.replace(
         session,
@@ -6200,6 +6204,7 @@ class BisectPlanner(Planner):
                 label=f'at {self.path[i].commit[:12]}',
                 name=self.reference.info.run_name,
                 version=self.path[i].commit,
+                version_by='--bisect',
             )
             for i in chosen
             for _ in range(self.repeat)

@@ -244,6 +244,9 @@ def test_bisect_finds_the_commit_that_changed_the_metric(linear, capsys, tmp_pat
     # the single-run fields are the first changed commit's probe
     assert doc['reproduced_run_id'] == by_commit[commits[8]]['reproduced_run_id']
     assert [m['key'] for m in doc['metrics'] if not m['equal']] == ['score']
+    assert doc['differences']['code'] == [
+        '--bisect replaced the commit that the reference run recorded'  # no --version given
+    ]
     # the reference commit first, then the target
     started = [line for line in err.splitlines() if line.endswith(' started')]
     assert f'at {commits[0][:12]} started' in started[0]

@@ -282,12 +282,12 @@ def test_dataset_differences(reference, reproduced, expected):
 @pytest.mark.parametrize(
     ('tags', 'uri', 'version', 'expected'),
     [
-        pytest.param({}, False, False, [], id='clean'),
-        pytest.param({'mlflow.source.git.dirty': 'false'}, False, False, [], id='recorded-clean'),
+        pytest.param({}, False, None, [], id='clean'),
+        pytest.param({'mlflow.source.git.dirty': 'false'}, False, None, [], id='recorded-clean'),
         pytest.param(
             {'mlflow.source.git.dirty': 'true', 'mlflow.source.git.commit': 'a' * 40},
             False,
-            False,
+            None,
             [
                 (
                     'the reference run was trained from uncommitted edits on top of commit '
@@ -299,16 +299,23 @@ def test_dataset_differences(reference, reproduced, expected):
         pytest.param(
             {},
             True,
-            False,
+            None,
             ['--uri replaced the source that the reference run recorded'],
             id='uri-overridden',
         ),
         pytest.param(
             {},
             False,
-            True,
+            '--version',
             ['--version replaced the commit that the reference run recorded'],
             id='version-overridden',
+        ),
+        pytest.param(
+            {},
+            False,
+            '--bisect',
+            ['--bisect replaced the commit that the reference run recorded'],
+            id='a-bisection-probe',
         ),
     ],
 )
