@@ -4148,10 +4148,10 @@ def _last_line_of(batch: BatchReport) -> str:
     return planned_line(batch) if batch.dry_run else f'Runs equal: {batch.equal}'
 
 
-def skipped_lines(skipped: Sequence[Mapping[str, str]]) -> list[tuple[int, str]]:
-    """One (count, reason) per reason, in the order the reasons first came."""
+def skipped_lines(skipped: Sequence[Mapping[str, str]], head: str = 'Skipped') -> list[str]:
+    """One line per reason, with its count, in the order the reasons first came."""
     counts = collections.Counter(s['reason'] for s in skipped)
-    return [(n, reason) for reason, n in counts.items()]
+    return [f'{head} {_runs(n)}: {reason}' for reason, n in counts.items()]
 
 
 def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
@@ -4163,7 +4163,7 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
     else:
         lines.append(_summary_counts(batch))
     lines += _summary_table(batch, 'psql')
-    lines += [f'Skipped {_runs(n)}: {reason}' for n, reason in skipped_lines(batch.skipped)]
+    lines += skipped_lines(batch.skipped)
     for report in batch.reports:
         if report.status in ('failed', 'error') and report.message:
             lines.append(f'{report.reference_run_id}: {report.status}: {report.message}')
@@ -4205,7 +4205,7 @@ def format_batch_markdown(batch: BatchReport) -> str:
     lines += _summary_table(batch, 'github')
     if batch.skipped:
         lines += ['']
-        lines += [f'- skipped {_runs(n)}: {reason}' for n, reason in skipped_lines(batch.skipped)]
+        lines += skipped_lines(batch.skipped, '- skipped')
     for repeat in batch.repeats:
         lines += [
             '',
@@ -6598,15 +6598,10 @@ def _entry_text(entry: BisectReport | Report, output: str) -> str:
     return f'Reference run:  {entry.reference_run_id} ({entry.status}: {entry.message})'
 
 
-def bisections_skipped_lines(bisections: Bisections) -> list[str]:
-    """The runs of the selection that were not bisected, by reason."""
-    return [f'Skipped {_runs(n)}: {r}' for n, r in skipped_lines(bisections.skipped)]
-
-
 def format_bisections_markdown(bisections: Bisections) -> str:
     parts = [_entry_text(e, 'markdown') for e in bisections.entries]
-    skipped = [f'- skipped {_runs(n)}: {r}' for n, r in skipped_lines(bisections.skipped)]
-    return '\n\n'.join([*parts, *first_changed_lines(bisections), '\n'.join(skipped)]).strip()
+    skipped = '\n'.join(skipped_lines(bisections.skipped, '- skipped'))
+    return '\n\n'.join([*parts, *first_changed_lines(bisections), skipped]).strip()
 
 
 def render_bisections(bisections: Bisections, output: str) -> str:
@@ -6625,7 +6620,7 @@ def render_bisections(bisections: Bisections, output: str) -> str:
     if output == 'markdown':
         return format_bisections_markdown(bisections)
     parts = [_entry_text(e, output) for e in bisections.entries]
-    last = first_changed_lines(bisections) + bisections_skipped_lines(bisections)
+    last = first_changed_lines(bisections) + skipped_lines(bisections.skipped)
     return '\n\n'.join([*parts, '\n'.join(last)])
 
 
@@ -7753,7 +7748,7 @@ def bisect_chosen(session: Session, selection: Selection) -> BisectReport | Bise
     )
     target, repeat = selection.bisect or '', selection.repeat
     if not chosen:
-        why = '; '.join(f'skipped {_runs(n)}: {r}' for n, r in skipped_lines(skipped))
+        why = '; '.join(skipped_lines(skipped, 'skipped'))
         raise ReproduceError('--bisect: no reference run was chosen' + (f' ({why})' if why else ''))
     if len(chosen) == 1 and not skipped:
         if chosen[0].run_id is None:

@@ -616,7 +616,11 @@ def test_planned_line(statuses, skipped, line):
     ('reasons', 'lines'),
     [
         pytest.param([], [], id='none'),
-        pytest.param(['x', 'y', 'x', 'x'], [(3, 'x'), (1, 'y')], id='counted-in-first-order'),
+        pytest.param(
+            ['x', 'y', 'x', 'x'],
+            ['Skipped 3 runs: x', 'Skipped 1 run: y'],
+            id='counted-in-first-order',
+        ),
     ],
 )
 def test_skipped_lines_collapse_by_reason(reasons, lines):
