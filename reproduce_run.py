@@ -24,7 +24,6 @@ batch, repeat, bisect and explain (planners on the engine); CI and on-call
 from __future__ import annotations
 
 import argparse
-import ast
 import collections
 import contextlib
 import dataclasses
@@ -6824,29 +6823,40 @@ _UV_FROM_PIP = {
     'extra-index-url': ('UV_EXTRA_INDEX_URL', ' '),
     'find-links': ('UV_FIND_LINKS', ','),
     'cert': ('SSL_CERT_FILE', None),
+    'constraint': ('UV_CONSTRAINT', ' '),
 }
+# pip's settings that uv is not told: with any of them set, pip installs.
+_PIP_ONLY = ('trusted-host', 'client-cert', 'proxy')
 _PIP_TRUE = ('1', 'y', 'yes', 't', 'true', 'on')  # pip's strtobool
-_PIP_CONFIG_LINE_RE = re.compile(r'^(?P<section>[^=.]*)\.(?P<key>[^=]+)=(?P<value>.*)$')
+
+# Run by the interpreter that installs: `pip install`'s settings as pip's own
+# option parser reads them from its configuration files and PIP_ variables
+# (pip's precedence, empty values skipped), whatever the version of pip.
+PIP_SETTINGS_SCRIPT = r"""
+import json
+from pip._internal.commands import create_command
+o, _ = create_command('install').parse_args([])
+print(json.dumps({
+    'index-url': o.index_url, 'extra-index-url': o.extra_index_urls,
+    'find-links': o.find_links, 'no-index': bool(o.no_index), 'cert': o.cert,
+    'constraint': o.constraints, 'trusted-host': o.trusted_hosts,
+    'client-cert': o.client_cert, 'proxy': o.proxy,
+}))
+"""
 
 
-def effective_pip_config(listed: str) -> dict[str, str]:
-    """pip's effective settings for `pip install`, from what `pip config list`
-    prints: a PIP_ variable (`:env:.key`) over the files' [install] section,
-    over their [global] one.  pip spells a key with - or _ alike."""
-    rank = {'global': 0, 'install': 1, ':env:': 2}
-    found: dict[str, tuple[int, str]] = {}
-    for line in listed.splitlines():
-        m = _PIP_CONFIG_LINE_RE.match(line.strip())
-        if not m or m['section'] not in rank:
-            continue
-        try:
-            value = ast.literal_eval(m['value'])
-        except (ValueError, SyntaxError):
-            continue
-        key = m['key'].lower().replace('_', '-')
-        if isinstance(value, str) and rank[m['section']] >= found.get(key, (-1, ''))[0]:
-            found[key] = (rank[m['section']], value)
-    return {key: value for key, (_, value) in found.items()}
+def pip_settings(printed: Mapping[str, Any]) -> dict[str, str]:
+    """pip's settings as text (several values separated by spaces, a switch
+    as 'true'), the unset ones left out."""
+    found = {}
+    for key, value in printed.items():
+        if isinstance(value, bool):
+            value = 'true' if value else ''
+        elif isinstance(value, list):
+            value = ' '.join(map(str, value))
+        if value:
+            found[key] = str(value)
+    return found
 
 
 def pip_config_from_environ(environ: Mapping[str, str]) -> dict[str, str]:
@@ -6860,8 +6870,8 @@ def pip_config_from_environ(environ: Mapping[str, str]) -> dict[str, str]:
 
 def uv_pip_settings(pip_config: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
     """uv's variables and flags for pip's settings: index URLs (with their
-    credentials), find-links, the certificate and no-index, whose flag holds
-    no secret (uv has no variable for it).  Several indexes are searched for
+    credentials), find-links, the certificate, constraint files and no-index,
+    whose flag holds no secret (uv has no variable for it).  Several indexes are searched for
     the best match, as pip does, not uv's first index that has the package."""
     environ = {}
     for key, (variable, separator) in _UV_FROM_PIP.items():
@@ -6875,37 +6885,37 @@ def uv_pip_settings(pip_config: Mapping[str, str]) -> tuple[dict[str, str], tupl
 
 
 def read_pip_config(session: Session) -> dict[str, str]:
-    """pip's effective settings, once per invocation.  The config command
-    lists every file only when not told --user, --global or --site: a
-    `user = true` in pip.conf or PIP_USER=1 would tell it --user."""
+    """pip's settings for `pip install`, asked of pip once per invocation; the
+    PIP_ variables alone when pip cannot be asked."""
     if session.pip_config is not None:
         return session.pip_config
-    environ = {**session.user_environ, 'PIP_USER': '0', 'PIP_GLOBAL': '0', 'PIP_SITE': '0'}
     try:
         proc = subprocess.run(
-            [sys.executable, '-m', 'pip', 'config', 'list', '--disable-pip-version-check'],
-            env={**environ, PROCESS_TAG: session.tag},
+            [sys.executable, '-c', PIP_SETTINGS_SCRIPT],
+            env={**session.user_environ, PROCESS_TAG: session.tag},
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
             timeout=PIP_CONFIG_TIMEOUT_SECONDS,
         )
-        ok = proc.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        ok = False
-    if ok:
-        session.pip_config = effective_pip_config(proc.stdout)
+        printed = json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        printed = None
+    if isinstance(printed, dict):
+        session.pip_config = pip_settings(printed)
     else:
         session.pip_config = pip_config_from_environ(session.user_environ)
     return session.pip_config
 
 
 def install_command(session: Session, key: str, layer: str) -> tuple[list[str], dict[str, str]]:
-    """`uv pip install` when uv is on the user's PATH, told pip's settings;
-    else pip, told --no-user: a user install's PIP_USER=1 or `user = true`
-    refuses --target."""
+    """`uv pip install` when uv is on the user's PATH, told pip's settings
+    (unless they hold one uv cannot be told); else pip, told --no-user: a user
+    install's PIP_USER=1 or `user = true` refuses --target."""
     environ = {**session.user_environ, PROCESS_TAG: session.tag}
     uv = shutil.which('uv', path=session.user_environ.get('PATH'))
+    if uv and any(read_pip_config(session).get(k) for k in _PIP_ONLY):
+        uv = None  # pip's settings hold one that uv cannot be told
     if uv:
         variables, flags = uv_pip_settings(read_pip_config(session))
         argv = [uv, 'pip', 'install', '--no-deps', '--python', sys.executable, *flags]
@@ -7377,7 +7387,7 @@ def summary_line(outcome: Outcome, experiment: str) -> str:
         what = f'a bisection of run {outcome.reference_run_id} (first changed commit: {found})'
     elif isinstance(outcome, Bisections):
         found = ', '.join(f'{e.reference_run_id}: {first_changed_of(e)}' for e in outcome.entries)
-        what = f'bisections of {len(outcome.entries)} runs (first changed commits: {found})'
+        what = f'bisections of {_runs(len(outcome.entries))} (first changed commits: {found})'
     else:
         references = len({r.reference_run_id for r in reports})
         what = f'{references} run' + ('' if references == 1 else 's')

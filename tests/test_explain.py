@@ -204,41 +204,28 @@ def test_a_probe_unsets_a_variable_and_nests_under_its_run():
 
 # --- installing with pip's settings, with pip or uv ----------------------------
 
-GLOBAL_INDEX = "global.index-url='https://g.example/simple'"
 SECRET = 's3cr3t-token'
 SECRET_INDEX = f'http://user:{SECRET}@127.0.0.1:9/simple'  # nothing listens on port 9
 
 
 @pytest.mark.parametrize(
-    ('listed', 'config'),
+    ('printed', 'config'),
     [
-        pytest.param('', {}, id='nothing-set'),
-        pytest.param(GLOBAL_INDEX, {'index-url': 'https://g.example/simple'}, id='global'),
         pytest.param(
-            f"install.index-url='https://i.example/simple'\n{GLOBAL_INDEX}",
-            {'index-url': 'https://i.example/simple'},
-            id='install-over-global',
+            {'index-url': 'https://pypi.org/simple', 'no-index': False, 'cert': None},
+            {'index-url': 'https://pypi.org/simple'},
+            id='unset-left-out',
         ),
         pytest.param(
-            f":env:.index-url='https://e.example/simple'\n{GLOBAL_INDEX}\n"
-            "install.index-url='https://i.example/simple'",
-            {'index-url': 'https://e.example/simple'},
-            id='variable-over-files',
+            {'find-links': ['/a', '/b'], 'extra-index-url': [], 'no-index': True},
+            {'find-links': '/a /b', 'no-index': 'true'},
+            id='lists-and-switches-as-text',
         ),
-        pytest.param(
-            "global.find_links='\\n/a\\n/b'\n:env:.no-index='1'",
-            {'find-links': '\n/a\n/b', 'no-index': '1'},
-            id='underscore-and-several-lines',
-        ),
-        pytest.param(
-            "freeze.index-url='https://f.example'\nnot a setting\nglobal.cert=unquoted",
-            {},
-            id='other-commands-and-noise-ignored',
-        ),
+        pytest.param({'proxy': ''}, {}, id='empty-left-out'),
     ],
 )
-def test_effective_pip_config(listed, config):
-    assert reproduce_run.effective_pip_config(listed) == config
+def test_pip_settings(printed, config):
+    assert reproduce_run.pip_settings(printed) == config
 
 
 @pytest.mark.parametrize(
@@ -269,6 +256,12 @@ def test_effective_pip_config(listed, config):
         pytest.param({'no-index': '0'}, {}, (), id='no-index-false'),
         pytest.param({'no-index': 'yes'}, {}, ('--no-index',), id='no-index-yes'),
         pytest.param({'cert': '/etc/ca.pem'}, {'SSL_CERT_FILE': '/etc/ca.pem'}, (), id='cert'),
+        pytest.param(
+            {'constraint': '/c/one.txt /c/two.txt'},
+            {'UV_CONSTRAINT': '/c/one.txt /c/two.txt'},
+            (),
+            id='constraint-files-space-separated',
+        ),
         pytest.param({'user': '1', 'timeout': '5'}, {}, (), id='others-not-for-uv'),
     ],
 )
@@ -281,23 +274,44 @@ def test_pip_config_from_environ_reads_pip_variables_alone():
     assert reproduce_run.pip_config_from_environ(environ) == {'no-index': '1', 'find-links': '/w'}
 
 
-def test_pip_config_read_once_with_user_true_in_pip_conf(tmp_path):
-    """pip itself merges the files and the variables; `user = true` (or
-    PIP_USER=1) would restrict its config command to the user's file."""
+def test_pip_settings_are_asked_of_pip_once(tmp_path):
+    """pip's own parser: the files (`[install]` over `[global]`), then the
+    variables over them, an empty variable ignored, as `pip install` reads
+    them; a `user = true` in the file changes nothing."""
     conf = tmp_path / 'pip.conf'
     conf.write_text(
         '[global]\nuser = true\nindex-url = https://u:p@g.example/simple\n'
-        'find-links = /g\n[install]\nno-index = true\n'
+        'find-links = /g\n[install]\nno-index = true\nconstraint = /c.txt\n'
     )
     session = session_with(
-        {**os.environ, 'PIP_CONFIG_FILE': str(conf), 'PIP_USER': '1', 'PIP_FIND_LINKS': '/e'}
+        {
+            **os.environ,
+            'PIP_CONFIG_FILE': str(conf),
+            'PIP_USER': '1',
+            'PIP_FIND_LINKS': '/e',
+            'PIP_INDEX_URL': '',
+            'PIP_NO_INDEX': '',
+        }
     )
     config = reproduce_run.read_pip_config(session)
     assert config['index-url'] == 'https://u:p@g.example/simple'
     assert config['no-index'] == 'true'
     assert config['find-links'] == '/e'
+    assert config['constraint'] == '/c.txt'
     conf.unlink()  # once per invocation: not read again
     assert reproduce_run.read_pip_config(session) is config
+
+
+def test_a_setting_uv_cannot_be_told_makes_pip_install(tmp_path):
+    conf = tmp_path / 'pip.conf'
+    conf.write_text('[global]\ntrusted-host = insecure.example\n')
+    path = installer_path(tmp_path / 'bin', with_uv=True)
+    environ = {**os.environ, 'PATH': path, 'PIP_CONFIG_FILE': str(conf)}
+    argv, _ = reproduce_run.install_command(session_with(environ), 'numkit==1.0', '/l')
+    assert argv[:3] == [sys.executable, '-m', 'pip']
+    conf.write_text('[global]\nindex-url = https://i.example/simple\n')
+    argv, _ = reproduce_run.install_command(session_with(environ), 'numkit==1.0', '/l')
+    assert Path(argv[0]).name == 'uv'
 
 
 def test_without_pip_the_pip_variables_are_read(tmp_path):
