@@ -57,17 +57,22 @@ def make_repo(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _project_output_kept_out() -> Iterator[None]:
+def _project_output_kept_out() -> Iterator[io.BytesIO]:
     """The project's output (which `mlflow run` leaves on the descriptors 1
-    and 2 it inherits) goes to a file, not to what the test captures."""
+    and 2 it inherits) goes to a file, not to what the test captures; it is
+    handed back at the end, for a failure's message."""
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
+    saved, kept = (os.dup(1), os.dup(2)), io.BytesIO()
     try:
         with tempfile.TemporaryFile() as sink:
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
-            yield
+            try:
+                yield kept
+            finally:
+                sink.seek(0)
+                kept.write(sink.read())
     finally:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
@@ -90,7 +95,7 @@ def mlflow_run(uri: str, tracking_uri: str, *args: str, fails: bool = False) -> 
     try:
         with (
             pytest.MonkeyPatch.context() as mp,
-            _project_output_kept_out(),
+            _project_output_kept_out() as output,
             contextlib.redirect_stdout(io.StringIO()),
             contextlib.redirect_stderr(err),
         ):
@@ -101,7 +106,8 @@ def mlflow_run(uri: str, tracking_uri: str, *args: str, fails: bool = False) -> 
     finally:
         logger.setLevel(level)
     match = _RUN_ID_LOG_RE.search(err.getvalue())
-    assert match and (status != 0) == fails, err.getvalue()[-3000:]
+    project = output.getvalue().decode(errors='replace')
+    assert match and (status != 0) == fails, err.getvalue()[-3000:] + project[-3000:]
     return match.group(1)
 
 

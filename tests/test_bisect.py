@@ -780,3 +780,7 @@ def test_runs_of_an_experiment_not_bisected_are_listed_as_skipped(tmp_path, stor
     code, out, err = reproduce(capsys, *argv, '--output', 'markdown', '--junit-xml', str(junit))
     assert out.splitlines()[-1].startswith('- skipped 1 run: it was not launched as an MLflow')
     assert f'name="{no_source[:8]}"' in junit.read_text()
+    c.delete_run(no_source)  # one run chosen, none skipped: the single bisect document
+    code, out, err = reproduce(capsys, *argv, '--output', 'json')
+    assert (code, list(json.loads(out))[:1]) == (1, ['reference_run_id']), err
+    assert json.loads(out)['bisect']['first_changed_commit'] == commits[1]

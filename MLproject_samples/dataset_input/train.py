@@ -9,13 +9,26 @@ whose ``requirements.txt`` pins the versions that trained it.
 from __future__ import annotations
 
 import argparse
+from importlib.metadata import version
 
 import mlflow
 import mlflow.sklearn
 import pandas as pd
-import sklearn
 from sklearn.linear_model import Ridge
 from sklearn.metrics import mean_absolute_error, r2_score
+
+# What the model needs, at the versions that trained it: named, not
+# inferred (MLflow would load the model again in a second interpreter).
+PINS = [
+    f'{name}=={version(name)}'
+    for name in (
+        'scikit-learn',
+        'numpy',
+        'scipy',
+        'pandas',
+        'cloudpickle',
+    )
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,10 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     pred = model.predict(X)
     mlflow.log_metric('mae', float(mean_absolute_error(y, pred)))
     mlflow.log_metric('r2', float(r2_score(y, pred)))
-    # The versions that trained it, named rather than inferred (MLflow would
-    # load the model again in a second interpreter to see what it imports).
-    pins = [f'scikit-learn=={sklearn.__version__}', f'pandas=={pd.__version__}']
-    mlflow.sklearn.log_model(model, name='model', pip_requirements=pins)
+    mlflow.sklearn.log_model(model, name='model', pip_requirements=PINS)
     return 0
 
 

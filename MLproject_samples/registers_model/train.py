@@ -10,14 +10,26 @@ every run.
 from __future__ import annotations
 
 import argparse
+from importlib.metadata import version
 
 import mlflow
 import mlflow.sklearn
-import sklearn
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import Ridge
 from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
+
+# What the model needs, at the versions that trained it: named, not
+# inferred (MLflow would load the model again in a second interpreter).
+PINS = [
+    f'{name}=={version(name)}'
+    for name in (
+        'scikit-learn',
+        'numpy',
+        'scipy',
+        'cloudpickle',
+    )
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,14 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     pred = model.predict(X_test)
     mlflow.log_metric('mae', float(mean_absolute_error(y_test, pred)))
     mlflow.log_metric('r2', float(r2_score(y_test, pred)))
-    # Its requirements named, not inferred (MLflow would load the model again
-    # in a second interpreter to see what it imports: some 8 s a run).
     mlflow.sklearn.log_model(
         model,
         name='model',
         registered_model_name=args.model_name,
         input_example=X_test[:2],
-        pip_requirements=[f'scikit-learn=={sklearn.__version__}'],
+        pip_requirements=PINS,
     )
     return 0
 
