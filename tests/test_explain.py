@@ -501,6 +501,15 @@ def explain(capsys, monkeypatch, world: World, site: Path, run_id: str, *argv: s
     return code, json.loads(out), err
 
 
+def padkit_only(world: World, tmp_path: Path) -> Path:
+    """A find-links folder holding padkit's wheels alone: numkit cannot be installed."""
+    links = tmp_path / 'links'
+    links.mkdir()
+    for wheel in world.wheels.glob('padkit-*'):
+        (links / wheel.name).write_bytes(wheel.read_bytes())
+    return links
+
+
 def probe_runs(reproduced_run_id: str) -> list:
     c = client()
     return c.search_runs(
@@ -631,10 +640,7 @@ def test_without_explain_there_is_no_explanation(world, capsys, monkeypatch):
 
 
 def test_a_version_that_cannot_be_installed_is_not_tried(world, capsys, monkeypatch, tmp_path):
-    links = tmp_path / 'links'
-    links.mkdir()
-    for wheel in world.wheels.glob('padkit-*'):  # numkit 1.0 is nowhere to be found
-        (links / wheel.name).write_bytes(wheel.read_bytes())
+    links = padkit_only(world, tmp_path)  # numkit 1.0 is nowhere to be found
     code, report, err = explain(
         capsys, monkeypatch, world, world.new, world.reference, PIP_FIND_LINKS=str(links)
     )
@@ -699,10 +705,7 @@ def test_sigterm_mid_explanation_leaves_nothing(world, store, tmp_path):
 
 @pytest.mark.slow
 def test_a_batch_explains_each_reproduction_that_differs(world, capsys, monkeypatch, tmp_path):
-    links = tmp_path / 'links'
-    links.mkdir()
-    for wheel in world.wheels.glob('padkit-*'):  # one probe: padkit alone
-        (links / wheel.name).write_bytes(wheel.read_bytes())
+    links = padkit_only(world, tmp_path)  # one probe: padkit alone
     for k, v in world.env(world.new, PIP_FIND_LINKS=str(links)).items():
         monkeypatch.setenv(k, v)
     code, out, err = reproduce(
@@ -719,10 +722,7 @@ def test_a_batch_explains_each_reproduction_that_differs(world, capsys, monkeypa
 
 @pytest.mark.slow
 def test_repeat_explains_a_drifted_reference_once(world, capsys, monkeypatch, tmp_path):
-    links = tmp_path / 'links'
-    links.mkdir()
-    for wheel in world.wheels.glob('padkit-*'):  # one probe: padkit alone
-        (links / wheel.name).write_bytes(wheel.read_bytes())
+    links = padkit_only(world, tmp_path)  # one probe: padkit alone
     for k, v in world.env(world.new, PIP_FIND_LINKS=str(links)).items():
         monkeypatch.setenv(k, v)
     code, out, err = reproduce(capsys, '--run_id', world.reference, '--repeat', '2', '--explain')
