@@ -6871,8 +6871,9 @@ def pip_config_from_environ(environ: Mapping[str, str]) -> dict[str, str]:
 def uv_pip_settings(pip_config: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
     """uv's variables and flags for pip's settings: index URLs (with their
     credentials), find-links, the certificate, constraint files and no-index,
-    whose flag holds no secret (uv has no variable for it).  Several indexes are searched for
-    the best match, as pip does, not uv's first index that has the package."""
+    whose flag holds no secret (uv has no variable for it).  Several indexes
+    are searched for the best match, as pip does, not uv's first index that
+    has the package."""
     environ = {}
     for key, (variable, separator) in _UV_FROM_PIP.items():
         values = pip_config.get(key, '').split()
@@ -6914,10 +6915,11 @@ def install_command(session: Session, key: str, layer: str) -> tuple[list[str], 
     install's PIP_USER=1 or `user = true` refuses --target."""
     environ = {**session.user_environ, PROCESS_TAG: session.tag}
     uv = shutil.which('uv', path=session.user_environ.get('PATH'))
-    if uv and any(read_pip_config(session).get(k) for k in _PIP_ONLY):
+    config = read_pip_config(session) if uv else {}
+    if any(config.get(k) for k in _PIP_ONLY):
         uv = None  # pip's settings hold one that uv cannot be told
     if uv:
-        variables, flags = uv_pip_settings(read_pip_config(session))
+        variables, flags = uv_pip_settings(config)
         argv = [uv, 'pip', 'install', '--no-deps', '--python', sys.executable, *flags]
         environ.update(variables)
     else:
