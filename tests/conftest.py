@@ -206,10 +206,39 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def _tracking_uri(store: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _tracking_uri(store: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setenv('MLFLOW_TRACKING_URI', store)
     # MLflow puts artifacts under ./mlruns of whoever creates an experiment.
     monkeypatch.chdir(tmp_path)
+    yield
+    forget_databases_in(tmp_path)
+
+
+def forget_databases_in(folder: Path) -> None:
+    """Close and forget the engines MLflow keeps, for the life of the process,
+    on databases in `folder`, and the stores built on them.  A passing test's
+    folder is removed, and pytest may give the same path to a later test of a
+    similar name: a kept engine would still write to the removed file ("attempt
+    to write a readonly database")."""
+    stale = False
+    for module in (
+        'mlflow.store.tracking.sqlalchemy_store',
+        'mlflow.store.model_registry.sqlalchemy_store',
+    ):
+        engines = getattr(sys.modules.get(module), 'SqlAlchemyStore', None)
+        for uri in [u for u in getattr(engines, '_engine_map', {}) if str(folder) in u]:
+            engines._engine_map.pop(uri).dispose()
+            stale = True
+    if stale:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        for registry in (
+            tracking_utils._tracking_store_registry,
+            registry_utils._model_registry_store_registry,
+        ):
+            if registry is not None:
+                type(registry)._get_store_with_resolved_uri.cache_clear()
 
 
 @pytest.fixture(scope='session')
@@ -271,7 +300,9 @@ class Server:
 
 def start_mlflow_server(where: Path) -> Server:
     """A real tracking server on 127.0.0.1 with its own sqlite store; stop it
-    with stop(server.proc)."""
+    with stop(server.proc).  Its job runner is off: the tool submits no jobs,
+    and the runner's seven huey consumers each import MLflow (some 19 s of CPU
+    a server) and leave a folder in /dev/shm behind."""
     where.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = where / 'server.log'
@@ -296,6 +327,7 @@ def start_mlflow_server(where: Path) -> Server:
             stdout=subprocess.DEVNULL,
             stderr=log_file,
             cwd=where,
+            env={**os.environ, 'MLFLOW_SERVER_ENABLE_JOB_EXECUTION': 'false'},
         )
     url = f'http://127.0.0.1:{port}'
     deadline = time.monotonic() + 90
