@@ -26,6 +26,20 @@ class Rule:
     hang: bool = False
 
 
+def request_body(request: http.server.BaseHTTPRequestHandler) -> bytes:
+    """A request's body.  requests sends an empty file (say, an empty
+    output.log) in chunks, without a Content-Length."""
+    if 'chunked' not in request.headers.get('Transfer-Encoding', ''):
+        return request.rfile.read(int(request.headers.get('Content-Length') or 0))
+    chunks = []
+    while size := int(request.rfile.readline().split(b';')[0], 16):
+        chunks.append(request.rfile.read(size))
+        request.rfile.readline()
+    while request.rfile.readline() not in (b'\r\n', b'\n', b''):
+        pass  # trailers
+    return b''.join(chunks)
+
+
 class Proxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
@@ -50,7 +64,7 @@ class Proxy:
                 pass
 
             def _any(self) -> None:
-                body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+                body = request_body(self)
                 with proxy._lock:
                     proxy.seen.append(f'{self.command} {self.path}')
                 rule = proxy._rule(self.path)
@@ -73,8 +87,12 @@ class Proxy:
                     proxy.upstream.hostname, proxy.upstream.port, timeout=120
                 )
                 headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in ('host', 'connection')
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower()
+                    not in ('host', 'connection', 'transfer-encoding', 'content-length')
                 }
+                headers['Content-Length'] = str(len(body))
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     answer = conn.getresponse()

@@ -153,8 +153,9 @@ BAD_ARGS = [
 
 @pytest.mark.parametrize(('argv', 'message'), BAD_ARGS)
 def test_bad_backend_arguments_exit_2_with_one_line_and_make_nothing(
-    argv, message, reference, tmp_path, capsys
+    argv, message, sqlite_reference, sqlite_store, tmp_path, capsys, monkeypatch
 ):
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', sqlite_store)  # a local tracking URI
     files = {
         'tmp': str(tmp_path),
         'kube_no_repo': kube_config(tmp_path, 'no_repo', **{'repository-uri': None}),
@@ -175,7 +176,7 @@ def test_bad_backend_arguments_exit_2_with_one_line_and_make_nothing(
     write(tmp_path / 'bad.json', '{')
     write(tmp_path / 'string.json', '"gpu"')
     argv = [arg.format(**files) if arg.startswith('{') and '"' not in arg else arg for arg in argv]
-    err = refused(capsys, reference('sklearn_regression'), *argv)
+    err = refused(capsys, sqlite_reference('sklearn_regression'), *argv)
     assert message.format(**files) in err
 
 

@@ -345,9 +345,9 @@ def test_a_registered_model_names_its_run(reference, capsys, tmp_path):
     ],
 )
 def test_two_jobs_at_once_finish_every_run_nested(
-    samples_repo, store, mlflow_server, capsys, tmp_path, monkeypatch, server
+    samples_repo, sqlite_store, mlflow_server, capsys, tmp_path, monkeypatch, server
 ):
-    uri = mlflow_server if server else store
+    uri = mlflow_server if server else sqlite_store
     monkeypatch.setenv('MLFLOW_TRACKING_URI', uri)
     refs = [
         mlflow_run(str(samples_repo / sample), uri)
@@ -551,10 +551,11 @@ def test_quiet_hides_progress_but_never_errors(reference, capsys):
 
 @pytest.mark.slow
 def test_a_thousand_jobs_on_sqlite_run_eight_at_once_and_all_succeed(
-    own_repo, store, capsys, tmp_path
+    own_repo, sqlite_store, capsys, tmp_path, monkeypatch
 ):
     """More writers at once than sqlite's connection pool takes made
     reproductions fail; the store's cap holds them back instead, said once."""
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', sqlite_store)
     add_project(
         own_repo,
         'sleeper',

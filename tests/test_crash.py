@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, client, git, mlflow_run
+from conftest import SCRIPT, STORES, client, git, mlflow_run
 from helpers import (
     MLPROJECT,
     add_commits,
@@ -107,12 +107,9 @@ def ticking(run) -> bool:
 @pytest.fixture(params=['sqlite', 'server'])
 def tracking(request, monkeypatch) -> str:
     """The session's sqlite store, or the session's real `mlflow server`."""
-    if request.param == 'sqlite':
-        return os.environ['MLFLOW_TRACKING_URI']
-    url = request.getfixturevalue('mlflow_server')
-    monkeypatch.setenv('MLFLOW_TRACKING_URI', url)
-    monkeypatch.setenv('MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT', 'true')
-    return url
+    uri = request.getfixturevalue(STORES[request.param])
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', uri)
+    return uri
 
 
 def kill_tool_mid_run(argv: list[str], env: dict[str, str], experiment_id: str, runs: int):

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,21 +100,12 @@ def pid_from(path: Path) -> int:
     return int(path.read_text())
 
 
-@pytest.fixture(scope='module')
-def module_server(tmp_path_factory):
-    """A server for this module's tests that put a proxy in front of it (a
-    test that stops its server starts one of its own)."""
-    started = start_mlflow_server(tmp_path_factory.mktemp('server'))
-    yield started
-    stop(started.proc)
-
-
 @pytest.fixture
-def server(module_server, monkeypatch):
-    monkeypatch.setenv('MLFLOW_TRACKING_URI', module_server.url)
-    # The test's own client would print "View run" lines where the report goes.
-    monkeypatch.setenv('MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT', 'true')
-    return module_server
+def server(mlflow_server, monkeypatch):
+    """The session's server, for the tests that put a proxy in front of it (a
+    test that stops its server starts one of its own)."""
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server)
+    return types.SimpleNamespace(url=mlflow_server)
 
 
 # --- runs left RUNNING, processes that outlive the tool (rows 1-5) ----------
@@ -165,9 +157,9 @@ def test_no_daemon_the_project_leaves_outlives_the_tool(
 def test_sigterm_while_a_slow_server_creates_the_run_leaves_it_killed(own_repo, server, tmp_path):
     run_id = project_run(own_repo, 'stubborn', STUBBORN)
     with proxy_in_front_of(server.url) as proxy:
-        proxy.add(Rule('runs/create', delay=8))
-        proxy.add(Rule('runs/log-batch', delay=8))
-        proxy.add(Rule('runs/update', delay=8))
+        proxy.add(Rule('runs/create', delay=4))
+        proxy.add(Rule('runs/log-batch', delay=4))
+        proxy.add(Rule('runs/update', delay=4))
         proc = tool(
             '--run_id',
             run_id,

@@ -197,9 +197,11 @@ def test_absolute_tracking_uri(uri, expected, tmp_path):
     assert reproduce_run.absolute_tracking_uri(uri) == expected
 
 
-def test_relative_sqlite_store_reaches_the_project(reference, store, capsys, monkeypatch):
-    run_id = reference('sklearn_regression')
-    monkeypatch.chdir(Path(store[len('sqlite:///') :]).parent)
+def test_relative_sqlite_store_reaches_the_project(
+    sqlite_reference, sqlite_store, capsys, monkeypatch
+):
+    run_id = sqlite_reference('sklearn_regression')
+    monkeypatch.chdir(Path(sqlite_store[len('sqlite:///') :]).parent)
     monkeypatch.setenv('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')
     code, out, err = reproduce(capsys, '--run_id', run_id)
     assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True'), err

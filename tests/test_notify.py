@@ -92,7 +92,8 @@ ENV_PROBE_PROJECT = {
 }
 
 
-def test_an_outcome_not_equal_posts_one_message(webhook, capsys):
+def test_an_outcome_not_equal_posts_one_message(webhook, sqlite_store, capsys, monkeypatch):
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', sqlite_store)  # a store with no UI to link to
     code, out, err = reproduce(capsys, '--run_id', UNKNOWN, '--notify', webhook.url)
     assert code == 2
     [(path, headers, body)] = webhook.received

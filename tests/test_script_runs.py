@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     SAMPLES,
+    STORES,
     client,
     git,
     mlflow_run,
@@ -363,8 +364,7 @@ def test_not_reproducible(tags, uri_given, reason):
 def test_script_that_sets_its_experiment_is_equal_with_no_flag(
     scripts_repo, where, request, monkeypatch, capsys
 ):
-    if where == 'server':
-        monkeypatch.setenv('MLFLOW_TRACKING_URI', request.getfixturevalue('mlflow_server'))
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', request.getfixturevalue(STORES[where]))
     # The sample, typed inside its folder; it logs n_rows, which is no option.
     run_id = python_run(scripts_repo / 'script_run', 'train.py', '--alpha', '0.3', '--epochs', '5')
     code, out, err = reproduce(capsys, '--run_id', run_id)

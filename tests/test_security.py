@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import client, free_port, git, start_mlflow_server, stop
+from conftest import client, free_port, git
 from helpers import (
     ECHO_PROJECT,
     add_project,
@@ -567,13 +567,11 @@ def test_password_with_an_at_is_masked_in_the_error(samples_repo, capsys):
 
 
 @pytest.fixture
-def secret_server(tmp_path, monkeypatch):
-    """A real tracking server, reached through a URL with a user and a
+def secret_server(mlflow_server, monkeypatch) -> str:
+    """The session's tracking server, reached through a URL with a user and a
     password (MLflow sends them; the server ignores them)."""
-    server = start_mlflow_server(tmp_path / 'server')
-    monkeypatch.setenv('MLFLOW_TRACKING_URI', server.url.replace('://', '://user:secret@'))
-    yield server
-    stop(server.proc)
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server.replace('://', '://user:secret@'))
+    return mlflow_server
 
 
 def test_tracking_uri_password_is_masked_everywhere(secret_server, capsys):
@@ -589,7 +587,7 @@ def test_tracking_uri_password_is_masked_everywhere(secret_server, capsys):
     code, out, err = reproduce(capsys, '--run_id', ref, '--compare-to', other)
     assert code == 1
     seen += out + err
-    masked = f'http://***@{secret_server.url.split("://")[1]}'
+    masked = f'http://***@{secret_server.split("://")[1]}'
     for argv in (('--run_id', unknown), ('--run_id', ref, '--compare-to', unknown)):
         code, out, err = reproduce(capsys, *argv, '--output', 'json')
         assert code == 2
