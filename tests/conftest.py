@@ -330,7 +330,7 @@ def start_mlflow_server(where: Path) -> Server:
     """A real tracking server on 127.0.0.1 with its own sqlite store; stop it
     with stop(server.proc).  It serves through gunicorn, MLflow's other
     server: some 4 ms of CPU a request against 13-16 ms through uvicorn, and
-    the tests send tens of thousands.  Its job runner is off: the tool submits
+    each reproduction sends dozens.  Its job runner is off: the tool submits
     no jobs, and the runner's seven huey consumers each import MLflow (some
     19 s of CPU a server) and leave a folder in /dev/shm behind."""
     where.mkdir(parents=True, exist_ok=True)

@@ -435,7 +435,7 @@ with mlflow.start_run():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # about 4 minutes on the shared machine
+@pytest.mark.timeout(600)  # 45-90 s here, beside the other tests
 def test_a_script_run_is_bisected(tmp_path, git_daemon, capsys):
     """A run made with `python tiny/fit.py`, its remote on a git daemon."""
     from helpers import python_run
