@@ -242,7 +242,7 @@ def forget_databases_in(folder: Path) -> None:
         'mlflow.store.model_registry.sqlalchemy_store',
     ):
         engines = getattr(sys.modules.get(module), 'SqlAlchemyStore', None)
-        for uri in [u for u in getattr(engines, '_engine_map', {}) if str(folder) in u]:
+        for uri in [u for u in getattr(engines, '_engine_map', {}) if f'{folder}/' in u]:
             engines._engine_map.pop(uri).dispose()
             stale = True
     if stale:
