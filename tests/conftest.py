@@ -99,9 +99,11 @@ def mlflow_run(uri: str, tracking_uri: str, *args: str, fails: bool = False) -> 
             _project_output_kept_out() as output,
             contextlib.redirect_stdout(io.StringIO()),
             contextlib.redirect_stderr(err),
+            tempfile.TemporaryDirectory() as storage,  # else MLflow leaves a folder in TMPDIR
         ):
             mp.setenv('MLFLOW_TRACKING_URI', tracking_uri)
-            cli.main(['run', uri, '--env-manager', 'local', *args], 'mlflow', standalone_mode=False)
+            argv = ['run', uri, '--env-manager', 'local', '--storage-dir', storage, *args]
+            cli.main(argv, 'mlflow', standalone_mode=False)
     except SystemExit as e:
         status = e.code
     finally:
