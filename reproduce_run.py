@@ -697,7 +697,8 @@ class Script:
     recorded: str  # the mlflow.source.name the reproduced run records
     env_dir: str | None = None  # the folder of its environment file; None: env manager local
     argv: tuple[str, ...] = ()
-    arguments_from: str = '--help'  # '--script-args', f'the tag {TAG_ARGV}' or '--help'
+    # '--script-args', f'the tag {TAG_ARGV}', '--help', or 'no params' (none to pass)
+    arguments_from: str = '--help'
 
     @property
     def command(self) -> tuple[str, ...]:
@@ -2658,7 +2659,8 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, tag: str) -
     """What a script run's plan needs from the tracking server and from the
     script: the experiment (by default the reference's own, the only one a
     script that calls set_experiment can log into) and, without --script-args
-    or the tag reproduce.argv, the params its --help shows as options."""
+    or the tag reproduce.argv, the params its --help shows as options.  A run
+    without params passes nothing, so its script is not run with --help."""
     assert plan.script is not None
     if not plan.experiment_name:
         experiment = session.client.get_experiment(plan.reference.info.experiment_id)
@@ -2666,6 +2668,9 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, tag: str) -
     if plan.script.arguments_from != '--help':
         return plan
     params = dict(plan.reference.data.params)
+    if not params:  # nothing to pass: a script without argparse would train once more
+        script = dataclasses.replace(plan.script, arguments_from='no params')
+        return dataclasses.replace(plan, script=script)
     help_text = script_help(session, plan, tmp_dir, tag)
     options = help_options(help_text or '')
     if not options:

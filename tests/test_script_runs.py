@@ -109,6 +109,17 @@ with mlflow.start_run():
     mlflow.log_metric('value', 21.0)
 """
 
+# No params, no argparse: each time it runs, a line in the file SCRIPT_RUNS_FILE names.
+NO_PARAMS = """\
+import os
+import mlflow
+
+with open(os.environ['SCRIPT_RUNS_FILE'], 'a') as f:
+    f.write('ran\\n')
+with mlflow.start_run():
+    mlflow.log_metric('value', 3.0)
+"""
+
 SLOW = """\
 import argparse
 import os
@@ -136,6 +147,7 @@ FILES = {
     'tools/echo.py': ECHO,
     'a/fit.py': NO_HELP,
     'b/fit.py': NO_HELP,
+    'plain/count.py': NO_PARAMS,
     'slow/wait.py': SLOW,
 }
 
@@ -497,6 +509,28 @@ def test_script_without_help_gets_no_arguments_and_a_warning(scripts_repo, made,
     assert json.loads(reproduced_run(out).data.tags['reproduce.argv']) == []
     # Running it with --help ran the whole script, into a scratch store.
     assert len(client().search_runs([experiment], max_results=50000)) == before + 1
+
+
+def test_a_run_without_params_is_not_run_with_help(scripts_repo, tmp_path, monkeypatch, capsys):
+    """Nothing to pass, nothing to learn from --help: the script runs once,
+    for the reproduction, and gets no arguments and no warning."""
+    runs_file = tmp_path / 'runs.txt'
+    monkeypatch.setenv('SCRIPT_RUNS_FILE', str(runs_file))
+    run_id = python_run(scripts_repo / 'plain', 'count.py')
+    assert runs_file.read_text() == 'ran\n'
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--output', 'json')
+    assert code == 0, err
+    assert runs_file.read_text() == 'ran\n' * 2
+    assert '--help' not in err
+    doc = json.loads(out)
+    assert doc['status'] == 'equal'
+    assert doc['source']['script'] == {
+        'path': 'plain/count.py',
+        'working_folder': 'plain',
+        'argv': [],
+        'arguments_from': 'no params',
+    }
+    assert json.loads(client().get_run(doc['reproduced_run_id']).data.tags['reproduce.argv']) == []
 
 
 def test_run_with_no_recorded_remote_is_one_line(scripts_repo, tmp_path, capsys):
