@@ -1,6 +1,6 @@
-"""The test suite itself: the README's test commands pass on a fresh clone in a
-fresh virtual environment, and a test run killed with SIGKILL leaves no
-process behind."""
+"""The test suite itself: the README's test commands are what .ci/run runs on a
+fresh clone in a fresh virtual environment, and a test run killed with
+SIGKILL leaves no process behind."""
 
 from __future__ import annotations
 
@@ -14,16 +14,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, git
+from conftest import ROOT
 from helpers import (
     wait_for,
-)
-
-# The selection the README-commands test appends to the README's test command:
-# tests that need the backend plugin, which nothing but the tests installs.
-PLUGIN_TESTS = (
-    'test_unknown_backend_lists_the_installed_plugin'
-    ' or test_a_reproduction_through_the_plugin_is_judged_and_recorded'
 )
 
 INNER_TEST = """\
@@ -49,54 +42,11 @@ def readme_test_commands(readme: str) -> list[str]:
 
 
 def test_readme_test_commands_make_a_venv_install_and_run_the_whole_suite():
-    """What the other tests of this file and .ci/run rely on."""
+    """What .ci/run relies on: it runs these commands as written."""
     commands = readme_test_commands((ROOT / 'README.md').read_text())
     assert commands[0].startswith('python3 -m venv ')
     assert any('-r requirements-dev.txt' in line for line in commands)
     assert commands[-1].startswith('python3 -m pytest ') and commands[-1].endswith(' tests')
-
-
-def clean_environment() -> dict[str, str]:
-    """This environment less what would let the inner run lean on this one:
-    its virtual environment, its PYTHONPATH (the backend plugin is on it), its
-    tracking URI and pytest's own variables."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ('PYTHONPATH', 'VIRTUAL_ENV', 'MLFLOW_TRACKING_URI')
-        and not k.startswith('PYTEST_')
-    }
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_readme_test_commands_pass_on_a_fresh_clone_in_a_fresh_venv(tmp_path):
-    """The README's commands, as written, with a selection appended to the test
-    command; the selection needs the backend plugin, which the README's
-    commands do not install and the new environment does not have."""
-    clone = tmp_path / 'clone'
-    git('clone', '--quiet', str(ROOT), str(clone), cwd=tmp_path)
-    commands = readme_test_commands((clone / 'README.md').read_text())
-    script = '\n'.join([*commands[:-1], f'{commands[-1]} -k {PLUGIN_TESTS!r}'])
-    proc = subprocess.run(
-        ('bash', '-e', '-c', script),
-        cwd=clone,
-        env=clean_environment(),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=1700,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    assert re.search(r'^=+ 2 passed in ', proc.stdout, re.M), proc.stdout[-3000:]
-    venv_python = clone / '.venv' / 'bin' / 'python3'
-    plugin = subprocess.run(
-        (venv_python, '-m', 'pip', 'show', 'reproduce-test-backend'),
-        env=clean_environment(),
-        capture_output=True,
-    )
-    assert plugin.returncode == 1  # the tests installed it for themselves, elsewhere
-    assert git('status', '--porcelain', '--ignored', 'tests/backend_plugin', cwd=clone) == ''
 
 
 def processes_marked(mark: str) -> dict[int, str]:
