@@ -228,10 +228,8 @@ def make_venv(where: Path, *requirements: str, over_this_one: bool = False) -> P
         (site_packages / '_over_this_one.pth').write_text(
             ''.join(f'import site; site.addsitedir({p!r})\n' for p in site.getsitepackages())
         )
-    # --no-compile: Python compiles what is imported, on first import; pip would
-    # compile every module of every package (half of its CPU for the floor's).
     proc = subprocess.run(
-        (str(bin_dir / 'python'), '-m', 'pip', 'install', '--quiet', '--no-compile', *requirements),
+        (str(bin_dir / 'python'), '-m', 'pip', 'install', '--quiet', *requirements),
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,

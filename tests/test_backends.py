@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import client, git, mlflow_run
+from conftest import client, git
 from helpers import (
     all_run_ids,
     recorded_run,
@@ -216,13 +216,13 @@ def test_kubernetes_without_its_python_package_is_a_clear_error(reference, tmp_p
     ],
 )
 def test_databricks_without_a_workspace_configured(
-    uri, mlflow_server, samples_repo, tmp_path, capsys, monkeypatch
+    uri, reference, mlflow_server, tmp_path, capsys, monkeypatch
 ):
     # MLflow accepts a databricks or HTTP tracking URI; then it needs a workspace host.
     for name in [k for k in os.environ if k.startswith('DATABRICKS_')]:
         monkeypatch.delenv(name)
     monkeypatch.setenv('HOME', str(tmp_path))  # no ~/.databrickscfg
-    run_id = mlflow_run(str(samples_repo / 'sklearn_regression'), mlflow_server)
+    run_id = reference('sklearn_regression')  # in the server's store
     monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server)
     before = all_run_ids()
     monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server if uri == 'server' else uri)

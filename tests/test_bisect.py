@@ -352,12 +352,12 @@ def test_a_reference_whose_data_changed_blames_no_commit(tmp_path, store, capsys
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # 3 repetitions of 6 commits, one after another
+@pytest.mark.timeout(900)  # 3 repetitions of each probe, one after another
 def test_repeat_3_bisects_a_nondeterministic_project(tmp_path, store, capsys, monkeypatch):
     monkeypatch.setenv('BISECT_TEST_COUNTER', str(tmp_path / 'counter'))
     repo, first = build_repo(tmp_path, TINY)
     ref = mlflow_run(str(repo / 'tiny'), store)
-    commits = [first, *add_commits(repo, 12, change_at=5)]
+    commits = [first, *add_commits(repo, 6, change_at=3)]
     code, out, err = reproduce(
         capsys,
         '--run_id',
@@ -372,7 +372,7 @@ def test_repeat_3_bisects_a_nondeterministic_project(tmp_path, store, capsys, mo
     )
     assert code == 1, err
     bisect = json.loads(out)['bisect']
-    assert bisect['first_changed_commit'] == commits[5]
+    assert bisect['first_changed_commit'] == commits[3]
     # every repetition differs from the reference (the noise), and yet the
     # reference commit counts as unchanged: its value lies within their range
     at_reference = [p for p in bisect['probes'] if p['commit'] == commits[0]]

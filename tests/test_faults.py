@@ -270,12 +270,8 @@ def test_a_signal_gives_one_json_document_naming_the_run(
     assert err.splitlines()[-1] == f'reproduce_run.py: {status}'
 
 
-def test_a_launch_failure_after_the_run_exists_is_recorded_and_named(
-    reference, server, capfd, samples_repo
-):
-    from conftest import mlflow_run
-
-    run_id = mlflow_run(str(samples_repo / 'sklearn_regression'), server.url)
+def test_a_launch_failure_after_the_run_exists_is_recorded_and_named(reference, server, capfd):
+    run_id = reference('sklearn_regression')  # in the server's store
     code = main_in_process('--run_id', run_id, '--env-manager', 'conda', '--output', 'json')
     out, err = capfd.readouterr()
     doc = json.loads(out)
@@ -317,11 +313,9 @@ def test_progress_bars_do_not_bloat_the_report(own_repo, capsys):
 
 
 def test_unreadable_metrics_after_the_run_are_an_error_naming_the_run(
-    reference, server, capsys, monkeypatch, samples_repo
+    reference, server, capsys, monkeypatch
 ):
-    from conftest import mlflow_run
-
-    run_id = mlflow_run(str(samples_repo / 'sklearn_regression'), server.url)
+    run_id = reference('sklearn_regression')  # in the server's store
     with proxy_in_front_of(server.url) as proxy:
         proxy.add(Rule('metrics/get-history', status=500))
         monkeypatch.setenv('MLFLOW_TRACKING_URI', proxy.url)
@@ -339,12 +333,8 @@ def test_unreadable_metrics_after_the_run_are_an_error_naming_the_run(
     assert new.data.tags['reproduce.status'] == 'error'
 
 
-def test_a_password_in_the_tracking_uri_is_masked_everywhere(
-    server, samples_repo, capfd, monkeypatch
-):
-    from conftest import mlflow_run
-
-    run_id = mlflow_run(str(samples_repo / 'history'), server.url)
+def test_a_password_in_the_tracking_uri_is_masked_everywhere(reference, server, capfd, monkeypatch):
+    run_id = reference('history')  # in the server's store
     secret_uri = server.url.replace('http://', 'http://user:s3cret@')
     monkeypatch.setenv('MLFLOW_TRACKING_URI', secret_uri)
     code = main_in_process('--run_id', run_id, '--output', 'json', '--verbose')

@@ -169,8 +169,8 @@ def test_failed_reproduction_exits_3_and_marks_the_run_failed(reference, capsys)
 
 
 @pytest.mark.slow
-def test_against_a_real_tracking_server(mlflow_server, samples_repo, capsys, monkeypatch):
-    run_id = mlflow_run(str(samples_repo / 'sklearn_regression'), mlflow_server)
+def test_against_a_real_tracking_server(reference, mlflow_server, capsys, monkeypatch):
+    run_id = reference('sklearn_regression')  # the tests' store is the session's server
     monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server)
     code, out, _ = reproduce(capsys, '--run_id', run_id, '--experiment-name', 'reproductions')
     assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True')
