@@ -345,13 +345,23 @@ def test_a_registered_model_names_its_run(reference, capsys, tmp_path):
     ],
 )
 def test_two_jobs_at_once_finish_every_run_nested(
-    samples_repo, sqlite_store, mlflow_server, capsys, tmp_path, monkeypatch, server
+    samples_repo,
+    sqlite_store,
+    mlflow_server,
+    sqlite_reference,
+    reference,
+    capsys,
+    tmp_path,
+    monkeypatch,
+    server,
 ):
     uri = mlflow_server if server else sqlite_store
+    made = reference if server else sqlite_reference  # made once per test process
     monkeypatch.setenv('MLFLOW_TRACKING_URI', uri)
     refs = [
-        mlflow_run(str(samples_repo / sample), uri)
-        for sample in ('sklearn_regression', 'history', 'sklearn_regression')
+        made('sklearn_regression'),
+        made('history'),
+        mlflow_run(str(samples_repo / 'sklearn_regression'), uri),  # one project's second run
     ]
     name = f'jobs-{tmp_path.name}'
     code, out, err = reproduce(
