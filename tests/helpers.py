@@ -12,6 +12,7 @@ import site
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -129,6 +130,13 @@ def recorded_run(
         c.log_metric(run.info.run_id, key, value)
     c.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def artifact_bytes(run_id: str, path: str) -> bytes:
+    """An artifact of a run, read from a download removed at once: without a
+    destination, MLflow downloads into a new folder in TMPDIR and leaves it."""
+    with tempfile.TemporaryDirectory() as folder:
+        return Path(client().download_artifacts(run_id, path, folder)).read_bytes()
 
 
 def reproductions_of(run_id: str) -> list:

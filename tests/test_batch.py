@@ -9,12 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import SCRIPT, client, git, mlflow_run
 from helpers import (
     add_project,
+    artifact_bytes,
     batch_runs,
     experiment_runs_or_empty,
     process_gone,
@@ -135,9 +135,7 @@ def test_several_run_ids_with_mixed_outcomes(reference, capsys, tmp_path):
     assert sorted(c.info.run_id for c in children) == sorted(
         r['reproduced_run_id'] for r in doc['runs'] if r['reproduced_run_id']
     )
-    summary = json.loads(
-        Path(client().download_artifacts(parent.info.run_id, 'reproduce/summary.json')).read_text()
-    )
+    summary = json.loads(artifact_bytes(parent.info.run_id, 'reproduce/summary.json'))
     assert summary['summary'] == doc['summary']
     assert '| Reference run' in parent.data.tags['mlflow.note.content']
     assert f'[4/4] {"f" * 32} error in ' in err

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import SCRIPT, client
 from helpers import (
+    artifact_bytes,
     logged_run,
     reproduce,
 )
@@ -108,8 +109,7 @@ def test_infinite_tolerance_in_a_recorded_comparison(capsys):
     )
     reproduce_run.record_verdict(c, report, None, plots=False)
     assert capsys.readouterr().err == ''
-    path = c.download_artifacts(other, 'reproduce/comparison.json')
-    doc = json.loads(Path(path).read_text())
+    doc = json.loads(artifact_bytes(other, 'reproduce/comparison.json'))
     assert (doc['tolerance']['rtol'], doc['metrics'][0]['rtol'], doc['equal']) == (
         'Infinity',
         'Infinity',
@@ -392,7 +392,7 @@ def test_every_differing_metric_gets_its_own_plot(capsys):
     names = reproduce_run.plot_names(keys)
     assert plots == sorted(f'reproduce/plots/{names[k]}' for k in keys)
     for path in plots:
-        assert Path(c.download_artifacts(other, path)).read_bytes().startswith(b'\x89PNG')
+        assert artifact_bytes(other, path).startswith(b'\x89PNG')
 
 
 # --- row 23: the reference's status is said ----------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 from conftest import SCRIPT, client, git
 from helpers import (
     add_project,
+    artifact_bytes,
     recorded_run,
     reproduce,
     reproductions_of,
@@ -43,8 +44,7 @@ def test_verdict_is_recorded_on_the_reproduced_run(reference, capsys):
         f'**Reproduction of run [{run_id}](#/experiments/{ref_experiment}/runs/{run_id})**: equal'
     )
     assert '| mae ' in note and note.endswith('Runs equal: True')
-    path = client().download_artifacts(new.info.run_id, 'reproduce/comparison.json')
-    assert json.loads(Path(path).read_text()) == doc
+    assert json.loads(artifact_bytes(new.info.run_id, 'reproduce/comparison.json')) == doc
     assert run_snapshot(run_id) == before
 
 
@@ -66,7 +66,7 @@ def test_a_differing_history_gets_a_png_plot(reference, capsys, monkeypatch):
     new_id = json.loads(out)['reproduced_run_id']
     plots = [f.path for f in client().list_artifacts(new_id, 'reproduce/plots')]
     assert plots == ['reproduce/plots/loss.png']
-    png = Path(client().download_artifacts(new_id, 'reproduce/plots/loss.png')).read_bytes()
+    png = artifact_bytes(new_id, 'reproduce/plots/loss.png')
     assert png.startswith(b'\x89PNG\r\n\x1a\n') and len(png) > 1000
 
 

@@ -10,6 +10,7 @@ import shlex
 import pytest
 from conftest import client, mlflow_run
 from helpers import (
+    artifact_bytes,
     experiment_runs,
     reproduce,
 )
@@ -612,8 +613,7 @@ def children_of(parent_run_id: str, experiment: str):
 
 
 def artifact_json(run_id: str, path: str) -> dict:
-    with open(client().download_artifacts(run_id, path)) as f:
-        return json.load(f)
+    return json.loads(artifact_bytes(run_id, path))
 
 
 def summary_rows(out: str) -> list[list[str]]:

@@ -12,6 +12,7 @@ from conftest import client, free_port, git
 from helpers import (
     ECHO_PROJECT,
     add_project,
+    artifact_bytes,
     logged_run,
     recorded_run,
     reproduce,
@@ -755,7 +756,7 @@ def test_credentials_are_masked_in_every_output_and_tag(
     assert code == 0, err
     doc = json.loads(out)
     new_id = doc['reproduced_run_id']
-    recorded = Path(client().download_artifacts(new_id, 'reproduce/comparison.json')).read_text()
+    recorded = artifact_bytes(new_id, 'reproduce/comparison.json').decode()
     tags = client().get_run(new_id).data.tags
     assert 's3cret' not in out + err + recorded + json.dumps(tags)
     assert doc['source']['uri'] == 'https://***@example.invalid/samples.git#sklearn_regression'
