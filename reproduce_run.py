@@ -778,6 +778,37 @@ def _unquoted(params: Mapping[str, str]) -> dict[str, str]:
     return {k: unquote_param(v) for k, v in params.items()}
 
 
+# A commit value comes from the tracking store or the command line, and git
+# reads a value that starts with '-' as an option (--upload-pack=CMD runs CMD).
+_COMMIT_ID_RE = re.compile(r'^[0-9a-fA-F]{7,40}$')
+# What `git check-ref-format --allow-onelevel` refuses (git help check-ref-format):
+# control characters, space, ~ ^ : ? * [ \\, '..', '@{', '//', a component that
+# starts with '.' or ends with '.lock', a name that starts or ends with '/' or
+# ends with '.', and '@' alone.
+_BAD_REF_RE = re.compile(r'[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|(^|/)\.|\.lock(/|$)|^/|/$|\.$|^@$')
+
+
+def commit_value_problem(value: str) -> str | None:
+    """Why a commit value is refused before git sees it, None when it is a
+    commit ID (7-40 hex digits) or a ref name that does not start with '-'."""
+    if _COMMIT_ID_RE.match(value):
+        return None
+    if not value:
+        return 'it is empty'
+    if value.startswith('-'):
+        return 'it starts with "-", which git would read as an option'
+    if _BAD_REF_RE.search(value):
+        return 'it is neither a commit ID (7 to 40 hex digits) nor a valid ref name'
+    return None
+
+
+def refuse_commit_value(value: str, what: str) -> str:
+    """The value, or a ReproduceError that names it (escaped) and says why."""
+    if problem := commit_value_problem(value):
+        raise ReproduceError(f'{what} {value!r} is refused: {problem}')
+    return value
+
+
 def is_script_run(run: Run) -> bool:
     """Made with `python script.py ...` (or anything but `mlflow run`)."""
     return run.data.tags.get(TAG_SOURCE_TYPE) != 'PROJECT'
@@ -799,6 +830,8 @@ def not_reproducible(run: Run, uri_given: bool, version_given: bool = False) -> 
         )
     if not version_given and not tags.get(TAG_GIT_COMMIT):
         return f'it recorded no commit (tag {TAG_GIT_COMMIT}): pass --version with the commit'
+    if not version_given and (problem := commit_value_problem(tags[TAG_GIT_COMMIT])):
+        return f'its recorded commit {tags[TAG_GIT_COMMIT]!r} is refused: {problem}'
     return None
 
 
@@ -825,7 +858,7 @@ def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
             if not is_script_run(run)
             else tags[TAG_GIT_REPO_URL]
         )
-    version = version or tags[TAG_GIT_COMMIT]
+    version = refuse_commit_value(version, 'commit') if version else tags[TAG_GIT_COMMIT]
     repo, subdir = split_source_uri(uri)
     return Source(repo=repo, subdir=subdir, version=version)
 
@@ -1478,27 +1511,31 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
     except subprocess.CalledProcessError as e:
         raise ReproduceError(f'cannot make a git folder: {_last_line(e.stderr)}') from None
     try:  # a full hash, a branch or a tag: one commit, no history
-        _git('fetch', '--quiet', '--depth', '1', repo, source.version, cwd=dest)
+        _git('fetch', '--quiet', '--depth', '1', '--', repo, source.version, cwd=dest)
         wanted = 'FETCH_HEAD'
     except subprocess.CalledProcessError:
         # A short hash, or a server that refuses fetching by hash: take every
         # ref and look the version up among their history.
         try:
-            _git('fetch', '--quiet', repo, '+refs/*:refs/fetched/*', cwd=dest)
+            _git('fetch', '--quiet', '--', repo, '+refs/*:refs/fetched/*', cwd=dest)
         except subprocess.CalledProcessError as e:
             raise ReproduceError(
                 f'cannot fetch {where}: {mask_credentials(_last_line(e.stderr))}',
             ) from None
         wanted = source.version
     try:
-        commit = _git('rev-parse', '--verify', '--quiet', f'{wanted}^{{commit}}', cwd=dest)
+        commit = _git(
+            'rev-parse', '--verify', '--quiet', '--end-of-options', f'{wanted}^{{commit}}', cwd=dest
+        )
     except subprocess.CalledProcessError:
         raise ReproduceError(
             f'commit {source.version} is not available from '
             f'{mask_credentials(source.repo)} (history rewritten, or a typo?)',
         ) from None
     try:
-        _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, cwd=dest)
+        # commit is rev-parse's answer, all hex; checkout has no --end-of-options
+        # before git 2.43, and the trailing '--' says it names no path.
+        _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, '--', cwd=dest)
     except subprocess.CalledProcessError as e:
         raise ReproduceError(
             f'cannot check out {where}: {mask_credentials(_last_line(e.stderr))}'
@@ -6284,6 +6321,7 @@ def fetch_history(source: Source, dest: str) -> Source:
         _git(
             'fetch',
             '--quiet',
+            '--',
             repo,
             '+refs/heads/*:refs/remotes/origin/*',
             '+refs/tags/*:refs/tags/*',
@@ -6294,21 +6332,28 @@ def fetch_history(source: Source, dest: str) -> Source:
             f'cannot fetch {where}: {mask_credentials(_last_line(e.stderr))}'
         ) from None
     with contextlib.suppress(subprocess.CalledProcessError):  # a commit on no branch
-        _git('fetch', '--quiet', repo, source.version, cwd=dest)
+        _git('fetch', '--quiet', '--', repo, source.version, cwd=dest)
     return Source(repo=dest, subdir=subdir, version=source.version)
 
 
 def _commit_in(clone: str, names: Sequence[str]) -> str | None:
     for name in names:
         with contextlib.suppress(subprocess.CalledProcessError):
-            return _git('rev-parse', '--verify', '--quiet', f'{name}^{{commit}}', cwd=clone)
+            return _git(
+                'rev-parse',
+                '--verify',
+                '--quiet',
+                '--end-of-options',
+                f'{name}^{{commit}}',
+                cwd=clone,
+            )
     return None
 
 
 def default_branch(repo: str) -> str | None:
     """The remote's default branch, as its HEAD names it."""
     with contextlib.suppress(subprocess.CalledProcessError):
-        head = _git('ls-remote', '--symref', repo, 'HEAD')
+        head = _git('ls-remote', '--symref', '--', repo, 'HEAD')
         match = re.match(r'ref: refs/heads/(\S+)\s+HEAD', head)
         return match.group(1) if match else None
     return None
@@ -6318,6 +6363,7 @@ def resolve_target(clone: str, repo: str, target: str, reference: Run) -> str:
     """COMMIT as given (branch, tag or hash), else the tip of the branch the
     reference recorded, else the remote's default branch: a full hash."""
     if target:
+        refuse_commit_value(target, '--bisect')
         names = [f'refs/remotes/origin/{target}', f'refs/tags/{target}', target]
         what = f'commit {target!r}'
     else:
@@ -6327,6 +6373,7 @@ def resolve_target(clone: str, repo: str, target: str, reference: Run) -> str:
                 f'run {reference.info.run_id} recorded no branch and the source names no '
                 f'default branch: pass --bisect COMMIT'
             )
+        refuse_commit_value(branch, 'the recorded branch')
         names, what = [f'refs/remotes/origin/{branch}'], f'branch {branch!r}'
     commit = _commit_in(clone, names)
     if commit is None:
@@ -6342,6 +6389,7 @@ def first_parent_path(clone: str, reference_commit: str, target: str) -> list[Co
         '--ancestry-path',
         '--reverse',
         '--format=%H%x1f%s',
+        '--end-of-options',
         f'{reference_commit}..{target}',
         cwd=clone,
     ).splitlines()
@@ -6350,7 +6398,7 @@ def first_parent_path(clone: str, reference_commit: str, target: str) -> list[Co
             f'--bisect: commit {target[:12]} does not come after the reference commit '
             f'{reference_commit[:12]} on its first-parent path'
         )
-    subject = _git('log', '-1', '--format=%s', reference_commit, cwd=clone)
+    subject = _git('log', '-1', '--format=%s', '--end-of-options', reference_commit, cwd=clone)
     return [CommitInfo(reference_commit, subject)] + [
         CommitInfo(*line.split('\x1f', 1)) for line in lines
     ]
@@ -6358,8 +6406,9 @@ def first_parent_path(clone: str, reference_commit: str, target: str) -> list[Co
 
 def describe_commit(clone: str, commit: str) -> tuple[str, ...]:
     """Author, date and `git diff --stat` against its first parent."""
-    author, date = _git('log', '-1', '--format=%an <%ae>%x1f%aI', commit, cwd=clone).split('\x1f')
-    stat = _git('diff', '--stat', f'{commit}^', commit, cwd=clone)
+    log = _git('log', '-1', '--format=%an <%ae>%x1f%aI', '--end-of-options', commit, cwd=clone)
+    author, date = log.split('\x1f')
+    stat = _git('diff', '--stat', '--end-of-options', f'{commit}^', commit, cwd=clone)
     return (f'Author:  {author}', f'Date:    {date}', *(f' {s.strip()}' for s in stat.splitlines()))
 
 
@@ -6369,6 +6418,8 @@ def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> Bisec
     options, client = session.options, session.client
     reference = read_reference(client, run_id, session.tracking_uri)
     source = resolve_source(reference, options.uri, None)
+    if not target and (branch := reference.data.tags.get(TAG_GIT_BRANCH)):
+        refuse_commit_value(branch, 'the recorded branch')  # before git reads it
     clone = os.path.join(tempfile.mkdtemp(prefix='bisect-', dir=session.tmp_root), 'history')
     private = fetch_history(source, clone)
     reference_commit = _commit_in(clone, [source.version])
@@ -7938,6 +7989,25 @@ def _duration(s: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+def _commit_arg(s: str) -> str:
+    """A commit ID or a ref name that git cannot take for an option."""
+    if problem := commit_value_problem(s):
+        raise argparse.ArgumentTypeError(f'{s!r} is refused: {problem}')
+    return s
+
+
+class _BranchTip(str):
+    """--bisect without COMMIT ('').  argparse hands a str const to the
+    option's type, so the type tells it from an explicit --bisect '' by identity."""
+
+
+BRANCH_TIP = _BranchTip('')
+
+
+def _bisect_target(s: str) -> str:
+    return '' if s is BRANCH_TIP else _commit_arg(s)
+
+
 def _junit_path(s: str) -> str:
     """A file to (re)write: its folder must exist and take new files."""
     path = os.path.abspath(s)
@@ -8025,7 +8095,11 @@ def build_parser() -> argparse.ArgumentParser:
         help='experiment that receives the reproduced run (default: Default; for a run '
         "made without `mlflow run`, the reference run's own experiment)",
     )
-    parser.add_argument('--version', help="commit to run (default: the run's recorded commit)")
+    parser.add_argument(
+        '--version',
+        type=_commit_arg,
+        help="commit to run: a commit ID or a ref name (default: the run's recorded commit)",
+    )
     parser.add_argument(
         '--entry-point',
         '-e',
@@ -8139,7 +8213,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         '--bisect',
         nargs='?',
-        const='',
+        const=BRANCH_TIP,
+        type=_bisect_target,
         metavar='COMMIT',
         help='find the first commit, on the first-parent path from the reference '
         "run's commit to COMMIT (default: the tip of its branch), whose reproduction differs",

@@ -124,6 +124,32 @@ def project_run_without_commit(request: pytest.FixtureRequest) -> list[Argv]:
     return [('--run_id', run.info.run_id)]
 
 
+def run_with_a_commit_git_takes_for_an_option(request: pytest.FixtureRequest) -> list[Argv]:
+    """A recorded commit, and a recorded branch, that `git fetch` would run."""
+    c = client()
+    tags = {
+        'mlflow.source.name': _samples_uri(request, 'sklearn_regression'),
+        'mlflow.source.type': 'PROJECT',
+        'mlflow.source.git.commit': '--upload-pack=touch /tmp/owned;false',
+    }
+    run = c.create_run(c.get_experiment_by_name('Default').experiment_id, tags=tags)
+    c.set_terminated(run.info.run_id)
+    return [('--run_id', run.info.run_id), ('--run_id', run.info.run_id, '--dry-run')]
+
+
+def bisection_of_a_branch_git_takes_for_an_option(request: pytest.FixtureRequest) -> list[Argv]:
+    c = client()
+    tags = {
+        'mlflow.source.name': _samples_uri(request, 'sklearn_regression'),
+        'mlflow.source.type': 'PROJECT',
+        'mlflow.source.git.commit': _commit(request),
+        'mlflow.source.git.branch': '--upload-pack=touch /tmp/owned;false',
+    }
+    run = c.create_run(c.get_experiment_by_name('Default').experiment_id, tags=tags)
+    c.set_terminated(run.info.run_id)
+    return [('--run_id', run.info.run_id, '--bisect')]
+
+
 def entry_point_missing(request: pytest.FixtureRequest) -> list[Argv]:
     run_id = recorded_run(
         _samples_uri(request, 'sklearn_regression'), _commit(request), entry_point='evaluate'
@@ -315,6 +341,21 @@ SETUPS: dict[str, Setup] = {
     'run not launched as a project that recorded no remote': notebook_run,
     'notebook run': notebook_run_of_a_commit,
     'project run without a recorded commit': project_run_without_commit,
+    'recorded commit that is neither a commit ID (7 to 40 hex digits) nor a ref name, '
+    'or that starts with `-` (`--upload-pack=…`); also with `--dry-run`, and in a batch '
+    'chosen by `--from-experiment`, which skips the run with this reason': (
+        run_with_a_commit_git_takes_for_an_option
+    ),
+    '`--bisect` of a run whose recorded branch starts with `-`': (
+        bisection_of_a_branch_git_takes_for_an_option
+    ),
+    "`--version=--upload-pack=…` (also `--bisect=…`; `--version ''`)": (
+        lambda request: [
+            ('--run_id', 'a', '--version=--upload-pack=touch /tmp/owned;false'),
+            ('--run_id', 'a', '--bisect=--upload-pack=touch /tmp/owned;false'),
+            ('--run_id', 'a', '--version', ''),
+        ]
+    ),
     'run made without `mlflow run` whose recorded script matches several files': (
         lambda request: script_run(request, 'train.py')
     ),
