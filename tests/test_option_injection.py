@@ -24,7 +24,7 @@ PAYLOADS = {
     'upload-pack': '--upload-pack=touch {marker};false',
     'ssh-command': '--config=core.sshCommand=touch {marker}',
 }
-TRANSPORTS = ('path', 'file', 'git')
+TRANSPORTS = ('path', 'file', 'git', 'mirror')
 
 
 @pytest.mark.parametrize(
@@ -93,10 +93,13 @@ def git_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def source_uri(transport: str, samples_repo: Path, git_daemon: tuple[str, Path]) -> str:
+    """The samples over a path, file://, git:// (the daemon's bare clone, also
+    a path on this host: a mirror)."""
     return {
         'path': str(samples_repo),
         'file': f'file://{samples_repo}',
         'git': f'{git_daemon[0]}/samples.git',
+        'mirror': str(git_daemon[1] / 'samples.git'),
     }[transport]
 
 
