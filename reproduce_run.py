@@ -4805,7 +4805,6 @@ class Session:
     backend: Backend = Backend()
     layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> --explain's
     layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    pip_config: dict[str, str] | None = None  # --explain's: pip's settings, read once for uv
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned: a group records it
 
 
@@ -6691,7 +6690,6 @@ def render_bisections(bisections: Bisections, output: str) -> str:
 
 EXPLANATION_ARTIFACT = 'explanation.json'  # under ARTIFACT_DIR, on the reproduced run
 PIP_TIMEOUT_SECONDS = 900.0  # installing one pinned package into a layer
-PIP_CONFIG_TIMEOUT_SECONDS = 60.0  # reading pip's settings for uv
 # What a probe cannot undo, and why: said, never tried.
 _CANNOT_UNDO = {
     'python': 'a different Python cannot be undone by a probe',
@@ -6874,117 +6872,12 @@ def explanation_candidates(
     return candidates, not_tried
 
 
-# pip's settings that `uv pip install` must be told, since uv reads none of
-# pip's configuration: the uv variable for each, and how uv separates several
-# values (pip separates them by whitespace).  Values go in uv's environment,
-# never its argv, where `ps` would show an index's credentials.
-_UV_FROM_PIP = {
-    'index-url': ('UV_DEFAULT_INDEX', None),  # UV_DEFAULT_INDEX wins over UV_INDEX_URL
-    'extra-index-url': ('UV_EXTRA_INDEX_URL', ' '),
-    'find-links': ('UV_FIND_LINKS', ','),
-    'cert': ('SSL_CERT_FILE', None),
-    'constraint': ('UV_CONSTRAINT', ' '),
-}
-# pip's settings that uv is not told: with any of them set, pip installs.
-_PIP_ONLY = ('trusted-host', 'client-cert', 'proxy')
-_PIP_TRUE = ('1', 'y', 'yes', 't', 'true', 'on')  # pip's strtobool
-
-# Run by the interpreter that installs: `pip install`'s settings as pip's own
-# option parser reads them from its configuration files and PIP_ variables
-# (pip's precedence, empty values skipped), whatever the version of pip.
-PIP_SETTINGS_SCRIPT = r"""
-import json
-from pip._internal.commands import create_command
-o, _ = create_command('install').parse_args([])
-print(json.dumps({
-    'index-url': o.index_url, 'extra-index-url': o.extra_index_urls,
-    'find-links': o.find_links, 'no-index': bool(o.no_index), 'cert': o.cert,
-    'constraint': o.constraints, 'trusted-host': o.trusted_hosts,
-    'client-cert': o.client_cert, 'proxy': o.proxy,
-}))
-"""
-
-
-def pip_settings(printed: Mapping[str, Any]) -> dict[str, str]:
-    """pip's settings as text (several values separated by spaces, a switch
-    as 'true'), the unset ones left out."""
-    found = {}
-    for key, value in printed.items():
-        if isinstance(value, bool):
-            value = 'true' if value else ''
-        elif isinstance(value, list):
-            value = ' '.join(map(str, value))
-        if value:
-            found[key] = str(value)
-    return found
-
-
-def pip_config_from_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """The PIP_ variables alone, as pip reads them: when pip cannot be asked."""
-    return {
-        name[4:].lower().replace('_', '-'): value
-        for name, value in environ.items()
-        if name.startswith('PIP_') and value
-    }
-
-
-def uv_pip_settings(pip_config: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
-    """uv's variables and flags for pip's settings: index URLs (with their
-    credentials), find-links, the certificate, constraint files and no-index,
-    whose flag holds no secret (uv has no variable for it).  Several indexes
-    are searched for the best match, as pip does, not uv's first index that
-    has the package."""
-    environ = {}
-    for key, (variable, separator) in _UV_FROM_PIP.items():
-        values = pip_config.get(key, '').split()
-        if values:
-            environ[variable] = separator.join(values) if separator else values[-1]
-    if 'UV_EXTRA_INDEX_URL' in environ or 'UV_FIND_LINKS' in environ:
-        environ['UV_INDEX_STRATEGY'] = 'unsafe-best-match'
-    no_index = pip_config.get('no-index', '').strip().lower() in _PIP_TRUE
-    return environ, ('--no-index',) if no_index else ()
-
-
-def read_pip_config(session: Session) -> dict[str, str]:
-    """pip's settings for `pip install`, asked of pip once per invocation; the
-    PIP_ variables alone when pip cannot be asked."""
-    if session.pip_config is not None:
-        return session.pip_config
-    try:
-        proc = subprocess.run(
-            [sys.executable, '-c', PIP_SETTINGS_SCRIPT],
-            env={**session.user_environ, PROCESS_TAG: session.tag},
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=PIP_CONFIG_TIMEOUT_SECONDS,
-        )
-        printed = json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        printed = None
-    if isinstance(printed, dict):
-        session.pip_config = pip_settings(printed)
-    else:
-        session.pip_config = pip_config_from_environ(session.user_environ)
-    return session.pip_config
-
-
 def install_command(session: Session, key: str, layer: str) -> tuple[list[str], dict[str, str]]:
-    """`uv pip install` when uv is on the user's PATH, told pip's settings
-    (unless they hold one uv cannot be told); else pip, told --no-user: a user
-    install's PIP_USER=1 or `user = true` refuses --target."""
+    """pip, with the user's environment and so the user's pip settings; told
+    --no-user: a user install's PIP_USER=1 or `user = true` refuses --target."""
+    argv = [sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-input', '--no-user']
+    argv += ['--disable-pip-version-check', '--no-warn-script-location']
     environ = {**session.user_environ, PROCESS_TAG: session.tag}
-    uv = shutil.which('uv', path=session.user_environ.get('PATH'))
-    config = read_pip_config(session) if uv else {}
-    if any(config.get(k) for k in _PIP_ONLY):
-        uv = None  # pip's settings hold one that uv cannot be told
-    if uv:
-        variables, flags = uv_pip_settings(config)
-        argv = [uv, 'pip', 'install', '--no-deps', '--python', sys.executable, *flags]
-        environ.update(variables)
-    else:
-        argv = [sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-input', '--no-user']
-        argv += ['--disable-pip-version-check', '--no-warn-script-location']
     return [*argv, '--quiet', '--target', layer, key], environ
 
 

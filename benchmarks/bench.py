@@ -40,7 +40,7 @@ what we report, not absolute seconds from different runs.
    --jobs 3 against --jobs 1; the probes each made.
 10. --explain: 8 packages differ between the reference's environment and the
     reproduction's, one of them moves the metric: the probes it takes and
-    the wall time, with pip and with uv (when it is installed), side by side.
+    the wall time.
 11. Selection: `--runs-file` of 10,000 run IDs `--dry-run` against a plain
     get_run loop (over 1,000 of them, times 10), on a real `mlflow server`;
     the tool's peak memory at 100 and at 10,000 selected runs.
@@ -1427,36 +1427,8 @@ def run_json(args: Sequence[str], env: Mapping[str, str], cwd: Path, expect: int
     return time.perf_counter() - start, json.loads(proc.stdout)
 
 
-def find_uv(path: str) -> str | None:
-    """uv on the PATH, or the binary of the `uv` package (requirements-dev.txt)."""
-    found = shutil.which('uv', path=path)
-    if found or importlib.util.find_spec('uv') is None:
-        return found
-    import uv
-
-    return uv.find_uv_bin()
-
-
-def installer_paths(tmp: Path, path: str) -> list[tuple[str, str]]:
-    """(installer, PATH) to measure: the same PATH without any uv, led by a
-    folder with a `python` that runs this one, and with uv in that folder."""
-    uv = find_uv(path)
-    rest = [p for p in path.split(os.pathsep) if p and not (Path(p) / 'uv').exists()]
-    paths = []
-    for label in ('pip', 'uv') if uv else ('pip',):
-        folder = tmp / f'bin-{label}'
-        folder.mkdir()
-        (folder / 'python').write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-        (folder / 'python').chmod(0o755)
-        if label == 'uv':
-            os.symlink(uv, folder / 'uv')
-        paths.append((label, os.pathsep.join([str(folder), *rest])))
-    return paths
-
-
 def bench_explain(notes: list[str]) -> list[Comparison]:
-    """Probes and wall time of one --explain with pip, and with uv when it is
-    installed (the tool uses uv when it is on the PATH), and their ratio."""
+    """Probes and wall time of one --explain (pip installs the layers)."""
     progress(f'explain: {EXPLAIN_PACKAGES} differing packages, one culprit')
     with tempfile.TemporaryDirectory(prefix='bench-explain-') as tmp:
         store = Path(tmp) / 'store'
@@ -1469,28 +1441,16 @@ def bench_explain(notes: list[str]) -> list[Comparison]:
         _, recorded = run_json(('--run_id', base), {**env, **old}, store, expect=0)
         reference = recorded['reproduced_run_id']
         one, _ = run_json(('--run_id', reference), {**env, **new}, store, expect=1)
-        seconds = {}
-        for label, path in installer_paths(Path(tmp), env['PATH']):
-            args = ('--run_id', reference, '--explain')
-            # A cache of uv's own, empty at the start, as pip's --target installs are.
-            cache = {'UV_CACHE_DIR': str(Path(tmp) / f'uv-cache-{label}')}
-            seconds[label], report = run_json(
-                args, {**env, **new, **cache, 'PATH': path}, store, expect=1
-            )
-            explained = report['explanation']['environment']
-            culprits = ', '.join(c['name'] for c in explained['culprits']) or 'none'
-            notes.append(
-                f'explain ({label}): {EXPLAIN_PACKAGES} differing packages, culprit found: '
-                f'{culprits}; {len(explained["probes"])} probes; {seconds[label]:.0f} s in all, '
-                f'against {one:.0f} s for the reproduction alone'
-            )
-    if 'uv' in seconds:
-        notes.append(
-            f'explain: with uv it takes {seconds["uv"] / seconds["pip"]:.2f}x the wall time '
-            'it takes with pip'
+        seconds, report = run_json(
+            ('--run_id', reference, '--explain'), {**env, **new}, store, expect=1
         )
-    else:
-        notes.append('explain: uv is not installed here: only pip was measured')
+        explained = report['explanation']['environment']
+        culprits = ', '.join(c['name'] for c in explained['culprits']) or 'none'
+        notes.append(
+            f'explain: {EXPLAIN_PACKAGES} differing packages, culprit found: {culprits}; '
+            f'{len(explained["probes"])} probes; {seconds:.0f} s in all, '
+            f'against {one:.0f} s for the reproduction alone'
+        )
     return []
 
 

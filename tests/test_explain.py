@@ -202,135 +202,18 @@ def test_a_probe_unsets_a_variable_and_nests_under_its_run():
     assert parents.parent_for(probe) == 'p'
 
 
-# --- installing with pip's settings, with pip or uv ----------------------------
+# --- installing with pip alone, with the user's pip settings --------------------
 
 SECRET = 's3cr3t-token'
 SECRET_INDEX = f'http://user:{SECRET}@127.0.0.1:9/simple'  # nothing listens on port 9
 
 
-@pytest.mark.parametrize(
-    ('printed', 'config'),
-    [
-        pytest.param(
-            {'index-url': 'https://pypi.org/simple', 'no-index': False, 'cert': None},
-            {'index-url': 'https://pypi.org/simple'},
-            id='unset-left-out',
-        ),
-        pytest.param(
-            {'find-links': ['/a', '/b'], 'extra-index-url': [], 'no-index': True},
-            {'find-links': '/a /b', 'no-index': 'true'},
-            id='lists-and-switches-as-text',
-        ),
-        pytest.param({'proxy': ''}, {}, id='empty-left-out'),
-    ],
-)
-def test_pip_settings(printed, config):
-    assert reproduce_run.pip_settings(printed) == config
-
-
-@pytest.mark.parametrize(
-    ('config', 'environ', 'flags'),
-    [
-        pytest.param({}, {}, (), id='nothing-set'),
-        pytest.param(
-            {'index-url': 'https://u:p@i.example/simple'},
-            {'UV_DEFAULT_INDEX': 'https://u:p@i.example/simple'},
-            (),
-            id='index-url-with-its-credentials',
-        ),
-        pytest.param(
-            {'extra-index-url': 'https://a.example\nhttps://b.example'},
-            {
-                'UV_EXTRA_INDEX_URL': 'https://a.example https://b.example',
-                'UV_INDEX_STRATEGY': 'unsafe-best-match',
-            },
-            (),
-            id='extra-indexes-space-separated-best-match-as-pip',
-        ),
-        pytest.param(
-            {'find-links': '/a /b', 'no-index': 'true'},
-            {'UV_FIND_LINKS': '/a,/b', 'UV_INDEX_STRATEGY': 'unsafe-best-match'},
-            ('--no-index',),
-            id='find-links-comma-separated-and-no-index',
-        ),
-        pytest.param({'no-index': '0'}, {}, (), id='no-index-false'),
-        pytest.param({'no-index': 'yes'}, {}, ('--no-index',), id='no-index-yes'),
-        pytest.param({'cert': '/etc/ca.pem'}, {'SSL_CERT_FILE': '/etc/ca.pem'}, (), id='cert'),
-        pytest.param(
-            {'constraint': '/c/one.txt /c/two.txt'},
-            {'UV_CONSTRAINT': '/c/one.txt /c/two.txt'},
-            (),
-            id='constraint-files-space-separated',
-        ),
-        pytest.param({'user': '1', 'timeout': '5'}, {}, (), id='others-not-for-uv'),
-    ],
-)
-def test_uv_pip_settings(config, environ, flags):
-    assert reproduce_run.uv_pip_settings(config) == (environ, flags)
-
-
-def test_pip_config_from_environ_reads_pip_variables_alone():
-    environ = {'PIP_NO_INDEX': '1', 'PIP_FIND_LINKS': '/w', 'PIP_CERT': '', 'PATH': '/bin'}
-    assert reproduce_run.pip_config_from_environ(environ) == {'no-index': '1', 'find-links': '/w'}
-
-
-def test_pip_settings_are_asked_of_pip_once(tmp_path):
-    """pip's own parser: the files (`[install]` over `[global]`), then the
-    variables over them, an empty variable ignored, as `pip install` reads
-    them; a `user = true` in the file changes nothing."""
-    conf = tmp_path / 'pip.conf'
-    conf.write_text(
-        '[global]\nuser = true\nindex-url = https://u:p@g.example/simple\n'
-        'find-links = /g\n[install]\nno-index = true\nconstraint = /c.txt\n'
-    )
-    session = session_with(
-        {
-            **os.environ,
-            'PIP_CONFIG_FILE': str(conf),
-            'PIP_USER': '1',
-            'PIP_FIND_LINKS': '/e',
-            'PIP_INDEX_URL': '',
-            'PIP_NO_INDEX': '',
-        }
-    )
-    config = reproduce_run.read_pip_config(session)
-    assert config['index-url'] == 'https://u:p@g.example/simple'
-    assert config['no-index'] == 'true'
-    assert config['find-links'] == '/e'
-    assert config['constraint'] == '/c.txt'
-    conf.unlink()  # once per invocation: not read again
-    assert reproduce_run.read_pip_config(session) is config
-
-
-def test_a_setting_uv_cannot_be_told_makes_pip_install(tmp_path):
-    conf = tmp_path / 'pip.conf'
-    conf.write_text('[global]\ntrusted-host = insecure.example\n')
-    path = installer_path(tmp_path / 'bin', with_uv=True)
-    environ = {**os.environ, 'PATH': path, 'PIP_CONFIG_FILE': str(conf)}
-    argv, _ = reproduce_run.install_command(session_with(environ), 'numkit==1.0', '/l')
-    assert argv[:3] == [sys.executable, '-m', 'pip']
-    conf.write_text('[global]\nindex-url = https://i.example/simple\n')
-    argv, _ = reproduce_run.install_command(session_with(environ), 'numkit==1.0', '/l')
-    assert Path(argv[0]).name == 'uv'
-
-
-def test_without_pip_the_pip_variables_are_read(tmp_path):
-    broken = tmp_path / 'pip'
-    broken.mkdir()
-    (broken / '__init__.py').write_text('raise ImportError("no pip here")\n')
-    environ = {**os.environ, 'PYTHONPATH': str(tmp_path), 'PIP_INDEX_URL': 'https://e.example'}
-    config = reproduce_run.read_pip_config(session_with(environ))
-    assert config == reproduce_run.pip_config_from_environ(environ)
-    assert config['index-url'] == 'https://e.example'
-
-
-def test_uv_is_told_pip_settings_in_its_environment_never_argv(tmp_path):
-    path = installer_path(tmp_path / 'bin', with_uv=True)
-    environ = {**os.environ, 'PATH': path, 'PIP_INDEX_URL': SECRET_INDEX, 'PIP_NO_INDEX': '1'}
+def test_pip_installs_even_with_uv_on_the_path(tmp_path):
+    environ = {**os.environ, 'PATH': installer_path(tmp_path / 'bin', with_uv=True)}
     argv, env = reproduce_run.install_command(session_with(environ), 'numkit==1.0', '/l')
-    assert Path(argv[0]).name == 'uv' and '--no-index' in argv
-    assert env['UV_DEFAULT_INDEX'] == SECRET_INDEX
-    assert SECRET not in ' '.join(argv)
+    assert argv[:3] == [sys.executable, '-m', 'pip']
+    assert argv[-3:] == ['--target', '/l', 'numkit==1.0']
+    assert env['PATH'] == environ['PATH']
 
 
 def test_pip_is_told_no_user():
@@ -459,8 +342,7 @@ class World:
         self.reference = self.recorded_reference(self.base)
 
     def env(self, site: Path, **variables: str) -> dict[str, str]:
-        """The environment of a run; the layers are installed with pip unless
-        PATH=world.uv_path."""
+        """The environment of a run (PATH=world.uv_path puts uv on it too)."""
         return {
             'PATH': self.pip_path,
             'PYTHONPATH': str(site),
@@ -538,26 +420,20 @@ def folder_state(folder: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('installer', ['uv', 'pip'])
-def test_culprit_package_found_and_decoy_not_blamed(
-    world, installer, capsys, monkeypatch, tmp_path
-):
-    """With uv on the PATH, pip's PIP_NO_INDEX and PIP_FIND_LINKS reach it
-    (the wheels are only in that folder, and the index refuses connections),
-    and the index's credential shows nowhere; with pip, a user install's
-    PIP_USER=1 is no obstacle to installing into a layer."""
-    cache = tmp_path / 'uv-cache'  # where uv, and only uv, leaves what it fetched
-    if installer == 'uv':
-        variables = {'PATH': world.uv_path, 'PIP_INDEX_URL': SECRET_INDEX}
-        variables['UV_CACHE_DIR'] = str(cache)
-    else:
-        variables = {'PATH': world.pip_path, 'PIP_USER': '1'}
+def test_culprit_package_found_and_decoy_not_blamed(world, capsys, monkeypatch, tmp_path):
+    """pip installs the layers with the user's settings (PIP_NO_INDEX and
+    PIP_FIND_LINKS: the wheels are only in that folder, and the index refuses
+    connections), uv on the PATH or not; the index's credential shows
+    nowhere, and a user install's PIP_USER=1 is no obstacle to a layer."""
+    cache = tmp_path / 'uv-cache'  # where uv would leave what it fetched
+    variables = {'PATH': world.uv_path, 'PIP_INDEX_URL': SECRET_INDEX, 'PIP_USER': '1'}
+    variables['UV_CACHE_DIR'] = str(cache)
     before = (installed_packages(), folder_state(world.new), folder_state(world.old))
     assert not {'numkit', 'padkit'} & set(before[0])
     code, report, err = explain(capsys, monkeypatch, world, world.new, world.reference, **variables)
     assert code == 1, err  # the verdict is about the reproduction as asked
     assert SECRET not in json.dumps(report) + err
-    assert cache.exists() == (installer == 'uv')
+    assert not cache.exists()  # uv installed nothing
     assert list(report)[-1] == 'explanation'
     environment = report['explanation']['environment']
     documented = tables(section(ROOT / 'docs' / 'json.md', '`explanation`: with `--explain`'))
