@@ -224,25 +224,22 @@ def test_the_script_run_with_a_recorded_commit_that_is_an_option_is_refused(
 # value ever get past it.
 
 
+def fetch_checkout(source: Source, dest: Path) -> None:
+    with pytest.raises(ReproduceError):
+        reproduce_run.fetch_source(source, str(dest))
+
+
+def fetch_bisection_history(source: Source, dest: Path) -> None:
+    private = reproduce_run.fetch_history(source, str(dest))
+    assert reproduce_run._commit_in(private.repo, [source.version]) is None
+
+
+@pytest.mark.parametrize('fetch', [fetch_checkout, fetch_bisection_history])
 @pytest.mark.parametrize('transport', TRANSPORTS)
 @pytest.mark.parametrize('payload', PAYLOADS)
 def test_git_fetch_takes_a_commit_that_looks_like_an_option_as_a_ref(
-    transport, payload, samples_repo, git_daemon, marker, tmp_path
+    fetch, transport, payload, samples_repo, git_daemon, marker, tmp_path
 ):
     uri = source_uri(transport, samples_repo, git_daemon)
-    value = PAYLOADS[payload].format(marker=marker)
-    with pytest.raises(ReproduceError):
-        reproduce_run.fetch_source(Source(uri, '', value), str(tmp_path / 'checkout'))
-    assert not marker.exists()
-
-
-@pytest.mark.parametrize('transport', TRANSPORTS)
-@pytest.mark.parametrize('payload', PAYLOADS)
-def test_the_bisection_history_takes_a_commit_that_looks_like_an_option_as_a_ref(
-    transport, payload, samples_repo, git_daemon, marker, tmp_path
-):
-    uri = source_uri(transport, samples_repo, git_daemon)
-    value = PAYLOADS[payload].format(marker=marker)
-    private = reproduce_run.fetch_history(Source(uri, '', value), str(tmp_path / 'history'))
-    assert reproduce_run._commit_in(private.repo, [value]) is None
+    fetch(Source(uri, '', PAYLOADS[payload].format(marker=marker)), tmp_path / 'git')
     assert not marker.exists()
