@@ -11,6 +11,7 @@ import json
 import socket
 import threading
 import time
+import tracemalloc
 import urllib.request
 from collections.abc import Iterator
 
@@ -23,42 +24,76 @@ import reproduce_run
 
 UNKNOWN = 'f' * 32
 SECRET = 'T0SECRET/B0SECRET/xoxb-not-to-be-seen'
+LOGIN = 'hook-user:p4ss-w0rd'  # a user:password@ in a webhook's URL
+# 'endless' stops after 256 MB, so that a tool that reads it all fails its test, not the host
+ENDLESS_CHUNKS = 4096
+FLAT_BYTES = 2**20  # the most memory a delivery may take, from the request's arrival
 
 
 class Receiver:
-    """An incoming webhook on 127.0.0.1: answers 200 ('ok'), 500 ('fail') or
-    never ('hang'), and keeps every request it got."""
+    """An incoming webhook on 127.0.0.1 (or another loopback address): answers
+    200 ('ok'), 500 ('fail'), a redirect (`redirect`: status, location), its
+    status line one byte every 5 s ('drip'), 200 and an endless body
+    ('endless'), or never ('hang'); it keeps every request it got, and when
+    (with the memory Python held then)."""
 
-    def __init__(self, mode: str) -> None:
-        self.mode, self.received = mode, []
+    def __init__(self, mode: str, host: str = '127.0.0.1', redirect: tuple[int, str] = (302, '')):
+        self.mode, self.redirect_to, self.received, self.arrived = mode, redirect, [], []
         self.release = threading.Event()
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers['Content-Length']))
+                receiver.arrived.append((time.monotonic(), traced_now()))
+                body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
                 receiver.received.append((self.path, dict(self.headers), body))
-                if receiver.mode == 'hang':
-                    receiver.release.wait(60)
-                    return
-                self.send_response(200 if receiver.mode == 'ok' else 500)
-                self.end_headers()
-                self.wfile.write(b'ok' if receiver.mode == 'ok' else b'boom')
+                getattr(receiver, receiver.mode, receiver.answer)(self)
+
+            do_GET = do_POST  # a redirect followed as a GET
 
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
-        self.url = f'http://127.0.0.1:{self.server.server_port}/services/{SECRET}'
+        self.url = f'http://{host}:{self.server.server_port}/services/{SECRET}'
+
+    def answer(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200 if self.mode == 'ok' else 500)
+        handler.end_headers()
+        handler.wfile.write(b'ok' if self.mode == 'ok' else b'boom')
+
+    def hang(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        self.release.wait(60)
+
+    def redirect(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        status, location = self.redirect_to
+        handler.send_response(status)
+        handler.send_header('Location', location)
+        handler.end_headers()
+
+    def drip(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        for byte in b'HTTP/1.1 200 OK\r\n\r\n':
+            if self.release.wait(5):
+                return
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+
+    def endless(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.end_headers()
+        chunk = b'x' * 65536
+        with contextlib.suppress(OSError):  # the tool hung up
+            for _ in range(ENDLESS_CHUNKS):
+                handler.wfile.write(chunk)
 
     def texts(self) -> list[str]:
         return [json.loads(body)['text'] for _, _, body in self.received]
 
 
 @contextlib.contextmanager
-def receiving(mode: str) -> Iterator[Receiver]:
-    receiver = Receiver(mode)
+def receiving(mode: str, host: str = '127.0.0.1', redirect=(302, '')) -> Iterator[Receiver]:
+    receiver = Receiver(mode, host, redirect)
     thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -158,19 +193,80 @@ def test_a_webhook_answering_500_is_one_warning_and_the_exit_code_stays(capsys):
     assert SECRET not in out + err
 
 
-def test_a_webhook_that_never_answers_is_given_up_after_10_s(capsys):
-    with receiving('hang') as hanging:
-        started = time.monotonic()
-        code, out, err = reproduce(capsys, '--run_id', UNKNOWN, '--notify', hanging.url)
-        took = time.monotonic() - started
+def traced_now() -> int:
+    """The memory Python holds (bytes), from when the peak starts again; 0
+    untraced."""
+    tracemalloc.reset_peak()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def notified(capsys, url: str) -> tuple[int, str, float, int]:
+    """The tool's exit code, its output (both streams), when it returned, and
+    the most memory Python held meanwhile (bytes)."""
+    tracemalloc.start()
+    try:
+        code, out, err = reproduce(capsys, '--run_id', UNKNOWN, '--notify', url)
+        return code, out + err, time.monotonic(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def with_login(url: str) -> str:
+    return url.replace('http://', f'http://{LOGIN}@')
+
+
+def warnings(output: str) -> list[str]:
+    return [line for line in output.splitlines() if 'warning' in line]
+
+
+def credentials_in(text: str) -> list[str]:
+    """Which of the webhook's secrets text shows: its path, password, basic auth."""
+    basic = base64.b64encode(LOGIN.encode()).decode()
+    return [secret for secret in (SECRET, LOGIN.partition(':')[2], basic) if secret in text]
+
+
+def failed(why: str) -> str:
+    return f'reproduce_run: warning: --notify webhook 1 at 127.0.0.1 failed: {why}; ' + (
+        'exit code unchanged'
+    )
+
+
+@pytest.mark.parametrize(
+    ('mode', 'warned'),
+    [
+        pytest.param('drip', [failed('no answer within 10 s')], id='one-byte-every-5-s'),
+        pytest.param('hang', [failed('no answer within 10 s')], id='never-answers'),
+        pytest.param('endless', [], id='endless-body'),
+    ],
+)
+def test_a_webhook_holds_the_tool_at_most_12_s_in_flat_memory(mode, warned, capsys):
+    """Connect, send, the status line and headers: 10 s in all, whatever the
+    receiver does; the body (here 256 MB, endless for all the tool knows) is
+    not read."""
+    with receiving(mode) as receiver:
+        code, output, ended, peak = notified(capsys, with_login(receiver.url))
     assert code == 2
-    assert len(hanging.received) == 1
-    assert 9 < took < 30
-    assert (
-        'reproduce_run: warning: --notify webhook 1 at 127.0.0.1 failed: no answer within '
-        '10 s; exit code unchanged'
-    ) in err.splitlines()
-    assert SECRET not in out + err
+    [(arrived, held)] = receiver.arrived
+    assert ended - arrived < 12
+    assert peak - held < FLAT_BYTES, f'{(peak - held) / 2**20:.1f} MiB more'
+    assert warnings(output) == warned
+    assert credentials_in(output) == []
+
+
+@pytest.mark.parametrize('status', [301, 302, 303, 307, 308])
+def test_a_redirect_is_a_failed_delivery_and_is_not_followed(status, capsys):
+    """The Authorization header would go to the other host, and a GET there
+    would count as delivered."""
+    with (
+        receiving('ok', host='127.0.0.2') as elsewhere,
+        receiving('redirect', redirect=(status, elsewhere.url)) as redirecting,
+    ):
+        code, output, _, _ = notified(capsys, with_login(redirecting.url))
+    assert code == 2
+    assert len(redirecting.received) == 1
+    assert elsewhere.received == []
+    assert warnings(output) == [failed(f'HTTP {status}, a redirect (not followed)')]
+    assert credentials_in(output) == []
 
 
 def test_an_unreachable_webhook_is_a_warning(capsys):
