@@ -25,6 +25,7 @@ import reproduce_run
 UNKNOWN = 'f' * 32
 SECRET = 'T0SECRET/B0SECRET/xoxb-not-to-be-seen'
 LOGIN = 'hook-user:p4ss-w0rd'  # a user:password@ in a webhook's URL
+NOT_SHOWN = '(not shown: it is a secret)'
 # 'endless' stops after 256 MB, so that a tool that reads it all fails its test, not the host
 ENDLESS_CHUNKS = 4096
 FLAT_BYTES = 2**20  # the most memory a delivery may take, from the request's arrival
@@ -298,20 +299,75 @@ def test_a_login_in_the_url_is_sent_as_basic_auth(webhook, capsys):
     assert 'p%3Ass' not in out + err
 
 
-def test_a_url_that_is_not_http_is_refused_without_showing_it(capsys, monkeypatch):
+NOT_HTTP = 'expected an http:// or https:// URL, got something else'
+UNSENDABLE = 'expected a URL without spaces or control characters, got one with some'
+BAD_PORT = 'expected a port from 1 to 65535 in the URL, got something else'
+HOOK = f'https://{LOGIN}@hooks.example/services/{SECRET}'
+
+
+def refused(capsys, *argv: str) -> str:
+    """The one line of standard error with which the tool refuses argv at start."""
     with pytest.raises(SystemExit) as exc:
-        reproduce_run.main(['--run_id', UNKNOWN, '--notify', f'ftp://{SECRET}'])
-    assert exc.value.code == 2
+        reproduce_run.main(['--run_id', UNKNOWN, *argv])
     out, err = capsys.readouterr()
-    assert out == '' and err.count('\n') == 1 and SECRET not in err
-    assert 'argument --notify: expected an http:// or https:// URL' in err
-    monkeypatch.setenv('REPRODUCE_RUN_NOTIFY_URL', SECRET)
-    with pytest.raises(SystemExit) as exc:
-        reproduce_run.main(['--run_id', UNKNOWN])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith('reproduce_run: error: REPRODUCE_RUN_NOTIFY_URL: expected an http')
-    assert SECRET not in err
+    assert (exc.value.code, out, err.count('\n')) == (2, '', 1), err
+    return err
+
+
+@pytest.mark.parametrize(
+    ('url', 'expected'),
+    [
+        pytest.param(f'ftp://{SECRET}', NOT_HTTP, id='ftp'),
+        pytest.param(SECRET, NOT_HTTP, id='no-scheme'),
+        pytest.param(f'https://[::1/services/{SECRET}', NOT_HTTP, id='broken-ipv6-host'),
+        pytest.param(f'{HOOK} ', UNSENDABLE, id='trailing-space'),
+        pytest.param(HOOK.replace('/B0', ' /B0'), UNSENDABLE, id='space'),
+        pytest.param(HOOK.replace('/B0', '/\tB0'), UNSENDABLE, id='tab'),
+        pytest.param(f'{HOOK}\r\nX-Injected: 1', UNSENDABLE, id='header-injection'),
+        pytest.param(f'{HOOK}\x00', UNSENDABLE, id='nul'),
+        pytest.param(f'{HOOK}\x7f', UNSENDABLE, id='del'),
+        pytest.param(HOOK.replace('/B0', '/\u200bB0'), UNSENDABLE, id='zero-width-space'),
+        pytest.param(HOOK.replace('.example/', '.example:99999/'), BAD_PORT, id='port-99999'),
+        pytest.param(HOOK.replace('.example/', '.example:0/'), BAD_PORT, id='port-0'),
+        pytest.param(HOOK.replace('.example/', '.example:-1/'), BAD_PORT, id='port-negative'),
+        pytest.param(HOOK.replace('.example/', '.example:https/'), BAD_PORT, id='port-name'),
+    ],
+)
+def test_a_url_that_cannot_be_sent_is_refused_at_start_without_showing_it(
+    url, expected, capsys, monkeypatch
+):
+    err = refused(capsys, '--notify', url)
+    assert err == f'reproduce_run: error: argument --notify: {expected} {NOT_SHOWN} (see --help)\n'
+    assert credentials_in(err) == []
+    if '\x00' in url:
+        return  # no environment variable can hold it
+    monkeypatch.setenv('REPRODUCE_RUN_NOTIFY_URL', url)
+    err = refused(capsys)
+    assert err.startswith(f'reproduce_run: error: REPRODUCE_RUN_NOTIFY_URL: {expected} {NOT_SHOWN}')
+    assert credentials_in(err) == []
+
+
+TEAMS_PATH = f'/workflows/{SECRET}/triggers/manual/paths/invoke'
+
+
+@pytest.mark.parametrize(
+    ('url', 'bare', 'where'),
+    [
+        pytest.param(
+            HOOK, f'https://hooks.example/services/{SECRET}', f'/services/{SECRET}', id='slack'
+        ),
+        pytest.param(
+            f'https://prod-1.westus.logic.azure.com:443{TEAMS_PATH}?v=1&sig=S1GN4TURE',
+            f'https://prod-1.westus.logic.azure.com:443{TEAMS_PATH}?v=1&sig=S1GN4TURE',
+            f'{TEAMS_PATH}?v=1&sig=S1GN4TURE',
+            id='teams-workflow',
+        ),
+    ],
+)
+def test_mask_webhook_hides_the_url_its_path_and_its_query(url, bare, where):
+    said = f'{url} failed; {bare} failed; POST {where}; at {where.partition("?")[0]}'
+    masked = reproduce_run.mask_webhook(said, url)
+    assert masked == '*** failed; *** failed; POST ***; at ***'
 
 
 def test_the_secret_reaches_neither_the_project_nor_mlflow(
