@@ -283,6 +283,19 @@ def test_an_unreachable_webhook_is_a_warning(capsys):
     assert SECRET not in out + err and 'pass' not in err
 
 
+def test_the_proxy_variables_are_honoured(webhook, sqlite_store, capsys, monkeypatch):
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', sqlite_store)  # MLflow's requests go direct
+    for name in ('no_proxy', 'NO_PROXY'):
+        monkeypatch.delenv(name, raising=False)
+    with receiving('ok', host='127.0.0.2') as proxy:
+        monkeypatch.setenv('http_proxy', proxy.url.partition('/services')[0])
+        code, out, err = reproduce(capsys, '--run_id', UNKNOWN, '--notify', webhook.url)
+    assert code == 2 and 'warning' not in err
+    assert webhook.received == []
+    [(target, _, _)] = proxy.received
+    assert target == webhook.url  # a proxy's request line names the whole URL
+
+
 def test_the_url_can_come_from_the_environment(webhook, capsys, monkeypatch):
     monkeypatch.setenv('REPRODUCE_RUN_NOTIFY_URL', webhook.url)
     assert reproduce(capsys, '--run_id', UNKNOWN)[0] == 2
