@@ -7484,15 +7484,21 @@ def webhook_host(url: str) -> str:
     return urlsplit(url).hostname or 'unknown host'
 
 
+def url_without_login(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl()
+
+
 def mask_webhook(text: str, url: str) -> str:
     """text without the webhook's URL, with or without its user:password@, nor
     its path and query: Slack's and Teams' secrets are there."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    bare = parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl()
     where = parts.path + (f'?{parts.query}' if parts.query else '')
-    for secret in (url, bare, where, parts.path):
+    for secret in (url, url_without_login(url), where, parts.path):
         if len(secret) >= SECRET_MIN_CHARS:
             text = text.replace(secret, MASKED)
     return text
@@ -7509,7 +7515,7 @@ def _webhook_request(url: str, text: str) -> urllib.request.Request:
     if parts.username is not None:  # urllib would take user:password@ for the host
         login = f'{unquote(parts.username)}:{unquote(parts.password or "")}'
         headers['Authorization'] = 'Basic ' + base64.b64encode(login.encode()).decode()
-        url = parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl()
+        url = url_without_login(url)
     body = json.dumps({'text': text}).encode()
     return urllib.request.Request(url, data=body, headers=headers, method='POST')
 
