@@ -52,6 +52,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO
 
 if TYPE_CHECKING:
+    import http.client
+    import urllib.request
+
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
@@ -7103,7 +7106,7 @@ Outcome = Report | BatchReport | BisectReport | Bisections  # what an invocation
 JUNIT_SUITE = 'reproduce_run'  # the one <testsuite>'s name
 SHORT_ID_CHARS = 8  # of a run ID, in a testcase's name
 STEP_SUMMARY_ENV = 'GITHUB_STEP_SUMMARY'  # GitHub Actions' job summary file
-NOTIFY_TIMEOUT_SECONDS = 10.0
+NOTIFY_TIMEOUT_SECONDS = 10.0  # a whole delivery: connect, send, the answer's status and headers
 # Teams takes 28 KB a message and Slack 40,000 characters of text: the text
 # is cut to this many UTF-8 bytes, which fits both.
 NOTIFY_TEXT_BYTES = 20_000
@@ -7414,7 +7417,7 @@ def notification_text(outcome: Outcome, delivery: Delivery, limit: int = NOTIFY_
     text = '\n\n'.join(p for p in (head, _cut(outcome_markdown(outcome), room), links) if p)
     text = mask_credentials(text)
     for url in delivery.notify:
-        text = text.replace(url, MASKED)
+        text = mask_webhook(text, url)
     return text
 
 
@@ -7425,7 +7428,27 @@ def webhook_host(url: str) -> str:
     return urlsplit(url).hostname or 'unknown host'
 
 
-def post_webhook(url: str, text: str) -> None:
+def url_without_login(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl()
+
+
+def mask_webhook(text: str, url: str) -> str:
+    """text without the webhook's URL, with or without its user:password@, nor
+    its path and query: Slack's and Teams' secrets are there."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    where = parts.path + (f'?{parts.query}' if parts.query else '')
+    for secret in (url, url_without_login(url), where, parts.path):
+        if len(secret) >= SECRET_MIN_CHARS:
+            text = text.replace(secret, MASKED)
+    return text
+
+
+def _webhook_request(url: str, text: str) -> urllib.request.Request:
     """POST {"text": …}: what Slack's and Teams' incoming webhooks both take."""
     import base64
     import urllib.request
@@ -7436,17 +7459,102 @@ def post_webhook(url: str, text: str) -> None:
     if parts.username is not None:  # urllib would take user:password@ for the host
         login = f'{unquote(parts.username)}:{unquote(parts.password or "")}'
         headers['Authorization'] = 'Basic ' + base64.b64encode(login.encode()).decode()
-        url = parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl()
+        url = url_without_login(url)
     body = json.dumps({'text': text}).encode()
-    request = urllib.request.Request(url, data=body, headers=headers, method='POST')
-    with urllib.request.urlopen(request, timeout=NOTIFY_TIMEOUT_SECONDS) as response:
-        response.read()
+    return urllib.request.Request(url, data=body, headers=headers, method='POST')
+
+
+class _Cutoff:
+    """The connections of one delivery, to cut when its time is up: a
+    receiver may drip its answer a byte at a time, or never answer."""
+
+    def __init__(self) -> None:
+        self.connections: list[http.client.HTTPConnection] = []
+        self.over = threading.Event()
+
+    def keep(self, connection: http.client.HTTPConnection) -> http.client.HTTPConnection:
+        connect = connection.connect
+
+        def connect_in_time() -> None:
+            connect()
+            if self.over.is_set():  # connected too late: send nothing
+                connection.close()
+                raise TimeoutError('connected after the delivery was given up')
+
+        connection.connect = connect_in_time  # type: ignore[method-assign]
+        self.connections.append(connection)
+        return connection
+
+    def cut(self) -> None:
+        """Wake whatever waits on the connections (from another thread)."""
+        self.over.set()
+        for connection in self.connections:
+            sock = connection.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def _webhook_opener(cutoff: _Cutoff) -> urllib.request.OpenerDirector:
+    """urllib's opener (the proxy variables honoured) that hands each
+    connection to cutoff and follows no redirect: it would send the
+    Authorization header to another host, and count a GET there delivered."""
+    import http.client
+    import urllib.request
+
+    def kept(kind: type[http.client.HTTPConnection]) -> Callable[..., http.client.HTTPConnection]:
+        return lambda host, **kwargs: cutoff.keep(kind(host, **kwargs))
+
+    class Plain(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(kept(http.client.HTTPConnection), req)
+
+    class Secure(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(kept(http.client.HTTPSConnection), req)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object) -> None:
+            return None  # the 3xx answer is then an HTTPError
+
+    return urllib.request.build_opener(Plain, Secure, NoRedirect)
+
+
+def post_webhook(url: str, text: str) -> None:
+    """Deliver one message within NOTIFY_TIMEOUT_SECONDS in all: connect,
+    send, the answer's status line and headers (its body is not read).  A
+    thread of its own does it, cut at the deadline wherever it is."""
+    import urllib.error
+
+    cutoff = _Cutoff()
+    opener, request = _webhook_opener(cutoff), _webhook_request(url, text)
+    failures: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            opener.open(request, timeout=NOTIFY_TIMEOUT_SECONDS).close()
+        except urllib.error.HTTPError as e:
+            e.close()
+            failures.append(e)
+        except BaseException as e:
+            failures.append(e)
+
+    worker = threading.Thread(target=deliver, name='webhook', daemon=True)
+    worker.start()
+    worker.join(NOTIFY_TIMEOUT_SECONDS)
+    if worker.is_alive():
+        cutoff.cut()
+        raise TimeoutError('the delivery took too long')
+    if failures:
+        raise failures[0]
 
 
 def _webhook_failure(e: Exception) -> str:
     reason = getattr(e, 'reason', None) or e
     if isinstance(reason, (TimeoutError, socket.timeout)) or 'timed out' in str(reason):
         return f'no answer within {NOTIFY_TIMEOUT_SECONDS:.0f} s'
+    if 300 <= getattr(e, 'code', 0) < 400:
+        return f'HTTP {e.code}, a redirect (not followed)'
     if hasattr(e, 'code'):
         return f'HTTP {e.code}'
     return str(reason) or type(e).__name__
@@ -7462,7 +7570,7 @@ def notify(outcome: Outcome, delivery: Delivery) -> None:
         try:
             post_webhook(url, text)
         except Exception as e:
-            why = _webhook_failure(e).replace(url, MASKED)
+            why = mask_webhook(_webhook_failure(e), url)
             warn(f'--notify webhook {i} at {webhook_host(url)} failed: {why}; exit code unchanged')
 
 
@@ -7914,16 +8022,30 @@ def _junit_path(s: str) -> str:
 
 
 def _webhook_url(s: str) -> str:
-    """An http(s) URL; the value is a secret, so the message never shows it."""
+    """An http(s) URL that can be sent as it is; the value is a secret, so the
+    message never shows it."""
     from urllib.parse import urlsplit
 
+    secret = '(not shown: it is a secret)'
+    if any(c.isspace() or not c.isprintable() for c in s):
+        raise argparse.ArgumentTypeError(
+            f'expected a URL without spaces or control characters, got one with some {secret}'
+        )
     try:
         parts = urlsplit(s)
     except ValueError:
         parts = None
     if not parts or parts.scheme not in ('http', 'https') or not parts.hostname:
         raise argparse.ArgumentTypeError(
-            'expected an http:// or https:// URL, got something else (not shown: it is a secret)'
+            f'expected an http:// or https:// URL, got something else {secret}'
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise argparse.ArgumentTypeError(
+            f'expected a port from 1 to 65535 in the URL, got something else {secret}'
         )
     return s
 

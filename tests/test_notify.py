@@ -11,6 +11,7 @@ import json
 import socket
 import threading
 import time
+import tracemalloc
 import urllib.request
 from collections.abc import Iterator
 
@@ -23,42 +24,77 @@ import reproduce_run
 
 UNKNOWN = 'f' * 32
 SECRET = 'T0SECRET/B0SECRET/xoxb-not-to-be-seen'
+LOGIN = 'hook-user:p4ss-w0rd'  # a user:password@ in a webhook's URL
+NOT_SHOWN = '(not shown: it is a secret)'
+# 'endless' stops after 256 MB, so that a tool that reads it all fails its test, not the host
+ENDLESS_CHUNKS = 4096
+FLAT_BYTES = 2**20  # the most memory a delivery may take, from the request's arrival
 
 
 class Receiver:
-    """An incoming webhook on 127.0.0.1: answers 200 ('ok'), 500 ('fail') or
-    never ('hang'), and keeps every request it got."""
+    """An incoming webhook on 127.0.0.1 (or another loopback address): answers
+    200 ('ok'), 500 ('fail'), a redirect (`redirect`: status, location), its
+    status line one byte every 5 s ('drip'), 200 and an endless body
+    ('endless'), or never ('hang'); it keeps every request it got, and when
+    (with the memory Python held then)."""
 
-    def __init__(self, mode: str) -> None:
-        self.mode, self.received = mode, []
+    def __init__(self, mode: str, host: str = '127.0.0.1', redirect: tuple[int, str] = (302, '')):
+        self.mode, self.redirect_to, self.received, self.arrived = mode, redirect, [], []
         self.release = threading.Event()
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers['Content-Length']))
+                receiver.arrived.append((time.monotonic(), traced_now()))
+                body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
                 receiver.received.append((self.path, dict(self.headers), body))
-                if receiver.mode == 'hang':
-                    receiver.release.wait(60)
-                    return
-                self.send_response(200 if receiver.mode == 'ok' else 500)
-                self.end_headers()
-                self.wfile.write(b'ok' if receiver.mode == 'ok' else b'boom')
+                getattr(receiver, receiver.mode, receiver.answer)(self)
+
+            do_GET = do_POST  # a redirect followed as a GET
 
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
-        self.url = f'http://127.0.0.1:{self.server.server_port}/services/{SECRET}'
+        self.url = f'http://{host}:{self.server.server_port}/services/{SECRET}'
+
+    def answer(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200 if self.mode == 'ok' else 500)
+        handler.end_headers()
+        handler.wfile.write(b'ok' if self.mode == 'ok' else b'boom')
+
+    def hang(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        self.release.wait(60)
+
+    def redirect(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        status, location = self.redirect_to
+        handler.send_response(status)
+        handler.send_header('Location', location)
+        handler.end_headers()
+
+    def drip(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        for byte in b'HTTP/1.1 200 OK\r\n\r\n':
+            if self.release.wait(5):
+                return
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+
+    def endless(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.end_headers()
+        chunk = b'x' * 65536
+        with contextlib.suppress(OSError):  # the tool hung up
+            for _ in range(ENDLESS_CHUNKS):
+                handler.wfile.write(chunk)
 
     def texts(self) -> list[str]:
         return [json.loads(body)['text'] for _, _, body in self.received]
 
 
 @contextlib.contextmanager
-def receiving(mode: str) -> Iterator[Receiver]:
-    receiver = Receiver(mode)
+def receiving(mode: str, host: str = '127.0.0.1', redirect=(302, '')) -> Iterator[Receiver]:
+    receiver = Receiver(mode, host, redirect)
     thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -158,19 +194,80 @@ def test_a_webhook_answering_500_is_one_warning_and_the_exit_code_stays(capsys):
     assert SECRET not in out + err
 
 
-def test_a_webhook_that_never_answers_is_given_up_after_10_s(capsys):
-    with receiving('hang') as hanging:
-        started = time.monotonic()
-        code, out, err = reproduce(capsys, '--run_id', UNKNOWN, '--notify', hanging.url)
-        took = time.monotonic() - started
+def traced_now() -> int:
+    """The memory Python holds (bytes), from when the peak starts again; 0
+    untraced."""
+    tracemalloc.reset_peak()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def notified(capsys, url: str) -> tuple[int, str, float, int]:
+    """The tool's exit code, its output (both streams), when it returned, and
+    the most memory Python held meanwhile (bytes)."""
+    tracemalloc.start()
+    try:
+        code, out, err = reproduce(capsys, '--run_id', UNKNOWN, '--notify', url)
+        return code, out + err, time.monotonic(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def with_login(url: str) -> str:
+    return url.replace('http://', f'http://{LOGIN}@')
+
+
+def warnings(output: str) -> list[str]:
+    return [line for line in output.splitlines() if 'warning' in line]
+
+
+def credentials_in(text: str) -> list[str]:
+    """Which of the webhook's secrets text shows: its path, password, basic auth."""
+    basic = base64.b64encode(LOGIN.encode()).decode()
+    return [secret for secret in (SECRET, LOGIN.partition(':')[2], basic) if secret in text]
+
+
+def failed(why: str) -> str:
+    return f'reproduce_run: warning: --notify webhook 1 at 127.0.0.1 failed: {why}; ' + (
+        'exit code unchanged'
+    )
+
+
+@pytest.mark.parametrize(
+    ('mode', 'warned'),
+    [
+        pytest.param('drip', [failed('no answer within 10 s')], id='one-byte-every-5-s'),
+        pytest.param('hang', [failed('no answer within 10 s')], id='never-answers'),
+        pytest.param('endless', [], id='endless-body'),
+    ],
+)
+def test_a_webhook_holds_the_tool_at_most_12_s_in_flat_memory(mode, warned, capsys):
+    """Connect, send, the status line and headers: 10 s in all, whatever the
+    receiver does; the body (here 256 MB, endless for all the tool knows) is
+    not read."""
+    with receiving(mode) as receiver:
+        code, output, ended, peak = notified(capsys, with_login(receiver.url))
     assert code == 2
-    assert len(hanging.received) == 1
-    assert 9 < took < 30
-    assert (
-        'reproduce_run: warning: --notify webhook 1 at 127.0.0.1 failed: no answer within '
-        '10 s; exit code unchanged'
-    ) in err.splitlines()
-    assert SECRET not in out + err
+    [(arrived, held)] = receiver.arrived
+    assert ended - arrived < 12
+    assert peak - held < FLAT_BYTES, f'{(peak - held) / 2**20:.1f} MiB more'
+    assert warnings(output) == warned
+    assert credentials_in(output) == []
+
+
+@pytest.mark.parametrize('status', [301, 302, 303, 307, 308])
+def test_a_redirect_is_a_failed_delivery_and_is_not_followed(status, capsys):
+    """The Authorization header would go to the other host, and a GET there
+    would count as delivered."""
+    with (
+        receiving('ok', host='127.0.0.2') as elsewhere,
+        receiving('redirect', redirect=(status, elsewhere.url)) as redirecting,
+    ):
+        code, output, _, _ = notified(capsys, with_login(redirecting.url))
+    assert code == 2
+    assert len(redirecting.received) == 1
+    assert elsewhere.received == []
+    assert warnings(output) == [failed(f'HTTP {status}, a redirect (not followed)')]
+    assert credentials_in(output) == []
 
 
 def test_an_unreachable_webhook_is_a_warning(capsys):
@@ -184,6 +281,19 @@ def test_an_unreachable_webhook_is_a_warning(capsys):
     assert warning.startswith('reproduce_run: warning: --notify webhook 1 at 127.0.0.1 failed: ')
     assert 'Connection refused' in warning
     assert SECRET not in out + err and 'pass' not in err
+
+
+def test_the_proxy_variables_are_honoured(webhook, sqlite_store, capsys, monkeypatch):
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', sqlite_store)  # MLflow's requests go direct
+    for name in ('no_proxy', 'NO_PROXY'):
+        monkeypatch.delenv(name, raising=False)
+    with receiving('ok', host='127.0.0.2') as proxy:
+        monkeypatch.setenv('http_proxy', proxy.url.partition('/services')[0])
+        code, out, err = reproduce(capsys, '--run_id', UNKNOWN, '--notify', webhook.url)
+    assert code == 2 and 'warning' not in err
+    assert webhook.received == []
+    [(target, _, _)] = proxy.received
+    assert target == webhook.url  # a proxy's request line names the whole URL
 
 
 def test_the_url_can_come_from_the_environment(webhook, capsys, monkeypatch):
@@ -202,20 +312,75 @@ def test_a_login_in_the_url_is_sent_as_basic_auth(webhook, capsys):
     assert 'p%3Ass' not in out + err
 
 
-def test_a_url_that_is_not_http_is_refused_without_showing_it(capsys, monkeypatch):
+NOT_HTTP = 'expected an http:// or https:// URL, got something else'
+UNSENDABLE = 'expected a URL without spaces or control characters, got one with some'
+BAD_PORT = 'expected a port from 1 to 65535 in the URL, got something else'
+HOOK = f'https://{LOGIN}@hooks.example/services/{SECRET}'
+
+
+def refused(capsys, *argv: str) -> str:
+    """The one line of standard error with which the tool refuses argv at start."""
     with pytest.raises(SystemExit) as exc:
-        reproduce_run.main(['--run_id', UNKNOWN, '--notify', f'ftp://{SECRET}'])
-    assert exc.value.code == 2
+        reproduce_run.main(['--run_id', UNKNOWN, *argv])
     out, err = capsys.readouterr()
-    assert out == '' and err.count('\n') == 1 and SECRET not in err
-    assert 'argument --notify: expected an http:// or https:// URL' in err
-    monkeypatch.setenv('REPRODUCE_RUN_NOTIFY_URL', SECRET)
-    with pytest.raises(SystemExit) as exc:
-        reproduce_run.main(['--run_id', UNKNOWN])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith('reproduce_run: error: REPRODUCE_RUN_NOTIFY_URL: expected an http')
-    assert SECRET not in err
+    assert (exc.value.code, out, err.count('\n')) == (2, '', 1), err
+    return err
+
+
+@pytest.mark.parametrize(
+    ('url', 'expected'),
+    [
+        pytest.param(f'ftp://{SECRET}', NOT_HTTP, id='ftp'),
+        pytest.param(SECRET, NOT_HTTP, id='no-scheme'),
+        pytest.param(f'https://[::1/services/{SECRET}', NOT_HTTP, id='broken-ipv6-host'),
+        pytest.param(f'{HOOK} ', UNSENDABLE, id='trailing-space'),
+        pytest.param(HOOK.replace('/B0', ' /B0'), UNSENDABLE, id='space'),
+        pytest.param(HOOK.replace('/B0', '/\tB0'), UNSENDABLE, id='tab'),
+        pytest.param(f'{HOOK}\r\nX-Injected: 1', UNSENDABLE, id='header-injection'),
+        pytest.param(f'{HOOK}\x00', UNSENDABLE, id='nul'),
+        pytest.param(f'{HOOK}\x7f', UNSENDABLE, id='del'),
+        pytest.param(HOOK.replace('/B0', '/\u200bB0'), UNSENDABLE, id='zero-width-space'),
+        pytest.param(HOOK.replace('.example/', '.example:99999/'), BAD_PORT, id='port-99999'),
+        pytest.param(HOOK.replace('.example/', '.example:0/'), BAD_PORT, id='port-0'),
+        pytest.param(HOOK.replace('.example/', '.example:-1/'), BAD_PORT, id='port-negative'),
+        pytest.param(HOOK.replace('.example/', '.example:https/'), BAD_PORT, id='port-name'),
+    ],
+)
+def test_a_url_that_cannot_be_sent_is_refused_at_start_without_showing_it(
+    url, expected, capsys, monkeypatch
+):
+    err = refused(capsys, '--notify', url)
+    assert err == f'reproduce_run: error: argument --notify: {expected} {NOT_SHOWN} (see --help)\n'
+    assert credentials_in(err) == []
+    if '\x00' in url:
+        return  # no environment variable can hold it
+    monkeypatch.setenv('REPRODUCE_RUN_NOTIFY_URL', url)
+    err = refused(capsys)
+    assert err.startswith(f'reproduce_run: error: REPRODUCE_RUN_NOTIFY_URL: {expected} {NOT_SHOWN}')
+    assert credentials_in(err) == []
+
+
+TEAMS_PATH = f'/workflows/{SECRET}/triggers/manual/paths/invoke'
+
+
+@pytest.mark.parametrize(
+    ('url', 'bare', 'where'),
+    [
+        pytest.param(
+            HOOK, f'https://hooks.example/services/{SECRET}', f'/services/{SECRET}', id='slack'
+        ),
+        pytest.param(
+            f'https://prod-1.westus.logic.azure.com:443{TEAMS_PATH}?v=1&sig=S1GN4TURE',
+            f'https://prod-1.westus.logic.azure.com:443{TEAMS_PATH}?v=1&sig=S1GN4TURE',
+            f'{TEAMS_PATH}?v=1&sig=S1GN4TURE',
+            id='teams-workflow',
+        ),
+    ],
+)
+def test_mask_webhook_hides_the_url_its_path_and_its_query(url, bare, where):
+    said = f'{url} failed; {bare} failed; POST {where}; at {where.partition("?")[0]}'
+    masked = reproduce_run.mask_webhook(said, url)
+    assert masked == '*** failed; *** failed; POST ***; at ***'
 
 
 def test_the_secret_reaches_neither_the_project_nor_mlflow(

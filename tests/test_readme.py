@@ -410,6 +410,17 @@ SETUPS: dict[str, Setup] = {
     '`--notify ftp://…` (not an `http(s)` URL)': arguments(
         '--run_id', 'a', '--notify', 'ftp://hooks.example/T0/B0/secret'
     ),
+    "`--notify 'https://hooks.slack.com/services/T0/B0/a b'` (a space, a tab, a newline or "
+    'another control character in the URL)': lambda request: [
+        ('--run_id', 'a', '--notify', f'https://hooks.example/T0/B0/se{c}cret')
+        for c in (' ', '\t', '\n', '\x1b')
+    ],
+    '`--notify https://hooks.slack.com:99999/…` (a port that is not a number from 1 to 65535)': (
+        lambda request: [
+            ('--run_id', 'a', '--notify', f'https://hooks.example:{port}/T0/B0/secret')
+            for port in ('99999', '0', 'https')
+        ]
+    ),
     '`--since week`': arguments('--from-experiment', 'x', '--since', 'week'),
     '`--filter`, `--since` or `--sample` without `--from-experiment`': arguments(
         '--run_id', 'a', '--since', '7d'
