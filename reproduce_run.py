@@ -155,6 +155,7 @@ KUBERNETES_REQUIRED_KEYS = ('kube-job-template-path', 'repository-uri')  # as ML
 KUBERNETES_PACKAGES = ('kubernetes', 'docker')  # mlflow.projects.kubernetes imports both
 MASKED = '***'
 HELP_TIMEOUT_SECONDS = 60.0  # for a script's `--help`, which finds the options it accepts
+HELP_AT_RUN_TIME = '--help, asked at run time (--dry-run runs nothing)'  # arguments_from
 SCRIPT_ENVIRONMENT_FILES = ('python_env.yaml', 'conda.yaml')  # MLflow builds environments from
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
@@ -783,7 +784,7 @@ def _unquoted(params: Mapping[str, str]) -> dict[str, str]:
 
 # A commit value comes from the tracking store or the command line, and git
 # reads a value that starts with '-' as an option (--upload-pack=CMD runs CMD).
-_COMMIT_ID_RE = re.compile(r'^[0-9a-fA-F]{7,40}$')
+_COMMIT_ID_RE = re.compile(r'[0-9a-fA-F]{7,40}')  # fullmatch: '$' takes a final newline
 # What `git check-ref-format --allow-onelevel` refuses (git help check-ref-format):
 # control characters, space, ~ ^ : ? * [ \\, '..', '@{', '//', a component that
 # starts with '.' or ends with '.lock', a name that starts or ends with '/' or
@@ -794,7 +795,7 @@ _BAD_REF_RE = re.compile(r'[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|(^|/)\.|\.lock(/
 def commit_value_problem(value: str) -> str | None:
     """Why a commit value is refused before git sees it, None when it is a
     commit ID (7-40 hex digits) or a ref name that does not start with '-'."""
-    if _COMMIT_ID_RE.match(value):
+    if _COMMIT_ID_RE.fullmatch(value):
         return None
     if not value:
         return 'it is empty'
@@ -1427,10 +1428,37 @@ def no_space(detail: str) -> ReproduceError:
     return ReproduceError(f'no space left on device in TMPDIR={tempfile.gettempdir()}: {detail}')
 
 
+# What `git rev-parse --local-env-vars` lists, less the user's config settings:
+# inherited (from a git hook, say), they point git at the user's repository.
+GIT_LOCATION_VARIABLES = (
+    'GIT_ALTERNATE_OBJECT_DIRECTORIES',
+    'GIT_CONFIG',
+    'GIT_OBJECT_DIRECTORY',
+    'GIT_DIR',
+    'GIT_WORK_TREE',
+    'GIT_IMPLICIT_WORK_TREE',
+    'GIT_GRAFT_FILE',
+    'GIT_INDEX_FILE',
+    'GIT_NO_REPLACE_OBJECTS',
+    'GIT_REPLACE_REF_BASE',
+    'GIT_PREFIX',
+    'GIT_INTERNAL_SUPER_PREFIX',
+    'GIT_SHALLOW_FILE',
+    'GIT_COMMON_DIR',
+    'GIT_NAMESPACE',
+)
+
+
+def without_git_location(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k not in GIT_LOCATION_VARIABLES}
+
+
 def _git(*args: str, cwd: str | None = None) -> str:
-    env = {**os.environ, 'GIT_TERMINAL_PROMPT': '0'}
+    """git in cwd, never in a repository the environment names, and never
+    through the ext:: transport (a remote URL that runs a command)."""
+    env = {**without_git_location(os.environ), 'GIT_TERMINAL_PROMPT': '0'}
     proc = subprocess.run(
-        ('git', *args),
+        ('git', '-c', 'protocol.ext.allow=never', *args),
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -2437,7 +2465,7 @@ def _project_environ(session: Session, tmp_dir: str, tag: str) -> dict[str, str]
     the tool started, this Python first on PATH (for env manager local), a
     temporary folder that is removed afterwards, a scratch model registry and
     the tag that finds them."""
-    env = dict(session.user_environ)
+    env = without_git_location(session.user_environ)  # MLflow asks git of the checkout
     env['PATH'] = os.pathsep.join((os.path.dirname(sys.executable), env.get('PATH', '')))
     env['TMPDIR'] = os.path.join(tmp_dir, 'tmp')
     env[PROCESS_TAG] = tag
@@ -2669,6 +2697,8 @@ def script_help(session: Session, plan: Plan, tmp_dir: str, tag: str) -> str | N
     assert plan.script is not None
     env = _project_environ(session, tmp_dir, tag)
     env['MLFLOW_TRACKING_URI'] = f'sqlite:///{os.path.join(tmp_dir, "help.db")}'
+    for name in (*SECRET_VARIABLES, 'MLFLOW_TRACKING_USERNAME'):  # not for a scratch store
+        env.pop(name, None)
     os.makedirs(env['TMPDIR'], exist_ok=True)
     log = os.path.join(tmp_dir, 'help.txt')
     command = (*plan.script.command[:2], '--help')
@@ -2710,6 +2740,9 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, tag: str) -
     params = dict(plan.reference.data.params)
     if not params:  # nothing to pass: a script without argparse would train once more
         script = dataclasses.replace(plan.script, arguments_from='no params')
+        return dataclasses.replace(plan, script=script)
+    if session.options.dry_run:  # runs nothing: the script is code from the tracking store
+        script = dataclasses.replace(plan.script, arguments_from=HELP_AT_RUN_TIME)
         return dataclasses.replace(plan, script=script)
     help_text = script_help(session, plan, tmp_dir, tag)
     options = help_options(help_text or '')
@@ -3952,10 +3985,21 @@ def _not_passed_reason(plan: Plan) -> str:
     return "not in the script's arguments" if plan.script else 'not declared by the entry point'
 
 
-def _dry_run_lines(plan: Plan) -> list[str]:
+def _dry_run_params(plan: Plan) -> list[str]:
+    if plan.script and plan.script.arguments_from == HELP_AT_RUN_TIME:
+        params = {**plan.params.passed, **plan.params.not_passed}
+        return [
+            f"Params to pass: those of the script's --help, at run time, among {_listed(params)}"
+        ]
     return [
         f'Params to pass: {_listed(plan.params.passed)}',
         f'Params not passed ({_not_passed_reason(plan)}): {_listed(plan.params.not_passed)}',
+    ]
+
+
+def _dry_run_lines(plan: Plan) -> list[str]:
+    return [
+        *_dry_run_params(plan),
         f'Experiment:     {plan.experiment_name}',
         'Dry run: nothing was run and no run was created.',
     ]
@@ -6369,13 +6413,16 @@ def resolve_target(clone: str, repo: str, target: str, reference: Run) -> str:
         names = [f'refs/remotes/origin/{target}', f'refs/tags/{target}', target]
         what = f'commit {target!r}'
     else:
-        branch = reference.data.tags.get(TAG_GIT_BRANCH) or default_branch(repo)
+        recorded = reference.data.tags.get(TAG_GIT_BRANCH)
+        branch = recorded or default_branch(repo)
         if not branch:
             raise ReproduceError(
                 f'run {reference.info.run_id} recorded no branch and the source names no '
                 f'default branch: pass --bisect COMMIT'
             )
-        refuse_commit_value(branch, 'the recorded branch')
+        refuse_commit_value(
+            branch, 'the recorded branch' if recorded else "the source's default branch"
+        )
         names, what = [f'refs/remotes/origin/{branch}'], f'branch {branch!r}'
     commit = _commit_in(clone, names)
     if commit is None:

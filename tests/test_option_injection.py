@@ -64,6 +64,8 @@ TRANSPORTS = ('path', 'file', 'git', 'mirror')
         ('a//b', True),
         ('a.', True),
         ('a\x7f', True),
+        ('abcdef1\n', True),  # '$' would take the newline
+        ('0e0c9fbd1f2a3b4c5d6e7f8091a2b3c4d5e6f708\n', True),
     ],
 )
 def test_commit_value_is_a_commit_id_or_a_ref_name_not_starting_with_a_dash(value, refused):
@@ -242,4 +244,47 @@ def test_git_fetch_takes_a_commit_that_looks_like_an_option_as_a_ref(
 ):
     uri = source_uri(transport, samples_repo, git_daemon)
     fetch(Source(uri, '', PAYLOADS[payload].format(marker=marker)), tmp_path / 'git')
+    assert not marker.exists()
+
+
+# The environment the tool was started in: git never acts on the user's
+# repository, and never through a transport that runs a command.
+
+
+def repository_state(repo: Path) -> tuple[str, str, str]:
+    return (
+        git('symbolic-ref', 'HEAD', cwd=repo),
+        git('rev-parse', 'HEAD', cwd=repo),
+        git('status', '--porcelain', '--ignored', cwd=repo),
+    )
+
+
+def test_an_inherited_git_dir_leaves_the_users_repository_alone(
+    own_repo, samples_repo, capsys, monkeypatch
+):
+    """As in a git hook, which runs with GIT_DIR and GIT_WORK_TREE set."""
+    git('checkout', '--quiet', '-b', 'mywork', cwd=own_repo)
+    before = repository_state(own_repo)
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    run_id = recorded_run(f'file://{samples_repo}#sklearn_regression', commit)
+    monkeypatch.setenv('GIT_DIR', str(own_repo / '.git'))
+    monkeypatch.setenv('GIT_WORK_TREE', str(own_repo))
+    monkeypatch.setenv('GIT_INDEX_FILE', str(own_repo / '.git' / 'index'))
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run')
+    assert code == 0, err
+    monkeypatch.delenv('GIT_DIR')
+    monkeypatch.delenv('GIT_WORK_TREE')
+    monkeypatch.delenv('GIT_INDEX_FILE')
+    assert repository_state(own_repo) == before
+
+
+def test_a_source_on_the_ext_transport_runs_no_command(marker, capsys, monkeypatch):
+    """Even where the environment allows ext:: (git forbids it by default)."""
+    monkeypatch.setenv('GIT_CONFIG_COUNT', '1')
+    monkeypatch.setenv('GIT_CONFIG_KEY_0', 'protocol.ext.allow')
+    monkeypatch.setenv('GIT_CONFIG_VALUE_0', 'always')
+    run_id = recorded_run(f'ext::sh -c touch% {marker} x://y', 'a' * 40)
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run')
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
     assert not marker.exists()

@@ -18,6 +18,7 @@ from conftest import (
     mlflow_run,
 )
 from helpers import (
+    build_repo,
     param_table,
     process_gone,
     python_run,
@@ -466,11 +467,66 @@ def test_dry_run_of_a_script_run_shows_its_command_and_makes_no_run(scripts_repo
     assert code == 0, err
     assert (
         'Script:         python src/renamed.py (in the repository root, env manager: local, '
-        'arguments from --help)'
+        'arguments from --help, asked at run time (--dry-run runs nothing))'
     ) in out.splitlines()
-    assert "Params not passed (not in the script's arguments): learning_rate=0.5" in out
+    assert (
+        "Params to pass: those of the script's --help, at run time, among learning_rate=0.5"
+    ) in out.splitlines()
     assert 'Experiment:     Default' in out.splitlines()  # the reference's own
     assert {r.info.run_id for r in reproductions_of(run_id)} == before
+
+
+SPY = """\
+import argparse, json, os, sys
+if '--help' in sys.argv:
+    with open(os.environ['SPY_FILE'], 'a') as f:
+        f.write(json.dumps(sorted(os.environ)) + '\\n')
+p = argparse.ArgumentParser()
+p.add_argument('--lr')
+args = p.parse_args()
+import mlflow
+with mlflow.start_run():
+    mlflow.log_param('lr', args.lr)
+"""
+
+
+def test_a_dry_run_runs_no_script_and_help_gets_no_credentials(
+    tmp_path, git_daemon, capsys, monkeypatch
+):
+    """The script is code that a run in the tracking store names: a dry run
+    runs none of it, not even its --help, and the --help a real run asks
+    (into a scratch store) gets none of the tool's tracking credentials."""
+    repo, commit = build_repo(tmp_path / 'spy', {'spy.py': SPY})
+    spied = tmp_path / 'spied'
+    monkeypatch.setenv('SPY_FILE', str(spied))
+    c = client()
+    run = c.create_run(
+        c.get_experiment_by_name('Default').experiment_id,
+        tags={
+            'mlflow.source.type': 'LOCAL',
+            'mlflow.source.name': 'tiny/spy.py',
+            'mlflow.source.git.commit': commit,
+            'mlflow.source.git.repoURL': str(repo),
+        },
+    )
+    c.log_param(run.info.run_id, 'lr', '0.1')
+    c.set_terminated(run.info.run_id)
+    monkeypatch.setenv('MLFLOW_TRACKING_TOKEN', 'tok3n-of-the-tool')
+    for output in ('table', 'json'):
+        code, out, err = reproduce(
+            capsys, '--run_id', run.info.run_id, '--dry-run', '--output', output
+        )
+        assert code == 0, err
+        assert not spied.exists()
+    assert json.loads(out)['source']['script']['arguments_from'] == (
+        '--help, asked at run time (--dry-run runs nothing)'
+    )
+    code, out, err = reproduce(capsys, '--run_id', run.info.run_id, '--output', 'json')
+    assert code == 0, err
+    assert json.loads(out)['source']['script']['argv'] == ['--lr', '0.1']
+    (variables,) = [json.loads(line) for line in spied.read_text().splitlines()]
+    assert 'MLFLOW_TRACKING_TOKEN' not in variables
+    assert 'PATH' in variables
 
 
 def test_hostile_param_values_are_never_executed(scripts_repo, tmp_path, capsys):
