@@ -748,8 +748,33 @@ def program_name() -> str:
     return called if called in ('reproduce-run', 'reproduce_run.py') else 'reproduce_run'
 
 
+# What a terminal acts on rather than shows (C0 and C1 controls with ESC, NUL,
+# CR and newline; the Unicode line separators; the bidirectional overrides):
+# values from the tracking store are shown with these as escapes such as \x1b.
+_UNSHOWABLE_RE = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]')
+_SHORT_ESCAPES = {'\n': '\\n', '\r': '\\r', '\t': '\\t'}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    c = match.group()
+    return _SHORT_ESCAPES.get(c) or (f'\\x{ord(c):02x}' if ord(c) < 0x100 else f'\\u{ord(c):04x}')
+
+
+def shown(text: str) -> str:
+    """text on one line, safe for a terminal: control characters, ANSI escapes,
+    NUL and newlines become visible escapes ('\\x1b', '\\n')."""
+    return _UNSHOWABLE_RE.sub(_escape_char, text)
+
+
+def markdown_escaped(text: str) -> str:
+    """text as one Markdown table cell (or inline text): no newline to end
+    the row, no | to split it, no HTML (& < > as entities)."""
+    text = shown(text).replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
+    return text.replace('|', '\\|')
+
+
 def warn(message: str) -> None:
-    print(f'{program_name()}: warning: {mask_credentials(message)}', file=sys.stderr)
+    print(f'{program_name()}: warning: {shown(mask_credentials(message))}', file=sys.stderr)
 
 
 def split_source_uri(uri: str) -> tuple[str, str]:
@@ -3819,6 +3844,9 @@ def _table(rows: tuple[list[str], list[list[Any]]], tablefmt: str) -> str:
     from tabulate import tabulate
 
     headers, body = rows
+    # Cells come from the tracking store: one line each, no markup of their own.
+    escape = markdown_escaped if tablefmt == 'github' else shown
+    body = [[escape(c) if isinstance(c, str) else c for c in row] for row in body]
     # disable_numparse keeps param values as the strings they are.
     numparse = headers[0] == 'Metric'
     return tabulate(
@@ -3905,7 +3933,7 @@ def script_params_note(report: Report) -> list[str]:
 
 
 def _listed(params: Mapping[str, str]) -> str:
-    return ', '.join(f'{k}={v}' for k, v in sorted(params.items())) or '(none)'
+    return shown(', '.join(f'{k}={v}' for k, v in sorted(params.items()))) or '(none)'
 
 
 def _not_passed_reason(plan: Plan) -> str:
@@ -3916,7 +3944,7 @@ def _dry_run_lines(plan: Plan) -> list[str]:
     return [
         f'Params to pass: {_listed(plan.params.passed)}',
         f'Params not passed ({_not_passed_reason(plan)}): {_listed(plan.params.not_passed)}',
-        f'Experiment:     {plan.experiment_name}',
+        f'Experiment:     {shown(plan.experiment_name)}',
         'Dry run: nothing was run and no run was created.',
     ]
 
@@ -4033,8 +4061,8 @@ def format_markdown(
     if report.verdict and max_rows is not None:
         lines += [_summary_line(report.verdict)]
     if report.message:
-        shown = report.message if max_rows is None else _truncated(report.message, 1000)
-        lines += ['', f'> {shown}']
+        message = report.message if max_rows is None else _truncated(report.message, 1000)
+        lines += ['', f'> {markdown_escaped(message)}']
     if report.verdict:
         if report.verdict.params:
             lines += _markdown_table(_param_rows(report.verdict), 'params', max_rows)
@@ -4174,7 +4202,7 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
     lines += skipped_lines(batch.skipped)
     for report in batch.reports:
         if report.status in ('failed', 'error') and report.message:
-            lines.append(f'{report.reference_run_id}: {report.status}: {report.message}')
+            lines.append(f'{report.reference_run_id}: {report.status}: {shown(report.message)}')
         elif report.status == 'differ' and not batch.repeats:  # its table, without its verdict
             lines += ['', format_text(report, verbose).rsplit('\n', 1)[0]]
     for repeat in batch.repeats:
@@ -5017,14 +5045,14 @@ def _reproduce(
 def _say_what_runs(session: Session, plan: Plan, new_id: str) -> None:
     if session.options.verbose:
         ref = plan.reference.info
-        print(
+        line = (
             f'{program_name()}: reproducing run {ref.run_id} ({ref.run_name}, {ref.status}) as '
             f'run {new_id} in experiment {plan.experiment_name!r}: entry point '
             f'{plan.entry_point!r} of {mask_credentials(plan.source.uri)} at '
             f'{plan.source.version} with env manager {plan.env_manager} on backend '
-            f'{plan.backend.name}',
-            file=sys.stderr,
+            f'{plan.backend.name}'
         )
+        print(shown(line), file=sys.stderr)
 
 
 def judge_reproduction(
@@ -5231,7 +5259,7 @@ class _GroupProgress:
 
     def _print(self, text: str) -> None:
         with self._lock:
-            print(text, file=sys.stderr, flush=True)
+            print(shown(text), file=sys.stderr, flush=True)
 
     def start(self, index: int, probe: Probe, name: str) -> None:
         if not self.quiet:
@@ -5249,7 +5277,7 @@ class _GroupProgress:
 
 
 def _named(run_id: str, name: str | None) -> str:
-    return f'{run_id} ({name})' if name else run_id
+    return f'{run_id} ({shown(name)})' if name else run_id
 
 
 def _progress_end(report: Report) -> str:
@@ -5326,7 +5354,7 @@ def _run_probe(
             model=probe.label if probe.label.startswith('models:') else None,  # not an ID prefix
         )
         if not session.options.quiet:  # --quiet prints its own line for it
-            print(f'{program_name()}: error: {probe.error}', file=sys.stderr, flush=True)
+            print(f'{program_name()}: error: {shown(probe.error)}', file=sys.stderr, flush=True)
         progress.end(index, report)
         return report
     if session.stop.event.is_set():  # start nothing new after a signal
@@ -7464,8 +7492,8 @@ def _cut(text: str, limit: int) -> str:
 
 def notification_text(outcome: Outcome, delivery: Delivery, limit: int = NOTIFY_TEXT_BYTES) -> str:
     """The summary line, the Markdown report cut to fit, the links to the runs."""
-    head = summary_line(outcome, delivery.experiment_name)
-    links = '\n'.join(run_links(outcome, ui_address(delivery.tracking_uri)))
+    head = markdown_escaped(summary_line(outcome, delivery.experiment_name))
+    links = '\n'.join(map(markdown_escaped, run_links(outcome, ui_address(delivery.tracking_uri))))
     room = limit - len(head.encode()) - len(links.encode()) - 4
     text = '\n\n'.join(p for p in (head, _cut(outcome_markdown(outcome), room), links) if p)
     text = mask_credentials(text)
@@ -7574,7 +7602,7 @@ def close_leftovers(session: Session) -> tuple[dict[str, str], ...]:
     ]
     if not session.options.quiet:
         for item in found:
-            print(f'reproduce_run: {item["message"]}', file=sys.stderr, flush=True)
+            print(f'reproduce_run: {shown(item["message"])}', file=sys.stderr, flush=True)
     return tuple(found)
 
 
@@ -7802,7 +7830,7 @@ def bisect_reference(
         return run_bisect(session, chosen.run_id, target, repeat)
     except ReproduceError as e:
         message = mask_credentials(str(e))
-        print(f'{program_name()}: error: {message}', file=sys.stderr, flush=True)
+        print(f'{program_name()}: error: {shown(message)}', file=sys.stderr, flush=True)
         return Report(
             'error', e.exit_code, label, message=message, model=model, rules=session.options.rules
         )
@@ -7983,7 +8011,7 @@ class _Parser(argparse.ArgumentParser):
     failure is: cron mails and CI logs stay greppable."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CANNOT_START, f'{self.prog}: error: {message} (see --help)\n')
+        self.exit(EXIT_CANNOT_START, f'{self.prog}: error: {shown(message)} (see --help)\n')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -8374,7 +8402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as e:
             outcome = _error_outcome(e, args.verbose, selection, options.rules)
     for line in _stderr_lines(outcome):
-        print(line, file=sys.stderr)
+        print(shown(line), file=sys.stderr)
     if isinstance(outcome, BisectReport):
         text: str | None = render_bisect(outcome, args.output)
     elif isinstance(outcome, Bisections):
@@ -8383,6 +8411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = render_batch(outcome, args.output, args.verbose)
     else:
         text = render(outcome, args.output, args.verbose)
+    if text is not None and args.output != 'json':  # JSON holds the exact values
+        text = '\n'.join(map(shown, text.split('\n')))  # no value acts on the terminal
     if text is not None:
         _write_report(text, report_stream)
     deliver(outcome, delivery)
