@@ -42,6 +42,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import statistics
 import subprocess
 import sys
@@ -94,6 +95,8 @@ BACKEND_POLL_SECONDS = 2.0  # how often a job on a backend is asked for its stat
 HISTORY_WORKERS = 8  # concurrent metric-history requests to a remote server
 SQLITE_JOBS = 8  # reproductions at once on an sqlite store (its connection pool holds 15)
 DEFAULT_MAX_RUNS = 10  # runs a search selects
+MAX_JOBS = 1000  # --jobs: reproductions at once, each a thread and its processes
+RUNS_FILE_MAX_BYTES = 16 * 2**20  # --runs-file: about 500,000 run IDs
 DEFAULT_ORDER_BY = 'attributes.start_time DESC'
 SEARCH_PAGE = 1000  # runs or experiments per search request (MLflow's default page)
 READ_BATCH = 500  # reference runs of a batch read in one search, by run ID
@@ -154,7 +157,7 @@ MASKED = '***'
 HELP_TIMEOUT_SECONDS = 60.0  # for a script's `--help`, which finds the options it accepts
 SCRIPT_ENVIRONMENT_FILES = ('python_env.yaml', 'conda.yaml')  # MLflow builds environments from
 
-_RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
+_RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}\Z')  # MLflow's own rule
 # A shortened run ID, as progress lines print them; a full one has 32 digits.
 _RUN_ID_PREFIX_RE = re.compile(r'^[0-9a-fA-F]{8,31}$')
 PREFIX_MATCHES_SHOWN = 3  # runs an ambiguous prefix error names
@@ -1218,6 +1221,19 @@ def parse_backend_config(text: str) -> dict[str, Any]:
     """--backend-config: a path ending in .json (MLflow reads no other file)
     or an inline JSON object.  An inline value is never echoed: it may hold
     a token."""
+    try:
+        value, where = _read_backend_config(text)
+    except RecursionError:  # json's parser recurses once per level of nesting
+        raise ReproduceError('--backend-config nests JSON too deeply to be read') from None
+    if not isinstance(value, dict):
+        raise ReproduceError(
+            f'--backend-config {where} holds a JSON {_json_type(value)}, not an object'
+        )
+    return value
+
+
+def _read_backend_config(text: str) -> tuple[Any, str]:
+    """The JSON value of --backend-config, and where it came from."""
     if text.endswith('.json'):
         where = f'file {text!r}'
         try:
@@ -1236,11 +1252,7 @@ def parse_backend_config(text: str) -> dict[str, Any]:
                 f'--backend-config is neither a path ending in .json nor an inline JSON '
                 f'object ({e})',
             ) from None
-    if not isinstance(value, dict):
-        raise ReproduceError(
-            f'--backend-config {where} holds a JSON {_json_type(value)}, not an object'
-        )
-    return value
+    return value, where
 
 
 def available_backends() -> list[str]:
@@ -4800,15 +4812,28 @@ class Session:
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned: a group records it
 
 
+def refuse_nul_bytes(params: Mapping[str, str], run_id: str) -> None:
+    """A NUL byte ends a C string: no command line, environment or MLflow
+    param can carry it, so the reproduction could only fail."""
+    for key, value in sorted(params.items()):
+        if '\x00' in value:
+            raise ReproduceError(
+                f'param {key!r} of run {run_id} holds a NUL byte, which no command line can '
+                'carry: the run cannot be reproduced with its params'
+            )
+
+
 def make_plan(
     options: Options, reference: Run, source: Source, project_dir: str, backend: Backend = Backend()
 ) -> Plan:
-    if is_script_run(reference):
+    if is_script_run(reference):  # any param may become one of its arguments
+        refuse_nul_bytes(reference.data.params, reference.info.run_id)
         return plan_script(options, reference, source, project_dir, backend)
     tags = reference.data.tags
     entry_point = options.entry_point or tags.get(TAG_ENTRY_POINT) or DEFAULT_ENTRY_POINT
     spec, declared = load_entry_point(project_dir, entry_point, source.version)
     params = select_params(tuple(spec.parameters) if declared else None, reference.data.params)
+    refuse_nul_bytes(params.passed, reference.info.run_id)
     return Plan(
         reference=reference,
         source=source,
@@ -5576,21 +5601,39 @@ def read_runs_file(path: str) -> list[str]:
         raise ReproduceError('cannot read --runs-file -: standard input is closed')
     try:
         if path == '-':
-            text = sys.stdin.read()
+            text = sys.stdin.read(RUNS_FILE_MAX_BYTES + 1)
         else:
-            with open(path) as f:
-                text = f.read()
+            text = _read_regular_file(path, '--runs-file')
     except OSError as e:
         raise ReproduceError(f'cannot read --runs-file {path}: {e.strerror}') from None
     except UnicodeDecodeError as e:
         raise ReproduceError(
             f'cannot read --runs-file {path}: it is not text ({e.reason} at byte {e.start})'
         ) from None
+    if len(text) > RUNS_FILE_MAX_BYTES:
+        raise ReproduceError(
+            f'--runs-file {path} is larger than {RUNS_FILE_MAX_BYTES // 2**20} MiB: '
+            'split it, or select the runs with --from-experiment'
+        )
     ids = [line.split('#', 1)[0].strip() for line in text.splitlines()]
     for run_id in filter(None, ids):
         if not _RUN_ID_RE.match(run_id):
             raise ReproduceError(f'--runs-file {path}: expected an MLflow run ID, got {run_id!r}')
     return [run_id for run_id in ids if run_id]
+
+
+def _read_regular_file(path: str, flag: str) -> str:
+    """The text of a regular file, at most RUNS_FILE_MAX_BYTES and one more
+    byte; a FIFO or a device is refused (opened without blocking: a FIFO
+    without a writer would wait forever, /dev/zero never ends)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, encoding='utf-8') as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ReproduceError(
+                f'{flag} {path} is not a regular file (a FIFO or a device?): '
+                f'give a file, or - to read standard input'
+            )
+        return f.read(RUNS_FILE_MAX_BYTES + 1)
 
 
 _MODEL_URI_RE = re.compile(r'models:/([^/@]+)(?:/(\d+)|@([\w-]+))')  # what --model takes
@@ -7951,6 +7994,13 @@ def _positive_int(s: str) -> int:
     return _whole_number(s, 1)
 
 
+def _jobs(s: str) -> int:
+    value = _whole_number(s, 1)
+    if value > MAX_JOBS:
+        raise argparse.ArgumentTypeError(f'expected a number <= {MAX_JOBS}, got {s!r}')
+    return value
+
+
 def _repeat_count(s: str) -> int:
     return _whole_number(s, 2, ' (one reproduction is the default)')
 
@@ -7964,6 +8014,37 @@ def _duration(s: str) -> float:
     if not match:
         raise argparse.ArgumentTypeError(f'expected a duration such as 90m, 36h or 7d, got {s!r}')
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _age(s: str) -> float:
+    """A duration above zero: --reap-after 0s would close every reproduction."""
+    seconds = _duration(s)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f'expected a duration above zero such as 6h, got {s!r}')
+    return seconds
+
+
+def _name(s: str) -> str:
+    """A name to look up or create: not empty, not only blanks."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError(f'expected a name, got {s!r}')
+    return s
+
+
+class _OptionalCommit(argparse.Action):
+    """--bisect [COMMIT]: bare, '' (the tip of the run's branch); a commit given
+    must name one, so --bisect '' is not taken for the bare flag."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if values is not None and not values.strip():
+            raise argparse.ArgumentError(self, f'expected a commit, got {values!r}')
+        setattr(namespace, self.dest, values or '')
 
 
 def _junit_path(s: str) -> str:
@@ -8008,7 +8089,13 @@ def _metric_tolerance(s: str) -> tuple[str, Tolerance]:
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but an argument error is one line, as every other expected
-    failure is: cron mails and CI logs stay greppable."""
+    failure is: cron mails and CI logs stay greppable.  A value that starts
+    with - and reads as a number (-1, -inf, -1h) is a value, not an option,
+    so that its own check says what is wrong with it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._negative_number_matcher = re.compile(r'^-(\d|\.\d|inf|nan)', re.IGNORECASE)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_CANNOT_START, f'{self.prog}: error: {shown(message)} (see --help)\n')
@@ -8050,6 +8137,7 @@ def build_parser() -> argparse.ArgumentParser:
         '--experiment_name',
         '--experiment-name',
         dest='experiment_name',
+        type=_name,
         help='experiment that receives the reproduced run (default: Default; for a run '
         "made without `mlflow run`, the reference run's own experiment)",
     )
@@ -8093,7 +8181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         '--reap-after',
-        type=_duration,
+        type=_age,
         metavar='DURATION',
         help='also close any reproduction RUNNING longer than this, whatever its host: 6h, 30m',
     )
@@ -8153,7 +8241,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         '--jobs',
         '-j',
-        type=_positive_int,
+        type=_jobs,
         default=1,
         metavar='N',
         help='reproductions at once (default: %(default)s)',
@@ -8167,7 +8255,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         '--bisect',
         nargs='?',
-        const='',
+        action=_OptionalCommit,
         metavar='COMMIT',
         help='find the first commit, on the first-parent path from the reference '
         "run's commit to COMMIT (default: the tip of its branch), whose reproduction differs",
