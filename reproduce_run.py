@@ -7593,8 +7593,23 @@ def notify(outcome: Outcome, delivery: Delivery) -> None:
             warn(f'--notify webhook {i} at {webhook_host(url)} failed: {why}; exit code unchanged')
 
 
+def writable_report_path(path: str, what: str) -> bool:
+    """A report file is written only where a regular file is, or nothing: a
+    FIFO would hang the tool, a device would take the report and more."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # absent, or the write itself will say why
+        return True
+    if stat.S_ISREG(mode):
+        return True
+    warn(f'{what} was not written: {path} is not a regular file (a FIFO, a device or a folder)')
+    return False
+
+
 def write_junit(outcome: Outcome, delivery: Delivery) -> None:
-    if not delivery.junit_xml:
+    if not delivery.junit_xml or not writable_report_path(
+        delivery.junit_xml, 'the JUnit XML report'
+    ):
         return
     data = junit_xml(junit_cases(outcome), delivery.experiment_name, time.time())
     try:
@@ -7604,10 +7619,13 @@ def write_junit(outcome: Outcome, delivery: Delivery) -> None:
 
 
 def append_step_summary(outcome: Outcome, delivery: Delivery) -> None:
-    if not delivery.step_summary:
+    if not delivery.step_summary or not writable_report_path(
+        delivery.step_summary, f'the report for {STEP_SUMMARY_ENV}'
+    ):
         return
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK  # never waits
     try:
-        with open(delivery.step_summary, 'a', encoding='utf-8') as f:
+        with open(os.open(delivery.step_summary, flags, 0o666), 'a', encoding='utf-8') as f:
             f.write(mask_credentials(outcome_markdown(outcome)) + '\n\n')
     except OSError as e:
         warn(f'the report could not be appended to {STEP_SUMMARY_ENV}: {e}')
