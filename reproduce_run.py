@@ -776,6 +776,15 @@ def markdown_escaped(text: str) -> str:
     return text.replace('|', '\\|')
 
 
+def markdown_code(text: str) -> str:
+    """text as one Markdown code span, on one line: fenced by more backticks
+    than it holds, so that no backtick of its own can end the span."""
+    text = shown(text)
+    fence = '`' * (max(map(len, re.findall('`+', text)), default=0) + 1)
+    pad = ' ' if text.startswith('`') or text.endswith('`') else ''
+    return f'{fence}{pad}{text}{pad}{fence}'
+
+
 def warn(message: str) -> None:
     print(f'{program_name()}: warning: {shown(mask_credentials(message))}', file=sys.stderr)
 
@@ -4063,11 +4072,13 @@ def format_markdown(
     if report.plan:
         plan = report.plan
         lines += [
-            f'- source: `{mask_credentials(plan.source.uri)}` at `{plan.source.version}`',
-            f'- entry point: `{_entry_point_text(plan)}`, env manager `{plan.env_manager}`',
+            f'- source: {markdown_code(mask_credentials(plan.source.uri))} at '
+            f'{markdown_code(plan.source.version)}',
+            f'- entry point: {markdown_code(_entry_point_text(plan))}, env manager '
+            f'`{plan.env_manager}`',
         ]
         if _backend_noteworthy(plan):
-            lines.append(f'- backend: `{_backend_text(plan)}`')
+            lines.append(f'- backend: {markdown_code(_backend_text(plan))}')
     lines += environment_same_lines(report.differences)
     lines += [f'- {line[0].lower()}{line[1:]}' for line in registration_lines(report.registrations)]
     if report.verdict and max_rows is not None:
@@ -6571,7 +6582,7 @@ def format_bisect_markdown(bisect: BisectReport) -> str:
     if (i := bisect.finding.first_changed) is not None:
         lines += [
             '',
-            f'`{bisect.path[i].commit}` {bisect.path[i].subject}',
+            f'`{bisect.path[i].commit}` {markdown_escaped(bisect.path[i].subject)}',
             '',
             '```',
             *bisect.details,

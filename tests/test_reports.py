@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SCRIPT, client
+from conftest import SCRIPT, client, git, make_repo
 from helpers import (
     HOSTILE_VALUES,
     INF,
@@ -19,6 +19,7 @@ from helpers import (
     assert_terminal_safe,
     logged_run,
     param_table,
+    recorded_run,
     reproduce,
 )
 
@@ -263,3 +264,14 @@ def test_a_hostile_experiment_name_is_shown_escaped(reference, capsys):
     assert code == 0, err
     assert f'Experiment:     {reproduce_run.shown(name)}\n' in out
     assert_terminal_safe(out)
+
+
+def test_a_hostile_source_stays_one_code_span(tmp_path, capsys):
+    """The recorded source is a tag value too: a backtick in it cannot end its
+    code span and let the HTML after it through."""
+    repo = make_repo(tmp_path / 'r`x <img src=x onerror=alert(1)>')
+    commit = git('rev-parse', 'HEAD', cwd=repo)
+    run_id = recorded_run(f'file://{repo}#sklearn_regression', commit)
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run', '--output', 'markdown')
+    assert code == 0, err
+    assert f'- source: ``file://{repo}#sklearn_regression`` at `{commit}`\n' in out
