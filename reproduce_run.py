@@ -5606,6 +5606,20 @@ class Chosen:
     name: str | None = None  # the run's name, when the search read it
 
 
+def _read_regular_file(path: str, flag: str) -> str:
+    """The text of a regular file, at most RUNS_FILE_MAX_BYTES and one more
+    byte; a FIFO or a device is refused (opened without blocking: a FIFO
+    without a writer would wait forever, /dev/zero never ends)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, encoding='utf-8') as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ReproduceError(
+                f'{flag} {path} is not a regular file (a FIFO or a device?): '
+                f'give a file, or - to read standard input'
+            )
+        return f.read(RUNS_FILE_MAX_BYTES + 1)
+
+
 def read_runs_file(path: str) -> list[str]:
     """Run IDs one per line, '#' starts a comment, '-' is standard input."""
     if path == '-' and sys.stdin is None:  # started with standard input closed (<&-)
@@ -5631,20 +5645,6 @@ def read_runs_file(path: str) -> list[str]:
         if not _RUN_ID_RE.match(run_id):
             raise ReproduceError(f'--runs-file {path}: expected an MLflow run ID, got {run_id!r}')
     return [run_id for run_id in ids if run_id]
-
-
-def _read_regular_file(path: str, flag: str) -> str:
-    """The text of a regular file, at most RUNS_FILE_MAX_BYTES and one more
-    byte; a FIFO or a device is refused (opened without blocking: a FIFO
-    without a writer would wait forever, /dev/zero never ends)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, encoding='utf-8') as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ReproduceError(
-                f'{flag} {path} is not a regular file (a FIFO or a device?): '
-                f'give a file, or - to read standard input'
-            )
-        return f.read(RUNS_FILE_MAX_BYTES + 1)
 
 
 _MODEL_URI_RE = re.compile(r'models:/([^/@]+)(?:/(\d+)|@([\w-]+))')  # what --model takes
