@@ -42,6 +42,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import statistics
 import subprocess
 import sys
@@ -97,6 +98,8 @@ BACKEND_POLL_SECONDS = 2.0  # how often a job on a backend is asked for its stat
 HISTORY_WORKERS = 8  # concurrent metric-history requests to a remote server
 SQLITE_JOBS = 8  # reproductions at once on an sqlite store (its connection pool holds 15)
 DEFAULT_MAX_RUNS = 10  # runs a search selects
+MAX_JOBS = 1000  # --jobs: reproductions at once, each a thread and its processes
+RUNS_FILE_MAX_BYTES = 16 * 2**20  # --runs-file: about 500,000 run IDs
 DEFAULT_ORDER_BY = 'attributes.start_time DESC'
 SEARCH_PAGE = 1000  # runs or experiments per search request (MLflow's default page)
 READ_BATCH = 500  # reference runs of a batch read in one search, by run ID
@@ -158,7 +161,7 @@ HELP_TIMEOUT_SECONDS = 60.0  # for a script's `--help`, which finds the options 
 HELP_AT_RUN_TIME = '--help, asked at run time (--dry-run runs nothing)'  # arguments_from
 SCRIPT_ENVIRONMENT_FILES = ('python_env.yaml', 'conda.yaml')  # MLflow builds environments from
 
-_RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}$')  # MLflow's own rule
+_RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}\Z')  # MLflow's own rule
 # A shortened run ID, as progress lines print them; a full one has 32 digits.
 _RUN_ID_PREFIX_RE = re.compile(r'^[0-9a-fA-F]{8,31}$')
 PREFIX_MATCHES_SHOWN = 3  # runs an ambiguous prefix error names
@@ -752,8 +755,42 @@ def program_name() -> str:
     return called if called in ('reproduce-run', 'reproduce_run.py') else 'reproduce_run'
 
 
+# What a terminal acts on rather than shows (C0 and C1 controls with ESC, NUL,
+# CR and newline; the Unicode line separators; the bidirectional overrides):
+# values from the tracking store are shown with these as escapes such as \x1b.
+_UNSHOWABLE_RE = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]')
+_SHORT_ESCAPES = {'\n': '\\n', '\r': '\\r', '\t': '\\t'}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    c = match.group()
+    return _SHORT_ESCAPES.get(c) or (f'\\x{ord(c):02x}' if ord(c) < 0x100 else f'\\u{ord(c):04x}')
+
+
+def shown(text: str) -> str:
+    """text on one line, safe for a terminal: control characters, ANSI escapes,
+    NUL and newlines become visible escapes ('\\x1b', '\\n')."""
+    return _UNSHOWABLE_RE.sub(_escape_char, text)
+
+
+def markdown_escaped(text: str) -> str:
+    """text as one Markdown table cell (or inline text): no newline to end
+    the row, no | to split it, no HTML (& < > as entities)."""
+    text = shown(text).replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
+    return text.replace('|', '\\|')
+
+
+def markdown_code(text: str) -> str:
+    """text as one Markdown code span, on one line: fenced by more backticks
+    than it holds, so that no backtick of its own can end the span."""
+    text = shown(text)
+    fence = '`' * (max(map(len, re.findall('`+', text)), default=0) + 1)
+    pad = ' ' if text.startswith('`') or text.endswith('`') else ''
+    return f'{fence}{pad}{text}{pad}{fence}'
+
+
 def warn(message: str) -> None:
-    print(f'{program_name()}: warning: {mask_credentials(message)}', file=sys.stderr)
+    print(f'{program_name()}: warning: {shown(mask_credentials(message))}', file=sys.stderr)
 
 
 def split_source_uri(uri: str) -> tuple[str, str]:
@@ -1230,6 +1267,19 @@ def parse_backend_config(text: str) -> dict[str, Any]:
     """--backend-config: a path ending in .json (MLflow reads no other file)
     or an inline JSON object.  An inline value is never echoed: it may hold
     a token."""
+    try:
+        value, where = _read_backend_config(text)
+    except RecursionError:  # json's parser recurses once per level of nesting
+        raise ReproduceError('--backend-config nests JSON too deeply to be read') from None
+    if not isinstance(value, dict):
+        raise ReproduceError(
+            f'--backend-config {where} holds a JSON {_json_type(value)}, not an object'
+        )
+    return value
+
+
+def _read_backend_config(text: str) -> tuple[Any, str]:
+    """The JSON value of --backend-config, and where it came from."""
     if text.endswith('.json'):
         where = f'file {text!r}'
         try:
@@ -1248,11 +1298,7 @@ def parse_backend_config(text: str) -> dict[str, Any]:
                 f'--backend-config is neither a path ending in .json nor an inline JSON '
                 f'object ({e})',
             ) from None
-    if not isinstance(value, dict):
-        raise ReproduceError(
-            f'--backend-config {where} holds a JSON {_json_type(value)}, not an object'
-        )
-    return value
+    return value, where
 
 
 def available_backends() -> list[str]:
@@ -3892,6 +3938,9 @@ def _table(rows: tuple[list[str], list[list[Any]]], tablefmt: str) -> str:
     from tabulate import tabulate
 
     headers, body = rows
+    # Cells come from the tracking store: one line each, no markup of their own.
+    escape = markdown_escaped if tablefmt == 'github' else shown
+    body = [[escape(c) if isinstance(c, str) else c for c in row] for row in body]
     # disable_numparse keeps param values as the strings they are.
     numparse = headers[0] == 'Metric'
     return tabulate(
@@ -3978,7 +4027,7 @@ def script_params_note(report: Report) -> list[str]:
 
 
 def _listed(params: Mapping[str, str]) -> str:
-    return ', '.join(f'{k}={v}' for k, v in sorted(params.items())) or '(none)'
+    return shown(', '.join(f'{k}={v}' for k, v in sorted(params.items()))) or '(none)'
 
 
 def _not_passed_reason(plan: Plan) -> str:
@@ -4000,7 +4049,7 @@ def _dry_run_params(plan: Plan) -> list[str]:
 def _dry_run_lines(plan: Plan) -> list[str]:
     return [
         *_dry_run_params(plan),
-        f'Experiment:     {plan.experiment_name}',
+        f'Experiment:     {shown(plan.experiment_name)}',
         'Dry run: nothing was run and no run was created.',
     ]
 
@@ -4107,18 +4156,20 @@ def format_markdown(
     if report.plan:
         plan = report.plan
         lines += [
-            f'- source: `{mask_credentials(plan.source.uri)}` at `{plan.source.version}`',
-            f'- entry point: `{_entry_point_text(plan)}`, env manager `{plan.env_manager}`',
+            f'- source: {markdown_code(mask_credentials(plan.source.uri))} at '
+            f'{markdown_code(plan.source.version)}',
+            f'- entry point: {markdown_code(_entry_point_text(plan))}, env manager '
+            f'`{plan.env_manager}`',
         ]
         if _backend_noteworthy(plan):
-            lines.append(f'- backend: `{_backend_text(plan)}`')
+            lines.append(f'- backend: {markdown_code(_backend_text(plan))}')
     lines += environment_same_lines(report.differences)
     lines += [f'- {line[0].lower()}{line[1:]}' for line in registration_lines(report.registrations)]
     if report.verdict and max_rows is not None:
         lines += [_summary_line(report.verdict)]
     if report.message:
-        shown = report.message if max_rows is None else _truncated(report.message, 1000)
-        lines += ['', f'> {shown}']
+        message = report.message if max_rows is None else _truncated(report.message, 1000)
+        lines += ['', f'> {markdown_escaped(message)}']
     if report.verdict:
         if report.verdict.params:
             lines += _markdown_table(_param_rows(report.verdict), 'params', max_rows)
@@ -4258,7 +4309,7 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
     lines += skipped_lines(batch.skipped)
     for report in batch.reports:
         if report.status in ('failed', 'error') and report.message:
-            lines.append(f'{report.reference_run_id}: {report.status}: {report.message}')
+            lines.append(f'{report.reference_run_id}: {report.status}: {shown(report.message)}')
         elif report.status == 'differ' and not batch.repeats:  # its table, without its verdict
             lines += ['', format_text(report, verbose).rsplit('\n', 1)[0]]
     for repeat in batch.repeats:
@@ -4855,15 +4906,28 @@ class Session:
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned: a group records it
 
 
+def refuse_nul_bytes(params: Mapping[str, str], run_id: str) -> None:
+    """A NUL byte ends a C string: no command line, environment or MLflow
+    param can carry it, so the reproduction could only fail."""
+    for key, value in sorted(params.items()):
+        if '\x00' in value:
+            raise ReproduceError(
+                f'param {key!r} of run {run_id} holds a NUL byte, which no command line can '
+                'carry: the run cannot be reproduced with its params'
+            )
+
+
 def make_plan(
     options: Options, reference: Run, source: Source, project_dir: str, backend: Backend = Backend()
 ) -> Plan:
-    if is_script_run(reference):
+    if is_script_run(reference):  # any param may become one of its arguments
+        refuse_nul_bytes(reference.data.params, reference.info.run_id)
         return plan_script(options, reference, source, project_dir, backend)
     tags = reference.data.tags
     entry_point = options.entry_point or tags.get(TAG_ENTRY_POINT) or DEFAULT_ENTRY_POINT
     spec, declared = load_entry_point(project_dir, entry_point, source.version)
     params = select_params(tuple(spec.parameters) if declared else None, reference.data.params)
+    refuse_nul_bytes(params.passed, reference.info.run_id)
     return Plan(
         reference=reference,
         source=source,
@@ -5100,14 +5164,14 @@ def _reproduce(
 def _say_what_runs(session: Session, plan: Plan, new_id: str) -> None:
     if session.options.verbose:
         ref = plan.reference.info
-        print(
+        line = (
             f'{program_name()}: reproducing run {ref.run_id} ({ref.run_name}, {ref.status}) as '
             f'run {new_id} in experiment {plan.experiment_name!r}: entry point '
             f'{plan.entry_point!r} of {mask_credentials(plan.source.uri)} at '
             f'{plan.source.version} with env manager {plan.env_manager} on backend '
-            f'{plan.backend.name}',
-            file=sys.stderr,
+            f'{plan.backend.name}'
         )
+        print(shown(line), file=sys.stderr)
 
 
 def judge_reproduction(
@@ -5314,7 +5378,7 @@ class _GroupProgress:
 
     def _print(self, text: str) -> None:
         with self._lock:
-            print(text, file=sys.stderr, flush=True)
+            print(shown(text), file=sys.stderr, flush=True)
 
     def start(self, index: int, probe: Probe, name: str) -> None:
         if not self.quiet:
@@ -5332,7 +5396,7 @@ class _GroupProgress:
 
 
 def _named(run_id: str, name: str | None) -> str:
-    return f'{run_id} ({name})' if name else run_id
+    return f'{run_id} ({shown(name)})' if name else run_id
 
 
 def _progress_end(report: Report) -> str:
@@ -5409,7 +5473,7 @@ def _run_probe(
             model=probe.label if probe.label.startswith('models:') else None,  # not an ID prefix
         )
         if not session.options.quiet:  # --quiet prints its own line for it
-            print(f'{program_name()}: error: {probe.error}', file=sys.stderr, flush=True)
+            print(f'{program_name()}: error: {shown(probe.error)}', file=sys.stderr, flush=True)
         progress.end(index, report)
         return report
     if session.stop.event.is_set():  # start nothing new after a signal
@@ -5625,22 +5689,40 @@ class Chosen:
     name: str | None = None  # the run's name, when the search read it
 
 
+def _read_regular_file(path: str, flag: str) -> str:
+    """The text of a regular file, at most RUNS_FILE_MAX_BYTES and one more
+    byte; a FIFO or a device is refused (opened without blocking: a FIFO
+    without a writer would wait forever, /dev/zero never ends)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, encoding='utf-8') as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ReproduceError(
+                f'{flag} {path} is not a regular file (a FIFO or a device?): '
+                f'give a file, or - to read standard input'
+            )
+        return f.read(RUNS_FILE_MAX_BYTES + 1)
+
+
 def read_runs_file(path: str) -> list[str]:
     """Run IDs one per line, '#' starts a comment, '-' is standard input."""
     if path == '-' and sys.stdin is None:  # started with standard input closed (<&-)
         raise ReproduceError('cannot read --runs-file -: standard input is closed')
     try:
         if path == '-':
-            text = sys.stdin.read()
+            text = sys.stdin.read(RUNS_FILE_MAX_BYTES + 1)
         else:
-            with open(path) as f:
-                text = f.read()
+            text = _read_regular_file(path, '--runs-file')
     except OSError as e:
         raise ReproduceError(f'cannot read --runs-file {path}: {e.strerror}') from None
     except UnicodeDecodeError as e:
         raise ReproduceError(
             f'cannot read --runs-file {path}: it is not text ({e.reason} at byte {e.start})'
         ) from None
+    if len(text) > RUNS_FILE_MAX_BYTES:
+        raise ReproduceError(
+            f'--runs-file {path} is larger than {RUNS_FILE_MAX_BYTES // 2**20} MiB: '
+            'split it, or select the runs with --from-experiment'
+        )
     ids = [line.split('#', 1)[0].strip() for line in text.splitlines()]
     for run_id in filter(None, ids):
         if not _RUN_ID_RE.match(run_id):
@@ -6600,7 +6682,7 @@ def format_bisect_markdown(bisect: BisectReport) -> str:
     if (i := bisect.finding.first_changed) is not None:
         lines += [
             '',
-            f'`{bisect.path[i].commit}` {bisect.path[i].subject}',
+            f'`{bisect.path[i].commit}` {markdown_escaped(bisect.path[i].subject)}',
             '',
             '```',
             *bisect.details,
@@ -7458,8 +7540,8 @@ def _cut(text: str, limit: int) -> str:
 
 def notification_text(outcome: Outcome, delivery: Delivery, limit: int = NOTIFY_TEXT_BYTES) -> str:
     """The summary line, the Markdown report cut to fit, the links to the runs."""
-    head = summary_line(outcome, delivery.experiment_name)
-    links = '\n'.join(run_links(outcome, ui_address(delivery.tracking_uri)))
+    head = markdown_escaped(summary_line(outcome, delivery.experiment_name))
+    links = '\n'.join(map(markdown_escaped, run_links(outcome, ui_address(delivery.tracking_uri))))
     room = limit - len(head.encode()) - len(links.encode()) - 4
     text = '\n\n'.join(p for p in (head, _cut(outcome_markdown(outcome), room), links) if p)
     text = mask_credentials(text)
@@ -7621,8 +7703,23 @@ def notify(outcome: Outcome, delivery: Delivery) -> None:
             warn(f'--notify webhook {i} at {webhook_host(url)} failed: {why}; exit code unchanged')
 
 
+def writable_report_path(path: str, what: str) -> bool:
+    """A report file is written only where a regular file is, or nothing: a
+    FIFO would hang the tool, a device would take the report and more."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # absent, or the write itself will say why
+        return True
+    if stat.S_ISREG(mode):
+        return True
+    warn(f'{what} was not written: {path} is not a regular file (a FIFO, a device or a folder)')
+    return False
+
+
 def write_junit(outcome: Outcome, delivery: Delivery) -> None:
-    if not delivery.junit_xml:
+    if not delivery.junit_xml or not writable_report_path(
+        delivery.junit_xml, 'the JUnit XML report'
+    ):
         return
     data = junit_xml(junit_cases(outcome), delivery.experiment_name, time.time())
     try:
@@ -7632,10 +7729,13 @@ def write_junit(outcome: Outcome, delivery: Delivery) -> None:
 
 
 def append_step_summary(outcome: Outcome, delivery: Delivery) -> None:
-    if not delivery.step_summary:
+    if not delivery.step_summary or not writable_report_path(
+        delivery.step_summary, f'the report for {STEP_SUMMARY_ENV}'
+    ):
         return
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK  # never waits
     try:
-        with open(delivery.step_summary, 'a', encoding='utf-8') as f:
+        with open(os.open(delivery.step_summary, flags, 0o666), 'a', encoding='utf-8') as f:
             f.write(mask_credentials(outcome_markdown(outcome)) + '\n\n')
     except OSError as e:
         warn(f'the report could not be appended to {STEP_SUMMARY_ENV}: {e}')
@@ -7673,7 +7773,7 @@ def close_leftovers(session: Session) -> tuple[dict[str, str], ...]:
     ]
     if not session.options.quiet:
         for item in found:
-            print(f'reproduce_run: {item["message"]}', file=sys.stderr, flush=True)
+            print(f'reproduce_run: {shown(item["message"])}', file=sys.stderr, flush=True)
     return tuple(found)
 
 
@@ -7901,7 +8001,7 @@ def bisect_reference(
         return run_bisect(session, chosen.run_id, target, repeat)
     except ReproduceError as e:
         message = mask_credentials(str(e))
-        print(f'{program_name()}: error: {message}', file=sys.stderr, flush=True)
+        print(f'{program_name()}: error: {shown(message)}', file=sys.stderr, flush=True)
         return Report(
             'error', e.exit_code, label, message=message, model=model, rules=session.options.rules
         )
@@ -8022,6 +8122,13 @@ def _positive_int(s: str) -> int:
     return _whole_number(s, 1)
 
 
+def _jobs(s: str) -> int:
+    value = _whole_number(s, 1)
+    if value > MAX_JOBS:
+        raise argparse.ArgumentTypeError(f'expected a number <= {MAX_JOBS}, got {s!r}')
+    return value
+
+
 def _repeat_count(s: str) -> int:
     return _whole_number(s, 2, ' (one reproduction is the default)')
 
@@ -8037,6 +8144,21 @@ def _duration(s: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+def _age(s: str) -> float:
+    """A duration above zero: --reap-after 0s would close every reproduction."""
+    seconds = _duration(s)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f'expected a duration above zero such as 6h, got {s!r}')
+    return seconds
+
+
+def _name(s: str) -> str:
+    """A name to look up or create: not empty, not only blanks."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError(f'expected a name, got {s!r}')
+    return s
+
+
 def _commit_arg(s: str) -> str:
     """A commit ID or a ref name that git cannot take for an option."""
     if problem := commit_value_problem(s):
@@ -8044,16 +8166,22 @@ def _commit_arg(s: str) -> str:
     return s
 
 
-class _BranchTip(str):
-    """--bisect without COMMIT ('').  argparse hands a str const to the
-    option's type, so the type tells it from an explicit --bisect '' by identity."""
+class _OptionalCommit(argparse.Action):
+    """--bisect [COMMIT]: bare, '' (the tip of the run's branch); a commit given
+    must name one, so --bisect '' is not taken for the bare flag."""
 
-
-BRANCH_TIP = _BranchTip('')
-
-
-def _bisect_target(s: str) -> str:
-    return '' if s is BRANCH_TIP else _commit_arg(s)
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if values is not None and not values.strip():
+            raise argparse.ArgumentError(self, f'expected a commit, got {values!r}')
+        if values is not None and (problem := commit_value_problem(values)):
+            raise argparse.ArgumentError(self, f'{values!r} is refused: {problem}')
+        setattr(namespace, self.dest, values or '')
 
 
 def _junit_path(s: str) -> str:
@@ -8112,10 +8240,16 @@ def _metric_tolerance(s: str) -> tuple[str, Tolerance]:
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but an argument error is one line, as every other expected
-    failure is: cron mails and CI logs stay greppable."""
+    failure is: cron mails and CI logs stay greppable.  A value that starts
+    with - and reads as a number (-1, -inf, -1h) is a value, not an option,
+    so that its own check says what is wrong with it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._negative_number_matcher = re.compile(r'^-(\d|\.\d|inf|nan)', re.IGNORECASE)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CANNOT_START, f'{self.prog}: error: {message} (see --help)\n')
+        self.exit(EXIT_CANNOT_START, f'{self.prog}: error: {shown(message)} (see --help)\n')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -8154,6 +8288,7 @@ def build_parser() -> argparse.ArgumentParser:
         '--experiment_name',
         '--experiment-name',
         dest='experiment_name',
+        type=_name,
         help='experiment that receives the reproduced run (default: Default; for a run '
         "made without `mlflow run`, the reference run's own experiment)",
     )
@@ -8201,7 +8336,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         '--reap-after',
-        type=_duration,
+        type=_age,
         metavar='DURATION',
         help='also close any reproduction RUNNING longer than this, whatever its host: 6h, 30m',
     )
@@ -8261,7 +8396,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         '--jobs',
         '-j',
-        type=_positive_int,
+        type=_jobs,
         default=1,
         metavar='N',
         help='reproductions at once (default: %(default)s)',
@@ -8275,8 +8410,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         '--bisect',
         nargs='?',
-        const=BRANCH_TIP,
-        type=_bisect_target,
+        action=_OptionalCommit,
         metavar='COMMIT',
         help='find the first commit, on the first-parent path from the reference '
         "run's commit to COMMIT (default: the tip of its branch), whose reproduction differs",
@@ -8511,7 +8645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as e:
             outcome = _error_outcome(e, args.verbose, selection, options.rules)
     for line in _stderr_lines(outcome):
-        print(line, file=sys.stderr)
+        print(shown(line), file=sys.stderr)
     if isinstance(outcome, BisectReport):
         text: str | None = render_bisect(outcome, args.output)
     elif isinstance(outcome, Bisections):
@@ -8520,6 +8654,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = render_batch(outcome, args.output, args.verbose)
     else:
         text = render(outcome, args.output, args.verbose)
+    if text is not None and args.output != 'json':  # JSON holds the exact values
+        text = '\n'.join(map(shown, text.split('\n')))  # no value acts on the terminal
     if text is not None:
         _write_report(text, report_stream)
     deliver(outcome, delivery)

@@ -57,6 +57,43 @@ ECHO_PROJECT = {
 }
 
 
+# Values anyone who can write to the tracking store can put in a param, a run
+# name or an experiment name, each aimed at a Markdown table, HTML or a terminal.
+HOSTILE_VALUES = {
+    'pipe': 'a|b',
+    'newline': 'one\nRuns equal: True',
+    'img': '<img src=x onerror=alert(1)>',
+    'details': '<details><summary>open me',
+    'entity': 'a &amp; b',
+    'ansi': '\x1b[31mred\x1b[0m',
+    'carriage-return': 'shown\rhidden',
+    'nul': 'nul\x00byte',
+}
+_CONTROL_RE = re.compile('[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]')  # newline apart
+_UNESCAPED_PIPE_RE = re.compile(r'(?<!\\)\|')
+
+
+def assert_terminal_safe(text: str) -> None:
+    """Nothing in text acts on a terminal: each control character of a value
+    is a visible escape, and only the report's own newlines are left."""
+    assert not _CONTROL_RE.search(text), repr(text)
+    assert '\\x1b[31mred' in text  # shown, not dropped
+
+
+def assert_markdown_safe(text: str) -> None:
+    """Each Markdown table keeps its shape (every row as many cells as its
+    header), and no value brings HTML of its own."""
+    assert not _CONTROL_RE.search(text), repr(text)
+    for block in re.findall(r'(?:^\|.*\n?)+', text, re.MULTILINE):
+        rows = block.splitlines()
+        assert {len(_UNESCAPED_PIPE_RE.findall(row)) for row in rows} == {
+            len(_UNESCAPED_PIPE_RE.findall(rows[0]))
+        }, block
+    assert '<img' not in text and '<details' not in text
+    assert '&lt;img src=x onerror=alert(1)&gt;' in text
+    assert 'a &amp;amp; b' in text  # the entity a value holds is shown as written
+
+
 def add_project(repo: Path, name: str, files: dict[str, str]) -> Path:
     (repo / name).mkdir()
     for filename, text in files.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -391,3 +392,28 @@ def test_step_summary_gets_the_markdown_report_appended(own_repo, capsys, tmp_pa
     assert first == markdown.rstrip('\n')  # what --output markdown prints
     assert second.startswith(f' of run {UNKNOWN}**: error')
     assert f'> run {UNKNOWN} not found' in second
+
+
+def test_report_files_that_are_not_regular_files_get_a_warning_and_nothing(
+    capsys, tmp_path, monkeypatch
+):
+    """A FIFO (or a device) is never written: appending to a FIFO nobody
+    reads would wait forever, and a rename would put a file in its place."""
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # else the old append waits forever
+    try:
+        monkeypatch.setenv('GITHUB_STEP_SUMMARY', str(fifo))
+        code, out, err = reproduce(capsys, '--run_id', UNKNOWN, '--junit-xml', str(fifo))
+        assert os.read(reader, 1 << 16) == b''  # nothing was written into it
+    finally:
+        os.close(reader)
+    assert (code, out) == (2, '')
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still the FIFO, not replaced by a file
+    not_regular = 'was not written: {} is not a regular file (a FIFO, a device or a folder)'
+    assert err.splitlines()[1:] == [
+        f'reproduce_run: warning: the JUnit XML report {not_regular.format(fifo)}',
+        f'reproduce_run: warning: the report for GITHUB_STEP_SUMMARY {not_regular.format(fifo)}',
+    ]
+    assert not reproduce_run.writable_report_path(os.devnull, 'the report')
+    assert capsys.readouterr().err.endswith(f'the report {not_regular.format(os.devnull)}\n')

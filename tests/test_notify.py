@@ -17,7 +17,18 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import git
-from helpers import add_project, client, commit_all, python_run, recorded_run, reproduce
+from helpers import (
+    ECHO_PROJECT,
+    HOSTILE_VALUES,
+    add_project,
+    assert_markdown_safe,
+    assert_terminal_safe,
+    client,
+    commit_all,
+    python_run,
+    recorded_run,
+    reproduce,
+)
 from junitparser import JUnitXml
 
 import reproduce_run
@@ -469,3 +480,30 @@ def test_links_point_into_a_real_servers_ui(mlflow_server, webhook, capsys, monk
     )
     with urllib.request.urlopen(f'{mlflow_server}/', timeout=30) as page:  # the UI itself
         assert page.status == 200 and b'<html' in page.read().lower()
+
+
+def test_hostile_values_reach_neither_the_webhook_nor_the_run_description_raw(
+    webhook, own_repo, capsys, tmp_path, monkeypatch
+):
+    """A param value, the run's name and the experiment's name, each holding
+    Markdown, HTML and terminal controls, through a real reproduction."""
+    summary = tmp_path / 'step_summary.md'
+    monkeypatch.setenv('GITHUB_STEP_SUMMARY', str(summary))
+    add_project(own_repo, 'echo', ECHO_PROJECT)
+    commit = git('rev-parse', 'HEAD', cwd=own_repo)
+    msg = '|'.join(v for k, v in HOSTILE_VALUES.items() if k != 'nul')  # refused before a run
+    run_id = recorded_run(f'file://{own_repo}#echo', commit, {'msg': msg}, metrics={'m': 0.0})
+    name = '|'.join(HOSTILE_VALUES.values())
+    client().set_tag(run_id, 'mlflow.runName', name)
+    argv = ('--run_id', run_id, '--experiment-name', name, '--notify', webhook.url)
+    code, out, err = reproduce(capsys, *argv, '--output', 'json')
+    assert code == 1, err  # the metric m is missing from the reproduction
+    doc = json.loads(out)
+    assert doc['params']['passed'] == {'msg': msg}  # JSON: the exact value
+    [text] = webhook.texts()
+    assert_markdown_safe(text)
+    assert '&lt;details&gt;' in text.splitlines()[0]  # the run's and the experiment's names
+    note = client().get_run(doc['reproduced_run_id']).data.tags['mlflow.note.content']
+    assert_markdown_safe(note)
+    assert_markdown_safe(summary.read_text())
+    assert_terminal_safe(err + reproduce_run.shown(HOSTILE_VALUES['ansi']))  # err may hold none

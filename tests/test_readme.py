@@ -5,6 +5,7 @@ in SETUPS under the row's first cell, and a row without one fails."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 
@@ -325,6 +326,42 @@ def missing_local_store(request: pytest.FixtureRequest) -> list[Argv]:
     return [('--run_id', 'a' * 32)]
 
 
+def nul_in_a_param(request: pytest.FixtureRequest) -> list[Argv]:
+    repo = request.getfixturevalue('own_repo')
+    add_project(repo, 'echo', ECHO_PROJECT)
+    commit = git('rev-parse', 'HEAD', cwd=repo)
+    run_id = recorded_run(f'file://{repo}#echo', commit, {'msg': 'a\x00b'})
+    return [('--run_id', run_id), ('--run_id', run_id, '--dry-run')]
+
+
+def newline_in_paths(request: pytest.FixtureRequest) -> list[Argv]:
+    run_id = recorded_run(_samples_uri(request, 'sklearn_regression'), _commit(request))
+    missing = f'{request.getfixturevalue("tmp_path")}/a\nb'
+    return [
+        ('--run_id', run_id, '--uri', missing),
+        ('--runs-file', missing),
+        ('--run_id', 'a', '-c', f'{missing}.json'),
+    ]
+
+
+def tracking_uri_with_a_newline(request: pytest.FixtureRequest) -> list[Argv]:
+    request.getfixturevalue('monkeypatch').setenv('MLFLOW_TRACKING_URI', 'sqlite:///a\nb.db')
+    return [('--run_id', 'a' * 32)]
+
+
+def runs_file_not_regular(request: pytest.FixtureRequest) -> list[Argv]:
+    fifo = request.getfixturevalue('tmp_path') / 'runs.fifo'
+    os.mkfifo(fifo)  # without the check, reading it waits for a writer forever
+    return [('--runs-file', '/dev/zero'), ('--runs-file', str(fifo))]
+
+
+def runs_file_too_large(request: pytest.FixtureRequest) -> list[Argv]:
+    path = request.getfixturevalue('tmp_path') / 'runs.txt'
+    with path.open('wb') as f:
+        f.truncate(reproduce_run.RUNS_FILE_MAX_BYTES + 1)  # sparse: no disk taken
+    return [('--runs-file', str(path))]
+
+
 def arguments(*argv: str) -> Setup:
     return lambda request: [argv]
 
@@ -403,6 +440,32 @@ SETUPS: dict[str, Setup] = {
         '--run_id', 'a', '--rtol', 'nan'
     ),
     '`--jobs 0` (also `--max-runs`, `--sample`)': arguments('--run_id', 'a', '--jobs', '0'),
+    '`--jobs 99999999999` (more than 1000)': arguments('--run_id', 'a', '--jobs', '99999999999'),
+    'a run ID followed by a newline (`--run_id "$ID"$\'\\n\'`)': arguments(
+        '--run_id', 'a' * 32 + '\n'
+    ),
+    "`--rtol -inf` (a value that starts with `-` is still the option's value)": arguments(
+        '--run_id', 'a', '--rtol', '-inf'
+    ),
+    '`--reap-after -1h`': arguments('--run_id', 'a', '--reap-after', '-1h'),
+    '`--reap-after 0s`': arguments('--run_id', 'a', '--reap-after', '0s'),
+    "`--bisect ''` (a bare `--bisect` is the tip of the branch)": arguments(
+        '--run_id', 'a', '--bisect', ''
+    ),
+    "`--experiment_name ''` (or only blanks)": lambda request: [
+        ('--run_id', 'a', '--experiment_name', ''),
+        ('--run_id', 'a', '--experiment-name', ' '),
+    ],
+    '`--runs-file /dev/zero`, a FIFO, or any path that is not a regular file '
+    '(`--runs-file -` reads standard input)': runs_file_not_regular,
+    '`--runs-file` larger than 16 MiB': runs_file_too_large,
+    '`--backend-config` nested 20,000 levels deep (`[[[…]]]`)': arguments(
+        '--run_id', 'a', '-c', '[' * 20_000
+    ),
+    'a NUL byte in a recorded param value (nothing is created)': nul_in_a_param,
+    'a path or URI holding a newline (`--uri`, `--runs-file`, `--backend-config`): it is '
+    'shown as `\\n`, on the one line': newline_in_paths,
+    '`MLFLOW_TRACKING_URI` holding a newline': tracking_uri_with_a_newline,
     '`--repeat 1` (or 0)': arguments('--run_id', 'a', '--repeat', '1'),
     '`--junit-xml missing/report.xml` (its folder does not exist)': arguments(
         '--run_id', 'a', '--junit-xml', 'missing/report.xml'

@@ -10,11 +10,16 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SCRIPT, client
+from conftest import SCRIPT, client, git, make_repo
 from helpers import (
+    HOSTILE_VALUES,
     INF,
     TIGHT,
+    assert_markdown_safe,
+    assert_terminal_safe,
     logged_run,
+    param_table,
+    recorded_run,
     reproduce,
 )
 
@@ -167,3 +172,106 @@ def test_a_report_that_cannot_be_written_is_a_warning_not_a_traceback(reference,
         'reproduce_run.py: warning: the report could not be written to standard output: '
     )
     assert 'Traceback' not in proc.stderr
+
+
+# --- values from the tracking store, shown safely -------------------------------
+
+
+@pytest.mark.parametrize(
+    ('value', 'terminal', 'markdown'),
+    [
+        pytest.param('a|b', 'a|b', 'a\\|b', id='pipe'),
+        pytest.param('one\ntwo\r\n', 'one\\ntwo\\r\\n', 'one\\ntwo\\r\\n', id='newlines'),
+        pytest.param(
+            '<img src=x onerror=alert(1)>',
+            '<img src=x onerror=alert(1)>',
+            '&lt;img src=x onerror=alert(1)&gt;',
+            id='html',
+        ),
+        pytest.param('a &amp; b', 'a &amp; b', 'a &amp;amp; b', id='entity'),
+        pytest.param(
+            '\x1b[31mred\x1b[0m', '\\x1b[31mred\\x1b[0m', '\\x1b[31mred\\x1b[0m', id='ansi'
+        ),
+        pytest.param('nul\x00 bell\x07 del\x7f', 'nul\\x00 bell\\x07 del\\x7f', None, id='c0'),
+        pytest.param('csi\x9b2J', 'csi\\x9b2J', None, id='c1'),
+        pytest.param('tab\there', 'tab\\there', None, id='tab'),
+        pytest.param('evil\u202etxt.exe', 'evil\\u202etxt.exe', None, id='bidi-override'),
+        pytest.param('line\u2028sep', 'line\\u2028sep', None, id='line-separator'),
+        pytest.param(
+            'émoji 🎲 C:\\new', 'émoji 🎲 C:\\new', 'émoji 🎲 C:\\new', id='printable-kept'
+        ),
+    ],
+)
+def test_values_are_escaped_for_the_terminal_and_for_markdown(value, terminal, markdown):
+    assert reproduce_run.shown(value) == terminal
+    assert reproduce_run.markdown_escaped(value) == (markdown or terminal)
+
+
+def compared_hostile_runs() -> tuple[str, str]:
+    """Two runs whose params hold HOSTILE_VALUES (the second's each with a
+    suffix, so that each differs), and whose names are hostile too."""
+    ref = logged_run({'acc': [0.5]}, {f'p_{k}': v for k, v in HOSTILE_VALUES.items()})
+    other = logged_run({'acc': [0.75]}, {f'p_{k}': v + '!' for k, v in HOSTILE_VALUES.items()})
+    for run_id in (ref, other):
+        client().set_tag(run_id, 'mlflow.runName', '|'.join(HOSTILE_VALUES.values()))
+    return ref, other
+
+
+@pytest.mark.parametrize('output', ['table', 'markdown', 'json'])
+def test_hostile_params_and_names_reach_no_output_raw(output, capsys, tmp_path, monkeypatch):
+    summary = tmp_path / 'step_summary.md'
+    monkeypatch.setenv('GITHUB_STEP_SUMMARY', str(summary))
+    ref, other = compared_hostile_runs()
+    name = '|'.join(HOSTILE_VALUES.values())
+    argv = ('--run_id', ref, '--compare-to', other, '--experiment-name', name)
+    code, out, err = reproduce(capsys, *argv, '--output', output)
+    assert code == 1, err
+    assert_markdown_safe(summary.read_text())
+    assert not err
+    if output == 'json':  # exact values, as the store holds them
+        compared = {p['key']: p['reference'] for p in json.loads(out)['params']['compared']}
+        assert compared == {f'p_{k}': v for k, v in HOSTILE_VALUES.items()}
+    elif output == 'markdown':
+        assert_markdown_safe(out)
+        assert out == summary.read_text().removesuffix('\n')
+    else:
+        assert_terminal_safe(out)
+        table = param_table(out)
+        assert len(table) == 4 + len(HOSTILE_VALUES)  # a row per param, none broken
+        assert len({len(line) for line in table}) == 1
+        assert '| one\\nRuns equal: True        |' in '\n'.join(table)
+
+
+def test_hostile_run_names_in_a_batch_reach_no_output_raw(capsys, tmp_path, monkeypatch):
+    """A batch's table names each run, and its progress lines on standard
+    error too; these runs cannot be reproduced, so each is an error row."""
+    summary = tmp_path / 'step_summary.md'
+    monkeypatch.setenv('GITHUB_STEP_SUMMARY', str(summary))
+    runs = compared_hostile_runs()
+    code, out, err = reproduce(capsys, '--run_id', *runs)
+    assert code == 2
+    assert_terminal_safe(out)
+    assert_terminal_safe(err)
+    assert err.count('\n') == 4, err  # started and ended, for each run
+    assert reproduce_run.shown('|'.join(HOSTILE_VALUES.values())) in out  # in its Run name cell
+    assert_markdown_safe(summary.read_text())
+
+
+def test_a_hostile_experiment_name_is_shown_escaped(reference, capsys):
+    name = '|'.join(HOSTILE_VALUES.values())
+    run_id = reference('sklearn_regression')
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run', '--experiment-name', name)
+    assert code == 0, err
+    assert f'Experiment:     {reproduce_run.shown(name)}\n' in out
+    assert_terminal_safe(out)
+
+
+def test_a_hostile_source_stays_one_code_span(tmp_path, capsys):
+    """The recorded source is a tag value too: a backtick in it cannot end its
+    code span and let the HTML after it through."""
+    repo = make_repo(tmp_path / 'r`x <img src=x onerror=alert(1)>')
+    commit = git('rev-parse', 'HEAD', cwd=repo)
+    run_id = recorded_run(f'file://{repo}#sklearn_regression', commit)
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run', '--output', 'markdown')
+    assert code == 0, err
+    assert f'- source: ``file://{repo}#sklearn_regression`` at `{commit}`\n' in out

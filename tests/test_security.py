@@ -12,6 +12,7 @@ from conftest import client, free_port, git
 from helpers import (
     ECHO_PROJECT,
     add_project,
+    all_run_ids,
     artifact_bytes,
     logged_run,
     recorded_run,
@@ -798,3 +799,17 @@ def test_a_password_in_a_tracking_uri_without_port_is_not_taken_for_a_port(
         f'reproduce_run: error: cannot read run {"a" * 32} from http://***@127.0.0.1'
     )
     assert 'does not answer (Connection refused)' in err
+
+
+def test_a_nul_byte_in_a_param_is_refused_before_any_run(own_repo, capsys):
+    add_project(own_repo, 'echo', ECHO_PROJECT)
+    commit = git('rev-parse', 'HEAD', cwd=own_repo)
+    run_id = recorded_run(f'file://{own_repo}#echo', commit, {'msg': 'a\x00b'})
+    before = all_run_ids()
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert (code, out) == (2, '')
+    assert err == (
+        f"reproduce_run: error: param 'msg' of run {run_id} holds a NUL byte, which no command "
+        'line can carry: the run cannot be reproduced with its params\n'
+    )
+    assert all_run_ids() == before
