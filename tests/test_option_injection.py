@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import client, git
-from helpers import recorded_run, reproduce
+from helpers import recorded_run, reproduce, tagged_run
 
 import reproduce_run
 from reproduce_run import ReproduceError, Source, commit_value_problem
@@ -115,10 +115,7 @@ def script_run(uri: str, commit: str, branch: str | None = None) -> str:
     }
     if branch is not None:
         tags['mlflow.source.git.branch'] = branch
-    c = client()
-    run = c.create_run(c.get_experiment_by_name('Default').experiment_id, tags=tags)
-    c.set_terminated(run.info.run_id)
-    return run.info.run_id
+    return tagged_run(tags)
 
 
 def assert_refused(code: int, out: str, err: str, marker: Path, calls: Path) -> None:
@@ -156,18 +153,18 @@ def test_a_batch_skips_a_run_whose_recorded_commit_is_an_option(
     value = PAYLOADS[payload].format(marker=marker)
     uri = source_uri(transport, samples_repo, git_daemon)
     experiment = f'injection-{transport}-{payload}'
-    c = client()
-    experiment_id = c.create_experiment(experiment, artifact_location=str(tmp_path / 'artifacts'))
-    run = c.create_run(
-        experiment_id,
-        tags={
+    experiment_id = client().create_experiment(
+        experiment, artifact_location=str(tmp_path / 'artifacts')
+    )
+    run_id = tagged_run(
+        {
             'mlflow.source.name': uri,
             'mlflow.source.type': 'PROJECT',
             'mlflow.source.git.commit': value,
             'mlflow.project.entryPoint': 'main',
         },
+        experiment_id=experiment_id,
     )
-    c.set_terminated(run.info.run_id)
     code, out, err = reproduce(
         capsys, '--from-experiment', experiment, '--dry-run', '--output', 'json'
     )
@@ -175,7 +172,7 @@ def test_a_batch_skips_a_run_whose_recorded_commit_is_an_option(
     assert not git_calls.exists()
     assert code == 0, err  # nothing left to reproduce is not an error
     document = json.loads(out)
-    assert [s['run_id'] for s in document['skipped']] == [run.info.run_id]
+    assert [s['run_id'] for s in document['skipped']] == [run_id]
     assert 'is refused: it starts with "-"' in document['skipped'][0]['reason']
 
 

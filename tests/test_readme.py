@@ -20,6 +20,7 @@ from helpers import (
     reproduce,
     run_of_a_commit_gone_from_the_remote,
     runs_sharing_a_prefix,
+    tagged_run,
 )
 
 import reproduce_run
@@ -126,29 +127,27 @@ def project_run_without_commit(request: pytest.FixtureRequest) -> list[Argv]:
 
 
 def run_with_a_commit_git_takes_for_an_option(request: pytest.FixtureRequest) -> list[Argv]:
-    """A recorded commit, and a recorded branch, that `git fetch` would run."""
-    c = client()
-    tags = {
-        'mlflow.source.name': _samples_uri(request, 'sklearn_regression'),
-        'mlflow.source.type': 'PROJECT',
-        'mlflow.source.git.commit': '--upload-pack=touch /tmp/owned;false',
-    }
-    run = c.create_run(c.get_experiment_by_name('Default').experiment_id, tags=tags)
-    c.set_terminated(run.info.run_id)
-    return [('--run_id', run.info.run_id), ('--run_id', run.info.run_id, '--dry-run')]
+    """A recorded commit that `git fetch` would run."""
+    run_id = tagged_run(
+        {
+            'mlflow.source.name': _samples_uri(request, 'sklearn_regression'),
+            'mlflow.source.type': 'PROJECT',
+            'mlflow.source.git.commit': '--upload-pack=touch /tmp/owned;false',
+        }
+    )
+    return [('--run_id', run_id), ('--run_id', run_id, '--dry-run')]
 
 
 def bisection_of_a_branch_git_takes_for_an_option(request: pytest.FixtureRequest) -> list[Argv]:
-    c = client()
-    tags = {
-        'mlflow.source.name': _samples_uri(request, 'sklearn_regression'),
-        'mlflow.source.type': 'PROJECT',
-        'mlflow.source.git.commit': _commit(request),
-        'mlflow.source.git.branch': '--upload-pack=touch /tmp/owned;false',
-    }
-    run = c.create_run(c.get_experiment_by_name('Default').experiment_id, tags=tags)
-    c.set_terminated(run.info.run_id)
-    return [('--run_id', run.info.run_id, '--bisect')]
+    run_id = tagged_run(
+        {
+            'mlflow.source.name': _samples_uri(request, 'sklearn_regression'),
+            'mlflow.source.type': 'PROJECT',
+            'mlflow.source.git.commit': _commit(request),
+            'mlflow.source.git.branch': '--upload-pack=touch /tmp/owned;false',
+        }
+    )
+    return [('--run_id', run_id, '--bisect')]
 
 
 def entry_point_missing(request: pytest.FixtureRequest) -> list[Argv]:

@@ -27,6 +27,7 @@ from helpers import (
     reproductions_of,
     run_snapshot,
     start_tool,
+    tagged_run,
     wait_for,
 )
 
@@ -499,29 +500,24 @@ def test_a_dry_run_runs_no_script_and_help_gets_no_credentials(
     repo, commit = build_repo(tmp_path / 'spy', {'spy.py': SPY})
     spied = tmp_path / 'spied'
     monkeypatch.setenv('SPY_FILE', str(spied))
-    c = client()
-    run = c.create_run(
-        c.get_experiment_by_name('Default').experiment_id,
-        tags={
+    run_id = tagged_run(
+        {
             'mlflow.source.type': 'LOCAL',
             'mlflow.source.name': 'tiny/spy.py',
             'mlflow.source.git.commit': commit,
             'mlflow.source.git.repoURL': str(repo),
         },
+        {'lr': '0.1'},
     )
-    c.log_param(run.info.run_id, 'lr', '0.1')
-    c.set_terminated(run.info.run_id)
     monkeypatch.setenv('MLFLOW_TRACKING_TOKEN', 'tok3n-of-the-tool')
     for output in ('table', 'json'):
-        code, out, err = reproduce(
-            capsys, '--run_id', run.info.run_id, '--dry-run', '--output', output
-        )
+        code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run', '--output', output)
         assert code == 0, err
         assert not spied.exists()
     assert json.loads(out)['source']['script']['arguments_from'] == (
         '--help, asked at run time (--dry-run runs nothing)'
     )
-    code, out, err = reproduce(capsys, '--run_id', run.info.run_id, '--output', 'json')
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--output', 'json')
     assert code == 0, err
     assert json.loads(out)['source']['script']['argv'] == ['--lr', '0.1']
     (variables,) = [json.loads(line) for line in spied.read_text().splitlines()]
