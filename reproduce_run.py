@@ -1263,6 +1263,17 @@ def _json_type(value: object) -> str:
     return names.get(type(value), 'number')
 
 
+def read_regular_file(path: str, what: str, hint: str = '') -> str:
+    """The text of a regular file, at most RUNS_FILE_MAX_BYTES and one more
+    byte; a FIFO or a device is refused (opened without blocking: a FIFO
+    without a writer would wait forever, /dev/zero never ends)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, encoding='utf-8') as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ReproduceError(f'{what} is not a regular file (a FIFO or a device?){hint}')
+        return f.read(RUNS_FILE_MAX_BYTES + 1)
+
+
 def parse_backend_config(text: str) -> dict[str, Any]:
     """--backend-config: a path ending in .json (MLflow reads no other file)
     or an inline JSON object.  An inline value is never echoed: it may hold
@@ -1283,8 +1294,7 @@ def _read_backend_config(text: str) -> tuple[Any, str]:
     if text.endswith('.json'):
         where = f'file {text!r}'
         try:
-            with open(text) as f:
-                value = json.load(f)
+            value = json.loads(read_regular_file(text, f'--backend-config {where}'))
         except OSError as e:
             raise ReproduceError(f'cannot read --backend-config {where}: {e.strerror}') from None
         except ValueError as e:
@@ -5689,20 +5699,6 @@ class Chosen:
     name: str | None = None  # the run's name, when the search read it
 
 
-def _read_regular_file(path: str, flag: str) -> str:
-    """The text of a regular file, at most RUNS_FILE_MAX_BYTES and one more
-    byte; a FIFO or a device is refused (opened without blocking: a FIFO
-    without a writer would wait forever, /dev/zero never ends)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, encoding='utf-8') as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ReproduceError(
-                f'{flag} {path} is not a regular file (a FIFO or a device?): '
-                f'give a file, or - to read standard input'
-            )
-        return f.read(RUNS_FILE_MAX_BYTES + 1)
-
-
 def read_runs_file(path: str) -> list[str]:
     """Run IDs one per line, '#' starts a comment, '-' is standard input."""
     if path == '-' and sys.stdin is None:  # started with standard input closed (<&-)
@@ -5711,7 +5707,9 @@ def read_runs_file(path: str) -> list[str]:
         if path == '-':
             text = sys.stdin.read(RUNS_FILE_MAX_BYTES + 1)
         else:
-            text = _read_regular_file(path, '--runs-file')
+            text = read_regular_file(
+                path, f'--runs-file {path}', ': give a file, or - to read standard input'
+            )
     except OSError as e:
         raise ReproduceError(f'cannot read --runs-file {path}: {e.strerror}') from None
     except UnicodeDecodeError as e:

@@ -150,6 +150,13 @@ def bisection_of_a_branch_git_takes_for_an_option(request: pytest.FixtureRequest
     return [('--run_id', run_id, '--bisect')]
 
 
+def backend_config_in_a_fifo(request: pytest.FixtureRequest) -> list[Argv]:
+    """A FIFO nobody writes to: reading it would wait forever."""
+    fifo = request.getfixturevalue('tmp_path') / 'config.json'
+    os.mkfifo(fifo)
+    return [('--run_id', 'a', '-b', 'kubernetes', '-c', str(fifo))]
+
+
 def entry_point_missing(request: pytest.FixtureRequest) -> list[Argv]:
     run_id = recorded_run(
         _samples_uri(request, 'sklearn_regression'), _commit(request), entry_point='evaluate'
@@ -498,6 +505,7 @@ SETUPS: dict[str, Setup] = {
     '`--backend-config missing.json`': arguments(
         '--run_id', 'a', '-b', 'kubernetes', '-c', 'missing.json'
     ),
+    '`--backend-config` naming a FIFO or a device': backend_config_in_a_fifo,
     '`--backend my-scheduler` (not installed)': arguments('--run_id', 'a', '-b', 'my-scheduler'),
     '`--backend kubernetes` without `repository-uri` in its config': arguments(
         '--run_id', 'a', '-b', 'kubernetes', '-c', '{"kube-job-template-path": "job.yaml"}'
