@@ -7761,7 +7761,9 @@ def close_leftover_runs(
     try:
         runs = find_leftover_runs(session, run_ids, now)
     except Exception as e:  # not fatal: the runs wait for the next invocation
-        warn(f'could not look for runs left RUNNING by a dead tool: {_last_line(str(e))}')
+        why = server_failure(e)
+        if not why.startswith('the tracking server does not answer'):  # else the next error says
+            warn(f'could not look for runs left RUNNING by a dead tool: {why}')
         return []
     found: list[dict[str, str]] = []
     for run_id, run in runs.items():
