@@ -8186,7 +8186,8 @@ def build_parser() -> argparse.ArgumentParser:
         '--reap-after',
         type=_duration,
         metavar='DURATION',
-        help='also close any reproduction RUNNING longer than this, whatever its host: 6h, 30m',
+        help='also close any reproduction RUNNING longer than this, whatever its host or '
+        'container: 6h, 30m',
     )
     batch = parser.add_argument_group('choosing many runs (a batch)')
     batch.add_argument(

@@ -528,6 +528,31 @@ def test_past_the_experiment_limit_the_destinations_are_searched_first(own_store
     )
 
 
+def test_a_run_left_open_by_a_tool_that_exited_is_not_said_to_have_died(
+    mlflow_server, reference, tmp_path
+):
+    """The tool exited (its folder removed) while the server failed to close
+    its run: the next invocation closes it, saying only what is known."""
+    fast = reference('slow', '-P', 'seconds=1')
+    env = tool_env(tmp_path / 'tmp', REPRODUCE_RUN_CLOSE_TIMEOUT='1')
+    with proxy_in_front_of(mlflow_server) as proxy:
+        proxy.add(Rule('runs/update', status=503))
+        failing = {'MLFLOW_TRACKING_URI': proxy.url, 'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0'}
+        first = run_tool('--run_id', fast, env={**env, **failing})
+    assert 'is left RUNNING' in first.stderr.splitlines()[-1]
+    [left] = [r for r in reproductions_of(fast) if r.info.status == 'RUNNING']
+    assert list((tmp_path / 'tmp').iterdir()) == []
+
+    result = run_tool('--run_id', fast, env=env)
+
+    assert result.returncode == 0, result.stderr
+    closed = client().get_run(left.info.run_id)
+    assert closed.info.status == 'KILLED'
+    assert closed.data.tags['mlflow.note.content'].endswith(f'\n\n{TOOL_GONE}')
+    owner = left.data.tags['reproduce.owner']
+    assert f'closed run {left.info.run_id} of {owner} as KILLED: {TOOL_GONE}' in result.stderr
+
+
 def unshare_refused() -> str | None:
     """Why a PID namespace of its own cannot be made here, or None."""
     if shutil.which('unshare') is None:
