@@ -1995,10 +1995,11 @@ def tool_namespace() -> str:
     where /proc does not say, which no other tool is taken to share."""
     try:
         with open('/proc/sys/kernel/random/boot_id') as f:
-            boot = f.read().strip() or 'unknown'
+            boot = f.read().strip()
     except OSError:
-        boot = 'unknown'
-    return f'{boot}:{pid_namespace() or 0}'
+        boot = ''
+    pidns = pid_namespace()
+    return f'{boot}:{pidns}' if re.fullmatch(r'[\w-]+', boot) and pidns else 'unknown:0'
 
 
 def tool_owner(identity: str | None = None) -> str:
@@ -7582,11 +7583,11 @@ def deliver(outcome: Outcome, delivery: Delivery) -> None:
 # One invocation: settings, the tracking server, then one run or a batch.
 
 
-# tool_owner(): host:pid:start:boot:pidns.  The previous version wrote host:pid:start
-# (_OLD_OWNER_RE): such an owner does not say its PID namespace, so its tool may
-# run in another container of this host, and its runs are closed only by --reap-after.
+# tool_owner(): host:pid:start:boot:pidns.  The previous version wrote host:pid:start,
+# which this does not match: such an owner does not say its PID namespace, so its tool
+# may run in another container of this host, and it counts as alive (tool_gone); its
+# runs are closed only by --reap-after.
 _OWNER_RE = re.compile(r'(?P<host>.+):(?P<pid>\d+):(?P<start>\d+):(?P<namespace>[\w-]+:\d+)')
-_OLD_OWNER_RE = re.compile(r'(?P<host>.+):(?P<pid>\d+):(?P<start>\d+)')
 _PROCESS_TAG_RE = re.compile(r'(?P<base>(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8})(\.\d+)?')
 # tool_tmp_prefix(); a folder of the previous version (reproduce_run-<pid>-<start>-<random>)
 # does not say its PID namespace either, and is left alone.
@@ -7627,7 +7628,8 @@ def dead_tools_processes() -> list[tuple[str, str, bool]]:
     tool's TMPDIR) of each process of this PID namespace whose
     REPRODUCE_RUN_PROCESS_TAG names a tool that is gone.  A process of
     another namespace is never one: its tool's PID means nothing here."""
-    if not os.path.isdir('/proc'):
+    mine = pid_namespace()
+    if not os.path.isdir('/proc') or mine is None:
         return []
     ours = os.path.join(tempfile.gettempdir(), TMP_PREFIX).encode()
     found = []
@@ -7639,7 +7641,7 @@ def dead_tools_processes() -> list[tuple[str, str, bool]]:
         if (
             match
             and state not in ('Z', 'X')
-            and pid_namespace(pid) == pid_namespace()
+            and pid_namespace(pid) == mine
             and not tool_alive(int(match['pid']), match['start'])
         ):
             owner = tool_owner(f'{match["pid"]}:{match["start"]}')
@@ -7680,7 +7682,7 @@ def _leftover_filters(options: Options, host: str, now: float) -> list[str]:
 def tool_gone(owner: str) -> bool:
     """Whether the owner names a tool of this host, boot and PID namespace
     that no longer runs.  Any other tool, and an owner of the previous
-    version's form (see _OLD_OWNER_RE), counts as alive."""
+    version's form (host:pid:start, see _OWNER_RE), counts as alive."""
     match = _OWNER_RE.fullmatch(owner)
     return bool(
         match
