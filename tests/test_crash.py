@@ -375,7 +375,7 @@ def test_a_dead_tools_run_is_left_while_its_project_runs_outside_this_tmpdir(ref
         assert not process_gone(project.pid)
         assert [line for line in result.stderr.splitlines() if left in line] == [
             f'reproduce_run.py: warning: run {left} of the dead reproducing tool {owner} is left '
-            "RUNNING: 1 process of its project still run, with a TMPDIR outside this tool's; "
+            "RUNNING: 1 process of its project still runs, with a TMPDIR outside this tool's; "
             'it is closed once they end'
         ]
     finally:
