@@ -49,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ TAG_STATUS = 'reproduce.status'  # a key of STATUS_EXIT_CODES; 'killed': close_l
 TAG_BATCH = 'reproduce.batch'  # 'true' on the parent run of a batch
 TAG_REPEAT = 'reproduce.repeat'  # N, on the parent run of N repetitions
 TAG_CLASSIFICATION = 'reproduce.classification'  # what N repetitions say, on that parent
-TAG_OWNER = 'reproduce.owner'  # host:pid:start of the tool that made the run (tool_owner)
+TAG_OWNER = 'reproduce.owner'  # host:pid:start:boot:pidns of the tool that made the run
 TAG_EXPLAIN_CHANGES = 'reproduce.explain.changes'  # JSON {name: reference value}, on a probe
 TAG_RTOL = 'reproduce.rtol'
 TAG_ATOL = 'reproduce.atol'
@@ -146,9 +146,12 @@ SHORT_CELL = 60  # characters of a table cell in a shortened run description
 PLOT_NAME_CHARS = 100  # of the metric key kept in a plot's file name
 UNFINISHED_STATUSES = ('RUNNING', 'SCHEDULED')  # MLflow run statuses not yet closed
 FAILED_STATUSES = ('FAILED', 'KILLED')  # closed, but not FINISHED
-TMP_PREFIX = 'reproduce_run-'  # + pid-start-: the tool's temporary folders (tool_tmp_prefix)
+TMP_PREFIX = 'reproduce_run-'  # + pid-start-pidns-boot-: the tool's folders (tool_tmp_prefix)
 LEFTOVER_SEARCH_LIMIT = 1000  # runs one start-up search for a dead tool's leftovers reads
-TOOL_DIED = 'the reproducing tool died (SIGKILL, OOM or reboot)'
+LEFTOVER_EXPERIMENT_LIMIT = 1000  # experiments that search looks at, the destinations first
+# Why a run left RUNNING by a tool of this host, boot and PID namespace is closed:
+TOOL_DIED = 'the reproducing tool died without cleaning up (SIGKILL or the OOM killer)'
+TOOL_GONE = 'the reproducing tool no longer runs and did not close it'
 
 # Execution backends: MLflow's own, then plugins registered under its entry point group.
 DEFAULT_BACKEND = 'local'
@@ -2100,14 +2103,41 @@ def _tool_identity() -> str:
     return f'{os.getpid()}:{found[1] if found else 0}'
 
 
-def tool_owner() -> str:
-    """The `reproduce.owner` of every run the tool makes: host:pid:start."""
-    return f'{socket.gethostname()}:{_tool_identity()}'
+def pid_namespace(pid: int | str = 'self') -> str | None:
+    """The inode of a process's PID namespace (/proc/<pid>/ns/pid reads
+    'pid:[4026531836]'), or None where it cannot be read."""
+    try:
+        return os.readlink(f'/proc/{pid}/ns/pid').partition('[')[2].rstrip(']') or None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def tool_namespace() -> str:
+    """boot:pidns: the boot of the machine (/proc/sys/kernel/random/boot_id)
+    and the PID namespace this tool's PIDs mean something in; 'unknown:0'
+    where /proc does not say, which no other tool is taken to share."""
+    try:
+        with open('/proc/sys/kernel/random/boot_id') as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ''
+    pidns = pid_namespace()
+    return f'{boot}:{pidns}' if re.fullmatch(r'[\w-]+', boot) and pidns else 'unknown:0'
+
+
+def tool_owner(identity: str | None = None) -> str:
+    """The `reproduce.owner` of every run the tool makes (of this process, or
+    of the tool of `identity`, pid:start, in this one's PID namespace):
+    host:pid:start:boot:pidns."""
+    return f'{socket.gethostname()}:{identity or _tool_identity()}:{tool_namespace()}'
 
 
 def tool_tmp_prefix() -> str:
-    """reproduce_run-<pid>-<start>-: a dead tool's folders can be told apart."""
-    return TMP_PREFIX + _tool_identity().replace(':', '-') + '-'
+    """reproduce_run-<pid>-<start>-<pidns>-<boot, 8 digits>-: a dead tool's
+    folders can be told apart, and so can those of another PID namespace or boot."""
+    boot, pidns = tool_namespace().split(':')
+    return f'{TMP_PREFIX}{_tool_identity().replace(":", "-")}-{pidns}-{boot[:8]}-'
 
 
 def tool_alive(pid: int, start: str) -> bool:
@@ -7750,25 +7780,36 @@ def deliver(outcome: Outcome, delivery: Delivery) -> None:
 # One invocation: settings, the tracking server, then one run or a batch.
 
 
-_OWNER_RE = re.compile(r'(?P<host>.+):(?P<pid>\d+):(?P<start>\d+)')  # tool_owner()
+# tool_owner(): host:pid:start:boot:pidns.  The previous version wrote host:pid:start,
+# which this does not match: such an owner does not say its PID namespace, so its tool
+# may run in another container of this host, and it counts as alive (tool_gone); its
+# runs are closed only by --reap-after.
+_OWNER_RE = re.compile(r'(?P<host>.+):(?P<pid>\d+):(?P<start>\d+):(?P<namespace>[\w-]+:\d+)')
 _PROCESS_TAG_RE = re.compile(r'(?P<base>(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8})(\.\d+)?')
-_TMP_OWNER_RE = re.compile(re.escape(TMP_PREFIX) + r'(?P<pid>\d+)-(?P<start>\d+)-')
+# tool_tmp_prefix(); a folder of the previous version (reproduce_run-<pid>-<start>-<random>)
+# does not say its PID namespace either, and is left alone.
+_TMP_OWNER_RE = re.compile(
+    re.escape(TMP_PREFIX) + r'(?P<pid>\d+)-(?P<start>\d+)-(?P<pidns>\d+)-(?P<boot>[0-9a-f]{8})-'
+)
 
 
-def close_leftovers(session: Session) -> tuple[dict[str, str], ...]:
-    """Before an invocation creates runs: what tools on this host left when
-    they died without cleaning up (SIGKILL, the OOM killer, a reboot).  Their
-    project processes are ended, their runs still RUNNING closed as KILLED
-    (with --reap-after, also any reproduction RUNNING longer than that,
-    whatever its host), their temporary folders removed.  One line on
+def close_leftovers(session: Session, run_ids: Sequence[str] = ()) -> tuple[dict[str, str], ...]:
+    """Before an invocation creates runs: what tools of this host, boot and
+    PID namespace left when they died without cleaning up (SIGKILL, the OOM
+    killer).  Their project processes are ended and their temporary folders
+    removed (those under this tool's TMPDIR), their runs still RUNNING closed
+    as KILLED once no process of their project runs (with --reap-after, also
+    any reproduction RUNNING longer than that, whatever its host).  `run_ids`:
+    the references, whose experiments are searched too.  One line on
     standard error for each; never raises."""
     if session.options.dry_run:
         return ()
-    found = [
-        *end_dead_tools_processes(),
-        *close_leftover_runs(session),
-        *remove_dead_tools_folders(),
-    ]
+    tagged = dead_tools_processes()
+    processes = end_dead_tools_processes(tagged)
+    folders = remove_dead_tools_folders()
+    crashed = {item['owner'] for item in (*processes, *folders)}
+    running = collections.Counter(owner for _, owner, shared in tagged if not shared)
+    found = [*processes, *close_leftover_runs(session, run_ids, crashed, running), *folders]
     if not session.options.quiet:
         for item in found:
             print(f'reproduce_run: {shown(item["message"])}', file=sys.stderr, flush=True)
@@ -7779,29 +7820,39 @@ def _leftover(kind: str, name: str, owner: str, message: str) -> dict[str, str]:
     return {'kind': kind, 'name': name, 'owner': owner, 'message': mask_credentials(message)}
 
 
-def end_dead_tools_processes() -> list[dict[str, str]]:
-    """Processes whose REPRODUCE_RUN_PROCESS_TAG names a tool that is gone,
-    ended as a signal to that tool would have ended them.  Only those of
-    tools that shared this one's temporary folder, as for the folders: their
-    TMPDIR lies in a reproduce_run-… folder there."""
-    if not os.path.isdir('/proc'):
+def dead_tools_processes() -> list[tuple[str, str, bool]]:
+    """(tag, owner, whether its TMPDIR lies in a reproduce_run-… folder of this
+    tool's TMPDIR) of each process of this PID namespace whose
+    REPRODUCE_RUN_PROCESS_TAG names a tool that is gone.  A process of
+    another namespace is never one: its tool's PID means nothing here."""
+    mine = pid_namespace()
+    if not os.path.isdir('/proc') or mine is None:
         return []
     ours = os.path.join(tempfile.gettempdir(), TMP_PREFIX).encode()
-    dead = set()
-    for _, _, _, environ in _process_table():
+    found = []
+    for pid, state, _, environ in _process_table():
         variables = dict(v.partition(b'=')[::2] for v in environ.split(b'\0'))
-        if not variables.get(b'TMPDIR', b'').startswith(ours):
-            continue
         match = _PROCESS_TAG_RE.fullmatch(
             variables.get(PROCESS_TAG.encode(), b'').decode('ascii', 'replace')
         )
-        if match and not tool_alive(int(match['pid']), match['start']):
-            dead.add((match['base'], f'{match["pid"]}:{match["start"]}'))
+        if (
+            match
+            and state not in ('Z', 'X')
+            and pid_namespace(pid) == mine
+            and not tool_alive(int(match['pid']), match['start'])
+        ):
+            owner = tool_owner(f'{match["pid"]}:{match["start"]}')
+            found.append((match['base'], owner, variables.get(b'TMPDIR', b'').startswith(ours)))
+    return found
+
+
+def end_dead_tools_processes(tagged: Sequence[tuple[str, str, bool]]) -> list[dict[str, str]]:
+    """The processes of dead tools that shared this one's temporary folder,
+    ended as a signal to that tool would have ended them."""
     found = []
-    for base, owner in sorted(dead):
+    for base, owner in sorted({(base, owner) for base, owner, shared in tagged if shared}):
         count = end_processes(None, base) + end_processes(None, base + '.')
         if count:
-            owner = f'{socket.gethostname()}:{owner}'
             plural = 'process' if count == 1 else 'processes'
             message = (
                 f'ended {count} {plural} of the dead reproducing tool {owner} '
@@ -7825,11 +7876,33 @@ def _leftover_filters(options: Options, host: str, now: float) -> list[str]:
     return filters
 
 
-def leftover_reason(run: Run, host: str, options: Options, now: float) -> str | None:
-    """Why a RUNNING reproduction is a leftover to close, or None."""
-    match = _OWNER_RE.fullmatch(run.data.tags.get(TAG_OWNER, ''))
-    if match and match['host'] == host and not tool_alive(int(match['pid']), match['start']):
-        return TOOL_DIED
+def tool_gone(owner: str) -> bool:
+    """Whether the owner names a tool of this host, boot and PID namespace
+    that no longer runs.  Any other tool, and an owner of the previous
+    version's form (host:pid:start, see _OWNER_RE), counts as alive."""
+    match = _OWNER_RE.fullmatch(owner)
+    return bool(
+        match
+        and match['host'] == socket.gethostname()
+        and match['namespace'] == tool_namespace()
+        and 'unknown' not in match['namespace']
+        and not tool_alive(int(match['pid']), match['start'])
+    )
+
+
+def leftover_reason(
+    run: Run,
+    options: Options,
+    now: float,
+    crashed: Container[str] = (),
+    running: Container[str] = (),
+) -> str | None:
+    """Why a RUNNING reproduction is a leftover to close, or None.  `crashed`:
+    the owners whose processes or folder this invocation found; `running`:
+    those whose project still runs (outside this tool's TMPDIR)."""
+    owner = run.data.tags.get(TAG_OWNER, '')
+    if owner not in running and tool_gone(owner):
+        return TOOL_DIED if owner in crashed else TOOL_GONE
     if options.reap_after is not None and run.info.start_time < (now - options.reap_after) * 1000:
         return (
             f'RUNNING longer than --reap-after ({options.reap_after:g} s): '
@@ -7838,64 +7911,115 @@ def leftover_reason(run: Run, host: str, options: Options, now: float) -> str | 
     return None
 
 
-def close_leftover_runs(session: Session) -> list[dict[str, str]]:
-    """One bounded search per destination experiment (two with --reap-after)."""
-    from mlflow.entities import RunTag
+def leftover_experiment_ids(session: Session, run_ids: Sequence[str]) -> list[str]:
+    """The experiments a search for leftover runs looks at: the newest
+    LEFTOVER_EXPERIMENT_LIMIT active ones, and when there are more, the
+    invocation's destinations first (--experiment-name or Default, and the
+    experiment of a single run's or a bisection's reference, a script run's)."""
+    client = session.client
+    page = client.search_experiments(
+        max_results=LEFTOVER_EXPERIMENT_LIMIT, order_by=['creation_time DESC']
+    )
+    ids = [e.experiment_id for e in page]
+    if page.token:  # more than the limit: the destinations must be among those searched
+        named = client.get_experiment_by_name(session.options.experiment_name or 'Default')
+        own = [named.experiment_id] if named else []
+        for run_id in run_ids:
+            with contextlib.suppress(Exception):  # the reproduction says what is wrong with it
+                own.append(client.get_run(run_id).info.experiment_id)
+        ids = [*own, *ids]
+    return list(dict.fromkeys(ids))[:LEFTOVER_EXPERIMENT_LIMIT]
 
-    client, options = session.client, session.options
-    host, now = socket.gethostname(), time.time()
-    found: list[dict[str, str]] = []
-    try:  # not retried: a server that fails here fails the reproduction's own request
-        with _environ({'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0'}):
-            experiment = client.get_experiment_by_name(options.experiment_name)
-            if experiment is None:
-                return []
-            runs = {}
-            for search in _leftover_filters(options, host, now):
-                for run in client.search_runs(
-                    [experiment.experiment_id], search, max_results=LEFTOVER_SEARCH_LIMIT
-                ):
-                    runs[run.info.run_id] = run
-    except Exception as e:  # the reproduction's own first request says what is wrong
-        if options.verbose:
-            warn(f'could not look for runs left RUNNING by a dead tool: {_last_line(str(e))}')
+
+def find_leftover_runs(session: Session, run_ids: Sequence[str], now: float) -> dict[str, Run]:
+    """The RUNNING reproductions of this host (any, with --reap-after, older
+    than that): one search of each experiment looked at, per filter."""
+    client = session.client
+    runs = {}
+    with _environ({'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0'}):  # tried once
+        experiment_ids = leftover_experiment_ids(session, run_ids)
+        for search in _leftover_filters(session.options, socket.gethostname(), now):
+            for run in client.search_runs(
+                experiment_ids, search, max_results=LEFTOVER_SEARCH_LIMIT
+            ):
+                runs[run.info.run_id] = run
+    return runs
+
+
+def close_leftover_runs(
+    session: Session,
+    run_ids: Sequence[str] = (),
+    crashed: Container[str] = (),
+    running: Mapping[str, int] | None = None,
+) -> list[dict[str, str]]:
+    """The runs left RUNNING by dead tools, closed as KILLED; a run of a dead
+    tool whose project still runs (`running`: owner -> processes) is left, and
+    one line says so."""
+    running = running or {}
+    now = time.time()
+    try:
+        runs = find_leftover_runs(session, run_ids, now)
+    except Exception as e:  # not fatal: the runs wait for the next invocation
+        why = server_failure(e)
+        if not why.startswith('the tracking server does not answer'):  # else the next error says
+            warn(f'could not look for runs left RUNNING by a dead tool: {why}')
         return []
+    found: list[dict[str, str]] = []
     for run_id, run in runs.items():
-        reason = leftover_reason(run, host, options, now)
-        if reason is None:
-            continue
-        note = run.data.tags.get(TAG_NOTE)
-        try:
-            client.log_batch(
-                run_id,
-                tags=[
-                    RunTag(TAG_STATUS, 'killed'),
-                    RunTag(TAG_NOTE, fit_tag(f'{note}\n\n{reason}' if note else reason)),
-                ],
-            )
-            client.set_terminated(run_id, 'KILLED')
-        except Exception as e:
-            warn(f'could not close run {run_id} left RUNNING: {_last_line(str(e))}')
-            continue
+        reason = leftover_reason(run, session.options, now, crashed, running)
         owner = run.data.tags.get(TAG_OWNER, '')
-        found.append(
-            _leftover('run', run_id, owner, f'closed run {run_id} of {owner} as KILLED: {reason}')
-        )
+        if reason is None and owner in running:
+            count = running[owner]
+            processes = (
+                '1 process of its project still runs'
+                if count == 1
+                else (f'{count} processes of its project still run')
+            )
+            warn(
+                f'run {run_id} of the dead reproducing tool {owner} is left RUNNING: '
+                f"{processes}, with a TMPDIR outside this tool's; it is closed once they end"
+            )
+        elif reason is not None and close_leftover_run(session.client, run, reason):
+            message = f'closed run {run_id} of {owner} as KILLED: {reason}'
+            found.append(_leftover('run', run_id, owner, message))
     return found
 
 
+def close_leftover_run(client: MlflowClient, run: Run, reason: str) -> bool:
+    """KILLED, with reproduce.status killed and the reason in its description."""
+    from mlflow.entities import RunTag
+
+    note = run.data.tags.get(TAG_NOTE)
+    try:
+        client.log_batch(
+            run.info.run_id,
+            tags=[
+                RunTag(TAG_STATUS, 'killed'),
+                RunTag(TAG_NOTE, fit_tag(f'{note}\n\n{reason}' if note else reason)),
+            ],
+        )
+        client.set_terminated(run.info.run_id, 'KILLED')
+    except Exception as e:
+        warn(f'could not close run {run.info.run_id} left RUNNING: {_last_line(str(e))}')
+        return False
+    return True
+
+
 def remove_dead_tools_folders() -> list[dict[str, str]]:
-    """The temporary folders of this user's tools that are gone."""
+    """The temporary folders of this user's tools of this boot and PID
+    namespace that are gone."""
     found = []
     try:
         entries = list(os.scandir(tempfile.gettempdir()))
     except OSError:
         return []
+    boot, pidns = tool_namespace().split(':')
     for entry in entries:
         match = _TMP_OWNER_RE.match(entry.name)
         try:
             if (
                 not match
+                or (match['pidns'], match['boot']) != (pidns, boot[:8])
                 or not entry.is_dir(follow_symlinks=False)
                 or entry.stat(follow_symlinks=False).st_uid != os.getuid()
                 or tool_alive(int(match['pid']), match['start'])
@@ -7905,7 +8029,7 @@ def remove_dead_tools_folders() -> list[dict[str, str]]:
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         if not os.path.lexists(entry.path):
-            owner = f'{socket.gethostname()}:{match["pid"]}:{match["start"]}'
+            owner = tool_owner(f'{match["pid"]}:{match["start"]}')
             message = (
                 f'removed the temporary folder {entry.path} of the dead reproducing tool {owner}'
             )
@@ -8050,14 +8174,15 @@ def invoke(
                 backend=backend,
             )
             if selection.bisect is not None:
-                session.leftovers = close_leftovers(session)  # of dead tools: SIGKILL, OOM
+                # of dead tools (SIGKILL, OOM); the reference's experiment is searched too
+                session.leftovers = close_leftovers(session, selection.run_ids[:1])
                 return bisect_chosen(session, selection)
             if not selection.is_batch:
                 run_id = resolve_run_id(session.client, selection.run_ids[0], tracking_uri)
                 if compare_to_id:
                     other = resolve_run_id(session.client, compare_to_id, tracking_uri)
                     return compare_to(session, run_id, other)
-                leftovers = close_leftovers(session)  # of tools that died: SIGKILL, OOM, reboot
+                leftovers = close_leftovers(session, [run_id])  # of tools that died: SIGKILL, OOM
                 report = run_in_worker(
                     session, lambda: explain_if_differs(session, reproduce_one(session, run_id))
                 )
@@ -8336,7 +8461,8 @@ def build_parser() -> argparse.ArgumentParser:
         '--reap-after',
         type=_age,
         metavar='DURATION',
-        help='also close any reproduction RUNNING longer than this, whatever its host: 6h, 30m',
+        help='also close any reproduction RUNNING longer than this, whatever its host or '
+        'container: 6h, 30m',
     )
     batch = parser.add_argument_group('choosing many runs (a batch)')
     batch.add_argument(

@@ -34,8 +34,9 @@ what we report, not absolute seconds from different runs.
 7. Batch: four reproductions of the `slow` sample with --jobs 2 against
    --jobs 1, and the tool process's peak memory in each.
 8. Leftovers: the start-up check for what dead tools left
-   (reproduce_run.close_leftovers) on an experiment of 10,000 reproductions
-   against an empty one, on an sqlite store and on a real `mlflow server`.
+   (reproduce_run.close_leftovers) on a store of 1,000 experiments (as many
+   as it looks at) and 10,000 reproductions against an empty store, on sqlite
+   and on a real `mlflow server`.
 9. Bisect: --bisect over 32 commits, one of which changes the metric, with
    --jobs 3 against --jobs 1; the probes each made.
 10. --explain: 8 packages differ between the reference's environment and the
@@ -1126,6 +1127,7 @@ def bench_batch(
 
 LEFTOVER_RUNS = 10_000
 LEFTOVER_LIVE = 10  # RUNNING runs of a live tool: found by the search, left alone
+LEFTOVER_EXPERIMENTS = 1_000  # reproduce_run.LEFTOVER_EXPERIMENT_LIMIT: all are searched
 
 
 def copy_run(db: Path, template: str, copies: int, status: str) -> None:
@@ -1151,15 +1153,17 @@ def copy_run(db: Path, template: str, copies: int, status: str) -> None:
             )
 
 
-def make_leftover_store(db: Path, module: ModuleType) -> tuple[str, str]:
-    """(busy, empty) experiment names: the busy one holds LEFTOVER_RUNS
-    finished reproductions of this host, LEFTOVER_LIVE of them RUNNING under
-    a live tool (this process), each with a reproduction's tags."""
+def make_leftover_store(db: Path, module: ModuleType) -> None:
+    """A store of LEFTOVER_EXPERIMENTS experiments (as many as the check looks
+    at), one of which holds LEFTOVER_RUNS finished reproductions of this
+    host, LEFTOVER_LIVE of them RUNNING under a live tool (this process),
+    each with a reproduction's tags."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f'sqlite:///{db}')
     busy = client.create_experiment('leftovers-busy')
-    client.create_experiment('leftovers-empty')
+    for k in range(LEFTOVER_EXPERIMENTS - 2):  # with Default
+        client.create_experiment(f'leftovers-{k}')
     tags = {
         'mlflow.source.name': 'file:///srv/project#sub',
         'mlflow.source.type': 'PROJECT',
@@ -1175,26 +1179,16 @@ def make_leftover_store(db: Path, module: ModuleType) -> tuple[str, str]:
     copy_run(db, template, LEFTOVER_RUNS - LEFTOVER_LIVE - 1, 'FINISHED')
     copy_run(db, template, LEFTOVER_LIVE, 'RUNNING')
     client.set_terminated(template)
-    return 'leftovers-busy', 'leftovers-empty'
 
 
-def bench_leftovers_on(
-    label: str, uri: str, names: tuple[str, str], rounds: int, module: ModuleType, tmp: str
-) -> Comparison:
+def leftovers_check(uri: str, label: str, module: ModuleType, tmp: str) -> Callable[[], float]:
+    """One start-up check against the store at uri, timed."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)  # the tool's, made before the check
 
-    def check(name: str) -> float:
-        session = module.Session(
-            module.Options(experiment_name=name),
-            client,
-            uri,
-            {},
-            tmp,
-            'bench',
-            module.Stop(),
-        )
+    def check() -> float:
+        session = module.Session(module.Options(), client, uri, {}, tmp, 'bench', module.Stop())
         start = time.perf_counter()
         cleaned = module.close_leftovers(session)
         elapsed = time.perf_counter() - start
@@ -1202,44 +1196,58 @@ def bench_leftovers_on(
             raise BenchError(f'leftovers ({label}): the check closed a run of a live tool')
         return elapsed
 
-    progress(f'leftovers ({label}): {rounds} rounds of an empty / a busy experiment')
-    empty_t, busy_t = interleave([lambda: check(names[1]), lambda: check(names[0])], rounds)
+    return check
+
+
+def bench_leftovers_on(
+    label: str, uris: tuple[str, str], rounds: int, module: ModuleType, tmp: str
+) -> Comparison:
+    """uris: (an empty store, the busy one)."""
+    progress(f'leftovers ({label}): {rounds} rounds of an empty / a busy store')
+    checks = [leftovers_check(uri, label, module, tmp) for uri in uris]
+    empty_t, busy_t = interleave(checks, rounds)
     return Comparison(
         f'leftovers, {label}',
-        'close_leftovers, empty experiment',
-        f'... {LEFTOVER_RUNS:,} reproductions ({LEFTOVER_LIVE} RUNNING, alive)',
+        'close_leftovers, empty store',
+        f'... {LEFTOVER_EXPERIMENTS:,} experiments, {LEFTOVER_RUNS:,} reproductions '
+        f'({LEFTOVER_LIVE} RUNNING, alive)',
         tuple(empty_t),
         tuple(busy_t),
     )
 
 
 def bench_leftovers(rounds: int, server: bool, notes: list[str]) -> list[Comparison]:
+    from mlflow import MlflowClient
+
     quiet_mlflow()
     module = load_reproduce_run()
     results = []
     with tempfile.TemporaryDirectory(prefix='bench-leftovers-') as tmp:
-        where = Path(tmp)
-        progress(f'leftovers: an experiment of {LEFTOVER_RUNS:,} reproductions')
-        with chdir(where), contextlib.redirect_stdout(sys.stderr):
-            names = make_leftover_store(where / 'server.db', module)
-        with chdir(where):
-            results.append(
-                bench_leftovers_on(
-                    'sqlite', f'sqlite:///{where / "server.db"}', names, rounds, module, tmp
-                )
-            )
+        empty, busy = Path(tmp, 'empty'), Path(tmp, 'busy')
+        progress(
+            f'leftovers: a store of {LEFTOVER_EXPERIMENTS:,} experiments and '
+            f'{LEFTOVER_RUNS:,} reproductions'
+        )
+        for where in (empty, busy):
+            where.mkdir()
+        with chdir(busy), contextlib.redirect_stdout(sys.stderr):
+            make_leftover_store(busy / 'server.db', module)
+            MlflowClient(tracking_uri=f'sqlite:///{empty / "server.db"}').search_experiments()
+        with chdir(tmp):
+            uris = tuple(f'sqlite:///{where / "server.db"}' for where in (empty, busy))
+            results.append(bench_leftovers_on('sqlite', uris, rounds, module, tmp))
             if server:
-                with mlflow_server(where) as url:
+                with mlflow_server(empty) as empty_url, mlflow_server(busy) as busy_url:
                     results.append(
                         bench_leftovers_on(
-                            'mlflow server --workers 2', url, names, rounds, module, tmp
+                            'mlflow server --workers 2', (empty_url, busy_url), rounds, module, tmp
                         )
                     )
     for c in results:
         notes.append(
-            f'{c.section}: the start-up check takes {1000 * c.b_median:.0f} ms on an '
-            f'experiment of {LEFTOVER_RUNS:,} reproductions, {1000 * c.a_median:.0f} ms '
-            f'on an empty one'
+            f'{c.section}: the start-up check takes {1000 * c.b_median:.0f} ms on a store of '
+            f'{LEFTOVER_EXPERIMENTS:,} experiments and {LEFTOVER_RUNS:,} reproductions, '
+            f'{1000 * c.a_median:.0f} ms on an empty one'
         )
     return results
 

@@ -3,18 +3,22 @@ reboot) leaves behind is cleaned by the next invocation on the same host.
 
 Real parts only: the tool runs as a process and is killed with `kill -9`, the
 projects are the `slow` sample, the stores are sqlite and a real `mlflow
-server`.  Every invocation here gets a TMPDIR and an experiment of its own,
-so that it sees only the leftovers its test made."""
+server`.  Every invocation here gets a TMPDIR of its own; the `kill -9` tests
+give neither invocation --experiment-name (their runs go to Default, and a
+script run's to its reference's experiment), as the README's usage does."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -26,14 +30,29 @@ from helpers import (
     batch_runs,
     build_repo,
     process_gone,
+    python_run,
     recorded_run,
+    reproductions_of,
     wait_for,
 )
+from proxy import Rule, proxy_in_front_of
 
 import reproduce_run
-from reproduce_run import TOOL_DIED, main
+from reproduce_run import TOOL_DIED, TOOL_GONE, main
 
 HOST = socket.gethostname()
+NAMESPACE = reproduce_run.tool_namespace()  # boot:pidns, the same for this test's children
+
+
+def owner_of(pid: int, start: str | int) -> str:
+    """The reproduce.owner of a tool of this host, boot and PID namespace."""
+    return f'{HOST}:{pid}:{start}:{NAMESPACE}'
+
+
+def folder_prefix(pid: int, start: str | int) -> str:
+    """The beginning of that tool's temporary folder's name."""
+    boot, pidns = NAMESPACE.split(':')
+    return f'reproduce_run-{pid}-{start}-{pidns}-{boot[:8]}-'
 
 
 def start_time(pid: int) -> str:
@@ -73,8 +92,14 @@ def run_tool(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-def runs_of(experiment_id: str) -> list:
-    return client().search_runs([experiment_id], max_results=100)
+def runs_of(experiment_id: str, pid: int | None = None) -> list:
+    """The runs of an experiment (those of the tool of this PID)."""
+    mine = f"tags.`reproduce.owner` LIKE '{HOST}:{pid}:%'" if pid else ''
+    return client().search_runs([experiment_id], mine, max_results=100)
+
+
+def default_id() -> str:
+    return client().get_experiment_by_name('Default').experiment_id
 
 
 def tagged_processes(tool_pid: int) -> list[int]:
@@ -113,12 +138,12 @@ def tracking(request, monkeypatch) -> str:
 
 
 def kill_tool_mid_run(argv: list[str], env: dict[str, str], experiment_id: str, runs: int):
-    """Start the tool, wait until `runs` reproductions tick, kill -9 it.
+    """Start the tool, wait until `runs` of its reproductions tick, kill -9 it.
     Returns (tool PID, its start time, its project processes, its runs)."""
     proc = start_tool(*argv, env=env)
     try:
         wait_for(
-            lambda: sum(ticking(r) for r in runs_of(experiment_id)) == runs,
+            lambda: sum(ticking(r) for r in runs_of(experiment_id, proc.pid)) == runs,
             180,
             f'{runs} ticking reproductions',
         )
@@ -127,13 +152,13 @@ def kill_tool_mid_run(argv: list[str], env: dict[str, str], experiment_id: str, 
     finally:
         proc.kill()  # SIGKILL: the tool cleans nothing up
         proc.wait()
-    return pid, start, projects, runs_of(experiment_id)
+    return pid, start, projects, runs_of(experiment_id, pid)
 
 
 def assert_cleaned(result, pid, start, projects, runs, tmp_dir: Path) -> None:
     """The next invocation closed every run, ended every project process and
     removed the folder of the dead tool, and said so."""
-    owner = f'{HOST}:{pid}:{start}'
+    owner = owner_of(pid, start)
     for run in runs:
         after = client().get_run(run.info.run_id)
         assert after.info.status == 'KILLED'
@@ -161,51 +186,70 @@ def fast_reference(samples_repo: Path, tracking_uri: str) -> str:
 def test_kill_9_during_a_single_run_is_cleaned_by_the_next_invocation(
     samples_repo, tracking, tmp_path
 ):
-    name, experiment_id = experiment()
     tmp_dir = tmp_path / 'tmp'
     env = tool_env(tmp_dir)
     reference = slow_reference(samples_repo)
-    pid, start, projects, runs = kill_tool_mid_run(
-        ['--run_id', reference, '--experiment-name', name], env, experiment_id, 1
-    )
+    pid, start, projects, runs = kill_tool_mid_run(['--run_id', reference], env, default_id(), 1)
     # What the kill left: a ticking project, its run RUNNING, the folder.
     [run] = runs
     assert run.info.status == 'RUNNING'
-    assert run.data.tags['reproduce.owner'] == f'{HOST}:{pid}:{start}'
+    assert run.data.tags['reproduce.owner'] == owner_of(pid, start)
     assert projects and not any(process_gone(p) for p in projects)
-    assert len(list(tmp_dir.glob(f'reproduce_run-{pid}-{start}-*'))) == 1
+    assert len(list(tmp_dir.glob(f'{folder_prefix(pid, start)}*'))) == 1
 
     result = run_tool(
-        '--run_id',
-        fast_reference(samples_repo, tracking),
-        '--experiment-name',
-        name,
-        '--output',
-        'json',
-        env=env,
+        '--run_id', fast_reference(samples_repo, tracking), '--output', 'json', env=env
     )
     assert result.returncode == 0, result.stderr
     assert_cleaned(result, pid, start, projects, runs, tmp_dir)
     leftovers = json.loads(result.stdout)['leftovers']
-    assert sorted(item['kind'] for item in leftovers) == ['folder', 'processes', 'run']
-    assert {item['owner'] for item in leftovers} == {f'{HOST}:{pid}:{start}'}
+    theirs = [item for item in leftovers if item['owner'] == owner_of(pid, start)]
+    assert sorted(item['kind'] for item in theirs) == ['folder', 'processes', 'run']
+
+
+TICK = """\
+import os, time
+import mlflow
+
+with mlflow.start_run():
+    mlflow.log_metric('tick', 1)
+    time.sleep(float(os.environ.get('LEFTOVERS_TEST_SLEEP', '0')))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_script_run_is_cleaned_by_an_invocation_writing_elsewhere(
+    samples_repo, tracking, tmp_path
+):
+    """A script run goes to its reference's experiment; the next invocation
+    reproduces a project run into Default, and still finds it."""
+    repo, _ = build_repo(tmp_path, {'tick.py': TICK})
+    name, experiment_id = experiment()
+    reference = python_run(repo / 'tiny', 'tick.py', env={'MLFLOW_EXPERIMENT_NAME': name})
+    tmp_dir = tmp_path / 'tmp'
+    env = tool_env(tmp_dir, LEFTOVERS_TEST_SLEEP='300')
+    argv = ['--run_id', reference, '--uri', str(repo)]  # it recorded no remote
+    pid, start, projects, runs = kill_tool_mid_run(argv, env, experiment_id, 1)
+    assert [r.data.tags['reproduce.reference_run_id'] for r in runs] == [reference]
+    assert projects
+
+    result = run_tool('--run_id', fast_reference(samples_repo, tracking), env=tool_env(tmp_dir))
+
+    assert result.returncode == 0, result.stderr
+    assert_cleaned(result, pid, start, projects, runs, tmp_dir)
 
 
 @pytest.mark.slow
 def test_kill_9_during_a_batch_is_cleaned_by_the_next_invocation(samples_repo, tracking, tmp_path):
-    name, experiment_id = experiment()
     tmp_dir = tmp_path / 'tmp'
     env = tool_env(tmp_dir)
     references = [slow_reference(samples_repo, 300), slow_reference(samples_repo, 301)]
     pid, start, projects, runs = kill_tool_mid_run(
-        ['--run_id', *references, '--experiment-name', name, '--jobs', '2'],
-        env,
-        experiment_id,
-        2,
+        ['--run_id', *references, '--jobs', '2'], env, default_id(), 2
     )
     # Two reproductions and their batch parent, each owned by the dead tool.
     assert len(runs) == 3
-    assert {r.data.tags['reproduce.owner'] for r in runs} == {f'{HOST}:{pid}:{start}'}
+    assert {r.data.tags['reproduce.owner'] for r in runs} == {owner_of(pid, start)}
     assert [r for r in runs if r.data.tags.get('reproduce.batch') == 'true']
     assert len({os.getpgid(p) for p in projects}) == 2  # two projects, each its own group
 
@@ -213,8 +257,6 @@ def test_kill_9_during_a_batch_is_cleaned_by_the_next_invocation(samples_repo, t
         '--run_id',
         fast_reference(samples_repo, tracking),
         fast_reference(samples_repo, tracking),
-        '--experiment-name',
-        name,
         env=env,
     )
     assert result.returncode == 0, result.stderr
@@ -222,7 +264,7 @@ def test_kill_9_during_a_batch_is_cleaned_by_the_next_invocation(samples_repo, t
     summary = [
         line
         for line in result.stdout.splitlines()
-        if line.startswith('Leftover of a dead tool: ') and f'{HOST}:{pid}:{start}' in line
+        if line.startswith('Leftover of a dead tool: ') and owner_of(pid, start) in line
     ]
     assert len(summary) == 5  # 3 runs, the processes of the tool, its folder
 
@@ -238,43 +280,50 @@ def sleeper(env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(('sleep', '300'), env=env, start_new_session=True)
 
 
-def test_a_reused_pid_counts_as_dead_and_a_live_tool_or_another_host_is_untouched(
+def test_a_reused_pid_counts_as_dead_and_a_live_tool_another_host_or_an_old_owner_is_untouched(
     reference, tmp_path
 ):
+    """The previous version's owners (host:pid:start) and folders
+    (reproduce_run-<pid>-<start>-<random>) do not say their PID namespace:
+    they are left alone, as those of another container would be."""
     name, experiment_id = experiment()
     tmp_dir = tmp_path / 'tmp'
     env = tool_env(tmp_dir)
     unrelated = sleeper()  # holds the PID a dead tool once had
     me, my_start = os.getpid(), start_time(os.getpid())
-    reused = f'{unrelated.pid}-{int(start_time(unrelated.pid)) + 1}'
-    alive = f'{me}-{my_start}'
+    pid, start = unrelated.pid, int(start_time(unrelated.pid)) + 1
+    reused = f'{pid}-{start}'
+    dead_folder = tmp_dir / f'{folder_prefix(pid, start)}abcd1234'
+    live_folder = tmp_dir / f'{folder_prefix(me, my_start)}abcd1234'
+    old_folder = tmp_dir / f'reproduce_run-{reused}-abcd1234'
     # A project's TMPDIR lies in its tool's temporary folder, under the TMPDIR they share.
     orphan = sleeper(
         {
             **os.environ,
             'REPRODUCE_RUN_PROCESS_TAG': f'{reused}-deadbeef.0',
-            'TMPDIR': str(tmp_dir / f'reproduce_run-{reused}-abcd1234' / 'tmp'),
+            'TMPDIR': str(dead_folder / 'tmp'),
         }
     )
     child = sleeper(
         {
             **os.environ,
-            'REPRODUCE_RUN_PROCESS_TAG': f'{alive}-deadbeef.0',
-            'TMPDIR': str(tmp_dir / f'reproduce_run-{alive}-abcd1234' / 'tmp'),
+            'REPRODUCE_RUN_PROCESS_TAG': f'{me}-{my_start}-deadbeef.0',
+            'TMPDIR': str(live_folder / 'tmp'),
         }
     )
     try:
-        dead_run = running_run(experiment_id, f'{HOST}:{reused.replace("-", ":")}')
-        live_run = running_run(experiment_id, f'{HOST}:{me}:{my_start}')
-        other_host = running_run(experiment_id, f'elsewhere.example:{reused.replace("-", ":")}')
-        dead_folder = tmp_dir / f'reproduce_run-{reused}-abcd1234'
-        live_folder = tmp_dir / f'reproduce_run-{alive}-abcd1234'
-        for folder in (dead_folder, live_folder):
+        owner = owner_of(pid, start)
+        dead_run = running_run(experiment_id, owner)
+        untouched = [
+            running_run(experiment_id, owner_of(me, my_start)),
+            running_run(experiment_id, owner.replace(HOST, 'elsewhere.example', 1)),
+            running_run(experiment_id, f'{HOST}:{pid}:{start}'),  # the previous version's
+            running_run(experiment_id, f'{HOST}:{pid}:{start}:{NAMESPACE}1'),  # another PID ns
+        ]
+        for folder in (dead_folder, live_folder, old_folder):
             (folder / 'src').mkdir(parents=True)
 
-        result = run_tool(
-            '--run_id', reference('slow', '-P', 'seconds=1'), '--experiment-name', name, env=env
-        )
+        result = run_tool('--run_id', reference('slow', '-P', 'seconds=1'), env=env)
 
         assert result.returncode == 0, result.stderr
         closed = client().get_run(dead_run)
@@ -282,13 +331,13 @@ def test_a_reused_pid_counts_as_dead_and_a_live_tool_or_another_host_is_untouche
         assert closed.data.tags['mlflow.note.content'] == TOOL_DIED
         wait_for(lambda: process_gone(orphan.pid), 30, 'the orphan to end')
         assert not dead_folder.exists()
-        for run_id in (live_run, other_host):
-            untouched = client().get_run(run_id)
-            assert untouched.info.status == 'RUNNING'
-            assert 'reproduce.status' not in untouched.data.tags
+        for run_id in untouched:
+            run = client().get_run(run_id)
+            assert run.info.status == 'RUNNING'
+            assert 'reproduce.status' not in run.data.tags
+            assert run_id not in result.stderr
         assert not process_gone(child.pid) and not process_gone(unrelated.pid)
-        assert live_folder.exists()
-        owner = f'{HOST}:{reused.replace("-", ":")}'
+        assert live_folder.exists() and old_folder.exists()
         assert [line for line in result.stderr.splitlines() if owner in line] == [
             f'reproduce_run: ended 1 process of the dead reproducing tool {owner} '
             f'(REPRODUCE_RUN_PROCESS_TAG={reused}-deadbeef)',
@@ -296,19 +345,56 @@ def test_a_reused_pid_counts_as_dead_and_a_live_tool_or_another_host_is_untouche
             f'reproduce_run: removed the temporary folder {dead_folder} of the dead '
             f'reproducing tool {owner}',
         ]
-        assert live_run not in result.stderr and other_host not in result.stderr
     finally:
         for proc in (unrelated, orphan, child):
             proc.kill()
             proc.wait()
 
 
-def test_reap_after_closes_old_reproductions_of_any_host(reference, tmp_path):
-    name, experiment_id = experiment()
+def test_a_dead_tools_run_is_left_while_its_project_runs_outside_this_tmpdir(reference, tmp_path):
+    """Its project's TMPDIR is not under this tool's: the project is not
+    ended, and its run, still logged to, stays RUNNING until it ends."""
+    _, experiment_id = experiment()
+    owner = dead_owner()
+    pid, start = owner.split(':')[1:3]
+    project = sleeper(
+        {
+            **os.environ,
+            'REPRODUCE_RUN_PROCESS_TAG': f'{pid}-{start}-deadbeef.0',
+            'TMPDIR': str(tmp_path / 'elsewhere' / f'{folder_prefix(pid, start)}abcd1234' / 'tmp'),
+        }
+    )
+    try:
+        left = running_run(experiment_id, owner)
+        fast = reference('slow', '-P', 'seconds=1')
+
+        result = run_tool('--run_id', fast, env=tool_env(tmp_path / 'tmp'))
+
+        assert result.returncode == 0, result.stderr
+        assert client().get_run(left).info.status == 'RUNNING'
+        assert not process_gone(project.pid)
+        assert [line for line in result.stderr.splitlines() if left in line] == [
+            f'reproduce_run.py: warning: run {left} of the dead reproducing tool {owner} is left '
+            "RUNNING: 1 process of its project still runs, with a TMPDIR outside this tool's; "
+            'it is closed once they end'
+        ]
+    finally:
+        project.kill()
+        project.wait()
+    result = run_tool('--run_id', fast, env=tool_env(tmp_path / 'tmp'))
+    assert result.returncode == 0, result.stderr
+    closed = client().get_run(left)
+    assert (closed.info.status, closed.data.tags['mlflow.note.content']) == ('KILLED', TOOL_GONE)
+    assert f'reproduce_run: closed run {left} of {owner} as KILLED: {TOOL_GONE}' in result.stderr
+
+
+def test_reap_after_closes_old_reproductions_of_any_host_in_any_experiment(reference, tmp_path):
+    """The runs are in an experiment of their own; the invocation writes to Default."""
+    _, experiment_id = experiment()
     two_hours = 2 * 3600
     old_elsewhere = running_run(experiment_id, 'elsewhere.example:1:1', two_hours)
     old_here_alive = running_run(
-        experiment_id, f'{HOST}:{os.getpid()}:{start_time(os.getpid())}', two_hours
+        experiment_id, owner_of(os.getpid(), start_time(os.getpid())), two_hours
     )
     young_elsewhere = running_run(experiment_id, 'elsewhere.example:1:1')
     not_a_reproduction = running_run(experiment_id, None, two_hours)
@@ -316,8 +402,6 @@ def test_reap_after_closes_old_reproductions_of_any_host(reference, tmp_path):
     result = run_tool(
         '--run_id',
         reference('slow', '-P', 'seconds=1'),
-        '--experiment-name',
-        name,
         '--reap-after',
         '1h',
         '--output',
@@ -334,9 +418,9 @@ def test_reap_after_closes_old_reproductions_of_any_host(reference, tmp_path):
         )
     for run_id in (young_elsewhere, not_a_reproduction):
         assert client().get_run(run_id).info.status == 'RUNNING'
-    leftovers = json.loads(result.stdout)['leftovers']
-    assert sorted(item['name'] for item in leftovers) == sorted([old_elsewhere, old_here_alive])
-    assert all(item['kind'] == 'run' for item in leftovers)
+    leftovers = {item['name']: item['kind'] for item in json.loads(result.stdout)['leftovers']}
+    assert leftovers[old_elsewhere] == leftovers[old_here_alive] == 'run'
+    assert young_elsewhere not in leftovers and not_a_reproduction not in leftovers
 
 
 def test_a_dry_run_or_a_comparison_cleans_nothing(reference, tmp_path):
@@ -405,8 +489,138 @@ def test_every_run_the_tool_makes_names_its_owner(reference, capsys):
     assert len(runs) == 3  # the parent and two repetitions
     assert [r for r in runs if r.data.tags.get('reproduce.repeat') == '2']
     assert {r.data.tags['reproduce.owner'] for r in runs} == {
-        f'{HOST}:{os.getpid()}:{start_time(os.getpid())}'
+        owner_of(os.getpid(), start_time(os.getpid()))
     }
+
+
+def test_a_failed_search_for_leftover_runs_is_one_warning(mlflow_server, reference, tmp_path):
+    fast = reference('slow', '-P', 'seconds=1')
+    with proxy_in_front_of(mlflow_server) as proxy:
+        proxy.add(Rule('runs/search', status=500))
+        result = run_tool(
+            '--run_id', fast, env=tool_env(tmp_path / 'tmp', MLFLOW_TRACKING_URI=proxy.url)
+        )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if 'left RUNNING by a dead' in line]
+    assert warnings == [
+        'reproduce_run.py: warning: could not look for runs left RUNNING by a dead tool: '
+        'the tracking server answered HTTP 500'
+    ]
+
+
+def test_past_the_experiment_limit_the_destinations_are_searched_first(own_store, monkeypatch):
+    """The newest LEFTOVER_EXPERIMENT_LIMIT experiments, and when there are
+    more, --experiment-name's and the reference's first."""
+    monkeypatch.setattr(reproduce_run, 'LEFTOVER_EXPERIMENT_LIMIT', 3)
+    c = client()
+    made = []
+    for k in range(6):
+        time.sleep(0.01)  # creation times in that order
+        made.append(c.create_experiment(f'e{k}'))
+    oldest, old, *newest = made
+    reference = c.create_run(old).info.run_id
+    session = types.SimpleNamespace(client=c, options=reproduce_run.Options(experiment_name='e0'))
+    looked_at = reproduce_run.leftover_experiment_ids(session, [reference])
+    assert looked_at == [oldest, old, newest[-1]]
+    monkeypatch.setattr(reproduce_run, 'LEFTOVER_EXPERIMENT_LIMIT', 10)
+    assert sorted(reproduce_run.leftover_experiment_ids(session, [reference])) == sorted(
+        ['0', oldest, old, *newest]
+    )
+
+
+def test_a_run_left_open_by_a_tool_that_exited_is_not_said_to_have_died(
+    mlflow_server, reference, tmp_path
+):
+    """The tool exited (its folder removed) while the server failed to close
+    its run: the next invocation closes it, saying only what is known."""
+    fast = reference('slow', '-P', 'seconds=1')
+    env = tool_env(tmp_path / 'tmp', REPRODUCE_RUN_CLOSE_TIMEOUT='1')
+    with proxy_in_front_of(mlflow_server) as proxy:
+        proxy.add(Rule('runs/update', status=503))
+        failing = {'MLFLOW_TRACKING_URI': proxy.url, 'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0'}
+        first = run_tool('--run_id', fast, env={**env, **failing})
+    assert 'is left RUNNING' in first.stderr.splitlines()[-1]
+    [left] = [r for r in reproductions_of(fast) if r.info.status == 'RUNNING']
+    assert list((tmp_path / 'tmp').iterdir()) == []
+
+    result = run_tool('--run_id', fast, env=env)
+
+    assert result.returncode == 0, result.stderr
+    closed = client().get_run(left.info.run_id)
+    assert closed.info.status == 'KILLED'
+    assert closed.data.tags['mlflow.note.content'].endswith(f'\n\n{TOOL_GONE}')
+    owner = left.data.tags['reproduce.owner']
+    assert f'closed run {left.info.run_id} of {owner} as KILLED: {TOOL_GONE}' in result.stderr
+
+
+def unshare_refused() -> str | None:
+    """Why a PID namespace of its own cannot be made here, or None."""
+    if shutil.which('unshare') is None:
+        return 'no unshare command on this machine'
+    probe = ('unshare', '--pid', '--fork', '--mount-proc', 'true')
+    done = subprocess.run(probe, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if done.returncode:
+        return f'`{" ".join(probe)}` is refused here: {done.stderr.strip()}'
+    return None
+
+
+def in_another_namespace(pids: list[int]) -> list[int]:
+    return [p for p in pids if reproduce_run.pid_namespace(p) != reproduce_run.pid_namespace()]
+
+
+@pytest.mark.slow
+def test_a_tool_of_another_pid_namespace_is_never_judged_dead(samples_repo, store, tmp_path):
+    """Two containers of one host share its name: the tool in one, PID 1
+    there, is neither ended nor cleaned up by the other, alive or dead;
+    only --reap-after closes its run."""
+    why = unshare_refused()
+    if why:
+        pytest.skip(why)
+    tmp_dir = tmp_path / 'tmp'
+    env = tool_env(tmp_dir)
+    reference = slow_reference(samples_repo)
+    argv = ('--run_id', reference)
+    inner = subprocess.Popen(
+        ('unshare', '--pid', '--fork', '--mount-proc', sys.executable, str(SCRIPT), *argv),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: [r for r in reproductions_of(reference) if ticking(r)], 180, 'a tick')
+        [run] = reproductions_of(reference)
+        host, pid, _, namespace = run.data.tags['reproduce.owner'].split(':', 3)
+        assert (host, pid) == (HOST, '1') and namespace != NAMESPACE
+        projects = in_another_namespace(tagged_processes(1))
+        [folder] = tmp_dir.glob('reproduce_run-1-*')
+        fast = fast_reference(samples_repo, store)
+
+        result = run_tool('--run_id', fast, env=env)
+
+        assert result.returncode == 0, result.stderr
+        assert client().get_run(run.info.run_id).info.status == 'RUNNING'
+        assert projects and not any(process_gone(p) for p in projects)
+        assert folder.exists()
+        assert 'dead reproducing tool' not in result.stderr and run.info.run_id not in result.stderr
+    finally:
+        os.killpg(inner.pid, signal.SIGKILL)  # its PID 1 gone, the namespace's processes go
+        inner.wait()
+    wait_for(lambda: all(process_gone(p) for p in projects), 30, 'the namespace to end')
+
+    result = run_tool('--run_id', fast, env=env)
+    assert result.returncode == 0, result.stderr
+    assert client().get_run(run.info.run_id).info.status == 'RUNNING'
+    assert folder.exists()
+
+    result = run_tool('--run_id', fast, '--reap-after', '1s', env=env)
+    assert result.returncode == 0, result.stderr
+    closed = client().get_run(run.info.run_id)
+    assert closed.info.status == 'KILLED'
+    assert closed.data.tags['mlflow.note.content'].startswith(
+        'RUNNING longer than --reap-after (1 s)'
+    )
 
 
 # --- leftovers in the reports of groups, and a bisection killed -------------------
@@ -415,10 +629,34 @@ def test_every_run_the_tool_makes_names_its_owner(reference, capsys):
 def dead_owner() -> str:
     """The reproduce.owner of a tool that ran on this host and is gone."""
     proc = subprocess.Popen(('sleep', '300'))
-    owner = f'{HOST}:{proc.pid}:{start_time(proc.pid)}'
+    owner = owner_of(proc.pid, start_time(proc.pid))
     proc.kill()
     proc.wait()
     return owner
+
+
+@pytest.mark.parametrize(
+    ('owner', 'gone'),
+    [
+        pytest.param(lambda: owner_of(os.getpid(), start_time(os.getpid())), False, id='alive'),
+        pytest.param(dead_owner, True, id='dead'),
+        pytest.param(lambda: dead_owner().replace(HOST, 'elsewhere.example', 1), False, id='host'),
+        pytest.param(lambda: dead_owner() + '1', False, id='another-pid-namespace'),
+        pytest.param(
+            lambda: dead_owner().replace(NAMESPACE, f'{"10"[NAMESPACE[0] == "1"]}{NAMESPACE[1:]}'),
+            False,
+            id='another-boot',
+        ),
+        pytest.param(lambda: dead_owner().rsplit(':', 2)[0], False, id='previous-version'),
+        pytest.param(
+            lambda: dead_owner().replace(NAMESPACE, 'unknown:0'), False, id='namespace-unknown'
+        ),
+        pytest.param(lambda: '', False, id='none'),
+    ],
+)
+def test_tool_gone(owner, gone):
+    """Only a tool of this host, boot and PID namespace is judged dead."""
+    assert reproduce_run.tool_gone(owner()) is gone
 
 
 def artifact(run_id: str, path: str, where: Path) -> dict:
@@ -449,13 +687,19 @@ def test_a_batch_parent_run_lists_the_leftovers_closed_before_it(reference, tmp_
             'kind': 'run',
             'name': left,
             'owner': owner,
-            'message': f'closed run {left} of {owner} as KILLED: {TOOL_DIED}',
+            'message': f'closed run {left} of {owner} as KILLED: {TOOL_GONE}',
         }
     ]
-    assert json.loads(result.stdout)['leftovers'] == expected
+    assert closed.data.tags['mlflow.note.content'] == TOOL_GONE  # no folder of it was left
+
+    def theirs(leftovers: list[dict]) -> list[dict]:
+        return [item for item in leftovers if item['owner'] == owner]
+
+    assert theirs(json.loads(result.stdout)['leftovers']) == expected
     parent, children = batch_runs(name)
     assert len(children) == 2
-    assert artifact(parent.info.run_id, 'reproduce/summary.json', tmp_path)['leftovers'] == expected
+    summary = artifact(parent.info.run_id, 'reproduce/summary.json', tmp_path)
+    assert theirs(summary['leftovers']) == expected
     description = parent.data.tags['mlflow.note.content']
     assert f'- Leftover of a dead tool: closed run {left} of {owner} as KILLED' in description
 
@@ -482,16 +726,16 @@ def test_kill_9_during_a_bisection_is_cleaned_by_the_next_invocation(
     )
     ref = mlflow_run(str(repo / 'tiny'), tracking)  # at the first commit
     commits = [first, *add_commits(repo, 3, change_at=2)]
-    name, experiment_id = experiment()
+    experiment_id = default_id()
     tmp_dir = tmp_path / 'tmp'
-    argv = ['--run_id', ref, '--bisect', '--experiment-name', name]
+    argv = ['--run_id', ref, '--bisect']
     # The reference commit's probe ends at once; the target's ticks, then sleeps.
     proc = start_tool(*argv, env=tool_env(tmp_dir, LEFTOVERS_TEST_SLEEP='300'))
     try:
         wait_for(
             lambda: any(
                 ticking(r) and r.data.tags.get('mlflow.source.git.commit') == commits[3]
-                for r in runs_of(experiment_id)
+                for r in runs_of(experiment_id, proc.pid)
             ),
             180,
             'the probe of the target to tick',
@@ -501,15 +745,15 @@ def test_kill_9_during_a_bisection_is_cleaned_by_the_next_invocation(
     finally:
         proc.kill()  # SIGKILL: the tool cleans nothing up
         proc.wait()
-    runs = runs_of(experiment_id)
-    owner = f'{HOST}:{pid}:{start}'
+    runs = runs_of(experiment_id, pid)
+    owner = owner_of(pid, start)
     left = [r for r in runs if r.info.status == 'RUNNING']
     [parent] = [r for r in left if r.data.tags.get('reproduce.bisect') == 'true']
     [probe] = [r for r in left if r is not parent]
     assert probe.data.tags['mlflow.source.git.commit'] == commits[3]
     assert probe.data.tags['mlflow.parentRunId'] == parent.info.run_id
     assert {r.data.tags['reproduce.owner'] for r in runs} == {owner}
-    assert projects and len(list(tmp_dir.glob(f'reproduce_run-{pid}-{start}-*'))) == 1
+    assert projects and len(list(tmp_dir.glob(f'{folder_prefix(pid, start)}*'))) == 1
 
     result = run_tool(*argv, env=tool_env(tmp_dir))
 
@@ -533,18 +777,19 @@ def test_kill_9_during_a_bisection_is_cleaned_by_the_next_invocation(
     assert result.stdout.splitlines()[-1] == f'First changed commit: {commits[2]}'
     [new_parent] = [
         r
-        for r in client().search_runs([experiment_id])
+        for r in client().search_runs(
+            [experiment_id], f"tags.`reproduce.reference_run_id` = '{ref}'"
+        )
         if r.data.tags.get('reproduce.bisect') and r.info.run_id != parent.info.run_id
     ]
     doc = artifact(new_parent.info.run_id, 'reproduce/bisect.json', tmp_path)
     assert doc['bisect']['first_changed_commit'] == commits[2]
-    leftovers = doc['leftovers']
-    assert len(table) == len(leftovers)
+    leftovers = [item for item in doc['leftovers'] if item['owner'] == owner]
+    assert len(table) == len(doc['leftovers'])
     assert {'folder', 'run'} <= {item['kind'] for item in leftovers}
     assert {item['name'] for item in leftovers if item['kind'] == 'run'} == {
         parent.info.run_id,
         probe.info.run_id,
     }
-    assert {item['owner'] for item in leftovers} == {owner}
     description = new_parent.data.tags['mlflow.note.content']
     assert f'- Leftover of a dead tool: closed run {probe.info.run_id} of {owner}' in description
