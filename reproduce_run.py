@@ -765,6 +765,8 @@ def unquote_param(value: str) -> str:
     with its quotes; passing that back would add a second layer.  A logged value
     is unquoted only when quoting the result gives it back exactly.
     """
+    if shlex.quote(value) == value:  # a bare word, as most values are: nothing to undo
+        return value
     try:
         tokens = shlex.split(value)
     except ValueError:
@@ -1120,15 +1122,17 @@ def _scan_structure(
     return i + 1, depth
 
 
-def placeholder_contexts(command: str) -> list[Placeholder]:
+@functools.lru_cache(maxsize=64)
+def placeholder_contexts(command: str) -> tuple[Placeholder, ...]:
     """Every {placeholder} of an entry point's command, found as str.format
-    finds them, with the shell context its quoted value lands in."""
+    finds them, with the shell context its quoted value lands in.  Cached: a
+    batch's runs of one entry point share its command."""
     import string
 
     try:
         fields = list(string.Formatter().parse(command))
     except ValueError:  # MLflow's own command.format() fails before any shell runs
-        return []
+        return ()
     shell, found = '', []
     for literal, field, spec, conversion in fields:
         shell += literal
@@ -1145,15 +1149,15 @@ def placeholder_contexts(command: str) -> list[Placeholder]:
         found.append((text, key, _format_context(field, key, spec, conversion)))
         shell += chr(_MARK + len(found) - 1)
     if any(ord(c) >= _MARK for c in command):
-        return [
+        return tuple(
             Placeholder(t, k, 'in a command holding private-use characters') for t, k, _ in found
-        ]
+        )
     sc = _Scan(text=shell, count=len(found), contexts={}, heredocs=[])
     _scan_commands(sc, 0, '', None)
-    return [
+    return tuple(
         Placeholder(t, k, why or sc.contexts.get(n, 'where the shell never reads it'))
         for n, (t, k, why) in enumerate(found)
-    ]
+    )
 
 
 def _format_context(field: str, key: str, spec: str, conversion: str | None) -> str | None:
@@ -1359,8 +1363,8 @@ def backend_from_options(options: Options) -> Backend:
 
 def validate_backend_project(plan: Plan) -> None:
     """The checks that need the project at its commit (docker_env)."""
-    where = f'{mask_credentials(plan.source.uri)} at {plan.source.version[:12]}'
     if plan.backend.name in ('kubernetes', 'databricks'):
+        where = f'{mask_credentials(plan.source.uri)} at {plan.source.version[:12]}'
         check_backend_project(plan.backend.name, plan.project_dir, where)
 
 
@@ -5540,6 +5544,7 @@ class Chosen:
     label: str = ''  # e.g. 'models:/churn@champion (version 3)'
     error: str | None = None  # set for a named run or model that could not be resolved
     name: str | None = None  # the run's name, when the search read it
+    reference: Run | None = None  # a dry run's: the run as the search read it, to plan from
 
 
 def read_runs_file(path: str) -> list[str]:
@@ -5612,9 +5617,12 @@ def search_runs(
     client: MlflowClient,
     selection: Selection,
     uri_given: bool,
+    plan_only: bool = False,
 ) -> tuple[list[Chosen], list[dict[str, str]]]:
     """Runs of --from-experiment matching --filter and --since, in search
-    order, at most --max-runs after skipping; then --sample of them."""
+    order, at most --max-runs after skipping; then --sample of them.
+    `plan_only` (a dry run): each keeps the run as found, which its plan then
+    reads instead of reading the run again."""
     from mlflow.exceptions import MlflowException
 
     experiment_ids = []
@@ -5643,7 +5651,8 @@ def search_runs(
                 skipped.append({'run_id': run.info.run_id, 'reason': reason})
             elif len(chosen) < selection.max_runs:
                 name = run.info.run_name or ''
-                chosen.append(Chosen(run.info.run_id, name, name=name))
+                kept = without_metrics(run) if plan_only else None
+                chosen.append(Chosen(run.info.run_id, name, name=name, reference=kept))
         token = page.token
         if not token:
             break
@@ -5662,6 +5671,17 @@ def search_runs(
     return chosen, skipped
 
 
+def without_metrics(run: Run) -> Run:
+    """What a plan reads of a run: its info, params and tags.  Its latest
+    metrics, which a plan does not read, would be most of a big selection's
+    memory."""
+    from mlflow.entities import Param, Run, RunData, RunTag
+
+    data = run.data
+    params = [Param(k, v) for k, v in data.params.items()]
+    return Run(run.info, RunData(params=params, tags=[RunTag(k, v) for k, v in data.tags.items()]))
+
+
 def resolve_named(client: MlflowClient, run_id: str, tracking_uri: str) -> Chosen:
     """A run named by ID or ID prefix; one that cannot be resolved fails alone."""
     try:
@@ -5675,6 +5695,7 @@ def select_runs(
     selection: Selection,
     uri_given: bool,
     tracking_uri: str,
+    plan_only: bool = False,
 ) -> tuple[list[Chosen], list[dict[str, str]]]:
     """The union of every selection option, each run once, in the order given."""
     named = list(selection.run_ids)
@@ -5684,7 +5705,7 @@ def select_runs(
     chosen += [resolve_model(client, uri) for uri in selection.models]
     skipped: list[dict[str, str]] = []
     if selection.experiments:
-        found, skipped = search_runs(client, selection, uri_given)
+        found, skipped = search_runs(client, selection, uri_given, plan_only)
         chosen += found
     seen: set[str] = set()
     unique = []
@@ -5765,11 +5786,11 @@ class BatchPlanner(Planner):
     def _read_next(self) -> list[Probe]:
         step = self.chosen[self.read_to : self.read_to + READ_BATCH]
         self.read_to += len(step)
-        found = self._read([c.run_id for c in step if c.run_id])
-        return [self._probe(c, found.get(c.run_id or '')) for c in step]
+        found = self._read([c.run_id for c in step if c.run_id and c.reference is None])
+        return [self._probe(c, c.reference or found.get(c.run_id or '')) for c in step]
 
     def _read(self, run_ids: Sequence[str]) -> dict[str, Run]:
-        if self.client is None:
+        if self.client is None or not run_ids:
             return {}
         try:
             if self.experiment_ids is None:
@@ -7867,7 +7888,7 @@ def invoke(
                 return dataclasses.replace(report, leftovers=leftovers)
             session.leftovers = close_leftovers(session)  # the group's parent run lists them
             chosen, skipped = select_runs(
-                session.client, selection, options.uri is not None, tracking_uri
+                session.client, selection, options.uri is not None, tracking_uri, options.dry_run
             )
             if selection.repeat > 1 and not options.dry_run:  # a plan is the same each time
                 batch = run_repeat(session, chosen, skipped, selection.repeat)
