@@ -6066,6 +6066,7 @@ GOOD, BAD, SKIP = 'unchanged', 'changed', 'skipped'  # what a probed commit says
 NOT_REPRODUCED = 'the reference run does not reproduce at its own commit'
 REFERENCE_FAILED = 'the reference run cannot be reproduced at its own commit'
 TARGET_FAILED = 'the target commit cannot be reproduced'
+SERVER_LOST = 'the tracking server stopped answering'  # instead of either above
 
 
 @dataclasses.dataclass(frozen=True)
@@ -6141,6 +6142,16 @@ def commit_outcome(reports: Sequence[Report], reference_params: Sequence[str], r
     return BAD if classify_run(diagnoses) in (DRIFTED, NONDETERMINISTIC_DRIFTED) else GOOD
 
 
+def lost_server(reports: Sequence[Report]) -> bool:
+    """Whether a probe ended because the tracking server stopped answering:
+    the tool's own request says so, or MLflow's in the project's last error."""
+    return any(
+        r.status in ('failed', 'error')
+        and 'the tracking server does not answer' in server_failure(Exception(r.message or ''))
+        for r in reports
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class CommitInfo:
     commit: str
@@ -6168,7 +6179,7 @@ class BisectReport:
             return self.stopped
         if not self.probes or all(o == SKIP for o in self.outcomes.values()):
             return 'failed'
-        if self.finding.reason == REFERENCE_FAILED:
+        if self.finding.reason in (REFERENCE_FAILED, SERVER_LOST):
             return 'failed'
         if self.finding.reason == NOT_REPRODUCED or self.finding.candidates:
             return 'differ'
@@ -6249,9 +6260,17 @@ class BisectPlanner(Planner):
             {TAG_BISECT: 'true', TAG_REFERENCE_RUN_ID: ref.run_id},
         )
 
+    def _finding(self, group: Group, outcomes: Mapping[int, str]) -> Finding:
+        """finding(), but a commit that could not be reproduced because the
+        tracking server stopped answering says that instead."""
+        found = finding(len(self.path) - 1, outcomes)
+        blamed = {REFERENCE_FAILED: 0, TARGET_FAILED: len(self.path) - 1}.get(found.reason or '')
+        reports = [r for p, r in group.results if self.index[p.version or ''] == blamed]
+        return dataclasses.replace(found, reason=SERVER_LOST) if lost_server(reports) else found
+
     def report(self, group: Group) -> BatchReport:
         outcomes = self.outcomes(group.results)
-        found = finding(len(self.path) - 1, outcomes)
+        found = self._finding(group, outcomes)
         stopped = next((r.status for _, r in group.results if r.status in SIGNAL_STATUSES), None)
         first = found.first_changed
         self.bisect = BisectReport(
