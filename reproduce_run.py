@@ -6799,8 +6799,10 @@ class Explanation:
 NOT_NEEDED = Explanation(None, reason=NOT_NEEDED_REASON)
 
 
-def _undo_text(c: Candidate) -> str:
-    return f'{c.name} {c.reference if c.reference is not None else "unset"}'
+def _candidate_text(c: Candidate, value: str | None) -> str:
+    """`numkit 1.0`, `OMP_NUM_THREADS 2`; an absent package is not installed,
+    an absent variable unset."""
+    return f'{c.name} {value or ("not installed" if c.kind == "package" else "unset")}'
 
 
 def _and(parts: Sequence[str]) -> str:
@@ -6821,10 +6823,11 @@ def explanation_lines(explanation: Explanation | None) -> list[str]:
             f'the runs still differ {probes}'
         )
     else:
-        line = f"Explained: with the reference's {_and([_undo_text(c) for c in e.culprits])} "
+        undone = [_candidate_text(c, c.reference) for c in e.culprits]
+        line = f"Explained: with the reference's {_and(undone)} "
         line += 'the runs are equal'
         if e.innocent:
-            shown = [f'{c.name} {c.reproduced or "unset"}' for c in e.innocent]
+            shown = [_candidate_text(c, c.reproduced) for c in e.innocent]
             line += f'; {_and(shown)} {"does" if len(shown) == 1 else "do"} not matter'
         line += f' {probes}'
     return [line, *(f'- not tried: {t["name"]}: {t["reason"]}' for t in e.not_tried)]
@@ -7045,9 +7048,10 @@ class ExplainPlanner(Planner):
         if self.step.undo is None:
             return []
         undone = [self.by_key[k] for k in self.step.undo]
+        changes = ', '.join(_candidate_text(c, c.reference) for c in undone)
         probe = Probe(
             self.reproduction.reference_run_id,
-            label="with the reference's " + ', '.join(_undo_text(c) for c in undone),
+            label=f"with the reference's {changes}",
             name=self.reproduction.reference_run_name,
             environ=probe_environ(self.session, undone, self.layers),
             parent_run_id=self.reproduction.reproduced_run_id,
