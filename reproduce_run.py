@@ -5755,7 +5755,9 @@ class BatchPlanner(Planner):
     results; it reads the reference runs READ_BATCH at a time, each batch in
     one search, so that a big selection neither waits for a request per run
     nor holds every run at once.  A run the search does not find (deleted,
-    unknown, or the search failed) is read by its reproduction, which says why."""
+    unknown, or the search failed) is read by its reproduction, which says why.
+    A run chosen with its reference (a dry run's --from-experiment) is not read
+    again."""
 
     def __init__(
         self,
