@@ -809,6 +809,8 @@ def unquote_param(value: str) -> str:
     with its quotes; passing that back would add a second layer.  A logged value
     is unquoted only when quoting the result gives it back exactly.
     """
+    if shlex.quote(value) == value:  # a bare word, as most values are: nothing to undo
+        return value
     try:
         tokens = shlex.split(value)
     except ValueError:
@@ -1197,15 +1199,17 @@ def _scan_structure(
     return i + 1, depth
 
 
-def placeholder_contexts(command: str) -> list[Placeholder]:
+@functools.lru_cache(maxsize=64)
+def placeholder_contexts(command: str) -> tuple[Placeholder, ...]:
     """Every {placeholder} of an entry point's command, found as str.format
-    finds them, with the shell context its quoted value lands in."""
+    finds them, with the shell context its quoted value lands in.  Cached: a
+    batch's runs of one entry point share its command."""
     import string
 
     try:
         fields = list(string.Formatter().parse(command))
     except ValueError:  # MLflow's own command.format() fails before any shell runs
-        return []
+        return ()
     shell, found = '', []
     for literal, field, spec, conversion in fields:
         shell += literal
@@ -1222,15 +1226,15 @@ def placeholder_contexts(command: str) -> list[Placeholder]:
         found.append((text, key, _format_context(field, key, spec, conversion)))
         shell += chr(_MARK + len(found) - 1)
     if any(ord(c) >= _MARK for c in command):
-        return [
+        return tuple(
             Placeholder(t, k, 'in a command holding private-use characters') for t, k, _ in found
-        ]
+        )
     sc = _Scan(text=shell, count=len(found), contexts={}, heredocs=[])
     _scan_commands(sc, 0, '', None)
-    return [
+    return tuple(
         Placeholder(t, k, why or sc.contexts.get(n, 'where the shell never reads it'))
         for n, (t, k, why) in enumerate(found)
-    ]
+    )
 
 
 def _format_context(field: str, key: str, spec: str, conversion: str | None) -> str | None:
@@ -1455,8 +1459,8 @@ def backend_from_options(options: Options) -> Backend:
 
 def validate_backend_project(plan: Plan) -> None:
     """The checks that need the project at its commit (docker_env)."""
-    where = f'{mask_credentials(plan.source.uri)} at {plan.source.version[:12]}'
     if plan.backend.name in ('kubernetes', 'databricks'):
+        where = f'{mask_credentials(plan.source.uri)} at {plan.source.version[:12]}'
         check_backend_project(plan.backend.name, plan.project_dir, where)
 
 
@@ -5727,6 +5731,7 @@ class Chosen:
     label: str = ''  # e.g. 'models:/churn@champion (version 3)'
     error: str | None = None  # set for a named run or model that could not be resolved
     name: str | None = None  # the run's name, when the search read it
+    reference: Run | None = None  # a dry run's: the run as the search read it, to plan from
 
 
 def read_runs_file(path: str) -> list[str]:
@@ -5805,9 +5810,12 @@ def search_runs(
     client: MlflowClient,
     selection: Selection,
     uri_given: bool,
+    plan_only: bool = False,
 ) -> tuple[list[Chosen], list[dict[str, str]]]:
     """Runs of --from-experiment matching --filter and --since, in search
-    order, at most --max-runs after skipping; then --sample of them."""
+    order, at most --max-runs after skipping; then --sample of them.
+    `plan_only` (a dry run): each keeps the run as found, which its plan then
+    reads instead of reading the run again."""
     from mlflow.exceptions import MlflowException
 
     experiment_ids = []
@@ -5836,7 +5844,8 @@ def search_runs(
                 skipped.append({'run_id': run.info.run_id, 'reason': reason})
             elif len(chosen) < selection.max_runs:
                 name = run.info.run_name or ''
-                chosen.append(Chosen(run.info.run_id, name, name=name))
+                kept = without_metrics(run) if plan_only else None
+                chosen.append(Chosen(run.info.run_id, name, name=name, reference=kept))
         token = page.token
         if not token:
             break
@@ -5855,6 +5864,17 @@ def search_runs(
     return chosen, skipped
 
 
+def without_metrics(run: Run) -> Run:
+    """What a plan reads of a run: its info, params and tags.  Its latest
+    metrics, which a plan does not read, would be most of a big selection's
+    memory."""
+    from mlflow.entities import Param, Run, RunData, RunTag
+
+    data = run.data
+    params = [Param(k, v) for k, v in data.params.items()]
+    return Run(run.info, RunData(params=params, tags=[RunTag(k, v) for k, v in data.tags.items()]))
+
+
 def resolve_named(client: MlflowClient, run_id: str, tracking_uri: str) -> Chosen:
     """A run named by ID or ID prefix; one that cannot be resolved fails alone."""
     try:
@@ -5868,6 +5888,7 @@ def select_runs(
     selection: Selection,
     uri_given: bool,
     tracking_uri: str,
+    plan_only: bool = False,
 ) -> tuple[list[Chosen], list[dict[str, str]]]:
     """The union of every selection option, each run once, in the order given."""
     named = list(selection.run_ids)
@@ -5877,7 +5898,7 @@ def select_runs(
     chosen += [resolve_model(client, uri) for uri in selection.models]
     skipped: list[dict[str, str]] = []
     if selection.experiments:
-        found, skipped = search_runs(client, selection, uri_given)
+        found, skipped = search_runs(client, selection, uri_given, plan_only)
         chosen += found
     seen: set[str] = set()
     unique = []
@@ -5927,7 +5948,9 @@ class BatchPlanner(Planner):
     results; it reads the reference runs READ_BATCH at a time, each batch in
     one search, so that a big selection neither waits for a request per run
     nor holds every run at once.  A run the search does not find (deleted,
-    unknown, or the search failed) is read by its reproduction, which says why."""
+    unknown, or the search failed) is read by its reproduction, which says why.
+    A run chosen with its reference (a dry run's --from-experiment) is not read
+    again."""
 
     def __init__(
         self,
@@ -5958,11 +5981,11 @@ class BatchPlanner(Planner):
     def _read_next(self) -> list[Probe]:
         step = self.chosen[self.read_to : self.read_to + READ_BATCH]
         self.read_to += len(step)
-        found = self._read([c.run_id for c in step if c.run_id])
-        return [self._probe(c, found.get(c.run_id or '')) for c in step]
+        found = self._read([c.run_id for c in step if c.run_id and c.reference is None])
+        return [self._probe(c, c.reference or found.get(c.run_id or '')) for c in step]
 
     def _read(self, run_ids: Sequence[str]) -> dict[str, Run]:
-        if self.client is None:
+        if self.client is None or not run_ids:
             return {}
         try:
             if self.experiment_ids is None:
@@ -6238,6 +6261,7 @@ GOOD, BAD, SKIP = 'unchanged', 'changed', 'skipped'  # what a probed commit says
 NOT_REPRODUCED = 'the reference run does not reproduce at its own commit'
 REFERENCE_FAILED = 'the reference run cannot be reproduced at its own commit'
 TARGET_FAILED = 'the target commit cannot be reproduced'
+SERVER_LOST = 'the tracking server stopped answering'  # instead of either above
 
 
 @dataclasses.dataclass(frozen=True)
@@ -6313,6 +6337,16 @@ def commit_outcome(reports: Sequence[Report], reference_params: Sequence[str], r
     return BAD if classify_run(diagnoses) in (DRIFTED, NONDETERMINISTIC_DRIFTED) else GOOD
 
 
+def lost_server(reports: Sequence[Report]) -> bool:
+    """Whether a probe ended because the tracking server stopped answering:
+    the tool's own request says so, or MLflow's in the project's last error."""
+    return any(
+        r.status in ('failed', 'error')
+        and 'the tracking server does not answer' in server_failure(Exception(r.message or ''))
+        for r in reports
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class CommitInfo:
     commit: str
@@ -6340,7 +6374,7 @@ class BisectReport:
             return self.stopped
         if not self.probes or all(o == SKIP for o in self.outcomes.values()):
             return 'failed'
-        if self.finding.reason == REFERENCE_FAILED:
+        if self.finding.reason in (REFERENCE_FAILED, SERVER_LOST):
             return 'failed'
         if self.finding.reason == NOT_REPRODUCED or self.finding.candidates:
             return 'differ'
@@ -6421,9 +6455,17 @@ class BisectPlanner(Planner):
             {TAG_BISECT: 'true', TAG_REFERENCE_RUN_ID: ref.run_id},
         )
 
+    def _finding(self, group: Group, outcomes: Mapping[int, str]) -> Finding:
+        """finding(), but a commit that could not be reproduced because the
+        tracking server stopped answering says that instead."""
+        found = finding(len(self.path) - 1, outcomes)
+        blamed = {REFERENCE_FAILED: 0, TARGET_FAILED: len(self.path) - 1}.get(found.reason or '')
+        reports = [r for p, r in group.results if self.index[p.version or ''] == blamed]
+        return dataclasses.replace(found, reason=SERVER_LOST) if lost_server(reports) else found
+
     def report(self, group: Group) -> BatchReport:
         outcomes = self.outcomes(group.results)
-        found = finding(len(self.path) - 1, outcomes)
+        found = self._finding(group, outcomes)
         stopped = next((r.status for _, r in group.results if r.status in SIGNAL_STATUSES), None)
         first = found.first_changed
         self.bisect = BisectReport(
@@ -6968,8 +7010,10 @@ class Explanation:
 NOT_NEEDED = Explanation(None, reason=NOT_NEEDED_REASON)
 
 
-def _undo_text(c: Candidate) -> str:
-    return f'{c.name} {c.reference if c.reference is not None else "unset"}'
+def _candidate_text(c: Candidate, value: str | None) -> str:
+    """`numkit 1.0`, `OMP_NUM_THREADS 2`; an absent package is not installed,
+    an absent variable unset."""
+    return f'{c.name} {value or ("not installed" if c.kind == "package" else "unset")}'
 
 
 def _and(parts: Sequence[str]) -> str:
@@ -6990,10 +7034,11 @@ def explanation_lines(explanation: Explanation | None) -> list[str]:
             f'the runs still differ {probes}'
         )
     else:
-        line = f"Explained: with the reference's {_and([_undo_text(c) for c in e.culprits])} "
+        undone = [_candidate_text(c, c.reference) for c in e.culprits]
+        line = f"Explained: with the reference's {_and(undone)} "
         line += 'the runs are equal'
         if e.innocent:
-            shown = [f'{c.name} {c.reproduced or "unset"}' for c in e.innocent]
+            shown = [_candidate_text(c, c.reproduced) for c in e.innocent]
             line += f'; {_and(shown)} {"does" if len(shown) == 1 else "do"} not matter'
         line += f' {probes}'
     return [line, *(f'- not tried: {t["name"]}: {t["reason"]}' for t in e.not_tried)]
@@ -7109,9 +7154,10 @@ class ExplainPlanner(Planner):
         if self.step.undo is None:
             return []
         undone = [self.by_key[k] for k in self.step.undo]
+        changes = ', '.join(_candidate_text(c, c.reference) for c in undone)
         probe = Probe(
             self.reproduction.reference_run_id,
-            label="with the reference's " + ', '.join(_undo_text(c) for c in undone),
+            label=f"with the reference's {changes}",
             name=self.reproduction.reference_run_name,
             environ=probe_environ(self.session, undone, self.layers),
             parent_run_id=self.reproduction.reproduced_run_id,
@@ -8189,7 +8235,7 @@ def invoke(
                 return dataclasses.replace(report, leftovers=leftovers)
             session.leftovers = close_leftovers(session)  # the group's parent run lists them
             chosen, skipped = select_runs(
-                session.client, selection, options.uri is not None, tracking_uri
+                session.client, selection, options.uri is not None, tracking_uri, options.dry_run
             )
             if selection.repeat > 1 and not options.dry_run:  # a plan is the same each time
                 batch = run_repeat(session, chosen, skipped, selection.repeat)

@@ -44,7 +44,10 @@ what we report, not absolute seconds from different runs.
     the wall time.
 11. Selection: `--runs-file` of 10,000 run IDs `--dry-run` against a plain
     get_run loop (over 1,000 of them, times 10), on a real `mlflow server`;
-    the tool's peak memory at 100 and at 10,000 selected runs.
+    the tool's peak memory at 100 and at 10,000 selected runs.  Then
+    `--from-experiment` and `--runs-file` of the same 10,000 runs `--dry-run`
+    against a plain paged search_runs of them, on the server and on a copy
+    of its sqlite store, with the peak memory of each.
 
 Everything runs in temporary folders that are removed at the end; every
 process started here is stopped by its ID.  Progress goes to standard error,
@@ -1522,6 +1525,74 @@ for run_id in open(sys.argv[1]).read().split():
     c.get_run(run_id)
 """
 
+# The plain way to read the runs of an experiment: a paged search_runs, with
+# the page size and order the tool uses; a file, so that run_tool's wrapper
+# also gives its peak memory.
+_PAGED_SEARCH = """
+import sys, mlflow
+c = mlflow.MlflowClient()
+experiment_id = c.get_experiment_by_name(sys.argv[1]).experiment_id
+token, n = None, 0
+while True:
+    page = c.search_runs([experiment_id], '', order_by=['attributes.start_time DESC'],
+                         max_results=1000, page_token=token)
+    n += len(page)
+    token = page.token
+    if not token:
+        break
+assert n == int(sys.argv[2]), n
+"""
+
+
+def bench_selection_against_search(
+    label: str, uri: str, runs_file: Path, rounds: int, notes: list[str], memory: list[Memory]
+) -> list[Comparison]:
+    """--from-experiment and --runs-file of SELECTION_RUNS runs, --dry-run,
+    against a plain paged search_runs of the same runs, interleaved."""
+    env, cwd = base_env(uri), runs_file.parent
+    script = cwd / 'paged_search.py'
+    script.write_text(_PAGED_SEARCH)
+    peaks: dict[str, list[float]] = {'search': [], 'experiment': [], 'file': []}
+    dry = ('--dry-run', '--quiet', '--output', 'json')
+    argv = {
+        'experiment': ('--from-experiment', 'selection', '--max-runs', str(SELECTION_RUNS), *dry),
+        'file': ('--runs-file', str(runs_file), *dry),
+    }
+
+    def plain() -> float:
+        cmd = (sys.executable, '-c', _MAXRSS_WRAPPER, str(cwd / 'peak-search'), str(script))
+        elapsed, _ = run_timed((*cmd, 'selection', str(SELECTION_RUNS)), env, cwd)
+        peaks['search'].append(int((cwd / 'peak-search').read_text()) / 1024)
+        return elapsed
+
+    def tool(kind: str) -> float:
+        elapsed, peak = run_tool(argv[kind], env, cwd)
+        peaks[kind].append(peak)
+        return elapsed
+
+    progress(f'selection ({label}): {rounds} rounds of search / --from-experiment / --runs-file')
+    search_t, experiment_t, file_t = interleave(
+        [plain, lambda: tool('experiment'), lambda: tool('file')], rounds
+    )
+    plain_label = f'a paged search_runs of the {SELECTION_RUNS:,} runs ({label})'
+    results = [
+        Comparison(f'selection, {label}', plain_label, what, tuple(search_t), tuple(t))
+        for what, t in (
+            ('--from-experiment --dry-run', experiment_t),
+            (f'--runs-file ({SELECTION_RUNS:,} IDs) --dry-run', file_t),
+        )
+    ]
+    for kind, what in (('search', 'the paged search'), ('experiment', '--from-experiment')):
+        memory.append(Memory(f'selection, {label}', what, tuple(peaks[kind][1:])))
+    for c, kind in zip(results, ('experiment', 'file'), strict=True):
+        notes.append(
+            f'{c.section}: {c.candidate} takes {c.b_median:.1f} s, {c.ratio:.2f}x a paged '
+            f'search_runs of the same runs ({c.a_median:.1f} s; goal <= 1.2 and under 30 s); '
+            f'peak RSS {statistics.median(peaks[kind][1:]):.0f} MiB against '
+            f'{statistics.median(peaks["search"][1:]):.0f} MiB (goal < 300)'
+        )
+    return results
+
 
 def bench_selection(rounds: int, notes: list[str], memory: list[Memory]) -> list[Comparison]:
     quiet_mlflow()
@@ -1557,6 +1628,16 @@ def bench_selection(rounds: int, notes: list[str], memory: list[Memory]) -> list
             progress(f'selection: {rounds} rounds of --dry-run over {SMALL_SELECTION} IDs')
             for _ in range(rounds):
                 tool(SMALL_SELECTION)
+            against_search = bench_selection_against_search(
+                'mlflow server --workers 2', url, files[SELECTION_RUNS], rounds, notes, memory
+            )
+        sqlite_db = Path(tmp) / 'sqlite' / 'mlflow.db'
+        sqlite_db.parent.mkdir()
+        shutil.copyfile(where / 'server.db', sqlite_db)
+        with chdir(sqlite_db.parent):
+            against_search += bench_selection_against_search(
+                'sqlite', f'sqlite:///{sqlite_db}', files[SELECTION_RUNS], rounds, notes, memory
+            )
     for n in (SMALL_SELECTION, SELECTION_RUNS):
         memory.append(Memory('selection', f'--runs-file of {n:,} IDs --dry-run', tuple(peaks[n])))
     comparison = Comparison(
@@ -1574,7 +1655,7 @@ def bench_selection(rounds: int, notes: list[str], memory: list[Memory]) -> list
         f'{small:.0f} MiB at {SMALL_SELECTION} runs and {big:.0f} MiB at {SELECTION_RUNS:,}, '
         f'{big / small:.2f}x (goal < 1.5)'
     )
-    return [comparison]
+    return [comparison, *against_search]
 
 
 # ---------------------------------------------------------------------------
@@ -1683,7 +1764,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         '--selection-rounds',
         type=_positive,
         default=1,
-        help='rounds of the 10,000-ID dry run against a get_run loop (default: %(default)s)',
+        help='rounds of the 10,000-run dry runs against a get_run loop and a paged search '
+        '(default: %(default)s)',
     )
     parser.add_argument(
         '--skip-selection', action='store_true', help='skip the 10,000-run selection'

@@ -15,7 +15,7 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, git, mlflow_run
+from conftest import SCRIPT, git, mlflow_run, start_mlflow_server, stop
 from helpers import (
     JSON_DOC,
     TINY,
@@ -27,6 +27,7 @@ from helpers import (
     first_spans,
     reproduce,
     section,
+    start_tool,
     tables,
     wait_for,
 )
@@ -36,6 +37,7 @@ from reproduce_run import (
     GOOD,
     NOT_REPRODUCED,
     SKIP,
+    STATUS_EXIT_CODES,
     Bisections,
     BisectReport,
     CommitInfo,
@@ -45,6 +47,7 @@ from reproduce_run import (
     commit_outcome,
     finding,
     junit_cases,
+    lost_server,
     main,
     next_commits,
     render_bisect,
@@ -784,3 +787,71 @@ def test_runs_of_an_experiment_not_bisected_are_listed_as_skipped(tmp_path, stor
     code, out, err = reproduce(capsys, *argv, '--output', 'json')
     assert (code, list(json.loads(out))[:1]) == (1, ['reference_run_id']), err
     assert json.loads(out)['bisect']['first_changed_commit'] == commits[1]
+
+
+REFUSED = (
+    'API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/get failed with exception '
+    "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded with url: /x "
+    '(Caused by NewConnectionError("Failed to establish a new connection: [Errno 111] '
+    'Connection refused"))'
+)
+
+
+@pytest.mark.parametrize(
+    ('status', 'message', 'lost'),
+    [
+        pytest.param(
+            'failed',
+            f'the reproduced run r failed (exit status 1); its last error: {REFUSED}',
+            True,
+            id='the-projects-mlflow-call',
+        ),
+        pytest.param(
+            'error',
+            'cannot create the run: the tracking server does not answer (Connection refused)',
+            True,
+            id='the-tools-own-request',
+        ),
+        pytest.param('failed', 'its last error: this commit is broken', False, id='the-project'),
+        pytest.param('error', 'the tracking server answered HTTP 500', False, id='it-answers'),
+        pytest.param('equal', None, False, id='a-verdict'),
+    ],
+)
+def test_a_probe_that_lost_the_tracking_server(status, message, lost):
+    report = Report(status, STATUS_EXIT_CODES[status], 'r', message=message)
+    assert lost_server([report]) is lost
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_mid_bisection_is_named_not_the_reference(tmp_path, monkeypatch):
+    """The tracking server stops while the reference commit's probe runs: the
+    report says so, not that the reference cannot be reproduced (issue 27)."""
+    server = start_mlflow_server(tmp_path / 'server')
+    try:
+        repo, _ = build_repo(tmp_path, TINY)
+        add_commits(repo, 1, change_at=0)  # notes.txt: the probe below sleeps
+        ref = mlflow_run(str(repo / 'tiny'), server.url)
+        add_commits(repo, 2, change_at=2)
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', server.url)
+        name = f'dies-{tmp_path.name}'
+        proc = start_tool(
+            *('--run_id', ref, '--bisect', '--experiment-name', name, '--output', 'json'),
+            env={
+                'MLFLOW_TRACKING_URI': server.url,
+                'BISECT_TEST_SLEEP': '4',
+                'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0',
+                'REPRODUCE_RUN_CLOSE_TIMEOUT': '2',
+            },
+        )
+        wait_for(
+            lambda: len(experiment_runs_or_empty(name)) == 2,  # the parent, a probe
+            60,
+            'the probe of the reference commit to start',
+        )
+    finally:
+        stop(server.proc)
+    out, err = proc.communicate(timeout=120)
+    doc = json.loads(out)
+    assert proc.returncode == doc['exit_code'] == 3, err
+    assert doc['bisect']['reason'] == 'the tracking server stopped answering'
+    assert 'cannot be reproduced at its own commit' not in out + err

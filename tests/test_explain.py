@@ -134,6 +134,14 @@ SEED = Candidate('variable', 'PYTHONHASHSEED', '1', '2')
             id='not-explained',
         ),
         pytest.param(
+            Explanation(True, (NUMKIT,), (Candidate('package', 'padkit', '1.0', None),), ({},)),
+            [
+                "Explained: with the reference's numkit 1.0 the runs are equal; padkit not "
+                'installed does not matter (1 probe)'
+            ],
+            id='an-absent-package-is-not-installed',
+        ),
+        pytest.param(
             Explanation(None, reason='unknown'),
             ['Explained: nothing tried: unknown'],
             id='nothing-tried',
@@ -466,6 +474,28 @@ def test_culprit_package_found_and_decoy_not_blamed(world, capsys, monkeypatch, 
     assert json.loads(Path(folder).read_text()) == environment
     # The user's environment is untouched.
     assert (installed_packages(), folder_state(world.new), folder_state(world.old)) == before
+
+
+@pytest.mark.slow
+def test_a_package_absent_from_the_reproduction_is_not_installed(
+    world, capsys, monkeypatch, tmp_path
+):
+    """padkit importable but no installed distribution (a plain folder on
+    PYTHONPATH): the explanation calls it not installed, not unset (issue 27)."""
+    site = pip_target(tmp_path / 'site', [world.wheels / 'numkit-1.1-py3-none-any.whl'])
+    (site / 'padkit').mkdir()
+    (site / 'padkit' / '__init__.py').write_text('PAD = 2\n')
+    for k, v in world.env(site).items():
+        monkeypatch.setenv(k, v)
+    code, out, err = reproduce(capsys, '--run_id', world.reference, '--explain')
+    assert code == 1, err
+    assert '  - package padkit: 1.0 -> not installed' in out.splitlines()  # as it was
+    [explained] = [line for line in out.splitlines() if line.startswith('Explained:')]
+    assert explained.startswith(
+        "Explained: with the reference's numkit 1.0 the runs are equal; padkit not installed "
+        'does not matter ('
+    )
+    assert 'unset' not in out
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import git, start_mlflow_server, stop
+from conftest import client, git, start_mlflow_server, stop
 from helpers import reproduce
 from proxy import proxy_in_front_of
 
@@ -146,6 +146,51 @@ def test_the_json_of_a_batch_is_dumped_run_by_run_as_one_document(statuses):
     )
     assert rr.format_batch_json(b) == json.dumps(rr.batch_json(b), indent=2, allow_nan=False)
     assert json.loads(rr.format_batch_json(b))['summary']['total'] == len(statuses)
+
+
+# --- a dry run of an experiment plans from the search's own reading ---------
+
+
+def project_runs(samples_repo: Path, name: str, n: int) -> list[str]:
+    """n FINISHED project runs of the sklearn_regression sample, alpha 0.1 to n/10."""
+    c = client()
+    experiment_id = c.create_experiment(name)
+    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
+    ids = []
+    for i in range(n):
+        run = c.create_run(
+            experiment_id,
+            tags={
+                'mlflow.source.name': f'file://{samples_repo}#sklearn_regression',
+                'mlflow.source.type': 'PROJECT',
+                'mlflow.source.git.commit': commit,
+                'mlflow.project.entryPoint': 'main',
+            },
+        )
+        c.log_param(run.info.run_id, 'alpha', f'0.{i + 1}')
+        c.set_terminated(run.info.run_id)
+        ids.append(run.info.run_id)
+    return ids
+
+
+def test_a_dry_run_of_an_experiment_reads_its_runs_once(
+    samples_repo, store, capsys, tmp_path, monkeypatch
+):
+    """The search's pages are the runs the plans read: no second search by
+    run ID, no get_run (issue 27: 10,000 runs took twice a plain search)."""
+    ids = project_runs(samples_repo, f'once-{tmp_path.name}', 3)
+    with proxy_in_front_of(store) as proxy:
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', proxy.url)
+        code, out, err = reproduce(
+            capsys, '--from-experiment', f'once-{tmp_path.name}', '--dry-run', '--output', 'json'
+        )
+        requests = list(proxy.seen)
+    doc = json.loads(out)
+    assert code == doc['exit_code'] == 0, err
+    passed = {r['reference_run_id']: r['params']['passed'] for r in doc['runs']}
+    assert passed == {run_id: {'alpha': f'0.{i + 1}'} for i, run_id in enumerate(ids)}
+    assert proxy.count('runs/search') == 1, requests  # the experiment's one page
+    assert not [r for r in requests if 'runs/get' in r or 'experiments/search' in r], requests
 
 
 # --- thousands of runs, against a real server --------------------------------
