@@ -84,11 +84,13 @@ def test_no_plots_turns_plots_off(reference, capsys, monkeypatch):
 
 
 def test_mlflow_failing_after_creating_the_run_marks_it_failed(reference, capsys):
-    run_id = reference('sklearn_regression')
+    run_id = reference('sklearn_regression')  # shared: other tests reproduce it too
+    before = {r.info.run_id for r in reproductions_of(run_id)}
     code, out, err = reproduce(capsys, '--run_id', run_id, '--env-manager', 'conda')
     assert (code, out) == (2, '')
     assert 'cannot launch the project (run ' in err and 'marked FAILED' in err
-    [new] = [r for r in reproductions_of(run_id) if r.data.tags['mlflow.project.env'] == 'conda']
+    [new] = [r for r in reproductions_of(run_id) if r.info.run_id not in before]
+    assert new.data.tags['mlflow.project.env'] == 'conda'
     assert new.info.status == 'FAILED'
 
 

@@ -78,7 +78,8 @@ def _git_fetches_of(pid: int) -> list[int]:
             argv = Path(f'/proc/{entry}/cmdline').read_bytes().split(b'\0')
         except (OSError, ValueError):
             continue
-        if int(stat[1]) == pid and argv[:2] == [b'git', b'fetch'] and stat[0] not in 'ZX':
+        fetch = argv[0] == b'git' and b'fetch' in argv[1:4]  # after git's own -c settings
+        if int(stat[1]) == pid and fetch and stat[0] not in 'ZX':
             found.append(int(entry))
     return found
 
