@@ -3089,6 +3089,23 @@ TAG_GIT_DIRTY = 'mlflow.source.git.dirty'
 TAG_DATASET_CONTEXT = 'mlflow.data.context'  # an input tag, not a run tag
 MODEL_ENVIRONMENT_FILES = ('requirements.txt', 'python_env.yaml', 'conda.yaml')
 CAPTURE_TIMEOUT_SECONDS = 120.0  # a cold conda environment imports slowly
+# The variables that change results, recorded and compared; a probe of
+# --explain sets no other (a reference's environment.json is a file anyone
+# who can write to the store can upload: BASH_ENV or LD_PRELOAD would run code).
+RESULT_VARIABLES = (
+    'PYTHONHASHSEED',
+    'CUDA_VISIBLE_DEVICES',
+    'CUBLAS_WORKSPACE_CONFIG',
+    'OMP_NUM_THREADS',
+    'MKL_NUM_THREADS',
+    'OPENBLAS_NUM_THREADS',
+    'TF_DETERMINISTIC_OPS',
+    'TF_CUDNN_DETERMINISTIC',
+)
+# What pip is asked to install for a probe: a PEP 508 name and a plain version
+# (PEP 440's characters), never a URL, a path or an option.
+_PACKAGE_NAME_RE = re.compile(r'[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?')
+_PACKAGE_VERSION_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9.+!_-]*')
 
 # Printed by the interpreter that runs the project, so that it describes that
 # interpreter (the project's virtualenv, not the tool's).  Self-contained:
@@ -3097,9 +3114,7 @@ CAPTURE_TIMEOUT_SECONDS = 120.0  # a cold conda environment imports slowly
 ENVIRONMENT_CAPTURE = r"""
 import email.parser, importlib.metadata, json, os, platform, re, subprocess, sys
 
-VARIABLES = ('PYTHONHASHSEED', 'CUDA_VISIBLE_DEVICES', 'CUBLAS_WORKSPACE_CONFIG',
-             'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
-             'TF_DETERMINISTIC_OPS', 'TF_CUDNN_DETERMINISTIC')
+VARIABLES = __RESULT_VARIABLES__
 
 
 def gpus():
@@ -3143,7 +3158,7 @@ print(json.dumps({
     'env': {name: os.environ.get(name) for name in VARIABLES},
     'gpu': gpus(),
 }))
-"""
+""".replace('__RESULT_VARIABLES__', repr(RESULT_VARIABLES))
 
 _REQUIREMENT_PIN_RE = re.compile(
     r'^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*===?\s*(?P<version>[^\s;,]+)\s*$'
@@ -3305,7 +3320,7 @@ def environment_differences(
         ref_env, new_env = reference['env'] or {}, reproduced['env'] or {}
         found += [
             _env_difference('env', name, ref_env.get(name), new_env.get(name))
-            for name in sorted(set(ref_env) | set(new_env))
+            for name in RESULT_VARIABLES  # no other name, whatever the file holds
             if ref_env.get(name) != new_env.get(name)
         ]
     return found
@@ -7054,6 +7069,13 @@ def explanation_candidates(
         if kind in _CANNOT_UNDO:
             label = 'Python' if kind == 'python' else 'platform'
             not_tried.append({'name': f'{label} {name}', 'reason': _CANNOT_UNDO[kind]})
+        elif kind == 'package' and not installable(name, item['reference']):
+            not_tried.append(
+                {
+                    'name': f'package {name}',
+                    'reason': 'not a package name and version pip can be asked for',
+                }
+            )
         elif kind == 'package' and item['reference'] is None:
             not_tried.append(
                 {
@@ -7077,13 +7099,21 @@ def explanation_candidates(
     return candidates, not_tried
 
 
+def installable(name: str, version: str | None) -> bool:
+    """A package name and version, never a URL, a path or an option; an absent
+    version (not installed) is said elsewhere."""
+    return bool(_PACKAGE_NAME_RE.fullmatch(name)) and (
+        version is None or bool(_PACKAGE_VERSION_RE.fullmatch(str(version)))
+    )
+
+
 def install_command(session: Session, key: str, layer: str) -> tuple[list[str], dict[str, str]]:
     """pip, with the user's environment and so the user's pip settings; told
     --no-user: a user install's PIP_USER=1 or `user = true` refuses --target."""
     argv = [sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-input', '--no-user']
     argv += ['--disable-pip-version-check', '--no-warn-script-location']
     environ = {**session.user_environ, PROCESS_TAG: session.tag}
-    return [*argv, '--quiet', '--target', layer, key], environ
+    return [*argv, '--quiet', '--target', layer, '--', key], environ
 
 
 def install_layer(session: Session, name: str, version: str) -> str:

@@ -153,6 +153,51 @@ def test_explanation_lines(explanation, lines):
     assert reproduce_run.explanation_lines(explanation) == lines
 
 
+@pytest.mark.parametrize(
+    ('name', 'version', 'ok'),
+    [
+        ('numkit', '1.0', True),
+        ('scikit-learn', '1.3.2', True),
+        ('zope.interface', '6.0.post1', True),
+        ('torch', '2.1.0+cpu', True),
+        ('epoch', '1!2.0', True),
+        ('newkit', None, True),  # not installed: said elsewhere
+        ('http://127.0.0.1:9/evilpkg', '1', False),
+        ('--index-url=http://127.0.0.1:9/simple', '1', False),
+        ('-r/etc/passwd', '1', False),
+        ('evil @ file:///tmp/x', '1', False),
+        ('../pkg', '1', False),
+        ('numkit', '1.0 ; python_version>"3"', False),
+        ('numkit', '@ http://127.0.0.1:9/x.whl', False),
+        ('numkit', '', False),
+    ],
+)
+def test_only_a_package_name_and_version_are_installable(name, version, ok):
+    assert reproduce_run.installable(name, version) is ok
+
+
+def test_a_hostile_reference_environment_offers_no_probe():
+    """environment.json is a file anyone who can write to the store can
+    upload: a variable outside the recorded ones is not even compared, and a
+    package that pip would take for a URL or an option is not tried."""
+    reference = {
+        'env': {'BASH_ENV': '$(touch /tmp/x)', 'LD_PRELOAD': '/tmp/x.so', 'OMP_NUM_THREADS': '1'},
+        'packages': {'http://127.0.0.1:9/evilpkg': '1', 'numkit': '1.0'},
+    }
+    reproduced = {'env': {'OMP_NUM_THREADS': '2'}, 'packages': {'numkit': '1.1'}}
+    found = reproduce_run.environment_differences(reference, reproduced)
+    assert {d['name'] for d in found if d['kind'] == 'env'} == {'OMP_NUM_THREADS'}
+    differences = Differences(environment=tuple(found), datasets=(), environment_unknown=None)
+    candidates, not_tried = reproduce_run.explanation_candidates(differences)
+    assert sorted(c.name for c in candidates) == ['OMP_NUM_THREADS', 'numkit']
+    assert not_tried == [
+        {
+            'name': 'package http://127-0-0-1:9/evilpkg',  # normalized as package names are
+            'reason': 'not a package name and version pip can be asked for',
+        }
+    ]
+
+
 def test_candidates_and_what_cannot_be_undone():
     differences = Differences(
         environment=(
@@ -220,7 +265,7 @@ def test_pip_installs_even_with_uv_on_the_path(tmp_path):
     environ = {**os.environ, 'PATH': installer_path(tmp_path / 'bin', with_uv=True)}
     argv, env = reproduce_run.install_command(session_with(environ), 'numkit==1.0', '/l')
     assert argv[:3] == [sys.executable, '-m', 'pip']
-    assert argv[-3:] == ['--target', '/l', 'numkit==1.0']
+    assert argv[-4:] == ['--target', '/l', '--', 'numkit==1.0']
     assert env['PATH'] == environ['PATH']
 
 
