@@ -7952,18 +7952,31 @@ def _leftover_filters(options: Options, host: str, now: float) -> list[str]:
     return filters
 
 
-def tool_gone(owner: str) -> bool:
-    """Whether the owner names a tool of this host, boot and PID namespace
-    that no longer runs.  Any other tool, and an owner of the previous
-    version's form (host:pid:start, see _OWNER_RE), counts as alive."""
+def _tool_here(owner: str) -> re.Match[str] | None:
+    """The owner's parts when it names a tool of this host, boot and PID
+    namespace (the previous version's form, host:pid:start, never does)."""
     match = _OWNER_RE.fullmatch(owner)
-    return bool(
+    here = (
         match
         and match['host'] == socket.gethostname()
         and match['namespace'] == tool_namespace()
         and 'unknown' not in match['namespace']
-        and not tool_alive(int(match['pid']), match['start'])
     )
+    return match if here else None
+
+
+def tool_gone(owner: str) -> bool:
+    """Whether the owner names a tool of this host, boot and PID namespace
+    that no longer runs.  Any other tool counts as alive."""
+    match = _tool_here(owner)
+    return bool(match and not tool_alive(int(match['pid']), match['start']))
+
+
+def tool_seen_running(owner: str) -> bool:
+    """Whether the owner names a tool of this host, boot and PID namespace
+    that still runs."""
+    match = _tool_here(owner)
+    return bool(match and tool_alive(int(match['pid']), match['start']))
 
 
 def leftover_reason(
@@ -7980,10 +7993,9 @@ def leftover_reason(
     if owner not in running and tool_gone(owner):
         return TOOL_DIED if owner in crashed else TOOL_GONE
     if options.reap_after is not None and run.info.start_time < (now - options.reap_after) * 1000:
-        return (
-            f'RUNNING longer than --reap-after ({options.reap_after:g} s): '
-            'its reproducing tool is presumed dead'
-        )
+        why = 'still runs here' if tool_seen_running(owner) else 'is presumed dead'
+        limit = f'RUNNING longer than --reap-after ({options.reap_after:g} s)'
+        return f'{limit}: its reproducing tool {why}'
     return None
 
 
