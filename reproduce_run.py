@@ -776,11 +776,18 @@ def shown(text: str) -> str:
     return _UNSHOWABLE_RE.sub(_escape_char, text)
 
 
+# What a value could make markup of in Markdown: a table cell's end, a link
+# or an image ([..](..), ![..](..)), a code span; \ first, so that a value's
+# own backslash cannot undo the escape that follows it.
+_MARKDOWN_ESCAPED_RE = re.compile(r'([\\|\[\]`])')
+
+
 def markdown_escaped(text: str) -> str:
     """text as one Markdown table cell (or inline text): no newline to end
-    the row, no | to split it, no HTML (& < > as entities)."""
-    text = shown(text).replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
-    return text.replace('|', '\\|')
+    the row, no | to split it, no link, image or code span (\\ | [ ] `
+    backslash-escaped), no HTML (& < > as entities)."""
+    text = shown(_MARKDOWN_ESCAPED_RE.sub(r'\\\1', text))
+    return text.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
 
 
 def markdown_code(text: str) -> str:
@@ -3602,40 +3609,53 @@ _SOURCE_LABELS = {
 }
 
 
-def _environment_line(item: Mapping[str, Any]) -> str:
-    kind, name = item['kind'], item['name']
+# How a line of a report shows a value from the tracking store: `shown` in
+# text, `markdown_escaped` in Markdown (the document's renderer chooses).
+Escape = Callable[[str], str]
+
+
+def _quoted(text: str, escaped: Escape) -> str:
+    """A name between backticks (a code span in Markdown) when it shows as
+    itself; else escaped, with no span to hold what a value could make of it."""
+    name = escaped(text)
+    return f'`{name}`' if name == text else name
+
+
+def _environment_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
+    kind, name = item['kind'], escaped(item['name'])
+    missing = {'package': 'not installed', 'env': 'unset'}.get(kind, 'unknown')
+    ref, new = (escaped(_shown(item[k], missing)) for k in ('reference', 'reproduced'))
     if kind == 'package':
-        ref, new = (_shown(item[k], 'not installed') for k in ('reference', 'reproduced'))
         return f'package {name}: {ref} -> {new}'
     if kind == 'env':
-        ref, new = (_shown(item[k], 'unset') for k in ('reference', 'reproduced'))
         return f'{name}: {ref} -> {new}'
     label = 'Python' if kind == 'python' else 'platform'
-    ref, new = (_shown(item[k], 'unknown') for k in ('reference', 'reproduced'))
     return f'{label} {name}: {ref} -> {new}'
 
 
-def _dataset_line(item: Mapping[str, Any]) -> str:
-    where = f'dataset `{item["name"]}`' + (f' ({item["context"]})' if item['context'] else '')
+def _dataset_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
+    context = f' ({escaped(item["context"])})' if item['context'] else ''
+    where = f'dataset {_quoted(item["name"], escaped)}{context}'
     change = item['change']
+    ref, new = (escaped(_shown(item[k], '-')) for k in ('reference', 'reproduced'))
     if change == 'digest':
-        return f'{where} changed at its source (digest {item["reference"]} -> {item["reproduced"]})'
+        return f'{where} changed at its source (digest {ref} -> {new})'
     if change == 'source':
-        return f'{where} comes from another source: {item["reference"]} -> {item["reproduced"]}'
+        return f'{where} comes from another source: {ref} -> {new}'
     if change == 'schema':
         return f'{where} changed its schema'
     side = 'reference' if change == 'only_reference' else 'reproduced'
     return f'{where} is an input of the {side} run only'
 
 
-def _model_line(model: str, m: MetricVerdict) -> str:
+def _model_line(model: str, m: MetricVerdict, escaped: Escape = shown) -> str:
     ref, new = (_shown(v, '-') if v is None else f'{v:g}' for v in (m.reference, m.reproduced))
     step = (
         f', from step {m.first_divergent_step}'
         if m.points > 1 and m.first_divergent_step is not None
         else ''
     )
-    return f'model `{model}` metric {m.key}: {ref} -> {new}{step}'
+    return f'model {_quoted(model, escaped)} metric {escaped(m.key)}: {ref} -> {new}{step}'
 
 
 def environment_same_lines(differences: Differences | None) -> list[str]:
@@ -3647,22 +3667,27 @@ def environment_same_lines(differences: Differences | None) -> list[str]:
     return [f"- environment: no difference from the reference run's (from {label})"]
 
 
-def differences_lines(differences: Differences | None) -> list[str]:
-    """The "Other differences" section, the same in text and Markdown;
-    empty when there is nothing to say."""
+def _note_shown(note: str, escaped: Escape) -> str:
+    """A code note, which quotes commits from the store: escaped, its arrows kept."""
+    return ' -> '.join(map(escaped, note.split(' -> ')))
+
+
+def differences_lines(differences: Differences | None, escaped: Escape = shown) -> list[str]:
+    """The "Other differences" section, the same in text and Markdown (with
+    values from the store escaped by `escaped`); empty when there is nothing to say."""
     if differences is None or not differences.differ():
         return []
     lines = ['Other differences:']
     if differences.environment_unknown:
-        lines.append(f'- environment: not compared, {differences.environment_unknown}')
+        lines.append(f'- environment: not compared, {escaped(differences.environment_unknown)}')
     elif differences.environment:
         label = _SOURCE_LABELS.get(differences.environment_source, '')
         lines.append(f"- environment (the reference run's from {label}):")
-        lines += [f'  - {_environment_line(item)}' for item in differences.environment]
+        lines += [f'  - {_environment_line(item, escaped)}' for item in differences.environment]
     for title, items in (
-        ('data', [_dataset_line(i) for i in differences.datasets]),
-        ('code', list(differences.code)),
-        ('models', [_model_line(*m) for m in differences.models]),
+        ('data', [_dataset_line(i, escaped) for i in differences.datasets]),
+        ('code', [_note_shown(note, escaped) for note in differences.code]),
+        ('models', [_model_line(*m, escaped) for m in differences.models]),
     ):
         if items:
             lines.append(f'- {title}:')
@@ -3804,21 +3829,22 @@ def registrations_of(
     return Registrations(kept=keep, versions=tuple(found + shared))
 
 
-def _versions_listed(versions: Sequence[Registration]) -> str:
-    return ', '.join(f'{r.name} v{r.version}' for r in versions)
+def _versions_listed(versions: Sequence[Registration], escaped: Escape = shown) -> str:
+    return ', '.join(f'{escaped(r.name)} v{escaped(str(r.version))}' for r in versions)
 
 
-def registration_lines(registrations: Registrations) -> list[str]:
+def registration_lines(registrations: Registrations, escaped: Escape = shown) -> list[str]:
     """For the reports: nothing when the run registered nothing."""
     lines = []
     if registrations.discarded:
         lines.append(
-            f'Model registrations discarded: {_versions_listed(registrations.discarded)}'
+            f'Model registrations discarded: {_versions_listed(registrations.discarded, escaped)}'
             f' (--keep-registrations keeps them)'
         )
     if registrations.shared:
         what = 'kept' if registrations.kept else 'made in the shared registry'
-        lines.append(f'Model registrations {what}: {_versions_listed(registrations.shared)}')
+        listed = _versions_listed(registrations.shared, escaped)
+        lines.append(f'Model registrations {what}: {listed}')
     return lines
 
 
@@ -4223,7 +4249,8 @@ def format_markdown(
         if _backend_noteworthy(plan):
             lines.append(f'- backend: {markdown_code(_backend_text(plan))}')
     lines += environment_same_lines(report.differences)
-    lines += [f'- {line[0].lower()}{line[1:]}' for line in registration_lines(report.registrations)]
+    registered = registration_lines(report.registrations, markdown_escaped)
+    lines += [f'- {line[0].lower()}{line[1:]}' for line in registered]
     if report.verdict and max_rows is not None:
         lines += [_summary_line(report.verdict)]
     if report.message:
@@ -4233,9 +4260,10 @@ def format_markdown(
         if report.verdict.params:
             lines += _markdown_table(_param_rows(report.verdict), 'params', max_rows)
         lines += _markdown_table(_metric_rows(report.verdict), 'metrics', max_rows)
-    if other := differences_lines(report.differences):
+    if other := differences_lines(report.differences, markdown_escaped):
         lines += ['', f'**{other[0]}**', '', *other[1:]]
-    lines += ['', *explained] if (explained := explanation_lines(report.explanation)) else []
+    explained = explanation_lines(report.explanation, markdown_escaped)
+    lines += ['', *explained] if explained else []
     if report.equal is not None:
         lines += ['', f'Runs equal: {report.equal}']
     return '\n'.join(lines)
@@ -4350,10 +4378,12 @@ def _last_line_of(batch: BatchReport) -> str:
     return planned_line(batch) if batch.dry_run else f'Runs equal: {batch.equal}'
 
 
-def skipped_lines(skipped: Sequence[Mapping[str, str]], head: str = 'Skipped') -> list[str]:
+def skipped_lines(
+    skipped: Sequence[Mapping[str, str]], head: str = 'Skipped', escaped: Escape = shown
+) -> list[str]:
     """One line per reason, with its count, in the order the reasons first came."""
     counts = collections.Counter(s['reason'] for s in skipped)
-    return [f'{head} {_runs(n)}: {reason}' for reason, n in counts.items()]
+    return [f'{head} {_runs(n)}: {escaped(reason)}' for reason, n in counts.items()]
 
 
 def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
@@ -4379,9 +4409,11 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
     return '\n'.join(lines)
 
 
-def leftover_lines(leftovers: Sequence[Mapping[str, str]], bullet: str = '') -> list[str]:
+def leftover_lines(
+    leftovers: Sequence[Mapping[str, str]], bullet: str = '', escaped: Escape = shown
+) -> list[str]:
     """What close_leftovers cleaned before a group, one line each."""
-    return [f'{bullet}Leftover of a dead tool: {item["message"]}' for item in leftovers]
+    return [f'{bullet}Leftover of a dead tool: {escaped(item["message"])}' for item in leftovers]
 
 
 def _repeat_explanation(batch: BatchReport, repeat: Repeat) -> list[str]:
@@ -4407,7 +4439,7 @@ def format_batch_markdown(batch: BatchReport) -> str:
     lines += _summary_table(batch, 'github')
     if batch.skipped:
         lines += ['']
-        lines += skipped_lines(batch.skipped, '- skipped')
+        lines += skipped_lines(batch.skipped, '- skipped', markdown_escaped)
     for repeat in batch.repeats:
         lines += [
             '',
@@ -4418,7 +4450,8 @@ def format_batch_markdown(batch: BatchReport) -> str:
     for report in batch.reports:
         if report.status != 'equal' and not batch.repeats:
             lines += ['', format_markdown(report)]
-    lines += ['', *leftover_lines(batch.leftovers, '- ')] if batch.leftovers else []
+    if batch.leftovers:
+        lines += ['', *leftover_lines(batch.leftovers, '- ', markdown_escaped)]
     lines += ['', _last_line_of(batch)]
     return '\n'.join(lines)
 
@@ -6776,7 +6809,8 @@ def format_bisect_markdown(bisect: BisectReport) -> str:
     key = bisect.key_report()
     if key and key.verdict and (bisect.finding.first_changed is not None or bisect.finding.reason):
         lines += _markdown_table(_metric_rows(key.verdict), 'metrics', None)
-    lines += ['', *leftover_lines(bisect.leftovers, '- ')] if bisect.leftovers else []
+    if bisect.leftovers:
+        lines += ['', *leftover_lines(bisect.leftovers, '- ', markdown_escaped)]
     lines += ['', f'First changed commit: {bisect.first_changed_commit or "none"}']
     return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines))  # one blank line between paragraphs
 
@@ -6875,7 +6909,7 @@ def _entry_text(entry: BisectReport | Report, output: str) -> str:
 
 def format_bisections_markdown(bisections: Bisections) -> str:
     parts = [_entry_text(e, 'markdown') for e in bisections.entries]
-    skipped = '\n'.join(skipped_lines(bisections.skipped, '- skipped'))
+    skipped = '\n'.join(skipped_lines(bisections.skipped, '- skipped', markdown_escaped))
     return '\n\n'.join([*parts, *first_changed_lines(bisections), skipped]).strip()
 
 
@@ -7035,28 +7069,30 @@ def _and(parts: Sequence[str]) -> str:
     return parts[0] if len(parts) == 1 else ', '.join(parts[:-1]) + ' and ' + parts[-1]
 
 
-def explanation_lines(explanation: Explanation | None) -> list[str]:
-    """The "Explained:" block, the same in text and Markdown."""
+def explanation_lines(explanation: Explanation | None, escaped: Escape = shown) -> list[str]:
+    """The "Explained:" block, the same in text and Markdown (with values from
+    the store escaped by `escaped`)."""
     if explanation is None:
         return []
     e, n = explanation, len(explanation.probes)
     probes = f'({n} probe{"s" * (n != 1)})'
     if e.restores_equality is None:
-        line = f'Explained: nothing tried: {e.reason}'
+        line = f'Explained: nothing tried: {escaped(e.reason or "")}'
     elif not e.restores_equality:
         line = (
             'Explained: the environment does not explain it: with every difference undone '
             f'the runs still differ {probes}'
         )
     else:
-        undone = [_candidate_text(c, c.reference) for c in e.culprits]
+        undone = [escaped(_candidate_text(c, c.reference)) for c in e.culprits]
         line = f"Explained: with the reference's {_and(undone)} "
         line += 'the runs are equal'
         if e.innocent:
-            shown = [_candidate_text(c, c.reproduced) for c in e.innocent]
-            line += f'; {_and(shown)} {"does" if len(shown) == 1 else "do"} not matter'
+            kept = [escaped(_candidate_text(c, c.reproduced)) for c in e.innocent]
+            line += f'; {_and(kept)} {"does" if len(kept) == 1 else "do"} not matter'
         line += f' {probes}'
-    return [line, *(f'- not tried: {t["name"]}: {t["reason"]}' for t in e.not_tried)]
+    not_tried = (f'- not tried: {escaped(t["name"])}: {escaped(t["reason"])}' for t in e.not_tried)
+    return [line, *not_tried]
 
 
 def explanation_candidates(
@@ -7493,6 +7529,18 @@ def xml_text(text: str) -> str:
     return _XML_FORBIDDEN_RE.sub('', mask_credentials(text))
 
 
+def xml_line(text: str) -> str:
+    """text on one line as the other outputs show it (a newline, an ESC, a
+    bidirectional override as a visible escape), held by XML."""
+    return xml_text(shown(text))
+
+
+def xml_lines(text: str) -> str:
+    """text's lines as the other outputs show them (an ESC, a bidirectional
+    override or a line separator as a visible escape), held by XML."""
+    return xml_text('\n'.join(map(shown, text.split('\n'))))
+
+
 def junit_xml(cases: Sequence[Case], classname: str, timestamp: float) -> bytes:
     """<testsuites> holding one <testsuite name="reproduce_run">."""
     import xml.etree.ElementTree as ET
@@ -7512,18 +7560,18 @@ def junit_xml(cases: Sequence[Case], classname: str, timestamp: float) -> bytes:
         element = ET.SubElement(
             suite,
             'testcase',
-            classname=xml_text(case.classname or classname),
-            name=xml_text(case.name),
+            classname=xml_line(case.classname or classname),
+            name=xml_line(case.name),
             time=f'{case.seconds:.3f}',
         )
         if case.result == 'passed':
             if case.text:
-                ET.SubElement(element, 'system-out').text = xml_text(case.text)
+                ET.SubElement(element, 'system-out').text = xml_lines(case.text)
             continue
-        result = ET.SubElement(element, case.result, message=xml_text(case.message))
+        result = ET.SubElement(element, case.result, message=xml_line(case.message))
         if case.result != 'skipped':
             result.set('type', case.result)
-            result.text = xml_text(case.text) or None
+            result.text = xml_lines(case.text) or None
     ET.indent(root)
     return ET.tostring(root, encoding='utf-8', xml_declaration=True) + b'\n'
 

@@ -4,6 +4,7 @@ processes.  Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -68,9 +69,14 @@ HOSTILE_VALUES = {
     'ansi': '\x1b[31mred\x1b[0m',
     'carriage-return': 'shown\rhidden',
     'nul': 'nul\x00byte',
+    'image': '![i](http://127.0.0.1:9/x.png)',
+    'link': '[c](javascript:alert(1))',
+    'backslash-pipe': 'a\\|b',
 }
 _CONTROL_RE = re.compile('[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]')  # newline apart
-_UNESCAPED_PIPE_RE = re.compile(r'(?<!\\)\|')
+_UNESCAPED_PIPE_RE = re.compile(r'(?<!\\)(?:\\\\)*\|')  # after no backslash, or \\, \\\\
+# A link or an image to a hostile value's address that Markdown would make.
+_HOSTILE_LINK_RE = re.compile(r'(?<!\\)(?:\\\\)*\]\((?:javascript:|http://127\.0\.0\.1:9/)')
 
 
 def assert_terminal_safe(text: str) -> None:
@@ -82,7 +88,7 @@ def assert_terminal_safe(text: str) -> None:
 
 def assert_markdown_safe(text: str) -> None:
     """Each Markdown table keeps its shape (every row as many cells as its
-    header), and no value brings HTML of its own."""
+    header), and no value brings HTML, a link or an image of its own."""
     assert not _CONTROL_RE.search(text), repr(text)
     for block in re.findall(r'(?:^\|.*\n?)+', text, re.MULTILINE):
         rows = block.splitlines()
@@ -92,6 +98,27 @@ def assert_markdown_safe(text: str) -> None:
     assert '<img' not in text and '<details' not in text
     assert '&lt;img src=x onerror=alert(1)&gt;' in text
     assert 'a &amp;amp; b' in text  # the entity a value holds is shown as written
+    assert not _HOSTILE_LINK_RE.search(text), text
+    assert '!\\[i\\](http://127.0.0.1:9/x.png)' in text  # shown as written
+    assert 'one\\nRuns equal: True' in text  # a value's newline forges no line
+
+
+# The hostile values in one string: for a field that holds one value (no NUL,
+# which some of the store's fields refuse).
+HOSTILE = '|'.join(v for k, v in HOSTILE_VALUES.items() if k != 'nul')
+
+
+def log_environment(run_id: str, environment: dict, folder: Path) -> None:
+    """reproduce/environment.json on the run, logged as an artifact."""
+    (folder / 'reproduce').mkdir(parents=True)
+    (folder / 'reproduce' / 'environment.json').write_text(json.dumps(environment))
+    client().log_artifacts(run_id, str(folder))
+
+
+def assert_no_forged_line(text: str) -> None:
+    """A value's newline forged no line: none starts with what follows it
+    in HOSTILE_VALUES (a verdict line of its own is 'Runs equal: True' alone)."""
+    assert not re.search('^Runs equal: True.', text, re.MULTILINE | re.IGNORECASE), text
 
 
 def add_project(repo: Path, name: str, files: dict[str, str]) -> Path:
@@ -181,6 +208,20 @@ def tagged_run(
         c.log_param(run.info.run_id, key, value)
     c.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def dataset_input(
+    name: str,
+    digest: str,
+    source: str = '{"uri": "d.csv"}',
+    schema: str = 's1',
+    context: str | None = 'training',
+):
+    """An MLflow dataset input, as run.inputs.dataset_inputs holds it."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    tags = [InputTag('mlflow.data.context', context)] if context else []
+    return DatasetInput(Dataset(name, digest, 'local', source, schema), tags)
 
 
 def artifact_bytes(run_id: str, path: str) -> bytes:

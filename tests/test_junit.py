@@ -63,7 +63,7 @@ def test_xml_text_drops_what_xml_forbids_and_masks_credentials(text, kept):
     assert reproduce_run.xml_text(text) == kept
 
 
-HOSTILE = 'evil ]]> <![CDATA[ x\x00\x01\x0b\x1b "\' & \udcff 🎲\n</testcase>'
+HOSTILE = 'evil ]]> <![CDATA[ x\x00\x01\x0b\x1b[31m "\' & \udcff 🎲\u202e \x9b \u2028\n</testcase>'
 
 
 def test_hostile_cases_make_well_formed_junit(tmp_path):
@@ -82,13 +82,16 @@ def test_hostile_cases_make_well_formed_junit(tmp_path):
         '1',
         '1',
     )
-    clean = reproduce_run.xml_text(HOSTILE)
-    assert [c.name for c in parsed] == [clean] * 4
-    assert [c.classname for c in parsed] == [clean] * 4
+    line = reproduce_run.xml_text(reproduce_run.shown(HOSTILE))  # as the other outputs show it
+    assert '\\x1b[31m' in line and '\\u202e \\x9b \\u2028\\n</testcase>' in line
+    assert [c.name for c in parsed] == [line] * 4
+    assert [c.classname for c in parsed] == [line] * 4
     assert [result(c) for c in parsed] == [Failure, Error, Skipped, None]
-    assert [c.result[0].message for c in parsed[:3]] == [clean] * 3
-    assert parsed[0].result[0].text == clean
-    assert parsed[3].system_out == clean
+    assert [c.result[0].message for c in parsed[:3]] == [line] * 3
+    lines = reproduce_run.xml_lines(HOSTILE)  # a body keeps its own lines
+    assert lines.endswith('\\u2028\n</testcase>')
+    assert parsed[0].result[0].text == lines
+    assert parsed[3].system_out == lines
     assert [c.time for c in parsed] == [1.5, 0.25, 0.0, 2.0]
 
 
@@ -357,7 +360,7 @@ def test_hostile_names_params_and_output_stay_well_formed(own_repo, store, capsy
     )
     assert code == 3
     _, [case] = parse(path)
-    assert case.name == f'{reproduce_run.xml_text(name)} ({run_id[:8]})'
+    assert case.name == f'{reproduce_run.shown(name)} ({run_id[:8]})'
     assert case.classname == 'evil ]]> & <'
     assert result(case) is Error
     error = case.result[0]

@@ -19,15 +19,20 @@ import pytest
 from conftest import git
 from helpers import (
     ECHO_PROJECT,
+    HOSTILE,
     HOSTILE_VALUES,
     add_project,
     assert_markdown_safe,
+    assert_no_forged_line,
     assert_terminal_safe,
     client,
     commit_all,
+    dataset_input,
+    log_environment,
     python_run,
     recorded_run,
     reproduce,
+    tagged_run,
 )
 from junitparser import JUnitXml
 
@@ -485,7 +490,8 @@ def test_links_point_into_a_real_servers_ui(mlflow_server, webhook, capsys, monk
 def test_hostile_values_reach_neither_the_webhook_nor_the_run_description_raw(
     webhook, own_repo, capsys, tmp_path, monkeypatch
 ):
-    """A param value, the run's name and the experiment's name, each holding
+    """A param value, the run's name and the experiment's name, the
+    reference's reproduce/environment.json and dataset input, each holding
     Markdown, HTML and terminal controls, through a real reproduction."""
     summary = tmp_path / 'step_summary.md'
     monkeypatch.setenv('GITHUB_STEP_SUMMARY', str(summary))
@@ -495,6 +501,9 @@ def test_hostile_values_reach_neither_the_webhook_nor_the_run_description_raw(
     run_id = recorded_run(f'file://{own_repo}#echo', commit, {'msg': msg}, metrics={'m': 0.0})
     name = '|'.join(HOSTILE_VALUES.values())
     client().set_tag(run_id, 'mlflow.runName', name)
+    environment = {'python': {'version': HOSTILE}, 'env': {HOSTILE: HOSTILE}}
+    log_environment(run_id, environment, tmp_path / 'environment')
+    client().log_inputs(run_id, [dataset_input(HOSTILE, 'd', context=HOSTILE)])
     argv = ('--run_id', run_id, '--experiment-name', name, '--notify', webhook.url)
     code, out, err = reproduce(capsys, *argv, '--output', 'json')
     assert code == 1, err  # the metric m is missing from the reproduction
@@ -502,8 +511,54 @@ def test_hostile_values_reach_neither_the_webhook_nor_the_run_description_raw(
     assert doc['params']['passed'] == {'msg': msg}  # JSON: the exact value
     [text] = webhook.texts()
     assert_markdown_safe(text)
+    assert_no_forged_line(text)
     assert '&lt;details&gt;' in text.splitlines()[0]  # the run's and the experiment's names
+    assert f'  - Python version: {reproduce_run.markdown_escaped(HOSTILE)} -> ' in text
     note = client().get_run(doc['reproduced_run_id']).data.tags['mlflow.note.content']
     assert_markdown_safe(note)
+    assert_no_forged_line(note)
+    assert f'  - dataset {reproduce_run.markdown_escaped(HOSTILE)} (' in note
     assert_markdown_safe(summary.read_text())
     assert_terminal_safe(err + reproduce_run.shown(HOSTILE_VALUES['ansi']))  # err may hold none
+
+
+def test_hostile_skip_reasons_and_leftovers_reach_no_report_raw(
+    webhook, capsys, tmp_path, monkeypatch
+):
+    """A batch skips a run whose recorded commit is hostile (its reason quotes
+    it), and --reap-after closes a run whose owner tag is hostile: the lines
+    saying so, in the Markdown report, the step summary and the webhook."""
+    summary = tmp_path / 'step_summary.md'
+    monkeypatch.setenv('GITHUB_STEP_SUMMARY', str(summary))
+    c = client()
+    name = f'hostile-{tmp_path.name}'
+    tags = {
+        'mlflow.source.name': 'file:///nowhere',
+        'mlflow.source.type': 'PROJECT',
+        'mlflow.source.git.commit': 'deadbeef' + HOSTILE,
+    }
+    tagged_run(tags, experiment_id=c.create_experiment(name))
+    started = int((time.time() - 3600) * 1000)
+    left = c.create_experiment(f'{name}-left')
+    leftover = c.create_run(left, start_time=started, tags={'reproduce.owner': HOSTILE})
+    argv = ('--from-experiment', name, '--reap-after', '1s', '--notify', webhook.url)
+    code, out, err = reproduce(capsys, *argv, '--notify-always', '--output', 'markdown')
+    assert code == 0, err  # nothing reproduced, nothing differs
+    assert c.get_run(leftover.info.run_id).info.status == 'KILLED'
+    [text] = webhook.texts()
+    for markdown in (out, summary.read_text(), text):
+        commit = reproduce_run.markdown_escaped(repr('deadbeef' + HOSTILE))
+        assert f'- skipped 1 run: its recorded commit {commit} is refused: ' in markdown
+        owner = reproduce_run.markdown_escaped(HOSTILE)
+        closed = f'closed run {leftover.info.run_id} of {owner} as KILLED: RUNNING longer than'
+        assert f'- Leftover of a dead tool: {closed}' in markdown
+        assert_markdown_safe(markdown)
+        assert_no_forged_line(markdown)
+    assert_terminal_safe(err)
+    leftover = c.create_run(left, start_time=started, tags={'reproduce.owner': HOSTILE})
+    code, out, err = reproduce(capsys, '--from-experiment', name, '--reap-after', '1s')
+    assert code == 0, err
+    closed = f'closed run {leftover.info.run_id} of {reproduce_run.shown(HOSTILE)} as KILLED'
+    assert f'Leftover of a dead tool: {closed}' in out
+    assert_terminal_safe(out)
+    assert_no_forged_line(out)

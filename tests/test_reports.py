@@ -12,11 +12,15 @@ import sys
 import pytest
 from conftest import SCRIPT, client, git, make_repo
 from helpers import (
+    HOSTILE,
     HOSTILE_VALUES,
     INF,
     TIGHT,
     assert_markdown_safe,
+    assert_no_forged_line,
     assert_terminal_safe,
+    dataset_input,
+    log_environment,
     logged_run,
     param_table,
     recorded_run,
@@ -190,7 +194,7 @@ def test_a_report_that_cannot_be_written_is_a_warning_not_a_traceback(reference,
         ),
         pytest.param('a &amp; b', 'a &amp; b', 'a &amp;amp; b', id='entity'),
         pytest.param(
-            '\x1b[31mred\x1b[0m', '\\x1b[31mred\\x1b[0m', '\\x1b[31mred\\x1b[0m', id='ansi'
+            '\x1b[31mred\x1b[0m', '\\x1b[31mred\\x1b[0m', '\\x1b\\[31mred\\x1b\\[0m', id='ansi'
         ),
         pytest.param('nul\x00 bell\x07 del\x7f', 'nul\\x00 bell\\x07 del\\x7f', None, id='c0'),
         pytest.param('csi\x9b2J', 'csi\\x9b2J', None, id='c1'),
@@ -198,8 +202,22 @@ def test_a_report_that_cannot_be_written_is_a_warning_not_a_traceback(reference,
         pytest.param('evil\u202etxt.exe', 'evil\\u202etxt.exe', None, id='bidi-override'),
         pytest.param('line\u2028sep', 'line\\u2028sep', None, id='line-separator'),
         pytest.param(
-            'émoji 🎲 C:\\new', 'émoji 🎲 C:\\new', 'émoji 🎲 C:\\new', id='printable-kept'
+            'émoji 🎲 C:\\new', 'émoji 🎲 C:\\new', 'émoji 🎲 C:\\\\new', id='printable-kept'
         ),
+        pytest.param(
+            '![i](http://127.0.0.1:9/x.png)',
+            '![i](http://127.0.0.1:9/x.png)',
+            '!\\[i\\](http://127.0.0.1:9/x.png)',
+            id='image',
+        ),
+        pytest.param(
+            '[c](javascript:alert(1))',
+            '[c](javascript:alert(1))',
+            '\\[c\\](javascript:alert(1))',
+            id='link',
+        ),
+        pytest.param('`code` span', '`code` span', '\\`code\\` span', id='code-span'),
+        pytest.param('a\\|b', 'a\\|b', 'a\\\\\\|b', id='backslash-undoes-no-escape'),
     ],
 )
 def test_values_are_escaped_for_the_terminal_and_for_markdown(value, terminal, markdown):
@@ -239,7 +257,7 @@ def test_hostile_params_and_names_reach_no_output_raw(output, capsys, tmp_path, 
         table = param_table(out)
         assert len(table) == 4 + len(HOSTILE_VALUES)  # a row per param, none broken
         assert len({len(line) for line in table}) == 1
-        assert '| one\\nRuns equal: True        |' in '\n'.join(table)
+        assert '| one\\nRuns equal: True   ' in '\n'.join(table)
 
 
 def test_hostile_run_names_in_a_batch_reach_no_output_raw(capsys, tmp_path, monkeypatch):
@@ -255,6 +273,104 @@ def test_hostile_run_names_in_a_batch_reach_no_output_raw(capsys, tmp_path, monk
     assert err.count('\n') == 4, err  # started and ended, for each run
     assert reproduce_run.shown('|'.join(HOSTILE_VALUES.values())) in out  # in its Run name cell
     assert_markdown_safe(summary.read_text())
+
+
+def hostile_report() -> reproduce_run.Report:
+    """A report whose every free line (not a table cell) quotes a hostile
+    value: other differences, --explain's lines, model registrations."""
+    h = HOSTILE
+    m = reproduce_run.MetricVerdict(h, 0.5, 0.75, False, 1, 0)
+    differences = reproduce_run.Differences(
+        environment=(
+            {'kind': 'python', 'name': h, 'reference': h, 'reproduced': h + '!'},
+            {'kind': 'platform', 'name': h, 'reference': h, 'reproduced': None},
+            {'kind': 'package', 'name': h, 'reference': h, 'reproduced': h + '!'},
+            {'kind': 'env', 'name': h, 'reference': None, 'reproduced': h},
+        ),
+        datasets=tuple(
+            {'name': h, 'context': h, 'change': change, 'reference': h, 'reproduced': h + '!'}
+            for change in ('digest', 'source', 'schema', 'only_reference')
+        ),
+        code=(f'the runs ran different commits: {h} -> {h}',),
+        models=((h, m),),
+        environment_source='reproduction',
+        environment_unknown=None,
+    )
+    candidate = reproduce_run.Candidate('package', h, h, h + '!')
+    explanation = reproduce_run.Explanation(
+        True, (candidate,), (candidate,), not_tried=({'name': h, 'reason': 'pip: ' + h},)
+    )
+    registrations = reproduce_run.Registrations(
+        versions=(
+            reproduce_run.Registration(h, h, None, True),
+            reproduce_run.Registration(h, '1', None, False),
+        )
+    )
+    return reproduce_run.Report(
+        status='differ',
+        exit_code=1,
+        reference_run_id='a' * 32,
+        verdict=reproduce_run.Verdict((m,)),
+        differences=differences,
+        explanation=explanation,
+        registrations=registrations,
+    )
+
+
+def test_hostile_values_in_free_lines_reach_no_report_raw():
+    """Markdown (the step summary, the webhook, the run description) and text
+    show them escaped, each its own way; JSON keeps them exact."""
+    report = hostile_report()
+    markdown = reproduce_run.format_markdown(report)
+    assert_markdown_safe(markdown)
+    assert_no_forged_line(markdown)
+    assert '- not tried: ' + reproduce_run.markdown_escaped(HOSTILE) in markdown
+    assert f'dataset {reproduce_run.markdown_escaped(HOSTILE)} (' in markdown
+    description = reproduce_run.describe(report, 'http://127.0.0.1:5000/#/runs/x', 2000)
+    assert_markdown_safe(description)  # cut to fit, still safe
+    assert_no_forged_line(description)
+    text = reproduce_run.format_text(report)
+    assert_terminal_safe(text)
+    assert_no_forged_line(text)
+    assert f'- not tried: {reproduce_run.shown(HOSTILE)}: pip: ' in text
+    doc = reproduce_run.report_json(report)
+    assert doc['differences']['environment'][0]['name'] == HOSTILE
+    assert doc['explanation']['environment']['not_tried'][0]['reason'] == 'pip: ' + HOSTILE
+
+
+def test_a_hostile_reference_environment_and_dataset_reach_no_output_raw(
+    capsys, tmp_path, monkeypatch
+):
+    """The reference's reproduce/environment.json and dataset inputs, as
+    anyone who writes to the store can log them, through --compare-to."""
+    summary = tmp_path / 'step_summary.md'
+    monkeypatch.setenv('GITHUB_STEP_SUMMARY', str(summary))
+    ref, other = logged_run({'acc': [0.5]}), logged_run({'acc': [0.75]})
+    for run_id, end in ((ref, ''), (other, '!')):
+        h = HOSTILE + end
+        environment = {
+            'python': {'version': h, 'executable': h},
+            'platform': {'system': h},
+            'packages': {HOSTILE: h},
+            'env': {HOSTILE: h},
+        }
+        log_environment(run_id, environment, tmp_path / run_id)
+        client().log_inputs(run_id, [dataset_input(HOSTILE, 'd' + end, h, context=HOSTILE)])
+    argv = ('--run_id', ref, '--compare-to', other)
+    code, out, err = reproduce(capsys, *argv, '--output', 'markdown')
+    assert code == 1, err
+    for markdown in (out, summary.read_text()):
+        assert_markdown_safe(markdown)
+        assert_no_forged_line(markdown)
+        assert f'  - Python executable: {reproduce_run.markdown_escaped(HOSTILE)} -> ' in markdown
+    code, out, _ = reproduce(capsys, *argv)
+    assert code == 1
+    assert_terminal_safe(out)
+    assert_no_forged_line(out)
+    assert f'  - {reproduce_run.shown(HOSTILE)}: {reproduce_run.shown(HOSTILE)} -> ' in out
+    code, out, _ = reproduce(capsys, *argv, '--output', 'json')
+    datasets = json.loads(out)['differences']['datasets']  # its digest and its source
+    assert {(d['name'], d['context']) for d in datasets} == {(HOSTILE, HOSTILE)}  # exact
 
 
 def test_a_hostile_experiment_name_is_shown_escaped(reference, capsys):

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import client, git, mlflow_run
 from helpers import (
+    dataset_input,
     logged_run,
     reproduce,
     run_with_environment,
@@ -201,19 +202,6 @@ def test_environment_from_model_files(files, expected):
 
 
 # --- datasets, code and models: pure comparisons ----------------------------------
-
-
-def dataset_input(
-    name: str,
-    digest: str,
-    source: str = '{"uri": "d.csv"}',
-    schema: str = 's1',
-    context: str | None = 'training',
-):
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    tags = [InputTag('mlflow.data.context', context)] if context else []
-    return DatasetInput(Dataset(name, digest, 'local', source, schema), tags)
 
 
 @pytest.mark.parametrize(
