@@ -157,15 +157,7 @@ def run_snapshot(run_id: str) -> dict:
 
 def logged_run(metrics: dict[str, list[float]], params: dict[str, str] | None = None) -> str:
     """A finished run with the given metric histories, logged directly."""
-    c = client()
-    run = c.create_run(c.get_experiment_by_name('Default').experiment_id)
-    for key, values in metrics.items():
-        for step, value in enumerate(values):
-            c.log_metric(run.info.run_id, key, value, step=step)
-    for key, value in (params or {}).items():
-        c.log_param(run.info.run_id, key, value)
-    c.set_terminated(run.info.run_id)
-    return run.info.run_id
+    return tagged_run({}, params, metrics=metrics)
 
 
 def recorded_run(
@@ -197,13 +189,19 @@ def recorded_run(
 
 
 def tagged_run(
-    tags: dict[str, str], params: dict[str, str] | None = None, experiment_id: str | None = None
+    tags: dict[str, str],
+    params: dict[str, str] | None = None,
+    experiment_id: str | None = None,
+    metrics: dict[str, list[float]] | None = None,
 ) -> str:
-    """A finished run carrying these tags and params (in Default unless
-    told), made without running anything."""
+    """A finished run carrying these tags, params and metric histories (in
+    Default unless told), made without running anything."""
     c = client()
     experiment_id = experiment_id or c.get_experiment_by_name('Default').experiment_id
     run = c.create_run(experiment_id, tags=tags)
+    for key, values in (metrics or {}).items():
+        for step, value in enumerate(values):
+            c.log_metric(run.info.run_id, key, value, step=step)
     for key, value in (params or {}).items():
         c.log_param(run.info.run_id, key, value)
     c.set_terminated(run.info.run_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import client, git, start_mlflow_server, stop
-from helpers import reproduce
+from helpers import reproduce, tagged_run
 from proxy import proxy_in_front_of
 
 import reproduce_run as rr
@@ -153,24 +153,14 @@ def test_the_json_of_a_batch_is_dumped_run_by_run_as_one_document(statuses):
 
 def project_runs(samples_repo: Path, name: str, n: int) -> list[str]:
     """n FINISHED project runs of the sklearn_regression sample, alpha 0.1 to n/10."""
-    c = client()
-    experiment_id = c.create_experiment(name)
-    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
-    ids = []
-    for i in range(n):
-        run = c.create_run(
-            experiment_id,
-            tags={
-                'mlflow.source.name': f'file://{samples_repo}#sklearn_regression',
-                'mlflow.source.type': 'PROJECT',
-                'mlflow.source.git.commit': commit,
-                'mlflow.project.entryPoint': 'main',
-            },
-        )
-        c.log_param(run.info.run_id, 'alpha', f'0.{i + 1}')
-        c.set_terminated(run.info.run_id)
-        ids.append(run.info.run_id)
-    return ids
+    experiment_id = client().create_experiment(name)
+    tags = {
+        'mlflow.source.name': f'file://{samples_repo}#sklearn_regression',
+        'mlflow.source.type': 'PROJECT',
+        'mlflow.source.git.commit': git('rev-parse', 'HEAD', cwd=samples_repo),
+        'mlflow.project.entryPoint': 'main',
+    }
+    return [tagged_run(tags, {'alpha': f'0.{i + 1}'}, experiment_id) for i in range(n)]
 
 
 def test_a_dry_run_of_an_experiment_reads_its_runs_once(
