@@ -855,10 +855,16 @@ def commit_value_problem(value: str) -> str | None:
     return None
 
 
+def commit_refusal(value: str) -> str | None:
+    """ "'<value>' is refused: <why>" (the value escaped), None when it is not."""
+    problem = commit_value_problem(value)
+    return f'{value!r} is refused: {problem}' if problem else None
+
+
 def refuse_commit_value(value: str, what: str) -> str:
-    """The value, or a ReproduceError that names it (escaped) and says why."""
-    if problem := commit_value_problem(value):
-        raise ReproduceError(f'{what} {value!r} is refused: {problem}')
+    """The value, or a ReproduceError that names it and says why."""
+    if refusal := commit_refusal(value):
+        raise ReproduceError(f'{what} {refusal}')
     return value
 
 
@@ -883,8 +889,8 @@ def not_reproducible(run: Run, uri_given: bool, version_given: bool = False) -> 
         )
     if not version_given and not tags.get(TAG_GIT_COMMIT):
         return f'it recorded no commit (tag {TAG_GIT_COMMIT}): pass --version with the commit'
-    if not version_given and (problem := commit_value_problem(tags[TAG_GIT_COMMIT])):
-        return f'its recorded commit {tags[TAG_GIT_COMMIT]!r} is refused: {problem}'
+    if not version_given and (refusal := commit_refusal(tags[TAG_GIT_COMMIT])):
+        return f'its recorded commit {refusal}'
     return None
 
 
@@ -8420,8 +8426,8 @@ def _name(s: str) -> str:
 
 def _commit_arg(s: str) -> str:
     """A commit ID or a ref name that git cannot take for an option."""
-    if problem := commit_value_problem(s):
-        raise argparse.ArgumentTypeError(f'{s!r} is refused: {problem}')
+    if refusal := commit_refusal(s):
+        raise argparse.ArgumentTypeError(refusal)
     return s
 
 
@@ -8438,8 +8444,8 @@ class _OptionalCommit(argparse.Action):
     ) -> None:
         if values is not None and not values.strip():
             raise argparse.ArgumentError(self, f'expected a commit, got {values!r}')
-        if values is not None and (problem := commit_value_problem(values)):
-            raise argparse.ArgumentError(self, f'{values!r} is refused: {problem}')
+        if values is not None and (refusal := commit_refusal(values)):
+            raise argparse.ArgumentError(self, refusal)
         setattr(namespace, self.dest, values or '')
 
 
