@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO, TypeVar
 
 if TYPE_CHECKING:
     import http.client
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 __version__ = '0.7.0'
+_T = TypeVar('_T')
 
 # Exit codes: the contract with cron jobs and CI.
 EXIT_EQUAL = 0
@@ -70,19 +71,20 @@ EXIT_INTERRUPTED = 130  # SIGINT, as a shell reports it
 EXIT_TERMINATED = 143  # SIGTERM
 
 # Every status a reproduction can end in, and its exit code: the one table.
+# Worst first: a group exits with the code of its worst status (worst_status).
 STATUS_EXIT_CODES = {
-    'planned': EXIT_EQUAL,  # --dry-run: it can be reproduced
-    'equal': EXIT_EQUAL,
-    'differ': EXIT_DIFFER,
-    'failed': EXIT_RUN_FAILED,
-    'error': EXIT_CANNOT_START,
-    'interrupted': EXIT_INTERRUPTED,
     'terminated': EXIT_TERMINATED,
+    'interrupted': EXIT_INTERRUPTED,
+    'error': EXIT_CANNOT_START,
+    'failed': EXIT_RUN_FAILED,
+    'differ': EXIT_DIFFER,
+    'equal': EXIT_EQUAL,
+    'planned': EXIT_EQUAL,  # --dry-run: it can be reproduced
 }
-SIGNAL_STATUSES = ('interrupted', 'terminated')
+SIGNAL_STATUSES = ('interrupted', 'terminated')  # a signal stopped it
+JUDGED_STATUSES = ('equal', 'differ')  # its metrics were compared
+COUNTED_STATUSES = ('equal', 'differ', 'failed', 'error')  # a batch's counts, in this order
 NOT_STARTED = 'not started'  # the message of a reproduction a signal kept from starting
-# A batch exits with the code of its worst status, in this order.
-STATUS_PRECEDENCE = ('terminated', 'interrupted', 'error', 'failed', 'differ', 'equal', 'planned')
 
 DEFAULT_RTOL = 1e-9
 DEFAULT_ATOL = 0.0
@@ -1715,18 +1717,26 @@ def last_attempt(client: MlflowClient, endpoint: str, body: Mapping[str, Any]) -
     return f'the tracking server answered HTTP {answer.status_code}: {first[:OUTPUT_LINE_CHARS]}'
 
 
-def _experiment_ids(client: MlflowClient) -> list[str]:
-    """Every experiment the tool can see, deleted ones too."""
-    from mlflow.entities import ViewType
-
-    ids: list[str] = []
+def pages(search: Callable[[str | None], Any]) -> Iterator[Any]:
+    """The pages of a paged MLflow search: search(token) asks for one, with
+    the token of the page before (None for the first)."""
     token = None
     while True:
-        page = client.search_experiments(view_type=ViewType.ALL, page_token=token)
-        ids += [e.experiment_id for e in page]
+        page = search(token)
+        yield page
         token = page.token
         if not token:
-            return ids
+            return
+
+
+def all_experiment_ids(client: MlflowClient, deleted: bool = False) -> list[str]:
+    """Every active experiment the tool can see, and the deleted ones too if asked."""
+    from mlflow.entities import ViewType
+
+    view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
+    search = functools.partial(client.search_experiments, view_type=view, max_results=SEARCH_PAGE)
+    found = pages(lambda token: search(page_token=token))
+    return [e.experiment_id for e in itertools.chain.from_iterable(found)]
 
 
 def resolve_run_id(client: MlflowClient, run_id: str, tracking_uri: str) -> str:
@@ -1738,9 +1748,9 @@ def resolve_run_id(client: MlflowClient, run_id: str, tracking_uri: str) -> str:
     if not _RUN_ID_PREFIX_RE.match(run_id):
         return run_id
     try:
-        experiment_ids = _experiment_ids(client)
-        found = experiment_ids and client.search_runs(
-            experiment_ids,
+        every = all_experiment_ids(client, deleted=True)
+        found = every and client.search_runs(
+            every,
             f"attributes.run_id LIKE '{run_id.lower()}%'",
             run_view_type=ViewType.ALL,
             max_results=PREFIX_MATCHES_SHOWN + 1,
@@ -2102,16 +2112,22 @@ def _user() -> str:
         return 'unknown'
 
 
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command's name (field 3, the
+    state, comes first); None when the process is gone or not ours to read."""
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as f:
+            return f.read().rsplit(b')', 1)[1].decode().split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_identity(pid: int) -> tuple[str, str] | None:
     """(state, start time) of a process from /proc/<pid>/stat (fields 3 and
     22; the start time is in clock ticks since boot): with the PID it names
     one process, even once the PID is reused.  None when there is none."""
-    try:
-        with open(f'/proc/{pid}/stat', 'rb') as f:
-            fields = f.read().rsplit(b')', 1)[1].split()
-        return fields[0].decode(), fields[19].decode()
-    except (OSError, IndexError):
-        return None
+    fields = proc_stat(pid)
+    return (fields[0], fields[19]) if fields and len(fields) > 19 else None
 
 
 def _tool_identity() -> str:
@@ -2444,14 +2460,14 @@ def _process_table() -> list[tuple[int, str, int, bytes]]:
     for entry in os.scandir('/proc'):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        fields = proc_stat(entry.name)
         try:
-            with open(f'/proc/{entry.name}/stat', 'rb') as f:
-                fields = f.read().rsplit(b')', 1)[1].split()
             with open(f'/proc/{entry.name}/environ', 'rb') as f:
                 environ = f.read()
         except OSError:  # gone meanwhile, or not ours to read
             continue
-        table.append((int(entry.name), fields[0].decode(), int(fields[2]), environ))
+        if fields:
+            table.append((int(entry.name), fields[0], int(fields[2]), environ))
     return table
 
 
@@ -2543,19 +2559,30 @@ def close_run(client: MlflowClient, run_id: str, status: str, left_open: list[Le
         delay = min(delay * 2, 10.0)
 
 
-def _listing(items: Sequence[str]) -> str:
+def listing(items: Sequence[str]) -> str:
     """'A', 'A and B', 'A, B and C'."""
-    return ' and '.join(filter(None, (', '.join(items[:-1]), items[-1])))
+    return ' and '.join(filter(None, (', '.join(items[:-1]), items[-1]))) if items else ''
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """The word for n things: `one` for one, else `many` (one + 's' by default)."""
+    return one if n == 1 else many or one + 's'
+
+
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """'1 run', '3 runs'."""
+    return f'{n} {plural(n, one, many)}'
 
 
 def left_running_line(left_open: Sequence[LeftOpen]) -> str:
     """The last line of standard error when runs could not be closed: which
     ones, why, and the exact command that closes them."""
-    runs = _listing([left.run_id for left in left_open])
+    runs = listing([left.run_id for left in left_open])
     whys = mask_credentials('; '.join(dict.fromkeys(left.why for left in left_open)))
     closes = '; '.join(f"c.set_terminated('{left.run_id}', '{left.status}')" for left in left_open)
     uri = shlex.quote(mask_credentials(left_open[0].tracking_uri))
-    noun, verb, them = ('runs', 'are', 'them') if len(left_open) > 1 else ('run', 'is', 'it')
+    n = len(left_open)
+    noun, verb, them = plural(n, 'run'), plural(n, 'is', 'are'), plural(n, 'it', 'them')
     return (
         f'{program_name()}: error: {noun} {runs} {verb} left RUNNING: {whys} (retried for '
         f'{_close_timeout():.0f} s); close {them} with: MLFLOW_TRACKING_URI={uri} '
@@ -3887,7 +3914,7 @@ class Report:
 
     @property
     def equal(self) -> bool | None:
-        return self.verdict.equal if self.status in ('equal', 'differ') and self.verdict else None
+        return self.verdict.equal if self.status in JUDGED_STATUSES and self.verdict else None
 
 
 def _json_float(x: float | None) -> float | str | None:
@@ -4341,7 +4368,7 @@ def unlisted_line(batch: BatchReport) -> str | None:
     """A batch's table lists the runs that did not come back equal (--repeat's
     lists every repetition); this says how many it leaves out."""
     n = 0 if batch.repeats else batch.count('equal')
-    listed = f'Not listed: {_runs(n)} that came back equal (--output json lists every run)'
+    listed = f'Not listed: {counted(n, "run")} that came back equal (--output json lists every run)'
     return listed if n else None
 
 
@@ -4355,14 +4382,10 @@ def _summary_table(batch: BatchReport, tablefmt: str) -> list[str]:
     return [*lines, *gap, unlisted]
 
 
-def _runs(n: int) -> str:
-    return f'{n} run' if n == 1 else f'{n} runs'
-
-
 def _summary_counts(batch: BatchReport) -> str:
     if batch.dry_run:
         return planned_line(batch)
-    counts = [f'{batch.count(s)} {s}' for s in ('equal', 'differ', 'failed', 'error')]
+    counts = [f'{batch.count(s)} {s}' for s in COUNTED_STATUSES]
     counts += [f'{n} {s.replace("_", " ")}' for s, n in unfinished_counts(batch).items() if n]
     skipped = f', {len(batch.skipped)} skipped' if batch.skipped else ''
     return f'Reproduced {len(batch.reports)} runs: {", ".join(counts)}{skipped}'
@@ -4377,7 +4400,7 @@ def planned_line(batch: BatchReport) -> str:
     """The last line of a dry run: what it would do, not a verdict it did not reach."""
     errors = f', {batch.count("error")} error' if batch.count('error') else ''
     skipped = f', {len(batch.skipped)} skipped' if batch.skipped else ''
-    return f'Planned: {_runs(batch.count("planned"))}{errors}{skipped}'
+    return f'Planned: {counted(batch.count("planned"), "run")}{errors}{skipped}'
 
 
 def _last_line_of(batch: BatchReport) -> str:
@@ -4389,7 +4412,7 @@ def skipped_lines(
 ) -> list[str]:
     """One line per reason, with its count, in the order the reasons first came."""
     counts = collections.Counter(s['reason'] for s in skipped)
-    return [f'{head} {_runs(n)}: {escaped(reason)}' for reason, n in counts.items()]
+    return [f'{head} {counted(n, "run")}: {escaped(reason)}' for reason, n in counts.items()]
 
 
 def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
@@ -4481,7 +4504,7 @@ def batch_json(batch: BatchReport, runs: bool = True) -> dict[str, Any]:
         'skipped': list(batch.skipped),
         'summary': {
             'total': len(batch.reports),
-            **{s: batch.count(s) for s in ('equal', 'differ', 'failed', 'error')},
+            **{s: batch.count(s) for s in COUNTED_STATUSES},
             **unfinished_counts(batch),
             **({'planned': batch.count('planned')} if batch.dry_run else {}),
             'skipped': len(batch.skipped),
@@ -4770,6 +4793,13 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger('alembic').setLevel(level)
 
 
+def from_namespace(cls: type[_T], args: argparse.Namespace, **given: Any) -> _T:
+    """Settings (a dataclass) from the command line: a field takes the option
+    of its name unless `given` gives it; a field no option names keeps its default."""
+    named = {f.name for f in dataclasses.fields(cls)} & vars(args).keys()
+    return cls(**{name: getattr(args, name) for name in named - given.keys()}, **given)
+
+
 def rules_from(args: argparse.Namespace) -> Rules:
     return Rules(
         default=Tolerance(rtol=args.rtol, atol=args.atol),
@@ -4958,27 +4988,7 @@ class Options:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
-        return cls(
-            uri=args.uri,
-            version=args.version,
-            experiment_name=args.experiment_name,
-            entry_point=args.entry_point,
-            env_manager=args.env_manager,
-            rules=rules_from(args),
-            last_only=args.last_only,
-            plots=not args.no_plots,
-            dry_run=args.dry_run,
-            allow_unsafe_command=args.allow_unsafe_command,
-            verbose=args.verbose,
-            quiet=args.quiet,
-            jobs=args.jobs,
-            keep_registrations=args.keep_registrations,
-            backend=args.backend,
-            backend_config=args.backend_config,
-            script_args=args.script_args,
-            reap_after=args.reap_after,
-            explain=args.explain,
-        )
+        return from_namespace(cls, args, rules=rules_from(args), plots=not args.no_plots)
 
 
 @dataclasses.dataclass
@@ -5460,9 +5470,13 @@ class BatchReport:
 
 def fold_exit_code(statuses: Iterable[str]) -> int:
     """The exit code of the worst status: a signal, then 2, 3, 1, 0."""
+    return STATUS_EXIT_CODES[worst_status(statuses)]
+
+
+def worst_status(statuses: Iterable[str]) -> str:
+    """The first of STATUS_EXIT_CODES among statuses ('equal' for none)."""
     found = set(statuses)
-    worst = next((s for s in STATUS_PRECEDENCE if s in found), 'equal')
-    return STATUS_EXIT_CODES[worst]
+    return next((s for s in STATUS_EXIT_CODES if s in found), 'equal')
 
 
 class _GroupProgress:
@@ -5752,19 +5766,15 @@ class Selection:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Selection:
-        return cls(
+        return from_namespace(
+            cls,
+            args,
             run_ids=tuple(args.run_id or ()),
-            runs_file=args.runs_file,
             models=tuple(args.model),
             experiments=tuple(args.from_experiment),
             filter=args.filter or '',
             since_seconds=args.since,
-            max_runs=args.max_runs,
-            order_by=args.order_by,
-            sample=args.sample,
-            sample_seed=args.sample_seed,
             repeat=args.repeat or 1,
-            bisect=args.bisect,
         )
 
     @property
@@ -5880,29 +5890,27 @@ def search_runs(
         experiment_ids.append(experiment.experiment_id)
     chosen: list[Chosen] = []
     skipped: list[dict[str, str]] = []
-    token = None
-    while len(chosen) < selection.max_runs:
-        try:
-            page = client.search_runs(
-                experiment_ids,
-                _search_filter(selection),
-                order_by=[selection.order_by],
-                max_results=SEARCH_PAGE,
-                page_token=token,
-            )
-        except MlflowException as e:
-            raise _mlflow_error('cannot search the runs to reproduce', e) from None
-        for run in page:
-            reason = skip_reason(run, uri_given)
-            if reason:
-                skipped.append({'run_id': run.info.run_id, 'reason': reason})
-            elif len(chosen) < selection.max_runs:
-                name = run.info.run_name or ''
-                kept = without_metrics(run) if plan_only else None
-                chosen.append(Chosen(run.info.run_id, name, name=name, reference=kept))
-        token = page.token
-        if not token:
-            break
+    search = functools.partial(
+        client.search_runs,
+        experiment_ids,
+        _search_filter(selection),
+        order_by=[selection.order_by],
+        max_results=SEARCH_PAGE,
+    )
+    try:
+        for page in pages(lambda token: search(page_token=token)):
+            for run in page:
+                reason = skip_reason(run, uri_given)
+                if reason:
+                    skipped.append({'run_id': run.info.run_id, 'reason': reason})
+                elif len(chosen) < selection.max_runs:
+                    name = run.info.run_name or ''
+                    kept = without_metrics(run) if plan_only else None
+                    chosen.append(Chosen(run.info.run_id, name, name=name, reference=kept))
+            if len(chosen) >= selection.max_runs:
+                break
+    except MlflowException as e:
+        raise _mlflow_error('cannot search the runs to reproduce', e) from None
     if selection.sample is not None and selection.sample < len(chosen):
         import random
 
@@ -5963,17 +5971,6 @@ def select_runs(
     return unique, skipped
 
 
-def active_experiment_ids(client: MlflowClient) -> list[str]:
-    """Every active experiment, the scope of a search by run ID."""
-    ids, token = [], None
-    while True:
-        page = client.search_experiments(max_results=SEARCH_PAGE, page_token=token)
-        ids += [e.experiment_id for e in page]
-        token = page.token
-        if not token:
-            return ids
-
-
 def read_runs(
     client: MlflowClient, experiment_ids: Sequence[str], run_ids: Sequence[str]
 ) -> dict[str, Run]:
@@ -5982,19 +5979,14 @@ def read_runs(
     if not wanted or not experiment_ids:
         return {}
     listed = ', '.join(f"'{r}'" for r in wanted)
-    found: dict[str, Run] = {}
-    token = None
-    while True:
-        page = client.search_runs(
-            experiment_ids,
-            f'attributes.run_id IN ({listed})',
-            max_results=SEARCH_PAGE,
-            page_token=token,
-        )
-        found.update((run.info.run_id, run) for run in page)
-        token = page.token
-        if not token:
-            return found
+    search = functools.partial(
+        client.search_runs,
+        experiment_ids,
+        f'attributes.run_id IN ({listed})',
+        max_results=SEARCH_PAGE,
+    )
+    found = itertools.chain.from_iterable(pages(lambda token: search(page_token=token)))
+    return {run.info.run_id: run for run in found}
 
 
 class BatchPlanner(Planner):
@@ -6043,7 +6035,7 @@ class BatchPlanner(Planner):
             return {}
         try:
             if self.experiment_ids is None:
-                self.experiment_ids = active_experiment_ids(self.client)
+                self.experiment_ids = all_experiment_ids(self.client)
             return read_runs(self.client, self.experiment_ids, run_ids)
         except Exception:  # each reproduction reads its run, and says what fails
             return {}
@@ -6096,7 +6088,7 @@ def create_batch_run(session: Session) -> str:
 
 def batch_record(batch: BatchReport, run_id: str) -> GroupRecord:
     """Counts as metrics, the summary as description and artifact."""
-    counts = {f'runs_{s}': batch.count(s) for s in ('equal', 'differ', 'failed', 'error')}
+    counts = {f'runs_{s}': batch.count(s) for s in COUNTED_STATUSES}
     counts.update({f'runs_{s}': n for s, n in unfinished_counts(batch).items()})
     counts['runs_total'] = len(batch.reports)
     return GroupRecord(
@@ -6380,7 +6372,7 @@ def finding(n: int, outcomes: Mapping[int, str]) -> Finding:
 def commit_outcome(reports: Sequence[Report], reference_params: Sequence[str], rules: Rules) -> str:
     """What a commit's probes say: skipped when none ran to a verdict or the
     entry point's params changed; else changed or not, as --repeat judges N."""
-    judged = [r for r in reports if r.histories and r.status in ('equal', 'differ')]
+    judged = [r for r in reports if r.histories and r.status in JUDGED_STATUSES]
     if not judged or any(
         r.plan and sorted(r.plan.logged_params) != sorted(reference_params) for r in judged
     ):
@@ -6880,8 +6872,7 @@ class Bisections:
 
     @property
     def status(self) -> str:
-        found = {e.status for e in self.entries}
-        return next((s for s in STATUS_PRECEDENCE if s in found), 'equal')
+        return worst_status(e.status for e in self.entries)
 
     @property
     def exit_code(self) -> int:
@@ -7071,17 +7062,13 @@ def _candidate_text(c: Candidate, value: str | None) -> str:
     return f'{c.name} {value or ("not installed" if c.kind == "package" else "unset")}'
 
 
-def _and(parts: Sequence[str]) -> str:
-    return parts[0] if len(parts) == 1 else ', '.join(parts[:-1]) + ' and ' + parts[-1]
-
-
 def explanation_lines(explanation: Explanation | None, escaped: Escape = shown) -> list[str]:
     """The "Explained:" block, the same in text and Markdown (with values from
     the store escaped by `escaped`)."""
     if explanation is None:
         return []
     e, n = explanation, len(explanation.probes)
-    probes = f'({n} probe{"s" * (n != 1)})'
+    probes = f'({counted(n, "probe")})'
     if e.restores_equality is None:
         line = f'Explained: nothing tried: {escaped(e.reason or "")}'
     elif not e.restores_equality:
@@ -7091,11 +7078,11 @@ def explanation_lines(explanation: Explanation | None, escaped: Escape = shown) 
         )
     else:
         undone = [escaped(_candidate_text(c, c.reference)) for c in e.culprits]
-        line = f"Explained: with the reference's {_and(undone)} "
+        line = f"Explained: with the reference's {listing(undone)} "
         line += 'the runs are equal'
         if e.innocent:
             kept = [escaped(_candidate_text(c, c.reproduced)) for c in e.innocent]
-            line += f'; {_and(kept)} {"does" if len(kept) == 1 else "do"} not matter'
+            line += f'; {listing(kept)} {plural(len(kept), "does", "do")} not matter'
         line += f' {probes}'
     not_tried = (f'- not tried: {escaped(t["name"])}: {escaped(t["reason"])}' for t in e.not_tried)
     return [line, *not_tried]
@@ -7403,10 +7390,10 @@ class Delivery:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Delivery:
-        return cls(
-            junit_xml=args.junit_xml,
+        return from_namespace(
+            cls,
+            args,
             notify=tuple(args.notify),
-            notify_always=args.notify_always,
             experiment_name=args.experiment_name or 'Default',  # when no reproduction says
             step_summary=environ.get(STEP_SUMMARY_ENV) or None,
             tracking_uri=environ.get('MLFLOW_TRACKING_URI'),
@@ -7478,7 +7465,7 @@ def _repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
     name, seconds = case_name(reports[0]), sum(r.seconds for r in reports)
     classification = classify_run(repeat.diagnoses) if repeat else FAILED_CLASS
     table = '\n'.join(diagnosis_lines(repeat.diagnoses, 'psql')) if repeat else ''
-    unfinished = [r for r in reports if r.status not in ('equal', 'differ')]
+    unfinished = [r for r in reports if r.status not in JUDGED_STATUSES]
     if unfinished:
         first = unfinished[0]
         message = (
@@ -7632,21 +7619,22 @@ def summary_line(outcome: Outcome, experiment: str) -> str:
         what = f'a bisection of run {outcome.reference_run_id} (first changed commit: {found})'
     elif isinstance(outcome, Bisections):
         found = ', '.join(f'{e.reference_run_id}: {first_changed_of(e)}' for e in outcome.entries)
-        what = f'bisections of {_runs(len(outcome.entries))} (first changed commits: {found})'
+        bisected = counted(len(outcome.entries), 'run')
+        what = f'bisections of {bisected} (first changed commits: {found})'
     else:
         references = len({r.reference_run_id for r in reports})
-        what = f'{references} run' + ('' if references == 1 else 's')
+        what = counted(references, 'run')
         if references < len(reports):
             what += f' ({len(reports)} reproductions)'
     counts = collections.Counter(r.status for r in reports)
-    shown = [f'{counts[s]} {s}' for s in ('equal', 'differ', 'failed', 'error')]
+    shown = [f'{counts[s]} {s}' for s in COUNTED_STATUSES]
     shown += [f'{counts["planned"]} planned'] if counts['planned'] else []
     stopped = sum(counts[s] for s in SIGNAL_STATUSES)
     shown += [f'{stopped} stopped by a signal'] if stopped else []
-    worst = next((s for s in STATUS_PRECEDENCE if counts[s]), 'equal')
+    worst = worst_status(counts)
     worst = outcome.status if isinstance(outcome, (BisectReport, Bisections)) else worst
     went = sorted({d for d in map(destination, reports) if d}) or [experiment]
-    into = ('experiment ' if len(went) == 1 else 'experiments ') + ', '.join(map(repr, went))
+    into = plural(len(went), 'experiment') + ' ' + ', '.join(map(repr, went))
     return (
         f'reproduce_run on {socket.gethostname()}: {what} reproduced into {into}: '
         f'{", ".join(shown)}; worst: {worst} (exit {outcome.exit_code})'
@@ -7983,10 +7971,9 @@ def end_dead_tools_processes(tagged: Sequence[tuple[str, str, bool]]) -> list[di
     for base, owner in sorted({(base, owner) for base, owner, shared in tagged if shared}):
         count = end_processes(None, base) + end_processes(None, base + '.')
         if count:
-            plural = 'process' if count == 1 else 'processes'
             message = (
-                f'ended {count} {plural} of the dead reproducing tool {owner} '
-                f'({PROCESS_TAG}={base})'
+                f'ended {counted(count, "process", "processes")} of the dead reproducing '
+                f'tool {owner} ({PROCESS_TAG}={base})'
             )
             found.append(_leftover('processes', base, owner, message))
     return found
