@@ -11,12 +11,15 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SCRIPT, client, git, mlflow_run
 from helpers import (
+    SCRIPT,
     add_project,
     artifact_bytes,
     batch_runs,
+    client,
     experiment_runs_or_empty,
+    git,
+    mlflow_run,
     process_gone,
     recorded_run,
     reproduce,

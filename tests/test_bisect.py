@@ -15,9 +15,9 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, git, mlflow_run, start_mlflow_server, stop
 from helpers import (
     JSON_DOC,
+    SCRIPT,
     TINY,
     add_commits,
     build_repo,
@@ -25,9 +25,13 @@ from helpers import (
     experiment_runs,
     experiment_runs_or_empty,
     first_spans,
+    git,
+    mlflow_run,
     reproduce,
     section,
+    start_mlflow_server,
     start_tool,
+    stop,
     tables,
     wait_for,
 )

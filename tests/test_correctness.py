@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, client
 from helpers import (
+    SCRIPT,
     artifact_bytes,
+    client,
     logged_run,
     reproduce,
 )

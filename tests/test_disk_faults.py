@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import client, git
 from helpers import (
     add_project,
+    client,
+    git,
     recorded_run,
     reproductions_of,
     tool,

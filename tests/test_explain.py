@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 import uv
-from conftest import ROOT, SCRIPT, make_repo, mlflow_run
 from helpers import (
+    ROOT,
+    SCRIPT,
     add_project,
     client,
     first_spans,
+    make_repo,
+    mlflow_run,
     reproduce,
     section,
     start_tool,

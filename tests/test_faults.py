@@ -17,16 +17,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import client, free_port, git, start_mlflow_server, stop
 from helpers import (
     QUIET,
     add_project,
     artifact_bytes,
+    client,
+    free_port,
+    git,
     process_gone,
     recorded_run,
     reproduce,
     reproductions_of,
+    start_mlflow_server,
     start_tool,
+    stop,
     tool,
     wait_for,
 )

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SCRIPT
 from helpers import (
+    ROOT,
+    SCRIPT,
     make_venv,
 )
 from packaging.version import Version

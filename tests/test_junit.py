@@ -14,8 +14,15 @@ from pathlib import Path
 
 import lxml.etree
 import pytest
-from conftest import SCRIPT, git
-from helpers import add_project, client, recorded_run, reproduce, wait_for
+from helpers import (
+    SCRIPT,
+    add_project,
+    client,
+    git,
+    recorded_run,
+    reproduce,
+    wait_for,
+)
 from junitparser import Error, Failure, JUnitXml, Skipped, TestCase
 
 import reproduce_run

@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import client, mlflow_run
 from helpers import (
     ECHO_PROJECT,
     add_project,
+    client,
+    mlflow_run,
     param_table,
     reproduce,
     reproduced_run,

@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import client, git
 from helpers import (
     QUIET,
     add_project,
+    client,
+    git,
     recorded_run,
     reproduce,
     reproductions_of,

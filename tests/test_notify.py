@@ -16,7 +16,6 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from conftest import git
 from helpers import (
     ECHO_PROJECT,
     HOSTILE,
@@ -28,6 +27,7 @@ from helpers import (
     client,
     commit_all,
     dataset_input,
+    git,
     log_environment,
     python_run,
     recorded_run,

@@ -10,11 +10,14 @@ import re
 from collections.abc import Callable
 
 import pytest
-from conftest import ROOT, client, free_port, git
 from helpers import (
     ECHO_PROJECT,
+    ROOT,
     add_project,
+    client,
     conda_run,
+    free_port,
+    git,
     logged_run,
     recorded_run,
     reproduce,

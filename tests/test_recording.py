@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SCRIPT, client, git
 from helpers import (
+    SCRIPT,
     add_project,
     artifact_bytes,
+    client,
+    git,
     recorded_run,
     reproduce,
     reproductions_of,

@@ -8,10 +8,11 @@ import math
 import shlex
 
 import pytest
-from conftest import client, mlflow_run
 from helpers import (
     artifact_bytes,
+    client,
     experiment_runs,
+    mlflow_run,
     reproduce,
 )
 

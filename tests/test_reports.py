@@ -10,18 +10,21 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SCRIPT, client, git, make_repo
 from helpers import (
     HOSTILE,
     HOSTILE_VALUES,
     INF,
+    SCRIPT,
     TIGHT,
     assert_markdown_safe,
     assert_no_forged_line,
     assert_terminal_safe,
+    client,
     dataset_input,
+    git,
     log_environment,
     logged_run,
+    make_repo,
     param_table,
     recorded_run,
     reproduce,

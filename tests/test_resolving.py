@@ -15,13 +15,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, client, free_port, git, mlflow_run
 from helpers import (
     ECHO_PROJECT,
+    SCRIPT,
     add_project,
     all_run_ids,
+    client,
     conda_run,
+    free_port,
+    git,
     logged_run,
+    mlflow_run,
     recorded_run,
     reproduce,
     reproductions_of,

@@ -11,8 +11,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import client, git, start_mlflow_server, stop
-from helpers import reproduce, tagged_run
+from helpers import (
+    client,
+    git,
+    reproduce,
+    start_mlflow_server,
+    stop,
+    tagged_run,
+)
 from proxy import proxy_in_front_of
 
 import reproduce_run as rr

@@ -8,12 +8,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import client, free_port, git
 from helpers import (
     ECHO_PROJECT,
     add_project,
     all_run_ids,
     artifact_bytes,
+    client,
+    free_port,
+    git,
     logged_run,
     recorded_run,
     reproduce,

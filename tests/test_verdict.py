@@ -4,7 +4,6 @@ per-metric rules, --compare-to, and runs that differ or not end to end."""
 from __future__ import annotations
 
 import pytest
-from conftest import client, git, mlflow_run
 from helpers import (
     ECHO_PROJECT,
     INF,
@@ -12,7 +11,10 @@ from helpers import (
     TIGHT,
     add_project,
     all_run_ids,
+    client,
+    git,
     logged_run,
+    mlflow_run,
     param_table,
     reproduce,
     reproduced_run,

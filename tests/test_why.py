@@ -17,10 +17,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import client, git, mlflow_run
 from helpers import (
+    client,
     dataset_input,
+    git,
     logged_run,
+    mlflow_run,
     reproduce,
     run_with_environment,
 )

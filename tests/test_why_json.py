@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import client, mlflow_run
 from helpers import (
+    client,
     logged_run,
+    mlflow_run,
     reproduce,
     run_with_environment,
 )
