@@ -105,6 +105,7 @@ def mlflow_run(uri: str, tracking_uri: str, *args: str, fails: bool = False) -> 
             tempfile.TemporaryDirectory() as storage,  # else MLflow leaves a folder in TMPDIR
         ):
             mp.setenv('MLFLOW_TRACKING_URI', tracking_uri)
+            mp.setattr(tempfile, 'tempdir', storage)  # where MLflow clones a git URI
             argv = ['run', uri, '--env-manager', 'local', '--storage-dir', storage, *args]
             cli.main(argv, 'mlflow', standalone_mode=False)
     except SystemExit as e:
