@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / 'MLproject_samples'
 SCRIPT = ROOT / 'reproduce_run.py'
 WATCHDOG = Path(__file__).resolve().parent / 'watchdog.py'
-_RUN_ID_LOG_RE = re.compile(r"=== Run \(ID '(\w+)'\) (succeeded|failed) ===")
+RUN_ID_LOG_RE = re.compile(r"=== Run \(ID '(\w+)'\) (succeeded|failed) ===")
 
 
 def git(*args: str, cwd: Path | str) -> str:
@@ -55,6 +55,7 @@ def make_repo(path: Path) -> Path:
     git('init', '--quiet', '--initial-branch', 'main', cwd=path)
     git('config', 'user.email', 'tests@example.invalid', cwd=path)
     git('config', 'user.name', 'tests', cwd=path)
+    git('config', 'commit.gpgsign', 'false', cwd=path)
     git('add', '--all', cwd=path)
     git('commit', '--quiet', '-m', 'samples', cwd=path)
     return path
@@ -112,7 +113,7 @@ def mlflow_run(uri: str, tracking_uri: str, *args: str, fails: bool = False) -> 
         status = e.code
     finally:
         logger.setLevel(level)
-    match = _RUN_ID_LOG_RE.search(err.getvalue())
+    match = RUN_ID_LOG_RE.search(err.getvalue())
     project = output.getvalue().decode(errors='replace')
     assert match and (status != 0) == fails, err.getvalue()[-3000:] + project[-3000:]
     return match.group(1)
@@ -193,7 +194,7 @@ class Server:
     proc: subprocess.Popen
 
 
-def start_mlflow_server(where: Path) -> Server:
+def start_mlflow_server(where: Path, workers: int = 1) -> Server:
     """A real tracking server on 127.0.0.1 with its own sqlite store; stop it
     with stop(server.proc).  It serves through gunicorn, MLflow's other
     server: some 4 ms of CPU a request against 13-16 ms through uvicorn, and
@@ -219,7 +220,7 @@ def start_mlflow_server(where: Path) -> Server:
                 '--artifacts-destination',
                 str(where / 'artifacts'),
                 '--workers',
-                '1',
+                str(workers),
                 '--gunicorn-opts=--log-level warning',
             ),
             stdout=subprocess.DEVNULL,
@@ -724,6 +725,7 @@ def build_repo(where: Path, files: dict[str, str]) -> tuple[Path, str]:
     git('init', '--quiet', '--initial-branch', 'main', cwd=repo)
     git('config', 'user.email', 'tests@example.invalid', cwd=repo)
     git('config', 'user.name', 'tests', cwd=repo)
+    git('config', 'commit.gpgsign', 'false', cwd=repo)
     for name, text in files.items():
         (repo / 'tiny' / name).write_text(text)
     return repo, commit_all(repo, 'tiny project')

@@ -16,17 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import (
-    ROOT,
-    SCRIPT,
-    make_venv,
-)
+from helpers import ROOT, RUN_ID_LOG_RE, SCRIPT, make_venv
 from packaging.version import Version
 
 # Installing MLflow into a new environment takes minutes on a busy machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
-
-_RUN_ID_LOG_RE = re.compile(r"=== Run \(ID '(\w+)'\) succeeded ===")
 
 
 def mlflow_floor() -> str:
@@ -99,8 +93,8 @@ def floor_reference(floor, samples_repo, tmp_path_factory: pytest.TempPathFactor
         env={**env, 'MLFLOW_LOGGING_LEVEL': 'INFO'},
         stdin=subprocess.DEVNULL,
     )
-    match = _RUN_ID_LOG_RE.search(proc.stderr)
-    assert proc.returncode == 0 and match, proc.stderr[-3000:]
+    match = RUN_ID_LOG_RE.search(proc.stderr)
+    assert proc.returncode == 0 and match and match[2] == 'succeeded', proc.stderr[-3000:]
     yield match.group(1)
     shutil.rmtree(where, ignore_errors=True)
 
