@@ -259,6 +259,12 @@ def reproduce(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def reproduce_json(capsys, *argv: str) -> tuple[int, dict, str]:
+    """reproduce() with --output json: (exit code, the report, stderr)."""
+    code, out, err = reproduce(capsys, *argv, '--output', 'json')
+    return code, json.loads(out), err
+
+
 def param_table(out: str) -> list[str]:
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith('| Param')) - 1

@@ -21,6 +21,7 @@ from helpers import (
     mlflow_run,
     param_table,
     reproduce,
+    reproduce_json,
     reproduced_run,
     run_snapshot,
 )
@@ -529,15 +530,16 @@ def test_values_tied_at_one_step_and_timestamp_compare_equal(capsys):
             ('acc', 0.1, t + 100, 0),
         ]
     )
-    code, out, err = reproduce(capsys, '--run_id', ref, '--compare-to', other)
-    assert (code, out.splitlines()[-1], err) == (0, 'Runs equal: True', ''), out
-    assert 'differs' not in out
+    code, report, err = reproduce_json(capsys, '--run_id', ref, '--compare-to', other)
+    assert (code, report['status'], err) == (0, 'equal', '')
+    assert [(m['key'], m['equal']) for m in report['metrics']] == [('acc', True), ('loss', True)]
 
 
 def test_values_at_one_step_in_another_order_still_differ(capsys):
     t = 1_700_000_000_000
     ref = batch_run([('loss', 2.0, t, 0), ('loss', 1.0, t + 1, 0)])
     other = batch_run([('loss', 1.0, t, 0), ('loss', 2.0, t + 1, 0)])
-    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other)
-    assert code == 1
-    assert 'differs from step 0' in out
+    code, report, _ = reproduce_json(capsys, '--run_id', ref, '--compare-to', other)
+    assert (code, report['status']) == (1, 'differ')
+    [loss] = report['metrics']
+    assert (loss['equal'], loss['first_divergent_step']) == (False, 0)
