@@ -1,4 +1,4 @@
-"""Batch reproduction (issue 9): many reference runs in one invocation,
+"""Batch reproduction: many reference runs in one invocation,
 chosen by ID, file, registered model or search, reproduced --jobs at a time
 under one parent run, with one summary and one exit code."""
 
@@ -450,7 +450,7 @@ def slow_projects_alive(seconds) -> list[str]:
     ]
 
 
-# --- issue 21 and issue 19: what a batch says, and how it takes many jobs ---------------
+# --- what a batch says, and how it takes many jobs ---------------------------------------
 
 
 def cheap_search_setup(samples_repo, name: str) -> dict[str, list[str]]:

@@ -829,7 +829,7 @@ def test_a_probe_that_lost_the_tracking_server(status, message, lost):
 @pytest.mark.slow
 def test_a_server_that_dies_mid_bisection_is_named_not_the_reference(tmp_path, monkeypatch):
     """The tracking server stops while the reference commit's probe runs: the
-    report says so, not that the reference cannot be reproduced (issue 27)."""
+    report says so, not that the reference cannot be reproduced."""
     server = start_mlflow_server(tmp_path / 'server')
     try:
         repo, _ = build_repo(tmp_path, TINY)

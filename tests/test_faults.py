@@ -1,4 +1,4 @@
-"""The guarantees under hostile conditions (issue 7, rows 1-7 and 9-12):
+"""The guarantees under hostile conditions:
 projects that ignore signals or leave daemons behind, tracking servers that
 are slow, down or silent, and what reaches standard output on every path."""
 
@@ -355,7 +355,7 @@ def test_a_password_in_the_tracking_uri_is_masked_everywhere(reference, server, 
     assert 'user:' not in out + err
 
 
-# --- issue 19: defects found by an adversarial probe ---------------------------
+# --- bad model URIs, servers that answer 500 or nothing, runs left running ----------
 
 
 def all_runs() -> list[str]:

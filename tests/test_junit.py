@@ -1,4 +1,4 @@
-"""--junit-xml and the GitHub Actions job summary (issue 20): the outcome as
+"""--junit-xml and the GitHub Actions job summary: the outcome as
 CI systems read it.  Every file is judged by parsing it with libxml2 (lxml)
 and with junitparser, as CI tools do, never by string matching."""
 

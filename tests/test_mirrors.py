@@ -1,4 +1,4 @@
-"""Bare repositories, as mirrors are kept on shared disks (issue 19): a
+"""Bare repositories, as mirrors are kept on shared disks: a
 reference that recorded one, and --uri naming one, over a path and over
 file://, with #subdir, and at a commit that only the mirror still holds."""
 

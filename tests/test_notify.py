@@ -1,4 +1,4 @@
-"""--notify (issue 20): a Slack- or Teams-compatible incoming webhook, tested
+"""--notify: a Slack- or Teams-compatible incoming webhook, tested
 against a real HTTP server on 127.0.0.1 that records what it receives,
 answers 500, or never answers."""
 
