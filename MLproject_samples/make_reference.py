@@ -34,6 +34,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -173,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
 
     launched_ms = int(time.time() * 1000) - 1000  # a second of slack for clock granularity
     try:
-        status, lines = run_mlflow(command, cwd=top if script else None)
+        # `mlflow run` makes a folder for downloaded path parameters, in
+        # --storage-dir, else in TMPDIR, and leaves it there.
+        with tempfile.TemporaryDirectory(prefix='make_reference-') as storage:
+            storage_args = [] if script else ['--storage-dir', storage]
+            status, lines = run_mlflow(command + storage_args, cwd=top if script else None)
     except KeyboardInterrupt:
         print(f'{PROG}: interrupted', file=sys.stderr)
         return 130

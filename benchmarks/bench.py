@@ -59,35 +59,40 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / 'reproduce_run.py'
-SAMPLES = ROOT / 'MLproject_samples'
+# The tests' helpers (tests/helpers.py), and the tool they import.
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent / d) for d in ('', 'tests')]
+from helpers import (  # noqa: E402
+    RUN_ID_LOG_RE,
+    SCRIPT,
+    TINY,
+    add_commits,
+    build_repo,
+    git,
+    make_repo,
+    start_mlflow_server,
+    stop,
+)
+
+import reproduce_run  # noqa: E402
+
 SAMPLE = 'sklearn_regression'
 
 PROCESS_TIMEOUT = 600.0  # seconds for one timed command
-SERVER_START_TIMEOUT = 120.0
-STOP_GRACE = 15.0
 LOG_BATCH_LIMIT = 1000  # MLflow's maximum number of metrics in one log_batch
-
-_RUN_ID_LOG_RE = re.compile(r"=== Run \(ID '(\w+)'\) (succeeded|failed) ===")
 
 
 class BenchError(Exception):
@@ -185,20 +190,6 @@ def interleave(
 # ---------------------------------------------------------------------------
 # Processes: each started in its own session, so that it and whatever it
 # starts can be stopped together by its process ID.
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    """SIGTERM to the process group we started, then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(STOP_GRACE)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def run_timed(
@@ -332,33 +323,10 @@ def bench_startup(rounds: int, notes: list[str]) -> list[Comparison]:
 # 2. Overhead of the tool against plain `mlflow run`.
 
 
-def git(*args: str, cwd: Path) -> None:
-    subprocess.run(
-        ('git', *args),
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
-
-
-def make_repo(path: Path) -> Path:
-    """A git repository holding a copy of MLproject_samples, one commit."""
-    shutil.copytree(SAMPLES, path, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
-    git('init', '--quiet', cwd=path)
-    git('config', 'user.email', 'bench@example.invalid', cwd=path)
-    git('config', 'user.name', 'bench', cwd=path)
-    git('config', 'commit.gpgsign', 'false', cwd=path)
-    git('add', '--all', cwd=path)
-    git('commit', '--quiet', '-m', 'samples', cwd=path)
-    return path
-
-
 def make_reference(mlflow_run: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
     """Run a sample with `mlflow run` and return its run ID."""
     _, err = run_timed(mlflow_run, {**env, 'MLFLOW_LOGGING_LEVEL': 'INFO'}, cwd)
-    match = _RUN_ID_LOG_RE.search(err)
+    match = RUN_ID_LOG_RE.search(err)
     if not match:
         raise BenchError(f'no run ID in the output of mlflow run:\n{err[-2000:]}')
     return match.group(1)
@@ -619,15 +587,6 @@ def breakdown_table(breakdown: Breakdown) -> str:
 # 4. Reading metric histories.
 
 
-def load_reproduce_run() -> ModuleType:
-    spec = importlib.util.spec_from_file_location('reproduce_run', SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules['reproduce_run'] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def make_runs(client: Any, metrics: int, steps: int, equal: bool = False) -> list[str]:
     """Two runs with `metrics` metrics of `steps` steps each, logged in batches
     of one metric at a time (the fastest way into an sqlite store); equal runs
@@ -722,60 +681,20 @@ def bench_histories(
     return comparison
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def mlflow_server(where: Path) -> Iterator[str]:
-    """A tracking server on 127.0.0.1 with its own sqlite store; stopped by
-    its process ID (and group) whatever happens."""
-    port = free_port()
-    log_path = where / 'server.log'
-    with open(log_path, 'w') as log:
-        proc = subprocess.Popen(
-            (
-                sys.executable,
-                '-m',
-                'mlflow',
-                'server',
-                '--host',
-                '127.0.0.1',
-                '--port',
-                str(port),
-                '--backend-store-uri',
-                f'sqlite:///{where / "server.db"}',
-                '--artifacts-destination',
-                str(where / 'artifacts'),
-                '--workers',
-                '2',
-            ),
-            env=base_env(),
-            cwd=where,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    """The tests' tracking server on 127.0.0.1 (its own sqlite store, under
+    their watchdog), with two workers; stopped by its process ID (and group)
+    whatever happens."""
     try:
-        url = f'http://127.0.0.1:{port}'
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            try:
-                with urllib.request.urlopen(f'{url}/health', timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f'mlflow server did not start:\n{log_path.read_text()[-3000:]}')
-            time.sleep(0.5)
-        progress(f'  mlflow server (PID {proc.pid}) ready at {url}')
-        yield url
+        server = start_mlflow_server(where, workers=2)
+    except AssertionError as e:
+        raise BenchError(f'mlflow server did not start:\n{e}') from None
+    try:
+        progress(f'  mlflow server (PID {server.proc.pid}) ready at {server.url}')
+        yield server.url
     finally:
-        stop(proc)
+        stop(server.proc)
 
 
 @contextlib.contextmanager
@@ -808,7 +727,7 @@ def bench_all_histories(
     notes: list[str],
 ) -> list[Comparison]:
     quiet_mlflow()
-    module = load_reproduce_run()
+    module = reproduce_run
     results = []
     with tempfile.TemporaryDirectory(prefix='bench-histories-') as tmp:
         store = Path(tmp) / 'sqlite'
@@ -1040,7 +959,7 @@ def bench_judging(
     from mlflow import MlflowClient
 
     quiet_mlflow()
-    module = load_reproduce_run()
+    module = reproduce_run
     results = []
     with tempfile.TemporaryDirectory(prefix='bench-judging-') as tmp:
         store = Path(tmp) / 'sqlite'
@@ -1223,7 +1142,7 @@ def bench_leftovers(rounds: int, server: bool, notes: list[str]) -> list[Compari
     from mlflow import MlflowClient
 
     quiet_mlflow()
-    module = load_reproduce_run()
+    module = reproduce_run
     results = []
     with tempfile.TemporaryDirectory(prefix='bench-leftovers-') as tmp:
         empty, busy = Path(tmp, 'empty'), Path(tmp, 'busy')
@@ -1259,57 +1178,20 @@ def bench_leftovers(rounds: int, server: bool, notes: list[str]) -> list[Compari
 
 BISECT_COMMITS = 32
 BISECT_CHANGE = 21  # the commit that doubles the metric
-BISECT_MLPROJECT = """\
-name: tiny
-entry_points:
-  main:
-    command: "python train.py"
-"""
-BISECT_TRAIN = """\
-import os, pathlib, time
-import mlflow
-
-time.sleep(float(os.environ.get('BENCH_TRAIN_SECONDS', '0')))
-mlflow.log_metric('score', float(pathlib.Path('value.txt').read_text()))
-"""
-
-
-def make_bisect_repo(path: Path) -> Path:
-    """A tiny project, then BISECT_COMMITS commits of which one changes its metric."""
-    project = path / 'tiny'
-    project.mkdir(parents=True)
-    git('init', '--quiet', '--initial-branch', 'main', cwd=path)
-    git('config', 'user.email', 'bench@example.invalid', cwd=path)
-    git('config', 'user.name', 'bench', cwd=path)
-    git('config', 'commit.gpgsign', 'false', cwd=path)
-    (project / 'MLproject').write_text(BISECT_MLPROJECT)
-    (project / 'train.py').write_text(BISECT_TRAIN)
-    (project / 'value.txt').write_text('1.0')
-    git('add', '--all', cwd=path)
-    git('commit', '--quiet', '-m', 'tiny project', cwd=path)
-    return project
-
-
-def add_bisect_commits(path: Path) -> None:
-    for k in range(1, BISECT_COMMITS + 1):
-        with open(path / 'tiny' / 'notes.txt', 'a') as f:
-            f.write(f'note {k}\n')
-        if k == BISECT_CHANGE:
-            (path / 'tiny' / 'value.txt').write_text('2.0')
-        git('add', '--all', cwd=path)
-        git('commit', '--quiet', '-m', f'commit {k}', cwd=path)
 
 
 def bench_bisect(rounds: int, seconds: float, notes: list[str]) -> list[Comparison]:
     progress(f'bisect: {BISECT_COMMITS} commits, training {seconds:g} s each')
     with tempfile.TemporaryDirectory(prefix='bench-bisect-') as tmp:
-        project = make_bisect_repo(Path(tmp) / 'repo')
+        repo, _ = build_repo(Path(tmp), TINY)  # the tests' tiny project
         store = Path(tmp) / 'store'
         store.mkdir()
-        env = {**base_env(f'sqlite:///{store / "mlflow.db"}'), 'BENCH_TRAIN_SECONDS': str(seconds)}
+        # Its training sleeps that long at every commit after the first one.
+        env = {**base_env(f'sqlite:///{store / "mlflow.db"}'), 'BISECT_TEST_SLEEP': str(seconds)}
+        project = repo / 'tiny'
         mlflow_run = (sys.executable, '-m', 'mlflow', 'run', str(project), '--env-manager', 'local')
         reference = make_reference(mlflow_run, env, store)
-        add_bisect_commits(Path(tmp) / 'repo')
+        add_commits(repo, BISECT_COMMITS, BISECT_CHANGE)
         probes: dict[int, list[int]] = {1: [], 3: []}
 
         def bisect(jobs: int) -> float:

@@ -1,26 +1,251 @@
-"""Plain helpers the test modules share: run the tool in-process, make
-reference runs without running anything, read what MLflow recorded, wait for
-processes.  Fixtures live in conftest.py."""
+"""Plain helpers the test modules (and conftest.py's fixtures, and
+benchmarks/bench.py) share: git repositories from the samples, reference runs
+with the `mlflow run` CLI or without running anything, services under the
+watchdog and their stop, run the tool in-process, read what MLflow recorded,
+wait for processes.  Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
 import math
 import os
 import re
 import shlex
+import shutil
+import signal
 import site
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from conftest import ROOT, SCRIPT, client, git
+import pytest
 
 import reproduce_run
 from reproduce_run import Tolerance, main
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / 'MLproject_samples'
+SCRIPT = ROOT / 'reproduce_run.py'
+WATCHDOG = Path(__file__).resolve().parent / 'watchdog.py'
+RUN_ID_LOG_RE = re.compile(r"=== Run \(ID '(\w+)'\) (succeeded|failed) ===")
+
+
+def git(*args: str, cwd: Path | str) -> str:
+    return subprocess.run(
+        ('git', *args),
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def make_repo(path: Path) -> Path:
+    """A git repository holding a copy of MLproject_samples, one commit."""
+    shutil.copytree(SAMPLES, path, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+    git('init', '--quiet', '--initial-branch', 'main', cwd=path)
+    git('config', 'user.email', 'tests@example.invalid', cwd=path)
+    git('config', 'user.name', 'tests', cwd=path)
+    git('config', 'commit.gpgsign', 'false', cwd=path)
+    git('add', '--all', cwd=path)
+    git('commit', '--quiet', '-m', 'samples', cwd=path)
+    return path
+
+
+@contextlib.contextmanager
+def _project_output_kept_out() -> Iterator[io.BytesIO]:
+    """The project's output (which `mlflow run` leaves on the descriptors 1
+    and 2 it inherits) goes to a file, not to what the test captures; it is
+    handed back at the end, for a failure's message."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved, kept = (os.dup(1), os.dup(2)), io.BytesIO()
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield kept
+            finally:
+                sink.seek(0)
+                kept.write(sink.read())
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def mlflow_run(uri: str, tracking_uri: str, *args: str, fails: bool = False) -> str:
+    """Make a reference run the way a user does, with the `mlflow run` CLI:
+    its own command, called in this process (the same code, without a second
+    interpreter importing MLflow again, which costs some 2 s of CPU a run);
+    fails=True expects the project to fail (a FAILED run can be reproduced too)."""
+    import logging
+
+    from mlflow.cli import cli
+
+    logger = logging.getLogger('mlflow')
+    level, status, err = logger.level, 0, io.StringIO()
+    logger.setLevel(logging.INFO)
+    try:
+        with (
+            pytest.MonkeyPatch.context() as mp,
+            _project_output_kept_out() as output,
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(err),
+            tempfile.TemporaryDirectory() as storage,  # else MLflow leaves a folder in TMPDIR
+        ):
+            mp.setenv('MLFLOW_TRACKING_URI', tracking_uri)
+            mp.setattr(tempfile, 'tempdir', storage)  # where MLflow clones a git URI
+            argv = ['run', uri, '--env-manager', 'local', '--storage-dir', storage, *args]
+            cli.main(argv, 'mlflow', standalone_mode=False)
+    except SystemExit as e:
+        status = e.code
+    finally:
+        logger.setLevel(level)
+    match = RUN_ID_LOG_RE.search(err.getvalue())
+    project = output.getvalue().decode(errors='replace')
+    assert match and (status != 0) == fails, err.getvalue()[-3000:] + project[-3000:]
+    return match.group(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def start_service(argv: tuple[str, ...], **popen_args) -> subprocess.Popen:
+    """Start a long-running process for the tests, in its own session, under a
+    watchdog that kills it and everything it started once this process is
+    gone; stop it with stop()."""
+    return subprocess.Popen(
+        (sys.executable, str(WATCHDOG), *argv), start_new_session=True, **popen_args
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a service we started, by its process ID (and its group)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def forget_databases_in(folder: Path) -> None:
+    """Close and forget the engines MLflow keeps, for the life of the process,
+    on databases in `folder`, and the stores built on them.  A passing test's
+    folder is removed, and pytest may give the same path to a later test of a
+    similar name: a kept engine would still write to the removed file ("attempt
+    to write a readonly database")."""
+    stale = False
+    for module in (
+        'mlflow.store.tracking.sqlalchemy_store',
+        'mlflow.store.model_registry.sqlalchemy_store',
+    ):
+        engines = getattr(sys.modules.get(module), 'SqlAlchemyStore', None)
+        for uri in [u for u in getattr(engines, '_engine_map', {}) if f'{folder}/' in u]:
+            engines._engine_map.pop(uri).dispose()
+            stale = True
+    if stale:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        for registry in (
+            tracking_utils._tracking_store_registry,
+            registry_utils._model_registry_store_registry,
+        ):
+            if registry is not None:
+                type(registry)._get_store_with_resolved_uri.cache_clear()
+
+
+def references_in(samples_repo: Path, uri: str) -> Callable[..., str]:
+    """make('sklearn_regression', '-P', 'alpha=0.3') -> run ID in the store at
+    uri, made once."""
+    made: dict[tuple[str, ...], str] = {}
+
+    def make(sample: str, *args: str, fails: bool = False) -> str:
+        key = (sample, *args)
+        if key not in made:
+            made[key] = mlflow_run(str(samples_repo / sample), uri, *args, fails=fails)
+        return made[key]
+
+    return make
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    url: str
+    proc: subprocess.Popen
+
+
+def start_mlflow_server(where: Path, workers: int = 1) -> Server:
+    """A real tracking server on 127.0.0.1 with its own sqlite store; stop it
+    with stop(server.proc).  It serves through gunicorn, MLflow's other
+    server: some 4 ms of CPU a request against 13-16 ms through uvicorn, and
+    each reproduction sends dozens.  Its job runner is off: the tool submits
+    no jobs, and the runner's seven huey consumers each import MLflow (some
+    19 s of CPU a server) and leave a folder in /dev/shm behind."""
+    where.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = where / 'server.log'
+    with open(log, 'w') as log_file:
+        proc = start_service(
+            (
+                sys.executable,
+                '-m',
+                'mlflow',
+                'server',
+                '--host',
+                '127.0.0.1',
+                '--port',
+                str(port),
+                '--backend-store-uri',
+                f'sqlite:///{where / "server.db"}',
+                '--artifacts-destination',
+                str(where / 'artifacts'),
+                '--workers',
+                str(workers),
+                '--gunicorn-opts=--log-level warning',
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            cwd=where,
+            env={**os.environ, 'MLFLOW_SERVER_ENABLE_JOB_EXECUTION': 'false'},
+        )
+    url = f'http://127.0.0.1:{port}'
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f'{url}/health', timeout=2)
+            return Server(url, proc)
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop(proc)
+                raise AssertionError(log.read_text()[-3000:]) from None
+            time.sleep(0.5)
+
+
+def client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
 
 NAN, INF = math.nan, math.inf
 TIGHT = Tolerance(rtol=1e-9, atol=0.0)
@@ -32,6 +257,12 @@ def reproduce(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(argv)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def reproduce_json(capsys, *argv: str) -> tuple[int, dict, str]:
+    """reproduce() with --output json: (exit code, the report, stderr)."""
+    code, out, err = reproduce(capsys, *argv, '--output', 'json')
+    return code, json.loads(out), err
 
 
 def param_table(out: str) -> list[str]:
@@ -500,6 +731,7 @@ def build_repo(where: Path, files: dict[str, str]) -> tuple[Path, str]:
     git('init', '--quiet', '--initial-branch', 'main', cwd=repo)
     git('config', 'user.email', 'tests@example.invalid', cwd=repo)
     git('config', 'user.name', 'tests', cwd=repo)
+    git('config', 'commit.gpgsign', 'false', cwd=repo)
     for name, text in files.items():
         (repo / 'tiny' / name).write_text(text)
     return repo, commit_all(repo, 'tiny project')

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import client, git
 from helpers import (
     all_run_ids,
+    client,
+    git,
     recorded_run,
     reproduce,
 )
@@ -553,8 +554,7 @@ def test_a_failing_project_on_the_plugin_exits_3_with_its_run_failed(reference, 
 
 
 def test_sigterm_cancels_the_plugin_job_and_marks_the_run_killed(samples_repo, tmp_path):
-    from conftest import SCRIPT
-    from helpers import process_gone, recorded_run, reproductions_of, wait_for
+    from helpers import SCRIPT, process_gone, recorded_run, reproductions_of, wait_for
 
     commit = git('rev-parse', 'HEAD', cwd=samples_repo)
     run_id = recorded_run(f'file://{samples_repo}#slow', commit, {'seconds': '120'})

@@ -1,4 +1,4 @@
-"""Batch reproduction (issue 9): many reference runs in one invocation,
+"""Batch reproduction: many reference runs in one invocation,
 chosen by ID, file, registered model or search, reproduced --jobs at a time
 under one parent run, with one summary and one exit code."""
 
@@ -11,12 +11,15 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SCRIPT, client, git, mlflow_run
 from helpers import (
+    SCRIPT,
     add_project,
     artifact_bytes,
     batch_runs,
+    client,
     experiment_runs_or_empty,
+    git,
+    mlflow_run,
     process_gone,
     recorded_run,
     reproduce,
@@ -447,7 +450,7 @@ def slow_projects_alive(seconds) -> list[str]:
     ]
 
 
-# --- issue 21 and issue 19: what a batch says, and how it takes many jobs ---------------
+# --- what a batch says, and how it takes many jobs ---------------------------------------
 
 
 def cheap_search_setup(samples_repo, name: str) -> dict[str, list[str]]:

@@ -15,9 +15,9 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, git, mlflow_run, start_mlflow_server, stop
 from helpers import (
     JSON_DOC,
+    SCRIPT,
     TINY,
     add_commits,
     build_repo,
@@ -25,9 +25,13 @@ from helpers import (
     experiment_runs,
     experiment_runs_or_empty,
     first_spans,
+    git,
+    mlflow_run,
     reproduce,
     section,
+    start_mlflow_server,
     start_tool,
+    stop,
     tables,
     wait_for,
 )
@@ -825,7 +829,7 @@ def test_a_probe_that_lost_the_tracking_server(status, message, lost):
 @pytest.mark.slow
 def test_a_server_that_dies_mid_bisection_is_named_not_the_reference(tmp_path, monkeypatch):
     """The tracking server stops while the reference commit's probe runs: the
-    report says so, not that the reference cannot be reproduced (issue 27)."""
+    report says so, not that the reference cannot be reproduced."""
     server = start_mlflow_server(tmp_path / 'server')
     try:
         repo, _ = build_repo(tmp_path, TINY)

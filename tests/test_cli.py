@@ -9,9 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SCRIPT, client
 from helpers import (
+    ROOT,
+    SCRIPT,
     all_run_ids,
+    client,
     reproduce,
 )
 

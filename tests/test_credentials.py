@@ -9,9 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import client, mlflow_run
 from helpers import (
     add_project,
+    client,
+    mlflow_run,
     start_tool,
 )
 

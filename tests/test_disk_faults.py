@@ -1,4 +1,4 @@
-"""A full disk under the tool (issue 19, defect rows 1 and 2): a real small
+"""A full disk under the tool: a real small
 file system (tmpfs) mounted as TMPDIR, filled by the checkout or by the
 project's output; the tool says so in one line and exits 2."""
 
@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import client, git
 from helpers import (
     add_project,
+    client,
+    git,
     recorded_run,
     reproductions_of,
     tool,

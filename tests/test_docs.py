@@ -15,8 +15,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SCRIPT
-from helpers import JSON_DOC, first_spans, section, tables
+from helpers import (
+    JSON_DOC,
+    ROOT,
+    SCRIPT,
+    first_spans,
+    section,
+    tables,
+)
 
 import reproduce_run
 from reproduce_run import main

@@ -1,4 +1,4 @@
-"""The engine for groups of reproductions (issue 20): what each planner plans
+"""The engine for groups of reproductions: what each planner plans
 next from the results so far, and what its parent runs get, as pure tables
 without MLflow.  The engine running the plans is held by the batch and repeat
 tests, which run it against real MLflow and git."""

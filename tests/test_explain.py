@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 import uv
-from conftest import ROOT, SCRIPT, make_repo, mlflow_run
 from helpers import (
+    ROOT,
+    SCRIPT,
     add_project,
     client,
     first_spans,
+    make_repo,
+    mlflow_run,
     reproduce,
     section,
     start_tool,
@@ -526,7 +529,7 @@ def test_a_package_absent_from_the_reproduction_is_not_installed(
     world, capsys, monkeypatch, tmp_path
 ):
     """padkit importable but no installed distribution (a plain folder on
-    PYTHONPATH): the explanation calls it not installed, not unset (issue 27)."""
+    PYTHONPATH): the explanation calls it not installed, not unset."""
     site = pip_target(tmp_path / 'site', [world.wheels / 'numkit-1.1-py3-none-any.whl'])
     (site / 'padkit').mkdir()
     (site / 'padkit' / '__init__.py').write_text('PAD = 2\n')

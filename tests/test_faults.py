@@ -1,4 +1,4 @@
-"""The guarantees under hostile conditions (issue 7, rows 1-7 and 9-12):
+"""The guarantees under hostile conditions:
 projects that ignore signals or leave daemons behind, tracking servers that
 are slow, down or silent, and what reaches standard output on every path."""
 
@@ -17,16 +17,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import client, free_port, git, start_mlflow_server, stop
 from helpers import (
     QUIET,
     add_project,
     artifact_bytes,
+    client,
+    free_port,
+    git,
     process_gone,
     recorded_run,
     reproduce,
     reproductions_of,
+    start_mlflow_server,
     start_tool,
+    stop,
     tool,
     wait_for,
 )
@@ -351,7 +355,7 @@ def test_a_password_in_the_tracking_uri_is_masked_everywhere(reference, server, 
     assert 'user:' not in out + err
 
 
-# --- issue 19: defects found by an adversarial probe ---------------------------
+# --- bad model URIs, servers that answer 500 or nothing, runs left running ----------
 
 
 def all_runs() -> list[str]:

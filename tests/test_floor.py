@@ -16,16 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SCRIPT
-from helpers import (
-    make_venv,
-)
+from helpers import ROOT, RUN_ID_LOG_RE, SCRIPT, make_venv
 from packaging.version import Version
 
 # Installing MLflow into a new environment takes minutes on a busy machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
-
-_RUN_ID_LOG_RE = re.compile(r"=== Run \(ID '(\w+)'\) succeeded ===")
 
 
 def mlflow_floor() -> str:
@@ -60,7 +55,7 @@ def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
 
 
 def floor_run(
-    floor: tuple[Path, dict[str, str]], *argv: str, cwd: Path | None = None
+    floor: tuple[Path, dict[str, str]], *argv: str, cwd: Path
 ) -> subprocess.CompletedProcess[str]:
     python, env = floor
     return subprocess.run(
@@ -74,8 +69,12 @@ def floor_run(
 
 
 @pytest.fixture(scope='module')
-def floor_reference(floor, samples_repo) -> str:
+def floor_reference(floor, samples_repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A run made by the floor's `mlflow run`, in a folder of its own: the
+    experiment it makes keeps its artifacts under that folder's ./mlruns, and
+    MLflow's storage folder (else one left in TMPDIR) is there too."""
     python, env = floor
+    where = tmp_path_factory.mktemp('floor_reference')
     proc = subprocess.run(
         (
             str(python),
@@ -85,24 +84,28 @@ def floor_reference(floor, samples_repo) -> str:
             str(samples_repo / 'sklearn_regression'),
             '--env-manager',
             'local',
+            '--storage-dir',
+            str(where / 'storage'),
         ),
         capture_output=True,
+        cwd=where,
         text=True,
         env={**env, 'MLFLOW_LOGGING_LEVEL': 'INFO'},
         stdin=subprocess.DEVNULL,
     )
-    match = _RUN_ID_LOG_RE.search(proc.stderr)
-    assert proc.returncode == 0 and match, proc.stderr[-3000:]
-    return match.group(1)
+    match = RUN_ID_LOG_RE.search(proc.stderr)
+    assert proc.returncode == 0 and match and match[2] == 'succeeded', proc.stderr[-3000:]
+    yield match.group(1)
+    shutil.rmtree(where, ignore_errors=True)
 
 
-def test_the_floor_environment_has_the_floor_mlflow(floor):
-    proc = floor_run(floor, '-c', 'import mlflow; print(mlflow.__version__)')
+def test_the_floor_environment_has_the_floor_mlflow(floor, tmp_path):
+    proc = floor_run(floor, '-c', 'import mlflow; print(mlflow.__version__)', cwd=tmp_path)
     assert Version(proc.stdout.strip()) == Version(mlflow_floor())
 
 
-def test_floor_reproduces_a_run(floor, floor_reference):
-    proc = floor_run(floor, str(SCRIPT), '--run_id', floor_reference)
+def test_floor_reproduces_a_run(floor, floor_reference, tmp_path):
+    proc = floor_run(floor, str(SCRIPT), '--run_id', floor_reference, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[-1] == 'Runs equal: True'
 
@@ -128,9 +131,15 @@ def test_floor_default_store_and_an_unknown_run(floor, tmp_path):
     assert (tmp_path / 'mlflow.db').is_file()
 
 
-def test_floor_compare_to(floor, floor_reference):
+def test_floor_compare_to(floor, floor_reference, tmp_path):
     proc = floor_run(
-        floor, str(SCRIPT), '--run_id', floor_reference, '--compare-to', floor_reference
+        floor,
+        str(SCRIPT),
+        '--run_id',
+        floor_reference,
+        '--compare-to',
+        floor_reference,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f'Compared run:   {floor_reference}' in proc.stdout

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from helpers import (
+    ROOT,
     make_venv,
 )
 

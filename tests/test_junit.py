@@ -1,4 +1,4 @@
-"""--junit-xml and the GitHub Actions job summary (issue 20): the outcome as
+"""--junit-xml and the GitHub Actions job summary: the outcome as
 CI systems read it.  Every file is judged by parsing it with libxml2 (lxml)
 and with junitparser, as CI tools do, never by string matching."""
 
@@ -14,8 +14,15 @@ from pathlib import Path
 
 import lxml.etree
 import pytest
-from conftest import SCRIPT, git
-from helpers import add_project, client, recorded_run, reproduce, wait_for
+from helpers import (
+    SCRIPT,
+    add_project,
+    client,
+    git,
+    recorded_run,
+    reproduce,
+    wait_for,
+)
 from junitparser import Error, Failure, JUnitXml, Skipped, TestCase
 
 import reproduce_run

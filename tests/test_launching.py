@@ -8,12 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import client, mlflow_run
 from helpers import (
     ECHO_PROJECT,
     add_project,
-    param_table,
+    client,
+    mlflow_run,
     reproduce,
+    reproduce_json,
     reproduced_run,
     run_snapshot,
 )
@@ -90,12 +91,15 @@ def test_extra_params_are_not_passed(reference, capsys):
     run_id = reference('own_params')
     own = set(client().get_run(run_id).data.params) - {'n_neighbors'}
     assert own
-    code, out, _ = reproduce(capsys, '--run_id', run_id)
-    assert code == 0, out
-    assert [line.split() for line in param_table(out)[3:-1]] == [
-        ['|', 'n_neighbors', '|', '5', '|', '5', '|']
+    code, report, err = reproduce_json(capsys, '--run_id', run_id)
+    assert code == 0, err
+    assert report['params']['compared'] == [
+        {'key': 'n_neighbors', 'reference': '5', 'reproduced': '5', 'equal': True}
     ]
-    assert f'Params not passed: {len(own)} not declared by the entry point' in out
+    assert (report['params']['passed'].keys(), report['params']['not_passed'].keys()) == (
+        {'n_neighbors'},
+        own,
+    )
 
 
 def test_verbose_lists_the_params_not_passed(reference, capsys):
@@ -110,19 +114,19 @@ def test_verbose_lists_the_params_not_passed(reference, capsys):
 
 def test_entry_point_other_than_main(reference, capsys):
     run_id = reference('entry_points', '-e', 'train_tree', '-P', 'max_depth=2')
-    code, out, _ = reproduce(capsys, '--run_id', run_id)
-    assert code == 0, out
-    new = reproduced_run(out)
+    code, report, err = reproduce_json(capsys, '--run_id', run_id)
+    assert code == 0, err
+    new = client().get_run(report['reproduced_run_id'])
     assert new.data.tags['mlflow.project.entryPoint'] == 'train_tree'
     assert new.data.params['max_depth'] == '2'
 
 
 def test_script_entry_point_gets_the_params_mlflow_logged(reference, capsys):
     run_id = reference('entry_points', '-e', 'score.py', '-P', 'threshold=0.3')
-    code, out, _ = reproduce(capsys, '--run_id', run_id)
-    assert code == 0, out
-    assert [line.split() for line in param_table(out)[3:-1]] == [
-        ['|', 'threshold', '|', '0.3', '|', '0.3', '|']
+    code, report, err = reproduce_json(capsys, '--run_id', run_id)
+    assert code == 0, err
+    assert report['params']['compared'] == [
+        {'key': 'threshold', 'reference': '0.3', 'reproduced': '0.3', 'equal': True}
     ]
 
 
@@ -137,9 +141,9 @@ def test_script_entry_point_gets_the_params_mlflow_logged(reference, capsys):
 def test_param_values_reach_the_project_unchanged(own_repo, store, capsys, msg):
     project = add_project(own_repo, 'echo', ECHO_PROJECT)
     run_id = mlflow_run(str(project), store, '-P', f'msg={msg}')
-    code, out, _ = reproduce(capsys, '--run_id', run_id)
-    assert code == 0, out
-    assert reproduced_run(out).data.metrics['msg_length'] == len(msg)
+    code, report, err = reproduce_json(capsys, '--run_id', run_id)
+    assert code == 0, err
+    assert client().get_run(report['reproduced_run_id']).data.metrics['msg_length'] == len(msg)
 
 
 def test_project_output_goes_to_stderr_and_report_to_stdout(reference, capfd):

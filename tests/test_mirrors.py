@@ -1,4 +1,4 @@
-"""Bare repositories, as mirrors are kept on shared disks (issue 19): a
+"""Bare repositories, as mirrors are kept on shared disks: a
 reference that recorded one, and --uri naming one, over a path and over
 file://, with #subdir, and at a commit that only the mirror still holds."""
 
@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import client, git
 from helpers import (
     QUIET,
     add_project,
+    client,
+    git,
     recorded_run,
     reproduce,
     reproductions_of,

@@ -1,4 +1,4 @@
-"""--notify (issue 20): a Slack- or Teams-compatible incoming webhook, tested
+"""--notify: a Slack- or Teams-compatible incoming webhook, tested
 against a real HTTP server on 127.0.0.1 that records what it receives,
 answers 500, or never answers."""
 
@@ -16,7 +16,6 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from conftest import git
 from helpers import (
     ECHO_PROJECT,
     HOSTILE,
@@ -28,6 +27,7 @@ from helpers import (
     client,
     commit_all,
     dataset_input,
+    git,
     log_environment,
     python_run,
     recorded_run,

@@ -14,8 +14,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import client, git
-from helpers import recorded_run, reproduce, tagged_run
+from helpers import (
+    client,
+    git,
+    recorded_run,
+    reproduce,
+    tagged_run,
+)
 
 import reproduce_run
 from reproduce_run import ReproduceError, Source, commit_value_problem

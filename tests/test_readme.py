@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
-from conftest import ROOT, client, free_port, git
 from helpers import (
     ECHO_PROJECT,
+    ROOT,
+    SAMPLES,
     add_project,
+    client,
     conda_run,
+    free_port,
+    git,
     logged_run,
     recorded_run,
     reproduce,
@@ -588,3 +594,24 @@ def test_readme_lists_every_exit_code():
     assert documented == {
         value for name, value in vars(reproduce_run).items() if name.startswith('EXIT_')
     }
+
+
+def test_make_reference_prints_the_run_id_alone_and_leaves_nothing_in_tmpdir(
+    samples_repo, store, tmp_path
+):
+    """The quick start's `--run_id "$(python3 MLproject_samples/make_reference.py
+    SAMPLE)"`: stdout is the new run's ID, and `mlflow run`'s storage folder
+    leaves with it."""
+    own_tmp = tmp_path / 'tmp'
+    own_tmp.mkdir()
+    proc = subprocess.run(
+        (sys.executable, str(SAMPLES / 'make_reference.py'), str(samples_repo / 'jitter')),
+        capture_output=True,
+        text=True,
+        env={**os.environ, 'TMPDIR': str(own_tmp), 'MLFLOW_TRACKING_URI': store},
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = client().get_run(proc.stdout.strip())
+    assert (run.info.status, proc.stdout) == ('FINISHED', f'{run.info.run_id}\n')
+    assert list(own_tmp.iterdir()) == []

@@ -7,9 +7,10 @@ import json
 import os
 
 import pytest
-from conftest import client, mlflow_run
 from helpers import (
     add_project,
+    client,
+    mlflow_run,
     reproduce,
     start_tool,
 )

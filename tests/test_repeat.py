@@ -8,10 +8,11 @@ import math
 import shlex
 
 import pytest
-from conftest import client, mlflow_run
 from helpers import (
     artifact_bytes,
+    client,
     experiment_runs,
+    mlflow_run,
     reproduce,
 )
 
@@ -757,7 +758,7 @@ def test_repeat_after_the_data_changed_is_drifted(samples_repo, store, capsys, t
     assert code == 1, err
     assert f'**Run {ref} against 2 repetitions: {DRIFTED}**' in out
     [parent] = [r for r in experiment_runs(name) if r.info.run_name.startswith('reproduce-repeat-')]
-    # headed as a repetition, with the parent run the table report shows (issue 21)
+    # headed as a repetition, with the parent run the table report shows
     assert out.startswith(f'**Repetitions of run {ref}**: Reproduced 2 runs: ')
     assert f'\n- parent run: `{parent.info.run_id}`\n' in out
     run_name = client().get_run(ref).info.run_name
@@ -841,7 +842,7 @@ def test_repeat_of_two_references_nests_under_one_batch(reference, capsys, tmp_p
 
 
 def test_a_repeat_none_of_whose_repetitions_ran_is_classified_failed(reference, capsys, tmp_path):
-    """The parent run always gets a description and a class (issue 19)."""
+    """The parent run always gets a description and a class."""
     ref = reference('failing', fails=True)
     name = f'repeat-failing-{tmp_path.name}'
     code, out, err = reproduce(

@@ -1,5 +1,6 @@
 """The reports: JSON and Markdown output, numbers that JSON cannot hold,
-and a report that cannot be written."""
+a report that cannot be written, and the reference run's status in every
+format."""
 
 from __future__ import annotations
 
@@ -10,18 +11,21 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SCRIPT, client, git, make_repo
 from helpers import (
     HOSTILE,
     HOSTILE_VALUES,
     INF,
+    SCRIPT,
     TIGHT,
     assert_markdown_safe,
     assert_no_forged_line,
     assert_terminal_safe,
+    client,
     dataset_input,
+    git,
     log_environment,
     logged_run,
+    make_repo,
     param_table,
     recorded_run,
     reproduce,
@@ -392,3 +396,51 @@ def test_a_hostile_source_stays_one_code_span(tmp_path, capsys):
     code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run', '--output', 'markdown')
     assert code == 0, err
     assert f'- source: ``file://{repo}#sklearn_regression`` at `{commit}`\n' in out
+
+
+# --- the reference's status is said ---------------------------------------------------
+
+
+def ended_run(status: str, metrics: dict[str, list[float]]) -> str:
+    run_id = logged_run(metrics)
+    client().set_terminated(run_id, status)
+    return run_id
+
+
+@pytest.mark.parametrize(
+    'status', [pytest.param('FAILED', id='failed'), pytest.param('KILLED', id='killed')]
+)
+def test_a_failed_or_killed_reference_is_said_in_every_format(status, capsys):
+    ref = ended_run(status, {'acc': [0.5]})
+    other = logged_run({'acc': [0.5]})
+    code, out, err = reproduce(capsys, '--run_id', ref, '--compare-to', other)
+    assert code == 0
+    assert out.splitlines()[0] == f'Reference run:  {ref} ({status})'
+    assert (
+        err == f'reproduce_run: warning: run {ref} ended {status}: its metrics may be incomplete\n'
+    )
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'json')
+    assert json.loads(out)['reference_status'] == status
+    code, out, _ = reproduce(capsys, '--run_id', ref, '--compare-to', other, '--output', 'markdown')
+    assert out.splitlines()[2] == f'- reference run status: **{status}**'
+
+
+def test_reference_status_in_json_is_always_present(capsys):
+    ref = logged_run({'acc': [0.5]})
+    code, out, err = reproduce(capsys, '--run_id', ref, '--compare-to', ref, '--output', 'json')
+    assert (code, json.loads(out)['reference_status'], err) == (0, 'FINISHED', '')
+    code, out, _ = reproduce(capsys, '--run_id', 'f' * 32, '--output', 'json')
+    doc = json.loads(out)
+    assert (code, doc['status'], doc['reference_status']) == (2, 'error', None)
+
+
+def test_dry_run_says_the_reference_failed(reference, capsys):
+    run_id = reference('failing', fails=True)
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run')
+    assert code == 0
+    assert out.splitlines()[0] == f'Reference run:  {run_id} (FAILED)'
+    assert (
+        f'reproduce_run: warning: run {run_id} ended FAILED: its metrics may be incomplete\n' in err
+    )
+    code, out, _ = reproduce(capsys, '--run_id', run_id, '--dry-run', '--output', 'json')
+    assert (code, json.loads(out)['reference_status']) == (0, 'FAILED')

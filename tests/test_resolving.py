@@ -1,13 +1,15 @@
-"""Resolving what the user named into what runs (issue 21): a run ID prefix,
+"""Resolving what the user named into what runs: a run ID prefix,
 a source MLflow recorded garbled or on another host, and an environment
 manager whose program is missing, each found before any run is created.
 Then fetching the source at the recorded commit without touching the working
 copy, and the runs that cannot be reproduced (no git source, deleted, an
-MLproject or entry point that does not fit)."""
+MLproject or entry point that does not fit).  A tracking store that is not
+there is said so, and never created."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,13 +17,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, client, free_port, git, mlflow_run
 from helpers import (
     ECHO_PROJECT,
+    SCRIPT,
     add_project,
     all_run_ids,
+    client,
     conda_run,
+    free_port,
+    git,
     logged_run,
+    mlflow_run,
     recorded_run,
     reproduce,
     reproductions_of,
@@ -585,3 +591,92 @@ def test_declared_param_without_default_missing_from_the_run(own_repo, capsys):
         "run's params: No value given for missing parameters: 'msg'\n"
     )
     assert reproductions_of(run_id) == []
+
+
+# --- no tracking store is ever created by the tool ------------------------------------
+
+
+def run_tool(cwd: Path, uri: str | None, *argv: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != 'MLFLOW_TRACKING_URI'}
+    if uri is not None:
+        env['MLFLOW_TRACKING_URI'] = uri
+    return subprocess.run(
+        (sys.executable, str(SCRIPT), '--run_id', 'a' * 32, *argv),
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_no_store_is_created_without_tracking_uri(tmp_path):
+    folder = tmp_path / 'empty'
+    folder.mkdir()
+    proc = run_tool(folder, None)
+    assert (proc.returncode, proc.stdout) == (2, '')
+    assert proc.stderr == (
+        f'reproduce_run.py: error: no tracking store found: MLFLOW_TRACKING_URI is not set and '
+        f'the current folder {folder} has no mlflow.db (nor mlruns); set MLFLOW_TRACKING_URI '
+        f'to the store that holds the run (for example sqlite:////path/to/mlflow.db or '
+        f'http://host:5000)\n'
+    )
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ('uri', 'missing'),
+    [
+        pytest.param('sqlite:///missing.db', 'missing.db', id='relative-sqlite'),
+        pytest.param('sqlite:///{tmp}/missing.db', '{tmp}/missing.db', id='absolute-sqlite'),
+        pytest.param('file://{tmp}/mlruns', '{tmp}/mlruns', id='file-uri'),
+        pytest.param('mlruns', 'mlruns', id='plain-path'),
+    ],
+)
+def test_no_store_is_created_for_a_missing_local_store(uri, missing, tmp_path):
+    folder = tmp_path / 'empty'
+    folder.mkdir()
+    uri, missing = uri.format(tmp=folder), missing.format(tmp=folder)
+    proc = run_tool(folder, uri, '--output', 'json')
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f'reproduce_run.py: error: no tracking store found: MLFLOW_TRACKING_URI is {uri}, but '
+        f'{folder / missing} does not exist; set MLFLOW_TRACKING_URI to the store that holds '
+        f'the run (for example sqlite:////path/to/mlflow.db or http://host:5000)\n'
+    )
+    assert json.loads(proc.stdout)['status'] == 'error'
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ('uri', 'make', 'ok'),
+    [
+        pytest.param(None, (), False, id='unset-empty-folder'),
+        pytest.param(None, ('mlflow.db',), True, id='unset-mlflow-db'),
+        pytest.param(None, ('mlruns/0/meta.yaml',), True, id='unset-mlruns-with-experiment'),
+        pytest.param(None, ('mlruns/.trash/x',), False, id='unset-mlruns-without-experiment'),
+        pytest.param('sqlite:///here.db', ('here.db',), True, id='sqlite-present'),
+        pytest.param('sqlite:///here.db', (), False, id='sqlite-missing'),
+        pytest.param('sqlite:///here%20db.db', ('here db.db',), True, id='sqlite-quoted'),
+        pytest.param('sqlite://', (), True, id='sqlite-in-memory'),
+        pytest.param('file:///{tmp}/store', ('store/x',), True, id='file-uri-present'),
+        pytest.param('store', (), False, id='plain-path-missing'),
+        pytest.param('http://127.0.0.1:5000', (), True, id='server-is-not-checked-here'),
+        pytest.param('postgresql://u:p@db/mlflow', (), True, id='database-server'),
+        pytest.param('databricks', (), True, id='databricks-workspace'),
+    ],
+)
+def test_check_tracking_store(uri, make, ok, tmp_path, monkeypatch):
+    folder = tmp_path / 'here'
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    for name in make:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text('')
+    uri = uri and uri.format(tmp=folder)
+    if ok:
+        reproduce_run.check_tracking_store(uri)
+    else:
+        with pytest.raises(reproduce_run.ReproduceError, match='no tracking store found'):
+            reproduce_run.check_tracking_store(uri)

@@ -1,4 +1,4 @@
-"""Big selections (issue 19): thousands of reference runs are read in a few
+"""Big selections: thousands of reference runs are read in a few
 searches, planned as the earlier ones end, kept small once judged, and the
 table lists only the runs that did not come back equal."""
 
@@ -11,8 +11,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import client, git, start_mlflow_server, stop
-from helpers import reproduce, tagged_run
+from helpers import (
+    client,
+    git,
+    reproduce,
+    start_mlflow_server,
+    stop,
+    tagged_run,
+)
 from proxy import proxy_in_front_of
 
 import reproduce_run as rr
@@ -167,7 +173,7 @@ def test_a_dry_run_of_an_experiment_reads_its_runs_once(
     samples_repo, store, capsys, tmp_path, monkeypatch
 ):
     """The search's pages are the runs the plans read: no second search by
-    run ID, no get_run (issue 27: 10,000 runs took twice a plain search)."""
+    run ID, no get_run (10,000 runs took twice a plain search that way)."""
     ids = project_runs(samples_repo, f'once-{tmp_path.name}', 3)
     with proxy_in_front_of(store) as proxy:
         monkeypatch.setenv('MLFLOW_TRACKING_URI', proxy.url)

@@ -10,15 +10,13 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import (
+from conftest import STORES
+from helpers import (
     SAMPLES,
-    STORES,
+    build_repo,
     client,
     git,
     mlflow_run,
-)
-from helpers import (
-    build_repo,
     param_table,
     process_gone,
     python_run,

@@ -1,5 +1,5 @@
 """Hostile inputs: crafted MLproject commands, paths and symlinks that lead
-out of the checkout, and credentials in URIs (issue 7, rows 13-18)."""
+out of the checkout, credentials in URIs, and a NUL byte in a param."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import client, free_port, git
 from helpers import (
     ECHO_PROJECT,
     add_project,
     all_run_ids,
     artifact_bytes,
+    client,
+    free_port,
+    git,
     logged_run,
     recorded_run,
     reproduce,
@@ -199,6 +201,7 @@ def test_a_bare_placeholder_keeps_a_hostile_value_data(command, printed, tmp_pat
         pytest.param('', False, id='empty'),
         pytest.param('two words', True, id='space'),
         pytest.param('$(id)', True, id='substitution'),
+        pytest.param('x;id', True, id='semicolon'),
         pytest.param('a\nb', True, id='newline'),
         pytest.param("it's", True, id='quote'),
         pytest.param('*', True, id='glob'),
@@ -291,9 +294,11 @@ def test_the_refused_danger_is_real(own_repo, capsys, tmp_path):
     source, commit = crafted_project(
         own_repo, 'cat > cfg.txt <<EOF\nvalue: {p}\nEOF\npython echo.py x'
     )
-    run_id = recorded_run(source, commit, {'p': f'$(touch {pwned})'})
-    code, _, err = reproduce(capsys, '--run_id', run_id, '--allow-unsafe-command')
-    assert 'inside a here-document' in err and 'running it because of' in err
+    run_id = recorded_run(source, commit, {'p': f'$(touch {pwned})'}, metrics={'arg_length': 1.0})
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--allow-unsafe-command')
+    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True'), err
+    assert 'inside a here-document' in err
+    assert 'running it because of --allow-unsafe-command' in err
     assert pwned.exists()
 
 
@@ -506,6 +511,12 @@ def test_symlinks_inside_the_checkout_are_fine(own_repo, capsys):
         ),
         pytest.param('file:///srv/r.git', 'file:///srv/r.git', id='file-url-without-host'),
         pytest.param('git@github.com:o/r.git', 'git@github.com:o/r.git', id='scp-style'),
+        pytest.param('https://tok@host/r.git#sub', 'https://***@host/r.git#sub', id='token'),
+        pytest.param(
+            'fatal: https://u:p@h/r and ssh://git@h/r',
+            'fatal: https://***@h/r and ssh://***@h/r',
+            id='ssh-user-in-a-sentence',
+        ),
     ],
 )
 def test_mask_credentials_to_the_last_at_before_the_path(text, expected):
@@ -637,104 +648,7 @@ def test_environment_file_that_is_a_symlink_out_of_the_checkout_is_refused(
     )
 
 
-# --- masked credentials, quoted placeholders and unsafe params, end to end --------
-
-
-@pytest.mark.parametrize(
-    ('text', 'expected'),
-    [
-        pytest.param('https://user:tok@host/r.git', 'https://***@host/r.git', id='user-password'),
-        pytest.param('https://tok@host/r.git#sub', 'https://***@host/r.git#sub', id='token'),
-        pytest.param(
-            'fatal: https://u:p@h/r and ssh://git@h/r',
-            'fatal: https://***@h/r and ssh://***@h/r',
-            id='in-a-sentence',
-        ),
-        pytest.param('git@github.com:o/r.git', 'git@github.com:o/r.git', id='scp-style-no-secret'),
-        pytest.param('https://host/r.git', 'https://host/r.git', id='nothing-to-mask'),
-    ],
-)
-def test_mask_credentials(text, expected):
-    assert reproduce_run.mask_credentials(text) == expected
-
-
-@pytest.mark.parametrize(
-    ('command', 'quoted'),
-    [
-        pytest.param("python a.py --msg '{msg}'", {'msg'}, id='single-quotes'),
-        pytest.param('python a.py --msg "{msg}" {n}', {'msg'}, id='double-quotes'),
-        pytest.param('python a.py --msg {msg}', set(), id='bare'),
-        pytest.param("python a.py '{{msg}}' {n}", set(), id='literal-braces'),
-        pytest.param("python a.py \\'{msg}", set(), id='escaped-quote'),
-        pytest.param('python a.py "it\'s {msg}"', {'msg'}, id='apostrophe-inside-double-quotes'),
-        pytest.param("python a.py '--x=1' {msg} '{n}'", {'n'}, id='after-a-closed-quote'),
-    ],
-)
-def test_quoted_placeholders(command, quoted):
-    contexts = reproduce_run.placeholder_contexts(command)
-    assert {p.key for p in contexts if p.context} == quoted
-
-
-@pytest.mark.parametrize(
-    ('value', 'unsafe'),
-    [
-        pytest.param('hello', False, id='plain'),
-        pytest.param('a-b_c.d/e:f=1,2', False, id='safe-punctuation'),
-        pytest.param('', False, id='empty'),
-        pytest.param('x; touch /tmp/pwned', True, id='semicolon'),
-        pytest.param('$(id)', True, id='command-substitution'),
-        pytest.param('two words', True, id='space'),
-        pytest.param("it's", True, id='quote'),
-    ],
-)
-def test_unsafe_params(value, unsafe):
-    unsafe_keys = [
-        p.key
-        for p in reproduce_run.unsafe_params("python a.py '{msg}' {n}", {'msg': value, 'n': value})
-    ]
-    assert unsafe_keys == (['msg'] if unsafe else [])
-
-
-def test_injection_through_a_quoted_placeholder_is_refused(samples_repo, capsys, tmp_path):
-    pwned = tmp_path / 'pwned'
-    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
-    run_id = recorded_run(
-        f'file://{samples_repo}#quoted_command', commit, {'msg': f'x; touch {pwned}'}
-    )
-    code, out, err = reproduce(capsys, '--run_id', run_id)
-    assert (code, out) == (2, '')
-    assert err.startswith("reproduce_run: error: entry point 'main' puts {msg} inside quotes")
-    assert 'refusing to run it (--allow-unsafe-command runs it anyway)' in err
-    assert err.count('\n') == 1
-    assert reproductions_of(run_id) == []
-    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run')
-    assert code == 2
-    assert not pwned.exists()
-
-
-def test_allow_unsafe_command_runs_it_with_a_warning(samples_repo, capsys, tmp_path):
-    pwned = tmp_path / 'pwned'
-    commit = git('rev-parse', 'HEAD', cwd=samples_repo)
-    # The shell ends the quotes at the value's own: the project gets --msg x.
-    run_id = recorded_run(
-        f'file://{samples_repo}#quoted_command',
-        commit,
-        {'msg': f'x; touch {pwned}'},
-        metrics={'msg_length': 1.0},
-    )
-    code, out, err = reproduce(capsys, '--run_id', run_id, '--allow-unsafe-command')
-    assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True'), err
-    assert 'running it because of --allow-unsafe-command' in err
-    assert pwned.exists()  # the danger the check guards against is real
-
-
-def test_credentials_in_a_failing_uri_are_masked(reference, capsys):
-    run_id = reference('sklearn_regression')
-    uri = f'https://user:s3cret@127.0.0.1:{free_port()}/samples.git'
-    code, out, err = reproduce(capsys, '--run_id', run_id, '--uri', uri, '--output', 'json')
-    assert code == 2
-    assert 's3cret' not in out + err
-    assert 'https://***@127.0.0.1' in json.loads(out)['message']
+# --- credentials in a source URI and a tracking URI, end to end; a NUL byte ---------
 
 
 def test_credentials_are_masked_in_every_output_and_tag(

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, git
 from helpers import (
+    SCRIPT,
+    git,
     process_gone,
     recorded_run,
     reproductions_of,

@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from helpers import (
+    ROOT,
     wait_for,
 )
 

@@ -1,10 +1,12 @@
 """The verdict: metric histories compared within tolerances (pure, in tables),
-per-metric rules, --compare-to, and runs that differ or not end to end."""
+infinite tolerances, per-metric rules, --compare-to, values tied at one step
+and one timestamp, and runs that differ or not end to end."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from conftest import client, git, mlflow_run
 from helpers import (
     ECHO_PROJECT,
     INF,
@@ -12,9 +14,14 @@ from helpers import (
     TIGHT,
     add_project,
     all_run_ids,
+    artifact_bytes,
+    client,
+    git,
     logged_run,
+    mlflow_run,
     param_table,
     reproduce,
+    reproduce_json,
     reproduced_run,
     run_snapshot,
 )
@@ -393,3 +400,146 @@ def test_changed_project_defaults_are_flagged(own_repo, store, capsys):
         ['|', 'extra', '|', '-', '|', 'x', '|', 'differs', '|'],
         ['|', 'msg', '|', 'hi', '|', 'hi', '|', '|'],
     ]
+
+
+# --- infinite tolerances --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ('reproduced', 'reference', 'tol', 'expected'),
+    [
+        pytest.param(5.0, 0.0, Tolerance(rtol=INF), True, id='inf-rtol-zero-reference'),
+        pytest.param(-1e300, 1e300, Tolerance(rtol=INF), True, id='inf-rtol-far-apart'),
+        pytest.param(1e-12, 0.0, Tolerance(rtol=0.0, atol=INF), True, id='inf-atol'),
+        pytest.param(3.0, 2.0, Tolerance(rtol=INF, atol=INF), True, id='both-inf'),
+        pytest.param(NAN, 1.0, Tolerance(rtol=INF, atol=INF), False, id='nan-still-differs'),
+        pytest.param(NAN, NAN, Tolerance(rtol=INF), True, id='nan-equals-nan'),
+        pytest.param(INF, 1.0, Tolerance(rtol=INF, atol=INF), False, id='inf-value-still-differs'),
+        pytest.param(-INF, -INF, Tolerance(rtol=INF), True, id='same-inf-equal'),
+    ],
+)
+def test_values_close_with_infinite_tolerance(reproduced, reference, tol, expected):
+    assert reproduce_run.values_close(reproduced, reference, tol) is expected
+
+
+@pytest.mark.parametrize(
+    ('argv', 'rtol', 'atol', 'overrides'),
+    [
+        pytest.param(
+            ('--tolerance', 'final=inf'),
+            1e-9,
+            0.0,
+            [{'pattern': 'final', 'rtol': 'Infinity', 'atol': 0.0}],
+            id='tolerance-inf',
+        ),
+        pytest.param(('--rtol', 'inf'), 'Infinity', 0.0, [], id='rtol-inf'),
+        pytest.param(('--atol', '1e999'), 1e-9, 'Infinity', [], id='atol-overflows-to-inf'),
+        pytest.param(
+            ('--tolerance', 'final=1,inf'),
+            1e-9,
+            0.0,
+            [{'pattern': 'final', 'rtol': 1.0, 'atol': 'Infinity'}],
+            id='tolerance-atol-inf',
+        ),
+    ],
+)
+def test_infinite_tolerance_is_accepted_and_written_as_json_strings(
+    argv, rtol, atol, overrides, capsys
+):
+    ref = logged_run({'final': [0.0, 1.0], 'other': [2.0]})
+    other = logged_run({'final': [7.0, 1e6], 'other': [2.0]})
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, '--compare-to', other, '--output', 'json', *argv
+    )
+    assert err == ''
+    doc = json.loads(out)
+    assert (code, doc['status'], doc['equal']) == (0, 'equal', True)
+    assert doc['tolerance'] == {'rtol': rtol, 'atol': atol, 'overrides': overrides, 'ignored': []}
+    final = next(m for m in doc['metrics'] if m['key'] == 'final')
+    expected = overrides[0] if overrides else {'rtol': rtol, 'atol': atol}
+    assert (final['rtol'], final['atol'], final['equal']) == (
+        expected['rtol'],
+        expected['atol'],
+        True,
+    )
+    assert float(final['rtol']) >= 0 and float(final['atol']) >= 0
+
+
+def test_infinite_tolerance_in_a_recorded_comparison(capsys):
+    """comparison.json is written (not silently missing) with an inf tolerance."""
+    ref = logged_run({'final': [1.0]})
+    other = logged_run({'final': [2.0]})
+    c = client()
+    run = c.get_run(other)
+    verdict = reproduce_run.judge(
+        {'final': [(0, 1.0)]}, {'final': [(0, 2.0)]}, reproduce_run.Rules(Tolerance(rtol=INF))
+    )
+    report = reproduce_run.Report(
+        'equal',
+        0,
+        ref,
+        run.info.run_id,
+        verdict=verdict,
+        rules=reproduce_run.Rules(Tolerance(rtol=INF)),
+    )
+    reproduce_run.record_verdict(c, report, None, plots=False)
+    assert capsys.readouterr().err == ''
+    doc = json.loads(artifact_bytes(other, 'reproduce/comparison.json'))
+    assert (doc['tolerance']['rtol'], doc['metrics'][0]['rtol'], doc['equal']) == (
+        'Infinity',
+        'Infinity',
+        True,
+    )
+    assert c.get_run(other).data.tags['reproduce.rtol'] == 'inf'
+
+
+# --- values tied at one step and one timestamp ----------------------------------------
+
+
+def batch_run(metrics: list[tuple[str, float, int, int]]) -> str:
+    """A finished run whose metrics are logged as given: (key, value, timestamp, step)."""
+    from mlflow.entities import Metric
+
+    c = client()
+    run_id = c.create_run(c.get_experiment_by_name('Default').experiment_id).info.run_id
+    c.log_batch(run_id, metrics=[Metric(*m) for m in metrics])
+    c.set_terminated(run_id)
+    return run_id
+
+
+def test_values_tied_at_one_step_and_timestamp_compare_equal(capsys):
+    t = 1_700_000_000_000
+    # The store hands the tie back sorted by value: 1.0 before 2.0.
+    ref = batch_run(
+        [
+            ('loss', 2.0, t, 0),
+            ('loss', 1.0, t, 0),
+            ('loss', 0.5, t + 5, 1),
+            ('acc', 0.9, t, 0),
+            ('acc', 0.1, t, 0),
+        ]
+    )
+    assert [m.value for m in client().get_metric_history(ref, 'loss')] == [1.0, 2.0, 0.5]
+    # The reproduction logged the same values in the same order, a millisecond apart.
+    other = batch_run(
+        [
+            ('loss', 2.0, t + 100, 0),
+            ('loss', 1.0, t + 101, 0),
+            ('loss', 0.5, t + 102, 1),
+            ('acc', 0.9, t + 100, 0),
+            ('acc', 0.1, t + 100, 0),
+        ]
+    )
+    code, report, err = reproduce_json(capsys, '--run_id', ref, '--compare-to', other)
+    assert (code, report['status'], err) == (0, 'equal', '')
+    assert [(m['key'], m['equal']) for m in report['metrics']] == [('acc', True), ('loss', True)]
+
+
+def test_values_at_one_step_in_another_order_still_differ(capsys):
+    t = 1_700_000_000_000
+    ref = batch_run([('loss', 2.0, t, 0), ('loss', 1.0, t + 1, 0)])
+    other = batch_run([('loss', 1.0, t, 0), ('loss', 2.0, t + 1, 0)])
+    code, report, _ = reproduce_json(capsys, '--run_id', ref, '--compare-to', other)
+    assert (code, report['status']) == (1, 'differ')
+    [loss] = report['metrics']
+    assert (loss['equal'], loss['first_divergent_step']) == (False, 0)

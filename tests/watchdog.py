@@ -23,7 +23,7 @@ from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
 # After a SIGTERM, the time the service has to end before everything is killed
-# (stop() in conftest.py waits 15 s before it kills the watchdog too).  Short:
+# (stop() in helpers.py waits 15 s before it kills the watchdog too).  Short:
 # the services' state is thrown away, and an `mlflow server` whose clients keep
 # connections alive would wait for them until killed (10 s a stop, at 10 s).
 GRACE_SECONDS = 2.0
