@@ -3886,8 +3886,53 @@ def registration_lines(registrations: Registrations, escaped: Escape = shown) ->
 # the reproduced run.
 
 
+class Outcome:
+    """What an invocation ends with, and every kind answers the same questions:
+    a Report (one run, with --explain's explanation), a BatchReport (a batch,
+    --repeat), a BisectReport, or the Bisections of several references.  Each
+    has a `status`, its `exit_code`, its `reports` (every reproduction, in
+    order) and `message` (why it could not go on, or None); the defaults below
+    are worked out from those."""
+
+    message: str | None = None
+    first_changed_commit: str | None = None  # a bisection's finding
+
+    def text(self, verbose: bool = False) -> str | None: ...  # None: nothing to say
+
+    def markdown(self) -> str: ...
+
+    def json(self) -> dict[str, Any]: ...
+
+    def json_text(self) -> str:
+        return json.dumps(self.json(), indent=2, allow_nan=False)
+
+    def render(self, output: str, verbose: bool = False) -> str | None:
+        """What goes to standard output; None for nothing."""
+        if output == 'json':
+            return self.json_text()
+        if self.message and not self.reports:  # it could not start: the error line says why
+            return None
+        return self.markdown() if output == 'markdown' else self.text(verbose)
+
+    def subject(self) -> str: ...  # what was reproduced, as the summary line names it
+
+    def junit_cases(self) -> list[Case]:
+        """One testcase per reproduction."""
+        return [report_case(r) for r in self.reports]
+
+    def parent_run_ids(self) -> list[str]:
+        return []
+
+    def stderr_lines(self) -> list[str]:
+        """The signal, or the one-line error, that ends standard error."""
+        stopped = next((r.status for r in self.reports if r.status in SIGNAL_STATUSES), None)
+        if stopped:
+            return [f'{program_name()}: {stopped}']
+        return [f'{program_name()}: error: {self.message}'] if self.message else []
+
+
 @dataclasses.dataclass(frozen=True)
-class Report:
+class Report(Outcome):
     status: str  # a key of STATUS_EXIT_CODES
     exit_code: int
     reference_run_id: str
@@ -3915,6 +3960,25 @@ class Report:
     @property
     def equal(self) -> bool | None:
         return self.verdict.equal if self.status in JUDGED_STATUSES and self.verdict else None
+
+    @property
+    def reports(self) -> tuple[Report, ...]:
+        return (self,)
+
+    def text(self, verbose: bool = False) -> str | None:
+        """None when it did not run to a verdict: the error line says why."""
+        if self.status in ('failed', 'error', 'interrupted', 'terminated'):
+            return None
+        return format_text(self, verbose)
+
+    def markdown(self) -> str:
+        return format_markdown(self)
+
+    def json(self) -> dict[str, Any]:
+        return report_json(self)
+
+    def subject(self) -> str:
+        return f'run {case_name(self)}'
 
 
 def _json_float(x: float | None) -> float | str | None:
@@ -4015,10 +4079,6 @@ def report_json(report: Report) -> dict[str, Any]:
             else {}
         ),
     }
-
-
-def format_json(report: Report) -> str:
-    return json.dumps(report_json(report), indent=2, allow_nan=False)
 
 
 def _note(m: MetricVerdict) -> str:
@@ -4320,17 +4380,6 @@ def fit_tag(value: str) -> str:
     return _truncated(value, TAG_VALUE_LIMIT)
 
 
-def render(report: Report, output: str, verbose: bool) -> str | None:
-    """What goes to standard output; None for nothing."""
-    if output == 'json':
-        return format_json(report)
-    if output == 'markdown':
-        return format_markdown(report)
-    if report.status in ('failed', 'error', 'interrupted', 'terminated'):
-        return None
-    return format_text(report, verbose)
-
-
 def _differing(report: Report) -> str:
     """The metrics (and params) that differ, for the summary table."""
     if not report.verdict:
@@ -4528,16 +4577,6 @@ def format_batch_json(batch: BatchReport) -> str:
         for r in batch.reports
     )
     return text.replace('"runs": []', f'"runs": [\n{runs}\n  ]', 1)
-
-
-def render_batch(batch: BatchReport, output: str, verbose: bool) -> str | None:
-    if output == 'json':
-        return format_batch_json(batch)
-    if batch.message:  # it could not start: the error line says why
-        return None
-    if output == 'markdown':
-        return format_batch_markdown(batch)
-    return format_batch_text(batch, verbose)
 
 
 def _suggestion_cell(d: MetricDiagnosis) -> str | None:
@@ -4741,7 +4780,7 @@ def record_verdict(
         with tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as folder:
             path = os.path.join(folder, COMPARISON_ARTIFACT)
             with open(path, 'w') as f:
-                f.write(format_json(report))
+                f.write(report.json_text())
             client.log_artifact(run_id, path, ARTIFACT_DIR)
             if log_path and os.path.exists(log_path):
                 client.log_artifact(run_id, log_path, ARTIFACT_DIR)
@@ -5346,8 +5385,8 @@ def project_output(tail: Sequence[str]) -> list[str]:
 # Groups of reproductions: the engine that batch and --repeat run on.  A
 # planner says what to reproduce next from the results so far; the engine
 # runs at most --jobs reproductions at once, shares their fetched sources,
-# stops them on a signal, nests them under parent runs, records those and
-# folds one exit code.
+# stops them on a signal, nests them under parent runs and returns what the
+# group found; the planner makes its mode's report of that, recorded on them.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -5400,11 +5439,12 @@ class Planner:
         """The parent run of a reference's nested probes, made when the first starts."""
         raise NotImplementedError
 
-    def report(self, group: Group) -> BatchReport:
+    def report(self, group: Group) -> Outcome:
+        """The mode's own report of what the group found."""
         raise NotImplementedError
 
-    def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
-        """What each parent run gets at the end; the engine closes every parent."""
+    def records(self, report: Any, group: Group) -> list[GroupRecord]:
+        """What each parent run gets at the end, from the report."""
         return []
 
 
@@ -5433,7 +5473,7 @@ class Group:
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchReport:
+class BatchReport(Outcome):
     reports: tuple[Report, ...]
     skipped: tuple[dict[str, str], ...] = ()
     batch_run_id: str | None = None
@@ -5444,10 +5484,37 @@ class BatchReport:
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
 
     @property
+    def status(self) -> str:
+        return 'error' if self.message else worst_status(r.status for r in self.reports)
+
+    @property
     def exit_code(self) -> int:
+        return STATUS_EXIT_CODES[self.status]
+
+    def text(self, verbose: bool = False) -> str | None:
+        return format_batch_text(self, verbose)
+
+    def markdown(self) -> str:
         if self.message:
-            return EXIT_CANNOT_START
-        return fold_exit_code(r.status for r in self.reports)
+            return f'**reproduce_run**: error\n\n> {self.message}'
+        return format_batch_markdown(self)
+
+    def json(self) -> dict[str, Any]:
+        return batch_json(self)
+
+    def json_text(self) -> str:
+        return format_batch_json(self)
+
+    def subject(self) -> str:
+        references = len({r.reference_run_id for r in self.reports})
+        many = f' ({len(self.reports)} reproductions)' if references < len(self.reports) else ''
+        return counted(references, 'run') + many
+
+    def junit_cases(self) -> list[Case]:
+        return batch_cases(self)
+
+    def parent_run_ids(self) -> list[str]:
+        return [self.batch_run_id] if self.batch_run_id else []
 
     @property
     def equal(self) -> bool:
@@ -5468,13 +5535,10 @@ class BatchReport:
         return sum(r.status in SIGNAL_STATUSES for r in self.reports) - self.not_started
 
 
-def fold_exit_code(statuses: Iterable[str]) -> int:
-    """The exit code of the worst status: a signal, then 2, 3, 1, 0."""
-    return STATUS_EXIT_CODES[worst_status(statuses)]
-
-
 def worst_status(statuses: Iterable[str]) -> str:
-    """The first of STATUS_EXIT_CODES among statuses ('equal' for none)."""
+    """The status whose exit code a group exits with: the first of
+    STATUS_EXIT_CODES among statuses (a signal, then error, failed, differ,
+    equal, planned); equal of none."""
     found = set(statuses)
     return next((s for s in STATUS_EXIT_CODES if s in found), 'equal')
 
@@ -5618,9 +5682,9 @@ def _run_probe(
     return report
 
 
-def run_group(session: Session, planner: Planner) -> BatchReport:
-    """Run what the planner plans, --jobs at a time, under its parent runs;
-    then record those runs and close them."""
+def run_group(session: Session, planner: Planner) -> Group:
+    """Run what the planner plans, --jobs at a time, under its parent runs:
+    what the group found."""
     from concurrent.futures import ThreadPoolExecutor
 
     session = dataclasses.replace(session, batch=True)  # the reproductions share sources
@@ -5657,9 +5721,16 @@ def run_group(session: Session, planner: Planner) -> BatchReport:
     )
     if not group.results:
         warn('no run to reproduce: none was named, and the search chose none')
-    batch = planner.report(group)
-    record_group(session, planner.records(batch, group), parents)
-    return batch
+    return group
+
+
+def report_group(session: Session, planner: Planner) -> Any:
+    """Run the planner's group, then its report: recorded on its parent runs,
+    which are closed."""
+    group = run_group(session, planner)
+    report = planner.report(group)
+    record_group(session, group, planner.records(report, group))
+    return report
 
 
 def jobs_the_store_takes(session: Session) -> int:
@@ -5715,15 +5786,15 @@ def create_group_run(
     return run.info.run_id
 
 
-def record_group(session: Session, records: Sequence[GroupRecord], parents: _Parents) -> None:
+def record_group(session: Session, group: Group, records: Sequence[GroupRecord]) -> None:
     """Each parent run gets its record, nested ones first, and every parent
     is closed: FINISHED when the group ran to its end, KILLED after a signal."""
     from mlflow.entities import Metric, RunTag
 
     closing = 'KILLED' if session.stop.event.is_set() else 'FINISHED'
     by_run = {record.run_id: record for record in records}
-    nested = list(dict.fromkeys(parents.nested.values()))
-    for run_id in [*nested, *([parents.own] if parents.own else [])]:
+    parents = [*group.nested_parents.values(), *filter(None, [group.parent_run_id])]
+    for run_id in dict.fromkeys(parents):
         record = by_run.get(run_id)
         if record is not None:
             now = int(time.time() * 1000)
@@ -6106,7 +6177,7 @@ def run_batch(
 ) -> BatchReport:
     """Reproduce every chosen run, --jobs at a time, under one parent run."""
     window = max(READ_WINDOW, 2 * session.options.jobs)
-    return run_group(session, BatchPlanner(chosen, skipped, session.client, window))
+    return report_group(session, BatchPlanner(chosen, skipped, session.client, window))
 
 
 # ---------------------------------------------------------------------------
@@ -6288,7 +6359,7 @@ def run_repeat(
     session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]], n: int
 ) -> BatchReport:
     """Reproduce every chosen run n times, --jobs at a time."""
-    return run_group(session, RepeatPlanner(chosen, skipped, n, session.options.rules))
+    return report_group(session, RepeatPlanner(chosen, skipped, n, session.options.rules))
 
 
 # ---------------------------------------------------------------------------
@@ -6400,7 +6471,7 @@ class CommitInfo:
 
 
 @dataclasses.dataclass(frozen=True)
-class BisectReport:
+class BisectReport(Outcome):
     reference_run_id: str
     reference_run_name: str | None = None
     path: tuple[CommitInfo, ...] = ()  # the reference commit, then each commit to the target
@@ -6435,6 +6506,33 @@ class BisectReport:
         i = self.finding.first_changed
         return None if i is None else self.path[i].commit
 
+    @property
+    def reports(self) -> tuple[Report, ...]:
+        return tuple(r for _, r in self.probes)
+
+    def text(self, verbose: bool = False) -> str:
+        return format_bisect_text(self)
+
+    def markdown(self) -> str:
+        return format_bisect_markdown(self)
+
+    def json(self) -> dict[str, Any]:
+        return bisect_json(self)
+
+    def subject(self) -> str:
+        found = self.first_changed_commit or 'none'
+        return f'a bisection of run {self.reference_run_id} (first changed commit: {found})'
+
+    def junit_cases(self) -> list[Case]:
+        """One per probe, named with its commit."""
+        return [
+            dataclasses.replace(c, name=f'{c.name} at {self.path[i].commit[:SHORT_ID_CHARS]}')
+            for i, c in ((i, report_case(r)) for i, r in self.probes)
+        ]
+
+    def parent_run_ids(self) -> list[str]:
+        return [self.run_id] if self.run_id else []
+
     def reports_of(self, index: int) -> list[Report]:
         return [r for i, r in self.probes if i == index]
 
@@ -6464,7 +6562,6 @@ class BisectPlanner(Planner):
         self.rules, self.describe_commit = rules, describe_commit
         self.index = {c.commit: i for i, c in enumerate(self.path)}
         self.planned = 0
-        self.bisect: BisectReport | None = None
 
     def outcomes(self, results: Sequence[Result]) -> dict[int, str]:
         by_commit: dict[int, list[Report]] = {}
@@ -6509,12 +6606,12 @@ class BisectPlanner(Planner):
         reports = [r for p, r in group.results if self.index[p.version or ''] == blamed]
         return dataclasses.replace(found, reason=SERVER_LOST) if lost_server(reports) else found
 
-    def report(self, group: Group) -> BatchReport:
+    def report(self, group: Group) -> BisectReport:
         outcomes = self.outcomes(group.results)
         found = self._finding(group, outcomes)
         stopped = next((r.status for _, r in group.results if r.status in SIGNAL_STATUSES), None)
         first = found.first_changed
-        self.bisect = BisectReport(
+        return BisectReport(
             self.reference.info.run_id,
             self.reference.info.run_name,
             self.path,
@@ -6530,23 +6627,18 @@ class BisectPlanner(Planner):
             rules=self.rules,
             leftovers=group.leftovers,
         )
-        return BatchReport(
-            tuple(r for _, r in group.results),
-            batch_run_id=group.parent_run_id,
-            leftovers=group.leftovers,
-        )
 
-    def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
-        if not group.parent_run_id or self.bisect is None:
+    def records(self, report: BisectReport, group: Group) -> list[GroupRecord]:
+        if not group.parent_run_id:
             return []
-        first = self.bisect.first_changed_commit
+        first = report.first_changed_commit
         return [
             GroupRecord(
                 group.parent_run_id,
                 'the bisection',
-                format_bisect_markdown(self.bisect),
+                report.markdown(),
                 BISECT_ARTIFACT,
-                format_bisect_json(self.bisect),
+                report.json_text(),
                 tags={TAG_FIRST_CHANGED: first or 'none'},
             )
         ]
@@ -6683,10 +6775,9 @@ def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> Bisec
     planner = BisectPlanner(
         reference, path, repeat, options.jobs, options.rules, lambda c: describe_commit(clone, c)
     )
-    run_group(session, planner)
-    assert planner.bisect is not None
-    tag_probes(client, planner.bisect)
-    return planner.bisect
+    bisect: BisectReport = report_group(session, planner)
+    tag_probes(client, bisect)
+    return bisect
 
 
 def tag_probes(client: MlflowClient, bisect: BisectReport) -> None:
@@ -6845,24 +6936,12 @@ def bisect_json(bisect: BisectReport) -> dict[str, Any]:
     }
 
 
-def format_bisect_json(bisect: BisectReport) -> str:
-    return json.dumps(bisect_json(bisect), indent=2, allow_nan=False)
-
-
-def render_bisect(bisect: BisectReport, output: str) -> str | None:
-    if output == 'json':
-        return format_bisect_json(bisect)
-    if output == 'markdown':
-        return format_bisect_markdown(bisect)
-    return format_bisect_text(bisect)
-
-
 # Several references (a batch, several --model): each is bisected on its own,
 # one after another, each under its own parent run.
 
 
 @dataclasses.dataclass(frozen=True)
-class Bisections:
+class Bisections(Outcome):
     """The bisection of each reference chosen, in order; a reference that
     could not be bisected, or that a signal kept from starting, is a Report
     that says why."""
@@ -6876,58 +6955,48 @@ class Bisections:
 
     @property
     def exit_code(self) -> int:
-        return fold_exit_code(e.status for e in self.entries)
+        return STATUS_EXIT_CODES[self.status]
 
     @property
-    def stopped(self) -> str | None:
-        return next((e.status for e in self.entries if e.status in SIGNAL_STATUSES), None)
+    def reports(self) -> tuple[Report, ...]:
+        return tuple(r for e in self.entries for r in e.reports)
 
-
-def first_changed_of(entry: BisectReport | Report) -> str:
-    found = entry.first_changed_commit if isinstance(entry, BisectReport) else None
-    return found or 'none'
-
-
-def first_changed_lines(bisections: Bisections) -> list[str]:
-    """One line per reference: its first changed commit, or none."""
-    return [
-        f'First changed commit of {e.reference_run_id}: {first_changed_of(e)}'
-        for e in bisections.entries
-    ]
-
-
-def _entry_text(entry: BisectReport | Report, output: str) -> str:
-    if isinstance(entry, BisectReport):
-        return render_bisect(entry, output) or ''
-    if output == 'markdown':
-        return format_markdown(entry)
-    return f'Reference run:  {entry.reference_run_id} ({entry.status}: {entry.message})'
-
-
-def format_bisections_markdown(bisections: Bisections) -> str:
-    parts = [_entry_text(e, 'markdown') for e in bisections.entries]
-    skipped = '\n'.join(skipped_lines(bisections.skipped, '- skipped', markdown_escaped))
-    return '\n\n'.join([*parts, *first_changed_lines(bisections), skipped]).strip()
-
-
-def render_bisections(bisections: Bisections, output: str) -> str:
-    """Each bisection's report in turn, then each reference's first changed commit."""
-    if output == 'json':
-        documents = [
-            bisect_json(e) if isinstance(e, BisectReport) else report_json(e)
-            for e in bisections.entries
+    def text(self, verbose: bool = False) -> str:
+        """Each bisection's report in turn (of one that did not start, why),
+        then each reference's first changed commit."""
+        parts = [
+            e.text() or f'Reference run:  {e.reference_run_id} ({e.status}: {e.message})'
+            for e in self.entries
         ]
-        doc = {
-            'bisections': documents,
-            'skipped': list(bisections.skipped),
-            'exit_code': bisections.exit_code,
-        }
-        return json.dumps(doc, indent=2, allow_nan=False)
-    if output == 'markdown':
-        return format_bisections_markdown(bisections)
-    parts = [_entry_text(e, output) for e in bisections.entries]
-    last = first_changed_lines(bisections) + skipped_lines(bisections.skipped)
-    return '\n\n'.join([*parts, '\n'.join(last)])
+        last = [f'First changed commit of {x}' for x in self.first_changed()]
+        last += skipped_lines(self.skipped)
+        return '\n\n'.join([*parts, '\n'.join(last)])
+
+    def markdown(self) -> str:
+        parts = [e.markdown() for e in self.entries]
+        skipped = '\n'.join(skipped_lines(self.skipped, '- skipped', markdown_escaped))
+        last = [f'First changed commit of {x}' for x in self.first_changed()]
+        return '\n\n'.join([*parts, *last, skipped]).strip()
+
+    def json(self) -> dict[str, Any]:
+        documents = [e.json() for e in self.entries]
+        return {'bisections': documents, 'skipped': list(self.skipped), 'exit_code': self.exit_code}
+
+    def first_changed(self) -> list[str]:
+        """Each reference with its first changed commit, or none."""
+        return [f'{e.reference_run_id}: {e.first_changed_commit or "none"}' for e in self.entries]
+
+    def subject(self) -> str:
+        found = ', '.join(self.first_changed())
+        bisected = counted(len(self.entries), 'run')
+        return f'bisections of {bisected} (first changed commits: {found})'
+
+    def junit_cases(self) -> list[Case]:
+        """Each bisection's, in turn; then one per skipped run."""
+        return [c for e in self.entries for c in e.junit_cases()] + skipped_cases(self)
+
+    def parent_run_ids(self) -> list[str]:
+        return [p for e in self.entries for p in e.parent_run_ids()]
 
 
 # ---------------------------------------------------------------------------
@@ -7202,7 +7271,6 @@ class ExplainPlanner(Planner):
         self.undone: dict[Probe, tuple[str, ...]] = {}
         self.outcomes: dict[frozenset[str], bool] = {}
         self.step = ExplainStep()
-        self.results: tuple[Result, ...] = ()
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
         for probe, report in results:
@@ -7223,10 +7291,6 @@ class ExplainPlanner(Planner):
         )
         self.undone[probe] = self.step.undo
         return [probe]
-
-    def report(self, group: Group) -> BatchReport:
-        self.results = group.results
-        return BatchReport(tuple(r for _, r in group.results))
 
 
 def _changes(undone: Sequence[Candidate]) -> dict[str, str | None]:
@@ -7270,9 +7334,9 @@ def explain_difference(session: Session, report: Report) -> Explanation:
         reason = 'no difference of the environment can be undone'
         return Explanation(None, not_tried=tuple(not_tried), reason=reason)
     planner = ExplainPlanner(session, report, tried, layers)
-    run_group(dataclasses.replace(session, options=_probe_options(session)), planner)
+    group = run_group(dataclasses.replace(session, options=_probe_options(session)), planner)
     probes = []
-    for probe, probe_report in planner.results:
+    for probe, probe_report in group.results:
         undone = [planner.by_key[k] for k in planner.undone[probe]]
         probes.append(
             {
@@ -7358,12 +7422,9 @@ def explain_batch(session: Session, batch: BatchReport) -> BatchReport:
 
 # ---------------------------------------------------------------------------
 # CI and on-call: the outcome, once reported, also goes to a JUnit XML file,
-# the GitHub Actions job summary and chat webhooks.  Each takes a Report or
-# any group's BatchReport (or a BisectReport: one testcase per probe; or the
-# Bisections of several references), so a new mode gets them all by returning
-# its reports.
-
-Outcome = Report | BatchReport | BisectReport | Bisections  # what an invocation ends with
+# the GitHub Actions job summary and chat webhooks.  Each asks the Outcome
+# (its Markdown, its testcases, its reproductions and parent runs), so a new
+# mode gets them all by answering those questions.
 
 JUNIT_SUITE = 'reproduce_run'  # the one <testsuite>'s name
 SHORT_ID_CHARS = 8  # of a run ID, in a testcase's name
@@ -7485,29 +7546,20 @@ def _differing_keys(report: Report) -> list[str]:
     return [m.key for m in metrics if not (m.equal or m.ignored)]
 
 
-def junit_cases(outcome: Outcome) -> list[Case]:
-    """One testcase per report, or per reference run when it was repeated
-    (a bisection: per probe, named with its commit); then one per skipped run."""
-    if isinstance(outcome, Report):
-        return [report_case(outcome)]
-    if isinstance(outcome, BisectReport):
-        return [
-            dataclasses.replace(c, name=f'{c.name} at {outcome.path[i].commit[:SHORT_ID_CHARS]}')
-            for i, c in ((i, report_case(r)) for i, r in outcome.probes)
-        ]
-    if isinstance(outcome, Bisections):  # each bisection's, in turn
-        return [c for e in outcome.entries for c in junit_cases(e)] + skipped_cases(outcome)
-    if outcome.message:  # it could not start
-        return [Case(JUNIT_SUITE, 0.0, 'error', outcome.message)]
+def batch_cases(batch: BatchReport) -> list[Case]:
+    """One testcase per report, or per reference run when it was repeated;
+    then one per skipped run."""
+    if batch.message:  # it could not start
+        return [Case(JUNIT_SUITE, 0.0, 'error', batch.message)]
     by_reference: dict[str, list[Report]] = {}
-    for report in outcome.reports:
+    for report in batch.reports:
         by_reference.setdefault(report.reference_run_id, []).append(report)
-    if outcome.repeats or outcome.repeat_of or len(by_reference) < len(outcome.reports):
-        diagnosed = {r.reference_run_id: r for r in outcome.repeats}
+    if batch.repeats or batch.repeat_of or len(by_reference) < len(batch.reports):
+        diagnosed = {r.reference_run_id: r for r in batch.repeats}
         cases = [repeat_case(rs, diagnosed.get(run_id)) for run_id, rs in by_reference.items()]
     else:
-        cases = [report_case(r) for r in outcome.reports]
-    return cases + skipped_cases(outcome)
+        cases = [report_case(r) for r in batch.reports]
+    return cases + skipped_cases(batch)
 
 
 def skipped_cases(outcome: BatchReport | Bisections) -> list[Case]:
@@ -7587,57 +7639,21 @@ def write_atomically(path: str, data: bytes) -> None:
         raise
 
 
-def outcome_markdown(outcome: Outcome) -> str:
-    if isinstance(outcome, Report):
-        return format_markdown(outcome)
-    if isinstance(outcome, BisectReport):
-        return format_bisect_markdown(outcome)
-    if isinstance(outcome, Bisections):
-        return format_bisections_markdown(outcome)
-    if outcome.message:
-        return f'**reproduce_run**: error\n\n> {outcome.message}'
-    return format_batch_markdown(outcome)
-
-
-def _reports(outcome: Outcome) -> tuple[Report, ...]:
-    if isinstance(outcome, BisectReport):
-        return tuple(r for _, r in outcome.probes)
-    if isinstance(outcome, Bisections):
-        return tuple(r for e in outcome.entries for r in _reports(e))
-    return (outcome,) if isinstance(outcome, Report) else outcome.reports
-
-
 def summary_line(outcome: Outcome, experiment: str) -> str:
     """What was checked, how many equal, differ or failed, and the worst."""
-    reports = _reports(outcome)
-    if isinstance(outcome, BatchReport) and outcome.message:
+    reports = outcome.reports
+    if outcome.message and not reports:  # a batch that could not start
         return f'reproduce_run on {socket.gethostname()}: could not start: {outcome.message}'
-    if isinstance(outcome, Report):
-        what = f'run {case_name(outcome)}'
-    elif isinstance(outcome, BisectReport):
-        found = outcome.first_changed_commit or 'none'
-        what = f'a bisection of run {outcome.reference_run_id} (first changed commit: {found})'
-    elif isinstance(outcome, Bisections):
-        found = ', '.join(f'{e.reference_run_id}: {first_changed_of(e)}' for e in outcome.entries)
-        bisected = counted(len(outcome.entries), 'run')
-        what = f'bisections of {bisected} (first changed commits: {found})'
-    else:
-        references = len({r.reference_run_id for r in reports})
-        what = counted(references, 'run')
-        if references < len(reports):
-            what += f' ({len(reports)} reproductions)'
     counts = collections.Counter(r.status for r in reports)
     shown = [f'{counts[s]} {s}' for s in COUNTED_STATUSES]
     shown += [f'{counts["planned"]} planned'] if counts['planned'] else []
     stopped = sum(counts[s] for s in SIGNAL_STATUSES)
     shown += [f'{stopped} stopped by a signal'] if stopped else []
-    worst = worst_status(counts)
-    worst = outcome.status if isinstance(outcome, (BisectReport, Bisections)) else worst
     went = sorted({d for d in map(destination, reports) if d}) or [experiment]
     into = plural(len(went), 'experiment') + ' ' + ', '.join(map(repr, went))
     return (
-        f'reproduce_run on {socket.gethostname()}: {what} reproduced into {into}: '
-        f'{", ".join(shown)}; worst: {worst} (exit {outcome.exit_code})'
+        f'reproduce_run on {socket.gethostname()}: {outcome.subject()} reproduced into {into}: '
+        f'{", ".join(shown)}; worst: {outcome.status} (exit {outcome.exit_code})'
     )
 
 
@@ -7659,13 +7675,8 @@ def run_links(outcome: Outcome, ui: str | None) -> list[str]:
     def run(run_id: str) -> str:
         return f'{ui}/#/runs/{run_id}' if ui else run_id
 
-    lines = []
-    parents = [outcome.run_id] if isinstance(outcome, BisectReport) else []
-    parents = [outcome.batch_run_id] if isinstance(outcome, BatchReport) else parents
-    if isinstance(outcome, Bisections):  # each bisection's
-        parents = [e.run_id for e in outcome.entries if isinstance(e, BisectReport)]
-    lines += [f'- parent run: {run(parent)}' for parent in parents if parent]
-    shown = [r for r in _reports(outcome) if r.status not in ('equal', 'planned')]
+    lines = [f'- parent run: {run(parent)}' for parent in outcome.parent_run_ids()]
+    shown = [r for r in outcome.reports if r.status not in ('equal', 'planned')]
     for r in shown[:NOTIFY_LINKS]:
         new = f', reproduced run {run(r.reproduced_run_id)}' if r.reproduced_run_id else ''
         lines.append(f'- {case_name(r)}: {r.status}: reference run {run(r.reference_run_id)}{new}')
@@ -7689,7 +7700,7 @@ def notification_text(outcome: Outcome, delivery: Delivery, limit: int = NOTIFY_
     head = markdown_escaped(summary_line(outcome, delivery.experiment_name))
     links = '\n'.join(map(markdown_escaped, run_links(outcome, ui_address(delivery.tracking_uri))))
     room = limit - len(head.encode()) - len(links.encode()) - 4
-    text = '\n\n'.join(p for p in (head, _cut(outcome_markdown(outcome), room), links) if p)
+    text = '\n\n'.join(p for p in (head, _cut(outcome.markdown(), room), links) if p)
     text = mask_credentials(text)
     for url in delivery.notify:
         text = mask_webhook(text, url)
@@ -7867,7 +7878,7 @@ def write_junit(outcome: Outcome, delivery: Delivery) -> None:
         delivery.junit_xml, 'the JUnit XML report'
     ):
         return
-    data = junit_xml(junit_cases(outcome), delivery.experiment_name, time.time())
+    data = junit_xml(outcome.junit_cases(), delivery.experiment_name, time.time())
     try:
         write_atomically(delivery.junit_xml, data)
     except OSError as e:
@@ -7882,7 +7893,7 @@ def append_step_summary(outcome: Outcome, delivery: Delivery) -> None:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK  # never waits
     try:
         with open(os.open(delivery.step_summary, flags, 0o666), 'a', encoding='utf-8') as f:
-            f.write(mask_credentials(outcome_markdown(outcome)) + '\n\n')
+            f.write(mask_credentials(outcome.markdown()) + '\n\n')
     except OSError as e:
         warn(f'the report could not be appended to {STEP_SUMMARY_ENV}: {e}')
 
@@ -8264,7 +8275,7 @@ def invoke(
     compare_to_id: str | None,
     stop: Stop,
     left_open: list[LeftOpen],
-) -> Report | BatchReport | BisectReport | Bisections:
+) -> Outcome:
     """Settings for the tool's own requests, the tracking server checked, then
     one run, a comparison, or a batch; every process the tool started is gone
     and the temporary folder removed when it returns."""
@@ -8857,21 +8868,6 @@ def _error_outcome(
     )
 
 
-def _stderr_lines(outcome: Report | BatchReport | BisectReport | Bisections) -> list[str]:
-    """The one-line error, or the signal, that ends standard error."""
-    name = program_name()
-    if isinstance(outcome, (BisectReport, Bisections)):
-        return [f'{name}: {outcome.stopped}'] if outcome.stopped else []
-    if isinstance(outcome, BatchReport):
-        if outcome.message:
-            return [f'{name}: error: {outcome.message}']
-        stopped = [r.status for r in outcome.reports if r.status in ('interrupted', 'terminated')]
-        return [f'{name}: {stopped[0]}'] if stopped else []
-    if outcome.status in ('interrupted', 'terminated'):
-        return [f'{name}: {outcome.status}']
-    return [f'{name}: error: {outcome.message}'] if outcome.message else []
-
-
 def _write_report(text: str, stream: TextIO | None) -> None:
     """The report on standard output; one that cannot take it (closed, or a
     reader that went away) gets a warning, and the exit code still tells."""
@@ -8897,16 +8893,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 outcome = invoke(options, selection, args.compare_to, stop, left_open)
         except Exception as e:
             outcome = _error_outcome(e, args.verbose, selection, options.rules)
-    for line in _stderr_lines(outcome):
+    for line in outcome.stderr_lines():
         print(shown(line), file=sys.stderr)
-    if isinstance(outcome, BisectReport):
-        text: str | None = render_bisect(outcome, args.output)
-    elif isinstance(outcome, Bisections):
-        text = render_bisections(outcome, args.output)
-    elif isinstance(outcome, BatchReport):
-        text = render_batch(outcome, args.output, args.verbose)
-    else:
-        text = render(outcome, args.output, args.verbose)
+    text = outcome.render(args.output, args.verbose)
     if text is not None and args.output != 'json':  # JSON holds the exact values
         text = '\n'.join(map(shown, text.split('\n')))  # no value acts on the terminal
     if text is not None:

@@ -42,8 +42,8 @@ import reproduce_run
         pytest.param(['planned', 'planned'], 0, id='dry-run'),
     ],
 )
-def test_fold_exit_code(statuses, code):
-    assert reproduce_run.fold_exit_code(statuses) == code
+def test_a_batch_exits_with_the_code_of_its_worst_status(statuses, code):
+    assert reproduce_run.STATUS_EXIT_CODES[reproduce_run.worst_status(statuses)] == code
 
 
 @pytest.mark.parametrize(

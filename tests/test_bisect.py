@@ -50,12 +50,9 @@ from reproduce_run import (
     Rules,
     commit_outcome,
     finding,
-    junit_cases,
     lost_server,
     main,
     next_commits,
-    render_bisect,
-    render_bisections,
     run_links,
     summary_line,
 )
@@ -599,27 +596,27 @@ def test_several_bisections_in_table_markdown_and_junit():
     found = dataclasses.replace(_bisect({0: GOOD, 12: BAD, 7: GOOD, 8: BAD}), run_id='p1')
     calm = dataclasses.replace(_bisect({0: GOOD, 12: GOOD}), reference_run_id='calm', run_id='p2')
     bisections = Bisections((found, calm, _ERROR))
-    text = render_bisections(bisections, 'table')
+    text = bisections.render('table')
     assert text == '\n\n'.join(
         [
-            render_bisect(found, 'table'),
-            render_bisect(calm, 'table'),
+            found.render('table'),
+            calm.render('table'),
             'Reference run:  gone (error: run gone not found)',
             f'First changed commit of r: {found.path[8].commit}\n'
             'First changed commit of calm: none\n'
             'First changed commit of gone: none',
         ]
     )
-    markdown = render_bisections(bisections, 'markdown')
-    assert markdown.startswith(render_bisect(found, 'markdown') + '\n\n')
+    markdown = bisections.render('markdown')
+    assert markdown.startswith(found.render('markdown') + '\n\n')
     assert markdown.endswith(
         f'First changed commit of r: {found.path[8].commit}\n\n'
         'First changed commit of calm: none\n\nFirst changed commit of gone: none'
     )
-    cases = junit_cases(bisections)  # each probe's testcase, then the error's
+    cases = bisections.junit_cases()  # each probe's testcase, then the error's
     assert [c.name for c in cases] == [
-        *(c.name for c in junit_cases(found)),
-        *(c.name for c in junit_cases(calm)),
+        *(c.name for c in found.junit_cases()),
+        *(c.name for c in calm.junit_cases()),
         'gone',
     ]
     assert cases[-1].result == 'error' and cases[-1].message == 'run gone not found'

@@ -156,7 +156,7 @@ def report(status: str, run_id: str = 'a' * 32, **fields) -> reproduce_run.Repor
     ],
 )
 def test_junit_cases(outcome, cases):
-    got = reproduce_run.junit_cases(outcome)
+    got = outcome.junit_cases()
     assert [(c.name, c.result, c.message) for c in got] == cases
 
 

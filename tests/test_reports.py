@@ -130,7 +130,7 @@ def test_json_numbers_are_parseable(reference, reproduced, fields):
     """SQL stores keep inf as the largest float, so this is tested without one."""
     verdict = judge({'m': [(0, reference)]}, {'m': [(0, reproduced)]}, Rules(TIGHT))
     report = reproduce_run.Report('differ', 1, 'a', 'b', verdict=verdict)
-    metric = json.loads(reproduce_run.format_json(report))['metrics'][0]
+    metric = json.loads(report.json_text())['metrics'][0]
     assert (
         tuple(metric[k] for k in ('reference', 'reproduced', 'abs_diff', 'rel_diff', 'equal'))
         == fields

@@ -347,7 +347,7 @@ def test_nothing_to_say_prints_no_section():
 def test_json_always_has_the_differences():
     verdict = reproduce_run.judge({'m': [(0, 1.0)]}, {'m': [(0, 1.0)]}, TIGHT)
     report = reproduce_run.Report('equal', 0, 'a', 'b', verdict=verdict)
-    assert json.loads(reproduce_run.format_json(report))['differences'] == {
+    assert json.loads(report.json_text())['differences'] == {
         'environment': [],
         'datasets': [],
         'code': [],
