@@ -176,9 +176,12 @@ _MLFLOW_LOG_LINE_RE = re.compile(r'^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+ mlflow
 _MLFLOW_CHATTER_RE = re.compile(r'^(\U0001f3c3|\U0001f9ea) View (run|experiment)')
 # The exception line that ends a Python traceback: "ValueError: ...".
 _EXCEPTION_LINE_RE = re.compile(r'^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b')
-# Every process a reproduction starts carries this variable, so that it can be
-# found and ended even after it left the process group (Linux /proc).
-PROCESS_TAG = 'REPRODUCE_RUN_PROCESS_TAG'
+# The process marker: every process a reproduction starts carries this
+# variable, so that it can be found and ended even after it left the process
+# group (Linux /proc).  Its value is the tool's <pid>-<start>-<random>, with
+# .N for reproduction N.  It is no MLflow tag, whatever its name says; the name
+# stays, since the README documents it and earlier versions' processes carry it.
+PROCESS_MARKER = 'REPRODUCE_RUN_PROCESS_TAG'
 _SECRET_KEY_RE = re.compile(r'token|secret|password|key', re.IGNORECASE)  # config keys to mask
 NOTIFY_ENV = 'REPRODUCE_RUN_NOTIFY_URL'  # a --notify webhook URL: a secret
 # MLflow's credentials for the tracking server (and the webhook): their values are
@@ -2455,10 +2458,10 @@ def _process_table() -> list[tuple[int, str, int, bytes]]:
     return table
 
 
-def live_processes(pgid: int | None, tag: str) -> list[int]:
+def live_processes(pgid: int | None, marker: str) -> list[int]:
     """The processes of a reproduction that still run: those in its process
-    group, and those whose environment carries its tag (a daemon that left the
-    group with setsid still does).  A tag ending in '.' matches every tag
+    group, and those whose environment carries its marker (a daemon that left the
+    group with setsid still does).  A marker ending in '.' matches every marker
     under it.  Without /proc, only the group is known."""
     if not os.path.isdir('/proc'):
         if not pgid:
@@ -2468,9 +2471,9 @@ def live_processes(pgid: int | None, tag: str) -> list[int]:
         except (ProcessLookupError, PermissionError):
             return []
         return [pgid]
-    needle = f'{PROCESS_TAG}={tag}'.encode()
+    needle = f'{PROCESS_MARKER}={marker}'.encode()
 
-    def tagged(environ: bytes) -> bool:
+    def marked(environ: bytes) -> bool:
         return any(
             v == needle or (needle.endswith(b'.') and v.startswith(needle))
             for v in environ.split(b'\0')
@@ -2479,17 +2482,17 @@ def live_processes(pgid: int | None, tag: str) -> list[int]:
     return [
         pid
         for pid, state, group, environ in _process_table()
-        if state not in ('Z', 'X') and (group == pgid or tagged(environ))
+        if state not in ('Z', 'X') and (group == pgid or marked(environ))
     ]
 
 
-def end_processes(pgid: int | None, tag: str, reap: Callable[[], object] = lambda: None) -> int:
+def end_processes(pgid: int | None, marker: str, reap: Callable[[], object] = lambda: None) -> int:
     """SIGTERM to every process of a reproduction, SIGKILL to those still
     alive after the grace period; returns how many there were."""
     found = 0
     for sig, grace in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
         reap()
-        pids = live_processes(pgid, tag)
+        pids = live_processes(pgid, marker)
         if not pids:
             return found
         found = max(found, len(pids))
@@ -2502,7 +2505,7 @@ def end_processes(pgid: int | None, tag: str, reap: Callable[[], object] = lambd
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             reap()
-            if not live_processes(pgid, tag):
+            if not live_processes(pgid, marker):
                 return found
             time.sleep(0.1)
     return found
@@ -2563,15 +2566,15 @@ def left_running_line(left_open: Sequence[LeftOpen]) -> str:
     )
 
 
-def _project_environ(session: Session, tmp_dir: str, tag: str) -> dict[str, str]:
+def _project_environ(session: Session, tmp_dir: str, marker: str) -> dict[str, str]:
     """What the project's processes get: the user's environment as it was when
     the tool started, this Python first on PATH (for env manager local), a
     temporary folder that is removed afterwards, a scratch model registry and
-    the tag that finds them."""
+    the marker that finds them."""
     env = without_git_location(session.user_environ)  # MLflow asks git of the checkout
     env['PATH'] = os.pathsep.join((os.path.dirname(sys.executable), env.get('PATH', '')))
     env['TMPDIR'] = os.path.join(tmp_dir, 'tmp')
-    env[PROCESS_TAG] = tag
+    env[PROCESS_MARKER] = marker
     env.pop(NOTIFY_ENV, None)  # the webhook is the tool's secret, not the project's
     for key, value in project_registry_environ(
         tmp_dir, session.options.keep_registrations, session.user_environ
@@ -2688,13 +2691,13 @@ class Job:
     def __init__(
         self,
         submitted: Any,
-        tag: str,
+        marker: str,
         activation: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.submitted = submitted
         self.proc: subprocess.Popen[bytes] = submitted.command_proc
-        self.tag = tag
+        self.marker = marker
         self.activation = activation  # what enters the project's environment, None: local
         self.environ = environ  # what the project got; None: not known (docker)
 
@@ -2707,12 +2710,12 @@ class Job:
                 stop.check()
 
     def end(self) -> int:
-        """End whatever still runs: the process group and every tagged process."""
-        return end_processes(self.proc.pid, self.tag, reap=self.proc.poll)
+        """End whatever still runs: the process group and every marked process."""
+        return end_processes(self.proc.pid, self.marker, reap=self.proc.poll)
 
 
 def start_project(
-    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+    session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
 ) -> Job:
     """Start the entry point's command with bash, as `mlflow run` does, but
     in a session of its own and in this process: no second MLflow import."""
@@ -2720,10 +2723,10 @@ def start_project(
     from mlflow.projects.utils import get_entry_point_command, get_run_env_vars, load_project
 
     if plan.script is not None:
-        return start_script(session, plan, run, tmp_dir, tag, output)
+        return start_script(session, plan, run, tmp_dir, marker, output)
     project = load_project(plan.project_dir)
     if project.docker_env:
-        return _start_with_mlflow_run(session, plan, run, tmp_dir, tag, output)
+        return _start_with_mlflow_run(session, plan, run, tmp_dir, marker, output)
     activation = environment_activation(project, plan.env_manager, plan.project_dir)
     command = ' && '.join(
         [
@@ -2733,7 +2736,7 @@ def start_project(
             ),
         ]
     )
-    env = _project_environ(session, tmp_dir, tag)
+    env = _project_environ(session, tmp_dir, marker)
     env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
     proc = subprocess.Popen(
         ('bash', '-c', command),
@@ -2744,7 +2747,9 @@ def start_project(
         stderr=output.write_fd,
         start_new_session=True,
     )
-    return Job(LocalSubmittedRun(run.info.run_id, proc), tag, ' && '.join(activation) or None, env)
+    return Job(
+        LocalSubmittedRun(run.info.run_id, proc), marker, ' && '.join(activation) or None, env
+    )
 
 
 def script_activation(plan: Plan) -> list[str]:
@@ -2769,7 +2774,7 @@ def script_process_args(command: Sequence[str], activation: Sequence[str]) -> li
 
 
 def start_script(
-    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+    session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
 ) -> Job:
     """Start a script run's command in its working folder, in a session of
     its own, with the run made for it in MLFLOW_RUN_ID: the script's first
@@ -2779,7 +2784,7 @@ def start_script(
 
     assert plan.script is not None
     activation = script_activation(plan)
-    env = _project_environ(session, tmp_dir, tag)
+    env = _project_environ(session, tmp_dir, marker)
     env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
     proc = subprocess.Popen(
         script_process_args(plan.script.command, activation),
@@ -2790,15 +2795,17 @@ def start_script(
         stderr=output.write_fd,
         start_new_session=True,
     )
-    return Job(LocalSubmittedRun(run.info.run_id, proc), tag, ' && '.join(activation) or None, env)
+    return Job(
+        LocalSubmittedRun(run.info.run_id, proc), marker, ' && '.join(activation) or None, env
+    )
 
 
-def script_help(session: Session, plan: Plan, tmp_dir: str, tag: str) -> str | None:
+def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str | None:
     """What `python script --help` prints, run as the script will run; None
     when it fails or does not end in time.  Its tracking store is a scratch
     one: a script that ignores --help and trains logs nothing anywhere."""
     assert plan.script is not None
-    env = _project_environ(session, tmp_dir, tag)
+    env = _project_environ(session, tmp_dir, marker)
     env['MLFLOW_TRACKING_URI'] = f'sqlite:///{os.path.join(tmp_dir, "help.db")}'
     for name in (*SECRET_VARIABLES, 'MLFLOW_TRACKING_USERNAME'):  # not for a scratch store
         env.pop(name, None)
@@ -2821,14 +2828,14 @@ def script_help(session: Session, plan: Plan, tmp_dir: str, tag: str) -> str | N
             session.stop.check()
             time.sleep(0.1)
     finally:
-        end_processes(proc.pid, tag, reap=proc.poll)
+        end_processes(proc.pid, marker, reap=proc.poll)
     if proc.returncode != 0:
         return None
     with open(log, encoding='utf-8', errors='replace') as f:
         return f.read()
 
 
-def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, tag: str) -> Plan:
+def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str) -> Plan:
     """What a script run's plan needs from the tracking server and from the
     script: the experiment (by default the reference's own, the only one a
     script that calls set_experiment can log into) and, without --script-args
@@ -2847,7 +2854,7 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, tag: str) -
     if session.options.dry_run:  # runs nothing: the script is code from the tracking store
         script = dataclasses.replace(plan.script, arguments_from=HELP_AT_RUN_TIME)
         return dataclasses.replace(plan, script=script)
-    help_text = script_help(session, plan, tmp_dir, tag)
+    help_text = script_help(session, plan, tmp_dir, marker)
     options = help_options(help_text or '')
     if not options:
         why = 'shows no options' if help_text is not None else 'failed or did not end in time'
@@ -2863,13 +2870,13 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, tag: str) -
 
 
 def _start_with_mlflow_run(
-    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+    session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
 ) -> Job:
     """A docker_env project: MLflow builds its image and runs the container
     from a `mlflow run` process of its own (in a session of its own)."""
     import mlflow.projects
 
-    env = _project_environ(session, tmp_dir, tag)
+    env = _project_environ(session, tmp_dir, marker)
     with session.launch_lock, _environ(env), _stdio_into(output.write_fd):
         submitted = mlflow.projects.run(
             uri=plan.project_dir,
@@ -2882,7 +2889,7 @@ def _start_with_mlflow_run(
             run_id=run.info.run_id,
             backend='local',
         )
-    return Job(submitted, tag)
+    return Job(submitted, marker)
 
 
 @contextlib.contextmanager
@@ -2912,7 +2919,7 @@ class Launch:
 
 
 def run_project(
-    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+    session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
 ) -> Launch:
     """Start the project into the run made for it, wait, and make sure that
     nothing it started outlives it.  On a signal, end its processes (SIGTERM,
@@ -2923,7 +2930,7 @@ def run_project(
     try:
         session.stop.check()
         os.makedirs(os.path.join(tmp_dir, 'tmp'), exist_ok=True)
-        job = start_project(session, plan, run, tmp_dir, tag, output)
+        job = start_project(session, plan, run, tmp_dir, marker, output)
         output.close_writer()
         # The interpreter that runs the project, described while it runs; not
         # for docker, whose container is out of reach.
@@ -2959,7 +2966,7 @@ def run_on_backend(
     plan: Plan,
     parent_run_id: str | None,
     tmp_dir: str,
-    tag: str,
+    marker: str,
     output: ProjectOutput,
     progress: Any,
 ) -> Launch:
@@ -2967,7 +2974,7 @@ def run_on_backend(
     plugin), which creates the run itself; make that run look like a local
     reproduction, wait on MLflow's SubmittedRun, and cancel it on a signal.
     The backend gets our checkout of the commit, kept until the job ends."""
-    submitted = submit_to_backend(session, plan, tmp_dir, tag, output)
+    submitted = submit_to_backend(session, plan, tmp_dir, marker, output)
     run_id = progress.run_id = submitted.run_id
     client = session.client
     try:
@@ -2975,11 +2982,11 @@ def run_on_backend(
         _say_what_runs(session, plan, run_id)
         succeeded = wait_submitted(submitted, session.stop)
     except Stopped:
-        cancel_submitted(submitted, tag)
+        cancel_submitted(submitted, marker)
         close_run(client, run_id, 'KILLED', session.left_open)
         raise
     except BaseException:
-        cancel_submitted(submitted, tag)
+        cancel_submitted(submitted, marker)
         close_run(client, run_id, 'FAILED', session.left_open)
         raise
     finally:
@@ -2991,14 +2998,14 @@ def run_on_backend(
 
 
 def submit_to_backend(
-    session: Session, plan: Plan, tmp_dir: str, tag: str, output: ProjectOutput
+    session: Session, plan: Plan, tmp_dir: str, marker: str, output: ProjectOutput
 ) -> Any:
     """mlflow.projects.run(backend=...), with the project's environment and
     output pipe in place while the backend starts the job."""
     import mlflow.projects
     from mlflow.exceptions import ExecutionException, MlflowException
 
-    env = _project_environ(session, tmp_dir, tag)
+    env = _project_environ(session, tmp_dir, marker)
     os.makedirs(env['TMPDIR'], exist_ok=True)
     try:
         with session.launch_lock, _environ(env), _stdio_into(output.write_fd):
@@ -3028,9 +3035,9 @@ def wait_submitted(submitted: Any, stop: Stop) -> bool:
     return bool(submitted.wait())
 
 
-def cancel_submitted(submitted: Any, tag: str) -> None:
+def cancel_submitted(submitted: Any, marker: str) -> None:
     """SubmittedRun.cancel(), bounded in time; then whatever of the job runs
-    on this host with our tag (a plugin's local job) is ended too."""
+    on this host with our marker (a plugin's local job) is ended too."""
     cancelled = _in_background(submitted.cancel)
     try:
         cancelled.result(timeout=STOP_GRACE_SECONDS + 20)
@@ -3039,7 +3046,7 @@ def cancel_submitted(submitted: Any, tag: str) -> None:
             f'could not cancel the job of run {submitted.run_id}: '
             f'{_last_line(str(e)) or type(e).__name__}'
         )
-    end_processes(None, tag)
+    end_processes(None, marker)
 
 
 def _in_background(fn: Callable[..., Any], *args: Any) -> Any:
@@ -3240,7 +3247,7 @@ def capture_environment(
 
 def captured_environment(future: Any, stop: Stop) -> dict[str, Any] | None:
     """The result of capture_environment once its process has ended.  Waited
-    for before the sweep for tagged processes, which would end it, and count
+    for before the sweep for marked processes, which would end it, and count
     it as left behind by the project, when the project ends first."""
     from concurrent.futures import TimeoutError as StillRunning
 
@@ -4991,7 +4998,7 @@ class Session:
     tracking_uri: str
     user_environ: dict[str, str]
     tmp_root: str
-    tag: str  # PROCESS_TAG value of the tool; a reproduction's is tag.N
+    marker: str  # PROCESS_MARKER value of the tool; a reproduction's is marker.N
     stop: Stop
     batch: bool = False
     left_open: list[LeftOpen] = dataclasses.field(default_factory=list)
@@ -5181,9 +5188,9 @@ def _reproduce(
         raise ReproduceError(str(e) + _remote_hint(reference, source, options.uri)) from None
     source = dataclasses.replace(source, version=commit)
     plan = progress.plan = make_plan(options, reference, source, project_dir, session.backend)
-    tag = f'{session.tag}.{index}'
+    marker = f'{session.marker}.{index}'
     if plan.script is not None:
-        plan = progress.plan = complete_script_plan(session, plan, tmp_dir, tag)
+        plan = progress.plan = complete_script_plan(session, plan, tmp_dir, marker)
     check_command(plan, options.allow_unsafe_command)
     validate_backend_project(plan)
     check_env_manager(plan)
@@ -5210,9 +5217,9 @@ def _reproduce(
             output.close()  # nothing will write to it: end its thread
             raise
         _say_what_runs(session, plan, run.info.run_id)
-        launch = run_project(session, plan, run, tmp_dir, tag, output)
+        launch = run_project(session, plan, run, tmp_dir, marker, output)
     else:
-        launch = run_on_backend(session, plan, parent_run_id, tmp_dir, tag, output, progress)
+        launch = run_on_backend(session, plan, parent_run_id, tmp_dir, marker, output, progress)
     new_id = progress.run_id
     assert new_id is not None
     progress.output_tail = launch.output_tail
@@ -5676,7 +5683,7 @@ def wait_for_futures(session: Session, futures: Sequence[Any], any_done: bool = 
         # Every time, not once: a step that fails by the signal may start
         # another (git's fallback fetch), which would wait on a silent remote.
         if session.stop.event.is_set():
-            for pid in live_processes(None, session.tag):
+            for pid in live_processes(None, session.marker):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGTERM)
 
@@ -7154,7 +7161,7 @@ def install_command(session: Session, key: str, layer: str) -> tuple[list[str], 
     --no-user: a user install's PIP_USER=1 or `user = true` refuses --target."""
     argv = [sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-input', '--no-user']
     argv += ['--disable-pip-version-check', '--no-warn-script-location']
-    environ = {**session.user_environ, PROCESS_TAG: session.tag}
+    environ = {**session.user_environ, PROCESS_MARKER: session.marker}
     return [*argv, '--quiet', '--target', layer, '--', key], environ
 
 
@@ -7915,7 +7922,7 @@ def deliver(outcome: Outcome, delivery: Delivery) -> None:
 # may run in another container of this host, and it counts as alive (tool_gone); its
 # runs are closed only by --reap-after.
 _OWNER_RE = re.compile(r'(?P<host>.+):(?P<pid>\d+):(?P<start>\d+):(?P<namespace>[\w-]+:\d+)')
-_PROCESS_TAG_RE = re.compile(r'(?P<base>(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8})(\.\d+)?')
+_PROCESS_MARKER_RE = re.compile(r'(?P<base>(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8})(\.\d+)?')
 # tool_tmp_prefix(); a folder of the previous version (reproduce_run-<pid>-<start>-<random>)
 # does not say its PID namespace either, and is left alone.
 _TMP_OWNER_RE = re.compile(
@@ -7934,11 +7941,11 @@ def close_leftovers(session: Session, run_ids: Sequence[str] = ()) -> tuple[dict
     standard error for each; never raises."""
     if session.options.dry_run:
         return ()
-    tagged = dead_tools_processes()
-    processes = end_dead_tools_processes(tagged)
+    marked = dead_tools_processes()
+    processes = end_dead_tools_processes(marked)
     folders = remove_dead_tools_folders()
     crashed = {item['owner'] for item in (*processes, *folders)}
-    running = collections.Counter(owner for _, owner, shared in tagged if not shared)
+    running = collections.Counter(owner for _, owner, shared in marked if not shared)
     found = [*processes, *close_leftover_runs(session, run_ids, crashed, running), *folders]
     if not session.options.quiet:
         for item in found:
@@ -7951,7 +7958,7 @@ def _leftover(kind: str, name: str, owner: str, message: str) -> dict[str, str]:
 
 
 def dead_tools_processes() -> list[tuple[str, str, bool]]:
-    """(tag, owner, whether its TMPDIR lies in a reproduce_run-… folder of this
+    """(marker base, owner, whether its TMPDIR lies in a reproduce_run-… folder of this
     tool's TMPDIR) of each process of this PID namespace whose
     REPRODUCE_RUN_PROCESS_TAG names a tool that is gone.  A process of
     another namespace is never one: its tool's PID means nothing here."""
@@ -7962,8 +7969,8 @@ def dead_tools_processes() -> list[tuple[str, str, bool]]:
     found = []
     for pid, state, _, environ in _process_table():
         variables = dict(v.partition(b'=')[::2] for v in environ.split(b'\0'))
-        match = _PROCESS_TAG_RE.fullmatch(
-            variables.get(PROCESS_TAG.encode(), b'').decode('ascii', 'replace')
+        match = _PROCESS_MARKER_RE.fullmatch(
+            variables.get(PROCESS_MARKER.encode(), b'').decode('ascii', 'replace')
         )
         if (
             match
@@ -7976,17 +7983,17 @@ def dead_tools_processes() -> list[tuple[str, str, bool]]:
     return found
 
 
-def end_dead_tools_processes(tagged: Sequence[tuple[str, str, bool]]) -> list[dict[str, str]]:
+def end_dead_tools_processes(marked: Sequence[tuple[str, str, bool]]) -> list[dict[str, str]]:
     """The processes of dead tools that shared this one's temporary folder,
     ended as a signal to that tool would have ended them."""
     found = []
-    for base, owner in sorted({(base, owner) for base, owner, shared in tagged if shared}):
+    for base, owner in sorted({(base, owner) for base, owner, shared in marked if shared}):
         count = end_processes(None, base) + end_processes(None, base + '.')
         if count:
             plural = 'process' if count == 1 else 'processes'
             message = (
                 f'ended {count} {plural} of the dead reproducing tool {owner} '
-                f'({PROCESS_TAG}={base})'
+                f'({PROCESS_MARKER}={base})'
             )
             found.append(_leftover('processes', base, owner, message))
     return found
@@ -8283,7 +8290,7 @@ def invoke(
     and the temporary folder removed when it returns."""
     check_tracking_store(os.environ.get('MLFLOW_TRACKING_URI'))  # before MLflow makes one
     user_environ = dict(os.environ)
-    tag = f'{_tool_identity().replace(":", "-")}-{os.urandom(4).hex()}'  # pid-start-random
+    marker = f'{_tool_identity().replace(":", "-")}-{os.urandom(4).hex()}'  # pid-start-random
     tool_environ: dict[str, str | None] = {
         k: user_environ.get(k) or v for k, v in TOOL_HTTP_DEFAULTS.items()
     }
@@ -8291,7 +8298,7 @@ def invoke(
         os.environ.get('MLFLOW_TRACKING_URI')
     )
     tool_environ['MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT'] = 'true'
-    tool_environ[PROCESS_TAG] = tag
+    tool_environ[PROCESS_MARKER] = marker
     with _environ(tool_environ), tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as tmp_root:
         try:
             import mlflow
@@ -8309,7 +8316,7 @@ def invoke(
                 tracking_uri,
                 user_environ,
                 tmp_root,
-                tag,
+                marker,
                 stop,
                 batch=selection.is_batch,
                 left_open=left_open,
@@ -8339,8 +8346,8 @@ def invoke(
                 batch = run_batch(session, chosen, skipped)
             return run_in_worker(session, lambda: explain_batch(session, batch))
         finally:
-            end_processes(None, tag)  # nothing the tool started outlives it
-            end_processes(None, tag + '.')
+            end_processes(None, marker)  # nothing the tool started outlives it
+            end_processes(None, marker + '.')
 
 
 # ---------------------------------------------------------------------------
