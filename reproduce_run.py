@@ -2252,7 +2252,7 @@ def log_reproduced_params(session: Session, plan: Plan, run_id: str) -> None:
         if (answer := last_attempt(client, 'runs/log-batch', body)) is None:
             return  # the server took them this time
         why = answer
-    close_run(client, run_id, 'FAILED', session.left_open)
+    close_run(client, run_id, 'FAILED', session.shared.left_open)
     raise ReproduceError(
         mask_credentials(f'cannot log the params of run {run_id} (marked FAILED): {why}')
     )
@@ -2877,7 +2877,7 @@ def _start_with_mlflow_run(
     import mlflow.projects
 
     env = _project_environ(session, tmp_dir, marker)
-    with session.launch_lock, _environ(env), _stdio_into(output.write_fd):
+    with session.shared.launch_lock, _environ(env), _stdio_into(output.write_fd):
         submitted = mlflow.projects.run(
             uri=plan.project_dir,
             entry_point=plan.entry_point,
@@ -2942,12 +2942,12 @@ def run_project(
     except Stopped:
         if job is not None:
             job.end()
-        close_run(session.client, run_id, 'KILLED', session.left_open)
+        close_run(session.client, run_id, 'KILLED', session.shared.left_open)
         raise
     except Exception as e:
         if job is not None:
             job.end()
-        close_run(session.client, run_id, 'FAILED', session.left_open)
+        close_run(session.client, run_id, 'FAILED', session.shared.left_open)
         raise _mlflow_error(f'cannot launch the project (run {run_id} marked FAILED)', e) from None
     finally:
         output.close_writer()
@@ -2955,9 +2955,8 @@ def run_project(
     if left_behind:
         warn(f'the project of run {run_id} left {left_behind} process(es) running; ended them')
     output.close()
-    close_run(
-        session.client, run_id, 'FINISHED' if returncode == 0 else 'FAILED', session.left_open
-    )
+    status = 'FINISHED' if returncode == 0 else 'FAILED'
+    close_run(session.client, run_id, status, session.shared.left_open)
     return Launch(returncode, output.tail, left_behind, environment, output.lost)
 
 
@@ -2983,17 +2982,17 @@ def run_on_backend(
         succeeded = wait_submitted(submitted, session.stop)
     except Stopped:
         cancel_submitted(submitted, marker)
-        close_run(client, run_id, 'KILLED', session.left_open)
+        close_run(client, run_id, 'KILLED', session.shared.left_open)
         raise
     except BaseException:
         cancel_submitted(submitted, marker)
-        close_run(client, run_id, 'FAILED', session.left_open)
+        close_run(client, run_id, 'FAILED', session.shared.left_open)
         raise
     finally:
         output.close()
     # MLflow's remote SubmittedRuns leave the status to the caller, and a
     # project that fails may still have ended its run FINISHED: say it here.
-    close_run(client, run_id, 'FINISHED' if succeeded else 'FAILED', session.left_open)
+    close_run(client, run_id, 'FINISHED' if succeeded else 'FAILED', session.shared.left_open)
     return Launch(0 if succeeded else 1, output.tail, output_lost=output.lost)
 
 
@@ -3008,7 +3007,7 @@ def submit_to_backend(
     env = _project_environ(session, tmp_dir, marker)
     os.makedirs(env['TMPDIR'], exist_ok=True)
     try:
-        with session.launch_lock, _environ(env), _stdio_into(output.write_fd):
+        with session.shared.launch_lock, _environ(env), _stdio_into(output.write_fd):
             submitted = mlflow.projects.run(
                 uri=plan.project_dir,
                 entry_point=plan.entry_point,
@@ -4989,26 +4988,39 @@ class Options:
 
 
 @dataclasses.dataclass
+class Shared:
+    """What the reproductions of one invocation add to as they go, each part
+    under its lock: the sources fetched once, the layers --explain installed,
+    the runs that could not be closed.  One object per invocation, on purpose
+    held by every copy of its Session."""
+
+    sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
+    sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> its folder
+    layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    left_open: list[LeftOpen] = dataclasses.field(default_factory=list)  # appended to only
+    launch_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+@dataclasses.dataclass(frozen=True)
 class Session:
-    """What the reproductions of one invocation share: the MLflow client, the
-    user's environment as it was, a temporary folder, the stop flag."""
+    """The settings the reproductions of one invocation share: the options,
+    the MLflow client, the user's environment as it was, a temporary folder,
+    the process marker, the stop flag.  Frozen: a group or a probe runs with
+    a copy (dataclasses.replace), which holds the same client, stop flag and
+    `shared`, the one thing that changes as reproductions run."""
 
     options: Options
     client: MlflowClient
     tracking_uri: str
-    user_environ: dict[str, str]
+    user_environ: Mapping[str, str]
     tmp_root: str
     marker: str  # PROCESS_MARKER value of the tool; a reproduction's is marker.N
     stop: Stop
     batch: bool = False
-    left_open: list[LeftOpen] = dataclasses.field(default_factory=list)
-    launch_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
-    sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     backend: Backend = Backend()
-    layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> --explain's
-    layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned: a group records it
+    shared: Shared = dataclasses.field(default_factory=Shared)
 
 
 def refuse_nul_bytes(params: Mapping[str, str], run_id: str) -> None:
@@ -5055,8 +5067,8 @@ def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
     (a dry run, which runs nothing, reads the fetched one)."""
     if not session.batch:
         return fetch_source(source, dest)
-    with session.sources_lock:
-        cached = session.sources.setdefault((source.uri, source.version), _CachedSource())
+    with session.shared.sources_lock:
+        cached = session.shared.sources.setdefault((source.uri, source.version), _CachedSource())
     with cached.lock:  # the first reproduction of a source fetches it
         if cached.root is None:
             root = os.path.join(tempfile.mkdtemp(prefix='source-', dir=session.tmp_root), 'src')
@@ -5732,7 +5744,7 @@ def record_group(session: Session, records: Sequence[GroupRecord], parents: _Par
                 session.client.log_text(run_id, record.text, f'{ARTIFACT_DIR}/{record.artifact}')
             except Exception as e:
                 warn(f'could not record {record.what} on run {run_id}: {server_failure(e)}')
-        close_run(session.client, run_id, closing, session.left_open)
+        close_run(session.client, run_id, closing, session.shared.left_open)
 
 
 # ---------------------------------------------------------------------------
@@ -6692,7 +6704,7 @@ def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> Bisec
     target_commit = resolve_target(clone, fetch_location(source, source.uri)[0], target, reference)
     path = first_parent_path(clone, reference_commit, target_commit)
     for c in path:  # each probe's checkout comes from the private copy
-        session.sources[(source.uri, c.commit)] = _CachedSource(
+        session.shared.sources[(source.uri, c.commit)] = _CachedSource(
             origin=dataclasses.replace(private, version=c.commit)
         )
     planner = BisectPlanner(
@@ -7170,9 +7182,9 @@ def install_layer(session: Session, name: str, version: str) -> str:
     with the user's pip settings into the tool's temporary folder; once per
     invocation.  Raises ReproduceError when it cannot be installed."""
     key = f'{name}=={version}'
-    with session.layers_lock:
-        if key in session.layers:
-            return session.layers[key]
+    with session.shared.layers_lock:
+        if key in session.shared.layers:
+            return session.shared.layers[key]
         layer = tempfile.mkdtemp(prefix='layer-', dir=session.tmp_root)
         argv, environ = install_command(session, key, layer)
         try:
@@ -7190,7 +7202,7 @@ def install_layer(session: Session, name: str, version: str) -> str:
         if proc.returncode:
             last = _last_line(proc.stderr) or f'exit status {proc.returncode}'
             raise ReproduceError(f'cannot install {key}: {mask_credentials(last)}')
-        session.layers[key] = layer
+        session.shared.layers[key] = layer
         return layer
 
 
@@ -8319,13 +8331,13 @@ def invoke(
                 marker,
                 stop,
                 batch=selection.is_batch,
-                left_open=left_open,
                 backend=backend,
+                shared=Shared(left_open=left_open),
             )
             if selection.bisect is not None:
                 # of dead tools (SIGKILL, OOM); the reference's experiment is searched too
-                session.leftovers = close_leftovers(session, selection.run_ids[:1])
-                return bisect_chosen(session, selection)
+                leftovers = close_leftovers(session, selection.run_ids[:1])
+                return bisect_chosen(dataclasses.replace(session, leftovers=leftovers), selection)
             if not selection.is_batch:
                 run_id = resolve_run_id(session.client, selection.run_ids[0], tracking_uri)
                 if compare_to_id:
@@ -8336,7 +8348,8 @@ def invoke(
                     session, lambda: explain_if_differs(session, reproduce_one(session, run_id))
                 )
                 return dataclasses.replace(report, leftovers=leftovers)
-            session.leftovers = close_leftovers(session)  # the group's parent run lists them
+            leftovers = close_leftovers(session)  # the group's parent run lists them
+            session = dataclasses.replace(session, leftovers=leftovers)
             chosen, skipped = select_runs(
                 session.client, selection, options.uri is not None, tracking_uri, options.dry_run
             )
