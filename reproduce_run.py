@@ -38,6 +38,7 @@ import math
 import os
 import posixpath
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -1690,6 +1691,11 @@ def server_failure(e: Exception) -> str:
     return detail
 
 
+def unexpected_failure(type_name: str, detail: str) -> str:
+    """The one line for an exception the tool did not foresee."""
+    return f'unexpected {type_name}: {_last_line(detail)} (--verbose shows the traceback)'
+
+
 def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> ReproduceError:
     """One line from an MLflow failure; a connection failure in few words."""
     return ReproduceError(mask_credentials(f'{context}: {server_failure(e)}'), code)
@@ -2348,6 +2354,9 @@ class ProjectOutput:
 
 @contextlib.contextmanager
 def _environ(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """The settings of the tool's own MLflow calls, which MLflow reads from
+    os.environ.  Process-wide: only while no reproduction runs (a child
+    process gets its environment as an argument, never from here)."""
     saved = {k: os.environ.get(k) for k in changes}
 
     def apply(values: Mapping[str, str | None]) -> None:
@@ -2873,40 +2882,219 @@ def _start_with_mlflow_run(
     session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
 ) -> Job:
     """A docker_env project: MLflow builds its image and runs the container
-    from a `mlflow run` process of its own (in a session of its own)."""
-    import mlflow.projects
+    from a `mlflow run` process of its own (in a session of its own), called
+    from a launcher process that then waits for it and exits as it does."""
+    from mlflow.projects.submitted_run import LocalSubmittedRun
 
+    request = _launch_request(
+        session,
+        plan,
+        experiment_id=run.info.experiment_id,
+        storage_dir=os.path.join(tmp_dir, 'storage'),
+        run_id=run.info.run_id,
+        backend=DEFAULT_BACKEND,
+    )
+    env = _launcher_environ(session, tmp_dir, marker)
+    launcher = Launcher(request, env, output.write_fd, marker)
+    launcher.started(session.stop)  # a signal ends the build
+    return Job(LocalSubmittedRun(run.info.run_id, launcher.proc), marker)
+
+
+def _launch_request(session: Session, plan: Plan, **arguments: Any) -> dict[str, Any]:
+    """What a launcher process is asked to do: mlflow.projects.run(...)."""
+    run = dict(
+        uri=plan.project_dir,
+        entry_point=plan.entry_point,
+        parameters=dict(plan.params.passed),
+        env_manager=plan.env_manager,
+        synchronous=False,
+        **arguments,
+    )
+    return {'run': run, 'verbose': session.options.verbose}
+
+
+def _launcher_environ(session: Session, tmp_dir: str, marker: str) -> dict[str, str]:
+    """The project's environment, with the settings of the tool's own MLflow
+    requests: what a launcher process, and whatever MLflow starts from it, get."""
     env = _project_environ(session, tmp_dir, marker)
-    with session.shared.launch_lock, _environ(env), _stdio_into(output.write_fd):
-        submitted = mlflow.projects.run(
-            uri=plan.project_dir,
-            entry_point=plan.entry_point,
-            parameters=plan.params.passed,
-            experiment_id=run.info.experiment_id,
-            env_manager=plan.env_manager,
-            storage_dir=os.path.join(tmp_dir, 'storage'),
-            synchronous=False,
-            run_id=run.info.run_id,
-            backend='local',
+    for key, value in TOOL_HTTP_DEFAULTS.items():
+        env[key] = env.get(key) or value
+    env['MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT'] = 'true'
+    return env
+
+
+# A launcher process: Python loads this file and calls serve_launch().  The
+# working folder ('' first on sys.path) is left out: it is the user's.
+LAUNCHER = (
+    'import runpy, sys; sys.path[:1] = [p for p in sys.path[:1] if p]; '
+    "runpy.run_path(sys.argv[1], run_name='reproduce_run_launcher')['serve_launch']()"
+)
+
+
+class LaunchFailed(Exception):
+    """What a launcher process met instead of starting the job or waiting for
+    it: an exception (its type's name and last line; `refused`: MLflow's,
+    its way of saying no), or its end without a word."""
+
+    def __init__(self, answer: Mapping[str, Any], returncode: int | None = None) -> None:
+        super().__init__(
+            answer.get('error')
+            or f'the launcher process ended without an answer (exit status {returncode})'
         )
-    return Job(submitted, marker)
+        self.type_name = answer.get('type', type(self).__name__)
+        self.refused = bool(answer.get('refused'))
+
+    def unexpected(self) -> ReproduceError:
+        """As the tool reports a failure it did not foresee."""
+        return ReproduceError(unexpected_failure(self.type_name, str(self)))
 
 
-@contextlib.contextmanager
-def _stdio_into(fd: int) -> Iterator[None]:
-    """Point file descriptors 1 and 2 at fd, so that the processes MLflow
-    starts inherit it."""
+class Launcher:
+    """mlflow.projects.run in a Python process of its own (serve_launch),
+    since MLflow starts the job with the calling process's environment and
+    standard output and error: the launcher has the project's, and this
+    process never changes its own.  It answers on a pipe, a JSON line each;
+    for a backend, it then stands for MLflow's SubmittedRun: the tool waits
+    on it, or has it cancel the job."""
+
+    def __init__(
+        self, request: Mapping[str, Any], env: Mapping[str, str], output_fd: int, marker: str
+    ) -> None:
+        self.marker, self.run_id = marker, ''
+        read_fd, write_fd = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                (sys.executable, '-c', LAUNCHER, os.path.abspath(__file__), str(write_fd)),
+                env=dict(env),
+                stdin=subprocess.PIPE,
+                stdout=output_fd,
+                stderr=output_fd,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self._answers = os.fdopen(read_fd, 'rb', buffering=0)
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError), self.proc.stdin as request_pipe:
+            request_pipe.write(json.dumps(request).encode())  # not in argv, which ps shows
+
+    def answer(self, stop: Stop | None = None) -> dict[str, Any]:
+        """Its next answer, {} once it has ended without one.  With `stop`,
+        raises Stopped when a signal arrives first."""
+        while stop is not None and not select.select([self._answers], [], [], 0.2)[0]:
+            stop.check()
+        line = self._answers.readline()
+        return json.loads(line) if line else {}
+
+    def end(self) -> int:
+        return end_processes(self.proc.pid, self.marker, reap=self.proc.poll)
+
+    def started(self, stop: Stop | None) -> str:
+        """The run ID once MLflow has started the job; raises LaunchFailed
+        when it could not, and Stopped when a signal (`stop`) comes first,
+        the launcher ended either way."""
+        try:
+            answer = self.answer(stop)
+        except Stopped:
+            self.end()
+            raise
+        if 'run_id' not in answer:
+            self.end()
+            raise LaunchFailed(answer, self.proc.returncode)
+        self.run_id = answer['run_id']
+        return self.run_id
+
+    def succeeded(self, stop: Stop) -> bool:
+        """Whether the job succeeded, once it has ended; raises Stopped when
+        a signal arrives first."""
+        answer = self.answer(stop)
+        self.proc.wait()  # it exits once it has answered
+        if 'succeeded' not in answer:
+            raise LaunchFailed(answer, self.proc.returncode).unexpected()
+        return bool(answer['succeeded'])
+
+    def cancel(self) -> None:
+        """SubmittedRun.cancel(), by the launcher (SIGTERM asks it to)."""
+        self.proc.send_signal(signal.SIGTERM)  # not once it has been reaped
+        answer = self.answer()
+        self.proc.wait()
+        if 'error' in answer:
+            raise LaunchFailed(answer)
+
+
+def serve_launch() -> NoReturn:
+    """A launcher process: mlflow.projects.run as the request on standard
+    input says, with this process's environment and output, which the
+    processes MLflow starts inherit.  Its answers go to the descriptor in
+    argv[2]: the run ID once the job started, or the exception met.  Local
+    backend: it then waits for MLflow's process and exits as that did.
+    Another backend: it waits on the SubmittedRun and answers the outcome,
+    or cancels the job on SIGTERM and answers how that went."""
+    request = json.load(sys.stdin)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    answers = int(sys.argv[2])
+    local = request['run']['backend'] == DEFAULT_BACKEND
+    stop = Stop()
+    if not local:  # the tool's SIGTERM asks for a cancel; the local launcher just ends
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.event.set())
+    _configure_logging(request['verbose'])
+    try:
+        import mlflow.projects
+
+        submitted = mlflow.projects.run(**request['run'])
+        _answer(answers, run_id=submitted.run_id)
+        if local:
+            _exit_as(submitted.command_proc.wait())
+        _answer(answers, **_outcome(submitted, stop))
+    except Exception as e:
+        _answer(answers, **_exception_answer(e, request['verbose']))
+    _exit_as(0)
+
+
+def _outcome(submitted: Any, stop: Stop) -> dict[str, Any]:
+    """The job's outcome through MLflow's SubmittedRun; on a stop, that of
+    cancelling it."""
+    try:
+        return {'succeeded': wait_submitted(submitted, stop)}
+    except Stopped:
+        try:
+            submitted.cancel()
+        except Exception as e:
+            return _exception_answer(e, verbose=False)
+        return {'cancelled': True}
+
+
+def _exception_answer(e: Exception, verbose: bool) -> dict[str, Any]:
+    from mlflow.exceptions import ExecutionException, MlflowException
+
+    if verbose:  # into the project's output
+        import traceback
+
+        traceback.print_exc()
+    return {
+        'error': _last_line(str(e)) or type(e).__name__,
+        'type': type(e).__name__,
+        'refused': isinstance(e, (ExecutionException, MlflowException)),
+    }
+
+
+def _answer(fd: int, **answer: Any) -> None:
+    os.write(fd, json.dumps(answer).encode() + b'\n')  # one write: one whole line
+
+
+def _exit_as(returncode: int) -> NoReturn:
+    """Exit with this status, or by the same signal: as the process that
+    ended with it did."""
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    try:
-        yield
-    finally:
-        for target, copy in enumerate(saved, start=1):
-            os.dup2(copy, target)
-            os.close(copy)
+    if returncode < 0:
+        signal.signal(-returncode, signal.SIG_DFL)
+        os.kill(os.getpid(), -returncode)
+    os._exit(returncode if returncode >= 0 else 128 - returncode)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2971,21 +3159,21 @@ def run_on_backend(
 ) -> Launch:
     """Hand the project to MLflow's backend (kubernetes, databricks, a
     plugin), which creates the run itself; make that run look like a local
-    reproduction, wait on MLflow's SubmittedRun, and cancel it on a signal.
-    The backend gets our checkout of the commit, kept until the job ends."""
-    submitted = submit_to_backend(session, plan, tmp_dir, marker, output)
-    run_id = progress.run_id = submitted.run_id
+    reproduction, wait for the job, and cancel it on a signal.  The backend
+    gets our checkout of the commit, kept until the job ends."""
+    launcher = submit_to_backend(session, plan, tmp_dir, marker, output)
+    run_id = progress.run_id = launcher.run_id
     client = session.client
     try:
         fixup_backend_run(client, run_id, plan, parent_run_id)
         _say_what_runs(session, plan, run_id)
-        succeeded = wait_submitted(submitted, session.stop)
+        succeeded = launcher.succeeded(session.stop)
     except Stopped:
-        cancel_submitted(submitted, marker)
+        cancel_submitted(launcher)
         close_run(client, run_id, 'KILLED', session.shared.left_open)
         raise
     except BaseException:
-        cancel_submitted(submitted, marker)
+        cancel_submitted(launcher)
         close_run(client, run_id, 'FAILED', session.shared.left_open)
         raise
     finally:
@@ -2998,31 +3186,29 @@ def run_on_backend(
 
 def submit_to_backend(
     session: Session, plan: Plan, tmp_dir: str, marker: str, output: ProjectOutput
-) -> Any:
-    """mlflow.projects.run(backend=...), with the project's environment and
-    output pipe in place while the backend starts the job."""
-    import mlflow.projects
-    from mlflow.exceptions import ExecutionException, MlflowException
-
-    env = _project_environ(session, tmp_dir, marker)
+) -> Launcher:
+    """mlflow.projects.run(backend=...) in a launcher process with the
+    project's environment and output pipe, which then waits on the job."""
+    env = _launcher_environ(session, tmp_dir, marker)
     os.makedirs(env['TMPDIR'], exist_ok=True)
+    request = _launch_request(
+        session,
+        plan,
+        experiment_id=_experiment_id(session.client, plan.experiment_name),
+        backend=plan.backend.name,
+        backend_config=dict(plan.backend.config),
+    )
     try:
-        with session.shared.launch_lock, _environ(env), _stdio_into(output.write_fd):
-            submitted = mlflow.projects.run(
-                uri=plan.project_dir,
-                entry_point=plan.entry_point,
-                parameters=plan.params.passed,
-                experiment_id=_experiment_id(session.client, plan.experiment_name),
-                env_manager=plan.env_manager,
-                backend=plan.backend.name,
-                backend_config=dict(plan.backend.config),  # a copy: MLflow adds keys to it
-                synchronous=False,
-            )
-    except (ExecutionException, MlflowException) as e:  # no run was made
-        raise _mlflow_error(f'backend {plan.backend.name!r} refused the project', e) from None
+        launcher = Launcher(request, env, output.write_fd, marker)
     finally:
         output.close_writer()
-    return submitted
+    try:
+        launcher.started(None)  # a signal takes effect once the backend has answered
+    except LaunchFailed as e:
+        if not e.refused:
+            raise e.unexpected() from None
+        raise _mlflow_error(f'backend {plan.backend.name!r} refused the project', e) from None
+    return launcher
 
 
 def wait_submitted(submitted: Any, stop: Stop) -> bool:
@@ -3034,18 +3220,18 @@ def wait_submitted(submitted: Any, stop: Stop) -> bool:
     return bool(submitted.wait())
 
 
-def cancel_submitted(submitted: Any, marker: str) -> None:
-    """SubmittedRun.cancel(), bounded in time; then whatever of the job runs
-    on this host with our marker (a plugin's local job) is ended too."""
-    cancelled = _in_background(submitted.cancel)
+def cancel_submitted(launcher: Launcher) -> None:
+    """Cancel the job, bounded in time; then whatever of it runs on this
+    host with its marker (a plugin's local job, the launcher) is ended too."""
+    cancelled = _in_background(launcher.cancel)
     try:
         cancelled.result(timeout=STOP_GRACE_SECONDS + 20)
     except Exception as e:  # a cancel that fails or hangs: say so, go on
         warn(
-            f'could not cancel the job of run {submitted.run_id}: '
+            f'could not cancel the job of run {launcher.run_id}: '
             f'{_last_line(str(e)) or type(e).__name__}'
         )
-    end_processes(None, marker)
+    end_processes(None, launcher.marker)
 
 
 def _in_background(fn: Callable[..., Any], *args: Any) -> Any:
@@ -4999,7 +5185,6 @@ class Shared:
     layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> its folder
     layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     left_open: list[LeftOpen] = dataclasses.field(default_factory=list)  # appended to only
-    launch_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -5141,7 +5326,7 @@ def reproduce_one(
             progress,
             run_id,
             'error',
-            f'unexpected {type(e).__name__}: {_last_line(str(e))} (--verbose shows the traceback)',
+            unexpected_failure(type(e).__name__, str(e)),
         )
     report = dataclasses.replace(
         report, seconds=time.monotonic() - started, histories=progress.histories
