@@ -2897,6 +2897,7 @@ def _start_with_mlflow_run(
     env = _launcher_environ(session, tmp_dir, marker)
     launcher = Launcher(request, env, output.write_fd, marker)
     launcher.started(session.stop)  # a signal ends the build
+    launcher.answers.close()  # it says no more: it exits as MLflow's process does
     return Job(LocalSubmittedRun(run.info.run_id, launcher.proc), marker)
 
 
@@ -2977,7 +2978,7 @@ class Launcher:
             raise
         finally:
             os.close(write_fd)
-        self._answers = os.fdopen(read_fd, 'rb', buffering=0)
+        self.answers = os.fdopen(read_fd, 'rb', buffering=0)
         assert self.proc.stdin is not None
         with contextlib.suppress(BrokenPipeError), self.proc.stdin as request_pipe:
             request_pipe.write(json.dumps(request).encode())  # not in argv, which ps shows
@@ -2985,13 +2986,20 @@ class Launcher:
     def answer(self, stop: Stop | None = None) -> dict[str, Any]:
         """Its next answer, {} once it has ended without one.  With `stop`,
         raises Stopped when a signal arrives first."""
-        while stop is not None and not select.select([self._answers], [], [], 0.2)[0]:
+        if self.answers.closed:  # none awaited any more
+            return {}
+        while stop is not None and not select.select([self.answers], [], [], 0.2)[0]:
             stop.check()
-        line = self._answers.readline()
+        line = self.answers.readline()
         return json.loads(line) if line else {}
 
     def end(self) -> int:
-        return end_processes(self.proc.pid, self.marker, reap=self.proc.poll)
+        """End it and whatever it started, as a project's processes are ended."""
+        self.answers.close()
+        found = end_processes(self.proc.pid, self.marker, reap=self.proc.poll)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)  # a zombie no longer counts as running: reap it
+        return found
 
     def started(self, stop: Stop | None) -> str:
         """The run ID once MLflow has started the job; raises LaunchFailed
@@ -3012,6 +3020,7 @@ class Launcher:
         """Whether the job succeeded, once it has ended; raises Stopped when
         a signal arrives first."""
         answer = self.answer(stop)
+        self.answers.close()
         self.proc.wait()  # it exits once it has answered
         if 'succeeded' not in answer:
             raise LaunchFailed(answer, self.proc.returncode).unexpected()
@@ -3021,6 +3030,7 @@ class Launcher:
         """SubmittedRun.cancel(), by the launcher (SIGTERM asks it to)."""
         self.proc.send_signal(signal.SIGTERM)  # not once it has been reaped
         answer = self.answer()
+        self.answers.close()
         self.proc.wait()
         if 'error' in answer:
             raise LaunchFailed(answer)
