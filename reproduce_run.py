@@ -38,6 +38,7 @@ import math
 import os
 import posixpath
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -178,9 +179,12 @@ _MLFLOW_LOG_LINE_RE = re.compile(r'^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+ mlflow
 _MLFLOW_CHATTER_RE = re.compile(r'^(\U0001f3c3|\U0001f9ea) View (run|experiment)')
 # The exception line that ends a Python traceback: "ValueError: ...".
 _EXCEPTION_LINE_RE = re.compile(r'^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b')
-# Every process a reproduction starts carries this variable, so that it can be
-# found and ended even after it left the process group (Linux /proc).
-PROCESS_TAG = 'REPRODUCE_RUN_PROCESS_TAG'
+# The process marker: every process a reproduction starts carries this
+# variable, so that it can be found and ended even after it left the process
+# group (Linux /proc).  Its value is the tool's <pid>-<start>-<random>, with
+# .N for reproduction N.  It is no MLflow tag, whatever its name says; the name
+# stays, since the README documents it and earlier versions' processes carry it.
+PROCESS_MARKER = 'REPRODUCE_RUN_PROCESS_TAG'
 _SECRET_KEY_RE = re.compile(r'token|secret|password|key', re.IGNORECASE)  # config keys to mask
 NOTIFY_ENV = 'REPRODUCE_RUN_NOTIFY_URL'  # a --notify webhook URL: a secret
 # MLflow's credentials for the tracking server (and the webhook): their values are
@@ -1689,6 +1693,11 @@ def server_failure(e: Exception) -> str:
     return detail
 
 
+def unexpected_failure(type_name: str, detail: str) -> str:
+    """The one line for an exception the tool did not foresee."""
+    return f'unexpected {type_name}: {_last_line(detail)} (--verbose shows the traceback)'
+
+
 def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> ReproduceError:
     """One line from an MLflow failure; a connection failure in few words."""
     return ReproduceError(mask_credentials(f'{context}: {server_failure(e)}'), code)
@@ -2265,7 +2274,7 @@ def log_reproduced_params(session: Session, plan: Plan, run_id: str) -> None:
         if (answer := last_attempt(client, 'runs/log-batch', body)) is None:
             return  # the server took them this time
         why = answer
-    close_run(client, run_id, 'FAILED', session.left_open)
+    close_run(client, run_id, 'FAILED', session.shared.left_open)
     raise ReproduceError(
         mask_credentials(f'cannot log the params of run {run_id} (marked FAILED): {why}')
     )
@@ -2361,6 +2370,9 @@ class ProjectOutput:
 
 @contextlib.contextmanager
 def _environ(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """The settings of the tool's own MLflow calls, which MLflow reads from
+    os.environ.  Process-wide: only while no reproduction runs (a child
+    process gets its environment as an argument, never from here)."""
     saved = {k: os.environ.get(k) for k in changes}
 
     def apply(values: Mapping[str, str | None]) -> None:
@@ -2471,10 +2483,10 @@ def _process_table() -> list[tuple[int, str, int, bytes]]:
     return table
 
 
-def live_processes(pgid: int | None, tag: str) -> list[int]:
+def live_processes(pgid: int | None, marker: str) -> list[int]:
     """The processes of a reproduction that still run: those in its process
-    group, and those whose environment carries its tag (a daemon that left the
-    group with setsid still does).  A tag ending in '.' matches every tag
+    group, and those whose environment carries its marker (a daemon that left the
+    group with setsid still does).  A marker ending in '.' matches every marker
     under it.  Without /proc, only the group is known."""
     if not os.path.isdir('/proc'):
         if not pgid:
@@ -2484,9 +2496,9 @@ def live_processes(pgid: int | None, tag: str) -> list[int]:
         except (ProcessLookupError, PermissionError):
             return []
         return [pgid]
-    needle = f'{PROCESS_TAG}={tag}'.encode()
+    needle = f'{PROCESS_MARKER}={marker}'.encode()
 
-    def tagged(environ: bytes) -> bool:
+    def marked(environ: bytes) -> bool:
         return any(
             v == needle or (needle.endswith(b'.') and v.startswith(needle))
             for v in environ.split(b'\0')
@@ -2495,17 +2507,17 @@ def live_processes(pgid: int | None, tag: str) -> list[int]:
     return [
         pid
         for pid, state, group, environ in _process_table()
-        if state not in ('Z', 'X') and (group == pgid or tagged(environ))
+        if state not in ('Z', 'X') and (group == pgid or marked(environ))
     ]
 
 
-def end_processes(pgid: int | None, tag: str, reap: Callable[[], object] = lambda: None) -> int:
+def end_processes(pgid: int | None, marker: str, reap: Callable[[], object] = lambda: None) -> int:
     """SIGTERM to every process of a reproduction, SIGKILL to those still
     alive after the grace period; returns how many there were."""
     found = 0
     for sig, grace in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
         reap()
-        pids = live_processes(pgid, tag)
+        pids = live_processes(pgid, marker)
         if not pids:
             return found
         found = max(found, len(pids))
@@ -2518,7 +2530,7 @@ def end_processes(pgid: int | None, tag: str, reap: Callable[[], object] = lambd
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             reap()
-            if not live_processes(pgid, tag):
+            if not live_processes(pgid, marker):
                 return found
             time.sleep(0.1)
     return found
@@ -2590,15 +2602,15 @@ def left_running_line(left_open: Sequence[LeftOpen]) -> str:
     )
 
 
-def _project_environ(session: Session, tmp_dir: str, tag: str) -> dict[str, str]:
+def _project_environ(session: Session, tmp_dir: str, marker: str) -> dict[str, str]:
     """What the project's processes get: the user's environment as it was when
     the tool started, this Python first on PATH (for env manager local), a
     temporary folder that is removed afterwards, a scratch model registry and
-    the tag that finds them."""
+    the marker that finds them."""
     env = without_git_location(session.user_environ)  # MLflow asks git of the checkout
     env['PATH'] = os.pathsep.join((os.path.dirname(sys.executable), env.get('PATH', '')))
     env['TMPDIR'] = os.path.join(tmp_dir, 'tmp')
-    env[PROCESS_TAG] = tag
+    env[PROCESS_MARKER] = marker
     env.pop(NOTIFY_ENV, None)  # the webhook is the tool's secret, not the project's
     for key, value in project_registry_environ(
         tmp_dir, session.options.keep_registrations, session.user_environ
@@ -2715,13 +2727,13 @@ class Job:
     def __init__(
         self,
         submitted: Any,
-        tag: str,
+        marker: str,
         activation: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.submitted = submitted
         self.proc: subprocess.Popen[bytes] = submitted.command_proc
-        self.tag = tag
+        self.marker = marker
         self.activation = activation  # what enters the project's environment, None: local
         self.environ = environ  # what the project got; None: not known (docker)
 
@@ -2734,12 +2746,12 @@ class Job:
                 stop.check()
 
     def end(self) -> int:
-        """End whatever still runs: the process group and every tagged process."""
-        return end_processes(self.proc.pid, self.tag, reap=self.proc.poll)
+        """End whatever still runs: the process group and every marked process."""
+        return end_processes(self.proc.pid, self.marker, reap=self.proc.poll)
 
 
 def start_project(
-    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+    session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
 ) -> Job:
     """Start the entry point's command with bash, as `mlflow run` does, but
     in a session of its own and in this process: no second MLflow import."""
@@ -2747,10 +2759,10 @@ def start_project(
     from mlflow.projects.utils import get_entry_point_command, get_run_env_vars, load_project
 
     if plan.script is not None:
-        return start_script(session, plan, run, tmp_dir, tag, output)
+        return start_script(session, plan, run, tmp_dir, marker, output)
     project = load_project(plan.project_dir)
     if project.docker_env:
-        return _start_with_mlflow_run(session, plan, run, tmp_dir, tag, output)
+        return _start_with_mlflow_run(session, plan, run, tmp_dir, marker, output)
     activation = environment_activation(project, plan.env_manager, plan.project_dir)
     command = ' && '.join(
         [
@@ -2760,7 +2772,7 @@ def start_project(
             ),
         ]
     )
-    env = _project_environ(session, tmp_dir, tag)
+    env = _project_environ(session, tmp_dir, marker)
     env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
     proc = subprocess.Popen(
         ('bash', '-c', command),
@@ -2771,7 +2783,9 @@ def start_project(
         stderr=output.write_fd,
         start_new_session=True,
     )
-    return Job(LocalSubmittedRun(run.info.run_id, proc), tag, ' && '.join(activation) or None, env)
+    return Job(
+        LocalSubmittedRun(run.info.run_id, proc), marker, ' && '.join(activation) or None, env
+    )
 
 
 def script_activation(plan: Plan) -> list[str]:
@@ -2796,7 +2810,7 @@ def script_process_args(command: Sequence[str], activation: Sequence[str]) -> li
 
 
 def start_script(
-    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+    session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
 ) -> Job:
     """Start a script run's command in its working folder, in a session of
     its own, with the run made for it in MLFLOW_RUN_ID: the script's first
@@ -2806,7 +2820,7 @@ def start_script(
 
     assert plan.script is not None
     activation = script_activation(plan)
-    env = _project_environ(session, tmp_dir, tag)
+    env = _project_environ(session, tmp_dir, marker)
     env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
     proc = subprocess.Popen(
         script_process_args(plan.script.command, activation),
@@ -2817,15 +2831,17 @@ def start_script(
         stderr=output.write_fd,
         start_new_session=True,
     )
-    return Job(LocalSubmittedRun(run.info.run_id, proc), tag, ' && '.join(activation) or None, env)
+    return Job(
+        LocalSubmittedRun(run.info.run_id, proc), marker, ' && '.join(activation) or None, env
+    )
 
 
-def script_help(session: Session, plan: Plan, tmp_dir: str, tag: str) -> str | None:
+def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str | None:
     """What `python script --help` prints, run as the script will run; None
     when it fails or does not end in time.  Its tracking store is a scratch
     one: a script that ignores --help and trains logs nothing anywhere."""
     assert plan.script is not None
-    env = _project_environ(session, tmp_dir, tag)
+    env = _project_environ(session, tmp_dir, marker)
     env['MLFLOW_TRACKING_URI'] = f'sqlite:///{os.path.join(tmp_dir, "help.db")}'
     for name in (*SECRET_VARIABLES, 'MLFLOW_TRACKING_USERNAME'):  # not for a scratch store
         env.pop(name, None)
@@ -2848,14 +2864,14 @@ def script_help(session: Session, plan: Plan, tmp_dir: str, tag: str) -> str | N
             session.stop.check()
             time.sleep(0.1)
     finally:
-        end_processes(proc.pid, tag, reap=proc.poll)
+        end_processes(proc.pid, marker, reap=proc.poll)
     if proc.returncode != 0:
         return None
     with open(log, encoding='utf-8', errors='replace') as f:
         return f.read()
 
 
-def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, tag: str) -> Plan:
+def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str) -> Plan:
     """What a script run's plan needs from the tracking server and from the
     script: the experiment (by default the reference's own, the only one a
     script that calls set_experiment can log into) and, without --script-args
@@ -2874,7 +2890,7 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, tag: str) -
     if session.options.dry_run:  # runs nothing: the script is code from the tracking store
         script = dataclasses.replace(plan.script, arguments_from=HELP_AT_RUN_TIME)
         return dataclasses.replace(plan, script=script)
-    help_text = script_help(session, plan, tmp_dir, tag)
+    help_text = script_help(session, plan, tmp_dir, marker)
     options = help_options(help_text or '')
     if not options:
         why = 'shows no options' if help_text is not None else 'failed or did not end in time'
@@ -2890,43 +2906,232 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, tag: str) -
 
 
 def _start_with_mlflow_run(
-    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+    session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
 ) -> Job:
     """A docker_env project: MLflow builds its image and runs the container
-    from a `mlflow run` process of its own (in a session of its own)."""
-    import mlflow.projects
+    from a `mlflow run` process of its own (in a session of its own), called
+    from a launcher process that then waits for it and exits as it does."""
+    from mlflow.projects.submitted_run import LocalSubmittedRun
 
-    env = _project_environ(session, tmp_dir, tag)
-    with session.launch_lock, _environ(env), _stdio_into(output.write_fd):
-        submitted = mlflow.projects.run(
-            uri=plan.project_dir,
-            entry_point=plan.entry_point,
-            parameters=plan.params.passed,
-            experiment_id=run.info.experiment_id,
-            env_manager=plan.env_manager,
-            storage_dir=os.path.join(tmp_dir, 'storage'),
-            synchronous=False,
-            run_id=run.info.run_id,
-            backend='local',
+    request = _launch_request(
+        session,
+        plan,
+        experiment_id=run.info.experiment_id,
+        storage_dir=os.path.join(tmp_dir, 'storage'),
+        run_id=run.info.run_id,
+        backend=DEFAULT_BACKEND,
+    )
+    env = _launcher_environ(session, tmp_dir, marker)
+    launcher = Launcher(request, env, output.write_fd, marker)
+    launcher.started(session.stop)  # a signal ends the build
+    launcher.answers.close()  # it says no more: it exits as MLflow's process does
+    return Job(LocalSubmittedRun(run.info.run_id, launcher.proc), marker)
+
+
+def _launch_request(session: Session, plan: Plan, **arguments: Any) -> dict[str, Any]:
+    """What a launcher process is asked to do: mlflow.projects.run(...)."""
+    run = dict(
+        uri=plan.project_dir,
+        entry_point=plan.entry_point,
+        parameters=dict(plan.params.passed),
+        env_manager=plan.env_manager,
+        synchronous=False,
+        **arguments,
+    )
+    return {'run': run, 'verbose': session.options.verbose}
+
+
+def _launcher_environ(session: Session, tmp_dir: str, marker: str) -> dict[str, str]:
+    """The project's environment, with the settings of the tool's own MLflow
+    requests: what a launcher process, and whatever MLflow starts from it, get."""
+    env = _project_environ(session, tmp_dir, marker)
+    for key, value in TOOL_HTTP_DEFAULTS.items():
+        env[key] = env.get(key) or value
+    env['MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT'] = 'true'
+    return env
+
+
+# A launcher process: Python loads this file and calls serve_launch().  The
+# working folder ('' first on sys.path) is left out: it is the user's.
+LAUNCHER = (
+    'import runpy, sys; sys.path[:1] = [p for p in sys.path[:1] if p]; '
+    "runpy.run_path(sys.argv[1], run_name='reproduce_run_launcher')['serve_launch']()"
+)
+
+
+class LaunchFailed(Exception):
+    """What a launcher process met instead of starting the job or waiting for
+    it: an exception (its type's name and last line; `refused`: MLflow's,
+    its way of saying no), or its end without a word."""
+
+    def __init__(self, answer: Mapping[str, Any], returncode: int | None = None) -> None:
+        super().__init__(
+            answer.get('error')
+            or f'the launcher process ended without an answer (exit status {returncode})'
         )
-    return Job(submitted, tag)
+        self.type_name = answer.get('type', type(self).__name__)
+        self.refused = bool(answer.get('refused'))
+
+    def unexpected(self) -> ReproduceError:
+        """As the tool reports a failure it did not foresee."""
+        return ReproduceError(unexpected_failure(self.type_name, str(self)))
 
 
-@contextlib.contextmanager
-def _stdio_into(fd: int) -> Iterator[None]:
-    """Point file descriptors 1 and 2 at fd, so that the processes MLflow
-    starts inherit it."""
+class Launcher:
+    """mlflow.projects.run in a Python process of its own (serve_launch),
+    since MLflow starts the job with the calling process's environment and
+    standard output and error: the launcher has the project's, and this
+    process never changes its own.  It answers on a pipe, a JSON line each;
+    for a backend, it then stands for MLflow's SubmittedRun: the tool waits
+    on it, or has it cancel the job."""
+
+    def __init__(
+        self, request: Mapping[str, Any], env: Mapping[str, str], output_fd: int, marker: str
+    ) -> None:
+        self.marker, self.run_id = marker, ''
+        read_fd, write_fd = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                (sys.executable, '-c', LAUNCHER, os.path.abspath(__file__), str(write_fd)),
+                env=dict(env),
+                stdin=subprocess.PIPE,
+                stdout=output_fd,
+                stderr=output_fd,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self.answers = os.fdopen(read_fd, 'rb', buffering=0)
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError), self.proc.stdin as request_pipe:
+            request_pipe.write(json.dumps(request).encode())  # not in argv, which ps shows
+
+    def answer(self, stop: Stop | None = None) -> dict[str, Any]:
+        """Its next answer, {} once it has ended without one.  With `stop`,
+        raises Stopped when a signal arrives first."""
+        if self.answers.closed:  # none awaited any more
+            return {}
+        while stop is not None and not select.select([self.answers], [], [], 0.2)[0]:
+            stop.check()
+        line = self.answers.readline()
+        return json.loads(line) if line else {}
+
+    def end(self) -> int:
+        """End it and whatever it started, as a project's processes are ended."""
+        self.answers.close()
+        found = end_processes(self.proc.pid, self.marker, reap=self.proc.poll)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)  # a zombie no longer counts as running: reap it
+        return found
+
+    def started(self, stop: Stop | None) -> str:
+        """The run ID once MLflow has started the job; raises LaunchFailed
+        when it could not, and Stopped when a signal (`stop`) comes first,
+        the launcher ended either way."""
+        try:
+            answer = self.answer(stop)
+        except Stopped:
+            self.end()
+            raise
+        if 'run_id' not in answer:
+            self.end()
+            raise LaunchFailed(answer, self.proc.returncode)
+        self.run_id = answer['run_id']
+        return self.run_id
+
+    def succeeded(self, stop: Stop) -> bool:
+        """Whether the job succeeded, once it has ended; raises Stopped when
+        a signal arrives first."""
+        answer = self.answer(stop)
+        self.answers.close()
+        self.proc.wait()  # it exits once it has answered
+        if 'succeeded' not in answer:
+            raise LaunchFailed(answer, self.proc.returncode).unexpected()
+        return bool(answer['succeeded'])
+
+    def cancel(self) -> None:
+        """SubmittedRun.cancel(), by the launcher (SIGTERM asks it to)."""
+        self.proc.send_signal(signal.SIGTERM)  # not once it has been reaped
+        answer = self.answer()
+        self.answers.close()
+        self.proc.wait()
+        if 'error' in answer:
+            raise LaunchFailed(answer)
+
+
+def serve_launch() -> NoReturn:
+    """A launcher process: mlflow.projects.run as the request on standard
+    input says, with this process's environment and output, which the
+    processes MLflow starts inherit.  Its answers go to the descriptor in
+    argv[2]: the run ID once the job started, or the exception met.  Local
+    backend: it then waits for MLflow's process and exits as that did.
+    Another backend: it waits on the SubmittedRun and answers the outcome,
+    or cancels the job on SIGTERM and answers how that went."""
+    request = json.load(sys.stdin)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    answers = int(sys.argv[2])
+    local = request['run']['backend'] == DEFAULT_BACKEND
+    stop = Stop()
+    if not local:  # the tool's SIGTERM asks for a cancel; the local launcher just ends
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.event.set())
+    _configure_logging(request['verbose'])
+    try:
+        import mlflow.projects
+
+        submitted = mlflow.projects.run(**request['run'])
+        _answer(answers, run_id=submitted.run_id)
+        if local:
+            _exit_as(submitted.command_proc.wait())
+        _answer(answers, **_outcome(submitted, stop))
+    except Exception as e:
+        _answer(answers, **_exception_answer(e, request['verbose']))
+    _exit_as(0)
+
+
+def _outcome(submitted: Any, stop: Stop) -> dict[str, Any]:
+    """The job's outcome through MLflow's SubmittedRun; on a stop, that of
+    cancelling it."""
+    try:
+        return {'succeeded': wait_submitted(submitted, stop)}
+    except Stopped:
+        try:
+            submitted.cancel()
+        except Exception as e:
+            return _exception_answer(e, verbose=False)
+        return {'cancelled': True}
+
+
+def _exception_answer(e: Exception, verbose: bool) -> dict[str, Any]:
+    from mlflow.exceptions import ExecutionException, MlflowException
+
+    if verbose:  # into the project's output
+        import traceback
+
+        traceback.print_exc()
+    return {
+        'error': _last_line(str(e)) or type(e).__name__,
+        'type': type(e).__name__,
+        'refused': isinstance(e, (ExecutionException, MlflowException)),
+    }
+
+
+def _answer(fd: int, **answer: Any) -> None:
+    os.write(fd, json.dumps(answer).encode() + b'\n')  # one write: one whole line
+
+
+def _exit_as(returncode: int) -> NoReturn:
+    """Exit with this status, or by the same signal: as the process that
+    ended with it did."""
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    try:
-        yield
-    finally:
-        for target, copy in enumerate(saved, start=1):
-            os.dup2(copy, target)
-            os.close(copy)
+    if returncode < 0:
+        signal.signal(-returncode, signal.SIG_DFL)
+        os.kill(os.getpid(), -returncode)
+    os._exit(returncode if returncode >= 0 else 128 - returncode)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2939,7 +3144,7 @@ class Launch:
 
 
 def run_project(
-    session: Session, plan: Plan, run: Run, tmp_dir: str, tag: str, output: ProjectOutput
+    session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
 ) -> Launch:
     """Start the project into the run made for it, wait, and make sure that
     nothing it started outlives it.  On a signal, end its processes (SIGTERM,
@@ -2950,7 +3155,7 @@ def run_project(
     try:
         session.stop.check()
         os.makedirs(os.path.join(tmp_dir, 'tmp'), exist_ok=True)
-        job = start_project(session, plan, run, tmp_dir, tag, output)
+        job = start_project(session, plan, run, tmp_dir, marker, output)
         output.close_writer()
         # The interpreter that runs the project, described while it runs; not
         # for docker, whose container is out of reach.
@@ -2962,12 +3167,12 @@ def run_project(
     except Stopped:
         if job is not None:
             job.end()
-        close_run(session.client, run_id, 'KILLED', session.left_open)
+        close_run(session.client, run_id, 'KILLED', session.shared.left_open)
         raise
     except Exception as e:
         if job is not None:
             job.end()
-        close_run(session.client, run_id, 'FAILED', session.left_open)
+        close_run(session.client, run_id, 'FAILED', session.shared.left_open)
         raise _mlflow_error(f'cannot launch the project (run {run_id} marked FAILED)', e) from None
     finally:
         output.close_writer()
@@ -2975,9 +3180,8 @@ def run_project(
     if left_behind:
         warn(f'the project of run {run_id} left {left_behind} process(es) running; ended them')
     output.close()
-    close_run(
-        session.client, run_id, 'FINISHED' if returncode == 0 else 'FAILED', session.left_open
-    )
+    status = 'FINISHED' if returncode == 0 else 'FAILED'
+    close_run(session.client, run_id, status, session.shared.left_open)
     return Launch(returncode, output.tail, left_behind, environment, output.lost)
 
 
@@ -2986,64 +3190,62 @@ def run_on_backend(
     plan: Plan,
     parent_run_id: str | None,
     tmp_dir: str,
-    tag: str,
+    marker: str,
     output: ProjectOutput,
     progress: Any,
 ) -> Launch:
     """Hand the project to MLflow's backend (kubernetes, databricks, a
     plugin), which creates the run itself; make that run look like a local
-    reproduction, wait on MLflow's SubmittedRun, and cancel it on a signal.
-    The backend gets our checkout of the commit, kept until the job ends."""
-    submitted = submit_to_backend(session, plan, tmp_dir, tag, output)
-    run_id = progress.run_id = submitted.run_id
+    reproduction, wait for the job, and cancel it on a signal.  The backend
+    gets our checkout of the commit, kept until the job ends."""
+    launcher = submit_to_backend(session, plan, tmp_dir, marker, output)
+    run_id = progress.run_id = launcher.run_id
     client = session.client
     try:
         fixup_backend_run(client, run_id, plan, parent_run_id)
         _say_what_runs(session, plan, run_id)
-        succeeded = wait_submitted(submitted, session.stop)
+        succeeded = launcher.succeeded(session.stop)
     except Stopped:
-        cancel_submitted(submitted, tag)
-        close_run(client, run_id, 'KILLED', session.left_open)
+        cancel_submitted(launcher)
+        close_run(client, run_id, 'KILLED', session.shared.left_open)
         raise
     except BaseException:
-        cancel_submitted(submitted, tag)
-        close_run(client, run_id, 'FAILED', session.left_open)
+        cancel_submitted(launcher)
+        close_run(client, run_id, 'FAILED', session.shared.left_open)
         raise
     finally:
         output.close()
     # MLflow's remote SubmittedRuns leave the status to the caller, and a
     # project that fails may still have ended its run FINISHED: say it here.
-    close_run(client, run_id, 'FINISHED' if succeeded else 'FAILED', session.left_open)
+    close_run(client, run_id, 'FINISHED' if succeeded else 'FAILED', session.shared.left_open)
     return Launch(0 if succeeded else 1, output.tail, output_lost=output.lost)
 
 
 def submit_to_backend(
-    session: Session, plan: Plan, tmp_dir: str, tag: str, output: ProjectOutput
-) -> Any:
-    """mlflow.projects.run(backend=...), with the project's environment and
-    output pipe in place while the backend starts the job."""
-    import mlflow.projects
-    from mlflow.exceptions import ExecutionException, MlflowException
-
-    env = _project_environ(session, tmp_dir, tag)
+    session: Session, plan: Plan, tmp_dir: str, marker: str, output: ProjectOutput
+) -> Launcher:
+    """mlflow.projects.run(backend=...) in a launcher process with the
+    project's environment and output pipe, which then waits on the job."""
+    env = _launcher_environ(session, tmp_dir, marker)
     os.makedirs(env['TMPDIR'], exist_ok=True)
+    request = _launch_request(
+        session,
+        plan,
+        experiment_id=_experiment_id(session.client, plan.experiment_name),
+        backend=plan.backend.name,
+        backend_config=dict(plan.backend.config),
+    )
     try:
-        with session.launch_lock, _environ(env), _stdio_into(output.write_fd):
-            submitted = mlflow.projects.run(
-                uri=plan.project_dir,
-                entry_point=plan.entry_point,
-                parameters=plan.params.passed,
-                experiment_id=_experiment_id(session.client, plan.experiment_name),
-                env_manager=plan.env_manager,
-                backend=plan.backend.name,
-                backend_config=dict(plan.backend.config),  # a copy: MLflow adds keys to it
-                synchronous=False,
-            )
-    except (ExecutionException, MlflowException) as e:  # no run was made
-        raise _mlflow_error(f'backend {plan.backend.name!r} refused the project', e) from None
+        launcher = Launcher(request, env, output.write_fd, marker)
     finally:
         output.close_writer()
-    return submitted
+    try:
+        launcher.started(None)  # a signal takes effect once the backend has answered
+    except LaunchFailed as e:
+        if not e.refused:
+            raise e.unexpected() from None
+        raise _mlflow_error(f'backend {plan.backend.name!r} refused the project', e) from None
+    return launcher
 
 
 def wait_submitted(submitted: Any, stop: Stop) -> bool:
@@ -3055,18 +3257,18 @@ def wait_submitted(submitted: Any, stop: Stop) -> bool:
     return bool(submitted.wait())
 
 
-def cancel_submitted(submitted: Any, tag: str) -> None:
-    """SubmittedRun.cancel(), bounded in time; then whatever of the job runs
-    on this host with our tag (a plugin's local job) is ended too."""
-    cancelled = _in_background(submitted.cancel)
+def cancel_submitted(launcher: Launcher) -> None:
+    """Cancel the job, bounded in time; then whatever of it runs on this
+    host with its marker (a plugin's local job, the launcher) is ended too."""
+    cancelled = _in_background(launcher.cancel)
     try:
         cancelled.result(timeout=STOP_GRACE_SECONDS + 20)
     except Exception as e:  # a cancel that fails or hangs: say so, go on
         warn(
-            f'could not cancel the job of run {submitted.run_id}: '
+            f'could not cancel the job of run {launcher.run_id}: '
             f'{_last_line(str(e)) or type(e).__name__}'
         )
-    end_processes(None, tag)
+    end_processes(None, launcher.marker)
 
 
 def _in_background(fn: Callable[..., Any], *args: Any) -> Any:
@@ -3267,7 +3469,7 @@ def capture_environment(
 
 def captured_environment(future: Any, stop: Stop) -> dict[str, Any] | None:
     """The result of capture_environment once its process has ended.  Waited
-    for before the sweep for tagged processes, which would end it, and count
+    for before the sweep for marked processes, which would end it, and count
     it as left behind by the project, when the project ends first."""
     from concurrent.futures import TimeoutError as StillRunning
 
@@ -5031,26 +5233,38 @@ class Options:
 
 
 @dataclasses.dataclass
+class Shared:
+    """What the reproductions of one invocation add to as they go, each part
+    under its lock: the sources fetched once, the layers --explain installed,
+    the runs that could not be closed.  One object per invocation, on purpose
+    held by every copy of its Session."""
+
+    sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
+    sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> its folder
+    layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    left_open: list[LeftOpen] = dataclasses.field(default_factory=list)  # appended to only
+
+
+@dataclasses.dataclass(frozen=True)
 class Session:
-    """What the reproductions of one invocation share: the MLflow client, the
-    user's environment as it was, a temporary folder, the stop flag."""
+    """The settings the reproductions of one invocation share: the options,
+    the MLflow client, the user's environment as it was, a temporary folder,
+    the process marker, the stop flag.  Frozen: a group or a probe runs with
+    a copy (dataclasses.replace), which holds the same client, stop flag and
+    `shared`, the one thing that changes as reproductions run."""
 
     options: Options
     client: MlflowClient
     tracking_uri: str
-    user_environ: dict[str, str]
+    user_environ: Mapping[str, str]
     tmp_root: str
-    tag: str  # PROCESS_TAG value of the tool; a reproduction's is tag.N
+    marker: str  # PROCESS_MARKER value of the tool; a reproduction's is marker.N
     stop: Stop
     batch: bool = False
-    left_open: list[LeftOpen] = dataclasses.field(default_factory=list)
-    launch_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
-    sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     backend: Backend = Backend()
-    layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> --explain's
-    layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned: a group records it
+    shared: Shared = dataclasses.field(default_factory=Shared)
 
 
 def refuse_nul_bytes(params: Mapping[str, str], run_id: str) -> None:
@@ -5097,8 +5311,8 @@ def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
     (a dry run, which runs nothing, reads the fetched one)."""
     if not session.batch:
         return fetch_source(source, dest)
-    with session.sources_lock:
-        cached = session.sources.setdefault((source.uri, source.version), _CachedSource())
+    with session.shared.sources_lock:
+        cached = session.shared.sources.setdefault((source.uri, source.version), _CachedSource())
     with cached.lock:  # the first reproduction of a source fetches it
         if cached.root is None:
             root = os.path.join(tempfile.mkdtemp(prefix='source-', dir=session.tmp_root), 'src')
@@ -5171,7 +5385,7 @@ def reproduce_one(
             progress,
             run_id,
             'error',
-            f'unexpected {type(e).__name__}: {_last_line(str(e))} (--verbose shows the traceback)',
+            unexpected_failure(type(e).__name__, str(e)),
         )
     report = dataclasses.replace(
         report, seconds=time.monotonic() - started, histories=progress.histories
@@ -5230,9 +5444,9 @@ def _reproduce(
         raise ReproduceError(str(e) + _remote_hint(reference, source, options.uri)) from None
     source = dataclasses.replace(source, version=commit)
     plan = progress.plan = make_plan(options, reference, source, project_dir, session.backend)
-    tag = f'{session.tag}.{index}'
+    marker = f'{session.marker}.{index}'
     if plan.script is not None:
-        plan = progress.plan = complete_script_plan(session, plan, tmp_dir, tag)
+        plan = progress.plan = complete_script_plan(session, plan, tmp_dir, marker)
     check_command(plan, options.allow_unsafe_command)
     validate_backend_project(plan)
     check_env_manager(plan)
@@ -5259,9 +5473,9 @@ def _reproduce(
             output.close()  # nothing will write to it: end its thread
             raise
         _say_what_runs(session, plan, run.info.run_id)
-        launch = run_project(session, plan, run, tmp_dir, tag, output)
+        launch = run_project(session, plan, run, tmp_dir, marker, output)
     else:
-        launch = run_on_backend(session, plan, parent_run_id, tmp_dir, tag, output, progress)
+        launch = run_on_backend(session, plan, parent_run_id, tmp_dir, marker, output, progress)
     new_id = progress.run_id
     assert new_id is not None
     progress.output_tail = launch.output_tail
@@ -5761,7 +5975,7 @@ def wait_for_futures(session: Session, futures: Sequence[Any], any_done: bool = 
         # Every time, not once: a step that fails by the signal may start
         # another (git's fallback fetch), which would wait on a silent remote.
         if session.stop.event.is_set():
-            for pid in live_processes(None, session.tag):
+            for pid in live_processes(None, session.marker):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGTERM)
 
@@ -5810,7 +6024,7 @@ def record_group(session: Session, group: Group, records: Sequence[GroupRecord])
                 session.client.log_text(run_id, record.text, f'{ARTIFACT_DIR}/{record.artifact}')
             except Exception as e:
                 warn(f'could not record {record.what} on run {run_id}: {server_failure(e)}')
-        close_run(session.client, run_id, closing, session.left_open)
+        close_run(session.client, run_id, closing, session.shared.left_open)
 
 
 # ---------------------------------------------------------------------------
@@ -6769,7 +6983,7 @@ def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> Bisec
     target_commit = resolve_target(clone, fetch_location(source, source.uri)[0], target, reference)
     path = first_parent_path(clone, reference_commit, target_commit)
     for c in path:  # each probe's checkout comes from the private copy
-        session.sources[(source.uri, c.commit)] = _CachedSource(
+        session.shared.sources[(source.uri, c.commit)] = _CachedSource(
             origin=dataclasses.replace(private, version=c.commit)
         )
     planner = BisectPlanner(
@@ -7210,7 +7424,7 @@ def install_command(session: Session, key: str, layer: str) -> tuple[list[str], 
     --no-user: a user install's PIP_USER=1 or `user = true` refuses --target."""
     argv = [sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-input', '--no-user']
     argv += ['--disable-pip-version-check', '--no-warn-script-location']
-    environ = {**session.user_environ, PROCESS_TAG: session.tag}
+    environ = {**session.user_environ, PROCESS_MARKER: session.marker}
     return [*argv, '--quiet', '--target', layer, '--', key], environ
 
 
@@ -7219,9 +7433,9 @@ def install_layer(session: Session, name: str, version: str) -> str:
     with the user's pip settings into the tool's temporary folder; once per
     invocation.  Raises ReproduceError when it cannot be installed."""
     key = f'{name}=={version}'
-    with session.layers_lock:
-        if key in session.layers:
-            return session.layers[key]
+    with session.shared.layers_lock:
+        if key in session.shared.layers:
+            return session.shared.layers[key]
         layer = tempfile.mkdtemp(prefix='layer-', dir=session.tmp_root)
         argv, environ = install_command(session, key, layer)
         try:
@@ -7239,7 +7453,7 @@ def install_layer(session: Session, name: str, version: str) -> str:
         if proc.returncode:
             last = _last_line(proc.stderr) or f'exit status {proc.returncode}'
             raise ReproduceError(f'cannot install {key}: {mask_credentials(last)}')
-        session.layers[key] = layer
+        session.shared.layers[key] = layer
         return layer
 
 
@@ -7914,7 +8128,7 @@ def deliver(outcome: Outcome, delivery: Delivery) -> None:
 # may run in another container of this host, and it counts as alive (tool_gone); its
 # runs are closed only by --reap-after.
 _OWNER_RE = re.compile(r'(?P<host>.+):(?P<pid>\d+):(?P<start>\d+):(?P<namespace>[\w-]+:\d+)')
-_PROCESS_TAG_RE = re.compile(r'(?P<base>(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8})(\.\d+)?')
+_PROCESS_MARKER_RE = re.compile(r'(?P<base>(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8})(\.\d+)?')
 # tool_tmp_prefix(); a folder of the previous version (reproduce_run-<pid>-<start>-<random>)
 # does not say its PID namespace either, and is left alone.
 _TMP_OWNER_RE = re.compile(
@@ -7933,11 +8147,11 @@ def close_leftovers(session: Session, run_ids: Sequence[str] = ()) -> tuple[dict
     standard error for each; never raises."""
     if session.options.dry_run:
         return ()
-    tagged = dead_tools_processes()
-    processes = end_dead_tools_processes(tagged)
+    marked = dead_tools_processes()
+    processes = end_dead_tools_processes(marked)
     folders = remove_dead_tools_folders()
     crashed = {item['owner'] for item in (*processes, *folders)}
-    running = collections.Counter(owner for _, owner, shared in tagged if not shared)
+    running = collections.Counter(owner for _, owner, shared in marked if not shared)
     found = [*processes, *close_leftover_runs(session, run_ids, crashed, running), *folders]
     if not session.options.quiet:
         for item in found:
@@ -7950,7 +8164,7 @@ def _leftover(kind: str, name: str, owner: str, message: str) -> dict[str, str]:
 
 
 def dead_tools_processes() -> list[tuple[str, str, bool]]:
-    """(tag, owner, whether its TMPDIR lies in a reproduce_run-… folder of this
+    """(marker base, owner, whether its TMPDIR lies in a reproduce_run-… folder of this
     tool's TMPDIR) of each process of this PID namespace whose
     REPRODUCE_RUN_PROCESS_TAG names a tool that is gone.  A process of
     another namespace is never one: its tool's PID means nothing here."""
@@ -7961,8 +8175,8 @@ def dead_tools_processes() -> list[tuple[str, str, bool]]:
     found = []
     for pid, state, _, environ in _process_table():
         variables = dict(v.partition(b'=')[::2] for v in environ.split(b'\0'))
-        match = _PROCESS_TAG_RE.fullmatch(
-            variables.get(PROCESS_TAG.encode(), b'').decode('ascii', 'replace')
+        match = _PROCESS_MARKER_RE.fullmatch(
+            variables.get(PROCESS_MARKER.encode(), b'').decode('ascii', 'replace')
         )
         if (
             match
@@ -7975,16 +8189,16 @@ def dead_tools_processes() -> list[tuple[str, str, bool]]:
     return found
 
 
-def end_dead_tools_processes(tagged: Sequence[tuple[str, str, bool]]) -> list[dict[str, str]]:
+def end_dead_tools_processes(marked: Sequence[tuple[str, str, bool]]) -> list[dict[str, str]]:
     """The processes of dead tools that shared this one's temporary folder,
     ended as a signal to that tool would have ended them."""
     found = []
-    for base, owner in sorted({(base, owner) for base, owner, shared in tagged if shared}):
+    for base, owner in sorted({(base, owner) for base, owner, shared in marked if shared}):
         count = end_processes(None, base) + end_processes(None, base + '.')
         if count:
             message = (
                 f'ended {counted(count, "process", "processes")} of the dead reproducing '
-                f'tool {owner} ({PROCESS_TAG}={base})'
+                f'tool {owner} ({PROCESS_MARKER}={base})'
             )
             found.append(_leftover('processes', base, owner, message))
     return found
@@ -8281,7 +8495,7 @@ def invoke(
     and the temporary folder removed when it returns."""
     check_tracking_store(os.environ.get('MLFLOW_TRACKING_URI'))  # before MLflow makes one
     user_environ = dict(os.environ)
-    tag = f'{_tool_identity().replace(":", "-")}-{os.urandom(4).hex()}'  # pid-start-random
+    marker = f'{_tool_identity().replace(":", "-")}-{os.urandom(4).hex()}'  # pid-start-random
     tool_environ: dict[str, str | None] = {
         k: user_environ.get(k) or v for k, v in TOOL_HTTP_DEFAULTS.items()
     }
@@ -8289,7 +8503,7 @@ def invoke(
         os.environ.get('MLFLOW_TRACKING_URI')
     )
     tool_environ['MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT'] = 'true'
-    tool_environ[PROCESS_TAG] = tag
+    tool_environ[PROCESS_MARKER] = marker
     with _environ(tool_environ), tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as tmp_root:
         try:
             import mlflow
@@ -8307,16 +8521,16 @@ def invoke(
                 tracking_uri,
                 user_environ,
                 tmp_root,
-                tag,
+                marker,
                 stop,
                 batch=selection.is_batch,
-                left_open=left_open,
                 backend=backend,
+                shared=Shared(left_open=left_open),
             )
             if selection.bisect is not None:
                 # of dead tools (SIGKILL, OOM); the reference's experiment is searched too
-                session.leftovers = close_leftovers(session, selection.run_ids[:1])
-                return bisect_chosen(session, selection)
+                leftovers = close_leftovers(session, selection.run_ids[:1])
+                return bisect_chosen(dataclasses.replace(session, leftovers=leftovers), selection)
             if not selection.is_batch:
                 run_id = resolve_run_id(session.client, selection.run_ids[0], tracking_uri)
                 if compare_to_id:
@@ -8327,7 +8541,8 @@ def invoke(
                     session, lambda: explain_if_differs(session, reproduce_one(session, run_id))
                 )
                 return dataclasses.replace(report, leftovers=leftovers)
-            session.leftovers = close_leftovers(session)  # the group's parent run lists them
+            leftovers = close_leftovers(session)  # the group's parent run lists them
+            session = dataclasses.replace(session, leftovers=leftovers)
             chosen, skipped = select_runs(
                 session.client, selection, options.uri is not None, tracking_uri, options.dry_run
             )
@@ -8337,8 +8552,8 @@ def invoke(
                 batch = run_batch(session, chosen, skipped)
             return run_in_worker(session, lambda: explain_batch(session, batch))
         finally:
-            end_processes(None, tag)  # nothing the tool started outlives it
-            end_processes(None, tag + '.')
+            end_processes(None, marker)  # nothing the tool started outlives it
+            end_processes(None, marker + '.')
 
 
 # ---------------------------------------------------------------------------

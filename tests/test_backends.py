@@ -553,6 +553,17 @@ def test_a_failing_project_on_the_plugin_exits_3_with_its_run_failed(reference, 
     assert client().get_run(doc['reproduced_run_id']).info.status == 'FAILED'
 
 
+def test_a_submission_the_plugin_rejects_is_one_line_and_makes_no_run(reference, capsys):
+    run_id = reference('sklearn_regression')
+    before = all_run_ids()
+    code, out, err = reproduce(capsys, '--run_id', run_id, '-b', PLUGIN, '-c', '{"fail_submit": 1}')
+    assert (code, out, all_run_ids()) == (2, '', before)
+    assert err.splitlines()[-1] == (
+        f"reproduce_run: error: backend '{PLUGIN}' refused the project: {PLUGIN}: the "
+        'scheduler rejected the job (fail_submit)'
+    )
+
+
 def test_sigterm_cancels_the_plugin_job_and_marks_the_run_killed(samples_repo, tmp_path):
     from helpers import SCRIPT, process_gone, recorded_run, reproductions_of, wait_for
 

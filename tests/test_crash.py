@@ -102,7 +102,7 @@ def default_id() -> str:
     return client().get_experiment_by_name('Default').experiment_id
 
 
-def tagged_processes(tool_pid: int) -> list[int]:
+def marked_processes(tool_pid: int) -> list[int]:
     """Live processes whose REPRODUCE_RUN_PROCESS_TAG names the tool of this PID."""
     needle = re.compile(rb'REPRODUCE_RUN_PROCESS_TAG=%d-\d+-[0-9a-f]{8}(\.\d+)?$' % tool_pid)
     found = []
@@ -148,7 +148,7 @@ def kill_tool_mid_run(argv: list[str], env: dict[str, str], experiment_id: str, 
             f'{runs} ticking reproductions',
         )
         pid, start = proc.pid, start_time(proc.pid)
-        projects = tagged_processes(pid)
+        projects = marked_processes(pid)
     finally:
         proc.kill()  # SIGKILL: the tool cleans nothing up
         proc.wait()
@@ -168,7 +168,7 @@ def assert_cleaned(result, pid, start, projects, runs, tmp_dir: Path) -> None:
             f'reproduce_run: closed run {run.info.run_id} of {owner} as KILLED: ' in result.stderr
         )
     wait_for(lambda: all(process_gone(p) for p in projects), 30, 'the projects to end')
-    assert tagged_processes(pid) == []
+    assert marked_processes(pid) == []
     assert f'of the dead reproducing tool {owner} (REPRODUCE_RUN_PROCESS_TAG={pid}-' in (
         result.stderr
     )
@@ -593,7 +593,7 @@ def test_a_tool_of_another_pid_namespace_is_never_judged_dead(samples_repo, stor
         [run] = reproductions_of(reference)
         host, pid, _, namespace = run.data.tags['reproduce.owner'].split(':', 3)
         assert (host, pid) == (HOST, '1') and namespace != NAMESPACE
-        projects = in_another_namespace(tagged_processes(1))
+        projects = in_another_namespace(marked_processes(1))
         [folder] = tmp_dir.glob('reproduce_run-1-*')
         fast = fast_reference(samples_repo, store)
 
@@ -741,7 +741,7 @@ def test_kill_9_during_a_bisection_is_cleaned_by_the_next_invocation(
             'the probe of the target to tick',
         )
         pid, start = proc.pid, start_time(proc.pid)
-        projects = tagged_processes(pid)
+        projects = marked_processes(pid)
     finally:
         proc.kill()  # SIGKILL: the tool cleans nothing up
         proc.wait()
@@ -766,7 +766,7 @@ def test_kill_9_during_a_bisection_is_cleaned_by_the_next_invocation(
     # Any invocation on this host ends a dead tool's projects, and on a shared
     # machine another one may come first: this test asks only that they are gone.
     wait_for(lambda: all(process_gone(p) for p in projects), 30, 'the projects to end')
-    assert tagged_processes(pid) == []
+    assert marked_processes(pid) == []
     assert list(tmp_dir.glob(f'reproduce_run-{pid}-*')) == []
     assert f'removed the temporary folder {tmp_dir}/reproduce_run-{pid}-' in result.stderr
     # the new bisection's table, its parent run's bisect.json and description list them

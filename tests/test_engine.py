@@ -117,7 +117,7 @@ def test_a_probe_runs_with_its_own_version_and_environment():
     assert probed.options.version == 'abc123'
     assert probed.user_environ == {'HOME': '/h', 'SEED': '1'}
     assert session.options.version == 'main' and session.user_environ == {'HOME': '/h'}
-    assert probed.stop is session.stop and probed.sources is session.sources  # shared
+    assert probed.stop is session.stop and probed.shared is session.shared  # shared
 
 
 @pytest.mark.parametrize(

@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 from helpers import (
     ECHO_PROJECT,
     add_project,
+    artifact_bytes,
     client,
+    commit_all,
+    git,
     mlflow_run,
+    recorded_run,
     reproduce,
     reproduce_json,
     reproduced_run,
     run_snapshot,
+    tool,
 )
 
 import reproduce_run
@@ -210,3 +217,94 @@ def test_relative_sqlite_store_reaches_the_project(
     code, out, err = reproduce(capsys, '--run_id', run_id)
     assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True'), err
     assert os.environ['MLFLOW_TRACKING_URI'] == 'sqlite:///mlflow.db'
+
+
+# --- reproductions in parallel share no process state ---------------------------
+
+CHATTY = {
+    'MLproject': 'name: chatty\nentry_points:\n  main:\n    command: bash chatty.sh\n',
+    'chatty.sh': 'for i in $(seq 30); do\n'
+    '  echo "line $i of run $MLFLOW_RUN_ID marker $REPRODUCE_RUN_PROCESS_TAG"\n'
+    '  sleep 0.05\n'
+    'done\n',
+}
+# git, with a line for each process: its process marker, its TMPDIR and its
+# first two arguments (the tool's own git always starts with -c protocol.ext.allow=never).
+GIT_LOGGER = (
+    '#!/bin/sh\necho "$REPRODUCE_RUN_PROCESS_TAG $TMPDIR $1 $2" >> {log}\nexec {git} "$@"\n'
+)
+TOOLS_OWN_GIT = '-c protocol.ext.allow=never'
+PLUGIN = 'reproduce-test-backend'  # tests/backend_plugin
+_LINE_RE = re.compile(r'line \d+ of run (\w+) marker (\S+)')
+
+
+@pytest.mark.slow
+def test_parallel_reproductions_keep_their_process_markers_and_output_apart(own_repo, tmp_path):
+    """--jobs 4 over a backend whose launch takes seconds (the plugin's
+    submit_seconds, as a docker build does) while sibling projects chat and
+    the tool fetches other commits: each output.log holds its own launch's
+    and project's lines and nothing else, each project sees its own
+    reproduction's process marker, the tool's git processes the tool's, and
+    the git processes MLflow starts in a launch that reproduction's."""
+    add_project(own_repo, 'chatty', CHATTY)
+    runs = []
+    for k in range(6):  # a commit each: the tool fetches while siblings launch
+        (own_repo / 'chatty' / 'notes.txt').write_text(f'note {k}\n')
+        runs.append(recorded_run(f'file://{own_repo}#chatty', commit_all(own_repo, f'{k}')))
+    bin_dir, log = tmp_path / 'bin', tmp_path / 'git.log'
+    bin_dir.mkdir()
+    (bin_dir / 'git').write_text(GIT_LOGGER.format(log=log, git=shutil.which('git')))
+    (bin_dir / 'git').chmod(0o755)
+    proc = tool(
+        '--run_id', *runs, '--jobs', '4', '-b', PLUGIN, '-c', '{"submit_seconds": 3}',
+        '--experiment-name', f'parallel-{tmp_path.name}', '--output', 'json',
+        env={'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}'},
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    markers = set()
+    for report in json.loads(out)['runs']:
+        new_id = report['reproduced_run_id']
+        lines = artifact_bytes(new_id, 'reproduce/output.log').decode().splitlines()
+        marker = _LINE_RE.fullmatch(lines[-1]).group(2)
+        assert lines == [
+            f'{PLUGIN}: preparing the job of run {new_id}',
+            f'{PLUGIN}: the job of run {new_id} is ready',
+            *(f'line {i} of run {new_id} marker {marker}' for i in range(1, 31)),
+        ]
+        markers.add(marker)
+    tools = {m.rsplit('.', 1)[0] for m in markers}
+    assert len(markers) == len(runs) and len(tools) == 1
+    launches = {}  # TMPDIR: the markers of MLflow's git processes with it
+    for line in log.read_text().splitlines():
+        marker, tmpdir, args = line.split(' ', 2)
+        if args == TOOLS_OWN_GIT:
+            assert {marker} == tools, line
+        else:
+            launches.setdefault(tmpdir, set()).add(marker)
+    assert all(len(m) == 1 and m <= markers for m in launches.values()), launches
+
+
+DOCKERISED = {
+    'MLproject': 'name: dockerised\ndocker_env:\n  image: python:3.11-slim\n'
+    'entry_points:\n  main:\n    command: python -c pass\n',
+}
+
+
+def test_a_docker_project_without_docker_is_one_line_and_a_failed_run(
+    own_repo, tmp_path, capsys, monkeypatch
+):
+    """MLflow's docker launch, in a launcher process, fails for want of a
+    docker daemon (DOCKER_HOST names nothing): its reason in one line, exit
+    2, and the run FAILED."""
+    add_project(own_repo, 'dockerised', DOCKERISED)
+    commit = git('rev-parse', 'HEAD', cwd=own_repo)
+    ref_id = recorded_run(f'file://{own_repo}#dockerised', commit)
+    monkeypatch.setenv('DOCKER_HOST', f'unix://{tmp_path}/no-docker.sock')
+    code, out, err = reproduce(capsys, '--run_id', ref_id, '--output', 'json')
+    doc = json.loads(out)
+    assert (code, doc['status']) == (2, 'error'), err
+    run_id = doc['reproduced_run_id']
+    assert doc['message'].startswith(f'cannot launch the project (run {run_id} marked FAILED): ')
+    assert err == f'reproduce_run: error: {doc["message"]}\n'
+    assert client().get_run(run_id).info.status == 'FAILED'

@@ -643,7 +643,7 @@ def recorded_environment(run_id: str) -> dict:
 
 
 def test_a_project_that_ends_first_leaves_the_capture_alone(own_repo, store, capsys):
-    """The capture carries the reproduction's process tag; a project that ends
+    """The capture carries the reproduction's process marker; a project that ends
     before it must not take it down as a process left behind."""
     ref = mlflow_run(str(bare_project(own_repo)), store)
     code, out, err = reproduce(capsys, '--run_id', ref, '--output', 'json')

@@ -14,8 +14,10 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from typing import Any
 
 from mlflow import MlflowClient
@@ -149,12 +151,23 @@ class TestBackend(AbstractBackend):
         client.set_tag(run_id, TAG_JOB_DIR, job_dir)
         if 'queue' in backend_config:
             client.set_tag(run_id, TAG_QUEUE, str(backend_config['queue']))
+        if 'submit_seconds' in backend_config:
+            _prepare(run_id, float(backend_config['submit_seconds']))
         command = ' && '.join(
             get_entry_point_command(project, entry_point, params, os.path.join(job_dir, 'storage'))
         )
         proc = _start_job(command, project_dir, run_id, tracking_uri, experiment_id)
         grace = float(backend_config.get('grace_seconds', DEFAULT_GRACE_SECONDS))
         return JobSubmittedRun(run_id, proc, tracking_uri, job_dir, keep, grace)
+
+
+def _prepare(run_id: str, seconds: float) -> None:
+    """What a scheduler does before the job starts (a docker build, say):
+    it takes `seconds` and prints a line about the run in the submitting
+    process, on its standard output and error."""
+    print(f'{NAME}: preparing the job of run {run_id}', flush=True)
+    time.sleep(seconds)
+    print(f'{NAME}: the job of run {run_id} is ready', file=sys.stderr, flush=True)
 
 
 def _job_dir(workdir: str | None) -> tuple[str, bool]:
