@@ -18,15 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import (  # SCRIPT and mlflow_run: tests/test_crash.py imports them from here
+from helpers import (
     ROOT,
-    SCRIPT,  # noqa: F401
     client,
     forget_databases_in,
     free_port,
     git,
     make_repo,
-    mlflow_run,  # noqa: F401
     references_in,
     start_mlflow_server,
     start_service,
@@ -109,9 +107,6 @@ def store(mlflow_server: str) -> str:
     (MLflow's sqlite store imports alembic and checks the schema in every
     process); tests of what is particular to sqlite ask for `sqlite_store`."""
     return mlflow_server
-
-
-STORES = {'sqlite': 'sqlite_store', 'server': 'mlflow_server'}  # kind: fixture
 
 
 @pytest.fixture(autouse=True)

@@ -35,6 +35,7 @@ from reproduce_run import Tolerance, main
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / 'MLproject_samples'
 SCRIPT = ROOT / 'reproduce_run.py'
+STORES = {'sqlite': 'sqlite_store', 'server': 'mlflow_server'}  # a store's kind: its fixture
 WATCHDOG = Path(__file__).resolve().parent / 'watchdog.py'
 RUN_ID_LOG_RE = re.compile(r"=== Run \(ID '(\w+)'\) (succeeded|failed) ===")
 
@@ -487,6 +488,8 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def start_tool(*argv: str, env: dict[str, str]) -> subprocess.Popen:
+    """The tool as a process of its own, `env` over this one's environment;
+    its standard output and error are pipes (`with proc:` closes them)."""
     return subprocess.Popen(
         (sys.executable, str(SCRIPT), *argv),
         env={**os.environ, **env},
@@ -526,17 +529,6 @@ def run_of_a_commit_gone_from_the_remote(
     git('reflog', 'expire', '--expire=now', '--all', cwd=bare)
     git('gc', '--quiet', '--prune=now', cwd=bare)
     return run_id, gone, f'{url}/{bare.name}'
-
-
-def tool(*argv: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        (sys.executable, str(SCRIPT), *argv),
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 QUIET = {  # no MLflow call at all: only the tool talks to the server

@@ -27,6 +27,7 @@ from helpers import (
     first_spans,
     git,
     mlflow_run,
+    recorded_run,
     reproduce,
     section,
     start_mlflow_server,
@@ -830,10 +831,10 @@ def test_a_server_that_dies_mid_bisection_is_named_not_the_reference(tmp_path, m
     server = start_mlflow_server(tmp_path / 'server')
     try:
         repo, _ = build_repo(tmp_path, TINY)
-        add_commits(repo, 1, change_at=0)  # notes.txt: the probe below sleeps
-        ref = mlflow_run(str(repo / 'tiny'), server.url)
-        add_commits(repo, 2, change_at=2)
+        [at] = add_commits(repo, 1, change_at=0)  # notes.txt: the probe below sleeps
         monkeypatch.setenv('MLFLOW_TRACKING_URI', server.url)
+        ref = recorded_run(f'file://{repo}#tiny', at, {'data': ''}, metrics={'score': 1.0})
+        add_commits(repo, 2, change_at=2)
         name = f'dies-{tmp_path.name}'
         proc = start_tool(
             *('--run_id', ref, '--bisect', '--experiment-name', name, '--output', 'json'),

@@ -9,6 +9,7 @@ script run's to its reference's experiment), as the README's usage does."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -20,19 +21,24 @@ import sys
 import time
 import types
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, STORES, client, git, mlflow_run
 from helpers import (
     MLPROJECT,
+    SCRIPT,
+    STORES,
     add_commits,
     batch_runs,
     build_repo,
+    client,
+    git,
     process_gone,
     python_run,
     recorded_run,
     reproductions_of,
+    start_tool,
     wait_for,
 )
 from proxy import Rule, proxy_in_front_of
@@ -69,16 +75,6 @@ def experiment() -> tuple[str, str]:
 def tool_env(tmp_dir: Path, **extra: str) -> dict[str, str]:
     tmp_dir.mkdir(exist_ok=True)
     return {**os.environ, 'TMPDIR': str(tmp_dir), **extra}
-
-
-def start_tool(*argv: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        (sys.executable, str(SCRIPT), *argv),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def run_tool(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -137,76 +133,6 @@ def tracking(request, monkeypatch) -> str:
     return uri
 
 
-def kill_tool_mid_run(argv: list[str], env: dict[str, str], experiment_id: str, runs: int):
-    """Start the tool, wait until `runs` of its reproductions tick, kill -9 it.
-    Returns (tool PID, its start time, its project processes, its runs)."""
-    proc = start_tool(*argv, env=env)
-    try:
-        wait_for(
-            lambda: sum(ticking(r) for r in runs_of(experiment_id, proc.pid)) == runs,
-            180,
-            f'{runs} ticking reproductions',
-        )
-        pid, start = proc.pid, start_time(proc.pid)
-        projects = marked_processes(pid)
-    finally:
-        proc.kill()  # SIGKILL: the tool cleans nothing up
-        proc.wait()
-    return pid, start, projects, runs_of(experiment_id, pid)
-
-
-def assert_cleaned(result, pid, start, projects, runs, tmp_dir: Path) -> None:
-    """The next invocation closed every run, ended every project process and
-    removed the folder of the dead tool, and said so."""
-    owner = owner_of(pid, start)
-    for run in runs:
-        after = client().get_run(run.info.run_id)
-        assert after.info.status == 'KILLED'
-        assert after.data.tags['reproduce.status'] == 'killed'
-        assert after.data.tags['mlflow.note.content'].endswith(TOOL_DIED)
-        assert (
-            f'reproduce_run: closed run {run.info.run_id} of {owner} as KILLED: ' in result.stderr
-        )
-    wait_for(lambda: all(process_gone(p) for p in projects), 30, 'the projects to end')
-    assert marked_processes(pid) == []
-    assert f'of the dead reproducing tool {owner} (REPRODUCE_RUN_PROCESS_TAG={pid}-' in (
-        result.stderr
-    )
-    assert list(tmp_dir.glob(f'reproduce_run-{pid}-*')) == []
-    assert f'reproduce_run: removed the temporary folder {tmp_dir}/reproduce_run-{pid}-' in (
-        result.stderr
-    )
-
-
-def fast_reference(samples_repo: Path, tracking_uri: str) -> str:
-    return mlflow_run(str(samples_repo / 'slow'), tracking_uri, '-P', 'seconds=1')
-
-
-@pytest.mark.slow
-def test_kill_9_during_a_single_run_is_cleaned_by_the_next_invocation(
-    samples_repo, tracking, tmp_path
-):
-    tmp_dir = tmp_path / 'tmp'
-    env = tool_env(tmp_dir)
-    reference = slow_reference(samples_repo)
-    pid, start, projects, runs = kill_tool_mid_run(['--run_id', reference], env, default_id(), 1)
-    # What the kill left: a ticking project, its run RUNNING, the folder.
-    [run] = runs
-    assert run.info.status == 'RUNNING'
-    assert run.data.tags['reproduce.owner'] == owner_of(pid, start)
-    assert projects and not any(process_gone(p) for p in projects)
-    assert len(list(tmp_dir.glob(f'{folder_prefix(pid, start)}*'))) == 1
-
-    result = run_tool(
-        '--run_id', fast_reference(samples_repo, tracking), '--output', 'json', env=env
-    )
-    assert result.returncode == 0, result.stderr
-    assert_cleaned(result, pid, start, projects, runs, tmp_dir)
-    leftovers = json.loads(result.stdout)['leftovers']
-    theirs = [item for item in leftovers if item['owner'] == owner_of(pid, start)]
-    assert sorted(item['kind'] for item in theirs) == ['folder', 'processes', 'run']
-
-
 TICK = """\
 import os, time
 import mlflow
@@ -216,57 +142,230 @@ with mlflow.start_run():
     time.sleep(float(os.environ.get('LEFTOVERS_TEST_SLEEP', '0')))
 """
 
+TRAIN = """\
+import os, pathlib, time
+import mlflow
 
-@pytest.mark.slow
-def test_kill_9_during_a_script_run_is_cleaned_by_an_invocation_writing_elsewhere(
-    samples_repo, tracking, tmp_path
-):
-    """A script run goes to its reference's experiment; the next invocation
-    reproduces a project run into Default, and still finds it."""
-    repo, _ = build_repo(tmp_path, {'tick.py': TICK})
+mlflow.log_metric('tick', 1)
+if pathlib.Path('notes.txt').exists():  # every commit after the reference's
+    time.sleep(float(os.environ.get('LEFTOVERS_TEST_SLEEP', '0')))
+mlflow.log_metric('score', float(pathlib.Path('value.txt').read_text()))
+"""
+
+
+@dataclasses.dataclass
+class Victim:
+    """A tool started to be killed once `ready` holds for its runs."""
+
+    proc: subprocess.Popen
+    experiment_id: str
+    ready: Callable[[list], bool]
+    what: str
+
+    def wait(self) -> None:
+        """Until `ready` holds for its runs; the tool must not end meanwhile."""
+        wait_for(self._ready, 180, self.what)
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f'the tool ended before {self.what}: {self.proc.communicate()}')
+        return self.ready(runs_of(self.experiment_id, self.proc.pid))
+
+
+@dataclasses.dataclass
+class Killed:
+    """What a tool killed with SIGKILL left: the processes of its projects
+    (seen before the kill) and its runs (read after it)."""
+
+    pid: int
+    start: str
+    projects: list[int]
+    runs: list
+
+    @property
+    def owner(self) -> str:
+        return owner_of(self.pid, self.start)
+
+    @property
+    def left(self) -> list:
+        return [r for r in self.runs if r.info.status == 'RUNNING']
+
+
+def ticks(count: int, commit: str | None = None) -> Callable[[list], bool]:
+    """`count` of the runs tick (those made at `commit`)."""
+
+    def ready(runs: list) -> bool:
+        at = [r for r in runs if commit in (None, r.data.tags.get('mlflow.source.git.commit'))]
+        return sum(map(ticking, at)) == count
+
+    return ready
+
+
+def kill_9(proc: subprocess.Popen, experiment_id: str) -> Killed:
+    """SIGKILL to a tool: it cleans nothing up."""
+    pid, start = proc.pid, start_time(proc.pid)
+    projects = marked_processes(pid)
+    with proc:  # closes its pipes once it is gone
+        proc.kill()
+    return Killed(pid, start, projects, runs_of(experiment_id, pid))
+
+
+def kill_9_all(victims: dict[str, Victim]) -> dict[str, Killed]:
+    """Each victim killed once the projects of all of them tick: every one
+    has looked for leftovers by then, and none is left to clean up after
+    another before the next invocation.  All of them killed whatever happens."""
+    try:
+        for victim in victims.values():
+            victim.wait()
+        return {name: kill_9(victim.proc, victim.experiment_id) for name, victim in victims.items()}
+    finally:
+        for victim in victims.values():
+            with victim.proc:
+                victim.proc.kill()
+
+
+def script_victim(where: Path, env: dict[str, str]) -> tuple[Victim, str]:
+    """A tool reproducing a script run that ticks, then sleeps; and its reference.
+    The script run's experiment is one of its own: its reproduction goes there."""
+    repo, _ = build_repo(where, {'tick.py': TICK})
     name, experiment_id = experiment()
     reference = python_run(repo / 'tiny', 'tick.py', env={'MLFLOW_EXPERIMENT_NAME': name})
-    tmp_dir = tmp_path / 'tmp'
-    env = tool_env(tmp_dir, LEFTOVERS_TEST_SLEEP='300')
-    argv = ['--run_id', reference, '--uri', str(repo)]  # it recorded no remote
-    pid, start, projects, runs = kill_tool_mid_run(argv, env, experiment_id, 1)
-    assert [r.data.tags['reproduce.reference_run_id'] for r in runs] == [reference]
-    assert projects
+    proc = start_tool('--run_id', reference, '--uri', str(repo), env=env)  # no remote recorded
+    return Victim(proc, experiment_id, ticks(1), 'the script run to tick'), reference
 
-    result = run_tool('--run_id', fast_reference(samples_repo, tracking), env=tool_env(tmp_dir))
 
-    assert result.returncode == 0, result.stderr
-    assert_cleaned(result, pid, start, projects, runs, tmp_dir)
+def bisection_victim(where: Path, env: dict[str, str]) -> tuple[Victim, str, str]:
+    """A tool bisecting from a reference at the first of two commits (the
+    second doubles the metric): the reference commit's probe ends at once,
+    the target's ticks, then sleeps.  Its reference run and the target."""
+    repo, first = build_repo(where, {'MLproject': MLPROJECT, 'train.py': TRAIN, 'value.txt': '1'})
+    metrics = {'tick': 1, 'score': 1}
+    reference = recorded_run(f'file://{repo}#tiny', first, {'data': ''}, metrics=metrics)
+    [target] = add_commits(repo, 1, change_at=1)
+    proc = start_tool('--run_id', reference, '--bisect', env=env)
+    victim = Victim(proc, default_id(), ticks(1, target), 'the probe of the target to tick')
+    return victim, reference, target
+
+
+def assert_left_running(
+    killed: dict[str, Killed], tmp_dir: Path, script_reference: str, target: str
+) -> None:
+    """What the kills left: runs RUNNING, owned by their dead tool; projects
+    running; one temporary folder each."""
+    for dead in killed.values():
+        assert dead.left and {r.data.tags['reproduce.owner'] for r in dead.runs} == {dead.owner}
+        assert dead.projects and not any(process_gone(p) for p in dead.projects)
+        assert len(list(tmp_dir.glob(f'{folder_prefix(dead.pid, dead.start)}*'))) == 1
+    assert len(killed['single'].left) == len(killed['single'].runs) == 1
+    script = killed['script']
+    assert [r.data.tags['reproduce.reference_run_id'] for r in script.left] == [script_reference]
+    # Two reproductions and their batch parent; two projects, each its own group.
+    batch = killed['batch']
+    assert len(batch.left) == len(batch.runs) == 3
+    assert [r for r in batch.runs if r.data.tags.get('reproduce.batch') == 'true']
+    assert len({os.getpgid(p) for p in batch.projects}) == 2
+    # The bisection's parent and the target's probe (the reference commit's has ended).
+    bisection = killed['bisection']
+    [parent] = [r for r in bisection.left if r.data.tags.get('reproduce.bisect') == 'true']
+    [probe] = [r for r in bisection.left if r is not parent]
+    assert probe.data.tags['mlflow.source.git.commit'] == target
+    assert probe.data.tags['mlflow.parentRunId'] == parent.info.run_id
+
+
+def assert_cleaned(result, dead: Killed, tmp_dir: Path) -> None:
+    """The next invocation closed every run the dead tool left RUNNING,
+    ended every process of its projects and removed its folder, and said so."""
+    for run in dead.left:
+        after = client().get_run(run.info.run_id)
+        assert (after.info.status, after.data.tags['reproduce.status']) == ('KILLED', 'killed')
+        assert after.data.tags['mlflow.note.content'].endswith(TOOL_DIED)
+        assert (
+            f'reproduce_run: closed run {run.info.run_id} of {dead.owner} as KILLED: {TOOL_DIED}'
+            in result.stderr
+        )
+    wait_for(lambda: all(process_gone(p) for p in dead.projects), 30, 'the projects to end')
+    assert marked_processes(dead.pid) == []
+    assert (
+        f'of the dead reproducing tool {dead.owner} (REPRODUCE_RUN_PROCESS_TAG={dead.pid}-'
+        in result.stderr
+    )
+    assert list(tmp_dir.glob(f'reproduce_run-{dead.pid}-*')) == []
+    assert f'reproduce_run: removed the temporary folder {tmp_dir}/reproduce_run-{dead.pid}-' in (
+        result.stderr
+    )
+
+
+def new_bisection(reference: str, old: list):
+    """The parent run of the bisection of `reference` that is not among `old`."""
+    old_ids = {r.info.run_id for r in old}
+    found = client().search_runs(
+        [default_id()], f"tags.`reproduce.reference_run_id` = '{reference}'"
+    )
+    [parent] = [
+        r for r in found if r.data.tags.get('reproduce.bisect') and r.info.run_id not in old_ids
+    ]
+    return parent
 
 
 @pytest.mark.slow
-def test_kill_9_during_a_batch_is_cleaned_by_the_next_invocation(samples_repo, tracking, tmp_path):
+@pytest.mark.timeout(600)
+def test_kill_9_of_a_single_run_script_run_batch_and_bisection_is_cleaned_by_the_next_invocation(
+    samples_repo, tracking, tmp_path
+):
+    """Four tools share a TMPDIR and are killed mid-run, none given
+    --experiment-name; the next invocation there, a bisection writing to
+    Default, cleans up after each of them: the script run's reproduction is
+    in its reference's experiment, and still found.  The bisection's table,
+    its parent run's bisect.json and its description list what it did."""
     tmp_dir = tmp_path / 'tmp'
-    env = tool_env(tmp_dir)
-    references = [slow_reference(samples_repo, 300), slow_reference(samples_repo, 301)]
-    pid, start, projects, runs = kill_tool_mid_run(
-        ['--run_id', *references, '--jobs', '2'], env, default_id(), 2
-    )
-    # Two reproductions and their batch parent, each owned by the dead tool.
-    assert len(runs) == 3
-    assert {r.data.tags['reproduce.owner'] for r in runs} == {owner_of(pid, start)}
-    assert [r for r in runs if r.data.tags.get('reproduce.batch') == 'true']
-    assert len({os.getpgid(p) for p in projects}) == 2  # two projects, each its own group
-
-    result = run_tool(
-        '--run_id',
-        fast_reference(samples_repo, tracking),
-        fast_reference(samples_repo, tracking),
+    env = tool_env(tmp_dir, LEFTOVERS_TEST_SLEEP='300')  # the sleep of the script and the probe
+    default = default_id()
+    # The bisection first: its probe of the target starts once the reference commit's has ended.
+    bisection, reference, target = bisection_victim(tmp_path / 'bisection', env)
+    single = start_tool('--run_id', slow_reference(samples_repo), env=env)
+    batch = start_tool(
+        *('--run_id', slow_reference(samples_repo, 300), slow_reference(samples_repo, 301)),
+        *('--jobs', '2'),
         env=env,
     )
-    assert result.returncode == 0, result.stderr
-    assert_cleaned(result, pid, start, projects, runs, tmp_dir)
-    summary = [
-        line
-        for line in result.stdout.splitlines()
-        if line.startswith('Leftover of a dead tool: ') and owner_of(pid, start) in line
-    ]
-    assert len(summary) == 5  # 3 runs, the processes of the tool, its folder
+    script, script_reference = script_victim(tmp_path / 'script', env)
+    killed = kill_9_all(
+        {
+            'single': Victim(single, default, ticks(1), 'the single run to tick'),
+            'script': script,
+            'batch': Victim(batch, default, ticks(2), 'two ticking reproductions'),
+            'bisection': bisection,
+        }
+    )
+    assert_left_running(killed, tmp_dir, script_reference, target)
+
+    result = run_tool('--run_id', reference, '--bisect', env=tool_env(tmp_dir))
+
+    assert result.returncode == 1, result.stderr  # the target differs
+    for dead in killed.values():
+        assert_cleaned(result, dead, tmp_dir)
+    assert result.stdout.splitlines()[-1] == f'First changed commit: {target}'
+    parent = new_bisection(reference, killed['bisection'].runs)
+    doc = artifact(parent.info.run_id, 'reproduce/bisect.json', tmp_path)
+    assert doc['bisect']['first_changed_commit'] == target
+    table = [x for x in result.stdout.splitlines() if x.startswith('Leftover of a dead tool: ')]
+    assert len(table) == len(doc['leftovers'])
+    description = parent.data.tags['mlflow.note.content']
+    for dead in killed.values():
+        theirs = [item for item in doc['leftovers'] if item['owner'] == dead.owner]
+        assert sorted(item['kind'] for item in theirs) == [
+            'folder',
+            'processes',
+            *['run'] * len(dead.left),
+        ]
+        assert {item['name'] for item in theirs if item['kind'] == 'run'} == {
+            r.info.run_id for r in dead.left
+        }
+        assert len([line for line in table if dead.owner in line]) == len(theirs)
+        for run in dead.left:
+            closed = f'closed run {run.info.run_id} of {dead.owner} as KILLED: '
+            assert f'Leftover of a dead tool: {closed}' in '\n'.join(table)
+            assert f'- Leftover of a dead tool: {closed}' in description
 
 
 def running_run(experiment_id: str, owner: str | None, started_ago: float = 0.0) -> str:
@@ -569,7 +668,7 @@ def in_another_namespace(pids: list[int]) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_tool_of_another_pid_namespace_is_never_judged_dead(samples_repo, store, tmp_path):
+def test_a_tool_of_another_pid_namespace_is_never_judged_dead(samples_repo, reference, tmp_path):
     """Two containers of one host share its name: the tool in one, PID 1
     there, is neither ended nor cleaned up by the other, alive or dead;
     only --reap-after closes its run."""
@@ -578,8 +677,8 @@ def test_a_tool_of_another_pid_namespace_is_never_judged_dead(samples_repo, stor
         pytest.skip(why)
     tmp_dir = tmp_path / 'tmp'
     env = tool_env(tmp_dir)
-    reference = slow_reference(samples_repo)
-    argv = ('--run_id', reference)
+    slow = slow_reference(samples_repo)
+    argv = ('--run_id', slow)
     inner = subprocess.Popen(
         ('unshare', '--pid', '--fork', '--mount-proc', sys.executable, str(SCRIPT), *argv),
         env=env,
@@ -589,13 +688,13 @@ def test_a_tool_of_another_pid_namespace_is_never_judged_dead(samples_repo, stor
         start_new_session=True,
     )
     try:
-        wait_for(lambda: [r for r in reproductions_of(reference) if ticking(r)], 180, 'a tick')
-        [run] = reproductions_of(reference)
+        wait_for(lambda: [r for r in reproductions_of(slow) if ticking(r)], 180, 'a tick')
+        [run] = reproductions_of(slow)
         host, pid, _, namespace = run.data.tags['reproduce.owner'].split(':', 3)
         assert (host, pid) == (HOST, '1') and namespace != NAMESPACE
         projects = in_another_namespace(marked_processes(1))
         [folder] = tmp_dir.glob('reproduce_run-1-*')
-        fast = fast_reference(samples_repo, store)
+        fast = reference('slow', '-P', 'seconds=1')
 
         result = run_tool('--run_id', fast, env=env)
 
@@ -667,7 +766,7 @@ def test_a_batch_parent_run_lists_the_leftovers_closed_before_it(reference, tmp_
     name, experiment_id = experiment()
     owner = dead_owner()
     left = running_run(experiment_id, owner)
-    fast = [reference('slow', '-P', 'seconds=1'), reference('slow', '-P', 'seconds=2')]
+    fast = [reference('slow', '-P', 'seconds=1'), reference('history')]  # made by other tests too
 
     result = run_tool(
         '--run_id',
@@ -702,94 +801,3 @@ def test_a_batch_parent_run_lists_the_leftovers_closed_before_it(reference, tmp_
     assert theirs(summary['leftovers']) == expected
     description = parent.data.tags['mlflow.note.content']
     assert f'- Leftover of a dead tool: closed run {left} of {owner} as KILLED' in description
-
-
-TRAIN = """\
-import os, pathlib, time
-import mlflow
-
-mlflow.log_metric('tick', 1)
-if pathlib.Path('notes.txt').exists():  # every commit after the reference's
-    time.sleep(float(os.environ.get('LEFTOVERS_TEST_SLEEP', '0')))
-mlflow.log_metric('score', float(pathlib.Path('value.txt').read_text()))
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_kill_9_during_a_bisection_is_cleaned_by_the_next_invocation(
-    tracking,  # noqa: F811
-    tmp_path,
-):
-    repo, first = build_repo(
-        tmp_path, {'MLproject': MLPROJECT, 'train.py': TRAIN, 'value.txt': '1'}
-    )
-    ref = mlflow_run(str(repo / 'tiny'), tracking)  # at the first commit
-    commits = [first, *add_commits(repo, 3, change_at=2)]
-    experiment_id = default_id()
-    tmp_dir = tmp_path / 'tmp'
-    argv = ['--run_id', ref, '--bisect']
-    # The reference commit's probe ends at once; the target's ticks, then sleeps.
-    proc = start_tool(*argv, env=tool_env(tmp_dir, LEFTOVERS_TEST_SLEEP='300'))
-    try:
-        wait_for(
-            lambda: any(
-                ticking(r) and r.data.tags.get('mlflow.source.git.commit') == commits[3]
-                for r in runs_of(experiment_id, proc.pid)
-            ),
-            180,
-            'the probe of the target to tick',
-        )
-        pid, start = proc.pid, start_time(proc.pid)
-        projects = marked_processes(pid)
-    finally:
-        proc.kill()  # SIGKILL: the tool cleans nothing up
-        proc.wait()
-    runs = runs_of(experiment_id, pid)
-    owner = owner_of(pid, start)
-    left = [r for r in runs if r.info.status == 'RUNNING']
-    [parent] = [r for r in left if r.data.tags.get('reproduce.bisect') == 'true']
-    [probe] = [r for r in left if r is not parent]
-    assert probe.data.tags['mlflow.source.git.commit'] == commits[3]
-    assert probe.data.tags['mlflow.parentRunId'] == parent.info.run_id
-    assert {r.data.tags['reproduce.owner'] for r in runs} == {owner}
-    assert projects and len(list(tmp_dir.glob(f'{folder_prefix(pid, start)}*'))) == 1
-
-    result = run_tool(*argv, env=tool_env(tmp_dir))
-
-    assert result.returncode == 1, result.stderr  # the commit at change_at differs
-    for run in left:
-        after = client().get_run(run.info.run_id)
-        assert (after.info.status, after.data.tags['reproduce.status']) == ('KILLED', 'killed')
-        assert after.data.tags['mlflow.note.content'].endswith(TOOL_DIED)
-        assert f'closed run {run.info.run_id} of {owner} as KILLED: {TOOL_DIED}' in result.stderr
-    # Any invocation on this host ends a dead tool's projects, and on a shared
-    # machine another one may come first: this test asks only that they are gone.
-    wait_for(lambda: all(process_gone(p) for p in projects), 30, 'the projects to end')
-    assert marked_processes(pid) == []
-    assert list(tmp_dir.glob(f'reproduce_run-{pid}-*')) == []
-    assert f'removed the temporary folder {tmp_dir}/reproduce_run-{pid}-' in result.stderr
-    # the new bisection's table, its parent run's bisect.json and description list them
-    table = [x for x in result.stdout.splitlines() if x.startswith('Leftover of a dead tool: ')]
-    assert f'Leftover of a dead tool: closed run {probe.info.run_id} of {owner} as KILLED: ' in (
-        '\n'.join(table)
-    )
-    assert result.stdout.splitlines()[-1] == f'First changed commit: {commits[2]}'
-    [new_parent] = [
-        r
-        for r in client().search_runs(
-            [experiment_id], f"tags.`reproduce.reference_run_id` = '{ref}'"
-        )
-        if r.data.tags.get('reproduce.bisect') and r.info.run_id != parent.info.run_id
-    ]
-    doc = artifact(new_parent.info.run_id, 'reproduce/bisect.json', tmp_path)
-    assert doc['bisect']['first_changed_commit'] == commits[2]
-    leftovers = [item for item in doc['leftovers'] if item['owner'] == owner]
-    assert len(table) == len(doc['leftovers'])
-    assert {'folder', 'run'} <= {item['kind'] for item in leftovers}
-    assert {item['name'] for item in leftovers if item['kind'] == 'run'} == {
-        parent.info.run_id,
-        probe.info.run_id,
-    }
-    description = new_parent.data.tags['mlflow.note.content']
-    assert f'- Leftover of a dead tool: closed run {probe.info.run_id} of {owner}' in description

@@ -20,7 +20,7 @@ from helpers import (
     git,
     recorded_run,
     reproductions_of,
-    tool,
+    start_tool,
 )
 
 
@@ -71,7 +71,9 @@ def compressible(size: int) -> str:
 )
 def test_a_full_tmpdir_is_named_with_gits_own_error(own_repo, small_tmpdir, store, data, git_says):
     run_id = with_data(own_repo, 'data', data)
-    proc = tool('--run_id', run_id, env={'TMPDIR': str(small_tmpdir), 'MLFLOW_TRACKING_URI': store})
+    proc = start_tool(
+        '--run_id', run_id, env={'TMPDIR': str(small_tmpdir), 'MLFLOW_TRACKING_URI': store}
+    )
     out, err = proc.communicate(timeout=300)
     assert (proc.returncode, out) == (2, ''), err
     [line] = err.splitlines()
@@ -89,7 +91,7 @@ def test_a_full_tmpdir_in_a_batch_gives_one_line_per_run_without_errno_lists(
     # The checkout fits once, its copy for each reproduction does not.
     first = with_data(own_repo, 'data', compressible(400_000))
     second = recorded_run(f'file://{own_repo}#data', git('rev-parse', 'HEAD', cwd=own_repo))
-    proc = tool(
+    proc = start_tool(
         '--run_id',
         first,
         second,
@@ -140,7 +142,7 @@ def test_an_output_log_that_cannot_be_written_is_the_tools_failure_not_the_proje
     run_id = recorded_run(
         f'file://{own_repo}#chatty', git('rev-parse', 'HEAD', cwd=own_repo), {'fail': fail}
     )
-    proc = tool(
+    proc = start_tool(
         '--run_id',
         run_id,
         '--output',

@@ -31,7 +31,6 @@ from helpers import (
     start_mlflow_server,
     start_tool,
     stop,
-    tool,
     wait_for,
 )
 from proxy import Rule, proxy_in_front_of, silent_server
@@ -120,7 +119,7 @@ def server(mlflow_server, monkeypatch):
 def test_a_project_that_ignores_sigterm_is_killed_and_its_run_stays_killed(own_repo, tmp_path):
     run_id = project_run(own_repo, 'stubborn', STUBBORN)
     pid_file = tmp_path / 'pid'
-    proc = tool('--run_id', run_id, env={'SAMPLE_PID_FILE': str(pid_file)})
+    proc = start_tool('--run_id', run_id, env={'SAMPLE_PID_FILE': str(pid_file)})
     try:
         pid = pid_from(pid_file)
         [new] = reproductions_of(run_id)
@@ -165,7 +164,7 @@ def test_sigterm_while_a_slow_server_creates_the_run_leaves_it_killed(own_repo, 
         proxy.add(Rule('runs/create', delay=4))
         proxy.add(Rule('runs/log-batch', delay=4))
         proxy.add(Rule('runs/update', delay=4))
-        proc = tool(
+        proc = start_tool(
             '--run_id',
             run_id,
             env={'MLFLOW_TRACKING_URI': proxy.url, 'SAMPLE_PID_FILE': str(tmp_path / 'pid')},
@@ -252,7 +251,7 @@ def test_a_signal_gives_one_json_document_naming_the_run(
     commit = git('rev-parse', 'HEAD', cwd=samples_repo)
     run_id = recorded_run(f'file://{samples_repo}#slow', commit, {'seconds': '120'})
     pid_file = tmp_path / 'pid'
-    proc = tool(
+    proc = start_tool(
         '--run_id',
         run_id,
         '--output',

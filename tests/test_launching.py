@@ -23,7 +23,7 @@ from helpers import (
     reproduce_json,
     reproduced_run,
     run_snapshot,
-    tool,
+    start_tool,
 )
 
 import reproduce_run
@@ -255,7 +255,7 @@ def test_parallel_reproductions_keep_their_process_markers_and_output_apart(own_
     bin_dir.mkdir()
     (bin_dir / 'git').write_text(GIT_LOGGER.format(log=log, git=shutil.which('git')))
     (bin_dir / 'git').chmod(0o755)
-    proc = tool(
+    proc = start_tool(
         '--run_id', *runs, '--jobs', '4', '-b', PLUGIN, '-c', '{"submit_seconds": 3}',
         '--experiment-name', f'parallel-{tmp_path.name}', '--output', 'json',
         env={'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}'},

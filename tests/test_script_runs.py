@@ -10,9 +10,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import STORES
 from helpers import (
     SAMPLES,
+    STORES,
     build_repo,
     client,
     git,
