@@ -4770,15 +4770,62 @@ def batch_json(batch: BatchReport, runs: bool = True) -> dict[str, Any]:
 
 def format_batch_json(batch: BatchReport) -> str:
     """batch_json's document, each run dumped on its own: a big batch is never
-    held whole as dicts (the text is the same as one json.dumps)."""
+    held whole as dicts, and its text is made once, in one join (the text is
+    the same as one json.dumps)."""
     text = json.dumps(batch_json(batch, runs=False), indent=2, allow_nan=False)
     if not batch.reports:
         return text
-    runs = ',\n'.join(
-        '    ' + json.dumps(report_json(r), indent=2, allow_nan=False).replace('\n', '\n    ')
-        for r in batch.reports
-    )
-    return text.replace('"runs": []', f'"runs": [\n{runs}\n  ]', 1)
+    before, after = text.split('"runs": []', 1)  # the first key
+    pieces = [before, '"runs": [']
+    for r in batch.reports:
+        pieces += ['\n    ', indented_json(report_json(r), '\n    '), ',']
+    pieces[-1] = '\n  ]'
+    return ''.join([*pieces, after])
+
+
+_json_string = json.encoder.encode_basestring_ascii  # json.dumps's own, in C
+
+
+class _NotPlainJson(Exception):
+    """A value indented_json leaves to json.dumps."""
+
+
+def indented_json(value: Any, newline: str = '\n') -> str:
+    """json.dumps(value, indent=2, allow_nan=False), each line after the first
+    starting with `newline`'s indentation, in a third of the time: json has no
+    C encoder for indented text.  Anything but str keys, str, int, finite float,
+    bool, None, list, tuple and dict goes to json.dumps, which says the same."""
+    try:
+        return _indented(value, newline)
+    except _NotPlainJson:
+        text = json.dumps(value, indent=2, allow_nan=False)
+        return text.replace('\n', newline)
+
+
+def _indented(value: Any, newline: str) -> str:
+    kind = type(value)
+    if kind is str:
+        return _json_string(value)
+    if kind is dict or kind is list or kind is tuple:
+        if not value:
+            return '{}' if kind is dict else '[]'
+        inner = newline + '  '
+        if kind is dict:
+            items = [_json_key(k) + ': ' + _indented(v, inner) for k, v in value.items()]
+            return '{' + inner + (',' + inner).join(items) + newline + '}'
+        items = [_indented(v, inner) for v in value]
+        return '[' + inner + (',' + inner).join(items) + newline + ']'
+    if value is None or value is True or value is False:
+        return 'null' if value is None else ('true' if value else 'false')
+    if kind is int or (kind is float and math.isfinite(value)):
+        return repr(value)
+    raise _NotPlainJson
+
+
+def _json_key(key: Any) -> str:
+    if type(key) is not str:
+        raise _NotPlainJson
+    return _json_string(key)
 
 
 def _suggestion_cell(d: MetricDiagnosis) -> str | None:
@@ -5906,22 +5953,23 @@ def run_group(session: Session, planner: Planner) -> Group:
     progress = _GroupProgress(session.options.quiet)
     results: list[Result | None] = []  # in planning order
     done: list[Result] = []  # in the order they ended
-    running: dict[Any, tuple[int, Probe]] = {}
-    with ThreadPoolExecutor(max_workers=jobs_the_store_takes(session)) as pool:
+    running: dict[Any, list[tuple[int, Probe]]] = {}
+    jobs = jobs_the_store_takes(session)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
         while True:
             for future in [f for f in running if f.done()]:
-                index, probe = running.pop(future)
-                result = (dataclasses.replace(probe, reference=None), planner.kept(future.result()))
-                results[index] = result
-                done.append(result)
+                lane = running.pop(future)
+                for (index, probe), report in zip(lane, future.result(), strict=True):
+                    result = (dataclasses.replace(probe, reference=None), planner.kept(report))
+                    results[index] = result
+                    done.append(result)
             stopped = session.stop.event.is_set()
             new = planner.rest() if stopped and results else planner.next_probes(done)
             first = len(results)
             results += [None] * len(new)
             progress.total = max(planner.total or 0, len(results))
-            for i, probe in enumerate(new):
-                future = pool.submit(_run_probe, session, parents, progress, first + i, probe)
-                running[future] = (first + i, probe)
+            for lane in _lanes(list(enumerate(new, first)), jobs, session.options.dry_run):
+                running[pool.submit(_run_lane, session, parents, progress, lane)] = lane
             if not running and not new:
                 break
             if running:
@@ -5945,6 +5993,23 @@ def report_group(session: Session, planner: Planner) -> Any:
     report = planner.report(group)
     record_group(session, group, planner.records(report, group))
     return report
+
+
+def _lanes(
+    probes: list[tuple[int, Probe]], jobs: int, dry_run: bool
+) -> list[list[tuple[int, Probe]]]:
+    """A thread's task each: one probe, or in a dry run, where a probe only
+    plans (ten thousand in seconds), every jobs-th one of them, so that the
+    threads hand over a few times, not once a probe."""
+    if not dry_run:
+        return [[p] for p in probes]
+    return [lane for lane in (probes[k::jobs] for k in range(jobs)) if lane]
+
+
+def _run_lane(
+    session: Session, parents: _Parents, progress: _GroupProgress, lane: list[tuple[int, Probe]]
+) -> list[Report]:
+    return [_run_probe(session, parents, progress, index, probe) for index, probe in lane]
 
 
 def jobs_the_store_takes(session: Session) -> int:
@@ -6238,6 +6303,12 @@ def select_runs(
     plan_only: bool = False,
 ) -> tuple[list[Chosen], list[dict[str, str]]]:
     """The union of every selection option, each run once, in the order given."""
+    import gc
+
+    # What lives now (the interpreter's, MLflow's and SQLAlchemy's objects) lives
+    # as long as the tool: the collector's full passes, one every few pages of a
+    # big selection, need not walk it again (1.4 s of 10,000 runs' dry run).
+    gc.freeze()
     named = list(selection.run_ids)
     if selection.runs_file:
         named += read_runs_file(selection.runs_file)
@@ -6281,7 +6352,8 @@ class BatchPlanner(Planner):
     nor holds every run at once.  A run the search does not find (deleted,
     unknown, or the search failed) is read by its reproduction, which says why.
     A run chosen with its reference (a dry run's --from-experiment) is not read
-    again."""
+    again.  A list of chosen runs is the planner's: each entry is let go (None)
+    once planned, and with it the run the search read."""
 
     def __init__(
         self,
@@ -6290,7 +6362,8 @@ class BatchPlanner(Planner):
         client: MlflowClient | None = None,
         window: int = READ_BATCH,
     ) -> None:
-        self.chosen, self.skipped = tuple(chosen), tuple(skipped)
+        self.chosen: list[Chosen | None] = chosen if isinstance(chosen, list) else list(chosen)
+        self.skipped = tuple(skipped)
         self.client, self.window = client, window
         self.total = len(self.chosen)
         self.read_to = 0  # chosen[:read_to] are read, and planned but for `ready`
@@ -6310,8 +6383,10 @@ class BatchPlanner(Planner):
         return new
 
     def _read_next(self) -> list[Probe]:
-        step = self.chosen[self.read_to : self.read_to + READ_BATCH]
+        start = self.read_to
+        step = self.chosen[start : start + READ_BATCH]
         self.read_to += len(step)
+        self.chosen[start : self.read_to] = [None] * len(step)  # the probes hold them now
         found = self._read([c.run_id for c in step if c.run_id and c.reference is None])
         return [self._probe(c, c.reference or found.get(c.run_id or '')) for c in step]
 
@@ -6389,8 +6464,11 @@ def batch_record(batch: BatchReport, run_id: str) -> GroupRecord:
 def run_batch(
     session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]]
 ) -> BatchReport:
-    """Reproduce every chosen run, --jobs at a time, under one parent run."""
-    window = max(READ_WINDOW, 2 * session.options.jobs)
+    """Reproduce every chosen run, --jobs at a time, under one parent run
+    (the list is the planner's from now on: see BatchPlanner)."""
+    # A dry run's probes only plan: a window of them is each thread's few tasks.
+    dry_window = READ_BATCH if session.options.dry_run else 0
+    window = max(READ_WINDOW, 2 * session.options.jobs, dry_window)
     return report_group(session, BatchPlanner(chosen, skipped, session.client, window))
 
 
