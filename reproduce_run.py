@@ -7285,7 +7285,7 @@ class Bisections(Outcome):
 
     def junit_cases(self) -> list[Case]:
         """Each bisection's, in turn; then one per skipped run."""
-        return [c for e in self.entries for c in e.junit_cases()] + skipped_cases(self)
+        return [c for e in self.entries for c in e.junit_cases()] + skipped_cases(self.skipped)
 
     def parent_run_ids(self) -> list[str]:
         return [p for e in self.entries for p in e.parent_run_ids()]
@@ -7851,13 +7851,12 @@ def batch_cases(batch: BatchReport) -> list[Case]:
         cases = [repeat_case(rs, diagnosed.get(run_id)) for run_id, rs in by_reference.items()]
     else:
         cases = [report_case(r) for r in batch.reports]
-    return cases + skipped_cases(batch)
+    return cases + skipped_cases(batch.skipped)
 
 
-def skipped_cases(outcome: BatchReport | Bisections) -> list[Case]:
-    return [
-        Case(s['run_id'][:SHORT_ID_CHARS], 0.0, 'skipped', s['reason']) for s in outcome.skipped
-    ]
+def skipped_cases(skipped: Iterable[Mapping[str, str]]) -> list[Case]:
+    """A skipped testcase for each run a selection left out, with the reason."""
+    return [Case(s['run_id'][:SHORT_ID_CHARS], 0.0, 'skipped', s['reason']) for s in skipped]
 
 
 def xml_text(text: str) -> str:
