@@ -11,14 +11,39 @@ temporary folder, launch the reproduction (the entry point's command, or
 metric histories, report.  mlflow is imported lazily: --help and argument
 errors answer without paying for its import.
 
-The file reads top to bottom as its pipeline, in sections: judging;
-diagnosing repetitions; resolving the reference run into a plan; param values
-in the entry point's command; execution backends; fetching the source;
-talking to MLflow; script runs; stopping; why the runs differ; model
-registrations; reporting; recording the verdict; the pipeline of one run;
-groups of reproductions (the engine: a planner says what to reproduce next);
-batch, repeat, bisect and explain (planners on the engine); CI and on-call
-(JUnit XML, the job summary, webhooks); one invocation; the command line.
+The file reads from the general to the particular, ending with main(): a
+top-level name uses only names of its own section or of an earlier one
+(tests/test_architecture.py holds that, with its few exceptions), so each
+section can be read knowing only what is above it.  The sections, each opened
+by a `# ----` banner:
+
+  1. Helpers used everywhere: masking, warnings, shown values, plurals.
+  2. Core types: verdicts, plans, settings, the statuses' rank.
+  3. Judging: pure; histories in, verdict out.
+  4. Diagnosing repetitions: pure; --repeat's classes and tolerances.
+  5. Resolving the reference run into a plan: pure.
+  6. Param values in the entry point's command: the shell's grammar.
+  7. Talking to MLflow: errors, run IDs, the store, metric histories.
+  8. Fetching the source: a private checkout, and the project in it.
+  9. Execution backends: checked before anything runs.
+ 10. Script runs: the script, its working folder and its arguments.
+ 11. Why the runs differ: environment, data, code and models.
+ 12. Model registrations: the scratch registry.
+ 13. Stopping: a signal sets one flag; processes ended, runs closed.
+ 14. Crash recovery: what a tool that died left behind.
+ 15. Run creation: the reproduced run, before the project starts.
+ 16. Launching: the project's processes, locally or on a backend.
+ 17. Reporting: the Outcome protocol; text, JSON, Markdown, JUnit.
+ 18. Recording the verdict on the reproduced run.
+ 19. The pipeline: one reference run in, one report out.
+ 20. Groups of reproductions: the engine the modes run on.
+ 21. Batch: choosing the reference runs.
+ 22. Repeat: each run N times, and the diagnosis.
+ 23. Bisect: the first commit that changed the metrics.
+ 24. Explain: probes that undo the differences.
+ 25. CI and on-call: JUnit XML, the job summary, webhooks.
+ 26. One invocation: settings, the tracking server, the mode.
+ 27. Command line: the parser and main().
 """
 
 from __future__ import annotations
@@ -202,7 +227,259 @@ class ReproduceError(Exception):
 
 
 # ---------------------------------------------------------------------------
-# Judging: pure functions, histories in, verdict out.
+# Helpers used everywhere: credentials masked, warnings, a value from the
+# tracking store shown on a terminal or in Markdown, lists and plurals, the last
+# line of an error, MLflow's paged searches, /proc and this tool's identity.
+
+
+def mask_credentials(text: str) -> str:
+    """Hide the user:password part of every URL in text, and the values of
+    MLflow's password and token variables."""
+    text = _URL_CREDENTIALS_RE.sub(r'\g<scheme>***@', text)
+    for name in SECRET_VARIABLES:
+        secret = os.environ.get(name, '')
+        if len(secret) >= SECRET_MIN_CHARS:
+            text = text.replace(secret, MASKED)
+    return text
+
+
+def program_name() -> str:
+    """The name the tool was called by, for its usage line and messages:
+    reproduce-run (the installed command) or reproduce_run.py (the script);
+    reproduce_run when other code calls main()."""
+    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ''
+    return called if called in ('reproduce-run', 'reproduce_run.py') else 'reproduce_run'
+
+
+# What a terminal acts on rather than shows (C0 and C1 controls with ESC, NUL,
+# CR and newline; the Unicode line separators; the bidirectional overrides):
+# values from the tracking store are shown with these as escapes such as \x1b.
+_UNSHOWABLE_RE = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]')
+_SHORT_ESCAPES = {'\n': '\\n', '\r': '\\r', '\t': '\\t'}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    c = match.group()
+    return _SHORT_ESCAPES.get(c) or (f'\\x{ord(c):02x}' if ord(c) < 0x100 else f'\\u{ord(c):04x}')
+
+
+def shown(text: str) -> str:
+    """text on one line, safe for a terminal: control characters, ANSI escapes,
+    NUL and newlines become visible escapes ('\\x1b', '\\n')."""
+    return _UNSHOWABLE_RE.sub(_escape_char, text)
+
+
+# What a value could make markup of in Markdown: a table cell's end, a link
+# or an image ([..](..), ![..](..)), a code span; \ first, so that a value's
+# own backslash cannot undo the escape that follows it.
+_MARKDOWN_ESCAPED_RE = re.compile(r'([\\|\[\]`])')
+
+
+def markdown_escaped(text: str) -> str:
+    """text as one Markdown table cell (or inline text): no newline to end
+    the row, no | to split it, no link, image or code span (\\ | [ ] `
+    backslash-escaped), no HTML (& < > as entities)."""
+    text = shown(_MARKDOWN_ESCAPED_RE.sub(r'\\\1', text))
+    return text.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
+
+
+def markdown_code(text: str) -> str:
+    """text as one Markdown code span, on one line: fenced by more backticks
+    than it holds, so that no backtick of its own can end the span."""
+    text = shown(text)
+    fence = '`' * (max(map(len, re.findall('`+', text)), default=0) + 1)
+    pad = ' ' if text.startswith('`') or text.endswith('`') else ''
+    return f'{fence}{pad}{text}{pad}{fence}'
+
+
+def warn(message: str) -> None:
+    print(f'{program_name()}: warning: {shown(mask_credentials(message))}', file=sys.stderr)
+
+
+def _json_type(value: object) -> str:
+    names = {dict: 'object', list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}
+    return names.get(type(value), 'number')
+
+
+def read_regular_file(path: str, what: str, hint: str = '') -> str:
+    """The text of a regular file, at most RUNS_FILE_MAX_BYTES and one more
+    byte; a FIFO or a device is refused (opened without blocking: a FIFO
+    without a writer would wait forever, /dev/zero never ends)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, encoding='utf-8') as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ReproduceError(f'{what} is not a regular file (a FIFO or a device?){hint}')
+        return f.read(RUNS_FILE_MAX_BYTES + 1)
+
+
+# SQLAlchemy ends its errors with the statement, its parameters and a link to
+# its docs ("(Background on this error at: https://sqlalche.me/...)").
+_SQLALCHEMY_TAIL_RE = re.compile(r'^(\[SQL: |\(Background on this error at: )')
+
+
+def _last_line(text: str) -> str:
+    """The line of an error message that says what went wrong: the last one,
+    or for SQLAlchemy's errors the one before the statement and the link."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    tail = next((i for i, line in enumerate(lines) if _SQLALCHEMY_TAIL_RE.match(line)), None)
+    if tail is not None:
+        lines = lines[:tail] or [line for line in lines if not line.startswith('(Background')]
+    return lines[-1] if lines else ''
+
+
+def pages(search: Callable[[str | None], Any]) -> Iterator[Any]:
+    """The pages of a paged MLflow search: search(token) asks for one, with
+    the token of the page before (None for the first)."""
+    token = None
+    while True:
+        page = search(token)
+        yield page
+        token = page.token
+        if not token:
+            return
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return 'unknown'
+
+
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command's name (field 3, the
+    state, comes first); None when the process is gone or not ours to read."""
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as f:
+            return f.read().rsplit(b')', 1)[1].decode().split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_identity(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a process from /proc/<pid>/stat (fields 3 and
+    22; the start time is in clock ticks since boot): with the PID it names
+    one process, even once the PID is reused.  None when there is none."""
+    fields = proc_stat(pid)
+    return (fields[0], fields[19]) if fields and len(fields) > 19 else None
+
+
+def _tool_identity() -> str:
+    """pid:start of this process ('0' for the start without /proc)."""
+    found = process_identity(os.getpid())
+    return f'{os.getpid()}:{found[1] if found else 0}'
+
+
+def pid_namespace(pid: int | str = 'self') -> str | None:
+    """The inode of a process's PID namespace (/proc/<pid>/ns/pid reads
+    'pid:[4026531836]'), or None where it cannot be read."""
+    try:
+        return os.readlink(f'/proc/{pid}/ns/pid').partition('[')[2].rstrip(']') or None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def tool_namespace() -> str:
+    """boot:pidns: the boot of the machine (/proc/sys/kernel/random/boot_id)
+    and the PID namespace this tool's PIDs mean something in; 'unknown:0'
+    where /proc does not say, which no other tool is taken to share."""
+    try:
+        with open('/proc/sys/kernel/random/boot_id') as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ''
+    pidns = pid_namespace()
+    return f'{boot}:{pidns}' if re.fullmatch(r'[\w-]+', boot) and pidns else 'unknown:0'
+
+
+def tool_owner(identity: str | None = None) -> str:
+    """The `reproduce.owner` of every run the tool makes (of this process, or
+    of the tool of `identity`, pid:start, in this one's PID namespace):
+    host:pid:start:boot:pidns."""
+    return f'{socket.gethostname()}:{identity or _tool_identity()}:{tool_namespace()}'
+
+
+def tool_tmp_prefix() -> str:
+    """reproduce_run-<pid>-<start>-<pidns>-<boot, 8 digits>-: a dead tool's
+    folders can be told apart, and so can those of another PID namespace or boot."""
+    boot, pidns = tool_namespace().split(':')
+    return f'{TMP_PREFIX}{_tool_identity().replace(":", "-")}-{pidns}-{boot[:8]}-'
+
+
+@contextlib.contextmanager
+def _environ(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """The settings of the tool's own MLflow calls, which MLflow reads from
+    os.environ.  Process-wide: only while no reproduction runs (a child
+    process gets its environment as an argument, never from here)."""
+    saved = {k: os.environ.get(k) for k in changes}
+
+    def apply(values: Mapping[str, str | None]) -> None:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    apply(changes)
+    try:
+        yield
+    finally:
+        apply(saved)
+
+
+def listing(items: Sequence[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    return ' and '.join(filter(None, (', '.join(items[:-1]), items[-1]))) if items else ''
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """The word for n things: `one` for one, else `many` (one + 's' by default)."""
+    return one if n == 1 else many or one + 's'
+
+
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """'1 run', '3 runs'."""
+    return f'{n} {plural(n, one, many)}'
+
+
+def _json_float(x: float | None) -> float | str | None:
+    """JSON has no NaN or infinity: they are written as the strings
+    "NaN", "Infinity" and "-Infinity", which float() reads back."""
+    if x is None or math.isfinite(x):
+        return x
+    return 'NaN' if math.isnan(x) else ('Infinity' if x > 0 else '-Infinity')
+
+
+def _truncated(value: Any, limit: int) -> Any:
+    if not isinstance(value, str) or len(value) <= limit:
+        return value
+    return value[: limit - 1] + '…'
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """A temporary file beside path, then a rename: a reader sees the old file
+    or the whole new one, never half of one."""
+    folder, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f'.{base}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------
+# Core types: what judging decides, the plan of one reproduction, the
+# settings of an invocation and what its reproductions share, the statuses' rank.
 
 
 class Point(NamedTuple):
@@ -277,6 +554,301 @@ class Verdict:
         return all(m.equal for m in self.metrics if not m.ignored) and all(
             p.equal for p in self.params
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    repo: str  # git URL or local path, as recorded (may hold credentials)
+    subdir: str  # project folder inside the repo, '' for its root
+    version: str
+
+    @property
+    def uri(self) -> str:
+        return f'{self.repo}#{self.subdir}' if self.subdir else self.repo
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    passed: dict[str, str]
+    not_passed: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """Where the project runs: an MLflow execution backend and its config
+    (the dict `mlflow run -c` passes; it may hold credentials)."""
+
+    name: str = DEFAULT_BACKEND
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Script:
+    """A run made with `python path ...` rather than `mlflow run`: what to
+    run and how.  Paths are relative to the project folder of the checkout."""
+
+    path: str
+    workdir: str  # where the recorded path names the script ('' for the top)
+    recorded: str  # the mlflow.source.name the reproduced run records
+    env_dir: str | None = None  # the folder of its environment file; None: env manager local
+    argv: tuple[str, ...] = ()
+    # '--script-args', f'the tag {TAG_ARGV}', '--help', or 'no params' (none to pass)
+    arguments_from: str = '--help'
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        """What runs in the working folder, as a person would type it."""
+        return ('python', posixpath.relpath(self.path, self.workdir or '.'), *self.argv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything the launch needs, resolved before anything runs."""
+
+    reference: Run
+    source: Source  # its version is the full commit hash
+    project_dir: str  # the project folder inside our private checkout
+    entry_point: str
+    env_manager: str
+    experiment_name: str
+    params: Params
+    logged_params: dict[str, str]  # what MLflow would log for this launch
+    command: str  # the entry point's command template
+    backend: Backend = Backend()
+    reference_backend: str | None = None  # the reference run's mlflow.project.backend tag
+    script: Script | None = None  # a script run, not an MLflow Project run
+
+    @property
+    def declared(self) -> tuple[str, ...]:
+        """The params the entry point declares (for a script: those passed)."""
+        return tuple(self.logged_params)
+
+
+class Stopped(Exception):
+    """Raised inside a reproduction once SIGINT or SIGTERM has arrived."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status  # 'interrupted' or 'terminated'
+
+
+class Stop:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:  # the signal handler
+        if self.signum is None:
+            self.signum = signum
+            # os.write: print() may not be re-entered from a signal handler.
+            os.write(
+                2,
+                f'{program_name()}: {self.status}: stopping the projects and closing '
+                f'their runs\n'.encode(),
+            )
+        self.event.set()
+
+    @property
+    def status(self) -> str:
+        return 'terminated' if self.signum == signal.SIGTERM else 'interrupted'
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise Stopped(self.status)
+
+
+class LeftOpen(NamedTuple):
+    """A run that could not be closed, for the last line of standard error."""
+
+    run_id: str
+    status: str  # the status it should have been given
+    tracking_uri: str
+    why: str  # what the tracking server did
+
+
+@dataclasses.dataclass(frozen=True)
+class Differences:
+    environment: tuple[dict[str, Any], ...] = ()
+    datasets: tuple[dict[str, Any], ...] = ()
+    code: tuple[str, ...] = ()
+    models: tuple[tuple[str, MetricVerdict], ...] = ()  # (model name, its metric)
+    environment_source: str = 'unknown'  # of the reference's environment
+    # Why the environments were not compared, None when they were.
+    environment_unknown: str | None = "the reference run's environment is unknown"
+
+    def differ(self) -> bool:
+        """Whether anything differs, or the environments could not be compared.
+        (Not __bool__: a comparison that found nothing is still a comparison.)"""
+        return bool(
+            self.environment
+            or self.datasets
+            or self.code
+            or self.models
+            or self.environment_unknown
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """A model version that the reproduced run registered."""
+
+    name: str
+    version: str
+    run_id: str | None
+    discarded: bool  # made in the scratch registry, and gone with it
+    model_id: str | None = None  # the logged model it was made from
+
+
+@dataclasses.dataclass(frozen=True)
+class Registrations:
+    kept: bool = False  # --keep-registrations: the project used the shared registry
+    versions: tuple[Registration, ...] = ()
+
+    @property
+    def discarded(self) -> tuple[Registration, ...]:
+        return tuple(r for r in self.versions if r.discarded)
+
+    @property
+    def shared(self) -> tuple[Registration, ...]:
+        return tuple(r for r in self.versions if not r.discarded)
+
+
+def from_namespace(cls: type[_T], args: argparse.Namespace, **given: Any) -> _T:
+    """Settings (a dataclass) from the command line: a field takes the option
+    of its name unless `given` gives it; a field no option names keeps its default."""
+    named = {f.name for f in dataclasses.fields(cls)} & vars(args).keys()
+    return cls(**{name: getattr(args, name) for name in named - given.keys()}, **given)
+
+
+def rules_from(args: argparse.Namespace) -> Rules:
+    return Rules(
+        default=Tolerance(rtol=args.rtol, atol=args.atol),
+        overrides=tuple(args.tolerance),
+        ignored=tuple(args.ignore_metric),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How to reproduce and judge, built once from the command line and the
+    same for every reproduction of an invocation."""
+
+    uri: str | None = None
+    version: str | None = None
+    version_by: str = '--version'  # what chose `version`: the option, or --bisect's probe
+    experiment_name: str | None = None  # None: Default, or a script run's own experiment
+    entry_point: str | None = None
+    env_manager: str | None = None
+    rules: Rules = Rules()
+    last_only: bool = False
+    plots: bool = True
+    dry_run: bool = False
+    allow_unsafe_command: bool = False
+    verbose: bool = False
+    quiet: bool = False
+    jobs: int = 1
+    keep_registrations: bool = False
+    backend: str = DEFAULT_BACKEND
+    backend_config: str | None = None  # a .json path or inline JSON, parsed when used
+    script_args: str | None = None  # a script run's arguments, a template of {param}s
+    reap_after: float | None = None  # seconds: close any reproduction RUNNING longer
+    explain: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        return from_namespace(cls, args, rules=rules_from(args), plots=not args.no_plots)
+
+
+@dataclasses.dataclass
+class Shared:
+    """What the reproductions of one invocation add to as they go, each part
+    under its lock: the sources fetched once, the layers --explain installed,
+    the runs that could not be closed.  One object per invocation, on purpose
+    held by every copy of its Session."""
+
+    sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
+    sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> its folder
+    layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    left_open: list[LeftOpen] = dataclasses.field(default_factory=list)  # appended to only
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """The settings the reproductions of one invocation share: the options,
+    the MLflow client, the user's environment as it was, a temporary folder,
+    the process marker, the stop flag.  Frozen: a group or a probe runs with
+    a copy (dataclasses.replace), which holds the same client, stop flag and
+    `shared`, the one thing that changes as reproductions run."""
+
+    options: Options
+    client: MlflowClient
+    tracking_uri: str
+    user_environ: Mapping[str, str]
+    tmp_root: str
+    marker: str  # PROCESS_MARKER value of the tool; a reproduction's is marker.N
+    stop: Stop
+    batch: bool = False
+    backend: Backend = Backend()
+    leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned: a group records it
+    shared: Shared = dataclasses.field(default_factory=Shared)
+
+
+@dataclasses.dataclass
+class _CachedSource:
+    root: str | None = None
+    project_dir: str = ''
+    commit: str = ''
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    origin: Source | None = None  # fetched from instead: a private copy already fetched
+
+
+def worst_status(statuses: Iterable[str]) -> str:
+    """The status whose exit code a group exits with: the first of
+    STATUS_EXIT_CODES among statuses (a signal, then error, failed, differ,
+    equal, planned); equal of none."""
+    found = set(statuses)
+    return next((s for s in STATUS_EXIT_CODES if s in found), 'equal')
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A difference a probe can undo: a package or a recorded variable."""
+
+    kind: str  # 'package' or 'variable'
+    name: str
+    reference: str | None  # None: unset (a variable)
+    reproduced: str | None
+
+    @property
+    def key(self) -> str:
+        return self.name if self.kind == 'variable' else f'package {self.name}'
+
+    def json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    restores_equality: bool | None
+    culprits: tuple[Candidate, ...] = ()
+    innocent: tuple[Candidate, ...] = ()  # undone, and they do not matter
+    probes: tuple[dict[str, Any], ...] = ()
+    not_tried: tuple[dict[str, str], ...] = ()
+    reason: str | None = None  # why nothing was tried
+
+    def json(self) -> dict[str, Any]:
+        return {
+            'restores_equality': self.restores_equality,
+            'culprits': [c.json() for c in self.culprits],
+            'probes': list(self.probes),
+            'not_tried': list(self.not_tried),
+            'reason': self.reason,
+        }
+
+
+# ---------------------------------------------------------------------------
+# Judging: pure functions, histories in, verdict out.
 
 
 def values_close(reproduced: float, reference: float, tol: Tolerance) -> bool:
@@ -415,11 +987,36 @@ def compare_params(
     return [ParamVerdict(k, reference.get(k), reproduced.get(k)) for k in sorted(keys)]
 
 
+def _relative_diff(m: MetricVerdict) -> float | None:
+    diff = value_diff(m.reproduced, m.reference)
+    if diff is None or diff == 0:
+        return diff
+    return abs(diff) / abs(m.reference) if m.reference else math.inf
+
+
+def _metric_json(m: MetricVerdict) -> dict[str, Any]:
+    diff = value_diff(m.reproduced, m.reference)
+    return {
+        'key': m.key,
+        'reference': _json_float(m.reference),
+        'reproduced': _json_float(m.reproduced),
+        'abs_diff': _json_float(None if diff is None else abs(diff)),
+        'rel_diff': _json_float(_relative_diff(m)),
+        'equal': m.equal,
+        'ignored': m.ignored,
+        'rtol': _json_float(m.tolerance.rtol),
+        'atol': _json_float(m.tolerance.atol),
+        'steps_compared': m.steps_compared,
+        'first_divergent_step': m.first_divergent_step,
+    }
+
+
 # ---------------------------------------------------------------------------
 # Diagnosing repetitions: pure.  R0 is a metric's latest value in the
 # reference run, R1..RN its latest values in N reproductions of it.  One
 # reproduction cannot tell a nondeterministic training from a world that
 # changed since the reference run (data, environment); several can.
+
 
 REPRODUCIBLE = 'reproducible'
 NONDETERMINISTIC = 'nondeterministic'
@@ -673,140 +1270,11 @@ def suggested_flags(diagnoses: Sequence[MetricDiagnosis]) -> str:
     return ' '.join(flags)
 
 
+FAILED_CLASS = 'failed'  # a reference run none of whose repetitions ran to the end
+
+
 # ---------------------------------------------------------------------------
-# Resolving the reference run into a plan.
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    repo: str  # git URL or local path, as recorded (may hold credentials)
-    subdir: str  # project folder inside the repo, '' for its root
-    version: str
-
-    @property
-    def uri(self) -> str:
-        return f'{self.repo}#{self.subdir}' if self.subdir else self.repo
-
-
-@dataclasses.dataclass(frozen=True)
-class Params:
-    passed: dict[str, str]
-    not_passed: dict[str, str]
-
-
-@dataclasses.dataclass(frozen=True)
-class Backend:
-    """Where the project runs: an MLflow execution backend and its config
-    (the dict `mlflow run -c` passes; it may hold credentials)."""
-
-    name: str = DEFAULT_BACKEND
-    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class Script:
-    """A run made with `python path ...` rather than `mlflow run`: what to
-    run and how.  Paths are relative to the project folder of the checkout."""
-
-    path: str
-    workdir: str  # where the recorded path names the script ('' for the top)
-    recorded: str  # the mlflow.source.name the reproduced run records
-    env_dir: str | None = None  # the folder of its environment file; None: env manager local
-    argv: tuple[str, ...] = ()
-    # '--script-args', f'the tag {TAG_ARGV}', '--help', or 'no params' (none to pass)
-    arguments_from: str = '--help'
-
-    @property
-    def command(self) -> tuple[str, ...]:
-        """What runs in the working folder, as a person would type it."""
-        return ('python', posixpath.relpath(self.path, self.workdir or '.'), *self.argv)
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Everything the launch needs, resolved before anything runs."""
-
-    reference: Run
-    source: Source  # its version is the full commit hash
-    project_dir: str  # the project folder inside our private checkout
-    entry_point: str
-    env_manager: str
-    experiment_name: str
-    params: Params
-    logged_params: dict[str, str]  # what MLflow would log for this launch
-    command: str  # the entry point's command template
-    backend: Backend = Backend()
-    reference_backend: str | None = None  # the reference run's mlflow.project.backend tag
-    script: Script | None = None  # a script run, not an MLflow Project run
-
-    @property
-    def declared(self) -> tuple[str, ...]:
-        """The params the entry point declares (for a script: those passed)."""
-        return tuple(self.logged_params)
-
-
-def mask_credentials(text: str) -> str:
-    """Hide the user:password part of every URL in text, and the values of
-    MLflow's password and token variables."""
-    text = _URL_CREDENTIALS_RE.sub(r'\g<scheme>***@', text)
-    for name in SECRET_VARIABLES:
-        secret = os.environ.get(name, '')
-        if len(secret) >= SECRET_MIN_CHARS:
-            text = text.replace(secret, MASKED)
-    return text
-
-
-def program_name() -> str:
-    """The name the tool was called by, for its usage line and messages:
-    reproduce-run (the installed command) or reproduce_run.py (the script);
-    reproduce_run when other code calls main()."""
-    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ''
-    return called if called in ('reproduce-run', 'reproduce_run.py') else 'reproduce_run'
-
-
-# What a terminal acts on rather than shows (C0 and C1 controls with ESC, NUL,
-# CR and newline; the Unicode line separators; the bidirectional overrides):
-# values from the tracking store are shown with these as escapes such as \x1b.
-_UNSHOWABLE_RE = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]')
-_SHORT_ESCAPES = {'\n': '\\n', '\r': '\\r', '\t': '\\t'}
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    c = match.group()
-    return _SHORT_ESCAPES.get(c) or (f'\\x{ord(c):02x}' if ord(c) < 0x100 else f'\\u{ord(c):04x}')
-
-
-def shown(text: str) -> str:
-    """text on one line, safe for a terminal: control characters, ANSI escapes,
-    NUL and newlines become visible escapes ('\\x1b', '\\n')."""
-    return _UNSHOWABLE_RE.sub(_escape_char, text)
-
-
-# What a value could make markup of in Markdown: a table cell's end, a link
-# or an image ([..](..), ![..](..)), a code span; \ first, so that a value's
-# own backslash cannot undo the escape that follows it.
-_MARKDOWN_ESCAPED_RE = re.compile(r'([\\|\[\]`])')
-
-
-def markdown_escaped(text: str) -> str:
-    """text as one Markdown table cell (or inline text): no newline to end
-    the row, no | to split it, no link, image or code span (\\ | [ ] `
-    backslash-escaped), no HTML (& < > as entities)."""
-    text = shown(_MARKDOWN_ESCAPED_RE.sub(r'\\\1', text))
-    return text.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
-
-
-def markdown_code(text: str) -> str:
-    """text as one Markdown code span, on one line: fenced by more backticks
-    than it holds, so that no backtick of its own can end the span."""
-    text = shown(text)
-    fence = '`' * (max(map(len, re.findall('`+', text)), default=0) + 1)
-    pad = ' ' if text.startswith('`') or text.endswith('`') else ''
-    return f'{fence}{pad}{text}{pad}{fence}'
-
-
-def warn(message: str) -> None:
-    print(f'{program_name()}: warning: {shown(mask_credentials(message))}', file=sys.stderr)
+# Resolving the reference run into a plan: pure, from the run as read.
 
 
 def split_source_uri(uri: str) -> tuple[str, str]:
@@ -949,6 +1417,7 @@ def select_params(
 # result with `bash -c`.  That quoting keeps the value one word, as data, only
 # where a bare word stands; everywhere else it can end a quote, a
 # here-document or a script early.
+
 
 _MARK = 0xF0000  # placeholders become private-use characters while scanning
 _REPARSING_COMMANDS = frozenset({'eval', 'trap', 'let'})  # they run an argument as code
@@ -1281,23 +1750,557 @@ def unsafe_params(command: str | None, passed: Mapping[str, str]) -> list[Placeh
 
 
 # ---------------------------------------------------------------------------
+# Talking to MLflow: errors, run IDs, reading the reference run and the
+# metric histories.
+
+
+_CONNECTION_FAILURE_RE = re.compile(r'\[Errno -?\d+\] ([^"\')]+)|(Read timed out)')
+
+
+# MLflow retries an error status, then raises this without the answer's body.
+_ERROR_STATUS_RE = re.compile(r'too many (\d{3}) error responses')
+
+
+def server_failure(e: Exception) -> str:
+    """What went wrong in an MLflow request, in few words: the status the
+    tracking server answered, or that it does not answer and why."""
+    detail = _last_line(str(e)) or type(e).__name__
+    if status := _ERROR_STATUS_RE.search(detail):
+        return f'the tracking server answered HTTP {status.group(1)}'
+    if 'Max retries exceeded' in detail or 'API request to' in detail:
+        match = _CONNECTION_FAILURE_RE.search(detail)
+        reason = next(g for g in match.groups() if g) if match else 'no answer'
+        return f'the tracking server does not answer ({reason.strip()})'
+    return detail
+
+
+def unexpected_failure(type_name: str, detail: str) -> str:
+    """The one line for an exception the tool did not foresee."""
+    return f'unexpected {type_name}: {_last_line(detail)} (--verbose shows the traceback)'
+
+
+def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> ReproduceError:
+    """One line from an MLflow failure; a connection failure in few words."""
+    return ReproduceError(mask_credentials(f'{context}: {server_failure(e)}'), code)
+
+
+def last_attempt(client: MlflowClient, endpoint: str, body: Mapping[str, Any]) -> str | None:
+    """One more try of a request MLflow gave up on after error statuses, made
+    without MLflow's retries, which drop the answer: None when it succeeds,
+    else the status and the first line of what the tracking server answered."""
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        answer = http_request(
+            client._tracking_client.store.get_host_creds(),
+            f'/api/2.0/mlflow/{endpoint}',
+            'POST',
+            max_retries=0,
+            raise_on_status=False,
+            json=body,
+        )
+    except Exception as e:
+        return server_failure(e)
+    if answer.status_code == 200:
+        return None
+    first = next((line.strip() for line in answer.text.splitlines() if line.strip()), '')
+    return f'the tracking server answered HTTP {answer.status_code}: {first[:OUTPUT_LINE_CHARS]}'
+
+
+def all_experiment_ids(client: MlflowClient, deleted: bool = False) -> list[str]:
+    """Every active experiment the tool can see, and the deleted ones too if asked."""
+    from mlflow.entities import ViewType
+
+    view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
+    search = functools.partial(client.search_experiments, view_type=view, max_results=SEARCH_PAGE)
+    found = pages(lambda token: search(page_token=token))
+    return [e.experiment_id for e in itertools.chain.from_iterable(found)]
+
+
+def resolve_run_id(client: MlflowClient, run_id: str, tracking_uri: str) -> str:
+    """A run ID as given; a prefix of 8 to 31 hex digits becomes the one run
+    ID it starts, found by one search over every experiment."""
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
+    if not _RUN_ID_PREFIX_RE.match(run_id):
+        return run_id
+    try:
+        every = all_experiment_ids(client, deleted=True)
+        found = every and client.search_runs(
+            every,
+            f"attributes.run_id LIKE '{run_id.lower()}%'",
+            run_view_type=ViewType.ALL,
+            max_results=PREFIX_MATCHES_SHOWN + 1,
+        )
+    except MlflowException as e:
+        raise _mlflow_error(f'cannot look up the run ID starting with {run_id}', e) from None
+    if not found:
+        raise ReproduceError(
+            f'no run ID starts with {run_id} at tracking URI {mask_credentials(tracking_uri)}'
+        )
+    exact = [r for r in found if r.info.run_id == run_id]  # a short ID of another store
+    if len(found) > 1 and not exact:
+        shown = ', '.join(sorted(r.info.run_id for r in found[:PREFIX_MATCHES_SHOWN]))
+        more = ' and more' if len(found) > PREFIX_MATCHES_SHOWN else ''
+        raise ReproduceError(
+            f'run ID prefix {run_id} is ambiguous: it starts {shown}{more}; give more digits'
+        )
+    return (exact or found)[0].info.run_id
+
+
+def read_reference(
+    client: MlflowClient, run_id: str, tracking_uri: str, found: Run | None = None
+) -> Run:
+    """The reference run; `found` is the run as a batch's search already read
+    it, an active run of an active experiment."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = found or client.get_run(run_id)
+        experiment = None if found else client.get_experiment(run.info.experiment_id)
+    except MlflowException as e:
+        if e.error_code == 'RESOURCE_DOES_NOT_EXIST':
+            raise ReproduceError(
+                f'run {run_id} not found at tracking URI {mask_credentials(tracking_uri)}',
+            ) from None
+        raise _mlflow_error(f'cannot read run {run_id} from {tracking_uri}', e) from None
+    if run.info.status in UNFINISHED_STATUSES:
+        warn(f'run {run_id} is still {run.info.status}: its metrics may be incomplete')
+    elif run.info.status in FAILED_STATUSES:
+        warn(f'run {run_id} ended {run.info.status}: its metrics may be incomplete')
+    # Deleting an experiment deletes its runs: name the cause.
+    if experiment is not None and experiment.lifecycle_stage == 'deleted':
+        raise ReproduceError(
+            f'run {run_id} is in deleted experiment {experiment.name!r}; restore '
+            f'it with `mlflow experiments restore --experiment-id '
+            f'{experiment.experiment_id}` to reproduce the run',
+        )
+    if run.info.lifecycle_stage == 'deleted':
+        raise ReproduceError(
+            f'run {run_id} is deleted; restore it with `mlflow runs restore '
+            f'--run-id {run_id}` to reproduce it',
+        )
+    return run
+
+
+def params_to_log(entry_point: Any, params: Params) -> dict[str, str]:
+    """The params MLflow itself would log for this launch (declared ones with
+    their defaults filled in, quoted as MLflow quotes them); fails before
+    anything runs when a declared param has neither a value nor a default."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        declared, extra = entry_point.compute_parameters(params.passed, storage_dir=None)
+    except MlflowException as e:
+        raise ReproduceError(
+            f'entry point {entry_point.name!r} cannot run with the reference '
+            f"run's params: {_last_line(str(e))}",
+        ) from None
+    return {**declared, **extra}
+
+
+def read_histories(
+    client: MlflowClient,
+    runs: Sequence[Run],
+    last_only: bool,
+) -> list[dict[str, list[Point]]]:
+    """Each run's metric histories, one request per metric (MlflowClient
+    pages long histories), overlapped when the store is remote."""
+    if last_only:  # the latest values are already in the run; their step is not
+        return [{k: [Point(None, v)] for k, v in run.data.metrics.items()} for run in runs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = [(run.info.run_id, key) for run in runs for key in run.data.metrics]
+
+    def fetch(run_key: tuple[str, str]) -> list[Any]:
+        return client.get_metric_history(*run_key)
+
+    # Over HTTP each request waits on the network: overlap them.  A local
+    # store is CPU-bound, and threads only add contention (see benchmarks/).
+    if _is_http(client.tracking_uri):
+        with ThreadPoolExecutor(max_workers=HISTORY_WORKERS) as pool:
+            fetched = list(pool.map(fetch, wanted))
+    else:
+        fetched = [fetch(run_key) for run_key in wanted]
+    by_run: dict[str, dict[str, list[Point]]] = {r.info.run_id: {} for r in runs}
+    for (run_id, key), history in zip(wanted, fetched, strict=True):
+        history = sorted(history, key=lambda m: (m.step, m.timestamp))
+        by_run[run_id][key] = [Point(m.step, m.value, m.timestamp) for m in history]
+    return [by_run[run.info.run_id] for run in runs]
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(('http://', 'https://', 'databricks'))
+
+
+def fit_tag(value: str) -> str:
+    """A tag value MLflow accepts whole: long ones are cut, marked with …."""
+    return _truncated(value, TAG_VALUE_LIMIT)
+
+
+def _configure_logging(verbose: bool) -> None:
+    import logging
+
+    if 'MLFLOW_LOGGING_LEVEL' not in os.environ:  # the user's setting wins
+        level = logging.INFO if verbose else logging.WARNING
+        logging.getLogger('mlflow').setLevel(level)
+        # Older MLflow (3.9) lets alembic log ~60 INFO lines when it creates a store.
+        logging.getLogger('alembic').setLevel(level)
+
+
+def _has_mlruns_data(folder: str) -> bool:
+    """What makes MLflow 3 default to ./mlruns rather than sqlite:///mlflow.db
+    (mlflow/tracking/_tracking_service/utils.py: _has_existing_mlruns_data)."""
+    mlruns = os.path.join(folder, 'mlruns')
+    with contextlib.suppress(OSError):
+        return any(
+            entry.is_dir()
+            and entry.name.isdigit()
+            and os.path.lexists(os.path.join(entry.path, 'meta.yaml'))
+            for entry in os.scandir(mlruns)
+        )
+    return False
+
+
+def _local_store_path(uri: str) -> str | None:
+    """The file or folder a local tracking URI names; None for a server or a
+    database that is not a local file."""
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith('sqlite:///'):
+        path = unquote(uri[len('sqlite:///') :].partition('?')[0])
+        return None if path in ('', ':memory:') else path
+    if uri.startswith('file:'):
+        return unquote(urlparse(uri).path)
+    if not re.match(r'^[a-zA-Z][\w+.-]*:', uri) and not uri.startswith('databricks'):
+        return uri  # a plain path: a file store ('databricks' alone is a workspace)
+    return None
+
+
+def check_tracking_store(uri: str | None) -> None:
+    """Refuse to start without a tracking store: MLflow would make an empty one
+    (a 1 MB mlflow.db in the current folder), then not find the run in it."""
+    how = (
+        'set MLFLOW_TRACKING_URI to the store that holds the run (for example '
+        'sqlite:////path/to/mlflow.db or http://host:5000)'
+    )
+    if not uri:
+        if os.path.exists('mlflow.db') or _has_mlruns_data(os.curdir):
+            return
+        raise ReproduceError(
+            f'no tracking store found: MLFLOW_TRACKING_URI is not set and the current folder '
+            f'{os.getcwd()} has no mlflow.db (nor mlruns); {how}',
+        )
+    path = _local_store_path(uri)
+    if path is not None and not os.path.exists(path):
+        raise ReproduceError(
+            f'no tracking store found: MLFLOW_TRACKING_URI is {mask_credentials(uri)}, but '
+            f'{os.path.abspath(path)} does not exist; {how}',
+        )
+
+
+def absolute_tracking_uri(uri: str | None) -> str | None:
+    """A relative sqlite or plain-path store made absolute: the project runs
+    in another folder, where `sqlite:///mlflow.db` names another file."""
+    if uri and uri.startswith('sqlite:///') and not uri.startswith('sqlite:////'):
+        return 'sqlite:///' + os.path.abspath(uri[len('sqlite:///') :])
+    if uri and not re.match(r'^[a-zA-Z][\w+.-]*:', uri) and not uri.startswith('databricks'):
+        return os.path.abspath(uri)
+    return uri
+
+
+# ---------------------------------------------------------------------------
+# Fetching the source: a private checkout, never the user's repository, and
+# the project read from it (its MLproject, a script inside it).
+
+
+# How git and the OS say that a write failed for want of space (ENOSPC,
+# EDQUOT); not in a line from the remote ('remote: '), whose disk is not ours.
+_NO_SPACE_RE = re.compile(
+    r'^(?!remote:).*(No space left on device|Out of diskspace|Disk quota exceeded)',
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def no_space(detail: str) -> ReproduceError:
+    """The tool's temporary folder is full: the cause first, then the detail."""
+    return ReproduceError(f'no space left on device in TMPDIR={tempfile.gettempdir()}: {detail}')
+
+
+# What `git rev-parse --local-env-vars` lists, less the user's config settings:
+# inherited (from a git hook, say), they point git at the user's repository.
+GIT_LOCATION_VARIABLES = (
+    'GIT_ALTERNATE_OBJECT_DIRECTORIES',
+    'GIT_CONFIG',
+    'GIT_OBJECT_DIRECTORY',
+    'GIT_DIR',
+    'GIT_WORK_TREE',
+    'GIT_IMPLICIT_WORK_TREE',
+    'GIT_GRAFT_FILE',
+    'GIT_INDEX_FILE',
+    'GIT_NO_REPLACE_OBJECTS',
+    'GIT_REPLACE_REF_BASE',
+    'GIT_PREFIX',
+    'GIT_INTERNAL_SUPER_PREFIX',
+    'GIT_SHALLOW_FILE',
+    'GIT_COMMON_DIR',
+    'GIT_NAMESPACE',
+)
+
+
+def without_git_location(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k not in GIT_LOCATION_VARIABLES}
+
+
+def _git(*args: str, cwd: str | None = None) -> str:
+    """git in cwd, never in a repository the environment names, and never
+    through the ext:: transport (a remote URL that runs a command)."""
+    env = {**without_git_location(os.environ), 'GIT_TERMINAL_PROMPT': '0'}
+    proc = subprocess.run(
+        ('git', '-c', 'protocol.ext.allow=never', *args),
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode and _NO_SPACE_RE.search(proc.stderr):
+        command = next(a for a in args if not a.startswith('-') and '=' not in a)
+        raise no_space(f'git {command}: {_last_line(proc.stderr)}')
+    if proc.returncode:
+        raise subprocess.CalledProcessError(
+            proc.returncode,
+            args,
+            proc.stdout,
+            proc.stderr,
+        )
+    return proc.stdout.strip()
+
+
+def _local_repo(repo: str) -> str | None:
+    """The folder a local path or file:// URL names, None for a remote."""
+    if repo.startswith('file://'):
+        # file://[user[:password]@]host/path: only this host's paths are local.
+        authority, _, path = repo[len('file://') :].partition('/')
+        host = authority.rpartition('@')[2].partition(':')[0]
+        return os.path.abspath('/' + path) if host in ('', 'localhost') else None
+    if '://' in repo or re.match(r'^[\w.-]+@[\w.-]+:', repo):
+        return None
+    return os.path.abspath(repo)
+
+
+def _repository_top(local: str) -> tuple[str, str]:
+    """The top of the local repository holding folder `local`, and the
+    folder's path inside it.  A bare repository (a mirror) has no work tree:
+    it is its own top, and git fetches from it like from any other."""
+    if _git('rev-parse', '--is-bare-repository', cwd=local) == 'true':
+        return _git('rev-parse', '--absolute-git-dir', cwd=local), ''
+    top = _git('rev-parse', '--show-toplevel', cwd=local)
+    return top, os.path.relpath(local, top)
+
+
+def fetch_location(source: Source, where: str) -> tuple[str, str]:
+    """The repository to fetch from and the project folder inside it."""
+    repo, subdir = source.repo, source.subdir
+    if (local := _local_repo(source.repo)) is not None:
+        # MLflow may record a folder inside a repository: fetch from its top.
+        try:
+            repo, inside = _repository_top(local)
+        except (subprocess.CalledProcessError, OSError):
+            raise ReproduceError(f'cannot fetch {where}: {local} is not a git repository') from None
+        subdir = os.path.normpath(os.path.join(inside, subdir))
+        subdir = '' if subdir == '.' else subdir
+    return repo, subdir
+
+
+def fetch_source(source: Source, dest: str) -> tuple[str, str]:
+    """Check the commit out into dest; return (project folder, full commit).
+
+    A local repository is only read (git fetch runs upload-pack on it), so its
+    branch, HEAD, remotes, stash and uncommitted edits stay as they were.
+    """
+    where = f'{mask_credentials(source.uri)} at {source.version}'
+    repo, subdir = fetch_location(source, where)
+    try:
+        _git('init', '--quiet', dest)
+    except subprocess.CalledProcessError as e:
+        raise ReproduceError(f'cannot make a git folder: {_last_line(e.stderr)}') from None
+    try:  # a full hash, a branch or a tag: one commit, no history
+        _git('fetch', '--quiet', '--depth', '1', '--', repo, source.version, cwd=dest)
+        wanted = 'FETCH_HEAD'
+    except subprocess.CalledProcessError:
+        # A short hash, or a server that refuses fetching by hash: take every
+        # ref and look the version up among their history.
+        try:
+            _git('fetch', '--quiet', '--', repo, '+refs/*:refs/fetched/*', cwd=dest)
+        except subprocess.CalledProcessError as e:
+            raise ReproduceError(
+                f'cannot fetch {where}: {mask_credentials(_last_line(e.stderr))}',
+            ) from None
+        wanted = source.version
+    try:
+        commit = _git(
+            'rev-parse', '--verify', '--quiet', '--end-of-options', f'{wanted}^{{commit}}', cwd=dest
+        )
+    except subprocess.CalledProcessError:
+        raise ReproduceError(
+            f'commit {source.version} is not available from '
+            f'{mask_credentials(source.repo)} (history rewritten, or a typo?)',
+        ) from None
+    try:
+        # commit is rev-parse's answer, all hex; checkout has no --end-of-options
+        # before git 2.43, and the trailing '--' says it names no path.
+        _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, '--', cwd=dest)
+    except subprocess.CalledProcessError as e:
+        raise ReproduceError(
+            f'cannot check out {where}: {mask_credentials(_last_line(e.stderr))}'
+        ) from None
+    if os.path.exists(os.path.join(dest, '.gitmodules')):
+        try:
+            _git('submodule', 'update', '--init', '--recursive', '--quiet', cwd=dest)
+        except subprocess.CalledProcessError as e:
+            raise ReproduceError(
+                f'cannot fetch the submodules of {where}: {mask_credentials(_last_line(e.stderr))}',
+            ) from None
+    project_dir = os.path.join(dest, subdir)
+    if not os.path.isdir(project_dir):
+        raise ReproduceError(
+            f'folder {subdir!r} does not exist at commit {commit[:12]} '
+            f'of {mask_credentials(source.repo)}',
+        )
+    refuse_outside(project_dir, dest, f'folder {subdir!r} at commit {commit[:12]}')
+    return project_dir, commit
+
+
+def _inside(path: str, root: str) -> bool:
+    root = os.path.realpath(root)
+    return os.path.commonpath([path, root]) == root
+
+
+def refuse_outside(path: str, root: str, what: str) -> None:
+    """A file of the commit that is a symlink out of the checkout would make
+    the project read or run a file of this host instead."""
+    if not _inside(os.path.realpath(path), root):
+        raise ReproduceError(
+            f'{what} is a symlink to {os.path.realpath(path)}, outside the checkout: '
+            f'refusing to use a file of this host',
+        )
+
+
+def _checkout_root(project_dir: str) -> str:
+    """The top of our checkout, above any submodule the project lives in."""
+    root = _git('rev-parse', '--show-toplevel', cwd=project_dir)
+    while above := _git('rev-parse', '--show-superproject-working-tree', cwd=root):
+        root = above
+    return root
+
+
+def check_script(project_dir: str, root: str, name: str, commit: str) -> None:
+    """A script entry point must be a file of the checked-out commit, not a
+    path on this host: MLflow runs `python <name>` in the project folder."""
+    path = os.path.normpath(os.path.join(os.path.realpath(project_dir), name))
+    what = f'script entry point {name!r}'
+    if not _inside(path, root):
+        raise ReproduceError(
+            f'{what} is outside the checkout of commit {commit[:12]}: refusing to run '
+            f'a file of this host',
+        )
+    refuse_outside(path, root, f'{what} at commit {commit[:12]}')
+    if not os.path.isfile(path):
+        raise ReproduceError(f'{what} does not exist at commit {commit[:12]}')
+
+
+@functools.lru_cache(maxsize=64)
+def load_entry_point(project_dir: str, name: str, commit: str) -> tuple[Any, bool]:
+    """MLflow's entry point object, and whether the MLproject declares it
+    (rather than it being a script file that MLflow runs with every param).
+    The MLproject, its environment file and a script must be files of the commit.
+    Cached: a batch's dry run plans every run of a source from one folder."""
+    from mlflow.projects import _project_spec
+
+    root, at = _checkout_root(project_dir), f'at commit {commit[:12]}'
+    if (mlproject := _project_spec._find_mlproject(project_dir)) is not None:
+        refuse_outside(mlproject, root, f'the MLproject {at}')
+    try:
+        project = _project_spec.load_project(project_dir)
+        spec, declared = project.get_entry_point(name), name in (project._entry_points or {})
+    except Exception as e:  # yaml's errors, or a structure MLflow trips over
+        raise ReproduceError(
+            f'the MLproject {at} cannot be used: {_last_line(str(e))}',
+        ) from None
+    if project.env_config_path:
+        refuse_outside(project.env_config_path, root, f'the environment file of the MLproject {at}')
+    if not declared:
+        check_script(project_dir, root, name, commit)
+    return spec, declared
+
+
+def _is_git_repo(folder: str) -> bool:
+    try:
+        _git('rev-parse', '--show-toplevel', cwd=folder)
+    except (subprocess.CalledProcessError, OSError):
+        return False
+    return True
+
+
+def reachable_source(reference: Run, source: Source, uri: str | None) -> Source:
+    """A recorded local source that is no git repository here (the run was
+    made on another host, or the clone is gone) gives way to the remote the
+    run records, said on standard error.  MLflow records a folder inside a
+    repository as its top and #subdir, so the subdir holds in the remote."""
+    remote = reference.data.tags.get(TAG_GIT_REPO_URL)
+    local = _local_repo(source.repo)
+    if uri or not remote or local is None or remote == source.repo or _is_git_repo(local):
+        return source
+    warn(
+        f'{local} is not a git repository here: using the remote the run records, '
+        f'{remote}' + (f' (folder {source.subdir})' if source.subdir else '')
+    )
+    return dataclasses.replace(source, repo=remote)
+
+
+def _remote_hint(reference: Run, source: Source, uri: str | None) -> str:
+    """A run made from a local clone also records its remote: on another host
+    (a cron host, say) that remote is where the commit can be found."""
+    remote = reference.data.tags.get(TAG_GIT_REPO_URL)
+    if uri or not remote or _local_repo(source.repo) is None or remote == source.repo:
+        return ''
+    suggested = f'{remote}#{source.subdir}' if source.subdir else remote
+    suggested = shlex.quote(mask_credentials(suggested))
+    return f'; the run also records its remote: try --uri {suggested}'
+
+
+def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
+    """The project folder at the commit, private to one reproduction.  In a
+    batch, each source and commit is fetched once; every reproduction of it
+    then gets its own copy, so that projects never share a working folder
+    (a dry run, which runs nothing, reads the fetched one)."""
+    if not session.batch:
+        return fetch_source(source, dest)
+    with session.shared.sources_lock:
+        cached = session.shared.sources.setdefault((source.uri, source.version), _CachedSource())
+    with cached.lock:  # the first reproduction of a source fetches it
+        if cached.root is None:
+            root = os.path.join(tempfile.mkdtemp(prefix='source-', dir=session.tmp_root), 'src')
+            cached.project_dir, cached.commit = fetch_source(cached.origin or source, root)
+            cached.root = root
+    if session.options.dry_run:  # nothing runs in it: the plan reads the shared copy
+        return cached.project_dir, cached.commit
+    try:
+        shutil.copytree(cached.root, dest, symlinks=True)
+    except OSError as e:  # shutil.Error lists (source, destination, reason) per file
+        reason = e.args[0][0][2] if isinstance(e, shutil.Error) else (e.strerror or str(e))
+        if _NO_SPACE_RE.search(reason):
+            raise no_space(f'copying the checkout of {mask_credentials(source.uri)}') from None
+        raise ReproduceError(
+            f'cannot copy the checkout of {mask_credentials(source.uri)}: {reason}'
+        ) from None
+    return os.path.join(dest, os.path.relpath(cached.project_dir, cached.root)), cached.commit
+
+
+# ---------------------------------------------------------------------------
 # Execution backends: where the project runs, checked before anything runs.
-
-
-def _json_type(value: object) -> str:
-    names = {dict: 'object', list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}
-    return names.get(type(value), 'number')
-
-
-def read_regular_file(path: str, what: str, hint: str = '') -> str:
-    """The text of a regular file, at most RUNS_FILE_MAX_BYTES and one more
-    byte; a FIFO or a device is refused (opened without blocking: a FIFO
-    without a writer would wait forever, /dev/zero never ends)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, encoding='utf-8') as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ReproduceError(f'{what} is not a regular file (a FIFO or a device?){hint}')
-        return f.read(RUNS_FILE_MAX_BYTES + 1)
 
 
 def parse_backend_config(text: str) -> dict[str, Any]:
@@ -1491,407 +2494,6 @@ def warn_about_reference_backend(plan: Plan) -> None:
             f'{plan.backend.name!r}; pass --backend {plan.reference_backend} (with its '
             f'--backend-config) to reproduce it there'
         )
-
-
-# ---------------------------------------------------------------------------
-# Fetching the source: a private checkout, never the user's repository.
-
-
-# How git and the OS say that a write failed for want of space (ENOSPC,
-# EDQUOT); not in a line from the remote ('remote: '), whose disk is not ours.
-_NO_SPACE_RE = re.compile(
-    r'^(?!remote:).*(No space left on device|Out of diskspace|Disk quota exceeded)',
-    re.IGNORECASE | re.MULTILINE,
-)
-
-
-def no_space(detail: str) -> ReproduceError:
-    """The tool's temporary folder is full: the cause first, then the detail."""
-    return ReproduceError(f'no space left on device in TMPDIR={tempfile.gettempdir()}: {detail}')
-
-
-# What `git rev-parse --local-env-vars` lists, less the user's config settings:
-# inherited (from a git hook, say), they point git at the user's repository.
-GIT_LOCATION_VARIABLES = (
-    'GIT_ALTERNATE_OBJECT_DIRECTORIES',
-    'GIT_CONFIG',
-    'GIT_OBJECT_DIRECTORY',
-    'GIT_DIR',
-    'GIT_WORK_TREE',
-    'GIT_IMPLICIT_WORK_TREE',
-    'GIT_GRAFT_FILE',
-    'GIT_INDEX_FILE',
-    'GIT_NO_REPLACE_OBJECTS',
-    'GIT_REPLACE_REF_BASE',
-    'GIT_PREFIX',
-    'GIT_INTERNAL_SUPER_PREFIX',
-    'GIT_SHALLOW_FILE',
-    'GIT_COMMON_DIR',
-    'GIT_NAMESPACE',
-)
-
-
-def without_git_location(environ: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in environ.items() if k not in GIT_LOCATION_VARIABLES}
-
-
-def _git(*args: str, cwd: str | None = None) -> str:
-    """git in cwd, never in a repository the environment names, and never
-    through the ext:: transport (a remote URL that runs a command)."""
-    env = {**without_git_location(os.environ), 'GIT_TERMINAL_PROMPT': '0'}
-    proc = subprocess.run(
-        ('git', '-c', 'protocol.ext.allow=never', *args),
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    if proc.returncode and _NO_SPACE_RE.search(proc.stderr):
-        command = next(a for a in args if not a.startswith('-') and '=' not in a)
-        raise no_space(f'git {command}: {_last_line(proc.stderr)}')
-    if proc.returncode:
-        raise subprocess.CalledProcessError(
-            proc.returncode,
-            args,
-            proc.stdout,
-            proc.stderr,
-        )
-    return proc.stdout.strip()
-
-
-def _local_repo(repo: str) -> str | None:
-    """The folder a local path or file:// URL names, None for a remote."""
-    if repo.startswith('file://'):
-        # file://[user[:password]@]host/path: only this host's paths are local.
-        authority, _, path = repo[len('file://') :].partition('/')
-        host = authority.rpartition('@')[2].partition(':')[0]
-        return os.path.abspath('/' + path) if host in ('', 'localhost') else None
-    if '://' in repo or re.match(r'^[\w.-]+@[\w.-]+:', repo):
-        return None
-    return os.path.abspath(repo)
-
-
-def _repository_top(local: str) -> tuple[str, str]:
-    """The top of the local repository holding folder `local`, and the
-    folder's path inside it.  A bare repository (a mirror) has no work tree:
-    it is its own top, and git fetches from it like from any other."""
-    if _git('rev-parse', '--is-bare-repository', cwd=local) == 'true':
-        return _git('rev-parse', '--absolute-git-dir', cwd=local), ''
-    top = _git('rev-parse', '--show-toplevel', cwd=local)
-    return top, os.path.relpath(local, top)
-
-
-# SQLAlchemy ends its errors with the statement, its parameters and a link to
-# its docs ("(Background on this error at: https://sqlalche.me/...)").
-_SQLALCHEMY_TAIL_RE = re.compile(r'^(\[SQL: |\(Background on this error at: )')
-
-
-def _last_line(text: str) -> str:
-    """The line of an error message that says what went wrong: the last one,
-    or for SQLAlchemy's errors the one before the statement and the link."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    tail = next((i for i, line in enumerate(lines) if _SQLALCHEMY_TAIL_RE.match(line)), None)
-    if tail is not None:
-        lines = lines[:tail] or [line for line in lines if not line.startswith('(Background')]
-    return lines[-1] if lines else ''
-
-
-def fetch_location(source: Source, where: str) -> tuple[str, str]:
-    """The repository to fetch from and the project folder inside it."""
-    repo, subdir = source.repo, source.subdir
-    if (local := _local_repo(source.repo)) is not None:
-        # MLflow may record a folder inside a repository: fetch from its top.
-        try:
-            repo, inside = _repository_top(local)
-        except (subprocess.CalledProcessError, OSError):
-            raise ReproduceError(f'cannot fetch {where}: {local} is not a git repository') from None
-        subdir = os.path.normpath(os.path.join(inside, subdir))
-        subdir = '' if subdir == '.' else subdir
-    return repo, subdir
-
-
-def fetch_source(source: Source, dest: str) -> tuple[str, str]:
-    """Check the commit out into dest; return (project folder, full commit).
-
-    A local repository is only read (git fetch runs upload-pack on it), so its
-    branch, HEAD, remotes, stash and uncommitted edits stay as they were.
-    """
-    where = f'{mask_credentials(source.uri)} at {source.version}'
-    repo, subdir = fetch_location(source, where)
-    try:
-        _git('init', '--quiet', dest)
-    except subprocess.CalledProcessError as e:
-        raise ReproduceError(f'cannot make a git folder: {_last_line(e.stderr)}') from None
-    try:  # a full hash, a branch or a tag: one commit, no history
-        _git('fetch', '--quiet', '--depth', '1', '--', repo, source.version, cwd=dest)
-        wanted = 'FETCH_HEAD'
-    except subprocess.CalledProcessError:
-        # A short hash, or a server that refuses fetching by hash: take every
-        # ref and look the version up among their history.
-        try:
-            _git('fetch', '--quiet', '--', repo, '+refs/*:refs/fetched/*', cwd=dest)
-        except subprocess.CalledProcessError as e:
-            raise ReproduceError(
-                f'cannot fetch {where}: {mask_credentials(_last_line(e.stderr))}',
-            ) from None
-        wanted = source.version
-    try:
-        commit = _git(
-            'rev-parse', '--verify', '--quiet', '--end-of-options', f'{wanted}^{{commit}}', cwd=dest
-        )
-    except subprocess.CalledProcessError:
-        raise ReproduceError(
-            f'commit {source.version} is not available from '
-            f'{mask_credentials(source.repo)} (history rewritten, or a typo?)',
-        ) from None
-    try:
-        # commit is rev-parse's answer, all hex; checkout has no --end-of-options
-        # before git 2.43, and the trailing '--' says it names no path.
-        _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, '--', cwd=dest)
-    except subprocess.CalledProcessError as e:
-        raise ReproduceError(
-            f'cannot check out {where}: {mask_credentials(_last_line(e.stderr))}'
-        ) from None
-    if os.path.exists(os.path.join(dest, '.gitmodules')):
-        try:
-            _git('submodule', 'update', '--init', '--recursive', '--quiet', cwd=dest)
-        except subprocess.CalledProcessError as e:
-            raise ReproduceError(
-                f'cannot fetch the submodules of {where}: {mask_credentials(_last_line(e.stderr))}',
-            ) from None
-    project_dir = os.path.join(dest, subdir)
-    if not os.path.isdir(project_dir):
-        raise ReproduceError(
-            f'folder {subdir!r} does not exist at commit {commit[:12]} '
-            f'of {mask_credentials(source.repo)}',
-        )
-    refuse_outside(project_dir, dest, f'folder {subdir!r} at commit {commit[:12]}')
-    return project_dir, commit
-
-
-# ---------------------------------------------------------------------------
-# Talking to MLflow: reading the reference run, launching the reproduction.
-
-_CONNECTION_FAILURE_RE = re.compile(r'\[Errno -?\d+\] ([^"\')]+)|(Read timed out)')
-
-
-# MLflow retries an error status, then raises this without the answer's body.
-_ERROR_STATUS_RE = re.compile(r'too many (\d{3}) error responses')
-
-
-def server_failure(e: Exception) -> str:
-    """What went wrong in an MLflow request, in few words: the status the
-    tracking server answered, or that it does not answer and why."""
-    detail = _last_line(str(e)) or type(e).__name__
-    if status := _ERROR_STATUS_RE.search(detail):
-        return f'the tracking server answered HTTP {status.group(1)}'
-    if 'Max retries exceeded' in detail or 'API request to' in detail:
-        match = _CONNECTION_FAILURE_RE.search(detail)
-        reason = next(g for g in match.groups() if g) if match else 'no answer'
-        return f'the tracking server does not answer ({reason.strip()})'
-    return detail
-
-
-def unexpected_failure(type_name: str, detail: str) -> str:
-    """The one line for an exception the tool did not foresee."""
-    return f'unexpected {type_name}: {_last_line(detail)} (--verbose shows the traceback)'
-
-
-def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> ReproduceError:
-    """One line from an MLflow failure; a connection failure in few words."""
-    return ReproduceError(mask_credentials(f'{context}: {server_failure(e)}'), code)
-
-
-def last_attempt(client: MlflowClient, endpoint: str, body: Mapping[str, Any]) -> str | None:
-    """One more try of a request MLflow gave up on after error statuses, made
-    without MLflow's retries, which drop the answer: None when it succeeds,
-    else the status and the first line of what the tracking server answered."""
-    from mlflow.utils.rest_utils import http_request
-
-    try:
-        answer = http_request(
-            client._tracking_client.store.get_host_creds(),
-            f'/api/2.0/mlflow/{endpoint}',
-            'POST',
-            max_retries=0,
-            raise_on_status=False,
-            json=body,
-        )
-    except Exception as e:
-        return server_failure(e)
-    if answer.status_code == 200:
-        return None
-    first = next((line.strip() for line in answer.text.splitlines() if line.strip()), '')
-    return f'the tracking server answered HTTP {answer.status_code}: {first[:OUTPUT_LINE_CHARS]}'
-
-
-def pages(search: Callable[[str | None], Any]) -> Iterator[Any]:
-    """The pages of a paged MLflow search: search(token) asks for one, with
-    the token of the page before (None for the first)."""
-    token = None
-    while True:
-        page = search(token)
-        yield page
-        token = page.token
-        if not token:
-            return
-
-
-def all_experiment_ids(client: MlflowClient, deleted: bool = False) -> list[str]:
-    """Every active experiment the tool can see, and the deleted ones too if asked."""
-    from mlflow.entities import ViewType
-
-    view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
-    search = functools.partial(client.search_experiments, view_type=view, max_results=SEARCH_PAGE)
-    found = pages(lambda token: search(page_token=token))
-    return [e.experiment_id for e in itertools.chain.from_iterable(found)]
-
-
-def resolve_run_id(client: MlflowClient, run_id: str, tracking_uri: str) -> str:
-    """A run ID as given; a prefix of 8 to 31 hex digits becomes the one run
-    ID it starts, found by one search over every experiment."""
-    from mlflow.entities import ViewType
-    from mlflow.exceptions import MlflowException
-
-    if not _RUN_ID_PREFIX_RE.match(run_id):
-        return run_id
-    try:
-        every = all_experiment_ids(client, deleted=True)
-        found = every and client.search_runs(
-            every,
-            f"attributes.run_id LIKE '{run_id.lower()}%'",
-            run_view_type=ViewType.ALL,
-            max_results=PREFIX_MATCHES_SHOWN + 1,
-        )
-    except MlflowException as e:
-        raise _mlflow_error(f'cannot look up the run ID starting with {run_id}', e) from None
-    if not found:
-        raise ReproduceError(
-            f'no run ID starts with {run_id} at tracking URI {mask_credentials(tracking_uri)}'
-        )
-    exact = [r for r in found if r.info.run_id == run_id]  # a short ID of another store
-    if len(found) > 1 and not exact:
-        shown = ', '.join(sorted(r.info.run_id for r in found[:PREFIX_MATCHES_SHOWN]))
-        more = ' and more' if len(found) > PREFIX_MATCHES_SHOWN else ''
-        raise ReproduceError(
-            f'run ID prefix {run_id} is ambiguous: it starts {shown}{more}; give more digits'
-        )
-    return (exact or found)[0].info.run_id
-
-
-def read_reference(
-    client: MlflowClient, run_id: str, tracking_uri: str, found: Run | None = None
-) -> Run:
-    """The reference run; `found` is the run as a batch's search already read
-    it, an active run of an active experiment."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = found or client.get_run(run_id)
-        experiment = None if found else client.get_experiment(run.info.experiment_id)
-    except MlflowException as e:
-        if e.error_code == 'RESOURCE_DOES_NOT_EXIST':
-            raise ReproduceError(
-                f'run {run_id} not found at tracking URI {mask_credentials(tracking_uri)}',
-            ) from None
-        raise _mlflow_error(f'cannot read run {run_id} from {tracking_uri}', e) from None
-    if run.info.status in UNFINISHED_STATUSES:
-        warn(f'run {run_id} is still {run.info.status}: its metrics may be incomplete')
-    elif run.info.status in FAILED_STATUSES:
-        warn(f'run {run_id} ended {run.info.status}: its metrics may be incomplete')
-    # Deleting an experiment deletes its runs: name the cause.
-    if experiment is not None and experiment.lifecycle_stage == 'deleted':
-        raise ReproduceError(
-            f'run {run_id} is in deleted experiment {experiment.name!r}; restore '
-            f'it with `mlflow experiments restore --experiment-id '
-            f'{experiment.experiment_id}` to reproduce the run',
-        )
-    if run.info.lifecycle_stage == 'deleted':
-        raise ReproduceError(
-            f'run {run_id} is deleted; restore it with `mlflow runs restore '
-            f'--run-id {run_id}` to reproduce it',
-        )
-    return run
-
-
-def _inside(path: str, root: str) -> bool:
-    root = os.path.realpath(root)
-    return os.path.commonpath([path, root]) == root
-
-
-def refuse_outside(path: str, root: str, what: str) -> None:
-    """A file of the commit that is a symlink out of the checkout would make
-    the project read or run a file of this host instead."""
-    if not _inside(os.path.realpath(path), root):
-        raise ReproduceError(
-            f'{what} is a symlink to {os.path.realpath(path)}, outside the checkout: '
-            f'refusing to use a file of this host',
-        )
-
-
-def _checkout_root(project_dir: str) -> str:
-    """The top of our checkout, above any submodule the project lives in."""
-    root = _git('rev-parse', '--show-toplevel', cwd=project_dir)
-    while above := _git('rev-parse', '--show-superproject-working-tree', cwd=root):
-        root = above
-    return root
-
-
-def check_script(project_dir: str, root: str, name: str, commit: str) -> None:
-    """A script entry point must be a file of the checked-out commit, not a
-    path on this host: MLflow runs `python <name>` in the project folder."""
-    path = os.path.normpath(os.path.join(os.path.realpath(project_dir), name))
-    what = f'script entry point {name!r}'
-    if not _inside(path, root):
-        raise ReproduceError(
-            f'{what} is outside the checkout of commit {commit[:12]}: refusing to run '
-            f'a file of this host',
-        )
-    refuse_outside(path, root, f'{what} at commit {commit[:12]}')
-    if not os.path.isfile(path):
-        raise ReproduceError(f'{what} does not exist at commit {commit[:12]}')
-
-
-@functools.lru_cache(maxsize=64)
-def load_entry_point(project_dir: str, name: str, commit: str) -> tuple[Any, bool]:
-    """MLflow's entry point object, and whether the MLproject declares it
-    (rather than it being a script file that MLflow runs with every param).
-    The MLproject, its environment file and a script must be files of the commit.
-    Cached: a batch's dry run plans every run of a source from one folder."""
-    from mlflow.projects import _project_spec
-
-    root, at = _checkout_root(project_dir), f'at commit {commit[:12]}'
-    if (mlproject := _project_spec._find_mlproject(project_dir)) is not None:
-        refuse_outside(mlproject, root, f'the MLproject {at}')
-    try:
-        project = _project_spec.load_project(project_dir)
-        spec, declared = project.get_entry_point(name), name in (project._entry_points or {})
-    except Exception as e:  # yaml's errors, or a structure MLflow trips over
-        raise ReproduceError(
-            f'the MLproject {at} cannot be used: {_last_line(str(e))}',
-        ) from None
-    if project.env_config_path:
-        refuse_outside(project.env_config_path, root, f'the environment file of the MLproject {at}')
-    if not declared:
-        check_script(project_dir, root, name, commit)
-    return spec, declared
-
-
-def params_to_log(entry_point: Any, params: Params) -> dict[str, str]:
-    """The params MLflow itself would log for this launch (declared ones with
-    their defaults filled in, quoted as MLflow quotes them); fails before
-    anything runs when a declared param has neither a value nor a default."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        declared, extra = entry_point.compute_parameters(params.passed, storage_dir=None)
-    except MlflowException as e:
-        raise ReproduceError(
-            f'entry point {entry_point.name!r} cannot run with the reference '
-            f"run's params: {_last_line(str(e))}",
-        ) from None
-    return {**declared, **extra}
 
 
 # ---------------------------------------------------------------------------
@@ -2091,364 +2693,725 @@ def _template_fields(template: str) -> Iterator[tuple[str, str | None, str | Non
         yield from string.Formatter().parse(template)
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
-    """The experiment's ID, created if missing; race-safe, for two
-    reproductions that start at once into a new experiment."""
-    from mlflow.exceptions import MlflowException
+# ---------------------------------------------------------------------------
+# Why the runs differ: environment, data, code and models.  These inform the
+# report; they never change the verdict, which stays about metrics and params.
 
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
+
+ENVIRONMENT_ARTIFACT = 'environment.json'  # under ARTIFACT_DIR
+TAG_GIT_DIRTY = 'mlflow.source.git.dirty'
+TAG_DATASET_CONTEXT = 'mlflow.data.context'  # an input tag, not a run tag
+MODEL_ENVIRONMENT_FILES = ('requirements.txt', 'python_env.yaml', 'conda.yaml')
+CAPTURE_TIMEOUT_SECONDS = 120.0  # a cold conda environment imports slowly
+# The variables that change results, recorded and compared; a probe of
+# --explain sets no other (a reference's environment.json is a file anyone
+# who can write to the store can upload: BASH_ENV or LD_PRELOAD would run code).
+RESULT_VARIABLES = (
+    'PYTHONHASHSEED',
+    'CUDA_VISIBLE_DEVICES',
+    'CUBLAS_WORKSPACE_CONFIG',
+    'OMP_NUM_THREADS',
+    'MKL_NUM_THREADS',
+    'OPENBLAS_NUM_THREADS',
+    'TF_DETERMINISTIC_OPS',
+    'TF_CUDNN_DETERMINISTIC',
+)
+# What pip is asked to install for a probe: a PEP 508 name and a plain version
+# (PEP 440's characters), never a URL, a path or an option.
+_PACKAGE_NAME_RE = re.compile(r'[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?')
+_PACKAGE_VERSION_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9.+!_-]*')
+
+# Printed by the interpreter that runs the project, so that it describes that
+# interpreter (the project's virtualenv, not the tool's).  Self-contained:
+# the standard library only.  The JSON is its last line of output, because an
+# activation command may print before it.
+ENVIRONMENT_CAPTURE = r"""
+import email.parser, importlib.metadata, json, os, platform, re, subprocess, sys
+
+VARIABLES = __RESULT_VARIABLES__
+
+
+def gpus():
+    try:
+        proc = subprocess.run(
+            ['nvidia-smi', '--query-gpu=name,driver_version', '--format=csv,noheader'],
+            capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode:
+        return None
+    found = []
+    for line in proc.stdout.splitlines():
+        name, _, driver = line.rpartition(',')
+        if line.strip():
+            found.append({'name': name.strip(), 'driver_version': driver.strip()})
+    return found
+
+
+def packages():
+    found = {}
+    for dist in importlib.metadata.distributions():
+        # As dist.metadata reads it, headers only: a third faster than parsing
+        # each long description too.
+        text = dist.read_text('METADATA') or dist.read_text('PKG-INFO') or dist.read_text('')
+        headers = email.parser.HeaderParser().parsestr(text or '')
+        name = headers['Name']
+        if name:  # PEP 503 normalized; the first one on sys.path wins, as for import
+            found.setdefault(re.sub(r'[-_.]+', '-', name).lower(), headers['Version'])
+    return dict(sorted(found.items()))
+
+
+print(json.dumps({
+    'python': {'version': platform.python_version(),
+               'implementation': platform.python_implementation(),
+               'executable': sys.executable},
+    'platform': {'system': platform.system(), 'release': platform.release(),
+                 'machine': platform.machine()},
+    'cpu_count': os.cpu_count(),
+    'packages': packages(),
+    'env': {name: os.environ.get(name) for name in VARIABLES},
+    'gpu': gpus(),
+}))
+""".replace('__RESULT_VARIABLES__', repr(RESULT_VARIABLES))
+
+_REQUIREMENT_PIN_RE = re.compile(
+    r'^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*===?\s*(?P<version>[^\s;,]+)\s*$'
+)
+_CONDA_PYTHON_RE = re.compile(r'^python\s*=+\s*(?P<version>[\d.]+)')
+
+
+def normalize_package(name: str) -> str:
+    """PEP 503: 'Scikit_Learn' and 'scikit-learn' are one distribution."""
+    return re.sub(r'[-_.]+', '-', name).lower()
+
+
+def capture_environment(
+    python_prefix_command: str | None,
+    env: Mapping[str, str],
+    cwd: str,
+) -> dict[str, Any] | None:
+    """The environment of the interpreter that runs the project: the tool's
+    own (None) or the one a prefix such as `source venv/bin/activate` selects.
+    env is the whole environment the project gets.  None, with a warning,
+    when it cannot be captured: the verdict does not depend on it."""
+    if python_prefix_command is None:
+        argv = [sys.executable, '-c', ENVIRONMENT_CAPTURE]
+    else:
+        script = f'{python_prefix_command} && python -c {shlex.quote(ENVIRONMENT_CAPTURE)}'
+        argv = ['bash', '-c', script]
+    try:
+        proc = subprocess.run(
+            argv,
+            env=dict(env),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=CAPTURE_TIMEOUT_SECONDS,
+        )
+        if proc.returncode:
+            raise ValueError(_last_line(proc.stderr) or f'exit status {proc.returncode}')
+        return json.loads(_last_line(proc.stdout))
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        warn(f"cannot capture the project's environment: {_last_line(str(e))}")
+        return None
+
+
+def captured_environment(future: Any, stop: Stop) -> dict[str, Any] | None:
+    """The result of capture_environment once its process has ended.  Waited
+    for before the sweep for marked processes, which would end it, and count
+    it as left behind by the project, when the project ends first."""
+    from concurrent.futures import TimeoutError as StillRunning
+
+    while True:
         try:
-            return client.create_experiment(name)
-        except MlflowException:
-            # Another process created it since we looked: use that one.
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-    if experiment.lifecycle_stage == 'deleted':
-        raise ReproduceError(
-            f'experiment {name!r} is deleted; restore it or choose another with --experiment-name',
-        )
-    return experiment.experiment_id
+            return future.result(timeout=0.2)
+        except StillRunning:
+            stop.check()
 
 
-def _user() -> str:
-    import getpass
-
+def record_environment(client: MlflowClient, run_id: str, env_dict: Mapping[str, Any]) -> None:
+    """reproduce/environment.json on the reproduced run: the reference of a
+    later comparison.  Best effort, like the verdict's other records."""
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return 'unknown'
-
-
-def proc_stat(pid: int | str) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command's name (field 3, the
-    state, comes first); None when the process is gone or not ours to read."""
-    try:
-        with open(f'/proc/{pid}/stat', 'rb') as f:
-            return f.read().rsplit(b')', 1)[1].decode().split()
-    except (OSError, IndexError):
-        return None
-
-
-def process_identity(pid: int) -> tuple[str, str] | None:
-    """(state, start time) of a process from /proc/<pid>/stat (fields 3 and
-    22; the start time is in clock ticks since boot): with the PID it names
-    one process, even once the PID is reused.  None when there is none."""
-    fields = proc_stat(pid)
-    return (fields[0], fields[19]) if fields and len(fields) > 19 else None
-
-
-def _tool_identity() -> str:
-    """pid:start of this process ('0' for the start without /proc)."""
-    found = process_identity(os.getpid())
-    return f'{os.getpid()}:{found[1] if found else 0}'
-
-
-def pid_namespace(pid: int | str = 'self') -> str | None:
-    """The inode of a process's PID namespace (/proc/<pid>/ns/pid reads
-    'pid:[4026531836]'), or None where it cannot be read."""
-    try:
-        return os.readlink(f'/proc/{pid}/ns/pid').partition('[')[2].rstrip(']') or None
-    except OSError:
-        return None
-
-
-@functools.lru_cache(maxsize=1)
-def tool_namespace() -> str:
-    """boot:pidns: the boot of the machine (/proc/sys/kernel/random/boot_id)
-    and the PID namespace this tool's PIDs mean something in; 'unknown:0'
-    where /proc does not say, which no other tool is taken to share."""
-    try:
-        with open('/proc/sys/kernel/random/boot_id') as f:
-            boot = f.read().strip()
-    except OSError:
-        boot = ''
-    pidns = pid_namespace()
-    return f'{boot}:{pidns}' if re.fullmatch(r'[\w-]+', boot) and pidns else 'unknown:0'
-
-
-def tool_owner(identity: str | None = None) -> str:
-    """The `reproduce.owner` of every run the tool makes (of this process, or
-    of the tool of `identity`, pid:start, in this one's PID namespace):
-    host:pid:start:boot:pidns."""
-    return f'{socket.gethostname()}:{identity or _tool_identity()}:{tool_namespace()}'
-
-
-def tool_tmp_prefix() -> str:
-    """reproduce_run-<pid>-<start>-<pidns>-<boot, 8 digits>-: a dead tool's
-    folders can be told apart, and so can those of another PID namespace or boot."""
-    boot, pidns = tool_namespace().split(':')
-    return f'{TMP_PREFIX}{_tool_identity().replace(":", "-")}-{pidns}-{boot[:8]}-'
-
-
-def tool_alive(pid: int, start: str) -> bool:
-    """Whether the tool of this PID and start time still runs.  Without /proc
-    this cannot be known, and it counts as alive: nothing of it is touched."""
-    if not os.path.isdir('/proc'):
-        return True
-    found = process_identity(pid)
-    return found is not None and found[0] not in ('Z', 'X') and found[1] == start
-
-
-def reproduced_run_tags(plan: Plan) -> dict[str, str]:
-    """What a reproduced run carries: the original source and commit (never
-    our temporary checkout), with credentials masked."""
-    tags = {
-        TAG_SOURCE_NAME: mask_credentials(plan.source.uri),
-        TAG_SOURCE_TYPE: 'PROJECT',
-        TAG_GIT_COMMIT: plan.source.version,
-        TAG_GIT_REPO_URL: mask_credentials(plan.source.repo),
-        TAG_ENTRY_POINT: plan.entry_point,
-        TAG_PROJECT_ENV: plan.env_manager,
-        TAG_BACKEND: plan.backend.name,
-        TAG_USER: _user(),
-        TAG_REFERENCE_RUN_ID: plan.reference.info.run_id,
-        TAG_OWNER: tool_owner(),
-    }
-    if plan.script is not None:  # recorded as the script recorded it, with what it got
-        del tags[TAG_ENTRY_POINT]
-        tags[TAG_SOURCE_NAME] = plan.script.recorded
-        tags[TAG_SOURCE_TYPE] = 'LOCAL'
-        tags[TAG_ARGV] = json.dumps(list(plan.script.argv))
-    return {k: fit_tag(v) for k, v in tags.items()}
-
-
-def reproduced_run_name(plan: Plan) -> str:
-    return fit_tag(RUN_NAME_PREFIX + (plan.reference.info.run_name or plan.reference.info.run_id))
-
-
-def fixup_backend_run(
-    client: MlflowClient, run_id: str, plan: Plan, parent_run_id: str | None = None
-) -> None:
-    """Make a run that a non-local backend created look like a local
-    reproduction.  MLflow hands a pre-created run to the local backend only;
-    the others create their own, named at random and pointing at our
-    temporary checkout.  MLflow's mlflow.project.backend tag stays."""
-    from mlflow.entities import RunTag
-    from mlflow.exceptions import MlflowException
-
-    tags = reproduced_run_tags(plan)
-    if parent_run_id:
-        tags[TAG_PARENT_RUN_ID] = parent_run_id
-    try:
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        client.update_run(run_id, name=reproduced_run_name(plan))
-    except MlflowException as e:
-        raise _mlflow_error(f'cannot record the source and name of run {run_id}', e) from None
-
-
-def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | None) -> Run:
-    """The run that the project will log into, made by us so that its ID is
-    known from the start and it can always be closed."""
-    from mlflow.exceptions import MlflowException
-
-    client = session.client
-    tags = reproduced_run_tags(plan)
-    if parent_run_id:
-        tags[TAG_PARENT_RUN_ID] = parent_run_id
-    try:
-        run = client.create_run(
-            _experiment_id(client, plan.experiment_name),
-            tags=tags,
-            run_name=reproduced_run_name(plan),
-        )
-    except MlflowException as e:
-        raise _mlflow_error('cannot create the reproduced run', e) from None
-    return run
-
-
-def log_reproduced_params(session: Session, plan: Plan, run_id: str) -> None:
-    """The params MLflow would log for this launch, on the reproduced run."""
-    from mlflow.entities import Param
-
-    client, params = session.client, plan.logged_params
-    try:
-        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-        return
+        client.log_dict(run_id, dict(env_dict), f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}')
     except Exception as e:
-        error = e
-    why = server_failure(error)
-    if _ERROR_STATUS_RE.search(str(error)) and _is_http(client.tracking_uri):
-        body = {'run_id': run_id, 'params': [{'key': k, 'value': v} for k, v in params.items()]}
-        if (answer := last_attempt(client, 'runs/log-batch', body)) is None:
-            return  # the server took them this time
-        why = answer
-    close_run(client, run_id, 'FAILED', session.shared.left_open)
-    raise ReproduceError(
-        mask_credentials(f'cannot log the params of run {run_id} (marked FAILED): {why}')
+        warn(f'could not record the environment on run {run_id}: {_last_line(str(e))}')
+
+
+def parse_requirements(text: str) -> dict[str, str]:
+    """The pinned `name==version` lines of a requirements file, names
+    normalized; options, unpinned names and ranges pin nothing."""
+    pins = {}
+    for line in text.splitlines():
+        line = line.split('#', 1)[0].split(';', 1)[0].strip()
+        if match := _REQUIREMENT_PIN_RE.match(line):
+            pins[normalize_package(match['name'])] = match['version']
+    return pins
+
+
+def environment_from_model_files(files: Mapping[str, str]) -> dict[str, Any] | None:
+    """An environment-like dict from the files MLflow stores with a model
+    (file name -> text): its pinned packages and Python version."""
+    import yaml
+
+    packages = parse_requirements(files.get('requirements.txt', ''))
+    python = None
+    with contextlib.suppress(yaml.YAMLError, AttributeError, TypeError):
+        python_env = yaml.safe_load(files.get('python_env.yaml', '')) or {}
+        python = python_env.get('python')
+        pins = [d for d in python_env.get('dependencies') or () if isinstance(d, str)]
+        packages = {**parse_requirements('\n'.join(pins)), **packages}
+    with contextlib.suppress(yaml.YAMLError, AttributeError, TypeError):
+        for dep in (yaml.safe_load(files.get('conda.yaml', '')) or {}).get('dependencies') or ():
+            if isinstance(dep, dict):
+                packages = {**parse_requirements('\n'.join(dep.get('pip') or ())), **packages}
+            elif isinstance(dep, str) and (match := _CONDA_PYTHON_RE.match(dep)):
+                python = python or match['version']
+    if not packages and not python:
+        return None
+    found: dict[str, Any] = {'packages': dict(sorted(packages.items()))}
+    if python:
+        found['python'] = {'version': str(python)}
+    return found
+
+
+def environment_differences(
+    reference: Mapping[str, Any],
+    reproduced: Mapping[str, Any],
+    only_names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """What differs between two environments, field by field.  A field one
+    side does not know (a model's files say nothing of the OS) is not
+    compared; only_names limits packages to those a model's files name."""
+    found = []
+    for kind in ('python', 'platform'):
+        ref, new = reference.get(kind) or {}, reproduced.get(kind) or {}
+        found += [
+            _env_difference(kind, name, ref[name], new[name])
+            for name in sorted(set(ref) & set(new))
+            if ref[name] != new[name]
+        ]
+    for name in ('cpu_count', 'gpu'):
+        if name in reference and name in reproduced and reference[name] != reproduced[name]:
+            found.append(_env_difference('platform', name, reference[name], reproduced[name]))
+    ref_pkgs = {normalize_package(k): v for k, v in (reference.get('packages') or {}).items()}
+    new_pkgs = {normalize_package(k): v for k, v in (reproduced.get('packages') or {}).items()}
+    if 'packages' in reference and 'packages' in reproduced:
+        names = (
+            {normalize_package(n) for n in only_names}
+            if only_names is not None
+            else set(ref_pkgs) | set(new_pkgs)
+        )
+        found += [
+            _env_difference('package', name, ref_pkgs.get(name), new_pkgs.get(name))
+            for name in sorted(names)
+            if ref_pkgs.get(name) != new_pkgs.get(name)
+        ]
+    if 'env' in reference and 'env' in reproduced:
+        ref_env, new_env = reference['env'] or {}, reproduced['env'] or {}
+        found += [
+            _env_difference('env', name, ref_env.get(name), new_env.get(name))
+            for name in RESULT_VARIABLES  # no other name, whatever the file holds
+            if ref_env.get(name) != new_env.get(name)
+        ]
+    return found
+
+
+def _env_difference(kind: str, name: str, reference: Any, reproduced: Any) -> dict[str, Any]:
+    return {'kind': kind, 'name': name, 'reference': reference, 'reproduced': reproduced}
+
+
+def dataset_differences(
+    ref_inputs: Sequence[Any],
+    new_inputs: Sequence[Any],
+) -> list[dict[str, Any]]:
+    """MLflow dataset inputs (run.inputs.dataset_inputs) matched by dataset
+    name and context: a changed digest, source or schema, or a dataset that
+    only one run used."""
+    ref, new = _datasets_by_key(ref_inputs), _datasets_by_key(new_inputs)
+    found = []
+    for name, context in sorted(set(ref) | set(new), key=lambda k: (k[0], k[1] or '')):
+        a, b = ref.get((name, context)), new.get((name, context))
+        if a is None or b is None:
+            change = 'only_reproduced' if a is None else 'only_reference'
+            found.append(
+                {
+                    'name': name,
+                    'context': context,
+                    'change': change,
+                    'reference': a and a.digest,
+                    'reproduced': b and b.digest,
+                }
+            )
+            continue
+        found += [
+            {
+                'name': name,
+                'context': context,
+                'change': field,
+                'reference': getattr(a, field),
+                'reproduced': getattr(b, field),
+            }
+            for field in ('digest', 'source', 'schema')
+            if getattr(a, field) != getattr(b, field)
+        ]
+    return found
+
+
+def _datasets_by_key(inputs: Sequence[Any]) -> dict[tuple[str, str | None], Any]:
+    by_key = {}
+    for dataset_input in inputs or ():
+        tags = {t.key: t.value for t in dataset_input.tags or ()}
+        by_key[(dataset_input.dataset.name, tags.get(TAG_DATASET_CONTEXT))] = dataset_input.dataset
+    return by_key
+
+
+def code_notes(
+    tags: Mapping[str, str],
+    uri_overridden: bool,
+    version_overridden: str | None,
+    label: str = 'the reference run',
+) -> list[str]:
+    """What code trained a run (given its tags), where its commit does not say;
+    version_overridden: the option whose commit ran instead of the recorded one."""
+    notes = []
+    if tags.get(TAG_GIT_DIRTY, '').lower() == 'true':
+        commit = tags.get(TAG_GIT_COMMIT, '')
+        notes.append(
+            f'{label} was trained from uncommitted edits on top of commit '
+            f'{commit[:12]}; no commit holds that code'
+        )
+    if uri_overridden:
+        notes.append(f'--uri replaced the source that {label} recorded')
+    if version_overridden:
+        notes.append(f'{version_overridden} replaced the commit that {label} recorded')
+    return notes
+
+
+def commit_notes(reference: Mapping[str, str], other: Mapping[str, str]) -> list[str]:
+    """For two existing runs (their tags): did they run the same code?"""
+    commits = [tags.get(TAG_GIT_COMMIT) for tags in (reference, other)]
+    if commits[0] == commits[1]:
+        return []
+    shown = [c[:12] if c else 'no recorded commit' for c in commits]
+    return [f'the runs ran different commits: {shown[0]} -> {shown[1]}']
+
+
+def compare_model_metrics(
+    reference: Mapping[str, Mapping[str, Sequence[Point]]],
+    reproduced: Mapping[str, Mapping[str, Sequence[Point]]],
+    rules: Rules,
+) -> list[tuple[str, MetricVerdict]]:
+    """Model name -> metric histories, for each run: the metrics that differ,
+    judged like run metrics.  Only when both runs logged models."""
+    if not reference or not reproduced:
+        return []
+    found = []
+    for model in sorted(set(reference) | set(reproduced)):
+        verdict = judge(reference.get(model, {}), reproduced.get(model, {}), rules)
+        found += [(model, m) for m in verdict.metrics if not m.equal and not m.ignored]
+    return found
+
+
+def _logged_models(client: MlflowClient, run: Run) -> list[Any]:
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+    return sorted(models, key=lambda m: (m.creation_timestamp or 0, m.model_id))
+
+
+def model_metric_histories(client: MlflowClient, run: Run) -> dict[str, dict[str, list[Point]]]:
+    """The metrics MLflow keeps on the models a run logged, by model name.
+    Those the run itself logged are already in the metric table: only the
+    ones other runs logged on its models (a later evaluation) are kept."""
+    found: dict[str, dict[str, list[Point]]] = {}
+    for model in _logged_models(client, run):
+        for metric in model.metrics or ():
+            if metric.run_id == run.info.run_id:
+                continue
+            key = f'{metric.key} ({metric.dataset_name})' if metric.dataset_name else metric.key
+            found.setdefault(model.name, {}).setdefault(key, []).append((metric.step, metric.value))
+    return found
+
+
+def _read_environment_artifact(client: MlflowClient, run: Run) -> dict[str, Any] | None:
+    names = {f.path for f in client.list_artifacts(run.info.run_id, ARTIFACT_DIR)}
+    path = f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}'
+    if path not in names:
+        return None
+    with tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as folder:
+        local = client.download_artifacts(run.info.run_id, path, folder)
+        with open(local) as f:
+            return json.load(f)
+
+
+def _read_model_environment(client: MlflowClient, run: Run) -> dict[str, Any] | None:
+    """The pins of every model the run logged; the first model wins a conflict."""
+    import mlflow.artifacts
+
+    merged: dict[str, Any] | None = None
+    for model in _logged_models(client, run):
+        stored = {f.path for f in client.list_logged_model_artifacts(model.model_id)}
+        files = {}
+        with tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as folder:
+            for name in MODEL_ENVIRONMENT_FILES:
+                if name in stored:
+                    path = mlflow.artifacts.download_artifacts(
+                        artifact_uri=f'{model.artifact_location.rstrip("/")}/{name}',
+                        dst_path=folder,
+                    )
+                    with open(path) as f:
+                        files[name] = f.read()
+        found = environment_from_model_files(files)
+        if found and merged is None:
+            merged = found
+        elif found and merged is not None:
+            merged = {**found, **merged, 'packages': {**found['packages'], **merged['packages']}}
+    return merged
+
+
+def run_environment(client: MlflowClient, run: Run) -> tuple[dict[str, Any] | None, str]:
+    """A run's environment from the best source it has, and which: its own
+    reproduce/environment.json, else the files of a model it logged."""
+    label = f'run {run.info.run_id}'
+    for source, read in (
+        ('reproduction', _read_environment_artifact),
+        ('logged_model', _read_model_environment),
+    ):
+        try:
+            found = read(client, run)
+        except Exception as e:  # unreadable: say so, and try the next source
+            warn(f'cannot read the environment of {label} ({source}): {_last_line(str(e))}')
+            continue
+        if found is not None:
+            return found, source
+    return None, 'unknown'
+
+
+def _package_names(environment: Mapping[str, Any] | None, source: str) -> set[str] | None:
+    """The packages a model's files name: only these are known on that side."""
+    if environment is None or source != 'logged_model':
+        return None
+    return {normalize_package(n) for n in environment.get('packages') or {}}
+
+
+def _compared_names(
+    reference: tuple[dict[str, Any] | None, str],
+    other: tuple[dict[str, Any] | None, str],
+) -> list[str] | None:
+    named = [n for n in (_package_names(*reference), _package_names(*other)) if n is not None]
+    if not named:
+        return None
+    return sorted(set.intersection(*named))
+
+
+def differences_between(
+    client: MlflowClient,
+    reference: Run,
+    other: Run,
+    rules: Rules,
+    other_environment: tuple[dict[str, Any] | None, str] | None = None,
+    uri_overridden: bool = False,
+    version_overridden: str | None = None,
+    compared_runs: bool = False,
+) -> Differences:
+    """Everything besides metrics that differs between two runs.
+    other_environment: (dict, source) already in hand, such as the one just
+    captured for a reproduction; else the other run's best source is read.
+    compared_runs: two existing runs (--compare-to), not a reproduction."""
+    ref_env = run_environment(client, reference)
+    new_env = other_environment or run_environment(client, other)
+    environment, unknown = [], None
+    if ref_env[0] is None:
+        unknown = (
+            "the reference run's environment is unknown (no "
+            f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}, no logged model)'
+        )
+    elif new_env[0] is None:
+        label = 'compared' if compared_runs else 'reproduced'
+        unknown = f"the {label} run's environment is unknown"
+    else:
+        environment = environment_differences(
+            ref_env[0], new_env[0], _compared_names(ref_env, new_env)
+        )
+    code = code_notes(reference.data.tags, uri_overridden, version_overridden)
+    if compared_runs:
+        code += code_notes(other.data.tags, False, None, 'the compared run') + commit_notes(
+            reference.data.tags, other.data.tags
+        )
+    return Differences(
+        environment=tuple(environment),
+        datasets=tuple(dataset_differences(_dataset_inputs(reference), _dataset_inputs(other))),
+        code=tuple(code),
+        models=tuple(_model_differences(client, reference, other, rules)),
+        environment_source=ref_env[1],
+        environment_unknown=unknown,
     )
 
 
-class ProjectOutput:
-    """A pipe for the project's stdout and stderr.  A thread reads it line by
-    line: each line is masked and copied to standard error (when `echo`, with
-    an optional prefix) and to a log file, and the last lines are kept for the
-    report, bounded in count and length, with carriage-return rewrites
-    (progress bars) collapsed to what a terminal would show."""
+def _dataset_inputs(run: Run) -> Sequence[Any]:
+    return run.inputs.dataset_inputs if run.inputs else ()
 
-    def __init__(self, log_path: str, echo: bool, prefix: str = '') -> None:
-        self._tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
-        self._tail_lock = threading.Lock()  # a leftover writer may still be adding lines
-        self.log_path = log_path
-        self._echo, self._prefix = echo, prefix
-        self._log: TextIO | None = None
-        self._lines = 0  # read from the pipe so far
-        self.lost: str | None = None  # what the log file misses, and why
-        read_fd, self.write_fd = os.pipe()
-        self._thread = threading.Thread(target=self._copy, args=(read_fd,), daemon=True)
-        self._thread.start()
 
-    def _copy(self, read_fd: int) -> None:
-        pending = b''
-        with os.fdopen(read_fd, 'rb', buffering=0) as pipe:
-            try:  # line-buffered: a failing write loses whole lines, and we know which
-                self._log = open(self.log_path, 'w', encoding='utf-8', buffering=1)  # noqa: SIM115
-            except OSError as e:
-                self._log_failed(e, 1)
-            while chunk := pipe.read(65536):  # the project's pipe is drained to its end
-                *lines, pending = (pending + chunk).split(b'\n')
-                for line in lines:
-                    self._line(line)
-                if len(pending) > 65536:  # no newline for long: keep the screen's last state
-                    pending = pending[pending.rfind(b'\r') + 1 :][-65536:]
-            if pending:
-                self._line(pending)
-            if self._log is not None:
-                with contextlib.suppress(OSError):  # line-buffered: nothing is pending
-                    self._log.close()
-        if self.lost:
-            self.lost += f' ({self._lines} lines in all)'
-
-    def _log_failed(self, e: OSError, line: int) -> None:
-        """The tool's own log file takes no more: say from which line on the
-        output is missing from it, and why; the copying goes on without it."""
-        why = e.strerror or str(e)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            why = f'no space left on device in TMPDIR={tempfile.gettempdir()}'
-        self.lost = (
-            f"the project's output from line {line} on is missing from its {OUTPUT_ARTIFACT}: {why}"
+def _model_differences(
+    client: MlflowClient,
+    reference: Run,
+    other: Run,
+    rules: Rules,
+) -> list[tuple[str, MetricVerdict]]:
+    try:
+        return compare_model_metrics(
+            model_metric_histories(client, reference), model_metric_histories(client, other), rules
         )
-        if self._log is not None:
-            with contextlib.suppress(OSError):
-                self._log.close()
-        self._log = None
-
-    def _line(self, raw: bytes) -> None:
-        self._lines += 1
-        text = mask_credentials(raw.decode(errors='replace'))
-        shown = text.rstrip('\r').rsplit('\r', 1)[-1].rstrip()  # what a terminal shows
-        if self._log is not None:
-            try:
-                self._log.write(shown + '\n')
-            except OSError as e:
-                self._log_failed(e, self._lines)
-        if len(shown) > OUTPUT_LINE_CHARS:
-            shown = shown[: OUTPUT_LINE_CHARS - 1] + '…'
-        with self._tail_lock:
-            self._tail.append(shown)
-        if self._echo:
-            sys.stderr.write(f'{self._prefix}{text}\n')
-            sys.stderr.flush()
-
-    @property
-    def tail(self) -> tuple[str, ...]:
-        """The last lines, as they are now."""
-        with self._tail_lock:
-            return tuple(self._tail)
-
-    def close_writer(self) -> None:
-        """Our copy of the write end: once closed, the pipe ends with the project."""
-        if self.write_fd >= 0:
-            os.close(self.write_fd)
-            self.write_fd = -1
-
-    def close(self) -> None:
-        self.close_writer()
-        self._thread.join(timeout=5)  # every writer is gone by now; don't hang on one
+    except Exception as e:  # informative only: the verdict stands without it
+        warn(f'cannot compare the metrics of the logged models: {_last_line(str(e))}')
+        return []
 
 
-@contextlib.contextmanager
-def _environ(changes: Mapping[str, str | None]) -> Iterator[None]:
-    """The settings of the tool's own MLflow calls, which MLflow reads from
-    os.environ.  Process-wide: only while no reproduction runs (a child
-    process gets its environment as an argument, never from here)."""
-    saved = {k: os.environ.get(k) for k in changes}
+def differences_json(differences: Differences | None) -> dict[str, Any]:
+    d = Differences() if differences is None else differences
+    return {
+        'environment': list(d.environment),
+        'datasets': list(d.datasets),
+        'code': list(d.code),
+        'models': [{'model': name, **_metric_json(m)} for name, m in d.models],
+        'environment_source': d.environment_source,
+        'environment_compared': d.environment_unknown is None,
+    }
 
-    def apply(values: Mapping[str, str | None]) -> None:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
-    apply(changes)
+def _shown(value: Any, missing: str) -> str:
+    if value is None:
+        return missing
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+_SOURCE_LABELS = {
+    'reproduction': f'its {ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}',
+    'logged_model': "its logged model's files, which name only some packages",
+}
+
+
+# How a line of a report shows a value from the tracking store: `shown` in
+# text, `markdown_escaped` in Markdown (the document's renderer chooses).
+Escape = Callable[[str], str]
+
+
+def _quoted(text: str, escaped: Escape) -> str:
+    """A name between backticks (a code span in Markdown) when it shows as
+    itself; else escaped, with no span to hold what a value could make of it."""
+    name = escaped(text)
+    return f'`{name}`' if name == text else name
+
+
+def _environment_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
+    kind, name = item['kind'], escaped(item['name'])
+    missing = {'package': 'not installed', 'env': 'unset'}.get(kind, 'unknown')
+    ref, new = (escaped(_shown(item[k], missing)) for k in ('reference', 'reproduced'))
+    if kind == 'package':
+        return f'package {name}: {ref} -> {new}'
+    if kind == 'env':
+        return f'{name}: {ref} -> {new}'
+    label = 'Python' if kind == 'python' else 'platform'
+    return f'{label} {name}: {ref} -> {new}'
+
+
+def _dataset_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
+    context = f' ({escaped(item["context"])})' if item['context'] else ''
+    where = f'dataset {_quoted(item["name"], escaped)}{context}'
+    change = item['change']
+    ref, new = (escaped(_shown(item[k], '-')) for k in ('reference', 'reproduced'))
+    if change == 'digest':
+        return f'{where} changed at its source (digest {ref} -> {new})'
+    if change == 'source':
+        return f'{where} comes from another source: {ref} -> {new}'
+    if change == 'schema':
+        return f'{where} changed its schema'
+    side = 'reference' if change == 'only_reference' else 'reproduced'
+    return f'{where} is an input of the {side} run only'
+
+
+def _model_line(model: str, m: MetricVerdict, escaped: Escape = shown) -> str:
+    ref, new = (_shown(v, '-') if v is None else f'{v:g}' for v in (m.reference, m.reproduced))
+    step = (
+        f', from step {m.first_divergent_step}'
+        if m.points > 1 and m.first_divergent_step is not None
+        else ''
+    )
+    return f'model {_quoted(model, escaped)} metric {escaped(m.key)}: {ref} -> {new}{step}'
+
+
+def environment_same_lines(differences: Differences | None) -> list[str]:
+    """What the Markdown report says of an environment compared without a
+    difference, which the section below leaves out."""
+    if differences is None or differences.environment_unknown or differences.environment:
+        return []
+    label = _SOURCE_LABELS.get(differences.environment_source, '')
+    return [f"- environment: no difference from the reference run's (from {label})"]
+
+
+def _note_shown(note: str, escaped: Escape) -> str:
+    """A code note, which quotes commits from the store: escaped, its arrows kept."""
+    return ' -> '.join(map(escaped, note.split(' -> ')))
+
+
+def differences_lines(differences: Differences | None, escaped: Escape = shown) -> list[str]:
+    """The "Other differences" section, the same in text and Markdown (with
+    values from the store escaped by `escaped`); empty when there is nothing to say."""
+    if differences is None or not differences.differ():
+        return []
+    lines = ['Other differences:']
+    if differences.environment_unknown:
+        lines.append(f'- environment: not compared, {escaped(differences.environment_unknown)}')
+    elif differences.environment:
+        label = _SOURCE_LABELS.get(differences.environment_source, '')
+        lines.append(f"- environment (the reference run's from {label}):")
+        lines += [f'  - {_environment_line(item, escaped)}' for item in differences.environment]
+    for title, items in (
+        ('data', [_dataset_line(i, escaped) for i in differences.datasets]),
+        ('code', [_note_shown(note, escaped) for note in differences.code]),
+        ('models', [_model_line(*m, escaped) for m in differences.models]),
+    ):
+        if items:
+            lines.append(f'- {title}:')
+            lines += [f'  - {item}' for item in items]
+    return lines
+
+
+# ---------------------------------------------------------------------------
+# Model registrations: by default the project registers its models into a
+# scratch registry in our temporary folder, so that a reproduction adds no
+# version to the shared registry (nor fires its webhooks and deployments).
+
+
+REGISTRY_URI_ENV = 'MLFLOW_REGISTRY_URI'
+SCRATCH_REGISTRY_FILE = 'registry.db'
+TAG_MODEL_VERSIONS = 'mlflow.modelVersions'  # on a logged model: versions made from it
+
+
+def scratch_registry(tmp_dir: str) -> str:
+    """The URI of a registry that lives and dies with tmp_dir.  MLflow creates
+    the file only when the project registers something."""
+    return 'sqlite:///' + os.path.join(os.path.abspath(tmp_dir), SCRATCH_REGISTRY_FILE)
+
+
+def project_registry_environ(
+    tmp_dir: str,
+    keep: bool,
+    environ: Mapping[str, str],
+) -> dict[str, str | None]:
+    """The registry the project's processes see: the scratch one, whatever the
+    user's environment names; with --keep-registrations the user's own, made
+    absolute like the tracking URI, since the project runs in another folder."""
+    if keep:
+        return {REGISTRY_URI_ENV: absolute_tracking_uri(environ.get(REGISTRY_URI_ENV))}
+    return {REGISTRY_URI_ENV: scratch_registry(tmp_dir)}
+
+
+def _model_id(source: str | None) -> str | None:
+    """'models:/m-abc' -> 'm-abc': the logged model a version was made from."""
+    if source and source.startswith('models:/m-') and '/' not in source[len('models:/') :]:
+        return source[len('models:/') :]
+    return None
+
+
+def discarded_registrations(scratch_uri: str) -> list[Registration]:
+    """The versions the project registered in the scratch registry.  Reads
+    nothing when it registered none (opening a new store would create it)."""
+    if not os.path.exists(scratch_uri[len('sqlite:///') :]):
+        return []
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(registry_uri=scratch_uri).search_model_versions()
+    return sorted(
+        (
+            Registration(
+                v.name, str(v.version), v.run_id, discarded=True, model_id=_model_id(v.source)
+            )
+            for v in versions
+        ),
+        key=lambda r: (r.name, int(r.version)),
+    )
+
+
+def shared_registrations(client: MlflowClient, run_id: str) -> list[Registration]:
+    """The versions of the reproduced run in the shared registry: those kept by
+    --keep-registrations, or made by a project that names its registry itself
+    (mlflow.set_registry_uri), which no environment variable can redirect."""
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    return sorted(
+        (Registration(v.name, str(v.version), v.run_id, discarded=False) for v in versions),
+        key=lambda r: (r.name, int(r.version)),
+    )
+
+
+def untag_discarded(client: MlflowClient, discarded: Sequence[Registration]) -> None:
+    """MLflow lists the versions made from a logged model in its tag
+    mlflow.modelVersions, in the tracking store: drop the discarded ones, so
+    that the UI does not link to versions that do not exist (or are others)."""
+    gone = {(r.model_id, r.name, r.version) for r in discarded}
+    for model_id in sorted({r.model_id for r in discarded if r.model_id}):
+        listed = json.loads(client.get_logged_model(model_id).tags.get(TAG_MODEL_VERSIONS, '[]'))
+        left = [v for v in listed if (model_id, v.get('name'), str(v.get('version'))) not in gone]
+        if left:
+            client.set_logged_model_tags(model_id, {TAG_MODEL_VERSIONS: json.dumps(left)})
+        else:
+            client.delete_logged_model_tag(model_id, TAG_MODEL_VERSIONS)
+
+
+def registrations_of(
+    client: MlflowClient,
+    run_id: str,
+    scratch_uri: str,
+    keep: bool,
+) -> Registrations:
+    """What the reproduced run registered, read before the scratch registry
+    is removed with the temporary folder."""
+    found: list[Registration] = []
     try:
-        yield
-    finally:
-        apply(saved)
+        if not keep:
+            found += discarded_registrations(scratch_uri)
+            untag_discarded(client, found)
+    except Exception as e:  # the verdict stands without this list
+        warn(f'could not read the scratch model registry: {_last_line(str(e))}')
+    try:
+        shared = shared_registrations(client, run_id)
+    except Exception as e:  # a registry that cannot search by run, for one
+        warn(f'could not search the model registry for run {run_id}: {_last_line(str(e))}')
+        shared = []
+    if shared and not keep:
+        warn(
+            f'run {run_id} registered {_versions_listed(shared)} in the shared model '
+            f'registry although the project was given a scratch one (its code names '
+            f'its registry itself)'
+        )
+    return Registrations(kept=keep, versions=tuple(found + shared))
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[TextIO]:
-    """Standard output carries the report only: while the tool works, whatever
-    MLflow or a library prints there goes to standard error instead.  Yields
-    the real standard output, for the report."""
-    report_stream = sys.stdout
-    with contextlib.suppress(AttributeError, OSError):  # closed, or None (`>&-`)
-        sys.stdout.flush()
-    try:
-        saved: int | None = os.dup(1)
-    except OSError:  # file descriptor 1 is closed: nothing to restore
-        saved = None
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    try:
-        yield report_stream
-    finally:
-        sys.stderr.flush()
-        sys.stdout = report_stream
-        if saved is not None:
-            os.dup2(saved, 1)
-            os.close(saved)
+def _versions_listed(versions: Sequence[Registration], escaped: Escape = shown) -> str:
+    return ', '.join(f'{escaped(r.name)} v{escaped(str(r.version))}' for r in versions)
+
+
+def registration_lines(registrations: Registrations, escaped: Escape = shown) -> list[str]:
+    """For the reports: nothing when the run registered nothing."""
+    lines = []
+    if registrations.discarded:
+        lines.append(
+            f'Model registrations discarded: {_versions_listed(registrations.discarded, escaped)}'
+            f' (--keep-registrations keeps them)'
+        )
+    if registrations.shared:
+        what = 'kept' if registrations.kept else 'made in the shared registry'
+        listed = _versions_listed(registrations.shared, escaped)
+        lines.append(f'Model registrations {what}: {listed}')
+    return lines
 
 
 # ---------------------------------------------------------------------------
 # Stopping: a signal sets one flag.  Every reproduction checks it where it
 # waits, ends its project's processes and closes its run.
-
-
-class Stopped(Exception):
-    """Raised inside a reproduction once SIGINT or SIGTERM has arrived."""
-
-    def __init__(self, status: str) -> None:
-        super().__init__(status)
-        self.status = status  # 'interrupted' or 'terminated'
-
-
-class Stop:
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signum: int | None = None
-
-    def __call__(self, signum: int, frame: object) -> None:  # the signal handler
-        if self.signum is None:
-            self.signum = signum
-            # os.write: print() may not be re-entered from a signal handler.
-            os.write(
-                2,
-                f'{program_name()}: {self.status}: stopping the projects and closing '
-                f'their runs\n'.encode(),
-            )
-        self.event.set()
-
-    @property
-    def status(self) -> str:
-        return 'terminated' if self.signum == signal.SIGTERM else 'interrupted'
-
-    def check(self) -> None:
-        if self.event.is_set():
-            raise Stopped(self.status)
 
 
 @contextlib.contextmanager
@@ -2543,15 +3506,6 @@ def _close_timeout() -> float:
         return CLOSE_RETRY_SECONDS
 
 
-class LeftOpen(NamedTuple):
-    """A run that could not be closed, for the last line of standard error."""
-
-    run_id: str
-    status: str  # the status it should have been given
-    tracking_uri: str
-    why: str  # what the tracking server did
-
-
 def close_run(client: MlflowClient, run_id: str, status: str, left_open: list[LeftOpen]) -> bool:
     """Mark the run ended, retrying for a bounded time while the tracking
     server does not answer; if it never does, remember the run for the last
@@ -2571,21 +3525,6 @@ def close_run(client: MlflowClient, run_id: str, status: str, left_open: list[Le
         delay = min(delay * 2, 10.0)
 
 
-def listing(items: Sequence[str]) -> str:
-    """'A', 'A and B', 'A, B and C'."""
-    return ' and '.join(filter(None, (', '.join(items[:-1]), items[-1]))) if items else ''
-
-
-def plural(n: int, one: str, many: str | None = None) -> str:
-    """The word for n things: `one` for one, else `many` (one + 's' by default)."""
-    return one if n == 1 else many or one + 's'
-
-
-def counted(n: int, one: str, many: str | None = None) -> str:
-    """'1 run', '3 runs'."""
-    return f'{n} {plural(n, one, many)}'
-
-
 def left_running_line(left_open: Sequence[LeftOpen]) -> str:
     """The last line of standard error when runs could not be closed: which
     ones, why, and the exact command that closes them."""
@@ -2600,6 +3539,522 @@ def left_running_line(left_open: Sequence[LeftOpen]) -> str:
         f'{_close_timeout():.0f} s); close {them} with: MLFLOW_TRACKING_URI={uri} '
         f'python -c "import mlflow; c = mlflow.MlflowClient(); {closes}"'
     )
+
+
+# ---------------------------------------------------------------------------
+# Crash recovery: a tool killed with SIGKILL, by the OOM killer or a reboot
+# cleans nothing up; the next invocation on its host ends its processes, closes
+# its runs and removes its folder.
+
+
+def tool_alive(pid: int, start: str) -> bool:
+    """Whether the tool of this PID and start time still runs.  Without /proc
+    this cannot be known, and it counts as alive: nothing of it is touched."""
+    if not os.path.isdir('/proc'):
+        return True
+    found = process_identity(pid)
+    return found is not None and found[0] not in ('Z', 'X') and found[1] == start
+
+
+# tool_owner(): host:pid:start:boot:pidns.  The previous version wrote host:pid:start,
+# which this does not match: such an owner does not say its PID namespace, so its tool
+# may run in another container of this host, and it counts as alive (tool_gone); its
+# runs are closed only by --reap-after.
+_OWNER_RE = re.compile(r'(?P<host>.+):(?P<pid>\d+):(?P<start>\d+):(?P<namespace>[\w-]+:\d+)')
+_PROCESS_MARKER_RE = re.compile(r'(?P<base>(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8})(\.\d+)?')
+# tool_tmp_prefix(); a folder of the previous version (reproduce_run-<pid>-<start>-<random>)
+# does not say its PID namespace either, and is left alone.
+_TMP_OWNER_RE = re.compile(
+    re.escape(TMP_PREFIX) + r'(?P<pid>\d+)-(?P<start>\d+)-(?P<pidns>\d+)-(?P<boot>[0-9a-f]{8})-'
+)
+
+
+def close_leftovers(session: Session, run_ids: Sequence[str] = ()) -> tuple[dict[str, str], ...]:
+    """Before an invocation creates runs: what tools of this host, boot and
+    PID namespace left when they died without cleaning up (SIGKILL, the OOM
+    killer).  Their project processes are ended and their temporary folders
+    removed (those under this tool's TMPDIR), their runs still RUNNING closed
+    as KILLED once no process of their project runs (with --reap-after, also
+    any reproduction RUNNING longer than that, whatever its host).  `run_ids`:
+    the references, whose experiments are searched too.  One line on
+    standard error for each; never raises."""
+    if session.options.dry_run:
+        return ()
+    marked = dead_tools_processes()
+    processes = end_dead_tools_processes(marked)
+    folders = remove_dead_tools_folders()
+    crashed = {item['owner'] for item in (*processes, *folders)}
+    running = collections.Counter(owner for _, owner, shared in marked if not shared)
+    found = [*processes, *close_leftover_runs(session, run_ids, crashed, running), *folders]
+    if not session.options.quiet:
+        for item in found:
+            print(f'reproduce_run: {shown(item["message"])}', file=sys.stderr, flush=True)
+    return tuple(found)
+
+
+def _leftover(kind: str, name: str, owner: str, message: str) -> dict[str, str]:
+    return {'kind': kind, 'name': name, 'owner': owner, 'message': mask_credentials(message)}
+
+
+def dead_tools_processes() -> list[tuple[str, str, bool]]:
+    """(marker base, owner, whether its TMPDIR lies in a reproduce_run-… folder of this
+    tool's TMPDIR) of each process of this PID namespace whose
+    REPRODUCE_RUN_PROCESS_TAG names a tool that is gone.  A process of
+    another namespace is never one: its tool's PID means nothing here."""
+    mine = pid_namespace()
+    if not os.path.isdir('/proc') or mine is None:
+        return []
+    ours = os.path.join(tempfile.gettempdir(), TMP_PREFIX).encode()
+    found = []
+    for pid, state, _, environ in _process_table():
+        variables = dict(v.partition(b'=')[::2] for v in environ.split(b'\0'))
+        match = _PROCESS_MARKER_RE.fullmatch(
+            variables.get(PROCESS_MARKER.encode(), b'').decode('ascii', 'replace')
+        )
+        if (
+            match
+            and state not in ('Z', 'X')
+            and pid_namespace(pid) == mine
+            and not tool_alive(int(match['pid']), match['start'])
+        ):
+            owner = tool_owner(f'{match["pid"]}:{match["start"]}')
+            found.append((match['base'], owner, variables.get(b'TMPDIR', b'').startswith(ours)))
+    return found
+
+
+def end_dead_tools_processes(marked: Sequence[tuple[str, str, bool]]) -> list[dict[str, str]]:
+    """The processes of dead tools that shared this one's temporary folder,
+    ended as a signal to that tool would have ended them."""
+    found = []
+    for base, owner in sorted({(base, owner) for base, owner, shared in marked if shared}):
+        count = end_processes(None, base) + end_processes(None, base + '.')
+        if count:
+            message = (
+                f'ended {counted(count, "process", "processes")} of the dead reproducing '
+                f'tool {owner} ({PROCESS_MARKER}={base})'
+            )
+            found.append(_leftover('processes', base, owner, message))
+    return found
+
+
+def _leftover_filters(options: Options, host: str, now: float) -> list[str]:
+    """The searches for leftover runs: this host's reproductions still
+    RUNNING, and with --reap-after any that started before its window."""
+    running = "attributes.status = 'RUNNING'"
+    host_like = host.replace('\\', '\\\\').replace("'", "\\'")
+    filters = [f"tags.`{TAG_OWNER}` LIKE '{host_like}:%' AND {running}"]
+    if options.reap_after is not None:
+        cutoff = int((now - options.reap_after) * 1000)
+        filters.append(
+            f"tags.`{TAG_OWNER}` LIKE '%' AND {running} AND attributes.start_time < {cutoff}"
+        )
+    return filters
+
+
+def _tool_here(owner: str) -> re.Match[str] | None:
+    """The owner's parts when it names a tool of this host, boot and PID
+    namespace (the previous version's form, host:pid:start, never does)."""
+    match = _OWNER_RE.fullmatch(owner)
+    here = (
+        match
+        and match['host'] == socket.gethostname()
+        and match['namespace'] == tool_namespace()
+        and 'unknown' not in match['namespace']
+    )
+    return match if here else None
+
+
+def tool_gone(owner: str) -> bool:
+    """Whether the owner names a tool of this host, boot and PID namespace
+    that no longer runs.  Any other tool counts as alive."""
+    match = _tool_here(owner)
+    return bool(match and not tool_alive(int(match['pid']), match['start']))
+
+
+def tool_seen_running(owner: str) -> bool:
+    """Whether the owner names a tool of this host, boot and PID namespace
+    that still runs."""
+    match = _tool_here(owner)
+    return bool(match and tool_alive(int(match['pid']), match['start']))
+
+
+def leftover_reason(
+    run: Run,
+    options: Options,
+    now: float,
+    crashed: Container[str] = (),
+    running: Container[str] = (),
+) -> str | None:
+    """Why a RUNNING reproduction is a leftover to close, or None.  `crashed`:
+    the owners whose processes or folder this invocation found; `running`:
+    those whose project still runs (outside this tool's TMPDIR)."""
+    owner = run.data.tags.get(TAG_OWNER, '')
+    if owner not in running and tool_gone(owner):
+        return TOOL_DIED if owner in crashed else TOOL_GONE
+    if options.reap_after is not None and run.info.start_time < (now - options.reap_after) * 1000:
+        why = 'still runs here' if tool_seen_running(owner) else 'is presumed dead'
+        limit = f'RUNNING longer than --reap-after ({options.reap_after:g} s)'
+        return f'{limit}: its reproducing tool {why}'
+    return None
+
+
+def leftover_experiment_ids(session: Session, run_ids: Sequence[str]) -> list[str]:
+    """The experiments a search for leftover runs looks at: the newest
+    LEFTOVER_EXPERIMENT_LIMIT active ones, and when there are more, the
+    invocation's destinations first (--experiment-name or Default, and the
+    experiment of a single run's or a bisection's reference, a script run's)."""
+    client = session.client
+    page = client.search_experiments(
+        max_results=LEFTOVER_EXPERIMENT_LIMIT, order_by=['creation_time DESC']
+    )
+    ids = [e.experiment_id for e in page]
+    if page.token:  # more than the limit: the destinations must be among those searched
+        named = client.get_experiment_by_name(session.options.experiment_name or 'Default')
+        own = [named.experiment_id] if named else []
+        for run_id in run_ids:
+            with contextlib.suppress(Exception):  # the reproduction says what is wrong with it
+                own.append(client.get_run(run_id).info.experiment_id)
+        ids = [*own, *ids]
+    return list(dict.fromkeys(ids))[:LEFTOVER_EXPERIMENT_LIMIT]
+
+
+def find_leftover_runs(session: Session, run_ids: Sequence[str], now: float) -> dict[str, Run]:
+    """The RUNNING reproductions of this host (any, with --reap-after, older
+    than that): one search of each experiment looked at, per filter."""
+    client = session.client
+    runs = {}
+    with _environ({'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0'}):  # tried once
+        experiment_ids = leftover_experiment_ids(session, run_ids)
+        for search in _leftover_filters(session.options, socket.gethostname(), now):
+            for run in client.search_runs(
+                experiment_ids, search, max_results=LEFTOVER_SEARCH_LIMIT
+            ):
+                runs[run.info.run_id] = run
+    return runs
+
+
+def close_leftover_runs(
+    session: Session,
+    run_ids: Sequence[str] = (),
+    crashed: Container[str] = (),
+    running: Mapping[str, int] | None = None,
+) -> list[dict[str, str]]:
+    """The runs left RUNNING by dead tools, closed as KILLED; a run of a dead
+    tool whose project still runs (`running`: owner -> processes) is left, and
+    one line says so."""
+    running = running or {}
+    now = time.time()
+    try:
+        runs = find_leftover_runs(session, run_ids, now)
+    except Exception as e:  # not fatal: the runs wait for the next invocation
+        why = server_failure(e)
+        if not why.startswith('the tracking server does not answer'):  # else the next error says
+            warn(f'could not look for runs left RUNNING by a dead tool: {why}')
+        return []
+    found: list[dict[str, str]] = []
+    for run_id, run in runs.items():
+        reason = leftover_reason(run, session.options, now, crashed, running)
+        owner = run.data.tags.get(TAG_OWNER, '')
+        if reason is None and owner in running:
+            count = running[owner]
+            processes = (
+                '1 process of its project still runs'
+                if count == 1
+                else (f'{count} processes of its project still run')
+            )
+            warn(
+                f'run {run_id} of the dead reproducing tool {owner} is left RUNNING: '
+                f"{processes}, with a TMPDIR outside this tool's; it is closed once they end"
+            )
+        elif reason is not None and close_leftover_run(session.client, run, reason):
+            message = f'closed run {run_id} of {owner} as KILLED: {reason}'
+            found.append(_leftover('run', run_id, owner, message))
+    return found
+
+
+def close_leftover_run(client: MlflowClient, run: Run, reason: str) -> bool:
+    """KILLED, with reproduce.status killed and the reason in its description."""
+    from mlflow.entities import RunTag
+
+    note = run.data.tags.get(TAG_NOTE)
+    try:
+        client.log_batch(
+            run.info.run_id,
+            tags=[
+                RunTag(TAG_STATUS, 'killed'),
+                RunTag(TAG_NOTE, fit_tag(f'{note}\n\n{reason}' if note else reason)),
+            ],
+        )
+        client.set_terminated(run.info.run_id, 'KILLED')
+    except Exception as e:
+        warn(f'could not close run {run.info.run_id} left RUNNING: {_last_line(str(e))}')
+        return False
+    return True
+
+
+def remove_dead_tools_folders() -> list[dict[str, str]]:
+    """The temporary folders of this user's tools of this boot and PID
+    namespace that are gone."""
+    found = []
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return []
+    boot, pidns = tool_namespace().split(':')
+    for entry in entries:
+        match = _TMP_OWNER_RE.match(entry.name)
+        try:
+            if (
+                not match
+                or (match['pidns'], match['boot']) != (pidns, boot[:8])
+                or not entry.is_dir(follow_symlinks=False)
+                or entry.stat(follow_symlinks=False).st_uid != os.getuid()
+                or tool_alive(int(match['pid']), match['start'])
+            ):
+                continue
+        except OSError:  # gone meanwhile
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        if not os.path.lexists(entry.path):
+            owner = tool_owner(f'{match["pid"]}:{match["start"]}')
+            message = (
+                f'removed the temporary folder {entry.path} of the dead reproducing tool {owner}'
+            )
+            found.append(_leftover('folder', entry.path, owner, message))
+    return found
+
+
+# ---------------------------------------------------------------------------
+# Run creation: the reproduced run, made before the project starts, with
+# its tags and params.
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's ID, created if missing; race-safe, for two
+    reproductions that start at once into a new experiment."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException:
+            # Another process created it since we looked: use that one.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == 'deleted':
+        raise ReproduceError(
+            f'experiment {name!r} is deleted; restore it or choose another with --experiment-name',
+        )
+    return experiment.experiment_id
+
+
+def reproduced_run_tags(plan: Plan) -> dict[str, str]:
+    """What a reproduced run carries: the original source and commit (never
+    our temporary checkout), with credentials masked."""
+    tags = {
+        TAG_SOURCE_NAME: mask_credentials(plan.source.uri),
+        TAG_SOURCE_TYPE: 'PROJECT',
+        TAG_GIT_COMMIT: plan.source.version,
+        TAG_GIT_REPO_URL: mask_credentials(plan.source.repo),
+        TAG_ENTRY_POINT: plan.entry_point,
+        TAG_PROJECT_ENV: plan.env_manager,
+        TAG_BACKEND: plan.backend.name,
+        TAG_USER: _user(),
+        TAG_REFERENCE_RUN_ID: plan.reference.info.run_id,
+        TAG_OWNER: tool_owner(),
+    }
+    if plan.script is not None:  # recorded as the script recorded it, with what it got
+        del tags[TAG_ENTRY_POINT]
+        tags[TAG_SOURCE_NAME] = plan.script.recorded
+        tags[TAG_SOURCE_TYPE] = 'LOCAL'
+        tags[TAG_ARGV] = json.dumps(list(plan.script.argv))
+    return {k: fit_tag(v) for k, v in tags.items()}
+
+
+def reproduced_run_name(plan: Plan) -> str:
+    return fit_tag(RUN_NAME_PREFIX + (plan.reference.info.run_name or plan.reference.info.run_id))
+
+
+def fixup_backend_run(
+    client: MlflowClient, run_id: str, plan: Plan, parent_run_id: str | None = None
+) -> None:
+    """Make a run that a non-local backend created look like a local
+    reproduction.  MLflow hands a pre-created run to the local backend only;
+    the others create their own, named at random and pointing at our
+    temporary checkout.  MLflow's mlflow.project.backend tag stays."""
+    from mlflow.entities import RunTag
+    from mlflow.exceptions import MlflowException
+
+    tags = reproduced_run_tags(plan)
+    if parent_run_id:
+        tags[TAG_PARENT_RUN_ID] = parent_run_id
+    try:
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        client.update_run(run_id, name=reproduced_run_name(plan))
+    except MlflowException as e:
+        raise _mlflow_error(f'cannot record the source and name of run {run_id}', e) from None
+
+
+def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | None) -> Run:
+    """The run that the project will log into, made by us so that its ID is
+    known from the start and it can always be closed."""
+    from mlflow.exceptions import MlflowException
+
+    client = session.client
+    tags = reproduced_run_tags(plan)
+    if parent_run_id:
+        tags[TAG_PARENT_RUN_ID] = parent_run_id
+    try:
+        run = client.create_run(
+            _experiment_id(client, plan.experiment_name),
+            tags=tags,
+            run_name=reproduced_run_name(plan),
+        )
+    except MlflowException as e:
+        raise _mlflow_error('cannot create the reproduced run', e) from None
+    return run
+
+
+def log_reproduced_params(session: Session, plan: Plan, run_id: str) -> None:
+    """The params MLflow would log for this launch, on the reproduced run."""
+    from mlflow.entities import Param
+
+    client, params = session.client, plan.logged_params
+    try:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        return
+    except Exception as e:
+        error = e
+    why = server_failure(error)
+    if _ERROR_STATUS_RE.search(str(error)) and _is_http(client.tracking_uri):
+        body = {'run_id': run_id, 'params': [{'key': k, 'value': v} for k, v in params.items()]}
+        if (answer := last_attempt(client, 'runs/log-batch', body)) is None:
+            return  # the server took them this time
+        why = answer
+    close_run(client, run_id, 'FAILED', session.shared.left_open)
+    raise ReproduceError(
+        mask_credentials(f'cannot log the params of run {run_id} (marked FAILED): {why}')
+    )
+
+
+# ---------------------------------------------------------------------------
+# Launching: the project's processes, each given its environment and its
+# output pipe, locally or on a backend; MLflow's in-process launchers (docker,
+# plugins) run in a launcher process of their own.
+
+
+class ProjectOutput:
+    """A pipe for the project's stdout and stderr.  A thread reads it line by
+    line: each line is masked and copied to standard error (when `echo`, with
+    an optional prefix) and to a log file, and the last lines are kept for the
+    report, bounded in count and length, with carriage-return rewrites
+    (progress bars) collapsed to what a terminal would show."""
+
+    def __init__(self, log_path: str, echo: bool, prefix: str = '') -> None:
+        self._tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
+        self._tail_lock = threading.Lock()  # a leftover writer may still be adding lines
+        self.log_path = log_path
+        self._echo, self._prefix = echo, prefix
+        self._log: TextIO | None = None
+        self._lines = 0  # read from the pipe so far
+        self.lost: str | None = None  # what the log file misses, and why
+        read_fd, self.write_fd = os.pipe()
+        self._thread = threading.Thread(target=self._copy, args=(read_fd,), daemon=True)
+        self._thread.start()
+
+    def _copy(self, read_fd: int) -> None:
+        pending = b''
+        with os.fdopen(read_fd, 'rb', buffering=0) as pipe:
+            try:  # line-buffered: a failing write loses whole lines, and we know which
+                self._log = open(self.log_path, 'w', encoding='utf-8', buffering=1)  # noqa: SIM115
+            except OSError as e:
+                self._log_failed(e, 1)
+            while chunk := pipe.read(65536):  # the project's pipe is drained to its end
+                *lines, pending = (pending + chunk).split(b'\n')
+                for line in lines:
+                    self._line(line)
+                if len(pending) > 65536:  # no newline for long: keep the screen's last state
+                    pending = pending[pending.rfind(b'\r') + 1 :][-65536:]
+            if pending:
+                self._line(pending)
+            if self._log is not None:
+                with contextlib.suppress(OSError):  # line-buffered: nothing is pending
+                    self._log.close()
+        if self.lost:
+            self.lost += f' ({self._lines} lines in all)'
+
+    def _log_failed(self, e: OSError, line: int) -> None:
+        """The tool's own log file takes no more: say from which line on the
+        output is missing from it, and why; the copying goes on without it."""
+        why = e.strerror or str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = f'no space left on device in TMPDIR={tempfile.gettempdir()}'
+        self.lost = (
+            f"the project's output from line {line} on is missing from its {OUTPUT_ARTIFACT}: {why}"
+        )
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+        self._log = None
+
+    def _line(self, raw: bytes) -> None:
+        self._lines += 1
+        text = mask_credentials(raw.decode(errors='replace'))
+        shown = text.rstrip('\r').rsplit('\r', 1)[-1].rstrip()  # what a terminal shows
+        if self._log is not None:
+            try:
+                self._log.write(shown + '\n')
+            except OSError as e:
+                self._log_failed(e, self._lines)
+        if len(shown) > OUTPUT_LINE_CHARS:
+            shown = shown[: OUTPUT_LINE_CHARS - 1] + '…'
+        with self._tail_lock:
+            self._tail.append(shown)
+        if self._echo:
+            sys.stderr.write(f'{self._prefix}{text}\n')
+            sys.stderr.flush()
+
+    @property
+    def tail(self) -> tuple[str, ...]:
+        """The last lines, as they are now."""
+        with self._tail_lock:
+            return tuple(self._tail)
+
+    def close_writer(self) -> None:
+        """Our copy of the write end: once closed, the pipe ends with the project."""
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    def close(self) -> None:
+        self.close_writer()
+        self._thread.join(timeout=5)  # every writer is gone by now; don't hang on one
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[TextIO]:
+    """Standard output carries the report only: while the tool works, whatever
+    MLflow or a library prints there goes to standard error instead.  Yields
+    the real standard output, for the report."""
+    report_stream = sys.stdout
+    with contextlib.suppress(AttributeError, OSError):  # closed, or None (`>&-`)
+        sys.stdout.flush()
+    try:
+        saved: int | None = os.dup(1)
+    except OSError:  # file descriptor 1 is closed: nothing to restore
+        saved = None
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        yield report_stream
+    finally:
+        sys.stderr.flush()
+        sys.stdout = report_stream
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _project_environ(session: Session, tmp_dir: str, marker: str) -> dict[str, str]:
@@ -3288,804 +4743,22 @@ def _in_background(fn: Callable[..., Any], *args: Any) -> Any:
     return future
 
 
-def read_histories(
-    client: MlflowClient,
-    runs: Sequence[Run],
-    last_only: bool,
-) -> list[dict[str, list[Point]]]:
-    """Each run's metric histories, one request per metric (MlflowClient
-    pages long histories), overlapped when the store is remote."""
-    if last_only:  # the latest values are already in the run; their step is not
-        return [{k: [Point(None, v)] for k, v in run.data.metrics.items()} for run in runs]
-    from concurrent.futures import ThreadPoolExecutor
-
-    wanted = [(run.info.run_id, key) for run in runs for key in run.data.metrics]
-
-    def fetch(run_key: tuple[str, str]) -> list[Any]:
-        return client.get_metric_history(*run_key)
-
-    # Over HTTP each request waits on the network: overlap them.  A local
-    # store is CPU-bound, and threads only add contention (see benchmarks/).
-    if _is_http(client.tracking_uri):
-        with ThreadPoolExecutor(max_workers=HISTORY_WORKERS) as pool:
-            fetched = list(pool.map(fetch, wanted))
-    else:
-        fetched = [fetch(run_key) for run_key in wanted]
-    by_run: dict[str, dict[str, list[Point]]] = {r.info.run_id: {} for r in runs}
-    for (run_id, key), history in zip(wanted, fetched, strict=True):
-        history = sorted(history, key=lambda m: (m.step, m.timestamp))
-        by_run[run_id][key] = [Point(m.step, m.value, m.timestamp) for m in history]
-    return [by_run[run.info.run_id] for run in runs]
-
-
-def _is_http(uri: str) -> bool:
-    return uri.startswith(('http://', 'https://', 'databricks'))
+def _say_what_runs(session: Session, plan: Plan, new_id: str) -> None:
+    if session.options.verbose:
+        ref = plan.reference.info
+        line = (
+            f'{program_name()}: reproducing run {ref.run_id} ({ref.run_name}, {ref.status}) as '
+            f'run {new_id} in experiment {plan.experiment_name!r}: entry point '
+            f'{plan.entry_point!r} of {mask_credentials(plan.source.uri)} at '
+            f'{plan.source.version} with env manager {plan.env_manager} on backend '
+            f'{plan.backend.name}'
+        )
+        print(shown(line), file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------
-# Why the runs differ: environment, data, code and models.  These inform the
-# report; they never change the verdict, which stays about metrics and params.
-
-ENVIRONMENT_ARTIFACT = 'environment.json'  # under ARTIFACT_DIR
-TAG_GIT_DIRTY = 'mlflow.source.git.dirty'
-TAG_DATASET_CONTEXT = 'mlflow.data.context'  # an input tag, not a run tag
-MODEL_ENVIRONMENT_FILES = ('requirements.txt', 'python_env.yaml', 'conda.yaml')
-CAPTURE_TIMEOUT_SECONDS = 120.0  # a cold conda environment imports slowly
-# The variables that change results, recorded and compared; a probe of
-# --explain sets no other (a reference's environment.json is a file anyone
-# who can write to the store can upload: BASH_ENV or LD_PRELOAD would run code).
-RESULT_VARIABLES = (
-    'PYTHONHASHSEED',
-    'CUDA_VISIBLE_DEVICES',
-    'CUBLAS_WORKSPACE_CONFIG',
-    'OMP_NUM_THREADS',
-    'MKL_NUM_THREADS',
-    'OPENBLAS_NUM_THREADS',
-    'TF_DETERMINISTIC_OPS',
-    'TF_CUDNN_DETERMINISTIC',
-)
-# What pip is asked to install for a probe: a PEP 508 name and a plain version
-# (PEP 440's characters), never a URL, a path or an option.
-_PACKAGE_NAME_RE = re.compile(r'[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?')
-_PACKAGE_VERSION_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9.+!_-]*')
-
-# Printed by the interpreter that runs the project, so that it describes that
-# interpreter (the project's virtualenv, not the tool's).  Self-contained:
-# the standard library only.  The JSON is its last line of output, because an
-# activation command may print before it.
-ENVIRONMENT_CAPTURE = r"""
-import email.parser, importlib.metadata, json, os, platform, re, subprocess, sys
-
-VARIABLES = __RESULT_VARIABLES__
-
-
-def gpus():
-    try:
-        proc = subprocess.run(
-            ['nvidia-smi', '--query-gpu=name,driver_version', '--format=csv,noheader'],
-            capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if proc.returncode:
-        return None
-    found = []
-    for line in proc.stdout.splitlines():
-        name, _, driver = line.rpartition(',')
-        if line.strip():
-            found.append({'name': name.strip(), 'driver_version': driver.strip()})
-    return found
-
-
-def packages():
-    found = {}
-    for dist in importlib.metadata.distributions():
-        # As dist.metadata reads it, headers only: a third faster than parsing
-        # each long description too.
-        text = dist.read_text('METADATA') or dist.read_text('PKG-INFO') or dist.read_text('')
-        headers = email.parser.HeaderParser().parsestr(text or '')
-        name = headers['Name']
-        if name:  # PEP 503 normalized; the first one on sys.path wins, as for import
-            found.setdefault(re.sub(r'[-_.]+', '-', name).lower(), headers['Version'])
-    return dict(sorted(found.items()))
-
-
-print(json.dumps({
-    'python': {'version': platform.python_version(),
-               'implementation': platform.python_implementation(),
-               'executable': sys.executable},
-    'platform': {'system': platform.system(), 'release': platform.release(),
-                 'machine': platform.machine()},
-    'cpu_count': os.cpu_count(),
-    'packages': packages(),
-    'env': {name: os.environ.get(name) for name in VARIABLES},
-    'gpu': gpus(),
-}))
-""".replace('__RESULT_VARIABLES__', repr(RESULT_VARIABLES))
-
-_REQUIREMENT_PIN_RE = re.compile(
-    r'^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*===?\s*(?P<version>[^\s;,]+)\s*$'
-)
-_CONDA_PYTHON_RE = re.compile(r'^python\s*=+\s*(?P<version>[\d.]+)')
-
-
-@dataclasses.dataclass(frozen=True)
-class Differences:
-    environment: tuple[dict[str, Any], ...] = ()
-    datasets: tuple[dict[str, Any], ...] = ()
-    code: tuple[str, ...] = ()
-    models: tuple[tuple[str, MetricVerdict], ...] = ()  # (model name, its metric)
-    environment_source: str = 'unknown'  # of the reference's environment
-    # Why the environments were not compared, None when they were.
-    environment_unknown: str | None = "the reference run's environment is unknown"
-
-    def differ(self) -> bool:
-        """Whether anything differs, or the environments could not be compared.
-        (Not __bool__: a comparison that found nothing is still a comparison.)"""
-        return bool(
-            self.environment
-            or self.datasets
-            or self.code
-            or self.models
-            or self.environment_unknown
-        )
-
-
-def normalize_package(name: str) -> str:
-    """PEP 503: 'Scikit_Learn' and 'scikit-learn' are one distribution."""
-    return re.sub(r'[-_.]+', '-', name).lower()
-
-
-def capture_environment(
-    python_prefix_command: str | None,
-    env: Mapping[str, str],
-    cwd: str,
-) -> dict[str, Any] | None:
-    """The environment of the interpreter that runs the project: the tool's
-    own (None) or the one a prefix such as `source venv/bin/activate` selects.
-    env is the whole environment the project gets.  None, with a warning,
-    when it cannot be captured: the verdict does not depend on it."""
-    if python_prefix_command is None:
-        argv = [sys.executable, '-c', ENVIRONMENT_CAPTURE]
-    else:
-        script = f'{python_prefix_command} && python -c {shlex.quote(ENVIRONMENT_CAPTURE)}'
-        argv = ['bash', '-c', script]
-    try:
-        proc = subprocess.run(
-            argv,
-            env=dict(env),
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=CAPTURE_TIMEOUT_SECONDS,
-        )
-        if proc.returncode:
-            raise ValueError(_last_line(proc.stderr) or f'exit status {proc.returncode}')
-        return json.loads(_last_line(proc.stdout))
-    except (OSError, subprocess.SubprocessError, ValueError) as e:
-        warn(f"cannot capture the project's environment: {_last_line(str(e))}")
-        return None
-
-
-def captured_environment(future: Any, stop: Stop) -> dict[str, Any] | None:
-    """The result of capture_environment once its process has ended.  Waited
-    for before the sweep for marked processes, which would end it, and count
-    it as left behind by the project, when the project ends first."""
-    from concurrent.futures import TimeoutError as StillRunning
-
-    while True:
-        try:
-            return future.result(timeout=0.2)
-        except StillRunning:
-            stop.check()
-
-
-def record_environment(client: MlflowClient, run_id: str, env_dict: Mapping[str, Any]) -> None:
-    """reproduce/environment.json on the reproduced run: the reference of a
-    later comparison.  Best effort, like the verdict's other records."""
-    try:
-        client.log_dict(run_id, dict(env_dict), f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}')
-    except Exception as e:
-        warn(f'could not record the environment on run {run_id}: {_last_line(str(e))}')
-
-
-def parse_requirements(text: str) -> dict[str, str]:
-    """The pinned `name==version` lines of a requirements file, names
-    normalized; options, unpinned names and ranges pin nothing."""
-    pins = {}
-    for line in text.splitlines():
-        line = line.split('#', 1)[0].split(';', 1)[0].strip()
-        if match := _REQUIREMENT_PIN_RE.match(line):
-            pins[normalize_package(match['name'])] = match['version']
-    return pins
-
-
-def environment_from_model_files(files: Mapping[str, str]) -> dict[str, Any] | None:
-    """An environment-like dict from the files MLflow stores with a model
-    (file name -> text): its pinned packages and Python version."""
-    import yaml
-
-    packages = parse_requirements(files.get('requirements.txt', ''))
-    python = None
-    with contextlib.suppress(yaml.YAMLError, AttributeError, TypeError):
-        python_env = yaml.safe_load(files.get('python_env.yaml', '')) or {}
-        python = python_env.get('python')
-        pins = [d for d in python_env.get('dependencies') or () if isinstance(d, str)]
-        packages = {**parse_requirements('\n'.join(pins)), **packages}
-    with contextlib.suppress(yaml.YAMLError, AttributeError, TypeError):
-        for dep in (yaml.safe_load(files.get('conda.yaml', '')) or {}).get('dependencies') or ():
-            if isinstance(dep, dict):
-                packages = {**parse_requirements('\n'.join(dep.get('pip') or ())), **packages}
-            elif isinstance(dep, str) and (match := _CONDA_PYTHON_RE.match(dep)):
-                python = python or match['version']
-    if not packages and not python:
-        return None
-    found: dict[str, Any] = {'packages': dict(sorted(packages.items()))}
-    if python:
-        found['python'] = {'version': str(python)}
-    return found
-
-
-def environment_differences(
-    reference: Mapping[str, Any],
-    reproduced: Mapping[str, Any],
-    only_names: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """What differs between two environments, field by field.  A field one
-    side does not know (a model's files say nothing of the OS) is not
-    compared; only_names limits packages to those a model's files name."""
-    found = []
-    for kind in ('python', 'platform'):
-        ref, new = reference.get(kind) or {}, reproduced.get(kind) or {}
-        found += [
-            _env_difference(kind, name, ref[name], new[name])
-            for name in sorted(set(ref) & set(new))
-            if ref[name] != new[name]
-        ]
-    for name in ('cpu_count', 'gpu'):
-        if name in reference and name in reproduced and reference[name] != reproduced[name]:
-            found.append(_env_difference('platform', name, reference[name], reproduced[name]))
-    ref_pkgs = {normalize_package(k): v for k, v in (reference.get('packages') or {}).items()}
-    new_pkgs = {normalize_package(k): v for k, v in (reproduced.get('packages') or {}).items()}
-    if 'packages' in reference and 'packages' in reproduced:
-        names = (
-            {normalize_package(n) for n in only_names}
-            if only_names is not None
-            else set(ref_pkgs) | set(new_pkgs)
-        )
-        found += [
-            _env_difference('package', name, ref_pkgs.get(name), new_pkgs.get(name))
-            for name in sorted(names)
-            if ref_pkgs.get(name) != new_pkgs.get(name)
-        ]
-    if 'env' in reference and 'env' in reproduced:
-        ref_env, new_env = reference['env'] or {}, reproduced['env'] or {}
-        found += [
-            _env_difference('env', name, ref_env.get(name), new_env.get(name))
-            for name in RESULT_VARIABLES  # no other name, whatever the file holds
-            if ref_env.get(name) != new_env.get(name)
-        ]
-    return found
-
-
-def _env_difference(kind: str, name: str, reference: Any, reproduced: Any) -> dict[str, Any]:
-    return {'kind': kind, 'name': name, 'reference': reference, 'reproduced': reproduced}
-
-
-def dataset_differences(
-    ref_inputs: Sequence[Any],
-    new_inputs: Sequence[Any],
-) -> list[dict[str, Any]]:
-    """MLflow dataset inputs (run.inputs.dataset_inputs) matched by dataset
-    name and context: a changed digest, source or schema, or a dataset that
-    only one run used."""
-    ref, new = _datasets_by_key(ref_inputs), _datasets_by_key(new_inputs)
-    found = []
-    for name, context in sorted(set(ref) | set(new), key=lambda k: (k[0], k[1] or '')):
-        a, b = ref.get((name, context)), new.get((name, context))
-        if a is None or b is None:
-            change = 'only_reproduced' if a is None else 'only_reference'
-            found.append(
-                {
-                    'name': name,
-                    'context': context,
-                    'change': change,
-                    'reference': a and a.digest,
-                    'reproduced': b and b.digest,
-                }
-            )
-            continue
-        found += [
-            {
-                'name': name,
-                'context': context,
-                'change': field,
-                'reference': getattr(a, field),
-                'reproduced': getattr(b, field),
-            }
-            for field in ('digest', 'source', 'schema')
-            if getattr(a, field) != getattr(b, field)
-        ]
-    return found
-
-
-def _datasets_by_key(inputs: Sequence[Any]) -> dict[tuple[str, str | None], Any]:
-    by_key = {}
-    for dataset_input in inputs or ():
-        tags = {t.key: t.value for t in dataset_input.tags or ()}
-        by_key[(dataset_input.dataset.name, tags.get(TAG_DATASET_CONTEXT))] = dataset_input.dataset
-    return by_key
-
-
-def code_notes(
-    tags: Mapping[str, str],
-    uri_overridden: bool,
-    version_overridden: str | None,
-    label: str = 'the reference run',
-) -> list[str]:
-    """What code trained a run (given its tags), where its commit does not say;
-    version_overridden: the option whose commit ran instead of the recorded one."""
-    notes = []
-    if tags.get(TAG_GIT_DIRTY, '').lower() == 'true':
-        commit = tags.get(TAG_GIT_COMMIT, '')
-        notes.append(
-            f'{label} was trained from uncommitted edits on top of commit '
-            f'{commit[:12]}; no commit holds that code'
-        )
-    if uri_overridden:
-        notes.append(f'--uri replaced the source that {label} recorded')
-    if version_overridden:
-        notes.append(f'{version_overridden} replaced the commit that {label} recorded')
-    return notes
-
-
-def commit_notes(reference: Mapping[str, str], other: Mapping[str, str]) -> list[str]:
-    """For two existing runs (their tags): did they run the same code?"""
-    commits = [tags.get(TAG_GIT_COMMIT) for tags in (reference, other)]
-    if commits[0] == commits[1]:
-        return []
-    shown = [c[:12] if c else 'no recorded commit' for c in commits]
-    return [f'the runs ran different commits: {shown[0]} -> {shown[1]}']
-
-
-def compare_model_metrics(
-    reference: Mapping[str, Mapping[str, Sequence[Point]]],
-    reproduced: Mapping[str, Mapping[str, Sequence[Point]]],
-    rules: Rules,
-) -> list[tuple[str, MetricVerdict]]:
-    """Model name -> metric histories, for each run: the metrics that differ,
-    judged like run metrics.  Only when both runs logged models."""
-    if not reference or not reproduced:
-        return []
-    found = []
-    for model in sorted(set(reference) | set(reproduced)):
-        verdict = judge(reference.get(model, {}), reproduced.get(model, {}), rules)
-        found += [(model, m) for m in verdict.metrics if not m.equal and not m.ignored]
-    return found
-
-
-def _logged_models(client: MlflowClient, run: Run) -> list[Any]:
-    models = client.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run.info.run_id}'",
-    )
-    return sorted(models, key=lambda m: (m.creation_timestamp or 0, m.model_id))
-
-
-def model_metric_histories(client: MlflowClient, run: Run) -> dict[str, dict[str, list[Point]]]:
-    """The metrics MLflow keeps on the models a run logged, by model name.
-    Those the run itself logged are already in the metric table: only the
-    ones other runs logged on its models (a later evaluation) are kept."""
-    found: dict[str, dict[str, list[Point]]] = {}
-    for model in _logged_models(client, run):
-        for metric in model.metrics or ():
-            if metric.run_id == run.info.run_id:
-                continue
-            key = f'{metric.key} ({metric.dataset_name})' if metric.dataset_name else metric.key
-            found.setdefault(model.name, {}).setdefault(key, []).append((metric.step, metric.value))
-    return found
-
-
-def _read_environment_artifact(client: MlflowClient, run: Run) -> dict[str, Any] | None:
-    names = {f.path for f in client.list_artifacts(run.info.run_id, ARTIFACT_DIR)}
-    path = f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}'
-    if path not in names:
-        return None
-    with tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as folder:
-        local = client.download_artifacts(run.info.run_id, path, folder)
-        with open(local) as f:
-            return json.load(f)
-
-
-def _read_model_environment(client: MlflowClient, run: Run) -> dict[str, Any] | None:
-    """The pins of every model the run logged; the first model wins a conflict."""
-    import mlflow.artifacts
-
-    merged: dict[str, Any] | None = None
-    for model in _logged_models(client, run):
-        stored = {f.path for f in client.list_logged_model_artifacts(model.model_id)}
-        files = {}
-        with tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as folder:
-            for name in MODEL_ENVIRONMENT_FILES:
-                if name in stored:
-                    path = mlflow.artifacts.download_artifacts(
-                        artifact_uri=f'{model.artifact_location.rstrip("/")}/{name}',
-                        dst_path=folder,
-                    )
-                    with open(path) as f:
-                        files[name] = f.read()
-        found = environment_from_model_files(files)
-        if found and merged is None:
-            merged = found
-        elif found and merged is not None:
-            merged = {**found, **merged, 'packages': {**found['packages'], **merged['packages']}}
-    return merged
-
-
-def run_environment(client: MlflowClient, run: Run) -> tuple[dict[str, Any] | None, str]:
-    """A run's environment from the best source it has, and which: its own
-    reproduce/environment.json, else the files of a model it logged."""
-    label = f'run {run.info.run_id}'
-    for source, read in (
-        ('reproduction', _read_environment_artifact),
-        ('logged_model', _read_model_environment),
-    ):
-        try:
-            found = read(client, run)
-        except Exception as e:  # unreadable: say so, and try the next source
-            warn(f'cannot read the environment of {label} ({source}): {_last_line(str(e))}')
-            continue
-        if found is not None:
-            return found, source
-    return None, 'unknown'
-
-
-def _package_names(environment: Mapping[str, Any] | None, source: str) -> set[str] | None:
-    """The packages a model's files name: only these are known on that side."""
-    if environment is None or source != 'logged_model':
-        return None
-    return {normalize_package(n) for n in environment.get('packages') or {}}
-
-
-def _compared_names(
-    reference: tuple[dict[str, Any] | None, str],
-    other: tuple[dict[str, Any] | None, str],
-) -> list[str] | None:
-    named = [n for n in (_package_names(*reference), _package_names(*other)) if n is not None]
-    if not named:
-        return None
-    return sorted(set.intersection(*named))
-
-
-def differences_between(
-    client: MlflowClient,
-    reference: Run,
-    other: Run,
-    rules: Rules,
-    other_environment: tuple[dict[str, Any] | None, str] | None = None,
-    uri_overridden: bool = False,
-    version_overridden: str | None = None,
-    compared_runs: bool = False,
-) -> Differences:
-    """Everything besides metrics that differs between two runs.
-    other_environment: (dict, source) already in hand, such as the one just
-    captured for a reproduction; else the other run's best source is read.
-    compared_runs: two existing runs (--compare-to), not a reproduction."""
-    ref_env = run_environment(client, reference)
-    new_env = other_environment or run_environment(client, other)
-    environment, unknown = [], None
-    if ref_env[0] is None:
-        unknown = (
-            "the reference run's environment is unknown (no "
-            f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}, no logged model)'
-        )
-    elif new_env[0] is None:
-        label = 'compared' if compared_runs else 'reproduced'
-        unknown = f"the {label} run's environment is unknown"
-    else:
-        environment = environment_differences(
-            ref_env[0], new_env[0], _compared_names(ref_env, new_env)
-        )
-    code = code_notes(reference.data.tags, uri_overridden, version_overridden)
-    if compared_runs:
-        code += code_notes(other.data.tags, False, None, 'the compared run') + commit_notes(
-            reference.data.tags, other.data.tags
-        )
-    return Differences(
-        environment=tuple(environment),
-        datasets=tuple(dataset_differences(_dataset_inputs(reference), _dataset_inputs(other))),
-        code=tuple(code),
-        models=tuple(_model_differences(client, reference, other, rules)),
-        environment_source=ref_env[1],
-        environment_unknown=unknown,
-    )
-
-
-def _dataset_inputs(run: Run) -> Sequence[Any]:
-    return run.inputs.dataset_inputs if run.inputs else ()
-
-
-def _model_differences(
-    client: MlflowClient,
-    reference: Run,
-    other: Run,
-    rules: Rules,
-) -> list[tuple[str, MetricVerdict]]:
-    try:
-        return compare_model_metrics(
-            model_metric_histories(client, reference), model_metric_histories(client, other), rules
-        )
-    except Exception as e:  # informative only: the verdict stands without it
-        warn(f'cannot compare the metrics of the logged models: {_last_line(str(e))}')
-        return []
-
-
-def differences_json(differences: Differences | None) -> dict[str, Any]:
-    d = Differences() if differences is None else differences
-    return {
-        'environment': list(d.environment),
-        'datasets': list(d.datasets),
-        'code': list(d.code),
-        'models': [{'model': name, **_metric_json(m)} for name, m in d.models],
-        'environment_source': d.environment_source,
-        'environment_compared': d.environment_unknown is None,
-    }
-
-
-def _shown(value: Any, missing: str) -> str:
-    if value is None:
-        return missing
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-_SOURCE_LABELS = {
-    'reproduction': f'its {ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}',
-    'logged_model': "its logged model's files, which name only some packages",
-}
-
-
-# How a line of a report shows a value from the tracking store: `shown` in
-# text, `markdown_escaped` in Markdown (the document's renderer chooses).
-Escape = Callable[[str], str]
-
-
-def _quoted(text: str, escaped: Escape) -> str:
-    """A name between backticks (a code span in Markdown) when it shows as
-    itself; else escaped, with no span to hold what a value could make of it."""
-    name = escaped(text)
-    return f'`{name}`' if name == text else name
-
-
-def _environment_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
-    kind, name = item['kind'], escaped(item['name'])
-    missing = {'package': 'not installed', 'env': 'unset'}.get(kind, 'unknown')
-    ref, new = (escaped(_shown(item[k], missing)) for k in ('reference', 'reproduced'))
-    if kind == 'package':
-        return f'package {name}: {ref} -> {new}'
-    if kind == 'env':
-        return f'{name}: {ref} -> {new}'
-    label = 'Python' if kind == 'python' else 'platform'
-    return f'{label} {name}: {ref} -> {new}'
-
-
-def _dataset_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
-    context = f' ({escaped(item["context"])})' if item['context'] else ''
-    where = f'dataset {_quoted(item["name"], escaped)}{context}'
-    change = item['change']
-    ref, new = (escaped(_shown(item[k], '-')) for k in ('reference', 'reproduced'))
-    if change == 'digest':
-        return f'{where} changed at its source (digest {ref} -> {new})'
-    if change == 'source':
-        return f'{where} comes from another source: {ref} -> {new}'
-    if change == 'schema':
-        return f'{where} changed its schema'
-    side = 'reference' if change == 'only_reference' else 'reproduced'
-    return f'{where} is an input of the {side} run only'
-
-
-def _model_line(model: str, m: MetricVerdict, escaped: Escape = shown) -> str:
-    ref, new = (_shown(v, '-') if v is None else f'{v:g}' for v in (m.reference, m.reproduced))
-    step = (
-        f', from step {m.first_divergent_step}'
-        if m.points > 1 and m.first_divergent_step is not None
-        else ''
-    )
-    return f'model {_quoted(model, escaped)} metric {escaped(m.key)}: {ref} -> {new}{step}'
-
-
-def environment_same_lines(differences: Differences | None) -> list[str]:
-    """What the Markdown report says of an environment compared without a
-    difference, which the section below leaves out."""
-    if differences is None or differences.environment_unknown or differences.environment:
-        return []
-    label = _SOURCE_LABELS.get(differences.environment_source, '')
-    return [f"- environment: no difference from the reference run's (from {label})"]
-
-
-def _note_shown(note: str, escaped: Escape) -> str:
-    """A code note, which quotes commits from the store: escaped, its arrows kept."""
-    return ' -> '.join(map(escaped, note.split(' -> ')))
-
-
-def differences_lines(differences: Differences | None, escaped: Escape = shown) -> list[str]:
-    """The "Other differences" section, the same in text and Markdown (with
-    values from the store escaped by `escaped`); empty when there is nothing to say."""
-    if differences is None or not differences.differ():
-        return []
-    lines = ['Other differences:']
-    if differences.environment_unknown:
-        lines.append(f'- environment: not compared, {escaped(differences.environment_unknown)}')
-    elif differences.environment:
-        label = _SOURCE_LABELS.get(differences.environment_source, '')
-        lines.append(f"- environment (the reference run's from {label}):")
-        lines += [f'  - {_environment_line(item, escaped)}' for item in differences.environment]
-    for title, items in (
-        ('data', [_dataset_line(i, escaped) for i in differences.datasets]),
-        ('code', [_note_shown(note, escaped) for note in differences.code]),
-        ('models', [_model_line(*m, escaped) for m in differences.models]),
-    ):
-        if items:
-            lines.append(f'- {title}:')
-            lines += [f'  - {item}' for item in items]
-    return lines
-
-
-# ---------------------------------------------------------------------------
-# Model registrations: by default the project registers its models into a
-# scratch registry in our temporary folder, so that a reproduction adds no
-# version to the shared registry (nor fires its webhooks and deployments).
-
-REGISTRY_URI_ENV = 'MLFLOW_REGISTRY_URI'
-SCRATCH_REGISTRY_FILE = 'registry.db'
-TAG_MODEL_VERSIONS = 'mlflow.modelVersions'  # on a logged model: versions made from it
-
-
-@dataclasses.dataclass(frozen=True)
-class Registration:
-    """A model version that the reproduced run registered."""
-
-    name: str
-    version: str
-    run_id: str | None
-    discarded: bool  # made in the scratch registry, and gone with it
-    model_id: str | None = None  # the logged model it was made from
-
-
-@dataclasses.dataclass(frozen=True)
-class Registrations:
-    kept: bool = False  # --keep-registrations: the project used the shared registry
-    versions: tuple[Registration, ...] = ()
-
-    @property
-    def discarded(self) -> tuple[Registration, ...]:
-        return tuple(r for r in self.versions if r.discarded)
-
-    @property
-    def shared(self) -> tuple[Registration, ...]:
-        return tuple(r for r in self.versions if not r.discarded)
-
-
-def scratch_registry(tmp_dir: str) -> str:
-    """The URI of a registry that lives and dies with tmp_dir.  MLflow creates
-    the file only when the project registers something."""
-    return 'sqlite:///' + os.path.join(os.path.abspath(tmp_dir), SCRATCH_REGISTRY_FILE)
-
-
-def project_registry_environ(
-    tmp_dir: str,
-    keep: bool,
-    environ: Mapping[str, str],
-) -> dict[str, str | None]:
-    """The registry the project's processes see: the scratch one, whatever the
-    user's environment names; with --keep-registrations the user's own, made
-    absolute like the tracking URI, since the project runs in another folder."""
-    if keep:
-        return {REGISTRY_URI_ENV: absolute_tracking_uri(environ.get(REGISTRY_URI_ENV))}
-    return {REGISTRY_URI_ENV: scratch_registry(tmp_dir)}
-
-
-def _model_id(source: str | None) -> str | None:
-    """'models:/m-abc' -> 'm-abc': the logged model a version was made from."""
-    if source and source.startswith('models:/m-') and '/' not in source[len('models:/') :]:
-        return source[len('models:/') :]
-    return None
-
-
-def discarded_registrations(scratch_uri: str) -> list[Registration]:
-    """The versions the project registered in the scratch registry.  Reads
-    nothing when it registered none (opening a new store would create it)."""
-    if not os.path.exists(scratch_uri[len('sqlite:///') :]):
-        return []
-    from mlflow import MlflowClient
-
-    versions = MlflowClient(registry_uri=scratch_uri).search_model_versions()
-    return sorted(
-        (
-            Registration(
-                v.name, str(v.version), v.run_id, discarded=True, model_id=_model_id(v.source)
-            )
-            for v in versions
-        ),
-        key=lambda r: (r.name, int(r.version)),
-    )
-
-
-def shared_registrations(client: MlflowClient, run_id: str) -> list[Registration]:
-    """The versions of the reproduced run in the shared registry: those kept by
-    --keep-registrations, or made by a project that names its registry itself
-    (mlflow.set_registry_uri), which no environment variable can redirect."""
-    versions = client.search_model_versions(f"run_id = '{run_id}'")
-    return sorted(
-        (Registration(v.name, str(v.version), v.run_id, discarded=False) for v in versions),
-        key=lambda r: (r.name, int(r.version)),
-    )
-
-
-def untag_discarded(client: MlflowClient, discarded: Sequence[Registration]) -> None:
-    """MLflow lists the versions made from a logged model in its tag
-    mlflow.modelVersions, in the tracking store: drop the discarded ones, so
-    that the UI does not link to versions that do not exist (or are others)."""
-    gone = {(r.model_id, r.name, r.version) for r in discarded}
-    for model_id in sorted({r.model_id for r in discarded if r.model_id}):
-        listed = json.loads(client.get_logged_model(model_id).tags.get(TAG_MODEL_VERSIONS, '[]'))
-        left = [v for v in listed if (model_id, v.get('name'), str(v.get('version'))) not in gone]
-        if left:
-            client.set_logged_model_tags(model_id, {TAG_MODEL_VERSIONS: json.dumps(left)})
-        else:
-            client.delete_logged_model_tag(model_id, TAG_MODEL_VERSIONS)
-
-
-def registrations_of(
-    client: MlflowClient,
-    run_id: str,
-    scratch_uri: str,
-    keep: bool,
-) -> Registrations:
-    """What the reproduced run registered, read before the scratch registry
-    is removed with the temporary folder."""
-    found: list[Registration] = []
-    try:
-        if not keep:
-            found += discarded_registrations(scratch_uri)
-            untag_discarded(client, found)
-    except Exception as e:  # the verdict stands without this list
-        warn(f'could not read the scratch model registry: {_last_line(str(e))}')
-    try:
-        shared = shared_registrations(client, run_id)
-    except Exception as e:  # a registry that cannot search by run, for one
-        warn(f'could not search the model registry for run {run_id}: {_last_line(str(e))}')
-        shared = []
-    if shared and not keep:
-        warn(
-            f'run {run_id} registered {_versions_listed(shared)} in the shared model '
-            f'registry although the project was given a scratch one (its code names '
-            f'its registry itself)'
-        )
-    return Registrations(kept=keep, versions=tuple(found + shared))
-
-
-def _versions_listed(versions: Sequence[Registration], escaped: Escape = shown) -> str:
-    return ', '.join(f'{escaped(r.name)} v{escaped(str(r.version))}' for r in versions)
-
-
-def registration_lines(registrations: Registrations, escaped: Escape = shown) -> list[str]:
-    """For the reports: nothing when the run registered nothing."""
-    lines = []
-    if registrations.discarded:
-        lines.append(
-            f'Model registrations discarded: {_versions_listed(registrations.discarded, escaped)}'
-            f' (--keep-registrations keeps them)'
-        )
-    if registrations.shared:
-        what = 'kept' if registrations.kept else 'made in the shared registry'
-        listed = _versions_listed(registrations.shared, escaped)
-        lines.append(f'Model registrations {what}: {listed}')
-    return lines
-
-
-# ---------------------------------------------------------------------------
-# Reporting: a Report is rendered as text, JSON or Markdown, and recorded on
-# the reproduced run.
+# Reporting: what a reproduction and a group found (the Outcome protocol,
+# Report, BatchReport), rendered as text, JSON, Markdown and JUnit testcases.
 
 
 class Outcome:
@@ -4181,38 +4854,6 @@ class Report(Outcome):
 
     def subject(self) -> str:
         return f'run {case_name(self)}'
-
-
-def _json_float(x: float | None) -> float | str | None:
-    """JSON has no NaN or infinity: they are written as the strings
-    "NaN", "Infinity" and "-Infinity", which float() reads back."""
-    if x is None or math.isfinite(x):
-        return x
-    return 'NaN' if math.isnan(x) else ('Infinity' if x > 0 else '-Infinity')
-
-
-def _relative_diff(m: MetricVerdict) -> float | None:
-    diff = value_diff(m.reproduced, m.reference)
-    if diff is None or diff == 0:
-        return diff
-    return abs(diff) / abs(m.reference) if m.reference else math.inf
-
-
-def _metric_json(m: MetricVerdict) -> dict[str, Any]:
-    diff = value_diff(m.reproduced, m.reference)
-    return {
-        'key': m.key,
-        'reference': _json_float(m.reference),
-        'reproduced': _json_float(m.reproduced),
-        'abs_diff': _json_float(None if diff is None else abs(diff)),
-        'rel_diff': _json_float(_relative_diff(m)),
-        'equal': m.equal,
-        'ignored': m.ignored,
-        'rtol': _json_float(m.tolerance.rtol),
-        'atol': _json_float(m.tolerance.atol),
-        'steps_compared': m.steps_compared,
-        'first_divergent_step': m.first_divergent_step,
-    }
 
 
 def report_json(report: Report) -> dict[str, Any]:
@@ -4463,12 +5104,6 @@ def format_text(report: Report, verbose: bool = False) -> str:
     return '\n'.join(lines)
 
 
-def _truncated(value: Any, limit: int) -> Any:
-    if not isinstance(value, str) or len(value) <= limit:
-        return value
-    return value[: limit - 1] + '…'
-
-
 def _shortened(
     rows: tuple[list[str], list[list[Any]]],
     max_rows: int,
@@ -4575,11 +5210,6 @@ def describe(report: Report, reference_link: str, limit: int = TAG_VALUE_LIMIT) 
     if report.equal is None:  # no verdict line: the status is in the first line
         return _truncated(text, limit)
     return _truncated(head, limit - len(last) - 1) + '\n' + last
-
-
-def fit_tag(value: str) -> str:
-    """A tag value MLflow accepts whole: long ones are cut, marked with …."""
-    return _truncated(value, TAG_VALUE_LIMIT)
 
 
 def _differing(report: Report) -> str:
@@ -4918,8 +5548,229 @@ def repeat_json(
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchReport(Outcome):
+    reports: tuple[Report, ...]
+    skipped: tuple[dict[str, str], ...] = ()
+    batch_run_id: str | None = None
+    message: str | None = None  # why the batch could not start at all
+    repeats: tuple[Repeat, ...] = ()  # with --repeat: one diagnosis per reference run
+    dry_run: bool = False
+    repeat_of: str | None = None  # --repeat of a single reference run: its ID
+    leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
+
+    @property
+    def status(self) -> str:
+        return 'error' if self.message else worst_status(r.status for r in self.reports)
+
+    @property
+    def exit_code(self) -> int:
+        return STATUS_EXIT_CODES[self.status]
+
+    def text(self, verbose: bool = False) -> str | None:
+        return format_batch_text(self, verbose)
+
+    def markdown(self) -> str:
+        if self.message:
+            return f'**reproduce_run**: error\n\n> {self.message}'
+        return format_batch_markdown(self)
+
+    def json(self) -> dict[str, Any]:
+        return batch_json(self)
+
+    def json_text(self) -> str:
+        return format_batch_json(self)
+
+    def subject(self) -> str:
+        references = len({r.reference_run_id for r in self.reports})
+        many = f' ({len(self.reports)} reproductions)' if references < len(self.reports) else ''
+        return counted(references, 'run') + many
+
+    def junit_cases(self) -> list[Case]:
+        return batch_cases(self)
+
+    def parent_run_ids(self) -> list[str]:
+        return [self.batch_run_id] if self.batch_run_id else []
+
+    @property
+    def equal(self) -> bool:
+        """Every reproduction equal (true of none: nothing differs), as exit 0 says."""
+        return all(r.status == 'equal' for r in self.reports)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.reports)
+
+    @property
+    def not_started(self) -> int:
+        """Reproductions a signal kept from starting."""
+        return sum(r.status in SIGNAL_STATUSES and r.message == NOT_STARTED for r in self.reports)
+
+    @property
+    def stopped(self) -> int:
+        """Reproductions a signal ended halfway."""
+        return sum(r.status in SIGNAL_STATUSES for r in self.reports) - self.not_started
+
+
+@dataclasses.dataclass(frozen=True)
+class Repeat:
+    """The repetitions of one reference run, and what they say together."""
+
+    reference_run_id: str
+    parent_run_id: str | None
+    reproduced_run_ids: tuple[str, ...]
+    diagnoses: tuple[MetricDiagnosis, ...]
+
+    def json(self) -> dict[str, Any]:
+        return repeat_json(
+            self.reference_run_id, self.parent_run_id, self.reproduced_run_ids, self.diagnoses
+        )
+
+
+def _candidate_text(c: Candidate, value: str | None) -> str:
+    """`numkit 1.0`, `OMP_NUM_THREADS 2`; an absent package is not installed,
+    an absent variable unset."""
+    return f'{c.name} {value or ("not installed" if c.kind == "package" else "unset")}'
+
+
+def explanation_lines(explanation: Explanation | None, escaped: Escape = shown) -> list[str]:
+    """The "Explained:" block, the same in text and Markdown (with values from
+    the store escaped by `escaped`)."""
+    if explanation is None:
+        return []
+    e, n = explanation, len(explanation.probes)
+    probes = f'({counted(n, "probe")})'
+    if e.restores_equality is None:
+        line = f'Explained: nothing tried: {escaped(e.reason or "")}'
+    elif not e.restores_equality:
+        line = (
+            'Explained: the environment does not explain it: with every difference undone '
+            f'the runs still differ {probes}'
+        )
+    else:
+        undone = [escaped(_candidate_text(c, c.reference)) for c in e.culprits]
+        line = f"Explained: with the reference's {listing(undone)} "
+        line += 'the runs are equal'
+        if e.innocent:
+            kept = [escaped(_candidate_text(c, c.reproduced)) for c in e.innocent]
+            line += f'; {listing(kept)} {plural(len(kept), "does", "do")} not matter'
+        line += f' {probes}'
+    not_tried = (f'- not tried: {escaped(t["name"])}: {escaped(t["reason"])}' for t in e.not_tried)
+    return [line, *not_tried]
+
+
+JUNIT_SUITE = 'reproduce_run'  # the one <testsuite>'s name
+SHORT_ID_CHARS = 8  # of a run ID, in a testcase's name
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One JUnit testcase: a reproduction, or a reference run's repetitions."""
+
+    name: str
+    seconds: float
+    result: str  # 'passed', 'failure', 'error' or 'skipped'
+    message: str = ''
+    text: str = ''  # the element's text: a table, the project's output
+    classname: str | None = None  # the experiment it went to; None: the delivery's
+
+
+def destination(report: Report) -> str | None:
+    """The experiment the reproduction went to (a script run's own by default)."""
+    return report.plan.experiment_name if report.plan else None
+
+
+def case_name(report: Report) -> str:
+    """The reference run's name and short ID."""
+    short = report.reference_run_id[:SHORT_ID_CHARS]
+    name = report.reference_run_name or report.model
+    return f'{name} ({short})' if name else short
+
+
+def differing_message(report: Report) -> str:
+    """The metrics and params that differ, each metric's first divergence included."""
+    parts = []
+    for m in report.verdict.metrics if report.verdict else ():
+        if m.equal or m.ignored:
+            continue
+        diverged = m.points > 1 and m.first_divergent_step is not None
+        where = f' from step {m.first_divergent_step}' if diverged else ''
+        parts.append(f'{m.key} differs{where} (latest {m.reference} vs {m.reproduced})')
+    for p in report.verdict.params if report.verdict else ():
+        if not p.equal:
+            parts.append(f'param {p.key} differs ({p.reference!r} vs {p.reproduced!r})')
+    return '; '.join(parts) or 'the runs differ'
+
+
+def report_case(report: Report) -> Case:
+    return dataclasses.replace(_report_case(report), classname=destination(report))
+
+
+def _report_case(report: Report) -> Case:
+    name, seconds = case_name(report), report.seconds
+    if report.status in ('equal', 'planned'):
+        return Case(name, seconds, 'passed')
+    if report.status == 'differ':
+        return Case(name, seconds, 'failure', differing_message(report), format_text(report))
+    message = report.message or report.status
+    if report.status in SIGNAL_STATUSES:
+        message = f'{report.status}: {report.message or "stopped while running"}'
+    return Case(name, seconds, 'error', message, '\n'.join(report.output_tail))
+
+
+def repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
+    """A reference run's repetitions as one testcase, with their classification."""
+    case = _repeat_case(reports, repeat)
+    return dataclasses.replace(case, classname=next(filter(None, map(destination, reports)), None))
+
+
+def _repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
+    name, seconds = case_name(reports[0]), sum(r.seconds for r in reports)
+    classification = classify_run(repeat.diagnoses) if repeat else FAILED_CLASS
+    table = '\n'.join(diagnosis_lines(repeat.diagnoses, 'psql')) if repeat else ''
+    unfinished = [r for r in reports if r.status not in JUDGED_STATUSES]
+    if unfinished:
+        first = unfinished[0]
+        message = (
+            f'{classification}: {len(unfinished)} of {len(reports)} repetitions did not '
+            f'finish; {first.status}: {first.message or "stopped while running"}'
+        )
+        return Case(name, seconds, 'error', message, table or '\n'.join(first.output_tail))
+    if classification == REPRODUCIBLE:
+        return Case(name, seconds, 'passed', text=f'classification: {classification}\n{table}')
+    differing = sorted({m for r in reports if r.status == 'differ' for m in _differing_keys(r)})
+    message = f'{classification}: {", ".join(differing) or "the repetitions differ"}'
+    return Case(name, seconds, 'failure', message, table)
+
+
+def _differing_keys(report: Report) -> list[str]:
+    metrics = report.verdict.metrics if report.verdict else ()
+    return [m.key for m in metrics if not (m.equal or m.ignored)]
+
+
+def batch_cases(batch: BatchReport) -> list[Case]:
+    """One testcase per report, or per reference run when it was repeated;
+    then one per skipped run."""
+    if batch.message:  # it could not start
+        return [Case(JUNIT_SUITE, 0.0, 'error', batch.message)]
+    by_reference: dict[str, list[Report]] = {}
+    for report in batch.reports:
+        by_reference.setdefault(report.reference_run_id, []).append(report)
+    if batch.repeats or batch.repeat_of or len(by_reference) < len(batch.reports):
+        diagnosed = {r.reference_run_id: r for r in batch.repeats}
+        cases = [repeat_case(rs, diagnosed.get(run_id)) for run_id, rs in by_reference.items()]
+    else:
+        cases = [report_case(r) for r in batch.reports]
+    return cases + skipped_cases(batch.skipped)
+
+
+def skipped_cases(skipped: Iterable[Mapping[str, str]]) -> list[Case]:
+    """A skipped testcase for each run a selection left out, with the reason."""
+    return [Case(s['run_id'][:SHORT_ID_CHARS], 0.0, 'skipped', s['reason']) for s in skipped]
+
+
 # ---------------------------------------------------------------------------
 # Recording the verdict on the reproduced run.
+
 
 _UNSAFE_FILE_CHARS_RE = re.compile(r'[^A-Za-z0-9_.-]')
 
@@ -5071,31 +5922,6 @@ def _recorded_env_manager(tags: Mapping[str, str]) -> str:
     return recorded if recorded in ENV_MANAGERS else 'local'
 
 
-def _configure_logging(verbose: bool) -> None:
-    import logging
-
-    if 'MLFLOW_LOGGING_LEVEL' not in os.environ:  # the user's setting wins
-        level = logging.INFO if verbose else logging.WARNING
-        logging.getLogger('mlflow').setLevel(level)
-        # Older MLflow (3.9) lets alembic log ~60 INFO lines when it creates a store.
-        logging.getLogger('alembic').setLevel(level)
-
-
-def from_namespace(cls: type[_T], args: argparse.Namespace, **given: Any) -> _T:
-    """Settings (a dataclass) from the command line: a field takes the option
-    of its name unless `given` gives it; a field no option names keeps its default."""
-    named = {f.name for f in dataclasses.fields(cls)} & vars(args).keys()
-    return cls(**{name: getattr(args, name) for name in named - given.keys()}, **given)
-
-
-def rules_from(args: argparse.Namespace) -> Rules:
-    return Rules(
-        default=Tolerance(rtol=args.rtol, atol=args.atol),
-        overrides=tuple(args.tolerance),
-        ignored=tuple(args.ignore_metric),
-    )
-
-
 def judge_runs(
     client: MlflowClient,
     rules: Rules,
@@ -5152,168 +5978,6 @@ def compare_to(session: Session, run_id: str, other_id: str) -> Report:
     )
 
 
-def _is_git_repo(folder: str) -> bool:
-    try:
-        _git('rev-parse', '--show-toplevel', cwd=folder)
-    except (subprocess.CalledProcessError, OSError):
-        return False
-    return True
-
-
-def reachable_source(reference: Run, source: Source, uri: str | None) -> Source:
-    """A recorded local source that is no git repository here (the run was
-    made on another host, or the clone is gone) gives way to the remote the
-    run records, said on standard error.  MLflow records a folder inside a
-    repository as its top and #subdir, so the subdir holds in the remote."""
-    remote = reference.data.tags.get(TAG_GIT_REPO_URL)
-    local = _local_repo(source.repo)
-    if uri or not remote or local is None or remote == source.repo or _is_git_repo(local):
-        return source
-    warn(
-        f'{local} is not a git repository here: using the remote the run records, '
-        f'{remote}' + (f' (folder {source.subdir})' if source.subdir else '')
-    )
-    return dataclasses.replace(source, repo=remote)
-
-
-def _remote_hint(reference: Run, source: Source, uri: str | None) -> str:
-    """A run made from a local clone also records its remote: on another host
-    (a cron host, say) that remote is where the commit can be found."""
-    remote = reference.data.tags.get(TAG_GIT_REPO_URL)
-    if uri or not remote or _local_repo(source.repo) is None or remote == source.repo:
-        return ''
-    suggested = f'{remote}#{source.subdir}' if source.subdir else remote
-    suggested = shlex.quote(mask_credentials(suggested))
-    return f'; the run also records its remote: try --uri {suggested}'
-
-
-def _has_mlruns_data(folder: str) -> bool:
-    """What makes MLflow 3 default to ./mlruns rather than sqlite:///mlflow.db
-    (mlflow/tracking/_tracking_service/utils.py: _has_existing_mlruns_data)."""
-    mlruns = os.path.join(folder, 'mlruns')
-    with contextlib.suppress(OSError):
-        return any(
-            entry.is_dir()
-            and entry.name.isdigit()
-            and os.path.lexists(os.path.join(entry.path, 'meta.yaml'))
-            for entry in os.scandir(mlruns)
-        )
-    return False
-
-
-def _local_store_path(uri: str) -> str | None:
-    """The file or folder a local tracking URI names; None for a server or a
-    database that is not a local file."""
-    from urllib.parse import unquote, urlparse
-
-    if uri.startswith('sqlite:///'):
-        path = unquote(uri[len('sqlite:///') :].partition('?')[0])
-        return None if path in ('', ':memory:') else path
-    if uri.startswith('file:'):
-        return unquote(urlparse(uri).path)
-    if not re.match(r'^[a-zA-Z][\w+.-]*:', uri) and not uri.startswith('databricks'):
-        return uri  # a plain path: a file store ('databricks' alone is a workspace)
-    return None
-
-
-def check_tracking_store(uri: str | None) -> None:
-    """Refuse to start without a tracking store: MLflow would make an empty one
-    (a 1 MB mlflow.db in the current folder), then not find the run in it."""
-    how = (
-        'set MLFLOW_TRACKING_URI to the store that holds the run (for example '
-        'sqlite:////path/to/mlflow.db or http://host:5000)'
-    )
-    if not uri:
-        if os.path.exists('mlflow.db') or _has_mlruns_data(os.curdir):
-            return
-        raise ReproduceError(
-            f'no tracking store found: MLFLOW_TRACKING_URI is not set and the current folder '
-            f'{os.getcwd()} has no mlflow.db (nor mlruns); {how}',
-        )
-    path = _local_store_path(uri)
-    if path is not None and not os.path.exists(path):
-        raise ReproduceError(
-            f'no tracking store found: MLFLOW_TRACKING_URI is {mask_credentials(uri)}, but '
-            f'{os.path.abspath(path)} does not exist; {how}',
-        )
-
-
-def absolute_tracking_uri(uri: str | None) -> str | None:
-    """A relative sqlite or plain-path store made absolute: the project runs
-    in another folder, where `sqlite:///mlflow.db` names another file."""
-    if uri and uri.startswith('sqlite:///') and not uri.startswith('sqlite:////'):
-        return 'sqlite:///' + os.path.abspath(uri[len('sqlite:///') :])
-    if uri and not re.match(r'^[a-zA-Z][\w+.-]*:', uri) and not uri.startswith('databricks'):
-        return os.path.abspath(uri)
-    return uri
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """How to reproduce and judge, built once from the command line and the
-    same for every reproduction of an invocation."""
-
-    uri: str | None = None
-    version: str | None = None
-    version_by: str = '--version'  # what chose `version`: the option, or --bisect's probe
-    experiment_name: str | None = None  # None: Default, or a script run's own experiment
-    entry_point: str | None = None
-    env_manager: str | None = None
-    rules: Rules = Rules()
-    last_only: bool = False
-    plots: bool = True
-    dry_run: bool = False
-    allow_unsafe_command: bool = False
-    verbose: bool = False
-    quiet: bool = False
-    jobs: int = 1
-    keep_registrations: bool = False
-    backend: str = DEFAULT_BACKEND
-    backend_config: str | None = None  # a .json path or inline JSON, parsed when used
-    script_args: str | None = None  # a script run's arguments, a template of {param}s
-    reap_after: float | None = None  # seconds: close any reproduction RUNNING longer
-    explain: bool = False
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Options:
-        return from_namespace(cls, args, rules=rules_from(args), plots=not args.no_plots)
-
-
-@dataclasses.dataclass
-class Shared:
-    """What the reproductions of one invocation add to as they go, each part
-    under its lock: the sources fetched once, the layers --explain installed,
-    the runs that could not be closed.  One object per invocation, on purpose
-    held by every copy of its Session."""
-
-    sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
-    sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> its folder
-    layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    left_open: list[LeftOpen] = dataclasses.field(default_factory=list)  # appended to only
-
-
-@dataclasses.dataclass(frozen=True)
-class Session:
-    """The settings the reproductions of one invocation share: the options,
-    the MLflow client, the user's environment as it was, a temporary folder,
-    the process marker, the stop flag.  Frozen: a group or a probe runs with
-    a copy (dataclasses.replace), which holds the same client, stop flag and
-    `shared`, the one thing that changes as reproductions run."""
-
-    options: Options
-    client: MlflowClient
-    tracking_uri: str
-    user_environ: Mapping[str, str]
-    tmp_root: str
-    marker: str  # PROCESS_MARKER value of the tool; a reproduction's is marker.N
-    stop: Stop
-    batch: bool = False
-    backend: Backend = Backend()
-    leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned: a group records it
-    shared: Shared = dataclasses.field(default_factory=Shared)
-
-
 def refuse_nul_bytes(params: Mapping[str, str], run_id: str) -> None:
     """A NUL byte ends a C string: no command line, environment or MLflow
     param can carry it, so the reproduction could only fail."""
@@ -5349,43 +6013,6 @@ def make_plan(
         backend=backend,
         reference_backend=tags.get(TAG_BACKEND),
     )
-
-
-def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
-    """The project folder at the commit, private to one reproduction.  In a
-    batch, each source and commit is fetched once; every reproduction of it
-    then gets its own copy, so that projects never share a working folder
-    (a dry run, which runs nothing, reads the fetched one)."""
-    if not session.batch:
-        return fetch_source(source, dest)
-    with session.shared.sources_lock:
-        cached = session.shared.sources.setdefault((source.uri, source.version), _CachedSource())
-    with cached.lock:  # the first reproduction of a source fetches it
-        if cached.root is None:
-            root = os.path.join(tempfile.mkdtemp(prefix='source-', dir=session.tmp_root), 'src')
-            cached.project_dir, cached.commit = fetch_source(cached.origin or source, root)
-            cached.root = root
-    if session.options.dry_run:  # nothing runs in it: the plan reads the shared copy
-        return cached.project_dir, cached.commit
-    try:
-        shutil.copytree(cached.root, dest, symlinks=True)
-    except OSError as e:  # shutil.Error lists (source, destination, reason) per file
-        reason = e.args[0][0][2] if isinstance(e, shutil.Error) else (e.strerror or str(e))
-        if _NO_SPACE_RE.search(reason):
-            raise no_space(f'copying the checkout of {mask_credentials(source.uri)}') from None
-        raise ReproduceError(
-            f'cannot copy the checkout of {mask_credentials(source.uri)}: {reason}'
-        ) from None
-    return os.path.join(dest, os.path.relpath(cached.project_dir, cached.root)), cached.commit
-
-
-@dataclasses.dataclass
-class _CachedSource:
-    root: str | None = None
-    project_dir: str = ''
-    commit: str = ''
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    origin: Source | None = None  # fetched from instead: a private copy already fetched
 
 
 @dataclasses.dataclass
@@ -5569,19 +6196,6 @@ def _reproduce(
     return _verdict_report(verdict, differences=differences, **fields)
 
 
-def _say_what_runs(session: Session, plan: Plan, new_id: str) -> None:
-    if session.options.verbose:
-        ref = plan.reference.info
-        line = (
-            f'{program_name()}: reproducing run {ref.run_id} ({ref.run_name}, {ref.status}) as '
-            f'run {new_id} in experiment {plan.experiment_name!r}: entry point '
-            f'{plan.entry_point!r} of {mask_credentials(plan.source.uri)} at '
-            f'{plan.source.version} with env manager {plan.env_manager} on backend '
-            f'{plan.backend.name}'
-        )
-        print(shown(line), file=sys.stderr)
-
-
 def judge_reproduction(
     session: Session,
     reference: Run,
@@ -5643,11 +6257,11 @@ def project_output(tail: Sequence[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
-# Groups of reproductions: the engine that batch and --repeat run on.  A
-# planner says what to reproduce next from the results so far; the engine
-# runs at most --jobs reproductions at once, shares their fetched sources,
-# stops them on a signal, nests them under parent runs and returns what the
-# group found; the planner makes its mode's report of that, recorded on them.
+# Groups of reproductions: the engine that batch, --repeat, --bisect and
+# --explain run on.  A planner says what to reproduce next from the results so
+# far; the engine runs at most --jobs reproductions at once, shares their fetched
+# sources, stops them on a signal, nests them under parent runs and returns what
+# the group found; the planner makes its mode's report of that, recorded on them.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -5731,77 +6345,6 @@ class Group:
     nested_parents: Mapping[str, str]  # reference run ID -> its nested parent run
     dry_run: bool = False
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned before it
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchReport(Outcome):
-    reports: tuple[Report, ...]
-    skipped: tuple[dict[str, str], ...] = ()
-    batch_run_id: str | None = None
-    message: str | None = None  # why the batch could not start at all
-    repeats: tuple[Repeat, ...] = ()  # with --repeat: one diagnosis per reference run
-    dry_run: bool = False
-    repeat_of: str | None = None  # --repeat of a single reference run: its ID
-    leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
-
-    @property
-    def status(self) -> str:
-        return 'error' if self.message else worst_status(r.status for r in self.reports)
-
-    @property
-    def exit_code(self) -> int:
-        return STATUS_EXIT_CODES[self.status]
-
-    def text(self, verbose: bool = False) -> str | None:
-        return format_batch_text(self, verbose)
-
-    def markdown(self) -> str:
-        if self.message:
-            return f'**reproduce_run**: error\n\n> {self.message}'
-        return format_batch_markdown(self)
-
-    def json(self) -> dict[str, Any]:
-        return batch_json(self)
-
-    def json_text(self) -> str:
-        return format_batch_json(self)
-
-    def subject(self) -> str:
-        references = len({r.reference_run_id for r in self.reports})
-        many = f' ({len(self.reports)} reproductions)' if references < len(self.reports) else ''
-        return counted(references, 'run') + many
-
-    def junit_cases(self) -> list[Case]:
-        return batch_cases(self)
-
-    def parent_run_ids(self) -> list[str]:
-        return [self.batch_run_id] if self.batch_run_id else []
-
-    @property
-    def equal(self) -> bool:
-        """Every reproduction equal (true of none: nothing differs), as exit 0 says."""
-        return all(r.status == 'equal' for r in self.reports)
-
-    def count(self, status: str) -> int:
-        return sum(r.status == status for r in self.reports)
-
-    @property
-    def not_started(self) -> int:
-        """Reproductions a signal kept from starting."""
-        return sum(r.status in SIGNAL_STATUSES and r.message == NOT_STARTED for r in self.reports)
-
-    @property
-    def stopped(self) -> int:
-        """Reproductions a signal ended halfway."""
-        return sum(r.status in SIGNAL_STATUSES for r in self.reports) - self.not_started
-
-
-def worst_status(statuses: Iterable[str]) -> str:
-    """The status whose exit code a group exits with: the first of
-    STATUS_EXIT_CODES among statuses (a signal, then error, failed, differ,
-    equal, planned); equal of none."""
-    found = set(statuses)
-    return next((s for s in STATUS_EXIT_CODES if s in found), 'equal')
 
 
 class _GroupProgress:
@@ -6476,24 +7019,6 @@ def run_batch(
 # Repeat: reproduce each chosen run N times, nested under a parent run per
 # reference (a single reference's is the group's own), and diagnose what the
 # repetitions say together.
-
-
-FAILED_CLASS = 'failed'  # a reference run none of whose repetitions ran to the end
-
-
-@dataclasses.dataclass(frozen=True)
-class Repeat:
-    """The repetitions of one reference run, and what they say together."""
-
-    reference_run_id: str
-    parent_run_id: str | None
-    reproduced_run_ids: tuple[str, ...]
-    diagnoses: tuple[MetricDiagnosis, ...]
-
-    def json(self) -> dict[str, Any]:
-        return repeat_json(
-            self.reference_run_id, self.parent_run_id, self.reproduced_run_ids, self.diagnoses
-        )
 
 
 class RepeatPlanner(Planner):
@@ -7297,6 +7822,7 @@ class Bisections(Outcome):
 # matter.  The choice of the next probe is pure; the probes run on the group
 # engine, nested under the reproduced run.
 
+
 EXPLANATION_ARTIFACT = 'explanation.json'  # under ARTIFACT_DIR, on the reproduced run
 PIP_TIMEOUT_SECONDS = 900.0  # installing one pinned package into a layer
 # What a probe cannot undo, and why: said, never tried.
@@ -7378,75 +7904,7 @@ NOT_NEEDED_REASON = 'the repetitions are nondeterministic: no environment change
 STOPPED_REASON = 'stopped by a signal'
 
 
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-    """A difference a probe can undo: a package or a recorded variable."""
-
-    kind: str  # 'package' or 'variable'
-    name: str
-    reference: str | None  # None: unset (a variable)
-    reproduced: str | None
-
-    @property
-    def key(self) -> str:
-        return self.name if self.kind == 'variable' else f'package {self.name}'
-
-    def json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class Explanation:
-    restores_equality: bool | None
-    culprits: tuple[Candidate, ...] = ()
-    innocent: tuple[Candidate, ...] = ()  # undone, and they do not matter
-    probes: tuple[dict[str, Any], ...] = ()
-    not_tried: tuple[dict[str, str], ...] = ()
-    reason: str | None = None  # why nothing was tried
-
-    def json(self) -> dict[str, Any]:
-        return {
-            'restores_equality': self.restores_equality,
-            'culprits': [c.json() for c in self.culprits],
-            'probes': list(self.probes),
-            'not_tried': list(self.not_tried),
-            'reason': self.reason,
-        }
-
-
 NOT_NEEDED = Explanation(None, reason=NOT_NEEDED_REASON)
-
-
-def _candidate_text(c: Candidate, value: str | None) -> str:
-    """`numkit 1.0`, `OMP_NUM_THREADS 2`; an absent package is not installed,
-    an absent variable unset."""
-    return f'{c.name} {value or ("not installed" if c.kind == "package" else "unset")}'
-
-
-def explanation_lines(explanation: Explanation | None, escaped: Escape = shown) -> list[str]:
-    """The "Explained:" block, the same in text and Markdown (with values from
-    the store escaped by `escaped`)."""
-    if explanation is None:
-        return []
-    e, n = explanation, len(explanation.probes)
-    probes = f'({counted(n, "probe")})'
-    if e.restores_equality is None:
-        line = f'Explained: nothing tried: {escaped(e.reason or "")}'
-    elif not e.restores_equality:
-        line = (
-            'Explained: the environment does not explain it: with every difference undone '
-            f'the runs still differ {probes}'
-        )
-    else:
-        undone = [escaped(_candidate_text(c, c.reference)) for c in e.culprits]
-        line = f"Explained: with the reference's {listing(undone)} "
-        line += 'the runs are equal'
-        if e.innocent:
-            kept = [escaped(_candidate_text(c, c.reproduced)) for c in e.innocent]
-            line += f'; {listing(kept)} {plural(len(kept), "does", "do")} not matter'
-        line += f' {probes}'
-    not_tried = (f'- not tried: {escaped(t["name"])}: {escaped(t["reason"])}' for t in e.not_tried)
-    return [line, *not_tried]
 
 
 def explanation_candidates(
@@ -7718,8 +8176,7 @@ def explain_batch(session: Session, batch: BatchReport) -> BatchReport:
 # (its Markdown, its testcases, its reproductions and parent runs), so a new
 # mode gets them all by answering those questions.
 
-JUNIT_SUITE = 'reproduce_run'  # the one <testsuite>'s name
-SHORT_ID_CHARS = 8  # of a run ID, in a testcase's name
+
 STEP_SUMMARY_ENV = 'GITHUB_STEP_SUMMARY'  # GitHub Actions' job summary file
 NOTIFY_TIMEOUT_SECONDS = 10.0  # a whole delivery: connect, send, the answer's status and headers
 # Teams takes 28 KB a message and Slack 40,000 characters of text: the text
@@ -7751,112 +8208,6 @@ class Delivery:
             step_summary=environ.get(STEP_SUMMARY_ENV) or None,
             tracking_uri=environ.get('MLFLOW_TRACKING_URI'),
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One JUnit testcase: a reproduction, or a reference run's repetitions."""
-
-    name: str
-    seconds: float
-    result: str  # 'passed', 'failure', 'error' or 'skipped'
-    message: str = ''
-    text: str = ''  # the element's text: a table, the project's output
-    classname: str | None = None  # the experiment it went to; None: the delivery's
-
-
-def destination(report: Report) -> str | None:
-    """The experiment the reproduction went to (a script run's own by default)."""
-    return report.plan.experiment_name if report.plan else None
-
-
-def case_name(report: Report) -> str:
-    """The reference run's name and short ID."""
-    short = report.reference_run_id[:SHORT_ID_CHARS]
-    name = report.reference_run_name or report.model
-    return f'{name} ({short})' if name else short
-
-
-def differing_message(report: Report) -> str:
-    """The metrics and params that differ, each metric's first divergence included."""
-    parts = []
-    for m in report.verdict.metrics if report.verdict else ():
-        if m.equal or m.ignored:
-            continue
-        diverged = m.points > 1 and m.first_divergent_step is not None
-        where = f' from step {m.first_divergent_step}' if diverged else ''
-        parts.append(f'{m.key} differs{where} (latest {m.reference} vs {m.reproduced})')
-    for p in report.verdict.params if report.verdict else ():
-        if not p.equal:
-            parts.append(f'param {p.key} differs ({p.reference!r} vs {p.reproduced!r})')
-    return '; '.join(parts) or 'the runs differ'
-
-
-def report_case(report: Report) -> Case:
-    return dataclasses.replace(_report_case(report), classname=destination(report))
-
-
-def _report_case(report: Report) -> Case:
-    name, seconds = case_name(report), report.seconds
-    if report.status in ('equal', 'planned'):
-        return Case(name, seconds, 'passed')
-    if report.status == 'differ':
-        return Case(name, seconds, 'failure', differing_message(report), format_text(report))
-    message = report.message or report.status
-    if report.status in SIGNAL_STATUSES:
-        message = f'{report.status}: {report.message or "stopped while running"}'
-    return Case(name, seconds, 'error', message, '\n'.join(report.output_tail))
-
-
-def repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
-    """A reference run's repetitions as one testcase, with their classification."""
-    case = _repeat_case(reports, repeat)
-    return dataclasses.replace(case, classname=next(filter(None, map(destination, reports)), None))
-
-
-def _repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
-    name, seconds = case_name(reports[0]), sum(r.seconds for r in reports)
-    classification = classify_run(repeat.diagnoses) if repeat else FAILED_CLASS
-    table = '\n'.join(diagnosis_lines(repeat.diagnoses, 'psql')) if repeat else ''
-    unfinished = [r for r in reports if r.status not in JUDGED_STATUSES]
-    if unfinished:
-        first = unfinished[0]
-        message = (
-            f'{classification}: {len(unfinished)} of {len(reports)} repetitions did not '
-            f'finish; {first.status}: {first.message or "stopped while running"}'
-        )
-        return Case(name, seconds, 'error', message, table or '\n'.join(first.output_tail))
-    if classification == REPRODUCIBLE:
-        return Case(name, seconds, 'passed', text=f'classification: {classification}\n{table}')
-    differing = sorted({m for r in reports if r.status == 'differ' for m in _differing_keys(r)})
-    message = f'{classification}: {", ".join(differing) or "the repetitions differ"}'
-    return Case(name, seconds, 'failure', message, table)
-
-
-def _differing_keys(report: Report) -> list[str]:
-    metrics = report.verdict.metrics if report.verdict else ()
-    return [m.key for m in metrics if not (m.equal or m.ignored)]
-
-
-def batch_cases(batch: BatchReport) -> list[Case]:
-    """One testcase per report, or per reference run when it was repeated;
-    then one per skipped run."""
-    if batch.message:  # it could not start
-        return [Case(JUNIT_SUITE, 0.0, 'error', batch.message)]
-    by_reference: dict[str, list[Report]] = {}
-    for report in batch.reports:
-        by_reference.setdefault(report.reference_run_id, []).append(report)
-    if batch.repeats or batch.repeat_of or len(by_reference) < len(batch.reports):
-        diagnosed = {r.reference_run_id: r for r in batch.repeats}
-        cases = [repeat_case(rs, diagnosed.get(run_id)) for run_id, rs in by_reference.items()]
-    else:
-        cases = [report_case(r) for r in batch.reports]
-    return cases + skipped_cases(batch.skipped)
-
-
-def skipped_cases(skipped: Iterable[Mapping[str, str]]) -> list[Case]:
-    """A skipped testcase for each run a selection left out, with the reason."""
-    return [Case(s['run_id'][:SHORT_ID_CHARS], 0.0, 'skipped', s['reason']) for s in skipped]
 
 
 def xml_text(text: str) -> str:
@@ -7910,24 +8261,6 @@ def junit_xml(cases: Sequence[Case], classname: str, timestamp: float) -> bytes:
             result.text = xml_lines(case.text) or None
     ET.indent(root)
     return ET.tostring(root, encoding='utf-8', xml_declaration=True) + b'\n'
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """A temporary file beside path, then a rename: a reader sees the old file
-    or the whole new one, never half of one."""
-    folder, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{base}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def summary_line(outcome: Outcome, experiment: str) -> str:
@@ -8197,275 +8530,7 @@ def deliver(outcome: Outcome, delivery: Delivery) -> None:
 
 
 # ---------------------------------------------------------------------------
-# One invocation: settings, the tracking server, then one run or a batch.
-
-
-# tool_owner(): host:pid:start:boot:pidns.  The previous version wrote host:pid:start,
-# which this does not match: such an owner does not say its PID namespace, so its tool
-# may run in another container of this host, and it counts as alive (tool_gone); its
-# runs are closed only by --reap-after.
-_OWNER_RE = re.compile(r'(?P<host>.+):(?P<pid>\d+):(?P<start>\d+):(?P<namespace>[\w-]+:\d+)')
-_PROCESS_MARKER_RE = re.compile(r'(?P<base>(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8})(\.\d+)?')
-# tool_tmp_prefix(); a folder of the previous version (reproduce_run-<pid>-<start>-<random>)
-# does not say its PID namespace either, and is left alone.
-_TMP_OWNER_RE = re.compile(
-    re.escape(TMP_PREFIX) + r'(?P<pid>\d+)-(?P<start>\d+)-(?P<pidns>\d+)-(?P<boot>[0-9a-f]{8})-'
-)
-
-
-def close_leftovers(session: Session, run_ids: Sequence[str] = ()) -> tuple[dict[str, str], ...]:
-    """Before an invocation creates runs: what tools of this host, boot and
-    PID namespace left when they died without cleaning up (SIGKILL, the OOM
-    killer).  Their project processes are ended and their temporary folders
-    removed (those under this tool's TMPDIR), their runs still RUNNING closed
-    as KILLED once no process of their project runs (with --reap-after, also
-    any reproduction RUNNING longer than that, whatever its host).  `run_ids`:
-    the references, whose experiments are searched too.  One line on
-    standard error for each; never raises."""
-    if session.options.dry_run:
-        return ()
-    marked = dead_tools_processes()
-    processes = end_dead_tools_processes(marked)
-    folders = remove_dead_tools_folders()
-    crashed = {item['owner'] for item in (*processes, *folders)}
-    running = collections.Counter(owner for _, owner, shared in marked if not shared)
-    found = [*processes, *close_leftover_runs(session, run_ids, crashed, running), *folders]
-    if not session.options.quiet:
-        for item in found:
-            print(f'reproduce_run: {shown(item["message"])}', file=sys.stderr, flush=True)
-    return tuple(found)
-
-
-def _leftover(kind: str, name: str, owner: str, message: str) -> dict[str, str]:
-    return {'kind': kind, 'name': name, 'owner': owner, 'message': mask_credentials(message)}
-
-
-def dead_tools_processes() -> list[tuple[str, str, bool]]:
-    """(marker base, owner, whether its TMPDIR lies in a reproduce_run-… folder of this
-    tool's TMPDIR) of each process of this PID namespace whose
-    REPRODUCE_RUN_PROCESS_TAG names a tool that is gone.  A process of
-    another namespace is never one: its tool's PID means nothing here."""
-    mine = pid_namespace()
-    if not os.path.isdir('/proc') or mine is None:
-        return []
-    ours = os.path.join(tempfile.gettempdir(), TMP_PREFIX).encode()
-    found = []
-    for pid, state, _, environ in _process_table():
-        variables = dict(v.partition(b'=')[::2] for v in environ.split(b'\0'))
-        match = _PROCESS_MARKER_RE.fullmatch(
-            variables.get(PROCESS_MARKER.encode(), b'').decode('ascii', 'replace')
-        )
-        if (
-            match
-            and state not in ('Z', 'X')
-            and pid_namespace(pid) == mine
-            and not tool_alive(int(match['pid']), match['start'])
-        ):
-            owner = tool_owner(f'{match["pid"]}:{match["start"]}')
-            found.append((match['base'], owner, variables.get(b'TMPDIR', b'').startswith(ours)))
-    return found
-
-
-def end_dead_tools_processes(marked: Sequence[tuple[str, str, bool]]) -> list[dict[str, str]]:
-    """The processes of dead tools that shared this one's temporary folder,
-    ended as a signal to that tool would have ended them."""
-    found = []
-    for base, owner in sorted({(base, owner) for base, owner, shared in marked if shared}):
-        count = end_processes(None, base) + end_processes(None, base + '.')
-        if count:
-            message = (
-                f'ended {counted(count, "process", "processes")} of the dead reproducing '
-                f'tool {owner} ({PROCESS_MARKER}={base})'
-            )
-            found.append(_leftover('processes', base, owner, message))
-    return found
-
-
-def _leftover_filters(options: Options, host: str, now: float) -> list[str]:
-    """The searches for leftover runs: this host's reproductions still
-    RUNNING, and with --reap-after any that started before its window."""
-    running = "attributes.status = 'RUNNING'"
-    host_like = host.replace('\\', '\\\\').replace("'", "\\'")
-    filters = [f"tags.`{TAG_OWNER}` LIKE '{host_like}:%' AND {running}"]
-    if options.reap_after is not None:
-        cutoff = int((now - options.reap_after) * 1000)
-        filters.append(
-            f"tags.`{TAG_OWNER}` LIKE '%' AND {running} AND attributes.start_time < {cutoff}"
-        )
-    return filters
-
-
-def _tool_here(owner: str) -> re.Match[str] | None:
-    """The owner's parts when it names a tool of this host, boot and PID
-    namespace (the previous version's form, host:pid:start, never does)."""
-    match = _OWNER_RE.fullmatch(owner)
-    here = (
-        match
-        and match['host'] == socket.gethostname()
-        and match['namespace'] == tool_namespace()
-        and 'unknown' not in match['namespace']
-    )
-    return match if here else None
-
-
-def tool_gone(owner: str) -> bool:
-    """Whether the owner names a tool of this host, boot and PID namespace
-    that no longer runs.  Any other tool counts as alive."""
-    match = _tool_here(owner)
-    return bool(match and not tool_alive(int(match['pid']), match['start']))
-
-
-def tool_seen_running(owner: str) -> bool:
-    """Whether the owner names a tool of this host, boot and PID namespace
-    that still runs."""
-    match = _tool_here(owner)
-    return bool(match and tool_alive(int(match['pid']), match['start']))
-
-
-def leftover_reason(
-    run: Run,
-    options: Options,
-    now: float,
-    crashed: Container[str] = (),
-    running: Container[str] = (),
-) -> str | None:
-    """Why a RUNNING reproduction is a leftover to close, or None.  `crashed`:
-    the owners whose processes or folder this invocation found; `running`:
-    those whose project still runs (outside this tool's TMPDIR)."""
-    owner = run.data.tags.get(TAG_OWNER, '')
-    if owner not in running and tool_gone(owner):
-        return TOOL_DIED if owner in crashed else TOOL_GONE
-    if options.reap_after is not None and run.info.start_time < (now - options.reap_after) * 1000:
-        why = 'still runs here' if tool_seen_running(owner) else 'is presumed dead'
-        limit = f'RUNNING longer than --reap-after ({options.reap_after:g} s)'
-        return f'{limit}: its reproducing tool {why}'
-    return None
-
-
-def leftover_experiment_ids(session: Session, run_ids: Sequence[str]) -> list[str]:
-    """The experiments a search for leftover runs looks at: the newest
-    LEFTOVER_EXPERIMENT_LIMIT active ones, and when there are more, the
-    invocation's destinations first (--experiment-name or Default, and the
-    experiment of a single run's or a bisection's reference, a script run's)."""
-    client = session.client
-    page = client.search_experiments(
-        max_results=LEFTOVER_EXPERIMENT_LIMIT, order_by=['creation_time DESC']
-    )
-    ids = [e.experiment_id for e in page]
-    if page.token:  # more than the limit: the destinations must be among those searched
-        named = client.get_experiment_by_name(session.options.experiment_name or 'Default')
-        own = [named.experiment_id] if named else []
-        for run_id in run_ids:
-            with contextlib.suppress(Exception):  # the reproduction says what is wrong with it
-                own.append(client.get_run(run_id).info.experiment_id)
-        ids = [*own, *ids]
-    return list(dict.fromkeys(ids))[:LEFTOVER_EXPERIMENT_LIMIT]
-
-
-def find_leftover_runs(session: Session, run_ids: Sequence[str], now: float) -> dict[str, Run]:
-    """The RUNNING reproductions of this host (any, with --reap-after, older
-    than that): one search of each experiment looked at, per filter."""
-    client = session.client
-    runs = {}
-    with _environ({'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0'}):  # tried once
-        experiment_ids = leftover_experiment_ids(session, run_ids)
-        for search in _leftover_filters(session.options, socket.gethostname(), now):
-            for run in client.search_runs(
-                experiment_ids, search, max_results=LEFTOVER_SEARCH_LIMIT
-            ):
-                runs[run.info.run_id] = run
-    return runs
-
-
-def close_leftover_runs(
-    session: Session,
-    run_ids: Sequence[str] = (),
-    crashed: Container[str] = (),
-    running: Mapping[str, int] | None = None,
-) -> list[dict[str, str]]:
-    """The runs left RUNNING by dead tools, closed as KILLED; a run of a dead
-    tool whose project still runs (`running`: owner -> processes) is left, and
-    one line says so."""
-    running = running or {}
-    now = time.time()
-    try:
-        runs = find_leftover_runs(session, run_ids, now)
-    except Exception as e:  # not fatal: the runs wait for the next invocation
-        why = server_failure(e)
-        if not why.startswith('the tracking server does not answer'):  # else the next error says
-            warn(f'could not look for runs left RUNNING by a dead tool: {why}')
-        return []
-    found: list[dict[str, str]] = []
-    for run_id, run in runs.items():
-        reason = leftover_reason(run, session.options, now, crashed, running)
-        owner = run.data.tags.get(TAG_OWNER, '')
-        if reason is None and owner in running:
-            count = running[owner]
-            processes = (
-                '1 process of its project still runs'
-                if count == 1
-                else (f'{count} processes of its project still run')
-            )
-            warn(
-                f'run {run_id} of the dead reproducing tool {owner} is left RUNNING: '
-                f"{processes}, with a TMPDIR outside this tool's; it is closed once they end"
-            )
-        elif reason is not None and close_leftover_run(session.client, run, reason):
-            message = f'closed run {run_id} of {owner} as KILLED: {reason}'
-            found.append(_leftover('run', run_id, owner, message))
-    return found
-
-
-def close_leftover_run(client: MlflowClient, run: Run, reason: str) -> bool:
-    """KILLED, with reproduce.status killed and the reason in its description."""
-    from mlflow.entities import RunTag
-
-    note = run.data.tags.get(TAG_NOTE)
-    try:
-        client.log_batch(
-            run.info.run_id,
-            tags=[
-                RunTag(TAG_STATUS, 'killed'),
-                RunTag(TAG_NOTE, fit_tag(f'{note}\n\n{reason}' if note else reason)),
-            ],
-        )
-        client.set_terminated(run.info.run_id, 'KILLED')
-    except Exception as e:
-        warn(f'could not close run {run.info.run_id} left RUNNING: {_last_line(str(e))}')
-        return False
-    return True
-
-
-def remove_dead_tools_folders() -> list[dict[str, str]]:
-    """The temporary folders of this user's tools of this boot and PID
-    namespace that are gone."""
-    found = []
-    try:
-        entries = list(os.scandir(tempfile.gettempdir()))
-    except OSError:
-        return []
-    boot, pidns = tool_namespace().split(':')
-    for entry in entries:
-        match = _TMP_OWNER_RE.match(entry.name)
-        try:
-            if (
-                not match
-                or (match['pidns'], match['boot']) != (pidns, boot[:8])
-                or not entry.is_dir(follow_symlinks=False)
-                or entry.stat(follow_symlinks=False).st_uid != os.getuid()
-                or tool_alive(int(match['pid']), match['start'])
-            ):
-                continue
-        except OSError:  # gone meanwhile
-            continue
-        shutil.rmtree(entry.path, ignore_errors=True)
-        if not os.path.lexists(entry.path):
-            owner = tool_owner(f'{match["pid"]}:{match["start"]}')
-            message = (
-                f'removed the temporary folder {entry.path} of the dead reproducing tool {owner}'
-            )
-            found.append(_leftover('folder', entry.path, owner, message))
-    return found
+# One invocation: settings, the tracking server, then one run or a group.
 
 
 def check_tracking_server(uri: str) -> None:

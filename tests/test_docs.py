@@ -146,25 +146,6 @@ def test_drift_false_alarm_table_holds_its_exact_columns():
         assert all(math.isfinite(float(v)) for v in simulated)
 
 
-# --- CONTRIBUTING.md's map of the code ------------------------------------------
-
-
-def banner_titles() -> list[str]:
-    """The title of each `# ----` banner of reproduce_run.py: its next line, up to ':' or '.'."""
-    lines = SCRIPT.read_text().splitlines()
-    return [
-        re.split(r'[:.]', lines[i + 1].lstrip('# '), maxsplit=1)[0]
-        for i, line in enumerate(lines)
-        if line.startswith('# ----')
-    ]
-
-
-def test_contributing_lists_the_sections_of_the_code_in_order():
-    layout = section(ROOT / 'CONTRIBUTING.md', 'How the code is laid out')
-    listed = re.findall(r'^\d+\. \*\*(.+?)\*\*', layout, re.MULTILINE)
-    assert listed == banner_titles()
-
-
 def test_contributing_gives_the_readme_test_commands():
     readme = re.search(r'```sh\n(.*?)```', section(ROOT / 'README.md', 'Running the tests'), re.S)
     assert readme and readme.group(1) in (ROOT / 'CONTRIBUTING.md').read_text()
