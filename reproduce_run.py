@@ -3206,23 +3206,24 @@ def _quoted(text: str, escaped: Escape) -> str:
     return f'`{name}`' if name == text else name
 
 
+def _both_sides(item: Mapping[str, Any], missing: str, escaped: Escape) -> tuple[str, str]:
+    """The reference's value and the reproduction's, as a line shows them."""
+    return escaped(_shown(item['reference'], missing)), escaped(_shown(item['reproduced'], missing))
+
+
 def _environment_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
     kind, name = item['kind'], escaped(item['name'])
     missing = {'package': 'not installed', 'env': 'unset'}.get(kind, 'unknown')
-    ref, new = (escaped(_shown(item[k], missing)) for k in ('reference', 'reproduced'))
-    if kind == 'package':
-        return f'package {name}: {ref} -> {new}'
-    if kind == 'env':
-        return f'{name}: {ref} -> {new}'
-    label = 'Python' if kind == 'python' else 'platform'
-    return f'{label} {name}: {ref} -> {new}'
+    ref, new = _both_sides(item, missing, escaped)
+    label = {'package': 'package ', 'env': '', 'python': 'Python '}.get(kind, 'platform ')
+    return f'{label}{name}: {ref} -> {new}'
 
 
 def _dataset_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
     context = f' ({escaped(item["context"])})' if item['context'] else ''
     where = f'dataset {_quoted(item["name"], escaped)}{context}'
     change = item['change']
-    ref, new = (escaped(_shown(item[k], '-')) for k in ('reference', 'reproduced'))
+    ref, new = _both_sides(item, '-', escaped)
     if change == 'digest':
         return f'{where} changed at its source (digest {ref} -> {new})'
     if change == 'source':
@@ -4210,8 +4211,7 @@ def start_project(
 ) -> Job:
     """Start the entry point's command with bash, as `mlflow run` does, but
     in a session of its own and in this process: no second MLflow import."""
-    from mlflow.projects.submitted_run import LocalSubmittedRun
-    from mlflow.projects.utils import get_entry_point_command, get_run_env_vars, load_project
+    from mlflow.projects.utils import get_entry_point_command, load_project
 
     if plan.script is not None:
         return start_script(session, plan, run, tmp_dir, marker, output)
@@ -4227,20 +4227,41 @@ def start_project(
             ),
         ]
     )
+    env = _run_environ(session, run, tmp_dir, marker)
+    return start_process(('bash', '-c', command), plan.project_dir, env, output, activation)
+
+
+def _run_environ(session: Session, run: Run, tmp_dir: str, marker: str) -> dict[str, str]:
+    """The project's environment, with the run made for it in MLFLOW_RUN_ID."""
+    from mlflow.projects.utils import get_run_env_vars
+
     env = _project_environ(session, tmp_dir, marker)
     env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
+    return env
+
+
+def start_process(
+    args: Sequence[str],
+    cwd: str,
+    env: dict[str, str],
+    output: ProjectOutput,
+    activation: Sequence[str],
+) -> Job:
+    """Start a project's process in a session of its own, its output into the
+    reproduction's pipe; its run and marker are those its environment names."""
+    from mlflow.projects.submitted_run import LocalSubmittedRun
+
     proc = subprocess.Popen(
-        ('bash', '-c', command),
-        cwd=plan.project_dir,
+        args,
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=output.write_fd,
         stderr=output.write_fd,
         start_new_session=True,
     )
-    return Job(
-        LocalSubmittedRun(run.info.run_id, proc), marker, ' && '.join(activation) or None, env
-    )
+    job = LocalSubmittedRun(env['MLFLOW_RUN_ID'], proc)
+    return Job(job, env[PROCESS_MARKER], ' && '.join(activation) or None, env)
 
 
 def script_activation(plan: Plan) -> list[str]:
@@ -4270,25 +4291,12 @@ def start_script(
     """Start a script run's command in its working folder, in a session of
     its own, with the run made for it in MLFLOW_RUN_ID: the script's first
     start_run() takes it."""
-    from mlflow.projects.submitted_run import LocalSubmittedRun
-    from mlflow.projects.utils import get_run_env_vars
-
     assert plan.script is not None
     activation = script_activation(plan)
-    env = _project_environ(session, tmp_dir, marker)
-    env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
-    proc = subprocess.Popen(
-        script_process_args(plan.script.command, activation),
-        cwd=os.path.join(plan.project_dir, plan.script.workdir),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=output.write_fd,
-        stderr=output.write_fd,
-        start_new_session=True,
-    )
-    return Job(
-        LocalSubmittedRun(run.info.run_id, proc), marker, ' && '.join(activation) or None, env
-    )
+    args = script_process_args(plan.script.command, activation)
+    cwd = os.path.join(plan.project_dir, plan.script.workdir)
+    env = _run_environ(session, run, tmp_dir, marker)
+    return start_process(args, cwd, env, output, activation)
 
 
 def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str | None:
