@@ -76,7 +76,10 @@ def test_sigkill_of_pytest_in_a_server_test_leaves_no_process_of_the_suite(tmp_p
     env = {
         **os.environ,
         'SUITE_READY': str(ready),
-        'PYTHONPATH': os.pathsep.join((str(ROOT / 'tests'), os.environ.get('PYTHONPATH', ''))),
+        # as pytest.ini's `pythonpath = . tests`, which the inner run's own ini lacks
+        'PYTHONPATH': os.pathsep.join(
+            (str(ROOT), str(ROOT / 'tests'), os.environ.get('PYTHONPATH', ''))
+        ),
         'REPRODUCE_SUITE_MARK': mark,
     }
     inner = subprocess.Popen(
