@@ -18,7 +18,7 @@ section can be read knowing only what is above it.  The sections, each opened
 by a `# ----` banner:
 
   1. Helpers used everywhere: masking, warnings, shown values, plurals.
-  2. Core types: verdicts, plans, settings, the statuses' rank.
+  2. Core types: verdicts, plans, findings, settings, the stop flag.
   3. Judging: pure; histories in, verdict out.
   4. Diagnosing repetitions: pure; --repeat's classes and tolerances.
   5. Resolving the reference run into a plan: pure.
@@ -478,8 +478,10 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Core types: what judging decides, the plan of one reproduction, the
-# settings of an invocation and what its reproductions share, the statuses' rank.
+# Core types: what judging decides, the plan of one reproduction and what
+# it found besides the verdict (differences, registrations, an explanation),
+# the settings of an invocation and what its reproductions share (the stop
+# flag, the runs left open), the statuses' rank.
 
 
 class Point(NamedTuple):
