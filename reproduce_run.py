@@ -4483,7 +4483,10 @@ class Launcher:
         while stop is not None and not select.select([self.answers], [], [], 0.2)[0]:
             stop.check()
         line = self.answers.readline()
-        return json.loads(line) if line else {}
+        try:
+            return json.loads(line) if line else {}
+        except ValueError:  # not from serve_launch: the launcher cannot be trusted
+            return {'error': 'the launcher process answered something other than JSON'}
 
     def end(self) -> int:
         """End it and whatever it started, as a project's processes are ended."""
@@ -4499,7 +4502,7 @@ class Launcher:
         the launcher ended either way."""
         try:
             answer = self.answer(stop)
-        except Stopped:
+        except BaseException:  # Stopped, or the pipe failed: it ends all the same
             self.end()
             raise
         if 'run_id' not in answer:
@@ -4512,10 +4515,12 @@ class Launcher:
         """Whether the job succeeded, once it has ended; raises Stopped when
         a signal arrives first."""
         answer = self.answer(stop)
+        if 'succeeded' not in answer:  # one that still runs is ended by cancel_submitted
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(0 if answer else 5)  # its exit status, once it has ended
+            raise LaunchFailed(answer, self.proc.returncode).unexpected()
         self.answers.close()
         self.proc.wait()  # it exits once it has answered
-        if 'succeeded' not in answer:
-            raise LaunchFailed(answer, self.proc.returncode).unexpected()
         return bool(answer['succeeded'])
 
     def cancel(self) -> None:

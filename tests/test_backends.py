@@ -590,3 +590,31 @@ def test_sigterm_cancels_the_plugin_job_and_marks_the_run_killed(samples_repo, t
     assert new.info.run_id == doc['reproduced_run_id']
     assert new.info.status == 'KILLED'
     assert process_gone(int(pid_file.read_text()))
+
+
+# A sitecustomize that makes a launcher process (python -c LAUNCHER tool fd)
+# answer something other than JSON, then stay, as a broken launcher might.
+GARBLED_LAUNCHER = """\
+import os, sys, time
+if len(sys.argv) == 3 and sys.argv[0] == '-c' and sys.argv[1].endswith('reproduce_run.py'):
+    os.write(int(sys.argv[2]), b'{"run_id": \\n')
+    time.sleep(120)
+"""
+
+
+def test_a_launcher_answering_other_than_json_fails_clearly_and_is_ended(tmp_path):
+    site = tmp_path / 'site'
+    site.mkdir()
+    write(site / 'sitecustomize.py', GARBLED_LAUNCHER)
+    marker = f'garbled-{os.getpid()}'
+    env = {
+        **os.environ,
+        'PYTHONPATH': os.pathsep.join((str(site), os.environ['PYTHONPATH'])),
+        reproduce_run.PROCESS_MARKER: marker,
+    }
+    request = {'run': {'backend': PLUGIN}, 'verbose': False}
+    with open(tmp_path / 'output.log', 'wb') as output:
+        launcher = reproduce_run.Launcher(request, env, output.fileno(), marker)
+    with pytest.raises(reproduce_run.LaunchFailed, match='answered something other than JSON'):
+        launcher.started(None)
+    assert launcher.proc.poll() is not None  # not left to run on
