@@ -208,10 +208,16 @@ def test_commit_outcome(reports, expected):
 
 @pytest.fixture(scope='module')
 def linear(tmp_path_factory, store):
-    """A reference run, then 12 commits, of which the 8th doubles the metric."""
+    """A reference run, then 4 commits, of which the 3rd doubles the metric."""
     repo, first = build_repo(tmp_path_factory.mktemp('linear'), TINY)
     ref = mlflow_run(str(repo / 'tiny'), store)
-    return repo, [first, *add_commits(repo, 12, change_at=8)], ref
+    return repo, [first, *add_commits(repo, 4, change_at=3)], ref
+
+
+def tiny_reference(repo: Path, commit: str, score: float = 1.0) -> str:
+    """A run of the tiny project at `commit`, recorded without running it: for
+    the tests whose point is the bisection, not how the reference was made."""
+    return recorded_run(f'file://{repo}#tiny', commit, {'data': ''}, metrics={'score': score})
 
 
 def bisect_runs(name: str):
@@ -233,21 +239,21 @@ def test_bisect_finds_the_commit_that_changed_the_metric(linear, capsys, tmp_pat
     doc = json.loads(out)
     bisect = doc['bisect']
     assert doc['exit_code'] == 1
-    assert bisect['first_changed_commit'] == commits[8]
-    assert bisect['candidates'] == [commits[8]]
-    assert (bisect['reference_commit'], bisect['target_commit']) == (commits[0], commits[12])
+    assert bisect['first_changed_commit'] == commits[3]
+    assert bisect['candidates'] == [commits[3]]
+    assert (bisect['reference_commit'], bisect['target_commit']) == (commits[0], commits[4])
     assert bisect['reference_run_id'] == ref
     assert bisect['skipped'] == [] and bisect['reason'] is None
     probes = bisect['probes']
-    assert len(probes) <= math.ceil(math.log2(12)) + 2
+    assert len(probes) <= math.ceil(math.log2(4)) + 2
     assert set(probes[0]) == {'commit', 'subject', 'status', 'equal', 'reproduced_run_id'}
     assert [p['commit'] for p in probes] == sorted((p['commit'] for p in probes), key=commits.index)
     by_commit = {p['commit']: p for p in probes}
-    assert by_commit[commits[8]]['status'] == 'differ'
-    assert by_commit[commits[8]]['subject'] == 'commit 8: the value doubles'
-    assert by_commit[commits[7]]['equal'] is True
+    assert by_commit[commits[3]]['status'] == 'differ'
+    assert by_commit[commits[3]]['subject'] == 'commit 3: the value doubles'
+    assert by_commit[commits[2]]['equal'] is True
     # the single-run fields are the first changed commit's probe
-    assert doc['reproduced_run_id'] == by_commit[commits[8]]['reproduced_run_id']
+    assert doc['reproduced_run_id'] == by_commit[commits[3]]['reproduced_run_id']
     assert [m['key'] for m in doc['metrics'] if not m['equal']] == ['score']
     assert doc['differences']['code'] == [
         '--bisect replaced the commit that the reference run recorded'  # no --version given
@@ -255,15 +261,15 @@ def test_bisect_finds_the_commit_that_changed_the_metric(linear, capsys, tmp_pat
     # the reference commit first, then the target
     started = [line for line in err.splitlines() if line.endswith(' started')]
     assert f'at {commits[0][:12]} started' in started[0]
-    assert f'at {commits[12][:12]} started' in started[1]
+    assert f'at {commits[4][:12]} started' in started[1]
     # recorded in MLflow: the parent run, its tags and artifact, the nested probes
     parent, children = bisect_runs(name)
     assert parent.info.run_name == f'reproduce-bisect-{client().get_run(ref).info.run_name}'
     assert parent.info.run_id == bisect['run_id']
     assert parent.info.status == 'FINISHED'
-    assert parent.data.tags['reproduce.first_changed_commit'] == commits[8]
+    assert parent.data.tags['reproduce.first_changed_commit'] == commits[3]
     assert parent.data.tags['reproduce.reference_run_id'] == ref
-    assert f'First changed commit: {commits[8]}' in parent.data.tags['mlflow.note.content']
+    assert f'First changed commit: {commits[3]}' in parent.data.tags['mlflow.note.content']
     artifact = client().download_artifacts(parent.info.run_id, 'reproduce/bisect.json', tmp_path)
     assert json.loads(Path(artifact).read_text())['bisect'] == bisect
     assert sorted(c.info.run_id for c in children) == sorted(p['reproduced_run_id'] for p in probes)
@@ -278,7 +284,7 @@ def test_bisect_finds_the_commit_that_changed_the_metric(linear, capsys, tmp_pat
 def test_target_where_nothing_changed_exits_0(linear, capsys, tmp_path):
     repo, commits, ref = linear
     code, out, err = reproduce(
-        capsys, '--run_id', ref, '--bisect', commits[5], '--experiment-name', tmp_path.name
+        capsys, '--run_id', ref, '--bisect', commits[2], '--experiment-name', tmp_path.name
     )
     assert code == 0, err
     lines = out.splitlines()
@@ -292,7 +298,7 @@ def test_target_where_nothing_changed_exits_0(linear, capsys, tmp_path):
         'Changed metrics',
         'Reproduced run',
     ]
-    assert [r.split('|')[1].strip() for r in rows[1:]] == [commits[0][:12], commits[5][:12]]
+    assert [r.split('|')[1].strip() for r in rows[1:]] == [commits[0][:12], commits[2][:12]]
     assert [r.split('|')[3].strip() for r in rows[1:]] == ['equal', 'equal']
 
 
@@ -314,23 +320,23 @@ def test_jobs_3_reach_the_same_commit(linear, capsys, tmp_path):
     )
     assert code == 1, err
     assert out.startswith(f'**Bisection of run {ref}**: differ')
-    assert out.rstrip().endswith(f'First changed commit: {commits[8]}')
+    assert out.rstrip().endswith(f'First changed commit: {commits[3]}')
 
 
 @pytest.mark.slow
-def test_a_broken_commit_next_to_the_change_is_skipped(tmp_path, store, capsys):
+def test_a_broken_commit_next_to_the_change_is_skipped(tmp_path, capsys):
     repo, first = build_repo(tmp_path, TINY)
-    ref = mlflow_run(str(repo / 'tiny'), store)
-    commits = [first, *add_commits(repo, 12, change_at=8, broken_at=7)]
+    ref = tiny_reference(repo, first)
+    commits = [first, *add_commits(repo, 2, change_at=2, broken_at=1)]
     code, out, err = reproduce(
         capsys, '--run_id', ref, '--bisect', '--experiment-name', tmp_path.name, '--output', 'json'
     )
     assert code == 1, err
     bisect = json.loads(out)['bisect']
-    assert bisect['skipped'] == [commits[7]]
-    assert bisect['candidates'] == [commits[7], commits[8]]
+    assert bisect['skipped'] == [commits[1]]
+    assert bisect['candidates'] == [commits[1], commits[2]]
     assert bisect['first_changed_commit'] is None
-    assert {p['commit']: p['status'] for p in bisect['probes']}[commits[7]] == 'failed'
+    assert {p['commit']: p['status'] for p in bisect['probes']}[commits[1]] == 'failed'
 
 
 @pytest.mark.slow
@@ -358,11 +364,12 @@ def test_a_reference_whose_data_changed_blames_no_commit(tmp_path, store, capsys
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # 3 repetitions of each probe, one after another
-def test_repeat_3_bisects_a_nondeterministic_project(tmp_path, store, capsys, monkeypatch):
+def test_repeat_3_bisects_a_nondeterministic_project(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv('BISECT_TEST_COUNTER', str(tmp_path / 'counter'))
     repo, first = build_repo(tmp_path, TINY)
-    ref = mlflow_run(str(repo / 'tiny'), store)
-    commits = [first, *add_commits(repo, 6, change_at=3)]
+    # the reference's value is the noise's lowest (-1 %), as a first run of the project logs it
+    ref = tiny_reference(repo, first, 0.99)
+    commits = [first, *add_commits(repo, 2, change_at=2)]
     code, out, err = reproduce(
         capsys,
         '--run_id',
@@ -377,7 +384,7 @@ def test_repeat_3_bisects_a_nondeterministic_project(tmp_path, store, capsys, mo
     )
     assert code == 1, err
     bisect = json.loads(out)['bisect']
-    assert bisect['first_changed_commit'] == commits[3]
+    assert bisect['first_changed_commit'] == commits[2]
     # every repetition differs from the reference (the noise), and yet the
     # reference commit counts as unchanged: its value lies within their range
     at_reference = [p for p in bisect['probes'] if p['commit'] == commits[0]]
@@ -411,7 +418,7 @@ def test_sigterm_mid_bisection_kills_the_parent_and_leaves_nothing_running(linea
 
         def target_probe_running():
             return any(
-                r.data.tags.get('mlflow.source.git.commit') == commits[12]
+                r.data.tags.get('mlflow.source.git.commit') == commits[4]
                 for r in experiment_runs_or_empty(name)
             )
 
@@ -452,7 +459,7 @@ def test_a_script_run_is_bisected(tmp_path, git_daemon, capsys):
     git('remote', 'add', 'origin', f'{url}/{bare.name}', cwd=repo)
     git('push', '--quiet', 'origin', 'main', cwd=repo)
     ref = python_run(repo, 'tiny/fit.py')
-    commits = [first, *add_commits(repo, 12, change_at=3)]
+    commits = [first, *add_commits(repo, 2, change_at=2)]
     git('push', '--quiet', 'origin', 'main', cwd=repo)
     code, out, err = reproduce(
         capsys,
@@ -467,9 +474,9 @@ def test_a_script_run_is_bisected(tmp_path, git_daemon, capsys):
     )
     assert code == 1, err
     bisect = json.loads(out)['bisect']
-    assert bisect['first_changed_commit'] == commits[3]
-    assert bisect['target_commit'] == commits[12]
-    assert len(bisect['probes']) <= math.ceil(math.log2(12)) + 2
+    assert bisect['first_changed_commit'] == commits[2]
+    assert bisect['target_commit'] == commits[2]
+    assert [p['commit'] for p in bisect['probes']] == commits  # each commit once, in order
 
 
 @pytest.mark.parametrize(
@@ -550,7 +557,7 @@ def test_a_bisection_goes_to_junit_and_the_step_summary(linear, capsys, tmp_path
         '--run_id',
         ref,
         '--bisect',
-        commits[5],
+        commits[2],
         '--experiment-name',
         tmp_path.name,
         '--junit-xml',
@@ -559,7 +566,7 @@ def test_a_bisection_goes_to_junit_and_the_step_summary(linear, capsys, tmp_path
     assert code == 0, err
     [suite] = JUnitXml.fromfile(str(junit))
     names = [case.name for case in suite]
-    assert [name.rsplit(' at ', 1)[1] for name in names] == [commits[0][:8], commits[5][:8]]
+    assert [name.rsplit(' at ', 1)[1] for name in names] == [commits[0][:8], commits[2][:8]]
     assert all(case.is_passed for case in suite)
     text = summary.read_text()
     assert text.startswith(f'**Bisection of run {ref}**: equal')
@@ -629,12 +636,14 @@ def test_several_bisections_in_table_markdown_and_junit():
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_each_reference_of_a_batch_is_bisected_on_its_own(linear, tmp_path, store, capsys):
+def test_each_reference_of_a_batch_is_bisected_on_its_own(tmp_path, capsys):
     """Two references: the change of one is found, nothing changed for the
     other; each has its own parent run, and the exit code is the worst."""
-    repo, commits, ref = linear
-    calm_repo, calm_first = build_repo(tmp_path, TINY)
-    calm = mlflow_run(str(calm_repo / 'tiny'), store)
+    repo, first = build_repo(tmp_path / 'found', TINY)
+    ref = tiny_reference(repo, first)
+    commits = [first, *add_commits(repo, 2, change_at=2)]
+    calm_repo, calm_first = build_repo(tmp_path / 'calm', TINY)
+    calm = tiny_reference(calm_repo, calm_first)
     calm_commits = [calm_first, *add_commits(calm_repo, 2, change_at=0)]
     name = f'bisect-{tmp_path.name}'
     code, out, err = reproduce(
@@ -649,7 +658,7 @@ def test_each_reference_of_a_batch_is_bisected_on_its_own(linear, tmp_path, stor
     found, unchanged = doc['bisections']
     assert (found['status'], found['exit_code']) == ('differ', 1)
     assert found['bisect']['reference_run_id'] == ref
-    assert found['bisect']['first_changed_commit'] == commits[8]
+    assert found['bisect']['first_changed_commit'] == commits[2]
     assert (unchanged['status'], unchanged['exit_code']) == ('equal', 0)
     assert unchanged['bisect']['reference_run_id'] == calm
     assert unchanged['bisect']['first_changed_commit'] is None
@@ -696,7 +705,7 @@ def test_a_reference_that_cannot_be_resolved_is_an_error_entry(linear, tmp_path,
         '--runs-file',
         str(runs_file),
         '--bisect',
-        commits[5],
+        commits[2],
         '--experiment-name',
         tmp_path.name,
     )
@@ -718,10 +727,10 @@ def test_a_reference_that_cannot_be_resolved_is_an_error_entry(linear, tmp_path,
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_current_bisection_and_starts_no_further_one(linear, tmp_path, store):
+def test_sigterm_stops_the_current_bisection_and_starts_no_further_one(linear, tmp_path):
     repo, commits, ref = linear
-    calm_repo, _ = build_repo(tmp_path, TINY)
-    calm = mlflow_run(str(calm_repo / 'tiny'), store)
+    calm_repo, calm_first = build_repo(tmp_path, TINY)
+    calm = tiny_reference(calm_repo, calm_first)
     add_commits(calm_repo, 2, change_at=0)
     name = f'sigterm-{tmp_path.name}'
     argv = ('--run_id', ref, calm, '--bisect', '--experiment-name', name, '--output', 'json')
@@ -737,7 +746,7 @@ def test_sigterm_stops_the_current_bisection_and_starts_no_further_one(linear, t
 
         def target_probe_running():
             return any(
-                r.data.tags.get('mlflow.source.git.commit') == commits[12]
+                r.data.tags.get('mlflow.source.git.commit') == commits[4]
                 for r in experiment_runs_or_empty(name)
             )
 
@@ -833,7 +842,7 @@ def test_a_server_that_dies_mid_bisection_is_named_not_the_reference(tmp_path, m
         repo, _ = build_repo(tmp_path, TINY)
         [at] = add_commits(repo, 1, change_at=0)  # notes.txt: the probe below sleeps
         monkeypatch.setenv('MLFLOW_TRACKING_URI', server.url)
-        ref = recorded_run(f'file://{repo}#tiny', at, {'data': ''}, metrics={'score': 1.0})
+        ref = tiny_reference(repo, at)
         add_commits(repo, 2, change_at=2)
         name = f'dies-{tmp_path.name}'
         proc = start_tool(
