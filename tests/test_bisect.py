@@ -280,11 +280,20 @@ def test_bisect_finds_the_commit_that_changed_the_metric(linear, capsys, tmp_pat
         assert child.info.status == 'FINISHED'
 
 
-@pytest.mark.slow
-def test_target_where_nothing_changed_exits_0(linear, capsys, tmp_path):
+def test_target_where_nothing_changed_exits_0_and_goes_to_junit_and_the_step_summary(
+    linear, capsys, tmp_path, monkeypatch
+):
+    """The table says nothing changed; a testcase per probe, named with its
+    commit; the finding in the job summary."""
+    from junitparser import JUnitXml
+
     repo, commits, ref = linear
+    junit, summary = tmp_path / 'junit.xml', tmp_path / 'summary.md'
+    monkeypatch.setenv('GITHUB_STEP_SUMMARY', str(summary))
     code, out, err = reproduce(
-        capsys, '--run_id', ref, '--bisect', commits[2], '--experiment-name', tmp_path.name
+        capsys,
+        *('--run_id', ref, '--bisect', commits[2], '--experiment-name', tmp_path.name),
+        *('--junit-xml', str(junit)),
     )
     assert code == 0, err
     lines = out.splitlines()
@@ -300,6 +309,12 @@ def test_target_where_nothing_changed_exits_0(linear, capsys, tmp_path):
     ]
     assert [r.split('|')[1].strip() for r in rows[1:]] == [commits[0][:12], commits[2][:12]]
     assert [r.split('|')[3].strip() for r in rows[1:]] == ['equal', 'equal']
+    [suite] = JUnitXml.fromfile(str(junit))
+    names = [case.name for case in suite]
+    assert [name.rsplit(' at ', 1)[1] for name in names] == [commits[0][:8], commits[2][:8]]
+    assert all(case.is_passed for case in suite)
+    text = summary.read_text()
+    assert text.startswith(f'**Bisection of run {ref}**: equal')
 
 
 @pytest.mark.slow
@@ -340,11 +355,11 @@ def test_a_broken_commit_next_to_the_change_is_skipped(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_reference_whose_data_changed_blames_no_commit(tmp_path, store, capsys):
+def test_a_reference_whose_data_changed_blames_no_commit(tmp_path, capsys):
     repo, first = build_repo(tmp_path, TINY)
     data = tmp_path / 'data.txt'
     data.write_text('0.5')
-    ref = mlflow_run(str(repo / 'tiny'), store, '-P', f'data={data}')
+    ref = recorded_run(f'file://{repo}#tiny', first, {'data': str(data)}, metrics={'score': 1.5})
     add_commits(repo, 12, change_at=8)
     data.write_text('0.25')  # the world changed, not the code
     code, out, err = reproduce(
@@ -543,33 +558,6 @@ def _bisect(outcomes: dict[int, str], stopped: str | None = None) -> BisectRepor
 def test_exit_code_of_a_bisection(outcomes, stopped, status, code):
     bisect = _bisect(outcomes, stopped)
     assert (bisect.status, bisect.exit_code) == (status, code)
-
-
-def test_a_bisection_goes_to_junit_and_the_step_summary(linear, capsys, tmp_path, monkeypatch):
-    """A testcase per probe, named with its commit; the finding in the job summary."""
-    from junitparser import JUnitXml
-
-    repo, commits, ref = linear
-    junit, summary = tmp_path / 'junit.xml', tmp_path / 'summary.md'
-    monkeypatch.setenv('GITHUB_STEP_SUMMARY', str(summary))
-    code, out, err = reproduce(
-        capsys,
-        '--run_id',
-        ref,
-        '--bisect',
-        commits[2],
-        '--experiment-name',
-        tmp_path.name,
-        '--junit-xml',
-        str(junit),
-    )
-    assert code == 0, err
-    [suite] = JUnitXml.fromfile(str(junit))
-    names = [case.name for case in suite]
-    assert [name.rsplit(' at ', 1)[1] for name in names] == [commits[0][:8], commits[2][:8]]
-    assert all(case.is_passed for case in suite)
-    text = summary.read_text()
-    assert text.startswith(f'**Bisection of run {ref}**: equal')
 
 
 # --- several references, each bisected on its own ----------------------------
