@@ -560,48 +560,6 @@ def latest_values(run_id: str) -> dict[str, list[tuple[None, float]]]:
     return {k: [(None, v)] for k, v in client().get_run(run_id).data.metrics.items()}
 
 
-def test_jitter_sample_is_nondeterministic_with_the_reference_inside(
-    samples_repo, store, tmp_path, monkeypatch
-):
-    """With its counter hook, a reference and two repetitions take three
-    different offsets: the repetitions disagree and R0 lies in their range."""
-    monkeypatch.setenv('SAMPLE_JITTER_COUNTER', str(tmp_path / 'counter'))
-    runs = [mlflow_run(str(samples_repo / 'jitter'), store) for _ in range(3)]
-    reference, *repetitions = [latest_values(r) for r in runs]
-    mae = sorted(h['test_mae'][0][1] for h in (reference, *repetitions))
-    assert mae[0] < mae[1] < mae[2]
-    assert mae[0] / mae[1] == pytest.approx(0.99) and mae[2] / mae[1] == pytest.approx(1.01)
-    diagnoses = diagnose(reference, repetitions, Rules())
-    assert [(d.key, d.classification) for d in diagnoses] == [
-        ('test_mae', NONDETERMINISTIC),
-        ('test_r2', NONDETERMINISTIC),
-    ]
-    rules = reproduce_run.rules_from(
-        reproduce_run.parse_args(['--run_id', 'x', *shlex.split(suggested_flags(diagnoses))])
-    )
-    assert classify_run(diagnose(reference, repetitions, rules)) == REPRODUCIBLE
-
-
-def test_drifting_data_sample_drifts_when_its_data_changes(samples_repo, store, tmp_path):
-    data = tmp_path / 'data.csv'
-    rows = (samples_repo / 'drifting_data' / 'data.csv').read_text().splitlines()
-    data.write_text('\n'.join(rows) + '\n')
-    project = str(samples_repo / 'drifting_data')
-    reference = latest_values(mlflow_run(project, store, '-P', f'data={data}'))
-    data.write_text('\n'.join(rows[:-20]) + '\n')  # the data changed after the reference
-    repetitions = [
-        latest_values(mlflow_run(project, store, '-P', f'data={data}')) for _ in range(2)
-    ]
-    assert repetitions[0] == repetitions[1]
-    diagnoses = diagnose(reference, repetitions, Rules())
-    assert {d.key: d.classification for d in diagnoses} == {
-        'mae': DRIFTED,
-        'n_rows': DRIFTED,
-        'r2': DRIFTED,
-    }
-    assert classify_run(diagnoses) == DRIFTED
-
-
 # --- --repeat end to end: real reproductions, the parent runs in MLflow ----------------
 
 
@@ -630,7 +588,7 @@ def test_repeat_of_a_deterministic_run_is_reproducible(reference, capsys, tmp_pa
     ref = reference('sklearn_regression')
     name = f'repeat-{tmp_path.name}'
     code, out, err = reproduce(
-        capsys, '--run_id', ref, '--repeat', '3', '--experiment-name', name, '--output', 'json'
+        capsys, '--run_id', ref, '--repeat', '2', '--experiment-name', name, '--output', 'json'
     )
     doc = json.loads(out)
     assert code == doc['exit_code'] == 0, err
@@ -638,13 +596,13 @@ def test_repeat_of_a_deterministic_run_is_reproducible(reference, capsys, tmp_pa
     assert doc['repeats'] == [entry]
     assert entry['classification'] == REPRODUCIBLE
     assert entry['reference_run_id'] == ref
-    assert entry['n'] == len(entry['reproduced_run_ids']) == 3
+    assert entry['n'] == len(entry['reproduced_run_ids']) == 2
     assert {m['key']: (m['classification'], m['suggested_rtol']) for m in entry['metrics']} == {
         'mae': (REPRODUCIBLE, 0.0),
         'r2': (REPRODUCIBLE, 0.0),
         'rmse': (REPRODUCIBLE, 0.0),
     }
-    assert [r['status'] for r in doc['runs']] == ['equal'] * 3
+    assert [r['status'] for r in doc['runs']] == ['equal'] * 2
     assert sorted(r['reproduced_run_id'] for r in doc['runs']) == sorted(
         entry['reproduced_run_ids']
     )
@@ -660,7 +618,7 @@ def test_repeat_of_a_deterministic_run_is_reproducible(reference, capsys, tmp_pa
     } == {
         'reproduce.reference_run_id': ref,
         'reproduce.classification': REPRODUCIBLE,
-        'reproduce.repeat': '3',
+        'reproduce.repeat': '2',
     }
     note = parent.data.tags['mlflow.note.content']
     assert (
@@ -689,21 +647,38 @@ def test_repeat_of_a_deterministic_run_is_reproducible(reference, capsys, tmp_pa
         )
 
 
-@pytest.mark.slow
-def test_repeat_of_a_jittered_run_is_nondeterministic_and_its_flags_hold(
+def test_jitter_sample_and_its_repeat_are_nondeterministic_and_the_flags_hold(
     samples_repo, store, capsys, tmp_path, monkeypatch
 ):
-    """The table report: the diagnosis, the ready-to-paste flags, then the
-    verdict line; pasted into --compare-to, the flags make every differing
-    repetition equal to the reference."""
+    """The sample: with its counter hook, a reference and two repetitions
+    take three different offsets, the repetitions disagree and R0 lies in
+    their range.  The table report of --repeat: the diagnosis, the
+    ready-to-paste flags, then the verdict line; pasted into --compare-to,
+    the flags make every differing repetition equal to the reference."""
     monkeypatch.setenv('SAMPLE_JITTER_COUNTER', str(tmp_path / 'counter'))
     ref = mlflow_run(str(samples_repo / 'jitter'), store)
     name = f'jitter-{tmp_path.name}'
-    code, out, err = reproduce(capsys, '--run_id', ref, '--repeat', '3', '--experiment-name', name)
+    code, out, err = reproduce(capsys, '--run_id', ref, '--repeat', '2', '--experiment-name', name)
     assert code == 1, err
+    rows = summary_rows(out)
+    assert len(rows) == 2
+    reference, *repetitions = [latest_values(r) for r in (ref, *(row[4] for row in rows))]
+    mae = sorted(h['test_mae'][0][1] for h in (reference, *repetitions))
+    assert mae[0] < mae[1] < mae[2]
+    assert mae[0] / mae[1] == pytest.approx(0.99) and mae[2] / mae[1] == pytest.approx(1.01)
+    diagnoses = diagnose(reference, repetitions, Rules())
+    assert [(d.key, d.classification) for d in diagnoses] == [
+        ('test_mae', NONDETERMINISTIC),
+        ('test_r2', NONDETERMINISTIC),
+    ]
+    rules = reproduce_run.rules_from(
+        reproduce_run.parse_args(['--run_id', 'x', *shlex.split(suggested_flags(diagnoses))])
+    )
+    assert classify_run(diagnose(reference, repetitions, rules)) == REPRODUCIBLE
+
     lines = out.splitlines()
-    assert f'Run {ref} against 3 repetitions: {NONDETERMINISTIC}' in lines
-    header = lines.index(f'Run {ref} against 3 repetitions: {NONDETERMINISTIC}') + 2
+    assert f'Run {ref} against 2 repetitions: {NONDETERMINISTIC}' in lines
+    header = lines.index(f'Run {ref} against 2 repetitions: {NONDETERMINISTIC}') + 2
     assert lines[header].split() == [
         '|',
         'Metric',
@@ -732,10 +707,8 @@ def test_repeat_of_a_jittered_run_is_nondeterministic_and_its_flags_hold(
     assert [f.split('=')[0] for f in flags[1::2]] == ['test_mae', 'test_r2']
     assert lines[-1] == 'Runs equal: False'
 
-    rows = summary_rows(out)
-    assert len(rows) == 3
     differing = [row[4] for row in rows if row[2] == 'differ']
-    assert differing  # the counter gives every other run another offset
+    assert differing  # the counter gives every run another offset
     for other in differing:
         assert reproduce(capsys, '--run_id', ref, '--compare-to', other)[0] == 1
         code, out, err = reproduce(capsys, '--run_id', ref, '--compare-to', other, *flags)
@@ -745,7 +718,11 @@ def test_repeat_of_a_jittered_run_is_nondeterministic_and_its_flags_hold(
     assert parent.data.tags['reproduce.classification'] == NONDETERMINISTIC
 
 
-def test_repeat_after_the_data_changed_is_drifted(samples_repo, store, capsys, tmp_path):
+def test_drifting_data_sample_and_its_repeat_drift_when_its_data_changes(
+    samples_repo, store, capsys, tmp_path
+):
+    """The sample's repetitions after its data changed agree among
+    themselves, not with the reference; --repeat says so in Markdown."""
     data = tmp_path / 'data.csv'
     rows = (samples_repo / 'drifting_data' / 'data.csv').read_text().splitlines()
     data.write_text('\n'.join(rows) + '\n')
@@ -758,6 +735,16 @@ def test_repeat_after_the_data_changed_is_drifted(samples_repo, store, capsys, t
     assert code == 1, err
     assert f'**Run {ref} against 2 repetitions: {DRIFTED}**' in out
     [parent] = [r for r in experiment_runs(name) if r.info.run_name.startswith('reproduce-repeat-')]
+    reference = latest_values(ref)
+    repetitions = [latest_values(r.info.run_id) for r in children_of(parent.info.run_id, name)]
+    assert len(repetitions) == 2 and repetitions[0] == repetitions[1]
+    diagnoses = diagnose(reference, repetitions, Rules())
+    assert {d.key: d.classification for d in diagnoses} == {
+        'mae': DRIFTED,
+        'n_rows': DRIFTED,
+        'r2': DRIFTED,
+    }
+    assert classify_run(diagnoses) == DRIFTED
     # headed as a repetition, with the parent run the table report shows
     assert out.startswith(f'**Repetitions of run {ref}**: Reproduced 2 runs: ')
     assert f'\n- parent run: `{parent.info.run_id}`\n' in out
