@@ -10,7 +10,8 @@ import pytest
 from helpers import (
     add_project,
     client,
-    mlflow_run,
+    git,
+    recorded_run,
     reproduce,
     start_tool,
 )
@@ -115,19 +116,30 @@ def test_json_always_has_registrations(capsys, store):
 # --- end to end: real projects, real registries --------------------------------
 
 
-def test_registrations_do_not_reach_the_registry(reference, capsys):
+def test_registrations_do_not_reach_a_tracking_server_and_no_scratch_registry_survives(
+    reference, store, mlflow_server, tmp_path
+):
+    """The tool runs as a process of its own, so that whatever it leaves in
+    TMPDIR, even at exit, is seen."""
+    assert store == mlflow_server  # the shared registry is a tracking server's
     run_id = reference('registers_model', '-P', 'model_name=isolated')
     before = versions('isolated')
     assert before == [('1', run_id)]  # the reference itself did register
-    code, out, err = reproduce(capsys, '--run_id', run_id, '--output', 'json')
+    tmp = tmp_path / 'tmp'
+    tmp.mkdir()
+    tool = start_tool('--run_id', run_id, '--output', 'json', env={'TMPDIR': str(tmp)})
+    out, err = tool.communicate(timeout=400)
     doc = json.loads(out)
     new = doc['reproduced_run_id']
-    assert (code, doc['status']) == (0, 'equal'), err
+    assert (tool.returncode, doc['status']) == (0, 'equal'), err
+    assert 'warning' not in err
     assert versions('isolated') == before
+    # There was a scratch registry: it held the registration.
     assert doc['registrations'] == {
         'kept': False,
         'versions': [{'name': 'isolated', 'version': '1', 'run_id': new, 'discarded': True}],
     }
+    assert list(tmp.iterdir()) == []
     note = client().get_run(new).data.tags['mlflow.note.content']
     assert (
         '- model registrations discarded: isolated v1 (--keep-registrations keeps them)'
@@ -138,21 +150,19 @@ def test_registrations_do_not_reach_the_registry(reference, capsys):
     assert all('mlflow.modelVersions' not in tags for tags in logged_model_tags(new))
 
 
-def test_a_registry_the_user_names_is_not_touched_either(
-    samples_repo, store, capsys, monkeypatch, tmp_path
-):
-    shared = f'sqlite:///{tmp_path / "shared-registry.db"}'
-    monkeypatch.setenv('MLFLOW_REGISTRY_URI', shared)
-    run_id = mlflow_run(
-        str(samples_repo / 'registers_model'), store, '-P', 'model_name=user-registry'
-    )
-    before = versions('user-registry')
+def test_a_registry_the_user_names_is_not_touched_either(reference, capsys, monkeypatch, tmp_path):
+    run_id = reference('registers_model', '-P', 'model_name=kept')
+    monkeypatch.setenv('MLFLOW_REGISTRY_URI', f'sqlite:///{tmp_path / "shared-registry.db"}')
+    # The reference registered its model in the registry the user names.
+    client().create_registered_model('kept')
+    client().create_model_version('kept', f'runs:/{run_id}/model', run_id)
+    before = versions('kept')
     assert before == [('1', run_id)]
     code, out, err = reproduce(capsys, '--run_id', run_id)
     assert (code, out.splitlines()[-1]) == (0, 'Runs equal: True'), err
-    assert versions('user-registry') == before
+    assert versions('kept') == before
     assert (
-        'Model registrations discarded: user-registry v1 (--keep-registrations keeps them)'
+        'Model registrations discarded: kept v1 (--keep-registrations keeps them)'
         in out.splitlines()
     )
 
@@ -176,38 +186,6 @@ def test_keep_registrations_lets_them_through(reference, capsys):
     assert {(v['name'], str(v['version'])) for v in recorded} == {('kept', '2')}
 
 
-@pytest.mark.slow
-def test_registrations_do_not_reach_a_tracking_server(
-    mlflow_server, samples_repo, capsys, monkeypatch
-):
-    run_id = mlflow_run(
-        str(samples_repo / 'registers_model'), mlflow_server, '-P', 'model_name=on-server'
-    )
-    monkeypatch.setenv('MLFLOW_TRACKING_URI', mlflow_server)
-    before = versions('on-server')
-    assert before == [('1', run_id)]
-    code, out, err = reproduce(capsys, '--run_id', run_id, '--output', 'json')
-    doc = json.loads(out)
-    assert code == 0, err
-    assert 'warning' not in err
-    assert versions('on-server') == before
-    assert doc['registrations']['versions'] == [
-        {'name': 'on-server', 'version': '1', 'run_id': doc['reproduced_run_id'], 'discarded': True}
-    ]
-
-
-def test_no_scratch_registry_survives(reference, tmp_path):
-    run_id = reference('registers_model', '-P', 'model_name=scratch')
-    tmp = tmp_path / 'tmp'
-    tmp.mkdir()
-    tool = start_tool('--run_id', run_id, '--output', 'json', env={'TMPDIR': str(tmp)})
-    out, err = tool.communicate(timeout=400)
-    assert tool.returncode == 0, err
-    # There was a scratch registry: it held the registration.
-    assert [v['discarded'] for v in json.loads(out)['registrations']['versions']] == [True]
-    assert list(tmp.iterdir()) == []
-
-
 SELF_NAMED_REGISTRY = {
     'MLproject': 'name: own_registry\nentry_points:\n  main:\n    command: "python train.py"\n',
     'train.py': (
@@ -222,9 +200,13 @@ SELF_NAMED_REGISTRY = {
 }
 
 
-def test_a_project_that_names_its_registry_is_reported(own_repo, store, capsys):
-    project = add_project(own_repo, 'own_registry', SELF_NAMED_REGISTRY)
-    run_id = mlflow_run(str(project), store)
+def test_a_project_that_names_its_registry_is_reported(own_repo, capsys):
+    add_project(own_repo, 'own_registry', SELF_NAMED_REGISTRY)
+    commit = git('rev-parse', 'HEAD', cwd=own_repo)
+    run_id = recorded_run(f'file://{own_repo}#own_registry', commit, metrics={'m': 1.0})
+    # What the project's run registered, as it registered it.
+    client().create_registered_model('self-named')
+    client().create_model_version('self-named', f'runs:/{run_id}/model', run_id)
     code, out, err = reproduce(capsys, '--run_id', run_id, '--output', 'json')
     doc = json.loads(out)
     new = doc['reproduced_run_id']
