@@ -368,6 +368,14 @@ def test_kill_9_of_a_single_run_script_run_batch_and_bisection_is_cleaned_by_the
             assert f'- Leftover of a dead tool: {closed}' in description
 
 
+def clean_only(name: str, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
+    """An invocation that cleans what dead tools left, then reproduces
+    nothing: a batch of an empty experiment, its parent run in `name`'s,
+    which the search for leftover runs looks at first."""
+    empty, _ = experiment()
+    return run_tool('--from-experiment', empty, '--experiment-name', name, *argv, env=env)
+
+
 def running_run(experiment_id: str, owner: str | None, started_ago: float = 0.0) -> str:
     """A RUNNING run as a tool makes it, started `started_ago` seconds ago."""
     tags = {'reproduce.owner': owner} if owner else {}
@@ -380,7 +388,7 @@ def sleeper(env: dict[str, str] | None = None) -> subprocess.Popen:
 
 
 def test_a_reused_pid_counts_as_dead_and_a_live_tool_another_host_or_an_old_owner_is_untouched(
-    reference, tmp_path
+    tmp_path,
 ):
     """The previous version's owners (host:pid:start) and folders
     (reproduce_run-<pid>-<start>-<random>) do not say their PID namespace:
@@ -422,7 +430,7 @@ def test_a_reused_pid_counts_as_dead_and_a_live_tool_another_host_or_an_old_owne
         for folder in (dead_folder, live_folder, old_folder):
             (folder / 'src').mkdir(parents=True)
 
-        result = run_tool('--run_id', reference('slow', '-P', 'seconds=1'), env=env)
+        result = clean_only(name, env)
 
         assert result.returncode == 0, result.stderr
         closed = client().get_run(dead_run)
@@ -450,10 +458,10 @@ def test_a_reused_pid_counts_as_dead_and_a_live_tool_another_host_or_an_old_owne
             proc.wait()
 
 
-def test_a_dead_tools_run_is_left_while_its_project_runs_outside_this_tmpdir(reference, tmp_path):
+def test_a_dead_tools_run_is_left_while_its_project_runs_outside_this_tmpdir(tmp_path):
     """Its project's TMPDIR is not under this tool's: the project is not
     ended, and its run, still logged to, stays RUNNING until it ends."""
-    _, experiment_id = experiment()
+    name, experiment_id = experiment()
     owner = dead_owner()
     pid, start = owner.split(':')[1:3]
     project = sleeper(
@@ -465,9 +473,8 @@ def test_a_dead_tools_run_is_left_while_its_project_runs_outside_this_tmpdir(ref
     )
     try:
         left = running_run(experiment_id, owner)
-        fast = reference('slow', '-P', 'seconds=1')
 
-        result = run_tool('--run_id', fast, env=tool_env(tmp_path / 'tmp'))
+        result = clean_only(name, tool_env(tmp_path / 'tmp'))
 
         assert result.returncode == 0, result.stderr
         assert client().get_run(left).info.status == 'RUNNING'
@@ -480,14 +487,14 @@ def test_a_dead_tools_run_is_left_while_its_project_runs_outside_this_tmpdir(ref
     finally:
         project.kill()
         project.wait()
-    result = run_tool('--run_id', fast, env=tool_env(tmp_path / 'tmp'))
+    result = clean_only(name, tool_env(tmp_path / 'tmp'))
     assert result.returncode == 0, result.stderr
     closed = client().get_run(left)
     assert (closed.info.status, closed.data.tags['mlflow.note.content']) == ('KILLED', TOOL_GONE)
     assert f'reproduce_run: closed run {left} of {owner} as KILLED: {TOOL_GONE}' in result.stderr
 
 
-def test_reap_after_closes_old_reproductions_of_any_host_in_any_experiment(reference, tmp_path):
+def test_reap_after_closes_old_reproductions_of_any_host_in_any_experiment(tmp_path):
     """The runs are in an experiment of their own; the invocation writes to Default."""
     _, experiment_id = experiment()
     two_hours = 2 * 3600
@@ -498,14 +505,8 @@ def test_reap_after_closes_old_reproductions_of_any_host_in_any_experiment(refer
     young_elsewhere = running_run(experiment_id, 'elsewhere.example:1:1')
     not_a_reproduction = running_run(experiment_id, None, two_hours)
 
-    result = run_tool(
-        '--run_id',
-        reference('slow', '-P', 'seconds=1'),
-        '--reap-after',
-        '1h',
-        '--output',
-        'json',
-        env=tool_env(tmp_path / 'tmp'),
+    result = clean_only(
+        'Default', tool_env(tmp_path / 'tmp'), '--reap-after', '1h', '--output', 'json'
     )
 
     assert result.returncode == 0, result.stderr
@@ -642,7 +643,7 @@ def test_a_run_left_open_by_a_tool_that_exited_is_not_said_to_have_died(
     [left] = [r for r in reproductions_of(fast) if r.info.status == 'RUNNING']
     assert list((tmp_path / 'tmp').iterdir()) == []
 
-    result = run_tool('--run_id', fast, env=env)
+    result = clean_only('Default', env)  # the reference's experiment, and so its reproduction's
 
     assert result.returncode == 0, result.stderr
     closed = client().get_run(left.info.run_id)
