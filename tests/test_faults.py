@@ -131,7 +131,7 @@ def test_a_project_that_ignores_sigterm_is_killed_and_its_run_stays_killed(own_r
     assert proc.returncode == 143, err
     assert process_gone(pid)
     ticks = len(client().get_metric_history(new.info.run_id, 'tick'))
-    time.sleep(3)
+    time.sleep(1)  # the project is gone: only a request already in flight could still land
     after = client().get_run(new.info.run_id)
     assert after.info.status == 'KILLED'
     assert len(client().get_metric_history(new.info.run_id, 'tick')) == ticks
@@ -161,9 +161,9 @@ def test_no_daemon_the_project_leaves_outlives_the_tool(
 def test_sigterm_while_a_slow_server_creates_the_run_leaves_it_killed(own_repo, server, tmp_path):
     run_id = project_run(own_repo, 'stubborn', STUBBORN)
     with proxy_in_front_of(server.url) as proxy:
-        proxy.add(Rule('runs/create', delay=4))
-        proxy.add(Rule('runs/log-batch', delay=4))
-        proxy.add(Rule('runs/update', delay=4))
+        proxy.add(Rule('runs/create', delay=2))  # the SIGTERM arrives within its 2 s
+        proxy.add(Rule('runs/log-batch', delay=2))
+        proxy.add(Rule('runs/update', delay=2))
         proc = start_tool(
             '--run_id',
             run_id,
@@ -535,7 +535,7 @@ def test_tracking_server_stopping_mid_run(tmp_path, samples_repo, monkeypatch):
                 'SAMPLE_PID_FILE': str(pid_file),
                 'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0',
                 'MLFLOW_HTTP_REQUEST_TIMEOUT': '5',
-                'REPRODUCE_RUN_CLOSE_TIMEOUT': '3',
+                'REPRODUCE_RUN_CLOSE_TIMEOUT': '1',
             },
         )
         try:
