@@ -360,11 +360,14 @@ def test_two_jobs_at_once_finish_every_run_nested(
     uri = mlflow_server if server else sqlite_store
     made = reference if server else sqlite_reference  # made once per test process
     monkeypatch.setenv('MLFLOW_TRACKING_URI', uri)
-    refs = [
-        made('sklearn_regression'),
-        made('history'),
-        mlflow_run(str(samples_repo / 'sklearn_regression'), uri),  # one project's second run
-    ]
+    first = client().get_run(made('sklearn_regression'))
+    second = recorded_run(  # one project's second run, recorded as `mlflow run` records it
+        first.data.tags['mlflow.source.name'],
+        first.data.tags['mlflow.source.git.commit'],
+        first.data.params,
+        metrics=first.data.metrics,
+    )
+    refs = [first.info.run_id, made('history'), second]
     name = f'jobs-{tmp_path.name}'
     code, out, err = reproduce(
         capsys, '--run_id', *refs, '--jobs', '2', '--experiment-name', name, '--output', 'json'
