@@ -23,6 +23,7 @@ from helpers import (
     process_gone,
     recorded_run,
     reproduce,
+    tagged_run,
     wait_for,
 )
 
@@ -261,17 +262,17 @@ def test_from_experiment_with_filter_since_and_max_runs(samples_repo, store, cap
     assert json.loads(out)['runs'] == []  # --since: nothing started in the last second
 
 
-def test_sample_with_a_seed_chooses_the_same_runs_twice(samples_repo, store, capsys, tmp_path):
+def test_sample_with_a_seed_chooses_the_same_runs_twice(samples_repo, capsys, tmp_path):
     name = f'sample-{tmp_path.name}'
+    experiment_id = client().create_experiment(name)
+    tags = {  # what `mlflow run` records: the sample chooses among runs, it runs none
+        'mlflow.source.name': f'file://{samples_repo}#sklearn_regression',
+        'mlflow.source.type': 'PROJECT',
+        'mlflow.source.git.commit': git('rev-parse', 'HEAD', cwd=samples_repo),
+        'mlflow.project.entryPoint': 'main',
+    }
     for alpha in ('0.1', '0.2', '0.3', '0.4'):
-        mlflow_run(
-            str(samples_repo / 'sklearn_regression'),
-            store,
-            '--experiment-name',
-            name,
-            '-P',
-            f'alpha={alpha}',
-        )
+        tagged_run(tags, {'alpha': alpha}, experiment_id)
 
     def chosen(seed: str) -> list[str]:
         code, out, _ = reproduce(
@@ -359,11 +360,14 @@ def test_two_jobs_at_once_finish_every_run_nested(
     uri = mlflow_server if server else sqlite_store
     made = reference if server else sqlite_reference  # made once per test process
     monkeypatch.setenv('MLFLOW_TRACKING_URI', uri)
-    refs = [
-        made('sklearn_regression'),
-        made('history'),
-        mlflow_run(str(samples_repo / 'sklearn_regression'), uri),  # one project's second run
-    ]
+    first = client().get_run(made('sklearn_regression'))
+    second = recorded_run(  # one project's second run, recorded as `mlflow run` records it
+        first.data.tags['mlflow.source.name'],
+        first.data.tags['mlflow.source.git.commit'],
+        first.data.params,
+        metrics=first.data.metrics,
+    )
+    refs = [first.info.run_id, made('history'), second]
     name = f'jobs-{tmp_path.name}'
     code, out, err = reproduce(
         capsys, '--run_id', *refs, '--jobs', '2', '--experiment-name', name, '--output', 'json'

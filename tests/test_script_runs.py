@@ -16,7 +16,6 @@ from helpers import (
     build_repo,
     client,
     git,
-    mlflow_run,
     param_table,
     process_gone,
     python_run,
@@ -646,13 +645,21 @@ def test_env_manager_without_an_environment_file_exits_2(scripts_repo, made, cap
     assert 'python_env.yaml or conda.yaml' in err and 'in src/ or at the repository root' in err
 
 
-def test_batch_mixes_script_and_project_runs(scripts_repo, samples_repo, store, tmp_path, capsys):
+def test_batch_mixes_script_and_project_runs(scripts_repo, reference, tmp_path, capsys):
     name = f'mixed-{tmp_path.name}'
     script_run = python_run(
         scripts_repo / 'src', 'reads_data.py', env={'MLFLOW_EXPERIMENT_NAME': name}
     )
-    project_run = mlflow_run(
-        str(samples_repo / 'sklearn_regression'), store, '--experiment-name', name
+    made = client().get_run(reference('sklearn_regression'))
+    project_run = tagged_run(  # the project run, copied into the batch's experiment
+        {
+            k: v
+            for k, v in made.data.tags.items()
+            if k.startswith(('mlflow.source.', 'mlflow.project.'))
+        },
+        made.data.params,
+        client().get_experiment_by_name(name).experiment_id,
+        {k: [v] for k, v in made.data.metrics.items()},
     )
     code, out, err = reproduce(capsys, '--from-experiment', name, '--output', 'json')
     doc = json.loads(out)
