@@ -1941,6 +1941,13 @@ def fit_tag(value: str) -> str:
     return _truncated(value, TAG_VALUE_LIMIT)
 
 
+def tool_request_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The settings of the tool's own MLflow requests: the user's retry
+    settings, else TOOL_HTTP_DEFAULTS, and no "View run" line on stdout."""
+    settings = {k: environ.get(k) or v for k, v in TOOL_HTTP_DEFAULTS.items()}
+    return {**settings, 'MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT': 'true'}
+
+
 def _configure_logging(verbose: bool) -> None:
     import logging
 
@@ -4410,10 +4417,7 @@ def _launcher_environ(session: Session, tmp_dir: str, marker: str) -> dict[str, 
     """The project's environment, with the settings of the tool's own MLflow
     requests: what a launcher process, and whatever MLflow starts from it, get."""
     env = _project_environ(session, tmp_dir, marker)
-    for key, value in TOOL_HTTP_DEFAULTS.items():
-        env[key] = env.get(key) or value
-    env['MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT'] = 'true'
-    return env
+    return {**env, **tool_request_settings(env)}
 
 
 # A launcher process: Python loads this file and calls serve_launch().  The
@@ -8653,13 +8657,10 @@ def invoke(
     check_tracking_store(os.environ.get('MLFLOW_TRACKING_URI'))  # before MLflow makes one
     user_environ = dict(os.environ)
     marker = f'{_tool_identity().replace(":", "-")}-{os.urandom(4).hex()}'  # pid-start-random
-    tool_environ: dict[str, str | None] = {
-        k: user_environ.get(k) or v for k, v in TOOL_HTTP_DEFAULTS.items()
-    }
+    tool_environ: dict[str, str | None] = {**tool_request_settings(user_environ)}
     tool_environ['MLFLOW_TRACKING_URI'] = absolute_tracking_uri(
         os.environ.get('MLFLOW_TRACKING_URI')
     )
-    tool_environ['MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT'] = 'true'
     tool_environ[PROCESS_MARKER] = marker
     with _environ(tool_environ), tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as tmp_root:
         try:
