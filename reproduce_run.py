@@ -255,18 +255,12 @@ def program_name() -> str:
 # CR and newline; the Unicode line separators; the bidirectional overrides):
 # values from the tracking store are shown with these as escapes such as \x1b.
 _UNSHOWABLE_RE = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]')
-_SHORT_ESCAPES = {'\n': '\\n', '\r': '\\r', '\t': '\\t'}
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    c = match.group()
-    return _SHORT_ESCAPES.get(c) or (f'\\x{ord(c):02x}' if ord(c) < 0x100 else f'\\u{ord(c):04x}')
 
 
 def shown(text: str) -> str:
     """text on one line, safe for a terminal: control characters, ANSI escapes,
-    NUL and newlines become visible escapes ('\\x1b', '\\n')."""
-    return _UNSHOWABLE_RE.sub(_escape_char, text)
+    NUL and newlines become the escapes of the unicode_escape codec ('\\x1b', '\\n')."""
+    return _UNSHOWABLE_RE.sub(lambda m: m.group().encode('unicode_escape').decode(), text)
 
 
 # What a value could make markup of in Markdown: a table cell's end, a link
@@ -681,12 +675,8 @@ class Differences:
     def differ(self) -> bool:
         """Whether anything differs, or the environments could not be compared.
         (Not __bool__: a comparison that found nothing is still a comparison.)"""
-        return bool(
-            self.environment
-            or self.datasets
-            or self.code
-            or self.models
-            or self.environment_unknown
+        return any(
+            (self.environment, self.datasets, self.code, self.models, self.environment_unknown)
         )
 
 
@@ -826,9 +816,6 @@ class Candidate:
     def key(self) -> str:
         return self.name if self.kind == 'variable' else f'package {self.name}'
 
-    def json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclasses.dataclass(frozen=True)
 class Explanation:
@@ -842,7 +829,7 @@ class Explanation:
     def json(self) -> dict[str, Any]:
         return {
             'restores_equality': self.restores_equality,
-            'culprits': [c.json() for c in self.culprits],
+            'culprits': [dataclasses.asdict(c) for c in self.culprits],
             'probes': list(self.probes),
             'not_tried': list(self.not_tried),
             'reason': self.reason,
@@ -989,21 +976,16 @@ def compare_params(
     return [ParamVerdict(k, reference.get(k), reproduced.get(k)) for k in sorted(keys)]
 
 
-def _relative_diff(m: MetricVerdict) -> float | None:
-    diff = value_diff(m.reproduced, m.reference)
-    if diff is None or diff == 0:
-        return diff
-    return abs(diff) / abs(m.reference) if m.reference else math.inf
-
-
 def _metric_json(m: MetricVerdict) -> dict[str, Any]:
     diff = value_diff(m.reproduced, m.reference)
+    # None and 0 stay as they are; any other difference from a zero reference is infinite.
+    relative = diff if not diff else (abs(diff) / abs(m.reference) if m.reference else math.inf)
     return {
         'key': m.key,
         'reference': _json_float(m.reference),
         'reproduced': _json_float(m.reproduced),
         'abs_diff': _json_float(None if diff is None else abs(diff)),
-        'rel_diff': _json_float(_relative_diff(m)),
+        'rel_diff': _json_float(relative),
         'equal': m.equal,
         'ignored': m.ignored,
         'rtol': _json_float(m.tolerance.rtol),
@@ -1096,13 +1078,6 @@ def classify(reference: float | None, values: Sequence[float | None], tol: Toler
     return NONDETERMINISTIC if _within(reference, values) else NONDETERMINISTIC_DRIFTED
 
 
-def _mean(numbers: Sequence[float]) -> float:
-    infinities = {v for v in numbers if math.isinf(v)}
-    if infinities:
-        return infinities.pop() if len(infinities) == 1 else math.nan
-    return float(statistics.mean(numbers))  # exact: no overflow near 1.8e308
-
-
 def _stdev(numbers: Sequence[float]) -> float | None:
     if len(numbers) < 2:
         return None
@@ -1180,7 +1155,9 @@ def classify_metric(
         classification=classify(reference, repetitions, tol),
         minimum=min(numbers, default=None),
         maximum=max(numbers, default=None),
-        mean=_mean(numbers) if numbers else None,
+        # statistics.mean sums exactly (no overflow near 1.8e308); an infinity
+        # among the numbers gives that infinity, both infinities give NaN.
+        mean=statistics.mean(numbers) if numbers else None,
         stdev=_stdev(numbers),
         suggested_rtol=rtol,
         suggested_atol=atol,
