@@ -1220,17 +1220,6 @@ def classify_run(diagnoses: Sequence[MetricDiagnosis]) -> str:
     return CLASSES[max(ranks, default=0)]
 
 
-def _glob_literal(key: str) -> str:
-    """A --tolerance pattern that matches exactly this key."""
-    return re.sub(r'([*?\[])', r'[\1]', key)
-
-
-def _shell_word(s: str) -> str:
-    """Always in quotes, as a user would type it; shlex quotes what needs it."""
-    quoted = shlex.quote(s)
-    return quoted if quoted != s else f"'{s}'"
-
-
 def suggested_flags(diagnoses: Sequence[MetricDiagnosis]) -> str:
     """--tolerance flags under which every repetition would have equalled the
     reference, for the metrics not reproducible; '' when there are none.
@@ -1245,7 +1234,10 @@ def suggested_flags(diagnoses: Sequence[MetricDiagnosis]) -> str:
             value = f'0,{d.suggested_atol:g}'
         else:
             continue
-        flags.append(f'--tolerance {_shell_word(f"{_glob_literal(d.key)}={value}")}')
+        pattern = re.sub(r'([*?\[])', r'[\1]', d.key)  # a glob that matches only this key
+        word = f'{pattern}={value}'
+        quoted = shlex.quote(word)  # always in quotes, as a user would type it
+        flags.append('--tolerance ' + (quoted if quoted != word else f"'{word}'"))
     return ' '.join(flags)
 
 
@@ -1402,24 +1394,8 @@ _MARK = 0xF0000  # placeholders become private-use characters while scanning
 _REPARSING_COMMANDS = frozenset({'eval', 'trap', 'let'})  # they run an argument as code
 _SHELLS = frozenset({'sh', 'bash', 'dash', 'zsh', 'ksh', 'mksh'})
 _RESERVED_WORDS = frozenset(
-    {
-        '!',
-        '{',
-        '}',
-        'if',
-        'then',
-        'else',
-        'elif',
-        'fi',
-        'do',
-        'done',
-        'while',
-        'until',
-        'time',
-        'exec',
-        'command',
-        'builtin',
-    }
+    ('!', '{', '}', 'if', 'then', 'else', 'elif', 'fi', 'do', 'done', 'while', 'until', 'time')
+    + ('exec', 'command', 'builtin')  # builtins that run the next word as the command
 )
 _ASSIGNMENT_RE = re.compile(r'^[A-Za-z_]\w*(\[[^]]*\])?\+?=')
 
@@ -1683,13 +1659,8 @@ def placeholder_contexts(command: str) -> tuple[Placeholder, ...]:
         if field is None:
             continue
         key = re.split(r'[.\[]', field, maxsplit=1)[0]
-        text = (
-            '{'
-            + field
-            + (f'!{conversion}' if conversion else '')
-            + (f':{spec}' if spec else '')
-            + '}'
-        )
+        conversion_text = f'!{conversion}' if conversion else ''
+        text = '{' + field + conversion_text + (f':{spec}' if spec else '') + '}'
         found.append((text, key, _format_context(field, key, spec, conversion)))
         shell += chr(_MARK + len(found) - 1)
     if any(ord(c) >= _MARK for c in command):
