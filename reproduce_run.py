@@ -904,31 +904,23 @@ def _tied(a: Point, b: Point) -> bool:
     return a.step == b.step and a.timestamp is not None and a.timestamp == b.timestamp
 
 
-def _common_blocks(ref: Sequence[Point], new: Sequence[Point]) -> Iterator[tuple[int, int]]:
-    """[start, end) stretches of the compared prefix, cut only where neither
-    side has a tie: a tie on either side stays within one stretch."""
-    n, start = min(len(ref), len(new)), 0
-    for i in range(1, n + 1):
-        if i == n or not (_tied(ref[i - 1], ref[i]) or _tied(new[i - 1], new[i])):
-            yield start, i
-            start = i
-
-
 def _by_value(p: Point) -> tuple[int, bool, float]:
     return (p.step or 0, math.isnan(p.value), p.value)  # NaN last, so NaN meets NaN
 
 
-def _settle_ties(
-    ref: Sequence[Point],
-    new: Sequence[Point],
-) -> tuple[list[Point], list[Point]]:
-    """Both histories with each stretch that holds a tie sorted by value, so
-    that comparing point by point compares those stretches as multisets."""
-    ref, new = list(ref), list(new)
-    for start, end in _common_blocks(ref, new):
-        if end - start > 1:
-            ref[start:end] = sorted(ref[start:end], key=_by_value)
-            new[start:end] = sorted(new[start:end], key=_by_value)
+def _settle_ties(ref: list[Point], new: list[Point]) -> tuple[list[Point], list[Point]]:
+    """Both histories, each stretch that holds a tie sorted by value in place,
+    so that comparing point by point compares those stretches as multisets.
+    The compared prefix is cut into stretches only where neither side has a
+    tie: a tie on either side stays within one stretch."""
+    n, start = min(len(ref), len(new)), 0
+    for i in range(1, n + 1):
+        if i < n and (_tied(ref[i - 1], ref[i]) or _tied(new[i - 1], new[i])):
+            continue
+        if i - start > 1:
+            ref[start:i] = sorted(ref[start:i], key=_by_value)
+            new[start:i] = sorted(new[start:i], key=_by_value)
+        start = i
     return ref, new
 
 
@@ -938,14 +930,13 @@ def _first_divergence(
     tol: Tolerance,
 ) -> tuple[int | None] | None:
     """(step,) of the first point that differs, None when none does."""
-    for (ref_step, ref_value, _), (new_step, new_value, _) in zip(ref, new, strict=False):
-        if ref_step != new_step:
-            return (min(ref_step, new_step),)
-        if not values_close(new_value, ref_value, tol):
-            return (ref_step,)
-    if len(ref) != len(new):
-        longer = ref if len(ref) > len(new) else new
-        return (longer[min(len(ref), len(new))][0],)
+    for a, b in itertools.zip_longest(ref, new):
+        if a is None or b is None:  # a point missing on one side
+            return ((a or b).step,)
+        if a.step != b.step:
+            return (min(a.step, b.step),)
+        if not values_close(b.value, a.value, tol):
+            return (a.step,)
     return None
 
 
@@ -958,12 +949,8 @@ def judge(
     """Every metric that either run has, each compared as a whole history."""
     metrics = []
     for key in sorted(set(reference) | set(reproduced)):
-        verdict = compare_histories(
-            key,
-            reference.get(key, ()),
-            reproduced.get(key, ()),
-            rules.tolerance_for(key),
-        )
+        tol = rules.tolerance_for(key)
+        verdict = compare_histories(key, reference.get(key, ()), reproduced.get(key, ()), tol)
         metrics.append(dataclasses.replace(verdict, ignored=rules.is_ignored(key)))
     return Verdict(tuple(metrics), tuple(params))
 
@@ -1197,12 +1184,8 @@ def diagnose(
     for key in keys:
         tol = rules.tolerance_for(key)
         histories = [h.get(key, ()) for h in repetitions]
-        diagnosis = classify_metric(
-            key,
-            _latest(reference.get(key, ())),
-            [_latest(h) for h in histories],
-            tol,
-        )
+        latest = [_latest(h) for h in histories]
+        diagnosis = classify_metric(key, _latest(reference.get(key, ())), latest, tol)
         diagnoses.append(
             dataclasses.replace(
                 diagnosis,
