@@ -440,11 +440,9 @@ def counted(n: int, one: str, many: str | None = None) -> str:
 
 
 def _json_float(x: float | None) -> float | str | None:
-    """JSON has no NaN or infinity: they are written as the strings
-    "NaN", "Infinity" and "-Infinity", which float() reads back."""
-    if x is None or math.isfinite(x):
-        return x
-    return 'NaN' if math.isnan(x) else ('Infinity' if x > 0 else '-Infinity')
+    """JSON has no NaN or infinity: they are written as the strings json.dumps
+    gives them, "NaN", "Infinity" and "-Infinity", which float() reads back."""
+    return x if x is None or math.isfinite(x) else json.dumps(x)
 
 
 def _truncated(value: Any, limit: int) -> Any:
@@ -637,11 +635,8 @@ class Stop:
         if self.signum is None:
             self.signum = signum
             # os.write: print() may not be re-entered from a signal handler.
-            os.write(
-                2,
-                f'{program_name()}: {self.status}: stopping the projects and closing '
-                f'their runs\n'.encode(),
-            )
+            doing = 'stopping the projects and closing their runs'
+            os.write(2, f'{program_name()}: {self.status}: {doing}\n'.encode())
         self.event.set()
 
     @property
@@ -840,6 +835,9 @@ class Explanation:
 # Judging: pure functions, histories in, verdict out.
 
 
+_EXACT = Tolerance(rtol=0.0, atol=0.0)
+
+
 def values_close(reproduced: float, reference: float, tol: Tolerance) -> bool:
     """|a - b| <= atol + rtol * |b|, where NaN equals NaN and inf equals inf.
 
@@ -859,7 +857,7 @@ def value_diff(reproduced: float | None, reference: float | None) -> float | Non
     """reproduced - reference, 0 for two equal non-finite values."""
     if reproduced is None or reference is None:
         return None
-    if values_close(reproduced, reference, Tolerance(0.0, 0.0)):
+    if values_close(reproduced, reference, _EXACT):
         return 0.0
     return reproduced - reference
 
@@ -994,7 +992,6 @@ NONDETERMINISTIC = 'nondeterministic'
 DRIFTED = 'drifted'
 NONDETERMINISTIC_DRIFTED = 'nondeterministic, drifted'
 CLASSES = (REPRODUCIBLE, NONDETERMINISTIC, DRIFTED, NONDETERMINISTIC_DRIFTED)  # best to worst
-_EXACT = Tolerance(rtol=0.0, atol=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1246,12 +1243,10 @@ def unquote_param(value: str) -> str:
     """
     if shlex.quote(value) == value:  # a bare word, as most values are: nothing to undo
         return value
-    try:
+    with contextlib.suppress(ValueError):  # not shell words: nothing MLflow quoted
         tokens = shlex.split(value)
-    except ValueError:
-        return value
-    if len(tokens) == 1 and shlex.quote(tokens[0]) == value:
-        return tokens[0]
+        if len(tokens) == 1 and shlex.quote(tokens[0]) == value:
+            return tokens[0]
     return value
 
 
@@ -1269,24 +1264,21 @@ _COMMIT_ID_RE = re.compile(r'[0-9a-fA-F]{7,40}')  # fullmatch: '$' takes a final
 _BAD_REF_RE = re.compile(r'[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|(^|/)\.|\.lock(/|$)|^/|/$|\.$|^@$')
 
 
-def commit_value_problem(value: str) -> str | None:
-    """Why a commit value is refused before git sees it, None when it is a
-    commit ID (7-40 hex digits) or a ref name that does not start with '-'."""
+def commit_refusal(value: str) -> str | None:
+    """ "'<value>' is refused: <why>" (the value escaped), said before git sees
+    the value; None when it is a commit ID (7-40 hex digits) or a ref name that
+    does not start with '-'."""
     if _COMMIT_ID_RE.fullmatch(value):
         return None
     if not value:
-        return 'it is empty'
-    if value.startswith('-'):
-        return 'it starts with "-", which git would read as an option'
-    if _BAD_REF_RE.search(value):
-        return 'it is neither a commit ID (7 to 40 hex digits) nor a valid ref name'
-    return None
-
-
-def commit_refusal(value: str) -> str | None:
-    """ "'<value>' is refused: <why>" (the value escaped), None when it is not."""
-    problem = commit_value_problem(value)
-    return f'{value!r} is refused: {problem}' if problem else None
+        problem = 'it is empty'
+    elif value.startswith('-'):
+        problem = 'it starts with "-", which git would read as an option'
+    elif _BAD_REF_RE.search(value):
+        problem = 'it is neither a commit ID (7 to 40 hex digits) nor a valid ref name'
+    else:
+        return None
+    return f'{value!r} is refused: {problem}'
 
 
 def refuse_commit_value(value: str, what: str) -> str:
@@ -1340,11 +1332,8 @@ def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
     if reason := not_reproducible(run, uri is not None, version is not None):
         raise ReproduceError(f'run {run.info.run_id} cannot be reproduced: {reason}')
     if uri is None:
-        uri = (
-            ungarbled_source(tags[TAG_SOURCE_NAME])
-            if not is_script_run(run)
-            else tags[TAG_GIT_REPO_URL]
-        )
+        script = is_script_run(run)
+        uri = tags[TAG_GIT_REPO_URL] if script else ungarbled_source(tags[TAG_SOURCE_NAME])
     version = refuse_commit_value(version, 'commit') if version else tags[TAG_GIT_COMMIT]
     repo, subdir = split_source_uri(uri)
     return Source(repo=repo, subdir=subdir, version=version)
@@ -1357,12 +1346,8 @@ def select_params(
     """Only what the entry point declares; None means a script entry point,
     which MLflow ran with every param it was given."""
     values = _unquoted(reference_params)
-    if declared is None:
-        return Params(passed=values, not_passed={})
-    return Params(
-        passed={k: v for k, v in values.items() if k in declared},
-        not_passed={k: v for k, v in values.items() if k not in declared},
-    )
+    passed = {k: v for k, v in values.items() if declared is None or k in declared}
+    return Params(passed=passed, not_passed={k: v for k, v in values.items() if k not in passed})
 
 
 # ---------------------------------------------------------------------------
@@ -1469,8 +1454,7 @@ def _scan_heredocs(sc: _Scan, i: int, poison: str | None) -> int:
     while sc.heredocs:
         delimiter, strip_tabs = sc.heredocs.pop(0)
         while i < len(text):
-            end = text.find('\n', i)
-            end = len(text) if end < 0 else end
+            end = _find(text, '\n', i, escapes=False)
             line = text[i:end]
             if (line.lstrip('\t') if strip_tabs else line) == delimiter:
                 i = end + 1
@@ -1844,20 +1828,17 @@ def read_histories(
         return [{k: [Point(None, v)] for k, v in run.data.metrics.items()} for run in runs]
     from concurrent.futures import ThreadPoolExecutor
 
-    wanted = [(run.info.run_id, key) for run in runs for key in run.data.metrics]
-
-    def fetch(run_key: tuple[str, str]) -> list[Any]:
-        return client.get_metric_history(*run_key)
-
+    run_ids = [run.info.run_id for run in runs for _ in run.data.metrics]
+    keys = [key for run in runs for key in run.data.metrics]
     # Over HTTP each request waits on the network: overlap them.  A local
     # store is CPU-bound, and threads only add contention (see benchmarks/).
     if _is_http(client.tracking_uri):
         with ThreadPoolExecutor(max_workers=HISTORY_WORKERS) as pool:
-            fetched = list(pool.map(fetch, wanted))
+            fetched = list(pool.map(client.get_metric_history, run_ids, keys))
     else:
-        fetched = [fetch(run_key) for run_key in wanted]
+        fetched = list(map(client.get_metric_history, run_ids, keys))
     by_run: dict[str, dict[str, list[Point]]] = {r.info.run_id: {} for r in runs}
-    for (run_id, key), history in zip(wanted, fetched, strict=True):
+    for run_id, key, history in zip(run_ids, keys, fetched, strict=True):
         history = sorted(history, key=lambda m: (m.step, m.timestamp))
         by_run[run_id][key] = [Point(m.step, m.value, m.timestamp) for m in history]
     return [by_run[run.info.run_id] for run in runs]

@@ -23,7 +23,7 @@ from helpers import (
 )
 
 import reproduce_run
-from reproduce_run import ReproduceError, Source, commit_value_problem
+from reproduce_run import ReproduceError, Source, commit_refusal
 
 PAYLOADS = {
     'upload-pack': '--upload-pack=touch {marker};false',
@@ -74,7 +74,7 @@ TRANSPORTS = ('path', 'file', 'git', 'mirror')
     ],
 )
 def test_commit_value_is_a_commit_id_or_a_ref_name_not_starting_with_a_dash(value, refused):
-    assert (commit_value_problem(value) is not None) is refused
+    assert (commit_refusal(value) is not None) is refused
     if value and not value.startswith('-') and '\x00' not in value:  # git's own rule agrees
         check = subprocess.run(
             ('git', 'check-ref-format', '--allow-onelevel', value), capture_output=True
