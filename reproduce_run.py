@@ -324,13 +324,11 @@ def _last_line(text: str) -> str:
 def pages(search: Callable[[str | None], Any]) -> Iterator[Any]:
     """The pages of a paged MLflow search: search(token) asks for one, with
     the token of the page before (None for the first)."""
-    token = None
-    while True:
-        page = search(token)
+    page = search(None)
+    yield page
+    while page.token:
+        page = search(page.token)
         yield page
-        token = page.token
-        if not token:
-            return
 
 
 def _user() -> str:
@@ -380,11 +378,9 @@ def tool_namespace() -> str:
     """boot:pidns: the boot of the machine (/proc/sys/kernel/random/boot_id)
     and the PID namespace this tool's PIDs mean something in; 'unknown:0'
     where /proc does not say, which no other tool is taken to share."""
-    try:
-        with open('/proc/sys/kernel/random/boot_id') as f:
-            boot = f.read().strip()
-    except OSError:
-        boot = ''
+    boot = ''
+    with contextlib.suppress(OSError), open('/proc/sys/kernel/random/boot_id') as f:
+        boot = f.read().strip()
     pidns = pid_namespace()
     return f'{boot}:{pidns}' if re.fullmatch(r'[\w-]+', boot) and pidns else 'unknown:0'
 
@@ -1299,9 +1295,8 @@ def not_reproducible(run: Run, uri_given: bool, version_given: bool = False) -> 
     source_type = tags.get(TAG_SOURCE_TYPE)
     if source_type == 'NOTEBOOK':
         return f'it is a notebook run (tag {TAG_SOURCE_TYPE} is NOTEBOOK): no script to run'
-    if not uri_given and not tags.get(
-        TAG_SOURCE_NAME if source_type == 'PROJECT' else TAG_GIT_REPO_URL
-    ):
+    source_tag = TAG_SOURCE_NAME if source_type == 'PROJECT' else TAG_GIT_REPO_URL
+    if not uri_given and not tags.get(source_tag):
         return (
             f'it was not launched as an MLflow Project (tag {TAG_SOURCE_TYPE} is '
             f'{source_type!r}) and recorded no remote (tag {TAG_GIT_REPO_URL}): pass --uri '
@@ -1406,13 +1401,11 @@ class _Command:
 
     def end_word(self) -> None:
         word, self.word = self.word.replace('\\', '').replace('"', '').replace("'", ''), ''
-        if not word:
-            return
         if word == '[[' and not self.words:
             self.in_test = True
         elif word == ']]' and self.in_test:
             self.in_test = False
-        elif self.words or not (word in _RESERVED_WORDS or _ASSIGNMENT_RE.match(word)):
+        elif word and (self.words or not (word in _RESERVED_WORDS or _ASSIGNMENT_RE.match(word))):
             self.words.append(word)
 
     def end(self) -> None:
