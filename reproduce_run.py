@@ -496,10 +496,8 @@ class Rules:
     ignored: tuple[str, ...] = ()
 
     def tolerance_for(self, key: str) -> Tolerance:
-        for pattern, tol in reversed(self.overrides):
-            if fnmatch.fnmatchcase(key, pattern):
-                return tol
-        return self.default
+        matching = (t for p, t in reversed(self.overrides) if fnmatch.fnmatchcase(key, p))
+        return next(matching, self.default)
 
     def is_ignored(self, key: str) -> bool:
         return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.ignored)
