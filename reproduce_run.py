@@ -7085,7 +7085,17 @@ class RepeatPlanner(Planner):
         )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
-        records = [repeat_record(r, self.n) for r in report.repeats if r.parent_run_id]
+        records = [
+            diagnosis_record(
+                r.reference_run_id,
+                r.parent_run_id,
+                self.n,
+                diagnosis_lines(r.diagnoses, 'github'),
+                r.json(),
+            )
+            for r in report.repeats
+            if r.parent_run_id
+        ]
         diagnosed = {r.reference_run_id for r in report.repeats}
         records += [
             failed_repeat_record(run_id, parent, self.n, report.reports)
@@ -7111,14 +7121,8 @@ def diagnose_repeats(
         if not judged or c.run_id is None:
             continue
         diagnoses = diagnose(judged[0].histories[0], [r.histories[1] for r in judged], rules)
-        repeats.append(
-            Repeat(
-                c.run_id,
-                parents.get(c.run_id),
-                tuple(r.reproduced_run_id or '' for r in judged),
-                diagnoses,
-            )
-        )
+        reproduced = tuple(r.reproduced_run_id or '' for r in judged)
+        repeats.append(Repeat(c.run_id, parents.get(c.run_id), reproduced, diagnoses))
     return tuple(repeats)
 
 
@@ -7136,58 +7140,36 @@ def create_repeat_run(session: Session, run_id: str, n: int, parent: str | None)
     )
 
 
-def repeat_record(repeat: Repeat, n: int) -> GroupRecord:
-    """The diagnosis on the repetitions' parent run: class, description and
-    diagnosis.json (with the suggested tolerances, for a later check)."""
-    assert repeat.parent_run_id is not None
-    classification = classify_run(repeat.diagnoses)
-    note = '\n'.join(
-        [
-            f'**Repetitions of run {repeat.reference_run_id}** ({n}): {classification}',
-            '',
-            *diagnosis_lines(repeat.diagnoses, 'github'),
-        ]
-    )
-    return GroupRecord(
-        repeat.parent_run_id,
-        'the diagnosis',
-        note,
-        DIAGNOSIS_ARTIFACT,
-        json.dumps(repeat.json(), indent=2, allow_nan=False),
-        tags={TAG_CLASSIFICATION: classification},
-    )
-
-
 def failed_repeat_record(
     run_id: str, parent_run_id: str, n: int, reports: Sequence[Report]
 ) -> GroupRecord:
     """The parent of repetitions none of which ran to the end: classified
     `failed`, its description says how each ended."""
-    ended = [r for r in reports if r.reference_run_id == run_id]
-    note = '\n'.join(
-        [
-            f'**Repetitions of run {run_id}** ({n}): {FAILED_CLASS}',
-            '',
-            'No repetition ran to the end:',
-            '',
-            *(
-                f'- {r.reproduced_run_id or "no run"}: {r.status}'
-                + (f': {r.message}' if r.message else '')
-                for r in ended
-            ),
-        ]
-    )
-    document = {
-        **repeat_json(run_id, parent_run_id, (), ()),
-        'classification': FAILED_CLASS,
-    }
+    lines = ['No repetition ran to the end:', '']
+    lines += [
+        f'- {r.reproduced_run_id or "no run"}: {r.status}' + (f': {r.message}' if r.message else '')
+        for r in reports
+        if r.reference_run_id == run_id
+    ]
+    document = {**repeat_json(run_id, parent_run_id, (), ()), 'classification': FAILED_CLASS}
+    return diagnosis_record(run_id, parent_run_id, n, lines, document)
+
+
+def diagnosis_record(
+    run_id: str, parent_run_id: str, n: int, lines: list[str], document: dict[str, Any]
+) -> GroupRecord:
+    """The diagnosis on the repetitions' parent run: its class as a tag, a
+    description and the document as diagnosis.json (with the suggested
+    tolerances, for a later check)."""
+    classification = document['classification']
+    note = '\n'.join([f'**Repetitions of run {run_id}** ({n}): {classification}', '', *lines])
     return GroupRecord(
         parent_run_id,
         'the diagnosis',
         note,
         DIAGNOSIS_ARTIFACT,
-        json.dumps(document, indent=2, allow_nan=False),
-        tags={TAG_CLASSIFICATION: FAILED_CLASS},
+        indented_json(document),
+        tags={TAG_CLASSIFICATION: classification},
     )
 
 
