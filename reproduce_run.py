@@ -7299,7 +7299,6 @@ class BisectReport(Outcome):
     run_id: str | None = None  # the parent run
     stopped: str | None = None  # 'interrupted' or 'terminated'
     details: tuple[str, ...] = ()  # author, date and diff --stat of the first changed commit
-    rules: Rules = Rules()
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
 
     @property
@@ -7357,11 +7356,11 @@ class BisectReport(Outcome):
     def key_report(self) -> Report | None:
         """The probe that tells the finding: the first changed commit's, the
         reference commit's when it does not reproduce, else the target's."""
-        for index in (self.finding.first_changed, 0 if self.finding.reason else None):
-            if index is not None and self.reports_of(index):
-                return self.reports_of(index)[0]
-        n = len(self.path) - 1
-        return next(iter(self.reports_of(n)), None) if self.path else None
+        target = len(self.path) - 1 if self.path else None
+        for index in (self.finding.first_changed, 0 if self.finding.reason else None, target):
+            if index is not None and (reports := self.reports_of(index)):
+                return reports[0]
+        return None
 
 
 class BisectPlanner(Planner):
@@ -7442,14 +7441,12 @@ class BisectPlanner(Planner):
             group.parent_run_id,
             stopped=stopped,
             details=self.describe_commit(self.path[first].commit) if first is not None else (),
-            rules=self.rules,
             leftovers=group.leftovers,
         )
 
     def records(self, report: BisectReport, group: Group) -> list[GroupRecord]:
         if not group.parent_run_id:
             return []
-        first = report.first_changed_commit
         return [
             GroupRecord(
                 group.parent_run_id,
@@ -7457,7 +7454,7 @@ class BisectPlanner(Planner):
                 report.markdown(),
                 BISECT_ARTIFACT,
                 report.json_text(),
-                tags={TAG_FIRST_CHANGED: first or 'none'},
+                tags={TAG_FIRST_CHANGED: report.first_changed_commit or 'none'},
             )
         ]
 
@@ -7669,10 +7666,9 @@ def _finding_lines(bisect: BisectReport) -> list[str]:
 
 
 def format_bisect_text(bisect: BisectReport) -> str:
-    n = len(bisect.path) - 1
     lines = [
         f'Reference run:  {_named(bisect.reference_run_id, bisect.reference_run_name)}',
-        f'Bisected:       {n} commits from {bisect.path[0].commit[:12]} to '
+        f'Bisected:       {len(bisect.path) - 1} commits from {bisect.path[0].commit[:12]} to '
         f'{bisect.path[-1].commit[:12]}, {len(bisect.probes)} probes',
         _table(bisect_rows(bisect), 'psql'),
         *_finding_lines(bisect),
