@@ -7609,36 +7609,22 @@ def tag_probes(client: MlflowClient, bisect: BisectReport) -> None:
 # Reporting a bisection.
 
 
-def _changed_metrics(reports: Sequence[Report]) -> str:
-    keys = {
-        m.key
-        for r in reports
-        if r.verdict
-        for m in r.verdict.metrics
-        if not m.equal and not m.ignored
-    }
-    return ', '.join(sorted(keys))
-
-
-def _probe_verdict(reports: Sequence[Report], outcome: str) -> str:
-    statuses = ', '.join(dict.fromkeys(r.status for r in reports))
-    if len(reports) > 1:
-        statuses = f'{len(reports)}x {statuses}'
-    return statuses + (f' ({SKIP})' if outcome == SKIP else '')
-
-
 def bisect_rows(bisect: BisectReport) -> tuple[list[str], list[list[Any]]]:
     """One row per probed commit, in commit order."""
     rows = []
     for index in sorted({i for i, _ in bisect.probes}):
-        reports = bisect.reports_of(index)
-        info = bisect.path[index]
+        reports, info = bisect.reports_of(index), bisect.path[index]
+        verdict = ', '.join(dict.fromkeys(r.status for r in reports))
+        if len(reports) > 1:
+            verdict = f'{len(reports)}x {verdict}'
+        if bisect.outcomes.get(index) == SKIP:
+            verdict += f' ({SKIP})'
         rows.append(
             [
                 info.commit[:12],
                 _truncated(info.subject, SHORT_CELL),
-                _probe_verdict(reports, bisect.outcomes.get(index, '')),
-                _changed_metrics(reports),
+                verdict,
+                ', '.join(sorted({k for r in reports for k in _differing_keys(r)})),
                 ' '.join(r.reproduced_run_id or '-' for r in reports),
             ]
         )
