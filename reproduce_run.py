@@ -7591,19 +7591,18 @@ def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> Bisec
         reference, path, repeat, options.jobs, options.rules, lambda c: describe_commit(clone, c)
     )
     bisect: BisectReport = report_group(session, planner)
-    tag_probes(client, bisect)
+    for index, report in bisect.probes:
+        tag_probe(client, report, TAG_BISECT_COMMIT, bisect.path[index].commit, 'run')
     return bisect
 
 
-def tag_probes(client: MlflowClient, bisect: BisectReport) -> None:
-    for index, report in bisect.probes:
-        if report.reproduced_run_id:
-            try:
-                client.set_tag(
-                    report.reproduced_run_id, TAG_BISECT_COMMIT, bisect.path[index].commit
-                )
-            except Exception as e:
-                warn(f'could not tag run {report.reproduced_run_id}: {_last_line(str(e))}')
+def tag_probe(client: MlflowClient, probe: Report, key: str, value: str, what: str) -> None:
+    """Say on a probe's run what it was run with; only warn when it cannot."""
+    if probe.reproduced_run_id:
+        try:
+            client.set_tag(probe.reproduced_run_id, key, value)
+        except Exception as e:
+            warn(f'could not tag {what} {probe.reproduced_run_id}: {_last_line(str(e))}')
 
 
 # Reporting a bisection.
@@ -8026,10 +8025,6 @@ class ExplainPlanner(Planner):
         return [probe]
 
 
-def _changes(undone: Sequence[Candidate]) -> dict[str, str | None]:
-    return {c.name: c.reference for c in undone}
-
-
 def explain(session: Session, report: Report) -> Report:
     """The report with its explanation, recorded on the reproduced run."""
     explanation = explain_difference(session, report)
@@ -8067,20 +8062,23 @@ def explain_difference(session: Session, report: Report) -> Explanation:
         reason = 'no difference of the environment can be undone'
         return Explanation(None, not_tried=tuple(not_tried), reason=reason)
     planner = ExplainPlanner(session, report, tried, layers)
-    group = run_group(dataclasses.replace(session, options=_probe_options(session)), planner)
+    # Probes print no plots and no progress of their own beyond one line each.
+    options = dataclasses.replace(session.options, plots=False)
+    group = run_group(dataclasses.replace(session, options=options), planner)
     probes = []
     for probe, probe_report in group.results:
         undone = [planner.by_key[k] for k in planner.undone[probe]]
+        changes = {c.name: c.reference for c in undone}
         probes.append(
             {
-                'changes': _changes(undone),
+                'changes': changes,
                 'equal': probe_report.status == 'equal',
                 'status': probe_report.status,
                 'reproduced_run_id': probe_report.reproduced_run_id,
             }
         )
-        if probe_report.reproduced_run_id:
-            tag_probe(session.client, probe_report.reproduced_run_id, _changes(undone))
+        changed = fit_tag(json.dumps(changes, sort_keys=True))
+        tag_probe(session.client, probe_report, TAG_EXPLAIN_CHANGES, changed, 'the probe run')
     step = planner.step
     if session.stop.event.is_set() or step.undo is not None:
         return Explanation(
@@ -8089,18 +8087,6 @@ def explain_difference(session: Session, report: Report) -> Explanation:
     culprits = tuple(planner.by_key[k] for k in step.culprits)
     innocent = tuple(c for c in tried if c not in culprits) if step.restores else ()
     return Explanation(step.restores, culprits, innocent, tuple(probes), tuple(not_tried))
-
-
-def _probe_options(session: Session) -> Options:
-    """Probes print no plots and no progress of their own beyond one line each."""
-    return dataclasses.replace(session.options, plots=False)
-
-
-def tag_probe(client: MlflowClient, run_id: str, changes: Mapping[str, str | None]) -> None:
-    try:
-        client.set_tag(run_id, TAG_EXPLAIN_CHANGES, fit_tag(json.dumps(changes, sort_keys=True)))
-    except Exception as e:
-        warn(f'could not tag the probe run {run_id}: {_last_line(str(e))}')
 
 
 def record_explanation(client: MlflowClient, report: Report) -> None:
