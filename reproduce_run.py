@@ -7829,13 +7829,10 @@ class _Untested(Exception):
 
 
 def _chunks(items: tuple[str, ...], n: int) -> list[tuple[str, ...]]:
+    """n consecutive parts of items, the first len(items) % n one item longer."""
     size, extra = divmod(len(items), n)
-    chunks, start = [], 0
-    for i in range(n):
-        end = start + size + (i < extra)
-        chunks.append(items[start:end])
-        start = end
-    return chunks
+    ends = [i * size + min(i, extra) for i in range(n + 1)]
+    return [items[start:end] for start, end in itertools.pairwise(ends)]
 
 
 def _ddmin(items: tuple[str, ...], restores: Callable[[tuple[str, ...]], bool]) -> tuple[str, ...]:
