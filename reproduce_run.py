@@ -7892,33 +7892,19 @@ def explanation_candidates(
     """The differences a probe can undo, and those it cannot, with why."""
     candidates, not_tried = [], []
     for item in differences.environment:
-        kind, name = item['kind'], item['name']
+        kind, name, reference = item['kind'], item['name'], item['reference']
         if kind in _CANNOT_UNDO:
             label = 'Python' if kind == 'python' else 'platform'
             not_tried.append({'name': f'{label} {name}', 'reason': _CANNOT_UNDO[kind]})
-        elif kind == 'package' and not installable(name, item['reference']):
-            not_tried.append(
-                {
-                    'name': f'package {name}',
-                    'reason': 'not a package name and version pip can be asked for',
-                }
-            )
-        elif kind == 'package' and item['reference'] is None:
-            not_tried.append(
-                {
-                    'name': f'package {name}',
-                    'reason': 'not installed in the reference run; a probe cannot remove it',
-                }
-            )
+        elif kind == 'package' and not installable(name, reference):
+            reason = 'not a package name and version pip can be asked for'
+            not_tried.append({'name': f'package {name}', 'reason': reason})
+        elif kind == 'package' and reference is None:
+            reason = 'not installed in the reference run; a probe cannot remove it'
+            not_tried.append({'name': f'package {name}', 'reason': reason})
         else:
-            candidates.append(
-                Candidate(
-                    'package' if kind == 'package' else 'variable',
-                    name,
-                    item['reference'],
-                    item['reproduced'],
-                )
-            )
+            kind = 'package' if kind == 'package' else 'variable'
+            candidates.append(Candidate(kind, name, reference, item['reproduced']))
     not_tried += [
         {'name': f'dataset {d["name"]}', 'reason': 'changed data cannot be undone by a probe'}
         for d in differences.datasets
@@ -8043,11 +8029,9 @@ def explain_difference(session: Session, report: Report) -> Explanation:
         return Explanation(None, not_tried=tuple(not_tried), reason=differences.environment_unknown)
     layers, tried = {}, []
     for c in candidates:
-        if c.kind != 'package' or c.reference is None:
-            tried.append(c)
-            continue
         try:
-            layers[c.name] = install_layer(session, c.name, c.reference)
+            if c.kind == 'package' and c.reference is not None:
+                layers[c.name] = install_layer(session, c.name, c.reference)
             tried.append(c)
         except ReproduceError as e:
             not_tried.append(
