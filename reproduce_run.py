@@ -7883,9 +7883,6 @@ NOT_NEEDED_REASON = 'the repetitions are nondeterministic: no environment change
 STOPPED_REASON = 'stopped by a signal'
 
 
-NOT_NEEDED = Explanation(None, reason=NOT_NEEDED_REASON)
-
-
 def explanation_candidates(
     differences: Differences,
 ) -> tuple[list[Candidate], list[dict[str, str]]]:
@@ -8077,11 +8074,8 @@ def record_explanation(client: MlflowClient, report: Report) -> None:
         return
     try:
         client.set_tag(run_id, TAG_NOTE, describe(report, _run_link(client, report)))
-        client.log_text(
-            run_id,
-            json.dumps(report.explanation.json(), indent=2, allow_nan=False),
-            f'{ARTIFACT_DIR}/{EXPLANATION_ARTIFACT}',
-        )
+        document = indented_json(report.explanation.json())
+        client.log_text(run_id, document, f'{ARTIFACT_DIR}/{EXPLANATION_ARTIFACT}')
     except Exception as e:
         warn(f'could not record the explanation on run {run_id}: {_last_line(str(e))}')
 
@@ -8100,17 +8094,15 @@ def explain_batch(session: Session, batch: BatchReport) -> BatchReport:
     reports = list(batch.reports)
     if batch.repeats:
         classes = {r.reference_run_id: classify_run(r.diagnoses) for r in batch.repeats}
-        first = {}
+        first = {}  # each reference's first reproduction that differs
         for i, r in enumerate(reports):
-            if r.status == 'differ' and classes.get(r.reference_run_id) in (
-                DRIFTED,
-                NONDETERMINISTIC,
-            ):
+            if r.status == 'differ':
                 first.setdefault(r.reference_run_id, i)
         for run_id, i in first.items():
-            if classes[run_id] == NONDETERMINISTIC:
-                reports[i] = dataclasses.replace(reports[i], explanation=NOT_NEEDED)
-        indexes = sorted(i for run_id, i in first.items() if classes[run_id] == DRIFTED)
+            if classes.get(run_id) == NONDETERMINISTIC:
+                not_needed = Explanation(None, reason=NOT_NEEDED_REASON)
+                reports[i] = dataclasses.replace(reports[i], explanation=not_needed)
+        indexes = sorted(i for run_id, i in first.items() if classes.get(run_id) == DRIFTED)
     else:
         indexes = [i for i, r in enumerate(reports) if r.status == 'differ']
     for i in indexes:
