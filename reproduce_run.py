@@ -7230,9 +7230,7 @@ def next_commits(n: int, outcomes: Mapping[int, str], jobs: int) -> list[int]:
     The reference commit first, then the target; with --jobs 2 they run
     together, and more jobs start cutting the path at once."""
     if 0 not in outcomes:
-        if jobs == 1:
-            return [0]
-        return [0, n, *_cuts(range(1, n), jobs - 1)]
+        return [0] if jobs == 1 else [0, n, *_cuts(range(1, n), jobs - 1)]
     if outcomes[0] != GOOD:
         return []
     if n not in outcomes:
@@ -7385,8 +7383,7 @@ class BisectPlanner(Planner):
         for probe, report in results:  # one a signal ended says nothing of its commit
             if report.status not in SIGNAL_STATUSES:
                 by_commit.setdefault(self.index[probe.version or ''], []).append(report)
-        at_reference = [r.plan.logged_params for r in by_commit.get(0, ()) if r.plan]
-        params = at_reference[0] if at_reference else ()
+        params = next((r.plan.logged_params for r in by_commit.get(0, ()) if r.plan), ())
         return {i: commit_outcome(rs, tuple(params), self.rules) for i, rs in by_commit.items()}
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
