@@ -6988,7 +6988,17 @@ class RepeatPlanner(Planner):
         )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
-        records = [repeat_record(r, self.n) for r in report.repeats if r.parent_run_id]
+        records = [
+            diagnosis_record(
+                r.reference_run_id,
+                r.parent_run_id,
+                self.n,
+                diagnosis_lines(r.diagnoses, 'github'),
+                r.json(),
+            )
+            for r in report.repeats
+            if r.parent_run_id
+        ]
         diagnosed = {r.reference_run_id for r in report.repeats}
         records += [
             failed_repeat_record(run_id, parent, self.n, report.reports)
@@ -7014,14 +7024,8 @@ def diagnose_repeats(
         if not judged or c.run_id is None:
             continue
         diagnoses = diagnose(judged[0].histories[0], [r.histories[1] for r in judged], rules)
-        repeats.append(
-            Repeat(
-                c.run_id,
-                parents.get(c.run_id),
-                tuple(r.reproduced_run_id or '' for r in judged),
-                diagnoses,
-            )
-        )
+        reproduced = tuple(r.reproduced_run_id or '' for r in judged)
+        repeats.append(Repeat(c.run_id, parents.get(c.run_id), reproduced, diagnoses))
     return tuple(repeats)
 
 
@@ -7039,58 +7043,36 @@ def create_repeat_run(session: Session, run_id: str, n: int, parent: str | None)
     )
 
 
-def repeat_record(repeat: Repeat, n: int) -> GroupRecord:
-    """The diagnosis on the repetitions' parent run: class, description and
-    diagnosis.json (with the suggested tolerances, for a later check)."""
-    assert repeat.parent_run_id is not None
-    classification = classify_run(repeat.diagnoses)
-    note = '\n'.join(
-        [
-            f'**Repetitions of run {repeat.reference_run_id}** ({n}): {classification}',
-            '',
-            *diagnosis_lines(repeat.diagnoses, 'github'),
-        ]
-    )
-    return GroupRecord(
-        repeat.parent_run_id,
-        'the diagnosis',
-        note,
-        DIAGNOSIS_ARTIFACT,
-        json.dumps(repeat.json(), indent=2, allow_nan=False),
-        tags={TAG_CLASSIFICATION: classification},
-    )
-
-
 def failed_repeat_record(
     run_id: str, parent_run_id: str, n: int, reports: Sequence[Report]
 ) -> GroupRecord:
     """The parent of repetitions none of which ran to the end: classified
     `failed`, its description says how each ended."""
-    ended = [r for r in reports if r.reference_run_id == run_id]
-    note = '\n'.join(
-        [
-            f'**Repetitions of run {run_id}** ({n}): {FAILED_CLASS}',
-            '',
-            'No repetition ran to the end:',
-            '',
-            *(
-                f'- {r.reproduced_run_id or "no run"}: {r.status}'
-                + (f': {r.message}' if r.message else '')
-                for r in ended
-            ),
-        ]
-    )
-    document = {
-        **repeat_json(run_id, parent_run_id, (), ()),
-        'classification': FAILED_CLASS,
-    }
+    lines = ['No repetition ran to the end:', '']
+    lines += [
+        f'- {r.reproduced_run_id or "no run"}: {r.status}' + (f': {r.message}' if r.message else '')
+        for r in reports
+        if r.reference_run_id == run_id
+    ]
+    document = {**repeat_json(run_id, parent_run_id, (), ()), 'classification': FAILED_CLASS}
+    return diagnosis_record(run_id, parent_run_id, n, lines, document)
+
+
+def diagnosis_record(
+    run_id: str, parent_run_id: str, n: int, lines: list[str], document: dict[str, Any]
+) -> GroupRecord:
+    """The diagnosis on the repetitions' parent run: its class as a tag, a
+    description and the document as diagnosis.json (with the suggested
+    tolerances, for a later check)."""
+    classification = document['classification']
+    note = '\n'.join([f'**Repetitions of run {run_id}** ({n}): {classification}', '', *lines])
     return GroupRecord(
         parent_run_id,
         'the diagnosis',
         note,
         DIAGNOSIS_ARTIFACT,
-        json.dumps(document, indent=2, allow_nan=False),
-        tags={TAG_CLASSIFICATION: FAILED_CLASS},
+        indented_json(document),
+        tags={TAG_CLASSIFICATION: classification},
     )
 
 
@@ -7151,9 +7133,7 @@ def next_commits(n: int, outcomes: Mapping[int, str], jobs: int) -> list[int]:
     The reference commit first, then the target; with --jobs 2 they run
     together, and more jobs start cutting the path at once."""
     if 0 not in outcomes:
-        if jobs == 1:
-            return [0]
-        return [0, n, *_cuts(range(1, n), jobs - 1)]
+        return [0] if jobs == 1 else [0, n, *_cuts(range(1, n), jobs - 1)]
     if outcomes[0] != GOOD:
         return []
     if n not in outcomes:
@@ -7220,7 +7200,6 @@ class BisectReport(Outcome):
     run_id: str | None = None  # the parent run
     stopped: str | None = None  # 'interrupted' or 'terminated'
     details: tuple[str, ...] = ()  # author, date and diff --stat of the first changed commit
-    rules: Rules = Rules()
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
 
     @property
@@ -7278,11 +7257,11 @@ class BisectReport(Outcome):
     def key_report(self) -> Report | None:
         """The probe that tells the finding: the first changed commit's, the
         reference commit's when it does not reproduce, else the target's."""
-        for index in (self.finding.first_changed, 0 if self.finding.reason else None):
-            if index is not None and self.reports_of(index):
-                return self.reports_of(index)[0]
-        n = len(self.path) - 1
-        return next(iter(self.reports_of(n)), None) if self.path else None
+        target = len(self.path) - 1 if self.path else None
+        for index in (self.finding.first_changed, 0 if self.finding.reason else None, target):
+            if index is not None and (reports := self.reports_of(index)):
+                return reports[0]
+        return None
 
 
 class BisectPlanner(Planner):
@@ -7307,8 +7286,7 @@ class BisectPlanner(Planner):
         for probe, report in results:  # one a signal ended says nothing of its commit
             if report.status not in SIGNAL_STATUSES:
                 by_commit.setdefault(self.index[probe.version or ''], []).append(report)
-        at_reference = [r.plan.logged_params for r in by_commit.get(0, ()) if r.plan]
-        params = at_reference[0] if at_reference else ()
+        params = next((r.plan.logged_params for r in by_commit.get(0, ()) if r.plan), ())
         return {i: commit_outcome(rs, tuple(params), self.rules) for i, rs in by_commit.items()}
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
@@ -7363,14 +7341,12 @@ class BisectPlanner(Planner):
             group.parent_run_id,
             stopped=stopped,
             details=self.describe_commit(self.path[first].commit) if first is not None else (),
-            rules=self.rules,
             leftovers=group.leftovers,
         )
 
     def records(self, report: BisectReport, group: Group) -> list[GroupRecord]:
         if not group.parent_run_id:
             return []
-        first = report.first_changed_commit
         return [
             GroupRecord(
                 group.parent_run_id,
@@ -7378,7 +7354,7 @@ class BisectPlanner(Planner):
                 report.markdown(),
                 BISECT_ARTIFACT,
                 report.json_text(),
-                tags={TAG_FIRST_CHANGED: first or 'none'},
+                tags={TAG_FIRST_CHANGED: report.first_changed_commit or 'none'},
             )
         ]
 
@@ -7515,54 +7491,39 @@ def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> Bisec
         reference, path, repeat, options.jobs, options.rules, lambda c: describe_commit(clone, c)
     )
     bisect: BisectReport = report_group(session, planner)
-    tag_probes(client, bisect)
+    for index, report in bisect.probes:
+        tag_probe(client, report, TAG_BISECT_COMMIT, bisect.path[index].commit, 'run')
     return bisect
 
 
-def tag_probes(client: MlflowClient, bisect: BisectReport) -> None:
-    for index, report in bisect.probes:
-        if report.reproduced_run_id:
-            try:
-                client.set_tag(
-                    report.reproduced_run_id, TAG_BISECT_COMMIT, bisect.path[index].commit
-                )
-            except Exception as e:
-                warn(f'could not tag run {report.reproduced_run_id}: {_last_line(str(e))}')
+def tag_probe(client: MlflowClient, probe: Report, key: str, value: str, what: str) -> None:
+    """Say on a probe's run what it was run with; only warn when it cannot."""
+    if probe.reproduced_run_id:
+        try:
+            client.set_tag(probe.reproduced_run_id, key, value)
+        except Exception as e:
+            warn(f'could not tag {what} {probe.reproduced_run_id}: {_last_line(str(e))}')
 
 
 # Reporting a bisection.
-
-
-def _changed_metrics(reports: Sequence[Report]) -> str:
-    keys = {
-        m.key
-        for r in reports
-        if r.verdict
-        for m in r.verdict.metrics
-        if not m.equal and not m.ignored
-    }
-    return ', '.join(sorted(keys))
-
-
-def _probe_verdict(reports: Sequence[Report], outcome: str) -> str:
-    statuses = ', '.join(dict.fromkeys(r.status for r in reports))
-    if len(reports) > 1:
-        statuses = f'{len(reports)}x {statuses}'
-    return statuses + (f' ({SKIP})' if outcome == SKIP else '')
 
 
 def bisect_rows(bisect: BisectReport) -> tuple[list[str], list[list[Any]]]:
     """One row per probed commit, in commit order."""
     rows = []
     for index in sorted({i for i, _ in bisect.probes}):
-        reports = bisect.reports_of(index)
-        info = bisect.path[index]
+        reports, info = bisect.reports_of(index), bisect.path[index]
+        verdict = ', '.join(dict.fromkeys(r.status for r in reports))
+        if len(reports) > 1:
+            verdict = f'{len(reports)}x {verdict}'
+        if bisect.outcomes.get(index) == SKIP:
+            verdict += f' ({SKIP})'
         rows.append(
             [
                 info.commit[:12],
                 _truncated(info.subject, SHORT_CELL),
-                _probe_verdict(reports, bisect.outcomes.get(index, '')),
-                _changed_metrics(reports),
+                verdict,
+                ', '.join(sorted({k for r in reports for k in _differing_keys(r)})),
                 ' '.join(r.reproduced_run_id or '-' for r in reports),
             ]
         )
@@ -7590,10 +7551,9 @@ def _finding_lines(bisect: BisectReport) -> list[str]:
 
 
 def format_bisect_text(bisect: BisectReport) -> str:
-    n = len(bisect.path) - 1
     lines = [
         f'Reference run:  {_named(bisect.reference_run_id, bisect.reference_run_name)}',
-        f'Bisected:       {n} commits from {bisect.path[0].commit[:12]} to '
+        f'Bisected:       {len(bisect.path) - 1} commits from {bisect.path[0].commit[:12]} to '
         f'{bisect.path[-1].commit[:12]}, {len(bisect.probes)} probes',
         _table(bisect_rows(bisect), 'psql'),
         *_finding_lines(bisect),
@@ -7769,13 +7729,10 @@ class _Untested(Exception):
 
 
 def _chunks(items: tuple[str, ...], n: int) -> list[tuple[str, ...]]:
+    """n consecutive parts of items, the first len(items) % n one item longer."""
     size, extra = divmod(len(items), n)
-    chunks, start = [], 0
-    for i in range(n):
-        end = start + size + (i < extra)
-        chunks.append(items[start:end])
-        start = end
-    return chunks
+    ends = [i * size + min(i, extra) for i in range(n + 1)]
+    return [items[start:end] for start, end in itertools.pairwise(ends)]
 
 
 def _ddmin(items: tuple[str, ...], restores: Callable[[tuple[str, ...]], bool]) -> tuple[str, ...]:
@@ -7826,42 +7783,25 @@ NOT_NEEDED_REASON = 'the repetitions are nondeterministic: no environment change
 STOPPED_REASON = 'stopped by a signal'
 
 
-NOT_NEEDED = Explanation(None, reason=NOT_NEEDED_REASON)
-
-
 def explanation_candidates(
     differences: Differences,
 ) -> tuple[list[Candidate], list[dict[str, str]]]:
     """The differences a probe can undo, and those it cannot, with why."""
     candidates, not_tried = [], []
     for item in differences.environment:
-        kind, name = item['kind'], item['name']
+        kind, name, reference = item['kind'], item['name'], item['reference']
         if kind in _CANNOT_UNDO:
             label = 'Python' if kind == 'python' else 'platform'
             not_tried.append({'name': f'{label} {name}', 'reason': _CANNOT_UNDO[kind]})
-        elif kind == 'package' and not installable(name, item['reference']):
-            not_tried.append(
-                {
-                    'name': f'package {name}',
-                    'reason': 'not a package name and version pip can be asked for',
-                }
-            )
-        elif kind == 'package' and item['reference'] is None:
-            not_tried.append(
-                {
-                    'name': f'package {name}',
-                    'reason': 'not installed in the reference run; a probe cannot remove it',
-                }
-            )
+        elif kind == 'package' and not installable(name, reference):
+            reason = 'not a package name and version pip can be asked for'
+            not_tried.append({'name': f'package {name}', 'reason': reason})
+        elif kind == 'package' and reference is None:
+            reason = 'not installed in the reference run; a probe cannot remove it'
+            not_tried.append({'name': f'package {name}', 'reason': reason})
         else:
-            candidates.append(
-                Candidate(
-                    'package' if kind == 'package' else 'variable',
-                    name,
-                    item['reference'],
-                    item['reproduced'],
-                )
-            )
+            kind = 'package' if kind == 'package' else 'variable'
+            candidates.append(Candidate(kind, name, reference, item['reproduced']))
     not_tried += [
         {'name': f'dataset {d["name"]}', 'reason': 'changed data cannot be undone by a probe'}
         for d in differences.datasets
@@ -7965,10 +7905,6 @@ class ExplainPlanner(Planner):
         return [probe]
 
 
-def _changes(undone: Sequence[Candidate]) -> dict[str, str | None]:
-    return {c.name: c.reference for c in undone}
-
-
 def explain(session: Session, report: Report) -> Report:
     """The report with its explanation, recorded on the reproduced run."""
     explanation = explain_difference(session, report)
@@ -7990,11 +7926,9 @@ def explain_difference(session: Session, report: Report) -> Explanation:
         return Explanation(None, not_tried=tuple(not_tried), reason=differences.environment_unknown)
     layers, tried = {}, []
     for c in candidates:
-        if c.kind != 'package' or c.reference is None:
-            tried.append(c)
-            continue
         try:
-            layers[c.name] = install_layer(session, c.name, c.reference)
+            if c.kind == 'package' and c.reference is not None:
+                layers[c.name] = install_layer(session, c.name, c.reference)
             tried.append(c)
         except ReproduceError as e:
             not_tried.append(
@@ -8006,20 +7940,23 @@ def explain_difference(session: Session, report: Report) -> Explanation:
         reason = 'no difference of the environment can be undone'
         return Explanation(None, not_tried=tuple(not_tried), reason=reason)
     planner = ExplainPlanner(session, report, tried, layers)
-    group = run_group(dataclasses.replace(session, options=_probe_options(session)), planner)
+    # Probes print no plots and no progress of their own beyond one line each.
+    options = dataclasses.replace(session.options, plots=False)
+    group = run_group(dataclasses.replace(session, options=options), planner)
     probes = []
     for probe, probe_report in group.results:
         undone = [planner.by_key[k] for k in planner.undone[probe]]
+        changes = {c.name: c.reference for c in undone}
         probes.append(
             {
-                'changes': _changes(undone),
+                'changes': changes,
                 'equal': probe_report.status == 'equal',
                 'status': probe_report.status,
                 'reproduced_run_id': probe_report.reproduced_run_id,
             }
         )
-        if probe_report.reproduced_run_id:
-            tag_probe(session.client, probe_report.reproduced_run_id, _changes(undone))
+        changed = fit_tag(json.dumps(changes, sort_keys=True))
+        tag_probe(session.client, probe_report, TAG_EXPLAIN_CHANGES, changed, 'the probe run')
     step = planner.step
     if session.stop.event.is_set() or step.undo is not None:
         return Explanation(
@@ -8030,18 +7967,6 @@ def explain_difference(session: Session, report: Report) -> Explanation:
     return Explanation(step.restores, culprits, innocent, tuple(probes), tuple(not_tried))
 
 
-def _probe_options(session: Session) -> Options:
-    """Probes print no plots and no progress of their own beyond one line each."""
-    return dataclasses.replace(session.options, plots=False)
-
-
-def tag_probe(client: MlflowClient, run_id: str, changes: Mapping[str, str | None]) -> None:
-    try:
-        client.set_tag(run_id, TAG_EXPLAIN_CHANGES, fit_tag(json.dumps(changes, sort_keys=True)))
-    except Exception as e:
-        warn(f'could not tag the probe run {run_id}: {_last_line(str(e))}')
-
-
 def record_explanation(client: MlflowClient, report: Report) -> None:
     """explanation.json and the "Explained:" line in the reproduced run's description."""
     run_id = report.reproduced_run_id
@@ -8049,11 +7974,8 @@ def record_explanation(client: MlflowClient, report: Report) -> None:
         return
     try:
         client.set_tag(run_id, TAG_NOTE, describe(report, _run_link(client, report)))
-        client.log_text(
-            run_id,
-            json.dumps(report.explanation.json(), indent=2, allow_nan=False),
-            f'{ARTIFACT_DIR}/{EXPLANATION_ARTIFACT}',
-        )
+        document = indented_json(report.explanation.json())
+        client.log_text(run_id, document, f'{ARTIFACT_DIR}/{EXPLANATION_ARTIFACT}')
     except Exception as e:
         warn(f'could not record the explanation on run {run_id}: {_last_line(str(e))}')
 
@@ -8072,17 +7994,15 @@ def explain_batch(session: Session, batch: BatchReport) -> BatchReport:
     reports = list(batch.reports)
     if batch.repeats:
         classes = {r.reference_run_id: classify_run(r.diagnoses) for r in batch.repeats}
-        first = {}
+        first = {}  # each reference's first reproduction that differs
         for i, r in enumerate(reports):
-            if r.status == 'differ' and classes.get(r.reference_run_id) in (
-                DRIFTED,
-                NONDETERMINISTIC,
-            ):
+            if r.status == 'differ':
                 first.setdefault(r.reference_run_id, i)
         for run_id, i in first.items():
-            if classes[run_id] == NONDETERMINISTIC:
-                reports[i] = dataclasses.replace(reports[i], explanation=NOT_NEEDED)
-        indexes = sorted(i for run_id, i in first.items() if classes[run_id] == DRIFTED)
+            if classes.get(run_id) == NONDETERMINISTIC:
+                not_needed = Explanation(None, reason=NOT_NEEDED_REASON)
+                reports[i] = dataclasses.replace(reports[i], explanation=not_needed)
+        indexes = sorted(i for run_id, i in first.items() if classes.get(run_id) == DRIFTED)
     else:
         indexes = [i for i, r in enumerate(reports) if r.status == 'differ']
     for i in indexes:
