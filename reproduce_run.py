@@ -8718,20 +8718,18 @@ def invoke(
 # Command line.
 
 
-def _run_id(s: str) -> str:
-    if not _RUN_ID_RE.match(s):
-        raise argparse.ArgumentTypeError(
-            f'expected an MLflow run ID (letters, digits, _ and -), got {s!r}',
-        )
-    return s
+def _text_type(valid: Callable[[str], Any], expected: str) -> Callable[[str], str]:
+    """An argparse type: the text as given when valid(text) is true."""
+
+    def check(s: str) -> str:
+        if not valid(s):
+            raise argparse.ArgumentTypeError(f'expected {expected}, got {s!r}')
+        return s
+
+    return check
 
 
-def _model_uri(s: str) -> str:
-    if not _MODEL_URI_RE.fullmatch(s):
-        raise argparse.ArgumentTypeError(
-            f'expected models:/NAME/VERSION or models:/NAME@ALIAS, got {s!r}'
-        )
-    return s
+_run_id = _text_type(_RUN_ID_RE.match, 'an MLflow run ID (letters, digits, _ and -)')
 
 
 def _tolerance(s: str) -> float:
@@ -8744,29 +8742,21 @@ def _tolerance(s: str) -> float:
     return value
 
 
-def _whole_number(s: str, least: int, why: str = '') -> int:
-    try:
-        value = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a whole number, got {s!r}') from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f'expected a number >= {least}{why}, got {s!r}')
-    return value
+def _whole_number(least: int, most: int | None = None, why: str = '') -> Callable[[str], int]:
+    """An argparse type: a whole number from least (to most)."""
 
+    def check(s: str) -> int:
+        try:
+            value = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected a whole number, got {s!r}') from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f'expected a number >= {least}{why}, got {s!r}')
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f'expected a number <= {most}, got {s!r}')
+        return value
 
-def _positive_int(s: str) -> int:
-    return _whole_number(s, 1)
-
-
-def _jobs(s: str) -> int:
-    value = _whole_number(s, 1)
-    if value > MAX_JOBS:
-        raise argparse.ArgumentTypeError(f'expected a number <= {MAX_JOBS}, got {s!r}')
-    return value
-
-
-def _repeat_count(s: str) -> int:
-    return _whole_number(s, 2, ' (one reproduction is the default)')
+    return check
 
 
 _DURATION_UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
@@ -8786,13 +8776,6 @@ def _age(s: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f'expected a duration above zero such as 6h, got {s!r}')
     return seconds
-
-
-def _name(s: str) -> str:
-    """A name to look up or create: not empty, not only blanks."""
-    if not s.strip():
-        raise argparse.ArgumentTypeError(f'expected a name, got {s!r}')
-    return s
 
 
 def _commit_arg(s: str) -> str:
@@ -8924,7 +8907,7 @@ def build_parser() -> argparse.ArgumentParser:
         '--experiment_name',
         '--experiment-name',
         dest='experiment_name',
-        type=_name,
+        type=_text_type(str.strip, 'a name'),  # not empty, not only blanks
         help='experiment that receives the reproduced run (default: Default; for a run '
         "made without `mlflow run`, the reference run's own experiment)",
     )
@@ -8987,7 +8970,7 @@ def build_parser() -> argparse.ArgumentParser:
         '--model',
         action='append',
         default=[],
-        type=_model_uri,
+        type=_text_type(_MODEL_URI_RE.fullmatch, 'models:/NAME/VERSION or models:/NAME@ALIAS'),
         metavar='URI',
         help='the run behind a registered model version: models:/NAME/VERSION '
         'or models:/NAME@ALIAS; repeatable',
@@ -9010,7 +8993,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument(
         '--max-runs',
-        type=_positive_int,
+        type=_whole_number(1),
         default=DEFAULT_MAX_RUNS,
         metavar='N',
         help='at most N runs selected by search (default: %(default)s)',
@@ -9023,7 +9006,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument(
         '--sample',
-        type=_positive_int,
+        type=_whole_number(1),
         metavar='K',
         help='reproduce a random K of the runs selected by search',
     )
@@ -9033,14 +9016,14 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         '--jobs',
         '-j',
-        type=_jobs,
+        type=_whole_number(1, MAX_JOBS),
         default=1,
         metavar='N',
         help='reproductions at once (default: %(default)s)',
     )
     batch.add_argument(
         '--repeat',
-        type=_repeat_count,
+        type=_whole_number(2, why=' (one reproduction is the default)'),
         metavar='N',
         help='reproduce each run N >= 2 times and tell nondeterminism from drift',
     )
