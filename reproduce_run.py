@@ -8884,7 +8884,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--run_id',
         '--run-id',
-        dest='run_id',
         type=_run_id,
         nargs='+',
         action='extend',
@@ -8906,7 +8905,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--experiment_name',
         '--experiment-name',
-        dest='experiment_name',
         type=_text_type(str.strip, 'a name'),  # not empty, not only blanks
         help='experiment that receives the reproduced run (default: Default; for a run '
         "made without `mlflow run`, the reference run's own experiment)",
@@ -8919,13 +8917,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--entry-point',
         '-e',
-        dest='entry_point',
         help=f"entry point (default: the run's, else {DEFAULT_ENTRY_POINT}); for a run "
         'made without `mlflow run`, the script, relative to the repository root',
     )
     parser.add_argument(
         '--script-args',
-        dest='script_args',
         metavar='ARGS',
         help='for a run made without `mlflow run`: its arguments, split like a shell line, '
         "with {param} replaced by the reference run's value (default: the tag "
@@ -8933,7 +8929,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         '--env-manager',
-        dest='env_manager',
         choices=ENV_MANAGERS,
         help="environment manager (default: the run's recorded one, else local)",
     )
@@ -8948,7 +8943,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--backend-config',
         '-c',
-        dest='backend_config',
         metavar='FILE_OR_JSON',
         help='backend config, as for `mlflow run -c`: a path ending in .json '
         'or an inline JSON object',
@@ -9045,7 +9039,6 @@ def build_parser() -> argparse.ArgumentParser:
     judging.add_argument(
         '--rtol',
         '--rel_tol',
-        dest='rtol',
         type=_tolerance,
         default=DEFAULT_RTOL,
         help='relative tolerance (default: %(default)s)',
@@ -9104,39 +9097,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f'POST the outcome to this Slack or Teams incoming webhook when it is not equal; '
         f'repeatable (default: ${NOTIFY_ENV})',
     )
-    out.add_argument(
-        '--notify-always',
-        action='store_true',
-        help='notify whatever the outcome, equal too',
-    )
-    out.add_argument(
-        '--no-plots',
-        action='store_true',
-        help='do not attach plots of differing histories to the reproduced run',
-    )
-    out.add_argument(
-        '--dry-run',
-        action='store_true',
-        help='resolve and print the plan; create no run, run nothing',
-    )
-    out.add_argument(
-        '--allow-unsafe-command',
-        action='store_true',
-        help='run even when a param value with shell metacharacters would '
+    # switches, off unless given: their flags (space-separated) and help
+    for flags, text in {
+        '--notify-always': 'notify whatever the outcome, equal too',
+        '--no-plots': 'do not attach plots of differing histories to the reproduced run',
+        '--dry-run': 'resolve and print the plan; create no run, run nothing',
+        '--allow-unsafe-command': 'run even when a param value with shell metacharacters would '
         'land inside quotes in the command (it may run as shell code)',
-    )
-    out.add_argument(
-        '--keep-registrations',
-        action='store_true',
-        help='let the models the project registers reach the model registry '
+        '--keep-registrations': 'let the models the project registers reach the model registry '
         '(default: a scratch registry, discarded afterwards)',
-    )
-    out.add_argument(
-        '--verbose', action='store_true', help="show run details, MLflow's log lines and tracebacks"
-    )
-    out.add_argument(
-        '--quiet', '-q', action='store_true', help='print nothing but errors on standard error'
-    )
+        '--verbose': "show run details, MLflow's log lines and tracebacks",
+        '--quiet -q': 'print nothing but errors on standard error',
+    }.items():
+        out.add_argument(*flags.split(), action='store_true', help=text)
     return parser
 
 
