@@ -8350,13 +8350,6 @@ def notification_text(outcome: Outcome, delivery: Delivery, limit: int = NOTIFY_
     return text
 
 
-def webhook_host(url: str) -> str:
-    """How a webhook is named in a warning: its host, never its secret path."""
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).hostname or 'unknown host'
-
-
 def url_without_login(url: str) -> str:
     from urllib.parse import urlsplit
 
@@ -8494,13 +8487,16 @@ def notify(outcome: Outcome, delivery: Delivery) -> None:
     with --notify-always); a webhook that fails is a warning, never an exit code."""
     if not delivery.notify or (outcome.exit_code == EXIT_EQUAL and not delivery.notify_always):
         return
+    from urllib.parse import urlsplit
+
     text = notification_text(outcome, delivery)
     for i, url in enumerate(delivery.notify, 1):
         try:
             post_webhook(url, text)
         except Exception as e:
             why = mask_webhook(_webhook_failure(e), url)
-            warn(f'--notify webhook {i} at {webhook_host(url)} failed: {why}; exit code unchanged')
+            host = urlsplit(url).hostname or 'unknown host'  # never the secret path
+            warn(f'--notify webhook {i} at {host} failed: {why}; exit code unchanged')
 
 
 def writable_report_path(path: str, what: str) -> bool:
