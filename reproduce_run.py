@@ -8557,7 +8557,10 @@ def check_tracking_server(uri: str) -> None:
     import urllib.request
 
     try:
-        urllib.request.urlopen(_probe_url(uri), timeout=PROBE_TIMEOUT_SECONDS)
+        # /health needs no login: a server that wants one still answers, with 401.  No
+        # user:password@: urllib would take the password for a port (`https://user:pw@host`).
+        health = url_without_login(uri).rstrip('/') + '/health'
+        urllib.request.urlopen(health, timeout=PROBE_TIMEOUT_SECONDS)
     except urllib.error.HTTPError:
         return  # it answers; MLflow's own requests will say what it thinks
     except ValueError:  # a URL urllib cannot use: MLflow's first request says why
@@ -8570,16 +8573,6 @@ def check_tracking_server(uri: str) -> None:
                 f'within {PROBE_TIMEOUT_SECONDS:.0f} s)'
             ) from None
         # Refused or unresolvable: MLflow's first request says so in its words.
-
-
-def _probe_url(uri: str) -> str:
-    """The server's /health URL without the user:password part: urllib would
-    take the password for a port (`https://user:pw@host`) and fail.  /health
-    needs no login; a server that wants one still answers, with 401."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(uri)
-    return parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl().rstrip('/') + '/health'
 
 
 def run_in_worker(session: Session, work: Callable[[], Any]) -> Any:
