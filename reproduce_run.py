@@ -9118,31 +9118,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _conflicting_options(args: argparse.Namespace) -> str | None:
     """What argparse cannot say: which options need or exclude each other."""
-    chosen = bool(args.run_id or args.runs_file or args.model or args.from_experiment)
-    if not chosen:
+    other_sources = args.runs_file or args.model or args.from_experiment  # of runs to reproduce
+    if not (args.run_id or other_sources):
         return (
             'the following arguments are required: --run_id/--run-id (or --runs-file, '
             '--model, --from-experiment)'
         )
-    if args.compare_to and (
-        len(args.run_id or ()) != 1
-        or args.runs_file
-        or args.model
-        or args.from_experiment
-        or args.repeat
-    ):
+    if args.compare_to and (len(args.run_id or ()) != 1 or other_sources or args.repeat):
         return '--compare-to compares exactly one --run_id with one other run'
-    search_only = [
-        flag
-        for flag, value in (
-            ('--filter', args.filter),
-            ('--since', args.since),
-            ('--sample', args.sample),
-        )
-        if value is not None
-    ]
-    if search_only and not args.from_experiment:
-        return f'{search_only[0]} selects among the runs of --from-experiment, which is missing'
+    search_only = {'--filter': args.filter, '--since': args.since, '--sample': args.sample}
+    given = [flag for flag, value in search_only.items() if value is not None]
+    if given and not args.from_experiment:
+        return f'{given[0]} selects among the runs of --from-experiment, which is missing'
     if args.quiet and args.verbose:
         return '--quiet and --verbose exclude each other'
     if args.bisect is not None:
