@@ -9164,13 +9164,7 @@ def _error_outcome(
     message = mask_credentials(message)
     if selection.is_batch:
         return BatchReport((), message=message)
-    return Report(
-        status='error',
-        exit_code=code,
-        reference_run_id=selection.run_ids[0],
-        message=message,
-        rules=rules,
-    )
+    return Report('error', code, selection.run_ids[0], message=message, rules=rules)
 
 
 def _write_report(text: str, stream: TextIO | None) -> None:
