@@ -8513,25 +8513,23 @@ def writable_report_path(path: str, what: str) -> bool:
 
 
 def write_junit(outcome: Outcome, delivery: Delivery) -> None:
-    if not delivery.junit_xml or not writable_report_path(
-        delivery.junit_xml, 'the JUnit XML report'
-    ):
+    path = delivery.junit_xml
+    if not path or not writable_report_path(path, 'the JUnit XML report'):
         return
     data = junit_xml(outcome.junit_cases(), delivery.experiment_name, time.time())
     try:
-        write_atomically(delivery.junit_xml, data)
+        write_atomically(path, data)
     except OSError as e:
-        warn(f'the JUnit XML report could not be written to {delivery.junit_xml}: {e}')
+        warn(f'the JUnit XML report could not be written to {path}: {e}')
 
 
 def append_step_summary(outcome: Outcome, delivery: Delivery) -> None:
-    if not delivery.step_summary or not writable_report_path(
-        delivery.step_summary, f'the report for {STEP_SUMMARY_ENV}'
-    ):
+    path = delivery.step_summary
+    if not path or not writable_report_path(path, f'the report for {STEP_SUMMARY_ENV}'):
         return
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK  # never waits
     try:
-        with open(os.open(delivery.step_summary, flags, 0o666), 'a', encoding='utf-8') as f:
+        with open(os.open(path, flags, 0o666), 'a', encoding='utf-8') as f:
             f.write(mask_credentials(outcome.markdown()) + '\n\n')
     except OSError as e:
         warn(f'the report could not be appended to {STEP_SUMMARY_ENV}: {e}')
@@ -9110,8 +9108,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             args.notify = [_webhook_url(os.environ[NOTIFY_ENV])]
         except argparse.ArgumentTypeError as e:
             parser.error(f'{NOTIFY_ENV}: {e}')
-    problem = _conflicting_options(args)
-    if problem:
+    if problem := _conflicting_options(args):
         parser.error(problem)
     return args
 
