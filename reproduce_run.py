@@ -8719,25 +8719,18 @@ def _text_type(valid: Callable[[str], Any], expected: str) -> Callable[[str], st
 _run_id = _text_type(_RUN_ID_RE.match, 'an MLflow run ID (letters, digits, _ and -)')
 
 
-def _tolerance(s: str) -> float:
-    try:
-        value = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a number, got {s!r}') from None
-    if not value >= 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f'expected a number >= 0, got {s!r}')
-    return value
+def _number(
+    parse: Callable[[str], float], least: int, most: int | None = None, why: str = ''
+) -> Callable[[str], Any]:
+    """An argparse type: a number parsed by int (a whole one) or float, from least (to most)."""
+    kind = 'a whole number' if parse is int else 'a number'
 
-
-def _whole_number(least: int, most: int | None = None, why: str = '') -> Callable[[str], int]:
-    """An argparse type: a whole number from least (to most)."""
-
-    def check(s: str) -> int:
+    def check(s: str) -> float:
         try:
-            value = int(s)
+            value = parse(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f'expected a whole number, got {s!r}') from None
-        if value < least:
+            raise argparse.ArgumentTypeError(f'expected {kind}, got {s!r}') from None
+        if not value >= least:  # also refuses NaN
             raise argparse.ArgumentTypeError(f'expected a number >= {least}{why}, got {s!r}')
         if most is not None and value > most:
             raise argparse.ArgumentTypeError(f'expected a number <= {most}, got {s!r}')
@@ -8745,6 +8738,8 @@ def _whole_number(least: int, most: int | None = None, why: str = '') -> Callabl
 
     return check
 
+
+_tolerance = _number(float, 0)
 
 _DURATION_UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
 
@@ -8974,7 +8969,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument(
         '--max-runs',
-        type=_whole_number(1),
+        type=_number(int, 1),
         default=DEFAULT_MAX_RUNS,
         metavar='N',
         help='at most N runs selected by search (default: %(default)s)',
@@ -8987,7 +8982,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument(
         '--sample',
-        type=_whole_number(1),
+        type=_number(int, 1),
         metavar='K',
         help='reproduce a random K of the runs selected by search',
     )
@@ -8997,14 +8992,14 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         '--jobs',
         '-j',
-        type=_whole_number(1, MAX_JOBS),
+        type=_number(int, 1, MAX_JOBS),
         default=1,
         metavar='N',
         help='reproductions at once (default: %(default)s)',
     )
     batch.add_argument(
         '--repeat',
-        type=_whole_number(2, why=' (one reproduction is the default)'),
+        type=_number(int, 2, why=' (one reproduction is the default)'),
         metavar='N',
         help='reproduce each run N >= 2 times and tell nondeterminism from drift',
     )
