@@ -8306,9 +8306,8 @@ def ui_address(tracking_uri: str | None) -> str | None:
 
     if not tracking_uri or not tracking_uri.startswith(('http://', 'https://')):
         return None
-    parts = urlsplit(tracking_uri)
-    host = parts.netloc.rpartition('@')[2]
-    return urlunsplit((parts.scheme, host, parts.path.rstrip('/'), '', ''))
+    parts = urlsplit(url_without_login(tracking_uri))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip('/'), '', ''))
 
 
 def run_links(outcome: Outcome, ui: str | None) -> list[str]:
