@@ -8129,9 +8129,8 @@ def ui_address(tracking_uri: str | None) -> str | None:
 
     if not tracking_uri or not tracking_uri.startswith(('http://', 'https://')):
         return None
-    parts = urlsplit(tracking_uri)
-    host = parts.netloc.rpartition('@')[2]
-    return urlunsplit((parts.scheme, host, parts.path.rstrip('/'), '', ''))
+    parts = urlsplit(url_without_login(tracking_uri))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip('/'), '', ''))
 
 
 def run_links(outcome: Outcome, ui: str | None) -> list[str]:
@@ -8171,13 +8170,6 @@ def notification_text(outcome: Outcome, delivery: Delivery, limit: int = NOTIFY_
     for url in delivery.notify:
         text = mask_webhook(text, url)
     return text
-
-
-def webhook_host(url: str) -> str:
-    """How a webhook is named in a warning: its host, never its secret path."""
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).hostname or 'unknown host'
 
 
 def url_without_login(url: str) -> str:
@@ -8317,13 +8309,16 @@ def notify(outcome: Outcome, delivery: Delivery) -> None:
     with --notify-always); a webhook that fails is a warning, never an exit code."""
     if not delivery.notify or (outcome.exit_code == EXIT_EQUAL and not delivery.notify_always):
         return
+    from urllib.parse import urlsplit
+
     text = notification_text(outcome, delivery)
     for i, url in enumerate(delivery.notify, 1):
         try:
             post_webhook(url, text)
         except Exception as e:
             why = mask_webhook(_webhook_failure(e), url)
-            warn(f'--notify webhook {i} at {webhook_host(url)} failed: {why}; exit code unchanged')
+            host = urlsplit(url).hostname or 'unknown host'  # never the secret path
+            warn(f'--notify webhook {i} at {host} failed: {why}; exit code unchanged')
 
 
 def writable_report_path(path: str, what: str) -> bool:
@@ -8340,25 +8335,23 @@ def writable_report_path(path: str, what: str) -> bool:
 
 
 def write_junit(outcome: Outcome, delivery: Delivery) -> None:
-    if not delivery.junit_xml or not writable_report_path(
-        delivery.junit_xml, 'the JUnit XML report'
-    ):
+    path = delivery.junit_xml
+    if not path or not writable_report_path(path, 'the JUnit XML report'):
         return
     data = junit_xml(outcome.junit_cases(), delivery.experiment_name, time.time())
     try:
-        write_atomically(delivery.junit_xml, data)
+        write_atomically(path, data)
     except OSError as e:
-        warn(f'the JUnit XML report could not be written to {delivery.junit_xml}: {e}')
+        warn(f'the JUnit XML report could not be written to {path}: {e}')
 
 
 def append_step_summary(outcome: Outcome, delivery: Delivery) -> None:
-    if not delivery.step_summary or not writable_report_path(
-        delivery.step_summary, f'the report for {STEP_SUMMARY_ENV}'
-    ):
+    path = delivery.step_summary
+    if not path or not writable_report_path(path, f'the report for {STEP_SUMMARY_ENV}'):
         return
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK  # never waits
     try:
-        with open(os.open(delivery.step_summary, flags, 0o666), 'a', encoding='utf-8') as f:
+        with open(os.open(path, flags, 0o666), 'a', encoding='utf-8') as f:
             f.write(mask_credentials(outcome.markdown()) + '\n\n')
     except OSError as e:
         warn(f'the report could not be appended to {STEP_SUMMARY_ENV}: {e}')
@@ -8384,7 +8377,10 @@ def check_tracking_server(uri: str) -> None:
     import urllib.request
 
     try:
-        urllib.request.urlopen(_probe_url(uri), timeout=PROBE_TIMEOUT_SECONDS)
+        # /health needs no login: a server that wants one still answers, with 401.  No
+        # user:password@: urllib would take the password for a port (`https://user:pw@host`).
+        health = url_without_login(uri).rstrip('/') + '/health'
+        urllib.request.urlopen(health, timeout=PROBE_TIMEOUT_SECONDS)
     except urllib.error.HTTPError:
         return  # it answers; MLflow's own requests will say what it thinks
     except ValueError:  # a URL urllib cannot use: MLflow's first request says why
@@ -8397,16 +8393,6 @@ def check_tracking_server(uri: str) -> None:
                 f'within {PROBE_TIMEOUT_SECONDS:.0f} s)'
             ) from None
         # Refused or unresolvable: MLflow's first request says so in its words.
-
-
-def _probe_url(uri: str) -> str:
-    """The server's /health URL without the user:password part: urllib would
-    take the password for a port (`https://user:pw@host`) and fail.  /health
-    needs no login; a server that wants one still answers, with 401."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(uri)
-    return parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl().rstrip('/') + '/health'
 
 
 def run_in_worker(session: Session, work: Callable[[], Any]) -> Any:
@@ -8541,56 +8527,41 @@ def invoke(
 # Command line.
 
 
-def _run_id(s: str) -> str:
-    if not _RUN_ID_RE.match(s):
-        raise argparse.ArgumentTypeError(
-            f'expected an MLflow run ID (letters, digits, _ and -), got {s!r}',
-        )
-    return s
+def _text_type(valid: Callable[[str], Any], expected: str) -> Callable[[str], str]:
+    """An argparse type: the text as given when valid(text) is true."""
+
+    def check(s: str) -> str:
+        if not valid(s):
+            raise argparse.ArgumentTypeError(f'expected {expected}, got {s!r}')
+        return s
+
+    return check
 
 
-def _model_uri(s: str) -> str:
-    if not _MODEL_URI_RE.fullmatch(s):
-        raise argparse.ArgumentTypeError(
-            f'expected models:/NAME/VERSION or models:/NAME@ALIAS, got {s!r}'
-        )
-    return s
+_run_id = _text_type(_RUN_ID_RE.match, 'an MLflow run ID (letters, digits, _ and -)')
 
 
-def _tolerance(s: str) -> float:
-    try:
-        value = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a number, got {s!r}') from None
-    if not value >= 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f'expected a number >= 0, got {s!r}')
-    return value
+def _number(
+    parse: Callable[[str], float], least: int, most: int | None = None, why: str = ''
+) -> Callable[[str], Any]:
+    """An argparse type: a number parsed by int (a whole one) or float, from least (to most)."""
+    kind = 'a whole number' if parse is int else 'a number'
+
+    def check(s: str) -> float:
+        try:
+            value = parse(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected {kind}, got {s!r}') from None
+        if not value >= least:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f'expected a number >= {least}{why}, got {s!r}')
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f'expected a number <= {most}, got {s!r}')
+        return value
+
+    return check
 
 
-def _whole_number(s: str, least: int, why: str = '') -> int:
-    try:
-        value = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a whole number, got {s!r}') from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f'expected a number >= {least}{why}, got {s!r}')
-    return value
-
-
-def _positive_int(s: str) -> int:
-    return _whole_number(s, 1)
-
-
-def _jobs(s: str) -> int:
-    value = _whole_number(s, 1)
-    if value > MAX_JOBS:
-        raise argparse.ArgumentTypeError(f'expected a number <= {MAX_JOBS}, got {s!r}')
-    return value
-
-
-def _repeat_count(s: str) -> int:
-    return _whole_number(s, 2, ' (one reproduction is the default)')
-
+_tolerance = _number(float, 0)
 
 _DURATION_UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
 
@@ -8609,13 +8580,6 @@ def _age(s: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f'expected a duration above zero such as 6h, got {s!r}')
     return seconds
-
-
-def _name(s: str) -> str:
-    """A name to look up or create: not empty, not only blanks."""
-    if not s.strip():
-        raise argparse.ArgumentTypeError(f'expected a name, got {s!r}')
-    return s
 
 
 def _commit_arg(s: str) -> str:
@@ -8724,7 +8688,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--run_id',
         '--run-id',
-        dest='run_id',
         type=_run_id,
         nargs='+',
         action='extend',
@@ -8746,8 +8709,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--experiment_name',
         '--experiment-name',
-        dest='experiment_name',
-        type=_name,
+        type=_text_type(str.strip, 'a name'),  # not empty, not only blanks
         help='experiment that receives the reproduced run (default: Default; for a run '
         "made without `mlflow run`, the reference run's own experiment)",
     )
@@ -8759,13 +8721,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--entry-point',
         '-e',
-        dest='entry_point',
         help=f"entry point (default: the run's, else {DEFAULT_ENTRY_POINT}); for a run "
         'made without `mlflow run`, the script, relative to the repository root',
     )
     parser.add_argument(
         '--script-args',
-        dest='script_args',
         metavar='ARGS',
         help='for a run made without `mlflow run`: its arguments, split like a shell line, '
         "with {param} replaced by the reference run's value (default: the tag "
@@ -8773,7 +8733,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         '--env-manager',
-        dest='env_manager',
         choices=ENV_MANAGERS,
         help="environment manager (default: the run's recorded one, else local)",
     )
@@ -8788,7 +8747,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--backend-config',
         '-c',
-        dest='backend_config',
         metavar='FILE_OR_JSON',
         help='backend config, as for `mlflow run -c`: a path ending in .json '
         'or an inline JSON object',
@@ -8810,7 +8768,7 @@ def build_parser() -> argparse.ArgumentParser:
         '--model',
         action='append',
         default=[],
-        type=_model_uri,
+        type=_text_type(_MODEL_URI_RE.fullmatch, 'models:/NAME/VERSION or models:/NAME@ALIAS'),
         metavar='URI',
         help='the run behind a registered model version: models:/NAME/VERSION '
         'or models:/NAME@ALIAS; repeatable',
@@ -8833,7 +8791,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument(
         '--max-runs',
-        type=_positive_int,
+        type=_number(int, 1),
         default=DEFAULT_MAX_RUNS,
         metavar='N',
         help='at most N runs selected by search (default: %(default)s)',
@@ -8846,7 +8804,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument(
         '--sample',
-        type=_positive_int,
+        type=_number(int, 1),
         metavar='K',
         help='reproduce a random K of the runs selected by search',
     )
@@ -8856,14 +8814,14 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         '--jobs',
         '-j',
-        type=_jobs,
+        type=_number(int, 1, MAX_JOBS),
         default=1,
         metavar='N',
         help='reproductions at once (default: %(default)s)',
     )
     batch.add_argument(
         '--repeat',
-        type=_repeat_count,
+        type=_number(int, 2, why=' (one reproduction is the default)'),
         metavar='N',
         help='reproduce each run N >= 2 times and tell nondeterminism from drift',
     )
@@ -8885,7 +8843,6 @@ def build_parser() -> argparse.ArgumentParser:
     judging.add_argument(
         '--rtol',
         '--rel_tol',
-        dest='rtol',
         type=_tolerance,
         default=DEFAULT_RTOL,
         help='relative tolerance (default: %(default)s)',
@@ -8944,39 +8901,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f'POST the outcome to this Slack or Teams incoming webhook when it is not equal; '
         f'repeatable (default: ${NOTIFY_ENV})',
     )
-    out.add_argument(
-        '--notify-always',
-        action='store_true',
-        help='notify whatever the outcome, equal too',
-    )
-    out.add_argument(
-        '--no-plots',
-        action='store_true',
-        help='do not attach plots of differing histories to the reproduced run',
-    )
-    out.add_argument(
-        '--dry-run',
-        action='store_true',
-        help='resolve and print the plan; create no run, run nothing',
-    )
-    out.add_argument(
-        '--allow-unsafe-command',
-        action='store_true',
-        help='run even when a param value with shell metacharacters would '
+    # switches, off unless given: their flags (space-separated) and help
+    for flags, text in {
+        '--notify-always': 'notify whatever the outcome, equal too',
+        '--no-plots': 'do not attach plots of differing histories to the reproduced run',
+        '--dry-run': 'resolve and print the plan; create no run, run nothing',
+        '--allow-unsafe-command': 'run even when a param value with shell metacharacters would '
         'land inside quotes in the command (it may run as shell code)',
-    )
-    out.add_argument(
-        '--keep-registrations',
-        action='store_true',
-        help='let the models the project registers reach the model registry '
+        '--keep-registrations': 'let the models the project registers reach the model registry '
         '(default: a scratch registry, discarded afterwards)',
-    )
-    out.add_argument(
-        '--verbose', action='store_true', help="show run details, MLflow's log lines and tracebacks"
-    )
-    out.add_argument(
-        '--quiet', '-q', action='store_true', help='print nothing but errors on standard error'
-    )
+        '--verbose': "show run details, MLflow's log lines and tracebacks",
+        '--quiet -q': 'print nothing but errors on standard error',
+    }.items():
+        out.add_argument(*flags.split(), action='store_true', help=text)
     return parser
 
 
@@ -8988,39 +8925,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             args.notify = [_webhook_url(os.environ[NOTIFY_ENV])]
         except argparse.ArgumentTypeError as e:
             parser.error(f'{NOTIFY_ENV}: {e}')
-    problem = _conflicting_options(args)
-    if problem:
+    if problem := _conflicting_options(args):
         parser.error(problem)
     return args
 
 
 def _conflicting_options(args: argparse.Namespace) -> str | None:
     """What argparse cannot say: which options need or exclude each other."""
-    chosen = bool(args.run_id or args.runs_file or args.model or args.from_experiment)
-    if not chosen:
+    other_sources = args.runs_file or args.model or args.from_experiment  # of runs to reproduce
+    if not (args.run_id or other_sources):
         return (
             'the following arguments are required: --run_id/--run-id (or --runs-file, '
             '--model, --from-experiment)'
         )
-    if args.compare_to and (
-        len(args.run_id or ()) != 1
-        or args.runs_file
-        or args.model
-        or args.from_experiment
-        or args.repeat
-    ):
+    if args.compare_to and (len(args.run_id or ()) != 1 or other_sources or args.repeat):
         return '--compare-to compares exactly one --run_id with one other run'
-    search_only = [
-        flag
-        for flag, value in (
-            ('--filter', args.filter),
-            ('--since', args.since),
-            ('--sample', args.sample),
-        )
-        if value is not None
-    ]
-    if search_only and not args.from_experiment:
-        return f'{search_only[0]} selects among the runs of --from-experiment, which is missing'
+    search_only = {'--filter': args.filter, '--since': args.since, '--sample': args.sample}
+    given = [flag for flag, value in search_only.items() if value is not None]
+    if given and not args.from_experiment:
+        return f'{given[0]} selects among the runs of --from-experiment, which is missing'
     if args.quiet and args.verbose:
         return '--quiet and --verbose exclude each other'
     if args.bisect is not None:
@@ -9055,13 +8978,7 @@ def _error_outcome(
     message = mask_credentials(message)
     if selection.is_batch:
         return BatchReport((), message=message)
-    return Report(
-        status='error',
-        exit_code=code,
-        reference_run_id=selection.run_ids[0],
-        message=message,
-        rules=rules,
-    )
+    return Report('error', code, selection.run_ids[0], message=message, rules=rules)
 
 
 def _write_report(text: str, stream: TextIO | None) -> None:
