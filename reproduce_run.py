@@ -3661,39 +3661,29 @@ def _leftover_filters(options: Options, host: str, now: float) -> list[str]:
     return filters
 
 
-def _tool_here(owner: str) -> re.Match[str] | None:
-    """The owner's parts when it names a tool of this host, boot and PID
-    namespace (the previous version's form, host:pid:start, never does)."""
+def _tool_here_alive(owner: str) -> bool | None:
+    """Whether the tool the owner names still runs, when it is a tool of this
+    host, boot and PID namespace; None for any other (the previous version's
+    form, host:pid:start, never is one)."""
     match = _OWNER_RE.fullmatch(owner)
-    here = (
+    if not (
         match
         and match['host'] == socket.gethostname()
         and match['namespace'] == tool_namespace()
         and 'unknown' not in match['namespace']
-    )
-    return match if here else None
+    ):
+        return None
+    return tool_alive(int(match['pid']), match['start'])
 
 
 def tool_gone(owner: str) -> bool:
     """Whether the owner names a tool of this host, boot and PID namespace
     that no longer runs.  Any other tool counts as alive."""
-    match = _tool_here(owner)
-    return bool(match and not tool_alive(int(match['pid']), match['start']))
-
-
-def tool_seen_running(owner: str) -> bool:
-    """Whether the owner names a tool of this host, boot and PID namespace
-    that still runs."""
-    match = _tool_here(owner)
-    return bool(match and tool_alive(int(match['pid']), match['start']))
+    return _tool_here_alive(owner) is False
 
 
 def leftover_reason(
-    run: Run,
-    options: Options,
-    now: float,
-    crashed: Container[str] = (),
-    running: Container[str] = (),
+    run: Run, options: Options, now: float, crashed: Container[str], running: Container[str]
 ) -> str | None:
     """Why a RUNNING reproduction is a leftover to close, or None.  `crashed`:
     the owners whose processes or folder this invocation found; `running`:
@@ -3702,7 +3692,7 @@ def leftover_reason(
     if owner not in running and tool_gone(owner):
         return TOOL_DIED if owner in crashed else TOOL_GONE
     if options.reap_after is not None and run.info.start_time < (now - options.reap_after) * 1000:
-        why = 'still runs here' if tool_seen_running(owner) else 'is presumed dead'
+        why = 'still runs here' if _tool_here_alive(owner) else 'is presumed dead'
         limit = f'RUNNING longer than --reap-after ({options.reap_after:g} s)'
         return f'{limit}: its reproducing tool {why}'
     return None
@@ -3744,15 +3734,11 @@ def find_leftover_runs(session: Session, run_ids: Sequence[str], now: float) -> 
 
 
 def close_leftover_runs(
-    session: Session,
-    run_ids: Sequence[str] = (),
-    crashed: Container[str] = (),
-    running: Mapping[str, int] | None = None,
+    session: Session, run_ids: Sequence[str], crashed: Container[str], running: Mapping[str, int]
 ) -> list[dict[str, str]]:
     """The runs left RUNNING by dead tools, closed as KILLED; a run of a dead
     tool whose project still runs (`running`: owner -> processes) is left, and
     one line says so."""
-    running = running or {}
     now = time.time()
     try:
         runs = find_leftover_runs(session, run_ids, now)
