@@ -3753,14 +3753,11 @@ def close_leftover_runs(
         owner = run.data.tags.get(TAG_OWNER, '')
         if reason is None and owner in running:
             count = running[owner]
-            processes = (
-                '1 process of its project still runs'
-                if count == 1
-                else (f'{count} processes of its project still run')
-            )
+            processes = counted(count, 'process', 'processes')
             warn(
                 f'run {run_id} of the dead reproducing tool {owner} is left RUNNING: '
-                f"{processes}, with a TMPDIR outside this tool's; it is closed once they end"
+                f'{processes} of its project still {plural(count, "runs", "run")}, with a TMPDIR '
+                "outside this tool's; it is closed once they end"
             )
         elif reason is not None and close_leftover_run(session.client, run, reason):
             message = f'closed run {run_id} of {owner} as KILLED: {reason}'
