@@ -3843,9 +3843,9 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     return experiment.experiment_id
 
 
-def reproduced_run_tags(plan: Plan) -> dict[str, str]:
+def reproduced_run_tags(plan: Plan, parent_run_id: str | None) -> dict[str, str]:
     """What a reproduced run carries: the original source and commit (never
-    our temporary checkout), with credentials masked."""
+    our temporary checkout), with credentials masked, and its group's parent run."""
     tags = {
         TAG_SOURCE_NAME: mask_credentials(plan.source.uri),
         TAG_SOURCE_TYPE: 'PROJECT',
@@ -3863,6 +3863,8 @@ def reproduced_run_tags(plan: Plan) -> dict[str, str]:
         tags[TAG_SOURCE_NAME] = plan.script.recorded
         tags[TAG_SOURCE_TYPE] = 'LOCAL'
         tags[TAG_ARGV] = json.dumps(list(plan.script.argv))
+    if parent_run_id:
+        tags[TAG_PARENT_RUN_ID] = parent_run_id
     return {k: fit_tag(v) for k, v in tags.items()}
 
 
@@ -3880,9 +3882,7 @@ def fixup_backend_run(
     from mlflow.entities import RunTag
     from mlflow.exceptions import MlflowException
 
-    tags = reproduced_run_tags(plan)
-    if parent_run_id:
-        tags[TAG_PARENT_RUN_ID] = parent_run_id
+    tags = reproduced_run_tags(plan, parent_run_id)
     try:
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         client.update_run(run_id, name=reproduced_run_name(plan))
@@ -3896,18 +3896,14 @@ def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | Non
     from mlflow.exceptions import MlflowException
 
     client = session.client
-    tags = reproduced_run_tags(plan)
-    if parent_run_id:
-        tags[TAG_PARENT_RUN_ID] = parent_run_id
     try:
-        run = client.create_run(
+        return client.create_run(
             _experiment_id(client, plan.experiment_name),
-            tags=tags,
+            tags=reproduced_run_tags(plan, parent_run_id),
             run_name=reproduced_run_name(plan),
         )
     except MlflowException as e:
         raise _mlflow_error('cannot create the reproduced run', e) from None
-    return run
 
 
 def log_reproduced_params(session: Session, plan: Plan, run_id: str) -> None:
