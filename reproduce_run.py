@@ -4546,10 +4546,13 @@ def serve_launch() -> NoReturn:
 
 
 def _outcome(submitted: Any, stop: Stop) -> dict[str, Any]:
-    """The job's outcome through MLflow's SubmittedRun; on a stop, that of
-    cancelling it."""
+    """Whether the job succeeded, once MLflow's SubmittedRun says it has
+    ended; on a stop, the outcome of cancelling it."""
     try:
-        return {'succeeded': wait_submitted(submitted, stop)}
+        while submitted.get_status() in UNFINISHED_STATUSES:
+            stop.event.wait(BACKEND_POLL_SECONDS)
+            stop.check()
+        return {'succeeded': bool(submitted.wait())}
     except Stopped:
         try:
             submitted.cancel()
@@ -4699,15 +4702,6 @@ def submit_to_backend(
             raise e.unexpected() from None
         raise _mlflow_error(f'backend {plan.backend.name!r} refused the project', e) from None
     return launcher
-
-
-def wait_submitted(submitted: Any, stop: Stop) -> bool:
-    """Wait for a submitted job through MLflow's SubmittedRun; True when it
-    succeeded.  Raises Stopped when a signal arrives."""
-    while submitted.get_status() in UNFINISHED_STATUSES:
-        stop.event.wait(BACKEND_POLL_SECONDS)
-        stop.check()
-    return bool(submitted.wait())
 
 
 def cancel_submitted(launcher: Launcher) -> None:
