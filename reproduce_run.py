@@ -4594,7 +4594,6 @@ def _exit_as(returncode: int) -> NoReturn:
 class Launch:
     returncode: int
     output_tail: tuple[str, ...]
-    left_behind: int = 0  # processes the project left running, ended by us
     environment: dict[str, Any] | None = None  # of the interpreter that ran the project
     output_lost: str | None = None  # what the tool could not keep of the project's output
 
@@ -4638,7 +4637,7 @@ def run_project(
     output.close()
     status = 'FINISHED' if returncode == 0 else 'FAILED'
     close_run(session.client, run_id, status, session.shared.left_open)
-    return Launch(returncode, output.tail, left_behind, environment, output.lost)
+    return Launch(returncode, output.tail, environment, output.lost)
 
 
 def run_on_backend(
