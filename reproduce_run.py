@@ -4049,11 +4049,12 @@ def _stdout_to_stderr() -> Iterator[TextIO]:
 def _project_environ(session: Session, tmp_dir: str, marker: str) -> dict[str, str]:
     """What the project's processes get: the user's environment as it was when
     the tool started, this Python first on PATH (for env manager local), a
-    temporary folder that is removed afterwards, a scratch model registry and
-    the marker that finds them."""
+    temporary folder (made here) that is removed afterwards, a scratch model
+    registry and the marker that finds them."""
     env = without_git_location(session.user_environ)  # MLflow asks git of the checkout
     env['PATH'] = os.pathsep.join((os.path.dirname(sys.executable), env.get('PATH', '')))
     env['TMPDIR'] = os.path.join(tmp_dir, 'tmp')
+    os.makedirs(env['TMPDIR'], exist_ok=True)
     env[PROCESS_MARKER] = marker
     env.pop(NOTIFY_ENV, None)  # the webhook is the tool's secret, not the project's
     for key, value in project_registry_environ(
@@ -4296,7 +4297,6 @@ def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str 
     env['MLFLOW_TRACKING_URI'] = f'sqlite:///{os.path.join(tmp_dir, "help.db")}'
     for name in (*SECRET_VARIABLES, 'MLFLOW_TRACKING_USERNAME'):  # not for a scratch store
         env.pop(name, None)
-    os.makedirs(env['TMPDIR'], exist_ok=True)
     log = os.path.join(tmp_dir, 'help.txt')
     command = (*plan.script.command[:2], '--help')
     deadline = time.monotonic() + HELP_TIMEOUT_SECONDS
@@ -4609,7 +4609,6 @@ def run_project(
     job = None
     try:
         session.stop.check()
-        os.makedirs(os.path.join(tmp_dir, 'tmp'), exist_ok=True)
         job = start_project(session, plan, run, tmp_dir, marker, output)
         output.close_writer()
         # The interpreter that runs the project, described while it runs; not
@@ -4682,7 +4681,6 @@ def submit_to_backend(
     """mlflow.projects.run(backend=...) in a launcher process with the
     project's environment and output pipe, which then waits on the job."""
     env = _launcher_environ(session, tmp_dir, marker)
-    os.makedirs(env['TMPDIR'], exist_ok=True)
     request = _launch_request(
         session,
         plan,
