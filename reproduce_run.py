@@ -4364,39 +4364,43 @@ def _start_with_mlflow_run(
     from a launcher process that then waits for it and exits as it does."""
     from mlflow.projects.submitted_run import LocalSubmittedRun
 
-    request = _launch_request(
-        session,
-        plan,
-        experiment_id=run.info.experiment_id,
-        storage_dir=os.path.join(tmp_dir, 'storage'),
-        run_id=run.info.run_id,
-        backend=DEFAULT_BACKEND,
-    )
-    env = _launcher_environ(session, tmp_dir, marker)
-    launcher = Launcher(request, env, output.write_fd, marker)
+    launcher = start_launcher(session, plan, tmp_dir, marker, output, run)
     launcher.started(session.stop)  # a signal ends the build
     launcher.answers.close()  # it says no more: it exits as MLflow's process does
     return Job(LocalSubmittedRun(run.info.run_id, launcher.proc), marker)
 
 
-def _launch_request(session: Session, plan: Plan, **arguments: Any) -> dict[str, Any]:
-    """What a launcher process is asked to do: mlflow.projects.run(...)."""
-    run = dict(
+def start_launcher(
+    session: Session, plan: Plan, tmp_dir: str, marker: str, output: ProjectOutput, run: Run | None
+) -> Launcher:
+    """A launcher process asked for mlflow.projects.run(...): locally into
+    `run`, made for it, or on the plan's backend, which makes its own.  It,
+    and whatever MLflow starts from it, get the project's environment with the
+    settings of the tool's own MLflow requests, and the reproduction's output pipe."""
+    arguments: dict[str, Any] = dict(
         uri=plan.project_dir,
         entry_point=plan.entry_point,
         parameters=dict(plan.params.passed),
         env_manager=plan.env_manager,
         synchronous=False,
-        **arguments,
     )
-    return {'run': run, 'verbose': session.options.verbose}
-
-
-def _launcher_environ(session: Session, tmp_dir: str, marker: str) -> dict[str, str]:
-    """The project's environment, with the settings of the tool's own MLflow
-    requests: what a launcher process, and whatever MLflow starts from it, get."""
+    if run is not None:
+        arguments.update(
+            experiment_id=run.info.experiment_id,
+            storage_dir=os.path.join(tmp_dir, 'storage'),
+            run_id=run.info.run_id,
+            backend=DEFAULT_BACKEND,
+        )
+    else:
+        arguments.update(
+            experiment_id=_experiment_id(session.client, plan.experiment_name),
+            backend=plan.backend.name,
+            backend_config=dict(plan.backend.config),
+        )
     env = _project_environ(session, tmp_dir, marker)
-    return {**env, **tool_request_settings(env)}
+    env.update(tool_request_settings(env))
+    request = {'run': arguments, 'verbose': session.options.verbose}
+    return Launcher(request, env, output.write_fd, marker)
 
 
 # A launcher process: Python loads this file and calls serve_launch().  The
@@ -4680,16 +4684,8 @@ def submit_to_backend(
 ) -> Launcher:
     """mlflow.projects.run(backend=...) in a launcher process with the
     project's environment and output pipe, which then waits on the job."""
-    env = _launcher_environ(session, tmp_dir, marker)
-    request = _launch_request(
-        session,
-        plan,
-        experiment_id=_experiment_id(session.client, plan.experiment_name),
-        backend=plan.backend.name,
-        backend_config=dict(plan.backend.config),
-    )
     try:
-        launcher = Launcher(request, env, output.write_fd, marker)
+        launcher = start_launcher(session, plan, tmp_dir, marker, output, None)
     finally:
         output.close_writer()
     try:
