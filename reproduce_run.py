@@ -4165,22 +4165,15 @@ def _virtualenv_of(project: Any, work_dir: str) -> tuple[Any, Any]:
     return python_env, Path(_get_mlflow_virtualenv_root()) / env_name
 
 
+@dataclasses.dataclass
 class Job:
-    """A started reproduction: MLflow's SubmittedRun for its run, plus what it
-    takes to end every process it started."""
+    """A started reproduction: the process it waits for, plus what it takes to
+    end every process it started."""
 
-    def __init__(
-        self,
-        submitted: Any,
-        marker: str,
-        activation: str | None = None,
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        self.submitted = submitted
-        self.proc: subprocess.Popen[bytes] = submitted.command_proc
-        self.marker = marker
-        self.activation = activation  # what enters the project's environment, None: local
-        self.environ = environ  # what the project got; None: not known (docker)
+    proc: subprocess.Popen[bytes]
+    marker: str
+    activation: str | None = None  # what enters the project's environment, None: local
+    environ: Mapping[str, str] | None = None  # what the project got; None: not known (docker)
 
     def wait(self, stop: Stop) -> int:
         """The project's exit status; raises Stopped when a signal arrives."""
@@ -4198,59 +4191,44 @@ class Job:
 def start_project(
     session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
 ) -> Job:
-    """Start the entry point's command with bash, as `mlflow run` does, but
-    in a session of its own and in this process: no second MLflow import."""
-    from mlflow.projects.utils import get_entry_point_command, load_project
+    """Start the entry point's command with bash, as `mlflow run` does, or a
+    script run's command in its working folder, in this process (no second
+    MLflow import), with the run made for it in MLFLOW_RUN_ID: a script's
+    first start_run() takes it."""
+    from mlflow.projects.utils import get_entry_point_command, get_run_env_vars, load_project
 
     if plan.script is not None:
-        return start_script(session, plan, run, tmp_dir, marker, output)
-    project = load_project(plan.project_dir)
-    if project.docker_env:
-        return _start_with_mlflow_run(session, plan, run, tmp_dir, marker, output)
-    activation = environment_activation(project, plan.env_manager, plan.project_dir)
-    command = ' && '.join(
-        [
-            *activation,
-            *get_entry_point_command(
-                project, plan.entry_point, plan.params.passed, os.path.join(tmp_dir, 'storage')
-            ),
-        ]
-    )
-    env = _run_environ(session, run, tmp_dir, marker)
-    return start_process(('bash', '-c', command), plan.project_dir, env, output, activation)
-
-
-def _run_environ(session: Session, run: Run, tmp_dir: str, marker: str) -> dict[str, str]:
-    """The project's environment, with the run made for it in MLFLOW_RUN_ID."""
-    from mlflow.projects.utils import get_run_env_vars
-
+        activation = script_activation(plan)
+        args = script_process_args(plan.script.command, activation)
+        cwd = os.path.join(plan.project_dir, plan.script.workdir)
+    else:
+        project = load_project(plan.project_dir)
+        if project.docker_env:
+            return _start_with_mlflow_run(session, plan, run, tmp_dir, marker, output)
+        activation = environment_activation(project, plan.env_manager, plan.project_dir)
+        storage_dir = os.path.join(tmp_dir, 'storage')
+        entry = get_entry_point_command(project, plan.entry_point, plan.params.passed, storage_dir)
+        args, cwd = ['bash', '-c', ' && '.join([*activation, *entry])], plan.project_dir
     env = _project_environ(session, tmp_dir, marker)
     env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
-    return env
+    proc = start_process(args, cwd, env, output.write_fd)
+    return Job(proc, marker, ' && '.join(activation) or None, env)
 
 
 def start_process(
-    args: Sequence[str],
-    cwd: str,
-    env: dict[str, str],
-    output: ProjectOutput,
-    activation: Sequence[str],
-) -> Job:
-    """Start a project's process in a session of its own, its output into the
-    reproduction's pipe; its run and marker are those its environment names."""
-    from mlflow.projects.submitted_run import LocalSubmittedRun
-
-    proc = subprocess.Popen(
+    args: Sequence[str], cwd: str, env: Mapping[str, str], output_fd: int
+) -> subprocess.Popen[bytes]:
+    """Start a project's process in a session of its own (whose process group
+    a stop ends), its output into `output_fd`."""
+    return subprocess.Popen(
         args,
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
-        stdout=output.write_fd,
-        stderr=output.write_fd,
+        stdout=output_fd,
+        stderr=output_fd,
         start_new_session=True,
     )
-    job = LocalSubmittedRun(env['MLFLOW_RUN_ID'], proc)
-    return Job(job, env[PROCESS_MARKER], ' && '.join(activation) or None, env)
 
 
 def script_activation(plan: Plan) -> list[str]:
@@ -4274,20 +4252,6 @@ def script_process_args(command: Sequence[str], activation: Sequence[str]) -> li
     return ['bash', '-c', ' && '.join([*activation, 'exec "$@"']), 'bash', *command]
 
 
-def start_script(
-    session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
-) -> Job:
-    """Start a script run's command in its working folder, in a session of
-    its own, with the run made for it in MLFLOW_RUN_ID: the script's first
-    start_run() takes it."""
-    assert plan.script is not None
-    activation = script_activation(plan)
-    args = script_process_args(plan.script.command, activation)
-    cwd = os.path.join(plan.project_dir, plan.script.workdir)
-    env = _run_environ(session, run, tmp_dir, marker)
-    return start_process(args, cwd, env, output, activation)
-
-
 def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str | None:
     """What `python script --help` prints, run as the script will run; None
     when it fails or does not end in time.  Its tracking store is a scratch
@@ -4300,15 +4264,10 @@ def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str 
     log = os.path.join(tmp_dir, 'help.txt')
     command = (*plan.script.command[:2], '--help')
     deadline = time.monotonic() + HELP_TIMEOUT_SECONDS
+    args = script_process_args(command, script_activation(plan))
     with open(log, 'wb') as out:
-        proc = subprocess.Popen(
-            script_process_args(command, script_activation(plan)),
-            cwd=os.path.join(plan.project_dir, plan.script.workdir),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        proc = start_process(
+            args, os.path.join(plan.project_dir, plan.script.workdir), env, out.fileno()
         )
     try:
         while proc.poll() is None and time.monotonic() < deadline:
@@ -4362,12 +4321,10 @@ def _start_with_mlflow_run(
     """A docker_env project: MLflow builds its image and runs the container
     from a `mlflow run` process of its own (in a session of its own), called
     from a launcher process that then waits for it and exits as it does."""
-    from mlflow.projects.submitted_run import LocalSubmittedRun
-
     launcher = start_launcher(session, plan, tmp_dir, marker, output, run)
     launcher.started(session.stop)  # a signal ends the build
     launcher.answers.close()  # it says no more: it exits as MLflow's process does
-    return Job(LocalSubmittedRun(run.info.run_id, launcher.proc), marker)
+    return Job(launcher.proc, marker)
 
 
 def start_launcher(
