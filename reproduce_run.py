@@ -4620,13 +4620,10 @@ def run_on_backend(
         fixup_backend_run(client, run_id, plan, parent_run_id)
         _say_what_runs(session, plan, run_id)
         succeeded = launcher.succeeded(session.stop)
-    except Stopped:
+    except BaseException as e:
         cancel_submitted(launcher)
-        close_run(client, run_id, 'KILLED', session.shared.left_open)
-        raise
-    except BaseException:
-        cancel_submitted(launcher)
-        close_run(client, run_id, 'FAILED', session.shared.left_open)
+        status = 'KILLED' if isinstance(e, Stopped) else 'FAILED'
+        close_run(client, run_id, status, session.shared.left_open)
         raise
     finally:
         output.close()
