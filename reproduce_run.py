@@ -4432,13 +4432,12 @@ class Launcher:
         except ValueError:  # not from serve_launch: the launcher cannot be trusted
             return {'error': 'the launcher process answered something other than JSON'}
 
-    def end(self) -> int:
+    def end(self) -> None:
         """End it and whatever it started, as a project's processes are ended."""
         self.answers.close()
-        found = end_processes(self.proc.pid, self.marker, reap=self.proc.poll)
+        end_processes(self.proc.pid, self.marker, reap=self.proc.poll)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)  # a zombie no longer counts as running: reap it
-        return found
 
     def started(self, stop: Stop | None) -> str:
         """The run ID once MLflow has started the job; raises LaunchFailed
