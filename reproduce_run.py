@@ -3564,39 +3564,29 @@ def _leftover_filters(options: Options, host: str, now: float) -> list[str]:
     return filters
 
 
-def _tool_here(owner: str) -> re.Match[str] | None:
-    """The owner's parts when it names a tool of this host, boot and PID
-    namespace (the previous version's form, host:pid:start, never does)."""
+def _tool_here_alive(owner: str) -> bool | None:
+    """Whether the tool the owner names still runs, when it is a tool of this
+    host, boot and PID namespace; None for any other (the previous version's
+    form, host:pid:start, never is one)."""
     match = _OWNER_RE.fullmatch(owner)
-    here = (
+    if not (
         match
         and match['host'] == socket.gethostname()
         and match['namespace'] == tool_namespace()
         and 'unknown' not in match['namespace']
-    )
-    return match if here else None
+    ):
+        return None
+    return tool_alive(int(match['pid']), match['start'])
 
 
 def tool_gone(owner: str) -> bool:
     """Whether the owner names a tool of this host, boot and PID namespace
     that no longer runs.  Any other tool counts as alive."""
-    match = _tool_here(owner)
-    return bool(match and not tool_alive(int(match['pid']), match['start']))
-
-
-def tool_seen_running(owner: str) -> bool:
-    """Whether the owner names a tool of this host, boot and PID namespace
-    that still runs."""
-    match = _tool_here(owner)
-    return bool(match and tool_alive(int(match['pid']), match['start']))
+    return _tool_here_alive(owner) is False
 
 
 def leftover_reason(
-    run: Run,
-    options: Options,
-    now: float,
-    crashed: Container[str] = (),
-    running: Container[str] = (),
+    run: Run, options: Options, now: float, crashed: Container[str], running: Container[str]
 ) -> str | None:
     """Why a RUNNING reproduction is a leftover to close, or None.  `crashed`:
     the owners whose processes or folder this invocation found; `running`:
@@ -3605,7 +3595,7 @@ def leftover_reason(
     if owner not in running and tool_gone(owner):
         return TOOL_DIED if owner in crashed else TOOL_GONE
     if options.reap_after is not None and run.info.start_time < (now - options.reap_after) * 1000:
-        why = 'still runs here' if tool_seen_running(owner) else 'is presumed dead'
+        why = 'still runs here' if _tool_here_alive(owner) else 'is presumed dead'
         limit = f'RUNNING longer than --reap-after ({options.reap_after:g} s)'
         return f'{limit}: its reproducing tool {why}'
     return None
@@ -3647,15 +3637,11 @@ def find_leftover_runs(session: Session, run_ids: Sequence[str], now: float) -> 
 
 
 def close_leftover_runs(
-    session: Session,
-    run_ids: Sequence[str] = (),
-    crashed: Container[str] = (),
-    running: Mapping[str, int] | None = None,
+    session: Session, run_ids: Sequence[str], crashed: Container[str], running: Mapping[str, int]
 ) -> list[dict[str, str]]:
     """The runs left RUNNING by dead tools, closed as KILLED; a run of a dead
     tool whose project still runs (`running`: owner -> processes) is left, and
     one line says so."""
-    running = running or {}
     now = time.time()
     try:
         runs = find_leftover_runs(session, run_ids, now)
@@ -3670,14 +3656,11 @@ def close_leftover_runs(
         owner = run.data.tags.get(TAG_OWNER, '')
         if reason is None and owner in running:
             count = running[owner]
-            processes = (
-                '1 process of its project still runs'
-                if count == 1
-                else (f'{count} processes of its project still run')
-            )
+            processes = counted(count, 'process', 'processes')
             warn(
                 f'run {run_id} of the dead reproducing tool {owner} is left RUNNING: '
-                f"{processes}, with a TMPDIR outside this tool's; it is closed once they end"
+                f'{processes} of its project still {plural(count, "runs", "run")}, with a TMPDIR '
+                "outside this tool's; it is closed once they end"
             )
         elif reason is not None and close_leftover_run(session.client, run, reason):
             message = f'closed run {run_id} of {owner} as KILLED: {reason}'
@@ -3763,9 +3746,9 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     return experiment.experiment_id
 
 
-def reproduced_run_tags(plan: Plan) -> dict[str, str]:
+def reproduced_run_tags(plan: Plan, parent_run_id: str | None) -> dict[str, str]:
     """What a reproduced run carries: the original source and commit (never
-    our temporary checkout), with credentials masked."""
+    our temporary checkout), with credentials masked, and its group's parent run."""
     tags = {
         TAG_SOURCE_NAME: mask_credentials(plan.source.uri),
         TAG_SOURCE_TYPE: 'PROJECT',
@@ -3783,6 +3766,8 @@ def reproduced_run_tags(plan: Plan) -> dict[str, str]:
         tags[TAG_SOURCE_NAME] = plan.script.recorded
         tags[TAG_SOURCE_TYPE] = 'LOCAL'
         tags[TAG_ARGV] = json.dumps(list(plan.script.argv))
+    if parent_run_id:
+        tags[TAG_PARENT_RUN_ID] = parent_run_id
     return {k: fit_tag(v) for k, v in tags.items()}
 
 
@@ -3800,9 +3785,7 @@ def fixup_backend_run(
     from mlflow.entities import RunTag
     from mlflow.exceptions import MlflowException
 
-    tags = reproduced_run_tags(plan)
-    if parent_run_id:
-        tags[TAG_PARENT_RUN_ID] = parent_run_id
+    tags = reproduced_run_tags(plan, parent_run_id)
     try:
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         client.update_run(run_id, name=reproduced_run_name(plan))
@@ -3816,18 +3799,14 @@ def create_reproduced_run(session: Session, plan: Plan, parent_run_id: str | Non
     from mlflow.exceptions import MlflowException
 
     client = session.client
-    tags = reproduced_run_tags(plan)
-    if parent_run_id:
-        tags[TAG_PARENT_RUN_ID] = parent_run_id
     try:
-        run = client.create_run(
+        return client.create_run(
             _experiment_id(client, plan.experiment_name),
-            tags=tags,
+            tags=reproduced_run_tags(plan, parent_run_id),
             run_name=reproduced_run_name(plan),
         )
     except MlflowException as e:
         raise _mlflow_error('cannot create the reproduced run', e) from None
-    return run
 
 
 def log_reproduced_params(session: Session, plan: Plan, run_id: str) -> None:
@@ -3973,11 +3952,12 @@ def _stdout_to_stderr() -> Iterator[TextIO]:
 def _project_environ(session: Session, tmp_dir: str, marker: str) -> dict[str, str]:
     """What the project's processes get: the user's environment as it was when
     the tool started, this Python first on PATH (for env manager local), a
-    temporary folder that is removed afterwards, a scratch model registry and
-    the marker that finds them."""
+    temporary folder (made here) that is removed afterwards, a scratch model
+    registry and the marker that finds them."""
     env = without_git_location(session.user_environ)  # MLflow asks git of the checkout
     env['PATH'] = os.pathsep.join((os.path.dirname(sys.executable), env.get('PATH', '')))
     env['TMPDIR'] = os.path.join(tmp_dir, 'tmp')
+    os.makedirs(env['TMPDIR'], exist_ok=True)
     env[PROCESS_MARKER] = marker
     env.pop(NOTIFY_ENV, None)  # the webhook is the tool's secret, not the project's
     for key, value in project_registry_environ(
@@ -4088,22 +4068,15 @@ def _virtualenv_of(project: Any, work_dir: str) -> tuple[Any, Any]:
     return python_env, Path(_get_mlflow_virtualenv_root()) / env_name
 
 
+@dataclasses.dataclass
 class Job:
-    """A started reproduction: MLflow's SubmittedRun for its run, plus what it
-    takes to end every process it started."""
+    """A started reproduction: the process it waits for, plus what it takes to
+    end every process it started."""
 
-    def __init__(
-        self,
-        submitted: Any,
-        marker: str,
-        activation: str | None = None,
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        self.submitted = submitted
-        self.proc: subprocess.Popen[bytes] = submitted.command_proc
-        self.marker = marker
-        self.activation = activation  # what enters the project's environment, None: local
-        self.environ = environ  # what the project got; None: not known (docker)
+    proc: subprocess.Popen[bytes]
+    marker: str
+    activation: str | None = None  # what enters the project's environment, None: local
+    environ: Mapping[str, str] | None = None  # what the project got; None: not known (docker)
 
     def wait(self, stop: Stop) -> int:
         """The project's exit status; raises Stopped when a signal arrives."""
@@ -4121,59 +4094,44 @@ class Job:
 def start_project(
     session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
 ) -> Job:
-    """Start the entry point's command with bash, as `mlflow run` does, but
-    in a session of its own and in this process: no second MLflow import."""
-    from mlflow.projects.utils import get_entry_point_command, load_project
+    """Start the entry point's command with bash, as `mlflow run` does, or a
+    script run's command in its working folder, in this process (no second
+    MLflow import), with the run made for it in MLFLOW_RUN_ID: a script's
+    first start_run() takes it."""
+    from mlflow.projects.utils import get_entry_point_command, get_run_env_vars, load_project
 
     if plan.script is not None:
-        return start_script(session, plan, run, tmp_dir, marker, output)
-    project = load_project(plan.project_dir)
-    if project.docker_env:
-        return _start_with_mlflow_run(session, plan, run, tmp_dir, marker, output)
-    activation = environment_activation(project, plan.env_manager, plan.project_dir)
-    command = ' && '.join(
-        [
-            *activation,
-            *get_entry_point_command(
-                project, plan.entry_point, plan.params.passed, os.path.join(tmp_dir, 'storage')
-            ),
-        ]
-    )
-    env = _run_environ(session, run, tmp_dir, marker)
-    return start_process(('bash', '-c', command), plan.project_dir, env, output, activation)
-
-
-def _run_environ(session: Session, run: Run, tmp_dir: str, marker: str) -> dict[str, str]:
-    """The project's environment, with the run made for it in MLFLOW_RUN_ID."""
-    from mlflow.projects.utils import get_run_env_vars
-
+        activation = script_activation(plan)
+        args = script_process_args(plan.script.command, activation)
+        cwd = os.path.join(plan.project_dir, plan.script.workdir)
+    else:
+        project = load_project(plan.project_dir)
+        if project.docker_env:
+            return _start_with_mlflow_run(session, plan, run, tmp_dir, marker, output)
+        activation = environment_activation(project, plan.env_manager, plan.project_dir)
+        storage_dir = os.path.join(tmp_dir, 'storage')
+        entry = get_entry_point_command(project, plan.entry_point, plan.params.passed, storage_dir)
+        args, cwd = ['bash', '-c', ' && '.join([*activation, *entry])], plan.project_dir
     env = _project_environ(session, tmp_dir, marker)
     env.update(get_run_env_vars(run.info.run_id, run.info.experiment_id))
-    return env
+    proc = start_process(args, cwd, env, output.write_fd)
+    return Job(proc, marker, ' && '.join(activation) or None, env)
 
 
 def start_process(
-    args: Sequence[str],
-    cwd: str,
-    env: dict[str, str],
-    output: ProjectOutput,
-    activation: Sequence[str],
-) -> Job:
-    """Start a project's process in a session of its own, its output into the
-    reproduction's pipe; its run and marker are those its environment names."""
-    from mlflow.projects.submitted_run import LocalSubmittedRun
-
-    proc = subprocess.Popen(
+    args: Sequence[str], cwd: str, env: Mapping[str, str], output_fd: int
+) -> subprocess.Popen[bytes]:
+    """Start a project's process in a session of its own (whose process group
+    a stop ends), its output into `output_fd`."""
+    return subprocess.Popen(
         args,
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
-        stdout=output.write_fd,
-        stderr=output.write_fd,
+        stdout=output_fd,
+        stderr=output_fd,
         start_new_session=True,
     )
-    job = LocalSubmittedRun(env['MLFLOW_RUN_ID'], proc)
-    return Job(job, env[PROCESS_MARKER], ' && '.join(activation) or None, env)
 
 
 def script_activation(plan: Plan) -> list[str]:
@@ -4197,20 +4155,6 @@ def script_process_args(command: Sequence[str], activation: Sequence[str]) -> li
     return ['bash', '-c', ' && '.join([*activation, 'exec "$@"']), 'bash', *command]
 
 
-def start_script(
-    session: Session, plan: Plan, run: Run, tmp_dir: str, marker: str, output: ProjectOutput
-) -> Job:
-    """Start a script run's command in its working folder, in a session of
-    its own, with the run made for it in MLFLOW_RUN_ID: the script's first
-    start_run() takes it."""
-    assert plan.script is not None
-    activation = script_activation(plan)
-    args = script_process_args(plan.script.command, activation)
-    cwd = os.path.join(plan.project_dir, plan.script.workdir)
-    env = _run_environ(session, run, tmp_dir, marker)
-    return start_process(args, cwd, env, output, activation)
-
-
 def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str | None:
     """What `python script --help` prints, run as the script will run; None
     when it fails or does not end in time.  Its tracking store is a scratch
@@ -4220,19 +4164,13 @@ def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str 
     env['MLFLOW_TRACKING_URI'] = f'sqlite:///{os.path.join(tmp_dir, "help.db")}'
     for name in (*SECRET_VARIABLES, 'MLFLOW_TRACKING_USERNAME'):  # not for a scratch store
         env.pop(name, None)
-    os.makedirs(env['TMPDIR'], exist_ok=True)
     log = os.path.join(tmp_dir, 'help.txt')
     command = (*plan.script.command[:2], '--help')
     deadline = time.monotonic() + HELP_TIMEOUT_SECONDS
+    args = script_process_args(command, script_activation(plan))
     with open(log, 'wb') as out:
-        proc = subprocess.Popen(
-            script_process_args(command, script_activation(plan)),
-            cwd=os.path.join(plan.project_dir, plan.script.workdir),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        proc = start_process(
+            args, os.path.join(plan.project_dir, plan.script.workdir), env, out.fileno()
         )
     try:
         while proc.poll() is None and time.monotonic() < deadline:
@@ -4286,41 +4224,43 @@ def _start_with_mlflow_run(
     """A docker_env project: MLflow builds its image and runs the container
     from a `mlflow run` process of its own (in a session of its own), called
     from a launcher process that then waits for it and exits as it does."""
-    from mlflow.projects.submitted_run import LocalSubmittedRun
-
-    request = _launch_request(
-        session,
-        plan,
-        experiment_id=run.info.experiment_id,
-        storage_dir=os.path.join(tmp_dir, 'storage'),
-        run_id=run.info.run_id,
-        backend=DEFAULT_BACKEND,
-    )
-    env = _launcher_environ(session, tmp_dir, marker)
-    launcher = Launcher(request, env, output.write_fd, marker)
+    launcher = start_launcher(session, plan, tmp_dir, marker, output, run)
     launcher.started(session.stop)  # a signal ends the build
     launcher.answers.close()  # it says no more: it exits as MLflow's process does
-    return Job(LocalSubmittedRun(run.info.run_id, launcher.proc), marker)
+    return Job(launcher.proc, marker)
 
 
-def _launch_request(session: Session, plan: Plan, **arguments: Any) -> dict[str, Any]:
-    """What a launcher process is asked to do: mlflow.projects.run(...)."""
-    run = dict(
+def start_launcher(
+    session: Session, plan: Plan, tmp_dir: str, marker: str, output: ProjectOutput, run: Run | None
+) -> Launcher:
+    """A launcher process asked for mlflow.projects.run(...): locally into
+    `run`, made for it, or on the plan's backend, which makes its own.  It,
+    and whatever MLflow starts from it, get the project's environment with the
+    settings of the tool's own MLflow requests, and the reproduction's output pipe."""
+    arguments: dict[str, Any] = dict(
         uri=plan.project_dir,
         entry_point=plan.entry_point,
         parameters=dict(plan.params.passed),
         env_manager=plan.env_manager,
         synchronous=False,
-        **arguments,
     )
-    return {'run': run, 'verbose': session.options.verbose}
-
-
-def _launcher_environ(session: Session, tmp_dir: str, marker: str) -> dict[str, str]:
-    """The project's environment, with the settings of the tool's own MLflow
-    requests: what a launcher process, and whatever MLflow starts from it, get."""
+    if run is not None:
+        arguments.update(
+            experiment_id=run.info.experiment_id,
+            storage_dir=os.path.join(tmp_dir, 'storage'),
+            run_id=run.info.run_id,
+            backend=DEFAULT_BACKEND,
+        )
+    else:
+        arguments.update(
+            experiment_id=_experiment_id(session.client, plan.experiment_name),
+            backend=plan.backend.name,
+            backend_config=dict(plan.backend.config),
+        )
     env = _project_environ(session, tmp_dir, marker)
-    return {**env, **tool_request_settings(env)}
+    env.update(tool_request_settings(env))
+    request = {'run': arguments, 'verbose': session.options.verbose}
+    return Launcher(request, env, output.write_fd, marker)
 
 
 # A launcher process: Python loads this file and calls serve_launch().  The
@@ -4395,13 +4335,12 @@ class Launcher:
         except ValueError:  # not from serve_launch: the launcher cannot be trusted
             return {'error': 'the launcher process answered something other than JSON'}
 
-    def end(self) -> int:
+    def end(self) -> None:
         """End it and whatever it started, as a project's processes are ended."""
         self.answers.close()
-        found = end_processes(self.proc.pid, self.marker, reap=self.proc.poll)
+        end_processes(self.proc.pid, self.marker, reap=self.proc.poll)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)  # a zombie no longer counts as running: reap it
-        return found
 
     def started(self, stop: Stop | None) -> str:
         """The run ID once MLflow has started the job; raises LaunchFailed
@@ -4470,10 +4409,13 @@ def serve_launch() -> NoReturn:
 
 
 def _outcome(submitted: Any, stop: Stop) -> dict[str, Any]:
-    """The job's outcome through MLflow's SubmittedRun; on a stop, that of
-    cancelling it."""
+    """Whether the job succeeded, once MLflow's SubmittedRun says it has
+    ended; on a stop, the outcome of cancelling it."""
     try:
-        return {'succeeded': wait_submitted(submitted, stop)}
+        while submitted.get_status() in UNFINISHED_STATUSES:
+            stop.event.wait(BACKEND_POLL_SECONDS)
+            stop.check()
+        return {'succeeded': bool(submitted.wait())}
     except Stopped:
         try:
             submitted.cancel()
@@ -4515,7 +4457,6 @@ def _exit_as(returncode: int) -> NoReturn:
 class Launch:
     returncode: int
     output_tail: tuple[str, ...]
-    left_behind: int = 0  # processes the project left running, ended by us
     environment: dict[str, Any] | None = None  # of the interpreter that ran the project
     output_lost: str | None = None  # what the tool could not keep of the project's output
 
@@ -4531,7 +4472,6 @@ def run_project(
     job = None
     try:
         session.stop.check()
-        os.makedirs(os.path.join(tmp_dir, 'tmp'), exist_ok=True)
         job = start_project(session, plan, run, tmp_dir, marker, output)
         output.close_writer()
         # The interpreter that runs the project, described while it runs; not
@@ -4559,7 +4499,7 @@ def run_project(
     output.close()
     status = 'FINISHED' if returncode == 0 else 'FAILED'
     close_run(session.client, run_id, status, session.shared.left_open)
-    return Launch(returncode, output.tail, left_behind, environment, output.lost)
+    return Launch(returncode, output.tail, environment, output.lost)
 
 
 def run_on_backend(
@@ -4582,13 +4522,10 @@ def run_on_backend(
         fixup_backend_run(client, run_id, plan, parent_run_id)
         _say_what_runs(session, plan, run_id)
         succeeded = launcher.succeeded(session.stop)
-    except Stopped:
+    except BaseException as e:
         cancel_submitted(launcher)
-        close_run(client, run_id, 'KILLED', session.shared.left_open)
-        raise
-    except BaseException:
-        cancel_submitted(launcher)
-        close_run(client, run_id, 'FAILED', session.shared.left_open)
+        status = 'KILLED' if isinstance(e, Stopped) else 'FAILED'
+        close_run(client, run_id, status, session.shared.left_open)
         raise
     finally:
         output.close()
@@ -4603,17 +4540,8 @@ def submit_to_backend(
 ) -> Launcher:
     """mlflow.projects.run(backend=...) in a launcher process with the
     project's environment and output pipe, which then waits on the job."""
-    env = _launcher_environ(session, tmp_dir, marker)
-    os.makedirs(env['TMPDIR'], exist_ok=True)
-    request = _launch_request(
-        session,
-        plan,
-        experiment_id=_experiment_id(session.client, plan.experiment_name),
-        backend=plan.backend.name,
-        backend_config=dict(plan.backend.config),
-    )
     try:
-        launcher = Launcher(request, env, output.write_fd, marker)
+        launcher = start_launcher(session, plan, tmp_dir, marker, output, None)
     finally:
         output.close_writer()
     try:
@@ -4623,15 +4551,6 @@ def submit_to_backend(
             raise e.unexpected() from None
         raise _mlflow_error(f'backend {plan.backend.name!r} refused the project', e) from None
     return launcher
-
-
-def wait_submitted(submitted: Any, stop: Stop) -> bool:
-    """Wait for a submitted job through MLflow's SubmittedRun; True when it
-    succeeded.  Raises Stopped when a signal arrives."""
-    while submitted.get_status() in UNFINISHED_STATUSES:
-        stop.event.wait(BACKEND_POLL_SECONDS)
-        stop.check()
-    return bool(submitted.wait())
 
 
 def cancel_submitted(launcher: Launcher) -> None:
