@@ -2123,6 +2123,14 @@ def fetch_location(source: Source, where: str) -> tuple[str, str]:
     return repo, subdir
 
 
+def _git_step(failure: str, *args: str, cwd: str | None = None) -> str:
+    """_git, its failure said in one line: `failure`, then git's last line, masked."""
+    try:
+        return _git(*args, cwd=cwd)
+    except subprocess.CalledProcessError as e:
+        raise ReproduceError(f'{failure}: {mask_credentials(_last_line(e.stderr))}') from None
+
+
 def fetch_source(source: Source, dest: str) -> tuple[str, str]:
     """Check the commit out into dest; return (project folder, full commit).
 
@@ -2131,22 +2139,15 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
     """
     where = f'{mask_credentials(source.uri)} at {source.version}'
     repo, subdir = fetch_location(source, where)
-    try:
-        _git('init', '--quiet', dest)
-    except subprocess.CalledProcessError as e:
-        raise ReproduceError(f'cannot make a git folder: {_last_line(e.stderr)}') from None
+    _git_step('cannot make a git folder', 'init', '--quiet', dest)
     try:  # a full hash, a branch or a tag: one commit, no history
         _git('fetch', '--quiet', '--depth', '1', '--', repo, source.version, cwd=dest)
         wanted = 'FETCH_HEAD'
     except subprocess.CalledProcessError:
         # A short hash, or a server that refuses fetching by hash: take every
         # ref and look the version up among their history.
-        try:
-            _git('fetch', '--quiet', '--', repo, '+refs/*:refs/fetched/*', cwd=dest)
-        except subprocess.CalledProcessError as e:
-            raise ReproduceError(
-                f'cannot fetch {where}: {mask_credentials(_last_line(e.stderr))}',
-            ) from None
+        fetch_all = ('fetch', '--quiet', '--', repo, '+refs/*:refs/fetched/*')
+        _git_step(f'cannot fetch {where}', *fetch_all, cwd=dest)
         wanted = source.version
     try:
         commit = _git(
@@ -2157,21 +2158,13 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
             f'commit {source.version} is not available from '
             f'{mask_credentials(source.repo)} (history rewritten, or a typo?)',
         ) from None
-    try:
-        # commit is rev-parse's answer, all hex; checkout has no --end-of-options
-        # before git 2.43, and the trailing '--' says it names no path.
-        _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, '--', cwd=dest)
-    except subprocess.CalledProcessError as e:
-        raise ReproduceError(
-            f'cannot check out {where}: {mask_credentials(_last_line(e.stderr))}'
-        ) from None
+    # commit is rev-parse's answer, all hex; checkout has no --end-of-options
+    # before git 2.43, and the trailing '--' says it names no path.
+    check_out = ('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, '--')
+    _git_step(f'cannot check out {where}', *check_out, cwd=dest)
     if os.path.exists(os.path.join(dest, '.gitmodules')):
-        try:
-            _git('submodule', 'update', '--init', '--recursive', '--quiet', cwd=dest)
-        except subprocess.CalledProcessError as e:
-            raise ReproduceError(
-                f'cannot fetch the submodules of {where}: {mask_credentials(_last_line(e.stderr))}',
-            ) from None
+        submodules = ('submodule', 'update', '--init', '--recursive', '--quiet')
+        _git_step(f'cannot fetch the submodules of {where}', *submodules, cwd=dest)
     project_dir = os.path.join(dest, subdir)
     if not os.path.isdir(project_dir):
         raise ReproduceError(
@@ -2245,14 +2238,6 @@ def load_entry_point(project_dir: str, name: str, commit: str) -> tuple[Any, boo
     return spec, declared
 
 
-def _is_git_repo(folder: str) -> bool:
-    try:
-        _git('rev-parse', '--show-toplevel', cwd=folder)
-    except (subprocess.CalledProcessError, OSError):
-        return False
-    return True
-
-
 def reachable_source(reference: Run, source: Source, uri: str | None) -> Source:
     """A recorded local source that is no git repository here (the run was
     made on another host, or the clone is gone) gives way to the remote the
@@ -2260,13 +2245,17 @@ def reachable_source(reference: Run, source: Source, uri: str | None) -> Source:
     repository as its top and #subdir, so the subdir holds in the remote."""
     remote = reference.data.tags.get(TAG_GIT_REPO_URL)
     local = _local_repo(source.repo)
-    if uri or not remote or local is None or remote == source.repo or _is_git_repo(local):
+    if uri or not remote or local is None or remote == source.repo:
         return source
-    warn(
-        f'{local} is not a git repository here: using the remote the run records, '
-        f'{remote}' + (f' (folder {source.subdir})' if source.subdir else '')
-    )
-    return dataclasses.replace(source, repo=remote)
+    try:
+        _git('rev-parse', '--show-toplevel', cwd=local)
+        return source  # a git repository here
+    except (subprocess.CalledProcessError, OSError):
+        warn(
+            f'{local} is not a git repository here: using the remote the run records, '
+            f'{remote}' + (f' (folder {source.subdir})' if source.subdir else '')
+        )
+        return dataclasses.replace(source, repo=remote)
 
 
 def _remote_hint(reference: Run, source: Source, uri: str | None) -> str:
