@@ -2361,23 +2361,6 @@ def mask_config(value: Any) -> Any:
     return value
 
 
-def validate_backend(
-    name: str, config: Mapping[str, Any], project_dir: str | None = None, where: str = 'the project'
-) -> None:
-    """What MLflow would refuse only after creating the run (or never, for a
-    missing package), refused first; project_dir None checks the name and
-    config alone."""
-    available = available_backends()
-    if name not in available:
-        raise ReproduceError(f'unknown backend {name!r}; available: {", ".join(available)}')
-    if name == 'kubernetes':
-        check_kubernetes_config(config)
-    elif name == 'databricks':
-        check_databricks_config(config)
-    if project_dir is not None:
-        check_backend_project(name, project_dir, where)
-
-
 def check_kubernetes_config(config: Mapping[str, Any]) -> None:
     missing = [k for k in KUBERNETES_REQUIRED_KEYS if not config.get(k)]
     if missing:
@@ -2471,10 +2454,17 @@ def check_backend_project(name: str, project_dir: str, where: str) -> None:
 
 def backend_from_options(options: Options) -> Backend:
     """The backend and its config, checked before the reference run is even
-    read: config errors first, then the backend's name and needs."""
+    read: config errors first, then the backend's name and needs (what MLflow
+    would refuse only after creating the run, or never, for a missing package)."""
     config = parse_backend_config(options.backend_config) if options.backend_config else {}
-    validate_backend(options.backend, config)
-    return Backend(options.backend, config)
+    name, available = options.backend, available_backends()
+    if name not in available:
+        raise ReproduceError(f'unknown backend {name!r}; available: {", ".join(available)}')
+    if name == 'kubernetes':
+        check_kubernetes_config(config)
+    elif name == 'databricks':
+        check_databricks_config(config)
+    return Backend(name, config)
 
 
 def validate_backend_project(plan: Plan) -> None:
@@ -2498,12 +2488,6 @@ def warn_about_reference_backend(plan: Plan) -> None:
 # Script runs: a run made with `python src/train.py ...`.  MLflow recorded
 # sys.argv[0] as typed (mlflow.source.name) and the commit, not the command
 # line: find the script in the checkout and the arguments to give it.
-
-
-def tracked_files(project_dir: str) -> list[str]:
-    """The files of the commit under the project folder, relative to it."""
-    listed = _git('ls-files', '-z', '--recurse-submodules', cwd=project_dir)
-    return [path for path in listed.split('\0') if path]
 
 
 def script_candidates(recorded: str, files: Sequence[str]) -> list[str]:
@@ -2537,7 +2521,9 @@ def resolve_script(project_dir: str, recorded: str, override: str | None, commit
     if override:
         path = posixpath.normpath(override)
     else:
-        candidates = script_candidates(recorded, tracked_files(project_dir))
+        # The files of the commit under the project folder, relative to it.
+        listed = _git('ls-files', '-z', '--recurse-submodules', cwd=project_dir)
+        candidates = script_candidates(recorded, [f for f in listed.split('\0') if f])
         if not candidates:
             raise ReproduceError(
                 f'the recorded script {recorded!r} ({TAG_SOURCE_NAME}) is not a file {at}; '
@@ -2655,19 +2641,19 @@ def plan_script(
     if env_manager != 'local':
         folder = environment_folder(project_dir, script, env_manager, source.version)
         script = dataclasses.replace(script, env_dir=folder)
-    chosen = Params(passed={}, not_passed=params)
+    used: Container[str] = ()  # the params passed; --help finds them later
     if options.script_args is not None:
         argv = template_arguments(options.script_args, params)
         used = {f for _, f, _, _ in _template_fields(options.script_args) if f}
-        chosen = Params(
-            passed={k: v for k, v in params.items() if k in used},
-            not_passed={k: v for k, v in params.items() if k not in used},
-        )
         script = dataclasses.replace(script, argv=tuple(argv), arguments_from='--script-args')
     elif TAG_ARGV in tags:
         argv = recorded_arguments(tags[TAG_ARGV])
-        chosen = Params(passed=params, not_passed={})
+        used = params
         script = dataclasses.replace(script, argv=tuple(argv), arguments_from=f'the tag {TAG_ARGV}')
+    chosen = Params(
+        passed={k: v for k, v in params.items() if k in used},
+        not_passed={k: v for k, v in params.items() if k not in used},
+    )
     return Plan(
         reference=reference,
         source=source,
