@@ -2871,39 +2871,32 @@ def environment_differences(
     found = []
     for kind in ('python', 'platform'):
         ref, new = reference.get(kind) or {}, reproduced.get(kind) or {}
-        found += [
-            _env_difference(kind, name, ref[name], new[name])
-            for name in sorted(set(ref) & set(new))
-            if ref[name] != new[name]
-        ]
-    for name in ('cpu_count', 'gpu'):
-        if name in reference and name in reproduced and reference[name] != reproduced[name]:
-            found.append(_env_difference('platform', name, reference[name], reproduced[name]))
-    ref_pkgs = {normalize_package(k): v for k, v in (reference.get('packages') or {}).items()}
-    new_pkgs = {normalize_package(k): v for k, v in (reproduced.get('packages') or {}).items()}
+        found += _env_differences(kind, ref, new, sorted(set(ref) & set(new)))
+    known = [name for name in ('cpu_count', 'gpu') if name in reference and name in reproduced]
+    found += _env_differences('platform', reference, reproduced, known)
     if 'packages' in reference and 'packages' in reproduced:
-        names = (
-            {normalize_package(n) for n in only_names}
-            if only_names is not None
-            else set(ref_pkgs) | set(new_pkgs)
+        ref, new = (
+            {normalize_package(k): v for k, v in (side['packages'] or {}).items()}
+            for side in (reference, reproduced)
         )
-        found += [
-            _env_difference('package', name, ref_pkgs.get(name), new_pkgs.get(name))
-            for name in sorted(names)
-            if ref_pkgs.get(name) != new_pkgs.get(name)
-        ]
+        names = set(ref) | set(new) if only_names is None else map(normalize_package, only_names)
+        found += _env_differences('package', ref, new, sorted(set(names)))
     if 'env' in reference and 'env' in reproduced:
-        ref_env, new_env = reference['env'] or {}, reproduced['env'] or {}
-        found += [
-            _env_difference('env', name, ref_env.get(name), new_env.get(name))
-            for name in RESULT_VARIABLES  # no other name, whatever the file holds
-            if ref_env.get(name) != new_env.get(name)
-        ]
+        ref, new = reference['env'] or {}, reproduced['env'] or {}
+        # RESULT_VARIABLES and no other name, whatever the file holds
+        found += _env_differences('env', ref, new, RESULT_VARIABLES)
     return found
 
 
-def _env_difference(kind: str, name: str, reference: Any, reproduced: Any) -> dict[str, Any]:
-    return {'kind': kind, 'name': name, 'reference': reference, 'reproduced': reproduced}
+def _env_differences(
+    kind: str, reference: Mapping[str, Any], reproduced: Mapping[str, Any], names: Iterable[str]
+) -> list[dict[str, Any]]:
+    """The differences of one kind: the names whose values differ on the two sides."""
+    return [
+        {'kind': kind, 'name': n, 'reference': reference.get(n), 'reproduced': reproduced.get(n)}
+        for n in names
+        if reference.get(n) != reproduced.get(n)
+    ]
 
 
 def dataset_differences(
@@ -2917,28 +2910,18 @@ def dataset_differences(
     found = []
     for name, context in sorted(set(ref) | set(new), key=lambda k: (k[0], k[1] or '')):
         a, b = ref.get((name, context)), new.get((name, context))
-        if a is None or b is None:
-            change = 'only_reproduced' if a is None else 'only_reference'
-            found.append(
-                {
-                    'name': name,
-                    'context': context,
-                    'change': change,
-                    'reference': a and a.digest,
-                    'reproduced': b and b.digest,
-                }
-            )
-            continue
+        if a is None or b is None:  # the change, and each side's digest
+            only = 'only_reproduced' if a is None else 'only_reference'
+            changes = [(only, a and a.digest, b and b.digest)]
+        else:
+            changes = [
+                (field, getattr(a, field), getattr(b, field))
+                for field in ('digest', 'source', 'schema')
+                if getattr(a, field) != getattr(b, field)
+            ]
         found += [
-            {
-                'name': name,
-                'context': context,
-                'change': field,
-                'reference': getattr(a, field),
-                'reproduced': getattr(b, field),
-            }
-            for field in ('digest', 'source', 'schema')
-            if getattr(a, field) != getattr(b, field)
+            {'name': name, 'context': context, 'change': c, 'reference': x, 'reproduced': y}
+            for c, x, y in changes
         ]
     return found
 
