@@ -2078,12 +2078,7 @@ def _git(*args: str, cwd: str | None = None) -> str:
         command = next(a for a in args if not a.startswith('-') and '=' not in a)
         raise no_space(f'git {command}: {_last_line(proc.stderr)}')
     if proc.returncode:
-        raise subprocess.CalledProcessError(
-            proc.returncode,
-            args,
-            proc.stdout,
-            proc.stderr,
-        )
+        raise subprocess.CalledProcessError(proc.returncode, args, proc.stdout, proc.stderr)
     return proc.stdout.strip()
 
 
@@ -2305,37 +2300,27 @@ def parse_backend_config(text: str) -> dict[str, Any]:
     """--backend-config: a path ending in .json (MLflow reads no other file)
     or an inline JSON object.  An inline value is never echoed: it may hold
     a token."""
+    in_file = text.endswith('.json')
+    where = f'file {text!r}' if in_file else 'value'
     try:
-        value, where = _read_backend_config(text)
+        value = json.loads(
+            read_regular_file(text, f'--backend-config {where}') if in_file else text
+        )
+    except OSError as e:
+        raise ReproduceError(f'cannot read --backend-config {where}: {e.strerror}') from None
     except RecursionError:  # json's parser recurses once per level of nesting
         raise ReproduceError('--backend-config nests JSON too deeply to be read') from None
+    except ValueError as e:
+        if in_file:
+            raise ReproduceError(f'--backend-config {where} is not valid JSON: {e}') from None
+        raise ReproduceError(
+            f'--backend-config is neither a path ending in .json nor an inline JSON object ({e})',
+        ) from None
     if not isinstance(value, dict):
         raise ReproduceError(
             f'--backend-config {where} holds a JSON {_json_type(value)}, not an object'
         )
     return value
-
-
-def _read_backend_config(text: str) -> tuple[Any, str]:
-    """The JSON value of --backend-config, and where it came from."""
-    if text.endswith('.json'):
-        where = f'file {text!r}'
-        try:
-            value = json.loads(read_regular_file(text, f'--backend-config {where}'))
-        except OSError as e:
-            raise ReproduceError(f'cannot read --backend-config {where}: {e.strerror}') from None
-        except ValueError as e:
-            raise ReproduceError(f'--backend-config {where} is not valid JSON: {e}') from None
-    else:
-        where = 'value'
-        try:
-            value = json.loads(text)
-        except ValueError as e:
-            raise ReproduceError(
-                f'--backend-config is neither a path ending in .json nor an inline JSON '
-                f'object ({e})',
-            ) from None
-    return value, where
 
 
 def available_backends() -> list[str]:
