@@ -3277,27 +3277,23 @@ def discarded_registrations(scratch_uri: str) -> list[Registration]:
         return []
     from mlflow import MlflowClient
 
-    versions = MlflowClient(registry_uri=scratch_uri).search_model_versions()
-    return sorted(
-        (
-            Registration(
-                v.name, str(v.version), v.run_id, discarded=True, model_id=_model_id(v.source)
-            )
-            for v in versions
-        ),
-        key=lambda r: (r.name, int(r.version)),
-    )
+    return _registrations(MlflowClient(registry_uri=scratch_uri).search_model_versions(), True)
 
 
 def shared_registrations(client: MlflowClient, run_id: str) -> list[Registration]:
     """The versions of the reproduced run in the shared registry: those kept by
     --keep-registrations, or made by a project that names its registry itself
     (mlflow.set_registry_uri), which no environment variable can redirect."""
-    versions = client.search_model_versions(f"run_id = '{run_id}'")
-    return sorted(
-        (Registration(v.name, str(v.version), v.run_id, discarded=False) for v in versions),
-        key=lambda r: (r.name, int(r.version)),
+    return _registrations(client.search_model_versions(f"run_id = '{run_id}'"), False)
+
+
+def _registrations(versions: Iterable[Any], discarded: bool) -> list[Registration]:
+    """MLflow's model versions, by name and version number."""
+    found = (
+        Registration(v.name, str(v.version), v.run_id, discarded, _model_id(v.source))
+        for v in versions
     )
+    return sorted(found, key=lambda r: (r.name, int(r.version)))
 
 
 def untag_discarded(client: MlflowClient, discarded: Sequence[Registration]) -> None:
