@@ -3016,10 +3016,9 @@ def _read_model_environment(client: MlflowClient, run: Run) -> dict[str, Any] | 
                     )
                     with open(path) as f:
                         files[name] = f.read()
-        found = environment_from_model_files(files)
-        if found and merged is None:
+        if (found := environment_from_model_files(files)) and merged is None:
             merged = found
-        elif found and merged is not None:
+        elif found:
             merged = {**found, **merged, 'packages': {**found['packages'], **merged['packages']}}
     return merged
 
@@ -3042,21 +3041,18 @@ def run_environment(client: MlflowClient, run: Run) -> tuple[dict[str, Any] | No
     return None, 'unknown'
 
 
-def _package_names(environment: Mapping[str, Any] | None, source: str) -> set[str] | None:
-    """The packages a model's files name: only these are known on that side."""
-    if environment is None or source != 'logged_model':
-        return None
-    return {normalize_package(n) for n in environment.get('packages') or {}}
-
-
 def _compared_names(
     reference: tuple[dict[str, Any] | None, str],
     other: tuple[dict[str, Any] | None, str],
 ) -> list[str] | None:
-    named = [n for n in (_package_names(*reference), _package_names(*other)) if n is not None]
-    if not named:
-        return None
-    return sorted(set.intersection(*named))
+    """The packages both sides know, or None for all: a model's files name
+    some packages, and only these are known on that side."""
+    named = [
+        {normalize_package(n) for n in environment.get('packages') or {}}
+        for environment, source in (reference, other)
+        if environment is not None and source == 'logged_model'
+    ]
+    return sorted(set.intersection(*named)) if named else None
 
 
 def differences_between(
