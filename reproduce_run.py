@@ -2347,8 +2347,7 @@ def mask_config(value: Any) -> Any:
 
 
 def check_kubernetes_config(config: Mapping[str, Any]) -> None:
-    missing = [k for k in KUBERNETES_REQUIRED_KEYS if not config.get(k)]
-    if missing:
+    if missing := [k for k in KUBERNETES_REQUIRED_KEYS if not config.get(k)]:
         raise ReproduceError(
             f'the kubernetes backend needs {", ".join(map(repr, missing))} in --backend-config '
             f'(required: {", ".join(KUBERNETES_REQUIRED_KEYS)})'
@@ -2377,16 +2376,14 @@ def _check_job_template(path: str) -> None:
         raise ReproduceError(
             f'kube-job-template-path {path!r} is not valid YAML: {_last_line(str(e))}'
         ) from None
-    try:
+    with contextlib.suppress(TypeError, KeyError, IndexError):
         containers = template['spec']['template']['spec']['containers']
-        ok = isinstance(containers, list) and isinstance(containers[0], dict)
-    except (TypeError, KeyError, IndexError):
-        ok = False
-    if not ok:
-        raise ReproduceError(
-            f'kube-job-template-path {path!r} is not a Kubernetes Job template with a '
-            f'container at spec.template.spec.containers[0]'
-        )
+        if isinstance(containers, list) and isinstance(containers[0], dict):
+            return
+    raise ReproduceError(
+        f'kube-job-template-path {path!r} is not a Kubernetes Job template with a '
+        f'container at spec.template.spec.containers[0]'
+    )
 
 
 def check_databricks_config(config: Mapping[str, Any]) -> None:
