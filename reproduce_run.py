@@ -2706,12 +2706,8 @@ def gpus():
         return None
     if proc.returncode:
         return None
-    found = []
-    for line in proc.stdout.splitlines():
-        name, _, driver = line.rpartition(',')
-        if line.strip():
-            found.append({'name': name.strip(), 'driver_version': driver.strip()})
-    return found
+    lines = [line.rpartition(',') for line in proc.stdout.splitlines() if line.strip()]
+    return [{'name': name.strip(), 'driver_version': driver.strip()} for name, _, driver in lines]
 
 
 def packages():
@@ -2873,7 +2869,6 @@ def environment_differences(
 def _env_differences(
     kind: str, reference: Mapping[str, Any], reproduced: Mapping[str, Any], names: Iterable[str]
 ) -> list[dict[str, Any]]:
-    """The differences of one kind: the names whose values differ on the two sides."""
     return [
         {'kind': kind, 'name': n, 'reference': reference.get(n), 'reproduced': reproduced.get(n)}
         for n in names
@@ -2986,9 +2981,8 @@ def model_metric_histories(client: MlflowClient, run: Run) -> dict[str, dict[str
 
 
 def _read_environment_artifact(client: MlflowClient, run: Run) -> dict[str, Any] | None:
-    names = {f.path for f in client.list_artifacts(run.info.run_id, ARTIFACT_DIR)}
     path = f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}'
-    if path not in names:
+    if path not in {f.path for f in client.list_artifacts(run.info.run_id, ARTIFACT_DIR)}:
         return None
     with tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as folder:
         local = client.download_artifacts(run.info.run_id, path, folder)
@@ -3005,14 +2999,12 @@ def _read_model_environment(client: MlflowClient, run: Run) -> dict[str, Any] | 
         stored = {f.path for f in client.list_logged_model_artifacts(model.model_id)}
         files = {}
         with tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as folder:
-            for name in MODEL_ENVIRONMENT_FILES:
-                if name in stored:
-                    path = mlflow.artifacts.download_artifacts(
-                        artifact_uri=f'{model.artifact_location.rstrip("/")}/{name}',
-                        dst_path=folder,
-                    )
-                    with open(path) as f:
-                        files[name] = f.read()
+            for name in stored.intersection(MODEL_ENVIRONMENT_FILES):
+                path = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f'{model.artifact_location.rstrip("/")}/{name}', dst_path=folder
+                )
+                with open(path) as f:
+                    files[name] = f.read()
         if (found := environment_from_model_files(files)) and merged is None:
             merged = found
         elif found:
@@ -3083,9 +3075,8 @@ def differences_between(
         )
     code = code_notes(reference.data.tags, uri_overridden, version_overridden)
     if compared_runs:
-        code += code_notes(other.data.tags, False, None, 'the compared run') + commit_notes(
-            reference.data.tags, other.data.tags
-        )
+        code += code_notes(other.data.tags, False, None, 'the compared run')
+        code += commit_notes(reference.data.tags, other.data.tags)
     return Differences(
         environment=tuple(environment),
         datasets=tuple(dataset_differences(_dataset_inputs(reference), _dataset_inputs(other))),
@@ -3167,16 +3158,15 @@ def _environment_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
 def _dataset_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
     context = f' ({escaped(item["context"])})' if item['context'] else ''
     where = f'dataset {_quoted(item["name"], escaped)}{context}'
-    change = item['change']
     ref, new = _both_sides(item, '-', escaped)
-    if change == 'digest':
-        return f'{where} changed at its source (digest {ref} -> {new})'
-    if change == 'source':
-        return f'{where} comes from another source: {ref} -> {new}'
-    if change == 'schema':
-        return f'{where} changed its schema'
-    side = 'reference' if change == 'only_reference' else 'reproduced'
-    return f'{where} is an input of the {side} run only'
+    said = {
+        'digest': f'changed at its source (digest {ref} -> {new})',
+        'source': f'comes from another source: {ref} -> {new}',
+        'schema': 'changed its schema',
+        'only_reference': 'is an input of the reference run only',
+        'only_reproduced': 'is an input of the reproduced run only',
+    }
+    return f'{where} {said[item["change"]]}'
 
 
 def _model_line(model: str, m: MetricVerdict, escaped: Escape = shown) -> str:
