@@ -2717,8 +2717,7 @@ def packages():
         # each long description too.
         text = dist.read_text('METADATA') or dist.read_text('PKG-INFO') or dist.read_text('')
         headers = email.parser.HeaderParser().parsestr(text or '')
-        name = headers['Name']
-        if name:  # PEP 503 normalized; the first one on sys.path wins, as for import
+        if name := headers['Name']:  # PEP 503 normalized; the first on sys.path wins, as for import
             found.setdefault(re.sub(r'[-_.]+', '-', name).lower(), headers['Version'])
     return dict(sorted(found.items()))
 
