@@ -1981,12 +1981,7 @@ def _git(*args: str, cwd: str | None = None) -> str:
         command = next(a for a in args if not a.startswith('-') and '=' not in a)
         raise no_space(f'git {command}: {_last_line(proc.stderr)}')
     if proc.returncode:
-        raise subprocess.CalledProcessError(
-            proc.returncode,
-            args,
-            proc.stdout,
-            proc.stderr,
-        )
+        raise subprocess.CalledProcessError(proc.returncode, args, proc.stdout, proc.stderr)
     return proc.stdout.strip()
 
 
@@ -2026,6 +2021,14 @@ def fetch_location(source: Source, where: str) -> tuple[str, str]:
     return repo, subdir
 
 
+def _git_step(failure: str, *args: str, cwd: str | None = None) -> str:
+    """_git, its failure said in one line: `failure`, then git's last line, masked."""
+    try:
+        return _git(*args, cwd=cwd)
+    except subprocess.CalledProcessError as e:
+        raise ReproduceError(f'{failure}: {mask_credentials(_last_line(e.stderr))}') from None
+
+
 def fetch_source(source: Source, dest: str) -> tuple[str, str]:
     """Check the commit out into dest; return (project folder, full commit).
 
@@ -2034,22 +2037,15 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
     """
     where = f'{mask_credentials(source.uri)} at {source.version}'
     repo, subdir = fetch_location(source, where)
-    try:
-        _git('init', '--quiet', dest)
-    except subprocess.CalledProcessError as e:
-        raise ReproduceError(f'cannot make a git folder: {_last_line(e.stderr)}') from None
+    _git_step('cannot make a git folder', 'init', '--quiet', dest)
     try:  # a full hash, a branch or a tag: one commit, no history
         _git('fetch', '--quiet', '--depth', '1', '--', repo, source.version, cwd=dest)
         wanted = 'FETCH_HEAD'
     except subprocess.CalledProcessError:
         # A short hash, or a server that refuses fetching by hash: take every
         # ref and look the version up among their history.
-        try:
-            _git('fetch', '--quiet', '--', repo, '+refs/*:refs/fetched/*', cwd=dest)
-        except subprocess.CalledProcessError as e:
-            raise ReproduceError(
-                f'cannot fetch {where}: {mask_credentials(_last_line(e.stderr))}',
-            ) from None
+        fetch_all = ('fetch', '--quiet', '--', repo, '+refs/*:refs/fetched/*')
+        _git_step(f'cannot fetch {where}', *fetch_all, cwd=dest)
         wanted = source.version
     try:
         commit = _git(
@@ -2060,21 +2056,13 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
             f'commit {source.version} is not available from '
             f'{mask_credentials(source.repo)} (history rewritten, or a typo?)',
         ) from None
-    try:
-        # commit is rev-parse's answer, all hex; checkout has no --end-of-options
-        # before git 2.43, and the trailing '--' says it names no path.
-        _git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, '--', cwd=dest)
-    except subprocess.CalledProcessError as e:
-        raise ReproduceError(
-            f'cannot check out {where}: {mask_credentials(_last_line(e.stderr))}'
-        ) from None
+    # commit is rev-parse's answer, all hex; checkout has no --end-of-options
+    # before git 2.43, and the trailing '--' says it names no path.
+    check_out = ('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, '--')
+    _git_step(f'cannot check out {where}', *check_out, cwd=dest)
     if os.path.exists(os.path.join(dest, '.gitmodules')):
-        try:
-            _git('submodule', 'update', '--init', '--recursive', '--quiet', cwd=dest)
-        except subprocess.CalledProcessError as e:
-            raise ReproduceError(
-                f'cannot fetch the submodules of {where}: {mask_credentials(_last_line(e.stderr))}',
-            ) from None
+        submodules = ('submodule', 'update', '--init', '--recursive', '--quiet')
+        _git_step(f'cannot fetch the submodules of {where}', *submodules, cwd=dest)
     project_dir = os.path.join(dest, subdir)
     if not os.path.isdir(project_dir):
         raise ReproduceError(
@@ -2148,14 +2136,6 @@ def load_entry_point(project_dir: str, name: str, commit: str) -> tuple[Any, boo
     return spec, declared
 
 
-def _is_git_repo(folder: str) -> bool:
-    try:
-        _git('rev-parse', '--show-toplevel', cwd=folder)
-    except (subprocess.CalledProcessError, OSError):
-        return False
-    return True
-
-
 def reachable_source(reference: Run, source: Source, uri: str | None) -> Source:
     """A recorded local source that is no git repository here (the run was
     made on another host, or the clone is gone) gives way to the remote the
@@ -2163,13 +2143,17 @@ def reachable_source(reference: Run, source: Source, uri: str | None) -> Source:
     repository as its top and #subdir, so the subdir holds in the remote."""
     remote = reference.data.tags.get(TAG_GIT_REPO_URL)
     local = _local_repo(source.repo)
-    if uri or not remote or local is None or remote == source.repo or _is_git_repo(local):
+    if uri or not remote or local is None or remote == source.repo:
         return source
-    warn(
-        f'{local} is not a git repository here: using the remote the run records, '
-        f'{remote}' + (f' (folder {source.subdir})' if source.subdir else '')
-    )
-    return dataclasses.replace(source, repo=remote)
+    try:
+        _git('rev-parse', '--show-toplevel', cwd=local)
+        return source  # a git repository here
+    except (subprocess.CalledProcessError, OSError):
+        warn(
+            f'{local} is not a git repository here: using the remote the run records, '
+            f'{remote}' + (f' (folder {source.subdir})' if source.subdir else '')
+        )
+        return dataclasses.replace(source, repo=remote)
 
 
 def _remote_hint(reference: Run, source: Source, uri: str | None) -> str:
@@ -2219,37 +2203,27 @@ def parse_backend_config(text: str) -> dict[str, Any]:
     """--backend-config: a path ending in .json (MLflow reads no other file)
     or an inline JSON object.  An inline value is never echoed: it may hold
     a token."""
+    in_file = text.endswith('.json')
+    where = f'file {text!r}' if in_file else 'value'
     try:
-        value, where = _read_backend_config(text)
+        value = json.loads(
+            read_regular_file(text, f'--backend-config {where}') if in_file else text
+        )
+    except OSError as e:
+        raise ReproduceError(f'cannot read --backend-config {where}: {e.strerror}') from None
     except RecursionError:  # json's parser recurses once per level of nesting
         raise ReproduceError('--backend-config nests JSON too deeply to be read') from None
+    except ValueError as e:
+        if in_file:
+            raise ReproduceError(f'--backend-config {where} is not valid JSON: {e}') from None
+        raise ReproduceError(
+            f'--backend-config is neither a path ending in .json nor an inline JSON object ({e})',
+        ) from None
     if not isinstance(value, dict):
         raise ReproduceError(
             f'--backend-config {where} holds a JSON {_json_type(value)}, not an object'
         )
     return value
-
-
-def _read_backend_config(text: str) -> tuple[Any, str]:
-    """The JSON value of --backend-config, and where it came from."""
-    if text.endswith('.json'):
-        where = f'file {text!r}'
-        try:
-            value = json.loads(read_regular_file(text, f'--backend-config {where}'))
-        except OSError as e:
-            raise ReproduceError(f'cannot read --backend-config {where}: {e.strerror}') from None
-        except ValueError as e:
-            raise ReproduceError(f'--backend-config {where} is not valid JSON: {e}') from None
-    else:
-        where = 'value'
-        try:
-            value = json.loads(text)
-        except ValueError as e:
-            raise ReproduceError(
-                f'--backend-config is neither a path ending in .json nor an inline JSON '
-                f'object ({e})',
-            ) from None
-    return value, where
 
 
 def available_backends() -> list[str]:
@@ -2275,26 +2249,8 @@ def mask_config(value: Any) -> Any:
     return value
 
 
-def validate_backend(
-    name: str, config: Mapping[str, Any], project_dir: str | None = None, where: str = 'the project'
-) -> None:
-    """What MLflow would refuse only after creating the run (or never, for a
-    missing package), refused first; project_dir None checks the name and
-    config alone."""
-    available = available_backends()
-    if name not in available:
-        raise ReproduceError(f'unknown backend {name!r}; available: {", ".join(available)}')
-    if name == 'kubernetes':
-        check_kubernetes_config(config)
-    elif name == 'databricks':
-        check_databricks_config(config)
-    if project_dir is not None:
-        check_backend_project(name, project_dir, where)
-
-
 def check_kubernetes_config(config: Mapping[str, Any]) -> None:
-    missing = [k for k in KUBERNETES_REQUIRED_KEYS if not config.get(k)]
-    if missing:
+    if missing := [k for k in KUBERNETES_REQUIRED_KEYS if not config.get(k)]:
         raise ReproduceError(
             f'the kubernetes backend needs {", ".join(map(repr, missing))} in --backend-config '
             f'(required: {", ".join(KUBERNETES_REQUIRED_KEYS)})'
@@ -2323,16 +2279,14 @@ def _check_job_template(path: str) -> None:
         raise ReproduceError(
             f'kube-job-template-path {path!r} is not valid YAML: {_last_line(str(e))}'
         ) from None
-    try:
+    with contextlib.suppress(TypeError, KeyError, IndexError):
         containers = template['spec']['template']['spec']['containers']
-        ok = isinstance(containers, list) and isinstance(containers[0], dict)
-    except (TypeError, KeyError, IndexError):
-        ok = False
-    if not ok:
-        raise ReproduceError(
-            f'kube-job-template-path {path!r} is not a Kubernetes Job template with a '
-            f'container at spec.template.spec.containers[0]'
-        )
+        if isinstance(containers, list) and isinstance(containers[0], dict):
+            return
+    raise ReproduceError(
+        f'kube-job-template-path {path!r} is not a Kubernetes Job template with a '
+        f'container at spec.template.spec.containers[0]'
+    )
 
 
 def check_databricks_config(config: Mapping[str, Any]) -> None:
@@ -2385,10 +2339,17 @@ def check_backend_project(name: str, project_dir: str, where: str) -> None:
 
 def backend_from_options(options: Options) -> Backend:
     """The backend and its config, checked before the reference run is even
-    read: config errors first, then the backend's name and needs."""
+    read: config errors first, then the backend's name and needs (what MLflow
+    would refuse only after creating the run, or never, for a missing package)."""
     config = parse_backend_config(options.backend_config) if options.backend_config else {}
-    validate_backend(options.backend, config)
-    return Backend(options.backend, config)
+    name, available = options.backend, available_backends()
+    if name not in available:
+        raise ReproduceError(f'unknown backend {name!r}; available: {", ".join(available)}')
+    if name == 'kubernetes':
+        check_kubernetes_config(config)
+    elif name == 'databricks':
+        check_databricks_config(config)
+    return Backend(name, config)
 
 
 def validate_backend_project(plan: Plan) -> None:
@@ -2412,12 +2373,6 @@ def warn_about_reference_backend(plan: Plan) -> None:
 # Script runs: a run made with `python src/train.py ...`.  MLflow recorded
 # sys.argv[0] as typed (mlflow.source.name) and the commit, not the command
 # line: find the script in the checkout and the arguments to give it.
-
-
-def tracked_files(project_dir: str) -> list[str]:
-    """The files of the commit under the project folder, relative to it."""
-    listed = _git('ls-files', '-z', '--recurse-submodules', cwd=project_dir)
-    return [path for path in listed.split('\0') if path]
 
 
 def script_candidates(recorded: str, files: Sequence[str]) -> list[str]:
@@ -2451,7 +2406,9 @@ def resolve_script(project_dir: str, recorded: str, override: str | None, commit
     if override:
         path = posixpath.normpath(override)
     else:
-        candidates = script_candidates(recorded, tracked_files(project_dir))
+        # The files of the commit under the project folder, relative to it.
+        listed = _git('ls-files', '-z', '--recurse-submodules', cwd=project_dir)
+        candidates = script_candidates(recorded, [f for f in listed.split('\0') if f])
         if not candidates:
             raise ReproduceError(
                 f'the recorded script {recorded!r} ({TAG_SOURCE_NAME}) is not a file {at}; '
@@ -2569,19 +2526,19 @@ def plan_script(
     if env_manager != 'local':
         folder = environment_folder(project_dir, script, env_manager, source.version)
         script = dataclasses.replace(script, env_dir=folder)
-    chosen = Params(passed={}, not_passed=params)
+    used: Container[str] = ()  # the params passed; --help finds them later
     if options.script_args is not None:
         argv = template_arguments(options.script_args, params)
         used = {f for _, f, _, _ in _template_fields(options.script_args) if f}
-        chosen = Params(
-            passed={k: v for k, v in params.items() if k in used},
-            not_passed={k: v for k, v in params.items() if k not in used},
-        )
         script = dataclasses.replace(script, argv=tuple(argv), arguments_from='--script-args')
     elif TAG_ARGV in tags:
         argv = recorded_arguments(tags[TAG_ARGV])
-        chosen = Params(passed=params, not_passed={})
+        used = params
         script = dataclasses.replace(script, argv=tuple(argv), arguments_from=f'the tag {TAG_ARGV}')
+    chosen = Params(
+        passed={k: v for k, v in params.items() if k in used},
+        not_passed={k: v for k, v in params.items() if k not in used},
+    )
     return Plan(
         reference=reference,
         source=source,
@@ -2652,12 +2609,8 @@ def gpus():
         return None
     if proc.returncode:
         return None
-    found = []
-    for line in proc.stdout.splitlines():
-        name, _, driver = line.rpartition(',')
-        if line.strip():
-            found.append({'name': name.strip(), 'driver_version': driver.strip()})
-    return found
+    lines = [line.rpartition(',') for line in proc.stdout.splitlines() if line.strip()]
+    return [{'name': name.strip(), 'driver_version': driver.strip()} for name, _, driver in lines]
 
 
 def packages():
@@ -2667,8 +2620,7 @@ def packages():
         # each long description too.
         text = dist.read_text('METADATA') or dist.read_text('PKG-INFO') or dist.read_text('')
         headers = email.parser.HeaderParser().parsestr(text or '')
-        name = headers['Name']
-        if name:  # PEP 503 normalized; the first one on sys.path wins, as for import
+        if name := headers['Name']:  # PEP 503 normalized; the first on sys.path wins, as for import
             found.setdefault(re.sub(r'[-_.]+', '-', name).lower(), headers['Version'])
     return dict(sorted(found.items()))
 
@@ -2799,39 +2751,31 @@ def environment_differences(
     found = []
     for kind in ('python', 'platform'):
         ref, new = reference.get(kind) or {}, reproduced.get(kind) or {}
-        found += [
-            _env_difference(kind, name, ref[name], new[name])
-            for name in sorted(set(ref) & set(new))
-            if ref[name] != new[name]
-        ]
-    for name in ('cpu_count', 'gpu'):
-        if name in reference and name in reproduced and reference[name] != reproduced[name]:
-            found.append(_env_difference('platform', name, reference[name], reproduced[name]))
-    ref_pkgs = {normalize_package(k): v for k, v in (reference.get('packages') or {}).items()}
-    new_pkgs = {normalize_package(k): v for k, v in (reproduced.get('packages') or {}).items()}
+        found += _env_differences(kind, ref, new, sorted(set(ref) & set(new)))
+    known = [name for name in ('cpu_count', 'gpu') if name in reference and name in reproduced]
+    found += _env_differences('platform', reference, reproduced, known)
     if 'packages' in reference and 'packages' in reproduced:
-        names = (
-            {normalize_package(n) for n in only_names}
-            if only_names is not None
-            else set(ref_pkgs) | set(new_pkgs)
+        ref, new = (
+            {normalize_package(k): v for k, v in (side['packages'] or {}).items()}
+            for side in (reference, reproduced)
         )
-        found += [
-            _env_difference('package', name, ref_pkgs.get(name), new_pkgs.get(name))
-            for name in sorted(names)
-            if ref_pkgs.get(name) != new_pkgs.get(name)
-        ]
+        names = set(ref) | set(new) if only_names is None else map(normalize_package, only_names)
+        found += _env_differences('package', ref, new, sorted(set(names)))
     if 'env' in reference and 'env' in reproduced:
-        ref_env, new_env = reference['env'] or {}, reproduced['env'] or {}
-        found += [
-            _env_difference('env', name, ref_env.get(name), new_env.get(name))
-            for name in RESULT_VARIABLES  # no other name, whatever the file holds
-            if ref_env.get(name) != new_env.get(name)
-        ]
+        ref, new = reference['env'] or {}, reproduced['env'] or {}
+        # RESULT_VARIABLES and no other name, whatever the file holds
+        found += _env_differences('env', ref, new, RESULT_VARIABLES)
     return found
 
 
-def _env_difference(kind: str, name: str, reference: Any, reproduced: Any) -> dict[str, Any]:
-    return {'kind': kind, 'name': name, 'reference': reference, 'reproduced': reproduced}
+def _env_differences(
+    kind: str, reference: Mapping[str, Any], reproduced: Mapping[str, Any], names: Iterable[str]
+) -> list[dict[str, Any]]:
+    return [
+        {'kind': kind, 'name': n, 'reference': reference.get(n), 'reproduced': reproduced.get(n)}
+        for n in names
+        if reference.get(n) != reproduced.get(n)
+    ]
 
 
 def dataset_differences(
@@ -2845,28 +2789,18 @@ def dataset_differences(
     found = []
     for name, context in sorted(set(ref) | set(new), key=lambda k: (k[0], k[1] or '')):
         a, b = ref.get((name, context)), new.get((name, context))
-        if a is None or b is None:
-            change = 'only_reproduced' if a is None else 'only_reference'
-            found.append(
-                {
-                    'name': name,
-                    'context': context,
-                    'change': change,
-                    'reference': a and a.digest,
-                    'reproduced': b and b.digest,
-                }
-            )
-            continue
+        if a is None or b is None:  # the change, and each side's digest
+            only = 'only_reproduced' if a is None else 'only_reference'
+            changes = [(only, a and a.digest, b and b.digest)]
+        else:
+            changes = [
+                (field, getattr(a, field), getattr(b, field))
+                for field in ('digest', 'source', 'schema')
+                if getattr(a, field) != getattr(b, field)
+            ]
         found += [
-            {
-                'name': name,
-                'context': context,
-                'change': field,
-                'reference': getattr(a, field),
-                'reproduced': getattr(b, field),
-            }
-            for field in ('digest', 'source', 'schema')
-            if getattr(a, field) != getattr(b, field)
+            {'name': name, 'context': context, 'change': c, 'reference': x, 'reproduced': y}
+            for c, x, y in changes
         ]
     return found
 
@@ -2949,9 +2883,8 @@ def model_metric_histories(client: MlflowClient, run: Run) -> dict[str, dict[str
 
 
 def _read_environment_artifact(client: MlflowClient, run: Run) -> dict[str, Any] | None:
-    names = {f.path for f in client.list_artifacts(run.info.run_id, ARTIFACT_DIR)}
     path = f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}'
-    if path not in names:
+    if path not in {f.path for f in client.list_artifacts(run.info.run_id, ARTIFACT_DIR)}:
         return None
     with tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as folder:
         local = client.download_artifacts(run.info.run_id, path, folder)
@@ -2968,18 +2901,15 @@ def _read_model_environment(client: MlflowClient, run: Run) -> dict[str, Any] | 
         stored = {f.path for f in client.list_logged_model_artifacts(model.model_id)}
         files = {}
         with tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as folder:
-            for name in MODEL_ENVIRONMENT_FILES:
-                if name in stored:
-                    path = mlflow.artifacts.download_artifacts(
-                        artifact_uri=f'{model.artifact_location.rstrip("/")}/{name}',
-                        dst_path=folder,
-                    )
-                    with open(path) as f:
-                        files[name] = f.read()
-        found = environment_from_model_files(files)
-        if found and merged is None:
+            for name in stored.intersection(MODEL_ENVIRONMENT_FILES):
+                path = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f'{model.artifact_location.rstrip("/")}/{name}', dst_path=folder
+                )
+                with open(path) as f:
+                    files[name] = f.read()
+        if (found := environment_from_model_files(files)) and merged is None:
             merged = found
-        elif found and merged is not None:
+        elif found:
             merged = {**found, **merged, 'packages': {**found['packages'], **merged['packages']}}
     return merged
 
@@ -3002,21 +2932,18 @@ def run_environment(client: MlflowClient, run: Run) -> tuple[dict[str, Any] | No
     return None, 'unknown'
 
 
-def _package_names(environment: Mapping[str, Any] | None, source: str) -> set[str] | None:
-    """The packages a model's files name: only these are known on that side."""
-    if environment is None or source != 'logged_model':
-        return None
-    return {normalize_package(n) for n in environment.get('packages') or {}}
-
-
 def _compared_names(
     reference: tuple[dict[str, Any] | None, str],
     other: tuple[dict[str, Any] | None, str],
 ) -> list[str] | None:
-    named = [n for n in (_package_names(*reference), _package_names(*other)) if n is not None]
-    if not named:
-        return None
-    return sorted(set.intersection(*named))
+    """The packages both sides know, or None for all: a model's files name
+    some packages, and only these are known on that side."""
+    named = [
+        {normalize_package(n) for n in environment.get('packages') or {}}
+        for environment, source in (reference, other)
+        if environment is not None and source == 'logged_model'
+    ]
+    return sorted(set.intersection(*named)) if named else None
 
 
 def differences_between(
@@ -3050,9 +2977,8 @@ def differences_between(
         )
     code = code_notes(reference.data.tags, uri_overridden, version_overridden)
     if compared_runs:
-        code += code_notes(other.data.tags, False, None, 'the compared run') + commit_notes(
-            reference.data.tags, other.data.tags
-        )
+        code += code_notes(other.data.tags, False, None, 'the compared run')
+        code += commit_notes(reference.data.tags, other.data.tags)
     return Differences(
         environment=tuple(environment),
         datasets=tuple(dataset_differences(_dataset_inputs(reference), _dataset_inputs(other))),
@@ -3134,16 +3060,15 @@ def _environment_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
 def _dataset_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
     context = f' ({escaped(item["context"])})' if item['context'] else ''
     where = f'dataset {_quoted(item["name"], escaped)}{context}'
-    change = item['change']
     ref, new = _both_sides(item, '-', escaped)
-    if change == 'digest':
-        return f'{where} changed at its source (digest {ref} -> {new})'
-    if change == 'source':
-        return f'{where} comes from another source: {ref} -> {new}'
-    if change == 'schema':
-        return f'{where} changed its schema'
-    side = 'reference' if change == 'only_reference' else 'reproduced'
-    return f'{where} is an input of the {side} run only'
+    said = {
+        'digest': f'changed at its source (digest {ref} -> {new})',
+        'source': f'comes from another source: {ref} -> {new}',
+        'schema': 'changed its schema',
+        'only_reference': 'is an input of the reference run only',
+        'only_reproduced': 'is an input of the reproduced run only',
+    }
+    return f'{where} {said[item["change"]]}'
 
 
 def _model_line(model: str, m: MetricVerdict, escaped: Escape = shown) -> str:
@@ -3237,27 +3162,23 @@ def discarded_registrations(scratch_uri: str) -> list[Registration]:
         return []
     from mlflow import MlflowClient
 
-    versions = MlflowClient(registry_uri=scratch_uri).search_model_versions()
-    return sorted(
-        (
-            Registration(
-                v.name, str(v.version), v.run_id, discarded=True, model_id=_model_id(v.source)
-            )
-            for v in versions
-        ),
-        key=lambda r: (r.name, int(r.version)),
-    )
+    return _registrations(MlflowClient(registry_uri=scratch_uri).search_model_versions(), True)
 
 
 def shared_registrations(client: MlflowClient, run_id: str) -> list[Registration]:
     """The versions of the reproduced run in the shared registry: those kept by
     --keep-registrations, or made by a project that names its registry itself
     (mlflow.set_registry_uri), which no environment variable can redirect."""
-    versions = client.search_model_versions(f"run_id = '{run_id}'")
-    return sorted(
-        (Registration(v.name, str(v.version), v.run_id, discarded=False) for v in versions),
-        key=lambda r: (r.name, int(r.version)),
+    return _registrations(client.search_model_versions(f"run_id = '{run_id}'"), False)
+
+
+def _registrations(versions: Iterable[Any], discarded: bool) -> list[Registration]:
+    """MLflow's model versions, by name and version number."""
+    found = (
+        Registration(v.name, str(v.version), v.run_id, discarded, _model_id(v.source))
+        for v in versions
     )
+    return sorted(found, key=lambda r: (r.name, int(r.version)))
 
 
 def untag_discarded(client: MlflowClient, discarded: Sequence[Registration]) -> None:
