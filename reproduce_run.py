@@ -5935,12 +5935,6 @@ def check_command(plan: Plan, allow_unsafe: bool) -> None:
     warn(f'{why}: running it because of --allow-unsafe-command')
 
 
-def _recorded_env_manager(tags: Mapping[str, str]) -> str:
-    """MLflow records no tag for local; docker projects ignore the manager."""
-    recorded = tags.get(TAG_PROJECT_ENV)
-    return recorded if recorded in ENV_MANAGERS else 'local'
-
-
 def judge_runs(
     client: MlflowClient,
     rules: Rules,
@@ -6019,12 +6013,14 @@ def make_plan(
     spec, declared = load_entry_point(project_dir, entry_point, source.version)
     params = select_params(tuple(spec.parameters) if declared else None, reference.data.params)
     refuse_nul_bytes(params.passed, reference.info.run_id)
+    # MLflow records no env manager tag for local; docker projects ignore the manager.
+    recorded = tags.get(TAG_PROJECT_ENV)
     return Plan(
         reference=reference,
         source=source,
         project_dir=project_dir,
         entry_point=entry_point,
-        env_manager=options.env_manager or _recorded_env_manager(tags),
+        env_manager=options.env_manager or (recorded if recorded in ENV_MANAGERS else 'local'),
         experiment_name=options.experiment_name or 'Default',
         params=params,
         logged_params=params_to_log(spec, params),
@@ -6074,12 +6070,8 @@ def reproduce_one(
             import traceback
 
             traceback.print_exc()
-        report = _unfinished(
-            progress,
-            run_id,
-            'error',
-            unexpected_failure(type(e).__name__, str(e)),
-        )
+        message = unexpected_failure(type(e).__name__, str(e))
+        report = _unfinished(progress, run_id, 'error', message)
     report = dataclasses.replace(
         report, seconds=time.monotonic() - started, histories=progress.histories
     )
@@ -6258,21 +6250,17 @@ def experiment_mismatch_hint(plan: Plan, tail: Sequence[str]) -> str:
 
 def project_error_line(tail: Sequence[str]) -> str:
     """The project's own last error: the exception line that ends a Python
-    traceback when there is one, else its last line of output."""
-    lines = project_output(tail)
-    errors = [line for line in lines if _EXCEPTION_LINE_RE.match(line)]
-    return errors[-1] if errors else (lines[-1] if lines else '')
-
-
-def project_output(tail: Sequence[str]) -> list[str]:
-    """The project's own lines, without MLflow's log lines and chatter."""
-    return [
+    traceback when there is one, else its last line of output (MLflow's log
+    lines and chatter are not the project's)."""
+    lines = [
         line
         for line in tail
         if line.strip()
         and not _MLFLOW_LOG_LINE_RE.match(line)
         and not _MLFLOW_CHATTER_RE.match(line)
     ]
+    errors = [line for line in lines if _EXCEPTION_LINE_RE.match(line)]
+    return errors[-1] if errors else (lines[-1] if lines else '')
 
 
 # ---------------------------------------------------------------------------
