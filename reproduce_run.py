@@ -6376,7 +6376,11 @@ class _GroupProgress:
 
     def end(self, index: int, report: Report) -> None:
         if not self.quiet:
-            self._print(f'[{index + 1}/{self.total}] {_progress_end(report)}')
+            new = f' -> {report.reproduced_run_id}' if report.reproduced_run_id else ''
+            why = f': {report.message}' if report.status == 'error' and report.message else ''
+            ref = _named(report.reference_run_id, report.reference_run_name)
+            ended = f'{report.status} in {report.seconds:.0f} s{new}{why}'
+            self._print(f'[{index + 1}/{self.total}] {ref} {ended}')
         elif report.status in ('failed', 'error'):
             message = report.message or report.status
             self._print(f'{program_name()}: {report.status}: {report.reference_run_id}: {message}')
@@ -6384,13 +6388,6 @@ class _GroupProgress:
 
 def _named(run_id: str, name: str | None) -> str:
     return f'{run_id} ({shown(name)})' if name else run_id
-
-
-def _progress_end(report: Report) -> str:
-    new = f' -> {report.reproduced_run_id}' if report.reproduced_run_id else ''
-    why = f': {report.message}' if report.status == 'error' and report.message else ''
-    ref = _named(report.reference_run_id, report.reference_run_name)
-    return f'{ref} {report.status} in {report.seconds:.0f} s{new}{why}'
 
 
 def _reference_name(session: Session, probe: Probe) -> str:
@@ -6420,10 +6417,10 @@ class _Parents:
         return self.own or next(iter(self.nested.values()), None)
 
     def parent_for(self, probe: Probe) -> str | None:
-        if probe.parent_run_id and not self._dry:
-            return probe.parent_run_id
-        if self._dry or not probe.nested or probe.run_id is None:
-            return None if self._dry else self.own
+        if self._dry:
+            return None
+        if probe.parent_run_id or not probe.nested or probe.run_id is None:
+            return probe.parent_run_id or self.own
         with self._lock:
             if probe.run_id not in self.nested:
                 self.nested[probe.run_id] = self.planner.create_nested_parent(
@@ -6505,6 +6502,10 @@ def run_group(session: Session, planner: Planner) -> Group:
     done: list[Result] = []  # in the order they ended
     running: dict[Any, list[tuple[int, Probe]]] = {}
     jobs = jobs_the_store_takes(session)
+
+    def run_lane(lane: list[tuple[int, Probe]]) -> list[Report]:
+        return [_run_probe(session, parents, progress, index, probe) for index, probe in lane]
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while True:
             for future in [f for f in running if f.done()]:
@@ -6519,11 +6520,11 @@ def run_group(session: Session, planner: Planner) -> Group:
             results += [None] * len(new)
             progress.total = max(planner.total or 0, len(results))
             for lane in _lanes(list(enumerate(new, first)), jobs, session.options.dry_run):
-                running[pool.submit(_run_lane, session, parents, progress, lane)] = lane
+                running[pool.submit(run_lane, lane)] = lane
             if not running and not new:
                 break
             if running:
-                wait_for_futures(session, list(running), any_done=True)
+                wait_for_futures(session, list(running))
     group = Group(
         tuple(r for r in results if r is not None),
         parents.group_run_id,
@@ -6556,12 +6557,6 @@ def _lanes(
     return [lane for lane in (probes[k::jobs] for k in range(jobs)) if lane]
 
 
-def _run_lane(
-    session: Session, parents: _Parents, progress: _GroupProgress, lane: list[tuple[int, Probe]]
-) -> list[Report]:
-    return [_run_probe(session, parents, progress, index, probe) for index, probe in lane]
-
-
 def jobs_the_store_takes(session: Session) -> int:
     """--jobs, but at most SQLITE_JOBS on an sqlite store: more writers at
     once exhaust MLflow's connection pool and fail reproductions.  Said once."""
@@ -6575,18 +6570,13 @@ def jobs_the_store_takes(session: Session) -> int:
     return jobs
 
 
-def wait_for_futures(session: Session, futures: Sequence[Any], any_done: bool = False) -> None:
-    """Wait in the main thread, where signals arrive, for all the futures
-    (or, any_done, for the first); after a signal, end the helper processes
-    (git, pip) at once: each reproduction ends its own project and closes
-    its run."""
-    from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, wait
+def wait_for_futures(session: Session, futures: Sequence[Any]) -> None:
+    """Wait in the main thread, where signals arrive, for the first of the
+    futures to end; after a signal, end the helper processes (git, pip) at
+    once: each reproduction ends its own project and closes its run."""
+    from concurrent.futures import FIRST_COMPLETED, wait
 
-    when = FIRST_COMPLETED if any_done else ALL_COMPLETED
-    while True:
-        done, not_done = wait(futures, timeout=0.2, return_when=when)
-        if done if any_done else not not_done:
-            return
+    while not wait(futures, timeout=0.2, return_when=FIRST_COMPLETED).done:
         # Every time, not once: a step that fails by the signal may start
         # another (git's fallback fetch), which would wait on a silent remote.
         if session.stop.event.is_set():
