@@ -5948,17 +5948,11 @@ def judge_runs(
     for pattern in rules.unmatched(sorted({*reference.data.metrics, *other.data.metrics})):
         warn(f'{pattern!r} matches no metric of either run')
     try:
-        reference_histories, other_histories = read_histories(
-            client,
-            (reference, other),
-            last_only,
-        )
+        reference_histories, other_histories = read_histories(client, (reference, other), last_only)
     except MlflowException as e:
         raise _mlflow_error('cannot read the metric histories', e) from None
     params = compare_params(
-        _unquoted(reference.data.params),
-        _unquoted(other.data.params),
-        param_keys,
+        _unquoted(reference.data.params), _unquoted(other.data.params), param_keys
     )
     verdict = judge(reference_histories, other_histories, rules, params)
     return verdict, (reference_histories, other_histories)
@@ -6179,8 +6173,7 @@ def _reproduce(
             status='failed',
             exit_code=EXIT_RUN_FAILED,
             **fields,
-            message=f'the reproduced run {new_id} failed (exit status '
-            f'{launch.returncode})'
+            message=f'the reproduced run {new_id} failed (exit status {launch.returncode})'
             + (f'; its last error: {last}' if last else '')
             + experiment_mismatch_hint(plan, launch.output_tail)
             + lost,
@@ -6208,10 +6201,7 @@ def _reproduce(
 
 
 def judge_reproduction(
-    session: Session,
-    reference: Run,
-    run_id: str,
-    plan: Plan,
+    session: Session, reference: Run, run_id: str, plan: Plan
 ) -> tuple[Run, Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
     """Read the finished run back and judge it; a failure here is not the
     project's: say that the run ran and its metrics could not be read."""
@@ -6284,7 +6274,7 @@ class Probe:
     environ: tuple[tuple[str, str | None], ...] = ()  # set (None: unset) for the project
     nested: bool = False  # under a parent run of its reference, below the group's
     parent_run_id: str | None = None  # under this existing run instead of the group's
-    # the reference run as the planner read it (else its reproduction reads it);
+    # the reference run as read before (else its reproduction reads it);
     # dropped when the probe ends, so that a big group does not keep every run
     reference: Run | None = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -6438,9 +6428,7 @@ def _probe_session(session: Session, probe: Probe) -> Session:
         options = dataclasses.replace(options, version=probe.version, version_by=probe.version_by)
     environ = {**session.user_environ, **dict(probe.environ)}
     return dataclasses.replace(
-        session,
-        options=options,
-        user_environ={k: v for k, v in environ.items() if v is not None},
+        session, options=options, user_environ={k: v for k, v in environ.items() if v is not None}
     )
 
 
@@ -6677,15 +6665,9 @@ class Selection:
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class Chosen:
-    """A reference run to reproduce, or an explicitly named one that cannot be."""
-
-    run_id: str | None
-    label: str = ''  # e.g. 'models:/churn@champion (version 3)'
-    error: str | None = None  # set for a named run or model that could not be resolved
-    name: str | None = None  # the run's name, when the search read it
-    reference: Run | None = None  # a dry run's: the run as the search read it, to plan from
+# A reference run to reproduce, or an explicitly named one that cannot be
+# (`error`): a selection chooses the probes that a batch plans.
+Chosen = Probe
 
 
 def read_runs_file(path: str) -> list[str]:
@@ -6761,10 +6743,7 @@ def skip_reason(run: Run, uri_given: bool) -> str | None:
 
 
 def search_runs(
-    client: MlflowClient,
-    selection: Selection,
-    uri_given: bool,
-    plan_only: bool = False,
+    client: MlflowClient, selection: Selection, uri_given: bool, plan_only: bool = False
 ) -> tuple[list[Chosen], list[dict[str, str]]]:
     """Runs of --from-experiment matching --filter and --since, in search
     order, at most --max-runs after skipping; then --sample of them.
@@ -6804,14 +6783,10 @@ def search_runs(
     if selection.sample is not None and selection.sample < len(chosen):
         import random
 
-        keep = set(
-            random.Random(selection.sample_seed).sample(range(len(chosen)), selection.sample)
-        )
-        skipped += [
-            {'run_id': c.run_id or '', 'reason': 'not in the --sample'}
-            for i, c in enumerate(chosen)
-            if i not in keep
-        ]
+        rng = random.Random(selection.sample_seed)
+        keep = set(rng.sample(range(len(chosen)), selection.sample))
+        left = [c for i, c in enumerate(chosen) if i not in keep]
+        skipped += [{'run_id': c.run_id or '', 'reason': 'not in the --sample'} for c in left]
         chosen = [c for i, c in enumerate(chosen) if i in keep]
     return chosen, skipped
 
@@ -6825,14 +6800,6 @@ def without_metrics(run: Run) -> Run:
     data = run.data
     params = [Param(k, v) for k, v in data.params.items()]
     return Run(run.info, RunData(params=params, tags=[RunTag(k, v) for k, v in data.tags.items()]))
-
-
-def resolve_named(client: MlflowClient, run_id: str, tracking_uri: str) -> Chosen:
-    """A run named by ID or ID prefix; one that cannot be resolved fails alone."""
-    try:
-        return Chosen(resolve_run_id(client, run_id, tracking_uri))
-    except ReproduceError as e:
-        return Chosen(None, run_id, str(e))
 
 
 def select_runs(
@@ -6852,7 +6819,12 @@ def select_runs(
     named = list(selection.run_ids)
     if selection.runs_file:
         named += read_runs_file(selection.runs_file)
-    chosen = [resolve_named(client, run_id, tracking_uri) for run_id in named]
+    chosen = []
+    for run_id in named:  # by ID or ID prefix
+        try:
+            chosen.append(Chosen(resolve_run_id(client, run_id, tracking_uri)))
+        except ReproduceError as e:  # it fails alone
+            chosen.append(Chosen(None, run_id, str(e)))
     chosen += [resolve_model(client, uri) for uri in selection.models]
     skipped: list[dict[str, str]] = []
     if selection.experiments:
@@ -6943,7 +6915,7 @@ class BatchPlanner(Planner):
     @staticmethod
     def _probe(c: Chosen, run: Run | None) -> Probe:
         name = c.name if c.name is not None or run is None else run.info.run_name or ''
-        return Probe(c.run_id, c.label, c.error, name=name, reference=run)
+        return dataclasses.replace(c, name=name, reference=run)
 
     def rest(self) -> list[Probe]:
         rest = [*self.ready, *(self._probe(c, None) for c in self.chosen[self.read_to :])]
@@ -6975,9 +6947,7 @@ class BatchPlanner(Planner):
         )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
-        if not group.parent_run_id:
-            return []
-        return [batch_record(report, group.parent_run_id)]
+        return [batch_record(report, group.parent_run_id)] if group.parent_run_id else []
 
 
 def create_batch_run(session: Session) -> str:
