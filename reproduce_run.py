@@ -6830,13 +6830,10 @@ def select_runs(
     if selection.experiments:
         found, skipped = search_runs(client, selection, uri_given, plan_only)
         chosen += found
-    seen: set[str] = set()
-    unique = []
-    for c in chosen:
-        if c.run_id is None or c.run_id not in seen:
-            unique.append(c)
-            seen.add(c.run_id or '')
-    return unique, skipped
+    unique: dict[object, Chosen] = {}
+    for c in chosen:  # each run once, where first chosen; each unresolved one
+        unique.setdefault(c.run_id or id(c), c)
+    return list(unique.values()), skipped
 
 
 def read_runs(
