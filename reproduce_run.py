@@ -6029,12 +6029,25 @@ class _Progress:
     """What a reproduction has learnt so far: the report of one that stops
     halfway still names its reproduced run."""
 
+    reference_run_id: str  # as given
     reference: Run | None = None
     plan: Plan | None = None
-    run_id: str | None = None
+    run_id: str | None = None  # the reproduced run's
     output_tail: tuple[str, ...] = ()
     log_path: str | None = None
     histories: tuple[dict[str, list[Point]], dict[str, list[Point]]] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """What a report says of it, however the reproduction ends."""
+        info = self.reference.info if self.reference else None
+        return dict(
+            reference_run_id=self.reference_run_id,
+            reproduced_run_id=self.run_id,
+            plan=self.plan,
+            output_tail=self.output_tail,
+            reference_run_name=info.run_name if info else None,
+            reference_status=info.status if info else None,
+        )
 
 
 def reproduce_one(
@@ -6048,24 +6061,24 @@ def reproduce_one(
     is a report, recorded on the reproduced run whenever that run exists.
     `reference`: the run as a batch already read it (else it is read here)."""
     started = time.monotonic()
-    progress = _Progress(reference)
+    progress = _Progress(run_id, reference)
     # A batch's dry run writes nothing of its own: its plans read the shared sources.
     shared = session.batch and session.options.dry_run
     tmp_dir = session.tmp_root if shared else tempfile.mkdtemp(prefix='run-', dir=session.tmp_root)
     try:
-        report = _reproduce(session, run_id, index, parent_run_id, tmp_dir, progress)
+        report = _reproduce(session, index, parent_run_id, tmp_dir, progress)
     except Stopped as e:
-        report = _unfinished(progress, run_id, e.status, f'{e.status} by a signal')
+        report = _unfinished(progress, e.status, f'{e.status} by a signal')
     except ReproduceError as e:
         status = session.stop.status if session.stop.event.is_set() else 'error'
-        report = _unfinished(progress, run_id, status, str(e), e.exit_code)
+        report = _unfinished(progress, status, str(e), e.exit_code)
     except Exception as e:  # a failure we did not foresee: still one line
         if session.options.verbose:
             import traceback
 
             traceback.print_exc()
         message = unexpected_failure(type(e).__name__, str(e))
-        report = _unfinished(progress, run_id, 'error', message)
+        report = _unfinished(progress, 'error', message)
     report = dataclasses.replace(
         report, seconds=time.monotonic() - started, histories=progress.histories
     )
@@ -6082,34 +6095,16 @@ def reproduce_one(
     return report
 
 
-def _unfinished(
-    progress: _Progress, run_id: str, status: str, message: str, code: int | None = None
-) -> Report:
+def _unfinished(progress: _Progress, status: str, message: str, code: int | None = None) -> Report:
     """The report of a reproduction that ended before its verdict."""
     code = code if code is not None and status == 'error' else STATUS_EXIT_CODES[status]
-    reference = progress.reference
-    return Report(
-        status=status,
-        exit_code=code,
-        reference_run_id=run_id,
-        reproduced_run_id=progress.run_id,
-        plan=progress.plan,
-        message=mask_credentials(message),
-        output_tail=progress.output_tail,
-        reference_run_name=reference.info.run_name if reference else None,
-        reference_status=reference.info.status if reference else None,
-    )
+    return Report(status, code, message=mask_credentials(message), **progress.fields())
 
 
 def _reproduce(
-    session: Session,
-    run_id: str,
-    index: int,
-    parent_run_id: str | None,
-    tmp_dir: str,
-    progress: _Progress,
+    session: Session, index: int, parent_run_id: str | None, tmp_dir: str, progress: _Progress
 ) -> Report:
-    options, client = session.options, session.client
+    options, client, run_id = session.options, session.client, progress.reference_run_id
     reference = progress.reference = read_reference(
         client, run_id, session.tracking_uri, progress.reference
     )
@@ -6130,14 +6125,10 @@ def _reproduce(
     validate_backend_project(plan)
     check_env_manager(plan)
     warn_about_reference_backend(plan)
-    fields = dict(
-        reference_run_id=run_id,
-        plan=plan,
-        rules=options.rules,
-        reference_run_name=reference.info.run_name,
-    )
     if options.dry_run:
-        return Report(status='planned', exit_code=EXIT_EQUAL, **fields)
+        return Report(
+            status='planned', exit_code=EXIT_EQUAL, rules=options.rules, **progress.fields()
+        )
     session.stop.check()
     echo = options.verbose or not (session.batch or options.quiet)
     prefix = f'[{run_id[:8]}] ' if session.batch else ''
@@ -6158,15 +6149,15 @@ def _reproduce(
     new_id = progress.run_id
     assert new_id is not None
     progress.output_tail = launch.output_tail
-    registrations = registrations_of(
-        client, new_id, scratch_registry(tmp_dir), options.keep_registrations
-    )
-    fields.update(
-        reproduced_run_id=new_id, output_tail=launch.output_tail, registrations=registrations
+    fields = dict(
+        progress.fields(),
+        rules=options.rules,
+        registrations=registrations_of(
+            client, new_id, scratch_registry(tmp_dir), options.keep_registrations
+        ),
     )
     if launch.environment is not None:  # a failed run's too: it may be why
         record_environment(client, new_id, launch.environment)
-    lost = f'; {launch.output_lost}' if launch.output_lost else ''
     if launch.returncode != 0:
         last = project_error_line(launch.output_tail)
         return Report(
@@ -6176,15 +6167,11 @@ def _reproduce(
             message=f'the reproduced run {new_id} failed (exit status {launch.returncode})'
             + (f'; its last error: {last}' if last else '')
             + experiment_mismatch_hint(plan, launch.output_tail)
-            + lost,
+            + (f'; {launch.output_lost}' if launch.output_lost else ''),
         )
     if launch.output_lost:  # the tool's own failure, not the project's
-        return Report(
-            status='error',
-            exit_code=EXIT_CANNOT_START,
-            **fields,
-            message=f'the reproduced run {new_id} ran to its end, but {launch.output_lost}',
-        )
+        message = f'the reproduced run {new_id} ran to its end, but {launch.output_lost}'
+        return Report(status='error', exit_code=EXIT_CANNOT_START, **fields, message=message)
     reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id, plan)
     differences = differences_between(
         client,
