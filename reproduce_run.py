@@ -6862,32 +6862,29 @@ class BatchPlanner(Planner):
         self.skipped = tuple(skipped)
         self.client, self.window = client, window
         self.total = len(self.chosen)
-        self.read_to = 0  # chosen[:read_to] are read, and planned but for `ready`
-        self.ready: collections.deque[Probe] = collections.deque()
         self.planned = 0
+        self.stopped = False  # after a signal: the probes left are not read
         self.experiment_ids: list[str] | None = None
+        self._probes = self._read_probes()
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
-        new: list[Probe] = []
-        while self.planned - len(results) < self.window:
-            if not self.ready:
-                if self.read_to == len(self.chosen):
-                    break
-                self.ready.extend(self._read_next())
-            new.append(self.ready.popleft())
-            self.planned += 1
+        room = self.window - (self.planned - len(results))
+        new = list(itertools.islice(self._probes, max(room, 0)))
+        self.planned += len(new)
         return new
 
-    def _read_next(self) -> list[Probe]:
-        start = self.read_to
-        step = self.chosen[start : start + READ_BATCH]
-        self.read_to += len(step)
-        self.chosen[start : self.read_to] = [None] * len(step)  # the probes hold them now
-        found = self._read([c.run_id for c in step if c.run_id and c.reference is None])
-        return [self._probe(c, c.reference or found.get(c.run_id or '')) for c in step]
+    def _read_probes(self) -> Iterator[Probe]:
+        for start in range(0, len(self.chosen), READ_BATCH):
+            step = self.chosen[start : start + READ_BATCH]
+            self.chosen[start : start + len(step)] = [None] * len(step)  # the probes hold them now
+            found = self._read([c.run_id for c in step if c.run_id and c.reference is None])
+            for c in step:
+                run = c.reference or found.get(c.run_id or '')
+                name = c.name if c.name is not None or run is None else run.info.run_name or ''
+                yield dataclasses.replace(c, name=name, reference=run)
 
     def _read(self, run_ids: Sequence[str]) -> dict[str, Run]:
-        if self.client is None or not run_ids:
+        if self.client is None or not run_ids or self.stopped:
             return {}
         try:
             if self.experiment_ids is None:
@@ -6896,15 +6893,9 @@ class BatchPlanner(Planner):
         except Exception:  # each reproduction reads its run, and says what fails
             return {}
 
-    @staticmethod
-    def _probe(c: Chosen, run: Run | None) -> Probe:
-        name = c.name if c.name is not None or run is None else run.info.run_name or ''
-        return dataclasses.replace(c, name=name, reference=run)
-
     def rest(self) -> list[Probe]:
-        rest = [*self.ready, *(self._probe(c, None) for c in self.chosen[self.read_to :])]
-        self.ready.clear()
-        self.read_to = len(self.chosen)
+        self.stopped = True
+        rest = list(self._probes)
         self.planned += len(rest)
         return rest
 
