@@ -6823,24 +6823,6 @@ def select_runs(
     return list(unique.values()), skipped
 
 
-def read_runs(
-    client: MlflowClient, experiment_ids: Sequence[str], run_ids: Sequence[str]
-) -> dict[str, Run]:
-    """The active runs among run_ids, in one search (`attributes.run_id IN`)."""
-    wanted = sorted({r for r in run_ids if _RUN_ID_RE.match(r)})
-    if not wanted or not experiment_ids:
-        return {}
-    listed = ', '.join(f"'{r}'" for r in wanted)
-    search = functools.partial(
-        client.search_runs,
-        experiment_ids,
-        f'attributes.run_id IN ({listed})',
-        max_results=SEARCH_PAGE,
-    )
-    found = itertools.chain.from_iterable(pages(lambda token: search(page_token=token)))
-    return {run.info.run_id: run for run in found}
-
-
 class BatchPlanner(Planner):
     """A batch plans its list in order, at most `window` probes ahead of the
     results; it reads the reference runs READ_BATCH at a time, each batch in
@@ -6884,12 +6866,23 @@ class BatchPlanner(Planner):
                 yield dataclasses.replace(c, name=name, reference=run)
 
     def _read(self, run_ids: Sequence[str]) -> dict[str, Run]:
-        if self.client is None or not run_ids or self.stopped:
+        """The active runs among run_ids, in one search (`attributes.run_id IN`)."""
+        wanted = sorted({r for r in run_ids if _RUN_ID_RE.match(r)})
+        client = self.client
+        if client is None or not wanted or self.stopped:
             return {}
+        listed = ', '.join(f"'{r}'" for r in wanted)
         try:
             if self.experiment_ids is None:
-                self.experiment_ids = all_experiment_ids(self.client)
-            return read_runs(self.client, self.experiment_ids, run_ids)
+                self.experiment_ids = all_experiment_ids(client)
+            search = functools.partial(
+                client.search_runs,
+                self.experiment_ids,
+                f'attributes.run_id IN ({listed})',
+                max_results=SEARCH_PAGE,
+            )
+            found = pages(lambda token: search(page_token=token))
+            return {run.info.run_id: run for run in itertools.chain.from_iterable(found)}
         except Exception:  # each reproduction reads its run, and says what fails
             return {}
 
