@@ -6453,14 +6453,12 @@ def _run_probe(
             exit_code=e.exit_code,
             reference_run_id=probe.run_id,
             message=str(e),
-            model=model,
             reference_run_name=name or None,
         )
     else:
-        report = reproduce_one(
-            _probe_session(session, probe), probe.run_id, index, parent, probe.reference
-        )
-        report = dataclasses.replace(report, model=model)
+        probed = _probe_session(session, probe)
+        report = reproduce_one(probed, probe.run_id, index, parent, probe.reference)
+    report = dataclasses.replace(report, model=model)
     progress.end(index, report)
     return report
 
@@ -6496,10 +6494,9 @@ def run_group(session: Session, planner: Planner) -> Group:
             progress.total = max(planner.total or 0, len(results))
             for lane in _lanes(list(enumerate(new, first)), jobs, session.options.dry_run):
                 running[pool.submit(run_lane, lane)] = lane
-            if not running and not new:
+            if not running:  # each probe planned is in it until it ends: all ended
                 break
-            if running:
-                wait_for_futures(session, list(running))
+            wait_for_futures(session, list(running))
     group = Group(
         tuple(r for r in results if r is not None),
         parents.group_run_id,
