@@ -6149,13 +6149,10 @@ def _reproduce(
     new_id = progress.run_id
     assert new_id is not None
     progress.output_tail = launch.output_tail
-    fields = dict(
-        progress.fields(),
-        rules=options.rules,
-        registrations=registrations_of(
-            client, new_id, scratch_registry(tmp_dir), options.keep_registrations
-        ),
+    registrations = registrations_of(
+        client, new_id, scratch_registry(tmp_dir), options.keep_registrations
     )
+    fields = dict(progress.fields(), rules=options.rules, registrations=registrations)
     if launch.environment is not None:  # a failed run's too: it may be why
         record_environment(client, new_id, launch.environment)
     if launch.returncode != 0:
