@@ -5678,12 +5678,6 @@ def check_command(plan: Plan, allow_unsafe: bool) -> None:
     warn(f'{why}: running it because of --allow-unsafe-command')
 
 
-def _recorded_env_manager(tags: Mapping[str, str]) -> str:
-    """MLflow records no tag for local; docker projects ignore the manager."""
-    recorded = tags.get(TAG_PROJECT_ENV)
-    return recorded if recorded in ENV_MANAGERS else 'local'
-
-
 def judge_runs(
     client: MlflowClient,
     rules: Rules,
@@ -5697,17 +5691,11 @@ def judge_runs(
     for pattern in rules.unmatched(sorted({*reference.data.metrics, *other.data.metrics})):
         warn(f'{pattern!r} matches no metric of either run')
     try:
-        reference_histories, other_histories = read_histories(
-            client,
-            (reference, other),
-            last_only,
-        )
+        reference_histories, other_histories = read_histories(client, (reference, other), last_only)
     except MlflowException as e:
         raise _mlflow_error('cannot read the metric histories', e) from None
     params = compare_params(
-        _unquoted(reference.data.params),
-        _unquoted(other.data.params),
-        param_keys,
+        _unquoted(reference.data.params), _unquoted(other.data.params), param_keys
     )
     verdict = judge(reference_histories, other_histories, rules, params)
     return verdict, (reference_histories, other_histories)
@@ -5762,12 +5750,14 @@ def make_plan(
     spec, declared = load_entry_point(project_dir, entry_point, source.version)
     params = select_params(tuple(spec.parameters) if declared else None, reference.data.params)
     refuse_nul_bytes(params.passed, reference.info.run_id)
+    # MLflow records no env manager tag for local; docker projects ignore the manager.
+    recorded = tags.get(TAG_PROJECT_ENV)
     return Plan(
         reference=reference,
         source=source,
         project_dir=project_dir,
         entry_point=entry_point,
-        env_manager=options.env_manager or _recorded_env_manager(tags),
+        env_manager=options.env_manager or (recorded if recorded in ENV_MANAGERS else 'local'),
         experiment_name=options.experiment_name or 'Default',
         params=params,
         logged_params=params_to_log(spec, params),
@@ -5782,12 +5772,25 @@ class _Progress:
     """What a reproduction has learnt so far: the report of one that stops
     halfway still names its reproduced run."""
 
+    reference_run_id: str  # as given
     reference: Run | None = None
     plan: Plan | None = None
-    run_id: str | None = None
+    run_id: str | None = None  # the reproduced run's
     output_tail: tuple[str, ...] = ()
     log_path: str | None = None
     histories: tuple[dict[str, list[Point]], dict[str, list[Point]]] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """What a report says of it, however the reproduction ends."""
+        info = self.reference.info if self.reference else None
+        return dict(
+            reference_run_id=self.reference_run_id,
+            reproduced_run_id=self.run_id,
+            plan=self.plan,
+            output_tail=self.output_tail,
+            reference_run_name=info.run_name if info else None,
+            reference_status=info.status if info else None,
+        )
 
 
 def reproduce_one(
@@ -5801,28 +5804,24 @@ def reproduce_one(
     is a report, recorded on the reproduced run whenever that run exists.
     `reference`: the run as a batch already read it (else it is read here)."""
     started = time.monotonic()
-    progress = _Progress(reference)
+    progress = _Progress(run_id, reference)
     # A batch's dry run writes nothing of its own: its plans read the shared sources.
     shared = session.batch and session.options.dry_run
     tmp_dir = session.tmp_root if shared else tempfile.mkdtemp(prefix='run-', dir=session.tmp_root)
     try:
-        report = _reproduce(session, run_id, index, parent_run_id, tmp_dir, progress)
+        report = _reproduce(session, index, parent_run_id, tmp_dir, progress)
     except Stopped as e:
-        report = _unfinished(progress, run_id, e.status, f'{e.status} by a signal')
+        report = _unfinished(progress, e.status, f'{e.status} by a signal')
     except ReproduceError as e:
         status = session.stop.status if session.stop.event.is_set() else 'error'
-        report = _unfinished(progress, run_id, status, str(e), e.exit_code)
+        report = _unfinished(progress, status, str(e), e.exit_code)
     except Exception as e:  # a failure we did not foresee: still one line
         if session.options.verbose:
             import traceback
 
             traceback.print_exc()
-        report = _unfinished(
-            progress,
-            run_id,
-            'error',
-            unexpected_failure(type(e).__name__, str(e)),
-        )
+        message = unexpected_failure(type(e).__name__, str(e))
+        report = _unfinished(progress, 'error', message)
     report = dataclasses.replace(
         report, seconds=time.monotonic() - started, histories=progress.histories
     )
@@ -5839,34 +5838,16 @@ def reproduce_one(
     return report
 
 
-def _unfinished(
-    progress: _Progress, run_id: str, status: str, message: str, code: int | None = None
-) -> Report:
+def _unfinished(progress: _Progress, status: str, message: str, code: int | None = None) -> Report:
     """The report of a reproduction that ended before its verdict."""
     code = code if code is not None and status == 'error' else STATUS_EXIT_CODES[status]
-    reference = progress.reference
-    return Report(
-        status=status,
-        exit_code=code,
-        reference_run_id=run_id,
-        reproduced_run_id=progress.run_id,
-        plan=progress.plan,
-        message=mask_credentials(message),
-        output_tail=progress.output_tail,
-        reference_run_name=reference.info.run_name if reference else None,
-        reference_status=reference.info.status if reference else None,
-    )
+    return Report(status, code, message=mask_credentials(message), **progress.fields())
 
 
 def _reproduce(
-    session: Session,
-    run_id: str,
-    index: int,
-    parent_run_id: str | None,
-    tmp_dir: str,
-    progress: _Progress,
+    session: Session, index: int, parent_run_id: str | None, tmp_dir: str, progress: _Progress
 ) -> Report:
-    options, client = session.options, session.client
+    options, client, run_id = session.options, session.client, progress.reference_run_id
     reference = progress.reference = read_reference(
         client, run_id, session.tracking_uri, progress.reference
     )
@@ -5887,14 +5868,10 @@ def _reproduce(
     validate_backend_project(plan)
     check_env_manager(plan)
     warn_about_reference_backend(plan)
-    fields = dict(
-        reference_run_id=run_id,
-        plan=plan,
-        rules=options.rules,
-        reference_run_name=reference.info.run_name,
-    )
     if options.dry_run:
-        return Report(status='planned', exit_code=EXIT_EQUAL, **fields)
+        return Report(
+            status='planned', exit_code=EXIT_EQUAL, rules=options.rules, **progress.fields()
+        )
     session.stop.check()
     echo = options.verbose or not (session.batch or options.quiet)
     prefix = f'[{run_id[:8]}] ' if session.batch else ''
@@ -5918,31 +5895,23 @@ def _reproduce(
     registrations = registrations_of(
         client, new_id, scratch_registry(tmp_dir), options.keep_registrations
     )
-    fields.update(
-        reproduced_run_id=new_id, output_tail=launch.output_tail, registrations=registrations
-    )
+    fields = dict(progress.fields(), rules=options.rules, registrations=registrations)
     if launch.environment is not None:  # a failed run's too: it may be why
         record_environment(client, new_id, launch.environment)
-    lost = f'; {launch.output_lost}' if launch.output_lost else ''
     if launch.returncode != 0:
         last = project_error_line(launch.output_tail)
         return Report(
             status='failed',
             exit_code=EXIT_RUN_FAILED,
             **fields,
-            message=f'the reproduced run {new_id} failed (exit status '
-            f'{launch.returncode})'
+            message=f'the reproduced run {new_id} failed (exit status {launch.returncode})'
             + (f'; its last error: {last}' if last else '')
             + experiment_mismatch_hint(plan, launch.output_tail)
-            + lost,
+            + (f'; {launch.output_lost}' if launch.output_lost else ''),
         )
     if launch.output_lost:  # the tool's own failure, not the project's
-        return Report(
-            status='error',
-            exit_code=EXIT_CANNOT_START,
-            **fields,
-            message=f'the reproduced run {new_id} ran to its end, but {launch.output_lost}',
-        )
+        message = f'the reproduced run {new_id} ran to its end, but {launch.output_lost}'
+        return Report(status='error', exit_code=EXIT_CANNOT_START, **fields, message=message)
     reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id, plan)
     differences = differences_between(
         client,
@@ -5959,10 +5928,7 @@ def _reproduce(
 
 
 def judge_reproduction(
-    session: Session,
-    reference: Run,
-    run_id: str,
-    plan: Plan,
+    session: Session, reference: Run, run_id: str, plan: Plan
 ) -> tuple[Run, Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
     """Read the finished run back and judge it; a failure here is not the
     project's: say that the run ran and its metrics could not be read."""
@@ -6001,21 +5967,17 @@ def experiment_mismatch_hint(plan: Plan, tail: Sequence[str]) -> str:
 
 def project_error_line(tail: Sequence[str]) -> str:
     """The project's own last error: the exception line that ends a Python
-    traceback when there is one, else its last line of output."""
-    lines = project_output(tail)
-    errors = [line for line in lines if _EXCEPTION_LINE_RE.match(line)]
-    return errors[-1] if errors else (lines[-1] if lines else '')
-
-
-def project_output(tail: Sequence[str]) -> list[str]:
-    """The project's own lines, without MLflow's log lines and chatter."""
-    return [
+    traceback when there is one, else its last line of output (MLflow's log
+    lines and chatter are not the project's)."""
+    lines = [
         line
         for line in tail
         if line.strip()
         and not _MLFLOW_LOG_LINE_RE.match(line)
         and not _MLFLOW_CHATTER_RE.match(line)
     ]
+    errors = [line for line in lines if _EXCEPTION_LINE_RE.match(line)]
+    return errors[-1] if errors else (lines[-1] if lines else '')
 
 
 # ---------------------------------------------------------------------------
@@ -6039,7 +6001,7 @@ class Probe:
     environ: tuple[tuple[str, str | None], ...] = ()  # set (None: unset) for the project
     nested: bool = False  # under a parent run of its reference, below the group's
     parent_run_id: str | None = None  # under this existing run instead of the group's
-    # the reference run as the planner read it (else its reproduction reads it);
+    # the reference run as read before (else its reproduction reads it);
     # dropped when the probe ends, so that a big group does not keep every run
     reference: Run | None = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -6131,7 +6093,11 @@ class _GroupProgress:
 
     def end(self, index: int, report: Report) -> None:
         if not self.quiet:
-            self._print(f'[{index + 1}/{self.total}] {_progress_end(report)}')
+            new = f' -> {report.reproduced_run_id}' if report.reproduced_run_id else ''
+            why = f': {report.message}' if report.status == 'error' and report.message else ''
+            ref = _named(report.reference_run_id, report.reference_run_name)
+            ended = f'{report.status} in {report.seconds:.0f} s{new}{why}'
+            self._print(f'[{index + 1}/{self.total}] {ref} {ended}')
         elif report.status in ('failed', 'error'):
             message = report.message or report.status
             self._print(f'{program_name()}: {report.status}: {report.reference_run_id}: {message}')
@@ -6139,13 +6105,6 @@ class _GroupProgress:
 
 def _named(run_id: str, name: str | None) -> str:
     return f'{run_id} ({shown(name)})' if name else run_id
-
-
-def _progress_end(report: Report) -> str:
-    new = f' -> {report.reproduced_run_id}' if report.reproduced_run_id else ''
-    why = f': {report.message}' if report.status == 'error' and report.message else ''
-    ref = _named(report.reference_run_id, report.reference_run_name)
-    return f'{ref} {report.status} in {report.seconds:.0f} s{new}{why}'
 
 
 def _reference_name(session: Session, probe: Probe) -> str:
@@ -6175,10 +6134,10 @@ class _Parents:
         return self.own or next(iter(self.nested.values()), None)
 
     def parent_for(self, probe: Probe) -> str | None:
-        if probe.parent_run_id and not self._dry:
-            return probe.parent_run_id
-        if self._dry or not probe.nested or probe.run_id is None:
-            return None if self._dry else self.own
+        if self._dry:
+            return None
+        if probe.parent_run_id or not probe.nested or probe.run_id is None:
+            return probe.parent_run_id or self.own
         with self._lock:
             if probe.run_id not in self.nested:
                 self.nested[probe.run_id] = self.planner.create_nested_parent(
@@ -6196,9 +6155,7 @@ def _probe_session(session: Session, probe: Probe) -> Session:
         options = dataclasses.replace(options, version=probe.version, version_by=probe.version_by)
     environ = {**session.user_environ, **dict(probe.environ)}
     return dataclasses.replace(
-        session,
-        options=options,
-        user_environ={k: v for k, v in environ.items() if v is not None},
+        session, options=options, user_environ={k: v for k, v in environ.items() if v is not None}
     )
 
 
@@ -6236,14 +6193,12 @@ def _run_probe(
             exit_code=e.exit_code,
             reference_run_id=probe.run_id,
             message=str(e),
-            model=model,
             reference_run_name=name or None,
         )
     else:
-        report = reproduce_one(
-            _probe_session(session, probe), probe.run_id, index, parent, probe.reference
-        )
-        report = dataclasses.replace(report, model=model)
+        probed = _probe_session(session, probe)
+        report = reproduce_one(probed, probe.run_id, index, parent, probe.reference)
+    report = dataclasses.replace(report, model=model)
     progress.end(index, report)
     return report
 
@@ -6260,6 +6215,10 @@ def run_group(session: Session, planner: Planner) -> Group:
     done: list[Result] = []  # in the order they ended
     running: dict[Any, list[tuple[int, Probe]]] = {}
     jobs = jobs_the_store_takes(session)
+
+    def run_lane(lane: list[tuple[int, Probe]]) -> list[Report]:
+        return [_run_probe(session, parents, progress, index, probe) for index, probe in lane]
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while True:
             for future in [f for f in running if f.done()]:
@@ -6274,11 +6233,10 @@ def run_group(session: Session, planner: Planner) -> Group:
             results += [None] * len(new)
             progress.total = max(planner.total or 0, len(results))
             for lane in _lanes(list(enumerate(new, first)), jobs, session.options.dry_run):
-                running[pool.submit(_run_lane, session, parents, progress, lane)] = lane
-            if not running and not new:
+                running[pool.submit(run_lane, lane)] = lane
+            if not running:  # each probe planned is in it until it ends: all ended
                 break
-            if running:
-                wait_for_futures(session, list(running), any_done=True)
+            wait_for_futures(session, list(running))
     group = Group(
         tuple(r for r in results if r is not None),
         parents.group_run_id,
@@ -6311,12 +6269,6 @@ def _lanes(
     return [lane for lane in (probes[k::jobs] for k in range(jobs)) if lane]
 
 
-def _run_lane(
-    session: Session, parents: _Parents, progress: _GroupProgress, lane: list[tuple[int, Probe]]
-) -> list[Report]:
-    return [_run_probe(session, parents, progress, index, probe) for index, probe in lane]
-
-
 def jobs_the_store_takes(session: Session) -> int:
     """--jobs, but at most SQLITE_JOBS on an sqlite store: more writers at
     once exhaust MLflow's connection pool and fail reproductions.  Said once."""
@@ -6330,18 +6282,13 @@ def jobs_the_store_takes(session: Session) -> int:
     return jobs
 
 
-def wait_for_futures(session: Session, futures: Sequence[Any], any_done: bool = False) -> None:
-    """Wait in the main thread, where signals arrive, for all the futures
-    (or, any_done, for the first); after a signal, end the helper processes
-    (git, pip) at once: each reproduction ends its own project and closes
-    its run."""
-    from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, wait
+def wait_for_futures(session: Session, futures: Sequence[Any]) -> None:
+    """Wait in the main thread, where signals arrive, for the first of the
+    futures to end; after a signal, end the helper processes (git, pip) at
+    once: each reproduction ends its own project and closes its run."""
+    from concurrent.futures import FIRST_COMPLETED, wait
 
-    when = FIRST_COMPLETED if any_done else ALL_COMPLETED
-    while True:
-        done, not_done = wait(futures, timeout=0.2, return_when=when)
-        if done if any_done else not not_done:
-            return
+    while not wait(futures, timeout=0.2, return_when=FIRST_COMPLETED).done:
         # Every time, not once: a step that fails by the signal may start
         # another (git's fallback fetch), which would wait on a silent remote.
         if session.stop.event.is_set():
@@ -6442,15 +6389,9 @@ class Selection:
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class Chosen:
-    """A reference run to reproduce, or an explicitly named one that cannot be."""
-
-    run_id: str | None
-    label: str = ''  # e.g. 'models:/churn@champion (version 3)'
-    error: str | None = None  # set for a named run or model that could not be resolved
-    name: str | None = None  # the run's name, when the search read it
-    reference: Run | None = None  # a dry run's: the run as the search read it, to plan from
+# A reference run to reproduce, or an explicitly named one that cannot be
+# (`error`): a selection chooses the probes that a batch plans.
+Chosen = Probe
 
 
 def read_runs_file(path: str) -> list[str]:
@@ -6526,10 +6467,7 @@ def skip_reason(run: Run, uri_given: bool) -> str | None:
 
 
 def search_runs(
-    client: MlflowClient,
-    selection: Selection,
-    uri_given: bool,
-    plan_only: bool = False,
+    client: MlflowClient, selection: Selection, uri_given: bool, plan_only: bool = False
 ) -> tuple[list[Chosen], list[dict[str, str]]]:
     """Runs of --from-experiment matching --filter and --since, in search
     order, at most --max-runs after skipping; then --sample of them.
@@ -6569,14 +6507,10 @@ def search_runs(
     if selection.sample is not None and selection.sample < len(chosen):
         import random
 
-        keep = set(
-            random.Random(selection.sample_seed).sample(range(len(chosen)), selection.sample)
-        )
-        skipped += [
-            {'run_id': c.run_id or '', 'reason': 'not in the --sample'}
-            for i, c in enumerate(chosen)
-            if i not in keep
-        ]
+        rng = random.Random(selection.sample_seed)
+        keep = set(rng.sample(range(len(chosen)), selection.sample))
+        left = [c for i, c in enumerate(chosen) if i not in keep]
+        skipped += [{'run_id': c.run_id or '', 'reason': 'not in the --sample'} for c in left]
         chosen = [c for i, c in enumerate(chosen) if i in keep]
     return chosen, skipped
 
@@ -6590,14 +6524,6 @@ def without_metrics(run: Run) -> Run:
     data = run.data
     params = [Param(k, v) for k, v in data.params.items()]
     return Run(run.info, RunData(params=params, tags=[RunTag(k, v) for k, v in data.tags.items()]))
-
-
-def resolve_named(client: MlflowClient, run_id: str, tracking_uri: str) -> Chosen:
-    """A run named by ID or ID prefix; one that cannot be resolved fails alone."""
-    try:
-        return Chosen(resolve_run_id(client, run_id, tracking_uri))
-    except ReproduceError as e:
-        return Chosen(None, run_id, str(e))
 
 
 def select_runs(
@@ -6617,37 +6543,21 @@ def select_runs(
     named = list(selection.run_ids)
     if selection.runs_file:
         named += read_runs_file(selection.runs_file)
-    chosen = [resolve_named(client, run_id, tracking_uri) for run_id in named]
+    chosen = []
+    for run_id in named:  # by ID or ID prefix
+        try:
+            chosen.append(Chosen(resolve_run_id(client, run_id, tracking_uri)))
+        except ReproduceError as e:  # it fails alone
+            chosen.append(Chosen(None, run_id, str(e)))
     chosen += [resolve_model(client, uri) for uri in selection.models]
     skipped: list[dict[str, str]] = []
     if selection.experiments:
         found, skipped = search_runs(client, selection, uri_given, plan_only)
         chosen += found
-    seen: set[str] = set()
-    unique = []
-    for c in chosen:
-        if c.run_id is None or c.run_id not in seen:
-            unique.append(c)
-            seen.add(c.run_id or '')
-    return unique, skipped
-
-
-def read_runs(
-    client: MlflowClient, experiment_ids: Sequence[str], run_ids: Sequence[str]
-) -> dict[str, Run]:
-    """The active runs among run_ids, in one search (`attributes.run_id IN`)."""
-    wanted = sorted({r for r in run_ids if _RUN_ID_RE.match(r)})
-    if not wanted or not experiment_ids:
-        return {}
-    listed = ', '.join(f"'{r}'" for r in wanted)
-    search = functools.partial(
-        client.search_runs,
-        experiment_ids,
-        f'attributes.run_id IN ({listed})',
-        max_results=SEARCH_PAGE,
-    )
-    found = itertools.chain.from_iterable(pages(lambda token: search(page_token=token)))
-    return {run.info.run_id: run for run in found}
+    unique: dict[object, Chosen] = {}
+    for c in chosen:  # each run once, where first chosen; each unresolved one
+        unique.setdefault(c.run_id or id(c), c)
+    return list(unique.values()), skipped
 
 
 class BatchPlanner(Planner):
@@ -6671,49 +6581,51 @@ class BatchPlanner(Planner):
         self.skipped = tuple(skipped)
         self.client, self.window = client, window
         self.total = len(self.chosen)
-        self.read_to = 0  # chosen[:read_to] are read, and planned but for `ready`
-        self.ready: collections.deque[Probe] = collections.deque()
         self.planned = 0
+        self.stopped = False  # after a signal: the probes left are not read
         self.experiment_ids: list[str] | None = None
+        self._probes = self._read_probes()
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
-        new: list[Probe] = []
-        while self.planned - len(results) < self.window:
-            if not self.ready:
-                if self.read_to == len(self.chosen):
-                    break
-                self.ready.extend(self._read_next())
-            new.append(self.ready.popleft())
-            self.planned += 1
+        room = self.window - (self.planned - len(results))
+        new = list(itertools.islice(self._probes, max(room, 0)))
+        self.planned += len(new)
         return new
 
-    def _read_next(self) -> list[Probe]:
-        start = self.read_to
-        step = self.chosen[start : start + READ_BATCH]
-        self.read_to += len(step)
-        self.chosen[start : self.read_to] = [None] * len(step)  # the probes hold them now
-        found = self._read([c.run_id for c in step if c.run_id and c.reference is None])
-        return [self._probe(c, c.reference or found.get(c.run_id or '')) for c in step]
+    def _read_probes(self) -> Iterator[Probe]:
+        for start in range(0, len(self.chosen), READ_BATCH):
+            step = self.chosen[start : start + READ_BATCH]
+            self.chosen[start : start + len(step)] = [None] * len(step)  # the probes hold them now
+            found = self._read([c.run_id for c in step if c.run_id and c.reference is None])
+            for c in step:
+                run = c.reference or found.get(c.run_id or '')
+                name = c.name if c.name is not None or run is None else run.info.run_name or ''
+                yield dataclasses.replace(c, name=name, reference=run)
 
     def _read(self, run_ids: Sequence[str]) -> dict[str, Run]:
-        if self.client is None or not run_ids:
+        """The active runs among run_ids, in one search (`attributes.run_id IN`)."""
+        wanted = sorted({r for r in run_ids if _RUN_ID_RE.match(r)})
+        client = self.client
+        if client is None or not wanted or self.stopped:
             return {}
+        listed = ', '.join(f"'{r}'" for r in wanted)
         try:
             if self.experiment_ids is None:
-                self.experiment_ids = all_experiment_ids(self.client)
-            return read_runs(self.client, self.experiment_ids, run_ids)
+                self.experiment_ids = all_experiment_ids(client)
+            search = functools.partial(
+                client.search_runs,
+                self.experiment_ids,
+                f'attributes.run_id IN ({listed})',
+                max_results=SEARCH_PAGE,
+            )
+            found = pages(lambda token: search(page_token=token))
+            return {run.info.run_id: run for run in itertools.chain.from_iterable(found)}
         except Exception:  # each reproduction reads its run, and says what fails
             return {}
 
-    @staticmethod
-    def _probe(c: Chosen, run: Run | None) -> Probe:
-        name = c.name if c.name is not None or run is None else run.info.run_name or ''
-        return Probe(c.run_id, c.label, c.error, name=name, reference=run)
-
     def rest(self) -> list[Probe]:
-        rest = [*self.ready, *(self._probe(c, None) for c in self.chosen[self.read_to :])]
-        self.ready.clear()
-        self.read_to = len(self.chosen)
+        self.stopped = True
+        rest = list(self._probes)
         self.planned += len(rest)
         return rest
 
@@ -6740,9 +6652,7 @@ class BatchPlanner(Planner):
         )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
-        if not group.parent_run_id:
-            return []
-        return [batch_record(report, group.parent_run_id)]
+        return [batch_record(report, group.parent_run_id)] if group.parent_run_id else []
 
 
 def create_batch_run(session: Session) -> str:
