@@ -4953,28 +4953,32 @@ def _note(m: MetricVerdict) -> str:
     return 'differs'
 
 
-def _metric_rows(verdict: Verdict) -> tuple[list[str], list[list[Any]]]:
+Rows = tuple[list[str], list[list[Any]]]  # a table: its headers, then its rows of cells
+
+
+def _with_notes(headers: list[str], rows: list[list[Any]]) -> Rows:
+    """The table, less its last column (the Note) when no row has a note."""
+    if any(row[-1] for row in rows):
+        return headers, rows
+    return headers[:-1], [row[:-1] for row in rows]
+
+
+def _metric_rows(verdict: Verdict) -> Rows:
     rows = [
         [m.key, m.reference, m.reproduced, value_diff(m.reproduced, m.reference), _note(m)]
         for m in verdict.metrics
     ]
-    headers = ['Metric', 'Run1', 'Run2', 'Diff', 'Note']
-    if not any(row[-1] for row in rows):
-        return headers[:-1], [row[:-1] for row in rows]
-    return headers, rows
+    return _with_notes(['Metric', 'Run1', 'Run2', 'Diff', 'Note'], rows)
 
 
-def _param_rows(verdict: Verdict) -> tuple[list[str], list[list[Any]]]:
+def _param_rows(verdict: Verdict) -> Rows:
     rows = [
         [p.key, p.reference, p.reproduced, '' if p.equal else 'differs'] for p in verdict.params
     ]
-    headers = ['Param', 'Run1', 'Run2', 'Note']
-    if not any(row[-1] for row in rows):
-        return headers[:-1], [row[:-1] for row in rows]
-    return headers, rows
+    return _with_notes(['Param', 'Run1', 'Run2', 'Note'], rows)
 
 
-def _table(rows: tuple[list[str], list[list[Any]]], tablefmt: str) -> str:
+def _table(rows: Rows, tablefmt: str) -> str:
     from tabulate import tabulate
 
     headers, body = rows
@@ -5123,10 +5127,7 @@ def format_text(report: Report, verbose: bool = False) -> str:
     return '\n'.join(lines)
 
 
-def _shortened(
-    rows: tuple[list[str], list[list[Any]]],
-    max_rows: int,
-) -> tuple[tuple[list[str], list[list[Any]]], int]:
+def _shortened(rows: Rows, max_rows: int) -> tuple[Rows, int]:
     """At most max_rows rows, those that differ first (kept in key order),
     long cells cut; and how many rows were left out."""
     headers, body = rows
@@ -5142,11 +5143,7 @@ def _shortened(
     return (headers, short), len(body) - len(short)
 
 
-def _markdown_table(
-    rows: tuple[list[str], list[list[Any]]],
-    what: str,
-    max_rows: int | None,
-) -> list[str]:
+def _markdown_table(rows: Rows, what: str, max_rows: int | None) -> list[str]:
     if max_rows is None:
         return ['', _table(rows, 'github')]
     rows, left_out = _shortened(rows, max_rows)
@@ -5240,7 +5237,7 @@ def _differing(report: Report) -> str:
     return ', '.join(keys[:3]) + (f' +{len(keys) - 3}' if len(keys) > 3 else '')
 
 
-def _summary_rows(batch: BatchReport) -> tuple[list[str], list[list[Any]]]:
+def _summary_rows(batch: BatchReport) -> Rows:
     headers = [
         'Reference run',
         'Run name',
@@ -5493,9 +5490,7 @@ def _diagnosis_note(d: MetricDiagnosis) -> str:
     return ''
 
 
-def diagnosis_rows(
-    diagnoses: Sequence[MetricDiagnosis],
-) -> tuple[list[str], list[list[Any]]]:
+def diagnosis_rows(diagnoses: Sequence[MetricDiagnosis]) -> Rows:
     rows = [
         [
             d.key,
@@ -5510,9 +5505,7 @@ def diagnosis_rows(
         for d in diagnoses
     ]
     headers = ['Metric', 'Run1', 'min', 'max', 'stdev', 'class', 'suggested rtol', 'Note']
-    if not any(row[-1] for row in rows):
-        return headers[:-1], [row[:-1] for row in rows]
-    return headers, rows
+    return _with_notes(headers, rows)
 
 
 def diagnosis_lines(diagnoses: Sequence[MetricDiagnosis], tablefmt: str) -> list[str]:
