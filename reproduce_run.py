@@ -5228,12 +5228,15 @@ def describe(report: Report, reference_link: str, limit: int = TAG_VALUE_LIMIT) 
     return _truncated(head, limit - len(last) - 1) + '\n' + last
 
 
+def _differing_keys(report: Report) -> list[str]:
+    metrics = report.verdict.metrics if report.verdict else ()
+    return [m.key for m in metrics if not (m.equal or m.ignored)]
+
+
 def _differing(report: Report) -> str:
     """The metrics (and params) that differ, for the summary table."""
-    if not report.verdict:
-        return ''
-    keys = [m.key for m in report.verdict.metrics if not m.equal and not m.ignored]
-    keys += [f'param {p.key}' for p in report.verdict.params if not p.equal]
+    params = report.verdict.params if report.verdict else ()
+    keys = _differing_keys(report) + [f'param {p.key}' for p in params if not p.equal]
     return ', '.join(keys[:3]) + (f' +{len(keys) - 3}' if len(keys) > 3 else '')
 
 
@@ -5714,29 +5717,23 @@ def differing_message(report: Report) -> str:
 
 
 def report_case(report: Report) -> Case:
-    return dataclasses.replace(_report_case(report), classname=destination(report))
-
-
-def _report_case(report: Report) -> Case:
-    name, seconds = case_name(report), report.seconds
+    case = functools.partial(Case, case_name(report), report.seconds, classname=destination(report))
     if report.status in ('equal', 'planned'):
-        return Case(name, seconds, 'passed')
+        return case('passed')
     if report.status == 'differ':
-        return Case(name, seconds, 'failure', differing_message(report), format_text(report))
+        return case('failure', differing_message(report), format_text(report))
     message = report.message or report.status
     if report.status in SIGNAL_STATUSES:
         message = f'{report.status}: {report.message or "stopped while running"}'
-    return Case(name, seconds, 'error', message, '\n'.join(report.output_tail))
+    return case('error', message, '\n'.join(report.output_tail))
 
 
 def repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
     """A reference run's repetitions as one testcase, with their classification."""
-    case = _repeat_case(reports, repeat)
-    return dataclasses.replace(case, classname=next(filter(None, map(destination, reports)), None))
-
-
-def _repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
-    name, seconds = case_name(reports[0]), sum(r.seconds for r in reports)
+    where = next(filter(None, map(destination, reports)), None)
+    case = functools.partial(
+        Case, case_name(reports[0]), sum(r.seconds for r in reports), classname=where
+    )
     classification = classify_run(repeat.diagnoses) if repeat else FAILED_CLASS
     table = '\n'.join(diagnosis_lines(repeat.diagnoses, 'psql')) if repeat else ''
     unfinished = [r for r in reports if r.status not in JUDGED_STATUSES]
@@ -5746,17 +5743,12 @@ def _repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
             f'{classification}: {len(unfinished)} of {len(reports)} repetitions did not '
             f'finish; {first.status}: {first.message or "stopped while running"}'
         )
-        return Case(name, seconds, 'error', message, table or '\n'.join(first.output_tail))
+        return case('error', message, table or '\n'.join(first.output_tail))
     if classification == REPRODUCIBLE:
-        return Case(name, seconds, 'passed', text=f'classification: {classification}\n{table}')
+        return case('passed', text=f'classification: {classification}\n{table}')
     differing = sorted({m for r in reports if r.status == 'differ' for m in _differing_keys(r)})
     message = f'{classification}: {", ".join(differing) or "the repetitions differ"}'
-    return Case(name, seconds, 'failure', message, table)
-
-
-def _differing_keys(report: Report) -> list[str]:
-    metrics = report.verdict.metrics if report.verdict else ()
-    return [m.key for m in metrics if not (m.equal or m.ignored)]
+    return case('failure', message, table)
 
 
 def batch_cases(batch: BatchReport) -> list[Case]:
