@@ -4899,7 +4899,12 @@ def report_json(report: Report) -> dict[str, Any]:
                 'arguments_from': plan.script.arguments_from,
             },
         },
-        'backend': plan and backend_json(plan),
+        'backend': plan
+        and {
+            'name': plan.backend.name,
+            'config': mask_config(plan.backend.config),
+            'reference_backend': plan.reference_backend,
+        },
         'params': {
             'passed': plan.params.passed if plan else None,
             'not_passed': plan.params.not_passed if plan else None,
@@ -5040,14 +5045,6 @@ def _backend_text(plan: Plan) -> str:
     return text
 
 
-def backend_json(plan: Plan) -> dict[str, Any]:
-    return {
-        'name': plan.backend.name,
-        'config': mask_config(plan.backend.config),
-        'reference_backend': plan.reference_backend,
-    }
-
-
 def _not_passed_lines(plan: Plan, verbose: bool) -> list[str]:
     not_passed = plan.params.not_passed
     if not not_passed:
@@ -5078,24 +5075,21 @@ def _not_passed_reason(plan: Plan) -> str:
     return "not in the script's arguments" if plan.script else 'not declared by the entry point'
 
 
-def _dry_run_params(plan: Plan) -> list[str]:
-    if plan.script and plan.script.arguments_from == HELP_AT_RUN_TIME:
-        params = {**plan.params.passed, **plan.params.not_passed}
-        return [
-            f"Params to pass: those of the script's --help, at run time, among {_listed(params)}"
-        ]
-    return [
-        f'Params to pass: {_listed(plan.params.passed)}',
-        f'Params not passed ({_not_passed_reason(plan)}): {_listed(plan.params.not_passed)}',
-    ]
+DRY_RUN_LINE = 'Dry run: nothing was run and no run was created.'
 
 
 def _dry_run_lines(plan: Plan) -> list[str]:
-    return [
-        *_dry_run_params(plan),
-        f'Experiment:     {shown(plan.experiment_name)}',
-        'Dry run: nothing was run and no run was created.',
-    ]
+    if plan.script and plan.script.arguments_from == HELP_AT_RUN_TIME:
+        params = {**plan.params.passed, **plan.params.not_passed}
+        lines = [
+            f"Params to pass: those of the script's --help, at run time, among {_listed(params)}"
+        ]
+    else:
+        lines = [
+            f'Params to pass: {_listed(plan.params.passed)}',
+            f'Params not passed ({_not_passed_reason(plan)}): {_listed(plan.params.not_passed)}',
+        ]
+    return [*lines, f'Experiment:     {shown(plan.experiment_name)}', DRY_RUN_LINE]
 
 
 def _unusual_status(report: Report) -> str | None:
@@ -5320,7 +5314,7 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
     if batch.batch_run_id:
         lines.append(f'Parent run:     {batch.batch_run_id}')
     if batch.dry_run:
-        lines.append('Dry run: nothing was run and no run was created.')
+        lines.append(DRY_RUN_LINE)
     else:
         lines.append(_summary_counts(batch))
     lines += _summary_table(batch, 'psql')
