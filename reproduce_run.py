@@ -5002,19 +5002,17 @@ def _plan_lines(plan: Plan, show_backend: bool = False) -> list[str]:
     if plan.script is None:
         lines.append(f'Entry point:    {plan.entry_point} (env manager: {plan.env_manager})')
     else:
-        lines += [f'Entry point:    {_script_entry_point(plan.script)}', _script_line(plan)]
+        lines += [f'Entry point:    {_entry_point_text(plan)}', _script_line(plan)]
     if show_backend or _backend_noteworthy(plan):
         lines.append(f'Backend:        {_backend_text(plan)}')
     return lines
 
 
-def _script_entry_point(script: Script) -> str:
-    """'src/train.py (script run) --alpha 0.3 --epochs 5', masked."""
-    return mask_credentials(shlex.join([script.path]) + ' (script run) ' + shlex.join(script.argv))
-
-
 def _entry_point_text(plan: Plan) -> str:
-    return plan.entry_point if plan.script is None else _script_entry_point(plan.script)
+    """A script run's: 'src/train.py (script run) --alpha 0.3 --epochs 5', masked."""
+    if (script := plan.script) is None:
+        return plan.entry_point
+    return mask_credentials(shlex.join([script.path]) + ' (script run) ' + shlex.join(script.argv))
 
 
 def _script_line(plan: Plan) -> str:
