@@ -5232,7 +5232,9 @@ def _differing(report: Report) -> str:
     return ', '.join(keys[:3]) + (f' +{len(keys) - 3}' if len(keys) > 3 else '')
 
 
-def _summary_rows(batch: BatchReport) -> Rows:
+def _summary_table(batch: BatchReport, tablefmt: str) -> list[str]:
+    """The runs that did not come back equal (--repeat's: every repetition),
+    then how many that leaves out."""
     headers = [
         'Reference run',
         'Run name',
@@ -5253,25 +5255,12 @@ def _summary_rows(batch: BatchReport) -> Rows:
         for r in batch.reports
         if r.status != 'equal' or batch.repeats
     ]
-    return headers, rows
-
-
-def unlisted_line(batch: BatchReport) -> str | None:
-    """A batch's table lists the runs that did not come back equal (--repeat's
-    lists every repetition); this says how many it leaves out."""
-    n = 0 if batch.repeats else batch.count('equal')
-    listed = f'Not listed: {counted(n, "run")} that came back equal (--output json lists every run)'
-    return listed if n else None
-
-
-def _summary_table(batch: BatchReport, tablefmt: str) -> list[str]:
-    rows = _summary_rows(batch)
-    lines = [_table(rows, tablefmt)] if rows[1] else []
-    unlisted = unlisted_line(batch)
-    if not unlisted:
-        return lines
-    gap = [''] if lines and tablefmt == 'github' else []  # else Markdown reads it as a row
-    return [*lines, *gap, unlisted]
+    lines = [_table((headers, rows), tablefmt)] if rows else []
+    if unlisted := 0 if batch.repeats else batch.count('equal'):
+        gap = [''] if lines and tablefmt == 'github' else []  # else Markdown reads it as a row
+        why = 'that came back equal (--output json lists every run)'
+        lines += [*gap, f'Not listed: {counted(unlisted, "run")} {why}']
+    return lines
 
 
 def _summary_counts(batch: BatchReport) -> str:
