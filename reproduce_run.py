@@ -5297,13 +5297,8 @@ def skipped_lines(
 
 
 def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
-    lines = []
-    if batch.batch_run_id:
-        lines.append(f'Parent run:     {batch.batch_run_id}')
-    if batch.dry_run:
-        lines.append(DRY_RUN_LINE)
-    else:
-        lines.append(_summary_counts(batch))
+    lines = [f'Parent run:     {batch.batch_run_id}'] if batch.batch_run_id else []
+    lines.append(DRY_RUN_LINE if batch.dry_run else _summary_counts(batch))
     lines += _summary_table(batch, 'psql')
     lines += skipped_lines(batch.skipped)
     for report in batch.reports:
@@ -5313,7 +5308,8 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
             lines += ['', format_text(report, verbose).rsplit('\n', 1)[0]]
     for repeat in batch.repeats:
         lines += ['', _repeat_heading(repeat), *diagnosis_lines(repeat.diagnoses, 'psql')]
-        lines += _repeat_explanation(batch, repeat)
+        repeated = (r for r in batch.reports if r.reference_run_id == repeat.reference_run_id)
+        lines += explanation_lines(next((r.explanation for r in repeated if r.explanation), None))
     lines += leftover_lines(batch.leftovers)
     lines.append(_last_line_of(batch))
     return '\n'.join(lines)
@@ -5324,16 +5320,6 @@ def leftover_lines(
 ) -> list[str]:
     """What close_leftovers cleaned before a group, one line each."""
     return [f'{bullet}Leftover of a dead tool: {escaped(item["message"])}' for item in leftovers]
-
-
-def _repeat_explanation(batch: BatchReport, repeat: Repeat) -> list[str]:
-    """--explain's lines for the repetitions of one reference run."""
-    explained = (
-        r.explanation
-        for r in batch.reports
-        if r.reference_run_id == repeat.reference_run_id and r.explanation
-    )
-    return explanation_lines(next(explained, None))
 
 
 def _batch_heading(batch: BatchReport) -> str:
@@ -5348,8 +5334,7 @@ def format_batch_markdown(batch: BatchReport) -> str:
         lines += [f'- parent run: `{batch.batch_run_id}`', '']
     lines += _summary_table(batch, 'github')
     if batch.skipped:
-        lines += ['']
-        lines += skipped_lines(batch.skipped, '- skipped', markdown_escaped)
+        lines += ['', *skipped_lines(batch.skipped, '- skipped', markdown_escaped)]
     for repeat in batch.repeats:
         lines += [
             '',
