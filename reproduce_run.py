@@ -5482,17 +5482,11 @@ def diagnosis_lines(diagnoses: Sequence[MetricDiagnosis], tablefmt: str) -> list
     Markdown), then the ready-to-paste flags when anything was not reproducible."""
     lines = [_table(diagnosis_rows(diagnoses), tablefmt)]
     flags = suggested_flags(diagnoses)
+    heading = 'Tolerances under which every repetition equals the reference:'
     if flags and tablefmt == 'github':
-        lines += [
-            '',
-            'Tolerances under which every repetition equals the reference:',
-            '',
-            '```',
-            flags,
-            '```',
-        ]
+        lines += ['', heading, '', '```', flags, '```']
     elif flags:
-        lines += ['Tolerances under which every repetition equals the reference:', flags]
+        lines += [heading, flags]
     return lines
 
 
@@ -5629,8 +5623,7 @@ def explanation_lines(explanation: Explanation | None, escaped: Escape = shown) 
         )
     else:
         undone = [escaped(_candidate_text(c, c.reference)) for c in e.culprits]
-        line = f"Explained: with the reference's {listing(undone)} "
-        line += 'the runs are equal'
+        line = f"Explained: with the reference's {listing(undone)} the runs are equal"
         if e.innocent:
             kept = [escaped(_candidate_text(c, c.reproduced)) for c in e.innocent]
             line += f'; {listing(kept)} {plural(len(kept), "does", "do")} not matter'
