@@ -5805,11 +5805,8 @@ def _run_link(client: MlflowClient, report: Report) -> str:
     """A link to the reference run that the MLflow UI resolves, relative to
     the page showing it."""
     run_id = report.reference_run_id
-    if report.plan:
-        experiment_id = report.plan.reference.info.experiment_id
-    else:
-        experiment_id = client.get_run(run_id).info.experiment_id
-    return f'#/experiments/{experiment_id}/runs/{run_id}'
+    reference = report.plan.reference if report.plan else client.get_run(run_id)
+    return f'#/experiments/{reference.info.experiment_id}/runs/{run_id}'
 
 
 def record_verdict(
