@@ -5176,8 +5176,7 @@ def format_markdown(
     if report.reproduced_run_id:
         label = 'reproduced run' if report.plan else 'compared run'
         lines += [f'- {label}: `{report.reproduced_run_id}`']
-    if report.plan:
-        plan = report.plan
+    if plan := report.plan:
         lines += [
             f'- source: {markdown_code(mask_credentials(plan.source.uri))} at '
             f'{markdown_code(plan.source.version)}',
@@ -5562,7 +5561,19 @@ class BatchReport(Outcome):
         return counted(references, 'run') + many
 
     def junit_cases(self) -> list[Case]:
-        return batch_cases(self)
+        """One testcase per report, or per reference run when it was repeated;
+        then one per skipped run."""
+        if self.message:  # it could not start
+            return [Case(JUNIT_SUITE, 0.0, 'error', self.message)]
+        by_reference: dict[str, list[Report]] = {}
+        for report in self.reports:
+            by_reference.setdefault(report.reference_run_id, []).append(report)
+        if self.repeats or self.repeat_of or len(by_reference) < len(self.reports):
+            diagnosed = {r.reference_run_id: r for r in self.repeats}
+            cases = [repeat_case(rs, diagnosed.get(run_id)) for run_id, rs in by_reference.items()]
+        else:
+            cases = [report_case(r) for r in self.reports]
+        return cases + skipped_cases(self.skipped)
 
     def parent_run_ids(self) -> list[str]:
         return [self.batch_run_id] if self.batch_run_id else []
@@ -5708,22 +5719,6 @@ def repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
     differing = sorted({m for r in reports if r.status == 'differ' for m in _differing_keys(r)})
     message = f'{classification}: {", ".join(differing) or "the repetitions differ"}'
     return case('failure', message, table)
-
-
-def batch_cases(batch: BatchReport) -> list[Case]:
-    """One testcase per report, or per reference run when it was repeated;
-    then one per skipped run."""
-    if batch.message:  # it could not start
-        return [Case(JUNIT_SUITE, 0.0, 'error', batch.message)]
-    by_reference: dict[str, list[Report]] = {}
-    for report in batch.reports:
-        by_reference.setdefault(report.reference_run_id, []).append(report)
-    if batch.repeats or batch.repeat_of or len(by_reference) < len(batch.reports):
-        diagnosed = {r.reference_run_id: r for r in batch.repeats}
-        cases = [repeat_case(rs, diagnosed.get(run_id)) for run_id, rs in by_reference.items()]
-    else:
-        cases = [report_case(r) for r in batch.reports]
-    return cases + skipped_cases(batch.skipped)
 
 
 def skipped_cases(skipped: Iterable[Mapping[str, str]]) -> list[Case]:
