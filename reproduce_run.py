@@ -4819,8 +4819,7 @@ class Outcome:
 
     def stderr_lines(self) -> list[str]:
         """The signal, or the one-line error, that ends standard error."""
-        stopped = next((r.status for r in self.reports if r.status in SIGNAL_STATUSES), None)
-        if stopped:
+        if stopped := next((r.status for r in self.reports if r.status in SIGNAL_STATUSES), None):
             return [f'{program_name()}: {stopped}']
         return [f'{program_name()}: error: {self.message}'] if self.message else []
 
@@ -5780,13 +5779,8 @@ def make_plots(
         ):
             points = sorted(history, key=lambda p: p[0] or 0)
             ax.plot([p[0] for p in points], [p[1] for p in points], style, marker='.', label=label)
-        if m.first_divergent_step is not None:
-            ax.axvline(
-                m.first_divergent_step,
-                color='red',
-                linewidth=1,
-                label=f'first divergence (step {m.first_divergent_step})',
-            )
+        if (step := m.first_divergent_step) is not None:
+            ax.axvline(step, color='red', linewidth=1, label=f'first divergence (step {step})')
         ax.set(title=m.key, xlabel='step', ylabel=m.key)
         ax.legend()
         path = os.path.join(folder, names[m.key])
