@@ -4562,8 +4562,7 @@ class Outcome:
 
     def stderr_lines(self) -> list[str]:
         """The signal, or the one-line error, that ends standard error."""
-        stopped = next((r.status for r in self.reports if r.status in SIGNAL_STATUSES), None)
-        if stopped:
+        if stopped := next((r.status for r in self.reports if r.status in SIGNAL_STATUSES), None):
             return [f'{program_name()}: {stopped}']
         return [f'{program_name()}: error: {self.message}'] if self.message else []
 
@@ -4642,7 +4641,12 @@ def report_json(report: Report) -> dict[str, Any]:
                 'arguments_from': plan.script.arguments_from,
             },
         },
-        'backend': plan and backend_json(plan),
+        'backend': plan
+        and {
+            'name': plan.backend.name,
+            'config': mask_config(plan.backend.config),
+            'reference_backend': plan.reference_backend,
+        },
         'params': {
             'passed': plan.params.passed if plan else None,
             'not_passed': plan.params.not_passed if plan else None,
@@ -4696,28 +4700,32 @@ def _note(m: MetricVerdict) -> str:
     return 'differs'
 
 
-def _metric_rows(verdict: Verdict) -> tuple[list[str], list[list[Any]]]:
+Rows = tuple[list[str], list[list[Any]]]  # a table: its headers, then its rows of cells
+
+
+def _with_notes(headers: list[str], rows: list[list[Any]]) -> Rows:
+    """The table, less its last column (the Note) when no row has a note."""
+    if any(row[-1] for row in rows):
+        return headers, rows
+    return headers[:-1], [row[:-1] for row in rows]
+
+
+def _metric_rows(verdict: Verdict) -> Rows:
     rows = [
         [m.key, m.reference, m.reproduced, value_diff(m.reproduced, m.reference), _note(m)]
         for m in verdict.metrics
     ]
-    headers = ['Metric', 'Run1', 'Run2', 'Diff', 'Note']
-    if not any(row[-1] for row in rows):
-        return headers[:-1], [row[:-1] for row in rows]
-    return headers, rows
+    return _with_notes(['Metric', 'Run1', 'Run2', 'Diff', 'Note'], rows)
 
 
-def _param_rows(verdict: Verdict) -> tuple[list[str], list[list[Any]]]:
+def _param_rows(verdict: Verdict) -> Rows:
     rows = [
         [p.key, p.reference, p.reproduced, '' if p.equal else 'differs'] for p in verdict.params
     ]
-    headers = ['Param', 'Run1', 'Run2', 'Note']
-    if not any(row[-1] for row in rows):
-        return headers[:-1], [row[:-1] for row in rows]
-    return headers, rows
+    return _with_notes(['Param', 'Run1', 'Run2', 'Note'], rows)
 
 
-def _table(rows: tuple[list[str], list[list[Any]]], tablefmt: str) -> str:
+def _table(rows: Rows, tablefmt: str) -> str:
     from tabulate import tabulate
 
     headers, body = rows
@@ -4736,19 +4744,17 @@ def _plan_lines(plan: Plan, show_backend: bool = False) -> list[str]:
     if plan.script is None:
         lines.append(f'Entry point:    {plan.entry_point} (env manager: {plan.env_manager})')
     else:
-        lines += [f'Entry point:    {_script_entry_point(plan.script)}', _script_line(plan)]
+        lines += [f'Entry point:    {_entry_point_text(plan)}', _script_line(plan)]
     if show_backend or _backend_noteworthy(plan):
         lines.append(f'Backend:        {_backend_text(plan)}')
     return lines
 
 
-def _script_entry_point(script: Script) -> str:
-    """'src/train.py (script run) --alpha 0.3 --epochs 5', masked."""
-    return mask_credentials(shlex.join([script.path]) + ' (script run) ' + shlex.join(script.argv))
-
-
 def _entry_point_text(plan: Plan) -> str:
-    return plan.entry_point if plan.script is None else _script_entry_point(plan.script)
+    """A script run's: 'src/train.py (script run) --alpha 0.3 --epochs 5', masked."""
+    if (script := plan.script) is None:
+        return plan.entry_point
+    return mask_credentials(shlex.join([script.path]) + ' (script run) ' + shlex.join(script.argv))
 
 
 def _script_line(plan: Plan) -> str:
@@ -4777,14 +4783,6 @@ def _backend_text(plan: Plan) -> str:
     if plan.reference_backend not in (None, plan.backend.name):
         text += f' (the reference ran on {plan.reference_backend})'
     return text
-
-
-def backend_json(plan: Plan) -> dict[str, Any]:
-    return {
-        'name': plan.backend.name,
-        'config': mask_config(plan.backend.config),
-        'reference_backend': plan.reference_backend,
-    }
 
 
 def _not_passed_lines(plan: Plan, verbose: bool) -> list[str]:
@@ -4817,24 +4815,21 @@ def _not_passed_reason(plan: Plan) -> str:
     return "not in the script's arguments" if plan.script else 'not declared by the entry point'
 
 
-def _dry_run_params(plan: Plan) -> list[str]:
-    if plan.script and plan.script.arguments_from == HELP_AT_RUN_TIME:
-        params = {**plan.params.passed, **plan.params.not_passed}
-        return [
-            f"Params to pass: those of the script's --help, at run time, among {_listed(params)}"
-        ]
-    return [
-        f'Params to pass: {_listed(plan.params.passed)}',
-        f'Params not passed ({_not_passed_reason(plan)}): {_listed(plan.params.not_passed)}',
-    ]
+DRY_RUN_LINE = 'Dry run: nothing was run and no run was created.'
 
 
 def _dry_run_lines(plan: Plan) -> list[str]:
-    return [
-        *_dry_run_params(plan),
-        f'Experiment:     {shown(plan.experiment_name)}',
-        'Dry run: nothing was run and no run was created.',
-    ]
+    if plan.script and plan.script.arguments_from == HELP_AT_RUN_TIME:
+        params = {**plan.params.passed, **plan.params.not_passed}
+        lines = [
+            f"Params to pass: those of the script's --help, at run time, among {_listed(params)}"
+        ]
+    else:
+        lines = [
+            f'Params to pass: {_listed(plan.params.passed)}',
+            f'Params not passed ({_not_passed_reason(plan)}): {_listed(plan.params.not_passed)}',
+        ]
+    return [*lines, f'Experiment:     {shown(plan.experiment_name)}', DRY_RUN_LINE]
 
 
 def _unusual_status(report: Report) -> str | None:
@@ -4866,10 +4861,7 @@ def format_text(report: Report, verbose: bool = False) -> str:
     return '\n'.join(lines)
 
 
-def _shortened(
-    rows: tuple[list[str], list[list[Any]]],
-    max_rows: int,
-) -> tuple[tuple[list[str], list[list[Any]]], int]:
+def _shortened(rows: Rows, max_rows: int) -> tuple[Rows, int]:
     """At most max_rows rows, those that differ first (kept in key order),
     long cells cut; and how many rows were left out."""
     headers, body = rows
@@ -4885,11 +4877,7 @@ def _shortened(
     return (headers, short), len(body) - len(short)
 
 
-def _markdown_table(
-    rows: tuple[list[str], list[list[Any]]],
-    what: str,
-    max_rows: int | None,
-) -> list[str]:
+def _markdown_table(rows: Rows, what: str, max_rows: int | None) -> list[str]:
     if max_rows is None:
         return ['', _table(rows, 'github')]
     rows, left_out = _shortened(rows, max_rows)
@@ -4930,8 +4918,7 @@ def format_markdown(
     if report.reproduced_run_id:
         label = 'reproduced run' if report.plan else 'compared run'
         lines += [f'- {label}: `{report.reproduced_run_id}`']
-    if report.plan:
-        plan = report.plan
+    if plan := report.plan:
         lines += [
             f'- source: {markdown_code(mask_credentials(plan.source.uri))} at '
             f'{markdown_code(plan.source.version)}',
@@ -4974,16 +4961,21 @@ def describe(report: Report, reference_link: str, limit: int = TAG_VALUE_LIMIT) 
     return _truncated(head, limit - len(last) - 1) + '\n' + last
 
 
+def _differing_keys(report: Report) -> list[str]:
+    metrics = report.verdict.metrics if report.verdict else ()
+    return [m.key for m in metrics if not (m.equal or m.ignored)]
+
+
 def _differing(report: Report) -> str:
     """The metrics (and params) that differ, for the summary table."""
-    if not report.verdict:
-        return ''
-    keys = [m.key for m in report.verdict.metrics if not m.equal and not m.ignored]
-    keys += [f'param {p.key}' for p in report.verdict.params if not p.equal]
+    params = report.verdict.params if report.verdict else ()
+    keys = _differing_keys(report) + [f'param {p.key}' for p in params if not p.equal]
     return ', '.join(keys[:3]) + (f' +{len(keys) - 3}' if len(keys) > 3 else '')
 
 
-def _summary_rows(batch: BatchReport) -> tuple[list[str], list[list[Any]]]:
+def _summary_table(batch: BatchReport, tablefmt: str) -> list[str]:
+    """The runs that did not come back equal (--repeat's: every repetition),
+    then how many that leaves out."""
     headers = [
         'Reference run',
         'Run name',
@@ -5004,25 +4996,12 @@ def _summary_rows(batch: BatchReport) -> tuple[list[str], list[list[Any]]]:
         for r in batch.reports
         if r.status != 'equal' or batch.repeats
     ]
-    return headers, rows
-
-
-def unlisted_line(batch: BatchReport) -> str | None:
-    """A batch's table lists the runs that did not come back equal (--repeat's
-    lists every repetition); this says how many it leaves out."""
-    n = 0 if batch.repeats else batch.count('equal')
-    listed = f'Not listed: {counted(n, "run")} that came back equal (--output json lists every run)'
-    return listed if n else None
-
-
-def _summary_table(batch: BatchReport, tablefmt: str) -> list[str]:
-    rows = _summary_rows(batch)
-    lines = [_table(rows, tablefmt)] if rows[1] else []
-    unlisted = unlisted_line(batch)
-    if not unlisted:
-        return lines
-    gap = [''] if lines and tablefmt == 'github' else []  # else Markdown reads it as a row
-    return [*lines, *gap, unlisted]
+    lines = [_table((headers, rows), tablefmt)] if rows else []
+    if unlisted := 0 if batch.repeats else batch.count('equal'):
+        gap = [''] if lines and tablefmt == 'github' else []  # else Markdown reads it as a row
+        why = 'that came back equal (--output json lists every run)'
+        lines += [*gap, f'Not listed: {counted(unlisted, "run")} {why}']
+    return lines
 
 
 def _summary_counts(batch: BatchReport) -> str:
@@ -5059,13 +5038,8 @@ def skipped_lines(
 
 
 def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
-    lines = []
-    if batch.batch_run_id:
-        lines.append(f'Parent run:     {batch.batch_run_id}')
-    if batch.dry_run:
-        lines.append('Dry run: nothing was run and no run was created.')
-    else:
-        lines.append(_summary_counts(batch))
+    lines = [f'Parent run:     {batch.batch_run_id}'] if batch.batch_run_id else []
+    lines.append(DRY_RUN_LINE if batch.dry_run else _summary_counts(batch))
     lines += _summary_table(batch, 'psql')
     lines += skipped_lines(batch.skipped)
     for report in batch.reports:
@@ -5075,7 +5049,8 @@ def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
             lines += ['', format_text(report, verbose).rsplit('\n', 1)[0]]
     for repeat in batch.repeats:
         lines += ['', _repeat_heading(repeat), *diagnosis_lines(repeat.diagnoses, 'psql')]
-        lines += _repeat_explanation(batch, repeat)
+        repeated = (r for r in batch.reports if r.reference_run_id == repeat.reference_run_id)
+        lines += explanation_lines(next((r.explanation for r in repeated if r.explanation), None))
     lines += leftover_lines(batch.leftovers)
     lines.append(_last_line_of(batch))
     return '\n'.join(lines)
@@ -5086,16 +5061,6 @@ def leftover_lines(
 ) -> list[str]:
     """What close_leftovers cleaned before a group, one line each."""
     return [f'{bullet}Leftover of a dead tool: {escaped(item["message"])}' for item in leftovers]
-
-
-def _repeat_explanation(batch: BatchReport, repeat: Repeat) -> list[str]:
-    """--explain's lines for the repetitions of one reference run."""
-    explained = (
-        r.explanation
-        for r in batch.reports
-        if r.reference_run_id == repeat.reference_run_id and r.explanation
-    )
-    return explanation_lines(next(explained, None))
 
 
 def _batch_heading(batch: BatchReport) -> str:
@@ -5110,8 +5075,7 @@ def format_batch_markdown(batch: BatchReport) -> str:
         lines += [f'- parent run: `{batch.batch_run_id}`', '']
     lines += _summary_table(batch, 'github')
     if batch.skipped:
-        lines += ['']
-        lines += skipped_lines(batch.skipped, '- skipped', markdown_escaped)
+        lines += ['', *skipped_lines(batch.skipped, '- skipped', markdown_escaped)]
     for repeat in batch.repeats:
         lines += [
             '',
@@ -5236,9 +5200,7 @@ def _diagnosis_note(d: MetricDiagnosis) -> str:
     return ''
 
 
-def diagnosis_rows(
-    diagnoses: Sequence[MetricDiagnosis],
-) -> tuple[list[str], list[list[Any]]]:
+def diagnosis_rows(diagnoses: Sequence[MetricDiagnosis]) -> Rows:
     rows = [
         [
             d.key,
@@ -5253,9 +5215,7 @@ def diagnosis_rows(
         for d in diagnoses
     ]
     headers = ['Metric', 'Run1', 'min', 'max', 'stdev', 'class', 'suggested rtol', 'Note']
-    if not any(row[-1] for row in rows):
-        return headers[:-1], [row[:-1] for row in rows]
-    return headers, rows
+    return _with_notes(headers, rows)
 
 
 def diagnosis_lines(diagnoses: Sequence[MetricDiagnosis], tablefmt: str) -> list[str]:
@@ -5263,17 +5223,11 @@ def diagnosis_lines(diagnoses: Sequence[MetricDiagnosis], tablefmt: str) -> list
     Markdown), then the ready-to-paste flags when anything was not reproducible."""
     lines = [_table(diagnosis_rows(diagnoses), tablefmt)]
     flags = suggested_flags(diagnoses)
+    heading = 'Tolerances under which every repetition equals the reference:'
     if flags and tablefmt == 'github':
-        lines += [
-            '',
-            'Tolerances under which every repetition equals the reference:',
-            '',
-            '```',
-            flags,
-            '```',
-        ]
+        lines += ['', heading, '', '```', flags, '```']
     elif flags:
-        lines += ['Tolerances under which every repetition equals the reference:', flags]
+        lines += [heading, flags]
     return lines
 
 
@@ -5349,7 +5303,19 @@ class BatchReport(Outcome):
         return counted(references, 'run') + many
 
     def junit_cases(self) -> list[Case]:
-        return batch_cases(self)
+        """One testcase per report, or per reference run when it was repeated;
+        then one per skipped run."""
+        if self.message:  # it could not start
+            return [Case(JUNIT_SUITE, 0.0, 'error', self.message)]
+        by_reference: dict[str, list[Report]] = {}
+        for report in self.reports:
+            by_reference.setdefault(report.reference_run_id, []).append(report)
+        if self.repeats or self.repeat_of or len(by_reference) < len(self.reports):
+            diagnosed = {r.reference_run_id: r for r in self.repeats}
+            cases = [repeat_case(rs, diagnosed.get(run_id)) for run_id, rs in by_reference.items()]
+        else:
+            cases = [report_case(r) for r in self.reports]
+        return cases + skipped_cases(self.skipped)
 
     def parent_run_ids(self) -> list[str]:
         return [self.batch_run_id] if self.batch_run_id else []
@@ -5410,8 +5376,7 @@ def explanation_lines(explanation: Explanation | None, escaped: Escape = shown) 
         )
     else:
         undone = [escaped(_candidate_text(c, c.reference)) for c in e.culprits]
-        line = f"Explained: with the reference's {listing(undone)} "
-        line += 'the runs are equal'
+        line = f"Explained: with the reference's {listing(undone)} the runs are equal"
         if e.innocent:
             kept = [escaped(_candidate_text(c, c.reproduced)) for c in e.innocent]
             line += f'; {listing(kept)} {plural(len(kept), "does", "do")} not matter'
@@ -5464,29 +5429,23 @@ def differing_message(report: Report) -> str:
 
 
 def report_case(report: Report) -> Case:
-    return dataclasses.replace(_report_case(report), classname=destination(report))
-
-
-def _report_case(report: Report) -> Case:
-    name, seconds = case_name(report), report.seconds
+    case = functools.partial(Case, case_name(report), report.seconds, classname=destination(report))
     if report.status in ('equal', 'planned'):
-        return Case(name, seconds, 'passed')
+        return case('passed')
     if report.status == 'differ':
-        return Case(name, seconds, 'failure', differing_message(report), format_text(report))
+        return case('failure', differing_message(report), format_text(report))
     message = report.message or report.status
     if report.status in SIGNAL_STATUSES:
         message = f'{report.status}: {report.message or "stopped while running"}'
-    return Case(name, seconds, 'error', message, '\n'.join(report.output_tail))
+    return case('error', message, '\n'.join(report.output_tail))
 
 
 def repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
     """A reference run's repetitions as one testcase, with their classification."""
-    case = _repeat_case(reports, repeat)
-    return dataclasses.replace(case, classname=next(filter(None, map(destination, reports)), None))
-
-
-def _repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
-    name, seconds = case_name(reports[0]), sum(r.seconds for r in reports)
+    where = next(filter(None, map(destination, reports)), None)
+    case = functools.partial(
+        Case, case_name(reports[0]), sum(r.seconds for r in reports), classname=where
+    )
     classification = classify_run(repeat.diagnoses) if repeat else FAILED_CLASS
     table = '\n'.join(diagnosis_lines(repeat.diagnoses, 'psql')) if repeat else ''
     unfinished = [r for r in reports if r.status not in JUDGED_STATUSES]
@@ -5496,33 +5455,12 @@ def _repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
             f'{classification}: {len(unfinished)} of {len(reports)} repetitions did not '
             f'finish; {first.status}: {first.message or "stopped while running"}'
         )
-        return Case(name, seconds, 'error', message, table or '\n'.join(first.output_tail))
+        return case('error', message, table or '\n'.join(first.output_tail))
     if classification == REPRODUCIBLE:
-        return Case(name, seconds, 'passed', text=f'classification: {classification}\n{table}')
+        return case('passed', text=f'classification: {classification}\n{table}')
     differing = sorted({m for r in reports if r.status == 'differ' for m in _differing_keys(r)})
     message = f'{classification}: {", ".join(differing) or "the repetitions differ"}'
-    return Case(name, seconds, 'failure', message, table)
-
-
-def _differing_keys(report: Report) -> list[str]:
-    metrics = report.verdict.metrics if report.verdict else ()
-    return [m.key for m in metrics if not (m.equal or m.ignored)]
-
-
-def batch_cases(batch: BatchReport) -> list[Case]:
-    """One testcase per report, or per reference run when it was repeated;
-    then one per skipped run."""
-    if batch.message:  # it could not start
-        return [Case(JUNIT_SUITE, 0.0, 'error', batch.message)]
-    by_reference: dict[str, list[Report]] = {}
-    for report in batch.reports:
-        by_reference.setdefault(report.reference_run_id, []).append(report)
-    if batch.repeats or batch.repeat_of or len(by_reference) < len(batch.reports):
-        diagnosed = {r.reference_run_id: r for r in batch.repeats}
-        cases = [repeat_case(rs, diagnosed.get(run_id)) for run_id, rs in by_reference.items()]
-    else:
-        cases = [report_case(r) for r in batch.reports]
-    return cases + skipped_cases(batch.skipped)
+    return case('failure', message, table)
 
 
 def skipped_cases(skipped: Iterable[Mapping[str, str]]) -> list[Case]:
@@ -5584,13 +5522,8 @@ def make_plots(
         ):
             points = sorted(history, key=lambda p: p[0] or 0)
             ax.plot([p[0] for p in points], [p[1] for p in points], style, marker='.', label=label)
-        if m.first_divergent_step is not None:
-            ax.axvline(
-                m.first_divergent_step,
-                color='red',
-                linewidth=1,
-                label=f'first divergence (step {m.first_divergent_step})',
-            )
+        if (step := m.first_divergent_step) is not None:
+            ax.axvline(step, color='red', linewidth=1, label=f'first divergence (step {step})')
         ax.set(title=m.key, xlabel='step', ylabel=m.key)
         ax.legend()
         path = os.path.join(folder, names[m.key])
@@ -5604,11 +5537,8 @@ def _run_link(client: MlflowClient, report: Report) -> str:
     """A link to the reference run that the MLflow UI resolves, relative to
     the page showing it."""
     run_id = report.reference_run_id
-    if report.plan:
-        experiment_id = report.plan.reference.info.experiment_id
-    else:
-        experiment_id = client.get_run(run_id).info.experiment_id
-    return f'#/experiments/{experiment_id}/runs/{run_id}'
+    reference = report.plan.reference if report.plan else client.get_run(run_id)
+    return f'#/experiments/{reference.info.experiment_id}/runs/{run_id}'
 
 
 def record_verdict(
