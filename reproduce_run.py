@@ -290,11 +290,6 @@ def warn(message: str) -> None:
     print(f'{program_name()}: warning: {shown(mask_credentials(message))}', file=sys.stderr)
 
 
-def _json_type(value: object) -> str:
-    names = {dict: 'object', list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}
-    return names.get(type(value), 'number')
-
-
 def read_regular_file(path: str, what: str, hint: str = '') -> str:
     """The text of a regular file, at most RUNS_FILE_MAX_BYTES and one more
     byte; a FIFO or a device is refused (opened without blocking: a FIFO
@@ -2220,9 +2215,9 @@ def parse_backend_config(text: str) -> dict[str, Any]:
             f'--backend-config is neither a path ending in .json nor an inline JSON object ({e})',
         ) from None
     if not isinstance(value, dict):
-        raise ReproduceError(
-            f'--backend-config {where} holds a JSON {_json_type(value)}, not an object'
-        )
+        names = {list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}
+        kind = names.get(type(value), 'number')
+        raise ReproduceError(f'--backend-config {where} holds a JSON {kind}, not an object')
     return value
 
 
@@ -2321,10 +2316,15 @@ def check_databricks_config(config: Mapping[str, Any]) -> None:
         quiet.setLevel(level)
 
 
-def check_backend_project(name: str, project_dir: str, where: str) -> None:
+def validate_backend_project(plan: Plan) -> None:
+    """The checks that need the project at its commit (docker_env)."""
+    name = plan.backend.name
+    if name not in ('kubernetes', 'databricks'):
+        return
     from mlflow.projects import _project_spec
 
-    docker_env = _project_spec.load_project(project_dir).docker_env
+    docker_env = _project_spec.load_project(plan.project_dir).docker_env
+    where = f'{mask_credentials(plan.source.uri)} at {plan.source.version[:12]}'
     if name == 'kubernetes' and not docker_env:
         raise ReproduceError(
             f"the kubernetes backend runs docker_env projects only (it builds the job's image "
@@ -2350,13 +2350,6 @@ def backend_from_options(options: Options) -> Backend:
     elif name == 'databricks':
         check_databricks_config(config)
     return Backend(name, config)
-
-
-def validate_backend_project(plan: Plan) -> None:
-    """The checks that need the project at its commit (docker_env)."""
-    if plan.backend.name in ('kubernetes', 'databricks'):
-        where = f'{mask_credentials(plan.source.uri)} at {plan.source.version[:12]}'
-        check_backend_project(plan.backend.name, plan.project_dir, where)
 
 
 def warn_about_reference_backend(plan: Plan) -> None:
