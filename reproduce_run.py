@@ -2521,7 +2521,7 @@ def plan_script(
     used: Container[str] = ()  # the params passed; --help finds them later
     if options.script_args is not None:
         argv = template_arguments(options.script_args, params)
-        words = shlex.split(options.script_args)  # template_arguments read each one
+        words = shlex.split(options.script_args)  # as template_arguments formatted them
         used = {f for word in words for _, f, _, _ in string.Formatter().parse(word) if f}
         script = dataclasses.replace(script, argv=tuple(argv), arguments_from='--script-args')
     elif TAG_ARGV in tags:
