@@ -290,11 +290,6 @@ def warn(message: str) -> None:
     print(f'{program_name()}: warning: {shown(mask_credentials(message))}', file=sys.stderr)
 
 
-def _json_type(value: object) -> str:
-    names = {dict: 'object', list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}
-    return names.get(type(value), 'number')
-
-
 def read_regular_file(path: str, what: str, hint: str = '') -> str:
     """The text of a regular file, at most RUNS_FILE_MAX_BYTES and one more
     byte; a FIFO or a device is refused (opened without blocking: a FIFO
@@ -1648,11 +1643,9 @@ def unsafe_params(command: str | None, passed: Mapping[str, str]) -> list[Placeh
     """The placeholders whose value would not stay one word of data: the value
     needs quoting (shell metacharacters, spaces, quotes) and its placeholder
     stands anywhere but in a bare word."""
-    if not command:
-        return []
     return [
         p
-        for p in placeholder_contexts(command)
+        for p in placeholder_contexts(command or '')
         if p.context and (value := passed.get(p.key)) and shlex.quote(value) != value
     ]
 
@@ -1773,10 +1766,9 @@ def read_reference(
                 f'run {run_id} not found at tracking URI {mask_credentials(tracking_uri)}',
             ) from None
         raise _mlflow_error(f'cannot read run {run_id} from {tracking_uri}', e) from None
-    if run.info.status in UNFINISHED_STATUSES:
-        warn(f'run {run_id} is still {run.info.status}: its metrics may be incomplete')
-    elif run.info.status in FAILED_STATUSES:
-        warn(f'run {run_id} ended {run.info.status}: its metrics may be incomplete')
+    if run.info.status in (*UNFINISHED_STATUSES, *FAILED_STATUSES):
+        state = 'is still' if run.info.status in UNFINISHED_STATUSES else 'ended'
+        warn(f'run {run_id} {state} {run.info.status}: its metrics may be incomplete')
     # Deleting an experiment deletes its runs: name the cause.
     if experiment is not None and experiment.lifecycle_stage == 'deleted':
         raise ReproduceError(
@@ -1917,7 +1909,7 @@ def absolute_tracking_uri(uri: str | None) -> str | None:
     in another folder, where `sqlite:///mlflow.db` names another file."""
     if uri and uri.startswith('sqlite:///') and not uri.startswith('sqlite:////'):
         return 'sqlite:///' + os.path.abspath(uri[len('sqlite:///') :])
-    if uri and not re.match(r'^[a-zA-Z][\w+.-]*:', uri) and not uri.startswith('databricks'):
+    if uri and _local_store_path(uri) == uri:  # a plain path: a file store
         return os.path.abspath(uri)
     return uri
 
@@ -2220,9 +2212,9 @@ def parse_backend_config(text: str) -> dict[str, Any]:
             f'--backend-config is neither a path ending in .json nor an inline JSON object ({e})',
         ) from None
     if not isinstance(value, dict):
-        raise ReproduceError(
-            f'--backend-config {where} holds a JSON {_json_type(value)}, not an object'
-        )
+        names = {list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}
+        kind = names.get(type(value), 'number')
+        raise ReproduceError(f'--backend-config {where} holds a JSON {kind}, not an object')
     return value
 
 
@@ -2321,10 +2313,15 @@ def check_databricks_config(config: Mapping[str, Any]) -> None:
         quiet.setLevel(level)
 
 
-def check_backend_project(name: str, project_dir: str, where: str) -> None:
+def validate_backend_project(plan: Plan) -> None:
+    """The checks that need the project at its commit (docker_env)."""
+    name = plan.backend.name
+    if name not in ('kubernetes', 'databricks'):
+        return
     from mlflow.projects import _project_spec
 
-    docker_env = _project_spec.load_project(project_dir).docker_env
+    docker_env = _project_spec.load_project(plan.project_dir).docker_env
+    where = f'{mask_credentials(plan.source.uri)} at {plan.source.version[:12]}'
     if name == 'kubernetes' and not docker_env:
         raise ReproduceError(
             f"the kubernetes backend runs docker_env projects only (it builds the job's image "
@@ -2350,13 +2347,6 @@ def backend_from_options(options: Options) -> Backend:
     elif name == 'databricks':
         check_databricks_config(config)
     return Backend(name, config)
-
-
-def validate_backend_project(plan: Plan) -> None:
-    """The checks that need the project at its commit (docker_env)."""
-    if plan.backend.name in ('kubernetes', 'databricks'):
-        where = f'{mask_credentials(plan.source.uri)} at {plan.source.version[:12]}'
-        check_backend_project(plan.backend.name, plan.project_dir, where)
 
 
 def warn_about_reference_backend(plan: Plan) -> None:
@@ -2513,6 +2503,8 @@ def plan_script(
 ) -> Plan:
     """A script run's plan; its arguments from --script-args or the tag
     reproduce.argv, else found later by running the script with --help."""
+    import string
+
     if backend.name != DEFAULT_BACKEND:
         raise ReproduceError(
             f'a script run (not an MLflow Project) runs on the local backend only, '
@@ -2529,16 +2521,15 @@ def plan_script(
     used: Container[str] = ()  # the params passed; --help finds them later
     if options.script_args is not None:
         argv = template_arguments(options.script_args, params)
-        used = {f for _, f, _, _ in _template_fields(options.script_args) if f}
+        words = shlex.split(options.script_args)  # as template_arguments formatted them
+        used = {f for word in words for _, f, _, _ in string.Formatter().parse(word) if f}
         script = dataclasses.replace(script, argv=tuple(argv), arguments_from='--script-args')
     elif TAG_ARGV in tags:
         argv = recorded_arguments(tags[TAG_ARGV])
         used = params
         script = dataclasses.replace(script, argv=tuple(argv), arguments_from=f'the tag {TAG_ARGV}')
-    chosen = Params(
-        passed={k: v for k, v in params.items() if k in used},
-        not_passed={k: v for k, v in params.items() if k not in used},
-    )
+    passed = {k: v for k, v in params.items() if k in used}
+    chosen = Params(passed, {k: v for k, v in params.items() if k not in passed})
     return Plan(
         reference=reference,
         source=source,
@@ -2553,13 +2544,6 @@ def plan_script(
         reference_backend=tags.get(TAG_BACKEND),
         script=script,
     )
-
-
-def _template_fields(template: str) -> Iterator[tuple[str, str | None, str | None, str | None]]:
-    import string
-
-    with contextlib.suppress(ValueError):
-        yield from string.Formatter().parse(template)
 
 
 # ---------------------------------------------------------------------------

@@ -270,15 +270,21 @@ entry_points:
         pytest.param(PLUGIN, True, None, id='plugin-any-project'),
     ],
 )
-def test_check_backend_project(backend, docker, message, samples_repo, tmp_path):
+def test_validate_backend_project(backend, docker, message, samples_repo, tmp_path):
     # Through main() the kubernetes package check comes first; this is the next one.
     project = tmp_path if docker else samples_repo / 'sklearn_regression'
     write(tmp_path / 'MLproject', DOCKER_MLPROJECT)
+    source = reproduce_run.Source('the-repo', '', 'a' * 40)
+    params = reproduce_run.Params({}, {})
+    chosen = reproduce_run.Backend(backend)
+    plan = reproduce_run.Plan(
+        None, source, str(project), 'main', 'local', '', params, {}, '', chosen
+    )
     if message is None:
-        reproduce_run.check_backend_project(backend, str(project), 'the project')
+        reproduce_run.validate_backend_project(plan)
         return
     with pytest.raises(ReproduceError, match=message):
-        reproduce_run.check_backend_project(backend, str(project), 'the project')
+        reproduce_run.validate_backend_project(plan)
 
 
 # --- the report --------------------------------------------------------------
