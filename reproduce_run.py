@@ -3392,7 +3392,7 @@ def tool_alive(pid: int, start: str) -> bool:
 
 # tool_owner(): host:pid:start:boot:pidns.  The previous version wrote host:pid:start,
 # which this does not match: such an owner does not say its PID namespace, so its tool
-# may run in another container of this host, and it counts as alive (tool_gone); its
+# may run in another container of this host, and it counts as alive (_tool_here_alive); its
 # runs are closed only by --reap-after.
 _OWNER_RE = re.compile(r'(?P<host>.+):(?P<pid>\d+):(?P<start>\d+):(?P<namespace>[\w-]+:\d+)')
 _PROCESS_MARKER_RE = re.compile(r'(?P<base>(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8})(\.\d+)?')
@@ -3500,12 +3500,6 @@ def _tool_here_alive(owner: str) -> bool | None:
     return tool_alive(int(match['pid']), match['start'])
 
 
-def tool_gone(owner: str) -> bool:
-    """Whether the owner names a tool of this host, boot and PID namespace
-    that no longer runs.  Any other tool counts as alive."""
-    return _tool_here_alive(owner) is False
-
-
 def leftover_reason(
     run: Run, options: Options, now: float, crashed: Container[str], running: Container[str]
 ) -> str | None:
@@ -3513,7 +3507,7 @@ def leftover_reason(
     the owners whose processes or folder this invocation found; `running`:
     those whose project still runs (outside this tool's TMPDIR)."""
     owner = run.data.tags.get(TAG_OWNER, '')
-    if owner not in running and tool_gone(owner):
+    if owner not in running and _tool_here_alive(owner) is False:  # others count as alive
         return TOOL_DIED if owner in crashed else TOOL_GONE
     if options.reap_after is not None and run.info.start_time < (now - options.reap_after) * 1000:
         why = 'still runs here' if _tool_here_alive(owner) else 'is presumed dead'
