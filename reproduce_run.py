@@ -3090,11 +3090,6 @@ def environment_same_lines(differences: Differences | None) -> list[str]:
     return [f"- environment: no difference from the reference run's (from {label})"]
 
 
-def _note_shown(note: str, escaped: Escape) -> str:
-    """A code note, which quotes commits from the store: escaped, its arrows kept."""
-    return ' -> '.join(map(escaped, note.split(' -> ')))
-
-
 def differences_lines(differences: Differences | None, escaped: Escape = shown) -> list[str]:
     """The "Other differences" section, the same in text and Markdown (with
     values from the store escaped by `escaped`); empty when there is nothing to say."""
@@ -3109,7 +3104,8 @@ def differences_lines(differences: Differences | None, escaped: Escape = shown) 
         lines += [f'  - {_environment_line(item, escaped)}' for item in differences.environment]
     for title, items in (
         ('data', [_dataset_line(i, escaped) for i in differences.datasets]),
-        ('code', [_note_shown(note, escaped) for note in differences.code]),
+        # a code note quotes commits from the store: escaped, its arrows kept
+        ('code', [' -> '.join(map(escaped, n.split(' -> '))) for n in differences.code]),
         ('models', [_model_line(*m, escaped) for m in differences.models]),
     ):
         if items:
