@@ -3161,13 +3161,6 @@ def discarded_registrations(scratch_uri: str) -> list[Registration]:
     return _registrations(MlflowClient(registry_uri=scratch_uri).search_model_versions(), True)
 
 
-def shared_registrations(client: MlflowClient, run_id: str) -> list[Registration]:
-    """The versions of the reproduced run in the shared registry: those kept by
-    --keep-registrations, or made by a project that names its registry itself
-    (mlflow.set_registry_uri), which no environment variable can redirect."""
-    return _registrations(client.search_model_versions(f"run_id = '{run_id}'"), False)
-
-
 def _registrations(versions: Iterable[Any], discarded: bool) -> list[Registration]:
     """MLflow's model versions, by name and version number."""
     found = (
@@ -3207,7 +3200,10 @@ def registrations_of(
     except Exception as e:  # the verdict stands without this list
         warn(f'could not read the scratch model registry: {_last_line(str(e))}')
     try:
-        shared = shared_registrations(client, run_id)
+        # The run's versions in the shared registry: those kept by --keep-registrations,
+        # or made by a project that names its registry itself (mlflow.set_registry_uri),
+        # which no environment variable can redirect.
+        shared = _registrations(client.search_model_versions(f"run_id = '{run_id}'"), False)
     except Exception as e:  # a registry that cannot search by run, for one
         warn(f'could not search the model registry for run {run_id}: {_last_line(str(e))}')
         shared = []
