@@ -3867,13 +3867,9 @@ def _project_environ(session: Session, tmp_dir: str, marker: str) -> dict[str, s
     os.makedirs(env['TMPDIR'], exist_ok=True)
     env[PROCESS_MARKER] = marker
     env.pop(NOTIFY_ENV, None)  # the webhook is the tool's secret, not the project's
-    for key, value in project_registry_environ(
-        tmp_dir, session.options.keep_registrations, session.user_environ
-    ).items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
+    keep = session.options.keep_registrations
+    registry = project_registry_environ(tmp_dir, keep, session.user_environ)
+    env.update((k, v) for k, v in registry.items() if v is not None)  # None: the user set none
     env['MLFLOW_TRACKING_URI'] = session.tracking_uri
     if not session.options.verbose and 'MLFLOW_LOGGING_LEVEL' not in env:
         env['MLFLOW_LOGGING_LEVEL'] = 'WARNING'
