@@ -4384,15 +4384,13 @@ def run_project(
         )
         returncode = job.wait(session.stop)
         environment = environment and captured_environment(environment, session.stop)
-    except Stopped:
+    except Exception as e:  # Stopped too
         if job is not None:
             job.end()
-        close_run(session.client, run_id, 'KILLED', session.shared.left_open)
-        raise
-    except Exception as e:
-        if job is not None:
-            job.end()
-        close_run(session.client, run_id, 'FAILED', session.shared.left_open)
+        status = 'KILLED' if isinstance(e, Stopped) else 'FAILED'
+        close_run(session.client, run_id, status, session.shared.left_open)
+        if isinstance(e, Stopped):
+            raise
         raise _mlflow_error(f'cannot launch the project (run {run_id} marked FAILED)', e) from None
     finally:
         output.close_writer()
