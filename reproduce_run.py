@@ -2685,13 +2685,10 @@ def captured_environment(future: Any, stop: Stop) -> dict[str, Any] | None:
     """The result of capture_environment once its process has ended.  Waited
     for before the sweep for marked processes, which would end it, and count
     it as left behind by the project, when the project ends first."""
-    from concurrent.futures import TimeoutError as StillRunning
-
-    while True:
-        try:
-            return future.result(timeout=0.2)
-        except StillRunning:
-            stop.check()
+    while not future.done():
+        stop.check()
+        stop.event.wait(0.2)
+    return future.result()
 
 
 def record_environment(client: MlflowClient, run_id: str, env_dict: Mapping[str, Any]) -> None:
