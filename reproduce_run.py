@@ -4065,13 +4065,11 @@ def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str 
     for name in (*SECRET_VARIABLES, 'MLFLOW_TRACKING_USERNAME'):  # not for a scratch store
         env.pop(name, None)
     log = os.path.join(tmp_dir, 'help.txt')
-    command = (*plan.script.command[:2], '--help')
     deadline = time.monotonic() + HELP_TIMEOUT_SECONDS
-    args = script_process_args(command, script_activation(plan))
+    args = script_process_args((*plan.script.command[:2], '--help'), script_activation(plan))
+    cwd = os.path.join(plan.project_dir, plan.script.workdir)
     with open(log, 'wb') as out:
-        proc = start_process(
-            args, os.path.join(plan.project_dir, plan.script.workdir), env, out.fileno()
-        )
+        proc = start_process(args, cwd, env, out.fileno())
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             session.stop.check()
