@@ -3239,12 +3239,10 @@ def registration_lines(registrations: Registrations, escaped: Escape = shown) ->
 
 @contextlib.contextmanager
 def _signal_handlers(handlers: Mapping[signal.Signals, Any]) -> Iterator[None]:
-    """Install handlers for the duration, then restore the previous ones
-    (signal handlers can only be set from the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    """Install handlers for the duration, then restore the previous ones; none
+    from another thread (signal handlers can only be set from the main thread)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items() if main}
     try:
         yield
     finally:
