@@ -2669,13 +2669,10 @@ def captured_environment(future: Any, stop: Stop) -> dict[str, Any] | None:
     """The result of capture_environment once its process has ended.  Waited
     for before the sweep for marked processes, which would end it, and count
     it as left behind by the project, when the project ends first."""
-    from concurrent.futures import TimeoutError as StillRunning
-
-    while True:
-        try:
-            return future.result(timeout=0.2)
-        except StillRunning:
-            stop.check()
+    while not future.done():
+        stop.check()
+        stop.event.wait(0.2)
+    return future.result()
 
 
 def record_environment(client: MlflowClient, run_id: str, env_dict: Mapping[str, Any]) -> None:
@@ -3074,11 +3071,6 @@ def environment_same_lines(differences: Differences | None) -> list[str]:
     return [f"- environment: no difference from the reference run's (from {label})"]
 
 
-def _note_shown(note: str, escaped: Escape) -> str:
-    """A code note, which quotes commits from the store: escaped, its arrows kept."""
-    return ' -> '.join(map(escaped, note.split(' -> ')))
-
-
 def differences_lines(differences: Differences | None, escaped: Escape = shown) -> list[str]:
     """The "Other differences" section, the same in text and Markdown (with
     values from the store escaped by `escaped`); empty when there is nothing to say."""
@@ -3093,7 +3085,8 @@ def differences_lines(differences: Differences | None, escaped: Escape = shown) 
         lines += [f'  - {_environment_line(item, escaped)}' for item in differences.environment]
     for title, items in (
         ('data', [_dataset_line(i, escaped) for i in differences.datasets]),
-        ('code', [_note_shown(note, escaped) for note in differences.code]),
+        # a code note quotes commits from the store: escaped, its arrows kept
+        ('code', [' -> '.join(map(escaped, n.split(' -> '))) for n in differences.code]),
         ('models', [_model_line(*m, escaped) for m in differences.models]),
     ):
         if items:
@@ -3149,13 +3142,6 @@ def discarded_registrations(scratch_uri: str) -> list[Registration]:
     return _registrations(MlflowClient(registry_uri=scratch_uri).search_model_versions(), True)
 
 
-def shared_registrations(client: MlflowClient, run_id: str) -> list[Registration]:
-    """The versions of the reproduced run in the shared registry: those kept by
-    --keep-registrations, or made by a project that names its registry itself
-    (mlflow.set_registry_uri), which no environment variable can redirect."""
-    return _registrations(client.search_model_versions(f"run_id = '{run_id}'"), False)
-
-
 def _registrations(versions: Iterable[Any], discarded: bool) -> list[Registration]:
     """MLflow's model versions, by name and version number."""
     found = (
@@ -3195,7 +3181,10 @@ def registrations_of(
     except Exception as e:  # the verdict stands without this list
         warn(f'could not read the scratch model registry: {_last_line(str(e))}')
     try:
-        shared = shared_registrations(client, run_id)
+        # The run's versions in the shared registry: those kept by --keep-registrations,
+        # or made by a project that names its registry itself (mlflow.set_registry_uri),
+        # which no environment variable can redirect.
+        shared = _registrations(client.search_model_versions(f"run_id = '{run_id}'"), False)
     except Exception as e:  # a registry that cannot search by run, for one
         warn(f'could not search the model registry for run {run_id}: {_last_line(str(e))}')
         shared = []
@@ -3234,12 +3223,10 @@ def registration_lines(registrations: Registrations, escaped: Escape = shown) ->
 
 @contextlib.contextmanager
 def _signal_handlers(handlers: Mapping[signal.Signals, Any]) -> Iterator[None]:
-    """Install handlers for the duration, then restore the previous ones
-    (signal handlers can only be set from the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    """Install handlers for the duration, then restore the previous ones; none
+    from another thread (signal handlers can only be set from the main thread)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items() if main}
     try:
         yield
     finally:
@@ -3376,7 +3363,7 @@ def tool_alive(pid: int, start: str) -> bool:
 
 # tool_owner(): host:pid:start:boot:pidns.  The previous version wrote host:pid:start,
 # which this does not match: such an owner does not say its PID namespace, so its tool
-# may run in another container of this host, and it counts as alive (tool_gone); its
+# may run in another container of this host, and it counts as alive (_tool_here_alive); its
 # runs are closed only by --reap-after.
 _OWNER_RE = re.compile(r'(?P<host>.+):(?P<pid>\d+):(?P<start>\d+):(?P<namespace>[\w-]+:\d+)')
 _PROCESS_MARKER_RE = re.compile(r'(?P<base>(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8})(\.\d+)?')
@@ -3484,12 +3471,6 @@ def _tool_here_alive(owner: str) -> bool | None:
     return tool_alive(int(match['pid']), match['start'])
 
 
-def tool_gone(owner: str) -> bool:
-    """Whether the owner names a tool of this host, boot and PID namespace
-    that no longer runs.  Any other tool counts as alive."""
-    return _tool_here_alive(owner) is False
-
-
 def leftover_reason(
     run: Run, options: Options, now: float, crashed: Container[str], running: Container[str]
 ) -> str | None:
@@ -3497,7 +3478,7 @@ def leftover_reason(
     the owners whose processes or folder this invocation found; `running`:
     those whose project still runs (outside this tool's TMPDIR)."""
     owner = run.data.tags.get(TAG_OWNER, '')
-    if owner not in running and tool_gone(owner):
+    if owner not in running and _tool_here_alive(owner) is False:  # others count as alive
         return TOOL_DIED if owner in crashed else TOOL_GONE
     if options.reap_after is not None and run.info.start_time < (now - options.reap_after) * 1000:
         why = 'still runs here' if _tool_here_alive(owner) else 'is presumed dead'
@@ -3865,13 +3846,9 @@ def _project_environ(session: Session, tmp_dir: str, marker: str) -> dict[str, s
     os.makedirs(env['TMPDIR'], exist_ok=True)
     env[PROCESS_MARKER] = marker
     env.pop(NOTIFY_ENV, None)  # the webhook is the tool's secret, not the project's
-    for key, value in project_registry_environ(
-        tmp_dir, session.options.keep_registrations, session.user_environ
-    ).items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
+    keep = session.options.keep_registrations
+    registry = project_registry_environ(tmp_dir, keep, session.user_environ)
+    env.update((k, v) for k, v in registry.items() if v is not None)  # None: the user set none
     env['MLFLOW_TRACKING_URI'] = session.tracking_uri
     if not session.options.verbose and 'MLFLOW_LOGGING_LEVEL' not in env:
         env['MLFLOW_LOGGING_LEVEL'] = 'WARNING'
@@ -4070,13 +4047,11 @@ def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str 
     for name in (*SECRET_VARIABLES, 'MLFLOW_TRACKING_USERNAME'):  # not for a scratch store
         env.pop(name, None)
     log = os.path.join(tmp_dir, 'help.txt')
-    command = (*plan.script.command[:2], '--help')
     deadline = time.monotonic() + HELP_TIMEOUT_SECONDS
-    args = script_process_args(command, script_activation(plan))
+    args = script_process_args((*plan.script.command[:2], '--help'), script_activation(plan))
+    cwd = os.path.join(plan.project_dir, plan.script.workdir)
     with open(log, 'wb') as out:
-        proc = start_process(
-            args, os.path.join(plan.project_dir, plan.script.workdir), env, out.fileno()
-        )
+        proc = start_process(args, cwd, env, out.fileno())
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             session.stop.check()
@@ -4386,15 +4361,13 @@ def run_project(
         )
         returncode = job.wait(session.stop)
         environment = environment and captured_environment(environment, session.stop)
-    except Stopped:
+    except Exception as e:  # Stopped too
         if job is not None:
             job.end()
-        close_run(session.client, run_id, 'KILLED', session.shared.left_open)
-        raise
-    except Exception as e:
-        if job is not None:
-            job.end()
-        close_run(session.client, run_id, 'FAILED', session.shared.left_open)
+        status = 'KILLED' if isinstance(e, Stopped) else 'FAILED'
+        close_run(session.client, run_id, status, session.shared.left_open)
+        if isinstance(e, Stopped):
+            raise
         raise _mlflow_error(f'cannot launch the project (run {run_id} marked FAILED)', e) from None
     finally:
         output.close_writer()

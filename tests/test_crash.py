@@ -756,7 +756,7 @@ def dead_owner() -> str:
 )
 def test_tool_gone(owner, gone):
     """Only a tool of this host, boot and PID namespace is judged dead."""
-    assert reproduce_run.tool_gone(owner()) is gone
+    assert (reproduce_run._tool_here_alive(owner()) is False) is gone
 
 
 def artifact(run_id: str, path: str, where: Path) -> dict:
