@@ -28,7 +28,6 @@ import pytest
 from helpers import (
     MLPROJECT,
     SCRIPT,
-    STORES,
     add_commits,
     batch_runs,
     build_repo,
@@ -123,14 +122,6 @@ def slow_reference(samples_repo: Path, seconds: int = 300) -> str:
 
 def ticking(run) -> bool:
     return run.info.status == 'RUNNING' and 'tick' in run.data.metrics
-
-
-@pytest.fixture(params=['sqlite', 'server'])
-def tracking(request, monkeypatch) -> str:
-    """The session's sqlite store, or the session's real `mlflow server`."""
-    uri = request.getfixturevalue(STORES[request.param])
-    monkeypatch.setenv('MLFLOW_TRACKING_URI', uri)
-    return uri
 
 
 TICK = """\
@@ -310,7 +301,7 @@ def new_bisection(reference: str, old: list):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_kill_9_of_a_single_run_script_run_batch_and_bisection_is_cleaned_by_the_next_invocation(
-    samples_repo, tracking, tmp_path
+    samples_repo, tmp_path
 ):
     """Four tools share a TMPDIR and are killed mid-run, none given
     --experiment-name; the next invocation there, a bisection writing to
@@ -374,6 +365,38 @@ def clean_only(name: str, env: dict[str, str], *argv: str) -> subprocess.Complet
     which the search for leftover runs looks at first."""
     empty, _ = experiment()
     return run_tool('--from-experiment', empty, '--experiment-name', name, *argv, env=env)
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_single_run_and_a_batch_in_an_sqlite_store_is_cleaned_by_the_next_invocation(
+    samples_repo, sqlite_store, tmp_path, monkeypatch
+):
+    """The same in the session's sqlite store, whose connections the tools
+    share, for the kinds of tool that write there at once: a single run and a
+    batch of two (the other kinds are the server's test above)."""
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', sqlite_store)
+    tmp_dir = tmp_path / 'tmp'
+    env = tool_env(tmp_dir, LEFTOVERS_TEST_SLEEP='300')
+    default = default_id()
+    single = start_tool('--run_id', slow_reference(samples_repo), env=env)
+    batch = start_tool(
+        *('--run_id', slow_reference(samples_repo, 300), slow_reference(samples_repo, 301)),
+        *('--jobs', '2'),
+        env=env,
+    )
+    killed = kill_9_all(
+        {
+            'single': Victim(single, default, ticks(1), 'the single run to tick'),
+            'batch': Victim(batch, default, ticks(2), 'two ticking reproductions'),
+        }
+    )
+    assert [len(dead.left) for dead in killed.values()] == [1, 3]
+
+    result = clean_only('Default', tool_env(tmp_dir))
+
+    assert result.returncode == 0, result.stderr
+    for dead in killed.values():
+        assert_cleaned(result, dead, tmp_dir)
 
 
 def running_run(experiment_id: str, owner: str | None, started_ago: float = 0.0) -> str:
@@ -669,7 +692,7 @@ def in_another_namespace(pids: list[int]) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_tool_of_another_pid_namespace_is_never_judged_dead(samples_repo, reference, tmp_path):
+def test_a_tool_of_another_pid_namespace_is_never_judged_dead(samples_repo, tmp_path):
     """Two containers of one host share its name: the tool in one, PID 1
     there, is neither ended nor cleaned up by the other, alive or dead;
     only --reap-after closes its run."""
@@ -695,9 +718,8 @@ def test_a_tool_of_another_pid_namespace_is_never_judged_dead(samples_repo, refe
         assert (host, pid) == (HOST, '1') and namespace != NAMESPACE
         projects = in_another_namespace(marked_processes(1))
         [folder] = tmp_dir.glob('reproduce_run-1-*')
-        fast = reference('slow', '-P', 'seconds=1')
 
-        result = run_tool('--run_id', fast, env=env)
+        result = clean_only('Default', env)  # the reference's experiment, and so its reproduction's
 
         assert result.returncode == 0, result.stderr
         assert client().get_run(run.info.run_id).info.status == 'RUNNING'
@@ -709,12 +731,12 @@ def test_a_tool_of_another_pid_namespace_is_never_judged_dead(samples_repo, refe
         inner.wait()
     wait_for(lambda: all(process_gone(p) for p in projects), 30, 'the namespace to end')
 
-    result = run_tool('--run_id', fast, env=env)
+    result = clean_only('Default', env)
     assert result.returncode == 0, result.stderr
     assert client().get_run(run.info.run_id).info.status == 'RUNNING'
     assert folder.exists()
 
-    result = run_tool('--run_id', fast, '--reap-after', '1s', env=env)
+    result = clean_only('Default', env, '--reap-after', '1s')
     assert result.returncode == 0, result.stderr
     closed = client().get_run(run.info.run_id)
     assert closed.info.status == 'KILLED'
