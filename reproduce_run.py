@@ -5542,15 +5542,11 @@ def _run_link(client: MlflowClient, report: Report) -> str:
 
 
 def record_verdict(
-    client: MlflowClient,
-    report: Report,
-    histories: tuple[Mapping[str, Sequence[Point]], Mapping[str, Sequence[Point]]] | None,
-    plots: bool,
-    log_path: str | None = None,
+    client: MlflowClient, report: Report, plots: bool, log_path: str | None = None
 ) -> None:
     """Tags, description and artifacts on the reproduced run, where people
-    look in the MLflow UI: the JSON report, the project's output and plots.
-    The reference run is never written to."""
+    look in the MLflow UI: the JSON report, the project's output and plots
+    (of the report's histories).  The reference run is never written to."""
     from mlflow.entities import RunTag
 
     run_id = report.reproduced_run_id
@@ -5576,10 +5572,10 @@ def record_verdict(
             client.log_artifact(run_id, path, ARTIFACT_DIR)
             if log_path and os.path.exists(log_path):
                 client.log_artifact(run_id, log_path, ARTIFACT_DIR)
-            if plots and report.verdict and histories:
+            if plots and report.verdict and report.histories:
                 plot_dir = os.path.join(folder, 'plots')
                 os.mkdir(plot_dir)
-                if make_plots(report.verdict, *histories, plot_dir):
+                if make_plots(report.verdict, *report.histories, plot_dir):
                     client.log_artifacts(run_id, plot_dir, f'{ARTIFACT_DIR}/plots')
     except Exception as e:  # the verdict stands; say that it is not recorded
         warn(f'could not record the verdict on run {run_id}: {server_failure(e)}')
@@ -5609,19 +5605,17 @@ def check_command(plan: Plan, allow_unsafe: bool) -> None:
 
 
 def judge_runs(
-    client: MlflowClient,
-    rules: Rules,
-    last_only: bool,
-    reference: Run,
-    other: Run,
-    param_keys: Sequence[str],
+    session: Session, reference: Run, other: Run, param_keys: Sequence[str]
 ) -> tuple[Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
     from mlflow.exceptions import MlflowException
 
+    rules = session.options.rules
     for pattern in rules.unmatched(sorted({*reference.data.metrics, *other.data.metrics})):
         warn(f'{pattern!r} matches no metric of either run')
     try:
-        reference_histories, other_histories = read_histories(client, (reference, other), last_only)
+        reference_histories, other_histories = read_histories(
+            session.client, (reference, other), session.options.last_only
+        )
     except MlflowException as e:
         raise _mlflow_error('cannot read the metric histories', e) from None
     params = compare_params(
@@ -5642,9 +5636,7 @@ def compare_to(session: Session, run_id: str, other_id: str) -> Report:
     other = read_reference(session.client, other_id, session.tracking_uri)
     keys = sorted({*reference.data.params, *other.data.params})
     options = session.options
-    verdict, _ = judge_runs(
-        session.client, options.rules, options.last_only, reference, other, keys
-    )
+    verdict, _ = judge_runs(session, reference, other, keys)
     return _verdict_report(
         verdict,
         reference_run_id=reference.info.run_id,
@@ -5756,13 +5748,7 @@ def reproduce_one(
         report, seconds=time.monotonic() - started, histories=progress.histories
     )
     if report.reproduced_run_id:
-        record_verdict(
-            session.client,
-            report,
-            progress.histories,
-            plots=session.options.plots,
-            log_path=progress.log_path,
-        )
+        record_verdict(session.client, report, session.options.plots, progress.log_path)
     if not shared:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return report
@@ -5866,14 +5852,7 @@ def judge_reproduction(
         reproduced = session.client.get_run(run_id)
         # A script logs its params itself: every param either run logged.
         keys = [*{**reference.data.params, **reproduced.data.params}] if plan.script else None
-        return reproduced, *judge_runs(
-            session.client,
-            session.options.rules,
-            session.options.last_only,
-            reference,
-            reproduced,
-            keys or plan.declared,
-        )
+        return reproduced, *judge_runs(session, reference, reproduced, keys or plan.declared)
     except ReproduceError as e:
         detail = str(e).split(': ', 1)[-1]
     except Exception as e:
