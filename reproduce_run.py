@@ -4651,12 +4651,7 @@ def report_json(report: Report) -> dict[str, Any]:
             'passed': plan.params.passed if plan else None,
             'not_passed': plan.params.not_passed if plan else None,
             'compared': [
-                {
-                    'key': p.key,
-                    'reference': p.reference,
-                    'reproduced': p.reproduced,
-                    'equal': p.equal,
-                }
+                {**dataclasses.asdict(p), 'equal': p.equal}
                 for p in (verdict.params if verdict else ())
             ],
         },
@@ -6085,13 +6080,8 @@ def _run_probe(
         progress.end(index, report)
         return report
     if session.stop.event.is_set():  # start nothing new after a signal
-        return Report(
-            status=session.stop.status,
-            exit_code=STATUS_EXIT_CODES[session.stop.status],
-            reference_run_id=probe.run_id,
-            message=NOT_STARTED,
-            model=model,
-        )
+        report = _unfinished(_Progress(probe.run_id), session.stop.status, NOT_STARTED)
+        return dataclasses.replace(report, model=model)
     name = _reference_name(session, probe)
     progress.start(index, probe, name)
     try:
