@@ -5137,10 +5137,6 @@ def format_batch_json(batch: BatchReport) -> str:
 _json_string = json.encoder.encode_basestring_ascii  # json.dumps's own, in C
 
 
-class _NotPlainJson(Exception):
-    """A value indented_json leaves to json.dumps."""
-
-
 def indented_json(value: Any, newline: str = '\n') -> str:
     """json.dumps(value, indent=2, allow_nan=False), each line after the first
     starting with `newline`'s indentation, in a third of the time: json has no
@@ -5148,7 +5144,7 @@ def indented_json(value: Any, newline: str = '\n') -> str:
     bool, None, list, tuple and dict goes to json.dumps, which says the same."""
     try:
         return _indented(value, newline)
-    except _NotPlainJson:
+    except TypeError:  # from _indented, or from _json_string given a key that is not a str
         text = json.dumps(value, indent=2, allow_nan=False)
         return text.replace('\n', newline)
 
@@ -5162,7 +5158,7 @@ def _indented(value: Any, newline: str) -> str:
             return '{}' if kind is dict else '[]'
         inner = newline + '  '
         if kind is dict:
-            items = [_json_key(k) + ': ' + _indented(v, inner) for k, v in value.items()]
+            items = [_json_string(k) + ': ' + _indented(v, inner) for k, v in value.items()]
             return '{' + inner + (',' + inner).join(items) + newline + '}'
         items = [_indented(v, inner) for v in value]
         return '[' + inner + (',' + inner).join(items) + newline + ']'
@@ -5170,13 +5166,7 @@ def _indented(value: Any, newline: str) -> str:
         return 'null' if value is None else ('true' if value else 'false')
     if kind is int or (kind is float and math.isfinite(value)):
         return repr(value)
-    raise _NotPlainJson
-
-
-def _json_key(key: Any) -> str:
-    if type(key) is not str:
-        raise _NotPlainJson
-    return _json_string(key)
+    raise TypeError(kind)
 
 
 def _suggestion_cell(d: MetricDiagnosis) -> str | None:
