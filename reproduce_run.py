@@ -6023,10 +6023,6 @@ class _Parents:
         self._dry = session.options.dry_run
         self.own = None if self._dry else planner.create_parent(session)
 
-    @property
-    def group_run_id(self) -> str | None:
-        return self.own or next(iter(self.nested.values()), None)
-
     def parent_for(self, probe: Probe) -> str | None:
         if self._dry:
             return None
@@ -6128,7 +6124,7 @@ def run_group(session: Session, planner: Planner) -> Group:
             wait_for_futures(session, list(running))
     group = Group(
         tuple(r for r in results if r is not None),
-        parents.group_run_id,
+        parents.own or next(iter(parents.nested.values()), None),  # else the first nested parent
         dict(parents.nested),
         session.options.dry_run,
         session.leftovers,
