@@ -4608,12 +4608,7 @@ def report_json(report: Report) -> dict[str, Any]:
             'passed': plan.params.passed if plan else None,
             'not_passed': plan.params.not_passed if plan else None,
             'compared': [
-                {
-                    'key': p.key,
-                    'reference': p.reference,
-                    'reproduced': p.reproduced,
-                    'equal': p.equal,
-                }
+                {**dataclasses.asdict(p), 'equal': p.equal}
                 for p in (verdict.params if verdict else ())
             ],
         },
@@ -5099,10 +5094,6 @@ def format_batch_json(batch: BatchReport) -> str:
 _json_string = json.encoder.encode_basestring_ascii  # json.dumps's own, in C
 
 
-class _NotPlainJson(Exception):
-    """A value indented_json leaves to json.dumps."""
-
-
 def indented_json(value: Any, newline: str = '\n') -> str:
     """json.dumps(value, indent=2, allow_nan=False), each line after the first
     starting with `newline`'s indentation, in a third of the time: json has no
@@ -5110,7 +5101,7 @@ def indented_json(value: Any, newline: str = '\n') -> str:
     bool, None, list, tuple and dict goes to json.dumps, which says the same."""
     try:
         return _indented(value, newline)
-    except _NotPlainJson:
+    except TypeError:  # from _indented, or from _json_string given a key that is not a str
         text = json.dumps(value, indent=2, allow_nan=False)
         return text.replace('\n', newline)
 
@@ -5124,7 +5115,7 @@ def _indented(value: Any, newline: str) -> str:
             return '{}' if kind is dict else '[]'
         inner = newline + '  '
         if kind is dict:
-            items = [_json_key(k) + ': ' + _indented(v, inner) for k, v in value.items()]
+            items = [_json_string(k) + ': ' + _indented(v, inner) for k, v in value.items()]
             return '{' + inner + (',' + inner).join(items) + newline + '}'
         items = [_indented(v, inner) for v in value]
         return '[' + inner + (',' + inner).join(items) + newline + ']'
@@ -5132,13 +5123,7 @@ def _indented(value: Any, newline: str) -> str:
         return 'null' if value is None else ('true' if value else 'false')
     if kind is int or (kind is float and math.isfinite(value)):
         return repr(value)
-    raise _NotPlainJson
-
-
-def _json_key(key: Any) -> str:
-    if type(key) is not str:
-        raise _NotPlainJson
-    return _json_string(key)
+    raise TypeError(kind)
 
 
 def _suggestion_cell(d: MetricDiagnosis) -> str | None:
@@ -5499,15 +5484,11 @@ def _run_link(client: MlflowClient, report: Report) -> str:
 
 
 def record_verdict(
-    client: MlflowClient,
-    report: Report,
-    histories: tuple[Mapping[str, Sequence[Point]], Mapping[str, Sequence[Point]]] | None,
-    plots: bool,
-    log_path: str | None = None,
+    client: MlflowClient, report: Report, plots: bool, log_path: str | None = None
 ) -> None:
     """Tags, description and artifacts on the reproduced run, where people
-    look in the MLflow UI: the JSON report, the project's output and plots.
-    The reference run is never written to."""
+    look in the MLflow UI: the JSON report, the project's output and plots
+    (of the report's histories).  The reference run is never written to."""
     from mlflow.entities import RunTag
 
     run_id = report.reproduced_run_id
@@ -5533,10 +5514,10 @@ def record_verdict(
             client.log_artifact(run_id, path, ARTIFACT_DIR)
             if log_path and os.path.exists(log_path):
                 client.log_artifact(run_id, log_path, ARTIFACT_DIR)
-            if plots and report.verdict and histories:
+            if plots and report.verdict and report.histories:
                 plot_dir = os.path.join(folder, 'plots')
                 os.mkdir(plot_dir)
-                if make_plots(report.verdict, *histories, plot_dir):
+                if make_plots(report.verdict, *report.histories, plot_dir):
                     client.log_artifacts(run_id, plot_dir, f'{ARTIFACT_DIR}/plots')
     except Exception as e:  # the verdict stands; say that it is not recorded
         warn(f'could not record the verdict on run {run_id}: {server_failure(e)}')
@@ -5566,19 +5547,17 @@ def check_command(plan: Plan, allow_unsafe: bool) -> None:
 
 
 def judge_runs(
-    client: MlflowClient,
-    rules: Rules,
-    last_only: bool,
-    reference: Run,
-    other: Run,
-    param_keys: Sequence[str],
+    session: Session, reference: Run, other: Run, param_keys: Sequence[str]
 ) -> tuple[Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
     from mlflow.exceptions import MlflowException
 
+    rules = session.options.rules
     for pattern in rules.unmatched(sorted({*reference.data.metrics, *other.data.metrics})):
         warn(f'{pattern!r} matches no metric of either run')
     try:
-        reference_histories, other_histories = read_histories(client, (reference, other), last_only)
+        reference_histories, other_histories = read_histories(
+            session.client, (reference, other), session.options.last_only
+        )
     except MlflowException as e:
         raise _mlflow_error('cannot read the metric histories', e) from None
     params = compare_params(
@@ -5599,9 +5578,7 @@ def compare_to(session: Session, run_id: str, other_id: str) -> Report:
     other = read_reference(session.client, other_id, session.tracking_uri)
     keys = sorted({*reference.data.params, *other.data.params})
     options = session.options
-    verdict, _ = judge_runs(
-        session.client, options.rules, options.last_only, reference, other, keys
-    )
+    verdict, _ = judge_runs(session, reference, other, keys)
     return _verdict_report(
         verdict,
         reference_run_id=reference.info.run_id,
@@ -5713,13 +5690,7 @@ def reproduce_one(
         report, seconds=time.monotonic() - started, histories=progress.histories
     )
     if report.reproduced_run_id:
-        record_verdict(
-            session.client,
-            report,
-            progress.histories,
-            plots=session.options.plots,
-            log_path=progress.log_path,
-        )
+        record_verdict(session.client, report, session.options.plots, progress.log_path)
     if not shared:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return report
@@ -5823,14 +5794,7 @@ def judge_reproduction(
         reproduced = session.client.get_run(run_id)
         # A script logs its params itself: every param either run logged.
         keys = [*{**reference.data.params, **reproduced.data.params}] if plan.script else None
-        return reproduced, *judge_runs(
-            session.client,
-            session.options.rules,
-            session.options.last_only,
-            reference,
-            reproduced,
-            keys or plan.declared,
-        )
+        return reproduced, *judge_runs(session, reference, reproduced, keys or plan.declared)
     except ReproduceError as e:
         detail = str(e).split(': ', 1)[-1]
     except Exception as e:
@@ -6016,10 +5980,6 @@ class _Parents:
         self._dry = session.options.dry_run
         self.own = None if self._dry else planner.create_parent(session)
 
-    @property
-    def group_run_id(self) -> str | None:
-        return self.own or next(iter(self.nested.values()), None)
-
     def parent_for(self, probe: Probe) -> str | None:
         if self._dry:
             return None
@@ -6063,13 +6023,8 @@ def _run_probe(
         progress.end(index, report)
         return report
     if session.stop.event.is_set():  # start nothing new after a signal
-        return Report(
-            status=session.stop.status,
-            exit_code=STATUS_EXIT_CODES[session.stop.status],
-            reference_run_id=probe.run_id,
-            message=NOT_STARTED,
-            model=model,
-        )
+        report = _unfinished(_Progress(probe.run_id), session.stop.status, NOT_STARTED)
+        return dataclasses.replace(report, model=model)
     name = _reference_name(session, probe)
     progress.start(index, probe, name)
     try:
@@ -6126,7 +6081,7 @@ def run_group(session: Session, planner: Planner) -> Group:
             wait_for_futures(session, list(running))
     group = Group(
         tuple(r for r in results if r is not None),
-        parents.group_run_id,
+        parents.own or next(iter(parents.nested.values()), None),  # else the first nested parent
         dict(parents.nested),
         session.options.dry_run,
         session.leftovers,

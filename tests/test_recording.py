@@ -299,7 +299,7 @@ def test_fit_tag(value, expected):
 def test_recorded_description_of_a_wide_report_keeps_its_verdict(capsys):
     reference, run_id = logged_run({'m000': [1.0]}), logged_run({'m000': [1.0]})
     report = wide_report(300, 5000, run_id=run_id, reference_id=reference)
-    reproduce_run.record_verdict(client(), report, None, plots=False)
+    reproduce_run.record_verdict(client(), report, plots=False)
     assert capsys.readouterr().err == ''
     note = client().get_run(run_id).data.tags['mlflow.note.content']
     assert len(note) <= 8000
@@ -350,11 +350,11 @@ def test_every_differing_metric_gets_its_own_plot(capsys):
     ref = logged_run({k: [1.0, 2.0, 3.0] for k in keys})
     other = logged_run({k: [1.0, 2.0, 4.0 + i] for i, k in enumerate(keys)})
     c = client()
-    verdict, histories = reproduce_run.judge_runs(
-        c, reproduce_run.Rules(TIGHT), False, c.get_run(ref), c.get_run(other), []
-    )
-    report = reproduce_run.Report('differ', 1, ref, other, verdict=verdict)
-    reproduce_run.record_verdict(c, report, histories, plots=True)
+    options = reproduce_run.Options(rules=reproduce_run.Rules(TIGHT))
+    session = reproduce_run.Session(options, c, '', {}, '', '', reproduce_run.Stop())
+    verdict, histories = reproduce_run.judge_runs(session, c.get_run(ref), c.get_run(other), [])
+    report = reproduce_run.Report('differ', 1, ref, other, verdict=verdict, histories=histories)
+    reproduce_run.record_verdict(c, report, plots=True)
     assert capsys.readouterr().err == ''
     plots = sorted(f.path for f in c.list_artifacts(other, 'reproduce/plots'))
     assert len(plots) == 4

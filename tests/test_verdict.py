@@ -482,7 +482,7 @@ def test_infinite_tolerance_in_a_recorded_comparison(capsys):
         verdict=verdict,
         rules=reproduce_run.Rules(Tolerance(rtol=INF)),
     )
-    reproduce_run.record_verdict(c, report, None, plots=False)
+    reproduce_run.record_verdict(c, report, plots=False)
     assert capsys.readouterr().err == ''
     doc = json.loads(artifact_bytes(other, 'reproduce/comparison.json'))
     assert (doc['tolerance']['rtol'], doc['metrics'][0]['rtol'], doc['equal']) == (

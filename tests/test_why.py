@@ -571,7 +571,7 @@ def test_differences_go_into_the_run_description(dataset_runs):
         verdict=verdict,
         differences=reproduce_run.differences_between(c, ref, other, TIGHT),
     )
-    reproduce_run.record_verdict(c, report, None, plots=False)
+    reproduce_run.record_verdict(c, report, plots=False)
     note = c.get_run(reproduced).data.tags['mlflow.note.content']
     assert '**Other differences:**' in note
     assert '  - dataset `train` (training) changed at its source (digest ' in note
