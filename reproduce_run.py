@@ -7047,9 +7047,8 @@ class BisectReport(Outcome):
         """A key of STATUS_EXIT_CODES: its exit code is the bisection's."""
         if self.stopped:
             return self.stopped
-        if not self.probes or all(o == SKIP for o in self.outcomes.values()):
-            return 'failed'
-        if self.finding.reason in (REFERENCE_FAILED, SERVER_LOST):
+        skipped = all(o == SKIP for o in self.outcomes.values())
+        if not self.probes or skipped or self.finding.reason in (REFERENCE_FAILED, SERVER_LOST):
             return 'failed'
         if self.finding.reason == NOT_REPRODUCED or self.finding.candidates:
             return 'differ'
@@ -7114,10 +7113,10 @@ class BisectPlanner(Planner):
         repeat: int,
         jobs: int,
         rules: Rules,
-        describe_commit: Callable[[str], tuple[str, ...]],
+        clone: str,  # the private repository, to describe the first changed commit
     ) -> None:
         self.reference, self.path, self.repeat, self.jobs = reference, tuple(path), repeat, jobs
-        self.rules, self.describe_commit = rules, describe_commit
+        self.rules, self.clone = rules, clone
         self.index = {c.commit: i for i, c in enumerate(self.path)}
         self.planned = 0
 
@@ -7168,6 +7167,7 @@ class BisectPlanner(Planner):
         found = self._finding(group, outcomes)
         stopped = next((r.status for _, r in group.results if r.status in SIGNAL_STATUSES), None)
         first = found.first_changed
+        details = () if first is None else describe_commit(self.clone, self.path[first].commit)
         return BisectReport(
             self.reference.info.run_id,
             self.reference.info.run_name,
@@ -7180,7 +7180,7 @@ class BisectPlanner(Planner):
             found,
             group.parent_run_id,
             stopped=stopped,
-            details=self.describe_commit(self.path[first].commit) if first is not None else (),
+            details=details,
             leftovers=group.leftovers,
         )
 
@@ -7327,9 +7327,7 @@ def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> Bisec
         session.shared.sources[(source.uri, c.commit)] = _CachedSource(
             origin=dataclasses.replace(private, version=c.commit)
         )
-    planner = BisectPlanner(
-        reference, path, repeat, options.jobs, options.rules, lambda c: describe_commit(clone, c)
-    )
+    planner = BisectPlanner(reference, path, repeat, options.jobs, options.rules, clone)
     bisect: BisectReport = report_group(session, planner)
     for index, report in bisect.probes:
         tag_probe(client, report, TAG_BISECT_COMMIT, bisect.path[index].commit, 'run')
@@ -8269,28 +8267,20 @@ def bisect_reference(
 ) -> BisectReport | Report:
     """One reference's bisection; after a signal, none (not started); one
     that cannot start is an error entry, and the next reference goes on."""
+    if session.stop.event.is_set():
+        status, message = session.stop.status, NOT_STARTED
+        code = STATUS_EXIT_CODES[status]
+    else:
+        try:
+            if chosen.run_id is None:
+                raise ReproduceError(chosen.error or f'{chosen.label} cannot be reproduced')
+            return run_bisect(session, chosen.run_id, target, repeat)
+        except ReproduceError as e:
+            status, code, message = 'error', e.exit_code, mask_credentials(str(e))
+            print(f'{program_name()}: error: {shown(message)}', file=sys.stderr, flush=True)
     label = chosen.run_id or chosen.label
     model = label if label.startswith('models:') else None
-    if session.stop.event.is_set():
-        status = session.stop.status
-        return Report(
-            status,
-            STATUS_EXIT_CODES[status],
-            label,
-            message=NOT_STARTED,
-            model=model,
-            rules=session.options.rules,
-        )
-    try:
-        if chosen.run_id is None:
-            raise ReproduceError(chosen.error or f'{chosen.label} cannot be reproduced')
-        return run_bisect(session, chosen.run_id, target, repeat)
-    except ReproduceError as e:
-        message = mask_credentials(str(e))
-        print(f'{program_name()}: error: {shown(message)}', file=sys.stderr, flush=True)
-        return Report(
-            'error', e.exit_code, label, message=message, model=model, rules=session.options.rules
-        )
+    return Report(status, code, label, message=message, model=model, rules=session.options.rules)
 
 
 def invoke(
