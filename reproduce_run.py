@@ -6916,13 +6916,6 @@ def diagnosis_record(
     )
 
 
-def run_repeat(
-    session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]], n: int
-) -> BatchReport:
-    """Reproduce every chosen run n times, --jobs at a time."""
-    return report_group(session, RepeatPlanner(chosen, skipped, n, session.options.rules))
-
-
 # ---------------------------------------------------------------------------
 # Bisect: the first commit, on the first-parent path from the reference run's
 # commit to a target, whose reproduction no longer equals the reference.  As
@@ -7830,19 +7823,16 @@ def explain_batch(session: Session, batch: BatchReport) -> BatchReport:
     if not session.options.explain or session.options.dry_run:
         return batch
     reports = list(batch.reports)
+    indexes = [i for i, r in enumerate(reports) if r.status == 'differ']
     if batch.repeats:
         classes = {r.reference_run_id: classify_run(r.diagnoses) for r in batch.repeats}
-        first = {}  # each reference's first reproduction that differs
-        for i, r in enumerate(reports):
-            if r.status == 'differ':
-                first.setdefault(r.reference_run_id, i)
+        # each reference's first reproduction that differs: backwards, the first is written last
+        first = {reports[i].reference_run_id: i for i in reversed(indexes)}
         for run_id, i in first.items():
             if classes.get(run_id) == NONDETERMINISTIC:
                 not_needed = Explanation(None, reason=NOT_NEEDED_REASON)
                 reports[i] = dataclasses.replace(reports[i], explanation=not_needed)
         indexes = sorted(i for run_id, i in first.items() if classes.get(run_id) == DRIFTED)
-    else:
-        indexes = [i for i, r in enumerate(reports) if r.status == 'differ']
     for i in indexes:
         if session.stop.event.is_set():
             break
@@ -8133,7 +8123,7 @@ def post_webhook(url: str, text: str) -> None:
 
 def _webhook_failure(e: Exception) -> str:
     reason = getattr(e, 'reason', None) or e
-    if isinstance(reason, (TimeoutError, socket.timeout)) or 'timed out' in str(reason):
+    if isinstance(reason, TimeoutError) or 'timed out' in str(reason):  # socket.timeout too
         return f'no answer within {NOTIFY_TIMEOUT_SECONDS:.0f} s'
     if 300 <= getattr(e, 'code', 0) < 400:
         return f'HTTP {e.code}, a redirect (not followed)'
@@ -8225,7 +8215,7 @@ def check_tracking_server(uri: str) -> None:
         return
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, 'reason', e)
-        if isinstance(reason, (TimeoutError, socket.timeout)) or 'timed out' in str(reason):
+        if isinstance(reason, TimeoutError) or 'timed out' in str(reason):  # socket.timeout too
             raise ReproduceError(
                 f'the tracking server {mask_credentials(uri)} does not answer (no response '
                 f'within {PROBE_TIMEOUT_SECONDS:.0f} s)'
@@ -8296,11 +8286,11 @@ def invoke(
     check_tracking_store(os.environ.get('MLFLOW_TRACKING_URI'))  # before MLflow makes one
     user_environ = dict(os.environ)
     marker = f'{_tool_identity().replace(":", "-")}-{os.urandom(4).hex()}'  # pid-start-random
-    tool_environ: dict[str, str | None] = {**tool_request_settings(user_environ)}
-    tool_environ['MLFLOW_TRACKING_URI'] = absolute_tracking_uri(
-        os.environ.get('MLFLOW_TRACKING_URI')
-    )
-    tool_environ[PROCESS_MARKER] = marker
+    tool_environ: dict[str, str | None] = {
+        **tool_request_settings(user_environ),
+        'MLFLOW_TRACKING_URI': absolute_tracking_uri(user_environ.get('MLFLOW_TRACKING_URI')),
+        PROCESS_MARKER: marker,
+    }
     with _environ(tool_environ), tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as tmp_root:
         try:
             import mlflow
@@ -8344,7 +8334,8 @@ def invoke(
                 session.client, selection, options.uri is not None, tracking_uri, options.dry_run
             )
             if selection.repeat > 1 and not options.dry_run:  # a plan is the same each time
-                batch = run_repeat(session, chosen, skipped, selection.repeat)
+                repeat = RepeatPlanner(chosen, skipped, selection.repeat, options.rules)
+                batch = report_group(session, repeat)
             else:
                 batch = run_batch(session, chosen, skipped)
             return run_in_worker(session, lambda: explain_batch(session, batch))
