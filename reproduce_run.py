@@ -6816,14 +6816,12 @@ class RepeatPlanner(Planner):
 
     def report(self, group: Group) -> BatchReport:
         reports = tuple(r for _, r in group.results)
-        repeats = diagnose_repeats(self.chosen, reports, group.nested_parents, self.rules)
-        single = self.chosen[0].run_id if len(self.chosen) == 1 else None
         return BatchReport(
             reports,
             self.skipped,
             group.parent_run_id,
-            repeats=repeats,
-            repeat_of=single,
+            repeats=diagnose_repeats(self.chosen, reports, group.nested_parents, self.rules),
+            repeat_of=self.chosen[0].run_id if len(self.chosen) == 1 else None,
             leftovers=group.leftovers,
         )
 
@@ -7299,11 +7297,13 @@ def describe_commit(clone: str, commit: str) -> tuple[str, ...]:
     return (f'Author:  {author}', f'Date:    {date}', *(f' {s.strip()}' for s in stat.splitlines()))
 
 
-def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> BisectReport:
+def run_bisect(session: Session, chosen: Chosen, target: str, repeat: int) -> BisectReport:
     """Fetch the history once, then probe the reference commit, the target
     and the midpoints between, each probe a full reproduction."""
+    if chosen.run_id is None:
+        raise ReproduceError(chosen.error or f'{chosen.label} cannot be reproduced')
     options, client = session.options, session.client
-    reference = read_reference(client, run_id, session.tracking_uri)
+    reference = read_reference(client, chosen.run_id, session.tracking_uri)
     source = resolve_source(reference, options.uri, None)
     if not target and (branch := reference.data.tags.get(TAG_GIT_BRANCH)):
         refuse_commit_value(branch, 'the recorded branch')  # before git reads it
@@ -7711,13 +7711,13 @@ class ExplainPlanner(Planner):
     ) -> None:
         self.session, self.reproduction, self.layers = session, report, layers
         self.by_key = {c.key: c for c in candidates}
-        self.undone: dict[Probe, tuple[str, ...]] = {}
+        self.undone: dict[Probe, list[Candidate]] = {}
         self.outcomes: dict[frozenset[str], bool] = {}
         self.step = ExplainStep()
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
         for probe, report in results:
-            self.outcomes[frozenset(self.undone[probe])] = report.status == 'equal'
+            self.outcomes[frozenset(c.key for c in self.undone[probe])] = report.status == 'equal'
         if len(results) < len(self.undone) or any(r.status in SIGNAL_STATUSES for _, r in results):
             return []  # one probe at a time: each depends on the last
         self.step = explain_step(list(self.by_key), self.outcomes)
@@ -7732,14 +7732,13 @@ class ExplainPlanner(Planner):
             environ=probe_environ(self.session, undone, self.layers),
             parent_run_id=self.reproduction.reproduced_run_id,
         )
-        self.undone[probe] = self.step.undo
+        self.undone[probe] = undone
         return [probe]
 
 
 def explain(session: Session, report: Report) -> Report:
     """The report with its explanation, recorded on the reproduced run."""
-    explanation = explain_difference(session, report)
-    report = dataclasses.replace(report, explanation=explanation)
+    report = dataclasses.replace(report, explanation=explain_difference(session, report))
     record_explanation(session.client, report)
     if session.stop.event.is_set():  # a signal wins, as everywhere
         status = session.stop.status
@@ -7776,8 +7775,7 @@ def explain_difference(session: Session, report: Report) -> Explanation:
     group = run_group(dataclasses.replace(session, options=options), planner)
     probes = []
     for probe, probe_report in group.results:
-        undone = [planner.by_key[k] for k in planner.undone[probe]]
-        changes = {c.name: c.reference for c in undone}
+        changes = {c.name: c.reference for c in planner.undone[probe]}
         probes.append(
             {
                 'changes': changes,
@@ -8105,10 +8103,9 @@ def post_webhook(url: str, text: str) -> None:
     def deliver() -> None:
         try:
             opener.open(request, timeout=NOTIFY_TIMEOUT_SECONDS).close()
-        except urllib.error.HTTPError as e:
-            e.close()
-            failures.append(e)
         except BaseException as e:
+            if isinstance(e, urllib.error.HTTPError):
+                e.close()
             failures.append(e)
 
     worker = threading.Thread(target=deliver, name='webhook', daemon=True)
@@ -8245,9 +8242,7 @@ def bisect_chosen(session: Session, selection: Selection) -> BisectReport | Bise
         why = '; '.join(skipped_lines(skipped, 'skipped'))
         raise ReproduceError('--bisect: no reference run was chosen' + (f' ({why})' if why else ''))
     if len(chosen) == 1 and not skipped:
-        if chosen[0].run_id is None:
-            raise ReproduceError(chosen[0].error or f'{chosen[0].label} cannot be reproduced')
-        return run_bisect(session, chosen[0].run_id, target, repeat)
+        return run_bisect(session, chosen[0], target, repeat)
     entries = tuple(bisect_reference(session, c, target, repeat) for c in chosen)
     return Bisections(entries, tuple(skipped))
 
@@ -8262,9 +8257,7 @@ def bisect_reference(
         code = STATUS_EXIT_CODES[status]
     else:
         try:
-            if chosen.run_id is None:
-                raise ReproduceError(chosen.error or f'{chosen.label} cannot be reproduced')
-            return run_bisect(session, chosen.run_id, target, repeat)
+            return run_bisect(session, chosen, target, repeat)
         except ReproduceError as e:
             status, code, message = 'error', e.exit_code, mask_credentials(str(e))
             print(f'{program_name()}: error: {shown(message)}', file=sys.stderr, flush=True)
