@@ -6568,14 +6568,12 @@ class RepeatPlanner(Planner):
 
     def report(self, group: Group) -> BatchReport:
         reports = tuple(r for _, r in group.results)
-        repeats = diagnose_repeats(self.chosen, reports, group.nested_parents, self.rules)
-        single = self.chosen[0].run_id if len(self.chosen) == 1 else None
         return BatchReport(
             reports,
             self.skipped,
             group.parent_run_id,
-            repeats=repeats,
-            repeat_of=single,
+            repeats=diagnose_repeats(self.chosen, reports, group.nested_parents, self.rules),
+            repeat_of=self.chosen[0].run_id if len(self.chosen) == 1 else None,
             leftovers=group.leftovers,
         )
 
@@ -6666,13 +6664,6 @@ def diagnosis_record(
         indented_json(document),
         tags={TAG_CLASSIFICATION: classification},
     )
-
-
-def run_repeat(
-    session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]], n: int
-) -> BatchReport:
-    """Reproduce every chosen run n times, --jobs at a time."""
-    return report_group(session, RepeatPlanner(chosen, skipped, n, session.options.rules))
 
 
 # ---------------------------------------------------------------------------
@@ -6799,9 +6790,8 @@ class BisectReport(Outcome):
         """A key of STATUS_EXIT_CODES: its exit code is the bisection's."""
         if self.stopped:
             return self.stopped
-        if not self.probes or all(o == SKIP for o in self.outcomes.values()):
-            return 'failed'
-        if self.finding.reason in (REFERENCE_FAILED, SERVER_LOST):
+        skipped = all(o == SKIP for o in self.outcomes.values())
+        if not self.probes or skipped or self.finding.reason in (REFERENCE_FAILED, SERVER_LOST):
             return 'failed'
         if self.finding.reason == NOT_REPRODUCED or self.finding.candidates:
             return 'differ'
@@ -6866,10 +6856,10 @@ class BisectPlanner(Planner):
         repeat: int,
         jobs: int,
         rules: Rules,
-        describe_commit: Callable[[str], tuple[str, ...]],
+        clone: str,  # the private repository, to describe the first changed commit
     ) -> None:
         self.reference, self.path, self.repeat, self.jobs = reference, tuple(path), repeat, jobs
-        self.rules, self.describe_commit = rules, describe_commit
+        self.rules, self.clone = rules, clone
         self.index = {c.commit: i for i, c in enumerate(self.path)}
         self.planned = 0
 
@@ -6920,6 +6910,7 @@ class BisectPlanner(Planner):
         found = self._finding(group, outcomes)
         stopped = next((r.status for _, r in group.results if r.status in SIGNAL_STATUSES), None)
         first = found.first_changed
+        details = () if first is None else describe_commit(self.clone, self.path[first].commit)
         return BisectReport(
             self.reference.info.run_id,
             self.reference.info.run_name,
@@ -6932,7 +6923,7 @@ class BisectPlanner(Planner):
             found,
             group.parent_run_id,
             stopped=stopped,
-            details=self.describe_commit(self.path[first].commit) if first is not None else (),
+            details=details,
             leftovers=group.leftovers,
         )
 
@@ -7058,11 +7049,13 @@ def describe_commit(clone: str, commit: str) -> tuple[str, ...]:
     return (f'Author:  {author}', f'Date:    {date}', *(f' {s.strip()}' for s in stat.splitlines()))
 
 
-def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> BisectReport:
+def run_bisect(session: Session, chosen: Chosen, target: str, repeat: int) -> BisectReport:
     """Fetch the history once, then probe the reference commit, the target
     and the midpoints between, each probe a full reproduction."""
+    if chosen.run_id is None:
+        raise ReproduceError(chosen.error or f'{chosen.label} cannot be reproduced')
     options, client = session.options, session.client
-    reference = read_reference(client, run_id, session.tracking_uri)
+    reference = read_reference(client, chosen.run_id, session.tracking_uri)
     source = resolve_source(reference, options.uri, None)
     if not target and (branch := reference.data.tags.get(TAG_GIT_BRANCH)):
         refuse_commit_value(branch, 'the recorded branch')  # before git reads it
@@ -7079,9 +7072,7 @@ def run_bisect(session: Session, run_id: str, target: str, repeat: int) -> Bisec
         session.shared.sources[(source.uri, c.commit)] = _CachedSource(
             origin=dataclasses.replace(private, version=c.commit)
         )
-    planner = BisectPlanner(
-        reference, path, repeat, options.jobs, options.rules, lambda c: describe_commit(clone, c)
-    )
+    planner = BisectPlanner(reference, path, repeat, options.jobs, options.rules, clone)
     bisect: BisectReport = report_group(session, planner)
     for index, report in bisect.probes:
         tag_probe(client, report, TAG_BISECT_COMMIT, bisect.path[index].commit, 'run')
@@ -7472,13 +7463,13 @@ class ExplainPlanner(Planner):
     ) -> None:
         self.session, self.reproduction, self.layers = session, report, layers
         self.by_key = {c.key: c for c in candidates}
-        self.undone: dict[Probe, tuple[str, ...]] = {}
+        self.undone: dict[Probe, list[Candidate]] = {}
         self.outcomes: dict[frozenset[str], bool] = {}
         self.step = ExplainStep()
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
         for probe, report in results:
-            self.outcomes[frozenset(self.undone[probe])] = report.status == 'equal'
+            self.outcomes[frozenset(c.key for c in self.undone[probe])] = report.status == 'equal'
         if len(results) < len(self.undone) or any(r.status in SIGNAL_STATUSES for _, r in results):
             return []  # one probe at a time: each depends on the last
         self.step = explain_step(list(self.by_key), self.outcomes)
@@ -7493,14 +7484,13 @@ class ExplainPlanner(Planner):
             environ=probe_environ(self.session, undone, self.layers),
             parent_run_id=self.reproduction.reproduced_run_id,
         )
-        self.undone[probe] = self.step.undo
+        self.undone[probe] = undone
         return [probe]
 
 
 def explain(session: Session, report: Report) -> Report:
     """The report with its explanation, recorded on the reproduced run."""
-    explanation = explain_difference(session, report)
-    report = dataclasses.replace(report, explanation=explanation)
+    report = dataclasses.replace(report, explanation=explain_difference(session, report))
     record_explanation(session.client, report)
     if session.stop.event.is_set():  # a signal wins, as everywhere
         status = session.stop.status
@@ -7537,8 +7527,7 @@ def explain_difference(session: Session, report: Report) -> Explanation:
     group = run_group(dataclasses.replace(session, options=options), planner)
     probes = []
     for probe, probe_report in group.results:
-        undone = [planner.by_key[k] for k in planner.undone[probe]]
-        changes = {c.name: c.reference for c in undone}
+        changes = {c.name: c.reference for c in planner.undone[probe]}
         probes.append(
             {
                 'changes': changes,
@@ -7584,19 +7573,16 @@ def explain_batch(session: Session, batch: BatchReport) -> BatchReport:
     if not session.options.explain or session.options.dry_run:
         return batch
     reports = list(batch.reports)
+    indexes = [i for i, r in enumerate(reports) if r.status == 'differ']
     if batch.repeats:
         classes = {r.reference_run_id: classify_run(r.diagnoses) for r in batch.repeats}
-        first = {}  # each reference's first reproduction that differs
-        for i, r in enumerate(reports):
-            if r.status == 'differ':
-                first.setdefault(r.reference_run_id, i)
+        # each reference's first reproduction that differs: backwards, the first is written last
+        first = {reports[i].reference_run_id: i for i in reversed(indexes)}
         for run_id, i in first.items():
             if classes.get(run_id) == NONDETERMINISTIC:
                 not_needed = Explanation(None, reason=NOT_NEEDED_REASON)
                 reports[i] = dataclasses.replace(reports[i], explanation=not_needed)
         indexes = sorted(i for run_id, i in first.items() if classes.get(run_id) == DRIFTED)
-    else:
-        indexes = [i for i, r in enumerate(reports) if r.status == 'differ']
     for i in indexes:
         if session.stop.event.is_set():
             break
@@ -7869,10 +7855,9 @@ def post_webhook(url: str, text: str) -> None:
     def deliver() -> None:
         try:
             opener.open(request, timeout=NOTIFY_TIMEOUT_SECONDS).close()
-        except urllib.error.HTTPError as e:
-            e.close()
-            failures.append(e)
         except BaseException as e:
+            if isinstance(e, urllib.error.HTTPError):
+                e.close()
             failures.append(e)
 
     worker = threading.Thread(target=deliver, name='webhook', daemon=True)
@@ -7887,7 +7872,7 @@ def post_webhook(url: str, text: str) -> None:
 
 def _webhook_failure(e: Exception) -> str:
     reason = getattr(e, 'reason', None) or e
-    if isinstance(reason, (TimeoutError, socket.timeout)) or 'timed out' in str(reason):
+    if isinstance(reason, TimeoutError) or 'timed out' in str(reason):  # socket.timeout too
         return f'no answer within {NOTIFY_TIMEOUT_SECONDS:.0f} s'
     if 300 <= getattr(e, 'code', 0) < 400:
         return f'HTTP {e.code}, a redirect (not followed)'
@@ -7979,7 +7964,7 @@ def check_tracking_server(uri: str) -> None:
         return
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, 'reason', e)
-        if isinstance(reason, (TimeoutError, socket.timeout)) or 'timed out' in str(reason):
+        if isinstance(reason, TimeoutError) or 'timed out' in str(reason):  # socket.timeout too
             raise ReproduceError(
                 f'the tracking server {mask_credentials(uri)} does not answer (no response '
                 f'within {PROBE_TIMEOUT_SECONDS:.0f} s)'
@@ -8009,9 +7994,7 @@ def bisect_chosen(session: Session, selection: Selection) -> BisectReport | Bise
         why = '; '.join(skipped_lines(skipped, 'skipped'))
         raise ReproduceError('--bisect: no reference run was chosen' + (f' ({why})' if why else ''))
     if len(chosen) == 1 and not skipped:
-        if chosen[0].run_id is None:
-            raise ReproduceError(chosen[0].error or f'{chosen[0].label} cannot be reproduced')
-        return run_bisect(session, chosen[0].run_id, target, repeat)
+        return run_bisect(session, chosen[0], target, repeat)
     entries = tuple(bisect_reference(session, c, target, repeat) for c in chosen)
     return Bisections(entries, tuple(skipped))
 
@@ -8021,28 +8004,18 @@ def bisect_reference(
 ) -> BisectReport | Report:
     """One reference's bisection; after a signal, none (not started); one
     that cannot start is an error entry, and the next reference goes on."""
+    if session.stop.event.is_set():
+        status, message = session.stop.status, NOT_STARTED
+        code = STATUS_EXIT_CODES[status]
+    else:
+        try:
+            return run_bisect(session, chosen, target, repeat)
+        except ReproduceError as e:
+            status, code, message = 'error', e.exit_code, mask_credentials(str(e))
+            print(f'{program_name()}: error: {shown(message)}', file=sys.stderr, flush=True)
     label = chosen.run_id or chosen.label
     model = label if label.startswith('models:') else None
-    if session.stop.event.is_set():
-        status = session.stop.status
-        return Report(
-            status,
-            STATUS_EXIT_CODES[status],
-            label,
-            message=NOT_STARTED,
-            model=model,
-            rules=session.options.rules,
-        )
-    try:
-        if chosen.run_id is None:
-            raise ReproduceError(chosen.error or f'{chosen.label} cannot be reproduced')
-        return run_bisect(session, chosen.run_id, target, repeat)
-    except ReproduceError as e:
-        message = mask_credentials(str(e))
-        print(f'{program_name()}: error: {shown(message)}', file=sys.stderr, flush=True)
-        return Report(
-            'error', e.exit_code, label, message=message, model=model, rules=session.options.rules
-        )
+    return Report(status, code, label, message=message, model=model, rules=session.options.rules)
 
 
 def invoke(
@@ -8058,11 +8031,11 @@ def invoke(
     check_tracking_store(os.environ.get('MLFLOW_TRACKING_URI'))  # before MLflow makes one
     user_environ = dict(os.environ)
     marker = f'{_tool_identity().replace(":", "-")}-{os.urandom(4).hex()}'  # pid-start-random
-    tool_environ: dict[str, str | None] = {**tool_request_settings(user_environ)}
-    tool_environ['MLFLOW_TRACKING_URI'] = absolute_tracking_uri(
-        os.environ.get('MLFLOW_TRACKING_URI')
-    )
-    tool_environ[PROCESS_MARKER] = marker
+    tool_environ: dict[str, str | None] = {
+        **tool_request_settings(user_environ),
+        'MLFLOW_TRACKING_URI': absolute_tracking_uri(user_environ.get('MLFLOW_TRACKING_URI')),
+        PROCESS_MARKER: marker,
+    }
     with _environ(tool_environ), tempfile.TemporaryDirectory(prefix=tool_tmp_prefix()) as tmp_root:
         try:
             import mlflow
@@ -8106,7 +8079,8 @@ def invoke(
                 session.client, selection, options.uri is not None, tracking_uri, options.dry_run
             )
             if selection.repeat > 1 and not options.dry_run:  # a plan is the same each time
-                batch = run_repeat(session, chosen, skipped, selection.repeat)
+                repeat = RepeatPlanner(chosen, skipped, selection.repeat, options.rules)
+                batch = report_group(session, repeat)
             else:
                 batch = run_batch(session, chosen, skipped)
             return run_in_worker(session, lambda: explain_batch(session, batch))
