@@ -601,11 +601,6 @@ class Plan:
     reference_backend: str | None = None  # the reference run's mlflow.project.backend tag
     script: Script | None = None  # a script run, not an MLflow Project run
 
-    @property
-    def declared(self) -> tuple[str, ...]:
-        """The params the entry point declares (for a script: those passed)."""
-        return tuple(self.logged_params)
-
 
 class Stopped(Exception):
     """Raised inside a reproduction once SIGINT or SIGTERM has arrived."""
@@ -940,14 +935,6 @@ def judge(
         verdict = compare_histories(key, reference.get(key, ()), reproduced.get(key, ()), tol)
         metrics.append(dataclasses.replace(verdict, ignored=rules.is_ignored(key)))
     return Verdict(tuple(metrics), tuple(params))
-
-
-def compare_params(
-    reference: Mapping[str, str],
-    reproduced: Mapping[str, str],
-    keys: Sequence[str],
-) -> list[ParamVerdict]:
-    return [ParamVerdict(k, reference.get(k), reproduced.get(k)) for k in sorted(keys)]
 
 
 def _metric_json(m: MetricVerdict) -> dict[str, Any]:
@@ -5189,23 +5176,6 @@ def _diagnosis_json(d: MetricDiagnosis) -> dict[str, Any]:
     }
 
 
-def repeat_json(
-    reference_run_id: str,
-    parent_run_id: str | None,
-    reproduced_run_ids: Sequence[str],
-    diagnoses: Sequence[MetricDiagnosis],
-) -> dict[str, Any]:
-    """One entry of the batch document's `repeats` (and its `repeat`)."""
-    return {
-        'reference_run_id': reference_run_id,
-        'parent_run_id': parent_run_id,
-        'n': len(reproduced_run_ids),
-        'reproduced_run_ids': list(reproduced_run_ids),
-        'classification': classify_run(diagnoses),
-        'metrics': [_diagnosis_json(d) for d in diagnoses],
-    }
-
-
 @dataclasses.dataclass(frozen=True)
 class BatchReport(Outcome):
     reports: tuple[Report, ...]
@@ -5291,9 +5261,15 @@ class Repeat:
     diagnoses: tuple[MetricDiagnosis, ...]
 
     def json(self) -> dict[str, Any]:
-        return repeat_json(
-            self.reference_run_id, self.parent_run_id, self.reproduced_run_ids, self.diagnoses
-        )
+        """One entry of the batch document's `repeats` (and its `repeat`)."""
+        return {
+            'reference_run_id': self.reference_run_id,
+            'parent_run_id': self.parent_run_id,
+            'n': len(self.reproduced_run_ids),
+            'reproduced_run_ids': list(self.reproduced_run_ids),
+            'classification': classify_run(self.diagnoses),
+            'metrics': [_diagnosis_json(d) for d in self.diagnoses],
+        }
 
 
 def _candidate_text(c: Candidate, value: str | None) -> str:
@@ -5560,9 +5536,8 @@ def judge_runs(
         )
     except MlflowException as e:
         raise _mlflow_error('cannot read the metric histories', e) from None
-    params = compare_params(
-        _unquoted(reference.data.params), _unquoted(other.data.params), param_keys
-    )
+    ref_params, other_params = _unquoted(reference.data.params), _unquoted(other.data.params)
+    params = [ParamVerdict(k, ref_params.get(k), other_params.get(k)) for k in sorted(param_keys)]
     verdict = judge(reference_histories, other_histories, rules, params)
     return verdict, (reference_histories, other_histories)
 
@@ -5792,9 +5767,12 @@ def judge_reproduction(
     project's: say that the run ran and its metrics could not be read."""
     try:
         reproduced = session.client.get_run(run_id)
-        # A script logs its params itself: every param either run logged.
+        # A script logs its params itself: every param either run logged; a
+        # project's are those its entry point declares, as MLflow logs them.
         keys = [*{**reference.data.params, **reproduced.data.params}] if plan.script else None
-        return reproduced, *judge_runs(session, reference, reproduced, keys or plan.declared)
+        return reproduced, *judge_runs(
+            session, reference, reproduced, keys or [*plan.logged_params]
+        )
     except ReproduceError as e:
         detail = str(e).split(': ', 1)[-1]
     except Exception as e:
@@ -6644,7 +6622,7 @@ def failed_repeat_record(
         for r in reports
         if r.reference_run_id == run_id
     ]
-    document = {**repeat_json(run_id, parent_run_id, (), ()), 'classification': FAILED_CLASS}
+    document = {**Repeat(run_id, parent_run_id, (), ()).json(), 'classification': FAILED_CLASS}
     return diagnosis_record(run_id, parent_run_id, n, lines, document)
 
 

@@ -475,7 +475,7 @@ def test_reproducible_diagnosis_has_no_note_column_and_no_flags():
 
 
 def test_repeat_json_entry():
-    entry = reproduce_run.repeat_json('ref', 'parent', ['r1', 'r2'], mixed_diagnoses())
+    entry = reproduce_run.Repeat('ref', 'parent', ('r1', 'r2'), tuple(mixed_diagnoses())).json()
     text = json.dumps(entry, allow_nan=False)  # no bare NaN or Infinity
     assert json.loads(text) == {
         'reference_run_id': 'ref',
