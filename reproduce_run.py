@@ -7069,7 +7069,7 @@ def tag_probe(client: MlflowClient, probe: Report, key: str, value: str, what: s
 # Reporting a bisection.
 
 
-def bisect_rows(bisect: BisectReport) -> tuple[list[str], list[list[Any]]]:
+def bisect_rows(bisect: BisectReport) -> Rows:
     """One row per probed commit, in commit order."""
     rows = []
     for index in sorted({i for i, _ in bisect.probes}):
