@@ -129,6 +129,7 @@ DEFAULT_MAX_RUNS = 10  # runs a search selects
 MAX_JOBS = 1000  # --jobs: reproductions at once, each a thread and its processes
 RUNS_FILE_MAX_BYTES = 16 * 2**20  # --runs-file: about 500,000 run IDs
 DEFAULT_ORDER_BY = 'attributes.start_time DESC'
+REPEATABLE: dict[str, Any] = {'action': 'append', 'default': []}  # an option, once per value
 SEARCH_PAGE = 1000  # runs or experiments per search request (MLflow's default page)
 READ_BATCH = 500  # reference runs of a batch read in one search, by run ID
 READ_WINDOW = 16  # a batch's probes planned ahead of its results, at the least
@@ -219,11 +220,7 @@ SECRET_MIN_CHARS = 4
 
 
 class ReproduceError(Exception):
-    """An expected failure: one line for the user and an exit code."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_CANNOT_START) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    """An expected failure: one line for the user, and exit code 2 (EXIT_CANNOT_START)."""
 
 
 # ---------------------------------------------------------------------------
@@ -316,13 +313,13 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ''
 
 
-def pages(search: Callable[[str | None], Any]) -> Iterator[Any]:
-    """The pages of a paged MLflow search: search(token) asks for one, with
-    the token of the page before (None for the first)."""
-    page = search(None)
+def pages(search: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
+    """The pages of a paged MLflow search, search(*args, **kwargs): each
+    asked for with the token of the page before."""
+    page = search(*args, **kwargs)
     yield page
     while page.token:
-        page = search(page.token)
+        page = search(*args, **kwargs, page_token=page.token)
         yield page
 
 
@@ -1667,9 +1664,9 @@ def unexpected_failure(type_name: str, detail: str) -> str:
     return f'unexpected {type_name}: {_last_line(detail)} (--verbose shows the traceback)'
 
 
-def _mlflow_error(context: str, e: Exception, code: int = EXIT_CANNOT_START) -> ReproduceError:
+def _mlflow_error(context: str, e: Exception) -> ReproduceError:
     """One line from an MLflow failure; a connection failure in few words."""
-    return ReproduceError(mask_credentials(f'{context}: {server_failure(e)}'), code)
+    return ReproduceError(mask_credentials(f'{context}: {server_failure(e)}'))
 
 
 def last_attempt(client: MlflowClient, endpoint: str, body: Mapping[str, Any]) -> str | None:
@@ -1700,8 +1697,7 @@ def all_experiment_ids(client: MlflowClient, deleted: bool = False) -> list[str]
     from mlflow.entities import ViewType
 
     view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
-    search = functools.partial(client.search_experiments, view_type=view, max_results=SEARCH_PAGE)
-    found = pages(lambda token: search(page_token=token))
+    found = pages(client.search_experiments, view_type=view, max_results=SEARCH_PAGE)
     return [e.experiment_id for e in itertools.chain.from_iterable(found)]
 
 
@@ -4209,10 +4205,10 @@ class Launcher:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)  # a zombie no longer counts as running: reap it
 
-    def started(self, stop: Stop | None) -> str:
-        """The run ID once MLflow has started the job; raises LaunchFailed
-        when it could not, and Stopped when a signal (`stop`) comes first,
-        the launcher ended either way."""
+    def started(self, stop: Stop | None) -> None:
+        """Waits for MLflow to start the job, and keeps its run ID; raises
+        LaunchFailed when it could not, and Stopped when a signal (`stop`)
+        comes first, the launcher ended either way."""
         try:
             answer = self.answer(stop)
         except BaseException:  # Stopped, or the pipe failed: it ends all the same
@@ -4222,7 +4218,6 @@ class Launcher:
             self.end()
             raise LaunchFailed(answer, self.proc.returncode)
         self.run_id = answer['run_id']
-        return self.run_id
 
     def succeeded(self, stop: Stop) -> bool:
         """Whether the job succeeded, once it has ended; raises Stopped when
@@ -4475,8 +4470,13 @@ class Outcome:
     order) and `message` (why it could not go on, or None); the defaults below
     are worked out from those."""
 
+    status: str  # a key of STATUS_EXIT_CODES
     message: str | None = None
     first_changed_commit: str | None = None  # a bisection's finding
+
+    @property
+    def exit_code(self) -> int:
+        return STATUS_EXIT_CODES[self.status]
 
     def text(self, verbose: bool = False) -> str | None: ...  # None: nothing to say
 
@@ -4514,7 +4514,6 @@ class Outcome:
 @dataclasses.dataclass(frozen=True)
 class Report(Outcome):
     status: str  # a key of STATUS_EXIT_CODES
-    exit_code: int
     reference_run_id: str
     reproduced_run_id: str | None = None
     plan: Plan | None = None  # None when comparing two existing runs
@@ -5002,14 +5001,10 @@ def leftover_lines(
     return [f'{bullet}Leftover of a dead tool: {escaped(item["message"])}' for item in leftovers]
 
 
-def _batch_heading(batch: BatchReport) -> str:
-    if batch.repeat_of:
-        return f'**Repetitions of run {batch.repeat_of}**'
-    return '**Batch dry run**' if batch.dry_run else '**Batch reproduction**'
-
-
 def format_batch_markdown(batch: BatchReport) -> str:
-    lines = [f'{_batch_heading(batch)}: {_summary_counts(batch)}', '']
+    heading = 'Batch dry run' if batch.dry_run else 'Batch reproduction'
+    heading = f'Repetitions of run {batch.repeat_of}' if batch.repeat_of else heading
+    lines = [f'**{heading}**: {_summary_counts(batch)}', '']
     if batch.batch_run_id:
         lines += [f'- parent run: `{batch.batch_run_id}`', '']
     lines += _summary_table(batch, 'github')
@@ -5190,10 +5185,6 @@ class BatchReport(Outcome):
     @property
     def status(self) -> str:
         return 'error' if self.message else worst_status(r.status for r in self.reports)
-
-    @property
-    def exit_code(self) -> int:
-        return STATUS_EXIT_CODES[self.status]
 
     def text(self, verbose: bool = False) -> str | None:
         return format_batch_text(self, verbose)
@@ -5543,8 +5534,7 @@ def judge_runs(
 
 
 def _verdict_report(verdict: Verdict, **fields: Any) -> Report:
-    status, code = ('equal', EXIT_EQUAL) if verdict.equal else ('differ', EXIT_DIFFER)
-    return Report(status=status, exit_code=code, verdict=verdict, **fields)
+    return Report(status='equal' if verdict.equal else 'differ', verdict=verdict, **fields)
 
 
 def compare_to(session: Session, run_id: str, other_id: str) -> Report:
@@ -5653,7 +5643,7 @@ def reproduce_one(
         report = _unfinished(progress, e.status, f'{e.status} by a signal')
     except ReproduceError as e:
         status = session.stop.status if session.stop.event.is_set() else 'error'
-        report = _unfinished(progress, status, str(e), e.exit_code)
+        report = _unfinished(progress, status, str(e))
     except Exception as e:  # a failure we did not foresee: still one line
         if session.options.verbose:
             import traceback
@@ -5671,10 +5661,9 @@ def reproduce_one(
     return report
 
 
-def _unfinished(progress: _Progress, status: str, message: str, code: int | None = None) -> Report:
+def _unfinished(progress: _Progress, status: str, message: str) -> Report:
     """The report of a reproduction that ended before its verdict."""
-    code = code if code is not None and status == 'error' else STATUS_EXIT_CODES[status]
-    return Report(status, code, message=mask_credentials(message), **progress.fields())
+    return Report(status, message=mask_credentials(message), **progress.fields())
 
 
 def _reproduce(
@@ -5702,9 +5691,7 @@ def _reproduce(
     check_env_manager(plan)
     warn_about_reference_backend(plan)
     if options.dry_run:
-        return Report(
-            status='planned', exit_code=EXIT_EQUAL, rules=options.rules, **progress.fields()
-        )
+        return Report(status='planned', rules=options.rules, **progress.fields())
     session.stop.check()
     echo = options.verbose or not (session.batch or options.quiet)
     prefix = f'[{run_id[:8]}] ' if session.batch else ''
@@ -5735,7 +5722,6 @@ def _reproduce(
         last = project_error_line(launch.output_tail)
         return Report(
             status='failed',
-            exit_code=EXIT_RUN_FAILED,
             **fields,
             message=f'the reproduced run {new_id} failed (exit status {launch.returncode})'
             + (f'; its last error: {last}' if last else '')
@@ -5744,7 +5730,7 @@ def _reproduce(
         )
     if launch.output_lost:  # the tool's own failure, not the project's
         message = f'the reproduced run {new_id} ran to its end, but {launch.output_lost}'
-        return Report(status='error', exit_code=EXIT_CANNOT_START, **fields, message=message)
+        return Report(status='error', **fields, message=message)
     reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id, plan)
     differences = differences_between(
         client,
@@ -5991,7 +5977,6 @@ def _run_probe(
     if probe.run_id is None:
         report = Report(
             status='error',
-            exit_code=EXIT_CANNOT_START,
             reference_run_id=probe.label,
             message=probe.error,
             model=probe.label if probe.label.startswith('models:') else None,  # not an ID prefix
@@ -6010,7 +5995,6 @@ def _run_probe(
     except ReproduceError as e:
         report = Report(
             status='error',
-            exit_code=e.exit_code,
             reference_run_id=probe.run_id,
             message=str(e),
             reference_run_name=name or None,
@@ -6303,7 +6287,7 @@ def search_runs(
         experiment_ids.append(experiment.experiment_id)
     chosen: list[Chosen] = []
     skipped: list[dict[str, str]] = []
-    search = functools.partial(
+    found = pages(
         client.search_runs,
         experiment_ids,
         _search_filter(selection),
@@ -6311,7 +6295,7 @@ def search_runs(
         max_results=SEARCH_PAGE,
     )
     try:
-        for page in pages(lambda token: search(page_token=token)):
+        for page in found:
             for run in page:
                 reason = skip_reason(run, uri_given)
                 if reason:
@@ -6432,13 +6416,12 @@ class BatchPlanner(Planner):
         try:
             if self.experiment_ids is None:
                 self.experiment_ids = all_experiment_ids(client)
-            search = functools.partial(
+            found = pages(
                 client.search_runs,
                 self.experiment_ids,
                 f'attributes.run_id IN ({listed})',
                 max_results=SEARCH_PAGE,
             )
-            found = pages(lambda token: search(page_token=token))
             return {run.info.run_id: run for run in itertools.chain.from_iterable(found)}
         except Exception:  # each reproduction reads its run, and says what fails
             return {}
@@ -6774,10 +6757,6 @@ class BisectReport(Outcome):
         if self.finding.reason == NOT_REPRODUCED or self.finding.candidates:
             return 'differ'
         return 'equal'
-
-    @property
-    def exit_code(self) -> int:
-        return STATUS_EXIT_CODES[self.status]
 
     @property
     def first_changed_commit(self) -> str | None:
@@ -7214,10 +7193,6 @@ class Bisections(Outcome):
         return worst_status(e.status for e in self.entries)
 
     @property
-    def exit_code(self) -> int:
-        return STATUS_EXIT_CODES[self.status]
-
-    @property
     def reports(self) -> tuple[Report, ...]:
         return tuple(r for e in self.entries for r in e.reports)
 
@@ -7473,9 +7448,7 @@ def explain(session: Session, report: Report) -> Report:
     if session.stop.event.is_set():  # a signal wins, as everywhere
         status = session.stop.status
         message = f'{status} by a signal during --explain'
-        report = dataclasses.replace(
-            report, status=status, exit_code=STATUS_EXIT_CODES[status], message=message
-        )
+        report = dataclasses.replace(report, status=status, message=message)
     return report
 
 
@@ -7984,16 +7957,15 @@ def bisect_reference(
     that cannot start is an error entry, and the next reference goes on."""
     if session.stop.event.is_set():
         status, message = session.stop.status, NOT_STARTED
-        code = STATUS_EXIT_CODES[status]
     else:
         try:
             return run_bisect(session, chosen, target, repeat)
         except ReproduceError as e:
-            status, code, message = 'error', e.exit_code, mask_credentials(str(e))
+            status, message = 'error', mask_credentials(str(e))
             print(f'{program_name()}: error: {shown(message)}', file=sys.stderr, flush=True)
     label = chosen.run_id or chosen.label
     model = label if label.startswith('models:') else None
-    return Report(status, code, label, message=message, model=model, rules=session.options.rules)
+    return Report(status, label, message=message, model=model, rules=session.options.rules)
 
 
 def invoke(
@@ -8310,8 +8282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument(
         '--model',
-        action='append',
-        default=[],
+        **REPEATABLE,
         type=_text_type(_MODEL_URI_RE.fullmatch, 'models:/NAME/VERSION or models:/NAME@ALIAS'),
         metavar='URI',
         help='the run behind a registered model version: models:/NAME/VERSION '
@@ -8319,8 +8290,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument(
         '--from-experiment',
-        action='append',
-        default=[],
+        **REPEATABLE,
         metavar='NAME',
         help="select runs of this experiment with MLflow's search; repeatable",
     )
@@ -8399,16 +8369,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     judging.add_argument(
         '--tolerance',
-        action='append',
-        default=[],
+        **REPEATABLE,
         type=_metric_tolerance,
         metavar='KEY=RTOL[,ATOL]',
         help='tolerance for the metrics matching the glob KEY; repeatable, the last match wins',
     )
     judging.add_argument(
         '--ignore-metric',
-        action='append',
-        default=[],
+        **REPEATABLE,
         metavar='PATTERN',
         help='leave metrics matching the glob out of the verdict (still listed); repeatable',
     )
@@ -8438,8 +8406,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument(
         '--notify',
-        action='append',
-        default=[],
+        **REPEATABLE,
         type=_webhook_url,
         metavar='URL',
         help=f'POST the outcome to this Slack or Teams incoming webhook when it is not equal; '
@@ -8512,17 +8479,15 @@ def _error_outcome(
         import traceback
 
         traceback.print_exc()
-    if isinstance(e, ReproduceError):
-        message, code = str(e), e.exit_code
-    else:  # a failure we did not foresee: still one line
+    message = str(e)
+    if not isinstance(e, ReproduceError):  # a failure we did not foresee: still one line
         message = (
-            f'unexpected {type(e).__name__}: {_last_line(str(e))} (--verbose shows the traceback)'
+            f'unexpected {type(e).__name__}: {_last_line(message)} (--verbose shows the traceback)'
         )
-        code = EXIT_CANNOT_START
     message = mask_credentials(message)
     if selection.is_batch:
         return BatchReport((), message=message)
-    return Report('error', code, selection.run_ids[0], message=message, rules=rules)
+    return Report('error', selection.run_ids[0], message=message, rules=rules)
 
 
 def _write_report(text: str, stream: TextIO | None) -> None:

@@ -166,7 +166,6 @@ def _report(status: str, ref: float, new: float, params=('data',)) -> Report:
     plan = types.SimpleNamespace(logged_params=dict.fromkeys(params, ''))
     return Report(
         status=status,
-        exit_code=0,
         reference_run_id='r',
         plan=plan,
         histories=histories,
@@ -179,8 +178,8 @@ def _report(status: str, ref: float, new: float, params=('data',)) -> Report:
     [
         pytest.param([_report('equal', 1, 1)], GOOD, id='equal'),
         pytest.param([_report('differ', 1, 2)], BAD, id='differ'),
-        pytest.param([Report(status='failed', exit_code=3, reference_run_id='r')], SKIP, id='fail'),
-        pytest.param([Report(status='error', exit_code=2, reference_run_id='r')], SKIP, id='error'),
+        pytest.param([Report(status='failed', reference_run_id='r')], SKIP, id='fail'),
+        pytest.param([Report(status='error', reference_run_id='r')], SKIP, id='error'),
         pytest.param([_report('equal', 1, 1, ('data', 'new'))], SKIP, id='params-changed'),
         pytest.param(
             [_report('differ', 1.0, x) for x in (0.99, 1.0, 1.01)], GOOD, id='repeat-within-range'
@@ -191,7 +190,7 @@ def _report(status: str, ref: float, new: float, params=('data',)) -> Report:
         pytest.param(
             [
                 _report('differ', 1.0, 1.01),
-                Report(status='failed', exit_code=3, reference_run_id='r'),
+                Report(status='failed', reference_run_id='r'),
                 _report('differ', 1.0, 0.99),
             ],
             GOOD,
@@ -531,7 +530,7 @@ def test_a_target_that_cannot_be_bisected_exits_2_with_one_line(linear, target, 
 
 def _bisect(outcomes: dict[int, str], stopped: str | None = None) -> BisectReport:
     path = tuple(CommitInfo(f'{i:040x}', f'commit {i}') for i in range(13))
-    failed = Report(status='failed', exit_code=3, reference_run_id='r')
+    failed = Report(status='failed', reference_run_id='r')
     return BisectReport(
         'r',
         path=path,
@@ -563,10 +562,8 @@ def test_exit_code_of_a_bisection(outcomes, stopped, status, code):
 # --- several references, each bisected on its own ----------------------------
 
 
-_ERROR = Report(status='error', exit_code=2, reference_run_id='gone', message='run gone not found')
-_NOT_STARTED = Report(
-    status='terminated', exit_code=143, reference_run_id='s', message='not started'
-)
+_ERROR = Report(status='error', reference_run_id='gone', message='run gone not found')
+_NOT_STARTED = Report(status='terminated', reference_run_id='s', message='not started')
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,6 @@ A, B = 'a' * 32, 'b' * 32
 def report(run_id, status='equal', reproduced=None, histories=None):
     return Report(
         status=status,
-        exit_code=rr.STATUS_EXIT_CODES[status],
         reference_run_id=run_id,
         reproduced_run_id=reproduced,
         histories=histories,

@@ -443,7 +443,6 @@ def big_batch(n: int) -> reproduce_run.BatchReport:
     reports = tuple(
         reproduce_run.Report(
             status='failed',
-            exit_code=3,
             reference_run_id=f'{i:032x}',
             reproduced_run_id=f'{i + 1000:032x}',
             message='x' * 900,

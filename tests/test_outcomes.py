@@ -17,8 +17,7 @@ PATH = tuple(rr.CommitInfo(str(i) * 40, f'change {i}') for i in range(3))
 
 
 def report(status: str, run_id: str = A, **fields) -> rr.Report:
-    code = rr.STATUS_EXIT_CODES[status]
-    return rr.Report(status=status, exit_code=code, reference_run_id=run_id, **fields)
+    return rr.Report(status=status, reference_run_id=run_id, **fields)
 
 
 def bisection(*probes: tuple[int, rr.Report], run_id: str | None = 'p1', **fields):

@@ -251,7 +251,7 @@ def wide_report(
         reproduce_run.ParamVerdict('lr', '0.1', '0.2'),
     ]
     verdict = reproduce_run.judge(reference, reproduced, reproduce_run.Rules(TIGHT), params)
-    return reproduce_run.Report('differ', 1, reference_id, run_id, verdict=verdict, message=message)
+    return reproduce_run.Report('differ', reference_id, run_id, verdict=verdict, message=message)
 
 
 @pytest.mark.parametrize(
@@ -353,7 +353,7 @@ def test_every_differing_metric_gets_its_own_plot(capsys):
     options = reproduce_run.Options(rules=reproduce_run.Rules(TIGHT))
     session = reproduce_run.Session(options, c, '', {}, '', '', reproduce_run.Stop())
     verdict, histories = reproduce_run.judge_runs(session, c.get_run(ref), c.get_run(other), [])
-    report = reproduce_run.Report('differ', 1, ref, other, verdict=verdict, histories=histories)
+    report = reproduce_run.Report('differ', ref, other, verdict=verdict, histories=histories)
     reproduce_run.record_verdict(c, report, plots=True)
     assert capsys.readouterr().err == ''
     plots = sorted(f.path for f in c.list_artifacts(other, 'reproduce/plots'))

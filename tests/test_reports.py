@@ -129,7 +129,7 @@ def test_json_writes_nan_as_a_string(capsys):
 def test_json_numbers_are_parseable(reference, reproduced, fields):
     """SQL stores keep inf as the largest float, so this is tested without one."""
     verdict = judge({'m': [(0, reference)]}, {'m': [(0, reproduced)]}, Rules(TIGHT))
-    report = reproduce_run.Report('differ', 1, 'a', 'b', verdict=verdict)
+    report = reproduce_run.Report('differ', 'a', 'b', verdict=verdict)
     metric = json.loads(report.json_text())['metrics'][0]
     assert (
         tuple(metric[k] for k in ('reference', 'reproduced', 'abs_diff', 'rel_diff', 'equal'))
@@ -312,7 +312,6 @@ def hostile_report() -> reproduce_run.Report:
     )
     return reproduce_run.Report(
         status='differ',
-        exit_code=1,
         reference_run_id='a' * 32,
         verdict=reproduce_run.Verdict((m,)),
         differences=differences,

@@ -32,9 +32,7 @@ A, B, C = 'a' * 32, 'b' * 32, 'c' * 32
 
 
 def report(run_id, status='equal', **fields):
-    return Report(
-        status=status, exit_code=rr.STATUS_EXIT_CODES[status], reference_run_id=run_id, **fields
-    )
+    return Report(status=status, reference_run_id=run_id, **fields)
 
 
 @pytest.mark.parametrize(

@@ -476,7 +476,6 @@ def test_infinite_tolerance_in_a_recorded_comparison(capsys):
     )
     report = reproduce_run.Report(
         'equal',
-        0,
         ref,
         run.info.run_id,
         verdict=verdict,

@@ -346,7 +346,7 @@ def test_nothing_to_say_prints_no_section():
 
 def test_json_always_has_the_differences():
     verdict = reproduce_run.judge({'m': [(0, 1.0)]}, {'m': [(0, 1.0)]}, TIGHT)
-    report = reproduce_run.Report('equal', 0, 'a', 'b', verdict=verdict)
+    report = reproduce_run.Report('equal', 'a', 'b', verdict=verdict)
     assert json.loads(report.json_text())['differences'] == {
         'environment': [],
         'datasets': [],
@@ -565,7 +565,6 @@ def test_differences_go_into_the_run_description(dataset_runs):
     reproduced = logged_run({})
     report = reproduce_run.Report(
         'equal',
-        0,
         ref.info.run_id,
         reproduced,
         verdict=verdict,
