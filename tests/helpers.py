@@ -537,13 +537,27 @@ QUIET = {  # no MLflow call at all: only the tool talks to the server
 }
 
 
-def make_venv(where: Path, *requirements: str, over_this_one: bool = False) -> Path:
+def make_venv(
+    where: Path, *requirements: str, over_this_one: bool = False, by_uv: bool = False
+) -> Path:
     """A new virtual environment with `requirements` installed by pip; returns
     its bin folder.  over_this_one: it also sees the packages this interpreter
     sees, through a .pth file (--system-site-packages would show the base
-    interpreter's packages instead, not this virtual environment's)."""
-    subprocess.run((sys.executable, '-m', 'venv', str(where)), check=True, capture_output=True)
+    interpreter's packages instead, not this virtual environment's).  by_uv:
+    made and filled by uv (pip in it too), the same packages in seconds of CPU
+    where pip takes a minute and a half."""
     bin_dir = where / 'bin'
+    if by_uv:
+        uv = uv_binary()
+        venv = (uv, 'venv', '--quiet', '--seed', '--python', sys.executable, str(where))
+        subprocess.run(venv, check=True, capture_output=True, stdin=subprocess.DEVNULL)
+        install = (uv, 'pip', 'install', '--quiet', '--python', str(bin_dir / 'python'))
+        proc = subprocess.run(
+            (*install, *requirements), capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return bin_dir
+    subprocess.run((sys.executable, '-m', 'venv', str(where)), check=True, capture_output=True)
     if over_this_one:
         [site_packages] = where.glob('lib/python*/site-packages')
         (site_packages / '_over_this_one.pth').write_text(
@@ -557,6 +571,13 @@ def make_venv(where: Path, *requirements: str, over_this_one: bool = False) -> P
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return bin_dir
+
+
+def uv_binary() -> str:
+    """uv's executable, as the uv package of requirements-dev.txt installs it."""
+    import uv
+
+    return uv.find_uv_bin()
 
 
 def experiment_runs(name: str):
