@@ -5602,6 +5602,7 @@ class _Progress:
     halfway still names its reproduced run."""
 
     reference_run_id: str  # as given
+    rules: Rules  # the tolerances asked for, which every ending reports
     reference: Run | None = None
     plan: Plan | None = None
     run_id: str | None = None  # the reproduced run's
@@ -5615,6 +5616,7 @@ class _Progress:
         return dict(
             reference_run_id=self.reference_run_id,
             reproduced_run_id=self.run_id,
+            rules=self.rules,
             plan=self.plan,
             output_tail=self.output_tail,
             reference_run_name=info.run_name if info else None,
@@ -5633,7 +5635,7 @@ def reproduce_one(
     is a report, recorded on the reproduced run whenever that run exists.
     `reference`: the run as a batch already read it (else it is read here)."""
     started = time.monotonic()
-    progress = _Progress(run_id, reference)
+    progress = _Progress(run_id, session.options.rules, reference)
     # A batch's dry run writes nothing of its own: its plans read the shared sources.
     shared = session.batch and session.options.dry_run
     tmp_dir = session.tmp_root if shared else tempfile.mkdtemp(prefix='run-', dir=session.tmp_root)
@@ -5649,8 +5651,7 @@ def reproduce_one(
             import traceback
 
             traceback.print_exc()
-        message = unexpected_failure(type(e).__name__, str(e))
-        report = _unfinished(progress, 'error', message)
+        report = _unfinished(progress, 'error', unexpected_failure(type(e).__name__, str(e)))
     report = dataclasses.replace(
         report, seconds=time.monotonic() - started, histories=progress.histories
     )
@@ -5691,7 +5692,7 @@ def _reproduce(
     check_env_manager(plan)
     warn_about_reference_backend(plan)
     if options.dry_run:
-        return Report(status='planned', rules=options.rules, **progress.fields())
+        return Report(status='planned', **progress.fields())
     session.stop.check()
     echo = options.verbose or not (session.batch or options.quiet)
     prefix = f'[{run_id[:8]}] ' if session.batch else ''
@@ -5715,7 +5716,7 @@ def _reproduce(
     registrations = registrations_of(
         client, new_id, scratch_registry(tmp_dir), options.keep_registrations
     )
-    fields = dict(progress.fields(), rules=options.rules, registrations=registrations)
+    fields = dict(progress.fields(), registrations=registrations)
     if launch.environment is not None:  # a failed run's too: it may be why
         record_environment(client, new_id, launch.environment)
     if launch.returncode != 0:
@@ -5978,6 +5979,7 @@ def _run_probe(
         report = Report(
             status='error',
             reference_run_id=probe.label,
+            rules=session.options.rules,
             message=probe.error,
             model=probe.label if probe.label.startswith('models:') else None,  # not an ID prefix
         )
@@ -5986,7 +5988,8 @@ def _run_probe(
         progress.end(index, report)
         return report
     if session.stop.event.is_set():  # start nothing new after a signal
-        report = _unfinished(_Progress(probe.run_id), session.stop.status, NOT_STARTED)
+        unstarted = _Progress(probe.run_id, session.options.rules)
+        report = _unfinished(unstarted, session.stop.status, NOT_STARTED)
         return dataclasses.replace(report, model=model)
     name = _reference_name(session, probe)
     progress.start(index, probe, name)
@@ -5996,6 +5999,7 @@ def _run_probe(
         report = Report(
             status='error',
             reference_run_id=probe.run_id,
+            rules=session.options.rules,
             message=str(e),
             reference_run_name=name or None,
         )
@@ -8481,9 +8485,7 @@ def _error_outcome(
         traceback.print_exc()
     message = str(e)
     if not isinstance(e, ReproduceError):  # a failure we did not foresee: still one line
-        message = (
-            f'unexpected {type(e).__name__}: {_last_line(message)} (--verbose shows the traceback)'
-        )
+        message = unexpected_failure(type(e).__name__, message)
     message = mask_credentials(message)
     if selection.is_batch:
         return BatchReport((), message=message)

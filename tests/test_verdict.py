@@ -542,3 +542,36 @@ def test_values_at_one_step_in_another_order_still_differ(capsys):
     assert (code, report['status']) == (1, 'differ')
     [loss] = report['metrics']
     assert (loss['equal'], loss['first_divergent_step']) == (False, 0)
+
+
+# --- the tolerances every report states --------------------------------------------
+
+
+ASKED = ('--rtol', '0.25', '--atol', '0.5', '--tolerance', 'loss=0.1', '--ignore-metric', 'lr*')
+
+
+@pytest.mark.parametrize(
+    'argv',
+    [
+        pytest.param(('--run_id', 'f' * 32), id='run-not-found'),
+        pytest.param(('--run_id', 'f' * 32, 'e' * 32), id='batch-of-runs-not-found'),
+        pytest.param(('--model', 'models:/no-such-model/1'), id='model-not-found'),
+        pytest.param(('--run_id', 'f' * 32, '--compare-to', 'e' * 32), id='compare-to-not-found'),
+    ],
+)
+def test_a_report_that_ends_before_its_verdict_states_the_tolerances_asked_for(argv, capsys):
+    """An error before the verdict is still judged against the user's
+    tolerances: its JSON must not say MLflow's defaults were asked for."""
+    code, out, err = reproduce(capsys, *argv, *ASKED, '--output', 'json')
+    assert code == 2, err
+    doc = json.loads(out)
+    reports = doc['runs'] if 'runs' in doc else [doc]
+    assert [r['status'] for r in reports] == ['error'] * len(reports)
+    assert [r['tolerance'] for r in reports] == [
+        {
+            'rtol': 0.25,
+            'atol': 0.5,
+            'overrides': [{'pattern': 'loss', 'rtol': 0.1, 'atol': 0.0}],
+            'ignored': ['lr*'],
+        }
+    ] * len(reports)
