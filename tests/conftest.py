@@ -35,9 +35,10 @@ _BUILD_LEFTOVERS = shutil.ignore_patterns('build', '*.egg-info', '__pycache__')
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """test_floor.py first: its environment is a minute or more of pip (most of
-    it waiting on the package registry), which, started last, ran alone at the
-    end of the suite; started first, the other tests run beside it."""
+    """test_floor.py first: its environment waits on the package registry when
+    uv's cache is cold, and its reference run is the floor's first import of
+    MLflow (bytecode compiled then); started last, it ran alone at the end of
+    the suite, started first, the other tests run beside it."""
     items.sort(key=lambda item: item.path.name != 'test_floor.py')
 
 
