@@ -1725,10 +1725,10 @@ def resolve_run_id(client: MlflowClient, run_id: str, tracking_uri: str) -> str:
         )
     exact = [r for r in found if r.info.run_id == run_id]  # a short ID of another store
     if len(found) > 1 and not exact:
-        shown = ', '.join(sorted(r.info.run_id for r in found[:PREFIX_MATCHES_SHOWN]))
+        matches = ', '.join(sorted(r.info.run_id for r in found[:PREFIX_MATCHES_SHOWN]))
         more = ' and more' if len(found) > PREFIX_MATCHES_SHOWN else ''
         raise ReproduceError(
-            f'run ID prefix {run_id} is ambiguous: it starts {shown}{more}; give more digits'
+            f'run ID prefix {run_id} is ambiguous: it starts {matches}{more}; give more digits'
         )
     return (exact or found)[0].info.run_id
 
@@ -2804,8 +2804,8 @@ def commit_notes(reference: Mapping[str, str], other: Mapping[str, str]) -> list
     commits = [tags.get(TAG_GIT_COMMIT) for tags in (reference, other)]
     if commits[0] == commits[1]:
         return []
-    shown = [c[:12] if c else 'no recorded commit' for c in commits]
-    return [f'the runs ran different commits: {shown[0]} -> {shown[1]}']
+    labels = [c[:12] if c else 'no recorded commit' for c in commits]
+    return [f'the runs ran different commits: {labels[0]} -> {labels[1]}']
 
 
 def compare_model_metrics(
@@ -3763,16 +3763,16 @@ class ProjectOutput:
     def _line(self, raw: bytes) -> None:
         self._lines += 1
         text = mask_credentials(raw.decode(errors='replace'))
-        shown = text.rstrip('\r').rsplit('\r', 1)[-1].rstrip()  # what a terminal shows
+        visible = text.rstrip('\r').rsplit('\r', 1)[-1].rstrip()  # what a terminal shows
         if self._log is not None:
             try:
-                self._log.write(shown + '\n')
+                self._log.write(visible + '\n')
             except OSError as e:
                 self._log_failed(e, self._lines)
-        if len(shown) > OUTPUT_LINE_CHARS:
-            shown = shown[: OUTPUT_LINE_CHARS - 1] + '…'
+        if len(visible) > OUTPUT_LINE_CHARS:
+            visible = visible[: OUTPUT_LINE_CHARS - 1] + '…'
         with self._tail_lock:
-            self._tail.append(shown)
+            self._tail.append(visible)
         if self._echo:
             sys.stderr.write(f'{self._prefix}{text}\n')
             sys.stderr.flush()
@@ -5502,11 +5502,11 @@ def check_command(plan: Plan, allow_unsafe: bool) -> None:
         return
     placeholder = unsafe[0]
     key, value = placeholder.key, plan.params.passed[placeholder.key]
-    shown = value if len(value) <= 60 else value[:57] + '...'
+    excerpt = value if len(value) <= 60 else value[:57] + '...'
     why = (
         f'entry point {plan.entry_point!r} puts {placeholder.text} {placeholder.context} '
         f"in its command {plan.command!r}, which undoes MLflow's quoting, and the value "
-        f'of {key!r} ({shown!r}) contains shell metacharacters'
+        f'of {key!r} ({excerpt!r}) contains shell metacharacters'
     )
     if not allow_unsafe:
         raise ReproduceError(f'{why}: refusing to run it (--allow-unsafe-command runs it anyway)')
@@ -7644,15 +7644,15 @@ def summary_line(outcome: Outcome, experiment: str) -> str:
     if outcome.message and not reports:  # a batch that could not start
         return f'reproduce_run on {socket.gethostname()}: could not start: {outcome.message}'
     counts = collections.Counter(r.status for r in reports)
-    shown = [f'{counts[s]} {s}' for s in COUNTED_STATUSES]
-    shown += [f'{counts["planned"]} planned'] if counts['planned'] else []
+    counted = [f'{counts[s]} {s}' for s in COUNTED_STATUSES]
+    counted += [f'{counts["planned"]} planned'] if counts['planned'] else []
     stopped = sum(counts[s] for s in SIGNAL_STATUSES)
-    shown += [f'{stopped} stopped by a signal'] if stopped else []
+    counted += [f'{stopped} stopped by a signal'] if stopped else []
     went = sorted({d for d in map(destination, reports) if d}) or [experiment]
     into = plural(len(went), 'experiment') + ' ' + ', '.join(map(repr, went))
     return (
         f'reproduce_run on {socket.gethostname()}: {outcome.subject()} reproduced into {into}: '
-        f'{", ".join(shown)}; worst: {outcome.status} (exit {outcome.exit_code})'
+        f'{", ".join(counted)}; worst: {outcome.status} (exit {outcome.exit_code})'
     )
 
 
@@ -7674,12 +7674,12 @@ def run_links(outcome: Outcome, ui: str | None) -> list[str]:
         return f'{ui}/#/runs/{run_id}' if ui else run_id
 
     lines = [f'- parent run: {run(parent)}' for parent in outcome.parent_run_ids()]
-    shown = [r for r in outcome.reports if r.status not in ('equal', 'planned')]
-    for r in shown[:NOTIFY_LINKS]:
+    failing = [r for r in outcome.reports if r.status not in ('equal', 'planned')]
+    for r in failing[:NOTIFY_LINKS]:
         new = f', reproduced run {run(r.reproduced_run_id)}' if r.reproduced_run_id else ''
         lines.append(f'- {case_name(r)}: {r.status}: reference run {run(r.reference_run_id)}{new}')
-    if len(shown) > NOTIFY_LINKS:
-        lines.append(f'- and {len(shown) - NOTIFY_LINKS} more')
+    if len(failing) > NOTIFY_LINKS:
+        lines.append(f'- and {len(failing) - NOTIFY_LINKS} more')
     return lines
 
 
