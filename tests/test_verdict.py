@@ -565,7 +565,7 @@ def test_a_report_that_ends_before_its_verdict_states_the_tolerances_asked_for(a
     code, out, err = reproduce(capsys, *argv, *ASKED, '--output', 'json')
     assert code == 2, err
     doc = json.loads(out)
-    reports = doc['runs'] if 'runs' in doc else [doc]
+    reports = doc.get('runs', [doc])
     assert [r['status'] for r in reports] == ['error'] * len(reports)
     assert [r['tolerance'] for r in reports] == [
         {
