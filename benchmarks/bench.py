@@ -81,8 +81,11 @@ from helpers import (  # noqa: E402
     TINY,
     add_commits,
     build_repo,
+    build_wheel,
+    fill_store,
     git,
     make_repo,
+    pip_target,
     start_mlflow_server,
     stop,
 )
@@ -1234,43 +1237,6 @@ EXPLAIN_PACKAGES = 8
 EXPLAIN_CULPRIT = 5  # benchpkg5 changes the metric; the others change nothing
 
 
-def write_wheel(folder: Path, name: str, version: str, code: str) -> Path:
-    """A pure-Python wheel with its RECORD, as pip writes one."""
-    import base64
-    import hashlib
-    import zipfile
-
-    dist_info = f'{name}-{version}.dist-info'
-    files = {
-        f'{name}/__init__.py': code,
-        f'{dist_info}/METADATA': f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n',
-        f'{dist_info}/WHEEL': 'Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
-    }
-    record = [
-        f'{path},sha256='
-        + base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()
-        + f',{len(text.encode())}'
-        for path, text in files.items()
-    ]
-    files[f'{dist_info}/RECORD'] = '\n'.join([*record, f'{dist_info}/RECORD,,']) + '\n'
-    wheel = folder / f'{name}-{version}-py3-none-any.whl'
-    with zipfile.ZipFile(wheel, 'w') as z:
-        for path, text in files.items():
-            z.writestr(path, text)
-    return wheel
-
-
-def pip_target(folder: Path, wheels: Sequence[Path]) -> Path:
-    subprocess.run(
-        (sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-index', '--quiet')
-        + ('--no-user', '--disable-pip-version-check', '--target', str(folder), *map(str, wheels)),
-        check=True,
-        capture_output=True,
-        timeout=PROCESS_TIMEOUT,
-    )
-    return folder
-
-
 def explain_world(tmp: Path) -> tuple[Path, dict[str, str], dict[str, str]]:
     """Wheels of benchpkg0..7 at 1.0 and 2.0 in a find-links folder, a project
     that logs benchpkg5.VALUE, and the environments of the reference (1.0) and
@@ -1282,7 +1248,7 @@ def explain_world(tmp: Path) -> tuple[Path, dict[str, str], dict[str, str]]:
     for version, value in (('1.0', 1.0), ('2.0', 2.0)):
         for i, name in enumerate(names):
             code = f'VALUE = {value if i == EXPLAIN_CULPRIT else 1.0}\n'
-            by_version[version].append(write_wheel(wheels, name, version, code))
+            by_version[version].append(build_wheel(wheels, name, version, code))
     repo = tmp / 'repo'
     repo.mkdir()
     (repo / 'MLproject').write_text(
@@ -1298,8 +1264,8 @@ def explain_world(tmp: Path) -> tuple[Path, dict[str, str], dict[str, str]]:
     git('add', '--all', cwd=repo)
     git('commit', '--quiet', '-m', 'explain', cwd=repo)
     pip = {'PIP_NO_INDEX': '1', 'PIP_FIND_LINKS': str(wheels)}
-    old = {**pip, 'PYTHONPATH': str(pip_target(tmp / 'old', by_version['1.0']))}
-    new = {**pip, 'PYTHONPATH': str(pip_target(tmp / 'new', by_version['2.0']))}
+    old = {**pip, 'PYTHONPATH': str(pip_target(tmp / 'old', by_version['1.0'], PROCESS_TIMEOUT))}
+    new = {**pip, 'PYTHONPATH': str(pip_target(tmp / 'new', by_version['2.0'], PROCESS_TIMEOUT))}
     return repo, old, new
 
 
@@ -1355,49 +1321,6 @@ SELECTION_RUNS = 10_000
 SMALL_SELECTION = 100
 LOOP_SAMPLE = 1_000  # IDs the get_run loop reads, scaled to SELECTION_RUNS: a loop over all
 # 10,000 outlasts PROCESS_TIMEOUT on a busy machine, and costs the same per run
-
-
-def fill_store(db: Path, repo: Path, n: int) -> list[str]:
-    """An experiment of n FINISHED project runs: one made by MLflow, the
-    others copied from it in the sqlite store directly (seconds, not an hour)."""
-    import sqlite3
-    import uuid
-
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f'sqlite:///{db}')
-    with contextlib.redirect_stdout(sys.stderr):
-        run = client.create_run(
-            client.create_experiment('selection'),
-            tags={
-                'mlflow.source.name': f'file://{repo}#{SAMPLE}',
-                'mlflow.source.type': 'PROJECT',
-                'mlflow.source.git.commit': subprocess.run(
-                    ('git', 'rev-parse', 'HEAD'), cwd=repo, capture_output=True, text=True
-                ).stdout.strip(),
-                'mlflow.project.entryPoint': 'main',
-            },
-        )
-        client.log_param(run.info.run_id, 'alpha', '0.1')
-        client.set_terminated(run.info.run_id)
-    template = run.info.run_id
-    ids = [template] + [uuid.uuid4().hex for _ in range(n - 1)]
-    con = sqlite3.connect(db)
-    with con:
-        for table in ('runs', 'tags', 'params'):
-            columns = [row[1] for row in con.execute(f'PRAGMA table_info({table})')]
-            renamed = {'run_uuid': '?', **({'name': '?'} if table == 'runs' else {})}
-            values = ', '.join(renamed.get(c, c) for c in columns)
-            con.executemany(
-                f'INSERT INTO {table} ({", ".join(columns)}) '
-                f'SELECT {values} FROM {table} WHERE run_uuid = ?',
-                [
-                    (new, f'selection-{i}', template) if table == 'runs' else (new, template)
-                    for i, new in enumerate(ids[1:], 1)
-                ],
-            )
-    con.close()
-    return ids
 
 
 _GET_RUN_LOOP = """
@@ -1483,7 +1406,7 @@ def bench_selection(rounds: int, notes: list[str], memory: list[Memory]) -> list
         repo = make_repo(Path(tmp) / 'repo')
         where = Path(tmp) / 'server'
         where.mkdir()
-        ids = fill_store(where / 'server.db', repo, SELECTION_RUNS)
+        ids = fill_store(where / 'server.db', repo, 'selection', SELECTION_RUNS)
         files = {}
         for n in (SMALL_SELECTION, LOOP_SAMPLE, SELECTION_RUNS):
             files[n] = Path(tmp) / f'runs-{n}.txt'

@@ -6,8 +6,10 @@ wait for processes.  Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -771,3 +774,84 @@ def add_commits(repo: Path, n: int, change_at: int, broken_at: int | None = None
 
 
 TINY = {'MLproject': MLPROJECT, 'train.py': TRAIN, 'value.txt': '1.0'}
+
+
+# --- wheels and stores made directly, for tests and the benchmark ---------------
+
+
+def build_wheel(folder: Path, name: str, version: str, code: str) -> Path:
+    """A pure-Python wheel written as pip writes one: the module, METADATA,
+    WHEEL and a RECORD with every file's hash."""
+    dist_info = f'{name}-{version}.dist-info'
+    files = {
+        f'{name}/__init__.py': code,
+        f'{dist_info}/METADATA': f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n',
+        f'{dist_info}/WHEEL': (
+            'Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n'
+        ),
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=')
+        record.append(f'{path},sha256={digest.decode()},{len(text.encode())}')
+    files[f'{dist_info}/RECORD'] = '\n'.join([*record, f'{dist_info}/RECORD,,']) + '\n'
+    wheel = folder / f'{name}-{version}-py3-none-any.whl'
+    with zipfile.ZipFile(wheel, 'w') as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return wheel
+
+
+def pip_target(folder: Path, wheels: list[Path], timeout: float | None = None) -> Path:
+    """The wheels installed by pip into folder (a --target, for PYTHONPATH)."""
+    subprocess.run(
+        (sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-index', '--quiet')
+        + ('--no-user', '--disable-pip-version-check', '--target', str(folder), *map(str, wheels)),
+        check=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return folder
+
+
+def fill_store(db: Path, samples_repo: Path, name: str, n: int) -> list[str]:
+    """An experiment `name` of n FINISHED runs of the sample sklearn_regression,
+    as `mlflow run` records them: one made by MLflow, the others copied from it
+    in the sqlite store directly, each with its own ID and the name name-i (a
+    few seconds, where MLflow takes minutes).  MLflow's messages go to
+    standard error: the benchmark's standard output is its report."""
+    import uuid
+
+    import mlflow
+
+    c = mlflow.MlflowClient(f'sqlite:///{db}')
+    with contextlib.redirect_stdout(sys.stderr):
+        run = c.create_run(
+            c.create_experiment(name),
+            tags={
+                'mlflow.source.name': f'file://{samples_repo}#sklearn_regression',
+                'mlflow.source.type': 'PROJECT',
+                'mlflow.source.git.commit': git('rev-parse', 'HEAD', cwd=samples_repo),
+                'mlflow.project.entryPoint': 'main',
+            },
+        )
+        c.log_param(run.info.run_id, 'alpha', '0.1')
+        c.set_terminated(run.info.run_id)
+    template = run.info.run_id
+    ids = [template] + [uuid.uuid4().hex for _ in range(n - 1)]
+    con = sqlite3.connect(db)
+    with con:
+        for table in ('runs', 'tags', 'params'):
+            columns = [row[1] for row in con.execute(f'PRAGMA table_info({table})')]
+            renamed = {'run_uuid': '?', **({'name': '?'} if table == 'runs' else {})}
+            values = ', '.join(renamed.get(c, c) for c in columns)
+            con.executemany(
+                f'INSERT INTO {table} ({", ".join(columns)}) '
+                f'SELECT {values} FROM {table} WHERE run_uuid = ?',
+                [
+                    (new, f'{name}-{i}', template) if table == 'runs' else (new, template)
+                    for i, new in enumerate(ids[1:], 1)
+                ],
+            )
+    con.close()
+    return ids

@@ -4,8 +4,6 @@ end-to-end tests install real wheels, built here, from a local folder."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import math
 import os
@@ -13,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,11 +20,13 @@ from helpers import (
     SCRIPT,
     add_project,
     artifact_bytes,
+    build_wheel,
     client,
     first_spans,
     log_environment,
     make_repo,
     mlflow_run,
+    pip_target,
     reproduce,
     section,
     start_tool,
@@ -282,39 +281,6 @@ def test_pip_is_told_no_user():
 
 
 # --- end to end: real wheels, a real reference, real probes ---------------------
-
-
-def build_wheel(folder: Path, name: str, version: str, code: str) -> Path:
-    """A pure-Python wheel written as pip writes one: the module, METADATA,
-    WHEEL and a RECORD with every file's hash."""
-    dist_info = f'{name}-{version}.dist-info'
-    files = {
-        f'{name}/__init__.py': code,
-        f'{dist_info}/METADATA': f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n',
-        f'{dist_info}/WHEEL': (
-            'Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n'
-        ),
-    }
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=')
-        record.append(f'{path},sha256={digest.decode()},{len(text.encode())}')
-    files[f'{dist_info}/RECORD'] = '\n'.join([*record, f'{dist_info}/RECORD,,']) + '\n'
-    wheel = folder / f'{name}-{version}-py3-none-any.whl'
-    with zipfile.ZipFile(wheel, 'w') as z:
-        for path, text in files.items():
-            z.writestr(path, text)
-    return wheel
-
-
-def pip_target(folder: Path, wheels: list[Path]) -> Path:
-    subprocess.run(
-        (sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-index', '--quiet')
-        + ('--no-user', '--disable-pip-version-check', '--target', str(folder), *map(str, wheels)),
-        check=True,
-        capture_output=True,
-    )
-    return folder
 
 
 def installer_path(folder: Path, with_uv: bool) -> str:

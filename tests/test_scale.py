@@ -7,13 +7,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import sqlite3
-import uuid
 from pathlib import Path
 
 import pytest
 from helpers import (
     client,
+    fill_store,
     git,
     reproduce,
     start_mlflow_server,
@@ -261,44 +260,6 @@ def test_a_selection_spares_the_collector_what_lived_before_it(store):
 
 
 # --- thousands of runs, against a real server --------------------------------
-
-
-def fill_store(db: Path, samples_repo: Path, name: str, n: int) -> list[str]:
-    """An experiment of n FINISHED project runs: one made by MLflow, the
-    others copied from it in the sqlite store directly, each with its own
-    ID and name (a few seconds, where MLflow takes minutes)."""
-    import mlflow
-
-    c = mlflow.MlflowClient(f'sqlite:///{db}')
-    run = c.create_run(
-        c.create_experiment(name),
-        tags={
-            'mlflow.source.name': f'file://{samples_repo}#sklearn_regression',
-            'mlflow.source.type': 'PROJECT',
-            'mlflow.source.git.commit': git('rev-parse', 'HEAD', cwd=samples_repo),
-            'mlflow.project.entryPoint': 'main',
-        },
-    )
-    c.log_param(run.info.run_id, 'alpha', '0.1')
-    c.set_terminated(run.info.run_id)
-    template = run.info.run_id
-    ids = [template] + [uuid.uuid4().hex for _ in range(n - 1)]
-    con = sqlite3.connect(db)
-    with con:
-        for table in ('runs', 'tags', 'params'):
-            columns = [row[1] for row in con.execute(f'PRAGMA table_info({table})')]
-            renamed = {'run_uuid': '?', **({'name': '?'} if table == 'runs' else {})}
-            values = ', '.join(renamed.get(c, c) for c in columns)
-            con.executemany(
-                f'INSERT INTO {table} ({", ".join(columns)}) '
-                f'SELECT {values} FROM {table} WHERE run_uuid = ?',
-                [
-                    (new, f'scale-{i}', template) if table == 'runs' else (new, template)
-                    for i, new in enumerate(ids[1:], 1)
-                ],
-            )
-    con.close()
-    return ids
 
 
 @pytest.fixture(scope='module')
