@@ -5974,14 +5974,14 @@ def _probe_session(session: Session, probe: Probe) -> Session:
 def _run_probe(
     session: Session, parents: _Parents, progress: _GroupProgress, index: int, probe: Probe
 ) -> Report:
-    model = probe.label or None
+    model = probe.label if probe.label.startswith('models:') else None  # not a name or prefix
     if probe.run_id is None:
         report = Report(
             status='error',
             reference_run_id=probe.label,
             rules=session.options.rules,
             message=probe.error,
-            model=probe.label if probe.label.startswith('models:') else None,  # not an ID prefix
+            model=model,
         )
         if not session.options.quiet:  # --quiet prints its own line for it
             print(f'{program_name()}: error: {shown(probe.error)}', file=sys.stderr, flush=True)

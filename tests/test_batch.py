@@ -296,6 +296,25 @@ def test_sample_with_a_seed_chooses_the_same_runs_twice(samples_repo, capsys, tm
     assert len({tuple(chosen(str(seed))) for seed in range(8)}) > 1  # the seed matters
 
 
+def test_a_run_chosen_by_search_names_no_model(samples_repo, capsys, tmp_path):
+    """JSON `model` is the --model version that chose a run, else null: not the
+    name of a run that a search chose."""
+    name = f'named-{tmp_path.name}'
+    experiment_id = client().create_experiment(name)
+    tags = {  # what `mlflow run` records
+        'mlflow.source.name': f'file://{samples_repo}#sklearn_regression',
+        'mlflow.source.type': 'PROJECT',
+        'mlflow.source.git.commit': git('rev-parse', 'HEAD', cwd=samples_repo),
+        'mlflow.project.entryPoint': 'main',
+        'mlflow.runName': 'honorable-carp-84',
+    }
+    run_id = tagged_run(tags, {'alpha': '0.1'}, experiment_id)
+    code, out, err = reproduce(capsys, '--from-experiment', name, '--dry-run', '--output', 'json')
+    assert code == 0, err
+    [run] = json.loads(out)['runs']
+    assert (run['reference_run_id'], run['model']) == (run_id, None)
+
+
 def test_runs_file_and_standard_input(reference, capsys, tmp_path, monkeypatch):
     equal = reference('sklearn_regression')
     path = tmp_path / 'runs.txt'
