@@ -2414,14 +2414,16 @@ def environment_folder(project_dir: str, script: Script, env_manager: str, commi
     )
 
 
-def template_arguments(template: str, params: Mapping[str, str]) -> list[str]:
+def template_arguments(template: str, params: Mapping[str, str]) -> tuple[list[str], set[str]]:
     """--script-args: split like a shell line, then each {param} replaced by
-    the reference's value inside its own argument."""
+    the reference's value inside its own argument; and the params it names."""
     import string
 
+    formatter = string.Formatter()
     try:
         words = shlex.split(template)
-        return [string.Formatter().vformat(word, (), dict(params)) for word in words]
+        named = {field for word in words for _, field, _, _ in formatter.parse(word) if field}
+        return [formatter.vformat(word, (), dict(params)) for word in words], named
     except KeyError as e:
         raise ReproduceError(
             f'--script-args names {{{e.args[0]}}}, which is not a param of the reference run '
@@ -2486,8 +2488,6 @@ def plan_script(
 ) -> Plan:
     """A script run's plan; its arguments from --script-args or the tag
     reproduce.argv, else found later by running the script with --help."""
-    import string
-
     if backend.name != DEFAULT_BACKEND:
         raise ReproduceError(
             f'a script run (not an MLflow Project) runs on the local backend only, '
@@ -2503,9 +2503,7 @@ def plan_script(
         script = dataclasses.replace(script, env_dir=folder)
     used: Container[str] = ()  # the params passed; --help finds them later
     if options.script_args is not None:
-        argv = template_arguments(options.script_args, params)
-        words = shlex.split(options.script_args)  # as template_arguments formatted them
-        used = {f for word in words for _, f, _, _ in string.Formatter().parse(word) if f}
+        argv, used = template_arguments(options.script_args, params)
         script = dataclasses.replace(script, argv=tuple(argv), arguments_from='--script-args')
     elif TAG_ARGV in tags:
         argv = recorded_arguments(tags[TAG_ARGV])

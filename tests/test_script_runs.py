@@ -284,7 +284,8 @@ def test_arguments_from_help(params, argv, not_passed):
 )
 def test_template_arguments(template, expected):
     params = {'lr': '0.1', 'epochs': '5', 'split': 'a b', 'hostile': '$(id); `id`'}
-    assert reproduce_run.template_arguments(template, params) == expected
+    argv, _ = reproduce_run.template_arguments(template, params)
+    assert argv == expected
 
 
 @pytest.mark.parametrize(
