@@ -1646,12 +1646,22 @@ _CONNECTION_FAILURE_RE = re.compile(r'\[Errno -?\d+\] ([^"\')]+)|(Read timed out
 _ERROR_STATUS_RE = re.compile(r'too many (\d{3}) error responses')
 
 
+def error_status(e: Exception) -> int | None:
+    """The error status the tracking server answered: MLflow's retries used up
+    on it ('too many 500 error responses'), or MLflow's own error made from a
+    5xx answer (MLflow 3.18 no longer retries a write the server may have done)."""
+    if status := _ERROR_STATUS_RE.search(str(e)):
+        return int(status.group(1))
+    code = e.get_http_status_code() if hasattr(e, 'json') else 0  # a RestException
+    return code if isinstance(code, int) and code >= 500 else None
+
+
 def server_failure(e: Exception) -> str:
     """What went wrong in an MLflow request, in few words: the status the
     tracking server answered, or that it does not answer and why."""
     detail = _last_line(str(e)) or type(e).__name__
-    if status := _ERROR_STATUS_RE.search(detail):
-        return f'the tracking server answered HTTP {status.group(1)}'
+    if status := error_status(e):
+        return f'the tracking server answered HTTP {status}'
     if 'Max retries exceeded' in detail or 'API request to' in detail:
         match = _CONNECTION_FAILURE_RE.search(detail)
         reason = next(g for g in match.groups() if g) if match else 'no answer'
@@ -3687,7 +3697,7 @@ def log_reproduced_params(session: Session, plan: Plan, run_id: str) -> None:
     except Exception as e:
         error = e
     why = server_failure(error)
-    if _ERROR_STATUS_RE.search(str(error)) and _is_http(client.tracking_uri):
+    if error_status(error) and _is_http(client.tracking_uri):
         body = {'run_id': run_id, 'params': [{'key': k, 'value': v} for k, v in params.items()]}
         if (answer := last_attempt(client, 'runs/log-batch', body)) is None:
             return  # the server took them this time
