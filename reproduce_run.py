@@ -5983,20 +5983,14 @@ def _run_probe(
     session: Session, parents: _Parents, progress: _GroupProgress, index: int, probe: Probe
 ) -> Report:
     model = probe.label if probe.label.startswith('models:') else None  # not a name or prefix
+    unstarted = _Progress(probe.run_id or probe.label, session.options.rules)
     if probe.run_id is None:
-        report = Report(
-            status='error',
-            reference_run_id=probe.label,
-            rules=session.options.rules,
-            message=probe.error,
-            model=model,
-        )
+        report = dataclasses.replace(_unfinished(unstarted, 'error', probe.error), model=model)
         if not session.options.quiet:  # --quiet prints its own line for it
             print(f'{program_name()}: error: {shown(probe.error)}', file=sys.stderr, flush=True)
         progress.end(index, report)
         return report
     if session.stop.event.is_set():  # start nothing new after a signal
-        unstarted = _Progress(probe.run_id, session.options.rules)
         report = _unfinished(unstarted, session.stop.status, NOT_STARTED)
         return dataclasses.replace(report, model=model)
     name = _reference_name(session, probe)
@@ -6004,13 +5998,8 @@ def _run_probe(
     try:
         parent = parents.parent_for(probe)
     except ReproduceError as e:
-        report = Report(
-            status='error',
-            reference_run_id=probe.run_id,
-            rules=session.options.rules,
-            message=str(e),
-            reference_run_name=name or None,
-        )
+        report = _unfinished(unstarted, 'error', str(e))
+        report = dataclasses.replace(report, reference_run_name=name or None)
     else:
         probed = _probe_session(session, probe)
         report = reproduce_one(probed, probe.run_id, index, parent, probe.reference)
@@ -6176,7 +6165,7 @@ class Selection:
     filter: str = ''
     since_seconds: float | None = None
     max_runs: int = DEFAULT_MAX_RUNS
-    order_by: str = DEFAULT_ORDER_BY
+    order_by: tuple[str, ...] = (DEFAULT_ORDER_BY,)
     sample: int | None = None
     sample_seed: int | None = None
     repeat: int = 1
@@ -6192,6 +6181,7 @@ class Selection:
             experiments=tuple(args.from_experiment),
             filter=args.filter or '',
             since_seconds=args.since,
+            order_by=tuple(args.order_by) or (DEFAULT_ORDER_BY,),
             repeat=args.repeat or 1,
         )
 
@@ -6303,7 +6293,7 @@ def search_runs(
         client.search_runs,
         experiment_ids,
         _search_filter(selection),
-        order_by=[selection.order_by],
+        order_by=list(selection.order_by),
         max_results=SEARCH_PAGE,
     )
     try:
@@ -8324,9 +8314,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument(
         '--order-by',
-        default=DEFAULT_ORDER_BY,
+        **REPEATABLE,
         metavar='CLAUSE',
-        help='MLflow order-by clause for the search (default: %(default)s)',
+        help=f'MLflow order-by clause for the search (default: {DEFAULT_ORDER_BY}); '
+        'repeatable: a later clause breaks the ties of the earlier ones',
     )
     batch.add_argument(
         '--sample',

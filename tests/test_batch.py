@@ -206,6 +206,43 @@ def search_setup(samples_repo, store, name: str) -> dict[str, str]:
     return made
 
 
+def test_order_by_repeated_breaks_ties_in_the_given_order(samples_repo, store, capsys, tmp_path):
+    c = client()
+    experiment_id = c.create_experiment(f'order-{tmp_path.name}')
+    tags = {
+        'mlflow.source.name': f'file://{samples_repo}#sklearn_regression',
+        'mlflow.source.type': 'PROJECT',
+        'mlflow.source.git.commit': git('rev-parse', 'HEAD', cwd=samples_repo),
+    }
+    made = {
+        (r2, alpha): tagged_run(tags, {'alpha': alpha}, experiment_id, {'r2': [r2]})
+        for r2, alpha in [(0.4, '0.2'), (0.5, '0.3'), (0.4, '0.1'), (0.5, '0.4')]
+    }
+
+    def order(*clauses: str) -> list[str]:
+        argv = ['--from-experiment', f'order-{tmp_path.name}', '--output', 'json', '--dry-run']
+        code, out, err = reproduce(capsys, *argv, *clauses)
+        assert code == 0, err
+        return [r['reference_run_id'] for r in json.loads(out)['runs']]
+
+    by_r2_then_alpha = ['--order-by', 'metrics.r2 DESC', '--order-by', 'params.alpha ASC']
+    assert order(*by_r2_then_alpha) == [
+        made[0.5, '0.3'],
+        made[0.5, '0.4'],
+        made[0.4, '0.1'],
+        made[0.4, '0.2'],
+    ]
+    by_alpha = ['--order-by', 'params.alpha DESC']
+    assert order(*by_alpha) == [
+        made[0.5, '0.4'],
+        made[0.5, '0.3'],
+        made[0.4, '0.2'],
+        made[0.4, '0.1'],
+    ]
+    # The default is the newest first.
+    assert order() == list(reversed(made.values()))
+
+
 @pytest.mark.slow
 def test_from_experiment_with_filter_since_and_max_runs(samples_repo, store, capsys, tmp_path):
     name = f'search-{tmp_path.name}'
