@@ -25,6 +25,7 @@ from helpers import (
     free_port,
     git,
     make_repo,
+    make_venv,
     references_in,
     start_mlflow_server,
     start_service,
@@ -84,6 +85,20 @@ def samples_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Shared by many tests: never modify it (use `own_repo` for that)."""
     where = tmp_path_factory.mktemp('samples')
     yield make_repo(where / 'repo')
+    shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The bin folder of a virtual environment where `pip install .` ran, over
+    this one (test_install.py, and the recorder's tests: the package registers
+    it).  Built from a copy of the checkout as it is now, without a virtual
+    environment in it nor what a build leaves: setuptools writes build/ and
+    *.egg-info into the folder it builds from."""
+    where = tmp_path_factory.mktemp('install')
+    ignore = shutil.ignore_patterns('.git', '.venv', 'build', '*.egg-info', '__pycache__', 'mlruns')
+    checkout = shutil.copytree(ROOT, where / 'checkout', ignore=ignore)
+    yield make_venv(where / 'venv', str(checkout), over_this_one=True)
     shutil.rmtree(where, ignore_errors=True)
 
 

@@ -8,37 +8,17 @@ dependencies are satisfied.  The build backend comes from the package index."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import (
-    ROOT,
-    make_venv,
-)
+from helpers import ROOT
 
 import reproduce_run
 
 pytestmark = pytest.mark.slow
-
-
-def checkout_copy(dest: Path) -> Path:
-    """The checkout as it is now, without a virtual environment in it nor what
-    a build leaves behind: setuptools writes build/ and *.egg-info into the
-    source folder it builds from."""
-    ignore = shutil.ignore_patterns('.git', '.venv', 'build', '*.egg-info', '__pycache__', 'mlruns')
-    return Path(shutil.copytree(ROOT, dest, ignore=ignore))
-
-
-@pytest.fixture(scope='module')
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The bin folder of a virtual environment where `pip install .` ran."""
-    where = tmp_path_factory.mktemp('install')
-    yield make_venv(where / 'venv', str(checkout_copy(where / 'checkout')), over_this_one=True)
-    shutil.rmtree(where, ignore_errors=True)
 
 
 def run_command(bin_dir: Path, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
