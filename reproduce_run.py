@@ -28,22 +28,23 @@ by a `# ----` banner:
   9. Execution backends: checked before anything runs.
  10. Script runs: the script, its working folder and its arguments.
  11. Why the runs differ: environment, data, code and models.
- 12. Model registrations: the scratch registry.
- 13. Stopping: a signal sets one flag; processes ended, runs closed.
- 14. Crash recovery: what a tool that died left behind.
- 15. Run creation: the reproduced run, before the project starts.
- 16. Launching: the project's processes, locally or on a backend.
- 17. Reporting: the Outcome protocol; text, JSON, Markdown, JUnit.
- 18. Recording the verdict on the reproduced run.
- 19. The pipeline: one reference run in, one report out.
- 20. Groups of reproductions: the engine the modes run on.
- 21. Batch: choosing the reference runs.
- 22. Repeat: each run N times, and the diagnosis.
- 23. Bisect: the first commit that changed the metrics.
- 24. Explain: probes that undo the differences.
- 25. CI and on-call: JUnit XML, the job summary, webhooks.
- 26. One invocation: settings, the tracking server, the mode.
- 27. Command line: the parser and main().
+ 12. Recording runs as they start: the run context provider.
+ 13. Model registrations: the scratch registry.
+ 14. Stopping: a signal sets one flag; processes ended, runs closed.
+ 15. Crash recovery: what a tool that died left behind.
+ 16. Run creation: the reproduced run, before the project starts.
+ 17. Launching: the project's processes, locally or on a backend.
+ 18. Reporting: the Outcome protocol; text, JSON, Markdown, JUnit.
+ 19. Recording the verdict on the reproduced run.
+ 20. The pipeline: one reference run in, one report out.
+ 21. Groups of reproductions: the engine the modes run on.
+ 22. Batch: choosing the reference runs.
+ 23. Repeat: each run N times, and the diagnosis.
+ 24. Bisect: the first commit that changed the metrics.
+ 25. Explain: probes that undo the differences.
+ 26. CI and on-call: JUnit XML, the job summary, webhooks.
+ 27. One invocation: settings, the tracking server, the mode.
+ 28. Command line: the parser and main().
 """
 
 from __future__ import annotations
@@ -153,6 +154,11 @@ TAG_USER = 'mlflow.user'
 TAG_BACKEND = 'mlflow.project.backend'
 TAG_PARENT_RUN_ID = 'mlflow.parentRunId'
 TAG_ARGV = 'reproduce.argv'  # a script's arguments, a JSON list: replayed, and recorded
+# Tags the recorder (RunRecorder) writes when a run starts in a training environment.
+TAG_COMMAND = 'reproduce.command'  # the interpreter's arguments (sys.orig_argv[1:]), JSON
+TAG_WORKDIR = 'reproduce.workdir'  # the working folder, relative to the work tree's top
+TAG_ENVIRONMENT = 'reproduce.environment'  # packages, Python, platform, variables: JSON
+SECRET_NOT_RECORDED = '<secret: not recorded>'  # in place of a secret's value
 # Tags this tool writes on the reproduced run (never on the reference run).
 TAG_REFERENCE_RUN_ID = 'reproduce.reference_run_id'
 TAG_EQUAL = 'reproduce.equal'  # 'true' or 'false'
@@ -1824,6 +1830,34 @@ def _is_http(uri: str) -> bool:
     return uri.startswith(('http://', 'https://', 'databricks'))
 
 
+_PACKED_PREFIX = 'zlib+base64:'
+
+
+def packed(value: Any) -> str:
+    """value as compact JSON for a tag; compressed when longer than a tag takes."""
+    import base64
+    import zlib
+
+    text = json.dumps(value, separators=(',', ':'))
+    if len(text) <= TAG_VALUE_LIMIT:
+        return text
+    return _PACKED_PREFIX + base64.b64encode(zlib.compress(text.encode(), 9)).decode()
+
+
+def unpacked(tag: str) -> Any:
+    """The value packed() wrote; ValueError for anything else."""
+    import base64
+    import binascii
+    import zlib
+
+    if tag.startswith(_PACKED_PREFIX):
+        try:
+            tag = zlib.decompress(base64.b64decode(tag[len(_PACKED_PREFIX) :])).decode()
+        except (binascii.Error, zlib.error, UnicodeDecodeError) as e:
+            raise ValueError(f'not packed by the recorder: {e}') from None
+    return json.loads(tag)
+
+
 def fit_tag(value: str) -> str:
     """A tag value MLflow accepts whole: long ones are cut, marked with …."""
     return _truncated(value, TAG_VALUE_LIMIT)
@@ -2383,11 +2417,21 @@ def working_folder(recorded: str, path: str) -> str:
     return path[: -len(typed) - 1] if path.endswith('/' + typed) else ''
 
 
-def resolve_script(project_dir: str, recorded: str, override: str | None, commit: str) -> Script:
-    """The script at the commit: -e PATH, else the recorded sys.argv[0]."""
+def resolve_script(
+    project_dir: str, recorded: str, override: str | None, commit: str, workdir: str | None
+) -> Script:
+    """The script at the commit: -e PATH, else the recorded sys.argv[0], in
+    the working folder the recorder saw (workdir), else found by its name."""
     at = f'at commit {commit[:12]}'
+    if workdir is not None:
+        workdir = posixpath.normpath(workdir)
+        if posixpath.isabs(workdir) or workdir.split('/')[0] == '..':
+            raise ReproduceError(f'the tag {TAG_WORKDIR} {workdir!r} is outside the repository')
+        workdir = '' if workdir == '.' else workdir
     if override:
         path = posixpath.normpath(override)
+    elif workdir is not None and not posixpath.isabs(recorded):
+        path = posixpath.normpath(posixpath.join(workdir, recorded))
     else:
         # The files of the commit under the project folder, relative to it.
         listed = _git('ls-files', '-z', '--recurse-submodules', cwd=project_dir)
@@ -2404,7 +2448,9 @@ def resolve_script(project_dir: str, recorded: str, override: str | None, commit
             )
         path = candidates[0]
     check_script(project_dir, _checkout_root(project_dir), path, commit)
-    return Script(path, working_folder(recorded, path), recorded if not override else path)
+    if workdir is None or override:
+        workdir = working_folder(recorded, path)
+    return Script(path, workdir, recorded if not override else path)
 
 
 def environment_folder(project_dir: str, script: Script, env_manager: str, commit: str) -> str:
@@ -2457,6 +2503,17 @@ def recorded_arguments(value: str) -> list[str]:
     return argv
 
 
+def refuse_unrecorded_secrets(argv: Sequence[str]) -> None:
+    """The recorder keeps no secret: a run started with one cannot replay it."""
+    for before, arg in zip(['', *argv[:-1]], argv, strict=True):
+        if SECRET_NOT_RECORDED in arg:
+            name = arg.partition('=')[0] if '=' in arg else before or arg
+            raise ReproduceError(
+                f'the run was started with a secret ({shown(_truncated(name, 60))}), which '
+                f'was not recorded: pass the arguments with --script-args',
+            )
+
+
 _HELP_OPTION_RE = re.compile(
     r'(?<![\w-])(--[A-Za-z0-9][\w-]*)(?:([ =])([A-Z][A-Z0-9_-]*|\{|<|\[))?'
 )
@@ -2504,8 +2561,9 @@ def plan_script(
             f'not on {backend.name!r}',
         )
     tags, params = reference.data.tags, dict(reference.data.params)
+    recorded = tags.get(TAG_SOURCE_NAME, '')
     script = resolve_script(
-        project_dir, tags.get(TAG_SOURCE_NAME, ''), options.entry_point, source.version
+        project_dir, recorded, options.entry_point, source.version, tags.get(TAG_WORKDIR)
     )
     env_manager = options.env_manager or 'local'
     if env_manager != 'local':
@@ -2517,6 +2575,7 @@ def plan_script(
         script = dataclasses.replace(script, argv=tuple(argv), arguments_from='--script-args')
     elif TAG_ARGV in tags:
         argv = recorded_arguments(tags[TAG_ARGV])
+        refuse_unrecorded_secrets(argv)
         used = params
         script = dataclasses.replace(script, argv=tuple(argv), arguments_from=f'the tag {TAG_ARGV}')
     passed = {k: v for k, v in params.items() if k in used}
@@ -2732,6 +2791,7 @@ def environment_differences(
             for side in (reference, reproduced)
         )
         names = set(ref) | set(new) if only_names is None else map(normalize_package, only_names)
+        names = set(names) - {'reproduce-run'}  # the recorder: it adds tags, nothing else
         found += _env_differences('package', ref, new, sorted(set(names)))
     if 'env' in reference and 'env' in reproduced:
         ref, new = reference['env'] or {}, reproduced['env'] or {}
@@ -2886,12 +2946,19 @@ def _read_model_environment(client: MlflowClient, run: Run) -> dict[str, Any] | 
     return merged
 
 
+def _read_recorded_environment(client: MlflowClient, run: Run) -> dict[str, Any] | None:
+    tag = run.data.tags.get(TAG_ENVIRONMENT)
+    return None if tag is None else unpacked(tag)
+
+
 def run_environment(client: MlflowClient, run: Run) -> tuple[dict[str, Any] | None, str]:
     """A run's environment from the best source it has, and which: its own
-    reproduce/environment.json, else the files of a model it logged."""
+    reproduce/environment.json, else what the recorder recorded when it
+    started, else the files of a model it logged."""
     label = f'run {run.info.run_id}'
     for source, read in (
         ('reproduction', _read_environment_artifact),
+        ('recorded', _read_recorded_environment),
         ('logged_model', _read_model_environment),
     ):
         try:
@@ -3000,6 +3067,7 @@ def _shown(value: Any, missing: str) -> str:
 
 _SOURCE_LABELS = {
     'reproduction': f'its {ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}',
+    'recorded': f'the tag {TAG_ENVIRONMENT}, recorded when it started',
     'logged_model': "its logged model's files, which name only some packages",
 }
 
@@ -3084,6 +3152,179 @@ def differences_lines(differences: Differences | None, escaped: Escape = shown) 
             lines.append(f'- {title}:')
             lines += [f'  - {item}' for item in items]
     return lines
+
+
+# ---------------------------------------------------------------------------
+# Recording runs as they start: a run context provider (entry point group
+# mlflow.run_context_provider, registered by pyproject.toml) that MLflow calls
+# in the training process at each start_run(), for what it does not record.
+
+
+RECORD_SWITCH = 'REPRODUCE_RUN_RECORD'  # '0' turns the recorder off
+RECORD_GIT_TIMEOUT_SECONDS = 2.0
+# An option or override whose name says it holds a secret: --api-token,
+# --password=..., DB_PASSWORD=..., db.api_key=...
+_SECRET_NAME_PART_RE = re.compile(
+    r'(api|access|auth|private|client|secret)?(key|token|secret|password|passwd|pwd)s?',
+    re.IGNORECASE,
+)
+
+
+def _names_a_secret(name: str) -> bool:
+    return any(_SECRET_NAME_PART_RE.fullmatch(p) for p in re.split(r'[-_.]+', name.lstrip('-+')))
+
+
+def without_secrets(argv: Sequence[str]) -> list[str]:
+    """argv with the value of every option or override that names a secret,
+    and the credentials of every URL, replaced by SECRET_NOT_RECORDED."""
+    kept: list[str] = []
+    for arg in argv:
+        name, equals, _ = arg.partition('=')
+        option = kept[-1] if kept else ''
+        if option.startswith('--') and '=' not in option and _names_a_secret(option):
+            arg = arg if arg.startswith('--') else SECRET_NOT_RECORDED  # else a flag
+        elif equals and ' ' not in name and _names_a_secret(name):
+            arg = f'{name}={SECRET_NOT_RECORDED}'
+        kept.append(_URL_CREDENTIALS_RE.sub(rf'\g<scheme>{SECRET_NOT_RECORDED}@', arg))
+    return kept
+
+
+def _installed_packages() -> dict[str, str]:
+    """name -> version of every distribution on sys.path, the first of a name
+    winning, as for import: read from the *.dist-info and *.egg-info folder
+    names alone (no metadata file is opened, which would cost the run ~50 ms)."""
+    found: dict[str, str] = {}
+    for folder in sys.path:
+        try:
+            entries = sorted(os.listdir(folder or '.'))
+        except OSError:
+            continue
+        for entry in entries:
+            stem, dot, kind = entry.rpartition('.')
+            if dot and kind in ('dist-info', 'egg-info') and '-' in stem:
+                name, version = stem.split('-')[:2]
+                found.setdefault(normalize_package(name), version)
+    return dict(sorted(found.items()))
+
+
+@functools.lru_cache(maxsize=1)
+def recorded_environment() -> str:
+    """What reproduce/environment.json holds for a reproduced run, compactly,
+    but the GPUs (nvidia-smi would slow every run down): one per process."""
+    import platform
+
+    return packed(
+        {
+            'python': {
+                'version': platform.python_version(),
+                'implementation': platform.python_implementation(),
+                'executable': sys.executable,
+            },
+            'platform': {
+                'system': platform.system(),
+                'release': platform.release(),
+                'machine': platform.machine(),
+            },
+            'cpu_count': os.cpu_count(),
+            'packages': _installed_packages(),
+            'env': {name: os.environ.get(name) for name in RESULT_VARIABLES},
+        }
+    )
+
+
+def _work_tree_top(folder: str) -> str | None:
+    """The nearest folder at or above folder that holds .git (a folder, or a
+    file in a linked work tree or submodule), as git finds it."""
+    folder = os.path.abspath(folder)
+    while not os.path.exists(os.path.join(folder, '.git')):
+        if (parent := os.path.dirname(folder)) == folder:
+            return None
+        folder = parent
+    return folder
+
+
+def _git_status(folder: str) -> subprocess.Popen[str] | None:
+    """`git status` of the work tree that holds folder, started (the recorder
+    does the rest of its work while it runs); None outside any work tree.
+    Read only: no lock taken, nothing written."""
+    if _work_tree_top(folder) is None:
+        return None
+    return subprocess.Popen(
+        ('git', 'status', '--porcelain=v2', '--branch', '--untracked-files=normal'),
+        cwd=folder,
+        env={**os.environ, 'GIT_OPTIONAL_LOCKS': '0', 'GIT_TERMINAL_PROMPT': '0'},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _git_facts(folder: str, status: subprocess.Popen[str]) -> tuple[str, bool] | None:
+    """The top of the work tree, and whether it differs from its HEAD
+    (untracked files that are not ignored count); None outside git or
+    before the first commit."""
+    try:
+        out, _ = status.communicate(timeout=RECORD_GIT_TIMEOUT_SECONDS)
+    finally:
+        if status.poll() is None:
+            status.kill()
+            status.wait()
+    lines = out.splitlines()
+    if status.returncode or '# branch.oid (initial)' in lines:  # not a repository, no commit
+        return None
+    return _work_tree_top(folder), any(not line.startswith('#') for line in lines)
+
+
+def recorded_tags() -> dict[str, str]:
+    """The tags RunRecorder sets on a run that starts in this process: one
+    git process, which runs while the rest is gathered."""
+    script = sys.argv[0] if sys.argv and os.path.isfile(sys.argv[0]) else ''
+    folder = os.path.dirname(os.path.abspath(script)) if script else os.getcwd()
+    try:
+        status, failure = _git_status(folder), None
+    except OSError as e:  # no git
+        status, failure = None, e
+    command = list(getattr(sys, 'orig_argv', [sys.executable, *sys.argv]))[1:]
+    tags = {
+        TAG_COMMAND: json.dumps(without_secrets(command)),
+        TAG_ARGV: json.dumps(without_secrets(sys.argv[1:])),
+        TAG_ENVIRONMENT: recorded_environment(),
+    }
+    try:
+        facts = _git_facts(folder, status) if status is not None else None
+    except (OSError, subprocess.SubprocessError) as e:  # too slow
+        facts, failure = None, e
+    if failure is not None:
+        warn(f'the run starts without its working folder: git: {_last_line(str(failure))}')
+    if facts is not None:
+        top, dirty = facts
+        workdir = os.path.relpath(os.getcwd(), top)
+        if workdir != os.pardir and not workdir.startswith(os.pardir + os.sep):
+            tags[TAG_WORKDIR] = workdir.replace(os.sep, '/')
+        tags[TAG_GIT_DIRTY] = str(dirty).lower()
+    for name in [k for k, v in tags.items() if len(v) > TAG_VALUE_LIMIT]:
+        warn(f'{name} is not recorded: longer than the {TAG_VALUE_LIMIT} characters of a tag')
+        del tags[name]
+    return tags
+
+
+class RunRecorder:
+    """MLflow's RunContextProvider, by its two methods (a subclass would
+    import MLflow here): the command line, the working folder, whether the
+    work tree was clean, and the environment of every run start_run()
+    creates.  Never in the way: whatever fails costs one warning line, and
+    the run starts."""
+
+    def in_context(self) -> bool:
+        return os.environ.get(RECORD_SWITCH, '1') != '0'
+
+    def tags(self) -> dict[str, str]:
+        try:
+            return recorded_tags()
+        except Exception as e:  # git missing or too slow, a folder gone: the run starts
+            warn(f'{RECORD_SWITCH}: the run starts without its record: {_last_line(str(e))}')
+            return {}
 
 
 # ---------------------------------------------------------------------------
@@ -3643,6 +3884,7 @@ def reproduced_run_tags(plan: Plan, parent_run_id: str | None) -> dict[str, str]
         tags[TAG_SOURCE_NAME] = plan.script.recorded
         tags[TAG_SOURCE_TYPE] = 'LOCAL'
         tags[TAG_ARGV] = json.dumps(list(plan.script.argv))
+        tags[TAG_WORKDIR] = plan.script.workdir or '.'
     if parent_run_id:
         tags[TAG_PARENT_RUN_ID] = parent_run_id
     return {k: fit_tag(v) for k, v in tags.items()}

@@ -322,6 +322,59 @@ def bench_startup(rounds: int, notes: list[str]) -> list[Comparison]:
     ]
 
 
+# The recorder's cost at start_run(), measured in one training process: the
+# provider registered as MLflow registers the entry point's class, turned on and
+# off by REPRODUCE_RUN_RECORD in turn, its once-per-process environment cache
+# cleared before each run (each run pays for everything, as a process's first does).
+_RECORDER_HARNESS = """
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import mlflow
+import reproduce_run
+from mlflow.tracking.context.registry import _run_context_provider_registry
+
+_run_context_provider_registry.register(reproduce_run.RunRecorder)
+mlflow.set_experiment('recorder')
+
+
+def one(on):
+    os.environ['REPRODUCE_RUN_RECORD'] = '1' if on else '0'
+    reproduce_run.recorded_environment.cache_clear()
+    started = time.perf_counter()
+    mlflow.start_run()
+    mlflow.end_run()
+    return time.perf_counter() - started
+
+
+one(True), one(False)  # tables and caches
+times = [(one(False), one(True)) for _ in range(int(sys.argv[2]))]
+print(json.dumps(times))
+"""
+
+
+def bench_recorder(rounds: int, notes: list[str]) -> list[Comparison]:
+    progress(f'recorder: {rounds} start_run() + end_run() with the recorder off, then on')
+    with tempfile.TemporaryDirectory(prefix='bench-recorder-') as tmp:
+        repo, _ = build_repo(Path(tmp), {'train.py': _RECORDER_HARNESS})
+        env = base_env(f'sqlite:///{Path(tmp) / "mlflow.db"}')
+        proc = subprocess.run(
+            (sys.executable, 'train.py', str(SCRIPT.parent), str(rounds)),
+            cwd=repo / 'tiny',
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT,
+        )
+        if proc.returncode:
+            raise BenchError(f'the recorder harness failed: {proc.stderr.strip()[-300:]}')
+        off, on = zip(*json.loads(proc.stdout.splitlines()[-1]), strict=True)
+    notes.append(
+        'recorder: one git process (status) and the package folders read, per run; '
+        'a clean work tree of one file, against sqlite'
+    )
+    return [Comparison('recorder', 'start_run() + end_run()', 'the same, recorder on', off, on)]
+
+
 # ---------------------------------------------------------------------------
 # 2. Overhead of the tool against plain `mlflow run`.
 
@@ -1577,6 +1630,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument('--skip-explain', action='store_true', help='skip --explain')
     parser.add_argument(
+        '--recorder-rounds',
+        type=_positive,
+        default=200,
+        help='start_run() pairs with the recorder off and on (default: %(default)s)',
+    )
+    parser.add_argument('--skip-recorder', action='store_true', help="skip the recorder's cost")
+    parser.add_argument(
         '--skip-leftovers', action='store_true', help="skip the check for dead tools' leftovers"
     )
     parser.add_argument(
@@ -1600,6 +1660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections: list[tuple[bool, Callable[[], object]]] = [
         (args.skip_startup, lambda: results.extend(bench_startup(args.fast_rounds, notes))),
         (args.skip_overhead, lambda: results.extend(bench_overhead(args.rounds, notes))),
+        (args.skip_recorder, lambda: results.extend(bench_recorder(args.recorder_rounds, notes))),
         (
             args.skip_breakdown,
             lambda: breakdowns.append(bench_breakdown(args.breakdown_rounds, notes)),

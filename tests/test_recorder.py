@@ -1,0 +1,251 @@
+"""The recorder: a run context provider that `pip install` of this package
+registers with MLflow, so that every run start_run() creates in that
+environment records its command line, working folder, whether the work tree
+was clean, and its environment; never a secret.  End to end, real scripts run
+with the interpreter of a real virtual environment where the checkout was
+installed, in a clone whose remote is a bare repository on the git daemon,
+and the tool reproduces them with no flag."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import client, git, reproduce, reproduced_run
+
+import reproduce_run
+
+# --- pure ---------------------------------------------------------------------
+
+HIDDEN = reproduce_run.SECRET_NOT_RECORDED
+
+
+@pytest.mark.parametrize(
+    ('argv', 'kept'),
+    [
+        pytest.param(['0.5', '--lr', '0.1'], ['0.5', '--lr', '0.1'], id='nothing-secret'),
+        pytest.param(['--api-token', 'abc'], ['--api-token', HIDDEN], id='option-then-value'),
+        pytest.param(['--password=hunter2'], [f'--password={HIDDEN}'], id='option-equals'),
+        pytest.param(
+            ['DB_PASSWORD=x', 'db.api_key=y'],
+            [f'DB_PASSWORD={HIDDEN}', f'db.api_key={HIDDEN}'],
+            id='overrides',
+        ),
+        pytest.param(
+            ['--token', '--lr', '1'], ['--token', '--lr', '1'], id='a-flag-then-an-option'
+        ),
+        pytest.param(
+            ['--keyword', 'k', '--monkey', 'm'],
+            ['--keyword', 'k', '--monkey', 'm'],
+            id='key-inside-a-word',
+        ),
+        pytest.param(
+            ['--data', 'https://alice:pw@host/x.csv'],
+            ['--data', f'https://{HIDDEN}@host/x.csv'],
+            id='url-credentials',
+        ),
+    ],
+)
+def test_without_secrets(argv, kept):
+    assert reproduce_run.without_secrets(argv) == kept
+
+
+@pytest.mark.parametrize(
+    ('argv', 'named'),
+    [
+        pytest.param(['0.5', '--api-token', HIDDEN], '--api-token', id='option-then-value'),
+        pytest.param([f'--password={HIDDEN}'], '--password', id='option-equals'),
+        pytest.param([f'DB_PASSWORD={HIDDEN}'], 'DB_PASSWORD', id='override'),
+        pytest.param([f'https://{HIDDEN}@host/x'], f'https://{HIDDEN}@host/x', id='url'),
+    ],
+)
+def test_a_recorded_secret_cannot_be_replayed(argv, named):
+    with pytest.raises(reproduce_run.ReproduceError) as e:
+        reproduce_run.refuse_unrecorded_secrets(argv)
+    assert f'({named})' in str(e.value) and '--script-args' in str(e.value)
+
+
+@pytest.mark.parametrize('size', [10, 50_000])
+def test_packed_round_trip(size):
+    value = {'packages': {f'package-{i}': f'{i}.0' for i in range(size)}}
+    tag = reproduce_run.packed(value)
+    assert len(tag) <= reproduce_run.TAG_VALUE_LIMIT or size == 50_000
+    assert tag.startswith('zlib+base64:') == (size == 50_000)
+    assert reproduce_run.unpacked(tag) == value
+
+
+# --- end to end ---------------------------------------------------------------
+
+TRAIN = """\
+import sys
+
+import mlflow
+
+with mlflow.start_run() as run:
+    a, b = float(sys.argv[1]), float(sys.argv[2])
+    mlflow.log_metric('score', 10 * a + b)
+    print(f'RUN_ID={run.info.run_id}')
+"""
+FILES = {
+    'train.py': "raise SystemExit('the train.py at the top ran, not src/train.py')\n",
+    'src/train.py': TRAIN,
+}
+
+
+@pytest.fixture(scope='module')
+def recorded_repo(tmp_path_factory, git_daemon) -> Path:
+    """A clone whose remote (origin) is a bare repository on the git daemon,
+    with a train.py at its top and another in src/."""
+    url, base = git_daemon
+    git('init', '--quiet', '--bare', str(base / 'recorded.git'), cwd=base)
+    repo = tmp_path_factory.mktemp('recorded') / 'repo'
+    (repo / 'src').mkdir(parents=True)
+    for name, text in FILES.items():
+        (repo / name).write_text(text)
+    git('init', '--quiet', '--initial-branch', 'main', cwd=repo)
+    git('config', 'user.email', 'tests@example.invalid', cwd=repo)
+    git('config', 'user.name', 'tests', cwd=repo)
+    git('add', '--all', cwd=repo)
+    git('commit', '--quiet', '-m', 'two train.py', cwd=repo)
+    git('remote', 'add', 'origin', f'{url}/recorded.git', cwd=repo)
+    git('push', '--quiet', 'origin', 'main', cwd=repo)
+    return repo
+
+
+def started(bin_dir: Path, cwd: Path, *argv: str, env: dict[str, str] | None = None):
+    """`python argv...` with the installed environment's interpreter, in cwd:
+    (its run, the finished process)."""
+    proc = subprocess.run(
+        (str(bin_dir / 'python'), *argv),
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [run_id] = [line[7:] for line in proc.stdout.splitlines() if line.startswith('RUN_ID=')]
+    return client().get_run(run_id), proc
+
+
+@pytest.mark.slow
+def test_a_script_in_a_subfolder_with_positional_arguments_reproduces_equal(
+    installed, recorded_repo, capsys
+):
+    reference, proc = started(installed, recorded_repo / 'src', 'train.py', '0.5', '0.1')
+    tags = reference.data.tags
+    assert proc.stderr.count('warning') == 0, proc.stderr
+    assert json.loads(tags['reproduce.command']) == ['train.py', '0.5', '0.1']
+    assert json.loads(tags['reproduce.argv']) == ['0.5', '0.1']
+    assert tags['reproduce.workdir'] == 'src'
+    assert tags['mlflow.source.git.dirty'] == 'false'
+    environment = reproduce_run.unpacked(tags['reproduce.environment'])
+    assert environment['packages']['mlflow'] == importlib.metadata.version('mlflow')
+    assert environment['python']['executable'] == str(installed / 'python')
+
+    code, out, err = reproduce(capsys, '--run_id', reference.info.run_id)
+    assert code == 0, err
+    assert out.splitlines()[-1] == 'Runs equal: True'
+    assert (
+        'Script:         python train.py 0.5 0.1 (in src/, env manager: local, '
+        'arguments from the tag reproduce.argv)' in out
+    )
+    assert "environment (the reference run's from the tag reproduce.environment" in out
+    new = reproduced_run(out)
+    assert new.data.metrics['score'] == 5.1
+    assert new.data.tags['reproduce.workdir'] == 'src'
+    assert json.loads(new.data.tags['reproduce.argv']) == ['0.5', '0.1']
+
+
+@pytest.mark.slow
+def test_a_secret_is_never_stored_and_its_reproduction_exits_2(installed, recorded_repo, capsys):
+    argv = ('train.py', '0.5', '0.1', '--api-token', 'tok-4f1a9c', '--password=hunter2-pw')
+    reference, _ = started(installed, recorded_repo / 'src', *argv)
+    stored = json.dumps({**reference.data.tags, **reference.data.params})
+    assert 'tok-4f1a9c' not in stored and 'hunter2-pw' not in stored
+    assert json.loads(reference.data.tags['reproduce.argv'])[2:] == [
+        '--api-token',
+        HIDDEN,
+        f'--password={HIDDEN}',
+    ]
+    before = client().search_runs([reference.info.experiment_id])
+    code, out, err = reproduce(capsys, '--run_id', reference.info.run_id)
+    assert code == 2
+    assert err.splitlines() == [
+        'reproduce_run: error: the run was started with a secret (--api-token), which was not '
+        'recorded: pass the arguments with --script-args'
+    ]
+    assert len(client().search_runs([reference.info.experiment_id])) == len(before)
+
+
+@pytest.mark.slow
+def test_record_0_records_nothing(installed, recorded_repo):
+    reference, _ = started(
+        installed, recorded_repo / 'src', 'train.py', '1', '2', env={'REPRODUCE_RUN_RECORD': '0'}
+    )
+    assert [t for t in reference.data.tags if t.startswith('reproduce.')] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('where', ['outside-git', 'no-commit', 'no-git-on-path'])
+def test_the_run_starts_without_git_facts(installed, tmp_path, where):
+    folder = tmp_path / 'work'
+    folder.mkdir()
+    (folder / 'train.py').write_text(TRAIN)
+    env = {}
+    if where != 'outside-git':
+        git('init', '--quiet', cwd=folder)
+    if where == 'no-git-on-path':  # a repository with a commit, and no git to read it
+        git('add', 'train.py', cwd=folder)
+        git(
+            '-c',
+            'user.name=t',
+            '-c',
+            'user.email=t@example.invalid',
+            'commit',
+            '-qm',
+            'c',
+            cwd=folder,
+        )
+        env['PATH'] = str(tmp_path / 'empty')  # the interpreter is named by its path
+    reference, proc = started(installed, folder, 'train.py', '3', '4', env=env)
+    tags = reference.data.tags
+    assert reference.info.status == 'FINISHED' and reference.data.metrics['score'] == 34.0
+    assert json.loads(tags['reproduce.argv']) == ['3', '4']
+    assert 'reproduce.environment' in tags
+    assert 'reproduce.workdir' not in tags and 'mlflow.source.git.dirty' not in tags
+    warnings = [line for line in proc.stderr.splitlines() if 'reproduce_run: warning' in line]
+    if where == 'no-git-on-path':
+        [warning] = warnings
+        assert 'the run starts without its working folder: git:' in warning
+    else:
+        assert warnings == []
+
+
+@pytest.mark.slow
+def test_a_dirty_work_tree_is_said_in_mlflows_tag(installed, recorded_repo, tmp_path):
+    clone = tmp_path / 'clone'
+    git('clone', '--quiet', str(recorded_repo), str(clone), cwd=tmp_path)
+    (clone / 'src' / 'notes.txt').write_text('an untracked file\n')
+    reference, _ = started(installed, clone, 'src/train.py', '1', '1')
+    assert reference.data.tags['mlflow.source.git.dirty'] == 'true'
+    assert reference.data.tags['reproduce.workdir'] == '.'
+
+
+@pytest.mark.slow
+def test_importing_mlflow_with_the_recorder_imports_nothing_else_and_prints_nothing(
+    installed, tmp_path
+):
+    code = 'import sys, mlflow; print(sorted(sys.modules))'
+
+    def modules(python: str) -> set[str]:
+        proc = subprocess.run((python, '-c', code), capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0 and proc.stderr == '', proc.stderr
+        return set(json.loads(proc.stdout.replace("'", '"')))
+
+    assert modules(str(installed / 'python')) - modules(sys.executable) == {'reproduce_run'}
