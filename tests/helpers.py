@@ -635,12 +635,12 @@ def experiment_runs_or_empty(name: str):
     return experiment_runs(name) if c.get_experiment_by_name(name) else []
 
 
-def python_run(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> str:
-    """Run `python argv...` in cwd as a person does; the ID of the run it made."""
-    c = client()
-    started = int(time.time() * 1000)  # the same clock as the run's start_time
+def run_python(
+    python: str, cwd: Path, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python argv...` in cwd, as a person runs a script; it must succeed."""
     proc = subprocess.run(
-        (sys.executable, *argv),
+        (python, *argv),
         cwd=cwd,
         env={**os.environ, **(env or {})},
         capture_output=True,
@@ -648,6 +648,14 @@ def python_run(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> str:
         stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def python_run(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> str:
+    """Run `python argv...` in cwd as a person does; the ID of the run it made."""
+    c = client()
+    started = int(time.time() * 1000)  # the same clock as the run's start_time
+    run_python(sys.executable, cwd, *argv, env=env)
     finished = int(time.time() * 1000) + 1
     experiments = [e.experiment_id for e in c.search_experiments()]
     runs = [
@@ -733,6 +741,21 @@ if counter:  # noise of +-1 %: consecutive runs take -1, 0, +1 in turn
     value *= 1 + 0.01 * (count % 3 - 1)
 mlflow.log_metric('score', value)
 """
+
+
+def clone_with_remote(repo: Path, files: dict[str, str], remote: str) -> Path:
+    """A new repository at repo holding files in one commit on main, pushed to
+    the bare repository `remote` (its origin), which must exist."""
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    git('init', '--quiet', '--initial-branch', 'main', cwd=repo)
+    git('config', 'user.email', 'tests@example.invalid', cwd=repo)
+    git('config', 'user.name', 'tests', cwd=repo)
+    commit_all(repo, 'files')
+    git('remote', 'add', 'origin', remote, cwd=repo)
+    git('push', '--quiet', 'origin', 'main', cwd=repo)
+    return repo
 
 
 def commit_all(repo: Path, message: str) -> str:

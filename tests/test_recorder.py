@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import client, git, reproduce, reproduced_run
+from helpers import (
+    client,
+    clone_with_remote,
+    commit_all,
+    git,
+    reproduce,
+    reproduced_run,
+    run_python,
+)
 
 import reproduce_run
 
@@ -104,31 +111,14 @@ def recorded_repo(tmp_path_factory, git_daemon) -> Path:
     url, base = git_daemon
     git('init', '--quiet', '--bare', str(base / 'recorded.git'), cwd=base)
     repo = tmp_path_factory.mktemp('recorded') / 'repo'
-    (repo / 'src').mkdir(parents=True)
-    for name, text in FILES.items():
-        (repo / name).write_text(text)
-    git('init', '--quiet', '--initial-branch', 'main', cwd=repo)
-    git('config', 'user.email', 'tests@example.invalid', cwd=repo)
-    git('config', 'user.name', 'tests', cwd=repo)
-    git('add', '--all', cwd=repo)
-    git('commit', '--quiet', '-m', 'two train.py', cwd=repo)
-    git('remote', 'add', 'origin', f'{url}/recorded.git', cwd=repo)
-    git('push', '--quiet', 'origin', 'main', cwd=repo)
-    return repo
+    repo.mkdir()
+    return clone_with_remote(repo, FILES, f'{url}/recorded.git')
 
 
 def started(bin_dir: Path, cwd: Path, *argv: str, env: dict[str, str] | None = None):
     """`python argv...` with the installed environment's interpreter, in cwd:
     (its run, the finished process)."""
-    proc = subprocess.run(
-        (str(bin_dir / 'python'), *argv),
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python(str(bin_dir / 'python'), cwd, *argv, env=env)
     [run_id] = [line[7:] for line in proc.stdout.splitlines() if line.startswith('RUN_ID=')]
     return client().get_run(run_id), proc
 
@@ -202,16 +192,9 @@ def test_the_run_starts_without_git_facts(installed, tmp_path, where):
         git('init', '--quiet', cwd=folder)
     if where == 'no-git-on-path':  # a repository with a commit, and no git to read it
         git('add', 'train.py', cwd=folder)
-        git(
-            '-c',
-            'user.name=t',
-            '-c',
-            'user.email=t@example.invalid',
-            'commit',
-            '-qm',
-            'c',
-            cwd=folder,
-        )
+        git('config', 'user.email', 'tests@example.invalid', cwd=folder)
+        git('config', 'user.name', 'tests', cwd=folder)
+        commit_all(folder, 'train.py')
         env['PATH'] = str(tmp_path / 'empty')  # the interpreter is named by its path
     reference, proc = started(installed, folder, 'train.py', '3', '4', env=env)
     tags = reference.data.tags

@@ -15,6 +15,7 @@ from helpers import (
     STORES,
     build_repo,
     client,
+    clone_with_remote,
     git,
     param_table,
     process_gone,
@@ -155,21 +156,10 @@ FILES = {
 def scripts_repo(tmp_path_factory, git_daemon) -> Path:
     """A clone whose remote (origin) is a bare repository on the git daemon."""
     url, base = git_daemon
-    bare = base / 'scripts.git'
-    git('init', '--quiet', '--bare', str(bare), cwd=base)
+    git('init', '--quiet', '--bare', str(base / 'scripts.git'), cwd=base)
     repo = tmp_path_factory.mktemp('scripts') / 'repo'
     repo.mkdir()
-    for name, text in FILES.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(text)
-    git('init', '--quiet', '--initial-branch', 'main', cwd=repo)
-    git('config', 'user.email', 'tests@example.invalid', cwd=repo)
-    git('config', 'user.name', 'tests', cwd=repo)
-    git('add', '--all', cwd=repo)
-    git('commit', '--quiet', '-m', 'scripts', cwd=repo)
-    git('remote', 'add', 'origin', f'{url}/scripts.git', cwd=repo)
-    git('push', '--quiet', 'origin', 'main', cwd=repo)
-    return repo
+    return clone_with_remote(repo, FILES, f'{url}/scripts.git')
 
 
 @pytest.fixture(scope='module')
