@@ -734,15 +734,26 @@ class Options:
 
 
 @dataclasses.dataclass
+class _CachedHelp:
+    """What a script's --help printed (None: it failed), asked once."""
+
+    text: str | None = None
+    asked: bool = False
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+@dataclasses.dataclass
 class Shared:
     """What the reproductions of one invocation add to as they go, each part
     under its lock: the sources fetched once, the layers --explain installed,
-    the runs that could not be closed.  One object per invocation, on purpose
+    the runs that could not be closed, each script's --help (under the
+    sources' lock).  One object per invocation, on purpose
     held by every copy of its Session."""
 
     sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
     sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> its folder
+    helps: dict[tuple[str, ...], _CachedHelp] = dataclasses.field(default_factory=dict)
     layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     left_open: list[LeftOpen] = dataclasses.field(default_factory=list)  # appended to only
 
@@ -4297,6 +4308,20 @@ def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str 
         return f.read()
 
 
+def cached_script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str | None:
+    """script_help once per script, commit and environment manager in an
+    invocation: a batch, --repeat or --explain pays for it once, not per run."""
+    assert plan.script is not None
+    key = (plan.source.uri, plan.source.version, plan.script.path, plan.env_manager)
+    with session.shared.sources_lock:
+        cached = session.shared.helps.setdefault(key, _CachedHelp())
+    with cached.lock:
+        if not cached.asked:
+            cached.text = script_help(session, plan, tmp_dir, marker)
+            cached.asked = True
+    return cached.text
+
+
 def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str) -> Plan:
     """What a script run's plan needs from the tracking server and from the
     script: the experiment (by default the reference's own, the only one a
@@ -4316,7 +4341,7 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str
     if session.options.dry_run:  # runs nothing: the script is code from the tracking store
         script = dataclasses.replace(plan.script, arguments_from=HELP_AT_RUN_TIME)
         return dataclasses.replace(plan, script=script)
-    help_text = script_help(session, plan, tmp_dir, marker)
+    help_text = cached_script_help(session, plan, tmp_dir, marker)
     options = help_options(help_text or '')
     if not options:
         why = 'shows no options' if help_text is not None else 'failed or did not end in time'

@@ -34,8 +34,12 @@ from reproduce_run import ReproduceError
 
 READS_DATA = """\
 import argparse
+import os
+import sys
 import mlflow
 
+if '--help' in sys.argv and os.environ.get('HELP_LOG'):  # how often --help ran
+    open(os.environ['HELP_LOG'], 'a').write('--help\\n')
 parser = argparse.ArgumentParser()
 parser.add_argument('--data', default='data.csv')
 args = parser.parse_args()
@@ -670,13 +674,18 @@ def test_batch_mixes_script_and_project_runs(scripts_repo, reference, tmp_path, 
 
 
 @pytest.mark.slow
-def test_repeat_3_on_a_script_run(scripts_repo, made, capsys):
+def test_repeat_3_on_a_script_run_runs_its_help_once(
+    scripts_repo, made, capsys, monkeypatch, tmp_path
+):
     run_id = script_reference(made, 'reads_data', scripts_repo / 'src', 'reads_data.py')
+    monkeypatch.setenv('HELP_LOG', str(tmp_path / 'help.log'))
     code, out, err = reproduce(capsys, '--run_id', run_id, '--repeat', '3', '--output', 'json')
     doc = json.loads(out)
     assert code == 0, err
     assert doc['repeat']['classification'] == 'reproducible'
     assert [r['status'] for r in doc['runs']] == ['equal'] * 3
+    assert (tmp_path / 'help.log').read_text() == '--help\n'  # once for the three
+    assert [r['source']['script']['arguments_from'] for r in doc['runs']] == ['--help'] * 3
 
 
 def test_sigterm_during_a_script_run_leaves_no_process_and_kills_the_run(
