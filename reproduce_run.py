@@ -3016,7 +3016,7 @@ def differences_between(
     if ref_env[0] is None:
         unknown = (
             "the reference run's environment is unknown (no "
-            f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}, no logged model)'
+            f'{ARTIFACT_DIR}/{ENVIRONMENT_ARTIFACT}, not recorded, no logged model)'
         )
     elif new_env[0] is None:
         label = 'compared' if compared_runs else 'reproduced'

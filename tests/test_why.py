@@ -447,7 +447,7 @@ def test_unknown_reference_environment_is_said(capsys):
         'Other differences:',
         (
             "- environment: not compared, the reference run's environment is unknown (no "
-            'reproduce/environment.json, no logged model)'
+            'reproduce/environment.json, not recorded, no logged model)'
         ),
         'Runs equal: True',
     ]
