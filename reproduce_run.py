@@ -2516,7 +2516,7 @@ def recorded_arguments(value: str) -> list[str]:
 
 def refuse_unrecorded_secrets(argv: Sequence[str]) -> None:
     """The recorder keeps no secret: a run started with one cannot replay it."""
-    for before, arg in zip(['', *argv[:-1]], argv, strict=True):
+    for before, arg in zip(['', *argv], argv, strict=False):
         if SECRET_NOT_RECORDED in arg:
             name = arg.partition('=')[0] if '=' in arg else before or arg
             raise ReproduceError(
@@ -3173,31 +3173,70 @@ def differences_lines(differences: Differences | None, escaped: Escape = shown) 
 
 RECORD_SWITCH = 'REPRODUCE_RUN_RECORD'  # '0' turns the recorder off
 RECORD_GIT_TIMEOUT_SECONDS = 2.0
-# An option or override whose name says it holds a secret: --api-token,
-# --password=..., DB_PASSWORD=..., db.api_key=...
-_SECRET_NAME_PART_RE = re.compile(
-    r'(api|access|auth|private|client|secret)?(key|token|secret|password|passwd|pwd)s?',
+# A name that says it holds a secret: --api-token, -password, DB_PASSWORD,
+# db.api_key, hfToken, PGPASSWORD.  Its parts (split at - _ . and camelCase)
+# are compared: a part that is one of these words, or one of them after a
+# listed prefix, or that ends in a word no other name ends in.
+_SECRET_PART_RE = re.compile(
+    r'(api|access|auth|private|client|secret)?'
+    r'(key|token|secret|password|passwd|pwd|pass|pw|passphrase|credentials?)s?'
+    r'|\w*(token|password|passwd|secret|passphrase|credentials?)',
     re.IGNORECASE,
+)
+_NAME_PART_RE = re.compile(r'[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])')
+# key=value, key: value, "key": "value" inside an argument (an override, a
+# query string, JSON, code): the value of a secret key is not recorded.
+_KEY_VALUE_RE = re.compile(
+    r'(?P<key>[A-Za-z_][\w.-]*)(?P<sep>["\']?\s*(?:=|:(?!//))\s*["\']?)(?P<value>[^"\'\s,;&}]+)'
+)
+# A URL's credentials up to its last @ (a password may hold / or @), and
+# user:password@host without a scheme.
+_RECORDED_URL_CREDENTIALS_RE = re.compile(
+    r'(?P<scheme>[a-zA-Z][\w+.-]*://)\S*@|(?<![\w/:])[\w.%+-]+:[^\s@/]+@(?=[\w.-])'
 )
 
 
 def _names_a_secret(name: str) -> bool:
-    return any(_SECRET_NAME_PART_RE.fullmatch(p) for p in re.split(r'[-_.]+', name.lstrip('-+')))
+    parts = [p for word in re.split(r'[-_.]+', name) for p in _NAME_PART_RE.findall(word)]
+    return any(_SECRET_PART_RE.fullmatch(p) for p in [*parts, name.strip('-+_.')])
+
+
+def _without_secret_values(arg: str) -> str:
+    def masked(m: re.Match[str]) -> str:
+        if not _names_a_secret(m['key']):
+            return m[0]
+        return f'{m["key"]}{m["sep"]}{SECRET_NOT_RECORDED}'
+
+    arg = _KEY_VALUE_RE.sub(masked, arg)
+    return _RECORDED_URL_CREDENTIALS_RE.sub(
+        lambda m: f'{m["scheme"] or ""}{SECRET_NOT_RECORDED}@', arg
+    )
 
 
 def without_secrets(argv: Sequence[str]) -> list[str]:
-    """argv with the value of every option or override that names a secret,
-    and the credentials of every URL, replaced by SECRET_NOT_RECORDED."""
+    """argv with the value of every option, override or key that names a
+    secret, and the credentials of every URL, replaced by SECRET_NOT_RECORDED.
+    The value after a secret option is masked whatever it looks like."""
     kept: list[str] = []
     for arg in argv:
-        name, equals, _ = arg.partition('=')
         option = kept[-1] if kept else ''
-        if option.startswith('--') and '=' not in option and _names_a_secret(option):
-            arg = arg if arg.startswith('--') else SECRET_NOT_RECORDED  # else a flag
-        elif equals and ' ' not in name and _names_a_secret(name):
-            arg = f'{name}={SECRET_NOT_RECORDED}'
-        kept.append(_URL_CREDENTIALS_RE.sub(rf'\g<scheme>{SECRET_NOT_RECORDED}@', arg))
+        if re.fullmatch(r'--?[A-Za-z][\w.-]+', option) and _names_a_secret(option):
+            kept.append(SECRET_NOT_RECORDED)
+        else:
+            kept.append(_without_secret_values(arg))
     return kept
+
+
+def typed_arguments(command: Sequence[str], script: str) -> list[str] | None:
+    """The script's arguments as they were typed: what follows the script,
+    the -m module or the -c code in the interpreter's command line (the
+    script may have changed sys.argv since).  None when it is not there."""
+    for i, arg in enumerate(command):
+        if arg in ('-m', '-c'):
+            return list(command[i + 2 :])
+        if arg in (script, '-'):
+            return list(command[i + 1 :])
+    return None
 
 
 def _installed_packages() -> dict[str, str]:
@@ -3289,34 +3328,41 @@ def _git_facts(folder: str, status: subprocess.Popen[str]) -> tuple[str, bool] |
 
 def recorded_tags() -> dict[str, str]:
     """The tags RunRecorder sets on a run that starts in this process: one
-    git process, which runs while the rest is gathered."""
+    git process, which runs while the rest is gathered.  What could not be
+    recorded is said in one warning line."""
     script = sys.argv[0] if sys.argv and os.path.isfile(sys.argv[0]) else ''
-    folder = os.path.dirname(os.path.abspath(script)) if script else os.getcwd()
+    folder = os.path.dirname(os.path.realpath(script)) if script else os.getcwd()
+    problems: list[str] = []
     try:
-        status, failure = _git_status(folder), None
+        status = _git_status(folder)
     except OSError as e:  # no git
-        status, failure = None, e
+        status = None
+        problems.append(f'no working folder: git: {_last_line(str(e))}')
     command = list(getattr(sys, 'orig_argv', [sys.executable, *sys.argv]))[1:]
+    arguments = typed_arguments(command, sys.argv[0] if sys.argv else '')
     tags = {
-        TAG_COMMAND: json.dumps(without_secrets(command)),
-        TAG_ARGV: json.dumps(without_secrets(sys.argv[1:])),
+        TAG_COMMAND: json.dumps(without_secrets(command), ensure_ascii=False),
+        TAG_ARGV: json.dumps(
+            without_secrets(sys.argv[1:] if arguments is None else arguments), ensure_ascii=False
+        ),
         TAG_ENVIRONMENT: recorded_environment(),
     }
     try:
         facts = _git_facts(folder, status) if status is not None else None
     except (OSError, subprocess.SubprocessError) as e:  # too slow
-        facts, failure = None, e
-    if failure is not None:
-        warn(f'the run starts without its working folder: git: {_last_line(str(failure))}')
+        facts = None
+        problems.append(f'no working folder: git: {_last_line(str(e))}')
     if facts is not None:
         top, dirty = facts
-        workdir = os.path.relpath(os.getcwd(), top)
+        workdir = os.path.relpath(os.path.realpath(os.getcwd()), top)
         if workdir != os.pardir and not workdir.startswith(os.pardir + os.sep):
             tags[TAG_WORKDIR] = workdir.replace(os.sep, '/')
         tags[TAG_GIT_DIRTY] = str(dirty).lower()
     for name in [k for k, v in tags.items() if len(v) > TAG_VALUE_LIMIT]:
-        warn(f'{name} is not recorded: longer than the {TAG_VALUE_LIMIT} characters of a tag')
+        problems.append(f'no {name}: longer than the {TAG_VALUE_LIMIT} characters of a tag')
         del tags[name]
+    if problems:
+        warn(f'the run starts without part of its record: {"; ".join(problems)}')
     return tags
 
 

@@ -43,9 +43,28 @@ HIDDEN = reproduce_run.SECRET_NOT_RECORDED
             [f'DB_PASSWORD={HIDDEN}', f'db.api_key={HIDDEN}'],
             id='overrides',
         ),
+        pytest.param([], [], id='no-arguments'),
+        pytest.param(['--password'], ['--password'], id='a-secret-option-last'),
+        pytest.param(['--token', '--lr'], ['--token', HIDDEN], id='whatever-follows-is-masked'),
         pytest.param(
-            ['--token', '--lr', '1'], ['--token', '--lr', '1'], id='a-flag-then-an-option'
+            ['--dbPassword', 'x', '-password', 'y'],
+            ['--dbPassword', HIDDEN, '-password', HIDDEN],
+            id='camel-case-and-one-dash',
         ),
+        pytest.param(
+            ['--hftoken', 'x', 'PGPASSWORD=y'],
+            ['--hftoken', HIDDEN, f'PGPASSWORD={HIDDEN}'],
+            id='glued-prefixes',
+        ),
+        pytest.param(
+            ['--config', '{"password": "x"}'],
+            ['--config', f'{{"password": "{HIDDEN}"}}'],
+            id='json',
+        ),
+        pytest.param(
+            ['https://h/x?token=abc&y=1'], [f'https://h/x?token={HIDDEN}&y=1'], id='query-string'
+        ),
+        pytest.param(['-c', "password='x'"], ['-c', f"password='{HIDDEN}'"], id='code'),
         pytest.param(
             ['--keyword', 'k', '--monkey', 'm'],
             ['--keyword', 'k', '--monkey', 'm'],
@@ -56,6 +75,10 @@ HIDDEN = reproduce_run.SECRET_NOT_RECORDED
             ['--data', f'https://{HIDDEN}@host/x.csv'],
             id='url-credentials',
         ),
+        pytest.param(
+            ['https://u:pa/s@s@host/x'], [f'https://{HIDDEN}@host/x'], id='url-slash-and-at'
+        ),
+        pytest.param(['u:pw@db:5432/x'], [f'{HIDDEN}@db:5432/x'], id='url-without-scheme'),
     ],
 )
 def test_without_secrets(argv, kept):
@@ -72,9 +95,28 @@ def test_without_secrets(argv, kept):
     ],
 )
 def test_a_recorded_secret_cannot_be_replayed(argv, named):
+    reproduce_run.refuse_unrecorded_secrets(['0.5', '--lr', '1'])  # nothing hidden
+    reproduce_run.refuse_unrecorded_secrets([])
     with pytest.raises(reproduce_run.ReproduceError) as e:
         reproduce_run.refuse_unrecorded_secrets(argv)
     assert f'({named})' in str(e.value) and '--script-args' in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ('command', 'script', 'arguments'),
+    [
+        pytest.param(['train.py', '0.5', '-m', 'x'], 'train.py', ['0.5', '-m', 'x'], id='script'),
+        pytest.param(['-X', 'dev', 'src/t.py', 'a'], 'src/t.py', ['a'], id='interpreter-options'),
+        pytest.param(
+            ['-m', 'pkg.train', '--lr', '1'], '/r/pkg/train.py', ['--lr', '1'], id='module'
+        ),
+        pytest.param(['-c', 'code', 'z'], '-c', ['z'], id='code'),
+        pytest.param(['-'], '-', [], id='standard-input'),
+        pytest.param([], '', None, id='embedded'),
+    ],
+)
+def test_typed_arguments(command, script, arguments):
+    assert reproduce_run.typed_arguments(command, script) == arguments
 
 
 @pytest.mark.parametrize('size', [10, 50_000])
@@ -101,6 +143,8 @@ with mlflow.start_run() as run:
 FILES = {
     'train.py': "raise SystemExit('the train.py at the top ran, not src/train.py')\n",
     'src/train.py': TRAIN,
+    'src/plain.py': 'import mlflow\n\nwith mlflow.start_run() as run:\n'
+    "    mlflow.log_metric('one', 1.0)\n    print(f'RUN_ID={run.info.run_id}')\n",
 }
 
 
@@ -205,7 +249,7 @@ def test_the_run_starts_without_git_facts(installed, tmp_path, where):
     warnings = [line for line in proc.stderr.splitlines() if 'reproduce_run: warning' in line]
     if where == 'no-git-on-path':
         [warning] = warnings
-        assert 'the run starts without its working folder: git:' in warning
+        assert 'the run starts without part of its record: no working folder: git:' in warning
     else:
         assert warnings == []
 
@@ -232,3 +276,18 @@ def test_importing_mlflow_with_the_recorder_imports_nothing_else_and_prints_noth
         return set(json.loads(proc.stdout.replace("'", '"')))
 
     assert modules(str(installed / 'python')) - modules(sys.executable) == {'reproduce_run'}
+
+
+@pytest.mark.slow
+def test_a_script_without_arguments_through_a_symlink_reproduces_equal(
+    installed, recorded_repo, tmp_path, capsys
+):
+    """The folder is the real one: a symlinked path to the script still
+    records src/ as the working folder."""
+    (tmp_path / 'link').symlink_to(recorded_repo)
+    reference, _ = started(installed, recorded_repo / 'src', str(tmp_path / 'link/src/plain.py'))
+    assert reference.data.tags['reproduce.workdir'] == 'src'
+    assert json.loads(reference.data.tags['reproduce.argv']) == []
+    code, out, err = reproduce(capsys, '--run_id', reference.info.run_id)
+    assert code == 0, err
+    assert out.splitlines()[-1] == 'Runs equal: True'
