@@ -3217,14 +3217,12 @@ def without_secrets(argv: Sequence[str]) -> list[str]:
     """argv with the value of every option, override or key that names a
     secret, and the credentials of every URL, replaced by SECRET_NOT_RECORDED.
     The value after a secret option is masked whatever it looks like."""
-    kept: list[str] = []
-    for arg in argv:
-        option = kept[-1] if kept else ''
-        if re.fullmatch(r'--?[A-Za-z][\w.-]+', option) and _names_a_secret(option):
-            kept.append(SECRET_NOT_RECORDED)
-        else:
-            kept.append(_without_secret_values(arg))
-    return kept
+    return [
+        SECRET_NOT_RECORDED
+        if re.fullmatch(r'--?[A-Za-z][\w.-]+', option) and _names_a_secret(option)
+        else _without_secret_values(arg)
+        for option, arg in zip(['', *argv], argv, strict=False)
+    ]
 
 
 def typed_arguments(command: Sequence[str], script: str) -> list[str] | None:

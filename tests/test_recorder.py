@@ -47,6 +47,11 @@ HIDDEN = reproduce_run.SECRET_NOT_RECORDED
         pytest.param(['--password'], ['--password'], id='a-secret-option-last'),
         pytest.param(['--token', '--lr'], ['--token', HIDDEN], id='whatever-follows-is-masked'),
         pytest.param(
+            ['--token', '--password', 'x'],
+            ['--token', HIDDEN, HIDDEN],
+            id='a-secret-option-after-a-secret-option',
+        ),
+        pytest.param(
             ['--dbPassword', 'x', '-password', 'y'],
             ['--dbPassword', HIDDEN, '-password', HIDDEN],
             id='camel-case-and-one-dash',
