@@ -751,9 +751,9 @@ class Shared:
     held by every copy of its Session."""
 
     sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
+    helps: dict[tuple[str, ...], _CachedHelp] = dataclasses.field(default_factory=dict)
     sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> its folder
-    helps: dict[tuple[str, ...], _CachedHelp] = dataclasses.field(default_factory=dict)
     layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     left_open: list[LeftOpen] = dataclasses.field(default_factory=list)  # appended to only
 
@@ -2803,7 +2803,7 @@ def environment_differences(
         )
         names = set(ref) | set(new) if only_names is None else map(normalize_package, only_names)
         names = set(names) - {'reproduce-run'}  # the recorder: it adds tags, nothing else
-        found += _env_differences('package', ref, new, sorted(set(names)))
+        found += _env_differences('package', ref, new, sorted(names))
     if 'env' in reference and 'env' in reproduced:
         ref, new = reference['env'] or {}, reproduced['env'] or {}
         # RESULT_VARIABLES and no other name, whatever the file holds
@@ -3291,12 +3291,10 @@ def _work_tree_top(folder: str) -> str | None:
     return folder
 
 
-def _git_status(folder: str) -> subprocess.Popen[str] | None:
+def _git_status(folder: str) -> subprocess.Popen[str]:
     """`git status` of the work tree that holds folder, started (the recorder
-    does the rest of its work while it runs); None outside any work tree.
-    Read only: no lock taken, nothing written."""
-    if _work_tree_top(folder) is None:
-        return None
+    does the rest of its work while it runs).  Read only: no lock taken,
+    nothing written."""
     return subprocess.Popen(
         ('git', 'status', '--porcelain=v2', '--branch', '--untracked-files=normal'),
         cwd=folder,
@@ -3308,10 +3306,10 @@ def _git_status(folder: str) -> subprocess.Popen[str] | None:
     )
 
 
-def _git_facts(folder: str, status: subprocess.Popen[str]) -> tuple[str, bool] | None:
-    """The top of the work tree, and whether it differs from its HEAD
-    (untracked files that are not ignored count); None outside git or
-    before the first commit."""
+def _is_dirty(status: subprocess.Popen[str]) -> bool | None:
+    """Whether the work tree differs from its HEAD (untracked files that are
+    not ignored count), from _git_status; None outside git or before the
+    first commit."""
     try:
         out, _ = status.communicate(timeout=RECORD_GIT_TIMEOUT_SECONDS)
     finally:
@@ -3321,23 +3319,25 @@ def _git_facts(folder: str, status: subprocess.Popen[str]) -> tuple[str, bool] |
     lines = out.splitlines()
     if status.returncode or '# branch.oid (initial)' in lines:  # not a repository, no commit
         return None
-    return _work_tree_top(folder), any(not line.startswith('#') for line in lines)
+    return any(not line.startswith('#') for line in lines)
 
 
 def recorded_tags() -> dict[str, str]:
     """The tags RunRecorder sets on a run that starts in this process: one
     git process, which runs while the rest is gathered.  What could not be
     recorded is said in one warning line."""
-    script = sys.argv[0] if sys.argv and os.path.isfile(sys.argv[0]) else ''
-    folder = os.path.dirname(os.path.realpath(script)) if script else os.getcwd()
+    script = sys.argv[0] if sys.argv else ''
+    top = _work_tree_top(
+        os.path.dirname(os.path.realpath(script)) if os.path.isfile(script) else os.getcwd()
+    )
     problems: list[str] = []
     try:
-        status = _git_status(folder)
+        status = _git_status(top) if top is not None else None
     except OSError as e:  # no git
         status = None
         problems.append(f'no working folder: git: {_last_line(str(e))}')
     command = list(getattr(sys, 'orig_argv', [sys.executable, *sys.argv]))[1:]
-    arguments = typed_arguments(command, sys.argv[0] if sys.argv else '')
+    arguments = typed_arguments(command, script)
     tags = {
         TAG_COMMAND: json.dumps(without_secrets(command), ensure_ascii=False),
         TAG_ARGV: json.dumps(
@@ -3346,12 +3346,11 @@ def recorded_tags() -> dict[str, str]:
         TAG_ENVIRONMENT: recorded_environment(),
     }
     try:
-        facts = _git_facts(folder, status) if status is not None else None
+        dirty = _is_dirty(status) if status is not None else None
     except (OSError, subprocess.SubprocessError) as e:  # too slow
-        facts = None
+        dirty = None
         problems.append(f'no working folder: git: {_last_line(str(e))}')
-    if facts is not None:
-        top, dirty = facts
+    if top is not None and dirty is not None:
         workdir = os.path.relpath(os.path.realpath(os.getcwd()), top)
         if workdir != os.pardir and not workdir.startswith(os.pardir + os.sep):
             tags[TAG_WORKDIR] = workdir.replace(os.sep, '/')
