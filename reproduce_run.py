@@ -580,11 +580,23 @@ class Script:
     argv: tuple[str, ...] = ()
     # '--script-args', f'the tag {TAG_ARGV}', '--help', or 'no params' (none to pass)
     arguments_from: str = '--help'
+    interpreter_options: tuple[str, ...] = ()  # recorded before the script: -O, -X dev
+    module: str | None = None  # run as `python -m module` from the working folder
+
+    @property
+    def launch(self) -> tuple[str, ...]:
+        """The interpreter and what it runs, before the script's arguments."""
+        target = (
+            ('-m', self.module)
+            if self.module
+            else (posixpath.relpath(self.path, self.workdir or '.'),)
+        )
+        return ('python', *self.interpreter_options, *target)
 
     @property
     def command(self) -> tuple[str, ...]:
         """What runs in the working folder, as a person would type it."""
-        return ('python', posixpath.relpath(self.path, self.workdir or '.'), *self.argv)
+        return (*self.launch, *self.argv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4335,7 +4347,7 @@ def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str 
         env.pop(name, None)
     log = os.path.join(tmp_dir, 'help.txt')
     deadline = time.monotonic() + HELP_TIMEOUT_SECONDS
-    args = script_process_args((*plan.script.command[:2], '--help'), script_activation(plan))
+    args = script_process_args((*plan.script.launch, '--help'), script_activation(plan))
     cwd = os.path.join(plan.project_dir, plan.script.workdir)
     with open(log, 'wb') as out:
         proc = start_process(args, cwd, env, out.fileno())
@@ -4389,7 +4401,7 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str
     if not options:
         why = 'shows no options' if help_text is not None else 'failed or did not end in time'
         warn(
-            f'`{shlex.join((*plan.script.command[:2], "--help"))}` {why}: the script gets no '
+            f'`{shlex.join((*plan.script.launch, "--help"))}` {why}: the script gets no '
             f'arguments (the tag {TAG_ARGV} or --script-args can give them)'
         )
     argv, chosen = arguments_from_help(options, params)
