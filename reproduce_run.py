@@ -158,6 +158,11 @@ TAG_ARGV = 'reproduce.argv'  # a script's arguments, a JSON list: replayed, and 
 TAG_COMMAND = 'reproduce.command'  # the interpreter's arguments (sys.orig_argv[1:]), JSON
 TAG_WORKDIR = 'reproduce.workdir'  # the working folder, relative to the work tree's top
 TAG_ENVIRONMENT = 'reproduce.environment'  # packages, Python, platform, variables: JSON
+TAG_SCRIPT = 'reproduce.script'  # the script's (or -m module's) file, relative to the top
+TAG_CHANGES = 'reproduce.changes'  # uncommitted changes: JSON (files, sha256, parts)
+# ...and their payload, a base64 .tar.gz, in tags reproduce.changes.1, .2, ...
+CHANGES_DIFF = 'changes.diff'  # the tracked changes, in that archive (untracked files: files/)
+CHANGES_UNPACKED_LIMIT = 256 * 2**20  # bytes the archive of the changes may unpack to
 SECRET_NOT_RECORDED = '<secret: not recorded>'  # in place of a secret's value
 # Tags this tool writes on the reproduced run (never on the reference run).
 TAG_REFERENCE_RUN_ID = 'reproduce.reference_run_id'
@@ -543,10 +548,32 @@ class Verdict:
 
 
 @dataclasses.dataclass(frozen=True)
+class Changes:
+    """The uncommitted changes a run was trained from, as the recorder kept
+    them (TAG_CHANGES): applied to the checkout of its commit."""
+
+    files: tuple[str, ...]  # the first of them, when they are many
+    count: int
+    sha256: str
+    archive: bytes | None  # CHANGES_DIFF and files/...; None: too large to record
+    not_recorded: Mapping[str, str]  # untracked files left out, and why
+
+    def text(self) -> str:
+        """'uncommitted changes (3 files)', or why they are not there."""
+        said = f'uncommitted changes ({counted(self.count, "file")}'
+        if self.archive is None:
+            return said + ', too large to record: not applied)'
+        if self.not_recorded:
+            said += f'; not recorded: {", ".join(sorted(self.not_recorded))}'
+        return said + ')'
+
+
+@dataclasses.dataclass(frozen=True)
 class Source:
     repo: str  # git URL or local path, as recorded (may hold credentials)
     subdir: str  # project folder inside the repo, '' for its root
     version: str
+    changes: Changes | None = None  # applied on top of version
 
     @property
     def uri(self) -> str:
@@ -762,7 +789,7 @@ class Shared:
     sources' lock).  One object per invocation, on purpose
     held by every copy of its Session."""
 
-    sources: dict[tuple[str, str], _CachedSource] = dataclasses.field(default_factory=dict)
+    sources: dict[tuple[str, ...], _CachedSource] = dataclasses.field(default_factory=dict)
     helps: dict[tuple[str, ...], _CachedHelp] = dataclasses.field(default_factory=dict)
     sources_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> its folder
@@ -1335,9 +1362,33 @@ def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
     if uri is None:
         script = is_script_run(run)
         uri = tags[TAG_GIT_REPO_URL] if script else ungarbled_source(tags[TAG_SOURCE_NAME])
+    at_recorded = version in (None, tags.get(TAG_GIT_COMMIT))
     version = refuse_commit_value(version, 'commit') if version else tags[TAG_GIT_COMMIT]
     repo, subdir = split_source_uri(uri)
-    return Source(repo=repo, subdir=subdir, version=version)
+    changes = recorded_changes(tags) if at_recorded else None
+    return Source(repo=repo, subdir=subdir, version=version, changes=changes)
+
+
+def recorded_changes(tags: Mapping[str, str]) -> Changes | None:
+    """The uncommitted changes the recorder kept in TAG_CHANGES and the
+    numbered tags after it, checked against their sha256."""
+    import base64
+    import binascii
+
+    if TAG_CHANGES not in tags:
+        return None
+    broken = f"the tags {TAG_CHANGES}* of the reference run are not the recorder's"
+    try:
+        about = json.loads(tags[TAG_CHANGES])
+        parts = [tags[f'{TAG_CHANGES}.{i}'] for i in range(1, int(about['parts']) + 1)]
+        archive = base64.b64decode(''.join(parts), validate=True) if parts else None
+        files, left = [str(f) for f in about['files']], dict(about['not_recorded'])
+        changes = Changes(tuple(files), int(about['count']), str(about['sha256']), archive, left)
+    except (ValueError, KeyError, TypeError, binascii.Error) as e:
+        raise ReproduceError(f'{broken}: {_last_line(str(e))}') from None
+    if archive is not None and hashlib.sha256(archive).hexdigest() != changes.sha256:
+        raise ReproduceError(f'{broken}: their sha256 does not match')
+    return changes
 
 
 def select_params(
@@ -2105,6 +2156,8 @@ def fetch_source(source: Source, dest: str) -> tuple[str, str]:
     if os.path.exists(os.path.join(dest, '.gitmodules')):
         submodules = ('submodule', 'update', '--init', '--recursive', '--quiet')
         _git_step(f'cannot fetch the submodules of {where}', *submodules, cwd=dest)
+    if source.changes is not None:
+        apply_changes(source.changes, dest, commit)
     project_dir = os.path.join(dest, subdir)
     if not os.path.isdir(project_dir):
         raise ReproduceError(
@@ -2128,6 +2181,88 @@ def refuse_outside(path: str, root: str, what: str) -> None:
             f'{what} is a symlink to {os.path.realpath(path)}, outside the checkout: '
             f'refusing to use a file of this host',
         )
+
+
+def _change_path(name: str) -> str | None:
+    """An untracked file's path in the archive of the changes (files/PATH),
+    None when it is not one a work tree can hold: absolute, .., .git."""
+    path = name.removeprefix('files/')
+    parts = path.split('/')
+    if path == name or posixpath.normpath(path) != path or path.startswith('/'):
+        return None
+    return None if any(p in ('', '.', '..') or p.lower() == '.git' for p in parts) else path
+
+
+def _changes_members(archive: bytes) -> dict[str, tuple[bytes, int]]:
+    """name -> (data, mode) of the archive of the changes; only CHANGES_DIFF
+    and regular files under files/, CHANGES_UNPACKED_LIMIT bytes in all."""
+    import io
+    import tarfile
+    import zlib
+
+    found, total = {}, 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode='r:gz') as tar:
+            for member in tar:
+                total += member.size
+                fits = member.name == CHANGES_DIFF or _change_path(member.name) is not None
+                if not (member.isfile() and fits) or total > CHANGES_UNPACKED_LIMIT:
+                    raise ValueError(f'{member.name!r} is not a file of the changes')
+                found[member.name] = (tar.extractfile(member).read(), member.mode)  # type: ignore[union-attr]
+    except (tarfile.TarError, ValueError, OSError, EOFError, zlib.error) as e:
+        raise ReproduceError(
+            f'the uncommitted changes recorded with the run cannot be read: {_last_line(str(e))}'
+        ) from None
+    return found
+
+
+def _write_untracked(top: str, path: str, data: bytes, mode: int, at: str) -> None:
+    """An untracked file of the changes, written into our checkout: never
+    through a symlink of the commit, never over a file of the commit."""
+    full = os.path.join(top, path)
+    if not _inside(os.path.realpath(os.path.dirname(full)), top):
+        raise ReproduceError(f'the recorded untracked file {path!r} is beyond a symlink {at}')
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    try:
+        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755 & mode)
+    except FileExistsError:
+        raise ReproduceError(
+            f'the recorded untracked file {path!r} is a tracked file {at}: the changes do not apply'
+        ) from None
+    with os.fdopen(fd, 'wb') as f:
+        f.write(data)
+
+
+def apply_changes(changes: Changes, top: str, commit: str) -> None:
+    """The recorded uncommitted changes, applied to our checkout (never to
+    the user's repository): `git apply`, then the untracked files written."""
+    if changes.archive is None:  # too large to record: said in the report
+        return
+    members, at = _changes_members(changes.archive), f'at commit {commit[:12]}'
+    diff = members.pop(CHANGES_DIFF, (b'', 0))[0]
+    if diff:
+        patch = top + '.diff'  # beside the checkout, in our temporary folder
+        with open(patch, 'wb') as f:
+            f.write(diff)
+        failure = f'the uncommitted changes recorded with the run do not apply {at}'
+        _git_step(failure, 'apply', '--binary', '--whitespace=nowarn', patch, cwd=top)
+        os.remove(patch)
+    for name, (data, mode) in sorted(members.items()):
+        _write_untracked(top, name.removeprefix('files/'), data, mode, at)
+
+
+def warn_about_changes(run_id: str, changes: Changes | None) -> None:
+    """Recorded uncommitted changes that the reproduction runs without."""
+    if changes is None:
+        return
+    if changes.archive is None:
+        warn(
+            f'run {run_id} was trained from uncommitted changes too large to record '
+            f'({counted(changes.count, "file")}): the reproduction runs its commit without them'
+        )
+    elif left := changes.not_recorded:
+        listed = ', '.join(f'{path} ({why})' for path, why in sorted(left.items()))
+        warn(f'run {run_id} was trained with files the recorder left out: {listed}')
 
 
 def _checkout_root(project_dir: str) -> str:
@@ -2217,7 +2352,8 @@ def checkout(session: Session, source: Source, dest: str) -> tuple[str, str]:
     if not session.batch:
         return fetch_source(source, dest)
     with session.shared.sources_lock:
-        cached = session.shared.sources.setdefault((source.uri, source.version), _CachedSource())
+        key = (source.uri, source.version) + ((source.changes.sha256,) if source.changes else ())
+        cached = session.shared.sources.setdefault(key, _CachedSource())
     with cached.lock:  # the first reproduction of a source fetches it
         if cached.root is None:
             root = os.path.join(tempfile.mkdtemp(prefix='source-', dir=session.tmp_root), 'src')
@@ -2440,19 +2576,34 @@ def working_folder(recorded: str, path: str) -> str:
     return path[: -len(typed) - 1] if path.endswith('/' + typed) else ''
 
 
+def _path_in_repository(path: str | None, tag: str) -> str | None:
+    """A recorded path relative to the top ('' for the top), refused when
+    it leads outside the repository."""
+    if path is None:
+        return None
+    path = posixpath.normpath(path)
+    if posixpath.isabs(path) or path.split('/')[0] == '..':
+        raise ReproduceError(f'the tag {tag} {path!r} is outside the repository')
+    return '' if path == '.' else path
+
+
 def resolve_script(
-    project_dir: str, recorded: str, override: str | None, commit: str, workdir: str | None
+    project_dir: str,
+    recorded: str,
+    override: str | None,
+    commit: str,
+    workdir: str | None,
+    script: str | None = None,
 ) -> Script:
-    """The script at the commit: -e PATH, else the recorded sys.argv[0], in
-    the working folder the recorder saw (workdir), else found by its name."""
+    """The script at the commit: -e PATH, else the one the recorder saw
+    (script, in workdir), else the recorded sys.argv[0] in workdir, else
+    found by its name."""
     at = f'at commit {commit[:12]}'
-    if workdir is not None:
-        workdir = posixpath.normpath(workdir)
-        if posixpath.isabs(workdir) or workdir.split('/')[0] == '..':
-            raise ReproduceError(f'the tag {TAG_WORKDIR} {workdir!r} is outside the repository')
-        workdir = '' if workdir == '.' else workdir
+    workdir = _path_in_repository(workdir, TAG_WORKDIR)
     if override:
         path = posixpath.normpath(override)
+    elif (script := _path_in_repository(script, TAG_SCRIPT)) and workdir is not None:
+        path = script
     elif workdir is not None and not posixpath.isabs(recorded):
         path = posixpath.normpath(posixpath.join(workdir, recorded))
     else:
@@ -2512,18 +2663,66 @@ def template_arguments(template: str, params: Mapping[str, str]) -> tuple[list[s
         raise ReproduceError(f'--script-args {template!r} cannot be used: {e}') from None
 
 
-def recorded_arguments(value: str) -> list[str]:
-    """The tag reproduce.argv: json.dumps(sys.argv[1:])."""
+def recorded_arguments(value: str, tag: str = TAG_ARGV) -> list[str]:
+    """The tag reproduce.argv (json.dumps(sys.argv[1:])), or reproduce.command."""
     try:
         argv = json.loads(value)
     except ValueError:
         argv = None
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         raise ReproduceError(
-            f'the tag {TAG_ARGV} of the reference run is not a JSON list of strings: '
+            f'the tag {tag} of the reference run is not a JSON list of strings: '
             f'{_truncated(value, 60)!r}',
         )
     return argv
+
+
+class RecordedLaunch(NamedTuple):
+    """What the recorded command line ran, before the script's arguments."""
+
+    interpreter_options: tuple[str, ...]  # -O, -X dev, -W ignore
+    module: str | None  # python -m module
+    typed: str | None  # python path/to/script.py, as typed
+
+
+def _interpreter_option(args: Sequence[str], i: int) -> list[str]:
+    """The interpreter option at args[i] with its value, if it is one a
+    replay may pass (-X pycache_prefix=/somewhere would write on this host)."""
+    arg = args[i]
+    if _FLAG_OPTIONS_RE.fullmatch(arg):
+        return [arg]
+    if arg[:2] not in ('-X', '-W'):
+        raise ValueError(arg)
+    option = [arg] if len(arg) > 2 else [arg, *args[i + 1 : i + 2]]
+    value = ''.join(option)[2:]
+    if not value or (arg[:2] == '-X' and value.partition('=')[0] not in REPLAYED_X_OPTIONS):
+        raise ValueError(' '.join(option))
+    return option
+
+
+def recorded_launch(command: Sequence[str]) -> RecordedLaunch:
+    """The tag reproduce.command read: interpreter options, then -m module or
+    the script.  A command it cannot replay (-c code, stdin, an option that
+    names a host path) is a one-line error."""
+    options: list[str] = []
+    i = 0
+    try:
+        while i < len(command) and command[i].startswith('-') and command[i] != '-m':
+            option = _interpreter_option(command, i)
+            options, i = options + option, i + len(option)
+    except ValueError as e:
+        raise ReproduceError(
+            f'the recorded command line ({TAG_COMMAND}) cannot be replayed: interpreter '
+            f'option {_truncated(str(e), 40)!r}; pass -e PATH to run the script alone'
+        ) from None
+    if command[i : i + 1] == ['-m'] and _MODULE_RE.fullmatch(''.join(command[i + 1 : i + 2])):
+        return RecordedLaunch(tuple(options), command[i + 1], None)
+    if i < len(command) and command[i] != '-m':
+        return RecordedLaunch(tuple(options), None, command[i])
+    raise ReproduceError(
+        f'the recorded command line ({TAG_COMMAND}) names no script nor module: '
+        f'{shown(_truncated(shlex.join(command), 60))}; pass -e PATH'
+    )
 
 
 def refuse_unrecorded_secrets(argv: Sequence[str]) -> None:
@@ -2536,6 +2735,15 @@ def refuse_unrecorded_secrets(argv: Sequence[str]) -> None:
                 f'was not recorded: pass the arguments with --script-args',
             )
 
+
+# Interpreter options a replay passes: flags, -W filters, and -X options
+# that change how code runs, not where anything is read from or written to.
+_FLAG_OPTIONS_RE = re.compile(r'-[bBdEIOPqsSuRv]+')
+REPLAYED_X_OPTIONS = frozenset(
+    {'dev', 'utf8', 'faulthandler', 'tracemalloc', 'importtime', 'warn_default_encoding'}
+    | {'int_max_str_digits', 'no_debug_ranges', 'frozen_modules', 'cpu_count', 'gil'}
+)
+_MODULE_RE = re.compile(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)*')
 
 _HELP_OPTION_RE = re.compile(
     r'(?<![\w-])(--[A-Za-z0-9][\w-]*)(?:([ =])([A-Z][A-Z0-9_-]*|\{|<|\[))?'
@@ -2573,6 +2781,24 @@ def arguments_from_help(
     return argv, Params(passed, not_passed)
 
 
+def recorded_script(
+    options: Options, tags: Mapping[str, str], project_dir: str, commit: str
+) -> Script:
+    """The script of a run, run as the recorder saw it start (its interpreter
+    options, -m module, working folder), unless -e names another."""
+    recorded, workdir = tags.get(TAG_SOURCE_NAME, ''), tags.get(TAG_WORKDIR)
+    if TAG_COMMAND not in tags or options.entry_point or workdir is None:
+        return resolve_script(project_dir, recorded, options.entry_point, commit, workdir)
+    launch = recorded_launch(recorded_arguments(tags[TAG_COMMAND], TAG_COMMAND))
+    path = tags.get(TAG_SCRIPT)
+    if path is None and launch.typed is not None and not posixpath.isabs(launch.typed):
+        path = posixpath.join(workdir, launch.typed)
+    script = resolve_script(project_dir, recorded, None, commit, workdir, path)
+    return dataclasses.replace(
+        script, interpreter_options=launch.interpreter_options, module=launch.module
+    )
+
+
 def plan_script(
     options: Options, reference: Run, source: Source, project_dir: str, backend: Backend
 ) -> Plan:
@@ -2584,10 +2810,7 @@ def plan_script(
             f'not on {backend.name!r}',
         )
     tags, params = reference.data.tags, dict(reference.data.params)
-    recorded = tags.get(TAG_SOURCE_NAME, '')
-    script = resolve_script(
-        project_dir, recorded, options.entry_point, source.version, tags.get(TAG_WORKDIR)
-    )
+    script = recorded_script(options, tags, project_dir, source.version)
     env_manager = options.env_manager or 'local'
     if env_manager != 'local':
         folder = environment_folder(project_dir, script, env_manager, source.version)
@@ -2868,6 +3091,15 @@ def _datasets_by_key(inputs: Sequence[Any]) -> dict[tuple[str, str | None], Any]
     return by_key
 
 
+def _changes_about(tags: Mapping[str, str]) -> dict[str, Any]:
+    """What TAG_CHANGES says of a run's uncommitted changes; {} for none."""
+    try:
+        about = json.loads(tags.get(TAG_CHANGES, '{}'))
+    except ValueError:
+        return {}
+    return about if isinstance(about, dict) else {}
+
+
 def code_notes(
     tags: Mapping[str, str],
     uri_overridden: bool,
@@ -2877,11 +3109,14 @@ def code_notes(
     """What code trained a run (given its tags), where its commit does not say;
     version_overridden: the option whose commit ran instead of the recorded one."""
     notes = []
-    if tags.get(TAG_GIT_DIRTY, '').lower() == 'true':
+    kept = _changes_about(tags).get('too_large') is False and not version_overridden
+    if tags.get(TAG_GIT_DIRTY, '').lower() == 'true' and not kept:
         commit = tags.get(TAG_GIT_COMMIT, '')
+        why = (
+            'they were too large to record' if TAG_CHANGES in tags else 'no commit holds that code'
+        )
         notes.append(
-            f'{label} was trained from uncommitted edits on top of commit '
-            f'{commit[:12]}; no commit holds that code'
+            f'{label} was trained from uncommitted edits on top of commit {commit[:12]}; {why}'
         )
     if uri_overridden:
         notes.append(f'--uri replaced the source that {label} recorded')
@@ -2894,7 +3129,8 @@ def commit_notes(reference: Mapping[str, str], other: Mapping[str, str]) -> list
     """For two existing runs (their tags): did they run the same code?"""
     commits = [tags.get(TAG_GIT_COMMIT) for tags in (reference, other)]
     if commits[0] == commits[1]:
-        return []
+        changes = [_changes_about(tags).get('sha256') for tags in (reference, other)]
+        return ['the runs ran different uncommitted changes'] if changes[0] != changes[1] else []
     labels = [c[:12] if c else 'no recorded commit' for c in commits]
     return [f'the runs ran different commits: {labels[0]} -> {labels[1]}']
 
@@ -3184,7 +3420,15 @@ def differences_lines(differences: Differences | None, escaped: Escape = shown) 
 
 
 RECORD_SWITCH = 'REPRODUCE_RUN_RECORD'  # '0' turns the recorder off
-RECORD_GIT_TIMEOUT_SECONDS = 2.0
+RECORD_GIT_TIMEOUT_SECONDS = 2.0  # for each git process
+RECORD_CHANGES_LIMIT = 1_000_000  # characters of uncommitted changes, in 125 tags at most
+RECORD_CHANGES_READ_LIMIT = 16 * 2**20  # bytes of changes read; beyond, only their digest
+# Untracked files that are not recorded, as likely to hold a secret (so are
+# those whose name says it, like _names_a_secret: secrets.yaml, api_key.txt).
+_SECRET_FILE_RE = re.compile(
+    r'\.env(\..*)?|.*\.(env|pem|key|p12|pfx|jks|kdbx)|\.netrc|\.pgpass|id_(rsa|dsa|ecdsa|ed25519).*',
+    re.IGNORECASE,
+)
 # A name that says it holds a secret: --api-token, -password, DB_PASSWORD,
 # db.api_key, hfToken, PGPASSWORD.  Its parts (split at - _ . and camelCase)
 # are compared: a part that is one of these words, or one of them after a
@@ -3308,36 +3552,178 @@ def _git_status(folder: str) -> subprocess.Popen[str]:
     does the rest of its work while it runs).  Read only: no lock taken,
     nothing written."""
     return subprocess.Popen(
-        ('git', 'status', '--porcelain=v2', '--branch', '--untracked-files=normal'),
+        ('git', 'status', '--porcelain=v2', '-z', '--branch', '--untracked-files=all'),
         cwd=folder,
-        env={**os.environ, 'GIT_OPTIONAL_LOCKS': '0', 'GIT_TERMINAL_PROMPT': '0'},
+        env=_recorder_git_environ(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        errors='surrogateescape',
     )
 
 
-def _is_dirty(status: subprocess.Popen[str]) -> bool | None:
-    """Whether the work tree differs from its HEAD (untracked files that are
-    not ignored count), from _git_status; None outside git or before the
-    first commit."""
+def _recorder_git_environ() -> dict[str, str]:
+    return {**os.environ, 'GIT_OPTIONAL_LOCKS': '0', 'GIT_TERMINAL_PROMPT': '0'}
+
+
+class WorkTree(NamedTuple):
+    """What `git status` says differs from HEAD: paths relative to the top."""
+
+    changed: list[str]  # tracked files
+    untracked: list[str]  # neither tracked nor ignored
+    submodules: list[str]  # changed submodules
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.changed or self.untracked or self.submodules)
+
+
+def _status_entries(out: str) -> WorkTree:
+    """`git status --porcelain=v2 -z` read: a renamed entry (2) is followed
+    by its old path, which is skipped."""
+    tree = WorkTree([], [], [])
+    entries = iter(out.split('\0'))
+    for entry in entries:
+        kind = entry[:1]
+        if kind == '?':
+            tree.untracked.append(entry[2:])
+        elif kind in ('1', '2', 'u'):
+            fields = entry.split(' ', {'1': 8, '2': 9, 'u': 10}[kind])
+            (tree.submodules if fields[2].startswith('S') else tree.changed).append(fields[-1])
+            if kind == '2':
+                next(entries, None)
+    return tree
+
+
+def _work_tree(status: subprocess.Popen[str]) -> WorkTree | None:
+    """What _git_status found; None outside git or before the first commit."""
     try:
         out, _ = status.communicate(timeout=RECORD_GIT_TIMEOUT_SECONDS)
     finally:
         if status.poll() is None:
             status.kill()
             status.wait()
-    lines = out.splitlines()
-    if status.returncode or '# branch.oid (initial)' in lines:  # not a repository, no commit
+    if status.returncode or '# branch.oid (initial)' in out.split('\0'):
         return None
-    return any(not line.startswith('#') for line in lines)
+    return _status_entries(out)
+
+
+def _git_diff(top: str) -> bytes:
+    """The tracked changes against HEAD, as `git apply` takes them back
+    (whatever the user's diff settings say)."""
+    args = ('diff', '--binary', '--no-color', '--no-ext-diff', '--no-textconv', '--no-renames')
+    prefixes = ('--src-prefix=a/', '--dst-prefix=b/', '--ignore-submodules=all', 'HEAD', '--')
+    return subprocess.run(
+        ('git', *args, *prefixes),
+        cwd=top,
+        env=_recorder_git_environ(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=RECORD_GIT_TIMEOUT_SECONDS,
+        check=True,
+    ).stdout
+
+
+def _secret_file(path: str) -> bool:
+    """An untracked file the recorder keeps out: it may hold a secret."""
+    name = posixpath.basename(path)
+    return bool(_SECRET_FILE_RE.fullmatch(name)) or _names_a_secret(name.partition('.')[0])
+
+
+def _left_out(top: str, tree: WorkTree) -> dict[str, str]:
+    """The changed paths that are not recorded, and why."""
+    left = {path: 'a submodule' for path in tree.submodules}
+    for path in tree.untracked:
+        full = os.path.join(top, path)
+        if _secret_file(path):
+            left[path] = 'it may hold a secret'
+        elif os.path.islink(full) or not os.path.isfile(full):
+            left[path] = 'not a regular file'
+    return left
+
+
+def _changes_archive(top: str, diff: bytes, untracked: Sequence[str]) -> bytes:
+    """A .tar.gz, the same for the same changes: CHANGES_DIFF, and each
+    untracked file under files/."""
+    import gzip
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buffer, mode='wb', mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode='w', format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for name, path in [(CHANGES_DIFF, None)] + [(f'files/{p}', p) for p in untracked]:
+            data = diff
+            if path is not None:
+                with open(os.path.join(top, path), 'rb') as f:
+                    data = f.read()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            executable = path is not None and os.access(os.path.join(top, path), os.X_OK)
+            info.mode = 0o755 if executable else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def changes_tags(top: str, tree: WorkTree) -> dict[str, str]:
+    """The uncommitted changes of the work tree at top, as tags: TAG_CHANGES
+    says what they are (the files, their sha256, whether they fit), and the
+    numbered tags after it hold them, base64, up to RECORD_CHANGES_LIMIT."""
+    import base64
+
+    diff, left = _git_diff(top), _left_out(top, tree)
+    untracked = [p for p in tree.untracked if p not in left]
+    size = len(diff) + sum(os.path.getsize(os.path.join(top, p)) for p in untracked)
+    payload = None
+    if size <= RECORD_CHANGES_READ_LIMIT:
+        payload = _changes_archive(top, diff, untracked)
+        encoded = base64.b64encode(payload).decode()
+        digest = hashlib.sha256(payload).hexdigest()
+    else:  # not read: the diff, and the untracked files by name and size
+        listing = ''.join(f'{p}\0{os.path.getsize(os.path.join(top, p))}\0' for p in untracked)
+        digest = hashlib.sha256(diff + os.fsencode(listing)).hexdigest()
+    if payload is None or len(encoded) > RECORD_CHANGES_LIMIT:
+        encoded = ''
+    parts = [encoded[i : i + TAG_VALUE_LIMIT] for i in range(0, len(encoded), TAG_VALUE_LIMIT)]
+    files = sorted({*tree.changed, *untracked})
+    about = {'count': len(files), 'sha256': digest, 'parts': len(parts), 'too_large': not parts}
+    about['not_recorded'] = left
+    while len(json.dumps({**about, 'files': files})) > TAG_VALUE_LIMIT and files:
+        files = files[: len(files) // 2]  # 'count' says how many there are
+    tags = {TAG_CHANGES: json.dumps({**about, 'files': files})}
+    return tags | {f'{TAG_CHANGES}.{i}': part for i, part in enumerate(parts, 1)}
+
+
+def _script_in_tree(script: str, top: str) -> str | None:
+    """The script's path relative to the top (its folder's symlinks resolved,
+    not its own name's), None outside the work tree."""
+    if not os.path.isfile(script):
+        return None
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(script)))
+    path = os.path.relpath(os.path.join(folder, os.path.basename(script)), top)
+    return None if path.split(os.sep)[0] == os.pardir else path.replace(os.sep, '/')
+
+
+def _where_tags(top: str, script: str, tree: WorkTree) -> dict[str, str]:
+    """The working folder, the script and MLflow's dirty flag, for a run
+    started in the work tree at top."""
+    tags = {TAG_GIT_DIRTY: str(tree.dirty).lower()}
+    workdir = os.path.relpath(os.path.realpath(os.getcwd()), top)
+    if workdir != os.pardir and not workdir.startswith(os.pardir + os.sep):
+        tags[TAG_WORKDIR] = workdir.replace(os.sep, '/')
+    if (path := _script_in_tree(script, top)) is not None:
+        tags[TAG_SCRIPT] = path
+    return tags
 
 
 def recorded_tags() -> dict[str, str]:
     """The tags RunRecorder sets on a run that starts in this process: one
-    git process, which runs while the rest is gathered.  What could not be
-    recorded is said in one warning line."""
+    git process, which runs while the rest is gathered (and two more when
+    the work tree has changes).  What could not be recorded is said in one
+    warning line."""
     script = sys.argv[0] if sys.argv else ''
     top = _work_tree_top(
         os.path.dirname(os.path.realpath(script)) if os.path.isfile(script) else os.getcwd()
@@ -3358,15 +3744,16 @@ def recorded_tags() -> dict[str, str]:
         TAG_ENVIRONMENT: recorded_environment(),
     }
     try:
-        dirty = _is_dirty(status) if status is not None else None
+        tree = _work_tree(status) if status is not None else None
     except (OSError, subprocess.SubprocessError) as e:  # too slow
-        dirty = None
+        tree = None
         problems.append(f'no working folder: git: {_last_line(str(e))}')
-    if top is not None and dirty is not None:
-        workdir = os.path.relpath(os.path.realpath(os.getcwd()), top)
-        if workdir != os.pardir and not workdir.startswith(os.pardir + os.sep):
-            tags[TAG_WORKDIR] = workdir.replace(os.sep, '/')
-        tags[TAG_GIT_DIRTY] = str(dirty).lower()
+    if top is not None and tree is not None:
+        tags |= _where_tags(top, script, tree)
+        try:
+            tags |= changes_tags(top, tree) if tree.dirty else {}
+        except (OSError, subprocess.SubprocessError) as e:
+            problems.append(f'no uncommitted changes: {_last_line(str(e))}')
     for name in [k for k, v in tags.items() if len(v) > TAG_VALUE_LIMIT]:
         problems.append(f'no {name}: longer than the {TAG_VALUE_LIMIT} characters of a tag')
         del tags[name]
@@ -3951,9 +4338,18 @@ def reproduced_run_tags(plan: Plan, parent_run_id: str | None) -> dict[str, str]
         tags[TAG_SOURCE_TYPE] = 'LOCAL'
         tags[TAG_ARGV] = json.dumps(list(plan.script.argv))
         tags[TAG_WORKDIR] = plan.script.workdir or '.'
+        tags[TAG_COMMAND] = json.dumps(list(plan.script.command[1:]))
+        tags[TAG_SCRIPT] = plan.script.path
+    if plan.source.changes is not None:  # the same changes, for a reproduction of it
+        tags |= {k: v for k, v in plan.reference.data.tags.items() if _is_changes_tag(k)}
+        tags[TAG_GIT_DIRTY] = 'true'
     if parent_run_id:
         tags[TAG_PARENT_RUN_ID] = parent_run_id
     return {k: fit_tag(v) for k, v in tags.items()}
+
+
+def _is_changes_tag(key: str) -> bool:
+    return key == TAG_CHANGES or re.fullmatch(re.escape(TAG_CHANGES) + r'\.\d+', key) is not None
 
 
 def reproduced_run_name(plan: Plan) -> str:
@@ -4906,6 +5302,7 @@ def report_json(report: Report) -> dict[str, Any]:
             'version': plan.source.version,
             'entry_point': plan.entry_point,
             'env_manager': plan.env_manager,
+            'changes': plan.source.changes and _changes_json(plan.source.changes),
             'script': plan.script
             and {
                 'path': plan.script.path,
@@ -5009,6 +5406,8 @@ def _table(rows: Rows, tablefmt: str) -> str:
 
 def _plan_lines(plan: Plan, show_backend: bool = False) -> list[str]:
     lines = [f'Source:         {mask_credentials(plan.source.uri)} @ {plan.source.version}']
+    if plan.source.changes is not None:
+        lines[0] += f' + {plan.source.changes.text()}'
     if plan.script is None:
         lines.append(f'Entry point:    {plan.entry_point} (env manager: {plan.env_manager})')
     else:
@@ -5016,6 +5415,16 @@ def _plan_lines(plan: Plan, show_backend: bool = False) -> list[str]:
     if show_backend or _backend_noteworthy(plan):
         lines.append(f'Backend:        {_backend_text(plan)}')
     return lines
+
+
+def _changes_json(changes: Changes) -> dict[str, Any]:
+    return {
+        'applied': changes.archive is not None,
+        'files': list(changes.files),
+        'count': changes.count,
+        'sha256': changes.sha256,
+        'not_recorded': dict(changes.not_recorded),
+    }
 
 
 def _entry_point_text(plan: Plan) -> str:
@@ -6021,6 +6430,7 @@ def _reproduce(
     validate_backend_project(plan)
     check_env_manager(plan)
     warn_about_reference_backend(plan)
+    warn_about_changes(run_id, source.changes)
     if options.dry_run:
         return Report(status='planned', **progress.fields())
     session.stop.check()

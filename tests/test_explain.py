@@ -22,12 +22,15 @@ from helpers import (
     artifact_bytes,
     build_wheel,
     client,
+    clone_with_remote,
     first_spans,
+    git,
     log_environment,
     make_repo,
     mlflow_run,
     pip_target,
     reproduce,
+    run_python,
     section,
     start_tool,
     tables,
@@ -679,3 +682,40 @@ def test_repeat_says_a_nondeterministic_reference_needs_no_environment_change(
         }
     ]
     assert all(probe_runs(r['reproduced_run_id']) == [] for r in doc['runs'])
+
+
+RECORDED_TRAIN = """\
+import mlflow
+import numkit, padkit
+
+with mlflow.start_run() as run:
+    mlflow.log_metric('score', numkit.SCALE * 10)
+    print(f'RUN_ID={run.info.run_id}')
+"""
+
+
+@pytest.mark.slow
+def test_a_recorded_script_run_that_logged_no_model_is_explained(
+    world, installed, capsys, monkeypatch, tmp_path
+):
+    """`python train.py` in a training environment where the recorder is
+    installed: its environment, recorded in a tag, is the reference's."""
+    git('init', '--quiet', '--bare', str(tmp_path / 'remote.git'), cwd=tmp_path)
+    repo = tmp_path / 'repo'
+    repo.mkdir()
+    clone_with_remote(repo, {'train.py': RECORDED_TRAIN}, str(tmp_path / 'remote.git'))
+    proc = run_python(str(installed / 'python'), repo, 'train.py', env=world.env(world.old))
+    [run_id] = [line[7:] for line in proc.stdout.splitlines() if line.startswith('RUN_ID=')]
+    reference = client().get_run(run_id)
+    assert reference.data.metrics['score'] == 10.0
+    assert 'reproduce.environment' in reference.data.tags
+    assert client().list_artifacts(run_id) == []  # no model, no environment.json
+
+    code, report, err = explain(capsys, monkeypatch, world, world.new, run_id)
+    assert code == 1, err
+    environment = report['explanation']['environment']
+    assert environment['restores_equality'] is True
+    assert environment['culprits'] == [
+        {'kind': 'package', 'name': 'numkit', 'reference': '1.0', 'reproduced': '1.1'}
+    ]
+    assert report['differences']['environment_source'] == 'recorded'

@@ -21,6 +21,7 @@ from helpers import (
     commit_all,
     git,
     reproduce,
+    reproduce_json,
     reproduced_run,
     run_python,
 )
@@ -133,6 +134,162 @@ def test_packed_round_trip(size):
     assert reproduce_run.unpacked(tag) == value
 
 
+@pytest.mark.parametrize(
+    ('command', 'options', 'module', 'typed'),
+    [
+        pytest.param(['train.py', '1'], (), None, 'train.py', id='script'),
+        pytest.param(['-m', 'pkg.train', '1'], (), 'pkg.train', None, id='module'),
+        pytest.param(
+            ['-X', 'dev', '-OO', '-u', '-W', 'ignore', 'src/t.py'],
+            ('-X', 'dev', '-OO', '-u', '-W', 'ignore'),
+            None,
+            'src/t.py',
+            id='options',
+        ),
+        pytest.param(['-Xutf8', '-m', 'p'], ('-Xutf8',), 'p', None, id='glued-x-option'),
+        pytest.param(
+            ['-X', 'int_max_str_digits=0', 'a.py'],
+            ('-X', 'int_max_str_digits=0'),
+            None,
+            'a.py',
+            id='x-option-with-a-value',
+        ),
+    ],
+)
+def test_recorded_launch(command, options, module, typed):
+    assert reproduce_run.recorded_launch(command) == (options, module, typed)
+
+
+@pytest.mark.parametrize(
+    ('command', 'said'),
+    [
+        pytest.param(['-c', 'print(1)'], "interpreter option '-c'", id='code'),
+        pytest.param(['-'], "interpreter option '-'", id='standard-input'),
+        pytest.param(
+            ['-X', 'pycache_prefix=/etc', 'a.py'],
+            "interpreter option '-X pycache_prefix=/etc'",
+            id='an-option-that-writes-on-the-host',
+        ),
+        pytest.param(['-X'], "interpreter option '-X'", id='an-option-without-its-value'),
+        pytest.param(['-m', 'os;rm'], 'names no script nor module', id='not-a-module-name'),
+        pytest.param(['-u'], 'names no script nor module', id='options-alone'),
+    ],
+)
+def test_a_recorded_command_that_cannot_be_replayed_is_one_line(command, said):
+    with pytest.raises(reproduce_run.ReproduceError) as e:
+        reproduce_run.recorded_launch(command)
+    assert said in str(e.value) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ('name', 'path'),
+    [
+        ('files/src/new.py', 'src/new.py'),
+        ('files/a', 'a'),
+        ('files/../x', None),
+        ('files//etc/passwd', None),
+        ('files/src/./x', None),
+        ('files/.git/hooks/post-checkout', None),
+        ('files/sub/.GIT/config', None),
+        ('src/new.py', None),
+        ('files/', None),
+    ],
+)
+def test_change_path(name, path):
+    assert reproduce_run._change_path(name) == path
+
+
+@pytest.mark.parametrize(
+    ('out', 'changed', 'untracked', 'submodules'),
+    [
+        pytest.param('# branch.oid abc\0# branch.head main\0', [], [], [], id='clean'),
+        pytest.param(
+            '1 .M N... 100644 100644 100644 h h src/a b.py\0? new file.py\0',
+            ['src/a b.py'],
+            ['new file.py'],
+            [],
+            id='edited-and-untracked',
+        ),
+        pytest.param(
+            '2 R. N... 100644 100644 100644 h h R100 new.py\0old.py\0? x\0',
+            ['new.py'],
+            ['x'],
+            [],
+            id='renamed-skips-its-old-path',
+        ),
+        pytest.param('1 .M S.M. 160000 160000 160000 h h lib\0', [], [], ['lib'], id='submodule'),
+    ],
+)
+def test_status_entries(out, changed, untracked, submodules):
+    tree = reproduce_run._status_entries(out)
+    assert (tree.changed, tree.untracked, tree.submodules) == (changed, untracked, submodules)
+    assert tree.dirty == bool(changed or untracked or submodules)
+
+
+def edited_repository(where: Path) -> tuple[Path, reproduce_run.WorkTree]:
+    """A repository with a tracked edit, a binary untracked file in a new
+    folder, an executable one, and a .env; and what git status says of it."""
+    repo = where / 'edited'
+    repo.mkdir()
+    clone_with_remote(repo, {'a.txt': 'one\n', 'keep.txt': 'kept\n'}, str(repo))
+    (repo / 'a.txt').write_text('one\ntwo\n')
+    (repo / 'new').mkdir()
+    (repo / 'new' / 'blob.bin').write_bytes(bytes(range(256)))
+    (repo / 'run.sh').write_text('#!/bin/sh\n')
+    (repo / 'run.sh').chmod(0o755)
+    (repo / '.env').write_text('TOKEN=tok-never-recorded\n')
+    status = reproduce_run._git_status(str(repo))
+    return repo, reproduce_run._work_tree(status)
+
+
+def test_changes_round_trip_through_tags_into_a_checkout(tmp_path):
+    repo, tree = edited_repository(tmp_path)
+    tags = reproduce_run.changes_tags(str(repo), tree)
+    changes = reproduce_run.recorded_changes(tags)
+    assert changes.files == ('a.txt', 'new/blob.bin', 'run.sh') and changes.count == 3
+    assert changes.not_recorded == {'.env': 'it may hold a secret'}
+    assert changes.text() == 'uncommitted changes (3 files; not recorded: .env)'
+    checkout = tmp_path / 'checkout'
+    git('clone', '--quiet', str(repo), str(checkout), cwd=tmp_path)
+    reproduce_run.apply_changes(changes, str(checkout), 'c' * 40)
+    assert (checkout / 'a.txt').read_text() == 'one\ntwo\n'
+    assert (checkout / 'new' / 'blob.bin').read_bytes() == bytes(range(256))
+    assert (checkout / 'run.sh').stat().st_mode & 0o111
+    assert not (checkout / '.env').exists()
+    assert (
+        b'tok-never-recorded'
+        not in reproduce_run._changes_members(changes.archive)[reproduce_run.CHANGES_DIFF][0]
+    )
+    assert 'tok-never-recorded' not in json.dumps(tags)
+
+
+def test_changes_beyond_the_limit_keep_their_digest_and_files_only(tmp_path, monkeypatch):
+    repo, tree = edited_repository(tmp_path)
+    monkeypatch.setattr(reproduce_run, 'RECORD_CHANGES_READ_LIMIT', 100)
+    tags = reproduce_run.changes_tags(str(repo), tree)
+    assert list(tags) == ['reproduce.changes']
+    changes = reproduce_run.recorded_changes(tags)
+    assert changes.archive is None and changes.count == 3 and len(changes.sha256) == 64
+    assert changes.text() == 'uncommitted changes (3 files, too large to record: not applied)'
+
+
+@pytest.mark.parametrize(
+    ('tampered', 'said'),
+    [
+        pytest.param({'reproduce.changes.1': 'QUJD'}, 'their sha256 does not match', id='sha256'),
+        pytest.param({'reproduce.changes': '{"parts": 0}'}, "'files'", id='broken-json'),
+        pytest.param({'reproduce.changes.1': None}, "'reproduce.changes.1'", id='a-part-missing'),
+    ],
+)
+def test_recorded_changes_refuses_tags_it_did_not_write(tmp_path, tampered, said):
+    repo, tree = edited_repository(tmp_path)
+    tags = {**reproduce_run.changes_tags(str(repo), tree), **tampered}
+    tags = {k: v for k, v in tags.items() if v is not None}
+    with pytest.raises(reproduce_run.ReproduceError) as e:
+        reproduce_run.recorded_changes(tags)
+    assert said in str(e.value) and "are not the recorder's" in str(e.value)
+
+
 # --- end to end ---------------------------------------------------------------
 
 TRAIN = """\
@@ -150,6 +307,16 @@ FILES = {
     'src/train.py': TRAIN,
     'src/plain.py': 'import mlflow\n\nwith mlflow.start_run() as run:\n'
     "    mlflow.log_metric('one', 1.0)\n    print(f'RUN_ID={run.info.run_id}')\n",
+    'pkg/__init__.py': '',
+    'pkg/helper.py': 'SCALE = 3.0\n',
+    # Relative and absolute imports of its package, and the interpreter's
+    # flags as metrics: equal only when `-X dev -O -m pkg.train` is replayed.
+    'pkg/train.py': 'import sys\n\nimport mlflow\n\nimport pkg.helper\n\nfrom . import helper\n\n'
+    'with mlflow.start_run() as run:\n'
+    "    mlflow.log_metric('score', helper.SCALE * float(sys.argv[1]) + pkg.helper.SCALE)\n"
+    "    mlflow.log_metric('dev_mode', float(sys.flags.dev_mode))\n"
+    "    mlflow.log_metric('optimize', float(sys.flags.optimize))\n"
+    "    print(f'RUN_ID={run.info.run_id}')\n",
 }
 
 
@@ -296,3 +463,117 @@ def test_a_script_without_arguments_through_a_symlink_reproduces_equal(
     code, out, err = reproduce(capsys, '--run_id', reference.info.run_id)
     assert code == 0, err
     assert out.splitlines()[-1] == 'Runs equal: True'
+
+
+@pytest.mark.slow
+def test_a_module_run_with_interpreter_options_is_replayed_as_it_started(
+    installed, recorded_repo, capsys
+):
+    reference, _ = started(installed, recorded_repo, '-X', 'dev', '-O', '-m', 'pkg.train', '2')
+    tags = reference.data.tags
+    assert reference.data.metrics == {'score': 9.0, 'dev_mode': 1.0, 'optimize': 1.0}
+    assert json.loads(tags['reproduce.command']) == ['-X', 'dev', '-O', '-m', 'pkg.train', '2']
+    assert tags['reproduce.script'] == 'pkg/train.py' and tags['reproduce.workdir'] == '.'
+    assert tags['mlflow.source.name'] == str(recorded_repo / 'pkg' / 'train.py')
+
+    code, out, err = reproduce(capsys, '--run_id', reference.info.run_id)
+    assert code == 0, err
+    assert out.splitlines()[-1] == 'Runs equal: True'
+    assert 'Script:         python -X dev -O -m pkg.train 2 (in the repository root' in out
+    new = reproduced_run(out)
+    assert json.loads(new.data.tags['reproduce.command']) == json.loads(tags['reproduce.command'])
+    assert new.data.tags['reproduce.script'] == 'pkg/train.py'
+
+
+EDITED_TRAIN = TRAIN.replace('import mlflow', 'import mlflow\nimport extra').replace(
+    '10 * a + b', '10 * a + b + extra.BONUS'
+)
+
+
+@pytest.mark.slow
+def test_uncommitted_edits_and_an_untracked_module_are_applied_to_the_checkout(
+    installed, recorded_repo, tmp_path, capsys
+):
+    """Trained from a tracked edit that imports an untracked module: the
+    committed code alone scores 12, not 112.  The .env beside it is never
+    recorded; the user's clone is left as it was."""
+    clone = tmp_path / 'clone'
+    git('clone', '--quiet', str(recorded_repo), str(clone), cwd=tmp_path)
+    (clone / 'src' / 'train.py').write_text(EDITED_TRAIN)
+    (clone / 'src' / 'extra.py').write_text('BONUS = 100.0\n')
+    (clone / 'src' / '.env').write_text('API_TOKEN=tok-9c2e7d\n')
+    status = git('status', '--porcelain', '--ignored', cwd=clone)
+    reference, _ = started(installed, clone / 'src', 'train.py', '1', '2')
+    tags = reference.data.tags
+    assert reference.data.metrics['score'] == 112.0
+    about = json.loads(tags['reproduce.changes'])
+    assert about['files'] == ['src/extra.py', 'src/train.py'] and about['parts'] == 1
+    assert about['not_recorded'] == {'src/.env': 'it may hold a secret'}
+    assert tags['mlflow.source.git.dirty'] == 'true'
+
+    code, out, err = reproduce(capsys, '--run_id', reference.info.run_id)
+    assert code == 0, err
+    assert out.splitlines()[-1] == 'Runs equal: True'
+    commit = tags['mlflow.source.git.commit']
+    [source] = [line for line in out.splitlines() if line.startswith('Source:')]
+    assert source.endswith(f'@ {commit} + uncommitted changes (2 files; not recorded: src/.env)')
+    assert 'src/.env (it may hold a secret)' in err
+    assert 'uncommitted edits' not in out  # applied: not a difference
+    new = reproduced_run(out)
+    assert new.data.tags['reproduce.changes'] == tags['reproduce.changes']
+    assert new.data.tags['reproduce.changes.1'] == tags['reproduce.changes.1']
+    assert new.data.tags['mlflow.source.git.dirty'] == 'true'
+    assert git('status', '--porcelain', '--ignored', cwd=clone) == status
+    assert (clone / 'src' / 'train.py').read_text() == EDITED_TRAIN
+
+    # A reproduction of the reproduction applies the same changes.
+    code, report, err = reproduce_json(capsys, '--run_id', new.info.run_id)
+    assert code == 0, err
+    changes = report['source']['changes']
+    assert changes['applied'] is True and changes['files'] == ['src/extra.py', 'src/train.py']
+    assert changes['sha256'] == about['sha256']
+
+
+@pytest.mark.slow
+def test_recorded_changes_that_do_not_apply_exit_2_with_one_line(recorded_repo, tmp_path, capsys):
+    """Changes recorded on top of a commit that the remote does not have,
+    given to a run of the remote's commit: git apply refuses them."""
+    clone = tmp_path / 'clone'
+    git('clone', '--quiet', str(recorded_repo), str(clone), cwd=tmp_path)
+    commit = git('rev-parse', 'HEAD', cwd=clone)
+    git(
+        '-c',
+        'user.email=t@e.invalid',
+        '-c',
+        'user.name=t',
+        'commit',
+        '-qam',
+        'x',
+        '--allow-empty',
+        cwd=clone,
+    )
+    (clone / 'src' / 'plain.py').write_text('print("edited on top of a commit")\n')
+    git('-c', 'user.email=t@e.invalid', '-c', 'user.name=t', 'commit', '-qam', 'local', cwd=clone)
+    (clone / 'src' / 'plain.py').write_text('print("edited twice")\n')
+    tree = reproduce_run._work_tree(reproduce_run._git_status(str(clone)))
+    tags = {
+        'mlflow.source.type': 'LOCAL',
+        'mlflow.source.name': 'plain.py',
+        'mlflow.source.git.commit': commit,
+        'mlflow.source.git.repoURL': str(recorded_repo),
+        'reproduce.workdir': 'src',
+        'reproduce.argv': '[]',
+        **reproduce_run.changes_tags(str(clone), tree),
+    }
+    experiment = client().create_experiment('changes-that-do-not-apply')
+    run = client().create_run(experiment, tags=tags)
+    client().set_terminated(run.info.run_id)
+
+    code, out, err = reproduce(capsys, '--run_id', run.info.run_id)
+    assert code == 2
+    [line] = err.splitlines()
+    assert line.startswith(
+        'reproduce_run: error: the uncommitted changes recorded with the run do not apply at '
+        f'commit {commit[:12]}: '
+    )
+    assert len(client().search_runs([experiment])) == 1
