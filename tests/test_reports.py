@@ -49,6 +49,7 @@ def test_json_output_is_one_document_with_every_field(reference, capsys):
         'version': ref.data.tags['mlflow.source.git.commit'],
         'entry_point': 'main',
         'env_manager': 'local',
+        'changes': None,
         'script': None,
     }
     assert doc['params']['passed'] == {'alpha': '0.005', 'l1_ratio': '0.5'}
