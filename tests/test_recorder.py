@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    SAMPLES,
     client,
     clone_with_remote,
     commit_all,
@@ -577,3 +578,36 @@ def test_recorded_changes_that_do_not_apply_exit_2_with_one_line(recorded_repo, 
         f'commit {commit[:12]}: '
     )
     assert len(client().search_runs([experiment])) == 1
+
+
+@pytest.mark.slow
+def test_the_recorded_run_sample_reproduces_as_its_readme_says(
+    installed, git_daemon, tmp_path, capsys
+):
+    """MLproject_samples/README.md, "A recorded run": trained with `python -m
+    pkg.train 0.5 20` in its folder, after an uncommitted edit of pkg/data.py."""
+    url, base = git_daemon
+    git('init', '--quiet', '--bare', str(base / 'sample.git'), cwd=base)
+    sample = SAMPLES / 'recorded_run'
+    files = {
+        f'MLproject_samples/recorded_run/{p.relative_to(sample)}': p.read_text()
+        for p in sorted(sample.rglob('*.py'))
+    }
+    repo = tmp_path / 'repo'
+    repo.mkdir()
+    clone_with_remote(repo, files, f'{url}/sample.git')
+    folder = repo / 'MLproject_samples' / 'recorded_run'
+    data = folder / 'pkg' / 'data.py'
+    data.write_text(data.read_text().replace('3 * x / n + 1', '3 * x / n + 2'))
+    proc = run_python(str(installed / 'python'), folder, '-m', 'pkg.train', '0.5', '20')
+    [run_id] = [line[4:] for line in proc.stdout.splitlines() if line.startswith('run ')]
+    assert client().get_run(run_id).data.metrics['b'] > 1.5  # the edit trained it
+
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert code == 0, err
+    assert out.splitlines()[-1] == 'Runs equal: True'
+    assert (
+        'Script:         python -m pkg.train 0.5 20 (in MLproject_samples/recorded_run/, env '
+        'manager: local, arguments from the tag reproduce.argv)' in out
+    )
+    assert ' + uncommitted changes (1 file)' in out

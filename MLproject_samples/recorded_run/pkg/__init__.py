@@ -1,0 +1,1 @@
+"""A package trained with `python -m pkg.train`: see ../README.md."""
