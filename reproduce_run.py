@@ -3560,6 +3560,7 @@ def _git_status(folder: str) -> subprocess.Popen[str]:
         stderr=subprocess.DEVNULL,
         text=True,
         errors='surrogateescape',
+        start_new_session=True,  # a git wrapper's children end with it
     )
 
 
@@ -3602,7 +3603,8 @@ def _work_tree(status: subprocess.Popen[str]) -> WorkTree | None:
         out, _ = status.communicate(timeout=RECORD_GIT_TIMEOUT_SECONDS)
     finally:
         if status.poll() is None:
-            status.kill()
+            with contextlib.suppress(OSError):
+                os.killpg(status.pid, signal.SIGKILL)
             status.wait()
     if status.returncode or '# branch.oid (initial)' in out.split('\0'):
         return None

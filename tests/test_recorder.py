@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -332,6 +333,11 @@ def recorded_repo(tmp_path_factory, git_daemon) -> Path:
     return clone_with_remote(repo, FILES, f'{url}/recorded.git')
 
 
+def processes() -> str:
+    """The command lines of this host's processes."""
+    return subprocess.run(('ps', '-eo', 'args'), capture_output=True, text=True).stdout
+
+
 def started(bin_dir: Path, cwd: Path, *argv: str, env: dict[str, str] | None = None):
     """`python argv...` with the installed environment's interpreter, in cwd:
     (its run, the finished process)."""
@@ -399,20 +405,27 @@ def test_record_0_records_nothing(installed, recorded_repo):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('where', ['outside-git', 'no-commit', 'no-git-on-path'])
+@pytest.mark.parametrize('where', ['outside-git', 'no-commit', 'no-git-on-path', 'slow-git'])
 def test_the_run_starts_without_git_facts(installed, tmp_path, where):
+    sleep = shutil.which('sleep')
     folder = tmp_path / 'work'
     folder.mkdir()
     (folder / 'train.py').write_text(TRAIN)
     env = {}
     if where != 'outside-git':
         git('init', '--quiet', cwd=folder)
-    if where == 'no-git-on-path':  # a repository with a commit, and no git to read it
+    if where in ('no-git-on-path', 'slow-git'):  # a repository with a commit
         git('add', 'train.py', cwd=folder)
         git('config', 'user.email', 'tests@example.invalid', cwd=folder)
         git('config', 'user.name', 'tests', cwd=folder)
         commit_all(folder, 'train.py')
         env['PATH'] = str(tmp_path / 'empty')  # the interpreter is named by its path
+    if where == 'slow-git':  # a git whose status answers after the recorder's 2 s
+        (tmp_path / 'empty').mkdir()
+        slow = tmp_path / 'empty' / 'git'
+        real = shutil.which('git')
+        slow.write_text(f'#!/bin/sh\ncase "$1" in status) {sleep} 30 ;; esac\nexec {real} "$@"\n')
+        slow.chmod(0o755)
     reference, proc = started(installed, folder, 'train.py', '3', '4', env=env)
     tags = reference.data.tags
     assert reference.info.status == 'FINISHED' and reference.data.metrics['score'] == 34.0
@@ -420,9 +433,11 @@ def test_the_run_starts_without_git_facts(installed, tmp_path, where):
     assert 'reproduce.environment' in tags
     assert 'reproduce.workdir' not in tags and 'mlflow.source.git.dirty' not in tags
     warnings = [line for line in proc.stderr.splitlines() if 'reproduce_run: warning' in line]
-    if where == 'no-git-on-path':
+    if where in ('no-git-on-path', 'slow-git'):
         [warning] = warnings
         assert 'the run starts without part of its record: no working folder: git:' in warning
+        assert ('timed out after 2.0 seconds' in warning) == (where == 'slow-git')
+        assert f'{sleep} 30' not in processes()  # the recorder ended git's process group
     else:
         assert warnings == []
 
