@@ -5206,6 +5206,10 @@ class Outcome:
     def exit_code(self) -> int:
         return STATUS_EXIT_CODES[self.status]
 
+    def first_changed_text(self, chars: int = 40) -> str:
+        """A bisection's answer for its closing line (BisectReport's own)."""
+        return self.first_changed_commit or 'none'
+
     def text(self, verbose: bool = False) -> str | None: ...  # None: nothing to say
 
     def markdown(self) -> str: ...
@@ -6575,6 +6579,7 @@ class Planner:
     plans nothing more."""
 
     total: int | None = None  # the probes it will plan, when known ahead: [i/total]
+    total_is_a_bound = False  # total is the most it may plan: [probe i of at most total]
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
         raise NotImplementedError
@@ -6634,9 +6639,16 @@ class _GroupProgress:
     naming the reference run in full with its name; --quiet keeps only a
     line for each reproduction that failed or could not start."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.total, self.quiet = 0, quiet
+    def __init__(self, quiet: bool, bound: bool = False) -> None:
+        self.total, self.quiet, self.bound = 0, quiet, bound
         self._lock = threading.Lock()
+
+    def _counter(self, index: int) -> str:
+        """'[3/12]'; for a bisection, whose probes depend on what they find,
+        '[probe 3 of at most 7]'."""
+        if self.bound:
+            return f'[probe {index + 1} of at most {self.total}]'
+        return f'[{index + 1}/{self.total}]'
 
     def _print(self, text: str) -> None:
         with self._lock:
@@ -6645,9 +6657,7 @@ class _GroupProgress:
     def start(self, index: int, probe: Probe, name: str) -> None:
         if not self.quiet:
             model = f' {probe.label}' if probe.label and probe.label != name else ''
-            self._print(
-                f'[{index + 1}/{self.total}] {_named(probe.run_id or "", name)}{model} started'
-            )
+            self._print(f'{self._counter(index)} {_named(probe.run_id or "", name)}{model} started')
 
     def end(self, index: int, report: Report) -> None:
         if not self.quiet:
@@ -6655,7 +6665,7 @@ class _GroupProgress:
             why = f': {report.message}' if report.status == 'error' and report.message else ''
             ref = _named(report.reference_run_id, report.reference_run_name)
             ended = f'{report.status} in {report.seconds:.0f} s{new}{why}'
-            self._print(f'[{index + 1}/{self.total}] {ref} {ended}')
+            self._print(f'{self._counter(index)} {ref} {ended}')
         elif report.status in ('failed', 'error'):
             message = report.message or report.status
             self._print(f'{program_name()}: {report.status}: {report.reference_run_id}: {message}')
@@ -6749,7 +6759,7 @@ def run_group(session: Session, planner: Planner) -> Group:
 
     session = dataclasses.replace(session, batch=True)  # the reproductions share sources
     parents = _Parents(session, planner)
-    progress = _GroupProgress(session.options.quiet)
+    progress = _GroupProgress(session.options.quiet, planner.total_is_a_bound)
     results: list[Result | None] = []  # in planning order
     done: list[Result] = []  # in the order they ended
     running: dict[Any, list[tuple[int, Probe]]] = {}
@@ -7372,7 +7382,8 @@ def diagnosis_record(
 
 TAG_BISECT = 'reproduce.bisect'  # 'true' on the parent run of a bisection
 TAG_BISECT_COMMIT = 'reproduce.bisect.commit'  # on each probe: the commit it ran
-TAG_FIRST_CHANGED = 'reproduce.first_changed_commit'  # full hash or 'none', on the parent
+TAG_FIRST_CHANGED = 'reproduce.first_changed_commit'  # on the parent: first_changed_text()
+SHORT_HASH_CHARS = 12  # a commit in a line of text
 TAG_GIT_BRANCH = 'mlflow.source.git.branch'
 BISECT_ARTIFACT = 'bisect.json'
 GOOD, BAD, SKIP = 'unchanged', 'changed', 'skipped'  # what a probed commit says
@@ -7424,6 +7435,36 @@ def next_commits(n: int, outcomes: Mapping[int, str], jobs: int) -> list[int]:
     return _cuts([i for i in range(lo + 1, hi or n) if i not in outcomes], jobs + 1)
 
 
+@functools.lru_cache(maxsize=4096)
+def _most_inside(size: int, jobs: int) -> int:
+    """The most commits a search between two commits `size` apart probes,
+    whichever of them is the first changed one (no commit skipped)."""
+    if size <= 1:
+        return 0
+    chosen = _cuts(range(1, size), jobs + 1)
+    ends = [0, *chosen, size]
+    return len(chosen) + max(_most_inside(b - a, jobs) for a, b in itertools.pairwise(ends))
+
+
+def most_commits(n: int, outcomes: Mapping[int, str], jobs: int) -> int:
+    """The most commits a bisection still probes from what it knows, if
+    every commit it probes runs: as next_commits chooses, whichever commit
+    turns out to be the first changed one."""
+    if 0 not in outcomes:
+        if jobs == 1:
+            return 2 + _most_inside(n, jobs)
+        first = next_commits(n, {}, jobs)  # the reference, the target and cuts between
+        ends = [0, *first[2:], n]
+        return len(first) + max(_most_inside(b - a, jobs) for a, b in itertools.pairwise(ends))
+    if not next_commits(n, outcomes, jobs):
+        return 0
+    if n not in outcomes:
+        return 1 + _most_inside(n, jobs)
+    lo, hi = _bounds(n, outcomes)
+    untested = [i for i in range(lo + 1, hi or n) if i not in outcomes]
+    return _most_inside(len(untested) + 1, jobs)
+
+
 def finding(n: int, outcomes: Mapping[int, str]) -> Finding:
     """What the probes so far say: the first changed commit, or the
     candidates when skipped (or untested) commits leave more than one."""
@@ -7441,14 +7482,16 @@ def finding(n: int, outcomes: Mapping[int, str]) -> Finding:
 
 def commit_outcome(reports: Sequence[Report], reference_params: Sequence[str], rules: Rules) -> str:
     """What a commit's probes say: skipped when none ran to a verdict or the
-    entry point's params changed; else changed or not, as --repeat judges N."""
+    entry point's params changed; else whether the metrics changed, as one
+    reproduction or --repeat judges them.  Params the code logs are not
+    evidence: a commit that adds one changes no metric."""
     judged = [r for r in reports if r.histories and r.status in JUDGED_STATUSES]
     if not judged or any(
         r.plan and sorted(r.plan.logged_params) != sorted(reference_params) for r in judged
     ):
         return SKIP
     if len(reports) == 1:
-        return GOOD if judged[0].status == 'equal' else BAD
+        return GOOD if judge(*judged[0].histories, rules).equal else BAD
     diagnoses = diagnose(judged[0].histories[0], [r.histories[1] for r in judged], rules)
     return BAD if classify_run(diagnoses) in (DRIFTED, NONDETERMINISTIC_DRIFTED) else GOOD
 
@@ -7499,6 +7542,19 @@ class BisectReport(Outcome):
         i = self.finding.first_changed
         return None if i is None else self.path[i].commit
 
+    def first_changed_text(self, chars: int = 40) -> str:
+        """The closing line's answer: the commit, `one of` the candidates that
+        skipped or untested commits leave, unknown when a signal stopped the
+        search before, else none."""
+        found = self.finding
+        if (i := found.first_changed) is not None:
+            return self.path[i].commit
+        if self.stopped:
+            return f'unknown (the bisection was {self.stopped})'
+        if found.candidates and not found.reason:
+            return 'one of ' + ' '.join(self.path[i].commit[:chars] for i in found.candidates)
+        return 'none'
+
     @property
     def reports(self) -> tuple[Report, ...]:
         return tuple(r for _, r in self.probes)
@@ -7513,7 +7569,7 @@ class BisectReport(Outcome):
         return bisect_json(self)
 
     def subject(self) -> str:
-        found = self.first_changed_commit or 'none'
+        found = self.first_changed_text(SHORT_HASH_CHARS)
         return f'a bisection of run {self.reference_run_id} (first changed commit: {found})'
 
     def junit_cases(self) -> list[Case]:
@@ -7542,6 +7598,8 @@ class BisectReport(Outcome):
 class BisectPlanner(Planner):
     """A bisection plans the next midpoints from what the last round said."""
 
+    total_is_a_bound = True
+
     def __init__(
         self,
         reference: Run,
@@ -7567,7 +7625,9 @@ class BisectPlanner(Planner):
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
         if len(results) < self.planned:  # a round ends when all its probes have
             return []
-        chosen = next_commits(len(self.path) - 1, self.outcomes(results), self.jobs)
+        n, outcomes = len(self.path) - 1, self.outcomes(results)
+        self.total = self.planned + self.repeat * most_commits(n, outcomes, self.jobs)
+        chosen = next_commits(n, outcomes, self.jobs)
         probes = [
             Probe(
                 self.reference.info.run_id,
@@ -7630,7 +7690,7 @@ class BisectPlanner(Planner):
                 report.markdown(),
                 BISECT_ARTIFACT,
                 report.json_text(),
-                tags={TAG_FIRST_CHANGED: report.first_changed_commit or 'none'},
+                tags={TAG_FIRST_CHANGED: fit_tag(report.first_changed_text())},
             )
         ]
 
@@ -7784,26 +7844,33 @@ def tag_probe(client: MlflowClient, probe: Report, key: str, value: str, what: s
 # Reporting a bisection.
 
 
+def _changed_params(report: Report) -> list[str]:
+    return [p.key for p in report.verdict.params if not p.equal] if report.verdict else []
+
+
 def bisect_rows(bisect: BisectReport) -> Rows:
-    """One row per probed commit, in commit order."""
+    """One row per probed commit, in commit order: what its metrics said
+    (params are shown, and decide nothing)."""
     rows = []
     for index in sorted({i for i, _ in bisect.probes}):
         reports, info = bisect.reports_of(index), bisect.path[index]
-        verdict = ', '.join(dict.fromkeys(r.status for r in reports))
+        outcome = bisect.outcomes.get(index, SKIP)
+        if outcome == SKIP:
+            outcome += f' ({", ".join(dict.fromkeys(r.status for r in reports))})'
         if len(reports) > 1:
-            verdict = f'{len(reports)}x {verdict}'
-        if bisect.outcomes.get(index) == SKIP:
-            verdict += f' ({SKIP})'
+            outcome = f'{outcome}, {len(reports)} runs'
         rows.append(
             [
                 info.commit[:12],
                 _truncated(info.subject, SHORT_CELL),
-                verdict,
+                outcome,
                 ', '.join(sorted({k for r in reports for k in _differing_keys(r)})),
+                ', '.join(sorted({k for r in reports for k in _changed_params(r)})),
                 ' '.join(r.reproduced_run_id or '-' for r in reports),
             ]
         )
-    return ['Commit', 'Subject', 'Verdict', 'Changed metrics', 'Reproduced run'], rows
+    headers = ['Commit', 'Subject', 'Metrics', 'Changed metrics', 'Changed params']
+    return [*headers, 'Reproduced run'], rows
 
 
 def _finding_lines(bisect: BisectReport) -> list[str]:
@@ -7845,7 +7912,7 @@ def format_bisect_text(bisect: BisectReport) -> str:
     if key and key.verdict and (bisect.finding.first_changed is not None or bisect.finding.reason):
         lines += [_table(_metric_rows(key.verdict), 'psql'), *differences_lines(key.differences)]
     lines += leftover_lines(bisect.leftovers)
-    lines.append(f'First changed commit: {bisect.first_changed_commit or "none"}')
+    lines.append(f'First changed commit: {bisect.first_changed_text(SHORT_HASH_CHARS)}')
     return '\n'.join(lines)
 
 
@@ -7875,7 +7942,7 @@ def format_bisect_markdown(bisect: BisectReport) -> str:
         lines += _markdown_table(_metric_rows(key.verdict), 'metrics', None)
     if bisect.leftovers:
         lines += ['', *leftover_lines(bisect.leftovers, '- ', markdown_escaped)]
-    lines += ['', f'First changed commit: {bisect.first_changed_commit or "none"}']
+    lines += ['', f'First changed commit: {bisect.first_changed_text(SHORT_HASH_CHARS)}']
     return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines))  # one blank line between paragraphs
 
 
@@ -7900,6 +7967,9 @@ def bisect_json(bisect: BisectReport) -> dict[str, Any]:
                     'subject': bisect.path[i].subject,
                     'status': r.status,
                     'equal': r.equal,
+                    'metrics_equal': not _differing_keys(r) if r.verdict else None,
+                    'changed_metrics': _differing_keys(r),
+                    'changed_params': _changed_params(r),
                     'reproduced_run_id': r.reproduced_run_id,
                 }
                 for i, r in sorted(bisect.probes, key=lambda p: p[0])
@@ -7955,7 +8025,9 @@ class Bisections(Outcome):
 
     def first_changed(self) -> list[str]:
         """Each reference with its first changed commit, or none."""
-        return [f'{e.reference_run_id}: {e.first_changed_commit or "none"}' for e in self.entries]
+        return [
+            f'{e.reference_run_id}: {e.first_changed_text(SHORT_HASH_CHARS)}' for e in self.entries
+        ]
 
     def subject(self) -> str:
         found = ', '.join(self.first_changed())

@@ -53,6 +53,7 @@ from reproduce_run import (
     finding,
     lost_server,
     main,
+    most_commits,
     next_commits,
     run_links,
     summary_line,
@@ -245,7 +246,16 @@ def test_bisect_finds_the_commit_that_changed_the_metric(linear, capsys, tmp_pat
     assert bisect['skipped'] == [] and bisect['reason'] is None
     probes = bisect['probes']
     assert len(probes) <= math.ceil(math.log2(4)) + 2
-    assert set(probes[0]) == {'commit', 'subject', 'status', 'equal', 'reproduced_run_id'}
+    assert set(probes[0]) == {
+        'commit',
+        'subject',
+        'status',
+        'equal',
+        'metrics_equal',
+        'changed_metrics',
+        'changed_params',
+        'reproduced_run_id',
+    }
     assert [p['commit'] for p in probes] == sorted((p['commit'] for p in probes), key=commits.index)
     by_commit = {p['commit']: p for p in probes}
     assert by_commit[commits[3]]['status'] == 'differ'
@@ -261,6 +271,9 @@ def test_bisect_finds_the_commit_that_changed_the_metric(linear, capsys, tmp_pat
     started = [line for line in err.splitlines() if line.endswith(' started')]
     assert f'at {commits[0][:12]} started' in started[0]
     assert f'at {commits[4][:12]} started' in started[1]
+    assert [line.split(']')[0] for line in started] == [
+        f'[probe {i} of at most 4' for i in range(1, len(started) + 1)
+    ]
     # recorded in MLflow: the parent run, its tags and artifact, the nested probes
     parent, children = bisect_runs(name)
     assert parent.info.run_name == f'reproduce-bisect-{client().get_run(ref).info.run_name}'
@@ -302,12 +315,13 @@ def test_target_where_nothing_changed_exits_0_and_goes_to_junit_and_the_step_sum
     assert [c.strip() for c in rows[0].split('|')[1:-1]] == [
         'Commit',
         'Subject',
-        'Verdict',
+        'Metrics',
         'Changed metrics',
+        'Changed params',
         'Reproduced run',
     ]
     assert [r.split('|')[1].strip() for r in rows[1:]] == [commits[0][:12], commits[2][:12]]
-    assert [r.split('|')[3].strip() for r in rows[1:]] == ['equal', 'equal']
+    assert [r.split('|')[3].strip() for r in rows[1:]] == ['unchanged', 'unchanged']
     [suite] = JUnitXml.fromfile(str(junit))
     names = [case.name for case in suite]
     assert [name.rsplit(' at ', 1)[1] for name in names] == [commits[0][:8], commits[2][:8]]
@@ -463,7 +477,9 @@ with mlflow.start_run():
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # 45-90 s here, beside the other tests
 def test_a_script_run_is_bisected(tmp_path, git_daemon, capsys):
-    """A run made with `python tiny/fit.py`, its remote on a git daemon."""
+    """A run made with `python tiny/fit.py`, its remote on a git daemon.
+    Commit 1 logs a new param and changes no metric (a param is not
+    evidence: it is shown, not blamed); commit 2 changes the metric."""
     from helpers import python_run
 
     url, base = git_daemon
@@ -473,6 +489,8 @@ def test_a_script_run_is_bisected(tmp_path, git_daemon, capsys):
     git('remote', 'add', 'origin', f'{url}/{bare.name}', cwd=repo)
     git('push', '--quiet', 'origin', 'main', cwd=repo)
     ref = python_run(repo, 'tiny/fit.py')
+    fit = repo / 'tiny' / 'fit.py'
+    fit.write_text(fit.read_text() + "    mlflow.log_param('patience', 5)\n")
     commits = [first, *add_commits(repo, 2, change_at=2)]
     git('push', '--quiet', 'origin', 'main', cwd=repo)
     code, out, err = reproduce(
@@ -491,6 +509,8 @@ def test_a_script_run_is_bisected(tmp_path, git_daemon, capsys):
     assert bisect['first_changed_commit'] == commits[2]
     assert bisect['target_commit'] == commits[2]
     assert [p['commit'] for p in bisect['probes']] == commits  # each commit once, in order
+    assert [p['changed_params'] for p in bisect['probes']] == [[], ['patience'], ['patience']]
+    assert [p['metrics_equal'] for p in bisect['probes']] == [True, True, False]
 
 
 @pytest.mark.parametrize(
@@ -557,6 +577,77 @@ def _bisect(outcomes: dict[int, str], stopped: str | None = None) -> BisectRepor
 def test_exit_code_of_a_bisection(outcomes, stopped, status, code):
     bisect = _bisect(outcomes, stopped)
     assert (bisect.status, bisect.exit_code) == (status, code)
+
+
+def _hex(i: int) -> str:
+    return f'{i:040x}'
+
+
+@pytest.mark.parametrize(
+    ('outcomes', 'stopped', 'last_line', 'first_changed', 'candidates'),
+    [
+        pytest.param(
+            {0: GOOD, 12: BAD, 7: GOOD, 8: BAD}, None, _hex(8), _hex(8), [_hex(8)], id='found'
+        ),
+        pytest.param({0: GOOD, 12: GOOD}, None, 'none', None, [], id='none'),
+        pytest.param(
+            {0: GOOD, 12: BAD, 7: SKIP, 6: GOOD, 8: BAD},
+            None,
+            f'one of {_hex(7)[:12]} {_hex(8)[:12]}',
+            None,
+            [_hex(7), _hex(8)],
+            id='candidates',
+        ),
+        pytest.param({0: BAD}, None, 'none', None, [], id='reference-not-reproducible'),
+        pytest.param(
+            {0: GOOD, 12: BAD},
+            'interrupted',
+            'unknown (the bisection was interrupted)',
+            None,
+            [_hex(i) for i in range(1, 13)],
+            id='stopped',
+        ),
+    ],
+)
+def test_every_ending_says_one_answer(outcomes, stopped, last_line, first_changed, candidates):
+    """The closing line, the candidates line above it, the parent run's tag
+    and JSON agree: never 'one of' above and 'none' below."""
+    bisect = _bisect(outcomes, stopped)
+    lines = bisect.text().splitlines()
+    assert lines[-1] == f'First changed commit: {last_line}'
+    assert bisect.markdown().splitlines()[-1] == lines[-1]
+    listed = [line for line in lines if line.startswith('The first changed commit is one of')]
+    assert bool(listed) == (len(candidates) > 1)
+    doc = bisect.json()['bisect']
+    assert (doc['first_changed_commit'], doc['candidates']) == (first_changed, candidates)
+    assert bisect.first_changed_text() == (
+        last_line
+        if first_changed or not candidates or stopped
+        else 'one of ' + ' '.join(candidates)
+    )
+
+
+def _probes_to_the_end(n: int, jobs: int, first_changed: int) -> list[int]:
+    """How many commits each round had still to go, as most_commits saw it,
+    and how many the search then probed: bounds first, the count last."""
+    known: dict[int, str] = {}
+    bounds, count = [], 0
+    while chosen := next_commits(n, known, jobs):
+        bounds.append(count + most_commits(n, known, jobs))
+        count += len(chosen)
+        known |= {i: BAD if 0 < first_changed <= i else GOOD for i in chosen}
+    return [*bounds, count]
+
+
+@pytest.mark.parametrize('jobs', [1, 2, 3, 4])
+@pytest.mark.parametrize('n', [1, 2, 3, 7, 12, 33])
+def test_the_most_probes_said_is_never_passed_and_is_reached(n, jobs):
+    """probe i of at most N: N never falls short of the probes the search
+    then takes, whichever commit changed (n + 1: none), and some commit
+    takes exactly the first N."""
+    runs = [_probes_to_the_end(n, jobs, t) for t in range(1, n + 2)]
+    assert all(bound >= run[-1] for run in runs for bound in run[:-1])
+    assert max(run[-1] for run in runs) == most_commits(n, {}, jobs)
 
 
 # --- several references, each bisected on its own ----------------------------
