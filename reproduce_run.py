@@ -3028,7 +3028,9 @@ def environment_differences(
     found = []
     for kind in ('python', 'platform'):
         ref, new = reference.get(kind) or {}, reproduced.get(kind) or {}
-        found += _env_differences(kind, ref, new, sorted(set(ref) & set(new)))
+        # The interpreter's path is where it lives, not what it is: the same
+        # version and implementation in another virtualenv is no difference.
+        found += _env_differences(kind, ref, new, sorted(set(ref) & set(new) - {'executable'}))
     known = [name for name in ('cpu_count', 'gpu') if name in reference and name in reproduced]
     found += _env_differences('platform', reference, reproduced, known)
     if 'packages' in reference and 'packages' in reproduced:

@@ -366,7 +366,7 @@ def test_a_hostile_reference_environment_and_dataset_reach_no_output_raw(
     for markdown in (out, summary.read_text()):
         assert_markdown_safe(markdown)
         assert_no_forged_line(markdown)
-        assert f'  - Python executable: {reproduce_run.markdown_escaped(HOSTILE)} -> ' in markdown
+        assert f'  - Python version: {reproduce_run.markdown_escaped(HOSTILE)} -> ' in markdown
     code, out, _ = reproduce(capsys, *argv)
     assert code == 1
     assert_terminal_safe(out)

@@ -62,6 +62,22 @@ def changed(base: dict, **changes) -> dict:
         ),
         pytest.param(
             FULL,
+            changed(FULL, python={**FULL['python'], 'executable': '/venv/bin/python'}),
+            None,
+            [],
+            id='the-same-python-in-another-virtualenv',
+        ),
+        pytest.param(
+            FULL,
+            changed(
+                FULL, python={**FULL['python'], 'version': '3.12.1', 'executable': '/v/python'}
+            ),
+            None,
+            [('python', 'version', '3.11.7', '3.12.1')],
+            id='another-minor-version-elsewhere',
+        ),
+        pytest.param(
+            FULL,
             changed(FULL, platform={**FULL['platform'], 'machine': 'arm64'}),
             None,
             [('platform', 'machine', 'x86_64', 'arm64')],
