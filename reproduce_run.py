@@ -7526,10 +7526,14 @@ class BisectReport(Outcome):
     stopped: str | None = None  # 'interrupted' or 'terminated'
     details: tuple[str, ...] = ()  # author, date and diff --stat of the first changed commit
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
+    most_probes: int = 0  # what the search may take, from the start, if every commit runs
+    dry_run: bool = False  # --dry-run: the path and the plan, no probe
 
     @property
     def status(self) -> str:
         """A key of STATUS_EXIT_CODES: its exit code is the bisection's."""
+        if self.dry_run:
+            return 'planned'
         if self.stopped:
             return self.stopped
         skipped = all(o == SKIP for o in self.outcomes.values())
@@ -7549,6 +7553,8 @@ class BisectReport(Outcome):
         skipped or untested commits leave, unknown when a signal stopped the
         search before, else none."""
         found = self.finding
+        if self.dry_run:
+            return 'not searched (--dry-run)'
         if (i := found.first_changed) is not None:
             return self.path[i].commit
         if self.stopped:
@@ -7756,21 +7762,34 @@ def resolve_target(clone: str, repo: str, target: str, reference: Run) -> str:
         names = [f'refs/remotes/origin/{target}', f'refs/tags/{target}', target]
         what = f'commit {target!r}'
     else:
-        recorded = reference.data.tags.get(TAG_GIT_BRANCH)
-        branch = recorded or default_branch(repo)
-        if not branch:
-            raise ReproduceError(
-                f'run {reference.info.run_id} recorded no branch and the source names no '
-                f'default branch: pass --bisect COMMIT'
-            )
-        refuse_commit_value(
-            branch, 'the recorded branch' if recorded else "the source's default branch"
-        )
+        branch = _target_branch(clone, repo, reference)
         names, what = [f'refs/remotes/origin/{branch}'], f'branch {branch!r}'
     commit = _commit_in(clone, names)
     if commit is None:
         raise ReproduceError(f'--bisect: {what} is not in {mask_credentials(repo)}')
     return commit
+
+
+def _target_branch(clone: str, repo: str, reference: Run) -> str:
+    """The branch the reference recorded, else (none, or deleted since) the
+    remote's default branch, said in one line when it replaces a recorded one."""
+    run_id, recorded = reference.info.run_id, reference.data.tags.get(TAG_GIT_BRANCH)
+    if recorded:
+        refuse_commit_value(recorded, 'the recorded branch')
+        if _commit_in(clone, [f'refs/remotes/origin/{recorded}']):
+            return recorded
+    if not (branch := default_branch(repo)):
+        had = f'recorded branch {recorded!r} is gone' if recorded else 'recorded no branch'
+        raise ReproduceError(
+            f'run {run_id} {had} and the source names no default branch: pass --bisect COMMIT'
+        )
+    refuse_commit_value(branch, "the source's default branch")
+    if recorded:
+        warn(
+            f'the branch {recorded!r} that run {run_id} recorded is not in '
+            f'{mask_credentials(repo)}: bisecting up to its default branch {branch!r}'
+        )
+    return branch
 
 
 def first_parent_path(clone: str, reference_commit: str, target: str) -> list[CommitInfo]:
@@ -7827,8 +7846,17 @@ def run_bisect(session: Session, chosen: Chosen, target: str, repeat: int) -> Bi
         session.shared.sources[(source.uri, c.commit)] = _CachedSource(
             origin=dataclasses.replace(private, version=c.commit)
         )
+    most = repeat * most_commits(len(path) - 1, {}, options.jobs)
+    if options.dry_run:  # the path is known; nothing runs
+        return BisectReport(
+            reference.info.run_id,
+            reference.info.run_name,
+            tuple(path),
+            most_probes=most,
+            dry_run=True,
+        )
     planner = BisectPlanner(reference, path, repeat, options.jobs, options.rules, clone)
-    bisect: BisectReport = report_group(session, planner)
+    bisect: BisectReport = dataclasses.replace(report_group(session, planner), most_probes=most)
     for index, report in bisect.probes:
         tag_probe(client, report, TAG_BISECT_COMMIT, bisect.path[index].commit, 'run')
     return bisect
@@ -7895,7 +7923,22 @@ def _finding_lines(bisect: BisectReport) -> list[str]:
     return lines
 
 
+def _bisect_plan_line(bisect: BisectReport) -> str:
+    """'12 commits from dff35d3ca1e7 to 34b98f3dc91a, at most 6 probes'."""
+    first, last = bisect.path[0].commit[:SHORT_HASH_CHARS], bisect.path[-1].commit
+    span = f'{counted(len(bisect.path) - 1, "commit")} from {first} to {last[:SHORT_HASH_CHARS]}'
+    return f'{span}, at most {counted(bisect.most_probes, "probe")} if every commit runs'
+
+
 def format_bisect_text(bisect: BisectReport) -> str:
+    if bisect.dry_run:
+        return '\n'.join(
+            [
+                f'Reference run:  {_named(bisect.reference_run_id, bisect.reference_run_name)}',
+                f'Would bisect:   {_bisect_plan_line(bisect)}',
+                'Nothing was run (--dry-run).',
+            ]
+        )
     lines = [
         f'Reference run:  {_named(bisect.reference_run_id, bisect.reference_run_name)}',
         f'Bisected:       {len(bisect.path) - 1} commits from {bisect.path[0].commit[:12]} to '
@@ -7920,6 +7963,15 @@ def format_bisect_text(bisect: BisectReport) -> str:
 
 def format_bisect_markdown(bisect: BisectReport) -> str:
     lines = [f'**Bisection of run {bisect.reference_run_id}**: {bisect.status}', '']
+    if bisect.dry_run:
+        return '\n'.join(
+            [
+                *lines,
+                f'- would bisect {_bisect_plan_line(bisect)}',
+                '',
+                'Nothing was run (--dry-run).',
+            ]
+        )
     if bisect.path:
         lines += [
             f'- from `{bisect.path[0].commit}` to `{bisect.path[-1].commit}` '
@@ -7979,6 +8031,9 @@ def bisect_json(bisect: BisectReport) -> dict[str, Any]:
             'skipped': [full[i] for i, o in sorted(bisect.outcomes.items()) if o == SKIP],
             'reason': bisect.finding.reason or (bisect.stopped and f'{bisect.stopped} by a signal'),
             'run_id': bisect.run_id,
+            'commits': len(full) - 1 if full else 0,
+            'most_probes': bisect.most_probes,
+            'dry_run': bisect.dry_run,
         },
     }
 
@@ -9272,7 +9327,6 @@ def _conflicting_options(args: argparse.Namespace) -> str | None:
         for flag, value in (
             ('--version', args.version),
             ('--compare-to', args.compare_to),
-            ('--dry-run', args.dry_run),
         ):
             if value:
                 return f'--bisect and {flag} exclude each other'

@@ -331,6 +331,29 @@ def test_target_where_nothing_changed_exits_0_and_goes_to_junit_and_the_step_sum
 
 
 @pytest.mark.slow
+def test_dry_run_shows_the_plan_and_runs_nothing(linear, capsys, tmp_path):
+    repo, commits, ref = linear
+    name = f'dry-{tmp_path.name}'
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, '--bisect', '--dry-run', '--experiment-name', name
+    )
+    assert code == 0, err
+    assert out.splitlines()[1:] == [
+        f'Would bisect:   4 commits from {commits[0][:12]} to {commits[4][:12]}, at most 4 '
+        'probes if every commit runs',
+        'Nothing was run (--dry-run).',
+    ]
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, '--bisect', '--dry-run', '--jobs', '3', '--output', 'json'
+    )
+    assert code == 0, err
+    bisect = json.loads(out)['bisect']
+    assert (bisect['commits'], bisect['most_probes'], bisect['dry_run']) == (4, 4, True)
+    assert bisect['probes'] == [] and bisect['first_changed_commit'] is None
+    assert experiment_runs_or_empty(name) == []
+
+
+@pytest.mark.slow
 def test_jobs_3_reach_the_same_commit(linear, capsys, tmp_path):
     repo, commits, ref = linear
     code, out, err = reproduce(
@@ -365,6 +388,25 @@ def test_a_broken_commit_next_to_the_change_is_skipped(tmp_path, capsys):
     assert bisect['candidates'] == [commits[1], commits[2]]
     assert bisect['first_changed_commit'] is None
     assert {p['commit']: p['status'] for p in bisect['probes']}[commits[1]] == 'failed'
+
+
+@pytest.mark.slow
+def test_a_recorded_branch_deleted_since_gives_way_to_the_default_branch(tmp_path, capsys):
+    repo, first = build_repo(tmp_path, TINY)
+    ref = tiny_reference(repo, first)
+    client().set_tag(ref, 'mlflow.source.git.branch', 'master')  # deleted since
+    commits = [first, *add_commits(repo, 2, change_at=2)]
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, '--bisect', '--experiment-name', tmp_path.name, '--output', 'json'
+    )
+    assert code == 1, err
+    bisect = json.loads(out)['bisect']
+    assert (bisect['target_commit'], bisect['first_changed_commit']) == (commits[2], commits[2])
+    [warning] = [line for line in err.splitlines() if 'warning' in line]
+    assert warning == (
+        f"reproduce_run: warning: the branch 'master' that run {ref} recorded is not in "
+        f"{repo}: bisecting up to its default branch 'main'"
+    )
 
 
 @pytest.mark.slow
@@ -517,7 +559,6 @@ def test_a_script_run_is_bisected(tmp_path, git_daemon, capsys):
     ('argv', 'message'),
     [
         pytest.param(('--version', 'main'), '--bisect and --version exclude each other', id='ver'),
-        pytest.param(('--dry-run',), '--bisect and --dry-run exclude each other', id='dry-run'),
         pytest.param(
             ('--compare-to', 'b'), '--bisect and --compare-to exclude each other', id='cmp'
         ),
