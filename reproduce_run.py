@@ -1835,8 +1835,10 @@ def read_reference(
         experiment = None if found else client.get_experiment(run.info.experiment_id)
     except MlflowException as e:
         if e.error_code == 'RESOURCE_DOES_NOT_EXIST':
+            short = re.fullmatch(r'[0-9a-fA-F]{1,7}', run_id) is not None
+            hint = ' (a run ID prefix needs 8 or more hex digits)' if short else ''
             raise ReproduceError(
-                f'run {run_id} not found at tracking URI {mask_credentials(tracking_uri)}',
+                f'run {run_id} not found at tracking URI {mask_credentials(tracking_uri)}{hint}',
             ) from None
         raise _mlflow_error(f'cannot read run {run_id} from {tracking_uri}', e) from None
     if run.info.status in (*UNFINISHED_STATUSES, *FAILED_STATUSES):
@@ -9073,7 +9075,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs='+',
         action='extend',
         metavar='RUN_ID',
-        help='the reference run(s) to reproduce; repeatable',
+        help='the reference run(s) to reproduce, by ID or by a prefix of 8 or more hex '
+        'digits that starts one run ID only; repeatable',
     )
     # --version names the commit to run, as in `mlflow run`; the tool's own
     # version needs another name.

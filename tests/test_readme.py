@@ -385,6 +385,9 @@ SETUPS: dict[str, Setup] = {
         '--model', 'notamodeluri'
     ),
     'unknown run ID': arguments('--run_id', 'f' * 32),
+    "run ID of 1 to 7 hex digits (git's short hash: too short for a prefix)": arguments(
+        '--run_id', '0e0c9fb'
+    ),
     'deleted run': deleted_run,
     'run in a deleted experiment': run_in_deleted_experiment,
     'run not launched as a project that recorded no remote': notebook_run,

@@ -510,6 +510,17 @@ def test_unknown_run_exits_2(capsys, store):
     assert err == f'reproduce_run: error: run {"f" * 32} not found at tracking URI {store}\n'
 
 
+def test_a_7_digit_prefix_is_told_that_a_prefix_needs_8(reference, store, capsys):
+    """git's short hash has 7 digits: too short to be taken as a prefix."""
+    run_id = reference('sklearn_regression')
+    code, out, err = reproduce(capsys, '--run_id', run_id[:7])
+    assert (code, out) == (2, '')
+    assert err == (
+        f'reproduce_run: error: run {run_id[:7]} not found at tracking URI {store} '
+        '(a run ID prefix needs 8 or more hex digits)\n'
+    )
+
+
 def test_unreachable_git_remote_names_uri_and_commit(reference, capsys):
     run_id = reference('sklearn_regression')
     commit = client().get_run(run_id).data.tags['mlflow.source.git.commit']
