@@ -5281,7 +5281,10 @@ class Report(Outcome):
         return (self,)
 
     def text(self, verbose: bool = False) -> str | None:
-        """None when it did not run to a verdict: the error line says why."""
+        """None when it could not start or a signal ended it (the error line
+        says why); a failed project's report says what ran and how it ended."""
+        if self.status == 'failed' and self.plan:
+            return format_failed_text(self)
         if self.status in ('failed', 'error', 'interrupted', 'terminated'):
             return None
         return format_text(self, verbose)
@@ -5545,6 +5548,31 @@ def format_text(report: Report, verbose: bool = False) -> str:
         lines += differences_lines(report.differences)
         lines += explanation_lines(report.explanation)
         lines.append(f'Runs equal: {report.verdict.equal}')
+    return '\n'.join(lines)
+
+
+def _command_with_params(plan: Plan) -> str:
+    """The entry point's command with each passed {param} as MLflow puts it
+    (shlex.quote'd); a param with its default stays a placeholder."""
+    passed = plan.params.passed
+    return re.sub(
+        r'\{(\w+)\}', lambda m: shlex.quote(passed[m[1]]) if m[1] in passed else m[0], plan.command
+    )
+
+
+def format_failed_text(report: Report) -> str:
+    """What ran, where, and how it ended: for the mail of a cron job, which
+    gets standard output."""
+    assert report.plan is not None
+    lines = [f'Reference run:  {report.reference_run_id}']
+    if report.reproduced_run_id:
+        lines.append(f'Reproduced run: {report.reproduced_run_id} (marked FAILED)')
+    lines += _plan_lines(report.plan)
+    if report.plan.script is None:
+        lines.append(f'Command:        {mask_credentials(_command_with_params(report.plan))}')
+    lines.append(f'Status:         failed: {report.message or "no error line"}')
+    if report.output_tail:
+        lines += ['Last lines of its output:', *(f'  {line}' for line in report.output_tail)]
     return '\n'.join(lines)
 
 

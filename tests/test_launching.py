@@ -167,7 +167,12 @@ def test_failed_reproduction_exits_3_and_marks_the_run_failed(reference, capsys)
     before = run_snapshot(ref_id)
     code, out, err = reproduce(capsys, '--run_id', ref_id)
     assert code == 3
-    assert out == ''
+    lines = out.splitlines()  # a cron job mails standard output: what ran, how it ended
+    assert lines[0] == f'Reference run:  {ref_id}'
+    assert lines[1].startswith('Reproduced run: ') and lines[1].endswith(' (marked FAILED)')
+    assert 'Command:        python train.py --fail-at 2' in lines
+    assert lines[-1] == '  sample failure: giving up at step 2'
+    assert any(line.startswith('Status:         failed: the reproduced run ') for line in lines)
     last = err.splitlines()[-1]
     assert last.startswith('reproduce_run: error: the reproduced run ')
     assert last.endswith(
