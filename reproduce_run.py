@@ -294,8 +294,23 @@ def markdown_code(text: str) -> str:
     return f'{fence}{pad}{text}{pad}{fence}'
 
 
+_WARNED_ABOUT = threading.local()  # what a reproduction's thread works on: warn() says it
+
+
 def warn(message: str) -> None:
-    print(f'{program_name()}: warning: {shown(mask_credentials(message))}', file=sys.stderr)
+    about = getattr(_WARNED_ABOUT, 'label', '')
+    print(f'{program_name()}: {about}warning: {shown(mask_credentials(message))}', file=sys.stderr)
+
+
+@contextlib.contextmanager
+def warnings_about(label: str) -> Iterator[None]:
+    """warn() names label ('[3/12] 8f2e1a2b') in this thread while the block
+    runs: in a batch, each warning says which reproduction it is about."""
+    _WARNED_ABOUT.label = f'{label}: '
+    try:
+        yield
+    finally:
+        _WARNED_ABOUT.label = ''
 
 
 def read_regular_file(path: str, what: str, hint: str = '') -> str:
@@ -6675,7 +6690,7 @@ class _GroupProgress:
         self.total, self.quiet, self.bound = 0, quiet, bound
         self._lock = threading.Lock()
 
-    def _counter(self, index: int) -> str:
+    def counter(self, index: int) -> str:
         """'[3/12]'; for a bisection, whose probes depend on what they find,
         '[probe 3 of at most 7]'."""
         if self.bound:
@@ -6689,7 +6704,7 @@ class _GroupProgress:
     def start(self, index: int, probe: Probe, name: str) -> None:
         if not self.quiet:
             model = f' {probe.label}' if probe.label and probe.label != name else ''
-            self._print(f'{self._counter(index)} {_named(probe.run_id or "", name)}{model} started')
+            self._print(f'{self.counter(index)} {_named(probe.run_id or "", name)}{model} started')
 
     def end(self, index: int, report: Report) -> None:
         if not self.quiet:
@@ -6697,7 +6712,7 @@ class _GroupProgress:
             why = f': {report.message}' if report.status == 'error' and report.message else ''
             ref = _named(report.reference_run_id, report.reference_run_name)
             ended = f'{report.status} in {report.seconds:.0f} s{new}{why}'
-            self._print(f'{self._counter(index)} {ref} {ended}')
+            self._print(f'{self.counter(index)} {ref} {ended}')
         elif report.status in ('failed', 'error'):
             message = report.message or report.status
             self._print(f'{program_name()}: {report.status}: {report.reference_run_id}: {message}')
@@ -6778,7 +6793,8 @@ def _run_probe(
         report = dataclasses.replace(report, reference_run_name=name or None)
     else:
         probed = _probe_session(session, probe)
-        report = reproduce_one(probed, probe.run_id, index, parent, probe.reference)
+        with warnings_about(f'{progress.counter(index)} {probe.run_id[:SHORT_ID_CHARS]}'):
+            report = reproduce_one(probed, probe.run_id, index, parent, probe.reference)
     report = dataclasses.replace(report, model=model)
     progress.end(index, report)
     return report

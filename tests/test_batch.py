@@ -147,10 +147,15 @@ def test_several_run_ids_with_mixed_outcomes(reference, capsys, tmp_path):
 
 
 def test_a_batch_table_ends_with_one_verdict_line(reference, capsys):
-    code, out, err = reproduce(
-        capsys, '--run_id', reference('sklearn_regression'), reference('nondeterministic')
-    )
+    """...and each reproduction's warnings name it."""
+    runs = reference('sklearn_regression'), reference('nondeterministic')
+    code, out, err = reproduce(capsys, '--run_id', *runs, '--tolerance', 'zzz*=0.1')
     assert code == 1
+    warnings = sorted(line for line in err.splitlines() if 'warning:' in line)
+    assert warnings == [
+        f"reproduce_run: [{i}/2] {run[:8]}: warning: 'zzz*' matches no metric of either run"
+        for i, run in enumerate(runs, 1)
+    ]
     lines = out.splitlines()
     assert lines[-1] == 'Runs equal: False'
     assert sum(line.startswith('Runs equal:') for line in lines) == 1
