@@ -9105,8 +9105,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=program_name(),
-        description='Re-execute the MLflow Project of a past run at its exact '
-        'commit with its parameters, and compare the metrics.',
+        description='Reproduce a past MLflow run: re-execute its MLflow Project, or '
+        'the script that made it (`python train.py ...`, as the recorder kept it '
+        'when this package is installed where it trained), at its exact commit with '
+        'its parameters, and compare the metrics.',
         epilog='exit codes: 0 runs equal, 1 runs differ, 2 could not start, '
         '3 the reproduced run failed, 130 interrupted, 143 terminated.  When '
         f'{STEP_SUMMARY_ENV} is set (GitHub Actions), the Markdown report is also '
@@ -9187,6 +9189,9 @@ def build_parser() -> argparse.ArgumentParser:
         'container: 6h, 30m',
     )
     batch = parser.add_argument_group('choosing many runs (a batch)')
+    modes = parser.add_argument_group(
+        'running reproductions: at once, repeated, bisected, explained'
+    )
     batch.add_argument(
         '--runs-file',
         metavar='FILE',
@@ -9238,7 +9243,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         '--sample-seed', type=int, metavar='S', help='seed of --sample, for a repeatable choice'
     )
-    batch.add_argument(
+    modes.add_argument(
         '--jobs',
         '-j',
         type=_number(int, 1, MAX_JOBS),
@@ -9246,13 +9251,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar='N',
         help='reproductions at once (default: %(default)s)',
     )
-    batch.add_argument(
+    modes.add_argument(
         '--repeat',
         type=_number(int, 2, why=' (one reproduction is the default)'),
         metavar='N',
         help='reproduce each run N >= 2 times and tell nondeterminism from drift',
     )
-    batch.add_argument(
+    modes.add_argument(
         '--bisect',
         nargs='?',
         action=_OptionalCommit,
@@ -9260,7 +9265,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='find the first commit, on the first-parent path from the reference '
         "run's commit to COMMIT (default: the tip of its branch), whose reproduction differs",
     )
-    batch.add_argument(
+    modes.add_argument(
         '--explain',
         action='store_true',
         help='when a reproduction differs, rerun it with environment differences undone '
