@@ -229,6 +229,12 @@ class ReproduceError(Exception):
     """An expected failure: one line for the user, and exit code 2 (EXIT_CANNOT_START)."""
 
 
+class CannotGuess(ReproduceError):
+    """What the run recorded leaves a choice that only the user can make (which
+    of several scripts it ran): exit 2 for a run named, and a batch's search
+    skips the run with this reason."""
+
+
 # ---------------------------------------------------------------------------
 # Helpers used everywhere: credentials masked, warnings, a value from the
 # tracking store shown on a terminal or in Markdown, lists and plurals, the last
@@ -2417,12 +2423,13 @@ def warn_about_reference_backend(plan: Plan) -> None:
 
 def script_candidates(recorded: str, files: Sequence[str]) -> list[str]:
     """The files the recorded sys.argv[0] may name: the path relative to the
-    top when it is a file there, else the files that end with the longest
-    trailing part of it ('/home/alice/repo/src/train.py', 'train.py' typed
-    in src/)."""
+    top when it is a file there, and with it every file it names when typed in
+    a subfolder ('train.py' and 'src/train.py': the folder is not recorded);
+    else the files that end with the longest trailing part of it
+    ('/home/alice/repo/src/train.py', 'train.py' typed in src/)."""
     path = posixpath.normpath(recorded)
     if not posixpath.isabs(recorded) and path in files:
-        return [path]
+        return [path, *sorted(f for f in files if f.endswith('/' + path))]
     parts = [p for p in path.split('/') if p not in ('', '.', '..')]
     for k in range(len(parts), 0, -1):
         if found := sorted(f for f in files if f.split('/')[-k:] == parts[-k:]):
@@ -2465,15 +2472,27 @@ def resolve_script(
                 f'pass -e PATH (relative to the repository root) if it moved',
             )
         if len(candidates) > 1:
-            raise ReproduceError(
-                f'the recorded script {recorded!r} matches {len(candidates)} files {at}: '
-                f'{", ".join(candidates)}; pass -e PATH to choose one',
-            )
+            raise CannotGuess(ambiguous_script(recorded, candidates, at))
         path = candidates[0]
     check_script(project_dir, _checkout_root(project_dir), path, commit)
     if workdir is None or override:
         workdir = working_folder(recorded, path)
-    return Script(path, workdir, recorded if not override else path)
+    # The reproduced run records the path as typed in its working folder.
+    return Script(path, workdir, posixpath.relpath(path, workdir or '.') if override else recorded)
+
+
+def ambiguous_script(recorded: str, candidates: Sequence[str], at: str) -> str:
+    """Why the recorded script cannot be chosen, naming every candidate."""
+    why = (
+        ' (one at the top, the others where it may have been typed: the run did not record '
+        'its working folder)'
+        if candidates[0] == posixpath.normpath(recorded)
+        else ''
+    )
+    return (
+        f'the recorded script {recorded!r} matches {len(candidates)} files {at}: '
+        f'{", ".join(candidates)}{why}; pass -e PATH to choose one'
+    )
 
 
 def environment_folder(project_dir: str, script: Script, env_manager: str, commit: str) -> str:
@@ -4861,6 +4880,7 @@ class Report(Outcome):
     histories: Any = dataclasses.field(default=None, compare=False, repr=False)
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
     explanation: Explanation | None = None  # with --explain, of a reproduction that differs
+    cannot_guess: bool = False  # ended by CannotGuess: a batch's search skips the run
 
     def __post_init__(self) -> None:
         if self.reference_status is None and self.plan is not None:
@@ -5973,6 +5993,8 @@ def reproduce_one(
         report = _reproduce(session, index, parent_run_id, tmp_dir, progress)
     except Stopped as e:
         report = _unfinished(progress, e.status, f'{e.status} by a signal')
+    except CannotGuess as e:
+        report = dataclasses.replace(_unfinished(progress, 'error', str(e)), cannot_guess=True)
     except ReproduceError as e:
         status = session.stop.status if session.stop.event.is_set() else 'error'
         report = _unfinished(progress, status, str(e))
@@ -6147,12 +6169,19 @@ class Probe:
     environ: tuple[tuple[str, str | None], ...] = ()  # set (None: unset) for the project
     nested: bool = False  # under a parent run of its reference, below the group's
     parent_run_id: str | None = None  # under this existing run instead of the group's
+    searched: bool = False  # chosen by --from-experiment's search: skipped if CannotGuess
     # the reference run as read before (else its reproduction reads it);
     # dropped when the probe ends, so that a big group does not keep every run
     reference: Run | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 Result = tuple[Probe, Report]
+
+
+def skips(probe: Probe, report: Report) -> bool:
+    """A run chosen by search is skipped, not an error, when reproducing it
+    needs a choice that only the user can make (CannotGuess)."""
+    return probe.searched and report.cannot_guess
 
 
 class Planner:
@@ -6237,14 +6266,15 @@ class _GroupProgress:
                 f'[{index + 1}/{self.total}] {_named(probe.run_id or "", name)}{model} started'
             )
 
-    def end(self, index: int, report: Report) -> None:
+    def end(self, index: int, report: Report, skipped: bool = False) -> None:
         if not self.quiet:
             new = f' -> {report.reproduced_run_id}' if report.reproduced_run_id else ''
             why = f': {report.message}' if report.status == 'error' and report.message else ''
             ref = _named(report.reference_run_id, report.reference_run_name)
-            ended = f'{report.status} in {report.seconds:.0f} s{new}{why}'
+            status = 'skipped' if skipped else report.status
+            ended = f'{status} in {report.seconds:.0f} s{new}{why}'
             self._print(f'[{index + 1}/{self.total}] {ref} {ended}')
-        elif report.status in ('failed', 'error'):
+        elif report.status in ('failed', 'error') and not skipped:
             message = report.message or report.status
             self._print(f'{program_name()}: {report.status}: {report.reference_run_id}: {message}')
 
@@ -6326,7 +6356,7 @@ def _run_probe(
         probed = _probe_session(session, probe)
         report = reproduce_one(probed, probe.run_id, index, parent, probe.reference)
     report = dataclasses.replace(report, model=model)
-    progress.end(index, report)
+    progress.end(index, report, skips(probe, report))
     return report
 
 
@@ -6627,7 +6657,9 @@ def search_runs(
                 elif len(chosen) < selection.max_runs:
                     name = run.info.run_name or ''
                     kept = without_metrics(run) if plan_only else None
-                    chosen.append(Chosen(run.info.run_id, name, name=name, reference=kept))
+                    chosen.append(
+                        Chosen(run.info.run_id, name, name=name, reference=kept, searched=True)
+                    )
             if len(chosen) >= selection.max_runs:
                 break
     except MlflowException as e:
@@ -6770,9 +6802,11 @@ class BatchPlanner(Planner):
         return create_batch_run(session)
 
     def report(self, group: Group) -> BatchReport:
+        skipped = [r for p, r in group.results if skips(p, r)]
+        guessed = [{'run_id': r.reference_run_id, 'reason': r.message or ''} for r in skipped]
         return BatchReport(
-            tuple(r for _, r in group.results),
-            self.skipped,
+            tuple(r for p, r in group.results if not skips(p, r)),
+            (*self.skipped, *guessed),
             group.parent_run_id,
             dry_run=group.dry_run,
             leftovers=group.leftovers,

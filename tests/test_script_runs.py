@@ -16,6 +16,7 @@ from helpers import (
     build_repo,
     client,
     clone_with_remote,
+    commit_all,
     git,
     param_table,
     process_gone,
@@ -202,6 +203,31 @@ def test_script_candidates(recorded, expected):
 
 
 @pytest.mark.parametrize(
+    ('recorded', 'files', 'expected'),
+    [
+        pytest.param(
+            'train.py', ['train.py', 'src/train.py'], ['train.py', 'src/train.py'], id='top-and-src'
+        ),
+        pytest.param(
+            './train.py',
+            ['train.py', 'b/train.py', 'a/deep/train.py'],
+            ['train.py', 'a/deep/train.py', 'b/train.py'],
+            id='top-first-then-the-others-sorted',
+        ),
+        pytest.param(
+            'src/train.py',
+            ['src/train.py', 'lib/src/train.py', 'train.py'],
+            ['src/train.py', 'lib/src/train.py'],
+            id='a-relative-path-typed-in-a-subfolder-too',
+        ),
+        pytest.param('train.py', ['train.py', 'src/my_train.py'], ['train.py'], id='no-clash'),
+    ],
+)
+def test_a_top_file_also_in_a_subfolder_is_ambiguous(recorded, files, expected):
+    assert reproduce_run.script_candidates(recorded, files) == expected
+
+
+@pytest.mark.parametrize(
     ('recorded', 'path', 'folder'),
     [
         pytest.param('train.py', 'src/train.py', 'src', id='typed-inside-src'),
@@ -214,6 +240,12 @@ def test_script_candidates(recorded, expected):
 )
 def test_working_folder(recorded, path, folder):
     assert reproduce_run.working_folder(recorded, path) == folder
+
+
+def write_files(top: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (top / name).parent.mkdir(parents=True, exist_ok=True)
+        (top / name).write_text(text)
 
 
 ARGPARSE_HELP = """\
@@ -715,3 +747,74 @@ def test_sigterm_during_a_script_run_leaves_no_process_and_kills_the_run(
     assert new.info.status == 'KILLED'
     assert list(tmp.iterdir()) == []
     assert run_snapshot(run_id) == before
+
+
+# --- the guessing path: runs made without the recorder --------------------------
+
+
+def files_repo(where: Path, files: dict[str, str]) -> tuple[Path, str]:
+    """A git repository holding files, in one commit; and that commit."""
+    repo = where / 'repo'
+    write_files(repo, files)
+    git('init', '--quiet', '--initial-branch', 'main', cwd=repo)
+    git('config', 'user.email', 'tests@example.invalid', cwd=repo)
+    git('config', 'user.name', 'tests', cwd=repo)
+    return repo, commit_all(repo, 'files')
+
+
+def script_tags(repo: Path, commit: str, name: str) -> dict[str, str]:
+    """What MLflow records of `python <name>`, made without the recorder."""
+    return {
+        'mlflow.source.type': 'LOCAL',
+        'mlflow.source.name': name,
+        'mlflow.source.git.commit': commit,
+        'mlflow.source.git.repoURL': str(repo),
+    }
+
+
+def test_resolve_script_names_a_top_script_also_in_a_subfolder_and_e_chooses(tmp_path):
+    repo, commit = files_repo(tmp_path, {'train.py': '', 'src/train.py': ''})
+    with pytest.raises(reproduce_run.CannotGuess) as e:
+        reproduce_run.resolve_script(str(repo), 'train.py', None, commit, None)
+    assert str(e.value) == (
+        f"the recorded script 'train.py' matches 2 files at commit {commit[:12]}: train.py, "
+        'src/train.py (one at the top, the others where it may have been typed: the run did not '
+        'record its working folder); pass -e PATH to choose one'
+    )
+    # -e chooses; the reproduced run records the path as typed in its folder.
+    chosen = reproduce_run.resolve_script(str(repo), 'train.py', 'src/train.py', commit, None)
+    assert (chosen.path, chosen.workdir, chosen.recorded) == ('src/train.py', 'src', 'train.py')
+    chosen = reproduce_run.resolve_script(str(repo), 'train.py', 'train.py', commit, None)
+    assert (chosen.path, chosen.workdir, chosen.recorded) == ('train.py', '', 'train.py')
+
+
+def test_a_top_script_also_in_a_subfolder_exits_2_and_a_search_skips_it(tmp_path, capsys):
+    repo, commit = files_repo(
+        tmp_path, {'train.py': 'print(1)\n', 'src/train.py': 'print(2)\n', 'fit.py': ''}
+    )
+    experiment = client().create_experiment(f'guess-{tmp_path.name}')
+    clash = tagged_run(script_tags(repo, commit, 'train.py'), {'lr': '0.1'}, experiment)
+    fine = tagged_run(script_tags(repo, commit, 'fit.py'), {'lr': '0.1'}, experiment)
+    code, out, err = reproduce(capsys, '--run_id', clash)
+    assert (code, out) == (2, '')
+    assert err.count('\n') == 1
+    assert 'matches 2 files' in err and 'train.py, src/train.py' in err and '-e PATH' in err
+    # Chosen by search, it is skipped with that reason; the batch goes on.
+    code, out, err = reproduce(
+        capsys, '--from-experiment', f'guess-{tmp_path.name}', '--dry-run', '--output', 'json'
+    )
+    doc = json.loads(out)
+    assert code == 0, err
+    assert [r['reference_run_id'] for r in doc['runs']] == [fine]
+    [skipped] = doc['skipped']
+    assert skipped['run_id'] == clash
+    assert skipped['reason'].startswith("the recorded script 'train.py' matches 2 files")
+    [progress] = [line for line in err.splitlines() if ' skipped in ' in line]
+    assert clash in progress and 'skipped in 0 s: the recorded script' in progress
+    # Named, it is an error of the batch, as any run that cannot start.
+    code, out, err = reproduce(capsys, '--run_id', clash, fine, '--dry-run', '--output', 'json')
+    assert code == 2
+    assert [r['status'] for r in json.loads(out)['runs']] == ['error', 'planned']
+    code, out, err = reproduce(capsys, '--run_id', clash, '-e', 'src/train.py', '--dry-run')
+    assert code == 0, err
+    assert 'Script:         python train.py (in src/, env manager: local, ' in out
