@@ -2512,23 +2512,48 @@ def environment_folder(project_dir: str, script: Script, env_manager: str, commi
     )
 
 
+# In --script-args: {{ or }} (a brace), {name} (all between the braces: MLflow's
+# param names hold dots, / and -, as in {model.alpha} or {train/lr}), or a lone brace.
+_PLACEHOLDER_RE = re.compile(r'\{\{|\}\}|\{([^{}]+)\}|[{}]')
+
+
 def template_arguments(template: str, params: Mapping[str, str]) -> tuple[list[str], set[str]]:
     """--script-args: split like a shell line, then each {param} replaced by
     the reference's value inside its own argument; and the params it names."""
-    import string
-
-    formatter = string.Formatter()
     try:
         words = shlex.split(template)
-        named = {field for word in words for _, field, _, _ in formatter.parse(word) if field}
-        return [formatter.vformat(word, (), dict(params)) for word in words], named
-    except KeyError as e:
-        raise ReproduceError(
-            f'--script-args names {{{e.args[0]}}}, which is not a param of the reference run '
-            f'(its params: {", ".join(sorted(params)) or "none"})',
-        ) from None
-    except (ValueError, IndexError, AttributeError) as e:
+    except ValueError as e:
         raise ReproduceError(f'--script-args {template!r} cannot be used: {e}') from None
+    tokens = [m.group(0) for word in words for m in _PLACEHOLDER_RE.finditer(word)]
+    if lone := next((t for t in tokens if t in ('{', '}')), None):
+        raise ReproduceError(
+            f'--script-args {template!r} cannot be used: a {lone!r} that is no part of a '
+            f'{{param}} (a brace itself is written {lone * 2})',
+        )
+    named = {t[1:-1] for t in tokens if t not in ('{{', '}}')}
+    if unknown := sorted(named - set(params)):
+        raise ReproduceError(unknown_placeholder(unknown[0], params))
+    return [_PLACEHOLDER_RE.sub(lambda m: _filled(m.group(0), params), w) for w in words], named
+
+
+def _filled(token: str, params: Mapping[str, str]) -> str:
+    return token[0] if token in ('{{', '}}') else params[token[1:-1]]
+
+
+def unknown_placeholder(name: str, params: Mapping[str, str]) -> str:
+    """A --script-args placeholder that is no param: the closest params, else
+    the first ten."""
+    import difflib
+
+    if close := difflib.get_close_matches(name, list(params), n=3):
+        hint = 'the closest: ' + ', '.join(f'{{{c}}}' for c in close)
+    else:
+        names = sorted(params)
+        hint = f'its params: {", ".join(names[:10])}{", …" if len(names) > 10 else ""}'
+    return (
+        f'--script-args names {{{name}}}, which is not a param of the reference run '
+        f'({hint if params else "it has no params"})'
+    )
 
 
 def recorded_arguments(value: str) -> list[str]:

@@ -436,8 +436,14 @@ SETUPS: dict[str, Setup] = {
     '`python_env.yaml` or `conda.yaml`': lambda request: script_run(
         request, 'script_run/train.py', '--env-manager', 'virtualenv'
     ),
-    '`--script-args` with a placeholder that is no param of the run': lambda request: script_run(
+    '`--script-args` with a placeholder that is no param of the run (the closest params are '
+    'named, else the first ten)': lambda request: script_run(
         request, 'script_run/train.py', '--script-args', '--alpha {rate}'
+    ),
+    '`--script-args` with a brace that opens or closes no placeholder (`--alpha {alpha`)': (
+        lambda request: script_run(
+            request, 'script_run/train.py', '--script-args', '--alpha {alpha'
+        )
     ),
     'entry point missing at that commit': entry_point_missing,
     'MLproject that does not parse at that commit': mlproject_not_parsing,

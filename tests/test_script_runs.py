@@ -306,10 +306,24 @@ def test_arguments_from_help(params, argv, not_passed):
         pytest.param("'{split}' {lr}", ['a b', '0.1'], id='quoted'),
         pytest.param('{{literal}} {lr}', ['{literal}', '0.1'], id='literal-braces'),
         pytest.param('--x {hostile}', ['--x', '$(id); `id`'], id='hostile-value-is-data'),
+        pytest.param('--alpha {model.alpha}', ['--alpha', '0.5'], id='dotted-name-as-hydra-logs'),
+        pytest.param('--lr={train/lr}', ['--lr=0.01'], id='name-with-a-slash'),
+        pytest.param('--lr {learning-rate}', ['--lr', '0.2'], id='name-with-a-dash'),
+        pytest.param('{{{lr}}}', ['{0.1}'], id='escaped-braces-around-a-placeholder'),
+        pytest.param('--x {braced}', ['--x', '{lr}'], id='a-value-is-not-filled-again'),
     ],
 )
 def test_template_arguments(template, expected):
-    params = {'lr': '0.1', 'epochs': '5', 'split': 'a b', 'hostile': '$(id); `id`'}
+    params = {
+        'lr': '0.1',
+        'epochs': '5',
+        'split': 'a b',
+        'hostile': '$(id); `id`',
+        'model.alpha': '0.5',
+        'train/lr': '0.01',
+        'learning-rate': '0.2',
+        'braced': '{lr}',
+    }
     argv, _ = reproduce_run.template_arguments(template, params)
     assert argv == expected
 
@@ -319,12 +333,26 @@ def test_template_arguments(template, expected):
     [
         pytest.param('--lr {rate}', 'names {rate}, which is not a param', id='unknown-param'),
         pytest.param("--lr '{lr}", 'cannot be used: No closing quotation', id='open-quote'),
+        pytest.param(
+            '--alpha {model.alpa}', '(the closest: {model.alpha})', id='closest-dotted-name'
+        ),
+        pytest.param('--lr {lrr}', '(the closest: {lr})', id='closest-of-a-typo'),
+        pytest.param(
+            '--x {zzz}', '(its params: lr, model.alpha, train/lr)', id='none-close-lists-them'
+        ),
+        pytest.param('--lr {lr', "a '{' that is no part of a {param}", id='lone-open-brace'),
+        pytest.param(
+            '--lr lr}', "a '}' that is no part of a {param} (a brace itself", id='lone-close'
+        ),
+        pytest.param('--lr {}', "a '{' that is no part of a {param}", id='empty-braces'),
     ],
 )
 def test_bad_template_is_one_line(template, message):
+    params = {'lr': '0.1', 'model.alpha': '0.5', 'train/lr': '0.01'}
     with pytest.raises(ReproduceError, match='--script-args') as e:
-        reproduce_run.template_arguments(template, {'lr': '0.1'})
+        reproduce_run.template_arguments(template, params)
     assert message in str(e.value)
+    assert '\n' not in str(e.value)
 
 
 @pytest.mark.parametrize(
