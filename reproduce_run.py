@@ -50,6 +50,7 @@ by a `# ----` banner:
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import contextlib
 import dataclasses
@@ -195,8 +196,19 @@ BACKEND_ENTRY_POINT_GROUP = 'mlflow.project_backend'
 KUBERNETES_REQUIRED_KEYS = ('kube-job-template-path', 'repository-uri')  # as MLflow checks
 KUBERNETES_PACKAGES = ('kubernetes', 'docker')  # mlflow.projects.kubernetes imports both
 MASKED = '***'
-HELP_TIMEOUT_SECONDS = 60.0  # for a script's `--help`, which finds the options it accepts
+# A script's `--help`, which finds the options it accepts, runs at most this
+# long: a script that ignores --help trains meanwhile, and is then ended.
+HELP_TIMEOUT_SECONDS = 15.0
 HELP_AT_RUN_TIME = '--help, asked at run time (--dry-run runs nothing)'  # arguments_from
+NO_PARSER = 'no argument parser'  # arguments_from: nothing to ask --help, nothing passed
+# A script that imports none of these modules (nor names one of these classes), in
+# its own source or a module of the checkout it imports, is not run with --help.
+ARGUMENT_PARSERS = (
+    *('argparse', 'click', 'typer', 'fire', 'absl', 'docopt', 'hydra'),
+    *('configargparse', 'jsonargparse', 'simple_parsing', 'tyro'),
+)
+ARGUMENT_PARSER_CLASSES = ('HfArgumentParser', 'LightningCLI')  # transformers', lightning's
+NONE_VALUE = 'None'  # how MLflow logs a param whose value is Python's None
 SCRIPT_ENVIRONMENT_FILES = ('python_env.yaml', 'conda.yaml')  # MLflow builds environments from
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}\Z')  # MLflow's own rule
@@ -563,6 +575,8 @@ class Source:
 class Params:
     passed: dict[str, str]
     not_passed: dict[str, str]
+    # why a param is not passed, when not for the plan's one reason (_not_passed_reason)
+    why: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -584,7 +598,8 @@ class Script:
     recorded: str  # the mlflow.source.name the reproduced run records
     env_dir: str | None = None  # the folder of its environment file; None: env manager local
     argv: tuple[str, ...] = ()
-    # '--script-args', f'the tag {TAG_ARGV}', '--help', or 'no params' (none to pass)
+    # '--script-args', f'the tag {TAG_ARGV}', '--help', 'no params' (none to pass),
+    # NO_PARSER (the script imports none), or HELP_AT_RUN_TIME (a dry run's --help)
     arguments_from: str = '--help'
     interpreter_options: tuple[str, ...] = ()  # recorded before the script: -O, -X dev
     module: str | None = None  # run as `python -m module` from the working folder
@@ -2581,6 +2596,76 @@ def refuse_unrecorded_secrets(argv: Sequence[str]) -> None:
             )
 
 
+@functools.lru_cache(maxsize=64)
+def imports_argument_parser(project_dir: str, commit: str, script: Script) -> bool:
+    """Whether the script, or a module of the checkout that it imports (and so
+    on), imports an argument parser (ARGUMENT_PARSERS) or names one of
+    ARGUMENT_PARSER_CLASSES; True when a file cannot be read or parsed, so
+    that its --help is asked.  Imports resolve as the interpreter will: from
+    the script's folder, or from the package root of a `python -m` script.
+    Cached: a batch plans each script once."""
+    base = script.workdir if script.module else posixpath.dirname(script.path)
+    todo, seen = [script.path], set()
+    while todo:
+        if (path := todo.pop()) in seen:
+            continue
+        seen.add(path)
+        names = imported_names(os.path.join(project_dir, path), _package_of(path, base))
+        if names is None or any(map(_is_parser, names)):
+            return True
+        todo += [f for name in names for f in local_modules(project_dir, base, name)]
+    return False
+
+
+def _package_of(path: str, base: str) -> list[str]:
+    """The dotted package of a file under base, as its parts ([] at base)."""
+    folder = posixpath.relpath(posixpath.dirname(path) or '.', base or '.')
+    return [] if folder == '.' or folder.startswith('..') else folder.split('/')
+
+
+def _is_parser(name: str) -> bool:
+    parts = name.split('.')
+    return parts[0] in ARGUMENT_PARSERS or parts[-1] in ARGUMENT_PARSER_CLASSES
+
+
+def imported_names(file: str, package: Sequence[str]) -> set[str] | None:
+    """The dotted names a Python file imports (`from a import b`: a and a.b,
+    a relative import resolved in `package`), and any parser class it reads
+    as an attribute (`transformers.HfArgumentParser`); None when it cannot be
+    read or parsed."""
+    try:
+        with open(file, 'rb') as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):  # ValueError: a NUL byte
+        return None
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            up = list(package[: len(package) + 1 - node.level]) if node.level else []
+            module = '.'.join([*up, *filter(None, [node.module])])
+            names.update(filter(None, [module]))
+            names.update('.'.join(filter(None, [module, a.name])) for a in node.names)
+        elif isinstance(node, ast.Attribute) and node.attr in ARGUMENT_PARSER_CLASSES:
+            names.add(node.attr)
+    return names
+
+
+def local_modules(project_dir: str, base: str, name: str) -> list[str]:
+    """The files of the checkout that importing the dotted name from base
+    runs: each package's __init__.py on the way, and the module itself; none
+    that is a symlink out of the project folder."""
+    parts, found = name.split('.'), []
+    for k in range(1, len(parts) + 1):
+        stem = posixpath.join(base, *parts[:k])
+        for path in (f'{stem}/__init__.py', f'{stem}.py'):
+            full = os.path.join(project_dir, path)
+            if os.path.isfile(full) and _inside(os.path.realpath(full), project_dir):
+                found.append(path)
+    return found
+
+
 _HELP_OPTION_RE = re.compile(
     r'(?<![\w-])(--[A-Za-z0-9][\w-]*)(?:([ =])([A-Z][A-Z0-9_-]*|\{|<|\[))?'
 )
@@ -2597,31 +2682,52 @@ def help_options(text: str) -> dict[str, bool]:
     return options
 
 
+NONE_NOT_PASSED = "valued None, Python's None as MLflow logs it"  # a reason, in Params.why
+
+
 def arguments_from_help(
     options: Mapping[str, bool], params: Mapping[str, str]
 ) -> tuple[list[str], Params]:
     """`--k v` for each param k whose option --k (or --k with _ as -) the help
-    shows; a flag is passed alone when its value is true."""
+    shows; a flag is passed alone when its value is true, and when false as
+    its --no-k form if the help shows one (else by leaving it off).  A param
+    valued None is not passed: the script keeps its default."""
     argv: list[str] = []
-    passed, not_passed = {}, {}
+    passed, not_passed, why = {}, {}, {}
     for key, value in sorted(params.items()):
         option = next((o for o in (f'--{key}', f'--{key.replace("_", "-")}') if o in options), None)
+        negative = option and f'--no-{option[2:]}'
+        if value == NONE_VALUE:
+            not_passed[key], why[key] = value, NONE_NOT_PASSED
+            continue
         if option is not None and options[option]:
             argv += [option, value]
         elif option is not None and value.lower() in ('true', '1'):
             argv.append(option)
-        elif option is None or value.lower() not in ('false', '0'):
+        elif option is not None and value.lower() in ('false', '0'):
+            argv += [negative] if negative in options else []
+        else:
             not_passed[key] = value
             continue
-        passed[key] = value  # a false flag is passed by leaving it off
-    return argv, Params(passed, not_passed)
+        passed[key] = value
+    return argv, Params(passed, not_passed, why)
+
+
+def arguments_source(project_dir: str, commit: str, script: Script, params: Params) -> str:
+    """Where a script's arguments come from when nothing recorded them (its
+    arguments_from): nothing when no param is to be passed or the script
+    imports no argument parser, else its --help."""
+    if not (params.not_passed.keys() - params.why.keys()):
+        return 'no params'
+    return '--help' if imports_argument_parser(project_dir, commit, script) else NO_PARSER
 
 
 def plan_script(
     options: Options, reference: Run, source: Source, project_dir: str, backend: Backend
 ) -> Plan:
     """A script run's plan; its arguments from --script-args or the tag
-    reproduce.argv, else found later by running the script with --help."""
+    reproduce.argv, else none when the script imports no argument parser or no
+    param is to be passed, else found later by running the script with --help."""
     if backend.name != DEFAULT_BACKEND:
         raise ReproduceError(
             f'a script run (not an MLflow Project) runs on the local backend only, '
@@ -2647,6 +2753,10 @@ def plan_script(
         script = dataclasses.replace(script, argv=tuple(argv), arguments_from=f'the tag {TAG_ARGV}')
     passed = {k: v for k, v in params.items() if k in used}
     chosen = Params(passed, {k: v for k, v in params.items() if k not in passed})
+    if script.arguments_from == '--help':  # nothing recorded them: what can be known now
+        chosen = arguments_from_help({}, params)[1]
+        arguments_from = arguments_source(project_dir, source.version, script, chosen)
+        script = dataclasses.replace(script, arguments_from=arguments_from)
     return Plan(
         reference=reference,
         source=source,
@@ -4425,30 +4535,31 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str
     """What a script run's plan needs from the tracking server and from the
     script: the experiment (by default the reference's own, the only one a
     script that calls set_experiment can log into) and, without --script-args
-    or the tag reproduce.argv, the params its --help shows as options.  A run
-    without params passes nothing, so its script is not run with --help."""
+    or the tag reproduce.argv, the params its --help shows as options (a
+    script with no param to pass, or without an argument parser, is not run
+    with --help: plan_script said so)."""
     assert plan.script is not None
     if not plan.experiment_name:
         experiment = session.client.get_experiment(plan.reference.info.experiment_id)
         plan = dataclasses.replace(plan, experiment_name=experiment.name)
     if plan.script.arguments_from != '--help':
         return plan
-    params = dict(plan.reference.data.params)
-    if not params:  # nothing to pass: a script without argparse would train once more
-        script = dataclasses.replace(plan.script, arguments_from='no params')
-        return dataclasses.replace(plan, script=script)
     if session.options.dry_run:  # runs nothing: the script is code from the tracking store
         script = dataclasses.replace(plan.script, arguments_from=HELP_AT_RUN_TIME)
         return dataclasses.replace(plan, script=script)
     help_text = cached_script_help(session, plan, tmp_dir, marker)
     options = help_options(help_text or '')
     if not options:
-        why = 'shows no options' if help_text is not None else 'failed or did not end in time'
+        why = (
+            'shows no options'
+            if help_text is not None
+            else f'failed or did not end within {HELP_TIMEOUT_SECONDS:g} s'
+        )
         warn(
             f'`{shlex.join((*plan.script.launch, "--help"))}` {why}: the script gets no '
             f'arguments (the tag {TAG_ARGV} or --script-args can give them)'
         )
-    argv, chosen = arguments_from_help(options, params)
+    argv, chosen = arguments_from_help(options, dict(plan.reference.data.params))
     script = dataclasses.replace(plan.script, argv=tuple(argv))
     return dataclasses.replace(
         plan, script=script, params=chosen, command=shlex.join(script.command)
@@ -5070,14 +5181,20 @@ def _entry_point_text(plan: Plan) -> str:
     return mask_credentials(shlex.join([script.path]) + ' (script run) ' + shlex.join(script.argv))
 
 
+# Why a script gets no arguments, by its arguments_from.
+NO_ARGUMENTS = {'no params': 'no param to pass', NO_PARSER: 'the script imports no argument parser'}
+
+
 def _script_line(plan: Plan) -> str:
     """'Script: python train.py --alpha 0.3 (in src/, ...)': what ran, where, and why."""
     assert plan.script is not None
     script = plan.script
     where = f'{script.workdir}/' if script.workdir else 'the repository root'
+    none = NO_ARGUMENTS.get(script.arguments_from)
+    arguments = f'arguments: none; {none}' if none else f'arguments from {script.arguments_from}'
     return mask_credentials(
         f'Script:         {shlex.join(script.command)} (in {where}, env manager: '
-        f'{plan.env_manager}, arguments from {script.arguments_from})'
+        f'{plan.env_manager}, {arguments})'
     )
 
 
@@ -5099,13 +5216,24 @@ def _backend_text(plan: Plan) -> str:
 
 
 def _not_passed_lines(plan: Plan, verbose: bool) -> list[str]:
-    not_passed = plan.params.not_passed
-    if not not_passed:
-        return []
-    why = _not_passed_reason(plan)
+    """One line per reason a param is not passed."""
     if verbose:
-        return [f'Params not passed ({why}): {_listed(not_passed)}']
-    return [f'Params not passed: {len(not_passed)} {why} (--verbose lists them)']
+        return [
+            f'Params not passed ({why}): {_listed(ps)}' for why, ps in _not_passed(plan).items()
+        ]
+    return [
+        f'Params not passed: {len(ps)} {why} (--verbose lists them)'
+        for why, ps in _not_passed(plan).items()
+    ]
+
+
+def _not_passed(plan: Plan) -> dict[str, dict[str, str]]:
+    """The params not passed, by reason: the plan's one reason, or Params.why's."""
+    by_reason: dict[str, dict[str, str]] = {_not_passed_reason(plan): {}}  # first
+    for key, value in plan.params.not_passed.items():
+        why = plan.params.why.get(key) or _not_passed_reason(plan)
+        by_reason.setdefault(why, {})[key] = value
+    return {why: params for why, params in by_reason.items() if params}
 
 
 def script_params_note(report: Report) -> list[str]:
@@ -5125,6 +5253,8 @@ def _listed(params: Mapping[str, str]) -> str:
 
 
 def _not_passed_reason(plan: Plan) -> str:
+    if plan.script and plan.script.arguments_from == NO_PARSER:
+        return 'for a script that imports no argument parser'
     return "not in the script's arguments" if plan.script else 'not declared by the entry point'
 
 
@@ -5132,16 +5262,18 @@ DRY_RUN_LINE = 'Dry run: nothing was run and no run was created.'
 
 
 def _dry_run_lines(plan: Plan) -> list[str]:
+    """What will be passed: exactly, or, when the script's --help will choose,
+    among which params; then the params not passed, by reason."""
+    not_passed = _not_passed(plan)
     if plan.script and plan.script.arguments_from == HELP_AT_RUN_TIME:
-        params = {**plan.params.passed, **plan.params.not_passed}
+        among = not_passed.pop(_not_passed_reason(plan), {})
         lines = [
-            f"Params to pass: those of the script's --help, at run time, among {_listed(params)}"
+            f"Params to pass: those of the script's --help, at run time, among {_listed(among)}"
         ]
     else:
-        lines = [
-            f'Params to pass: {_listed(plan.params.passed)}',
-            f'Params not passed ({_not_passed_reason(plan)}): {_listed(plan.params.not_passed)}',
-        ]
+        not_passed = not_passed or {_not_passed_reason(plan): {}}  # said, even when none
+        lines = [f'Params to pass: {_listed(plan.params.passed)}']
+    lines += [f'Params not passed ({why}): {_listed(ps)}' for why, ps in not_passed.items()]
     return [*lines, f'Experiment:     {shown(plan.experiment_name)}', DRY_RUN_LINE]
 
 

@@ -31,7 +31,7 @@ from helpers import (
 )
 
 import reproduce_run
-from reproduce_run import ReproduceError
+from reproduce_run import ReproduceError, Script
 
 READS_DATA = """\
 import argparse
@@ -248,6 +248,76 @@ def write_files(top: Path, files: dict[str, str]) -> None:
         (top / name).write_text(text)
 
 
+@pytest.mark.parametrize(
+    ('files', 'expected'),
+    [
+        pytest.param({'t.py': 'import argparse'}, True, id='argparse'),
+        pytest.param({'t.py': 'from argparse import ArgumentParser as P'}, True, id='from'),
+        pytest.param({'t.py': 'import click'}, True, id='click'),
+        pytest.param({'t.py': 'import typer'}, True, id='typer'),
+        pytest.param({'t.py': 'import fire'}, True, id='fire'),
+        pytest.param({'t.py': 'from absl import app, flags'}, True, id='absl'),
+        pytest.param({'t.py': 'from docopt import docopt'}, True, id='docopt'),
+        pytest.param({'t.py': 'import hydra.main'}, True, id='hydra-submodule'),
+        pytest.param({'t.py': 'def main():\n    import argparse\n'}, True, id='in-a-function'),
+        pytest.param({'t.py': 'from transformers import HfArgumentParser'}, True, id='hf'),
+        pytest.param(
+            {'t.py': 'import transformers\np = transformers.HfArgumentParser(())'},
+            True,
+            id='hf-as-an-attribute',
+        ),
+        pytest.param({'t.py': 'import sys\nimport mlflow\nx = sys.argv[1:]'}, False, id='none'),
+        pytest.param({'t.py': 'import argparse_extras, fire_safety'}, False, id='lookalikes'),
+        pytest.param({'t.py': 'def f(:\n'}, True, id='syntax-error-asks-help'),
+        pytest.param({'t.py': 'x = 1\0'}, True, id='nul-byte-asks-help'),
+        pytest.param(
+            {'t.py': 'from args import get\n', 'args.py': 'import argparse'},
+            True,
+            id='a-module-beside-it-imports-one',
+        ),
+        pytest.param(
+            {'t.py': 'import util.io\n', 'util/__init__.py': 'import click', 'util/io.py': ''},
+            True,
+            id='a-package-init-on-the-way-imports-one',
+        ),
+        pytest.param(
+            {'t.py': 'import util\n', 'util.py': 'import t\nimport os'},
+            False,
+            id='modules-beside-it-import-none-and-cycle',
+        ),
+        pytest.param(
+            {
+                'pkg/__init__.py': '',
+                'pkg/t.py': 'from .cli import parse',
+                'pkg/cli.py': 'import fire',
+            },
+            True,
+            id='relative-import-in-a-package',
+        ),
+        pytest.param(
+            {'pkg/__init__.py': '', 'pkg/t.py': 'from . import cli', 'pkg/cli.py': 'import os'},
+            False,
+            id='relative-import-of-no-parser',
+        ),
+    ],
+)
+def test_imports_argument_parser(tmp_path, files, expected):
+    write_files(tmp_path, files)
+    path = next(name for name in files if name.endswith('t.py'))
+    module = path.removesuffix('.py').replace('/', '.') if '/' in path else None  # -m pkg.t
+    script = Script(path, '', path, module=module)
+    assert reproduce_run.imports_argument_parser(str(tmp_path), 'c0ffee', script) is expected
+
+
+def test_a_module_that_is_a_symlink_out_of_the_checkout_is_not_read(tmp_path):
+    outside, top = tmp_path / 'outside.py', tmp_path / 'top'
+    outside.write_text('import argparse')
+    write_files(top, {'t.py': 'import helper'})
+    (top / 'helper.py').symlink_to(outside)
+    script = Script('t.py', '', 't.py')
+    assert reproduce_run.imports_argument_parser(str(top), 'c0ffee', script) is False
+
+
 ARGPARSE_HELP = """\
 usage: train.py [-h] [--alpha ALPHA] [--l1-ratio L1_RATIO] [--verbose] [--mode {a,b}]
 
@@ -294,6 +364,61 @@ def test_arguments_from_help(params, argv, not_passed):
     )
     assert (got, chosen.not_passed) == (argv, not_passed)
     assert {**chosen.passed, **chosen.not_passed} == params
+
+
+CLICK_HELP = """\
+Usage: train.py [OPTIONS]
+
+Options:
+  --alpha FLOAT             learning rate
+  --scale / --no-scale      scale the features
+  --shuffle                 shuffle the rows
+  --help                    Show this message and exit.
+"""
+ARGPARSE_BOOLEAN_HELP = """\
+usage: train.py [-h] [--scale | --no-scale] [--alpha ALPHA]
+
+options:
+  --scale, --no-scale
+  --alpha ALPHA
+"""
+
+
+@pytest.mark.parametrize('text', [CLICK_HELP, ARGPARSE_BOOLEAN_HELP], ids=['click', 'argparse'])
+@pytest.mark.parametrize(
+    ('params', 'argv'),
+    [
+        pytest.param({'scale': 'False'}, ['--no-scale'], id='false-as-its-no-form'),
+        pytest.param({'scale': 'false'}, ['--no-scale'], id='lowercase-false'),
+        pytest.param({'scale': '0'}, ['--no-scale'], id='zero'),
+        pytest.param({'scale': 'True'}, ['--scale'], id='true-as-itself'),
+        pytest.param(
+            {'scale': 'False', 'alpha': '0.5'}, ['--alpha', '0.5', '--no-scale'], id='both'
+        ),
+    ],
+)
+def test_a_false_flag_with_a_no_form_is_passed_as_its_no_form(text, params, argv):
+    got, chosen = reproduce_run.arguments_from_help(reproduce_run.help_options(text), params)
+    assert (got, chosen.passed, chosen.not_passed) == (argv, params, {})
+
+
+@pytest.mark.parametrize(
+    ('params', 'argv'),
+    [
+        pytest.param({'alpha': 'None'}, [], id='an-option'),
+        pytest.param({'scale': 'None'}, [], id='a-flag'),
+        pytest.param({'alpha': 'None', 'scale': 'True'}, ['--scale'], id='beside-another'),
+        pytest.param({'unknown': 'None'}, [], id='not-an-option-either'),
+    ],
+)
+def test_a_param_valued_none_is_not_passed_with_its_reason(params, argv):
+    options = reproduce_run.help_options(CLICK_HELP)
+    got, chosen = reproduce_run.arguments_from_help(options, params)
+    nones = {k: v for k, v in params.items() if v == 'None'}
+    assert got == argv
+    assert {k: chosen.not_passed[k] for k in nones} == nones
+    assert chosen.why == dict.fromkeys(nones, "valued None, Python's None as MLflow logs it")
+    assert nones.keys().isdisjoint(chosen.passed)
 
 
 @pytest.mark.parametrize(
@@ -602,17 +727,21 @@ def test_two_scripts_of_one_name_exit_2_naming_both_then_e_chooses(scripts_repo,
     assert '(in a/,' in out
 
 
-def test_script_without_help_gets_no_arguments_and_a_warning(scripts_repo, made, capsys):
+def test_a_script_that_imports_no_argument_parser_is_not_run_with_help(scripts_repo, made, capsys):
+    """b/fit.py imports no argument parser: its --help would be a whole
+    training run.  It gets no arguments, and the report says why."""
     run_id = script_reference(made, 'fit', scripts_repo / 'a', 'fit.py')
-    experiment = client().get_run(run_id).info.experiment_id
-    before = len(client().search_runs([experiment], max_results=50000))
     code, out, err = reproduce(capsys, '--run_id', run_id, '-e', 'b/fit.py')
     assert code == 0, err
-    warnings = [line for line in err.splitlines() if '--help` shows no options' in line]
-    assert len(warnings) == 1
+    assert '--help' not in err
+    assert (
+        'Script:         python fit.py (in b/, env manager: local, arguments: none; the script '
+        'imports no argument parser)'
+    ) in out.splitlines()
+    assert (
+        'Params not passed: 1 for a script that imports no argument parser (--verbose lists them)'
+    ) in out.splitlines()
     assert json.loads(reproduced_run(out).data.tags['reproduce.argv']) == []
-    # Running it with --help ran the whole script, into a scratch store.
-    assert len(client().search_runs([experiment], max_results=50000)) == before + 1
 
 
 def test_a_run_without_params_is_not_run_with_help(scripts_repo, tmp_path, monkeypatch, capsys):
@@ -846,3 +975,36 @@ def test_a_top_script_also_in_a_subfolder_exits_2_and_a_search_skips_it(tmp_path
     code, out, err = reproduce(capsys, '--run_id', clash, '-e', 'src/train.py', '--dry-run')
     assert code == 0, err
     assert 'Script:         python train.py (in src/, env manager: local, ' in out
+
+
+STUBBORN = """\
+import argparse  # imported, never used: --help does not end it
+import os
+import subprocess
+import sys
+import time
+
+if '--help' in sys.argv:
+    sleeper = [sys.executable, '-c', 'import time; time.sleep(300)']
+    kids = [subprocess.Popen(sleeper), subprocess.Popen(sleeper, start_new_session=True)]
+    with open(os.environ['KIDS_FILE'], 'w') as f:
+        f.write(' '.join(str(kid.pid) for kid in kids))
+    time.sleep(300)
+"""
+
+
+def test_a_help_that_does_not_end_is_ended_with_its_children(tmp_path, monkeypatch, capsys):
+    """A script that ignores --help (and trains) is ended when its time is
+    up, with the processes it started, in its group or out of it."""
+    repo, commit = files_repo(tmp_path, {'stubborn.py': STUBBORN})
+    run_id = tagged_run(script_tags(repo, commit, 'stubborn.py'), {'lr': '0.1'})
+    kids_file = tmp_path / 'kids'
+    monkeypatch.setenv('KIDS_FILE', str(kids_file))
+    monkeypatch.setattr(reproduce_run, 'HELP_TIMEOUT_SECONDS', 3.0)
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert code == 1, err  # it got no arguments: its param lr differs
+    kids = [int(pid) for pid in kids_file.read_text().split()]
+    assert len(kids) == 2 and all(process_gone(pid) for pid in kids)
+    assert (
+        '`python stubborn.py --help` failed or did not end within 3 s: the script gets no ' in err
+    )
