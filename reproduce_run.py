@@ -2510,6 +2510,32 @@ def ambiguous_script(recorded: str, candidates: Sequence[str], at: str) -> str:
     )
 
 
+def package_module(project_dir: str, path: str) -> tuple[str, str] | None:
+    """A script inside a package (an __init__.py beside it): the folder above
+    its top package (the first one up without an __init__.py, at most the
+    project folder) and its dotted module name from there; None otherwise."""
+    folder, name = posixpath.split(path)
+    parts = [name.removesuffix('.py')]
+    while folder and os.path.isfile(os.path.join(project_dir, folder, '__init__.py')):
+        folder, package = posixpath.split(folder)
+        parts.insert(0, package)
+    importable = name.endswith('.py') and all(p.isidentifier() for p in parts)
+    return (folder, '.'.join(parts)) if len(parts) > 1 and importable else None
+
+
+def as_package_module(project_dir: str, script: Script) -> Script:
+    """A script in a package runs as `python -m package.module` from the folder
+    above its top package, so that `from . import x` and `import package.x`
+    find the checkout's code; the reproduced run records the script's path
+    from that folder."""
+    found = package_module(project_dir, script.path)
+    if found is None:
+        return script
+    root, module = found
+    recorded = posixpath.relpath(script.path, root or '.')
+    return dataclasses.replace(script, workdir=root, module=module, recorded=recorded)
+
+
 def environment_folder(project_dir: str, script: Script, env_manager: str, commit: str) -> str:
     """Where the environment file of a script run is: beside the script, else at
     the top.  MLflow builds virtualenv, uv and conda environments from one."""
@@ -2727,7 +2753,8 @@ def plan_script(
 ) -> Plan:
     """A script run's plan; its arguments from --script-args or the tag
     reproduce.argv, else none when the script imports no argument parser or no
-    param is to be passed, else found later by running the script with --help."""
+    param is to be passed, else found later by running the script with --help.
+    Without the recorder's command, a script in a package runs with -m."""
     if backend.name != DEFAULT_BACKEND:
         raise ReproduceError(
             f'a script run (not an MLflow Project) runs on the local backend only, '
@@ -2738,6 +2765,8 @@ def plan_script(
     script = resolve_script(
         project_dir, recorded, options.entry_point, source.version, tags.get(TAG_WORKDIR)
     )
+    if options.entry_point or TAG_COMMAND not in tags:  # no recorded command says how
+        script = as_package_module(project_dir, script)
     env_manager = options.env_manager or 'local'
     if env_manager != 'local':
         folder = environment_folder(project_dir, script, env_manager, source.version)
@@ -5066,6 +5095,7 @@ def report_json(report: Report) -> dict[str, Any]:
             and {
                 'path': plan.script.path,
                 'working_folder': plan.script.workdir,
+                'module': plan.script.module,
                 'argv': [mask_credentials(a) for a in plan.script.argv],
                 'arguments_from': plan.script.arguments_from,
             },

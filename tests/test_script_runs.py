@@ -249,6 +249,35 @@ def write_files(top: Path, files: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
+    ('path', 'inits', 'expected'),
+    [
+        pytest.param('src/pkg/train.py', ['src/pkg'], ('src', 'pkg.train'), id='package-in-src'),
+        pytest.param(
+            'src/pkg/sub/train.py',
+            ['src/pkg', 'src/pkg/sub'],
+            ('src', 'pkg.sub.train'),
+            id='subpackage',
+        ),
+        pytest.param(
+            'src/pkg/sub/train.py', ['src/pkg/sub'], ('src/pkg', 'sub.train'), id='up-to-no-init'
+        ),
+        pytest.param('pkg/train.py', ['pkg'], ('', 'pkg.train'), id='package-at-the-top'),
+        pytest.param('pkg/train.py', ['', 'pkg'], ('', 'pkg.train'), id='never-above-the-top'),
+        pytest.param('src/train.py', [], None, id='no-package'),
+        pytest.param('train.py', [''], None, id='top-file-of-a-top-init'),
+        pytest.param('my-pkg/train.py', ['my-pkg'], None, id='folder-no-identifier'),
+        pytest.param('pkg/train-v2.py', ['pkg'], None, id='file-no-identifier'),
+        pytest.param('pkg/run', ['pkg'], None, id='not-a-py-file'),
+    ],
+)
+def test_package_module(tmp_path, path, inits, expected):
+    write_files(
+        tmp_path, {path: '', **{f'{folder}/__init__.py'.lstrip('/'): '' for folder in inits}}
+    )
+    assert reproduce_run.package_module(str(tmp_path), path) == expected
+
+
+@pytest.mark.parametrize(
     ('files', 'expected'),
     [
         pytest.param({'t.py': 'import argparse'}, True, id='argparse'),
@@ -760,6 +789,7 @@ def test_a_run_without_params_is_not_run_with_help(scripts_repo, tmp_path, monke
     assert doc['source']['script'] == {
         'path': 'plain/count.py',
         'working_folder': 'plain',
+        'module': None,
         'argv': [],
         'arguments_from': 'no params',
     }
@@ -857,6 +887,7 @@ def test_batch_mixes_script_and_project_runs(scripts_repo, reference, tmp_path, 
     assert script['source']['script'] == {
         'path': 'src/reads_data.py',
         'working_folder': 'src',
+        'module': None,
         'argv': ['--data', 'data.csv'],
         'arguments_from': '--help',
     }
@@ -975,6 +1006,70 @@ def test_a_top_script_also_in_a_subfolder_exits_2_and_a_search_skips_it(tmp_path
     code, out, err = reproduce(capsys, '--run_id', clash, '-e', 'src/train.py', '--dry-run')
     assert code == 0, err
     assert 'Script:         python train.py (in src/, env manager: local, ' in out
+
+
+PACKAGE_SCRIPT = """\
+import argparse
+
+from . import helper
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--alpha', type=float, default=1.0)
+parser.add_argument('--shuffle', action=argparse.BooleanOptionalAction, default=True)
+parser.add_argument('--seed', type=int, default=None)
+args = parser.parse_args()
+
+import mlflow  # after parse_args: --help answers without importing it
+
+with mlflow.start_run():
+    mlflow.log_params(vars(args))
+    mlflow.log_metric('value', helper.FACTOR * args.alpha * (2 if args.shuffle else 1))
+"""
+
+
+def test_a_package_script_runs_with_m_from_its_package_root(tmp_path, capsys):
+    """`python -m pkg.train` records the module's full path: a script in a
+    package runs as a module from the folder above the package, its false
+    flag as --no-shuffle, its None param not passed; --dry-run shows that."""
+    repo, commit = files_repo(
+        tmp_path,
+        {
+            'src/pkg/__init__.py': '',
+            'src/pkg/helper.py': 'FACTOR = 3.0\n',
+            'src/pkg/train.py': PACKAGE_SCRIPT,
+        },
+    )
+    run_id = tagged_run(
+        script_tags(repo, commit, '/home/alice/repo/src/pkg/train.py'),
+        {'alpha': '0.5', 'shuffle': 'False', 'seed': 'None'},
+        metrics={'value': [1.5]},
+    )
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run')
+    assert code == 0, err
+    lines = out.splitlines()
+    assert (
+        'Script:         python -m pkg.train (in src/, env manager: local, arguments from --help, '
+        'asked at run time (--dry-run runs nothing))'
+    ) in lines
+    assert (
+        "Params to pass: those of the script's --help, at run time, among alpha=0.5, shuffle=False"
+    ) in lines
+    assert "Params not passed (valued None, Python's None as MLflow logs it): seed=None" in lines
+    code, out, err = reproduce(capsys, '--run_id', run_id, '-e', 'src/pkg/train.py', '--dry-run')
+    assert code == 0, err
+    assert 'Script:         python -m pkg.train (in src/, env manager: local, ' in out  # -e too
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--verbose')
+    assert code == 0, err
+    lines = out.splitlines()
+    assert (
+        'Script:         python -m pkg.train --alpha 0.5 --no-shuffle (in src/, env manager: '
+        'local, arguments from --help)'
+    ) in lines
+    assert "Params not passed (valued None, Python's None as MLflow logs it): seed=None" in lines
+    assert lines[-1] == 'Runs equal: True'
+    tags = reproduced_run(out).data.tags
+    assert json.loads(tags['reproduce.argv']) == ['--alpha', '0.5', '--no-shuffle']
+    assert (tags['reproduce.workdir'], tags['mlflow.source.name']) == ('src', 'pkg/train.py')
 
 
 STUBBORN = """\
