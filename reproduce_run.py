@@ -50,6 +50,7 @@ by a `# ----` banner:
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import contextlib
 import dataclasses
@@ -200,8 +201,19 @@ BACKEND_ENTRY_POINT_GROUP = 'mlflow.project_backend'
 KUBERNETES_REQUIRED_KEYS = ('kube-job-template-path', 'repository-uri')  # as MLflow checks
 KUBERNETES_PACKAGES = ('kubernetes', 'docker')  # mlflow.projects.kubernetes imports both
 MASKED = '***'
-HELP_TIMEOUT_SECONDS = 60.0  # for a script's `--help`, which finds the options it accepts
+# A script's `--help`, which finds the options it accepts, runs at most this
+# long: a script that ignores --help trains meanwhile, and is then ended.
+HELP_TIMEOUT_SECONDS = 15.0
 HELP_AT_RUN_TIME = '--help, asked at run time (--dry-run runs nothing)'  # arguments_from
+NO_PARSER = 'no argument parser'  # arguments_from: nothing to ask --help, nothing passed
+# A script that imports none of these modules (nor names one of these classes), in
+# its own source or a module of the checkout it imports, is not run with --help.
+ARGUMENT_PARSERS = (
+    *('argparse', 'click', 'typer', 'fire', 'absl', 'docopt', 'hydra'),
+    *('configargparse', 'jsonargparse', 'simple_parsing', 'tyro'),
+)
+ARGUMENT_PARSER_CLASSES = ('HfArgumentParser', 'LightningCLI')  # transformers', lightning's
+NONE_VALUE = 'None'  # how MLflow logs a param whose value is Python's None
 SCRIPT_ENVIRONMENT_FILES = ('python_env.yaml', 'conda.yaml')  # MLflow builds environments from
 
 _RUN_ID_RE = re.compile(r'^[a-zA-Z0-9][\w\-]{0,255}\Z')  # MLflow's own rule
@@ -232,6 +244,12 @@ SECRET_MIN_CHARS = 4
 
 class ReproduceError(Exception):
     """An expected failure: one line for the user, and exit code 2 (EXIT_CANNOT_START)."""
+
+
+class CannotGuess(ReproduceError):
+    """What the run recorded leaves a choice that only the user can make (which
+    of several scripts it ran): exit 2 for a run named, and a batch's search
+    skips the run with this reason."""
 
 
 # ---------------------------------------------------------------------------
@@ -599,6 +617,8 @@ class Source:
 class Params:
     passed: dict[str, str]
     not_passed: dict[str, str]
+    # why a param is not passed, when not for the plan's one reason (_not_passed_reason)
+    why: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -620,7 +640,8 @@ class Script:
     recorded: str  # the mlflow.source.name the reproduced run records
     env_dir: str | None = None  # the folder of its environment file; None: env manager local
     argv: tuple[str, ...] = ()
-    # '--script-args', f'the tag {TAG_ARGV}', '--help', or 'no params' (none to pass)
+    # '--script-args', f'the tag {TAG_ARGV}', '--help', 'no params' (none to pass),
+    # NO_PARSER (the script imports none), or HELP_AT_RUN_TIME (a dry run's --help)
     arguments_from: str = '--help'
     interpreter_options: tuple[str, ...] = ()  # recorded before the script: -O, -X dev
     module: str | None = None  # run as `python -m module` from the working folder
@@ -2570,12 +2591,13 @@ def warn_about_reference_backend(plan: Plan) -> None:
 
 def script_candidates(recorded: str, files: Sequence[str]) -> list[str]:
     """The files the recorded sys.argv[0] may name: the path relative to the
-    top when it is a file there, else the files that end with the longest
-    trailing part of it ('/home/alice/repo/src/train.py', 'train.py' typed
-    in src/)."""
+    top when it is a file there, and with it every file it names when typed in
+    a subfolder ('train.py' and 'src/train.py': the folder is not recorded);
+    else the files that end with the longest trailing part of it
+    ('/home/alice/repo/src/train.py', 'train.py' typed in src/)."""
     path = posixpath.normpath(recorded)
     if not posixpath.isabs(recorded) and path in files:
-        return [path]
+        return [path, *sorted(f for f in files if f.endswith('/' + path))]
     parts = [p for p in path.split('/') if p not in ('', '.', '..')]
     for k in range(len(parts), 0, -1):
         if found := sorted(f for f in files if f.split('/')[-k:] == parts[-k:]):
@@ -2633,15 +2655,53 @@ def resolve_script(
                 f'pass -e PATH (relative to the repository root) if it moved',
             )
         if len(candidates) > 1:
-            raise ReproduceError(
-                f'the recorded script {recorded!r} matches {len(candidates)} files {at}: '
-                f'{", ".join(candidates)}; pass -e PATH to choose one',
-            )
+            raise CannotGuess(ambiguous_script(recorded, candidates, at))
         path = candidates[0]
     check_script(project_dir, _checkout_root(project_dir), path, commit)
     if workdir is None or override:
         workdir = working_folder(recorded, path)
-    return Script(path, workdir, recorded if not override else path)
+    # The reproduced run records the path as typed in its working folder.
+    return Script(path, workdir, posixpath.relpath(path, workdir or '.') if override else recorded)
+
+
+def ambiguous_script(recorded: str, candidates: Sequence[str], at: str) -> str:
+    """Why the recorded script cannot be chosen, naming every candidate."""
+    why = (
+        ' (one at the top, the others where it may have been typed: the run did not record '
+        'its working folder)'
+        if candidates[0] == posixpath.normpath(recorded)
+        else ''
+    )
+    return (
+        f'the recorded script {recorded!r} matches {len(candidates)} files {at}: '
+        f'{", ".join(candidates)}{why}; pass -e PATH to choose one'
+    )
+
+
+def package_module(project_dir: str, path: str) -> tuple[str, str] | None:
+    """A script inside a package (an __init__.py beside it): the folder above
+    its top package (the first one up without an __init__.py, at most the
+    project folder) and its dotted module name from there; None otherwise."""
+    folder, name = posixpath.split(path)
+    parts = [name.removesuffix('.py')]
+    while folder and os.path.isfile(os.path.join(project_dir, folder, '__init__.py')):
+        folder, package = posixpath.split(folder)
+        parts.insert(0, package)
+    importable = name.endswith('.py') and all(p.isidentifier() for p in parts)
+    return (folder, '.'.join(parts)) if len(parts) > 1 and importable else None
+
+
+def as_package_module(project_dir: str, script: Script) -> Script:
+    """A script in a package runs as `python -m package.module` from the folder
+    above its top package, so that `from . import x` and `import package.x`
+    find the checkout's code; the reproduced run records the script's path
+    from that folder."""
+    found = package_module(project_dir, script.path)
+    if found is None:
+        return script
+    root, module = found
+    recorded = posixpath.relpath(script.path, root or '.')
+    return dataclasses.replace(script, workdir=root, module=module, recorded=recorded)
 
 
 def environment_folder(project_dir: str, script: Script, env_manager: str, commit: str) -> str:
@@ -2661,23 +2721,48 @@ def environment_folder(project_dir: str, script: Script, env_manager: str, commi
     )
 
 
+# In --script-args: {{ or }} (a brace), {name} (all between the braces: MLflow's
+# param names hold dots, / and -, as in {model.alpha} or {train/lr}), or a lone brace.
+_PLACEHOLDER_RE = re.compile(r'\{\{|\}\}|\{([^{}]+)\}|[{}]')
+
+
 def template_arguments(template: str, params: Mapping[str, str]) -> tuple[list[str], set[str]]:
     """--script-args: split like a shell line, then each {param} replaced by
     the reference's value inside its own argument; and the params it names."""
-    import string
-
-    formatter = string.Formatter()
     try:
         words = shlex.split(template)
-        named = {field for word in words for _, field, _, _ in formatter.parse(word) if field}
-        return [formatter.vformat(word, (), dict(params)) for word in words], named
-    except KeyError as e:
-        raise ReproduceError(
-            f'--script-args names {{{e.args[0]}}}, which is not a param of the reference run '
-            f'(its params: {", ".join(sorted(params)) or "none"})',
-        ) from None
-    except (ValueError, IndexError, AttributeError) as e:
+    except ValueError as e:
         raise ReproduceError(f'--script-args {template!r} cannot be used: {e}') from None
+    tokens = [m.group(0) for word in words for m in _PLACEHOLDER_RE.finditer(word)]
+    if lone := next((t for t in tokens if t in ('{', '}')), None):
+        raise ReproduceError(
+            f'--script-args {template!r} cannot be used: a {lone!r} that is no part of a '
+            f'{{param}} (a brace itself is written {lone * 2})',
+        )
+    named = {t[1:-1] for t in tokens if t not in ('{{', '}}')}
+    if unknown := sorted(named - set(params)):
+        raise ReproduceError(unknown_placeholder(unknown[0], params))
+    return [_PLACEHOLDER_RE.sub(lambda m: _filled(m.group(0), params), w) for w in words], named
+
+
+def _filled(token: str, params: Mapping[str, str]) -> str:
+    return token[0] if token in ('{{', '}}') else params[token[1:-1]]
+
+
+def unknown_placeholder(name: str, params: Mapping[str, str]) -> str:
+    """A --script-args placeholder that is no param: the closest params, else
+    the first ten."""
+    import difflib
+
+    if close := difflib.get_close_matches(name, list(params), n=3):
+        hint = 'the closest: ' + ', '.join(f'{{{c}}}' for c in close)
+    else:
+        names = sorted(params)
+        hint = f'its params: {", ".join(names[:10])}{", …" if len(names) > 10 else ""}'
+    return (
+        f'--script-args names {{{name}}}, which is not a param of the reference run '
+        f'({hint if params else "it has no params"})'
+    )
 
 
 def recorded_arguments(value: str, tag: str = TAG_ARGV) -> list[str]:
@@ -2762,6 +2847,77 @@ REPLAYED_X_OPTIONS = frozenset(
 )
 _MODULE_RE = re.compile(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)*')
 
+
+@functools.lru_cache(maxsize=64)
+def imports_argument_parser(project_dir: str, commit: str, script: Script) -> bool:
+    """Whether the script, or a module of the checkout that it imports (and so
+    on), imports an argument parser (ARGUMENT_PARSERS) or names one of
+    ARGUMENT_PARSER_CLASSES; True when a file cannot be read or parsed, so
+    that its --help is asked.  Imports resolve as the interpreter will: from
+    the script's folder, or from the package root of a `python -m` script.
+    Cached: a batch plans each script once."""
+    base = script.workdir if script.module else posixpath.dirname(script.path)
+    todo, seen = [script.path], set()
+    while todo:
+        if (path := todo.pop()) in seen:
+            continue
+        seen.add(path)
+        names = imported_names(os.path.join(project_dir, path), _package_of(path, base))
+        if names is None or any(map(_is_parser, names)):
+            return True
+        todo += [f for name in names for f in local_modules(project_dir, base, name)]
+    return False
+
+
+def _package_of(path: str, base: str) -> list[str]:
+    """The dotted package of a file under base, as its parts ([] at base)."""
+    folder = posixpath.relpath(posixpath.dirname(path) or '.', base or '.')
+    return [] if folder == '.' or folder.startswith('..') else folder.split('/')
+
+
+def _is_parser(name: str) -> bool:
+    parts = name.split('.')
+    return parts[0] in ARGUMENT_PARSERS or parts[-1] in ARGUMENT_PARSER_CLASSES
+
+
+def imported_names(file: str, package: Sequence[str]) -> set[str] | None:
+    """The dotted names a Python file imports (`from a import b`: a and a.b,
+    a relative import resolved in `package`), and any parser class it reads
+    as an attribute (`transformers.HfArgumentParser`); None when it cannot be
+    read or parsed."""
+    try:
+        with open(file, 'rb') as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):  # ValueError: a NUL byte
+        return None
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            up = list(package[: len(package) + 1 - node.level]) if node.level else []
+            module = '.'.join([*up, *filter(None, [node.module])])
+            names.update(filter(None, [module]))
+            names.update('.'.join(filter(None, [module, a.name])) for a in node.names)
+        elif isinstance(node, ast.Attribute) and node.attr in ARGUMENT_PARSER_CLASSES:
+            names.add(node.attr)
+    return names
+
+
+def local_modules(project_dir: str, base: str, name: str) -> list[str]:
+    """The files of the checkout that importing the dotted name from base
+    runs: each package's __init__.py on the way, and the module itself; none
+    that is a symlink out of the project folder."""
+    parts, found = name.split('.'), []
+    for k in range(1, len(parts) + 1):
+        stem = posixpath.join(base, *parts[:k])
+        for path in (f'{stem}/__init__.py', f'{stem}.py'):
+            full = os.path.join(project_dir, path)
+            if os.path.isfile(full) and _inside(os.path.realpath(full), project_dir):
+                found.append(path)
+    return found
+
+
 _HELP_OPTION_RE = re.compile(
     r'(?<![\w-])(--[A-Za-z0-9][\w-]*)(?:([ =])([A-Z][A-Z0-9_-]*|\{|<|\[))?'
 )
@@ -2778,24 +2934,44 @@ def help_options(text: str) -> dict[str, bool]:
     return options
 
 
+NONE_NOT_PASSED = "valued None, Python's None as MLflow logs it"  # a reason, in Params.why
+
+
 def arguments_from_help(
     options: Mapping[str, bool], params: Mapping[str, str]
 ) -> tuple[list[str], Params]:
     """`--k v` for each param k whose option --k (or --k with _ as -) the help
-    shows; a flag is passed alone when its value is true."""
+    shows; a flag is passed alone when its value is true, and when false as
+    its --no-k form if the help shows one (else by leaving it off).  A param
+    valued None is not passed: the script keeps its default."""
     argv: list[str] = []
-    passed, not_passed = {}, {}
+    passed, not_passed, why = {}, {}, {}
     for key, value in sorted(params.items()):
         option = next((o for o in (f'--{key}', f'--{key.replace("_", "-")}') if o in options), None)
+        negative = option and f'--no-{option[2:]}'
+        if value == NONE_VALUE:
+            not_passed[key], why[key] = value, NONE_NOT_PASSED
+            continue
         if option is not None and options[option]:
             argv += [option, value]
         elif option is not None and value.lower() in ('true', '1'):
             argv.append(option)
-        elif option is None or value.lower() not in ('false', '0'):
+        elif option is not None and value.lower() in ('false', '0'):
+            argv += [negative] if negative in options else []
+        else:
             not_passed[key] = value
             continue
-        passed[key] = value  # a false flag is passed by leaving it off
-    return argv, Params(passed, not_passed)
+        passed[key] = value
+    return argv, Params(passed, not_passed, why)
+
+
+def arguments_source(project_dir: str, commit: str, script: Script, params: Params) -> str:
+    """Where a script's arguments come from when nothing recorded them (its
+    arguments_from): nothing when no param is to be passed or the script
+    imports no argument parser, else its --help."""
+    if not (params.not_passed.keys() - params.why.keys()):
+        return 'no params'
+    return '--help' if imports_argument_parser(project_dir, commit, script) else NO_PARSER
 
 
 def recorded_script(
@@ -2820,7 +2996,9 @@ def plan_script(
     options: Options, reference: Run, source: Source, project_dir: str, backend: Backend
 ) -> Plan:
     """A script run's plan; its arguments from --script-args or the tag
-    reproduce.argv, else found later by running the script with --help."""
+    reproduce.argv, else none when the script imports no argument parser or no
+    param is to be passed, else found later by running the script with --help.
+    Without the recorder's command, a script in a package runs with -m."""
     if backend.name != DEFAULT_BACKEND:
         raise ReproduceError(
             f'a script run (not an MLflow Project) runs on the local backend only, '
@@ -2828,6 +3006,8 @@ def plan_script(
         )
     tags, params = reference.data.tags, dict(reference.data.params)
     script = recorded_script(options, tags, project_dir, source.version)
+    if options.entry_point or TAG_COMMAND not in tags:  # no recorded command says how
+        script = as_package_module(project_dir, script)
     env_manager = options.env_manager or 'local'
     if env_manager != 'local':
         folder = environment_folder(project_dir, script, env_manager, source.version)
@@ -2843,6 +3023,10 @@ def plan_script(
         script = dataclasses.replace(script, argv=tuple(argv), arguments_from=f'the tag {TAG_ARGV}')
     passed = {k: v for k, v in params.items() if k in used}
     chosen = Params(passed, {k: v for k, v in params.items() if k not in passed})
+    if script.arguments_from == '--help':  # nothing recorded them: what can be known now
+        chosen = arguments_from_help({}, params)[1]
+        arguments_from = arguments_source(project_dir, source.version, script, chosen)
+        script = dataclasses.replace(script, arguments_from=arguments_from)
     return Plan(
         reference=reference,
         source=source,
@@ -4798,30 +4982,31 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str
     """What a script run's plan needs from the tracking server and from the
     script: the experiment (by default the reference's own, the only one a
     script that calls set_experiment can log into) and, without --script-args
-    or the tag reproduce.argv, the params its --help shows as options.  A run
-    without params passes nothing, so its script is not run with --help."""
+    or the tag reproduce.argv, the params its --help shows as options (a
+    script with no param to pass, or without an argument parser, is not run
+    with --help: plan_script said so)."""
     assert plan.script is not None
     if not plan.experiment_name:
         experiment = session.client.get_experiment(plan.reference.info.experiment_id)
         plan = dataclasses.replace(plan, experiment_name=experiment.name)
     if plan.script.arguments_from != '--help':
         return plan
-    params = dict(plan.reference.data.params)
-    if not params:  # nothing to pass: a script without argparse would train once more
-        script = dataclasses.replace(plan.script, arguments_from='no params')
-        return dataclasses.replace(plan, script=script)
     if session.options.dry_run:  # runs nothing: the script is code from the tracking store
         script = dataclasses.replace(plan.script, arguments_from=HELP_AT_RUN_TIME)
         return dataclasses.replace(plan, script=script)
     help_text = cached_script_help(session, plan, tmp_dir, marker)
     options = help_options(help_text or '')
     if not options:
-        why = 'shows no options' if help_text is not None else 'failed or did not end in time'
+        why = (
+            'shows no options'
+            if help_text is not None
+            else f'failed or did not end within {HELP_TIMEOUT_SECONDS:g} s'
+        )
         warn(
             f'`{shlex.join((*plan.script.launch, "--help"))}` {why}: the script gets no '
             f'arguments (the tag {TAG_ARGV} or --script-args can give them)'
         )
-    argv, chosen = arguments_from_help(options, params)
+    argv, chosen = arguments_from_help(options, dict(plan.reference.data.params))
     script = dataclasses.replace(plan.script, argv=tuple(argv))
     return dataclasses.replace(
         plan, script=script, params=chosen, command=shlex.join(script.command)
@@ -5282,6 +5467,7 @@ class Report(Outcome):
     histories: Any = dataclasses.field(default=None, compare=False, repr=False)
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
     explanation: Explanation | None = None  # with --explain, of a reproduction that differs
+    cannot_guess: bool = False  # ended by CannotGuess: a batch's search skips the run
 
     def __post_init__(self) -> None:
         if self.reference_status is None and self.plan is not None:
@@ -5335,6 +5521,7 @@ def report_json(report: Report) -> dict[str, Any]:
             and {
                 'path': plan.script.path,
                 'working_folder': plan.script.workdir,
+                'module': plan.script.module,
                 'argv': [mask_credentials(a) for a in plan.script.argv],
                 'arguments_from': plan.script.arguments_from,
             },
@@ -5462,14 +5649,20 @@ def _entry_point_text(plan: Plan) -> str:
     return mask_credentials(shlex.join([script.path]) + ' (script run) ' + shlex.join(script.argv))
 
 
+# Why a script gets no arguments, by its arguments_from.
+NO_ARGUMENTS = {'no params': 'no param to pass', NO_PARSER: 'the script imports no argument parser'}
+
+
 def _script_line(plan: Plan) -> str:
     """'Script: python train.py --alpha 0.3 (in src/, ...)': what ran, where, and why."""
     assert plan.script is not None
     script = plan.script
     where = f'{script.workdir}/' if script.workdir else 'the repository root'
+    none = NO_ARGUMENTS.get(script.arguments_from)
+    arguments = f'arguments: none; {none}' if none else f'arguments from {script.arguments_from}'
     return mask_credentials(
         f'Script:         {shlex.join(script.command)} (in {where}, env manager: '
-        f'{plan.env_manager}, arguments from {script.arguments_from})'
+        f'{plan.env_manager}, {arguments})'
     )
 
 
@@ -5491,13 +5684,24 @@ def _backend_text(plan: Plan) -> str:
 
 
 def _not_passed_lines(plan: Plan, verbose: bool) -> list[str]:
-    not_passed = plan.params.not_passed
-    if not not_passed:
-        return []
-    why = _not_passed_reason(plan)
+    """One line per reason a param is not passed."""
     if verbose:
-        return [f'Params not passed ({why}): {_listed(not_passed)}']
-    return [f'Params not passed: {len(not_passed)} {why} (--verbose lists them)']
+        return [
+            f'Params not passed ({why}): {_listed(ps)}' for why, ps in _not_passed(plan).items()
+        ]
+    return [
+        f'Params not passed: {len(ps)} {why} (--verbose lists them)'
+        for why, ps in _not_passed(plan).items()
+    ]
+
+
+def _not_passed(plan: Plan) -> dict[str, dict[str, str]]:
+    """The params not passed, by reason: the plan's one reason, or Params.why's."""
+    by_reason: dict[str, dict[str, str]] = {_not_passed_reason(plan): {}}  # first
+    for key, value in plan.params.not_passed.items():
+        why = plan.params.why.get(key) or _not_passed_reason(plan)
+        by_reason.setdefault(why, {})[key] = value
+    return {why: params for why, params in by_reason.items() if params}
 
 
 def script_params_note(report: Report) -> list[str]:
@@ -5517,6 +5721,8 @@ def _listed(params: Mapping[str, str]) -> str:
 
 
 def _not_passed_reason(plan: Plan) -> str:
+    if plan.script and plan.script.arguments_from == NO_PARSER:
+        return 'for a script that imports no argument parser'
     return "not in the script's arguments" if plan.script else 'not declared by the entry point'
 
 
@@ -5524,16 +5730,18 @@ DRY_RUN_LINE = 'Dry run: nothing was run and no run was created.'
 
 
 def _dry_run_lines(plan: Plan) -> list[str]:
+    """What will be passed: exactly, or, when the script's --help will choose,
+    among which params; then the params not passed, by reason."""
+    not_passed = _not_passed(plan)
     if plan.script and plan.script.arguments_from == HELP_AT_RUN_TIME:
-        params = {**plan.params.passed, **plan.params.not_passed}
+        among = not_passed.pop(_not_passed_reason(plan), {})
         lines = [
-            f"Params to pass: those of the script's --help, at run time, among {_listed(params)}"
+            f"Params to pass: those of the script's --help, at run time, among {_listed(among)}"
         ]
     else:
-        lines = [
-            f'Params to pass: {_listed(plan.params.passed)}',
-            f'Params not passed ({_not_passed_reason(plan)}): {_listed(plan.params.not_passed)}',
-        ]
+        not_passed = not_passed or {_not_passed_reason(plan): {}}  # said, even when none
+        lines = [f'Params to pass: {_listed(plan.params.passed)}']
+    lines += [f'Params not passed ({why}): {_listed(ps)}' for why, ps in not_passed.items()]
     return [*lines, f'Experiment:     {shown(plan.experiment_name)}', DRY_RUN_LINE]
 
 
@@ -6435,6 +6643,8 @@ def reproduce_one(
         report = _reproduce(session, index, parent_run_id, tmp_dir, progress)
     except Stopped as e:
         report = _unfinished(progress, e.status, f'{e.status} by a signal')
+    except CannotGuess as e:
+        report = dataclasses.replace(_unfinished(progress, 'error', str(e)), cannot_guess=True)
     except ReproduceError as e:
         status = session.stop.status if session.stop.event.is_set() else 'error'
         report = _unfinished(progress, status, str(e))
@@ -6610,12 +6820,19 @@ class Probe:
     environ: tuple[tuple[str, str | None], ...] = ()  # set (None: unset) for the project
     nested: bool = False  # under a parent run of its reference, below the group's
     parent_run_id: str | None = None  # under this existing run instead of the group's
+    searched: bool = False  # chosen by --from-experiment's search: skipped if CannotGuess
     # the reference run as read before (else its reproduction reads it);
     # dropped when the probe ends, so that a big group does not keep every run
     reference: Run | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 Result = tuple[Probe, Report]
+
+
+def skips(probe: Probe, report: Report) -> bool:
+    """A run chosen by search is skipped, not an error, when reproducing it
+    needs a choice that only the user can make (CannotGuess)."""
+    return probe.searched and report.cannot_guess
 
 
 class Planner:
@@ -6706,14 +6923,15 @@ class _GroupProgress:
             model = f' {probe.label}' if probe.label and probe.label != name else ''
             self._print(f'{self.counter(index)} {_named(probe.run_id or "", name)}{model} started')
 
-    def end(self, index: int, report: Report) -> None:
+    def end(self, index: int, report: Report, skipped: bool = False) -> None:
         if not self.quiet:
             new = f' -> {report.reproduced_run_id}' if report.reproduced_run_id else ''
             why = f': {report.message}' if report.status == 'error' and report.message else ''
             ref = _named(report.reference_run_id, report.reference_run_name)
-            ended = f'{report.status} in {report.seconds:.0f} s{new}{why}'
+            status = 'skipped' if skipped else report.status
+            ended = f'{status} in {report.seconds:.0f} s{new}{why}'
             self._print(f'{self.counter(index)} {ref} {ended}')
-        elif report.status in ('failed', 'error'):
+        elif report.status in ('failed', 'error') and not skipped:
             message = report.message or report.status
             self._print(f'{program_name()}: {report.status}: {report.reference_run_id}: {message}')
 
@@ -6796,7 +7014,7 @@ def _run_probe(
         with warnings_about(f'{progress.counter(index)} {probe.run_id[:SHORT_ID_CHARS]}'):
             report = reproduce_one(probed, probe.run_id, index, parent, probe.reference)
     report = dataclasses.replace(report, model=model)
-    progress.end(index, report)
+    progress.end(index, report, skips(probe, report))
     return report
 
 
@@ -7097,7 +7315,9 @@ def search_runs(
                 elif len(chosen) < selection.max_runs:
                     name = run.info.run_name or ''
                     kept = without_metrics(run) if plan_only else None
-                    chosen.append(Chosen(run.info.run_id, name, name=name, reference=kept))
+                    chosen.append(
+                        Chosen(run.info.run_id, name, name=name, reference=kept, searched=True)
+                    )
             if len(chosen) >= selection.max_runs:
                 break
     except MlflowException as e:
@@ -7240,9 +7460,11 @@ class BatchPlanner(Planner):
         return create_batch_run(session)
 
     def report(self, group: Group) -> BatchReport:
+        skipped = [r for p, r in group.results if skips(p, r)]
+        guessed = [{'run_id': r.reference_run_id, 'reason': r.message or ''} for r in skipped]
         return BatchReport(
-            tuple(r for _, r in group.results),
-            self.skipped,
+            tuple(r for p, r in group.results if not skips(p, r)),
+            (*self.skipped, *guessed),
             group.parent_run_id,
             dry_run=group.dry_run,
             leftovers=group.leftovers,

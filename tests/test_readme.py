@@ -119,6 +119,25 @@ def script_run(request: pytest.FixtureRequest, recorded: str, *args: str) -> lis
     return [('--run_id', run.info.run_id, *args)]
 
 
+def script_at_top_and_in_src(request: pytest.FixtureRequest) -> list[Argv]:
+    """A run made by `python train.py` in a repository with a train.py at
+    its root and another in src/ (not run: it is refused before anything runs)."""
+    repo = request.getfixturevalue('tmp_path') / 'clash'
+    for name in ('train.py', 'src/train.py'):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text('')
+    git('init', '--quiet', cwd=repo)
+    git('add', '--all', cwd=repo)
+    git('-c', 'user.name=t', '-c', 'user.email=t@example.invalid', 'commit', '-qm', 'x', cwd=repo)
+    tags = {
+        'mlflow.source.name': 'train.py',
+        'mlflow.source.type': 'LOCAL',
+        'mlflow.source.git.commit': git('rev-parse', 'HEAD', cwd=repo),
+        'mlflow.source.git.repoURL': str(repo),
+    }
+    return [('--run_id', tagged_run(tags, {'alpha': '0.3'}))]
+
+
 def project_run_without_commit(request: pytest.FixtureRequest) -> list[Argv]:
     c = client()
     run = c.create_run(
@@ -408,8 +427,10 @@ SETUPS: dict[str, Setup] = {
             ('--run_id', 'a', '--version', ''),
         ]
     ),
-    'run made without `mlflow run` whose recorded script matches several files': (
-        lambda request: script_run(request, 'train.py')
+    'run made without `mlflow run` whose recorded script matches several files (`train.py` in '
+    'several folders, or at the repository root and in `src/`); also in a batch chosen by '
+    '`--from-experiment`, which skips the run with this reason': (
+        lambda request: [*script_run(request, 'train.py'), *script_at_top_and_in_src(request)]
     ),
     'run made without `mlflow run` whose recorded script is not at the commit': (
         lambda request: script_run(request, '/home/alice/repo/gone.py')
@@ -418,8 +439,14 @@ SETUPS: dict[str, Setup] = {
     '`python_env.yaml` or `conda.yaml`': lambda request: script_run(
         request, 'script_run/train.py', '--env-manager', 'virtualenv'
     ),
-    '`--script-args` with a placeholder that is no param of the run': lambda request: script_run(
+    '`--script-args` with a placeholder that is no param of the run (the closest params are '
+    'named, else the first ten)': lambda request: script_run(
         request, 'script_run/train.py', '--script-args', '--alpha {rate}'
+    ),
+    '`--script-args` with a brace that opens or closes no placeholder (`--alpha {alpha`)': (
+        lambda request: script_run(
+            request, 'script_run/train.py', '--script-args', '--alpha {alpha'
+        )
     ),
     'entry point missing at that commit': entry_point_missing,
     'MLproject that does not parse at that commit': mlproject_not_parsing,

@@ -16,6 +16,7 @@ from helpers import (
     build_repo,
     client,
     clone_with_remote,
+    commit_all,
     git,
     param_table,
     process_gone,
@@ -30,7 +31,7 @@ from helpers import (
 )
 
 import reproduce_run
-from reproduce_run import ReproduceError
+from reproduce_run import ReproduceError, Script
 
 READS_DATA = """\
 import argparse
@@ -202,6 +203,31 @@ def test_script_candidates(recorded, expected):
 
 
 @pytest.mark.parametrize(
+    ('recorded', 'files', 'expected'),
+    [
+        pytest.param(
+            'train.py', ['train.py', 'src/train.py'], ['train.py', 'src/train.py'], id='top-and-src'
+        ),
+        pytest.param(
+            './train.py',
+            ['train.py', 'b/train.py', 'a/deep/train.py'],
+            ['train.py', 'a/deep/train.py', 'b/train.py'],
+            id='top-first-then-the-others-sorted',
+        ),
+        pytest.param(
+            'src/train.py',
+            ['src/train.py', 'lib/src/train.py', 'train.py'],
+            ['src/train.py', 'lib/src/train.py'],
+            id='a-relative-path-typed-in-a-subfolder-too',
+        ),
+        pytest.param('train.py', ['train.py', 'src/my_train.py'], ['train.py'], id='no-clash'),
+    ],
+)
+def test_a_top_file_also_in_a_subfolder_is_ambiguous(recorded, files, expected):
+    assert reproduce_run.script_candidates(recorded, files) == expected
+
+
+@pytest.mark.parametrize(
     ('recorded', 'path', 'folder'),
     [
         pytest.param('train.py', 'src/train.py', 'src', id='typed-inside-src'),
@@ -214,6 +240,111 @@ def test_script_candidates(recorded, expected):
 )
 def test_working_folder(recorded, path, folder):
     assert reproduce_run.working_folder(recorded, path) == folder
+
+
+def write_files(top: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (top / name).parent.mkdir(parents=True, exist_ok=True)
+        (top / name).write_text(text)
+
+
+@pytest.mark.parametrize(
+    ('path', 'inits', 'expected'),
+    [
+        pytest.param('src/pkg/train.py', ['src/pkg'], ('src', 'pkg.train'), id='package-in-src'),
+        pytest.param(
+            'src/pkg/sub/train.py',
+            ['src/pkg', 'src/pkg/sub'],
+            ('src', 'pkg.sub.train'),
+            id='subpackage',
+        ),
+        pytest.param(
+            'src/pkg/sub/train.py', ['src/pkg/sub'], ('src/pkg', 'sub.train'), id='up-to-no-init'
+        ),
+        pytest.param('pkg/train.py', ['pkg'], ('', 'pkg.train'), id='package-at-the-top'),
+        pytest.param('pkg/train.py', ['', 'pkg'], ('', 'pkg.train'), id='never-above-the-top'),
+        pytest.param('src/train.py', [], None, id='no-package'),
+        pytest.param('train.py', [''], None, id='top-file-of-a-top-init'),
+        pytest.param('my-pkg/train.py', ['my-pkg'], None, id='folder-no-identifier'),
+        pytest.param('pkg/train-v2.py', ['pkg'], None, id='file-no-identifier'),
+        pytest.param('pkg/run', ['pkg'], None, id='not-a-py-file'),
+    ],
+)
+def test_package_module(tmp_path, path, inits, expected):
+    write_files(
+        tmp_path, {path: '', **{f'{folder}/__init__.py'.lstrip('/'): '' for folder in inits}}
+    )
+    assert reproduce_run.package_module(str(tmp_path), path) == expected
+
+
+@pytest.mark.parametrize(
+    ('files', 'expected'),
+    [
+        pytest.param({'t.py': 'import argparse'}, True, id='argparse'),
+        pytest.param({'t.py': 'from argparse import ArgumentParser as P'}, True, id='from'),
+        pytest.param({'t.py': 'import click'}, True, id='click'),
+        pytest.param({'t.py': 'import typer'}, True, id='typer'),
+        pytest.param({'t.py': 'import fire'}, True, id='fire'),
+        pytest.param({'t.py': 'from absl import app, flags'}, True, id='absl'),
+        pytest.param({'t.py': 'from docopt import docopt'}, True, id='docopt'),
+        pytest.param({'t.py': 'import hydra.main'}, True, id='hydra-submodule'),
+        pytest.param({'t.py': 'def main():\n    import argparse\n'}, True, id='in-a-function'),
+        pytest.param({'t.py': 'from transformers import HfArgumentParser'}, True, id='hf'),
+        pytest.param(
+            {'t.py': 'import transformers\np = transformers.HfArgumentParser(())'},
+            True,
+            id='hf-as-an-attribute',
+        ),
+        pytest.param({'t.py': 'import sys\nimport mlflow\nx = sys.argv[1:]'}, False, id='none'),
+        pytest.param({'t.py': 'import argparse_extras, fire_safety'}, False, id='lookalikes'),
+        pytest.param({'t.py': 'def f(:\n'}, True, id='syntax-error-asks-help'),
+        pytest.param({'t.py': 'x = 1\0'}, True, id='nul-byte-asks-help'),
+        pytest.param(
+            {'t.py': 'from args import get\n', 'args.py': 'import argparse'},
+            True,
+            id='a-module-beside-it-imports-one',
+        ),
+        pytest.param(
+            {'t.py': 'import util.io\n', 'util/__init__.py': 'import click', 'util/io.py': ''},
+            True,
+            id='a-package-init-on-the-way-imports-one',
+        ),
+        pytest.param(
+            {'t.py': 'import util\n', 'util.py': 'import t\nimport os'},
+            False,
+            id='modules-beside-it-import-none-and-cycle',
+        ),
+        pytest.param(
+            {
+                'pkg/__init__.py': '',
+                'pkg/t.py': 'from .cli import parse',
+                'pkg/cli.py': 'import fire',
+            },
+            True,
+            id='relative-import-in-a-package',
+        ),
+        pytest.param(
+            {'pkg/__init__.py': '', 'pkg/t.py': 'from . import cli', 'pkg/cli.py': 'import os'},
+            False,
+            id='relative-import-of-no-parser',
+        ),
+    ],
+)
+def test_imports_argument_parser(tmp_path, files, expected):
+    write_files(tmp_path, files)
+    path = next(name for name in files if name.endswith('t.py'))
+    module = path.removesuffix('.py').replace('/', '.') if '/' in path else None  # -m pkg.t
+    script = Script(path, '', path, module=module)
+    assert reproduce_run.imports_argument_parser(str(tmp_path), 'c0ffee', script) is expected
+
+
+def test_a_module_that_is_a_symlink_out_of_the_checkout_is_not_read(tmp_path):
+    outside, top = tmp_path / 'outside.py', tmp_path / 'top'
+    outside.write_text('import argparse')
+    write_files(top, {'t.py': 'import helper'})
+    (top / 'helper.py').symlink_to(outside)
+    script = Script('t.py', '', 't.py')
+    assert reproduce_run.imports_argument_parser(str(top), 'c0ffee', script) is False
 
 
 ARGPARSE_HELP = """\
@@ -264,6 +395,61 @@ def test_arguments_from_help(params, argv, not_passed):
     assert {**chosen.passed, **chosen.not_passed} == params
 
 
+CLICK_HELP = """\
+Usage: train.py [OPTIONS]
+
+Options:
+  --alpha FLOAT             learning rate
+  --scale / --no-scale      scale the features
+  --shuffle                 shuffle the rows
+  --help                    Show this message and exit.
+"""
+ARGPARSE_BOOLEAN_HELP = """\
+usage: train.py [-h] [--scale | --no-scale] [--alpha ALPHA]
+
+options:
+  --scale, --no-scale
+  --alpha ALPHA
+"""
+
+
+@pytest.mark.parametrize('text', [CLICK_HELP, ARGPARSE_BOOLEAN_HELP], ids=['click', 'argparse'])
+@pytest.mark.parametrize(
+    ('params', 'argv'),
+    [
+        pytest.param({'scale': 'False'}, ['--no-scale'], id='false-as-its-no-form'),
+        pytest.param({'scale': 'false'}, ['--no-scale'], id='lowercase-false'),
+        pytest.param({'scale': '0'}, ['--no-scale'], id='zero'),
+        pytest.param({'scale': 'True'}, ['--scale'], id='true-as-itself'),
+        pytest.param(
+            {'scale': 'False', 'alpha': '0.5'}, ['--alpha', '0.5', '--no-scale'], id='both'
+        ),
+    ],
+)
+def test_a_false_flag_with_a_no_form_is_passed_as_its_no_form(text, params, argv):
+    got, chosen = reproduce_run.arguments_from_help(reproduce_run.help_options(text), params)
+    assert (got, chosen.passed, chosen.not_passed) == (argv, params, {})
+
+
+@pytest.mark.parametrize(
+    ('params', 'argv'),
+    [
+        pytest.param({'alpha': 'None'}, [], id='an-option'),
+        pytest.param({'scale': 'None'}, [], id='a-flag'),
+        pytest.param({'alpha': 'None', 'scale': 'True'}, ['--scale'], id='beside-another'),
+        pytest.param({'unknown': 'None'}, [], id='not-an-option-either'),
+    ],
+)
+def test_a_param_valued_none_is_not_passed_with_its_reason(params, argv):
+    options = reproduce_run.help_options(CLICK_HELP)
+    got, chosen = reproduce_run.arguments_from_help(options, params)
+    nones = {k: v for k, v in params.items() if v == 'None'}
+    assert got == argv
+    assert {k: chosen.not_passed[k] for k in nones} == nones
+    assert chosen.why == dict.fromkeys(nones, "valued None, Python's None as MLflow logs it")
+    assert nones.keys().isdisjoint(chosen.passed)
+
+
 @pytest.mark.parametrize(
     ('template', 'expected'),
     [
@@ -274,10 +460,24 @@ def test_arguments_from_help(params, argv, not_passed):
         pytest.param("'{split}' {lr}", ['a b', '0.1'], id='quoted'),
         pytest.param('{{literal}} {lr}', ['{literal}', '0.1'], id='literal-braces'),
         pytest.param('--x {hostile}', ['--x', '$(id); `id`'], id='hostile-value-is-data'),
+        pytest.param('--alpha {model.alpha}', ['--alpha', '0.5'], id='dotted-name-as-hydra-logs'),
+        pytest.param('--lr={train/lr}', ['--lr=0.01'], id='name-with-a-slash'),
+        pytest.param('--lr {learning-rate}', ['--lr', '0.2'], id='name-with-a-dash'),
+        pytest.param('{{{lr}}}', ['{0.1}'], id='escaped-braces-around-a-placeholder'),
+        pytest.param('--x {braced}', ['--x', '{lr}'], id='a-value-is-not-filled-again'),
     ],
 )
 def test_template_arguments(template, expected):
-    params = {'lr': '0.1', 'epochs': '5', 'split': 'a b', 'hostile': '$(id); `id`'}
+    params = {
+        'lr': '0.1',
+        'epochs': '5',
+        'split': 'a b',
+        'hostile': '$(id); `id`',
+        'model.alpha': '0.5',
+        'train/lr': '0.01',
+        'learning-rate': '0.2',
+        'braced': '{lr}',
+    }
     argv, _ = reproduce_run.template_arguments(template, params)
     assert argv == expected
 
@@ -287,12 +487,26 @@ def test_template_arguments(template, expected):
     [
         pytest.param('--lr {rate}', 'names {rate}, which is not a param', id='unknown-param'),
         pytest.param("--lr '{lr}", 'cannot be used: No closing quotation', id='open-quote'),
+        pytest.param(
+            '--alpha {model.alpa}', '(the closest: {model.alpha})', id='closest-dotted-name'
+        ),
+        pytest.param('--lr {lrr}', '(the closest: {lr})', id='closest-of-a-typo'),
+        pytest.param(
+            '--x {zzz}', '(its params: lr, model.alpha, train/lr)', id='none-close-lists-them'
+        ),
+        pytest.param('--lr {lr', "a '{' that is no part of a {param}", id='lone-open-brace'),
+        pytest.param(
+            '--lr lr}', "a '}' that is no part of a {param} (a brace itself", id='lone-close'
+        ),
+        pytest.param('--lr {}', "a '{' that is no part of a {param}", id='empty-braces'),
     ],
 )
 def test_bad_template_is_one_line(template, message):
+    params = {'lr': '0.1', 'model.alpha': '0.5', 'train/lr': '0.01'}
     with pytest.raises(ReproduceError, match='--script-args') as e:
-        reproduce_run.template_arguments(template, {'lr': '0.1'})
+        reproduce_run.template_arguments(template, params)
     assert message in str(e.value)
+    assert '\n' not in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -542,17 +756,21 @@ def test_two_scripts_of_one_name_exit_2_naming_both_then_e_chooses(scripts_repo,
     assert '(in a/,' in out
 
 
-def test_script_without_help_gets_no_arguments_and_a_warning(scripts_repo, made, capsys):
+def test_a_script_that_imports_no_argument_parser_is_not_run_with_help(scripts_repo, made, capsys):
+    """b/fit.py imports no argument parser: its --help would be a whole
+    training run.  It gets no arguments, and the report says why."""
     run_id = script_reference(made, 'fit', scripts_repo / 'a', 'fit.py')
-    experiment = client().get_run(run_id).info.experiment_id
-    before = len(client().search_runs([experiment], max_results=50000))
     code, out, err = reproduce(capsys, '--run_id', run_id, '-e', 'b/fit.py')
     assert code == 0, err
-    warnings = [line for line in err.splitlines() if '--help` shows no options' in line]
-    assert len(warnings) == 1
+    assert '--help' not in err
+    assert (
+        'Script:         python fit.py (in b/, env manager: local, arguments: none; the script '
+        'imports no argument parser)'
+    ) in out.splitlines()
+    assert (
+        'Params not passed: 1 for a script that imports no argument parser (--verbose lists them)'
+    ) in out.splitlines()
     assert json.loads(reproduced_run(out).data.tags['reproduce.argv']) == []
-    # Running it with --help ran the whole script, into a scratch store.
-    assert len(client().search_runs([experiment], max_results=50000)) == before + 1
 
 
 def test_a_run_without_params_is_not_run_with_help(scripts_repo, tmp_path, monkeypatch, capsys):
@@ -571,6 +789,7 @@ def test_a_run_without_params_is_not_run_with_help(scripts_repo, tmp_path, monke
     assert doc['source']['script'] == {
         'path': 'plain/count.py',
         'working_folder': 'plain',
+        'module': None,
         'argv': [],
         'arguments_from': 'no params',
     }
@@ -668,6 +887,7 @@ def test_batch_mixes_script_and_project_runs(scripts_repo, reference, tmp_path, 
     assert script['source']['script'] == {
         'path': 'src/reads_data.py',
         'working_folder': 'src',
+        'module': None,
         'argv': ['--data', 'data.csv'],
         'arguments_from': '--help',
     }
@@ -715,3 +935,171 @@ def test_sigterm_during_a_script_run_leaves_no_process_and_kills_the_run(
     assert new.info.status == 'KILLED'
     assert list(tmp.iterdir()) == []
     assert run_snapshot(run_id) == before
+
+
+# --- the guessing path: runs made without the recorder --------------------------
+
+
+def files_repo(where: Path, files: dict[str, str]) -> tuple[Path, str]:
+    """A git repository holding files, in one commit; and that commit."""
+    repo = where / 'repo'
+    write_files(repo, files)
+    git('init', '--quiet', '--initial-branch', 'main', cwd=repo)
+    git('config', 'user.email', 'tests@example.invalid', cwd=repo)
+    git('config', 'user.name', 'tests', cwd=repo)
+    return repo, commit_all(repo, 'files')
+
+
+def script_tags(repo: Path, commit: str, name: str) -> dict[str, str]:
+    """What MLflow records of `python <name>`, made without the recorder."""
+    return {
+        'mlflow.source.type': 'LOCAL',
+        'mlflow.source.name': name,
+        'mlflow.source.git.commit': commit,
+        'mlflow.source.git.repoURL': str(repo),
+    }
+
+
+def test_resolve_script_names_a_top_script_also_in_a_subfolder_and_e_chooses(tmp_path):
+    repo, commit = files_repo(tmp_path, {'train.py': '', 'src/train.py': ''})
+    with pytest.raises(reproduce_run.CannotGuess) as e:
+        reproduce_run.resolve_script(str(repo), 'train.py', None, commit, None)
+    assert str(e.value) == (
+        f"the recorded script 'train.py' matches 2 files at commit {commit[:12]}: train.py, "
+        'src/train.py (one at the top, the others where it may have been typed: the run did not '
+        'record its working folder); pass -e PATH to choose one'
+    )
+    # -e chooses; the reproduced run records the path as typed in its folder.
+    chosen = reproduce_run.resolve_script(str(repo), 'train.py', 'src/train.py', commit, None)
+    assert (chosen.path, chosen.workdir, chosen.recorded) == ('src/train.py', 'src', 'train.py')
+    chosen = reproduce_run.resolve_script(str(repo), 'train.py', 'train.py', commit, None)
+    assert (chosen.path, chosen.workdir, chosen.recorded) == ('train.py', '', 'train.py')
+
+
+def test_a_top_script_also_in_a_subfolder_exits_2_and_a_search_skips_it(tmp_path, capsys):
+    repo, commit = files_repo(
+        tmp_path, {'train.py': 'print(1)\n', 'src/train.py': 'print(2)\n', 'fit.py': ''}
+    )
+    experiment = client().create_experiment(f'guess-{tmp_path.name}')
+    clash = tagged_run(script_tags(repo, commit, 'train.py'), {'lr': '0.1'}, experiment)
+    fine = tagged_run(script_tags(repo, commit, 'fit.py'), {'lr': '0.1'}, experiment)
+    code, out, err = reproduce(capsys, '--run_id', clash)
+    assert (code, out) == (2, '')
+    assert err.count('\n') == 1
+    assert 'matches 2 files' in err and 'train.py, src/train.py' in err and '-e PATH' in err
+    # Chosen by search, it is skipped with that reason; the batch goes on.
+    code, out, err = reproduce(
+        capsys, '--from-experiment', f'guess-{tmp_path.name}', '--dry-run', '--output', 'json'
+    )
+    doc = json.loads(out)
+    assert code == 0, err
+    assert [r['reference_run_id'] for r in doc['runs']] == [fine]
+    [skipped] = doc['skipped']
+    assert skipped['run_id'] == clash
+    assert skipped['reason'].startswith("the recorded script 'train.py' matches 2 files")
+    [progress] = [line for line in err.splitlines() if ' skipped in ' in line]
+    assert clash in progress and 'skipped in 0 s: the recorded script' in progress
+    # Named, it is an error of the batch, as any run that cannot start.
+    code, out, err = reproduce(capsys, '--run_id', clash, fine, '--dry-run', '--output', 'json')
+    assert code == 2
+    assert [r['status'] for r in json.loads(out)['runs']] == ['error', 'planned']
+    code, out, err = reproduce(capsys, '--run_id', clash, '-e', 'src/train.py', '--dry-run')
+    assert code == 0, err
+    assert 'Script:         python train.py (in src/, env manager: local, ' in out
+
+
+PACKAGE_SCRIPT = """\
+import argparse
+
+from . import helper
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--alpha', type=float, default=1.0)
+parser.add_argument('--shuffle', action=argparse.BooleanOptionalAction, default=True)
+parser.add_argument('--seed', type=int, default=None)
+args = parser.parse_args()
+
+import mlflow  # after parse_args: --help answers without importing it
+
+with mlflow.start_run():
+    mlflow.log_params(vars(args))
+    mlflow.log_metric('value', helper.FACTOR * args.alpha * (2 if args.shuffle else 1))
+"""
+
+
+def test_a_package_script_runs_with_m_from_its_package_root(tmp_path, capsys):
+    """`python -m pkg.train` records the module's full path: a script in a
+    package runs as a module from the folder above the package, its false
+    flag as --no-shuffle, its None param not passed; --dry-run shows that."""
+    repo, commit = files_repo(
+        tmp_path,
+        {
+            'src/pkg/__init__.py': '',
+            'src/pkg/helper.py': 'FACTOR = 3.0\n',
+            'src/pkg/train.py': PACKAGE_SCRIPT,
+        },
+    )
+    run_id = tagged_run(
+        script_tags(repo, commit, '/home/alice/repo/src/pkg/train.py'),
+        {'alpha': '0.5', 'shuffle': 'False', 'seed': 'None'},
+        metrics={'value': [1.5]},
+    )
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--dry-run')
+    assert code == 0, err
+    lines = out.splitlines()
+    assert (
+        'Script:         python -m pkg.train (in src/, env manager: local, arguments from --help, '
+        'asked at run time (--dry-run runs nothing))'
+    ) in lines
+    assert (
+        "Params to pass: those of the script's --help, at run time, among alpha=0.5, shuffle=False"
+    ) in lines
+    assert "Params not passed (valued None, Python's None as MLflow logs it): seed=None" in lines
+    code, out, err = reproduce(capsys, '--run_id', run_id, '-e', 'src/pkg/train.py', '--dry-run')
+    assert code == 0, err
+    assert 'Script:         python -m pkg.train (in src/, env manager: local, ' in out  # -e too
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--verbose')
+    assert code == 0, err
+    lines = out.splitlines()
+    assert (
+        'Script:         python -m pkg.train --alpha 0.5 --no-shuffle (in src/, env manager: '
+        'local, arguments from --help)'
+    ) in lines
+    assert "Params not passed (valued None, Python's None as MLflow logs it): seed=None" in lines
+    assert lines[-1] == 'Runs equal: True'
+    tags = reproduced_run(out).data.tags
+    assert json.loads(tags['reproduce.argv']) == ['--alpha', '0.5', '--no-shuffle']
+    assert (tags['reproduce.workdir'], tags['mlflow.source.name']) == ('src', 'pkg/train.py')
+
+
+STUBBORN = """\
+import argparse  # imported, never used: --help does not end it
+import os
+import subprocess
+import sys
+import time
+
+if '--help' in sys.argv:
+    sleeper = [sys.executable, '-c', 'import time; time.sleep(300)']
+    kids = [subprocess.Popen(sleeper), subprocess.Popen(sleeper, start_new_session=True)]
+    with open(os.environ['KIDS_FILE'], 'w') as f:
+        f.write(' '.join(str(kid.pid) for kid in kids))
+    time.sleep(300)
+"""
+
+
+def test_a_help_that_does_not_end_is_ended_with_its_children(tmp_path, monkeypatch, capsys):
+    """A script that ignores --help (and trains) is ended when its time is
+    up, with the processes it started, in its group or out of it."""
+    repo, commit = files_repo(tmp_path, {'stubborn.py': STUBBORN})
+    run_id = tagged_run(script_tags(repo, commit, 'stubborn.py'), {'lr': '0.1'})
+    kids_file = tmp_path / 'kids'
+    monkeypatch.setenv('KIDS_FILE', str(kids_file))
+    monkeypatch.setattr(reproduce_run, 'HELP_TIMEOUT_SECONDS', 3.0)
+    code, out, err = reproduce(capsys, '--run_id', run_id)
+    assert code == 1, err  # it got no arguments: its param lr differs
+    kids = [int(pid) for pid in kids_file.read_text().split()]
+    assert len(kids) == 2 and all(process_gone(pid) for pid in kids)
+    assert (
+        '`python stubborn.py --help` failed or did not end within 3 s: the script gets no ' in err
+    )
