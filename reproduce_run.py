@@ -163,7 +163,9 @@ TAG_SCRIPT = 'reproduce.script'  # the script's (or -m module's) file, relative 
 TAG_CHANGES = 'reproduce.changes'  # uncommitted changes: JSON (files, sha256, parts)
 # ...and their payload, a base64 .tar.gz, in tags reproduce.changes.1, .2, ...
 CHANGES_DIFF = 'changes.diff'  # the tracked changes, in that archive (untracked files: files/)
-CHANGES_UNPACKED_LIMIT = 256 * 2**20  # bytes the archive of the changes may unpack to
+RECORD_CHANGES_LIMIT = 1_000_000  # characters of uncommitted changes, in 125 tags at most
+CHANGES_UNPACKED_LIMIT = 64 * 2**20  # bytes the archive of the changes may unpack to
+CHANGES_MAX_MEMBERS = 1001  # the diff and the untracked files the recorder reads at most
 SECRET_NOT_RECORDED = '<secret: not recorded>'  # in place of a secret's value
 # Tags this tool writes on the reproduced run (never on the reference run).
 TAG_REFERENCE_RUN_ID = 'reproduce.reference_run_id'
@@ -222,7 +224,9 @@ _RUN_ID_PREFIX_RE = re.compile(r'^[0-9a-fA-F]{8,31}$')
 PREFIX_MATCHES_SHOWN = 3  # runs an ambiguous prefix error names
 # The userinfo of a URL runs to the last @ before the path: a password may
 # hold an unencoded @.
-_URL_CREDENTIALS_RE = re.compile(r'(?P<scheme>[a-zA-Z][\w+.-]*://)[^/\s]+@')
+# (A scheme starts where no scheme character stands before it: each position
+# of a long word is not tried again, which took time quadratic in its length.)
+_URL_CREDENTIALS_RE = re.compile(r'(?<![\w+.-])(?P<scheme>[a-zA-Z][\w+.-]*://)[^/\s]+@')
 _MLFLOW_LOG_LINE_RE = re.compile(r'^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+ mlflow[\w.]*: ')
 # MLflow's own chatter when a run ends ("View run ... at: <tracking URI>").
 _MLFLOW_CHATTER_RE = re.compile(r'^(\U0001f3c3|\U0001f9ea) View (run|experiment)')
@@ -1405,6 +1409,66 @@ def resolve_source(run: Run, uri: str | None, version: str | None) -> Source:
     return Source(repo=repo, subdir=subdir, version=version, changes=changes)
 
 
+def _change_path(name: str) -> str | None:
+    """An untracked file's path in the archive of the changes (files/PATH),
+    None when it is not one a work tree can hold: absolute, .., .git."""
+    path = name.removeprefix('files/')
+    parts = path.split('/')
+    if path == name or posixpath.normpath(path) != path or path.startswith('/'):
+        return None
+    return None if any(p in ('', '.', '..') or p.lower() == '.git' for p in parts) else path
+
+
+def _gunzipped(archive: bytes) -> bytes:
+    """The archive uncompressed, refused beyond CHANGES_UNPACKED_LIMIT
+    bytes: a small tag must not unpack into gigabytes."""
+    import zlib
+
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    data = inflate.decompress(archive, CHANGES_UNPACKED_LIMIT + 1)
+    if len(data) > CHANGES_UNPACKED_LIMIT or not inflate.eof:
+        raise ValueError(f'it unpacks to more than {CHANGES_UNPACKED_LIMIT} bytes, or is cut')
+    return data
+
+
+def _changes_members(archive: bytes) -> dict[str, tuple[bytes, int]]:
+    """name -> (data, mode) of the archive of the changes; only CHANGES_DIFF
+    and regular files under files/, at most CHANGES_MAX_MEMBERS of them."""
+    import io
+    import tarfile
+    import zlib
+
+    found: dict[str, tuple[bytes, int]] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(_gunzipped(archive)), mode='r:') as tar:
+            for member in tar:
+                fits = member.name == CHANGES_DIFF or _change_path(member.name) is not None
+                if not (member.isfile() and fits) or len(found) >= CHANGES_MAX_MEMBERS:
+                    raise ValueError(
+                        f'{_truncated(member.name, 80)!r} is not a file of the changes'
+                    )
+                found[member.name] = (tar.extractfile(member).read(), member.mode)  # type: ignore[union-attr]
+    except (tarfile.TarError, ValueError, OSError, EOFError, zlib.error) as e:
+        raise ReproduceError(
+            f'the uncommitted changes recorded with the run cannot be read: '
+            f'{_truncated(_last_line(str(e)), 200)}'
+        ) from None
+    return found
+
+
+def _diff_paths(diff: bytes) -> list[str]:
+    """The files a `git diff` changes, from its `diff --git a/X b/X` lines
+    (a quoted name as git quotes it)."""
+    paths = []
+    for line in diff.decode('utf-8', 'replace').splitlines():
+        if line.startswith('diff --git '):
+            rest = line[len('diff --git ') :]
+            quoted = rest.endswith('"') and ' "b/' in rest
+            path = rest.rpartition(' "b/' if quoted else ' b/')[2]
+            paths.append(path[:-1] if quoted else path)
+    return paths
+
+
 def recorded_changes(tags: Mapping[str, str]) -> Changes | None:
     """The uncommitted changes the recorder kept in TAG_CHANGES and the
     numbered tags after it, checked against their sha256."""
@@ -1416,15 +1480,21 @@ def recorded_changes(tags: Mapping[str, str]) -> Changes | None:
     broken = f"the tags {TAG_CHANGES}* of the reference run are not the recorder's"
     try:
         about = json.loads(tags[TAG_CHANGES])
-        parts = [tags[f'{TAG_CHANGES}.{i}'] for i in range(1, int(about['parts']) + 1)]
+        count = min(int(about['parts']), RECORD_CHANGES_LIMIT // TAG_VALUE_LIMIT + 1)
+        parts = [tags[f'{TAG_CHANGES}.{i}'] for i in range(1, count + 1)]
         archive = base64.b64decode(''.join(parts), validate=True) if parts else None
         files, left = [str(f) for f in about['files']], dict(about['not_recorded'])
         changes = Changes(tuple(files), int(about['count']), str(about['sha256']), archive, left)
-    except (ValueError, KeyError, TypeError, binascii.Error) as e:
-        raise ReproduceError(f'{broken}: {_last_line(str(e))}') from None
-    if archive is not None and hashlib.sha256(archive).hexdigest() != changes.sha256:
+    except (ValueError, KeyError, TypeError, binascii.Error, OverflowError, RecursionError) as e:
+        raise ReproduceError(f'{broken}: {_truncated(_last_line(str(e)), 200)}') from None
+    if archive is None:
+        return changes
+    if hashlib.sha256(archive).hexdigest() != changes.sha256:
         raise ReproduceError(f'{broken}: their sha256 does not match')
-    return changes
+    # What is applied is what the archive holds, whatever the tag says of it.
+    members = _changes_members(archive)
+    files = [*_diff_paths(members.pop(CHANGES_DIFF, (b'', 0))[0]), *map(_change_path, members)]
+    return dataclasses.replace(changes, files=tuple(sorted(map(str, files))), count=len(files))
 
 
 def select_params(
@@ -2221,51 +2291,24 @@ def refuse_outside(path: str, root: str, what: str) -> None:
         )
 
 
-def _change_path(name: str) -> str | None:
-    """An untracked file's path in the archive of the changes (files/PATH),
-    None when it is not one a work tree can hold: absolute, .., .git."""
-    path = name.removeprefix('files/')
-    parts = path.split('/')
-    if path == name or posixpath.normpath(path) != path or path.startswith('/'):
-        return None
-    return None if any(p in ('', '.', '..') or p.lower() == '.git' for p in parts) else path
-
-
-def _changes_members(archive: bytes) -> dict[str, tuple[bytes, int]]:
-    """name -> (data, mode) of the archive of the changes; only CHANGES_DIFF
-    and regular files under files/, CHANGES_UNPACKED_LIMIT bytes in all."""
-    import io
-    import tarfile
-    import zlib
-
-    found, total = {}, 0
-    try:
-        with tarfile.open(fileobj=io.BytesIO(archive), mode='r:gz') as tar:
-            for member in tar:
-                total += member.size
-                fits = member.name == CHANGES_DIFF or _change_path(member.name) is not None
-                if not (member.isfile() and fits) or total > CHANGES_UNPACKED_LIMIT:
-                    raise ValueError(f'{member.name!r} is not a file of the changes')
-                found[member.name] = (tar.extractfile(member).read(), member.mode)  # type: ignore[union-attr]
-    except (tarfile.TarError, ValueError, OSError, EOFError, zlib.error) as e:
-        raise ReproduceError(
-            f'the uncommitted changes recorded with the run cannot be read: {_last_line(str(e))}'
-        ) from None
-    return found
-
-
 def _write_untracked(top: str, path: str, data: bytes, mode: int, at: str) -> None:
     """An untracked file of the changes, written into our checkout: never
     through a symlink of the commit, never over a file of the commit."""
-    full = os.path.join(top, path)
-    if not _inside(os.path.realpath(os.path.dirname(full)), top):
-        raise ReproduceError(f'the recorded untracked file {path!r} is beyond a symlink {at}')
-    os.makedirs(os.path.dirname(full), exist_ok=True)
+    full, shown_path = os.path.join(top, path), repr(_truncated(path, 80))
+    folder = os.path.realpath(os.path.dirname(full))
+    if not _inside(folder, top) or _inside(folder, os.path.join(top, '.git')):
+        raise ReproduceError(f'the recorded untracked file {shown_path} is beyond a symlink {at}')
     try:
+        os.makedirs(os.path.dirname(full), exist_ok=True)
         fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755 & mode)
     except FileExistsError:
         raise ReproduceError(
-            f'the recorded untracked file {path!r} is a tracked file {at}: the changes do not apply'
+            f'the recorded untracked file {shown_path} is a tracked file {at}: '
+            'the changes do not apply'
+        ) from None
+    except OSError as e:
+        raise ReproduceError(
+            f'the recorded untracked file {shown_path} cannot be written {at}: {e.strerror}'
         ) from None
     with os.fdopen(fd, 'wb') as f:
         f.write(data)
@@ -2799,6 +2842,8 @@ def _interpreter_option(args: Sequence[str], i: int) -> list[str]:
     value = ''.join(option)[2:]
     if not value or (arg[:2] == '-X' and value.partition('=')[0] not in REPLAYED_X_OPTIONS):
         raise ValueError(' '.join(option))
+    if arg[:2] == '-W' and '.' in (value.split(':') + ['', ''])[2]:  # a category is imported
+        raise ValueError(' '.join(option))
     return option
 
 
@@ -2986,9 +3031,28 @@ def recorded_script(
     path = tags.get(TAG_SCRIPT)
     if path is None and launch.typed is not None and not posixpath.isabs(launch.typed):
         path = posixpath.join(workdir, launch.typed)
+    if launch.module is not None:
+        path = module_file(project_dir, workdir, launch.module, path, commit)
     script = resolve_script(project_dir, recorded, None, commit, workdir, path)
     return dataclasses.replace(
         script, interpreter_options=launch.interpreter_options, module=launch.module
+    )
+
+
+def module_file(
+    project_dir: str, workdir: str, module: str, script: str | None, commit: str
+) -> str:
+    """The file of the checkout that `python -m module` runs from workdir,
+    which must be the recorded script: a module of this host (`-m timeit`,
+    `-m pip`) is never run in its place."""
+    stem = posixpath.normpath(posixpath.join(workdir, *module.split('.')))
+    for path in (f'{stem}.py', f'{stem}/__main__.py'):
+        if os.path.isfile(os.path.join(project_dir, path)) and script in (None, path):
+            return path
+    raise ReproduceError(
+        f'the recorded command runs module {module!r}, which is not '
+        f'{"the recorded script " + repr(script) if script else "a file of the repository"} '
+        f'in {workdir or "its top"} at commit {commit[:12]}: pass -e PATH to run a script'
     )
 
 
@@ -3624,12 +3688,18 @@ def differences_lines(differences: Differences | None, escaped: Escape = shown) 
 
 RECORD_SWITCH = 'REPRODUCE_RUN_RECORD'  # '0' turns the recorder off
 RECORD_GIT_TIMEOUT_SECONDS = 2.0  # for each git process
-RECORD_CHANGES_LIMIT = 1_000_000  # characters of uncommitted changes, in 125 tags at most
 RECORD_CHANGES_READ_LIMIT = 16 * 2**20  # bytes of changes read; beyond, only their digest
+RECORD_CHANGES_MAX_FILES = 1000  # untracked files read; beyond, only their names
+# The default tracking store in the working folder: never recorded into a run.
+_MLFLOW_STORE_RE = re.compile(r'(^|/)(mlflow\.db(-journal|-wal)?|mlruns|mlartifacts)(/|$)')
 # Untracked files that are not recorded, as likely to hold a secret (so are
 # those whose name says it, like _names_a_secret: secrets.yaml, api_key.txt).
 _SECRET_FILE_RE = re.compile(
-    r'\.env(\..*)?|.*\.(env|pem|key|p12|pfx|jks|kdbx)|\.netrc|\.pgpass|id_(rsa|dsa|ecdsa|ed25519).*',
+    r'\.env(rc|[._-].*)?|env\.local|.*\.(env|pem|key|p12|pfx|jks|kdbx|keystore|tfvars|tfstate)'
+    r'|.*\.tfstate\..*'
+    r'|\.(netrc|pgpass|git-credentials|databrickscfg|pypirc|npmrc|my\.cnf|boto|s3cfg|htpasswd)'
+    r'|\.(aws|docker|kube|ssh|gnupg)|kubeconfig|o?auth\.json|private|service[-_]account.*'
+    r'|id_(rsa|dsa|ecdsa|ed25519).*',
     re.IGNORECASE,
 )
 # A name that says it holds a secret: --api-token, -password, DB_PASSWORD,
@@ -3646,12 +3716,12 @@ _NAME_PART_RE = re.compile(r'[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])')
 # key=value, key: value, "key": "value" inside an argument (an override, a
 # query string, JSON, code): the value of a secret key is not recorded.
 _KEY_VALUE_RE = re.compile(
-    r'(?P<key>[A-Za-z_][\w.-]*)(?P<sep>["\']?\s*(?:=|:(?!//))\s*["\']?)(?P<value>[^"\'\s,;&}]+)'
+    r'(?<![\w.])(?P<key>[A-Za-z_][\w.-]*)(?P<sep>["\']?\s*(?:=|:(?!//))\s*["\']?)(?P<value>[^"\'\s,;&}]+)'
 )
 # A URL's credentials up to its last @ (a password may hold / or @), and
 # user:password@host without a scheme.
 _RECORDED_URL_CREDENTIALS_RE = re.compile(
-    r'(?P<scheme>[a-zA-Z][\w+.-]*://)\S*@|(?<![\w/:])[\w.%+-]+:[^\s@/]+@(?=[\w.-])'
+    r'(?<![\w+.-])(?P<scheme>[a-zA-Z][\w+.-]*://)\S*@|(?<![\w/:])[\w.%+-]+:[^\s@/]+@(?=[\w.-])'
 )
 
 
@@ -3800,18 +3870,26 @@ def _status_entries(out: str) -> WorkTree:
     return tree
 
 
-def _work_tree(status: subprocess.Popen[str]) -> WorkTree | None:
-    """What _git_status found; None outside git or before the first commit."""
+def _git_answer(proc: subprocess.Popen[Any]) -> Any:
+    """What a recorder's git process printed; CalledProcessError when it
+    failed, TimeoutExpired after RECORD_GIT_TIMEOUT_SECONDS, when its
+    process group (a git wrapper's children too) is ended."""
     try:
-        out, _ = status.communicate(timeout=RECORD_GIT_TIMEOUT_SECONDS)
+        out, _ = proc.communicate(timeout=RECORD_GIT_TIMEOUT_SECONDS)
     finally:
-        if status.poll() is None:
+        if proc.poll() is None:
             with contextlib.suppress(OSError):
-                os.killpg(status.pid, signal.SIGKILL)
-            status.wait()
-    if status.returncode or '# branch.oid (initial)' in out.split('\0'):
-        return None
-    return _status_entries(out)
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, out)
+    return out
+
+
+def _work_tree(status: subprocess.Popen[str]) -> WorkTree | None:
+    """What _git_status found; None before the first commit."""
+    out = _git_answer(status)
+    return None if '# branch.oid (initial)' in out.split('\0') else _status_entries(out)
 
 
 def _git_diff(top: str) -> bytes:
@@ -3819,32 +3897,46 @@ def _git_diff(top: str) -> bytes:
     (whatever the user's diff settings say)."""
     args = ('diff', '--binary', '--no-color', '--no-ext-diff', '--no-textconv', '--no-renames')
     prefixes = ('--src-prefix=a/', '--dst-prefix=b/', '--ignore-submodules=all', 'HEAD', '--')
-    return subprocess.run(
+    proc = subprocess.Popen(
         ('git', *args, *prefixes),
         cwd=top,
         env=_recorder_git_environ(),
         stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=RECORD_GIT_TIMEOUT_SECONDS,
-        check=True,
-    ).stdout
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return _git_answer(proc)
 
 
 def _secret_file(path: str) -> bool:
-    """An untracked file the recorder keeps out: it may hold a secret."""
-    name = posixpath.basename(path)
-    return bool(_SECRET_FILE_RE.fullmatch(name)) or _names_a_secret(name.partition('.')[0])
+    """An untracked file the recorder keeps out: it, or a folder it is in,
+    may hold a secret (.git-credentials, .secrets, keys/prod.txt)."""
+    for part in path.split('/'):
+        stem = part.lstrip('.').partition('.')[0]
+        if _SECRET_FILE_RE.fullmatch(part) or (stem and _names_a_secret(stem)):
+            return True
+    return False
+
+
+def _why_left_out(top: str, path: str) -> str | None:
+    """Why an untracked file is not recorded; None: it is."""
+    full = os.path.join(top, path)
+    if _secret_file(path):
+        return 'it may hold a secret'
+    if _MLFLOW_STORE_RE.search(path):
+        return "MLflow's own store"
+    if os.path.islink(full) or not os.path.isfile(full):
+        return 'not a regular file'
+    return None if os.access(full, os.R_OK) else 'not readable'
 
 
 def _left_out(top: str, tree: WorkTree) -> dict[str, str]:
     """The changed paths that are not recorded, and why."""
     left = {path: 'a submodule' for path in tree.submodules}
     for path in tree.untracked:
-        full = os.path.join(top, path)
-        if _secret_file(path):
-            left[path] = 'it may hold a secret'
-        elif os.path.islink(full) or not os.path.isfile(full):
-            left[path] = 'not a regular file'
+        if (why := _why_left_out(top, path)) is not None:
+            left[path] = why
     return left
 
 
@@ -3879,6 +3971,8 @@ def changes_tags(top: str, tree: WorkTree) -> dict[str, str]:
     numbered tags after it hold them, base64, up to RECORD_CHANGES_LIMIT."""
     import base64
 
+    if len(tree.untracked) > RECORD_CHANGES_MAX_FILES:  # not even looked at, one by one
+        return _too_many_tags(tree)
     diff, left = _git_diff(top), _left_out(top, tree)
     untracked = [p for p in tree.untracked if p not in left]
     size = len(diff) + sum(os.path.getsize(os.path.join(top, p)) for p in untracked)
@@ -3895,11 +3989,31 @@ def changes_tags(top: str, tree: WorkTree) -> dict[str, str]:
     parts = [encoded[i : i + TAG_VALUE_LIMIT] for i in range(0, len(encoded), TAG_VALUE_LIMIT)]
     files = sorted({*tree.changed, *untracked})
     about = {'count': len(files), 'sha256': digest, 'parts': len(parts), 'too_large': not parts}
-    about['not_recorded'] = left
-    while len(json.dumps({**about, 'files': files})) > TAG_VALUE_LIMIT and files:
-        files = files[: len(files) // 2]  # 'count' says how many there are
-    tags = {TAG_CHANGES: json.dumps({**about, 'files': files})}
+    tags = {TAG_CHANGES: _fitted_about(about, files, left)}
     return tags | {f'{TAG_CHANGES}.{i}': part for i, part in enumerate(parts, 1)}
+
+
+def _fitted_about(about: dict[str, Any], files: list[str], left: dict[str, str]) -> str:
+    """TAG_CHANGES within a tag: the first files and left-out files, when
+    they are many ('count' and 'not_recorded_count' say how many)."""
+    about = {**about, 'not_recorded_count': len(left)}
+    while (
+        len(text := json.dumps({**about, 'files': files, 'not_recorded': left})) > TAG_VALUE_LIMIT
+    ):
+        if len(files) >= len(left):
+            files = files[: len(files) // 2]
+        else:
+            left = dict(list(left.items())[: len(left) // 2])
+    return text
+
+
+def _too_many_tags(tree: WorkTree) -> dict[str, str]:
+    """TAG_CHANGES for a work tree with more untracked files than the
+    recorder reads: their names, and the tracked files, by digest."""
+    names = sorted({*tree.changed, *tree.untracked})
+    digest = hashlib.sha256(os.fsencode('\0'.join(names))).hexdigest()
+    about = {'count': len(names), 'sha256': digest, 'parts': 0, 'too_large': True}
+    return {TAG_CHANGES: _fitted_about(about, names, {})}
 
 
 def _script_in_tree(script: str, top: str) -> str | None:
@@ -4968,7 +5082,8 @@ def cached_script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) 
     """script_help once per script, commit and environment manager in an
     invocation: a batch, --repeat or --explain pays for it once, not per run."""
     assert plan.script is not None
-    key = (plan.source.uri, plan.source.version, plan.script.path, plan.env_manager)
+    changes = plan.source.changes.sha256 if plan.source.changes else ''
+    key = (plan.source.uri, plan.source.version, changes, plan.script.path, plan.env_manager)
     with session.shared.sources_lock:
         cached = session.shared.helps.setdefault(key, _CachedHelp())
     with cached.lock:
@@ -5622,7 +5737,7 @@ def _table(rows: Rows, tablefmt: str) -> str:
 def _plan_lines(plan: Plan, show_backend: bool = False) -> list[str]:
     lines = [f'Source:         {mask_credentials(plan.source.uri)} @ {plan.source.version}']
     if plan.source.changes is not None:
-        lines[0] += f' + {plan.source.changes.text()}'
+        lines[0] += f' + {shown(plan.source.changes.text())}'
     if plan.script is None:
         lines.append(f'Entry point:    {plan.entry_point} (env manager: {plan.env_manager})')
     else:
@@ -7954,6 +8069,7 @@ class BisectPlanner(Planner):
             stopped=stopped,
             details=details,
             leftovers=group.leftovers,
+            most_probes=self.repeat * most_commits(len(self.path) - 1, {}, self.jobs),
         )
 
     def records(self, report: BisectReport, group: Group) -> list[GroupRecord]:
@@ -8124,7 +8240,7 @@ def run_bisect(session: Session, chosen: Chosen, target: str, repeat: int) -> Bi
             dry_run=True,
         )
     planner = BisectPlanner(reference, path, repeat, options.jobs, options.rules, clone)
-    bisect: BisectReport = dataclasses.replace(report_group(session, planner), most_probes=most)
+    bisect: BisectReport = report_group(session, planner)
     for index, report in bisect.probes:
         tag_probe(client, report, TAG_BISECT_COMMIT, bisect.path[index].commit, 'run')
     return bisect

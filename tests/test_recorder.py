@@ -174,6 +174,11 @@ def test_recorded_launch(command, options, module, typed):
         ),
         pytest.param(['-X'], "interpreter option '-X'", id='an-option-without-its-value'),
         pytest.param(['-m', 'os;rm'], 'names no script nor module', id='not-a-module-name'),
+        pytest.param(
+            ['-W', 'ignore::this.X', 'a.py'],
+            "interpreter option '-W ignore::this.X'",
+            id='a-warning-category-that-imports-a-module',
+        ),
         pytest.param(['-u'], 'names no script nor module', id='options-alone'),
     ],
 )
@@ -290,6 +295,156 @@ def test_recorded_changes_refuses_tags_it_did_not_write(tmp_path, tampered, said
     with pytest.raises(reproduce_run.ReproduceError) as e:
         reproduce_run.recorded_changes(tags)
     assert said in str(e.value) and "are not the recorder's" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ('module', 'script', 'path'),
+    [
+        pytest.param('pkg.train', 'pkg/train.py', 'pkg/train.py', id='the-recorded-script'),
+        pytest.param('pkg', None, 'pkg/__main__.py', id='a-package-main'),
+        pytest.param('timeit', None, None, id='a-module-of-this-host'),
+        pytest.param('pkg.train', 'other.py', None, id='not-the-recorded-script'),
+    ],
+)
+def test_a_recorded_module_must_be_the_recorded_file_of_the_checkout(
+    tmp_path, module, script, path
+):
+    """`-m timeit "__import__('os').system(...)"` in a tag must not run."""
+    for name in ('pkg/__init__.py', 'pkg/__main__.py', 'pkg/train.py', 'other.py'):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text('')
+    if path is not None:
+        assert reproduce_run.module_file(str(tmp_path), '', module, script, 'c' * 40) == path
+        return
+    with pytest.raises(reproduce_run.ReproduceError) as e:
+        reproduce_run.module_file(str(tmp_path), '', module, script, 'c' * 40)
+    assert f'the recorded command runs module {module!r}, which is not' in str(e.value)
+
+
+@pytest.mark.parametrize(
+    'path',
+    [
+        '.git-credentials',
+        '.secrets',
+        '.token',
+        '.mlflow_token',
+        '.aws_credentials',
+        '.databrickscfg',
+        '.pypirc',
+        '.npmrc',
+        '.docker/config.json',
+        '.kube/config',
+        'kubeconfig',
+        '.envrc',
+        '.env_local',
+        'env.local',
+        '.my.cnf',
+        '.s3cfg',
+        'secrets/prod.yaml',
+        'private/db.yaml',
+        'keys/prod.txt',
+        'terraform.tfvars',
+        'x.tfstate',
+        'service-account.json',
+        'oauth.json',
+        'a/.env.prod',
+        'id_ed25519',
+    ],
+)
+def test_untracked_files_that_may_hold_secrets_are_not_recorded(path):
+    assert reproduce_run._secret_file(path)
+
+
+@pytest.mark.parametrize(
+    'path', ['train.py', 'env_utils.py', 'environment.py', 'auth.py', 'tokenizer.py', 'monkey.py']
+)
+def test_code_whose_name_only_looks_like_a_secret_is_recorded(path):
+    assert not reproduce_run._secret_file(path)
+
+
+def test_the_tracking_store_an_unreadable_file_and_many_files_are_left_out(tmp_path):
+    repo, _ = edited_repository(tmp_path)
+    (repo / 'mlruns' / '0').mkdir(parents=True)
+    (repo / 'mlruns' / '0' / 'meta.yaml').write_text('params: db_password=hunter2\n')
+    (repo / 'mlflow.db').write_bytes(b'SQLite')
+    tree = reproduce_run._work_tree(reproduce_run._git_status(str(repo)))
+    about = json.loads(reproduce_run.changes_tags(str(repo), tree)['reproduce.changes'])
+    assert about['not_recorded']['mlflow.db'] == "MLflow's own store"
+    assert about['not_recorded']['mlruns/0/meta.yaml'] == "MLflow's own store"
+    many = reproduce_run.WorkTree([], [f'gone/{i}.txt' for i in range(1001)], [])
+    tags = reproduce_run.changes_tags(str(repo), many)  # files that do not exist: never read
+    about = json.loads(tags['reproduce.changes'])
+    assert (about['too_large'], about['count'], about['parts']) == (True, 1001, 0)
+    assert len(tags['reproduce.changes']) <= reproduce_run.TAG_VALUE_LIMIT
+
+
+def test_many_files_left_out_still_fit_in_the_tag():
+    left = {f'link-{i:04}': 'not a regular file' for i in range(400)}
+    about = {'count': 1, 'sha256': 'x' * 64, 'parts': 1, 'too_large': False}
+    text = reproduce_run._fitted_about(about, ['a.py'], left)
+    assert len(text) <= reproduce_run.TAG_VALUE_LIMIT
+    assert json.loads(text)['not_recorded_count'] == 400
+
+
+def crafted_changes(members: list[tuple[str, bytes]], about: dict | None = None) -> dict:
+    """Tags as the recorder writes them, holding an archive made here."""
+    import base64
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode='wb') as z, tarfile.open(fileobj=z, mode='w') as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    archive = buffer.getvalue()
+    encoded = base64.b64encode(archive).decode()
+    parts = [encoded[i : i + 8000] for i in range(0, len(encoded), 8000)]
+    head = {'files': [], 'count': 0, 'not_recorded': {}, 'too_large': False, **(about or {})}
+    head |= {'sha256': hashlib.sha256(archive).hexdigest(), 'parts': len(parts)}
+    tags = {'reproduce.changes': json.dumps(head)}
+    return tags | {f'reproduce.changes.{i}': part for i, part in enumerate(parts, 1)}
+
+
+def test_what_is_applied_is_counted_from_the_archive_not_from_the_tag():
+    diff = b'diff --git a/train.py b/train.py\n--- a/train.py\n+++ b/train.py\n'
+    tags = crafted_changes([('changes.diff', diff), ('files/new.py', b'')])
+    changes = reproduce_run.recorded_changes(tags)  # the tag says 0 files
+    assert (changes.count, changes.files) == (2, ('new.py', 'train.py'))
+    assert changes.text() == 'uncommitted changes (2 files)'
+
+
+@pytest.mark.parametrize(
+    ('members', 'said'),
+    [
+        pytest.param(
+            [('files/zeros', bytes(80 * 2**20))], 'it unpacks to more than', id='a-gzip-bomb'
+        ),
+        pytest.param(
+            [(f'files/{i}', b'') for i in range(1002)], "'files/1001' is not a file", id='too-many'
+        ),
+        pytest.param(
+            [('files/../' + 'x' * 200_000, b'')], "'files/../xxx", id='a-very-long-bad-name'
+        ),
+    ],
+)
+def test_an_archive_beyond_what_the_recorder_writes_is_one_line(members, said):
+    with pytest.raises(reproduce_run.ReproduceError) as e:
+        reproduce_run.recorded_changes(crafted_changes(members))
+    message = str(e.value)
+    assert said in message and '\n' not in message and len(message) < 400
+
+
+def test_an_untracked_file_is_never_written_into_git_through_a_symlink(tmp_path):
+    git('init', '--quiet', cwd=tmp_path)
+    (tmp_path / 'g').symlink_to('.git')
+    with pytest.raises(reproduce_run.ReproduceError) as e:
+        reproduce_run._write_untracked(str(tmp_path), 'g/hooks/post-checkout', b'', 0o755, 'at x')
+    assert 'beyond a symlink' in str(e.value)
+    assert not (tmp_path / '.git' / 'hooks' / 'post-checkout').exists()
 
 
 # --- end to end ---------------------------------------------------------------
