@@ -592,13 +592,14 @@ class Changes:
     files: tuple[str, ...]  # the first of them, when they are many
     count: int
     sha256: str
-    archive: bytes | None  # CHANGES_DIFF and files/...; None: too large to record
+    # name -> (data, mode): CHANGES_DIFF and files/...; None: too large to record
+    members: Mapping[str, tuple[bytes, int]] | None
     not_recorded: Mapping[str, str]  # untracked files left out, and why
 
     def text(self) -> str:
         """'uncommitted changes (3 files)', or why they are not there."""
         said = f'uncommitted changes ({counted(self.count, "file")}'
-        if self.archive is None:
+        if self.members is None:
             return said + ', too large to record: not applied)'
         if self.not_recorded:
             said += f'; not recorded: {", ".join(sorted(self.not_recorded))}'
@@ -1484,17 +1485,21 @@ def recorded_changes(tags: Mapping[str, str]) -> Changes | None:
         parts = [tags[f'{TAG_CHANGES}.{i}'] for i in range(1, count + 1)]
         archive = base64.b64decode(''.join(parts), validate=True) if parts else None
         files, left = [str(f) for f in about['files']], dict(about['not_recorded'])
-        changes = Changes(tuple(files), int(about['count']), str(about['sha256']), archive, left)
+        changes = Changes(tuple(files), int(about['count']), str(about['sha256']), None, left)
     except (ValueError, KeyError, TypeError, binascii.Error, OverflowError, RecursionError) as e:
         raise ReproduceError(f'{broken}: {_truncated(_last_line(str(e)), 200)}') from None
     if archive is None:
         return changes
     if hashlib.sha256(archive).hexdigest() != changes.sha256:
         raise ReproduceError(f'{broken}: their sha256 does not match')
-    # What is applied is what the archive holds, whatever the tag says of it.
+    # What is applied is what the archive holds, whatever the tag says of it:
+    # read once here, and applied from what was read.
     members = _changes_members(archive)
-    files = [*_diff_paths(members.pop(CHANGES_DIFF, (b'', 0))[0]), *map(_change_path, members)]
-    return dataclasses.replace(changes, files=tuple(sorted(map(str, files))), count=len(files))
+    diff = members.get(CHANGES_DIFF, (b'', 0))[0]
+    files = [*_diff_paths(diff), *(str(_change_path(n)) for n in members if n != CHANGES_DIFF)]
+    return dataclasses.replace(
+        changes, files=tuple(sorted(files)), count=len(files), members=members
+    )
 
 
 def select_params(
@@ -2317,9 +2322,9 @@ def _write_untracked(top: str, path: str, data: bytes, mode: int, at: str) -> No
 def apply_changes(changes: Changes, top: str, commit: str) -> None:
     """The recorded uncommitted changes, applied to our checkout (never to
     the user's repository): `git apply`, then the untracked files written."""
-    if changes.archive is None:  # too large to record: said in the report
+    if changes.members is None:  # too large to record: said in the report
         return
-    members, at = _changes_members(changes.archive), f'at commit {commit[:12]}'
+    members, at = dict(changes.members), f'at commit {commit[:12]}'
     diff = members.pop(CHANGES_DIFF, (b'', 0))[0]
     if diff:
         patch = top + '.diff'  # beside the checkout, in our temporary folder
@@ -2336,7 +2341,7 @@ def warn_about_changes(run_id: str, changes: Changes | None) -> None:
     """Recorded uncommitted changes that the reproduction runs without."""
     if changes is None:
         return
-    if changes.archive is None:
+    if changes.members is None:
         warn(
             f'run {run_id} was trained from uncommitted changes too large to record '
             f'({counted(changes.count, "file")}): the reproduction runs its commit without them'
@@ -3824,21 +3829,24 @@ def _git_status(folder: str) -> subprocess.Popen[str]:
     """`git status` of the work tree that holds folder, started (the recorder
     does the rest of its work while it runs).  Read only: no lock taken,
     nothing written."""
+    status = ('status', '--porcelain=v2', '-z', '--branch', '--untracked-files=all')
+    return _start_recorder_git(status, folder, text=True, errors='surrogateescape')
+
+
+def _start_recorder_git(args: Sequence[str], folder: str, **text: Any) -> subprocess.Popen[Any]:
+    """A git process of the recorder's, in a session of its own (_git_answer
+    ends a git wrapper's children with it); its output as bytes, or as
+    `text` says."""
     return subprocess.Popen(
-        ('git', 'status', '--porcelain=v2', '-z', '--branch', '--untracked-files=all'),
+        ('git', *args),
         cwd=folder,
-        env=_recorder_git_environ(),
+        env={**os.environ, 'GIT_OPTIONAL_LOCKS': '0', 'GIT_TERMINAL_PROMPT': '0'},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        text=True,
-        errors='surrogateescape',
-        start_new_session=True,  # a git wrapper's children end with it
+        start_new_session=True,
+        **text,
     )
-
-
-def _recorder_git_environ() -> dict[str, str]:
-    return {**os.environ, 'GIT_OPTIONAL_LOCKS': '0', 'GIT_TERMINAL_PROMPT': '0'}
 
 
 class WorkTree(NamedTuple):
@@ -3897,16 +3905,7 @@ def _git_diff(top: str) -> bytes:
     (whatever the user's diff settings say)."""
     args = ('diff', '--binary', '--no-color', '--no-ext-diff', '--no-textconv', '--no-renames')
     prefixes = ('--src-prefix=a/', '--dst-prefix=b/', '--ignore-submodules=all', 'HEAD', '--')
-    proc = subprocess.Popen(
-        ('git', *args, *prefixes),
-        cwd=top,
-        env=_recorder_git_environ(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    return _git_answer(proc)
+    return _git_answer(_start_recorder_git((*args, *prefixes), top))
 
 
 def _secret_file(path: str) -> bool:
@@ -5749,7 +5748,7 @@ def _plan_lines(plan: Plan, show_backend: bool = False) -> list[str]:
 
 def _changes_json(changes: Changes) -> dict[str, Any]:
     return {
-        'applied': changes.archive is not None,
+        'applied': changes.members is not None,
         'files': list(changes.files),
         'count': changes.count,
         'sha256': changes.sha256,
