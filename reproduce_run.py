@@ -8003,6 +8003,8 @@ class BisectPlanner(Planner):
         self.rules, self.clone = rules, clone
         self.index = {c.commit: i for i, c in enumerate(self.path)}
         self.planned = 0
+        # what the search may take, from the start, if every commit runs
+        self.most_probes = repeat * most_commits(len(self.path) - 1, {}, jobs)
 
     def outcomes(self, results: Sequence[Result]) -> dict[int, str]:
         by_commit: dict[int, list[Report]] = {}
@@ -8068,7 +8070,7 @@ class BisectPlanner(Planner):
             stopped=stopped,
             details=details,
             leftovers=group.leftovers,
-            most_probes=self.repeat * most_commits(len(self.path) - 1, {}, self.jobs),
+            most_probes=self.most_probes,
         )
 
     def records(self, report: BisectReport, group: Group) -> list[GroupRecord]:
@@ -8229,16 +8231,15 @@ def run_bisect(session: Session, chosen: Chosen, target: str, repeat: int) -> Bi
         session.shared.sources[(source.uri, c.commit)] = _CachedSource(
             origin=dataclasses.replace(private, version=c.commit)
         )
-    most = repeat * most_commits(len(path) - 1, {}, options.jobs)
+    planner = BisectPlanner(reference, path, repeat, options.jobs, options.rules, clone)
     if options.dry_run:  # the path is known; nothing runs
         return BisectReport(
             reference.info.run_id,
             reference.info.run_name,
             tuple(path),
-            most_probes=most,
+            most_probes=planner.most_probes,
             dry_run=True,
         )
-    planner = BisectPlanner(reference, path, repeat, options.jobs, options.rules, clone)
     bisect: BisectReport = report_group(session, planner)
     for index, report in bisect.probes:
         tag_probe(client, report, TAG_BISECT_COMMIT, bisect.path[index].commit, 'run')
