@@ -58,6 +58,7 @@ import decimal
 import errno
 import fnmatch
 import functools
+import glob
 import hashlib
 import itertools
 import json
@@ -897,16 +898,25 @@ class Explanation:
     innocent: tuple[Candidate, ...] = ()  # undone, and they do not matter
     probes: tuple[dict[str, Any], ...] = ()
     not_tried: tuple[dict[str, str], ...] = ()
-    reason: str | None = None  # why nothing was tried
+    reason: str | None = None  # why no answer: nothing tried, a signal, every probe failed
+    # culprit key -> the packages undone with it, which it needs in order to load
+    requires: Mapping[str, tuple[Candidate, ...]] = dataclasses.field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
         return {
             'restores_equality': self.restores_equality,
-            'culprits': [dataclasses.asdict(c) for c in self.culprits],
+            'culprits': [self._culprit_json(c) for c in self.culprits],
             'probes': list(self.probes),
             'not_tried': list(self.not_tried),
             'reason': self.reason,
         }
+
+    def _culprit_json(self, c: Candidate) -> dict[str, Any]:
+        needed = self.requires.get(c.key, ())
+        requires = [
+            {'name': n.name, 'reference': n.reference, 'reproduced': n.reproduced} for n in needed
+        ]
+        return {**dataclasses.asdict(c), 'requires': requires}
 
 
 # ---------------------------------------------------------------------------
@@ -5760,7 +5770,8 @@ def _entry_point_text(plan: Plan) -> str:
     """A script run's: 'src/train.py (script run) --alpha 0.3 --epochs 5', masked."""
     if (script := plan.script) is None:
         return plan.entry_point
-    return mask_credentials(shlex.join([script.path]) + ' (script run) ' + shlex.join(script.argv))
+    line = shlex.join([script.path]) + ' (script run) ' + shlex.join(script.argv)
+    return mask_credentials(line.rstrip())
 
 
 # Why a script gets no arguments, by its arguments_from.
@@ -6385,12 +6396,15 @@ def _candidate_text(c: Candidate, value: str | None) -> str:
 
 def explanation_lines(explanation: Explanation | None, escaped: Escape = shown) -> list[str]:
     """The "Explained:" block, the same in text and Markdown (with values from
-    the store escaped by `escaped`)."""
+    the store escaped by `escaped`): the answer, then each failed probe with
+    its error line, then what was not tried."""
     if explanation is None:
         return []
     e, n = explanation, len(explanation.probes)
     probes = f'({counted(n, "probe")})'
-    if e.restores_equality is None:
+    if e.restores_equality is None and n:
+        line = f'Explained: no answer: {escaped(e.reason or "")} {probes}'
+    elif e.restores_equality is None:
         line = f'Explained: nothing tried: {escaped(e.reason or "")}'
     elif not e.restores_equality:
         line = (
@@ -6398,14 +6412,36 @@ def explanation_lines(explanation: Explanation | None, escaped: Escape = shown) 
             f'the runs still differ {probes}'
         )
     else:
-        undone = [escaped(_candidate_text(c, c.reference)) for c in e.culprits]
+        undone = [escaped(_culprit_text(c, e.requires.get(c.key, ()))) for c in e.culprits]
         line = f"Explained: with the reference's {listing(undone)} the runs are equal"
         if e.innocent:
             kept = [escaped(_candidate_text(c, c.reproduced)) for c in e.innocent]
             line += f'; {listing(kept)} {plural(len(kept), "does", "do")} not matter'
         line += f' {probes}'
+    failed = (
+        f"- failed: with the reference's {escaped(_changes_text(p['changes']))}: "
+        f'{escaped(p["error"] or "no error line")}'
+        for p in e.probes
+        if 'error' in p
+    )
     not_tried = (f'- not tried: {escaped(t["name"])}: {escaped(t["reason"])}' for t in e.not_tried)
-    return [line, *not_tried]
+    return [line, *failed, *not_tried]
+
+
+def _culprit_text(c: Candidate, needed: Sequence[Candidate]) -> str:
+    """`numkit 1.0`, or `numkit 1.0 (with padkit 1.0, which it needs to load)`."""
+    text = _candidate_text(c, c.reference)
+    if not needed:
+        return text
+    with_them = listing([_candidate_text(n, n.reference) for n in needed])
+    return f'{text} (with {with_them}, which it needs to load)'
+
+
+def _changes_text(changes: Mapping[str, str | None]) -> str:
+    """A probe's undone differences: `numkit 1.0, OMP_NUM_THREADS unset`."""
+    return ', '.join(
+        f'{name} {value if value is not None else "unset"}' for name, value in changes.items()
+    )
 
 
 JUNIT_SUITE = 'reproduce_run'  # the one <testsuite>'s name
@@ -8506,6 +8542,17 @@ class ExplainStep:
     undo: tuple[str, ...] | None = None  # the differences the next probe undoes
     restores: bool | None = None  # at the end: does undoing everything restore equality?
     culprits: tuple[str, ...] = ()  # at the end: a smallest set that restores it
+    requires: tuple[str, ...] = ()  # undone with the culprits, which need them to load
+    fails: bool = False  # at the end: with everything undone the project does not run
+
+
+# A probe's outcome: its runs are equal, differ, or it failed (unresolved:
+# no evidence either way, as in Zeller and Hildebrandt's delta debugging).
+EQUAL, DIFFER, UNRESOLVED = 'equal', 'differ', 'unresolved'
+
+
+def probe_outcome(status: str) -> str:
+    return status if status in (EQUAL, DIFFER) else UNRESOLVED
 
 
 class _Untested(Exception):
@@ -8541,26 +8588,130 @@ def _ddmin(items: tuple[str, ...], restores: Callable[[tuple[str, ...]], bool]) 
     return items
 
 
-def explain_step(items: Sequence[str], outcomes: Mapping[frozenset[str], bool]) -> ExplainStep:
-    """The next probe from the outcomes so far (undone set -> runs equal):
-    first undo everything, then narrow it down.  A set already tried is
-    never tried again."""
+def _needs_nothing(undone: frozenset[str]) -> frozenset[str]:
+    return undone
 
-    def restores(subset: tuple[str, ...]) -> bool:
+
+def explain_step(
+    items: Sequence[str],
+    outcomes: Mapping[frozenset[str], str],
+    needs: Callable[[frozenset[str]], frozenset[str]] = _needs_nothing,
+) -> ExplainStep:
+    """The next probe from the outcomes so far (undone set -> EQUAL, DIFFER or
+    UNRESOLVED): first undo everything, then narrow it down.  A set whose
+    probe failed is tried again with what it needs to load (`needs`: the set
+    and the differences it needs undone too); if that is equal, the set
+    restores equality and needs the rest.  Then what was needed is tried
+    alone: when it restores equality by itself, the search goes on inside it.
+    A set already tried is never tried again."""
+    everything = tuple(items)
+    extras: dict[frozenset[str], frozenset[str]] = {}
+
+    def ordered(keys: Iterable[str]) -> tuple[str, ...]:
+        keys = set(keys)
+        return tuple(i for i in everything if i in keys)
+
+    def outcome(subset: Iterable[str]) -> str:
         key = frozenset(subset)
         if key not in outcomes:
-            raise _Untested(subset)
+            raise _Untested(ordered(key))
         return outcomes[key]
 
-    everything = tuple(items)
+    def restores(subset: tuple[str, ...]) -> bool:
+        found = outcome(subset)
+        if found != UNRESOLVED:
+            return found == EQUAL
+        extra = needs(frozenset(subset)) - set(subset)
+        if not extra or outcome({*subset, *extra}) != EQUAL:
+            return False  # unresolved: no evidence either way
+        extras[frozenset(subset)] = extra
+        return True
+
     if not everything:
         return ExplainStep()
     try:
-        if not restores(everything):
-            return ExplainStep(restores=False)
-        return ExplainStep(restores=True, culprits=_ddmin(everything, restores))
+        first = outcome(everything)
+        if first != EQUAL:
+            return ExplainStep(restores=False) if first == DIFFER else ExplainStep(fails=True)
+        culprits = _ddmin(everything, restores)
+        for _ in everything:  # what was needed may hold the culprits itself
+            extra = extras.get(frozenset(culprits), frozenset())
+            if not extra or needs(extra) & set(culprits) or not restores(ordered(extra)):
+                break
+            culprits = _ddmin(ordered(extra), restores)
+        requires = ordered(extras.get(frozenset(culprits), ()))
+        return ExplainStep(restores=True, culprits=culprits, requires=requires)
     except _Untested as e:
         return ExplainStep(undo=e.subset)
+
+
+def _declared_requirement(line: str) -> tuple[str, Any] | None:
+    """A Requires-Dist line as (normalized name, specifier set); None for
+    one that does not apply here (an extra's, another platform's) or that
+    does not parse."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate({'extra': ''}):
+            return None
+    except (InvalidRequirement, ValueError, KeyError):
+        return None
+    return normalize_package(requirement.name), requirement.specifier
+
+
+def _requirement_met(specifier: Any, version: str | None) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    if version is None:
+        return False
+    try:
+        return specifier.contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        return True  # nothing can be said of it: not a reason to undo more
+
+
+def needed_to_load(
+    undone: frozenset[str],
+    candidates: Sequence[Candidate],
+    requirements: Mapping[tuple[str, str], Sequence[str]],
+) -> frozenset[str]:
+    """undone and the candidates to undo with it, so that the packages'
+    declared requirements (Requires-Dist, by name and version) hold between
+    undone and kept ones: a package at its reference version that a kept
+    version breaks brings that one back too, and a kept package that an undone
+    version breaks goes back as well."""
+    packages = {normalize_package(c.name): c for c in candidates if c.kind == 'package'}
+    undone = set(undone)
+    while True:
+        versions = {
+            n: c.reference if c.key in undone else c.reproduced for n, c in packages.items()
+        }
+        more = set()
+        for name, c in packages.items():
+            for line in requirements.get((name, versions[name] or ''), ()):
+                declared = _declared_requirement(line)
+                if declared is None or declared[0] not in packages or declared[0] == name:
+                    continue
+                other = packages[declared[0]]
+                if (other.key in undone) == (c.key in undone):
+                    continue  # both at one side's versions: as that side ran
+                if not _requirement_met(declared[1], versions[declared[0]]):
+                    more.add(other.key if c.key in undone else c.key)
+        if more <= undone:
+            return frozenset(undone)
+        undone |= more
+
+
+def requires_dist(folder: str) -> tuple[str, ...]:
+    """The Requires-Dist lines of the distribution installed in folder (a layer)."""
+    import email.parser  # only here: the recorder imports this file in every run
+
+    for metadata in sorted(glob.glob(os.path.join(glob.escape(folder), '*.dist-info', 'METADATA'))):
+        with open(metadata, encoding='utf-8', errors='replace') as f:
+            headers = email.parser.HeaderParser().parse(f)
+        return tuple(headers.get_all('Requires-Dist') or ())
+    return ()
 
 
 # What --explain says of --repeat's nondeterministic classification.
@@ -8666,15 +8817,29 @@ class ExplainPlanner(Planner):
         self.session, self.reproduction, self.layers = session, report, layers
         self.by_key = {c.key: c for c in candidates}
         self.undone: dict[Probe, list[Candidate]] = {}
-        self.outcomes: dict[frozenset[str], bool] = {}
+        self.outcomes: dict[frozenset[str], str] = {}
         self.step = ExplainStep()
+        # (name, version) -> Requires-Dist: the reference versions' now, the
+        # reproduced ones' once a probe fails (each a pip install)
+        self.requirements = {
+            (normalize_package(c.name), c.reference or ''): requires_dist(layers[c.name])
+            for c in candidates
+            if c.name in layers
+        }
+        self.reproduced_read = False
+
+    def needs(self, undone: frozenset[str]) -> frozenset[str]:
+        return needed_to_load(undone, list(self.by_key.values()), self.requirements)
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
         for probe, report in results:
-            self.outcomes[frozenset(c.key for c in self.undone[probe])] = report.status == 'equal'
+            key = frozenset(c.key for c in self.undone[probe])
+            self.outcomes[key] = probe_outcome(report.status)
         if len(results) < len(self.undone) or any(r.status in SIGNAL_STATUSES for _, r in results):
             return []  # one probe at a time: each depends on the last
-        self.step = explain_step(list(self.by_key), self.outcomes)
+        if UNRESOLVED in self.outcomes.values() and not self.read_reproduced_requirements():
+            return []
+        self.step = explain_step(list(self.by_key), self.outcomes, self.needs)
         if self.step.undo is None:
             return []
         undone = [self.by_key[k] for k in self.step.undo]
@@ -8689,6 +8854,25 @@ class ExplainPlanner(Planner):
         self.undone[probe] = undone
         return [probe]
 
+    def read_reproduced_requirements(self) -> bool:
+        """The reproduced versions' Requires-Dist, from layers of their own
+        (once); a version pip cannot install declares nothing.  False when a
+        signal came meanwhile."""
+        if self.reproduced_read:
+            return True
+        self.reproduced_read = True
+        for c in self.by_key.values():
+            if c.kind != 'package' or not installable(c.name, c.reproduced) or not c.reproduced:
+                continue
+            try:
+                layer = install_layer(self.session, c.name, c.reproduced)
+            except ReproduceError:
+                continue
+            except Stopped:
+                return False
+            self.requirements[normalize_package(c.name), c.reproduced] = requires_dist(layer)
+        return True
+
 
 def explain(session: Session, report: Report) -> Report:
     """The report with its explanation, recorded on the reproduced run."""
@@ -8699,6 +8883,9 @@ def explain(session: Session, report: Report) -> Report:
         message = f'{status} by a signal during --explain'
         report = dataclasses.replace(report, status=status, message=message)
     return report
+
+
+EVERY_PROBE_FAILED_REASON = 'with every difference undone, the project does not run'
 
 
 def explain_difference(session: Session, report: Report) -> Explanation:
@@ -8725,27 +8912,59 @@ def explain_difference(session: Session, report: Report) -> Explanation:
     # Probes print no plots and no progress of their own beyond one line each.
     options = dataclasses.replace(session.options, plots=False)
     group = run_group(dataclasses.replace(session, options=options), planner)
-    probes = []
-    for probe, probe_report in group.results:
-        changes = {c.name: c.reference for c in planner.undone[probe]}
-        probes.append(
-            {
-                'changes': changes,
-                'equal': probe_report.status == 'equal',
-                'status': probe_report.status,
-                'reproduced_run_id': probe_report.reproduced_run_id,
-            }
-        )
-        changed = fit_tag(json.dumps(changes, sort_keys=True))
-        tag_probe(session.client, probe_report, TAG_EXPLAIN_CHANGES, changed, 'the probe run')
-    step = planner.step
+    probes = tuple(probe_json(session, planner, probe, r) for probe, r in group.results)
+    step, not_tried = planner.step, tuple(not_tried)
     if session.stop.event.is_set() or step.undo is not None:
+        return Explanation(None, probes=probes, not_tried=not_tried, reason=STOPPED_REASON)
+    if step.fails:
         return Explanation(
-            None, probes=tuple(probes), not_tried=tuple(not_tried), reason=STOPPED_REASON
+            None, probes=probes, not_tried=not_tried, reason=EVERY_PROBE_FAILED_REASON
         )
     culprits = tuple(planner.by_key[k] for k in step.culprits)
-    innocent = tuple(c for c in tried if c not in culprits) if step.restores else ()
-    return Explanation(step.restores, culprits, innocent, tuple(probes), tuple(not_tried))
+    needed = {k: planner.by_key[k] for k in step.requires}
+    innocent = tuple(c for c in tried if c not in culprits and c.key not in needed)
+    requires = requirements_of(culprits, needed, planner.needs)
+    return Explanation(
+        step.restores,
+        culprits,
+        innocent if step.restores else (),
+        probes,
+        not_tried,
+        None,
+        requires,
+    )
+
+
+def requirements_of(
+    culprits: Sequence[Candidate],
+    needed: Mapping[str, Candidate],
+    needs: Callable[[frozenset[str]], frozenset[str]],
+) -> dict[str, tuple[Candidate, ...]]:
+    """Each culprit's share of what the culprits needed to load: what it
+    needs alone, and what none of them needs alone goes to each."""
+    alone = {c.key: needs(frozenset([c.key])) for c in culprits}
+    shared = [k for k in needed if not any(k in keys for keys in alone.values())]
+    return {
+        c.key: tuple(n for k, n in needed.items() if k in alone[c.key] or k in shared)
+        for c in culprits
+        if needed
+    }
+
+
+def probe_json(session: Session, planner: ExplainPlanner, probe: Probe, report: Report) -> dict:
+    """A probe in explanation.json, its run tagged with what it undid."""
+    changes = {c.name: c.reference for c in planner.undone[probe]}
+    changed = fit_tag(json.dumps(changes, sort_keys=True))
+    tag_probe(session.client, report, TAG_EXPLAIN_CHANGES, changed, 'the probe run')
+    found = {
+        'changes': changes,
+        'equal': report.status == 'equal',
+        'status': report.status,
+        'reproduced_run_id': report.reproduced_run_id,
+    }
+    if probe_outcome(report.status) == UNRESOLVED and report.status not in SIGNAL_STATUSES:
+        found['error'] = project_error_line(report.output_tail) or report.message or ''
+    return found
 
 
 def record_explanation(client: MlflowClient, report: Report) -> None:

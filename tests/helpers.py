@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -802,13 +802,19 @@ TINY = {'MLproject': MLPROJECT, 'train.py': TRAIN, 'value.txt': '1.0'}
 # --- wheels and stores made directly, for tests and the benchmark ---------------
 
 
-def build_wheel(folder: Path, name: str, version: str, code: str) -> Path:
-    """A pure-Python wheel written as pip writes one: the module, METADATA,
-    WHEEL and a RECORD with every file's hash."""
+def build_wheel(
+    folder: Path, name: str, version: str, code: str, requires: Sequence[str] = ()
+) -> Path:
+    """A pure-Python wheel written as pip writes one: the module, METADATA
+    (with a Requires-Dist line for each of `requires`), WHEEL and a RECORD
+    with every file's hash."""
     dist_info = f'{name}-{version}.dist-info'
+    declared = ''.join(f'Requires-Dist: {r}\n' for r in requires)
     files = {
         f'{name}/__init__.py': code,
-        f'{dist_info}/METADATA': f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n',
+        f'{dist_info}/METADATA': (
+            f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{declared}'
+        ),
         f'{dist_info}/WHEEL': (
             'Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n'
         ),

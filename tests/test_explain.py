@@ -43,16 +43,26 @@ from reproduce_run import Candidate, Differences, ExplainStep, Explanation, expl
 # --- choosing the next probe: pure ---------------------------------------------
 
 
-def explain_with(items: list[str], culprits: set[str], failing: set[str] = frozenset()):
+def explain_with(
+    items: list[str],
+    culprits: set[str],
+    failing: set[str] = frozenset(),
+    loads=lambda undone: True,
+    needs=lambda undone: undone,
+):
     """Run the search against an oracle: undoing a set restores equality when
-    it holds every culprit; a probe undoing exactly `failing` fails (not equal)."""
-    outcomes: dict[frozenset[str], bool] = {}
+    it holds every culprit; a probe fails (unresolved) when it undoes exactly
+    `failing`, or when `loads` says the project does not load."""
+    outcomes: dict[frozenset[str], str] = {}
     probes = []
-    while (step := explain_step(items, outcomes)).undo is not None:
+    while (step := explain_step(items, outcomes, needs)).undo is not None:
         undone = frozenset(step.undo)
         assert undone not in outcomes, 'a set is never tried twice'
         probes.append(step.undo)
-        outcomes[undone] = culprits <= undone and undone != failing
+        if undone == failing or not loads(undone):
+            outcomes[undone] = 'unresolved'
+        else:
+            outcomes[undone] = 'equal' if culprits <= undone else 'differ'
     return step, probes
 
 
@@ -83,20 +93,26 @@ def test_explain_step_finds_a_smallest_culprit_set(items, culprits, restores, fo
         pytest.param([], {}, ExplainStep(), id='nothing-to-undo'),
         pytest.param(['a', 'b'], {}, ExplainStep(undo=('a', 'b')), id='undo-everything-first'),
         pytest.param(
-            ['a', 'b'], {frozenset('ab'): False}, ExplainStep(restores=False), id='still-differs'
-        ),
-        pytest.param(
-            ['a', 'b'], {frozenset('ab'): True}, ExplainStep(undo=('a',)), id='then-halves'
+            ['a', 'b'], {frozenset('ab'): 'differ'}, ExplainStep(restores=False), id='still-differs'
         ),
         pytest.param(
             ['a', 'b'],
-            {frozenset('ab'): True, frozenset('a'): False},
+            {frozenset('ab'): 'unresolved'},
+            ExplainStep(fails=True),
+            id='everything-undone-does-not-run',
+        ),
+        pytest.param(
+            ['a', 'b'], {frozenset('ab'): 'equal'}, ExplainStep(undo=('a',)), id='then-halves'
+        ),
+        pytest.param(
+            ['a', 'b'],
+            {frozenset('ab'): 'equal', frozenset('a'): 'differ'},
             ExplainStep(undo=('b',)),
             id='then-the-other-half',
         ),
         pytest.param(
             ['a', 'b'],
-            {frozenset('ab'): True, frozenset('a'): False, frozenset('b'): False},
+            {frozenset('ab'): 'equal', frozenset('a'): 'differ', frozenset('b'): 'differ'},
             ExplainStep(restores=True, culprits=('a', 'b')),
             id='both-needed',
         ),
@@ -106,9 +122,99 @@ def test_explain_step(items, outcomes, step):
     assert explain_step(items, outcomes) == step
 
 
-def test_a_failed_probe_counts_as_not_equal():
+def test_a_failed_probe_without_declared_needs_is_no_evidence():
+    """Undoing a alone fails and nothing says what it needs: that is no
+    evidence either way, so a is not named alone."""
     step, probes = explain_with(['a', 'b'], {'a'}, failing=frozenset('a'))
-    assert (step.restores, step.culprits) == (True, ('a', 'b'))
+    assert (step.restores, step.culprits, step.requires) == (True, ('a', 'b'), ())
+
+
+SK = Candidate('package', 'sk', '1.3.2', '1.9.1')
+NP = Candidate('package', 'np', '1.26.4', '2.4.6')
+PD = Candidate('package', 'pd', '3.0.6', '3.1.1')
+
+
+# The issue's environment: the reference had sk 1.3.2, np 1.26.4, pd 3.0.6;
+# the reproduction sk 1.9.1, np 2.4.6, pd 3.1.1.  The reference's sk does not
+# load with the new np, and the new pd does not load with the old np.
+def sk_pd_np_loads(undone: frozenset[str]) -> bool:
+    sk_needs_old_np = 'sk' not in undone or 'np' in undone
+    new_pd_needs_new_np = 'pd' in undone or 'np' not in undone
+    return sk_needs_old_np and new_pd_needs_new_np
+
+
+def sk_pd_np_needs(undone: frozenset[str]) -> frozenset[str]:
+    found = set(undone)
+    while not sk_pd_np_loads(frozenset(found)):
+        found |= {'np'} if 'sk' in found and 'np' not in found else {'pd'}
+    return frozenset(found)
+
+
+@pytest.mark.parametrize(
+    ('culprits', 'found', 'requires', 'max_probes'),
+    [
+        pytest.param({'sk'}, ('sk',), ('np', 'pd'), 4, id='sklearn-needs-numpy-and-pandas'),
+        pytest.param({'np'}, ('np',), ('pd',), 6, id='numpy-itself-needs-pandas'),
+        pytest.param({'pd'}, ('pd',), (), 6, id='pandas-loads-alone'),
+        # old sk loads only with old np and pd: no experiment can say more
+        pytest.param({'sk', 'np', 'pd'}, ('sk',), ('np', 'pd'), 4, id='all-three'),
+    ],
+)
+def test_a_probe_that_fails_to_load_is_tried_with_what_it_needs(
+    culprits, found, requires, max_probes
+):
+    """A failed probe is unresolved, never "not equal": the set is tried
+    again with what it needs to load, and what it needed is then tried alone,
+    so that a culprit hiding among the needs is not missed."""
+    step, probes = explain_with(
+        ['sk', 'np', 'pd'], culprits, loads=sk_pd_np_loads, needs=sk_pd_np_needs
+    )
+    assert (step.restores, step.culprits, step.requires) == (True, found, requires)
+    assert len(probes) <= max_probes
+
+
+def test_when_every_probe_fails_no_culprit_is_named():
+    step, probes = explain_with(['a', 'b'], {'a'}, loads=lambda undone: False)
+    assert (step.fails, step.culprits, probes) == (True, (), [('a', 'b')])
+
+
+REQUIREMENTS = {
+    ('sk', '1.3.2'): ('np<2,>=1.17', 'scipy>=1.5'),  # scipy: not a difference
+    ('sk', '1.9.1'): ('np>=1.22',),
+    ('pd', '3.1.1'): ('np>=2', 'pytest; extra == "test"'),
+    ('pd', '3.0.6'): ('np>=1.26', 'np<1; python_version < "3"'),  # a marker that is false
+}
+
+
+@pytest.mark.parametrize(
+    ('undone', 'needed'),
+    [
+        pytest.param({'package sk'}, {'package sk', 'package np', 'package pd'}, id='sk-np-pd'),
+        pytest.param({'package np'}, {'package np', 'package pd'}, id='a-kept-package-goes-back'),
+        pytest.param({'package pd'}, {'package pd'}, id='nothing-needed'),
+        pytest.param({'SEED'}, {'SEED'}, id='a-variable-needs-nothing'),
+        pytest.param(set(), set(), id='nothing-undone'),
+    ],
+)
+def test_needed_to_load(undone, needed):
+    candidates = [SK, NP, PD, Candidate('variable', 'SEED', '1', '2')]
+    found = reproduce_run.needed_to_load(frozenset(undone), candidates, REQUIREMENTS)
+    assert found == needed
+
+
+@pytest.mark.parametrize(
+    ('requirements', 'needed'),
+    [
+        pytest.param({('sk', '1.3.2'): ('np (<2)',)}, {'package sk', 'package np'}, id='old-form'),
+        pytest.param({('sk', '1.3.2'): ('np<2; extra == "x"',)}, {'package sk'}, id='an-extra'),
+        pytest.param({('sk', '1.3.2'): ('not a requirement!',)}, {'package sk'}, id='unparsable'),
+        pytest.param({('sk', '1.3.2'): ('NP<2',)}, {'package sk', 'package np'}, id='name-case'),
+        pytest.param({}, {'package sk'}, id='no-metadata'),
+    ],
+)
+def test_needed_to_load_reads_requirements_as_pip_does(requirements, needed):
+    found = reproduce_run.needed_to_load(frozenset({'package sk'}), [SK, NP], requirements)
+    assert found == needed
 
 
 NUMKIT = Candidate('package', 'numkit', '1.0', '1.1')
@@ -153,11 +259,55 @@ SEED = Candidate('variable', 'PYTHONHASHSEED', '1', '2')
             ['Explained: nothing tried: unknown'],
             id='nothing-tried',
         ),
+        pytest.param(
+            Explanation(
+                True,
+                (SK,),
+                (Candidate('package', 'padkit', '1.0', '2.0'),),
+                (
+                    {'changes': {'sk': '1.3.2'}, 'error': 'ImportError: sk needs np<2'},
+                    {'changes': {'sk': '1.3.2', 'np': '1.26.4', 'pd': '3.0.6'}},
+                ),
+                requires={SK.key: (NP, PD)},
+            ),
+            [
+                "Explained: with the reference's sk 1.3.2 (with np 1.26.4 and pd 3.0.6, which it "
+                'needs to load) the runs are equal; padkit 2.0 does not matter (2 probes)',
+                "- failed: with the reference's sk 1.3.2: ImportError: sk needs np<2",
+            ],
+            id='a-culprit-and-what-it-needs',
+        ),
+        pytest.param(
+            Explanation(
+                None,
+                probes=({'changes': {'np': '1.26.4', 'SEED': None}, 'error': ''},),
+                reason='with every difference undone, the project does not run',
+            ),
+            [
+                'Explained: no answer: with every difference undone, the project does not run '
+                '(1 probe)',
+                "- failed: with the reference's np 1.26.4, SEED unset: no error line",
+            ],
+            id='every-probe-failed',
+        ),
         pytest.param(None, [], id='not-asked'),
     ],
 )
 def test_explanation_lines(explanation, lines):
     assert reproduce_run.explanation_lines(explanation) == lines
+
+
+def test_each_culprit_lists_what_it_needs_in_json():
+    explanation = Explanation(True, (SK, NUMKIT), requires={SK.key: (NP,)})
+    culprits = explanation.json()['culprits']
+    assert culprits[0]['requires'] == [{'name': 'np', 'reference': '1.26.4', 'reproduced': '2.4.6'}]
+    assert culprits[1] == {
+        'kind': 'package',
+        'name': 'numkit',
+        'reference': '1.0',
+        'reproduced': '1.1',
+        'requires': [],
+    }
 
 
 @pytest.mark.parametrize(
@@ -475,7 +625,13 @@ def test_culprit_package_found_and_decoy_not_blamed(world, capsys, monkeypatch, 
     assert first_spans(documented[0]) == list(environment)
     assert environment['restores_equality'] is True
     assert environment['culprits'] == [
-        {'kind': 'package', 'name': 'numkit', 'reference': '1.0', 'reproduced': '1.1'}
+        {
+            'kind': 'package',
+            'name': 'numkit',
+            'reference': '1.0',
+            'reproduced': '1.1',
+            'requires': [],
+        }
     ]
     assert environment['reason'] is None
     probes = environment['probes']
@@ -535,6 +691,7 @@ def test_two_culprits_at_once_a_package_and_a_variable(world, capsys, monkeypatc
     assert code == 1, err
     environment = report['explanation']['environment']
     assert environment['restores_equality'] is True
+    assert [c.pop('requires') for c in environment['culprits']] == [[], []]
     assert environment['culprits'] == [
         {'kind': 'package', 'name': 'numkit', 'reference': '1.0', 'reproduced': '1.1'},
         {'kind': 'variable', 'name': 'OMP_NUM_THREADS', 'reference': '1', 'reproduced': '2'},
@@ -716,6 +873,98 @@ def test_a_recorded_script_run_that_logged_no_model_is_explained(
     environment = report['explanation']['environment']
     assert environment['restores_equality'] is True
     assert environment['culprits'] == [
-        {'kind': 'package', 'name': 'numkit', 'reference': '1.0', 'reproduced': '1.1'}
+        {
+            'kind': 'package',
+            'name': 'numkit',
+            'reference': '1.0',
+            'reproduced': '1.1',
+            'requires': [],
+        }
     ]
     assert report['differences']['environment_source'] == 'recorded'
+
+
+# skit's SCALE moves the metric `score`.  skit 1.0 refuses to import next to
+# nump 2, as scikit-learn 1.3.2 does next to numpy 2; pand 2.0 refuses nump 1,
+# as pandas 3.1.1 does numpy 1.26.  Each declares what it needs (Requires-Dist).
+LOADING_WHEELS = [
+    ('nump', '1.0', (), "MAJOR, VERSION = 1, '1.0'\n"),
+    ('nump', '2.0', (), "MAJOR, VERSION = 2, '2.0'\n"),
+    ('pand', '1.0', ('nump>=1',), 'import nump\n'),
+    (
+        'pand',
+        '2.0',
+        ('nump>=2',),
+        "import nump\nif nump.MAJOR < 2:\n    raise ImportError('pand 2.0 needs nump>=2')\n",
+    ),
+    (
+        'skit',
+        '1.0',
+        ('nump<2', 'pytest; extra == "tests"'),
+        'import nump\nif nump.MAJOR >= 2:\n'
+        "    raise ImportError('skit 1.0 needs nump<2, not ' + nump.VERSION)\nSCALE = 1.0\n",
+    ),
+    ('skit', '2.0', ('nump>=1',), 'import nump\nSCALE = 2.0\n'),
+]
+LOADING_TRAIN = """\
+import mlflow
+import pand, skit
+
+with mlflow.start_run() as run:
+    mlflow.log_metric('score', skit.SCALE * 10)
+    print(f'RUN_ID={run.info.run_id}')
+"""
+
+
+@pytest.mark.slow
+def test_a_culprit_is_named_with_the_packages_it_needs_to_load(
+    installed, capsys, monkeypatch, tmp_path
+):
+    """The reference ran with skit, nump and pand 1.0, the reproduction with
+    2.0 of each.  Undoing skit alone fails to import: that is no evidence, so
+    skit is tried again with what its declared requirements need, nump 1.0,
+    and what nump 1.0 then needs, pand 1.0.  skit is the culprit, named with
+    them, and the failed probe is shown with its error line."""
+    wheels = tmp_path / 'wheels'
+    wheels.mkdir()
+    built = {(n, v): build_wheel(wheels, n, v, code, req) for n, v, req, code in LOADING_WHEELS}
+    sites = {
+        v: pip_target(tmp_path / f'site-{v}', [built[n, v] for n in ('nump', 'pand', 'skit')])
+        for v in ('1.0', '2.0')
+    }
+    path = installer_path(tmp_path / 'bin', with_uv=False)
+    env = {'PATH': path, 'PIP_NO_INDEX': '1', 'PIP_FIND_LINKS': str(wheels)}
+    git('init', '--quiet', '--bare', str(tmp_path / 'remote.git'), cwd=tmp_path)
+    repo = tmp_path / 'repo'
+    repo.mkdir()
+    clone_with_remote(repo, {'train.py': LOADING_TRAIN}, str(tmp_path / 'remote.git'))
+    proc = run_python(
+        str(installed / 'python'), repo, 'train.py', env={**env, 'PYTHONPATH': str(sites['1.0'])}
+    )
+    [run_id] = [line[7:] for line in proc.stdout.splitlines() if line.startswith('RUN_ID=')]
+
+    for k, v in {**env, 'PYTHONPATH': str(sites['2.0'])}.items():
+        monkeypatch.setenv(k, v)
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--explain')
+    assert code == 1, err
+    assert 'Entry point:    train.py (script run)\n' in out  # no trailing blank
+    assert (
+        "Explained: with the reference's skit 1.0 (with nump 1.0 and pand 1.0, which it needs "
+        'to load) the runs are equal (3 probes)\n'
+        "- failed: with the reference's skit 1.0: "
+        'ImportError: skit 1.0 needs nump<2, not 2.0\n'
+    ) in out
+    [reproduced] = [line.split()[-1] for line in out.splitlines() if line.startswith('Reproduced')]
+    explained = json.loads(artifact_bytes(reproduced, 'reproduce/explanation.json'))
+    assert [c['name'] for c in explained['culprits']] == ['skit']
+    assert explained['culprits'][0]['requires'] == [
+        {'name': 'nump', 'reference': '1.0', 'reproduced': '2.0'},
+        {'name': 'pand', 'reference': '1.0', 'reproduced': '2.0'},
+    ]
+    assert [(p['changes'], p['status']) for p in explained['probes']] == [
+        ({'nump': '1.0', 'pand': '1.0', 'skit': '1.0'}, 'equal'),
+        ({'nump': '1.0', 'pand': '1.0'}, 'differ'),
+        ({'skit': '1.0'}, 'failed'),
+    ]
+    assert explained['probes'][2]['error'] == 'ImportError: skit 1.0 needs nump<2, not 2.0'
+    assert 'error' not in explained['probes'][0]
