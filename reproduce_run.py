@@ -172,6 +172,7 @@ SECRET_NOT_RECORDED = '<secret: not recorded>'  # in place of a secret's value
 TAG_REFERENCE_RUN_ID = 'reproduce.reference_run_id'
 TAG_EQUAL = 'reproduce.equal'  # 'true' or 'false'
 TAG_STATUS = 'reproduce.status'  # a key of STATUS_EXIT_CODES; 'killed': close_leftovers
+TAG_PREFIX = 'reproduce.prefix'  # JSON: what a reproduction stopped early compared
 TAG_BATCH = 'reproduce.batch'  # 'true' on the parent run of a batch
 TAG_REPEAT = 'reproduce.repeat'  # N, on the parent run of N repetitions
 TAG_CLASSIFICATION = 'reproduce.classification'  # what N repetitions say, on that parent
@@ -476,6 +477,14 @@ def counted(n: int, one: str, many: str | None = None) -> str:
     return f'{n} {plural(n, one, many)}'
 
 
+def duration_text(seconds: float) -> str:
+    """900 -> '15m', 7200 -> '2h', 90 -> '90s': the largest unit that fits exactly."""
+    for unit, size in (('w', 604800), ('d', 86400), ('h', 3600), ('m', 60)):
+        if seconds >= size and seconds % size == 0:
+            return f'{int(seconds // size)}{unit}'
+    return f'{seconds:g}s'
+
+
 def _json_float(x: float | None) -> float | str | None:
     """JSON has no NaN or infinity: they are written as the strings json.dumps
     gives them, "NaN", "Infinity" and "-Infinity", which float() reads back."""
@@ -583,6 +592,33 @@ class Verdict:
         return all(m.equal for m in self.metrics if not m.ignored) and all(
             p.equal for p in self.params
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Prefix:
+    """What a reproduction stopped early compared: each metric's points up
+    to a step, those both runs reached."""
+
+    stopped_by: str  # '--fail-fast', '--steps 6' or '--time-limit 15m'
+    steps: int | None  # compared up to this step (the least of the metrics'); None: nothing
+    reference_steps: int | None  # the reference's last step
+    compared_points: int  # the reference's points compared
+    not_compared: tuple[str, ...]  # metrics the reproduction had not reached
+    killed: bool = True  # stopped before its end (else --steps N of a run that ended)
+
+    def text(self) -> str:
+        """'up to step 6 of the reference's 59'."""
+        return f"up to step {self.steps} of the reference's {self.reference_steps}"
+
+    def json(self) -> dict[str, Any]:
+        return {
+            'stopped_by': self.stopped_by,
+            'stopped_early': self.killed,
+            'steps': self.steps,
+            'reference_steps': self.reference_steps,
+            'compared_points': self.compared_points,
+            'not_compared': list(self.not_compared),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -808,6 +844,9 @@ class Options:
     script_args: str | None = None  # a script run's arguments, a template of {param}s
     reap_after: float | None = None  # seconds: close any reproduction RUNNING longer
     explain: bool = False
+    fail_fast: bool | None = None  # None: on for --bisect's and --explain's probes only
+    steps: int | None = None  # stop once every point up to this step is logged
+    time_limit: float | None = None  # seconds: stop then, and judge what both reached
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -1039,6 +1078,115 @@ def judge(
         verdict = compare_histories(key, reference.get(key, ()), reproduced.get(key, ()), tol)
         metrics.append(dataclasses.replace(verdict, ignored=rules.is_ignored(key)))
     return Verdict(tuple(metrics), tuple(params))
+
+
+def _at_most(points: Sequence[Point], step: int) -> list[Point]:
+    return [p for p in points if (p.step or 0) <= step]
+
+
+def _reached(reference: Sequence[Point], reproduced: Sequence[Point]) -> int | None:
+    """The last step of a metric that the reproduction has logged in full: its
+    last step, or the one before while it has logged fewer values there than
+    the reference did (more may come).  None: nothing logged yet."""
+    if not reproduced:
+        return None
+    last = max(p.step or 0 for p in reproduced)
+    count = sum(1 for p in reproduced if (p.step or 0) == last)
+    if count < sum(1 for p in reference if (p.step or 0) == last):
+        return last - 1
+    return last
+
+
+def late_metrics(reference: Mapping[str, Sequence[Point]], n: int) -> set[str]:
+    """The metrics the reference logged only after step n: every step of
+    theirs is above n, or, logged without a step (at step 0, a final score),
+    they came after the reference's last point at steps 1 to n while later
+    steps followed."""
+    points = [p for history in reference.values() for p in history]
+    stamps = [p.timestamp for p in points if p.timestamp is not None and 0 < (p.step or 0) <= n]
+    went_on = any((p.step or 0) > n for p in points)
+    t_n = max(stamps) if stamps and went_on else None
+
+    def final(history: Sequence[Point]) -> bool:
+        return t_n is not None and all(
+            not p.step and p.timestamp is not None and p.timestamp > t_n for p in history
+        )
+
+    return {key for key, history in reference.items() if not _at_most(history, n) or final(history)}
+
+
+def prefix_histories(
+    reference: Mapping[str, Sequence[Point]],
+    reproduced: Mapping[str, Sequence[Point]],
+    upto: int | None,
+) -> tuple[dict[str, list[Point]], dict[str, list[Point]], dict[str, int], tuple[str, ...]]:
+    """Both runs' histories cut to what can be compared before the end: each
+    metric up to step `upto`, or with None up to the last step the
+    reproduction has logged in full.  Also each compared metric's last step,
+    and the metrics left out: the reference logged them only later."""
+    ref, new, reached, later = {}, {}, {}, []
+    late = late_metrics(reference, upto) if upto is not None else set()
+    for key in sorted({*reference, *reproduced}):
+        a, b = reference.get(key, ()), reproduced.get(key, ())
+        step = upto if upto is not None else _reached(a, b)
+        if key in late or step is None or not (_at_most(a, step) or _at_most(b, step)):
+            later.append(key)
+            continue
+        ref[key], new[key], reached[key] = _at_most(a, step), _at_most(b, step), step
+    return ref, new, reached, tuple(later)
+
+
+def judge_prefix(
+    reference: Mapping[str, Sequence[Point]],
+    reproduced: Mapping[str, Sequence[Point]],
+    rules: Rules,
+    upto: int | None,
+    stopped_by: str,
+    params: Sequence[ParamVerdict] = (),
+    killed: bool = True,
+) -> tuple[Verdict, Prefix, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
+    """The verdict on what both runs reached, what it covers, and the
+    histories it judged."""
+    ref, new, reached, later = prefix_histories(reference, reproduced, upto)
+    steps = [p.step or 0 for points in reference.values() for p in points]
+    prefix = Prefix(
+        stopped_by,
+        min(reached.values()) if reached else None,
+        max(steps) if steps else None,
+        sum(len(points) for points in ref.values()),
+        later,
+        killed,
+    )
+    return judge(ref, new, rules, params), prefix, (ref, new)
+
+
+def first_divergence(
+    reference: Mapping[str, Sequence[Point]],
+    reproduced: Mapping[str, Sequence[Point]],
+    rules: Rules,
+) -> MetricVerdict | None:
+    """For --fail-fast: the first metric that already differs, on what the
+    reproduction has logged in full so far."""
+    verdict, _, _ = judge_prefix(reference, reproduced, rules, None, '--fail-fast')
+    return next((m for m in verdict.metrics if not m.equal and not m.ignored), None)
+
+
+def steps_done(
+    reference: Mapping[str, Sequence[Point]], reproduced: Mapping[str, Sequence[Point]], n: int
+) -> bool:
+    """For --steps N: has the reproduction logged, up to step N, every point
+    the reference logged there (or gone past N)?"""
+    late = late_metrics(reference, n)
+    for key, points in reference.items():
+        wanted = 0 if key in late else len(_at_most(points, n))
+        logged = reproduced.get(key, ())
+        if (
+            wanted
+            and len(_at_most(logged, n)) < wanted
+            and not any((p.step or 0) > n for p in logged)
+        ):
+            return False
+    return True
 
 
 def _metric_json(m: MetricVerdict) -> dict[str, Any]:
@@ -4973,6 +5121,83 @@ def _virtualenv_of(project: Any, work_dir: str) -> tuple[Any, Any]:
     return python_env, Path(_get_mlflow_virtualenv_root()) / env_name
 
 
+WATCH_FIRST_SECONDS = 1.0  # the first poll of a watched reproduction's metrics
+WATCH_MOST_SECONDS = 10.0  # the poll backs off to this, a tenth of the time watched
+
+
+class Watcher:
+    """Stopping early (--fail-fast, --steps, --time-limit): reads a running
+    reproduction's metrics as they are logged, in a thread of its own, so
+    that a slow server never delays a signal, and says why to stop.  Each poll
+    is one request for the latest values, then the history of each metric
+    whose step has advanced."""
+
+    def __init__(self, session: Session, reference: Run, run_id: str) -> None:
+        options = session.options
+        self.client, self.options = session.client, options
+        self.reference, self.run_id = reference, run_id
+        self.deadline = options.time_limit and time.monotonic() + options.time_limit
+        self.reference_histories: dict[str, list[Point]] | None = None
+        self.histories: dict[str, list[Point]] = {}
+        self.latest: dict[str, int] = {}  # metric -> the step of its latest value, as read
+        self.found: str | None = None  # the option that says to stop
+        self.done = threading.Event()
+        if options.fail_fast or options.steps is not None:
+            threading.Thread(target=self._watch, name=f'watch-{run_id[:8]}', daemon=True).start()
+
+    def stopped_by(self) -> str | None:
+        """The option that says to stop now, None: go on."""
+        if self.found is None and self.deadline and time.monotonic() >= self.deadline:
+            self.found = '--time-limit'
+        return self.found
+
+    def close(self) -> None:
+        self.done.set()
+
+    def _watch(self) -> None:
+        """Poll every second at first, then every tenth of the time watched
+        so far (a stop comes at most 10% late), up to WATCH_MOST_SECONDS."""
+        started = time.monotonic()
+        interval = WATCH_FIRST_SECONDS
+        while not self.done.wait(interval) and self.found is None:
+            # A slow or failing server: the next poll, or the end, tells.
+            with contextlib.suppress(Exception):
+                self._poll()
+            watched = time.monotonic() - started
+            interval = min(max(watched / 10, WATCH_FIRST_SECONDS), WATCH_MOST_SECONDS)
+
+    def _poll(self) -> None:
+        if self.reference_histories is None:
+            [self.reference_histories] = read_histories(self.client, [self.reference], False)
+        run = self.client.get_run(self.run_id)
+        for metric in run.data._metric_objs:
+            if self.latest.get(metric.key) != metric.step:
+                history = self.client.get_metric_history(self.run_id, metric.key)
+                history = sorted(history, key=lambda m: (m.step, m.timestamp))
+                self.histories[metric.key] = [Point(m.step, m.value, m.timestamp) for m in history]
+                self.latest[metric.key] = metric.step
+        if not self.done.is_set():
+            self.found = self._decide(self.reference_histories, self.histories)
+
+    def _decide(
+        self, reference: dict[str, list[Point]], reproduced: dict[str, list[Point]]
+    ) -> str | None:
+        options = self.options
+        if options.steps is not None and steps_done(reference, reproduced, options.steps):
+            return '--steps'
+        if options.fail_fast and first_divergence(reference, reproduced, options.rules):
+            return '--fail-fast'
+        return None
+
+
+def watcher_for(session: Session, reference: Run, run_id: str) -> Watcher | None:
+    """A watcher when the options stop early, else None."""
+    options = session.options
+    if options.fail_fast or options.steps is not None or options.time_limit:
+        return Watcher(session, reference, run_id)
+    return None
+
+
 @dataclasses.dataclass
 class Job:
     """A started reproduction: the process it waits for, plus what it takes to
@@ -4983,13 +5208,16 @@ class Job:
     activation: str | None = None  # what enters the project's environment, None: local
     environ: Mapping[str, str] | None = None  # what the project got; None: not known (docker)
 
-    def wait(self, stop: Stop) -> int:
-        """The project's exit status; raises Stopped when a signal arrives."""
+    def wait(self, stop: Stop, watcher: Watcher | None = None) -> int | None:
+        """The project's exit status, None when the watcher says to stop it
+        early; raises Stopped when a signal arrives."""
         while True:
             try:
                 return self.proc.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
                 stop.check()
+                if watcher is not None and watcher.stopped_by():
+                    return None
 
     def end(self) -> int:
         """End whatever still runs: the process group and every marked process."""
@@ -5377,6 +5605,7 @@ class Launch:
     output_tail: tuple[str, ...]
     environment: dict[str, Any] | None = None  # of the interpreter that ran the project
     output_lost: str | None = None  # what the tool could not keep of the project's output
+    stopped_by: str | None = None  # the option that stopped it early (run KILLED)
 
 
 def run_project(
@@ -5388,6 +5617,7 @@ def run_project(
     start, mark the run FAILED."""
     run_id = run.info.run_id
     job = None
+    watcher = watcher_for(session, plan.reference, run_id)
     try:
         session.stop.check()
         job = start_project(session, plan, run, tmp_dir, marker, output)
@@ -5397,7 +5627,7 @@ def run_project(
         environment = job.environ and _in_background(
             capture_environment, job.activation, job.environ, plan.project_dir
         )
-        returncode = job.wait(session.stop)
+        returncode = job.wait(session.stop, watcher)
         environment = environment and captured_environment(environment, session.stop)
     except Exception as e:  # Stopped too
         if job is not None:
@@ -5409,13 +5639,36 @@ def run_project(
         raise _mlflow_error(f'cannot launch the project (run {run_id} marked FAILED)', e) from None
     finally:
         output.close_writer()
+        if watcher is not None:
+            watcher.close()
+    if returncode is None:  # stopped early: as a signal stops it, the run KILLED
+        assert watcher is not None
+        return stop_early(session, job, run_id, output, environment, watcher.found)
     left_behind = job.end()
     if left_behind:
         warn(f'the project of run {run_id} left {left_behind} process(es) running; ended them')
     output.close()
     status = 'FINISHED' if returncode == 0 else 'FAILED'
     close_run(session.client, run_id, status, session.shared.left_open)
-    return Launch(returncode, output.tail, environment, output.lost)
+    # --steps N of a run that ended before N was reached: still judged up to N
+    stopped_by = '--steps (ended)' if session.options.steps is not None else None
+    return Launch(returncode, output.tail, environment, output.lost, stopped_by)
+
+
+def stop_early(
+    session: Session,
+    job: Job,
+    run_id: str,
+    output: ProjectOutput,
+    environment: dict[str, Any] | None,
+    stopped_by: str | None,
+) -> Launch:
+    """End the project's processes (SIGTERM to its group, the grace period,
+    then SIGKILL) and mark its run KILLED: it must never look complete."""
+    job.end()
+    output.close()
+    close_run(session.client, run_id, 'KILLED', session.shared.left_open)
+    return Launch(0, output.tail, environment, output.lost, stopped_by)
 
 
 def run_on_backend(
@@ -5592,6 +5845,7 @@ class Report(Outcome):
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
     explanation: Explanation | None = None  # with --explain, of a reproduction that differs
     cannot_guess: bool = False  # ended by CannotGuess: a batch's search skips the run
+    prefix: Prefix | None = None  # stopped early: what the verdict covers
 
     def __post_init__(self) -> None:
         if self.reference_status is None and self.plan is not None:
@@ -5686,6 +5940,7 @@ def report_json(report: Report) -> dict[str, Any]:
             ],
         },
         'leftovers': list(report.leftovers),
+        'prefix': report.prefix and report.prefix.json(),
         **(
             {'explanation': {'environment': report.explanation.json()}}
             if report.explanation
@@ -5876,6 +6131,34 @@ def _unusual_status(report: Report) -> str | None:
     return status if status and status != 'FINISHED' else None
 
 
+def prefix_lines(report: Report) -> list[str]:
+    """What a reproduction stopped early compared: 'Stopped early:  by
+    --steps 6 (run KILLED): equal up to step 6 of the reference's 59', and
+    the metrics it had not reached."""
+    p = report.prefix
+    if p is None or p.steps is None:
+        return []
+    first = _first_differing(report.verdict)
+    if first is None:
+        said = f'equal {p.text()}'
+    else:
+        at = first.first_divergent_step
+        said = f'{first.key} differs' + (f' at step {at}' if at is not None else '')
+        said += f'; compared {p.text()}'
+    lines = [f'Stopped early:  by {p.stopped_by} (run KILLED): {said}']
+    if not p.killed:
+        lines = [f'Compared:       as {p.stopped_by} asks: {said}']
+    if p.not_compared:
+        lines.append(f'Not compared:   {", ".join(p.not_compared)} (logged after step {p.steps})')
+    return lines
+
+
+def _first_differing(verdict: Verdict | None) -> MetricVerdict | None:
+    """The metric that differs first (by its first divergent step)."""
+    differing = [m for m in (verdict.metrics if verdict else ()) if not (m.equal or m.ignored)]
+    return min(differing, key=lambda m: m.first_divergent_step or 0, default=None)
+
+
 def format_text(report: Report, verbose: bool = False) -> str:
     status = _unusual_status(report)
     lines = [f'Reference run:  {report.reference_run_id}' + (f' ({status})' if status else '')]
@@ -5884,6 +6167,7 @@ def format_text(report: Report, verbose: bool = False) -> str:
         lines.append(f'{label} {report.reproduced_run_id}')
     if report.plan:
         lines += _plan_lines(report.plan, show_backend=report.status == 'planned')
+    lines += prefix_lines(report)
     if report.verdict and report.verdict.params:
         lines.append(_table(_param_rows(report.verdict), 'psql'))
     if report.plan and report.status == 'planned':
@@ -5991,6 +6275,7 @@ def format_markdown(
         if _backend_noteworthy(plan):
             lines.append(f'- backend: {markdown_code(_backend_text(plan))}')
     lines += environment_same_lines(report.differences)
+    lines += [f'- {markdown_escaped(line)}' for line in prefix_lines(report)]
     registered = registration_lines(report.registrations, markdown_escaped)
     lines += [f'- {line[0].lower()}{line[1:]}' for line in registered]
     if report.verdict and max_rows is not None:
@@ -6619,6 +6904,8 @@ def record_verdict(
             TAG_ATOL: repr(report.rules.default.atol),
             TAG_NOTE: describe(report, _run_link(client, report)),
         }
+        if report.prefix is not None:
+            tags[TAG_PREFIX] = json.dumps(report.prefix.json(), sort_keys=True)
         try:
             client.log_batch(run_id, tags=[RunTag(k, fit_tag(v)) for k, v in tags.items()])
         except Exception:  # the server may fail this one endpoint: one tag at a time
@@ -6664,8 +6951,14 @@ def check_command(plan: Plan, allow_unsafe: bool) -> None:
 
 
 def judge_runs(
-    session: Session, reference: Run, other: Run, param_keys: Sequence[str]
-) -> tuple[Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
+    session: Session,
+    reference: Run,
+    other: Run,
+    param_keys: Sequence[str],
+    stopped_by: str | None = None,
+) -> tuple[Verdict, Prefix | None, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
+    """The verdict on two runs' whole histories, or, for a reproduction
+    stopped early, on what both reached (and what that covers)."""
     from mlflow.exceptions import MlflowException
 
     rules = session.options.rules
@@ -6679,8 +6972,18 @@ def judge_runs(
         raise _mlflow_error('cannot read the metric histories', e) from None
     ref_params, other_params = _unquoted(reference.data.params), _unquoted(other.data.params)
     params = [ParamVerdict(k, ref_params.get(k), other_params.get(k)) for k in sorted(param_keys)]
-    verdict = judge(reference_histories, other_histories, rules, params)
-    return verdict, (reference_histories, other_histories)
+    histories = (reference_histories, other_histories)
+    if stopped_by is None:
+        return judge(*histories, rules, params), None, histories
+    options = session.options
+    upto = options.steps if stopped_by.startswith('--steps') else None
+    killed = not stopped_by.endswith(' (ended)')
+    label = {
+        '--steps': f'--steps {options.steps}',
+        '--time-limit': f'--time-limit {duration_text(options.time_limit or 0)}',
+    }.get(stopped_by.removesuffix(' (ended)'), stopped_by)
+    # the histories as judged: --bisect's commits and the plots see what was compared
+    return judge_prefix(*histories, rules, upto, label, params, killed)
 
 
 def _verdict_report(verdict: Verdict, **fields: Any) -> Report:
@@ -6693,7 +6996,7 @@ def compare_to(session: Session, run_id: str, other_id: str) -> Report:
     other = read_reference(session.client, other_id, session.tracking_uri)
     keys = sorted({*reference.data.params, *other.data.params})
     options = session.options
-    verdict, _ = judge_runs(session, reference, other, keys)
+    verdict, _, _ = judge_runs(session, reference, other, keys)
     return _verdict_report(
         verdict,
         reference_run_id=reference.info.run_id,
@@ -6885,7 +7188,11 @@ def _reproduce(
     if launch.output_lost:  # the tool's own failure, not the project's
         message = f'the reproduced run {new_id} ran to its end, but {launch.output_lost}'
         return Report(status='error', **fields, message=message)
-    reproduced, verdict, progress.histories = judge_reproduction(session, reference, new_id, plan)
+    reproduced, verdict, prefix, progress.histories = judge_reproduction(
+        session, reference, new_id, plan, launch.stopped_by
+    )
+    if prefix is not None and prefix.steps is None:
+        return Report(status='error', **fields, prefix=prefix, message=nothing_compared(prefix))
     differences = differences_between(
         client,
         reference,
@@ -6897,12 +7204,20 @@ def _reproduce(
         if options.version is not None and commit != reference.data.tags.get(TAG_GIT_COMMIT)
         else None,
     )
-    return _verdict_report(verdict, differences=differences, **fields)
+    return _verdict_report(verdict, differences=differences, prefix=prefix, **fields)
+
+
+def nothing_compared(prefix: Prefix) -> str:
+    """The error of a reproduction stopped early before any point to compare."""
+    within = prefix.stopped_by.removeprefix('--time-limit ')
+    if within == prefix.stopped_by:
+        return f'nothing to compare: stopped by {prefix.stopped_by} before any point'
+    return f'nothing to compare within {within}: no metric was logged by then (run KILLED)'
 
 
 def judge_reproduction(
-    session: Session, reference: Run, run_id: str, plan: Plan
-) -> tuple[Run, Verdict, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
+    session: Session, reference: Run, run_id: str, plan: Plan, stopped_by: str | None = None
+) -> tuple[Run, Verdict, Prefix | None, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
     """Read the finished run back and judge it; a failure here is not the
     project's: say that the run ran and its metrics could not be read."""
     try:
@@ -6911,7 +7226,7 @@ def judge_reproduction(
         # project's are those its entry point declares, as MLflow logs them.
         keys = [*{**reference.data.params, **reproduced.data.params}] if plan.script else None
         return reproduced, *judge_runs(
-            session, reference, reproduced, keys or [*plan.logged_params]
+            session, reference, reproduced, keys or [*plan.logged_params], stopped_by
         )
     except ReproduceError as e:
         detail = str(e).split(': ', 1)[-1]
@@ -8276,7 +8591,9 @@ def run_bisect(session: Session, chosen: Chosen, target: str, repeat: int) -> Bi
             most_probes=planner.most_probes,
             dry_run=True,
         )
-    bisect: BisectReport = report_group(session, planner)
+    # Each probe stops at the first point that differs, unless --no-fail-fast.
+    options = dataclasses.replace(options, fail_fast=options.fail_fast is not False)
+    bisect: BisectReport = report_group(dataclasses.replace(session, options=options), planner)
     for index, report in bisect.probes:
         tag_probe(client, report, TAG_BISECT_COMMIT, bisect.path[index].commit, 'run')
     return bisect
@@ -8445,6 +8762,7 @@ def bisect_json(bisect: BisectReport) -> dict[str, Any]:
                     'changed_metrics': _differing_keys(r),
                     'changed_params': _changed_params(r),
                     'reproduced_run_id': r.reproduced_run_id,
+                    'prefix': r.prefix and r.prefix.json(),
                 }
                 for i, r in sorted(bisect.probes, key=lambda p: p[0])
             ],
@@ -8910,7 +9228,9 @@ def explain_difference(session: Session, report: Report) -> Explanation:
         return Explanation(None, not_tried=tuple(not_tried), reason=reason)
     planner = ExplainPlanner(session, report, tried, layers)
     # Probes print no plots and no progress of their own beyond one line each.
-    options = dataclasses.replace(session.options, plots=False)
+    # They stop at the first point that differs, unless --no-fail-fast.
+    fail_fast = session.options.fail_fast is not False
+    options = dataclasses.replace(session.options, plots=False, fail_fast=fail_fast)
     group = run_group(dataclasses.replace(session, options=options), planner)
     probes = tuple(probe_json(session, planner, probe, r) for probe, r in group.results)
     step, not_tried = planner.step, tuple(not_tried)
@@ -9860,6 +10180,29 @@ def build_parser() -> argparse.ArgumentParser:
         action='store_true',
         help="compare only each metric's latest value, not its history",
     )
+    early = parser.add_argument_group(
+        'stopping early: a verdict before a long training ends (the run is marked KILLED)'
+    )
+    early.add_argument(
+        '--fail-fast',
+        action=argparse.BooleanOptionalAction,
+        help='stop a reproduction at the first logged point beyond tolerance: it differs '
+        "(default: on for --bisect's and --explain's probes, off otherwise)",
+    )
+    early.add_argument(
+        '--steps',
+        type=_number(int, 0),
+        metavar='N',
+        help='stop once every point the reference logged up to step N is logged, and judge '
+        'those: equal up to step N, or differ',
+    )
+    early.add_argument(
+        '--time-limit',
+        type=_age,
+        metavar='DURATION',
+        help='stop a reproduction after this long (15m, 2h) and judge each metric up to '
+        'the last step both runs reached',
+    )
     judging.add_argument(
         '--compare-to',
         type=_run_id,
@@ -9939,6 +10282,24 @@ def _conflicting_options(args: argparse.Namespace) -> str | None:
         ):
             if value:
                 return f'--bisect and {flag} exclude each other'
+    return _conflicting_early_stops(args)
+
+
+def _conflicting_early_stops(args: argparse.Namespace) -> str | None:
+    """Stopping early needs whole histories and a project the tool runs itself."""
+    early = {'--fail-fast': args.fail_fast, '--steps': args.steps, '--time-limit': args.time_limit}
+    given = [flag for flag, value in early.items() if value not in (None, False)]
+    if not given:
+        return None
+    for flag, value, why in (
+        ('--repeat', args.repeat, "its classification needs each repetition's whole history"),
+        ('--last-only', args.last_only, 'stopping early judges histories step by step'),
+        ('--compare-to', args.compare_to, 'nothing runs'),
+    ):
+        if value:
+            return f'{given[0]} and {flag} exclude each other: {why}'
+    if args.backend != DEFAULT_BACKEND:
+        return f'{given[0]} needs the local backend, which runs the project here'
     return None
 
 

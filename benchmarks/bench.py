@@ -1284,6 +1284,127 @@ def bench_bisect(rounds: int, seconds: float, notes: list[str]) -> list[Comparis
     return [comparison]
 
 
+# Stopping early (--fail-fast, --steps, --time-limit): a script that logs a
+# metric each second for EARLY_STEPS seconds; DIVERGE_AT, or the step in
+# diverge.txt at a commit, makes it differ from that step on.
+
+EARLY_STEPS = 60
+EARLY_COMMITS = 16
+EARLY_SCRIPT = """\
+import os, time
+import mlflow
+
+diverge = int(os.environ.get('DIVERGE_AT', '-1'))
+if os.path.exists('diverge.txt'):
+    diverge = int(open('diverge.txt').read())
+with mlflow.start_run():
+    for step in range(int(os.environ.get('STEPS', '60'))):
+        off = 100.0 if 0 <= diverge <= step else 0.0
+        mlflow.log_metric('loss', 1.0 / (step + 1) + off, step=step)
+        time.sleep(1.0)
+"""
+
+
+def early_world(tmp: Path, env: Mapping[str, str]) -> tuple[Path, str]:
+    """A repository whose remote is a bare one beside it, and a reference run
+    of its script made as a person makes one: `python steps.py`."""
+    git('init', '--quiet', '--bare', str(tmp / 'remote.git'), cwd=tmp)
+    repo = tmp / 'repo'
+    repo.mkdir()
+    (repo / 'steps.py').write_text(EARLY_SCRIPT)
+    git('init', '--quiet', '--initial-branch', 'main', cwd=repo)
+    git('config', 'user.email', 'bench@example.invalid', cwd=repo)
+    git('config', 'user.name', 'bench', cwd=repo)
+    git('add', '--all', cwd=repo)
+    git('commit', '--quiet', '-m', 'steps', cwd=repo)
+    git('remote', 'add', 'origin', str(tmp / 'remote.git'), cwd=repo)
+    git('push', '--quiet', 'origin', 'main', cwd=repo)
+    proc = subprocess.run(
+        (sys.executable, 'steps.py'),
+        env={**env, 'STEPS': str(EARLY_STEPS)},
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    if proc.returncode:
+        raise BenchError(f'the reference run failed:\n{proc.stderr[-2000:]}')
+    import mlflow
+
+    client = mlflow.MlflowClient(env['MLFLOW_TRACKING_URI'])
+    [run] = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        order_by=['attributes.start_time DESC'],
+        max_results=1,
+    )
+    return repo, run.info.run_id
+
+
+def early_commits(repo: Path) -> None:
+    """EARLY_COMMITS commits; the one in the middle makes `loss` diverge from step 3."""
+    for k in range(1, EARLY_COMMITS + 1):
+        (repo / 'notes.txt').write_text(f'note {k}\n')
+        if k == EARLY_COMMITS // 2:
+            (repo / 'diverge.txt').write_text('3')
+        git('add', '--all', cwd=repo)
+        git('commit', '--quiet', '-m', f'commit {k}', cwd=repo)
+    git('push', '--quiet', 'origin', 'main', cwd=repo)
+
+
+def bench_early(rounds: int, notes: list[str]) -> list[Comparison]:
+    progress(f'early verdicts: a script logging a metric each second for {EARLY_STEPS} s')
+    with tempfile.TemporaryDirectory(prefix='bench-early-') as tmp:
+        env = {**base_env(f'sqlite:///{Path(tmp) / "mlflow.db"}'), 'STEPS': str(EARLY_STEPS)}
+        repo, reference = early_world(Path(tmp), env)
+
+        def tool(*args: str, expect: int = 0, **variables: str) -> Callable[[], float]:
+            cmd = (sys.executable, str(SCRIPT), '--run_id', reference, '--quiet', *args)
+            return lambda: run_timed(cmd, {**env, **variables}, tmp, expect)[0]
+
+        pairs = [
+            (
+                'a reproduction that diverges at step 6',
+                tool(expect=1, DIVERGE_AT='6'),
+                '... with --fail-fast',
+                tool('--fail-fast', expect=1, DIVERGE_AT='6'),
+                0.3,
+            ),
+            ('a full reproduction', tool(), '... with --steps 6', tool('--steps', '6'), 0.3),
+            (
+                'a full reproduction (equal)',
+                tool(),
+                '... with --fail-fast',
+                tool('--fail-fast'),
+                1.05,
+            ),
+        ]
+        results = []
+        for a_name, a, b_name, b, goal in pairs:
+            progress(f'early: {rounds} rounds of {a_name} / {b_name}')
+            a_t, b_t = interleave([a, b], rounds, warmup=False)
+            results.append(Comparison('early', a_name, b_name, tuple(a_t), tuple(b_t)))
+            notes.append(
+                f'early: {b_name} takes {results[-1].ratio:.2f}x {a_name} (goal <= {goal})'
+            )
+        early_commits(repo)
+        progress(f'early: {rounds} rounds of --bisect over {EARLY_COMMITS} commits')
+        bisect = ('--bisect', 'main')
+        a_t, b_t = interleave(
+            [tool(*bisect, '--no-fail-fast', expect=1), tool(*bisect, expect=1)], rounds, False
+        )
+    results.append(
+        Comparison(
+            'early',
+            f'--bisect --no-fail-fast ({EARLY_COMMITS} commits, one diverges from step 3)',
+            '--bisect (its probes fail fast)',
+            tuple(a_t),
+            tuple(b_t),
+        )
+    )
+    notes.append(f'early: --bisect with early stops takes {results[-1].ratio:.2f}x (goal <= 0.6)')
+    return results
+
+
 # 10. --explain: 8 packages differ, one of them moves the metric.
 
 EXPLAIN_PACKAGES = 8
@@ -1630,6 +1751,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument('--skip-explain', action='store_true', help='skip --explain')
     parser.add_argument(
+        '--early-rounds',
+        type=_positive,
+        default=1,
+        help='rounds of each early-verdict comparison, a minute or more (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--skip-early', action='store_true', help='skip --fail-fast, --steps and early bisection'
+    )
+    parser.add_argument(
         '--recorder-rounds',
         type=_positive,
         default=200,
@@ -1702,6 +1832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: results.extend(bench_bisect(args.bisect_rounds, args.bisect_seconds, notes)),
         ),
         (args.skip_explain, lambda: results.extend(bench_explain(notes))),
+        (args.skip_early, lambda: results.extend(bench_early(args.early_rounds, notes))),
         (
             args.skip_selection or args.skip_server,  # it needs a server
             lambda: results.extend(bench_selection(args.selection_rounds, notes, memory)),

@@ -255,6 +255,7 @@ def test_bisect_finds_the_commit_that_changed_the_metric(linear, capsys, tmp_pat
         'changed_metrics',
         'changed_params',
         'reproduced_run_id',
+        'prefix',
     }
     assert [p['commit'] for p in probes] == sorted((p['commit'] for p in probes), key=commits.index)
     by_commit = {p['commit']: p for p in probes}
@@ -289,7 +290,10 @@ def test_bisect_finds_the_commit_that_changed_the_metric(linear, capsys, tmp_pat
         commit = child.data.tags['reproduce.bisect.commit']
         assert child.data.tags['mlflow.source.git.commit'] == commit
         assert child.data.tags['reproduce.status'] == by_commit[commit]['status']
-        assert child.info.status == 'FINISHED'
+        # a probe that differs may have been stopped early (--fail-fast, the default)
+        stopped = by_commit[commit]['prefix'] is not None
+        assert child.info.status == ('KILLED' if stopped else 'FINISHED')
+        assert not stopped or by_commit[commit]['status'] == 'differ'
 
 
 def test_target_where_nothing_changed_exits_0_and_goes_to_junit_and_the_step_summary(

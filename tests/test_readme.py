@@ -403,6 +403,10 @@ SETUPS: dict[str, Setup] = {
     'malformed model URI (`--model notamodeluri`); nothing is created': arguments(
         '--model', 'notamodeluri'
     ),
+    '`--fail-fast`, `--steps` or `--time-limit` with `--repeat`': lambda request: [
+        ('--run_id', 'a', '--fail-fast', '--repeat', '2'),
+        ('--run_id', 'a', '--repeat', '3', '--fail-fast', '--steps', '5'),
+    ],
     'unknown run ID': arguments('--run_id', 'f' * 32),
     "run ID of 1 to 7 hex digits (git's short hash: too short for a prefix)": arguments(
         '--run_id', '0e0c9fb'
