@@ -3343,26 +3343,78 @@ def dataset_differences(
     new_inputs: Sequence[Any],
 ) -> list[dict[str, Any]]:
     """MLflow dataset inputs (run.inputs.dataset_inputs) matched by dataset
-    name and context: a changed digest, source or schema, or a dataset that
-    only one run used."""
+    name and context: a changed digest, source (each field that differs) or
+    schema, or a dataset that only one run used."""
     ref, new = _datasets_by_key(ref_inputs), _datasets_by_key(new_inputs)
     found = []
     for name, context in sorted(set(ref) | set(new), key=lambda k: (k[0], k[1] or '')):
         a, b = ref.get((name, context)), new.get((name, context))
         if a is None or b is None:  # the change, and each side's digest
             only = 'only_reproduced' if a is None else 'only_reference'
-            changes = [(only, a and a.digest, b and b.digest)]
+            changes = [(only, None, a and a.digest, b and b.digest)]
         else:
             changes = [
-                (field, getattr(a, field), getattr(b, field))
-                for field in ('digest', 'source', 'schema')
-                if getattr(a, field) != getattr(b, field)
+                *([('digest', None, a.digest, b.digest)] if a.digest != b.digest else []),
+                *(('source', *field) for field in source_differences(a, b)),
+                *([('schema', None, a.schema, b.schema)] if a.schema != b.schema else []),
             ]
         found += [
-            {'name': name, 'context': context, 'change': c, 'reference': x, 'reproduced': y}
-            for c, x, y in changes
+            {
+                'name': name,
+                'context': context,
+                'change': c,
+                'field': f,
+                'reference': x,
+                'reproduced': y,
+            }
+            for c, f, x, y in changes
         ]
     return found
+
+
+# What a dataset source made in code (MLflow's CodeDatasetSource holds the run
+# context's tags) says of where, by whom and how the code ran, not of the
+# data: the git tags (a private checkout has no branch nor remote), the user
+# and the recorder's tags.  Left out of the comparison of sources.
+RUN_CONTEXT_TAGS = ('mlflow.source.git.', 'reproduce.', TAG_USER)  # prefixes
+
+
+def source_differences(a: Any, b: Any) -> list[tuple[str | None, Any, Any]]:
+    """The fields in which two datasets' sources differ, the run context left
+    out: (field, reference, reproduced) each; the field is None for a source
+    that is no JSON object, compared whole."""
+    if a.source_type != b.source_type:
+        return [('source_type', a.source_type, b.source_type)]
+    ref, new = source_fields(a.source), source_fields(b.source)
+    if ref is None or new is None:
+        return [] if a.source == b.source else [(None, a.source, b.source)]
+    return [
+        (f, ref.get(f), new.get(f))
+        for f in sorted(ref.keys() | new.keys())
+        if ref.get(f) != new.get(f)
+    ]
+
+
+def source_fields(source: str) -> dict[str, Any] | None:
+    """A dataset source's JSON object flattened ('tags.mlflow.source.name'),
+    without the run context's tags; None when it is no JSON object."""
+    try:
+        value = json.loads(source)
+    except (TypeError, ValueError):
+        return None
+    return _flattened(value) if isinstance(value, dict) else None
+
+
+def _flattened(value: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for key, item in value.items():
+        if str(key).startswith(RUN_CONTEXT_TAGS):
+            continue
+        if isinstance(item, dict) and item:
+            fields |= _flattened(item, f'{prefix}{key}.')
+        else:
+            fields[f'{prefix}{key}'] = item
+    return fields
 
 
 def _datasets_by_key(inputs: Sequence[Any]) -> dict[tuple[str, str | None], Any]:
@@ -3638,13 +3690,22 @@ def _environment_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
     return f'{label}{name}: {ref} -> {new}'
 
 
+SOURCE_VALUE_LIMIT = 60  # characters of a source's field shown in a line; JSON has all
+
+
 def _dataset_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
     context = f' ({escaped(item["context"])})' if item['context'] else ''
     where = f'dataset {_quoted(item["name"], escaped)}{context}'
-    ref, new = _both_sides(item, '-', escaped)
+    ref, new = (
+        escaped(_truncated(_shown(item[side], '-'), SOURCE_VALUE_LIMIT))
+        for side in ('reference', 'reproduced')
+    )
+    field = item.get('field')
     said = {
         'digest': f'changed at its source (digest {ref} -> {new})',
-        'source': f'comes from another source: {ref} -> {new}',
+        'source': f'comes from another source ({escaped(field)}: {ref} -> {new})'
+        if field
+        else f'comes from another source: {ref} -> {new}',
         'schema': 'changed its schema',
         'only_reference': 'is an input of the reference run only',
         'only_reproduced': 'is an input of the reproduced run only',
