@@ -816,9 +816,11 @@ class Options:
 
 @dataclasses.dataclass
 class _CachedHelp:
-    """What a script's --help printed (None: it failed), asked once."""
+    """What a script's --help printed, and why it is no help (None: it ended
+    well), asked once."""
 
-    text: str | None = None
+    text: str = ''
+    failure: str | None = None
     asked: bool = False
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -5121,10 +5123,11 @@ def script_process_args(command: Sequence[str], activation: Sequence[str]) -> li
     return ['bash', '-c', ' && '.join([*activation, 'exec "$@"']), 'bash', *command]
 
 
-def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str | None:
-    """What `python script --help` prints, run as the script will run; None
-    when it fails or does not end in time.  Its tracking store is a scratch
-    one: a script that ignores --help and trains logs nothing anywhere."""
+def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> tuple[str, str | None]:
+    """What `python script --help` prints, run as the script will run, and
+    why it is no help when it fails or does not end in time (else None).  Its
+    tracking store is a scratch one: a script that ignores --help and trains
+    logs nothing anywhere."""
     assert plan.script is not None
     env = _project_environ(session, tmp_dir, marker)
     env['MLFLOW_TRACKING_URI'] = f'sqlite:///{os.path.join(tmp_dir, "help.db")}'
@@ -5140,15 +5143,20 @@ def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str 
         while proc.poll() is None and time.monotonic() < deadline:
             session.stop.check()
             time.sleep(0.1)
+        ended = proc.poll() is not None
     finally:
         end_processes(proc.pid, marker, reap=proc.poll)
+    if not ended:
+        return '', f'did not end within {HELP_TIMEOUT_SECONDS:g} s'
     if proc.returncode != 0:
-        return None
+        return '', f'failed (exit status {proc.returncode})'
     with open(log, encoding='utf-8', errors='replace') as f:
-        return f.read()
+        return f.read(), None
 
 
-def cached_script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str | None:
+def cached_script_help(
+    session: Session, plan: Plan, tmp_dir: str, marker: str
+) -> tuple[str, str | None]:
     """script_help once per script, commit and environment manager in an
     invocation: a batch, --repeat or --explain pays for it once, not per run."""
     assert plan.script is not None
@@ -5158,9 +5166,9 @@ def cached_script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) 
         cached = session.shared.helps.setdefault(key, _CachedHelp())
     with cached.lock:
         if not cached.asked:
-            cached.text = script_help(session, plan, tmp_dir, marker)
+            cached.text, cached.failure = script_help(session, plan, tmp_dir, marker)
             cached.asked = True
-    return cached.text
+    return cached.text, cached.failure
 
 
 def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str) -> Plan:
@@ -5179,20 +5187,16 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str
     if session.options.dry_run:  # runs nothing: the script is code from the tracking store
         script = dataclasses.replace(plan.script, arguments_from=HELP_AT_RUN_TIME)
         return dataclasses.replace(plan, script=script)
-    help_text = cached_script_help(session, plan, tmp_dir, marker)
-    options = help_options(help_text or '')
+    help_text, failure = cached_script_help(session, plan, tmp_dir, marker)
+    options = help_options(help_text)
     if not options:
-        why = (
-            'shows no options'
-            if help_text is not None
-            else f'failed or did not end within {HELP_TIMEOUT_SECONDS:g} s'
-        )
         warn(
-            f'`{shlex.join((*plan.script.launch, "--help"))}` {why}: the script gets no '
-            f'arguments (the tag {TAG_ARGV} or --script-args can give them)'
+            f'`{shlex.join((*plan.script.launch, "--help"))}` {failure or "shows no options"}: '
+            f'the script gets no arguments (the tag {TAG_ARGV} or --script-args can give them)'
         )
     argv, chosen = arguments_from_help(options, dict(plan.reference.data.params))
-    script = dataclasses.replace(plan.script, argv=tuple(argv))
+    arguments_from = f'--help, which {failure}' if failure else '--help'
+    script = dataclasses.replace(plan.script, argv=tuple(argv), arguments_from=arguments_from)
     return dataclasses.replace(
         plan, script=script, params=chosen, command=shlex.join(script.command)
     )
@@ -5836,7 +5840,13 @@ def _entry_point_text(plan: Plan) -> str:
 
 
 # Why a script gets no arguments, by its arguments_from.
-NO_ARGUMENTS = {'no params': 'no param to pass', NO_PARSER: 'the script imports no argument parser'}
+NO_ARGUMENTS = {
+    'no params': 'no param to pass',
+    NO_PARSER: 'the script imports no argument parser',
+    '--help': 'its --help shows no option named after a param',
+    '--script-args': '--script-args gives none',
+    f'the tag {TAG_ARGV}': f'the tag {TAG_ARGV} records none',
+}
 
 
 def _script_line(plan: Plan) -> str:
@@ -5844,12 +5854,21 @@ def _script_line(plan: Plan) -> str:
     assert plan.script is not None
     script = plan.script
     where = f'{script.workdir}/' if script.workdir else 'the repository root'
-    none = NO_ARGUMENTS.get(script.arguments_from)
-    arguments = f'arguments: none; {none}' if none else f'arguments from {script.arguments_from}'
     return mask_credentials(
         f'Script:         {shlex.join(script.command)} (in {where}, env manager: '
-        f'{plan.env_manager}, {arguments})'
+        f'{plan.env_manager}, {script_arguments_text(script)})'
     )
+
+
+def script_arguments_text(script: Script) -> str:
+    """Where a script's arguments came from, or that it gets none and why:
+    'arguments from --help', 'arguments: none; its --help failed (exit status 2)'."""
+    source = script.arguments_from
+    if script.argv or source == HELP_AT_RUN_TIME:
+        return f'arguments from {source}'
+    if source.startswith('--help, which '):  # it ran and gave nothing
+        return f'arguments: none; its --help{source.removeprefix("--help, which")}'
+    return f'arguments: none; {NO_ARGUMENTS.get(source, source)}'
 
 
 def _backend_noteworthy(plan: Plan) -> bool:
