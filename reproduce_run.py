@@ -5721,9 +5721,12 @@ def report_json(report: Report) -> dict[str, Any]:
             'config': mask_config(plan.backend.config),
             'reference_backend': plan.reference_backend,
         },
+        'experiment': plan.experiment_name if plan else None,
         'params': {
             'passed': plan.params.passed if plan else None,
             'not_passed': plan.params.not_passed if plan else None,
+            'why_not_passed': plan
+            and {k: why for why, ps in not_passed_reasons(plan).items() for k in ps},
             'compared': [
                 {**dataclasses.asdict(p), 'equal': p.equal}
                 for p in (verdict.params if verdict else ())
@@ -5851,12 +5854,19 @@ NO_ARGUMENTS = {
 
 def _script_line(plan: Plan) -> str:
     """'Script: python train.py --alpha 0.3 (in src/, ...)': what ran, where, and why."""
+    return 'Script:         ' + _script_text(plan)
+
+
+def _script_text(plan: Plan, escaped: Escape = shown, code: Escape = str) -> str:
+    """The command (as `code` shows it), its working folder, the env manager
+    and where its arguments came from, masked."""
     assert plan.script is not None
     script = plan.script
     where = f'{script.workdir}/' if script.workdir else 'the repository root'
-    return mask_credentials(
-        f'Script:         {shlex.join(script.command)} (in {where}, env manager: '
-        f'{plan.env_manager}, {script_arguments_text(script)})'
+    command = code(mask_credentials(shlex.join(script.command)))
+    return (
+        f'{command} (in {escaped(where)}, env manager: {escaped(plan.env_manager)}, '
+        f'{escaped(mask_credentials(script_arguments_text(script)))})'
     )
 
 
@@ -5921,8 +5931,8 @@ def script_params_note(report: Report) -> list[str]:
     ]
 
 
-def _listed(params: Mapping[str, str]) -> str:
-    return shown(', '.join(f'{k}={v}' for k, v in sorted(params.items()))) or '(none)'
+def _listed(params: Mapping[str, str], escaped: Escape = shown) -> str:
+    return escaped(', '.join(f'{k}={v}' for k, v in sorted(params.items()))) or '(none)'
 
 
 def _not_passed_reason(plan: Plan) -> str:
@@ -5932,22 +5942,42 @@ def _not_passed_reason(plan: Plan) -> str:
 
 
 DRY_RUN_LINE = 'Dry run: nothing was run and no run was created.'
+# Why a dry run's params are not passed yet: the script's --help, which it
+# does not run, will choose among them.
+CHOSEN_AT_RUN_TIME = "passed if the script's --help shows it, at run time"
+
+
+def not_passed_reasons(plan: Plan) -> dict[str, dict[str, str]]:
+    """The params not passed, by reason; a dry run's --help still to ask
+    chooses among those that would otherwise be in no argument."""
+    by_reason = _not_passed(plan)
+    if plan.script and plan.script.arguments_from == HELP_AT_RUN_TIME:
+        among = by_reason.pop(_not_passed_reason(plan), {})
+        by_reason = {CHOSEN_AT_RUN_TIME: among, **by_reason} if among else by_reason
+    return by_reason
+
+
+def dry_run_items(plan: Plan, escaped: Escape = shown) -> list[tuple[str, str]]:
+    """What a dry run says beyond the source, entry point and backend, the
+    same in text and Markdown: the params to pass (exactly, or among which
+    the script's --help will choose), those not passed by reason (said even
+    when none), and the experiment."""
+    not_passed = not_passed_reasons(plan)
+    if among := not_passed.pop(CHOSEN_AT_RUN_TIME, None):
+        among_text = f"those of the script's --help, at run time, among {_listed(among, escaped)}"
+        items = [('Params to pass', among_text)]
+    else:
+        not_passed = not_passed or {_not_passed_reason(plan): {}}
+        items = [('Params to pass', _listed(plan.params.passed, escaped))]
+    items += [
+        (f'Params not passed ({why})', _listed(ps, escaped)) for why, ps in not_passed.items()
+    ]
+    return [*items, ('Experiment', escaped(plan.experiment_name))]
 
 
 def _dry_run_lines(plan: Plan) -> list[str]:
-    """What will be passed: exactly, or, when the script's --help will choose,
-    among which params; then the params not passed, by reason."""
-    not_passed = _not_passed(plan)
-    if plan.script and plan.script.arguments_from == HELP_AT_RUN_TIME:
-        among = not_passed.pop(_not_passed_reason(plan), {})
-        lines = [
-            f"Params to pass: those of the script's --help, at run time, among {_listed(among)}"
-        ]
-    else:
-        not_passed = not_passed or {_not_passed_reason(plan): {}}  # said, even when none
-        lines = [f'Params to pass: {_listed(plan.params.passed)}']
-    lines += [f'Params not passed ({why}): {_listed(ps)}' for why, ps in not_passed.items()]
-    return [*lines, f'Experiment:     {shown(plan.experiment_name)}', DRY_RUN_LINE]
+    """The text's: labels aligned as the plan's lines above them are."""
+    return [f'{label + ":":<15} {value}' for label, value in dry_run_items(plan)] + [DRY_RUN_LINE]
 
 
 def _unusual_status(report: Report) -> str | None:
@@ -6061,15 +6091,8 @@ def format_markdown(
     if report.reproduced_run_id:
         label = 'reproduced run' if report.plan else 'compared run'
         lines += [f'- {label}: `{report.reproduced_run_id}`']
-    if plan := report.plan:
-        lines += [
-            f'- source: {markdown_code(mask_credentials(plan.source.uri))} at '
-            f'{markdown_code(plan.source.version)}',
-            f'- entry point: {markdown_code(_entry_point_text(plan))}, env manager '
-            f'`{plan.env_manager}`',
-        ]
-        if _backend_noteworthy(plan):
-            lines.append(f'- backend: {markdown_code(_backend_text(plan))}')
+    if report.plan:
+        lines += _markdown_plan_lines(report.plan, planned=report.status == 'planned')
     lines += environment_same_lines(report.differences)
     registered = registration_lines(report.registrations, markdown_escaped)
     lines += [f'- {line[0].lower()}{line[1:]}' for line in registered]
@@ -6088,7 +6111,30 @@ def format_markdown(
     lines += ['', *explained] if explained else []
     if report.equal is not None:
         lines += ['', f'Runs equal: {report.equal}']
+    if report.status == 'planned':
+        lines += ['', DRY_RUN_LINE]
     return '\n'.join(lines)
+
+
+def _markdown_plan_lines(plan: Plan, planned: bool) -> list[str]:
+    """The plan as the text shows it: the source, entry point, script and
+    backend; a dry run's params, experiment and backend too."""
+    changes = plan.source.changes
+    lines = [
+        f'- source: {markdown_code(mask_credentials(plan.source.uri))} at '
+        f'{markdown_code(plan.source.version)}'
+        + (f' + {markdown_escaped(changes.text())}' if changes else ''),
+        f'- entry point: {markdown_code(_entry_point_text(plan))}, env manager '
+        f'`{plan.env_manager}`',
+    ]
+    if plan.script:
+        lines.append(f'- script: {_script_text(plan, markdown_escaped, markdown_code)}')
+    if planned or _backend_noteworthy(plan):
+        lines.append(f'- backend: {markdown_code(_backend_text(plan))}')
+    if planned:  # the text's items, one by one
+        items = dry_run_items(plan, markdown_escaped)
+        lines += [f'- {label[0].lower()}{label[1:]}: {value}' for label, value in items]
+    return lines
 
 
 def describe(report: Report, reference_link: str, limit: int = TAG_VALUE_LIMIT) -> str:
