@@ -8864,9 +8864,9 @@ def explanation_candidates(
         else:
             kind = 'package' if kind == 'package' else 'variable'
             candidates.append(Candidate(kind, name, reference, item['reproduced']))
-    not_tried += [
-        {'name': f'dataset {d["name"]}', 'reason': 'changed data cannot be undone by a probe'}
-        for d in differences.datasets
+    not_tried += [  # once a dataset, however many of its fields differ
+        {'name': f'dataset {name}', 'reason': 'changed data cannot be undone by a probe'}
+        for name in dict.fromkeys(d['name'] for d in differences.datasets)
     ]
     return candidates, not_tried
 
