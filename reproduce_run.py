@@ -3376,9 +3376,11 @@ def dataset_differences(
 
 # What a dataset source made in code (MLflow's CodeDatasetSource holds the run
 # context's tags) says of where, by whom and how the code ran, not of the
-# data: the git tags (a private checkout has no branch nor remote), the user
-# and the recorder's tags.  Left out of the comparison of sources.
-RUN_CONTEXT_TAGS = ('mlflow.source.git.', 'reproduce.', TAG_USER)  # prefixes
+# data: the git tags (a private checkout has no branch nor remote), the path
+# the script was started by (`python -m` records its absolute path, which
+# names the checkout's folder), the user and the recorder's tags.  Left out
+# of the comparison of sources.
+RUN_CONTEXT_TAGS = ('mlflow.source.git.', TAG_SOURCE_NAME, TAG_USER, 'reproduce.')  # prefixes
 
 
 def source_differences(a: Any, b: Any) -> list[tuple[str | None, Any, Any]]:

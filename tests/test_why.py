@@ -324,10 +324,16 @@ GIT_TAGS = {
             id='the-user-and-the-recorder-tags',
         ),
         pytest.param(
-            ('code', code_source(**GIT_TAGS)),
-            ('code', code_source(**{'mlflow.source.name': 'other.py'})),
-            [('tags.mlflow.source.name', 'train.py', 'other.py')],
-            id='made-by-another-script',
+            ('code', code_source(**{'mlflow.source.name': '/home/alice/repo/src/pkg/train.py'})),
+            ('code', code_source(**{'mlflow.source.name': '/tmp/checkout/src/pkg/train.py'})),
+            [],
+            id='python-m-records-the-absolute-path-of-its-folder',
+        ),
+        pytest.param(
+            ('code', code_source()),
+            ('code', code_source(**{'mlflow.source.type': 'NOTEBOOK', 'notebook.id': '7'})),
+            [('tags.mlflow.source.type', 'LOCAL', 'NOTEBOOK'), ('tags.notebook.id', None, '7')],
+            id='made-elsewhere',
         ),
         pytest.param(
             ('local', '{"uri": "data/a.csv"}'),
