@@ -209,6 +209,7 @@ MASKED = '***'
 HELP_TIMEOUT_SECONDS = 15.0
 HELP_AT_RUN_TIME = '--help, asked at run time (--dry-run runs nothing)'  # arguments_from
 NO_PARSER = 'no argument parser'  # arguments_from: nothing to ask --help, nothing passed
+HELP_GAVE_NONE = '--help, which '  # arguments_from: '--help, which failed (exit status 2)'
 # A script that imports none of these modules (nor names one of these classes), in
 # its own source or a module of the checkout it imports, is not run with --help.
 ARGUMENT_PARSERS = (
@@ -647,7 +648,8 @@ class Script:
     env_dir: str | None = None  # the folder of its environment file; None: env manager local
     argv: tuple[str, ...] = ()
     # '--script-args', f'the tag {TAG_ARGV}', '--help', 'no params' (none to pass),
-    # NO_PARSER (the script imports none), or HELP_AT_RUN_TIME (a dry run's --help)
+    # NO_PARSER (the script imports none), HELP_AT_RUN_TIME (a dry run's --help),
+    # or HELP_GAVE_NONE and why ('--help, which did not end within 15 s')
     arguments_from: str = '--help'
     interpreter_options: tuple[str, ...] = ()  # recorded before the script: -O, -X dev
     module: str | None = None  # run as `python -m module` from the working folder
@@ -5197,7 +5199,7 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str
             f'the script gets no arguments (the tag {TAG_ARGV} or --script-args can give them)'
         )
     argv, chosen = arguments_from_help(options, dict(plan.reference.data.params))
-    arguments_from = f'--help, which {failure}' if failure else '--help'
+    arguments_from = f'{HELP_GAVE_NONE}{failure}' if failure else '--help'
     script = dataclasses.replace(plan.script, argv=tuple(argv), arguments_from=arguments_from)
     return dataclasses.replace(
         plan, script=script, params=chosen, command=shlex.join(script.command)
@@ -5878,8 +5880,8 @@ def script_arguments_text(script: Script) -> str:
     source = script.arguments_from
     if script.argv or source == HELP_AT_RUN_TIME:
         return f'arguments from {source}'
-    if source.startswith('--help, which '):  # it ran and gave nothing
-        return f'arguments: none; its --help{source.removeprefix("--help, which")}'
+    if source.startswith(HELP_GAVE_NONE):  # it ran and gave nothing
+        return f'arguments: none; its --help {source.removeprefix(HELP_GAVE_NONE)}'
     return f'arguments: none; {NO_ARGUMENTS.get(source, source)}'
 
 
