@@ -210,6 +210,7 @@ MASKED = '***'
 HELP_TIMEOUT_SECONDS = 15.0
 HELP_AT_RUN_TIME = '--help, asked at run time (--dry-run runs nothing)'  # arguments_from
 NO_PARSER = 'no argument parser'  # arguments_from: nothing to ask --help, nothing passed
+HELP_GAVE_NONE = '--help, which '  # arguments_from: '--help, which failed (exit status 2)'
 # A script that imports none of these modules (nor names one of these classes), in
 # its own source or a module of the checkout it imports, is not run with --help.
 ARGUMENT_PARSERS = (
@@ -683,7 +684,8 @@ class Script:
     env_dir: str | None = None  # the folder of its environment file; None: env manager local
     argv: tuple[str, ...] = ()
     # '--script-args', f'the tag {TAG_ARGV}', '--help', 'no params' (none to pass),
-    # NO_PARSER (the script imports none), or HELP_AT_RUN_TIME (a dry run's --help)
+    # NO_PARSER (the script imports none), HELP_AT_RUN_TIME (a dry run's --help),
+    # or HELP_GAVE_NONE and why ('--help, which did not end within 15 s')
     arguments_from: str = '--help'
     interpreter_options: tuple[str, ...] = ()  # recorded before the script: -O, -X dev
     module: str | None = None  # run as `python -m module` from the working folder
@@ -855,9 +857,11 @@ class Options:
 
 @dataclasses.dataclass
 class _CachedHelp:
-    """What a script's --help printed (None: it failed), asked once."""
+    """What a script's --help printed, and why it is no help (None: it ended
+    well), asked once."""
 
-    text: str | None = None
+    text: str = ''
+    failure: str | None = None
     asked: bool = False
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -3491,26 +3495,80 @@ def dataset_differences(
     new_inputs: Sequence[Any],
 ) -> list[dict[str, Any]]:
     """MLflow dataset inputs (run.inputs.dataset_inputs) matched by dataset
-    name and context: a changed digest, source or schema, or a dataset that
-    only one run used."""
+    name and context: a changed digest, source (each field that differs) or
+    schema, or a dataset that only one run used."""
     ref, new = _datasets_by_key(ref_inputs), _datasets_by_key(new_inputs)
     found = []
     for name, context in sorted(set(ref) | set(new), key=lambda k: (k[0], k[1] or '')):
         a, b = ref.get((name, context)), new.get((name, context))
         if a is None or b is None:  # the change, and each side's digest
             only = 'only_reproduced' if a is None else 'only_reference'
-            changes = [(only, a and a.digest, b and b.digest)]
+            changes = [(only, None, a and a.digest, b and b.digest)]
         else:
             changes = [
-                (field, getattr(a, field), getattr(b, field))
-                for field in ('digest', 'source', 'schema')
-                if getattr(a, field) != getattr(b, field)
+                *([('digest', None, a.digest, b.digest)] if a.digest != b.digest else []),
+                *(('source', *field) for field in source_differences(a, b)),
+                *([('schema', None, a.schema, b.schema)] if a.schema != b.schema else []),
             ]
         found += [
-            {'name': name, 'context': context, 'change': c, 'reference': x, 'reproduced': y}
-            for c, x, y in changes
+            {
+                'name': name,
+                'context': context,
+                'change': c,
+                'field': f,
+                'reference': x,
+                'reproduced': y,
+            }
+            for c, f, x, y in changes
         ]
     return found
+
+
+# What a dataset source made in code (MLflow's CodeDatasetSource holds the run
+# context's tags) says of where, by whom and how the code ran, not of the
+# data: the git tags (a private checkout has no branch nor remote), the path
+# the script was started by (`python -m` records its absolute path, which
+# names the checkout's folder), the user and the recorder's tags.  Left out
+# of the comparison of sources.
+RUN_CONTEXT_TAGS = ('mlflow.source.git.', TAG_SOURCE_NAME, TAG_USER, 'reproduce.')  # prefixes
+
+
+def source_differences(a: Any, b: Any) -> list[tuple[str | None, Any, Any]]:
+    """The fields in which two datasets' sources differ, the run context left
+    out: (field, reference, reproduced) each; the field is None for a source
+    that is no JSON object, compared whole."""
+    if a.source_type != b.source_type:
+        return [('source_type', a.source_type, b.source_type)]
+    ref, new = source_fields(a.source), source_fields(b.source)
+    if ref is None or new is None:
+        return [] if a.source == b.source else [(None, a.source, b.source)]
+    return [
+        (f, ref.get(f), new.get(f))
+        for f in sorted(ref.keys() | new.keys())
+        if ref.get(f) != new.get(f)
+    ]
+
+
+def source_fields(source: str) -> dict[str, Any] | None:
+    """A dataset source's JSON object flattened ('tags.mlflow.source.name'),
+    without the run context's tags; None when it is no JSON object."""
+    try:
+        value = json.loads(source)
+    except (TypeError, ValueError):
+        return None
+    return _flattened(value) if isinstance(value, dict) else None
+
+
+def _flattened(value: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for key, item in value.items():
+        if str(key).startswith(RUN_CONTEXT_TAGS):
+            continue
+        if isinstance(item, dict) and item:
+            fields |= _flattened(item, f'{prefix}{key}.')
+        else:
+            fields[f'{prefix}{key}'] = item
+    return fields
 
 
 def _datasets_by_key(inputs: Sequence[Any]) -> dict[tuple[str, str | None], Any]:
@@ -3786,13 +3844,22 @@ def _environment_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
     return f'{label}{name}: {ref} -> {new}'
 
 
+SOURCE_VALUE_LIMIT = 60  # characters of a source's field shown in a line; JSON has all
+
+
 def _dataset_line(item: Mapping[str, Any], escaped: Escape = shown) -> str:
     context = f' ({escaped(item["context"])})' if item['context'] else ''
     where = f'dataset {_quoted(item["name"], escaped)}{context}'
-    ref, new = _both_sides(item, '-', escaped)
+    ref, new = (
+        escaped(_truncated(_shown(item[side], '-'), SOURCE_VALUE_LIMIT))
+        for side in ('reference', 'reproduced')
+    )
+    field = item.get('field')
     said = {
         'digest': f'changed at its source (digest {ref} -> {new})',
-        'source': f'comes from another source: {ref} -> {new}',
+        'source': f'comes from another source ({escaped(field)}: {ref} -> {new})'
+        if field
+        else f'comes from another source: {ref} -> {new}',
         'schema': 'changed its schema',
         'only_reference': 'is an input of the reference run only',
         'only_reproduced': 'is an input of the reproduced run only',
@@ -5288,10 +5355,11 @@ def script_process_args(command: Sequence[str], activation: Sequence[str]) -> li
     return ['bash', '-c', ' && '.join([*activation, 'exec "$@"']), 'bash', *command]
 
 
-def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str | None:
-    """What `python script --help` prints, run as the script will run; None
-    when it fails or does not end in time.  Its tracking store is a scratch
-    one: a script that ignores --help and trains logs nothing anywhere."""
+def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> tuple[str, str | None]:
+    """What `python script --help` prints, run as the script will run, and
+    why it is no help when it fails or does not end in time (else None).  Its
+    tracking store is a scratch one: a script that ignores --help and trains
+    logs nothing anywhere."""
     assert plan.script is not None
     env = _project_environ(session, tmp_dir, marker)
     env['MLFLOW_TRACKING_URI'] = f'sqlite:///{os.path.join(tmp_dir, "help.db")}'
@@ -5307,15 +5375,20 @@ def script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str 
         while proc.poll() is None and time.monotonic() < deadline:
             session.stop.check()
             time.sleep(0.1)
+        ended = proc.poll() is not None
     finally:
         end_processes(proc.pid, marker, reap=proc.poll)
+    if not ended:
+        return '', f'did not end within {HELP_TIMEOUT_SECONDS:g} s'
     if proc.returncode != 0:
-        return None
+        return '', f'failed (exit status {proc.returncode})'
     with open(log, encoding='utf-8', errors='replace') as f:
-        return f.read()
+        return f.read(), None
 
 
-def cached_script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) -> str | None:
+def cached_script_help(
+    session: Session, plan: Plan, tmp_dir: str, marker: str
+) -> tuple[str, str | None]:
     """script_help once per script, commit and environment manager in an
     invocation: a batch, --repeat or --explain pays for it once, not per run."""
     assert plan.script is not None
@@ -5325,9 +5398,9 @@ def cached_script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) 
         cached = session.shared.helps.setdefault(key, _CachedHelp())
     with cached.lock:
         if not cached.asked:
-            cached.text = script_help(session, plan, tmp_dir, marker)
+            cached.text, cached.failure = script_help(session, plan, tmp_dir, marker)
             cached.asked = True
-    return cached.text
+    return cached.text, cached.failure
 
 
 def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str) -> Plan:
@@ -5346,20 +5419,16 @@ def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str
     if session.options.dry_run:  # runs nothing: the script is code from the tracking store
         script = dataclasses.replace(plan.script, arguments_from=HELP_AT_RUN_TIME)
         return dataclasses.replace(plan, script=script)
-    help_text = cached_script_help(session, plan, tmp_dir, marker)
-    options = help_options(help_text or '')
+    help_text, failure = cached_script_help(session, plan, tmp_dir, marker)
+    options = help_options(help_text)
     if not options:
-        why = (
-            'shows no options'
-            if help_text is not None
-            else f'failed or did not end within {HELP_TIMEOUT_SECONDS:g} s'
-        )
         warn(
-            f'`{shlex.join((*plan.script.launch, "--help"))}` {why}: the script gets no '
-            f'arguments (the tag {TAG_ARGV} or --script-args can give them)'
+            f'`{shlex.join((*plan.script.launch, "--help"))}` {failure or "shows no options"}: '
+            f'the script gets no arguments (the tag {TAG_ARGV} or --script-args can give them)'
         )
     argv, chosen = arguments_from_help(options, dict(plan.reference.data.params))
-    script = dataclasses.replace(plan.script, argv=tuple(argv))
+    arguments_from = f'{HELP_GAVE_NONE}{failure}' if failure else '--help'
+    script = dataclasses.replace(plan.script, argv=tuple(argv), arguments_from=arguments_from)
     return dataclasses.replace(
         plan, script=script, params=chosen, command=shlex.join(script.command)
     )
@@ -5910,9 +5979,12 @@ def report_json(report: Report) -> dict[str, Any]:
             'config': mask_config(plan.backend.config),
             'reference_backend': plan.reference_backend,
         },
+        'experiment': plan.experiment_name if plan else None,
         'params': {
             'passed': plan.params.passed if plan else None,
             'not_passed': plan.params.not_passed if plan else None,
+            'why_not_passed': plan
+            and {k: why for why, ps in not_passed_reasons(plan).items() for k in ps},
             'compared': [
                 {**dataclasses.asdict(p), 'equal': p.equal}
                 for p in (verdict.params if verdict else ())
@@ -6030,20 +6102,42 @@ def _entry_point_text(plan: Plan) -> str:
 
 
 # Why a script gets no arguments, by its arguments_from.
-NO_ARGUMENTS = {'no params': 'no param to pass', NO_PARSER: 'the script imports no argument parser'}
+NO_ARGUMENTS = {
+    'no params': 'no param to pass',
+    NO_PARSER: 'the script imports no argument parser',
+    '--help': 'its --help shows no option named after a param',
+    '--script-args': '--script-args gives none',
+    f'the tag {TAG_ARGV}': f'the tag {TAG_ARGV} records none',
+}
 
 
 def _script_line(plan: Plan) -> str:
     """'Script: python train.py --alpha 0.3 (in src/, ...)': what ran, where, and why."""
+    return 'Script:         ' + _script_text(plan)
+
+
+def _script_text(plan: Plan, escaped: Escape = shown, code: Escape = str) -> str:
+    """The command (as `code` shows it), its working folder, the env manager
+    and where its arguments came from, masked."""
     assert plan.script is not None
     script = plan.script
     where = f'{script.workdir}/' if script.workdir else 'the repository root'
-    none = NO_ARGUMENTS.get(script.arguments_from)
-    arguments = f'arguments: none; {none}' if none else f'arguments from {script.arguments_from}'
-    return mask_credentials(
-        f'Script:         {shlex.join(script.command)} (in {where}, env manager: '
-        f'{plan.env_manager}, {arguments})'
+    command = code(mask_credentials(shlex.join(script.command)))
+    return (
+        f'{command} (in {escaped(where)}, env manager: {escaped(plan.env_manager)}, '
+        f'{escaped(mask_credentials(script_arguments_text(script)))})'
     )
+
+
+def script_arguments_text(script: Script) -> str:
+    """Where a script's arguments came from, or that it gets none and why:
+    'arguments from --help', 'arguments: none; its --help failed (exit status 2)'."""
+    source = script.arguments_from
+    if script.argv or source == HELP_AT_RUN_TIME:
+        return f'arguments from {source}'
+    if source.startswith(HELP_GAVE_NONE):  # it ran and gave nothing
+        return f'arguments: none; its --help {source.removeprefix(HELP_GAVE_NONE)}'
+    return f'arguments: none; {NO_ARGUMENTS.get(source, source)}'
 
 
 def _backend_noteworthy(plan: Plan) -> bool:
@@ -6096,8 +6190,8 @@ def script_params_note(report: Report) -> list[str]:
     ]
 
 
-def _listed(params: Mapping[str, str]) -> str:
-    return shown(', '.join(f'{k}={v}' for k, v in sorted(params.items()))) or '(none)'
+def _listed(params: Mapping[str, str], escaped: Escape = shown) -> str:
+    return escaped(', '.join(f'{k}={v}' for k, v in sorted(params.items()))) or '(none)'
 
 
 def _not_passed_reason(plan: Plan) -> str:
@@ -6107,22 +6201,42 @@ def _not_passed_reason(plan: Plan) -> str:
 
 
 DRY_RUN_LINE = 'Dry run: nothing was run and no run was created.'
+# Why a dry run's params are not passed yet: the script's --help, which it
+# does not run, will choose among them.
+CHOSEN_AT_RUN_TIME = "passed if the script's --help shows it, at run time"
+
+
+def not_passed_reasons(plan: Plan) -> dict[str, dict[str, str]]:
+    """The params not passed, by reason; a dry run's --help still to ask
+    chooses among those that would otherwise be in no argument."""
+    by_reason = _not_passed(plan)
+    if plan.script and plan.script.arguments_from == HELP_AT_RUN_TIME:
+        among = by_reason.pop(_not_passed_reason(plan), {})
+        by_reason = {CHOSEN_AT_RUN_TIME: among, **by_reason} if among else by_reason
+    return by_reason
+
+
+def dry_run_items(plan: Plan, escaped: Escape = shown) -> list[tuple[str, str]]:
+    """What a dry run says beyond the source, entry point and backend, the
+    same in text and Markdown: the params to pass (exactly, or among which
+    the script's --help will choose), those not passed by reason (said even
+    when none), and the experiment."""
+    not_passed = not_passed_reasons(plan)
+    if among := not_passed.pop(CHOSEN_AT_RUN_TIME, None):
+        among_text = f"those of the script's --help, at run time, among {_listed(among, escaped)}"
+        items = [('Params to pass', among_text)]
+    else:
+        not_passed = not_passed or {_not_passed_reason(plan): {}}
+        items = [('Params to pass', _listed(plan.params.passed, escaped))]
+    items += [
+        (f'Params not passed ({why})', _listed(ps, escaped)) for why, ps in not_passed.items()
+    ]
+    return [*items, ('Experiment', escaped(plan.experiment_name))]
 
 
 def _dry_run_lines(plan: Plan) -> list[str]:
-    """What will be passed: exactly, or, when the script's --help will choose,
-    among which params; then the params not passed, by reason."""
-    not_passed = _not_passed(plan)
-    if plan.script and plan.script.arguments_from == HELP_AT_RUN_TIME:
-        among = not_passed.pop(_not_passed_reason(plan), {})
-        lines = [
-            f"Params to pass: those of the script's --help, at run time, among {_listed(among)}"
-        ]
-    else:
-        not_passed = not_passed or {_not_passed_reason(plan): {}}  # said, even when none
-        lines = [f'Params to pass: {_listed(plan.params.passed)}']
-    lines += [f'Params not passed ({why}): {_listed(ps)}' for why, ps in not_passed.items()]
-    return [*lines, f'Experiment:     {shown(plan.experiment_name)}', DRY_RUN_LINE]
+    """The text's: labels aligned as the plan's lines above them are."""
+    return [f'{label + ":":<15} {value}' for label, value in dry_run_items(plan)] + [DRY_RUN_LINE]
 
 
 def _unusual_status(report: Report) -> str | None:
@@ -6265,15 +6379,8 @@ def format_markdown(
     if report.reproduced_run_id:
         label = 'reproduced run' if report.plan else 'compared run'
         lines += [f'- {label}: `{report.reproduced_run_id}`']
-    if plan := report.plan:
-        lines += [
-            f'- source: {markdown_code(mask_credentials(plan.source.uri))} at '
-            f'{markdown_code(plan.source.version)}',
-            f'- entry point: {markdown_code(_entry_point_text(plan))}, env manager '
-            f'`{plan.env_manager}`',
-        ]
-        if _backend_noteworthy(plan):
-            lines.append(f'- backend: {markdown_code(_backend_text(plan))}')
+    if report.plan:
+        lines += _markdown_plan_lines(report.plan, planned=report.status == 'planned')
     lines += environment_same_lines(report.differences)
     lines += [f'- {markdown_escaped(line)}' for line in prefix_lines(report)]
     registered = registration_lines(report.registrations, markdown_escaped)
@@ -6293,7 +6400,30 @@ def format_markdown(
     lines += ['', *explained] if explained else []
     if report.equal is not None:
         lines += ['', f'Runs equal: {report.equal}']
+    if report.status == 'planned':
+        lines += ['', DRY_RUN_LINE]
     return '\n'.join(lines)
+
+
+def _markdown_plan_lines(plan: Plan, planned: bool) -> list[str]:
+    """The plan as the text shows it: the source, entry point, script and
+    backend; a dry run's params, experiment and backend too."""
+    changes = plan.source.changes
+    lines = [
+        f'- source: {markdown_code(mask_credentials(plan.source.uri))} at '
+        f'{markdown_code(plan.source.version)}'
+        + (f' + {markdown_escaped(changes.text())}' if changes else ''),
+        f'- entry point: {markdown_code(_entry_point_text(plan))}, env manager '
+        f'`{plan.env_manager}`',
+    ]
+    if plan.script:
+        lines.append(f'- script: {_script_text(plan, markdown_escaped, markdown_code)}')
+    if planned or _backend_noteworthy(plan):
+        lines.append(f'- backend: {markdown_code(_backend_text(plan))}')
+    if planned:  # the text's items, one by one
+        items = dry_run_items(plan, markdown_escaped)
+        lines += [f'- {label[0].lower()}{label[1:]}: {value}' for label, value in items]
+    return lines
 
 
 def describe(report: Report, reference_link: str, limit: int = TAG_VALUE_LIMIT) -> str:
@@ -9056,9 +9186,9 @@ def explanation_candidates(
         else:
             kind = 'package' if kind == 'package' else 'variable'
             candidates.append(Candidate(kind, name, reference, item['reproduced']))
-    not_tried += [
-        {'name': f'dataset {d["name"]}', 'reason': 'changed data cannot be undone by a probe'}
-        for d in differences.datasets
+    not_tried += [  # once a dataset, however many of its fields differ
+        {'name': f'dataset {name}', 'reason': 'changed data cannot be undone by a probe'}
+        for name in dict.fromkeys(d['name'] for d in differences.datasets)
     ]
     return candidates, not_tried
 

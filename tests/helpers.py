@@ -449,12 +449,13 @@ def dataset_input(
     source: str = '{"uri": "d.csv"}',
     schema: str = 's1',
     context: str | None = 'training',
+    source_type: str = 'local',
 ):
     """An MLflow dataset input, as run.inputs.dataset_inputs holds it."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     tags = [InputTag('mlflow.data.context', context)] if context else []
-    return DatasetInput(Dataset(name, digest, 'local', source, schema), tags)
+    return DatasetInput(Dataset(name, digest, source_type, source, schema), tags)
 
 
 def artifact_bytes(run_id: str, path: str) -> bytes:

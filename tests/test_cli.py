@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,8 +14,10 @@ from helpers import (
     ROOT,
     SCRIPT,
     all_run_ids,
+    build_repo,
     client,
     reproduce,
+    tagged_run,
 )
 
 import reproduce_run
@@ -160,6 +163,87 @@ def test_dry_run_makes_no_run_and_prints_the_plan(reference, capsys):
     assert 'Params to pass: n_neighbors=5' in out
     assert 'Params not passed (not declared by the entry point): algorithm=' in out
     assert 'Experiment:     Default' in out
+
+
+# A dry run's items, as text (`Params to pass: ...`) and Markdown
+# (`- params to pass: ...`) say them.
+_ITEM_RE = re.compile(
+    r'^(?:- )?(params to pass|params not passed \(.*?\)|experiment): +(.*)$', re.I
+)
+ARGPARSE_SCRIPT = """\
+import argparse
+import mlflow
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--lr')
+args = parser.parse_args()
+with mlflow.start_run():
+    mlflow.log_param('lr', args.lr)
+"""
+
+
+def plan_items(out: str) -> dict[str, str]:
+    return {
+        m[1][0].lower() + m[1][1:]: m[2] for line in out.splitlines() if (m := _ITEM_RE.match(line))
+    }
+
+
+def json_items(doc: dict) -> dict[str, str]:
+    """The items the text says, from the JSON document's fields."""
+    params, by_reason = doc['params'], {}
+    for name, why in params['why_not_passed'].items():
+        by_reason.setdefault(why, {})[name] = params['not_passed'][name]
+
+    def listed(ps):
+        return ', '.join(f'{k}={v}' for k, v in sorted(ps.items())) or '(none)'
+
+    among = by_reason.pop(reproduce_run.CHOSEN_AT_RUN_TIME, None)
+    to_pass = f"those of the script's --help, at run time, among {listed(among)}" if among else None
+    items = {'params to pass': to_pass or listed(params['passed'])}
+    items |= {f'params not passed ({why})': listed(ps) for why, ps in by_reason.items()}
+    return items | {'experiment': doc['experiment']}
+
+
+@pytest.fixture
+def script_run(tmp_path) -> str:
+    repo, commit = build_repo(tmp_path / 'plan', {'fit.py': ARGPARSE_SCRIPT})
+    tags = {
+        'mlflow.source.type': 'LOCAL',
+        'mlflow.source.name': 'tiny/fit.py',
+        'mlflow.source.git.commit': commit,
+        'mlflow.source.git.repoURL': str(repo),
+    }
+    return tagged_run(tags, {'lr': '0.1', 'seed': 'None'})
+
+
+@pytest.mark.parametrize('kind', ['project', 'script'])
+def test_a_dry_run_shows_the_same_plan_in_every_format(kind, reference, request, capsys):
+    """Text, Markdown and JSON: the source, entry point, env manager, script,
+    backend, the params to pass and those not passed (by reason), the
+    experiment, and that nothing ran."""
+    run_id = reference('own_params') if kind == 'project' else request.getfixturevalue('script_run')
+    out = {}
+    for output in ('table', 'markdown', 'json'):
+        code, out[output], err = reproduce(
+            capsys, '--run_id', run_id, '--dry-run', '--output', output
+        )
+        assert code == 0, err
+    doc = json.loads(out['json'])
+    assert doc['status'] == 'planned'
+    assert plan_items(out['table']) == plan_items(out['markdown']) == json_items(doc)
+    assert len(plan_items(out['table'])) >= 2 + (kind == 'project')
+    for text in (out['table'], out['markdown']):
+        assert text.splitlines()[-1] == 'Dry run: nothing was run and no run was created.'
+        shown = text.replace('`', '')
+        source, script = doc['source'], doc['source']['script']
+        facts = [source['uri'], source['version'], source['entry_point'], source['env_manager']]
+        facts += [doc['backend']['name']]
+        facts += (
+            [script['working_folder'], f'arguments from {script["arguments_from"]}']
+            if script
+            else []
+        )
+        assert [fact for fact in facts if fact not in shown] == []
 
 
 def test_dry_run_json_and_an_impossible_plan(reference, capsys):

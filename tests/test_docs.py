@@ -78,6 +78,17 @@ def test_the_contents_link_every_section_and_every_docs_page():
     assert wanted - linked == set()
 
 
+def test_the_sections_come_in_the_order_of_the_contents():
+    """ "Start here" first, then the reference: the file in the order its
+    Contents lists it."""
+    contents = section(ROOT / 'README.md', 'Contents')
+    listed = [link[1:] for link in _LINK_RE.findall(contents) if link.startswith('#')]
+    headings = [
+        slug(line[3:]) for line in prose(ROOT / 'README.md').splitlines() if line.startswith('## ')
+    ]
+    assert [h for h in headings if h != 'contents'] == listed
+
+
 def test_docs_hold_the_moved_topics():
     assert {page.name for page in DOCS} >= {'json.md', 'drift.md', 'cluster.md', 'speed.md'}
 

@@ -364,7 +364,10 @@ def test_candidates_and_what_cannot_be_undone():
             {'kind': 'package', 'name': 'newkit', 'reference': None, 'reproduced': '1.0'},
             {'kind': 'env', 'name': 'PYTHONHASHSEED', 'reference': None, 'reproduced': '2'},
         ),
-        datasets=({'name': 'd', 'context': None, 'change': 'digest'},),
+        datasets=(  # two fields of one dataset: said once
+            {'name': 'd', 'context': None, 'change': 'digest'},
+            {'name': 'd', 'context': None, 'change': 'source', 'field': 'uri'},
+        ),
         environment_unknown=None,
     )
     candidates, not_tried = reproduce_run.explanation_candidates(differences)

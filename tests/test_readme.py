@@ -630,6 +630,35 @@ def test_readme_lists_every_exit_code():
     }
 
 
+_FENCED_RE = re.compile(r'^```(\w*)\n(.*?)^```', re.MULTILINE | re.DOTALL)
+_PYTHON_COMMAND_RE = re.compile(r'(?<![\w-])python(?=\s)')  # not python3, python-version
+
+
+def typed_commands(text: str) -> list[str]:
+    """What a reader types: every line of a shell or CI block, the `$ ` lines
+    of an output block, and the code spans of the prose that run a file of
+    this repository (`python3 MLproject_samples/make_reference.py …`)."""
+    commands = []
+    for info, body in _FENCED_RE.findall(text):
+        lines = body.splitlines()
+        commands += lines if info in ('sh', 'bash', 'yaml') else []
+        commands += [line for line in lines if info == '' and line.startswith('$ ')]
+    for _, span in _CODE_SPAN_RE.findall(_FENCED_RE.sub('', text)):
+        words = span.split()
+        if len(words) > 1 and words[0].startswith('python') and (ROOT / words[1]).is_file():
+            commands.append(span)
+    return commands
+
+
+def test_every_command_to_type_says_python3():
+    """The quick start insists on python3 (some systems have no `python`);
+    every later example says it too.  What MLflow records or what the tool
+    runs (`python train.py` in an MLproject's command) is quoted as it is."""
+    commands = typed_commands((ROOT / 'README.md').read_text())
+    assert len(commands) > 20
+    assert [c for c in commands if _PYTHON_COMMAND_RE.search(c)] == []
+
+
 def test_make_reference_prints_the_run_id_alone_and_leaves_nothing_in_tmpdir(
     samples_repo, store, tmp_path
 ):

@@ -13,6 +13,7 @@ import pytest
 from helpers import (
     SAMPLES,
     STORES,
+    artifact_bytes,
     build_repo,
     client,
     clone_with_remote,
@@ -1100,6 +1101,90 @@ def test_a_help_that_does_not_end_is_ended_with_its_children(tmp_path, monkeypat
     assert code == 1, err  # it got no arguments: its param lr differs
     kids = [int(pid) for pid in kids_file.read_text().split()]
     assert len(kids) == 2 and all(process_gone(pid) for pid in kids)
+    assert '`python stubborn.py --help` did not end within 3 s: the script gets no ' in err
     assert (
-        '`python stubborn.py --help` failed or did not end within 3 s: the script gets no ' in err
+        'Script:         python stubborn.py (in the repository root, env manager: local, '
+        'arguments: none; its --help did not end within 3 s)'
+    ) in out.splitlines()
+
+
+# Its --help fails: it exits 4 before its parser is built.
+HELP_FAILS = """\
+import argparse
+import sys
+
+if '--help' in sys.argv:
+    sys.exit(4)
+import mlflow
+
+with mlflow.start_run():
+    mlflow.log_metric('value', 1.0)
+"""
+
+# Its one option is --lr: no option of its --help is named after learning_rate.
+LR_OPTION = """\
+import argparse
+import mlflow
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--lr', type=float, default=0.1)
+args = parser.parse_args()
+with mlflow.start_run():
+    mlflow.log_metric('value', args.lr)
+"""
+
+
+@pytest.mark.parametrize(
+    ('script', 'tags', 'argv', 'arguments', 'arguments_from'),
+    [
+        pytest.param(
+            HELP_FAILS,
+            {},
+            (),
+            'arguments: none; its --help failed (exit status 4)',
+            '--help, which failed (exit status 4)',
+            id='help-failed',
+        ),
+        pytest.param(
+            LR_OPTION,
+            {},
+            (),
+            'arguments: none; its --help shows no option named after a param',
+            '--help',
+            id='help-names-no-param',
+        ),
+        pytest.param(
+            LR_OPTION,
+            {'reproduce.argv': '[]'},
+            (),
+            'arguments: none; the tag reproduce.argv records none',
+            'the tag reproduce.argv',
+            id='recorded-none',
+        ),
+        pytest.param(
+            LR_OPTION,
+            {},
+            ('--script-args', ''),
+            'arguments: none; --script-args gives none',
+            '--script-args',
+            id='script-args-empty',
+        ),
+    ],
+)
+def test_a_script_that_gets_no_arguments_is_told_why(
+    tmp_path, capsys, script, tags, argv, arguments, arguments_from
+):
+    """The Script line says where the arguments came from, or that there are
+    none and why: never 'arguments from --help' when --help gave none."""
+    repo, commit = files_repo(tmp_path, {'fit.py': script})
+    run_id = tagged_run({**script_tags(repo, commit, 'fit.py'), **tags}, {'learning_rate': '0.5'})
+    code, out, err = reproduce(capsys, '--run_id', run_id, *argv)
+    assert code in (0, 1), err
+    assert (
+        f'Script:         python fit.py (in the repository root, env manager: local, {arguments})'
+    ) in out.splitlines()
+    report = json.loads(
+        artifact_bytes(reproduced_run(out).info.run_id, 'reproduce/comparison.json')
     )
+    assert report['source']['script']['argv'] == []
+    assert report['source']['script']['arguments_from'] == arguments_from

@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 from helpers import (
     client,
+    clone_with_remote,
     dataset_input,
     git,
     logged_run,
     mlflow_run,
+    python_run,
     reproduce,
     run_with_environment,
 )
@@ -284,6 +286,126 @@ def test_dataset_differences(reference, reproduced, expected):
     assert [
         (d['name'], d['context'], d['change'], d['reference'], d['reproduced']) for d in found
     ] == expected
+
+
+def code_source(**tags: str) -> str:
+    """A dataset source made in code, as MLflow 3 writes it (CodeDatasetSource):
+    the run context's tags where the data was made."""
+    context = {'mlflow.user': 'alice', 'mlflow.source.name': 'train.py'}
+    return json.dumps({'tags': {**context, 'mlflow.source.type': 'LOCAL', **tags}})
+
+
+GIT_TAGS = {
+    'mlflow.source.git.commit': 'a' * 40,
+    'mlflow.source.git.branch': 'main',
+    'mlflow.source.git.repoURL': 'https://example.com/team/repo.git',
+}
+
+
+@pytest.mark.parametrize(
+    ('reference', 'reproduced', 'expected'),
+    [
+        pytest.param(
+            ('code', code_source(**GIT_TAGS)),
+            ('code', code_source(**{'mlflow.source.git.commit': 'a' * 40})),
+            [],
+            id='a-private-checkout-has-no-branch-nor-remote',
+        ),
+        pytest.param(
+            ('code', code_source(**GIT_TAGS)),
+            ('code', code_source(**{'mlflow.source.git.commit': 'b' * 40})),
+            [],
+            id='another-commit-is-said-by-the-code-not-the-data',
+        ),
+        pytest.param(
+            ('code', code_source(**{'reproduce.argv': '["--a"]', 'mlflow.user': 'alice'})),
+            ('code', code_source(**{'reproduce.environment': '{}', 'mlflow.user': 'cron'})),
+            [],
+            id='the-user-and-the-recorder-tags',
+        ),
+        pytest.param(
+            ('code', code_source(**{'mlflow.source.name': '/home/alice/repo/src/pkg/train.py'})),
+            ('code', code_source(**{'mlflow.source.name': '/tmp/checkout/src/pkg/train.py'})),
+            [],
+            id='python-m-records-the-absolute-path-of-its-folder',
+        ),
+        pytest.param(
+            ('code', code_source()),
+            ('code', code_source(**{'mlflow.source.type': 'NOTEBOOK', 'notebook.id': '7'})),
+            [('tags.mlflow.source.type', 'LOCAL', 'NOTEBOOK'), ('tags.notebook.id', None, '7')],
+            id='made-elsewhere',
+        ),
+        pytest.param(
+            ('local', '{"uri": "data/a.csv"}'),
+            ('local', '{"uri": "data/b.csv"}'),
+            [('uri', 'data/a.csv', 'data/b.csv')],
+            id='another-file',
+        ),
+        pytest.param(
+            ('http', '{"url": "https://x/d.csv"}'),
+            ('http', '{"url": "https://x/d.csv", "headers": {"v": "2"}}'),
+            [('headers.v', None, '2')],
+            id='a-field-on-one-side-only',
+        ),
+        pytest.param(
+            ('code', code_source()),
+            ('local', '{"uri": "d.csv"}'),
+            [('source_type', 'code', 'local')],
+            id='another-kind-of-source-is-one-field',
+        ),
+        pytest.param(
+            ('local', 'x.csv'), ('local', 'y.csv'), [(None, 'x.csv', 'y.csv')], id='no-json'
+        ),
+        pytest.param(('local', '[1]'), ('local', '[1]'), [], id='same-json-that-is-no-object'),
+    ],
+)
+def test_source_differences(reference, reproduced, expected):
+    a, b = (
+        dataset_input('d', 'aa', source, source_type=kind).dataset
+        for kind, source in (reference, reproduced)
+    )
+    assert reproduce_run.source_differences(a, b) == expected
+
+
+def source_change(field, reference, reproduced) -> dict:
+    return {
+        'name': 'train',
+        'context': 'training',
+        'change': 'source',
+        'field': field,
+        'reference': reference,
+        'reproduced': reproduced,
+    }
+
+
+@pytest.mark.parametrize(
+    ('change', 'line'),
+    [
+        pytest.param(
+            source_change('uri', 'data/a.csv', 'data/b.csv'),
+            'dataset `train` (training) comes from another source (uri: data/a.csv -> data/b.csv)',
+            id='one-field',
+        ),
+        pytest.param(
+            source_change('headers.v', None, '2'),
+            'dataset `train` (training) comes from another source (headers.v: - -> 2)',
+            id='on-one-side-only',
+        ),
+        pytest.param(
+            source_change('uri', 's3://b/' + 'x' * 100, 's3://b/y'),
+            f'dataset `train` (training) comes from another source (uri: s3://b/{"x" * 52}… -> '
+            's3://b/y)',
+            id='a-long-value-is-cut',
+        ),
+        pytest.param(
+            source_change(None, 'x.csv', 'y.csv'),
+            'dataset `train` (training) comes from another source: x.csv -> y.csv',
+            id='no-json',
+        ),
+    ],
+)
+def test_a_source_difference_is_one_short_line(change, line):
+    assert reproduce_run.differences_lines(Differences(datasets=(change,)))[-1] == f'  - {line}'
 
 
 @pytest.mark.parametrize(
@@ -563,6 +685,7 @@ def test_changed_dataset_is_reported_in_every_format(dataset_runs, capsys):
             'name': 'train',
             'context': 'training',
             'change': 'digest',
+            'field': None,
             'reference': digests[0],
             'reproduced': digests[1],
         }
@@ -754,6 +877,7 @@ def test_reproduction_names_the_changed_dataset_in_json(data_reproductions):
             'name': 'train',
             'context': 'training',
             'change': 'digest',
+            'field': None,
             'reference': digests[0],
             'reproduced': digests[1],
         }
@@ -783,6 +907,45 @@ def test_a_changed_dataset_leaves_the_verdict_to_the_metrics(data_reproductions)
     assert (report['status'], report['equal']) == ('equal', True)
     assert report['differences']['datasets']
     assert [m['key'] for m in report['metrics'] if m['equal']] == ['mae', 'r2']
+
+
+MAKES_DATA = """\
+import mlflow
+import numpy as np
+
+with mlflow.start_run():
+    numbers = mlflow.data.from_numpy(np.arange(6.0), name='numbers')  # a source made in code
+    mlflow.log_input(numbers, context='training')
+    mlflow.log_metric('total', float(np.arange(6.0).sum()))
+"""
+
+
+def test_a_dataset_made_in_code_is_no_difference_from_a_private_checkout(
+    tmp_path, git_daemon, capsys
+):
+    """The data's source holds the git tags where it was made: the reference's
+    clone has a branch and a remote, the tool's private checkout neither.  In
+    another experiment, MLflow keeps the reproduction's own source."""
+    url, base = git_daemon
+    git('init', '--quiet', '--bare', str(base / 'makes-data.git'), cwd=base)
+    repo = clone_with_remote(tmp_path / 'repo', {'made.py': MAKES_DATA}, f'{url}/makes-data.git')
+    ref = python_run(repo, 'made.py')
+    code, out, err = reproduce(
+        capsys, '--run_id', ref, '--experiment_name', 'data-made-in-code', '--output', 'json'
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report['differences']['datasets'] == []
+    sources = [
+        json.loads(client().get_run(r).inputs.dataset_inputs[0].dataset.source)['tags']
+        for r in (ref, report['reproduced_run_id'])
+    ]
+    assert sources[0]['mlflow.source.git.branch'] == 'main'
+    assert 'mlflow.source.git.branch' not in sources[1]
+    assert sources[0]['mlflow.source.git.repoURL'] != sources[1].get('mlflow.source.git.repoURL')
+    code, out, err = reproduce(capsys, '--run_id', ref, '--experiment_name', 'data-made-in-code')
+    assert code == 0, err
+    assert '- data:' not in out and 'another source' not in out
 
 
 def test_pins_equal_to_the_installed_versions_report_nothing(data_reproductions):
