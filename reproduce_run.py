@@ -253,8 +253,9 @@ class ReproduceError(Exception):
 
 class CannotGuess(ReproduceError):
     """What the run recorded leaves a choice that only the user can make (which
-    of several scripts it ran): exit 2 for a run named, and a batch's search
-    skips the run with this reason."""
+    of several scripts it ran; --experiment_name for a script that chooses its
+    own experiment): exit 2 for a run named, and a batch's search skips the
+    run with this reason."""
 
 
 # ---------------------------------------------------------------------------
@@ -827,9 +828,9 @@ class _CachedHelp:
 class Shared:
     """What the reproductions of one invocation add to as they go, each part
     under its lock: the sources fetched once, the layers --explain installed,
-    the runs that could not be closed, each script's --help (under the
-    sources' lock).  One object per invocation, on purpose
-    held by every copy of its Session."""
+    the runs that could not be closed, each script's --help and the names of
+    the experiments read (under the sources' lock).  One object per
+    invocation, on purpose held by every copy of its Session."""
 
     sources: dict[tuple[str, ...], _CachedSource] = dataclasses.field(default_factory=dict)
     helps: dict[tuple[str, ...], _CachedHelp] = dataclasses.field(default_factory=dict)
@@ -837,6 +838,7 @@ class Shared:
     layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> its folder
     layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     left_open: list[LeftOpen] = dataclasses.field(default_factory=list)  # appended to only
+    experiments: dict[str, str] = dataclasses.field(default_factory=dict)  # ID -> name, as read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1901,6 +1903,17 @@ def last_attempt(client: MlflowClient, endpoint: str, body: Mapping[str, Any]) -
         return None
     first = next((line.strip() for line in answer.text.splitlines() if line.strip()), '')
     return f'the tracking server answered HTTP {answer.status_code}: {first[:OUTPUT_LINE_CHARS]}'
+
+
+def experiment_name_of(session: Session, experiment_id: str) -> str:
+    """An experiment's name, read once per invocation."""
+    with session.shared.sources_lock:
+        name = session.shared.experiments.get(experiment_id)
+    if name is None:
+        name = session.client.get_experiment(experiment_id).name
+        with session.shared.sources_lock:
+            session.shared.experiments[experiment_id] = name
+    return name
 
 
 def all_experiment_ids(client: MlflowClient, deleted: bool = False) -> list[str]:
@@ -3119,6 +3132,46 @@ def plan_script(
         backend=backend,
         reference_backend=tags.get(TAG_BACKEND),
         script=script,
+    )
+
+
+# What makes a script log into an experiment of its own choosing, whatever
+# experiment the run it is given is in: MLflow refuses its start_run() then.
+_OWN_EXPERIMENT_RE = re.compile(r'\bset_experiment\s*\(|\bMLFLOW_EXPERIMENT_NAME\b')
+EXCERPT_CHARS = 80  # of a line of code an error quotes
+
+
+def experiment_choice(source: str) -> str | None:
+    """The first line of a script's source (comment lines apart) that
+    chooses its own experiment, `line N: <code>`: a call to set_experiment()
+    or the variable MLFLOW_EXPERIMENT_NAME; None when no line does.  Only
+    the script's own source: an imported module's choice shows only when
+    MLflow refuses it (experiment_mismatch_hint)."""
+    for number, line in enumerate(source.splitlines(), 1):
+        code = line.strip()
+        if not code.startswith('#') and _OWN_EXPERIMENT_RE.search(code):
+            cut = code if len(code) <= EXCERPT_CHARS else code[: EXCERPT_CHARS - 3] + '...'
+            return f'line {number}: {cut}'
+    return None
+
+
+def check_script_experiment(plan: Plan, own_experiment: Callable[[], str]) -> None:
+    """Refuse, before anything runs, a script that chooses its own experiment
+    when --experiment_name names another than the reference run's
+    (`own_experiment()`, read only then): MLflow refuses it only once the
+    script ran in full.  A batch's search skips such a run (CannotGuess)."""
+    assert plan.script is not None
+    try:
+        with open(os.path.join(plan.project_dir, plan.script.path), 'rb') as f:
+            choice = experiment_choice(f.read().decode('utf-8', 'replace'))
+    except OSError:
+        return
+    if choice is None or (own := own_experiment()) == plan.experiment_name:
+        return
+    raise CannotGuess(
+        f'the script {plan.script.path} chooses its own experiment ({choice}), so it cannot '
+        f'log into experiment {plan.experiment_name!r} (--experiment_name): drop '
+        f"--experiment_name to reproduce it in the reference run's experiment {own!r}"
     )
 
 
@@ -5105,14 +5158,16 @@ def cached_script_help(session: Session, plan: Plan, tmp_dir: str, marker: str) 
 def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str) -> Plan:
     """What a script run's plan needs from the tracking server and from the
     script: the experiment (by default the reference's own, the only one a
-    script that calls set_experiment can log into) and, without --script-args
-    or the tag reproduce.argv, the params its --help shows as options (a
-    script with no param to pass, or without an argument parser, is not run
-    with --help: plan_script said so)."""
+    script that calls set_experiment can log into: another is refused then)
+    and, without --script-args or the tag reproduce.argv, the params its
+    --help shows as options (a script with no param to pass, or without an
+    argument parser, is not run with --help: plan_script said so)."""
     assert plan.script is not None
-    if not plan.experiment_name:
-        experiment = session.client.get_experiment(plan.reference.info.experiment_id)
-        plan = dataclasses.replace(plan, experiment_name=experiment.name)
+    own = functools.partial(experiment_name_of, session, plan.reference.info.experiment_id)
+    if plan.experiment_name:
+        check_script_experiment(plan, own)
+    else:
+        plan = dataclasses.replace(plan, experiment_name=own())
     if plan.script.arguments_from != '--help':
         return plan
     if session.options.dry_run:  # runs nothing: the script is code from the tracking store
