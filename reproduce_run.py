@@ -6155,11 +6155,18 @@ def skipped_lines(
     return [f'{head} {counted(n, "run")}: {escaped(reason)}' for reason, n in counts.items()]
 
 
+def own_reproductions_lines(n: int, head: str = 'Left out') -> list[str]:
+    """The one line that counts the tool's own runs (its reproductions and
+    their parent runs) a search left out without listing them."""
+    return [f"{head} {n} of the tool's own reproductions"] if n else []
+
+
 def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
     lines = [f'Parent run:     {batch.batch_run_id}'] if batch.batch_run_id else []
     lines.append(DRY_RUN_LINE if batch.dry_run else _summary_counts(batch))
     lines += _summary_table(batch, 'psql')
     lines += skipped_lines(batch.skipped)
+    lines += own_reproductions_lines(batch.own_reproductions)
     for report in batch.reports:
         if report.status in ('failed', 'error') and report.message:
             lines.append(f'{report.reference_run_id}: {report.status}: {shown(report.message)}')
@@ -6188,8 +6195,9 @@ def format_batch_markdown(batch: BatchReport) -> str:
     if batch.batch_run_id:
         lines += [f'- parent run: `{batch.batch_run_id}`', '']
     lines += _summary_table(batch, 'github')
-    if batch.skipped:
+    if batch.skipped or batch.own_reproductions:
         lines += ['', *skipped_lines(batch.skipped, '- skipped', markdown_escaped)]
+        lines += own_reproductions_lines(batch.own_reproductions, '- left out')
     for repeat in batch.repeats:
         lines += [
             '',
@@ -6229,6 +6237,7 @@ def batch_json(batch: BatchReport, runs: bool = True) -> dict[str, Any]:
             **unfinished_counts(batch),
             **({'planned': batch.count('planned')} if batch.dry_run else {}),
             'skipped': len(batch.skipped),
+            'own_reproductions': batch.own_reproductions,
         },
         'exit_code': batch.exit_code,
         'batch_run_id': batch.batch_run_id,
@@ -6361,6 +6370,7 @@ class BatchReport(Outcome):
     dry_run: bool = False
     repeat_of: str | None = None  # --repeat of a single reference run: its ID
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
+    own_reproductions: int = 0  # the tool's own runs the search left out, unlisted
 
     @property
     def status(self) -> str:
@@ -6860,7 +6870,9 @@ def reproduce_one(
             traceback.print_exc()
         report = _unfinished(progress, 'error', unexpected_failure(type(e).__name__, str(e)))
     report = dataclasses.replace(
-        report, seconds=time.monotonic() - started, histories=progress.histories
+        report,
+        seconds=time.monotonic() - started,
+        histories=progress.histories,
     )
     if report.reproduced_run_id:
         record_verdict(session.client, report, session.options.plots, progress.log_path)
@@ -7477,21 +7489,42 @@ def _search_filter(selection: Selection) -> str:
     return ' and '.join(clauses)
 
 
-def skip_reason(run: Run, uri_given: bool) -> str | None:
-    """Why a run found by search is not reproduced, None when it is."""
+def is_own_run(run: Run) -> bool:
+    """A run this tool made: a reproduction (an --explain probe too), or the
+    parent run of a batch, of repetitions or of a bisection."""
     tags = run.data.tags
-    if TAG_REFERENCE_RUN_ID in tags or tags.get(TAG_BATCH) == 'true':
-        return 'it is itself a reproduction'
+    return TAG_REFERENCE_RUN_ID in tags or tags.get(TAG_BATCH) == 'true' or TAG_OWNER in tags
+
+
+def skip_reason(run: Run, uri_given: bool) -> str | None:
+    """Why a run found by search (not one of the tool's own) is not
+    reproduced, None when it is."""
     if run.info.status != 'FINISHED':
         return f'its status is {run.info.status}, not FINISHED'
     return not_reproducible(run, uri_given)
 
 
+def skipped_run(run_id: str, reason: str) -> dict[str, str]:
+    """A run a selection left out, as the reports list it."""
+    return {'run_id': run_id, 'reason': reason}
+
+
+@dataclasses.dataclass(frozen=True)
+class Selected:
+    """What a selection chose, the runs its search skipped (each with why),
+    and how many of the tool's own runs the search left out unlisted."""
+
+    chosen: list[Chosen]
+    skipped: list[dict[str, str]]
+    own_reproductions: int = 0
+
+
 def search_runs(
     client: MlflowClient, selection: Selection, uri_given: bool, plan_only: bool = False
-) -> tuple[list[Chosen], list[dict[str, str]]]:
+) -> Selected:
     """Runs of --from-experiment matching --filter and --since, in search
-    order, at most --max-runs after skipping; then --sample of them.
+    order, at most --max-runs after skipping (the search stops there); then
+    --sample of them.  The tool's own runs are counted, not listed.
     `plan_only` (a dry run): each keeps the run as found, which its plan then
     reads instead of reading the run again."""
     from mlflow.exceptions import MlflowException
@@ -7504,6 +7537,7 @@ def search_runs(
         experiment_ids.append(experiment.experiment_id)
     chosen: list[Chosen] = []
     skipped: list[dict[str, str]] = []
+    own = 0
     found = pages(
         client.search_runs,
         experiment_ids,
@@ -7512,19 +7546,19 @@ def search_runs(
         max_results=SEARCH_PAGE,
     )
     try:
-        for page in found:
-            for run in page:
-                reason = skip_reason(run, uri_given)
-                if reason:
-                    skipped.append({'run_id': run.info.run_id, 'reason': reason})
-                elif len(chosen) < selection.max_runs:
-                    name = run.info.run_name or ''
-                    kept = without_metrics(run) if plan_only else None
-                    chosen.append(
-                        Chosen(run.info.run_id, name, name=name, reference=kept, searched=True)
-                    )
-            if len(chosen) >= selection.max_runs:
-                break
+        for run in itertools.chain.from_iterable(found):  # the next page read when needed
+            if is_own_run(run):
+                own += 1
+            elif reason := skip_reason(run, uri_given):
+                skipped.append(skipped_run(run.info.run_id, reason))
+            else:
+                name = run.info.run_name or ''
+                kept = without_metrics(run) if plan_only else None
+                chosen.append(
+                    Chosen(run.info.run_id, name, name=name, reference=kept, searched=True)
+                )
+                if len(chosen) >= selection.max_runs:
+                    break
     except MlflowException as e:
         raise _mlflow_error('cannot search the runs to reproduce', e) from None
     if selection.sample is not None and selection.sample < len(chosen):
@@ -7533,9 +7567,9 @@ def search_runs(
         rng = random.Random(selection.sample_seed)
         keep = set(rng.sample(range(len(chosen)), selection.sample))
         left = [c for i, c in enumerate(chosen) if i not in keep]
-        skipped += [{'run_id': c.run_id or '', 'reason': 'not in the --sample'} for c in left]
+        skipped += [skipped_run(c.run_id or '', 'not in the --sample') for c in left]
         chosen = [c for i, c in enumerate(chosen) if i in keep]
-    return chosen, skipped
+    return Selected(chosen, skipped, own)
 
 
 def without_metrics(run: Run) -> Run:
@@ -7555,7 +7589,7 @@ def select_runs(
     uri_given: bool,
     tracking_uri: str,
     plan_only: bool = False,
-) -> tuple[list[Chosen], list[dict[str, str]]]:
+) -> Selected:
     """The union of every selection option, each run once, in the order given."""
     import gc
 
@@ -7573,14 +7607,14 @@ def select_runs(
         except ReproduceError as e:  # it fails alone
             chosen.append(Chosen(None, run_id, str(e)))
     chosen += [resolve_model(client, uri) for uri in selection.models]
-    skipped: list[dict[str, str]] = []
+    searched = Selected([], [])
     if selection.experiments:
-        found, skipped = search_runs(client, selection, uri_given, plan_only)
-        chosen += found
+        searched = search_runs(client, selection, uri_given, plan_only)
+        chosen += searched.chosen
     unique: dict[object, Chosen] = {}
     for c in chosen:  # each run once, where first chosen; each unresolved one
         unique.setdefault(c.run_id or id(c), c)
-    return list(unique.values()), skipped
+    return dataclasses.replace(searched, chosen=list(unique.values()))
 
 
 class BatchPlanner(Planner):
@@ -7599,9 +7633,10 @@ class BatchPlanner(Planner):
         skipped: Sequence[dict[str, str]],
         client: MlflowClient | None = None,
         window: int = READ_BATCH,
+        own_reproductions: int = 0,
     ) -> None:
         self.chosen: list[Chosen | None] = chosen if isinstance(chosen, list) else list(chosen)
-        self.skipped = tuple(skipped)
+        self.skipped, self.own_reproductions = tuple(skipped), own_reproductions
         self.client, self.window = client, window
         self.total = len(self.chosen)
         self.planned = 0
@@ -7666,13 +7701,14 @@ class BatchPlanner(Planner):
 
     def report(self, group: Group) -> BatchReport:
         skipped = [r for p, r in group.results if skips(p, r)]
-        guessed = [{'run_id': r.reference_run_id, 'reason': r.message or ''} for r in skipped]
+        guessed = [skipped_run(r.reference_run_id, r.message or '') for r in skipped]
         return BatchReport(
             tuple(r for p, r in group.results if not skips(p, r)),
             (*self.skipped, *guessed),
             group.parent_run_id,
             dry_run=group.dry_run,
             leftovers=group.leftovers,
+            own_reproductions=self.own_reproductions,
         )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
@@ -7700,15 +7736,16 @@ def batch_record(batch: BatchReport, run_id: str) -> GroupRecord:
     )
 
 
-def run_batch(
-    session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]]
-) -> BatchReport:
+def run_batch(session: Session, selected: Selected) -> BatchReport:
     """Reproduce every chosen run, --jobs at a time, under one parent run
     (the list is the planner's from now on: see BatchPlanner)."""
     # A dry run's probes only plan: a window of them is each thread's few tasks.
     dry_window = READ_BATCH if session.options.dry_run else 0
     window = max(READ_WINDOW, 2 * session.options.jobs, dry_window)
-    return report_group(session, BatchPlanner(chosen, skipped, session.client, window))
+    planner = BatchPlanner(
+        selected.chosen, selected.skipped, session.client, window, selected.own_reproductions
+    )
+    return report_group(session, planner)
 
 
 # ---------------------------------------------------------------------------
@@ -7726,8 +7763,10 @@ class RepeatPlanner(Planner):
         skipped: Sequence[dict[str, str]],
         n: int,
         rules: Rules,
+        own_reproductions: int = 0,
     ) -> None:
         self.chosen, self.skipped, self.n, self.rules = tuple(chosen), tuple(skipped), n, rules
+        self.own_reproductions = own_reproductions
         self.planned = False
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
@@ -7757,6 +7796,7 @@ class RepeatPlanner(Planner):
             repeats=diagnose_repeats(self.chosen, reports, group.nested_parents, self.rules),
             repeat_of=self.chosen[0].run_id if len(self.chosen) == 1 else None,
             leftovers=group.leftovers,
+            own_reproductions=self.own_reproductions,
         )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
@@ -8525,6 +8565,7 @@ class Bisections(Outcome):
 
     entries: tuple[BisectReport | Report, ...]
     skipped: tuple[dict[str, str], ...] = ()  # runs of the selection not bisected, and why
+    own_reproductions: int = 0  # the tool's own runs the search left out, unlisted
 
     @property
     def status(self) -> str:
@@ -8542,18 +8583,27 @@ class Bisections(Outcome):
             for e in self.entries
         ]
         last = [f'First changed commit of {x}' for x in self.first_changed()]
-        last += skipped_lines(self.skipped)
+        last += [*skipped_lines(self.skipped), *own_reproductions_lines(self.own_reproductions)]
         return '\n\n'.join([*parts, '\n'.join(last)])
 
     def markdown(self) -> str:
         parts = [e.markdown() for e in self.entries]
-        skipped = '\n'.join(skipped_lines(self.skipped, '- skipped', markdown_escaped))
+        skipped = '\n'.join(
+            [
+                *skipped_lines(self.skipped, '- skipped', markdown_escaped),
+                *own_reproductions_lines(self.own_reproductions, '- left out'),
+            ]
+        )
         last = [f'First changed commit of {x}' for x in self.first_changed()]
         return '\n\n'.join([*parts, *last, skipped]).strip()
 
     def json(self) -> dict[str, Any]:
-        documents = [e.json() for e in self.entries]
-        return {'bisections': documents, 'skipped': list(self.skipped), 'exit_code': self.exit_code}
+        return {
+            'bisections': [e.json() for e in self.entries],
+            'skipped': list(self.skipped),
+            'own_reproductions': self.own_reproductions,
+            'exit_code': self.exit_code,
+        }
 
     def first_changed(self) -> list[str]:
         """Each reference with its first changed commit, or none."""
@@ -9460,17 +9510,18 @@ def run_in_worker(session: Session, work: Callable[[], Any]) -> Any:
 def bisect_chosen(session: Session, selection: Selection) -> BisectReport | Bisections:
     """--bisect of each reference run chosen, one after another; of one, its
     bisection alone."""
-    chosen, skipped = select_runs(
+    selected = select_runs(
         session.client, selection, session.options.uri is not None, session.tracking_uri
     )
+    chosen, skipped, own = selected.chosen, selected.skipped, selected.own_reproductions
     target, repeat = selection.bisect or '', selection.repeat
     if not chosen:
-        why = '; '.join(skipped_lines(skipped, 'skipped'))
+        why = '; '.join([*skipped_lines(skipped, 'skipped'), *own_reproductions_lines(own)])
         raise ReproduceError('--bisect: no reference run was chosen' + (f' ({why})' if why else ''))
-    if len(chosen) == 1 and not skipped:
+    if len(chosen) == 1 and not skipped and not own:
         return run_bisect(session, chosen[0], target, repeat)
     entries = tuple(bisect_reference(session, c, target, repeat) for c in chosen)
-    return Bisections(entries, tuple(skipped))
+    return Bisections(entries, tuple(skipped), own)
 
 
 def bisect_reference(
@@ -9548,14 +9599,20 @@ def invoke(
                 return dataclasses.replace(report, leftovers=leftovers)
             leftovers = close_leftovers(session)  # the group's parent run lists them
             session = dataclasses.replace(session, leftovers=leftovers)
-            chosen, skipped = select_runs(
+            selected = select_runs(
                 session.client, selection, options.uri is not None, tracking_uri, options.dry_run
             )
             if selection.repeat > 1 and not options.dry_run:  # a plan is the same each time
-                repeat = RepeatPlanner(chosen, skipped, selection.repeat, options.rules)
+                repeat = RepeatPlanner(
+                    selected.chosen,
+                    selected.skipped,
+                    selection.repeat,
+                    options.rules,
+                    selected.own_reproductions,
+                )
                 batch = report_group(session, repeat)
             else:
-                batch = run_batch(session, chosen, skipped)
+                batch = run_batch(session, selected)
             return run_in_worker(session, lambda: explain_batch(session, batch))
         finally:
             end_processes(None, marker)  # nothing the tool started outlives it
