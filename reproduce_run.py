@@ -5647,6 +5647,8 @@ class Report(Outcome):
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
     explanation: Explanation | None = None  # with --explain, of a reproduction that differs
     cannot_guess: bool = False  # ended by CannotGuess: a batch's search skips the run
+    # the reference run's experiment, read when no reproduced run was made: its testcase's
+    reference_experiment: str | None = None
 
     def __post_init__(self) -> None:
         if self.reference_status is None and self.plan is not None:
@@ -6530,6 +6532,14 @@ def destination(report: Report) -> str | None:
     return report.plan.experiment_name if report.plan else None
 
 
+def case_experiment(report: Report) -> str | None:
+    """A testcase's classname: the experiment its reproduced run went to (or
+    would go to, planned); the reference run's own when none was made."""
+    if report.reproduced_run_id or report.status == 'planned':
+        return destination(report) or report.reference_experiment
+    return report.reference_experiment or destination(report)
+
+
 def case_name(report: Report) -> str:
     """The reference run's name and short ID."""
     short = report.reference_run_id[:SHORT_ID_CHARS]
@@ -6553,7 +6563,9 @@ def differing_message(report: Report) -> str:
 
 
 def report_case(report: Report) -> Case:
-    case = functools.partial(Case, case_name(report), report.seconds, classname=destination(report))
+    case = functools.partial(
+        Case, case_name(report), report.seconds, classname=case_experiment(report)
+    )
     if report.status in ('equal', 'planned'):
         return case('passed')
     if report.status == 'differ':
@@ -6566,7 +6578,7 @@ def report_case(report: Report) -> Case:
 
 def repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
     """A reference run's repetitions as one testcase, with their classification."""
-    where = next(filter(None, map(destination, reports)), None)
+    where = next(filter(None, map(case_experiment, reports)), None)
     case = functools.partial(
         Case, case_name(reports[0]), sum(r.seconds for r in reports), classname=where
     )
@@ -6588,8 +6600,14 @@ def repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
 
 
 def skipped_cases(skipped: Iterable[Mapping[str, str]]) -> list[Case]:
-    """A skipped testcase for each run a selection left out, with the reason."""
-    return [Case(s['run_id'][:SHORT_ID_CHARS], 0.0, 'skipped', s['reason']) for s in skipped]
+    """A skipped testcase for each run a selection left out, with the reason,
+    in its experiment."""
+    return [
+        Case(
+            s['run_id'][:SHORT_ID_CHARS], 0.0, 'skipped', s['reason'], classname=s.get('experiment')
+        )
+        for s in skipped
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -6873,12 +6891,24 @@ def reproduce_one(
         report,
         seconds=time.monotonic() - started,
         histories=progress.histories,
+        reference_experiment=_reference_experiment(session, report, progress.reference),
     )
     if report.reproduced_run_id:
         record_verdict(session.client, report, session.options.plots, progress.log_path)
     if not shared:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return report
+
+
+def _reference_experiment(session: Session, report: Report, reference: Run | None) -> str | None:
+    """The reference run's experiment, for a report that made no reproduced
+    run (its JUnit testcase's classname); None when unknown, or after a signal."""
+    if report.reproduced_run_id or reference is None or session.stop.event.is_set():
+        return None
+    try:
+        return experiment_name_of(session, reference.info.experiment_id)
+    except Exception:  # the report says what failed; the classname falls back
+        return None
 
 
 def _unfinished(progress: _Progress, status: str, message: str) -> Report:
@@ -7504,9 +7534,10 @@ def skip_reason(run: Run, uri_given: bool) -> str | None:
     return not_reproducible(run, uri_given)
 
 
-def skipped_run(run_id: str, reason: str) -> dict[str, str]:
-    """A run a selection left out, as the reports list it."""
-    return {'run_id': run_id, 'reason': reason}
+def skipped_run(run_id: str, reason: str, experiment: str | None) -> dict[str, Any]:
+    """A run a selection left out, as the reports list it: with its experiment
+    (None: unknown), the classname of its JUnit testcase."""
+    return {'run_id': run_id, 'reason': reason, 'experiment': experiment}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -7529,33 +7560,34 @@ def search_runs(
     reads instead of reading the run again."""
     from mlflow.exceptions import MlflowException
 
-    experiment_ids = []
+    names: dict[str, str] = {}  # experiment ID -> name
     for name in selection.experiments:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise ReproduceError(f'experiment {name!r} (--from-experiment) not found')
-        experiment_ids.append(experiment.experiment_id)
-    chosen: list[Chosen] = []
+        names[experiment.experiment_id] = experiment.name
+    chosen: list[tuple[Chosen, str | None]] = []
     skipped: list[dict[str, str]] = []
     own = 0
     found = pages(
         client.search_runs,
-        experiment_ids,
+        list(names),
         _search_filter(selection),
         order_by=list(selection.order_by),
         max_results=SEARCH_PAGE,
     )
     try:
         for run in itertools.chain.from_iterable(found):  # the next page read when needed
+            where = names.get(run.info.experiment_id)
             if is_own_run(run):
                 own += 1
             elif reason := skip_reason(run, uri_given):
-                skipped.append(skipped_run(run.info.run_id, reason))
+                skipped.append(skipped_run(run.info.run_id, reason, where))
             else:
                 name = run.info.run_name or ''
                 kept = without_metrics(run) if plan_only else None
                 chosen.append(
-                    Chosen(run.info.run_id, name, name=name, reference=kept, searched=True)
+                    (Chosen(run.info.run_id, name, name=name, reference=kept, searched=True), where)
                 )
                 if len(chosen) >= selection.max_runs:
                     break
@@ -7567,9 +7599,9 @@ def search_runs(
         rng = random.Random(selection.sample_seed)
         keep = set(rng.sample(range(len(chosen)), selection.sample))
         left = [c for i, c in enumerate(chosen) if i not in keep]
-        skipped += [skipped_run(c.run_id or '', 'not in the --sample') for c in left]
+        skipped += [skipped_run(c.run_id or '', 'not in the --sample', w) for c, w in left]
         chosen = [c for i, c in enumerate(chosen) if i in keep]
-    return Selected(chosen, skipped, own)
+    return Selected([c for c, _ in chosen], skipped, own)
 
 
 def without_metrics(run: Run) -> Run:
@@ -7701,7 +7733,10 @@ class BatchPlanner(Planner):
 
     def report(self, group: Group) -> BatchReport:
         skipped = [r for p, r in group.results if skips(p, r)]
-        guessed = [skipped_run(r.reference_run_id, r.message or '') for r in skipped]
+        guessed = [
+            skipped_run(r.reference_run_id, r.message or '', r.reference_experiment)
+            for r in skipped
+        ]
         return BatchReport(
             tuple(r for p, r in group.results if not skips(p, r)),
             (*self.skipped, *guessed),

@@ -293,6 +293,7 @@ def test_from_experiment_with_filter_since_and_max_runs(samples_repo, store, cap
     assert code == 0
     assert [r['reference_run_id'] for r in doc['runs']] == [made['alpha2'], made['alpha1']]
     assert doc['summary']['own_reproductions'] == 1
+    assert {s['experiment'] for s in doc['skipped']} == {name}
     reasons = {s['run_id']: s['reason'] for s in doc['skipped']}
     assert reasons == {
         made['notebook']: 'it was not launched as an MLflow Project (tag mlflow.source.type is '

@@ -472,7 +472,9 @@ def test_nightly_search_leaves_its_own_reproductions_out_and_names_experiments(
     code, doc, err = reproduce_json(capsys, '--from-experiment', name, '--junit-xml', str(path))
     assert code == 0, err
     assert [r['reference_run_id'] for r in doc['runs']] == [reference]
-    assert doc['skipped'] == [{'run_id': failed, 'reason': 'its status is FAILED, not FINISHED'}]
+    assert doc['skipped'] == [
+        {'run_id': failed, 'reason': 'its status is FAILED, not FINISHED', 'experiment': name}
+    ]
     assert (doc['summary']['skipped'], doc['summary']['own_reproductions']) == (1, 2)
     suite, cases = parse(path)
     assert (suite['tests'], suite['skipped']) == ('2', '1')
@@ -480,6 +482,7 @@ def test_nightly_search_leaves_its_own_reproductions_out_and_names_experiments(
         (f'({reference[:8]})', None),
         (failed[:8], Skipped),
     ]
+    assert [c.classname for c in cases] == [name, name]  # never Default
     markdown = summary.read_text()
     assert "- left out 2 of the tool's own reproductions" in markdown
     assert '- skipped 1 run: its status is FAILED, not FINISHED' in markdown
@@ -496,3 +499,48 @@ def test_nightly_search_leaves_its_own_reproductions_out_and_names_experiments(
     reproduction = next(r for r in own if 'reproduce.batch' not in c.get_run(r).data.tags)
     code, doc, err = reproduce_json(capsys, '--run_id', reproduction, '--dry-run')
     assert (code, doc['status']) == (0, 'planned'), err
+
+
+@pytest.mark.parametrize(
+    ('outcome', 'classnames'),
+    [
+        pytest.param(
+            report('error', reference_experiment='churn'), ['churn'], id='error-its-reference'
+        ),
+        pytest.param(report('error'), [None], id='error-reference-unknown'),
+        pytest.param(
+            reproduce_run.BatchReport(
+                (),
+                skipped=(
+                    {'run_id': 'c' * 32, 'reason': 'r', 'experiment': 'ops'},
+                    {'run_id': 'd' * 32, 'reason': 'r', 'experiment': None},
+                ),
+            ),
+            ['ops', None],
+            id='skipped-in-its-experiment',
+        ),
+        pytest.param(
+            reproduce_run.BatchReport(
+                (report('error', reference_experiment='churn'), report('error')),
+                repeat_of='a' * 32,
+            ),
+            ['churn'],
+            id='repeat-its-reference',
+        ),
+    ],
+)
+def test_a_case_without_a_reproduced_run_is_in_its_reference_experiment(outcome, classnames):
+    """None: the delivery's, --experiment-name or Default."""
+    assert [c.classname for c in outcome.junit_cases()] == classnames
+
+
+def test_a_run_that_cannot_start_is_a_testcase_of_its_own_experiment(capsys, tmp_path):
+    """Not the destination's (Default here): no reproduced run was made."""
+    name = f'elsewhere-{tmp_path.name}'
+    notebook = client().create_run(client().create_experiment(name)).info.run_id
+    client().set_terminated(notebook)
+    path = tmp_path / 'junit.xml'
+    code, _, _ = reproduce(capsys, '--run_id', notebook, UNKNOWN, '--junit-xml', str(path))
+    assert code == 2
+    _, cases = parse(path)
+    assert [(result(c), c.classname) for c in cases] == [(Error, name), (Error, 'Default')]
