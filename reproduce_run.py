@@ -255,8 +255,9 @@ class ReproduceError(Exception):
 
 class CannotGuess(ReproduceError):
     """What the run recorded leaves a choice that only the user can make (which
-    of several scripts it ran): exit 2 for a run named, and a batch's search
-    skips the run with this reason."""
+    of several scripts it ran; --experiment_name for a script that chooses its
+    own experiment): exit 2 for a run named, and a batch's search skips the
+    run with this reason."""
 
 
 # ---------------------------------------------------------------------------
@@ -870,9 +871,9 @@ class _CachedHelp:
 class Shared:
     """What the reproductions of one invocation add to as they go, each part
     under its lock: the sources fetched once, the layers --explain installed,
-    the runs that could not be closed, each script's --help (under the
-    sources' lock).  One object per invocation, on purpose
-    held by every copy of its Session."""
+    the runs that could not be closed, each script's --help and the names of
+    the experiments read (under the sources' lock).  One object per
+    invocation, on purpose held by every copy of its Session."""
 
     sources: dict[tuple[str, ...], _CachedSource] = dataclasses.field(default_factory=dict)
     helps: dict[tuple[str, ...], _CachedHelp] = dataclasses.field(default_factory=dict)
@@ -880,6 +881,7 @@ class Shared:
     layers: dict[str, str] = dataclasses.field(default_factory=dict)  # pkg==ver -> its folder
     layers_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     left_open: list[LeftOpen] = dataclasses.field(default_factory=list)  # appended to only
+    experiments: dict[str, str] = dataclasses.field(default_factory=dict)  # ID -> name, as read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2053,6 +2055,17 @@ def last_attempt(client: MlflowClient, endpoint: str, body: Mapping[str, Any]) -
         return None
     first = next((line.strip() for line in answer.text.splitlines() if line.strip()), '')
     return f'the tracking server answered HTTP {answer.status_code}: {first[:OUTPUT_LINE_CHARS]}'
+
+
+def experiment_name_of(session: Session, experiment_id: str) -> str:
+    """An experiment's name, read once per invocation."""
+    with session.shared.sources_lock:
+        name = session.shared.experiments.get(experiment_id)
+    if name is None:
+        name = session.client.get_experiment(experiment_id).name
+        with session.shared.sources_lock:
+            session.shared.experiments[experiment_id] = name
+    return name
 
 
 def all_experiment_ids(client: MlflowClient, deleted: bool = False) -> list[str]:
@@ -3271,6 +3284,46 @@ def plan_script(
         backend=backend,
         reference_backend=tags.get(TAG_BACKEND),
         script=script,
+    )
+
+
+# What makes a script log into an experiment of its own choosing, whatever
+# experiment the run it is given is in: MLflow refuses its start_run() then.
+_OWN_EXPERIMENT_RE = re.compile(r'\bset_experiment\s*\(|\bMLFLOW_EXPERIMENT_NAME\b')
+EXCERPT_CHARS = 80  # of a line of code an error quotes
+
+
+def experiment_choice(source: str) -> str | None:
+    """The first line of a script's source (comment lines apart) that
+    chooses its own experiment, `line N: <code>`: a call to set_experiment()
+    or the variable MLFLOW_EXPERIMENT_NAME; None when no line does.  Only
+    the script's own source: an imported module's choice shows only when
+    MLflow refuses it (experiment_mismatch_hint)."""
+    for number, line in enumerate(source.splitlines(), 1):
+        code = line.strip()
+        if not code.startswith('#') and _OWN_EXPERIMENT_RE.search(code):
+            cut = code if len(code) <= EXCERPT_CHARS else code[: EXCERPT_CHARS - 3] + '...'
+            return f'line {number}: {cut}'
+    return None
+
+
+def check_script_experiment(plan: Plan, own_experiment: Callable[[], str]) -> None:
+    """Refuse, before anything runs, a script that chooses its own experiment
+    when --experiment_name names another than the reference run's
+    (`own_experiment()`, read only then): MLflow refuses it only once the
+    script ran in full.  A batch's search skips such a run (CannotGuess)."""
+    assert plan.script is not None
+    try:
+        with open(os.path.join(plan.project_dir, plan.script.path), 'rb') as f:
+            choice = experiment_choice(f.read().decode('utf-8', 'replace'))
+    except OSError:
+        return
+    if choice is None or (own := own_experiment()) == plan.experiment_name:
+        return
+    raise CannotGuess(
+        f'the script {plan.script.path} chooses its own experiment ({choice}), so it cannot '
+        f'log into experiment {plan.experiment_name!r} (--experiment_name): drop '
+        f"--experiment_name to reproduce it in the reference run's experiment {own!r}"
     )
 
 
@@ -5406,14 +5459,16 @@ def cached_script_help(
 def complete_script_plan(session: Session, plan: Plan, tmp_dir: str, marker: str) -> Plan:
     """What a script run's plan needs from the tracking server and from the
     script: the experiment (by default the reference's own, the only one a
-    script that calls set_experiment can log into) and, without --script-args
-    or the tag reproduce.argv, the params its --help shows as options (a
-    script with no param to pass, or without an argument parser, is not run
-    with --help: plan_script said so)."""
+    script that calls set_experiment can log into: another is refused then)
+    and, without --script-args or the tag reproduce.argv, the params its
+    --help shows as options (a script with no param to pass, or without an
+    argument parser, is not run with --help: plan_script said so)."""
     assert plan.script is not None
-    if not plan.experiment_name:
-        experiment = session.client.get_experiment(plan.reference.info.experiment_id)
-        plan = dataclasses.replace(plan, experiment_name=experiment.name)
+    own = functools.partial(experiment_name_of, session, plan.reference.info.experiment_id)
+    if plan.experiment_name:
+        check_script_experiment(plan, own)
+    else:
+        plan = dataclasses.replace(plan, experiment_name=own())
     if plan.script.arguments_from != '--help':
         return plan
     if session.options.dry_run:  # runs nothing: the script is code from the tracking store
@@ -5915,6 +5970,8 @@ class Report(Outcome):
     explanation: Explanation | None = None  # with --explain, of a reproduction that differs
     cannot_guess: bool = False  # ended by CannotGuess: a batch's search skips the run
     prefix: Prefix | None = None  # stopped early: what the verdict covers
+    # the reference run's experiment, read when no reproduced run was made: its testcase's
+    reference_experiment: str | None = None
 
     def __post_init__(self) -> None:
         if self.reference_status is None and self.plan is not None:
@@ -6515,11 +6572,18 @@ def skipped_lines(
     return [f'{head} {counted(n, "run")}: {escaped(reason)}' for reason, n in counts.items()]
 
 
+def own_reproductions_lines(n: int, head: str = 'Left out') -> list[str]:
+    """The one line that counts the tool's own runs (its reproductions and
+    their parent runs) a search left out without listing them."""
+    return [f"{head} {n} of the tool's own reproductions"] if n else []
+
+
 def format_batch_text(batch: BatchReport, verbose: bool = False) -> str:
     lines = [f'Parent run:     {batch.batch_run_id}'] if batch.batch_run_id else []
     lines.append(DRY_RUN_LINE if batch.dry_run else _summary_counts(batch))
     lines += _summary_table(batch, 'psql')
     lines += skipped_lines(batch.skipped)
+    lines += own_reproductions_lines(batch.own_reproductions)
     for report in batch.reports:
         if report.status in ('failed', 'error') and report.message:
             lines.append(f'{report.reference_run_id}: {report.status}: {shown(report.message)}')
@@ -6548,8 +6612,9 @@ def format_batch_markdown(batch: BatchReport) -> str:
     if batch.batch_run_id:
         lines += [f'- parent run: `{batch.batch_run_id}`', '']
     lines += _summary_table(batch, 'github')
-    if batch.skipped:
+    if batch.skipped or batch.own_reproductions:
         lines += ['', *skipped_lines(batch.skipped, '- skipped', markdown_escaped)]
+        lines += own_reproductions_lines(batch.own_reproductions, '- left out')
     for repeat in batch.repeats:
         lines += [
             '',
@@ -6589,6 +6654,7 @@ def batch_json(batch: BatchReport, runs: bool = True) -> dict[str, Any]:
             **unfinished_counts(batch),
             **({'planned': batch.count('planned')} if batch.dry_run else {}),
             'skipped': len(batch.skipped),
+            'own_reproductions': batch.own_reproductions,
         },
         'exit_code': batch.exit_code,
         'batch_run_id': batch.batch_run_id,
@@ -6721,6 +6787,7 @@ class BatchReport(Outcome):
     dry_run: bool = False
     repeat_of: str | None = None  # --repeat of a single reference run: its ID
     leftovers: tuple[dict[str, str], ...] = ()  # what close_leftovers cleaned first
+    own_reproductions: int = 0  # the tool's own runs the search left out, unlisted
 
     @property
     def status(self) -> str:
@@ -6880,6 +6947,14 @@ def destination(report: Report) -> str | None:
     return report.plan.experiment_name if report.plan else None
 
 
+def case_experiment(report: Report) -> str | None:
+    """A testcase's classname: the experiment its reproduced run went to (or
+    would go to, planned); the reference run's own when none was made."""
+    if report.reproduced_run_id or report.status == 'planned':
+        return destination(report) or report.reference_experiment
+    return report.reference_experiment or destination(report)
+
+
 def case_name(report: Report) -> str:
     """The reference run's name and short ID."""
     short = report.reference_run_id[:SHORT_ID_CHARS]
@@ -6903,7 +6978,9 @@ def differing_message(report: Report) -> str:
 
 
 def report_case(report: Report) -> Case:
-    case = functools.partial(Case, case_name(report), report.seconds, classname=destination(report))
+    case = functools.partial(
+        Case, case_name(report), report.seconds, classname=case_experiment(report)
+    )
     if report.status in ('equal', 'planned'):
         return case('passed')
     if report.status == 'differ':
@@ -6916,7 +6993,7 @@ def report_case(report: Report) -> Case:
 
 def repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
     """A reference run's repetitions as one testcase, with their classification."""
-    where = next(filter(None, map(destination, reports)), None)
+    where = next(filter(None, map(case_experiment, reports)), None)
     case = functools.partial(
         Case, case_name(reports[0]), sum(r.seconds for r in reports), classname=where
     )
@@ -6938,8 +7015,14 @@ def repeat_case(reports: Sequence[Report], repeat: Repeat | None) -> Case:
 
 
 def skipped_cases(skipped: Iterable[Mapping[str, str]]) -> list[Case]:
-    """A skipped testcase for each run a selection left out, with the reason."""
-    return [Case(s['run_id'][:SHORT_ID_CHARS], 0.0, 'skipped', s['reason']) for s in skipped]
+    """A skipped testcase for each run a selection left out, with the reason,
+    in its experiment."""
+    return [
+        Case(
+            s['run_id'][:SHORT_ID_CHARS], 0.0, 'skipped', s['reason'], classname=s.get('experiment')
+        )
+        for s in skipped
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -7238,13 +7321,27 @@ def reproduce_one(
             traceback.print_exc()
         report = _unfinished(progress, 'error', unexpected_failure(type(e).__name__, str(e)))
     report = dataclasses.replace(
-        report, seconds=time.monotonic() - started, histories=progress.histories
+        report,
+        seconds=time.monotonic() - started,
+        histories=progress.histories,
+        reference_experiment=_reference_experiment(session, report, progress.reference),
     )
     if report.reproduced_run_id:
         record_verdict(session.client, report, session.options.plots, progress.log_path)
     if not shared:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return report
+
+
+def _reference_experiment(session: Session, report: Report, reference: Run | None) -> str | None:
+    """The reference run's experiment, for a report that made no reproduced
+    run (its JUnit testcase's classname); None when unknown, or after a signal."""
+    if report.reproduced_run_id or reference is None or session.stop.event.is_set():
+        return None
+    try:
+        return experiment_name_of(session, reference.info.experiment_id)
+    except Exception:  # the report says what failed; the classname falls back
+        return None
 
 
 def _unfinished(progress: _Progress, status: str, message: str) -> Report:
@@ -7867,54 +7964,78 @@ def _search_filter(selection: Selection) -> str:
     return ' and '.join(clauses)
 
 
-def skip_reason(run: Run, uri_given: bool) -> str | None:
-    """Why a run found by search is not reproduced, None when it is."""
+def is_own_run(run: Run) -> bool:
+    """A run this tool made: a reproduction (an --explain probe too), or the
+    parent run of a batch, of repetitions or of a bisection."""
     tags = run.data.tags
-    if TAG_REFERENCE_RUN_ID in tags or tags.get(TAG_BATCH) == 'true':
-        return 'it is itself a reproduction'
+    return TAG_REFERENCE_RUN_ID in tags or tags.get(TAG_BATCH) == 'true' or TAG_OWNER in tags
+
+
+def skip_reason(run: Run, uri_given: bool) -> str | None:
+    """Why a run found by search (not one of the tool's own) is not
+    reproduced, None when it is."""
     if run.info.status != 'FINISHED':
         return f'its status is {run.info.status}, not FINISHED'
     return not_reproducible(run, uri_given)
 
 
+def skipped_run(run_id: str, reason: str, experiment: str | None) -> dict[str, Any]:
+    """A run a selection left out, as the reports list it: with its experiment
+    (None: unknown), the classname of its JUnit testcase."""
+    return {'run_id': run_id, 'reason': reason, 'experiment': experiment}
+
+
+@dataclasses.dataclass(frozen=True)
+class Selected:
+    """What a selection chose, the runs its search skipped (each with why),
+    and how many of the tool's own runs the search left out unlisted."""
+
+    chosen: list[Chosen]
+    skipped: list[dict[str, str]]
+    own_reproductions: int = 0
+
+
 def search_runs(
     client: MlflowClient, selection: Selection, uri_given: bool, plan_only: bool = False
-) -> tuple[list[Chosen], list[dict[str, str]]]:
+) -> Selected:
     """Runs of --from-experiment matching --filter and --since, in search
-    order, at most --max-runs after skipping; then --sample of them.
+    order, at most --max-runs after skipping (the search stops there); then
+    --sample of them.  The tool's own runs are counted, not listed.
     `plan_only` (a dry run): each keeps the run as found, which its plan then
     reads instead of reading the run again."""
     from mlflow.exceptions import MlflowException
 
-    experiment_ids = []
+    names: dict[str, str] = {}  # experiment ID -> name
     for name in selection.experiments:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise ReproduceError(f'experiment {name!r} (--from-experiment) not found')
-        experiment_ids.append(experiment.experiment_id)
-    chosen: list[Chosen] = []
+        names[experiment.experiment_id] = experiment.name
+    chosen: list[tuple[Chosen, str | None]] = []
     skipped: list[dict[str, str]] = []
+    own = 0
     found = pages(
         client.search_runs,
-        experiment_ids,
+        list(names),
         _search_filter(selection),
         order_by=list(selection.order_by),
         max_results=SEARCH_PAGE,
     )
     try:
-        for page in found:
-            for run in page:
-                reason = skip_reason(run, uri_given)
-                if reason:
-                    skipped.append({'run_id': run.info.run_id, 'reason': reason})
-                elif len(chosen) < selection.max_runs:
-                    name = run.info.run_name or ''
-                    kept = without_metrics(run) if plan_only else None
-                    chosen.append(
-                        Chosen(run.info.run_id, name, name=name, reference=kept, searched=True)
-                    )
-            if len(chosen) >= selection.max_runs:
-                break
+        for run in itertools.chain.from_iterable(found):  # the next page read when needed
+            where = names.get(run.info.experiment_id)
+            if is_own_run(run):
+                own += 1
+            elif reason := skip_reason(run, uri_given):
+                skipped.append(skipped_run(run.info.run_id, reason, where))
+            else:
+                name = run.info.run_name or ''
+                kept = without_metrics(run) if plan_only else None
+                chosen.append(
+                    (Chosen(run.info.run_id, name, name=name, reference=kept, searched=True), where)
+                )
+                if len(chosen) >= selection.max_runs:
+                    break
     except MlflowException as e:
         raise _mlflow_error('cannot search the runs to reproduce', e) from None
     if selection.sample is not None and selection.sample < len(chosen):
@@ -7923,9 +8044,9 @@ def search_runs(
         rng = random.Random(selection.sample_seed)
         keep = set(rng.sample(range(len(chosen)), selection.sample))
         left = [c for i, c in enumerate(chosen) if i not in keep]
-        skipped += [{'run_id': c.run_id or '', 'reason': 'not in the --sample'} for c in left]
+        skipped += [skipped_run(c.run_id or '', 'not in the --sample', w) for c, w in left]
         chosen = [c for i, c in enumerate(chosen) if i in keep]
-    return chosen, skipped
+    return Selected([c for c, _ in chosen], skipped, own)
 
 
 def without_metrics(run: Run) -> Run:
@@ -7945,7 +8066,7 @@ def select_runs(
     uri_given: bool,
     tracking_uri: str,
     plan_only: bool = False,
-) -> tuple[list[Chosen], list[dict[str, str]]]:
+) -> Selected:
     """The union of every selection option, each run once, in the order given."""
     import gc
 
@@ -7963,14 +8084,14 @@ def select_runs(
         except ReproduceError as e:  # it fails alone
             chosen.append(Chosen(None, run_id, str(e)))
     chosen += [resolve_model(client, uri) for uri in selection.models]
-    skipped: list[dict[str, str]] = []
+    searched = Selected([], [])
     if selection.experiments:
-        found, skipped = search_runs(client, selection, uri_given, plan_only)
-        chosen += found
+        searched = search_runs(client, selection, uri_given, plan_only)
+        chosen += searched.chosen
     unique: dict[object, Chosen] = {}
     for c in chosen:  # each run once, where first chosen; each unresolved one
         unique.setdefault(c.run_id or id(c), c)
-    return list(unique.values()), skipped
+    return dataclasses.replace(searched, chosen=list(unique.values()))
 
 
 class BatchPlanner(Planner):
@@ -7989,9 +8110,10 @@ class BatchPlanner(Planner):
         skipped: Sequence[dict[str, str]],
         client: MlflowClient | None = None,
         window: int = READ_BATCH,
+        own_reproductions: int = 0,
     ) -> None:
         self.chosen: list[Chosen | None] = chosen if isinstance(chosen, list) else list(chosen)
-        self.skipped = tuple(skipped)
+        self.skipped, self.own_reproductions = tuple(skipped), own_reproductions
         self.client, self.window = client, window
         self.total = len(self.chosen)
         self.planned = 0
@@ -8056,13 +8178,17 @@ class BatchPlanner(Planner):
 
     def report(self, group: Group) -> BatchReport:
         skipped = [r for p, r in group.results if skips(p, r)]
-        guessed = [{'run_id': r.reference_run_id, 'reason': r.message or ''} for r in skipped]
+        guessed = [
+            skipped_run(r.reference_run_id, r.message or '', r.reference_experiment)
+            for r in skipped
+        ]
         return BatchReport(
             tuple(r for p, r in group.results if not skips(p, r)),
             (*self.skipped, *guessed),
             group.parent_run_id,
             dry_run=group.dry_run,
             leftovers=group.leftovers,
+            own_reproductions=self.own_reproductions,
         )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
@@ -8090,15 +8216,16 @@ def batch_record(batch: BatchReport, run_id: str) -> GroupRecord:
     )
 
 
-def run_batch(
-    session: Session, chosen: Sequence[Chosen], skipped: Sequence[dict[str, str]]
-) -> BatchReport:
+def run_batch(session: Session, selected: Selected) -> BatchReport:
     """Reproduce every chosen run, --jobs at a time, under one parent run
     (the list is the planner's from now on: see BatchPlanner)."""
     # A dry run's probes only plan: a window of them is each thread's few tasks.
     dry_window = READ_BATCH if session.options.dry_run else 0
     window = max(READ_WINDOW, 2 * session.options.jobs, dry_window)
-    return report_group(session, BatchPlanner(chosen, skipped, session.client, window))
+    planner = BatchPlanner(
+        selected.chosen, selected.skipped, session.client, window, selected.own_reproductions
+    )
+    return report_group(session, planner)
 
 
 # ---------------------------------------------------------------------------
@@ -8116,8 +8243,10 @@ class RepeatPlanner(Planner):
         skipped: Sequence[dict[str, str]],
         n: int,
         rules: Rules,
+        own_reproductions: int = 0,
     ) -> None:
         self.chosen, self.skipped, self.n, self.rules = tuple(chosen), tuple(skipped), n, rules
+        self.own_reproductions = own_reproductions
         self.planned = False
 
     def next_probes(self, results: Sequence[Result]) -> list[Probe]:
@@ -8147,6 +8276,7 @@ class RepeatPlanner(Planner):
             repeats=diagnose_repeats(self.chosen, reports, group.nested_parents, self.rules),
             repeat_of=self.chosen[0].run_id if len(self.chosen) == 1 else None,
             leftovers=group.leftovers,
+            own_reproductions=self.own_reproductions,
         )
 
     def records(self, report: BatchReport, group: Group) -> list[GroupRecord]:
@@ -8918,6 +9048,7 @@ class Bisections(Outcome):
 
     entries: tuple[BisectReport | Report, ...]
     skipped: tuple[dict[str, str], ...] = ()  # runs of the selection not bisected, and why
+    own_reproductions: int = 0  # the tool's own runs the search left out, unlisted
 
     @property
     def status(self) -> str:
@@ -8935,18 +9066,27 @@ class Bisections(Outcome):
             for e in self.entries
         ]
         last = [f'First changed commit of {x}' for x in self.first_changed()]
-        last += skipped_lines(self.skipped)
+        last += [*skipped_lines(self.skipped), *own_reproductions_lines(self.own_reproductions)]
         return '\n\n'.join([*parts, '\n'.join(last)])
 
     def markdown(self) -> str:
         parts = [e.markdown() for e in self.entries]
-        skipped = '\n'.join(skipped_lines(self.skipped, '- skipped', markdown_escaped))
+        skipped = '\n'.join(
+            [
+                *skipped_lines(self.skipped, '- skipped', markdown_escaped),
+                *own_reproductions_lines(self.own_reproductions, '- left out'),
+            ]
+        )
         last = [f'First changed commit of {x}' for x in self.first_changed()]
         return '\n\n'.join([*parts, *last, skipped]).strip()
 
     def json(self) -> dict[str, Any]:
-        documents = [e.json() for e in self.entries]
-        return {'bisections': documents, 'skipped': list(self.skipped), 'exit_code': self.exit_code}
+        return {
+            'bisections': [e.json() for e in self.entries],
+            'skipped': list(self.skipped),
+            'own_reproductions': self.own_reproductions,
+            'exit_code': self.exit_code,
+        }
 
     def first_changed(self) -> list[str]:
         """Each reference with its first changed commit, or none."""
@@ -9855,17 +9995,18 @@ def run_in_worker(session: Session, work: Callable[[], Any]) -> Any:
 def bisect_chosen(session: Session, selection: Selection) -> BisectReport | Bisections:
     """--bisect of each reference run chosen, one after another; of one, its
     bisection alone."""
-    chosen, skipped = select_runs(
+    selected = select_runs(
         session.client, selection, session.options.uri is not None, session.tracking_uri
     )
+    chosen, skipped, own = selected.chosen, selected.skipped, selected.own_reproductions
     target, repeat = selection.bisect or '', selection.repeat
     if not chosen:
-        why = '; '.join(skipped_lines(skipped, 'skipped'))
+        why = '; '.join([*skipped_lines(skipped, 'skipped'), *own_reproductions_lines(own)])
         raise ReproduceError('--bisect: no reference run was chosen' + (f' ({why})' if why else ''))
-    if len(chosen) == 1 and not skipped:
+    if len(chosen) == 1 and not skipped and not own:
         return run_bisect(session, chosen[0], target, repeat)
     entries = tuple(bisect_reference(session, c, target, repeat) for c in chosen)
-    return Bisections(entries, tuple(skipped))
+    return Bisections(entries, tuple(skipped), own)
 
 
 def bisect_reference(
@@ -9943,14 +10084,20 @@ def invoke(
                 return dataclasses.replace(report, leftovers=leftovers)
             leftovers = close_leftovers(session)  # the group's parent run lists them
             session = dataclasses.replace(session, leftovers=leftovers)
-            chosen, skipped = select_runs(
+            selected = select_runs(
                 session.client, selection, options.uri is not None, tracking_uri, options.dry_run
             )
             if selection.repeat > 1 and not options.dry_run:  # a plan is the same each time
-                repeat = RepeatPlanner(chosen, skipped, selection.repeat, options.rules)
+                repeat = RepeatPlanner(
+                    selected.chosen,
+                    selected.skipped,
+                    selection.repeat,
+                    options.rules,
+                    selected.own_reproductions,
+                )
                 batch = report_group(session, repeat)
             else:
-                batch = run_batch(session, chosen, skipped)
+                batch = run_batch(session, selected)
             return run_in_worker(session, lambda: explain_batch(session, batch))
         finally:
             end_processes(None, marker)  # nothing the tool started outlives it

@@ -126,6 +126,7 @@ def test_several_run_ids_with_mixed_outcomes(reference, capsys, tmp_path):
         'stopped': 0,
         'not_started': 0,
         'skipped': 0,
+        'own_reproductions': 0,
     }
     assert doc['skipped'] == []
     parent, children = batch_runs(name)
@@ -283,16 +284,18 @@ def test_from_experiment_with_filter_since_and_max_runs(samples_repo, store, cap
         '--dry-run',
     )
     assert [r['reference_run_id'] for r in json.loads(out)['runs']] == [made['alpha1']]
-    # Without a filter, the search meets the runs it must skip, and says why.
+    # Without a filter, the search meets the runs it must skip, and says why;
+    # the tool's own reproduction it counts, unlisted.
     code, out, _ = reproduce(
         capsys, '--from-experiment', name, '--since', '1h', '--output', 'json', '--dry-run'
     )
     doc = json.loads(out)
     assert code == 0
     assert [r['reference_run_id'] for r in doc['runs']] == [made['alpha2'], made['alpha1']]
+    assert doc['summary']['own_reproductions'] == 1
+    assert {s['experiment'] for s in doc['skipped']} == {name}
     reasons = {s['run_id']: s['reason'] for s in doc['skipped']}
     assert reasons == {
-        made['reproduction']: 'it is itself a reproduction',
         made['notebook']: 'it was not launched as an MLflow Project (tag mlflow.source.type is '
         'None) and recorded no remote (tag mlflow.source.git.repoURL): pass --uri with the git '
         'URL of its code',

@@ -773,7 +773,9 @@ def test_each_reference_of_a_batch_is_bisected_on_its_own(tmp_path, capsys):
     assert code == 1, err
     doc = json.loads(out)
     documented = tables(section(JSON_DOC, 'The bisect document'))[1]
-    assert first_spans(documented) == list(doc) == ['bisections', 'skipped', 'exit_code']
+    assert first_spans(documented) == list(doc)
+    assert list(doc) == ['bisections', 'skipped', 'own_reproductions', 'exit_code']
+    assert doc['own_reproductions'] == 0
     assert doc['skipped'] == []
     assert doc['exit_code'] == 1
     found, unchanged = doc['bisections']

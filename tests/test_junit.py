@@ -18,9 +18,12 @@ from helpers import (
     SCRIPT,
     add_project,
     client,
+    clone_with_remote,
     git,
+    python_run,
     recorded_run,
     reproduce,
+    reproduce_json,
     wait_for,
 )
 from junitparser import Error, Failure, JUnitXml, Skipped, TestCase
@@ -426,3 +429,118 @@ def test_report_files_that_are_not_regular_files_get_a_warning_and_nothing(
     ]
     assert not reproduce_run.writable_report_path(os.devnull, 'the report')
     assert capsys.readouterr().err.endswith(f'the report {not_regular.format(os.devnull)}\n')
+
+
+# --- nightly: the tool's own reproductions in the searched experiment ---------
+
+# A script that logs into the experiment it chooses, as training code does:
+# its reproductions land in the reference run's own experiment.
+NIGHTLY = """\
+import os
+import mlflow
+
+mlflow.set_experiment(os.environ['NIGHTLY_EXPERIMENT'])
+with mlflow.start_run():
+    mlflow.log_metric('value', 1.0)
+"""
+
+
+def test_nightly_search_leaves_its_own_reproductions_out_and_names_experiments(
+    git_daemon, capsys, tmp_path, monkeypatch
+):
+    url, base = git_daemon
+    git('init', '--quiet', '--bare', str(base / f'{tmp_path.name}.git'), cwd=base)
+    repo = clone_with_remote(
+        tmp_path / 'repo', {'nightly.py': NIGHTLY}, f'{url}/{tmp_path.name}.git'
+    )
+    name = f'nightly-{tmp_path.name}'
+    monkeypatch.setenv('NIGHTLY_EXPERIMENT', name)
+    reference = python_run(repo, 'nightly.py')
+    c = client()
+    experiment_id = c.get_experiment_by_name(name).experiment_id
+    failed = c.create_run(experiment_id).info.run_id
+    c.set_terminated(failed, 'FAILED')
+    # The first night: its reproduction, and the batch's parent run, land in `name`.
+    code, doc, err = reproduce_json(capsys, '--from-experiment', name, '--experiment-name', name)
+    assert code == 0, err
+    assert [r['reference_run_id'] for r in doc['runs']] == [reference]
+    assert doc['summary']['own_reproductions'] == 0
+    # The second night finds them, and leaves them out unlisted.
+    summary = tmp_path / 'step_summary.md'
+    monkeypatch.setenv('GITHUB_STEP_SUMMARY', str(summary))
+    path = tmp_path / 'junit.xml'
+    code, doc, err = reproduce_json(capsys, '--from-experiment', name, '--junit-xml', str(path))
+    assert code == 0, err
+    assert [r['reference_run_id'] for r in doc['runs']] == [reference]
+    assert doc['skipped'] == [
+        {'run_id': failed, 'reason': 'its status is FAILED, not FINISHED', 'experiment': name}
+    ]
+    assert (doc['summary']['skipped'], doc['summary']['own_reproductions']) == (1, 2)
+    suite, cases = parse(path)
+    assert (suite['tests'], suite['skipped']) == ('2', '1')
+    assert [(c.name.split()[-1], result(c)) for c in cases] == [
+        (f'({reference[:8]})', None),
+        (failed[:8], Skipped),
+    ]
+    assert [c.classname for c in cases] == [name, name]  # never Default
+    markdown = summary.read_text()
+    assert "- left out 2 of the tool's own reproductions" in markdown
+    assert '- skipped 1 run: its status is FAILED, not FINISHED' in markdown
+    own = {r.info.run_id for r in c.search_runs([experiment_id])} - {reference, failed}
+    assert len(own) == 3  # two reproductions, one parent run
+    assert not any(run_id in markdown or run_id[:8] in path.read_text() for run_id in own)
+    # The text report counts them in one line; a search never takes them, nor
+    # counts them in --max-runs (the reference is the oldest run).
+    code, out, err = reproduce(capsys, '--from-experiment', name, '--max-runs', '1', '--dry-run')
+    assert code == 0, err
+    assert "Left out 3 of the tool's own reproductions" in out.splitlines()
+    assert out.splitlines()[-1] == 'Planned: 1 run, 1 skipped'
+    # A reproduction named by --run_id is reproduced, as ever.
+    reproduction = next(r for r in own if 'reproduce.batch' not in c.get_run(r).data.tags)
+    code, doc, err = reproduce_json(capsys, '--run_id', reproduction, '--dry-run')
+    assert (code, doc['status']) == (0, 'planned'), err
+
+
+@pytest.mark.parametrize(
+    ('outcome', 'classnames'),
+    [
+        pytest.param(
+            report('error', reference_experiment='churn'), ['churn'], id='error-its-reference'
+        ),
+        pytest.param(report('error'), [None], id='error-reference-unknown'),
+        pytest.param(
+            reproduce_run.BatchReport(
+                (),
+                skipped=(
+                    {'run_id': 'c' * 32, 'reason': 'r', 'experiment': 'ops'},
+                    {'run_id': 'd' * 32, 'reason': 'r', 'experiment': None},
+                ),
+            ),
+            ['ops', None],
+            id='skipped-in-its-experiment',
+        ),
+        pytest.param(
+            reproduce_run.BatchReport(
+                (report('error', reference_experiment='churn'), report('error')),
+                repeat_of='a' * 32,
+            ),
+            ['churn'],
+            id='repeat-its-reference',
+        ),
+    ],
+)
+def test_a_case_without_a_reproduced_run_is_in_its_reference_experiment(outcome, classnames):
+    """None: the delivery's, --experiment-name or Default."""
+    assert [c.classname for c in outcome.junit_cases()] == classnames
+
+
+def test_a_run_that_cannot_start_is_a_testcase_of_its_own_experiment(capsys, tmp_path):
+    """Not the destination's (Default here): no reproduced run was made."""
+    name = f'elsewhere-{tmp_path.name}'
+    notebook = client().create_run(client().create_experiment(name)).info.run_id
+    client().set_terminated(notebook)
+    path = tmp_path / 'junit.xml'
+    code, _, _ = reproduce(capsys, '--run_id', notebook, UNKNOWN, '--junit-xml', str(path))
+    assert code == 2
+    _, cases = parse(path)
+    assert [(result(c), c.classname) for c in cases] == [(Error, name), (Error, 'Default')]

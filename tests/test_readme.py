@@ -436,6 +436,13 @@ SETUPS: dict[str, Setup] = {
     '`--from-experiment`, which skips the run with this reason': (
         lambda request: [*script_run(request, 'train.py'), *script_at_top_and_in_src(request)]
     ),
+    'run made without `mlflow run` whose script calls `set_experiment(` or names '
+    '`MLFLOW_EXPERIMENT_NAME`, with `--experiment_name` naming another experiment than the '
+    "reference run's; also with `--dry-run`, and in a batch chosen by `--from-experiment`, "
+    'which skips the run with this reason': lambda request: [
+        *script_run(request, 'script_run/train.py', '--experiment_name', 'nightly'),
+        *script_run(request, 'script_run/train.py', '--experiment_name', 'nightly', '--dry-run'),
+    ],
     'run made without `mlflow run` whose recorded script is not at the commit': (
         lambda request: script_run(request, '/home/alice/repo/gone.py')
     ),

@@ -252,7 +252,7 @@ def test_a_selection_spares_the_collector_what_lived_before_it(store):
 
     gc.unfreeze()
     try:
-        chosen, _ = rr.select_runs(client(), rr.Selection(run_ids=(A,)), False, store)
+        chosen = rr.select_runs(client(), rr.Selection(run_ids=(A,)), False, store).chosen
         assert chosen == [Chosen(A)]
         assert gc.get_freeze_count() > 0
     finally:

@@ -143,6 +143,49 @@ with mlflow.start_run():
     time.sleep(args.seconds)
 """
 
+# Each chooses its own experiment, and says that it ran in the file
+# SCRIPT_MARKER names (when set): a refused reproduction must not run it.
+SETS_EXPERIMENT = """\
+import os
+import mlflow
+
+if os.environ.get('SCRIPT_MARKER'):
+    open(os.environ['SCRIPT_MARKER'], 'a').write('ran\\n')
+mlflow.set_experiment('chooses-its-own')
+with mlflow.start_run():
+    mlflow.log_metric('value', 1.0)
+"""
+
+NAMES_EXPERIMENT = """\
+import os
+import mlflow
+
+if os.environ.get('SCRIPT_MARKER'):
+    open(os.environ['SCRIPT_MARKER'], 'a').write('ran\\n')
+os.environ['MLFLOW_EXPERIMENT_NAME'] = 'named-by-variable'
+with mlflow.start_run():
+    mlflow.log_metric('value', 2.0)
+"""
+
+# It chooses its experiment in a module it imports, where the tool does not
+# look: MLflow's mismatch error is then explained after the run.
+CHOOSES_ELSEWHERE = """\
+import mlflow
+import choose
+
+choose.experiment()
+with mlflow.start_run():
+    mlflow.log_metric('value', 3.0)
+"""
+
+CHOOSE = """\
+import mlflow
+
+
+def experiment():
+    mlflow.set_experiment('chosen-elsewhere')
+"""
+
 FILES = {
     'script_run/train.py': (SAMPLES / 'script_run' / 'train.py').read_text(),
     'src/reads_data.py': READS_DATA,
@@ -155,6 +198,10 @@ FILES = {
     'b/fit.py': NO_HELP,
     'plain/count.py': NO_PARAMS,
     'slow/wait.py': SLOW,
+    'experiments/sets_own.py': SETS_EXPERIMENT,
+    'experiments/names_own.py': NAMES_EXPERIMENT,
+    'experiments/chooses_elsewhere.py': CHOOSES_ELSEWHERE,
+    'experiments/choose.py': CHOOSE,
 }
 
 
@@ -613,8 +660,93 @@ def test_script_that_sets_its_experiment_is_equal_with_no_flag(
     assert 'arguments from the tag reproduce.argv' in out
 
 
-def test_other_experiment_explains_the_mismatch(scripts_repo, made, capsys):
-    run_id = script_reference(made, 'sample', scripts_repo, 'script_run/train.py')
+@pytest.mark.parametrize(
+    ('source', 'choice'),
+    [
+        pytest.param(
+            "mlflow.set_experiment('x')\n", "line 1: mlflow.set_experiment('x')", id='call'
+        ),
+        pytest.param(
+            'import mlflow\nfrom mlflow import set_experiment\nset_experiment (NAME)\n',
+            'line 3: set_experiment (NAME)',
+            id='imported-name',
+        ),
+        pytest.param(
+            "import os\n    os.environ['MLFLOW_EXPERIMENT_NAME'] = 'x'\n",
+            "line 2: os.environ['MLFLOW_EXPERIMENT_NAME'] = 'x'",
+            id='variable',
+        ),
+        pytest.param(
+            "mlflow.set_experiment(os.environ.get('MLFLOW_EXPERIMENT_NAME', 'x'))\n",
+            "line 1: mlflow.set_experiment(os.environ.get('MLFLOW_EXPERIMENT_NAME', 'x'))",
+            id='both-on-one-line',
+        ),
+        pytest.param(
+            'mlflow.set_experiment(' + 'x' * 100 + ')\n',
+            'line 1: mlflow.set_experiment(' + 'x' * 55 + '...',
+            id='long-line-cut',
+        ),
+        pytest.param("# mlflow.set_experiment('x')\n", None, id='comment'),
+        pytest.param("mlflow.set_experiment_tag('k', 'v')\n", None, id='experiment-tag'),
+        pytest.param("mlflow.set_experiment_tags({'k': 'v'})\n", None, id='experiment-tags'),
+        pytest.param("os.environ['MLFLOW_EXPERIMENT_ID'] = '1'\n", None, id='experiment-id'),
+        pytest.param('"""Uses ``mlflow.set_experiment``."""\n', None, id='named-no-call'),
+        pytest.param('with mlflow.start_run():\n    pass\n', None, id='none'),
+    ],
+)
+def test_experiment_choice(source, choice):
+    assert reproduce_run.experiment_choice(source) == choice
+
+
+@pytest.mark.parametrize(
+    ('script', 'choice'),
+    [
+        ('sets_own.py', "line 6: mlflow.set_experiment('chooses-its-own')"),
+        ('names_own.py', "line 6: os.environ['MLFLOW_EXPERIMENT_NAME'] = 'named-by-variable'"),
+    ],
+)
+def test_a_script_choosing_its_experiment_exits_2_with_another_before_it_runs(
+    scripts_repo, made, tmp_path, monkeypatch, capsys, script, choice
+):
+    run_id = script_reference(made, script, scripts_repo / 'experiments', script)
+    own = client().get_experiment(client().get_run(run_id).info.experiment_id).name
+    marker = tmp_path / 'ran'
+    monkeypatch.setenv('SCRIPT_MARKER', str(marker))
+    for dry in ([], ['--dry-run']):
+        code, out, err = reproduce(capsys, '--run_id', run_id, '--experiment_name', 'nightly', *dry)
+        assert (code, out) == (2, '')
+        assert err == (
+            f'reproduce_run: error: the script experiments/{script} chooses its own experiment '
+            f"({choice}), so it cannot log into experiment 'nightly' (--experiment_name): drop "
+            f"--experiment_name to reproduce it in the reference run's experiment {own!r}\n"
+        )
+    assert not marker.exists()  # refused before anything ran
+    assert reproductions_of(run_id) == []
+    # Its own experiment named is no other: it runs.
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--experiment_name', own)
+    assert code == 0, err
+    assert marker.read_text() == 'ran\n'
+
+
+def test_a_script_that_chooses_no_experiment_goes_to_experiment_name(
+    scripts_repo, made, tmp_path, capsys
+):
+    run_id = script_reference(made, 'scaled', scripts_repo / 'src', 'scaled.py', '--scale', '3')
+    name = f'given-{tmp_path.name}'
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--experiment_name', name)
+    assert code == 0, err
+    assert out.splitlines()[-1] == 'Runs equal: True'
+    assert (
+        reproduced_run(out).info.experiment_id
+        == client().get_experiment_by_name(name).experiment_id
+    )
+
+
+def test_an_experiment_chosen_in_an_imported_module_explains_the_mismatch(
+    scripts_repo, made, capsys
+):
+    script = 'chooses_elsewhere.py'
+    run_id = script_reference(made, script, scripts_repo / 'experiments', script)
     code, out, err = reproduce(capsys, '--run_id', run_id, '--experiment_name', 'elsewhere')
     assert code == 3
     [line] = [x for x in err.splitlines() if x.startswith('reproduce_run: error:')]
@@ -1188,3 +1320,39 @@ def test_a_script_that_gets_no_arguments_is_told_why(
     )
     assert report['source']['script']['argv'] == []
     assert report['source']['script']['arguments_from'] == arguments_from
+
+
+def test_a_search_skips_a_script_choosing_its_experiment_and_a_named_one_is_an_error(
+    tmp_path, capsys
+):
+    repo, commit = files_repo(tmp_path, {'own.py': SETS_EXPERIMENT, 'fit.py': "print('fit')\n"})
+    name = f'choosers-{tmp_path.name}'
+    experiment = client().create_experiment(name)
+    chooser = tagged_run(script_tags(repo, commit, 'own.py'), {}, experiment)
+    fine = tagged_run(script_tags(repo, commit, 'fit.py'), {}, experiment)
+    argv = ['--experiment_name', 'nightly', '--dry-run']
+    code, out, err = reproduce(capsys, '--from-experiment', name, *argv, '--output', 'json')
+    doc = json.loads(out)
+    assert code == 0, err
+    assert [r['reference_run_id'] for r in doc['runs']] == [fine]
+    [skipped] = doc['skipped']
+    assert skipped['run_id'] == chooser
+    assert skipped['reason'].startswith('the script own.py chooses its own experiment (line 6: ')
+    assert skipped['reason'].endswith(f"reference run's experiment {name!r}")
+    code, out, err = reproduce(capsys, '--from-experiment', name, *argv)
+    assert code == 0, err
+    assert 'Skipped 1 run: the script own.py chooses its own experiment' in out
+    assert out.splitlines()[-1] == 'Planned: 1 run, 1 skipped'
+    # Named, it is an error of the batch.
+    code, out, err = reproduce(capsys, '--run_id', chooser, fine, *argv, '--output', 'json')
+    assert code == 2
+    assert [r['status'] for r in json.loads(out)['runs']] == ['error', 'planned']
+    # Without --experiment_name, or with its own, both are planned.
+    for given in ([], ['--experiment_name', name]):
+        code, out, err = reproduce(
+            capsys, '--from-experiment', name, '--dry-run', *given, '--output', 'json'
+        )
+        assert code == 0, err
+        assert sorted(r['reference_run_id'] for r in json.loads(out)['runs']) == sorted(
+            [chooser, fine]
+        )
