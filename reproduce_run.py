@@ -58,7 +58,6 @@ import decimal
 import errno
 import fnmatch
 import functools
-import glob
 import hashlib
 import itertools
 import json
@@ -609,8 +608,16 @@ class Prefix:
     killed: bool = True  # stopped before its end (else --steps N of a run that ended)
 
     def text(self) -> str:
-        """'up to step 6 of the reference's 59'."""
-        return f"up to step {self.steps} of the reference's {self.reference_steps}"
+        """'up to step 6 of the reference's 59' (never past the reference's last)."""
+        steps = self.steps
+        if steps is not None and self.reference_steps is not None:
+            steps = min(steps, self.reference_steps)
+        return f"up to step {steps} of the reference's {self.reference_steps}"
+
+    def why_not_compared(self) -> str:
+        if self.stopped_by.startswith('--steps'):
+            return f'logged after step {self.steps}'
+        return 'not reached by the reproduction'
 
     def json(self) -> dict[str, Any]:
         return {
@@ -1090,56 +1097,87 @@ def _at_most(points: Sequence[Point], step: int) -> list[Point]:
     return [p for p in points if (p.step or 0) <= step]
 
 
-def _reached(reference: Sequence[Point], reproduced: Sequence[Point]) -> int | None:
-    """The last step of a metric that the reproduction has logged in full: its
-    last step, or the one before while it has logged fewer values there than
-    the reference did (more may come).  None: nothing logged yet."""
-    if not reproduced:
-        return None
-    last = max(p.step or 0 for p in reproduced)
-    count = sum(1 for p in reproduced if (p.step or 0) == last)
-    if count < sum(1 for p in reference if (p.step or 0) == last):
-        return last - 1
-    return last
+def _by_step(points: Sequence[Point]) -> dict[int, list[Point]]:
+    """A history's points by step, each step's in logging order."""
+    steps: dict[int, list[Point]] = {}
+    for p in _in_logging_order(points):
+        steps.setdefault(p.step or 0, []).append(p)
+    return steps
+
+
+def common_prefix(
+    reference: Sequence[Point], reproduced: Sequence[Point]
+) -> tuple[list[Point], list[Point], int | None]:
+    """What of a metric the reproduction has logged so far can be judged,
+    step by step: every step where it has as many values as the reference
+    (or more: a difference), then, at the first step where it has fewer, its
+    first ones and the reference's first as many (the rest may still come),
+    and nothing later, whatever it has logged out of order.  Also the last
+    step logged in full, None: none."""
+    ref, new = _by_step(reference), _by_step(reproduced)
+    ref_cut: list[Point] = []
+    new_cut: list[Point] = []
+    reached = None
+    for step in sorted({*ref, *new}):
+        a, b = ref.get(step, []), new.get(step, [])
+        ref_cut += a[: len(b)]
+        new_cut += b
+        if len(b) < len(a):
+            break
+        ref_cut += a[len(b) :]
+        reached = step
+    return ref_cut, new_cut, reached
 
 
 def late_metrics(reference: Mapping[str, Sequence[Point]], n: int) -> set[str]:
     """The metrics the reference logged only after step n: every step of
-    theirs is above n, or, logged without a step (at step 0, a final score),
-    they came after the reference's last point at steps 1 to n while later
-    steps followed."""
-    points = [p for history in reference.values() for p in history]
-    stamps = [p.timestamp for p in points if p.timestamp is not None and 0 < (p.step or 0) <= n]
-    went_on = any((p.step or 0) > n for p in points)
-    t_n = max(stamps) if stamps and went_on else None
+    theirs is above n, or, logged without a step (at step 0: a final score),
+    every value of theirs came after the first point of a step above n."""
+    after = [
+        p.timestamp
+        for history in reference.values()
+        for p in history
+        if (p.step or 0) > n and p.timestamp is not None
+    ]
+    cutoff = min(after) if after else None
 
     def final(history: Sequence[Point]) -> bool:
-        return t_n is not None and all(
-            not p.step and p.timestamp is not None and p.timestamp > t_n for p in history
+        return cutoff is not None and all(
+            not p.step and p.timestamp is not None and p.timestamp > cutoff for p in history
         )
 
     return {key for key, history in reference.items() if not _at_most(history, n) or final(history)}
+
+
+def _stepped(history: Sequence[Point]) -> bool:
+    return any(p.step for p in history)
 
 
 def prefix_histories(
     reference: Mapping[str, Sequence[Point]],
     reproduced: Mapping[str, Sequence[Point]],
     upto: int | None,
-) -> tuple[dict[str, list[Point]], dict[str, list[Point]], dict[str, int], tuple[str, ...]]:
-    """Both runs' histories cut to what can be compared before the end: each
-    metric up to step `upto`, or with None up to the last step the
-    reproduction has logged in full.  Also each compared metric's last step,
-    and the metrics left out: the reference logged them only later."""
+) -> tuple[dict[str, list[Point]], dict[str, list[Point]], int | None, tuple[str, ...]]:
+    """Both runs' histories cut to what can be judged before the end: each
+    metric up to step `upto`, or with None its common_prefix.  Also the step
+    every compared metric with steps reached (None: none), and the metrics
+    left out: the reference logged them only after `upto`, or the
+    reproduction has not reached them."""
     ref, new, reached, later = {}, {}, {}, []
     late = late_metrics(reference, upto) if upto is not None else set()
     for key in sorted({*reference, *reproduced}):
         a, b = reference.get(key, ()), reproduced.get(key, ())
-        step = upto if upto is not None else _reached(a, b)
-        if key in late or step is None or not (_at_most(a, step) or _at_most(b, step)):
+        if upto is None:
+            cut_a, cut_b, step = common_prefix(a, b)
+        else:
+            cut_a, cut_b, step = _at_most(a, upto), _at_most(b, upto), upto
+        if key in late or not (cut_a or cut_b):
             later.append(key)
             continue
-        ref[key], new[key], reached[key] = _at_most(a, step), _at_most(b, step), step
-    return ref, new, reached, tuple(later)
+        ref[key], new[key] = cut_a, cut_b
+        if step is not None and (_stepped(a) or not any(map(_stepped, reference.values()))):
+            reached[key] = step
+    return ref, new, min(reached.values(), default=None), tuple(later)
 
 
 def judge_prefix(
@@ -1155,14 +1193,9 @@ def judge_prefix(
     histories it judged."""
     ref, new, reached, later = prefix_histories(reference, reproduced, upto)
     steps = [p.step or 0 for points in reference.values() for p in points]
-    prefix = Prefix(
-        stopped_by,
-        min(reached.values()) if reached else None,
-        max(steps) if steps else None,
-        sum(len(points) for points in ref.values()),
-        later,
-        killed,
-    )
+    last = max(steps) if steps else None
+    compared = sum(len(points) for points in ref.values())
+    prefix = Prefix(stopped_by, reached, last, compared, later, killed)
     return judge(ref, new, rules, params), prefix, (ref, new)
 
 
@@ -1172,24 +1205,27 @@ def first_divergence(
     rules: Rules,
 ) -> MetricVerdict | None:
     """For --fail-fast: the first metric that already differs, on what the
-    reproduction has logged in full so far."""
+    reproduction has logged so far that can be judged."""
     verdict, _, _ = judge_prefix(reference, reproduced, rules, None, '--fail-fast')
     return next((m for m in verdict.metrics if not m.equal and not m.ignored), None)
 
 
 def steps_done(
-    reference: Mapping[str, Sequence[Point]], reproduced: Mapping[str, Sequence[Point]], n: int
+    reference: Mapping[str, Sequence[Point]],
+    reproduced: Mapping[str, Sequence[Point]],
+    n: int,
+    rules: Rules = Rules(),
 ) -> bool:
     """For --steps N: has the reproduction logged, up to step N, every point
-    the reference logged there (or gone past N)?"""
+    the reference logged there (or gone past N)?  Ignored metrics and those
+    the reference logged only later are not waited for."""
     late = late_metrics(reference, n)
     for key, points in reference.items():
-        wanted = 0 if key in late else len(_at_most(points, n))
+        if key in late or rules.is_ignored(key):
+            continue
         logged = reproduced.get(key, ())
-        if (
-            wanted
-            and len(_at_most(logged, n)) < wanted
-            and not any((p.step or 0) > n for p in logged)
+        if len(_at_most(logged, n)) < len(_at_most(points, n)) and not any(
+            (p.step or 0) > n for p in logged
         ):
             return False
     return True
@@ -5250,7 +5286,8 @@ class Watcher:
     reproduction's metrics as they are logged, in a thread of its own, so
     that a slow server never delays a signal, and says why to stop.  Each poll
     is one request for the latest values, then the history of each metric
-    whose step has advanced."""
+    whose latest value is new.  The time limit counts from the run's
+    creation: building a virtualenv or conda environment counts."""
 
     def __init__(self, session: Session, reference: Run, run_id: str) -> None:
         options = session.options
@@ -5259,17 +5296,23 @@ class Watcher:
         self.deadline = options.time_limit and time.monotonic() + options.time_limit
         self.reference_histories: dict[str, list[Point]] | None = None
         self.histories: dict[str, list[Point]] = {}
-        self.latest: dict[str, int] = {}  # metric -> the step of its latest value, as read
-        self.found: str | None = None  # the option that says to stop
+        self.latest: dict[str, tuple[int, int]] = {}  # metric -> its latest (step, timestamp)
+        self.found: str | None = None  # the option that says to stop; set once
+        self.lock = threading.Lock()
         self.done = threading.Event()
         if options.fail_fast or options.steps is not None:
             threading.Thread(target=self._watch, name=f'watch-{run_id[:8]}', daemon=True).start()
 
     def stopped_by(self) -> str | None:
         """The option that says to stop now, None: go on."""
-        if self.found is None and self.deadline and time.monotonic() >= self.deadline:
-            self.found = '--time-limit'
+        if self.deadline and time.monotonic() >= self.deadline:
+            self._found('--time-limit')
         return self.found
+
+    def _found(self, option: str | None) -> None:
+        with self.lock:
+            if self.found is None and not self.done.is_set():
+                self.found = option
 
     def close(self) -> None:
         self.done.set()
@@ -5291,19 +5334,24 @@ class Watcher:
             [self.reference_histories] = read_histories(self.client, [self.reference], False)
         run = self.client.get_run(self.run_id)
         for metric in run.data._metric_objs:
-            if self.latest.get(metric.key) != metric.step:
+            if self.latest.get(metric.key) != (metric.step, metric.timestamp):
                 history = self.client.get_metric_history(self.run_id, metric.key)
                 history = sorted(history, key=lambda m: (m.step, m.timestamp))
                 self.histories[metric.key] = [Point(m.step, m.value, m.timestamp) for m in history]
-                self.latest[metric.key] = metric.step
-        if not self.done.is_set():
-            self.found = self._decide(self.reference_histories, self.histories)
+                self.latest[metric.key] = (metric.step, metric.timestamp)
+        self._found(self._decide(self.reference_histories, self.histories))
 
     def _decide(
         self, reference: dict[str, list[Point]], reproduced: dict[str, list[Point]]
     ) -> str | None:
-        options = self.options
-        if options.steps is not None and steps_done(reference, reproduced, options.steps):
+        options, steps = self.options, self.options.steps
+        last = max((p.step or 0 for h in reference.values() for p in h), default=0)
+        # --steps past the reference's last step: the run ends by itself
+        if (
+            steps is not None
+            and steps < last
+            and steps_done(reference, reproduced, steps, options.rules)
+        ):
             return '--steps'
         if options.fail_fast and first_divergence(reference, reproduced, options.rules):
             return '--fail-fast'
@@ -5767,7 +5815,9 @@ def run_project(
             watcher.close()
     if returncode is None:  # stopped early: as a signal stops it, the run KILLED
         assert watcher is not None
-        return stop_early(session, job, run_id, output, environment, watcher.found)
+        launch = stop_early(session, job, run_id, output, environment, watcher.found)
+        session.stop.check()  # a signal during the grace period wins, as everywhere
+        return launch
     left_behind = job.end()
     if left_behind:
         warn(f'the project of run {run_id} left {left_behind} process(es) running; ended them')
@@ -6302,12 +6352,12 @@ def _unusual_status(report: Report) -> str | None:
     return status if status and status != 'FINISHED' else None
 
 
-def prefix_lines(report: Report) -> list[str]:
-    """What a reproduction stopped early compared: 'Stopped early:  by
-    --steps 6 (run KILLED): equal up to step 6 of the reference's 59', and
-    the metrics it had not reached."""
+def prefix_items(report: Report) -> list[tuple[str, str]]:
+    """What a reproduction stopped early compared, as (label, text): ('Stopped
+    early', "by --steps 6 (run KILLED): equal up to step 6 of the reference's
+    59"), and the metrics it did not compare."""
     p = report.prefix
-    if p is None or p.steps is None:
+    if p is None:
         return []
     first = _first_differing(report.verdict)
     if first is None:
@@ -6315,13 +6365,18 @@ def prefix_lines(report: Report) -> list[str]:
     else:
         at = first.first_divergent_step
         said = f'{first.key} differs' + (f' at step {at}' if at is not None else '')
-        said += f'; compared {p.text()}'
-    lines = [f'Stopped early:  by {p.stopped_by} (run KILLED): {said}']
+        said += f'; compared {p.text()}' if p.steps is not None else ''
+    items = [('Stopped early', f'by {p.stopped_by} (run KILLED): {said}')]
     if not p.killed:
-        lines = [f'Compared:       as {p.stopped_by} asks: {said}']
+        items = [('Compared', f'as {p.stopped_by} asks: {said}')]
     if p.not_compared:
-        lines.append(f'Not compared:   {", ".join(p.not_compared)} (logged after step {p.steps})')
-    return lines
+        items.append(('Not compared', f'{", ".join(p.not_compared)} ({p.why_not_compared()})'))
+    return items
+
+
+def prefix_lines(report: Report) -> list[str]:
+    """prefix_items as the text report's header lines."""
+    return [f'{label + ":":<15} {text}' for label, text in prefix_items(report)]
 
 
 def _first_differing(verdict: Verdict | None) -> MetricVerdict | None:
@@ -6439,7 +6494,9 @@ def format_markdown(
     if report.plan:
         lines += _markdown_plan_lines(report.plan, planned=report.status == 'planned')
     lines += environment_same_lines(report.differences)
-    lines += [f'- {markdown_escaped(line)}' for line in prefix_lines(report)]
+    lines += [
+        f'- {label.lower()}: {markdown_escaped(text)}' for label, text in prefix_items(report)
+    ]
     registered = registration_lines(report.registrations, markdown_escaped)
     lines += [f'- {line[0].lower()}{line[1:]}' for line in registered]
     if report.verdict and max_rows is not None:
@@ -7195,6 +7252,8 @@ def judge_runs(
         '--steps': f'--steps {options.steps}',
         '--time-limit': f'--time-limit {duration_text(options.time_limit or 0)}',
     }.get(stopped_by.removesuffix(' (ended)'), stopped_by)
+    if killed:  # a param a stopped script had not logged yet is not known to differ
+        params = [p for p in params if p.reproduced is not None]
     # the histories as judged: --bisect's commits and the plots see what was compared
     return judge_prefix(*histories, rules, upto, label, params, killed)
 
@@ -7418,7 +7477,7 @@ def _reproduce(
     reproduced, verdict, prefix, progress.histories = judge_reproduction(
         session, reference, new_id, plan, launch.stopped_by
     )
-    if prefix is not None and prefix.steps is None:
+    if prefix is not None and prefix.steps is None and _first_differing(verdict) is None:
         return Report(status='error', **fields, prefix=prefix, message=nothing_compared(prefix))
     differences = differences_between(
         client,
@@ -8851,8 +8910,10 @@ def run_bisect(session: Session, chosen: Chosen, target: str, repeat: int) -> Bi
             most_probes=planner.most_probes,
             dry_run=True,
         )
-    # Each probe stops at the first point that differs, unless --no-fail-fast.
-    options = dataclasses.replace(options, fail_fast=options.fail_fast is not False)
+    # Each probe stops at the first point that differs, unless --no-fail-fast;
+    # not with --repeat or --last-only, which judge whole histories.
+    fail_fast = options.fail_fast is not False and not (repeat > 1 or options.last_only)
+    options = dataclasses.replace(options, fail_fast=fail_fast)
     bisect: BisectReport = report_group(dataclasses.replace(session, options=options), planner)
     for index, report in bisect.probes:
         tag_probe(client, report, TAG_BISECT_COMMIT, bisect.path[index].commit, 'run')
@@ -9294,6 +9355,7 @@ def needed_to_load(
 def requires_dist(folder: str) -> tuple[str, ...]:
     """The Requires-Dist lines of the distribution installed in folder (a layer)."""
     import email.parser  # only here: the recorder imports this file in every run
+    import glob
 
     for metadata in sorted(glob.glob(os.path.join(glob.escape(folder), '*.dist-info', 'METADATA'))):
         with open(metadata, encoding='utf-8', errors='replace') as f:
@@ -9499,7 +9561,7 @@ def explain_difference(session: Session, report: Report) -> Explanation:
     planner = ExplainPlanner(session, report, tried, layers)
     # Probes print no plots and no progress of their own beyond one line each.
     # They stop at the first point that differs, unless --no-fail-fast.
-    fail_fast = session.options.fail_fast is not False
+    fail_fast = session.options.fail_fast is not False and not session.options.last_only
     options = dataclasses.replace(session.options, plots=False, fail_fast=fail_fast)
     group = run_group(dataclasses.replace(session, options=options), planner)
     probes = tuple(probe_json(session, planner, probe, r) for probe, r in group.results)

@@ -93,10 +93,46 @@ TEN = history(*range(10))
             {'loss': TEN},
             {'loss': TEN[:4], 'extra': history(1.0)},
             None,
-            0,
+            3,
             False,
             (),
             id='a-metric-only-the-reproduction-logs-differs',
+        ),
+        pytest.param(
+            {'loss': TEN},
+            {'loss': [TEN[5], TEN[0], TEN[1]]},
+            None,
+            1,
+            True,
+            (),
+            id='a-step-logged-out-of-order-waits-for-those-before-it',
+        ),
+        pytest.param(
+            {'loss': TEN, 'n_params': [Point(0, 1234.0, 500)]},
+            {'n_params': [Point(0, 1234.0, 500)]},
+            None,
+            None,
+            True,
+            ('loss',),
+            id='a-constant-without-steps-is-no-step-reached',
+        ),
+        pytest.param(
+            {'loss': [Point(0, float(i), 1000 * i) for i in range(10)]},
+            {'loss': [Point(0, float(i), 1000 * i) for i in range(4)]},
+            None,
+            None,
+            True,
+            (),
+            id='values-without-a-step-compared-in-logging-order',
+        ),
+        pytest.param(
+            {'loss': [Point(0, float(i), 1000 * i) for i in range(10)]},
+            {'loss': [Point(0, 0.0, 0), Point(0, 9.0, 1000)]},
+            None,
+            None,
+            False,
+            (),
+            id='values-without-a-step-differ-before-the-end',
         ),
         pytest.param({'loss': TEN}, {}, None, None, True, ('loss',), id='nothing-reached'),
     ],
@@ -149,10 +185,53 @@ def test_first_divergence(reference, reproduced, found):
         pytest.param(
             {'loss': history(*range(3), start=0)}, {'loss': TEN[:3]}, 5, True, id='n-past-the-end'
         ),
+        pytest.param(
+            {'loss': TEN, 'final': [Point(0, 1.0, 99000)]},
+            {'loss': TEN[:1]},
+            0,
+            True,
+            id='steps-0-does-not-wait-for-a-final-score',
+        ),
+        pytest.param(
+            {'loss': TEN, 'noise': TEN}, {'loss': TEN[:6]}, 5, True, id='an-ignored-metric'
+        ),
     ],
 )
 def test_steps_done(reference, reproduced, n, done):
-    assert reproduce_run.steps_done(reference, reproduced, n) is done
+    rules = Rules(ignored=('noise',))
+    assert reproduce_run.steps_done(reference, reproduced, n, rules) is done
+
+
+@pytest.mark.parametrize(
+    ('prefix', 'report_lines'),
+    [
+        pytest.param(
+            reproduce_run.Prefix('--steps 100', 100, 19, 20, ('final',), killed=False),
+            [
+                "Compared:       as --steps 100 asks: equal up to step 19 of the reference's 19",
+                'Not compared:   final (logged after step 100)',
+            ],
+            id='never-past-the-reference',
+        ),
+        pytest.param(
+            reproduce_run.Prefix('--time-limit 15m', 4, 39, 5, ('acc',)),
+            [
+                'Stopped early:  by --time-limit 15m (run KILLED): equal up to step 4 of the '
+                "reference's 39",
+                'Not compared:   acc (not reached by the reproduction)',
+            ],
+            id='time-limit',
+        ),
+    ],
+)
+def test_prefix_lines(prefix, report_lines):
+    report = reproduce_run.Report(
+        'equal', 'r' * 32, verdict=reproduce_run.Verdict(()), prefix=prefix
+    )
+    assert reproduce_run.prefix_lines(report) == report_lines
+    markdown = reproduce_run.format_markdown(report)
+    assert f'- {report_lines[0].split(":")[0].lower()}: ' in markdown
+    assert '  by' not in markdown and 'Not compared:   ' not in markdown
 
 
 @pytest.mark.parametrize(
@@ -252,7 +331,10 @@ def test_fail_fast_stops_at_the_first_divergent_step(reference, capsys, monkeypa
     assert prefix['stopped_by'] == '--fail-fast'
     assert prefix['stopped_early'] is True
     assert 'final' in prefix['not_compared']
-    assert 'Stopped early' in run.data.tags['mlflow.note.content']
+    assert (
+        '- stopped early: by --fail-fast (run KILLED): loss differs at step 3'
+        in (run.data.tags['mlflow.note.content'])
+    )
     assert max(m.step for m in client().get_metric_history(run.info.run_id, 'loss')) < 39
 
 

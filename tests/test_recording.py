@@ -352,7 +352,7 @@ def test_every_differing_metric_gets_its_own_plot(capsys):
     c = client()
     options = reproduce_run.Options(rules=reproduce_run.Rules(TIGHT))
     session = reproduce_run.Session(options, c, '', {}, '', '', reproduce_run.Stop())
-    verdict, histories = reproduce_run.judge_runs(session, c.get_run(ref), c.get_run(other), [])
+    verdict, _, histories = reproduce_run.judge_runs(session, c.get_run(ref), c.get_run(other), [])
     report = reproduce_run.Report('differ', ref, other, verdict=verdict, histories=histories)
     reproduce_run.record_verdict(c, report, plots=True)
     assert capsys.readouterr().err == ''
