@@ -971,3 +971,51 @@ def test_a_culprit_is_named_with_the_packages_it_needs_to_load(
     ]
     assert explained['probes'][2]['error'] == 'ImportError: skit 1.0 needs nump<2, not 2.0'
     assert 'error' not in explained['probes'][0]
+
+
+@pytest.mark.slow
+def test_when_undoing_everything_does_not_run_no_culprit_is_named(
+    installed, capsys, monkeypatch, tmp_path
+):
+    """The reference ran oldkit 1.0, which imports only where LEGACY is set,
+    a variable the tool neither records nor sets: with every difference
+    undone the project does not run, and nothing is blamed."""
+    wheels = tmp_path / 'wheels'
+    wheels.mkdir()
+    old = build_wheel(
+        wheels,
+        'oldkit',
+        '1.0',
+        "import os\nif not os.environ.get('LEGACY'):\n"
+        "    raise ImportError('oldkit 1.0 needs LEGACY')\nSCALE = 1.0\n",
+    )
+    new = build_wheel(wheels, 'oldkit', '2.0', 'SCALE = 2.0\n')
+    sites = {v: pip_target(tmp_path / f'site-{v}', [w]) for v, w in (('1.0', old), ('2.0', new))}
+    env = {
+        'PATH': installer_path(tmp_path / 'bin', with_uv=False),
+        'PIP_NO_INDEX': '1',
+        'PIP_FIND_LINKS': str(wheels),
+    }
+    train = LOADING_TRAIN.replace('import pand, skit', 'import oldkit as skit')
+    git('init', '--quiet', '--bare', str(tmp_path / 'remote.git'), cwd=tmp_path)
+    repo = tmp_path / 'repo'
+    repo.mkdir()
+    clone_with_remote(repo, {'train.py': train}, str(tmp_path / 'remote.git'))
+    reference_env = {**env, 'PYTHONPATH': str(sites['1.0']), 'LEGACY': '1'}
+    proc = run_python(str(installed / 'python'), repo, 'train.py', env=reference_env)
+    [run_id] = [line[7:] for line in proc.stdout.splitlines() if line.startswith('RUN_ID=')]
+
+    monkeypatch.delenv('LEGACY', raising=False)
+    for k, v in {**env, 'PYTHONPATH': str(sites['2.0'])}.items():
+        monkeypatch.setenv(k, v)
+    code, out, err = reproduce(capsys, '--run_id', run_id, '--explain')
+    assert code == 1, err
+    assert (
+        'Explained: no answer: with every difference undone, the project does not run '
+        "(1 probe)\n- failed: with the reference's oldkit 1.0: ImportError: oldkit 1.0 needs "
+        'LEGACY\n'
+    ) in out
+    [reproduced] = [line.split()[-1] for line in out.splitlines() if line.startswith('Reproduced')]
+    explained = json.loads(artifact_bytes(reproduced, 'reproduce/explanation.json'))
+    assert (explained['restores_equality'], explained['culprits']) == (None, [])
+    assert explained['reason'] == 'with every difference undone, the project does not run'
