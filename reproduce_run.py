@@ -9241,6 +9241,24 @@ def _needs_nothing(undone: frozenset[str]) -> frozenset[str]:
     return undone
 
 
+def _what_it_needs(
+    subset: tuple[str, ...],
+    everything: tuple[str, ...],
+    outcome: Callable[[Iterable[str]], str],
+    needs: Callable[[frozenset[str]], frozenset[str]],
+) -> set[str] | None:
+    """What a set whose probe failed needs undone too, for its undoing to
+    restore equality: what the packages declare, when undoing that as well
+    is equal; else, when that does not run either, all the other differences
+    (undoing everything is equal).  None: with what they declare it runs and
+    still differs."""
+    declared = needs(frozenset(subset)) - set(subset)
+    found = outcome({*subset, *declared}) if declared else UNRESOLVED
+    if found == DIFFER:
+        return None
+    return declared if found == EQUAL else set(everything) - set(subset)
+
+
 def explain_step(
     items: Sequence[str],
     outcomes: Mapping[frozenset[str], str],
@@ -9248,11 +9266,13 @@ def explain_step(
 ) -> ExplainStep:
     """The next probe from the outcomes so far (undone set -> EQUAL, DIFFER or
     UNRESOLVED): first undo everything, then narrow it down.  A set whose
-    probe failed is tried again with what it needs to load (`needs`: the set
-    and the differences it needs undone too); if that is equal, the set
-    restores equality and needs the rest.  Then what was needed is tried
-    alone: when it restores equality by itself, the search goes on inside it.
-    A set already tried is never tried again."""
+    probe failed is tried again with what it needs to load: first what the
+    packages declare (`needs`: the set and the differences it needs undone
+    too), and when that does not run either, all the other differences
+    (undoing everything is equal).  If that is equal, the set restores
+    equality and needs the rest.  Then what was needed is tried alone: when
+    it restores equality by itself, the search goes on inside it.  A set
+    already tried is never tried again."""
     everything = tuple(items)
     extras: dict[frozenset[str], frozenset[str]] = {}
 
@@ -9270,9 +9290,9 @@ def explain_step(
         found = outcome(subset)
         if found != UNRESOLVED:
             return found == EQUAL
-        extra = needs(frozenset(subset)) - set(subset)
-        if not extra or outcome({*subset, *extra}) != EQUAL:
-            return False  # unresolved: no evidence either way
+        extra = _what_it_needs(subset, everything, outcome, needs)
+        if extra is None:
+            return False
         extras[frozenset(subset)] = extra
         return True
 

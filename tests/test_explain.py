@@ -122,11 +122,22 @@ def test_explain_step(items, outcomes, step):
     assert explain_step(items, outcomes) == step
 
 
-def test_a_failed_probe_without_declared_needs_is_no_evidence():
-    """Undoing a alone fails and nothing says what it needs: that is no
-    evidence either way, so a is not named alone."""
-    step, probes = explain_with(['a', 'b'], {'a'}, failing=frozenset('a'))
-    assert (step.restores, step.culprits, step.requires) == (True, ('a', 'b'), ())
+@pytest.mark.parametrize(
+    ('culprits', 'found', 'requires', 'probes'),
+    [
+        pytest.param({'a'}, ('a',), ('b',), [('a', 'b'), ('a',), ('b',)], id='a-needs-the-rest'),
+        pytest.param({'b'}, ('b',), (), [('a', 'b'), ('a',), ('b',)], id='the-culprit-is-the-rest'),
+    ],
+)
+def test_a_failed_probe_without_declared_needs_is_tried_with_the_rest(
+    culprits, found, requires, probes
+):
+    """Undoing a alone fails, and no package declares what it needs: it is
+    tried with all the other differences (undoing everything was equal), and
+    then the rest alone, so that a culprit among them is not missed."""
+    step, tried = explain_with(['a', 'b'], culprits, failing=frozenset('a'))
+    assert (step.restores, step.culprits, step.requires) == (True, found, requires)
+    assert tried == probes
 
 
 SK = Candidate('package', 'sk', '1.3.2', '1.9.1')
