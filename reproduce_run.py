@@ -590,9 +590,12 @@ class Verdict:
 
     @property
     def equal(self) -> bool:
-        return all(m.equal for m in self.metrics if not m.ignored) and all(
-            p.equal for p in self.params
-        )
+        return not self.differing and all(p.equal for p in self.params)
+
+    @property
+    def differing(self) -> list[MetricVerdict]:
+        """The metrics that differ and count (not ignored), in key order."""
+        return [m for m in self.metrics if not (m.equal or m.ignored)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1165,6 +1168,7 @@ def prefix_histories(
     reproduction has not reached them."""
     ref, new, reached, later = {}, {}, {}, []
     late = late_metrics(reference, upto) if upto is not None else set()
+    any_stepped = any(map(_stepped, reference.values()))
     for key in sorted({*reference, *reproduced}):
         a, b = reference.get(key, ()), reproduced.get(key, ())
         if upto is None:
@@ -1175,7 +1179,7 @@ def prefix_histories(
             later.append(key)
             continue
         ref[key], new[key] = cut_a, cut_b
-        if step is not None and (_stepped(a) or not any(map(_stepped, reference.values()))):
+        if step is not None and (_stepped(a) or not any_stepped):
             reached[key] = step
     return ref, new, min(reached.values(), default=None), tuple(later)
 
@@ -1207,7 +1211,7 @@ def first_divergence(
     """For --fail-fast: the first metric that already differs, on what the
     reproduction has logged so far that can be judged."""
     verdict, _, _ = judge_prefix(reference, reproduced, rules, None, '--fail-fast')
-    return next((m for m in verdict.metrics if not m.equal and not m.ignored), None)
+    return next(iter(verdict.differing), None)
 
 
 def steps_done(
@@ -2219,9 +2223,14 @@ def read_histories(
         fetched = list(map(client.get_metric_history, run_ids, keys))
     by_run: dict[str, dict[str, list[Point]]] = {r.info.run_id: {} for r in runs}
     for run_id, key, history in zip(run_ids, keys, fetched, strict=True):
-        history = sorted(history, key=lambda m: (m.step, m.timestamp))
-        by_run[run_id][key] = [Point(m.step, m.value, m.timestamp) for m in history]
+        by_run[run_id][key] = history_points(history)
     return [by_run[run.info.run_id] for run in runs]
+
+
+def history_points(history: Iterable[Any]) -> list[Point]:
+    """MLflow's Metric objects of one history as points, by step, then time."""
+    ordered = sorted(history, key=lambda m: (m.step, m.timestamp))
+    return [Point(m.step, m.value, m.timestamp) for m in ordered]
 
 
 def _is_http(uri: str) -> bool:
@@ -5295,6 +5304,7 @@ class Watcher:
         self.reference, self.run_id = reference, run_id
         self.deadline = options.time_limit and time.monotonic() + options.time_limit
         self.reference_histories: dict[str, list[Point]] | None = None
+        self.reference_last = 0  # the reference's last step, read with its histories
         self.histories: dict[str, list[Point]] = {}
         self.latest: dict[str, tuple[int, int]] = {}  # metric -> its latest (step, timestamp)
         self.found: str | None = None  # the option that says to stop; set once
@@ -5332,12 +5342,13 @@ class Watcher:
     def _poll(self) -> None:
         if self.reference_histories is None:
             [self.reference_histories] = read_histories(self.client, [self.reference], False)
+            steps = (p.step or 0 for h in self.reference_histories.values() for p in h)
+            self.reference_last = max(steps, default=0)
         run = self.client.get_run(self.run_id)
         for metric in run.data._metric_objs:
             if self.latest.get(metric.key) != (metric.step, metric.timestamp):
                 history = self.client.get_metric_history(self.run_id, metric.key)
-                history = sorted(history, key=lambda m: (m.step, m.timestamp))
-                self.histories[metric.key] = [Point(m.step, m.value, m.timestamp) for m in history]
+                self.histories[metric.key] = history_points(history)
                 self.latest[metric.key] = (metric.step, metric.timestamp)
         self._found(self._decide(self.reference_histories, self.histories))
 
@@ -5345,11 +5356,10 @@ class Watcher:
         self, reference: dict[str, list[Point]], reproduced: dict[str, list[Point]]
     ) -> str | None:
         options, steps = self.options, self.options.steps
-        last = max((p.step or 0 for h in reference.values() for p in h), default=0)
         # --steps past the reference's last step: the run ends by itself
         if (
             steps is not None
-            and steps < last
+            and steps < self.reference_last
             and steps_done(reference, reproduced, steps, options.rules)
         ):
             return '--steps'
@@ -5777,7 +5787,8 @@ class Launch:
     output_tail: tuple[str, ...]
     environment: dict[str, Any] | None = None  # of the interpreter that ran the project
     output_lost: str | None = None  # what the tool could not keep of the project's output
-    stopped_by: str | None = None  # the option that stopped it early (run KILLED)
+    stopped_by: str | None = None  # the option whose verdict covers part of the histories
+    killed: bool = True  # with stopped_by: stopped before its end (else --steps N, it ended)
 
 
 def run_project(
@@ -5825,8 +5836,8 @@ def run_project(
     status = 'FINISHED' if returncode == 0 else 'FAILED'
     close_run(session.client, run_id, status, session.shared.left_open)
     # --steps N of a run that ended before N was reached: still judged up to N
-    stopped_by = '--steps (ended)' if session.options.steps is not None else None
-    return Launch(returncode, output.tail, environment, output.lost, stopped_by)
+    stopped_by = '--steps' if session.options.steps is not None else None
+    return Launch(returncode, output.tail, environment, output.lost, stopped_by, killed=False)
 
 
 def stop_early(
@@ -6381,7 +6392,7 @@ def prefix_lines(report: Report) -> list[str]:
 
 def _first_differing(verdict: Verdict | None) -> MetricVerdict | None:
     """The metric that differs first (by its first divergent step)."""
-    differing = [m for m in (verdict.metrics if verdict else ()) if not (m.equal or m.ignored)]
+    differing = verdict.differing if verdict else []
     return min(differing, key=lambda m: m.first_divergent_step or 0, default=None)
 
 
@@ -6554,8 +6565,7 @@ def describe(report: Report, reference_link: str, limit: int = TAG_VALUE_LIMIT) 
 
 
 def _differing_keys(report: Report) -> list[str]:
-    metrics = report.verdict.metrics if report.verdict else ()
-    return [m.key for m in metrics if not (m.equal or m.ignored)]
+    return [m.key for m in report.verdict.differing] if report.verdict else []
 
 
 def _differing(report: Report) -> str:
@@ -7226,6 +7236,7 @@ def judge_runs(
     other: Run,
     param_keys: Sequence[str],
     stopped_by: str | None = None,
+    killed: bool = True,
 ) -> tuple[Verdict, Prefix | None, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
     """The verdict on two runs' whole histories, or, for a reproduction
     stopped early, on what both reached (and what that covers)."""
@@ -7246,12 +7257,11 @@ def judge_runs(
     if stopped_by is None:
         return judge(*histories, rules, params), None, histories
     options = session.options
-    upto = options.steps if stopped_by.startswith('--steps') else None
-    killed = not stopped_by.endswith(' (ended)')
+    upto = options.steps if stopped_by == '--steps' else None
     label = {
         '--steps': f'--steps {options.steps}',
         '--time-limit': f'--time-limit {duration_text(options.time_limit or 0)}',
-    }.get(stopped_by.removesuffix(' (ended)'), stopped_by)
+    }.get(stopped_by, stopped_by)
     if killed:  # a param a stopped script had not logged yet is not known to differ
         params = [p for p in params if p.reproduced is not None]
     # the histories as judged: --bisect's commits and the plots see what was compared
@@ -7475,7 +7485,7 @@ def _reproduce(
         message = f'the reproduced run {new_id} ran to its end, but {launch.output_lost}'
         return Report(status='error', **fields, message=message)
     reproduced, verdict, prefix, progress.histories = judge_reproduction(
-        session, reference, new_id, plan, launch.stopped_by
+        session, reference, new_id, plan, launch
     )
     if prefix is not None and prefix.steps is None and _first_differing(verdict) is None:
         return Report(status='error', **fields, prefix=prefix, message=nothing_compared(prefix))
@@ -7502,7 +7512,7 @@ def nothing_compared(prefix: Prefix) -> str:
 
 
 def judge_reproduction(
-    session: Session, reference: Run, run_id: str, plan: Plan, stopped_by: str | None = None
+    session: Session, reference: Run, run_id: str, plan: Plan, launch: Launch | None = None
 ) -> tuple[Run, Verdict, Prefix | None, tuple[dict[str, list[Point]], dict[str, list[Point]]]]:
     """Read the finished run back and judge it; a failure here is not the
     project's: say that the run ran and its metrics could not be read."""
@@ -7512,7 +7522,12 @@ def judge_reproduction(
         # project's are those its entry point declares, as MLflow logs them.
         keys = [*{**reference.data.params, **reproduced.data.params}] if plan.script else None
         return reproduced, *judge_runs(
-            session, reference, reproduced, keys or [*plan.logged_params], stopped_by
+            session,
+            reference,
+            reproduced,
+            keys or [*plan.logged_params],
+            launch and launch.stopped_by,
+            launch is None or launch.killed,
         )
     except ReproduceError as e:
         detail = str(e).split(': ', 1)[-1]
